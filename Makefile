@@ -1,0 +1,60 @@
+# Two commands are the whole set-up on a fresh Debian/Ubuntu machine with Python 3.11+:
+#   make run   - create .venv, build the package with its compiled fast path, serve configs/default.toml
+#   make test  - the same plus test tools, then ruff, mypy --strict and the suite under both implementations
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= configs/default.toml
+# Debian packages the build and the tests need (installed only when missing).
+DEB_RUN  := gcc libssl-dev
+DEB_TEST := $(DEB_RUN)
+PYTEST_ARGS ?=
+
+SOURCES := pyproject.toml setup.py $(wildcard sfu/_fastpath/*.pyx)
+
+.PHONY: run test lint typecheck pytest pytest-compiled pytest-python bench clean deb-run deb-test
+
+run: $(VENV)/.run-stamp
+	$(PY) -m sfu serve --config $(CONFIG)
+
+test: $(VENV)/.test-stamp lint typecheck pytest
+
+deb-run:
+	@DEB_PACKAGES="$(DEB_RUN)" sh .ci/ensure-debs.sh
+deb-test:
+	@DEB_PACKAGES="$(DEB_TEST)" sh .ci/ensure-debs.sh
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+
+$(VENV)/.run-stamp: $(VENV)/bin/python $(SOURCES) | deb-run
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.test-stamp: $(VENV)/bin/python $(SOURCES) | deb-test
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(VENV)/.run-stamp $@
+
+lint: $(VENV)/.test-stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.test-stamp
+	$(VENV)/bin/mypy
+
+# The whole suite twice: compiled kernels (and a test that fails if they did not load),
+# then the pure-Python references.
+pytest: pytest-compiled pytest-python
+pytest-compiled: $(VENV)/.test-stamp
+	SFU_EXPECT_COMPILED=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
+pytest-python: $(VENV)/.test-stamp
+	SFU_NO_EXTENSIONS=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.test-stamp
+	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-only $(PYTEST_ARGS)
+
+clean:
+	rm -rf build $(VENV) sfu/_fastpath/*.c sfu/_fastpath/*.so *.egg-info .pytest_cache .mypy_cache .ruff_cache
