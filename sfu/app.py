@@ -1,0 +1,200 @@
+"""Composition root: wires config, logging, the media UDP socket and the HTTP server.
+
+:class:`Server` owns the sockets and the readiness state; :func:`run` adds signal handling
+and the bounded drain; :func:`serve` is the process entry point (logging + uvloop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Final
+
+from sfu import __version__
+from sfu.config import Config
+from sfu.io.http import HttpServer, build_http_app
+from sfu.io.udp import Address, UdpEndpoint, open_udp_endpoint
+from sfu.logging_setup import configure_logging
+
+__all__ = [
+    "DatagramSink",
+    "Server",
+    "fast_path_implementation",
+    "format_address",
+    "run",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+def fast_path_implementation() -> str:
+    """Which packet fast path is active: ``"cython"``, ``"python"`` or ``"unknown"``."""
+    try:
+        from sfu._fastpath import IMPLEMENTATION  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return "unknown"
+    return str(IMPLEMENTATION)
+
+
+def format_address(addr: Address) -> str:
+    """``host:port``, with IPv6 hosts in brackets (for the server's own bind addresses)."""
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class DatagramSink:
+    """Counts and drops media datagrams until the transport layer is plugged in."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, data: bytes, addr: Address) -> None:
+        self.count += 1
+
+
+class Server:
+    """The running SFU process: media socket, HTTP listener and readiness state."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.sink = DatagramSink()
+        self._udp: UdpEndpoint | None = None
+        self._draining = False
+        self.http_app = build_http_app(
+            readiness=self.readiness, max_body_bytes=config.http.max_body_bytes
+        )
+        self._http = HttpServer(
+            self.http_app,
+            shutdown_timeout=config.server.drain_timeout_s,
+            access_log=config.logging.debug_personal_data,
+        )
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown has begun; ``/readyz`` then reports 503."""
+        return self._draining
+
+    def readiness(self) -> str | None:
+        """``None`` when ready for traffic, else why not (served by ``/readyz``)."""
+        if self._draining:
+            return "draining"
+        if self._udp is None or not self._udp.is_open:
+            return "media socket not bound"
+        if not self._http.is_listening:
+            return "http not listening"
+        return None
+
+    @property
+    def media_address(self) -> Address:
+        """The bound media UDP address; raises if not bound."""
+        if self._udp is None:
+            raise RuntimeError("media socket not bound")
+        return self._udp.local_address
+
+    @property
+    def http_addresses(self) -> list[Address]:
+        """The bound HTTP listener addresses (empty when not listening)."""
+        return self._http.addresses
+
+    async def start(self) -> None:
+        """Bind the media socket, then the HTTP listener; log the bound addresses."""
+        media, http = self.config.media, self.config.http
+        self._udp = await open_udp_endpoint(media.udp_host, media.udp_port, self.sink)
+        log.info("media listening on udp %s", format_address(self._udp.local_address))
+        log.info("announcing media addresses: %s", ", ".join(self.config.announced_addresses()))
+        for addr in await self._http.start(http.host, http.port):
+            log.info("http listening on %s", format_address(addr))
+
+    def begin_drain(self) -> None:
+        """Stop advertising readiness; in-flight work may still finish."""
+        if not self._draining:
+            self._draining = True
+            log.info("draining: readiness now reports unavailable")
+
+    async def stop(self) -> None:
+        """Drain, then close the media socket and the HTTP server."""
+        self.begin_drain()
+        if self._udp is not None:
+            await self._udp.close()
+        await self._http.close()
+        log.info("stopped (media datagrams dropped: %d)", self.sink.count)
+
+
+async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGINT/SIGTERM (or ``stop`` is set), then drain within the timeout.
+
+    Returns the process exit code: 0 after a normal shutdown, 1 if binding failed or a
+    second signal forced an immediate exit.
+    """
+    loop = asyncio.get_running_loop()
+    stop = stop if stop is not None else asyncio.Event()
+    signals_seen: list[int] = []
+    drain_task: asyncio.Task[None] | None = None
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            stop.set()
+        elif drain_task is not None and not drain_task.done():
+            log.warning("received %s again, forcing exit", signal.Signals(signum).name)
+            drain_task.cancel()
+
+    installed: list[int] = []
+    for sig in _SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+
+    server = Server(config)
+    timeout = config.server.drain_timeout_s
+    try:
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("cannot bind listening sockets: %s", exc)
+            await asyncio.wait_for(server.stop(), timeout)
+            return 1
+        log.info("ready")
+        await stop.wait()
+        drain_task = asyncio.ensure_future(asyncio.wait_for(server.stop(), timeout))
+        try:
+            await drain_task
+        except TimeoutError:
+            log.warning("drain did not finish within %.1f s; exiting anyway", timeout)
+        except asyncio.CancelledError:
+            if len(signals_seen) < 2:
+                raise
+            return 1
+        return 0
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def serve(config: Config) -> int:
+    """Process entry point for ``sfu serve``: set up logging, run on uvloop, return exit code."""
+    configure_logging(config.logging, worker_name=config.server.worker_name)
+    log.info(
+        "sfu %s starting (python %s, fast path: %s)",
+        __version__,
+        sys.version.split()[0],
+        fast_path_implementation(),
+    )
+    if config.logging.debug_personal_data:
+        log.warning(
+            "logging.debug_personal_data is ON: logs may contain IP addresses and other "
+            "personal data; never enable this in production"
+        )
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run(config))

@@ -1,0 +1,345 @@
+"""Server configuration: TOML file plus ``SFU_<SECTION>_<KEY>`` environment overrides.
+
+The configuration is loaded into frozen dataclasses (one per TOML section). Validation is
+strict and exhaustive: unknown keys, wrong types and out-of-range values are all collected
+into a single :class:`ConfigError` so an operator sees every mistake at once.
+
+The built-in defaults are the dataclass defaults below; ``configs/default.toml`` in the
+repository documents the same values (a unit test keeps them in sync), so ``sfu serve``
+without ``--config`` needs no data file and works from an installed package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "ENV_PREFIX",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "NON_CONFIG_ENV_VARS",
+    "Config",
+    "ConfigError",
+    "HttpConfig",
+    "LoggingConfig",
+    "MediaConfig",
+    "ServerConfig",
+    "env_var_name",
+    "load_config",
+    "parse_config",
+]
+
+ENV_PREFIX: Final = "SFU_"
+
+#: ``SFU_*`` environment variables that are not configuration overrides (read elsewhere).
+NON_CONFIG_ENV_VARS: Final = frozenset({"SFU_NO_EXTENSIONS", "SFU_EXPECT_COMPILED"})
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The HTTP listener (signalling API and health probes)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Largest accepted request body; SDP offers are a few KiB, so this stays small.
+    max_body_bytes: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """The single UDP socket that carries all ICE/DTLS/SRTP traffic."""
+
+    udp_host: str = "127.0.0.1"
+    udp_port: int = 40000
+    #: IP literals advertised as ICE candidates; empty means "announce ``udp_host``".
+    announced_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """Log verbosity and output format."""
+
+    level: str = "info"
+    format: str = "text"
+    #: Only when true may logs include personal data such as peer IP addresses.
+    debug_personal_data: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Process-level settings."""
+
+    #: Upper bound on graceful shutdown after SIGINT/SIGTERM, in seconds.
+    drain_timeout_s: float = 5.0
+    #: Name of this process in logs, to tell workers apart when logs are aggregated.
+    worker_name: str = "sfu"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The complete, validated server configuration."""
+
+    http: HttpConfig = field(default_factory=HttpConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def announced_addresses(self) -> tuple[str, ...]:
+        """Addresses to put into ICE candidates: the configured list, else the bind host."""
+        return self.media.announced_addresses or (self.media.udp_host,)
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``errors`` lists every problem as ``(key_path, message)``."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors: list[tuple[str, str]] = list(errors)
+        super().__init__("\n".join(f"{key}: {msg}" for key, msg in self.errors))
+
+
+_SECTIONS: Final[dict[str, type[Any]]] = {
+    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
+}
+
+
+def _section_fields(cls: type[Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+_FIELDS: Final[dict[str, dict[str, Any]]] = {
+    name: _section_fields(cls) for name, cls in _SECTIONS.items()
+}
+
+_STR_TUPLE: Final = tuple[str, ...]
+
+
+def env_var_name(section: str, key: str) -> str:
+    """The environment variable that overrides ``section.key``."""
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+_ENV_VARS: Final[dict[str, tuple[str, str]]] = {
+    env_var_name(section, key): (section, key) for section, keys in _FIELDS.items() for key in keys
+}
+
+
+def _toml_type_name(value: object) -> str:
+    """The TOML name of a parsed value's type, for error messages."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__  # datetime, date, time
+
+
+def _expected_name(tp: Any) -> str:
+    if tp is bool:
+        return "boolean"
+    if tp is int:
+        return "integer"
+    if tp is float:
+        return "float"
+    if tp is str:
+        return "string"
+    if tp == _STR_TUPLE:
+        return "array of strings"
+    raise TypeError(f"unsupported config field type {tp!r}")  # pragma: no cover
+
+
+def _check_toml_value(key: str, tp: Any, value: object, errors: list[tuple[str, str]]) -> Any:
+    """Type-check one TOML value against the field type; returns the converted value or None."""
+    if tp == _STR_TUPLE:
+        if not isinstance(value, list):
+            errors.append((key, f"expected array of strings, got {_toml_type_name(value)}"))
+            return None
+        ok = True
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                errors.append((f"{key}[{i}]", f"expected string, got {_toml_type_name(item)}"))
+                ok = False
+        return tuple(value) if ok else None
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    errors.append((key, f"expected {_expected_name(tp)}, got {_toml_type_name(value)}"))
+    return None
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def _convert_env(var: str, tp: Any, raw: str, errors: list[tuple[str, str]]) -> Any:
+    """Convert an environment string according to the field type; returns None on error."""
+    text = raw.strip()
+    if tp is str:
+        return raw
+    if tp == _STR_TUPLE:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if tp is bool:
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        errors.append((var, f"expected boolean (true/false/1/0/yes/no/on/off), got {raw!r}"))
+        return None
+    try:
+        return int(text, 10) if tp is int else float(text)
+    except ValueError:
+        errors.append((var, f"expected {_expected_name(tp)}, got {raw!r}"))
+        return None
+
+
+def _is_ip_literal(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[tuple[str, str]]:
+    """Range and semantic checks on type-correct values; ``label`` maps key paths to sources."""
+    errors: list[tuple[str, str]] = []
+
+    def err(path: str, message: str) -> None:
+        errors.append((label.get(path, path), message))
+
+    def port(section: str, key: str) -> None:
+        value = values[section].get(key)
+        if value is not None and not 0 <= value <= 65535:
+            err(f"{section}.{key}", f"must be between 0 and 65535, got {value}")
+
+    port("http", "port")
+    port("media", "udp_port")
+
+    host = values["http"].get("host")
+    if host is not None and not host.strip():
+        err("http.host", "must not be empty")
+    body = values["http"].get("max_body_bytes")
+    if body is not None and body <= 0:
+        err("http.max_body_bytes", f"must be positive, got {body}")
+
+    udp_host = values["media"].get("udp_host")
+    if udp_host is not None and not _is_ip_literal(udp_host):
+        err("media.udp_host", f"must be an IP address literal, got {udp_host!r}")
+    announced = values["media"].get("announced_addresses")
+    for i, addr in enumerate(announced or ()):
+        path = f"media.announced_addresses[{i}]"
+        where = label.get("media.announced_addresses")
+        item = f"{where}[{i}]" if where else path
+        if not _is_ip_literal(addr):
+            errors.append((item, f"must be an IP address literal, got {addr!r}"))
+        elif ipaddress.ip_address(addr).is_unspecified:
+            errors.append((item, f"cannot announce the unspecified address {addr!r}"))
+
+    level = values["logging"].get("level")
+    if level is not None and level not in LOG_LEVELS:
+        err("logging.level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    fmt = values["logging"].get("format")
+    if fmt is not None and fmt not in LOG_FORMATS:
+        err("logging.format", f"must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+
+    drain = values["server"].get("drain_timeout_s")
+    if drain is not None and not (math.isfinite(drain) and drain > 0):
+        err("server.drain_timeout_s", f"must be a positive number of seconds, got {drain}")
+    name = values["server"].get("worker_name")
+    if name is not None and not (0 < len(name) <= 64 and name.isprintable()):
+        err("server.worker_name", "must be 1 to 64 printable characters")
+    return errors
+
+
+def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Validate parsed TOML ``data`` plus ``environ`` overrides; raise :class:`ConfigError`."""
+    errors: list[tuple[str, str]] = []
+    values: dict[str, dict[str, Any]] = {section: {} for section in _FIELDS}
+    label: dict[str, str] = {}
+
+    for section, table in data.items():
+        fields = _FIELDS.get(section)
+        if fields is None:
+            errors.append((section, "unknown section"))
+            continue
+        if not isinstance(table, dict):
+            errors.append((section, f"expected table, got {_toml_type_name(table)}"))
+            continue
+        for key, value in table.items():
+            path = f"{section}.{key}"
+            tp = fields.get(key)
+            if tp is None:
+                errors.append((path, "unknown key"))
+                continue
+            converted = _check_toml_value(path, tp, value, errors)
+            if converted is not None:
+                values[section][key] = converted
+
+    env = environ or {}
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in NON_CONFIG_ENV_VARS:
+            continue
+        target = _ENV_VARS.get(var)
+        if target is None:
+            errors.append((var, "unknown configuration variable (no matching section.key)"))
+            continue
+        section, key = target
+        converted = _convert_env(var, _FIELDS[section][key], env[var], errors)
+        if converted is not None:
+            values[section][key] = converted
+            label[f"{section}.{key}"] = var
+
+    errors.extend(_validate(values, label))
+    if errors:
+        raise ConfigError(errors)
+    sections = {name: cls(**values[name]) for name, cls in _SECTIONS.items()}
+    return Config(**sections)
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (``None``: built-in defaults) and apply ``environ`` overrides.
+
+    File-level problems (missing file, TOML syntax error with its line and column) are
+    reported as a :class:`ConfigError` keyed by the file path.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            with p.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([(str(p), "file not found")]) from None
+        except IsADirectoryError:
+            raise ConfigError([(str(p), "is a directory, not a file")]) from None
+        except PermissionError:
+            raise ConfigError([(str(p), "permission denied")]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([(str(p), f"not valid UTF-8: {exc.reason}")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([(str(p), f"invalid TOML: {exc}")]) from None
+    return parse_config(data, environ)
