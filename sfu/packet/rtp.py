@@ -1,0 +1,367 @@
+"""RTP packets (RFC 3550 §5.1) and RFC 8285 header extension blocks.
+
+Parsing keeps every raw field (CSRCs, the extension block body, padding bytes) so that
+``RtpPacket.parse(x).serialize() == x`` for any well-formed datagram, including real captures
+whose extension block contains padding bytes or an unknown profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sfu.packet.errors import ParseError
+
+__all__ = [
+    "ONE_BYTE_PROFILE",
+    "RTP_HEADER_SIZE",
+    "TWO_BYTE_PROFILE",
+    "RtpPacket",
+    "build_extension_block",
+    "is_two_byte_profile",
+    "parse_extension_elements",
+    "peek_rtp_header",
+]
+
+RTP_HEADER_SIZE = 12
+"""Size of the fixed RTP header (RFC 3550 §5.1), without CSRCs or extensions."""
+
+ONE_BYTE_PROFILE = 0xBEDE
+"""'defined by profile' value of the one-byte header extension form (RFC 8285 §4.2)."""
+
+TWO_BYTE_PROFILE = 0x1000
+"""Two-byte header extension form (RFC 8285 §4.3); the low 4 bits are 'appbits'."""
+
+_HEADER = struct.Struct("!BBHII")
+_EXT_HEADER = struct.Struct("!HH")
+_PEEK = struct.Struct("!BBHII")
+
+_ONE_BYTE_MAX_ID = 14
+_ONE_BYTE_MAX_LEN = 16
+_ONE_BYTE_STOP_ID = 15  # RFC 8285 §4.2: reserved, stops processing of the whole block
+_TWO_BYTE_MAX_LEN = 255
+
+
+def is_two_byte_profile(profile: int) -> bool:
+    """True for the 0x100X 'defined by profile' values of the two-byte form (RFC 8285 §4.3)."""
+    return profile & 0xFFF0 == TWO_BYTE_PROFILE
+
+
+def parse_extension_elements(profile: int, data: bytes) -> list[tuple[int, bytes]]:
+    """Split an RFC 8285 extension block body into ``(id, value)`` pairs, in wire order.
+
+    Padding bytes are skipped; in the one-byte form an element with id 15 ends parsing
+    (RFC 8285 §4.2). Raises ParseError for an unknown profile or an element that overruns
+    the block.
+    """
+    out: list[tuple[int, bytes]] = []
+    n = len(data)
+    pos = 0
+    if profile == ONE_BYTE_PROFILE:
+        while pos < n:
+            b = data[pos]
+            if b == 0:  # padding byte
+                pos += 1
+                continue
+            ext_id = b >> 4
+            if ext_id == _ONE_BYTE_STOP_ID or ext_id == 0:
+                # id 15 is a stop marker; id 0 with a non-zero length is not a valid element
+                # and, like libwebrtc, we treat it as the end of usable data.
+                break
+            length = (b & 0x0F) + 1
+            start = pos + 1
+            end = start + length
+            if end > n:
+                raise ParseError(f"one-byte header extension {ext_id} overruns the block")
+            out.append((ext_id, bytes(data[start:end])))
+            pos = end
+        return out
+    if is_two_byte_profile(profile):
+        while pos < n:
+            ext_id = data[pos]
+            if ext_id == 0:  # padding byte
+                pos += 1
+                continue
+            if pos + 1 >= n:
+                raise ParseError(f"two-byte header extension {ext_id} lacks a length byte")
+            length = data[pos + 1]
+            start = pos + 2
+            end = start + length
+            if end > n:
+                raise ParseError(f"two-byte header extension {ext_id} overruns the block")
+            out.append((ext_id, bytes(data[start:end])))
+            pos = end
+        return out
+    raise ParseError(f"extension profile 0x{profile:04x} is not an RFC 8285 form")
+
+
+def _find_element(profile: int, data: bytes, wanted: int) -> bytes | None:
+    """Return the first value for ``wanted`` without building the whole element list."""
+    n = len(data)
+    pos = 0
+    if profile == ONE_BYTE_PROFILE:
+        while pos < n:
+            b = data[pos]
+            if b == 0:
+                pos += 1
+                continue
+            ext_id = b >> 4
+            if ext_id == _ONE_BYTE_STOP_ID or ext_id == 0:
+                return None
+            end = pos + 2 + (b & 0x0F)
+            if end > n:
+                raise ParseError(f"one-byte header extension {ext_id} overruns the block")
+            if ext_id == wanted:
+                return data[pos + 1 : end]
+            pos = end
+        return None
+    if is_two_byte_profile(profile):
+        while pos < n:
+            ext_id = data[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            if pos + 1 >= n:
+                raise ParseError(f"two-byte header extension {ext_id} lacks a length byte")
+            end = pos + 2 + data[pos + 1]
+            if end > n:
+                raise ParseError(f"two-byte header extension {ext_id} overruns the block")
+            if ext_id == wanted:
+                return data[pos + 2 : end]
+            pos = end
+        return None
+    return None
+
+
+def build_extension_block(
+    elements: Sequence[tuple[int, bytes]], *, force_two_byte: bool = False
+) -> tuple[int, bytes]:
+    """Encode elements as an RFC 8285 block body; returns ``(profile, body)``.
+
+    The one-byte form is used when every id is 1-14 and every value 1-16 bytes long (and
+    ``force_two_byte`` is false), otherwise the two-byte form (ids 1-255, 0-255 bytes).
+    The body is zero-padded to a multiple of 4 bytes (RFC 3550 §5.3.1). Raises ValueError
+    for elements that fit neither form.
+    """
+    one_byte = not force_two_byte and all(
+        1 <= i <= _ONE_BYTE_MAX_ID and 1 <= len(v) <= _ONE_BYTE_MAX_LEN for i, v in elements
+    )
+    parts: list[bytes] = []
+    if one_byte:
+        for ext_id, value in elements:
+            parts.append(bytes(((ext_id << 4) | (len(value) - 1),)))
+            parts.append(bytes(value))
+        profile = ONE_BYTE_PROFILE
+    else:
+        for ext_id, value in elements:
+            if not 1 <= ext_id <= 255:
+                raise ValueError(f"header extension id {ext_id} out of range 1-255")
+            if len(value) > _TWO_BYTE_MAX_LEN:
+                raise ValueError(f"header extension {ext_id} value longer than 255 bytes")
+            parts.append(bytes((ext_id, len(value))))
+            parts.append(bytes(value))
+        profile = TWO_BYTE_PROFILE
+    body = b"".join(parts)
+    rem = len(body) % 4
+    if rem:
+        body += bytes(4 - rem)
+    return profile, body
+
+
+def peek_rtp_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int, int] | None:
+    """Cheaply read ``(ssrc, sequence_number, timestamp, payload_type)`` from an RTP datagram.
+
+    Returns None when the buffer is shorter than the fixed header or the version is not 2;
+    nothing beyond the fixed 12 bytes is validated.
+    """
+    if len(data) < RTP_HEADER_SIZE:
+        return None
+    b0, b1, seq, ts, ssrc = _PEEK.unpack_from(data, 0)
+    if b0 >> 6 != 2:
+        return None
+    return ssrc, seq, ts, b1 & 0x7F
+
+
+@dataclass(slots=True)
+class RtpPacket:
+    """One RTP packet (RFC 3550 §5.1) with its raw header extension block and padding.
+
+    ``extension_profile`` is None when the X bit is clear; otherwise it is the 16-bit
+    'defined by profile' value (0xBEDE, 0x100X or anything else, kept raw) and
+    ``extension_data`` is the block body. ``padding_length`` counts all padding octets
+    including the final count octet; ``padding`` holds the octets before the count octet when
+    any is non-zero (empty means zero fill, the usual case).
+    """
+
+    marker: bool = False
+    payload_type: int = 0
+    sequence_number: int = 0
+    timestamp: int = 0
+    ssrc: int = 0
+    csrcs: tuple[int, ...] = ()
+    extension_profile: int | None = None
+    extension_data: bytes = b""
+    payload: bytes = b""
+    padding_length: int = 0
+    padding: bytes = b""
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> RtpPacket:
+        """Parse one RTP datagram; raises ParseError if it is malformed."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        n = len(data)
+        if n < RTP_HEADER_SIZE:
+            raise ParseError(f"RTP packet too short ({n} bytes)")
+        b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data, 0)
+        if b0 >> 6 != 2:
+            raise ParseError(f"RTP version {b0 >> 6} is not 2")
+        cc = b0 & 0x0F
+        offset = RTP_HEADER_SIZE + 4 * cc
+        if offset > n:
+            raise ParseError(f"RTP CSRC count {cc} exceeds packet length")
+        csrcs: tuple[int, ...] = struct.unpack_from(f"!{cc}I", data, 12) if cc else ()
+        profile: int | None = None
+        ext_data = b""
+        if b0 & 0x10:
+            if offset + 4 > n:
+                raise ParseError("RTP extension header truncated")
+            profile, words = _EXT_HEADER.unpack_from(data, offset)
+            offset += 4
+            end = offset + 4 * words
+            if end > n:
+                raise ParseError(f"RTP extension length {words} words exceeds packet length")
+            ext_data = data[offset:end]
+            offset = end
+        end = n
+        padding_length = 0
+        padding = b""
+        if b0 & 0x20:
+            # RFC 3550 §5.1: the last octet counts the padding octets, itself included.
+            if offset >= n:
+                raise ParseError("RTP padding bit set but no padding count octet")
+            padding_length = data[-1]
+            if padding_length == 0:
+                raise ParseError("RTP padding bit set with padding count 0")
+            if padding_length > n - offset:
+                raise ParseError(f"RTP padding count {padding_length} exceeds payload")
+            end = n - padding_length
+            padding = data[end : n - 1]
+            if not any(padding):
+                padding = b""
+        return cls(
+            bool(b1 & 0x80),
+            b1 & 0x7F,
+            seq,
+            ts,
+            ssrc,
+            csrcs,
+            profile,
+            ext_data,
+            data[offset:end],
+            padding_length,
+            padding,
+        )
+
+    def serialize(self) -> bytes:
+        """Encode to wire format; raises ValueError if a field is out of range."""
+        if not 0 <= self.payload_type <= 127:
+            raise ValueError(f"payload type {self.payload_type} out of range 0-127")
+        cc = len(self.csrcs)
+        if cc > 15:
+            raise ValueError(f"{cc} CSRCs exceed the limit of 15")
+        b0 = 0x80 | cc
+        parts: list[bytes] = []
+        try:
+            if cc:
+                parts.append(struct.pack(f"!{cc}I", *self.csrcs))
+            if self.extension_profile is not None:
+                b0 |= 0x10
+                ext_len = len(self.extension_data)
+                if ext_len % 4:
+                    raise ValueError("extension data length must be a multiple of 4")
+                parts.append(_EXT_HEADER.pack(self.extension_profile, ext_len // 4))
+                parts.append(bytes(self.extension_data))
+            elif self.extension_data:
+                raise ValueError("extension data without an extension profile")
+            parts.append(bytes(self.payload))
+            plen = self.padding_length
+            if plen:
+                if not 1 <= plen <= 255:
+                    raise ValueError(f"padding length {plen} out of range 1-255")
+                b0 |= 0x20
+                if self.padding:
+                    if len(self.padding) != plen - 1:
+                        raise ValueError("padding bytes must be padding_length - 1 long")
+                    parts.append(bytes(self.padding))
+                else:
+                    parts.append(bytes(plen - 1))
+                parts.append(bytes((plen,)))
+            elif self.padding:
+                raise ValueError("padding bytes given with padding_length 0")
+            header = _HEADER.pack(
+                b0,
+                (0x80 if self.marker else 0) | self.payload_type,
+                self.sequence_number,
+                self.timestamp,
+                self.ssrc,
+            )
+        except struct.error as exc:
+            raise ValueError(f"RTP field out of range: {exc}") from None
+        return header + b"".join(parts)
+
+    @property
+    def header_size(self) -> int:
+        """Bytes before the payload: fixed header, CSRCs and the extension block."""
+        size = RTP_HEADER_SIZE + 4 * len(self.csrcs)
+        if self.extension_profile is not None:
+            size += 4 + len(self.extension_data)
+        return size
+
+    def extensions(self) -> list[tuple[int, bytes]]:
+        """RFC 8285 elements as ``(id, value)``; empty when absent or of an unknown profile."""
+        profile = self.extension_profile
+        if profile is None or not (profile == ONE_BYTE_PROFILE or is_two_byte_profile(profile)):
+            return []
+        return parse_extension_elements(profile, self.extension_data)
+
+    def get_extension(self, ext_id: int) -> bytes | None:
+        """Value of the first element with ``ext_id``, or None; ParseError if the block is bad."""
+        profile = self.extension_profile
+        if profile is None:
+            return None
+        return _find_element(profile, self.extension_data, ext_id)
+
+    def with_extensions(
+        self, elements: Sequence[tuple[int, bytes]], *, force_two_byte: bool = False
+    ) -> RtpPacket:
+        """Copy of this packet whose extension block holds exactly ``elements``.
+
+        An unknown-profile block is replaced, not merged; no elements clears the X bit.
+        """
+        if not elements:
+            return dataclasses.replace(self, extension_profile=None, extension_data=b"")
+        profile, body = build_extension_block(elements, force_two_byte=force_two_byte)
+        return dataclasses.replace(self, extension_profile=profile, extension_data=body)
+
+    def with_extension(self, ext_id: int, value: bytes) -> RtpPacket:
+        """Copy with element ``ext_id`` set to ``value`` (replaced in place or appended)."""
+        elements = self.extensions()
+        for i, (eid, _) in enumerate(elements):
+            if eid == ext_id:
+                elements[i] = (ext_id, value)
+                break
+        else:
+            elements.append((ext_id, value))
+        return self.with_extensions(elements, force_two_byte=self._uses_two_byte())
+
+    def without_extension(self, ext_id: int) -> RtpPacket:
+        """Copy with every element ``ext_id`` removed."""
+        elements = [(i, v) for i, v in self.extensions() if i != ext_id]
+        return self.with_extensions(elements, force_two_byte=self._uses_two_byte())
+
+    def _uses_two_byte(self) -> bool:
+        profile = self.extension_profile
+        return profile is not None and is_two_byte_profile(profile)
