@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from sfu._fastpath import _rewrite_py
 from sfu._fastpath import _rewrite as _rewrite_c  # type: ignore[attr-defined,unused-ignore]
+from sfu._fastpath import _rewrite_py
 
 # A 1200-byte VP8-like packet with a one-byte extension block (mid, abs-send-time, twcc).
 _EXT = bytes([0x10, ord("0"), 0x22, 1, 2, 3, 0x31, 0, 7, 0, 0, 0])

@@ -45,18 +45,24 @@ LOCAL_CONFIG = Config(
 class ServeProcess:
     """``python -m sfu serve`` in a subprocess, with its stderr lines collected by a thread."""
 
-    def __init__(self, config_path: Path | None, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path | None,
+        extra_env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SFU_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env.update(extra_env or {})
         args = ["--config", str(config_path)] if config_path is not None else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sfu", "serve", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            command or [sys.executable, "-m", "sfu", "serve", *args],
+            stdout=subprocess.PIPE if command else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if command else subprocess.PIPE,
             text=True,
             env=env,
             cwd=REPO,
+            start_new_session=command is not None,  # so a signal reaches make and its child
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -64,8 +70,9 @@ class ServeProcess:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        stream = self.proc.stderr or self.proc.stdout
+        assert stream is not None
+        for line in stream:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 

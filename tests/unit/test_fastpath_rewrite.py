@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sfu._fastpath
-from sfu._fastpath import _rewrite_py
 
 # Imported directly (not via the selector) so the equivalence test always compares the two,
 # whichever implementation the rest of this run uses. `make test` always builds it.
 from sfu._fastpath import _rewrite as _rewrite_c  # type: ignore[attr-defined,unused-ignore]
+from sfu._fastpath import _rewrite_py
 
 KERNELS = [
     pytest.param(_rewrite_py.rewrite_rtp, id="python"),
