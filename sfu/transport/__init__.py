@@ -1,0 +1,1 @@
+"""Sans-I/O WebRTC transport: ICE-lite, DTLS-SRTP, SRTP."""
