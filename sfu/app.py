@@ -13,11 +13,15 @@ import signal
 import sys
 from typing import Final
 
-from sfu import __version__
+from sfu import __version__, clock
 from sfu.config import Config
+from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.udp import Address, UdpEndpoint, open_udp_endpoint
 from sfu.logging_setup import configure_logging
+from sfu.signaling.echo_http import add_echo_routes
+from sfu.transport.certificate import Certificate
+from sfu.transport.port import MediaPort
 
 __all__ = [
     "DatagramSink",
@@ -48,16 +52,35 @@ def format_address(addr: Address) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+#: How often transport timers (ICE consent, DTLS retransmission and timeouts) are checked.
+TIMER_INTERVAL_S: Final = 0.05
+
+
 class DatagramSink:
-    """Counts and drops media datagrams until the transport layer is plugged in."""
+    """The media socket's callback: hands each datagram to the port, never lets it raise.
 
-    __slots__ = ("count",)
+    The port itself drops and counts bad input; this is the last line of defence against a
+    bug, so one malformed packet can never take the event loop's reader down.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_last_error_log", "count", "errors", "port")
+
+    def __init__(self, port: MediaPort) -> None:
+        self.port = port
         self.count = 0
+        self.errors = 0
+        self._last_error_log = -1e9
 
     def __call__(self, data: bytes, addr: Address) -> None:
         self.count += 1
+        now = clock.now()
+        try:
+            self.port.datagram_received(data, addr, now)
+        except Exception:
+            self.errors += 1
+            if now - self._last_error_log > 60.0:  # a traceback a minute at most
+                self._last_error_log = now
+                log.exception("internal error handling a media datagram (dropped)")
 
 
 class Server:
@@ -65,8 +88,17 @@ class Server:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.sink = DatagramSink()
+        self.certificate = Certificate.generate()
+        self.port = MediaPort(
+            self.certificate,
+            self._send_datagram,
+            max_transports=config.media.max_transports,
+            max_pending=config.media.max_pending_transports,
+        )
+        self.sink = DatagramSink(self.port)
+        self.echo: EchoService | None = None
         self._udp: UdpEndpoint | None = None
+        self._timer_task: asyncio.Task[None] | None = None
         self._draining = False
         self.http_app = build_http_app(
             readiness=self.readiness, max_body_bytes=config.http.max_body_bytes
@@ -104,12 +136,32 @@ class Server:
         """The bound HTTP listener addresses (empty when not listening)."""
         return self._http.addresses
 
+    def _send_datagram(self, data: bytes, addr: Address) -> None:
+        if self._udp is not None:
+            self._udp.sendto(data, addr)
+
+    async def _run_timers(self) -> None:
+        """Drive every transport's timers from the loop (the cores only take ``now``)."""
+        while True:
+            await asyncio.sleep(TIMER_INTERVAL_S)
+            try:
+                self.port.poll(clock.now())
+            except Exception:  # pragma: no cover - a bug must not stop every timer
+                log.exception("internal error in transport timers")
+
     async def start(self) -> None:
         """Bind the media socket, then the HTTP listener; log the bound addresses."""
         media, http = self.config.media, self.config.http
         self._udp = await open_udp_endpoint(media.udp_host, media.udp_port, self.sink)
+        media_port = self._udp.local_address[1]
         log.info("media listening on udp %s", format_address(self._udp.local_address))
         log.info("announcing media addresses: %s", ", ".join(self.config.announced_addresses()))
+        if self.config.echo.enabled:
+            candidates = [(host, media_port) for host in self.config.announced_addresses()]
+            self.echo = EchoService(self.port, candidates)
+            add_echo_routes(self.http_app, self.echo, clock.now)
+            log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
+        self._timer_task = asyncio.ensure_future(self._run_timers())
         for addr in await self._http.start(http.host, http.port):
             log.info("http listening on %s", format_address(addr))
 
@@ -122,6 +174,12 @@ class Server:
     async def stop(self) -> None:
         """Drain, then close the media socket and the HTTP server."""
         self.begin_drain()
+        self.port.close_all(clock.now())
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer_task
+            self._timer_task = None
         if self._udp is not None:
             await self._udp.close()
         await self._http.close()

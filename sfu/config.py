@@ -28,6 +28,7 @@ __all__ = [
     "NON_CONFIG_ENV_VARS",
     "Config",
     "ConfigError",
+    "EchoConfig",
     "HttpConfig",
     "LoggingConfig",
     "MediaConfig",
@@ -64,6 +65,10 @@ class MediaConfig:
     udp_port: int = 40000
     #: IP literals advertised as ICE candidates; empty means "announce ``udp_host``".
     announced_addresses: tuple[str, ...] = ()
+    #: Most transports (connected or not) this process holds; new sessions are refused beyond.
+    max_transports: int = 2000
+    #: Most transports still waiting for their first valid ICE check (bounds unauthenticated state).
+    max_pending_transports: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,14 @@ class LoggingConfig:
     format: str = "text"
     #: Only when true may logs include personal data such as peer IP addresses.
     debug_personal_data: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EchoConfig:
+    """The diagnostic echo endpoint (``POST /echo``): media sent to it comes straight back."""
+
+    #: It needs no join token, so it may only be on while HTTP listens on loopback.
+    enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +107,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    echo: EchoConfig = field(default_factory=EchoConfig)
 
     def announced_addresses(self) -> tuple[str, ...]:
         """Addresses to put into ICE candidates: the configured list, else the bind host."""
@@ -224,6 +238,15 @@ def _is_ip_literal(text: str) -> bool:
     return True
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[tuple[str, str]]:
     """Range and semantic checks on type-correct values; ``label`` maps key paths to sources."""
     errors: list[tuple[str, str]] = []
@@ -258,6 +281,21 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
             errors.append((item, f"must be an IP address literal, got {addr!r}"))
         elif ipaddress.ip_address(addr).is_unspecified:
             errors.append((item, f"cannot announce the unspecified address {addr!r}"))
+
+    for key in ("max_transports", "max_pending_transports"):
+        limit = values["media"].get(key)
+        if limit is not None and limit <= 0:
+            err(f"media.{key}", f"must be positive, got {limit}")
+
+    # The echo endpoint takes no token: refuse a config that would expose it beyond loopback.
+    echo_on = values["echo"].get("enabled", EchoConfig().enabled)
+    http_host = values["http"].get("host", HttpConfig().host)
+    if echo_on and not _is_loopback(http_host):
+        err(
+            "echo.enabled",
+            f"the unauthenticated echo endpoint may only be enabled when http.host is a "
+            f"loopback address, got http.host = {http_host!r}",
+        )
 
     level = values["logging"].get("level")
     if level is not None and level not in LOG_LEVELS:

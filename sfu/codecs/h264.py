@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
+from sfu.codecs._fields import payload_end
 from sfu.packet.errors import ParseError
 
 __all__ = [
@@ -145,11 +146,7 @@ def iter_stap_a(
 
 def parse_h264(buf: BytesLike, offset: int = 0, end: int | None = None) -> H264Descriptor:
     """Inspect the H.264 RTP payload at ``buf[offset:end]`` without copying it."""
-    n = len(buf)
-    if end is None:
-        end = n
-    if not 0 <= offset <= end <= n:
-        raise ParseError("H.264: offset/end outside the buffer")
+    end = payload_end(buf, offset, end, "H.264")
     if offset >= end:
         raise ParseError("H.264: empty payload")
     hdr = buf[offset]

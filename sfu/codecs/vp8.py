@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sfu.codecs._fields import (
+    append_picture_id,
+    payload_end,
+    picture_id_size,
+    read_picture_id,
+    write_picture_id,
+)
 from sfu.packet.errors import ParseError
 
 __all__ = [
@@ -33,8 +40,6 @@ _I = 0x80
 _L = 0x40
 _T = 0x20
 _K = 0x10
-# Picture id: the M bit selects the 15-bit form.
-_M = 0x80
 # T/K octet: |TID|Y| KEYIDX |
 _Y = 0x20
 _KEYIDX_MASK = 0x1F
@@ -124,14 +129,7 @@ class Vp8Descriptor:
             ext |= _K
         out.append(ext)
         if self.picture_id is not None:
-            if self.picture_id_15bit:
-                if not 0 <= self.picture_id <= 0x7FFF:
-                    raise ValueError("15-bit picture_id out of range")
-                out += bytes((_M | (self.picture_id >> 8), self.picture_id & 0xFF))
-            else:
-                if not 0 <= self.picture_id <= 0x7F:
-                    raise ValueError("7-bit picture_id out of range")
-                out.append(self.picture_id)
+            append_picture_id(out, self.picture_id, self.picture_id_15bit)
         if self.tl0picidx is not None:
             if not 0 <= self.tl0picidx <= 0xFF:
                 raise ValueError("tl0picidx out of range")
@@ -152,23 +150,13 @@ class Vp8Descriptor:
         return bytes(out)
 
 
-def _bounds(buf: BytesLike, offset: int, end: int | None) -> int:
-    """Validate the [offset, end) window and return ``end``."""
-    n = len(buf)
-    if end is None:
-        end = n
-    if not 0 <= offset <= end <= n:
-        raise ParseError("VP8: offset/end outside the buffer")
-    return end
-
-
 def parse_vp8(buf: BytesLike, offset: int = 0, end: int | None = None) -> Vp8Descriptor:
     """Parse the descriptor at ``buf[offset:end]`` (an RTP payload) without copying it.
 
     At least one VP8 payload octet must follow the descriptor (an empty payload carries
     nothing to forward, and the first octet is needed for keyframe detection).
     """
-    end = _bounds(buf, offset, end)
+    end = payload_end(buf, offset, end, "VP8")
     if offset >= end:
         raise ParseError("VP8: empty payload")
     b0 = buf[offset]
@@ -185,18 +173,7 @@ def parse_vp8(buf: BytesLike, offset: int = 0, end: int | None = None) -> Vp8Des
         ext = buf[pos]
         pos += 1
         if ext & _I:
-            if pos >= end:
-                raise ParseError("VP8: truncated picture id")
-            p0 = buf[pos]
-            pos += 1
-            if p0 & _M:
-                if pos >= end:
-                    raise ParseError("VP8: truncated 15-bit picture id")
-                d.picture_id = ((p0 & 0x7F) << 8) | buf[pos]
-                d.picture_id_15bit = True
-                pos += 1
-            else:
-                d.picture_id = p0
+            pos = read_picture_id(d, buf, pos, end, "VP8")
         if ext & _L:
             if pos >= end:
                 raise ParseError("VP8: truncated TL0PICIDX")
@@ -248,13 +225,11 @@ def rewrite_vp8_descriptor(
     pos += 1
     # Validate the whole layout before writing, so a truncated buffer is never half-edited.
     pic_pos = tl0_pos = tk_pos = -1
-    wide = False
+    pic_size = 0
     if ext & _I:
-        if pos >= end:
-            raise ParseError("VP8: truncated picture id")
         pic_pos = pos
-        wide = bool(buf[pos] & _M)
-        pos += 2 if wide else 1
+        pic_size = picture_id_size(buf, pos, end, "VP8")
+        pos += pic_size
     if ext & _L:
         tl0_pos = pos
         pos += 1
@@ -264,11 +239,7 @@ def rewrite_vp8_descriptor(
     if pos > end:
         raise ParseError("VP8: truncated descriptor")
     if picture_id is not None and pic_pos >= 0:
-        if wide:
-            buf[pic_pos] = _M | ((picture_id >> 8) & 0x7F)
-            buf[pic_pos + 1] = picture_id & 0xFF
-        else:
-            buf[pic_pos] = picture_id & 0x7F
+        write_picture_id(buf, pic_pos, pic_size, picture_id)
     if tl0picidx is not None and tl0_pos >= 0:
         buf[tl0_pos] = tl0picidx & 0xFF
     if keyidx is not None and ext & _K:

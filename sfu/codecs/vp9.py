@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sfu.codecs._fields import (
+    append_picture_id,
+    payload_end,
+    picture_id_size,
+    read_picture_id,
+    write_picture_id,
+)
 from sfu.packet.errors import ParseError
 
 __all__ = [
@@ -30,7 +37,6 @@ _B = 0x08
 _E = 0x04
 _V = 0x02
 _Z = 0x01
-_M = 0x80  # 15-bit picture id marker
 # Layer indices octet: |TID|U|SID|D|
 _U = 0x10
 _D = 0x01
@@ -183,14 +189,7 @@ class Vp9Descriptor:
         b0 = 0
         if self.picture_id is not None:
             b0 |= _I
-            if self.picture_id_15bit:
-                if not 0 <= self.picture_id <= 0x7FFF:
-                    raise ValueError("15-bit picture_id out of range")
-                out += bytes((_M | (self.picture_id >> 8), self.picture_id & 0xFF))
-            else:
-                if not 0 <= self.picture_id <= 0x7F:
-                    raise ValueError("7-bit picture_id out of range")
-                out.append(self.picture_id)
+            append_picture_id(out, self.picture_id, self.picture_id_15bit)
         if self.inter_picture_predicted:
             b0 |= _P
         if self.flexible:
@@ -274,11 +273,7 @@ def parse_vp9(buf: BytesLike, offset: int = 0, end: int | None = None) -> Vp9Des
 
     At least one VP9 payload octet must follow the descriptor.
     """
-    n = len(buf)
-    if end is None:
-        end = n
-    if not 0 <= offset <= end <= n:
-        raise ParseError("VP9: offset/end outside the buffer")
+    end = payload_end(buf, offset, end, "VP9")
     if offset >= end:
         raise ParseError("VP9: empty payload")
     b0 = buf[offset]
@@ -291,18 +286,7 @@ def parse_vp9(buf: BytesLike, offset: int = 0, end: int | None = None) -> Vp9Des
         not_reference_for_upper_spatial=bool(b0 & _Z),
     )
     if b0 & _I:
-        if pos >= end:
-            raise ParseError("VP9: truncated picture id")
-        p0 = buf[pos]
-        pos += 1
-        if p0 & _M:
-            if pos >= end:
-                raise ParseError("VP9: truncated 15-bit picture id")
-            d.picture_id = ((p0 & 0x7F) << 8) | buf[pos]
-            d.picture_id_15bit = True
-            pos += 1
-        else:
-            d.picture_id = p0
+        pos = read_picture_id(d, buf, pos, end, "VP9")
     if b0 & _L:
         if pos >= end:
             raise ParseError("VP9: truncated layer indices")
@@ -356,13 +340,11 @@ def rewrite_vp9_descriptor(
     b0 = buf[offset]
     pos = offset + 1
     pic_pos = tl0_pos = -1
-    wide = False
+    pic_size = 0
     if b0 & _I:
-        if pos >= end:
-            raise ParseError("VP9: truncated picture id")
         pic_pos = pos
-        wide = bool(buf[pos] & _M)
-        pos += 2 if wide else 1
+        pic_size = picture_id_size(buf, pos, end, "VP9")
+        pos += pic_size
     if b0 & _L:
         if not b0 & _F:
             tl0_pos = pos + 1
@@ -370,10 +352,6 @@ def rewrite_vp9_descriptor(
     if pos > end:
         raise ParseError("VP9: truncated descriptor")
     if picture_id is not None and pic_pos >= 0:
-        if wide:
-            buf[pic_pos] = _M | ((picture_id >> 8) & 0x7F)
-            buf[pic_pos + 1] = picture_id & 0xFF
-        else:
-            buf[pic_pos] = picture_id & 0x7F
+        write_picture_id(buf, pic_pos, pic_size, picture_id)
     if tl0picidx is not None and tl0_pos >= 0:
         buf[tl0_pos] = tl0picidx & 0xFF

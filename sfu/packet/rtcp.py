@@ -40,6 +40,7 @@ from sfu.packet.rtcp_feedback import (
     check_u32,
     nack_pairs_from_seqs,
     pack_header,
+    padding_of,
     read_frame,
     read_single_frame,
     seqs_from_nack_pairs,
@@ -85,10 +86,6 @@ _SENDER_INFO = struct.Struct(">IQIII")  # SSRC, NTP timestamp, RTP timestamp, pa
 _REPORT_BLOCK = struct.Struct(">IIIIII")
 
 
-def _padding_of(data: bytes, frame: Frame) -> bytes:
-    return bytes(data[frame.body_end : frame.end])
-
-
 # --------------------------------------------------------------------------------------
 # Reports (RFC 3550 §6.4)
 # --------------------------------------------------------------------------------------
@@ -127,10 +124,15 @@ class ReportBlock:
         )
 
 
-def _parse_blocks(data: bytes, offset: int, end: int, count: int) -> list[ReportBlock]:
-    if end - offset < count * _REPORT_BLOCK.size:
+def _parse_blocks(
+    data: bytes, offset: int, end: int, count: int
+) -> tuple[list[ReportBlock], bytes]:
+    """The ``count`` report blocks at ``offset`` and the profile extension after them (SR, RR)."""
+    ext_at = offset + count * _REPORT_BLOCK.size
+    if ext_at > end:
         raise ParseError("RTCP: report count exceeds packet length")
-    return [ReportBlock._unpack(data, offset + i * _REPORT_BLOCK.size) for i in range(count)]
+    reports = [ReportBlock._unpack(data, offset + i * _REPORT_BLOCK.size) for i in range(count)]
+    return reports, bytes(data[ext_at:end])
 
 
 def _pack_blocks(reports: list[ReportBlock]) -> bytes:
@@ -164,10 +166,8 @@ class SenderReport:
         if end - start < _SENDER_INFO.size:
             raise ParseError("RTCP SR: truncated sender info")
         ssrc, ntp, rtp_ts, packets, octets = _SENDER_INFO.unpack_from(data, start)
-        blocks_at = start + _SENDER_INFO.size
-        reports = _parse_blocks(data, blocks_at, end, frame.count)
-        ext = bytes(data[blocks_at + frame.count * _REPORT_BLOCK.size : end])
-        return cls(ssrc, ntp, rtp_ts, packets, octets, reports, ext, _padding_of(data, frame))
+        reports, ext = _parse_blocks(data, start + _SENDER_INFO.size, end, frame.count)
+        return cls(ssrc, ntp, rtp_ts, packets, octets, reports, ext, padding_of(data, frame))
 
     def serialize(self) -> bytes:
         """Encode to wire format."""
@@ -212,9 +212,8 @@ class ReceiverReport:
         if end - start < 4:
             raise ParseError("RTCP RR: missing SSRC")
         (ssrc,) = _U32.unpack_from(data, start)
-        reports = _parse_blocks(data, start + 4, end, frame.count)
-        ext = bytes(data[start + 4 + frame.count * _REPORT_BLOCK.size : end])
-        return cls(ssrc, reports, ext, _padding_of(data, frame))
+        reports, ext = _parse_blocks(data, start + 4, end, frame.count)
+        return cls(ssrc, reports, ext, padding_of(data, frame))
 
     def serialize(self) -> bytes:
         """Encode to wire format."""
@@ -307,7 +306,7 @@ class SourceDescription:
             chunks.append(SdesChunk(ssrc, items))
         if pos != end:
             raise ParseError("RTCP SDES: data after the last chunk")
-        return cls(chunks, _padding_of(data, frame))
+        return cls(chunks, padding_of(data, frame))
 
     def serialize(self) -> bytes:
         """Encode to wire format."""
@@ -351,7 +350,7 @@ class Bye:
             if aligned != end or any(data[stop:aligned]):
                 raise ParseError("RTCP BYE: bad reason length or padding")
             reason = bytes(data[pos + 1 : stop])
-        return cls(ssrcs, reason, _padding_of(data, frame))
+        return cls(ssrcs, reason, padding_of(data, frame))
 
     def serialize(self) -> bytes:
         """Encode to wire format."""
@@ -399,7 +398,7 @@ class UnknownRtcpPacket:
             frame.packet_type,
             frame.count,
             bytes(data[frame.body_start : frame.body_end]),
-            _padding_of(data, frame),
+            padding_of(data, frame),
         )
 
     def serialize(self) -> bytes:

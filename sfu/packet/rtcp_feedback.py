@@ -118,6 +118,19 @@ def read_single_frame(data: bytes, packet_type: int) -> Frame:
     return frame
 
 
+def read_feedback_frame(data: bytes, packet_type: int, fmt: int, name: str) -> Frame:
+    """:func:`read_single_frame` for a feedback message, also checking its FMT."""
+    frame = read_single_frame(data, packet_type)
+    if frame.count != fmt:
+        raise ParseError(f"RTCP {name}: FMT is not {fmt}")
+    return frame
+
+
+def padding_of(data: bytes, frame: Frame) -> bytes:
+    """The RTCP padding (P bit) of ``frame``, kept so the packet round-trips."""
+    return bytes(data[frame.body_end : frame.end])
+
+
 def check_padding(padding: bytes) -> None:
     """Raise ValueError unless ``padding`` is empty or ends with its own length (§6.4.1)."""
     if padding and (padding[-1] != len(padding) or len(padding) > 255):
@@ -240,10 +253,7 @@ class Nack:
     def parse(cls, data: Buffer) -> Self:
         """Parse one NACK packet occupying all of ``data``."""
         data = as_bytes(data)
-        frame = read_single_frame(data, PT_RTPFB)
-        if frame.count != FMT_NACK:
-            raise ParseError("RTCP NACK: FMT is not 1")
-        return cls._from_frame(data, frame)
+        return cls._from_frame(data, read_feedback_frame(data, PT_RTPFB, FMT_NACK, "NACK"))
 
     @classmethod
     def _from_frame(cls, data: bytes, frame: Frame) -> Self:
@@ -255,7 +265,7 @@ class Nack:
             (int(pid), int(blp))
             for pid, blp in _NACK_ITEM.iter_unpack(data[start : frame.body_end])
         ]
-        return cls(sender, media, pairs, bytes(data[frame.body_end : frame.end]))
+        return cls(sender, media, pairs, padding_of(data, frame))
 
     def serialize(self) -> bytes:
         """Encode to wire format."""
@@ -286,10 +296,7 @@ class Pli:
     def parse(cls, data: Buffer) -> Self:
         """Parse one PLI packet occupying all of ``data``."""
         data = as_bytes(data)
-        frame = read_single_frame(data, PT_PSFB)
-        if frame.count != FMT_PLI:
-            raise ParseError("RTCP PLI: FMT is not 1")
-        return cls._from_frame(data, frame)
+        return cls._from_frame(data, read_feedback_frame(data, PT_PSFB, FMT_PLI, "PLI"))
 
     @classmethod
     def _from_frame(cls, data: bytes, frame: Frame) -> Self:
@@ -297,7 +304,7 @@ class Pli:
         # §6.3.1: PLI carries no FCI; anything more would not round-trip.
         if frame.body_end - frame.body_start != FEEDBACK_HEADER_SIZE:
             raise ParseError("RTCP PLI: unexpected FCI")
-        return cls(sender, media, bytes(data[frame.body_end : frame.end]))
+        return cls(sender, media, padding_of(data, frame))
 
     def serialize(self) -> bytes:
         """Encode to wire format."""
@@ -333,10 +340,7 @@ class Fir:
     def parse(cls, data: Buffer) -> Self:
         """Parse one FIR packet occupying all of ``data``."""
         data = as_bytes(data)
-        frame = read_single_frame(data, PT_PSFB)
-        if frame.count != FMT_FIR:
-            raise ParseError("RTCP FIR: FMT is not 4")
-        return cls._from_frame(data, frame)
+        return cls._from_frame(data, read_feedback_frame(data, PT_PSFB, FMT_FIR, "FIR"))
 
     @classmethod
     def _from_frame(cls, data: bytes, frame: Frame) -> Self:
@@ -348,7 +352,7 @@ class Fir:
             FirEntry(int(ssrc), int(seq), int.from_bytes(res, "big"))
             for ssrc, seq, res in _FIR_ITEM.iter_unpack(data[start : frame.body_end])
         ]
-        return cls(sender, media, entries, bytes(data[frame.body_end : frame.end]))
+        return cls(sender, media, entries, padding_of(data, frame))
 
     def serialize(self) -> bytes:
         """Encode to wire format."""
@@ -435,7 +439,7 @@ class Remb:
             word & _MANTISSA_MAX,
             ssrcs,
             media,
-            bytes(data[frame.body_end : frame.end]),
+            padding_of(data, frame),
         )
 
     def serialize(self) -> bytes:

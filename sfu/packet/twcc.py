@@ -23,7 +23,8 @@ from sfu.packet.rtcp_feedback import (
     as_bytes,
     check_u32,
     pack_header,
-    read_single_frame,
+    padding_of,
+    read_feedback_frame,
 )
 
 __all__ = [
@@ -192,10 +193,7 @@ class TransportFeedback:
     def parse(cls, data: Buffer) -> Self:
         """Parse one transport feedback packet occupying all of ``data``."""
         data = as_bytes(data)
-        frame = read_single_frame(data, PT_RTPFB)
-        if frame.count != FMT_TWCC:
-            raise ParseError("RTCP TWCC: FMT is not 15")
-        return cls._from_frame(data, frame)
+        return cls._from_frame(data, read_feedback_frame(data, PT_RTPFB, FMT_TWCC, "TWCC"))
 
     @classmethod
     def _from_frame(cls, data: bytes, frame: Frame) -> Self:
@@ -249,7 +247,7 @@ class TransportFeedback:
             chunks,
             deltas,
             bytes(data[pos:end]),
-            bytes(data[end : frame.end]),
+            padding_of(data, frame),
         )
 
     def _encode_deltas(self) -> bytes:

@@ -257,16 +257,16 @@ def test_request_body_limit_is_enforced() -> None:
         async def echo_len(request: aiohttp.web.Request) -> aiohttp.web.Response:
             return aiohttp.web.Response(text=str(len(await request.read())))
 
-        server.http_app.router.add_post("/echo", echo_len)
+        server.http_app.router.add_post("/test-body", echo_len)
         await server.start()
         try:
             port = server.http_addresses[0][1]
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s,
-                s.post(f"http://127.0.0.1:{port}/echo", data=b"a" * 512) as small,
+                s.post(f"http://127.0.0.1:{port}/test-body", data=b"a" * 512) as small,
             ):
                 assert await small.text() == "512"
-                async with s.post(f"http://127.0.0.1:{port}/echo", data=b"a" * 4096) as big:
+                async with s.post(f"http://127.0.0.1:{port}/test-body", data=b"a" * 4096) as big:
                     return big.status
         finally:
             await asyncio.wait_for(server.stop(), TIMEOUT)

@@ -124,7 +124,11 @@ def test_array_element_errors_are_indexed() -> None:
         ({"http": {"port": -1}}, "http.port"),
         ({"media": {"udp_port": 70000}}, "media.udp_port"),
         ({"http": {"max_body_bytes": 0}}, "http.max_body_bytes"),
-        ({"http": {"host": " "}}, "http.host"),
+        ({"http": {"host": " "}, "echo": {"enabled": False}}, "http.host"),
+        ({"media": {"max_transports": 0}}, "media.max_transports"),
+        ({"media": {"max_pending_transports": -1}}, "media.max_pending_transports"),
+        ({"http": {"host": "0.0.0.0"}}, "echo.enabled"),
+        ({"http": {"host": "192.0.2.1"}, "echo": {"enabled": True}}, "echo.enabled"),
         ({"media": {"udp_host": "localhost"}}, "media.udp_host"),
         ({"media": {"announced_addresses": ["example.com"]}}, "media.announced_addresses[0]"),
         ({"media": {"announced_addresses": ["0.0.0.0"]}}, "media.announced_addresses[0]"),
@@ -140,6 +144,14 @@ def test_array_element_errors_are_indexed() -> None:
 )
 def test_range_and_value_checks(data: dict[str, Any], key: str) -> None:
     assert list(errors_of(data)) == [key]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "::1", "localhost"])
+def test_echo_is_allowed_on_loopback_only(host: str) -> None:
+    assert parse_config({"http": {"host": host}, "echo": {"enabled": True}}, {}).echo.enabled
+    assert not parse_config(
+        {"http": {"host": "0.0.0.0"}, "echo": {"enabled": False}}, {}
+    ).echo.enabled
 
 
 def test_port_bounds_are_inclusive() -> None:

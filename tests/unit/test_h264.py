@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import itertools
-import struct
-import tracemalloc
-from pathlib import Path
 
 import pytest
+from fixture_files import assert_bounded_allocation, mutated, rtp_payloads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -230,70 +226,25 @@ def test_random_bytes_parse_or_raise(data: bytes) -> None:
 @settings(max_examples=400)
 @given(st.lists(nal_units, min_size=1, max_size=6), st.data())
 def test_mutations_parse_or_raise(units: list[bytes], data: st.DataObject) -> None:
-    buf = bytearray(stap_a(*units) if data.draw(st.booleans()) else fu_a(units[0], 0, 9))
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(buf) - 1))
-        buf[i] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(buf)))
+    raw = mutated(data, stap_a(*units) if data.draw(st.booleans()) else fu_a(units[0], 0, 9))
     try:
-        d = parse_h264(bytes(buf[:cut]))
+        d = parse_h264(raw)
     except ParseError:
         return
-    assert cut >= 1 and d.nal_type == buf[0] & 0x1F
+    assert len(raw) >= 1 and d.nal_type == raw[0] & 0x1F
 
 
 def test_bounded_allocation() -> None:
     many = stap_a(*[bytes([0x06])] * 400)  # the most units per octet: 3 octets each
     samples = [many, many[:-1], stap_a(SPS, PPS, IDR), fu_a(IDR, 0, 3), bytes([0x78]) * 900]
-    for data in samples:
-        tracemalloc.start()
-        try:
-            for _ in range(5):
-                with contextlib.suppress(ParseError):
-                    parse_h264(data)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        assert peak < 16 * 1024 + 64 * len(data)
+    assert_bounded_allocation(parse_h264, samples, repeat=5)
 
 
 # --- real captures -----------------------------------------------------------------------
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rtp"
-
-
-@dataclasses.dataclass(slots=True)
-class RtpPacket:
-    """The RTP header fields these tests need, plus the payload window in ``data``."""
-
-    seq: int
-    timestamp: int
-    marker: bool
-    data: bytes
-    start: int
-    end: int
-
-
-def load_rtp(name: str) -> list[RtpPacket]:
-    """Read a .hex capture and locate each payload (RFC 3550 §5.1, §5.3.1)."""
-    out = []
-    for line in (FIXTURES / name).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        pkt = bytes.fromhex(line)
-        b0, b1, seq, ts = struct.unpack_from("!BBHI", pkt)
-        start = 12 + 4 * (b0 & 0x0F)
-        if b0 & 0x10:
-            (words,) = struct.unpack_from("!H", pkt, start + 2)
-            start += 4 + 4 * words
-        end = len(pkt) - (pkt[-1] if b0 & 0x20 else 0)
-        out.append(RtpPacket(seq, ts, bool(b1 & 0x80), pkt, start, end))
-    return out
-
 
 def test_captured_h264_invariants() -> None:
-    pkts = [p for p in load_rtp("chromium_h264.hex") if p.end > p.start]
+    pkts = [p for p in rtp_payloads("chromium_h264.hex") if p.end > p.start]
     assert len(pkts) > 50
     descs = [parse_h264(p.data, p.start, p.end) for p in pkts]
     assert descs[0].is_keyframe and descs[0].is_start_of_frame

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import struct
-import tracemalloc
 
 import pytest
+from fixture_files import allocation_bound, peak_allocation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -517,16 +516,6 @@ def test_mutated_compounds_parse_or_reject(data: st.DataObject) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _peak_during_parse(data: bytes) -> int:
-    tracemalloc.start()
-    try:
-        with contextlib.suppress(ParseError):
-            parse_compound(data)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def _adversarial_inputs() -> list[bytes]:
     words = 375  # a 1500-octet datagram
     n_items = (4 * words - 8) // 2  # empty SDES items filling one chunk
@@ -554,4 +543,4 @@ def _adversarial_inputs() -> list[bytes]:
 def test_parse_allocation_is_bounded(data: bytes) -> None:
     if len(data) > 100:  # the large inputs are valid: make sure they reach the parsers
         assert serialize_compound(parse_compound(data)) == data
-    assert _peak_during_parse(data) < 16 * 1024 + 64 * len(data)
+    assert peak_allocation(parse_compound, data) < allocation_bound(data)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import struct
-import tracemalloc
 from collections.abc import Sequence
 
 import pytest
+from fixture_files import allocation_bound, peak_allocation
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -441,16 +440,6 @@ def test_iter_packets_rejects_inconsistent_objects() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _peak(data: bytes) -> int:
-    tracemalloc.start()
-    try:
-        with contextlib.suppress(ParseError):
-            parse_compound(data)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def _header(body: bytes) -> bytes:
     return H("8fcd") + struct.pack(">H", len(body) // 4) + body
 
@@ -477,7 +466,7 @@ ADVERSARIAL = [
 
 @pytest.mark.parametrize("data", ADVERSARIAL)
 def test_parse_allocation_is_bounded(data: bytes) -> None:
-    assert _peak(data) < 16 * 1024 + 64 * len(data)
+    assert peak_allocation(parse_compound, data) < allocation_bound(data)
 
 
 def test_huge_claimed_count_is_lazy() -> None:

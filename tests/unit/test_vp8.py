@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-import struct
-import tracemalloc
-from pathlib import Path
 
 import pytest
+from fixture_files import assert_bounded_allocation, mutated, rtp_payloads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -242,16 +239,12 @@ def test_random_bytes_parse_or_raise(data: bytes) -> None:
 @settings(max_examples=400)
 @given(descriptors(), st.binary(min_size=1, max_size=4), st.data())
 def test_mutations_parse_or_raise(d: Vp8Descriptor, payload: bytes, data: st.DataObject) -> None:
-    buf = bytearray(d.serialize() + payload)
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(buf) - 1))
-        buf[i] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(buf)))
+    raw = mutated(data, d.serialize() + payload)
     try:
-        parsed = parse_vp8(bytes(buf[:cut]))
+        parsed = parse_vp8(raw)
     except ParseError:
         return
-    assert parsed.size < cut
+    assert parsed.size < len(raw)
 
 
 @settings(max_examples=400)
@@ -313,56 +306,15 @@ def test_rewrite_on_random_bytes_touches_only_field_octets(data: bytes, pid: int
 
 def test_bounded_allocation() -> None:
     samples = [MAX_DESC + KEY_PAYLOAD, MAX_DESC[:3], b"\x90\xff" + b"\x00" * 4000, b""]
-    for data in samples:
-        tracemalloc.start()
-        try:
-            for _ in range(20):
-                with contextlib.suppress(ParseError):
-                    parse_vp8(data)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        assert peak < 16 * 1024 + 64 * len(data)
+    assert_bounded_allocation(parse_vp8, samples, repeat=20)
 
 
 # --- real captures -----------------------------------------------------------------------
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rtp"
-
-
-@dataclasses.dataclass(slots=True)
-class RtpPacket:
-    """The RTP header fields these tests need, plus the payload window in ``data``."""
-
-    seq: int
-    timestamp: int
-    marker: bool
-    data: bytes
-    start: int
-    end: int
-
-
-def load_rtp(name: str) -> list[RtpPacket]:
-    """Read a .hex capture and locate each payload (RFC 3550 §5.1, §5.3.1)."""
-    out = []
-    for line in (FIXTURES / name).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        pkt = bytes.fromhex(line)
-        b0, b1, seq, ts = struct.unpack_from("!BBHI", pkt)
-        start = 12 + 4 * (b0 & 0x0F)
-        if b0 & 0x10:
-            (words,) = struct.unpack_from("!H", pkt, start + 2)
-            start += 4 + 4 * words
-        end = len(pkt) - (pkt[-1] if b0 & 0x20 else 0)
-        out.append(RtpPacket(seq, ts, bool(b1 & 0x80), pkt, start, end))
-    return out
-
 
 @pytest.mark.parametrize("name", ["chromium_vp8.hex", "aiortc_vp8.hex"])
 def test_captured_vp8_invariants(name: str) -> None:
-    pkts = [p for p in load_rtp(name) if p.end > p.start]
+    pkts = [p for p in rtp_payloads(name) if p.end > p.start]
     assert len(pkts) > 50
     descs = [parse_vp8(p.data, p.start, p.end) for p in pkts]
     for p, d in zip(pkts, descs, strict=True):
@@ -395,7 +347,7 @@ def test_captured_vp8_invariants(name: str) -> None:
 
 
 def test_captured_vp8_rewrite_leaves_payload() -> None:
-    for p in load_rtp("chromium_vp8.hex")[:40]:
+    for p in rtp_payloads("chromium_vp8.hex")[:40]:
         buf = bytearray(p.data)
         d = parse_vp8(buf, p.start, p.end)
         rewrite_vp8_descriptor(buf, p.start, 0x7FFF, 7, 3)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-import struct
-import tracemalloc
-from pathlib import Path
 
 import pytest
+from fixture_files import assert_bounded_allocation, mutated, rtp_payloads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -278,16 +275,12 @@ def test_random_bytes_parse_or_raise(data: bytes) -> None:
 @settings(max_examples=400)
 @given(descriptors(), st.binary(min_size=1, max_size=4), st.data())
 def test_mutations_parse_or_raise(d: Vp9Descriptor, payload: bytes, data: st.DataObject) -> None:
-    buf = bytearray(d.serialize() + payload)
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(buf) - 1))
-        buf[i] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(buf)))
+    raw = mutated(data, d.serialize() + payload)
     try:
-        parsed = parse_vp9(bytes(buf[:cut]))
+        parsed = parse_vp9(raw)
     except ParseError:
         return
-    assert parsed.size < cut
+    assert parsed.size < len(raw)
 
 
 @settings(max_examples=400)
@@ -340,55 +333,14 @@ def test_bounded_allocation() -> None:
     # SS picture group of 255 bare entries: the most objects per input octet.
     dense = bytes([0x02, 0x08, 255]) + bytes(255) + PAYLOAD
     samples = [big + PAYLOAD, big[:700], dense, NON_FLEX + PAYLOAD, b"\x02\xff" + bytes(8)]
-    for data in samples:
-        tracemalloc.start()
-        try:
-            for _ in range(5):
-                with contextlib.suppress(ParseError):
-                    parse_vp9(data)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        assert peak < 16 * 1024 + 64 * len(data)
+    assert_bounded_allocation(parse_vp9, samples, repeat=5)
 
 
 # --- real captures -----------------------------------------------------------------------
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rtp"
-
-
-@dataclasses.dataclass(slots=True)
-class RtpPacket:
-    """The RTP header fields these tests need, plus the payload window in ``data``."""
-
-    seq: int
-    timestamp: int
-    marker: bool
-    data: bytes
-    start: int
-    end: int
-
-
-def load_rtp(name: str) -> list[RtpPacket]:
-    """Read a .hex capture and locate each payload (RFC 3550 §5.1, §5.3.1)."""
-    out = []
-    for line in (FIXTURES / name).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        pkt = bytes.fromhex(line)
-        b0, b1, seq, ts = struct.unpack_from("!BBHI", pkt)
-        start = 12 + 4 * (b0 & 0x0F)
-        if b0 & 0x10:
-            (words,) = struct.unpack_from("!H", pkt, start + 2)
-            start += 4 + 4 * words
-        end = len(pkt) - (pkt[-1] if b0 & 0x20 else 0)
-        out.append(RtpPacket(seq, ts, bool(b1 & 0x80), pkt, start, end))
-    return out
-
 
 def test_captured_vp9_invariants() -> None:
-    pkts = [p for p in load_rtp("chromium_vp9.hex") if p.end > p.start]
+    pkts = [p for p in rtp_payloads("chromium_vp9.hex") if p.end > p.start]
     assert len(pkts) > 50
     descs = [parse_vp9(p.data, p.start, p.end) for p in pkts]
     assert descs[0].is_keyframe
@@ -420,7 +372,7 @@ def test_captured_vp9_invariants() -> None:
 
 
 def test_captured_vp9_rewrite_leaves_payload() -> None:
-    for p in load_rtp("chromium_vp9.hex")[:40]:
+    for p in rtp_payloads("chromium_vp9.hex")[:40]:
         buf = bytearray(p.data)
         d = parse_vp9(buf, p.start, p.end)
         rewrite_vp9_descriptor(buf, p.start, 0x1234, 7)

@@ -1,0 +1,1 @@
+"""Signaling over HTTP: SDP offer/answer endpoints (echo now; rooms, WHIP and WHEP next)."""

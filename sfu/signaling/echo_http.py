@@ -1,0 +1,52 @@
+"""HTTP routes of the echo service: ``POST /echo`` (offer -> answer), ``DELETE /echo/{id}``.
+
+Also serves the echo test page at ``GET /echo-test``: a browser check of a deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+from aiohttp import web
+
+from sfu.clock import Clock
+from sfu.echo import EchoService, OfferError
+from sfu.signaling.sdp_http import read_sdp_offer, sdp_answer_response, sdp_error
+from sfu.transport.port import CapacityError
+
+__all__ = ["add_echo_routes"]
+
+log = logging.getLogger(__name__)
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def add_echo_routes(app: web.Application, service: EchoService, clock: Clock) -> None:
+    """Register the echo endpoints on ``app``."""
+
+    async def create(request: web.Request) -> web.Response:
+        offer = await read_sdp_offer(request)
+        if isinstance(offer, web.Response):
+            return offer
+        try:
+            session, answer = service.create(offer, clock())
+        except OfferError as exc:
+            return sdp_error(400, f"bad offer: {exc}")
+        except CapacityError as exc:
+            return sdp_error(503, f"server busy: {exc}", **{"Retry-After": "5"})
+        log.info("echo session created")
+        return sdp_answer_response(answer, f"/echo/{session.id}")
+
+    async def delete(request: web.Request) -> web.Response:
+        if service.delete(request.match_info["session_id"], clock()):
+            return web.Response(status=204)
+        return sdp_error(404, "no such echo session")
+
+    async def page(_request: web.Request) -> web.Response:
+        html = resources.files("sfu.web").joinpath("echo-test.html").read_text("utf-8")
+        return web.Response(text=html, content_type="text/html", headers=_NO_STORE)
+
+    app.router.add_post("/echo", create)
+    app.router.add_delete("/echo/{session_id}", delete)
+    app.router.add_get("/echo-test", page)

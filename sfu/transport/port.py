@@ -1,0 +1,272 @@
+"""The media port: one UDP port for every transport, demultiplexed (RFC 7983) without I/O.
+
+:class:`MediaPort` receives every datagram of the media socket with its source address and
+``now``, and routes it:
+
+* STUN binding requests go to the transport whose local ufrag is in USERNAME (a request from an
+  address never seen before is how a client first appears, and how it moves); a well-formed
+  request naming no transport gets an unsigned 401 and creates no state (RFC 8445 §7.3);
+* DTLS, SRTP and SRTCP go to the transport whose ICE-selected address they come from;
+* anything else is dropped and counted by reason.
+
+The port keeps no state per source address: only transports created from an SDP offer (whose
+number is capped, and those not yet connected capped again) and fixed counters. Error
+responses to unknown peers are rate-limited so the port cannot be used as a reflector.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+
+from sfu.packet.demux import PacketKind, classify
+from sfu.packet.errors import ParseError
+from sfu.packet.stun import BINDING, StunClass, StunMessage, binding_error
+from sfu.transport.certificate import Certificate
+from sfu.transport.counters import DropCounters
+from sfu.transport.dtls import DEFAULT_SRTP_PROFILES, DtlsEndpoint, DtlsRole, SrtpProfile
+from sfu.transport.ice import (
+    Address,
+    IceCredentials,
+    IceLiteAgent,
+    SelectedPairChanged,
+    ufrag_of_request,
+)
+from sfu.transport.transport import TransportListener, TransportState, WebRtcTransport
+
+__all__ = ["CapacityError", "MediaPort"]
+
+Sender = Callable[[bytes, Address], None]
+
+_KIND_NAMES = {kind: kind.name.lower() for kind in PacketKind}
+
+
+class CapacityError(RuntimeError):
+    """The port holds as many transports (or pending transports) as it is allowed to."""
+
+
+class _TokenBucket:
+    """At most ``rate`` events per second on average, bursts up to ``burst``."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._last: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self._last is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def _key(addr: Address) -> tuple[str, int]:
+    return (addr[0], addr[1])
+
+
+class MediaPort:
+    """Routes the datagrams of the single media UDP port to transports (sans-I/O)."""
+
+    def __init__(
+        self,
+        certificate: Certificate,
+        send: Sender,
+        *,
+        max_transports: int = 2000,
+        max_pending: int = 200,
+        connect_timeout: float = 30.0,
+        consent_timeout: float = 30.0,
+        handshake_timeout: float = 10.0,
+        error_responses_per_s: float = 200.0,
+        srtp_profiles: Sequence[SrtpProfile] = DEFAULT_SRTP_PROFILES,
+    ) -> None:
+        self.certificate = certificate
+        self.counters = DropCounters()
+        self._send = send
+        self._max_transports = max_transports
+        self._max_pending = max_pending
+        self._connect_timeout = connect_timeout
+        self._consent_timeout = consent_timeout
+        self._handshake_timeout = handshake_timeout
+        self._srtp_profiles = tuple(srtp_profiles)
+        self._error_budget = _TokenBucket(error_responses_per_s, error_responses_per_s)
+        self._transports: dict[str, WebRtcTransport] = {}
+        self._by_ufrag: dict[str, WebRtcTransport] = {}
+        self._by_addr: dict[tuple[str, int], WebRtcTransport] = {}
+
+    # -- transports ----------------------------------------------------------------------
+
+    def create_transport(
+        self,
+        *,
+        remote_ufrag: str | None,
+        remote_fingerprints: Sequence[tuple[str, str]],
+        dtls_role: DtlsRole,
+        now: float,
+        listener: TransportListener | None = None,
+    ) -> WebRtcTransport:
+        """A new transport for one offer; raises :class:`CapacityError` when full."""
+        self._reap()
+        if len(self._transports) >= self._max_transports:
+            raise CapacityError("too many transports")
+        if self.pending_count >= self._max_pending:
+            raise CapacityError("too many transports waiting for ICE")
+        local = IceCredentials.generate()
+        while local.ufrag in self._by_ufrag:  # pragma: no cover - 8 random chars collide rarely
+            local = IceCredentials.generate()
+        transport = WebRtcTransport(
+            secrets.token_urlsafe(12),
+            ice=IceLiteAgent(
+                local,
+                remote_ufrag,
+                now=now,
+                consent_timeout=self._consent_timeout,
+                connect_timeout=self._connect_timeout,
+            ),
+            dtls=DtlsEndpoint(
+                self.certificate,
+                dtls_role,
+                remote_fingerprints,
+                handshake_timeout=self._handshake_timeout,
+                srtp_profiles=self._srtp_profiles,
+            ),
+            send=self._send,
+            counters=self.counters,
+            listener=listener,
+        )
+        self._transports[transport.id] = transport
+        self._by_ufrag[local.ufrag] = transport
+        return transport
+
+    def get(self, transport_id: str) -> WebRtcTransport | None:
+        """The live transport with this id, if any."""
+        return self._transports.get(transport_id)
+
+    def close_transport(
+        self, transport: WebRtcTransport, now: float, reason: str = "closed"
+    ) -> None:
+        """Close one transport and forget it (its timers and SRTP contexts go with it)."""
+        transport.close(now, reason)
+        self._forget(transport)
+
+    def close_all(self, now: float, reason: str = "shutdown") -> None:
+        """Close every transport (server shutdown)."""
+        for transport in list(self._transports.values()):
+            self.close_transport(transport, now, reason)
+
+    def __iter__(self) -> Iterator[WebRtcTransport]:
+        return iter(list(self._transports.values()))
+
+    @property
+    def transport_count(self) -> int:
+        """Transports held (any state but finished)."""
+        return len(self._transports)
+
+    @property
+    def pending_count(self) -> int:
+        """Transports that have not passed a valid ICE check yet."""
+        return sum(1 for t in self._transports.values() if t.state is TransportState.NEW)
+
+    @property
+    def srtp_context_count(self) -> int:
+        """Transports holding SRTP contexts."""
+        return sum(1 for t in self._transports.values() if t.has_srtp)
+
+    @property
+    def timer_count(self) -> int:
+        """Transports with a pending timer."""
+        return sum(1 for t in self._transports.values() if t.next_timer() is not None)
+
+    @property
+    def address_count(self) -> int:
+        """Remote addresses currently routed to a transport."""
+        return len(self._by_addr)
+
+    # -- datagrams -----------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
+        """Route one datagram. Never raises: bad input is dropped and counted."""
+        kind = classify(data)
+        self.counters.received[_KIND_NAMES[kind]] += 1
+        if kind is PacketKind.STUN:
+            self._stun(data, addr, now)
+            return
+        transport = self._by_addr.get(_key(addr))
+        if transport is None:
+            self.counters.drop(f"{_KIND_NAMES[kind]}_unknown_source")
+            return
+        if kind is PacketKind.RTP:
+            transport.handle_srtp(data, addr, now, rtcp=False)
+        elif kind is PacketKind.RTCP:
+            transport.handle_srtp(data, addr, now, rtcp=True)
+        elif kind is PacketKind.DTLS:
+            transport.handle_dtls(data, addr, now)
+        else:
+            self.counters.drop(f"{_KIND_NAMES[kind]}_unsupported")
+            return
+        if transport.finished:
+            self._forget(transport)
+
+    def _stun(self, data: bytes, addr: Address, now: float) -> None:
+        try:
+            message = StunMessage.parse(data)
+        except ParseError:
+            self.counters.drop("stun_malformed")
+            return
+        if message.method != BINDING or message.msg_class is not StunClass.REQUEST:
+            # A lite agent sends no requests, so responses and indications are never for us.
+            self.counters.drop("stun_not_binding_request")
+            return
+        ufrag = ufrag_of_request(message)
+        transport = self._by_ufrag.get(ufrag) if ufrag is not None else None
+        if transport is None:
+            self.counters.drop("stun_unknown_username")
+            if ufrag is not None and self._error_budget.take(now):
+                # RFC 8445 §7.3 / RFC 8489 §9.2.4: unknown credentials -> 401, no state kept.
+                self._send(binding_error(message, 401), addr)
+            return
+        result = transport.handle_stun(message, data, addr, now)
+        for event in result.events:
+            if isinstance(event, SelectedPairChanged):
+                if event.previous is not None:
+                    self._by_addr.pop(_key(event.previous), None)
+                self._by_addr[_key(event.address)] = transport
+        if transport.finished:
+            self._forget(transport)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        """The earliest deadline of any transport."""
+        deadlines = [d for t in self._transports.values() if (d := t.next_timer()) is not None]
+        return min(deadlines) if deadlines else None
+
+    def poll(self, now: float) -> None:
+        """Run every expired timer; forget transports that closed or failed."""
+        for transport in list(self._transports.values()):
+            deadline = transport.next_timer()
+            if deadline is not None and now >= deadline:
+                transport.handle_timer(now)
+            if transport.finished:
+                self._forget(transport)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _forget(self, transport: WebRtcTransport) -> None:
+        if self._transports.pop(transport.id, None) is None:
+            return
+        ufrag = transport.ice.local_credentials.ufrag
+        if self._by_ufrag.get(ufrag) is transport:
+            del self._by_ufrag[ufrag]
+        for key in [k for k, t in self._by_addr.items() if t is transport]:
+            del self._by_addr[key]
+
+    def _reap(self) -> None:
+        for transport in [t for t in self._transports.values() if t.finished]:
+            self._forget(transport)

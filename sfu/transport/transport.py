@@ -1,0 +1,275 @@
+"""One WebRTC transport: ICE-lite, DTLS-SRTP and SRTP composed into a sans-I/O state machine.
+
+The transport owns no socket. Datagrams for it arrive from the media port
+(:mod:`sfu.transport.port`, which demultiplexes the single media UDP port) together with
+``now``; what it sends goes out through the ``send`` callable the port hands it. Decrypted
+RTP and RTCP go up to a :class:`TransportListener` with their arrival time; the routing layer
+sends RTP/RTCP back down with ``send_rtp`` / ``send_rtcp``. That pair of calls is the whole
+interface to routing, so the compiled data plane can later take over the RTP part of a
+connected transport (it needs only the selected address and the SRTP keys) without the
+control plane changing.
+
+States (see docs/architecture.md):
+
+``NEW`` -- created from an offer, waiting for the client's first valid ICE check;
+``CONNECTING`` -- ICE has selected an address, DTLS handshake in progress;
+``CONNECTED`` -- SRTP keys exported, media flows;
+``CLOSED`` -- closed locally or by the peer (close_notify), or consent expired;
+``FAILED`` -- DTLS failed (bad fingerprint, handshake timeout, protocol error) or ICE never
+connected. A transport in ``CLOSED``/``FAILED`` holds no SRTP context and no timer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Protocol
+
+from sfu.packet.stun import StunMessage
+from sfu.transport.counters import DropCounters
+from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState, SrtpKeys
+from sfu.transport.ice import Address, Connected, IceLiteAgent, IceResult, SelectedPairChanged
+from sfu.transport.srtp import SrtpError, SrtpSession
+
+__all__ = ["TransportListener", "TransportState", "WebRtcTransport"]
+
+Sender = Callable[[bytes, Address], None]
+
+
+class TransportState(enum.Enum):
+    """Lifecycle of a transport; see the module docstring."""
+
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class TransportListener(Protocol):
+    """What the routing layer implements to receive from a transport."""
+
+    def on_rtp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
+        """One decrypted RTP packet, with its arrival time."""
+
+    def on_rtcp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
+        """One decrypted RTCP compound packet, with its arrival time."""
+
+    def on_state(self, transport: WebRtcTransport, state: TransportState, now: float) -> None:
+        """The transport changed state (``CONNECTED``, ``CLOSED`` or ``FAILED`` matter most)."""
+
+
+def _key(addr: Address) -> tuple[str, int]:
+    """Addresses compare on (host, port): IPv6 tuples carry flowinfo and scope id too."""
+    return (addr[0], addr[1])
+
+
+class WebRtcTransport:
+    """ICE-lite + DTLS-SRTP + SRTP for one peer connection (one BUNDLE group, rtcp-mux)."""
+
+    __slots__ = (
+        "_counters",
+        "_listener",
+        "_send",
+        "_srtp",
+        "close_reason",
+        "dtls",
+        "ice",
+        "id",
+        "state",
+    )
+
+    def __init__(
+        self,
+        transport_id: str,
+        *,
+        ice: IceLiteAgent,
+        dtls: DtlsEndpoint,
+        send: Sender,
+        counters: DropCounters,
+        listener: TransportListener | None = None,
+    ) -> None:
+        self.id = transport_id
+        self.ice = ice
+        self.dtls = dtls
+        self.state = TransportState.NEW
+        self.close_reason: str | None = None
+        self._send = send
+        self._counters = counters
+        self._listener = listener
+        self._srtp: SrtpSession | None = None
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def selected_address(self) -> Address | None:
+        """Where media goes: the address ICE selected (nominated) for this transport."""
+        return self.ice.selected_address
+
+    @property
+    def srtp_keys(self) -> SrtpKeys | None:
+        """The exported SRTP keys once connected (for the compiled data plane)."""
+        return self.dtls.srtp_keys if self._srtp is not None else None
+
+    @property
+    def has_srtp(self) -> bool:
+        """True while this transport holds SRTP contexts (connected and not closed)."""
+        return self._srtp is not None
+
+    @property
+    def finished(self) -> bool:
+        """True once closed or failed: the port then forgets it."""
+        return self.state in (TransportState.CLOSED, TransportState.FAILED)
+
+    def set_listener(self, listener: TransportListener | None) -> None:
+        """Attach the routing layer (may happen after creation, once the answer is sent)."""
+        self._listener = listener
+
+    # -- input from the media port --------------------------------------------------------
+
+    def handle_stun(
+        self, message: StunMessage, data: bytes, addr: Address, now: float
+    ) -> IceResult:
+        """An ICE connectivity check for this transport; answers it and follows nomination."""
+        result = self.ice.handle_stun(message, data, addr, now)
+        if result.response is not None and result.destination is not None:
+            self._send(result.response, result.destination)
+        if result.drop_reason is not None:
+            self._counters.drop("stun_" + result.drop_reason.replace(" ", "_"))
+        for event in result.events:
+            if isinstance(event, Connected) and self.state is TransportState.NEW:
+                self._set_state(TransportState.CONNECTING, now)
+                self._send_dtls(self.dtls.start(now))
+            elif isinstance(event, SelectedPairChanged):
+                pass  # the port re-indexes; sends below always use ice.selected_address
+        return result
+
+    def handle_dtls(self, data: bytes, addr: Address, now: float) -> None:
+        """A DTLS record; accepted only from an address that passed an ICE check."""
+        if self.finished:
+            return
+        if not self.ice.is_validated(addr):
+            self._counters.drop("dtls_unvalidated_source")
+            return
+        self._send_dtls(self.dtls.receive(data, now), addr)
+        self._after_dtls(now)
+
+    def handle_srtp(self, data: bytes, addr: Address, now: float, rtcp: bool) -> None:
+        """An SRTP or SRTCP packet: unprotect and hand it to the listener."""
+        srtp = self._srtp
+        if srtp is None:
+            self._counters.drop("srtp_before_dtls")
+            return
+        if not self.ice.is_validated(addr):
+            self._counters.drop("srtp_unvalidated_source")
+            return
+        try:
+            plain = srtp.unprotect_rtcp(data) if rtcp else srtp.unprotect_rtp(data)
+        except SrtpError as exc:
+            self._counters.drop("srtp_" + exc.reason)
+            return
+        listener = self._listener
+        if listener is None:
+            self._counters.drop("no_listener")
+        elif rtcp:
+            listener.on_rtcp(self, plain, now)
+        else:
+            listener.on_rtp(self, plain, now)
+
+    # -- output from routing ------------------------------------------------------------
+
+    def send_rtp(self, packet: bytes) -> bool:
+        """Protect and send one RTP packet to the selected address; False if not connected."""
+        srtp = self._srtp
+        addr = self.ice.selected_address
+        if srtp is None or addr is None:
+            return False
+        try:
+            self._send(srtp.protect_rtp(packet), addr)
+        except SrtpError:
+            self._counters.drop("srtp_protect_failed")
+            return False
+        return True
+
+    def send_rtcp(self, packet: bytes) -> bool:
+        """Protect and send one RTCP compound packet; False if not connected."""
+        srtp = self._srtp
+        addr = self.ice.selected_address
+        if srtp is None or addr is None:
+            return False
+        try:
+            self._send(srtp.protect_rtcp(packet), addr)
+        except SrtpError:
+            self._counters.drop("srtp_protect_failed")
+            return False
+        return True
+
+    # -- timers and lifecycle -----------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        """The earliest deadline of ICE (connect/consent) and DTLS (retransmit/timeout)."""
+        if self.finished:
+            return None
+        deadlines = [d for d in (self.ice.next_timer(), self.dtls.next_timer()) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run expired timers: consent freshness (RFC 7675), DTLS retransmission and timeout."""
+        if self.finished:
+            return
+        if self.ice.consent_expired(now):
+            if self.state is TransportState.NEW:
+                self._finish(TransportState.FAILED, "ice connect timeout", now)
+            else:
+                self.close(now, "ice consent expired")
+            return
+        self._send_dtls(self.dtls.handle_timer(now))
+        self._after_dtls(now)
+
+    def close(self, now: float, reason: str = "closed") -> None:
+        """Close locally: send close_notify if DTLS is up, free SRTP state."""
+        if self.finished:
+            return
+        if self.dtls.state is DtlsState.CONNECTED:
+            self._send_dtls(self.dtls.close())
+        self._finish(TransportState.CLOSED, reason, now)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _send_dtls(self, datagrams: list[bytes], fallback: Address | None = None) -> None:
+        addr = self.ice.selected_address or fallback
+        if addr is None:
+            return
+        for datagram in datagrams:
+            self._send(datagram, addr)
+
+    def _after_dtls(self, now: float) -> None:
+        state = self.dtls.state
+        if state is DtlsState.CONNECTED and self._srtp is None:
+            keys = self.dtls.srtp_keys
+            if keys is None:  # pragma: no cover - the endpoint sets keys before CONNECTED
+                self._finish(TransportState.FAILED, "dtls: no srtp keys", now)
+                return
+            self._srtp = SrtpSession(keys)
+            self._set_state(TransportState.CONNECTED, now)
+        elif state is DtlsState.FAILED:
+            self._finish(TransportState.FAILED, f"dtls: {self.dtls.failure_reason}", now)
+        elif state is DtlsState.CLOSED:
+            self._finish(TransportState.CLOSED, "dtls close_notify", now)
+
+    def _finish(self, state: TransportState, reason: str, now: float) -> None:
+        self._srtp = None
+        self.close_reason = reason
+        self._set_state(state, now)
+
+    def _set_state(self, state: TransportState, now: float) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        if self._listener is not None:
+            self._listener.on_state(self, state, now)
+
+    @property
+    def dtls_role(self) -> DtlsRole:
+        """Our DTLS role (from SDP ``a=setup``)."""
+        return self.dtls.role

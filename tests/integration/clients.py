@@ -1,0 +1,54 @@
+"""Real clients for integration tests: aiortc restricted to loopback, and a server runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import aioice.ice
+
+from sfu.app import Server
+from sfu.config import Config, HttpConfig, MediaConfig, ServerConfig
+
+# aiortc gathers candidates on every interface; tests only ever use 127.0.0.1.
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+TIMEOUT = 20.0
+
+LOOPBACK_CONFIG = Config(
+    http=HttpConfig(host="127.0.0.1", port=0),
+    media=MediaConfig(udp_host="127.0.0.1", udp_port=0),
+    server=ServerConfig(drain_timeout_s=3.0),
+)
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: Config = LOOPBACK_CONFIG) -> AsyncIterator[tuple[Server, str]]:
+    """An in-process server on loopback ports; yields it and its base URL."""
+    server = Server(config)
+    await server.start()
+    try:
+        yield server, f"http://127.0.0.1:{server.http_addresses[0][1]}"
+    finally:
+        await asyncio.wait_for(server.stop(), TIMEOUT)
+
+
+async def post_offer(base: str, path: str, sdp: str) -> tuple[int, str, str | None]:
+    """POST an SDP offer; returns (status, body, Location)."""
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(base + path, data=sdp, headers={"Content-Type": "application/sdp"}) as resp,
+    ):
+        return resp.status, await resp.text(), resp.headers.get("Location")
+
+
+async def delete(base: str, location: str) -> int:
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.delete(base + location) as resp,
+    ):
+        return resp.status
