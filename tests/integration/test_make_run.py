@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from test_serve import HTTP_RE, MEDIA_RE, ServeProcess, http_get
+from serve_process import HTTP_RE, MEDIA_RE, ServeProcess, http_get
 
 pytestmark = pytest.mark.integration
 

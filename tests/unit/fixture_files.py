@@ -120,3 +120,19 @@ def mutated(data: st.DataObject, raw: bytes) -> bytes:
         i = data.draw(st.integers(0, len(buf) - 1))
         buf[i] = data.draw(st.integers(0, 255))
     return bytes(buf[: data.draw(st.integers(0, len(buf)))])
+
+
+def edited(data: st.DataObject, raw: bytes) -> bytes:
+    """``raw`` (non-empty) after one random edit: flip a bit, cut, insert or delete an octet."""
+    buf = bytearray(raw)
+    op = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
+    if op == "flip":
+        pos = data.draw(st.integers(0, len(buf) * 8 - 1))
+        buf[pos // 8] ^= 1 << (pos % 8)
+    elif op == "truncate":
+        del buf[data.draw(st.integers(0, len(buf))) :]
+    elif op == "insert":
+        buf.insert(data.draw(st.integers(0, len(buf))), data.draw(st.integers(0, 255)))
+    else:
+        del buf[data.draw(st.integers(0, len(buf) - 1))]
+    return bytes(buf)

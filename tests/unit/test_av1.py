@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fixture_files import allocation_bound, peak_allocation
+from fixture_files import allocation_bound, edited, peak_allocation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -439,19 +439,9 @@ def test_property_random_bytes(data: bytes, which: str | None) -> None:
 @settings(max_examples=250, deadline=None)
 @given(descriptors(), st.data())
 def test_property_mutations(dd: DependencyDescriptor, data: st.DataObject) -> None:
-    raw = bytearray(dd.serialize())
-    op = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
-    if op == "flip":
-        pos = data.draw(st.integers(0, len(raw) * 8 - 1))
-        raw[pos // 8] ^= 1 << (pos % 8)
-    elif op == "truncate":
-        del raw[data.draw(st.integers(0, len(raw))) :]
-    elif op == "insert":
-        raw.insert(data.draw(st.integers(0, len(raw))), data.draw(st.integers(0, 255)))
-    else:
-        del raw[data.draw(st.integers(0, len(raw) - 1))]
-    _parse_or_error(bytes(raw), dd.context)
-    _parse_or_error(bytes(raw), None)
+    raw = edited(data, dd.serialize())
+    _parse_or_error(raw, dd.context)
+    _parse_or_error(raw, None)
 
 
 @pytest.mark.parametrize(
