@@ -1,4 +1,4 @@
-"""Headless Chromium (Debian's chromium + chromium-driver) driven by selenium, for real-browser tests."""
+"""Headless Chromium (Debian chromium + chromium-driver) driven by selenium, for browser tests."""
 
 from __future__ import annotations
 
