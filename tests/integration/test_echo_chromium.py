@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     config = tmp_path / "sfu.toml"
-    config.write_text('[http]\nport = 0\n[media]\nudp_port = 0\n[server]\ndrain_timeout_s = 2.0\n')
+    config.write_text("[http]\nport = 0\n[media]\nudp_port = 0\n[server]\ndrain_timeout_s = 2.0\n")
     proc = ServeProcess(config)
     try:
         yield f"http://127.0.0.1:{proc.wait_for(HTTP_RE).group(1)}"
