@@ -215,6 +215,14 @@ class EchoService:
         self.sessions[session.id] = session
         return session, answer.serialize()
 
+    def restart_ice(self, session_id: str, remote_ufrag: str) -> tuple[str, str] | None:
+        """ICE restart for a session; returns our new (ufrag, pwd), None if no such session."""
+        session = self.sessions.get(session_id)
+        if session is None or session.transport.finished:
+            return None
+        local = self._port.restart_ice(session.transport, remote_ufrag)
+        return local.ufrag, local.pwd
+
     def delete(self, session_id: str, now: float) -> bool:
         """End a session (``DELETE`` on its location); False if there is none."""
         session = self.sessions.pop(session_id, None)

@@ -1,4 +1,5 @@
-"""HTTP routes of the echo service: ``POST /echo`` (offer -> answer), ``DELETE /echo/{id}``.
+"""HTTP routes of the echo service: ``POST /echo`` (offer -> answer), ``DELETE /echo/{id}``,
+``PATCH /echo/{id}`` (ICE restart with an SDP fragment, as WHIP does: RFC 9725 §4.3).
 
 Also serves the echo test page at ``GET /echo-test``: a browser check of a deployment.
 """
@@ -12,7 +13,13 @@ from aiohttp import web
 
 from sfu.clock import Clock
 from sfu.echo import EchoService, OfferError
-from sfu.signaling.sdp_http import read_sdp_offer, sdp_answer_response, sdp_error
+from sfu.signaling.sdp_http import (
+    ice_restart_response,
+    read_ice_restart,
+    read_sdp_offer,
+    sdp_answer_response,
+    sdp_error,
+)
 from sfu.transport.port import CapacityError
 
 __all__ = ["add_echo_routes"]
@@ -43,10 +50,20 @@ def add_echo_routes(app: web.Application, service: EchoService, clock: Clock) ->
             return web.Response(status=204)
         return sdp_error(404, "no such echo session")
 
+    async def patch(request: web.Request) -> web.Response:
+        credentials = await read_ice_restart(request)
+        if isinstance(credentials, web.Response):
+            return credentials
+        local = service.restart_ice(request.match_info["session_id"], credentials[0])
+        if local is None:
+            return sdp_error(404, "no such echo session")
+        return ice_restart_response(*local)
+
     async def page(_request: web.Request) -> web.Response:
         html = resources.files("sfu.web").joinpath("echo-test.html").read_text("utf-8")
         return web.Response(text=html, content_type="text/html", headers=_NO_STORE)
 
     app.router.add_post("/echo", create)
     app.router.add_delete("/echo/{session_id}", delete)
+    app.router.add_patch("/echo/{session_id}", patch)
     app.router.add_get("/echo-test", page)

@@ -144,6 +144,24 @@ class MediaPort:
         self._by_ufrag[local.ufrag] = transport
         return transport
 
+    def restart_ice(self, transport: WebRtcTransport, remote_ufrag: str) -> IceCredentials:
+        """ICE restart (RFC 8445 §9): new local credentials, indexed under the new ufrag.
+
+        Media keeps flowing on the selected pair; checks with the old credentials fail from
+        now on (401), checks with the new ones refresh consent or move the pair.
+        """
+        if transport.finished or self._transports.get(transport.id) is not transport:
+            raise KeyError(transport.id)
+        local = IceCredentials.generate()
+        while local.ufrag in self._by_ufrag:  # pragma: no cover - 8 random chars collide rarely
+            local = IceCredentials.generate()
+        old = transport.ice.local_credentials.ufrag
+        if self._by_ufrag.get(old) is transport:
+            del self._by_ufrag[old]
+        transport.ice.restart(local, remote_ufrag)
+        self._by_ufrag[local.ufrag] = transport
+        return local
+
     def get(self, transport_id: str) -> WebRtcTransport | None:
         """The live transport with this id, if any."""
         return self._transports.get(transport_id)
