@@ -250,10 +250,23 @@ class MediaPort:
                 self._send(binding_error(message, 401), addr)
             return
         result = transport.handle_stun(message, data, addr, now)
+        # Errors (wrong password, bad request) share the unknown-ufrag reflection budget.
+        response, destination = result.response, result.destination
+        if (
+            not result.accepted
+            and response is not None
+            and destination is not None
+            and self._error_budget.take(now)
+        ):
+            self._send(response, destination)
         for event in result.events:
             if isinstance(event, SelectedPairChanged):
+                # Only drop the old route if it is still ours: another transport may have
+                # been nominated from that address since (last nomination wins).
                 if event.previous is not None:
-                    self._by_addr.pop(_key(event.previous), None)
+                    old = _key(event.previous)
+                    if self._by_addr.get(old) is transport:
+                        del self._by_addr[old]
                 self._by_addr[_key(event.address)] = transport
         if transport.finished:
             self._forget(transport)

@@ -132,7 +132,9 @@ class WebRtcTransport:
     ) -> IceResult:
         """An ICE connectivity check for this transport; answers it and follows nomination."""
         result = self.ice.handle_stun(message, data, addr, now)
-        if result.response is not None and result.destination is not None:
+        # Success responses go out here; error responses are the port's to send, under its
+        # rate limit, since they answer peers that proved nothing.
+        if result.accepted and result.response is not None and result.destination is not None:
             self._send(result.response, result.destination)
         if result.drop_reason is not None:
             self._counters.drop("stun_" + result.drop_reason.replace(" ", "_"))
@@ -221,7 +223,8 @@ class WebRtcTransport:
             if self.state is TransportState.NEW:
                 self._finish(TransportState.FAILED, "ice connect timeout", now)
             else:
-                self.close(now, "ice consent expired")
+                # RFC 7675 §5.1: without consent nothing more is sent, not even close_notify.
+                self._finish(TransportState.CLOSED, "ice consent expired", now)
             return
         self._send_dtls(self.dtls.handle_timer(now))
         self._after_dtls(now)
