@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import aioice.ice
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 
 from sfu.app import Server
 from sfu.config import Config, HttpConfig, MediaConfig, ServerConfig
@@ -52,3 +54,37 @@ async def delete(base: str, location: str) -> int:
         session.delete(base + location) as resp,
     ):
         return resp.status
+
+
+async def frames(track: MediaStreamTrack, n: int) -> int:
+    """Receive ``n`` decoded frames from ``track`` (callers bound the wait)."""
+    for _ in range(n):
+        assert await track.recv() is not None
+    return n
+
+
+@contextlib.asynccontextmanager
+async def aiortc_echo(
+    base: str, *, audio: bool = True, video: bool = True
+) -> AsyncIterator[tuple[RTCPeerConnection, dict[str, MediaStreamTrack], str, str]]:
+    """An aiortc peer connection echoing through ``base``/echo, connected and decoding.
+
+    Yields the connection, the received tracks by kind, the session's Location and the
+    answer SDP; the connection is closed afterwards.
+    """
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    tracks: dict[str, MediaStreamTrack] = {}
+    pc.on("track", lambda track: tracks.setdefault(track.kind, track))
+    if audio:
+        pc.addTrack(AudioStreamTrack())
+    if video:
+        pc.addTrack(VideoStreamTrack())
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        status, answer, location = await post_offer(base, "/echo", pc.localDescription.sdp)
+        assert status == 201, answer
+        assert location is not None and location.startswith("/echo/")
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        yield pc, tracks, location, answer
+    finally:
+        await pc.close()

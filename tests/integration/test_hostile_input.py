@@ -10,9 +10,7 @@ import socket
 import threading
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
-from clients import TIMEOUT, post_offer, running_server
+from clients import TIMEOUT, aiortc_echo, frames, running_server
 from fixture_files import hex_captures
 
 from sfu.packet.stun import binding_request
@@ -83,65 +81,49 @@ def _send_all(port: int, junk: dict[str, list[bytes]]) -> int:
     return sent
 
 
-async def _frames(track: MediaStreamTrack, n: int) -> None:
-    for _ in range(n):
-        await track.recv()
-
-
 def test_junk_does_not_disturb_a_live_session() -> None:
     async def scenario() -> None:
-        async with running_server() as (server, base):
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            tracks: dict[str, MediaStreamTrack] = {}
-            pc.on("track", lambda track: tracks.setdefault(track.kind, track))
-            pc.addTrack(AudioStreamTrack())
-            pc.addTrack(VideoStreamTrack())
-            try:
-                await pc.setLocalDescription(await pc.createOffer())
-                status, answer, location = await post_offer(base, "/echo", pc.localDescription.sdp)
-                assert status == 201 and location is not None
-                await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-                await asyncio.wait_for(_frames(tracks["video"], 5), TIMEOUT)
-                transport = server.port.get(location.rsplit("/", 1)[1])
-                assert transport is not None
-                session = server.echo.sessions[transport.id] if server.echo else None
-                assert session is not None
-                # USERNAME as the live client uses it (RFC 8445 §7.2.2), so the guesses below
-                # get as far as MESSAGE-INTEGRITY.
-                local = transport.ice.local_credentials.ufrag
-                username = f"{local}:{session.negotiated.remote_ufrag}"
-                junk = _junk(username, random.Random(7))
-                media_port = server.media_address[1]
-                forwarded_before = session.forwarded
-                sender = asyncio.to_thread(_send_all, media_port, junk)
-                # Media keeps flowing while the junk arrives.
-                sent, _ = await asyncio.wait_for(
-                    asyncio.gather(sender, _frames(tracks["video"], 30)), 6 * TIMEOUT
-                )
-                assert sent == PER_CLASS * len(junk)
-                await asyncio.sleep(0.5)
-                await asyncio.wait_for(_frames(tracks["video"], 10), TIMEOUT)
-                assert session.forwarded > forwarded_before + 30
+        async with running_server() as (server, base), aiortc_echo(base) as echo:
+            _pc, tracks, location, _answer = echo
+            await asyncio.wait_for(frames(tracks["video"], 5), TIMEOUT)
+            transport = server.port.get(location.rsplit("/", 1)[1])
+            assert transport is not None
+            session = server.echo.sessions[transport.id] if server.echo else None
+            assert session is not None
+            # USERNAME as the live client uses it (RFC 8445 §7.2.2), so the guesses below
+            # get as far as MESSAGE-INTEGRITY.
+            local = transport.ice.local_credentials.ufrag
+            username = f"{local}:{session.negotiated.remote_ufrag}"
+            junk = _junk(username, random.Random(7))
+            media_port = server.media_address[1]
+            forwarded_before = session.forwarded
+            sender = asyncio.to_thread(_send_all, media_port, junk)
+            # Media keeps flowing while the junk arrives.
+            sent, _ = await asyncio.wait_for(
+                asyncio.gather(sender, frames(tracks["video"], 30)), 6 * TIMEOUT
+            )
+            assert sent == PER_CLASS * len(junk)
+            await asyncio.sleep(0.5)
+            await asyncio.wait_for(frames(tracks["video"], 10), TIMEOUT)
+            assert session.forwarded > forwarded_before + 30
 
-                drops = server.port.counters.drops
-                assert server.sink.errors == 0  # nothing raised out of the handler
-                assert server.sink.count >= PER_CLASS  # the kernel may drop some under load
-                for reason in (
-                    "stun_malformed",
-                    "stun_bad_fingerprint",
-                    "stun_bad_integrity",
-                    "dtls_unknown_source",
-                    "rtp_unknown_source",
-                    "unknown_unknown_source",
-                ):
-                    assert drops[reason] > 0, (reason, dict(drops))
-                # Bounded state: still one transport, routed from one address, no pending ones.
-                assert server.port.transport_count == 1
-                assert server.port.pending_count == 0
-                assert server.port.address_count == 1
-                assert len(transport.ice.validated_addresses) <= 8
-                assert transport.has_srtp
-            finally:
-                await pc.close()
+            drops = server.port.counters.drops
+            assert server.sink.errors == 0  # nothing raised out of the handler
+            assert server.sink.count >= PER_CLASS  # the kernel may drop some under load
+            for reason in (
+                "stun_malformed",
+                "stun_bad_fingerprint",
+                "stun_bad_integrity",
+                "dtls_unknown_source",
+                "rtp_unknown_source",
+                "unknown_unknown_source",
+            ):
+                assert drops[reason] > 0, (reason, dict(drops))
+            # Bounded state: still one transport, routed from one address, no pending ones.
+            assert server.port.transport_count == 1
+            assert server.port.pending_count == 0
+            assert server.port.address_count == 1
+            assert len(transport.ice.validated_addresses) <= 8
+            assert transport.has_srtp
 
     asyncio.run(asyncio.wait_for(scenario(), 10 * TIMEOUT))
