@@ -85,8 +85,10 @@ class EchoSession:
     _by_in: dict[int, _Echo] = field(default_factory=dict)
     _by_out: dict[int, _Echo] = field(default_factory=dict)
     _buffer: bytearray = field(default_factory=lambda: bytearray(1500))
+    _view: memoryview = field(init=False)
 
     def __post_init__(self) -> None:
+        self._view = memoryview(self._buffer)
         self._by_out = {echo.out_ssrc: echo for echo in self.echoes.values()}
         # SSRCs the offer declared (a=ssrc) are bound up front; others are learned by mid.
         for media in self.negotiated.media:
@@ -111,7 +113,7 @@ class EchoSession:
         n = _fastpath.rewrite_rtp(
             packet, self._buffer, echo.out_ssrc, seq, timestamp, payload_type, keep
         )
-        if n > 0 and transport.send_rtp(bytes(self._buffer[:n])):
+        if n > 0 and transport.send_rtp(bytes(self._view[:n])):  # one copy, no slice copy
             self.forwarded += 1
         else:
             self.dropped += 1

@@ -6,6 +6,8 @@ import struct
 
 import pytest
 from fixture_files import FIXTURES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sfu.echo import EchoService, EchoSession, OfferError
 from sfu.packet.extensions import MID_URI
@@ -153,3 +155,44 @@ def test_capacity_and_delete() -> None:
     assert not svc.delete(session.id, 1.0)
     assert svc._port.transport_count == 0
     create(svc)  # the slot is free again
+
+
+_OFFER_LINES = CHROMIUM_OFFER.splitlines()
+
+
+@st.composite
+def mutated_offers(draw: st.DrawFn) -> str:
+    """The real Chromium offer with lines dropped, duplicated, swapped or corrupted."""
+    lines = list(_OFFER_LINES)
+    for _ in range(draw(st.integers(1, 6))):
+        i = draw(st.integers(0, len(lines) - 1))
+        op = draw(st.sampled_from(["drop", "dup", "swap", "corrupt"]))
+        if op == "drop":
+            del lines[i]
+        elif op == "dup":
+            lines.insert(i, lines[i])
+        elif op == "swap":
+            j = draw(st.integers(0, len(lines) - 1))
+            lines[i], lines[j] = lines[j], lines[i]
+        else:
+            cut = draw(st.integers(0, len(lines[i])))
+            lines[i] = lines[i][:cut] + draw(st.text(max_size=8))
+        if not lines:
+            break
+    return "".join(line + "\r\n" for line in lines)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(mutated_offers(), st.text(max_size=300)))
+def test_any_offer_is_answered_or_refused_with_offer_error_and_no_leak(offer: str) -> None:
+    svc = service()
+    try:
+        session, answer = svc.create(offer, 0.0)
+    except OfferError as exc:
+        assert str(exc)  # a message for the client
+        assert svc._port.transport_count == 0 and svc.sessions == {}
+    else:
+        assert SessionDescription.parse(answer).ice_lite
+        assert svc._port.transport_count == 1
+        assert svc.delete(session.id, 0.0)
+        assert svc._port.transport_count == 0
