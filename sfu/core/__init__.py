@@ -1,0 +1,1 @@
+"""Sans-I/O forwarding core: what to forward to whom (layers, munging, retransmissions)."""
