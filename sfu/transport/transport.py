@@ -212,8 +212,10 @@ class WebRtcTransport:
         """The earliest deadline of ICE (connect/consent) and DTLS (retransmit/timeout)."""
         if self.finished:
             return None
-        deadlines = [d for d in (self.ice.next_timer(), self.dtls.next_timer()) if d is not None]
-        return min(deadlines) if deadlines else None
+        ice, dtls = self.ice.next_timer(), self.dtls.next_timer()
+        if ice is None or dtls is None:
+            return dtls if ice is None else ice
+        return min(ice, dtls)
 
     def handle_timer(self, now: float) -> None:
         """Run expired timers: consent freshness (RFC 7675), DTLS retransmission and timeout."""
