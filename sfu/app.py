@@ -19,6 +19,7 @@ from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.udp import Address, UdpEndpoint, open_udp_endpoint
 from sfu.logging_setup import configure_logging
+from sfu.signaling.auth import signing_secret
 from sfu.signaling.echo_http import add_echo_routes
 from sfu.transport.certificate import Certificate
 from sfu.transport.port import MediaPort
@@ -89,6 +90,8 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.certificate = Certificate.generate()
+        #: The join-token signing key for this process (configured, or random on loopback).
+        self.token_secret = signing_secret(config)
         self.port = MediaPort(
             self.certificate,
             self._send_datagram,
@@ -156,6 +159,8 @@ class Server:
         media_port = self._udp.local_address[1]
         log.info("media listening on udp %s", format_address(self._udp.local_address))
         log.info("announcing media addresses: %s", ", ".join(self.config.announced_addresses()))
+        if not self.config.auth.jwt_secret:
+            log.info("auth: no jwt_secret configured; using a random key for this process")
         if self.config.echo.enabled:
             candidates = [(host, media_port) for host in self.config.announced_addresses()]
             self.echo = EchoService(self.port, candidates)

@@ -1,16 +1,46 @@
-"""Command-line interface: ``sfu serve``, ``sfu check-config`` and ``sfu version``."""
+"""Command-line interface: ``sfu serve``, ``sfu check-config``, ``sfu token``, ``sfu version``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import time
 from collections.abc import Sequence
 
 from sfu import __version__
-from sfu.config import ConfigError, load_config
+from sfu.config import ConfigError, env_var_name, load_config
+from sfu.signaling.auth import Grant, JoinClaims, issue_token, parse_grants
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse_duration"]
+
+_DURATION = re.compile(r"([0-9]{1,9})([smhd])", re.ASCII)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Parse ``30s``, ``10m``, ``1h`` or ``1d`` into seconds (must be positive).
+
+    Raises :class:`argparse.ArgumentTypeError` so argparse reports it as a usage error.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use a number with s, m, h or d (30s, 10m, 1h, 1d)"
+        )
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
+    return seconds
+
+
+def _grants_arg(text: str) -> Grant:
+    """argparse type for ``--grant``: a comma-separated list of grant names."""
+    try:
+        return parse_grants(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +64,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a configuration file (with environment overrides) and exit",
     )
     check.add_argument("path", metavar="PATH", help="TOML configuration file")
+
+    token = sub.add_parser(
+        "token",
+        help="print a join token signed with the configured auth.jwt_secret",
+        description="Print one join token (HS256 JWT) signed with auth.jwt_secret from the "
+        "configuration (set it with SFU_AUTH_JWT_SECRET). Treat the output as a password.",
+    )
+    token.add_argument("--room", required=True, help="the room the token admits to")
+    token.add_argument("--identity", required=True, help="stable participant identity (sub)")
+    token.add_argument("--name", help="display name shown to other participants")
+    token.add_argument(
+        "--grant",
+        required=True,
+        type=_grants_arg,
+        metavar="LIST",
+        help="comma-separated grants: publish, subscribe, admin, host",
+    )
+    token.add_argument(
+        "--ttl",
+        type=parse_duration,
+        default=parse_duration("1h"),
+        metavar="DURATION",
+        help="lifetime: 30s, 10m, 1h or 1d (default 1h; at most auth.max_token_ttl_s)",
+    )
+    token.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML configuration file (default: built-in defaults, see configs/default.toml)",
+    )
 
     sub.add_parser("version", help="print version, Python version and fast-path implementation")
     return parser
@@ -66,6 +125,45 @@ def _cmd_serve(path: str | None) -> int:
     return serve(config)
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as err:
+        print("sfu: invalid configuration:", file=sys.stderr)
+        _print_errors(err)
+        return 1
+    if not config.auth.jwt_secret:
+        # The random per-process key of a loopback server is unknowable from here.
+        var = env_var_name("auth", "jwt_secret")
+        print(f"sfu: auth.jwt_secret is not set ({var})", file=sys.stderr)
+        return 1
+    ttl: int = args.ttl
+    if ttl > config.auth.max_token_ttl_s:
+        print(
+            f"sfu: --ttl {ttl}s is longer than auth.max_token_ttl_s "
+            f"({config.auth.max_token_ttl_s}s); the server would refuse the token",
+            file=sys.stderr,
+        )
+        return 1
+    grants: Grant = args.grant
+    now = int(time.time())
+    claims = JoinClaims(
+        room=args.room,
+        identity=args.identity,
+        name=args.name,
+        grants=grants,
+        iat=now,
+        exp=now + ttl,
+    )
+    try:
+        token = issue_token(config.auth.jwt_secret, claims)
+    except ValueError as exc:
+        print(f"sfu: {exc}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
 def _cmd_version() -> int:
     from sfu.app import fast_path_implementation
 
@@ -86,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_serve(args.config)
     if args.command == "check-config":
         return _cmd_check_config(args.path)
+    if args.command == "token":
+        return _cmd_token(args)
     if args.command == "version":
         return _cmd_version()
     parser.print_help(sys.stderr)

@@ -25,7 +25,9 @@ __all__ = [
     "ENV_PREFIX",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MIN_JWT_SECRET_BYTES",
     "NON_CONFIG_ENV_VARS",
+    "AuthConfig",
     "Config",
     "ConfigError",
     "EchoConfig",
@@ -45,6 +47,11 @@ NON_CONFIG_ENV_VARS: Final = frozenset({"SFU_NO_EXTENSIONS", "SFU_EXPECT_COMPILE
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
+
+#: Shortest accepted ``auth.jwt_secret`` in bytes (RFC 7518: HS256 keys >= the hash size).
+MIN_JWT_SECRET_BYTES: Final = 32
+#: Largest accepted ``auth.token_leeway_s``: skew beyond this is a clock problem to fix.
+MAX_TOKEN_LEEWAY_S: Final = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,22 @@ class EchoConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Join tokens (HS256 JWTs, see :mod:`sfu.signaling.auth`)."""
+
+    #: HMAC key for join tokens. Empty means "not configured": allowed only while HTTP is
+    #: bound to loopback, where the server then uses a random key made at start. Kept out
+    #: of ``repr`` so a logged config never shows it.
+    jwt_secret: str = field(default="", repr=False)
+    #: Tolerated clock skew between token issuer and server, in seconds.
+    token_leeway_s: int = 5
+    #: Longest accepted token lifetime (both ``exp - iat`` and ``exp - now``), in seconds.
+    max_token_ttl_s: int = 86400
+    #: Let the demo page fetch development tokens from the server; loopback only.
+    dev_tokens: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Process-level settings."""
 
@@ -108,10 +131,15 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     echo: EchoConfig = field(default_factory=EchoConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def announced_addresses(self) -> tuple[str, ...]:
         """Addresses to put into ICE candidates: the configured list, else the bind host."""
         return self.media.announced_addresses or (self.media.udp_host,)
+
+    def http_is_loopback(self) -> bool:
+        """Whether HTTP listens on loopback only (development defaults are allowed then)."""
+        return _is_loopback(self.http.host)
 
 
 class ConfigError(Exception):
@@ -297,6 +325,8 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
             f"loopback address, got http.host = {http_host!r}",
         )
 
+    errors.extend(_validate_auth(values["auth"], http_host, label))
+
     level = values["logging"].get("level")
     if level is not None and level not in LOG_LEVELS:
         err("logging.level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
@@ -310,6 +340,49 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
     name = values["server"].get("worker_name")
     if name is not None and not (0 < len(name) <= 64 and name.isprintable()):
         err("server.worker_name", "must be 1 to 64 printable characters")
+    return errors
+
+
+def _validate_auth(
+    auth: dict[str, Any], http_host: str, label: dict[str, str]
+) -> list[tuple[str, str]]:
+    """Checks of the ``[auth]`` section; a secret's value never appears in a message."""
+    errors: list[tuple[str, str]] = []
+
+    def err(path: str, message: str) -> None:
+        errors.append((label.get(path, path), message))
+
+    leeway = auth.get("token_leeway_s")
+    if leeway is not None and not 0 <= leeway <= MAX_TOKEN_LEEWAY_S:
+        err("auth.token_leeway_s", f"must be between 0 and {MAX_TOKEN_LEEWAY_S}, got {leeway}")
+    ttl = auth.get("max_token_ttl_s")
+    if ttl is not None and ttl <= 0:
+        err("auth.max_token_ttl_s", f"must be a positive number of seconds, got {ttl}")
+
+    loopback = _is_loopback(http_host)
+    secret = auth.get("jwt_secret", AuthConfig().jwt_secret)
+    size = len(secret.encode("utf-8"))
+    if secret and size < MIN_JWT_SECRET_BYTES:
+        err(
+            "auth.jwt_secret",
+            f"must be at least {MIN_JWT_SECRET_BYTES} bytes, got {size} bytes "
+            f"(generate one with: openssl rand -base64 48)",
+        )
+    elif not secret and not loopback:
+        err(
+            "auth.jwt_secret",
+            f"must be set (at least {MIN_JWT_SECRET_BYTES} bytes, e.g. via "
+            f"{env_var_name('auth', 'jwt_secret')} from a secret store) unless http.host is "
+            f"a loopback address, got http.host = {http_host!r}",
+        )
+
+    # Development tokens are handed to anyone who asks: never beyond this machine.
+    if auth.get("dev_tokens", AuthConfig().dev_tokens) and not loopback:
+        err(
+            "auth.dev_tokens",
+            f"development tokens may only be enabled when http.host is a loopback "
+            f"address, got http.host = {http_host!r}",
+        )
     return errors
 
 

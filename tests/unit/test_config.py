@@ -11,6 +11,7 @@ import pytest
 
 from sfu.config import (
     NON_CONFIG_ENV_VARS,
+    AuthConfig,
     Config,
     ConfigError,
     HttpConfig,
@@ -23,6 +24,10 @@ from sfu.config import (
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_TOML = REPO / "configs" / "default.toml"
 PRODUCTION_TOML = REPO / "configs" / "production.example.toml"
+
+SECRET = "s" * 32
+#: The [auth] settings a config bound to a public address needs in order to validate.
+PUBLIC_AUTH: dict[str, Any] = {"jwt_secret": SECRET, "dev_tokens": False}
 
 
 def errors_of(data: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -56,7 +61,10 @@ def test_documented_defaults() -> None:
 
 
 def test_production_example_validates() -> None:
-    cfg = load_config(PRODUCTION_TOML, {})
+    # The example leaves the secret to the environment (a secret store), as documented.
+    cfg = load_config(PRODUCTION_TOML, {"SFU_AUTH_JWT_SECRET": SECRET})
+    assert cfg.auth.jwt_secret == SECRET
+    assert cfg.auth.dev_tokens is False
     assert cfg.http.host == "0.0.0.0"
     assert cfg.media.udp_host == "0.0.0.0"
     assert cfg.media.udp_port == 40000
@@ -64,6 +72,14 @@ def test_production_example_validates() -> None:
     assert cfg.announced_addresses() == ("203.0.113.10",)
     assert cfg.logging.format == "json"
     assert cfg.logging.debug_personal_data is False
+
+
+def test_production_example_without_secret_names_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(PRODUCTION_TOML, {})
+    [(key, message)] = info.value.errors
+    assert key == "auth.jwt_secret"
+    assert "SFU_AUTH_JWT_SECRET" in message
 
 
 def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
@@ -124,11 +140,18 @@ def test_array_element_errors_are_indexed() -> None:
         ({"http": {"port": -1}}, "http.port"),
         ({"media": {"udp_port": 70000}}, "media.udp_port"),
         ({"http": {"max_body_bytes": 0}}, "http.max_body_bytes"),
-        ({"http": {"host": " "}, "echo": {"enabled": False}}, "http.host"),
+        ({"http": {"host": " "}, "echo": {"enabled": False}, "auth": PUBLIC_AUTH}, "http.host"),
         ({"media": {"max_transports": 0}}, "media.max_transports"),
         ({"media": {"max_pending_transports": -1}}, "media.max_pending_transports"),
-        ({"http": {"host": "0.0.0.0"}}, "echo.enabled"),
-        ({"http": {"host": "192.0.2.1"}, "echo": {"enabled": True}}, "echo.enabled"),
+        ({"http": {"host": "0.0.0.0"}, "auth": PUBLIC_AUTH}, "echo.enabled"),
+        (
+            {"http": {"host": "192.0.2.1"}, "echo": {"enabled": True}, "auth": PUBLIC_AUTH},
+            "echo.enabled",
+        ),
+        ({"auth": {"jwt_secret": "short"}}, "auth.jwt_secret"),
+        ({"auth": {"token_leeway_s": -1}}, "auth.token_leeway_s"),
+        ({"auth": {"token_leeway_s": 301}}, "auth.token_leeway_s"),
+        ({"auth": {"max_token_ttl_s": 0}}, "auth.max_token_ttl_s"),
         ({"media": {"udp_host": "localhost"}}, "media.udp_host"),
         ({"media": {"announced_addresses": ["example.com"]}}, "media.announced_addresses[0]"),
         ({"media": {"announced_addresses": ["0.0.0.0"]}}, "media.announced_addresses[0]"),
@@ -150,8 +173,65 @@ def test_range_and_value_checks(data: dict[str, Any], key: str) -> None:
 def test_echo_is_allowed_on_loopback_only(host: str) -> None:
     assert parse_config({"http": {"host": host}, "echo": {"enabled": True}}, {}).echo.enabled
     assert not parse_config(
-        {"http": {"host": "0.0.0.0"}, "echo": {"enabled": False}}, {}
+        {"http": {"host": "0.0.0.0"}, "echo": {"enabled": False}, "auth": PUBLIC_AUTH}, {}
     ).echo.enabled
+
+
+def test_auth_defaults_work_out_of_the_box_on_loopback() -> None:
+    auth = load_config(None, {}).auth
+    assert auth == AuthConfig(jwt_secret="", token_leeway_s=5, max_token_ttl_s=86400)
+    assert auth.dev_tokens is True  # only the loopback-bound default config has it on
+    assert Config().http_is_loopback()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "example.com"])
+def test_public_bind_requires_a_long_secret_and_no_dev_tokens(host: str) -> None:
+    errs = errors_of({"http": {"host": host}, "echo": {"enabled": False}})
+    assert set(errs) == {"auth.jwt_secret", "auth.dev_tokens"}
+    assert "SFU_AUTH_JWT_SECRET" in errs["auth.jwt_secret"]
+    assert "loopback" in errs["auth.dev_tokens"]
+    short = {"jwt_secret": "x" * 31, "dev_tokens": False}
+    errs = errors_of({"http": {"host": host}, "echo": {"enabled": False}, "auth": short})
+    assert list(errs) == ["auth.jwt_secret"]
+    assert "31 bytes" in errs["auth.jwt_secret"]
+    cfg = parse_config({"http": {"host": host}, "echo": {"enabled": False}, "auth": PUBLIC_AUTH})
+    assert (cfg.auth.jwt_secret, cfg.http_is_loopback()) == (SECRET, False)
+
+
+def test_secret_length_counts_utf8_bytes_and_is_never_echoed() -> None:
+    # 16 two-byte characters are 32 bytes: long enough.
+    assert parse_config({"auth": {"jwt_secret": "é" * 16}}).auth.jwt_secret == "é" * 16
+    errs = errors_of({"auth": {"jwt_secret": "tooshort-secret"}})
+    assert "tooshort-secret" not in errs["auth.jwt_secret"]
+    assert SECRET not in repr(parse_config({"auth": {"jwt_secret": SECRET}}))
+
+
+def test_secret_from_the_environment_is_labelled_by_its_variable() -> None:
+    env = {"SFU_AUTH_JWT_SECRET": "short", "SFU_AUTH_DEV_TOKENS": "false"}
+    assert list(errors_of({"http": {"host": "0.0.0.0"}, "echo": {"enabled": False}}, env)) == [
+        "SFU_AUTH_JWT_SECRET"
+    ]
+    env["SFU_AUTH_JWT_SECRET"] = SECRET
+    cfg = parse_config({"http": {"host": "0.0.0.0"}, "echo": {"enabled": False}}, env)
+    assert cfg.auth.jwt_secret == SECRET
+    # An environment override can also clear a file's secret; on a public bind that fails.
+    data = {"http": {"host": "0.0.0.0"}, "echo": {"enabled": False}, "auth": PUBLIC_AUTH}
+    assert list(errors_of(data, {"SFU_AUTH_JWT_SECRET": ""})) == ["SFU_AUTH_JWT_SECRET"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_dev_tokens_and_empty_secret_are_fine_on_loopback(host: str) -> None:
+    cfg = parse_config({"http": {"host": host}, "auth": {"dev_tokens": True}})
+    assert (cfg.auth.dev_tokens, cfg.auth.jwt_secret) == (True, "")
+
+
+def test_auth_types_are_checked() -> None:
+    errs = errors_of({"auth": {"jwt_secret": 5, "dev_tokens": "yes", "token_leeway_s": 1.5}})
+    assert errs == {
+        "auth.jwt_secret": "expected string, got integer",
+        "auth.dev_tokens": "expected boolean, got string",
+        "auth.token_leeway_s": "expected integer, got float",
+    }
 
 
 def test_port_bounds_are_inclusive() -> None:
@@ -263,3 +343,12 @@ def test_toml_syntax_error_reports_line(tmp_path: Path) -> None:
     assert key == str(path)
     assert message.startswith("invalid TOML")
     assert "line 3" in message
+
+
+def test_every_key_is_documented() -> None:
+    doc = (REPO / "docs" / "configuration.md").read_text("utf-8")
+    for section in dataclasses.fields(Config):
+        for key in dataclasses.fields(getattr(Config(), section.name)):
+            assert f"| `{section.name}.{key.name}` |" in doc, f"{section.name}.{key.name}"
+    assert "SFU_AUTH_JWT_SECRET" in doc
+    assert "sfu token" in doc
