@@ -1,0 +1,243 @@
+"""Sender-side retransmission support: a packet cache per source stream and a resend guard.
+
+An SFU answers a subscriber's Generic NACK (RFC 4585 §6.2.1) itself, from packets it has
+already forwarded, and sends them again (usually on the RTX stream, RFC 4588 §4) instead of
+passing the NACK upstream. :class:`RetransmissionBuffer` keeps the recent packets of one source
+SSRC; :class:`RetransmissionThrottle` stops a subscriber that repeats its NACKs from getting the
+same packet more than once per round trip.
+
+Both are sans-I/O: every call that depends on time takes ``now`` (seconds, any monotonic
+origin) and nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+Buffer: TypeAlias = bytes | bytearray | memoryview  # byte-oriented buffers (itemsize 1)
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "DEFAULT_MAX_AGE",
+    "DEFAULT_MAX_SIZE",
+    "DEFAULT_RTT",
+    "MIN_RTT",
+    "RetransmissionBuffer",
+    "RetransmissionThrottle",
+]
+
+DEFAULT_CAPACITY = 1024  # packets; ~1 s of 8 Mbit/s video at 1000-byte packets
+DEFAULT_MAX_SIZE = 1500  # bytes per slot: an Ethernet MTU holds any RTP packet we forward
+DEFAULT_MAX_AGE = 1.0  # seconds; older packets are useless to a receiver's jitter buffer
+DEFAULT_RTT = 0.050  # seconds, until the caller has a measured round-trip time
+MIN_RTT = 0.010  # seconds; below this a "repeat" NACK is more likely a duplicate than a retry
+
+
+def _check_power_of_two(name: str, value: int) -> None:
+    if value <= 0 or value & (value - 1):
+        raise ValueError(f"{name} must be a positive power of two, got {value}")
+
+
+class RetransmissionBuffer:
+    """Ring of the last ``capacity`` packets of one source stream, indexed by extended seq.
+
+    Storage is allocated once: one ``uint8`` array of ``capacity x max_size`` bytes for the
+    packets plus per-slot lengths (int32), extended sequence numbers (int64, ``-1`` = empty)
+    and insertion times (float64). Memory is therefore ``capacity * (max_size + 20)`` bytes,
+    about 1.5 MiB for the defaults (1024 x 1500); see :attr:`memory_bytes`. Slot ``i`` holds
+    the packet whose extended sequence number ``s`` has ``s & (capacity - 1) == i``, so a
+    lookup is one index and one comparison, and wrap of the 16-bit wire value never matters.
+
+    The hot path (:meth:`put`, once per forwarded packet) copies the bytes into the slot and
+    writes three scalars through memoryviews of the arrays (cheaper than numpy scalar
+    indexing); it allocates nothing.
+    """
+
+    __slots__ = (
+        "_capacity",
+        "_data",
+        "_lengths",
+        "_lengths_mv",
+        "_mask",
+        "_max_age",
+        "_max_size",
+        "_newest",
+        "_seqs",
+        "_seqs_mv",
+        "_times",
+        "_times_mv",
+        "_view",
+        "hits",
+        "misses",
+        "stored",
+        "too_large",
+        "too_old",
+    )
+
+    def __init__(
+        self,
+        capacity: int = DEFAULT_CAPACITY,
+        max_size: int = DEFAULT_MAX_SIZE,
+        max_age: float = DEFAULT_MAX_AGE,
+    ) -> None:
+        _check_power_of_two("capacity", capacity)
+        if max_size <= 0:
+            raise ValueError("max_size must be positive")
+        if max_age <= 0:
+            raise ValueError("max_age must be positive")
+        self._capacity = capacity
+        self._mask = capacity - 1
+        self._max_size = max_size
+        self._max_age = max_age
+        self._data: npt.NDArray[np.uint8] = np.zeros((capacity, max_size), dtype=np.uint8)
+        self._lengths: npt.NDArray[np.int32] = np.zeros(capacity, dtype=np.int32)
+        self._seqs: npt.NDArray[np.int64] = np.full(capacity, -1, dtype=np.int64)
+        self._times: npt.NDArray[np.float64] = np.zeros(capacity, dtype=np.float64)
+        # Flat byte view of the packet store and scalar views of the columns: slicing and
+        # item access on a memoryview return plain Python objects without numpy's overhead.
+        self._view: memoryview[int] = self._data.reshape(-1).data
+        self._lengths_mv: memoryview[int] = self._lengths.data
+        self._seqs_mv: memoryview[int] = self._seqs.data
+        self._times_mv: memoryview[float] = self._times.data.cast("B").cast("d")
+        self._newest = -1
+        self.stored = 0  # packets copied in
+        self.too_large = 0  # packets longer than max_size, not stored
+        self.too_old = 0  # late packets whose slot already holds a newer one, not stored
+        self.hits = 0  # get() calls that found the packet
+        self.misses = 0  # get() calls that did not (never stored, overwritten, or too old)
+
+    @property
+    def capacity(self) -> int:
+        """Number of packet slots."""
+        return self._capacity
+
+    @property
+    def max_size(self) -> int:
+        """Largest packet, in bytes, that is stored."""
+        return self._max_size
+
+    @property
+    def max_age(self) -> float:
+        """Seconds after insertion beyond which :meth:`get` no longer returns a packet."""
+        return self._max_age
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the preallocated arrays (packets, lengths, seqs, times)."""
+        return int(
+            self._data.nbytes + self._lengths.nbytes + self._seqs.nbytes + self._times.nbytes
+        )
+
+    @property
+    def newest(self) -> int | None:
+        """Highest extended sequence number stored since the last :meth:`clear`, if any.
+
+        A caller holding only a 16-bit sequence number can place it near this value.
+        """
+        return None if self._newest < 0 else self._newest
+
+    def put(self, packet: Buffer, ext_seq: int, now: float) -> None:
+        """Store a copy of ``packet`` (a whole RTP packet) under extended seq ``ext_seq``.
+
+        Packets longer than :attr:`max_size` are counted in :attr:`too_large` and dropped. A
+        late packet whose slot already holds a newer sequence number is counted in
+        :attr:`too_old` and dropped, so reordering never evicts fresher data. Storing the
+        same ``ext_seq`` again replaces the earlier copy.
+        """
+        n = len(packet)
+        if n > self._max_size:
+            self.too_large += 1
+            return
+        if ext_seq < 0:
+            raise ValueError("extended sequence numbers are non-negative")
+        idx = ext_seq & self._mask
+        seqs = self._seqs_mv
+        if seqs[idx] > ext_seq:
+            self.too_old += 1
+            return
+        off = idx * self._max_size
+        self._view[off : off + n] = packet
+        self._lengths_mv[idx] = n
+        seqs[idx] = ext_seq
+        self._times_mv[idx] = now
+        if ext_seq > self._newest:
+            self._newest = ext_seq
+        self.stored += 1
+
+    def get(self, ext_seq: int, now: float) -> memoryview | None:
+        """Return the stored packet for ``ext_seq``, or None if absent, overwritten or stale.
+
+        The result is a view into the ring, not a copy: it is valid until a later
+        :meth:`put` reuses the slot (``capacity`` packets later) or :meth:`clear`, so send or
+        rewrite it before storing more packets of this stream.
+        """
+        if ext_seq < 0:
+            self.misses += 1
+            return None
+        idx = ext_seq & self._mask
+        if self._seqs_mv[idx] != ext_seq or now - self._times_mv[idx] > self._max_age:
+            self.misses += 1
+            return None
+        self.hits += 1
+        off = idx * self._max_size
+        return self._view[off : off + self._lengths_mv[idx]]
+
+    def clear(self) -> None:
+        """Forget every stored packet (the counters are cumulative and kept)."""
+        self._seqs.fill(-1)
+        self._lengths.fill(0)
+        self._newest = -1
+
+
+class RetransmissionThrottle:
+    """Per (subscriber, source SSRC) guard: resend a sequence number at most once per RTT.
+
+    A receiver repeats a NACK when it has not seen the retransmission after about one round
+    trip (RFC 4585 §3.2 leaves the timing to it), but NACKs are also duplicated by
+    aggressive receivers and by a NACK arriving while the first resend is still in flight.
+    Resending within one RTT only adds load. State is a fixed ring of ``capacity`` slots
+    indexed by ``seq & (capacity - 1)``, so memory is bounded whatever the peer sends; a
+    record is forgotten early only when a sequence number ``capacity`` apart reuses its slot.
+
+    ``seq`` may be extended or 16-bit, as long as one throttle sees one kind.
+    """
+
+    __slots__ = ("_mask", "_rtt", "_seqs", "_times", "allowed", "throttled")
+
+    def __init__(self, rtt: float = DEFAULT_RTT, capacity: int = DEFAULT_CAPACITY) -> None:
+        _check_power_of_two("capacity", capacity)
+        self._mask = capacity - 1
+        # Plain lists: item access is cheaper than numpy scalars, and the size never changes.
+        self._seqs: list[int] = [-1] * capacity
+        self._times: list[float] = [0.0] * capacity
+        self._rtt = max(rtt, MIN_RTT)
+        self.allowed = 0  # resends permitted
+        self.throttled = 0  # resends refused as repeats within one RTT
+
+    @property
+    def rtt(self) -> float:
+        """The RTT estimate in use (never below :data:`MIN_RTT`)."""
+        return self._rtt
+
+    def update_rtt(self, rtt: float) -> None:
+        """Use a new round-trip estimate (seconds), clamped to at least :data:`MIN_RTT`."""
+        self._rtt = max(rtt, MIN_RTT)
+
+    def allow(self, seq: int, now: float) -> bool:
+        """True (and remember ``now``) if ``seq`` was not resent within the last RTT."""
+        idx = seq & self._mask
+        if self._seqs[idx] == seq and now - self._times[idx] < self._rtt:
+            self.throttled += 1
+            return False
+        self._seqs[idx] = seq
+        self._times[idx] = now
+        self.allowed += 1
+        return True
+
+    def clear(self) -> None:
+        """Forget every resend record (for example after the subscriber's stream restarts)."""
+        for i in range(len(self._seqs)):
+            self._seqs[i] = -1
