@@ -36,6 +36,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+#: A second signal this soon after the first is the same request, not "force exit".
+_SIGNAL_REPEAT_S: Final = 1.0
 
 
 def fast_path_implementation() -> str:
@@ -199,16 +201,25 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
     """
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
-    signals_seen: list[int] = []
+    first_signal_at: list[float] = []
+    forced = False
     drain_task: asyncio.Task[None] | None = None
 
     def on_signal(signum: int) -> None:
-        signals_seen.append(signum)
-        if len(signals_seen) == 1:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
+        nonlocal forced
+        now = clock.now()
+        name = signal.Signals(signum).name
+        if not first_signal_at:
+            first_signal_at.append(now)
+            log.info("received %s, shutting down", name)
             stop.set()
+        elif now - first_signal_at[0] < _SIGNAL_REPEAT_S:
+            # The same request delivered twice: a terminal's Ctrl-C reaches both `make run`
+            # and the server, and make passes SIGTERM/SIGINT on to its child as well.
+            return
         elif drain_task is not None and not drain_task.done():
-            log.warning("received %s again, forcing exit", signal.Signals(signum).name)
+            log.warning("received %s again, forcing exit", name)
+            forced = True
             drain_task.cancel()
 
     installed: list[int] = []
@@ -228,13 +239,17 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
             return 1
         log.info("ready")
         await stop.wait()
-        drain_task = asyncio.ensure_future(asyncio.wait_for(server.stop(), timeout))
+
+        async def drain() -> None:
+            await asyncio.wait_for(server.stop(), timeout)
+
+        drain_task = asyncio.ensure_future(drain())
         try:
             await drain_task
         except TimeoutError:
             log.warning("drain did not finish within %.1f s; exiting anyway", timeout)
         except asyncio.CancelledError:
-            if len(signals_seen) < 2:
+            if not forced:
                 raise
             return 1
         return 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
+import os
 import signal
 import socket
 import time
@@ -84,6 +86,44 @@ def test_serve_probes_and_graceful_signal_exit(
         records = [json.loads(line) for line in proc.lines]
         assert {r["level"] for r in records} <= {"debug", "info", "warning", "error"}
         assert all(r["worker"] == "sfu" and r["logger"] for r in records)
+
+
+def test_a_signal_delivered_twice_still_drains_cleanly(serve_factory: Any) -> None:
+    """Ctrl-C on `make run` reaches the server twice (terminal and make): one shutdown."""
+    proc: ServeProcess = serve_factory()
+    proc.wait_for(HTTP_RE)
+    proc.proc.send_signal(signal.SIGTERM)
+    proc.proc.send_signal(signal.SIGTERM)
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.finish() == 0, proc.log
+    assert "forcing exit" not in proc.log
+    assert "stopped (media datagrams dropped:" in proc.log
+    assert "never awaited" not in proc.log
+
+
+@pytest.mark.parametrize(("second_after", "exit_code"), [(0.1, 0), (1.3, 1)])
+def test_repeat_signal_during_a_slow_drain(
+    monkeypatch: pytest.MonkeyPatch, second_after: float, exit_code: int
+) -> None:
+    """A repeat within a second is the same request; a later one forces exit (code 1)."""
+    real_stop = Server.stop
+
+    async def slow_stop(self: Server) -> None:
+        await asyncio.sleep(2.0)
+        await real_stop(self)
+
+    monkeypatch.setattr(Server, "stop", slow_stop)
+    config = dataclasses.replace(LOCAL_CONFIG, server=ServerConfig(drain_timeout_s=3.0))
+
+    async def scenario() -> int:
+        task = asyncio.ensure_future(run(config))
+        await asyncio.sleep(0.5)  # started and listening
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(second_after)
+        os.kill(os.getpid(), signal.SIGINT)
+        return await asyncio.wait_for(task, TIMEOUT)
+
+    assert asyncio.run(scenario()) == exit_code
 
 
 def test_serve_refuses_port_in_use(serve_factory: Any, tmp_path: Path) -> None:
