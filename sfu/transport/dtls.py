@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pylibsrtp
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from sfu.transport.certificate import HASH_ALGORITHMS, Certificate
@@ -165,11 +164,19 @@ def _verify_peer(
     endpoint = ref() if isinstance(ref, weakref.ref) else None
     if not isinstance(endpoint, DtlsEndpoint):
         return False
-    der = cert.to_cryptography().public_bytes(serialization.Encoding.DER)
-    if endpoint._fingerprint_matches(der):
+    if endpoint._fingerprint_matches(_der(cert)):
         return True
     endpoint._fingerprint_mismatch = True
     return False
+
+
+def _der(cert: crypto.X509) -> bytes:
+    """The certificate's DER as OpenSSL holds it: what a fingerprint hashes (RFC 8122 §5).
+
+    Not re-encoded through ``cryptography``, whose stricter ASN.1 parser raises on malformed
+    certificates that a hostile peer may send; such a certificate just fails to match.
+    """
+    return crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
 
 
 def _parse_fingerprints(remote: Sequence[tuple[str, str]]) -> list[tuple[str, bytes]]:
@@ -362,10 +369,8 @@ class DtlsEndpoint:
 
     def _complete(self) -> None:
         """Check the peer's certificate once more, then export SRTP keys (RFC 5764 §4.2)."""
-        peer = self._conn.get_peer_certificate(as_cryptography=True)
-        if peer is None or not self._fingerprint_matches(
-            peer.public_bytes(serialization.Encoding.DER)
-        ):
+        peer = self._conn.get_peer_certificate()
+        if peer is None or not self._fingerprint_matches(_der(peer)):
             self._fail("fingerprint mismatch")
             return
         profile = _PROFILE_BY_NAME.get(self._conn.get_selected_srtp_profile())

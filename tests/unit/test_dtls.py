@@ -474,3 +474,21 @@ def test_mutations_never_raise_mid_handshake(sample: tuple[str, bytes], steps: i
     assert_sane(target, target.handle_timer(0.5))
     if target.state is DtlsState.CONNECTED:
         assert target.srtp_keys is not None
+
+
+def test_certificate_that_only_openssl_can_parse_fails_closed_without_raising() -> None:
+    """Found by the fuzz test above: the curve OID of the server's key re-tagged (6 -> 7).
+
+    OpenSSL still parses that certificate and hands it to the verify callback, where
+    re-encoding it through ``cryptography`` used to raise out of ``receive``.
+    """
+    curve_oid = bytes.fromhex("06082a8648ce3d030107")  # prime256v1 in the SubjectPublicKeyInfo
+    client, server = make_pair()
+    server.start(0.0)
+    flight = [x for d in client.start(0.0) for x in server.receive(d, 0.0)]
+    assert any(curve_oid in d for d in flight)
+    tampered = [d.replace(curve_oid, b"\x07" + curve_oid[1:]) for d in flight]
+    out = [x for d in tampered for x in client.receive(d, 0.0)]
+    assert_sane(client, out)
+    assert client.state is DtlsState.FAILED
+    assert client.srtp_keys is None
