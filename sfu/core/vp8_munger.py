@@ -16,7 +16,7 @@ alone (end-to-end encrypted payloads pass). Design after LiveKit's ``vp8munger.g
   so TL0PICIDX still moves only on TID 0 frames. Dropping TID 0 frames without a switch is a
   decoding break that only a keyframe heals, so its TL0PICIDX gap is kept on purpose.
 
-A consumer forwarding VP8 does, per packet (``off`` from :func:`rtp_payload_offset`)::
+A consumer forwarding VP8 does, per packet (``off`` from :func:`sfu.packet.rtp.payload_offset`)::
 
     d = parse_vp8(pkt, off, end)
     if not should_forward(d, max_tid):
@@ -31,12 +31,10 @@ from __future__ import annotations
 
 from sfu.codecs.vp8 import Vp8Descriptor, parse_vp8, rewrite_vp8_descriptor
 from sfu.core.munger import SkipHistory
-from sfu.packet.errors import ParseError
 
 __all__ = [
     "Vp8Munger",
     "Vp8Translation",
-    "rtp_payload_offset",
     "should_forward",
 ]
 
@@ -52,25 +50,6 @@ def should_forward(descriptor: Vp8Descriptor, max_tid: int) -> bool:
     """
     tid = descriptor.temporal_id
     return tid is None or tid <= max_tid
-
-
-def rtp_payload_offset(buf: bytes | bytearray | memoryview, length: int | None = None) -> int:
-    """Offset of the RTP payload in ``buf[:length]``: fixed header, CSRCs and the header
-    extension block (RFC 3550 §5.1, §5.3.1). Raises ParseError if they do not fit."""
-    n = len(buf) if length is None else length
-    if n < 12 or n > len(buf):
-        raise ParseError("RTP packet too short")
-    b0 = buf[0]
-    if b0 >> 6 != 2:
-        raise ParseError("RTP version is not 2")
-    offset = 12 + 4 * (b0 & 0x0F)
-    if b0 & 0x10:
-        if offset + 4 > n:
-            raise ParseError("RTP extension header truncated")
-        offset += 4 + 4 * ((buf[offset + 2] << 8) | buf[offset + 3])
-    if offset > n:
-        raise ParseError("RTP header longer than the packet")
-    return offset
 
 
 class Vp8Translation:

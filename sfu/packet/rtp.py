@@ -22,6 +22,7 @@ __all__ = [
     "build_extension_block",
     "is_two_byte_profile",
     "parse_extension_elements",
+    "payload_offset",
     "peek_rtp_header",
 ]
 
@@ -168,6 +169,25 @@ def build_extension_block(
     if rem:
         body += bytes(4 - rem)
     return profile, body
+
+
+def payload_offset(buf: bytes | bytearray | memoryview, length: int | None = None) -> int:
+    """Offset of the RTP payload in ``buf[:length]``: fixed header, CSRCs and the header
+    extension block (RFC 3550 §5.1, §5.3.1). Raises ParseError if they do not fit."""
+    n = len(buf) if length is None else length
+    if n < 12 or n > len(buf):
+        raise ParseError("RTP packet too short")
+    b0 = buf[0]
+    if b0 >> 6 != 2:
+        raise ParseError("RTP version is not 2")
+    offset = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        if offset + 4 > n:
+            raise ParseError("RTP extension header truncated")
+        offset += 4 + 4 * ((buf[offset + 2] << 8) | buf[offset + 3])
+    if offset > n:
+        raise ParseError("RTP header longer than the packet")
+    return offset
 
 
 def peek_rtp_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int, int] | None:

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from sfu.codecs.vp8 import Vp8Descriptor, parse_vp8
 from sfu.core.munger import RtpMunger
-from sfu.core.vp8_munger import Vp8Munger, Vp8Translation, rtp_payload_offset, should_forward
+from sfu.core.vp8_munger import Vp8Munger, Vp8Translation, should_forward
 from sfu.packet.errors import ParseError
-from sfu.packet.rtp import RtpPacket
+from sfu.packet.rtp import RtpPacket, payload_offset
 
 KEY = b"\x10\x02\x00\x9d\x01\x2a"  # P=0: keyframe payload header
 DELTA = b"\x11\x02\x00"  # P=1
@@ -61,10 +61,10 @@ def test_should_forward(tid: int | None, max_tid: int, expected: bool) -> None:
     assert should_forward(desc(1, 0, tid), max_tid) is expected
 
 
-def test_rtp_payload_offset_matches_fixtures_and_headers() -> None:
+def test_payload_offset_matches_fixtures_and_headers() -> None:
     for name in ("chromium_vp8.hex", "aiortc_vp8.hex"):
         for p in rtp_payloads(name):
-            assert rtp_payload_offset(p.data) == p.start
+            assert payload_offset(p.data) == p.start
     pkt = RtpPacket(
         payload_type=96,
         csrcs=(1, 2),
@@ -72,13 +72,13 @@ def test_rtp_payload_offset_matches_fixtures_and_headers() -> None:
         extension_data=b"\x10\x01\x00\x00",
         payload=b"\x90",
     ).serialize()
-    assert rtp_payload_offset(pkt) == 12 + 8 + 4 + 4
-    assert rtp_payload_offset(pkt + b"trailing", len(pkt)) == 28
+    assert payload_offset(pkt) == 12 + 8 + 4 + 4
+    assert payload_offset(pkt + b"trailing", len(pkt)) == 28
     for bad in (pkt[:11], pkt[:27], b"\x00" + pkt[1:], pkt[:21]):
         with pytest.raises(ParseError):
-            rtp_payload_offset(bad)
+            payload_offset(bad)
     with pytest.raises(ParseError):
-        rtp_payload_offset(pkt, len(pkt) + 1)
+        payload_offset(pkt, len(pkt) + 1)
 
 
 # -- continuity ----------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_chromium_vp8_through_both_mungers_keeps_payload_bytes() -> None:
     dropped_pids: set[tuple[int, int]] = set()
     for data, seq, i in stream:
         part = int(data[8:12] == b"\x00\x00\x0b\x0b")
-        start = rtp_payload_offset(data)
+        start = payload_offset(data)
         d = parse_vp8(data, start, packets[i].end)
         assert d.picture_id is not None
         if d.picture_id % 3 == 1 and not d.is_keyframe:
