@@ -1,0 +1,776 @@
+// sfu-client.js: the browser side of this server's room protocol (docs/protocol.md).
+//
+// One WebSocket carries JSON signaling, one RTCPeerConnection carries all media, and the client
+// is always the offerer: every change (publishing, subscribing, unsubscribing) becomes a new
+// complete offer, and offers are strictly serialized, so there is never more than one in flight.
+//
+// No dependencies and no build step: import { Room } from "/sfu-client.js".
+
+const PROTOCOL = 1;
+const MAX_MESSAGE_BYTES = 64 * 1024;
+const REQUEST_TIMEOUT_MS = 15000;
+const PING_INTERVAL_MS = 25000;
+const ICE_GATHERING_WAIT_MS = 1500;
+const NEGOTIATION_DEBOUNCE_MS = 15;
+
+/** Simulcast layers, lowest first: the order the server lists them in a track's `layers`. */
+export const SIMULCAST_ENCODINGS = Object.freeze([
+  Object.freeze({ rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 }),
+  Object.freeze({ rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 }),
+  Object.freeze({ rid: "f", maxBitrate: 1500000 }),
+]);
+
+/** An error from the server (`error` reply) or from the connection; `.code` says which. */
+export class SfuError extends Error {
+  constructor(code, message, extra = {}) {
+    super(message || code);
+    this.name = "SfuError";
+    this.code = code;
+    Object.assign(this, extra);
+  }
+}
+
+function defaultUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws`;
+}
+
+function websocketUrl(url) {
+  if (!url) return defaultUrl();
+  // Accept http(s) and relative URLs as well as ws(s) ones.
+  const resolved = new URL(url, location.href);
+  if (resolved.protocol === "http:") resolved.protocol = "ws:";
+  else if (resolved.protocol === "https:") resolved.protocol = "wss:";
+  return resolved.href;
+}
+
+const delay = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * The primary (media) SSRC the answer announces for each mid: the first of an `a=ssrc-group:FID`
+ * line, else the first `a=ssrc:` line. Stats are matched by it, because a reused transceiver
+ * still reports its previous stream (same mid, old SSRC) for a while.
+ */
+function answerSsrcs(sdp) {
+  const out = new Map();
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const lines = section.split(/\r?\n/);
+    const midLine = lines.find((l) => l.startsWith("a=mid:"));
+    if (!midLine) continue;
+    const fid = lines.find((l) => l.startsWith("a=ssrc-group:FID "));
+    const first = lines.find((l) => l.startsWith("a=ssrc:"));
+    const ssrc = fid ? fid.split(" ")[1] : first ? first.slice("a=ssrc:".length).split(" ")[0] : null;
+    if (ssrc !== null && /^\d+$/.test(ssrc)) out.set(midLine.slice("a=mid:".length).trim(), Number(ssrc));
+  }
+  return out;
+}
+
+/** Codec capabilities reordered so that VP8 comes first; everything else keeps its order. */
+function vp8First(codecs) {
+  const isVp8 = (c) => c.mimeType.toLowerCase() === "video/vp8";
+  return [...codecs.filter(isVp8), ...codecs.filter((c) => !isVp8(c))];
+}
+
+export class Room extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {string} [options.url] WebSocket URL; default ws(s)://<this host>/ws
+   * @param {string} options.room room name
+   * @param {string} options.token join token (JWT)
+   * @param {(type: string, payload: any) => void} [options.onEvent] called for every event
+   * @param {boolean} [options.autoSubscribe=true] subscribe to every track of the others
+   * @param {RTCIceServer[]} [options.iceServers=[]] the server is ICE-lite; none are needed
+   */
+  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [] } = {}) {
+    super();
+    if (!room) throw new TypeError("Room: `room` is required");
+    this.url = websocketUrl(url);
+    this.roomName = room;
+    this.token = token;
+    this.onEvent = onEvent || null;
+    this.autoSubscribe = autoSubscribe;
+    this.iceServers = iceServers;
+
+    this.ws = null;
+    this.pc = null;
+    this.state = "new"; // new | connecting | waiting | joined | closed
+    this.participantId = null;
+    this.localParticipant = null;
+    /** Everyone else: id -> {id, identity, name, tracks: Map(trackId -> track)} */
+    this.participants = new Map();
+
+    this._nextId = 1;
+    this._pending = new Map(); // request id -> {resolve, reject, timer}
+    this._joinWaiter = null;
+    this._pingTimer = null;
+
+    // Local publications: one per kind. {kind, name, track, transceiver, trackId, muted}
+    this._local = new Map();
+    // Subscriptions: trackId -> {trackId, participant, kind, transceiver, announced, answered, ssrc}
+    this._subs = new Map();
+    // Recvonly transceivers that no longer carry a subscription, by kind. A transceiver is
+    // "freeing" until an offer without its binding has been answered, then "idle" (reusable).
+    this._freeing = new Set();
+    this._idle = { audio: [], video: [] };
+
+    // Negotiation queue: _queue is the tail of the chain, _scheduled the not-yet-started run.
+    this._queue = Promise.resolve();
+    this._scheduled = null;
+    this._version = 0; // bumped on every change that needs a new offer
+    this._negotiatedOnce = false;
+  }
+
+  // ---------------------------------------------------------------- events
+
+  _emit(type, payload) {
+    if (this.onEvent) {
+      try {
+        this.onEvent(type, payload);
+      } catch (err) {
+        console.error("sfu-client: onEvent handler failed", err);
+      }
+    }
+    this.dispatchEvent(new CustomEvent(type, { detail: payload }));
+  }
+
+  // ---------------------------------------------------------------- connection
+
+  /** Connect and join; resolves with the `joined` message once admitted. */
+  join() {
+    if (this.state !== "new") return Promise.reject(new SfuError("already_joined", "join() was already called"));
+    this.state = "connecting";
+    this.pc = new RTCPeerConnection({
+      iceServers: this.iceServers,
+      bundlePolicy: "max-bundle",
+      rtcpMuxPolicy: "require",
+    });
+    this.pc.addEventListener("track", (event) => this._onTrack(event));
+    this.pc.addEventListener("connectionstatechange", () => {
+      this._emit("connection_state", { state: this.pc.connectionState });
+    });
+
+    return new Promise((resolve, reject) => {
+      this._joinWaiter = { resolve, reject };
+      let ws;
+      try {
+        ws = new WebSocket(this.url);
+      } catch (err) {
+        this._joinWaiter = null;
+        this._shutdown(1006, String(err && err.message));
+        reject(new SfuError("connect_failed", `cannot open ${this.url}: ${err.message}`));
+        return;
+      }
+      this.ws = ws;
+      ws.addEventListener("open", () => {
+        const id = this._nextId++;
+        // The join reply is `joined` (or `waiting` first); an error carries `re`.
+        this._pending.set(id, {
+          resolve: () => {},
+          reject: (err) => {
+            this._failJoin(err);
+            // A refused join leaves nothing to do on this socket.
+            if (err.code !== "closed" && ws.readyState === WebSocket.OPEN) ws.close(1000, "join refused");
+          },
+          timer: null,
+        });
+        this._sendRaw({ type: "join", id, protocol: PROTOCOL, room: this.roomName, token: this.token });
+      });
+      ws.addEventListener("message", (event) => this._onMessage(event.data));
+      ws.addEventListener("close", (event) => this._onClose(event.code, event.reason));
+      ws.addEventListener("error", () => {
+        // A close event always follows; it carries the code.
+      });
+    });
+  }
+
+  _failJoin(err) {
+    const waiter = this._joinWaiter;
+    this._joinWaiter = null;
+    if (waiter) waiter.reject(err);
+  }
+
+  /** Send `leave`, wait (briefly) for the server to close the socket, close the peer connection. */
+  async leave() {
+    if (this.state === "closed") return;
+    const ws = this.ws;
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      const closed = new Promise((resolve) => ws.addEventListener("close", resolve, { once: true }));
+      try {
+        this._sendRaw({ type: "leave" });
+      } catch (err) {
+        // the socket is going away anyway
+      }
+      await Promise.race([closed, delay(1000)]);
+    }
+    if (this.state !== "closed") {
+      if (ws && ws.readyState !== WebSocket.CLOSED) ws.close(1000, "leave");
+      this._shutdown(1000, "leave");
+    }
+  }
+
+  _onClose(code, reason) {
+    if (this.state === "closed") return;
+    this._shutdown(code, reason);
+  }
+
+  _shutdown(code, reason) {
+    if (this.state === "closed") return;
+    const wasJoining = this._joinWaiter !== null;
+    this.state = "closed";
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    const err = new SfuError("closed", `connection closed (${code}${reason ? ": " + reason : ""})`, {
+      closeCode: code,
+      reason,
+    });
+    for (const [, pending] of this._pending) {
+      clearTimeout(pending.timer);
+      pending.reject(err);
+    }
+    this._pending.clear();
+    if (wasJoining) this._failJoin(err);
+    if (this.pc) this.pc.close();
+    this._emit("closed", { code, reason });
+  }
+
+  _sendRaw(message) {
+    const text = JSON.stringify(message);
+    if (new TextEncoder().encode(text).length > MAX_MESSAGE_BYTES) {
+      throw new SfuError("too_large", `${message.type} message is over 64 KiB (${text.length} characters)`);
+    }
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) throw new SfuError("closed", "the WebSocket is not open");
+    this.ws.send(text);
+  }
+
+  /** Send a request and resolve with its reply (`answer`, `ok`, `pong`); `error` rejects. */
+  _request(message, timeoutMs = REQUEST_TIMEOUT_MS) {
+    return new Promise((resolve, reject) => {
+      const id = this._nextId++;
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new SfuError("timeout", `no reply to ${message.type} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this._pending.set(id, { resolve, reject, timer });
+      try {
+        this._sendRaw({ ...message, id });
+      } catch (err) {
+        clearTimeout(timer);
+        this._pending.delete(id);
+        reject(err);
+      }
+    });
+  }
+
+  _onMessage(data) {
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch (err) {
+      this._emit("error", { code: "bad_json", message: "the server sent a message that is not JSON" });
+      return;
+    }
+    if (!msg || typeof msg !== "object") return;
+
+    // Replies to requests; `joined`/`waiting` are handled below even if they echo the join's id.
+    const isReply = msg.type === "answer" || msg.type === "ok" || msg.type === "pong" || msg.type === "error";
+    if (isReply && "re" in msg && this._pending.has(msg.re)) {
+      const pending = this._pending.get(msg.re);
+      this._pending.delete(msg.re);
+      clearTimeout(pending.timer);
+      if (msg.type === "error") pending.reject(new SfuError(msg.code || "error", msg.message || msg.code));
+      else pending.resolve(msg);
+      return;
+    }
+
+    switch (msg.type) {
+      case "waiting":
+        this.state = "waiting";
+        this._emit("waiting", { reason: msg.reason });
+        break;
+      case "joined":
+        this._onJoined(msg);
+        break;
+      case "participant_joined": {
+        const bound = this._addParticipant(msg.participant);
+        this._emit("participant_joined", { participant: msg.participant });
+        if (bound) this._renegotiateQuietly();
+        break;
+      }
+      case "participant_left":
+        this._onParticipantLeft(msg.participant);
+        break;
+      case "track_published":
+        this._onTrackPublished(msg.track);
+        break;
+      case "track_unpublished":
+        this._onTrackUnpublished(msg.track);
+        break;
+      case "track_muted":
+        this._onTrackMuted(msg.track, msg.muted);
+        break;
+      case "speakers":
+        this._emit("speakers", { speakers: Array.isArray(msg.speakers) ? msg.speakers : [] });
+        break;
+      case "error":
+        // An error that answers nothing we wait for (for instance rate_limited without `re`).
+        this._emit("error", { code: msg.code, message: msg.message });
+        break;
+      default:
+        // Replies to requests we no longer wait for, and types newer than this client.
+        break;
+    }
+  }
+
+  _onJoined(msg) {
+    // The pending join request (if the server echoed no `re`) is done.
+    for (const [id, pending] of this._pending) {
+      if (pending.timer === null) this._pending.delete(id);
+    }
+    this.state = "joined";
+    this.localParticipant = msg.participant || null;
+    this.participantId = msg.participant ? msg.participant.id : null;
+    for (const p of msg.participants || []) this._addParticipant(p);
+    this._pingTimer = setInterval(() => {
+      this._request({ type: "ping" }).catch(() => {});
+    }, PING_INTERVAL_MS);
+    const payload = {
+      room: msg.room,
+      participant: msg.participant,
+      participants: msg.participants || [],
+    };
+    this._emit("joined", payload);
+    if (this._joinWaiter) {
+      const waiter = this._joinWaiter;
+      this._joinWaiter = null;
+      waiter.resolve(payload);
+    }
+    if (this._subs.size) this._renegotiateQuietly();
+  }
+
+  // ---------------------------------------------------------------- room state
+
+  /** Remember a participant and its tracks; true when that bound a new subscription. */
+  _addParticipant(p) {
+    if (!p || !p.id || p.id === this.participantId) return false;
+    const entry = this.participants.get(p.id) || { id: p.id, identity: p.identity, name: p.name, tracks: new Map() };
+    entry.identity = p.identity;
+    entry.name = p.name;
+    this.participants.set(p.id, entry);
+    let bound = false;
+    for (const track of p.tracks || []) bound = this._rememberTrack({ participant: p.id, ...track }) || bound;
+    return bound;
+  }
+
+  /** Remember a remote track (and auto-subscribe); true when that bound a new subscription. */
+  _rememberTrack(track) {
+    const owner = this.participants.get(track.participant);
+    if (!owner) return false;
+    owner.tracks.set(track.id, { ...track });
+    return this.autoSubscribe ? this._bind(track) : false;
+  }
+
+  _onTrackPublished(track) {
+    if (!track) return;
+    if (track.participant === this.participantId) {
+      // One of ours: learn its id, matching by name (then kind).
+      let local = [...this._local.values()].find((l) => l.name === track.name && !l.trackId);
+      if (!local) local = this._local.get(track.kind);
+      if (local) {
+        local.trackId = track.id;
+        if (local.muted) this._request({ type: "mute", track: track.id, muted: true }).catch(() => {});
+      }
+      this._emit("track_published", { track, local: true });
+      return;
+    }
+    if (!this.participants.has(track.participant)) {
+      // A track of someone we have not heard of: remember the owner minimally.
+      this.participants.set(track.participant, { id: track.participant, identity: null, name: null, tracks: new Map() });
+    }
+    const bound = this._rememberTrack(track);
+    this._emit("track_published", { track, local: false });
+    if (bound) this._renegotiateQuietly();
+  }
+
+  _onTrackUnpublished(trackId) {
+    let owner = null;
+    for (const p of this.participants.values()) {
+      if (p.tracks.delete(trackId)) owner = p;
+    }
+    for (const local of this._local.values()) {
+      if (local.trackId === trackId) local.trackId = null;
+    }
+    const changed = this._unbind(trackId);
+    this._emit("track_unpublished", {
+      track: trackId,
+      participant: owner ? owner.id : null,
+      remaining: owner ? owner.tracks.size : 0,
+    });
+    if (changed) this._renegotiateQuietly();
+  }
+
+  _onParticipantLeft(participantId) {
+    const p = this.participants.get(participantId);
+    this.participants.delete(participantId);
+    let changed = false;
+    for (const sub of [...this._subs.values()]) {
+      if (sub.participant === participantId) changed = this._unbind(sub.trackId) || changed;
+    }
+    this._emit("participant_left", { participant: participantId, name: p ? p.name : null });
+    if (changed) this._renegotiateQuietly();
+  }
+
+  _onTrackMuted(trackId, muted) {
+    for (const p of this.participants.values()) {
+      const t = p.tracks.get(trackId);
+      if (t) t.muted = !!muted;
+    }
+    const local = [...this._local.values()].some((l) => l.trackId === trackId);
+    this._emit("track_muted", { track: trackId, muted: !!muted, local });
+  }
+
+  // ---------------------------------------------------------------- subscriptions
+
+  /** Bind a recvonly transceiver to a remote track (no negotiation yet). */
+  _bind(track) {
+    if (this._subs.has(track.id)) return false;
+    if (track.kind !== "audio" && track.kind !== "video") return false;
+    if (!this.pc || this.pc.signalingState === "closed") return false;
+    let transceiver = this._idle[track.kind].shift();
+    if (!transceiver) transceiver = this.pc.addTransceiver(track.kind, { direction: "recvonly" });
+    this._subs.set(track.id, {
+      trackId: track.id,
+      participant: track.participant,
+      kind: track.kind,
+      transceiver,
+      announced: false, // remote_track emitted
+      answered: false, // an answer covering this binding has been applied
+      ssrc: null, // the server's SSRC for it, from that answer
+    });
+    this._version++;
+    return true;
+  }
+
+  /** Drop a subscription; its transceiver becomes reusable after the next answered offer. */
+  _unbind(trackId) {
+    const sub = this._subs.get(trackId);
+    if (!sub) return false;
+    this._subs.delete(trackId);
+    this._freeing.add(sub.transceiver);
+    this._version++;
+    return true;
+  }
+
+  /** Subscribe to a track by id (needed only with autoSubscribe: false). */
+  async subscribe(trackId) {
+    const track = this._findTrack(trackId);
+    if (!track) throw new SfuError("unknown_track", `no track ${trackId} in this room`);
+    if (this._bind(track)) await this.renegotiate();
+  }
+
+  /** Stop receiving a track: forwarding stops at once, the transceiver is freed by renegotiating. */
+  async unsubscribe(trackId) {
+    if (!this._subs.has(trackId)) return;
+    try {
+      await this._request({ type: "unsubscribe", track: trackId });
+    } catch (err) {
+      if (err.code !== "unknown_track") throw err;
+    }
+    if (this._unbind(trackId)) await this.renegotiate();
+  }
+
+  _findTrack(trackId) {
+    for (const p of this.participants.values()) {
+      const t = p.tracks.get(trackId);
+      if (t) return t;
+    }
+    return null;
+  }
+
+  _onTrack(event) {
+    for (const sub of this._subs.values()) {
+      if (sub.transceiver === event.transceiver) {
+        this._announce(sub);
+        return;
+      }
+    }
+  }
+
+  _announce(sub) {
+    if (sub.announced || this._subs.get(sub.trackId) !== sub) return;
+    sub.announced = true;
+    const owner = this.participants.get(sub.participant);
+    this._emit("remote_track", {
+      trackId: sub.trackId,
+      participant: sub.participant,
+      name: owner ? owner.name : null,
+      kind: sub.kind,
+      track: sub.transceiver.receiver.track,
+    });
+  }
+
+  /** The MediaStreamTrack currently receiving a subscribed track, or null. */
+  remoteTrack(trackId) {
+    const sub = this._subs.get(trackId);
+    return sub && sub.announced ? sub.transceiver.receiver.track : null;
+  }
+
+  // ---------------------------------------------------------------- publishing
+
+  /**
+   * Publish a stream's audio ("microphone") and video ("camera") tracks.
+   * @param {MediaStream} stream
+   * @param {{simulcast?: boolean, audioName?: string, videoName?: string}} [options]
+   */
+  async publish(stream, { simulcast = true, audioName = "microphone", videoName = "camera" } = {}) {
+    if (this.state !== "joined") throw new SfuError("not_joined", "publish() needs a joined room");
+    const audio = stream.getAudioTracks()[0];
+    const video = stream.getVideoTracks()[0];
+    if (audio) this._addLocal("audio", audio, audioName, stream, {});
+    if (video) {
+      const init = simulcast ? { sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })) } : {};
+      const transceiver = this._addLocal("video", video, videoName, stream, init);
+      this._preferVp8(transceiver);
+    }
+    await this.renegotiate();
+  }
+
+  _addLocal(kind, track, name, stream, init) {
+    const existing = this._local.get(kind);
+    if (existing) {
+      // Publishing a kind again replaces the track in place (same m-section, same publication).
+      existing.track = track;
+      existing.name = name;
+      track.enabled = !existing.muted;
+      existing.transceiver.sender.replaceTrack(track);
+      existing.transceiver.direction = "sendonly";
+      this._version++;
+      return existing.transceiver;
+    }
+    const transceiver = this.pc.addTransceiver(track, { direction: "sendonly", streams: [stream], ...init });
+    this._local.set(kind, { kind, name, track, transceiver, trackId: null, muted: false });
+    this._version++;
+    return transceiver;
+  }
+
+  /**
+   * Put VP8 first in a sending transceiver's codec list, dropping nothing. The sender's
+   * capabilities are the right list for a sendonly m-section; browsers that accept only
+   * receiver capabilities in setCodecPreferences get those instead.
+   */
+  _preferVp8(transceiver) {
+    if (typeof transceiver.setCodecPreferences !== "function") return;
+    const hasVp8 = (caps) => caps && caps.codecs.some((c) => c.mimeType.toLowerCase() === "video/vp8");
+    for (const source of [window.RTCRtpSender, window.RTCRtpReceiver]) {
+      const caps = source && source.getCapabilities ? source.getCapabilities("video") : null;
+      if (!hasVp8(caps)) continue;
+      try {
+        transceiver.setCodecPreferences(vp8First(caps.codecs));
+        return;
+      } catch (err) {
+        // try the next list
+      }
+    }
+    console.warn("sfu-client: setCodecPreferences refused; using the browser's codec order");
+  }
+
+  /** Stop publishing one kind ("audio" or "video"): the next offer no longer sends it. */
+  async unpublish(kind) {
+    const local = this._local.get(kind);
+    if (!local) return;
+    this._local.delete(kind);
+    await local.transceiver.sender.replaceTrack(null);
+    local.transceiver.direction = "inactive";
+    this._version++;
+    await this.renegotiate();
+  }
+
+  /** The id the server gave our published track of this kind (null until track_published). */
+  publishedTrackId(kind) {
+    const local = this._local.get(kind);
+    return local ? local.trackId : null;
+  }
+
+  /** Mute or unmute our own published audio or video: disables the track and tells the room. */
+  async setMuted(kind, muted) {
+    const local = this._local.get(kind);
+    if (!local) throw new SfuError("unknown_track", `nothing of kind ${kind} is published`);
+    local.muted = !!muted;
+    local.track.enabled = !muted;
+    if (local.trackId) await this._request({ type: "mute", track: local.trackId, muted: !!muted });
+    // Otherwise the mute is sent once track_published tells us the track id.
+  }
+
+  isMuted(kind) {
+    const local = this._local.get(kind);
+    return local ? local.muted : false;
+  }
+
+  /** Receive preferences for a subscribed track: {maxSpatial, maxTemporal, paused}. */
+  async setPreferences(trackId, { maxSpatial, maxTemporal, paused } = {}) {
+    const message = { type: "prefs", track: trackId };
+    if (maxSpatial !== undefined) message.max_spatial = maxSpatial;
+    if (maxTemporal !== undefined) message.max_temporal = maxTemporal;
+    if (paused !== undefined) message.paused = !!paused;
+    return this._request(message);
+  }
+
+  // ---------------------------------------------------------------- negotiation
+
+  /** Queue one offer/answer round with the current state; resolves when it has been answered. */
+  renegotiate() {
+    if (this._scheduled) return this._scheduled;
+    const run = this._queue.then(() => delay(NEGOTIATION_DEBOUNCE_MS)).then(() => {
+      this._scheduled = null;
+      return this._negotiate();
+    });
+    this._scheduled = run;
+    this._queue = run.catch(() => {});
+    return run;
+  }
+
+  _renegotiateQuietly() {
+    this.renegotiate().catch((err) => {
+      if (err.code !== "closed") this._emit("error", { code: err.code || "negotiation_failed", message: err.message });
+    });
+  }
+
+  async _negotiate() {
+    const pc = this.pc;
+    if (this.state !== "joined" || !pc || pc.signalingState === "closed") return;
+    if (pc.getTransceivers().length === 0) return;
+    const version = this._version;
+
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    if (!this._negotiatedOnce) await this._iceGathered(pc);
+
+    const tracks = {};
+    for (const local of this._local.values()) {
+      const mid = local.transceiver.mid;
+      if (mid !== null && local.transceiver.direction === "sendonly") tracks[mid] = { name: local.name };
+    }
+    const subscriptions = {};
+    const offered = [];
+    for (const sub of this._subs.values()) {
+      const mid = sub.transceiver.mid;
+      if (mid === null) continue; // added after this offer was created: the next one carries it
+      subscriptions[mid] = sub.trackId;
+      offered.push(sub);
+    }
+    const boundNow = new Set(offered.map((s) => s.transceiver));
+    const freed = [...this._freeing].filter((t) => t.mid !== null && !boundNow.has(t));
+
+    let reply;
+    try {
+      reply = await this._request({ type: "offer", sdp: pc.localDescription.sdp, tracks, subscriptions });
+    } catch (err) {
+      if (pc.signalingState === "have-local-offer") {
+        await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+      }
+      // A refused offer changes nothing on the server. If our state moved on meanwhile (say the
+      // track we subscribed to was unpublished), a fresh offer may well succeed: try once more.
+      if (err.code !== "closed" && this._version !== version && this.state === "joined") {
+        return this._negotiate();
+      }
+      throw err;
+    }
+    if (pc.signalingState !== "have-local-offer") return; // closed meanwhile
+    await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    this._negotiatedOnce = true;
+
+    for (const t of freed) {
+      if (!this._freeing.delete(t)) continue;
+      if ([...this._subs.values()].some((s) => s.transceiver === t)) continue;
+      this._idle[t.receiver.track.kind].push(t);
+    }
+    const ssrcs = answerSsrcs(reply.sdp);
+    for (const sub of offered) {
+      if (this._subs.get(sub.trackId) !== sub) continue;
+      sub.answered = true;
+      sub.ssrc = ssrcs.get(sub.transceiver.mid) ?? null;
+      this._announce(sub);
+    }
+  }
+
+  /** ICE-lite server: our candidates are optional, but put the host ones in the first offer. */
+  _iceGathered(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        pc.removeEventListener("icegatheringstatechange", check);
+        clearTimeout(timer);
+        resolve();
+      };
+      const check = () => pc.iceGatheringState === "complete" && done();
+      const timer = setTimeout(done, ICE_GATHERING_WAIT_MS);
+      pc.addEventListener("icegatheringstatechange", check);
+    });
+  }
+
+  // ---------------------------------------------------------------- statistics
+
+  /**
+   * A summary of getStats() per subscribed track:
+   * {connectionState, remote: {trackId: {participant, kind, framesDecoded, frameWidth,
+   *  frameHeight, nackCount, packetsLost, totalSamplesReceived, freezeCount, packetsReceived}}}
+   */
+  async stats() {
+    const out = { connectionState: this.pc ? this.pc.connectionState : "new", remote: {} };
+    if (!this.pc) return out;
+    const subs = [...this._subs.values()];
+    const entries = {};
+    for (const sub of subs) {
+      entries[sub.trackId] = {
+        participant: sub.participant,
+        kind: sub.kind,
+        framesDecoded: 0,
+        frameWidth: 0,
+        frameHeight: 0,
+        nackCount: 0,
+        packetsLost: 0,
+        totalSamplesReceived: 0,
+        freezeCount: 0,
+        packetsReceived: 0,
+      };
+    }
+    out.remote = entries;
+    if (this.pc.signalingState === "closed" || subs.length === 0) return out;
+
+    const report = await this.pc.getStats();
+    const best = new Map(); // trackId -> the inbound-rtp entry with the latest packet
+    report.forEach((s) => {
+      if (s.type !== "inbound-rtp") return;
+      const sub = subs.find((x) => {
+        if (!x.answered) return false; // nothing of its own yet (an idle transceiver's old stream)
+        if (x.ssrc !== null) return s.ssrc === x.ssrc;
+        return (
+          (s.mid !== undefined && x.transceiver.mid !== null && s.mid === x.transceiver.mid) ||
+          (s.trackIdentifier !== undefined && s.trackIdentifier === x.transceiver.receiver.track.id)
+        );
+      });
+      if (!sub) return;
+      const prev = best.get(sub.trackId);
+      if (!prev || (s.lastPacketReceivedTimestamp || 0) > (prev.lastPacketReceivedTimestamp || 0)) {
+        best.set(sub.trackId, s);
+      }
+    });
+    for (const [trackId, s] of best) {
+      const e = entries[trackId];
+      for (const key of [
+        "framesDecoded",
+        "frameWidth",
+        "frameHeight",
+        "nackCount",
+        "packetsLost",
+        "totalSamplesReceived",
+        "freezeCount",
+        "packetsReceived",
+      ]) {
+        if (typeof s[key] === "number") e[key] = s[key];
+      }
+    }
+    return out;
+  }
+}
+
+export default Room;
