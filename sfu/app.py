@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from typing import Final
 
 from sfu import __version__, clock
@@ -19,8 +20,12 @@ from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.udp import Address, UdpEndpoint, open_udp_endpoint
 from sfu.logging_setup import configure_logging
+from sfu.room.service import RoomService
 from sfu.signaling.auth import signing_secret
 from sfu.signaling.echo_http import add_echo_routes
+from sfu.signaling.room_ws import RoomSockets, add_room_routes
+from sfu.signaling.web_http import add_web_routes
+from sfu.signaling.whip_http import HttpSessions, add_whip_routes
 from sfu.transport.certificate import Certificate
 from sfu.transport.port import MediaPort
 
@@ -102,6 +107,9 @@ class Server:
         )
         self.sink = DatagramSink(self.port)
         self.echo: EchoService | None = None
+        self.rooms: RoomService | None = None
+        self.sockets = RoomSockets()
+        self.http_sessions = HttpSessions()
         self._udp: UdpEndpoint | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._draining = False
@@ -149,10 +157,16 @@ class Server:
         """Drive every transport's timers from the loop (the cores only take ``now``)."""
         while True:
             await asyncio.sleep(TIMER_INTERVAL_S)
+            now = clock.now()
             try:
-                self.port.poll(clock.now())
+                self.port.poll(now)
             except Exception:  # pragma: no cover - a bug must not stop every timer
                 log.exception("internal error in transport timers")
+            if self.rooms is not None:
+                try:
+                    self.rooms.poll(now, time.time())
+                except Exception:  # pragma: no cover - a bug must not stop every timer
+                    log.exception("internal error in room timers")
 
     async def start(self) -> None:
         """Bind the media socket, then the HTTP listener; log the bound addresses."""
@@ -168,6 +182,28 @@ class Server:
             self.echo = EchoService(self.port, candidates)
             add_echo_routes(self.http_app, self.echo, clock.now)
             log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
+        candidates = [(host, media_port) for host in self.config.announced_addresses()]
+        self.rooms = RoomService(self.port, candidates)
+        auth = self.config.auth
+        add_room_routes(
+            self.http_app,
+            self.rooms,
+            self.sockets,
+            token_secret=self.token_secret,
+            auth=auth,
+            clock=clock.now,
+        )
+        add_whip_routes(
+            self.http_app,
+            self.rooms,
+            self.http_sessions,
+            token_secret=self.token_secret,
+            auth=auth,
+            clock=clock.now,
+        )
+        add_web_routes(self.http_app, token_secret=self.token_secret, dev_tokens=auth.dev_tokens)
+        if auth.dev_tokens:
+            log.info("development tokens enabled at POST /dev-token (loopback only)")
         self._timer_task = asyncio.ensure_future(self._run_timers())
         for addr in await self._http.start(http.host, http.port):
             log.info("http listening on %s", format_address(addr))
@@ -181,6 +217,7 @@ class Server:
     async def stop(self) -> None:
         """Drain, then close the media socket and the HTTP server."""
         self.begin_drain()
+        await self.sockets.close_all()
         self.port.close_all(clock.now())
         if self._timer_task is not None:
             self._timer_task.cancel()

@@ -20,6 +20,7 @@ __all__ = [
     "TWO_BYTE_PROFILE",
     "RtpPacket",
     "build_extension_block",
+    "find_extension",
     "is_two_byte_profile",
     "parse_extension_elements",
     "payload_offset",
@@ -169,6 +170,29 @@ def build_extension_block(
     if rem:
         body += bytes(4 - rem)
     return profile, body
+
+
+def find_extension(packet: bytes | bytearray | memoryview, ext_id: int) -> bytes | None:
+    """The value of header extension ``ext_id`` in an RTP packet, without a full parse.
+
+    Returns None when the packet has no extension block or no such element; raises
+    ParseError when the header or the block is malformed.
+    """
+    if ext_id <= 0:
+        return None
+    n = len(packet)
+    if n < RTP_HEADER_SIZE or packet[0] >> 6 != 2:
+        raise ParseError("not an RTP packet")
+    if not packet[0] & 0x10:
+        return None
+    start = RTP_HEADER_SIZE + 4 * (packet[0] & 0x0F)
+    if start + 4 > n:
+        raise ParseError("RTP extension header truncated")
+    profile = (packet[start] << 8) | packet[start + 1]
+    end = start + 4 + 4 * ((packet[start + 2] << 8) | packet[start + 3])
+    if end > n:
+        raise ParseError("RTP header extension longer than the packet")
+    return _find_element(profile, bytes(packet[start + 4 : end]), ext_id)
 
 
 def payload_offset(buf: bytes | bytearray | memoryview, length: int | None = None) -> int:

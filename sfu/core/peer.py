@@ -1,0 +1,510 @@
+"""A participant's media endpoint: ingest of what it publishes, egress of what it subscribes.
+
+:class:`Peer` is the :class:`~sfu.transport.transport.TransportListener` of one participant's
+transport. Its packet path is synchronous (no ``await``): an RTP packet from the publisher is
+bound to a publication's source stream (by SSRC, or on first sight by the ``mid``/``rid``
+header extensions, RFC 8852), recorded for transport-wide congestion control feedback, NACK
+generation, receive statistics and the retransmission cache, then handed to every subscription
+of the publication (a tuple snapshot, rebuilt on subscribe/unsubscribe) and sent on each
+subscriber's transport. RTCP from the participant is the subscriber side: NACKs answered from the
+cache, PLI/FIR turned into one rate-limited keyframe request upstream, Receiver Reports giving
+loss and RTT, REMB giving the bandwidth estimate the allocator works with.
+
+:meth:`Peer.poll` runs the periodic work: TWCC feedback and NACKs toward the publisher, Sender
+and Receiver Reports once a second, keyframe requests for pending layer switches and the
+bandwidth allocation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from sfu.codecs.h264 import parse_h264
+from sfu.codecs.vp8 import parse_vp8
+from sfu.codecs.vp9 import parse_vp9
+from sfu.core.nack import build_nacks
+from sfu.core.publication import Publication, SourceStream
+from sfu.core.subscription import AUDIO_INFO, PacketInfo, Subscription
+from sfu.core.twcc_recorder import TwccRecorder
+from sfu.packet.errors import ParseError
+from sfu.packet.extensions import (
+    AUDIO_LEVEL_URI,
+    MID_URI,
+    REPAIRED_RID_URI,
+    RID_URI,
+    TRANSPORT_CC_URI,
+    abs_send_time_from_seconds,
+    parse_audio_level,
+    parse_sdes_item,
+    parse_transport_cc_seq,
+)
+from sfu.packet.rtcp import (
+    ReceiverReport,
+    ReportBlock,
+    SenderReport,
+    parse_compound,
+)
+from sfu.packet.rtcp_feedback import Fir, Nack, Pli, Remb
+from sfu.packet.rtp import find_extension, payload_offset, peek_rtp_header
+from sfu.transport.transport import TransportState, WebRtcTransport
+
+__all__ = ["MAX_STREAMS", "Peer", "PeerCounters"]
+
+log = logging.getLogger(__name__)
+
+#: Most incoming SSRCs (media and RTX) one peer may bind: bounds a hostile publisher's state.
+MAX_STREAMS: Final = 32
+#: Receiver and Sender Reports this often (RFC 3550 §6.2 allows far less for 2 participants;
+#: one a second keeps RTT and loss current for the allocator).
+REPORT_INTERVAL: Final = 1.0
+ALLOCATION_INTERVAL: Final = 0.5
+#: Loss above this in a subscriber's report makes the allocator step its layers down.
+LOSS_STEP_DOWN: Final = 0.10
+
+
+@dataclass(slots=True)
+class PeerCounters:
+    """Plain counters of one peer, read by metrics and tests."""
+
+    rtp_in: int = 0
+    rtp_forwarded: int = 0
+    unknown_ssrc: int = 0
+    malformed: int = 0
+    rtx_in: int = 0
+    padding_in: int = 0
+    nacks_in: int = 0
+    nacks_out: int = 0
+    retransmits: int = 0
+    keyframe_requests_in: int = 0
+    keyframe_requests_out: int = 0
+    twcc_out: int = 0
+    reports_out: int = 0
+
+
+def _one_id(peer_exts: dict[int, str], uri: str) -> int:
+    for ext_id, value in peer_exts.items():
+        if value == uri:
+            return ext_id
+    return 0
+
+
+def describe_packet(codec: str, packet: bytes, offset: int) -> PacketInfo:
+    """Keyframe / frame start / temporal layer from the codec payload descriptor."""
+    if codec == "vp8":
+        d = parse_vp8(packet, offset)
+        return PacketInfo(
+            d.is_keyframe,
+            d.is_start_of_frame,
+            d.temporal_id,
+            d.layer_sync or not d.temporal_id,
+            d,
+        )
+    if codec == "h264":
+        h = parse_h264(packet, offset)
+        return PacketInfo(h.is_keyframe, h.is_start_of_frame)
+    if codec == "vp9":
+        v = parse_vp9(packet, offset)
+        return PacketInfo(v.is_keyframe, v.is_start_of_frame)
+    return PacketInfo(True, True)
+
+
+class Peer:
+    """One participant's transport listener: publications in, subscriptions out."""
+
+    def __init__(
+        self,
+        participant_id: str,
+        transport: WebRtcTransport,
+        rtcp_ssrc: int,
+        *,
+        extensions: dict[int, str],
+        on_audio_level: Callable[[str, int, bool | None, float], None] | None = None,
+        on_state: Callable[[Peer, TransportState], None] | None = None,
+    ) -> None:
+        self.participant_id = participant_id
+        self.transport = transport
+        self.rtcp_ssrc = rtcp_ssrc
+        self.on_audio_level = on_audio_level
+        self.on_state_change = on_state
+        self.publications: dict[str, Publication] = {}  # by mid
+        self.subscriptions: dict[str, Subscription] = {}  # by mid
+        self._by_ssrc: dict[int, tuple[Publication, SourceStream]] = {}
+        self._rtx_by_ssrc: dict[int, tuple[Publication, SourceStream]] = {}
+        self._sub_by_ssrc: dict[int, Subscription] = {}
+        self.counters = PeerCounters()
+        self.remb_bps: int | None = None
+        self._twcc = TwccRecorder(rtcp_ssrc)
+        self._last_report = -1e9
+        self._last_allocation = -1e9
+        self.set_extensions(extensions)
+
+    def set_extensions(self, extensions: dict[int, str]) -> None:
+        """The BUNDLE-wide extension ids (RFC 8843 §9.2: one id space per transport)."""
+        self._mid_id = _one_id(extensions, MID_URI)
+        self._rid_id = _one_id(extensions, RID_URI)
+        self._rrid_id = _one_id(extensions, REPAIRED_RID_URI)
+        self._twcc_id = _one_id(extensions, TRANSPORT_CC_URI)
+        self._level_id = _one_id(extensions, AUDIO_LEVEL_URI)
+
+    # -- membership (called by the room on offers) -------------------------------------------
+
+    def add_publication(
+        self, publication: Publication, declared: list[tuple[int, int | None]]
+    ) -> None:
+        """Track ``publication`` on its mid; ``declared`` are (ssrc, rtx ssrc) from the SDP."""
+        self.publications[publication.mid] = publication
+        for layer, (ssrc, rtx) in enumerate(declared[: publication.num_layers]):
+            if ssrc in self._by_ssrc:
+                continue
+            stream = publication.add_stream(ssrc, layer, rtx)
+            self._by_ssrc[ssrc] = (publication, stream)
+            if rtx is not None:
+                self._rtx_by_ssrc[rtx] = (publication, stream)
+
+    def remove_publication(self, mid: str) -> Publication | None:
+        """Stop ingesting the publication on ``mid``; returns it (its subscriptions end too)."""
+        publication = self.publications.pop(mid, None)
+        if publication is None:
+            return None
+        for table in (self._by_ssrc, self._rtx_by_ssrc):
+            for ssrc in [s for s, (p, _) in table.items() if p is publication]:
+                del table[ssrc]
+        return publication
+
+    def add_subscription(self, subscription: Subscription) -> None:
+        """Send ``subscription`` on its mid; NACK/PLI/RR for its SSRCs come back here."""
+        self.subscriptions[subscription.mid] = subscription
+        self._sub_by_ssrc[subscription.out_ssrc] = subscription
+        if subscription.rtx_ssrc is not None:
+            self._sub_by_ssrc[subscription.rtx_ssrc] = subscription
+
+    def remove_subscription(self, mid: str) -> Subscription | None:
+        """Forget the subscription on ``mid``; the caller unhooks it from the publication."""
+        subscription = self.subscriptions.pop(mid, None)
+        if subscription is not None:
+            self._sub_by_ssrc.pop(subscription.out_ssrc, None)
+            if subscription.rtx_ssrc is not None:
+                self._sub_by_ssrc.pop(subscription.rtx_ssrc, None)
+        return subscription
+
+    # -- TransportListener --------------------------------------------------------------------
+
+    def on_rtp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
+        """One decrypted RTP packet from this participant (never raises on bad input)."""
+        header = peek_rtp_header(packet)
+        if header is None:
+            self.counters.malformed += 1
+            return
+        self.counters.rtp_in += 1
+        ssrc, seq, timestamp, pt = header
+        try:
+            if self._twcc_id:
+                raw = find_extension(packet, self._twcc_id)
+                if raw is not None and len(raw) == 2:
+                    self._twcc.on_packet(parse_transport_cc_seq(raw), ssrc, now)
+            entry = self._by_ssrc.get(ssrc)
+            if entry is None:
+                rtx = self._rtx_by_ssrc.get(ssrc)
+                if rtx is not None:
+                    self._on_rtx(rtx[0], rtx[1], packet, now)
+                    return
+                entry = self._bind(ssrc, pt, packet)
+                if entry is None:
+                    return
+            self._ingest(entry[0], entry[1], packet, seq, timestamp, now, False)
+        except ParseError:
+            self.counters.malformed += 1
+
+    def _on_rtx(self, pub: Publication, stream: SourceStream, packet: bytes, now: float) -> None:
+        """RFC 4588 §4: restore the original packet (OSN, primary SSRC and payload type)."""
+        offset = payload_offset(packet)
+        end = len(packet)
+        if packet[0] & 0x20:
+            end -= packet[-1]
+        if end - offset < 2:
+            self.counters.padding_in += 1  # bandwidth probing padding: TWCC already counted it
+            return
+        self.counters.rtx_in += 1
+        original = bytearray(packet[:offset])
+        original[0] &= ~0x20 & 0xFF  # padding (if any) is dropped with the RTX framing
+        original[1] = (packet[1] & 0x80) | pub.codec.payload_type
+        original[2:4] = packet[offset : offset + 2]
+        original[8:12] = stream.ssrc.to_bytes(4, "big")
+        restored = bytes(original) + packet[offset + 2 : end]
+        header = peek_rtp_header(restored)
+        assert header is not None
+        self._ingest(pub, stream, restored, header[1], header[2], now, True)
+
+    def _bind(self, ssrc: int, pt: int, packet: bytes) -> tuple[Publication, SourceStream] | None:
+        """Bind a new SSRC by its mid/rid/repaired-rid extensions (Chromium's simulcast)."""
+        if len(self._by_ssrc) + len(self._rtx_by_ssrc) >= MAX_STREAMS:
+            self.counters.unknown_ssrc += 1
+            return None
+        raw_mid = find_extension(packet, self._mid_id) if self._mid_id else None
+        pub: Publication | None = None
+        if raw_mid is not None:
+            pub = self.publications.get(parse_sdes_item(raw_mid))
+        elif len(self.publications) == 1:
+            pub = next(iter(self.publications.values()))
+        if pub is None:
+            self.counters.unknown_ssrc += 1
+            return None
+        raw_rrid = find_extension(packet, self._rrid_id) if self._rrid_id else None
+        raw_rid = find_extension(packet, self._rid_id) if self._rid_id else None
+        is_rtx = raw_rrid is not None or (
+            pt == pub.codec.rtx_payload_type and pt != pub.codec.payload_type
+        )
+        rid = (
+            parse_sdes_item(raw_rrid if raw_rrid is not None else raw_rid or b"")
+            if (raw_rrid is not None or raw_rid is not None)
+            else None
+        )
+        if rid is not None and pub.rids:
+            if rid not in pub.rids:
+                self.counters.unknown_ssrc += 1
+                return None
+            layer = pub.rids.index(rid)
+        else:
+            layer = 0
+        if is_rtx:
+            stream = pub.layers.get(layer)
+            if stream is None:
+                self.counters.unknown_ssrc += 1  # RTX before its media stream: wait for it
+                return None
+            stream.rtx_ssrc = ssrc
+            self._rtx_by_ssrc[ssrc] = (pub, stream)
+            self._on_rtx(pub, stream, packet, 0.0)
+            return None
+        if pt != pub.codec.payload_type:
+            self.counters.unknown_ssrc += 1
+            return None
+        old = pub.layers.get(layer)
+        if old is not None:
+            self._by_ssrc.pop(old.ssrc, None)
+        stream = pub.add_stream(ssrc, layer)
+        self._by_ssrc[ssrc] = (pub, stream)
+        return pub, stream
+
+    def _ingest(
+        self,
+        pub: Publication,
+        stream: SourceStream,
+        packet: bytes,
+        seq: int,
+        timestamp: int,
+        now: float,
+        is_rtx: bool,
+    ) -> None:
+        ext_seq = stream.unwrapper.unwrap(seq)
+        stream.packets += 1
+        stream.last_packet_at = now
+        stream.meter.add(len(packet), now)
+        stream.stats.on_packet(ext_seq, timestamp, now, is_rtx)
+        if stream.nacks is not None:
+            stream.nacks.on_packet(ext_seq, now, is_rtx)
+        stream.cache.put(packet, ext_seq, now)
+        if pub.video:
+            offset = payload_offset(packet)
+            if offset >= len(packet) - (packet[-1] if packet[0] & 0x20 else 0):
+                return  # padding only: nothing to forward
+            info = describe_packet(pub.codec.name.lower(), packet, offset)
+            if info.is_keyframe and info.is_start_of_frame:
+                stream.last_keyframe_at = now
+        else:
+            info = AUDIO_INFO
+            if self._level_id and self.on_audio_level is not None and not is_rtx:
+                raw = find_extension(packet, self._level_id)
+                if raw is not None and len(raw) == 1:
+                    level = parse_audio_level(raw)
+                    self.on_audio_level(self.participant_id, level.level, level.voice_activity, now)
+        abs_time = abs_send_time_from_seconds(now)
+        forwarded = 0
+        for sub, transport in pub.fanout:
+            n = sub.forward(stream, packet, ext_seq, timestamp, info, now, abs_time)
+            if n and transport.send_rtp(bytes(memoryview(sub.buf)[:n])):
+                forwarded += 1
+        self.counters.rtp_forwarded += forwarded
+
+    def on_rtcp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
+        """RTCP from this participant: feedback about what it receives and reports."""
+        try:
+            items = parse_compound(packet)
+        except ParseError:
+            self.counters.malformed += 1
+            return
+        for item in items:
+            if isinstance(item, SenderReport):
+                entry = self._by_ssrc.get(item.ssrc)
+                if entry is not None:
+                    entry[1].stats.on_sender_report(item.ntp_timestamp, now)
+                self._report_blocks(item.reports, now)
+            elif isinstance(item, ReceiverReport):
+                self._report_blocks(item.reports, now)
+            elif isinstance(item, Nack):
+                self._on_nack(item, now)
+            elif isinstance(item, Pli):
+                self._keyframe_wanted(item.media_ssrc, now)
+            elif isinstance(item, Fir):
+                for fir in item.entries:
+                    self._keyframe_wanted(fir.ssrc, now)
+            elif isinstance(item, Remb):
+                self.remb_bps = item.bitrate
+
+    def on_state(self, transport: WebRtcTransport, state: TransportState, now: float) -> None:
+        """Report transport state changes to the room (it frees everything on close)."""
+        if self.on_state_change is not None:
+            self.on_state_change(self, state)
+
+    def _report_blocks(self, blocks: list[ReportBlock], now: float) -> None:
+        for block in blocks:
+            sub = self._sub_by_ssrc.get(block.ssrc)
+            if sub is not None and block.ssrc == sub.out_ssrc:
+                sub.send_stats.on_report_block(block, now)
+                rtt = sub.send_stats.rtt
+                if rtt is not None:
+                    sub.throttle.update_rtt(rtt)
+
+    def _on_nack(self, nack: Nack, now: float) -> None:
+        sub = self._sub_by_ssrc.get(nack.media_ssrc)
+        if sub is None:
+            return
+        self.counters.nacks_in += 1
+        abs_time = abs_send_time_from_seconds(now)
+        for packet in sub.retransmit(nack.lost_seqs(), now, abs_time):
+            if self.transport.send_rtp(packet):
+                self.counters.retransmits += 1
+
+    def _keyframe_wanted(self, ssrc: int, now: float) -> None:
+        """A subscriber's PLI/FIR: one request upstream for the layer it receives."""
+        sub = self._sub_by_ssrc.get(ssrc)
+        if sub is None or sub.selector is None:
+            return
+        self.counters.keyframe_requests_in += 1
+        layer = sub.selector.current.spatial
+        if layer is None:
+            layer = sub.selector.target.spatial
+        stream = sub.publication.layers.get(layer) if layer is not None else None
+        if stream is not None:
+            sub.publication.request_keyframe(stream, now)
+
+    # -- periodic work ------------------------------------------------------------------------
+
+    def request_keyframe(self, stream: SourceStream, now: float) -> bool:
+        """Send a PLI for ``stream`` to this (publishing) peer, at most once per interval."""
+        if not stream.should_request_keyframe(now):
+            return False
+        self.counters.keyframe_requests_out += 1
+        return self.transport.send_rtcp(Pli(self.rtcp_ssrc, stream.ssrc).serialize())
+
+    def poll(self, now: float, wallclock: float) -> None:
+        """Timers: TWCC, NACKs, pending-switch keyframes, reports and allocation."""
+        if not self.transport.has_srtp:
+            return
+        send = self.transport.send_rtcp
+        for feedback in self._twcc.poll(now):
+            send(feedback)
+            self.counters.twcc_out += 1
+        rtt = self._rtt()
+        for pub in self.publications.values():
+            for stream in pub.streams.values():
+                gen = stream.nacks
+                if gen is None:
+                    continue
+                seqs = gen.poll(now, rtt)
+                if seqs:
+                    for nack in build_nacks(self.rtcp_ssrc, stream.ssrc, seqs):
+                        send(nack)
+                        self.counters.nacks_out += 1
+                if gen.take_keyframe_request():
+                    self.request_keyframe(stream, now)
+        for sub in self.subscriptions.values():
+            selector = sub.selector
+            if selector is None:
+                continue
+            selector.set_available(sub.publication.active_layers(now) or frozenset({0}))
+            layer = selector.keyframe_needed(now)
+            wanted = sub.publication.layers.get(layer) if layer is not None else None
+            if wanted is not None:
+                sub.publication.request_keyframe(wanted, now)
+        if now - self._last_allocation >= ALLOCATION_INTERVAL:
+            self._last_allocation = now
+            self._allocate(now)
+        if now - self._last_report >= REPORT_INTERVAL:
+            self._last_report = now
+            self._send_reports(now, wallclock)
+
+    def _rtt(self) -> float:
+        rtts = [s.send_stats.rtt for s in self.subscriptions.values() if s.send_stats.rtt]
+        return min(rtts) if rtts else 0.05
+
+    def _send_reports(self, now: float, wallclock: float) -> None:
+        blocks = [
+            block
+            for pub in self.publications.values()
+            for stream in pub.streams.values()
+            if (block := stream.stats.report_block(now)) is not None
+        ][:31]
+        reports: list[bytes] = []
+        for sub in self.subscriptions.values():
+            sr = sub.send_stats.sender_report(now, wallclock)
+            if sr is not None:
+                if blocks:
+                    sr.reports = blocks
+                    blocks = []
+                reports.append(sr.serialize())
+        if blocks:
+            reports.append(ReceiverReport(self.rtcp_ssrc, blocks).serialize())
+        for report in reports:
+            self.transport.send_rtcp(report)
+            self.counters.reports_out += 1
+
+    def _allocate(self, now: float) -> None:
+        """Move each video subscription's target layer to what the bandwidth allows.
+
+        Without an estimate (no REMB yet) every subscription aims at the best layer its
+        preferences allow; with one, layers are handed out lowest first, then upgraded
+        while the measured layer bitrates fit. A subscription whose receiver reports heavy
+        loss is held one layer below what it has.
+        """
+        subs = [s for s in self.subscriptions.values() if s.selector is not None]
+        if not subs:
+            return
+        budget = None if self.remb_bps is None else self.remb_bps * 0.95
+        plan: dict[Subscription, int] = {}
+        for sub in subs:
+            top = sub.publication.num_layers - 1
+            if sub.max_spatial is not None:
+                top = min(top, sub.max_spatial)
+            plan[sub] = 0 if budget is not None else top
+        if budget is not None:
+            spent = sum(_layer_bps(s, 0, now) for s in subs)
+            upgraded = True
+            while upgraded:
+                upgraded = False
+                for sub in subs:
+                    top = sub.publication.num_layers - 1
+                    if sub.max_spatial is not None:
+                        top = min(top, sub.max_spatial)
+                    layer = plan[sub]
+                    if layer >= top:
+                        continue
+                    extra = _layer_bps(sub, layer + 1, now) - _layer_bps(sub, layer, now)
+                    if spent + extra <= budget:
+                        plan[sub] = layer + 1
+                        spent += extra
+                        upgraded = True
+        for sub, layer in plan.items():
+            selector = sub.selector
+            assert selector is not None
+            current = selector.current.spatial
+            if sub.send_stats.fraction_lost > LOSS_STEP_DOWN and current is not None:
+                layer = min(layer, max(0, current - 1))
+            selector.set_target(layer, None)
+
+
+def _layer_bps(sub: Subscription, layer: int, now: float) -> int:
+    stream = sub.publication.layers.get(layer)
+    return stream.meter.bps(now) if stream is not None else 0

@@ -1,0 +1,200 @@
+"""What a publisher sends: a publication (one track) and its source streams (one per layer).
+
+A video publication with simulcast has up to three source streams, one per rid, each its own
+SSRC with its own sequence numbers; a single-layer or audio publication has one. A source
+stream keeps what the SFU needs about what it received: extended sequence numbers, the
+retransmission cache that answers subscribers' NACKs, the NACK generator for uplink losses,
+receive statistics for Receiver Reports, a bitrate meter for the allocator and when it last
+carried a keyframe. A keyframe request toward the publisher is sent at most once per
+``KEYFRAME_REQUEST_INTERVAL`` per source stream, however many subscribers ask (PLI storms from
+many subscribers are collapsed into one).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from sfu.core.nack import NackGenerator
+from sfu.core.retransmission import RetransmissionBuffer
+from sfu.core.rtcp_stats import ReceiveStats
+from sfu.packet.seqnum import SequenceUnwrapper
+from sfu.transport.negotiation import NegotiatedCodec
+
+if TYPE_CHECKING:
+    from sfu.core.subscription import Subscription
+    from sfu.transport.transport import WebRtcTransport
+
+__all__ = [
+    "KEYFRAME_REQUEST_INTERVAL",
+    "BitrateMeter",
+    "Publication",
+    "SourceStream",
+    "new_id",
+]
+
+#: At most one PLI per source stream this often (the issue's "one per 500 ms").
+KEYFRAME_REQUEST_INTERVAL: Final = 0.5
+#: A layer that sent nothing for this long counts as stopped (the publisher's encoder dropped
+#: it for bandwidth or CPU); subscribers fall back to a layer still being sent.
+LAYER_TIMEOUT: Final = 1.5
+#: Retransmission cache per video source stream: packets and their largest size.
+VIDEO_CACHE_PACKETS: Final = 512
+AUDIO_CACHE_PACKETS: Final = 64
+
+
+def new_id(prefix: str) -> str:
+    """A random, unguessable id such as ``TR_3kZ...`` (never derived from personal data)."""
+    return f"{prefix}_{secrets.token_urlsafe(9)}"
+
+
+class BitrateMeter:
+    """Bits per second over the last second, in ten 100 ms buckets (for the allocator)."""
+
+    __slots__ = ("_buckets", "_epoch")
+
+    def __init__(self) -> None:
+        self._buckets = [0] * 10
+        self._epoch = 0
+
+    def add(self, size: int, now: float) -> None:
+        """Count ``size`` bytes received at ``now``."""
+        epoch = int(now * 10)
+        if epoch != self._epoch:
+            self._advance(epoch)
+        self._buckets[epoch % 10] += size
+
+    def _advance(self, epoch: int) -> None:
+        gap = epoch - self._epoch
+        if gap >= 10 or gap < 0:
+            self._buckets = [0] * 10
+        else:
+            for e in range(self._epoch + 1, epoch + 1):
+                self._buckets[e % 10] = 0
+        self._epoch = epoch
+
+    def bps(self, now: float) -> int:
+        """The bitrate over the last second."""
+        epoch = int(now * 10)
+        if epoch != self._epoch:
+            self._advance(epoch)
+        return sum(self._buckets) * 8
+
+
+@dataclass(eq=False, slots=True)
+class SourceStream:
+    """One RTP stream a publisher sends (one simulcast layer, or the only one)."""
+
+    ssrc: int
+    #: Spatial layer index, 0 = lowest (the rid's position in the offer's simulcast list).
+    layer: int
+    rid: str | None
+    clock_rate: int
+    video: bool
+    rtx_ssrc: int | None = None
+    unwrapper: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
+    cache: RetransmissionBuffer = field(init=False)
+    nacks: NackGenerator | None = field(init=False)
+    stats: ReceiveStats = field(init=False)
+    meter: BitrateMeter = field(default_factory=BitrateMeter)
+    last_packet_at: float | None = None
+    last_keyframe_at: float | None = None
+    last_keyframe_request_at: float | None = None
+    keyframe_requests: int = 0
+    packets: int = 0
+
+    def __post_init__(self) -> None:
+        self.cache = RetransmissionBuffer(
+            VIDEO_CACHE_PACKETS if self.video else AUDIO_CACHE_PACKETS
+        )
+        self.nacks = NackGenerator() if self.video else None
+        self.stats = ReceiveStats(self.ssrc, self.clock_rate)
+
+    def active(self, now: float) -> bool:
+        """Whether the publisher still sends this layer."""
+        return self.last_packet_at is not None and now - self.last_packet_at < LAYER_TIMEOUT
+
+    def should_request_keyframe(self, now: float) -> bool:
+        """Whether a keyframe request may go upstream now (and record it if so)."""
+        last = self.last_keyframe_request_at
+        if last is not None and now - last < KEYFRAME_REQUEST_INTERVAL:
+            return False
+        self.last_keyframe_request_at = now
+        self.keyframe_requests += 1
+        return True
+
+
+@dataclass(eq=False, slots=True)
+class Publication:
+    """One published track: its source streams and what identifies it on the wire."""
+
+    id: str
+    participant_id: str
+    kind: str
+    name: str
+    mid: str
+    codec: NegotiatedCodec
+    #: The publisher's header extension ids for this section.
+    extensions: dict[int, str]
+    #: Simulcast rids, lowest layer first; empty for a single stream.
+    rids: tuple[str, ...] = ()
+    muted: bool = False
+    streams: dict[int, SourceStream] = field(default_factory=dict)
+    #: The source stream of each layer once its SSRC is known.
+    layers: dict[int, SourceStream] = field(default_factory=dict)
+    #: Every subscription with the transport it sends on: an immutable snapshot the packet
+    #: path iterates, replaced (never mutated) when someone subscribes or leaves.
+    fanout: tuple[tuple[Subscription, WebRtcTransport], ...] = ()
+    #: Sends a keyframe request upstream (the publisher's peer); returns whether it went out.
+    keyframe_requester: Callable[[SourceStream, float], bool] | None = None
+
+    @property
+    def num_layers(self) -> int:
+        """How many spatial layers (simulcast streams) the publication has."""
+        return max(1, len(self.rids))
+
+    @property
+    def video(self) -> bool:
+        """Whether this is a video track."""
+        return self.kind == "video"
+
+    def add_stream(self, ssrc: int, layer: int, rtx_ssrc: int | None = None) -> SourceStream:
+        """Bind ``ssrc`` as the stream of ``layer`` (replacing an earlier SSRC of that layer)."""
+        old = self.layers.get(layer)
+        if old is not None:
+            self.streams.pop(old.ssrc, None)
+        rid = self.rids[layer] if layer < len(self.rids) else None
+        stream = SourceStream(ssrc, layer, rid, self.codec.clock_rate, self.video, rtx_ssrc)
+        self.streams[ssrc] = stream
+        self.layers[layer] = stream
+        return stream
+
+    def add_subscriber(self, subscription: Subscription, transport: WebRtcTransport) -> None:
+        """Start forwarding to ``subscription`` over ``transport``."""
+        self.fanout = (*self.fanout, (subscription, transport))
+
+    def remove_subscriber(self, subscription: Subscription) -> None:
+        """Stop forwarding to ``subscription``."""
+        self.fanout = tuple(entry for entry in self.fanout if entry[0] is not subscription)
+
+    def request_keyframe(self, stream: SourceStream, now: float) -> bool:
+        """Ask the publisher for a keyframe on ``stream`` (rate-limited by the publisher)."""
+        requester = self.keyframe_requester
+        return requester(stream, now) if requester is not None else False
+
+    def active_layers(self, now: float) -> frozenset[int]:
+        """The layers the publisher is sending now."""
+        return frozenset(layer for layer, s in self.layers.items() if s.active(now))
+
+    def describe(self) -> dict[str, object]:
+        """The track as the room protocol shows it (no SSRCs, no personal data)."""
+        return {
+            "id": self.id,
+            "participant": self.participant_id,
+            "kind": self.kind,
+            "name": self.name,
+            "muted": self.muted,
+            "layers": list(self.rids),
+        }

@@ -1,0 +1,1 @@
+"""Rooms: participants, publications and subscriptions, and the service the signaling calls."""

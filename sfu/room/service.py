@@ -1,0 +1,538 @@
+"""The room service: joining, offers (publish/subscribe), preferences, leaving; sans-I/O.
+
+The signaling adapters (WebSocket room protocol, WHIP, WHEP) turn requests into calls here and
+:class:`RoomError` codes into protocol errors or HTTP statuses. Every call validates first and
+changes state only when the whole request is acceptable, so an error leaves the server exactly
+as it was. ``now`` comes from the caller; nothing here touches a socket or a clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from sfu.core.peer import Peer
+from sfu.core.publication import Publication, new_id
+from sfu.core.subscription import Subscription
+from sfu.packet.errors import ParseError
+from sfu.packet.sdp import Direction, SessionDescription, Setup
+from sfu.room.room import Participant, ParticipantState, Room, Sink
+from sfu.signaling.auth import Grant, JoinClaims, grant_names
+from sfu.transport.dtls import DtlsRole
+from sfu.transport.negotiation import (
+    CodecPreferences,
+    NegotiatedCodec,
+    NegotiatedMedia,
+    NegotiatedSession,
+    NegotiationError,
+    SendStream,
+    build_answer,
+    negotiate,
+)
+from sfu.transport.port import CapacityError, MediaPort
+from sfu.transport.transport import TransportState
+
+__all__ = [
+    "ROOM_PREFERENCES",
+    "Admission",
+    "RoomError",
+    "RoomLimits",
+    "RoomService",
+]
+
+log = logging.getLogger(__name__)
+
+#: What the server accepts in offers: VP8 first (every browser has it, and its payload
+#: descriptor lets the SFU keep picture ids continuous across simulcast switches).
+ROOM_PREFERENCES: Final = CodecPreferences(video_codecs=("VP8", "H264", "VP9", "AV1"))
+#: Codecs a publication may use: the ones whose payload descriptor shows keyframes.
+_FORWARDABLE: Final = frozenset({"vp8", "h264", "vp9", "opus"})
+
+#: Close codes of the room protocol (docs/protocol.md).
+CLOSE_REFUSED: Final = 4003
+CLOSE_REPLACED: Final = 4009
+CLOSE_MEDIA_FAILED: Final = 4010
+
+#: Decides a join: True admits at once, False holds the participant in ``room.waiting``.
+Admission = Callable[[Room, JoinClaims], bool]
+
+
+class RoomError(Exception):
+    """A request refused; ``code`` is the protocol error code, the message says why."""
+
+    def __init__(self, code: str, message: str, track: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        #: The track the error is about, when there is one (sent as ``track``).
+        self.track = track
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLimits:
+    """Bounds on what one participant and one room may hold."""
+
+    max_participants: int = 100
+    max_publications: int = 8
+    max_subscriptions: int = 128
+    max_rooms: int = 1000
+
+
+def _admit_all(room: Room, claims: JoinClaims) -> bool:
+    return True
+
+
+def _random_ssrc(taken: set[int]) -> int:
+    while True:
+        ssrc = secrets.randbits(32)
+        if ssrc and ssrc not in taken:
+            taken.add(ssrc)
+            return ssrc
+
+
+def _matching_codec(media: NegotiatedMedia, codec: NegotiatedCodec) -> NegotiatedCodec | None:
+    """The subscriber's codec entry for the publisher's codec (H.264: same packetization)."""
+    name = codec.name.lower()
+    mode = codec.parameters.get("packetization-mode", "0") if name == "h264" else None
+    for candidate in media.codecs:
+        if candidate.name.lower() != name or candidate.clock_rate != codec.clock_rate:
+            continue
+        if mode is not None and candidate.parameters.get("packetization-mode", "0") != mode:
+            continue
+        return candidate
+    return None
+
+
+def _declared_streams(media: NegotiatedMedia) -> list[tuple[int, int | None]]:
+    """(media ssrc, rtx ssrc) per layer as the SDP declares them (a=ssrc / ssrc-group)."""
+    rtx_of = dict(media.fid)
+    if media.rids and media.rid_ssrcs:
+        return [
+            (media.rid_ssrcs[r], rtx_of.get(media.rid_ssrcs[r]))
+            for r in media.rids
+            if r in media.rid_ssrcs
+        ]
+    if media.rids:
+        return []  # rid-based simulcast: SSRCs are learned from the rid extension
+    rtx = set(rtx_of.values())
+    primaries = [s for s in media.ssrcs if s not in rtx]
+    return [(primaries[0], rtx_of.get(primaries[0]))] if primaries else []
+
+
+class RoomService:
+    """All rooms of this process, and the operations the signaling adapters call."""
+
+    def __init__(
+        self,
+        port: MediaPort,
+        candidates: list[tuple[str, int]],
+        *,
+        limits: RoomLimits | None = None,
+        admission: Admission = _admit_all,
+    ) -> None:
+        self.port = port
+        self.candidates = candidates
+        self.limits = limits or RoomLimits()
+        self.admission = admission
+        self.rooms: dict[str, Room] = {}
+
+    # -- joining and leaving ------------------------------------------------------------------
+
+    def join(self, claims: JoinClaims, sink: Sink, *, kind: str = "websocket") -> Participant:
+        """Add a verified token holder to its room: admitted, or held in ``waiting``.
+
+        A participant with the same identity already in the room is ended (4009): one
+        identity is one seat, and a reconnecting client replaces its stale session.
+        """
+        room = self.rooms.get(claims.room)
+        if room is None:
+            if len(self.rooms) >= self.limits.max_rooms:
+                raise RoomError("server_busy", "too many rooms")
+            room = Room(claims.room)
+        full = len(room.participants) + len(room.waiting) >= self.limits.max_participants
+        if full and room.by_identity(claims.identity) is None:
+            raise RoomError("room_full", "the room is full")
+        self.rooms[claims.room] = room
+        previous = room.by_identity(claims.identity)
+        if previous is not None:
+            self.end(previous, CLOSE_REPLACED, "joined from elsewhere")
+        participant = Participant(
+            id=new_id("PA"),
+            identity=claims.identity,
+            name=claims.name,
+            grants=claims.grants,
+            room=room,
+            kind=kind,
+            sink=sink,
+            cname=secrets.token_urlsafe(9),
+        )
+        if self.admission(room, claims):
+            self._admit(participant)
+        else:
+            room.waiting[participant.id] = participant
+            participant.send({"type": "waiting", "reason": "waiting for a host to admit you"})
+        return participant
+
+    def admit(self, room: Room, participant_id: str) -> bool:
+        """Admit a held participant (the waiting room's "admit"); False if none is held."""
+        participant = room.waiting.pop(participant_id, None)
+        if participant is None:
+            return False
+        self._admit(participant)
+        return True
+
+    def _admit(self, participant: Participant) -> None:
+        room = participant.room
+        others = [p.describe() for p in room.participants.values()]
+        room.participants[participant.id] = participant
+        participant.state = ParticipantState.JOINED
+        participant.send(
+            {
+                "type": "joined",
+                "protocol": 1,
+                "room": room.name,
+                "participant": participant.describe(),
+                "grants": grant_names(participant.grants),
+                "participants": others,
+            }
+        )
+        room.broadcast(
+            {"type": "participant_joined", "participant": participant.describe()},
+            exclude=participant,
+        )
+
+    def leave(self, participant: Participant, now: float | None = None) -> None:
+        """Remove ``participant``: every route, cache and timer it had is freed."""
+        if participant.state is ParticipantState.LEFT:
+            return
+        was_joined = participant.state is ParticipantState.JOINED
+        participant.state = ParticipantState.LEFT
+        room = participant.room
+        room.waiting.pop(participant.id, None)
+        room.participants.pop(participant.id, None)
+        peer = participant.peer
+        if peer is not None:
+            for mid in list(peer.publications):
+                self._unpublish(participant, mid)
+            for mid in list(peer.subscriptions):
+                self._unsubscribe(peer, mid)
+            participant.peer = None
+            peer.on_state_change = None
+            peer.on_audio_level = None
+            self.port.close_transport(peer.transport, now if now is not None else 0.0, "left")
+        room.speakers.remove(participant.id)
+        if was_joined:
+            room.broadcast({"type": "participant_left", "participant": participant.id})
+        if room.empty and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+
+    def end(self, participant: Participant, code: int, reason: str) -> None:
+        """The server ends ``participant`` (replaced, refused, media failed)."""
+        callback = participant.on_close
+        participant.on_close = None
+        self.leave(participant)
+        if callback is not None:
+            callback(code, reason)
+
+    # -- offers ---------------------------------------------------------------------------------
+
+    def offer(
+        self,
+        participant: Participant,
+        sdp: str,
+        now: float,
+        *,
+        names: Mapping[str, str] | None = None,
+        subscriptions: Mapping[str, str] | None = None,
+    ) -> str:
+        """Answer a (re)offer: its send sections are publications, bound recv sections are
+        subscriptions (docs/protocol.md, "Media model"). Returns the answer SDP."""
+        if participant.state is not ParticipantState.JOINED:
+            raise RoomError("not_joined", "not admitted to the room")
+        names = names or {}
+        subscriptions = subscriptions or {}
+        room = participant.room
+        try:
+            offer = SessionDescription.parse(sdp)
+            negotiated = negotiate(offer, prefs=ROOM_PREFERENCES)
+        except (ParseError, NegotiationError) as exc:
+            raise RoomError("bad_offer", str(exc)) from None
+        peer = participant.peer
+        # -- validate everything before changing anything --
+        fingerprints = tuple(
+            (f.algorithm.lower(), f.value.upper()) for f in negotiated.fingerprints
+        )
+        if peer is not None and not set(fingerprints) & set(participant.fingerprints):
+            raise RoomError("bad_offer", "the DTLS fingerprint changed; start a new session")
+        by_mid = {m.mid: m for m in negotiated.media}
+        publishing = {
+            m.mid: m
+            for m in negotiated.media
+            if m.direction in (Direction.SENDONLY, Direction.SENDRECV)
+        }
+        for mid in subscriptions:
+            media = by_mid.get(mid)
+            if media is None or media.direction is not Direction.RECVONLY:
+                raise RoomError(
+                    "bad_message",
+                    f"subscriptions: mid {mid[:32]!r} is not an accepted recvonly section",
+                )
+        new_pubs = [mid for mid in publishing if peer is None or mid not in peer.publications]
+        if new_pubs and not participant.grants & Grant.PUBLISH:
+            raise RoomError("forbidden", "this token may not publish")
+        if len(publishing) > self.limits.max_publications:
+            raise RoomError("bad_offer", f"at most {self.limits.max_publications} published tracks")
+        for mid in new_pubs:
+            codec = publishing[mid].codecs[0]
+            if codec.name.lower() not in _FORWARDABLE:
+                raise RoomError("bad_offer", f"cannot forward {codec.name} publications")
+        bound: dict[str, tuple[Publication, NegotiatedCodec]] = {}
+        if subscriptions and not participant.grants & Grant.SUBSCRIBE:
+            raise RoomError("forbidden", "this token may not subscribe")
+        if len(subscriptions) > self.limits.max_subscriptions:
+            raise RoomError("bad_offer", f"at most {self.limits.max_subscriptions} subscriptions")
+        for mid, track_id in subscriptions.items():
+            publication = room.publications.get(track_id)
+            if publication is None:
+                if room.track_ended(track_id):
+                    continue  # raced track_unpublished: answered inactive
+                raise RoomError(
+                    "unknown_track", f"no track {track_id[:32]!r} in this room", track_id
+                )
+            if publication.participant_id == participant.id:
+                raise RoomError("bad_message", "cannot subscribe to your own track")
+            media = by_mid[mid]
+            if media.kind != publication.kind:
+                raise RoomError(
+                    "bad_offer",
+                    f"mid {mid[:32]!r} is {media.kind} but the track is {publication.kind}",
+                )
+            match = _matching_codec(media, publication.codec)
+            if match is None:
+                raise RoomError(
+                    "bad_offer", f"mid {mid[:32]!r} does not accept {publication.codec.name}"
+                )
+            bound[mid] = (publication, match)
+        # -- apply --
+        if peer is None:
+            peer = self._create_peer(participant, negotiated, fingerprints, now)
+        elif negotiated.remote_ufrag != peer.transport.ice.remote_ufrag:
+            self.port.restart_ice(peer.transport, negotiated.remote_ufrag)
+        peer.set_extensions(dict(negotiated.media[0].extensions) if negotiated.media else {})
+        for mid in list(peer.publications):
+            if mid not in publishing:
+                self._unpublish(participant, mid)
+        for mid in list(peer.subscriptions):
+            sub = peer.subscriptions[mid]
+            target = bound.get(mid)
+            if target is None or target[0] is not sub.publication:
+                self._unsubscribe(peer, mid)
+        for mid in new_pubs:
+            self._publish(participant, peer, publishing[mid], names.get(mid))
+        taken = {s for m in negotiated.media for s in m.ssrcs}
+        for mid, (publication, codec) in bound.items():
+            if mid not in peer.subscriptions:
+                self._subscribe(participant, peer, by_mid[mid], publication, codec, taken, now)
+        return self._answer(participant, peer, offer, negotiated)
+
+    def _create_peer(
+        self,
+        participant: Participant,
+        negotiated: NegotiatedSession,
+        fingerprints: tuple[tuple[str, str], ...],
+        now: float,
+    ) -> Peer:
+        try:
+            transport = self.port.create_transport(
+                remote_ufrag=negotiated.remote_ufrag,
+                remote_fingerprints=list(fingerprints),
+                dtls_role=DtlsRole.SERVER if negotiated.setup is Setup.PASSIVE else DtlsRole.CLIENT,
+                now=now,
+            )
+        except CapacityError as exc:
+            raise RoomError("server_busy", f"server busy: {exc}") from None
+        room = participant.room
+        peer = Peer(
+            participant.id,
+            transport,
+            secrets.randbits(32) or 1,
+            extensions={},
+            on_audio_level=room.speakers.observe,
+            on_state=lambda p, state: self._transport_state(participant, state),
+        )
+        transport.set_listener(peer)
+        participant.peer = peer
+        participant.setup = negotiated.setup
+        participant.fingerprints = fingerprints
+        return peer
+
+    def _transport_state(self, participant: Participant, state: TransportState) -> None:
+        ended = state in (TransportState.FAILED, TransportState.CLOSED)
+        if ended and participant.state is not ParticipantState.LEFT:
+            self.end(participant, CLOSE_MEDIA_FAILED, "media transport ended")
+
+    def _publish(
+        self, participant: Participant, peer: Peer, media: NegotiatedMedia, name: str | None
+    ) -> None:
+        publication = Publication(
+            id=new_id("TR"),
+            participant_id=participant.id,
+            kind=media.kind,
+            name=(name or ("microphone" if media.kind == "audio" else "camera"))[:64],
+            mid=media.mid,
+            codec=media.codecs[0],
+            extensions=dict(media.extensions),
+            rids=tuple(r.rid for r in media.simulcast) if media.simulcast else media.rids,
+        )
+        publication.keyframe_requester = peer.request_keyframe
+        peer.add_publication(publication, _declared_streams(media))
+        participant.room.publications[publication.id] = publication
+        participant.room.broadcast({"type": "track_published", "track": publication.describe()})
+
+    def _unpublish(self, participant: Participant, mid: str) -> None:
+        peer = participant.peer
+        assert peer is not None
+        publication = peer.remove_publication(mid)
+        if publication is None:
+            return
+        room = participant.room
+        for sub, _transport in publication.fanout:
+            other = room.participants.get(sub.subscriber_id)
+            if other is not None and other.peer is not None:
+                other.peer.remove_subscription(sub.mid)
+        publication.fanout = ()
+        publication.keyframe_requester = None
+        room.forget_track(publication.id)
+        room.broadcast({"type": "track_unpublished", "track": publication.id})
+
+    def _subscribe(
+        self,
+        participant: Participant,
+        peer: Peer,
+        media: NegotiatedMedia,
+        publication: Publication,
+        codec: NegotiatedCodec,
+        taken: set[int],
+        now: float,
+    ) -> None:
+        rtx_pt = codec.rtx_payload_type if publication.video else None
+        sub = Subscription(
+            new_id("SU"),
+            publication,
+            participant.id,
+            media.mid,
+            out_ssrc=_random_ssrc(taken),
+            payload_type=codec.payload_type,
+            extensions=dict(media.extensions),
+            rtx_ssrc=_random_ssrc(taken) if rtx_pt is not None else None,
+            rtx_payload_type=rtx_pt,
+        )
+        peer.add_subscription(sub)
+        publication.add_subscriber(sub, peer.transport)
+        # Start on a keyframe at once rather than waiting for the publisher's next one.
+        layer = publication.layers.get(publication.num_layers - 1) or publication.layers.get(0)
+        if layer is not None and publication.video:
+            publication.request_keyframe(layer, now)
+
+    def _unsubscribe(self, peer: Peer, mid: str) -> None:
+        sub = peer.remove_subscription(mid)
+        if sub is not None:
+            sub.publication.remove_subscriber(sub)
+
+    def _answer(
+        self,
+        participant: Participant,
+        peer: Peer,
+        offer: SessionDescription,
+        negotiated: NegotiatedSession,
+    ) -> str:
+        streams = {
+            mid: SendStream(
+                sub.out_ssrc,
+                sub.rtx_ssrc,
+                participant.cname,
+                sub.publication.participant_id,
+                sub.publication.id,
+            )
+            for mid, sub in peer.subscriptions.items()
+        }
+        local = peer.transport.ice.local_credentials
+        fingerprint = self.port.certificate.fingerprint
+        answer = build_answer(
+            offer,
+            negotiated,
+            ice=(local.ufrag, local.pwd),
+            fingerprint=(fingerprint.algorithm, fingerprint.value),
+            setup=participant.setup,
+            candidates=self.candidates,
+            send_streams=streams,
+        )
+        return answer.serialize()
+
+    # -- other requests -------------------------------------------------------------------------
+
+    def unsubscribe(self, participant: Participant, track_id: str) -> None:
+        """Stop forwarding ``track_id`` to ``participant`` (its transceiver stays bound)."""
+        peer = self._joined_peer(participant)
+        if peer is not None:
+            for mid, sub in list(peer.subscriptions.items()):
+                if sub.publication.id == track_id:
+                    self._unsubscribe(peer, mid)
+                    return
+        raise RoomError("unknown_track", f"not subscribed to {track_id[:32]!r}")
+
+    def set_preferences(
+        self,
+        participant: Participant,
+        track_id: str,
+        *,
+        max_spatial: int | None,
+        max_temporal: int | None,
+        paused: bool,
+    ) -> None:
+        """A subscriber's layer caps and visibility for one of its subscriptions."""
+        peer = self._joined_peer(participant)
+        for sub in peer.subscriptions.values() if peer else []:
+            if sub.publication.id == track_id:
+                sub.set_preferences(max_spatial, max_temporal, paused)
+                return
+        raise RoomError("unknown_track", f"not subscribed to {track_id[:32]!r}")
+
+    def set_muted(self, participant: Participant, track_id: str, muted: bool) -> None:
+        """The publisher says one of its tracks is muted (or not); everyone is told."""
+        self._joined_peer(participant)
+        room = participant.room
+        publication = room.publications.get(track_id)
+        if publication is None:
+            raise RoomError("unknown_track", f"no track {track_id[:32]!r} in this room")
+        if publication.participant_id != participant.id:
+            raise RoomError("forbidden", "only the publisher can mute its track")
+        if publication.muted != muted:
+            publication.muted = muted
+            room.broadcast({"type": "track_muted", "track": track_id, "muted": muted})
+
+    def _joined_peer(self, participant: Participant) -> Peer | None:
+        if participant.state is not ParticipantState.JOINED:
+            raise RoomError("not_joined", "not admitted to the room")
+        return participant.peer
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def poll(self, now: float, wallclock: float) -> None:
+        """Periodic work of every peer and room (RTCP, allocation, speakers)."""
+        for room in list(self.rooms.values()):
+            for participant in list(room.participants.values()):
+                peer = participant.peer
+                if peer is not None:
+                    try:
+                        peer.poll(now, wallclock)
+                    except Exception:  # pragma: no cover - a bug must not stop every room
+                        log.exception("internal error in a peer's timers")
+            room.poll_speakers(now)
+
+    def participant_count(self) -> int:
+        """Admitted participants over all rooms."""
+        return sum(len(r.participants) for r in self.rooms.values())

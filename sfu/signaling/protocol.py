@@ -1,0 +1,236 @@
+"""The room protocol's client messages: parsing and validation, sans-I/O (docs/protocol.md).
+
+:func:`parse_client_message` turns one WebSocket text frame into a typed message or raises
+:class:`ProtocolError` whose ``code`` and ``message`` are sent back as an ``error`` reply (the
+message names the offending field and never echoes more than a short clipped value). Unknown
+extra fields are ignored so that newer clients can talk to older servers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "PROTOCOL_VERSION",
+    "ClientMessage",
+    "Join",
+    "Leave",
+    "Mute",
+    "Offer",
+    "Ping",
+    "Preferences",
+    "ProtocolError",
+    "Unsubscribe",
+    "error_message",
+    "parse_client_message",
+]
+
+PROTOCOL_VERSION: Final = 1
+#: Largest accepted message (UTF-8 bytes); an SDP offer with many sections is ~20 KiB.
+#: Largest accepted message (UTF-8 bytes). Offers set it: Chromium writes ~4 KB per recvonly
+#: video section and ~1.2 KB per audio one, so a 30-person meeting's offer is ~160 KB.
+MAX_MESSAGE_BYTES: Final = 256 * 1024
+_MAX_ID_CHARS: Final = 64
+_MAX_MID_CHARS: Final = 32
+_MAX_TRACK_ID_CHARS: Final = 64
+_MAX_NAME_CHARS: Final = 64
+_MAX_ROOM_CHARS: Final = 128
+_MAX_ENTRIES: Final = 128
+_MAX_LAYER: Final = 2
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be accepted; ``code`` is a docs/protocol.md error code."""
+
+    def __init__(self, code: str, message: str, request_id: str | int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """``join``: the first message of every connection."""
+
+    protocol: int
+    room: str
+    token: str = field(repr=False)
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """``offer``: the whole current media state as an SDP offer."""
+
+    sdp: str = field(repr=False)
+    tracks: dict[str, str] = field(default_factory=dict)
+    subscriptions: dict[str, str] = field(default_factory=dict)
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """``unsubscribe``: stop forwarding one track now."""
+
+    track: str
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """``prefs``: layer caps and visibility of one subscription."""
+
+    track: str
+    max_spatial: int | None = None
+    max_temporal: int | None = None
+    paused: bool = False
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mute:
+    """``mute``: the publisher (un)muted one of its tracks."""
+
+    track: str
+    muted: bool
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """``ping``: keepalive / latency probe."""
+
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """``leave``: the participant is done."""
+
+    id: str | int | None = None
+
+
+ClientMessage = Join | Offer | Unsubscribe | Preferences | Mute | Ping | Leave
+
+
+def _clip(value: str) -> str:
+    return repr(value if len(value) <= 32 else value[:32] + "...")
+
+
+def _string(obj: dict[str, Any], key: str, max_chars: int, rid: str | int | None) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError("bad_message", f"'{key}' must be a string", rid)
+    if not value or len(value) > max_chars:
+        raise ProtocolError("bad_message", f"'{key}' must be 1-{max_chars} characters", rid)
+    return value
+
+
+def _layer(obj: dict[str, Any], key: str, rid: str | int | None) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_LAYER:
+        raise ProtocolError(
+            "bad_message", f"'{key}' must be null or an integer 0-{_MAX_LAYER}", rid
+        )
+    return value
+
+
+def _boolean(obj: dict[str, Any], key: str, rid: str | int | None, default: bool | None) -> bool:
+    value = obj.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError("bad_message", f"'{key}' must be true or false", rid)
+    return value
+
+
+def _mid_map(
+    obj: dict[str, Any], key: str, rid: str | int | None, *, nested_name: bool
+) -> dict[str, str]:
+    value = obj.get(key, {})
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_message", f"'{key}' must be an object keyed by mid", rid)
+    if len(value) > _MAX_ENTRIES:
+        raise ProtocolError("bad_message", f"'{key}' has more than {_MAX_ENTRIES} entries", rid)
+    out: dict[str, str] = {}
+    for mid, item in value.items():
+        if not mid or len(mid) > _MAX_MID_CHARS:
+            raise ProtocolError("bad_message", f"'{key}': mids must be 1-32 characters", rid)
+        if nested_name:
+            if not isinstance(item, dict):
+                raise ProtocolError("bad_message", f"'{key}.{mid}' must be an object", rid)
+            out[mid] = _string(item, "name", _MAX_NAME_CHARS, rid)
+        else:
+            if not isinstance(item, str) or not item or len(item) > _MAX_TRACK_ID_CHARS:
+                raise ProtocolError("bad_message", f"'{key}.{mid}' must be a track id", rid)
+            out[mid] = item
+    return out
+
+
+def parse_client_message(text: str | bytes) -> ClientMessage:
+    """Parse and validate one client message (raises :class:`ProtocolError`)."""
+    size = len(text.encode("utf-8") if isinstance(text, str) else text)
+    if size > MAX_MESSAGE_BYTES:
+        limit = MAX_MESSAGE_BYTES
+        raise ProtocolError("too_large", f"message is {size} bytes; the limit is {limit}")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_json", "message is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_json", "message must be a JSON object")
+    rid = obj.get("id")
+    if rid is not None and not (
+        (isinstance(rid, str) and len(rid) <= _MAX_ID_CHARS)
+        or (isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) < 2**53)
+    ):
+        raise ProtocolError("bad_message", "'id' must be a string (<= 64 chars) or an integer")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_message", "'type' must be a string", rid)
+    if kind == "join":
+        version = obj.get("protocol")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ProtocolError("bad_message", "'protocol' must be an integer", rid)
+        room = _string(obj, "room", _MAX_ROOM_CHARS, rid)
+        token = obj.get("token")
+        if not isinstance(token, str):
+            raise ProtocolError("bad_message", "'token' must be a string", rid)
+        return Join(version, room, token, rid)
+    if kind == "offer":
+        sdp = obj.get("sdp")
+        if not isinstance(sdp, str) or not sdp:
+            raise ProtocolError("bad_message", "'sdp' must be a non-empty string", rid)
+        tracks = _mid_map(obj, "tracks", rid, nested_name=True)
+        subscriptions = _mid_map(obj, "subscriptions", rid, nested_name=False)
+        return Offer(sdp, tracks, subscriptions, rid)
+    if kind == "unsubscribe":
+        return Unsubscribe(_string(obj, "track", _MAX_TRACK_ID_CHARS, rid), rid)
+    if kind == "prefs":
+        return Preferences(
+            _string(obj, "track", _MAX_TRACK_ID_CHARS, rid),
+            _layer(obj, "max_spatial", rid),
+            _layer(obj, "max_temporal", rid),
+            _boolean(obj, "paused", rid, False),
+            rid,
+        )
+    if kind == "mute":
+        track = _string(obj, "track", _MAX_TRACK_ID_CHARS, rid)
+        return Mute(track, _boolean(obj, "muted", rid, None), rid)
+    if kind == "ping":
+        return Ping(rid)
+    if kind == "leave":
+        return Leave(rid)
+    raise ProtocolError("unknown_type", f"unknown message type {_clip(kind)}", rid)
+
+
+def error_message(code: str, message: str, request_id: str | int | None) -> dict[str, Any]:
+    """The ``error`` reply."""
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if request_id is not None:
+        out["re"] = request_id
+    return out

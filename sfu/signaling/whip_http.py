@@ -1,0 +1,223 @@
+"""WHIP ingest (RFC 9725) and WHEP egress over the room service.
+
+``POST /whip/{room}`` publishes the offer's tracks as the token's identity;
+``POST /whep/{room}/{identity}`` subscribes to that participant's first audio and video track.
+Each creates a participant in the room (so people in a meeting see who publishes and who
+watches) and returns ``201`` with the answer and a ``Location`` whose last segment is a random
+128-bit session secret: the location itself is the capability to ``DELETE`` (end) or
+``PATCH`` (ICE restart) the session, and it is never shown to other participants.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import quote
+
+from aiohttp import web
+
+from sfu.config import AuthConfig
+from sfu.packet.errors import ParseError
+from sfu.packet.sdp import Direction, SessionDescription
+from sfu.room.room import Participant, ParticipantState
+from sfu.room.service import RoomError, RoomService
+from sfu.signaling.auth import Grant, JoinClaims, TokenError, bearer_token, verify_token
+from sfu.signaling.sdp_http import (
+    ice_restart_response,
+    read_ice_restart,
+    read_sdp_offer,
+    sdp_answer_response,
+    sdp_error,
+)
+
+__all__ = ["HttpSessions", "add_whip_routes"]
+
+#: Room error code -> HTTP status (RFC 9725 §4.2 and §4.6).
+_STATUS: Final = {
+    "bad_offer": 400,
+    "bad_message": 400,
+    "forbidden": 403,
+    "not_joined": 403,
+    "unknown_track": 404,
+    "room_full": 503,
+    "server_busy": 503,
+}
+_UNAUTHORIZED_HEADERS: Final = {"WWW-Authenticate": 'Bearer realm="sfu"'}
+
+
+@dataclass(eq=False, slots=True)
+class _Session:
+    participant: Participant
+    kind: str
+
+
+class HttpSessions:
+    """WHIP/WHEP sessions by their secret location id."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, _Session] = {}
+
+    def add(self, participant: Participant, kind: str) -> str:
+        session_id = secrets.token_urlsafe(16)
+        self.by_id[session_id] = _Session(participant, kind)
+
+        def closed(code: int, reason: str) -> None:
+            self.by_id.pop(session_id, None)
+
+        participant.on_close = closed
+        return session_id
+
+    def reap(self) -> None:
+        """Forget sessions whose participant has gone (transport failed, replaced)."""
+        for sid in [
+            s for s, v in self.by_id.items() if v.participant.state is ParticipantState.LEFT
+        ]:
+            del self.by_id[sid]
+
+
+def _room_error(exc: RoomError) -> web.Response:
+    status = _STATUS.get(exc.code, 400)
+    headers = {"Retry-After": "5"} if status == 503 else {}
+    return sdp_error(status, exc.message, **headers)
+
+
+def add_whip_routes(
+    app: web.Application,
+    service: RoomService,
+    sessions: HttpSessions,
+    *,
+    token_secret: str,
+    auth: AuthConfig,
+    clock: Callable[[], float],
+    wallclock: Callable[[], float] = time.time,
+) -> None:
+    """Register the WHIP and WHEP endpoints on ``app``."""
+
+    def authorize(
+        request: web.Request, room: str, grant: Grant, grant_name: str
+    ) -> JoinClaims | web.Response:
+        try:
+            token = bearer_token(request.headers.get("Authorization"))
+            claims = verify_token(
+                token_secret,
+                token,
+                now=wallclock(),
+                room=room,
+                leeway=auth.token_leeway_s,
+                max_ttl=auth.max_token_ttl_s,
+            )
+        except TokenError as exc:
+            return sdp_error(401, f"token {exc.reason}", **_UNAUTHORIZED_HEADERS)
+        if not claims.grants & grant:
+            return sdp_error(403, f"the token lacks the {grant_name} grant")
+        return claims
+
+    async def whip(request: web.Request) -> web.Response:
+        room_name = request.match_info["room"]
+        claims = authorize(request, room_name, Grant.PUBLISH, "publish")
+        if isinstance(claims, web.Response):
+            return claims
+        offer = await read_sdp_offer(request)
+        if isinstance(offer, web.Response):
+            return offer
+        room = service.rooms.get(room_name)
+        existing = room.by_identity(claims.identity) if room is not None else None
+        if existing is not None and existing.peer is not None and existing.peer.publications:
+            return sdp_error(409, "this identity is already publishing in the room")
+        prefix = f"/whip/{quote(room_name, safe='')}"
+        return _start(service, sessions, claims, offer, clock(), "whip", None, prefix)
+
+    async def whep(request: web.Request) -> web.Response:
+        room_name = request.match_info["room"]
+        claims = authorize(request, room_name, Grant.SUBSCRIBE, "subscribe")
+        if isinstance(claims, web.Response):
+            return claims
+        offer = await read_sdp_offer(request)
+        if isinstance(offer, web.Response):
+            return offer
+        room = service.rooms.get(room_name)
+        if room is None:
+            return sdp_error(404, "no such room")
+        target = room.by_identity(request.match_info["identity"])
+        if target is None or target.peer is None or not target.peer.publications:
+            return sdp_error(404, "that participant publishes nothing in this room")
+        if target.identity == claims.identity:
+            return sdp_error(409, "the token's identity is the publisher itself")
+        try:
+            parsed = SessionDescription.parse(offer)
+        except ParseError as exc:
+            return sdp_error(400, f"bad offer: {exc}")
+        tracks = list(target.peer.publications.values())
+        bindings: dict[str, str] = {}
+        for kind in ("audio", "video"):
+            track = next((t for t in tracks if t.kind == kind), None)
+            section = next(
+                (
+                    m
+                    for m in parsed.media
+                    if m.kind == kind and m.direction is Direction.RECVONLY and m.mid is not None
+                ),
+                None,
+            )
+            if track is not None and section is not None and section.mid is not None:
+                bindings[section.mid] = track.id
+        if not bindings:
+            return sdp_error(400, "the offer has no recvonly audio or video section to fill")
+        prefix = f"/whep/{quote(room_name, safe='')}/{quote(target.identity, safe='')}"
+        return _start(service, sessions, claims, offer, clock(), "whep", bindings, prefix)
+
+    async def delete(request: web.Request) -> web.Response:
+        session = sessions.by_id.pop(request.match_info["session"], None)
+        if session is None or session.participant.room.name != request.match_info["room"]:
+            return sdp_error(404, "no such session")
+        session.participant.on_close = None
+        service.leave(session.participant, clock())
+        return web.Response(status=200)
+
+    async def patch(request: web.Request) -> web.Response:
+        session = sessions.by_id.get(request.match_info["session"])
+        if session is None or session.participant.room.name != request.match_info["room"]:
+            return sdp_error(404, "no such session")
+        credentials = await read_ice_restart(request)
+        if isinstance(credentials, web.Response):
+            return credentials
+        peer = session.participant.peer
+        if peer is None or peer.transport.finished:
+            return sdp_error(404, "the session's transport has ended")
+        local = service.port.restart_ice(peer.transport, credentials[0])
+        return ice_restart_response(local.ufrag, local.pwd)
+
+    app.router.add_post("/whip/{room}", whip)
+    app.router.add_delete("/whip/{room}/{session}", delete)
+    app.router.add_patch("/whip/{room}/{session}", patch)
+    app.router.add_post("/whep/{room}/{identity}", whep)
+    app.router.add_delete("/whep/{room}/{identity}/{session}", delete)
+    app.router.add_patch("/whep/{room}/{identity}/{session}", patch)
+
+
+def _start(
+    service: RoomService,
+    sessions: HttpSessions,
+    claims: JoinClaims,
+    offer: str,
+    now: float,
+    kind: str,
+    subscriptions: dict[str, str] | None,
+    location_prefix: str,
+) -> web.Response:
+    """Join the room as a WHIP/WHEP participant and answer its offer (all or nothing)."""
+    sessions.reap()
+    try:
+        participant = service.join(claims, lambda message: None, kind=kind)
+    except RoomError as exc:
+        return _room_error(exc)
+    try:
+        answer = service.offer(participant, offer, now, subscriptions=subscriptions)
+    except RoomError as exc:
+        service.leave(participant, now)
+        return _room_error(exc)
+    session_id = sessions.add(participant, kind)
+    return sdp_answer_response(answer, f"{location_prefix}/{session_id}")
