@@ -321,7 +321,8 @@ class RoomService:
             peer = self._create_peer(participant, negotiated, fingerprints, now)
         elif negotiated.remote_ufrag != peer.transport.ice.remote_ufrag:
             self.port.restart_ice(peer.transport, negotiated.remote_ufrag)
-        peer.set_extensions(dict(negotiated.media[0].extensions) if negotiated.media else {})
+        # One id space per BUNDLE transport (RFC 8843 §9.2): the union of every section's.
+        peer.set_extensions({i: u for m in negotiated.media for i, u in m.extensions.items()})
         for mid in list(peer.publications):
             if mid not in publishing:
                 self._unpublish(participant, mid)
