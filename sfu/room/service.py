@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 ROOM_PREFERENCES: Final = CodecPreferences(video_codecs=("VP8", "H264", "VP9", "AV1"))
 #: Codecs a publication may use: the ones whose payload descriptor shows keyframes.
 _FORWARDABLE: Final = frozenset({"vp8", "h264", "vp9", "opus"})
+#: Stands for an extension id another section of the subscriber's BUNDLE negotiated: taken,
+#: and never the target of a rewrite.
+_OTHER_SECTION_URI: Final = "urn:x-sfu:id-taken-by-another-bundle-section"
 
 #: Close codes of the room protocol (docs/protocol.md).
 CLOSE_REFUSED: Final = 4003
@@ -334,9 +337,12 @@ class RoomService:
         for mid in new_pubs:
             self._publish(participant, peer, publishing[mid], names.get(mid))
         taken = {s for m in negotiated.media for s in m.ssrcs}
+        bundle_ids = {i for m in negotiated.media for i in m.extensions}
         for mid, (publication, codec) in bound.items():
             if mid not in peer.subscriptions:
-                self._subscribe(participant, peer, by_mid[mid], publication, codec, taken, now)
+                self._subscribe(
+                    participant, peer, by_mid[mid], publication, codec, taken, bundle_ids, now
+                )
         return self._answer(participant, peer, offer, negotiated)
 
     def _create_peer(
@@ -417,9 +423,16 @@ class RoomService:
         publication: Publication,
         codec: NegotiatedCodec,
         taken: set[int],
+        bundle_ids: set[int],
         now: float,
     ) -> None:
         rtx_pt = codec.rtx_payload_type if publication.video else None
+        # The rewriter hides the publisher's mid/rid/transport-cc under an id this section did
+        # not negotiate; it must be free in the whole BUNDLE too (RFC 8843 §9.2: one id space
+        # per transport), or the subscriber parses e.g. a 1-byte mid as its abs-send-time.
+        extensions = dict(media.extensions)
+        for ext_id in bundle_ids - extensions.keys():
+            extensions[ext_id] = _OTHER_SECTION_URI
         sub = Subscription(
             new_id("SU"),
             publication,
@@ -427,7 +440,7 @@ class RoomService:
             media.mid,
             out_ssrc=_random_ssrc(taken),
             payload_type=codec.payload_type,
-            extensions=dict(media.extensions),
+            extensions=extensions,
             rtx_ssrc=_random_ssrc(taken) if rtx_pt is not None else None,
             rtx_payload_type=rtx_pt,
         )
