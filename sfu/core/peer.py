@@ -63,6 +63,10 @@ REPORT_INTERVAL: Final = 1.0
 ALLOCATION_INTERVAL: Final = 0.5
 #: Loss above this in a subscriber's report makes the allocator step its layers down.
 LOSS_STEP_DOWN: Final = 0.10
+#: A REMB this far below its peak of the last REMB_WINDOW seconds signals congestion (the
+#: receiver's estimator backs off to ~0.85 of the incoming rate on overuse).
+REMB_DROP: Final = 0.8
+REMB_WINDOW: Final = 5.0
 
 
 @dataclass(slots=True)
@@ -136,6 +140,8 @@ class Peer:
         self._sub_by_ssrc: dict[int, Subscription] = {}
         self.counters = PeerCounters()
         self.remb_bps: int | None = None
+        #: (now, bps) of recent REMBs, to tell a congestion drop from the estimator's ramp.
+        self._remb_history: list[tuple[float, int]] = []
         self._twcc = TwccRecorder(rtcp_ssrc)
         self._last_report = -1e9
         self._last_allocation = -1e9
@@ -352,6 +358,10 @@ class Peer:
                     self._keyframe_wanted(fir.ssrc, now)
             elif isinstance(item, Remb):
                 self.remb_bps = item.bitrate
+                history = self._remb_history
+                history.append((now, item.bitrate))
+                while history and now - history[0][0] > REMB_WINDOW:
+                    history.pop(0)
 
     def on_state(self, transport: WebRtcTransport, state: TransportState, now: float) -> None:
         """Report transport state changes to the room (it frees everything on close)."""
@@ -464,15 +474,20 @@ class Peer:
     def _allocate(self, now: float) -> None:
         """Move each video subscription's target layer to what the bandwidth allows.
 
-        Without an estimate (no REMB yet) every subscription aims at the best layer its
-        preferences allow; with one, layers are handed out lowest first, then upgraded
-        while the measured layer bitrates fit. A subscription whose receiver reports heavy
-        loss is held one layer below what it has.
+        A receiver's REMB estimate only grows with what it receives (it cannot see capacity
+        above that), so it is used as a budget only when it signals congestion: a drop below
+        ``REMB_DROP`` of its recent peak. Otherwise every subscription aims at the best layer
+        its preferences allow. Under a budget, layers are handed out lowest first, then
+        upgraded while the measured layer bitrates fit. A subscription whose receiver reports
+        heavy loss is held one layer below what it has.
         """
         subs = [s for s in self.subscriptions.values() if s.selector is not None]
         if not subs:
             return
-        budget = None if self.remb_bps is None else self.remb_bps * 0.95
+        budget: float | None = None
+        history = [bps for t, bps in self._remb_history if now - t <= REMB_WINDOW]
+        if self.remb_bps is not None and history and self.remb_bps < REMB_DROP * max(history):
+            budget = self.remb_bps * 0.95
         plan: dict[Subscription, int] = {}
         for sub in subs:
             top = sub.publication.num_layers - 1

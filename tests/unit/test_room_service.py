@@ -304,3 +304,35 @@ def test_transport_failure_ends_the_participant(monkeypatch: pytest.MonkeyPatch)
     alice.peer.on_state(alice.peer.transport, TransportState.FAILED, 1.0)
     assert closed == [4010] and alice.state is ParticipantState.LEFT
     assert ROOM not in h.service.rooms
+
+
+def test_allocation_caps_layers_only_when_remb_signals_congestion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sfu.packet.rtcp_feedback import Remb
+
+    h = harness(monkeypatch)
+    _meeting(h)
+    room = h.service.rooms[ROOM]
+    alice, bob = room.by_identity("alice"), room.by_identity("bob")
+    assert alice and bob and alice.peer and bob.peer
+    sub = next(s for s in bob.peer.subscriptions.values() if s.selector)
+    assert sub.selector is not None
+    t = alice.peer.transport
+    # Layer bitrates over the last second: q ~48 kbps, h ~144 kbps, f ~288 kbps.
+    for i in range(30):
+        now = 1.0 + i / 30
+        for ssrc, rid, size in ((SSRC_Q, "q", 200), (SSRC_H, "h", 600), (SSRC_F, "f", 1200)):
+            pkt = vp8_packet(ssrc, i, 3000 * i, keyframe=i == 0, rid=rid, payload=bytes(size))
+            alice.peer.on_rtp(t, pkt, now)
+    bob_t = bob.peer.transport
+    bob.peer.on_rtcp(bob_t, Remb.from_bitrate(1, 2_000_000, [sub.out_ssrc]).serialize(), 1.4)
+    h.service.poll(1.45, 1.7e9)
+    assert sub.selector.requested.spatial == 2  # a growing estimate does not cap
+    bob.peer.on_rtcp(bob_t, Remb.from_bitrate(1, 200_000, [sub.out_ssrc]).serialize(), 1.9)
+    h.service.poll(2.0, 1.7e9)
+    assert sub.selector.requested.spatial == 1  # q + h fit 190 kbps, f does not
+    # A subscriber preference caps below what bandwidth allows.
+    sub.set_preferences(0, None, False)
+    h.service.poll(2.6, 1.7e9)
+    assert sub.selector.target.spatial == 0
