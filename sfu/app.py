@@ -227,7 +227,7 @@ class Server:
         if self._udp is not None:
             await self._udp.close()
         await self._http.close()
-        log.info("stopped (media datagrams dropped: %d)", self.sink.count)
+        log.info("stopped (media datagrams received: %d)", self.sink.count)
 
 
 async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:

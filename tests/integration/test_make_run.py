@@ -26,7 +26,7 @@ def test_make_run_serves_healthz_on_the_default_config() -> None:
         assert http_get(http_port, "/readyz") == (200, {"status": "ok"})
         os.killpg(proc.proc.pid, signal.SIGTERM)
         proc.finish()
-        assert "stopped (media datagrams dropped:" in proc.log
+        assert "stopped (media datagrams received:" in proc.log
         assert "Traceback" not in proc.log
     finally:
         if proc.proc.poll() is None:
