@@ -250,9 +250,11 @@ class RoomService:
         *,
         names: Mapping[str, str] | None = None,
         subscriptions: Mapping[str, str] | None = None,
+        validate_only: bool = False,
     ) -> str:
         """Answer a (re)offer: its send sections are publications, bound recv sections are
-        subscriptions (docs/protocol.md, "Media model"). Returns the answer SDP."""
+        subscriptions (docs/protocol.md, "Media model"). Returns the answer SDP (``""`` and
+        no change at all with ``validate_only``)."""
         if participant.state is not ParticipantState.JOINED:
             raise RoomError("not_joined", "not admitted to the room")
         names = names or {}
@@ -319,6 +321,8 @@ class RoomService:
                     "bad_offer", f"mid {mid[:32]!r} does not accept {publication.codec.name}"
                 )
             bound[mid] = (publication, match)
+        if validate_only:
+            return ""
         # -- apply --
         if peer is None:
             peer = self._create_peer(participant, negotiated, fingerprints, now)
@@ -344,6 +348,26 @@ class RoomService:
                     participant, peer, by_mid[mid], publication, codec, taken, bundle_ids, now
                 )
         return self._answer(participant, peer, offer, negotiated)
+
+    def check_offer(
+        self, claims: JoinClaims, sdp: str, *, subscriptions: Mapping[str, str] | None = None
+    ) -> None:
+        """Raise the :class:`RoomError` that :meth:`offer` would raise for the first offer
+        of a participant joining with ``claims``, without joining or changing anything.
+
+        WHIP and WHEP join and offer in one request; checking first keeps a refused request
+        invisible (no join/leave shown to the room, no participant with the same identity
+        replaced).
+        """
+        probe = Participant(
+            id="",
+            identity=claims.identity,
+            name=claims.name,
+            grants=claims.grants,
+            room=self.rooms.get(claims.room) or Room(claims.room),
+            state=ParticipantState.JOINED,
+        )
+        self.offer(probe, sdp, 0.0, subscriptions=subscriptions, validate_only=True)
 
     def _create_peer(
         self,

@@ -173,7 +173,8 @@ def _mid_map(
 
 def parse_client_message(text: str | bytes) -> ClientMessage:
     """Parse and validate one client message (raises :class:`ProtocolError`)."""
-    size = len(text.encode("utf-8") if isinstance(text, str) else text)
+    # surrogatepass: a str can hold lone surrogates (no wire can); json.loads refuses them.
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > MAX_MESSAGE_BYTES:
         limit = MAX_MESSAGE_BYTES
         raise ProtocolError("too_large", f"message is {size} bytes; the limit is {limit}")

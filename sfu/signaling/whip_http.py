@@ -23,7 +23,7 @@ from sfu.config import AuthConfig
 from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription
 from sfu.room.room import Participant, ParticipantState
-from sfu.room.service import ROOM_PREFERENCES, RoomError, RoomService
+from sfu.room.service import RoomError, RoomService
 from sfu.signaling.auth import Grant, JoinClaims, TokenError, bearer_token, verify_token
 from sfu.signaling.sdp_http import (
     ice_restart_response,
@@ -32,7 +32,6 @@ from sfu.signaling.sdp_http import (
     sdp_answer_response,
     sdp_error,
 )
-from sfu.transport.negotiation import NegotiationError, negotiate
 
 __all__ = ["HttpSessions", "add_whip_routes"]
 
@@ -211,13 +210,12 @@ def _start(
 ) -> web.Response:
     """Join the room as a WHIP/WHEP participant and answer its offer (all or nothing)."""
     sessions.reap()
-    # Refuse an offer that cannot be negotiated before joining: joining ends a participant
-    # with the same identity (4009) and shows a join/leave to the room, and a refused
-    # request must change nothing.
+    # Refuse a bad offer before joining: joining ends a participant with the same identity
+    # (4009) and shows a join/leave to the room, and a refused request must change nothing.
     try:
-        negotiate(SessionDescription.parse(offer), prefs=ROOM_PREFERENCES)
-    except (ParseError, NegotiationError) as exc:
-        return sdp_error(400, str(exc))
+        service.check_offer(claims, offer, subscriptions=subscriptions)
+    except RoomError as exc:
+        return _room_error(exc)
     try:
         participant = service.join(claims, lambda message: None, kind=kind)
     except RoomError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 import pytest
@@ -40,7 +40,7 @@ def token(
     claims = JoinClaims(
         room=room, identity=identity, name=identity, grants=grants, iat=now, exp=now + 600
     )
-    return issue_token(secret or server.token_secret, claims)
+    return str(issue_token(secret or server.token_secret, claims))
 
 
 async def request(
@@ -78,10 +78,10 @@ async def publisher_offer(pc: RTCPeerConnection) -> str:
     return str(pc.localDescription.sdp)
 
 
-async def wait_for(predicate: object, timeout: float = TIMEOUT) -> None:
+async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
     """Poll ``predicate()`` until it is true (bounded)."""
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
