@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from sfu.core.header_extensions import ExtensionRewriter
 from sfu.core.peer import Peer
 from sfu.core.publication import Publication, new_id
 from sfu.core.subscription import Subscription
@@ -107,6 +108,15 @@ def _matching_codec(media: NegotiatedMedia, codec: NegotiatedCodec) -> Negotiate
             continue
         return candidate
     return None
+
+
+def _subscriber_extensions(media: NegotiatedMedia, bundle_ids: set[int]) -> dict[int, str]:
+    """The section's extension ids plus every id another section of the BUNDLE uses, marked
+    taken, so hidden extensions land on an id free in the whole transport."""
+    extensions = dict(media.extensions)
+    for ext_id in bundle_ids - extensions.keys():
+        extensions[ext_id] = _OTHER_SECTION_URI
+    return extensions
 
 
 def _declared_streams(media: NegotiatedMedia) -> list[tuple[int, int | None]]:
@@ -341,9 +351,17 @@ class RoomService:
         for mid in new_pubs:
             self._publish(participant, peer, publishing[mid], names.get(mid))
         taken = {s for m in negotiated.media for s in m.ssrcs}
+        for existing in peer.subscriptions.values():
+            taken.update(x for x in (existing.out_ssrc, existing.rtx_ssrc) if x is not None)
         bundle_ids = {i for m in negotiated.media for i in m.extensions}
         for mid, (publication, codec) in bound.items():
-            if mid not in peer.subscriptions:
+            kept = peer.subscriptions.get(mid)
+            if kept is not None:
+                # The BUNDLE's id space may have grown: re-derive the hidden ids.
+                kept.extensions = ExtensionRewriter(
+                    publication.extensions, _subscriber_extensions(by_mid[mid], bundle_ids)
+                )
+            else:
                 self._subscribe(
                     participant, peer, by_mid[mid], publication, codec, taken, bundle_ids, now
                 )
@@ -454,9 +472,7 @@ class RoomService:
         # The rewriter hides the publisher's mid/rid/transport-cc under an id this section did
         # not negotiate; it must be free in the whole BUNDLE too (RFC 8843 §9.2: one id space
         # per transport), or the subscriber parses e.g. a 1-byte mid as its abs-send-time.
-        extensions = dict(media.extensions)
-        for ext_id in bundle_ids - extensions.keys():
-            extensions[ext_id] = _OTHER_SECTION_URI
+        extensions = _subscriber_extensions(media, bundle_ids)
         sub = Subscription(
             new_id("SU"),
             publication,
