@@ -1,0 +1,192 @@
+"""Meeting tests' helpers: an in-process server on a background loop and demo-page probes.
+
+:class:`ServerThread` runs :class:`sfu.app.Server` on its own asyncio loop in a daemon thread,
+so a test can drive headless Chromium pages (blocking selenium calls) from the main thread and
+still reach into the server: :meth:`ServerThread.call` runs a function on the server's loop
+and returns its result, which is the only thread-safe way to read or change server state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from browser import run_async, wait_until
+from selenium import webdriver
+
+from sfu.app import Server
+from sfu.config import Config, HttpConfig, MediaConfig, ServerConfig
+from sfu.core.peer import Peer
+from sfu.transport.transport import WebRtcTransport
+
+T = TypeVar("T")
+
+TIMEOUT = 15.0
+
+#: Loopback only, ephemeral ports; development tokens are on by default (HTTP is on loopback).
+MEETING_CONFIG = Config(
+    http=HttpConfig(host="127.0.0.1", port=0),
+    media=MediaConfig(udp_host="127.0.0.1", udp_port=0),
+    server=ServerConfig(drain_timeout_s=3.0),
+)
+
+Stats = dict[str, Any]
+
+
+class ServerThread:
+    """An in-process :class:`Server` on an asyncio loop running in a background thread."""
+
+    def __init__(self, config: Config = MEETING_CONFIG) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = Server(config)
+        self.base = ""
+
+    def call(self, fn: Callable[[], T], timeout: float = TIMEOUT) -> T:
+        """Run ``fn()`` on the server's loop and return its result (or raise its error)."""
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(TIMEOUT)
+        self.base = f"http://127.0.0.1:{self.server.http_addresses[0][1]}"
+
+    def stop(self) -> None:
+        try:
+            if self.thread.is_alive():
+                stopping = asyncio.wait_for(self.server.stop(), TIMEOUT)
+                asyncio.run_coroutine_threadsafe(stopping, self.loop).result(TIMEOUT + 5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(TIMEOUT)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+    def peer(self, room: str, participant_id: str) -> Peer:
+        """The participant's :class:`Peer` (call from the server's loop, e.g. inside ``call``)."""
+        assert self.server.rooms is not None
+        peer = self.server.rooms.rooms[room].participants[participant_id].peer
+        assert peer is not None, f"{participant_id} has no media session"
+        return peer
+
+
+@contextlib.contextmanager
+def server_thread(config: Config = MEETING_CONFIG) -> Iterator[ServerThread]:
+    """A started :class:`ServerThread`, always stopped afterwards."""
+    server = ServerThread(config)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+class DropEveryNth:
+    """Drops every ``n``-th RTP packet a transport sends (deterministic loss), as if lost.
+
+    ``WebRtcTransport`` has ``__slots__`` and no instance ``__dict__``, so its ``send_rtp`` can
+    not be shadowed by an instance attribute; instead the transport's class is swapped for a
+    slot-compatible subclass whose ``send_rtp`` consults this object first. Install and
+    uninstall on the server's loop.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+        self.dropped = 0
+        dropper = self
+
+        class DroppingTransport(WebRtcTransport):
+            __slots__ = ()
+
+            def send_rtp(self, packet: bytes) -> bool:
+                dropper.seen += 1
+                if dropper.seen % dropper.n == 0:
+                    dropper.dropped += 1
+                    return True  # "sent": lost on the way, as far as the server can tell
+                return super().send_rtp(packet)
+
+        self._cls = DroppingTransport
+
+    def install(self, transport: WebRtcTransport) -> None:
+        assert type(transport) is WebRtcTransport
+        transport.__class__ = self._cls
+
+    def uninstall(self, transport: WebRtcTransport) -> None:
+        installed: type = type(transport)
+        if installed is self._cls:
+            transport.__class__ = WebRtcTransport
+
+
+# -- the demo page ---------------------------------------------------------------------------
+
+
+def open_meeting(driver: webdriver.Chrome, base: str, room: str, name: str) -> None:
+    """Navigate to the demo page: it fetches a dev token, joins, publishes and subscribes."""
+    query = urllib.parse.urlencode({"room": room, "name": name})
+    driver.get(f"{base}/?{query}")
+
+
+def page_state(driver: webdriver.Chrome) -> dict[str, Any]:
+    state = driver.execute_script("return window.sfuState || null;")
+    return state if isinstance(state, dict) else {}
+
+
+def wait_connected(driver: webdriver.Chrome, timeout: float = TIMEOUT) -> str:
+    """Wait until the page has joined; returns its participant id."""
+    state = wait_until(
+        lambda: page_state(driver),
+        lambda s: s.get("status") == "connected" and bool(s.get("participantId")),
+        timeout=timeout,
+    )
+    return str(state["participantId"])
+
+
+def stats(driver: webdriver.Chrome) -> Stats:
+    """``window.sfuStats()``: connection state and per-subscription inbound statistics."""
+    value = run_async(driver, "window.sfuStats()")
+    if not isinstance(value, dict) or "error" in value:
+        return {"connectionState": None, "remote": {}, "failure": value}
+    return value
+
+
+def remote_by(stats_value: Stats, participant: str, kind: str) -> dict[str, Any] | None:
+    """The inbound entry of ``participant``'s ``kind`` track (None if not subscribed)."""
+    for entry in stats_value.get("remote", {}).values():
+        if entry.get("participant") == participant and entry.get("kind") == kind:
+            return dict(entry)
+    return None
+
+
+def track_id(stats_value: Stats, participant: str, kind: str) -> str | None:
+    for tid, entry in stats_value.get("remote", {}).items():
+        if entry.get("participant") == participant and entry.get("kind") == kind:
+            return str(tid)
+    return None
+
+
+def set_preferences(driver: webdriver.Chrome, track: str, prefs: dict[str, Any]) -> None:
+    """``window.sfuSetPreferences``: e.g. ``{"maxSpatial": 0}``; fails on an error reply."""
+    call = f"window.sfuSetPreferences({json.dumps(track)}, {json.dumps(prefs)})"
+    result = run_async(driver, call)
+    assert not (isinstance(result, dict) and "error" in result), result
+
+
+def sample(probe: Callable[[], T], seconds: float, interval: float = 0.25) -> list[T]:
+    """Probe repeatedly for ``seconds`` (bounded); returns every value seen, first to last."""
+    values = [probe()]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        values.append(probe())
+    return values

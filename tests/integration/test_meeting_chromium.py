@@ -1,0 +1,225 @@
+"""Headless Chromium meetings through the demo page: many-to-many media, layer switching, loss.
+
+Every page is the demo page at ``/?room=...&name=...``: it fetches a development token, joins,
+publishes its fake camera (1280x720, three simulcast layers) and microphone, and subscribes to
+everyone else. A page started with :data:`RECEIVE_ONLY` is refused the camera and microphone,
+so it joins without sending and only watches (one encoder less on a small CI machine). The
+server runs in-process on a background loop (:mod:`meeting`), so the loss test can reach into
+one subscriber's transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from browser import chromium, wait_until
+from meeting import (
+    DropEveryNth,
+    ServerThread,
+    Stats,
+    open_meeting,
+    page_state,
+    remote_by,
+    sample,
+    server_thread,
+    set_preferences,
+    stats,
+    track_id,
+    wait_connected,
+)
+from selenium import webdriver
+
+pytestmark = pytest.mark.integration
+
+KINDS = ("audio", "video")
+#: The fake media UI denies getUserMedia: the demo page joins without sending.
+RECEIVE_ONLY = ("--use-fake-ui-for-media-stream=deny",)
+#: Media from everyone must be decoding this soon after joining.
+JOIN_DEADLINE_S = 15.0
+#: Chromium's fake camera runs at 20 fps: ~40 frames in 2 s; accept half of that.
+MIN_FRAMES_2S = 20
+#: "Keeps growing" in the three-party call: this much more media, within GROWTH_TIMEOUT_S.
+MIN_FRAMES_GROWTH = 20
+MIN_SAMPLES_GROWTH = 48000  # 1 s of 48 kHz audio
+MIN_AUDIO_PACKETS_GROWTH = 50  # 1 s of 20 ms Opus packets
+#: Three browsers encoding three layers each can saturate a two-core CI machine, and a
+#: publisher that drops a layer costs its subscribers a short stall: allow some seconds.
+GROWTH_TIMEOUT_S = 8.0
+
+Entry = dict[str, Any] | None
+
+
+def _flowing(entry: Entry, kind: str) -> bool:
+    """Decoded media has arrived: frames (with a size) for video, samples for audio."""
+    if entry is None:
+        return False
+    if kind == "video":
+        return bool(entry["framesDecoded"] > 0 and entry["frameWidth"] > 0)
+    return bool(entry["totalSamplesReceived"] > 0 and entry["packetsReceived"] > 0)
+
+
+def _grown(before: Entry, after: Entry, kind: str) -> bool:
+    """``after`` continues ``before`` by a healthy amount of decoded media."""
+    if before is None or after is None:
+        return False
+    if kind == "video":
+        frames: int = after["framesDecoded"] - before["framesDecoded"]
+        return frames >= MIN_FRAMES_GROWTH
+    samples: int = after["totalSamplesReceived"] - before["totalSamplesReceived"]
+    packets: int = after["packetsReceived"] - before["packetsReceived"]
+    return samples >= MIN_SAMPLES_GROWTH and packets >= MIN_AUDIO_PACKETS_GROWTH
+
+
+def test_three_participants_decode_each_other() -> None:
+    names = ("Alice", "Bob", "Carol")
+    with server_thread() as server, contextlib.ExitStack() as browsers:
+        drivers = [browsers.enter_context(chromium()) for _ in names]
+        started = time.monotonic()
+        for driver, name in zip(drivers, names, strict=True):
+            open_meeting(driver, server.base, "three", name)
+        ids = [wait_connected(driver) for driver in drivers]
+        assert len(set(ids)) == 3
+        # (page, remote participant, kind): everything each page must receive.
+        streams = [
+            (i, pid, kind) for i in range(3) for pid in ids if pid != ids[i] for kind in KINDS
+        ]
+
+        def all_stats() -> list[Stats]:
+            return [stats(driver) for driver in drivers]
+
+        # Within 15 s of joining, every page decodes audio and video of both others.
+        # (wait_until's error shows the last statistics of all pages.)
+        now = wait_until(
+            all_stats,
+            lambda s: all(_flowing(remote_by(s[i], pid, kind), kind) for i, pid, kind in streams),
+            timeout=max(0.5, started + JOIN_DEADLINE_S - time.monotonic()),
+        )
+        assert time.monotonic() - started < JOIN_DEADLINE_S + 1.0
+
+        def grown_since(before: list[Stats]) -> Callable[[list[Stats]], bool]:
+            return lambda s: all(
+                _grown(remote_by(before[i], pid, kind), remote_by(s[i], pid, kind), kind)
+                for i, pid, kind in streams
+            )
+
+        # And it keeps coming: twice over, every stream grows by a healthy amount again.
+        for _round in range(2):
+            now = wait_until(all_stats, grown_since(now), timeout=GROWTH_TIMEOUT_S)
+        for driver in drivers:
+            assert page_state(driver).get("error") is None
+            assert stats(driver)["connectionState"] == "connected"
+
+
+def _watch(
+    server: ServerThread, room: str, publisher: webdriver.Chrome, viewer: webdriver.Chrome
+) -> tuple[str, str]:
+    """Join a publishing page and a receive-only one; returns their participant ids once
+    the viewer decodes the publisher's audio and video."""
+    open_meeting(publisher, server.base, room, "Publisher")
+    open_meeting(viewer, server.base, room, "Viewer")
+    pub_id = wait_connected(publisher)
+    viewer_id = wait_connected(viewer)
+    wait_until(
+        lambda: stats(viewer),
+        lambda s: all(_flowing(remote_by(s, pub_id, kind), kind) for kind in KINDS),
+        timeout=JOIN_DEADLINE_S,
+    )
+    assert stats(publisher)["remote"] == {}, "the viewer should publish nothing"
+    return pub_id, viewer_id
+
+
+def _video(driver: webdriver.Chrome, participant: str) -> Entry:
+    return remote_by(stats(driver), participant, "video")
+
+
+def _brief(window: list[Entry]) -> list[str]:
+    """A window of video statistics, compactly, for assertion messages."""
+    return [
+        "-"
+        if e is None
+        else f"{e['framesDecoded']}f {e['frameWidth']}w {e['freezeCount']}fz {e['nackCount']}nack"
+        for e in window
+    ]
+
+
+def test_layer_switching_reaches_each_resolution_without_freezing() -> None:
+    with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
+        pub_id, _ = _watch(server, "layers", publisher, viewer)
+        video = track_id(stats(viewer), pub_id, "video")
+        assert video is not None
+
+        def width_is(width: int, timeout: float) -> None:
+            wait_until(
+                lambda: _video(viewer, pub_id),
+                lambda e: e is not None and e["frameWidth"] == width,
+                timeout=timeout,
+            )
+
+        set_preferences(viewer, video, {"maxSpatial": 0})
+        width_is(320, 10.0)
+        set_preferences(viewer, video, {"maxSpatial": 2})
+        # The publisher only sends its top layer once its bandwidth estimate has ramped up.
+        width_is(1280, 20.0)
+
+        window = sample(lambda: _video(viewer, pub_id), 2.0)
+        first, last = window[0], window[-1]
+        assert first is not None and last is not None
+        brief = _brief(window)
+        assert last["freezeCount"] == first["freezeCount"], brief
+        assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S, brief
+        assert all(e is not None and e["frameWidth"] == 1280 for e in window), brief
+        frames = [e["framesDecoded"] for e in window if e is not None]
+        assert frames == sorted(frames), brief
+        assert page_state(viewer).get("error") is None
+        assert page_state(publisher).get("error") is None
+
+
+def test_subscriber_recovers_from_five_percent_loss_with_nacks() -> None:
+    room = "lossy"
+    dropper = DropEveryNth(20)  # deterministic 5% of the RTP packets toward the viewer
+    with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
+        pub_id, viewer_id = _watch(server, room, publisher, viewer)
+        # Past the start: the first keyframes and layer choices are done.
+        wait_until(
+            lambda: _video(viewer, pub_id),
+            lambda e: e is not None and e["framesDecoded"] >= 40,
+            timeout=10.0,
+        )
+        transport = server.call(lambda: server.peer(room, viewer_id).transport)
+        server.call(lambda: dropper.install(transport))
+        try:
+            initial = _video(viewer, pub_id)
+            assert initial is not None
+            # The browser notices the gaps and NACKs them; the server answers with RTX.
+            wait_until(
+                lambda: _video(viewer, pub_id),
+                lambda e: e is not None and e["nackCount"] > initial["nackCount"],
+                timeout=10.0,
+            )
+            window = sample(lambda: _video(viewer, pub_id), 2.0)
+            first, last = window[0], window[-1]
+            assert first is not None and last is not None
+            brief = _brief([initial, *window])
+            assert last["nackCount"] > first["nackCount"], brief  # still losing, still NACKing
+            assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S, brief
+            assert last["freezeCount"] == first["freezeCount"], brief
+            assert last["packetsLost"] > initial["packetsLost"], brief
+            # NACKs repair 5% loss: no reason to flap between layers (a layer switch costs a
+            # keyframe from the publisher, and the receiver's per-report loss is noisy).
+            assert all(e is not None and e["frameWidth"] == first["frameWidth"] for e in window), (
+                brief
+            )
+            counters = server.call(
+                lambda: dataclasses.replace(server.peer(room, viewer_id).counters)
+            )
+            assert counters.nacks_in > 0, counters
+            assert counters.retransmits > 0, counters
+            assert server.call(lambda: dropper.dropped) > 0
+            assert page_state(viewer).get("error") is None
+        finally:
+            server.call(lambda: dropper.uninstall(transport))
