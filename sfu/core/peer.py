@@ -307,7 +307,8 @@ class Peer:
         ext_seq = stream.unwrapper.unwrap(seq)
         stream.packets += 1
         stream.last_packet_at = now
-        stream.meter.add(len(packet), now)
+        if not is_rtx:  # probes and repairs are no part of what the layer costs
+            stream.meter.add(len(packet), now)
         stream.stats.on_packet(ext_seq, timestamp, now, is_rtx)
         if stream.nacks is not None:
             stream.nacks.on_packet(ext_seq, now, is_rtx)
@@ -515,7 +516,7 @@ class Peer:
             selector = sub.selector
             assert selector is not None
             current = selector.current.spatial
-            if sub.send_stats.fraction_lost > LOSS_STEP_DOWN and current is not None:
+            if sub.send_stats.loss > LOSS_STEP_DOWN and current is not None:
                 layer = min(layer, max(0, current - 1))
             selector.set_target(layer, None)
 

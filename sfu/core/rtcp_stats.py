@@ -33,6 +33,9 @@ __all__ = [
 
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01 (Unix)
 SR_HISTORY = 8  # sender reports remembered for matching LSR; several report intervals' worth
+#: Fewest packets one :attr:`SendStats.loss` measurement spans. Receivers send a report with
+#: every NACK too, and the loss fraction of a few packets is noise, not a measurement.
+LOSS_MIN_PACKETS = 100
 # A transit-time step beyond this (seconds) is a timestamp discontinuity at the sender (an
 # encoder restart, a source switch upstream), not network jitter: it is not fed into the
 # estimate, which would otherwise take hundreds of packets to forget it.
@@ -211,10 +214,12 @@ class SendStats:
         "_clock_rate",
         "_last_at",
         "_last_rtp_ts",
+        "_loss_base",
         "_sr_sent",
         "cumulative_lost",
         "fraction_lost",
         "jitter_seconds",
+        "loss",
         "octets_sent",
         "packets_sent",
         "rtt",
@@ -234,6 +239,10 @@ class SendStats:
         self.octets_sent = 0  # payload octets only (RFC 3550 §6.4.1)
         self.rtt: float | None = None  # seconds, from the latest usable report block
         self.fraction_lost = 0.0  # 0..1, from the latest report block
+        #: 0..1 over the latest span of at least LOSS_MIN_PACKETS (what to act on).
+        self.loss = 0.0
+        # (extended highest seq, cumulative lost) where the current loss span began.
+        self._loss_base: tuple[int, int] | None = None
         self.cumulative_lost = 0
         self.jitter_seconds = 0.0
 
@@ -283,6 +292,13 @@ class SendStats:
             raise ValueError("report block is about another SSRC")
         self.fraction_lost = block.fraction_lost / 256
         self.cumulative_lost = block.cumulative_lost
+        base = self._loss_base
+        if base is None or block.highest_seq < base[0]:
+            self._loss_base = (block.highest_seq, block.cumulative_lost)
+        elif (expected := block.highest_seq - base[0]) >= LOSS_MIN_PACKETS:
+            lost = block.cumulative_lost - base[1]
+            self.loss = min(max(lost, 0) / expected, 1.0)
+            self._loss_base = (block.highest_seq, block.cumulative_lost)
         self.jitter_seconds = block.jitter / self._clock_rate
         if block.lsr == 0:
             return

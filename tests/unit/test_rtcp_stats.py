@@ -405,3 +405,28 @@ def test_loss_accounting_property(received: list[int], split: int) -> None:
         assert blocks[0].fraction_lost == 0
     rr = ReceiverReport(ssrc=4, reports=blocks)
     assert parse_compound(serialize_compound([rr])) == [rr]
+
+
+def test_loss_to_act_on_spans_at_least_a_hundred_packets() -> None:
+    from sfu.core.rtcp_stats import LOSS_MIN_PACKETS, SendStats
+    from sfu.packet.rtcp import ReportBlock
+
+    stats = SendStats(0xABC, 90000)
+
+    def report(highest: int, lost: int, fraction: int) -> None:
+        block = ReportBlock(0xABC, fraction, lost, highest, 0, 0, 0)
+        stats.on_report_block(block, 1.0)
+
+    # Many small reports (one per NACK) at a steady 5%: the per-report fraction swings,
+    # the measured loss stays near 5%.
+    highest, lost = 1000, 0
+    report(highest, lost, 0)
+    for i in range(40):
+        highest += 10
+        lost += 1 if i % 2 else 0
+        report(highest, lost, 128 if i % 2 else 0)
+    assert stats.fraction_lost in (0.0, 0.5)
+    assert 0.03 <= stats.loss <= 0.07
+    # A real 20% loss over a span of LOSS_MIN_PACKETS is seen.
+    report(highest + LOSS_MIN_PACKETS, lost + LOSS_MIN_PACKETS // 5, 51)
+    assert abs(stats.loss - 0.2) < 0.02
