@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sfu import _fastpath
+from sfu.core.publication import new_ssrc
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import MID_URI, TRANSPORT_CC_URI, parse_sdes_item
 from sfu.packet.rtcp import Fir, Pli, parse_compound
@@ -51,14 +52,6 @@ ECHO_PREFERENCES = CodecPreferences(
 
 class OfferError(ValueError):
     """The offer cannot be answered; the message is safe to return to the client."""
-
-
-def _random_ssrc(taken: set[int]) -> int:
-    while True:
-        ssrc = secrets.randbits(32)
-        if ssrc and ssrc not in taken:
-            taken.add(ssrc)
-            return ssrc
 
 
 @dataclass(slots=True)
@@ -186,7 +179,7 @@ class EchoService:
         taken = set(s for m in negotiated.media for s in m.ssrcs)
         cname = secrets.token_urlsafe(9)
         echoes = {
-            m.mid: _Echo(m.mid, _random_ssrc(taken))
+            m.mid: _Echo(m.mid, new_ssrc(taken))
             for m in negotiated.media
             if m.direction.value == "sendrecv"
         }

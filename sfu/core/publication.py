@@ -33,6 +33,7 @@ __all__ = [
     "Publication",
     "SourceStream",
     "new_id",
+    "new_ssrc",
 ]
 
 #: At most one PLI per source stream this often (the issue's "one per 500 ms").
@@ -48,6 +49,15 @@ AUDIO_CACHE_PACKETS: Final = 64
 def new_id(prefix: str) -> str:
     """A random, unguessable id such as ``TR_3kZ...`` (never derived from personal data)."""
     return f"{prefix}_{secrets.token_urlsafe(9)}"
+
+
+def new_ssrc(taken: set[int]) -> int:
+    """A random nonzero SSRC not in ``taken`` (RFC 3550 §8.1), added to ``taken``."""
+    while True:
+        ssrc = secrets.randbits(32)
+        if ssrc and ssrc not in taken:
+            taken.add(ssrc)
+            return ssrc
 
 
 class BitrateMeter:

@@ -16,7 +16,7 @@ from typing import Final
 
 from sfu.core.header_extensions import ExtensionRewriter
 from sfu.core.peer import Peer
-from sfu.core.publication import Publication, new_id
+from sfu.core.publication import Publication, new_id, new_ssrc
 from sfu.core.subscription import Subscription
 from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription, Setup
@@ -87,14 +87,6 @@ class RoomLimits:
 
 def _admit_all(room: Room, claims: JoinClaims) -> bool:
     return True
-
-
-def _random_ssrc(taken: set[int]) -> int:
-    while True:
-        ssrc = secrets.randbits(32)
-        if ssrc and ssrc not in taken:
-            taken.add(ssrc)
-            return ssrc
 
 
 def _matching_codec(media: NegotiatedMedia, codec: NegotiatedCodec) -> NegotiatedCodec | None:
@@ -478,10 +470,10 @@ class RoomService:
             publication,
             participant.id,
             media.mid,
-            out_ssrc=_random_ssrc(taken),
+            out_ssrc=new_ssrc(taken),
             payload_type=codec.payload_type,
             extensions=extensions,
-            rtx_ssrc=_random_ssrc(taken) if rtx_pt is not None else None,
+            rtx_ssrc=new_ssrc(taken) if rtx_pt is not None else None,
             rtx_payload_type=rtx_pt,
         )
         peer.add_subscription(sub)

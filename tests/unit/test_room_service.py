@@ -15,11 +15,12 @@ from room_fixtures import (
     vp8_packet,
 )
 
+from sfu.core.subscription import Subscription
 from sfu.packet.extensions import MID_URI, RID_URI, TRANSPORT_CC_URI, parse_transport_cc_seq
 from sfu.packet.rtcp import parse_compound
 from sfu.packet.rtcp_feedback import Nack, Pli
 from sfu.packet.rtp import RtpPacket
-from sfu.room.room import ParticipantState
+from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError
 from sfu.signaling.auth import Grant
 from sfu.transport.transport import TransportState
@@ -43,6 +44,17 @@ def _meeting(h: Harness) -> tuple[str, str, str]:
     h.capture("bob", bob)
     ssrcs = answer_ssrcs(answer)
     return tracks["video"], str(ssrcs["1"][0]), str(ssrcs["0"][0])
+
+
+def _video_subscription(h: Harness) -> tuple[Participant, Participant, Subscription]:
+    """The meeting of :func:`_meeting`: Alice, Bob and Bob's subscription to Alice's video."""
+    _meeting(h)
+    room = h.service.rooms[ROOM]
+    alice, bob = room.by_identity("alice"), room.by_identity("bob")
+    assert alice and bob and alice.peer and bob.peer
+    sub = next(s for s in bob.peer.subscriptions.values() if s.selector)
+    assert sub.selector is not None
+    return alice, bob, sub
 
 
 def test_join_announces_participants_to_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,12 +172,7 @@ def test_layer_switch_waits_for_a_keyframe_and_keeps_sequence_continuous(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h = harness(monkeypatch)
-    _meeting(h)
-    room = h.service.rooms[ROOM]
-    alice, bob = room.by_identity("alice"), room.by_identity("bob")
-    assert alice and bob and alice.peer and bob.peer
-    sub = next(s for s in bob.peer.subscriptions.values() if s.selector)
-    assert sub.selector is not None
+    alice, _bob, sub = _video_subscription(h)
     sub.selector.set_target(0, None)
     t = alice.peer.transport
     alice.peer.on_rtp(t, vp8_packet(SSRC_Q, 10, 1000, keyframe=True, rid="q", picture_id=5), 1.0)
@@ -196,12 +203,8 @@ def test_subscriber_nack_is_answered_with_rtx_from_the_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h = harness(monkeypatch)
-    _meeting(h)
-    room = h.service.rooms[ROOM]
-    alice, bob = room.by_identity("alice"), room.by_identity("bob")
-    assert alice and bob and alice.peer and bob.peer
-    sub = next(s for s in bob.peer.subscriptions.values() if s.selector)
-    assert sub.selector is not None and sub.rtx_ssrc is not None
+    alice, bob, sub = _video_subscription(h)
+    assert sub.rtx_ssrc is not None
     sub.selector.set_target(0, None)
     t = alice.peer.transport
     for i in range(5):
@@ -225,12 +228,7 @@ def test_many_plis_from_subscribers_become_one_upstream_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h = harness(monkeypatch)
-    _meeting(h)
-    room = h.service.rooms[ROOM]
-    alice, bob = room.by_identity("alice"), room.by_identity("bob")
-    assert alice and bob and alice.peer and bob.peer
-    sub = next(s for s in bob.peer.subscriptions.values() if s.selector)
-    assert sub.selector is not None
+    alice, bob, sub = _video_subscription(h)
     sub.selector.set_target(0, None)
     t = alice.peer.transport
     alice.peer.on_rtp(t, vp8_packet(SSRC_Q, 1, 1000, keyframe=True, rid="q"), 1.0)
@@ -312,12 +310,7 @@ def test_allocation_caps_layers_only_when_remb_signals_congestion(
     from sfu.packet.rtcp_feedback import Remb
 
     h = harness(monkeypatch)
-    _meeting(h)
-    room = h.service.rooms[ROOM]
-    alice, bob = room.by_identity("alice"), room.by_identity("bob")
-    assert alice and bob and alice.peer and bob.peer
-    sub = next(s for s in bob.peer.subscriptions.values() if s.selector)
-    assert sub.selector is not None
+    alice, bob, sub = _video_subscription(h)
     t = alice.peer.transport
     # Layer bitrates over the last second: q ~48 kbps, h ~144 kbps, f ~288 kbps.
     for i in range(30):
