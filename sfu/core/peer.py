@@ -105,14 +105,15 @@ def describe_packet(codec: str, packet: bytes, offset: int) -> PacketInfo:
             d.temporal_id,
             d.layer_sync or not d.temporal_id,
             d,
+            offset,
         )
     if codec == "h264":
         h = parse_h264(packet, offset)
-        return PacketInfo(h.is_keyframe, h.is_start_of_frame)
+        return PacketInfo(h.is_keyframe, h.is_start_of_frame, offset=offset)
     if codec == "vp9":
         v = parse_vp9(packet, offset)
-        return PacketInfo(v.is_keyframe, v.is_start_of_frame)
-    return PacketInfo(True, True)
+        return PacketInfo(v.is_keyframe, v.is_start_of_frame, offset=offset)
+    return PacketInfo(True, True, offset=offset)
 
 
 class Peer:

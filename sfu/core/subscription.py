@@ -48,6 +48,8 @@ class PacketInfo:
     temporal_id: int | None = None
     layer_sync: bool = True
     vp8: Vp8Descriptor | None = None
+    #: Where the payload starts; the rewritten copy has the same header layout.
+    offset: int = 0
 
 
 AUDIO_INFO: Final = PacketInfo(False, True)
@@ -186,7 +188,7 @@ class Subscription:
             translation = self.vp8.translate(info.vp8, stream.ssrc)
             if translation is None:
                 return 0
-            Vp8Munger.apply(buf, payload_offset(buf, n), translation)
+            Vp8Munger.apply(buf, info.offset, translation)
         self.extensions.apply(buf, n, abs_send_time)
         out_seq = munger.last_out_seq
         if out_seq is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import aioice.ice
@@ -88,3 +89,26 @@ async def aiortc_echo(
         yield pc, tracks, location, answer
     finally:
         await pc.close()
+
+
+def room_state(server: Server) -> Any:
+    """Everything a refused request must leave unchanged: rooms, participants, tracks,
+    subscriptions, mutes, transports and WHIP/WHEP sessions."""
+    assert server.rooms is not None
+    return (
+        {
+            name: (
+                sorted(room.participants),
+                sorted(room.waiting),
+                sorted(room.publications),
+                sorted(
+                    (pid, sorted(p.peer.subscriptions) if p.peer else None)
+                    for pid, p in room.participants.items()
+                ),
+                sorted((p.id, p.muted) for p in room.publications.values()),
+            )
+            for name, room in server.rooms.rooms.items()
+        },
+        server.port.transport_count,
+        len(server.http_sessions.by_id),
+    )

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import VideoStreamTrack
-from clients import TIMEOUT, running_server
+from clients import TIMEOUT, room_state, running_server
 
 import sfu.signaling.room_ws
 from sfu.app import Server
@@ -118,26 +118,6 @@ async def join(http: aiohttp.ClientSession, base: str, bearer: str, *, room: str
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]], limit: float = 2 * TIMEOUT) -> None:
     asyncio.run(asyncio.wait_for(scenario(), limit))
-
-
-def snapshot(server: Server) -> Any:
-    """Everything an error reply must leave unchanged."""
-    assert server.rooms is not None
-    return (
-        {
-            name: (
-                sorted(room.participants),
-                sorted(room.waiting),
-                sorted(room.publications),
-                sorted(
-                    (pid, sorted(p.peer.subscriptions) if p.peer else None)
-                    for pid, p in room.participants.items()
-                ),
-            )
-            for name, room in server.rooms.rooms.items()
-        },
-        server.port.transport_count,
-    )
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -337,7 +317,7 @@ def test_bad_input_gets_a_precise_error_and_changes_nothing(
                 elif name == "unknown subscription":
                     message["sdp"] = await aiortc_offer(recv=("video",))
                     message["subscriptions"] = {"0": "TR_nope"}
-            before = snapshot(server)
+            before = room_state(server)
 
             raw = message if isinstance(message, str) else json.dumps(message)
             await alice.ws.send_str(raw)
@@ -350,7 +330,7 @@ def test_bad_input_gets_a_precise_error_and_changes_nothing(
 
             # Still connected, nothing else queued, nothing changed, bob saw nothing.
             await alice.ping()
-            assert snapshot(server) == before
+            assert room_state(server) == before
             await bob.ping()
             await bob.quiet()
             await alice.quiet()
@@ -362,7 +342,7 @@ def test_binary_frames_and_no_publish_grant() -> None:
     async def scenario() -> None:
         async with running_server() as (server, base), session() as http:
             viewer = await join(http, base, token(server, "viewer", grants=Grant.SUBSCRIBE))
-            before = snapshot(server)
+            before = room_state(server)
             await viewer.ws.send_bytes(b'{"type": "ping"}')
             reply = await viewer.recv()
             assert reply["type"] == "error" and reply["code"] == "bad_json", reply
@@ -371,7 +351,7 @@ def test_binary_frames_and_no_publish_grant() -> None:
             assert reply["type"] == "error" and reply["code"] == "forbidden", reply
             assert reply["re"] == "p" and "publish" in reply["message"]
             await viewer.ping()
-            assert snapshot(server) == before
+            assert room_state(server) == before
 
     run(scenario)
 

@@ -34,7 +34,7 @@ import aiortc.rtcrtpsender
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
-from clients import TIMEOUT, running_server
+from clients import TIMEOUT, room_state, running_server
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -106,27 +106,6 @@ class Client:
             if message == {"type": "pong", "re": marker}:
                 return got
             got.append(message)
-
-
-def snapshot(server: Server) -> Any:
-    assert server.rooms is not None
-    return (
-        {
-            name: (
-                sorted(room.participants),
-                sorted(room.waiting),
-                sorted(room.publications),
-                sorted(
-                    (pid, sorted(p.peer.subscriptions) if p.peer else None)
-                    for pid, p in room.participants.items()
-                ),
-                sorted((p.id, p.muted) for p in room.publications.values()),
-            )
-            for name, room in server.rooms.rooms.items()
-        },
-        server.port.transport_count,
-        len(server.http_sessions.by_id),
-    )
 
 
 async def local_offer(pc: RTCPeerConnection) -> str:
@@ -252,7 +231,7 @@ class Harness:
             parsed, refusal = None, exc
         if isinstance(parsed, Leave):
             return  # a valid leave ends the session: not something to fuzz
-        before = snapshot(self.server)
+        before = room_state(self.server)
         await self.fuzzer.ws.send_str(text)
         got = await self.fuzzer.settle()
         replies = [m for m in got if m.get("type") in REPLIES]
@@ -281,7 +260,7 @@ class Harness:
         others = await self.observer_sees_only_events()
         if kind == "error":
             # An error reply changes nothing and nobody hears of it.
-            assert snapshot(self.server) == before
+            assert room_state(self.server) == before
             assert got == [reply] and others == [], (got, others)
         if kind == "answer":
             assert reply["sdp"].startswith("v=0")
@@ -317,7 +296,7 @@ class Harness:
             headers["Content-Type"] = content_type
         if extra is not None:
             headers.setdefault(*extra)
-        before = snapshot(self.server)
+        before = room_state(self.server)
         async with self.http.post(self.base + path, data=body, headers=headers) as resp:
             status, text = resp.status, await resp.text(errors="replace")
             location = resp.headers.get("Location")
@@ -331,7 +310,7 @@ class Harness:
             assert location is not None and location.startswith(path + "/")
             async with self.http.delete(self.base + location) as resp:
                 assert resp.status == 200, await resp.text()
-        assert snapshot(self.server) == before
+        assert room_state(self.server) == before
         seen = await self.fuzzer.settle() + await self.observer_sees_only_events()
         assert all(message.get("type") in EVENTS for message in seen), seen
         if status != 201:
