@@ -27,6 +27,7 @@ __all__ = [
     "LOG_LEVELS",
     "MIN_JWT_SECRET_BYTES",
     "NON_CONFIG_ENV_VARS",
+    "AuditConfig",
     "AuthConfig",
     "Config",
     "ConfigError",
@@ -34,6 +35,7 @@ __all__ = [
     "HttpConfig",
     "LoggingConfig",
     "MediaConfig",
+    "RoomsConfig",
     "ServerConfig",
     "env_var_name",
     "load_config",
@@ -62,6 +64,9 @@ class HttpConfig:
     port: int = 8080
     #: Largest accepted request body; SDP offers are a few KiB, so this stays small.
     max_body_bytes: int = 65536
+    #: Reverse proxies (IP literals) whose ``X-Forwarded-For`` names the real client; used
+    #: only to rate-limit room-password attempts per source.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,43 @@ class ServerConfig:
     worker_name: str = "sfu"
 
 
+#: Most a room-policy ``max_participants`` or ``rooms.max_participants`` may be.
+MAX_ROOM_PARTICIPANTS: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsConfig:
+    """Room policy defaults (a room's own policy, set by an admin, overrides them) and bounds."""
+
+    #: Participants without the ``host`` or ``admin`` grant wait until a host admits them.
+    waiting_room: bool = True
+    #: A participant still waiting after this many seconds is disconnected.
+    waiting_timeout_s: float = 600.0
+    #: Most participants (admitted plus waiting) per room; a room's policy may only lower it.
+    max_participants: int = 100
+    #: Clients must encrypt media end to end (they are told at join; WHIP is refused).
+    e2ee_required: bool = False
+    #: Wrong room passwords accepted per minute from one source address, over all rooms.
+    password_attempts_per_source: int = 5
+    #: Wrong room passwords accepted per minute for one room, from all sources together.
+    password_attempts_per_room: int = 20
+    #: Most rooms with a policy of their own (set through the admin API).
+    max_policies: int = 10000
+    #: Most (room, identity) bans held at once.
+    max_bans: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """The audit log of moderation and policy actions (JSON lines, one file per day)."""
+
+    #: Directory of the daily files ``audit-YYYY-MM-DD.jsonl``, created (mode 0700) on the
+    #: first record; relative paths are from the working directory. Empty turns it off.
+    path: str = "audit"
+    #: Daily files older than this many days are deleted.
+    retention_days: int = 30
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The complete, validated server configuration."""
@@ -132,6 +174,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     echo: EchoConfig = field(default_factory=EchoConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def announced_addresses(self) -> tuple[str, ...]:
         """Addresses to put into ICE candidates: the configured list, else the bind host."""
@@ -326,6 +370,7 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
         )
 
     errors.extend(_validate_auth(values["auth"], http_host, label))
+    errors.extend(_validate_rooms(values, label))
 
     level = values["logging"].get("level")
     if level is not None and level not in LOG_LEVELS:
@@ -340,6 +385,44 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
     name = values["server"].get("worker_name")
     if name is not None and not (0 < len(name) <= 64 and name.isprintable()):
         err("server.worker_name", "must be 1 to 64 printable characters")
+    return errors
+
+
+def _validate_rooms(
+    values: dict[str, dict[str, Any]], label: dict[str, str]
+) -> list[tuple[str, str]]:
+    """Checks of ``[rooms]``, ``[audit]`` and ``http.trusted_proxies``."""
+    errors: list[tuple[str, str]] = []
+
+    def err(path: str, message: str) -> None:
+        errors.append((label.get(path, path), message))
+
+    for i, addr in enumerate(values["http"].get("trusted_proxies") or ()):
+        if not _is_ip_literal(addr):
+            where = label.get("http.trusted_proxies", "http.trusted_proxies")
+            errors.append((f"{where}[{i}]", f"must be an IP address literal, got {addr!r}"))
+    rooms = values["rooms"]
+    timeout = rooms.get("waiting_timeout_s")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        err("rooms.waiting_timeout_s", f"must be a positive number of seconds, got {timeout}")
+    most = rooms.get("max_participants")
+    if most is not None and not 1 <= most <= MAX_ROOM_PARTICIPANTS:
+        err("rooms.max_participants", f"must be between 1 and {MAX_ROOM_PARTICIPANTS}, got {most}")
+    for key in (
+        "password_attempts_per_source",
+        "password_attempts_per_room",
+        "max_policies",
+        "max_bans",
+    ):
+        value = rooms.get(key)
+        if value is not None and value <= 0:
+            err(f"rooms.{key}", f"must be positive, got {value}")
+    days = values["audit"].get("retention_days")
+    if days is not None and not 1 <= days <= 3650:
+        err("audit.retention_days", f"must be between 1 and 3650, got {days}")
+    path = values["audit"].get("path")
+    if path is not None and ("\x00" in path or (path and not path.strip())):
+        err("audit.path", "must be a directory path, or empty to turn the audit log off")
     return errors
 
 
