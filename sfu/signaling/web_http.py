@@ -1,9 +1,10 @@
 """The browser client: the demo meeting page, its client library, and development tokens.
 
-``GET /`` serves the meeting page, ``GET /sfu-client.js`` and ``/meeting.css`` its assets (all
-from the package, no third-party resources). ``POST /dev-token`` hands out short-lived tokens
-for any room so the demo works without a token backend; it exists only when
-``auth.dev_tokens`` is on, which configuration allows only on a loopback HTTP address.
+``GET /`` serves the meeting page, ``GET /sfu-client.js``, ``/e2ee.js``, ``/e2ee-worker.js``
+and ``/meeting.css`` its assets (all from the package, no third-party resources).
+``POST /dev-token`` hands out short-lived tokens for any room so the demo works without a
+token backend; it exists only when ``auth.dev_tokens`` is on, which configuration allows only
+on a loopback HTTP address.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ _ASSETS: Final = {
     "/": ("index.html", "text/html"),
     "/sfu-client.js": ("sfu-client.js", "application/javascript"),
     "/meeting.css": ("meeting.css", "text/css"),
+    "/e2ee.js": ("e2ee.js", "application/javascript"),
+    "/e2ee-worker.js": ("e2ee-worker.js", "application/javascript"),
 }
-#: The page talks only to this server: no third-party scripts, frames or connections.
+#: The page talks only to this server: no third-party scripts, frames or connections. The
+#: end-to-end encryption worker is a same-origin script (``worker-src 'self'``, no blob:).
 _CSP: Final = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "connect-src 'self'; media-src 'self' blob:; img-src 'self' data:; frame-ancestors 'none'"
+    "connect-src 'self'; media-src 'self' blob:; img-src 'self' data:; worker-src 'self'; "
+    "frame-ancestors 'none'"
 )
 
 

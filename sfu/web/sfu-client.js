@@ -6,6 +6,8 @@
 //
 // No dependencies and no build step: import { Room } from "/sfu-client.js".
 
+import { E2eeSession } from "./e2ee.js";
+
 const PROTOCOL = 1;
 const MAX_MESSAGE_BYTES = 64 * 1024;
 const REQUEST_TIMEOUT_MS = 15000;
@@ -80,8 +82,10 @@ export class Room extends EventTarget {
    * @param {(type: string, payload: any) => void} [options.onEvent] called for every event
    * @param {boolean} [options.autoSubscribe=true] subscribe to every track of the others
    * @param {RTCIceServer[]} [options.iceServers=[]] the server is ICE-lite; none are needed
+   * @param {{passphrase?: string, key?: BufferSource, keyId?: number, api?: string}} [options.e2ee]
+   *   encrypt all media end to end (docs/e2ee.md) with a key shared out of band
    */
-  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [] } = {}) {
+  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null } = {}) {
     super();
     if (!room) throw new TypeError("Room: `room` is required");
     this.url = websocketUrl(url);
@@ -90,6 +94,12 @@ export class Room extends EventTarget {
     this.onEvent = onEvent || null;
     this.autoSubscribe = autoSubscribe;
     this.iceServers = iceServers;
+    /** The server says this room needs E2EE (`e2ee_required` in `joined`/`waiting`). */
+    this.e2eeRequired = false;
+    this.e2ee = null;
+    this._e2eeKeyReady = Promise.resolve();
+    this._e2eeKeyDone = false;
+    if (e2ee) this._startE2ee(e2ee);
 
     this.ws = null;
     this.pc = null;
@@ -138,11 +148,19 @@ export class Room extends EventTarget {
   /** Connect and join; resolves with the `joined` message once admitted. */
   join() {
     if (this.state !== "new") return Promise.reject(new SfuError("already_joined", "join() was already called"));
+    if (this.e2ee && !this._e2eeKeyDone) {
+      // Join once the E2EE key is derived (PBKDF2 is slow on purpose): no early frame goes unread.
+      return this._e2eeKeyReady.then(() => {
+        this._e2eeKeyDone = true;
+        return this.join();
+      });
+    }
     this.state = "connecting";
     this.pc = new RTCPeerConnection({
       iceServers: this.iceServers,
       bundlePolicy: "max-bundle",
       rtcpMuxPolicy: "require",
+      ...(this.e2ee ? this.e2ee.peerConnectionConfig : {}),
     });
     this.pc.addEventListener("track", (event) => this._onTrack(event));
     this.pc.addEventListener("connectionstatechange", () => {
@@ -230,6 +248,7 @@ export class Room extends EventTarget {
     this._pending.clear();
     if (wasJoining) this._failJoin(err);
     if (this.pc) this.pc.close();
+    if (this.e2ee) this.e2ee.close();
     this._emit("closed", { code, reason });
   }
 
@@ -285,7 +304,8 @@ export class Room extends EventTarget {
     switch (msg.type) {
       case "waiting":
         this.state = "waiting";
-        this._emit("waiting", { reason: msg.reason });
+        if (msg.e2ee_required === true) this.e2eeRequired = true;
+        this._emit("waiting", { reason: msg.reason, e2eeRequired: this.e2eeRequired });
         break;
       case "joined":
         this._onJoined(msg);
@@ -327,6 +347,7 @@ export class Room extends EventTarget {
       if (pending.timer === null) this._pending.delete(id);
     }
     this.state = "joined";
+    this.e2eeRequired = msg.e2ee_required === true;
     this.localParticipant = msg.participant || null;
     this.participantId = msg.participant ? msg.participant.id : null;
     for (const p of msg.participants || []) this._addParticipant(p);
@@ -337,6 +358,7 @@ export class Room extends EventTarget {
       room: msg.room,
       participant: msg.participant,
       participants: msg.participants || [],
+      e2eeRequired: this.e2eeRequired,
     };
     this._emit("joined", payload);
     if (this._joinWaiter) {
@@ -436,7 +458,11 @@ export class Room extends EventTarget {
     if (track.kind !== "audio" && track.kind !== "video") return false;
     if (!this.pc || this.pc.signalingState === "closed") return false;
     let transceiver = this._idle[track.kind].shift();
-    if (!transceiver) transceiver = this.pc.addTransceiver(track.kind, { direction: "recvonly" });
+    if (!transceiver) {
+      transceiver = this.pc.addTransceiver(track.kind, { direction: "recvonly" });
+      // A reused transceiver keeps its receiver and so its decrypting transform.
+      if (this.e2ee) this.e2ee.attachReceiver(transceiver.receiver, track.kind);
+    }
     this._subs.set(track.id, {
       trackId: track.id,
       participant: track.participant,
@@ -523,6 +549,13 @@ export class Room extends EventTarget {
    */
   async publish(stream, { simulcast = true, audioName = "microphone", videoName = "camera" } = {}) {
     if (this.state !== "joined") throw new SfuError("not_joined", "publish() needs a joined room");
+    if (this.e2ee) await this._e2eeKeyReady;
+    if (this.e2eeRequired && !(this.e2ee && this.e2ee.hasKey)) {
+      throw new SfuError(
+        "e2ee_required",
+        "this room requires end-to-end encryption: join with the meeting passphrase to send audio and video",
+      );
+    }
     const audio = stream.getAudioTracks()[0];
     const video = stream.getVideoTracks()[0];
     if (audio) this._addLocal("audio", audio, audioName, stream, {});
@@ -547,6 +580,7 @@ export class Room extends EventTarget {
       return existing.transceiver;
     }
     const transceiver = this.pc.addTransceiver(track, { direction: "sendonly", streams: [stream], ...init });
+    if (this.e2ee) this.e2ee.attachSender(transceiver.sender, kind);
     this._local.set(kind, { kind, name, track, transceiver, trackId: null, muted: false });
     this._version++;
     return transceiver;
@@ -705,6 +739,37 @@ export class Room extends EventTarget {
       const timer = setTimeout(done, ICE_GATHERING_WAIT_MS);
       pc.addEventListener("icegatheringstatechange", check);
     });
+  }
+
+  // ---------------------------------------------------------------- end-to-end encryption
+
+  _startE2ee({ passphrase, key, keyId = 0, api } = {}) {
+    try {
+      this.e2ee = new E2eeSession({ room: this.roomName, api });
+    } catch (err) {
+      throw new SfuError(err.code || "e2ee_unsupported", err.message);
+    }
+    const material = passphrase || key;
+    if (material) {
+      this._e2eeKeyReady = this.e2ee.setKey(material, keyId).catch((err) => {
+        this._emit("error", { code: err.code || "e2ee_key", message: `end-to-end key: ${err.message}` });
+      });
+    }
+  }
+
+  /**
+   * Install an E2EE key (a passphrase or raw bytes) under `keyId` (0-255), e.g. a new one after
+   * someone left. With `current: false` it is only accepted for receiving, so a rotation can be
+   * staged everywhere before senders switch. The last four key ids stay accepted.
+   */
+  async setE2eeKey(material, keyId, { current = true } = {}) {
+    if (!this.e2ee) throw new SfuError("e2ee_off", "this room was joined without end-to-end encryption");
+    return this.e2ee.setKey(material, keyId, { current });
+  }
+
+  /** E2EE counters {encrypted, decrypted, failed, failedNoKey, dropped, byKey, ...}, or null. */
+  async e2eeStats() {
+    return this.e2ee ? this.e2ee.stats() : null;
   }
 
   // ---------------------------------------------------------------- statistics

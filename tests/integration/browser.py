@@ -35,13 +35,21 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def chromium(extra_flags: tuple[str, ...] = ()) -> Iterator[webdriver.Chrome]:
-    """A headless Chromium with its own temporary profile, always shut down afterwards."""
+def chromium(
+    extra_flags: tuple[str, ...] = (), capabilities: dict[str, Any] | None = None
+) -> Iterator[webdriver.Chrome]:
+    """A headless Chromium with its own temporary profile, always shut down afterwards.
+
+    ``capabilities`` adds WebDriver capabilities, e.g. ``{"goog:loggingPrefs": {"performance":
+    "ALL"}}`` to read the DevTools network events with ``driver.get_log("performance")``.
+    """
     profile = tempfile.mkdtemp(prefix="sfu-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, *extra_flags, f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    for name, value in (capabilities or {}).items():
+        options.set_capability(name, value)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_script_timeout(20)
     try:
