@@ -20,6 +20,9 @@ from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.udp import Address, UdpEndpoint, open_udp_endpoint
 from sfu.logging_setup import configure_logging
+from sfu.metrics.collector import MetricSources
+from sfu.metrics.http import add_metrics_route, build_registry
+from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.room.service import RoomService
 from sfu.signaling.auth import signing_secret
 from sfu.signaling.echo_http import add_echo_routes
@@ -43,6 +46,10 @@ log = logging.getLogger(__name__)
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 #: A second signal this soon after the first is the same request, not "force exit".
 _SIGNAL_REPEAT_S: Final = 1.0
+#: Once sessions have ended (or the drain deadline passed), closing sockets takes at most this.
+_CLOSE_TIMEOUT_S: Final = 5.0
+#: How often a drain checks whether the last session has ended.
+_DRAIN_POLL_S: Final = 0.1
 
 
 def fast_path_implementation() -> str:
@@ -113,9 +120,24 @@ class Server:
         self._udp: UdpEndpoint | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._draining = False
+        self.loop_lag = LoopLagMonitor()
         self.http_app = build_http_app(
             readiness=self.readiness, max_body_bytes=config.http.max_body_bytes
         )
+        self.metrics = build_registry(
+            MetricSources(
+                port=self.port,
+                rooms=lambda: self.rooms,
+                loop_lag=self.loop_lag,
+                implementation=fast_path_implementation(),
+                version=__version__,
+                ready=lambda: self.readiness() is None,
+                draining=lambda: self._draining,
+                signaling_connections=lambda: len(self.sockets.open),
+            )
+        )
+        if config.metrics.enabled:
+            add_metrics_route(self.http_app, self.metrics)
         self._http = HttpServer(
             self.http_app,
             shutdown_timeout=config.server.drain_timeout_s,
@@ -183,7 +205,7 @@ class Server:
             add_echo_routes(self.http_app, self.echo, clock.now)
             log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
         candidates = [(host, media_port) for host in self.config.announced_addresses()]
-        self.rooms = RoomService(self.port, candidates)
+        self.rooms = RoomService(self.port, candidates, clock=clock.now)
         auth = self.config.auth
         add_room_routes(
             self.http_app,
@@ -205,18 +227,50 @@ class Server:
         if auth.dev_tokens:
             log.info("development tokens enabled at POST /dev-token (loopback only)")
         self._timer_task = asyncio.ensure_future(self._run_timers())
+        self.loop_lag.start()
         for addr in await self._http.start(http.host, http.port):
             log.info("http listening on %s", format_address(addr))
 
-    def begin_drain(self) -> None:
-        """Stop advertising readiness; in-flight work may still finish."""
-        if not self._draining:
-            self._draining = True
-            log.info("draining: readiness now reports unavailable")
+    def begin_drain(self, deadline_s: float = 0.0) -> None:
+        """Stop advertising readiness, refuse new joins and tell connected clients.
+
+        Sessions already up keep their media until they leave or the drain deadline passes.
+        """
+        if self._draining:
+            return
+        self._draining = True
+        log.info("draining: readiness now reports unavailable; new joins are refused")
+        if self.rooms is not None:
+            self.rooms.draining = True
+            notice = {"type": "server_draining", "deadline_s": round(deadline_s, 1)}
+            for room in list(self.rooms.rooms.values()):
+                room.broadcast(notice)
+                for participant in list(room.waiting.values()):
+                    participant.send(notice)
+
+    def session_count(self) -> int:
+        """Sessions a drain waits for: admitted and waiting participants of every room."""
+        if self.rooms is None:
+            return 0
+        return sum(len(r.participants) + len(r.waiting) for r in self.rooms.rooms.values())
+
+    async def drain(self, timeout: float) -> bool:
+        """Begin draining and wait until the last session ends; False if ``timeout`` passed."""
+        self.begin_drain(timeout)
+        deadline = clock.now() + timeout
+        while self.session_count() and clock.now() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        remaining = self.session_count()
+        if remaining:
+            log.warning("drain deadline passed with %d session(s) still open", remaining)
+        else:
+            log.info("drain complete: no sessions left")
+        return remaining == 0
 
     async def stop(self) -> None:
-        """Drain, then close the media socket and the HTTP server."""
+        """Close every session, the media socket and the HTTP server (after a drain)."""
         self.begin_drain()
+        await self.loop_lag.stop()
         await self.sockets.close_all()
         self.port.close_all(clock.now())
         if self._timer_task is not None:
@@ -278,13 +332,14 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
         await stop.wait()
 
         async def drain() -> None:
-            await asyncio.wait_for(server.stop(), timeout)
+            await server.drain(timeout)
+            await asyncio.wait_for(server.stop(), _CLOSE_TIMEOUT_S)
 
         drain_task = asyncio.ensure_future(drain())
         try:
             await drain_task
         except TimeoutError:
-            log.warning("drain did not finish within %.1f s; exiting anyway", timeout)
+            log.warning("closing did not finish within %.1f s; exiting anyway", _CLOSE_TIMEOUT_S)
         except asyncio.CancelledError:
             if not forced:
                 raise

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from sfu.codecs.h264 import parse_h264
@@ -29,6 +29,7 @@ from sfu.core.nack import build_nacks
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.subscription import AUDIO_INFO, PacketInfo, Subscription
 from sfu.core.twcc_recorder import TwccRecorder
+from sfu.metrics.histogram import LATENCY_BUCKETS_S, PlainHistogram
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import (
     AUDIO_LEVEL_URI,
@@ -51,7 +52,7 @@ from sfu.packet.rtcp_feedback import Fir, Nack, Pli, Remb
 from sfu.packet.rtp import find_extension, payload_offset, peek_rtp_header
 from sfu.transport.transport import TransportState, WebRtcTransport
 
-__all__ = ["MAX_STREAMS", "Peer", "PeerCounters"]
+__all__ = ["MAX_STREAMS", "Peer", "PeerCounters", "RouterStats"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,61 @@ class PeerCounters:
     keyframe_requests_out: int = 0
     twcc_out: int = 0
     reports_out: int = 0
+    #: Media ingested (including RTX repairs) and forwarded, by kind; bytes are RTP bytes.
+    audio_in: int = 0
+    audio_in_bytes: int = 0
+    video_in: int = 0
+    video_in_bytes: int = 0
+    audio_out: int = 0
+    audio_out_bytes: int = 0
+    video_out: int = 0
+    video_out_bytes: int = 0
+    #: Keyframe requests from this peer's receivers, by message (RFC 4585 PLI, RFC 5104 FIR).
+    pli_in: int = 0
+    fir_in: int = 0
+    #: Folded in when a publication or subscription ends (live ones are read at scrape time).
+    layer_switches: int = 0
+    ingress_expected: int = 0
+    ingress_lost: int = 0
+    egress_sent: int = 0
+    egress_lost: int = 0
+
+    def add(self, other: PeerCounters) -> None:
+        """Add every counter of ``other`` into this one."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def _no_latency_histogram() -> PlainHistogram:
+    return PlainHistogram(LATENCY_BUCKETS_S)
+
+
+@dataclass(slots=True)
+class RouterStats:
+    """Router figures that outlive peers: the counters of peers that ended, folded together,
+    and the sampled forwarding latency (receive to last send of one packet)."""
+
+    retired: PeerCounters = field(default_factory=PeerCounters)
+    forward_latency: PlainHistogram = field(default_factory=_no_latency_histogram)
+    #: The clock ``now`` came from; None disables latency sampling (tests on manual time).
+    clock: Callable[[], float] | None = None
+    #: Sample one forwarded packet in this many per source stream (a power of two).
+    sample_mask: int = 63
+
+
+def stream_loss(stream: SourceStream) -> tuple[int, int]:
+    """(expected, lost) so far on one incoming stream (RFC 3550 §A.3)."""
+    return stream.stats.packets_expected, max(0, stream.stats.packets_lost)
+
+
+def subscription_loss(sub: Subscription) -> tuple[int, int]:
+    """(sent, lost as the receiver reports it) so far on one outgoing stream."""
+    return sub.send_stats.packets_sent, max(0, sub.send_stats.cumulative_lost)
+
+
+def subscription_switches(sub: Subscription) -> int:
+    """Spatial layer switches made for one subscription (0 for audio)."""
+    return sub.selector.switches if sub.selector is not None else 0
 
 
 def _one_id(peer_exts: dict[int, str], uri: str) -> int:
@@ -128,6 +184,7 @@ class Peer:
         extensions: dict[int, str],
         on_audio_level: Callable[[str, int, bool | None, float], None] | None = None,
         on_state: Callable[[Peer, TransportState], None] | None = None,
+        stats: RouterStats | None = None,
     ) -> None:
         self.participant_id = participant_id
         self.transport = transport
@@ -140,6 +197,9 @@ class Peer:
         self._rtx_by_ssrc: dict[int, tuple[Publication, SourceStream]] = {}
         self._sub_by_ssrc: dict[int, Subscription] = {}
         self.counters = PeerCounters()
+        self.stats = stats
+        #: True once the transport ended and the counters were folded into ``stats.retired``.
+        self.retired = False
         self.remb_bps: int | None = None
         #: (now, bps) of recent REMBs, to tell a congestion drop from the estimator's ramp.
         self._remb_history: list[tuple[float, int]] = []
@@ -179,6 +239,7 @@ class Peer:
         for table in (self._by_ssrc, self._rtx_by_ssrc):
             for ssrc in [s for s, (p, _) in table.items() if p is publication]:
                 del table[ssrc]
+        self._fold_publication(publication)
         return publication
 
     def add_subscription(self, subscription: Subscription) -> None:
@@ -195,7 +256,22 @@ class Peer:
             self._sub_by_ssrc.pop(subscription.out_ssrc, None)
             if subscription.rtx_ssrc is not None:
                 self._sub_by_ssrc.pop(subscription.rtx_ssrc, None)
+            self._fold_subscription(subscription)
         return subscription
+
+    def _fold_publication(self, publication: Publication) -> None:
+        counters = self.counters
+        for stream in publication.layers.values():
+            expected, lost = stream_loss(stream)
+            counters.ingress_expected += expected
+            counters.ingress_lost += lost
+
+    def _fold_subscription(self, subscription: Subscription) -> None:
+        counters = self.counters
+        sent, lost = subscription_loss(subscription)
+        counters.egress_sent += sent
+        counters.egress_lost += lost
+        counters.layer_switches += subscription_switches(subscription)
 
     # -- TransportListener --------------------------------------------------------------------
 
@@ -314,7 +390,15 @@ class Peer:
         if stream.nacks is not None:
             stream.nacks.on_packet(ext_seq, now, is_rtx)
         stream.cache.put(packet, ext_seq, now)
-        if pub.video:
+        counters = self.counters
+        video = pub.video
+        if video:
+            counters.video_in += 1
+            counters.video_in_bytes += len(packet)
+        else:
+            counters.audio_in += 1
+            counters.audio_in_bytes += len(packet)
+        if video:
             offset = payload_offset(packet)
             if offset >= len(packet) - (packet[-1] if packet[0] & 0x20 else 0):
                 return  # padding only: nothing to forward
@@ -330,11 +414,24 @@ class Peer:
                     self.on_audio_level(self.participant_id, level.level, level.voice_activity, now)
         abs_time = abs_send_time_from_seconds(now)
         forwarded = 0
+        out_bytes = 0
         for sub, transport in pub.fanout:
             n = sub.forward(stream, packet, ext_seq, timestamp, info, now, abs_time)
             if n and transport.send_rtp(bytes(memoryview(sub.buf)[:n])):
                 forwarded += 1
-        self.counters.rtp_forwarded += forwarded
+                out_bytes += n
+        if not forwarded:
+            return
+        counters.rtp_forwarded += forwarded
+        if video:
+            counters.video_out += forwarded
+            counters.video_out_bytes += out_bytes
+        else:
+            counters.audio_out += forwarded
+            counters.audio_out_bytes += out_bytes
+        stats = self.stats
+        if stats is not None and stats.clock is not None and not stream.packets & stats.sample_mask:
+            stats.forward_latency.observe(stats.clock() - now)
 
     def on_rtcp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
         """RTCP from this participant: feedback about what it receives and reports."""
@@ -354,8 +451,10 @@ class Peer:
             elif isinstance(item, Nack):
                 self._on_nack(item, now)
             elif isinstance(item, Pli):
+                self.counters.pli_in += 1
                 self._keyframe_wanted(item.media_ssrc, now)
             elif isinstance(item, Fir):
+                self.counters.fir_in += 1
                 for fir in item.entries:
                     self._keyframe_wanted(fir.ssrc, now)
             elif isinstance(item, Remb):
@@ -369,6 +468,20 @@ class Peer:
         """Report transport state changes to the room (it frees everything on close)."""
         if self.on_state_change is not None:
             self.on_state_change(self, state)
+        if transport.finished:
+            self.retire()
+
+    def retire(self) -> None:
+        """Fold this peer's counters (and its live streams') into ``stats.retired``, once."""
+        if self.retired:
+            return
+        self.retired = True
+        for publication in self.publications.values():
+            self._fold_publication(publication)
+        for subscription in self.subscriptions.values():
+            self._fold_subscription(subscription)
+        if self.stats is not None:
+            self.stats.retired.add(self.counters)
 
     def _report_blocks(self, blocks: list[ReportBlock], now: float) -> None:
         for block in blocks:

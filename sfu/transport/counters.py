@@ -1,6 +1,6 @@
 """Plain-integer counters of the media port, read by the metrics collector at scrape time.
 
-Nothing here takes a lock or allocates per packet once a reason has been seen: the hot path
+Nothing here takes a lock or allocates per packet once a key has been seen: the hot path
 increments dict entries keyed by short fixed strings (never by anything a peer chose).
 """
 
@@ -8,15 +8,35 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from sfu.metrics.histogram import HANDSHAKE_BUCKETS_S, PlainHistogram
+
 
 class DropCounters:
-    """Datagrams received by kind and datagrams dropped by reason."""
+    """Datagrams and bytes in and out by kind, drops by reason, and handshake outcomes."""
 
-    __slots__ = ("drops", "received")
+    __slots__ = (
+        "drops",
+        "dtls_handshake",
+        "handshake_failures",
+        "ice_handshake",
+        "received",
+        "received_bytes",
+        "sent",
+        "sent_bytes",
+    )
 
     def __init__(self) -> None:
         self.received: defaultdict[str, int] = defaultdict(int)
+        self.received_bytes: defaultdict[str, int] = defaultdict(int)
+        self.sent: defaultdict[str, int] = defaultdict(int)
+        self.sent_bytes: defaultdict[str, int] = defaultdict(int)
         self.drops: defaultdict[str, int] = defaultdict(int)
+        #: Seconds from the answer (transport created) to the first valid ICE check.
+        self.ice_handshake = PlainHistogram(HANDSHAKE_BUCKETS_S)
+        #: Seconds from the first valid ICE check to DTLS-SRTP keys.
+        self.dtls_handshake = PlainHistogram(HANDSHAKE_BUCKETS_S)
+        #: Transports that never connected, by (stage, reason) from a fixed set.
+        self.handshake_failures: defaultdict[tuple[str, str], int] = defaultdict(int)
 
     def drop(self, reason: str) -> None:
         """Count one dropped datagram; ``reason`` must come from a fixed set of strings."""

@@ -88,7 +88,7 @@ class MediaPort:
     ) -> None:
         self.certificate = certificate
         self.counters = DropCounters()
-        self._send = send
+        self._raw_send = send
         self._max_transports = max_transports
         self._max_pending = max_pending
         self._connect_timeout = connect_timeout
@@ -99,6 +99,14 @@ class MediaPort:
         self._transports: dict[str, WebRtcTransport] = {}
         self._by_ufrag: dict[str, WebRtcTransport] = {}
         self._by_addr: dict[tuple[str, int], WebRtcTransport] = {}
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        """Every datagram leaves through here, counted by kind (RFC 7983 first byte)."""
+        name = _KIND_NAMES[classify(data)]
+        counters = self.counters
+        counters.sent[name] += 1
+        counters.sent_bytes[name] += len(data)
+        self._raw_send(data, addr)
 
     # -- transports ----------------------------------------------------------------------
 
@@ -139,6 +147,7 @@ class MediaPort:
             send=self._send,
             counters=self.counters,
             listener=listener,
+            now=now,
         )
         self._transports[transport.id] = transport
         self._by_ufrag[local.ufrag] = transport
@@ -211,7 +220,10 @@ class MediaPort:
     def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
         """Route one datagram. Never raises: bad input is dropped and counted."""
         kind = classify(data)
-        self.counters.received[_KIND_NAMES[kind]] += 1
+        name = _KIND_NAMES[kind]
+        counters = self.counters
+        counters.received[name] += 1
+        counters.received_bytes[name] += len(data)
         if kind is PacketKind.STUN:
             self._stun(data, addr, now)
             return

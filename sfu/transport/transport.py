@@ -73,6 +73,8 @@ class WebRtcTransport:
         "_send",
         "_srtp",
         "close_reason",
+        "connecting_at",
+        "created_at",
         "dtls",
         "ice",
         "id",
@@ -88,6 +90,7 @@ class WebRtcTransport:
         send: Sender,
         counters: DropCounters,
         listener: TransportListener | None = None,
+        now: float = 0.0,
     ) -> None:
         self.id = transport_id
         self.ice = ice
@@ -98,6 +101,9 @@ class WebRtcTransport:
         self._counters = counters
         self._listener = listener
         self._srtp: SrtpSession | None = None
+        #: When the answer was made and when ICE first succeeded, for handshake metrics.
+        self.created_at = now
+        self.connecting_at: float | None = None
 
     # -- properties ---------------------------------------------------------------------
 
@@ -270,11 +276,37 @@ class WebRtcTransport:
     def _set_state(self, state: TransportState, now: float) -> None:
         if state is self.state:
             return
+        self._record_handshake(state, now)
         self.state = state
         if self._listener is not None:
             self._listener.on_state(self, state, now)
+
+    def _record_handshake(self, state: TransportState, now: float) -> None:
+        """Handshake durations and failures by stage, from fixed reason sets (for metrics)."""
+        counters = self._counters
+        if state is TransportState.CONNECTING:
+            self.connecting_at = now
+            counters.ice_handshake.observe(max(0.0, now - self.created_at))
+        elif state is TransportState.CONNECTED and self.connecting_at is not None:
+            counters.dtls_handshake.observe(max(0.0, now - self.connecting_at))
+        elif state is TransportState.FAILED:
+            counters.handshake_failures[_failure_label(self.state, self.close_reason)] += 1
 
     @property
     def dtls_role(self) -> DtlsRole:
         """Our DTLS role (from SDP ``a=setup``)."""
         return self.dtls.role
+
+
+def _failure_label(previous: TransportState, reason: str | None) -> tuple[str, str]:
+    """(stage, reason) of a failed handshake, mapped onto a fixed set for metric labels."""
+    text = reason or ""
+    if previous is TransportState.NEW:
+        return ("ice", "timeout" if "timeout" in text else "error")
+    if "timeout" in text:
+        return ("dtls", "timeout")
+    if "fingerprint" in text:
+        return ("dtls", "fingerprint_mismatch")
+    if "srtp profile" in text:
+        return ("dtls", "no_srtp_profile")
+    return ("dtls", "error")

@@ -1,0 +1,1 @@
+"""Observability: plain counters read at scrape time, the Prometheus collector and /metrics."""

@@ -1,0 +1,333 @@
+"""The Prometheus collector: reads the server's plain counters at scrape time.
+
+Nothing on the packet path touches prometheus-client (no locks, no ``inc()``): the media port,
+transports and peers bump plain integers, and :class:`SfuCollector` sums them into metric
+families when Prometheus scrapes. Counters of peers that ended are folded into
+``RoomService.stats.retired`` so totals never go backwards when people leave; a high-water mark
+per series guards the few sums that could dip (a receiver's cumulative-lost may shrink on
+duplicates, RFC 3550 §6.4.1).
+
+Label values come only from the fixed sets of :mod:`sfu.metrics.labels`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from sfu.core.peer import (
+    PeerCounters,
+    stream_loss,
+    subscription_loss,
+    subscription_switches,
+)
+from sfu.metrics.histogram import BANDWIDTH_BUCKETS_BPS, PlainHistogram
+from sfu.metrics.labels import KINDS, drop_reason
+from sfu.metrics.loop_lag import LoopLagMonitor
+from sfu.room.room import ParticipantState
+from sfu.room.service import RoomService
+from sfu.transport.port import MediaPort
+
+__all__ = ["MetricSources", "SfuCollector"]
+
+
+@dataclass
+class MetricSources:
+    """Where the collector reads from (callables so it can be built before the server starts)."""
+
+    port: MediaPort
+    rooms: Callable[[], RoomService | None]
+    loop_lag: LoopLagMonitor
+    implementation: str
+    version: str
+    ready: Callable[[], bool]
+    draining: Callable[[], bool]
+    signaling_connections: Callable[[], int]
+
+
+@dataclass
+class _RouterSnapshot:
+    counters: PeerCounters
+    rooms: int
+    participants: dict[tuple[str, str], int]
+    publications: dict[str, int]
+    subscriptions: dict[str, int]
+    estimates: PlainHistogram
+
+
+def _histogram(name: str, doc: str, hist: PlainHistogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc)
+    family.add_metric([], hist.cumulative(), sum_value=hist.sum)
+    return family
+
+
+class SfuCollector(Collector):
+    """Yields every ``sfu_*`` metric family from plain counters, computed per scrape."""
+
+    def __init__(self, sources: MetricSources) -> None:
+        self.sources = sources
+        self._high: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: families are built per scrape (no pre-registration checks)."""
+        return []
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _counter(
+        self, name: str, doc: str, labels: list[str], samples: dict[tuple[str, ...], float]
+    ) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=labels)
+        for values, value in sorted(samples.items()):
+            key = (name, values)
+            value = max(value, self._high.get(key, 0.0))
+            self._high[key] = value
+            family.add_metric(list(values), value)
+        return family
+
+    def _router(self) -> _RouterSnapshot:
+        total = PeerCounters()
+        participants: dict[tuple[str, str], int] = defaultdict(int)
+        publications: dict[str, int] = {"audio": 0, "video": 0}
+        subscriptions: dict[str, int] = {"audio": 0, "video": 0}
+        estimates = PlainHistogram(BANDWIDTH_BUCKETS_BPS)
+        service = self.sources.rooms()
+        if service is None:
+            return _RouterSnapshot(total, 0, participants, publications, subscriptions, estimates)
+        total.add(service.stats.retired)
+        for room in service.rooms.values():
+            for participant in (*room.participants.values(), *room.waiting.values()):
+                if participant.state is ParticipantState.LEFT:
+                    continue
+                kind = participant.kind if participant.kind in ("whip", "whep") else "websocket"
+                participants[(participant.state.value, kind)] += 1
+                peer = participant.peer
+                if peer is None or peer.retired:
+                    continue
+                total.add(peer.counters)
+                for pub in peer.publications.values():
+                    publications["video" if pub.video else "audio"] += 1
+                    for stream in pub.layers.values():
+                        expected, lost = stream_loss(stream)
+                        total.ingress_expected += expected
+                        total.ingress_lost += lost
+                for sub in peer.subscriptions.values():
+                    subscriptions["video" if sub.publication.video else "audio"] += 1
+                    sent, lost = subscription_loss(sub)
+                    total.egress_sent += sent
+                    total.egress_lost += lost
+                    total.layer_switches += subscription_switches(sub)
+                if peer.subscriptions and peer.remb_bps is not None:
+                    estimates.observe(float(peer.remb_bps))
+        return _RouterSnapshot(
+            total, len(service.rooms), participants, publications, subscriptions, estimates
+        )
+
+    # -- the scrape ---------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        """One consistent read of every counter, as metric families."""
+        src = self.sources
+        port = src.port.counters
+        router = self._router()
+        c = router.counters
+
+        yield from self._traffic(src.port, c)
+        drops: dict[tuple[str, ...], float] = defaultdict(float)
+        for reason, n in port.drops.items():
+            drops[(drop_reason(reason),)] += n
+        drops[("rtp_unknown_ssrc",)] += c.unknown_ssrc
+        drops[("media_malformed",)] += c.malformed
+        yield self._counter(
+            "sfu_packets_dropped", "Datagrams and packets dropped, by reason.", ["reason"], drops
+        )
+        yield self._counter(
+            "sfu_srtp_auth_failures",
+            "SRTP/SRTCP packets whose authentication tag did not verify.",
+            [],
+            {(): port.drops.get("srtp_auth", 0)},
+        )
+        yield self._counter(
+            "sfu_nacks_received", "Generic NACKs received from subscribers.", [], {(): c.nacks_in}
+        )
+        yield self._counter(
+            "sfu_nacks_sent", "Generic NACKs sent to publishers.", [], {(): c.nacks_out}
+        )
+        yield self._counter(
+            "sfu_retransmitted_packets",
+            "Packets retransmitted to subscribers in answer to NACKs.",
+            [],
+            {(): c.retransmits},
+        )
+        yield self._counter(
+            "sfu_keyframe_requests_received",
+            "Keyframe requests from subscribers, by message.",
+            ["type"],
+            {("pli",): c.pli_in, ("fir",): c.fir_in},
+        )
+        yield self._counter(
+            "sfu_keyframe_requests_sent",
+            "PLIs sent to publishers (layer switches and subscriber requests, de-duplicated).",
+            [],
+            {(): c.keyframe_requests_out},
+        )
+        yield self._counter(
+            "sfu_layer_switches",
+            "Simulcast spatial layer switches made for subscribers.",
+            [],
+            {(): c.layer_switches},
+        )
+        yield self._counter(
+            "sfu_rtp_packets_expected",
+            "RTP packets expected: from publishers (by sequence number) and sent to subscribers.",
+            ["direction"],
+            {("ingress",): c.ingress_expected, ("egress",): c.egress_sent},
+        )
+        yield self._counter(
+            "sfu_rtp_packets_lost",
+            "RTP packets lost: missing from publishers, and reported lost by subscribers.",
+            ["direction"],
+            {("ingress",): c.ingress_lost, ("egress",): c.egress_lost},
+        )
+        failures: dict[tuple[str, ...], float] = {
+            (stage, reason): n for (stage, reason), n in port.handshake_failures.items()
+        }
+        yield self._counter(
+            "sfu_handshake_failures",
+            "Transports that failed to connect, by stage and reason.",
+            ["stage", "reason"],
+            failures,
+        )
+        yield _histogram(
+            "sfu_ice_handshake_duration_seconds",
+            "From the answer to the first valid ICE connectivity check.",
+            port.ice_handshake,
+        )
+        yield _histogram(
+            "sfu_dtls_handshake_duration_seconds",
+            "From the first valid ICE check to DTLS-SRTP keys.",
+            port.dtls_handshake,
+        )
+        service = src.rooms()
+        if service is not None:
+            yield _histogram(
+                "sfu_forwarding_latency_seconds",
+                "Sampled time from receiving an RTP packet to its last forwarded copy.",
+                service.stats.forward_latency,
+            )
+        yield _histogram(
+            "sfu_event_loop_lag_seconds",
+            "How late a periodic event-loop timer fired.",
+            src.loop_lag.histogram,
+        )
+        estimates = GaugeHistogramMetricFamily(
+            "sfu_subscriber_estimated_bandwidth_bits_per_second",
+            "Current downlink bandwidth estimates of subscribers (receiver-side REMB).",
+        )
+        estimates.add_metric([], router.estimates.cumulative(), gsum_value=router.estimates.sum)
+        yield estimates
+        yield from self._gauges(router)
+        info = InfoMetricFamily("sfu_build", "Version and active data-plane implementation.")
+        info.add_metric([], {"version": src.version, "implementation": src.implementation})
+        yield info
+
+    def _traffic(self, port: MediaPort, c: PeerCounters) -> Iterator[Metric]:
+        counters = port.counters
+        for direction, packets, octets in (
+            ("received", counters.received, counters.received_bytes),
+            ("sent", counters.sent, counters.sent_bytes),
+        ):
+            yield self._counter(
+                f"sfu_datagrams_{direction}",
+                f"Datagrams {direction} on the media port, by kind.",
+                ["kind"],
+                {(k,): packets.get(k, 0) for k in sorted(KINDS)},
+            )
+            yield self._counter(
+                f"sfu_datagram_bytes_{direction}",
+                f"UDP payload bytes {direction} on the media port, by kind.",
+                ["kind"],
+                {(k,): octets.get(k, 0) for k in sorted(KINDS)},
+            )
+        yield self._counter(
+            "sfu_rtp_packets_received",
+            "Decrypted RTP media packets ingested from publishers (RTX repairs included).",
+            ["media"],
+            {("audio",): c.audio_in, ("video",): c.video_in},
+        )
+        yield self._counter(
+            "sfu_rtp_bytes_received",
+            "RTP bytes ingested from publishers.",
+            ["media"],
+            {("audio",): c.audio_in_bytes, ("video",): c.video_in_bytes},
+        )
+        yield self._counter(
+            "sfu_rtp_packets_forwarded",
+            "RTP packets forwarded to subscribers (one per subscriber copy).",
+            ["media"],
+            {("audio",): c.audio_out, ("video",): c.video_out},
+        )
+        yield self._counter(
+            "sfu_rtp_bytes_forwarded",
+            "RTP bytes forwarded to subscribers, before SRTP.",
+            ["media"],
+            {("audio",): c.audio_out_bytes, ("video",): c.video_out_bytes},
+        )
+
+    def _gauges(self, router: _RouterSnapshot) -> Iterator[Metric]:
+        src = self.sources
+        yield GaugeMetricFamily("sfu_rooms", "Rooms with at least one participant.", router.rooms)
+        participants = GaugeMetricFamily(
+            "sfu_participants",
+            "Participants by state and signaling kind.",
+            labels=["state", "kind"],
+        )
+        for state in ("waiting", "joined"):
+            for kind in ("websocket", "whip", "whep"):
+                participants.add_metric([state, kind], router.participants.get((state, kind), 0))
+        yield participants
+        for name, doc, table in (
+            ("sfu_publications", "Published tracks, by media.", router.publications),
+            ("sfu_subscriptions", "Forwarded tracks, by media.", router.subscriptions),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["media"])
+            for media in ("audio", "video"):
+                family.add_metric([media], table[media])
+            yield family
+        transports = GaugeMetricFamily(
+            "sfu_transports", "WebRTC transports held, by state.", labels=["state"]
+        )
+        states: dict[str, int] = {"new": 0, "connecting": 0, "connected": 0}
+        for transport in src.port:
+            if transport.state.value in states:
+                states[transport.state.value] += 1
+        for state, n in states.items():
+            transports.add_metric([state], n)
+        yield transports
+        yield GaugeMetricFamily(
+            "sfu_signaling_connections",
+            "Open room-protocol WebSocket connections.",
+            src.signaling_connections(),
+        )
+        yield GaugeMetricFamily(
+            "sfu_ready", "1 while the server accepts new sessions (see /readyz).", src.ready()
+        )
+        yield GaugeMetricFamily(
+            "sfu_draining", "1 once shutdown began and sessions are draining.", src.draining()
+        )
+        yield GaugeMetricFamily(
+            "sfu_event_loop_lag_last_seconds",
+            "The most recent event-loop lag measurement.",
+            src.loop_lag.last,
+        )

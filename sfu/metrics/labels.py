@@ -1,0 +1,73 @@
+"""Every label value the metrics can carry, as fixed sets: nothing a peer or user chose.
+
+Room names, identities, display names, addresses and tokens never become label values; the
+collector maps anything outside these sets to ``other`` (a test scrapes a busy server and
+checks every value against :data:`ALLOWED`).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sfu.packet.demux import PacketKind
+from sfu.transport import ice
+
+__all__ = ["ALLOWED", "DROP_REASONS", "KINDS", "drop_reason"]
+
+#: Datagram kinds on the media port (RFC 7983 demultiplexing).
+KINDS: Final = frozenset(kind.name.lower() for kind in PacketKind)
+
+_ICE_DROPS: Final = (
+    ice.DROP_NOT_BINDING_REQUEST,
+    ice.DROP_BAD_FINGERPRINT,
+    ice.DROP_BAD_REQUEST,
+    ice.DROP_WRONG_USERNAME,
+    ice.DROP_BAD_INTEGRITY,
+    ice.DROP_UNKNOWN_ATTRIBUTE,
+    ice.DROP_ROLE_CONFLICT,
+    ice.DROP_UNANSWERABLE,
+)
+
+#: Why a datagram or packet was dropped: the port's, the transports' and the router's reasons.
+DROP_REASONS: Final = frozenset(
+    {f"{kind}_unknown_source" for kind in KINDS}
+    | {f"{kind}_unsupported" for kind in KINDS}
+    | {"stun_" + reason.replace(" ", "_") for reason in _ICE_DROPS}
+    | {
+        "stun_malformed",
+        "stun_not_binding_request",
+        "stun_unknown_username",
+        "dtls_unvalidated_source",
+        "srtp_before_dtls",
+        "srtp_unvalidated_source",
+        "srtp_auth",
+        "srtp_replay",
+        "srtp_malformed",
+        "srtp_protect_failed",
+        "no_listener",
+        "rtp_unknown_ssrc",
+        "media_malformed",
+        "other",
+    }
+)
+
+
+def drop_reason(reason: str) -> str:
+    """``reason`` if it is a known drop reason, else ``other`` (labels stay a fixed set)."""
+    return reason if reason in DROP_REASONS else "other"
+
+
+#: Allowed values per label name, across every ``sfu_*`` metric.
+ALLOWED: Final[dict[str, frozenset[str]]] = {
+    "kind": KINDS | {"websocket", "whip", "whep"},
+    "media": frozenset({"audio", "video"}),
+    "direction": frozenset({"ingress", "egress"}),
+    "reason": DROP_REASONS
+    | frozenset({"timeout", "error", "fingerprint_mismatch", "no_srtp_profile"}),
+    "stage": frozenset({"ice", "dtls"}),
+    "state": frozenset({"new", "connecting", "connected", "waiting", "joined"}),
+    "type": frozenset({"pli", "fir"}),
+    "implementation": frozenset({"cython", "python"}),
+    "le": frozenset(),  # bucket bounds: numbers, checked separately
+    "generation": frozenset({"0", "1", "2"}),  # python_gc_* from prometheus-client
+}
