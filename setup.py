@@ -11,11 +11,15 @@ from setuptools import Extension, setup
 
 FASTPATH = Path("sfu") / "_fastpath"
 
+# C libraries a kernel links against (the SRTP kernel calls OpenSSL libcrypto, from libssl-dev).
+LIBRARIES: dict[str, list[str]] = {"_srtp": ["crypto"]}
+
 extensions = [
     Extension(
         f"sfu._fastpath.{pyx.stem}",
         [str(pyx)],
         extra_compile_args=["-O3"],
+        libraries=LIBRARIES.get(pyx.stem, []),
     )
     for pyx in sorted(FASTPATH.glob("*.pyx"))
 ]
