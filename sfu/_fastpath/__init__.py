@@ -9,22 +9,37 @@ from __future__ import annotations
 
 import os
 
+from sfu._fastpath._srtp_shared import SrtpError
+
 IMPLEMENTATION: str
 if os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0"):
     from sfu._fastpath._rewrite_py import rewrite_rtp
+    from sfu._fastpath._srtp_py import SrtpContext, derive_key
 
     IMPLEMENTATION = "python"
 else:
+    # All compiled or all references: a partial build must not mix the two sets.
     try:
         from sfu._fastpath._rewrite import rewrite_rtp
+        from sfu._fastpath._srtp import SrtpContext, derive_key
     except ImportError:  # not built (e.g. a source checkout without a compiler)
         from sfu._fastpath._rewrite_py import rewrite_rtp
+        from sfu._fastpath._srtp_py import SrtpContext, derive_key
 
         IMPLEMENTATION = "python"
     else:
         IMPLEMENTATION = "cython"
 
-__all__ = ["IMPLEMENTATION", "KEEP_MARKER", "MALFORMED", "NO_ROOM", "rewrite_rtp"]
+__all__ = [
+    "IMPLEMENTATION",
+    "KEEP_MARKER",
+    "MALFORMED",
+    "NO_ROOM",
+    "SrtpContext",
+    "SrtpError",
+    "derive_key",
+    "rewrite_rtp",
+]
 
 #: ``marker`` argument meaning "leave the marker bit as the publisher sent it".
 KEEP_MARKER = -1

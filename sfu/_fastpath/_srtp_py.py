@@ -154,6 +154,21 @@ class _Keys:
         self.gcm = AESGCM(key) if aead else None
         self.mac = None if aead else HMAC(auth_key, hashes.SHA1())
 
+    def rtp_iv(self, ssrc: bytes, index: int) -> bytes:
+        """GCM: salt ⊕ (0, SSRC, ROC, SEQ) (RFC 7714 §8.1).
+
+        AES-CM: salt·2^16 ⊕ SSRC·2^64 ⊕ index·2^16 (RFC 3711 §4.1.1).
+        """
+        if self.gcm is not None:
+            return _xor(self.salt, b"\0\0" + ssrc + index.to_bytes(6, "big"))
+        return _xor(self.salt + b"\0\0", bytes(4) + ssrc + index.to_bytes(6, "big") + b"\0\0")
+
+    def rtcp_iv(self, ssrc: bytes, index: int) -> bytes:
+        """RFC 7714 §9.1 salt ⊕ (0, SSRC, 0, SRTCP index); AES-CM as RTP with the SRTCP index."""
+        if self.gcm is not None:
+            return _xor(self.salt, b"\0\0" + ssrc + b"\0\0" + index.to_bytes(4, "big"))
+        return _xor(self.salt + b"\0\0", bytes(4) + ssrc + index.to_bytes(6, "big") + b"\0\0")
+
     def ctr(self, iv: bytes, data: bytes) -> bytes:
         encryptor = Cipher(self.cipher, modes.CTR(iv)).encryptor()
         return encryptor.update(data) + encryptor.finalize()
@@ -382,10 +397,10 @@ class SrtpContext:
         keys = self._rtp
         roc = (index >> 16).to_bytes(4, "big")
         if keys.gcm is not None:
-            iv = _xor(keys.salt, b"\0\0" + bytes(m[8:12]) + roc + bytes(m[2:4]))
+            iv = keys.rtp_iv(bytes(m[8:12]), index)
             m[header : n + tag_len] = keys.gcm.encrypt(iv, bytes(m[header:n]), bytes(m[:header]))
         else:
-            iv = _xor(keys.salt + b"\0\0", bytes(4) + bytes(m[8:12]) + index.to_bytes(6, "big") + b"\0\0")
+            iv = keys.rtp_iv(bytes(m[8:12]), index)
             m[header:n] = keys.ctr(iv, bytes(m[header:n]))
             m[n : n + tag_len] = keys.tag(m[:n], roc)[:tag_len]
         return n + tag_len
@@ -410,7 +425,7 @@ class SrtpContext:
         roc = (index >> 16).to_bytes(4, "big")
         end = n - tag_len
         if keys.gcm is not None:
-            iv = _xor(keys.salt, b"\0\0" + bytes(m[8:12]) + roc + bytes(m[2:4]))
+            iv = keys.rtp_iv(bytes(m[8:12]), index)
             try:
                 plain = keys.gcm.decrypt(iv, bytes(m[header:n]), bytes(m[:header]))
             except InvalidTag:
@@ -420,7 +435,7 @@ class SrtpContext:
             expected = keys.tag(m[:end], roc)[:tag_len]
             if not _hmac.compare_digest(expected, bytes(m[end:n])):
                 return self._fail(ERR_AUTH)
-            iv = _xor(keys.salt + b"\0\0", bytes(4) + bytes(m[8:12]) + index.to_bytes(6, "big") + b"\0\0")
+            iv = keys.rtp_iv(bytes(m[8:12]), index)
             m[header:end] = keys.ctr(iv, bytes(m[header:end]))
         if new_stream:
             self._streams[ssrc] = stream
@@ -446,12 +461,12 @@ class SrtpContext:
         trailer = (_SRTCP_E | index).to_bytes(4, "big")
         keys = self._rtcp
         if keys.gcm is not None:
-            iv = _xor(keys.salt, b"\0\0" + bytes(m[4:8]) + b"\0\0" + index.to_bytes(4, "big"))
+            iv = keys.rtcp_iv(bytes(m[4:8]), index)
             sealed = keys.gcm.encrypt(iv, bytes(m[8:n]), bytes(m[:8]) + trailer)
             m[8 : n + tag_len] = sealed
             m[n + tag_len : n + tag_len + 4] = trailer
         else:
-            iv = _xor(keys.salt + b"\0\0", bytes(4) + bytes(m[4:8]) + b"\0\0" + index.to_bytes(4, "big") + b"\0\0")
+            iv = keys.rtcp_iv(bytes(m[4:8]), index)
             m[8:n] = keys.ctr(iv, bytes(m[8:n]))
             m[n : n + 4] = trailer
             m[n + 4 : n + 4 + tag_len] = keys.tag(m[: n + 4])[:tag_len]
@@ -478,7 +493,7 @@ class SrtpContext:
             return self._fail(ERR_REPLAY)
         end = n - 4 - tag_len
         if keys.gcm is not None:
-            iv = _xor(keys.salt, b"\0\0" + bytes(m[4:8]) + b"\0\0" + index.to_bytes(4, "big"))
+            iv = keys.rtcp_iv(bytes(m[4:8]), index)
             try:
                 plain = keys.gcm.decrypt(iv, bytes(m[8 : n - 4]), bytes(m[:8]) + bytes(m[at:n]))
             except InvalidTag:
@@ -488,7 +503,7 @@ class SrtpContext:
             expected = keys.tag(m[: n - tag_len])[:tag_len]
             if not _hmac.compare_digest(expected, bytes(m[n - tag_len : n])):
                 return self._fail(ERR_AUTH)
-            iv = _xor(keys.salt + b"\0\0", bytes(4) + bytes(m[4:8]) + b"\0\0" + index.to_bytes(4, "big") + b"\0\0")
+            iv = keys.rtcp_iv(bytes(m[4:8]), index)
             m[8:end] = keys.ctr(iv, bytes(m[8:end]))
         if new_stream:
             self._streams[ssrc] = stream
