@@ -35,6 +35,7 @@ __all__ = [
     "HttpConfig",
     "LoggingConfig",
     "MediaConfig",
+    "MetricsConfig",
     "RoomsConfig",
     "ServerConfig",
     "env_var_name",
@@ -121,10 +122,18 @@ class AuthConfig:
 class ServerConfig:
     """Process-level settings."""
 
-    #: Upper bound on graceful shutdown after SIGINT/SIGTERM, in seconds.
+    #: After SIGINT/SIGTERM, wait at most this many seconds for sessions to end, then exit.
     drain_timeout_s: float = 5.0
     #: Name of this process in logs, to tell workers apart when logs are aggregated.
     worker_name: str = "sfu"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus metrics at ``GET /metrics`` on the HTTP listener."""
+
+    #: Serve ``/metrics``. Its label values never identify rooms, people or addresses.
+    enabled: bool = True
 
 
 #: Most a room-policy ``max_participants`` or ``rooms.max_participants`` may be.
@@ -176,6 +185,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def announced_addresses(self) -> tuple[str, ...]:
         """Addresses to put into ICE candidates: the configured list, else the bind host."""

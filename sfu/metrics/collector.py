@@ -33,7 +33,7 @@ from sfu.core.peer import (
     subscription_switches,
 )
 from sfu.metrics.histogram import BANDWIDTH_BUCKETS_BPS, PlainHistogram
-from sfu.metrics.labels import KINDS, drop_reason
+from sfu.metrics.labels import DROP_REASONS, HANDSHAKE_FAILURES, KINDS, drop_reason
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.room.room import ParticipantState
 from sfu.room.service import RoomService
@@ -144,7 +144,9 @@ class SfuCollector(Collector):
         c = router.counters
 
         yield from self._traffic(src.port, c)
-        drops: dict[tuple[str, ...], float] = defaultdict(float)
+        # Every known reason is exposed, at 0 until it happens, so dashboards and alerts
+        # never query a series that does not exist yet.
+        drops: dict[tuple[str, ...], float] = {(reason,): 0.0 for reason in DROP_REASONS}
         for reason, n in port.drops.items():
             drops[(drop_reason(reason),)] += n
         drops[("rtp_unknown_ssrc",)] += c.unknown_ssrc
@@ -200,9 +202,9 @@ class SfuCollector(Collector):
             ["direction"],
             {("ingress",): c.ingress_lost, ("egress",): c.egress_lost},
         )
-        failures: dict[tuple[str, ...], float] = {
-            (stage, reason): n for (stage, reason), n in port.handshake_failures.items()
-        }
+        failures: dict[tuple[str, ...], float] = dict.fromkeys(HANDSHAKE_FAILURES, 0.0)
+        for key, n in port.handshake_failures.items():
+            failures[key] = failures.get(key, 0.0) + n
         yield self._counter(
             "sfu_handshake_failures",
             "Transports that failed to connect, by stage and reason.",

@@ -12,7 +12,7 @@ from typing import Final
 from sfu.packet.demux import PacketKind
 from sfu.transport import ice
 
-__all__ = ["ALLOWED", "DROP_REASONS", "KINDS", "drop_reason"]
+__all__ = ["ALLOWED", "DROP_REASONS", "HANDSHAKE_FAILURES", "KINDS", "drop_reason"]
 
 #: Datagram kinds on the media port (RFC 7983 demultiplexing).
 KINDS: Final = frozenset(kind.name.lower() for kind in PacketKind)
@@ -57,13 +57,22 @@ def drop_reason(reason: str) -> str:
     return reason if reason in DROP_REASONS else "other"
 
 
+#: (stage, reason) of a transport that failed to connect (``transport._failure_label``).
+HANDSHAKE_FAILURES: Final = (
+    ("ice", "timeout"),
+    ("ice", "error"),
+    ("dtls", "timeout"),
+    ("dtls", "fingerprint_mismatch"),
+    ("dtls", "no_srtp_profile"),
+    ("dtls", "error"),
+)
+
 #: Allowed values per label name, across every ``sfu_*`` metric.
 ALLOWED: Final[dict[str, frozenset[str]]] = {
     "kind": KINDS | {"websocket", "whip", "whep"},
     "media": frozenset({"audio", "video"}),
     "direction": frozenset({"ingress", "egress"}),
-    "reason": DROP_REASONS
-    | frozenset({"timeout", "error", "fingerprint_mismatch", "no_srtp_profile"}),
+    "reason": DROP_REASONS | frozenset(reason for _, reason in HANDSHAKE_FAILURES),
     "stage": frozenset({"ice", "dtls"}),
     "state": frozenset({"new", "connecting", "connected", "waiting", "joined"}),
     "type": frozenset({"pli", "fir"}),

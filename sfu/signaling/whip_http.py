@@ -44,6 +44,7 @@ _STATUS: Final = {
     "unknown_track": 404,
     "room_full": 503,
     "server_busy": 503,
+    "server_draining": 503,
 }
 _UNAUTHORIZED_HEADERS: Final = {"WWW-Authenticate": 'Bearer realm="sfu"'}
 
