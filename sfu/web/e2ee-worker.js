@@ -23,6 +23,10 @@ const TAG_BYTES = 16;
 const MAX_KEYS = 4;
 /** Per-sender keys derived from (base key, KID); each sender has its own KID. */
 const MAX_DERIVED = 256;
+/** A received frame whose CTR is this far behind the highest seen (same KID) is a replay. */
+const REPLAY_WINDOW = 128n;
+/** KIDs whose replay window a receiver remembers (senders it heard recently). */
+const MAX_WINDOWS = 32;
 /** VP8 payload header bytes left in clear (RFC 6386 §9.1): 3-byte frame tag, + 7 on keyframes. */
 const VP8_CLEAR_KEY = 10;
 const VP8_CLEAR_DELTA = 3;
@@ -47,6 +51,7 @@ const stats = {
   decrypted: 0, // frames received and authenticated
   failed: 0, // received frames dropped: no key for their KID, wrong key, malformed or tampered
   failedNoKey: 0, // ... of which carried a key id we do not hold
+  replayed: 0, // ... of which authenticated but repeated a (KID, CTR) already received
   dropped: 0, // frames not sent: no key yet, or a codec this format does not cover
   byKey: {}, // keyId -> frames decrypted with it
   sentByKey: {}, // keyId -> frames encrypted with it
@@ -270,6 +275,28 @@ function encryptor(kind) {
   };
 }
 
+/**
+ * Replay protection per receiver and KID, like SRTP's: a CTR is accepted once, and only
+ * within REPLAY_WINDOW of the highest seen (frames may complete out of order after a loss).
+ */
+const isReplay = (w, ctr) => !!w && (ctr + REPLAY_WINDOW <= w.highest || w.seen.has(ctr));
+
+/** Record an authenticated frame (only those: forged KIDs must not evict real windows). */
+function remember(state, kid, ctr) {
+  let w = state.windows.get(kid);
+  if (!w) {
+    w = { highest: -1n, seen: new Set() };
+    state.windows.set(kid, w);
+    if (state.windows.size > MAX_WINDOWS) state.windows.delete(state.windows.keys().next().value);
+  }
+  w.seen.add(ctr);
+  if (ctr <= w.highest) return;
+  w.highest = ctr;
+  if (w.seen.size > 2 * Number(REPLAY_WINDOW)) {
+    for (const c of w.seen) if (c + REPLAY_WINDOW <= ctr) w.seen.delete(c);
+  }
+}
+
 /** One receiving track: frames that do not authenticate under a key we hold are dropped. */
 function decryptor(kind, state) {
   const fail = (noKey) => {
@@ -284,6 +311,10 @@ function decryptor(kind, state) {
     if (!header || bytes.length < n + header.length + TAG_BYTES) return fail(false);
     const pending = deriveForKid(header.kid);
     if (!pending) return fail(true);
+    if (isReplay(state.windows.get(header.kid), header.ctr)) {
+      stats.replayed += 1;
+      return fail(false);
+    }
     try {
       const { key, salt } = await pending;
       const clear = bytes.subarray(0, n);
@@ -302,6 +333,7 @@ function decryptor(kind, state) {
     } catch (err) {
       return fail(false); // wrong key, or altered on the way
     }
+    remember(state, header.kid, header.ctr); // frames pass one at a time: none came meanwhile
     const keyId = keyIdOf(header.kid);
     stats.decrypted += 1;
     stats.byKey[keyId] = (stats.byKey[keyId] || 0) + 1;
@@ -316,7 +348,7 @@ function run(readable, writable, options, transformer) {
   if (options && options.operation === "encrypt") {
     transform = encryptor(kind);
   } else {
-    state = { transformer, failedSinceKey: false };
+    state = { transformer, failedSinceKey: false, windows: new Map() };
     receivers.add(state);
     transform = decryptor(kind, state);
   }
