@@ -19,7 +19,6 @@ from sfu.room.service import RoomService
 from sfu.transport.transport import TransportState, _failure_label
 
 ROOM = "metrics-unit-room"
-CONNECTING = TransportState.CONNECTING
 SSRC_Q = 1111
 
 
