@@ -151,6 +151,8 @@ class Publication:
     #: Simulcast rids, lowest layer first; empty for a single stream.
     rids: tuple[str, ...] = ()
     muted: bool = False
+    #: A host muted it: nothing is forwarded and the publisher cannot unmute it.
+    force_muted: bool = False
     streams: dict[int, SourceStream] = field(default_factory=dict)
     #: The source stream of each layer once its SSRC is known.
     layers: dict[int, SourceStream] = field(default_factory=dict)
@@ -206,5 +208,6 @@ class Publication:
             "kind": self.kind,
             "name": self.name,
             "muted": self.muted,
+            "force_muted": self.force_muted,
             "layers": list(self.rids),
         }

@@ -68,6 +68,7 @@ class Subscription:
         "buf",
         "extensions",
         "forwarded",
+        "held",
         "id",
         "max_spatial",
         "max_temporal",
@@ -119,6 +120,8 @@ class Subscription:
         self.throttle = RetransmissionThrottle()
         self.buf = bytearray(1500)
         self.paused = False
+        #: Forwarding stopped whatever the subscriber prefers (the publication is force-muted).
+        self.held = False
         self.max_spatial: int | None = None
         self.max_temporal: int | None = None
         self.forwarded = 0
@@ -139,7 +142,13 @@ class Subscription:
         """The subscriber's caps and visibility (applied at the next keyframe for layers)."""
         self.max_spatial, self.max_temporal, self.paused = max_spatial, max_temporal, paused
         if self.selector is not None:
-            self.selector.set_preferences(max_spatial, max_temporal, paused)
+            self.selector.set_preferences(max_spatial, max_temporal, paused or self.held)
+
+    def set_held(self, held: bool) -> None:
+        """Stop (or resume) forwarding regardless of the subscriber's own preferences."""
+        self.held = held
+        if self.selector is not None:
+            self.selector.set_preferences(self.max_spatial, self.max_temporal, self.paused or held)
 
     # -- packets ------------------------------------------------------------------------------
 
@@ -157,7 +166,7 @@ class Subscription:
         selector = self.selector
         munger = self.munger
         if selector is None:
-            if self.paused:
+            if self.paused or self.held:
                 munger.drop(ext_seq)
                 return 0
         else:

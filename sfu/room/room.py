@@ -1,7 +1,8 @@
 """Rooms and participants: who is in a meeting, what they publish, who hears about what.
 
 A :class:`Room` holds its admitted participants, the participants held before admission
-(``waiting``), the publications by track id and the active-speaker detector. Everything here is
+(``waiting``: the waiting room), the publications by track id and the active-speaker
+detector. Everything here is
 sans-I/O: messages for participants go to each participant's ``sink`` (the signaling adapter
 queues them on the WebSocket), and the room reads no clock.
 """
@@ -63,6 +64,19 @@ class Participant:
     #: The remote certificate fingerprints of the transport, fixed at the first offer.
     fingerprints: tuple[tuple[str, str], ...] = ()
     cname: str = ""
+    #: When it started waiting for admission (the service's clock).
+    waiting_since: float = 0.0
+    #: Refused moderation attempts of this participant written to the audit log so far.
+    refusals_audited: int = 0
+
+    @property
+    def moderator(self) -> bool:
+        """Whether its token lets it admit and moderate (``host`` or ``admin`` grant)."""
+        return bool(self.grants & (Grant.HOST | Grant.ADMIN))
+
+    def describe_waiting(self) -> Message:
+        """The participant as hosts see it in the waiting list: id and display name only."""
+        return {"id": self.id, "name": self.name}
 
     def describe(self) -> Message:
         """The participant as others see it (identity and name come from its token)."""
@@ -104,6 +118,10 @@ class Room:
                 if participant.identity == identity:
                     return participant
         return None
+
+    def moderators(self) -> list[Participant]:
+        """The admitted participants who may admit and moderate."""
+        return [p for p in self.participants.values() if p.moderator]
 
     def broadcast(self, message: Message, exclude: Participant | None = None) -> None:
         """Send ``message`` to every admitted participant but ``exclude``."""

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from sfu.core.header_extensions import ExtensionRewriter
-from sfu.core.peer import Peer
+from sfu.core.peer import Peer, RouterStats
 from sfu.core.publication import Publication, new_id, new_ssrc
 from sfu.core.subscription import Subscription
 from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription, Setup
-from sfu.room.room import Participant, ParticipantState, Room, Sink
+from sfu.room.audit import AuditLog
+from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
+from sfu.room.room import Message, Participant, ParticipantState, Room, Sink
 from sfu.signaling.auth import Grant, JoinClaims, grant_names
 from sfu.transport.dtls import DtlsRole
 from sfu.transport.negotiation import (
@@ -57,10 +59,14 @@ _OTHER_SECTION_URI: Final = "urn:x-sfu:id-taken-by-another-bundle-section"
 
 #: Close codes of the room protocol (docs/protocol.md).
 CLOSE_REFUSED: Final = 4003
+CLOSE_REMOVED: Final = 4004
+CLOSE_ENDED: Final = 4005
+CLOSE_WAIT_TIMEOUT: Final = 4006
 CLOSE_REPLACED: Final = 4009
 CLOSE_MEDIA_FAILED: Final = 4010
 
 #: Decides a join: True admits at once, False holds the participant in ``room.waiting``.
+#: Without one, the room's policy decides (its waiting room holds all but hosts and admins).
 Admission = Callable[[Room, JoinClaims], bool]
 
 
@@ -83,10 +89,6 @@ class RoomLimits:
     max_publications: int = 8
     max_subscriptions: int = 128
     max_rooms: int = 1000
-
-
-def _admit_all(room: Room, claims: JoinClaims) -> bool:
-    return True
 
 
 def _matching_codec(media: NegotiatedMedia, codec: NegotiatedCodec) -> NegotiatedCodec | None:
@@ -136,32 +138,56 @@ class RoomService:
         candidates: list[tuple[str, int]],
         *,
         limits: RoomLimits | None = None,
-        admission: Admission = _admit_all,
+        admission: Admission | None = None,
+        policies: PolicyStore | None = None,
+        audit: AuditLog | None = None,
+        bans: Bans | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.port = port
         self.candidates = candidates
         self.limits = limits or RoomLimits()
         self.admission = admission
         self.rooms: dict[str, Room] = {}
+        #: Every room's policy (defaults plus what admins set), bans and the audit log.
+        self.policies = policies if policies is not None else PolicyStore()
+        self.bans = bans if bans is not None else Bans()
+        self.audit = audit if audit is not None else AuditLog(None)
+        #: Counters of ended peers and sampled forwarding latency, for the metrics collector.
+        self.stats = RouterStats(clock=clock)
+        #: Set when the server drains: new joins are refused (``server_draining``).
+        self.draining = False
 
     # -- joining and leaving ------------------------------------------------------------------
 
-    def join(self, claims: JoinClaims, sink: Sink, *, kind: str = "websocket") -> Participant:
+    def join(
+        self,
+        claims: JoinClaims,
+        sink: Sink,
+        *,
+        kind: str = "websocket",
+        now: float = 0.0,
+        password: PasswordHash | None = None,
+    ) -> Participant:
         """Add a verified token holder to its room: admitted, or held in ``waiting``.
 
-        A participant with the same identity already in the room is ended (4009): one
-        identity is one seat, and a reconnecting client replaces its stale session.
+        The room's policy applies first (bans, lock, password, size; see
+        :meth:`_check_entry`); ``password`` is the room's hash the caller verified the
+        client's password against. A participant with the same identity already in the room
+        is ended (4009): one identity is one seat, and a reconnecting client replaces its
+        stale session.
         """
+        if self.draining:
+            raise RoomError("server_draining", "the server is shutting down; join again shortly")
         room = self.rooms.get(claims.room)
         if room is None:
             if len(self.rooms) >= self.limits.max_rooms:
                 raise RoomError("server_busy", "too many rooms")
             room = Room(claims.room)
-        full = len(room.participants) + len(room.waiting) >= self.limits.max_participants
-        if full and room.by_identity(claims.identity) is None:
-            raise RoomError("room_full", "the room is full")
-        self.rooms[claims.room] = room
+        policy = self.policies.get(claims.room)
         previous = room.by_identity(claims.identity)
+        self._check_entry(room, policy, claims, kind, previous is not None, now, password)
+        self.rooms[claims.room] = room
         if previous is not None:
             self.end(previous, CLOSE_REPLACED, "joined from elsewhere")
         participant = Participant(
@@ -174,23 +200,88 @@ class RoomService:
             sink=sink,
             cname=secrets.token_urlsafe(9),
         )
-        if self.admission(room, claims):
-            self._admit(participant)
+        if self.admission is not None:
+            held = not self.admission(room, claims)
         else:
-            room.waiting[participant.id] = participant
-            participant.send({"type": "waiting", "reason": "waiting for a host to admit you"})
+            held = kind == "websocket" and policy.waiting_room and not participant.moderator
+        if not held:
+            self._admit(participant)
+            return participant
+        participant.waiting_since = now
+        room.waiting[participant.id] = participant
+        participant.send(
+            {
+                "type": "waiting",
+                "reason": "waiting for a host to admit you",
+                "room": room.name,
+                "e2ee_required": policy.e2ee_required,
+            }
+        )
+        self.notify_waiting(room)
         return participant
 
-    def admit(self, room: Room, participant_id: str) -> bool:
-        """Admit a held participant (the waiting room's "admit"); False if none is held."""
+    def _check_entry(
+        self,
+        room: Room,
+        policy: RoomPolicy,
+        claims: JoinClaims,
+        kind: str,
+        rejoining: bool,
+        now: float,
+        password: PasswordHash | None,
+    ) -> None:
+        """Raise the :class:`RoomError` that keeps ``claims`` out of ``room``, if any.
+
+        Hosts and admins pass the lock and the password (they run the meeting); a ban holds
+        for everyone. WHIP and WHEP need no password (their bearer token admits them), but a
+        WHIP publisher cannot encrypt end to end, so it is refused where that is required.
+        """
+        moderator = bool(claims.grants & (Grant.HOST | Grant.ADMIN))
+        if self.bans.banned(room.name, claims.identity, now):
+            raise RoomError("banned", "you were removed from this room and may not rejoin yet")
+        if policy.locked and not moderator and not rejoining:
+            raise RoomError("room_locked", "the room is locked: nobody new may join")
+        if kind == "whip" and policy.e2ee_required:
+            raise RoomError(
+                "e2ee_required",
+                "this room requires end-to-end encrypted media, which WHIP cannot signal",
+            )
+        needs_password = kind == "websocket" and policy.password is not None and not moderator
+        if needs_password and password is not policy.password:
+            raise RoomError("password_required", "this room needs a password")
+        limit = min(policy.max_participants, self.limits.max_participants)
+        if not rejoining and len(room.participants) + len(room.waiting) >= limit:
+            raise RoomError("room_full", "the room is full")
+
+    def waiting_list(self, room: Room) -> Message:
+        """The ``waiting_list`` event hosts get: who waits, by id and display name."""
+        return {
+            "type": "waiting_list",
+            "waiting": [p.describe_waiting() for p in room.waiting.values()],
+        }
+
+    def notify_waiting(self, room: Room) -> None:
+        """Tell the room's hosts and admins who is waiting now."""
+        moderators = room.moderators()
+        if moderators:
+            message = self.waiting_list(room)
+            for moderator in moderators:
+                moderator.send(message)
+
+    def admit(self, room: Room, participant_id: str, *, notify: bool = True) -> bool:
+        """Admit a held participant (the waiting room's "admit"); False if none is held.
+        Hosts get the new waiting list unless ``notify`` is off (admitting many at once)."""
         participant = room.waiting.pop(participant_id, None)
         if participant is None:
             return False
         self._admit(participant)
+        if notify:
+            self.notify_waiting(room)
         return True
 
     def _admit(self, participant: Participant) -> None:
         room = participant.room
+        policy = self.policies.get(room.name)
         others = [p.describe() for p in room.participants.values()]
         room.participants[participant.id] = participant
         participant.state = ParticipantState.JOINED
@@ -202,18 +293,23 @@ class RoomService:
                 "participant": participant.describe(),
                 "grants": grant_names(participant.grants),
                 "participants": others,
+                "e2ee_required": policy.e2ee_required,
+                "policy": policy.public(),
             }
         )
         room.broadcast(
             {"type": "participant_joined", "participant": participant.describe()},
             exclude=participant,
         )
+        if participant.moderator and room.waiting:
+            participant.send(self.waiting_list(room))
 
     def leave(self, participant: Participant, now: float | None = None) -> None:
         """Remove ``participant``: every route, cache and timer it had is freed."""
         if participant.state is ParticipantState.LEFT:
             return
         was_joined = participant.state is ParticipantState.JOINED
+        was_waiting = participant.state is ParticipantState.WAITING
         participant.state = ParticipantState.LEFT
         room = participant.room
         room.waiting.pop(participant.id, None)
@@ -231,6 +327,8 @@ class RoomService:
         room.speakers.remove(participant.id)
         if was_joined:
             room.broadcast({"type": "participant_left", "participant": participant.id})
+        if was_waiting:
+            self.notify_waiting(room)
         if room.empty and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
 
@@ -403,6 +501,7 @@ class RoomService:
             extensions={},
             on_audio_level=room.speakers.observe,
             on_state=lambda p, state: self._transport_state(participant, state),
+            stats=self.stats,
         )
         transport.set_listener(peer)
         participant.peer = peer
@@ -478,6 +577,8 @@ class RoomService:
         )
         peer.add_subscription(sub)
         publication.add_subscriber(sub, peer.transport)
+        if publication.force_muted:
+            sub.set_held(True)
         # Start on a keyframe at once rather than waiting for the publisher's next one.
         layer = publication.layers.get(publication.num_layers - 1) or publication.layers.get(0)
         if layer is not None and publication.video:
@@ -556,9 +657,50 @@ class RoomService:
             raise RoomError("unknown_track", f"no track {track_id[:32]!r} in this room")
         if publication.participant_id != participant.id:
             raise RoomError("forbidden", "only the publisher can mute its track")
+        if publication.force_muted and not muted:
+            raise RoomError(
+                "force_muted", "a host muted this track; only a host can lift that", track_id
+            )
         if publication.muted != muted:
             publication.muted = muted
             room.broadcast({"type": "track_muted", "track": track_id, "muted": muted})
+
+    def set_force_muted(self, room: Room, publication: Publication, muted: bool) -> bool:
+        """A host stops (or resumes) forwarding of ``publication``; everyone, the publisher
+        included, is told. Lifting it leaves the track muted until the publisher unmutes."""
+        if publication.force_muted == muted:
+            return False
+        publication.force_muted = muted
+        publication.muted = publication.muted or muted
+        for sub, _transport in publication.fanout:
+            sub.set_held(muted)
+        room.broadcast(
+            {
+                "type": "track_muted",
+                "track": publication.id,
+                "muted": publication.muted,
+                "force_muted": muted,
+            }
+        )
+        return True
+
+    def policy_changed(self, room_name: str, old: RoomPolicy, new: RoomPolicy) -> int:
+        """Apply a policy change to a running meeting: everyone admitted hears of it, and
+        switching the waiting room off admits whoever waits. Returns how many were admitted."""
+        room = self.rooms.get(room_name)
+        if room is None:
+            return 0
+        if old.public() != new.public():
+            room.broadcast(
+                {"type": "policy", "policy": new.public(), "e2ee_required": new.e2ee_required}
+            )
+        admitted = 0
+        if old.waiting_room and not new.waiting_room and self.admission is None:
+            for participant_id in list(room.waiting):
+                admitted += int(self.admit(room, participant_id, notify=False))
+            if admitted:
+                self.notify_waiting(room)
+        return admitted
 
     def _joined_peer(self, participant: Participant) -> Peer | None:
         if participant.state is not ParticipantState.JOINED:
@@ -567,8 +709,17 @@ class RoomService:
 
     # -- timers ---------------------------------------------------------------------------------
 
+    def expire_waiting(self, now: float) -> None:
+        """End participants who have waited longer than ``rooms.waiting_timeout_s``."""
+        timeout = self.policies.defaults.waiting_timeout_s
+        for room in list(self.rooms.values()):
+            for participant in list(room.waiting.values()):
+                if now - participant.waiting_since >= timeout:
+                    self.end(participant, CLOSE_WAIT_TIMEOUT, "nobody admitted you in time")
+
     def poll(self, now: float, wallclock: float) -> None:
-        """Periodic work of every peer and room (RTCP, allocation, speakers)."""
+        """Periodic work of every peer and room (RTCP, allocation, speakers, waiting room)."""
+        self.expire_waiting(now)
         for room in list(self.rooms.values()):
             for participant in list(room.participants.values()):
                 peer = participant.peer

@@ -24,6 +24,8 @@ from sfu.packet.extensions import (
     build_transport_cc_seq,
 )
 from sfu.packet.rtp import RtpPacket, build_extension_block
+from sfu.room.audit import AuditLog
+from sfu.room.policy import PasswordHash, PolicyStore, RoomDefaults, RoomPolicy
 from sfu.room.room import Participant
 from sfu.room.service import Admission, RoomService
 from sfu.signaling.auth import Grant, JoinClaims
@@ -101,11 +103,20 @@ class Harness:
     captured: dict[str, tuple[list[bytes], list[bytes]]] = field(default_factory=dict)
 
     def join(
-        self, room: str, identity: str, grants: Grant = Grant.PUBLISH | Grant.SUBSCRIBE
+        self,
+        room: str,
+        identity: str,
+        grants: Grant = Grant.PUBLISH | Grant.SUBSCRIBE,
+        *,
+        now: float = 0.0,
+        password: PasswordHash | None = None,
+        kind: str = "websocket",
     ) -> Participant:
         box: list[dict[str, Any]] = []
         self.inbox[identity] = box
-        return self.service.join(claims(room, identity, grants), box.append)
+        return self.service.join(
+            claims(room, identity, grants), box.append, kind=kind, now=now, password=password
+        )
 
     def capture(self, identity: str, participant: Participant) -> WebRtcTransport:
         """Record what the participant's transport would send (it has no SRTP here)."""
@@ -121,13 +132,28 @@ class Harness:
         return [m for m in self.inbox[identity] if m["type"] == kind]
 
 
-def harness(monkeypatch: pytest.MonkeyPatch, admission: Admission | None = None) -> Harness:
-    """A harness; transports it captures record what they would send (they have no SRTP)."""
+#: Rooms without a waiting room, for tests of everything else.
+OPEN_ROOMS = RoomDefaults(RoomPolicy(waiting_room=False))
+
+
+def harness(
+    monkeypatch: pytest.MonkeyPatch,
+    admission: Admission | None = None,
+    *,
+    defaults: RoomDefaults = OPEN_ROOMS,
+    audit: AuditLog | None = None,
+) -> Harness:
+    """A harness; transports it captures record what they would send (they have no SRTP).
+    Rooms have no waiting room unless ``defaults`` say otherwise."""
     port = MediaPort(certificate(), lambda data, addr: None)
-    if admission is None:
-        h = Harness(RoomService(port, [("127.0.0.1", 40000)]))
-    else:
-        h = Harness(RoomService(port, [("127.0.0.1", 40000)], admission=admission))
+    service = RoomService(
+        port,
+        [("127.0.0.1", 40000)],
+        admission=admission,
+        policies=PolicyStore(defaults),
+        audit=audit,
+    )
+    h = Harness(service)
     original_rtp = WebRtcTransport.send_rtp
     original_rtcp = WebRtcTransport.send_rtcp
 
