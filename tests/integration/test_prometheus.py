@@ -22,6 +22,8 @@ import pytest
 from clients import TIMEOUT, running_server
 from media_load import media_load
 
+from bench.dashboard import render
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,7 +147,7 @@ async def wait_until(check: Any, timeout: float = 4 * TIMEOUT) -> None:
         await asyncio.sleep(0.5)
 
 
-def test_real_prometheus_evaluates_every_panel_and_alert(prometheus: Any) -> None:
+def test_real_prometheus_evaluates_every_panel_and_alert(prometheus: Any, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_server() as (server, base):
             prom = prometheus(int(base.rsplit(":", 1)[1]))
@@ -201,5 +203,12 @@ def test_real_prometheus_evaluates_every_panel_and_alert(prometheus: Any) -> Non
                     alerts = await api(http, f"{prom}/api/v1/alerts")
                     firing = [a["labels"]["alertname"] for a in alerts["alerts"]]
                     assert "SfuDown" not in firing and "SfuNotReady" not in firing
+
+                    # bench.dashboard draws every panel from the same Prometheus.
+                    out = tmp_path / "dashboard.png"
+                    drawn = await asyncio.to_thread(render, prom, 60, out)
+                    panels = json.loads(DASHBOARD.read_text())["panels"]
+                    assert drawn == sum(1 for p in panels if p["type"] != "row")
+                    assert out.read_bytes().startswith(b"\x89PNG")
 
     asyncio.run(asyncio.wait_for(scenario(), 8 * TIMEOUT))
