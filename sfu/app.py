@@ -23,10 +23,12 @@ from sfu.logging_setup import configure_logging
 from sfu.metrics.collector import MetricSources
 from sfu.metrics.http import add_metrics_route, build_registry
 from sfu.metrics.loop_lag import LoopLagMonitor
+from sfu.room.security import RoomSecurity
 from sfu.room.service import RoomService
+from sfu.signaling.admin_http import add_admin_routes
 from sfu.signaling.auth import signing_secret
 from sfu.signaling.echo_http import add_echo_routes
-from sfu.signaling.room_ws import RoomSockets, add_room_routes
+from sfu.signaling.room_ws import JoinGuard, RoomSockets, add_room_routes
 from sfu.signaling.web_http import add_web_routes
 from sfu.signaling.whip_http import HttpSessions, add_whip_routes
 from sfu.transport.certificate import Certificate
@@ -205,8 +207,18 @@ class Server:
             add_echo_routes(self.http_app, self.echo, clock.now)
             log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
         candidates = [(host, media_port) for host in self.config.announced_addresses()]
-        self.rooms = RoomService(self.port, candidates, clock=clock.now)
+        # Meeting security: room policies, bans, audit log, password limits, admin API.
+        security = RoomSecurity.from_config(self.config)
+        self.rooms = RoomService(
+            self.port,
+            candidates,
+            clock=clock.now,
+            policies=security.policies,
+            bans=security.bans,
+            audit=security.audit,
+        )
         auth = self.config.auth
+        add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)
         add_room_routes(
             self.http_app,
             self.rooms,
@@ -214,6 +226,7 @@ class Server:
             token_secret=self.token_secret,
             auth=auth,
             clock=clock.now,
+            guard=JoinGuard(security.attempts, self.config.http.trusted_proxies),
         )
         add_whip_routes(
             self.http_app,

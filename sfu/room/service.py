@@ -91,6 +91,13 @@ class RoomLimits:
     max_rooms: int = 1000
 
 
+def not_joined(participant: Participant) -> RoomError:
+    """The refusal of a request from someone not (or no longer) in the meeting."""
+    if participant.state is ParticipantState.WAITING:
+        return RoomError("not_joined", "you are in the waiting room until a host admits you")
+    return RoomError("not_joined", "not admitted to the room")
+
+
 def _matching_codec(media: NegotiatedMedia, codec: NegotiatedCodec) -> NegotiatedCodec | None:
     """The subscriber's codec entry for the publisher's codec (H.264: same packetization)."""
     name = codec.name.lower()
@@ -356,7 +363,7 @@ class RoomService:
         subscriptions (docs/protocol.md, "Media model"). Returns the answer SDP (``""`` and
         no change at all with ``validate_only``)."""
         if participant.state is not ParticipantState.JOINED:
-            raise RoomError("not_joined", "not admitted to the room")
+            raise not_joined(participant)
         names = names or {}
         subscriptions = subscriptions or {}
         room = participant.room
@@ -704,7 +711,7 @@ class RoomService:
 
     def _joined_peer(self, participant: Participant) -> Peer | None:
         if participant.state is not ParticipantState.JOINED:
-            raise RoomError("not_joined", "not admitted to the room")
+            raise not_joined(participant)
         return participant.peer
 
     # -- timers ---------------------------------------------------------------------------------

@@ -12,17 +12,31 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+#: Longest room password a ``join`` may carry, longest ban a ``remove`` may ask for (s).
+from sfu.room.policy import MAX_BAN_S, MAX_PASSWORD_CHARS
+
 __all__ = [
+    "MAX_BAN_S",
     "MAX_MESSAGE_BYTES",
+    "MAX_PASSWORD_CHARS",
     "PROTOCOL_VERSION",
+    "Admit",
+    "AdmitAll",
     "ClientMessage",
+    "Deny",
+    "EndMeeting",
+    "ForceMute",
     "Join",
     "Leave",
+    "Lock",
+    "ModerationMessage",
     "Mute",
     "Offer",
     "Ping",
     "Preferences",
     "ProtocolError",
+    "Remove",
+    "RequestMute",
     "Unsubscribe",
     "error_message",
     "parse_client_message",
@@ -40,6 +54,7 @@ _MAX_NAME_CHARS: Final = 64
 _MAX_ROOM_CHARS: Final = 128
 _MAX_ENTRIES: Final = 128
 _MAX_LAYER: Final = 2
+_MAX_PARTICIPANT_ID_CHARS: Final = 64
 
 
 class ProtocolError(Exception):
@@ -60,6 +75,8 @@ class Join:
     room: str
     token: str = field(repr=False)
     id: str | int | None = None
+    #: The room's password, when it has one (never logged, never echoed).
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +131,89 @@ class Leave:
     id: str | int | None = None
 
 
-ClientMessage = Join | Offer | Unsubscribe | Preferences | Mute | Ping | Leave
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """``admit`` (host): let one waiting participant in."""
+
+    participant: str
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """``deny`` (host): turn one waiting participant away."""
+
+    participant: str
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitAll:
+    """``admit_all`` (host): let everyone waiting in."""
+
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """``remove`` (host): end one participant's session; ``ban_s`` bars its identity from
+    this room for that long."""
+
+    participant: str
+    ban_s: int | None = None
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMute:
+    """``request_mute`` (host): ask the publisher of one track to mute it."""
+
+    track: str
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ForceMute:
+    """``force_mute`` (host): stop (``muted``) or resume forwarding one track."""
+
+    track: str
+    muted: bool
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    """``lock`` (host): refuse (or accept again) new joins."""
+
+    locked: bool
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndMeeting:
+    """``end_meeting`` (host): end the meeting for everyone in the room."""
+
+    id: str | int | None = None
+
+
+ModerationMessage = Admit | Deny | AdmitAll | Remove | RequestMute | ForceMute | Lock | EndMeeting
+ClientMessage = (
+    Join
+    | Offer
+    | Unsubscribe
+    | Preferences
+    | Mute
+    | Ping
+    | Leave
+    | Admit
+    | Deny
+    | AdmitAll
+    | Remove
+    | RequestMute
+    | ForceMute
+    | Lock
+    | EndMeeting
+)
 
 
 def _clip(value: str) -> str:
@@ -201,7 +300,10 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         token = obj.get("token")
         if not isinstance(token, str):
             raise ProtocolError("bad_message", "'token' must be a string", rid)
-        return Join(version, room, token, rid)
+        password = None
+        if obj.get("password") is not None:
+            password = _string(obj, "password", MAX_PASSWORD_CHARS, rid)
+        return Join(version, room, token, rid, password)
     if kind == "offer":
         sdp = obj.get("sdp")
         if not isinstance(sdp, str) or not sdp:
@@ -226,7 +328,39 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         return Ping(rid)
     if kind == "leave":
         return Leave(rid)
+    moderation = _moderation(kind, obj, rid)
+    if moderation is not None:
+        return moderation
     raise ProtocolError("unknown_type", f"unknown message type {_clip(kind)}", rid)
+
+
+def _moderation(kind: str, obj: dict[str, Any], rid: str | int | None) -> ClientMessage | None:
+    """The host messages (docs/protocol.md, "Moderation"); None for any other type."""
+    if kind in ("admit", "deny"):
+        participant = _string(obj, "participant", _MAX_PARTICIPANT_ID_CHARS, rid)
+        return Admit(participant, rid) if kind == "admit" else Deny(participant, rid)
+    if kind == "admit_all":
+        return AdmitAll(rid)
+    if kind == "remove":
+        participant = _string(obj, "participant", _MAX_PARTICIPANT_ID_CHARS, rid)
+        ban = obj.get("ban_s")
+        if ban is not None and (
+            isinstance(ban, bool) or not isinstance(ban, int) or not 0 <= ban <= MAX_BAN_S
+        ):
+            raise ProtocolError(
+                "bad_message", f"'ban_s' must be null or an integer 0-{MAX_BAN_S}", rid
+            )
+        return Remove(participant, ban, rid)
+    if kind == "request_mute":
+        return RequestMute(_string(obj, "track", _MAX_TRACK_ID_CHARS, rid), rid)
+    if kind == "force_mute":
+        track = _string(obj, "track", _MAX_TRACK_ID_CHARS, rid)
+        return ForceMute(track, _boolean(obj, "muted", rid, True), rid)
+    if kind == "lock":
+        return Lock(_boolean(obj, "locked", rid, True), rid)
+    if kind == "end_meeting":
+        return EndMeeting(rid)
+    return None
 
 
 def error_message(code: str, message: str, request_id: str | int | None) -> dict[str, Any]:

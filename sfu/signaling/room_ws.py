@@ -6,6 +6,11 @@ connection. Every later message is validated (:mod:`sfu.signaling.protocol`), ra
 handed to the room service; an error reply leaves the server's state unchanged. Messages to the
 client go through a bounded queue drained by one writer task, so a slow reader cannot make the
 server hold unbounded memory (it is disconnected instead).
+
+A room with a password takes it in the ``join``: wrong attempts are limited per source address
+and per room (:class:`sfu.room.policy.PasswordAttempts`) and the scrypt check runs on a worker
+thread, a few at a time, so guessing can neither stall the event loop nor go fast. Hosts'
+moderation messages go to :class:`sfu.room.moderation.Moderation`.
 """
 
 from __future__ import annotations
@@ -20,25 +25,36 @@ from typing import Final
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.config import AuthConfig
+from sfu.room.moderation import Moderation
+from sfu.room.policy import PasswordAttempts, PasswordHash, verify_password
 from sfu.room.room import Message, Participant
-from sfu.room.service import RoomError, RoomService
-from sfu.signaling.auth import TokenError, verify_token
+from sfu.room.service import CLOSE_REFUSED, RoomError, RoomService
+from sfu.signaling.auth import Grant, JoinClaims, TokenError, verify_token
 from sfu.signaling.protocol import (
     PROTOCOL_VERSION,
+    Admit,
+    AdmitAll,
     ClientMessage,
+    Deny,
+    EndMeeting,
+    ForceMute,
     Join,
     Leave,
+    Lock,
+    ModerationMessage,
     Mute,
     Offer,
     Ping,
     Preferences,
     ProtocolError,
+    Remove,
+    RequestMute,
     Unsubscribe,
     error_message,
     parse_client_message,
 )
 
-__all__ = ["RoomSockets", "add_room_routes"]
+__all__ = ["JoinGuard", "RoomSockets", "add_room_routes", "source_address"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +74,68 @@ MAX_QUEUED: Final = 1024
 CLOSE_BAD_JOIN: Final = 4000
 CLOSE_UNAUTHORIZED: Final = 4001
 CLOSE_JOIN_TIMEOUT: Final = 4008
+#: Join refusals that are the room's policy (sent as an ``error`` reply, then closed 4003).
+_POLICY_REFUSALS: Final = frozenset(
+    {
+        "banned",
+        "room_locked",
+        "room_full",
+        "password_required",
+        "wrong_password",
+        "rate_limited",
+        "e2ee_required",
+    }
+)
+#: Password checks (scrypt, 16 MiB each) running at once; more wait their turn.
+MAX_PASSWORD_CHECKS: Final = 2
+_MAX_SOURCE_CHARS: Final = 64
+
+
+def source_address(request: web.Request, trusted_proxies: frozenset[str]) -> str:
+    """The client's address for rate limiting: the TCP peer, or behind a trusted reverse
+    proxy the rightmost ``X-Forwarded-For`` hop that is not itself a trusted proxy."""
+    peer = request.remote or ""
+    if peer in trusted_proxies:
+        hops = [
+            hop.strip()
+            for value in request.headers.getall("X-Forwarded-For", [])
+            for hop in value.split(",")
+        ]
+        for hop in reversed(hops):
+            if hop and hop not in trusted_proxies:
+                return hop[:_MAX_SOURCE_CHARS]
+    return peer
+
+
+class JoinGuard:
+    """What a ``join`` must get past besides its token: the room password and its limits."""
+
+    def __init__(self, attempts: PasswordAttempts, trusted_proxies: tuple[str, ...] = ()):
+        self.attempts = attempts
+        self.trusted_proxies = frozenset(trusted_proxies)
+        self._slots: asyncio.Semaphore | None = None
+
+    async def password(
+        self, service: RoomService, join: Join, claims: JoinClaims, source: str, now: float
+    ) -> PasswordHash | None:
+        """The room's password hash once ``join`` has proved it (None when the room has none
+        or the token's grant skips it); raises the refusing :class:`RoomError`."""
+        stored = service.policies.get(claims.room).password
+        if stored is None or claims.grants & (Grant.HOST | Grant.ADMIN):
+            return None
+        if join.password is None:
+            raise RoomError("password_required", "this room needs a password")
+        if not self.attempts.begin(source, claims.room, now):
+            raise RoomError("rate_limited", "too many wrong passwords; try again in a minute")
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(MAX_PASSWORD_CHECKS)
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            right = await loop.run_in_executor(None, verify_password, stored, join.password)
+        if not right:
+            raise RoomError("wrong_password", "wrong password")
+        self.attempts.succeeded(source, claims.room, now)
+        return stored
 
 
 class _Bucket:
@@ -101,6 +179,7 @@ class _Connection:
         self.service = service
         self.clock = clock
         self.participant: Participant | None = None
+        self.moderation = Moderation(service)
         self.queue: asyncio.Queue[Message | None] = asyncio.Queue()
         self.close_code: int | None = None
         self.close_reason = ""
@@ -152,8 +231,10 @@ def add_room_routes(
     auth: AuthConfig,
     clock: Callable[[], float],
     wallclock: Callable[[], float] = time.time,
+    guard: JoinGuard | None = None,
 ) -> None:
     """Register ``GET /ws`` on ``app``."""
+    guard = guard or JoinGuard(PasswordAttempts())
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=20.0)
@@ -161,8 +242,9 @@ def add_room_routes(
         conn = _Connection(ws, service, clock)
         sockets.open.add(ws)
         writer = asyncio.ensure_future(conn.writer())
+        source = source_address(request, guard.trusted_proxies)
         try:
-            if await _join(conn, ws, service, token_secret, auth, wallclock):
+            if await _join(conn, ws, service, token_secret, auth, wallclock, guard, source):
                 await _serve(conn, ws)
         finally:
             sockets.open.discard(ws)
@@ -185,6 +267,8 @@ async def _join(
     secret: str,
     auth: AuthConfig,
     wallclock: Callable[[], float],
+    guard: JoinGuard,
+    source: str,
 ) -> bool:
     """Wait for the ``join`` and verify it; False (and a close queued) when refused."""
     try:
@@ -221,9 +305,13 @@ async def _join(
         conn.request_close(CLOSE_UNAUTHORIZED, f"token {exc.reason}")
         return False
     try:
-        participant = service.join(claims, conn.sink)
+        proof = await guard.password(service, join, claims, source, conn.clock())
+        if ws.closed:
+            return False  # the client gave up while its password was being checked
+        participant = service.join(claims, conn.sink, now=conn.clock(), password=proof)
     except RoomError as exc:
-        conn.request_close(4003 if exc.code == "room_full" else 1013, exc.message)
+        conn.sink(error_message(exc.code, exc.message, join.id))
+        conn.request_close(CLOSE_REFUSED if exc.code in _POLICY_REFUSALS else 1013, exc.message)
         return False
     conn.participant = participant
     participant.on_close = conn.request_close
@@ -304,3 +392,29 @@ def _dispatch(conn: _Connection, message: ClientMessage, now: float) -> None:
     elif isinstance(message, Mute):
         service.set_muted(participant, message.track, message.muted)
         conn.reply(message.id, {"type": "ok"})
+    elif isinstance(message, ModerationMessage):
+        conn.reply(message.id, _moderate(conn.moderation, participant, message, now))
+
+
+def _moderate(
+    moderation: Moderation, actor: Participant, message: ModerationMessage, now: float
+) -> Message:
+    """Apply a host's message; returns the ``ok`` reply (RoomError refuses it)."""
+    reply: Message = {"type": "ok"}
+    if isinstance(message, Admit):
+        moderation.admit(actor, message.participant)
+    elif isinstance(message, Deny):
+        moderation.deny(actor, message.participant)
+    elif isinstance(message, AdmitAll):
+        reply["admitted"] = moderation.admit_all(actor)
+    elif isinstance(message, Remove):
+        moderation.remove(actor, message.participant, message.ban_s, now)
+    elif isinstance(message, RequestMute):
+        moderation.request_mute(actor, message.track)
+    elif isinstance(message, ForceMute):
+        moderation.force_mute(actor, message.track, message.muted)
+    elif isinstance(message, Lock):
+        moderation.lock(actor, message.locked)
+    elif isinstance(message, EndMeeting):
+        moderation.end_meeting(actor)  # closes every socket of the room, this one too
+    return reply

@@ -88,7 +88,8 @@ def add_web_routes(
             room=room,
             identity=f"dev-{secrets.token_urlsafe(9)}",
             name=name or None,
-            grants=Grant.PUBLISH | Grant.SUBSCRIBE,
+            # host: two tabs of the demo admit each other from the waiting room (loopback only).
+            grants=Grant.PUBLISH | Grant.SUBSCRIBE | Grant.HOST,
             exp=now + DEV_TOKEN_TTL_S,
             iat=now,
         )

@@ -45,6 +45,11 @@ _STATUS: Final = {
     "room_full": 503,
     "server_busy": 503,
     "server_draining": 503,
+    # The room's policy (docs/security.md): WHIP/WHEP skip the waiting room and the password,
+    # not bans or the lock; WHIP cannot encrypt end to end, so an E2EE room refuses it.
+    "banned": 403,
+    "room_locked": 403,
+    "e2ee_required": 403,
 }
 _UNAUTHORIZED_HEADERS: Final = {"WWW-Authenticate": 'Bearer realm="sfu"'}
 
@@ -218,7 +223,7 @@ def _start(
     except RoomError as exc:
         return _room_error(exc)
     try:
-        participant = service.join(claims, lambda message: None, kind=kind)
+        participant = service.join(claims, lambda message: None, kind=kind, now=now)
     except RoomError as exc:
         return _room_error(exc)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,17 +14,23 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 
 from sfu.app import Server
-from sfu.config import Config, HttpConfig, MediaConfig, ServerConfig
+from sfu.config import AuditConfig, Config, HttpConfig, MediaConfig, RoomsConfig, ServerConfig
 
 # aiortc gathers candidates on every interface; tests only ever use 127.0.0.1.
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 TIMEOUT = 20.0
 
+#: Audit records of in-process test servers go here, never into the working directory.
+AUDIT_DIR = tempfile.mkdtemp(prefix="sfu-test-audit-")
+
+#: Loopback, ephemeral ports, no waiting room (tests of the waiting room turn it on).
 LOOPBACK_CONFIG = Config(
     http=HttpConfig(host="127.0.0.1", port=0),
     media=MediaConfig(udp_host="127.0.0.1", udp_port=0),
     server=ServerConfig(drain_timeout_s=3.0),
+    rooms=RoomsConfig(waiting_room=False),
+    audit=AuditConfig(path=AUDIT_DIR),
 )
 
 

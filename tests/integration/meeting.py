@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -21,7 +22,7 @@ from browser import run_async, wait_until
 from selenium import webdriver
 
 from sfu.app import Server
-from sfu.config import Config, HttpConfig, MediaConfig, ServerConfig
+from sfu.config import AuditConfig, Config, HttpConfig, MediaConfig, ServerConfig
 from sfu.core.peer import Peer
 from sfu.transport.transport import WebRtcTransport
 
@@ -29,11 +30,13 @@ T = TypeVar("T")
 
 TIMEOUT = 15.0
 
-#: Loopback only, ephemeral ports; development tokens are on by default (HTTP is on loopback).
+#: Loopback only, ephemeral ports; development tokens are on by default (HTTP is on loopback)
+#: and carry the host grant, so the default waiting room admits the demo pages at once.
 MEETING_CONFIG = Config(
     http=HttpConfig(host="127.0.0.1", port=0),
     media=MediaConfig(udp_host="127.0.0.1", udp_port=0),
     server=ServerConfig(drain_timeout_s=3.0),
+    audit=AuditConfig(path=tempfile.mkdtemp(prefix="sfu-test-audit-")),
 )
 
 Stats = dict[str, Any]
