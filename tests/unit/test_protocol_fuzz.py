@@ -15,15 +15,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfu.signaling.protocol import (
+    MAX_BAN_S,
     MAX_MESSAGE_BYTES,
+    Admit,
+    AdmitAll,
     ClientMessage,
+    Deny,
+    EndMeeting,
+    ForceMute,
     Join,
     Leave,
+    Lock,
     Mute,
     Offer,
     Ping,
     Preferences,
     ProtocolError,
+    Remove,
+    RequestMute,
     Unsubscribe,
     parse_client_message,
 )
@@ -36,6 +45,14 @@ CLASSES: dict[str, type] = {
     "mute": Mute,
     "ping": Ping,
     "leave": Leave,
+    "admit": Admit,
+    "deny": Deny,
+    "admit_all": AdmitAll,
+    "remove": Remove,
+    "request_mute": RequestMute,
+    "force_mute": ForceMute,
+    "lock": Lock,
+    "end_meeting": EndMeeting,
 }
 PARSE_CODES = {"bad_json", "bad_message", "unknown_type", "too_large"}
 FIELDS = [
@@ -52,6 +69,10 @@ FIELDS = [
     "paused",
     "muted",
     "name",
+    "password",
+    "participant",
+    "ban_s",
+    "locked",
 ]
 
 # Any text at all, lone surrogates included (a str can hold them even if no wire can).
@@ -160,6 +181,10 @@ def test_real_types_with_plausible_fields(kind: str, data: st.DataObject) -> Non
         "max_temporal": st.none() | st.integers(-1, 3) | st.floats(0, 2),
         "paused": st.booleans() | json_scalars,
         "muted": st.booleans() | json_scalars,
+        "password": st.none() | st.text(max_size=130) | json_scalars,
+        "participant": st.text(max_size=66) | json_scalars,
+        "ban_s": st.none() | st.integers(-1, MAX_BAN_S + 1) | st.booleans() | json_scalars,
+        "locked": st.booleans() | json_scalars,
     }
     names = data.draw(st.sets(st.sampled_from(list(plausible))))
     obj = {name: data.draw(plausible[name]) for name in names}
@@ -173,10 +198,75 @@ short = st.text(min_size=1, max_size=64)
 layer = st.none() | st.integers(0, 2)
 
 
-@given(valid_id, st.text(min_size=1, max_size=128), st.text(max_size=100))
-def test_valid_join(rid: str | int | None, room: str, token: str) -> None:
+@given(
+    valid_id,
+    st.text(min_size=1, max_size=128),
+    st.text(max_size=100),
+    st.none() | st.text(min_size=1, max_size=128),
+)
+def test_valid_join(rid: str | int | None, room: str, token: str, password: str | None) -> None:
     obj = {"type": "join", "protocol": 1, "room": room, "token": token, "id": rid}
-    assert parse_client_message(json.dumps(obj)) == Join(1, room, token, rid)
+    if password is not None:
+        obj["password"] = password
+    joined = parse_client_message(json.dumps(obj))
+    assert joined == Join(1, room, token, rid, password)
+    assert "password=" not in repr(Join(1, "r", "t", None, password))
+
+
+@pytest.mark.parametrize("password", ["", "x" * 129, 1234, True, ["pw"]])
+def test_join_password_is_bounded(password: object) -> None:
+    obj = {"type": "join", "protocol": 1, "room": "r", "token": "t", "password": password}
+    result = check(json.dumps(obj))
+    assert isinstance(result, ProtocolError) and "'password'" in result.message
+
+
+@given(
+    valid_id,
+    st.text(min_size=1, max_size=64),
+    short,
+    st.none() | st.integers(0, MAX_BAN_S),
+    st.booleans(),
+)
+def test_valid_moderation_messages(
+    rid: str | int | None, participant: str, track: str, ban: int | None, flag: bool
+) -> None:
+    def parse(obj: dict[str, Any]) -> ClientMessage:
+        return parse_client_message(json.dumps({**obj, "id": rid}))
+
+    assert parse({"type": "admit", "participant": participant}) == Admit(participant, rid)
+    assert parse({"type": "deny", "participant": participant}) == Deny(participant, rid)
+    assert parse({"type": "admit_all"}) == AdmitAll(rid)
+    remove = {"type": "remove", "participant": participant, "ban_s": ban}
+    assert parse(remove) == Remove(participant, ban, rid)
+    assert parse({"type": "request_mute", "track": track}) == RequestMute(track, rid)
+    assert parse({"type": "force_mute", "track": track, "muted": flag}) == ForceMute(
+        track, flag, rid
+    )
+    assert parse({"type": "force_mute", "track": track}) == ForceMute(track, True, rid)
+    assert parse({"type": "lock", "locked": flag}) == Lock(flag, rid)
+    assert parse({"type": "lock"}) == Lock(True, rid)
+    assert parse({"type": "end_meeting"}) == EndMeeting(rid)
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [
+        ({"type": "admit"}, "'participant'"),
+        ({"type": "deny", "participant": ""}, "'participant'"),
+        ({"type": "remove", "participant": "x" * 65}, "'participant'"),
+        ({"type": "remove", "participant": "PA_x", "ban_s": -1}, "'ban_s'"),
+        ({"type": "remove", "participant": "PA_x", "ban_s": MAX_BAN_S + 1}, "'ban_s'"),
+        ({"type": "remove", "participant": "PA_x", "ban_s": 1.5}, "'ban_s'"),
+        ({"type": "remove", "participant": "PA_x", "ban_s": True}, "'ban_s'"),
+        ({"type": "request_mute", "track": 5}, "'track'"),
+        ({"type": "force_mute", "track": "TR_x", "muted": "yes"}, "'muted'"),
+        ({"type": "lock", "locked": None}, "'locked'"),
+    ],
+)
+def test_malformed_moderation_messages_name_the_field(obj: dict[str, Any], field: str) -> None:
+    result = check(json.dumps({**obj, "id": "m"}))
+    assert isinstance(result, ProtocolError) and result.code == "bad_message"
+    assert field in result.message and result.request_id == "m"
 
 
 @given(
