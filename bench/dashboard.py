@@ -58,8 +58,15 @@ def legend(template: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template)
 
 
-def render(base: str, range_s: int, out: Path, dashboard_path: Path = DASHBOARD) -> int:
-    """Draw every panel; returns how many panels had data."""
+def render(
+    base: str,
+    range_s: int,
+    out: Path,
+    dashboard_path: Path = DASHBOARD,
+    end: float | None = None,
+) -> int:
+    """Draw every panel over ``range_s`` seconds up to ``end`` (default now); returns how many
+    panels had data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,11 +75,11 @@ def render(base: str, range_s: int, out: Path, dashboard_path: Path = DASHBOARD)
     dashboard = json.loads(dashboard_path.read_text("utf-8"))
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    end = time.time()
+    end = time.time() if end is None else end
     start = end - range_s
     step = max(1, range_s // 240)
     fig = plt.figure(figsize=(24, rows * 0.62), dpi=80)
-    grid = fig.add_gridspec(rows, 24, hspace=1.6, wspace=0.9)
+    grid = fig.add_gridspec(rows, 24, hspace=1.6, wspace=0.9, top=0.985, bottom=0.01)
     with_data = 0
     for panel in panels:
         pos = panel["gridPos"]
@@ -117,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--range", type=parse_range, default=900, help="time range (15m)")
     parser.add_argument("--out", type=Path, default=Path("sfu-dashboard.png"))
     parser.add_argument("--dashboard", type=Path, default=DASHBOARD)
+    parser.add_argument("--end", type=float, default=None, help="end, unix seconds (now)")
     args = parser.parse_args(argv)
-    n = render(args.prometheus.rstrip("/"), args.range, args.out, args.dashboard)
+    n = render(args.prometheus.rstrip("/"), args.range, args.out, args.dashboard, args.end)
     print(f"wrote {args.out} ({n} panels with data)")
     return 0
 
