@@ -88,6 +88,8 @@ def test_sigterm_drains_until_the_last_participant_leaves(server: ServeProcess) 
 
             # A newcomer is refused with a reason it can act on (try again: 1013).
             late = await join(http, port, "grace")
+            refusal = await next_message(late)
+            assert (refusal["type"], refusal["code"]) == ("error", "server_draining")
             closing = await late.receive(timeout=TIMEOUT)
             assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
             assert late.close_code == 1013
