@@ -4,7 +4,11 @@ One server runs for the whole test on an event loop in a background thread; hypo
 it from the test thread. An ``observer`` participant publishes real aiortc media into the room
 and a ``fuzzer`` participant sends random messages (JSON objects with real and fake types and
 random fields, SDP-ish strings built by mutating real offers, arbitrary text). Between them,
-random requests hit ``POST /whip/{room}`` and ``POST /whep/{room}/{identity}``.
+random requests hit ``POST /whip/{room}`` and ``POST /whep/{room}/{identity}``, and the room
+policy admin API (``GET``/``PUT``/``DELETE /rooms/{room}/policy``) gets random tokens and bodies.
+The fuzzer holds the ``host`` grant, so its moderation messages reach the room rules; the
+observer holds ``admin`` (which a host may not moderate) and an ``outsider`` sits in another
+room, whose participant is a target no action may reach.
 
 Every WebSocket message gets exactly one reply, the one the parser and the room rules allow
 (an ``error`` reply leaves the server's state exactly as it was); every HTTP request gets a
@@ -42,8 +46,12 @@ import sfu.signaling.room_ws
 from sfu.app import Server
 from sfu.signaling.auth import Grant, JoinClaims, issue_token
 from sfu.signaling.protocol import (
+    AdmitAll,
+    EndMeeting,
     Join,
     Leave,
+    Lock,
+    ModerationMessage,
     Mute,
     Offer,
     Ping,
@@ -57,6 +65,7 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 ROOM = "fuzz-room"
+OTHER_ROOM = "fuzz-elsewhere"
 BOTH = Grant.PUBLISH | Grant.SUBSCRIBE
 REPLIES = {"answer", "ok", "pong", "error"}
 EVENTS = {
@@ -66,6 +75,26 @@ EVENTS = {
     "track_unpublished",
     "track_muted",
     "speakers",
+    "policy",
+    "waiting_list",
+}
+MODERATION_TYPES = [
+    "admit",
+    "deny",
+    "admit_all",
+    "remove",
+    "request_mute",
+    "force_mute",
+    "lock",
+    "end_meeting",
+]
+#: What moderation by a host may be refused with here (every target is out of its reach).
+MODERATION_ERRORS = {
+    "forbidden",
+    "unknown_participant",
+    "unknown_track",
+    "bad_message",
+    "unsupported",
 }
 OFFER_ERRORS = {"bad_offer", "bad_message", "unknown_track", "forbidden"}
 TOKEN_CHARS = string.ascii_letters + string.digits + "-_"
@@ -151,12 +180,12 @@ class Harness:
         self.stack.push_async_callback(pc.close)
         return pc
 
-    async def _join(self, identity: str) -> Client:
+    async def _join(self, identity: str, grants: Grant = BOTH, room: str = ROOM) -> Client:
         ws = await self.http.ws_connect(f"{self.base}/ws")
         self.stack.push_async_callback(ws.close)
         client = Client(ws)
-        bearer = token(self.server, identity, ROOM, BOTH)
-        await client.send({"type": "join", "protocol": 1, "room": ROOM, "token": bearer})
+        bearer = token(self.server, identity, room, grants)
+        await client.send({"type": "join", "protocol": 1, "room": room, "token": bearer})
         joined = await client.recv()
         assert joined["type"] == "joined", joined
         client.id = joined["participant"]["id"]
@@ -174,7 +203,7 @@ class Harness:
         self.observer_pc = await self._pc()
         self.observer_pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
         self.observer_pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
-        self.observer = await self._join("observer")
+        self.observer = await self._join("observer", BOTH | Grant.ADMIN)
         sdp = await local_offer(self.observer_pc)
         await self.observer.send({"type": "offer", "sdp": sdp, "id": "publish"})
         answer = None
@@ -191,9 +220,10 @@ class Harness:
             assert time.monotonic() < deadline, "observer did not connect"
             await asyncio.sleep(0.05)
 
-        self.fuzzer = await self._join("fuzzer")
+        self.fuzzer = await self._join("fuzzer", BOTH | Grant.HOST)
         assert [m["type"] for m in await self.fuzzer.settle()] == []
         assert [m["type"] for m in await self.observer.settle()] == ["participant_joined"]
+        self.outsider = await self._join("outsider", BOTH | Grant.HOST, OTHER_ROOM)
 
         # Real offers to mutate. The fuzzer's: two sendonly and two recvonly sections.
         pc = await self._pc()
@@ -214,9 +244,13 @@ class Harness:
     # -- one fuzz action each ------------------------------------------------------------------
 
     def resolve(self, value: Any) -> Any:
-        """Replace "$OWN" with one of the fuzzer's own track ids (known only at run time)."""
+        """Replace "$OWN" with one of the fuzzer's own track ids and "$OBSERVER", "$FUZZER",
+        "$OUTSIDER" with participant ids (known only at run time)."""
         if value == "$OWN":
             return self.fuzzer_tracks[0] if self.fuzzer_tracks else "TR_none"
+        ids = {"$OBSERVER": self.observer, "$FUZZER": self.fuzzer, "$OUTSIDER": self.outsider}
+        if isinstance(value, str) and value in ids:
+            return ids[value].id
         if isinstance(value, dict):
             return {k: self.resolve(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -229,9 +263,9 @@ class Harness:
             parsed = parse_client_message(text)
         except ProtocolError as exc:
             parsed, refusal = None, exc
-        if isinstance(parsed, Leave):
-            return  # a valid leave ends the session: not something to fuzz
-        before = room_state(self.server)
+        if isinstance(parsed, Leave | EndMeeting):
+            return  # a valid leave or end_meeting ends the session: not something to fuzz
+        before = self.state()
         await self.fuzzer.ws.send_str(text)
         got = await self.fuzzer.settle()
         replies = [m for m in got if m.get("type") in REPLIES]
@@ -254,13 +288,17 @@ class Harness:
                 assert kind == "answer" or reply.get("code") in OFFER_ERRORS, reply
             elif isinstance(parsed, Unsubscribe | Preferences):
                 assert kind == "ok" or reply.get("code") == "unknown_track", reply
+            elif isinstance(parsed, AdmitAll | Lock):
+                assert kind == "ok", reply  # a host may; nobody waits here
+            elif isinstance(parsed, ModerationMessage):
+                assert reply.get("code") in MODERATION_ERRORS, reply
             else:
                 assert isinstance(parsed, Mute)
                 assert kind == "ok" or reply.get("code") in ("unknown_track", "forbidden"), reply
         others = await self.observer_sees_only_events()
         if kind == "error":
             # An error reply changes nothing and nobody hears of it.
-            assert room_state(self.server) == before
+            assert self.state() == before
             assert got == [reply] and others == [], (got, others)
         if kind == "answer":
             assert reply["sdp"].startswith("v=0")
@@ -316,6 +354,42 @@ class Harness:
         if status != 201:
             assert seen == [], seen  # a refused request is invisible to the room
 
+    def state(self) -> Any:
+        """Room state plus the room policies and bans a refused request must not change."""
+        rooms = self.server.rooms
+        assert rooms is not None
+        policies = tuple(rooms.policies.get(r) for r in (ROOM, OTHER_ROOM))
+        return room_state(self.server), policies, len(rooms.policies), len(rooms.bans)
+
+    async def policy_action(self, method: str, room: str, auth: str, body: Any) -> None:
+        """One admin API request: below 500 always; a refusal changes nothing and is
+        invisible; an accepted change is undone again (DELETE)."""
+        url = f"{self.base}/rooms/{quote(room, safe='')}/policy"
+        headers: dict[str, str] = {}
+        if auth in ("admin", "host", "admin of another room"):
+            grants = Grant.ADMIN if auth != "host" else Grant.HOST | BOTH
+            claim_room = room if auth != "admin of another room" else room + "x"
+            headers["Authorization"] = f"Bearer {token(self.server, 'api', claim_room, grants)}"
+        elif auth != "none":
+            headers["Authorization"] = auth
+        data = body if isinstance(body, str | bytes) else json.dumps(body)
+        before = self.state()
+        async with self.http.request(method, url, data=data, headers=headers) as resp:
+            status, text = resp.status, await resp.text(errors="replace")
+        self.count(f"policy {method} {status}")
+        assert status < 500 and text.strip(), (status, text)
+        if status >= 400 or method == "GET":
+            assert self.state() == before
+            assert await self.fuzzer.settle() == [] and await self.observer.settle() == []
+            return
+        policy = json.loads(text)["policy"]
+        assert "password" not in policy and set(policy) >= {"password_set", "locked"}
+        async with self.http.delete(url, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        assert self.state()[0] == before[0]
+        seen = await self.fuzzer.settle() + await self.observer_sees_only_events()
+        assert all(message.get("type") == "policy" for message in seen), seen
+
     async def observer_sees_only_events(self) -> list[dict[str, Any]]:
         messages = await self.observer.settle()
         for message in messages:
@@ -326,10 +400,14 @@ class Harness:
     async def final_checks(self) -> None:
         server = self.server
         assert server.rooms is not None
-        assert set(server.rooms.rooms) == {ROOM}
+        assert set(server.rooms.rooms) == {ROOM, OTHER_ROOM}
         room = server.rooms.rooms[ROOM]
         assert set(room.participants) == {self.observer.id, self.fuzzer.id}
         assert room.waiting == {}
+        # Nothing done in the fuzzed room ever reached the other room.
+        assert await self.outsider.settle() == []
+        assert set(server.rooms.rooms[OTHER_ROOM].participants) == {self.outsider.id}
+        await self.outsider.ws.close()
         assert server.http_sessions.by_id == {}
         # Exactly one transport per participant whose offer was accepted: none leaked.
         with_peers = [p for p in room.participants.values() if p.peer is not None]
@@ -461,6 +539,13 @@ def strategies(h: Harness) -> st.SearchStrategy[list[tuple[Any, ...]]]:
         "max_temporal": st.none() | st.integers(-1, 3),
         "paused": weighted((4, st.booleans()), (1, json_value)),
         "muted": weighted((4, st.booleans()), (1, json_value)),
+        "participant": weighted(
+            (4, st.sampled_from(["$OBSERVER", "$FUZZER", "$OUTSIDER", "PA_nobody", ""])),
+            (1, json_value),
+        ),
+        "ban_s": weighted((4, st.none() | st.integers(-1, 700000)), (1, json_value)),
+        "locked": weighted((4, st.booleans()), (1, json_value)),
+        "password": st.none() | st.text(max_size=130),
     }
     shape = {  # the fields each type reads: (required, optional)
         "join": (["protocol", "room", "token"], []),
@@ -469,6 +554,14 @@ def strategies(h: Harness) -> st.SearchStrategy[list[tuple[Any, ...]]]:
         "prefs": (["track"], ["max_spatial", "max_temporal", "paused"]),
         "mute": (["track", "muted"], []),
         "ping": ([], []),
+        "admit": (["participant"], []),
+        "deny": (["participant"], []),
+        "admit_all": ([], []),
+        "remove": (["participant"], ["ban_s"]),
+        "request_mute": (["track"], []),
+        "force_mute": (["track"], ["muted"]),
+        "lock": ([], ["locked"]),
+        "end_meeting": ([], []),
     }
 
     @st.composite
@@ -478,6 +571,10 @@ def strategies(h: Harness) -> st.SearchStrategy[list[tuple[Any, ...]]]:
         kind = draw(
             weighted(
                 (4, st.sampled_from(["offer", "offer", "prefs", "mute", "unsubscribe"])),
+                (
+                    3,
+                    st.sampled_from(MODERATION_TYPES),
+                ),
                 (1, st.sampled_from(["join", "ping", "dance", "JOIN", ""])),
                 (1, scalar),
             )
@@ -548,7 +645,34 @@ def strategies(h: Harness) -> st.SearchStrategy[list[tuple[Any, ...]]]:
     http = st.tuples(
         st.sampled_from(["whip", "whep"]), room, target, auth, content_type, body, extra
     )
-    return st.lists(weighted((2, ws), (1, http)), min_size=1, max_size=6)
+    policy_fields = st.fixed_dictionaries(
+        {},
+        optional={
+            "password": st.none() | st.text(max_size=130) | scalar,
+            "waiting_room": st.booleans() | scalar,
+            "locked": st.booleans() | scalar,
+            "max_participants": st.integers(-1, 1001) | scalar,
+            "e2ee_required": st.booleans() | scalar,
+        },
+    )
+    policy_body = weighted(
+        (5, policy_fields),
+        (1, st.dictionaries(st.text(max_size=8), json_value, max_size=3)),
+        (1, json_value),
+        (1, st.text(max_size=50) | st.binary(max_size=50)),
+    )
+    policy = st.tuples(
+        st.just("policy"),
+        weighted((4, st.just("PUT")), (1, st.sampled_from(["GET", "DELETE", "POST", "PATCH"]))),
+        room,
+        weighted(
+            (4, st.just("admin")),
+            (1, st.sampled_from(["host", "none", "admin of another room"])),
+            (1, st.text(PRINTABLE, max_size=40).map(lambda t: "Bearer " + t.strip())),
+        ),
+        policy_body,
+    )
+    return st.lists(weighted((2, ws), (1, http), (1, policy)), min_size=1, max_size=6)
 
 
 def test_fuzz_room_websocket_whip_and_whep(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -573,6 +697,8 @@ def test_fuzz_room_websocket_whip_and_whep(monkeypatch: pytest.MonkeyPatch) -> N
             for action in actions:
                 if action[0] == "ws":
                     h.run(h.ws_action(action[1]))
+                elif action[0] == "policy":
+                    h.run(h.policy_action(*action[1:]))
                 else:
                     h.run(h.http_action(*action))
 
@@ -581,14 +707,32 @@ def test_fuzz_room_websocket_whip_and_whep(monkeypatch: pytest.MonkeyPatch) -> N
         prefs = {"type": "prefs", "track": h.observer_tracks["1"], "max_spatial": 0}
         # A subscribe-only WHEP viewer offering send sections: refused (403) invisibly.
         whep_sending = ("whep", ROOM, "observer", auth, sdp_type, h.fuzzer_offer, None)
+        # A host's reach: the admin observer and the other room are out of it; lock is not.
+        moderate = [
+            ("ws", {"type": "remove", "participant": "$OBSERVER", "ban_s": 60, "id": "r"}),
+            ("ws", {"type": "remove", "participant": "$OUTSIDER", "id": "o"}),
+            ("ws", {"type": "force_mute", "track": h.observer_tracks["1"], "id": "f"}),
+            ("ws", {"type": "lock", "locked": True}),
+            ("whip", ROOM, "", auth, sdp_type, h.whip_offer, None),  # 403: locked
+            ("ws", {"type": "lock", "locked": False}),
+        ]
+        policy = [
+            ("policy", "PUT", ROOM, "admin", {"e2ee_required": True, "password": "pw"}),
+            ("policy", "PUT", ROOM, "host", {"locked": True}),
+            ("policy", "GET", ROOM, "admin", None),
+        ]
         fuzz = example([("ws", valid_publish), ("ws", mute), ("ws", prefs), whep_sending])(
             example([("whip", ROOM, "", auth, sdp_type, h.whip_offer, None)])(
                 example([("whep", ROOM, "observer", auth, sdp_type, h.whep_offer, None)])(
-                    settings(
-                        max_examples=60,
-                        deadline=None,
-                        suppress_health_check=list(HealthCheck),
-                    )(given(strategies(h))(act))
+                    example(moderate)(
+                        example(policy)(
+                            settings(
+                                max_examples=60,
+                                deadline=None,
+                                suppress_health_check=list(HealthCheck),
+                            )(given(strategies(h))(act))
+                        )
+                    )
                 )
             )
         )
@@ -598,4 +742,9 @@ def test_fuzz_room_websocket_whip_and_whep(monkeypatch: pytest.MonkeyPatch) -> N
         assert h.counts.get("ws answer", 0) >= 1, h.counts
         assert h.counts.get("whip 201", 0) >= 1 and h.counts.get("whep 201", 0) >= 1, h.counts
         assert sum(n for k, n in h.counts.items() if k.startswith("ws error")) >= 10, h.counts
+        assert h.counts.get("ws error forbidden", 0) >= 2, h.counts
+        assert h.counts.get("ws error unknown_participant", 0) >= 1, h.counts
+        assert h.counts.get("whip 403", 0) >= 1, h.counts
+        assert h.counts.get("policy PUT 200", 0) >= 1, h.counts
+        assert h.counts.get("policy PUT 403", 0) >= 1, h.counts
     assert time.monotonic() - started < 90
