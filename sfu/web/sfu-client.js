@@ -82,10 +82,11 @@ export class Room extends EventTarget {
    * @param {(type: string, payload: any) => void} [options.onEvent] called for every event
    * @param {boolean} [options.autoSubscribe=true] subscribe to every track of the others
    * @param {RTCIceServer[]} [options.iceServers=[]] the server is ICE-lite; none are needed
+   * @param {string} [options.password] the room's password, when it has one (sent in the join)
    * @param {{passphrase?: string, key?: BufferSource, keyId?: number, api?: string}} [options.e2ee]
    *   encrypt all media end to end (docs/e2ee.md) with a key shared out of band
    */
-  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null } = {}) {
+  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null, password = null } = {}) {
     super();
     if (!room) throw new TypeError("Room: `room` is required");
     this.url = websocketUrl(url);
@@ -94,6 +95,12 @@ export class Room extends EventTarget {
     this.onEvent = onEvent || null;
     this.autoSubscribe = autoSubscribe;
     this.iceServers = iceServers;
+    /** The room's password, kept only to send it in the join. */
+    this.password = password || null;
+    /** Our grants and the room's policy (from `joined`, then `policy`); for hosts, who waits. */
+    this.grants = [];
+    this.policy = null;
+    this.waiting = [];
     /** The server says this room needs E2EE (`e2ee_required` in `joined`/`waiting`). */
     this.e2eeRequired = false;
     this.e2ee = null;
@@ -191,7 +198,9 @@ export class Room extends EventTarget {
           },
           timer: null,
         });
-        this._sendRaw({ type: "join", id, protocol: PROTOCOL, room: this.roomName, token: this.token });
+        const join = { type: "join", id, protocol: PROTOCOL, room: this.roomName, token: this.token };
+        if (this.password) join.password = this.password;
+        this._sendRaw(join);
       });
       ws.addEventListener("message", (event) => this._onMessage(event.data));
       ws.addEventListener("close", (event) => this._onClose(event.code, event.reason));
@@ -326,8 +335,21 @@ export class Room extends EventTarget {
         this._onTrackUnpublished(msg.track);
         break;
       case "track_muted":
-        this._onTrackMuted(msg.track, msg.muted);
+        this._onTrackMuted(msg.track, msg.muted, msg.force_muted);
         break;
+      case "waiting_list":
+        this.waiting = Array.isArray(msg.waiting) ? msg.waiting : [];
+        this._emit("waiting_list", { waiting: this.waiting });
+        break;
+      case "policy":
+        this.policy = msg.policy || null;
+        this._emit("policy", { policy: this.policy });
+        break;
+      case "mute_requested": {
+        const own = [...this._local.values()].find((l) => l.trackId === msg.track);
+        this._emit("mute_requested", { track: msg.track, kind: own ? own.kind : null, by: msg.by || null });
+        break;
+      }
       case "speakers":
         this._emit("speakers", { speakers: Array.isArray(msg.speakers) ? msg.speakers : [] });
         break;
@@ -349,6 +371,8 @@ export class Room extends EventTarget {
     this.state = "joined";
     this.e2eeRequired = msg.e2ee_required === true;
     this.localParticipant = msg.participant || null;
+    this.grants = Array.isArray(msg.grants) ? msg.grants : [];
+    this.policy = msg.policy || null;
     this.participantId = msg.participant ? msg.participant.id : null;
     for (const p of msg.participants || []) this._addParticipant(p);
     this._pingTimer = setInterval(() => {
@@ -358,6 +382,8 @@ export class Room extends EventTarget {
       room: msg.room,
       participant: msg.participant,
       participants: msg.participants || [],
+      grants: this.grants,
+      policy: this.policy,
       e2eeRequired: this.e2eeRequired,
     };
     this._emit("joined", payload);
@@ -441,13 +467,31 @@ export class Room extends EventTarget {
     if (changed) this._renegotiateQuietly();
   }
 
-  _onTrackMuted(trackId, muted) {
+  _onTrackMuted(trackId, muted, forceMuted) {
+    const forced = typeof forceMuted === "boolean" ? forceMuted : undefined;
     for (const p of this.participants.values()) {
       const t = p.tracks.get(trackId);
-      if (t) t.muted = !!muted;
+      if (!t) continue;
+      t.muted = !!muted;
+      if (forced !== undefined) t.force_muted = forced;
     }
-    const local = [...this._local.values()].some((l) => l.trackId === trackId);
-    this._emit("track_muted", { track: trackId, muted: !!muted, local });
+    const own = [...this._local.values()].find((l) => l.trackId === trackId);
+    if (own && forced !== undefined) {
+      // A host muted (or released) our track: the server forwards none of it meanwhile and we
+      // stop sending it too; once released it stays muted until we unmute it ourselves.
+      own.forceMuted = forced;
+      if (forced) {
+        own.muted = true;
+        own.track.enabled = false;
+      }
+    }
+    this._emit("track_muted", {
+      track: trackId,
+      muted: !!muted,
+      local: !!own,
+      kind: own ? own.kind : null,
+      forceMuted: forced,
+    });
   }
 
   // ---------------------------------------------------------------- subscriptions
@@ -628,6 +672,7 @@ export class Room extends EventTarget {
   async setMuted(kind, muted) {
     const local = this._local.get(kind);
     if (!local) throw new SfuError("unknown_track", `nothing of kind ${kind} is published`);
+    if (!muted && local.forceMuted) throw new SfuError("force_muted", "a host muted this track; only a host can release it");
     local.muted = !!muted;
     local.track.enabled = !muted;
     if (local.trackId) await this._request({ type: "mute", track: local.trackId, muted: !!muted });
@@ -637,6 +682,65 @@ export class Room extends EventTarget {
   isMuted(kind) {
     const local = this._local.get(kind);
     return local ? local.muted : false;
+  }
+
+  /** Whether a host has muted our published track of this kind (we cannot unmute it). */
+  isForceMuted(kind) {
+    const local = this._local.get(kind);
+    return local ? !!local.forceMuted : false;
+  }
+
+  // ---------------------------------------------------------------- hosting
+
+  /** Whether our token lets us admit and moderate (the `host` or `admin` grant). */
+  get isHost() {
+    return this.grants.includes("host") || this.grants.includes("admin");
+  }
+
+  /** Let a waiting participant in (host). */
+  admit(participantId) {
+    return this._request({ type: "admit", participant: participantId });
+  }
+
+  /** Turn a waiting participant away (host). */
+  deny(participantId) {
+    return this._request({ type: "deny", participant: participantId });
+  }
+
+  /** Let everyone waiting in (host); resolves with `{admitted}`. */
+  admitAll() {
+    return this._request({ type: "admit_all" });
+  }
+
+  /** End a participant's session (host); with `banS` it may not rejoin this room for that long. */
+  remove(participantId, { banS } = {}) {
+    const message = { type: "remove", participant: participantId };
+    if (banS) message.ban_s = banS;
+    return this._request(message);
+  }
+
+  /** Ask the publisher of a track to mute it (host); its client decides. */
+  requestMute(trackId) {
+    return this._request({ type: "request_mute", track: trackId });
+  }
+
+  /** Stop (or, with `muted: false`, resume) forwarding a track (host). */
+  forceMute(trackId, muted = true) {
+    return this._request({ type: "force_mute", track: trackId, muted: !!muted });
+  }
+
+  /** Lock the room against new joins, or unlock it (host). */
+  lock(locked = true) {
+    return this._request({ type: "lock", locked: !!locked });
+  }
+
+  /** End the meeting for everyone, ourselves included (host): the socket closes with 4005. */
+  async endMeeting() {
+    try {
+      await this._request({ type: "end_meeting" });
+    } catch (err) {
+      if (err.code !== "closed") throw err;
+    }
   }
 
   /** Receive preferences for a subscribed track: {maxSpatial, maxTemporal, paused}. */
