@@ -310,6 +310,9 @@ export class Room extends EventTarget {
       return;
     }
 
+    // A room policy changed mid-meeting (`policy` message): follow its E2EE requirement.
+    if (msg.type === "policy" && typeof msg.e2ee_required === "boolean") this._onE2eeRequired(msg.e2ee_required);
+
     switch (msg.type) {
       case "waiting":
         this.state = "waiting";
@@ -859,6 +862,17 @@ export class Room extends EventTarget {
         this._emit("error", { code: err.code || "e2ee_key", message: `end-to-end key: ${err.message}` });
       });
     }
+  }
+
+  /** The room now requires E2EE (or no longer does); without a key we stop sending. */
+  _onE2eeRequired(required) {
+    const changed = this.e2eeRequired !== required;
+    this.e2eeRequired = required;
+    if (!changed) return;
+    if (required && !(this.e2ee && this.e2ee.hasKey)) {
+      for (const kind of [...this._local.keys()]) this.unpublish(kind).catch(() => {});
+    }
+    this._emit("e2ee_required", { required, sending: !required || !!(this.e2ee && this.e2ee.hasKey) });
   }
 
   /**
