@@ -213,6 +213,7 @@ class Server:
             self.port,
             candidates,
             clock=clock.now,
+            limits=security.limits,
             policies=security.policies,
             bans=security.bans,
             audit=security.audit,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sfu.config import Config
 from sfu.room.audit import AuditLog
 from sfu.room.policy import Bans, PasswordAttempts, PolicyStore, RoomDefaults
+from sfu.room.service import RoomLimits
 
 __all__ = ["RoomSecurity"]
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 class RoomSecurity:
     """Policies, bans, audit log and password attempt limits of one server."""
 
+    limits: RoomLimits
     policies: PolicyStore
     bans: Bans
     audit: AuditLog
@@ -38,6 +40,7 @@ class RoomSecurity:
         else:
             log.warning("audit log disabled (audit.path is empty): moderation leaves no record")
         return cls(
+            limits=RoomLimits(max_participants=rooms.max_participants),
             policies=PolicyStore(RoomDefaults.from_config(rooms)),
             bans=Bans(rooms.max_bans),
             audit=audit,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from test_room_signaling import Client, aiortc_offer, connect, run, session, tok
 
 from sfu.app import Server
 from sfu.config import AuditConfig, Config, RoomsConfig
-from sfu.signaling.auth import Grant
+from sfu.signaling.auth import Grant, verify_token
 
 pytestmark = pytest.mark.integration
 
@@ -396,5 +397,33 @@ def test_force_mute_and_request_mute_over_the_websocket() -> None:
                 "force_mute",
                 "force_mute",
             ]
+
+    run(scenario)
+
+
+def test_development_tokens_carry_the_host_grant_only_where_they_exist() -> None:
+    async def scenario() -> None:
+        async with running_server(config(waiting_room=True)) as (server, base), session() as http:
+            async with http.post(f"{base}/dev-token", json={"room": ROOM, "name": "Ada"}) as resp:
+                assert resp.status == 200
+                dev = (await resp.json())["token"]
+            claims = verify_token(
+                server.token_secret, dev, now=time.time(), room=ROOM, leeway=5, max_ttl=86400
+            )
+            assert claims.grants == Grant.PUBLISH | Grant.SUBSCRIBE | Grant.HOST
+            # So the demo page goes straight in despite the waiting room.
+            first = await enter(
+                http, base, {"type": "join", "protocol": 1, "room": ROOM, "token": dev}
+            )
+            assert first.joined["type"] == "joined" and first.joined["grants"][-1] == "host"
+        no_dev = dataclasses.replace(
+            config(), auth=dataclasses.replace(LOOPBACK_CONFIG.auth, dev_tokens=False)
+        )
+        async with (
+            running_server(no_dev) as (_server, base),
+            session() as http,
+            http.post(f"{base}/dev-token", json={"room": ROOM}) as resp,
+        ):
+            assert resp.status in (404, 405)
 
     run(scenario)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,54 @@ def test_bans_are_per_room_expire_and_are_bounded() -> None:
 def test_policy_objects_are_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         RoomPolicy().locked = True  # type: ignore[misc]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_rooms_and_audit_config_are_validated_by_key() -> None:
+    from sfu.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "rooms": {
+                    "max_participants": 0,
+                    "waiting_timeout_s": -1,
+                    "password_attempts_per_source": 0,
+                    "max_bans": -5,
+                },
+                "audit": {"retention_days": 0},
+                "http": {"trusted_proxies": ["10.0.0.2", "proxy.local"]},
+            },
+            {"SFU_ROOMS_WAITING_ROOM": "maybe"},
+        )
+    errors = dict(info.value.errors)
+    assert set(errors) == {
+        "rooms.max_participants",
+        "rooms.waiting_timeout_s",
+        "rooms.password_attempts_per_source",
+        "rooms.max_bans",
+        "audit.retention_days",
+        "http.trusted_proxies[1]",
+        "SFU_ROOMS_WAITING_ROOM",
+    }
+    config = parse_config({}, {"SFU_ROOMS_WAITING_ROOM": "off", "SFU_AUDIT_PATH": ""})
+    assert config.rooms.waiting_room is False and config.audit.path == ""
+
+
+def test_security_state_follows_the_config(tmp_path: Path) -> None:
+    from sfu.config import AuditConfig, Config
+    from sfu.room.security import RoomSecurity
+
+    config = Config(
+        rooms=RoomsConfig(max_participants=500, waiting_room=False, max_bans=7),
+        audit=AuditConfig(path=str(tmp_path / "audit"), retention_days=9),
+    )
+    security = RoomSecurity.from_config(config)
+    assert security.limits.max_participants == 500
+    assert security.policies.get("any").max_participants == 500
+    assert security.policies.get("any").waiting_room is False
+    assert security.bans.max_entries == 7
+    assert security.audit.enabled and security.audit.retention_days == 9
+    assert not RoomSecurity.from_config(Config(audit=AuditConfig(path=""))).audit.enabled
