@@ -427,3 +427,40 @@ def test_development_tokens_carry_the_host_grant_only_where_they_exist() -> None
             assert resp.status in (404, 405)
 
     run(scenario)
+
+
+def test_whip_skips_the_waiting_room_but_not_e2ee_bans_or_the_lock() -> None:
+    async def scenario() -> None:
+        async with running_server(config(waiting_room=True)) as (server, base), session() as http:
+            assert server.rooms is not None
+            offer = await aiortc_offer(send_video=True)
+            url = f"{base}/whip/{ROOM}"
+
+            async def whip(identity: str) -> tuple[int, str]:
+                headers = {
+                    **bearer(server, identity, Grant.PUBLISH),
+                    "Content-Type": "application/sdp",
+                }
+                async with http.post(url, data=offer, headers=headers) as resp:
+                    return resp.status, await resp.text()
+
+            status, _answer = await whip("caster")  # no host, no password: admitted at once
+            assert status == 201
+            room = server.rooms.rooms[ROOM]
+            assert [p.identity for p in room.participants.values()] == ["caster"]
+            admin = bearer(server, "room-admin", Grant.ADMIN)
+            policy_url = f"{base}/rooms/{ROOM}/policy"
+            async with http.put(policy_url, json={"e2ee_required": True}, headers=admin) as resp:
+                assert resp.status == 200
+            before = room_state(server)
+            status, text = await whip("caster-2")
+            assert status == 403 and "end-to-end" in text
+            async with http.put(
+                policy_url, json={"e2ee_required": False, "locked": True}, headers=admin
+            ) as resp:
+                assert resp.status == 200
+            status, text = await whip("caster-3")
+            assert status == 403 and "locked" in text
+            assert room_state(server) == before
+
+    run(scenario)
