@@ -23,8 +23,12 @@ const TAG_BYTES = 16;
 const MAX_KEYS = 4;
 /** Per-sender keys derived from (base key, KID); each sender has its own KID. */
 const MAX_DERIVED = 256;
-/** A received frame whose CTR is this far behind the highest seen (same KID) is a replay. */
-const REPLAY_WINDOW = 128n;
+/**
+ * A received frame whose CTR is this far behind the highest seen (same KID) counts as a replay.
+ * Frames can complete out of order after a loss; 1024 counter values are tens of seconds even
+ * with three simulcast layers sharing one counter, far more than any jitter buffer waits.
+ */
+const REPLAY_WINDOW = 1024n;
 /** KIDs whose replay window a receiver remembers (senders it heard recently). */
 const MAX_WINDOWS = 32;
 /** VP8 payload header bytes left in clear (RFC 6386 §9.1): 3-byte frame tag, + 7 on keyframes. */
@@ -51,9 +55,12 @@ const stats = {
   decrypted: 0, // frames received and authenticated
   failed: 0, // received frames dropped: no key for their KID, wrong key, malformed or tampered
   failedNoKey: 0, // ... of which carried a key id we do not hold
-  replayed: 0, // ... of which authenticated but repeated a (KID, CTR) already received
+  failedMalformed: 0, // ... of which had no SFrame header or were too short to hold one
+  empty: 0, // received frames of zero length (RTP padding), passed on as they are
+  replayed: 0, // received frames dropped as repeats of a (KID, CTR) already received, or too old
   dropped: 0, // frames not sent: no key yet, or a codec this format does not cover
   byKey: {}, // keyId -> frames decrypted with it
+  recentFailures: [], // the last few failures: {reason, kind, size, head} (head: first bytes, hex)
   sentByKey: {}, // keyId -> frames encrypted with it
 };
 
@@ -299,21 +306,31 @@ function remember(state, kid, ctr) {
 
 /** One receiving track: frames that do not authenticate under a key we hold are dropped. */
 function decryptor(kind, state) {
-  const fail = (noKey) => {
+  const fail = (reason, bytes) => {
+    const head = Array.from(bytes.subarray(0, 12), (b) => b.toString(16).padStart(2, "0")).join("");
+    stats.recentFailures = [...stats.recentFailures.slice(-7), { reason, kind, size: bytes.length, head }];
     stats.failed += 1;
-    if (noKey) stats.failedNoKey += 1;
+    if (reason === "noKey") stats.failedNoKey += 1;
+    if (reason === "malformed") stats.failedMalformed += 1;
     state.failedSinceKey = true;
   };
   return async (frame, controller) => {
     const bytes = new Uint8Array(frame.data);
+    if (bytes.length === 0) {
+      // Chromium hands an audio RTP packet without payload (padding) over as an empty frame:
+      // there is nothing in it to decrypt or to reveal, and the jitter buffer counts it.
+      stats.empty += 1;
+      controller.enqueue(frame);
+      return;
+    }
     const n = clearBytes(kind, frame, bytes);
     const header = n < 0 ? null : decodeHeader(bytes, n);
-    if (!header || bytes.length < n + header.length + TAG_BYTES) return fail(false);
+    if (!header || bytes.length < n + header.length + TAG_BYTES) return fail("malformed", bytes);
     const pending = deriveForKid(header.kid);
-    if (!pending) return fail(true);
+    if (!pending) return fail("noKey", bytes);
     if (isReplay(state.windows.get(header.kid), header.ctr)) {
-      stats.replayed += 1;
-      return fail(false);
+      stats.replayed += 1; // a duplicate (benign, or replayed by someone on the path): drop it
+      return;
     }
     try {
       const { key, salt } = await pending;
@@ -331,7 +348,7 @@ function decryptor(kind, state) {
       );
       frame.data = concat(clear, new Uint8Array(opened)).buffer;
     } catch (err) {
-      return fail(false); // wrong key, or altered on the way
+      return fail("auth", bytes); // wrong key, or altered on the way
     }
     remember(state, header.kid, header.ctr); // frames pass one at a time: none came meanwhile
     const keyId = keyIdOf(header.kid);

@@ -164,8 +164,8 @@ export class E2eeSession {
   }
 
   /**
-   * Counters from the worker: {encrypted, decrypted, failed, failedNoKey, dropped, byKey,
-   * sentByKey, sendKeyId, keyIds}. After close(), the last counters read.
+   * Counters from the worker: {encrypted, decrypted, failed, failedNoKey, replayed, dropped,
+   * byKey, sentByKey, sendKeyId, keyIds}. After close(), the last counters read.
    */
   async stats() {
     if (!this.worker) return this._lastStats;

@@ -53,6 +53,7 @@ from sframe_reference import (
     open_frame,
 )
 
+from sfu import clock
 from sfu.codecs.vp8 import parse_vp8
 from sfu.config import RoomsConfig
 from sfu.packet.rtp import RtpPacket
@@ -184,6 +185,24 @@ def _frames(packets: list[RtpPacket]) -> list[bytes]:
     return frames
 
 
+def _keyframe_in(packets: list[bytes], ssrc: int) -> bool:
+    for data in packets:
+        p = RtpPacket.parse(data)
+        if p.ssrc == ssrc and parse_vp8(p.payload).is_keyframe:
+            return True
+    return False
+
+
+def _ask_keyframes(server: ServerThread, participant: str) -> None:
+    """A PLI upstream for every layer of ``participant``'s video (rate-limited per layer)."""
+    assert server.server.rooms is not None
+    now = clock.now()
+    for publication in server.server.rooms.rooms[ROOM].publications.values():
+        if publication.participant_id == participant and publication.video:
+            for stream in publication.layers.values():
+                publication.request_keyframe(stream, now)
+
+
 # -- tests -----------------------------------------------------------------------------------
 
 
@@ -232,6 +251,9 @@ def test_wrong_passphrase_receives_but_cannot_decode(meeting: Meeting) -> None:
     assert after["failed"] > before["failed"], (before, after)
     assert after["failedNoKey"] == 0, after  # she holds key id 0, just not the right one
     assert page_state(m.eve)["e2ee"]["enabled"]
+    # Eve leaves (her decoder's keyframe requests cost the two-core CI machine a lot of
+    # encoding); the others will rotate their key below.
+    m.eve.get("about:blank")
 
 
 def test_page_talks_only_to_its_own_origin(meeting: Meeting) -> None:
@@ -285,9 +307,6 @@ def test_page_talks_only_to_its_own_origin(meeting: Meeting) -> None:
 
 def test_server_forwards_only_ciphertext(meeting: Meeting) -> None:
     m, server = meeting, meeting.server
-    peer_stats = stats(m.bob)
-    video = track_id(peer_stats, m.alice_id, "video")
-    assert video is not None
     capture = CaptureRtp()
     transport = server.call(lambda: server.peer(ROOM, m.bob_id).transport)
     ssrcs = server.call(
@@ -298,16 +317,17 @@ def test_server_forwards_only_ciphertext(meeting: Meeting) -> None:
         }
     )
     assert sorted(ssrcs.values()) == ["audio", "video"], ssrcs
+    video_ssrc = next(ssrc for ssrc, kind in ssrcs.items() if kind == "video")
     server.call(lambda: capture.install(transport))
     try:
-        # A layer switch makes the server ask Alice for a keyframe: capture one of each kind.
-        set_preferences(m.bob, video, {"maxSpatial": 1})
-        wait_until(
-            lambda: remote_by(stats(m.bob), m.alice_id, "video"),
-            lambda e: e is not None and e["frameWidth"] == 640,
-            timeout=15.0,
-        )
-        time.sleep(1.0)
+        # Ask Alice (as the server does for a new subscriber) for keyframes until one of those
+        # has come through: keyframes are where the clear prefix is longest.
+        deadline = time.monotonic() + 10.0
+        while not _keyframe_in(server.call(lambda: list(capture.packets)), video_ssrc):
+            assert time.monotonic() < deadline, "no keyframe forwarded within 10 s"
+            server.call(lambda: _ask_keyframes(server, m.alice_id))
+            time.sleep(0.5)
+        time.sleep(1.0)  # and some frames after it
     finally:
         server.call(lambda: capture.uninstall(transport))
 
@@ -358,17 +378,19 @@ def test_simulcast_layer_switching_with_e2ee(meeting: Meeting) -> None:
     set_preferences(m.bob, video, {"maxSpatial": 0})
     wait_until(alice_video, lambda e: e is not None and e["frameWidth"] == 320, 10.0)
     set_preferences(m.bob, video, {"maxSpatial": 2})
-    wait_until(alice_video, lambda e: e is not None and e["frameWidth"] == 1280, 20.0)
+    # Alice sends her top layer once her bandwidth estimate has ramped up again.
+    wait_until(alice_video, lambda e: e is not None and e["frameWidth"] == 1280, 30.0)
     window = sample(alice_video, 2.0)
     first, last = window[0], window[-1]
     assert first is not None and last is not None
     assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S, window
     assert all(e is not None and e["frameWidth"] == 1280 for e in window), window
-    assert e2ee_stats(m.bob)["failed"] == 0
+    counters = e2ee_stats(m.bob)
+    assert counters["failed"] == 0, counters
 
 
 def test_key_rotation_keeps_decoding(meeting: Meeting) -> None:
-    """Someone left: everyone installs a new key under key id 1. Bob only accepts it so far;
+    """Eve left: the others install a new key under key id 1. Bob only accepts it so far;
     Alice sends with it. Both keys stay accepted, so nobody misses a frame."""
     m = meeting
     set_key(m.bob, ROTATED_PASSPHRASE, 1, current=False)
@@ -396,9 +418,9 @@ def test_key_rotation_keeps_decoding(meeting: Meeting) -> None:
     alice_after = e2ee_stats(m.alice)
     assert alice_after["sentByKey"].get("1", 0) > 0, alice_after
     assert alice_after["byKey"]["0"] > alice_before["byKey"]["0"], (alice_before, alice_after)
-    assert e2ee_stats(m.bob)["failed"] == 0 and alice_after["failed"] == 0
-    # Eve has neither key: frames under key id 1 are counted as missing a key.
-    wait_until(lambda: e2ee_stats(m.eve), lambda s: s["failedNoKey"] > 0, timeout=5.0)
+    bob_after = e2ee_stats(m.bob)
+    assert bob_after["failed"] == 0, json.dumps(bob_after)
+    assert alice_after["failed"] == 0, json.dumps(alice_after)
 
 
 def _publications(server: ServerThread, participant: str) -> int:

@@ -92,6 +92,7 @@ const received = await transform("decrypt", "video", [
   frame(enc[1].slice().buffer, "video/VP8"), // replay
   frame(enc[2].slice(0, 12).buffer, "video/VP8"), // truncated
   frame(fromHex(plain.unencrypted), "video/VP8"), // never encrypted
+  frame(new ArrayBuffer(0), "video/VP8"), // empty (RTP padding): nothing to decrypt
 ]);
 result.decrypted = received.map((f) => hex(f.data));
 result.afterReceive = stats();

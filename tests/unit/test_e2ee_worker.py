@@ -90,12 +90,15 @@ def test_frames_follow_the_documented_format(run: dict[str, Any]) -> None:
 
 
 def test_receivers_drop_what_does_not_authenticate(run: dict[str, Any]) -> None:
-    # Every original frame comes back intact and in order; the rest is dropped and counted.
-    assert [bytes.fromhex(h) for h in run["decrypted"]] == [KEYFRAME, *DELTAS]
+    # Every original frame comes back intact and in order, and the empty one as it was; the
+    # rest is dropped and counted.
+    assert [bytes.fromhex(h) for h in run["decrypted"]] == [KEYFRAME, *DELTAS, b""]
     stats = run["afterReceive"]
+    assert stats["empty"] == 1
+    assert [f["reason"] for f in stats["recentFailures"]] == ["auth", "malformed", "auth"]
     assert stats["decrypted"] == 1 + len(DELTAS)
     assert stats["replayed"] == 1
-    assert stats["failed"] == 4  # replay, tampered clear byte, truncated, unencrypted
+    assert stats["failed"] == 3  # tampered clear byte, truncated, unencrypted
     assert stats["failedNoKey"] == 0
 
 
