@@ -396,7 +396,7 @@ cdef Py_ssize_t srtp_unprotect_rtp(srtp_session_t* s, uint8_t* buf, Py_ssize_t l
     if s.outbound:
         return SRTP_ERR_DIRECTION
     header = _rtp_header_len(buf, n)
-    if header < 0 or n > SRTP_MAX_PACKET or n < header + tag_len:
+    if header < 0 or n > SRTP_MAX_PACKET:
         return _fail(s, SRTP_ERR_MALFORMED)
     st = _find(s, _be32(buf + 8))
     if st is NULL:
@@ -409,6 +409,8 @@ cdef Py_ssize_t srtp_unprotect_rtp(srtp_session_t* s, uint8_t* buf, Py_ssize_t l
     index = _estimate_index(st.rtp_index, (<int64_t>buf[2] << 8) | buf[3], &delta)
     if _rtp_check(s, st, delta) != _NEW:
         return _fail(s, SRTP_ERR_REPLAY)
+    if n < header + tag_len:  # checked after the replay check, as libsrtp does
+        return _fail(s, SRTP_ERR_MALFORMED)
     end = n - tag_len
     _rtp_iv(s, buf, index, iv)
     if s.aead:
@@ -478,7 +480,7 @@ cdef Py_ssize_t srtp_unprotect_rtcp(srtp_session_t* s, uint8_t* buf, Py_ssize_t 
     cdef Py_ssize_t n = length, tag_len = s.tag_len, end, at
     cdef srtp_stream_t* st
     cdef srtp_stream_t fresh
-    cdef bint new_stream = False
+    cdef bint new_stream = False, encrypted
     cdef uint32_t word, index
     cdef int rc
     cdef uint8_t iv[16]
@@ -489,8 +491,9 @@ cdef Py_ssize_t srtp_unprotect_rtcp(srtp_session_t* s, uint8_t* buf, Py_ssize_t 
         return _fail(s, SRTP_ERR_MALFORMED)
     at = n - 4 if s.aead else n - tag_len - 4  # the E flag and index word
     word = _be32(buf + at)
-    if not (word & SRTCP_E):
-        return _fail(s, SRTP_ERR_MALFORMED)  # unencrypted SRTCP: libsrtp refuses it too
+    encrypted = (word & SRTCP_E) != 0
+    if not encrypted and not s.aead:
+        return _fail(s, SRTP_ERR_MALFORMED)  # as libsrtp: see _srtp_py._unprotect_rtcp
     index = word & SRTCP_MAX_INDEX
     st = _find(s, _be32(buf + 4))
     if st is NULL:
@@ -504,8 +507,10 @@ cdef Py_ssize_t srtp_unprotect_rtcp(srtp_session_t* s, uint8_t* buf, Py_ssize_t 
         return _fail(s, SRTP_ERR_REPLAY)
     end = n - 4 - tag_len
     _rtcp_iv(s, buf, index, iv)
-    if s.aead:
+    if s.aead and encrypted:
         rc = _gcm(s.rtcp.cipher, 0, iv, buf, 8, buf + at, 4, buf + 8, end - 8, buf + end)
+    elif s.aead:  # authenticated only: the whole packet, then E and index, as associated data
+        rc = _gcm(s.rtcp.cipher, 0, iv, buf, end, buf + at, 4, buf + end, 0, buf + end)
     else:
         rc = _hmac(s.rtcp.mac, buf, n - tag_len, NULL, 0, mac)
         if rc == 0:

@@ -408,7 +408,7 @@ class SrtpContext:
     def _unprotect_rtp(self, m: memoryview, n: int) -> int:
         tag_len = self.tag_len
         header = _rtp_header_len(m, n)
-        if header < 0 or n > MAX_PACKET or n < header + tag_len:
+        if header < 0 or n > MAX_PACKET:
             return self._fail(ERR_MALFORMED)
         ssrc = int.from_bytes(m[8:12], "big")
         stream = self._streams.get(ssrc)
@@ -421,6 +421,8 @@ class SrtpContext:
         index, delta = _estimate_index(stream.rtp_index, seq)
         if self._rtp_check(stream, delta) != _NEW:
             return self._fail(ERR_REPLAY)
+        if n < header + tag_len:  # checked after the replay check, as libsrtp does
+            return self._fail(ERR_MALFORMED)
         keys = self._rtp
         roc = (index >> 16).to_bytes(4, "big")
         end = n - tag_len
@@ -479,8 +481,11 @@ class SrtpContext:
         keys = self._rtcp
         at = n - 4 if keys.gcm is not None else n - tag_len - 4  # the E flag and index word
         word = int.from_bytes(m[at : at + 4], "big")
-        if not word & _SRTCP_E:
-            return self._fail(ERR_MALFORMED)  # unencrypted SRTCP: libsrtp refuses it too
+        encrypted = bool(word & _SRTCP_E)
+        if not encrypted and keys.gcm is None:
+            # Unencrypted SRTCP: libsrtp refuses it from an encrypting AES-CM policy ("cannot
+            # check"); with GCM it authenticates the whole packet instead (RFC 7714 §9.3).
+            return self._fail(ERR_MALFORMED)
         index = word & _SRTCP_MAX_INDEX
         ssrc = int.from_bytes(m[4:8], "big")
         stream = self._streams.get(ssrc)
@@ -494,11 +499,15 @@ class SrtpContext:
         end = n - 4 - tag_len
         if keys.gcm is not None:
             iv = keys.rtcp_iv(bytes(m[4:8]), index)
+            # Associated data: the header (or, unencrypted, the whole packet), then E and index.
+            aad = bytes(m[: 8 if encrypted else end]) + bytes(m[at:n])
+            sealed = bytes(m[8 : n - 4]) if encrypted else bytes(m[end : n - 4])
             try:
-                plain = keys.gcm.decrypt(iv, bytes(m[8 : n - 4]), bytes(m[:8]) + bytes(m[at:n]))
+                plain = keys.gcm.decrypt(iv, sealed, aad)
             except InvalidTag:
                 return self._fail(ERR_AUTH)
-            m[8:end] = plain
+            if encrypted:
+                m[8:end] = plain
         else:
             expected = keys.tag(m[: n - tag_len])[:tag_len]
             if not _hmac.compare_digest(expected, bytes(m[n - tag_len : n])):
