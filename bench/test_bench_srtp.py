@@ -75,7 +75,9 @@ def _run(
     setup: Callable[[], tuple[tuple[Any, ...], dict[str, Any]]],
     target: Callable[..., int],
 ) -> None:
-    result = benchmark.pedantic(target, setup=setup, rounds=ROUNDS[impl], iterations=1)
+    result = benchmark.pedantic(  # type: ignore[no-untyped-call]
+        target, setup=setup, rounds=ROUNDS[impl], iterations=1
+    )
     assert result == ROUND
 
 
