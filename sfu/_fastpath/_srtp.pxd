@@ -41,7 +41,6 @@ cdef enum:
 
 
 ctypedef struct srtp_stream_t:
-    uint32_t ssrc
     # RTP: highest 48-bit packet index (ROC << 16 | SEQ) and a ring of seen indexes
     # (bit i % 1024 stands for index i, valid for the last 1024 indexes up to rtp_index).
     uint64_t rtp_index
@@ -63,12 +62,15 @@ ctypedef struct srtp_session_t:
     int tag_len                 # 16 or 10
     int outbound                # 1: protect (repeats allowed), 0: unprotect (replays refused)
     int window                  # RTP replay window, packets (64..1024)
+    int allow_repeat            # outbound: protect a sequence number again (retransmission)
     srtp_keys_t rtp
     srtp_keys_t rtcp
-    Py_ssize_t n_streams
+    Py_ssize_t n_streams        # slots in use
+    Py_ssize_t capacity         # slots allocated (grows by doubling up to max_streams)
     Py_ssize_t max_streams
     Py_ssize_t last             # slot of the stream found last (lookup hint)
-    srtp_stream_t* streams      # max_streams slots, the first n_streams in use
+    uint32_t* ssrcs             # the SSRC of each slot, compact for the lookup scan
+    srtp_stream_t* streams      # the state of each slot
     uint64_t failures[SRTP_FAILURE_SLOTS]
 
 
@@ -95,7 +97,7 @@ cdef class SrtpContext:
 
     cdef _setup(
         self, str profile, tuple rtp, tuple rtcp, bint outbound, int replay_window,
-        Py_ssize_t max_streams,
+        Py_ssize_t max_streams, bint allow_repeat_tx,
     )
     cdef srtp_session_t* _ready(self, bint outbound) except NULL
     cdef bytes _unprotect(self, object packet, bint rtcp)

@@ -18,7 +18,7 @@ from cpython.buffer cimport (
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset, strcmp
 
 from sfu._fastpath._srtp_shared import (
@@ -156,25 +156,48 @@ cdef inline uint64_t _estimate_index(uint64_t highest, int64_t seq, int64_t* del
 
 
 cdef inline srtp_stream_t* _find(srtp_session_t* s, uint32_t ssrc) noexcept nogil:
+    """The stream of ``ssrc`` or NULL: the last hit, else a scan of the compact SSRC array."""
     cdef Py_ssize_t i
-    if s.last < s.n_streams and s.streams[s.last].ssrc == ssrc:
+    cdef const uint32_t* ssrcs = s.ssrcs
+    if s.last < s.n_streams and ssrcs[s.last] == ssrc:
         return &s.streams[s.last]
     for i in range(s.n_streams):
-        if s.streams[i].ssrc == ssrc:
+        if ssrcs[i] == ssrc:
             s.last = i
             return &s.streams[i]
     return NULL
 
 
-cdef inline srtp_stream_t* _add(srtp_session_t* s, const srtp_stream_t* state) noexcept nogil:
-    cdef srtp_stream_t* st
+cdef inline srtp_stream_t* _add(
+    srtp_session_t* s, uint32_t ssrc, const srtp_stream_t* state
+) noexcept nogil:
+    """A new stream for ``ssrc`` with ``state``; NULL at max_streams (or out of memory).
+
+    Tables grow by doubling, so a context costs memory for the SSRCs it has seen, not for
+    max_streams. Growing moves the streams: pointers from before an _add are stale after it.
+    """
+    cdef Py_ssize_t capacity
+    cdef void* grown
     if s.n_streams >= s.max_streams:
         return NULL
-    st = &s.streams[s.n_streams]
-    memcpy(st, state, sizeof(srtp_stream_t))
+    if s.n_streams == s.capacity:
+        capacity = s.capacity * 2 if s.capacity else 4
+        if capacity > s.max_streams:
+            capacity = s.max_streams
+        grown = realloc(s.ssrcs, capacity * sizeof(uint32_t))
+        if grown is NULL:
+            return NULL
+        s.ssrcs = <uint32_t*>grown
+        grown = realloc(s.streams, capacity * sizeof(srtp_stream_t))
+        if grown is NULL:
+            return NULL
+        s.streams = <srtp_stream_t*>grown
+        s.capacity = capacity
+    s.ssrcs[s.n_streams] = ssrc
+    memcpy(&s.streams[s.n_streams], state, sizeof(srtp_stream_t))
     s.last = s.n_streams
     s.n_streams += 1
-    return st
+    return &s.streams[s.last]
 
 
 # RTP replay ring: bit (i % 1024) stands for index i.
@@ -357,13 +380,12 @@ cdef Py_ssize_t srtp_protect_rtp(
     st = _find(s, _be32(buf + 8))
     if st is NULL:
         memset(&fresh, 0, sizeof(fresh))
-        fresh.ssrc = _be32(buf + 8)
-        st = _add(s, &fresh)
+        st = _add(s, _be32(buf + 8), &fresh)
         if st is NULL:
             return _fail(s, SRTP_ERR_STREAMS)
     index = _estimate_index(st.rtp_index, (<int64_t>buf[2] << 8) | buf[3], &delta)
     verdict = _rtp_check(s, st, delta)
-    if verdict == _TOO_OLD:
+    if verdict == _TOO_OLD or (verdict == _SEEN and not s.allow_repeat):
         return _fail(s, SRTP_ERR_REPLAY)
     if verdict == _NEW:
         _rtp_add(st, delta)
@@ -403,7 +425,6 @@ cdef Py_ssize_t srtp_unprotect_rtp(srtp_session_t* s, uint8_t* buf, Py_ssize_t l
         if s.n_streams >= s.max_streams:
             return _fail(s, SRTP_ERR_STREAMS)
         memset(&fresh, 0, sizeof(fresh))
-        fresh.ssrc = _be32(buf + 8)
         st = &fresh
         new_stream = True
     index = _estimate_index(st.rtp_index, (<int64_t>buf[2] << 8) | buf[3], &delta)
@@ -427,7 +448,9 @@ cdef Py_ssize_t srtp_unprotect_rtp(srtp_session_t* s, uint8_t* buf, Py_ssize_t l
     if rc != 0:
         return _fail(s, SRTP_ERR_CRYPTO)
     if new_stream:
-        st = _add(s, &fresh)
+        st = _add(s, _be32(buf + 8), &fresh)
+        if st is NULL:  # out of memory
+            return _fail(s, SRTP_ERR_STREAMS)
     _rtp_add(st, delta)
     return end
 
@@ -452,8 +475,7 @@ cdef Py_ssize_t srtp_protect_rtcp(
     st = _find(s, _be32(buf + 4))
     if st is NULL:
         memset(&fresh, 0, sizeof(fresh))
-        fresh.ssrc = _be32(buf + 4)
-        st = _add(s, &fresh)
+        st = _add(s, _be32(buf + 4), &fresh)
         if st is NULL:
             return _fail(s, SRTP_ERR_STREAMS)
     if st.rtcp_index >= SRTCP_MAX_INDEX:
@@ -500,7 +522,6 @@ cdef Py_ssize_t srtp_unprotect_rtcp(srtp_session_t* s, uint8_t* buf, Py_ssize_t 
         if s.n_streams >= s.max_streams:
             return _fail(s, SRTP_ERR_STREAMS)
         memset(&fresh, 0, sizeof(fresh))
-        fresh.ssrc = _be32(buf + 4)
         st = &fresh
         new_stream = True
     if _rtcp_check(st, index) != _NEW:
@@ -522,7 +543,9 @@ cdef Py_ssize_t srtp_unprotect_rtcp(srtp_session_t* s, uint8_t* buf, Py_ssize_t 
     if rc != 0:
         return _fail(s, SRTP_ERR_CRYPTO)
     if new_stream:
-        st = _add(s, &fresh)
+        st = _add(s, _be32(buf + 4), &fresh)
+        if st is NULL:  # out of memory
+            return _fail(s, SRTP_ERR_STREAMS)
     _rtcp_add(st, index)
     return end
 
@@ -628,6 +651,7 @@ cdef class SrtpContext:
         bint outbound,
         int replay_window=128,
         Py_ssize_t max_streams=64,
+        bint allow_repeat_tx=True,
     ):
         """Derive the six session keys from the master key and salt and set up the ciphers."""
         params = check_context_args(
@@ -643,7 +667,7 @@ cdef class SrtpContext:
             derive_key(master_key, master_salt, 5, params.salt_len),
             derive_key(master_key, master_salt, 4, params.auth_key_len),
         )
-        self._setup(profile, rtp, rtcp, outbound, replay_window, max_streams)
+        self._setup(profile, rtp, rtcp, outbound, replay_window, max_streams, allow_repeat_tx)
 
     @classmethod
     def from_session_keys(
@@ -655,15 +679,19 @@ cdef class SrtpContext:
         bint outbound,
         int replay_window=128,
         Py_ssize_t max_streams=64,
+        bint allow_repeat_tx=True,
     ):
         """A context from already derived (cipher key, salt, auth key) for RTP and RTCP."""
         cdef SrtpContext ctx = cls.__new__(cls)
-        ctx._setup(profile, tuple(rtp), tuple(rtcp), outbound, replay_window, max_streams)
+        ctx._setup(
+            profile, tuple(rtp), tuple(rtcp), outbound, replay_window, max_streams,
+            allow_repeat_tx,
+        )
         return ctx
 
     cdef _setup(
         self, str profile, tuple rtp, tuple rtcp, bint outbound, int replay_window,
-        Py_ssize_t max_streams,
+        Py_ssize_t max_streams, bint allow_repeat_tx,
     ):
         cdef srtp_session_t* s
         params = check_context_args(profile, *rtp, replay_window, max_streams)
@@ -674,14 +702,12 @@ cdef class SrtpContext:
         if s is NULL:
             raise MemoryError()
         self.session = s
-        s.streams = <srtp_stream_t*>calloc(max_streams, sizeof(srtp_stream_t))
-        if s.streams is NULL:
-            raise MemoryError()
         s.aead = 1 if params.aead else 0
         s.tag_len = params.tag_len
         s.outbound = 1 if outbound else 0
         s.window = replay_window
         s.max_streams = max_streams
+        s.allow_repeat = 1 if allow_repeat_tx else 0
         _init_keys(&s.rtp, params.aead, rtp[0], rtp[1], rtp[2])
         _init_keys(&s.rtcp, params.aead, rtcp[0], rtcp[1], rtcp[2])
         self.profile = profile
@@ -694,8 +720,8 @@ cdef class SrtpContext:
             return
         _free_keys(&s.rtp)
         _free_keys(&s.rtcp)
-        if s.streams is not NULL:
-            free(s.streams)
+        free(s.streams)
+        free(s.ssrcs)
         free(s)
         self.session = NULL
 
@@ -747,6 +773,7 @@ cdef class SrtpContext:
         s.n_streams -= 1
         if slot != s.n_streams:
             memcpy(st, &s.streams[s.n_streams], sizeof(srtp_stream_t))
+            s.ssrcs[slot] = s.ssrcs[s.n_streams]
         memset(&s.streams[s.n_streams], 0, sizeof(srtp_stream_t))
         s.last = 0
         return True

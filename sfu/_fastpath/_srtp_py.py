@@ -21,12 +21,13 @@ does the framing around it, exactly as libsrtp 2 does, so that packets are byte-
 * replay protection: a sliding window per SSRC (``replay_window`` packets, 64..1024) for RTP
   and libsrtp's 128-index window for SRTCP; the SRTCP index a sender writes counts from 1.
 
-A context is one direction of one DTLS-SRTP association. An ``outbound`` context protects and
-lets a sequence number be protected again (a retransmission; libsrtp's ``allow_repeat_tx``)
-unless it fell out of the window; re-protect only byte-identical packets, since GCM under a
-repeated index reuses its nonce (RFC 7714 §8.1). An inbound context unprotects and refuses
-replays. Streams (one per SSRC) are created on the first packet protected, or the first packet
-that authenticates, up to ``max_streams``.
+A context is one direction of one DTLS-SRTP association. An ``outbound`` context protects and,
+with ``allow_repeat_tx`` (the default), lets a sequence number be protected again (a
+retransmission; libsrtp's ``allow_repeat_tx``) unless it fell out of the window; re-protect only
+byte-identical packets, since GCM under a repeated index reuses its nonce (RFC 7714 §8.1).
+An inbound context unprotects and refuses replays. Streams (one per SSRC) are created on the
+first packet protected, or the first packet that authenticates, up to ``max_streams``; the
+compiled kernel's tables grow with the SSRCs actually seen.
 
 Every operation exists in place on a buffer, returning the new length or a negative code
 (``_srtp_shared.ERR_*``), and as a bytes-to-bytes call that raises ``SrtpError`` with the
@@ -190,6 +191,7 @@ class SrtpContext:
 
     __slots__ = (
         "_aead",
+        "_allow_repeat",
         "_failures",
         "_max_streams",
         "_rtcp",
@@ -214,6 +216,7 @@ class SrtpContext:
         outbound: bool,
         replay_window: int = 128,
         max_streams: int = 64,
+        allow_repeat_tx: bool = True,
     ) -> None:
         """Derive the six session keys from the master key and salt and set up the ciphers."""
         params = check_context_args(
@@ -229,7 +232,7 @@ class SrtpContext:
             derive_key(master_key, master_salt, _LABEL_RTCP_SALT, params.salt_len),
             derive_key(master_key, master_salt, _LABEL_RTCP_AUTH, params.auth_key_len),
         )
-        self._setup(profile, rtp, rtcp, outbound, replay_window, max_streams)
+        self._setup(profile, rtp, rtcp, outbound, replay_window, max_streams, allow_repeat_tx)
 
     @classmethod
     def from_session_keys(
@@ -241,13 +244,14 @@ class SrtpContext:
         outbound: bool,
         replay_window: int = 128,
         max_streams: int = 64,
+        allow_repeat_tx: bool = True,
     ) -> Self:
         """A context from already derived (cipher key, salt, auth key) for RTP and RTCP.
 
         For test vectors stated in session keys (RFC 7714 §16, §17); the auth key is b"" for GCM.
         """
         self = cls.__new__(cls)
-        self._setup(profile, rtp, rtcp, outbound, replay_window, max_streams)
+        self._setup(profile, rtp, rtcp, outbound, replay_window, max_streams, allow_repeat_tx)
         return self
 
     def _setup(
@@ -258,6 +262,7 @@ class SrtpContext:
         outbound: bool,
         replay_window: int,
         max_streams: int,
+        allow_repeat_tx: bool,
     ) -> None:
         params = check_context_args(profile, *rtp, replay_window, max_streams)
         check_context_args(profile, *rtcp, replay_window, max_streams)
@@ -269,6 +274,7 @@ class SrtpContext:
         self._rtcp = _Keys(params.aead, *rtcp)
         self._window = replay_window
         self._max_streams = max_streams
+        self._allow_repeat = bool(allow_repeat_tx)
         self._streams: dict[int, _Stream] = {}
         self._failures = dict.fromkeys(REASONS, 0)
 
@@ -389,7 +395,7 @@ class SrtpContext:
         seq = (m[2] << 8) | m[3]
         index, delta = _estimate_index(stream.rtp_index, seq)
         verdict = self._rtp_check(stream, delta)
-        if verdict == _TOO_OLD:
+        if verdict == _TOO_OLD or (verdict == _SEEN and not self._allow_repeat):
             return self._fail(ERR_REPLAY)
         if verdict == _NEW:
             self._rtp_add(stream, delta)

@@ -380,6 +380,15 @@ def test_outbound_repeats_a_sequence_number_but_not_an_old_one(
     with pytest.raises(SrtpError) as info:
         tx.protect_rtp(rtp(1000))
     assert info.value.reason == "replay"
+    strict = context(impl, profile, outbound=True, allow_repeat_tx=False)
+    assert strict.protect_rtp(rtp(5)) == first_of(profile, 5)
+    with pytest.raises(SrtpError) as info:
+        strict.protect_rtp(rtp(5))
+    assert info.value.reason == "replay"
+
+
+def first_of(profile: str, seq: int) -> bytes:
+    return bytes(libsrtp(profile, outbound=True).protect(rtp(seq)))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -434,6 +443,27 @@ def test_stream_limit(impl: ModuleType) -> None:
     assert tx.remove_stream(1) and not tx.remove_stream(1)
     assert tx.protect_rtcp(rtcp(ssrc=4))
     assert tx.stream_count == 3
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_many_streams_come_and_go(impl: ModuleType) -> None:
+    """Tables grow as SSRCs arrive and keep every stream's state through removals."""
+    tx = context(impl, CM, outbound=True, max_streams=300)
+    rx = context(impl, CM, outbound=False, max_streams=300)
+    ssrcs = [0x1000 + 7 * i for i in range(300)]
+    for seq in (65534, 65535, 0):  # every stream wraps its ROC
+        for ssrc in ssrcs:
+            assert rx.unprotect_rtp(tx.protect_rtp(rtp(seq, ssrc=ssrc))) == rtp(seq, ssrc=ssrc)
+    assert tx.stream_count == rx.stream_count == 300
+    for ssrc in ssrcs[::3]:
+        assert tx.remove_stream(ssrc) and rx.remove_stream(ssrc)
+    assert tx.stream_count == rx.stream_count == 200
+    for ssrc in ssrcs:
+        if ssrc in ssrcs[::3]:
+            continue
+        assert rx.unprotect_rtp(tx.protect_rtp(rtp(1, ssrc=ssrc))) == rtp(1, ssrc=ssrc)
+        with pytest.raises(SrtpError):  # the window survived the moves
+            rx.unprotect_rtp(tx.protect_rtp(rtp(0, ssrc=ssrc)))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
