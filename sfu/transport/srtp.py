@@ -1,43 +1,32 @@
-"""SRTP/SRTCP contexts (RFC 3711; AES-GCM per RFC 7714) over libsrtp, keyed from DTLS-SRTP.
+"""SRTP/SRTCP for one transport (RFC 3711; AES-GCM per RFC 7714), keyed from DTLS-SRTP.
 
-This is the per-packet reference path: each call is one libsrtp call plus a zero-cost ``try``.
-libsrtp tracks the rollover counter per SSRC (RFC 3711 §3.3.1) and keeps the replay window
+The per-packet work is the fast-path SRTP kernel (``sfu._fastpath.SrtpContext``): OpenSSL
+libcrypto from Cython when built, the pure-Python reference over ``cryptography`` with
+``SFU_NO_EXTENSIONS=1``. Both are proven byte-identical to libsrtp (pylibsrtp) by the tests.
+The kernel tracks the rollover counter per SSRC (RFC 3711 §3.3.1) and keeps the replay window
 (RFC 3711 §3.3.2). Every unprotect failure raises one :class:`SrtpError` with a fixed reason and
 is counted, so a datagram handler drops and counts with a single ``except``.
+
+The two contexts are public (``outbound``, ``inbound``) so that the compiled data plane can
+protect and unprotect with the very same per-SSRC state as this Python path: two states for
+one key would repeat SRTP/SRTCP indexes, which with GCM reuses nonces.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pylibsrtp
-
+from sfu._fastpath import SrtpContext, SrtpError
 from sfu.transport.dtls import SrtpKeys
 
 __all__ = ["SrtpCounters", "SrtpError", "SrtpSession"]
 
-# libsrtp's window must hold at least 64 packets and fit in 15 bits (srtp_rdbx_init).
+# The kernel's replay window bounds (its compiled ring holds 1024 indexes per SSRC).
 _MIN_WINDOW = 64
-_MAX_WINDOW = 0x7FFF
-
-# pylibsrtp error messages (libsrtp srtp_err_status_t) -> our reason.
-_AUTH = frozenset({"authentication failure", "cipher failure"})
-_REPLAY = frozenset(
-    {
-        "replay check failed (bad index)",
-        "replay check failed (index too old)",
-        "packet index is too old to consider",
-        "packet index advanced, reset needed",
-    }
-)
-
-
-class SrtpError(ValueError):
-    """An SRTP packet could not be protected or unprotected; ``reason`` is auth/replay/malformed."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+_MAX_WINDOW = 1024
+# SSRCs per direction of one transport: every forwarded track and its RTX, plus RTCP senders.
+# The kernel's tables grow with the SSRCs actually seen; this only bounds a misbehaving peer.
+MAX_STREAMS = 1024
 
 
 @dataclass(slots=True)
@@ -50,15 +39,6 @@ class SrtpCounters:
     protect_failed: int = 0
 
 
-def _reason(exc: Exception) -> str:
-    message = str(exc)
-    if message in _AUTH:
-        return "auth"
-    if message in _REPLAY:
-        return "replay"
-    return "malformed"
-
-
 class SrtpSession:
     """Outbound (local keys) and inbound (remote keys) SRTP contexts for one transport."""
 
@@ -68,6 +48,8 @@ class SrtpSession:
         "_unprotect",
         "_unprotect_rtcp",
         "counters",
+        "inbound",
+        "outbound",
         "profile",
     )
 
@@ -82,68 +64,66 @@ class SrtpSession:
         """
         if not _MIN_WINDOW <= replay_window <= _MAX_WINDOW:
             raise ValueError(f"replay_window must be in [{_MIN_WINDOW}, {_MAX_WINDOW}]")
-        libsrtp_profile = keys.profile.libsrtp_profile
-        outbound = pylibsrtp.Policy(
-            key=keys.local_key + keys.local_salt,
-            ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
-            srtp_profile=libsrtp_profile,
+        profile = keys.profile.value
+        self.outbound = SrtpContext(
+            profile,
+            keys.local_key,
+            keys.local_salt,
+            outbound=True,
+            max_streams=MAX_STREAMS,
+            allow_repeat_tx=allow_repeat_tx,
         )
-        outbound.allow_repeat_tx = allow_repeat_tx
-        inbound = pylibsrtp.Policy(
-            key=keys.remote_key + keys.remote_salt,
-            ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
-            srtp_profile=libsrtp_profile,
+        self.inbound = SrtpContext(
+            profile,
+            keys.remote_key,
+            keys.remote_salt,
+            outbound=False,
+            replay_window=replay_window,
+            max_streams=MAX_STREAMS,
         )
-        inbound.window_size = replay_window
-        tx = pylibsrtp.Session(policy=outbound)
-        rx = pylibsrtp.Session(policy=inbound)
         self.profile = keys.profile
         self.counters = SrtpCounters()
-        self._protect = tx.protect
-        self._protect_rtcp = tx.protect_rtcp
-        self._unprotect = rx.unprotect
-        self._unprotect_rtcp = rx.unprotect_rtcp
+        self._protect = self.outbound.protect_rtp
+        self._protect_rtcp = self.outbound.protect_rtcp
+        self._unprotect = self.inbound.unprotect_rtp
+        self._unprotect_rtcp = self.inbound.unprotect_rtcp
 
     def protect_rtp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one RTP packet (RFC 3711 §3.3)."""
         try:
-            result: bytes = self._protect(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+            return self._protect(packet)
+        except SrtpError:
             self.counters.protect_failed += 1
-            raise SrtpError(_reason(exc)) from None
-        return result
+            raise
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one (compound) RTCP packet (RFC 3711 §3.4)."""
         try:
-            result: bytes = self._protect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+            return self._protect_rtcp(packet)
+        except SrtpError:
             self.counters.protect_failed += 1
-            raise SrtpError(_reason(exc)) from None
-        return result
+            raise
 
     def unprotect_rtp(self, packet: bytes) -> bytes:
         """Authenticate, replay-check and decrypt one SRTP packet; SrtpError on any failure."""
         try:
-            result: bytes = self._unprotect(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
-            raise self._failed(exc) from None
-        return result
+            return self._unprotect(packet)
+        except SrtpError as exc:
+            self._failed(exc.reason)
+            raise
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
         """Authenticate, replay-check and decrypt one SRTCP packet; SrtpError on any failure."""
         try:
-            result: bytes = self._unprotect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
-            raise self._failed(exc) from None
-        return result
+            return self._unprotect_rtcp(packet)
+        except SrtpError as exc:
+            self._failed(exc.reason)
+            raise
 
-    def _failed(self, exc: Exception) -> SrtpError:
-        reason = _reason(exc)
+    def _failed(self, reason: str) -> None:
         if reason == "auth":
             self.counters.auth += 1
         elif reason == "replay":
             self.counters.replay += 1
-        else:
+        else:  # malformed, or an SSRC beyond MAX_STREAMS
             self.counters.malformed += 1
-        return SrtpError(reason)

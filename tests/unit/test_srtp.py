@@ -225,7 +225,7 @@ def test_malformed_packets(profile: SrtpProfile) -> None:
         server.unprotect_rtcp(b"\x80\xc8")
     assert info.value.reason == "malformed"
     with pytest.raises(SrtpError):
-        server.protect_rtp(rtp(1, payload=bytes(1600)))
+        server.protect_rtp(bytes([0x8F]) + bytes(20))  # 15 CSRCs announced, 20 bytes present
     assert server.counters.malformed == 5 and server.counters.protect_failed == 1
 
 
