@@ -1,8 +1,8 @@
 // e2ee-worker.js: the frame transform of end-to-end encryption (see docs/e2ee.md).
 //
 // Runs in a dedicated worker started by e2ee.js. Every encoded audio/video frame of every
-// sender passes through `encryptFrame` before RTP packetization, and every received frame through
-// `decryptFrame` after depacketization, so the SFU only ever forwards ciphertext. The frame format
+// sender passes through an `encryptor` before RTP packetization, and every received frame
+// through a `decryptor` after depacketization, so the SFU only ever forwards ciphertext. The frame format
 // is RFC 9605 (SFrame) with AES_128_GCM_SHA256_128, preceded by the few codec bytes that must
 // stay readable (authenticated as associated data):
 //
@@ -25,7 +25,7 @@ const MAX_KEYS = 4;
 const MAX_DERIVED = 256;
 /**
  * A received frame whose CTR is this far behind the highest seen (same KID) counts as a replay.
- * Frames can complete out of order after a loss; 1024 counter values are tens of seconds even
+ * Frames can complete out of order after a loss; 1024 counter values are over ten seconds even
  * with three simulcast layers sharing one counter, far more than any jitter buffer waits.
  */
 const REPLAY_WINDOW = 1024n;
