@@ -125,9 +125,7 @@ def test_drain_deadline_ends_sessions_that_stay(tmp_path: Path) -> None:
         port = int(proc.wait_for(HTTP_RE).group(1))
 
         async def scenario() -> None:
-            async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=TIMEOUT)
-            ) as http:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
                 ws = await join(http, port, "stays")
                 assert (await next_message(ws))["type"] == "joined"
                 proc.proc.send_signal(signal.SIGTERM)
