@@ -356,6 +356,10 @@ export class Room extends EventTarget {
       case "speakers":
         this._emit("speakers", { speakers: Array.isArray(msg.speakers) ? msg.speakers : [] });
         break;
+      case "server_draining":
+        // The server is shutting down: the call goes on, but a reconnect must go elsewhere.
+        this._emit("server_draining", { deadlineS: typeof msg.deadline_s === "number" ? msg.deadline_s : null });
+        break;
       case "error":
         // An error that answers nothing we wait for (for instance rate_limited without `re`).
         this._emit("error", { code: msg.code, message: msg.message });
