@@ -43,6 +43,7 @@ DROP_REASONS: Final = frozenset(
         "srtp_auth",
         "srtp_replay",
         "srtp_malformed",
+        "srtp_streams",
         "srtp_protect_failed",
         "no_listener",
         "rtp_unknown_ssrc",
