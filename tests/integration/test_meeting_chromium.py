@@ -166,15 +166,26 @@ def test_layer_switching_reaches_each_resolution_without_freezing() -> None:
         # The publisher only sends its top layer once its bandwidth estimate has ramped up.
         width_is(1280, 20.0)
 
-        window = sample(lambda: _video(viewer, pub_id), 2.0)
-        first, last = window[0], window[-1]
-        assert first is not None and last is not None
-        brief = _brief(window)
-        assert last["freezeCount"] == first["freezeCount"], brief
-        assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S, brief
-        assert all(e is not None and e["frameWidth"] == 1280 for e in window), brief
-        frames = [e["framesDecoded"] for e in window if e is not None]
-        assert frames == sorted(frames), brief
+        # Decoding must never freeze or stall. Holding 1280 for a whole 2 s window may take a
+        # second try: on a loaded 2-core machine the publisher's own bandwidth estimate can
+        # dip just after the ramp and pause its top layer for a moment (the SFU then falls
+        # back to the next layer, as it should).
+        held: list[str] = []
+        for _attempt in range(3):
+            window = sample(lambda: _video(viewer, pub_id), 2.0)
+            first, last = window[0], window[-1]
+            assert first is not None and last is not None
+            brief = _brief(window)
+            assert last["freezeCount"] == first["freezeCount"], brief
+            assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S, brief
+            frames = [e["framesDecoded"] for e in window if e is not None]
+            assert frames == sorted(frames), brief
+            held = brief
+            if all(e is not None and e["frameWidth"] == 1280 for e in window):
+                break
+            width_is(1280, 20.0)
+        else:
+            raise AssertionError(f"1280 not held for 2 s in three windows; last: {held}")
         assert page_state(viewer).get("error") is None
         assert page_state(publisher).get("error") is None
 
