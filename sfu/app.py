@@ -362,6 +362,11 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+            if first_signal_at:
+                # Shutting down because of a signal: copies of it still in flight (Ctrl-C
+                # reaches both `make run` and the server) must not kill the exiting process
+                # with the default action now that our handler is gone.
+                signal.signal(signum, signal.SIG_IGN)
 
 
 def serve(config: Config) -> int:
