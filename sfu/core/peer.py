@@ -112,7 +112,7 @@ class PeerCounters:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-def _no_latency_histogram() -> PlainHistogram:
+def _latency_histogram() -> PlainHistogram:
     return PlainHistogram(LATENCY_BUCKETS_S)
 
 
@@ -122,7 +122,7 @@ class RouterStats:
     and the sampled forwarding latency (receive to last send of one packet)."""
 
     retired: PeerCounters = field(default_factory=PeerCounters)
-    forward_latency: PlainHistogram = field(default_factory=_no_latency_histogram)
+    forward_latency: PlainHistogram = field(default_factory=_latency_histogram)
     #: The clock ``now`` came from; None disables latency sampling (tests on manual time).
     clock: Callable[[], float] | None = None
     #: Sample one forwarded packet in this many per source stream (a power of two).

@@ -29,14 +29,17 @@ from sfu.room.policy import (
     parse_policy_update,
 )
 from sfu.room.service import RoomService
-from sfu.signaling.auth import Grant, JoinClaims, TokenError, bearer_token, verify_token
+from sfu.signaling.auth import (
+    BEARER_CHALLENGE,
+    Grant,
+    JoinClaims,
+    TokenError,
+    bearer_token,
+    verify_with_config,
+)
 
 __all__ = ["add_admin_routes"]
 
-_UNAUTHORIZED_HEADERS: Final = {
-    "WWW-Authenticate": 'Bearer realm="sfu"',
-    "Cache-Control": "no-store",
-}
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 #: Refused attempts audited per (room, identity) per hour; more are refused unrecorded.
 _AUDITED_REFUSALS_PER_HOUR: Final = 10
@@ -81,16 +84,9 @@ def add_admin_routes(
         room = request.match_info["room"]
         try:
             token = bearer_token(request.headers.get("Authorization"))
-            claims = verify_token(
-                token_secret,
-                token,
-                now=wallclock(),
-                room=room,
-                leeway=auth.token_leeway_s,
-                max_ttl=auth.max_token_ttl_s,
-            )
+            claims = verify_with_config(token_secret, token, auth, room=room, now=wallclock())
         except TokenError as exc:
-            return _error(401, f"token {exc.reason}", **_UNAUTHORIZED_HEADERS)
+            return _error(401, f"token {exc.reason}", **BEARER_CHALLENGE)
         if not claims.grants & Grant.ADMIN:
             if action != "policy_read":
                 audit(claims, action, "forbidden")

@@ -39,10 +39,11 @@ from typing import Any, Final, Literal, get_args
 
 import jwt
 
-from sfu.config import MIN_JWT_SECRET_BYTES, Config
+from sfu.config import MIN_JWT_SECRET_BYTES, AuthConfig, Config
 
 __all__ = [
     "ALGORITHM",
+    "BEARER_CHALLENGE",
     "MAX_IDENTITY_CHARS",
     "MAX_NAME_CHARS",
     "MAX_ROOM_CHARS",
@@ -60,8 +61,11 @@ __all__ = [
     "parse_grants",
     "signing_secret",
     "verify_token",
+    "verify_with_config",
 ]
 
+#: Sent with every 401 for a missing or refused bearer token (RFC 6750 §3).
+BEARER_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="sfu"'}
 #: The only accepted JWS algorithm.
 ALGORITHM: Final = "HS256"
 #: Longer tokens are refused before decoding (a normal join token is well under 1 KiB).
@@ -379,3 +383,12 @@ def verify_token(
     if room is not None and claims.room != room:
         raise TokenError("wrong room")
     return claims
+
+
+def verify_with_config(
+    secret: str | bytes, token: str, auth: AuthConfig, *, room: str | None, now: float
+) -> JoinClaims:
+    """:func:`verify_token` with the leeway and lifetime bound of the ``[auth]`` config."""
+    return verify_token(
+        secret, token, now=now, room=room, leeway=auth.token_leeway_s, max_ttl=auth.max_token_ttl_s
+    )

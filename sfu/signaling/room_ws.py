@@ -29,7 +29,7 @@ from sfu.room.moderation import Moderation
 from sfu.room.policy import PasswordAttempts, PasswordHash, verify_password
 from sfu.room.room import Message, Participant
 from sfu.room.service import CLOSE_REFUSED, RoomError, RoomService
-from sfu.signaling.auth import Grant, JoinClaims, TokenError, verify_token
+from sfu.signaling.auth import Grant, JoinClaims, TokenError, verify_with_config
 from sfu.signaling.protocol import (
     PROTOCOL_VERSION,
     Admit,
@@ -293,14 +293,7 @@ async def _join(
         )
         return False
     try:
-        claims = verify_token(
-            secret,
-            join.token,
-            now=wallclock(),
-            room=join.room,
-            leeway=auth.token_leeway_s,
-            max_ttl=auth.max_token_ttl_s,
-        )
+        claims = verify_with_config(secret, join.token, auth, room=join.room, now=wallclock())
     except TokenError as exc:
         conn.request_close(CLOSE_UNAUTHORIZED, f"token {exc.reason}")
         return False

@@ -24,7 +24,14 @@ from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError, RoomService
-from sfu.signaling.auth import Grant, JoinClaims, TokenError, bearer_token, verify_token
+from sfu.signaling.auth import (
+    BEARER_CHALLENGE,
+    Grant,
+    JoinClaims,
+    TokenError,
+    bearer_token,
+    verify_with_config,
+)
 from sfu.signaling.sdp_http import (
     ice_restart_response,
     read_ice_restart,
@@ -51,7 +58,6 @@ _STATUS: Final = {
     "room_locked": 403,
     "e2ee_required": 403,
 }
-_UNAUTHORIZED_HEADERS: Final = {"WWW-Authenticate": 'Bearer realm="sfu"'}
 
 
 @dataclass(eq=False, slots=True)
@@ -107,16 +113,9 @@ def add_whip_routes(
     ) -> JoinClaims | web.Response:
         try:
             token = bearer_token(request.headers.get("Authorization"))
-            claims = verify_token(
-                token_secret,
-                token,
-                now=wallclock(),
-                room=room,
-                leeway=auth.token_leeway_s,
-                max_ttl=auth.max_token_ttl_s,
-            )
+            claims = verify_with_config(token_secret, token, auth, room=room, now=wallclock())
         except TokenError as exc:
-            return sdp_error(401, f"token {exc.reason}", **_UNAUTHORIZED_HEADERS)
+            return sdp_error(401, f"token {exc.reason}", **BEARER_CHALLENGE)
         if not claims.grants & grant:
             return sdp_error(403, f"the token lacks the {grant_name} grant")
         return claims
