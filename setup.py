@@ -4,6 +4,7 @@ Package metadata lives in pyproject.toml; this file only declares the compiled e
 Set SFU_NO_EXTENSIONS=1 at *run* time to use the pure-Python references instead.
 """
 
+import os
 from pathlib import Path
 
 from Cython.Build import cythonize
@@ -12,16 +13,22 @@ from setuptools import Extension, setup
 FASTPATH = Path("sfu") / "_fastpath"
 
 # C libraries a kernel links against (the SRTP kernel calls OpenSSL libcrypto, from libssl-dev).
-LIBRARIES: dict[str, list[str]] = {"_srtp": ["crypto"]}
+LIBRARIES: dict[str, list[str]] = {"_srtp": ["crypto"], "_forward": ["crypto"], "_loadgen": ["crypto"]}
+
+# The bench's compiled send/receive loops (``bench/_loadgen.pyx``) build beside the kernels.
+SOURCES = sorted(FASTPATH.glob("*.pyx")) + sorted(Path("bench").glob("*.pyx"))
+# SFU_BUILD_ONLY=_layers,_munger rebuilds just those modules (handy while editing one kernel).
+ONLY = {name for name in os.environ.get("SFU_BUILD_ONLY", "").split(",") if name}
 
 extensions = [
     Extension(
-        f"sfu._fastpath.{pyx.stem}",
+        ".".join(pyx.with_suffix("").parts),
         [str(pyx)],
         extra_compile_args=["-O3"],
         libraries=LIBRARIES.get(pyx.stem, []),
     )
-    for pyx in sorted(FASTPATH.glob("*.pyx"))
+    for pyx in SOURCES
+    if not ONLY or pyx.stem in ONLY
 ]
 
 setup(
