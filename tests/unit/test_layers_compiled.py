@@ -1,0 +1,214 @@
+"""The compiled simulcast selector (``sfu._fastpath._layers``) against the reference.
+
+Hypothesis drives random call sequences (valid and invalid arguments, ``now`` increasing)
+through ``sfu.core.layers.SimulcastSelector`` and the compiled class side by side: every return
+value, every exception (type and message) and all public state must be equal after each step.
+Example tests run against both implementations. Under SFU_NO_EXTENSIONS=1 the compiled class is
+not used and only the reference's parametrizations run.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sfu.core import layers as layers_py
+from sfu.core.layers import Decision, LayerPair
+
+NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
+
+_layers_c: ModuleType | None
+if NO_EXTENSIONS:
+    _layers_c = None  # the reference only: the compiled selector must not be used in this run
+else:
+    try:
+        from sfu._fastpath import _layers as _layers_c
+    except ImportError:  # not built; SFU_EXPECT_COMPILED=1 makes the build test fail
+        _layers_c = None
+
+IMPLS = [pytest.param(layers_py, id="python")]
+if _layers_c is not None:
+    IMPLS.append(pytest.param(_layers_c, id="cython"))
+needs_compiled = pytest.mark.skipif(_layers_c is None, reason="compiled selector not in use")
+
+
+def test_compiled_module_is_built_when_expected() -> None:
+    if NO_EXTENSIONS:
+        assert _layers_c is None
+    elif os.environ.get("SFU_EXPECT_COMPILED") == "1":
+        assert _layers_c is not None
+
+
+# -- differential ------------------------------------------------------------------------------
+
+
+def state(sel: Any) -> dict[str, Any]:
+    """Every public property and counter of a selector."""
+    return {
+        "num_spatial": sel.num_spatial,
+        "current": tuple(sel.current),
+        "target": tuple(sel.target),
+        "requested": tuple(sel.requested),
+        "available": sel.available,
+        "switch_pending": sel.switch_pending,
+        "switches": sel.switches,
+        "temporal_switches": sel.temporal_switches,
+        "keyframe_requests": sel.keyframe_requests,
+        "last_switch_at": sel.last_switch_at,
+    }
+
+
+def call(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
+    """Call a method; its outcome as ("ok", value) or ("raise", (type, message))."""
+    try:
+        result = getattr(obj, name)(*args, **kwargs)
+    except Exception as exc:  # any exception must match the reference's
+        return "raise", (type(exc), str(exc))
+    if isinstance(result, LayerPair):
+        return "ok", (type(result), tuple(result))
+    return "ok", (type(result), result)
+
+
+def construct(cls: Any, num: int, interval: float) -> tuple[str, Any]:
+    try:
+        return "ok", cls(num, keyframe_request_interval=interval)
+    except Exception as exc:
+        return "raise", (type(exc), str(exc))
+
+
+spatial_arg = st.one_of(st.none(), st.integers(-2, 9))
+temporal_arg = st.one_of(
+    st.none(), st.integers(-2, 5), st.sampled_from([1 << 16, (1 << 16) + 3, 1 << 40])
+)
+step = st.floats(0, 0.4, allow_nan=False)
+op = st.one_of(
+    st.tuples(st.just("set_target"), st.tuples(spatial_arg, temporal_arg), st.just({}), step),
+    st.tuples(
+        st.just("set_preferences"),
+        st.tuples(st.one_of(st.none(), st.integers(-1, 10)), temporal_arg, st.booleans()),
+        st.just({}),
+        step,
+    ),
+    st.tuples(
+        st.just("set_available"),
+        st.tuples(st.one_of(st.sets(st.integers(-1, 9)), st.frozensets(st.integers(0, 3)))),
+        st.just({}),
+        step,
+    ),
+    st.tuples(
+        st.just("decide"),
+        st.tuples(st.integers(-2, 9), temporal_arg, st.booleans(), st.booleans()),
+        st.fixed_dictionaries({"layer_sync": st.booleans()}),
+        step,
+    ),
+    st.tuples(st.just("keyframe_needed"), st.just(()), st.just({}), step),
+)
+# Packets of a few layers with keyframes now and then: the usual traffic around control calls.
+packets = st.tuples(
+    st.just("decide"),
+    st.tuples(
+        st.integers(0, 2),
+        st.one_of(st.none(), st.integers(0, 2)),
+        st.booleans(),
+        st.booleans(),
+    ),
+    st.fixed_dictionaries({"layer_sync": st.booleans()}),
+    step,
+)
+
+
+@needs_compiled
+@settings(max_examples=300, deadline=None)
+@given(
+    num=st.integers(-1, 9),
+    interval=st.sampled_from([-0.5, 0.0, 0.25, 0.5, 1.0]),
+    ops=st.lists(st.one_of(op, packets, packets), max_size=80),
+)
+def test_compiled_matches_reference(
+    num: int, interval: float, ops: list[tuple[str, tuple[Any, ...], dict[str, Any], float]]
+) -> None:
+    assert _layers_c is not None
+    ref = construct(layers_py.SimulcastSelector, num, interval)
+    got = construct(_layers_c.SimulcastSelector, num, interval)
+    if ref[0] == "raise":
+        assert got == ref
+        return
+    assert got[0] == "ok", got
+    py, c = ref[1], got[1]
+    assert state(c) == state(py)
+    now = 100.0
+    for name, args, kwargs, dt in ops:
+        now += dt
+        full = (*args, now) if name in ("decide", "keyframe_needed") else args
+        expected = call(py, name, full, kwargs)
+        assert call(c, name, full, kwargs) == expected, (name, full, kwargs)
+        assert state(c) == state(py), (name, full, kwargs)
+
+
+# -- examples (both implementations) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_start_climb_and_pause(impl: ModuleType) -> None:
+    sel = impl.SimulcastSelector(3)
+    assert sel.decide(0, 0, False, True, 1.0) is Decision.DROP  # no keyframe yet
+    assert sel.decide(0, 0, True, True, 1.0) is Decision.FORWARD_SWITCH
+    assert sel.current == LayerPair(0, None)
+    sel.set_target(2, 1)
+    assert sel.keyframe_needed(1.1) == 2
+    assert sel.keyframe_needed(1.2) is None  # rate-limited
+    assert sel.decide(2, 2, False, True, 1.3) is Decision.DROP
+    assert sel.decide(1, 0, True, True, 1.4) is Decision.FORWARD_SWITCH  # stops on the way up
+    assert sel.decide(0, 0, False, True, 1.5) is Decision.DROP
+    assert sel.decide(1, 2, False, False, 1.5) is Decision.DROP  # above the temporal target
+    assert sel.decide(2, 0, True, True, 1.6) is Decision.FORWARD_SWITCH
+    assert (sel.switches, sel.last_switch_at, sel.keyframe_requests) == (3, 1.6, 1)
+    sel.set_preferences(paused=True)
+    assert sel.current == LayerPair(None, None) and not sel.switch_pending
+    assert sel.decide(2, 0, True, True, 1.7) is Decision.DROP
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_temporal_switch_up_needs_layer_sync(impl: ModuleType) -> None:
+    sel = impl.SimulcastSelector(1)
+    sel.set_target(0, 0)
+    assert sel.decide(0, 0, True, True, 0.0) is Decision.FORWARD_SWITCH
+    assert sel.decide(0, 1, False, True, 0.1) is Decision.DROP
+    sel.set_target(0, 2)
+    assert sel.decide(0, 1, False, True, 0.2, layer_sync=False) is Decision.DROP
+    assert sel.temporal_switches == 0
+    assert sel.decide(0, 1, False, True, 0.3, layer_sync=True) is Decision.FORWARD
+    assert (sel.current, sel.temporal_switches) == (LayerPair(0, 1), 1)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_validation_messages(impl: ModuleType) -> None:
+    with pytest.raises(ValueError, match=r"num_spatial must be in 1\.\.8"):
+        impl.SimulcastSelector(9)
+    with pytest.raises(ValueError, match="keyframe_request_interval must not be negative"):
+        impl.SimulcastSelector(2, keyframe_request_interval=-1)
+    sel = impl.SimulcastSelector(2)
+    with pytest.raises(ValueError, match=r"spatial layer 2 out of range 0\.\.1"):
+        sel.set_target(2, None)
+    with pytest.raises(ValueError, match=r"spatial layers must be in 0\.\.1"):
+        sel.set_available({0, 5})
+    assert sel.available == frozenset({0, 1})  # a refused update changes nothing
+    with pytest.raises(AttributeError):
+        sel.no_such_attribute = 1
+
+
+@needs_compiled
+def test_c_api_layout_constants() -> None:
+    """The ints the engine gets from selector_decide are Decision's."""
+    assert _layers_c is not None
+    sel = _layers_c.SimulcastSelector(2)
+    assert [int(d) for d in Decision] == [0, 1, 2]
+    assert sel.decide(0, None, True, True, 0.0) == 2
+    sel.switches = 7
+    sel.last_switch_at = None
+    assert (sel.switches, sel.last_switch_at) == (7, None)
