@@ -1,0 +1,131 @@
+"""The bench's Janus target: Janus starts from a generated config, relays one stream, and stops.
+
+Publishes audio+video with aiortc over Janus's HTTP API (VideoRoom), subscribes one viewer,
+checks that decoded frames arrive and that Janus forwarded RTP, then that the process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import aioice.ice
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
+
+from bench.janus import JanusOptions, JanusTarget, janus_binary, media_address
+from bench.targets import cpu_count
+
+pytestmark = [
+    pytest.mark.integration,
+    # CI installs Janus (Makefile DEB_TEST); elsewhere a missing binary is the only reason to skip.
+    pytest.mark.skipif(
+        janus_binary() is None and not os.environ.get("CI"),
+        reason="Janus is not installed (Debian package 'janus')",
+    ),
+]
+
+TIMEOUT = 20.0
+
+
+async def _connected(pc: RTCPeerConnection) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while pc.connectionState != "connected":
+        assert pc.connectionState != "failed", "peer connection failed"
+        assert time.monotonic() < deadline, "peer connection did not connect"
+        await asyncio.sleep(0.05)
+
+
+async def _frames(track: MediaStreamTrack, count: int) -> int:
+    for _ in range(count):
+        await track.recv()
+    return count
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` names a live (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_janus_relays_one_stream_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Janus never gathers on loopback: both ends use this host's own non-loopback address.
+    host = media_address()
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [host])
+    server_cpu = 0 if cpu_count() >= 2 else None
+
+    async def scenario() -> None:
+        target = JanusTarget(server_cpu, JanusOptions(rtp_ports=(31000, 31999)))
+        publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        await target.start()
+        pid = target.pid
+        folder = target.folder
+        assert pid is not None and _alive(pid)
+        assert folder is not None and (folder / "janus.jcfg").exists()
+        assert target.media_host == host
+        try:
+            if server_cpu is not None:
+                assert os.sched_getaffinity(pid) == {server_cpu}
+            cpu_before = await target.cpu_seconds()
+            assert cpu_before is not None
+
+            publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
+            publisher.addTransceiver(VideoStreamTrack(), direction="sendonly")
+            await publisher.setLocalDescription(await publisher.createOffer())
+            published = await target.publish("bench-room", "caster", publisher.localDescription.sdp)
+            answer = published.answer_sdp
+            assert answer is not None and "a=ice-lite" in answer
+            assert f" {host} " in answer  # Janus's host candidate
+            await publisher.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            await _connected(publisher)
+
+            received: dict[str, MediaStreamTrack] = {}
+            viewer.on("track", lambda track: received.setdefault(track.kind, track))
+            assert target.server_offers
+            watching = await target.subscribe("bench-room", "viewer-0", "caster", None)
+            offer = watching.offer_sdp
+            assert offer is not None and "a=ice-lite" in offer
+            await viewer.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            await viewer.setLocalDescription(await viewer.createAnswer())
+            await target.answer(watching, viewer.localDescription.sdp)
+            await _connected(viewer)
+
+            deadline = time.monotonic() + TIMEOUT
+            while set(received) != {"audio", "video"}:
+                assert time.monotonic() < deadline, f"viewer got tracks {sorted(received)}"
+                await asyncio.sleep(0.05)
+            assert await asyncio.wait_for(_frames(received["video"], 10), TIMEOUT) == 10
+            assert await asyncio.wait_for(_frames(received["audio"], 10), TIMEOUT) == 10
+
+            # Janus relayed it: the viewer's inbound RTP counts packets, and Janus used CPU.
+            stats = await viewer.getStats()
+            inbound = [s for s in stats.values() if s.type == "inbound-rtp"]
+            assert len(inbound) == 2 and all(s.packetsReceived > 0 for s in inbound)
+            assert target.api is not None
+            assert {published.handle, watching.handle} <= target.api.webrtc_up
+            cpu_after = await target.cpu_seconds()
+            assert cpu_after is not None and cpu_after > cpu_before
+
+            # Closing the viewer's session detaches its handle inside Janus.
+            await target.close(watching)
+            deadline = time.monotonic() + TIMEOUT
+            while watching.handle not in target.api.ended:
+                assert time.monotonic() < deadline, "Janus did not detach the closed session"
+                await asyncio.sleep(0.05)
+        finally:
+            await viewer.close()
+            await publisher.close()
+            await target.stop()
+        assert target.pid is None
+        assert not _alive(pid), "Janus still running after stop()"
+        assert not folder.exists(), "config folder left behind"
+        await target.stop()  # a second stop is harmless
+
+    asyncio.run(asyncio.wait_for(scenario(), 6 * TIMEOUT))
