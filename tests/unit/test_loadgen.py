@@ -1,0 +1,310 @@
+"""The load generator's loops: compiled (``bench._loadgen``) == reference (``_loadgen_py``).
+
+Socket-free contract tests on buffers (frame building and stamping, demultiplexing, receive
+accounting, the latency histogram), against the reference and, when built and the run does not
+set SFU_NO_EXTENSIONS=1, the compiled module; plus one loopback run of each engine.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench import _loadgen_py
+from bench._loadgen_py import (
+    HIST_BUCKETS,
+    HIST_EDGES_NS,
+    KIND_AUDIO,
+    KIND_VIDEO,
+    RECV_BAD,
+    RECV_DUPLICATE,
+    RECV_NEW,
+    RECV_REORDERED,
+    STAMP_OFFSET,
+    StreamSpec,
+    percentile_ns,
+)
+from sfu._fastpath import _srtp_py
+from sfu.codecs.vp8 import parse_vp8
+from sfu.packet.rtp import find_extension, payload_offset
+
+NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
+
+_loadgen_c: ModuleType | None
+_srtp_c: ModuleType | None
+if NO_EXTENSIONS:
+    _loadgen_c = _srtp_c = None  # the references only: compiled modules must not be used
+else:
+    try:
+        from bench import _loadgen as _loadgen_c
+        from sfu._fastpath import _srtp as _srtp_c
+    except ImportError:  # not built
+        _loadgen_c = _srtp_c = None
+
+IMPLS = [pytest.param(_loadgen_py, id="python")]
+if _loadgen_c is not None:
+    IMPLS.append(pytest.param(_loadgen_c, id="cython"))
+needs_compiled = pytest.mark.skipif(_loadgen_c is None, reason="compiled load generator not in use")
+
+
+class _Header:
+    """The fixed RTP header fields the tests look at."""
+
+    def __init__(self, packet: bytes) -> None:
+        self.marker = bool(packet[1] & 0x80)
+        self.payload_type = packet[1] & 0x7F
+        self.sequence_number = int.from_bytes(packet[2:4], "big")
+        self.timestamp = int.from_bytes(packet[4:8], "big")
+        self.ssrc = int.from_bytes(packet[8:12], "big")
+
+
+def peek_rtp_header(packet: bytes) -> _Header:
+    return _Header(packet)
+
+
+VIDEO = StreamSpec(
+    ssrc=0x11223344,
+    payload_type=96,
+    kind=KIND_VIDEO,
+    packet_size=1200,
+    packets_per_frame=3,
+    keyframe_packets=5,
+    keyframe_interval=8,
+    mid_id=4,
+    mid=b"1",
+    rid_id=10,
+    rid=b"f",
+    layer=2,
+)
+AUDIO = StreamSpec(
+    ssrc=0x55667788,
+    payload_type=111,
+    kind=KIND_AUDIO,
+    packet_size=120,
+    frame_interval_ns=20_000_000,
+    keyframe_interval=0,
+    timestamp_step=960,
+    mid_id=4,
+    mid=b"0",
+)
+
+
+def _frames(module: ModuleType, spec: StreamSpec, n: int, keyframe_at: int = -1) -> list[bytes]:
+    builder = module.FrameBuilder(spec, seq=65530, timestamp=0xFFFFF000)
+    out: list[bytes] = []
+    for i in range(n):
+        if i == keyframe_at:
+            builder.request_keyframe()
+        out += builder.frame(1_000_000_000 + i * 33_333_333)
+    return out
+
+
+@pytest.mark.parametrize("spec", [VIDEO, AUDIO], ids=["video", "audio"])
+@needs_compiled
+def test_compiled_frames_equal_reference(spec: StreamSpec) -> None:
+    assert _loadgen_c is not None
+    assert _frames(_loadgen_c, spec, 40, keyframe_at=13) == _frames(_loadgen_py, spec, 40, 13)
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_video_frames_parse_as_simulcast_vp8(module: ModuleType) -> None:
+    builder = module.FrameBuilder(VIDEO)
+    frames = [builder.frame(10**9 + i) for i in range(10)]
+    # Frame 0 (first) and frame 8 (interval) are keyframes with more packets.
+    assert [len(f) for f in frames] == [5, 3, 3, 3, 3, 3, 3, 3, 5, 3]
+    seqs = [peek_rtp_header(p).sequence_number for f in frames for p in f]
+    assert seqs == list(range(len(seqs)))  # contiguous across frames
+    tids = []
+    for i, frame in enumerate(frames):
+        for k, packet in enumerate(frame):
+            assert len(packet) == 1200
+            header = peek_rtp_header(packet)
+            assert header.ssrc == VIDEO.ssrc and header.payload_type == 96
+            assert header.marker == (k == len(frame) - 1)
+            assert header.timestamp == 3000 * i
+            assert find_extension(packet, 4) == b"1" and find_extension(packet, 10) == b"f"
+            start = payload_offset(packet)
+            d = parse_vp8(packet, start)
+            assert d.picture_id == i and d.picture_id_15bit
+            assert d.is_start_of_frame == (k == 0)
+            if k == 0:
+                assert d.is_keyframe == (i in (0, 8))
+                tids.append(d.temporal_id)
+            stamp = packet[start + STAMP_OFFSET : start + STAMP_OFFSET + 8]
+            assert int.from_bytes(stamp, "big") == 10**9 + i
+    assert tids == [0, 2, 1, 2, 0, 2, 1, 2, 0, 2]
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_keyframe_request(module: ModuleType) -> None:
+    builder = module.FrameBuilder(VIDEO)
+    builder.frame(0)
+    builder.request_keyframe()
+    assert builder.keyframe_pending
+    packets = builder.frame(1)
+    assert len(packets) == VIDEO.keyframe_packets
+    assert parse_vp8(packets[0], payload_offset(packets[0])).is_keyframe
+    assert not builder.keyframe_pending
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_audio_frames(module: ModuleType) -> None:
+    packets = _frames(module, AUDIO, 5)
+    assert len(packets) == 5 and all(len(p) == 120 for p in packets)
+    assert [peek_rtp_header(p).sequence_number for p in packets] == [
+        65530,
+        65531,
+        65532,
+        65533,
+        65534,
+    ]
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_bad_specs_refused(module: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        module.FrameBuilder(StreamSpec(ssrc=1, payload_type=96, packet_size=20))
+    with pytest.raises(ValueError):
+        module.FrameBuilder(StreamSpec(ssrc=1, payload_type=96, packets_per_frame=0))
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_classify(module: ModuleType) -> None:
+    assert module.classify(b"\x00\x01" + bytes(18)) == _loadgen_py.PKT_STUN
+    assert module.classify(b"\x16\xfe\xfd") == _loadgen_py.PKT_DTLS
+    assert module.classify(b"\x80\x60" + bytes(10)) == _loadgen_py.PKT_RTP
+    assert module.classify(b"\x81\xc8" + bytes(10)) == _loadgen_py.PKT_RTCP  # SR
+    assert module.classify(b"\x81\xce" + bytes(10)) == _loadgen_py.PKT_RTCP  # PSFB
+    assert module.classify(b"\xff") == _loadgen_py.PKT_OTHER
+    assert module.classify(b"") == _loadgen_py.PKT_OTHER
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_bucket_edges(module: ModuleType) -> None:
+    assert module.bucket_of(-5) == 0
+    assert module.bucket_of(999) == 0
+    assert module.bucket_of(1000) == 1
+    assert module.bucket_of(HIST_EDGES_NS[-1] - 1) == HIST_BUCKETS - 2
+    assert module.bucket_of(10**12) == HIST_BUCKETS - 1
+    for edge in HIST_EDGES_NS:
+        assert module.bucket_of(edge) == _loadgen_py.bucket_of(edge)
+        assert module.bucket_of(edge - 1) == _loadgen_py.bucket_of(edge - 1)
+
+
+def test_percentile() -> None:
+    counts = [0] * HIST_BUCKETS
+    assert percentile_ns(counts, 0.5) is None
+    counts[_loadgen_py.bucket_of(100_000)] = 99
+    counts[_loadgen_py.bucket_of(50_000_000)] = 1
+    p50 = percentile_ns(counts, 0.5)
+    p999 = percentile_ns(counts, 0.999)
+    assert p50 is not None and 75_000 < p50 < 130_000
+    assert p999 is not None and 40_000_000 < p999 < 60_000_000
+
+
+def _accounted(module: ModuleType, packets: list[bytes], now: int) -> tuple[list[int], Any]:
+    stats = module.RecvStats()
+    codes = [stats.account(p, now) for p in packets]
+    return codes, stats.snapshot()
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_account_counts_loss_duplicates_reordering(module: ModuleType) -> None:
+    packets = _frames(_loadgen_py, VIDEO, 10)  # 5 + 8*3 + 5 = 34 packets, seq 65530 upwards
+    sent = list(packets)
+    received = sent[:3] + sent[4:10] + [sent[3]] + [sent[5]] + sent[12:]  # 10, 11 lost
+    codes, snap = _accounted(module, received, 2_000_000_000)
+    assert codes[:3] == [RECV_NEW] * 3
+    assert codes[9] == RECV_REORDERED and codes[10] == RECV_DUPLICATE
+    ((ssrc, unique, dups, reordered, first, highest, nbytes),) = snap["streams"]
+    assert ssrc == VIDEO.ssrc
+    assert unique == len(sent) - 2 and dups == 1 and reordered == 1
+    assert first == 65530 and highest == 65530 + len(sent) - 1  # extended past the wrap
+    assert highest - first + 1 - unique == 2  # the two lost packets
+    assert nbytes == 1200 * len(received)
+    assert sum(snap["hist"]) == unique
+    assert module.RecvStats().account(b"\x00" * 5, 0) == RECV_BAD
+
+
+seq_orders = st.lists(st.integers(min_value=-40, max_value=3000), min_size=1, max_size=300)
+
+
+@needs_compiled
+@settings(max_examples=150, deadline=None)
+@given(offsets=seq_orders, start=st.integers(0, 0xFFFF), stamps=st.integers(0, 10**10))
+def test_compiled_accounting_equals_reference(offsets: list[int], start: int, stamps: int) -> None:
+    assert _loadgen_c is not None
+    rng = random.Random(stamps)
+    builder = _loadgen_py.FrameBuilder(AUDIO)
+    template = builder.frame(0)[0]
+    packets = []
+    for off in offsets:
+        p = bytearray(template)
+        p[2:4] = ((start + off) & 0xFFFF).to_bytes(2, "big")
+        if rng.random() < 0.2:
+            p[8:12] = (0xABCD0000 + rng.randrange(3)).to_bytes(4, "big")
+        stamp = rng.randrange(10**10)
+        p[12 + 8 + STAMP_OFFSET : 12 + 8 + STAMP_OFFSET + 8] = stamp.to_bytes(8, "big")
+        packets.append(bytes(p))
+    assert _accounted(_loadgen_c, packets, stamps) == _accounted(_loadgen_py, packets, stamps)
+
+
+def _contexts(srtp_module: ModuleType) -> tuple[Any, Any]:
+    key, salt = bytes(range(16)), bytes(range(12))
+    gcm = "SRTP_AEAD_AES_128_GCM"
+    out = srtp_module.SrtpContext(gcm, key, salt, outbound=True)
+    inb = srtp_module.SrtpContext(gcm, key, salt, outbound=False)
+    return out, inb
+
+
+@pytest.mark.parametrize(
+    ("module", "srtp_module"),
+    [pytest.param(_loadgen_py, _srtp_py, id="python")]
+    + ([pytest.param(_loadgen_c, _srtp_c, id="cython")] if _loadgen_c is not None else []),
+)
+def test_engine_loopback(module: ModuleType, srtp_module: ModuleType) -> None:
+    """A sender and a receiver over a loopback socket pair: everything arrives, once."""
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        a.connect(b.getsockname())
+        b.connect(a.getsockname())
+        a.setblocking(False)
+        b.setblocking(False)
+        out, inb = _contexts(srtp_module)
+        engine = module.Engine(8)
+        sender = engine.add_sender(a, out, [VIDEO, AUDIO], time.monotonic_ns())
+        receiver = engine.add_receiver(b, inb)
+        a.send(b"\x00\x01\x00\x00" + bytes(16))  # a STUN-looking datagram: control, not media
+        engine.run(0.5)
+        engine.request_keyframe(sender)
+        engine.run(0.1)
+        sent = engine.sender_counters(sender)
+        snap = engine.receiver_snapshot(receiver)
+        assert sent["packets"] > 20 and sent["send_errors"] == 0
+        assert snap["srtp_errors"] == 0
+        received = sum(s[1] for s in snap["streams"])
+        assert received == sent["packets"]
+        assert {s[0] for s in snap["streams"]} == {VIDEO.ssrc, AUDIO.ssrc}
+        assert all(s[5] - s[4] + 1 == s[1] and s[2] == 0 for s in snap["streams"])
+        assert sum(snap["hist"]) == received
+        p99 = percentile_ns(snap["hist"], 0.99)
+        assert p99 is not None and p99 < 1e9
+        control = engine.control()
+        assert control == [(receiver, b"\x00\x01\x00\x00" + bytes(16))]
+        assert engine.control() == []
+        with pytest.raises(ValueError):
+            engine.receiver_snapshot(sender)
+    finally:
+        a.close()
+        b.close()
