@@ -1,0 +1,161 @@
+# cython: language_level=3
+"""Compiled header-extension id rewriter: ``sfu.core.header_extensions.ExtensionRewriter`` in C.
+
+The tables are built by the reference's own Python code in ``__init__`` and copied into C
+arrays; :func:`ext_apply` (declared in ``_extensions.pxd``) rewrites a packet without the GIL.
+"""
+
+from libc.string cimport memset
+
+from sfu.core.header_extensions import HIDDEN_URIS, _unused_id
+from sfu.core.header_extensions import ExtensionRewriter as _Reference
+from sfu.packet.extensions import ABS_SEND_TIME_URI
+
+cdef enum:
+    _ONE_BYTE_PROFILE = 0xBEDE
+    _ONE_BYTE_STOP_ID = 15
+    _OUT_OF_RANGE = -1  # _ext_run: the reference would have raised IndexError here
+
+
+cdef int _ext_run(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length,
+                  Py_ssize_t cap, unsigned int abs_send_time) noexcept nogil:
+    """The reference's ``apply`` on a buffer of ``cap`` bytes: same reads and writes in the same
+    order; returns _OUT_OF_RANGE where the reference's next access would leave the buffer."""
+    cdef Py_ssize_t start, pos, end, size, k
+    cdef unsigned int profile, b, ext_id
+    cdef unsigned char stamp[3]
+    if r.identity:
+        return 0
+    if cap < 1:
+        return _OUT_OF_RANGE
+    if not buf[0] & 0x10:
+        return 0
+    start = 12 + 4 * (buf[0] & 0x0F)
+    if start + 3 >= cap:
+        return _OUT_OF_RANGE
+    profile = (buf[start] << 8) | buf[start + 1]
+    pos = start + 4
+    end = pos + 4 * ((buf[start + 2] << 8) | buf[start + 3])
+    if length < end:
+        end = length
+    stamp[0] = (abs_send_time >> 16) & 0xFF
+    stamp[1] = (abs_send_time >> 8) & 0xFF
+    stamp[2] = abs_send_time & 0xFF
+    if profile == _ONE_BYTE_PROFILE:
+        while pos < end:
+            if pos >= cap:
+                return _OUT_OF_RANGE
+            b = buf[pos]
+            if b == 0:
+                pos += 1
+                continue
+            ext_id = b >> 4
+            if ext_id == _ONE_BYTE_STOP_ID:
+                return 0
+            size = (b & 0x0F) + 1
+            if pos + 1 + size > end:
+                return 0
+            buf[pos] = (r.one[ext_id] << 4) | (b & 0x0F)
+            if r.abs_ids[ext_id] and size == 3:
+                for k in range(3):
+                    if pos + 1 + k >= cap:
+                        return _OUT_OF_RANGE
+                    buf[pos + 1 + k] = stamp[k]
+            pos += 1 + size
+    elif profile >> 4 == 0x100:
+        while pos < end:
+            if pos >= cap:
+                return _OUT_OF_RANGE
+            ext_id = buf[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            if pos + 1 >= end:
+                return 0
+            if pos + 1 >= cap:
+                return _OUT_OF_RANGE
+            size = buf[pos + 1]
+            if pos + 2 + size > end:
+                return 0
+            buf[pos] = r.two[ext_id]
+            if r.abs_ids[ext_id] and size == 3:
+                for k in range(3):
+                    if pos + 2 + k >= cap:
+                        return _OUT_OF_RANGE
+                    buf[pos + 2 + k] = stamp[k]
+            pos += 2 + size
+    return 0
+
+
+cdef void ext_apply(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length,
+                    unsigned int abs_send_time) noexcept nogil:
+    _ext_run(r, buf, length, length, abs_send_time)
+
+
+cdef class ExtensionRewriter:
+    """Rewrites one publisher section's extension ids to one subscriber section's, in place
+    (see the reference ``sfu.core.header_extensions.ExtensionRewriter``)."""
+
+    def __init__(self, source, dest):
+        # The reference's table construction, verbatim, so every input behaves the same.
+        by_uri = {uri: ext_id for ext_id, uri in dest.items() if uri not in HIDDEN_URIS}
+        used = set(dest)
+        hide_one = _unused_id(used, 14)
+        hide_two = _unused_id(used, 255)
+        one = bytearray(range(16))
+        two = bytearray(range(256))
+        for ext_id in range(1, 256):
+            uri = source.get(ext_id)
+            mapped = by_uri.get(uri) if uri is not None else None
+            if ext_id < 15:
+                one[ext_id] = mapped if mapped is not None and mapped < 15 else hide_one
+            two[ext_id] = mapped if mapped is not None else hide_two
+        src_abs = {i for i, u in source.items() if u == ABS_SEND_TIME_URI}
+        abs_ids = frozenset(src_abs if ABS_SEND_TIME_URI in by_uri else ())
+        identity = (
+            all(one[i] == i for i in source if i < 15)
+            and all(two[i] == i for i in source)
+            and not abs_ids
+        )
+        # Kept for buffers the C path cannot take: the reference's apply runs on them.
+        self._one = bytes(one)
+        self._two = bytes(two)
+        self._abs_ids = abs_ids
+        cdef int i
+        for i in range(16):
+            self.r.one[i] = one[i]
+        for i in range(256):
+            self.r.two[i] = two[i]
+        memset(self.r.abs_ids, 0, sizeof(self.r.abs_ids))
+        for i in range(256):
+            if i in abs_ids:
+                self.r.abs_ids[i] = 1
+        self.r.identity = identity
+
+    @property
+    def identity(self) -> bool:
+        """True when nothing needs changing (same ids, nothing hidden, no restamp)."""
+        return self.r.identity
+
+    @identity.setter
+    def identity(self, value):
+        self.r.identity = bool(value)
+
+    def apply(self, buf, length, abs_send_time) -> None:
+        """Rewrite the extension ids of the RTP packet ``buf[:length]`` (already validated by
+        the rewrite kernel); ``abs_send_time`` is the 24-bit 6.18 send time to stamp."""
+        if self.r.identity:
+            return
+        cdef unsigned char[::1] mv
+        try:
+            mv = buf
+        except (TypeError, ValueError, BufferError):  # read-only or non-contiguous
+            _Reference.apply(self, buf, length, abs_send_time)
+            return
+        cdef Py_ssize_t cap = mv.shape[0]
+        cdef unsigned char dummy = 0
+        cdef unsigned char* p = &mv[0] if cap > 0 else &dummy
+        cdef Py_ssize_t n = length
+        cdef unsigned int stamp = abs_send_time & 0xFFFFFF
+        if _ext_run(&self.r, p, n, cap, stamp) == _OUT_OF_RANGE:
+            raise IndexError("bytearray index out of range")
