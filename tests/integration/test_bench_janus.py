@@ -10,8 +10,10 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import aioice.ice
+import aiortc.rtcdtlstransport as aiortc_dtls
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
@@ -54,10 +56,24 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-def test_janus_relays_one_stream_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+def _negotiated_profile(pc: RTCPeerConnection) -> bytes:
+    """The DTLS-SRTP profile of a connected aiortc peer (bundled: one DTLS transport)."""
+    transport = pc.getTransceivers()[0].receiver.transport
+    return bytes(transport._ssl.get_selected_srtp_profile())
+
+
+# The bench's preferred SRTP profile and the common one: Janus (libsrtp2 with AES-GCM, as
+# Debian builds it) negotiates either, whichever the client offers.
+PROFILES = [aiortc_dtls.SRTP_AEAD_AES_128_GCM, aiortc_dtls.SRTP_AES128_CM_SHA1_80]
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.openssl_profile.decode())
+def test_janus_relays_one_stream_and_stops(monkeypatch: pytest.MonkeyPatch, profile: Any) -> None:
     # Janus never gathers on loopback: both ends use this host's own non-loopback address.
     host = media_address()
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [host])
+    # aiortc offers only this profile, so Janus has to use it.
+    monkeypatch.setattr(aiortc_dtls, "SRTP_PROFILES", [profile])
     server_cpu = 0 if cpu_count() >= 2 else None
 
     async def scenario() -> None:
@@ -96,6 +112,8 @@ def test_janus_relays_one_stream_and_stops(monkeypatch: pytest.MonkeyPatch) -> N
             await viewer.setLocalDescription(await viewer.createAnswer())
             await target.answer(watching, viewer.localDescription.sdp)
             await _connected(viewer)
+            assert _negotiated_profile(publisher) == profile.openssl_profile
+            assert _negotiated_profile(viewer) == profile.openssl_profile
 
             deadline = time.monotonic() + TIMEOUT
             while set(received) != {"audio", "video"}:
