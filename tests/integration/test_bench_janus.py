@@ -58,8 +58,9 @@ def _alive(pid: int) -> bool:
 
 def _negotiated_profile(pc: RTCPeerConnection) -> bytes:
     """The DTLS-SRTP profile of a connected aiortc peer (bundled: one DTLS transport)."""
-    transport = pc.getTransceivers()[0].receiver.transport
-    return bytes(transport._ssl.get_selected_srtp_profile())
+    ssl = pc.getTransceivers()[0].receiver.transport._ssl
+    assert ssl is not None, "DTLS not established"
+    return bytes(ssl.get_selected_srtp_profile())
 
 
 # The bench's preferred SRTP profile and the common one: Janus (libsrtp2 with AES-GCM, as
