@@ -71,6 +71,9 @@ _IFF_UP = 0x1
 _IFF_LOOPBACK = 0x8
 _IFF_RUNNING = 0x40
 
+#: Concurrent HTTP connections to the Janus API (its HTTP server runs a thread per connection).
+_API_CONNECTIONS = 64
+
 #: prctl(PR_SET_PDEATHSIG): the kernel signals Janus if the bench dies without stopping it.
 _PR_SET_PDEATHSIG = 1
 
@@ -150,6 +153,9 @@ class JanusOptions:
     max_publishers: int = 1000
     #: VideoRoom's per-publisher bitrate (REMB) cap in bit/s: high, so that it never limits load.
     bitrate: int = 100_000_000
+    #: Janus's ``event_loops``: 0 (Janus's default) gives each handle its own loop thread; N > 0
+    #: shares N loop threads among all handles.
+    event_loops: int = 0
     #: DTLS handshake retransmission timeout in ms (honoured when Janus is built with BoringSSL).
     dtls_timeout_ms: int = 500
     session_timeout_s: int = 60
@@ -190,6 +196,7 @@ def write_config(
 	server_name = "sfu-bench"
 	session_timeout = {options.session_timeout_s}
 	hide_dependencies = true
+	event_loops = {options.event_loops}
 }}
 certificates: {{
 	dtls_accept_selfsigned = true
@@ -284,7 +291,7 @@ class JanusApi:
     async def open(self) -> None:
         """Create the Janus session and start the long poll and keepalives."""
         self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(limit=_API_CONNECTIONS),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=HTTP_TIMEOUT_S),
         )
         reply = await self._request(self.base, {"janus": "create"})

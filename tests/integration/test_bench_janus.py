@@ -7,18 +7,24 @@ checks that decoded frames arrive and that Janus forwarded RTP, then that the pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aioice.ice
 import aiortc.rtcdtlstransport as aiortc_dtls
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 
-from bench.janus import JanusOptions, JanusTarget, janus_binary, media_address
+from bench.janus import JanusError, JanusOptions, JanusTarget, janus_binary, media_address
 from bench.targets import cpu_count
 
 pytestmark = [
@@ -148,3 +154,94 @@ def test_janus_relays_one_stream_and_stops(monkeypatch: pytest.MonkeyPatch, prof
         await target.stop()  # a second stop is harmless
 
     asyncio.run(asyncio.wait_for(scenario(), 6 * TIMEOUT))
+
+
+def _janus_processes(folder: Path) -> list[int]:
+    """Live processes whose command line names ``folder`` (Janus started from that config)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(folder).encode() in cmdline and _alive(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_janus_loads_only_videoroom_and_http() -> None:
+    async def scenario() -> None:
+        target = JanusTarget()
+        await target.start()
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(target.base + "/info") as resp,
+            ):
+                info = await resp.json(content_type=None)
+            assert set(info["plugins"]) == {"janus.plugin.videoroom"}
+            assert set(info["transports"]) == {"janus.transport.http"}
+            assert not info.get("events")
+            assert info["ice-lite"] is True and info["ice-tcp"] is False
+            assert info["full-trickle"] is False
+            assert target.http_port is not None
+            # The API listens on loopback only.
+            with socket.socket() as sock:
+                assert sock.connect_ex((target.media_host, target.http_port)) != 0
+        finally:
+            await target.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 2 * TIMEOUT))
+
+
+def test_failed_start_leaves_nothing_running(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        # No time to get ready: start() must fail, and stop what it started.
+        target = JanusTarget(options=JanusOptions(startup_timeout_s=0.0, keep_folder=True))
+        with pytest.raises(JanusError, match="not ready"):
+            await target.start()
+        assert target.pid is None and target.api is None
+        assert target.folder is not None
+        assert not _janus_processes(target.folder)
+        shutil.rmtree(target.folder)
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+
+
+def test_janus_dies_with_the_bench() -> None:
+    """A bench killed outright (no stop()) takes its Janus with it."""
+    script = (
+        "import asyncio, sys\n"
+        "from bench.janus import JanusTarget\n"
+        "async def main():\n"
+        "    target = JanusTarget()\n"
+        "    await target.start()\n"
+        "    print(target.pid, target.folder, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    bench = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert bench.stdout is not None
+        pid_text, folder_text = bench.stdout.readline().split()
+        pid, folder = int(pid_text), Path(folder_text)
+        assert _alive(pid)
+        bench.kill()
+        bench.wait(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while _alive(pid):
+            assert time.monotonic() < deadline, "Janus outlived the bench"
+            time.sleep(0.05)
+        assert not _janus_processes(folder)
+    finally:
+        bench.kill()
+        bench.wait(TIMEOUT)
+        with contextlib.suppress(NameError):
+            shutil.rmtree(folder, ignore_errors=True)
