@@ -48,6 +48,9 @@ __all__ = [
 #: Janus's VideoRoom plugin package name, as the API's ``attach`` wants it.
 VIDEOROOM = "janus.plugin.videoroom"
 
+#: Janus 1.0 (``version`` 1000 in ``/info``) brought the multistream VideoRoom API used here.
+MIN_VERSION = 1000
+
 #: Error code VideoRoom answers ``create`` with when the room is already there.
 ROOM_EXISTS = 427
 
@@ -503,6 +506,11 @@ class JanusTarget:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
                     async with http.get(self.base + "/info") as resp:
                         info = await resp.json(content_type=None)
+                    if int(info.get("version", 0)) < MIN_VERSION:
+                        raise JanusError(
+                            f"Janus {info.get('version_string')} is too old: the bench speaks the "
+                            "multistream VideoRoom API of Janus 1.x"
+                        )
                     if VIDEOROOM in info.get("plugins", {}):
                         return
                     raise JanusError(f"Janus started without VideoRoom:\n{self.log_tail()}")
