@@ -1,0 +1,432 @@
+"""A synthetic WebRTC endpoint: SDP, ICE (controlling), DTLS-SRTP, then media by the engine.
+
+One :class:`Endpoint` is one UDP socket and one BUNDLE transport, like one browser peer
+connection: a publisher sends Opus and/or three-layer VP8 simulcast (``a=rid`` +
+``a=simulcast``, ``mid``/``rid`` header extensions on every packet); a subscriber receives.
+It offers (our SFU: WHIP/WHEP) or answers a server's offer (Janus subscribers). After
+:meth:`Endpoint.connect` (STUN Binding with USE-CANDIDATE until answered, then the DTLS client
+handshake) the SRTP contexts are handed to the load engine, which owns the socket's media;
+STUN, DTLS and RTCP that arrive later come back through :meth:`Endpoint.handle_control`
+(consent responses, binding requests from a full-ICE server, PLI/FIR for keyframes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sfu._fastpath
+from bench import _loadgen_py
+from sfu._fastpath import SrtpError
+from sfu.packet import stun
+from sfu.packet.errors import ParseError
+from sfu.packet.extensions import MID_URI, RID_URI
+from sfu.packet.sdp import SessionDescription
+from sfu.transport.certificate import Certificate
+from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState, SrtpProfile
+
+__all__ = [
+    "IMPLEMENTATION",
+    "Endpoint",
+    "HandshakeError",
+    "PublishPlan",
+    "loadgen",
+]
+
+#: "cython" when the compiled engine (and SRTP kernel) are in use, else "python".
+IMPLEMENTATION: str
+_loadgen_c: Any = None
+if sfu._fastpath.IMPLEMENTATION == "cython":
+    try:
+        _loadgen_c = importlib.import_module("bench._loadgen")
+    except ImportError:  # the bench module not built: the reference engine
+        _loadgen_c = None
+IMPLEMENTATION = "cython" if _loadgen_c is not None else "python"
+
+#: Our header extension ids in offers (a server's offer or answer decides the final ones).
+MID_ID = 4
+RID_ID = 10
+OPUS_PT = 111
+VP8_PT = 96
+#: Consent freshness checks this often (the server's consent timeout is 30 s, RFC 7675).
+CONSENT_INTERVAL_S = 5.0
+_STUN_RETRY_S = 0.1
+_RECV_BUFFER = 4 << 20
+
+
+def loadgen() -> Any:
+    """The engine module in use: compiled ``bench._loadgen`` or ``bench._loadgen_py``."""
+    return _loadgen_c if _loadgen_c is not None else _loadgen_py
+
+
+class HandshakeError(RuntimeError):
+    """ICE or DTLS did not complete; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishPlan:
+    """What a publisher sends: audio and/or video with these simulcast rids (low to high)."""
+
+    audio: bool = True
+    video: bool = True
+    rids: tuple[str, ...] = ("q", "h", "f")
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One synthetic peer connection (see the module docstring)."""
+
+    certificate: Certificate
+    publish: PublishPlan | None = None
+    bind_host: str = "127.0.0.1"
+    profiles: Sequence[SrtpProfile] = (SrtpProfile.AEAD_AES_128_GCM, SrtpProfile.AES128_CM_SHA1_80)
+    ufrag: str = field(default_factory=lambda: secrets.token_hex(4))
+    pwd: str = field(default_factory=lambda: secrets.token_hex(16))
+    sock: socket.socket = field(init=False)
+    remote_ufrag: str = ""
+    remote_pwd: str = ""
+    remote_addr: tuple[str, int] | None = None
+    remote_fingerprints: list[tuple[str, str]] = field(default_factory=list)
+    #: Extension ids in force (from the remote description) by URI.
+    ext_ids: dict[str, int] = field(default_factory=dict)
+    #: Payload types in force: "opus" and "vp8".
+    payload_types: dict[str, int] = field(default_factory=dict)
+    #: Our media SSRCs: audio, then one per rid.
+    ssrcs: list[int] = field(default_factory=list)
+    srtp_out: Any = None
+    srtp_in: Any = None
+    profile: SrtpProfile | None = None
+    keyframe_requests: int = 0
+    consent_sent: int = 0
+    consent_answered: int = 0
+    _dtls: DtlsEndpoint | None = None
+    _tie_breaker: int = field(default_factory=lambda: secrets.randbits(64))
+    _last_consent: float = 0.0
+
+    def __post_init__(self) -> None:
+        family = socket.AF_INET6 if ":" in self.bind_host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
+            self.sock.bind((self.bind_host, 0))
+            self.sock.setblocking(False)
+        except OSError:
+            self.sock.close()
+            raise
+        count = (1 if self.publish and self.publish.audio else 0) + (
+            len(self.publish.rids) if self.publish and self.publish.video else 0
+        )
+        self.ssrcs = [secrets.randbits(32) | 1 for _ in range(count)]
+
+    def close(self) -> None:
+        """Close the socket (the engine must not run anymore)."""
+        self.sock.close()
+
+    # -- SDP -----------------------------------------------------------------------------
+
+    def _transport_lines(self, setup: str) -> list[str]:
+        host, port = self.sock.getsockname()[:2]
+        fp = self.certificate.fingerprint
+        return [
+            f"a=candidate:1 1 udp 2130706431 {host} {port} typ host",
+            f"a=ice-ufrag:{self.ufrag}",
+            f"a=ice-pwd:{self.pwd}",
+            f"a=fingerprint:{fp.algorithm} {fp.value}",
+            f"a=setup:{setup}",
+            "a=rtcp-mux",
+        ]
+
+    def offer(self) -> str:
+        """Our offer: sendonly audio/simulcast video (publisher) or recvonly both."""
+        host = self.sock.getsockname()[0]
+        sections: list[list[str]] = []
+        plan = self.publish
+        audio = plan is None or plan.audio
+        video = plan is None or plan.video
+        ssrcs = iter(self.ssrcs)
+        direction = "sendonly" if plan is not None else "recvonly"
+        cname = secrets.token_hex(8)
+        if audio:
+            lines = [f"m=audio 9 UDP/TLS/RTP/SAVPF {OPUS_PT}", f"c=IN IP4 {host}"]
+            lines += self._transport_lines("actpass")
+            lines += [
+                f"a=mid:{len(sections)}",
+                f"a=extmap:{MID_ID} {MID_URI}",
+                f"a={direction}",
+                f"a=rtpmap:{OPUS_PT} opus/48000/2",
+                f"a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1",
+            ]
+            if plan is not None:
+                ssrc = next(ssrcs)
+                lines += ["a=msid:bench audio", f"a=ssrc:{ssrc} cname:{cname}"]
+            sections.append(lines)
+        if video:
+            lines = [f"m=video 9 UDP/TLS/RTP/SAVPF {VP8_PT}", f"c=IN IP4 {host}"]
+            lines += self._transport_lines("actpass")
+            lines += [
+                f"a=mid:{len(sections)}",
+                f"a=extmap:{MID_ID} {MID_URI}",
+                f"a=extmap:{RID_ID} {RID_URI}",
+                f"a={direction}",
+                "a=rtcp-rsize",
+                f"a=rtpmap:{VP8_PT} VP8/90000",
+                f"a=rtcp-fb:{VP8_PT} nack",
+                f"a=rtcp-fb:{VP8_PT} nack pli",
+                f"a=rtcp-fb:{VP8_PT} ccm fir",
+            ]
+            if plan is not None:
+                lines.append("a=msid:bench video")
+                lines += [f"a=rid:{rid} send" for rid in plan.rids]
+                lines.append("a=simulcast:send " + ";".join(plan.rids))
+            sections.append(lines)
+        mids = " ".join(str(i) for i in range(len(sections)))
+        head = [
+            "v=0",
+            f"o=- {secrets.randbits(62)} 2 IN IP4 127.0.0.1",
+            "s=-",
+            "t=0 0",
+            f"a=group:BUNDLE {mids}",
+            "a=msid-semantic: WMS bench",
+        ]
+        return "\r\n".join(head + [line for s in sections for line in s]) + "\r\n"
+
+    def answer(self, offer_sdp: str) -> str:
+        """Answer a server's offer as a receiver: recvonly for every audio/video section."""
+        offer = SessionDescription.parse(offer_sdp)
+        self.apply_remote(offer_sdp)
+        host = self.sock.getsockname()[0]
+        mids: list[str] = []
+        lines: list[str] = []
+        for section in offer.media:
+            kind = section.kind
+            mid = section.mid or str(len(mids))
+            want = {"audio": "opus", "video": "vp8"}.get(kind)
+            pts = [m.payload_type for m in section.rtpmaps if m.encoding_name.lower() == want]
+            if want is None or not pts or section.port == 0:
+                fmt = section.formats[0] if section.formats else "0"
+                lines += [f"m={kind} 0 {section.proto} {fmt}", f"c=IN IP4 {host}", f"a=mid:{mid}"]
+                continue
+            mids.append(mid)
+            pt = pts[0]
+            rtpmap = section.rtpmap(pt)
+            assert rtpmap is not None
+            lines += [f"m={kind} 9 UDP/TLS/RTP/SAVPF {pt}", f"c=IN IP4 {host}"]
+            lines += self._transport_lines("active")
+            lines.append(f"a=mid:{mid}")
+            lines += [f"a=extmap:{e.id} {e.uri}" for e in section.extmaps if e.uri == MID_URI]
+            lines.append("a=recvonly")
+            channels = f"/{rtpmap.channels}" if rtpmap.channels else ""
+            lines.append(f"a=rtpmap:{pt} {rtpmap.encoding_name}/{rtpmap.clock_rate}{channels}")
+        head = [
+            "v=0",
+            f"o=- {secrets.randbits(62)} 2 IN IP4 127.0.0.1",
+            "s=-",
+            "t=0 0",
+            f"a=group:BUNDLE {' '.join(mids)}",
+        ]
+        return "\r\n".join(head + lines) + "\r\n"
+
+    def apply_remote(self, sdp: str) -> None:
+        """Take the remote ICE credentials, candidate, fingerprints and ids from its SDP."""
+        desc = SessionDescription.parse(sdp)
+        live = [m for m in desc.media if m.port != 0] or desc.media
+        if not live:
+            raise HandshakeError("the remote description has no media section")
+        first = live[0]
+        ufrag = first.ice_ufrag or desc.ice_ufrag
+        pwd = first.ice_pwd or desc.ice_pwd
+        if not ufrag or not pwd:
+            raise HandshakeError("the remote description has no ICE credentials")
+        self.remote_ufrag, self.remote_pwd = ufrag, pwd
+        fps = first.fingerprints or desc.fingerprints
+        self.remote_fingerprints = [(f.algorithm, f.value) for f in fps]
+        family = self.sock.family
+        for section in live:
+            for cand in section.candidates:
+                if cand.transport.lower() != "udp" or cand.component != 1:
+                    continue
+                v6 = ":" in cand.address
+                if v6 != (family == socket.AF_INET6):
+                    continue
+                self.remote_addr = (cand.address, cand.port)
+                break
+            if self.remote_addr is not None:
+                break
+        if self.remote_addr is None:
+            raise HandshakeError("the remote description has no usable UDP host candidate")
+        for section in live:
+            for ext in section.extmaps:
+                self.ext_ids.setdefault(ext.uri, ext.id)
+            for rtpmap in section.rtpmaps:
+                name = rtpmap.encoding_name.lower()
+                if name in ("opus", "vp8"):
+                    self.payload_types.setdefault(name, rtpmap.payload_type)
+
+    # -- ICE and DTLS ----------------------------------------------------------------------
+
+    def _binding_request(self, use_candidate: bool) -> bytes:
+        attrs = [
+            stun.StunMessage.username_attr(f"{self.remote_ufrag}:{self.ufrag}"),
+            stun.StunMessage.priority_attr(0x6E001EFF),
+            stun.StunMessage.ice_controlling_attr(self._tie_breaker),
+        ]
+        if use_candidate:
+            attrs.append(stun.StunMessage.use_candidate_attr())
+        msg = stun.StunMessage(
+            stun.BINDING, stun.StunClass.REQUEST, secrets.token_bytes(12), tuple(attrs)
+        )
+        return msg.serialize(integrity_key=self.remote_pwd.encode(), fingerprint=True)
+
+    def _send(self, data: bytes) -> None:
+        assert self.remote_addr is not None
+        with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+            self.sock.send(data)
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """ICE (until a Binding success) then the DTLS client handshake; keys the SRTP
+        contexts. Raises :class:`HandshakeError` on failure or after ``timeout`` seconds."""
+        if self.remote_addr is None:
+            raise HandshakeError("apply the remote description first")
+        self.sock.connect(self.remote_addr)
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        request_at = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise HandshakeError("ICE: no Binding success response")
+            if now >= request_at:
+                self._send(self._binding_request(use_candidate=True))
+                request_at = now + _STUN_RETRY_S
+            data = await self._recv(loop, min(request_at, deadline) - now)
+            if data is not None and self._on_stun(data) == "success":
+                break
+        self._last_consent = time.monotonic()
+        dtls = DtlsEndpoint(
+            self.certificate,
+            DtlsRole.CLIENT,
+            self.remote_fingerprints,
+            handshake_timeout=max(1.0, deadline - time.monotonic()),
+            srtp_profiles=self.profiles,
+        )
+        for out in dtls.start(time.monotonic()):
+            self._send(out)
+        while dtls.state is DtlsState.CONNECTING:
+            timer = dtls.next_timer()
+            wait = 0.05 if timer is None else max(0.0, min(0.05, timer - time.monotonic()))
+            data = await self._recv(loop, wait)
+            now = time.monotonic()
+            if data is not None:
+                kind = _loadgen_py.classify(data)
+                if kind == _loadgen_py.PKT_DTLS:
+                    for out in dtls.receive(data, now):
+                        self._send(out)
+                elif kind == _loadgen_py.PKT_STUN:
+                    self._on_stun(data)
+            for out in dtls.handle_timer(now):
+                self._send(out)
+        if dtls.state is not DtlsState.CONNECTED or dtls.srtp_keys is None:
+            raise HandshakeError(f"DTLS: {dtls.failure_reason or dtls.state.value}")
+        keys = dtls.srtp_keys
+        self.profile = keys.profile
+        ctx = loadgen_srtp_context()
+        self.srtp_out = ctx(
+            keys.profile.value, keys.local_key, keys.local_salt, outbound=True, max_streams=64
+        )
+        self.srtp_in = ctx(
+            keys.profile.value, keys.remote_key, keys.remote_salt, outbound=False, max_streams=64
+        )
+        self._dtls = dtls  # keep it: a retransmitted server Finished must still be answered
+
+    async def _recv(self, loop: asyncio.AbstractEventLoop, wait: float) -> bytes | None:
+        try:
+            return await asyncio.wait_for(loop.sock_recv(self.sock, 2048), max(0.001, wait))
+        except (TimeoutError, ConnectionRefusedError):
+            return None
+
+    def _on_stun(self, data: bytes) -> str:
+        """Handle one STUN message: answer a Binding request, note a success response."""
+        try:
+            msg = stun.StunMessage.parse(data)
+        except (ParseError, ValueError):  # not a message of ours
+            return "bad"
+        if msg.method != stun.BINDING:
+            return "other"
+        if msg.msg_class is stun.StunClass.SUCCESS:
+            if stun.verify_message_integrity(data, self.remote_pwd.encode()):
+                self.consent_answered += 1
+                return "success"
+            return "bad"
+        if msg.msg_class is stun.StunClass.REQUEST:
+            # A full-ICE server checks us too (Janus): answer with our password.
+            if not stun.verify_message_integrity(data, self.pwd.encode()):
+                return "bad"
+            assert self.remote_addr is not None
+            reply = stun.StunMessage(stun.BINDING, stun.StunClass.SUCCESS, msg.transaction_id)
+            reply = stun.StunMessage(
+                stun.BINDING,
+                stun.StunClass.SUCCESS,
+                msg.transaction_id,
+                (reply.xor_mapped_address_attr(self.remote_addr),),
+            )
+            self._send(reply.serialize(integrity_key=self.pwd.encode(), fingerprint=True))
+            return "request"
+        return "other"
+
+    # -- during the run ----------------------------------------------------------------------
+
+    def keep_alive(self, now: float) -> None:
+        """Send a consent check when one is due (every CONSENT_INTERVAL_S)."""
+        if now - self._last_consent >= CONSENT_INTERVAL_S:
+            self._last_consent = now
+            self.consent_sent += 1
+            self._send(self._binding_request(use_candidate=False))
+
+    def handle_control(self, data: bytes) -> bool:
+        """One non-media datagram from the engine; True when it asks for a keyframe."""
+        kind = _loadgen_py.classify(data)
+        if kind == _loadgen_py.PKT_STUN:
+            self._on_stun(data)
+            return False
+        if kind == _loadgen_py.PKT_DTLS and self._dtls is not None:
+            for out in self._dtls.receive(data, time.monotonic()):
+                self._send(out)
+            return False
+        if kind != _loadgen_py.PKT_RTCP or self.publish is None or self.srtp_in is None:
+            return False
+        try:  # the engine never uses a publisher's inbound context: safe here
+            plain = self.srtp_in.unprotect_rtcp(data)
+        except SrtpError:  # a damaged or replayed report
+            return False
+        if _wants_keyframe(plain):
+            self.keyframe_requests += 1
+            return True
+        return False
+
+
+def _wants_keyframe(compound: bytes) -> bool:
+    """True when a compound RTCP packet holds a PLI (PSFB FMT 1) or FIR (FMT 4)."""
+    pos = 0
+    while pos + 4 <= len(compound):
+        fmt = compound[pos] & 0x1F
+        if compound[pos + 1] == 206 and fmt in (1, 4):
+            return True
+        pos += 4 + 4 * int.from_bytes(compound[pos + 2 : pos + 4], "big")
+    return False
+
+
+def loadgen_srtp_context() -> Any:
+    """The SrtpContext class the engine in use needs (compiled engine: compiled kernel)."""
+    if _loadgen_c is not None:
+        from sfu._fastpath import _srtp
+
+        return _srtp.SrtpContext
+    return sfu._fastpath.SrtpContext

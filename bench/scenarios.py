@@ -1,0 +1,552 @@
+"""The load scenarios and their measurement: ``fanout``, ``meeting``, ``audio``.
+
+A scenario connects synthetic publishers and subscribers to a :class:`~bench.targets.Target`
+(real signaling, ICE, DTLS-SRTP), hands their sockets and SRTP contexts to the load engine,
+warms up, then measures one window per load step: what the receivers got (egress packets/s,
+loss, duplicates, reordering, one-way latency percentiles), what the publishers sent, and the
+server's CPU seconds over the same window. ``find-max`` raises a rate multiplier (frames per
+second of every stream) step by step until loss exceeds the threshold, a step count or a total
+time bound is reached, and reports the highest sustained egress packets/s.
+
+* ``fanout``: one publisher (Opus + 3-layer VP8 simulcast), ``subscribers`` WHEP viewers;
+* ``meeting``: ``participants`` each publishing audio+video and subscribing to every other;
+* ``audio``: ``participants`` in an audio-only room, ``speakers`` of them publishing Opus,
+  everyone subscribing to every speaker but themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench._loadgen_py import KIND_AUDIO, KIND_VIDEO, StreamSpec, min_packet_size, percentile_ns
+from bench.client import IMPLEMENTATION, Endpoint, PublishPlan, loadgen
+from bench.targets import Target, proc_cpu_seconds
+from sfu.packet.extensions import MID_URI, RID_URI
+from sfu.transport.certificate import Certificate
+from sfu.transport.dtls import SrtpProfile
+
+__all__ = [
+    "LOSS_LIMIT",
+    "SCENARIOS",
+    "Plan",
+    "RunResult",
+    "ScenarioConfig",
+    "StepResult",
+    "run_scenario",
+]
+
+SCENARIOS = ("fanout", "meeting", "audio")
+#: find-max stops once a step loses more than this fraction of the egress packets.
+LOSS_LIMIT = 0.001
+#: Concurrent handshakes (the server bounds transports that have not proved ICE yet).
+HANDSHAKE_CONCURRENCY = 16
+#: Engine slice: Python handles control traffic and progress between slices.
+SLICE_S = 0.2
+_FPS = 30
+
+
+@dataclass(slots=True)
+class ScenarioConfig:
+    """Everything that shapes the load; the same config gives the same load on any target."""
+
+    scenario: str = "fanout"
+    subscribers: int = 50
+    participants: int | None = None
+    speakers: int = 3
+    packet_size: int = 1200
+    video_kbps: tuple[int, ...] = (150, 500, 2000)
+    audio_packet_size: int = 120
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    rate: float = 1.0
+    find_max: bool = False
+    max_steps: int = 8
+    max_total_s: float = 600.0
+    step_factor: float = 1.5
+    srtp_profile: str = "SRTP_AEAD_AES_128_GCM"
+    bind_host: str = "127.0.0.1"
+    room: str = field(default_factory=lambda: "bench-" + secrets.token_hex(4))
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}")
+        if self.participants is None:
+            self.participants = {"meeting": 6, "audio": 50}.get(self.scenario, 0)
+        checks = [
+            (1 <= self.subscribers <= 5000, "subscribers must be in [1, 5000]"),
+            (0 <= self.participants <= 1000, "participants must be in [0, 1000]"),
+            (1 <= self.speakers <= 64, "speakers must be in [1, 64]"),
+            (200 <= self.packet_size <= 1400, "packet size must be in [200, 1400]"),
+            (40 <= self.audio_packet_size <= 400, "audio packet size must be in [40, 400]"),
+            (0.5 <= self.duration_s <= 3600, "duration must be in [0.5, 3600] s"),
+            (0 <= self.warmup_s <= 600, "warmup must be in [0, 600] s"),
+            (0.05 <= self.rate <= 100, "rate must be in [0.05, 100]"),
+            (1 <= self.max_steps <= 50, "max steps must be in [1, 50]"),
+            (1.05 <= self.step_factor <= 4, "step factor must be in [1.05, 4]"),
+            (len(self.video_kbps) in (1, 2, 3), "1 to 3 video layers"),
+        ]
+        if self.scenario == "meeting":
+            checks.append((2 <= self.participants <= 40, "meeting needs 2..40 participants"))
+        if self.scenario == "audio":
+            checks.append((self.participants >= 2, "audio needs >= 2 participants"))
+            checks.append((self.speakers <= self.participants, "more speakers than people"))
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def load_label(self) -> str:
+        """What one unit of load is, for tables."""
+        if self.scenario == "fanout":
+            return f"1 pub -> {self.subscribers} subs"
+        if self.scenario == "meeting":
+            return f"{self.participants} participants"
+        return f"{self.participants} participants, {self.speakers} speakers"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Who publishes and who subscribes to whom (identities)."""
+
+    publishers: tuple[str, ...]
+    subscriptions: tuple[tuple[str, str], ...]  # (subscriber identity, publisher identity)
+    audio_only: bool
+
+
+def make_plan(cfg: ScenarioConfig) -> Plan:
+    """The publishers and subscriptions of a scenario."""
+    n = cfg.participants or 0
+    if cfg.scenario == "fanout":
+        subs = tuple((f"viewer-{i}", "caster") for i in range(cfg.subscribers))
+        return Plan(("caster",), subs, False)
+    if cfg.scenario == "meeting":
+        people = [f"p{i}" for i in range(n)]
+        pairs = tuple((f"{s}-sees-{p}", p) for s in people for p in people if s != p)
+        return Plan(tuple(people), pairs, False)
+    speakers = [f"p{i}" for i in range(cfg.speakers)]
+    people = [f"p{i}" for i in range(n)]
+    pairs = tuple((f"{s}-hears-{p}", p) for s in people for p in speakers if s != p)
+    return Plan(tuple(speakers), pairs, True)
+
+
+def layer_specs(cfg: ScenarioConfig, ep: Endpoint) -> list[StreamSpec]:
+    """The streams a publisher endpoint sends, with the ids and types its answer settled."""
+    plan = ep.publish
+    assert plan is not None
+    mid_id = ep.ext_ids.get(MID_URI, 0)
+    rid_id = ep.ext_ids.get(RID_URI, 0)
+    specs: list[StreamSpec] = []
+    ssrcs = iter(ep.ssrcs)
+    mid = 0
+    if plan.audio:
+        specs.append(
+            StreamSpec(
+                ssrc=next(ssrcs),
+                payload_type=ep.payload_types.get("opus", 111),
+                kind=KIND_AUDIO,
+                packet_size=cfg.audio_packet_size,
+                frame_interval_ns=20_000_000,
+                keyframe_interval=0,
+                timestamp_step=960,
+                mid_id=mid_id,
+                mid=str(mid).encode(),
+            )
+        )
+        mid += 1
+    if plan.video:
+        for layer, (rid, kbps) in enumerate(zip(plan.rids, cfg.video_kbps, strict=True)):
+            frame_bytes = kbps * 1000 / 8 / _FPS
+            base = StreamSpec(
+                ssrc=0, payload_type=0, mid_id=mid_id, mid=str(mid).encode(), rid_id=rid_id,
+                rid=rid.encode(),
+            )  # fmt: skip
+            overhead = min_packet_size(base) - 15
+            per_packet = cfg.packet_size - overhead
+            ppf = max(1, math.ceil(frame_bytes / per_packet))
+            size = max(
+                min_packet_size(base), min(cfg.packet_size, overhead + math.ceil(frame_bytes / ppf))
+            )
+            specs.append(
+                StreamSpec(
+                    ssrc=next(ssrcs),
+                    payload_type=ep.payload_types.get("vp8", 96),
+                    kind=KIND_VIDEO,
+                    packet_size=size,
+                    packets_per_frame=ppf,
+                    keyframe_packets=min(64, ppf * 4),
+                    frame_interval_ns=1_000_000_000 // _FPS,
+                    keyframe_interval=3 * _FPS,
+                    timestamp_step=90_000 // _FPS,
+                    mid_id=mid_id,
+                    mid=str(mid).encode(),
+                    rid_id=rid_id,
+                    rid=rid.encode(),
+                    layer=layer,
+                )
+            )
+    return specs
+
+
+@dataclass(slots=True)
+class StepResult:
+    """One measured window at one load (rate multiplier)."""
+
+    rate: float
+    window_s: float
+    sent_pps: float
+    egress_pps: float
+    received_pps: float
+    loss: float
+    duplicates: int
+    reordered: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    latency_p999_ms: float | None
+    server_cpu_s: float | None
+    server_cpu_util: float | None
+    server_cpu_s_per_million_packets: float | None
+    generator_cpu_util: float | None
+    srtp_errors: int
+    late_frames: int
+    send_errors: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(slots=True)
+class RunResult:
+    """A scenario on one target: the setup and every measured step."""
+
+    target: str
+    scenario: str
+    load: str
+    publishers: int
+    subscriptions: int
+    setup_s: float
+    srtp_profile: str | None
+    implementation: str
+    steps: list[StepResult] = field(default_factory=list)
+    stopped_by: str = ""
+
+    def best(self) -> StepResult | None:
+        """The step with the highest egress among those within the loss limit."""
+        ok = [s for s in self.steps if s.loss <= LOSS_LIMIT]
+        return max(ok, key=lambda s: s.egress_pps) if ok else None
+
+    def as_dict(self, find_max: bool) -> dict[str, Any]:
+        """The JSON object for this target (headline figures first, then the steps)."""
+        head = self.best() if find_max else (self.steps[-1] if self.steps else None)
+        out: dict[str, Any] = {"target": self.target, "scenario": self.scenario}
+        if find_max:
+            out["max_egress_pps"] = head.egress_pps if head else 0.0
+        keys = (
+            "egress_pps", "loss", "latency_p50_ms", "latency_p99_ms", "latency_p999_ms",
+            "server_cpu_s_per_million_packets", "sent_pps", "received_pps", "server_cpu_util",
+            "generator_cpu_util", "rate",
+        )  # fmt: skip
+        for key in keys:
+            out[key] = getattr(head, key) if head else None
+        out.update(
+            load=self.load,
+            publishers=self.publishers,
+            subscriptions=self.subscriptions,
+            setup_s=round(self.setup_s, 3),
+            srtp_profile=self.srtp_profile,
+            implementation=self.implementation,
+            stopped_by=self.stopped_by,
+            steps=[s.as_dict() for s in self.steps],
+        )
+        return out
+
+
+Progress = Callable[[float, str], None]
+
+
+class _Session:
+    """The connected endpoints of one run and the engine that drives them."""
+
+    def __init__(self, target: Target, cfg: ScenarioConfig) -> None:
+        self.target = target
+        self.cfg = cfg
+        self.cert = Certificate.generate()
+        self.profiles = [SrtpProfile(cfg.srtp_profile)]
+        self.engine: Any = loadgen().Engine(20000)
+        self.endpoints: list[Endpoint] = []
+        self.by_index: dict[int, Endpoint] = {}
+        self.senders: list[int] = []
+        self.receivers: list[int] = []
+        self.sessions: list[Any] = []
+        self.connected: list[Endpoint] = []
+
+    async def setup(self, plan: Plan) -> None:
+        """Publish, subscribe and connect everything (bounded concurrency and time)."""
+        pubs: dict[str, Endpoint] = {}
+        keepalive = asyncio.ensure_future(self._keepalive())
+        try:
+            for identity in plan.publishers:
+                publish = PublishPlan(audio=True, video=not plan.audio_only)
+                ep = self._endpoint(publish)
+                session = await self.target.publish(self.cfg.room, identity, ep.offer())
+                self.sessions.append(session)
+                assert session.answer_sdp is not None
+                ep.apply_remote(session.answer_sdp)
+                pubs[identity] = ep
+            await asyncio.gather(*(self._connect(ep) for ep in pubs.values()))
+            start = time.monotonic_ns() + 50_000_000
+            for ep in pubs.values():
+                index = self.engine.add_sender(
+                    ep.sock, ep.srtp_out, layer_specs(self.cfg, ep), start
+                )
+                self.by_index[index] = ep
+                self.senders.append(index)
+            gate = asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
+            subs = await asyncio.gather(
+                *(
+                    self._subscribe(gate, who, pub, plan.audio_only)
+                    for who, pub in plan.subscriptions
+                )
+            )
+            for ep in subs:
+                index = self.engine.add_receiver(ep.sock, ep.srtp_in)
+                self.by_index[index] = ep
+                self.receivers.append(index)
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+
+    def _endpoint(self, publish: PublishPlan | None) -> Endpoint:
+        ep = Endpoint(self.cert, publish, self.cfg.bind_host, self.profiles)
+        self.endpoints.append(ep)
+        return ep
+
+    async def _connect(self, ep: Endpoint) -> None:
+        await ep.connect()
+        self.connected.append(ep)
+
+    async def _subscribe(
+        self, gate: asyncio.Semaphore, who: str, publisher: str, audio_only: bool
+    ) -> Endpoint:
+        async with gate:
+            ep = self._endpoint(None)
+            if self.target.server_offers:
+                session = await self.target.subscribe(self.cfg.room, who, publisher, None)
+                self.sessions.append(session)
+                assert session.offer_sdp is not None
+                await self.target.answer(session, ep.answer(session.offer_sdp))
+            else:
+                offer = ep.offer() if not audio_only else _audio_only(ep.offer())
+                session = await self.target.subscribe(self.cfg.room, who, publisher, offer)
+                self.sessions.append(session)
+                assert session.answer_sdp is not None
+                ep.apply_remote(session.answer_sdp)
+            await self._connect(ep)
+            return ep
+
+    async def _keepalive(self) -> None:
+        """Consent checks for endpoints already connected while others still handshake."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for ep in list(self.connected):
+                ep.keep_alive(now)
+
+    async def drive(self, seconds: float, progress: Callable[[float], None]) -> None:
+        """Run the engine for ``seconds`` in slices, handling control traffic between them."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.to_thread(self.engine.run, min(SLICE_S, left))
+            for index, data in self.engine.control():
+                ep = self.by_index.get(index)
+                if ep is not None and ep.handle_control(data):
+                    self.engine.request_keyframe(index)
+            now = time.monotonic()
+            for ep in self.endpoints:
+                ep.keep_alive(now)
+            progress(seconds - max(0.0, end - now))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Receiver and sender counters now."""
+        return {
+            "recv": {i: self.engine.receiver_snapshot(i) for i in self.receivers},
+            "send": {i: self.engine.sender_counters(i) for i in self.senders},
+        }
+
+    async def close(self) -> None:
+        """End every session on the target and close the sockets."""
+        await asyncio.gather(*(self.target.close(s) for s in self.sessions))
+        for ep in self.endpoints:
+            ep.close()
+
+
+def _audio_only(sdp: str) -> str:
+    """A subscriber offer with its video section removed (audio rooms)."""
+    head, *sections = sdp.split("m=")
+    kept = [s for s in sections if s.startswith("audio")]
+    return (head + "".join("m=" + s for s in kept)).replace(
+        "a=group:BUNDLE 0 1", "a=group:BUNDLE 0"
+    )
+
+
+def _ticker(report: Progress, base: float, total: float, label: str) -> Callable[[float], None]:
+    """A drive() progress callback: seconds into this phase -> overall fraction."""
+
+    def tick(elapsed: float) -> None:
+        report(min(1.0, (base + elapsed) / total), label)
+
+    return tick
+
+
+def _self_cpu() -> float | None:
+    return proc_cpu_seconds(os.getpid())
+
+
+def measure(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    window: float,
+    rate: float,
+    cpu: tuple[float | None, float | None],
+    gen_cpu: tuple[float | None, float | None],
+) -> StepResult:
+    """One step's figures from two snapshots ``window`` seconds apart."""
+    expected = received = dups = reordered = srtp_errors = 0
+    hist = [0] * len(next(iter(after["recv"].values()))["hist"]) if after["recv"] else []
+    for index, snap in after["recv"].items():
+        old = before["recv"].get(index)
+        old_streams = {s[0]: s for s in old["streams"]} if old else {}
+        for ssrc, unique, dup, reord, first, highest, _nbytes in snap["streams"]:
+            prev = old_streams.get(ssrc)
+            if prev is None:
+                exp, got = highest - first + 1, unique
+                d, r = dup, reord
+            else:
+                exp, got = highest - prev[5], unique - prev[1]
+                d, r = dup - prev[2], reord - prev[3]
+            expected += max(exp, got)
+            received += got
+            dups += d
+            reordered += r
+        old_hist = old["hist"] if old else [0] * len(hist)
+        for k, (a, b) in enumerate(zip(snap["hist"], old_hist, strict=True)):
+            hist[k] += a - b
+        srtp_errors += snap["srtp_errors"] - (old["srtp_errors"] if old else 0)
+    sent = late = send_errors = 0
+    for index, counters in after["send"].items():
+        old_c = before["send"].get(index, {})
+        sent += counters["packets"] - old_c.get("packets", 0)
+        late += counters["late_frames"] - old_c.get("late_frames", 0)
+        send_errors += counters["send_errors"] - old_c.get("send_errors", 0)
+    lost = expected - received
+    loss = lost / expected if expected else 1.0
+    server_cpu = cpu[1] - cpu[0] if cpu[0] is not None and cpu[1] is not None else None
+    gen = gen_cpu[1] - gen_cpu[0] if gen_cpu[0] is not None and gen_cpu[1] is not None else None
+
+    def ms(q: float) -> float | None:
+        value = percentile_ns(hist, q) if hist else None
+        return None if value is None else round(value / 1e6, 4)
+
+    return StepResult(
+        rate=rate,
+        window_s=round(window, 3),
+        sent_pps=round(sent / window, 1),
+        egress_pps=round(expected / window, 1),
+        received_pps=round(received / window, 1),
+        loss=round(loss, 6),
+        duplicates=dups,
+        reordered=reordered,
+        latency_p50_ms=ms(0.5),
+        latency_p99_ms=ms(0.99),
+        latency_p999_ms=ms(0.999),
+        server_cpu_s=None if server_cpu is None else round(server_cpu, 3),
+        server_cpu_util=None if server_cpu is None else round(server_cpu / window, 3),
+        server_cpu_s_per_million_packets=(
+            round(server_cpu / (expected / 1e6), 3) if server_cpu is not None and expected else None
+        ),
+        generator_cpu_util=None if gen is None else round(gen / window, 3),
+        srtp_errors=srtp_errors,
+        late_frames=late,
+        send_errors=send_errors,
+    )
+
+
+def step_rates(cfg: ScenarioConfig) -> list[float]:
+    """The rate multipliers find-max tries (or the single configured rate)."""
+    if not cfg.find_max:
+        return [cfg.rate]
+    rates = [cfg.rate]
+    while len(rates) < cfg.max_steps:
+        rates.append(round(rates[-1] * cfg.step_factor, 3))
+    return [r for r in rates if r <= 100]
+
+
+async def run_scenario(
+    target: Target, cfg: ScenarioConfig, progress: Progress | None = None
+) -> RunResult:
+    """Set the scenario up on a started target, measure every step, tear it down."""
+    plan = make_plan(cfg)
+    report: Progress = progress or (lambda fraction, label: None)
+    rates = step_rates(cfg)
+    # Each step: warmup then the window; the first step warms up fully, later ones briefly.
+    later_warmup = min(cfg.warmup_s, 1.0)
+    total = cfg.warmup_s + cfg.duration_s + (len(rates) - 1) * (later_warmup + cfg.duration_s)
+    result = RunResult(
+        target=target.name,
+        scenario=cfg.scenario,
+        load=cfg.load_label(),
+        publishers=len(plan.publishers),
+        subscriptions=len(plan.subscriptions),
+        setup_s=0.0,
+        srtp_profile=None,
+        implementation=IMPLEMENTATION,
+    )
+    session = _Session(target, cfg)
+    t0 = time.monotonic()
+    report(
+        0.0, f"{target.name}: connecting {len(plan.subscriptions) + len(plan.publishers)} endpoints"
+    )
+    try:
+        await session.setup(plan)
+        result.setup_s = time.monotonic() - t0
+        profiles = {ep.profile.value for ep in session.endpoints if ep.profile is not None}
+        result.srtp_profile = ",".join(sorted(profiles)) or None
+        done = 0.0
+        deadline = time.monotonic() + cfg.max_total_s
+        result.stopped_by = "steps"
+        for k, rate in enumerate(rates):
+            session.engine.set_rate(rate)
+            warm = cfg.warmup_s if k == 0 else later_warmup
+            label = f"{target.name} {cfg.scenario} x{rate:g}"
+
+            await session.drive(warm, _ticker(report, done, total, label))
+            done += warm
+            before = session.snapshot()
+            cpu0, gen0 = await target.cpu_seconds(), _self_cpu()
+            w0 = time.monotonic()
+            await session.drive(cfg.duration_s, _ticker(report, done, total, label))
+            after = session.snapshot()
+            window = time.monotonic() - w0
+            cpu1, gen1 = await target.cpu_seconds(), _self_cpu()
+            done += cfg.duration_s
+            step = measure(before, after, window, rate, (cpu0, cpu1), (gen0, gen1))
+            result.steps.append(step)
+            if not cfg.find_max:
+                break
+            if step.loss > LOSS_LIMIT:
+                result.stopped_by = "loss"
+                break
+            if time.monotonic() > deadline:
+                result.stopped_by = "time"
+                break
+        report(1.0, f"{target.name}: done")
+    finally:
+        await session.close()
+    return result
