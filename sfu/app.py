@@ -16,9 +16,10 @@ from typing import Final
 
 from sfu import __version__, clock
 from sfu.config import Config
+from sfu.core.dataplane import DataPlane
 from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
-from sfu.io.udp import Address, UdpEndpoint, open_udp_endpoint
+from sfu.io.udp import Address, MediaSocket, open_media_socket
 from sfu.logging_setup import configure_logging
 from sfu.metrics.collector import MetricSources
 from sfu.metrics.http import add_metrics_route, build_registry
@@ -113,13 +114,14 @@ class Server:
             self._send_datagram,
             max_transports=config.media.max_transports,
             max_pending=config.media.max_pending_transports,
+            dataplane=DataPlane(clock=clock.now),
         )
         self.sink = DatagramSink(self.port)
         self.echo: EchoService | None = None
         self.rooms: RoomService | None = None
         self.sockets = RoomSockets()
         self.http_sessions = HttpSessions()
-        self._udp: UdpEndpoint | None = None
+        self._udp: MediaSocket | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._draining = False
         self.loop_lag = LoopLagMonitor()
@@ -195,7 +197,13 @@ class Server:
     async def start(self) -> None:
         """Bind the media socket, then the HTTP listener; log the bound addresses."""
         media, http = self.config.media, self.config.http
-        self._udp = await open_udp_endpoint(media.udp_host, media.udp_port, self.sink)
+        self._udp = await open_media_socket(
+            media.udp_host,
+            media.udp_port,
+            self.port.dataplane.forwarder.pump,
+            self.sink,
+            clock.now,
+        )
         media_port = self._udp.local_address[1]
         log.info("media listening on udp %s", format_address(self._udp.local_address))
         log.info("announcing media addresses: %s", ", ".join(self.config.announced_addresses()))

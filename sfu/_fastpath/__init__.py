@@ -7,9 +7,13 @@ is active ("cython" or "python") so logs, metrics and tests can tell.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from sfu._fastpath._srtp_shared import SrtpError
+
+#: The compiled data-plane modules besides the two imported here (sfu.core.kernels loads them).
+COMPILED_MODULES = ("_cache", "_extensions", "_forward", "_layers", "_munger", "_vp8")
 
 IMPLEMENTATION: str
 if os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0"):
@@ -22,6 +26,10 @@ else:
     try:
         from sfu._fastpath._rewrite import rewrite_rtp
         from sfu._fastpath._srtp import SrtpContext, derive_key
+
+        for _module in COMPILED_MODULES:
+            if importlib.util.find_spec(f"sfu._fastpath.{_module}") is None:
+                raise ImportError(f"sfu._fastpath.{_module} is not built")
     except ImportError:  # not built (e.g. a source checkout without a compiler)
         from sfu._fastpath._rewrite_py import rewrite_rtp
         from sfu._fastpath._srtp_py import SrtpContext, derive_key

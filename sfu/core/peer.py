@@ -22,9 +22,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Final
 
+from sfu._fastpath._forward_py import (
+    F_HEADER_BAD,
+    F_KEYFRAME,
+    F_LEVEL,
+    F_MALFORMED_EXT,
+    F_MALFORMED_PAYLOAD,
+    F_PADDING,
+    F_TWCC,
+    F_VAD,
+    LogRecord,
+)
 from sfu.codecs.h264 import parse_h264
 from sfu.codecs.vp8 import parse_vp8
 from sfu.codecs.vp9 import parse_vp9
+from sfu.core.dataplane import DataPlane
 from sfu.core.nack import build_nacks
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.subscription import AUDIO_INFO, PacketInfo, Subscription
@@ -185,8 +197,10 @@ class Peer:
         on_audio_level: Callable[[str, int, bool | None, float], None] | None = None,
         on_state: Callable[[Peer, TransportState], None] | None = None,
         stats: RouterStats | None = None,
+        dataplane: DataPlane | None = None,
     ) -> None:
         self.participant_id = participant_id
+        self.dataplane = dataplane
         self.transport = transport
         self.rtcp_ssrc = rtcp_ssrc
         self.on_audio_level = on_audio_level
@@ -215,6 +229,8 @@ class Peer:
         self._rrid_id = _one_id(extensions, REPAIRED_RID_URI)
         self._twcc_id = _one_id(extensions, TRANSPORT_CC_URI)
         self._level_id = _one_id(extensions, AUDIO_LEVEL_URI)
+        if self.dataplane is not None:
+            self.dataplane.claim(self.transport, self, self._twcc_id, self._level_id)
 
     # -- membership (called by the room on offers) -------------------------------------------
 
@@ -223,13 +239,24 @@ class Peer:
     ) -> None:
         """Track ``publication`` on its mid; ``declared`` are (ssrc, rtx ssrc) from the SDP."""
         self.publications[publication.mid] = publication
+        if self.dataplane is not None:
+            publication.on_fanout = self.dataplane.routes_changed
         for layer, (ssrc, rtx) in enumerate(declared[: publication.num_layers]):
             if ssrc in self._by_ssrc:
                 continue
+            self._replace_layer(publication, layer)
             stream = publication.add_stream(ssrc, layer, rtx)
             self._by_ssrc[ssrc] = (publication, stream)
             if rtx is not None:
                 self._rtx_by_ssrc[rtx] = (publication, stream)
+            if self.dataplane is not None:
+                self.dataplane.add_stream(self, publication, stream)
+
+    def _replace_layer(self, publication: Publication, layer: int) -> None:
+        """The layer gets a new SSRC: the data plane forgets the old stream."""
+        old = publication.layers.get(layer)
+        if old is not None and self.dataplane is not None:
+            self.dataplane.remove_stream(old)
 
     def remove_publication(self, mid: str) -> Publication | None:
         """Stop ingesting the publication on ``mid``; returns it (its subscriptions end too)."""
@@ -239,6 +266,10 @@ class Peer:
         for table in (self._by_ssrc, self._rtx_by_ssrc):
             for ssrc in [s for s, (p, _) in table.items() if p is publication]:
                 del table[ssrc]
+        if self.dataplane is not None:
+            for stream in publication.streams.values():
+                self.dataplane.remove_stream(stream)
+        publication.on_fanout = None
         self._fold_publication(publication)
         return publication
 
@@ -367,8 +398,11 @@ class Peer:
         old = pub.layers.get(layer)
         if old is not None:
             self._by_ssrc.pop(old.ssrc, None)
+        self._replace_layer(pub, layer)
         stream = pub.add_stream(ssrc, layer)
         self._by_ssrc[ssrc] = (pub, stream)
+        if self.dataplane is not None:
+            self.dataplane.add_stream(self, pub, stream)
         return pub, stream
 
     def _ingest(
@@ -382,22 +416,9 @@ class Peer:
         is_rtx: bool,
     ) -> None:
         ext_seq = stream.unwrapper.unwrap(seq)
-        stream.packets += 1
-        stream.last_packet_at = now
-        if not is_rtx:  # probes and repairs are no part of what the layer costs
-            stream.meter.add(len(packet), now)
-        stream.stats.on_packet(ext_seq, timestamp, now, is_rtx)
-        if stream.nacks is not None:
-            stream.nacks.on_packet(ext_seq, now, is_rtx)
+        self._account(pub, stream, len(packet), ext_seq, timestamp, now, is_rtx)
         stream.cache.put(packet, ext_seq, now)
-        counters = self.counters
         video = pub.video
-        if video:
-            counters.video_in += 1
-            counters.video_in_bytes += len(packet)
-        else:
-            counters.audio_in += 1
-            counters.audio_in_bytes += len(packet)
         if video:
             offset = payload_offset(packet)
             if offset >= len(packet) - (packet[-1] if packet[0] & 0x20 else 0):
@@ -422,6 +443,39 @@ class Peer:
                 out_bytes += n
         if not forwarded:
             return
+        self._count_forwarded(video, forwarded, out_bytes)
+        stats = self.stats
+        if stats is not None and stats.clock is not None and not stream.packets & stats.sample_mask:
+            stats.forward_latency.observe(stats.clock() - now)
+
+    def _account(
+        self,
+        pub: Publication,
+        stream: SourceStream,
+        size: int,
+        ext_seq: int,
+        timestamp: int,
+        now: float,
+        is_rtx: bool,
+    ) -> None:
+        """Receive bookkeeping of one ingested packet (statistics, NACKs, meter, counters)."""
+        stream.packets += 1
+        stream.last_packet_at = now
+        if not is_rtx:  # probes and repairs are no part of what the layer costs
+            stream.meter.add(size, now)
+        stream.stats.on_packet(ext_seq, timestamp, now, is_rtx)
+        if stream.nacks is not None:
+            stream.nacks.on_packet(ext_seq, now, is_rtx)
+        counters = self.counters
+        if pub.video:
+            counters.video_in += 1
+            counters.video_in_bytes += size
+        else:
+            counters.audio_in += 1
+            counters.audio_in_bytes += size
+
+    def _count_forwarded(self, video: bool, forwarded: int, out_bytes: int) -> None:
+        counters = self.counters
         counters.rtp_forwarded += forwarded
         if video:
             counters.video_out += forwarded
@@ -429,9 +483,32 @@ class Peer:
         else:
             counters.audio_out += forwarded
             counters.audio_out_bytes += out_bytes
-        stats = self.stats
-        if stats is not None and stats.clock is not None and not stream.packets & stats.sample_mask:
-            stats.forward_latency.observe(stats.clock() - now)
+
+    def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None:
+        """What :meth:`on_rtp` would have recorded for a packet the data plane forwarded."""
+        _, flags, ext_seq, timestamp, now, size, twcc, level, forwarded, out_bytes = record
+        counters = self.counters
+        if flags & F_HEADER_BAD:
+            counters.malformed += 1
+            return
+        counters.rtp_in += 1
+        if flags & F_TWCC:
+            self._twcc.on_packet(twcc, stream.ssrc, now)
+        if flags & F_MALFORMED_EXT:
+            counters.malformed += 1
+            return
+        self._account(pub, stream, size, ext_seq, timestamp, now, False)
+        if flags & F_MALFORMED_PAYLOAD:
+            counters.malformed += 1
+            return
+        if flags & F_PADDING:
+            return
+        if flags & F_KEYFRAME:
+            stream.last_keyframe_at = now
+        if flags & F_LEVEL and self.on_audio_level is not None:
+            self.on_audio_level(self.participant_id, level, bool(flags & F_VAD), now)
+        if forwarded:
+            self._count_forwarded(pub.video, forwarded, out_bytes)
 
     def on_rtcp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
         """RTCP from this participant: feedback about what it receives and reports."""
@@ -468,6 +545,8 @@ class Peer:
         """Report transport state changes to the room (it frees everything on close)."""
         if self.on_state_change is not None:
             self.on_state_change(self, state)
+        if self.dataplane is not None:
+            self.dataplane.sync(transport)
         if transport.finished:
             self.retire()
 

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from sfu.core.kernels import RetransmissionBuffer, SequenceUnwrapper
 from sfu.core.nack import NackGenerator
-from sfu.core.retransmission import RetransmissionBuffer
 from sfu.core.rtcp_stats import ReceiveStats
-from sfu.packet.seqnum import SequenceUnwrapper
 from sfu.transport.negotiation import NegotiatedCodec
 
 if TYPE_CHECKING:
@@ -161,6 +160,8 @@ class Publication:
     fanout: tuple[tuple[Subscription, WebRtcTransport], ...] = ()
     #: Sends a keyframe request upstream (the publisher's peer); returns whether it went out.
     keyframe_requester: Callable[[SourceStream, float], bool] | None = None
+    #: Told whenever :attr:`fanout` is replaced (the data plane pushes the new snapshot).
+    on_fanout: Callable[[Publication], None] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -186,10 +187,14 @@ class Publication:
     def add_subscriber(self, subscription: Subscription, transport: WebRtcTransport) -> None:
         """Start forwarding to ``subscription`` over ``transport``."""
         self.fanout = (*self.fanout, (subscription, transport))
+        if self.on_fanout is not None:
+            self.on_fanout(self)
 
     def remove_subscriber(self, subscription: Subscription) -> None:
         """Stop forwarding to ``subscription``."""
         self.fanout = tuple(entry for entry in self.fanout if entry[0] is not subscription)
+        if self.on_fanout is not None:
+            self.on_fanout(self)
 
     def request_keyframe(self, stream: SourceStream, now: float) -> bool:
         """Ask the publisher for a keyframe on ``stream`` (rate-limited by the publisher)."""

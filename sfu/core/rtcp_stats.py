@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Protocol
 
+from sfu.core.route_state import RouteState
 from sfu.packet.rtcp import ReportBlock, SenderReport
 from sfu.packet.seqnum import ts_diff
 
@@ -202,6 +204,20 @@ class ReceiveStats:
         )
 
 
+class SentCounter(Protocol):
+    """Per-packet sender counters (``sfu.core.route_state.RouteState`` or its compiled twin)."""
+
+    @property
+    def packets_sent(self) -> int: ...
+    @property
+    def octets_sent(self) -> int: ...
+    @property
+    def last_rtp_ts(self) -> int: ...
+    @property
+    def last_at(self) -> float | None: ...
+    def on_packet(self, rtp_timestamp: int, payload_bytes: int, now: float) -> None: ...
+
+
 class SendStats:
     """Sender statistics of one outgoing RTP stream and what its receiver reports about it.
 
@@ -212,31 +228,27 @@ class SendStats:
 
     __slots__ = (
         "_clock_rate",
-        "_last_at",
-        "_last_rtp_ts",
         "_loss_base",
         "_sr_sent",
         "cumulative_lost",
         "fraction_lost",
         "jitter_seconds",
         "loss",
-        "octets_sent",
-        "packets_sent",
         "rtt",
+        "sent",
         "ssrc",
     )
 
-    def __init__(self, ssrc: int, clock_rate: int) -> None:
+    def __init__(self, ssrc: int, clock_rate: int, sent: SentCounter | None = None) -> None:
+        """``sent`` holds the per-packet counters; the data plane may share it (it writes
+        them without calling back into this object)."""
         if clock_rate <= 0:
             raise ValueError("clock_rate must be positive")
         self.ssrc = ssrc
         self._clock_rate = clock_rate
-        self._last_rtp_ts = 0
-        self._last_at: float | None = None
+        self.sent: SentCounter = sent if sent is not None else RouteState()
         # (LSR value, monotonic send time) of recent SRs, newest last.
         self._sr_sent: deque[tuple[int, float]] = deque(maxlen=SR_HISTORY)
-        self.packets_sent = 0  # unbounded here; the SR carries them modulo 2**32
-        self.octets_sent = 0  # payload octets only (RFC 3550 §6.4.1)
         self.rtt: float | None = None  # seconds, from the latest usable report block
         self.fraction_lost = 0.0  # 0..1, from the latest report block
         #: 0..1 over the latest span of at least LOSS_MIN_PACKETS (what to act on).
@@ -253,12 +265,17 @@ class SendStats:
         current anchor (a retransmission or a packet of an earlier frame), which would make
         the extrapolated timestamp run behind.
         """
-        self.packets_sent += 1
-        self.octets_sent += payload_bytes
-        rtp_timestamp &= _U32
-        if self._last_at is None or ts_diff(rtp_timestamp, self._last_rtp_ts) >= 0:
-            self._last_rtp_ts = rtp_timestamp
-            self._last_at = now
+        self.sent.on_packet(rtp_timestamp, payload_bytes, now)
+
+    @property
+    def packets_sent(self) -> int:
+        """Packets sent (unbounded here; the SR carries them modulo 2**32)."""
+        return self.sent.packets_sent
+
+    @property
+    def octets_sent(self) -> int:
+        """Payload octets sent (RFC 3550 §6.4.1)."""
+        return self.sent.octets_sent
 
     def sender_report(self, now: float, wallclock: float) -> SenderReport | None:
         """A sender report (without report blocks) for ``now``; None before any packet.
@@ -267,17 +284,19 @@ class SendStats:
         sent advanced by the time since, so receivers map it to the same instant as the NTP
         timestamp (§6.4.1). The report's send time is remembered for RTT measurement.
         """
-        if self._last_at is None:
+        sent = self.sent
+        last_at = sent.last_at
+        if last_at is None:
             return None
-        elapsed = round((now - self._last_at) * self._clock_rate)
+        elapsed = round((now - last_at) * self._clock_rate)
         ntp = unix_to_ntp(wallclock)
         self._sr_sent.append((ntp_short(ntp), now))
         return SenderReport(
             ssrc=self.ssrc,
             ntp_timestamp=ntp,
-            rtp_timestamp=(self._last_rtp_ts + elapsed) & _U32,
-            packet_count=self.packets_sent & _U32,
-            octet_count=self.octets_sent & _U32,
+            rtp_timestamp=(sent.last_rtp_ts + elapsed) & _U32,
+            packet_count=sent.packets_sent & _U32,
+            octet_count=sent.octets_sent & _U32,
         )
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:

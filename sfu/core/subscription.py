@@ -17,57 +17,35 @@ negotiated, else the original packet again).
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from typing import Final
 
 from sfu import _fastpath
-from sfu.codecs.vp8 import Vp8Descriptor
-from sfu.core.header_extensions import ExtensionRewriter
-from sfu.core.layers import Decision, SimulcastSelector
-from sfu.core.munger import RtpMunger
+from sfu.core.kernels import (
+    ExtensionRewriter,
+    RouteState,
+    RtpMunger,
+    SimulcastSelector,
+    Vp8Munger,
+)
+from sfu.core.layers import Decision
+from sfu.core.packet_info import AUDIO_INFO, PacketInfo
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionThrottle
+from sfu.core.route_state import HISTORY
 from sfu.core.rtcp_stats import SendStats
-from sfu.core.vp8_munger import Vp8Munger, Vp8Translation
+from sfu.core.vp8_munger import Vp8Translation
 from sfu.packet.errors import ParseError
 from sfu.packet.rtp import payload_offset
 
-__all__ = ["HISTORY", "PacketInfo", "Subscription"]
-
-#: Outgoing packets remembered for NACKs (a power of two).
-HISTORY: Final = 1024
-_MASK: Final = HISTORY - 1
-
-
-@dataclass(frozen=True, slots=True)
-class PacketInfo:
-    """What ingest learned about one video packet from its payload descriptor."""
-
-    is_keyframe: bool
-    is_start_of_frame: bool
-    temporal_id: int | None = None
-    layer_sync: bool = True
-    vp8: Vp8Descriptor | None = None
-    #: Where the payload starts; the rewritten copy has the same header layout.
-    offset: int = 0
-
-
-AUDIO_INFO: Final = PacketInfo(False, True)
+__all__ = ["AUDIO_INFO", "HISTORY", "PacketInfo", "Subscription"]
 
 
 class Subscription:
     """Forwards one publication to one subscriber."""
 
     __slots__ = (
-        "_h_in",
-        "_h_out",
-        "_h_stream",
-        "_h_ts",
-        "_h_vp8",
         "_rtx_seq",
         "buf",
         "extensions",
-        "forwarded",
         "held",
         "id",
         "max_spatial",
@@ -84,6 +62,7 @@ class Subscription:
         "rtx_ssrc",
         "selector",
         "send_stats",
+        "state",
         "subscriber_id",
         "throttle",
         "vp8",
@@ -116,7 +95,9 @@ class Subscription:
         self.selector = SimulcastSelector(publication.num_layers) if publication.video else None
         self.vp8 = Vp8Munger() if publication.codec.name.lower() == "vp8" else None
         self.extensions = ExtensionRewriter(publication.extensions, extensions)
-        self.send_stats = SendStats(out_ssrc, clock_rate)
+        #: Written per forwarded packet by the data plane (compiled or this class's forward).
+        self.state = RouteState()
+        self.send_stats = SendStats(out_ssrc, clock_rate, self.state)
         self.throttle = RetransmissionThrottle()
         self.buf = bytearray(1500)
         self.paused = False
@@ -124,15 +105,14 @@ class Subscription:
         self.held = False
         self.max_spatial: int | None = None
         self.max_temporal: int | None = None
-        self.forwarded = 0
         self.retransmitted = 0
         self.retransmit_misses = 0
         self._rtx_seq = secrets.randbits(16)  # random start, RFC 3550 §5.1
-        self._h_out: list[int] = [-1] * HISTORY
-        self._h_in: list[int] = [0] * HISTORY
-        self._h_ts: list[int] = [0] * HISTORY
-        self._h_stream: list[SourceStream | None] = [None] * HISTORY
-        self._h_vp8: list[Vp8Translation | None] = [None] * HISTORY
+
+    @property
+    def forwarded(self) -> int:
+        """Packets forwarded so far."""
+        return self.state.forwarded
 
     # -- control ------------------------------------------------------------------------------
 
@@ -141,12 +121,14 @@ class Subscription:
     ) -> None:
         """The subscriber's caps and visibility (applied at the next keyframe for layers)."""
         self.max_spatial, self.max_temporal, self.paused = max_spatial, max_temporal, paused
+        self.state.blocked = paused or self.held
         if self.selector is not None:
             self.selector.set_preferences(max_spatial, max_temporal, paused or self.held)
 
     def set_held(self, held: bool) -> None:
         """Stop (or resume) forwarding regardless of the subscriber's own preferences."""
         self.held = held
+        self.state.blocked = self.paused or held
         if self.selector is not None:
             self.selector.set_preferences(self.max_spatial, self.max_temporal, self.paused or held)
 
@@ -165,8 +147,9 @@ class Subscription:
         """Rewrite ``packet`` into :attr:`buf`; returns its length, or 0 to send nothing."""
         selector = self.selector
         munger = self.munger
+        state = self.state
         if selector is None:
-            if self.paused or self.held:
+            if state.blocked:
                 munger.drop(ext_seq)
                 return 0
         else:
@@ -201,14 +184,22 @@ class Subscription:
         self.extensions.apply(buf, n, abs_send_time)
         out_seq = munger.last_out_seq
         if out_seq is not None:
-            slot = out_seq & _MASK
-            self._h_out[slot] = out_seq & 0xFFFF
-            self._h_in[slot] = ext_seq
-            self._h_ts[slot] = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
-            self._h_stream[slot] = stream
-            self._h_vp8[slot] = translation
-            self.send_stats.on_packet(self._h_ts[slot], n, now)
-        self.forwarded += 1
+            ts = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
+            if translation is None:
+                state.record(out_seq, ext_seq, ts, stream.layer, False, -1, -1, -1)
+            else:
+                state.record(
+                    out_seq,
+                    ext_seq,
+                    ts,
+                    stream.layer,
+                    True,
+                    -1 if translation.picture_id is None else translation.picture_id,
+                    -1 if translation.tl0picidx is None else translation.tl0picidx,
+                    -1 if translation.keyidx is None else translation.keyidx,
+                )
+            state.on_packet(ts, n, now)
+        state.forwarded += 1
         return n
 
     def retransmit(self, seqs: list[int], now: float, abs_send_time: int) -> list[bytes]:
@@ -216,14 +207,14 @@ class Subscription:
         out: list[bytes] = []
         scratch = bytearray(1500)
         for seq in seqs:
-            slot = seq & _MASK
-            stream = self._h_stream[slot]
-            if self._h_out[slot] != seq or stream is None:
+            entry = self.state.lookup(seq)
+            stream = None if entry is None else self.publication.layers.get(entry.layer)
+            if entry is None or stream is None:
                 self.retransmit_misses += 1
                 continue
             if not self.throttle.allow(seq, now):
                 continue
-            cached = stream.cache.get(self._h_in[slot], now)
+            cached = stream.cache.get(entry.in_ext_seq, now)
             if cached is None:
                 self.retransmit_misses += 1
                 continue
@@ -232,7 +223,7 @@ class Subscription:
                 scratch,
                 self.out_ssrc,
                 seq,
-                self._h_ts[slot],
+                entry.timestamp,
                 self.payload_type,
                 _fastpath.KEEP_MARKER,
             )
@@ -242,8 +233,12 @@ class Subscription:
                 offset = payload_offset(scratch, n)
             except ParseError:  # pragma: no cover - the kernel validated the framing
                 continue
-            translation = self._h_vp8[slot]
-            if translation is not None:
+            if entry.has_vp8:
+                translation = Vp8Translation(
+                    None if entry.picture_id < 0 else entry.picture_id,
+                    None if entry.tl0picidx < 0 else entry.tl0picidx,
+                    None if entry.keyidx < 0 else entry.keyidx,
+                )
                 Vp8Munger.apply(scratch, offset, translation)
             self.extensions.apply(scratch, n, abs_send_time)
             out.append(self._wrap_rtx(scratch, n, offset, seq))

@@ -14,7 +14,15 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final, TypeAlias, cast
 
-__all__ = ["Address", "DatagramCallback", "UdpEndpoint", "open_udp_endpoint"]
+__all__ = [
+    "Address",
+    "DatagramCallback",
+    "MediaSocket",
+    "Pump",
+    "UdpEndpoint",
+    "open_media_socket",
+    "open_udp_endpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +30,9 @@ log = logging.getLogger(__name__)
 Address: TypeAlias = tuple[Any, ...]
 #: Receives ``(datagram, source address)``; must not block.
 DatagramCallback: TypeAlias = Callable[[bytes, Address], None]
+
+#: Reads what a non-blocking socket holds, forwards the media it can, and returns the rest.
+Pump: TypeAlias = Callable[[socket.socket, float], list[tuple[bytes, Address]]]
 
 #: Requested kernel buffer sizes; media bursts (keyframes) overflow the small defaults.
 SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024
@@ -115,3 +126,88 @@ async def open_udp_endpoint(host: str, port: int, on_datagram: DatagramCallback)
     if protocol._transport is None:  # connection_made may still be scheduled
         protocol.connection_made(transport)
     return protocol
+
+
+class MediaSocket:
+    """The media socket read in batches by the data plane's pump from a loop reader callback.
+
+    When the socket is readable, :attr:`pump` (the forwarder) drains it with ``recvmmsg``,
+    forwards established media itself and returns what the control plane must see (STUN,
+    DTLS, RTCP, anything unknown), which goes to the synchronous ``on_datagram`` callback.
+    Sends from the control plane are plain non-blocking ``sendto`` calls; a full socket
+    buffer drops the datagram (counted), as UDP would.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        pump: Pump,
+        on_datagram: DatagramCallback,
+        clock: Callable[[], float],
+    ) -> None:
+        self._sock: socket.socket | None = sock
+        self._pump = pump
+        self._on_datagram = on_datagram
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+        #: Send errors reported by the OS (buffer full, unreachable); no addresses kept.
+        self.error_count = 0
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            slow = self._pump(sock, self._clock())
+        except Exception:  # pragma: no cover - a bug must not take the reader down
+            log.exception("internal error in the media pump")
+            return
+        for data, addr in slow:
+            self._on_datagram(data, addr)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the socket is bound and not yet closed."""
+        return self._sock is not None
+
+    @property
+    def local_address(self) -> Address:
+        """The bound ``(host, port, ...)``; raises if the socket is closed."""
+        if self._sock is None:
+            raise RuntimeError("UDP endpoint is closed")
+        addr: Address = self._sock.getsockname()
+        return addr
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        """Send ``data`` to ``addr`` now; dropped (and counted) if the kernel refuses it."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.sendto(data, addr)
+        except OSError:
+            self.error_count += 1
+
+    async def close(self) -> None:
+        """Stop reading and close the socket."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+
+async def open_media_socket(
+    host: str,
+    port: int,
+    pump: Pump,
+    on_datagram: DatagramCallback,
+    clock: Callable[[], float],
+) -> MediaSocket:
+    """Bind ``host:port`` (an IP literal; port 0 picks a free port) and start pumping it."""
+    sock = _bind_socket(host, port)
+    try:
+        return MediaSocket(sock, pump, on_datagram, clock)
+    except BaseException:
+        sock.close()
+        raise

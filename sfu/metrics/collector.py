@@ -246,22 +246,52 @@ class SfuCollector(Collector):
 
     def _traffic(self, port: MediaPort, c: PeerCounters) -> Iterator[Metric]:
         counters = port.counters
-        for direction, packets, octets in (
-            ("received", counters.received, counters.received_bytes),
-            ("sent", counters.sent, counters.sent_bytes),
+        forwarder = port.dataplane.forwarder
+        # The data plane's own RTP (never seen by the port's Python code) is added to its kind.
+        for direction, packets, octets, fast, fast_bytes in (
+            (
+                "received",
+                counters.received,
+                counters.received_bytes,
+                forwarder.fast_packets,
+                forwarder.fast_bytes,
+            ),
+            (
+                "sent",
+                counters.sent,
+                counters.sent_bytes,
+                forwarder.sent_packets,
+                forwarder.sent_bytes,
+            ),
         ):
             yield self._counter(
                 f"sfu_datagrams_{direction}",
                 f"Datagrams {direction} on the media port, by kind.",
                 ["kind"],
-                {(k,): packets.get(k, 0) for k in sorted(KINDS)},
+                {(k,): packets.get(k, 0) + (fast if k == "rtp" else 0) for k in sorted(KINDS)},
             )
             yield self._counter(
                 f"sfu_datagram_bytes_{direction}",
                 f"UDP payload bytes {direction} on the media port, by kind.",
                 ["kind"],
-                {(k,): octets.get(k, 0) for k in sorted(KINDS)},
+                {(k,): octets.get(k, 0) + (fast_bytes if k == "rtp" else 0) for k in sorted(KINDS)},
             )
+        yield self._counter(
+            "sfu_dataplane_datagrams",
+            "Datagrams the data plane forwarded itself (fast) or handed to Python (slow).",
+            ["path"],
+            {("fast",): forwarder.fast_packets, ("slow",): forwarder.slow_packets},
+        )
+        yield self._counter(
+            "sfu_dataplane_errors",
+            "Data-plane failures: SRTP protect, sends the kernel refused, ingress log overflow.",
+            ["error"],
+            {
+                ("protect",): forwarder.protect_errors,
+                ("send",): forwarder.send_errors,
+                ("log_overflow",): forwarder.log_overflow,
+            },
+        )
         yield self._counter(
             "sfu_rtp_packets_received",
             "Decrypted RTP media packets ingested from publishers (RTX repairs included).",

@@ -80,4 +80,6 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "implementation": frozenset({"cython", "python"}),
     "le": frozenset(),  # bucket bounds: numbers, checked separately
     "generation": frozenset({"0", "1", "2"}),  # python_gc_* from prometheus-client
+    "path": frozenset({"fast", "slow"}),
+    "error": frozenset({"protect", "send", "log_overflow"}),
 }

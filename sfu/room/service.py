@@ -509,6 +509,7 @@ class RoomService:
             on_audio_level=room.speakers.observe,
             on_state=lambda p, state: self._transport_state(participant, state),
             stats=self.stats,
+            dataplane=self.port.dataplane,
         )
         transport.set_listener(peer)
         participant.peer = peer
@@ -726,6 +727,12 @@ class RoomService:
 
     def poll(self, now: float, wallclock: float) -> None:
         """Periodic work of every peer and room (RTCP, allocation, speakers, waiting room)."""
+        try:
+            # First what the data plane forwarded since the last tick: the peers' receive
+            # statistics, NACK and TWCC state must include it before they report.
+            self.port.dataplane.replay(self.stats)
+        except Exception:  # pragma: no cover - a bug must not stop every room
+            log.exception("internal error replaying the data plane's log")
         self.expire_waiting(now)
         for room in list(self.rooms.values()):
             for participant in list(room.participants.values()):

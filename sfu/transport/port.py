@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 
+from sfu.core.dataplane import DataPlane
 from sfu.packet.demux import PacketKind, classify
 from sfu.packet.errors import ParseError
 from sfu.packet.stun import BINDING, StunClass, StunMessage, binding_error
@@ -85,8 +86,11 @@ class MediaPort:
         handshake_timeout: float = 10.0,
         error_responses_per_s: float = 200.0,
         srtp_profiles: Sequence[SrtpProfile] = DEFAULT_SRTP_PROFILES,
+        dataplane: DataPlane | None = None,
     ) -> None:
         self.certificate = certificate
+        #: The forwarder that carries established media, and its control-plane bookkeeping.
+        self.dataplane = dataplane if dataplane is not None else DataPlane()
         self.counters = DropCounters()
         self._raw_send = send
         self._max_transports = max_transports
@@ -242,6 +246,8 @@ class MediaPort:
             return
         if transport.finished:
             self._forget(transport)
+        else:
+            self.dataplane.sync(transport)  # SRTP keys may have just arrived
 
     def _stun(self, data: bytes, addr: Address, now: float) -> None:
         try:
@@ -280,6 +286,7 @@ class MediaPort:
                     if self._by_addr.get(old) is transport:
                         del self._by_addr[old]
                 self._by_addr[_key(event.address)] = transport
+                self.dataplane.sync(transport)
         if transport.finished:
             self._forget(transport)
 
@@ -304,6 +311,7 @@ class MediaPort:
     def _forget(self, transport: WebRtcTransport) -> None:
         if self._transports.pop(transport.id, None) is None:
             return
+        self.dataplane.release(transport)
         ufrag = transport.ice.local_credentials.ufrag
         if self._by_ufrag.get(ufrag) is transport:
             del self._by_ufrag[ufrag]

@@ -118,6 +118,11 @@ class WebRtcTransport:
         return self.dtls.srtp_keys if self._srtp is not None else None
 
     @property
+    def srtp(self) -> SrtpSession | None:
+        """The SRTP contexts once DTLS has produced keys (the data plane uses them too)."""
+        return self._srtp
+
+    @property
     def has_srtp(self) -> bool:
         """True while this transport holds SRTP contexts (connected and not closed)."""
         return self._srtp is not None

@@ -1,0 +1,87 @@
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from sfu.core.route_state import HistoryEntry
+
+Address = tuple[Any, ...]
+Datagram = tuple[bytes, Address]
+LogRecord = tuple[int, int, int, int, float, int, int, int, int, int]
+
+AUDIO: Final[int]
+VP8: Final[int]
+F_HEADER_BAD: Final[int]
+F_MALFORMED_EXT: Final[int]
+F_MALFORMED_PAYLOAD: Final[int]
+F_TWCC: Final[int]
+F_PADDING: Final[int]
+F_KEYFRAME: Final[int]
+F_LEVEL: Final[int]
+F_VAD: Final[int]
+PUMP_BATCH: Final[int]
+PUMP_ROUNDS: Final[int]
+
+class RouteState:
+    blocked: bool
+    forwarded: int
+    @property
+    def packets_sent(self) -> int: ...
+    @property
+    def octets_sent(self) -> int: ...
+    @property
+    def last_rtp_ts(self) -> int: ...
+    @property
+    def last_at(self) -> float | None: ...
+    def on_packet(self, rtp_timestamp: int, payload_bytes: int, now: float) -> None: ...
+    def record(
+        self,
+        out_seq: int,
+        in_ext_seq: int,
+        timestamp: int,
+        layer: int,
+        has_vp8: bool,
+        picture_id: int,
+        tl0picidx: int,
+        keyidx: int,
+    ) -> None: ...
+    def lookup(self, seq: int) -> HistoryEntry | None: ...
+
+class SequenceUnwrapper:
+    @property
+    def last(self) -> int | None: ...
+    def peek(self, value: int) -> int: ...
+    def unwrap(self, value: int) -> int: ...
+
+class Forwarder:
+    max_transports: int
+    max_streams: int
+    fast_packets: int
+    fast_bytes: int
+    slow_packets: int
+    sent_packets: int
+    sent_bytes: int
+    protect_errors: int
+    send_errors: int
+    log_overflow: int
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] | None = None,
+        sample_mask: int = 63,
+        log_capacity: int = 65536,
+        max_transports: int = 4096,
+        max_streams: int = 16384,
+    ) -> None: ...
+    def set_transport(
+        self, handle: int, address: Address, srtp: Any, twcc_id: int = 0, level_id: int = 0
+    ) -> None: ...
+    def remove_transport(self, handle: int) -> None: ...
+    def set_stream(self, handle: int, transport: int, source: Any, kind: int) -> None: ...
+    def remove_stream(self, handle: int) -> None: ...
+    def set_routes(self, handle: int, routes: Sequence[tuple[Any, int]]) -> None: ...
+    def process(
+        self, datagrams: Iterable[Datagram], now: float
+    ) -> tuple[list[Datagram], list[Datagram]]: ...
+    def pump(self, sock: socket.socket, now: float) -> list[Datagram]: ...
+    def drain_log(self) -> list[LogRecord]: ...
+    def drain_latency(self) -> list[float]: ...

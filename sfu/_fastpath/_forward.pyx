@@ -1,0 +1,1121 @@
+# cython: language_level=3
+"""Compiled forwarder: the data plane's per-packet path in C; contract in ``_forward_py.py``.
+
+The media socket is read in batches with ``recvmmsg``; for RTP of registered streams the
+whole path runs without the GIL: SRTP unprotect (OpenSSL EVP through ``_srtp``), sequence
+unwrap, retransmission-cache write, VP8 descriptor parse, then per route the layer decision,
+munging (sequence number, timestamp, SSRC, payload type), VP8 picture id / TL0PICIDX / KEYIDX,
+header-extension ids and abs-send-time, NACK history, sender counters, SRTP protect, and a
+batched ``sendmmsg``. The per-packet state lives in the C structs of the same objects the
+control plane configures (``SimulcastSelector``, ``RtpMunger``, ``Vp8Munger``,
+``ExtensionRewriter``, ``RetransmissionBuffer``, ``RouteState``, ``SequenceUnwrapper``), so
+both sides always see one state. Anything else goes back to Python as the slow path.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.math cimport nearbyint
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memset
+
+from sfu._fastpath._cache cimport RetransmissionBuffer, cache_put, cache_t
+from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply, ext_rewriter_t
+from sfu._fastpath._layers cimport (
+    SimulcastSelector,
+    selector_current_spatial,
+    selector_decide,
+    selector_t,
+)
+from sfu._fastpath._munger cimport (
+    RtpMunger,
+    munger_drop,
+    munger_last_out_seq,
+    munger_munge,
+    munger_switch_source,
+    munger_t,
+)
+from sfu._fastpath._srtp cimport (
+    SrtpContext,
+    srtp_protect_rtp,
+    srtp_session_t,
+    srtp_unprotect_rtp,
+)
+from sfu._fastpath._vp8 cimport (
+    Vp8Munger,
+    vp8_apply,
+    vp8_desc_t,
+    vp8_drop,
+    vp8_munger_t,
+    vp8_parse,
+    vp8_switch_source,
+    vp8_translate,
+    vp8_translation_t,
+)
+
+from sfu.core.route_state import HistoryEntry
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    int CLOCK_MONOTONIC
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EAGAIN
+    int EWOULDBLOCK
+    int EINTR
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    cdef struct sockaddr:
+        sa_family_t sa_family
+    cdef struct sockaddr_storage:
+        sa_family_t ss_family
+    cdef struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    cdef struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout)
+    int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags)
+    int MSG_DONTWAIT
+    int AF_INET
+    int AF_INET6
+
+cdef extern from "<netinet/in.h>" nogil:
+    cdef struct in_addr:
+        uint32_t s_addr
+    cdef struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    cdef struct in6_addr:
+        unsigned char s6_addr[16]
+    cdef struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+    uint16_t ntohs(uint16_t v)
+    uint16_t htons(uint16_t v)
+    uint32_t ntohl(uint32_t v)
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char* src, void* dst)
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
+
+
+# Same values as _forward_py.py.
+AUDIO = 0
+VP8 = 1
+F_HEADER_BAD = 1
+F_MALFORMED_EXT = 2
+F_MALFORMED_PAYLOAD = 4
+F_TWCC = 8
+F_PADDING = 16
+F_KEYFRAME = 32
+F_LEVEL = 64
+F_VAD = 128
+PUMP_BATCH = 64
+PUMP_ROUNDS = 8
+
+cdef enum:
+    FL_HEADER_BAD = 1
+    FL_MALFORMED_EXT = 2
+    FL_MALFORMED_PAYLOAD = 4
+    FL_TWCC = 8
+    FL_PADDING = 16
+    FL_KEYFRAME = 32
+    FL_LEVEL = 64
+    FL_VAD = 128
+    K_AUDIO = 0
+    K_VP8 = 1
+    HISTORY = 1024              # sfu.core.route_state.HISTORY
+    HISTORY_MASK = 1023
+    BATCH = 64                  # datagrams per recvmmsg
+    ROUNDS = 8                  # recvmmsg calls per pump before yielding to the event loop
+    RECV_SIZE = 8192            # receive slot: larger datagrams are truncated -> slow path
+    WORK_SIZE = 2048
+    OUT_SLOTS = 512             # egress packets per sendmmsg flush
+    OUT_SIZE = 1536             # egress slot: 1500 (the munger's limit) + SRTP trailer
+    MUNGE_LIMIT = 1500          # the reference's Subscription.buf size
+    TX_STREAMS = 64             # ingress streams per transport (MAX_STREAMS is 32)
+    LATENCY_SLOTS = 4096
+
+cdef struct addr_key_t:
+    int family
+    uint16_t port
+    uint8_t ip[16]
+
+cdef struct route_state_t:
+    bint blocked
+    long long forwarded
+    long long packets_sent
+    long long octets_sent
+    uint32_t last_rtp_ts
+    bint has_last_at
+    double last_at
+    int32_t h_out[HISTORY]
+    int64_t h_in[HISTORY]
+    uint32_t h_ts[HISTORY]
+    int32_t h_layer[HISTORY]
+    uint8_t h_vp8[HISTORY]
+    int64_t h_pid[HISTORY]
+    int16_t h_tl0[HISTORY]
+    int16_t h_key[HISTORY]
+
+cdef struct unwrap_t:
+    bint has_last
+    long long last
+
+cdef struct tx_t:
+    bint used
+    addr_key_t key
+    sockaddr_storage sa
+    socklen_t salen
+    srtp_session_t* inbound
+    srtp_session_t* outbound
+    int twcc_id
+    int level_id
+    int nstreams
+    uint32_t ssrcs[TX_STREAMS]
+    int streams[TX_STREAMS]
+
+cdef struct route_t:
+    int out
+    selector_t* selector
+    munger_t* munger
+    vp8_munger_t* vp8
+    ext_rewriter_t* ext
+    route_state_t* state
+
+cdef struct stream_t:
+    bint used
+    int transport
+    uint32_t ssrc
+    int layer
+    int kind
+    unwrap_t* unwrap
+    cache_t* cache
+    route_t* routes
+    int nroutes
+    unsigned long long packets
+
+cdef struct record_t:
+    int stream
+    int flags
+    long long ext_seq
+    long long timestamp
+    double now
+    int size
+    int twcc
+    int level
+    int forwarded
+    long long out_bytes
+
+cdef struct info_t:
+    bint is_keyframe
+    bint is_start
+    int temporal_id
+    bint layer_sync
+    bint has_vp8
+    Py_ssize_t offset
+    vp8_desc_t desc
+
+
+cdef inline uint32_t _be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline double _monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline int _ext_block(const uint8_t* p, Py_ssize_t n, Py_ssize_t* start,
+                           Py_ssize_t* end) noexcept nogil:
+    """Locate the header-extension block body: 1 found, 0 none, -1 malformed."""
+    cdef Py_ssize_t s
+    if not p[0] & 0x10:
+        return 0
+    s = 12 + 4 * (p[0] & 0x0F)
+    if s + 4 > n:
+        return -1
+    start[0] = s
+    end[0] = s + 4 + 4 * ((<Py_ssize_t>p[s + 2] << 8) | p[s + 3])
+    if end[0] > n:
+        return -1
+    return 1
+
+
+cdef int _find_ext(const uint8_t* p, Py_ssize_t n, int wanted, Py_ssize_t* vpos,
+                   Py_ssize_t* vlen) noexcept nogil:
+    """``sfu.packet.rtp.find_extension``: 1 found, 0 absent, -1 malformed (ParseError)."""
+    cdef Py_ssize_t start, end, pos, stop
+    cdef int r, profile, ext_id
+    if wanted <= 0:
+        return 0
+    if n < 12 or (p[0] >> 6) != 2:
+        return -1
+    r = _ext_block(p, n, &start, &end)
+    if r <= 0:
+        return r
+    profile = (p[start] << 8) | p[start + 1]
+    pos = start + 4
+    if profile == 0xBEDE:
+        while pos < end:
+            if p[pos] == 0:
+                pos += 1
+                continue
+            ext_id = p[pos] >> 4
+            if ext_id == 15 or ext_id == 0:
+                return 0
+            stop = pos + 2 + (p[pos] & 0x0F)
+            if stop > end:
+                return -1
+            if ext_id == wanted:
+                vpos[0] = pos + 1
+                vlen[0] = stop - pos - 1
+                return 1
+            pos = stop
+        return 0
+    if (profile >> 4) == 0x100:
+        while pos < end:
+            ext_id = p[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            if pos + 1 >= end:
+                return -1
+            stop = pos + 2 + p[pos + 1]
+            if stop > end:
+                return -1
+            if ext_id == wanted:
+                vpos[0] = pos + 2
+                vlen[0] = stop - pos - 2
+                return 1
+            pos = stop
+        return 0
+    return 0
+
+
+cdef inline Py_ssize_t _payload_offset(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """``sfu.packet.rtp.payload_offset``, or -1 where it raises."""
+    cdef Py_ssize_t offset
+    if n < 12 or (p[0] >> 6) != 2:
+        return -1
+    offset = 12 + 4 * (p[0] & 0x0F)
+    if p[0] & 0x10:
+        if offset + 4 > n:
+            return -1
+        offset += 4 + 4 * ((<Py_ssize_t>p[offset + 2] << 8) | p[offset + 3])
+    if offset > n:
+        return -1
+    return offset
+
+
+cdef inline long long _unwrap(unwrap_t* u, uint16_t value) noexcept nogil:
+    cdef long long ext
+    if not u.has_last:
+        ext = <long long>value + 65536
+    else:
+        ext = u.last + <int16_t>(<uint16_t>(value - <uint16_t>(u.last & 0xFFFF)))
+    u.has_last = True
+    u.last = ext
+    return ext
+
+
+cdef inline void _on_sent(route_state_t* s, uint32_t ts, long long size, double now) noexcept nogil:
+    s.packets_sent += 1
+    s.octets_sent += size
+    if not s.has_last_at or <int32_t>(ts - s.last_rtp_ts) >= 0:
+        s.last_rtp_ts = ts
+        s.last_at = now
+        s.has_last_at = True
+
+
+cdef inline void _record_history(route_state_t* s, long long out_seq, long long in_ext_seq,
+                                 uint32_t ts, int layer, bint has_vp8, long long pid,
+                                 int tl0, int key) noexcept nogil:
+    cdef Py_ssize_t slot = out_seq & HISTORY_MASK
+    s.h_out[slot] = <int32_t>(out_seq & 0xFFFF)
+    s.h_in[slot] = in_ext_seq
+    s.h_ts[slot] = ts
+    s.h_layer[slot] = layer
+    s.h_vp8[slot] = has_vp8
+    s.h_pid[slot] = pid
+    s.h_tl0[slot] = <int16_t>tl0
+    s.h_key[slot] = <int16_t>key
+
+
+cdef class RouteState:
+    """Compiled twin of ``sfu.core.route_state.RouteState`` (same contract)."""
+
+    cdef route_state_t st
+
+    def __cinit__(self):
+        memset(&self.st, 0, sizeof(route_state_t))
+        cdef Py_ssize_t i
+        for i in range(HISTORY):
+            self.st.h_out[i] = -1
+            self.st.h_pid[i] = -1
+            self.st.h_tl0[i] = -1
+            self.st.h_key[i] = -1
+
+    @property
+    def blocked(self):
+        return self.st.blocked
+
+    @blocked.setter
+    def blocked(self, value):
+        self.st.blocked = bool(value)
+
+    @property
+    def forwarded(self):
+        return self.st.forwarded
+
+    @forwarded.setter
+    def forwarded(self, long long value):
+        self.st.forwarded = value
+
+    @property
+    def packets_sent(self):
+        return self.st.packets_sent
+
+    @property
+    def octets_sent(self):
+        return self.st.octets_sent
+
+    @property
+    def last_rtp_ts(self):
+        return self.st.last_rtp_ts
+
+    @property
+    def last_at(self):
+        return self.st.last_at if self.st.has_last_at else None
+
+    def on_packet(self, rtp_timestamp, long long payload_bytes, double now):
+        _on_sent(&self.st, <uint32_t>(rtp_timestamp & 0xFFFFFFFF), payload_bytes, now)
+
+    def record(self, long long out_seq, long long in_ext_seq, long long timestamp, int layer,
+               bint has_vp8, long long picture_id, int tl0picidx, int keyidx):
+        _record_history(&self.st, out_seq, in_ext_seq, <uint32_t>timestamp, layer, has_vp8,
+                        picture_id, tl0picidx, keyidx)
+
+    def lookup(self, long long seq):
+        cdef Py_ssize_t slot = seq & HISTORY_MASK
+        if self.st.h_out[slot] != seq:
+            return None
+        return HistoryEntry(
+            self.st.h_in[slot],
+            self.st.h_ts[slot],
+            self.st.h_layer[slot],
+            bool(self.st.h_vp8[slot]),
+            self.st.h_pid[slot],
+            self.st.h_tl0[slot],
+            self.st.h_key[slot],
+        )
+
+
+cdef class SequenceUnwrapper:
+    """Compiled twin of ``sfu.packet.seqnum.SequenceUnwrapper`` (16-bit RTP sequence numbers)."""
+
+    cdef unwrap_t u
+
+    @property
+    def last(self):
+        return self.u.last if self.u.has_last else None
+
+    def peek(self, value):
+        cdef uint16_t v = <uint16_t>(value & 0xFFFF)
+        if not self.u.has_last:
+            return <long long>v + 65536
+        return self.u.last + <int16_t>(<uint16_t>(v - <uint16_t>(self.u.last & 0xFFFF)))
+
+    def unwrap(self, value):
+        return _unwrap(&self.u, <uint16_t>(value & 0xFFFF))
+
+
+cdef object _address(sockaddr_storage* sa):
+    """The Python socket module's address tuple for ``sa``."""
+    cdef char text[64]
+    cdef sockaddr_in* v4
+    cdef sockaddr_in6* v6
+    if sa.ss_family == AF_INET:
+        v4 = <sockaddr_in*>sa
+        inet_ntop(AF_INET, &v4.sin_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(v4.sin_port))
+    v6 = <sockaddr_in6*>sa
+    inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof(text))
+    return (text.decode("ascii"), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo), v6.sin6_scope_id)
+
+
+cdef bint _key_of(sockaddr_storage* sa, addr_key_t* key) noexcept nogil:
+    cdef sockaddr_in* v4
+    cdef sockaddr_in6* v6
+    memset(key, 0, sizeof(addr_key_t))
+    if sa.ss_family == AF_INET:
+        v4 = <sockaddr_in*>sa
+        key.family = AF_INET
+        key.port = ntohs(v4.sin_port)
+        memcpy(key.ip, &v4.sin_addr, 4)
+        return True
+    if sa.ss_family == AF_INET6:
+        v6 = <sockaddr_in6*>sa
+        key.family = AF_INET6
+        key.port = ntohs(v6.sin6_port)
+        memcpy(key.ip, &v6.sin6_addr, 16)
+        return True
+    return False
+
+
+cdef inline uint32_t _hash(const addr_key_t* k) noexcept nogil:
+    cdef uint32_t h = 2166136261u
+    cdef int i
+    for i in range(16):
+        h = (h ^ k.ip[i]) * 16777619u
+    h = (h ^ k.port) * 16777619u
+    return (h ^ <uint32_t>k.family) * 16777619u
+
+
+cdef inline bint _same(const addr_key_t* a, const addr_key_t* b) noexcept nogil:
+    return a.family == b.family and a.port == b.port and memcmp_16(a.ip, b.ip)
+
+
+cdef inline bint memcmp_16(const uint8_t* a, const uint8_t* b) noexcept nogil:
+    cdef int i
+    for i in range(16):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+cdef class Forwarder:
+    """Forwards registered SRTP media streams in C; hands everything else back."""
+
+    cdef tx_t* tx
+    cdef stream_t* streams
+    cdef int* table                 # open addressing: address -> transport handle, -1 empty
+    cdef Py_ssize_t table_mask
+    cdef readonly Py_ssize_t max_transports
+    cdef readonly Py_ssize_t max_streams
+    cdef list tx_refs
+    cdef list stream_refs
+    cdef list route_refs
+    # ingress log
+    cdef record_t* log
+    cdef Py_ssize_t log_capacity
+    cdef Py_ssize_t log_count
+    # latency samples
+    cdef double latency[LATENCY_SLOTS]
+    cdef Py_ssize_t latency_count
+    cdef bint sampling
+    cdef unsigned long long sample_mask
+    # I/O buffers
+    cdef uint8_t* recv_buf
+    cdef mmsghdr recv_msgs[BATCH]
+    cdef iovec recv_iov[BATCH]
+    cdef sockaddr_storage recv_addr[BATCH]
+    cdef uint8_t slow_flag[BATCH]
+    cdef uint8_t work[WORK_SIZE]
+    cdef uint8_t* out_buf
+    cdef mmsghdr out_msgs[OUT_SLOTS]
+    cdef iovec out_iov[OUT_SLOTS]
+    cdef sockaddr_storage out_addr[OUT_SLOTS]
+    cdef int out_count
+    cdef int fd                     # >= 0: flush with sendmmsg; -1: collect for process()
+    cdef list collected
+    # counters
+    cdef readonly unsigned long long fast_packets
+    cdef readonly unsigned long long fast_bytes
+    cdef readonly unsigned long long slow_packets
+    cdef readonly unsigned long long sent_packets
+    cdef readonly unsigned long long sent_bytes
+    cdef readonly unsigned long long protect_errors
+    cdef readonly unsigned long long send_errors
+    cdef readonly unsigned long long log_overflow
+
+    def __cinit__(self, *, clock=None, int sample_mask=63, Py_ssize_t log_capacity=65536,
+                  Py_ssize_t max_transports=4096, Py_ssize_t max_streams=16384):
+        cdef Py_ssize_t size = 1
+        cdef Py_ssize_t i
+        if log_capacity <= 0 or max_transports <= 0 or max_streams <= 0:
+            raise ValueError("capacities must be positive")
+        if sample_mask < 0 or sample_mask & (sample_mask + 1):
+            raise ValueError("sample_mask must be one less than a power of two")
+        self.max_transports = max_transports
+        self.max_streams = max_streams
+        self.sampling = clock is not None
+        self.sample_mask = sample_mask
+        self.log_capacity = log_capacity
+        while size < 2 * max_transports:
+            size <<= 1
+        self.table_mask = size - 1
+        self.tx = <tx_t*>calloc(max_transports, sizeof(tx_t))
+        self.streams = <stream_t*>calloc(max_streams, sizeof(stream_t))
+        self.table = <int*>malloc(size * sizeof(int))
+        self.log = <record_t*>malloc(log_capacity * sizeof(record_t))
+        self.recv_buf = <uint8_t*>malloc(BATCH * RECV_SIZE)
+        self.out_buf = <uint8_t*>malloc(OUT_SLOTS * OUT_SIZE)
+        if (self.tx == NULL or self.streams == NULL or self.table == NULL or self.log == NULL
+                or self.recv_buf == NULL or self.out_buf == NULL):
+            raise MemoryError()
+        for i in range(size):
+            self.table[i] = -1
+        self.tx_refs = [None] * max_transports
+        self.stream_refs = [None] * max_streams
+        self.route_refs = [None] * max_streams
+        self.fd = -1
+        self.collected = []
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.streams != NULL:
+            for i in range(self.max_streams):
+                free(self.streams[i].routes)
+        free(self.tx)
+        free(self.streams)
+        free(self.table)
+        free(self.log)
+        free(self.recv_buf)
+        free(self.out_buf)
+
+    # -- control plane ------------------------------------------------------------------------
+
+    cdef void _rebuild_table(self):
+        cdef Py_ssize_t i, slot
+        for i in range(self.table_mask + 1):
+            self.table[i] = -1
+        for i in range(self.max_transports):
+            if not self.tx[i].used:
+                continue
+            slot = _hash(&self.tx[i].key) & self.table_mask
+            while self.table[slot] >= 0:
+                slot = (slot + 1) & self.table_mask
+            self.table[slot] = <int>i
+
+    cdef inline int _lookup(self, const addr_key_t* key) noexcept nogil:
+        cdef Py_ssize_t slot = _hash(key) & self.table_mask
+        cdef int h
+        while True:
+            h = self.table[slot]
+            if h < 0:
+                return -1
+            if _same(&self.tx[h].key, key):
+                return h
+            slot = (slot + 1) & self.table_mask
+
+    def set_transport(self, int handle, address, srtp, int twcc_id=0, int level_id=0):
+        """Register (or update) a connected transport: remote address and SRTP session."""
+        cdef tx_t* t
+        cdef sockaddr_in* v4
+        cdef sockaddr_in6* v6
+        cdef sockaddr_storage sa
+        cdef socklen_t salen
+        cdef addr_key_t key
+        cdef bytes host
+        cdef int i
+        if not 0 <= handle < self.max_transports:
+            raise ValueError(f"transport handle {handle} out of range")
+        inbound = srtp.inbound
+        outbound = srtp.outbound
+        if not isinstance(inbound, SrtpContext) or not isinstance(outbound, SrtpContext):
+            raise TypeError("srtp must hold compiled SrtpContext objects")
+        host = str(address[0]).encode("ascii")
+        memset(&sa, 0, sizeof(sa))
+        v4 = <sockaddr_in*>&sa
+        v6 = <sockaddr_in6*>&sa
+        if inet_pton(AF_INET, host, &v4.sin_addr) == 1:
+            v4.sin_family = AF_INET
+            v4.sin_port = htons(<uint16_t>int(address[1]))
+            salen = sizeof(sockaddr_in)
+        elif inet_pton(AF_INET6, host, &v6.sin6_addr) == 1:
+            v6.sin6_family = AF_INET6
+            v6.sin6_port = htons(<uint16_t>int(address[1]))
+            salen = sizeof(sockaddr_in6)
+        else:
+            raise ValueError("address must be an IP literal")
+        _key_of(&sa, &key)
+        t = &self.tx[handle]
+        if not t.used:
+            t.nstreams = 0
+        t.used = True
+        t.key = key
+        t.sa = sa
+        t.salen = salen
+        t.inbound = (<SrtpContext>inbound).session
+        t.outbound = (<SrtpContext>outbound).session
+        t.twcc_id = twcc_id
+        t.level_id = level_id
+        self.tx_refs[handle] = (inbound, outbound)
+        self._rebuild_table()
+
+    def remove_transport(self, int handle):
+        """Forget a transport (its streams stay registered until removed, and stay idle)."""
+        if not 0 <= handle < self.max_transports or not self.tx[handle].used:
+            return
+        self.tx[handle].used = False
+        self.tx[handle].inbound = NULL
+        self.tx[handle].outbound = NULL
+        self.tx_refs[handle] = None
+        self._rebuild_table()
+
+    def set_stream(self, int handle, int transport, source, int kind):
+        """Register an ingress stream (``source``: ssrc, layer, unwrapper, cache)."""
+        cdef stream_t* s
+        cdef tx_t* t
+        if not 0 <= handle < self.max_streams:
+            raise ValueError(f"stream handle {handle} out of range")
+        if kind != K_AUDIO and kind != K_VP8:
+            raise ValueError(f"unknown stream kind {kind}")
+        unwrapper = source.unwrapper
+        cache = source.cache
+        if not isinstance(unwrapper, SequenceUnwrapper) or not isinstance(
+            cache, RetransmissionBuffer
+        ):
+            raise TypeError("the source stream must use the compiled unwrapper and cache")
+        self.remove_stream(handle)
+        if not 0 <= transport < self.max_transports or not self.tx[transport].used:
+            raise KeyError(f"transport {transport} is not registered")
+        t = &self.tx[transport]
+        if t.nstreams >= TX_STREAMS:
+            raise ValueError("too many streams on one transport")
+        s = &self.streams[handle]
+        s.used = True
+        s.transport = transport
+        s.ssrc = <uint32_t>source.ssrc
+        s.layer = source.layer
+        s.kind = kind
+        s.unwrap = &(<SequenceUnwrapper>unwrapper).u
+        s.cache = &(<RetransmissionBuffer>cache).c
+        s.routes = NULL
+        s.nroutes = 0
+        s.packets = 0
+        t.ssrcs[t.nstreams] = s.ssrc
+        t.streams[t.nstreams] = handle
+        t.nstreams += 1
+        self.stream_refs[handle] = (source, unwrapper, cache)
+
+    def remove_stream(self, int handle):
+        """Forget an ingress stream (its packets go to the slow path from now on)."""
+        cdef stream_t* s
+        cdef tx_t* t
+        cdef int i, j
+        if not 0 <= handle < self.max_streams or not self.streams[handle].used:
+            return
+        s = &self.streams[handle]
+        t = &self.tx[s.transport]
+        for i in range(t.nstreams):
+            if t.streams[i] == handle:
+                for j in range(i, t.nstreams - 1):
+                    t.streams[j] = t.streams[j + 1]
+                    t.ssrcs[j] = t.ssrcs[j + 1]
+                t.nstreams -= 1
+                break
+        free(s.routes)
+        s.routes = NULL
+        s.nroutes = 0
+        s.used = False
+        self.stream_refs[handle] = None
+        self.route_refs[handle] = None
+
+    def set_routes(self, int handle, routes):
+        """Replace the fan-out snapshot of stream ``handle``: (subscription, transport)."""
+        cdef stream_t* s
+        cdef route_t* array
+        cdef route_t* r
+        cdef Py_ssize_t i, n
+        if not 0 <= handle < self.max_streams or not self.streams[handle].used:
+            raise KeyError(f"stream {handle} is not registered")
+        entries = list(routes)
+        n = len(entries)
+        array = <route_t*>calloc(n if n else 1, sizeof(route_t))
+        if array == NULL:
+            raise MemoryError()
+        refs = []
+        try:
+            for i in range(n):
+                sub, out = entries[i]
+                r = &array[i]
+                r.out = out if 0 <= out < self.max_transports else -1
+                selector = sub.selector
+                vp8 = sub.vp8
+                r.selector = NULL if selector is None else &(<SimulcastSelector?>selector).s
+                r.munger = &(<RtpMunger?>sub.munger).m
+                r.vp8 = NULL if vp8 is None else &(<Vp8Munger?>vp8).m
+                r.ext = &(<ExtensionRewriter?>sub.extensions).r
+                r.state = &(<RouteState?>sub.state).st
+                refs.append(sub)
+        except BaseException:
+            free(array)
+            raise
+        s = &self.streams[handle]
+        free(s.routes)
+        s.routes = array
+        s.nroutes = <int>n
+        self.route_refs[handle] = refs
+
+    # -- packets ------------------------------------------------------------------------------
+
+    def process(self, datagrams, double now):
+        """Forward what is ours; returns (slow-path datagrams, egress datagrams)."""
+        cdef bytes data
+        cdef addr_key_t key
+        cdef sockaddr_storage sa
+        cdef Py_ssize_t n
+        cdef int handled
+        slow = []
+        self.fd = -1
+        self.collected = []
+        for data, address in datagrams:
+            n = len(data)
+            self._sockaddr(address, &sa)
+            _key_of(&sa, &key)
+            handled = 0
+            if n <= RECV_SIZE:
+                memcpy(self.recv_buf, <const char*>data, n)
+                with nogil:
+                    handled = self._handle(self.recv_buf, n, &key, now)
+            if not handled:
+                self.slow_packets += 1
+                slow.append((data, address))
+        self._flush()
+        egress = self.collected
+        self.collected = []
+        return slow, egress
+
+    cdef void _sockaddr(self, address, sockaddr_storage* sa) except *:
+        cdef sockaddr_in* v4 = <sockaddr_in*>sa
+        cdef sockaddr_in6* v6 = <sockaddr_in6*>sa
+        cdef bytes host = str(address[0]).encode("ascii")
+        memset(sa, 0, sizeof(sockaddr_storage))
+        if inet_pton(AF_INET, host, &v4.sin_addr) == 1:
+            v4.sin_family = AF_INET
+            v4.sin_port = htons(<uint16_t>int(address[1]))
+        elif inet_pton(AF_INET6, host, &v6.sin6_addr) == 1:
+            v6.sin6_family = AF_INET6
+            v6.sin6_port = htons(<uint16_t>int(address[1]))
+
+    def pump(self, sock, double now):
+        """Read what the (non-blocking) socket holds, forward, send; returns the slow path."""
+        cdef int fd = sock.fileno()
+        cdef int got, i, rounds
+        cdef addr_key_t key
+        slow = []
+        self.fd = fd
+        for i in range(BATCH):
+            self.recv_iov[i].iov_base = self.recv_buf + i * RECV_SIZE
+            self.recv_iov[i].iov_len = RECV_SIZE
+        for rounds in range(ROUNDS):
+            with nogil:
+                for i in range(BATCH):
+                    memset(&self.recv_msgs[i], 0, sizeof(mmsghdr))
+                    self.recv_msgs[i].msg_hdr.msg_name = &self.recv_addr[i]
+                    self.recv_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                    self.recv_msgs[i].msg_hdr.msg_iov = &self.recv_iov[i]
+                    self.recv_msgs[i].msg_hdr.msg_iovlen = 1
+                got = recvmmsg(fd, self.recv_msgs, BATCH, MSG_DONTWAIT, NULL)
+                if got > 0:
+                    for i in range(got):
+                        self.slow_flag[i] = 1
+                        if self.recv_msgs[i].msg_len >= RECV_SIZE:
+                            continue  # truncated: the slow path drops it as malformed
+                        if not _key_of(&self.recv_addr[i], &key):
+                            continue
+                        if self._handle(self.recv_buf + i * RECV_SIZE,
+                                        self.recv_msgs[i].msg_len, &key, now):
+                            self.slow_flag[i] = 0
+                    self._flush_nogil()
+            if got <= 0:
+                break
+            for i in range(got):
+                if self.slow_flag[i]:
+                    self.slow_packets += 1
+                    slow.append((
+                        PyBytes_FromStringAndSize(
+                            <const char*>(self.recv_buf + i * RECV_SIZE),
+                            self.recv_msgs[i].msg_len,
+                        ),
+                        _address(&self.recv_addr[i]),
+                    ))
+            if got < BATCH:
+                break
+        self.fd = -1
+        return slow
+
+    def drain_log(self):
+        """Take the ingress records logged since the last call (oldest first)."""
+        cdef Py_ssize_t i
+        cdef record_t* r
+        out = []
+        for i in range(self.log_count):
+            r = &self.log[i]
+            out.append((r.stream, r.flags, r.ext_seq, r.timestamp, r.now, r.size, r.twcc,
+                        r.level, r.forwarded, r.out_bytes))
+        self.log_count = 0
+        return out
+
+    def drain_latency(self):
+        """Take the sampled forwarding latencies (seconds) since the last call."""
+        cdef Py_ssize_t i
+        out = [self.latency[i] for i in range(self.latency_count)]
+        self.latency_count = 0
+        return out
+
+    # -- the per-packet path (no GIL) ---------------------------------------------------------
+
+    cdef void _flush(self):
+        cdef int i
+        if self.fd >= 0:
+            with nogil:
+                self._flush_nogil()
+            return
+        for i in range(self.out_count):
+            self.collected.append((
+                PyBytes_FromStringAndSize(<const char*>self.out_iov[i].iov_base,
+                                          self.out_iov[i].iov_len),
+                _address(&self.out_addr[i]),
+            ))
+        self.out_count = 0
+
+    cdef void _flush_nogil(self) noexcept nogil:
+        cdef int done = 0
+        cdef int r
+        if self.fd < 0:
+            with gil:
+                self._flush()
+            return
+        while done < self.out_count:
+            r = sendmmsg(self.fd, &self.out_msgs[done], self.out_count - done, MSG_DONTWAIT)
+            if r > 0:
+                done += r
+            elif r < 0 and errno == EINTR:
+                continue
+            elif r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK):
+                self.send_errors += self.out_count - done  # socket buffer full: drop the rest
+                break
+            else:
+                self.send_errors += 1  # this destination failed (e.g. unreachable): skip it
+                done += 1
+        self.out_count = 0
+
+    cdef inline void _log(self, int stream, int flags, long long ext_seq, long long ts,
+                          double now, int size, int twcc, int level, int forwarded,
+                          long long out_bytes) noexcept nogil:
+        cdef record_t* r
+        if self.log_count >= self.log_capacity:
+            self.log_overflow += 1
+            return
+        r = &self.log[self.log_count]
+        self.log_count += 1
+        r.stream = stream
+        r.flags = flags
+        r.ext_seq = ext_seq
+        r.timestamp = ts
+        r.now = now
+        r.size = size
+        r.twcc = twcc
+        r.level = level
+        r.forwarded = forwarded
+        r.out_bytes = out_bytes
+
+    cdef int _handle(self, uint8_t* data, Py_ssize_t n, const addr_key_t* key,
+                     double now) noexcept nogil:
+        """Forward one datagram if it is media of a registered stream (1), else 0."""
+        cdef int h, i, si
+        cdef uint32_t ssrc
+        cdef tx_t* t
+        cdef Py_ssize_t m
+        if n < 12 or data[0] < 128 or data[0] > 191 or (192 <= data[1] <= 223):
+            return 0
+        h = self._lookup(key)
+        if h < 0:
+            return 0
+        t = &self.tx[h]
+        ssrc = _be32(data + 8)
+        si = -1
+        for i in range(t.nstreams):
+            if t.ssrcs[i] == ssrc:
+                si = t.streams[i]
+                break
+        if si < 0 or n > WORK_SIZE:
+            return 0
+        memcpy(self.work, data, n)  # a failed unprotect leaves the original for the slow path
+        m = srtp_unprotect_rtp(t.inbound, self.work, n)
+        if m < 0:
+            return 0
+        self.fast_packets += 1
+        self.fast_bytes += n
+        self._ingest(t, &self.streams[si], si, self.work, m, now)
+        return 1
+
+    cdef void _ingest(self, tx_t* t, stream_t* st, int handle, uint8_t* p, Py_ssize_t n,
+                      double now) noexcept nogil:
+        cdef int flags = 0
+        cdef int twcc = 0
+        cdef int level = 0
+        cdef int r, forwarded = 0
+        cdef long long out_bytes = 0
+        cdef long long ext_seq
+        cdef uint32_t ts
+        cdef Py_ssize_t vpos, vlen, offset, pad, nout, wire
+        cdef info_t info
+        cdef uint32_t abs_time
+        cdef route_t* route
+        cdef tx_t* out
+        cdef uint8_t* slot
+        cdef int i
+        if n < 12 or (p[0] >> 6) != 2:
+            self._log(handle, FL_HEADER_BAD, 0, 0, now, <int>n, 0, 0, 0, 0)
+            return
+        ts = _be32(p + 4)
+        if t.twcc_id:
+            r = _find_ext(p, n, t.twcc_id, &vpos, &vlen)
+            if r < 0:
+                self._log(handle, FL_MALFORMED_EXT, 0, ts, now, <int>n, 0, 0, 0, 0)
+                return
+            if r == 1 and vlen == 2:
+                twcc = (p[vpos] << 8) | p[vpos + 1]
+                flags |= FL_TWCC
+        ext_seq = _unwrap(st.unwrap, (p[2] << 8) | p[3])
+        cache_put(st.cache, p, n, ext_seq, now)
+        info.has_vp8 = False
+        if st.kind == K_VP8:
+            offset = _payload_offset(p, n)
+            if offset < 0:
+                self._log(handle, flags | FL_MALFORMED_EXT, 0, ts, now, <int>n, twcc, 0, 0, 0)
+                return
+            pad = p[n - 1] if p[0] & 0x20 else 0
+            if offset >= n - pad:
+                self._log(handle, flags | FL_PADDING, ext_seq, ts, now, <int>n, twcc, 0, 0, 0)
+                return
+            if vp8_parse(p, offset, n, &info.desc) < 0:
+                self._log(handle, flags | FL_MALFORMED_PAYLOAD, ext_seq, ts, now, <int>n, twcc,
+                          0, 0, 0)
+                return
+            info.has_vp8 = True
+            info.offset = offset
+            info.is_keyframe = info.desc.is_keyframe
+            info.is_start = info.desc.is_start_of_frame
+            info.temporal_id = info.desc.temporal_id
+            info.layer_sync = info.desc.layer_sync or info.desc.temporal_id <= 0
+            if info.is_keyframe and info.is_start:
+                flags |= FL_KEYFRAME
+        else:
+            info.is_keyframe = False
+            info.is_start = True
+            info.temporal_id = -1
+            info.layer_sync = True
+            info.offset = 0
+            if t.level_id:
+                r = _find_ext(p, n, t.level_id, &vpos, &vlen)
+                if r < 0:
+                    self._log(handle, flags | FL_MALFORMED_EXT, 0, ts, now, <int>n, twcc, 0, 0,
+                              0)
+                    return
+                if r == 1 and vlen == 1:
+                    level = p[vpos] & 0x7F
+                    flags |= FL_LEVEL
+                    if p[vpos] & 0x80:
+                        flags |= FL_VAD
+        abs_time = <uint32_t>(<long long>nearbyint(now * 262144.0) & 0xFFFFFF)
+        for i in range(st.nroutes):
+            route = &st.routes[i]
+            if self.out_count >= OUT_SLOTS:
+                self._flush_nogil()
+            slot = self.out_buf + self.out_count * OUT_SIZE
+            nout = self._route(route, st, p, n, ext_seq, ts, &info, now, abs_time, slot)
+            if nout <= 0 or route.out < 0:
+                continue
+            out = &self.tx[route.out]
+            if not out.used:
+                continue
+            wire = srtp_protect_rtp(out.outbound, slot, nout, OUT_SIZE)
+            if wire < 0:
+                self.protect_errors += 1
+                continue
+            self.out_iov[self.out_count].iov_base = slot
+            self.out_iov[self.out_count].iov_len = wire
+            memcpy(&self.out_addr[self.out_count], &out.sa, out.salen)
+            memset(&self.out_msgs[self.out_count], 0, sizeof(mmsghdr))
+            self.out_msgs[self.out_count].msg_hdr.msg_name = &self.out_addr[self.out_count]
+            self.out_msgs[self.out_count].msg_hdr.msg_namelen = out.salen
+            self.out_msgs[self.out_count].msg_hdr.msg_iov = &self.out_iov[self.out_count]
+            self.out_msgs[self.out_count].msg_hdr.msg_iovlen = 1
+            self.out_count += 1
+            self.sent_packets += 1
+            self.sent_bytes += wire
+            forwarded += 1
+            out_bytes += nout
+        self._log(handle, flags, ext_seq, ts, now, <int>n, twcc, level, forwarded, out_bytes)
+        st.packets += 1
+        if (forwarded and self.sampling and not (st.packets & self.sample_mask)
+                and self.latency_count < LATENCY_SLOTS):
+            self.latency[self.latency_count] = _monotonic() - now
+            self.latency_count += 1
+
+    cdef Py_ssize_t _route(self, route_t* r, stream_t* st, const uint8_t* p, Py_ssize_t n,
+                           long long ext_seq, uint32_t ts, info_t* info, double now,
+                           uint32_t abs_time, uint8_t* buf) noexcept nogil:
+        """``Subscription.forward``: decide and rewrite into ``buf``; 0 sends nothing."""
+        cdef int decision
+        cdef Py_ssize_t m
+        cdef vp8_translation_t tr
+        cdef bint translated = False
+        cdef long long out_seq
+        cdef route_state_t* state = r.state
+        cdef uint32_t out_ts
+        if r.selector == NULL:
+            if state.blocked:
+                munger_drop(r.munger, ext_seq)
+                return 0
+        else:
+            decision = selector_decide(r.selector, st.layer, info.temporal_id,
+                                       info.is_keyframe, info.is_start, now, info.layer_sync)
+            if decision == 0:
+                if selector_current_spatial(r.selector) == st.layer:
+                    munger_drop(r.munger, ext_seq)
+                    if r.vp8 != NULL and info.has_vp8:
+                        vp8_drop(r.vp8, &info.desc)
+                return 0
+            if decision == 2:
+                munger_switch_source(r.munger, ext_seq, ts, now, st.ssrc)
+                if r.vp8 != NULL:
+                    vp8_switch_source(r.vp8)
+        m = munger_munge(r.munger, p, n, ext_seq, now, buf, MUNGE_LIMIT)
+        if m <= 0:
+            return 0
+        if r.vp8 != NULL and info.has_vp8:
+            if not vp8_translate(r.vp8, &info.desc, st.ssrc, &tr):
+                return 0
+            vp8_apply(buf, info.offset, &tr)
+            translated = True
+        ext_apply(r.ext, buf, m, abs_time)
+        if munger_last_out_seq(r.munger, &out_seq):
+            out_ts = _be32(buf + 4)
+            if translated:
+                _record_history(state, out_seq, ext_seq, out_ts, st.layer, True,
+                                tr.picture_id, tr.tl0picidx, tr.keyidx)
+            else:
+                _record_history(state, out_seq, ext_seq, out_ts, st.layer, False, -1, -1, -1)
+            _on_sent(state, out_ts, m, now)
+        state.forwarded += 1
+        return m

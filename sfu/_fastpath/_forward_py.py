@@ -1,0 +1,357 @@
+"""The data plane's forwarder, pure-Python reference of ``_forward.pyx`` (same contract).
+
+The control plane registers, whenever they change and never per packet:
+
+* transports (a handle, the remote address media comes from and goes to, the SRTP session,
+  and the ingress header-extension ids for transport-wide CC and audio level),
+* ingress streams (a handle, the transport, the source stream object with its SSRC, layer,
+  sequence unwrapper and retransmission cache, and its kind: audio or VP8 video),
+* each stream's routes: a snapshot of (subscription, outgoing transport handle).
+
+Per datagram, :meth:`Forwarder.process` forwards SRTP media of registered streams: unprotect,
+unwrap the sequence number, write the retransmission cache, describe the payload (VP8
+descriptor), then for every route decide and rewrite (``Subscription.forward``: layer
+selector, munger, VP8 munger, extension ids, NACK history, sender counters), protect and emit.
+Everything else (STUN, DTLS, RTCP, RTP of unregistered SSRCs such as RTX repairs or streams
+not bound yet, SRTP failures, other codecs) is returned untouched as the slow path, for the
+Python control plane. What the control plane's receive bookkeeping needs per packet (RTCP
+receive statistics, NACK and TWCC feedback, bitrate, keyframes, audio levels, counters) is
+appended to a bounded ingress log that it drains on its timer tick (:meth:`drain_log`).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from sfu._fastpath._srtp_shared import SrtpError
+from sfu.codecs.vp8 import parse_vp8
+from sfu.core.packet_info import AUDIO_INFO, PacketInfo
+from sfu.packet.errors import ParseError
+from sfu.packet.extensions import abs_send_time_from_seconds
+from sfu.packet.rtp import find_extension, payload_offset, peek_rtp_header
+
+__all__ = [
+    "AUDIO",
+    "F_HEADER_BAD",
+    "F_KEYFRAME",
+    "F_LEVEL",
+    "F_MALFORMED_EXT",
+    "F_MALFORMED_PAYLOAD",
+    "F_PADDING",
+    "F_TWCC",
+    "F_VAD",
+    "VP8",
+    "Forwarder",
+]
+
+Address = tuple[Any, ...]
+Datagram = tuple[bytes, Address]
+#: (stream handle, flags, ext seq, RTP timestamp, now, size, twcc seq, audio level,
+#: packets forwarded, bytes forwarded): one record per ingested packet.
+LogRecord = tuple[int, int, int, int, float, int, int, int, int, int]
+
+#: Stream kinds the forwarder handles itself (other codecs stay on the slow path).
+AUDIO: Final = 0
+VP8: Final = 1
+
+#: Ingress log flags.
+F_HEADER_BAD: Final = 1  # not even a fixed RTP header after unprotect: nothing else was done
+F_MALFORMED_EXT: Final = 2  # the header-extension block is malformed: only rtp_in/TWCC count
+F_MALFORMED_PAYLOAD: Final = 4  # ingested (stats, cache) but the descriptor is malformed
+F_TWCC: Final = 8  # the twcc field holds a transport-wide sequence number
+F_PADDING: Final = 16  # padding only: ingested, nothing to forward
+F_KEYFRAME: Final = 32  # the first packet of a keyframe
+F_LEVEL: Final = 64  # the level field holds an RFC 6464 audio level
+F_VAD: Final = 128  # ... with the voice activity bit set
+
+#: Most datagrams one :meth:`Forwarder.pump` reads before returning to the event loop.
+PUMP_BATCH: Final = 64
+PUMP_ROUNDS: Final = 8
+_MAX_DATAGRAM = 2048
+
+
+def _key(address: Address) -> tuple[str, int]:
+    return (str(address[0]), int(address[1]))
+
+
+class _Transport:
+    __slots__ = ("address", "inbound", "key", "level_id", "outbound", "streams", "twcc_id")
+
+    def __init__(self, address: Address, srtp: Any, twcc_id: int, level_id: int) -> None:
+        self.address = address
+        self.key = _key(address)
+        self.inbound = srtp.inbound
+        self.outbound = srtp.outbound
+        self.twcc_id = twcc_id
+        self.level_id = level_id
+        self.streams: dict[int, _Stream] = {}
+
+
+class _Stream:
+    __slots__ = ("handle", "kind", "packets", "routes", "source", "transport")
+
+    def __init__(self, handle: int, transport: int, source: Any, kind: int) -> None:
+        self.handle = handle
+        self.transport = transport
+        self.source = source
+        self.kind = kind
+        self.packets = 0
+        self.routes: tuple[tuple[Any, int], ...] = ()
+
+
+class Forwarder:
+    """Forwards registered SRTP media streams; hands everything else back (reference)."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] | None = None,
+        sample_mask: int = 63,
+        log_capacity: int = 65536,
+        max_transports: int = 4096,
+        max_streams: int = 16384,
+    ) -> None:
+        if log_capacity <= 0 or max_transports <= 0 or max_streams <= 0:
+            raise ValueError("capacities must be positive")
+        if sample_mask < 0 or sample_mask & (sample_mask + 1):
+            raise ValueError("sample_mask must be one less than a power of two")
+        self.max_transports = max_transports
+        self.max_streams = max_streams
+        self._clock = clock
+        self._sample_mask = sample_mask
+        self._log_capacity = log_capacity
+        self._transports: dict[int, _Transport] = {}
+        self._by_addr: dict[tuple[str, int], _Transport] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._log: list[LogRecord] = []
+        self._latency: list[float] = []
+        #: RTP packets forwarded here (never seen by Python code in the compiled build).
+        self.fast_packets = 0
+        self.fast_bytes = 0
+        #: Datagrams handed to the slow path (Python control plane).
+        self.slow_packets = 0
+        #: SRTP packets sent, and their bytes on the wire.
+        self.sent_packets = 0
+        self.sent_bytes = 0
+        self.protect_errors = 0
+        self.send_errors = 0
+        self.log_overflow = 0
+
+    # -- control plane ------------------------------------------------------------------------
+
+    def set_transport(
+        self, handle: int, address: Address, srtp: Any, twcc_id: int = 0, level_id: int = 0
+    ) -> None:
+        """Register (or update) a connected transport: remote address and SRTP session."""
+        if not 0 <= handle < self.max_transports:
+            raise ValueError(f"transport handle {handle} out of range")
+        old = self._transports.get(handle)
+        transport = _Transport(address, srtp, twcc_id, level_id)
+        if old is not None:
+            transport.streams = old.streams
+            if self._by_addr.get(old.key) is old:
+                del self._by_addr[old.key]
+        self._transports[handle] = transport
+        self._by_addr[transport.key] = transport
+
+    def remove_transport(self, handle: int) -> None:
+        """Forget a transport (its streams stay registered until removed, and stay idle)."""
+        transport = self._transports.pop(handle, None)
+        if transport is not None and self._by_addr.get(transport.key) is transport:
+            del self._by_addr[transport.key]
+
+    def set_stream(self, handle: int, transport: int, source: Any, kind: int) -> None:
+        """Register an ingress stream (``source``: ssrc, layer, unwrapper, cache)."""
+        if not 0 <= handle < self.max_streams:
+            raise ValueError(f"stream handle {handle} out of range")
+        if kind not in (AUDIO, VP8):
+            raise ValueError(f"unknown stream kind {kind}")
+        self.remove_stream(handle)
+        stream = _Stream(handle, transport, source, kind)
+        self._streams[handle] = stream
+        owner = self._transports.get(transport)
+        if owner is not None:
+            owner.streams[source.ssrc] = stream
+        else:
+            raise KeyError(f"transport {transport} is not registered")
+
+    def remove_stream(self, handle: int) -> None:
+        """Forget an ingress stream (its packets go to the slow path from now on)."""
+        stream = self._streams.pop(handle, None)
+        if stream is None:
+            return
+        owner = self._transports.get(stream.transport)
+        if owner is not None and owner.streams.get(stream.source.ssrc) is stream:
+            del owner.streams[stream.source.ssrc]
+
+    def set_routes(self, handle: int, routes: Sequence[tuple[Any, int]]) -> None:
+        """Replace the fan-out snapshot of stream ``handle``: (subscription, transport)."""
+        stream = self._streams.get(handle)
+        if stream is None:
+            raise KeyError(f"stream {handle} is not registered")
+        stream.routes = tuple(routes)
+
+    # -- packets ------------------------------------------------------------------------------
+
+    def process(
+        self, datagrams: Iterable[Datagram], now: float
+    ) -> tuple[list[Datagram], list[Datagram]]:
+        """Forward what is ours; returns (slow-path datagrams, egress datagrams)."""
+        slow: list[Datagram] = []
+        egress: list[Datagram] = []
+        for data, address in datagrams:
+            if not self._forward(data, address, now, egress):
+                self.slow_packets += 1
+                slow.append((data, address))
+        return slow, egress
+
+    def pump(self, sock: socket.socket, now: float) -> list[Datagram]:
+        """Read what the (non-blocking) socket holds, forward, send; returns the slow path."""
+        slow: list[Datagram] = []
+        for _ in range(PUMP_ROUNDS):
+            batch: list[Datagram] = []
+            for _ in range(PUMP_BATCH):
+                try:
+                    batch.append(sock.recvfrom(_MAX_DATAGRAM))
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break  # e.g. ICMP port unreachable reported on a later read
+            if not batch:
+                break
+            more, egress = self.process(batch, now)
+            slow.extend(more)
+            for data, address in egress:
+                try:
+                    sock.sendto(data, address)
+                except OSError:
+                    self.send_errors += 1
+            if len(batch) < PUMP_BATCH:
+                break
+        return slow
+
+    def drain_log(self) -> list[LogRecord]:
+        """Take the ingress records logged since the last call (oldest first)."""
+        log, self._log = self._log, []
+        return log
+
+    def drain_latency(self) -> list[float]:
+        """Take the sampled forwarding latencies (seconds) since the last call."""
+        samples, self._latency = self._latency, []
+        return samples
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _forward(self, data: bytes, address: Address, now: float, egress: list[Datagram]) -> bool:
+        if len(data) < 12 or not 128 <= data[0] <= 191 or 192 <= data[1] <= 223:
+            return False  # not RTP (RFC 7983 / RFC 5761 demultiplexing)
+        transport = self._by_addr.get(_key(address))
+        if transport is None:
+            return False
+        stream = transport.streams.get(int.from_bytes(data[8:12], "big"))
+        if stream is None:
+            return False
+        try:
+            plain = transport.inbound.unprotect_rtp(data)
+        except SrtpError:
+            return False  # the slow path counts it by reason
+        self.fast_packets += 1
+        self.fast_bytes += len(data)
+        self._ingest(transport, stream, plain, now, egress)
+        return True
+
+    def _record(self, record: LogRecord) -> None:
+        if len(self._log) >= self._log_capacity:
+            self.log_overflow += 1
+            return
+        self._log.append(record)
+
+    def _ingest(
+        self,
+        transport: _Transport,
+        stream: _Stream,
+        plain: bytes,
+        now: float,
+        egress: list[Datagram],
+    ) -> None:
+        handle = stream.handle
+        header = peek_rtp_header(plain)
+        if header is None:
+            self._record((handle, F_HEADER_BAD, 0, 0, now, len(plain), 0, 0, 0, 0))
+            return
+        _, seq, timestamp, _ = header
+        flags = 0
+        twcc = 0
+        level = 0
+        try:
+            if transport.twcc_id:
+                raw = find_extension(plain, transport.twcc_id)
+                if raw is not None and len(raw) == 2:
+                    twcc = (raw[0] << 8) | raw[1]
+                    flags |= F_TWCC
+            source = stream.source
+            ext_seq = source.unwrapper.unwrap(seq)
+            source.cache.put(plain, ext_seq, now)
+            if stream.kind == VP8:
+                offset = payload_offset(plain)
+                if offset >= len(plain) - (plain[-1] if plain[0] & 0x20 else 0):
+                    self._record((handle, flags | F_PADDING, ext_seq, timestamp, now, len(plain),
+                                  twcc, 0, 0, 0))  # fmt: skip
+                    return
+                try:
+                    d = parse_vp8(plain, offset)
+                except ParseError:
+                    flags |= F_MALFORMED_PAYLOAD
+                    self._record((handle, flags, ext_seq, timestamp, now, len(plain), twcc,
+                                  0, 0, 0))  # fmt: skip
+                    return
+                info = PacketInfo(
+                    d.is_keyframe,
+                    d.is_start_of_frame,
+                    d.temporal_id,
+                    d.layer_sync or not d.temporal_id,
+                    d,
+                    offset,
+                )
+                if d.is_keyframe and d.is_start_of_frame:
+                    flags |= F_KEYFRAME
+            else:
+                info = AUDIO_INFO
+                if transport.level_id:
+                    raw = find_extension(plain, transport.level_id)
+                    if raw is not None and len(raw) == 1:
+                        level = raw[0] & 0x7F
+                        flags |= F_LEVEL | (F_VAD if raw[0] & 0x80 else 0)
+        except ParseError:
+            self._record((handle, flags | F_MALFORMED_EXT, 0, timestamp, now, len(plain),
+                          twcc, 0, 0, 0))  # fmt: skip
+            return
+        abs_time = abs_send_time_from_seconds(now)
+        forwarded = 0
+        out_bytes = 0
+        transports = self._transports
+        for sub, out in stream.routes:
+            n = sub.forward(source, plain, ext_seq, timestamp, info, now, abs_time)
+            if not n:
+                continue
+            target = transports.get(out)
+            if target is None:
+                continue
+            try:
+                wire = target.outbound.protect_rtp(bytes(memoryview(sub.buf)[:n]))
+            except SrtpError:
+                self.protect_errors += 1
+                continue
+            egress.append((wire, target.address))
+            self.sent_packets += 1
+            self.sent_bytes += len(wire)
+            forwarded += 1
+            out_bytes += n
+        self._record((handle, flags, ext_seq, timestamp, now, len(plain), twcc, level,
+                      forwarded, out_bytes))  # fmt: skip
+        stream.packets += 1
+        clock = self._clock
+        if forwarded and clock is not None and not stream.packets & self._sample_mask:
+            self._latency.append(clock() - now)

@@ -1,0 +1,207 @@
+"""Keeps the forwarder's tables in step with the control plane, and feeds its log back.
+
+The forwarder (``sfu.core.kernels.Forwarder``: compiled, or the pure-Python reference) forwards
+media of registered streams on its own. :class:`DataPlane` is the control plane's side of it:
+
+* a participant's :class:`~sfu.core.peer.Peer` *claims* its transport; once the transport has
+  SRTP keys and a selected ICE address it is registered (and re-registered when the address
+  moves, removed when it closes);
+* the publisher's source streams of audio and VP8 publications are registered with their
+  fan-out snapshot, rebuilt whenever someone subscribes or leaves;
+* on every timer tick :meth:`DataPlane.replay` drains the forwarder's ingress log into the
+  receive bookkeeping the Python path would have done per packet (RTCP receive statistics,
+  NACK and TWCC feedback, bitrate meters, keyframe times, audio levels, counters) and its
+  sampled forwarding latencies into the router's histogram.
+
+Nothing here runs per packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from sfu.core.kernels import Forwarder
+
+if TYPE_CHECKING:
+    from sfu.core.peer import Peer, RouterStats
+    from sfu.core.publication import Publication, SourceStream
+    from sfu.transport.transport import WebRtcTransport
+
+__all__ = ["AUDIO", "VP8", "DataPlane"]
+
+#: Stream kinds (same values in both forwarders).
+AUDIO: Final = 0
+VP8: Final = 1
+
+
+class _Claim:
+    __slots__ = ("address", "handle", "level_id", "peer", "registered", "srtp", "twcc_id")
+
+    def __init__(self, handle: int, peer: Peer) -> None:
+        self.handle = handle
+        self.peer = peer
+        self.twcc_id = 0
+        self.level_id = 0
+        self.registered = False
+        self.address: Any = None
+        self.srtp: Any = None
+
+
+class DataPlane:
+    """The forwarder plus the bookkeeping that maps its handles to control-plane objects."""
+
+    def __init__(
+        self, forwarder: Forwarder | None = None, *, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.forwarder = forwarder if forwarder is not None else Forwarder(clock=clock)
+        self._free_tx = list(range(self.forwarder.max_transports - 1, -1, -1))
+        self._free_streams = list(range(self.forwarder.max_streams - 1, -1, -1))
+        self._claims: dict[WebRtcTransport, _Claim] = {}
+        #: stream handle -> (peer, publication, source stream)
+        self._streams: dict[int, tuple[Peer, Publication, SourceStream]] = {}
+        self._handles: dict[int, int] = {}  # id(source stream) -> handle
+        self._pub_streams: dict[int, set[int]] = {}  # id(publication) -> stream handles
+
+    # -- transports ---------------------------------------------------------------------------
+
+    def claim(self, transport: WebRtcTransport, peer: Peer, twcc_id: int, level_id: int) -> None:
+        """``peer`` listens on ``transport``: forward its media here once it is connected."""
+        claim = self._claims.get(transport)
+        if claim is None:
+            if not self._free_tx:
+                return  # table full: this transport stays on the slow path
+            claim = _Claim(self._free_tx.pop(), peer)
+            self._claims[transport] = claim
+        claim.twcc_id, claim.level_id = twcc_id, level_id
+        claim.registered = False  # push the new ids
+        self.sync(transport)
+
+    def handle_of(self, transport: WebRtcTransport) -> int:
+        """The forwarder's handle of a claimed transport (-1: not claimed)."""
+        claim = self._claims.get(transport)
+        return -1 if claim is None else claim.handle
+
+    def sync(self, transport: WebRtcTransport) -> None:
+        """Register, update or remove ``transport`` to match its state (cheap when unchanged)."""
+        claim = self._claims.get(transport)
+        if claim is None:
+            return
+        if transport.finished:
+            self.release(transport)
+            return
+        srtp = transport.srtp
+        address = transport.ice.selected_address
+        if srtp is None or address is None:
+            if claim.registered:
+                self.forwarder.remove_transport(claim.handle)
+                claim.registered = False
+            return
+        if claim.registered and claim.address == address and claim.srtp is srtp:
+            return
+        self.forwarder.set_transport(claim.handle, address, srtp, claim.twcc_id, claim.level_id)
+        first = not claim.registered
+        claim.registered, claim.address, claim.srtp = True, address, srtp
+        if first:
+            for handle, (peer, pub, stream) in list(self._streams.items()):
+                if peer is claim.peer:
+                    self._register_stream(handle, claim.handle, pub, stream)
+
+    def release(self, transport: WebRtcTransport) -> None:
+        """Forget ``transport`` and the streams it carried."""
+        claim = self._claims.pop(transport, None)
+        if claim is None:
+            return
+        for handle, (peer, _, _) in list(self._streams.items()):
+            if peer is claim.peer:
+                self._drop_stream(handle)
+        if claim.registered:
+            self.forwarder.remove_transport(claim.handle)
+        self._free_tx.insert(0, claim.handle)  # reused last: stale routes never hit a new one
+
+    # -- streams and routes -------------------------------------------------------------------
+
+    def add_stream(self, peer: Peer, publication: Publication, stream: SourceStream) -> None:
+        """Forward ``stream`` (audio, or VP8 video) in the data plane from now on."""
+        kind = _kind(publication)
+        claim = self._claims.get(peer.transport)
+        if kind is None or claim is None or id(stream) in self._handles:
+            return
+        if not self._free_streams:
+            return
+        handle = self._free_streams.pop()
+        self._streams[handle] = (peer, publication, stream)
+        self._handles[id(stream)] = handle
+        self._pub_streams.setdefault(id(publication), set()).add(handle)
+        if claim.registered:
+            self._register_stream(handle, claim.handle, publication, stream)
+
+    def remove_stream(self, stream: SourceStream) -> None:
+        """Stop forwarding ``stream`` in the data plane (its packets go to the slow path)."""
+        handle = self._handles.get(id(stream))
+        if handle is not None:
+            self._drop_stream(handle)
+
+    def routes_changed(self, publication: Publication) -> None:
+        """The publication's fan-out snapshot changed: push it for each of its streams."""
+        for handle in self._pub_streams.get(id(publication), ()):
+            peer, pub, _ = self._streams[handle]
+            claim = self._claims.get(peer.transport)
+            if claim is not None and claim.registered:
+                self.forwarder.set_routes(handle, self._routes(pub))
+
+    def _routes(self, publication: Publication) -> list[tuple[Any, int]]:
+        return [(sub, self.handle_of(transport)) for sub, transport in publication.fanout]
+
+    def _register_stream(
+        self, handle: int, transport: int, publication: Publication, stream: SourceStream
+    ) -> None:
+        kind = _kind(publication)
+        assert kind is not None
+        try:
+            self.forwarder.set_stream(handle, transport, stream, kind)
+        except ValueError:
+            return  # the transport's stream table is full: the slow path keeps it
+        self.forwarder.set_routes(handle, self._routes(publication))
+
+    def _drop_stream(self, handle: int) -> None:
+        entry = self._streams.pop(handle, None)
+        if entry is None:
+            return
+        _, pub, stream = entry
+        self._handles.pop(id(stream), None)
+        handles = self._pub_streams.get(id(pub))
+        if handles is not None:
+            handles.discard(handle)
+            if not handles:
+                del self._pub_streams[id(pub)]
+        self.forwarder.remove_stream(handle)
+        self._free_streams.insert(0, handle)
+
+    # -- feedback -----------------------------------------------------------------------------
+
+    def replay(self, stats: RouterStats | None = None) -> int:
+        """Hand the forwarder's ingress log to the peers; returns the records replayed."""
+        records = self.forwarder.drain_log()
+        streams = self._streams
+        for record in records:
+            entry = streams.get(record[0])
+            if entry is not None:
+                peer, pub, stream = entry
+                peer.replay(pub, stream, record)
+        samples = self.forwarder.drain_latency()
+        if stats is not None:
+            for sample in samples:
+                stats.forward_latency.observe(sample)
+        return len(records)
+
+    @property
+    def stream_count(self) -> int:
+        """Source streams the data plane forwards (or will, once their transport connects)."""
+        return len(self._streams)
+
+
+def _kind(publication: Publication) -> int | None:
+    if not publication.video:
+        return AUDIO
+    return VP8 if publication.codec.name.lower() == "vp8" else None
