@@ -1,0 +1,159 @@
+"""``python -m bench <scenario>``: load-test an SFU with synthetic WebRTC publishers/subscribers.
+
+Without ``--target`` the bench starts our server on loopback (pinned to one CPU with
+``taskset`` when there are two or more, the generator on another); with ``--target URL`` it
+loads a running deployment (``--jwt-secret`` signs the join tokens). ``--vs janus`` runs the
+same load against Janus VideoRoom as well and reports both and their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.client import HandshakeError
+from bench.report import ProgressBar, format_table, write_json, write_plot
+from bench.scenarios import SCENARIOS, RunResult, ScenarioConfig, run_scenario
+from bench.targets import SfuTarget, Target, TargetError, cpu_count
+
+__all__ = ["main", "parse_args"]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (see ``python -m bench --help``)."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Load-test an SFU with synthetic WebRTC publishers and subscribers.",
+    )
+    p.add_argument("scenario", choices=SCENARIOS)
+    p.add_argument("--target", metavar="URL", help="a running server (default: start one locally)")
+    p.add_argument(
+        "--jwt-secret",
+        default=os.environ.get("SFU_AUTH_JWT_SECRET"),
+        help="the target's JWT secret for join tokens (default: $SFU_AUTH_JWT_SECRET)",
+    )
+    p.add_argument("--vs", choices=["janus"], help="also run the same load against Janus")
+    p.add_argument("--find-max", action="store_true", help="raise the load until loss > 0.1%%")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--plot", metavar="FILE", help="PNG plot (default: next to --json)")
+    p.add_argument("--subscribers", type=int, default=50, help="fanout viewers (default 50)")
+    p.add_argument("--participants", type=int, help="meeting (6) or audio room (50) size")
+    p.add_argument("--speakers", type=int, default=3, help="audio: publishers (default 3)")
+    p.add_argument("--packet-size", type=int, default=1200, help="top video packet size")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per step")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    p.add_argument("--rate", type=float, default=1.0, help="frame-rate multiplier (first step)")
+    p.add_argument("--max-steps", type=int, default=8, help="find-max: most steps")
+    p.add_argument("--step-factor", type=float, default=1.5, help="find-max: rate growth")
+    p.add_argument("--max-time", type=float, default=600.0, help="find-max: most seconds")
+    p.add_argument(
+        "--srtp-profile",
+        default="SRTP_AEAD_AES_128_GCM",
+        choices=["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"],
+    )
+    p.add_argument("--bind", help="local address of the synthetic endpoints")
+    p.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def _config(args: argparse.Namespace) -> ScenarioConfig:
+    bind = args.bind or ("127.0.0.1" if args.target is None else "0.0.0.0")
+    return ScenarioConfig(
+        scenario=args.scenario,
+        subscribers=args.subscribers,
+        participants=args.participants,
+        speakers=args.speakers,
+        packet_size=args.packet_size,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        rate=args.rate,
+        find_max=args.find_max,
+        max_steps=args.max_steps,
+        step_factor=args.step_factor,
+        max_total_s=args.max_time,
+        srtp_profile=args.srtp_profile,
+        bind_host=bind,
+    )
+
+
+def _pin(args: argparse.Namespace) -> int | None:
+    """Pick the server's CPU and move this process to another; None when not pinning."""
+    if args.no_pin or cpu_count() < 2:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[1]})
+    return cpus[0]
+
+
+def _targets(args: argparse.Namespace, server_cpu: int | None) -> list[Target]:
+    ours = SfuTarget(url=args.target, jwt_secret=args.jwt_secret, server_cpu=server_cpu)
+    targets: list[Target] = [ours]
+    if args.vs == "janus":
+        try:
+            from bench.janus import JanusTarget  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise SystemExit(f"--vs janus: Janus support is not available ({exc})") from None
+        targets.append(JanusTarget(server_cpu=server_cpu))
+    return targets
+
+
+async def _run(args: argparse.Namespace) -> list[RunResult]:
+    server_cpu = _pin(args) if (args.target is None or args.vs) else None
+    targets = _targets(args, server_cpu)
+    bar = ProgressBar(enabled=not args.quiet)
+    results: list[RunResult] = []
+    for target in targets:
+        cfg = _config(args)  # a fresh room name per target, the same load
+        try:
+            await target.start()
+            media_host = getattr(target, "media_host", None)
+            if isinstance(media_host, str) and args.bind is None:
+                cfg.bind_host = media_host  # Janus: media on a non-loopback address
+            results.append(await run_scenario(target, cfg, bar))
+        except (TargetError, HandshakeError, OSError) as exc:
+            bar.finish()
+            tail = getattr(target, "log_tail", None)
+            detail = f"\n{tail()}" if callable(tail) and target.pid is not None else ""
+            raise SystemExit(f"{target.name}: {exc}{detail}") from None
+        finally:
+            await target.stop()
+    bar.finish()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bench; 0 on success."""
+    args = parse_args(argv)
+    try:
+        _config(args)
+    except ValueError as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 2
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(_run(args))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        results = loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        loop.close()
+    print(format_table(results, args.find_max))
+    if args.json:
+        write_json(args.json, results, args.find_max)
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if plot:
+        write_plot(plot, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
