@@ -166,6 +166,10 @@ class JanusOptions:
     keepalive_s: float = 20.0
     startup_timeout_s: float = 20.0
     stop_timeout_s: float = 5.0
+    #: Order of the simulcast rids in a publisher's ``a=simulcast`` line, as Janus's JSEP
+    #: ``rid_order`` names it: the bench's clients list them low to high ("lmh"); Janus assumes
+    #: high to low ("hml") unless told.
+    rid_order: str = "lmh"
     #: Keep the config folder (and janus.log) after stop, for debugging.
     keep_folder: bool = False
 
@@ -261,6 +265,15 @@ admin: {{
 def _jsep(kind: str, sdp: str) -> dict[str, Any]:
     """A JSEP object whose candidates are all in the SDP: no trickle follows."""
     return {"type": kind, "sdp": sdp, "trickle": False}
+
+
+def _as_dtls_client(offer_sdp: str) -> str:
+    """Our offer, claiming the DTLS client role (``setup:active``) instead of ``actpass``.
+
+    Janus answers an ``actpass`` offer with ``active`` (it would be the DTLS client), while the
+    load generator is always the DTLS client; offered ``active``, Janus answers ``passive``.
+    """
+    return offer_sdp.replace("a=setup:actpass", "a=setup:active")
 
 
 def _plugin_data(message: dict[str, Any]) -> dict[str, Any]:
@@ -592,15 +605,18 @@ class JanusTarget:
             join = {"request": "join", "ptype": "publisher", "room": room, "id": identity}
             await api.message(handle, join)
             publish = {"request": "publish", "audiocodec": "opus", "videocodec": "vp8"}
-            reply = await api.message(handle, publish, jsep=_jsep("offer", offer_sdp))
+            jsep = _jsep("offer", _as_dtls_client(offer_sdp))
+            if "a=simulcast:" in offer_sdp:
+                jsep["rid_order"] = self.options.rid_order
+            reply = await api.message(handle, publish, jsep=jsep)
         except BaseException:
             await self.close(session)
             raise
-        jsep = reply.get("jsep") or {}
-        if jsep.get("type") != "answer":
+        answer = reply.get("jsep") or {}
+        if answer.get("type") != "answer":
             await self.close(session)
             raise JanusError(f"publish in {room} got no JSEP answer: {reply}")
-        session.answer_sdp = str(jsep["sdp"])
+        session.answer_sdp = str(answer["sdp"])
         return session
 
     async def subscribe(
