@@ -98,9 +98,9 @@ cdef enum:
     MAX_SSRCS = 16
     WINDOW = 1024
     WINDOW_WORDS = 16
-    STAMP_OFFSET = 7
+    STAMP_OFFSET = 16
     VP8_DESCRIPTOR = 6
-    MIN_PAYLOAD = 15
+    MIN_PAYLOAD = 24
     MAX_EXT = 40
     BUF_SIZE = 1536
     MAX_FRAME_PACKETS = 64
@@ -156,6 +156,7 @@ ctypedef struct stream_t:
     int keyframe_pending
     int64_t due_ns
     int endpoint
+    int layer
 
 
 ctypedef struct rstream_t:
@@ -233,6 +234,7 @@ cdef int stream_init(stream_t* s, object spec) except -1:
     s.scaled_ns = spec.frame_interval_ns
     s.keyframe_interval = spec.keyframe_interval
     s.ts_step = spec.timestamp_step & 0xFFFFFFFF
+    s.layer = spec.layer
     for ext_id, value in ((spec.mid_id, spec.mid), (spec.rid_id, spec.rid)):
         if ext_id and value:
             s.ext[n] = ((ext_id << 4) | (len(value) - 1)) & 0xFF
@@ -272,7 +274,7 @@ cdef Py_ssize_t build_packet(
     """Packet ``index`` of the current frame into ``buf`` (>= packet_size bytes)."""
     cdef int size = s.packet_size
     cdef int pos = 12
-    cdef int words
+    cdef int words, head, layer, width, height
     cdef uint64_t stamp = <uint64_t>now
     cdef int i
     memset(buf, 0, size)
@@ -296,7 +298,20 @@ cdef Py_ssize_t build_packet(
         buf[pos + 4] = s.tl0
         buf[pos + 5] = (tid << 6) & 0xFF
         if index == 0:
-            buf[pos + VP8_DESCRIPTOR] = 0x10 if keyframe else 0x11
+            head = pos + VP8_DESCRIPTOR
+            buf[head] = 0x10 if keyframe else 0x11
+            buf[head + 1] = 0x02
+            if keyframe:
+                layer = s.layer if s.layer < 3 else 3
+                width = 320 << layer
+                height = 180 << layer
+                buf[head + 3] = 0x9D
+                buf[head + 4] = 0x01
+                buf[head + 5] = 0x2A
+                buf[head + 6] = width & 0xFF
+                buf[head + 7] = (width >> 8) & 0xFF
+                buf[head + 8] = height & 0xFF
+                buf[head + 9] = (height >> 8) & 0xFF
     else:
         buf[pos] = 0x78
     for i in range(8):

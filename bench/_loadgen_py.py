@@ -67,9 +67,12 @@ __all__ = [
 KIND_AUDIO = 0
 KIND_VIDEO = 1
 
-#: Bytes into the RTP payload where the 8-byte send stamp sits (after VP8 descriptor + header).
-STAMP_OFFSET = 7
+#: Bytes into the RTP payload where the 8-byte send stamp sits: after the 6-byte VP8 payload
+#: descriptor and the 10-byte VP8 keyframe header (frame tag, start code, size), which
+#: SFUs that parse VP8 keyframes (Janus reads the start code and resolution) look at.
+STAMP_OFFSET = 16
 _VP8_DESCRIPTOR = 6
+_VP8_START_CODE = b"\x9d\x01\x2a"
 _MIN_PAYLOAD = STAMP_OFFSET + 8
 #: Temporal ids of an L1T3 pattern (frame n has TEMPORAL_PATTERN[n % 4]).
 TEMPORAL_PATTERN = (0, 2, 1, 2)
@@ -153,6 +156,8 @@ def check_spec(spec: StreamSpec) -> None:
         raise ValueError(f"packet_size must be in [{min_packet_size(spec)}, {_MAX_PACKET - 32}]")
     if not 1 <= spec.packets_per_frame <= 64 or not 1 <= spec.keyframe_packets <= 64:
         raise ValueError("packets per frame must be in [1, 64]")
+    if not 0 <= spec.layer <= 7:
+        raise ValueError("layer must be in [0, 7]")
     if spec.frame_interval_ns < 1_000_000 or spec.keyframe_interval < 0:
         raise ValueError("frame interval must be >= 1 ms and keyframe interval >= 0")
     for ext_id, value in ((spec.mid_id, spec.mid), (spec.rid_id, spec.rid)):
@@ -229,8 +234,15 @@ class FrameBuilder:
             buf[pos + 3] = pid & 0xFF
             buf[pos + 4] = self.tl0
             buf[pos + 5] = tid << 6
-            if index == 0:
-                buf[pos + _VP8_DESCRIPTOR] = 0x10 if keyframe else 0x11  # show_frame, P bit
+            if index == 0:  # the VP8 frame tag (RFC 6386 §9.1): show_frame, P bit (0: key)
+                head = pos + _VP8_DESCRIPTOR
+                buf[head : head + 3] = b"\x10\x02\x00" if keyframe else b"\x11\x02\x00"
+                if keyframe:  # start code, then width and height (little-endian, 14 bits)
+                    width, height = 320 << min(spec.layer, 3), 180 << min(spec.layer, 3)
+                    buf[head + 3 : head + 6] = _VP8_START_CODE
+                    buf[head + 6 : head + 10] = width.to_bytes(2, "little") + height.to_bytes(
+                        2, "little"
+                    )
         else:
             buf[pos] = 0x78  # Opus TOC: SILK/CELT hybrid-looking config, 20 ms, mono
         buf[pos + STAMP_OFFSET : pos + STAMP_OFFSET + 8] = (now_ns & 0xFFFFFFFFFFFFFFFF).to_bytes(

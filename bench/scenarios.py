@@ -167,7 +167,7 @@ def layer_specs(cfg: ScenarioConfig, ep: Endpoint) -> list[StreamSpec]:
                 ssrc=0, payload_type=0, mid_id=mid_id, mid=str(mid).encode(), rid_id=rid_id,
                 rid=rid.encode(),
             )  # fmt: skip
-            overhead = min_packet_size(base) - 15
+            overhead = base.header_size()
             per_packet = cfg.packet_size - overhead
             ppf = max(1, math.ceil(frame_bytes / per_packet))
             size = max(

@@ -138,6 +138,11 @@ def test_video_frames_parse_as_simulcast_vp8(module: ModuleType) -> None:
             if k == 0:
                 assert d.is_keyframe == (i in (0, 8))
                 tids.append(d.temporal_id)
+                vp8 = packet[start + d.size : start + d.size + 10]
+                if d.is_keyframe:  # start code and 1280x720 (layer 2), as Janus checks
+                    assert vp8[3:10] == b"\x9d\x01\x2a\x00\x05\xd0\x02"
+                else:
+                    assert vp8[0] & 1 == 1
             stamp = packet[start + STAMP_OFFSET : start + STAMP_OFFSET + 8]
             assert int.from_bytes(stamp, "big") == 10**9 + i
     assert tids == [0, 2, 1, 2, 0, 2, 1, 2, 0, 2]
@@ -174,6 +179,8 @@ def test_bad_specs_refused(module: ModuleType) -> None:
         module.FrameBuilder(StreamSpec(ssrc=1, payload_type=96, packet_size=20))
     with pytest.raises(ValueError):
         module.FrameBuilder(StreamSpec(ssrc=1, payload_type=96, packets_per_frame=0))
+    with pytest.raises(ValueError):
+        module.FrameBuilder(StreamSpec(ssrc=1, payload_type=96, layer=9))
 
 
 @pytest.mark.parametrize("module", IMPLS)
