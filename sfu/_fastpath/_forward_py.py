@@ -297,15 +297,28 @@ class Forwarder:
             if stream.kind == VP8:
                 offset = payload_offset(plain)
                 if offset >= len(plain) - (plain[-1] if plain[0] & 0x20 else 0):
-                    self._record((handle, flags | F_PADDING, ext_seq, timestamp, now, len(plain),
-                                  twcc, 0, 0, 0))  # fmt: skip
+                    self._record(
+                        (
+                            handle,
+                            flags | F_PADDING,
+                            ext_seq,
+                            timestamp,
+                            now,
+                            len(plain),
+                            twcc,
+                            0,
+                            0,
+                            0,
+                        )
+                    )
                     return
                 try:
                     d = parse_vp8(plain, offset)
                 except ParseError:
                     flags |= F_MALFORMED_PAYLOAD
-                    self._record((handle, flags, ext_seq, timestamp, now, len(plain), twcc,
-                                  0, 0, 0))  # fmt: skip
+                    self._record(
+                        (handle, flags, ext_seq, timestamp, now, len(plain), twcc, 0, 0, 0)
+                    )
                     return
                 info = PacketInfo(
                     d.is_keyframe,
@@ -325,8 +338,9 @@ class Forwarder:
                         level = raw[0] & 0x7F
                         flags |= F_LEVEL | (F_VAD if raw[0] & 0x80 else 0)
         except ParseError:
-            self._record((handle, flags | F_MALFORMED_EXT, 0, timestamp, now, len(plain),
-                          twcc, 0, 0, 0))  # fmt: skip
+            self._record(
+                (handle, flags | F_MALFORMED_EXT, 0, timestamp, now, len(plain), twcc, 0, 0, 0)
+            )
             return
         abs_time = abs_send_time_from_seconds(now)
         forwarded = 0
@@ -349,8 +363,9 @@ class Forwarder:
             self.sent_bytes += len(wire)
             forwarded += 1
             out_bytes += n
-        self._record((handle, flags, ext_seq, timestamp, now, len(plain), twcc, level,
-                      forwarded, out_bytes))  # fmt: skip
+        self._record(
+            (handle, flags, ext_seq, timestamp, now, len(plain), twcc, level, forwarded, out_bytes)
+        )
         stream.packets += 1
         clock = self._clock
         if forwarded and clock is not None and not stream.packets & self._sample_mask:

@@ -40,7 +40,7 @@ def test_forwarded_rtp_takes_no_python_slow_path(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(Subscription, "forward", _counting(forward_calls, Subscription.forward))
 
     async def scenario() -> None:
-        async with running_server() as (server, base):
+        async with running_server() as (server, base):  # noqa: SIM117 - load needs the server
             async with media_load(base, server.token_secret, "fastpath", viewers=2):
                 forwarder = server.port.dataplane.forwarder
                 await asyncio.sleep(1.5)  # connect, keyframes, layer choice

@@ -139,16 +139,24 @@ class World:
         return stream
 
     def _sub(self, pub: Publication, index: int, ssrc: int) -> Subscription:
-        sub = Subscription(f"s{index}{pub.id}", pub, f"u{index}", "0", out_ssrc=ssrc,
-                           payload_type=pub.codec.payload_type, extensions=dict(SUB_EXT))  # fmt: skip
+        sub = Subscription(
+            f"s{index}{pub.id}",
+            pub,
+            f"u{index}",
+            "0",
+            out_ssrc=ssrc,
+            payload_type=pub.codec.payload_type,
+            extensions=dict(SUB_EXT),
+        )
         k = self.classes
         if pub.video:
             sub.selector = k["selector"](pub.num_layers)
             sub.vp8 = k["vp8"]()
         clock_rate = pub.codec.clock_rate
         pt = pub.codec.payload_type
-        sub.munger = k["munger"](ssrc, {pt: pt}, clock_rate=clock_rate, initial_seq=1000 + index,
-                                 initial_ts=5000)  # fmt: skip
+        sub.munger = k["munger"](
+            ssrc, {pt: pt}, clock_rate=clock_rate, initial_seq=1000 + index, initial_ts=5000
+        )
         sub.extensions = k["ext"](pub.extensions, SUB_EXT)
         sub.state = k["state"]()
         sub.send_stats.sent = sub.state
@@ -165,8 +173,16 @@ class World:
         out: list[Any] = []
         for sub in self.video_subs + self.audio_subs:
             state = sub.state
-            out.append((state.forwarded, state.packets_sent, state.octets_sent,
-                        state.last_rtp_ts, state.last_at, sub.munger.last_out_seq))  # fmt: skip
+            out.append(
+                (
+                    state.forwarded,
+                    state.packets_sent,
+                    state.octets_sent,
+                    state.last_rtp_ts,
+                    state.last_at,
+                    sub.munger.last_out_seq,
+                )
+            )
             if sub.selector is not None:
                 out.append((sub.selector.current, sub.selector.switches))
             if sub.munger.last_out_seq is not None:
@@ -178,16 +194,26 @@ class World:
         return out
 
 
-def _vp8_payload(pid: int, tl0: int, tid: int, sync: bool, key: bool, start: bool,
-                 size: int) -> bytes:  # fmt: skip
-    desc = bytes([0x90 if start else 0x80, 0xE0, 0x80 | (pid >> 8) & 0x7F, pid & 0xFF, tl0,
-                  (tid << 6) | (0x20 if sync else 0)])  # fmt: skip
+def _vp8_payload(
+    pid: int, tl0: int, tid: int, sync: bool, key: bool, start: bool, size: int
+) -> bytes:
+    desc = bytes(
+        [
+            0x90 if start else 0x80,
+            0xE0,
+            0x80 | (pid >> 8) & 0x7F,
+            pid & 0xFF,
+            tl0,
+            (tid << 6) | (0x20 if sync else 0),
+        ]
+    )
     header = bytes([0x00 if key else 0x01])  # VP8 payload header: P bit 0 = keyframe
     return desc + header + bytes((i * 7) & 0xFF for i in range(size))
 
 
-def _rtp(ssrc: int, seq: int, ts: int, pt: int, payload: bytes, ext: bytes,
-         padding: int = 0) -> bytes:  # fmt: skip
+def _rtp(
+    ssrc: int, seq: int, ts: int, pt: int, payload: bytes, ext: bytes, padding: int = 0
+) -> bytes:
     b0 = 0x80 | (0x10 if ext else 0) | (0x20 if padding else 0)
     head = struct.pack("!BBHII", b0, pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc)
     if ext:
@@ -218,7 +244,7 @@ events = st.lists(
             st.integers(-1, 2),
             st.integers(-1, 2),
             st.booleans(),
-        ),  # fmt: skip
+        ),
         st.tuples(st.just("hold"), st.integers(0, SUBS - 1), st.booleans()),
         st.tuples(st.just("fanout"), st.lists(st.integers(0, SUBS - 1), max_size=SUBS)),
         st.tuples(st.just("junk"), st.binary(min_size=0, max_size=40), st.booleans()),
@@ -250,8 +276,9 @@ def test_compiled_forwarder_matches_reference(events: list[tuple[Any, ...]]) -> 
             twcc += 1
             ext = bytes([0x10, ord("0"), 0x31, twcc >> 8 & 0xFF, twcc & 0xFF, 0x42, 1, 2, 3])
             payload = b"" if padding else _vp8_payload(pid, tl0, tid, sync, key, start, size)
-            plain = _rtp(VIDEO_SSRCS[layer], seqs[layer], int(now * 90000), 96, payload, ext,
-                         padding)  # fmt: skip
+            plain = _rtp(
+                VIDEO_SSRCS[layer], seqs[layer], int(now * 90000), 96, payload, ext, padding
+            )
             datagrams.append((client.protect_rtp(plain), PUB_ADDR))
         elif kind == "audio":
             _, step, level, vad = event
@@ -274,8 +301,9 @@ def test_compiled_forwarder_matches_reference(events: list[tuple[Any, ...]]) -> 
             elif kind == "prefs":
                 _, index, top, temporal, paused = event
                 for sub in (world.video_subs[index], world.audio_subs[index]):
-                    sub.set_preferences(None if top < 0 else top,
-                                        None if temporal < 0 else temporal, paused)  # fmt: skip
+                    sub.set_preferences(
+                        None if top < 0 else top, None if temporal < 0 else temporal, paused
+                    )
             elif kind == "hold":
                 world.video_subs[event[1]].set_held(event[2])
                 world.audio_subs[event[1]].set_held(event[2])
@@ -299,7 +327,7 @@ def test_every_kind_of_datagram_is_exercised() -> None:
     client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
     datagrams = []
     for i in range(30):
-        for layer, ssrc in enumerate(VIDEO_SSRCS):
+        for ssrc in VIDEO_SSRCS:
             payload = _vp8_payload(10 + i, i, i % 2, True, i == 0, True, 900)
             plain = _rtp(ssrc, 100 + i, 3000 * i, 96, payload, bytes([0x10, ord("0")]))
             datagrams.append((client.protect_rtp(plain), PUB_ADDR))
