@@ -328,9 +328,7 @@ class JanusApi:
         if self._http is not None and self.session_id is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._request(self._session_url, {"janus": "destroy"}), 2)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(JanusError("Janus API session closed"))
+        self._fail_pending(JanusError("Janus API session closed"))
         self._pending.clear()
         if self._http is not None:
             await self._http.close()
@@ -396,8 +394,18 @@ class JanusApi:
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 await asyncio.sleep(0.2)
                 continue
+            if isinstance(payload, dict) and payload.get("janus") == "error":
+                # The session is gone (e.g. timed out): fail whoever waits, and do not spin.
+                self._fail_pending(JanusError(f"Janus long poll: {payload.get('error')}"))
+                await asyncio.sleep(1.0)
+                continue
             for event in payload if isinstance(payload, list) else [payload]:
                 self._dispatch(event)
+
+    def _fail_pending(self, error: JanusError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         """Record PeerConnection state events; complete the request an event answers."""

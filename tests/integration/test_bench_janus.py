@@ -196,6 +196,28 @@ def test_janus_loads_only_videoroom_and_http() -> None:
     asyncio.run(asyncio.wait_for(scenario(), 2 * TIMEOUT))
 
 
+@pytest.mark.parametrize("keepalive_s", [0.5, 100.0], ids=["keepalives", "none"])
+def test_keepalives_hold_the_api_session(keepalive_s: float) -> None:
+    """Janus drops an idle API session after ``session_timeout``; keepalives prevent that."""
+
+    async def scenario() -> None:
+        options = JanusOptions(session_timeout_s=2, keepalive_s=keepalive_s)
+        target = JanusTarget(options=options)
+        await target.start()
+        try:
+            assert target.api is not None
+            await asyncio.sleep(6.0)
+            if keepalive_s < options.session_timeout_s:
+                assert await target.api.attach() > 0
+            else:
+                with pytest.raises(JanusError, match="458"):  # no such session
+                    await target.api.attach()
+        finally:
+            await target.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 2 * TIMEOUT))
+
+
 def test_failed_start_leaves_nothing_running(tmp_path: Path) -> None:
     async def scenario() -> None:
         # No time to get ready: start() must fail, and stop what it started.
