@@ -86,6 +86,9 @@ HIST_BUCKETS = len(HIST_EDGES_NS) + 1
 MAX_SSRCS = 16
 _WINDOW = 1024  # duplicate-detection window, packets (a power of two)
 
+#: Frames of one stream a sender catches up with in one pass of its loop.
+MAX_CATCH_UP = 16
+
 #: Non-media datagrams kept for Python at most (more are dropped and counted).
 CONTROL_QUEUE = 4096
 
@@ -534,8 +537,10 @@ class Engine:
             for ep in self._endpoints:
                 for k, builder in enumerate(ep.builders):
                     interval = max(1, int(builder.spec.frame_interval_ns / self._rate))
-                    if now >= ep.due_ns[k]:
+                    burst = 0  # frames due at sub-millisecond intervals go out in bursts
+                    while now >= ep.due_ns[k] and burst < MAX_CATCH_UP:
                         moved += self._send_frame(ep, builder, now)
+                        burst += 1
                         due = ep.due_ns[k] + interval
                         if due < now - 1_000_000_000:  # more than a second behind: skip ahead
                             ep.late_frames += 1
