@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench.scenarios import LOSS_LIMIT, RunResult, StepResult
+from bench.scenarios import DELIVERY_LIMIT, LOSS_LIMIT, RunResult, StepResult
 
 __all__ = ["ProgressBar", "comparison", "format_table", "write_json", "write_plot"]
 
@@ -83,6 +83,7 @@ def _step_row(result: RunResult, step: StepResult) -> list[str]:
         _fmt(step.server_cpu_util, 2),
         _fmt(step.server_cpu_s_per_million_packets, 2),
         _fmt(step.generator_cpu_util, 2),
+        f"{step.delivery * 100:.0f}%",
     ]
 
 
@@ -98,6 +99,7 @@ _HEADERS = [
     "srv cpu",
     "cpu s/Mpkt",
     "gen cpu",
+    "delivery",
 ]
 
 
@@ -127,8 +129,8 @@ def format_table(results: Sequence[RunResult], find_max: bool) -> str:
             best = r.best()
             figure = _fmt(best.egress_pps, 0) if best else "none within the loss limit"
             out.append(
-                f"{r.target}: max sustained egress {figure} pps at loss <= {LOSS_LIMIT * 100:g}% "
-                f"(stopped by {r.stopped_by})"
+                f"{r.target}: max sustained egress {figure} pps (loss <= {LOSS_LIMIT * 100:g}%, "
+                f"delivery >= {DELIVERY_LIMIT * 100:g}%; stopped by {r.stopped_by})"
             )
     for r in results:
         late = sum(s.late_frames for s in r.steps)
@@ -180,6 +182,7 @@ def write_json(path: str | os.PathLike[str], results: Sequence[RunResult], find_
     doc: dict[str, Any] = {
         "targets": [r.as_dict(find_max) for r in results],
         "loss_limit": LOSS_LIMIT,
+        "delivery_limit": DELIVERY_LIMIT,
     }
     if len(results) >= 2:
         doc["ratios"] = comparison(results, find_max)

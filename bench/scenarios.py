@@ -34,6 +34,7 @@ from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import SrtpProfile
 
 __all__ = [
+    "DELIVERY_LIMIT",
     "LOSS_LIMIT",
     "SCENARIOS",
     "Plan",
@@ -46,6 +47,9 @@ __all__ = [
 SCENARIOS = ("fanout", "meeting", "audio")
 #: find-max stops once a step loses more than this fraction of the egress packets.
 LOSS_LIMIT = 0.001
+#: ... or once the server delivers less than this share of what the first step's fan-out
+#: ratio (egress per packet sent) promises: it no longer keeps up and its queues grow.
+DELIVERY_LIMIT = 0.9
 #: Concurrent handshakes (the server bounds transports that have not proved ICE yet).
 HANDSHAKE_CONCURRENCY = 16
 #: Engine slice: Python handles control traffic and progress between slices.
@@ -216,6 +220,14 @@ class StepResult:
     srtp_errors: int
     late_frames: int
     send_errors: int
+    #: egress per subscription (tells which simulcast layer the subscribers got)
+    egress_pps_per_subscription: float = 0.0
+    #: this step's egress/sent ratio over the first step's (1.0: the server keeps up)
+    delivery: float = 1.0
+
+    def sustained(self) -> bool:
+        """Within the loss limit and keeping up with the offered load."""
+        return self.loss <= LOSS_LIMIT and self.delivery >= DELIVERY_LIMIT
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -237,8 +249,8 @@ class RunResult:
     stopped_by: str = ""
 
     def best(self) -> StepResult | None:
-        """The step with the highest egress among those within the loss limit."""
-        ok = [s for s in self.steps if s.loss <= LOSS_LIMIT]
+        """The step with the highest egress among the sustained ones."""
+        ok = [s for s in self.steps if s.sustained()]
         return max(ok, key=lambda s: s.egress_pps) if ok else None
 
     def as_dict(self, find_max: bool) -> dict[str, Any]:
@@ -250,7 +262,7 @@ class RunResult:
         keys = (
             "egress_pps", "loss", "latency_p50_ms", "latency_p99_ms", "latency_p999_ms",
             "server_cpu_s_per_million_packets", "sent_pps", "received_pps", "server_cpu_util",
-            "generator_cpu_util", "rate",
+            "generator_cpu_util", "rate", "egress_pps_per_subscription", "delivery",
         )  # fmt: skip
         for key in keys:
             out[key] = getattr(head, key) if head else None
@@ -537,11 +549,21 @@ async def run_scenario(
             cpu1, gen1 = await target.cpu_seconds(), _self_cpu()
             done += cfg.duration_s
             step = measure(before, after, window, rate, (cpu0, cpu1), (gen0, gen1))
+            step.egress_pps_per_subscription = round(
+                step.egress_pps / max(1, len(plan.subscriptions)), 1
+            )
+            first = result.steps[0] if result.steps else step
+            if first.sent_pps and first.egress_pps and step.sent_pps:
+                promised = step.sent_pps * first.egress_pps / first.sent_pps
+                step.delivery = round(step.egress_pps / promised, 4)
             result.steps.append(step)
             if not cfg.find_max:
                 break
             if step.loss > LOSS_LIMIT:
                 result.stopped_by = "loss"
+                break
+            if step.delivery < DELIVERY_LIMIT:
+                result.stopped_by = "backlog"
                 break
             if time.monotonic() > deadline:
                 result.stopped_by = "time"

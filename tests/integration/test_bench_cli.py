@@ -1,4 +1,5 @@
-"""``python -m bench``: a short real run against a locally started server, and find-max.
+"""``python -m bench``: a short real run against a locally started server, and find-max;
+the load engines (compiled and reference) over a loopback socket pair.
 
 Each run starts ``python -m sfu serve`` itself, connects synthetic publishers and subscribers
 over real signaling, ICE and DTLS-SRTP on loopback, and writes the JSON and the plot.
@@ -8,12 +9,40 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+
+from bench import _loadgen_py
+from bench._loadgen_py import KIND_AUDIO, KIND_VIDEO, StreamSpec, percentile_ns
+from sfu._fastpath import _srtp_py
+
+NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
+_loadgen_c: ModuleType | None
+_srtp_c: ModuleType | None
+if NO_EXTENSIONS:
+    _loadgen_c = _srtp_c = None
+else:
+    try:
+        from bench import _loadgen as _loadgen_c
+        from sfu._fastpath import _srtp as _srtp_c
+    except ImportError:  # not built
+        _loadgen_c = _srtp_c = None
+
+VIDEO = StreamSpec(
+    ssrc=0x11223344, payload_type=96, kind=KIND_VIDEO, packets_per_frame=3, keyframe_packets=5,
+    mid_id=4, mid=b"1", rid_id=10, rid=b"f", layer=2,
+)  # fmt: skip
+AUDIO = StreamSpec(
+    ssrc=0x55667788, payload_type=111, kind=KIND_AUDIO, packet_size=120,
+    frame_interval_ns=20_000_000, keyframe_interval=0, timestamp_step=960, mid_id=4, mid=b"0",
+)  # fmt: skip
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +89,8 @@ def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
     assert step["srtp_errors"] == 0 and step["duplicates"] == 0
     assert step["received_pps"] > 0.99 * step["egress_pps"]
     assert "max_egress_pps" not in result
+    assert 200 < result["egress_pps_per_subscription"] < 450  # the top layer, not layer 0
+    assert 0.9 < result["delivery"] <= 1.0
     assert (tmp_path / "result.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "egress pps" in proc.stdout and "sfu" in proc.stdout  # the table
     assert "%" in proc.stderr  # the progress bar
@@ -80,12 +111,16 @@ def test_find_max_with_a_tiny_step_budget(tmp_path: Path) -> None:
     steps = result["steps"]
     assert 1 <= len(steps) <= 2
     assert [s["rate"] for s in steps] == [1.0, 2.0][: len(steps)]
-    ok = [s["egress_pps"] for s in steps if s["loss"] <= doc["loss_limit"]]
+    ok = [
+        s["egress_pps"]
+        for s in steps
+        if s["loss"] <= doc["loss_limit"] and s["delivery"] >= doc["delivery_limit"]
+    ]
     assert result["max_egress_pps"] == (max(ok) if ok else 0.0)
     assert result["max_egress_pps"] > 3 * 200
     if len(steps) == 2:  # twice the frame rate: about twice the packets
         assert 1.6 < steps[1]["egress_pps"] / steps[0]["egress_pps"] < 2.4
-    assert result["stopped_by"] in ("steps", "loss")
+    assert result["stopped_by"] in ("steps", "loss", "backlog")
     assert "max sustained egress" in proc.stdout
 
 
@@ -101,3 +136,56 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "participants" in proc.stderr
+
+
+def _contexts(srtp_module: ModuleType) -> tuple[Any, Any]:
+    key, salt = bytes(range(16)), bytes(range(12))
+    gcm = "SRTP_AEAD_AES_128_GCM"
+    out = srtp_module.SrtpContext(gcm, key, salt, outbound=True)
+    inb = srtp_module.SrtpContext(gcm, key, salt, outbound=False)
+    return out, inb
+
+
+@pytest.mark.parametrize(
+    ("module", "srtp_module"),
+    [pytest.param(_loadgen_py, _srtp_py, id="python")]
+    + ([pytest.param(_loadgen_c, _srtp_c, id="cython")] if _loadgen_c is not None else []),
+)
+def test_engine_loopback(module: ModuleType, srtp_module: ModuleType) -> None:
+    """A sender and a receiver over a loopback socket pair: everything arrives, once."""
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        a.connect(b.getsockname())
+        b.connect(a.getsockname())
+        a.setblocking(False)
+        b.setblocking(False)
+        out, inb = _contexts(srtp_module)
+        engine = module.Engine(8)
+        sender = engine.add_sender(a, out, [VIDEO, AUDIO], time.monotonic_ns())
+        receiver = engine.add_receiver(b, inb)
+        a.send(b"\x00\x01\x00\x00" + bytes(16))  # a STUN-looking datagram: control, not media
+        engine.run(0.5)
+        engine.request_keyframe(sender)
+        engine.run(0.1)
+        sent = engine.sender_counters(sender)
+        snap = engine.receiver_snapshot(receiver)
+        assert sent["packets"] > 20 and sent["send_errors"] == 0
+        assert snap["srtp_errors"] == 0
+        received = sum(s[1] for s in snap["streams"])
+        assert received == sent["packets"]
+        assert {s[0] for s in snap["streams"]} == {VIDEO.ssrc, AUDIO.ssrc}
+        assert all(s[5] - s[4] + 1 == s[1] and s[2] == 0 for s in snap["streams"])
+        assert sum(snap["hist"]) == received
+        p99 = percentile_ns(snap["hist"], 0.99)
+        assert p99 is not None and p99 < 1e9
+        control = engine.control()
+        assert control == [(receiver, b"\x00\x01\x00\x00" + bytes(16))]
+        assert engine.control() == []
+        with pytest.raises(ValueError):
+            engine.receiver_snapshot(sender)
+    finally:
+        a.close()
+        b.close()

@@ -2,15 +2,14 @@
 
 Socket-free contract tests on buffers (frame building and stamping, demultiplexing, receive
 accounting, the latency histogram), against the reference and, when built and the run does not
-set SFU_NO_EXTENSIONS=1, the compiled module; plus one loopback run of each engine.
+set SFU_NO_EXTENSIONS=1, the compiled module. The engines' socket loops are tested over
+loopback in tests/integration/test_bench_cli.py.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import socket
-import time
 from types import ModuleType
 from typing import Any
 
@@ -32,7 +31,6 @@ from bench._loadgen_py import (
     StreamSpec,
     percentile_ns,
 )
-from sfu._fastpath import _srtp_py
 from sfu.codecs.vp8 import parse_vp8
 from sfu.packet.rtp import find_extension, payload_offset
 
@@ -262,56 +260,3 @@ def test_compiled_accounting_equals_reference(offsets: list[int], start: int, st
         p[12 + 8 + STAMP_OFFSET : 12 + 8 + STAMP_OFFSET + 8] = stamp.to_bytes(8, "big")
         packets.append(bytes(p))
     assert _accounted(_loadgen_c, packets, stamps) == _accounted(_loadgen_py, packets, stamps)
-
-
-def _contexts(srtp_module: ModuleType) -> tuple[Any, Any]:
-    key, salt = bytes(range(16)), bytes(range(12))
-    gcm = "SRTP_AEAD_AES_128_GCM"
-    out = srtp_module.SrtpContext(gcm, key, salt, outbound=True)
-    inb = srtp_module.SrtpContext(gcm, key, salt, outbound=False)
-    return out, inb
-
-
-@pytest.mark.parametrize(
-    ("module", "srtp_module"),
-    [pytest.param(_loadgen_py, _srtp_py, id="python")]
-    + ([pytest.param(_loadgen_c, _srtp_c, id="cython")] if _loadgen_c is not None else []),
-)
-def test_engine_loopback(module: ModuleType, srtp_module: ModuleType) -> None:
-    """A sender and a receiver over a loopback socket pair: everything arrives, once."""
-    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        a.connect(b.getsockname())
-        b.connect(a.getsockname())
-        a.setblocking(False)
-        b.setblocking(False)
-        out, inb = _contexts(srtp_module)
-        engine = module.Engine(8)
-        sender = engine.add_sender(a, out, [VIDEO, AUDIO], time.monotonic_ns())
-        receiver = engine.add_receiver(b, inb)
-        a.send(b"\x00\x01\x00\x00" + bytes(16))  # a STUN-looking datagram: control, not media
-        engine.run(0.5)
-        engine.request_keyframe(sender)
-        engine.run(0.1)
-        sent = engine.sender_counters(sender)
-        snap = engine.receiver_snapshot(receiver)
-        assert sent["packets"] > 20 and sent["send_errors"] == 0
-        assert snap["srtp_errors"] == 0
-        received = sum(s[1] for s in snap["streams"])
-        assert received == sent["packets"]
-        assert {s[0] for s in snap["streams"]} == {VIDEO.ssrc, AUDIO.ssrc}
-        assert all(s[5] - s[4] + 1 == s[1] and s[2] == 0 for s in snap["streams"])
-        assert sum(snap["hist"]) == received
-        p99 = percentile_ns(snap["hist"], 0.99)
-        assert p99 is not None and p99 < 1e9
-        control = engine.control()
-        assert control == [(receiver, b"\x00\x01\x00\x00" + bytes(16))]
-        assert engine.control() == []
-        with pytest.raises(ValueError):
-            engine.receiver_snapshot(sender)
-    finally:
-        a.close()
-        b.close()
