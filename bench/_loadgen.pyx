@@ -848,6 +848,7 @@ cdef class Engine:
         if count > MAX_FRAME_PACKETS:
             count = MAX_FRAME_PACKETS
         n = 0
+        now = mono_ns()  # the stamp: as close to the send as a frame allows
         for i in range(count):
             length = build_packet(s, self.sbuf + n * BUF_SIZE, i, count, key, tid, now)
             length = srtp_protect_rtp(ep.srtp, self.sbuf + n * BUF_SIZE, length, BUF_SIZE)

@@ -554,7 +554,8 @@ class Engine:
 
     def _send_frame(self, ep: _Endpoint, builder: FrameBuilder, now: int) -> int:
         sent = 0
-        for packet in builder.frame(now):
+        del now  # the stamp: as close to the send as a frame allows
+        for packet in builder.frame(time.monotonic_ns()):
             wire = ep.srtp.protect_rtp(packet)
             try:
                 ep.sock.send(wire)
