@@ -24,8 +24,12 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 
+from bench.client import Endpoint, PublishPlan, loadgen
 from bench.janus import JanusError, JanusOptions, JanusTarget, janus_binary, media_address
+from bench.scenarios import ScenarioConfig, layer_specs
 from bench.targets import cpu_count
+from sfu.transport.certificate import Certificate
+from sfu.transport.dtls import SrtpProfile
 
 pytestmark = [
     pytest.mark.integration,
@@ -267,3 +271,65 @@ def test_janus_dies_with_the_bench() -> None:
         bench.wait(TIMEOUT)
         with contextlib.suppress(NameError):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_synthetic_clients_through_janus() -> None:
+    """The bench's own endpoints and load engine: one simulcast publisher, two subscribers."""
+
+    async def scenario() -> None:
+        target = JanusTarget(options=JanusOptions(rtp_ports=(32000, 32999)))
+        await target.start()
+        endpoints: list[Endpoint] = []
+        try:
+            assert target.media_host is not None
+            cfg = ScenarioConfig(bind_host=target.media_host)
+            cert = Certificate.generate()
+            profiles = [SrtpProfile.AEAD_AES_128_GCM]
+            publisher = Endpoint(cert, PublishPlan(), target.media_host, profiles)
+            endpoints.append(publisher)
+            published = await target.publish("synthetic", "caster", publisher.offer())
+            assert published.answer_sdp is not None
+            publisher.apply_remote(published.answer_sdp)
+            await publisher.connect()
+            assert publisher.profile is SrtpProfile.AEAD_AES_128_GCM
+            viewers = []
+            for i in range(2):
+                viewer = Endpoint(cert, None, target.media_host, profiles)
+                endpoints.append(viewer)
+                session = await target.subscribe("synthetic", f"viewer-{i}", "caster", None)
+                assert session.offer_sdp is not None
+                await target.answer(session, viewer.answer(session.offer_sdp))
+                await viewer.connect()
+                viewers.append(viewer)
+
+            engine = loadgen().Engine(16)
+            start = time.monotonic_ns() + 50_000_000
+            specs = layer_specs(cfg, publisher)
+            sender = engine.add_sender(publisher.sock, publisher.srtp_out, specs, start)
+            receivers = [engine.add_receiver(v.sock, v.srtp_in) for v in viewers]
+            duration_s = 3.0
+            await asyncio.get_running_loop().run_in_executor(None, engine.run, duration_s)
+            # What the top simulcast layer ("f", last: rids go low to high) sends in the run.
+            top = specs[-1]
+            top_packets = top.packets_per_frame * duration_s * 1e9 / top.frame_interval_ns
+            assert top_packets > 2 * specs[-2].packets_per_frame * duration_s * 1e9 / (
+                specs[-2].frame_interval_ns
+            )
+
+            sent = engine.sender_counters(sender)["packets"]
+            assert sent > 0
+            for index in receivers:
+                snapshot = engine.receiver_snapshot(index)
+                assert snapshot["srtp_errors"] == 0 and snapshot["bad"] == 0
+                # Janus forwards audio and one simulcast layer, each on its own SSRC.
+                streams = snapshot["streams"]
+                assert len(streams) == 2, streams
+                assert all(stream[1] > 0 for stream in streams)
+                # Janus picked the top layer (the JSEP rid_order): nearly all of its packets.
+                assert max(stream[1] for stream in streams) > 0.6 * top_packets, streams
+        finally:
+            for endpoint in endpoints:
+                endpoint.close()
+            await target.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 4 * TIMEOUT))
