@@ -4,4 +4,12 @@
 from sfu.core.munger import RtpMunger as RtpMunger
 from sfu.core.munger import SkipHistory as SkipHistory
 
-__all__ = ["RtpMunger", "SkipHistory"]
+__all__ = ["RtpMunger", "SkipHistory", "munge_nogil"]
+
+def munge_nogil(
+    munger: RtpMunger,
+    packet: bytes | bytearray | memoryview,
+    in_ext_seq: int,
+    now: float,
+    dst: bytearray | memoryview,
+) -> int: ...

@@ -14,7 +14,7 @@ from libc.math cimport nearbyint
 from libc.stdint cimport int16_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-__all__ = ["RtpMunger", "SkipHistory"]
+__all__ = ["RtpMunger", "SkipHistory", "munge_nogil"]
 
 cdef long long _SEQ_BASE = 1LL << 16
 cdef long long _TS_BASE = 1LL << 32
@@ -631,3 +631,26 @@ cdef class RtpMunger:
             return written
         finally:
             PyBuffer_Release(&sb)
+
+
+def munge_nogil(RtpMunger munger, packet, long long in_ext_seq, double now, dst):
+    """``munger.munge`` through the engine's C entry point ``munger_munge``, without the GIL
+    (so the tests can hold it to the reference too). Where the reference raises (a payload type
+    mapped outside 0..127, a negative extended value) it returns -1 or writes the low bits."""
+    cdef Py_buffer sb
+    cdef Py_buffer db
+    cdef Py_ssize_t written
+    PyObject_GetBuffer(packet, &sb, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(dst, &db, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        try:
+            with nogil:
+                written = munger_munge(
+                    &munger.m, <const unsigned char*>sb.buf, sb.len, in_ext_seq, now,
+                    <unsigned char*>db.buf, db.len,
+                )
+        finally:
+            PyBuffer_Release(&db)
+    finally:
+        PyBuffer_Release(&sb)
+    return written
