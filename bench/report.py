@@ -197,18 +197,20 @@ def write_plot(path: str | os.PathLike[str], results: Sequence[RunResult]) -> No
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for r in results:
+    for k, r in enumerate(results):
+        color = f"C{k}"  # one colour per target in every panel
         x = [s.rate for s in r.steps]
-        axes[0].plot(x, [s.egress_pps for s in r.steps], marker="o", label=r.target)
+        axes[0].plot(x, [s.egress_pps for s in r.steps], marker="o", color=color, label=r.target)
         axes[1].plot(
             x,
             [s.server_cpu_util if s.server_cpu_util is not None else float("nan") for s in r.steps],
             marker="o",
+            color=color,
             label=r.target,
         )
         for q, style in (("latency_p50_ms", "-"), ("latency_p99_ms", "--")):
             values = [getattr(s, q) if getattr(s, q) is not None else float("nan") for s in r.steps]
-            axes[2].plot(x, values, style, marker="o", label=f"{r.target} {q[8:11]}")
+            axes[2].plot(x, values, style, marker="o", color=color, label=f"{r.target} {q[8:11]}")
     titles = ("egress packets/s", "server CPU (cores)", "one-way latency (ms)")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)

@@ -19,7 +19,9 @@ The :class:`Target` protocol is everything the bench needs from a server; our SF
 * ``async cpu_seconds() -> float | None``: server CPU seconds used so far (user + system),
   or ``None`` when unknown. Only differences between two readings are used.
 
-A target may keep whatever it needs in ``Session.handle``.
+A target may keep whatever it needs in ``Session.handle``. A target whose media cannot live on
+loopback exposes ``media_host: str`` once started (Janus): the bench then binds its endpoints
+there. ``python -m bench --vs janus`` builds ``bench.janus.JanusTarget(server_cpu=...)``.
 """
 
 from __future__ import annotations
