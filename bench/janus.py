@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.targets import HTTP_TIMEOUT_S, Session, TargetError, proc_cpu_seconds
+from bench.targets import HTTP_TIMEOUT_S, Session, TargetError, cpu_count, proc_cpu_seconds
 
 __all__ = [
     "JanusApi",
@@ -157,8 +157,10 @@ class JanusOptions:
     #: VideoRoom's per-publisher bitrate (REMB) cap in bit/s: high, so that it never limits load.
     bitrate: int = 100_000_000
     #: Janus's ``event_loops``: 0 (Janus's default) gives each handle its own loop thread; N > 0
-    #: shares N loop threads among all handles.
-    event_loops: int = 0
+    #: shares N loop threads among all handles. None: one per CPU Janus may run on (1 when
+    #: pinned), how one would tune it for throughput. On one core, thread-per-handle costs
+    #: Janus about 2.5 times the CPU per forwarded packet (context switches).
+    event_loops: int | None = None
     #: DTLS handshake retransmission timeout in ms (honoured when Janus is built with BoringSSL).
     dtls_timeout_ms: int = 500
     session_timeout_s: int = 60
@@ -175,7 +177,12 @@ class JanusOptions:
 
 
 def write_config(
-    folder: Path, http_port: int, media_host: str, options: JanusOptions, modules: Path
+    folder: Path,
+    http_port: int,
+    media_host: str,
+    options: JanusOptions,
+    modules: Path,
+    event_loops: int = 0,
 ) -> Path:
     """Write janus.jcfg, the HTTP transport's and VideoRoom's configs; returns janus.jcfg's path.
 
@@ -203,7 +210,7 @@ def write_config(
 	server_name = "sfu-bench"
 	session_timeout = {options.session_timeout_s}
 	hide_dependencies = true
-	event_loops = {options.event_loops}
+	event_loops = {event_loops}
 }}
 certificates: {{
 	dtls_accept_selfsigned = true
@@ -476,6 +483,12 @@ class JanusTarget:
         """The Janus API's root URL."""
         return f"http://{self.options.api_host}:{self.http_port}/janus"
 
+    def event_loops(self) -> int:
+        """Janus's ``event_loops``: as configured, else one per CPU it may run on."""
+        if self.options.event_loops is not None:
+            return self.options.event_loops
+        return 1 if self.server_cpu is not None else cpu_count()
+
     def command(self, config: Path) -> list[str]:
         """The command line that starts Janus, under ``taskset -c server_cpu`` when pinned."""
         binary = janus_binary()
@@ -498,7 +511,12 @@ class JanusTarget:
             self.media_host = self.options.media_host or media_address()
             self.http_port = _free_tcp_port(self.options.api_host)
             config = write_config(
-                self.folder, self.http_port, self.media_host, self.options, find_module_root()
+                self.folder,
+                self.http_port,
+                self.media_host,
+                self.options,
+                find_module_root(),
+                self.event_loops(),
             )
             with open(self.folder / "janus.out", "wb") as out:
                 self._process = await asyncio.create_subprocess_exec(

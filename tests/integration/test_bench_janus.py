@@ -175,9 +175,10 @@ def _janus_processes(folder: Path) -> list[int]:
     return pids
 
 
-def test_janus_loads_only_videoroom_and_http() -> None:
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "unpinned"])
+def test_janus_loads_only_videoroom_and_http(pinned: bool) -> None:
     async def scenario() -> None:
-        target = JanusTarget()
+        target = JanusTarget(0 if pinned else None)
         await target.start()
         try:
             async with (
@@ -190,6 +191,9 @@ def test_janus_loads_only_videoroom_and_http() -> None:
             assert not info.get("events")
             assert info["ice-lite"] is True and info["ice-tcp"] is False
             assert info["full-trickle"] is False
+            assert info["local-ip"] == target.media_host
+            # Media handles share one loop thread per CPU Janus may use (one when pinned).
+            assert info["static-event-loops"] == (1 if pinned else cpu_count())
             assert target.http_port is not None
             # The API listens on loopback only.
             with socket.socket() as sock:
