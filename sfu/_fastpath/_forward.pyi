@@ -63,6 +63,8 @@ class Forwarder:
     protect_errors: int
     send_errors: int
     log_overflow: int
+    gso: bool
+    gso_sends: int
     def __init__(
         self,
         *,

@@ -98,6 +98,29 @@ cdef extern from "<sys/socket.h>" nogil:
     int AF_INET
     int AF_INET6
 
+cdef extern from "<sys/socket.h>" nogil:
+    cdef struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    size_t CMSG_SPACE(size_t length)
+    size_t CMSG_LEN(size_t length)
+    cmsghdr* CMSG_FIRSTHDR(msghdr* msg)
+    unsigned char* CMSG_DATA(cmsghdr* cmsg)
+
+cdef extern from *:
+    """
+    #include <netinet/udp.h>
+    #ifndef SOL_UDP
+    #define SOL_UDP 17
+    #endif
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103
+    #endif
+    """
+    int SOL_UDP
+    int UDP_SEGMENT
+
 cdef extern from "<netinet/in.h>" nogil:
     cdef struct in_addr:
         uint32_t s_addr
@@ -158,6 +181,8 @@ cdef enum:
     MUNGE_LIMIT = 1500          # the reference's Subscription.buf size
     TX_STREAMS = 64             # ingress streams per transport (MAX_STREAMS is 32)
     LATENCY_SLOTS = 4096
+    GSO_SEGMENTS = 32           # most packets in one UDP GSO send (the kernel allows 64)
+    CMSG_SIZE = 32              # room for one UDP_SEGMENT control message
 
 cdef struct addr_key_t:
     int family
@@ -539,8 +564,20 @@ cdef class Forwarder:
     cdef uint8_t* out_buf
     cdef mmsghdr out_msgs[OUT_SLOTS]
     cdef iovec out_iov[OUT_SLOTS]
-    cdef sockaddr_storage out_addr[OUT_SLOTS]
+    cdef int out_tx[OUT_SLOTS]      # destination transport of each pending packet
+    cdef int out_len[OUT_SLOTS]     # its length on the wire
+    cdef int out_group[OUT_SLOTS]   # flush: the send (GSO group) it joins
+    cdef int grp_tx[OUT_SLOTS]
+    cdef int grp_seg[OUT_SLOTS]
+    cdef int grp_n[OUT_SLOTS]
+    cdef int grp_start[OUT_SLOTS]
+    cdef int grp_bytes[OUT_SLOTS]
+    cdef bint grp_closed[OUT_SLOTS]
+    cdef uint8_t grp_cmsg[OUT_SLOTS][CMSG_SIZE]
+    cdef int* open_group            # per transport: the group still accepting packets, -1
     cdef int out_count
+    cdef readonly bint gso          # UDP GSO in use (off for good after the kernel refuses it)
+    cdef readonly unsigned long long gso_sends
     cdef int fd                     # >= 0: flush with sendmmsg; -1: collect for process()
     cdef list collected
     # counters
@@ -575,6 +612,12 @@ cdef class Forwarder:
         self.log = <record_t*>malloc(log_capacity * sizeof(record_t))
         self.recv_buf = <uint8_t*>malloc(BATCH * RECV_SIZE)
         self.out_buf = <uint8_t*>malloc(OUT_SLOTS * OUT_SIZE)
+        self.open_group = <int*>malloc(max_transports * sizeof(int))
+        if self.open_group == NULL:
+            raise MemoryError()
+        for i in range(max_transports):
+            self.open_group[i] = -1
+        self.gso = True
         if (self.tx == NULL or self.streams == NULL or self.table == NULL or self.log == NULL
                 or self.recv_buf == NULL or self.out_buf == NULL):
             raise MemoryError()
@@ -597,6 +640,7 @@ cdef class Forwarder:
         free(self.log)
         free(self.recv_buf)
         free(self.out_buf)
+        free(self.open_group)
 
     # -- control plane ------------------------------------------------------------------------
 
@@ -890,32 +934,107 @@ cdef class Forwarder:
             return
         for i in range(self.out_count):
             self.collected.append((
-                PyBytes_FromStringAndSize(<const char*>self.out_iov[i].iov_base,
-                                          self.out_iov[i].iov_len),
-                _address(&self.out_addr[i]),
+                PyBytes_FromStringAndSize(<const char*>(self.out_buf + i * OUT_SIZE),
+                                          self.out_len[i]),
+                _address(&self.tx[self.out_tx[i]].sa),
             ))
         self.out_count = 0
 
     cdef void _flush_nogil(self) noexcept nogil:
-        cdef int done = 0
-        cdef int r
+        """Send the pending packets: consecutive packets to one subscriber of equal size (the
+        last may be shorter) go out as one UDP GSO send, everything in one ``sendmmsg``."""
+        cdef int i, g, d, n, length, groups = 0, pos = 0
+        cdef tx_t* t
+        cdef msghdr* hdr
+        cdef cmsghdr* cm
         if self.fd < 0:
             with gil:
                 self._flush()
             return
-        while done < self.out_count:
-            r = sendmmsg(self.fd, &self.out_msgs[done], self.out_count - done, MSG_DONTWAIT)
+        for i in range(self.out_count):
+            d = self.out_tx[i]
+            length = self.out_len[i]
+            g = self.open_group[d] if self.gso else -1
+            if (g >= 0 and not self.grp_closed[g] and self.grp_n[g] < GSO_SEGMENTS
+                    and length <= self.grp_seg[g]):
+                self.grp_n[g] += 1
+                self.grp_bytes[g] += length
+                if length < self.grp_seg[g]:
+                    self.grp_closed[g] = True  # a shorter segment must be the last
+            else:
+                g = groups
+                groups += 1
+                self.grp_tx[g] = d
+                self.grp_seg[g] = length
+                self.grp_n[g] = 1
+                self.grp_bytes[g] = length
+                self.grp_closed[g] = False
+                self.open_group[d] = g
+            self.out_group[i] = g
+        for g in range(groups):
+            self.grp_start[g] = pos
+            pos += self.grp_n[g]
+            self.grp_n[g] = 0
+            self.open_group[self.grp_tx[g]] = -1
+        for i in range(self.out_count):
+            g = self.out_group[i]
+            n = self.grp_start[g] + self.grp_n[g]
+            self.grp_n[g] += 1
+            self.out_iov[n].iov_base = self.out_buf + i * OUT_SIZE
+            self.out_iov[n].iov_len = self.out_len[i]
+        for g in range(groups):
+            t = &self.tx[self.grp_tx[g]]
+            hdr = &self.out_msgs[g].msg_hdr
+            memset(&self.out_msgs[g], 0, sizeof(mmsghdr))
+            hdr.msg_name = &t.sa
+            hdr.msg_namelen = t.salen
+            hdr.msg_iov = &self.out_iov[self.grp_start[g]]
+            hdr.msg_iovlen = self.grp_n[g]
+            if self.grp_n[g] > 1:
+                hdr.msg_control = self.grp_cmsg[g]
+                hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+                cm = CMSG_FIRSTHDR(hdr)
+                cm.cmsg_level = SOL_UDP
+                cm.cmsg_type = UDP_SEGMENT
+                cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+                (<uint16_t*>CMSG_DATA(cm))[0] = <uint16_t>self.grp_seg[g]
+                self.gso_sends += 1
+        self._send_groups(groups)
+        self.out_count = 0
+
+    cdef void _send_groups(self, int groups) noexcept nogil:
+        cdef int done = 0
+        cdef int r, i, lost
+        while done < groups:
+            r = sendmmsg(self.fd, &self.out_msgs[done], groups - done, MSG_DONTWAIT)
             if r > 0:
                 done += r
             elif r < 0 and errno == EINTR:
                 continue
             elif r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK):
-                self.send_errors += self.out_count - done  # socket buffer full: drop the rest
+                for i in range(done, groups):  # socket buffer full: drop the rest
+                    self.send_errors += self.out_msgs[i].msg_hdr.msg_iovlen
                 break
             else:
-                self.send_errors += 1  # this destination failed (e.g. unreachable): skip it
+                lost = <int>self.out_msgs[done].msg_hdr.msg_iovlen
+                if lost > 1 and self.gso:
+                    self.gso = False  # the kernel refused GSO: send one by one from now on
+                    self._send_one_by_one(&self.out_msgs[done].msg_hdr)
+                else:
+                    self.send_errors += lost  # this destination failed (e.g. unreachable)
                 done += 1
-        self.out_count = 0
+
+    cdef void _send_one_by_one(self, msghdr* hdr) noexcept nogil:
+        cdef mmsghdr one
+        cdef size_t i
+        for i in range(hdr.msg_iovlen):
+            memset(&one, 0, sizeof(mmsghdr))
+            one.msg_hdr.msg_name = hdr.msg_name
+            one.msg_hdr.msg_namelen = hdr.msg_namelen
+            one.msg_hdr.msg_iov = &hdr.msg_iov[i]
+            one.msg_hdr.msg_iovlen = 1
+            if sendmmsg(self.fd, &one, 1, MSG_DONTWAIT) != 1:
+                self.send_errors += 1
 
     cdef inline void _log(self, int stream, int flags, long long ext_seq, long long ts,
                           double now, int size, int twcc, int level, int forwarded,
@@ -1052,14 +1171,8 @@ cdef class Forwarder:
             if wire < 0:
                 self.protect_errors += 1
                 continue
-            self.out_iov[self.out_count].iov_base = slot
-            self.out_iov[self.out_count].iov_len = wire
-            memcpy(&self.out_addr[self.out_count], &out.sa, out.salen)
-            memset(&self.out_msgs[self.out_count], 0, sizeof(mmsghdr))
-            self.out_msgs[self.out_count].msg_hdr.msg_name = &self.out_addr[self.out_count]
-            self.out_msgs[self.out_count].msg_hdr.msg_namelen = out.salen
-            self.out_msgs[self.out_count].msg_hdr.msg_iov = &self.out_iov[self.out_count]
-            self.out_msgs[self.out_count].msg_hdr.msg_iovlen = 1
+            self.out_tx[self.out_count] = route.out
+            self.out_len[self.out_count] = <int>wire
             self.out_count += 1
             self.sent_packets += 1
             self.sent_bytes += wire
