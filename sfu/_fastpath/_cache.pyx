@@ -11,11 +11,17 @@ from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from sfu.core.retransmission import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE
+from sfu.core.retransmission import (
+    DEFAULT_CAPACITY,
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_SIZE,
+    _check_power_of_two,
+)
 
 cdef enum:
     _SLOT_OVERHEAD = 20  # bytes of per-slot bookkeeping: seq (int64) + time (f64) + length (i32)
 
+_SEQ_LIMIT = 1 << 63  # extended sequence numbers are stored as int64
 cdef char* _FORMAT_B = b"B"  # buffer format of the packet store: unsigned bytes
 
 
@@ -60,11 +66,6 @@ cdef void cache_clear(cache_t* c) noexcept nogil:
         c.seqs[i] = -1
         c.lengths[i] = 0
     c.newest = -1
-
-
-def _check_power_of_two(name: str, value: int) -> None:
-    if value <= 0 or value & (value - 1):
-        raise ValueError(f"{name} must be a positive power of two, got {value}")
 
 
 cdef class RetransmissionBuffer:
@@ -222,6 +223,8 @@ cdef class RetransmissionBuffer:
             return
         if ext_seq < 0:
             raise ValueError("extended sequence numbers are non-negative")
+        if ext_seq >= _SEQ_LIMIT:  # the reference's int64 column refuses these too
+            raise ValueError("extended sequence numbers must be below 2**63")
         cdef long long seq = ext_seq
         cache_put(&self.c, &mv[0] if n > 0 else NULL, n, seq, now)
 

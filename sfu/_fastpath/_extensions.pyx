@@ -1,15 +1,13 @@
 # cython: language_level=3
 """Compiled header-extension id rewriter: ``sfu.core.header_extensions.ExtensionRewriter`` in C.
 
-The tables are built by the reference's own Python code in ``__init__`` and copied into C
+The tables are built by the reference's constructor in ``__init__`` and copied into C
 arrays; :func:`ext_apply` (declared in ``_extensions.pxd``) rewrites a packet without the GIL.
 """
 
 from libc.string cimport memset
 
-from sfu.core.header_extensions import HIDDEN_URIS, _unused_id
 from sfu.core.header_extensions import ExtensionRewriter as _Reference
-from sfu.packet.extensions import ABS_SEND_TIME_URI
 
 cdef enum:
     _ONE_BYTE_PROFILE = 0xBEDE
@@ -97,30 +95,16 @@ cdef class ExtensionRewriter:
     (see the reference ``sfu.core.header_extensions.ExtensionRewriter``)."""
 
     def __init__(self, source, dest):
-        # The reference's table construction, verbatim, so every input behaves the same.
-        by_uri = {uri: ext_id for ext_id, uri in dest.items() if uri not in HIDDEN_URIS}
-        used = set(dest)
-        hide_one = _unused_id(used, 14)
-        hide_two = _unused_id(used, 255)
-        one = bytearray(range(16))
-        two = bytearray(range(256))
-        for ext_id in range(1, 256):
-            uri = source.get(ext_id)
-            mapped = by_uri.get(uri) if uri is not None else None
-            if ext_id < 15:
-                one[ext_id] = mapped if mapped is not None and mapped < 15 else hide_one
-            two[ext_id] = mapped if mapped is not None else hide_two
-        src_abs = {i for i, u in source.items() if u == ABS_SEND_TIME_URI}
-        abs_ids = frozenset(src_abs if ABS_SEND_TIME_URI in by_uri else ())
-        identity = (
-            all(one[i] == i for i in source if i < 15)
-            and all(two[i] == i for i in source)
-            and not abs_ids
-        )
+        # The tables come from the reference's own constructor, so every input behaves the same.
+        ref = _Reference(source, dest)
         # Kept for buffers the C path cannot take: the reference's apply runs on them.
-        self._one = bytes(one)
-        self._two = bytes(two)
-        self._abs_ids = abs_ids
+        self._one = ref._one
+        self._two = ref._two
+        self._abs_ids = ref._abs_ids
+        identity = ref.identity
+        one = self._one
+        two = self._two
+        abs_ids = self._abs_ids
         cdef int i
         for i in range(16):
             self.r.one[i] = one[i]
