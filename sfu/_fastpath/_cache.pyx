@@ -216,7 +216,13 @@ cdef class RetransmissionBuffer:
 
     def put(self, packet, ext_seq, double now) -> None:
         """Store a copy of ``packet`` (a whole RTP packet) under extended seq ``ext_seq``."""
-        cdef const unsigned char[::1] mv = packet
+        cdef const unsigned char[::1] mv
+        try:
+            mv = packet
+        except (TypeError, ValueError, BufferError):
+            if not isinstance(packet, memoryview):
+                raise
+            mv = packet.tobytes()  # a non-contiguous view: store its bytes, as the reference
         cdef Py_ssize_t n = mv.shape[0]
         if n > self.c.max_size:
             self.c.too_large += 1

@@ -5,8 +5,6 @@ The tables are built by the reference's constructor in ``__init__`` and copied i
 arrays; :func:`ext_apply` (declared in ``_extensions.pxd``) rewrites a packet without the GIL.
 """
 
-from libc.string cimport memset
-
 from sfu.core.header_extensions import ExtensionRewriter as _Reference
 
 cdef enum:
@@ -101,20 +99,13 @@ cdef class ExtensionRewriter:
         self._one = ref._one
         self._two = ref._two
         self._abs_ids = ref._abs_ids
-        identity = ref.identity
-        one = self._one
-        two = self._two
-        abs_ids = self._abs_ids
         cdef int i
         for i in range(16):
-            self.r.one[i] = one[i]
+            self.r.one[i] = self._one[i]
         for i in range(256):
-            self.r.two[i] = two[i]
-        memset(self.r.abs_ids, 0, sizeof(self.r.abs_ids))
-        for i in range(256):
-            if i in abs_ids:
-                self.r.abs_ids[i] = 1
-        self.r.identity = identity
+            self.r.two[i] = self._two[i]
+            self.r.abs_ids[i] = i in self._abs_ids
+        self.r.identity = ref.identity
 
     @property
     def identity(self) -> bool:

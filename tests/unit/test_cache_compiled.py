@@ -147,9 +147,12 @@ def test_compiled_view_keeps_the_storage_alive_and_is_read_only() -> None:
 _seqs = st.one_of(
     st.integers(-3, 40), st.integers(65530, 65545), st.integers(2**62, 2**63 + 5), st.just(-(2**70))
 )
+_packets = st.binary(max_size=20).flatmap(
+    lambda b: st.sampled_from([b, bytearray(b), memoryview(b), memoryview(b + b)[::2]])
+)
 _ops = st.lists(
     st.one_of(
-        st.tuples(st.just("put"), st.binary(max_size=20), _seqs, st.floats(0.0, 0.7)),
+        st.tuples(st.just("put"), _packets, _seqs, st.floats(0.0, 0.7)),
         st.tuples(st.just("get"), _seqs, st.floats(0.0, 0.7)),
         st.tuples(st.just("clear")),
     ),
