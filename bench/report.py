@@ -186,6 +186,7 @@ def write_json(path: str | os.PathLike[str], results: Sequence[RunResult], find_
     }
     if len(results) >= 2:
         doc["ratios"] = comparison(results, find_max)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")
 
 
@@ -220,5 +221,6 @@ def write_plot(path: str | os.PathLike[str], results: Sequence[RunResult]) -> No
     scenario = results[0].scenario if results else ""
     fig.suptitle(f"python -m bench {scenario}")
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
