@@ -13,7 +13,11 @@ from setuptools import Extension, setup
 FASTPATH = Path("sfu") / "_fastpath"
 
 # C libraries a kernel links against (the SRTP kernel calls OpenSSL libcrypto, from libssl-dev).
-LIBRARIES: dict[str, list[str]] = {"_srtp": ["crypto"], "_forward": ["crypto"], "_loadgen": ["crypto"]}
+LIBRARIES: dict[str, list[str]] = {
+    "_srtp": ["crypto"],
+    "_forward": ["crypto"],
+    "_loadgen": ["crypto"],
+}
 
 # The bench's compiled send/receive loops (``bench/_loadgen.pyx``) build beside the kernels.
 SOURCES = sorted(FASTPATH.glob("*.pyx")) + sorted(Path("bench").glob("*.pyx"))
