@@ -219,6 +219,8 @@ cdef struct tx_t:
     srtp_session_t* outbound
     int twcc_id
     int level_id
+    int drop_every              # impairment for tests and drills: drop every n-th egress packet
+    unsigned long long drop_seen
     int nstreams
     uint32_t ssrcs[TX_STREAMS]
     int streams[TX_STREAMS]
@@ -589,6 +591,7 @@ cdef class Forwarder:
     cdef readonly unsigned long long protect_errors
     cdef readonly unsigned long long send_errors
     cdef readonly unsigned long long log_overflow
+    cdef readonly unsigned long long impaired_drops
 
     def __cinit__(self, *, clock=None, int sample_mask=63, Py_ssize_t log_capacity=65536,
                   Py_ssize_t max_transports=4096, Py_ssize_t max_streams=16384):
@@ -701,6 +704,8 @@ cdef class Forwarder:
         t = &self.tx[handle]
         if not t.used:
             t.nstreams = 0
+            t.drop_every = 0
+            t.drop_seen = 0
         t.used = True
         t.key = key
         t.sa = sa
@@ -711,6 +716,16 @@ cdef class Forwarder:
         t.level_id = level_id
         self.tx_refs[handle] = (inbound, outbound)
         self._rebuild_table()
+
+    def set_impairment(self, int handle, int drop_every):
+        """Drop every ``drop_every``-th packet forwarded to a transport, counted as sent
+        (0: none): deterministic loss for tests and drills, never on by default."""
+        if drop_every < 0:
+            raise ValueError("drop_every must not be negative")
+        if not 0 <= handle < self.max_transports or not self.tx[handle].used:
+            raise KeyError(f"transport {handle} is not registered")
+        self.tx[handle].drop_every = drop_every
+        self.tx[handle].drop_seen = 0
 
     def remove_transport(self, int handle):
         """Forget a transport (its streams stay registered until removed, and stay idle)."""
@@ -807,7 +822,9 @@ cdef class Forwarder:
                 r.vp8 = NULL if vp8 is None else &(<Vp8Munger?>vp8).m
                 r.ext = &(<ExtensionRewriter?>sub.extensions).r
                 r.state = &(<RouteState?>sub.state).st
-                refs.append(sub)
+                # The route points into these objects: keep each alive, even if the
+                # subscription swaps one before the next push.
+                refs.append((sub, selector, sub.munger, vp8, sub.extensions, sub.state))
         except BaseException:
             free(array)
             raise
@@ -1167,6 +1184,13 @@ cdef class Forwarder:
             out = &self.tx[route.out]
             if not out.used:
                 continue
+            if out.drop_every:
+                out.drop_seen += 1
+                if out.drop_seen % out.drop_every == 0:
+                    self.impaired_drops += 1  # "sent": lost on the way, as far as we know
+                    forwarded += 1
+                    out_bytes += nout
+                    continue
             wire = srtp_protect_rtp(out.outbound, slot, nout, OUT_SIZE)
             if wire < 0:
                 self.protect_errors += 1

@@ -77,7 +77,17 @@ def _key(address: Address) -> tuple[str, int]:
 
 
 class _Transport:
-    __slots__ = ("address", "inbound", "key", "level_id", "outbound", "streams", "twcc_id")
+    __slots__ = (
+        "address",
+        "drop_every",
+        "drop_seen",
+        "inbound",
+        "key",
+        "level_id",
+        "outbound",
+        "streams",
+        "twcc_id",
+    )
 
     def __init__(self, address: Address, srtp: Any, twcc_id: int, level_id: int) -> None:
         self.address = address
@@ -87,6 +97,8 @@ class _Transport:
         self.twcc_id = twcc_id
         self.level_id = level_id
         self.streams: dict[int, _Stream] = {}
+        self.drop_every = 0
+        self.drop_seen = 0
 
 
 class _Stream:
@@ -138,6 +150,7 @@ class Forwarder:
         self.protect_errors = 0
         self.send_errors = 0
         self.log_overflow = 0
+        self.impaired_drops = 0
 
     # -- control plane ------------------------------------------------------------------------
 
@@ -151,10 +164,22 @@ class Forwarder:
         transport = _Transport(address, srtp, twcc_id, level_id)
         if old is not None:
             transport.streams = old.streams
+            transport.drop_every, transport.drop_seen = old.drop_every, old.drop_seen
             if self._by_addr.get(old.key) is old:
                 del self._by_addr[old.key]
         self._transports[handle] = transport
         self._by_addr[transport.key] = transport
+
+    def set_impairment(self, handle: int, drop_every: int) -> None:
+        """Drop every ``drop_every``-th packet forwarded to a transport, counted as sent
+        (0: none): deterministic loss for tests and drills, never on by default."""
+        if drop_every < 0:
+            raise ValueError("drop_every must not be negative")
+        transport = self._transports.get(handle)
+        if transport is None:
+            raise KeyError(f"transport {handle} is not registered")
+        transport.drop_every = drop_every
+        transport.drop_seen = 0
 
     def remove_transport(self, handle: int) -> None:
         """Forget a transport (its streams stay registered until removed, and stay idle)."""
@@ -353,6 +378,13 @@ class Forwarder:
             target = transports.get(out)
             if target is None:
                 continue
+            if target.drop_every:
+                target.drop_seen += 1
+                if target.drop_seen % target.drop_every == 0:
+                    self.impaired_drops += 1  # "sent": lost on the way, as far as we know
+                    forwarded += 1
+                    out_bytes += n
+                    continue
             try:
                 wire = target.outbound.protect_rtp(bytes(memoryview(sub.buf)[:n]))
             except SrtpError:

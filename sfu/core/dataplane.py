@@ -107,6 +107,15 @@ class DataPlane:
                 if peer is claim.peer:
                     self._register_stream(handle, claim.handle, pub, stream)
 
+    def impair(self, transport: WebRtcTransport, drop_every: int) -> bool:
+        """Drop every ``drop_every``-th packet the data plane forwards to ``transport``
+        (0 stops it); for tests and drills. False when the transport is not registered."""
+        claim = self._claims.get(transport)
+        if claim is None or not claim.registered:
+            return False
+        self.forwarder.set_impairment(claim.handle, drop_every)
+        return True
+
     def release(self, transport: WebRtcTransport) -> None:
         """Forget ``transport`` and the streams it carried."""
         claim = self._claims.pop(transport, None)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from sfu.core.header_extensions import ExtensionRewriter
+from sfu.core.kernels import ExtensionRewriter
 from sfu.core.peer import Peer, RouterStats
 from sfu.core.publication import Publication, new_id, new_ssrc
 from sfu.core.subscription import Subscription
@@ -458,6 +458,8 @@ class RoomService:
                 kept.extensions = ExtensionRewriter(
                     publication.extensions, _subscriber_extensions(by_mid[mid], bundle_ids)
                 )
+                if publication.on_fanout is not None:
+                    publication.on_fanout(publication)  # the data plane takes the new rewriter
             else:
                 self._subscribe(
                     participant, peer, by_mid[mid], publication, codec, taken, bundle_ids, now

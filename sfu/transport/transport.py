@@ -132,6 +132,11 @@ class WebRtcTransport:
         """True once closed or failed: the port then forgets it."""
         return self.state in (TransportState.CLOSED, TransportState.FAILED)
 
+    @property
+    def listener(self) -> TransportListener | None:
+        """Who receives this transport's media and state changes."""
+        return self._listener
+
     def set_listener(self, listener: TransportListener | None) -> None:
         """Attach the routing layer (may happen after creation, once the answer is sent)."""
         self._listener = listener

@@ -23,6 +23,7 @@ from selenium import webdriver
 
 from sfu.app import Server
 from sfu.config import AuditConfig, Config, HttpConfig, MediaConfig, ServerConfig
+from sfu.core.dataplane import DataPlane
 from sfu.core.peer import Peer
 from sfu.transport.transport import WebRtcTransport
 
@@ -97,16 +98,20 @@ def server_thread(config: Config = MEETING_CONFIG) -> Iterator[ServerThread]:
 class DropEveryNth:
     """Drops every ``n``-th RTP packet a transport sends (deterministic loss), as if lost.
 
-    ``WebRtcTransport`` has ``__slots__`` and no instance ``__dict__``, so its ``send_rtp`` can
-    not be shadowed by an instance attribute; instead the transport's class is swapped for a
-    slot-compatible subclass whose ``send_rtp`` consults this object first. Install and
-    uninstall on the server's loop.
+    Media forwarded by the data plane is impaired there (``DataPlane.impair``); what the
+    Python path sends (retransmissions) through the transport's ``send_rtp``:
+    ``WebRtcTransport`` has ``__slots__`` and no instance ``__dict__``, so that method can not
+    be shadowed by an instance attribute; instead the transport's class is swapped for a
+    slot-compatible subclass that consults this object first. Install and uninstall on the
+    server's loop.
     """
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.seen = 0
-        self.dropped = 0
+        self._python_dropped = 0
+        self._dataplane: DataPlane | None = None
+        self._baseline = 0
         dropper = self
 
         class DroppingTransport(WebRtcTransport):
@@ -115,20 +120,35 @@ class DropEveryNth:
             def send_rtp(self, packet: bytes) -> bool:
                 dropper.seen += 1
                 if dropper.seen % dropper.n == 0:
-                    dropper.dropped += 1
+                    dropper._python_dropped += 1
                     return True  # "sent": lost on the way, as far as the server can tell
                 return super().send_rtp(packet)
 
         self._cls = DroppingTransport
 
+    @property
+    def dropped(self) -> int:
+        """Packets dropped so far, on either path."""
+        fast = 0
+        if self._dataplane is not None:
+            fast = self._dataplane.forwarder.impaired_drops - self._baseline
+        return self._python_dropped + fast
+
     def install(self, transport: WebRtcTransport) -> None:
         assert type(transport) is WebRtcTransport
         transport.__class__ = self._cls
+        peer = transport.listener
+        if isinstance(peer, Peer) and peer.dataplane is not None:
+            self._dataplane = peer.dataplane
+            self._baseline = peer.dataplane.forwarder.impaired_drops
+            assert peer.dataplane.impair(transport, self.n)
 
     def uninstall(self, transport: WebRtcTransport) -> None:
         installed: type = type(transport)
         if installed is self._cls:
             transport.__class__ = WebRtcTransport
+        if self._dataplane is not None:
+            self._dataplane.impair(transport, 0)
 
 
 # -- the demo page ---------------------------------------------------------------------------

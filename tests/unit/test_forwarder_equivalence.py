@@ -57,6 +57,7 @@ events = st.lists(
             st.booleans(),
         ),
         st.tuples(st.just("hold"), st.integers(0, SUBS - 1), st.booleans()),
+        st.tuples(st.just("impair"), st.integers(0, SUBS - 1), st.integers(0, 4)),
         st.tuples(st.just("fanout"), st.lists(st.integers(0, SUBS - 1), max_size=SUBS)),
         st.tuples(st.just("junk"), st.binary(min_size=0, max_size=40), st.booleans()),
         st.tuples(st.just("tamper"), st.integers(0, 2)),
@@ -118,6 +119,8 @@ def test_compiled_forwarder_matches_reference(events: list[tuple[Any, ...]]) -> 
             elif kind == "hold":
                 world.video_subs[event[1]].set_held(event[2])
                 world.audio_subs[event[1]].set_held(event[2])
+            elif kind == "impair":
+                world.forwarder.set_impairment(event[1] + 1, event[2])
             elif kind == "fanout":
                 world.video_fanout = sorted(set(event[1]))
                 world.audio_fanout = sorted(set(event[1]))
@@ -130,6 +133,7 @@ def test_compiled_forwarder_matches_reference(events: list[tuple[Any, ...]]) -> 
         assert comp_egress == ref_egress
         assert comp.forwarder.drain_log() == ref.forwarder.drain_log()
         assert comp.snapshot() == ref.snapshot()
+        assert comp.forwarder.impaired_drops == ref.forwarder.impaired_drops
 
 
 def test_every_kind_of_datagram_is_exercised() -> None:
