@@ -62,6 +62,8 @@ class DataPlane:
         self._streams: dict[int, tuple[Peer, Publication, SourceStream]] = {}
         self._handles: dict[int, int] = {}  # id(source stream) -> handle
         self._pub_streams: dict[int, set[int]] = {}  # id(publication) -> stream handles
+        #: While True no stream is registered: all media takes the Python path (see suspend).
+        self.suspended = False
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -156,7 +158,7 @@ class DataPlane:
         for handle in self._pub_streams.get(id(publication), ()):
             peer, pub, _ = self._streams[handle]
             claim = self._claims.get(peer.transport)
-            if claim is not None and claim.registered:
+            if claim is not None and claim.registered and not self.suspended:
                 self.forwarder.set_routes(handle, self._routes(pub))
 
     def _routes(self, publication: Publication) -> list[tuple[Any, int]]:
@@ -167,6 +169,8 @@ class DataPlane:
     ) -> None:
         kind = _kind(publication)
         assert kind is not None
+        if self.suspended:
+            return
         try:
             self.forwarder.set_stream(handle, transport, stream, kind)
         except ValueError:
@@ -186,6 +190,22 @@ class DataPlane:
                 del self._pub_streams[id(pub)]
         self.forwarder.remove_stream(handle)
         self._free_streams.insert(0, handle)
+
+    def suspend(self) -> None:
+        """Send all media through the Python path (the reference of the data plane) until
+        :meth:`resume`; for diagnostics and for tests that observe that path's per-packet
+        calls. Both paths share every per-packet state, so the switch is seamless."""
+        self.suspended = True
+        for handle in list(self._streams):
+            self.forwarder.remove_stream(handle)
+
+    def resume(self) -> None:
+        """Forward in the data plane again (see :meth:`suspend`)."""
+        self.suspended = False
+        for handle, (peer, pub, stream) in list(self._streams.items()):
+            claim = self._claims.get(peer.transport)
+            if claim is not None and claim.registered:
+                self._register_stream(handle, claim.handle, pub, stream)
 
     # -- feedback -----------------------------------------------------------------------------
 

@@ -65,6 +65,17 @@ def test_forwarded_rtp_takes_no_python_slow_path(monkeypatch: pytest.MonkeyPatch
                     if p.peer is not None
                 )
                 assert ingested >= forwarder.fast_packets - 200  # at most a tick behind
+                # Suspended, the same media takes the Python path (same state, no gap) ...
+                dataplane = server.port.dataplane
+                dataplane.suspend()
+                fast1, python1 = forwarder.fast_packets, on_rtp_calls[0]
+                await asyncio.sleep(0.6)
+                assert forwarder.fast_packets == fast1
+                assert on_rtp_calls[0] - python1 > 20
+                # ... and back in the data plane when resumed.
+                dataplane.resume()
+                await asyncio.sleep(0.6)
+                assert forwarder.fast_packets - fast1 > 20
 
     asyncio.run(scenario())
 

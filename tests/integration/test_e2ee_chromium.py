@@ -58,6 +58,7 @@ from sframe_reference import (
 from sfu import clock
 from sfu.codecs.vp8 import parse_vp8
 from sfu.config import RoomsConfig
+from sfu.core.peer import Peer
 from sfu.packet.rtp import RtpPacket
 from sfu.transport.transport import WebRtcTransport
 
@@ -140,7 +141,9 @@ class CaptureRtp:
     """Records the RTP packets a transport sends (before SRTP), up to ``limit``.
 
     Installed by swapping the transport's class for a slot-compatible subclass, like
-    :class:`meeting.DropEveryNth`; install and uninstall on the server's loop.
+    :class:`meeting.DropEveryNth`; install and uninstall on the server's loop. Forwarded
+    media reaches ``send_rtp`` only on the Python path, so the data plane is suspended while
+    capturing (both paths produce byte-identical egress: test_forwarder_equivalence.py).
     """
 
     def __init__(self, limit: int = 20_000) -> None:
@@ -160,10 +163,16 @@ class CaptureRtp:
     def install(self, transport: WebRtcTransport) -> None:
         assert type(transport) is WebRtcTransport
         transport.__class__ = self._cls
+        peer = transport.listener
+        if isinstance(peer, Peer) and peer.dataplane is not None:
+            peer.dataplane.suspend()
 
     def uninstall(self, transport: WebRtcTransport) -> None:
         if type(transport) is self._cls:
             transport.__class__ = WebRtcTransport
+        peer = transport.listener
+        if isinstance(peer, Peer) and peer.dataplane is not None:
+            peer.dataplane.resume()
 
 
 def _frames(packets: list[RtpPacket]) -> list[bytes]:
