@@ -53,6 +53,8 @@ MIN_VERSION = 1000
 
 #: Error code VideoRoom answers ``create`` with when the room is already there.
 ROOM_EXISTS = 427
+#: How long a subscriber waits for a feed Janus does not list yet (its publisher connecting).
+FEED_WAIT_S = 10.0
 
 #: Where Debian and source builds put the plugin, transport, event-handler and logger modules.
 _MODULE_ROOTS = (
@@ -662,7 +664,7 @@ class JanusTarget:
             "streams": [{"feed": publisher}],
         }
         try:
-            reply = await api.message(handle, body)
+            reply = await self._join_subscriber(api, handle, body)
         except BaseException:
             await self.close(session)
             raise
@@ -672,6 +674,18 @@ class JanusTarget:
             raise JanusError(f"subscribing {identity} to {publisher} got no JSEP offer: {reply}")
         session.offer_sdp = str(jsep["sdp"])
         return session
+
+    async def _join_subscriber(self, api: Any, handle: int, body: dict[str, Any]) -> Any:
+        """Join as a subscriber; a feed Janus does not list yet (error 428: its publisher's
+        PeerConnection is still coming up) is retried for up to FEED_WAIT_S seconds."""
+        deadline = time.monotonic() + FEED_WAIT_S
+        while True:
+            try:
+                return await api.message(handle, body)
+            except JanusError as exc:
+                if "error 428" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(0.1)
 
     async def answer(self, session: Session, answer_sdp: str) -> None:
         """Deliver our answer to Janus's subscriber offer (VideoRoom ``start``)."""
