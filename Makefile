@@ -11,7 +11,7 @@ DEB_RUN  := gcc libssl-dev
 DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus
 PYTEST_ARGS ?=
 
-SOURCES := pyproject.toml setup.py $(wildcard sfu/_fastpath/*.pyx sfu/_fastpath/*.pxd)
+SOURCES := pyproject.toml setup.py $(wildcard sfu/_fastpath/*.pyx sfu/_fastpath/*.pxd bench/*.pyx)
 
 .PHONY: run test lint typecheck pytest pytest-compiled pytest-python bench clean deb-run deb-test
 

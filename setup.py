@@ -15,8 +15,6 @@ FASTPATH = Path("sfu") / "_fastpath"
 # C libraries a kernel links against (the SRTP kernel calls OpenSSL libcrypto, from libssl-dev).
 LIBRARIES: dict[str, list[str]] = {
     "_srtp": ["crypto"],
-    "_forward": ["crypto"],
-    "_loadgen": ["crypto"],
 }
 
 # The bench's compiled send/receive loops (``bench/_loadgen.pyx``) build beside the kernels.

@@ -14,6 +14,17 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
+from sfu._fastpath._net cimport (
+    EINTR,
+    MSG_DONTWAIT,
+    errno,
+    iovec,
+    mmsghdr,
+    msghdr,
+    recvmmsg,
+    sendmmsg,
+    socklen_t,
+)
 from sfu._fastpath._srtp cimport (
     SrtpContext,
     srtp_protect_rtp,
@@ -38,28 +49,6 @@ from bench._loadgen_py import (
 __all__ = ["Engine", "FrameBuilder", "RecvStats", "bucket_of", "classify"]
 
 
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct msghdr:
-        void* msg_name
-        socklen_t msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int sendmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags)
-    int recvmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags, timespec* timeout)
-    int MSG_DONTWAIT
-
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
         void* ptr
@@ -78,10 +67,6 @@ cdef extern from "<sys/epoll.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
-
-cdef extern from "<errno.h>" nogil:
-    int errno
-    int EINTR
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:

@@ -17,6 +17,7 @@ from libc.math cimport nearbyint
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from sfu._fastpath._cache cimport RetransmissionBuffer, cache_put, cache_t
 from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply, ext_rewriter_t
@@ -25,6 +26,24 @@ from sfu._fastpath._layers cimport (
     selector_current_spatial,
     selector_decide,
     selector_t,
+)
+from sfu._fastpath._net cimport (
+    CMSG_DATA,
+    CMSG_FIRSTHDR,
+    CMSG_LEN,
+    CMSG_SPACE,
+    EAGAIN,
+    EINTR,
+    EWOULDBLOCK,
+    MSG_DONTWAIT,
+    cmsghdr,
+    errno,
+    iovec,
+    mmsghdr,
+    msghdr,
+    recvmmsg,
+    sendmmsg,
+    socklen_t,
 )
 from sfu._fastpath._munger cimport (
     RtpMunger,
@@ -55,58 +74,14 @@ from sfu._fastpath._vp8 cimport (
 from sfu.core.route_state import HistoryEntry
 
 
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    cdef struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec* ts)
-    int CLOCK_MONOTONIC
-
-cdef extern from "<errno.h>" nogil:
-    int errno
-    int EAGAIN
-    int EWOULDBLOCK
-    int EINTR
-
-cdef extern from "<sys/uio.h>" nogil:
-    cdef struct iovec:
-        void* iov_base
-        size_t iov_len
-
 cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
     ctypedef unsigned short sa_family_t
     cdef struct sockaddr:
         sa_family_t sa_family
     cdef struct sockaddr_storage:
         sa_family_t ss_family
-    cdef struct msghdr:
-        void* msg_name
-        socklen_t msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    cdef struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout)
-    int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags)
-    int MSG_DONTWAIT
     int AF_INET
     int AF_INET6
-
-cdef extern from "<sys/socket.h>" nogil:
-    cdef struct cmsghdr:
-        size_t cmsg_len
-        int cmsg_level
-        int cmsg_type
-    size_t CMSG_SPACE(size_t length)
-    size_t CMSG_LEN(size_t length)
-    cmsghdr* CMSG_FIRSTHDR(msghdr* msg)
-    unsigned char* CMSG_DATA(cmsghdr* cmsg)
 
 cdef extern from *:
     """

@@ -12,7 +12,9 @@ a SkipHistory keeps at most 256 runs (a larger ``limit``/``history`` raises Valu
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.math cimport nearbyint
 from libc.stdint cimport int16_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
+
+from sfu._fastpath._rewrite cimport rtp_rewrite
 
 __all__ = ["RtpMunger", "SkipHistory", "munge_nogil"]
 
@@ -335,48 +337,6 @@ cdef inline void _retract_newest(munger_t* m) noexcept nogil:
     m.skipped += 1
 
 
-cdef inline Py_ssize_t _rewrite(
-    const uint8_t* s, Py_ssize_t n, uint8_t* d, Py_ssize_t dn,
-    uint32_t ssrc, uint64_t seq, uint64_t ts, int payload_type,
-) noexcept nogil:
-    """``rewrite_rtp`` with the marker kept: the length, MUNGER_MALFORMED or MUNGER_NO_ROOM."""
-    cdef Py_ssize_t header
-    cdef uint8_t b0, pad
-    if n < 12:
-        return MUNGER_MALFORMED
-    b0 = s[0]
-    if (b0 >> 6) != 2:
-        return MUNGER_MALFORMED
-    header = 12 + 4 * (b0 & 0x0F)
-    if n < header:
-        return MUNGER_MALFORMED
-    if b0 & 0x10:
-        if n < header + 4:
-            return MUNGER_MALFORMED
-        header += 4 + 4 * ((<Py_ssize_t>s[header + 2] << 8) | s[header + 3])
-        if n < header:
-            return MUNGER_MALFORMED
-    if b0 & 0x20:
-        pad = s[n - 1]
-        if pad == 0 or header + pad > n:
-            return MUNGER_MALFORMED
-    if dn < n:
-        return MUNGER_NO_ROOM
-    memcpy(d, s, n)
-    d[1] = (s[1] & 0x80) | <uint8_t>payload_type
-    d[2] = <uint8_t>(seq >> 8)
-    d[3] = <uint8_t>seq
-    d[4] = <uint8_t>(ts >> 24)
-    d[5] = <uint8_t>(ts >> 16)
-    d[6] = <uint8_t>(ts >> 8)
-    d[7] = <uint8_t>ts
-    d[8] = <uint8_t>(ssrc >> 24)
-    d[9] = <uint8_t>(ssrc >> 16)
-    d[10] = <uint8_t>(ssrc >> 8)
-    d[11] = <uint8_t>ssrc
-    return n
-
-
 cdef inline uint32_t _be32(const unsigned char* p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
@@ -401,7 +361,9 @@ cdef Py_ssize_t munger_munge(munger_t* m, const unsigned char* packet, Py_ssize_
     if _translate(m, in_ext_seq, _be32(packet + 4), now, _be32(packet + 8), True,
                   &out_seq, &out_ts) < 0:
         return 0
-    written = _rewrite(packet, n, dst, dst_len, m.out_ssrc, <uint64_t>out_seq, <uint64_t>out_ts, pt)
+    written = rtp_rewrite(
+        packet, n, dst, dst_len, m.out_ssrc, <uint64_t>out_seq, <uint64_t>out_ts, pt, -1
+    )
     if written < 0 and m.has_last_out_seq and out_seq == m.last_out_seq:
         _retract_newest(m)
     return written
@@ -620,9 +582,9 @@ cdef class RtpMunger:
                 return _write_py(self, packet, dst, out_seq, out_ts, pt)
             PyObject_GetBuffer(dst, &db, PyBUF_SIMPLE | PyBUF_WRITABLE)
             try:
-                written = _rewrite(
+                written = rtp_rewrite(
                     p, sb.len, <uint8_t*>db.buf, db.len, m.out_ssrc, <uint64_t>out_seq,
-                    <uint64_t>out_ts, pt,
+                    <uint64_t>out_ts, pt, -1,
                 )
             finally:
                 PyBuffer_Release(&db)
