@@ -17,6 +17,7 @@ from typing import Final
 from sfu import __version__, clock
 from sfu.config import Config
 from sfu.core.dataplane import DataPlane
+from sfu.core.kernels import Forwarder
 from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.udp import Address, MediaSocket, open_media_socket
@@ -114,7 +115,13 @@ class Server:
             self._send_datagram,
             max_transports=config.media.max_transports,
             max_pending=config.media.max_pending_transports,
-            dataplane=DataPlane(clock=clock.now),
+            dataplane=DataPlane(
+                Forwarder(
+                    clock=clock.now,
+                    max_transports=config.media.max_transports,
+                    max_streams=max(16384, 8 * config.media.max_transports),
+                )
+            ),
         )
         self.sink = DatagramSink(self.port)
         self.echo: EchoService | None = None

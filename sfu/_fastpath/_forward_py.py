@@ -69,7 +69,9 @@ F_VAD: Final = 128  # ... with the voice activity bit set
 #: Most datagrams one :meth:`Forwarder.pump` reads before returning to the event loop.
 PUMP_BATCH: Final = 64
 PUMP_ROUNDS: Final = 8
-_MAX_DATAGRAM = 2048
+_MAX_DATAGRAM = 8192
+#: Ingress streams one transport may register (the compiled table's size; MAX_STREAMS is 32).
+_TX_STREAMS = 64
 
 
 def _key(address: Address) -> tuple[str, int]:
@@ -194,13 +196,14 @@ class Forwarder:
         if kind not in (AUDIO, VP8):
             raise ValueError(f"unknown stream kind {kind}")
         self.remove_stream(handle)
+        owner = self._transports.get(transport)
+        if owner is None:
+            raise KeyError(f"transport {transport} is not registered")
+        if len(owner.streams) >= _TX_STREAMS:
+            raise ValueError("too many streams on one transport")
         stream = _Stream(handle, transport, source, kind)
         self._streams[handle] = stream
-        owner = self._transports.get(transport)
-        if owner is not None:
-            owner.streams[source.ssrc] = stream
-        else:
-            raise KeyError(f"transport {transport} is not registered")
+        owner.streams[source.ssrc] = stream
 
     def remove_stream(self, handle: int) -> None:
         """Forget an ingress stream (its packets go to the slow path from now on)."""

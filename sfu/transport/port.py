@@ -91,6 +91,9 @@ class MediaPort:
         self.certificate = certificate
         #: The forwarder that carries established media, and its control-plane bookkeeping.
         self.dataplane = dataplane if dataplane is not None else DataPlane()
+        if self.dataplane.forwarder.max_transports < max_transports:
+            # A subscriber the forwarder could not register would get no forwarded media.
+            raise ValueError("the data plane holds fewer transports than the media port")
         self.counters = DropCounters()
         self._raw_send = send
         self._max_transports = max_transports

@@ -16,6 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sfu.core.dataplane import DataPlane
+from sfu.core.kernels import Forwarder
 from sfu.packet.demux import PacketKind, classify
 from sfu.packet.stun import (
     BINDING,
@@ -872,3 +874,12 @@ def test_moving_transport_does_not_steal_another_transports_route() -> None:
     assert net.port.counters.drops.get("rtp_unknown_source", 0) == 0, "A's move unrouted B"
     assert b.listener.rtp[-1] == plain
     assert net.port.address_count == 2
+
+
+def test_data_plane_must_hold_every_transport_the_port_may_create() -> None:
+    """A subscriber the forwarder could not register would get no forwarded media."""
+    small = DataPlane(Forwarder(max_transports=10))
+    with pytest.raises(ValueError, match="fewer transports"):
+        MediaPort(server_cert(), lambda data, addr: None, max_transports=11, dataplane=small)
+    port = MediaPort(server_cert(), lambda data, addr: None, max_transports=10, dataplane=small)
+    assert port.dataplane is small
