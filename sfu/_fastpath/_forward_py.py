@@ -27,44 +27,29 @@ from typing import Any, Final
 
 from sfu._fastpath._srtp_shared import SrtpError
 from sfu.codecs.vp8 import parse_vp8
-from sfu.core.packet_info import AUDIO_INFO, PacketInfo
+from sfu._fastpath.values import (
+    AUDIO,
+    AUDIO_INFO,
+    F_HEADER_BAD,
+    F_KEYFRAME,
+    F_LEVEL,
+    F_MALFORMED_EXT,
+    F_MALFORMED_PAYLOAD,
+    F_PADDING,
+    F_TWCC,
+    F_VAD,
+    VP8,
+    LogRecord,
+    PacketInfo,
+)
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import abs_send_time_from_seconds
 from sfu.packet.rtp import find_extension, payload_offset, peek_rtp_header
 
-__all__ = [
-    "AUDIO",
-    "F_HEADER_BAD",
-    "F_KEYFRAME",
-    "F_LEVEL",
-    "F_MALFORMED_EXT",
-    "F_MALFORMED_PAYLOAD",
-    "F_PADDING",
-    "F_TWCC",
-    "F_VAD",
-    "VP8",
-    "Forwarder",
-]
+__all__ = ["Forwarder"]
 
 Address = tuple[Any, ...]
 Datagram = tuple[bytes, Address]
-#: (stream handle, flags, ext seq, RTP timestamp, now, size, twcc seq, audio level,
-#: packets forwarded, bytes forwarded): one record per ingested packet.
-LogRecord = tuple[int, int, int, int, float, int, int, int, int, int]
-
-#: Stream kinds the forwarder handles itself (other codecs stay on the slow path).
-AUDIO: Final = 0
-VP8: Final = 1
-
-#: Ingress log flags.
-F_HEADER_BAD: Final = 1  # not even a fixed RTP header after unprotect: nothing else was done
-F_MALFORMED_EXT: Final = 2  # the header-extension block is malformed: only rtp_in/TWCC count
-F_MALFORMED_PAYLOAD: Final = 4  # ingested (stats, cache) but the descriptor is malformed
-F_TWCC: Final = 8  # the twcc field holds a transport-wide sequence number
-F_PADDING: Final = 16  # padding only: ingested, nothing to forward
-F_KEYFRAME: Final = 32  # the first packet of a keyframe
-F_LEVEL: Final = 64  # the level field holds an RFC 6464 audio level
-F_VAD: Final = 128  # ... with the voice activity bit set
 
 #: Most datagrams one :meth:`Forwarder.pump` reads before returning to the event loop.
 PUMP_BATCH: Final = 64

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from sfu._fastpath.values import AUDIO, VP8
 from sfu.core.kernels import Forwarder
 
 if TYPE_CHECKING:
@@ -30,9 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AUDIO", "VP8", "DataPlane"]
 
-#: Stream kinds (same values in both forwarders).
-AUDIO: Final = 0
-VP8: Final = 1
 
 
 class _Claim:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Final
 
-from sfu._fastpath._forward_py import (
+from sfu._fastpath.values import (
     F_HEADER_BAD,
     F_KEYFRAME,
     F_LEVEL,

@@ -27,7 +27,7 @@ from sfu.core.kernels import (
     Vp8Munger,
 )
 from sfu.core.layers import Decision
-from sfu.core.packet_info import AUDIO_INFO, PacketInfo
+from sfu._fastpath.values import AUDIO_INFO, PacketInfo
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionThrottle
 from sfu.core.route_state import HISTORY
