@@ -26,25 +26,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from sfu._fastpath._srtp_shared import SrtpError
-from sfu.codecs.vp8 import parse_vp8
+from sfu._fastpath.ingest import ingest
 from sfu._fastpath.values import (
     AUDIO,
-    AUDIO_INFO,
     F_HEADER_BAD,
-    F_KEYFRAME,
-    F_LEVEL,
     F_MALFORMED_EXT,
     F_MALFORMED_PAYLOAD,
     F_PADDING,
-    F_TWCC,
-    F_VAD,
     VP8,
     LogRecord,
-    PacketInfo,
 )
-from sfu.packet.errors import ParseError
-from sfu.packet.extensions import abs_send_time_from_seconds
-from sfu.packet.rtp import find_extension, payload_offset, peek_rtp_header
 
 __all__ = ["Forwarder"]
 
@@ -57,6 +48,8 @@ PUMP_ROUNDS: Final = 8
 _MAX_DATAGRAM = 8192
 #: Ingress streams one transport may register (the compiled table's size; MAX_STREAMS is 32).
 _TX_STREAMS = 64
+#: Records of packets that were ingested but not handed to the routes' forward.
+_NOT_FORWARDABLE: Final = F_HEADER_BAD | F_MALFORMED_EXT | F_MALFORMED_PAYLOAD | F_PADDING
 
 
 def _key(address: Address) -> tuple[str, int]:
@@ -289,104 +282,42 @@ class Forwarder:
         now: float,
         egress: list[Datagram],
     ) -> None:
-        handle = stream.handle
-        header = peek_rtp_header(plain)
-        if header is None:
-            self._record((handle, F_HEADER_BAD, 0, 0, now, len(plain), 0, 0, 0, 0))
-            return
-        _, seq, timestamp, _ = header
-        flags = 0
-        twcc = 0
-        level = 0
-        try:
-            if transport.twcc_id:
-                raw = find_extension(plain, transport.twcc_id)
-                if raw is not None and len(raw) == 2:
-                    twcc = (raw[0] << 8) | raw[1]
-                    flags |= F_TWCC
-            source = stream.source
-            ext_seq = source.unwrapper.unwrap(seq)
-            source.cache.put(plain, ext_seq, now)
-            if stream.kind == VP8:
-                offset = payload_offset(plain)
-                if offset >= len(plain) - (plain[-1] if plain[0] & 0x20 else 0):
-                    self._record(
-                        (
-                            handle,
-                            flags | F_PADDING,
-                            ext_seq,
-                            timestamp,
-                            now,
-                            len(plain),
-                            twcc,
-                            0,
-                            0,
-                            0,
-                        )
-                    )
-                    return
-                try:
-                    d = parse_vp8(plain, offset)
-                except ParseError:
-                    flags |= F_MALFORMED_PAYLOAD
-                    self._record(
-                        (handle, flags, ext_seq, timestamp, now, len(plain), twcc, 0, 0, 0)
-                    )
-                    return
-                info = PacketInfo(
-                    d.is_keyframe,
-                    d.is_start_of_frame,
-                    d.temporal_id,
-                    d.layer_sync or not d.temporal_id,
-                    d,
-                    offset,
-                )
-                if d.is_keyframe and d.is_start_of_frame:
-                    flags |= F_KEYFRAME
-            else:
-                info = AUDIO_INFO
-                if transport.level_id:
-                    raw = find_extension(plain, transport.level_id)
-                    if raw is not None and len(raw) == 1:
-                        level = raw[0] & 0x7F
-                        flags |= F_LEVEL | (F_VAD if raw[0] & 0x80 else 0)
-        except ParseError:
-            self._record(
-                (handle, flags | F_MALFORMED_EXT, 0, timestamp, now, len(plain), twcc, 0, 0, 0)
-            )
-            return
-        abs_time = abs_send_time_from_seconds(now)
-        forwarded = 0
-        out_bytes = 0
         transports = self._transports
-        for sub, out in stream.routes:
-            n = sub.forward(source, plain, ext_seq, timestamp, info, now, abs_time)
-            if not n:
-                continue
+
+        def emit(sub: Any, out: int, n: int) -> bool:
             target = transports.get(out)
             if target is None:
-                continue
+                return False
             if target.drop_every:
                 target.drop_seen += 1
                 if target.drop_seen % target.drop_every == 0:
                     self.impaired_drops += 1  # "sent": lost on the way, as far as we know
-                    forwarded += 1
-                    out_bytes += n
-                    continue
+                    return True
             try:
                 wire = target.outbound.protect_rtp(bytes(memoryview(sub.buf)[:n]))
             except SrtpError:
                 self.protect_errors += 1
-                continue
+                return False
             egress.append((wire, target.address))
             self.sent_packets += 1
             self.sent_bytes += len(wire)
-            forwarded += 1
-            out_bytes += n
-        self._record(
-            (handle, flags, ext_seq, timestamp, now, len(plain), twcc, level, forwarded, out_bytes)
+            return True
+
+        record = ingest(
+            stream.handle,
+            stream.kind,
+            stream.source,
+            stream.routes,
+            plain,
+            now=now,
+            twcc_id=transport.twcc_id,
+            level_id=transport.level_id,
+            emit=emit,
         )
+        self._record(record)
+        if record[1] & _NOT_FORWARDABLE:
+            return
         stream.packets += 1
         clock = self._clock
-        if forwarded and clock is not None and not stream.packets & self._sample_mask:
+        if record[8] and clock is not None and not stream.packets & self._sample_mask:
             self._latency.append(clock() - now)

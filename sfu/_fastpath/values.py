@@ -22,16 +22,25 @@ __all__ = [
     "F_MALFORMED_EXT",
     "F_MALFORMED_PAYLOAD",
     "F_PADDING",
+    "F_RTX",
     "F_TWCC",
     "F_VAD",
+    "H264",
+    "OTHER_VIDEO",
     "VP8",
+    "VP9",
     "LogRecord",
     "PacketInfo",
 ]
 
-#: Stream kinds the forwarder handles itself (other codecs stay on the slow path).
+#: Stream kinds. The forwarders handle AUDIO and VP8 themselves; the others are ingested on
+#: the Python slow path only (through the same :func:`sfu._fastpath.ingest.ingest`).
 AUDIO: Final = 0
 VP8: Final = 1
+H264: Final = 2
+VP9: Final = 3
+#: Video whose payload descriptor the server does not read (every packet is forwardable).
+OTHER_VIDEO: Final = 4
 
 #: Ingest record flags (one record per ingested packet, see :data:`LogRecord`).
 F_HEADER_BAD: Final = 1  # not even a fixed RTP header after unprotect: nothing else was done
@@ -42,6 +51,7 @@ F_PADDING: Final = 16  # padding only: ingested, nothing to forward
 F_KEYFRAME: Final = 32  # the first packet of a keyframe
 F_LEVEL: Final = 64  # the level field holds an RFC 6464 audio level
 F_VAD: Final = 128  # ... with the voice activity bit set
+F_RTX: Final = 256  # a repair restored from RTX (slow path only): no meter, no audio level
 
 #: (stream handle, flags, ext seq, RTP timestamp, now, size, twcc seq, audio level,
 #: packets forwarded, bytes forwarded): what ingest of one packet leaves for the receive

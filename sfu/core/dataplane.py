@@ -19,24 +19,33 @@ Nothing here runs per packet.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sfu._fastpath.values import AUDIO, VP8
+from sfu._fastpath.values import AUDIO, VP8, LogRecord
 from sfu.core.kernels import Forwarder
 
 if TYPE_CHECKING:
-    from sfu.core.peer import Peer, RouterStats
+    from sfu.core.counters import RouterStats
     from sfu.core.publication import Publication, SourceStream
     from sfu.transport.transport import WebRtcTransport
 
-__all__ = ["AUDIO", "VP8", "DataPlane"]
+__all__ = ["Claimant", "DataPlane"]
 
+
+class Claimant(Protocol):
+    """What claims a transport: the participant's listener (``sfu.core.peer.Peer``), which
+    replays the forwarder's records of its streams into its receive bookkeeping."""
+
+    @property
+    def transport(self) -> WebRtcTransport: ...
+
+    def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None: ...
 
 
 class _Claim:
     __slots__ = ("address", "handle", "level_id", "peer", "registered", "srtp", "twcc_id")
 
-    def __init__(self, handle: int, peer: Peer) -> None:
+    def __init__(self, handle: int, peer: Claimant) -> None:
         self.handle = handle
         self.peer = peer
         self.twcc_id = 0
@@ -57,7 +66,7 @@ class DataPlane:
         self._free_streams = list(range(self.forwarder.max_streams - 1, -1, -1))
         self._claims: dict[WebRtcTransport, _Claim] = {}
         #: stream handle -> (peer, publication, source stream)
-        self._streams: dict[int, tuple[Peer, Publication, SourceStream]] = {}
+        self._streams: dict[int, tuple[Claimant, Publication, SourceStream]] = {}
         self._handles: dict[int, int] = {}  # id(source stream) -> handle
         self._pub_streams: dict[int, set[int]] = {}  # id(publication) -> stream handles
         #: While True no stream is registered: all media takes the Python path (see suspend).
@@ -65,7 +74,9 @@ class DataPlane:
 
     # -- transports ---------------------------------------------------------------------------
 
-    def claim(self, transport: WebRtcTransport, peer: Peer, twcc_id: int, level_id: int) -> None:
+    def claim(
+        self, transport: WebRtcTransport, peer: Claimant, twcc_id: int, level_id: int
+    ) -> None:
         """``peer`` listens on ``transport``: forward its media here once it is connected."""
         claim = self._claims.get(transport)
         if claim is None:
@@ -130,7 +141,7 @@ class DataPlane:
 
     # -- streams and routes -------------------------------------------------------------------
 
-    def add_stream(self, peer: Peer, publication: Publication, stream: SourceStream) -> None:
+    def add_stream(self, peer: Claimant, publication: Publication, stream: SourceStream) -> None:
         """Forward ``stream`` (audio, or VP8 video) in the data plane from now on."""
         kind = _kind(publication)
         claim = self._claims.get(peer.transport)
@@ -229,6 +240,6 @@ class DataPlane:
 
 
 def _kind(publication: Publication) -> int | None:
-    if not publication.video:
-        return AUDIO
-    return VP8 if publication.codec.name.lower() == "vp8" else None
+    """The stream kind if the forwarder handles it itself (others stay on the slow path)."""
+    kind = publication.stream_kind
+    return kind if kind in (AUDIO, VP8) else None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from sfu._fastpath.values import AUDIO, H264, OTHER_VIDEO, VP8, VP9
 from sfu.core.kernels import RetransmissionBuffer, SequenceUnwrapper
 from sfu.core.nack import NackGenerator
 from sfu.core.rtcp_stats import ReceiveStats
@@ -43,6 +44,8 @@ LAYER_TIMEOUT: Final = 1.5
 #: Retransmission cache per video source stream: packets and their largest size.
 VIDEO_CACHE_PACKETS: Final = 512
 AUDIO_CACHE_PACKETS: Final = 64
+#: Video codecs whose payload descriptor ingest reads, by SDP encoding name.
+_VIDEO_KINDS: Final = {"vp8": VP8, "h264": H264, "vp9": VP9}
 
 
 def new_id(prefix: str) -> str:
@@ -172,6 +175,13 @@ class Publication:
     def video(self) -> bool:
         """Whether this is a video track."""
         return self.kind == "video"
+
+    @property
+    def stream_kind(self) -> int:
+        """How ingest reads its packets (:mod:`sfu._fastpath.values` stream kinds)."""
+        if not self.video:
+            return AUDIO
+        return _VIDEO_KINDS.get(self.codec.name.lower(), OTHER_VIDEO)
 
     def add_stream(self, ssrc: int, layer: int, rtx_ssrc: int | None = None) -> SourceStream:
         """Bind ``ssrc`` as the stream of ``layer`` (replacing an earlier SSRC of that layer)."""

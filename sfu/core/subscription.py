@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 
 from sfu import _fastpath
+from sfu._fastpath.values import AUDIO_INFO, PacketInfo
 from sfu.core.kernels import (
     ExtensionRewriter,
     RouteState,
@@ -27,7 +28,6 @@ from sfu.core.kernels import (
     Vp8Munger,
 )
 from sfu.core.layers import Decision
-from sfu._fastpath.values import AUDIO_INFO, PacketInfo
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionThrottle
 from sfu.core.route_state import HISTORY
@@ -201,6 +201,13 @@ class Subscription:
             state.on_packet(ts, n, now)
         state.forwarded += 1
         return n
+
+    def skip(self, stream: SourceStream, ext_seq: int) -> None:
+        """Source packet ``ext_seq`` of ``stream`` carries nothing to forward (padding only):
+        if this subscription forwards that stream now, its place leaves no outgoing hole."""
+        selector = self.selector
+        if selector is None or selector.current.spatial == stream.layer:
+            self.munger.drop(ext_seq)
 
     def retransmit(self, seqs: list[int], now: float, abs_send_time: int) -> list[bytes]:
         """Rebuild the packets a subscriber NACKed (16-bit outgoing seqs) that are still cached."""

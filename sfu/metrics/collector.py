@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sfu.core.peer import (
+from sfu.core.counters import (
     PeerCounters,
     stream_loss,
     subscription_loss,

@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from sfu.core.counters import RouterStats
 from sfu.core.kernels import ExtensionRewriter
-from sfu.core.peer import Peer, RouterStats
+from sfu.core.peer import Peer
 from sfu.core.publication import Publication, new_id, new_ssrc
 from sfu.core.subscription import Subscription
 from sfu.packet.errors import ParseError

@@ -1,0 +1,180 @@
+"""Ingest of one RTP packet of a bound source stream: the one definition every path shares.
+
+The reference forwarder (``_forward_py``) runs it for established media, and the Python slow
+path (``sfu.core.router``) runs it for everything else (streams not registered with the data
+plane, RTX repairs, codecs the forwarder leaves alone); the compiled forwarder
+(``_forward.pyx``) is its C twin, proven equal by the differential tests. It unwraps the
+sequence number, writes the retransmission cache, reads the payload descriptor, then hands the
+packet to every route of the fan-out snapshot (decide and rewrite: ``Subscription.forward``)
+and emits what they produced. What the receive bookkeeping needs is returned as one
+:data:`~sfu._fastpath.values.LogRecord`, which the forwarders log and the slow path replays at
+once, so both paths account a packet through the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from sfu._fastpath.values import (
+    AUDIO,
+    AUDIO_INFO,
+    F_HEADER_BAD,
+    F_KEYFRAME,
+    F_LEVEL,
+    F_MALFORMED_EXT,
+    F_MALFORMED_PAYLOAD,
+    F_PADDING,
+    F_RTX,
+    F_TWCC,
+    F_VAD,
+    H264,
+    VP8,
+    VP9,
+    LogRecord,
+    PacketInfo,
+)
+from sfu.codecs.h264 import parse_h264
+from sfu.codecs.vp8 import parse_vp8
+from sfu.codecs.vp9 import parse_vp9
+from sfu.packet.errors import ParseError
+from sfu.packet.extensions import abs_send_time_from_seconds
+from sfu.packet.rtp import find_extension, payload_offset, peek_rtp_header
+
+__all__ = ["Emit", "Route", "Source", "describe", "ingest"]
+
+
+class _Unwrapper(Protocol):
+    def unwrap(self, seq: int) -> int: ...
+
+
+class _Cache(Protocol):
+    def put(self, packet: bytes, ext_seq: int, now: float) -> None: ...
+
+
+class Source(Protocol):
+    """What ingest needs of a source stream (``sfu.core.publication.SourceStream``)."""
+
+    @property
+    def ssrc(self) -> int: ...
+    @property
+    def layer(self) -> int: ...
+    @property
+    def unwrapper(self) -> _Unwrapper: ...
+    @property
+    def cache(self) -> _Cache: ...
+
+
+class Route(Protocol):
+    """What ingest needs of a route's subscription (``sfu.core.subscription.Subscription``)."""
+
+    @property
+    def buf(self) -> bytearray: ...
+
+    def forward(
+        self,
+        stream: Any,
+        packet: bytes,
+        ext_seq: int,
+        timestamp: int,
+        info: PacketInfo,
+        now: float,
+        abs_send_time: int,
+    ) -> int: ...
+
+    def skip(self, stream: Any, ext_seq: int) -> None: ...
+
+
+#: Sends the ``n`` bytes a route rewrote into its ``buf`` on the route's transport; returns
+#: whether the packet counts as forwarded.
+Emit = Callable[[Any, Any, int], bool]
+
+
+def describe(kind: int, packet: bytes, offset: int) -> PacketInfo:
+    """Keyframe / frame start / temporal layer from the payload descriptor (ParseError if bad)."""
+    if kind == VP8:
+        d = parse_vp8(packet, offset)
+        return PacketInfo(
+            d.is_keyframe,
+            d.is_start_of_frame,
+            d.temporal_id,
+            d.layer_sync or not d.temporal_id,
+            d,
+            offset,
+        )
+    if kind == H264:
+        h = parse_h264(packet, offset)
+        return PacketInfo(h.is_keyframe, h.is_start_of_frame, offset=offset)
+    if kind == VP9:
+        v = parse_vp9(packet, offset)
+        return PacketInfo(v.is_keyframe, v.is_start_of_frame, offset=offset)
+    return PacketInfo(True, True, offset=offset)
+
+
+def ingest(
+    handle: int,
+    kind: int,
+    source: Source,
+    routes: Sequence[tuple[Route, Any]],
+    plain: bytes,
+    *,
+    now: float,
+    twcc_id: int,
+    level_id: int,
+    emit: Emit,
+    rtx: bool = False,
+) -> LogRecord:
+    """Ingest ``plain`` (decrypted RTP of ``source``) and forward it on ``routes``.
+
+    ``rtx`` marks a repair restored from its RTX packet (RFC 4588): it is forwarded and cached
+    like the original, but reads no audio level and does not count toward the layer's bitrate.
+    """
+    size = len(plain)
+    header = peek_rtp_header(plain)
+    if header is None:
+        return (handle, F_HEADER_BAD, 0, 0, now, size, 0, 0, 0, 0)
+    _, seq, timestamp, _ = header
+    flags = F_RTX if rtx else 0
+    twcc = 0
+    level = 0
+    try:
+        if twcc_id:
+            raw = find_extension(plain, twcc_id)
+            if raw is not None and len(raw) == 2:
+                twcc = (raw[0] << 8) | raw[1]
+                flags |= F_TWCC
+        ext_seq = source.unwrapper.unwrap(seq)
+        source.cache.put(plain, ext_seq, now)
+        if kind == AUDIO:
+            info = AUDIO_INFO
+            if level_id and not rtx:
+                raw = find_extension(plain, level_id)
+                if raw is not None and len(raw) == 1:
+                    level = raw[0] & 0x7F
+                    flags |= F_LEVEL | (F_VAD if raw[0] & 0x80 else 0)
+        else:
+            offset = payload_offset(plain)
+            if offset >= size - (plain[-1] if plain[0] & 0x20 else 0):
+                # Padding only (RFC 3550 §5.1; bandwidth probes): nothing to forward, but each
+                # subscriber's outgoing sequence must not get a hole where it was.
+                for sub, _ in routes:
+                    sub.skip(source, ext_seq)
+                return (handle, flags | F_PADDING, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
+            try:
+                info = describe(kind, plain, offset)
+            except ParseError:
+                flags |= F_MALFORMED_PAYLOAD
+                return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
+            if info.is_keyframe and info.is_start_of_frame:
+                flags |= F_KEYFRAME
+    except ParseError:
+        return (handle, flags | F_MALFORMED_EXT, 0, timestamp, now, size, twcc, 0, 0, 0)
+    abs_time = abs_send_time_from_seconds(now)
+    forwarded = 0
+    out_bytes = 0
+    for sub, out in routes:
+        n = sub.forward(source, plain, ext_seq, timestamp, info, now, abs_time)
+        if n and emit(sub, out, n):
+            forwarded += 1
+            out_bytes += n
+    return (handle, flags, ext_seq, timestamp, now, size, twcc, level, forwarded, out_bytes)

@@ -1,0 +1,92 @@
+"""Plain counters of the forwarding core, read by metrics at scrape time and by tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+from sfu.core.publication import SourceStream
+from sfu.core.subscription import Subscription
+from sfu.metrics.histogram import LATENCY_BUCKETS_S, PlainHistogram
+
+__all__ = [
+    "PeerCounters",
+    "RouterStats",
+    "stream_loss",
+    "subscription_loss",
+    "subscription_switches",
+]
+
+
+@dataclass(slots=True)
+class PeerCounters:
+    """Plain counters of one peer (every part of it adds to the same object)."""
+
+    rtp_in: int = 0
+    rtp_forwarded: int = 0
+    unknown_ssrc: int = 0
+    malformed: int = 0
+    rtx_in: int = 0
+    padding_in: int = 0
+    nacks_in: int = 0
+    nacks_out: int = 0
+    retransmits: int = 0
+    keyframe_requests_in: int = 0
+    keyframe_requests_out: int = 0
+    twcc_out: int = 0
+    reports_out: int = 0
+    #: Media ingested (including RTX repairs) and forwarded, by kind; bytes are RTP bytes.
+    audio_in: int = 0
+    audio_in_bytes: int = 0
+    video_in: int = 0
+    video_in_bytes: int = 0
+    audio_out: int = 0
+    audio_out_bytes: int = 0
+    video_out: int = 0
+    video_out_bytes: int = 0
+    #: Keyframe requests from this peer's receivers, by message (RFC 4585 PLI, RFC 5104 FIR).
+    pli_in: int = 0
+    fir_in: int = 0
+    #: Folded in when a publication or subscription ends (live ones are read at scrape time).
+    layer_switches: int = 0
+    ingress_expected: int = 0
+    ingress_lost: int = 0
+    egress_sent: int = 0
+    egress_lost: int = 0
+
+    def add(self, other: PeerCounters) -> None:
+        """Add every counter of ``other`` into this one."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def _latency_histogram() -> PlainHistogram:
+    return PlainHistogram(LATENCY_BUCKETS_S)
+
+
+@dataclass(slots=True)
+class RouterStats:
+    """Figures that outlive peers: the counters of peers that ended, folded together, and the
+    sampled forwarding latency (receive to last send of one packet)."""
+
+    retired: PeerCounters = field(default_factory=PeerCounters)
+    forward_latency: PlainHistogram = field(default_factory=_latency_histogram)
+    #: The clock ``now`` came from; None disables latency sampling (tests on manual time).
+    clock: Callable[[], float] | None = None
+    #: Sample one forwarded packet in this many per source stream (a power of two, minus one).
+    sample_mask: int = 63
+
+
+def stream_loss(stream: SourceStream) -> tuple[int, int]:
+    """(expected, lost) so far on one incoming stream (RFC 3550 §A.3)."""
+    return stream.stats.packets_expected, max(0, stream.stats.packets_lost)
+
+
+def subscription_loss(sub: Subscription) -> tuple[int, int]:
+    """(sent, lost as the receiver reports it) so far on one outgoing stream."""
+    return sub.send_stats.packets_sent, max(0, sub.send_stats.cumulative_lost)
+
+
+def subscription_switches(sub: Subscription) -> int:
+    """Spatial layer switches made for one subscription (0 for audio)."""
+    return sub.selector.switches if sub.selector is not None else 0

@@ -1,0 +1,215 @@
+"""The ingest side of one participant: what it publishes, routed to every subscription.
+
+Per RTP packet (synchronous, no ``await``): the :class:`~sfu.core.binder.Binder` names the
+source stream (binding a new SSRC on first sight), :func:`sfu._fastpath.ingest.ingest` (the
+same function the reference forwarder runs) unwraps, caches, describes and fans the packet out
+to the publication's subscriptions, and :meth:`Router.replay` does the receive bookkeeping from
+the record ingest returns: RTCP receive statistics, NACK and TWCC feedback state, the bitrate
+meter, keyframe times, audio levels and counters. The data plane replays its own records of
+the packets it forwarded through the same method, so the two paths account a packet alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sfu._fastpath.ingest import ingest
+from sfu._fastpath.values import (
+    F_HEADER_BAD,
+    F_KEYFRAME,
+    F_LEVEL,
+    F_MALFORMED_EXT,
+    F_MALFORMED_PAYLOAD,
+    F_PADDING,
+    F_RTX,
+    F_TWCC,
+    F_VAD,
+    LogRecord,
+)
+from sfu.core.binder import Binder
+from sfu.core.counters import PeerCounters, RouterStats
+from sfu.core.publication import Publication, SourceStream
+from sfu.core.sender import Sender
+from sfu.core.subscription import Subscription
+from sfu.core.twcc_recorder import TwccRecorder
+from sfu.packet.errors import ParseError
+from sfu.packet.extensions import parse_transport_cc_seq
+from sfu.packet.rtp import find_extension, peek_rtp_header
+from sfu.packet.rtx import restore_rtx
+
+__all__ = ["AudioLevelSink", "Router"]
+
+#: (participant id, level in -dBov, voice activity or None, now): RFC 6464 levels.
+AudioLevelSink = Callable[[str, int, bool | None, float], None]
+
+
+def _send(sub: Subscription, sender: Sender, n: int) -> bool:
+    return sender.send_rtp(bytes(memoryview(sub.buf)[:n]))
+
+
+class Router:
+    """Binds, ingests and routes one participant's published RTP; replays ingest records."""
+
+    def __init__(
+        self,
+        participant_id: str,
+        binder: Binder,
+        twcc: TwccRecorder,
+        counters: PeerCounters,
+        *,
+        stats: RouterStats | None = None,
+    ) -> None:
+        self.participant_id = participant_id
+        self.binder = binder
+        self.twcc = twcc
+        self.counters = counters
+        self.stats = stats
+        self.on_audio_level: AudioLevelSink | None = None
+        self.twcc_id = 0
+        self.level_id = 0
+
+    def on_rtp(self, packet: bytes, *, now: float) -> None:
+        """One decrypted RTP packet from the participant (never raises on bad input)."""
+        header = peek_rtp_header(packet)
+        if header is None:
+            self.counters.malformed += 1
+            return
+        ssrc, _, _, payload_type = header
+        binder = self.binder
+        entry = binder.media(ssrc)
+        if entry is not None:
+            self._ingest(entry[0], entry[1], packet, now=now, rtx=False)
+            return
+        repaired = binder.rtx(ssrc)
+        if repaired is None:
+            try:
+                binding = binder.bind(ssrc, payload_type, packet)
+            except ParseError:
+                self.counters.rtp_in += 1
+                self.counters.malformed += 1
+                return
+            if binding is None:
+                self._arrival(packet, ssrc, now=now)
+                self.counters.unknown_ssrc += 1
+                return
+            if not binding.rtx:
+                self._ingest(binding.publication, binding.stream, packet, now=now, rtx=False)
+                return
+            repaired = (binding.publication, binding.stream)
+        if self._arrival(packet, ssrc, now=now):
+            self._repair(repaired[0], repaired[1], packet, now=now)
+
+    def _arrival(self, packet: bytes, ssrc: int, *, now: float) -> bool:
+        """Count a packet that is not ingested as media and record its transport-wide CC
+        arrival (every packet on the transport counts there, RFC draft-holmer §2)."""
+        self.counters.rtp_in += 1
+        if not self.twcc_id:
+            return True
+        try:
+            raw = find_extension(packet, self.twcc_id)
+        except ParseError:
+            self.counters.malformed += 1
+            return False
+        if raw is not None and len(raw) == 2:
+            self.twcc.on_packet(parse_transport_cc_seq(raw), ssrc, now)
+        return True
+
+    def _repair(self, pub: Publication, stream: SourceStream, packet: bytes, *, now: float) -> None:
+        """An RTX packet (RFC 4588): ingest the original it carries."""
+        try:
+            original = restore_rtx(packet, stream.ssrc, pub.codec.payload_type)
+        except ParseError:
+            self.counters.malformed += 1
+            return
+        if original is None:
+            self.counters.padding_in += 1  # bandwidth probing padding: TWCC already counted it
+            return
+        self.counters.rtx_in += 1
+        self._ingest(pub, stream, original, now=now, rtx=True)
+
+    def _ingest(
+        self, pub: Publication, stream: SourceStream, packet: bytes, *, now: float, rtx: bool
+    ) -> None:
+        record = ingest(
+            -1,
+            pub.stream_kind,
+            stream,
+            pub.fanout,
+            packet,
+            now=now,
+            # A repair's arrival was recorded from the RTX packet itself.
+            twcc_id=0 if rtx else self.twcc_id,
+            level_id=self.level_id,
+            emit=_send,
+            rtx=rtx,
+        )
+        self.replay(pub, stream, record)
+        stats = self.stats
+        if (
+            record[8]
+            and stats is not None
+            and stats.clock is not None
+            and not stream.packets & stats.sample_mask
+        ):
+            stats.forward_latency.observe(stats.clock() - now)
+
+    def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None:
+        """The receive bookkeeping of one ingested packet, from its ingest record."""
+        _, flags, ext_seq, timestamp, now, size, twcc, level, forwarded, out_bytes = record
+        counters = self.counters
+        if flags & F_HEADER_BAD:
+            counters.malformed += 1
+            return
+        rtx = bool(flags & F_RTX)
+        if not rtx:  # a repair's arrival was counted when its RTX packet came in
+            counters.rtp_in += 1
+            if flags & F_TWCC:
+                self.twcc.on_packet(twcc, stream.ssrc, now)
+        if flags & F_MALFORMED_EXT:
+            counters.malformed += 1
+            return
+        self._account(pub, stream, size, ext_seq, timestamp, now=now, rtx=rtx)
+        if flags & F_MALFORMED_PAYLOAD:
+            counters.malformed += 1
+            return
+        if flags & F_PADDING:
+            return
+        if flags & F_KEYFRAME:
+            stream.last_keyframe_at = now
+        if flags & F_LEVEL and self.on_audio_level is not None:
+            self.on_audio_level(self.participant_id, level, bool(flags & F_VAD), now)
+        if forwarded:
+            counters.rtp_forwarded += forwarded
+            if pub.video:
+                counters.video_out += forwarded
+                counters.video_out_bytes += out_bytes
+            else:
+                counters.audio_out += forwarded
+                counters.audio_out_bytes += out_bytes
+
+    def _account(
+        self,
+        pub: Publication,
+        stream: SourceStream,
+        size: int,
+        ext_seq: int,
+        timestamp: int,
+        *,
+        now: float,
+        rtx: bool,
+    ) -> None:
+        """Receive statistics, NACK state, meter and counters of one ingested packet."""
+        stream.packets += 1
+        stream.last_packet_at = now
+        if not rtx:  # probes and repairs are no part of what the layer costs
+            stream.meter.add(size, now)
+        stream.stats.on_packet(ext_seq, timestamp, now, rtx)
+        if stream.nacks is not None:
+            stream.nacks.on_packet(ext_seq, now, rtx)
+        counters = self.counters
+        if pub.video:
+            counters.video_in += 1
+            counters.video_in_bytes += size
+        else:
+            counters.audio_in += 1
+            counters.audio_in_bytes += size
