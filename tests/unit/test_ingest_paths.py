@@ -8,6 +8,7 @@ same receive bookkeeping after every step.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
@@ -44,7 +45,7 @@ def _aim(world: PathWorld, layer: int) -> None:
 
 
 def _contiguous(seqs: list[int]) -> bool:
-    return all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    return all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
 
 
 @pytest.mark.parametrize("path", PATHS)
