@@ -1,0 +1,104 @@
+"""FeedbackHandler (RTCP in) and Reporter (RTCP out), driven without a transport."""
+
+from __future__ import annotations
+
+from core_parts import RecordingSender, subscription, video_publication
+
+from sfu.core.binder import Binder
+from sfu.core.counters import PeerCounters
+from sfu.core.feedback import FeedbackHandler
+from sfu.core.publication import SourceStream
+from sfu.core.remb import RembHistory
+from sfu.core.reporter import REPORT_INTERVAL, Reporter
+from sfu.core.twcc_recorder import TwccRecorder
+from sfu.packet.rtcp import ReceiverReport, ReportBlock, SenderReport, parse_compound
+from sfu.packet.rtcp_feedback import Fir, FirEntry, Nack, Pli, Remb
+
+
+def _handler() -> tuple[FeedbackHandler, RecordingSender, PeerCounters, RembHistory]:
+    sender, counters, remb = RecordingSender(), PeerCounters(), RembHistory()
+    return FeedbackHandler(sender, Binder(), remb, counters), sender, counters, remb
+
+
+def test_pli_and_fir_become_one_rate_limited_request_upstream() -> None:
+    handler, _, counters, _ = _handler()
+    pub = video_publication()
+    stream = pub.add_stream(0x100, 0)
+    asked: list[tuple[SourceStream, float]] = []
+
+    def requester(s: SourceStream, now: float) -> bool:
+        asked.append((s, now))
+        return s.should_request_keyframe(now)
+
+    pub.keyframe_requester = requester
+    sub = subscription(pub, 0x9000)
+    assert sub.selector is not None
+    sub.selector.set_target(0, None)
+    handler.add_subscription(sub)
+    handler.on_rtcp(Pli(1, 0x9000).serialize(), now=1.0)
+    handler.on_rtcp(Fir(1, 0, [FirEntry(0x9000, 1)]).serialize(), now=1.1)
+    handler.on_rtcp(Pli(1, 0x1234).serialize(), now=1.2)  # names nothing we send
+    assert [a[0] for a in asked] == [stream, stream]
+    assert stream.keyframe_requests == 1  # the second came within the interval
+    assert (counters.pli_in, counters.fir_in, counters.keyframe_requests_in) == (2, 1, 2)
+
+
+def test_nack_of_an_unknown_ssrc_is_ignored_and_remb_is_recorded() -> None:
+    handler, sender, counters, remb = _handler()
+    handler.on_rtcp(Nack.from_seqs(1, 0x4242, [5, 6]).serialize(), now=1.0)
+    handler.on_rtcp(Remb.from_bitrate(1, 640_000, [0x9000]).serialize(), now=1.0)
+    assert counters.nacks_in == 0 and sender.rtp == []
+    assert remb.latest == 640_000
+
+
+def test_report_blocks_reach_the_subscription_they_name() -> None:
+    handler, _, _, _ = _handler()
+    sub = subscription(video_publication(), 0x9000)
+    handler.add_subscription(sub)
+    block = ReportBlock(0x9000, 64, 3, 1000, 0, 0, 0)
+    handler.on_rtcp(ReceiverReport(7, [block]).serialize(), now=2.0)
+    assert sub.send_stats.cumulative_lost == 3
+    handler.remove_subscription(sub)
+    handler.on_rtcp(
+        ReceiverReport(7, [ReportBlock(0x9000, 64, 9, 1000, 0, 0, 0)]).serialize(), now=3.0
+    )
+    assert sub.send_stats.cumulative_lost == 3
+
+
+def test_malformed_rtcp_is_counted() -> None:
+    handler, _, counters, _ = _handler()
+    handler.on_rtcp(b"\x80\xc9\x00\x09garbage", now=1.0)
+    assert counters.malformed == 1
+
+
+def test_reporter_sends_nacks_for_gaps_and_reports_once_per_interval() -> None:
+    sender, counters = RecordingSender(), PeerCounters()
+    reporter = Reporter(0x77, sender, TwccRecorder(0x77), counters)
+    pub = video_publication()
+    stream = pub.add_stream(0x100, 0)
+    for seq in (10, 11, 14):  # 12 and 13 lost
+        stream.stats.on_packet(seq, seq * 3000, 1.0, False)
+        assert stream.nacks is not None
+        stream.nacks.on_packet(seq, 1.0)
+    reporter.poll_feedback([pub], [], now=1.2)
+    nacks = [p for raw in sender.rtcp for p in parse_compound(raw) if isinstance(p, Nack)]
+    assert nacks and sorted(nacks[0].lost_seqs()) == [12, 13]
+    assert counters.nacks_out == len(nacks)
+    sender.rtcp.clear()
+    reporter.poll_reports([pub], [], now=2.0, wallclock=1e9)
+    reporter.poll_reports([pub], [], now=2.0 + REPORT_INTERVAL / 2, wallclock=1e9)
+    reports = [p for raw in sender.rtcp for p in parse_compound(raw)]
+    assert len(reports) == 1 and isinstance(reports[0], ReceiverReport)
+    assert reports[0].reports[0].ssrc == 0x100
+    assert not any(isinstance(r, SenderReport) for r in reports)
+    assert counters.reports_out == 1
+
+
+def test_reporter_keyframe_requests_are_rate_limited() -> None:
+    sender, counters = RecordingSender(), PeerCounters()
+    reporter = Reporter(0x77, sender, TwccRecorder(0x77), counters)
+    stream = video_publication().add_stream(0x100, 0)
+    assert reporter.request_keyframe(stream, now=1.0)
+    assert not reporter.request_keyframe(stream, now=1.1)
+    assert [type(p) for raw in sender.rtcp for p in parse_compound(raw)] == [Pli]
+    assert counters.keyframe_requests_out == 1
