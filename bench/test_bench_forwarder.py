@@ -10,23 +10,19 @@ import itertools
 from typing import Any
 
 import pytest
-from forwarder_world import COMPILED, PROFILE, PUB_ADDR, PUB_KEY, PUB_SALT, World, rtp, vp8_payload
+from forwarder_world import PROFILE, PUB_ADDR, PUB_KEY, PUB_SALT, World, rtp, vp8_payload
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from sfu._fastpath import _srtp_py
-from sfu.core.layers import SimulcastSelector
-from sfu.core.munger import RtpMunger
+from sfu.core.kernels import Kernels
 
-pytestmark = pytest.mark.skipif(COMPILED is None, reason="compiled kernels not built")
-
-IMPLS = [pytest.param(False, id="python"), pytest.param(True, id="cython")]
+# Each benchmark runs once per bundle (each_kernels: "python", then "cython").
 
 
-@pytest.mark.parametrize("compiled", IMPLS)
 @pytest.mark.parametrize("subs", [1, 10])
-def test_forward_1200b_gcm(benchmark: BenchmarkFixture, compiled: bool, subs: int) -> None:
+def test_forward_1200b_gcm(benchmark: BenchmarkFixture, each_kernels: Kernels, subs: int) -> None:
     """One 1200-byte SRTP (AEAD-AES-128-GCM) VP8 packet in, ``subs`` SRTP copies out."""
-    world = World(compiled=compiled, subs=subs)
+    world = World(each_kernels, subs=subs)
     for sub in world.video_subs:
         sub.selector.set_target(0, None)
     client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
@@ -48,20 +44,16 @@ def test_forward_1200b_gcm(benchmark: BenchmarkFixture, compiled: bool, subs: in
     assert world.forwarder.sent_packets >= 2000 * subs
 
 
-@pytest.mark.parametrize("compiled", IMPLS)
-def test_selector_decide(benchmark: BenchmarkFixture, compiled: bool) -> None:
-    cls = COMPILED["layers"].SimulcastSelector if compiled and COMPILED else SimulcastSelector
-    selector = cls(3)
+def test_selector_decide(benchmark: BenchmarkFixture, each_kernels: Kernels) -> None:
+    selector = each_kernels.SimulcastSelector(3)
     selector.set_target(2, None)
     selector.decide(2, 0, True, True, 0.0)
     result = benchmark(selector.decide, 2, 1, False, True, 1.0)
     assert int(result) == 1
 
 
-@pytest.mark.parametrize("compiled", IMPLS)
-def test_munger_munge_1200b(benchmark: BenchmarkFixture, compiled: bool) -> None:
-    cls = COMPILED["munger"].RtpMunger if compiled and COMPILED else RtpMunger
-    munger = cls(0xABC, {96: 100}, clock_rate=90000)
+def test_munger_munge_1200b(benchmark: BenchmarkFixture, each_kernels: Kernels) -> None:
+    munger = each_kernels.RtpMunger(0xABC, {96: 100}, clock_rate=90000)
     dst = bytearray(1500)
     counter = itertools.count()
     packet = bytearray(rtp(0x1111, 0, 0, 96, bytes(1188), b""))

@@ -17,6 +17,8 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from sfu import _fastpath
+from sfu.core.dataplane import DataPlane
+from sfu.core.kernels import default_kernels
 from sfu.packet.stun import StunMessage, binding_request
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, SrtpKeys, SrtpProfile
@@ -54,7 +56,12 @@ class Echo:
 def connected(profile: SrtpProfile) -> tuple[MediaPort, Echo, SrtpSession, list[bytes]]:
     """A port with one connected transport, the client's SRTP session, and what was sent."""
     sent: list[bytes] = []
-    port = MediaPort(SERVER_CERT, lambda data, addr: sent.append(data), srtp_profiles=[profile])
+    port = MediaPort(
+        SERVER_CERT,
+        lambda data, addr: sent.append(data),
+        srtp_profiles=[profile],
+        dataplane=DataPlane(kernels=default_kernels()),
+    )
     echo = Echo()
     transport = port.create_transport(
         remote_ufrag="bench",

@@ -17,7 +17,7 @@ from typing import Final
 from sfu import __version__, clock
 from sfu.config import Config
 from sfu.core.dataplane import DataPlane
-from sfu.core.kernels import Forwarder
+from sfu.core.kernels import default_kernels
 from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.udp import Address, MediaSocket, open_media_socket
@@ -110,17 +110,20 @@ class Server:
         self.certificate = Certificate.generate()
         #: The join-token signing key for this process (configured, or random on loopback).
         self.token_secret = signing_secret(config)
+        #: The per-packet classes (compiled or references) of this whole process.
+        self.kernels = default_kernels()
         self.port = MediaPort(
             self.certificate,
             self._send_datagram,
             max_transports=config.media.max_transports,
             max_pending=config.media.max_pending_transports,
             dataplane=DataPlane(
-                Forwarder(
+                self.kernels.Forwarder(
                     clock=clock.now,
                     max_transports=config.media.max_transports,
                     max_streams=max(16384, 8 * config.media.max_transports),
-                )
+                ),
+                kernels=self.kernels,
             ),
         )
         self.sink = DatagramSink(self.port)

@@ -1,4 +1,4 @@
-"""Shared test configuration: hypothesis profiles and the active fast-path implementation."""
+"""Shared test configuration: hypothesis profiles and the kernels the run checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# The fixtures that hand tests their kernel bundle (shared with bench/conftest.py).
+from kernel_selection import compiled_kernels, each_kernels, kernels
+
 import sfu._fastpath
+
+__all__ = ["compiled_kernels", "each_kernels", "kernels"]
 
 # CI machines are small and shared: keep property tests deterministic and free of flaky deadlines.
 settings.register_profile(

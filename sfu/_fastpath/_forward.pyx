@@ -725,7 +725,10 @@ cdef class Forwarder:
         if not isinstance(unwrapper, SequenceUnwrapper) or not isinstance(
             cache, RetransmissionBuffer
         ):
-            raise TypeError("the source stream must use the compiled unwrapper and cache")
+            raise TypeError(
+                "the source stream's unwrapper and cache must come from the compiled kernels "
+                "(sfu.core.kernels.compiled()), as the forwarder's do"
+            )
         self.remove_stream(handle)
         if not 0 <= transport < self.max_transports or not self.tx[transport].used:
             raise KeyError(f"transport {transport} is not registered")
@@ -792,6 +795,18 @@ cdef class Forwarder:
                 r.out = out if 0 <= out < self.max_transports else -1
                 selector = sub.selector
                 vp8 = sub.vp8
+                # The casts below read C state: refuse another kind's objects by name first.
+                if not (
+                    isinstance(sub.munger, RtpMunger)
+                    and isinstance(sub.extensions, ExtensionRewriter)
+                    and isinstance(sub.state, RouteState)
+                    and (selector is None or isinstance(selector, SimulcastSelector))
+                    and (vp8 is None or isinstance(vp8, Vp8Munger))
+                ):
+                    raise TypeError(
+                        "a route's subscription must come from the compiled kernels "
+                        "(sfu.core.kernels.compiled()), as the forwarder's do"
+                    )
                 r.selector = NULL if selector is None else &(<SimulcastSelector?>selector).s
                 r.munger = &(<RtpMunger?>sub.munger).m
                 r.vp8 = NULL if vp8 is None else &(<Vp8Munger?>vp8).m

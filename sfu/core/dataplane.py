@@ -26,6 +26,7 @@ from sfu.core.kernels import Forwarder
 
 if TYPE_CHECKING:
     from sfu.core.counters import RouterStats
+    from sfu.core.kernels import Kernels
     from sfu.core.publication import Publication, SourceStream
     from sfu.transport.transport import WebRtcTransport
 
@@ -59,9 +60,17 @@ class DataPlane:
     """The forwarder plus the bookkeeping that maps its handles to control-plane objects."""
 
     def __init__(
-        self, forwarder: Forwarder | None = None, *, clock: Callable[[], float] | None = None
+        self,
+        forwarder: Forwarder | None = None,
+        *,
+        kernels: Kernels,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        self.forwarder = forwarder if forwarder is not None else Forwarder(clock=clock)
+        if forwarder is not None and not isinstance(forwarder, kernels.Forwarder):
+            raise TypeError(f"the forwarder is not the {kernels.name} kernels' Forwarder")
+        #: The per-packet classes of every publication and subscription this plane serves.
+        self.kernels = kernels
+        self.forwarder = forwarder if forwarder is not None else kernels.Forwarder(clock=clock)
         self._free_tx = list(range(self.forwarder.max_transports - 1, -1, -1))
         self._free_streams = list(range(self.forwarder.max_streams - 1, -1, -1))
         self._claims: dict[WebRtcTransport, _Claim] = {}

@@ -1,41 +1,260 @@
-"""The per-packet classes the forwarding path uses, compiled or reference, chosen once.
+"""The per-packet classes the forwarding path uses, as one bundle passed where objects are built.
 
-The compiled build replaces each class with a Cython twin of the same contract whose state
-lives in C, so that the compiled forwarder (``sfu._fastpath._forward``) can run the whole
-per-packet path without the GIL; the control plane calls the same Python methods on either.
-``sfu._fastpath.IMPLEMENTATION`` decides for all of them together.
+Each kernel exists twice with one Python contract: a pure-Python reference and a Cython twin
+whose state lives in C, so that the compiled forwarder (``sfu._fastpath._forward``) can run the
+whole per-packet path without the GIL. The compiled forwarder reads the C state of the routes
+and streams it is given, so it only works with compiled objects: a :class:`Kernels` bundle keeps
+the classes of one kind together. Nothing picks a class at import time; the composition root
+(``sfu.app``) passes :func:`default_kernels` down, and tests pass whichever bundle they check.
+
+The names below besides :class:`Kernels` are the contracts both kinds meet (for annotations):
+Protocols, and for the selector and the munger the reference classes, which the compiled
+stubs declare as their type. None of them can be instantiated without a bundle.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sfu import _fastpath
+from sfu._fastpath.values import LogRecord
+from sfu.codecs.vp8 import Vp8Descriptor
+from sfu.core.route_state import HistoryEntry
+from sfu.core.vp8_munger import Vp8Translation
+
+if TYPE_CHECKING:
+    # The compiled stubs type these two as the reference classes themselves.
+    from sfu.core.layers import SimulcastSelector
+    from sfu.core.munger import RtpMunger
 
 __all__ = [
+    "REFERENCE",
     "ExtensionRewriter",
     "Forwarder",
+    "Kernels",
     "RetransmissionBuffer",
     "RouteState",
     "RtpMunger",
     "SequenceUnwrapper",
     "SimulcastSelector",
     "Vp8Munger",
+    "compiled",
+    "default_kernels",
 ]
 
-if TYPE_CHECKING or _fastpath.IMPLEMENTATION == "python":
-    from sfu._fastpath._forward_py import Forwarder
-    from sfu.core.header_extensions import ExtensionRewriter
-    from sfu.core.layers import SimulcastSelector
-    from sfu.core.munger import RtpMunger
-    from sfu.core.retransmission import RetransmissionBuffer
-    from sfu.core.route_state import RouteState
-    from sfu.core.vp8_munger import Vp8Munger
-    from sfu.packet.seqnum import SequenceUnwrapper
-else:
-    from sfu._fastpath._cache import RetransmissionBuffer
-    from sfu._fastpath._extensions import ExtensionRewriter
-    from sfu._fastpath._forward import Forwarder, RouteState, SequenceUnwrapper
-    from sfu._fastpath._layers import SimulcastSelector
-    from sfu._fastpath._munger import RtpMunger
-    from sfu._fastpath._vp8 import Vp8Munger
+Address = tuple[Any, ...]
+Datagram = tuple[bytes, Address]
+Buffer = bytes | bytearray | memoryview
+
+
+class RouteState(Protocol):
+    """What one route (subscription) has forwarded: counters and the outgoing history."""
+
+    blocked: bool
+    forwarded: int
+
+    def __init__(self) -> None: ...
+    @property
+    def packets_sent(self) -> int: ...
+    @property
+    def octets_sent(self) -> int: ...
+    @property
+    def last_rtp_ts(self) -> int: ...
+    @property
+    def last_at(self) -> float | None: ...
+    def on_packet(self, rtp_timestamp: int, payload_bytes: int, now: float) -> None: ...
+    def record(
+        self,
+        out_seq: int,
+        in_ext_seq: int,
+        timestamp: int,
+        layer: int,
+        has_vp8: bool,
+        picture_id: int,
+        tl0picidx: int,
+        keyidx: int,
+    ) -> None: ...
+    def lookup(self, seq: int) -> HistoryEntry | None: ...
+
+
+class SequenceUnwrapper(Protocol):
+    """16-bit RTP sequence numbers to extended ones."""
+
+    def __init__(self) -> None: ...
+    @property
+    def last(self) -> int | None: ...
+    def peek(self, value: int) -> int: ...
+    def unwrap(self, value: int) -> int: ...
+
+
+class RetransmissionBuffer(Protocol):
+    """The packets of one source stream that subscribers' NACKs may still ask for."""
+
+    stored: int
+    too_large: int
+    too_old: int
+    hits: int
+    misses: int
+
+    def __init__(self, capacity: int = ..., max_size: int = ..., max_age: float = ...) -> None: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def max_size(self) -> int: ...
+    @property
+    def max_age(self) -> float: ...
+    @property
+    def memory_bytes(self) -> int: ...
+    @property
+    def newest(self) -> int | None: ...
+    def put(self, packet: Buffer, ext_seq: int, now: float) -> None: ...
+    def get(self, ext_seq: int, now: float) -> memoryview | None: ...
+    def clear(self) -> None: ...
+
+
+class ExtensionRewriter(Protocol):
+    """Maps a publisher's header-extension ids to a subscriber's in place."""
+
+    identity: bool
+
+    def __init__(self, source: Mapping[int, str], dest: Mapping[int, str]) -> None: ...
+    def apply(self, buf: bytearray, length: int, abs_send_time: int) -> None: ...
+
+
+class Vp8Munger(Protocol):
+    """Keeps VP8 picture id, TL0PICIDX and KEYIDX continuous across source switches."""
+
+    switches: int
+    dropped_pictures: int
+    rejected: int
+
+    def __init__(self, history: int = 64) -> None: ...
+    @property
+    def last_picture_id(self) -> int | None: ...
+    @property
+    def last_tl0picidx(self) -> int | None: ...
+    @property
+    def last_keyidx(self) -> int | None: ...
+    def switch_source(self) -> None: ...
+    def translate(
+        self, desc: Vp8Descriptor, source: int | None = None
+    ) -> Vp8Translation | None: ...
+    def drop(self, desc: Vp8Descriptor) -> None: ...
+    @staticmethod
+    def apply(buf: bytearray | memoryview, offset: int, t: Vp8Translation) -> None: ...
+    def munge(
+        self,
+        buf: bytearray | memoryview,
+        offset: int = 0,
+        end: int | None = None,
+        desc: Vp8Descriptor | None = None,
+        source: int | None = None,
+    ) -> bool: ...
+
+
+class Forwarder(Protocol):
+    """Forwards registered streams' media to their routes; the data plane's tables."""
+
+    max_transports: int
+    max_streams: int
+    fast_packets: int
+    fast_bytes: int
+    slow_packets: int
+    sent_packets: int
+    sent_bytes: int
+    protect_errors: int
+    send_errors: int
+    log_overflow: int
+    impaired_drops: int
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] | None = None,
+        sample_mask: int = 63,
+        log_capacity: int = 65536,
+        max_transports: int = 4096,
+        max_streams: int = 16384,
+    ) -> None: ...
+    def set_transport(
+        self, handle: int, address: Address, srtp: Any, twcc_id: int = 0, level_id: int = 0
+    ) -> None: ...
+    def set_impairment(self, handle: int, drop_every: int) -> None: ...
+    def remove_transport(self, handle: int) -> None: ...
+    def set_stream(self, handle: int, transport: int, source: Any, kind: int) -> None: ...
+    def remove_stream(self, handle: int) -> None: ...
+    def set_routes(self, handle: int, routes: Sequence[tuple[Any, int]]) -> None: ...
+    def process(
+        self, datagrams: Iterable[Datagram], now: float
+    ) -> tuple[list[Datagram], list[Datagram]]: ...
+    def pump(self, sock: socket.socket, now: float) -> list[Datagram]: ...
+    def drain_log(self) -> list[LogRecord]: ...
+    def drain_latency(self) -> list[float]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Kernels:
+    """The per-packet classes of one kind (``name``: "cython" or "python"), used together."""
+
+    name: str
+    Forwarder: type[Forwarder]
+    RouteState: type[RouteState]
+    SequenceUnwrapper: type[SequenceUnwrapper]
+    RtpMunger: type[RtpMunger]
+    SimulcastSelector: type[SimulcastSelector]
+    Vp8Munger: type[Vp8Munger]
+    ExtensionRewriter: type[ExtensionRewriter]
+    RetransmissionBuffer: type[RetransmissionBuffer]
+
+
+def _reference() -> Kernels:
+    from sfu._fastpath import _forward_py
+    from sfu.core import header_extensions, layers, munger, retransmission, route_state, vp8_munger
+    from sfu.packet import seqnum
+
+    return Kernels(
+        name="python",
+        Forwarder=_forward_py.Forwarder,
+        RouteState=route_state.RouteState,
+        SequenceUnwrapper=seqnum.SequenceUnwrapper,
+        RtpMunger=munger.RtpMunger,
+        SimulcastSelector=layers.SimulcastSelector,
+        Vp8Munger=vp8_munger.Vp8Munger,
+        ExtensionRewriter=header_extensions.ExtensionRewriter,
+        RetransmissionBuffer=retransmission.RetransmissionBuffer,
+    )
+
+
+#: The pure-Python references: always available.
+REFERENCE: Kernels = _reference()
+
+_compiled: Kernels | None = None
+
+
+def compiled() -> Kernels:
+    """The Cython kernels; raises ImportError when they are not built."""
+    global _compiled
+    if _compiled is None:
+        from sfu._fastpath import _cache, _extensions, _forward, _layers, _munger, _vp8
+
+        _compiled = Kernels(
+            name="cython",
+            Forwarder=_forward.Forwarder,
+            RouteState=_forward.RouteState,
+            SequenceUnwrapper=_forward.SequenceUnwrapper,
+            RtpMunger=_munger.RtpMunger,
+            SimulcastSelector=_layers.SimulcastSelector,
+            Vp8Munger=_vp8.Vp8Munger,
+            ExtensionRewriter=_extensions.ExtensionRewriter,
+            RetransmissionBuffer=_cache.RetransmissionBuffer,
+        )
+    return _compiled
+
+
+def default_kernels() -> Kernels:
+    """The bundle ``sfu._fastpath.IMPLEMENTATION`` selects (``SFU_NO_EXTENSIONS=1``: the
+    references; otherwise compiled when built)."""
+    return compiled() if _fastpath.IMPLEMENTATION == "cython" else REFERENCE

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from sfu._fastpath.values import AUDIO, H264, OTHER_VIDEO, VP8, VP9
-from sfu.core.kernels import RetransmissionBuffer, SequenceUnwrapper
 from sfu.core.nack import NackGenerator
 from sfu.core.rtcp_stats import ReceiveStats
 from sfu.transport.negotiation import NegotiatedCodec
 
 if TYPE_CHECKING:
+    from sfu.core.kernels import Kernels, RetransmissionBuffer, SequenceUnwrapper
     from sfu.core.subscription import Subscription
     from sfu.transport.transport import WebRtcTransport
 
@@ -97,7 +97,8 @@ class BitrateMeter:
 
 @dataclass(eq=False, slots=True)
 class SourceStream:
-    """One RTP stream a publisher sends (one simulcast layer, or the only one)."""
+    """One RTP stream a publisher sends (one simulcast layer, or the only one); its
+    unwrapper and cache come from ``kernels`` (those of its publication)."""
 
     ssrc: int
     #: Spatial layer index, 0 = lowest (the rid's position in the offer's simulcast list).
@@ -106,7 +107,9 @@ class SourceStream:
     clock_rate: int
     video: bool
     rtx_ssrc: int | None = None
-    unwrapper: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
+    _: KW_ONLY
+    kernels: InitVar[Kernels]
+    unwrapper: SequenceUnwrapper = field(init=False)
     cache: RetransmissionBuffer = field(init=False)
     nacks: NackGenerator | None = field(init=False)
     stats: ReceiveStats = field(init=False)
@@ -117,8 +120,9 @@ class SourceStream:
     keyframe_requests: int = 0
     packets: int = 0
 
-    def __post_init__(self) -> None:
-        self.cache = RetransmissionBuffer(
+    def __post_init__(self, kernels: Kernels) -> None:
+        self.unwrapper = kernels.SequenceUnwrapper()
+        self.cache = kernels.RetransmissionBuffer(
             VIDEO_CACHE_PACKETS if self.video else AUDIO_CACHE_PACKETS
         )
         self.nacks = NackGenerator() if self.video else None
@@ -140,7 +144,10 @@ class SourceStream:
 
 @dataclass(eq=False, slots=True)
 class Publication:
-    """One published track: its source streams and what identifies it on the wire."""
+    """One published track: its source streams and what identifies it on the wire.
+
+    ``kernels`` builds its source streams' per-packet objects (the data plane's bundle).
+    """
 
     id: str
     participant_id: str
@@ -165,6 +172,8 @@ class Publication:
     keyframe_requester: Callable[[SourceStream, float], bool] | None = None
     #: Told whenever :attr:`fanout` is replaced (the data plane pushes the new snapshot).
     on_fanout: Callable[[Publication], None] | None = None
+    _: KW_ONLY
+    kernels: Kernels = field(repr=False)
 
     @property
     def num_layers(self) -> int:
@@ -189,7 +198,9 @@ class Publication:
         if old is not None:
             self.streams.pop(old.ssrc, None)
         rid = self.rids[layer] if layer < len(self.rids) else None
-        stream = SourceStream(ssrc, layer, rid, self.codec.clock_rate, self.video, rtx_ssrc)
+        stream = SourceStream(
+            ssrc, layer, rid, self.codec.clock_rate, self.video, rtx_ssrc, kernels=self.kernels
+        )
         self.streams[ssrc] = stream
         self.layers[layer] = stream
         return stream

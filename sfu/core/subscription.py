@@ -17,16 +17,10 @@ negotiated, else the original packet again).
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
 from sfu import _fastpath
 from sfu._fastpath.values import AUDIO_INFO, PacketInfo
-from sfu.core.kernels import (
-    ExtensionRewriter,
-    RouteState,
-    RtpMunger,
-    SimulcastSelector,
-    Vp8Munger,
-)
 from sfu.core.layers import Decision
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionThrottle
@@ -36,11 +30,22 @@ from sfu.core.vp8_munger import Vp8Translation
 from sfu.packet.errors import ParseError
 from sfu.packet.rtp import payload_offset
 
+if TYPE_CHECKING:
+    from sfu.core.kernels import (
+        ExtensionRewriter,
+        Kernels,
+        RouteState,
+        RtpMunger,
+        SimulcastSelector,
+        Vp8Munger,
+    )
+
 __all__ = ["AUDIO_INFO", "HISTORY", "PacketInfo", "Subscription"]
 
 
 class Subscription:
-    """Forwards one publication to one subscriber."""
+    """Forwards one publication to one subscriber, with per-packet objects from ``kernels``
+    (which must be its publication's: the forwarder serves both with one kind)."""
 
     __slots__ = (
         "_rtx_seq",
@@ -48,6 +53,7 @@ class Subscription:
         "extensions",
         "held",
         "id",
+        "kernels",
         "max_spatial",
         "max_temporal",
         "mid",
@@ -80,7 +86,15 @@ class Subscription:
         extensions: dict[int, str],
         rtx_ssrc: int | None = None,
         rtx_payload_type: int | None = None,
+        initial_seq: int | None = None,
+        initial_ts: int | None = None,
+        kernels: Kernels,
     ) -> None:
+        """``initial_seq`` / ``initial_ts``: the first outgoing wire values (None: those of
+        the first packet forwarded; see :class:`~sfu.core.munger.RtpMunger`)."""
+        if kernels is not publication.kernels:
+            raise ValueError("a subscription must use its publication's kernels")
+        self.kernels = kernels
         self.id = id
         self.publication = publication
         self.subscriber_id = subscriber_id
@@ -91,12 +105,24 @@ class Subscription:
         self.rtx_payload_type = rtx_payload_type if rtx_ssrc is not None else None
         clock_rate = publication.codec.clock_rate
         pt_map = {publication.codec.payload_type: payload_type}
-        self.munger = RtpMunger(out_ssrc, pt_map, clock_rate=clock_rate)
-        self.selector = SimulcastSelector(publication.num_layers) if publication.video else None
-        self.vp8 = Vp8Munger() if publication.codec.name.lower() == "vp8" else None
-        self.extensions = ExtensionRewriter(publication.extensions, extensions)
+        self.munger: RtpMunger = kernels.RtpMunger(
+            out_ssrc,
+            pt_map,
+            clock_rate=clock_rate,
+            initial_seq=initial_seq,
+            initial_ts=initial_ts,
+        )
+        self.selector: SimulcastSelector | None = (
+            kernels.SimulcastSelector(publication.num_layers) if publication.video else None
+        )
+        self.vp8: Vp8Munger | None = (
+            kernels.Vp8Munger() if publication.codec.name.lower() == "vp8" else None
+        )
+        self.extensions: ExtensionRewriter = kernels.ExtensionRewriter(
+            publication.extensions, extensions
+        )
         #: Written per forwarded packet by the data plane (compiled or this class's forward).
-        self.state = RouteState()
+        self.state: RouteState = kernels.RouteState()
         self.send_stats = SendStats(out_ssrc, clock_rate, self.state)
         self.throttle = RetransmissionThrottle()
         self.buf = bytearray(1500)
@@ -180,7 +206,7 @@ class Subscription:
             translation = self.vp8.translate(info.vp8, stream.ssrc)
             if translation is None:
                 return 0
-            Vp8Munger.apply(buf, info.offset, translation)
+            self.vp8.apply(buf, info.offset, translation)
         self.extensions.apply(buf, n, abs_send_time)
         out_seq = munger.last_out_seq
         if out_seq is not None:
@@ -246,7 +272,7 @@ class Subscription:
                     None if entry.tl0picidx < 0 else entry.tl0picidx,
                     None if entry.keyidx < 0 else entry.keyidx,
                 )
-                Vp8Munger.apply(scratch, offset, translation)
+                self.kernels.Vp8Munger.apply(scratch, offset, translation)
             self.extensions.apply(scratch, n, abs_send_time)
             out.append(self._wrap_rtx(scratch, n, offset, seq))
             self.retransmitted += 1

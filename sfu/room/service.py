@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from sfu.core.counters import RouterStats
-from sfu.core.kernels import ExtensionRewriter
 from sfu.core.peer import Peer
 from sfu.core.publication import Publication, new_id, new_ssrc
 from sfu.core.subscription import Subscription
@@ -153,6 +152,9 @@ class RoomService:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.port = port
+        #: The per-packet classes of every publication and subscription: the data plane's, so
+        #: that its forwarder is only ever given objects of its own kind.
+        self.kernels = port.dataplane.kernels
         self.candidates = candidates
         self.limits = limits or RoomLimits()
         self.admission = admission
@@ -456,7 +458,7 @@ class RoomService:
             kept = peer.subscriptions.get(mid)
             if kept is not None:
                 # The BUNDLE's id space may have grown: re-derive the hidden ids.
-                kept.extensions = ExtensionRewriter(
+                kept.extensions = kept.kernels.ExtensionRewriter(
                     publication.extensions, _subscriber_extensions(by_mid[mid], bundle_ids)
                 )
                 if publication.on_fanout is not None:
@@ -537,6 +539,7 @@ class RoomService:
             codec=media.codecs[0],
             extensions=dict(media.extensions),
             rids=tuple(r.rid for r in media.simulcast) if media.simulcast else media.rids,
+            kernels=self.kernels,
         )
         publication.keyframe_requester = peer.request_keyframe
         peer.add_publication(publication, _declared_streams(media))
@@ -585,6 +588,7 @@ class RoomService:
             extensions=extensions,
             rtx_ssrc=new_ssrc(taken) if rtx_pt is not None else None,
             rtx_payload_type=rtx_pt,
+            kernels=self.kernels,
         )
         peer.add_subscription(sub)
         publication.add_subscriber(sub, peer.transport)

@@ -86,11 +86,12 @@ class MediaPort:
         handshake_timeout: float = 10.0,
         error_responses_per_s: float = 200.0,
         srtp_profiles: Sequence[SrtpProfile] = DEFAULT_SRTP_PROFILES,
-        dataplane: DataPlane | None = None,
+        dataplane: DataPlane,
     ) -> None:
         self.certificate = certificate
-        #: The forwarder that carries established media, and its control-plane bookkeeping.
-        self.dataplane = dataplane if dataplane is not None else DataPlane()
+        #: The forwarder that carries established media, and its control-plane bookkeeping;
+        #: its kernels are those of every publication and subscription on this port.
+        self.dataplane = dataplane
         if self.dataplane.forwarder.max_transports < max_transports:
             # A subscriber the forwarder could not register would get no forwarded media.
             raise ValueError("the data plane holds fewer transports than the media port")

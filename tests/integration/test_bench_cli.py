@@ -18,22 +18,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from kernel_selection import load_compiled
 
 from bench import _loadgen_py
 from bench._loadgen_py import KIND_AUDIO, KIND_VIDEO, StreamSpec, percentile_ns
 from sfu._fastpath import _srtp_py
-
-NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
-_loadgen_c: ModuleType | None
-_srtp_c: ModuleType | None
-if NO_EXTENSIONS:
-    _loadgen_c = _srtp_c = None
-else:
-    try:
-        from bench import _loadgen as _loadgen_c
-        from sfu._fastpath import _srtp as _srtp_c
-    except ImportError:  # not built
-        _loadgen_c = _srtp_c = None
 
 VIDEO = StreamSpec(
     ssrc=0x11223344, payload_type=96, kind=KIND_VIDEO, packets_per_frame=3, keyframe_packets=5,
@@ -146,12 +135,15 @@ def _contexts(srtp_module: ModuleType) -> tuple[Any, Any]:
     return out, inb
 
 
-@pytest.mark.parametrize(
-    ("module", "srtp_module"),
-    [pytest.param(_loadgen_py, _srtp_py, id="python")]
-    + ([pytest.param(_loadgen_c, _srtp_c, id="cython")] if _loadgen_c is not None else []),
-)
-def test_engine_loopback(module: ModuleType, srtp_module: ModuleType) -> None:
+@pytest.fixture(params=["python", "cython"])
+def engine_modules(request: pytest.FixtureRequest) -> tuple[ModuleType, ModuleType]:
+    """The load generator and the SRTP module it is given: references, then compiled."""
+    if request.param == "python":
+        return _loadgen_py, _srtp_py
+    return load_compiled("bench._loadgen"), load_compiled("sfu._fastpath._srtp")
+
+
+def test_engine_loopback(engine_modules: tuple[ModuleType, ModuleType]) -> None:
     """A sender and a receiver over a loopback socket pair: everything arrives, once."""
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -162,6 +154,7 @@ def test_engine_loopback(module: ModuleType, srtp_module: ModuleType) -> None:
         b.connect(a.getsockname())
         a.setblocking(False)
         b.setblocking(False)
+        module, srtp_module = engine_modules
         out, inb = _contexts(srtp_module)
         engine = module.Engine(8)
         sender = engine.add_sender(a, out, [VIDEO, AUDIO], time.monotonic_ns())

@@ -11,19 +11,17 @@ control plane still learns everything: its receive counters come from the replay
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from clients import running_server
+from kernel_selection import EXPECT_COMPILED
 from media_load import media_load
 
-from sfu import _fastpath
+from sfu.core.kernels import Kernels, default_kernels
 from sfu.core.peer import Peer
 from sfu.core.subscription import Subscription
-
-COMPILED = _fastpath.IMPLEMENTATION == "cython"
 
 
 def _counting(calls: list[int], method: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,6 +41,8 @@ def test_forwarded_rtp_takes_no_python_slow_path(monkeypatch: pytest.MonkeyPatch
         async with running_server() as (server, base):  # noqa: SIM117 - load needs the server
             async with media_load(base, server.token_secret, "fastpath", viewers=2):
                 forwarder = server.port.dataplane.forwarder
+                assert server.port.dataplane.kernels is server.kernels is default_kernels()
+                assert isinstance(forwarder, server.kernels.Forwarder)
                 await asyncio.sleep(1.5)  # connect, keyframes, layer choice
                 fast0, sent0 = forwarder.fast_packets, forwarder.sent_packets
                 python_rtp0 = server.port.counters.received.get("rtp", 0)
@@ -55,7 +55,7 @@ def test_forwarded_rtp_takes_no_python_slow_path(monkeypatch: pytest.MonkeyPatch
                 assert fast > 100, "the publisher's media went through the data plane"
                 assert sent >= fast, "each packet reached both viewers (audio and video)"
                 assert python_rtp == 0, "no RTP datagram entered the Python slow path"
-                if COMPILED:
+                if server.kernels.name == "cython":
                     assert calls == (0, 0), "no Python per-packet code ran"
                 # The control plane still accounts for every packet, from the replayed log.
                 ingested = sum(
@@ -80,8 +80,7 @@ def test_forwarded_rtp_takes_no_python_slow_path(monkeypatch: pytest.MonkeyPatch
     asyncio.run(scenario())
 
 
-@pytest.mark.skipif(os.environ.get("SFU_EXPECT_COMPILED") != "1", reason="compiled run only")
-def test_compiled_build_uses_the_compiled_forwarder() -> None:
-    from sfu.core.kernels import Forwarder
-
-    assert Forwarder.__module__ == "sfu._fastpath._forward"
+@pytest.mark.skipif(not EXPECT_COMPILED, reason="compiled run only")
+def test_compiled_build_uses_the_compiled_forwarder(kernels: Kernels) -> None:
+    assert default_kernels() is kernels
+    assert kernels.Forwarder.__module__ == "sfu._fastpath._forward"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from sfu.core.kernels import default_kernels
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
 from sfu.transport.negotiation import NegotiatedCodec
 
 VP8 = NegotiatedCodec(96, "VP8", 90000, None, 97, ("nack", "nack pli"))
 OPUS = NegotiatedCodec(111, "opus", 48000, 2, None, ())
+#: The run's kernels (these tests check the parts above the kernels).
+KERNELS = default_kernels()
 
 
 class RecordingSender:
@@ -29,12 +32,12 @@ class RecordingSender:
 
 def video_publication(rids: tuple[str, ...] = ("q", "h", "f"), mid: str = "0") -> Publication:
     """A VP8 publication with ``rids`` simulcast layers."""
-    return Publication("v" + mid, "pub", "video", "cam", mid, VP8, {}, rids)
+    return Publication("v" + mid, "pub", "video", "cam", mid, VP8, {}, rids, kernels=KERNELS)
 
 
 def audio_publication(mid: str = "1") -> Publication:
     """An Opus publication."""
-    return Publication("a" + mid, "pub", "audio", "mic", mid, OPUS, {})
+    return Publication("a" + mid, "pub", "audio", "mic", mid, OPUS, {}, kernels=KERNELS)
 
 
 def subscription(
@@ -51,4 +54,5 @@ def subscription(
         extensions={},
         rtx_ssrc=rtx_ssrc,
         rtx_payload_type=97 if rtx_ssrc is not None else None,
+        kernels=pub.kernels,
     )

@@ -1,20 +1,22 @@
-"""Two forwarding worlds (reference or compiled) built from the same keys, for tests and bench.
+"""Forwarding worlds built from the same keys, one per kernel bundle, for tests and bench.
 
 A publisher (VP8 simulcast with three layers, and Opus) on transport 0 and ``subs``
-subscribers on transports 1..subs, each with its own SRTP contexts and per-packet classes.
+subscribers on transports 1..subs, each with its own SRTP contexts; the forwarder, the
+publications and the subscriptions are built from the world's bundle, as the room service
+builds them. SRTP is not part of a bundle: a compiled world uses the compiled contexts (the
+compiled forwarder accepts no other), a reference world the reference ones.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 import struct
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from sfu._fastpath import _srtp_py
-from sfu._fastpath._forward_py import Forwarder as RefForwarder
-from sfu.core import header_extensions, layers, munger, retransmission, route_state, vp8_munger
+from sfu.core.kernels import Kernels
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
 from sfu.packet.extensions import (
@@ -23,37 +25,7 @@ from sfu.packet.extensions import (
     MID_URI,
     TRANSPORT_CC_URI,
 )
-from sfu.packet.seqnum import SequenceUnwrapper as RefUnwrapper
 from sfu.transport.negotiation import NegotiatedCodec
-
-NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
-
-COMPILED: dict[str, ModuleType] | None
-if NO_EXTENSIONS:
-    COMPILED = None  # the references only: the compiled kernels must not be used in this run
-else:
-    try:
-        from sfu._fastpath import (
-            _cache,
-            _extensions,
-            _forward,
-            _layers,
-            _munger,
-            _srtp,
-            _vp8,
-        )
-    except ImportError:  # not built; SFU_EXPECT_COMPILED=1 makes the selection test fail
-        COMPILED = None
-    else:
-        COMPILED = {
-            "cache": _cache,
-            "extensions": _extensions,
-            "forward": _forward,
-            "layers": _layers,
-            "munger": _munger,
-            "srtp": _srtp,
-            "vp8": _vp8,
-        }
 
 PROFILE = "SRTP_AEAD_AES_128_GCM"
 PUB_KEY, PUB_SALT = bytes(range(16)), bytes(range(100, 112))
@@ -82,39 +54,31 @@ def _session(srtp: ModuleType, key: bytes, salt: bytes) -> Srtp:
 class World:
     """A publisher (VP8 simulcast + Opus) and SUBS subscribers on one forwarder."""
 
-    def __init__(self, compiled: bool, subs: int = SUBS) -> None:
+    def __init__(self, kernels: Kernels, subs: int = SUBS) -> None:
+        self.kernels = kernels
         self.subs_count = subs
-        c = COMPILED if compiled else None
-        srtp = c["srtp"] if c else _srtp_py
-        self.forwarder: Any = (
-            c["forward"].Forwarder(log_capacity=1 << 16)
-            if c
-            else RefForwarder(log_capacity=1 << 16)
+        srtp = (
+            _srtp_py if kernels.name == "python" else importlib.import_module("sfu._fastpath._srtp")
         )
-        self.classes = {
-            "selector": c["layers"].SimulcastSelector if c else layers.SimulcastSelector,
-            "munger": c["munger"].RtpMunger if c else munger.RtpMunger,
-            "vp8": c["vp8"].Vp8Munger if c else vp8_munger.Vp8Munger,
-            "ext": c["extensions"].ExtensionRewriter if c else header_extensions.ExtensionRewriter,
-            "state": c["forward"].RouteState if c else route_state.RouteState,
-            "cache": c["cache"].RetransmissionBuffer if c else retransmission.RetransmissionBuffer,
-            "unwrap": c["forward"].SequenceUnwrapper if c else RefUnwrapper,
-        }
+        self.forwarder: Any = kernels.Forwarder(log_capacity=1 << 16)
         self.forwarder.set_transport(0, PUB_ADDR, _session(srtp, PUB_KEY, PUB_SALT), 3, 5)
         for i in range(subs):
             sub_srtp = _session(srtp, PUB_KEY, PUB_SALT)
             self.forwarder.set_transport(i + 1, ("127.0.0.1", 6000 + i), sub_srtp)
         vp8 = NegotiatedCodec(96, "VP8", 90000, None, None, ("nack", "nack pli"))
         opus = NegotiatedCodec(111, "opus", 48000, 2, None, ())
-        self.video = Publication("v", "p", "video", "cam", "0", vp8, dict(PUB_EXT), ("q", "h", "f"))
-        self.audio = Publication("a", "p", "audio", "mic", "1", opus, dict(PUB_EXT))
+        self.video = Publication(
+            "v", "p", "video", "cam", "0", vp8, dict(PUB_EXT), ("q", "h", "f"), kernels=kernels
+        )
+        self.audio = Publication(
+            "a", "p", "audio", "mic", "1", opus, dict(PUB_EXT), kernels=kernels
+        )
         self.streams = []
         handle = 0
         for layer, ssrc in enumerate(VIDEO_SSRCS):
             self.streams.append(self._stream(handle, self.video, ssrc, layer, 1))
             handle += 1
         self.streams.append(self._stream(handle, self.audio, AUDIO_SSRC, 0, 0))
-        self.subs: list[tuple[Subscription, Subscription]] = []
         self.video_subs = [self._sub(self.video, i, 0x9000 + i) for i in range(subs)]
         self.audio_subs = [self._sub(self.audio, i, 0xA000 + i) for i in range(subs)]
         self.video_fanout = list(range(subs))
@@ -123,13 +87,12 @@ class World:
 
     def _stream(self, handle: int, pub: Publication, ssrc: int, layer: int, kind: int) -> Any:
         stream = pub.add_stream(ssrc, layer)
-        stream.unwrapper = self.classes["unwrap"]()
-        stream.cache = self.classes["cache"](256)
         self.forwarder.set_stream(handle, 0, stream, kind)
         return stream
 
     def _sub(self, pub: Publication, index: int, ssrc: int) -> Subscription:
-        sub = Subscription(
+        # Fixed first outgoing values (not those of the first packet): offsets from the start.
+        return Subscription(
             f"s{index}{pub.id}",
             pub,
             f"u{index}",
@@ -137,20 +100,10 @@ class World:
             out_ssrc=ssrc,
             payload_type=pub.codec.payload_type,
             extensions=dict(SUB_EXT),
+            initial_seq=1000 + index,
+            initial_ts=5000,
+            kernels=self.kernels,
         )
-        k = self.classes
-        if pub.video:
-            sub.selector = k["selector"](pub.num_layers)
-            sub.vp8 = k["vp8"]()
-        clock_rate = pub.codec.clock_rate
-        pt = pub.codec.payload_type
-        sub.munger = k["munger"](
-            ssrc, {pt: pt}, clock_rate=clock_rate, initial_seq=1000 + index, initial_ts=5000
-        )
-        sub.extensions = k["ext"](pub.extensions, SUB_EXT)
-        sub.state = k["state"]()
-        sub.send_stats.sent = sub.state
-        return sub
 
     def push_routes(self) -> None:
         video = [(self.video_subs[i], i + 1) for i in self.video_fanout]

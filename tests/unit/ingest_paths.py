@@ -3,9 +3,11 @@
 A path is how a publisher's RTP reaches the subscribers:
 
 * ``slow``: the Python slow path alone (``Peer.on_rtp`` → Router → shared ingest → replay);
-* ``reference``: the reference forwarder (``_forward_py``) through the real DataPlane, its
-  records replayed into the same Router, and what it hands back taken by the slow path;
-* ``compiled``: the same with the compiled forwarder (only where it is in use).
+* ``forwarder``: the kernels' forwarder (the reference ``_forward_py`` or the compiled
+  ``_forward``) through the real DataPlane, its records replayed into the same Router, and
+  what it hands back taken by the slow path.
+
+Each is built with one kernel bundle (reference or compiled), so four paths in all.
 
 Every path is built from the production parts (Peer, DataPlane, Publication, Subscription);
 only the transports are stand-ins that hold SRTP sessions and record what the slow path sends.
@@ -21,8 +23,8 @@ from typing import Any, cast
 
 from sfu import _fastpath
 from sfu._fastpath import SrtpError, _srtp_py
-from sfu._fastpath._forward_py import Forwarder as ReferenceForwarder
 from sfu.core.dataplane import DataPlane
+from sfu.core.kernels import Kernels
 from sfu.core.peer import Peer
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
@@ -57,14 +59,7 @@ PUB_EXT = {
 SUB_EXT = {9: MID_URI, 6: AUDIO_LEVEL_URI}
 
 
-def forwarder_paths() -> list[str]:
-    """The forwarder paths this run can build (compiled only where it is in use)."""
-    return ["reference", "compiled"] if _fastpath.IMPLEMENTATION != "python" else ["reference"]
-
-
-def all_paths() -> list[str]:
-    """Every ingest path this run can build."""
-    return ["slow", *forwarder_paths()]
+PATHS = ("slow", "forwarder")
 
 
 class _Session:
@@ -146,15 +141,11 @@ class Received:
 class PathWorld:
     """A VP8 simulcast + Opus publisher and ``subs`` subscribers of both, behind one path."""
 
-    def __init__(self, path: str, subs: int = 2, *, declare: bool = True) -> None:
+    def __init__(self, path: str, kernels: Kernels, subs: int = 2, *, declare: bool = True) -> None:
         self.path = path
         self.dataplane: DataPlane | None = None
-        if path == "reference":
-            self.dataplane = DataPlane(ReferenceForwarder())
-        elif path == "compiled":
-            from sfu._fastpath._forward import Forwarder
-
-            self.dataplane = DataPlane(Forwarder())
+        if path == "forwarder":
+            self.dataplane = DataPlane(kernels=kernels)
         elif path != "slow":
             raise ValueError(path)
         self.client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
@@ -170,8 +161,12 @@ class PathWorld:
         )
         vp8_codec = NegotiatedCodec(VP8_PT, "VP8", 90000, None, RTX_PT, ("nack", "nack pli"))
         opus = NegotiatedCodec(OPUS_PT, "opus", 48000, 2, None, ())
-        self.video = Publication("v", "pub", "video", "cam", "0", vp8_codec, dict(PUB_EXT), RIDS)
-        self.audio = Publication("a", "pub", "audio", "mic", "1", opus, dict(PUB_EXT))
+        self.video = Publication(
+            "v", "pub", "video", "cam", "0", vp8_codec, dict(PUB_EXT), RIDS, kernels=kernels
+        )
+        self.audio = Publication(
+            "a", "pub", "audio", "mic", "1", opus, dict(PUB_EXT), kernels=kernels
+        )
         declared: list[tuple[int, int | None]] = (
             list(zip(VIDEO_SSRCS, RTX_SSRCS, strict=True)) if declare else []
         )
@@ -206,6 +201,7 @@ class PathWorld:
                     out_ssrc=base + i,
                     payload_type=pub.codec.payload_type,
                     extensions=dict(SUB_EXT),
+                    kernels=kernels,
                 )
                 peer.add_subscription(sub)
                 pub.add_subscriber(sub, cast(WebRtcTransport, transport))

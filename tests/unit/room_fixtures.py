@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 from fixture_files import FIXTURES
+from kernel_selection import selected_kernels
 
 from sfu.codecs.vp8 import Vp8Descriptor
+from sfu.core.dataplane import DataPlane
 from sfu.packet.extensions import (
     AUDIO_LEVEL_URI,
     MID_URI,
@@ -145,7 +147,9 @@ def harness(
 ) -> Harness:
     """A harness; transports it captures record what they would send (they have no SRTP).
     Rooms have no waiting room unless ``defaults`` say otherwise."""
-    port = MediaPort(certificate(), lambda data, addr: None)
+    port = MediaPort(
+        certificate(), lambda data, addr: None, dataplane=DataPlane(kernels=selected_kernels())
+    )
     service = RoomService(
         port,
         [("127.0.0.1", 40000)],

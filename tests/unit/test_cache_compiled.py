@@ -10,7 +10,6 @@ against both. Under SFU_NO_EXTENSIONS=1 the compiled class is not used.
 from __future__ import annotations
 
 import gc
-import os
 from typing import Any
 
 import pytest
@@ -18,29 +17,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.core import retransmission as cache_py
-
-NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
-
-_Compiled: type[Any] | None
-if NO_EXTENSIONS:
-    _Compiled = None  # the reference only: the compiled cache must not be used in this run
-else:
-    try:
-        from sfu._fastpath._cache import RetransmissionBuffer as _Compiled
-    except ImportError:  # not built; SFU_EXPECT_COMPILED=1 makes the build test fail
-        _Compiled = None
-
-IMPLS = [pytest.param(cache_py.RetransmissionBuffer, id="python")]
-if _Compiled is not None:
-    IMPLS.append(pytest.param(_Compiled, id="cython"))
-needs_compiled = pytest.mark.skipif(_Compiled is None, reason="compiled cache not in use")
+from sfu.core.kernels import Kernels
 
 
-def test_compiled_module_is_built_when_expected() -> None:
-    if NO_EXTENSIONS:
-        assert _Compiled is None
-    elif os.environ.get("SFU_EXPECT_COMPILED") == "1":
-        assert _Compiled is not None
+@pytest.fixture(scope="module")
+def cls(each_kernels: Kernels) -> type[Any]:
+    """Each implementation in turn: the reference, then the compiled class."""
+    return each_kernels.RetransmissionBuffer
+
+
+@pytest.fixture(scope="module")
+def compiled_cls(compiled_kernels: Kernels) -> type[Any]:
+    """The compiled class (skipped or failed as the run's kernel selection says)."""
+    return compiled_kernels.RetransmissionBuffer
 
 
 def state(c: Any) -> dict[str, Any]:
@@ -64,7 +53,6 @@ def outcome(fn: Any, *args: Any) -> tuple[Any, ...]:
 # -- examples, both implementations --------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", IMPLS)
 def test_put_get_and_counters(cls: Any) -> None:
     c = cls(capacity=8, max_size=16, max_age=1.0)
     assert c.memory_bytes == 8 * (16 + 20)
@@ -93,7 +81,6 @@ def test_put_get_and_counters(cls: Any) -> None:
     assert c.stored == 1  # counters are kept
 
 
-@pytest.mark.parametrize("cls", IMPLS)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -108,7 +95,6 @@ def test_constructor_validation(cls: Any, args: tuple[Any, ...], message: str) -
         cls(*args)
 
 
-@pytest.mark.parametrize("cls", IMPLS)
 def test_negative_seq_raises_on_put_and_misses_on_get(cls: Any) -> None:
     c = cls(capacity=4, max_size=8)
     with pytest.raises(ValueError, match="non-negative"):
@@ -118,7 +104,6 @@ def test_negative_seq_raises_on_put_and_misses_on_get(cls: Any) -> None:
     assert c.get(-1, 0.0) is None and c.misses == 1
 
 
-@pytest.mark.parametrize("cls", IMPLS)
 def test_view_is_overwritten_when_the_slot_is_reused(cls: Any) -> None:
     c = cls(capacity=2, max_size=4)
     c.put(b"aaaa", 0, 0.0)
@@ -128,10 +113,8 @@ def test_view_is_overwritten_when_the_slot_is_reused(cls: Any) -> None:
     assert bytes(view) == b"bbbb"
 
 
-@needs_compiled
-def test_compiled_view_keeps_the_storage_alive_and_is_read_only() -> None:
-    assert _Compiled is not None
-    c = _Compiled(capacity=4, max_size=8)
+def test_compiled_view_keeps_the_storage_alive_and_is_read_only(compiled_cls: type[Any]) -> None:
+    c = compiled_cls(capacity=4, max_size=8)
     c.put(bytearray(b"packet"), 3, 0.0)
     view = c.get(3, 0.0)
     assert view is not None and view.readonly
@@ -160,7 +143,6 @@ _ops = st.lists(
 )
 
 
-@needs_compiled
 @settings(max_examples=200, deadline=None)
 @given(
     capacity=st.sampled_from([1, 2, 4, 8]),
@@ -169,11 +151,14 @@ _ops = st.lists(
     ops=_ops,
 )
 def test_random_call_sequences_match_the_reference(
-    capacity: int, max_size: int, max_age: float, ops: list[tuple[Any, ...]]
+    compiled_cls: type[Any],
+    capacity: int,
+    max_size: int,
+    max_age: float,
+    ops: list[tuple[Any, ...]],
 ) -> None:
-    assert _Compiled is not None
     ref = cache_py.RetransmissionBuffer(capacity, max_size, max_age)
-    got = _Compiled(capacity, max_size, max_age)
+    got = compiled_cls(capacity, max_size, max_age)
     assert state(got) == state(ref)
     now = 0.0
     for op in ops:
@@ -201,17 +186,17 @@ def test_random_call_sequences_match_the_reference(
         assert state(got) == state(ref)
 
 
-@needs_compiled
 @settings(max_examples=200, deadline=None)
 @given(
     capacity=st.one_of(st.integers(-2, 70), st.just(2.0)),
     max_size=st.one_of(st.integers(-2, 3), st.just(1.5)),
     max_age=st.sampled_from([-1, 0, 0.0, 0.5, 2]),
 )
-def test_constructor_matches_the_reference(capacity: Any, max_size: Any, max_age: Any) -> None:
-    assert _Compiled is not None
+def test_constructor_matches_the_reference(
+    compiled_cls: type[Any], capacity: Any, max_size: Any, max_age: Any
+) -> None:
     ref = outcome(cache_py.RetransmissionBuffer, capacity, max_size, max_age)
-    got = outcome(_Compiled, capacity, max_size, max_age)
+    got = outcome(compiled_cls, capacity, max_size, max_age)
     assert got[0] == ref[0]
     if ref[0] == "raised":
         assert got[1:] == ref[1:]

@@ -10,7 +10,6 @@ used.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.core import header_extensions as ext_py
+from sfu.core.kernels import Kernels
 from sfu.packet.extensions import (
     ABS_SEND_TIME_URI,
     AUDIO_LEVEL_URI,
@@ -28,31 +28,21 @@ from sfu.packet.extensions import (
     TRANSPORT_CC_URI,
 )
 
-NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 
-_Compiled: type[Any] | None
-if NO_EXTENSIONS:
-    _Compiled = None  # the reference only: the compiled rewriter must not be used in this run
-else:
-    try:
-        from sfu._fastpath._extensions import ExtensionRewriter as _Compiled
-    except ImportError:  # not built; SFU_EXPECT_COMPILED=1 makes the build test fail
-        _Compiled = None
+@pytest.fixture(scope="module")
+def cls(each_kernels: Kernels) -> type[Any]:
+    """Each implementation in turn: the reference, then the compiled class."""
+    return each_kernels.ExtensionRewriter
 
-IMPLS = [pytest.param(ext_py.ExtensionRewriter, id="python")]
-if _Compiled is not None:
-    IMPLS.append(pytest.param(_Compiled, id="cython"))
-needs_compiled = pytest.mark.skipif(_Compiled is None, reason="compiled rewriter not in use")
+
+@pytest.fixture(scope="module")
+def compiled_cls(compiled_kernels: Kernels) -> type[Any]:
+    """The compiled class (skipped or failed as the run's kernel selection says)."""
+    return compiled_kernels.ExtensionRewriter
+
 
 PUBLISHER = {1: AUDIO_LEVEL_URI, 2: ABS_SEND_TIME_URI, 3: TRANSPORT_CC_URI, 4: MID_URI}
 SUBSCRIBER = {5: AUDIO_LEVEL_URI, 6: ABS_SEND_TIME_URI, 7: MID_URI, 8: TRANSPORT_CC_URI}
-
-
-def test_compiled_module_is_built_when_expected() -> None:
-    if NO_EXTENSIONS:
-        assert _Compiled is None
-    elif os.environ.get("SFU_EXPECT_COMPILED") == "1":
-        assert _Compiled is not None
 
 
 def rtp(profile: int, body: bytes, *, words: int | None = None, csrcs: int = 0) -> bytearray:
@@ -73,7 +63,6 @@ def outcome(fn: Any, *args: Any) -> tuple[Any, ...]:
 # -- examples, both implementations --------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", IMPLS)
 def test_one_byte_ids_hidden_and_abs_send_time_restamped(cls: Any) -> None:
     rw = cls(PUBLISHER, SUBSCRIBER)
     assert rw.identity is False
@@ -84,7 +73,6 @@ def test_one_byte_ids_hidden_and_abs_send_time_restamped(cls: Any) -> None:
     assert buf[16:28] == bytes([0x50, 0x7F, 0x62, 0xAB, 0xCD, 0xEF, 0x10, 0x61, 0, 0, 0, 0])
 
 
-@pytest.mark.parametrize("cls", IMPLS)
 def test_two_byte_form(cls: Any) -> None:
     rw = cls(PUBLISHER, SUBSCRIBER)
     buf = rtp(0x1000, bytes([2, 3, 0, 0, 1, 0, 3, 1, 0x55, 0, 0, 0]))
@@ -92,7 +80,6 @@ def test_two_byte_form(cls: Any) -> None:
     assert buf[16:28] == bytes([6, 3, 1, 2, 3, 0, 1, 1, 0x55, 0, 0, 0])
 
 
-@pytest.mark.parametrize("cls", IMPLS)
 def test_identity_leaves_packets_alone(cls: Any) -> None:
     same = {1: AUDIO_LEVEL_URI, 3: TOFFSET_URI}
     rw = cls(same, same)
@@ -103,7 +90,6 @@ def test_identity_leaves_packets_alone(cls: Any) -> None:
     assert buf == before
 
 
-@pytest.mark.parametrize("cls", IMPLS)
 def test_truncated_header_raises_index_error(cls: Any) -> None:
     rw = cls(PUBLISHER, SUBSCRIBER)
     buf = bytearray(b"\x90\x60" + bytes(11))  # X bit set, no room for the extension header
@@ -111,12 +97,10 @@ def test_truncated_header_raises_index_error(cls: Any) -> None:
         rw.apply(buf, len(buf), 0)
 
 
-@needs_compiled
-def test_read_only_buffers_behave_as_in_the_reference() -> None:
-    assert _Compiled is not None
+def test_read_only_buffers_behave_as_in_the_reference(compiled_cls: type[Any]) -> None:
     buf: Any = bytes(rtp(0xBEDE, bytes([0x10, 0x7F, 0, 0])))
     no_x: Any = b"\x80" + bytes(11)
-    for cls in (ext_py.ExtensionRewriter, _Compiled):
+    for cls in (ext_py.ExtensionRewriter, compiled_cls):
         with pytest.raises(TypeError, match="does not support item assignment"):
             cls(PUBLISHER, SUBSCRIBER).apply(buf, len(buf), 0)
         cls(PUBLISHER, SUBSCRIBER).apply(no_x, 12, 0)  # no X bit: no write
@@ -178,7 +162,6 @@ def packets(draw: st.DrawFn) -> bytearray:
     return buf if draw(st.booleans()) else buf[:cut]
 
 
-@needs_compiled
 @settings(max_examples=300, deadline=None)
 @given(
     source=_maps,
@@ -189,6 +172,7 @@ def packets(draw: st.DrawFn) -> bytearray:
     abs_send_time=st.one_of(st.integers(0, 0xFFFFFF), st.integers(-(2**40), 2**40)),
 )
 def test_apply_matches_the_reference(
+    compiled_cls: type[Any],
     source: dict[int, str],
     dest: dict[int, str],
     buf: bytearray,
@@ -196,9 +180,8 @@ def test_apply_matches_the_reference(
     exact_length: bool,
     abs_send_time: int,
 ) -> None:
-    assert _Compiled is not None
     ref = outcome(ext_py.ExtensionRewriter, source, dest)
-    got = outcome(_Compiled, source, dest)
+    got = outcome(compiled_cls, source, dest)
     assert got[0] == ref[0]
     if ref[0] == "raised":
         assert got[1:] == ref[1:]

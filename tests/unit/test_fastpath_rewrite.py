@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import struct
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_selection import EXPECT_COMPILED, NO_EXTENSIONS
 
 import sfu._fastpath
 
@@ -24,10 +24,10 @@ KERNELS = [
 
 def test_selected_implementation_matches_environment() -> None:
     """Fails when the compiled build was expected but did not load (or vice versa)."""
-    if os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0"):
+    if NO_EXTENSIONS:
         assert sfu._fastpath.IMPLEMENTATION == "python"
         assert sfu._fastpath.rewrite_rtp is _rewrite_py.rewrite_rtp
-    elif os.environ.get("SFU_EXPECT_COMPILED") == "1":
+    elif EXPECT_COMPILED:
         assert sfu._fastpath.IMPLEMENTATION == "cython"
         assert sfu._fastpath.rewrite_rtp is _rewrite_c.rewrite_rtp
     else:

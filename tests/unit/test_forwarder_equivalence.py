@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from forwarder_world import (
     AUDIO_SSRC,
-    COMPILED,
     PROFILE,
     PUB_ADDR,
     PUB_KEY,
@@ -31,8 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu._fastpath import _srtp_py
-
-pytestmark = pytest.mark.skipif(COMPILED is None, reason="compiled kernels not in use")
+from sfu.core.kernels import REFERENCE, Kernels
 
 events = st.lists(
     st.one_of(
@@ -69,8 +66,10 @@ events = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(events=events)
-def test_compiled_forwarder_matches_reference(events: list[tuple[Any, ...]]) -> None:
-    ref, comp = World(compiled=False), World(compiled=True)
+def test_compiled_forwarder_matches_reference(
+    compiled_kernels: Kernels, events: list[tuple[Any, ...]]
+) -> None:
+    ref, comp = World(REFERENCE), World(compiled_kernels)
     # What the publisher's browser would send: one client context encrypts for both.
     client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
     seqs = [100, 40000, 65530]
@@ -136,9 +135,9 @@ def test_compiled_forwarder_matches_reference(events: list[tuple[Any, ...]]) -> 
         assert comp.forwarder.impaired_drops == ref.forwarder.impaired_drops
 
 
-def test_every_kind_of_datagram_is_exercised() -> None:
+def test_every_kind_of_datagram_is_exercised(compiled_kernels: Kernels) -> None:
     """A fixed run: media is forwarded (fast), the rest goes up (slow), and both agree."""
-    ref, comp = World(compiled=False), World(compiled=True)
+    ref, comp = World(REFERENCE), World(compiled_kernels)
     client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
     datagrams = []
     for i in range(30):

@@ -23,19 +23,18 @@ from ingest_paths import (
     EXT_RRID,
     EXT_TWCC,
     OPUS_PT,
+    PATHS,
     RIDS,
     RTX_PT,
     RTX_SSRCS,
     VIDEO_SSRCS,
     VP8_PT,
     PathWorld,
-    all_paths,
-    forwarder_paths,
     rtp,
     vp8,
 )
 
-PATHS = all_paths()
+from sfu.core.kernels import Kernels
 
 
 def _aim(world: PathWorld, layer: int) -> None:
@@ -49,8 +48,8 @@ def _contiguous(seqs: list[int]) -> bool:
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_padding_only_packet_leaves_no_sequence_hole(path: str) -> None:
-    world = PathWorld(path)
+def test_padding_only_packet_leaves_no_sequence_hole(path: str, each_kernels: Kernels) -> None:
+    world = PathWorld(path, each_kernels)
     _aim(world, 0)
     ssrc = VIDEO_SSRCS[0]
     world.send(rtp(ssrc, 100, 9000, VP8_PT, vp8(1, key=True)), 1.0)
@@ -66,8 +65,10 @@ def test_padding_only_packet_leaves_no_sequence_hole(path: str) -> None:
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_rtx_ssrc_bound_on_first_sight_repairs_at_arrival_time(path: str) -> None:
-    world = PathWorld(path, declare=False)  # Chromium: SSRCs named by mid/rid only
+def test_rtx_ssrc_bound_on_first_sight_repairs_at_arrival_time(
+    path: str, each_kernels: Kernels
+) -> None:
+    world = PathWorld(path, each_kernels, declare=False)  # Chromium: SSRCs named by mid/rid only
     _aim(world, 0)
     media = VIDEO_SSRCS[0]
     names = [(EXT_MID, b"0"), (EXT_RID, RIDS[0].encode())]
@@ -95,8 +96,8 @@ def test_rtx_ssrc_bound_on_first_sight_repairs_at_arrival_time(path: str) -> Non
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_reordered_packets_keep_their_places(path: str) -> None:
-    world = PathWorld(path)
+def test_reordered_packets_keep_their_places(path: str, each_kernels: Kernels) -> None:
+    world = PathWorld(path, each_kernels)
     _aim(world, 0)
     ssrc = VIDEO_SSRCS[0]
     world.send(rtp(ssrc, 100, 9000, VP8_PT, vp8(1, key=True)), 1.0)
@@ -109,8 +110,8 @@ def test_reordered_packets_keep_their_places(path: str) -> None:
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_sequence_wrap_around_is_continuous(path: str) -> None:
-    world = PathWorld(path)
+def test_sequence_wrap_around_is_continuous(path: str, each_kernels: Kernels) -> None:
+    world = PathWorld(path, each_kernels)
     _aim(world, 0)
     ssrc = VIDEO_SSRCS[0]
     stream = world.video.layers[0]
@@ -126,8 +127,8 @@ def test_sequence_wrap_around_is_continuous(path: str) -> None:
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_audio_levels_and_unknown_ssrcs(path: str) -> None:
-    world = PathWorld(path)
+def test_audio_levels_and_unknown_ssrcs(path: str, each_kernels: Kernels) -> None:
+    world = PathWorld(path, each_kernels)
     world.send(rtp(AUDIO_SSRC, 5, 960, OPUS_PT, b"\x01" * 40, [(EXT_LEVEL, b"\x9e")]), 2.0)
     world.send(rtp(0xDEAD, 5, 960, OPUS_PT, b"\x01" * 40), 2.01)
     assert world.levels == [(0x1E, True, 2.0)]
@@ -176,11 +177,12 @@ def _bookkeeping(world: PathWorld, now: float) -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("path", forwarder_paths())
 @settings(max_examples=120, deadline=None)
 @given(events=events)
-def test_slow_path_matches_forwarder_and_replay(path: str, events: list[tuple[Any, ...]]) -> None:
-    slow, fast = PathWorld("slow"), PathWorld(path)
+def test_slow_path_matches_forwarder_and_replay(
+    each_kernels: Kernels, events: list[tuple[Any, ...]]
+) -> None:
+    slow, fast = PathWorld("slow", each_kernels), PathWorld("forwarder", each_kernels)
     seqs = [100, 40000, 65530]
     sent: dict[int, list[bytes]] = {0: [], 1: [], 2: []}
     audio_seq, twcc, pid = 65534, 0, 10

@@ -9,9 +9,11 @@ from unittest import mock
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from kernel_selection import selected_kernels
 from multidict import CIMultiDict
 from room_fixtures import OPEN_ROOMS, certificate
 
+from sfu.core.dataplane import DataPlane
 from sfu.room.policy import PasswordAttempts, PolicyStore, hash_password
 from sfu.room.service import RoomError, RoomService
 from sfu.signaling.auth import Grant, JoinClaims
@@ -56,7 +58,13 @@ def _claims(grants: Grant = Grant.PUBLISH) -> JoinClaims:
 
 def test_password_guard_limits_wrong_attempts_and_lets_the_right_one_in() -> None:
     service = RoomService(
-        MediaPort(certificate(), lambda data, addr: None), [], policies=PolicyStore(OPEN_ROOMS)
+        MediaPort(
+            certificate(),
+            lambda data, addr: None,
+            dataplane=DataPlane(kernels=selected_kernels()),
+        ),
+        [],
+        policies=PolicyStore(OPEN_ROOMS),
     )
     stored = hash_password("opensesame")
     service.policies.update("r", {"password": stored})

@@ -9,7 +9,6 @@ not used and only the reference's parametrizations run.
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
@@ -18,30 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.core import layers as layers_py
+from sfu.core.kernels import Kernels
 from sfu.core.layers import Decision, LayerPair
 
-NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 
-_layers_c: ModuleType | None
-if NO_EXTENSIONS:
-    _layers_c = None  # the reference only: the compiled selector must not be used in this run
-else:
-    try:
-        from sfu._fastpath import _layers as _layers_c
-    except ImportError:  # not built; SFU_EXPECT_COMPILED=1 makes the build test fail
-        _layers_c = None
-
-IMPLS = [pytest.param(layers_py, id="python")]
-if _layers_c is not None:
-    IMPLS.append(pytest.param(_layers_c, id="cython"))
-needs_compiled = pytest.mark.skipif(_layers_c is None, reason="compiled selector not in use")
-
-
-def test_compiled_module_is_built_when_expected() -> None:
-    if NO_EXTENSIONS:
-        assert _layers_c is None
-    elif os.environ.get("SFU_EXPECT_COMPILED") == "1":
-        assert _layers_c is not None
+@pytest.fixture(scope="module")
+def impl(each_kernels: Kernels) -> Kernels:
+    """Each bundle in turn: the reference selector, then the compiled one."""
+    return each_kernels
 
 
 # -- differential ------------------------------------------------------------------------------
@@ -122,7 +105,6 @@ packets = st.tuples(
 )
 
 
-@needs_compiled
 @settings(max_examples=300, deadline=None)
 @given(
     num=st.integers(-1, 9),
@@ -130,11 +112,13 @@ packets = st.tuples(
     ops=st.lists(st.one_of(op, packets, packets), max_size=80),
 )
 def test_compiled_matches_reference(
-    num: int, interval: float, ops: list[tuple[str, tuple[Any, ...], dict[str, Any], float]]
+    compiled_kernels: Kernels,
+    num: int,
+    interval: float,
+    ops: list[tuple[str, tuple[Any, ...], dict[str, Any], float]],
 ) -> None:
-    assert _layers_c is not None
     ref = construct(layers_py.SimulcastSelector, num, interval)
-    got = construct(_layers_c.SimulcastSelector, num, interval)
+    got = construct(compiled_kernels.SimulcastSelector, num, interval)
     if ref[0] == "raise":
         assert got == ref
         return
@@ -153,7 +137,6 @@ def test_compiled_matches_reference(
 # -- examples (both implementations) -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_start_climb_and_pause(impl: ModuleType) -> None:
     sel = impl.SimulcastSelector(3)
     assert sel.decide(0, 0, False, True, 1.0) is Decision.DROP  # no keyframe yet
@@ -173,7 +156,6 @@ def test_start_climb_and_pause(impl: ModuleType) -> None:
     assert sel.decide(2, 0, True, True, 1.7) is Decision.DROP
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_temporal_switch_up_needs_layer_sync(impl: ModuleType) -> None:
     sel = impl.SimulcastSelector(1)
     sel.set_target(0, 0)
@@ -186,7 +168,6 @@ def test_temporal_switch_up_needs_layer_sync(impl: ModuleType) -> None:
     assert (sel.current, sel.temporal_switches) == (LayerPair(0, 1), 1)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_validation_messages(impl: ModuleType) -> None:
     with pytest.raises(ValueError, match=r"num_spatial must be in 1\.\.8"):
         impl.SimulcastSelector(9)
@@ -202,11 +183,9 @@ def test_validation_messages(impl: ModuleType) -> None:
         sel.no_such_attribute = 1
 
 
-@needs_compiled
-def test_c_api_layout_constants() -> None:
+def test_c_api_layout_constants(compiled_kernels: Kernels) -> None:
     """The ints the engine gets from selector_decide are Decision's."""
-    assert _layers_c is not None
-    sel = _layers_c.SimulcastSelector(2)
+    sel = compiled_kernels.SimulcastSelector(2)
     assert [int(d) for d in Decision] == [0, 1, 2]
     assert sel.decide(0, None, True, True, 0.0) == 2
     sel.switches = 7

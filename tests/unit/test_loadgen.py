@@ -8,7 +8,6 @@ loopback in tests/integration/test_bench_cli.py.
 
 from __future__ import annotations
 
-import os
 import random
 from types import ModuleType
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_selection import load_compiled
 
 from bench import _loadgen_py
 from bench._loadgen_py import (
@@ -34,23 +34,23 @@ from bench._loadgen_py import (
 from sfu.codecs.vp8 import parse_vp8
 from sfu.packet.rtp import find_extension, payload_offset
 
-NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 
-_loadgen_c: ModuleType | None
-_srtp_c: ModuleType | None
-if NO_EXTENSIONS:
-    _loadgen_c = _srtp_c = None  # the references only: compiled modules must not be used
-else:
-    try:
-        from bench import _loadgen as _loadgen_c
-        from sfu._fastpath import _srtp as _srtp_c
-    except ImportError:  # not built
-        _loadgen_c = _srtp_c = None
+@pytest.fixture(scope="module")
+def loadgen_c() -> ModuleType:
+    """The compiled load generator (skipped or failed as the run's kernel selection says)."""
+    return load_compiled("bench._loadgen")
 
-IMPLS = [pytest.param(_loadgen_py, id="python")]
-if _loadgen_c is not None:
-    IMPLS.append(pytest.param(_loadgen_c, id="cython"))
-needs_compiled = pytest.mark.skipif(_loadgen_c is None, reason="compiled load generator not in use")
+
+@pytest.fixture(scope="module")
+def srtp_c() -> ModuleType:
+    """The compiled SRTP module, as the compiled load generator uses it."""
+    return load_compiled("sfu._fastpath._srtp")
+
+
+@pytest.fixture(scope="module", params=["python", "cython"])
+def module(request: pytest.FixtureRequest) -> ModuleType:
+    """Each load generator in turn: the reference, then the compiled one."""
+    return _loadgen_py if request.param == "python" else request.getfixturevalue("loadgen_c")
 
 
 class _Header:
@@ -106,13 +106,10 @@ def _frames(module: ModuleType, spec: StreamSpec, n: int, keyframe_at: int = -1)
 
 
 @pytest.mark.parametrize("spec", [VIDEO, AUDIO], ids=["video", "audio"])
-@needs_compiled
-def test_compiled_frames_equal_reference(spec: StreamSpec) -> None:
-    assert _loadgen_c is not None
-    assert _frames(_loadgen_c, spec, 40, keyframe_at=13) == _frames(_loadgen_py, spec, 40, 13)
+def test_compiled_frames_equal_reference(loadgen_c: ModuleType, spec: StreamSpec) -> None:
+    assert _frames(loadgen_c, spec, 40, keyframe_at=13) == _frames(_loadgen_py, spec, 40, 13)
 
 
-@pytest.mark.parametrize("module", IMPLS)
 def test_video_frames_parse_as_simulcast_vp8(module: ModuleType) -> None:
     builder = module.FrameBuilder(VIDEO)
     frames = [builder.frame(10**9 + i) for i in range(10)]
@@ -146,7 +143,6 @@ def test_video_frames_parse_as_simulcast_vp8(module: ModuleType) -> None:
     assert tids == [0, 2, 1, 2, 0, 2, 1, 2, 0, 2]
 
 
-@pytest.mark.parametrize("module", IMPLS)
 def test_keyframe_request(module: ModuleType) -> None:
     builder = module.FrameBuilder(VIDEO)
     builder.frame(0)
@@ -158,7 +154,6 @@ def test_keyframe_request(module: ModuleType) -> None:
     assert not builder.keyframe_pending
 
 
-@pytest.mark.parametrize("module", IMPLS)
 def test_audio_frames(module: ModuleType) -> None:
     packets = _frames(module, AUDIO, 5)
     assert len(packets) == 5 and all(len(p) == 120 for p in packets)
@@ -171,7 +166,6 @@ def test_audio_frames(module: ModuleType) -> None:
     ]
 
 
-@pytest.mark.parametrize("module", IMPLS)
 def test_bad_specs_refused(module: ModuleType) -> None:
     with pytest.raises(ValueError):
         module.FrameBuilder(StreamSpec(ssrc=1, payload_type=96, packet_size=20))
@@ -181,7 +175,6 @@ def test_bad_specs_refused(module: ModuleType) -> None:
         module.FrameBuilder(StreamSpec(ssrc=1, payload_type=96, layer=9))
 
 
-@pytest.mark.parametrize("module", IMPLS)
 def test_classify(module: ModuleType) -> None:
     assert module.classify(b"\x00\x01" + bytes(18)) == _loadgen_py.PKT_STUN
     assert module.classify(b"\x16\xfe\xfd") == _loadgen_py.PKT_DTLS
@@ -192,7 +185,6 @@ def test_classify(module: ModuleType) -> None:
     assert module.classify(b"") == _loadgen_py.PKT_OTHER
 
 
-@pytest.mark.parametrize("module", IMPLS)
 def test_bucket_edges(module: ModuleType) -> None:
     assert module.bucket_of(-5) == 0
     assert module.bucket_of(999) == 0
@@ -221,7 +213,6 @@ def _accounted(module: ModuleType, packets: list[bytes], now: int) -> tuple[list
     return codes, stats.snapshot()
 
 
-@pytest.mark.parametrize("module", IMPLS)
 def test_account_counts_loss_duplicates_reordering(module: ModuleType) -> None:
     packets = _frames(_loadgen_py, VIDEO, 10)  # 5 + 8*3 + 5 = 34 packets, seq 65530 upwards
     sent = list(packets)
@@ -242,11 +233,11 @@ def test_account_counts_loss_duplicates_reordering(module: ModuleType) -> None:
 seq_orders = st.lists(st.integers(min_value=-40, max_value=3000), min_size=1, max_size=300)
 
 
-@needs_compiled
 @settings(max_examples=150, deadline=None)
 @given(offsets=seq_orders, start=st.integers(0, 0xFFFF), stamps=st.integers(0, 10**10))
-def test_compiled_accounting_equals_reference(offsets: list[int], start: int, stamps: int) -> None:
-    assert _loadgen_c is not None
+def test_compiled_accounting_equals_reference(
+    loadgen_c: ModuleType, offsets: list[int], start: int, stamps: int
+) -> None:
     rng = random.Random(stamps)
     builder = _loadgen_py.FrameBuilder(AUDIO)
     template = builder.frame(0)[0]
@@ -259,4 +250,4 @@ def test_compiled_accounting_equals_reference(offsets: list[int], start: int, st
         stamp = rng.randrange(10**10)
         p[12 + 8 + STAMP_OFFSET : 12 + 8 + STAMP_OFFSET + 8] = stamp.to_bytes(8, "big")
         packets.append(bytes(p))
-    assert _accounted(_loadgen_c, packets, stamps) == _accounted(_loadgen_py, packets, stamps)
+    assert _accounted(loadgen_c, packets, stamps) == _accounted(_loadgen_py, packets, stamps)

@@ -15,9 +15,10 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_selection import selected_kernels
 
 from sfu.core.dataplane import DataPlane
-from sfu.core.kernels import Forwarder
+from sfu.core.kernels import Kernels
 from sfu.packet.demux import PacketKind, classify
 from sfu.packet.stun import (
     BINDING,
@@ -89,7 +90,12 @@ class Net:
 
     def __init__(self, **kwargs: float) -> None:
         self.sent: list[tuple[bytes, Address]] = []
-        self.port = MediaPort(server_cert(), self._send, **kwargs)  # type: ignore[arg-type]
+        self.port = MediaPort(
+            server_cert(),
+            self._send,
+            dataplane=DataPlane(kernels=selected_kernels()),
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     def _send(self, data: bytes, addr: Address) -> None:
         assert isinstance(data, bytes)
@@ -876,9 +882,9 @@ def test_moving_transport_does_not_steal_another_transports_route() -> None:
     assert net.port.address_count == 2
 
 
-def test_data_plane_must_hold_every_transport_the_port_may_create() -> None:
+def test_data_plane_must_hold_every_transport_the_port_may_create(kernels: Kernels) -> None:
     """A subscriber the forwarder could not register would get no forwarded media."""
-    small = DataPlane(Forwarder(max_transports=10))
+    small = DataPlane(kernels.Forwarder(max_transports=10), kernels=kernels)
     with pytest.raises(ValueError, match="fewer transports"):
         MediaPort(server_cert(), lambda data, addr: None, max_transports=11, dataplane=small)
     port = MediaPort(server_cert(), lambda data, addr: None, max_transports=10, dataplane=small)

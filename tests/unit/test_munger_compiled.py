@@ -11,7 +11,6 @@ reference's parametrizations run.
 
 from __future__ import annotations
 
-import os
 import struct
 from types import ModuleType
 from typing import Any
@@ -19,35 +18,26 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_selection import load_compiled
 
 from sfu.core import munger as munger_py
 from sfu.core.munger import DROPPED, TranslationParams
 
-NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 
-_munger_c: ModuleType | None
-if NO_EXTENSIONS:
-    _munger_c = None  # the reference only: the compiled munger must not be used in this run
-else:
-    try:
-        from sfu._fastpath import _munger as _munger_c
-    except ImportError:  # not built; SFU_EXPECT_COMPILED=1 makes the build test fail
-        _munger_c = None
+@pytest.fixture(scope="module")
+def munger_c() -> ModuleType:
+    """The compiled module (skipped or failed as the run's kernel selection says)."""
+    return load_compiled("sfu._fastpath._munger")
 
-IMPLS = [pytest.param(munger_py, id="python")]
-if _munger_c is not None:
-    IMPLS.append(pytest.param(_munger_c, id="cython"))
-needs_compiled = pytest.mark.skipif(_munger_c is None, reason="compiled munger not in use")
+
+@pytest.fixture(scope="module", params=["python", "cython"])
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    """Each module in turn: the reference, then the compiled one."""
+    return munger_py if request.param == "python" else request.getfixturevalue("munger_c")
+
 
 S16 = 1 << 16
 S32 = 1 << 32
-
-
-def test_compiled_module_is_built_when_expected() -> None:
-    if NO_EXTENSIONS:
-        assert _munger_c is None
-    elif os.environ.get("SFU_EXPECT_COMPILED") == "1":
-        assert _munger_c is not None
 
 
 def rtp(
@@ -138,7 +128,6 @@ pt_maps = st.one_of(
 )
 
 
-@needs_compiled
 @settings(max_examples=250, deadline=None)
 @given(
     out_ssrc=st.sampled_from([0, 1234, 0xFFFFFFFF, -1, S32]),
@@ -152,6 +141,7 @@ pt_maps = st.one_of(
     ops=st.lists(op, max_size=80),
 )
 def test_compiled_matches_reference(
+    munger_c: ModuleType,
     out_ssrc: int,
     pt_map: dict[int, int | None] | None,
     clock_rate: int,
@@ -162,7 +152,6 @@ def test_compiled_matches_reference(
     start_ts: int,
     ops: list[tuple[str, int, int, float, Any]],
 ) -> None:
-    assert _munger_c is not None
     kwargs: dict[str, Any] = {
         "clock_rate": clock_rate,
         "initial_seq": initial_seq,
@@ -170,7 +159,7 @@ def test_compiled_matches_reference(
         "history": history,
     }
     ref = outcome(munger_py.RtpMunger, out_ssrc, pt_map, **kwargs)
-    got = outcome(_munger_c.RtpMunger, out_ssrc, pt_map, **kwargs)
+    got = outcome(munger_c.RtpMunger, out_ssrc, pt_map, **kwargs)
     if ref[0] == "raise":
         assert got == ref
         return
@@ -178,7 +167,7 @@ def test_compiled_matches_reference(
     py, c = ref[1][1], got[1][1]
     # A third munger takes munge() through the engine's nogil C entry point (munger_munge).
     # Where the reference raises, that one cannot: from there on it is not compared.
-    engine: Any = _munger_c.RtpMunger(out_ssrc, pt_map, **kwargs)
+    engine: Any = munger_c.RtpMunger(out_ssrc, pt_map, **kwargs)
     assert state(c) == state(py)
     seq, ts, now = start_seq, start_ts, 10.0
     for name, dseq, dts_, dt, extra in ops:
@@ -214,14 +203,13 @@ def test_compiled_matches_reference(
                 engine = None
             elif engine is not None:
                 dst_e = bytearray(b"\xee" * dst_len)
-                assert outcome(_munger_c.munge_nogil, engine, packet, seq, now, dst_e) == expected
+                assert outcome(munger_c.munge_nogil, engine, packet, seq, now, dst_e) == expected
                 assert dst_e == dst_py, step
         assert state(c) == state(py), step
         if engine is not None:
             assert state(engine) == state(py), step
 
 
-@needs_compiled
 @settings(max_examples=200, deadline=None)
 @given(
     limit=st.sampled_from([1, 2, 3, 5, 64, 256, 0, -3]),
@@ -232,10 +220,11 @@ def test_compiled_matches_reference(
         max_size=120,
     ),
 )
-def test_skip_history_matches_reference(limit: int, ops: list[tuple[str, int]]) -> None:
-    assert _munger_c is not None
+def test_skip_history_matches_reference(
+    munger_c: ModuleType, limit: int, ops: list[tuple[str, int]]
+) -> None:
     ref = outcome(munger_py.SkipHistory, limit)
-    got = outcome(_munger_c.SkipHistory, limit)
+    got = outcome(munger_c.SkipHistory, limit)
     if ref[0] == "raise":
         assert got == ref
         return
@@ -256,7 +245,6 @@ def test_skip_history_matches_reference(limit: int, ops: list[tuple[str, int]]) 
 # -- examples (both implementations) -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_continuity_across_switch_and_drops(impl: ModuleType) -> None:
     m = impl.RtpMunger(0xABCD, clock_rate=90000, initial_seq=0xFFFE, initial_ts=10)
     assert m.translate(500, 7000, 0.0, 1).out_seq % S16 == 0xFFFE
@@ -274,7 +262,6 @@ def test_continuity_across_switch_and_drops(impl: ModuleType) -> None:
     assert (m.forwarded, m.skipped, m.duplicates, m.too_old, m.switches) == (3, 1, 2, 1, 2)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_round_half_to_even_for_ticks(impl: ModuleType) -> None:
     """1.25 s at 2 Hz is 2.5 ticks, which rounds to 2; then 0.25 s is 0.5 tick: 0, so 1."""
     m = impl.RtpMunger(1, clock_rate=2)
@@ -285,7 +272,6 @@ def test_round_half_to_even_for_ticks(impl: ModuleType) -> None:
     assert m.translate(80, 0, 1.5, 3).out_ts == S32 + 102 + 1
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_duplicate_window_spans_words(impl: ModuleType) -> None:
     """300 packets in order, then each again: all duplicates (bits carried across 64-bit words)."""
     m = impl.RtpMunger(1)
@@ -305,7 +291,6 @@ def test_duplicate_window_spans_words(impl: ModuleType) -> None:
     assert (m.forwarded, m.duplicates, m.too_old, m.skipped) == (550, 351, 1, 50)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_first_packet_of_a_source_dropped_then_seen_again(impl: ModuleType) -> None:
     m = impl.RtpMunger(1)
     m.switch_source(5000, 0, 0.0, ssrc=9)
@@ -316,7 +301,6 @@ def test_first_packet_of_a_source_dropped_then_seen_again(impl: ModuleType) -> N
     assert (m.duplicates, m.too_old) == (1, 1)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_munge_rewrites_maps_and_retracts(impl: ModuleType) -> None:
     m = impl.RtpMunger(0x01020304, {96: 100, 97: None}, initial_seq=7, initial_ts=9)
     dst = bytearray(64)
@@ -332,7 +316,6 @@ def test_munge_rewrites_maps_and_retracts(impl: ModuleType) -> None:
     assert (dst[2] << 8 | dst[3], m.last_out_seq % S16) == (9, 9)  # 1005 stays a hole
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_invalid_mapped_payload_type_raises_when_written(impl: ModuleType) -> None:
     m = impl.RtpMunger(5, {96: 300})
     with pytest.raises(ValueError, match=r"payload_type must be in 0\.\.127"):
@@ -340,7 +323,6 @@ def test_invalid_mapped_payload_type_raises_when_written(impl: ModuleType) -> No
     assert m.forwarded == 1  # translated before the kernel refused it, as in the reference
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_validation_messages(impl: ModuleType) -> None:
     with pytest.raises(ValueError, match="out_ssrc must be a 32-bit value"):
         impl.RtpMunger(S32)
@@ -354,14 +336,12 @@ def test_validation_messages(impl: ModuleType) -> None:
         impl.RtpMunger(1).no_such_attribute = 1
 
 
-@needs_compiled
-def test_history_above_the_c_capacity_is_refused() -> None:
-    assert _munger_c is not None
+def test_history_above_the_c_capacity_is_refused(munger_c: ModuleType) -> None:
     with pytest.raises(ValueError, match="limit must be at most 256"):
-        _munger_c.RtpMunger(1, history=257)
+        munger_c.RtpMunger(1, history=257)
     with pytest.raises(ValueError, match="limit must be at most 256"):
-        _munger_c.SkipHistory(1000)
-    h = _munger_c.SkipHistory(256)
+        munger_c.SkipHistory(1000)
+    h = munger_c.SkipHistory(256)
     for x in range(0, 1000, 2):  # 500 runs through a 256-run ring
         h.skip(x)
     assert len(h.runs) == 256 and h.runs[0] == (488, 489) and h.floor == 487
@@ -370,11 +350,9 @@ def test_history_above_the_c_capacity_is_refused() -> None:
     )
 
 
-@needs_compiled
-def test_window_shift_crosses_word_boundaries() -> None:
+def test_window_shift_crosses_word_boundaries(munger_c: ModuleType) -> None:
     """Packets 63, 64, 65 and 511 behind the newest are placed once and refused when repeated."""
-    assert _munger_c is not None
-    for impl in (munger_py, _munger_c):
+    for impl in (munger_py, munger_c):
         m = impl.RtpMunger(1)
         m.translate(1000, 0, 0.0, 1)
         m.translate(1600, 0, 0.0, 1)
@@ -385,13 +363,11 @@ def test_window_shift_crosses_word_boundaries() -> None:
         assert m.forwarded == 6
 
 
-@needs_compiled
-def test_negative_extended_timestamp_fails_like_the_reference() -> None:
+def test_negative_extended_timestamp_fails_like_the_reference(munger_c: ModuleType) -> None:
     """Timestamps stepping back by almost 2**31 each time drive the extended value below zero:
     the kernel refuses it, with the same exception, and translate() agrees on the value."""
-    assert _munger_c is not None
     results = []
-    for impl in (munger_py, _munger_c):
+    for impl in (munger_py, munger_c):
         m = impl.RtpMunger(1, initial_ts=0)
         outcomes = []
         for i in range(4):

@@ -6,7 +6,6 @@ does not set SFU_NO_EXTENSIONS=1, against the compiled kernel too.
 
 from __future__ import annotations
 
-import os
 import struct
 from array import array
 from collections.abc import Callable
@@ -17,26 +16,25 @@ import pylibsrtp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_selection import EXPECT_COMPILED, NO_EXTENSIONS, load_compiled
 
 import sfu._fastpath
 from sfu._fastpath import _srtp_py, _srtp_shared
 from sfu._fastpath._srtp_shared import SrtpError
+from sfu.core.kernels import Kernels
 
-NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 
-_srtp_c: ModuleType | None
-if NO_EXTENSIONS:
-    _srtp_c = None  # the references only: the compiled kernel must not be used in this run
-else:
-    try:
-        from sfu._fastpath import _srtp as _srtp_c
-    except ImportError:  # not built; SFU_EXPECT_COMPILED=1 makes the selection test fail
-        _srtp_c = None
+@pytest.fixture(scope="module")
+def srtp_c() -> ModuleType:
+    """The compiled module (skipped or failed as the run's kernel selection says)."""
+    return load_compiled("sfu._fastpath._srtp")
 
-IMPLS = [pytest.param(_srtp_py, id="python")]
-if _srtp_c is not None:
-    IMPLS.append(pytest.param(_srtp_c, id="cython"))
-needs_compiled = pytest.mark.skipif(_srtp_c is None, reason="compiled SRTP kernel not in use")
+
+@pytest.fixture(scope="module", params=["python", "cython"])
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    """Each module in turn: the reference, then the compiled one."""
+    return _srtp_py if request.param == "python" else request.getfixturevalue("srtp_c")
+
 
 CM = "SRTP_AES128_CM_SHA1_80"
 GCM = "SRTP_AEAD_AES_128_GCM"
@@ -117,16 +115,16 @@ def rtcp(ssrc: int = 0x11223344, body: bytes = bytes(20)) -> bytes:
 # Selection
 
 
-def test_selected_srtp_implementation_matches_environment() -> None:
-    """The selector exposes the compiled kernel exactly when the rewrite kernel is compiled."""
+def test_selected_srtp_implementation_matches_environment(kernels: Kernels) -> None:
+    """The selector exposes the compiled kernel exactly when the rewrite kernel is compiled,
+    and the run's kernel bundle is of the same kind."""
     if NO_EXTENSIONS:
         assert sfu._fastpath.SrtpContext is _srtp_py.SrtpContext
         assert sfu._fastpath.derive_key is _srtp_py.derive_key
-    elif os.environ.get("SFU_EXPECT_COMPILED") == "1":
-        assert _srtp_c is not None
-        assert sfu._fastpath.SrtpContext is _srtp_c.SrtpContext
+    elif EXPECT_COMPILED:
+        assert sfu._fastpath.SrtpContext is load_compiled("sfu._fastpath._srtp").SrtpContext
     selected = "python" if sfu._fastpath.SrtpContext is _srtp_py.SrtpContext else "cython"
-    assert selected == sfu._fastpath.IMPLEMENTATION
+    assert selected == sfu._fastpath.IMPLEMENTATION == kernels.name
     assert sfu._fastpath.SrtpError is SrtpError
 
 
@@ -146,7 +144,6 @@ B3_DERIVED = [
 ]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("label,length,expected", B3_DERIVED)
 def test_rfc3711_b3_key_derivation(
     impl: ModuleType, label: int, length: int, expected: str
@@ -154,7 +151,6 @@ def test_rfc3711_b3_key_derivation(
     assert impl.derive_key(B3_MASTER_KEY, B3_MASTER_SALT, label, length).hex() == expected.lower()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_rfc3711_b3_master_keys_protect_like_libsrtp(impl: ModuleType) -> None:
     ours = impl.SrtpContext(CM, B3_MASTER_KEY, B3_MASTER_SALT, outbound=True)
     policy = pylibsrtp.Policy(
@@ -167,7 +163,6 @@ def test_rfc3711_b3_master_keys_protect_like_libsrtp(impl: ModuleType) -> None:
         assert ours.protect_rtp(rtp(seq)) == reference.protect(rtp(seq))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_rfc3711_b2_aes_cm_keystream(impl: ModuleType) -> None:
     """SSRC 0, index 0: the IV is the shifted salt and the ciphertext of zeros is the keystream."""
     key = bytes.fromhex("2B7E151628AED2A6ABF7158809CF4F3C")
@@ -210,13 +205,11 @@ def gcm_vector_context(impl: ModuleType, *, outbound: bool) -> Any:
     return impl.SrtpContext.from_session_keys(GCM, keys, keys, outbound=outbound)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_rfc7714_16_1_srtp_gcm(impl: ModuleType) -> None:
     assert gcm_vector_context(impl, outbound=True).protect_rtp(V7714_RTP) == V7714_SRTP
     assert gcm_vector_context(impl, outbound=False).unprotect_rtp(V7714_SRTP) == V7714_RTP
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_rfc7714_17_1_srtcp_gcm(impl: ModuleType) -> None:
     assert gcm_vector_context(impl, outbound=False).unprotect_rtcp(V7714_SRTCP) == V7714_RTCP
     sender = gcm_vector_context(impl, outbound=True)
@@ -225,7 +218,6 @@ def test_rfc7714_17_1_srtcp_gcm(impl: ModuleType) -> None:
     assert sender.protect_rtcp(V7714_RTCP) == V7714_SRTCP
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_rfc7714_17_3_unencrypted_srtcp(impl: ModuleType) -> None:
     """§17.3 authenticates SRTCP without encrypting it (E = 0): accepted with GCM, as libsrtp
     does; with AES-CM libsrtp's encrypting policy refuses E = 0 and so do we."""
@@ -249,7 +241,6 @@ def test_rfc7714_17_3_unencrypted_srtcp(impl: ModuleType) -> None:
 # Behaviour, against libsrtp where it has an opinion
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_rtp_and_rtcp_match_libsrtp_both_ways(impl: ModuleType, profile: str) -> None:
     ours_tx, ours_rx = context(impl, profile, outbound=True), context(impl, profile, outbound=False)
@@ -277,7 +268,6 @@ def test_rtp_and_rtcp_match_libsrtp_both_ways(impl: ModuleType, profile: str) ->
     assert ours_tx.stream_count == 1 and ours_rx.stream_count == 2
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_rollover_counter_across_the_wrap(impl: ModuleType, profile: str) -> None:
     ours_tx, ours_rx = context(impl, profile, outbound=True), context(impl, profile, outbound=False)
@@ -296,7 +286,6 @@ def test_rollover_counter_across_the_wrap(impl: ModuleType, profile: str) -> Non
     assert info.value.reason == "auth"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("where", ["header", "payload", "tag"])
 def test_tampered_packets_fail_auth(impl: ModuleType, profile: str, where: str) -> None:
@@ -317,7 +306,6 @@ def test_tampered_packets_fail_auth(impl: ModuleType, profile: str, where: str) 
     assert rx.failures["auth"] == 2
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_wrong_keys_fail_auth(impl: ModuleType, profile: str) -> None:
     tx = context(impl, profile, outbound=True)
@@ -327,7 +315,6 @@ def test_wrong_keys_fail_auth(impl: ModuleType, profile: str) -> None:
     assert info.value.reason == "auth"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_replays_and_old_packets_are_refused(impl: ModuleType, profile: str) -> None:
     tx, rx = context(impl, profile, outbound=True), context(impl, profile, outbound=False)
@@ -355,7 +342,6 @@ def test_replays_and_old_packets_are_refused(impl: ModuleType, profile: str) -> 
     }
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_replay_window_is_configurable(impl: ModuleType) -> None:
     tx = context(impl, GCM, outbound=True)
     rx = context(impl, GCM, outbound=False, replay_window=1024)
@@ -366,7 +352,6 @@ def test_replay_window_is_configurable(impl: ModuleType) -> None:
         rx.unprotect_rtp(packets[2996 - 1029])
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_outbound_repeats_a_sequence_number_but_not_an_old_one(
     impl: ModuleType, profile: str
@@ -391,7 +376,6 @@ def first_of(profile: str, seq: int) -> bytes:
     return bytes(libsrtp(profile, outbound=True).protect(rtp(seq)))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_truncated_and_malformed_packets(impl: ModuleType, profile: str) -> None:
     tx, rx = context(impl, profile, outbound=True), context(impl, profile, outbound=False)
@@ -423,7 +407,6 @@ def test_truncated_and_malformed_packets(impl: ModuleType, profile: str) -> None
     assert rx.unprotect_rtcp(tx.protect_rtcp(bytes(8))) == bytes(8)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_stream_limit(impl: ModuleType) -> None:
     tx = context(impl, GCM, outbound=True, max_streams=3)
     rx = context(impl, GCM, outbound=False, max_streams=3)
@@ -445,7 +428,6 @@ def test_stream_limit(impl: ModuleType) -> None:
     assert tx.stream_count == 3
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_many_streams_come_and_go(impl: ModuleType) -> None:
     """Tables grow as SSRCs arrive and keep every stream's state through removals."""
     tx = context(impl, CM, outbound=True, max_streams=300)
@@ -466,7 +448,6 @@ def test_many_streams_come_and_go(impl: ModuleType) -> None:
             rx.unprotect_rtp(tx.protect_rtp(rtp(0, ssrc=ssrc)))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_direction_and_argument_errors(impl: ModuleType) -> None:
     tx, rx = context(impl, GCM, outbound=True), context(impl, GCM, outbound=False)
     for call in (rx.protect_rtp, rx.protect_rtcp, tx.unprotect_rtp, tx.unprotect_rtcp):
@@ -494,7 +475,6 @@ def test_direction_and_argument_errors(impl: ModuleType) -> None:
     assert (tx.profile, tx.outbound, tx.tag_len) == (GCM, True, 16)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_batches_in_place(impl: ModuleType, profile: str) -> None:
     stride = 256
@@ -524,7 +504,6 @@ def test_batches_in_place(impl: ModuleType, profile: str) -> None:
     assert one[0] == _srtp_shared.ERR_NO_ROOM and tx.failures["no_room"] == 1
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_batch_argument_errors(impl: ModuleType) -> None:
     tx = context(impl, GCM, outbound=True)
     with pytest.raises(BufferError):
@@ -544,7 +523,6 @@ def test_batch_argument_errors(impl: ModuleType) -> None:
     assert tx.stream_count == 0
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("prefix", [(), (0xFFF0, 0x0005)], ids=["roc0", "roc1"])
 def test_index_estimate_edges_match_libsrtp(
@@ -618,7 +596,6 @@ def _deliveries(draw: st.DrawFn, count: int) -> list[int]:
     return order
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 @settings(max_examples=40)
 @given(data=st.data())
@@ -647,7 +624,6 @@ def test_rtp_traffic_is_byte_identical_to_libsrtp(
         assert outcome(ours_rx.unprotect_rtp, packet) == outcome(lib_rx.unprotect, packet)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("profile", PROFILES)
 @settings(max_examples=30)
 @given(data=st.data())
@@ -685,15 +661,15 @@ def test_rtcp_traffic_is_byte_identical_to_libsrtp(
         assert outcome(ours_rx.unprotect_rtcp, packet) == outcome(lib_rx.unprotect_rtcp, packet)
 
 
-@needs_compiled
 @pytest.mark.parametrize("profile", PROFILES)
 @settings(max_examples=60)
 @given(data=st.data())
-def test_compiled_and_reference_agree(profile: str, data: st.DataObject) -> None:
+def test_compiled_and_reference_agree(
+    srtp_c: ModuleType, profile: str, data: st.DataObject
+) -> None:
     """Same bytes, same codes, same failure counts, for random traffic including garbage."""
-    assert _srtp_c is not None
     window = data.draw(st.sampled_from([64, 128, 1000]))
-    impls = (_srtp_py, _srtp_c)
+    impls = (_srtp_py, srtp_c)
     tx = [context(m, profile, outbound=True, max_streams=2) for m in impls]
     rx = [context(m, profile, outbound=False, max_streams=2, replay_window=window) for m in impls]
     garbage = st.binary(max_size=64)

@@ -13,47 +13,44 @@ Under SFU_NO_EXTENSIONS=1 the compiled module is not used and only the reference
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_selection import load_compiled
 
 from sfu.codecs import vp8 as vp8_py
 from sfu.codecs.vp8 import Vp8Descriptor
 from sfu.core import vp8_munger as munger_py
+from sfu.core.kernels import Kernels
 from sfu.core.vp8_munger import Vp8Translation
 from sfu.packet.errors import ParseError
 
-NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 
-_vp8_c: ModuleType | None
-if NO_EXTENSIONS:
-    _vp8_c = None  # the references only: the compiled kernels must not be used in this run
-else:
-    try:
-        from sfu._fastpath import _vp8 as _vp8_c
-    except ImportError:  # not built; SFU_EXPECT_COMPILED=1 makes the build test fail
-        _vp8_c = None
+@pytest.fixture(scope="module")
+def vp8_c() -> ModuleType:
+    """The compiled module (skipped or failed as the run's kernel selection says)."""
+    return load_compiled("sfu._fastpath._vp8")
 
-PARSERS = [pytest.param(vp8_py.parse_vp8, id="python")]
-MUNGERS = [pytest.param(munger_py.Vp8Munger, id="python")]
-if _vp8_c is not None:
-    PARSERS.append(pytest.param(_vp8_c.parse_vp8, id="cython"))
-    MUNGERS.append(pytest.param(_vp8_c.Vp8Munger, id="cython"))
-needs_compiled = pytest.mark.skipif(_vp8_c is None, reason="compiled VP8 kernels not in use")
+
+@pytest.fixture(scope="module", params=["python", "cython"])
+def parse(request: pytest.FixtureRequest) -> Any:
+    """Each parser in turn: the reference, then the compiled one."""
+    if request.param == "python":
+        return vp8_py.parse_vp8
+    return request.getfixturevalue("vp8_c").parse_vp8
+
+
+@pytest.fixture(scope="module")
+def cls(each_kernels: Kernels) -> type[Any]:
+    """Each VP8 munger in turn: the reference, then the compiled one."""
+    return each_kernels.Vp8Munger
+
 
 KEY = b"\x10\x02"  # VP8 payload header with P=0 (keyframe)
 DELTA = b"\x11\x02"
-
-
-def test_compiled_module_is_built_when_expected() -> None:
-    if NO_EXTENSIONS:
-        assert _vp8_c is None
-    elif os.environ.get("SFU_EXPECT_COMPILED") == "1":
-        assert _vp8_c is not None
 
 
 def desc(
@@ -98,7 +95,6 @@ def state(m: Any) -> dict[str, Any]:
 # -- examples, both implementations --------------------------------------------------------
 
 
-@pytest.mark.parametrize("parse", PARSERS)
 def test_parse_full_descriptor(parse: Any) -> None:
     d = parse(bytes([0x90, 0xF0, 0x81, 0x23, 0x05, 0x65]) + KEY)
     assert d == Vp8Descriptor(
@@ -115,7 +111,6 @@ def test_parse_full_descriptor(parse: Any) -> None:
     assert d.size == 6 and d.is_start_of_frame
 
 
-@pytest.mark.parametrize("parse", PARSERS)
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -133,7 +128,6 @@ def test_parse_errors(parse: Any, data: bytes, message: str) -> None:
         parse(data)
 
 
-@pytest.mark.parametrize("cls", MUNGERS)
 def test_switch_drop_and_late_packets(cls: Any) -> None:
     m = cls()
     t = m.translate(desc(32767, 255, 0, 31), source=1)
@@ -156,7 +150,6 @@ def test_switch_drop_and_late_packets(cls: Any) -> None:
     }
 
 
-@pytest.mark.parametrize("cls", MUNGERS)
 def test_munge_and_apply_rewrite_in_place(cls: Any) -> None:
     m = cls()
     m.translate(desc(10, 3, 0, 1))
@@ -172,17 +165,15 @@ def test_munge_and_apply_rewrite_in_place(cls: Any) -> None:
         cls.apply(seven, len(seven), Vp8Translation(1, 1, 1))
 
 
-@needs_compiled
-def test_compiled_refuses_negative_picture_ids_and_sources() -> None:
-    assert _vp8_c is not None
-    m = _vp8_c.Vp8Munger()
+def test_compiled_refuses_negative_picture_ids_and_sources(vp8_c: ModuleType) -> None:
+    m = vp8_c.Vp8Munger()
     with pytest.raises(ValueError, match="picture_id"):
         m.translate(desc(-1))
     with pytest.raises(ValueError, match="source"):
         m.translate(desc(1), source=-5)
     assert m.switches == 0  # refused before any state changed
     with pytest.raises(ValueError, match="limit must be at least 1"):
-        _vp8_c.Vp8Munger(0)
+        vp8_c.Vp8Munger(0)
 
 
 # -- differential: parse and rewrite -------------------------------------------------------
@@ -192,19 +183,19 @@ _buffers = st.binary(max_size=9).flatmap(
 )
 
 
-@needs_compiled
 @settings(max_examples=300, deadline=None)
 @given(
     data=_buffers,
     offset=st.integers(-2, 11),
     end=st.one_of(st.none(), st.integers(-2, 11)),
 )
-def test_parse_matches_the_reference(data: Any, offset: int, end: int | None) -> None:
-    assert _vp8_c is not None
-    assert outcome(_vp8_c.parse_vp8, data, offset, end) == outcome(
+def test_parse_matches_the_reference(
+    vp8_c: ModuleType, data: Any, offset: int, end: int | None
+) -> None:
+    assert outcome(vp8_c.parse_vp8, data, offset, end) == outcome(
         vp8_py.parse_vp8, data, offset, end
     )
-    assert outcome(_vp8_c.parse_vp8, data) == outcome(vp8_py.parse_vp8, data)
+    assert outcome(vp8_c.parse_vp8, data) == outcome(vp8_py.parse_vp8, data)
 
 
 def layouts() -> list[bytes]:
@@ -223,32 +214,27 @@ def layouts() -> list[bytes]:
     return [*out, b"\x10\x00", b"\x00\x01"]
 
 
-@needs_compiled
-def test_every_layout_and_truncation_matches_the_reference() -> None:
-    assert _vp8_c is not None
+def test_every_layout_and_truncation_matches_the_reference(vp8_c: ModuleType) -> None:
     for full in layouts():
         for cut in range(len(full) + 1):
             data = full[:cut]
-            assert outcome(_vp8_c.parse_vp8, data) == outcome(vp8_py.parse_vp8, data)
+            assert outcome(vp8_c.parse_vp8, data) == outcome(vp8_py.parse_vp8, data)
             for values in ((0x7ABC, 0x99, 0x1B), (None, None, None), (3, None, 40)):
                 ref, got = bytearray(data), bytearray(data)
-                assert outcome(_vp8_c.rewrite_vp8_descriptor, got, 0, *values) == outcome(
+                assert outcome(vp8_c.rewrite_vp8_descriptor, got, 0, *values) == outcome(
                     vp8_py.rewrite_vp8_descriptor, ref, 0, *values
                 )
                 assert got == ref
 
 
-@needs_compiled
-def test_parse_of_non_contiguous_buffers_matches_the_reference() -> None:
-    assert _vp8_c is not None
+def test_parse_of_non_contiguous_buffers_matches_the_reference(vp8_c: ModuleType) -> None:
     data = memoryview(bytes([0x90, 0, 0x80, 0, 0xFF, 0, 0x07, 0, 0x10, 0]))[::2]
-    assert outcome(_vp8_c.parse_vp8, data) == outcome(vp8_py.parse_vp8, data)
+    assert outcome(vp8_c.parse_vp8, data) == outcome(vp8_py.parse_vp8, data)
 
 
 _maybe = st.one_of(st.none(), st.integers(-70000, 70000), st.integers(0, 255))
 
 
-@needs_compiled
 @settings(max_examples=300, deadline=None)
 @given(
     data=st.binary(max_size=8),
@@ -259,6 +245,7 @@ _maybe = st.one_of(st.none(), st.integers(-70000, 70000), st.integers(0, 255))
     read_only=st.booleans(),
 )
 def test_rewrite_matches_the_reference(
+    vp8_c: ModuleType,
     data: bytes,
     offset: int,
     picture_id: int | None,
@@ -266,16 +253,15 @@ def test_rewrite_matches_the_reference(
     keyidx: int | None,
     read_only: bool,
 ) -> None:
-    assert _vp8_c is not None
     ref: Any = data if read_only else bytearray(data)
     got: Any = data if read_only else bytearray(data)
     args = (offset, picture_id, tl0picidx, keyidx)
-    assert outcome(_vp8_c.rewrite_vp8_descriptor, got, *args) == outcome(
+    assert outcome(vp8_c.rewrite_vp8_descriptor, got, *args) == outcome(
         vp8_py.rewrite_vp8_descriptor, ref, *args
     )
     assert got == ref
     t = Vp8Translation(picture_id, tl0picidx, keyidx)
-    assert outcome(_vp8_c.Vp8Munger.apply, got, offset, t) == outcome(
+    assert outcome(vp8_c.Vp8Munger.apply, got, offset, t) == outcome(
         munger_py.Vp8Munger.apply, ref, offset, t
     )
     assert got == ref
@@ -329,32 +315,30 @@ def run_step(m: Any, op: tuple[Any, ...]) -> tuple[Any, ...]:
     return (*result, bytes(buf))
 
 
-@needs_compiled
 @settings(max_examples=300, deadline=None)
 @given(history=st.integers(1, 5), script=scripts())
 def test_munger_call_sequences_match_the_reference(
-    history: int, script: list[tuple[Any, ...]]
+    vp8_c: ModuleType, history: int, script: list[tuple[Any, ...]]
 ) -> None:
-    assert _vp8_c is not None
     ref = munger_py.Vp8Munger(history)
-    got = _vp8_c.Vp8Munger(history)
+    got = vp8_c.Vp8Munger(history)
     for op in script:
         assert run_step(got, op) == run_step(ref, op)
         assert state(got) == state(ref)
 
 
-@needs_compiled
 @settings(max_examples=40, deadline=None)
 @given(
     history=st.integers(30, 140),
     pattern=st.lists(st.booleans(), min_size=300, max_size=600),
 )
-def test_long_histories_match_the_reference(history: int, pattern: list[bool]) -> None:
+def test_long_histories_match_the_reference(
+    vp8_c: ModuleType, history: int, pattern: list[bool]
+) -> None:
     """More dropped runs than the C ring starts with (64): it grows, then evicts at ``history``,
     and late packets of pictures in evicted runs are refused as in the reference."""
-    assert _vp8_c is not None
     ref = munger_py.Vp8Munger(history)
-    got = _vp8_c.Vp8Munger(history)
+    got = vp8_c.Vp8Munger(history)
     for i, forward in enumerate(pattern):
         d = desc(i & 0x7FFF, i & 0xFF, 0)
         if forward or i == 0:
