@@ -56,7 +56,7 @@ from sfu._fastpath._munger cimport (
 from sfu._fastpath._rtp cimport RTP_OK, rtp_ext_find, rtp_parse, rtp_view_t
 from sfu._fastpath._srtp cimport (
     SrtpContext,
-    srtp_protect_rtp,
+    srtp_protect_rtp_header,
     srtp_session_t,
     srtp_unprotect_rtp,
 )
@@ -999,8 +999,9 @@ cdef class Forwarder:
 
     cdef void _ingest(self, tx_t* t, stream_t* st, int handle, uint8_t* p, Py_ssize_t n,
                       double now) noexcept nogil:
-        # The packet is parsed once, here (``_rtp.pxd``): the classification below, the
-        # munger's rewrite, the extension-id rewrite and the VP8 descriptor all read ``v``.
+        # The packet is parsed once, here (``_rtp.pxd``): the classification below, the VP8
+        # descriptor, and per route the munger's rewrite, the extension-id rewrite and the
+        # SRTP protect all read ``v`` (a rewritten copy keeps the header's layout).
         cdef int flags = 0
         cdef int twcc = 0
         cdef int level = 0
@@ -1092,7 +1093,8 @@ cdef class Forwarder:
                     forwarded += 1
                     out_bytes += nout
                     continue
-            wire = srtp_protect_rtp(out.outbound, slot, nout, OUT_SIZE)
+            # The copy keeps the ingress header's layout: its header ends at the payload.
+            wire = srtp_protect_rtp_header(out.outbound, slot, nout, OUT_SIZE, v.payload_offset)
             if wire < 0:
                 self.protect_errors += 1
                 continue
