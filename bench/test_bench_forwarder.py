@@ -44,6 +44,37 @@ def test_forward_1200b_gcm(benchmark: BenchmarkFixture, each_kernels: Kernels, s
     assert world.forwarder.sent_packets >= 2000 * subs
 
 
+def test_forward_1200b_gcm_extensions(benchmark: BenchmarkFixture, each_kernels: Kernels) -> None:
+    """As test_forward_1200b_gcm with 10 subscribers, each packet carrying the extension block a
+    browser sends (mid, transport-wide CC, abs-send-time: one-byte form), which the forwarder
+    reads (transport-wide CC) and rewrites per subscriber (ids, abs-send-time)."""
+    world = World(each_kernels, subs=10)
+    for sub in world.video_subs:
+        sub.selector.set_target(0, None)
+    client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
+    counter = itertools.count()
+
+    def ext(i: int) -> bytes:  # ids as forwarder_world.PUB_EXT: 1 mid, 3 twcc, 4 abs-send-time
+        return bytes([0x10, ord("0"), 0x31, i >> 8 & 0xFF, i & 0xFF, 0x42, 1, 2, 3])
+
+    first = rtp(0x1111, 0, 0, 96, vp8_payload(1, 0, 0, True, True, True, 1140), ext(0))
+    world.forwarder.process([(client.protect_rtp(first), PUB_ADDR)], 1.0)
+
+    def next_packet() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        i = next(counter) + 1
+        payload = vp8_payload(1 + i, 0, 0, True, False, True, 1140)
+        plain = rtp(0x1111, i, 3000 * i, 96, payload, ext(i))
+        return ([(client.protect_rtp(plain), PUB_ADDR)], 1.0 + i / 1000), {}
+
+    def forward(datagrams: list[tuple[bytes, Any]], now: float) -> int:
+        _, egress = world.forwarder.process(datagrams, now)
+        world.forwarder.drain_log()
+        return len(egress)
+
+    benchmark.pedantic(forward, setup=next_packet, rounds=2000, warmup_rounds=10)
+    assert world.forwarder.sent_packets >= 2000 * 10
+
+
 def test_selector_decide(benchmark: BenchmarkFixture, each_kernels: Kernels) -> None:
     selector = each_kernels.SimulcastSelector(3)
     selector.set_target(2, None)

@@ -10,6 +10,8 @@
 #
 # The tables are read-only after construction, so one rewriter may serve several threads.
 
+from sfu._fastpath._rtp cimport rtp_view_t
+
 
 cdef struct ext_rewriter_t:
     bint identity                   # nothing to change: apply returns at once
@@ -29,3 +31,9 @@ cdef class ExtensionRewriter:
 # below ``length``); ``abs_send_time`` is the 24-bit 6.18 send time stamped into abs-send-time.
 cdef void ext_apply(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length,
                     unsigned int abs_send_time) noexcept nogil
+
+# ext_apply on the rewritten copy ``buf`` (``v.size`` bytes) of a packet parsed into ``v``
+# (``_rtp.pxd``), whose framing the rewrite accepted (``rtp_rewritable``): the block's place
+# comes from the parse instead of the header bytes.
+cdef void ext_apply_view(const ext_rewriter_t* r, unsigned char* buf, const rtp_view_t* v,
+                         unsigned int abs_send_time) noexcept nogil

@@ -13,27 +13,14 @@ cdef enum:
     _OUT_OF_RANGE = -1  # _ext_run: the reference would have raised IndexError here
 
 
-cdef int _ext_run(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length,
-                  Py_ssize_t cap, unsigned int abs_send_time) noexcept nogil:
-    """The reference's ``apply`` on a buffer of ``cap`` bytes: same reads and writes in the same
-    order; returns _OUT_OF_RANGE where the reference's next access would leave the buffer."""
-    cdef Py_ssize_t start, pos, end, size, k
-    cdef unsigned int profile, b, ext_id
+cdef int _ext_walk(const ext_rewriter_t* r, unsigned char* buf, unsigned int profile,
+                   Py_ssize_t pos, Py_ssize_t end, Py_ssize_t cap,
+                   unsigned int abs_send_time) noexcept nogil:
+    """The reference's element loop over the block body ``buf[pos:end]``; returns
+    _OUT_OF_RANGE where its next access would leave a buffer of ``cap`` bytes."""
+    cdef Py_ssize_t size, k
+    cdef unsigned int b, ext_id
     cdef unsigned char stamp[3]
-    if r.identity:
-        return 0
-    if cap < 1:
-        return _OUT_OF_RANGE
-    if not buf[0] & 0x10:
-        return 0
-    start = 12 + 4 * (buf[0] & 0x0F)
-    if start + 3 >= cap:
-        return _OUT_OF_RANGE
-    profile = (buf[start] << 8) | buf[start + 1]
-    pos = start + 4
-    end = pos + 4 * ((buf[start + 2] << 8) | buf[start + 3])
-    if length < end:
-        end = length
     stamp[0] = (abs_send_time >> 16) & 0xFF
     stamp[1] = (abs_send_time >> 8) & 0xFF
     stamp[2] = abs_send_time & 0xFF
@@ -83,9 +70,41 @@ cdef int _ext_run(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length
     return 0
 
 
+cdef int _ext_run(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length,
+                  Py_ssize_t cap, unsigned int abs_send_time) noexcept nogil:
+    """The reference's ``apply`` on a buffer of ``cap`` bytes: same reads and writes in the same
+    order; returns _OUT_OF_RANGE where the reference's next access would leave the buffer.
+    (The Python entry point: it locates the block itself, on a packet nobody has parsed.)"""
+    cdef Py_ssize_t start, end
+    if r.identity:
+        return 0
+    if cap < 1:
+        return _OUT_OF_RANGE
+    if not buf[0] & 0x10:
+        return 0
+    start = 12 + 4 * (buf[0] & 0x0F)
+    if start + 3 >= cap:
+        return _OUT_OF_RANGE
+    end = start + 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
+    if length < end:
+        end = length
+    return _ext_walk(r, buf, (buf[start] << 8) | buf[start + 1], start + 4, end, cap,
+                     abs_send_time)
+
+
 cdef void ext_apply(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length,
                     unsigned int abs_send_time) noexcept nogil:
     _ext_run(r, buf, length, length, abs_send_time)
+
+
+cdef void ext_apply_view(const ext_rewriter_t* r, unsigned char* buf, const rtp_view_t* v,
+                         unsigned int abs_send_time) noexcept nogil:
+    # The rewritten copy keeps the parsed packet's layout, and a rewritable parse has its
+    # block inside the packet: the walk needs no bounds beyond the block's own.
+    if r.identity or not v.has_ext:
+        return
+    _ext_walk(r, buf, <unsigned int>v.ext_profile, v.ext_start, v.ext_end, v.size,
+              abs_send_time)
 
 
 cdef class ExtensionRewriter:

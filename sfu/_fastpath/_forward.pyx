@@ -20,7 +20,7 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from sfu._fastpath._cache cimport RetransmissionBuffer, cache_put, cache_t
-from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply, ext_rewriter_t
+from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply_view, ext_rewriter_t
 from sfu._fastpath._layers cimport (
     SimulcastSelector,
     selector_current_spatial,
@@ -49,13 +49,14 @@ from sfu._fastpath._munger cimport (
     RtpMunger,
     munger_drop,
     munger_last_out_seq,
-    munger_munge,
+    munger_munge_view,
     munger_switch_source,
     munger_t,
 )
+from sfu._fastpath._rtp cimport RTP_OK, rtp_ext_find, rtp_parse, rtp_view_t
 from sfu._fastpath._srtp cimport (
     SrtpContext,
-    srtp_protect_rtp,
+    srtp_protect_rtp_header,
     srtp_session_t,
     srtp_unprotect_rtp,
 )
@@ -250,88 +251,6 @@ cdef inline double _monotonic() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef inline int _ext_block(const uint8_t* p, Py_ssize_t n, Py_ssize_t* start,
-                           Py_ssize_t* end) noexcept nogil:
-    """Locate the header-extension block body: 1 found, 0 none, -1 malformed."""
-    cdef Py_ssize_t s
-    if not p[0] & 0x10:
-        return 0
-    s = 12 + 4 * (p[0] & 0x0F)
-    if s + 4 > n:
-        return -1
-    start[0] = s
-    end[0] = s + 4 + 4 * ((<Py_ssize_t>p[s + 2] << 8) | p[s + 3])
-    if end[0] > n:
-        return -1
-    return 1
-
-
-cdef int _find_ext(const uint8_t* p, Py_ssize_t n, int wanted, Py_ssize_t* vpos,
-                   Py_ssize_t* vlen) noexcept nogil:
-    """``sfu.packet.rtp.find_extension``: 1 found, 0 absent, -1 malformed (ParseError)."""
-    cdef Py_ssize_t start, end, pos, stop
-    cdef int r, profile, ext_id
-    if wanted <= 0:
-        return 0
-    if n < 12 or (p[0] >> 6) != 2:
-        return -1
-    r = _ext_block(p, n, &start, &end)
-    if r <= 0:
-        return r
-    profile = (p[start] << 8) | p[start + 1]
-    pos = start + 4
-    if profile == 0xBEDE:
-        while pos < end:
-            if p[pos] == 0:
-                pos += 1
-                continue
-            ext_id = p[pos] >> 4
-            if ext_id == 15 or ext_id == 0:
-                return 0
-            stop = pos + 2 + (p[pos] & 0x0F)
-            if stop > end:
-                return -1
-            if ext_id == wanted:
-                vpos[0] = pos + 1
-                vlen[0] = stop - pos - 1
-                return 1
-            pos = stop
-        return 0
-    if (profile >> 4) == 0x100:
-        while pos < end:
-            ext_id = p[pos]
-            if ext_id == 0:
-                pos += 1
-                continue
-            if pos + 1 >= end:
-                return -1
-            stop = pos + 2 + p[pos + 1]
-            if stop > end:
-                return -1
-            if ext_id == wanted:
-                vpos[0] = pos + 2
-                vlen[0] = stop - pos - 2
-                return 1
-            pos = stop
-        return 0
-    return 0
-
-
-cdef inline Py_ssize_t _payload_offset(const uint8_t* p, Py_ssize_t n) noexcept nogil:
-    """``sfu.packet.rtp.payload_offset``, or -1 where it raises."""
-    cdef Py_ssize_t offset
-    if n < 12 or (p[0] >> 6) != 2:
-        return -1
-    offset = 12 + 4 * (p[0] & 0x0F)
-    if p[0] & 0x10:
-        if offset + 4 > n:
-            return -1
-        offset += 4 + 4 * ((<Py_ssize_t>p[offset + 2] << 8) | p[offset + 3])
-    if offset > n:
-        return -1
-    return offset
 
 
 cdef inline long long _unwrap(unwrap_t* u, uint16_t value) noexcept nogil:
@@ -1095,6 +1014,9 @@ cdef class Forwarder:
 
     cdef void _ingest(self, tx_t* t, stream_t* st, int handle, uint8_t* p, Py_ssize_t n,
                       double now) noexcept nogil:
+        # The packet is parsed once, here (``_rtp.pxd``): the classification below, the VP8
+        # descriptor, and per route the munger's rewrite, the extension-id rewrite and the
+        # SRTP protect all read ``v`` (a rewritten copy keeps the header's layout).
         cdef int flags = 0
         cdef int twcc = 0
         cdef int level = 0
@@ -1102,43 +1024,48 @@ cdef class Forwarder:
         cdef long long out_bytes = 0
         cdef long long ext_seq
         cdef uint32_t ts
-        cdef Py_ssize_t vpos, vlen, offset, pad, nout, wire
+        cdef Py_ssize_t nout, wire
+        cdef rtp_view_t v
         cdef info_t info
         cdef uint32_t abs_time
         cdef route_t* route
         cdef tx_t* out
         cdef uint8_t* slot
         cdef int i
-        if n < 12 or (p[0] >> 6) != 2:
+        if rtp_parse(&v, p, n, t.twcc_id, t.level_id if st.kind == K_AUDIO else 0) != RTP_OK:
             self._log(handle, FL_HEADER_BAD, 0, 0, now, <int>n, 0, 0, 0, 0)
             return
-        ts = _be32(p + 4)
+        ts = v.timestamp
         if t.twcc_id:
-            r = _find_ext(p, n, t.twcc_id, &vpos, &vlen)
+            r = rtp_ext_find(&v, &v.twcc)
             if r < 0:
                 self._log(handle, FL_MALFORMED_EXT, 0, ts, now, <int>n, 0, 0, 0, 0)
                 return
-            if r == 1 and vlen == 2:
-                twcc = (p[vpos] << 8) | p[vpos + 1]
+            if r == 1 and v.twcc.len == 2:
+                twcc = (p[v.twcc.pos] << 8) | p[v.twcc.pos + 1]
                 flags |= FL_TWCC
-        ext_seq = _unwrap(st.unwrap, (p[2] << 8) | p[3])
+        ext_seq = _unwrap(st.unwrap, v.seq)
         cache_put(st.cache, p, n, ext_seq, now)
         info.has_vp8 = False
         if st.kind == K_VP8:
-            offset = _payload_offset(p, n)
-            if offset < 0:
+            if v.payload_offset < 0:
                 self._log(handle, flags | FL_MALFORMED_EXT, 0, ts, now, <int>n, twcc, 0, 0, 0)
                 return
-            pad = p[n - 1] if p[0] & 0x20 else 0
-            if offset >= n - pad:
+            if v.payload_end <= v.payload_offset:
+                # Padding only (RFC 3550 §5.1; e.g. bandwidth probes): nothing to forward, but
+                # the packet had a place in the sequence: every route that would have carried
+                # it leaves none, so its subscriber sees no loss that never happened.
+                self._skip(st, ext_seq)
                 self._log(handle, flags | FL_PADDING, ext_seq, ts, now, <int>n, twcc, 0, 0, 0)
                 return
-            if vp8_parse(p, offset, n, &info.desc) < 0:
+            # The descriptor is read up to the packet's end (padding included), as the
+            # reference's parse_vp8(packet, offset) does.
+            if vp8_parse(p, v.payload_offset, n, &info.desc) < 0:
                 self._log(handle, flags | FL_MALFORMED_PAYLOAD, ext_seq, ts, now, <int>n, twcc,
                           0, 0, 0)
                 return
             info.has_vp8 = True
-            info.offset = offset
+            info.offset = v.payload_offset
             info.is_keyframe = info.desc.is_keyframe
             info.is_start = info.desc.is_start_of_frame
             info.temporal_id = info.desc.temporal_id
@@ -1152,15 +1079,15 @@ cdef class Forwarder:
             info.layer_sync = True
             info.offset = 0
             if t.level_id:
-                r = _find_ext(p, n, t.level_id, &vpos, &vlen)
+                r = rtp_ext_find(&v, &v.level)
                 if r < 0:
                     self._log(handle, flags | FL_MALFORMED_EXT, 0, ts, now, <int>n, twcc, 0, 0,
                               0)
                     return
-                if r == 1 and vlen == 1:
-                    level = p[vpos] & 0x7F
+                if r == 1 and v.level.len == 1:
+                    level = p[v.level.pos] & 0x7F
                     flags |= FL_LEVEL
-                    if p[vpos] & 0x80:
+                    if p[v.level.pos] & 0x80:
                         flags |= FL_VAD
         abs_time = <uint32_t>(<long long>nearbyint(now * 262144.0) & 0xFFFFFF)
         for i in range(st.nroutes):
@@ -1168,7 +1095,7 @@ cdef class Forwarder:
             if self.out_count >= OUT_SLOTS:
                 self._flush_nogil()
             slot = self.out_buf + self.out_count * OUT_SIZE
-            nout = self._route(route, st, p, n, ext_seq, ts, &info, now, abs_time, slot)
+            nout = self._route(route, st, &v, p, ext_seq, &info, now, abs_time, slot)
             if nout <= 0 or route.out < 0:
                 continue
             out = &self.tx[route.out]
@@ -1181,7 +1108,8 @@ cdef class Forwarder:
                     forwarded += 1
                     out_bytes += nout
                     continue
-            wire = srtp_protect_rtp(out.outbound, slot, nout, OUT_SIZE)
+            # The copy keeps the ingress header's layout: its header ends at the payload.
+            wire = srtp_protect_rtp_header(out.outbound, slot, nout, OUT_SIZE, v.payload_offset)
             if wire < 0:
                 self.protect_errors += 1
                 continue
@@ -1199,8 +1127,20 @@ cdef class Forwarder:
             self.latency[self.latency_count] = _monotonic() - now
             self.latency_count += 1
 
-    cdef Py_ssize_t _route(self, route_t* r, stream_t* st, const uint8_t* p, Py_ssize_t n,
-                           long long ext_seq, uint32_t ts, info_t* info, double now,
+    cdef void _skip(self, stream_t* st, long long ext_seq) noexcept nogil:
+        """``Subscription.skip`` on every route: a packet of the stream that carries nothing
+        to forward (padding only) leaves no hole in the outgoing sequence of a route whose
+        current layer is this stream's (audio: every route). The munger's drop, as for a
+        filtered temporal layer; the layer selector is not asked (no decision on padding)."""
+        cdef route_t* r
+        cdef int i
+        for i in range(st.nroutes):
+            r = &st.routes[i]
+            if r.selector == NULL or selector_current_spatial(r.selector) == st.layer:
+                munger_drop(r.munger, ext_seq)
+
+    cdef Py_ssize_t _route(self, route_t* r, stream_t* st, const rtp_view_t* v,
+                           const uint8_t* p, long long ext_seq, info_t* info, double now,
                            uint32_t abs_time, uint8_t* buf) noexcept nogil:
         """``Subscription.forward``: decide and rewrite into ``buf``; 0 sends nothing."""
         cdef int decision
@@ -1224,10 +1164,10 @@ cdef class Forwarder:
                         vp8_drop(r.vp8, &info.desc)
                 return 0
             if decision == 2:
-                munger_switch_source(r.munger, ext_seq, ts, now, st.ssrc)
+                munger_switch_source(r.munger, ext_seq, v.timestamp, now, st.ssrc)
                 if r.vp8 != NULL:
                     vp8_switch_source(r.vp8)
-        m = munger_munge(r.munger, p, n, ext_seq, now, buf, MUNGE_LIMIT)
+        m = munger_munge_view(r.munger, v, p, ext_seq, now, buf, MUNGE_LIMIT)
         if m <= 0:
             return 0
         if r.vp8 != NULL and info.has_vp8:
@@ -1235,7 +1175,7 @@ cdef class Forwarder:
                 return 0
             vp8_apply(buf, info.offset, &tr)
             translated = True
-        ext_apply(r.ext, buf, m, abs_time)
+        ext_apply_view(r.ext, buf, v, abs_time)
         if munger_last_out_seq(r.munger, &out_seq):
             out_ts = _be32(buf + 4)
             if translated:

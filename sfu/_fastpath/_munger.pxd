@@ -14,6 +14,8 @@
 
 from libc.stdint cimport int16_t, uint32_t, uint64_t
 
+from sfu._fastpath._rtp cimport rtp_view_t
+
 cdef enum:
     MUNGER_WINDOW = 512            # sfu.core.munger.REORDER_WINDOW: the duplicate bitmap's width
     MUNGER_WINDOW_WORDS = 8        # MUNGER_WINDOW / 64
@@ -82,6 +84,11 @@ cdef class RtpMunger:
 cdef Py_ssize_t munger_munge(munger_t* m, const unsigned char* packet, Py_ssize_t n,
                              long long in_ext_seq, double now,
                              unsigned char* dst, Py_ssize_t dst_len) noexcept nogil
+# munger_munge on a packet already parsed into ``v`` (``_rtp.pxd``; any parse result): the
+# forwarder parses once per packet and every route's munger reads the parse.
+cdef Py_ssize_t munger_munge_view(munger_t* m, const rtp_view_t* v, const unsigned char* packet,
+                                  long long in_ext_seq, double now,
+                                  unsigned char* dst, Py_ssize_t dst_len) noexcept nogil
 cdef bint munger_drop(munger_t* m, long long in_ext_seq) noexcept nogil
 # ssrc < 0 means None.
 cdef void munger_switch_source(munger_t* m, long long first_ext_seq, long long first_ts,

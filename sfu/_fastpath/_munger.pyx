@@ -14,7 +14,8 @@ from libc.math cimport nearbyint
 from libc.stdint cimport int16_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from sfu._fastpath._rewrite cimport rtp_rewrite
+from sfu._fastpath._rewrite cimport rtp_rewrite, rtp_rewrite_view
+from sfu._fastpath._rtp cimport rtp_parse, rtp_view_t
 
 __all__ = ["RtpMunger", "SkipHistory", "munge_nogil"]
 
@@ -341,16 +342,17 @@ cdef inline uint32_t _be32(const unsigned char* p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
-cdef Py_ssize_t munger_munge(munger_t* m, const unsigned char* packet, Py_ssize_t n,
-                             long long in_ext_seq, double now,
-                             unsigned char* dst, Py_ssize_t dst_len) noexcept nogil:
-    """The reference's ``munge``: translate ``packet`` and write it, rewritten, into ``dst``."""
+cdef Py_ssize_t munger_munge_view(munger_t* m, const rtp_view_t* v, const unsigned char* packet,
+                                  long long in_ext_seq, double now,
+                                  unsigned char* dst, Py_ssize_t dst_len) noexcept nogil:
+    """The reference's ``munge`` of ``packet``, parsed into ``v`` (any parse result): translate
+    it and write it, rewritten, into ``dst``."""
     cdef int pt
     cdef long long out_seq = 0, out_ts = 0
     cdef Py_ssize_t written
-    if n < 12:
+    if v.size < 12:
         return MUNGER_MALFORMED
-    pt = packet[1] & 0x7F
+    pt = v.payload_type
     if m.has_pt_map:
         pt = m.pt_map[pt]
         if pt == MUNGER_PT_DROP:
@@ -358,15 +360,23 @@ cdef Py_ssize_t munger_munge(munger_t* m, const unsigned char* packet, Py_ssize_
             return 0
         if pt == MUNGER_PT_INVALID:
             return MUNGER_MALFORMED
-    if _translate(m, in_ext_seq, _be32(packet + 4), now, _be32(packet + 8), True,
-                  &out_seq, &out_ts) < 0:
+    if _translate(m, in_ext_seq, v.timestamp, now, v.ssrc, True, &out_seq, &out_ts) < 0:
         return 0
-    written = rtp_rewrite(
-        packet, n, dst, dst_len, m.out_ssrc, <uint64_t>out_seq, <uint64_t>out_ts, pt, -1
+    written = rtp_rewrite_view(
+        v, packet, dst, dst_len, m.out_ssrc, <uint64_t>out_seq, <uint64_t>out_ts, pt, -1
     )
     if written < 0 and m.has_last_out_seq and out_seq == m.last_out_seq:
         _retract_newest(m)
     return written
+
+
+cdef Py_ssize_t munger_munge(munger_t* m, const unsigned char* packet, Py_ssize_t n,
+                             long long in_ext_seq, double now,
+                             unsigned char* dst, Py_ssize_t dst_len) noexcept nogil:
+    """The reference's ``munge``: translate ``packet`` and write it, rewritten, into ``dst``."""
+    cdef rtp_view_t v
+    rtp_parse(&v, packet, n, 0, 0)
+    return munger_munge_view(m, &v, packet, in_ext_seq, now, dst, dst_len)
 
 
 cdef Py_ssize_t _write_py(

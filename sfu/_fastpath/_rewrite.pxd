@@ -1,36 +1,25 @@
 # cython: language_level=3
-# C-level RTP header rewrite, shared by rewrite_rtp and the munger (_munger.pyx): validates the
-# framing and writes ``s`` into ``d`` with SSRC, sequence number, timestamp, payload type and
-# (unless ``marker`` is -1) the marker bit replaced. Returns the length, -1 (MALFORMED) or
-# -2 (NO_ROOM).
+# C-level RTP header rewrite, shared by rewrite_rtp and the munger (_munger.pyx): writes ``s``
+# into ``d`` with SSRC, sequence number, timestamp, payload type and (unless ``marker`` is -1)
+# the marker bit replaced. Returns the length, -1 (MALFORMED) or -2 (NO_ROOM).
+#
+# ``rtp_rewrite_view`` takes the framing from a parse already made (``_rtp.pxd``: the forwarder
+# parses each packet once); ``rtp_rewrite`` parses first, for callers that hold only bytes.
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy
 
+from sfu._fastpath._rtp cimport RTP_OK, rtp_parse, rtp_rewritable, rtp_view_t
 
-cdef inline Py_ssize_t rtp_rewrite(
-    const uint8_t* s, Py_ssize_t n, uint8_t* d, Py_ssize_t dn,
+
+cdef inline Py_ssize_t rtp_rewrite_view(
+    const rtp_view_t* v, const uint8_t* s, uint8_t* d, Py_ssize_t dn,
     uint64_t ssrc, uint64_t seq, uint64_t ts, int payload_type, int marker,
 ) noexcept nogil:
-    cdef Py_ssize_t header
-    cdef uint8_t b0, mbit, pad
-    if n < 12:
+    """The rewrite of ``s`` (``v.size`` bytes), whose parse ``v`` returned RTP_OK."""
+    cdef Py_ssize_t n = v.size
+    cdef uint8_t mbit
+    if not rtp_rewritable(v):
         return -1
-    b0 = s[0]
-    if (b0 >> 6) != 2:
-        return -1
-    header = 12 + 4 * (b0 & 0x0F)
-    if n < header:
-        return -1
-    if b0 & 0x10:
-        if n < header + 4:
-            return -1
-        header += 4 + 4 * ((<Py_ssize_t>s[header + 2] << 8) | s[header + 3])
-        if n < header:
-            return -1
-    if b0 & 0x20:
-        pad = s[n - 1]
-        if pad == 0 or header + pad > n:
-            return -1
     if dn < n:
         return -2
     mbit = (s[1] & 0x80) if marker < 0 else <uint8_t>(marker << 7)
@@ -47,3 +36,13 @@ cdef inline Py_ssize_t rtp_rewrite(
     d[10] = <uint8_t>(ssrc >> 8)
     d[11] = <uint8_t>ssrc
     return n
+
+
+cdef inline Py_ssize_t rtp_rewrite(
+    const uint8_t* s, Py_ssize_t n, uint8_t* d, Py_ssize_t dn,
+    uint64_t ssrc, uint64_t seq, uint64_t ts, int payload_type, int marker,
+) noexcept nogil:
+    cdef rtp_view_t v
+    if rtp_parse(&v, s, n, 0, 0) != RTP_OK:
+        return -1
+    return rtp_rewrite_view(&v, s, d, dn, ssrc, seq, ts, payload_type, marker)

@@ -81,6 +81,12 @@ ctypedef struct srtp_session_t:
 cdef Py_ssize_t srtp_protect_rtp(
     srtp_session_t* s, uint8_t* buf, Py_ssize_t length, Py_ssize_t capacity
 ) noexcept nogil
+# srtp_protect_rtp of a packet whose RTP header length (fixed header, CSRCs, extension block:
+# the encrypted part starts there) the caller already knows from its parse (``_rtp.pxd``
+# ``payload_offset``; -1: malformed); the forwarder protects each egress copy this way.
+cdef Py_ssize_t srtp_protect_rtp_header(
+    srtp_session_t* s, uint8_t* buf, Py_ssize_t length, Py_ssize_t capacity, Py_ssize_t header
+) noexcept nogil
 cdef Py_ssize_t srtp_unprotect_rtp(srtp_session_t* s, uint8_t* buf, Py_ssize_t length) noexcept nogil
 cdef Py_ssize_t srtp_protect_rtcp(
     srtp_session_t* s, uint8_t* buf, Py_ssize_t length, Py_ssize_t capacity

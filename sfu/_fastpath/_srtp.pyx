@@ -361,7 +361,13 @@ cdef inline void _rtcp_iv(const srtp_session_t* s, const uint8_t* p, uint32_t in
 cdef Py_ssize_t srtp_protect_rtp(
     srtp_session_t* s, uint8_t* buf, Py_ssize_t length, Py_ssize_t capacity
 ) noexcept nogil:
-    cdef Py_ssize_t header, n = length, tag_len = s.tag_len
+    return srtp_protect_rtp_header(s, buf, length, capacity, _rtp_header_len(buf, length))
+
+
+cdef Py_ssize_t srtp_protect_rtp_header(
+    srtp_session_t* s, uint8_t* buf, Py_ssize_t length, Py_ssize_t capacity, Py_ssize_t header
+) noexcept nogil:
+    cdef Py_ssize_t n = length, tag_len = s.tag_len
     cdef srtp_stream_t* st
     cdef srtp_stream_t fresh
     cdef uint64_t index
@@ -372,7 +378,6 @@ cdef Py_ssize_t srtp_protect_rtp(
     cdef uint8_t mac[HMAC_SHA1_LEN]
     if not s.outbound:
         return SRTP_ERR_DIRECTION
-    header = _rtp_header_len(buf, n)
     if header < 0 or n > SRTP_MAX_PACKET:
         return _fail(s, SRTP_ERR_MALFORMED)
     if capacity < n + tag_len:

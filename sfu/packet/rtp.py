@@ -19,10 +19,12 @@ __all__ = [
     "RTP_HEADER_SIZE",
     "TWO_BYTE_PROFILE",
     "RtpPacket",
+    "RtpView",
     "build_extension_block",
     "find_extension",
     "is_two_byte_profile",
     "parse_extension_elements",
+    "parse_rtp",
     "payload_offset",
     "peek_rtp_header",
 ]
@@ -226,6 +228,66 @@ def peek_rtp_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int
     if b0 >> 6 != 2:
         return None
     return ssrc, seq, ts, b1 & 0x7F
+
+
+@dataclass(frozen=True, slots=True)
+class RtpView:
+    """What the packet path needs from one RTP packet, read in one pass (:func:`parse_rtp`).
+
+    ``payload_offset`` is where the payload starts (after the CSRCs and the header-extension
+    block); ``payload_end`` is the packet length minus the padding count octet's value when
+    the P bit is set (RFC 3550 §5.1), never below 0. The padding count is not validated (as
+    the forwarder does not validate it): ``payload_end <= payload_offset`` means there is no
+    payload, a padding-only packet. ``extensions`` holds the first value of every RFC 8285
+    element by id, exactly what :func:`find_extension` returns for that id; it is empty
+    without an extension block or for a profile that is neither RFC 8285 form.
+    """
+
+    ssrc: int
+    seq: int
+    timestamp: int
+    payload_type: int
+    marker: bool
+    payload_offset: int
+    payload_end: int
+    extensions: dict[int, bytes]
+
+
+def parse_rtp(packet: bytes | bytearray | memoryview) -> RtpView:
+    """Parse an RTP packet's header once: fixed header, CSRCs, extension block, padding.
+
+    Raises ParseError exactly where :func:`payload_offset` or :func:`find_extension` (for
+    some id) would: a short packet or a version other than 2, a CSRC list or extension
+    block that overruns the packet, or a malformed RFC 8285 element. The element walk stops
+    where :func:`parse_extension_elements` stops (the one-byte form's id 15, or id 0 with a
+    non-zero length), so everything after that is absent, as it is for ``find_extension``.
+    """
+    data = packet if isinstance(packet, bytes) else bytes(packet)
+    n = len(data)
+    if n < RTP_HEADER_SIZE:
+        raise ParseError(f"RTP packet too short ({n} bytes)")
+    b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data, 0)
+    if b0 >> 6 != 2:
+        raise ParseError(f"RTP version {b0 >> 6} is not 2")
+    offset = RTP_HEADER_SIZE + 4 * (b0 & 0x0F)
+    extensions: dict[int, bytes] = {}
+    if b0 & 0x10:
+        # RFC 3550 §5.3.1: 16-bit profile, 16-bit length in 32-bit words, then the body.
+        if offset + 4 > n:
+            raise ParseError("RTP extension header truncated")
+        profile, words = _EXT_HEADER.unpack_from(data, offset)
+        start = offset + 4
+        offset = start + 4 * words
+        if offset > n:
+            raise ParseError(f"RTP extension length {words} words exceeds packet length")
+        if profile == ONE_BYTE_PROFILE or is_two_byte_profile(profile):
+            for ext_id, value in parse_extension_elements(profile, data[start:offset]):
+                # find_extension answers with the first element of an id; keep that one.
+                extensions.setdefault(ext_id, value)
+    elif offset > n:
+        raise ParseError(f"RTP CSRC count {b0 & 0x0F} exceeds packet length")
+    pad = data[-1] if b0 & 0x20 else 0
+    return RtpView(ssrc, seq, ts, b1 & 0x7F, bool(b1 & 0x80), offset, max(n - pad, 0), extensions)
 
 
 @dataclass(slots=True)

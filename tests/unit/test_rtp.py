@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 from fixture_files import allocation_bound, edited, peak_allocation
@@ -14,8 +15,12 @@ from sfu.packet.rtp import (
     ONE_BYTE_PROFILE,
     TWO_BYTE_PROFILE,
     RtpPacket,
+    RtpView,
     build_extension_block,
+    find_extension,
     parse_extension_elements,
+    parse_rtp,
+    payload_offset,
     peek_rtp_header,
 )
 
@@ -417,3 +422,112 @@ def test_property_mutations(pkt: RtpPacket, data: st.DataObject) -> None:
 def test_bounded_allocation(data: bytes) -> None:
     peak = peak_allocation(lambda d: RtpPacket.parse(d).extensions(), data, repeat=20)
     assert peak < allocation_bound(data)
+
+
+# --------------------------------------------------------------------------- parse_rtp
+
+
+def test_parse_rtp_chrome_like_packet() -> None:
+    view = parse_rtp(CHROME_LIKE)
+    assert view == RtpView(
+        ssrc=0xDEADBEEF,
+        seq=0x1234,
+        timestamp=123456,
+        payload_type=96,
+        marker=True,
+        payload_offset=28,
+        payload_end=len(CHROME_LIKE),
+        extensions={1: bytes.fromhex("abcdef"), 3: b"\x01\x02", 4: b"0"},
+    )
+    assert parse_rtp(bytearray(CHROME_LIKE)) == view
+    assert parse_rtp(memoryview(CHROME_LIKE)) == view
+
+
+def test_parse_rtp_first_element_of_an_id_wins_and_stop_id_ends_the_walk() -> None:
+    body = bytes([0x10, 0xAA, 0x10, 0xBB, 0xF0, 0x20, 0xCC, 0x00])  # id 1 twice, stop, id 2
+    view = parse_rtp(_header(x=1) + b"\xbe\xde\x00\x02" + body)
+    assert view.extensions == {1: b"\xaa"}
+    assert find_extension(_header(x=1) + b"\xbe\xde\x00\x02" + body, 2) is None
+
+
+def test_parse_rtp_unknown_profile_has_no_elements_and_does_not_raise() -> None:
+    data = _header(x=1) + b"\x12\x34\x00\x01" + b"\x1f\xff\xff\xff" + b"pay"
+    view = parse_rtp(data)
+    assert view.extensions == {} and view.payload_offset == 20
+    assert find_extension(data, 1) is None
+
+
+def test_parse_rtp_padding_only_and_csrcs() -> None:
+    probe = _header(p=1, cc=2) + bytes(8) + bytes(9) + b"\x0a"  # 10 octets of padding
+    view = parse_rtp(probe)
+    assert view.payload_offset == 20 and view.payload_end == 20
+    # An over-long count is not validated (as in the forwarder): no payload, end never < 0.
+    assert parse_rtp(_header(p=1) + b"\xff").payload_end == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        bytes(11),
+        b"\x40" + bytes(11),  # version 1
+        b"\x81" + bytes(11),  # one CSRC announced, none present
+        _header(x=1) + b"\xbe\xde",  # extension header truncated
+        _header(x=1) + b"\xbe\xde\x00\x02" + bytes(4),  # block longer than the packet
+        _header(x=1) + b"\xbe\xde\x00\x01" + b"\x13\x00\x00\x00",  # element overruns
+        _header(x=1) + b"\x10\x00\x00\x01" + b"\x00\x00\x00\x07",  # two-byte, no length
+    ],
+)
+def test_parse_rtp_malformed_raises(data: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse_rtp(data)
+
+
+def _raises(fn: Callable[..., object], *args: object) -> bool:
+    try:
+        fn(*args)
+    except ParseError:
+        return True
+    return False
+
+
+def _check_view_agrees(data: bytes) -> None:
+    """parse_rtp raises ParseError (nothing else) exactly where the piecewise helpers do, and
+    otherwise every field equals what they read."""
+    try:
+        view = parse_rtp(data)
+    except ParseError:
+        # Id 256 matches no element, so find_extension walks (and validates) the whole block.
+        assert (
+            peek_rtp_header(data) is None
+            or _raises(payload_offset, data)
+            or _raises(find_extension, data, 256)
+        )
+        return
+    assert peek_rtp_header(data) == (view.ssrc, view.seq, view.timestamp, view.payload_type)
+    assert view.marker == bool(data[1] & 0x80)
+    assert view.payload_offset == payload_offset(data)
+    pad = data[-1] if data[0] & 0x20 else 0
+    assert view.payload_end == max(len(data) - pad, 0)
+    for ext_id in range(257):
+        assert view.extensions.get(ext_id) == find_extension(data, ext_id)
+    assert all(isinstance(v, bytes) for v in view.extensions.values())
+    assert parse_rtp(bytearray(data)) == view
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=80))
+def test_property_parse_rtp_random_bytes(data: bytes) -> None:
+    _check_view_agrees(b"\x80" + data)  # version 2, no extension
+    _check_view_agrees(b"\x90" + data)  # version 2 with an extension block
+    _check_view_agrees(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(rtp_packets(), st.data())
+def test_property_parse_rtp_agrees_on_packets_and_mutations(
+    pkt: RtpPacket, data: st.DataObject
+) -> None:
+    wire = pkt.serialize()
+    _check_view_agrees(wire)
+    _check_view_agrees(edited(data, wire))
