@@ -358,10 +358,10 @@ cdef Py_ssize_t munger_munge_view(munger_t* m, const rtp_view_t* v, const unsign
         if pt == MUNGER_PT_DROP:
             munger_drop(m, in_ext_seq)
             return 0
-        if pt == MUNGER_PT_INVALID:
-            return MUNGER_MALFORMED
     if _translate(m, in_ext_seq, v.timestamp, now, v.ssrc, True, &out_seq, &out_ts) < 0:
-        return 0
+        return 0  # a duplicate or a drop: the reference decides this before writing
+    if pt == MUNGER_PT_INVALID:
+        return MUNGER_MALFORMED  # where the reference's write raises
     written = rtp_rewrite_view(
         v, packet, dst, dst_len, m.out_ssrc, <uint64_t>out_seq, <uint64_t>out_ts, pt, -1
     )
