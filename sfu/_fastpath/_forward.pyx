@@ -2,7 +2,8 @@
 """Compiled forwarder: the data plane's per-packet path in C; contract in ``_forward_py.py``.
 
 The media socket is read in batches with ``recvmmsg``; for RTP of registered streams the
-whole path runs without the GIL: SRTP unprotect (OpenSSL EVP through ``_srtp``), sequence
+whole path runs without the GIL: SRTP unprotect (OpenSSL EVP through ``_srtp``), one parse of
+the RTP header into ``rtp_view_t`` (``_rtp.pxd``) that every later step reads, sequence
 unwrap, retransmission-cache write, VP8 descriptor parse, then per route the layer decision,
 munging (sequence number, timestamp, SSRC, payload type), VP8 picture id / TL0PICIDX / KEYIDX,
 header-extension ids and abs-send-time, NACK history, sender counters, SRTP protect, and a
