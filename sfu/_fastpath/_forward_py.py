@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from sfu._fastpath._srtp_shared import SrtpError
-from sfu.codecs.vp8 import parse_vp8
 from sfu._fastpath.values import (
     AUDIO,
     AUDIO_INFO,
@@ -42,6 +41,7 @@ from sfu._fastpath.values import (
     LogRecord,
     PacketInfo,
 )
+from sfu.codecs.vp8 import parse_vp8
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import abs_send_time_from_seconds
 from sfu.packet.rtp import find_extension, payload_offset, peek_rtp_header

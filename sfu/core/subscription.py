@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 
 from sfu import _fastpath
+from sfu._fastpath.values import AUDIO_INFO, PacketInfo
 from sfu.core.kernels import (
     ExtensionRewriter,
     RouteState,
@@ -27,7 +28,6 @@ from sfu.core.kernels import (
     Vp8Munger,
 )
 from sfu.core.layers import Decision
-from sfu._fastpath.values import AUDIO_INFO, PacketInfo
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionThrottle
 from sfu.core.route_state import HISTORY

@@ -21,9 +21,9 @@ from sfu.core.subscription import Subscription
 from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription, Setup
 from sfu.room.audit import AuditLog
+from sfu.room.identity import Grant, JoinClaims, grant_names
 from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
 from sfu.room.room import Message, Participant, ParticipantState, Room, Sink
-from sfu.signaling.auth import Grant, JoinClaims, grant_names
 from sfu.transport.dtls import DtlsRole
 from sfu.transport.negotiation import (
     CodecPreferences,

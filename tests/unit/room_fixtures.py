@@ -25,10 +25,10 @@ from sfu.packet.extensions import (
 )
 from sfu.packet.rtp import RtpPacket, build_extension_block
 from sfu.room.audit import AuditLog
+from sfu.room.identity import Grant, JoinClaims
 from sfu.room.policy import PasswordHash, PolicyStore, RoomDefaults, RoomPolicy
 from sfu.room.room import Participant
 from sfu.room.service import Admission, RoomService
-from sfu.signaling.auth import Grant, JoinClaims
 from sfu.transport.certificate import Certificate
 from sfu.transport.port import MediaPort
 from sfu.transport.transport import WebRtcTransport

@@ -12,9 +12,9 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 from room_fixtures import OPEN_ROOMS, certificate
 
+from sfu.room.identity import Grant, JoinClaims
 from sfu.room.policy import PasswordAttempts, PolicyStore, hash_password
 from sfu.room.service import RoomError, RoomService
-from sfu.signaling.auth import Grant, JoinClaims
 from sfu.signaling.protocol import Join
 from sfu.signaling.room_ws import JoinGuard, source_address
 from sfu.transport.port import MediaPort
