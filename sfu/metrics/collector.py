@@ -32,7 +32,7 @@ from sfu.core.peer import (
     subscription_loss,
     subscription_switches,
 )
-from sfu.metrics.histogram import BANDWIDTH_BUCKETS_BPS, PlainHistogram
+from sfu.histogram import BANDWIDTH_BUCKETS_BPS, PlainHistogram
 from sfu.metrics.labels import DROP_REASONS, HANDSHAKE_FAILURES, KINDS, drop_reason
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.room.room import ParticipantState

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from room_fixtures import harness, recvonly_offer, simulcast_offer, vp8_packet
 
+from sfu.histogram import LATENCY_BUCKETS_S, PlainHistogram
 from sfu.metrics.collector import MetricSources, SfuCollector
-from sfu.metrics.histogram import LATENCY_BUCKETS_S, PlainHistogram
 from sfu.metrics.labels import ALLOWED, drop_reason
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.packet.rtcp_feedback import Pli
