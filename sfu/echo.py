@@ -25,7 +25,7 @@ from sfu.packet.rtcp import Fir, Pli, parse_compound
 from sfu.packet.rtp import RtpPacket, peek_rtp_header
 from sfu.packet.sdp import SessionDescription, Setup
 from sfu.transport.dtls import DtlsRole
-from sfu.transport.negotiation import (
+from sfu.negotiation import (
     DEFAULT_HEADER_EXTENSIONS,
     CodecPreferences,
     NegotiatedSession,

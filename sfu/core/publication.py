@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 from sfu.core.kernels import RetransmissionBuffer, SequenceUnwrapper
 from sfu.core.nack import NackGenerator
 from sfu.core.rtcp_stats import ReceiveStats
-from sfu.transport.negotiation import NegotiatedCodec
+from sfu.negotiation import NegotiatedCodec
 
 if TYPE_CHECKING:
     from sfu.core.subscription import Subscription

@@ -25,7 +25,7 @@ from sfu.room.identity import Grant, JoinClaims, grant_names
 from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
 from sfu.room.room import Message, Participant, ParticipantState, Room, Sink
 from sfu.transport.dtls import DtlsRole
-from sfu.transport.negotiation import (
+from sfu.negotiation import (
     CodecPreferences,
     NegotiatedCodec,
     NegotiatedMedia,

@@ -24,7 +24,7 @@ from sfu.packet.extensions import (
     TRANSPORT_CC_URI,
 )
 from sfu.packet.seqnum import SequenceUnwrapper as RefUnwrapper
-from sfu.transport.negotiation import NegotiatedCodec
+from sfu.negotiation import NegotiatedCodec
 
 NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 

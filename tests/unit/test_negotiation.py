@@ -23,7 +23,7 @@ from sfu.packet.extensions import (
     VIDEO_ORIENTATION_URI,
 )
 from sfu.packet.sdp import Direction, SessionDescription, Setup, SimulcastRid
-from sfu.transport.negotiation import (
+from sfu.negotiation import (
     CodecPreferences,
     NegotiatedSession,
     NegotiationError,
