@@ -19,7 +19,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 
-from sfu.core.dataplane import DataPlane
 from sfu.packet.demux import PacketKind, classify
 from sfu.packet.errors import ParseError
 from sfu.packet.stun import BINDING, StunClass, StunMessage, binding_error
@@ -35,9 +34,17 @@ from sfu.transport.ice import (
 )
 from sfu.transport.transport import TransportListener, TransportState, WebRtcTransport
 
-__all__ = ["CapacityError", "MediaPort"]
+__all__ = ["CapacityError", "MediaPort", "TransportHook"]
 
 Sender = Callable[[bytes, Address], None]
+#: Called with a transport whose routing state (selected address, SRTP keys) may have
+#: changed, or that the port has just forgotten; the data plane above subscribes to both.
+TransportHook = Callable[[WebRtcTransport], None]
+
+
+def _ignore(_transport: WebRtcTransport) -> None:
+    """The default hook: nobody above listens."""
+
 
 _KIND_NAMES = {kind: kind.name.lower() for kind in PacketKind}
 
@@ -86,14 +93,15 @@ class MediaPort:
         handshake_timeout: float = 10.0,
         error_responses_per_s: float = 200.0,
         srtp_profiles: Sequence[SrtpProfile] = DEFAULT_SRTP_PROFILES,
-        dataplane: DataPlane | None = None,
+        on_transport_changed: TransportHook | None = None,
+        on_transport_closed: TransportHook | None = None,
     ) -> None:
         self.certificate = certificate
-        #: The forwarder that carries established media, and its control-plane bookkeeping.
-        self.dataplane = dataplane if dataplane is not None else DataPlane()
-        if self.dataplane.forwarder.max_transports < max_transports:
-            # A subscriber the forwarder could not register would get no forwarded media.
-            raise ValueError("the data plane holds fewer transports than the media port")
+        #: After a datagram or ICE event that may have changed a live transport's selected
+        #: address or SRTP keys (cheap for the listener to ignore when nothing changed).
+        self.on_transport_changed: TransportHook = on_transport_changed or _ignore
+        #: Once for every transport the port forgets (closed, failed or timed out).
+        self.on_transport_closed: TransportHook = on_transport_closed or _ignore
         self.counters = DropCounters()
         self._raw_send = send
         self._max_transports = max_transports
@@ -198,6 +206,11 @@ class MediaPort:
         return iter(list(self._transports.values()))
 
     @property
+    def max_transports(self) -> int:
+        """The most transports the port holds at once."""
+        return self._max_transports
+
+    @property
     def transport_count(self) -> int:
         """Transports held (any state but finished)."""
         return len(self._transports)
@@ -250,7 +263,7 @@ class MediaPort:
         if transport.finished:
             self._forget(transport)
         else:
-            self.dataplane.sync(transport)  # SRTP keys may have just arrived
+            self.on_transport_changed(transport)  # SRTP keys may have just arrived
 
     def _stun(self, data: bytes, addr: Address, now: float) -> None:
         try:
@@ -289,7 +302,7 @@ class MediaPort:
                     if self._by_addr.get(old) is transport:
                         del self._by_addr[old]
                 self._by_addr[_key(event.address)] = transport
-                self.dataplane.sync(transport)
+                self.on_transport_changed(transport)
         if transport.finished:
             self._forget(transport)
 
@@ -314,7 +327,7 @@ class MediaPort:
     def _forget(self, transport: WebRtcTransport) -> None:
         if self._transports.pop(transport.id, None) is None:
             return
-        self.dataplane.release(transport)
+        self.on_transport_closed(transport)
         ufrag = transport.ice.local_credentials.ufrag
         if self._by_ufrag.get(ufrag) is transport:
             del self._by_ufrag[ufrag]

@@ -17,6 +17,7 @@ from sfu._fastpath._forward_py import Forwarder as RefForwarder
 from sfu.core import header_extensions, layers, munger, retransmission, route_state, vp8_munger
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
+from sfu.negotiation import NegotiatedCodec
 from sfu.packet.extensions import (
     ABS_SEND_TIME_URI,
     AUDIO_LEVEL_URI,
@@ -24,7 +25,6 @@ from sfu.packet.extensions import (
     TRANSPORT_CC_URI,
 )
 from sfu.packet.seqnum import SequenceUnwrapper as RefUnwrapper
-from sfu.negotiation import NegotiatedCodec
 
 NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from fixture_files import FIXTURES
 
+from sfu.app import connect_data_plane
 from sfu.codecs.vp8 import Vp8Descriptor
+from sfu.core.dataplane import DataPlane
 from sfu.packet.extensions import (
     AUDIO_LEVEL_URI,
     MID_URI,
@@ -146,12 +148,15 @@ def harness(
     """A harness; transports it captures record what they would send (they have no SRTP).
     Rooms have no waiting room unless ``defaults`` say otherwise."""
     port = MediaPort(certificate(), lambda data, addr: None)
+    dataplane = DataPlane()
+    connect_data_plane(port, dataplane)  # as the server wires them
     service = RoomService(
         port,
         [("127.0.0.1", 40000)],
         admission=admission,
         policies=PolicyStore(defaults),
         audit=audit,
+        dataplane=dataplane,
     )
     h = Harness(service)
     original_rtp = WebRtcTransport.send_rtp

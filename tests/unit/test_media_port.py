@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sfu.app import connect_data_plane
 from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Forwarder
 from sfu.packet.demux import PacketKind, classify
@@ -880,6 +881,26 @@ def test_data_plane_must_hold_every_transport_the_port_may_create() -> None:
     """A subscriber the forwarder could not register would get no forwarded media."""
     small = DataPlane(Forwarder(max_transports=10))
     with pytest.raises(ValueError, match="fewer transports"):
-        MediaPort(server_cert(), lambda data, addr: None, max_transports=11, dataplane=small)
-    port = MediaPort(server_cert(), lambda data, addr: None, max_transports=10, dataplane=small)
-    assert port.dataplane is small
+        connect_data_plane(
+            MediaPort(server_cert(), lambda data, addr: None, max_transports=11), small
+        )
+    port = MediaPort(server_cert(), lambda data, addr: None, max_transports=10)
+    connect_data_plane(port, small)
+    assert port.on_transport_changed == small.sync
+    assert port.on_transport_closed == small.release
+
+
+def test_transport_hooks_see_changes_and_the_close() -> None:
+    """The port tells its listener when a transport may have moved or keyed, and when it goes."""
+    net = Net()
+    changed: list[WebRtcTransport] = []
+    closed: list[WebRtcTransport] = []
+    net.port.on_transport_changed = changed.append
+    net.port.on_transport_closed = closed.append
+    c = Client(net)
+    c.check(0.0)
+    assert changed == [c.transport], "the first nomination selects an address"
+    net.port.close_transport(c.transport, 0.1)
+    assert closed == [c.transport]
+    net.port.close_transport(c.transport, 0.2)
+    assert closed == [c.transport], "forgotten once"

@@ -104,12 +104,14 @@ def test_loop_lag_records_only_the_overshoot() -> None:
 
 
 def registry_for(service: RoomService) -> CollectorRegistry:
+    assert service.dataplane is not None
     registry = CollectorRegistry(auto_describe=False)
     lag = LoopLagMonitor()
     registry.register(
         SfuCollector(
             MetricSources(
                 port=service.port,
+                forwarder=service.dataplane.forwarder,
                 rooms=lambda: service,
                 loop_lag=lag,
                 implementation="python",
