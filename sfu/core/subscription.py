@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 
 from sfu import _fastpath
-from sfu._fastpath.values import AUDIO_INFO, PacketInfo
+from sfu._fastpath.values import AUDIO_INFO, Decision, PacketInfo, Vp8Translation
 from sfu.core.kernels import (
     ExtensionRewriter,
     RouteState,
@@ -27,12 +27,10 @@ from sfu.core.kernels import (
     SimulcastSelector,
     Vp8Munger,
 )
-from sfu.core.layers import Decision
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionThrottle
 from sfu.core.route_state import HISTORY
 from sfu.core.rtcp_stats import SendStats
-from sfu.core.vp8_munger import Vp8Translation
 from sfu.packet.errors import ParseError
 from sfu.packet.rtp import payload_offset
 

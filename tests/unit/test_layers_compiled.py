@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu._fastpath.values import Decision, LayerPair
 from sfu.core import layers as layers_py
-from sfu.core.layers import Decision, LayerPair
 
 NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 

@@ -20,8 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu._fastpath.values import TranslationParams
 from sfu.core import munger as munger_py
-from sfu.core.munger import DROPPED, TranslationParams
+from sfu.core.munger import DROPPED
 
 NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
 

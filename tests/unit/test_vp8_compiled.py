@@ -21,10 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu._fastpath.values import Vp8Translation
 from sfu.codecs import vp8 as vp8_py
 from sfu.codecs.vp8 import Vp8Descriptor
 from sfu.core import vp8_munger as munger_py
-from sfu.core.vp8_munger import Vp8Translation
 from sfu.packet.errors import ParseError
 
 NO_EXTENSIONS = os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0")
