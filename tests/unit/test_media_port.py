@@ -35,7 +35,7 @@ from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import Address
 from sfu.transport.port import CapacityError, MediaPort
 from sfu.transport.srtp import SrtpSession
-from sfu.transport.transport import TransportState, WebRtcTransport
+from sfu.transport.transport import HandshakeFailure, TransportState, WebRtcTransport
 
 CLIENT_ADDR: Address = ("127.0.0.1", 50000)
 
@@ -689,6 +689,8 @@ def test_pending_transports_expire_after_connect_timeout() -> None:
     assert net.port.transport_count == 2
     assert state_of(clients[0].transport) is TransportState.FAILED
     assert clients[0].transport.close_reason == "ice connect timeout"
+    assert clients[0].transport.failure is HandshakeFailure.ICE_TIMEOUT
+    assert net.port.counters.handshake_failures == {("ice", "timeout"): 1}
     assert clients[0].listener.states == [TransportState.FAILED]
     assert net.port.get(clients[0].transport.id) is None
     net.port.poll(7.0)
@@ -714,6 +716,8 @@ def test_dtls_handshake_timeout_fails_the_transport() -> None:
     net.port.poll(10.0)
     assert state_of(c.transport) is TransportState.FAILED
     assert c.transport.close_reason is not None and "timeout" in c.transport.close_reason
+    assert c.transport.failure is HandshakeFailure.DTLS_TIMEOUT
+    assert net.port.counters.handshake_failures == {("dtls", "timeout"): 1}
     assert net.state() == (0, 0, 0, 0, 0)
 
 
