@@ -56,6 +56,9 @@ _SIGNAL_REPEAT_S: Final = 1.0
 _CLOSE_TIMEOUT_S: Final = 5.0
 #: How often a drain checks whether the last session has ended.
 _DRAIN_POLL_S: Final = 0.1
+#: At most one traceback this often for datagrams that hit a bug (the rest are only counted),
+#: so a packet that triggers one cannot flood the log.
+_ERROR_LOG_INTERVAL_S: Final = 60.0
 #: The forwarder's stream table never gets smaller than its default (16384 source streams),
 #: so small configurations keep the headroom they had.
 _MIN_FORWARDER_STREAMS: Final = 16384
@@ -130,7 +133,7 @@ class DatagramSink:
             self.port.datagram_received(data, addr, now)
         except Exception:
             self.errors += 1
-            if now - self._last_error_log > 60.0:  # a traceback a minute at most
+            if now - self._last_error_log > _ERROR_LOG_INTERVAL_S:
                 self._last_error_log = now
                 log.exception("internal error handling a media datagram (dropped)")
 

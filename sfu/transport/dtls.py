@@ -40,6 +40,9 @@ __all__ = [
 #: Largest datagram we emit: fits any real path once IP/UDP/TURN overhead is added.
 DEFAULT_MTU = 1200
 
+#: Bytes asked of OpenSSL per read: more than a DTLS record (2**14 plus overhead, RFC 6347
+#: §4.1) or a UDP datagram holds, so one read never splits either.
+_READ_CHUNK = 65536
 # RFC 5764 §4.2 exporter label.
 _EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"
 # pyOpenSSL does not export the constant; 0xFEFD is DTLS 1.2 on the wire (RFC 6347 §4.1).
@@ -409,7 +412,7 @@ class DtlsEndpoint:
         """Drain decrypted records: count and drop data, follow close_notify and alerts."""
         while True:
             try:
-                data = self._conn.recv(65536)
+                data = self._conn.recv(_READ_CHUNK)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -434,7 +437,7 @@ class DtlsEndpoint:
         chunks: list[bytes] = []
         while True:
             try:
-                chunk = self._conn.bio_read(65536)
+                chunk = self._conn.bio_read(_READ_CHUNK)
             except SSL.WantReadError:
                 break
             if not chunk:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator, Sequence
+from typing import Final
 
 from sfu.packet.demux import PacketKind, classify
 from sfu.packet.errors import ParseError
@@ -47,6 +48,21 @@ def _ignore(_transport: WebRtcTransport) -> None:
 
 
 _KIND_NAMES = {kind: kind.name.lower() for kind in PacketKind}
+
+# Defaults for a port built without configuration (tests, tools); the server passes its
+# media section (``media.max_transports``, ``media.max_pending_transports``).
+#: Transports held at once (each is one client's offer).
+DEFAULT_MAX_TRANSPORTS: Final = 2000
+#: Of those, transports that have not passed an ICE check yet (cheap for anyone to create).
+DEFAULT_MAX_PENDING: Final = 200
+#: Seconds a new transport waits for its first valid ICE check before it fails.
+DEFAULT_CONNECT_TIMEOUT_S: Final = 30.0
+#: Seconds without a valid check before consent expires (RFC 7675 §5.1 suggests 30).
+DEFAULT_CONSENT_TIMEOUT_S: Final = 30.0
+#: Seconds a DTLS handshake may take once it has started.
+DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
+#: Error responses (401/400) sent per second to unknown peers, so the port is no reflector.
+DEFAULT_ERROR_RESPONSES_PER_S: Final = 200.0
 
 
 class CapacityError(RuntimeError):
@@ -86,12 +102,12 @@ class MediaPort:
         certificate: Certificate,
         send: Sender,
         *,
-        max_transports: int = 2000,
-        max_pending: int = 200,
-        connect_timeout: float = 30.0,
-        consent_timeout: float = 30.0,
-        handshake_timeout: float = 10.0,
-        error_responses_per_s: float = 200.0,
+        max_transports: int = DEFAULT_MAX_TRANSPORTS,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        consent_timeout: float = DEFAULT_CONSENT_TIMEOUT_S,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+        error_responses_per_s: float = DEFAULT_ERROR_RESPONSES_PER_S,
         srtp_profiles: Sequence[SrtpProfile] = DEFAULT_SRTP_PROFILES,
         on_transport_changed: TransportHook | None = None,
         on_transport_closed: TransportHook | None = None,
