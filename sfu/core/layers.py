@@ -5,7 +5,8 @@
 stream being forwarded) only at a keyframe, so the subscriber's decoder never sees a frame that
 references a picture it did not get. Temporal layers (VP8 TID) are filtered within the current
 stream and switched at frame starts. The selector is sans-I/O: it is handed ``now``, reads no clock
-and returns a small :class:`Decision` per packet that the munger applies to the bytes.
+and returns a small :class:`~sfu._fastpath.values.Decision` per packet that the munger
+applies to the bytes.
 
 Switching rules (after mediasoup's ``IncreaseLayer``/``ApplyLayers`` and LiveKit's forwarder):
 

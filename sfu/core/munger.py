@@ -5,8 +5,9 @@ by one per packet and whose timestamps follow the sampling clock) even though wh
 it changes underneath: simulcast layer switches hop between SSRCs with unrelated sequence numbers
 and timestamps, temporal layers or paused tracks are dropped on purpose, and packets arrive out
 of order. ``RtpMunger`` *decides* the outgoing sequence number and timestamp of each packet
-(:meth:`RtpMunger.translate`, a small :class:`TranslationParams` value); the fast-path kernel
-``rewrite_rtp`` then *applies* it to the bytes (:meth:`RtpMunger.munge` does both).
+(:meth:`RtpMunger.translate`, a small :class:`~sfu._fastpath.values.TranslationParams`
+value); the fast-path kernel ``rewrite_rtp`` then *applies* it to the bytes
+(:meth:`RtpMunger.munge` does both).
 
 Everything inside is an extended (64-bit) value (the outgoing sequence starts at ``2**16`` plus
 its wire value and the timestamp at ``2**32`` plus its wire value, so late packets never go
