@@ -41,7 +41,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from sfu.signaling.auth import Grant, JoinClaims, issue_token
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
 
 __all__ = [
     "HTTP_TIMEOUT_S",

@@ -17,8 +17,6 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from sfu import _fastpath
-from sfu.core.dataplane import DataPlane
-from sfu.core.kernels import default_kernels
 from sfu.packet.stun import StunMessage, binding_request
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, SrtpKeys, SrtpProfile
@@ -60,7 +58,6 @@ def connected(profile: SrtpProfile) -> tuple[MediaPort, Echo, SrtpSession, list[
         SERVER_CERT,
         lambda data, addr: sent.append(data),
         srtp_profiles=[profile],
-        dataplane=DataPlane(kernels=default_kernels()),
     )
     echo = Echo()
     transport = port.create_transport(

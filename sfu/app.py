@@ -17,7 +17,7 @@ from typing import Final
 from sfu import __version__, clock
 from sfu.config import Config
 from sfu.core.dataplane import DataPlane
-from sfu.core.kernels import default_kernels
+from sfu.core.kernels import Kernels, default_kernels
 from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.udp import Address, MediaSocket, open_media_socket
@@ -39,6 +39,8 @@ from sfu.transport.port import MediaPort
 __all__ = [
     "DatagramSink",
     "Server",
+    "build_data_plane",
+    "connect_data_plane",
     "fast_path_implementation",
     "format_address",
     "run",
@@ -54,6 +56,42 @@ _SIGNAL_REPEAT_S: Final = 1.0
 _CLOSE_TIMEOUT_S: Final = 5.0
 #: How often a drain checks whether the last session has ended.
 _DRAIN_POLL_S: Final = 0.1
+#: At most one traceback this often for datagrams that hit a bug (the rest are only counted),
+#: so a packet that triggers one cannot flood the log.
+_ERROR_LOG_INTERVAL_S: Final = 60.0
+#: The forwarder's stream table never gets smaller than its default (16384 source streams),
+#: so small configurations keep the headroom they had.
+_MIN_FORWARDER_STREAMS: Final = 16384
+#: Source streams one transport may bring: audio, three simulcast layers of camera video and
+#: of a screen share, with room to spare. A stream that does not fit is not lost: it takes
+#: the Python path (``DataPlane.add_stream`` leaves it there).
+_STREAMS_PER_TRANSPORT: Final = 8
+
+
+def build_data_plane(max_transports: int, kernels: Kernels) -> DataPlane:
+    """A data plane whose forwarder (of ``kernels``) holds ``max_transports`` transports and
+    their streams."""
+    return DataPlane(
+        kernels.Forwarder(
+            clock=clock.now,
+            max_transports=max_transports,
+            max_streams=max(_MIN_FORWARDER_STREAMS, _STREAMS_PER_TRANSPORT * max_transports),
+        ),
+        kernels=kernels,
+    )
+
+
+def connect_data_plane(port: MediaPort, dataplane: DataPlane) -> None:
+    """Keep ``dataplane`` in step with the port's transports (registered once connected and
+    keyed, re-registered when they move, released when the port forgets them).
+
+    Raises :class:`ValueError` when the forwarder holds fewer transports than the port: a
+    subscriber it could not register would get no forwarded media.
+    """
+    if dataplane.forwarder.max_transports < port.max_transports:
+        raise ValueError("the data plane holds fewer transports than the media port")
+    port.on_transport_changed = dataplane.sync
+    port.on_transport_closed = dataplane.release
 
 
 def fast_path_implementation() -> str:
@@ -97,7 +135,7 @@ class DatagramSink:
             self.port.datagram_received(data, addr, now)
         except Exception:
             self.errors += 1
-            if now - self._last_error_log > 60.0:  # a traceback a minute at most
+            if now - self._last_error_log > _ERROR_LOG_INTERVAL_S:
                 self._last_error_log = now
                 log.exception("internal error handling a media datagram (dropped)")
 
@@ -117,15 +155,10 @@ class Server:
             self._send_datagram,
             max_transports=config.media.max_transports,
             max_pending=config.media.max_pending_transports,
-            dataplane=DataPlane(
-                self.kernels.Forwarder(
-                    clock=clock.now,
-                    max_transports=config.media.max_transports,
-                    max_streams=max(16384, 8 * config.media.max_transports),
-                ),
-                kernels=self.kernels,
-            ),
         )
+        #: The forwarder that carries established media, and its control-plane bookkeeping.
+        self.dataplane = build_data_plane(config.media.max_transports, self.kernels)
+        connect_data_plane(self.port, self.dataplane)
         self.sink = DatagramSink(self.port)
         self.echo: EchoService | None = None
         self.rooms: RoomService | None = None
@@ -141,6 +174,7 @@ class Server:
         self.metrics = build_registry(
             MetricSources(
                 port=self.port,
+                forwarder=self.dataplane.forwarder,
                 rooms=lambda: self.rooms,
                 loop_lag=self.loop_lag,
                 implementation=fast_path_implementation(),
@@ -210,7 +244,7 @@ class Server:
         self._udp = await open_media_socket(
             media.udp_host,
             media.udp_port,
-            self.port.dataplane.forwarder.pump,
+            self.dataplane.forwarder.pump,
             self.sink,
             clock.now,
         )
@@ -235,6 +269,8 @@ class Server:
             policies=security.policies,
             bans=security.bans,
             audit=security.audit,
+            dataplane=self.dataplane,
+            kernels=self.kernels,
         )
         auth = self.config.auth
         add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)

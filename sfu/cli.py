@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from sfu import __version__
 from sfu.config import ConfigError, env_var_name, load_config
-from sfu.signaling.auth import Grant, JoinClaims, issue_token, parse_grants
+from sfu.room.identity import Grant, JoinClaims, parse_grants
+from sfu.signaling.auth import issue_token
 
 __all__ = ["build_parser", "main", "parse_duration"]
 

@@ -19,13 +19,7 @@ from dataclasses import dataclass, field
 
 from sfu import _fastpath
 from sfu.core.publication import new_ssrc
-from sfu.packet.errors import ParseError
-from sfu.packet.extensions import MID_URI, TRANSPORT_CC_URI, parse_sdes_item
-from sfu.packet.rtcp import Fir, Pli, parse_compound
-from sfu.packet.rtp import RtpPacket, peek_rtp_header
-from sfu.packet.sdp import SessionDescription, Setup
-from sfu.transport.dtls import DtlsRole
-from sfu.transport.negotiation import (
+from sfu.negotiation import (
     DEFAULT_HEADER_EXTENSIONS,
     CodecPreferences,
     NegotiatedSession,
@@ -34,6 +28,12 @@ from sfu.transport.negotiation import (
     build_answer,
     negotiate,
 )
+from sfu.packet.errors import ParseError
+from sfu.packet.extensions import MID_URI, TRANSPORT_CC_URI, parse_sdes_item
+from sfu.packet.rtcp import Fir, Pli, parse_compound
+from sfu.packet.rtp import RtpPacket, peek_rtp_header
+from sfu.packet.sdp import SessionDescription, Setup
+from sfu.transport.dtls import DtlsRole
 from sfu.transport.port import MediaPort
 from sfu.transport.transport import TransportState, WebRtcTransport
 

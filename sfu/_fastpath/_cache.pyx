@@ -11,12 +11,7 @@ from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from sfu.core.retransmission import (
-    DEFAULT_CAPACITY,
-    DEFAULT_MAX_AGE,
-    DEFAULT_MAX_SIZE,
-    _check_power_of_two,
-)
+from sfu._fastpath.values import CACHE_CAPACITY, CACHE_MAX_AGE, CACHE_MAX_SIZE, check_power_of_two
 
 cdef enum:
     _SLOT_OVERHEAD = 20  # bytes of per-slot bookkeeping: seq (int64) + time (f64) + length (i32)
@@ -80,11 +75,11 @@ cdef class RetransmissionBuffer:
 
     def __init__(
         self,
-        capacity=DEFAULT_CAPACITY,
-        max_size=DEFAULT_MAX_SIZE,
-        max_age=DEFAULT_MAX_AGE,
+        capacity=CACHE_CAPACITY,
+        max_size=CACHE_MAX_SIZE,
+        max_age=CACHE_MAX_AGE,
     ):
-        _check_power_of_two("capacity", capacity)
+        check_power_of_two("capacity", capacity)
         if max_size <= 0:
             raise ValueError("max_size must be positive")
         if max_age <= 0:

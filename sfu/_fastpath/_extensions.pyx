@@ -1,16 +1,20 @@
 # cython: language_level=3
 """Compiled header-extension id rewriter: ``sfu.core.header_extensions.ExtensionRewriter`` in C.
 
-The tables are built by the reference's constructor in ``__init__`` and copied into C
-arrays; :func:`ext_apply` (declared in ``_extensions.pxd``) rewrites a packet without the GIL.
+The tables are built by ``sfu._fastpath.ext_tables.build_tables`` (as the reference's are) and
+copied into C arrays; :func:`ext_apply` (declared in ``_extensions.pxd``) rewrites a packet
+without the GIL.
 """
 
-from sfu.core.header_extensions import ExtensionRewriter as _Reference
+from sfu._fastpath.ext_tables import ONE_BYTE_PROFILE, ONE_BYTE_STOP_ID, apply_tables, build_tables
 
 cdef enum:
-    _ONE_BYTE_PROFILE = 0xBEDE
-    _ONE_BYTE_STOP_ID = 15
+    _ONE_BYTE_PROFILE = 0xBEDE  # ext_tables.ONE_BYTE_PROFILE (checked below)
+    _ONE_BYTE_STOP_ID = 15  # ext_tables.ONE_BYTE_STOP_ID
     _OUT_OF_RANGE = -1  # _ext_run: the reference would have raised IndexError here
+
+
+assert (ONE_BYTE_PROFILE, ONE_BYTE_STOP_ID) == (_ONE_BYTE_PROFILE, _ONE_BYTE_STOP_ID)
 
 
 cdef int _ext_walk(const ext_rewriter_t* r, unsigned char* buf, unsigned int profile,
@@ -112,19 +116,19 @@ cdef class ExtensionRewriter:
     (see the reference ``sfu.core.header_extensions.ExtensionRewriter``)."""
 
     def __init__(self, source, dest):
-        # The tables come from the reference's own constructor, so every input behaves the same.
-        ref = _Reference(source, dest)
-        # Kept for buffers the C path cannot take: the reference's apply runs on them.
-        self._one = ref._one
-        self._two = ref._two
-        self._abs_ids = ref._abs_ids
+        # The tables come from the reference's own builder, so every input behaves the same.
+        tables = build_tables(source, dest)
+        # Kept for buffers the C path cannot take: the reference's loop runs on them.
+        self._one = tables.one
+        self._two = tables.two
+        self._abs_ids = tables.abs_ids
         cdef int i
         for i in range(16):
             self.r.one[i] = self._one[i]
         for i in range(256):
             self.r.two[i] = self._two[i]
             self.r.abs_ids[i] = i in self._abs_ids
-        self.r.identity = ref.identity
+        self.r.identity = tables.identity
 
     @property
     def identity(self) -> bool:
@@ -144,7 +148,7 @@ cdef class ExtensionRewriter:
         try:
             mv = buf
         except (TypeError, ValueError, BufferError):  # read-only or non-contiguous
-            _Reference.apply(self, buf, length, abs_send_time)
+            apply_tables(self._one, self._two, self._abs_ids, buf, length, abs_send_time)
             return
         cdef Py_ssize_t cap = mv.shape[0]
         cdef unsigned char dummy = 0

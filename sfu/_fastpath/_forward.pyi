@@ -2,7 +2,7 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from sfu.core.route_state import HistoryEntry
+from sfu._fastpath.values import HistoryEntry
 
 Address = tuple[Any, ...]
 Datagram = tuple[bytes, Address]

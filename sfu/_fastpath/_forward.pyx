@@ -73,7 +73,7 @@ from sfu._fastpath._vp8 cimport (
     vp8_translation_t,
 )
 
-from sfu.core.route_state import HistoryEntry
+from sfu._fastpath.values import HistoryEntry
 
 
 cdef extern from "<sys/socket.h>" nogil:

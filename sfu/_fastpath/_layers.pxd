@@ -14,11 +14,11 @@
 from libc.stdint cimport uint32_t
 
 cdef enum:
-    SELECTOR_DROP = 0              # same ints as sfu.core.layers.Decision
+    SELECTOR_DROP = 0              # same ints as sfu._fastpath.values.Decision
     SELECTOR_FORWARD = 1
     SELECTOR_FORWARD_SWITCH = 2
     SELECTOR_NONE = -1             # "no spatial layer" (None in the reference)
-    SELECTOR_MAX_SPATIAL = 8       # sfu.core.layers.MAX_SPATIAL_LAYERS
+    SELECTOR_MAX_SPATIAL = 8       # sfu._fastpath.values.MAX_SPATIAL_LAYERS
     SELECTOR_ALL_TEMPORAL = 65536  # "all temporal layers": the reference's _ALL_TEMPORAL (1 << 16)
 
 
@@ -49,7 +49,7 @@ cdef class SimulcastSelector:
     cdef object available_set      # the frozenset handed to set_available, as the reference keeps it
 
 
-# Returns 0 DROP, 1 FORWARD, 2 FORWARD_SWITCH (same ints as sfu.core.layers.Decision).
+# Returns 0 DROP, 1 FORWARD, 2 FORWARD_SWITCH (same ints as sfu._fastpath.values.Decision).
 # temporal < 0 means "no temporal id" (None).
 cdef int selector_decide(selector_t* s, int spatial, int temporal, bint is_keyframe,
                          bint is_start_of_frame, double now, bint layer_sync) noexcept nogil

@@ -10,7 +10,7 @@ descriptor carries a temporal id above 7).
 
 from libc.stdint cimport uint32_t
 
-from sfu.core.layers import MAX_SPATIAL_LAYERS, Decision, LayerPair
+from sfu._fastpath.values import MAX_SPATIAL_LAYERS, Decision, LayerPair
 
 __all__ = ["SimulcastSelector"]
 

@@ -17,7 +17,7 @@ from libc.stdint cimport int16_t, uint32_t, uint64_t
 from sfu._fastpath._rtp cimport rtp_view_t
 
 cdef enum:
-    MUNGER_WINDOW = 512            # sfu.core.munger.REORDER_WINDOW: the duplicate bitmap's width
+    MUNGER_WINDOW = 512            # sfu._fastpath.values.REORDER_WINDOW: the duplicate bitmap's width
     MUNGER_WINDOW_WORDS = 8        # MUNGER_WINDOW / 64
     MUNGER_MAX_HISTORY = 256       # the most skipped runs a SkipHistory keeps
     MUNGER_PT_DROP = -1            # pt_map entry: the payload type is not forwarded

@@ -17,6 +17,15 @@ from libc.string cimport memset
 from sfu._fastpath._rewrite cimport rtp_rewrite, rtp_rewrite_view
 from sfu._fastpath._rtp cimport rtp_parse, rtp_view_t
 
+from sfu._fastpath.values import (
+    DROP_DROPPED,
+    DROP_DUPLICATE,
+    DROP_PRE_SWITCH,
+    DROP_TOO_OLD,
+    REORDER_WINDOW,
+    TranslationParams,
+)
+
 __all__ = ["RtpMunger", "SkipHistory", "munge_nogil"]
 
 cdef long long _SEQ_BASE = 1LL << 16
@@ -33,25 +42,14 @@ cdef enum:
     _DROP_PRE_SWITCH = -3
     _DROP_DROPPED = -4
 
-# The reference's types and shared drop answers, imported on first use: sfu.core.munger imports
-# sfu._fastpath, which must stay free to import this module.
-cdef object _TranslationParams = None
-cdef dict _DROPS = None
-
-
-cdef int _load_reference() except -1:
-    global _TranslationParams, _DROPS
-    from sfu.core import munger as ref
-
-    _TranslationParams = ref.TranslationParams
-    _DROPS = {
-        _DROP_DUPLICATE: ref._DROP_DUPLICATE,
-        _DROP_TOO_OLD: ref._DROP_TOO_OLD,
-        _DROP_PRE_SWITCH: ref._DROP_PRE_SWITCH,
-        _DROP_DROPPED: ref._DROP_DROPPED,
-    }
-    assert ref.REORDER_WINDOW == MUNGER_WINDOW, "_munger.pxd is out of date"
-    return 0
+# The reference's decision type and shared drop answers (sfu._fastpath.values, a leaf).
+cdef dict _DROPS = {
+    _DROP_DUPLICATE: DROP_DUPLICATE,
+    _DROP_TOO_OLD: DROP_TOO_OLD,
+    _DROP_PRE_SWITCH: DROP_PRE_SWITCH,
+    _DROP_DROPPED: DROP_DROPPED,
+}
+assert REORDER_WINDOW == MUNGER_WINDOW, "_munger.pxd is out of date"
 
 
 # -- SkipHistory: a ring of [start, end) runs ------------------------------------------------
@@ -416,8 +414,6 @@ cdef class RtpMunger:
             raise ValueError("clock_rate must be positive")
         pt_map = None if out_payload_type_map is None else dict(out_payload_type_map)
         _check_limit(history)
-        if _TranslationParams is None:
-            _load_reference()
         cdef munger_t* m = &self.m
         cdef int pt
         memset(m, 0, sizeof(munger_t))
@@ -547,7 +543,7 @@ cdef class RtpMunger:
         )
         if code < 0:
             return _DROPS[code]
-        return _TranslationParams(out_seq, out_ts, False, code == _FORWARD_SWITCHED)
+        return TranslationParams(out_seq, out_ts, False, code == _FORWARD_SWITCHED)
 
     def drop(self, long long in_ext_seq):
         """Take a packet deliberately out of the outgoing sequence so that it leaves no hole."""

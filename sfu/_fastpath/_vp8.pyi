@@ -1,7 +1,7 @@
 """Compiled VP8 kernels: the contracts of ``sfu.codecs.vp8`` and ``sfu.core.vp8_munger``."""
 
+from sfu._fastpath.values import Vp8Translation
 from sfu.codecs.vp8 import Vp8Descriptor
-from sfu.core.vp8_munger import Vp8Translation
 
 BytesLike = bytes | bytearray | memoryview
 

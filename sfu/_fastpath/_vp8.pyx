@@ -11,6 +11,7 @@ from libc.stdlib cimport free, malloc
 
 from sfu.codecs import vp8 as _reference
 from sfu.codecs.vp8 import Vp8Descriptor
+from sfu._fastpath.values import Vp8Translation
 from sfu.packet.errors import ParseError
 
 # Required octet, RFC 7741 §4.2: |X|R|N|S|R| PID |
@@ -471,17 +472,8 @@ cdef long long _source(object source) except? -2:
     return source
 
 
-cdef object _TRANSLATION = None  # sfu.core.vp8_munger.Vp8Translation, imported on first use
-
-
 cdef object _translation(const vp8_translation_t* t):
-    global _TRANSLATION
-    if _TRANSLATION is None:
-        # Imported late: sfu.core imports sfu._fastpath, which may import this module.
-        from sfu.core.vp8_munger import Vp8Translation
-
-        _TRANSLATION = Vp8Translation
-    return _TRANSLATION(
+    return Vp8Translation(
         None if t.picture_id < 0 else t.picture_id,
         None if t.tl0picidx < 0 else t.tl0picidx,
         None if t.keyidx < 0 else t.keyidx,

@@ -1,7 +1,8 @@
 """Value types and constants shared by the kernels and the control plane that drives them.
 
-The compiled kernels and their pure-Python references agree on these (``_forward.pyx``
-repeats the flag values as C enums); the control plane reads them. This module imports only
+The compiled kernels and their pure-Python references (most of those in ``sfu.core``) agree
+on these (``_forward.pyx`` repeats the flag values as C enums, the ``.pxd`` files the layer
+and window sizes); the control plane reads them. This module imports only
 the layers below ``_fastpath`` (packet, codecs), so every kernel and ``core`` can use it
 without an import pointing up.
 """
@@ -9,13 +10,21 @@ without an import pointing up.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from enum import IntEnum
+from typing import Final, NamedTuple
 
 from sfu.codecs.vp8 import Vp8Descriptor
 
 __all__ = [
     "AUDIO",
     "AUDIO_INFO",
+    "CACHE_CAPACITY",
+    "CACHE_MAX_AGE",
+    "CACHE_MAX_SIZE",
+    "DROP_DROPPED",
+    "DROP_DUPLICATE",
+    "DROP_PRE_SWITCH",
+    "DROP_TOO_OLD",
     "F_HEADER_BAD",
     "F_KEYFRAME",
     "F_LEVEL",
@@ -26,11 +35,19 @@ __all__ = [
     "F_TWCC",
     "F_VAD",
     "H264",
+    "MAX_SPATIAL_LAYERS",
     "OTHER_VIDEO",
+    "REORDER_WINDOW",
     "VP8",
     "VP9",
+    "Decision",
+    "HistoryEntry",
+    "LayerPair",
     "LogRecord",
     "PacketInfo",
+    "TranslationParams",
+    "Vp8Translation",
+    "check_power_of_two",
 ]
 
 #: Stream kinds. The forwarders handle AUDIO and VP8 themselves; the others are ingested on
@@ -74,3 +91,123 @@ class PacketInfo:
 
 #: Audio has no descriptor: every packet starts a frame and none is a keyframe.
 AUDIO_INFO: Final = PacketInfo(False, True)
+
+
+# -- layer selection (sfu.core.layers and _layers.pyx) ------------------------------------
+
+#: Most spatial layers a selector accepts (Chromium sends at most 3 simulcast streams).
+MAX_SPATIAL_LAYERS: Final = 8
+
+
+class Decision(IntEnum):
+    """What to do with one packet; a plain int so the fast path can carry it cheaply."""
+
+    DROP = 0
+    FORWARD = 1
+    #: Forward, and this is the first packet of a new current spatial layer: the munger must
+    #: switch its source stream (new SSRC/sequence/timestamp base) before rewriting it.
+    FORWARD_SWITCH = 2
+
+
+class LayerPair(NamedTuple):
+    """A spatial/temporal layer pair; ``spatial`` None = nothing, ``temporal`` None = all."""
+
+    spatial: int | None
+    temporal: int | None
+
+
+# -- the munger's decisions (sfu.core.munger and _munger.pyx) -----------------------------
+
+#: How far behind the newest sequence number a late packet may be and still be forwarded
+#: (also the width of the duplicate-detection bitmap).
+REORDER_WINDOW: Final = 512
+
+
+class TranslationParams:
+    """What to do with one packet: drop it, or send it with ``out_seq`` / ``out_ts``.
+
+    ``out_seq`` and ``out_ts`` are extended values (the kernel truncates them); they are -1 when
+    ``drop`` is set, and ``reason`` then says why ("duplicate", "too_old", "pre_switch",
+    "dropped"). ``switched`` marks the first packet of a new source (a codec munger such as
+    ``Vp8Munger`` continues its own counters there).
+    """
+
+    __slots__ = ("drop", "out_seq", "out_ts", "reason", "switched")
+
+    def __init__(
+        self,
+        out_seq: int,
+        out_ts: int,
+        drop: bool = False,
+        switched: bool = False,
+        reason: str | None = None,
+    ) -> None:
+        self.out_seq = out_seq
+        self.out_ts = out_ts
+        self.drop = drop
+        self.switched = switched
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        if self.drop:
+            return f"TranslationParams(drop, reason={self.reason!r})"
+        return (
+            f"TranslationParams(out_seq={self.out_seq}, out_ts={self.out_ts}, "
+            f"switched={self.switched})"
+        )
+
+
+# Shared, never-mutated answers for dropped packets, so a drop allocates nothing.
+DROP_DUPLICATE = TranslationParams(-1, -1, True, reason="duplicate")
+DROP_TOO_OLD = TranslationParams(-1, -1, True, reason="too_old")
+DROP_PRE_SWITCH = TranslationParams(-1, -1, True, reason="pre_switch")
+DROP_DROPPED = TranslationParams(-1, -1, True, reason="dropped")
+
+
+class Vp8Translation:
+    """Outgoing descriptor values for one packet; None leaves a field as it is.
+
+    ``picture_id`` is extended (``rewrite_vp8_descriptor`` truncates it to the field's 7 or 15
+    bits); ``tl0picidx`` is 0-255 and ``keyidx`` 0-31.
+    """
+
+    __slots__ = ("keyidx", "picture_id", "tl0picidx")
+
+    def __init__(self, picture_id: int | None, tl0picidx: int | None, keyidx: int | None) -> None:
+        self.picture_id = picture_id
+        self.tl0picidx = tl0picidx
+        self.keyidx = keyidx
+
+    def __repr__(self) -> str:
+        return (
+            f"Vp8Translation(picture_id={self.picture_id}, tl0picidx={self.tl0picidx}, "
+            f"keyidx={self.keyidx})"
+        )
+
+
+# -- forwarding history (sfu.core.route_state and _forward.pyx) ---------------------------
+
+
+class HistoryEntry(NamedTuple):
+    """What one outgoing packet was made from (VP8 fields -1 when absent)."""
+
+    in_ext_seq: int
+    timestamp: int
+    layer: int
+    has_vp8: bool
+    picture_id: int
+    tl0picidx: int
+    keyidx: int
+
+
+# -- the retransmission cache (sfu.core.retransmission and _cache.pyx) --------------------
+
+CACHE_CAPACITY: Final = 1024  # packets; ~1 s of 8 Mbit/s video at 1000-byte packets
+CACHE_MAX_SIZE: Final = 1500  # bytes per slot: an Ethernet MTU holds any RTP packet we forward
+CACHE_MAX_AGE: Final = 1.0  # seconds; older packets are useless to a receiver's jitter buffer
+
+
+def check_power_of_two(name: str, value: int) -> None:
+    """Raise ValueError unless ``value`` is a positive power of two (ring sizes are masked)."""
+    if value <= 0 or value & (value - 1):
+        raise ValueError(f"{name} must be a positive power of two, got {value}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 
 from sfu.core.publication import SourceStream
 from sfu.core.subscription import Subscription
-from sfu.metrics.histogram import LATENCY_BUCKETS_S, PlainHistogram
+from sfu.histogram import LATENCY_BUCKETS_S, PlainHistogram
 
 __all__ = [
     "PeerCounters",

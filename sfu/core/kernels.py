@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sfu import _fastpath
-from sfu._fastpath.values import LogRecord
+from sfu._fastpath.values import HistoryEntry, LogRecord, Vp8Translation
 from sfu.codecs.vp8 import Vp8Descriptor
-from sfu.core.route_state import HistoryEntry
-from sfu.core.vp8_munger import Vp8Translation
 
 if TYPE_CHECKING:
     # The compiled stubs type these two as the reference classes themselves.

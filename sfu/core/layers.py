@@ -5,7 +5,8 @@
 stream being forwarded) only at a keyframe, so the subscriber's decoder never sees a frame that
 references a picture it did not get. Temporal layers (VP8 TID) are filtered within the current
 stream and switched at frame starts. The selector is sans-I/O: it is handed ``now``, reads no clock
-and returns a small :class:`Decision` per packet that the munger applies to the bytes.
+and returns a small :class:`~sfu._fastpath.values.Decision` per packet that the munger
+applies to the bytes.
 
 Switching rules (after mediasoup's ``IncreaseLayer``/``ApplyLayers`` and LiveKit's forwarder):
 
@@ -23,33 +24,12 @@ Switching rules (after mediasoup's ``IncreaseLayer``/``ApplyLayers`` and LiveKit
 
 from __future__ import annotations
 
-from enum import IntEnum
-from typing import NamedTuple
+from sfu._fastpath.values import MAX_SPATIAL_LAYERS, Decision, LayerPair
 
-__all__ = ["MAX_SPATIAL_LAYERS", "Decision", "LayerPair", "SimulcastSelector"]
-
-#: Most spatial layers a selector accepts (Chromium sends at most 3 simulcast streams).
-MAX_SPATIAL_LAYERS = 8
+__all__ = ["SimulcastSelector"]
 
 # Internal "no temporal limit": larger than any temporal id a payload descriptor can carry.
 _ALL_TEMPORAL = 1 << 16
-
-
-class Decision(IntEnum):
-    """What to do with one packet; a plain int so the fast path can carry it cheaply."""
-
-    DROP = 0
-    FORWARD = 1
-    #: Forward, and this is the first packet of a new current spatial layer: the munger must
-    #: switch its source stream (new SSRC/sequence/timestamp base) before rewriting it.
-    FORWARD_SWITCH = 2
-
-
-class LayerPair(NamedTuple):
-    """A spatial/temporal layer pair; ``spatial`` None = nothing, ``temporal`` None = all."""
-
-    spatial: int | None
-    temporal: int | None
 
 
 def _public_temporal(value: int) -> int | None:

@@ -5,8 +5,9 @@ by one per packet and whose timestamps follow the sampling clock) even though wh
 it changes underneath: simulcast layer switches hop between SSRCs with unrelated sequence numbers
 and timestamps, temporal layers or paused tracks are dropped on purpose, and packets arrive out
 of order. ``RtpMunger`` *decides* the outgoing sequence number and timestamp of each packet
-(:meth:`RtpMunger.translate`, a small :class:`TranslationParams` value); the fast-path kernel
-``rewrite_rtp`` then *applies* it to the bytes (:meth:`RtpMunger.munge` does both).
+(:meth:`RtpMunger.translate`, a small :class:`~sfu._fastpath.values.TranslationParams`
+value); the fast-path kernel ``rewrite_rtp`` then *applies* it to the bytes
+(:meth:`RtpMunger.munge` does both).
 
 Everything inside is an extended (64-bit) value (the outgoing sequence starts at ``2**16`` plus
 its wire value and the timestamp at ``2**32`` plus its wire value, so late packets never go
@@ -22,12 +23,19 @@ import struct
 from collections.abc import Mapping
 
 from sfu._fastpath import KEEP_MARKER, rewrite_rtp
+from sfu._fastpath.values import (
+    DROP_DROPPED,
+    DROP_DUPLICATE,
+    DROP_PRE_SWITCH,
+    DROP_TOO_OLD,
+    REORDER_WINDOW,
+    TranslationParams,
+)
 
 __all__ = [
     "DROPPED",
     "RtpMunger",
     "SkipHistory",
-    "TranslationParams",
 ]
 
 #: :meth:`RtpMunger.munge` result: the packet is not to be forwarded (nothing was written).
@@ -36,51 +44,7 @@ DROPPED = 0
 _HEADER = struct.Struct("!xB2xII")  # RFC 3550 §5.1: M/PT, timestamp, SSRC
 _SEQ_BASE = 1 << 16
 _TS_BASE = 1 << 32
-#: How far behind the newest sequence number a late packet may be and still be forwarded
-#: (also the width of the duplicate-detection bitmap).
-REORDER_WINDOW = 512
 _WINDOW_MASK = (1 << REORDER_WINDOW) - 1
-
-
-class TranslationParams:
-    """What to do with one packet: drop it, or send it with ``out_seq`` / ``out_ts``.
-
-    ``out_seq`` and ``out_ts`` are extended values (the kernel truncates them); they are -1 when
-    ``drop`` is set, and ``reason`` then says why ("duplicate", "too_old", "pre_switch",
-    "dropped"). ``switched`` marks the first packet of a new source (a codec munger such as
-    ``Vp8Munger`` continues its own counters there).
-    """
-
-    __slots__ = ("drop", "out_seq", "out_ts", "reason", "switched")
-
-    def __init__(
-        self,
-        out_seq: int,
-        out_ts: int,
-        drop: bool = False,
-        switched: bool = False,
-        reason: str | None = None,
-    ) -> None:
-        self.out_seq = out_seq
-        self.out_ts = out_ts
-        self.drop = drop
-        self.switched = switched
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        if self.drop:
-            return f"TranslationParams(drop, reason={self.reason!r})"
-        return (
-            f"TranslationParams(out_seq={self.out_seq}, out_ts={self.out_ts}, "
-            f"switched={self.switched})"
-        )
-
-
-# Shared, never-mutated answers for dropped packets, so a drop allocates nothing.
-_DROP_DUPLICATE = TranslationParams(-1, -1, True, reason="duplicate")
-_DROP_TOO_OLD = TranslationParams(-1, -1, True, reason="too_old")
-_DROP_PRE_SWITCH = TranslationParams(-1, -1, True, reason="pre_switch")
-_DROP_DROPPED = TranslationParams(-1, -1, True, reason="dropped")
 
 
 class SkipHistory:
@@ -350,24 +314,24 @@ class RtpMunger:
             return TranslationParams(out_seq, out_ts, False, switched)
         if d == 0:
             self.duplicates += 1
-            return _DROP_DUPLICATE
+            return DROP_DUPLICATE
         if seq < self._first_in_seq:
             self.too_old += 1
-            return _DROP_PRE_SWITCH
+            return DROP_PRE_SWITCH
         if -d >= REORDER_WINDOW:
             self.too_old += 1
-            return _DROP_TOO_OLD
+            return DROP_TOO_OLD
         bit = 1 << -d
         if self._seen & bit:
             self.duplicates += 1
-            return _DROP_DUPLICATE
+            return DROP_DUPLICATE
         extra = self._skips.offset_after(seq)
         if extra is None:
             if seq < self._skips.floor:
                 self.too_old += 1
-                return _DROP_TOO_OLD
+                return DROP_TOO_OLD
             self.duplicates += 1
-            return _DROP_DROPPED
+            return DROP_DROPPED
         self._seen |= bit
         self.forwarded += 1
         return TranslationParams(seq + self._sn_offset + extra, ts + self._ts_offset)

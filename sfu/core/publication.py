@@ -15,16 +15,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import KW_ONLY, InitVar, dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
-from sfu._fastpath.values import AUDIO, H264, OTHER_VIDEO, VP8, VP9
+from sfu._fastpath.values import AUDIO, H264, OTHER_VIDEO, VP8, VP9, PacketInfo
 from sfu.core.nack import NackGenerator
 from sfu.core.rtcp_stats import ReceiveStats
-from sfu.transport.negotiation import NegotiatedCodec
+from sfu.negotiation import NegotiatedCodec
 
 if TYPE_CHECKING:
     from sfu.core.kernels import Kernels, RetransmissionBuffer, SequenceUnwrapper
-    from sfu.core.subscription import Subscription
     from sfu.transport.transport import WebRtcTransport
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "BitrateMeter",
     "Publication",
     "SourceStream",
+    "Subscriber",
     "new_id",
     "new_ssrc",
 ]
@@ -142,6 +142,40 @@ class SourceStream:
         return True
 
 
+class Subscriber(Protocol):
+    """What the packet path and the room service use of a fan-out entry.
+
+    :class:`~sfu.core.subscription.Subscription` is the one implementation; naming only what
+    is used here keeps this module from importing that one (which imports this one).
+    """
+
+    subscriber_id: str
+    mid: str
+    #: Holds the rewritten copy of the last packet :meth:`forward` accepted.
+    buf: bytearray
+
+    def forward(
+        self,
+        stream: SourceStream,
+        packet: bytes,
+        ext_seq: int,
+        timestamp: int,
+        info: PacketInfo,
+        now: float,
+        abs_send_time: int,
+    ) -> int:
+        """Rewrite ``packet`` into :attr:`buf`; returns its length, or 0 to send nothing."""
+        ...
+
+    def skip(self, stream: SourceStream, ext_seq: int) -> None:
+        """Source packet ``ext_seq`` of ``stream`` carries nothing to forward (padding)."""
+        ...
+
+    def set_held(self, held: bool) -> None:
+        """Stop (or resume) forwarding regardless of the subscriber's own preferences."""
+        ...
+
+
 @dataclass(eq=False, slots=True)
 class Publication:
     """One published track: its source streams and what identifies it on the wire.
@@ -167,7 +201,7 @@ class Publication:
     layers: dict[int, SourceStream] = field(default_factory=dict)
     #: Every subscription with the transport it sends on: an immutable snapshot the packet
     #: path iterates, replaced (never mutated) when someone subscribes or leaves.
-    fanout: tuple[tuple[Subscription, WebRtcTransport], ...] = ()
+    fanout: tuple[tuple[Subscriber, WebRtcTransport], ...] = ()
     #: Sends a keyframe request upstream (the publisher's peer); returns whether it went out.
     keyframe_requester: Callable[[SourceStream, float], bool] | None = None
     #: Told whenever :attr:`fanout` is replaced (the data plane pushes the new snapshot).
@@ -205,13 +239,13 @@ class Publication:
         self.layers[layer] = stream
         return stream
 
-    def add_subscriber(self, subscription: Subscription, transport: WebRtcTransport) -> None:
+    def add_subscriber(self, subscription: Subscriber, transport: WebRtcTransport) -> None:
         """Start forwarding to ``subscription`` over ``transport``."""
         self.fanout = (*self.fanout, (subscription, transport))
         if self.on_fanout is not None:
             self.on_fanout(self)
 
-    def remove_subscriber(self, subscription: Subscription) -> None:
+    def remove_subscriber(self, subscription: Subscriber) -> None:
         """Stop forwarding to ``subscription``."""
         self.fanout = tuple(entry for entry in self.fanout if entry[0] is not subscription)
         if self.on_fanout is not None:

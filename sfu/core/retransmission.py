@@ -17,28 +17,19 @@ from typing import TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from sfu._fastpath.values import CACHE_CAPACITY, CACHE_MAX_AGE, CACHE_MAX_SIZE, check_power_of_two
+
 Buffer: TypeAlias = bytes | bytearray | memoryview  # byte-oriented buffers (itemsize 1)
 
 __all__ = [
-    "DEFAULT_CAPACITY",
-    "DEFAULT_MAX_AGE",
-    "DEFAULT_MAX_SIZE",
     "DEFAULT_RTT",
     "MIN_RTT",
     "RetransmissionBuffer",
     "RetransmissionThrottle",
 ]
 
-DEFAULT_CAPACITY = 1024  # packets; ~1 s of 8 Mbit/s video at 1000-byte packets
-DEFAULT_MAX_SIZE = 1500  # bytes per slot: an Ethernet MTU holds any RTP packet we forward
-DEFAULT_MAX_AGE = 1.0  # seconds; older packets are useless to a receiver's jitter buffer
 DEFAULT_RTT = 0.050  # seconds, until the caller has a measured round-trip time
 MIN_RTT = 0.010  # seconds; below this a "repeat" NACK is more likely a duplicate than a retry
-
-
-def _check_power_of_two(name: str, value: int) -> None:
-    if value <= 0 or value & (value - 1):
-        raise ValueError(f"{name} must be a positive power of two, got {value}")
 
 
 class RetransmissionBuffer:
@@ -79,11 +70,11 @@ class RetransmissionBuffer:
 
     def __init__(
         self,
-        capacity: int = DEFAULT_CAPACITY,
-        max_size: int = DEFAULT_MAX_SIZE,
-        max_age: float = DEFAULT_MAX_AGE,
+        capacity: int = CACHE_CAPACITY,
+        max_size: int = CACHE_MAX_SIZE,
+        max_age: float = CACHE_MAX_AGE,
     ) -> None:
-        _check_power_of_two("capacity", capacity)
+        check_power_of_two("capacity", capacity)
         if max_size <= 0:
             raise ValueError("max_size must be positive")
         if max_age <= 0:
@@ -207,8 +198,8 @@ class RetransmissionThrottle:
 
     __slots__ = ("_mask", "_rtt", "_seqs", "_times", "allowed", "throttled")
 
-    def __init__(self, rtt: float = DEFAULT_RTT, capacity: int = DEFAULT_CAPACITY) -> None:
-        _check_power_of_two("capacity", capacity)
+    def __init__(self, rtt: float = DEFAULT_RTT, capacity: int = CACHE_CAPACITY) -> None:
+        check_power_of_two("capacity", capacity)
         self._mask = capacity - 1
         # Plain lists: item access is cheaper than numpy scalars, and the size never changes.
         self._seqs: list[int] = [-1] * capacity

@@ -12,28 +12,17 @@ The compiled twin is ``sfu._fastpath._forward.RouteState``: same contract, C sto
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from typing import Final
 
+from sfu._fastpath.values import HistoryEntry
 from sfu.packet.seqnum import ts_diff
 
-__all__ = ["HISTORY", "HistoryEntry", "RouteState"]
+__all__ = ["HISTORY", "RouteState"]
 
 #: Outgoing packets remembered for NACKs (a power of two).
 HISTORY: Final = 1024
 _MASK: Final = HISTORY - 1
 _U32: Final = 0xFFFFFFFF
-
-
-class HistoryEntry(NamedTuple):
-    """What one outgoing packet was made from (VP8 fields -1 when absent)."""
-
-    in_ext_seq: int
-    timestamp: int
-    layer: int
-    has_vp8: bool
-    picture_id: int
-    tl0picidx: int
-    keyidx: int
 
 
 class RouteState:

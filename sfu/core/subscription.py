@@ -20,13 +20,11 @@ import secrets
 from typing import TYPE_CHECKING
 
 from sfu import _fastpath
-from sfu._fastpath.values import AUDIO_INFO, PacketInfo
-from sfu.core.layers import Decision
+from sfu._fastpath.values import AUDIO_INFO, Decision, PacketInfo, Vp8Translation
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionThrottle
 from sfu.core.route_state import HISTORY
 from sfu.core.rtcp_stats import SendStats
-from sfu.core.vp8_munger import Vp8Translation
 from sfu.packet.errors import ParseError
 from sfu.packet.rtp import payload_offset
 

@@ -29,12 +29,12 @@ A consumer forwarding VP8 does, per packet (``off`` from :func:`sfu.packet.rtp.p
 
 from __future__ import annotations
 
+from sfu._fastpath.values import Vp8Translation
 from sfu.codecs.vp8 import Vp8Descriptor, parse_vp8, rewrite_vp8_descriptor
 from sfu.core.munger import SkipHistory
 
 __all__ = [
     "Vp8Munger",
-    "Vp8Translation",
     "should_forward",
 ]
 
@@ -50,27 +50,6 @@ def should_forward(descriptor: Vp8Descriptor, max_tid: int) -> bool:
     """
     tid = descriptor.temporal_id
     return tid is None or tid <= max_tid
-
-
-class Vp8Translation:
-    """Outgoing descriptor values for one packet; None leaves a field as it is.
-
-    ``picture_id`` is extended (``rewrite_vp8_descriptor`` truncates it to the field's 7 or 15
-    bits); ``tl0picidx`` is 0-255 and ``keyidx`` 0-31.
-    """
-
-    __slots__ = ("keyidx", "picture_id", "tl0picidx")
-
-    def __init__(self, picture_id: int | None, tl0picidx: int | None, keyidx: int | None) -> None:
-        self.picture_id = picture_id
-        self.tl0picidx = tl0picidx
-        self.keyidx = keyidx
-
-    def __repr__(self) -> str:
-        return (
-            f"Vp8Translation(picture_id={self.picture_id}, tl0picidx={self.tl0picidx}, "
-            f"keyidx={self.keyidx})"
-        )
 
 
 class Vp8Munger:

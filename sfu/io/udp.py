@@ -12,16 +12,14 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, Final, TypeAlias
 
 __all__ = [
     "Address",
     "DatagramCallback",
     "MediaSocket",
     "Pump",
-    "UdpEndpoint",
     "open_media_socket",
-    "open_udp_endpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,59 +34,6 @@ Pump: TypeAlias = Callable[[socket.socket, float], list[tuple[bytes, Address]]]
 
 #: Requested kernel buffer sizes; media bursts (keyframes) overflow the small defaults.
 SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024
-
-
-class UdpEndpoint(asyncio.DatagramProtocol):
-    """A bound UDP socket that hands datagrams to a callback and can send."""
-
-    def __init__(self, on_datagram: DatagramCallback) -> None:
-        self._on_datagram = on_datagram
-        self._transport: asyncio.DatagramTransport | None = None
-        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        #: Send/receive errors reported by the OS (e.g. ICMP unreachable); no addresses kept.
-        self.error_count = 0
-
-    # -- asyncio.DatagramProtocol ----------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport implements the interface without subclassing it.
-        self._transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._on_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        self.error_count += 1
-        log.debug("media socket error: %s", type(exc).__name__)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        if not self._closed.done():
-            self._closed.set_result(None)
-
-    # -- API -------------------------------------------------------------------------------
-    @property
-    def is_open(self) -> bool:
-        """Whether the socket is bound and not yet closed."""
-        return self._transport is not None and not self._transport.is_closing()
-
-    @property
-    def local_address(self) -> Address:
-        """The bound ``(host, port, ...)``; raises if the socket is closed."""
-        if self._transport is None:
-            raise RuntimeError("UDP endpoint is closed")
-        addr: Address = self._transport.get_extra_info("sockname")
-        return addr
-
-    def sendto(self, data: bytes, addr: Address) -> None:
-        """Queue ``data`` for ``addr``; silently dropped once the socket is closed."""
-        if self._transport is not None:
-            self._transport.sendto(data, addr)
-
-    async def close(self) -> None:
-        """Close the socket and wait until asyncio reports it closed."""
-        if self._transport is not None:
-            self._transport.close()
-        await asyncio.shield(self._closed)
 
 
 def _bind_socket(host: str, port: int) -> socket.socket:
@@ -107,25 +52,6 @@ def _bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-async def open_udp_endpoint(host: str, port: int, on_datagram: DatagramCallback) -> UdpEndpoint:
-    """Bind ``host:port`` and deliver datagrams to ``on_datagram``.
-
-    ``host`` must be an IP literal (no blocking name lookup); port 0 picks a free port.
-    """
-    loop = asyncio.get_running_loop()
-    sock = _bind_socket(host, port)
-    try:
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: UdpEndpoint(on_datagram), sock=sock
-        )
-    except BaseException:
-        sock.close()
-        raise
-    if protocol._transport is None:  # connection_made may still be scheduled
-        protocol.connection_made(transport)
-    return protocol
 
 
 class MediaSocket:

@@ -32,7 +32,8 @@ from sfu.core.counters import (
     subscription_loss,
     subscription_switches,
 )
-from sfu.metrics.histogram import BANDWIDTH_BUCKETS_BPS, PlainHistogram
+from sfu.core.kernels import Forwarder
+from sfu.histogram import BANDWIDTH_BUCKETS_BPS, PlainHistogram
 from sfu.metrics.labels import DROP_REASONS, HANDSHAKE_FAILURES, KINDS, drop_reason
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.room.room import ParticipantState
@@ -47,6 +48,8 @@ class MetricSources:
     """Where the collector reads from (callables so it can be built before the server starts)."""
 
     port: MediaPort
+    #: The data plane's forwarder: its own RTP counters never pass through the port.
+    forwarder: Forwarder
     rooms: Callable[[], RoomService | None]
     loop_lag: LoopLagMonitor
     implementation: str
@@ -143,7 +146,7 @@ class SfuCollector(Collector):
         router = self._router()
         c = router.counters
 
-        yield from self._traffic(src.port, c)
+        yield from self._traffic(src.port, src.forwarder, c)
         # Every known reason is exposed, at 0 until it happens, so dashboards and alerts
         # never query a series that does not exist yet.
         drops: dict[tuple[str, ...], float] = {(reason,): 0.0 for reason in DROP_REASONS}
@@ -244,9 +247,8 @@ class SfuCollector(Collector):
         info.add_metric([], {"version": src.version, "implementation": src.implementation})
         yield info
 
-    def _traffic(self, port: MediaPort, c: PeerCounters) -> Iterator[Metric]:
+    def _traffic(self, port: MediaPort, forwarder: Forwarder, c: PeerCounters) -> Iterator[Metric]:
         counters = port.counters
-        forwarder = port.dataplane.forwarder
         # The data plane's own RTP (never seen by the port's Python code) is added to its kind.
         for direction, packets, octets, fast, fast_bytes in (
             (

@@ -11,6 +11,7 @@ from typing import Final
 
 from sfu.packet.demux import PacketKind
 from sfu.transport import ice
+from sfu.transport.transport import HandshakeFailure
 
 __all__ = ["ALLOWED", "DROP_REASONS", "HANDSHAKE_FAILURES", "KINDS", "drop_reason"]
 
@@ -58,15 +59,8 @@ def drop_reason(reason: str) -> str:
     return reason if reason in DROP_REASONS else "other"
 
 
-#: (stage, reason) of a transport that failed to connect (``transport._failure_label``).
-HANDSHAKE_FAILURES: Final = (
-    ("ice", "timeout"),
-    ("ice", "error"),
-    ("dtls", "timeout"),
-    ("dtls", "fingerprint_mismatch"),
-    ("dtls", "no_srtp_profile"),
-    ("dtls", "error"),
-)
+#: (stage, reason) of a transport that failed to connect (:class:`HandshakeFailure` values).
+HANDSHAKE_FAILURES: Final = tuple(failure.value for failure in HandshakeFailure)
 
 #: Allowed values per label name, across every ``sfu_*`` metric.
 ALLOWED: Final[dict[str, frozenset[str]]] = {

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 
-from sfu.metrics.histogram import LOOP_LAG_BUCKETS_S, PlainHistogram
+from sfu.histogram import LOOP_LAG_BUCKETS_S, PlainHistogram
 
 __all__ = ["LoopLagMonitor"]
 

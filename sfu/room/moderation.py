@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sfu.core.publication import Publication
+from sfu.room.identity import Grant
 from sfu.room.policy import MAX_BAN_S, PolicyError
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import (
@@ -26,7 +27,6 @@ from sfu.room.service import (
     RoomError,
     RoomService,
 )
-from sfu.signaling.auth import Grant
 
 __all__ = ["MAX_REFUSALS_AUDITED", "Moderation"]
 

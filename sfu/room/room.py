@@ -18,7 +18,7 @@ from typing import Any, Final
 from sfu.core.peer import Peer
 from sfu.core.publication import Publication
 from sfu.core.speaker import ActiveSpeakerDetector
-from sfu.signaling.auth import Grant
+from sfu.room.identity import Grant
 
 __all__ = ["Message", "Participant", "ParticipantState", "Room", "Sink"]
 

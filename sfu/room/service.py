@@ -15,17 +15,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from sfu.core.counters import RouterStats
+from sfu.core.dataplane import DataPlane
+from sfu.core.kernels import Kernels
 from sfu.core.peer import Peer
 from sfu.core.publication import Publication, new_id, new_ssrc
 from sfu.core.subscription import Subscription
-from sfu.packet.errors import ParseError
-from sfu.packet.sdp import Direction, SessionDescription, Setup
-from sfu.room.audit import AuditLog
-from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
-from sfu.room.room import Message, Participant, ParticipantState, Room, Sink
-from sfu.signaling.auth import Grant, JoinClaims, grant_names
-from sfu.transport.dtls import DtlsRole
-from sfu.transport.negotiation import (
+from sfu.negotiation import (
     CodecPreferences,
     NegotiatedCodec,
     NegotiatedMedia,
@@ -35,6 +30,13 @@ from sfu.transport.negotiation import (
     build_answer,
     negotiate,
 )
+from sfu.packet.errors import ParseError
+from sfu.packet.sdp import Direction, SessionDescription, Setup
+from sfu.room.audit import AuditLog
+from sfu.room.identity import Grant, JoinClaims, grant_names
+from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
+from sfu.room.room import Message, Participant, ParticipantState, Room, Sink
+from sfu.transport.dtls import DtlsRole
 from sfu.transport.port import CapacityError, MediaPort
 from sfu.transport.transport import TransportState
 
@@ -144,17 +146,24 @@ class RoomService:
         port: MediaPort,
         candidates: list[tuple[str, int]],
         *,
+        kernels: Kernels,
         limits: RoomLimits | None = None,
         admission: Admission | None = None,
         policies: PolicyStore | None = None,
         audit: AuditLog | None = None,
         bans: Bans | None = None,
         clock: Callable[[], float] | None = None,
+        dataplane: DataPlane | None = None,
     ) -> None:
         self.port = port
-        #: The per-packet classes of every publication and subscription: the data plane's, so
-        #: that its forwarder is only ever given objects of its own kind.
-        self.kernels = port.dataplane.kernels
+        #: The per-packet classes of every publication and subscription (the data plane's
+        #: too, so that its forwarder is only ever given objects of its own kind).
+        self.kernels = kernels
+        if dataplane is not None and dataplane.kernels is not kernels:
+            raise ValueError("the room service and its data plane must share one kernel bundle")
+        #: The forwarder's control-plane side, shared by every peer; None: all media takes
+        #: the Python path. The composition root connects it to the port's transport events.
+        self.dataplane = dataplane
         self.candidates = candidates
         self.limits = limits or RoomLimits()
         self.admission = admission
@@ -514,7 +523,7 @@ class RoomService:
             on_audio_level=room.speakers.observe,
             on_state=lambda p, state: self._transport_state(participant, state),
             stats=self.stats,
-            dataplane=self.port.dataplane,
+            dataplane=self.dataplane,
         )
         transport.set_listener(peer)
         participant.peer = peer
@@ -737,7 +746,8 @@ class RoomService:
         try:
             # First what the data plane forwarded since the last tick: the peers' receive
             # statistics, NACK and TWCC state must include it before they report.
-            self.port.dataplane.replay(self.stats)
+            if self.dataplane is not None:
+                self.dataplane.replay(self.stats)
         except Exception:  # pragma: no cover - a bug must not stop every room
             log.exception("internal error replaying the data plane's log")
         self.expire_waiting(now)

@@ -21,6 +21,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from sfu.config import AuthConfig
+from sfu.room.identity import Grant, JoinClaims
 from sfu.room.policy import (
     AttemptLimiter,
     PolicyError,
@@ -29,14 +30,7 @@ from sfu.room.policy import (
     parse_policy_update,
 )
 from sfu.room.service import RoomService
-from sfu.signaling.auth import (
-    BEARER_CHALLENGE,
-    Grant,
-    JoinClaims,
-    TokenError,
-    bearer_token,
-    verify_with_config,
-)
+from sfu.signaling.auth import BEARER_CHALLENGE, TokenError, bearer_token, verify_with_config
 
 __all__ = ["add_admin_routes"]
 

@@ -30,35 +30,35 @@ identities and names must never reach logs (see DESIGN.md, "Trust and privacy").
 
 from __future__ import annotations
 
-import enum
 import math
 import re
 import secrets
-from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
 import jwt
 
 from sfu.config import MIN_JWT_SECRET_BYTES, AuthConfig, Config
+from sfu.room.identity import (
+    GRANT_NAMES,
+    MAX_IDENTITY_CHARS,
+    MAX_NAME_CHARS,
+    MAX_ROOM_CHARS,
+    Grant,
+    JoinClaims,
+    grant_names,
+)
 
 __all__ = [
     "ALGORITHM",
     "BEARER_CHALLENGE",
-    "MAX_IDENTITY_CHARS",
-    "MAX_NAME_CHARS",
-    "MAX_ROOM_CHARS",
     "MAX_TOKEN_BYTES",
     "MIN_SECRET_BYTES",
     "TOKEN_ERROR_REASONS",
-    "Grant",
-    "JoinClaims",
     "TokenError",
     "TokenErrorReason",
     "bearer_token",
     "generate_secret",
-    "grant_names",
     "issue_token",
-    "parse_grants",
     "signing_secret",
     "verify_token",
     "verify_with_config",
@@ -72,9 +72,6 @@ ALGORITHM: Final = "HS256"
 MAX_TOKEN_BYTES: Final = 4096
 #: RFC 7518 section 3.2: an HS256 key must be at least as long as the hash output.
 MIN_SECRET_BYTES: Final = MIN_JWT_SECRET_BYTES
-MAX_ROOM_CHARS: Final = 128
-MAX_IDENTITY_CHARS: Final = 128
-MAX_NAME_CHARS: Final = 64
 
 TokenErrorReason = Literal[
     "missing",
@@ -102,71 +99,6 @@ class TokenError(Exception):
             raise ValueError(f"unknown token error reason {reason!r}")
         self.reason: TokenErrorReason = reason
         super().__init__(reason)
-
-
-class Grant(enum.Flag):
-    """What a participant holding the token may do in its room."""
-
-    NONE = 0
-    #: Send media.
-    PUBLISH = enum.auto()
-    #: Receive other participants' media.
-    SUBSCRIBE = enum.auto()
-    #: Moderate the room, including ending it and changing its settings.
-    ADMIN = enum.auto()
-    #: Admit people from the room's waiting room and moderate participants in that room.
-    HOST = enum.auto()
-
-
-#: Token spelling of each single grant, in canonical order.
-_GRANT_NAMES: Final[dict[str, Grant]] = {
-    "publish": Grant.PUBLISH,
-    "subscribe": Grant.SUBSCRIBE,
-    "admin": Grant.ADMIN,
-    "host": Grant.HOST,
-}
-
-
-def grant_names(grants: Grant) -> list[str]:
-    """The token spelling of ``grants``, in canonical order (``["publish", "subscribe"]``)."""
-    return [name for name, flag in _GRANT_NAMES.items() if flag in grants]
-
-
-def parse_grants(text: str) -> Grant:
-    """Parse a comma-separated grant list such as ``"publish,subscribe"``; ``""`` is none.
-
-    Raises :class:`ValueError` naming the unknown grant, for command-line and config use.
-    """
-    grants = Grant.NONE
-    for part in text.split(","):
-        name = part.strip().lower()
-        if not name:
-            continue
-        flag = _GRANT_NAMES.get(name)
-        if flag is None:
-            known = ", ".join(_GRANT_NAMES)
-            raise ValueError(f"unknown grant {name!r} (known: {known})")
-        grants |= flag
-    return grants
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JoinClaims:
-    """The verified content of a join token.
-
-    ``identity`` and ``name`` are personal data and are left out of ``repr`` so that an
-    accidentally logged claims object does not leak them.
-    """
-
-    room: str
-    identity: str = field(repr=False)
-    #: Display name shown to other participants; optional.
-    name: str | None = field(default=None, repr=False)
-    grants: Grant = Grant.NONE
-    #: Expiry, issued-at and not-before as integer Unix seconds (``nbf`` optional).
-    exp: int
-    nbf: int | None = None
-    iat: int
 
 
 _SEGMENT: Final = r"[A-Za-z0-9_-]+"
@@ -323,7 +255,7 @@ def _claims_from_payload(payload: dict[str, Any]) -> JoinClaims:
         and _valid_label(identity, MAX_IDENTITY_CHARS)
         and (name is None or _valid_label(name, MAX_NAME_CHARS))
         and isinstance(raw_grants, list)
-        and all(isinstance(g, str) and g in _GRANT_NAMES for g in raw_grants)
+        and all(isinstance(g, str) and g in GRANT_NAMES for g in raw_grants)
         and len(set(raw_grants)) == len(raw_grants)
         and _is_int(exp)
         and _is_int(iat)
@@ -333,7 +265,7 @@ def _claims_from_payload(payload: dict[str, Any]) -> JoinClaims:
         raise TokenError("bad claims")
     grants = Grant.NONE
     for g in payload["grants"]:
-        grants |= _GRANT_NAMES[g]
+        grants |= GRANT_NAMES[g]
     return JoinClaims(
         room=payload["room"],
         identity=payload["sub"],

@@ -25,11 +25,12 @@ from typing import Final
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.config import AuthConfig
+from sfu.room.identity import Grant, JoinClaims
 from sfu.room.moderation import Moderation
 from sfu.room.policy import PasswordAttempts, PasswordHash, verify_password
 from sfu.room.room import Message, Participant
 from sfu.room.service import CLOSE_REFUSED, RoomError, RoomService
-from sfu.signaling.auth import Grant, JoinClaims, TokenError, verify_with_config
+from sfu.signaling.auth import TokenError, verify_with_config
 from sfu.signaling.protocol import (
     PROTOCOL_VERSION,
     Admit,

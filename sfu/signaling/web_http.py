@@ -18,7 +18,8 @@ from typing import Final
 
 from aiohttp import web
 
-from sfu.signaling.auth import MAX_NAME_CHARS, MAX_ROOM_CHARS, Grant, JoinClaims, issue_token
+from sfu.room.identity import MAX_NAME_CHARS, MAX_ROOM_CHARS, Grant, JoinClaims
+from sfu.signaling.auth import issue_token
 
 __all__ = ["DEV_TOKEN_TTL_S", "add_web_routes"]
 

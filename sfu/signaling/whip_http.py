@@ -22,16 +22,10 @@ from aiohttp import web
 from sfu.config import AuthConfig
 from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription
+from sfu.room.identity import Grant, JoinClaims
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError, RoomService
-from sfu.signaling.auth import (
-    BEARER_CHALLENGE,
-    Grant,
-    JoinClaims,
-    TokenError,
-    bearer_token,
-    verify_with_config,
-)
+from sfu.signaling.auth import BEARER_CHALLENGE, TokenError, bearer_token, verify_with_config
 from sfu.signaling.sdp_http import (
     ice_restart_response,
     read_ice_restart,

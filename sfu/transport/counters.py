@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sfu.metrics.histogram import HANDSHAKE_BUCKETS_S, PlainHistogram
+from sfu.histogram import HANDSHAKE_BUCKETS_S, PlainHistogram
 
 
 class DropCounters:

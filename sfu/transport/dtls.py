@@ -22,7 +22,6 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pylibsrtp
 from OpenSSL import SSL, crypto
 
 from sfu.transport.certificate import HASH_ALGORITHMS, Certificate
@@ -31,6 +30,7 @@ __all__ = [
     "DEFAULT_MTU",
     "DEFAULT_SRTP_PROFILES",
     "DtlsEndpoint",
+    "DtlsFailure",
     "DtlsRole",
     "DtlsState",
     "SrtpKeys",
@@ -40,6 +40,9 @@ __all__ = [
 #: Largest datagram we emit: fits any real path once IP/UDP/TURN overhead is added.
 DEFAULT_MTU = 1200
 
+#: Bytes asked of OpenSSL per read: more than a DTLS record (2**14 plus overhead, RFC 6347
+#: §4.1) or a UDP datagram holds, so one read never splits either.
+_READ_CHUNK = 65536
 # RFC 5764 §4.2 exporter label.
 _EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"
 # pyOpenSSL does not export the constant; 0xFEFD is DTLS 1.2 on the wire (RFC 6347 §4.1).
@@ -70,6 +73,16 @@ class DtlsState(enum.Enum):
     CLOSED = "closed"
 
 
+class DtlsFailure(enum.Enum):
+    """Why a handshake failed, as a fixed code (the text in ``failure_reason`` is for logs)."""
+
+    TIMEOUT = "timeout"
+    FINGERPRINT_MISMATCH = "fingerprint_mismatch"
+    NO_SRTP_PROFILE = "no_srtp_profile"
+    #: Anything else OpenSSL reported (a protocol error, an alert, a failed key export).
+    ERROR = "error"
+
+
 class SrtpProfile(enum.Enum):
     """DTLS-SRTP protection profiles we negotiate (RFC 5764 §4.1.2, RFC 7714 §14.2)."""
 
@@ -90,13 +103,6 @@ class SrtpProfile(enum.Enum):
     def salt_length(self) -> int:
         """SRTP master salt length in bytes (RFC 7714 §12 uses 96-bit salts for GCM)."""
         return 12 if self is SrtpProfile.AEAD_AES_128_GCM else 14
-
-    @property
-    def libsrtp_profile(self) -> int:
-        """The matching ``pylibsrtp.Policy.SRTP_PROFILE_*`` constant."""
-        if self is SrtpProfile.AEAD_AES_128_GCM:
-            return int(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
-        return int(pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
 
 
 #: Our preference order: GCM first (cheaper per packet, one pass for encryption and auth).
@@ -250,6 +256,8 @@ class DtlsEndpoint:
         self.role = role
         self.state = DtlsState.NEW
         self.failure_reason: str | None = None
+        #: Set with ``failure_reason`` when the handshake fails (state FAILED).
+        self.failure: DtlsFailure | None = None
         self.srtp_keys: SrtpKeys | None = None
         #: Application data records read and discarded after the handshake (no data channels).
         self.app_data_records = 0
@@ -303,7 +311,7 @@ class DtlsEndpoint:
         if self.state is not DtlsState.CONNECTING:
             return []
         if self._handshake_deadline is not None and now >= self._handshake_deadline:
-            self._fail("handshake timeout")
+            self._fail("handshake timeout", DtlsFailure.TIMEOUT)
             return []
         if self._retransmit_deadline is None or now < self._retransmit_deadline:
             return []
@@ -361,7 +369,10 @@ class DtlsEndpoint:
             return out
         except SSL.Error as exc:
             out = self._flush()  # the alert OpenSSL queued, if any
-            self._fail("fingerprint mismatch" if self._fingerprint_mismatch else _error_reason(exc))
+            if self._fingerprint_mismatch:
+                self._fail("fingerprint mismatch", DtlsFailure.FINGERPRINT_MISMATCH)
+            else:
+                self._fail(_error_reason(exc))
             return out
         out = self._flush()
         self._complete()
@@ -371,11 +382,11 @@ class DtlsEndpoint:
         """Check the peer's certificate once more, then export SRTP keys (RFC 5764 §4.2)."""
         peer = self._conn.get_peer_certificate()
         if peer is None or not self._fingerprint_matches(_der(peer)):
-            self._fail("fingerprint mismatch")
+            self._fail("fingerprint mismatch", DtlsFailure.FINGERPRINT_MISMATCH)
             return
         profile = _PROFILE_BY_NAME.get(self._conn.get_selected_srtp_profile())
         if profile is None:
-            self._fail("no srtp profile negotiated")
+            self._fail("no srtp profile negotiated", DtlsFailure.NO_SRTP_PROFILE)
             return
         key_len, salt_len = profile.key_length, profile.salt_length
         try:
@@ -401,7 +412,7 @@ class DtlsEndpoint:
         """Drain decrypted records: count and drop data, follow close_notify and alerts."""
         while True:
             try:
-                data = self._conn.recv(65536)
+                data = self._conn.recv(_READ_CHUNK)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -426,7 +437,7 @@ class DtlsEndpoint:
         chunks: list[bytes] = []
         while True:
             try:
-                chunk = self._conn.bio_read(65536)
+                chunk = self._conn.bio_read(_READ_CHUNK)
             except SSL.WantReadError:
                 break
             if not chunk:
@@ -440,9 +451,10 @@ class DtlsEndpoint:
         timeout = self._conn.DTLSv1_get_timeout()
         self._retransmit_deadline = None if timeout is None else now + timeout
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, failure: DtlsFailure = DtlsFailure.ERROR) -> None:
         self.state = DtlsState.FAILED
         self.failure_reason = reason
+        self.failure = failure
         self.srtp_keys = None
         self._retransmit_deadline = None
         self._handshake_deadline = None

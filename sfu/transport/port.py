@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator, Sequence
+from typing import Final
 
-from sfu.core.dataplane import DataPlane
 from sfu.packet.demux import PacketKind, classify
 from sfu.packet.errors import ParseError
 from sfu.packet.stun import BINDING, StunClass, StunMessage, binding_error
@@ -35,11 +35,34 @@ from sfu.transport.ice import (
 )
 from sfu.transport.transport import TransportListener, TransportState, WebRtcTransport
 
-__all__ = ["CapacityError", "MediaPort"]
+__all__ = ["CapacityError", "MediaPort", "TransportHook"]
 
 Sender = Callable[[bytes, Address], None]
+#: Called with a transport whose routing state (selected address, SRTP keys) may have
+#: changed, or that the port has just forgotten; the data plane above subscribes to both.
+TransportHook = Callable[[WebRtcTransport], None]
+
+
+def _ignore(_transport: WebRtcTransport) -> None:
+    """The default hook: nobody above listens."""
+
 
 _KIND_NAMES = {kind: kind.name.lower() for kind in PacketKind}
+
+# Defaults for a port built without configuration (tests, tools); the server passes its
+# media section (``media.max_transports``, ``media.max_pending_transports``).
+#: Transports held at once (each is one client's offer).
+DEFAULT_MAX_TRANSPORTS: Final = 2000
+#: Of those, transports that have not passed an ICE check yet (cheap for anyone to create).
+DEFAULT_MAX_PENDING: Final = 200
+#: Seconds a new transport waits for its first valid ICE check before it fails.
+DEFAULT_CONNECT_TIMEOUT_S: Final = 30.0
+#: Seconds without a valid check before consent expires (RFC 7675 §5.1 suggests 30).
+DEFAULT_CONSENT_TIMEOUT_S: Final = 30.0
+#: Seconds a DTLS handshake may take once it has started.
+DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
+#: Error responses (401/400) sent per second to unknown peers, so the port is no reflector.
+DEFAULT_ERROR_RESPONSES_PER_S: Final = 200.0
 
 
 class CapacityError(RuntimeError):
@@ -79,22 +102,22 @@ class MediaPort:
         certificate: Certificate,
         send: Sender,
         *,
-        max_transports: int = 2000,
-        max_pending: int = 200,
-        connect_timeout: float = 30.0,
-        consent_timeout: float = 30.0,
-        handshake_timeout: float = 10.0,
-        error_responses_per_s: float = 200.0,
+        max_transports: int = DEFAULT_MAX_TRANSPORTS,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        consent_timeout: float = DEFAULT_CONSENT_TIMEOUT_S,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+        error_responses_per_s: float = DEFAULT_ERROR_RESPONSES_PER_S,
         srtp_profiles: Sequence[SrtpProfile] = DEFAULT_SRTP_PROFILES,
-        dataplane: DataPlane,
+        on_transport_changed: TransportHook | None = None,
+        on_transport_closed: TransportHook | None = None,
     ) -> None:
         self.certificate = certificate
-        #: The forwarder that carries established media, and its control-plane bookkeeping;
-        #: its kernels are those of every publication and subscription on this port.
-        self.dataplane = dataplane
-        if self.dataplane.forwarder.max_transports < max_transports:
-            # A subscriber the forwarder could not register would get no forwarded media.
-            raise ValueError("the data plane holds fewer transports than the media port")
+        #: After a datagram or ICE event that may have changed a live transport's selected
+        #: address or SRTP keys (cheap for the listener to ignore when nothing changed).
+        self.on_transport_changed: TransportHook = on_transport_changed or _ignore
+        #: Once for every transport the port forgets (closed, failed or timed out).
+        self.on_transport_closed: TransportHook = on_transport_closed or _ignore
         self.counters = DropCounters()
         self._raw_send = send
         self._max_transports = max_transports
@@ -199,6 +222,11 @@ class MediaPort:
         return iter(list(self._transports.values()))
 
     @property
+    def max_transports(self) -> int:
+        """The most transports the port holds at once."""
+        return self._max_transports
+
+    @property
     def transport_count(self) -> int:
         """Transports held (any state but finished)."""
         return len(self._transports)
@@ -251,7 +279,7 @@ class MediaPort:
         if transport.finished:
             self._forget(transport)
         else:
-            self.dataplane.sync(transport)  # SRTP keys may have just arrived
+            self.on_transport_changed(transport)  # SRTP keys may have just arrived
 
     def _stun(self, data: bytes, addr: Address, now: float) -> None:
         try:
@@ -290,7 +318,7 @@ class MediaPort:
                     if self._by_addr.get(old) is transport:
                         del self._by_addr[old]
                 self._by_addr[_key(event.address)] = transport
-                self.dataplane.sync(transport)
+                self.on_transport_changed(transport)
         if transport.finished:
             self._forget(transport)
 
@@ -315,7 +343,7 @@ class MediaPort:
     def _forget(self, transport: WebRtcTransport) -> None:
         if self._transports.pop(transport.id, None) is None:
             return
-        self.dataplane.release(transport)
+        self.on_transport_closed(transport)
         ufrag = transport.ice.local_credentials.ufrag
         if self._by_ufrag.get(ufrag) is transport:
             del self._by_ufrag[ufrag]

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from sfu.packet.stun import StunMessage
 from sfu.transport.counters import DropCounters
-from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState, SrtpKeys
+from sfu.transport.dtls import DtlsEndpoint, DtlsFailure, DtlsRole, DtlsState, SrtpKeys
 from sfu.transport.ice import Address, Connected, IceLiteAgent, IceResult, SelectedPairChanged
 from sfu.transport.srtp import SrtpError, SrtpSession
 
-__all__ = ["TransportListener", "TransportState", "WebRtcTransport"]
+__all__ = ["HandshakeFailure", "TransportListener", "TransportState", "WebRtcTransport"]
 
 Sender = Callable[[bytes, Address], None]
 
@@ -44,6 +44,28 @@ class TransportState(enum.Enum):
     CONNECTED = "connected"
     CLOSED = "closed"
     FAILED = "failed"
+
+
+class HandshakeFailure(enum.Enum):
+    """Why a transport failed to connect; each value is the metric's ``(stage, reason)``."""
+
+    ICE_TIMEOUT = ("ice", "timeout")
+    #: An ICE failure other than the connect timeout: none exists today, but the label set
+    #: (and dashboards built on it) keeps the stage's generic reason like DTLS's.
+    ICE_ERROR = ("ice", "error")
+    DTLS_TIMEOUT = ("dtls", "timeout")
+    DTLS_FINGERPRINT_MISMATCH = ("dtls", "fingerprint_mismatch")
+    DTLS_NO_SRTP_PROFILE = ("dtls", "no_srtp_profile")
+    DTLS_ERROR = ("dtls", "error")
+
+
+#: The transport's failure for each DTLS failure code.
+_DTLS_FAILURES: Final = {
+    DtlsFailure.TIMEOUT: HandshakeFailure.DTLS_TIMEOUT,
+    DtlsFailure.FINGERPRINT_MISMATCH: HandshakeFailure.DTLS_FINGERPRINT_MISMATCH,
+    DtlsFailure.NO_SRTP_PROFILE: HandshakeFailure.DTLS_NO_SRTP_PROFILE,
+    DtlsFailure.ERROR: HandshakeFailure.DTLS_ERROR,
+}
 
 
 class TransportListener(Protocol):
@@ -76,6 +98,7 @@ class WebRtcTransport:
         "connecting_at",
         "created_at",
         "dtls",
+        "failure",
         "ice",
         "id",
         "state",
@@ -97,6 +120,8 @@ class WebRtcTransport:
         self.dtls = dtls
         self.state = TransportState.NEW
         self.close_reason: str | None = None
+        #: Why the transport failed to connect (state FAILED), as the metric's fixed labels.
+        self.failure: HandshakeFailure | None = None
         self._send = send
         self._counters = counters
         self._listener = listener
@@ -239,7 +264,7 @@ class WebRtcTransport:
             return
         if self.ice.consent_expired(now):
             if self.state is TransportState.NEW:
-                self._finish(TransportState.FAILED, "ice connect timeout", now)
+                self._fail(HandshakeFailure.ICE_TIMEOUT, "ice connect timeout", now)
             else:
                 # RFC 7675 §5.1: without consent nothing more is sent, not even close_notify.
                 self._finish(TransportState.CLOSED, "ice consent expired", now)
@@ -269,14 +294,19 @@ class WebRtcTransport:
         if state is DtlsState.CONNECTED and self._srtp is None:
             keys = self.dtls.srtp_keys
             if keys is None:  # pragma: no cover - the endpoint sets keys before CONNECTED
-                self._finish(TransportState.FAILED, "dtls: no srtp keys", now)
+                self._fail(HandshakeFailure.DTLS_ERROR, "dtls: no srtp keys", now)
                 return
             self._srtp = SrtpSession(keys)
             self._set_state(TransportState.CONNECTED, now)
         elif state is DtlsState.FAILED:
-            self._finish(TransportState.FAILED, f"dtls: {self.dtls.failure_reason}", now)
+            failure = _DTLS_FAILURES[self.dtls.failure or DtlsFailure.ERROR]
+            self._fail(failure, f"dtls: {self.dtls.failure_reason}", now)
         elif state is DtlsState.CLOSED:
             self._finish(TransportState.CLOSED, "dtls close_notify", now)
+
+    def _fail(self, failure: HandshakeFailure, reason: str, now: float) -> None:
+        self.failure = failure
+        self._finish(TransportState.FAILED, reason, now)
 
     def _finish(self, state: TransportState, reason: str, now: float) -> None:
         self._srtp = None
@@ -300,23 +330,10 @@ class WebRtcTransport:
         elif state is TransportState.CONNECTED and self.connecting_at is not None:
             counters.dtls_handshake.observe(max(0.0, now - self.connecting_at))
         elif state is TransportState.FAILED:
-            counters.handshake_failures[_failure_label(self.state, self.close_reason)] += 1
+            assert self.failure is not None  # every way to FAILED goes through _fail
+            counters.handshake_failures[self.failure.value] += 1
 
     @property
     def dtls_role(self) -> DtlsRole:
         """Our DTLS role (from SDP ``a=setup``)."""
         return self.dtls.role
-
-
-def _failure_label(previous: TransportState, reason: str | None) -> tuple[str, str]:
-    """(stage, reason) of a failed handshake, mapped onto a fixed set for metric labels."""
-    text = reason or ""
-    if previous is TransportState.NEW:
-        return ("ice", "timeout" if "timeout" in text else "error")
-    if "timeout" in text:
-        return ("dtls", "timeout")
-    if "fingerprint" in text:
-        return ("dtls", "fingerprint_mismatch")
-    if "srtp profile" in text:
-        return ("dtls", "no_srtp_profile")
-    return ("dtls", "error")

@@ -17,7 +17,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from clients import TIMEOUT, frames
 
-from sfu.signaling.auth import Grant, JoinClaims, issue_token
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
 
 PUBLISHER = "caster"
 

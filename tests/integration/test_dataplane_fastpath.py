@@ -40,8 +40,8 @@ def test_forwarded_rtp_takes_no_python_slow_path(monkeypatch: pytest.MonkeyPatch
     async def scenario() -> None:
         async with running_server() as (server, base):  # noqa: SIM117 - load needs the server
             async with media_load(base, server.token_secret, "fastpath", viewers=2):
-                forwarder = server.port.dataplane.forwarder
-                assert server.port.dataplane.kernels is server.kernels is default_kernels()
+                forwarder = server.dataplane.forwarder
+                assert server.dataplane.kernels is server.kernels is default_kernels()
                 assert isinstance(forwarder, server.kernels.Forwarder)
                 await asyncio.sleep(1.5)  # connect, keyframes, layer choice
                 fast0, sent0 = forwarder.fast_packets, forwarder.sent_packets
@@ -66,7 +66,7 @@ def test_forwarded_rtp_takes_no_python_slow_path(monkeypatch: pytest.MonkeyPatch
                 )
                 assert ingested >= forwarder.fast_packets - 200  # at most a tick behind
                 # Suspended, the same media takes the Python path (same state, no gap) ...
-                dataplane = server.port.dataplane
+                dataplane = server.dataplane
                 dataplane.suspend()
                 fast1, python1 = forwarder.fast_packets, on_rtp_calls[0]
                 await asyncio.sleep(0.6)

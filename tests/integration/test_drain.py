@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from serve_process import HTTP_RE, TIMEOUT, ServeProcess, http_get
 
-from sfu.signaling.auth import Grant, JoinClaims, issue_token
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,8 @@ from test_room_signaling import Client, aiortc_offer, connect, run, session, tok
 
 from sfu.app import Server
 from sfu.config import AuditConfig, Config, RoomsConfig
-from sfu.signaling.auth import Grant, verify_token
+from sfu.room.identity import Grant
+from sfu.signaling.auth import verify_token
 
 pytestmark = pytest.mark.integration
 

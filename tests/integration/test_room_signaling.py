@@ -23,7 +23,8 @@ from clients import TIMEOUT, room_state, running_server
 
 import sfu.signaling.room_ws
 from sfu.app import Server
-from sfu.signaling.auth import Grant, JoinClaims, issue_token
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,8 @@ from meeting import (
 )
 from selenium import webdriver
 
-from sfu.signaling.auth import Grant, JoinClaims, issue_token
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
 
 pytestmark = pytest.mark.integration
 

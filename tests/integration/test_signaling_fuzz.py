@@ -44,7 +44,8 @@ from hypothesis import strategies as st
 
 import sfu.signaling.room_ws
 from sfu.app import Server
-from sfu.signaling.auth import Grant, JoinClaims, issue_token
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
 from sfu.signaling.protocol import (
     AdmitAll,
     EndMeeting,

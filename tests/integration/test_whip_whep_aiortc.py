@@ -20,7 +20,8 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamT
 from clients import TIMEOUT, frames, running_server
 
 from sfu.app import Server
-from sfu.signaling.auth import Grant, JoinClaims, issue_token
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
 
 pytestmark = pytest.mark.integration
 

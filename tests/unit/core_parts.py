@@ -5,7 +5,7 @@ from __future__ import annotations
 from sfu.core.kernels import default_kernels
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
-from sfu.transport.negotiation import NegotiatedCodec
+from sfu.negotiation import NegotiatedCodec
 
 VP8 = NegotiatedCodec(96, "VP8", 90000, None, 97, ("nack", "nack pli"))
 OPUS = NegotiatedCodec(111, "opus", 48000, 2, None, ())

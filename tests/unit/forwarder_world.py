@@ -19,13 +19,13 @@ from sfu._fastpath import _srtp_py
 from sfu.core.kernels import Kernels
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
+from sfu.negotiation import NegotiatedCodec
 from sfu.packet.extensions import (
     ABS_SEND_TIME_URI,
     AUDIO_LEVEL_URI,
     MID_URI,
     TRANSPORT_CC_URI,
 )
-from sfu.transport.negotiation import NegotiatedCodec
 
 PROFILE = "SRTP_AEAD_AES_128_GCM"
 PUB_KEY, PUB_SALT = bytes(range(16)), bytes(range(100, 112))

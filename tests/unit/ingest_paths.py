@@ -28,6 +28,7 @@ from sfu.core.kernels import Kernels
 from sfu.core.peer import Peer
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
+from sfu.negotiation import NegotiatedCodec
 from sfu.packet.extensions import (
     AUDIO_LEVEL_URI,
     MID_URI,
@@ -35,7 +36,6 @@ from sfu.packet.extensions import (
     RID_URI,
     TRANSPORT_CC_URI,
 )
-from sfu.transport.negotiation import NegotiatedCodec
 from sfu.transport.transport import WebRtcTransport
 
 PROFILE = "SRTP_AEAD_AES_128_GCM"

@@ -13,6 +13,7 @@ import pytest
 from fixture_files import FIXTURES
 from kernel_selection import selected_kernels
 
+from sfu.app import connect_data_plane
 from sfu.codecs.vp8 import Vp8Descriptor
 from sfu.core.dataplane import DataPlane
 from sfu.packet.extensions import (
@@ -27,10 +28,10 @@ from sfu.packet.extensions import (
 )
 from sfu.packet.rtp import RtpPacket, build_extension_block
 from sfu.room.audit import AuditLog
+from sfu.room.identity import Grant, JoinClaims
 from sfu.room.policy import PasswordHash, PolicyStore, RoomDefaults, RoomPolicy
 from sfu.room.room import Participant
 from sfu.room.service import Admission, RoomService
-from sfu.signaling.auth import Grant, JoinClaims
 from sfu.transport.certificate import Certificate
 from sfu.transport.port import MediaPort
 from sfu.transport.transport import WebRtcTransport
@@ -147,15 +148,17 @@ def harness(
 ) -> Harness:
     """A harness; transports it captures record what they would send (they have no SRTP).
     Rooms have no waiting room unless ``defaults`` say otherwise."""
-    port = MediaPort(
-        certificate(), lambda data, addr: None, dataplane=DataPlane(kernels=selected_kernels())
-    )
+    port = MediaPort(certificate(), lambda data, addr: None)
+    dataplane = DataPlane(kernels=selected_kernels())
+    connect_data_plane(port, dataplane)  # as the server wires them
     service = RoomService(
         port,
         [("127.0.0.1", 40000)],
         admission=admission,
         policies=PolicyStore(defaults),
         audit=audit,
+        dataplane=dataplane,
+        kernels=dataplane.kernels,
     )
     h = Harness(service)
     original_rtp = WebRtcTransport.send_rtp

@@ -16,17 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.config import AuthConfig, Config, HttpConfig
+from sfu.room.identity import Grant, JoinClaims, grant_names, parse_grants
 from sfu.signaling.auth import (
     MAX_TOKEN_BYTES,
     TOKEN_ERROR_REASONS,
-    Grant,
-    JoinClaims,
     TokenError,
     bearer_token,
     generate_secret,
-    grant_names,
     issue_token,
-    parse_grants,
     signing_secret,
     verify_token,
 )

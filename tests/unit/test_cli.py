@@ -13,7 +13,8 @@ import pytest
 
 from sfu import __version__
 from sfu.cli import main, parse_duration
-from sfu.signaling.auth import Grant, JoinClaims, verify_token
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import verify_token
 
 REPO = Path(__file__).resolve().parents[2]
 

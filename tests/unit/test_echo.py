@@ -8,9 +8,7 @@ import pytest
 from fixture_files import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_selection import selected_kernels
 
-from sfu.core.dataplane import DataPlane
 from sfu.echo import EchoService, EchoSession, OfferError
 from sfu.packet.extensions import MID_URI
 from sfu.packet.rtcp import Pli, ReceiverReport, parse_compound, serialize_compound
@@ -40,8 +38,7 @@ class FakeTransport:
 
 
 def service(**limits: int) -> EchoService:
-    dataplane = DataPlane(kernels=selected_kernels())
-    port = MediaPort(CERT, lambda data, addr: None, dataplane=dataplane, **limits)  # type: ignore[arg-type]
+    port = MediaPort(CERT, lambda data, addr: None, **limits)  # type: ignore[arg-type]
     return EchoService(port, [("127.0.0.1", 40000)])
 
 

@@ -13,10 +13,9 @@ from kernel_selection import selected_kernels
 from multidict import CIMultiDict
 from room_fixtures import OPEN_ROOMS, certificate
 
-from sfu.core.dataplane import DataPlane
+from sfu.room.identity import Grant, JoinClaims
 from sfu.room.policy import PasswordAttempts, PolicyStore, hash_password
 from sfu.room.service import RoomError, RoomService
-from sfu.signaling.auth import Grant, JoinClaims
 from sfu.signaling.protocol import Join
 from sfu.signaling.room_ws import JoinGuard, source_address
 from sfu.transport.port import MediaPort
@@ -58,13 +57,10 @@ def _claims(grants: Grant = Grant.PUBLISH) -> JoinClaims:
 
 def test_password_guard_limits_wrong_attempts_and_lets_the_right_one_in() -> None:
     service = RoomService(
-        MediaPort(
-            certificate(),
-            lambda data, addr: None,
-            dataplane=DataPlane(kernels=selected_kernels()),
-        ),
+        MediaPort(certificate(), lambda data, addr: None),
         [],
         policies=PolicyStore(OPEN_ROOMS),
+        kernels=selected_kernels(),
     )
     stored = hash_password("opensesame")
     service.policies.update("r", {"password": stored})

@@ -16,7 +16,7 @@ from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import REFERENCE, Kernels, compiled, default_kernels
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
-from sfu.transport.negotiation import NegotiatedCodec
+from sfu.negotiation import NegotiatedCodec
 
 VP8_CODEC = NegotiatedCodec(96, "VP8", 90000, None, None, ("nack", "nack pli"))
 OPUS_CODEC = NegotiatedCodec(111, "opus", 48000, 2, None, ())

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfu.core.layers import Decision, LayerPair, SimulcastSelector
+from sfu._fastpath.values import Decision, LayerPair
+from sfu.core.layers import SimulcastSelector
 
 DROP, FORWARD, SWITCH = Decision.DROP, Decision.FORWARD, Decision.FORWARD_SWITCH
 

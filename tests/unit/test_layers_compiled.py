@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu._fastpath.values import Decision, LayerPair
 from sfu.core import layers as layers_py
 from sfu.core.kernels import Kernels
-from sfu.core.layers import Decision, LayerPair
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_selection import selected_kernels
 
+from sfu.app import connect_data_plane
 from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels
 from sfu.packet.demux import PacketKind, classify
@@ -35,7 +35,7 @@ from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import Address
 from sfu.transport.port import CapacityError, MediaPort
 from sfu.transport.srtp import SrtpSession
-from sfu.transport.transport import TransportState, WebRtcTransport
+from sfu.transport.transport import HandshakeFailure, TransportState, WebRtcTransport
 
 CLIENT_ADDR: Address = ("127.0.0.1", 50000)
 
@@ -90,12 +90,7 @@ class Net:
 
     def __init__(self, **kwargs: float) -> None:
         self.sent: list[tuple[bytes, Address]] = []
-        self.port = MediaPort(
-            server_cert(),
-            self._send,
-            dataplane=DataPlane(kernels=selected_kernels()),
-            **kwargs,  # type: ignore[arg-type]
-        )
+        self.port = MediaPort(server_cert(), self._send, **kwargs)  # type: ignore[arg-type]
 
     def _send(self, data: bytes, addr: Address) -> None:
         assert isinstance(data, bytes)
@@ -694,6 +689,8 @@ def test_pending_transports_expire_after_connect_timeout() -> None:
     assert net.port.transport_count == 2
     assert state_of(clients[0].transport) is TransportState.FAILED
     assert clients[0].transport.close_reason == "ice connect timeout"
+    assert clients[0].transport.failure is HandshakeFailure.ICE_TIMEOUT
+    assert net.port.counters.handshake_failures == {("ice", "timeout"): 1}
     assert clients[0].listener.states == [TransportState.FAILED]
     assert net.port.get(clients[0].transport.id) is None
     net.port.poll(7.0)
@@ -719,6 +716,8 @@ def test_dtls_handshake_timeout_fails_the_transport() -> None:
     net.port.poll(10.0)
     assert state_of(c.transport) is TransportState.FAILED
     assert c.transport.close_reason is not None and "timeout" in c.transport.close_reason
+    assert c.transport.failure is HandshakeFailure.DTLS_TIMEOUT
+    assert net.port.counters.handshake_failures == {("dtls", "timeout"): 1}
     assert net.state() == (0, 0, 0, 0, 0)
 
 
@@ -886,6 +885,26 @@ def test_data_plane_must_hold_every_transport_the_port_may_create(kernels: Kerne
     """A subscriber the forwarder could not register would get no forwarded media."""
     small = DataPlane(kernels.Forwarder(max_transports=10), kernels=kernels)
     with pytest.raises(ValueError, match="fewer transports"):
-        MediaPort(server_cert(), lambda data, addr: None, max_transports=11, dataplane=small)
-    port = MediaPort(server_cert(), lambda data, addr: None, max_transports=10, dataplane=small)
-    assert port.dataplane is small
+        connect_data_plane(
+            MediaPort(server_cert(), lambda data, addr: None, max_transports=11), small
+        )
+    port = MediaPort(server_cert(), lambda data, addr: None, max_transports=10)
+    connect_data_plane(port, small)
+    assert port.on_transport_changed == small.sync
+    assert port.on_transport_closed == small.release
+
+
+def test_transport_hooks_see_changes_and_the_close() -> None:
+    """The port tells its listener when a transport may have moved or keyed, and when it goes."""
+    net = Net()
+    changed: list[WebRtcTransport] = []
+    closed: list[WebRtcTransport] = []
+    net.port.on_transport_changed = changed.append
+    net.port.on_transport_closed = closed.append
+    c = Client(net)
+    c.check(0.0)
+    assert changed == [c.transport], "the first nomination selects an address"
+    net.port.close_transport(c.transport, 0.1)
+    assert closed == [c.transport]
+    net.port.close_transport(c.transport, 0.2)
+    assert closed == [c.transport], "forgotten once"

@@ -10,13 +10,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from room_fixtures import harness, recvonly_offer, simulcast_offer, vp8_packet
 
+from sfu.histogram import LATENCY_BUCKETS_S, PlainHistogram
 from sfu.metrics.collector import MetricSources, SfuCollector
-from sfu.metrics.histogram import LATENCY_BUCKETS_S, PlainHistogram
-from sfu.metrics.labels import ALLOWED, drop_reason
+from sfu.metrics.labels import ALLOWED, HANDSHAKE_FAILURES, drop_reason
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.packet.rtcp_feedback import Pli
 from sfu.room.service import RoomService
-from sfu.transport.transport import TransportState, _failure_label
+from sfu.transport.dtls import DtlsFailure
+from sfu.transport.transport import _DTLS_FAILURES, HandshakeFailure
 
 ROOM = "metrics-unit-room"
 SSRC_Q = 1111
@@ -70,25 +71,13 @@ def test_unknown_drop_reasons_become_other() -> None:
     assert drop_reason("anything a peer could make up") == "other"
 
 
-@pytest.mark.parametrize(
-    ("previous", "reason", "label"),
-    [
-        (TransportState.NEW, "ice connect timeout", ("ice", "timeout")),
-        (TransportState.CONNECTING, "dtls: handshake timeout", ("dtls", "timeout")),
-        (TransportState.CONNECTING, "dtls: fingerprint mismatch", ("dtls", "fingerprint_mismatch")),
-        (
-            TransportState.CONNECTING,
-            "dtls: no srtp profile negotiated",
-            ("dtls", "no_srtp_profile"),
-        ),
-        (TransportState.CONNECTING, "dtls: peer said 10.0.0.1 bad cert", ("dtls", "error")),
-    ],
-)
-def test_handshake_failures_map_onto_fixed_labels(
-    previous: TransportState, reason: str, label: tuple[str, str]
-) -> None:
-    assert _failure_label(previous, reason) == label
-    assert label[1] in ALLOWED["reason"] and label[0] in ALLOWED["stage"]
+def test_handshake_failures_map_onto_fixed_labels() -> None:
+    assert tuple(f.value for f in HandshakeFailure) == HANDSHAKE_FAILURES
+    for stage, reason in HANDSHAKE_FAILURES:
+        assert reason in ALLOWED["reason"] and stage in ALLOWED["stage"]
+    # Every DTLS failure code has its own transport failure, in the dtls stage.
+    dtls = {_DTLS_FAILURES[code] for code in DtlsFailure}
+    assert len(dtls) == len(DtlsFailure) and {f.value[0] for f in dtls} == {"dtls"}
 
 
 def test_loop_lag_records_only_the_overshoot() -> None:
@@ -104,12 +93,14 @@ def test_loop_lag_records_only_the_overshoot() -> None:
 
 
 def registry_for(service: RoomService) -> CollectorRegistry:
+    assert service.dataplane is not None
     registry = CollectorRegistry(auto_describe=False)
     lag = LoopLagMonitor()
     registry.register(
         SfuCollector(
             MetricSources(
                 port=service.port,
+                forwarder=service.dataplane.forwarder,
                 rooms=lambda: service,
                 loop_lag=lag,
                 implementation="python",

@@ -11,7 +11,8 @@ from fixture_files import rtp_payloads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfu.core.munger import DROPPED, REORDER_WINDOW, RtpMunger, SkipHistory, TranslationParams
+from sfu._fastpath.values import REORDER_WINDOW, TranslationParams
+from sfu.core.munger import DROPPED, RtpMunger, SkipHistory
 from sfu.packet.rtp import RtpPacket
 
 S16 = 1 << 16

@@ -20,8 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_selection import load_compiled
 
+from sfu._fastpath.values import TranslationParams
 from sfu.core import munger as munger_py
-from sfu.core.munger import DROPPED, TranslationParams
+from sfu.core.munger import DROPPED
 
 
 @pytest.fixture(scope="module")

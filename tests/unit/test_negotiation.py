@@ -10,6 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu.negotiation import (
+    CodecPreferences,
+    NegotiatedSession,
+    NegotiationError,
+    SendStream,
+    build_answer,
+    candidate_priority,
+    negotiate,
+)
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import (
     ABS_SEND_TIME_URI,
@@ -23,15 +32,6 @@ from sfu.packet.extensions import (
     VIDEO_ORIENTATION_URI,
 )
 from sfu.packet.sdp import Direction, SessionDescription, Setup, SimulcastRid
-from sfu.transport.negotiation import (
-    CodecPreferences,
-    NegotiatedSession,
-    NegotiationError,
-    SendStream,
-    build_answer,
-    candidate_priority,
-    negotiate,
-)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sdp"
 OFFERS = ["chromium_av_offer", "chromium_simulcast_offer", "aiortc_av_offer"]

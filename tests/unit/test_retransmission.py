@@ -6,11 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfu.core.retransmission import (
-    MIN_RTT,
-    RetransmissionBuffer,
-    RetransmissionThrottle,
-)
+from sfu.core.retransmission import MIN_RTT, RetransmissionBuffer, RetransmissionThrottle
 from sfu.packet.seqnum import SequenceUnwrapper
 
 

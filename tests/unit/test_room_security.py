@@ -13,11 +13,11 @@ from room_fixtures import Harness, harness, recvonly_offer, simulcast_offer, vp8
 
 from sfu.packet.rtp import RtpPacket
 from sfu.room.audit import AuditLog
+from sfu.room.identity import Grant
 from sfu.room.moderation import MAX_REFUSALS_AUDITED, Moderation
 from sfu.room.policy import RoomDefaults, RoomPolicy, hash_password
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError
-from sfu.signaling.auth import Grant
 
 ROOM, OTHER = "board", "elsewhere"
 BOTH = Grant.PUBLISH | Grant.SUBSCRIBE

@@ -20,9 +20,9 @@ from sfu.packet.extensions import MID_URI, RID_URI, TRANSPORT_CC_URI, parse_tran
 from sfu.packet.rtcp import parse_compound
 from sfu.packet.rtcp_feedback import Nack, Pli
 from sfu.packet.rtp import RtpPacket
+from sfu.room.identity import Grant
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError
-from sfu.signaling.auth import Grant
 from sfu.transport.transport import TransportState
 
 ROOM = "standup"

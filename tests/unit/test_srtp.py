@@ -48,11 +48,18 @@ def rtcp_sr(ssrc: int = 0x11223344, n: int = 0) -> bytes:
     return struct.pack("!BBHIIIIII", 0x80, 200, 6, ssrc, n, n + 1, n * 90, n, n * 100)
 
 
+#: libsrtp's identifier of each profile, for the independent sessions below.
+LIBSRTP_PROFILE = {
+    SrtpProfile.AEAD_AES_128_GCM: pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+    SrtpProfile.AES128_CM_SHA1_80: pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+}
+
+
 def independent_outbound(keys: SrtpKeys) -> pylibsrtp.Session:
     policy = pylibsrtp.Policy(
         key=keys.local_key + keys.local_salt,
         ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
-        srtp_profile=keys.profile.libsrtp_profile,
+        srtp_profile=LIBSRTP_PROFILE[keys.profile],
     )
     return pylibsrtp.Session(policy=policy)
 
@@ -61,7 +68,7 @@ def independent_inbound(keys: SrtpKeys) -> pylibsrtp.Session:
     policy = pylibsrtp.Policy(
         key=keys.remote_key + keys.remote_salt,
         ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
-        srtp_profile=keys.profile.libsrtp_profile,
+        srtp_profile=LIBSRTP_PROFILE[keys.profile],
     )
     return pylibsrtp.Session(policy=policy)
 

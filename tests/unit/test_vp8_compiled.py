@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_selection import load_compiled
 
+from sfu._fastpath.values import Vp8Translation
 from sfu.codecs import vp8 as vp8_py
 from sfu.codecs.vp8 import Vp8Descriptor
 from sfu.core import vp8_munger as munger_py
 from sfu.core.kernels import Kernels
-from sfu.core.vp8_munger import Vp8Translation
 from sfu.packet.errors import ParseError
 
 

@@ -11,9 +11,10 @@ from fixture_files import rtp_payloads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu._fastpath.values import Vp8Translation
 from sfu.codecs.vp8 import Vp8Descriptor, parse_vp8
 from sfu.core.munger import RtpMunger
-from sfu.core.vp8_munger import Vp8Munger, Vp8Translation, should_forward
+from sfu.core.vp8_munger import Vp8Munger, should_forward
 from sfu.packet.errors import ParseError
 from sfu.packet.rtp import RtpPacket, payload_offset
 

@@ -3,6 +3,9 @@
 prometheus-client's own ``Histogram`` takes a lock per ``observe``; this one is a list of
 counts and a float sum, which is all a single-threaded event loop needs. The collector turns
 it into a Prometheus histogram (cumulative buckets) when scraped.
+
+A leaf module (no sfu imports): transport/ and core/ observe into these, and metrics/ reads
+them, so it sits below all of them.
 """
 
 from __future__ import annotations
