@@ -2,7 +2,7 @@
 # SkipHistory keeps at most 256 runs); the differential tests prove it. Typing the classes as the
 # reference's lets code use either one.
 from sfu.core.munger import RtpMunger as RtpMunger
-from sfu.core.munger import SkipHistory as SkipHistory
+from sfu.core.skip_history import SkipHistory as SkipHistory
 
 __all__ = ["RtpMunger", "SkipHistory", "munge_nogil"]
 

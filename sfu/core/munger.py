@@ -31,12 +31,9 @@ from sfu._fastpath.values import (
     REORDER_WINDOW,
     TranslationParams,
 )
+from sfu.core.skip_history import SkipHistory
 
-__all__ = [
-    "DROPPED",
-    "RtpMunger",
-    "SkipHistory",
-]
+__all__ = ["DROPPED", "RtpMunger", "SkipHistory"]
 
 #: :meth:`RtpMunger.munge` result: the packet is not to be forwarded (nothing was written).
 DROPPED = 0
@@ -45,76 +42,6 @@ _HEADER = struct.Struct("!xB2xII")  # RFC 3550 §5.1: M/PT, timestamp, SSRC
 _SEQ_BASE = 1 << 16
 _TS_BASE = 1 << 32
 _WINDOW_MASK = (1 << REORDER_WINDOW) - 1
-
-
-class SkipHistory:
-    """A bounded history of input values deliberately skipped, to place late inputs correctly.
-
-    Inputs (sequence numbers, picture ids) are extended integers that the owner hands over in
-    increasing order; :meth:`skip` records one that will not appear in the output, so every
-    output after it is one lower. :meth:`offset_after` then tells how many skipped values lie
-    above a late input ``x``: the offset that applied when ``x`` was current is the current one
-    plus that many. Skipped values are kept as ``[start, end)`` runs, at most ``limit`` of them;
-    below the oldest kept run (the *floor*) the answer is unknown.
-    """
-
-    __slots__ = ("_ends", "_floor", "_limit", "_starts")
-
-    def __init__(self, limit: int = 64) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self._limit = limit
-        self._starts: list[int] = []
-        self._ends: list[int] = []
-        self._floor = 0
-
-    def reset(self, floor: int) -> None:
-        """Forget every run; inputs below ``floor`` are unknown from now on."""
-        self._starts.clear()
-        self._ends.clear()
-        self._floor = floor
-
-    @property
-    def floor(self) -> int:
-        """The lowest input whose offset is still known."""
-        return self._floor
-
-    @property
-    def runs(self) -> list[tuple[int, int]]:
-        """The kept ``[start, end)`` runs of skipped inputs, oldest first (a copy)."""
-        return list(zip(self._starts, self._ends, strict=True))
-
-    def skip(self, x: int) -> None:
-        """Record that input ``x`` (above every input recorded so far) is skipped."""
-        ends = self._ends
-        if ends and ends[-1] == x:
-            ends[-1] = x + 1
-            return
-        self._starts.append(x)
-        ends.append(x + 1)
-        if len(ends) > self._limit:
-            del self._starts[0]
-            self._floor = ends.pop(0)
-
-    def offset_after(self, x: int) -> int | None:
-        """How many recorded skipped inputs are above ``x``; None if ``x`` itself was skipped
-        or lies below the floor (its offset is no longer known)."""
-        if x < self._floor:
-            return None
-        starts = self._starts
-        ends = self._ends
-        n = 0
-        i = len(ends) - 1
-        while i >= 0:
-            end = ends[i]
-            if end <= x:
-                break
-            start = starts[i]
-            if start <= x:
-                return None
-            n += end - start
-            i -= 1
-        return n
 
 
 class RtpMunger:

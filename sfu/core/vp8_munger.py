@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from sfu._fastpath.values import Vp8Translation
 from sfu.codecs.vp8 import Vp8Descriptor, parse_vp8, rewrite_vp8_descriptor
-from sfu.core.munger import SkipHistory
+from sfu.core.skip_history import SkipHistory
 
 __all__ = [
     "Vp8Munger",
