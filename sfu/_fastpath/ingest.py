@@ -39,7 +39,7 @@ from sfu.codecs.vp8 import parse_vp8
 from sfu.codecs.vp9 import parse_vp9
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import abs_send_time_from_seconds
-from sfu.packet.rtp import find_extension, payload_offset, peek_rtp_header
+from sfu.packet.rtp import Extensions, peek_rtp_header
 
 __all__ = ["Emit", "Route", "Source", "describe", "ingest"]
 
@@ -137,9 +137,10 @@ def ingest(
     flags = F_RTX if rtx else 0
     twcc = 0
     level = 0
+    extensions = Extensions(plain)  # one pass over the extension block
     try:
         if twcc_id:
-            raw = find_extension(plain, twcc_id)
+            raw = extensions.get(twcc_id)
             if raw is not None and len(raw) == 2:
                 twcc = (raw[0] << 8) | raw[1]
                 flags |= F_TWCC
@@ -148,12 +149,12 @@ def ingest(
         if kind == AUDIO:
             info = AUDIO_INFO
             if level_id and not rtx:
-                raw = find_extension(plain, level_id)
+                raw = extensions.get(level_id)
                 if raw is not None and len(raw) == 1:
                     level = raw[0] & 0x7F
                     flags |= F_LEVEL | (F_VAD if raw[0] & 0x80 else 0)
         else:
-            offset = payload_offset(plain)
+            offset = extensions.payload_offset()
             if offset >= size - (plain[-1] if plain[0] & 0x20 else 0):
                 # Padding only (RFC 3550 §5.1; bandwidth probes): nothing to forward, but each
                 # subscriber's outgoing sequence must not get a hole where it was.

@@ -15,7 +15,7 @@ from typing import Final
 
 from sfu.core.publication import Publication, SourceStream
 from sfu.packet.extensions import parse_sdes_item
-from sfu.packet.rtp import find_extension
+from sfu.packet.rtp import Extensions
 
 __all__ = ["MAX_STREAMS", "Binder", "Binding"]
 
@@ -97,13 +97,13 @@ class Binder:
             self._on_removed(stream)
         return publication
 
-    def bind(self, ssrc: int, payload_type: int, packet: bytes) -> Binding | None:
-        """Bind an SSRC seen for the first time by the packet's mid/rid/repaired-rid (None:
+    def bind(self, ssrc: int, payload_type: int, extensions: Extensions) -> Binding | None:
+        """Bind an SSRC seen for the first time by its packet's mid/rid/repaired-rid (None:
         it belongs to nothing, or the table is full). Raises ParseError on a malformed
         extension block."""
         if len(self._media) + len(self._rtx) >= MAX_STREAMS:
             return None
-        raw_mid = find_extension(packet, self.mid_id) if self.mid_id else None
+        raw_mid = extensions.get(self.mid_id) if self.mid_id else None
         pub: Publication | None = None
         if raw_mid is not None:
             pub = self.publications.get(parse_sdes_item(raw_mid))
@@ -111,8 +111,8 @@ class Binder:
             pub = next(iter(self.publications.values()))
         if pub is None:
             return None
-        raw_rrid = find_extension(packet, self.repaired_rid_id) if self.repaired_rid_id else None
-        raw_rid = find_extension(packet, self.rid_id) if self.rid_id else None
+        raw_rrid = extensions.get(self.repaired_rid_id) if self.repaired_rid_id else None
+        raw_rid = extensions.get(self.rid_id) if self.rid_id else None
         codec = pub.codec
         is_rtx = raw_rrid is not None or (
             payload_type == codec.rtx_payload_type and payload_type != codec.payload_type

@@ -34,7 +34,7 @@ from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import parse_transport_cc_seq
-from sfu.packet.rtp import find_extension, peek_rtp_header
+from sfu.packet.rtp import Extensions, peek_rtp_header
 from sfu.packet.rtx import restore_rtx
 
 __all__ = ["AudioLevelSink", "Router"]
@@ -80,33 +80,34 @@ class Router:
         if entry is not None:
             self._ingest(entry[0], entry[1], packet, now=now, rtx=False)
             return
+        extensions = Extensions(packet)  # one pass for naming and TWCC
         repaired = binder.rtx(ssrc)
         if repaired is None:
             try:
-                binding = binder.bind(ssrc, payload_type, packet)
+                binding = binder.bind(ssrc, payload_type, extensions)
             except ParseError:
                 self.counters.rtp_in += 1
                 self.counters.malformed += 1
                 return
             if binding is None:
-                self._arrival(packet, ssrc, now=now)
+                self._arrival(extensions, ssrc, now=now)
                 self.counters.unknown_ssrc += 1
                 return
             if not binding.rtx:
                 self._ingest(binding.publication, binding.stream, packet, now=now, rtx=False)
                 return
             repaired = (binding.publication, binding.stream)
-        if self._arrival(packet, ssrc, now=now):
+        if self._arrival(extensions, ssrc, now=now):
             self._repair(repaired[0], repaired[1], packet, now=now)
 
-    def _arrival(self, packet: bytes, ssrc: int, *, now: float) -> bool:
+    def _arrival(self, extensions: Extensions, ssrc: int, *, now: float) -> bool:
         """Count a packet that is not ingested as media and record its transport-wide CC
         arrival (every packet on the transport counts there, RFC draft-holmer §2)."""
         self.counters.rtp_in += 1
         if not self.twcc_id:
             return True
         try:
-            raw = find_extension(packet, self.twcc_id)
+            raw = extensions.get(self.twcc_id)
         except ParseError:
             self.counters.malformed += 1
             return False

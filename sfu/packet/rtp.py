@@ -18,6 +18,7 @@ __all__ = [
     "ONE_BYTE_PROFILE",
     "RTP_HEADER_SIZE",
     "TWO_BYTE_PROFILE",
+    "Extensions",
     "RtpPacket",
     "RtpView",
     "build_extension_block",
@@ -288,6 +289,37 @@ def parse_rtp(packet: bytes | bytearray | memoryview) -> RtpView:
         raise ParseError(f"RTP CSRC count {b0 & 0x0F} exceeds packet length")
     pad = data[-1] if b0 & 0x20 else 0
     return RtpView(ssrc, seq, ts, b1 & 0x7F, bool(b1 & 0x80), offset, max(n - pad, 0), extensions)
+
+
+class Extensions:
+    """The header-extension elements of one packet, for lookups by id after one pass.
+
+    A well-formed packet is parsed once (:func:`parse_rtp`) and every lookup reads the result.
+    A malformed block keeps the per-id semantics of :func:`find_extension` (an element found
+    before the malformation is returned, a lookup that reaches it raises ParseError), so
+    callers classify bad input exactly as the per-id lookups did.
+    """
+
+    __slots__ = ("_packet", "view")
+
+    def __init__(self, packet: bytes | bytearray | memoryview) -> None:
+        self._packet = packet
+        #: The one-pass parse, or None when the header or block is malformed.
+        self.view: RtpView | None
+        try:
+            self.view = parse_rtp(packet)
+        except ParseError:
+            self.view = None
+
+    def get(self, ext_id: int) -> bytes | None:
+        """The first value of element ``ext_id`` (None: absent); ParseError as find_extension."""
+        if self.view is None:
+            return find_extension(self._packet, ext_id)
+        return self.view.extensions.get(ext_id)
+
+    def payload_offset(self) -> int:
+        """Where the payload starts; ParseError as :func:`payload_offset`."""
+        return self.view.payload_offset if self.view is not None else payload_offset(self._packet)
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from ingest_paths import rtp
 from sfu.core.binder import MAX_STREAMS, Binder
 from sfu.core.publication import Publication, SourceStream
 from sfu.packet.errors import ParseError
+from sfu.packet.rtp import Extensions
 
 MID, RID, RRID = 1, 2, 3
 
@@ -54,10 +55,10 @@ def test_first_sight_binding_by_mid_and_rid() -> None:
     binder, events = _binder()
     video = video_publication()
     binder.add_publication(video, [])
-    binding = binder.bind(0x31, 96, _named(0x31, 96, b"0", rid=b"h"))
+    binding = binder.bind(0x31, 96, Extensions(_named(0x31, 96, b"0", rid=b"h")))
     assert binding is not None and not binding.rtx
     assert binding.stream.layer == 1 and binder.media(0x31) is not None
-    repair = binder.bind(0x41, 97, _named(0x41, 97, b"0", rrid=b"h"))
+    repair = binder.bind(0x41, 97, Extensions(_named(0x41, 97, b"0", rrid=b"h")))
     assert repair is not None and repair.rtx and repair.stream is binding.stream
     assert binding.stream.rtx_ssrc == 0x41
     assert events == ["+31"]
@@ -66,8 +67,8 @@ def test_first_sight_binding_by_mid_and_rid() -> None:
 def test_a_new_ssrc_for_a_layer_replaces_the_old_one() -> None:
     binder, events = _binder()
     binder.add_publication(video_publication(), [])
-    binder.bind(0x31, 96, _named(0x31, 96, b"0", rid=b"q"))
-    binder.bind(0x32, 96, _named(0x32, 96, b"0", rid=b"q"))
+    binder.bind(0x31, 96, Extensions(_named(0x31, 96, b"0", rid=b"q")))
+    binder.bind(0x32, 96, Extensions(_named(0x32, 96, b"0", rid=b"q")))
     assert events == ["+31", "-31", "+32"]
     assert binder.media(0x31) is None and binder.media(0x32) is not None
 
@@ -85,7 +86,7 @@ def test_what_names_nothing_binds_nothing(packet: bytes) -> None:
     binder, events = _binder()
     binder.add_publication(video_publication(), [])
     binder.add_publication(audio_publication(), [])
-    assert binder.bind(0x50, packet[1] & 0x7F, packet) is None
+    assert binder.bind(0x50, packet[1] & 0x7F, Extensions(packet)) is None
     assert events == []
 
 
@@ -93,7 +94,7 @@ def test_single_publication_binds_without_mid() -> None:
     binder, _ = _binder()
     audio = audio_publication()
     binder.add_publication(audio, [])
-    binding = binder.bind(0x60, 111, rtp(0x60, 1, 0, 111, b"x"))
+    binding = binder.bind(0x60, 111, Extensions(rtp(0x60, 1, 0, 111, b"x")))
     assert binding is not None and binding.publication is audio
 
 
@@ -102,7 +103,7 @@ def test_tables_are_bounded() -> None:
     binder.add_publication(audio_publication(), [])
     for i in range(MAX_STREAMS):
         binder.add_publication(audio_publication(mid=f"m{i}"), [(0x1000 + i, None)])
-    assert binder.bind(0x60, 111, _named(0x60, 111, b"1")) is None
+    assert binder.bind(0x60, 111, Extensions(_named(0x60, 111, b"1"))) is None
 
 
 def test_malformed_extension_block_raises_parse_error() -> None:
@@ -111,7 +112,7 @@ def test_malformed_extension_block_raises_parse_error() -> None:
     packet = bytearray(_named(0x31, 96, b"0", rid=b"q"))
     packet[14:16] = b"\x00\x40"  # a block far longer than the packet
     with pytest.raises(ParseError):
-        binder.bind(0x31, 96, bytes(packet))
+        binder.bind(0x31, 96, Extensions(bytes(packet)))
 
 
 def test_removing_a_publication_forgets_its_ssrcs() -> None:

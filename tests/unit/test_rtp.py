@@ -14,6 +14,7 @@ from sfu.packet.errors import ParseError
 from sfu.packet.rtp import (
     ONE_BYTE_PROFILE,
     TWO_BYTE_PROFILE,
+    Extensions,
     RtpPacket,
     RtpView,
     build_extension_block,
@@ -531,3 +532,30 @@ def test_property_parse_rtp_agrees_on_packets_and_mutations(
     wire = pkt.serialize()
     _check_view_agrees(wire)
     _check_view_agrees(edited(data, wire))
+
+
+def _outcome(fn: Callable[..., object], *args: object) -> object:
+    try:
+        return fn(*args)
+    except ParseError:
+        return ParseError
+
+
+def _check_extensions_agree(data: bytes) -> None:
+    """Extensions (one pass) answers every lookup as the per-id find_extension does, errors
+    included, and the payload offset as payload_offset does."""
+    if peek_rtp_header(data) is None:
+        return  # callers check the fixed header first
+    ext = Extensions(data)
+    for ext_id in range(-1, 258):
+        assert _outcome(ext.get, ext_id) == _outcome(find_extension, data, ext_id)
+    assert _outcome(ext.payload_offset) == _outcome(payload_offset, data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rtp_packets(), st.data())
+def test_property_extensions_agree_with_per_id_lookups(pkt: RtpPacket, data: st.DataObject) -> None:
+    wire = pkt.serialize()
+    _check_extensions_agree(wire)
+    _check_extensions_agree(edited(data, wire))
+    _check_extensions_agree(b"\x90" + data.draw(st.binary(max_size=60)))
