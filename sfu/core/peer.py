@@ -66,7 +66,7 @@ class Peer:
         *,
         extensions: dict[int, str],
         on_audio_level: AudioLevelSink | None = None,
-        on_state: Callable[[Peer, TransportState], None] | None = None,
+        on_state: Callable[[Peer, TransportState, float], None] | None = None,
         stats: RouterStats | None = None,
         dataplane: DataPlane | None = None,
     ) -> None:
@@ -188,7 +188,7 @@ class Peer:
     def on_state(self, transport: WebRtcTransport, state: TransportState, now: float) -> None:
         """Report transport state changes to the room (it frees everything on close)."""
         if self.on_state_change is not None:
-            self.on_state_change(self, state)
+            self.on_state_change(self, state, now)
         if self.dataplane is not None:
             self.dataplane.sync(transport)
         if transport.finished:

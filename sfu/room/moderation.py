@@ -130,13 +130,13 @@ class Moderation:
             self._check_target(actor, target, attempt)
             self.service.admit(actor.room, target.id)
 
-    def deny(self, actor: Participant, participant_id: str) -> None:
+    def deny(self, actor: Participant, participant_id: str, *, now: float) -> None:
         """Turn one waiting participant away (closed with 4003)."""
         with self._attempt(actor, "deny") as attempt:
             self._check_actor(actor, "deny")
             target = self._waiting(actor, participant_id)
             self._check_target(actor, target, attempt)
-            self.service.end(target, CLOSE_REFUSED, "a host denied you entry")
+            self.service.end(target, CLOSE_REFUSED, "a host denied you entry", now=now)
 
     def admit_all(self, actor: Participant) -> int:
         """Let everyone waiting in; returns how many."""
@@ -154,7 +154,7 @@ class Moderation:
     # -- participants and tracks --------------------------------------------------------------
 
     def remove(
-        self, actor: Participant, participant_id: str, ban_s: int | None, now: float
+        self, actor: Participant, participant_id: str, ban_s: int | None, *, now: float
     ) -> None:
         """End one participant (4004); with ``ban_s`` its identity may not rejoin this room
         for that long."""
@@ -168,7 +168,7 @@ class Moderation:
             self._check_target(actor, target, attempt)
             if ban_s:
                 self.service.bans.ban(actor.room.name, target.identity, now + ban_s, now)
-            self.service.end(target, CLOSE_REMOVED, "a host removed you from the meeting")
+            self.service.end(target, CLOSE_REMOVED, "a host removed you from the meeting", now=now)
 
     def request_mute(self, actor: Participant, track_id: str) -> None:
         """Ask the publisher of one track to mute it (its client decides)."""
@@ -207,7 +207,7 @@ class Moderation:
                 raise RoomError("server_busy", str(exc)) from None
             self.service.policy_changed(name, old, new)
 
-    def end_meeting(self, actor: Participant) -> int:
+    def end_meeting(self, actor: Participant, *, now: float) -> int:
         """End the meeting for everyone in the room, the actor included (4005); returns how
         many participants were ended."""
         with self._attempt(actor, "end_meeting") as attempt:
@@ -217,6 +217,6 @@ class Moderation:
             attempt.details["count"] = len(everyone)
         for participant in everyone:
             if participant is not actor:
-                self.service.end(participant, CLOSE_ENDED, "a host ended the meeting")
-        self.service.end(actor, CLOSE_ENDED, "you ended the meeting")
+                self.service.end(participant, CLOSE_ENDED, "a host ended the meeting", now=now)
+        self.service.end(actor, CLOSE_ENDED, "you ended the meeting", now=now)
         return len(everyone)

@@ -185,7 +185,7 @@ class RoomService:
         sink: Sink,
         *,
         kind: str = "websocket",
-        now: float = 0.0,
+        now: float,
         password: PasswordHash | None = None,
     ) -> Participant:
         """Add a verified token holder to its room: admitted, or held in ``waiting``.
@@ -208,7 +208,7 @@ class RoomService:
         self._check_entry(room, policy, claims, kind, previous is not None, now, password)
         self.rooms[claims.room] = room
         if previous is not None:
-            self.end(previous, CLOSE_REPLACED, "joined from elsewhere")
+            self.end(previous, CLOSE_REPLACED, "joined from elsewhere", now=now)
         participant = Participant(
             id=new_id("PA"),
             identity=claims.identity,
@@ -323,7 +323,7 @@ class RoomService:
         if participant.moderator and room.waiting:
             participant.send(self.waiting_list(room))
 
-    def leave(self, participant: Participant, now: float | None = None) -> None:
+    def leave(self, participant: Participant, *, now: float) -> None:
         """Remove ``participant``: every route, cache and timer it had is freed."""
         if participant.state is ParticipantState.LEFT:
             return
@@ -342,7 +342,7 @@ class RoomService:
             participant.peer = None
             peer.on_state_change = None
             peer.on_audio_level = None
-            self.port.close_transport(peer.transport, now if now is not None else 0.0, "left")
+            self.port.close_transport(peer.transport, now, "left")
         room.speakers.remove(participant.id)
         if was_joined:
             room.broadcast({"type": "participant_left", "participant": participant.id})
@@ -351,11 +351,11 @@ class RoomService:
         if room.empty and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
 
-    def end(self, participant: Participant, code: int, reason: str) -> None:
+    def end(self, participant: Participant, code: int, reason: str, *, now: float) -> None:
         """The server ends ``participant`` (replaced, refused, media failed)."""
         callback = participant.on_close
         participant.on_close = None
-        self.leave(participant)
+        self.leave(participant, now=now)
         if callback is not None:
             callback(code, reason)
 
@@ -521,7 +521,7 @@ class RoomService:
             secrets.randbits(32) or 1,
             extensions={},
             on_audio_level=room.speakers.observe,
-            on_state=lambda p, state: self._transport_state(participant, state),
+            on_state=lambda p, state, now: self._transport_state(participant, state, now=now),
             stats=self.stats,
             dataplane=self.dataplane,
         )
@@ -531,10 +531,12 @@ class RoomService:
         participant.fingerprints = fingerprints
         return peer
 
-    def _transport_state(self, participant: Participant, state: TransportState) -> None:
+    def _transport_state(
+        self, participant: Participant, state: TransportState, *, now: float
+    ) -> None:
         ended = state in (TransportState.FAILED, TransportState.CLOSED)
         if ended and participant.state is not ParticipantState.LEFT:
-            self.end(participant, CLOSE_MEDIA_FAILED, "media transport ended")
+            self.end(participant, CLOSE_MEDIA_FAILED, "media transport ended", now=now)
 
     def _publish(
         self, participant: Participant, peer: Peer, media: NegotiatedMedia, name: str | None
@@ -739,7 +741,9 @@ class RoomService:
         for room in list(self.rooms.values()):
             for participant in list(room.waiting.values()):
                 if now - participant.waiting_since >= timeout:
-                    self.end(participant, CLOSE_WAIT_TIMEOUT, "nobody admitted you in time")
+                    self.end(
+                        participant, CLOSE_WAIT_TIMEOUT, "nobody admitted you in time", now=now
+                    )
 
     def poll(self, now: float, wallclock: float) -> None:
         """Periodic work of every peer and room (RTCP, allocation, speakers, waiting room)."""

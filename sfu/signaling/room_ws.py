@@ -252,7 +252,7 @@ def add_room_routes(
             participant = conn.participant
             if participant is not None:
                 participant.on_close = None
-                service.leave(participant, clock())
+                service.leave(participant, now=clock())
             conn.request_close(conn.close_code or WSCloseCode.OK, conn.close_reason)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(writer, 5.0)
@@ -398,11 +398,11 @@ def _moderate(
     if isinstance(message, Admit):
         moderation.admit(actor, message.participant)
     elif isinstance(message, Deny):
-        moderation.deny(actor, message.participant)
+        moderation.deny(actor, message.participant, now=now)
     elif isinstance(message, AdmitAll):
         reply["admitted"] = moderation.admit_all(actor)
     elif isinstance(message, Remove):
-        moderation.remove(actor, message.participant, message.ban_s, now)
+        moderation.remove(actor, message.participant, message.ban_s, now=now)
     elif isinstance(message, RequestMute):
         moderation.request_mute(actor, message.track)
     elif isinstance(message, ForceMute):
@@ -410,5 +410,5 @@ def _moderate(
     elif isinstance(message, Lock):
         moderation.lock(actor, message.locked)
     elif isinstance(message, EndMeeting):
-        moderation.end_meeting(actor)  # closes every socket of the room, this one too
+        moderation.end_meeting(actor, now=now)  # closes every socket of the room, this one too
     return reply

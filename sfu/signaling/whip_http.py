@@ -173,7 +173,7 @@ def add_whip_routes(
         if session is None or session.participant.room.name != request.match_info["room"]:
             return sdp_error(404, "no such session")
         session.participant.on_close = None
-        service.leave(session.participant, clock())
+        service.leave(session.participant, now=clock())
         return web.Response(status=200)
 
     async def patch(request: web.Request) -> web.Response:
@@ -222,7 +222,7 @@ def _start(
     try:
         answer = service.offer(participant, offer, now, subscriptions=subscriptions)
     except RoomError as exc:
-        service.leave(participant, now)
+        service.leave(participant, now=now)
         return _room_error(exc)
     session_id = sessions.add(participant, kind)
     return sdp_answer_response(answer, f"{location_prefix}/{session_id}")

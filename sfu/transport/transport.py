@@ -113,7 +113,7 @@ class WebRtcTransport:
         send: Sender,
         counters: DropCounters,
         listener: TransportListener | None = None,
-        now: float = 0.0,
+        now: float,
     ) -> None:
         self.id = transport_id
         self.ice = ice

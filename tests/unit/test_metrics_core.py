@@ -158,8 +158,8 @@ def test_collector_counts_forwarding_and_keeps_totals_after_people_leave(
     assert value(registry, "sfu_rtp_packets_lost_total", direction="ingress") == 0
 
     # Everyone leaves: gauges fall to zero, counters keep what happened.
-    h.service.leave(bob)
-    h.service.leave(alice)
+    h.service.leave(bob, now=1.0)
+    h.service.leave(alice, now=1.0)
     assert value(registry, "sfu_participants", state="joined", kind="websocket") == 0
     assert value(registry, "sfu_rooms") == 0
     assert value(registry, "sfu_rtp_packets_forwarded_total", media="video") == forwarded

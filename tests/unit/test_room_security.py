@@ -142,14 +142,14 @@ def test_denied_participant_is_closed_and_leaves_no_state(
     host = h.join(ROOM, "host", HOST)
     mallory = h.join(ROOM, "mallory")
     closed = closes(mallory)
-    mod.deny(host, mallory.id)
+    mod.deny(host, mallory.id, now=1.0)
     assert closed == [(4003, "a host denied you entry")]
     assert mallory.state is ParticipantState.LEFT
     room = h.service.rooms[ROOM]
     assert room.waiting == {} and list(room.participants) == [host.id]
     assert h.messages("host", "waiting_list")[-1]["waiting"] == []
     assert not h.messages("host", "participant_left")  # it never was in the meeting
-    h.service.leave(host)
+    h.service.leave(host, now=1.0)
     assert h.service.rooms == {} and h.service.port.transport_count == 0
     assert audit_records(audit_dir)[-1]["action"] == "deny"
 
@@ -244,25 +244,25 @@ def test_moderation_is_scoped_to_one_room_and_needs_the_grant(
 
     cases = [
         # another room's participants and tracks are unknown here
-        (lambda: mod.remove(host, outsider.id, 60, 1.0), "unknown_participant"),
-        (lambda: mod.remove(host, "PA_nobody", None, 1.0), "unknown_participant"),
+        (lambda: mod.remove(host, outsider.id, 60, now=1.0), "unknown_participant"),
+        (lambda: mod.remove(host, "PA_nobody", None, now=1.0), "unknown_participant"),
         (lambda: mod.admit(host, waiting_elsewhere.id), "unknown_participant"),
-        (lambda: mod.deny(host, waiting_elsewhere.id), "unknown_participant"),
+        (lambda: mod.deny(host, waiting_elsewhere.id, now=1.0), "unknown_participant"),
         (lambda: mod.admit(host, alice.id), "unknown_participant"),  # admitted, not waiting
         (lambda: mod.force_mute(host, other_track, True), "unknown_track"),
         (lambda: mod.request_mute(host, other_track), "unknown_track"),
         # no host grant
-        (lambda: mod.remove(alice, host.id, None, 1.0), "forbidden"),
+        (lambda: mod.remove(alice, host.id, None, now=1.0), "forbidden"),
         (lambda: mod.force_mute(alice, alice_track, True), "forbidden"),
         (lambda: mod.lock(alice, True), "forbidden"),
         (lambda: mod.admit_all(alice), "forbidden"),
-        (lambda: mod.end_meeting(alice), "forbidden"),
-        (lambda: mod.remove(outsider, alice.id, None, 1.0), "forbidden"),
+        (lambda: mod.end_meeting(alice, now=1.0), "forbidden"),
+        (lambda: mod.remove(outsider, alice.id, None, now=1.0), "forbidden"),
         # a host cannot act on an admin, nobody on themselves, ban_s must be in range
-        (lambda: mod.remove(host, admin.id, None, 1.0), "forbidden"),
-        (lambda: mod.remove(host, host.id, None, 1.0), "bad_message"),
-        (lambda: mod.remove(host, alice.id, -1, 1.0), "bad_message"),
-        (lambda: mod.remove(host, alice.id, 10**9, 1.0), "bad_message"),
+        (lambda: mod.remove(host, admin.id, None, now=1.0), "forbidden"),
+        (lambda: mod.remove(host, host.id, None, now=1.0), "bad_message"),
+        (lambda: mod.remove(host, alice.id, -1, now=1.0), "bad_message"),
+        (lambda: mod.remove(host, alice.id, 10**9, now=1.0), "bad_message"),
     ]
     for action, code in cases:
         before = snapshot(h)
@@ -275,7 +275,7 @@ def test_moderation_is_scoped_to_one_room_and_needs_the_grant(
     assert records[0] == records[0] | {"actor": "host", "action": "remove", "target": None}
     assert records[13]["target"] == "admin" and records[13]["outcome"] == "forbidden"
     # An admin may act on what a host may not.
-    mod.remove(admin, host.id, None, 2.0)
+    mod.remove(admin, host.id, None, now=2.0)
     assert host.state is ParticipantState.LEFT
 
 
@@ -326,7 +326,7 @@ def test_end_meeting_ends_everyone_in_the_room_only(
     waiting = h.join(ROOM, "bob")
     outsider = h.join(OTHER, "outsider", HOST)
     codes = {p.identity: closes(p) for p in (host, alice, waiting, outsider)}
-    assert mod.end_meeting(host) == 3
+    assert mod.end_meeting(host, now=1.0) == 3
     assert {k: [c for c, _r in v] for k, v in codes.items()} == {
         "host": [4005],
         "alice": [4005],
@@ -440,8 +440,8 @@ def test_audit_records_hold_no_addresses_sdp_names_or_passwords(
     mod.request_mute(host, track)
     mod.force_mute(host, track, True)
     mod.lock(host, True)
-    mod.remove(host, alice.id, 30, 5.0)
-    mod.end_meeting(host)
+    mod.remove(host, alice.id, 30, now=5.0)
+    mod.end_meeting(host, now=1.0)
     text = "".join(f.read_text() for f in audit_dir.glob("*.jsonl"))
     records = audit_records(audit_dir)
     assert [r["action"] for r in records] == [

@@ -66,7 +66,7 @@ def test_join_announces_participants_to_each_other(monkeypatch: pytest.MonkeyPat
     bob = h.join(ROOM, "bob")
     assert h.messages("alice", "participant_joined")[0]["participant"]["id"] == bob.id
     assert [p["id"] for p in h.messages("bob", "joined")[0]["participants"]] == [alice.id]
-    h.service.leave(bob)
+    h.service.leave(bob, now=1.0)
     assert h.messages("alice", "participant_left") == [
         {"type": "participant_left", "participant": bob.id}
     ]
@@ -265,10 +265,10 @@ def test_leaving_frees_routes_caches_and_transports(monkeypatch: pytest.MonkeyPa
     assert alice and bob and alice.peer and bob.peer
     publication = room.publications[video]
     assert len(publication.fanout) == 1
-    h.service.leave(bob)
+    h.service.leave(bob, now=1.0)
     assert publication.fanout == ()
     assert bob.peer is None and bob.state is ParticipantState.LEFT
-    h.service.leave(alice)
+    h.service.leave(alice, now=1.0)
     assert alice.peer is None and not room.publications
     assert ROOM not in h.service.rooms
     assert h.service.port.transport_count == 0
