@@ -7,6 +7,7 @@ Run with `make bench`. Compare the two implementations measured in the same run.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,20 +20,28 @@ from sfu.core.kernels import Kernels
 # Each benchmark runs once per bundle (each_kernels: "python", then "cython").
 
 
-@pytest.mark.parametrize("subs", [1, 10])
-def test_forward_1200b_gcm(benchmark: BenchmarkFixture, each_kernels: Kernels, subs: int) -> None:
-    """One 1200-byte SRTP (AEAD-AES-128-GCM) VP8 packet in, ``subs`` SRTP copies out."""
-    world = World(each_kernels, subs=subs)
+def _bench_forward(
+    benchmark: BenchmarkFixture,
+    kernels: Kernels,
+    subs: int,
+    payload_size: int,
+    ext: Callable[[int], bytes],
+) -> None:
+    """Time the forwarder per ingress SRTP packet: a VP8 packet of the top video SSRC with
+    ``payload_size`` bytes of payload and extension block ``ext(i)``, fanned out to ``subs``
+    subscribers aimed at that layer."""
+    world = World(kernels, subs=subs)
     for sub in world.video_subs:
         sub.selector.set_target(0, None)
     client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
     counter = itertools.count()
-    first = rtp(0x1111, 0, 0, 96, vp8_payload(1, 0, 0, True, True, True, 1150), b"")
+    first = rtp(0x1111, 0, 0, 96, vp8_payload(1, 0, 0, True, True, True, payload_size), ext(0))
     world.forwarder.process([(client.protect_rtp(first), PUB_ADDR)], 1.0)
 
     def next_packet() -> tuple[tuple[Any, ...], dict[str, Any]]:
         i = next(counter) + 1
-        plain = rtp(0x1111, i, 3000 * i, 96, vp8_payload(1 + i, 0, 0, True, False, True, 1150), b"")
+        payload = vp8_payload(1 + i, 0, 0, True, False, True, payload_size)
+        plain = rtp(0x1111, i, 3000 * i, 96, payload, ext(i))
         return ([(client.protect_rtp(plain), PUB_ADDR)], 1.0 + i / 1000), {}
 
     def forward(datagrams: list[tuple[bytes, Any]], now: float) -> int:
@@ -44,35 +53,23 @@ def test_forward_1200b_gcm(benchmark: BenchmarkFixture, each_kernels: Kernels, s
     assert world.forwarder.sent_packets >= 2000 * subs
 
 
+@pytest.mark.parametrize("subs", [1, 10])
+def test_forward_1200b_gcm(benchmark: BenchmarkFixture, each_kernels: Kernels, subs: int) -> None:
+    """One 1200-byte SRTP (AEAD-AES-128-GCM) VP8 packet in, ``subs`` SRTP copies out."""
+    _bench_forward(benchmark, each_kernels, subs, 1150, lambda i: b"")
+
+
+def _browser_extensions(i: int) -> bytes:
+    """mid, transport-wide CC and abs-send-time in the one-byte form, with the ids of
+    forwarder_world.PUB_EXT (1 mid, 3 transport-wide CC, 4 abs-send-time)."""
+    return bytes([0x10, ord("0"), 0x31, i >> 8 & 0xFF, i & 0xFF, 0x42, 1, 2, 3])
+
+
 def test_forward_1200b_gcm_extensions(benchmark: BenchmarkFixture, each_kernels: Kernels) -> None:
     """As test_forward_1200b_gcm with 10 subscribers, each packet carrying the extension block a
-    browser sends (mid, transport-wide CC, abs-send-time: one-byte form), which the forwarder
-    reads (transport-wide CC) and rewrites per subscriber (ids, abs-send-time)."""
-    world = World(each_kernels, subs=10)
-    for sub in world.video_subs:
-        sub.selector.set_target(0, None)
-    client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
-    counter = itertools.count()
-
-    def ext(i: int) -> bytes:  # ids as forwarder_world.PUB_EXT: 1 mid, 3 twcc, 4 abs-send-time
-        return bytes([0x10, ord("0"), 0x31, i >> 8 & 0xFF, i & 0xFF, 0x42, 1, 2, 3])
-
-    first = rtp(0x1111, 0, 0, 96, vp8_payload(1, 0, 0, True, True, True, 1140), ext(0))
-    world.forwarder.process([(client.protect_rtp(first), PUB_ADDR)], 1.0)
-
-    def next_packet() -> tuple[tuple[Any, ...], dict[str, Any]]:
-        i = next(counter) + 1
-        payload = vp8_payload(1 + i, 0, 0, True, False, True, 1140)
-        plain = rtp(0x1111, i, 3000 * i, 96, payload, ext(i))
-        return ([(client.protect_rtp(plain), PUB_ADDR)], 1.0 + i / 1000), {}
-
-    def forward(datagrams: list[tuple[bytes, Any]], now: float) -> int:
-        _, egress = world.forwarder.process(datagrams, now)
-        world.forwarder.drain_log()
-        return len(egress)
-
-    benchmark.pedantic(forward, setup=next_packet, rounds=2000, warmup_rounds=10)
-    assert world.forwarder.sent_packets >= 2000 * 10
+    browser sends, which the forwarder reads (transport-wide CC) and rewrites per subscriber
+    (ids, abs-send-time)."""
+    _bench_forward(benchmark, each_kernels, 10, 1140, _browser_extensions)
 
 
 def test_selector_decide(benchmark: BenchmarkFixture, each_kernels: Kernels) -> None:
