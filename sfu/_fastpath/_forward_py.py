@@ -119,6 +119,8 @@ class Forwarder:
         self._streams: dict[int, _Stream] = {}
         self._log: list[LogRecord] = []
         self._latency: list[float] = []
+        #: Where :meth:`_emit` queues egress during one :meth:`process` call.
+        self._egress: list[Datagram] = []
         #: RTP packets forwarded here (never seen by Python code in the compiled build).
         self.fast_packets = 0
         self.fast_bytes = 0
@@ -274,6 +276,26 @@ class Forwarder:
             return
         self._log.append(record)
 
+    def _emit(self, sub: Any, out: int, n: int) -> bool:
+        """Protect the ``n`` bytes ``sub`` rewrote and queue them for transport ``out``."""
+        target = self._transports.get(out)
+        if target is None:
+            return False
+        if target.drop_every:
+            target.drop_seen += 1
+            if target.drop_seen % target.drop_every == 0:
+                self.impaired_drops += 1  # "sent": lost on the way, as far as we know
+                return True
+        try:
+            wire = target.outbound.protect_rtp(bytes(memoryview(sub.buf)[:n]))
+        except SrtpError:
+            self.protect_errors += 1
+            return False
+        self._egress.append((wire, target.address))
+        self.sent_packets += 1
+        self.sent_bytes += len(wire)
+        return True
+
     def _ingest(
         self,
         transport: _Transport,
@@ -282,27 +304,7 @@ class Forwarder:
         now: float,
         egress: list[Datagram],
     ) -> None:
-        transports = self._transports
-
-        def emit(sub: Any, out: int, n: int) -> bool:
-            target = transports.get(out)
-            if target is None:
-                return False
-            if target.drop_every:
-                target.drop_seen += 1
-                if target.drop_seen % target.drop_every == 0:
-                    self.impaired_drops += 1  # "sent": lost on the way, as far as we know
-                    return True
-            try:
-                wire = target.outbound.protect_rtp(bytes(memoryview(sub.buf)[:n]))
-            except SrtpError:
-                self.protect_errors += 1
-                return False
-            egress.append((wire, target.address))
-            self.sent_packets += 1
-            self.sent_bytes += len(wire)
-            return True
-
+        self._egress = egress
         record = ingest(
             stream.handle,
             stream.kind,
@@ -312,7 +314,7 @@ class Forwarder:
             now=now,
             twcc_id=transport.twcc_id,
             level_id=transport.level_id,
-            emit=emit,
+            emit=self._emit,
         )
         self._record(record)
         if record[1] & _NOT_FORWARDABLE:
