@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sfu import _fastpath
 from sfu._fastpath.values import HistoryEntry, LogRecord, Vp8Translation
 from sfu.codecs.vp8 import Vp8Descriptor
+from sfu.core.rtcp_stats import SentCounter
 
 if TYPE_CHECKING:
     # The compiled stubs type these two as the reference classes themselves.
@@ -48,22 +49,14 @@ Datagram = tuple[bytes, Address]
 Buffer = bytes | bytearray | memoryview
 
 
-class RouteState(Protocol):
-    """What one route (subscription) has forwarded: counters and the outgoing history."""
+class RouteState(SentCounter, Protocol):
+    """What one route (subscription) has forwarded: the sender counters SendStats reads, and
+    the outgoing history."""
 
     blocked: bool
     forwarded: int
 
     def __init__(self) -> None: ...
-    @property
-    def packets_sent(self) -> int: ...
-    @property
-    def octets_sent(self) -> int: ...
-    @property
-    def last_rtp_ts(self) -> int: ...
-    @property
-    def last_at(self) -> float | None: ...
-    def on_packet(self, rtp_timestamp: int, payload_bytes: int, now: float) -> None: ...
     def record(
         self,
         out_seq: int,

@@ -208,6 +208,14 @@ class Publication:
     on_fanout: Callable[[Publication], None] | None = None
     _: KW_ONLY
     kernels: Kernels = field(repr=False)
+    #: How ingest reads its packets (:mod:`sfu._fastpath.values` stream kinds), fixed by the
+    #: kind and codec: computed once, not per packet.
+    stream_kind: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stream_kind = (
+            _VIDEO_KINDS.get(self.codec.name.lower(), OTHER_VIDEO) if self.video else AUDIO
+        )
 
     @property
     def num_layers(self) -> int:
@@ -218,13 +226,6 @@ class Publication:
     def video(self) -> bool:
         """Whether this is a video track."""
         return self.kind == "video"
-
-    @property
-    def stream_kind(self) -> int:
-        """How ingest reads its packets (:mod:`sfu._fastpath.values` stream kinds)."""
-        if not self.video:
-            return AUDIO
-        return _VIDEO_KINDS.get(self.codec.name.lower(), OTHER_VIDEO)
 
     def add_stream(self, ssrc: int, layer: int, rtx_ssrc: int | None = None) -> SourceStream:
         """Bind ``ssrc`` as the stream of ``layer`` (replacing an earlier SSRC of that layer)."""
