@@ -26,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sfu._fastpath.values import REFUSAL_REASONS
 from sfu.core.counters import (
     PeerCounters,
     stream_loss,
@@ -154,6 +155,9 @@ class SfuCollector(Collector):
             drops[(drop_reason(reason),)] += n
         drops[("rtp_unknown_ssrc",)] += c.unknown_ssrc
         drops[("media_malformed",)] += c.malformed
+        for code, n in enumerate(c.rtp_refused):
+            if code:
+                drops[(REFUSAL_REASONS[code],)] += n
         yield self._counter(
             "sfu_packets_dropped", "Datagrams and packets dropped, by reason.", ["reason"], drops
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from sfu._fastpath.values import REFUSAL_REASONS
 from sfu.packet.demux import PacketKind
 from sfu.transport import ice
 from sfu.transport.transport import HandshakeFailure
@@ -51,6 +52,7 @@ DROP_REASONS: Final = frozenset(
         "media_malformed",
         "other",
     }
+    | {reason for reason in REFUSAL_REASONS if reason}
 )
 
 
