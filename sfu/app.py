@@ -33,6 +33,7 @@ from sfu.logging_setup import configure_logging
 from sfu.metrics.collector import MetricSources
 from sfu.metrics.http import add_metrics_route, build_registry
 from sfu.metrics.loop_lag import LoopLagMonitor
+from sfu.room.persistence import RoomStateStore, StateError
 from sfu.room.security import RoomSecurity
 from sfu.room.service import RoomService
 from sfu.signaling.admin_http import add_admin_routes
@@ -235,6 +236,8 @@ class Server:
             limiter=self.http_limiter,
             clock=clock.now,
         )
+        #: Where room policies and bans persist (``rooms.state_dir``), once started.
+        self.room_state: RoomStateStore | None = None
         self._ops: HttpServer | None = None
         if self.ops_app is not None:
             self._ops = HttpServer(
@@ -323,7 +326,8 @@ class Server:
             log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
         candidates = [(host, media_port) for host in self.config.announced_addresses()]
         # Meeting security: room policies, bans, audit log, password limits, admin API.
-        security = RoomSecurity.from_config(self.config)
+        security = RoomSecurity.from_config(self.config, now=clock.now(), wall=time.time())
+        self.room_state = security.state
         self.rooms = RoomService(
             self.port,
             candidates,
@@ -429,14 +433,17 @@ class Server:
         await self._http.close()
         if self._ops is not None:
             await self._ops.close()
+        if self.room_state is not None:
+            self.room_state.close()
+            self.room_state = None
         log.info("stopped (media datagrams received: %d)", self.sink.count)
 
 
 async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then drain within the timeout.
 
-    Returns the process exit code: 0 after a normal shutdown, 1 if binding failed or a
-    second signal forced an immediate exit.
+    Returns the process exit code: 0 after a normal shutdown, 1 if binding failed, the
+    room state file cannot be used, or a second signal forced an immediate exit.
     """
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
@@ -474,6 +481,10 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
             await server.start()
         except OSError as exc:
             log.error("cannot bind listening sockets: %s", exc)
+            await asyncio.wait_for(server.stop(), timeout)
+            return 1
+        except StateError as exc:
+            log.error("%s", exc)
             await asyncio.wait_for(server.stop(), timeout)
             return 1
         log.info("ready")

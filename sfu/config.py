@@ -184,6 +184,11 @@ class RoomsConfig:
     max_policies: int = 10000
     #: Most (room, identity) bans held at once.
     max_bans: int = 10000
+    #: Directory of ``rooms.sqlite3``, where room policies (passwords as scrypt hashes,
+    #: locks, e2ee_required) and bans persist across restarts; relative paths are from the
+    #: working directory. Empty keeps them in memory only (they vanish on restart; the
+    #: server says so at start).
+    state_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
