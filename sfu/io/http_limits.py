@@ -27,7 +27,7 @@ import logging
 import resource
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 from aiohttp import web
 
@@ -165,8 +165,9 @@ class _GuardedProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._head_tail = b""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport instances but have its methods.
+        transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername")
         self._source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         if not self._limiter.admit(self._source, self._clock()):

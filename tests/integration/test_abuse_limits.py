@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
+import uvloop
 from aiortc import RTCSessionDescription
 from clients import LOOPBACK_CONFIG, running_server
 from test_whip_whep_aiortc import ROOM, new_pc, publisher_offer, sdp_headers, token
@@ -179,7 +180,9 @@ def test_idle_and_slowloris_flood_leaves_health_metrics_and_joins_working() -> N
             await _wait_for(lambda: _open_fds() <= baseline + 8, 10.0)
             await _wait_for(lambda: server.http_limiter.open <= 1, 10.0)
 
-    asyncio.run(asyncio.wait_for(scenario(), 120))
+    # On uvloop, as `sfu serve` runs (its transports are not asyncio.Transport instances).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 120))
 
 
 NEVER_ICE = 200

@@ -76,6 +76,8 @@ def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
     assert result["server_cpu_s_per_million_packets"] > 0
     (step,) = result["steps"]
     assert step["srtp_errors"] == 0 and step["duplicates"] == 0
+    # Every subscriber reports what it received, about once a second (RFC 3550 RRs).
+    assert step["receiver_reports"] >= 4 * (step["window_s"] - 1.5), step
     assert step["received_pps"] > 0.99 * step["egress_pps"]
     assert "max_egress_pps" not in result
     assert 200 < result["egress_pps_per_subscription"] < 450  # the top layer, not layer 0
