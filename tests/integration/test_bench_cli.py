@@ -87,6 +87,19 @@ def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
     assert "%" in proc.stderr  # the progress bar
 
 
+def test_soak_and_churn_runs(tmp_path: Path) -> None:
+    """Short runs of the long scenarios: samples, a summary and plots come out."""
+    doc, _ = _bench(tmp_path, "soak", "--subscribers", "3", "--duration", "4", "--sample", "1")
+    assert doc["scenario"] == "soak" and len(doc["samples"]) >= 3
+    first = doc["samples"][0]
+    assert first["rss_bytes"] > 0 and first["fds"] > 0 and first["receiver_reports"] >= 2
+    assert doc["summary"]["loss_windows"] == 0
+    assert (tmp_path / "result.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc, _ = _bench(tmp_path, "churn", "--cycles", "6", "--concurrency", "2")
+    assert doc["scenario"] == "churn" and doc["cycles"] == 6 and doc["failures"] == 0
+    assert doc["transports_end"] == 0 and doc["rss_end_bytes"] > 0
+
+
 def test_find_max_with_a_tiny_step_budget(tmp_path: Path) -> None:
     doc, proc = _bench(
         tmp_path,

@@ -26,3 +26,19 @@ def test_report_blocks_count_loss_per_interval() -> None:
     # At most 31 blocks (the 5-bit count).
     many = [(i, 1, 0, 0, 0, 0, 0) for i in range(1, 40)]
     assert len(report_blocks(many, {})[0]) == 31
+
+
+def test_soak_summary_compares_the_first_and_last_minute() -> None:
+    from bench.soak import summarize_soak
+
+    samples = [
+        {"t": t, "rss_bytes": 100_000_000 + (t > 500) * 1_000_000, "fds": 20, "loss": 0.0,
+         "p99_ms": 2.0 if t != 300 else 5.0, "egress_pps": 1000.0, "server_egress_lost": 0.0}
+        for t in range(0, 601, 10)
+    ]  # fmt: skip
+    samples[30]["loss"] = 0.002
+    summary = summarize_soak(samples)
+    assert summary["rss_growth"] == 0.01
+    assert summary["loss_windows"] == 1 and summary["worst_window_loss"] == 0.002
+    assert summary["p99_first_minute_ms"] == 2.0 and summary["p99_drift"] == 2.5
+    assert summarize_soak([]) == {}
