@@ -13,12 +13,15 @@ in a directory created mode 0700.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
 from typing import Final
 
-from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
+from sfu.room.policy import Bans, PasswordHash, PolicyError, PolicyStore, RoomPolicy
+
+log = logging.getLogger(__name__)
 
 __all__ = ["STATE_FILE", "RoomStateStore", "StateError"]
 
@@ -142,7 +145,15 @@ class RoomStateStore:
     # -- writing through ----------------------------------------------------------------------
 
     def save_policy(self, room: str, policy: RoomPolicy | None) -> None:
-        """Store ``room``'s own policy, or forget it (None: back to the defaults)."""
+        """Store ``room``'s own policy, or forget it (None: back to the defaults). Raises
+        PolicyError when the file cannot be written (the caller then changes nothing)."""
+        try:
+            self._save_policy(room, policy)
+        except sqlite3.Error as exc:
+            log.error("cannot write the room state file %s: %s", self.path, exc)
+            raise PolicyError(f"the policy could not be saved: {exc}") from None
+
+    def _save_policy(self, room: str, policy: RoomPolicy | None) -> None:
         if policy is None:
             self._db.execute("DELETE FROM policies WHERE room = ?", (room,))
             return
@@ -164,9 +175,14 @@ class RoomStateStore:
         )
 
     def save_ban(self, room: str, identity: str, until_wall: float) -> None:
-        """Store a ban (or its extension) with its wall-clock expiry."""
-        self._db.execute(
-            "INSERT INTO bans VALUES (?, ?, ?) ON CONFLICT (room, identity) "
-            "DO UPDATE SET until_wall = max(until_wall, excluded.until_wall)",
-            (room, identity, until_wall),
-        )
+        """Store a ban (or its extension) with its wall-clock expiry. A write that fails is
+        logged as an error: the ban holds in memory (the removal it came with goes on), it
+        would not survive a restart."""
+        try:
+            self._db.execute(
+                "INSERT INTO bans VALUES (?, ?, ?) ON CONFLICT (room, identity) "
+                "DO UPDATE SET until_wall = max(until_wall, excluded.until_wall)",
+                (room, identity, until_wall),
+            )
+        except sqlite3.Error as exc:
+            log.error("cannot write a ban to the room state file %s: %s", self.path, exc)

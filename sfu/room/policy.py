@@ -213,10 +213,11 @@ class PolicyStore:
         return old, new
 
     def reset(self, room: str) -> tuple[RoomPolicy, RoomPolicy]:
-        """Back to the defaults; returns (old, new)."""
-        old = self._rooms.pop(room, self.defaults.policy)
+        """Back to the defaults; returns (old, new). Raises PolicyError (nothing changed)
+        when the change cannot be saved."""
         if self.on_change is not None:
             self.on_change(room, None)
+        old = self._rooms.pop(room, self.defaults.policy)
         return old, self.defaults.policy
 
     def restore(self, room: str, policy: RoomPolicy) -> None:
@@ -224,16 +225,18 @@ class PolicyStore:
         self._store(room, policy, notify=False)
 
     def _store(self, room: str, policy: RoomPolicy, *, notify: bool = True) -> None:
+        # Saved first (on_change raises PolicyError when it cannot be): memory never holds
+        # a policy that a restart would lose.
         if policy == self.defaults.policy:
-            self._rooms.pop(room, None)
             if notify and self.on_change is not None:
                 self.on_change(room, None)
+            self._rooms.pop(room, None)
             return
         if room not in self._rooms and len(self._rooms) >= self.defaults.max_policies:
             raise PolicyError("too many rooms have a policy of their own")
-        self._rooms[room] = policy
         if notify and self.on_change is not None:
             self.on_change(room, policy)
+        self._rooms[room] = policy
 
 
 class AttemptLimiter:

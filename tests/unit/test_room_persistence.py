@@ -153,3 +153,21 @@ def test_without_a_state_dir_the_operator_is_told(caplog: pytest.LogCaptureFixtu
     security = RoomSecurity.from_config(Config(audit=AuditConfig(path="")))
     assert security.state is None
     assert "vanish on restart" in caplog.text
+
+
+def test_a_policy_that_cannot_be_saved_is_not_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sfu.room.policy import PolicyError
+
+    security = RoomSecurity.from_config(_config(tmp_path), now=0.0, wall=WALL)
+    assert security.state is not None
+    security.state.close()  # every write fails from now on
+    with pytest.raises(PolicyError, match="could not be saved"):
+        security.policies.update("closed", {"locked": True})
+    assert not security.policies.get("closed").locked
+    assert "cannot write the room state file" in caplog.text
+    # A ban still holds in memory (the removal goes on); the failure is logged.
+    security.bans.ban("open", "mallory", 60.0, 0.0)
+    assert security.bans.banned("open", "mallory", 1.0)
+    assert "cannot write a ban" in caplog.text
