@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 SOURCES := pyproject.toml setup.py $(wildcard sfu/_fastpath/*.pyx sfu/_fastpath/*.pxd bench/*.pyx)
 
-.PHONY: run test lint typecheck pytest pytest-compiled pytest-python bench clean deb-run deb-test
+.PHONY: run test lint typecheck pytest pytest-compiled pytest-python bench fuzz clean deb-run deb-test
 
 run: $(VENV)/.run-stamp
 	$(PY) -m sfu serve --config $(CONFIG)
@@ -52,6 +52,15 @@ pytest-compiled: $(VENV)/.test-stamp
 	SFU_EXPECT_COMPILED=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
 pytest-python: $(VENV)/.test-stamp
 	SFU_NO_EXTENSIONS=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Coverage-guided fuzzing (atheris) of the RTP parsers and the forwarder, longer than the
+# suite's bounded run: what it finds that covers new code is added to tests/fuzz/corpus/.
+FUZZ_SECONDS ?= 300
+fuzz: $(VENV)/.test-stamp
+	for target in parse forward; do \
+		$(PY) tests/fuzz/fuzz_rtp.py $$target tests/fuzz/corpus/$$target \
+			-max_total_time=$(FUZZ_SECONDS) -artifact_prefix=tests/fuzz/ || exit 1; \
+	done
 
 bench: $(VENV)/.test-stamp
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-only $(PYTEST_ARGS)

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from bench.client import HandshakeError
 from bench.report import ProgressBar, format_table, write_json, write_plot
 from bench.scenarios import SCENARIOS, RunResult, ScenarioConfig, run_scenario
+from bench.soak import plot_churn, plot_soak, run_churn, run_soak, write_churn, write_soak
 from bench.targets import SfuTarget, Target, TargetError, cpu_count
 
-__all__ = ["main", "parse_args"]
+__all__ = ["LONG_RUNS", "main", "parse_args"]
+
+#: Scenarios that run one long session against our server (``bench/soak.py``).
+LONG_RUNS = ("soak", "churn")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -30,7 +36,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m bench",
         description="Load-test an SFU with synthetic WebRTC publishers and subscribers.",
     )
-    p.add_argument("scenario", choices=SCENARIOS)
+    p.add_argument("scenario", choices=(*SCENARIOS, *LONG_RUNS))
     p.add_argument("--target", metavar="URL", help="a running server (default: start one locally)")
     p.add_argument(
         "--jwt-secret",
@@ -59,13 +65,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bind", help="local address of the synthetic endpoints")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--sample", type=float, default=10.0, help="soak: seconds per sample")
+    p.add_argument("--cycles", type=int, default=1000, help="churn: join/leave cycles")
+    p.add_argument("--concurrency", type=int, default=4, help="churn: cycles at once")
     return p.parse_args(argv)
 
 
 def _config(args: argparse.Namespace) -> ScenarioConfig:
     bind = args.bind or ("127.0.0.1" if args.target is None else "0.0.0.0")
     return ScenarioConfig(
-        scenario=args.scenario,
+        scenario="fanout" if args.scenario in LONG_RUNS else args.scenario,
         subscribers=args.subscribers,
         participants=args.participants,
         speakers=args.speakers,
@@ -127,15 +136,63 @@ async def _run(args: argparse.Namespace) -> list[RunResult]:
     return results
 
 
+async def _run_long(args: argparse.Namespace) -> int:
+    """``soak`` or ``churn`` against our server (local, or ``--target``)."""
+    server_cpu = _pin(args) if args.target is None else None
+    target = SfuTarget(url=args.target, jwt_secret=args.jwt_secret, server_cpu=server_cpu)
+    bar = ProgressBar(enabled=not args.quiet)
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    try:
+        await target.start()
+        if args.scenario == "soak":
+            soak = await run_soak(target, _config(args), args.sample, bar)
+            bar.finish()
+            print(json.dumps(soak.summary, indent=2))
+            if args.json:
+                write_soak(args.json, soak)
+            if plot:
+                plot_soak(plot, soak)
+        else:
+            churn = await run_churn(target, args.cycles, args.concurrency, bar)
+            bar.finish()
+            summary = {k: v for k, v in asdict(churn).items() if k != "samples"}
+            print(json.dumps({**summary, "rss_vs_baseline": churn.rss_vs_baseline}, indent=2))
+            if args.json:
+                write_churn(args.json, churn)
+            if plot:
+                plot_churn(plot, churn)
+    except (TargetError, HandshakeError, OSError) as exc:
+        bar.finish()
+        raise SystemExit(f"{target.name}: {exc}") from None
+    finally:
+        await target.stop()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench; 0 on success."""
     args = parse_args(argv)
     try:
         _config(args)
+        if not 1 <= args.cycles <= 1_000_000 or not 1 <= args.concurrency <= 64:
+            raise ValueError("cycles must be in [1, 1000000] and concurrency in [1, 64]")
+        if not 1.0 <= args.sample <= 600.0:
+            raise ValueError("sample must be in [1, 600] s")
     except ValueError as exc:
         print(f"python -m bench: {exc}", file=sys.stderr)
         return 2
     loop = asyncio.new_event_loop()
+    if args.scenario in LONG_RUNS:
+        long_task = loop.create_task(_run_long(args))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, long_task.cancel)
+        try:
+            return loop.run_until_complete(long_task)
+        except asyncio.CancelledError:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        finally:
+            loop.close()
     task = loop.create_task(_run(args))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)

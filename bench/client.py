@@ -28,6 +28,7 @@ from sfu._fastpath import SrtpError
 from sfu.packet import stun
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import MID_URI, RID_URI
+from sfu.packet.rtcp import ReceiverReport, ReportBlock
 from sfu.packet.sdp import SessionDescription
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState, SrtpProfile
@@ -57,6 +58,9 @@ OPUS_PT = 111
 VP8_PT = 96
 #: Consent freshness checks this often (the server's consent timeout is 30 s, RFC 7675).
 CONSENT_INTERVAL_S = 5.0
+#: Seconds between two receiver reports (RFC 3550 §6.4.2) of a synthetic subscriber: what a
+#: browser sends with reduced-size RTCP (RFC 5506), so the server's egress loss is real.
+RR_INTERVAL_S = 1.0
 _STUN_RETRY_S = 0.1
 _RECV_BUFFER = 4 << 20
 
@@ -109,6 +113,12 @@ class Endpoint:
     _dtls: DtlsEndpoint | None = None
     _tie_breaker: int = field(default_factory=lambda: secrets.randbits(64))
     _last_consent: float = 0.0
+    #: Receiver reports sent, the SSRC they come from, and per source SSRC the (expected,
+    #: received) counts at the last one (for the fraction lost of each interval).
+    reports_sent: int = 0
+    report_ssrc: int = field(default_factory=lambda: secrets.randbits(32) | 1)
+    _last_report: float = 0.0
+    _reported: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         family = socket.AF_INET6 if ":" in self.bind_host else socket.AF_INET
@@ -390,6 +400,25 @@ class Endpoint:
             self.consent_sent += 1
             self._send(self._binding_request(use_candidate=False))
 
+    def report_due(self, now: float) -> bool:
+        """Whether a receiver report is due (connected, every RR_INTERVAL_S)."""
+        return self.srtp_out is not None and now - self._last_report >= RR_INTERVAL_S
+
+    def send_receiver_report(self, streams: Sequence[Sequence[int]], now: float) -> None:
+        """Send an SRTCP receiver report of what the engine received (the ``streams`` of
+        its receiver snapshot). A subscriber's outbound SRTP context is never used by the
+        engine (it only receives), so protecting here between engine slices is safe."""
+        self._last_report = now
+        blocks, self._reported = report_blocks(streams, self._reported)
+        if not blocks or self.srtp_out is None:
+            return
+        plain = ReceiverReport(self.report_ssrc, blocks).serialize()
+        try:
+            self._send(self.srtp_out.protect_rtcp(plain))
+        except SrtpError:  # pragma: no cover - a fresh index per report never fails
+            return
+        self.reports_sent += 1
+
     def handle_control(self, data: bytes) -> bool:
         """One non-media datagram from the engine; True when it asks for a keyframe."""
         kind = _loadgen_py.classify(data)
@@ -410,6 +439,40 @@ class Endpoint:
             self.keyframe_requests += 1
             return True
         return False
+
+
+#: Most report blocks in one RR (the count field has 5 bits, RFC 3550 §6.4.2).
+_MAX_BLOCKS = 31
+
+
+def report_blocks(
+    streams: Sequence[Sequence[int]], previous: dict[int, tuple[int, int]]
+) -> tuple[list[ReportBlock], dict[int, tuple[int, int]]]:
+    """RFC 3550 §6.4.1 report blocks from receiver counters, and the counts to remember.
+
+    ``streams`` rows are (ssrc, unique, duplicates, reordered, first extended sequence
+    number, highest extended sequence number, bytes), as the load generator's receiver
+    snapshot gives them; ``previous`` maps an SSRC to (expected, received) at the last
+    report. Expected is ``highest - first + 1`` (§A.3), lost is expected minus received
+    (duplicates are not received twice here), the fraction is the interval's (§A.3), and no
+    jitter or SR timing is claimed (0).
+    """
+    blocks: list[ReportBlock] = []
+    remembered: dict[int, tuple[int, int]] = {}
+    for row in streams[:_MAX_BLOCKS]:
+        ssrc, unique, first, highest = row[0], row[1], row[4], row[5]
+        expected = highest - first + 1
+        lost = expected - unique
+        prev_expected, prev_received = previous.get(ssrc, (0, 0))
+        interval_expected = expected - prev_expected
+        interval_lost = interval_expected - (unique - prev_received)
+        fraction = 0
+        if interval_expected > 0 and interval_lost > 0:
+            fraction = min(255, (interval_lost << 8) // interval_expected)
+        cumulative = max(-(1 << 23), min(lost, (1 << 23) - 1))
+        blocks.append(ReportBlock(ssrc, fraction, cumulative, highest & 0xFFFFFFFF, 0, 0, 0))
+        remembered[ssrc] = (expected, unique)
+    return blocks, remembered
 
 
 def _wants_keyframe(compound: bytes) -> bool:

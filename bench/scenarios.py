@@ -224,6 +224,8 @@ class StepResult:
     egress_pps_per_subscription: float = 0.0
     #: this step's egress/sent ratio over the first step's (1.0: the server keeps up)
     delivery: float = 1.0
+    #: RTCP receiver reports the subscribers sent in the window (about one per second each)
+    receiver_reports: int = 0
 
     def sustained(self) -> bool:
         """Within the loss limit and keeping up with the offered load."""
@@ -381,15 +383,25 @@ class _Session:
                 if ep is not None and ep.handle_control(data):
                     self.engine.request_keyframe(index)
             now = time.monotonic()
+            self.report(now)
             for ep in self.endpoints:
                 ep.keep_alive(now)
             progress(seconds - max(0.0, end - now))
+
+    def report(self, now: float) -> None:
+        """Receiver reports from every subscriber that is due one (RR_INTERVAL_S), so the
+        server's egress loss figures are what the subscribers actually lost."""
+        for index in self.receivers:
+            ep = self.by_index[index]
+            if ep.report_due(now):
+                ep.send_receiver_report(self.engine.receiver_snapshot(index)["streams"], now)
 
     def snapshot(self) -> dict[str, Any]:
         """Receiver and sender counters now."""
         return {
             "recv": {i: self.engine.receiver_snapshot(i) for i in self.receivers},
             "send": {i: self.engine.sender_counters(i) for i in self.senders},
+            "reports": sum(self.by_index[i].reports_sent for i in self.receivers),
         }
 
     async def close(self) -> None:
@@ -487,6 +499,7 @@ def measure(
         srtp_errors=srtp_errors,
         late_frames=late,
         send_errors=send_errors,
+        receiver_reports=after.get("reports", 0) - before.get("reports", 0),
     )
 
 

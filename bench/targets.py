@@ -188,6 +188,8 @@ class SfuTarget:
             '[http]\nhost = "127.0.0.1"\nport = 0\n'
             '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
             "max_transports = 20000\nmax_pending_transports = 2000\n"
+            # The whole load comes from one address and a few identities by design.
+            "max_pending_per_source = 2000\nmax_pending_per_identity = 2000\n"
             '[logging]\nlevel = "info"\n'
             f'[auth]\njwt_secret = "{secret}"\ndev_tokens = false\n'
             f"[rooms]\nwaiting_room = false\nmax_participants = {self.max_participants}\n"

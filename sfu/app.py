@@ -14,17 +14,26 @@ import sys
 import time
 from typing import Final
 
+from aiohttp import web
+
 from sfu import __version__, clock
 from sfu.config import Config
 from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels, default_kernels
 from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
+from sfu.io.http_limits import (
+    ConnectionLimiter,
+    ConnectionLimits,
+    HttpLimitCounters,
+    raise_file_limit,
+)
 from sfu.io.udp import Address, MediaSocket, open_media_socket
 from sfu.logging_setup import configure_logging
 from sfu.metrics.collector import MetricSources
 from sfu.metrics.http import add_metrics_route, build_registry
 from sfu.metrics.loop_lag import LoopLagMonitor
+from sfu.room.persistence import RoomStateStore, StateError
 from sfu.room.security import RoomSecurity
 from sfu.room.service import RoomService
 from sfu.signaling.admin_http import add_admin_routes
@@ -66,6 +75,13 @@ _MIN_FORWARDER_STREAMS: Final = 16384
 #: of a screen share, with room to spare. A stream that does not fit is not lost: it takes
 #: the Python path (``DataPlane.add_stream`` leaves it there).
 _STREAMS_PER_TRANSPORT: Final = 8
+#: The operations listener's own connection budget (``http.ops_port``): probes and scrapers
+#: are few, so this is plenty, and a flood of the main listener never touches it.
+OPS_MAX_CONNECTIONS: Final = 64
+OPS_MAX_CONNECTIONS_PER_SOURCE: Final = 16
+#: File descriptors wanted beyond the HTTP connection caps: the media socket, the event loop,
+#: logs, the audit and state files, and room to spare.
+FD_RESERVE: Final = 1024
 
 
 def build_data_plane(max_transports: int, kernels: Kernels) -> DataPlane:
@@ -155,6 +171,9 @@ class Server:
             self._send_datagram,
             max_transports=config.media.max_transports,
             max_pending=config.media.max_pending_transports,
+            max_pending_per_source=config.media.max_pending_per_source,
+            max_pending_per_identity=config.media.max_pending_per_identity,
+            connect_timeout=config.media.ice_connect_timeout_s,
         )
         #: The forwarder that carries established media, and its control-plane bookkeeping.
         self.dataplane = build_data_plane(config.media.max_transports, self.kernels)
@@ -171,6 +190,26 @@ class Server:
         self.http_app = build_http_app(
             readiness=self.readiness, max_body_bytes=config.http.max_body_bytes
         )
+        http = config.http
+        exempt = frozenset(http.trusted_proxies)
+        self.http_limiter = ConnectionLimiter(
+            ConnectionLimits(
+                http.max_connections, http.max_connections_per_source, http.header_timeout_s, exempt
+            ),
+            "http",
+        )
+        #: The operations listener (``http.ops_port``): probes and metrics only, its own budget.
+        self.ops_app: web.Application | None = None
+        self.ops_limiter = ConnectionLimiter(
+            ConnectionLimits(
+                OPS_MAX_CONNECTIONS, OPS_MAX_CONNECTIONS_PER_SOURCE, http.header_timeout_s
+            ),
+            "ops",
+        )
+        self.http_limits = HttpLimitCounters([self.http_limiter])
+        if http.ops_port >= 0:
+            self.ops_app = build_http_app(readiness=self.readiness, max_body_bytes=1024)
+            self.http_limits.limiters.append(self.ops_limiter)
         self.metrics = build_registry(
             MetricSources(
                 port=self.port,
@@ -182,15 +221,32 @@ class Server:
                 ready=lambda: self.readiness() is None,
                 draining=lambda: self._draining,
                 signaling_connections=lambda: len(self.sockets.open),
+                http_limits=lambda: self.http_limits,
             )
         )
         if config.metrics.enabled:
             add_metrics_route(self.http_app, self.metrics)
+            if self.ops_app is not None:
+                add_metrics_route(self.ops_app, self.metrics)
         self._http = HttpServer(
             self.http_app,
             shutdown_timeout=config.server.drain_timeout_s,
             access_log=config.logging.debug_personal_data,
+            keepalive_timeout=http.keepalive_timeout_s,
+            limiter=self.http_limiter,
+            clock=clock.now,
         )
+        #: Where room policies and bans persist (``rooms.state_dir``), once started.
+        self.room_state: RoomStateStore | None = None
+        self._ops: HttpServer | None = None
+        if self.ops_app is not None:
+            self._ops = HttpServer(
+                self.ops_app,
+                shutdown_timeout=config.server.drain_timeout_s,
+                keepalive_timeout=http.keepalive_timeout_s,
+                limiter=self.ops_limiter,
+                clock=clock.now,
+            )
 
     @property
     def draining(self) -> bool:
@@ -218,6 +274,11 @@ class Server:
     def http_addresses(self) -> list[Address]:
         """The bound HTTP listener addresses (empty when not listening)."""
         return self._http.addresses
+
+    @property
+    def ops_addresses(self) -> list[Address]:
+        """The bound operations listener addresses (empty when off or not listening)."""
+        return self._ops.addresses if self._ops is not None else []
 
     def _send_datagram(self, data: bytes, addr: Address) -> None:
         if self._udp is not None:
@@ -256,11 +317,17 @@ class Server:
         if self.config.echo.enabled:
             candidates = [(host, media_port) for host in self.config.announced_addresses()]
             self.echo = EchoService(self.port, candidates)
-            add_echo_routes(self.http_app, self.echo, clock.now)
+            add_echo_routes(
+                self.http_app,
+                self.echo,
+                clock.now,
+                trusted_proxies=self.config.http.trusted_proxies,
+            )
             log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
         candidates = [(host, media_port) for host in self.config.announced_addresses()]
         # Meeting security: room policies, bans, audit log, password limits, admin API.
-        security = RoomSecurity.from_config(self.config)
+        security = RoomSecurity.from_config(self.config, now=clock.now(), wall=time.time())
+        self.room_state = security.state
         self.rooms = RoomService(
             self.port,
             candidates,
@@ -290,14 +357,29 @@ class Server:
             token_secret=self.token_secret,
             auth=auth,
             clock=clock.now,
+            trusted_proxies=self.config.http.trusted_proxies,
         )
         add_web_routes(self.http_app, token_secret=self.token_secret, dev_tokens=auth.dev_tokens)
         if auth.dev_tokens:
             log.info("development tokens enabled at POST /dev-token (loopback only)")
         self._timer_task = asyncio.ensure_future(self._run_timers())
         self.loop_lag.start()
+        wanted = http.max_connections + FD_RESERVE
+        if self._ops is not None:
+            wanted += OPS_MAX_CONNECTIONS
+        soft, _ = raise_file_limit(wanted)
+        if soft < wanted:
+            log.warning(
+                "the file limit (%d) is below http.max_connections plus a reserve (%d): "
+                "a connection flood may exhaust descriptors; raise ulimit -n",
+                soft,
+                wanted,
+            )
         for addr in await self._http.start(http.host, http.port):
             log.info("http listening on %s", format_address(addr))
+        if self._ops is not None:
+            for addr in await self._ops.start(http.ops_host or http.host, http.ops_port):
+                log.info("operations (health, metrics) listening on %s", format_address(addr))
 
     def begin_drain(self, deadline_s: float = 0.0) -> None:
         """Stop advertising readiness, refuse new joins and tell connected clients.
@@ -349,14 +431,19 @@ class Server:
         if self._udp is not None:
             await self._udp.close()
         await self._http.close()
+        if self._ops is not None:
+            await self._ops.close()
+        if self.room_state is not None:
+            self.room_state.close()
+            self.room_state = None
         log.info("stopped (media datagrams received: %d)", self.sink.count)
 
 
 async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then drain within the timeout.
 
-    Returns the process exit code: 0 after a normal shutdown, 1 if binding failed or a
-    second signal forced an immediate exit.
+    Returns the process exit code: 0 after a normal shutdown, 1 if binding failed, the
+    room state file cannot be used, or a second signal forced an immediate exit.
     """
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
@@ -394,6 +481,10 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
             await server.start()
         except OSError as exc:
             log.error("cannot bind listening sockets: %s", exc)
+            await asyncio.wait_for(server.stop(), timeout)
+            return 1
+        except StateError as exc:
+            log.error("%s", exc)
             await asyncio.wait_for(server.stop(), timeout)
             return 1
         log.info("ready")

@@ -66,8 +66,24 @@ class HttpConfig:
     #: Largest accepted request body; SDP offers are a few KiB, so this stays small.
     max_body_bytes: int = 65536
     #: Reverse proxies (IP literals) whose ``X-Forwarded-For`` names the real client; used
-    #: only to rate-limit room-password attempts per source.
+    #: only to rate-limit per source (room-password attempts, pending transports).
     trusted_proxies: tuple[str, ...] = ()
+    #: Seconds a new connection has to send a complete request head (slowloris bound).
+    header_timeout_s: float = 10.0
+    #: Seconds an idle keep-alive connection stays open between requests.
+    keepalive_timeout_s: float = 15.0
+    #: Most TCP connections open at once on the HTTP listener (WebSockets included); beyond
+    #: it new connections are closed at once. Keep it under the process's file limit.
+    max_connections: int = 4096
+    #: Most TCP connections open at once from one peer address (the TCP peer: a trusted
+    #: proxy is exempt, since every client behind it shares its address).
+    max_connections_per_source: int = 256
+    #: A second listener for ``/healthz``, ``/readyz`` and ``/metrics`` only, with its own
+    #: connection budget, so probes and scrapes answer while the main listener is flooded;
+    #: firewall it to your monitoring. 0 picks a free port; -1 turns it off.
+    ops_port: int = -1
+    #: Address of the operations listener; empty means ``http.host``.
+    ops_host: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,14 @@ class MediaConfig:
     max_transports: int = 2000
     #: Most transports still waiting for their first valid ICE check (bounds unauthenticated state).
     max_pending_transports: int = 200
+    #: Of those, most created for one client address (behind ``http.trusted_proxies``, the
+    #: forwarded one), so one client cannot take the pending budget from everyone else.
+    max_pending_per_source: int = 20
+    #: Of those, most created for one identity (the join token's subject).
+    max_pending_per_identity: int = 4
+    #: Seconds a new transport waits for its first valid ICE check before it fails (and
+    #: frees its pending place); browsers check within milliseconds of the answer.
+    ice_connect_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +184,11 @@ class RoomsConfig:
     max_policies: int = 10000
     #: Most (room, identity) bans held at once.
     max_bans: int = 10000
+    #: Directory of ``rooms.sqlite3``, where room policies (passwords as scrypt hashes,
+    #: locks, e2ee_required) and bans persist across restarts; relative paths are from the
+    #: working directory. Empty keeps them in memory only (they vanish on restart; the
+    #: server says so at start).
+    state_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,10 +393,32 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
         elif ipaddress.ip_address(addr).is_unspecified:
             errors.append((item, f"cannot announce the unspecified address {addr!r}"))
 
-    for key in ("max_transports", "max_pending_transports"):
+    for key in (
+        "max_transports",
+        "max_pending_transports",
+        "max_pending_per_source",
+        "max_pending_per_identity",
+    ):
         limit = values["media"].get(key)
         if limit is not None and limit <= 0:
             err(f"media.{key}", f"must be positive, got {limit}")
+    ice_timeout = values["media"].get("ice_connect_timeout_s")
+    if ice_timeout is not None and not (math.isfinite(ice_timeout) and 0 < ice_timeout <= 300):
+        err("media.ice_connect_timeout_s", f"must be 0 < seconds <= 300, got {ice_timeout}")
+    for key in ("header_timeout_s", "keepalive_timeout_s"):
+        seconds = values["http"].get(key)
+        if seconds is not None and not (math.isfinite(seconds) and 0 < seconds <= 3600):
+            err(f"http.{key}", f"must be 0 < seconds <= 3600, got {seconds}")
+    for key in ("max_connections", "max_connections_per_source"):
+        limit = values["http"].get(key)
+        if limit is not None and limit <= 0:
+            err(f"http.{key}", f"must be positive, got {limit}")
+    ops_port = values["http"].get("ops_port")
+    if ops_port is not None and not -1 <= ops_port <= 65535:
+        err("http.ops_port", f"must be -1 (off), 0 (any) or a port number, got {ops_port}")
+    ops_host = values["http"].get("ops_host")
+    if ops_host and not _is_ip_literal(ops_host):
+        err("http.ops_host", f"must be empty or an IP address literal, got {ops_host!r}")
 
     # The echo endpoint takes no token: refuse a config that would expose it beyond loopback.
     echo_on = values["echo"].get("enabled", EchoConfig().enabled)

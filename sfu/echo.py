@@ -159,8 +159,11 @@ class EchoService:
         self._candidates = list(candidates)
         self.sessions: dict[str, EchoSession] = {}
 
-    def create(self, offer_sdp: str, now: float) -> tuple[EchoSession, str]:
-        """Answer ``offer_sdp``; raises OfferError (bad offer) or CapacityError (full)."""
+    def create(
+        self, offer_sdp: str, now: float, *, source: str | None = None
+    ) -> tuple[EchoSession, str]:
+        """Answer ``offer_sdp``; raises OfferError (bad offer) or CapacityError (full, in all
+        or for the client's ``source`` address: the media port's per-source pending cap)."""
         self._reap()
         try:
             offer = SessionDescription.parse(offer_sdp)
@@ -175,6 +178,7 @@ class EchoService:
             remote_fingerprints=[(f.algorithm, f.value) for f in negotiated.fingerprints],
             dtls_role=DtlsRole.SERVER if negotiated.setup is Setup.PASSIVE else DtlsRole.CLIENT,
             now=now,
+            source=source,
         )
         taken = set(s for m in negotiated.media for s in m.ssrcs)
         cname = secrets.token_urlsafe(9)

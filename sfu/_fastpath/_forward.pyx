@@ -54,7 +54,10 @@ from sfu._fastpath._munger cimport (
     munger_switch_source,
     munger_t,
 )
-from sfu._fastpath._rtp cimport RTP_OK, rtp_ext_find, rtp_parse, rtp_view_t
+from sfu._fastpath._rtp cimport (
+    RTP_DEFECT_EXT_ELEMENT, RTP_DEFECT_HEADER, RTP_DEFECT_NO_PAYLOAD, RTP_DEFECT_NONE, RTP_OK,
+    rtp_ext_find, rtp_parse, rtp_view_t,
+)
 from sfu._fastpath._srtp cimport (
     SrtpContext,
     srtp_protect_rtp_header,
@@ -145,6 +148,9 @@ cdef enum:
     FL_KEYFRAME = 32
     FL_LEVEL = 64
     FL_VAD = 128
+    FL_REASON_SHIFT = 16        # values.F_REASON_SHIFT: why a refused packet was refused
+    REFUSED_PAYLOAD_TYPE = 8    # values.REFUSED_PAYLOAD_TYPE
+    REFUSED_DESCRIPTOR = 9      # values.REFUSED_DESCRIPTOR
     K_AUDIO = 0
     K_VP8 = 1
     HISTORY = 1024              # sfu.core.route_state.HISTORY
@@ -221,6 +227,7 @@ cdef struct stream_t:
     route_t* routes
     int nroutes
     unsigned long long packets
+    int payload_type            # the only one accepted (the codec's); -1: any
 
 cdef struct record_t:
     int stream
@@ -660,6 +667,7 @@ cdef class Forwarder:
         s.transport = transport
         s.ssrc = <uint32_t>source.ssrc
         s.layer = source.layer
+        s.payload_type = getattr(source, "payload_type", -1)
         s.kind = kind
         s.unwrap = &(<SequenceUnwrapper>unwrapper).u
         s.cache = &(<RetransmissionBuffer>cache).c
@@ -1034,23 +1042,41 @@ cdef class Forwarder:
         cdef uint8_t* slot
         cdef int i
         if rtp_parse(&v, p, n, t.twcc_id, t.level_id if st.kind == K_AUDIO else 0) != RTP_OK:
-            self._log(handle, FL_HEADER_BAD, 0, 0, now, <int>n, 0, 0, 0, 0)
+            self._log(handle, FL_HEADER_BAD | RTP_DEFECT_HEADER << FL_REASON_SHIFT, 0, 0, now,
+                      <int>n, 0, 0, 0, 0)
             return
         ts = v.timestamp
+        # Refused (never forwarded, the reason in the record): what ingest.py refuses.
+        if v.defect != RTP_DEFECT_NONE and v.defect != RTP_DEFECT_NO_PAYLOAD:
+            self._log(handle, FL_MALFORMED_EXT | v.defect << FL_REASON_SHIFT, 0, ts, now,
+                      <int>n, 0, 0, 0, 0)
+            return
         if t.twcc_id:
             r = rtp_ext_find(&v, &v.twcc)
-            if r < 0:
-                self._log(handle, FL_MALFORMED_EXT, 0, ts, now, <int>n, 0, 0, 0, 0)
+            if r < 0:  # not reached: the defect check admitted the block
+                self._log(handle, FL_MALFORMED_EXT | RTP_DEFECT_EXT_ELEMENT << FL_REASON_SHIFT,
+                          0, ts, now, <int>n, 0, 0, 0, 0)
                 return
             if r == 1 and v.twcc.len == 2:
                 twcc = (p[v.twcc.pos] << 8) | p[v.twcc.pos + 1]
                 flags |= FL_TWCC
         ext_seq = _unwrap(st.unwrap, v.seq)
+        if v.defect != RTP_DEFECT_NONE or (
+            st.payload_type >= 0 and v.payload_type != st.payload_type
+        ):
+            # A bare header, or a payload type no route's munger maps: dropped on every route
+            # as padding is (no subscriber sees a hole where it was).
+            self._skip(st, ext_seq)
+            flags |= FL_PADDING | (v.defect if v.defect != RTP_DEFECT_NONE
+                                   else REFUSED_PAYLOAD_TYPE) << FL_REASON_SHIFT
+            self._log(handle, flags, ext_seq, ts, now, <int>n, twcc, 0, 0, 0)
+            return
         cache_put(st.cache, p, n, ext_seq, now)
         info.has_vp8 = False
         if st.kind == K_VP8:
             if v.payload_offset < 0:
-                self._log(handle, flags | FL_MALFORMED_EXT, 0, ts, now, <int>n, twcc, 0, 0, 0)
+                self._log(handle, flags | FL_MALFORMED_EXT | RTP_DEFECT_EXT_ELEMENT << FL_REASON_SHIFT,
+                          0, ts, now, <int>n, twcc, 0, 0, 0)
                 return
             if v.payload_end <= v.payload_offset:
                 # Padding only (RFC 3550 §5.1; e.g. bandwidth probes): nothing to forward, but
@@ -1062,8 +1088,9 @@ cdef class Forwarder:
             # The descriptor is read up to the packet's end (padding included), as the
             # reference's parse_vp8(packet, offset) does.
             if vp8_parse(p, v.payload_offset, n, &info.desc) < 0:
-                self._log(handle, flags | FL_MALFORMED_PAYLOAD, ext_seq, ts, now, <int>n, twcc,
-                          0, 0, 0)
+                self._log(handle, flags | FL_MALFORMED_PAYLOAD
+                          | REFUSED_DESCRIPTOR << FL_REASON_SHIFT, ext_seq, ts, now, <int>n,
+                          twcc, 0, 0, 0)
                 return
             info.has_vp8 = True
             info.offset = v.payload_offset
@@ -1082,7 +1109,8 @@ cdef class Forwarder:
             if t.level_id:
                 r = rtp_ext_find(&v, &v.level)
                 if r < 0:
-                    self._log(handle, flags | FL_MALFORMED_EXT, 0, ts, now, <int>n, twcc, 0, 0,
+                    self._log(handle, flags | FL_MALFORMED_EXT
+                              | RTP_DEFECT_EXT_ELEMENT << FL_REASON_SHIFT, 0, ts, now, <int>n, twcc, 0, 0,
                               0)
                     return
                 if r == 1 and v.level.len == 1:

@@ -579,13 +579,17 @@ cdef class RtpMunger:
                     code = _translate(m, in_ext_seq, ts, now, ssrc, True, &out_seq, &out_ts)
                     if code < 0:
                         return 0
-                    return _write_py(self, packet, dst, out_seq, out_ts, self.pt_map_obj.get(pt))
+                    return _write_py(
+                        self, packet, dst, out_seq, out_ts & 0xFFFFFFFF, self.pt_map_obj.get(pt)
+                    )
                 pt = mapped
             code = _translate(m, in_ext_seq, ts, now, ssrc, True, &out_seq, &out_ts)
             if code < 0:
                 return 0
-            if out_seq < 0 or out_ts < 0:  # the kernel refuses these: raise as it does
-                return _write_py(self, packet, dst, out_seq, out_ts, pt)
+            # A publisher's timestamps may walk the extended value below zero (steps back of
+            # almost 2**31): it goes out modulo 2**32 like any other (the wire's 32 bits).
+            if out_seq < 0:  # the kernel refuses these: raise as it does
+                return _write_py(self, packet, dst, out_seq, out_ts & 0xFFFFFFFF, pt)
             PyObject_GetBuffer(dst, &db, PyBUF_SIMPLE | PyBUF_WRITABLE)
             try:
                 written = rtp_rewrite(

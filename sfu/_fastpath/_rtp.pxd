@@ -15,7 +15,8 @@
 # ``peek_rtp_header`` answers None; ``payload_offset`` is -1 where ``payload_offset`` raises;
 # ``rtp_ext_find`` answers what ``find_extension`` answers for that id (or -1 where it raises);
 # ``ext_bad`` is set where ``parse_rtp`` raises for the extension block. Nothing is validated
-# beyond that (the padding count in particular is read, not checked: see ``padding_ok``).
+# beyond that (the padding count in particular is read, not checked: see ``padding_ok``),
+# except in ``defect``: the data plane's admission check, ``sfu.packet.rtp.rtp_defect``.
 # The rewritten copy of a packet keeps the header's layout, so a view of the ingress packet
 # describes every egress copy made from it.
 #
@@ -29,6 +30,15 @@ cdef enum:
     RTP_HEADER_BAD = -1         # shorter than the fixed header, or version != 2
     RTP_ONE_BYTE_PROFILE = 0xBEDE
     RTP_ONE_BYTE_STOP_ID = 15   # RFC 8285 §4.2: ends the processing of the whole block
+    # ``rtp_view_t.defect``: sfu.packet.rtp.RTP_DEFECT_* (the first check that fails)
+    RTP_DEFECT_NONE = 0
+    RTP_DEFECT_HEADER = 1
+    RTP_DEFECT_CSRC = 2
+    RTP_DEFECT_EXT_BLOCK = 3
+    RTP_DEFECT_EXT_PROFILE = 4
+    RTP_DEFECT_EXT_ELEMENT = 5
+    RTP_DEFECT_PADDING = 6
+    RTP_DEFECT_NO_PAYLOAD = 7
 
 
 cdef struct rtp_elem_t:
@@ -56,6 +66,7 @@ cdef struct rtp_view_t:
     Py_ssize_t payload_end      # size - padding, never below 0 (<= payload_offset: no payload)
     rtp_elem_t twcc             # transport-wide CC sequence number element
     rtp_elem_t level            # audio level element (RFC 6464)
+    int defect                  # RTP_DEFECT_*: what ``sfu.packet.rtp.rtp_defect`` answers
 
 
 cdef inline int rtp_ext_next(const uint8_t* p, int profile, Py_ssize_t* pos, Py_ssize_t end,
@@ -118,6 +129,7 @@ cdef inline int rtp_parse(rtp_view_t* v, const uint8_t* p, Py_ssize_t n, int twc
     v.size = n
     v.payload_offset = -1
     v.padding_ok = False
+    v.defect = RTP_DEFECT_HEADER
     if n < 12:
         return RTP_HEADER_BAD
     v.marker = (p[1] & 0x80) != 0
@@ -141,11 +153,13 @@ cdef inline int rtp_parse(rtp_view_t* v, const uint8_t* p, Py_ssize_t n, int twc
     v.level.id = level_id
     v.level.pos = -1
     v.level.len = 0
+    v.defect = RTP_DEFECT_NONE
     offset = 12 + 4 * v.csrc_count
     if v.has_ext:
         # RFC 3550 §5.3.1: 16-bit profile, 16-bit length in 32-bit words, then the body.
         if offset + 4 > n:
             v.ext_bad = True
+            v.defect = RTP_DEFECT_CSRC if offset > n else RTP_DEFECT_EXT_BLOCK
             offset = -1
         else:
             v.ext_profile = (p[offset] << 8) | p[offset + 1]
@@ -153,6 +167,7 @@ cdef inline int rtp_parse(rtp_view_t* v, const uint8_t* p, Py_ssize_t n, int twc
             v.ext_end = v.ext_start + 4 * ((<Py_ssize_t>p[offset + 2] << 8) | p[offset + 3])
             if v.ext_end > n:
                 v.ext_bad = True
+                v.defect = RTP_DEFECT_EXT_BLOCK
                 v.ext_start = v.ext_end = 0
                 offset = -1
             else:
@@ -165,6 +180,10 @@ cdef inline int rtp_parse(rtp_view_t* v, const uint8_t* p, Py_ssize_t n, int twc
                     r = rtp_ext_next(p, v.ext_profile, &pos, v.ext_end, &ext_id, &vpos, &vlen)
                     if r <= 0:
                         v.ext_bad = r < 0
+                        if r < 0:
+                            v.defect = RTP_DEFECT_EXT_ELEMENT
+                        elif v.ext_profile != RTP_ONE_BYTE_PROFILE and (v.ext_profile >> 4) != 0x100:
+                            v.defect = RTP_DEFECT_EXT_PROFILE
                         break
                     if ext_id == twcc_id and v.twcc.pos < 0:
                         v.twcc.pos = vpos
@@ -174,6 +193,7 @@ cdef inline int rtp_parse(rtp_view_t* v, const uint8_t* p, Py_ssize_t n, int twc
                         v.level.len = vlen
     elif offset > n:
         offset = -1  # the CSRC list overruns the packet
+        v.defect = RTP_DEFECT_CSRC
     v.payload_offset = offset
     # RFC 3550 §5.1: with P set the last octet counts the padding octets, itself included.
     v.padding = p[n - 1] if p[0] & 0x20 else 0
@@ -181,6 +201,12 @@ cdef inline int rtp_parse(rtp_view_t* v, const uint8_t* p, Py_ssize_t n, int twc
         offset >= 0 and v.padding != 0 and offset + v.padding <= n
     )
     v.payload_end = n - v.padding if n > v.padding else 0
+    if v.defect == RTP_DEFECT_NONE:
+        if p[0] & 0x20:
+            if not v.padding_ok:
+                v.defect = RTP_DEFECT_PADDING
+        elif offset == n:
+            v.defect = RTP_DEFECT_NO_PAYLOAD
     return RTP_OK
 
 

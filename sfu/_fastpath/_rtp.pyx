@@ -10,7 +10,7 @@ from libc.stdint cimport uint8_t
 from sfu.packet.errors import ParseError
 from sfu.packet.rtp import RtpView
 
-__all__ = ["find_extension", "parse_rtp"]
+__all__ = ["find_extension", "parse_rtp", "rtp_defect"]
 
 
 def parse_rtp(packet):
@@ -57,5 +57,17 @@ def find_extension(packet, ext_id):
         if r == 0:
             return None
         return (<const char*>b.buf)[v.twcc.pos:v.twcc.pos + v.twcc.len]
+    finally:
+        PyBuffer_Release(&b)
+
+
+def rtp_defect(packet):
+    """``sfu.packet.rtp.rtp_defect`` on the C parse (``rtp_view_t.defect``)."""
+    cdef Py_buffer b
+    cdef rtp_view_t v
+    PyObject_GetBuffer(packet, &b, PyBUF_SIMPLE)
+    try:
+        rtp_parse(&v, <const uint8_t*>b.buf, b.len, 0, 0)
+        return v.defect
     finally:
         PyBuffer_Release(&b)

@@ -25,10 +25,13 @@ from sfu._fastpath.values import (
     F_MALFORMED_EXT,
     F_MALFORMED_PAYLOAD,
     F_PADDING,
+    F_REASON_SHIFT,
     F_RTX,
     F_TWCC,
     F_VAD,
     H264,
+    REFUSED_DESCRIPTOR,
+    REFUSED_PAYLOAD_TYPE,
     VP8,
     VP9,
     LogRecord,
@@ -39,7 +42,15 @@ from sfu.codecs.vp8 import parse_vp8
 from sfu.codecs.vp9 import parse_vp9
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import abs_send_time_from_seconds
-from sfu.packet.rtp import Extensions, peek_rtp_header
+from sfu.packet.rtp import (
+    RTP_DEFECT_EXT_ELEMENT,
+    RTP_DEFECT_HEADER,
+    RTP_DEFECT_NO_PAYLOAD,
+    RTP_DEFECT_NONE,
+    Extensions,
+    peek_rtp_header,
+    rtp_defect,
+)
 
 __all__ = ["Emit", "Route", "Source", "describe", "ingest"]
 
@@ -63,6 +74,8 @@ class Source(Protocol):
     def unwrapper(self) -> _Unwrapper: ...
     @property
     def cache(self) -> _Cache: ...
+    @property
+    def payload_type(self) -> int: ...
 
 
 class Route(Protocol):
@@ -128,12 +141,22 @@ def ingest(
 
     ``rtx`` marks a repair restored from its RTX packet (RFC 4588): it is forwarded and cached
     like the original, but reads no audio level and does not count toward the layer's bitrate.
+    A packet that is refused (a malformed header, see :func:`sfu.packet.rtp.rtp_defect`, a
+    payload type that is not the stream's, a payload descriptor that does not parse) is never
+    forwarded; its record carries the reason (:func:`sfu._fastpath.values.refusal`). Those
+    with a readable sequence number and nothing wrong before the payload leave no hole in any
+    subscriber's outgoing sequence (as padding does).
     """
     size = len(plain)
     header = peek_rtp_header(plain)
     if header is None:
-        return (handle, F_HEADER_BAD, 0, 0, now, size, 0, 0, 0, 0)
-    _, seq, timestamp, _ = header
+        flags = F_HEADER_BAD | RTP_DEFECT_HEADER << F_REASON_SHIFT
+        return (handle, flags, 0, 0, now, size, 0, 0, 0, 0)
+    _, seq, timestamp, payload_type = header
+    defect = rtp_defect(plain)
+    if defect != RTP_DEFECT_NONE and defect != RTP_DEFECT_NO_PAYLOAD:
+        flags = F_MALFORMED_EXT | defect << F_REASON_SHIFT
+        return (handle, flags, 0, timestamp, now, size, 0, 0, 0, 0)
     flags = F_RTX if rtx else 0
     twcc = 0
     level = 0
@@ -145,6 +168,14 @@ def ingest(
                 twcc = (raw[0] << 8) | raw[1]
                 flags |= F_TWCC
         ext_seq = source.unwrapper.unwrap(seq)
+        expected = source.payload_type
+        if defect or (expected >= 0 and payload_type != expected):
+            # A bare header, or a payload type no subscriber's munger maps: dropped on every
+            # route as padding is, so no subscriber sees a hole where it was.
+            for sub, _ in routes:
+                sub.skip(source, ext_seq)
+            flags |= F_PADDING | (defect or REFUSED_PAYLOAD_TYPE) << F_REASON_SHIFT
+            return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
         source.cache.put(plain, ext_seq, now)
         if kind == AUDIO:
             info = AUDIO_INFO
@@ -164,12 +195,13 @@ def ingest(
             try:
                 info = describe(kind, plain, offset)
             except ParseError:
-                flags |= F_MALFORMED_PAYLOAD
+                flags |= F_MALFORMED_PAYLOAD | REFUSED_DESCRIPTOR << F_REASON_SHIFT
                 return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
             if info.is_keyframe and info.is_start_of_frame:
                 flags |= F_KEYFRAME
-    except ParseError:
-        return (handle, flags | F_MALFORMED_EXT, 0, timestamp, now, size, twcc, 0, 0, 0)
+    except ParseError:  # not reached: rtp_defect admitted the block (kept as the C twin)
+        flags |= F_MALFORMED_EXT | RTP_DEFECT_EXT_ELEMENT << F_REASON_SHIFT
+        return (handle, flags, 0, timestamp, now, size, twcc, 0, 0, 0)
     abs_time = abs_send_time_from_seconds(now)
     forwarded = 0
     out_bytes = 0

@@ -14,6 +14,7 @@ from enum import IntEnum
 from typing import Final, NamedTuple
 
 from sfu.codecs.vp8 import Vp8Descriptor
+from sfu.packet.rtp import RTP_DEFECTS
 
 __all__ = [
     "AUDIO",
@@ -31,12 +32,16 @@ __all__ = [
     "F_MALFORMED_EXT",
     "F_MALFORMED_PAYLOAD",
     "F_PADDING",
+    "F_REASON_SHIFT",
     "F_RTX",
     "F_TWCC",
     "F_VAD",
     "H264",
     "MAX_SPATIAL_LAYERS",
     "OTHER_VIDEO",
+    "REFUSAL_REASONS",
+    "REFUSED_DESCRIPTOR",
+    "REFUSED_PAYLOAD_TYPE",
     "REORDER_WINDOW",
     "VP8",
     "VP9",
@@ -48,6 +53,7 @@ __all__ = [
     "TranslationParams",
     "Vp8Translation",
     "check_power_of_two",
+    "refusal",
 ]
 
 #: Stream kinds. The forwarders handle AUDIO and VP8 themselves; the others are ingested on
@@ -69,6 +75,22 @@ F_KEYFRAME: Final = 32  # the first packet of a keyframe
 F_LEVEL: Final = 64  # the level field holds an RFC 6464 audio level
 F_VAD: Final = 128  # ... with the voice activity bit set
 F_RTX: Final = 256  # a repair restored from RTX (slow path only): no meter, no audio level
+
+#: A record of a packet the data plane refused (not forwarded) carries why in the flags, from
+#: this bit up: 0 none, 1.. an ``sfu.packet.rtp.RTP_DEFECT_*`` code, or one of the two below.
+F_REASON_SHIFT: Final = 16
+#: The payload type is not the stream's (the munger would not map it to the subscriber's).
+REFUSED_PAYLOAD_TYPE: Final = len(RTP_DEFECTS)
+#: The payload descriptor (VP8, VP9, H.264) does not parse, or there is no payload after it.
+REFUSED_DESCRIPTOR: Final = REFUSED_PAYLOAD_TYPE + 1
+#: Drop-reason names (metric label values) of the refusal codes; index = code, 0 unused.
+REFUSAL_REASONS: Final = (*RTP_DEFECTS, "rtp_payload_type", "rtp_payload_descriptor")
+
+
+def refusal(flags: int) -> int:
+    """The refusal code a record's flags carry (0: the packet was not refused)."""
+    return flags >> F_REASON_SHIFT
+
 
 #: (stream handle, flags, ext seq, RTP timestamp, now, size, twcc seq, audio level,
 #: packets forwarded, bytes forwarded): what ingest of one packet leaves for the receive

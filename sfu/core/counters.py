@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
+from sfu._fastpath.values import REFUSAL_REASONS
 from sfu.core.publication import SourceStream
 from sfu.core.subscription import Subscription
 from sfu.histogram import LATENCY_BUCKETS_S, PlainHistogram
@@ -16,6 +17,10 @@ __all__ = [
     "subscription_loss",
     "subscription_switches",
 ]
+
+
+def _refusals() -> list[int]:
+    return [0] * len(REFUSAL_REASONS)
 
 
 @dataclass(slots=True)
@@ -53,11 +58,24 @@ class PeerCounters:
     ingress_lost: int = 0
     egress_sent: int = 0
     egress_lost: int = 0
+    #: RTP packets the data plane refused (never forwarded), by refusal code: the index into
+    #: ``sfu._fastpath.values.REFUSAL_REASONS`` (a header defect, payload type, descriptor).
+    rtp_refused: list[int] = field(default_factory=_refusals)
 
     def add(self, other: PeerCounters) -> None:
         """Add every counter of ``other`` into this one."""
         for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+            mine = getattr(self, f.name)
+            if isinstance(mine, list):
+                for i, n in enumerate(getattr(other, f.name)):
+                    mine[i] += n
+            else:
+                setattr(self, f.name, mine + getattr(other, f.name))
+
+    def refuse(self, code: int) -> None:
+        """Count one RTP packet refused for reason ``code`` (out of range: the last)."""
+        refused = self.rtp_refused
+        refused[code if 0 < code < len(refused) else len(refused) - 1] += 1
 
 
 def _latency_histogram() -> PlainHistogram:

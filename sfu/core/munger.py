@@ -318,7 +318,10 @@ class RtpMunger:
         params = self.translate(in_ext_seq, ts, now, ssrc)
         if params.drop:
             return DROPPED
-        n = rewrite_rtp(packet, dst, self.out_ssrc, params.out_seq, params.out_ts, pt, KEEP_MARKER)
+        # The extended timestamp goes out modulo 2**32 (RFC 3550 §5.1): a publisher's steps
+        # back of almost 2**31 each can walk it below zero, which must not raise here.
+        out_ts = params.out_ts & 0xFFFFFFFF
+        n = rewrite_rtp(packet, dst, self.out_ssrc, params.out_seq, out_ts, pt, KEEP_MARKER)
         if n < 0 and params.out_seq == self._last_out_seq:
             self._retract_newest()
         return n

@@ -109,6 +109,9 @@ class SourceStream:
     rtx_ssrc: int | None = None
     _: KW_ONLY
     kernels: InitVar[Kernels]
+    #: The one payload type its packets may carry (the codec's); -1 accepts any. Ingest
+    #: refuses and counts any other (no subscriber's munger could map it).
+    payload_type: int = -1
     unwrapper: SequenceUnwrapper = field(init=False)
     cache: RetransmissionBuffer = field(init=False)
     nacks: NackGenerator | None = field(init=False)
@@ -234,7 +237,14 @@ class Publication:
             self.streams.pop(old.ssrc, None)
         rid = self.rids[layer] if layer < len(self.rids) else None
         stream = SourceStream(
-            ssrc, layer, rid, self.codec.clock_rate, self.video, rtx_ssrc, kernels=self.kernels
+            ssrc,
+            layer,
+            rid,
+            self.codec.clock_rate,
+            self.video,
+            rtx_ssrc,
+            kernels=self.kernels,
+            payload_type=self.codec.payload_type,
         )
         self.streams[ssrc] = stream
         self.layers[layer] = stream

@@ -21,6 +21,7 @@ from sfu._fastpath.values import (
     F_MALFORMED_EXT,
     F_MALFORMED_PAYLOAD,
     F_PADDING,
+    F_REASON_SHIFT,
     F_RTX,
     F_TWCC,
     F_VAD,
@@ -34,7 +35,14 @@ from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import parse_transport_cc_seq
-from sfu.packet.rtp import Extensions, peek_rtp_header
+from sfu.packet.rtp import (
+    RTP_DEFECT_HEADER,
+    RTP_DEFECT_NO_PAYLOAD,
+    RTP_DEFECT_NONE,
+    Extensions,
+    peek_rtp_header,
+    rtp_defect,
+)
 from sfu.packet.rtx import restore_rtx
 
 __all__ = ["AudioLevelSink", "Router"]
@@ -72,13 +80,19 @@ class Router:
         """One decrypted RTP packet from the participant (never raises on bad input)."""
         header = peek_rtp_header(packet)
         if header is None:
-            self.counters.malformed += 1
+            self.counters.refuse(RTP_DEFECT_HEADER)
             return
         ssrc, _, _, payload_type = header
         binder = self.binder
         entry = binder.media(ssrc)
         if entry is not None:
             self._ingest(entry[0], entry[1], packet, now=now, rtx=False)
+            return
+        defect = rtp_defect(packet)
+        if defect != RTP_DEFECT_NONE and defect != RTP_DEFECT_NO_PAYLOAD:
+            # Nothing binds or repairs from a malformed header (a bare one may be a probe).
+            self.counters.rtp_in += 1
+            self.counters.refuse(defect)
             return
         extensions = Extensions(packet)  # one pass for naming and TWCC
         repaired = binder.rtx(ssrc)
@@ -158,8 +172,10 @@ class Router:
         """The receive bookkeeping of one ingested packet, from its ingest record."""
         _, flags, ext_seq, timestamp, now, size, twcc, level, forwarded, out_bytes = record
         counters = self.counters
+        refused = flags >> F_REASON_SHIFT
+        if refused:
+            counters.refuse(refused)
         if flags & F_HEADER_BAD:
-            counters.malformed += 1
             return
         rtx = bool(flags & F_RTX)
         if not rtx:  # a repair's arrival was counted when its RTX packet came in
@@ -167,11 +183,9 @@ class Router:
             if flags & F_TWCC:
                 self.twcc.on_packet(twcc, stream.ssrc, now)
         if flags & F_MALFORMED_EXT:
-            counters.malformed += 1
             return
         self._account(pub, stream, size, ext_seq, timestamp, now=now, rtx=rtx)
         if flags & F_MALFORMED_PAYLOAD:
-            counters.malformed += 1
             return
         if flags & F_PADDING:
             return

@@ -12,6 +12,8 @@ from typing import Any, Final, TypeAlias
 
 from aiohttp import web
 
+from sfu.io.http_limits import ConnectionLimiter, LimitedSite
+
 __all__ = ["HttpServer", "ReadinessProbe", "build_http_app"]
 
 log = logging.getLogger(__name__)
@@ -50,19 +52,35 @@ class HttpServer:
     """Runs an application on one TCP listener and tears it down within a time bound."""
 
     def __init__(
-        self, app: web.Application, *, shutdown_timeout: float, access_log: bool = False
+        self,
+        app: web.Application,
+        *,
+        shutdown_timeout: float,
+        access_log: bool = False,
+        keepalive_timeout: float | None = None,
+        limiter: ConnectionLimiter | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {} if access_log else {"access_log": None}
+        if keepalive_timeout is not None:
+            kwargs["keepalive_timeout"] = keepalive_timeout  # aiohttp's default is 3630 s
         self._runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=shutdown_timeout, **kwargs
         )
+        self._limiter = limiter
+        self._clock = clock
         self._started = False
 
     async def start(self, host: str, port: int) -> list[tuple[Any, ...]]:
-        """Listen on ``host:port`` (port 0 picks a free one); returns the bound addresses."""
+        """Listen on ``host:port`` (port 0 picks a free one); returns the bound addresses.
+        With a limiter, connections pass it first (:mod:`sfu.io.http_limits`)."""
         await self._runner.setup()
         self._started = True
-        site = web.TCPSite(self._runner, host, port)
+        site: web.BaseSite
+        if self._limiter is not None and self._clock is not None:
+            site = LimitedSite(self._runner, host, port, self._limiter, clock=self._clock)
+        else:
+            site = web.TCPSite(self._runner, host, port)
         await site.start()
         return self.addresses
 

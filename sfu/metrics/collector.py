@@ -26,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sfu._fastpath.values import REFUSAL_REASONS
 from sfu.core.counters import (
     PeerCounters,
     stream_loss,
@@ -34,6 +35,7 @@ from sfu.core.counters import (
 )
 from sfu.core.kernels import Forwarder
 from sfu.histogram import BANDWIDTH_BUCKETS_BPS, PlainHistogram
+from sfu.io.http_limits import HttpLimitCounters
 from sfu.metrics.labels import DROP_REASONS, HANDSHAKE_FAILURES, KINDS, drop_reason
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.room.room import ParticipantState
@@ -57,6 +59,8 @@ class MetricSources:
     ready: Callable[[], bool]
     draining: Callable[[], bool]
     signaling_connections: Callable[[], int]
+    #: The HTTP listeners' connection limits (None: not measured, as in tools and tests).
+    http_limits: Callable[[], HttpLimitCounters | None] = lambda: None
 
 
 @dataclass
@@ -154,6 +158,9 @@ class SfuCollector(Collector):
             drops[(drop_reason(reason),)] += n
         drops[("rtp_unknown_ssrc",)] += c.unknown_ssrc
         drops[("media_malformed",)] += c.malformed
+        for code, n in enumerate(c.rtp_refused):
+            if code:
+                drops[(REFUSAL_REASONS[code],)] += n
         yield self._counter(
             "sfu_packets_dropped", "Datagrams and packets dropped, by reason.", ["reason"], drops
         )
@@ -349,6 +356,28 @@ class SfuCollector(Collector):
         for state, n in states.items():
             transports.add_metric([state], n)
         yield transports
+        yield self._counter(
+            "sfu_transports_refused",
+            "Offers refused a transport, by the cap they met.",
+            ["reason"],
+            {(reason,): n for reason, n in src.port.refused.items()},
+        )
+        http = src.http_limits()
+        if http is not None:
+            yield self._counter(
+                "sfu_http_connections_refused",
+                "HTTP connections refused or closed by a limit, by reason.",
+                ["reason"],
+                {(reason,): n for reason, n in http.refused.items()},
+            )
+            open_now = GaugeMetricFamily(
+                "sfu_http_connections",
+                "Open TCP connections on the HTTP listeners, by listener.",
+                labels=["listener"],
+            )
+            for listener, n in http.open_connections().items():
+                open_now.add_metric([listener], n)
+            yield open_now
         yield GaugeMetricFamily(
             "sfu_signaling_connections",
             "Open room-protocol WebSocket connections.",

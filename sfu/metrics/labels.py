@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from sfu._fastpath.values import REFUSAL_REASONS
+from sfu.io.http_limits import REASONS as HTTP_REFUSALS
 from sfu.packet.demux import PacketKind
 from sfu.transport import ice
+from sfu.transport.port import REFUSAL_REASONS as TRANSPORT_REFUSALS
 from sfu.transport.transport import HandshakeFailure
 
 __all__ = ["ALLOWED", "DROP_REASONS", "HANDSHAKE_FAILURES", "KINDS", "drop_reason"]
@@ -51,6 +54,7 @@ DROP_REASONS: Final = frozenset(
         "media_malformed",
         "other",
     }
+    | {reason for reason in REFUSAL_REASONS if reason}
 )
 
 
@@ -67,7 +71,11 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "kind": KINDS | {"websocket", "whip", "whep"},
     "media": frozenset({"audio", "video"}),
     "direction": frozenset({"ingress", "egress"}),
-    "reason": DROP_REASONS | frozenset(reason for _, reason in HANDSHAKE_FAILURES),
+    "reason": DROP_REASONS
+    | frozenset(reason for _, reason in HANDSHAKE_FAILURES)
+    | frozenset(TRANSPORT_REFUSALS)
+    | frozenset(HTTP_REFUSALS),
+    "listener": frozenset({"http", "ops"}),
     "stage": frozenset({"ice", "dtls"}),
     "state": frozenset({"new", "connecting", "connected", "waiting", "joined"}),
     "type": frozenset({"pli", "fir"}),

@@ -11,11 +11,21 @@ import dataclasses
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from sfu.packet.errors import ParseError
 
 __all__ = [
     "ONE_BYTE_PROFILE",
+    "RTP_DEFECTS",
+    "RTP_DEFECT_CSRC",
+    "RTP_DEFECT_EXT_BLOCK",
+    "RTP_DEFECT_EXT_ELEMENT",
+    "RTP_DEFECT_EXT_PROFILE",
+    "RTP_DEFECT_HEADER",
+    "RTP_DEFECT_NONE",
+    "RTP_DEFECT_NO_PAYLOAD",
+    "RTP_DEFECT_PADDING",
     "RTP_HEADER_SIZE",
     "TWO_BYTE_PROFILE",
     "Extensions",
@@ -28,6 +38,7 @@ __all__ = [
     "parse_rtp",
     "payload_offset",
     "peek_rtp_header",
+    "rtp_defect",
 ]
 
 RTP_HEADER_SIZE = 12
@@ -38,6 +49,29 @@ ONE_BYTE_PROFILE = 0xBEDE
 
 TWO_BYTE_PROFILE = 0x1000
 """Two-byte header extension form (RFC 8285 §4.3); the low 4 bits are 'appbits'."""
+
+# What is wrong with an RTP packet, as :func:`rtp_defect` (and the compiled parse's
+# ``rtp_view_t.defect``) names it: the first check that fails, in wire order.
+RTP_DEFECT_NONE: Final = 0
+RTP_DEFECT_HEADER: Final = 1  # shorter than the fixed header, or version != 2
+RTP_DEFECT_CSRC: Final = 2  # the CSRC list overruns the packet
+RTP_DEFECT_EXT_BLOCK: Final = 3  # the extension block's header or body overruns the packet
+RTP_DEFECT_EXT_PROFILE: Final = 4  # a block of neither RFC 8285 form (0xBEDE, 0x100X)
+RTP_DEFECT_EXT_ELEMENT: Final = 5  # an RFC 8285 element overruns its block
+RTP_DEFECT_PADDING: Final = 6  # P set with a count of 0 or more than follows the header
+RTP_DEFECT_NO_PAYLOAD: Final = 7  # nothing after the header and no padding (a bare header)
+
+#: Drop-reason names of the defects (index = code; 0 is no defect): metric label values.
+RTP_DEFECTS: Final = (
+    "",
+    "rtp_header",
+    "rtp_csrc_overrun",
+    "rtp_extension_block",
+    "rtp_extension_profile",
+    "rtp_extension_element",
+    "rtp_padding",
+    "rtp_no_payload",
+)
 
 _HEADER = struct.Struct("!BBHII")
 _EXT_HEADER = struct.Struct("!HH")
@@ -229,6 +263,51 @@ def peek_rtp_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int
     if b0 >> 6 != 2:
         return None
     return ssrc, seq, ts, b1 & 0x7F
+
+
+def _elements_ok(profile: int, data: bytes) -> bool:
+    try:
+        parse_extension_elements(profile, data)
+    except ParseError:
+        return False
+    return True
+
+
+def rtp_defect(packet: bytes | bytearray | memoryview) -> int:
+    """The first thing wrong with an RTP packet (an ``RTP_DEFECT_*`` code; 0: well formed).
+
+    Stricter than :func:`parse_rtp`, which reads what it can: this is the data plane's
+    admission check (RFC 3550 §5.1, §5.3.1; RFC 8285 §4), so a packet that passes has a
+    fixed header, CSRCs and an RFC 8285 extension block that all fit, padding whose count is
+    1.. and fits after the header, and something after the header (a payload or padding).
+    """
+    n = len(packet)
+    if n < RTP_HEADER_SIZE or packet[0] >> 6 != 2:
+        return RTP_DEFECT_HEADER
+    b0 = packet[0]
+    offset = RTP_HEADER_SIZE + 4 * (b0 & 0x0F)
+    if offset > n:
+        return RTP_DEFECT_CSRC
+    if b0 & 0x10:
+        if offset + 4 > n:
+            return RTP_DEFECT_EXT_BLOCK
+        profile = (packet[offset] << 8) | packet[offset + 1]
+        start = offset + 4
+        offset = start + 4 * ((packet[offset + 2] << 8) | packet[offset + 3])
+        if offset > n:
+            return RTP_DEFECT_EXT_BLOCK
+        if profile != ONE_BYTE_PROFILE and not is_two_byte_profile(profile):
+            return RTP_DEFECT_EXT_PROFILE
+        if not _elements_ok(profile, bytes(packet[start:offset])):
+            return RTP_DEFECT_EXT_ELEMENT
+    if b0 & 0x20:
+        # RFC 3550 §5.1: the last octet counts the padding octets, itself included.
+        count = packet[n - 1]
+        if count == 0 or offset + count > n:
+            return RTP_DEFECT_PADDING
+    elif offset == n:
+        return RTP_DEFECT_NO_PAYLOAD
+    return RTP_DEFECT_NONE
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -188,6 +189,9 @@ class PolicyStore:
     def __init__(self, defaults: RoomDefaults | None = None) -> None:
         self.defaults = defaults or RoomDefaults()
         self._rooms: dict[str, RoomPolicy] = {}
+        #: Told of every change of a room's own policy (None: back to the defaults), after
+        #: it is made: how a state file keeps up (:mod:`sfu.room.persistence`).
+        self.on_change: Callable[[str, RoomPolicy | None], None] | None = None
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -209,16 +213,29 @@ class PolicyStore:
         return old, new
 
     def reset(self, room: str) -> tuple[RoomPolicy, RoomPolicy]:
-        """Back to the defaults; returns (old, new)."""
+        """Back to the defaults; returns (old, new). Raises PolicyError (nothing changed)
+        when the change cannot be saved."""
+        if self.on_change is not None:
+            self.on_change(room, None)
         old = self._rooms.pop(room, self.defaults.policy)
         return old, self.defaults.policy
 
-    def _store(self, room: str, policy: RoomPolicy) -> None:
+    def restore(self, room: str, policy: RoomPolicy) -> None:
+        """Put back a policy a state file kept (at start; the table's bound still holds)."""
+        self._store(room, policy, notify=False)
+
+    def _store(self, room: str, policy: RoomPolicy, *, notify: bool = True) -> None:
+        # Saved first (on_change raises PolicyError when it cannot be): memory never holds
+        # a policy that a restart would lose.
         if policy == self.defaults.policy:
+            if notify and self.on_change is not None:
+                self.on_change(room, None)
             self._rooms.pop(room, None)
             return
         if room not in self._rooms and len(self._rooms) >= self.defaults.max_policies:
             raise PolicyError("too many rooms have a policy of their own")
+        if notify and self.on_change is not None:
+            self.on_change(room, policy)
         self._rooms[room] = policy
 
 
@@ -320,6 +337,8 @@ class Bans:
     def __init__(self, max_entries: int = 10000) -> None:
         self.max_entries = max_entries
         self._until: dict[tuple[str, str], float] = {}
+        #: Told of every ban as (room, identity, until, now), after it is recorded.
+        self.on_ban: Callable[[str, str, float, float], None] | None = None
 
     def __len__(self) -> int:
         return len(self._until)
@@ -332,6 +351,8 @@ class Bans:
         while len(self._until) > self.max_entries:
             soonest = min(self._until, key=self._until.__getitem__)
             del self._until[soonest]
+        if self.on_ban is not None:
+            self.on_ban(room, identity, until, now)
 
     def banned(self, room: str, identity: str, now: float) -> bool:
         """Whether ``identity`` is barred from ``room`` at ``now``."""

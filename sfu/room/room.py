@@ -68,6 +68,8 @@ class Participant:
     waiting_since: float = 0.0
     #: Refused moderation attempts of this participant written to the audit log so far.
     refusals_audited: int = 0
+    #: The client's address as signaling saw it (for per-source limits); never logged.
+    source: str | None = field(default=None, repr=False)
 
     @property
     def moderator(self) -> bool:

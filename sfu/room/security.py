@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sfu.config import Config
 from sfu.room.audit import AuditLog
+from sfu.room.persistence import RoomStateStore
 from sfu.room.policy import Bans, PasswordAttempts, PolicyStore, RoomDefaults
 from sfu.room.service import RoomLimits
 
@@ -29,22 +30,53 @@ class RoomSecurity:
     bans: Bans
     audit: AuditLog
     attempts: PasswordAttempts
+    #: Where policies and bans persist (``rooms.state_dir``); None keeps them in memory.
+    state: RoomStateStore | None = None
 
     @classmethod
-    def from_config(cls, config: Config) -> RoomSecurity:
-        """Everything ``[rooms]`` and ``[audit]`` describe."""
+    def from_config(cls, config: Config, *, now: float = 0.0, wall: float = 0.0) -> RoomSecurity:
+        """Everything ``[rooms]`` and ``[audit]`` describe, with the policies and bans the
+        state file kept (``now``: the service's clock, ``wall``: the wall clock, at start).
+        Raises :class:`~sfu.room.persistence.StateError`, naming the file, when it cannot be
+        used: never a silent start with every room open."""
         rooms = config.rooms
         audit = AuditLog(config.audit.path or None, retention_days=config.audit.retention_days)
         if audit.enabled:
             log.info("audit log: daily files in %s", config.audit.path)
         else:
             log.warning("audit log disabled (audit.path is empty): moderation leaves no record")
+        policies = PolicyStore(RoomDefaults.from_config(rooms))
+        bans = Bans(rooms.max_bans)
+        state = None
+        if rooms.state_dir:
+            state = RoomStateStore(rooms.state_dir)
+            restored, banned = state.load(policies, bans, now=now, wall=wall)
+            log.info(
+                "room state: restored %d room policies and %d bans from %s",
+                restored,
+                banned,
+                state.path,
+            )
+            store = state
+            policies.on_change = store.save_policy
+
+            def save_ban(room: str, identity: str, until: float, _at: float) -> None:
+                # The two clocks advance together: a monotonic expiry is this far past start.
+                store.save_ban(room, identity, wall + (until - now))
+
+            bans.on_ban = save_ban
+        else:
+            log.warning(
+                "room policies and bans are kept in memory only (rooms.state_dir is empty): "
+                "they vanish on restart"
+            )
         return cls(
             limits=RoomLimits(max_participants=rooms.max_participants),
-            policies=PolicyStore(RoomDefaults.from_config(rooms)),
-            bans=Bans(rooms.max_bans),
+            policies=policies,
+            bans=bans,
             audit=audit,
             attempts=PasswordAttempts(
                 rooms.password_attempts_per_source, rooms.password_attempts_per_room
             ),
+            state=state,
         )

@@ -187,6 +187,7 @@ class RoomService:
         kind: str = "websocket",
         now: float,
         password: PasswordHash | None = None,
+        source: str | None = None,
     ) -> Participant:
         """Add a verified token holder to its room: admitted, or held in ``waiting``.
 
@@ -218,6 +219,7 @@ class RoomService:
             kind=kind,
             sink=sink,
             cname=secrets.token_urlsafe(9),
+            source=source,
         )
         if self.admission is not None:
             held = not self.admission(room, claims)
@@ -511,6 +513,8 @@ class RoomService:
                 remote_fingerprints=list(fingerprints),
                 dtls_role=DtlsRole.SERVER if negotiated.setup is Setup.PASSIVE else DtlsRole.CLIENT,
                 now=now,
+                source=participant.source,
+                identity=participant.identity,
             )
         except CapacityError as exc:
             raise RoomError("server_busy", f"server busy: {exc}") from None

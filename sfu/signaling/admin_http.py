@@ -125,7 +125,11 @@ def add_admin_routes(
         claims = authorize(request, "policy_reset")
         if isinstance(claims, web.Response):
             return claims
-        old, new = service.policies.reset(claims.room)
+        try:
+            old, new = service.policies.reset(claims.room)
+        except PolicyError as exc:  # the state file could not be written
+            audit(claims, "policy_reset", "server_busy")
+            return _error(503, str(exc), **{"Retry-After": "60"})
         service.policy_changed(claims.room, old, new)
         audit(claims, "policy_reset", "ok")
         return _policy_response(claims.room, new)

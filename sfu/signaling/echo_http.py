@@ -13,6 +13,7 @@ from aiohttp import web
 
 from sfu.clock import Clock
 from sfu.echo import EchoService, OfferError
+from sfu.signaling.room_ws import source_address
 from sfu.signaling.sdp_http import (
     ice_restart_response,
     read_ice_restart,
@@ -29,15 +30,25 @@ log = logging.getLogger(__name__)
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-def add_echo_routes(app: web.Application, service: EchoService, clock: Clock) -> None:
-    """Register the echo endpoints on ``app``."""
+def add_echo_routes(
+    app: web.Application,
+    service: EchoService,
+    clock: Clock,
+    *,
+    trusted_proxies: tuple[str, ...] = (),
+) -> None:
+    """Register the echo endpoints on ``app`` (``trusted_proxies`` as for WHIP: the
+    per-source pending-transport cap applies to ``/echo`` too)."""
+    trusted = frozenset(trusted_proxies)
 
     async def create(request: web.Request) -> web.Response:
         offer = await read_sdp_offer(request)
         if isinstance(offer, web.Response):
             return offer
         try:
-            session, answer = service.create(offer, clock())
+            session, answer = service.create(
+                offer, clock(), source=source_address(request, trusted)
+            )
         except OfferError as exc:
             return sdp_error(400, f"bad offer: {exc}")
         except CapacityError as exc:

@@ -302,7 +302,9 @@ async def _join(
         proof = await guard.password(service, join, claims, source, conn.clock())
         if ws.closed:
             return False  # the client gave up while its password was being checked
-        participant = service.join(claims, conn.sink, now=conn.clock(), password=proof)
+        participant = service.join(
+            claims, conn.sink, now=conn.clock(), password=proof, source=source
+        )
     except RoomError as exc:
         conn.sink(error_message(exc.code, exc.message, join.id))
         conn.request_close(CLOSE_REFUSED if exc.code in _POLICY_REFUSALS else 1013, exc.message)

@@ -26,6 +26,7 @@ from sfu.room.identity import Grant, JoinClaims
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError, RoomService
 from sfu.signaling.auth import BEARER_CHALLENGE, TokenError, bearer_token, verify_with_config
+from sfu.signaling.room_ws import source_address
 from sfu.signaling.sdp_http import (
     ice_restart_response,
     read_ice_restart,
@@ -99,8 +100,11 @@ def add_whip_routes(
     auth: AuthConfig,
     clock: Callable[[], float],
     wallclock: Callable[[], float] = time.time,
+    trusted_proxies: tuple[str, ...] = (),
 ) -> None:
-    """Register the WHIP and WHEP endpoints on ``app``."""
+    """Register the WHIP and WHEP endpoints on ``app`` (``trusted_proxies``: whose
+    ``X-Forwarded-For`` names the client, for the per-source pending-transport cap)."""
+    trusted = frozenset(trusted_proxies)
 
     def authorize(
         request: web.Request, room: str, grant: Grant, grant_name: str
@@ -127,7 +131,8 @@ def add_whip_routes(
         if existing is not None and existing.peer is not None and existing.peer.publications:
             return sdp_error(409, "this identity is already publishing in the room")
         prefix = f"/whip/{quote(room_name, safe='')}"
-        return _start(service, sessions, claims, offer, clock(), "whip", None, prefix)
+        source = source_address(request, trusted)
+        return _start(service, sessions, claims, offer, clock(), "whip", None, prefix, source)
 
     async def whep(request: web.Request) -> web.Response:
         room_name = request.match_info["room"]
@@ -166,7 +171,8 @@ def add_whip_routes(
         if not bindings:
             return sdp_error(400, "the offer has no recvonly audio or video section to fill")
         prefix = f"/whep/{quote(room_name, safe='')}/{quote(target.identity, safe='')}"
-        return _start(service, sessions, claims, offer, clock(), "whep", bindings, prefix)
+        source = source_address(request, trusted)
+        return _start(service, sessions, claims, offer, clock(), "whep", bindings, prefix, source)
 
     async def delete(request: web.Request) -> web.Response:
         session = sessions.by_id.pop(request.match_info["session"], None)
@@ -206,6 +212,7 @@ def _start(
     kind: str,
     subscriptions: dict[str, str] | None,
     location_prefix: str,
+    source: str | None = None,
 ) -> web.Response:
     """Join the room as a WHIP/WHEP participant and answer its offer (all or nothing)."""
     sessions.reap()
@@ -216,7 +223,7 @@ def _start(
     except RoomError as exc:
         return _room_error(exc)
     try:
-        participant = service.join(claims, lambda message: None, kind=kind, now=now)
+        participant = service.join(claims, lambda message: None, kind=kind, now=now, source=source)
     except RoomError as exc:
         return _room_error(exc)
     try:

@@ -35,7 +35,7 @@ from sfu.transport.ice import (
 )
 from sfu.transport.transport import TransportListener, TransportState, WebRtcTransport
 
-__all__ = ["CapacityError", "MediaPort", "TransportHook"]
+__all__ = ["REFUSAL_REASONS", "CapacityError", "MediaPort", "TransportHook"]
 
 Sender = Callable[[bytes, Address], None]
 #: Called with a transport whose routing state (selected address, SRTP keys) may have
@@ -55,8 +55,15 @@ _KIND_NAMES = {kind: kind.name.lower() for kind in PacketKind}
 DEFAULT_MAX_TRANSPORTS: Final = 2000
 #: Of those, transports that have not passed an ICE check yet (cheap for anyone to create).
 DEFAULT_MAX_PENDING: Final = 200
-#: Seconds a new transport waits for its first valid ICE check before it fails.
-DEFAULT_CONNECT_TIMEOUT_S: Final = 30.0
+#: Of those, pending transports created for one source address (an HTTP client, behind
+#: trusted proxies the forwarded one) and for one identity (a join token's subject): one
+#: client cannot take the whole pending budget and starve everyone else's joins.
+DEFAULT_MAX_PENDING_PER_SOURCE: Final = 20
+DEFAULT_MAX_PENDING_PER_IDENTITY: Final = 4
+#: Seconds a new transport waits for its first valid ICE check before it fails (and stops
+#: counting as pending). Browsers send checks within milliseconds of the answer; 10 s covers
+#: a slow TURN allocation while an offer that never starts ICE frees its place soon.
+DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
 #: Seconds without a valid check before consent expires (RFC 7675 §5.1 suggests 30).
 DEFAULT_CONSENT_TIMEOUT_S: Final = 30.0
 #: Seconds a DTLS handshake may take once it has started.
@@ -65,8 +72,26 @@ DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
 DEFAULT_ERROR_RESPONSES_PER_S: Final = 200.0
 
 
+#: Why a transport was refused (``CapacityError.reason``; the label of the refusal counter).
+REFUSED_TOTAL: Final = "transports"
+REFUSED_PENDING: Final = "pending"
+REFUSED_PENDING_SOURCE: Final = "pending_per_source"
+REFUSED_PENDING_IDENTITY: Final = "pending_per_identity"
+REFUSAL_REASONS: Final = (
+    REFUSED_TOTAL,
+    REFUSED_PENDING,
+    REFUSED_PENDING_SOURCE,
+    REFUSED_PENDING_IDENTITY,
+)
+
+
 class CapacityError(RuntimeError):
-    """The port holds as many transports (or pending transports) as it is allowed to."""
+    """The port holds as many transports (or pending transports, in all or for this source
+    or identity) as it is allowed to; ``reason`` is one of :data:`REFUSAL_REASONS`."""
+
+    def __init__(self, message: str, reason: str = REFUSED_TOTAL) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _TokenBucket:
@@ -104,6 +129,8 @@ class MediaPort:
         *,
         max_transports: int = DEFAULT_MAX_TRANSPORTS,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_per_source: int = DEFAULT_MAX_PENDING_PER_SOURCE,
+        max_pending_per_identity: int = DEFAULT_MAX_PENDING_PER_IDENTITY,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         consent_timeout: float = DEFAULT_CONSENT_TIMEOUT_S,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
@@ -122,6 +149,12 @@ class MediaPort:
         self._raw_send = send
         self._max_transports = max_transports
         self._max_pending = max_pending
+        self._max_pending_per_source = max_pending_per_source
+        self._max_pending_per_identity = max_pending_per_identity
+        #: Transports refused, by reason (:data:`REFUSAL_REASONS`), read at scrape time.
+        self.refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
+        #: Who asked for each transport: (source address, identity); never logged.
+        self._owners: dict[str, tuple[str | None, str | None]] = {}
         self._connect_timeout = connect_timeout
         self._consent_timeout = consent_timeout
         self._handshake_timeout = handshake_timeout
@@ -149,13 +182,17 @@ class MediaPort:
         dtls_role: DtlsRole,
         now: float,
         listener: TransportListener | None = None,
+        source: str | None = None,
+        identity: str | None = None,
     ) -> WebRtcTransport:
-        """A new transport for one offer; raises :class:`CapacityError` when full."""
+        """A new transport for one offer; raises :class:`CapacityError` when full.
+
+        ``source`` (the client's address) and ``identity`` (who the token names), when given,
+        are capped separately: at most ``max_pending_per_source`` / ``_per_identity`` of the
+        transports still waiting for their first ICE check may share one.
+        """
         self._reap()
-        if len(self._transports) >= self._max_transports:
-            raise CapacityError("too many transports")
-        if self.pending_count >= self._max_pending:
-            raise CapacityError("too many transports waiting for ICE")
+        self._admit(source, identity)
         local = IceCredentials.generate()
         while local.ufrag in self._by_ufrag:  # pragma: no cover - 8 random chars collide rarely
             local = IceCredentials.generate()
@@ -182,7 +219,36 @@ class MediaPort:
         )
         self._transports[transport.id] = transport
         self._by_ufrag[local.ufrag] = transport
+        self._owners[transport.id] = (source, identity)
         return transport
+
+    def _admit(self, source: str | None, identity: str | None) -> None:
+        """Raise (and count) the CapacityError of the first cap a new transport would pass."""
+        reason = None
+        if len(self._transports) >= self._max_transports:
+            reason, message = REFUSED_TOTAL, "too many transports"
+        else:
+            pending = from_source = of_identity = 0
+            for transport in self._transports.values():
+                if transport.state is not TransportState.NEW:
+                    continue
+                pending += 1
+                owner_source, owner_identity = self._owners.get(transport.id, (None, None))
+                if source is not None and owner_source == source:
+                    from_source += 1
+                if identity is not None and owner_identity == identity:
+                    of_identity += 1
+            if pending >= self._max_pending:
+                reason, message = REFUSED_PENDING, "too many transports waiting for ICE"
+            elif from_source >= self._max_pending_per_source:
+                reason = REFUSED_PENDING_SOURCE
+                message = "too many transports waiting for ICE from this address"
+            elif of_identity >= self._max_pending_per_identity:
+                reason = REFUSED_PENDING_IDENTITY
+                message = "too many transports waiting for ICE for this identity"
+        if reason is not None:
+            self.refused[reason] += 1
+            raise CapacityError(message, reason)
 
     def restart_ice(self, transport: WebRtcTransport, remote_ufrag: str) -> IceCredentials:
         """ICE restart (RFC 8445 §9): new local credentials, indexed under the new ufrag.
@@ -343,6 +409,7 @@ class MediaPort:
     def _forget(self, transport: WebRtcTransport) -> None:
         if self._transports.pop(transport.id, None) is None:
             return
+        self._owners.pop(transport.id, None)
         self.on_transport_closed(transport)
         ufrag = transport.ice.local_credentials.ufrag
         if self._by_ufrag.get(ufrag) is transport:

@@ -76,6 +76,8 @@ def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
     assert result["server_cpu_s_per_million_packets"] > 0
     (step,) = result["steps"]
     assert step["srtp_errors"] == 0 and step["duplicates"] == 0
+    # Every subscriber reports what it received, about once a second (RFC 3550 RRs).
+    assert step["receiver_reports"] >= 4 * (step["window_s"] - 1.5), step
     assert step["received_pps"] > 0.99 * step["egress_pps"]
     assert "max_egress_pps" not in result
     assert 200 < result["egress_pps_per_subscription"] < 450  # the top layer, not layer 0
@@ -83,6 +85,19 @@ def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
     assert (tmp_path / "result.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "egress pps" in proc.stdout and "sfu" in proc.stdout  # the table
     assert "%" in proc.stderr  # the progress bar
+
+
+def test_soak_and_churn_runs(tmp_path: Path) -> None:
+    """Short runs of the long scenarios: samples, a summary and plots come out."""
+    doc, _ = _bench(tmp_path, "soak", "--subscribers", "3", "--duration", "4", "--sample", "1")
+    assert doc["scenario"] == "soak" and len(doc["samples"]) >= 3
+    first = doc["samples"][0]
+    assert first["rss_bytes"] > 0 and first["fds"] > 0 and first["receiver_reports"] >= 2
+    assert doc["summary"]["loss_windows"] == 0
+    assert (tmp_path / "result.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc, _ = _bench(tmp_path, "churn", "--cycles", "6", "--concurrency", "2")
+    assert doc["scenario"] == "churn" and doc["cycles"] == 6 and doc["failures"] == 0
+    assert doc["transports_end"] == 0 and doc["rss_end_bytes"] > 0
 
 
 def test_find_max_with_a_tiny_step_budget(tmp_path: Path) -> None:

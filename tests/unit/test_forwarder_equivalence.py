@@ -27,8 +27,11 @@ from forwarder_world import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rtp_mutations import COMMON, VIDEO
 
 from sfu._fastpath import _srtp_py
+from sfu._fastpath._srtp_shared import SrtpError
+from sfu._fastpath.values import refusal
 from sfu.core.kernels import REFERENCE, Kernels
 
 events = st.lists(
@@ -58,6 +61,8 @@ events = st.lists(
         st.tuples(st.just("fanout"), st.lists(st.integers(0, SUBS - 1), max_size=SUBS)),
         st.tuples(st.just("junk"), st.binary(min_size=0, max_size=40), st.booleans()),
         st.tuples(st.just("tamper"), st.integers(0, 2)),
+        # A malformed packet inside SRTP (rtp_mutations): refused alike, with its reason.
+        st.tuples(st.just("mutate"), st.sampled_from(sorted(VIDEO)), st.integers(0, 3)),
     ),
     min_size=1,
     max_size=80,
@@ -100,6 +105,26 @@ def test_compiled_forwarder_matches_reference(
         elif kind == "junk":
             _, data, known = event
             datagrams.append((data, PUB_ADDR if known else ("127.0.0.1", 7777)))
+        elif kind == "mutate":
+            _, name, which = event
+            mutate = VIDEO[name][0]
+            if which < 3:
+                seqs[which] = (seqs[which] + 1) & 0xFFFF
+                plain = mutate(
+                    VIDEO_SSRCS[which],
+                    seqs[which],
+                    int(now * 90000),
+                    96,
+                    vp8_payload(pid, tl0, 0, True, False, True, 30),
+                    bytes([0x10, ord("0")]),
+                )
+            else:
+                audio_seq = (audio_seq + 1) & 0xFFFF
+                plain = mutate(AUDIO_SSRC, audio_seq, int(now * 48000), 111, bytes(20), b"")
+            try:
+                datagrams.append((client.protect_rtp(plain), PUB_ADDR))
+            except SrtpError:
+                continue  # a header libsrtp will not protect never arrives inside SRTP
         elif kind == "tamper":
             plain = rtp(VIDEO_SSRCS[event[1]], seqs[event[1]] + 1, 0, 96, bytes(50), b"")
             wire = bytearray(client.protect_rtp(plain))
@@ -130,9 +155,13 @@ def test_compiled_forwarder_matches_reference(
         comp_slow, comp_egress = comp.forwarder.process(datagrams, now)
         assert comp_slow == ref_slow
         assert comp_egress == ref_egress
-        assert comp.forwarder.drain_log() == ref.forwarder.drain_log()
+        log = ref.forwarder.drain_log()
+        assert comp.forwarder.drain_log() == log
         assert comp.snapshot() == ref.snapshot()
         assert comp.forwarder.impaired_drops == ref.forwarder.impaired_drops
+        if kind == "mutate" and (event[2] < 3 or event[1] in COMMON):
+            # Refused under its reason, forwarded to nobody.
+            assert [(refusal(r[1]), r[8]) for r in log] == [(VIDEO[event[1]][1], 0)]
 
 
 def test_every_kind_of_datagram_is_exercised(compiled_kernels: Kernels) -> None:
