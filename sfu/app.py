@@ -20,11 +20,13 @@ from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels, default_kernels
 from sfu.echo import EchoService
 from sfu.io.http import HttpServer, build_http_app
+from sfu.io.tcp import IceTcpListener, open_ice_tcp_listener
 from sfu.io.udp import Address, MediaSocket, open_media_socket
 from sfu.logging_setup import configure_logging
 from sfu.metrics.collector import MetricSources
 from sfu.metrics.http import add_metrics_route, build_registry
 from sfu.metrics.loop_lag import LoopLagMonitor
+from sfu.negotiation import HostCandidate
 from sfu.room.security import RoomSecurity
 from sfu.room.service import RoomService
 from sfu.signaling.admin_http import add_admin_routes
@@ -34,7 +36,9 @@ from sfu.signaling.room_ws import JoinGuard, RoomSockets, add_room_routes
 from sfu.signaling.web_http import add_web_routes
 from sfu.signaling.whip_http import HttpSessions, add_whip_routes
 from sfu.transport.certificate import Certificate
+from sfu.transport.ice import is_tcp
 from sfu.transport.port import MediaPort
+from sfu.transport.tcp import IceTcpGate
 
 __all__ = [
     "DatagramSink",
@@ -165,6 +169,9 @@ class Server:
         self.sockets = RoomSockets()
         self.http_sessions = HttpSessions()
         self._udp: MediaSocket | None = None
+        #: ICE-TCP connections' framing, limits and timeouts (the listener feeds it).
+        self.tcp_gate = IceTcpGate(self.port.is_authenticated)
+        self._tcp: IceTcpListener | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._draining = False
         self.loop_lag = LoopLagMonitor()
@@ -219,8 +226,25 @@ class Server:
         """The bound HTTP listener addresses (empty when not listening)."""
         return self._http.addresses
 
+    @property
+    def tcp_address(self) -> Address | None:
+        """The bound ICE-TCP address (None when ICE-TCP is off or not started)."""
+        return self._tcp.local_address if self._tcp is not None else None
+
+    def candidates(self) -> list[HostCandidate]:
+        """Our host candidates: UDP on every announced address, then ICE-TCP on each."""
+        hosts = self.config.announced_addresses()
+        out: list[HostCandidate] = [(host, self.media_address[1]) for host in hosts]
+        if self._tcp is not None:
+            tcp_port = int(self._tcp.local_address[1])
+            out += [(host, tcp_port, "tcp") for host in hosts]
+        return out
+
     def _send_datagram(self, data: bytes, addr: Address) -> None:
-        if self._udp is not None:
+        if is_tcp(addr):
+            if self._tcp is not None:
+                self._tcp.sendto(data, addr)
+        elif self._udp is not None:
             self._udp.sendto(data, addr)
 
     async def _run_timers(self) -> None:
@@ -248,17 +272,27 @@ class Server:
             self.sink,
             clock.now,
         )
-        media_port = self._udp.local_address[1]
         log.info("media listening on udp %s", format_address(self._udp.local_address))
-        log.info("announcing media addresses: %s", ", ".join(self.config.announced_addresses()))
+        if media.tcp_enabled:
+            self._tcp = await open_ice_tcp_listener(
+                media.udp_host, media.tcp_port, self.tcp_gate, self.sink, clock.now
+            )
+            self._tcp.on_closed = self.port.connection_closed
+            log.info("ICE-TCP listening on tcp %s", format_address(self._tcp.local_address))
+        log.info(
+            "announcing ICE candidates: %s",
+            ", ".join(
+                f"{c[2] if len(c) == 3 else 'udp'} {format_address((c[0], c[1]))}"
+                for c in self.candidates()
+            ),
+        )
         if not self.config.auth.jwt_secret:
             log.info("auth: no jwt_secret configured; using a random key for this process")
+        candidates = self.candidates()
         if self.config.echo.enabled:
-            candidates = [(host, media_port) for host in self.config.announced_addresses()]
             self.echo = EchoService(self.port, candidates)
             add_echo_routes(self.http_app, self.echo, clock.now)
             log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
-        candidates = [(host, media_port) for host in self.config.announced_addresses()]
         # Meeting security: room policies, bans, audit log, password limits, admin API.
         security = RoomSecurity.from_config(self.config)
         self.rooms = RoomService(
@@ -346,6 +380,8 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer_task
             self._timer_task = None
+        if self._tcp is not None:
+            await self._tcp.close()
         if self._udp is not None:
             await self._udp.close()
         await self._http.close()

@@ -22,6 +22,7 @@ from sfu.core.publication import Publication, new_id, new_ssrc
 from sfu.core.subscription import Subscription
 from sfu.negotiation import (
     CodecPreferences,
+    HostCandidate,
     NegotiatedCodec,
     NegotiatedMedia,
     NegotiatedSession,
@@ -144,7 +145,7 @@ class RoomService:
     def __init__(
         self,
         port: MediaPort,
-        candidates: list[tuple[str, int]],
+        candidates: list[HostCandidate],
         *,
         kernels: Kernels,
         limits: RoomLimits | None = None,

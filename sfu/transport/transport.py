@@ -28,7 +28,14 @@ from typing import Final, Protocol
 from sfu.packet.stun import StunMessage
 from sfu.transport.counters import DropCounters
 from sfu.transport.dtls import DtlsEndpoint, DtlsFailure, DtlsRole, DtlsState, SrtpKeys
-from sfu.transport.ice import Address, Connected, IceLiteAgent, IceResult, SelectedPairChanged
+from sfu.transport.ice import (
+    Address,
+    Connected,
+    IceLiteAgent,
+    IceResult,
+    SelectedPairChanged,
+    address_key,
+)
 from sfu.transport.srtp import SrtpError, SrtpSession
 
 __all__ = ["HandshakeFailure", "TransportListener", "TransportState", "WebRtcTransport"]
@@ -81,9 +88,9 @@ class TransportListener(Protocol):
         """The transport changed state (``CONNECTED``, ``CLOSED`` or ``FAILED`` matter most)."""
 
 
-def _key(addr: Address) -> tuple[str, int]:
-    """Addresses compare on (host, port): IPv6 tuples carry flowinfo and scope id too."""
-    return (addr[0], addr[1])
+#: Addresses compare on (host, port) and the transport (UDP or ICE-TCP): IPv6 tuples carry
+#: flowinfo and scope id too.
+_key = address_key
 
 
 class WebRtcTransport:
