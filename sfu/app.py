@@ -31,8 +31,10 @@ from sfu.room.security import RoomSecurity
 from sfu.room.service import RoomService
 from sfu.signaling.admin_http import add_admin_routes
 from sfu.signaling.auth import signing_secret
+from sfu.signaling.cors import add_cors
 from sfu.signaling.echo_http import add_echo_routes
 from sfu.signaling.room_ws import JoinGuard, RoomSockets, add_room_routes
+from sfu.signaling.turn import TurnCredentials
 from sfu.signaling.web_http import add_web_routes
 from sfu.signaling.whip_http import HttpSessions, add_whip_routes
 from sfu.transport.certificate import Certificate
@@ -172,6 +174,8 @@ class Server:
         #: ICE-TCP connections' framing, limits and timeouts (the listener feeds it).
         self.tcp_gate = IceTcpGate(self.port.is_authenticated)
         self._tcp: IceTcpListener | None = None
+        #: Short-lived TURN credentials for clients (TURN REST API), when [turn] is set.
+        self.turn = TurnCredentials(config.turn)
         self._timer_task: asyncio.Task[None] | None = None
         self._draining = False
         self.loop_lag = LoopLagMonitor()
@@ -240,6 +244,10 @@ class Server:
             out += [(host, tcp_port, "tcp") for host in hosts]
         return out
 
+    def _ice_servers(self) -> list[dict[str, object]]:
+        server = self.turn.issue(wall_now=time.time())
+        return [] if server is None else [server.to_json()]
+
     def _send_datagram(self, data: bytes, addr: Address) -> None:
         if is_tcp(addr):
             if self._tcp is not None:
@@ -305,6 +313,8 @@ class Server:
             audit=security.audit,
             dataplane=self.dataplane,
             kernels=self.kernels,
+            resume_grace_s=self.config.rooms.resume_grace_s,
+            ice_servers=self._ice_servers if self.turn.enabled else None,
         )
         auth = self.config.auth
         add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)
@@ -324,7 +334,9 @@ class Server:
             token_secret=self.token_secret,
             auth=auth,
             clock=clock.now,
+            turn=self.turn,
         )
+        add_cors(self.http_app, self.config.http.cors_origins)
         add_web_routes(self.http_app, token_secret=self.token_secret, dev_tokens=auth.dev_tokens)
         if auth.dev_tokens:
             log.info("development tokens enabled at POST /dev-token (loopback only)")

@@ -68,6 +68,10 @@ class Participant:
     waiting_since: float = 0.0
     #: Refused moderation attempts of this participant written to the audit log so far.
     refusals_audited: int = 0
+    #: While its signaling is gone: when its place is given up (the service's clock).
+    detached_until: float | None = None
+    #: It resumed after its signaling dropped: its next offer may bring a new transport.
+    resumed: bool = False
 
     @property
     def moderator(self) -> bool:

@@ -33,6 +33,7 @@ from sfu.signaling.sdp_http import (
     sdp_answer_response,
     sdp_error,
 )
+from sfu.signaling.turn import TurnCredentials
 
 __all__ = ["HttpSessions", "add_whip_routes"]
 
@@ -99,8 +100,17 @@ def add_whip_routes(
     auth: AuthConfig,
     clock: Callable[[], float],
     wallclock: Callable[[], float] = time.time,
+    turn: TurnCredentials | None = None,
 ) -> None:
-    """Register the WHIP and WHEP endpoints on ``app``."""
+    """Register the WHIP and WHEP endpoints on ``app``; with ``turn``, each ``201`` carries
+    TURN credentials as ``Link: <url>; rel="ice-server"`` headers (RFC 9725 §4.6)."""
+
+    def with_ice_servers(response: web.Response) -> web.Response:
+        server = turn.issue(wall_now=wallclock()) if turn is not None else None
+        if server is not None and response.status == 201:
+            for value in server.link_headers():
+                response.headers.add("Link", value)
+        return response
 
     def authorize(
         request: web.Request, room: str, grant: Grant, grant_name: str
@@ -127,7 +137,9 @@ def add_whip_routes(
         if existing is not None and existing.peer is not None and existing.peer.publications:
             return sdp_error(409, "this identity is already publishing in the room")
         prefix = f"/whip/{quote(room_name, safe='')}"
-        return _start(service, sessions, claims, offer, clock(), "whip", None, prefix)
+        return with_ice_servers(
+            _start(service, sessions, claims, offer, clock(), "whip", None, prefix)
+        )
 
     async def whep(request: web.Request) -> web.Response:
         room_name = request.match_info["room"]
@@ -166,7 +178,9 @@ def add_whip_routes(
         if not bindings:
             return sdp_error(400, "the offer has no recvonly audio or video section to fill")
         prefix = f"/whep/{quote(room_name, safe='')}/{quote(target.identity, safe='')}"
-        return _start(service, sessions, claims, offer, clock(), "whep", bindings, prefix)
+        return with_ice_servers(
+            _start(service, sessions, claims, offer, clock(), "whep", bindings, prefix)
+        )
 
     async def delete(request: web.Request) -> web.Response:
         session = sessions.by_id.pop(request.match_info["session"], None)
