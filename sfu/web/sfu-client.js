@@ -16,6 +16,12 @@ const PING_INTERVAL_MS = 25000;
 const ICE_RESTART_DELAY_MS = 2000;
 /** After a restart that did not bring ICE back, the next try. */
 const ICE_RESTART_RETRY_MS = 5000;
+/** While ICE is down, a ping must be answered this fast or the WebSocket counts as lost
+ * (a dead TCP connection can take minutes to report itself). */
+const SIGNALING_PROBE_MS = 3000;
+/** Close code the client uses for a WebSocket it abandons: not a clean close, so the server
+ * keeps our place for a resume. */
+const CLOSE_SIGNALING_LOST = 4000;
 const ICE_GATHERING_WAIT_MS = 1500;
 const NEGOTIATION_DEBOUNCE_MS = 15;
 
@@ -106,6 +112,7 @@ export class Room extends EventTarget {
     /** Whether the server resumed our earlier session (`joined.resumed`). */
     this.resumed = false;
     this._iceTimer = null;
+    this._probing = false;
     /** The room's password, kept only to send it in the join. */
     this.password = password || null;
     /** Our grants and the room's policy (from `joined`, then `policy`); for hosts, who waits. */
@@ -409,6 +416,7 @@ export class Room extends EventTarget {
       grants: this.grants,
       policy: this.policy,
       e2eeRequired: this.e2eeRequired,
+      resumed: this.resumed,
     };
     this._emit("joined", payload);
     if (this._joinWaiter) {
@@ -450,9 +458,33 @@ export class Room extends EventTarget {
     if (pc.iceConnectionState !== "disconnected" && pc.iceConnectionState !== "failed") return;
     pc.restartIce();
     this._emit("ice_restart", { state: pc.iceConnectionState });
+    this._probeSignaling();
     this._renegotiateQuietly();
     // Still not back (the network is down, or the offer could not be sent): try again later.
     this._iceTimer = setTimeout(() => this._restartIce(), ICE_RESTART_RETRY_MS);
+  }
+
+  /** Ping with a short deadline; no pong means the WebSocket is gone: close the Room
+   * (code 1006, "signaling lost") so the page can reconnect. */
+  _probeSignaling() {
+    if (this.state !== "joined" || this._probing) return;
+    this._probing = true;
+    this._request({ type: "ping" }, SIGNALING_PROBE_MS).then(
+      () => {
+        this._probing = false;
+      },
+      (err) => {
+        this._probing = false;
+        if (err.code !== "timeout" || this.state === "closed") return;
+        const ws = this.ws;
+        try {
+          if (ws && ws.readyState <= WebSocket.OPEN) ws.close(CLOSE_SIGNALING_LOST, "signaling lost");
+        } catch (closeErr) {
+          // it is being abandoned anyway
+        }
+        this._shutdown(1006, "signaling lost");
+      },
+    );
   }
 
   // ---------------------------------------------------------------- room state
