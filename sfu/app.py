@@ -34,13 +34,14 @@ from sfu.signaling.auth import signing_secret
 from sfu.signaling.cors import add_cors
 from sfu.signaling.echo_http import add_echo_routes
 from sfu.signaling.room_ws import JoinGuard, RoomSockets, add_room_routes
-from sfu.signaling.turn import TurnCredentials
+from sfu.signaling.turn import TurnCredentials, turn_relay_hosts
 from sfu.signaling.web_http import add_web_routes
 from sfu.signaling.whip_http import HttpSessions, add_whip_routes
 from sfu.transport.certificate import Certificate
 from sfu.transport.ice import is_tcp
 from sfu.transport.port import MediaPort
 from sfu.transport.tcp import IceTcpGate
+from sfu.transport.transport import WebRtcTransport
 
 __all__ = [
     "DatagramSink",
@@ -165,14 +166,23 @@ class Server:
         #: The forwarder that carries established media, and its control-plane bookkeeping.
         self.dataplane = build_data_plane(config.media.max_transports, self.kernels)
         connect_data_plane(self.port, self.dataplane)
+        release = self.port.on_transport_closed
+
+        def closed(transport: WebRtcTransport) -> None:
+            release(transport)
+            self._log_failure(transport)
+
+        self.port.on_transport_closed = closed
+        #: The TURN relays' addresses: peers coming from them count as relayed candidates.
+        self.port.counters.relay_hosts = turn_relay_hosts(config.turn.urls)
+        #: ICE-TCP connections' framing, limits and timeouts (the listener feeds it).
+        self.tcp_gate = IceTcpGate(self.port.is_authenticated)
         self.sink = DatagramSink(self.port)
         self.echo: EchoService | None = None
         self.rooms: RoomService | None = None
         self.sockets = RoomSockets()
         self.http_sessions = HttpSessions()
         self._udp: MediaSocket | None = None
-        #: ICE-TCP connections' framing, limits and timeouts (the listener feeds it).
-        self.tcp_gate = IceTcpGate(self.port.is_authenticated)
         self._tcp: IceTcpListener | None = None
         #: Short-lived TURN credentials for clients (TURN REST API), when [turn] is set.
         self.turn = TurnCredentials(config.turn)
@@ -193,6 +203,7 @@ class Server:
                 ready=lambda: self.readiness() is None,
                 draining=lambda: self._draining,
                 signaling_connections=lambda: len(self.sockets.open),
+                tcp_gate=self.tcp_gate,
             )
         )
         if config.metrics.enabled:
@@ -243,6 +254,24 @@ class Server:
             tcp_port = int(self._tcp.local_address[1])
             out += [(host, tcp_port, "tcp") for host in hosts]
         return out
+
+    def _log_failure(self, transport: WebRtcTransport) -> None:
+        """One INFO line per transport that failed to connect; its peer only with debug on."""
+        failure = transport.failure
+        if failure is None:
+            return
+        stage, reason = failure.value
+        peer = ""
+        address = transport.ice.selected_address
+        if self.config.logging.debug_personal_data and address is not None:
+            peer = f" peer={format_address((address[0], address[1]))}"
+        log.info(
+            "transport failed to connect: stage=%s reason=%s candidate=%s%s",
+            stage,
+            reason,
+            transport.candidate_type,
+            peer,
+        )
 
     def _ice_servers(self) -> list[dict[str, object]]:
         server = self.turn.issue(wall_now=time.time())

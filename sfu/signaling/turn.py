@@ -13,12 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
 
 from sfu.config import TurnConfig
 
-__all__ = ["IceServer", "TurnCredentials"]
+__all__ = ["IceServer", "TurnCredentials", "turn_relay_hosts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +71,22 @@ class TurnCredentials:
         username = f"{int(wall_now) + self._ttl}:{name}"
         digest = hmac.new(self._secret, username.encode(), hashlib.sha1).digest()
         return IceServer(self._urls, username, base64.b64encode(digest).decode("ascii"))
+
+
+def turn_relay_hosts(urls: tuple[str, ...]) -> frozenset[str]:
+    """The IP literals among the hosts of ``turn:``/``turns:`` URLs (RFC 7065): a peer
+    address among them is a relayed candidate (coturn relays from its own address unless
+    ``relay-ip`` says otherwise). Host names are skipped: resolving them would leak a query."""
+    hosts: set[str] = set()
+    for url in urls:
+        rest = url.split(":", 1)[1] if ":" in url else url
+        rest = rest.split("?", 1)[0]
+        if rest.startswith("["):
+            host = rest[1:].split("]", 1)[0]
+        else:
+            host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+        try:
+            hosts.add(str(ipaddress.ip_address(host)))
+        except ValueError:
+            continue
+    return frozenset(hosts)
