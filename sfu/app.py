@@ -19,9 +19,10 @@ from sfu.config import Config
 from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels, default_kernels
 from sfu.echo import EchoService
+from sfu.io.address_check import address_warnings, read_rmem_max
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.tcp import IceTcpListener, open_ice_tcp_listener
-from sfu.io.udp import Address, MediaSocket, open_media_socket
+from sfu.io.udp import SOCKET_BUFFER_BYTES, Address, MediaSocket, open_media_socket
 from sfu.logging_setup import configure_logging
 from sfu.metrics.collector import MetricSources
 from sfu.metrics.http import add_metrics_route, build_registry
@@ -316,6 +317,14 @@ class Server:
             )
             self._tcp.on_closed = self.port.connection_closed
             log.info("ICE-TCP listening on tcp %s", format_address(self._tcp.local_address))
+        for warning in address_warnings(
+            self.config.announced_addresses(),
+            udp_host=media.udp_host,
+            nat_mapping=media.nat_mapping,
+            wanted_buffer=SOCKET_BUFFER_BYTES,
+            rmem_max=read_rmem_max(),
+        ):
+            log.warning("self-check: %s", warning)
         log.info(
             "announcing ICE candidates: %s",
             ", ".join(

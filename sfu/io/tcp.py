@@ -67,6 +67,25 @@ class _Connection(asyncio.Protocol):
         self.transport = None
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket; on "::" dual-stack like the media UDP socket (asyncio's
+    own ``create_server`` would make an IPv6 socket IPv6-only)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class IceTcpListener:
     """The listening socket and its connections; ``sendto`` frames and writes."""
 
@@ -88,9 +107,12 @@ class IceTcpListener:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, backlog=LISTEN_BACKLOG, reuse_address=True
-        )
+        sock = _listening_socket(host, port)
+        try:
+            self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         self._timer = asyncio.ensure_future(self._run_timer())
 
     @property
