@@ -57,6 +57,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"],
     )
     p.add_argument("--bind", help="local address of the synthetic endpoints")
+    p.add_argument(
+        "--transport",
+        choices=["udp", "tcp"],
+        default="udp",
+        help="how subscribers reach the server: udp, or tcp (ICE-TCP); publishers use UDP",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -79,6 +85,7 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
         max_total_s=args.max_time,
         srtp_profile=args.srtp_profile,
         bind_host=bind,
+        transport=args.transport,
     )
 
 
@@ -130,6 +137,11 @@ async def _run(args: argparse.Namespace) -> list[RunResult]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench; 0 on success."""
     args = parse_args(argv)
+    if args.vs and args.transport != "udp":
+        print(
+            "python -m bench: --transport tcp measures this server only (not --vs)", file=sys.stderr
+        )
+        return 2
     try:
         _config(args)
     except ValueError as exc:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from sfu.io.udp import Address, DatagramCallback
 from sfu.transport.ice import address_key, tcp_address
@@ -43,8 +43,9 @@ class _Connection(asyncio.Protocol):
         self._address: Address | None = None
         self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's TCPTransport is one, without subclassing asyncio's).
+        transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername")
         if not peer:
             transport.abort()

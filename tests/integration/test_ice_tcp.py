@@ -155,3 +155,11 @@ def test_check_over_tcp_is_answered_and_authenticates_the_connection() -> None:
 
 def test_hostile_connections_are_closed_counted_and_forgotten() -> None:
     asyncio.run(asyncio.wait_for(_hostile(), 4 * TIMEOUT))
+
+
+def test_check_over_tcp_on_uvloop() -> None:
+    """The server runs on uvloop (whose stream transports are not asyncio's classes)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(_check_over_tcp(), 3 * TIMEOUT))
