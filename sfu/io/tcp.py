@@ -3,8 +3,10 @@
 Every accepted connection's bytes go to the sans-I/O :class:`~sfu.transport.tcp.IceTcpGate`,
 which frames them (RFC 4571) and hands each datagram synchronously to the same callback the
 UDP socket feeds, with the peer's address marked as TCP (:func:`sfu.transport.ice.tcp_address`).
-Sends to such an address are framed and written to its connection; a connection whose
-kernel and asyncio buffers hold more than :data:`MAX_WRITE_BUFFER_BYTES` drops the datagram
+Sends to such an address are framed and queued on its connection; the queue is written with
+one ``write`` per connection when the event loop next runs (a burst of media fanned out to a
+TCP subscriber costs one system call, not one per packet). A connection whose kernel and
+asyncio buffers already hold more than :data:`MAX_WRITE_BUFFER_BYTES` drops the datagram
 (counted), as a full UDP socket would, so one stalled reader cannot make the server buffer
 without bound. Nothing is awaited per packet.
 """
@@ -36,12 +38,14 @@ TIMER_INTERVAL_S: Final = 0.5
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_address", "_listener", "transport")
+    __slots__ = ("_address", "_listener", "queued", "transport")
 
     def __init__(self, listener: IceTcpListener) -> None:
         self._listener = listener
         self._address: Address | None = None
         self.transport: asyncio.Transport | None = None
+        #: Framed datagrams waiting for the next flush.
+        self.queued: list[bytes] = []
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's TCPTransport is one, without subclassing asyncio's).
@@ -99,6 +103,8 @@ class IceTcpListener:
         self._server: asyncio.Server | None = None
         self._connections: dict[tuple[str, int] | tuple[str, int, str], _Connection] = {}
         self._timer: asyncio.Task[None] | None = None
+        self._dirty: list[_Connection] = []
+        self._flush_scheduled = False
         #: Called with the address of every connection that ends (the media port forgets it).
         self.on_closed: Callable[[Address], None] = lambda _addr: None
         #: Datagrams dropped because the connection's write buffer was full.
@@ -136,13 +142,28 @@ class IceTcpListener:
         """Frame ``data`` and write it to the connection of ``addr``, or drop it (counted)."""
         conn = self._connections.get(address_key(addr))
         transport = conn.transport if conn is not None else None
-        if transport is None or transport.is_closing():
+        if conn is None or transport is None or transport.is_closing():
             self.no_connection_drops += 1
             return
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER_BYTES:
             self.write_drops += 1
             return
-        transport.write(frame(data))
+        if not conn.queued:
+            self._dirty.append(conn)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        conn.queued.append(frame(data))
+
+    def _flush(self) -> None:
+        """Write what each connection queued since the last flush, one write apiece."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            queued, conn.queued = conn.queued, []
+            transport = conn.transport
+            if transport is not None and not transport.is_closing() and queued:
+                transport.write(b"".join(queued))
 
     # -- connection events (from _Connection) ---------------------------------------------
 
@@ -188,7 +209,8 @@ class IceTcpListener:
                 log.exception("internal error in ICE-TCP timers")
 
     async def close(self) -> None:
-        """Stop listening and close every connection."""
+        """Stop listening and close every connection (what is queued is written first)."""
+        self._flush()
         server, self._server = self._server, None
         if self._timer is not None:
             self._timer.cancel()
