@@ -63,6 +63,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"],
     )
     p.add_argument("--bind", help="local address of the synthetic endpoints")
+    p.add_argument(
+        "--transport",
+        choices=["udp", "tcp"],
+        default="udp",
+        help="how subscribers reach the server: udp, or tcp (ICE-TCP); publishers use UDP",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sample", type=float, default=10.0, help="soak: seconds per sample")
@@ -88,6 +94,7 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
         max_total_s=args.max_time,
         srtp_profile=args.srtp_profile,
         bind_host=bind,
+        transport=args.transport,
     )
 
 
@@ -172,6 +179,11 @@ async def _run_long(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench; 0 on success."""
     args = parse_args(argv)
+    if args.vs and args.transport != "udp":
+        print(
+            "python -m bench: --transport tcp measures this server only (not --vs)", file=sys.stderr
+        )
+        return 2
     try:
         _config(args)
         if not 1 <= args.cycles <= 1_000_000 or not 1 <= args.concurrency <= 64:

@@ -40,7 +40,10 @@ from sfu.metrics.labels import DROP_REASONS, HANDSHAKE_FAILURES, KINDS, drop_rea
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.room.room import ParticipantState
 from sfu.room.service import RoomService
+from sfu.transport.counters import CANDIDATE_TYPES
 from sfu.transport.port import MediaPort
+from sfu.transport.tcp import CLOSE_REASONS as TCP_CLOSE_REASONS
+from sfu.transport.tcp import IceTcpGate
 
 __all__ = ["MetricSources", "SfuCollector"]
 
@@ -61,6 +64,8 @@ class MetricSources:
     signaling_connections: Callable[[], int]
     #: The HTTP listeners' connection limits (None: not measured, as in tools and tests).
     http_limits: Callable[[], HttpLimitCounters | None] = lambda: None
+    #: The ICE-TCP connections' gate (None: no ICE-TCP in this process).
+    tcp_gate: IceTcpGate | None = None
 
 
 @dataclass
@@ -221,6 +226,38 @@ class SfuCollector(Collector):
             ["stage", "reason"],
             failures,
         )
+        yield self._counter(
+            "sfu_transports_connected",
+            "Transports that connected, by how the client reached us (udp, tcp, relay).",
+            ["candidate_type"],
+            {(t,): float(port.connected_by_type.get(t, 0)) for t in CANDIDATE_TYPES},
+        )
+        yield self._counter(
+            "sfu_transport_failures_by_candidate",
+            "Transports that failed to connect, by the candidate type last selected (none: "
+            "no valid ICE check ever arrived).",
+            ["candidate_type"],
+            {(t,): float(port.failed_by_type.get(t, 0)) for t in CANDIDATE_TYPES},
+        )
+        gate = self.sources.tcp_gate
+        if gate is not None:
+            yield self._counter(
+                "sfu_ice_tcp_connections_opened",
+                "ICE-TCP connections accepted.",
+                [],
+                {(): float(gate.opened)},
+            )
+            yield self._counter(
+                "sfu_ice_tcp_connections_closed",
+                "ICE-TCP connections closed, by reason (hostile ones included).",
+                ["tcp_close_reason"],
+                {(r,): float(gate.closed.get(r, 0)) for r in TCP_CLOSE_REASONS},
+            )
+            yield GaugeMetricFamily(
+                "sfu_ice_tcp_connections",
+                "ICE-TCP connections held now.",
+                gate.connection_count,
+            )
         yield _histogram(
             "sfu_ice_handshake_duration_seconds",
             "From the answer to the first valid ICE connectivity check.",

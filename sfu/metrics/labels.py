@@ -13,7 +13,9 @@ from sfu._fastpath.values import REFUSAL_REASONS
 from sfu.io.http_limits import REASONS as HTTP_REFUSALS
 from sfu.packet.demux import PacketKind
 from sfu.transport import ice
+from sfu.transport.counters import CANDIDATE_TYPES
 from sfu.transport.port import REFUSAL_REASONS as TRANSPORT_REFUSALS
+from sfu.transport.tcp import CLOSE_REASONS as TCP_CLOSE_REASONS
 from sfu.transport.transport import HandshakeFailure
 
 __all__ = ["ALLOWED", "DROP_REASONS", "HANDSHAKE_FAILURES", "KINDS", "drop_reason"]
@@ -84,4 +86,6 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "generation": frozenset({"0", "1", "2"}),  # python_gc_* from prometheus-client
     "path": frozenset({"fast", "slow"}),
     "error": frozenset({"protect", "send", "log_overflow"}),
+    "candidate_type": frozenset(CANDIDATE_TYPES),
+    "tcp_close_reason": frozenset(TCP_CLOSE_REASONS),
 }

@@ -77,6 +77,9 @@ class Join:
     id: str | int | None = None
     #: The room's password, when it has one (never logged, never echoed).
     password: str | None = field(default=None, repr=False)
+    #: A reconnecting client: take over this identity's session (transport, tracks,
+    #: subscriptions) instead of replacing it (docs/protocol.md, "Reconnecting").
+    resume: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +306,10 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         password = None
         if obj.get("password") is not None:
             password = _string(obj, "password", MAX_PASSWORD_CHARS, rid)
-        return Join(version, room, token, rid, password)
+        resume = obj.get("resume", False)
+        if not isinstance(resume, bool):
+            raise ProtocolError("bad_message", "'resume' must be a boolean", rid)
+        return Join(version, room, token, rid, password, resume)
     if kind == "offer":
         sdp = obj.get("sdp")
         if not isinstance(sdp, str) or not sdp:

@@ -12,6 +12,16 @@ const PROTOCOL = 1;
 const MAX_MESSAGE_BYTES = 64 * 1024;
 const REQUEST_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 25000;
+/** How long ICE may stay `disconnected` before the client restarts it (a brief blip heals alone). */
+const ICE_RESTART_DELAY_MS = 2000;
+/** After a restart that did not bring ICE back, the next try. */
+const ICE_RESTART_RETRY_MS = 5000;
+/** While ICE is down, a ping must be answered this fast or the WebSocket counts as lost
+ * (a dead TCP connection can take minutes to report itself). */
+const SIGNALING_PROBE_MS = 3000;
+/** Close code the client uses for a WebSocket it abandons: not a clean close, so the server
+ * keeps our place for a resume. */
+const CLOSE_SIGNALING_LOST = 4000;
 const ICE_GATHERING_WAIT_MS = 1500;
 const NEGOTIATION_DEBOUNCE_MS = 15;
 
@@ -86,7 +96,7 @@ export class Room extends EventTarget {
    * @param {{passphrase?: string, key?: BufferSource, keyId?: number, api?: string}} [options.e2ee]
    *   encrypt all media end to end (docs/e2ee.md) with a key shared out of band
    */
-  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null, password = null } = {}) {
+  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null, password = null, resume = false, iceTransportPolicy = "all" } = {}) {
     super();
     if (!room) throw new TypeError("Room: `room` is required");
     this.url = websocketUrl(url);
@@ -95,6 +105,14 @@ export class Room extends EventTarget {
     this.onEvent = onEvent || null;
     this.autoSubscribe = autoSubscribe;
     this.iceServers = iceServers;
+    /** "relay" forces TURN (tests, strict networks); the server adds TURN servers in `joined`. */
+    this.iceTransportPolicy = iceTransportPolicy;
+    /** Ask the server to resume this identity's session (a reconnect; docs/protocol.md). */
+    this.resume = resume;
+    /** Whether the server resumed our earlier session (`joined.resumed`). */
+    this.resumed = false;
+    this._iceTimer = null;
+    this._probing = false;
     /** The room's password, kept only to send it in the join. */
     this.password = password || null;
     /** Our grants and the room's policy (from `joined`, then `policy`); for hosts, who waits. */
@@ -165,6 +183,7 @@ export class Room extends EventTarget {
     this.state = "connecting";
     this.pc = new RTCPeerConnection({
       iceServers: this.iceServers,
+      iceTransportPolicy: this.iceTransportPolicy,
       bundlePolicy: "max-bundle",
       rtcpMuxPolicy: "require",
       ...(this.e2ee ? this.e2ee.peerConnectionConfig : {}),
@@ -173,6 +192,7 @@ export class Room extends EventTarget {
     this.pc.addEventListener("connectionstatechange", () => {
       this._emit("connection_state", { state: this.pc.connectionState });
     });
+    this.pc.addEventListener("iceconnectionstatechange", () => this._watchIce());
 
     return new Promise((resolve, reject) => {
       this._joinWaiter = { resolve, reject };
@@ -200,6 +220,7 @@ export class Room extends EventTarget {
         });
         const join = { type: "join", id, protocol: PROTOCOL, room: this.roomName, token: this.token };
         if (this.password) join.password = this.password;
+        if (this.resume) join.resume = true;
         this._sendRaw(join);
       });
       ws.addEventListener("message", (event) => this._onMessage(event.data));
@@ -244,6 +265,7 @@ export class Room extends EventTarget {
     if (this.state === "closed") return;
     const wasJoining = this._joinWaiter !== null;
     this.state = "closed";
+    clearTimeout(this._iceTimer);
     clearInterval(this._pingTimer);
     this._pingTimer = null;
     const err = new SfuError("closed", `connection closed (${code}${reason ? ": " + reason : ""})`, {
@@ -381,6 +403,8 @@ export class Room extends EventTarget {
     this.grants = Array.isArray(msg.grants) ? msg.grants : [];
     this.policy = msg.policy || null;
     this.participantId = msg.participant ? msg.participant.id : null;
+    this.resumed = msg.resumed === true;
+    this._useIceServers(msg.ice_servers);
     for (const p of msg.participants || []) this._addParticipant(p);
     this._pingTimer = setInterval(() => {
       this._request({ type: "ping" }).catch(() => {});
@@ -392,6 +416,7 @@ export class Room extends EventTarget {
       grants: this.grants,
       policy: this.policy,
       e2eeRequired: this.e2eeRequired,
+      resumed: this.resumed,
     };
     this._emit("joined", payload);
     if (this._joinWaiter) {
@@ -400,6 +425,66 @@ export class Room extends EventTarget {
       waiter.resolve(payload);
     }
     if (this._subs.size) this._renegotiateQuietly();
+  }
+
+  // ---------------------------------------------------------------- reachability
+
+  /** TURN servers with short-lived credentials from `joined` (docs/deployment.md). */
+  _useIceServers(servers) {
+    if (!Array.isArray(servers) || servers.length === 0 || !this.pc) return;
+    this.iceServers = [...this.iceServers, ...servers];
+    try {
+      this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers: this.iceServers });
+    } catch (err) {
+      console.warn("sfu-client: cannot apply the server's ICE servers", err);
+    }
+  }
+
+  /** ICE `disconnected` for ICE_RESTART_DELAY_MS (or `failed`): restart ICE and renegotiate. */
+  _watchIce() {
+    if (!this.pc) return;
+    const state = this.pc.iceConnectionState;
+    clearTimeout(this._iceTimer);
+    this._iceTimer = null;
+    if (state === "disconnected" || state === "failed") {
+      this._iceTimer = setTimeout(() => this._restartIce(), state === "failed" ? 0 : ICE_RESTART_DELAY_MS);
+    }
+  }
+
+  _restartIce() {
+    this._iceTimer = null;
+    const pc = this.pc;
+    if (this.state !== "joined" || !pc || pc.signalingState === "closed") return;
+    if (pc.iceConnectionState !== "disconnected" && pc.iceConnectionState !== "failed") return;
+    pc.restartIce();
+    this._emit("ice_restart", { state: pc.iceConnectionState });
+    this._probeSignaling();
+    this._renegotiateQuietly();
+    // Still not back (the network is down, or the offer could not be sent): try again later.
+    this._iceTimer = setTimeout(() => this._restartIce(), ICE_RESTART_RETRY_MS);
+  }
+
+  /** Ping with a short deadline; no pong means the WebSocket is gone: close the Room
+   * (code 1006, "signaling lost") so the page can reconnect. */
+  _probeSignaling() {
+    if (this.state !== "joined" || this._probing) return;
+    this._probing = true;
+    this._request({ type: "ping" }, SIGNALING_PROBE_MS).then(
+      () => {
+        this._probing = false;
+      },
+      (err) => {
+        this._probing = false;
+        if (err.code !== "timeout" || this.state === "closed") return;
+        const ws = this.ws;
+        try {
+          if (ws && ws.readyState <= WebSocket.OPEN) ws.close(CLOSE_SIGNALING_LOST, "signaling lost");
+        } catch (closeErr) {
+          // it is being abandoned anyway
+        }
+        this._shutdown(1006, "signaling lost");
+      },
+    );
   }
 
   // ---------------------------------------------------------------- room state
