@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 #: Longest room password a ``join`` may carry, longest ban a ``remove`` may ask for (s).
+from sfu.core.publication import SOURCES
 from sfu.room.policy import MAX_BAN_S, MAX_PASSWORD_CHARS
 
 __all__ = [
@@ -87,6 +88,8 @@ class Offer:
     tracks: dict[str, str] = field(default_factory=dict)
     subscriptions: dict[str, str] = field(default_factory=dict)
     id: str | int | None = None
+    #: What each published track shows, by mid (``camera``, ``screen``...), where declared.
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,8 @@ class Preferences:
     max_temporal: int | None = None
     paused: bool = False
     id: str | int | None = None
+    #: The subscriber pinned the tile: it outranks other cameras for bandwidth.
+    pinned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +275,23 @@ def _mid_map(
     return out
 
 
+def _sources(obj: dict[str, Any], rid: str | int | None) -> dict[str, str]:
+    """The optional ``source`` of each ``tracks`` entry (already checked to be objects)."""
+    out: dict[str, str] = {}
+    for mid, item in obj.get("tracks", {}).items():
+        source = item.get("source")
+        if source is None:
+            continue
+        if not isinstance(source, str) or source not in SOURCES:
+            raise ProtocolError(
+                "bad_message",
+                f"'tracks.{mid}.source' must be one of {', '.join(sorted(SOURCES))}",
+                rid,
+            )
+        out[mid] = source
+    return out
+
+
 def parse_client_message(text: str | bytes) -> ClientMessage:
     """Parse and validate one client message (raises :class:`ProtocolError`)."""
     # surrogatepass: a str can hold lone surrogates (no wire can); json.loads refuses them.
@@ -310,7 +332,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
             raise ProtocolError("bad_message", "'sdp' must be a non-empty string", rid)
         tracks = _mid_map(obj, "tracks", rid, nested_name=True)
         subscriptions = _mid_map(obj, "subscriptions", rid, nested_name=False)
-        return Offer(sdp, tracks, subscriptions, rid)
+        return Offer(sdp, tracks, subscriptions, rid, _sources(obj, rid))
     if kind == "unsubscribe":
         return Unsubscribe(_string(obj, "track", _MAX_TRACK_ID_CHARS, rid), rid)
     if kind == "prefs":
@@ -320,6 +342,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
             _layer(obj, "max_temporal", rid),
             _boolean(obj, "paused", rid, False),
             rid,
+            _boolean(obj, "pinned", rid, False),
         )
     if kind == "mute":
         track = _string(obj, "track", _MAX_TRACK_ID_CHARS, rid)
