@@ -216,6 +216,8 @@ class Publication:
     kernels: Kernels = field(repr=False)
     #: One of :data:`SOURCES`; "camera" for video and "microphone" for audio unless declared.
     source: str = ""
+    #: The top layer's picture height as the publisher declared it (None: not declared).
+    height: int | None = None
     #: Measured (spatial, temporal) layer bitrates, sampled for the allocator.
     rates: LayerRates = field(default_factory=LayerRates, repr=False)
     #: How ingest reads its packets (:mod:`sfu._fastpath.values` stream kinds), fixed by the
@@ -286,4 +288,5 @@ class Publication:
             "muted": self.muted,
             "force_muted": self.force_muted,
             "layers": list(self.rids),
+            **({"height": self.height} if self.height is not None else {}),
         }

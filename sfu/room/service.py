@@ -384,6 +384,7 @@ class RoomService:
         names: Mapping[str, str] | None = None,
         subscriptions: Mapping[str, str] | None = None,
         sources: Mapping[str, str] | None = None,
+        heights: Mapping[str, int] | None = None,
         validate_only: bool = False,
     ) -> str:
         """Answer a (re)offer: its send sections are publications, bound recv sections are
@@ -394,6 +395,7 @@ class RoomService:
         names = names or {}
         subscriptions = subscriptions or {}
         sources = sources or {}
+        heights = heights or {}
         room = participant.room
         try:
             offer = SessionDescription.parse(sdp)
@@ -480,7 +482,14 @@ class RoomService:
             if target is None or target[0] is not sub.publication:
                 self._unsubscribe(peer, mid)
         for mid in new_pubs:
-            self._publish(participant, peer, publishing[mid], names.get(mid), sources.get(mid))
+            self._publish(
+                participant,
+                peer,
+                publishing[mid],
+                names.get(mid),
+                sources.get(mid),
+                heights.get(mid),
+            )
         taken = {s for m in negotiated.media for s in m.ssrcs}
         for existing in peer.subscriptions.values():
             taken.update(x for x in (existing.out_ssrc, existing.rtx_ssrc) if x is not None)
@@ -570,6 +579,7 @@ class RoomService:
         media: NegotiatedMedia,
         name: str | None,
         source: str | None,
+        height: int | None = None,
     ) -> None:
         publication = Publication(
             id=new_id("TR"),
@@ -582,6 +592,7 @@ class RoomService:
             rids=tuple(r.rid for r in media.simulcast) if media.simulcast else media.rids,
             kernels=self.kernels,
             source=source or "",
+            height=height if media.kind == "video" else None,
         )
         publication.keyframe_requester = peer.request_keyframe
         peer.add_publication(publication, _declared_streams(media))

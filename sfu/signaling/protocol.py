@@ -56,6 +56,8 @@ _MAX_ROOM_CHARS: Final = 128
 _MAX_ENTRIES: Final = 128
 _MAX_LAYER: Final = 2
 _MAX_PARTICIPANT_ID_CHARS: Final = 64
+#: Largest picture height a publisher may declare (8K).
+_MAX_HEIGHT: Final = 4320
 
 
 class ProtocolError(Exception):
@@ -90,6 +92,9 @@ class Offer:
     id: str | int | None = None
     #: What each published track shows, by mid (``camera``, ``screen``...), where declared.
     sources: dict[str, str] = field(default_factory=dict)
+    #: The picture height of each published video track's top layer, by mid, where declared
+    #: (subscribers map their tile sizes to layers with it).
+    heights: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,21 +280,35 @@ def _mid_map(
     return out
 
 
-def _sources(obj: dict[str, Any], rid: str | int | None) -> dict[str, str]:
-    """The optional ``source`` of each ``tracks`` entry (already checked to be objects)."""
-    out: dict[str, str] = {}
+def _track_details(
+    obj: dict[str, Any], rid: str | int | None
+) -> tuple[dict[str, str], dict[str, int]]:
+    """The optional ``source`` and ``height`` of each ``tracks`` entry (already checked to be
+    objects keyed by short mids)."""
+    sources: dict[str, str] = {}
+    heights: dict[str, int] = {}
     for mid, item in obj.get("tracks", {}).items():
         source = item.get("source")
-        if source is None:
-            continue
-        if not isinstance(source, str) or source not in SOURCES:
-            raise ProtocolError(
-                "bad_message",
-                f"'tracks.{mid}.source' must be one of {', '.join(sorted(SOURCES))}",
-                rid,
-            )
-        out[mid] = source
-    return out
+        if source is not None:
+            if not isinstance(source, str) or source not in SOURCES:
+                raise ProtocolError(
+                    "bad_message",
+                    f"'tracks.{mid}.source' must be one of {', '.join(sorted(SOURCES))}",
+                    rid,
+                )
+            sources[mid] = source
+        height = item.get("height")
+        if height is not None:
+            if (
+                isinstance(height, bool)
+                or not isinstance(height, int)
+                or not 1 <= height <= _MAX_HEIGHT
+            ):
+                raise ProtocolError(
+                    "bad_message", f"'tracks.{mid}.height' must be an integer 1-{_MAX_HEIGHT}", rid
+                )
+            heights[mid] = height
+    return sources, heights
 
 
 def parse_client_message(text: str | bytes) -> ClientMessage:
@@ -332,7 +351,8 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
             raise ProtocolError("bad_message", "'sdp' must be a non-empty string", rid)
         tracks = _mid_map(obj, "tracks", rid, nested_name=True)
         subscriptions = _mid_map(obj, "subscriptions", rid, nested_name=False)
-        return Offer(sdp, tracks, subscriptions, rid, _sources(obj, rid))
+        sources, heights = _track_details(obj, rid)
+        return Offer(sdp, tracks, subscriptions, rid, sources, heights)
     if kind == "unsubscribe":
         return Unsubscribe(_string(obj, "track", _MAX_TRACK_ID_CHARS, rid), rid)
     if kind == "prefs":

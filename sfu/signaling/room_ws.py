@@ -368,6 +368,7 @@ def _dispatch(conn: _Connection, message: ClientMessage, now: float) -> None:
             names=message.tracks,
             subscriptions=message.subscriptions,
             sources=message.sources,
+            heights=message.heights,
         )
         own = participant.peer.publications if participant.peer is not None else {}
         tracks = {mid: publication.id for mid, publication in own.items()}
