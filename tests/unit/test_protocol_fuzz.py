@@ -374,3 +374,13 @@ def test_unknown_extra_fields_are_ignored(rid: str | int | None, extra: dict[str
 def test_edge_cases(text: str) -> None:
     result = check(text)
     assert isinstance(result, ProtocolError)
+
+
+@pytest.mark.parametrize("height", [0, 4321, 1.5, True, "720"])
+def test_a_declared_track_height_is_bounded(height: object) -> None:
+    obj = {"type": "offer", "sdp": "v=0", "tracks": {"1": {"name": "n", "height": height}}}
+    result = check(json.dumps(obj))
+    assert isinstance(result, ProtocolError) and "'tracks.1.height'" in result.message
+    valid = {"type": "offer", "sdp": "v=0", "tracks": {"1": {"name": "n", "height": 720}}}
+    offer = parse_client_message(json.dumps(valid))
+    assert isinstance(offer, Offer) and offer.heights == {"1": 720}

@@ -340,9 +340,18 @@ def test_a_declared_screen_share_is_announced_with_its_source(
     with pytest.raises(RoomError) as err:
         h.service.offer(alice, simulcast_offer(), 0.0, sources={"0": "screen"})  # an audio mid
     assert err.value.code == "bad_message" and "source" in err.value.message
-    h.service.offer(alice, simulcast_offer(), 0.0, names={"1": "slides"}, sources={"1": "screen"})
+    h.service.offer(
+        alice,
+        simulcast_offer(),
+        0.0,
+        names={"1": "slides"},
+        sources={"1": "screen"},
+        heights={"0": 480, "1": 1080},
+    )
     published = {m["track"]["kind"]: m["track"] for m in h.messages("bob", "track_published")}
     assert published["video"]["source"] == "screen"
+    assert published["video"]["height"] == 1080
+    assert "height" not in published["audio"]  # only video declares a picture height
     assert published["audio"]["source"] == "microphone"
 
 
