@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from typing import Final
 
 from sfu._fastpath.values import LogRecord
-from sfu.core.allocator import Allocation, Allocator, priority_of
+from sfu.core.allocator import CONGESTION, UPGRADE, Allocation, Allocator, priority_of
 from sfu.core.binder import Binder
 from sfu.core.counters import (
     PeerCounters,
@@ -258,6 +258,16 @@ class Peer:
         for sub, target in allocation.targets.items():
             assert sub.selector is not None
             sub.selector.set_target(target.spatial, target.temporal)
+        counters = self.counters
+        for _sub, reason in allocation.changes:
+            if reason == CONGESTION:
+                counters.target_changes_congestion += 1
+            elif reason == UPGRADE:
+                counters.target_changes_upgrade += 1
+            else:
+                counters.target_changes_hint += 1
+        counters.bandwidth_pauses += len(allocation.paused)
+        counters.bandwidth_resumes += len(allocation.resumed)
         sink = self.on_stream_state
         if sink is not None:
             for sub in allocation.paused:
