@@ -1067,8 +1067,10 @@ export class Room extends EventTarget {
 
   /**
    * A summary of getStats() per subscribed track:
-   * {connectionState, remote: {trackId: {participant, kind, framesDecoded, frameWidth,
-   *  frameHeight, nackCount, packetsLost, totalSamplesReceived, freezeCount, packetsReceived}}}
+   * {connectionState, remote: {trackId: {participant, kind, source, state, framesDecoded,
+   *  frameWidth, frameHeight, nackCount, packetsLost, totalSamplesReceived, freezeCount,
+   *  totalFreezesDuration, packetsReceived, retransmittedPacketsReceived, bytesReceived,
+   *  concealedSamples}}} where `state` is the server's stream_state ("active" | "paused").
    */
   async stats() {
     const out = { connectionState: this.pc ? this.pc.connectionState : "new", remote: {} };
@@ -1076,9 +1078,12 @@ export class Room extends EventTarget {
     const subs = [...this._subs.values()];
     const entries = {};
     for (const sub of subs) {
+      const track = this._findTrack(sub.trackId);
       entries[sub.trackId] = {
         participant: sub.participant,
         kind: sub.kind,
+        source: track && track.source ? track.source : sub.kind === "video" ? "camera" : "microphone",
+        state: sub.state,
         framesDecoded: 0,
         frameWidth: 0,
         frameHeight: 0,
@@ -1086,7 +1091,11 @@ export class Room extends EventTarget {
         packetsLost: 0,
         totalSamplesReceived: 0,
         freezeCount: 0,
+        totalFreezesDuration: 0,
         packetsReceived: 0,
+        retransmittedPacketsReceived: 0,
+        bytesReceived: 0,
+        concealedSamples: 0,
       };
     }
     out.remote = entries;
@@ -1120,7 +1129,11 @@ export class Room extends EventTarget {
         "packetsLost",
         "totalSamplesReceived",
         "freezeCount",
+        "totalFreezesDuration",
         "packetsReceived",
+        "retransmittedPacketsReceived",
+        "bytesReceived",
+        "concealedSamples",
       ]) {
         if (typeof s[key] === "number") e[key] = s[key];
       }
