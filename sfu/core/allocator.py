@@ -243,7 +243,7 @@ class Allocator:
             rungs = ladders[sub]
             state = states.get(sub)
             limits[sub] = len(rungs) - 1
-            if state is None or budget is None or not rungs:
+            if state is None or not rungs:
                 continue
             if state.paused_for_bandwidth:
                 if now - state.since < UPGRADE_HOLD:
@@ -258,9 +258,12 @@ class Allocator:
         chosen: dict[Subscription, int] = {}
         spent = audio_bps
         if budget is None:
+            # No known limit: the best each may reach now (the hysteresis still holds, so a
+            # budget source that goes quiet does not bring a congested layer straight back).
             for sub in video:
-                chosen[sub] = len(ladders[sub]) - 1
-                spent += ladders[sub][-1].bps if ladders[sub] else 0.0
+                rungs = ladders[sub]
+                chosen[sub] = min(len(rungs) - 1, limits[sub])
+                spent += rungs[chosen[sub]].bps if chosen[sub] >= 0 else 0.0
         else:
             for sub in video:
                 rungs = ladders[sub]

@@ -320,3 +320,13 @@ def test_remb_is_a_budget_only_while_it_signals_congestion() -> None:
         remb.on_remb(800_000, now=float(t))
     assert remb.budget(now=9.0) is None  # the old peak left the window
     assert remb.latest == 800_000
+
+
+def test_the_cooldown_holds_when_the_budget_goes_quiet() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    clock.at(NOW, 3_000_000)
+    assert clock.at(NOW + 1, 400_000).targets == {sub: LOW}
+    # The estimate stops signalling a limit (None): still no upgrade during the cooldown.
+    assert clock.at(NOW + 5, None).targets == {sub: LOW}
+    assert clock.at(NOW + 1 + CONGESTION_HOLD, None).targets == {sub: TOP}
