@@ -52,6 +52,13 @@ class PeerCounters:
     #: Keyframe requests from this peer's receivers, by message (RFC 4585 PLI, RFC 5104 FIR).
     pli_in: int = 0
     fir_in: int = 0
+    #: The allocator's target changes by reason (sfu.core.allocator.REASONS) and its pauses
+    #: and resumes of video subscriptions for bandwidth.
+    target_changes_congestion: int = 0
+    target_changes_upgrade: int = 0
+    target_changes_hint: int = 0
+    bandwidth_pauses: int = 0
+    bandwidth_resumes: int = 0
     #: Folded in when a publication or subscription ends (live ones are read at scrape time).
     layer_switches: int = 0
     ingress_expected: int = 0

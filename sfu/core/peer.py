@@ -4,18 +4,18 @@
 transport and composes one of each: the :class:`~sfu.core.binder.Binder` (its SSRCs), the
 :class:`~sfu.core.router.Router` (what it publishes, ingested and fanned out), the
 :class:`~sfu.core.feedback.FeedbackHandler` (RTCP it sends), the
-:class:`~sfu.core.reporter.Reporter` (RTCP it gets) and :func:`~sfu.core.allocator.allocate`
+:class:`~sfu.core.reporter.Reporter` (RTCP it gets) and the :class:`~sfu.core.allocator.Allocator`
 (layers of what it receives). Everything it sends goes through the
 :class:`~sfu.core.sender.Sender` protocol. :meth:`Peer.poll` runs the periodic work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 from sfu._fastpath.values import LogRecord
-from sfu.core.allocator import allocate
+from sfu.core.allocator import CONGESTION, UPGRADE, Allocation, Allocator, priority_of
 from sfu.core.binder import Binder
 from sfu.core.counters import (
     PeerCounters,
@@ -41,11 +41,16 @@ from sfu.packet.extensions import (
 )
 from sfu.transport.transport import TransportState, WebRtcTransport
 
-__all__ = ["ALLOCATION_INTERVAL", "Peer"]
+__all__ = ["ALLOCATION_INTERVAL", "Peer", "StreamStateSink"]
 
 #: The allocator runs this often: often enough to follow a falling estimate within a few
 #: REMBs, rarely enough that targets do not chase every measurement.
 ALLOCATION_INTERVAL: Final = 0.5
+
+
+#: Told when a subscription is paused for bandwidth ("paused", "bandwidth") or resumed
+#: ("active", None): the room sends the subscriber a ``stream_state`` event.
+StreamStateSink = Callable[[Subscription, str, str | None], None]
 
 
 def _one_id(extensions: dict[int, str], uri: str) -> int:
@@ -81,6 +86,10 @@ class Peer:
         #: True once the transport ended and the counters were folded into ``stats.retired``.
         self.retired = False
         self.remb = RembHistory()
+        self.allocator = Allocator()
+        #: Participant ids of the room's active speakers (their cameras rank higher).
+        self.speakers: Collection[str] = ()
+        self.on_stream_state: StreamStateSink | None = None
         twcc = TwccRecorder(rtcp_ssrc)
         self.binder = Binder(on_added=self._stream_added, on_removed=self._stream_removed)
         self.router = Router(participant_id, self.binder, twcc, self.counters, stats=stats)
@@ -233,9 +242,36 @@ class Peer:
             if wanted is not None:
                 sub.publication.request_keyframe(wanted, now)
         if now - self._last_allocation >= ALLOCATION_INTERVAL:
-            self._last_allocation = now
-            plan = allocate(list(subscriptions), budget_bps=self.remb.budget(now=now), now=now)
-            for sub, layer in plan.items():
-                assert sub.selector is not None
-                sub.selector.set_target(layer, None)
+            self.allocate(budget_bps=self.remb.budget(now=now), now=now)
         self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
+
+    def allocate(self, *, budget_bps: float | None, now: float) -> Allocation:
+        """Share ``budget_bps`` (None: no limit) over the subscriptions and apply the targets;
+        the subscriber hears of pauses and resumes through :attr:`on_stream_state`."""
+        self._last_allocation = now
+        subscriptions = list(self.subscriptions.values())
+        speakers = self.speakers
+        priorities = {sub: int(priority_of(sub, speakers)) for sub in subscriptions}
+        allocation = self.allocator.update(
+            subscriptions, budget_bps=budget_bps, now=now, priorities=priorities
+        )
+        for sub, target in allocation.targets.items():
+            assert sub.selector is not None
+            sub.selector.set_target(target.spatial, target.temporal)
+        counters = self.counters
+        for _sub, reason in allocation.changes:
+            if reason == CONGESTION:
+                counters.target_changes_congestion += 1
+            elif reason == UPGRADE:
+                counters.target_changes_upgrade += 1
+            else:
+                counters.target_changes_hint += 1
+        counters.bandwidth_pauses += len(allocation.paused)
+        counters.bandwidth_resumes += len(allocation.resumed)
+        sink = self.on_stream_state
+        if sink is not None:
+            for sub in allocation.paused:
+                sink(sub, "paused", "bandwidth")
+            for sub in allocation.resumed:
+                sink(sub, "active", None)
+        return allocation

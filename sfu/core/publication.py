@@ -18,6 +18,7 @@ from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
 from sfu._fastpath.values import AUDIO, H264, OTHER_VIDEO, VP8, VP9, PacketInfo
+from sfu.core.layer_rates import LayerRates
 from sfu.core.nack import NackGenerator
 from sfu.core.rtcp_stats import ReceiveStats
 from sfu.negotiation import NegotiatedCodec
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEYFRAME_REQUEST_INTERVAL",
+    "SOURCES",
     "BitrateMeter",
     "Publication",
     "SourceStream",
@@ -46,6 +48,9 @@ VIDEO_CACHE_PACKETS: Final = 512
 AUDIO_CACHE_PACKETS: Final = 64
 #: Video codecs whose payload descriptor ingest reads, by SDP encoding name.
 _VIDEO_KINDS: Final = {"vp8": VP8, "h264": H264, "vp9": VP9}
+#: What a track shows, as its publisher declares it (the room protocol's ``source``): a
+#: screen share outranks every camera when a subscriber's bandwidth is shared out.
+SOURCES: Final = frozenset({"camera", "microphone", "screen", "screen_audio"})
 
 
 def new_id(prefix: str) -> str:
@@ -88,9 +93,10 @@ class BitrateMeter:
         self._epoch = epoch
 
     def bps(self, now: float) -> int:
-        """The bitrate over the last second."""
+        """The bitrate over the last second (a reading at an earlier ``now`` than the newest
+        count changes nothing: reading never discards what was counted)."""
         epoch = int(now * 10)
-        if epoch != self._epoch:
+        if epoch > self._epoch:
             self._advance(epoch)
         return sum(self._buckets) * 8
 
@@ -211,11 +217,21 @@ class Publication:
     on_fanout: Callable[[Publication], None] | None = None
     _: KW_ONLY
     kernels: Kernels = field(repr=False)
+    #: One of :data:`SOURCES`; "camera" for video and "microphone" for audio unless declared.
+    source: str = ""
+    #: The top layer's picture height as the publisher declared it (None: not declared).
+    height: int | None = None
+    #: Measured (spatial, temporal) layer bitrates, sampled for the allocator.
+    rates: LayerRates = field(default_factory=LayerRates, repr=False)
     #: How ingest reads its packets (:mod:`sfu._fastpath.values` stream kinds), fixed by the
     #: kind and codec: computed once, not per packet.
     stream_kind: int = field(init=False)
 
     def __post_init__(self) -> None:
+        if not self.source:
+            self.source = "camera" if self.video else "microphone"
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown track source {self.source!r}")
         self.stream_kind = (
             _VIDEO_KINDS.get(self.codec.name.lower(), OTHER_VIDEO) if self.video else AUDIO
         )
@@ -278,7 +294,9 @@ class Publication:
             "participant": self.participant_id,
             "kind": self.kind,
             "name": self.name,
+            "source": self.source,
             "muted": self.muted,
             "force_muted": self.force_muted,
             "layers": list(self.rids),
+            **({"height": self.height} if self.height is not None else {}),
         }

@@ -59,6 +59,7 @@ class Subscription:
         "out_ssrc",
         "paused",
         "payload_type",
+        "pinned",
         "publication",
         "retransmit_misses",
         "retransmitted",
@@ -129,6 +130,8 @@ class Subscription:
         self.held = False
         self.max_spatial: int | None = None
         self.max_temporal: int | None = None
+        #: The subscriber pinned this track: it outranks other cameras for bandwidth.
+        self.pinned = False
         self.retransmitted = 0
         self.retransmit_misses = 0
         self._rtx_seq = secrets.randbits(16)  # random start, RFC 3550 §5.1

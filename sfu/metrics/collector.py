@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -36,7 +36,14 @@ from sfu.core.counters import (
 from sfu.core.kernels import Forwarder
 from sfu.histogram import BANDWIDTH_BUCKETS_BPS, PlainHistogram
 from sfu.io.http_limits import HttpLimitCounters
-from sfu.metrics.labels import DROP_REASONS, HANDSHAKE_FAILURES, KINDS, drop_reason
+from sfu.metrics.labels import (
+    ALLOCATION_REASONS,
+    ALLOCATION_STATES,
+    DROP_REASONS,
+    HANDSHAKE_FAILURES,
+    KINDS,
+    drop_reason,
+)
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.room.room import ParticipantState
 from sfu.room.service import RoomService
@@ -76,6 +83,10 @@ class _RouterSnapshot:
     publications: dict[str, int]
     subscriptions: dict[str, int]
     estimates: PlainHistogram
+    #: Subscribers (with video subscriptions) by allocation state, and the video
+    #: subscriptions paused for bandwidth now.
+    allocation: dict[str, int] = field(default_factory=dict)
+    paused: int = 0
 
 
 def _histogram(name: str, doc: str, hist: PlainHistogram) -> HistogramMetricFamily:
@@ -114,6 +125,8 @@ class SfuCollector(Collector):
         publications: dict[str, int] = {"audio": 0, "video": 0}
         subscriptions: dict[str, int] = {"audio": 0, "video": 0}
         estimates = PlainHistogram(BANDWIDTH_BUCKETS_BPS)
+        allocation = dict.fromkeys(ALLOCATION_STATES, 0)
+        paused = 0
         service = self.sources.rooms()
         if service is None:
             return _RouterSnapshot(total, 0, participants, publications, subscriptions, estimates)
@@ -142,8 +155,20 @@ class SfuCollector(Collector):
                     total.layer_switches += subscription_switches(sub)
                 if peer.subscriptions and peer.remb_bps is not None:
                     estimates.observe(float(peer.remb_bps))
+                last = peer.allocator.last
+                if last is not None and last.targets:
+                    state = "deficient" if last.deficient else "stable"
+                    allocation[state] += 1
+                    paused += peer.allocator.paused_count
         return _RouterSnapshot(
-            total, len(service.rooms), participants, publications, subscriptions, estimates
+            total,
+            len(service.rooms),
+            participants,
+            publications,
+            subscriptions,
+            estimates,
+            allocation,
+            paused,
         )
 
     # -- the scrape ---------------------------------------------------------------------------
@@ -204,6 +229,18 @@ class SfuCollector(Collector):
             "Simulcast spatial layer switches made for subscribers.",
             [],
             {(): c.layer_switches},
+        )
+        yield self._counter(
+            "sfu_layer_target_changes",
+            "Target layer changes made by the bandwidth allocator, by reason.",
+            ["reason"],
+            {(r,): getattr(c, f"target_changes_{r}") for r in ALLOCATION_REASONS},
+        )
+        yield self._counter(
+            "sfu_bandwidth_pauses",
+            "Video subscriptions paused because not even their lowest layer fit, and resumed.",
+            ["event"],
+            {("paused",): c.bandwidth_pauses, ("resumed",): c.bandwidth_resumes},
         )
         yield self._counter(
             "sfu_rtp_packets_expected",
@@ -415,6 +452,19 @@ class SfuCollector(Collector):
             for listener, n in http.open_connections().items():
                 open_now.add_metric([listener], n)
             yield open_now
+        states_family = GaugeMetricFamily(
+            "sfu_subscriber_allocation",
+            "Subscribers by allocation state: everything wanted fits (stable) or not (deficient).",
+            labels=["state"],
+        )
+        for state in ALLOCATION_STATES:
+            states_family.add_metric([state], router.allocation.get(state, 0))
+        yield states_family
+        yield GaugeMetricFamily(
+            "sfu_subscriptions_paused",
+            "Video subscriptions paused for bandwidth now.",
+            router.paused,
+        )
         yield GaugeMetricFamily(
             "sfu_signaling_connections",
             "Open room-protocol WebSocket connections.",

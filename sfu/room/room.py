@@ -156,4 +156,8 @@ class Room:
         changed = self.speakers.poll(now)
         if changed is not None:
             active = [pid for pid in changed if pid in self.participants]
+            speakers = frozenset(active)
+            for participant in self.participants.values():
+                if participant.peer is not None:
+                    participant.peer.speakers = speakers  # their cameras rank higher
             self.broadcast({"type": "speakers", "speakers": active})

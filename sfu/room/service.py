@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 ROOM_PREFERENCES: Final = CodecPreferences(video_codecs=("VP8", "H264", "VP9", "AV1"))
 #: Codecs a publication may use: the ones whose payload descriptor shows keyframes.
 _FORWARDABLE: Final = frozenset({"vp8", "h264", "vp9", "opus"})
+#: The track sources a publisher may declare for each kind of m= section.
+_SOURCES_BY_KIND: Final = {
+    "audio": frozenset({"microphone", "screen_audio"}),
+    "video": frozenset({"camera", "screen"}),
+}
 #: Stands for an extension id another section of the subscriber's BUNDLE negotiated: taken,
 #: and never the target of a rewrite.
 _OTHER_SECTION_URI: Final = "urn:x-sfu:id-taken-by-another-bundle-section"
@@ -92,6 +97,15 @@ class RoomLimits:
     max_publications: int = 8
     max_subscriptions: int = 128
     max_rooms: int = 1000
+
+
+def stream_state_event(sub: Subscription, state: str, reason: str | None) -> Message:
+    """The ``stream_state`` event: the server paused (``paused``, reason ``bandwidth``) or
+    resumed (``active``) forwarding one subscribed track (docs/protocol.md)."""
+    message: Message = {"type": "stream_state", "track": sub.publication.id, "state": state}
+    if reason is not None:
+        message["reason"] = reason
+    return message
 
 
 def not_joined(participant: Participant) -> RoomError:
@@ -455,6 +469,8 @@ class RoomService:
         *,
         names: Mapping[str, str] | None = None,
         subscriptions: Mapping[str, str] | None = None,
+        sources: Mapping[str, str] | None = None,
+        heights: Mapping[str, int] | None = None,
         validate_only: bool = False,
     ) -> str:
         """Answer a (re)offer: its send sections are publications, bound recv sections are
@@ -464,6 +480,8 @@ class RoomService:
             raise not_joined(participant)
         names = names or {}
         subscriptions = subscriptions or {}
+        sources = sources or {}
+        heights = heights or {}
         room = participant.room
         try:
             offer = SessionDescription.parse(sdp)
@@ -502,6 +520,12 @@ class RoomService:
             codec = publishing[mid].codecs[0]
             if codec.name.lower() not in _FORWARDABLE:
                 raise RoomError("bad_offer", f"cannot forward {codec.name} publications")
+            source = sources.get(mid)
+            if source is not None and source not in _SOURCES_BY_KIND[publishing[mid].kind]:
+                raise RoomError(
+                    "bad_message",
+                    f"tracks.{mid[:32]}.source {source!r} is not a {publishing[mid].kind} source",
+                )
         bound: dict[str, tuple[Publication, NegotiatedCodec]] = {}
         if subscriptions and not participant.grants & Grant.SUBSCRIBE:
             raise RoomError("forbidden", "this token may not subscribe")
@@ -550,7 +574,14 @@ class RoomService:
             if target is None or target[0] is not sub.publication:
                 self._unsubscribe(peer, mid)
         for mid in new_pubs:
-            self._publish(participant, peer, publishing[mid], names.get(mid))
+            self._publish(
+                participant,
+                peer,
+                publishing[mid],
+                names.get(mid),
+                sources.get(mid),
+                heights.get(mid),
+            )
         taken = {s for m in negotiated.media for s in m.ssrcs}
         for existing in peer.subscriptions.values():
             taken.update(x for x in (existing.out_ssrc, existing.rtx_ssrc) if x is not None)
@@ -619,6 +650,9 @@ class RoomService:
             stats=self.stats,
             dataplane=self.dataplane,
         )
+        peer.on_stream_state = lambda sub, state, reason: participant.send(
+            stream_state_event(sub, state, reason)
+        )
         transport.set_listener(peer)
         participant.peer = peer
         participant.setup = negotiated.setup
@@ -633,7 +667,13 @@ class RoomService:
             self.end(participant, CLOSE_MEDIA_FAILED, "media transport ended", now=now)
 
     def _publish(
-        self, participant: Participant, peer: Peer, media: NegotiatedMedia, name: str | None
+        self,
+        participant: Participant,
+        peer: Peer,
+        media: NegotiatedMedia,
+        name: str | None,
+        source: str | None,
+        height: int | None = None,
     ) -> None:
         publication = Publication(
             id=new_id("TR"),
@@ -645,6 +685,8 @@ class RoomService:
             extensions=dict(media.extensions),
             rids=tuple(r.rid for r in media.simulcast) if media.simulcast else media.rids,
             kernels=self.kernels,
+            source=source or "",
+            height=height if media.kind == "video" else None,
         )
         publication.keyframe_requester = peer.request_keyframe
         peer.add_publication(publication, _declared_streams(media))
@@ -759,12 +801,14 @@ class RoomService:
         max_spatial: int | None,
         max_temporal: int | None,
         paused: bool,
+        pinned: bool = False,
     ) -> None:
-        """A subscriber's layer caps and visibility for one of its subscriptions."""
+        """A subscriber's layer caps, visibility and pin for one of its subscriptions."""
         peer = self._joined_peer(participant)
         for sub in peer.subscriptions.values() if peer else []:
             if sub.publication.id == track_id:
                 sub.set_preferences(max_spatial, max_temporal, paused)
+                sub.pinned = pinned
                 return
         raise RoomError("unknown_track", f"not subscribed to {track_id[:32]!r}")
 

@@ -383,6 +383,8 @@ def _dispatch(conn: _Connection, message: ClientMessage, now: float) -> None:
             now,
             names=message.tracks,
             subscriptions=message.subscriptions,
+            sources=message.sources,
+            heights=message.heights,
         )
         own = participant.peer.publications if participant.peer is not None else {}
         tracks = {mid: publication.id for mid, publication in own.items()}
@@ -397,6 +399,7 @@ def _dispatch(conn: _Connection, message: ClientMessage, now: float) -> None:
             max_spatial=message.max_spatial,
             max_temporal=message.max_temporal,
             paused=message.paused,
+            pinned=message.pinned,
         )
         conn.reply(message.id, {"type": "ok"})
     elif isinstance(message, Mute):
