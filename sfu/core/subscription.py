@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         Kernels,
         RouteState,
         RtpMunger,
+        SendHistory,
         SimulcastSelector,
         Vp8Munger,
     )
@@ -65,6 +66,7 @@ class Subscription:
         "rtx_payload_type",
         "rtx_ssrc",
         "selector",
+        "send_history",
         "send_stats",
         "state",
         "subscriber_id",
@@ -123,6 +125,9 @@ class Subscription:
         self.state: RouteState = kernels.RouteState()
         self.send_stats = SendStats(out_ssrc, clock_rate, self.state)
         self.throttle = RetransmissionThrottle()
+        #: The subscriber transport's send history (set by its Peer before the first packet):
+        #: every packet sent takes its next transport-wide sequence number. None: no stamping.
+        self.send_history: SendHistory | None = None
         self.buf = bytearray(1500)
         self.paused = False
         #: Forwarding stopped whatever the subscriber prefers (the publication is force-muted).
@@ -205,7 +210,11 @@ class Subscription:
             if translation is None:
                 return 0
             self.vp8.apply(buf, info.offset, translation)
-        self.extensions.apply(buf, n, abs_send_time)
+        history = self.send_history
+        if history is None:
+            self.extensions.apply(buf, n, abs_send_time)
+        elif self.extensions.apply(buf, n, abs_send_time, history.next_seq):
+            history.record(n, now, -1)
         out_seq = munger.last_out_seq
         if out_seq is not None:
             ts = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
@@ -271,8 +280,14 @@ class Subscription:
                     None if entry.keyidx < 0 else entry.keyidx,
                 )
                 self.kernels.Vp8Munger.apply(scratch, offset, translation)
-            self.extensions.apply(scratch, n, abs_send_time)
-            out.append(self._wrap_rtx(scratch, n, offset, seq))
+            history = self.send_history
+            stamped = self.extensions.apply(
+                scratch, n, abs_send_time, -1 if history is None else history.next_seq
+            )
+            packet = self._wrap_rtx(scratch, n, offset, seq)
+            if stamped and history is not None:
+                history.record(len(packet), now, -1)
+            out.append(packet)
             self.retransmitted += 1
         return out
 
