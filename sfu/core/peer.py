@@ -7,12 +7,20 @@ transport and composes one of each: the :class:`~sfu.core.binder.Binder` (its SS
 :class:`~sfu.core.reporter.Reporter` (RTCP it gets) and :func:`~sfu.core.allocator.allocate`
 (layers of what it receives). Everything it sends goes through the
 :class:`~sfu.core.sender.Sender` protocol. :meth:`Peer.poll` runs the periodic work.
+
+As a subscriber's transport it also owns the send side of bandwidth adaptation, created with
+its first subscription (from that subscription's kernels, so the forwarder can write it): the
+:class:`SendHistory` every packet sent to it is recorded in, the
+:class:`~sfu.core.estimator.BandwidthEstimator` fed by its transport-wide CC feedback (REMB
+only when it negotiated no transport-cc), the :class:`~sfu.core.prober.Prober` that asks the
+link for the next layer's rate, and the retransmission budget. The allocator's budget is the
+estimate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sfu._fastpath.values import LogRecord
 from sfu.core.allocator import allocate
@@ -25,10 +33,12 @@ from sfu.core.counters import (
     subscription_switches,
 )
 from sfu.core.dataplane import DataPlane
+from sfu.core.estimator import BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
+from sfu.core.prober import ProbeCluster, Prober, probe_step
 from sfu.core.publication import Publication, SourceStream
-from sfu.core.remb import RembHistory
 from sfu.core.reporter import Reporter
+from sfu.core.retransmission import RTX_SHARE, RetransmissionBudget
 from sfu.core.router import AudioLevelSink, Router
 from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
@@ -41,11 +51,19 @@ from sfu.packet.extensions import (
 )
 from sfu.transport.transport import TransportState, WebRtcTransport
 
-__all__ = ["ALLOCATION_INTERVAL", "Peer"]
+if TYPE_CHECKING:
+    from sfu.core.kernels import Kernels, SendHistory
+
+__all__ = ["ALLOCATION_INTERVAL", "BUDGET_HEADROOM", "PROBE_INTERVAL", "Peer"]
 
 #: The allocator runs this often: often enough to follow a falling estimate within a few
-#: REMBs, rarely enough that targets do not chase every measurement.
+#: feedbacks, rarely enough that targets do not chase every measurement.
 ALLOCATION_INTERVAL: Final = 0.5
+#: Share of the estimate the allocator may spend on media: RTCP, padding and the estimate's
+#: own error need the rest (retransmissions have their own budget, RTX_SHARE).
+BUDGET_HEADROOM: Final = 0.9
+#: Probing decisions are taken this often (and probe results read).
+PROBE_INTERVAL: Final = 0.1
 
 
 def _one_id(extensions: dict[int, str], uri: str) -> int:
@@ -80,14 +98,21 @@ class Peer:
         self.stats = stats
         #: True once the transport ended and the counters were folded into ``stats.retired``.
         self.retired = False
-        self.remb = RembHistory()
         twcc = TwccRecorder(rtcp_ssrc)
         self.binder = Binder(on_added=self._stream_added, on_removed=self._stream_removed)
         self.router = Router(participant_id, self.binder, twcc, self.counters, stats=stats)
         self.router.on_audio_level = on_audio_level
-        self.feedback = FeedbackHandler(transport, self.binder, self.remb, self.counters)
+        self.feedback = FeedbackHandler(transport, self.binder, self.counters)
         self.reporter = Reporter(rtcp_ssrc, transport, twcc, self.counters)
         self._last_allocation = -1e9
+        self._last_probe = -1e9
+        #: What the cheapest next upgrade needs in total (bps): the prober's target.
+        self._desired = 0.0
+        #: Send-side bandwidth adaptation (created with the first subscription).
+        self.send_history: SendHistory | None = None
+        self.estimator: BandwidthEstimator | None = None
+        self.prober = Prober()
+        self.rtx_budget = RetransmissionBudget()
         self.set_extensions(extensions)
 
     @property
@@ -98,7 +123,17 @@ class Peer:
     @property
     def remb_bps(self) -> int | None:
         """The subscriber's latest REMB estimate."""
-        return self.remb.latest
+        return self.feedback.latest_remb
+
+    @property
+    def estimate_bps(self) -> float | None:
+        """What this subscriber's transport can take now (None: nothing to go by yet)."""
+        estimator = self.estimator
+        if estimator is None or self.send_history is None:
+            return None
+        if estimator.twcc_seen or self.send_history.packets or estimator.remb_bps is not None:
+            return estimator.target_bps()
+        return None
 
     @property
     def on_audio_level(self) -> AudioLevelSink | None:
@@ -142,8 +177,17 @@ class Peer:
 
     def add_subscription(self, subscription: Subscription) -> None:
         """Send ``subscription`` on its mid; NACK/PLI/RR for its SSRCs come back here."""
+        self._start_estimation(subscription.kernels)
+        subscription.send_history = self.send_history
         self.subscriptions[subscription.mid] = subscription
         self.feedback.add_subscription(subscription)
+
+    def _start_estimation(self, kernels: Kernels) -> None:
+        if self.send_history is not None:
+            return
+        self.send_history = kernels.SendHistory()
+        self.estimator = BandwidthEstimator(self.send_history, kernels.DelayDetector())
+        self.feedback.estimator = self.estimator
 
     def remove_subscription(self, mid: str) -> Subscription | None:
         """Forget the subscription on ``mid``; the caller unhooks it from the publication."""
@@ -232,10 +276,86 @@ class Peer:
             wanted = sub.publication.layers.get(layer) if layer is not None else None
             if wanted is not None:
                 sub.publication.request_keyframe(wanted, now)
+        estimate = self.estimate_bps
+        if estimate is not None:
+            # Retransmissions count against the estimate once there is one (before, as
+            # without any estimate, they are only throttled per sequence number).
+            self.rtx_budget.set_rate(RTX_SHARE * estimate)
+            self.feedback.budget = self.rtx_budget
         if now - self._last_allocation >= ALLOCATION_INTERVAL:
             self._last_allocation = now
-            plan = allocate(list(subscriptions), budget_bps=self.remb.budget(now=now), now=now)
+            budget = None if estimate is None else self._video_budget(estimate, now)
+            plan = allocate(list(subscriptions), budget_bps=budget, now=now)
             for sub, layer in plan.items():
                 assert sub.selector is not None
                 sub.selector.set_target(layer, None)
+            self._desired = self._desired_bps(plan, now)
+        if estimate is not None and now - self._last_probe >= PROBE_INTERVAL:
+            self._last_probe = now
+            self._probe(now)
         self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
+
+    # -- bandwidth ----------------------------------------------------------------------------
+
+    def _audio_bps(self, now: float) -> float:
+        """What the audio this subscriber receives costs (bps)."""
+        total = 0.0
+        for sub in self.subscriptions.values():
+            if sub.selector is None and not (sub.paused or sub.held):
+                stream = sub.publication.layers.get(0)
+                if stream is not None:
+                    total += stream.meter.bps(now)
+        return total
+
+    def _video_budget(self, estimate: float, now: float) -> float:
+        """The allocator's budget: the estimate less headroom and audio."""
+        return max(0.0, estimate * BUDGET_HEADROOM - self._audio_bps(now))
+
+    def _desired_bps(self, plan: dict[Subscription, int], now: float) -> float:
+        """What the cheapest next layer step would need in total (0: nothing more wanted):
+        the prober's target. (The allocator's own output replaces this once it has one.)"""
+        spent = 0.0
+        step: float | None = None
+        for sub, layer in plan.items():
+            layers = sub.publication.layers
+            current = layers.get(layer)
+            spent += current.meter.bps(now) if current is not None else 0.0
+            top = sub.publication.num_layers - 1
+            if sub.max_spatial is not None:
+                top = min(top, sub.max_spatial)
+            upper = layers.get(layer + 1) if layer < top else None
+            if upper is not None and current is not None:
+                extra = upper.meter.bps(now) - current.meter.bps(now)
+                if extra > 0 and (step is None or extra < step):
+                    step = extra
+        if step is None:
+            return 0.0
+        return (spent + step + self._audio_bps(now)) / BUDGET_HEADROOM
+
+    def _probe(self, now: float) -> None:
+        """Read a probe's result, and send the next cluster when one is due."""
+        estimator = self.estimator
+        if estimator is None:
+            return
+        succeeded, failed = self.prober.succeeded, self.prober.failed
+        cluster = probe_step(self.prober, estimator, desired_bps=self._desired, now=now)
+        self.counters.probes_succeeded += self.prober.succeeded - succeeded
+        self.counters.probes_failed += self.prober.failed - failed
+        if cluster is not None:
+            self._send_probe(cluster, now)
+
+    def _send_probe(self, cluster: ProbeCluster, now: float) -> None:
+        """The cluster's padding packets on the RTX stream of a video subscription."""
+        twcc_id = self.router.twcc_id
+        carrier = next(
+            (s for s in self.subscriptions.values() if s.rtx_ssrc is not None and s.selector),
+            None,
+        )
+        if carrier is None or not twcc_id:
+            return
+        for _ in range(cluster.packets):
+            packet = carrier.padding(twcc_id, cluster.padding, now, cluster.id)
+            if packet is None:
+                return
+            if self.transport.send_rtp(packet):
+                self.counters.probe_packets += 1

@@ -88,9 +88,10 @@ class BitrateMeter:
         self._epoch = epoch
 
     def bps(self, now: float) -> int:
-        """The bitrate over the last second."""
+        """The bitrate over the last second (a read from before the newest packet, as a
+        caller's stale ``now`` gives, changes nothing)."""
         epoch = int(now * 10)
-        if epoch != self._epoch:
+        if epoch > self._epoch:
             self._advance(epoch)
         return sum(self._buckets) * 8
 
@@ -116,6 +117,9 @@ class SourceStream:
     meter: BitrateMeter = field(default_factory=BitrateMeter)
     last_packet_at: float | None = None
     last_keyframe_at: float | None = None
+    #: Extended sequence number of the newest keyframe's first packet (-1: none yet): a lost
+    #: packet older than it is worthless to a subscriber that got the keyframe.
+    last_keyframe_seq: int = -1
     last_keyframe_request_at: float | None = None
     keyframe_requests: int = 0
     packets: int = 0

@@ -6,7 +6,6 @@ from core_parts import audio_publication, subscription, video_publication
 
 from sfu.core.allocator import LOSS_STEP_DOWN, allocate
 from sfu.core.publication import Publication
-from sfu.core.remb import REMB_DROP, REMB_HEADROOM, RembHistory
 
 NOW = 100.0
 #: Measured bitrates of the three layers in these tests (bits per second).
@@ -51,17 +50,3 @@ def test_heavy_loss_holds_one_layer_below_the_current() -> None:
     sub.selector.decide(2, 0, True, True, NOW)  # switched to the top at a keyframe
     sub.send_stats.loss = LOSS_STEP_DOWN + 0.05
     assert allocate([sub], budget_bps=None, now=NOW) == {sub: 1}
-
-
-def test_remb_is_a_budget_only_while_it_signals_congestion() -> None:
-    remb = RembHistory()
-    remb.on_remb(2_000_000, now=0.0)
-    assert remb.budget(now=0.0) is None
-    remb.on_remb(int(2_000_000 * REMB_DROP) + 1000, now=1.0)
-    assert remb.budget(now=1.0) is None  # within one back-off step of the peak
-    remb.on_remb(800_000, now=2.0)
-    assert remb.budget(now=2.0) == 800_000 * REMB_HEADROOM
-    for t in range(3, 10):
-        remb.on_remb(800_000, now=float(t))
-    assert remb.budget(now=9.0) is None  # the old peak left the window
-    assert remb.latest == 800_000
