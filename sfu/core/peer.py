@@ -280,7 +280,7 @@ class Peer:
         if estimate is not None:
             # Retransmissions count against the estimate once there is one (before, as
             # without any estimate, they are only throttled per sequence number).
-            self.rtx_budget.set_rate(RTX_SHARE * estimate)
+            self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
             self.feedback.budget = self.rtx_budget
         if now - self._last_allocation >= ALLOCATION_INTERVAL:
             self._last_allocation = now

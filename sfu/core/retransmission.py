@@ -267,18 +267,26 @@ class RetransmissionBudget:
         """The refill rate in use."""
         return self._rate
 
-    def set_rate(self, rate_bps: float) -> None:
-        """Refill at ``rate_bps`` from now on (the first rate also fills the bucket)."""
-        if self._rate == 0.0 and self._last is None:
-            self._tokens = max(rate_bps, 0.0) * RTX_BURST
+    def set_rate(self, rate_bps: float, now: float) -> None:
+        """Refill at ``rate_bps`` from ``now`` on (the first rate also fills the bucket)."""
+        if self._last is None:
+            if self._rate == 0.0:
+                self._tokens = max(rate_bps, 0.0) * RTX_BURST
+            self._last = now
+        else:
+            self._refill(now)
         self._rate = max(rate_bps, 0.0)
 
-    def allow(self, bits: int, now: float) -> bool:
-        """Take ``bits`` for one resend at ``now`` if the budget holds them."""
+    def _refill(self, now: float) -> None:
         last = self._last
         if last is not None and now > last:
             self._tokens = min(self._tokens + (now - last) * self._rate, self._rate * RTX_BURST)
-        self._last = now if last is None or now > last else last
+        if last is None or now > last:
+            self._last = now
+
+    def allow(self, bits: int, now: float) -> bool:
+        """Take ``bits`` for one resend at ``now`` if the budget holds them."""
+        self._refill(now)
         if self._tokens >= bits:
             self._tokens -= bits
             self.sent += 1
