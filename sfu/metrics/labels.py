@@ -64,10 +64,13 @@ HANDSHAKE_FAILURES: Final = tuple(failure.value for failure in HandshakeFailure)
 
 #: Allowed values per label name, across every ``sfu_*`` metric.
 ALLOWED: Final[dict[str, frozenset[str]]] = {
-    "kind": KINDS | {"websocket", "whip", "whep"},
+    "kind": KINDS | {"websocket", "whip", "whep", "transport_cc", "remb"},
     "media": frozenset({"audio", "video"}),
     "direction": frozenset({"ingress", "egress"}),
-    "reason": DROP_REASONS | frozenset(reason for _, reason in HANDSHAKE_FAILURES),
+    "reason": DROP_REASONS
+    | frozenset(reason for _, reason in HANDSHAKE_FAILURES)
+    | frozenset({"budget", "superseded"}),  # retransmissions skipped
+    "outcome": frozenset({"succeeded", "failed"}),  # probe clusters
     "stage": frozenset({"ice", "dtls"}),
     "state": frozenset({"new", "connecting", "connected", "waiting", "joined"}),
     "type": frozenset({"pli", "fir"}),
