@@ -56,9 +56,12 @@ def _session(srtp: ModuleType, key: bytes, salt: bytes) -> Srtp:
 class World:
     """A publisher (VP8 simulcast + Opus) and SUBS subscribers on one forwarder."""
 
-    def __init__(self, kernels: Kernels, subs: int = SUBS) -> None:
+    def __init__(self, kernels: Kernels, subs: int = SUBS, stamped: int | None = None) -> None:
+        """``stamped``: how many subscribers (the first ones) negotiated transport-wide CC and
+        get their egress stamped (default: all but the last)."""
         self.kernels = kernels
         self.subs_count = subs
+        self.stamped = subs - 1 if stamped is None else stamped
         srtp = (
             _srtp_py if kernels.name == "python" else importlib.import_module("sfu._fastpath._srtp")
         )
@@ -97,7 +100,7 @@ class World:
     def _sub(self, pub: Publication, index: int, ssrc: int) -> Subscription:
         # Fixed first outgoing values (not those of the first packet): offsets from the start.
         extensions = dict(SUB_EXT)
-        if index < self.subs_count - 1:
+        if index < self.stamped:
             extensions[SUB_TWCC_ID] = TRANSPORT_CC_URI
         sub = Subscription(
             f"s{index}{pub.id}",
@@ -111,7 +114,8 @@ class World:
             initial_ts=5000,
             kernels=self.kernels,
         )
-        sub.send_history = self.histories[index]
+        if index < self.stamped:
+            sub.send_history = self.histories[index]
         return sub
 
     def push_routes(self) -> None:

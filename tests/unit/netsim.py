@@ -249,3 +249,83 @@ def run(
                     )
                 )
     return traces
+
+
+def _first(trace: list[Sample], since: float, cond: Callable[[Sample], bool]) -> float:
+    return next((s.t for s in trace if s.t >= since and cond(s)), float("nan"))
+
+
+def report() -> None:  # pragma: no cover - a tool for bench/RESULTS.md, not a test
+    """Print the lab's headline figures (``.venv/bin/python tests/unit/netsim.py``)."""
+    from sfu.core.kernels import default_kernels
+
+    k = default_kernels()
+    first = _first
+    s = Sender(k)
+    link = Link(steps((0, 2_500_000), (20, 400_000), (40, 2_500_000)))
+    (tr,) = run(link, [s], 60)
+    print(
+        "shed: estimate<cap after",
+        round(first(tr, 20, lambda x: x.estimate < 400_000) - 20, 1),
+        "s; low layer after",
+        round(first(tr, 20, lambda x: x.layer == 0) - 20, 1),
+        "s",
+    )
+    print(
+        "queue delay peak after the step",
+        round(max(x.queue_delay for x in tr if 20 <= x.t < 40) * 1000),
+        "ms; while capped after 22 s",
+        round(max(x.queue_delay for x in tr if 22 <= x.t < 40) * 1000),
+        "ms",
+    )
+    print(
+        "cap removed: top after",
+        round(first(tr, 40, lambda x: x.layer == 2) - 40, 1),
+        "s; switches",
+        [(round(t, 1), layer) for t, layer in s.layer_switches],
+    )
+    print("probes started/succeeded/failed", s.prober.started, s.prober.succeeded, s.prober.failed)
+    s = Sender(k)
+    (tr,) = run(Link(steps((0, 900_000))), [s], 60)
+    mid = [x for x in tr if x.t >= 3]
+    print(
+        "900k: middle layer share",
+        round(sum(1 for x in mid if x.layer == 1) / len(mid), 3),
+        "switches",
+        len(s.layer_switches),
+        "probes",
+        s.prober.started,
+    )
+    s = Sender(k)
+    link = Link(steps((0, 5_000_000)), loss=0.05, seed=7)
+    (tr,) = run(link, [s], 40)
+    print(
+        "5% loss: min estimate after 5 s",
+        round(min(x.estimate for x in tr if x.t >= 5) / 1e3),
+        "kbit/s, layer",
+        tr[-1].layer,
+    )
+    s = Sender(k)
+    (tr,) = run(Link(steps((0, 120_000))), [s], 20)
+    print(
+        "120k cap: estimate below the low layer after",
+        first(tr, 0, lambda x: x.estimate < 150_000),
+        "s",
+    )
+    a, b = Sender(k), Sender(k, start=10.0)
+    link = Link(steps((0, 3_000_000)), queue_bytes=60_000)
+    ta, tb = run(link, [a, b], 60)
+    sa = sum(x.sent_bps for x in ta if x.t >= 40) / len([x for x in ta if x.t >= 40])
+    sb = sum(x.sent_bps for x in tb if x.t >= 40) / len([x for x in tb if x.t >= 40])
+    print(
+        "two flows on 3 Mbit/s, last 20 s: sent",
+        round(sa / 1e3),
+        "/",
+        round(sb / 1e3),
+        "kbit/s; switches of the second in the last 20 s",
+        len([t for t, _ in b.layer_switches if t >= 40]),
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    report()
