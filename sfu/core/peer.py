@@ -257,8 +257,10 @@ class Peer:
     # -- periodic work ------------------------------------------------------------------------
 
     def request_keyframe(self, stream: SourceStream, now: float) -> bool:
-        """Send a PLI for ``stream`` to this (publishing) peer, at most once per interval."""
-        return self.reporter.request_keyframe(stream, now=now)
+        """Send a PLI for ``stream`` to this (publishing) peer, at most once per interval
+        (longer on a slow path: the round trip measured on what this peer receives)."""
+        rtts = [s.send_stats.rtt for s in self.subscriptions.values() if s.send_stats.rtt]
+        return self.reporter.request_keyframe(stream, now=now, rtt=min(rtts) if rtts else None)
 
     def poll(self, now: float, wallclock: float) -> None:
         """Timers: TWCC, NACKs, pending-switch keyframes, allocation and reports."""

@@ -101,3 +101,18 @@ def test_reporter_keyframe_requests_are_rate_limited() -> None:
     assert not reporter.request_keyframe(stream, now=1.1)
     assert [type(p) for raw in sender.rtcp for p in parse_compound(raw)] == [Pli]
     assert counters.keyframe_requests_out == 1
+
+
+def test_keyframe_requests_wait_for_a_slow_publisher_to_answer() -> None:
+    sender, counters = RecordingSender(), PeerCounters()
+    reporter = Reporter(0x77, sender, TwccRecorder(0x77), counters)
+    stream = video_publication().add_stream(0x100, 0)
+    assert reporter.request_keyframe(stream, now=1.0, rtt=0.8)
+    # 500 ms is the floor; a publisher 800 ms away cannot have answered within 800 ms + a frame.
+    assert not reporter.request_keyframe(stream, now=1.6, rtt=0.8)
+    assert not reporter.request_keyframe(stream, now=1.85, rtt=0.8)
+    assert reporter.request_keyframe(stream, now=1.9, rtt=0.8)
+    # A fast path keeps the 500 ms floor.
+    assert not reporter.request_keyframe(stream, now=2.3, rtt=0.02)
+    assert reporter.request_keyframe(stream, now=2.4, rtt=0.02)
+    assert counters.keyframe_requests_out == 3
