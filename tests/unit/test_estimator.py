@@ -22,7 +22,6 @@ from sfu.core.prober import (
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.twcc import TransportFeedback
 
-
 #: One receiver per estimator (its clock must not restart between calls of _feed).
 _receivers: weakref.WeakKeyDictionary[BandwidthEstimator, TwccRecorder] = (
     weakref.WeakKeyDictionary()
