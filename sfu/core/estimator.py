@@ -56,6 +56,11 @@ MAX_BPS: Final = 50_000_000
 #: Multiplicative decrease on overuse: the acknowledged bitrate times this (§6: 0.85), so the
 #: queue that caused the overuse drains.
 BETA: Final = 0.85
+#: One decrease never cuts the estimate below this share of itself: the acknowledged bitrate
+#: lags a layer switch by its window, so an overuse right after an upgrade (the new layer's
+#: keyframe burst) would otherwise fall back to the old layer's rate times BETA and skip a
+#: layer on the way down.
+MAX_DECREASE: Final = 0.5
 #: Multiplicative growth per second while far from the last congestion point (§6: 8 %).
 MULTIPLICATIVE_GROWTH: Final = 0.08
 #: Growth is capped at this multiple of the acknowledged bitrate plus a constant, as
@@ -274,7 +279,7 @@ class BandwidthEstimator:
             self.overuses += 1
             if now - self._last_decrease >= max(MIN_DECREASE_INTERVAL, self.rtt):
                 base = acked if acked is not None else rate
-                new = BETA * base
+                new = max(BETA * base, MAX_DECREASE * rate)
                 if new < rate:
                     rate = new
                     self.decreases += 1

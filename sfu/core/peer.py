@@ -350,7 +350,11 @@ class Peer:
         """The cluster's padding packets on the RTX stream of a video subscription."""
         twcc_id = self.router.twcc_id
         carrier = next(
-            (s for s in self.subscriptions.values() if s.rtx_ssrc is not None and s.selector),
+            (
+                s
+                for s in self.subscriptions.values()
+                if s.rtx_ssrc is not None and s.selector is not None
+            ),
             None,
         )
         if carrier is None or not twcc_id:

@@ -53,6 +53,10 @@ SUCCESS_PAUSE: Final = 1.0
 #: A cluster's result is read once all its packets were acknowledged or lost, or after this
 #: long (s) plus the round trip.
 RESULT_TIMEOUT: Final = 0.5
+#: A congestion decrease this soon (s) after a successful probe is blamed on it: the probe's
+#: burst passed, the upgrade it allowed did not, and the next probe backs off as after a
+#: failure. Decreases at other times (a link that changed) do not delay probing.
+BLAME_WINDOW: Final = 5.0
 #: Failures (and congestion after a successful probe) are forgotten after this long without a
 #: congestion decrease (s): a link that stayed calm this long may have changed.
 CALM_RESET: Final = 20.0
@@ -81,6 +85,7 @@ class Prober:
         self._not_before = 0.0
         self._decreases = 0
         self._last_decrease = 0.0
+        self._last_success = -1e9
         #: Clusters by outcome (read at scrape time).
         self.succeeded = 0
         self.failed = 0
@@ -124,14 +129,15 @@ class Prober:
         return acknowledged >= cluster.packets or now - cluster.sent_at > RESULT_TIMEOUT + rtt
 
     def on_decreases(self, decreases: int, *, now: float) -> None:
-        """The estimator's count of congestion decreases: a new one since the last call means
-        the link is full, so the next probe waits as after a failure (a probe must not undo
-        what congestion just taught)."""
+        """The estimator's count of congestion decreases: a new one soon after a successful
+        probe means the upgrade it allowed overloads the link, so the next probe waits as
+        after a failure (a probe must not undo what congestion just taught)."""
         if decreases != self._decreases:
             self._decreases = decreases
             self._last_decrease = now
-            self._failures += 1
-            self._not_before = max(self._not_before, now + self.backoff())
+            if now - self._last_success <= BLAME_WINDOW:
+                self._failures += 1
+                self._not_before = max(self._not_before, now + self.backoff())
         elif self._failures and now - self._last_decrease > CALM_RESET:
             self._failures = 0
             self._last_decrease = now
@@ -144,6 +150,7 @@ class Prober:
             # Failures are not forgotten here: a probe's burst can pass a link that the
             # layer's steady rate then congests (a decrease soon after says so).
             self.succeeded += 1
+            self._last_success = now
             self._not_before = now + SUCCESS_PAUSE
             return True
         self.failed += 1
