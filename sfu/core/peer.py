@@ -54,7 +54,13 @@ from sfu.transport.transport import TransportState, WebRtcTransport
 if TYPE_CHECKING:
     from sfu.core.kernels import Kernels, SendHistory
 
-__all__ = ["ALLOCATION_INTERVAL", "BUDGET_HEADROOM", "PROBE_INTERVAL", "Peer"]
+__all__ = [
+    "ALLOCATION_INTERVAL",
+    "BUDGET_HEADROOM",
+    "DOWNGRADE_TOLERANCE",
+    "PROBE_INTERVAL",
+    "Peer",
+]
 
 #: The allocator runs this often: often enough to follow a falling estimate within a few
 #: feedbacks, rarely enough that targets do not chase every measurement.
@@ -64,6 +70,10 @@ ALLOCATION_INTERVAL: Final = 0.5
 BUDGET_HEADROOM: Final = 0.9
 #: Probing decisions are taken this often (and probe results read).
 PROBE_INTERVAL: Final = 0.1
+#: The layers being forwarded stay while the budget is at least this share of what they cost:
+#: one overuse signal takes the estimate to 0.85 x the acknowledged rate, which must not
+#: switch a subscriber down by itself (a real shortfall keeps the estimate falling past it).
+DOWNGRADE_TOLERANCE: Final = 0.8
 
 
 def _one_id(extensions: dict[int, str], uri: str) -> int:
@@ -310,8 +320,19 @@ class Peer:
         return total
 
     def _video_budget(self, estimate: float, now: float) -> float:
-        """The allocator's budget: the estimate less headroom and audio."""
-        return max(0.0, estimate * BUDGET_HEADROOM - self._audio_bps(now))
+        """The allocator's budget: the estimate less headroom and audio, or what the layers
+        being forwarded cost while it is within :data:`DOWNGRADE_TOLERANCE` of that."""
+        budget = max(0.0, estimate * BUDGET_HEADROOM - self._audio_bps(now))
+        spend = 0.0
+        for sub in self.subscriptions.values():
+            selector = sub.selector
+            layer = selector.current.spatial if selector is not None else None
+            stream = sub.publication.layers.get(layer) if layer is not None else None
+            if stream is not None:
+                spend += stream.meter.bps(now)
+        if DOWNGRADE_TOLERANCE * spend <= budget < spend:
+            return spend
+        return budget
 
     def _desired_bps(self, plan: dict[Subscription, int], now: float) -> float:
         """What the cheapest next layer step would need in total (0: nothing more wanted):

@@ -38,8 +38,10 @@ MIN_RTT = 0.010  # seconds; below this a "repeat" NACK is more likely a duplicat
 #: issue measured 2.4-3.3 resends per original packet into a capped link). 0.2 keeps repairs
 #: possible while media keeps most of the link.
 RTX_SHARE = 0.2
-#: Seconds of that rate the budget may save up: one burst of losses can still be repaired.
-RTX_BURST = 0.25
+#: Seconds of that rate the budget may save up: a burst of losses as large as a keyframe
+#: (a socket buffer overflowing on a starved receiver loses dozens of packets at once) can
+#: still be repaired, where a freeze until the next keyframe would cost more.
+RTX_BURST = 1.0
 
 
 class RetransmissionBuffer:

@@ -12,6 +12,7 @@ from room_fixtures import CHROMIUM_IDS, vp8_packet
 from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harness
 
 from sfu.core.estimator import INITIAL_BPS
+from sfu.core.peer import BUDGET_HEADROOM
 from sfu.core.retransmission import RTX_BURST, RetransmissionBudget
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.extensions import TRANSPORT_CC_URI
@@ -152,3 +153,26 @@ def test_budget_refills_at_its_rate_up_to_its_burst() -> None:
     assert budget.allow(8000, 0.09)
     assert not budget.allow(int(100_000 * RTX_BURST) + 1, 100.0)  # the bucket is capped
     assert (budget.sent, budget.dropped) == (2, 2)
+
+
+def test_a_small_shortfall_keeps_the_layers_being_forwarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    assert bob.peer is not None and sub.selector is not None
+    sub.selector.set_target(1, None)
+    _publish(h, alice, 1.0, 30)
+    layer = sub.selector.current.spatial
+    assert layer == 1
+    spend = sub.publication.layers[layer].meter.bps(1.95)
+    audio = bob.peer._audio_bps(1.95)
+    # 90 % of what the layer costs: one overuse's worth; the layer stays.
+    estimate = (0.9 * spend + audio) / BUDGET_HEADROOM
+    assert bob.peer._video_budget(estimate, 1.95) == spend
+    # Half of it: a real shortfall; the allocator gets the estimate's budget.
+    estimate = (0.5 * spend + audio) / BUDGET_HEADROOM
+    assert bob.peer._video_budget(estimate, 1.95) == pytest.approx(0.5 * spend)
+    # More than it costs: the budget is the estimate's.
+    estimate = (2 * spend + audio) / BUDGET_HEADROOM
+    assert bob.peer._video_budget(estimate, 1.95) == pytest.approx(2 * spend)
