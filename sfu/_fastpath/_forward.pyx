@@ -20,6 +20,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from sfu._fastpath._bwe cimport SendHistory, history_record, history_t
 from sfu._fastpath._cache cimport RetransmissionBuffer, cache_put, cache_t
 from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply_view, ext_rewriter_t
 from sfu._fastpath._layers cimport (
@@ -215,6 +216,7 @@ cdef struct route_t:
     vp8_munger_t* vp8
     ext_rewriter_t* ext
     route_state_t* state
+    history_t* history          # the subscriber transport's send history (NULL: no stamping)
 
 cdef struct stream_t:
     bint used
@@ -723,6 +725,7 @@ cdef class Forwarder:
                 r.out = out if 0 <= out < self.max_transports else -1
                 selector = sub.selector
                 vp8 = sub.vp8
+                history = sub.send_history
                 # The casts below read C state: refuse another kind's objects by name first.
                 if not (
                     isinstance(sub.munger, RtpMunger)
@@ -730,6 +733,7 @@ cdef class Forwarder:
                     and isinstance(sub.state, RouteState)
                     and (selector is None or isinstance(selector, SimulcastSelector))
                     and (vp8 is None or isinstance(vp8, Vp8Munger))
+                    and (history is None or isinstance(history, SendHistory))
                 ):
                     raise TypeError(
                         "a route's subscription must come from the compiled kernels "
@@ -740,9 +744,12 @@ cdef class Forwarder:
                 r.vp8 = NULL if vp8 is None else &(<Vp8Munger?>vp8).m
                 r.ext = &(<ExtensionRewriter?>sub.extensions).r
                 r.state = &(<RouteState?>sub.state).st
+                r.history = NULL if history is None else &(<SendHistory?>history).h
                 # The route points into these objects: keep each alive, even if the
                 # subscription swaps one before the next push.
-                refs.append((sub, selector, sub.munger, vp8, sub.extensions, sub.state))
+                refs.append(
+                    (sub, selector, sub.munger, vp8, sub.extensions, sub.state, history)
+                )
         except BaseException:
             free(array)
             raise
@@ -1204,7 +1211,12 @@ cdef class Forwarder:
                 return 0
             vp8_apply(buf, info.offset, &tr)
             translated = True
-        ext_apply_view(r.ext, buf, v, abs_time)
+        # Transport-wide CC (draft-holmer §2): the subscriber transport's next sequence number
+        # goes into the packet's transport-cc element, and the packet into its send history.
+        if r.history == NULL:
+            ext_apply_view(r.ext, buf, v, abs_time, -1)
+        elif ext_apply_view(r.ext, buf, v, abs_time, <int>(r.history.next & 0xFFFF)) == 1:
+            history_record(r.history, <int>m, now, -1)
         if munger_last_out_seq(r.munger, &out_seq):
             out_ts = _be32(buf + 4)
             if translated:

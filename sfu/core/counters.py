@@ -40,6 +40,17 @@ class PeerCounters:
     keyframe_requests_out: int = 0
     twcc_out: int = 0
     reports_out: int = 0
+    #: Transport-wide CC feedback and REMBs this peer sent about what it receives.
+    twcc_in: int = 0
+    remb_in: int = 0
+    #: NACKed packets not resent: over the transport's retransmission budget, or superseded
+    #: by a newer keyframe.
+    retransmits_dropped: int = 0
+    retransmits_superseded: int = 0
+    #: Bandwidth probe clusters sent to this peer, by outcome, and their padding packets.
+    probes_succeeded: int = 0
+    probes_failed: int = 0
+    probe_packets: int = 0
     #: Media ingested (including RTX repairs) and forwarded, by kind; bytes are RTP bytes.
     audio_in: int = 0
     audio_in_bytes: int = 0

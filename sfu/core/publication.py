@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sfu.transport.transport import WebRtcTransport
 
 __all__ = [
+    "KEYFRAME_ANSWER_FRAME",
     "KEYFRAME_REQUEST_INTERVAL",
     "SOURCES",
     "BitrateMeter",
@@ -40,6 +41,10 @@ __all__ = [
 
 #: At most one PLI per source stream this often (the issue's "one per 500 ms").
 KEYFRAME_REQUEST_INTERVAL: Final = 0.5
+#: A publisher answers a PLI with its next frame: one round trip plus up to one frame interval
+#: (15 fps, the slowest a camera layer runs) before a request can have been answered, so a
+#: request is never repeated sooner than that on a slow path.
+KEYFRAME_ANSWER_FRAME: Final = 1 / 15
 #: A layer that sent nothing for this long counts as stopped (the publisher's encoder dropped
 #: it for bandwidth or CPU); subscribers fall back to a layer still being sent.
 LAYER_TIMEOUT: Final = 1.5
@@ -125,6 +130,9 @@ class SourceStream:
     meter: BitrateMeter = field(default_factory=BitrateMeter)
     last_packet_at: float | None = None
     last_keyframe_at: float | None = None
+    #: Extended sequence number of the newest keyframe's first packet (-1: none yet): a lost
+    #: packet older than it is worthless to a subscriber that got the keyframe.
+    last_keyframe_seq: int = -1
     last_keyframe_request_at: float | None = None
     keyframe_requests: int = 0
     packets: int = 0
@@ -141,10 +149,13 @@ class SourceStream:
         """Whether the publisher still sends this layer."""
         return self.last_packet_at is not None and now - self.last_packet_at < LAYER_TIMEOUT
 
-    def should_request_keyframe(self, now: float) -> bool:
-        """Whether a keyframe request may go upstream now (and record it if so)."""
+    def should_request_keyframe(
+        self, now: float, interval: float = KEYFRAME_REQUEST_INTERVAL
+    ) -> bool:
+        """Whether a keyframe request may go upstream now (and record it if so): at most one
+        per ``interval`` (the caller widens it to what the publisher needs to answer)."""
         last = self.last_keyframe_request_at
-        if last is not None and now - last < KEYFRAME_REQUEST_INTERVAL:
+        if last is not None and now - last < interval:
             return False
         self.last_keyframe_request_at = now
         self.keyframe_requests += 1

@@ -153,8 +153,9 @@ class SfuCollector(Collector):
                     total.egress_sent += sent
                     total.egress_lost += lost
                     total.layer_switches += subscription_switches(sub)
-                if peer.subscriptions and peer.remb_bps is not None:
-                    estimates.observe(float(peer.remb_bps))
+                estimate = peer.estimate_bps if peer.subscriptions else None
+                if estimate is not None:
+                    estimates.observe(estimate)
                 last = peer.allocator.last
                 if last is not None and last.targets:
                     state = "deficient" if last.deficient else "stable"
@@ -211,6 +212,31 @@ class SfuCollector(Collector):
             "Packets retransmitted to subscribers in answer to NACKs.",
             [],
             {(): c.retransmits},
+        )
+        yield self._counter(
+            "sfu_retransmissions_skipped",
+            "NACKed packets not resent: over the transport's bandwidth budget, or older than a "
+            "keyframe already forwarded.",
+            ["reason"],
+            {("budget",): c.retransmits_dropped, ("superseded",): c.retransmits_superseded},
+        )
+        yield self._counter(
+            "sfu_probe_clusters",
+            "Bandwidth probe clusters sent to subscribers, by outcome.",
+            ["outcome"],
+            {("succeeded",): c.probes_succeeded, ("failed",): c.probes_failed},
+        )
+        yield self._counter(
+            "sfu_probe_packets",
+            "Padding-only probe packets sent to subscribers.",
+            [],
+            {(): c.probe_packets},
+        )
+        yield self._counter(
+            "sfu_transport_feedback_received",
+            "Subscriber feedback driving the bandwidth estimate, by kind.",
+            ["kind"],
+            {("transport_cc",): c.twcc_in, ("remb",): c.remb_in},
         )
         yield self._counter(
             "sfu_keyframe_requests_received",
@@ -319,7 +345,8 @@ class SfuCollector(Collector):
         )
         estimates = GaugeHistogramMetricFamily(
             "sfu_subscriber_estimated_bandwidth_bits_per_second",
-            "Current downlink bandwidth estimates of subscribers (receiver-side REMB).",
+            "Current downlink bandwidth estimates of subscribers' transports (send-side, from "
+            "transport-wide CC feedback; REMB where transport-cc is not negotiated).",
         )
         estimates.add_metric([], router.estimates.cumulative(), gsum_value=router.estimates.sum)
         yield estimates

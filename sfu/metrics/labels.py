@@ -84,15 +84,17 @@ HANDSHAKE_FAILURES: Final = tuple(failure.value for failure in HandshakeFailure)
 
 #: Allowed values per label name, across every ``sfu_*`` metric.
 ALLOWED: Final[dict[str, frozenset[str]]] = {
-    "kind": KINDS | {"websocket", "whip", "whep"},
+    "kind": KINDS | {"websocket", "whip", "whep", "transport_cc", "remb"},
     "media": frozenset({"audio", "video"}),
     "direction": frozenset({"ingress", "egress"}),
     "reason": DROP_REASONS
     | frozenset(reason for _, reason in HANDSHAKE_FAILURES)
     | frozenset(TRANSPORT_REFUSALS)
     | frozenset(HTTP_REFUSALS)
-    | frozenset(ALLOCATION_REASONS),
+    | frozenset(ALLOCATION_REASONS)
+    | frozenset({"budget", "superseded"}),  # retransmissions skipped
     "listener": frozenset({"http", "ops"}),
+    "outcome": frozenset({"succeeded", "failed"}),  # probe clusters
     "stage": frozenset({"ice", "dtls"}),
     "state": frozenset({"new", "connecting", "connected", "waiting", "joined"})
     | frozenset(ALLOCATION_STATES),

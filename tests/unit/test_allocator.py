@@ -23,7 +23,6 @@ from sfu.core.allocator import (
 )
 from sfu.core.layer_rates import SAMPLE_INTERVAL, LayerRates, temporal_shares
 from sfu.core.publication import Publication
-from sfu.core.remb import REMB_DROP, REMB_HEADROOM, RembHistory
 from sfu.core.subscription import Subscription
 
 NOW = 100.0
@@ -306,20 +305,6 @@ def test_stable_without_deficit_when_everything_fits() -> None:
     allocation = Allocator().update([sub], budget_bps=5_000_000, now=NOW)
     assert not allocation.deficient
     assert allocation.next_step_bps is None
-
-
-def test_remb_is_a_budget_only_while_it_signals_congestion() -> None:
-    remb = RembHistory()
-    remb.on_remb(2_000_000, now=0.0)
-    assert remb.budget(now=0.0) is None
-    remb.on_remb(int(2_000_000 * REMB_DROP) + 1000, now=1.0)
-    assert remb.budget(now=1.0) is None  # within one back-off step of the peak
-    remb.on_remb(800_000, now=2.0)
-    assert remb.budget(now=2.0) == 800_000 * REMB_HEADROOM
-    for t in range(3, 10):
-        remb.on_remb(800_000, now=float(t))
-    assert remb.budget(now=9.0) is None  # the old peak left the window
-    assert remb.latest == 800_000
 
 
 def test_the_cooldown_holds_when_the_budget_goes_quiet() -> None:

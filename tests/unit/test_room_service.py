@@ -158,9 +158,13 @@ def test_subscriber_gets_its_own_ssrc_payload_type_and_extension_ids(
     assert out[1].sequence_number == (out[0].sequence_number + 1) & 0xFFFF
     assert all(p.payload_type == 96 for p in out)
     ids = dict(out[0].extensions())
-    # The publisher's mid/rid/transport-cc must not reach the subscriber under any id it uses.
-    bob_ids = {CHROMIUM_IDS[MID_URI], CHROMIUM_IDS[RID_URI], CHROMIUM_IDS[TRANSPORT_CC_URI]}
+    # The publisher's mid/rid must not reach the subscriber under any id it uses; its
+    # transport-cc element carries bob's own transport-wide sequence (the first: 0) instead.
+    bob_ids = {CHROMIUM_IDS[MID_URI], CHROMIUM_IDS[RID_URI]}
     assert not bob_ids & set(ids)
+    assert ids[CHROMIUM_IDS[TRANSPORT_CC_URI]] == b"\x00\x00"
+    assert bob.peer is not None and bob.peer.send_history is not None
+    assert bob.peer.send_history.packets == 1  # the second packet carried no transport-cc
     # The uplink's transport-wide sequence number was recorded for congestion feedback.
     alice.peer.poll(2.0, 1.7e9)
     feedback = [p for p in h.sent_rtcp["alice"] if p[1] == 205 and p[0] & 0x1F == 15]
