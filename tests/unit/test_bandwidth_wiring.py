@@ -165,14 +165,15 @@ def test_a_small_shortfall_keeps_the_layers_being_forwarded(
     _publish(h, alice, 1.0, 30)
     layer = sub.selector.current.spatial
     assert layer == 1
+    # What is being forwarded: the layer (no audio subscription here); the allocator gets the
+    # whole budget and reserves audio itself.
     spend = sub.publication.layers[layer].meter.bps(1.95)
-    audio = bob.peer._audio_bps(1.95)
     # 90 % of what the layer costs: one overuse's worth; the layer stays.
-    estimate = (0.9 * spend + audio) / BUDGET_HEADROOM
-    assert bob.peer._video_budget(estimate, 1.95) == spend
+    estimate = 0.9 * spend / BUDGET_HEADROOM
+    assert bob.peer._budget(estimate, 1.95) == spend
     # Half of it: a real shortfall; the allocator gets the estimate's budget.
-    estimate = (0.5 * spend + audio) / BUDGET_HEADROOM
-    assert bob.peer._video_budget(estimate, 1.95) == pytest.approx(0.5 * spend)
+    estimate = 0.5 * spend / BUDGET_HEADROOM
+    assert bob.peer._budget(estimate, 1.95) == pytest.approx(0.5 * spend)
     # More than it costs: the budget is the estimate's.
-    estimate = (2 * spend + audio) / BUDGET_HEADROOM
-    assert bob.peer._video_budget(estimate, 1.95) == pytest.approx(2 * spend)
+    estimate = 2 * spend / BUDGET_HEADROOM
+    assert bob.peer._budget(estimate, 1.95) == pytest.approx(2 * spend)
