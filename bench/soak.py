@@ -363,3 +363,81 @@ def plot_churn(path: str, result: ChurnResult) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+async def churn_in_process(cycles: int, concurrency: int, progress: Progress) -> dict[str, Any]:
+    """Churn against a server running inside this process, to tell a leak from fragmentation:
+    after a warm-up, Python allocations are traced (``tracemalloc``, the growth of the server's
+    own modules is reported by line), and at the end RSS is read before and after glibc's
+    ``malloc_trim(0)`` returns free heap pages to the system (RSS that comes back then was
+    fragmentation or the allocator's cache, not live data). RSS here includes the generator."""
+    import ctypes
+    import gc
+    import secrets
+    import tempfile
+    import tracemalloc
+
+    from sfu.app import Server
+    from sfu.config import AuditConfig, AuthConfig, Config, HttpConfig, MediaConfig, RoomsConfig
+
+    secret = secrets.token_urlsafe(32)
+    config = Config(
+        http=HttpConfig(port=0),
+        media=MediaConfig(
+            udp_port=0,
+            max_transports=20000,
+            max_pending_transports=2000,
+            max_pending_per_source=2000,
+            max_pending_per_identity=2000,
+        ),
+        rooms=RoomsConfig(waiting_room=False, max_participants=1000),
+        auth=AuthConfig(jwt_secret=secret, dev_tokens=False),
+        audit=AuditConfig(path=tempfile.mkdtemp(prefix="sfu-churn-audit-")),
+    )
+    server = Server(config)
+    await server.start()
+    target = SfuTarget(url=f"http://127.0.0.1:{server.http_addresses[0][1]}", jwt_secret=secret)
+    await target.start()
+    pid = os.getpid()
+    libc = ctypes.CDLL("libc.so.6")
+    try:
+        warm = min(CHURN_WARMUP_CYCLES, cycles)
+        await run_churn(target, warm, concurrency, lambda f, label: None)
+        gc.collect()
+        tracemalloc.start(5)
+        base_snapshot = tracemalloc.take_snapshot()
+        rss_base, _ = server_memory(pid)
+        churn = await run_churn(target, cycles, concurrency, progress)
+        gc.collect()
+        end_snapshot = tracemalloc.take_snapshot()
+        rss_end, _ = server_memory(pid)
+        libc.malloc_trim(0)
+        rss_trimmed, _ = server_memory(pid)
+        traced_now, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        ours = [tracemalloc.Filter(True, "*/sfu/*")]
+        growth = [
+            stat
+            for stat in end_snapshot.filter_traces(ours).compare_to(
+                base_snapshot.filter_traces(ours), "lineno"
+            )
+            if stat.size_diff > 0
+        ][:10]
+        return {
+            "cycles": cycles,
+            "failures": churn.failures,
+            "seconds": churn.seconds,
+            "transports_end": server.port.transport_count,
+            "rooms_end": len(server.rooms.rooms) if server.rooms is not None else None,
+            "rss_after_warmup_bytes": rss_base,
+            "rss_end_bytes": rss_end,
+            "rss_after_malloc_trim_bytes": rss_trimmed,
+            "traced_python_bytes_end": traced_now,
+            "sfu_growth_by_line": [
+                {"where": str(s.traceback[0]), "bytes": s.size_diff, "blocks": s.count_diff}
+                for s in growth
+            ],
+        }
+    finally:
+        await target.stop()
+        await server.stop()
