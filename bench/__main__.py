@@ -77,6 +77,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cycles", type=int, default=1000, help="churn: join/leave cycles")
     p.add_argument("--concurrency", type=int, default=4, help="churn: cycles at once")
     p.add_argument(
+        "--settle",
+        type=float,
+        default=65.0,
+        help="churn: seconds after the last leave before the final RSS (default 65)",
+    )
+    p.add_argument(
         "--in-process",
         action="store_true",
         help="churn: run the server in this process and trace its allocations",
@@ -173,7 +179,7 @@ async def _run_long(args: argparse.Namespace) -> int:
             if plot:
                 plot_soak(plot, soak)
         else:
-            churn = await run_churn(target, args.cycles, args.concurrency, bar)
+            churn = await run_churn(target, args.cycles, args.concurrency, bar, args.settle)
             bar.finish()
             summary = {k: v for k, v in asdict(churn).items() if k != "samples"}
             print(json.dumps({**summary, "rss_vs_baseline": churn.rss_vs_baseline}, indent=2))

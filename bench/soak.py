@@ -206,6 +206,9 @@ class ChurnResult:
     rss_start_bytes: int | None = None
     rss_baseline_bytes: int | None = None
     rss_end_bytes: int | None = None
+    #: RSS right after the last leave, before the settle time (the heap trim comes after)
+    rss_after_last_leave_bytes: int | None = None
+    settle_s: float = 0.0
     fds_baseline: int | None = None
     fds_end: int | None = None
     transports_end: float | None = None
@@ -244,10 +247,12 @@ async def _cycle(target: SfuTarget, cert: Certificate, room: str, n: int) -> Non
 
 
 async def run_churn(
-    target: SfuTarget, cycles: int, concurrency: int, progress: Progress
+    target: SfuTarget, cycles: int, concurrency: int, progress: Progress, settle_s: float = 0.0
 ) -> ChurnResult:
-    """``cycles`` join/leave cycles, ``concurrency`` at a time; RSS before and after."""
-    result = ChurnResult(cycles, concurrency)
+    """``cycles`` join/leave cycles, ``concurrency`` at a time; RSS before and after (then
+    again ``settle_s`` seconds after the last leave: the server trims its heap after
+    sessions end at most once a minute, ``sfu.io.memory``)."""
+    result = ChurnResult(cycles, concurrency, settle_s=settle_s)
     cert = Certificate.generate()
     result.rss_start_bytes, _ = server_memory(target.pid)
     gate = asyncio.Semaphore(concurrency)
@@ -283,6 +288,8 @@ async def run_churn(
             break
         await asyncio.sleep(0.5)
     await asyncio.sleep(1.0)
+    result.rss_after_last_leave_bytes, _ = server_memory(target.pid)
+    await asyncio.sleep(settle_s)
     result.rss_end_bytes, result.fds_end = server_memory(target.pid)
     if result.rss_baseline_bytes is None:
         result.rss_baseline_bytes, result.fds_baseline = result.rss_start_bytes, None
@@ -404,7 +411,7 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
         warm = min(CHURN_WARMUP_CYCLES, cycles)
         await run_churn(target, warm, concurrency, lambda f, label: None)
         gc.collect()
-        tracemalloc.start(5)
+        tracemalloc.start(1)
         base_snapshot = tracemalloc.take_snapshot()
         rss_base, _ = server_memory(pid)
         churn = await run_churn(target, cycles, concurrency, progress)
