@@ -204,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("cycles must be in [1, 1000000] and concurrency in [1, 64]")
         if not 1.0 <= args.sample <= 600.0:
             raise ValueError("sample must be in [1, 600] s")
+        if not 0.0 <= args.settle <= 600.0:
+            raise ValueError("settle must be in [0, 600] s")
     except ValueError as exc:
         print(f"python -m bench: {exc}", file=sys.stderr)
         return 2
