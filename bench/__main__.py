@@ -24,7 +24,15 @@ from pathlib import Path
 from bench.client import HandshakeError
 from bench.report import ProgressBar, format_table, write_json, write_plot
 from bench.scenarios import SCENARIOS, RunResult, ScenarioConfig, run_scenario
-from bench.soak import plot_churn, plot_soak, run_churn, run_soak, write_churn, write_soak
+from bench.soak import (
+    churn_in_process,
+    plot_churn,
+    plot_soak,
+    run_churn,
+    run_soak,
+    write_churn,
+    write_soak,
+)
 from bench.targets import SfuTarget, Target, TargetError, cpu_count
 
 __all__ = ["LONG_RUNS", "main", "parse_args"]
@@ -93,6 +101,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample", type=float, default=10.0, help="soak: seconds per sample")
     p.add_argument("--cycles", type=int, default=1000, help="churn: join/leave cycles")
     p.add_argument("--concurrency", type=int, default=4, help="churn: cycles at once")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=65.0,
+        help="churn: seconds after the last leave before the final RSS (default 65)",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="churn: run the server in this process and trace its allocations",
+    )
     return p.parse_args(argv)
 
 
@@ -169,6 +188,13 @@ async def _run_long(args: argparse.Namespace) -> int:
     bar = ProgressBar(enabled=not args.quiet)
     plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     try:
+        if args.scenario == "churn" and args.in_process:
+            traced = await churn_in_process(args.cycles, args.concurrency, bar)
+            bar.finish()
+            print(json.dumps(traced, indent=2))
+            if args.json:
+                Path(args.json).write_text(json.dumps(traced, indent=2) + "\n")
+            return 0
         await target.start()
         if args.scenario == "soak":
             soak = await run_soak(target, _config(args), args.sample, bar)
@@ -179,7 +205,7 @@ async def _run_long(args: argparse.Namespace) -> int:
             if plot:
                 plot_soak(plot, soak)
         else:
-            churn = await run_churn(target, args.cycles, args.concurrency, bar)
+            churn = await run_churn(target, args.cycles, args.concurrency, bar, args.settle)
             bar.finish()
             summary = {k: v for k, v in asdict(churn).items() if k != "samples"}
             print(json.dumps({**summary, "rss_vs_baseline": churn.rss_vs_baseline}, indent=2))
@@ -242,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("cycles must be in [1, 1000000] and concurrency in [1, 64]")
         if not 1.0 <= args.sample <= 600.0:
             raise ValueError("sample must be in [1, 600] s")
+        if not 0.0 <= args.settle <= 600.0:
+            raise ValueError("settle must be in [0, 600] s")
     except ValueError as exc:
         print(f"python -m bench: {exc}", file=sys.stderr)
         return 2

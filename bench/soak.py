@@ -206,6 +206,9 @@ class ChurnResult:
     rss_start_bytes: int | None = None
     rss_baseline_bytes: int | None = None
     rss_end_bytes: int | None = None
+    #: RSS right after the last leave, before the settle time (the heap trim comes after)
+    rss_after_last_leave_bytes: int | None = None
+    settle_s: float = 0.0
     fds_baseline: int | None = None
     fds_end: int | None = None
     transports_end: float | None = None
@@ -244,10 +247,12 @@ async def _cycle(target: SfuTarget, cert: Certificate, room: str, n: int) -> Non
 
 
 async def run_churn(
-    target: SfuTarget, cycles: int, concurrency: int, progress: Progress
+    target: SfuTarget, cycles: int, concurrency: int, progress: Progress, settle_s: float = 0.0
 ) -> ChurnResult:
-    """``cycles`` join/leave cycles, ``concurrency`` at a time; RSS before and after."""
-    result = ChurnResult(cycles, concurrency)
+    """``cycles`` join/leave cycles, ``concurrency`` at a time; RSS before and after (then
+    again ``settle_s`` seconds after the last leave: the server trims its heap after
+    sessions end at most once a minute, ``sfu.io.memory``)."""
+    result = ChurnResult(cycles, concurrency, settle_s=settle_s)
     cert = Certificate.generate()
     result.rss_start_bytes, _ = server_memory(target.pid)
     gate = asyncio.Semaphore(concurrency)
@@ -283,6 +288,8 @@ async def run_churn(
             break
         await asyncio.sleep(0.5)
     await asyncio.sleep(1.0)
+    result.rss_after_last_leave_bytes, _ = server_memory(target.pid)
+    await asyncio.sleep(settle_s)
     result.rss_end_bytes, result.fds_end = server_memory(target.pid)
     if result.rss_baseline_bytes is None:
         result.rss_baseline_bytes, result.fds_baseline = result.rss_start_bytes, None
@@ -363,3 +370,81 @@ def plot_churn(path: str, result: ChurnResult) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+async def churn_in_process(cycles: int, concurrency: int, progress: Progress) -> dict[str, Any]:
+    """Churn against a server running inside this process, to tell a leak from fragmentation:
+    after a warm-up, Python allocations are traced (``tracemalloc``, the growth of the server's
+    own modules is reported by line), and at the end RSS is read before and after glibc's
+    ``malloc_trim(0)`` returns free heap pages to the system (RSS that comes back then was
+    fragmentation or the allocator's cache, not live data). RSS here includes the generator."""
+    import ctypes
+    import gc
+    import secrets
+    import tempfile
+    import tracemalloc
+
+    from sfu.app import Server
+    from sfu.config import AuditConfig, AuthConfig, Config, HttpConfig, MediaConfig, RoomsConfig
+
+    secret = secrets.token_urlsafe(32)
+    config = Config(
+        http=HttpConfig(port=0),
+        media=MediaConfig(
+            udp_port=0,
+            max_transports=20000,
+            max_pending_transports=2000,
+            max_pending_per_source=2000,
+            max_pending_per_identity=2000,
+        ),
+        rooms=RoomsConfig(waiting_room=False, max_participants=1000),
+        auth=AuthConfig(jwt_secret=secret, dev_tokens=False),
+        audit=AuditConfig(path=tempfile.mkdtemp(prefix="sfu-churn-audit-")),
+    )
+    server = Server(config)
+    await server.start()
+    target = SfuTarget(url=f"http://127.0.0.1:{server.http_addresses[0][1]}", jwt_secret=secret)
+    await target.start()
+    pid = os.getpid()
+    libc = ctypes.CDLL("libc.so.6")
+    try:
+        warm = min(CHURN_WARMUP_CYCLES, cycles)
+        await run_churn(target, warm, concurrency, lambda f, label: None)
+        gc.collect()
+        tracemalloc.start(1)
+        base_snapshot = tracemalloc.take_snapshot()
+        rss_base, _ = server_memory(pid)
+        churn = await run_churn(target, cycles, concurrency, progress)
+        gc.collect()
+        end_snapshot = tracemalloc.take_snapshot()
+        rss_end, _ = server_memory(pid)
+        libc.malloc_trim(0)
+        rss_trimmed, _ = server_memory(pid)
+        traced_now, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        ours = [tracemalloc.Filter(True, "*/sfu/*")]
+        growth = [
+            stat
+            for stat in end_snapshot.filter_traces(ours).compare_to(
+                base_snapshot.filter_traces(ours), "lineno"
+            )
+            if stat.size_diff > 0
+        ][:10]
+        return {
+            "cycles": cycles,
+            "failures": churn.failures,
+            "seconds": churn.seconds,
+            "transports_end": server.port.transport_count,
+            "rooms_end": len(server.rooms.rooms) if server.rooms is not None else None,
+            "rss_after_warmup_bytes": rss_base,
+            "rss_end_bytes": rss_end,
+            "rss_after_malloc_trim_bytes": rss_trimmed,
+            "traced_python_bytes_end": traced_now,
+            "sfu_growth_by_line": [
+                {"where": str(s.traceback[0]), "bytes": s.size_diff, "blocks": s.count_diff}
+                for s in growth
+            ],
+        }
+    finally:
+        await target.stop()
+        await server.stop()

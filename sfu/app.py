@@ -29,6 +29,7 @@ from sfu.io.http_limits import (
     HttpLimitCounters,
     raise_file_limit,
 )
+from sfu.io.memory import HeapTrimmer, libc_malloc_trim
 from sfu.io.tcp import IceTcpListener, open_ice_tcp_listener
 from sfu.io.udp import SOCKET_BUFFER_BYTES, Address, MediaSocket, open_media_socket
 from sfu.logging_setup import configure_logging
@@ -209,6 +210,8 @@ class Server:
         self._timer_task: asyncio.Task[None] | None = None
         self._draining = False
         self.loop_lag = LoopLagMonitor()
+        #: Gives freed heap back to the system after sessions end (see sfu/io/memory.py).
+        self.heap = HeapTrimmer(trim=libc_malloc_trim())
         self.http_app = build_http_app(
             readiness=self.readiness, max_body_bytes=config.http.max_body_bytes
         )
@@ -360,6 +363,7 @@ class Server:
                     self.rooms.poll(now, time.time())
                 except Exception:  # pragma: no cover - a bug must not stop every timer
                     log.exception("internal error in room timers")
+            self.heap.observe(now, self.port.transport_count)
 
     async def start(self) -> None:
         """Bind the media socket, then the HTTP listener; log the bound addresses."""

@@ -1095,6 +1095,7 @@ cdef class Forwarder:
             # The descriptor is read up to the packet's end (padding included), as the
             # reference's parse_vp8(packet, offset) does.
             if vp8_parse(p, v.payload_offset, n, &info.desc) < 0:
+                self._skip(st, ext_seq)  # no subscriber sees a hole where it was
                 self._log(handle, flags | FL_MALFORMED_PAYLOAD
                           | REFUSED_DESCRIPTOR << FL_REASON_SHIFT, ext_seq, ts, now, <int>n,
                           twcc, 0, 0, 0)

@@ -195,6 +195,8 @@ def ingest(
             try:
                 info = describe(kind, plain, offset)
             except ParseError:
+                for sub, _ in routes:  # no subscriber sees a hole where it was
+                    sub.skip(source, ext_seq)
                 flags |= F_MALFORMED_PAYLOAD | REFUSED_DESCRIPTOR << F_REASON_SHIFT
                 return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
             if info.is_keyframe and info.is_start_of_frame:

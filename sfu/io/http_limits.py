@@ -86,6 +86,8 @@ class ConnectionLimiter:
     open: int = 0
     per_source: dict[str, int] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    #: The most connections one address has held at once (exempt proxies aside).
+    peak_per_source: int = 0
     _unlogged: dict[str, int] = field(default_factory=dict)
     _logged_at: float | None = None
 
@@ -101,6 +103,8 @@ class ConnectionLimiter:
             return False
         self.open += 1
         self.per_source[source] = held + 1
+        if source not in limits.exempt and held + 1 > self.peak_per_source:
+            self.peak_per_source = held + 1
         return True
 
     def release(self, source: str) -> None:

@@ -95,7 +95,7 @@ def test_soak_and_churn_runs(tmp_path: Path) -> None:
     assert first["rss_bytes"] > 0 and first["fds"] > 0 and first["receiver_reports"] >= 2
     assert doc["summary"]["loss_windows"] == 0
     assert (tmp_path / "result.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    doc, _ = _bench(tmp_path, "churn", "--cycles", "6", "--concurrency", "2")
+    doc, _ = _bench(tmp_path, "churn", "--cycles", "6", "--concurrency", "2", "--settle", "0")
     assert doc["scenario"] == "churn" and doc["cycles"] == 6 and doc["failures"] == 0
     assert doc["transports_end"] == 0 and doc["rss_end_bytes"] > 0
 

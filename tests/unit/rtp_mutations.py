@@ -45,7 +45,9 @@ def padding_zero(ssrc: int, seq: int, ts: int, pt: int, payload: bytes, ext: byt
 
 
 def padding_overrun(ssrc: int, seq: int, ts: int, pt: int, payload: bytes, ext: bytes) -> bytes:
-    """A padding count longer than everything after the header."""
+    """A padding count longer than everything after the header (the payload is cut to
+    fit the count's one octet)."""
+    payload = payload[:200]
     body = payload + bytes([len(payload) + 2])
     return _header(0xB0, pt, seq, ts, ssrc) + _block(0xBEDE, ext) + body
 
