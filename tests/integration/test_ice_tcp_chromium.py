@@ -69,4 +69,6 @@ def test_chromium_without_udp_meets_over_ice_tcp() -> None:
             )
             assert len(selected) == 2 and all(a is not None and is_tcp(a) for a in selected)
             assert server.call(lambda: server.server.tcp_gate.frames_in) > 100
+            counters = server.server.port.counters
+            assert server.call(lambda: dict(counters.connected_by_type)) == {"tcp": 2}
             assert server.call(lambda: server.server.port.counters.received["rtp"]) > 100
