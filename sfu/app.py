@@ -205,7 +205,7 @@ class Server:
                 ready=lambda: self.readiness() is None,
                 draining=lambda: self._draining,
                 signaling_connections=lambda: len(self.sockets.open),
-                tcp_gate=self.tcp_gate,
+                tcp_gate=lambda: self.tcp_gate,
             )
         )
         if config.metrics.enabled:

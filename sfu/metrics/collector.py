@@ -61,7 +61,7 @@ class MetricSources:
     draining: Callable[[], bool]
     signaling_connections: Callable[[], int]
     #: The ICE-TCP connections' gate (None: no ICE-TCP in this process).
-    tcp_gate: IceTcpGate | None = None
+    tcp_gate: Callable[[], IceTcpGate | None] = lambda: None
 
 
 @dataclass
@@ -232,7 +232,7 @@ class SfuCollector(Collector):
             ["candidate_type"],
             {(t,): float(port.failed_by_type.get(t, 0)) for t in CANDIDATE_TYPES},
         )
-        gate = self.sources.tcp_gate
+        gate = self.sources.tcp_gate()
         if gate is not None:
             yield self._counter(
                 "sfu_ice_tcp_connections_opened",
