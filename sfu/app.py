@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from typing import Final
@@ -247,7 +248,7 @@ class Server:
                 draining=lambda: self._draining,
                 signaling_connections=lambda: len(self.sockets.open),
                 http_limits=lambda: self.http_limits,
-                tcp_gate=self.tcp_gate,
+                tcp_gate=lambda: self.tcp_gate,
             )
         )
         if config.metrics.enabled:
@@ -342,6 +343,30 @@ class Server:
         server = self.turn.issue(wall_now=time.time())
         return [] if server is None else [server.to_json()]
 
+    def _pump(self, sock: socket.socket, now: float) -> list[tuple[bytes, Address]]:
+        """The media socket's reader: the forwarder's batch, then its ICE-TCP egress."""
+        slow = self.dataplane.forwarder.pump(sock, now)
+        self._send_framed()
+        return slow
+
+    def _tcp_datagram(self, data: bytes, addr: Address) -> None:
+        """One datagram from an ICE-TCP connection: the forwarder first (media of registered
+        streams is forwarded as from UDP), the rest to the port like any slow-path datagram."""
+        slow, egress = self.dataplane.forwarder.process(((data, addr),), clock.now())
+        if egress and self._udp is not None:
+            for packet, destination in egress:
+                self._udp.sendto(packet, destination)
+        self._send_framed()
+        for packet, source in slow:
+            self.sink(packet, source)
+
+    def _send_framed(self) -> None:
+        """Write what the forwarder sent to ICE-TCP transports to their connections."""
+        framed = self.dataplane.forwarder.drain_framed()
+        if framed and self._tcp is not None:
+            for packet, destination in framed:
+                self._tcp.sendto(packet, destination)
+
     def _send_datagram(self, data: bytes, addr: Address) -> None:
         if is_tcp(addr):
             if self._tcp is not None:
@@ -369,16 +394,12 @@ class Server:
         """Bind the media socket, then the HTTP listener; log the bound addresses."""
         media, http = self.config.media, self.config.http
         self._udp = await open_media_socket(
-            media.udp_host,
-            media.udp_port,
-            self.dataplane.forwarder.pump,
-            self.sink,
-            clock.now,
+            media.udp_host, media.udp_port, self._pump, self.sink, clock.now
         )
         log.info("media listening on udp %s", format_address(self._udp.local_address))
         if media.tcp_enabled:
             self._tcp = await open_ice_tcp_listener(
-                media.udp_host, media.tcp_port, self.tcp_gate, self.sink, clock.now
+                media.udp_host, media.tcp_port, self.tcp_gate, self._tcp_datagram, clock.now
             )
             self._tcp.on_closed = self.port.connection_closed
             log.info("ICE-TCP listening on tcp %s", format_address(self._tcp.local_address))

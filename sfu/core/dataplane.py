@@ -8,10 +8,9 @@ media of registered streams on its own. :class:`DataPlane` is the control plane'
   moves, removed when it closes);
 * the publisher's source streams of audio and VP8 publications are registered with their
   fan-out snapshot, rebuilt whenever someone subscribes or leaves;
-* a transport whose selected address is an ICE-TCP connection is never registered: the
-  forwarder sends on the UDP socket only, so its media, and the media of every publication
-  with a subscriber on TCP, takes the Python path, which sends through the port (and so over
-  the right connection). Measured cost: bench/RESULTS.md ("ICE-TCP");
+* a transport whose selected address is an ICE-TCP connection is registered *framed*: the
+  forwarder forwards its media like any other's, but hands what it sends to it back
+  (``drain_framed``) for the composition root to write, RFC 4571-framed, to its connection;
 * on every timer tick :meth:`DataPlane.replay` drains the forwarder's ingress log into the
   receive bookkeeping the Python path would have done per packet (RTCP receive statistics,
   NACK and TWCC feedback, bitrate meters, keyframe times, audio levels, counters) and its
@@ -49,7 +48,7 @@ class Claimant(Protocol):
 
 
 class _Claim:
-    __slots__ = ("address", "handle", "level_id", "peer", "registered", "srtp", "tcp", "twcc_id")
+    __slots__ = ("address", "handle", "level_id", "peer", "registered", "srtp", "twcc_id")
 
     def __init__(self, handle: int, peer: Claimant) -> None:
         self.handle = handle
@@ -59,7 +58,6 @@ class _Claim:
         self.registered = False
         self.address: Any = None
         self.srtp: Any = None
-        self.tcp = False
 
 
 class DataPlane:
@@ -84,8 +82,6 @@ class DataPlane:
         self._streams: dict[int, tuple[Claimant, Publication, SourceStream]] = {}
         self._handles: dict[int, int] = {}  # id(source stream) -> handle
         self._pub_streams: dict[int, set[int]] = {}  # id(publication) -> stream handles
-        #: Stream handles kept off the forwarder because a subscriber is on ICE-TCP.
-        self._withheld: set[int] = set()
         #: While True no stream is registered: all media takes the Python path (see suspend).
         self.suspended = False
 
@@ -120,18 +116,16 @@ class DataPlane:
             return
         srtp = transport.srtp
         address = transport.ice.selected_address
-        tcp = address is not None and is_tcp(address)
-        if tcp != claim.tcp:
-            claim.tcp = tcp
-            self._refresh_withheld()
-        if srtp is None or address is None or tcp:
+        if srtp is None or address is None:
             if claim.registered:
                 self.forwarder.remove_transport(claim.handle)
                 claim.registered = False
             return
         if claim.registered and claim.address == address and claim.srtp is srtp:
             return
-        self.forwarder.set_transport(claim.handle, address, srtp, claim.twcc_id, claim.level_id)
+        self.forwarder.set_transport(
+            claim.handle, address, srtp, claim.twcc_id, claim.level_id, framed=is_tcp(address)
+        )
         first = not claim.registered
         claim.registered, claim.address, claim.srtp = True, address, srtp
         if first:
@@ -185,30 +179,11 @@ class DataPlane:
 
     def routes_changed(self, publication: Publication) -> None:
         """The publication's fan-out snapshot changed: push it for each of its streams."""
-        for handle in list(self._pub_streams.get(id(publication), ())):
-            peer, pub, stream = self._streams[handle]
+        for handle in self._pub_streams.get(id(publication), ()):
+            peer, pub, _ = self._streams[handle]
             claim = self._claims.get(peer.transport)
             if claim is not None and claim.registered and not self.suspended:
-                if handle in self._withheld or not self._forwardable(pub):
-                    self._register_stream(handle, claim.handle, pub, stream)
-                else:
-                    self.forwarder.set_routes(handle, self._routes(pub))
-
-    def _forwardable(self, publication: Publication) -> bool:
-        """Whether the forwarder can reach every subscriber (none is on ICE-TCP)."""
-        for _, transport in publication.fanout:
-            claim = self._claims.get(transport)
-            if claim is not None and claim.tcp:
-                return False
-        return True
-
-    def _refresh_withheld(self) -> None:
-        """A transport moved to or from ICE-TCP: re-decide every publication's path."""
-        seen: set[int] = set()
-        for _peer, pub, _ in list(self._streams.values()):
-            if id(pub) not in seen:
-                seen.add(id(pub))
-                self.routes_changed(pub)
+                self.forwarder.set_routes(handle, self._routes(pub))
 
     def _routes(self, publication: Publication) -> list[tuple[Any, int]]:
         return [(sub, self.handle_of(transport)) for sub, transport in publication.fanout]
@@ -220,12 +195,6 @@ class DataPlane:
         assert kind is not None
         if self.suspended:
             return
-        if not self._forwardable(publication):
-            if handle not in self._withheld:
-                self._withheld.add(handle)
-                self.forwarder.remove_stream(handle)
-            return
-        self._withheld.discard(handle)
         try:
             self.forwarder.set_stream(handle, transport, stream, kind)
         except ValueError:
@@ -237,7 +206,6 @@ class DataPlane:
         if entry is None:
             return
         _, pub, stream = entry
-        self._withheld.discard(handle)
         self._handles.pop(id(stream), None)
         handles = self._pub_streams.get(id(pub))
         if handles is not None:

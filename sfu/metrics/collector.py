@@ -72,7 +72,7 @@ class MetricSources:
     #: The HTTP listeners' connection limits (None: not measured, as in tools and tests).
     http_limits: Callable[[], HttpLimitCounters | None] = lambda: None
     #: The ICE-TCP connections' gate (None: no ICE-TCP in this process).
-    tcp_gate: IceTcpGate | None = None
+    tcp_gate: Callable[[], IceTcpGate | None] = lambda: None
 
 
 @dataclass
@@ -302,7 +302,7 @@ class SfuCollector(Collector):
             ["candidate_type"],
             {(t,): float(port.failed_by_type.get(t, 0)) for t in CANDIDATE_TYPES},
         )
-        gate = self.sources.tcp_gate
+        gate = self.sources.tcp_gate()
         if gate is not None:
             yield self._counter(
                 "sfu_ice_tcp_connections_opened",

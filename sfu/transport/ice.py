@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+from sfu._fastpath.values import FRAMED_MARK
 from sfu.packet.errors import ParseError
 from sfu.packet.stun import (
     BINDING,
@@ -199,7 +200,8 @@ def ufrag_of_request(message: StunMessage) -> str | None:
 
 #: The third element of an address that arrived over ICE-TCP (RFC 6544): ``(host, port, "tcp")``.
 #: UDP addresses are asyncio's ``(host, port)`` or IPv6 4-tuples, so the two never compare equal.
-TCP: Final = "tcp"
+#: The forwarder knows the same mark (it keeps such peers apart and hands their egress back).
+TCP: Final = FRAMED_MARK
 
 
 def tcp_address(host: str, port: int) -> Address:

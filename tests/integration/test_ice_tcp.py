@@ -10,6 +10,7 @@ import re
 import socket
 from dataclasses import replace
 
+import aiohttp
 import pytest
 from clients import LOOPBACK_CONFIG, TIMEOUT, aiortc_echo, frames, running_server
 
@@ -145,6 +146,16 @@ async def _hostile() -> None:
             assert server.port.address_count == addresses_before
             # The established session never noticed.
             await asyncio.wait_for(frames(tracks["video"], 10), TIMEOUT)
+            # Operators see them: closings by reason on /metrics.
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+            for reason in ("not_stun", "oversized_frame", "handshake_timeout", "refused_capacity"):
+                line = f'sfu_ice_tcp_connections_closed_total{{tcp_close_reason="{reason}"}}'
+                assert any(
+                    row.startswith(line) and float(row.split()[-1]) >= 1
+                    for row in text.splitlines()
+                ), reason
+            assert "sfu_ice_tcp_connections 0.0" in text
     finally:
         await asyncio.wait_for(server.stop(), TIMEOUT)
 

@@ -1,6 +1,6 @@
 """Chromium on a network that drops UDP (a namespace with UDP blocked both ways) joins a
 meeting over ICE-TCP and decodes: the server's passive TCP candidate carries ICE, DTLS and
-SRTP framed per RFC 4571, and media between two such pages flows through the Python path."""
+SRTP framed per RFC 4571, and the data plane forwards media between two such pages."""
 
 from __future__ import annotations
 
@@ -69,4 +69,9 @@ def test_chromium_without_udp_meets_over_ice_tcp() -> None:
             )
             assert len(selected) == 2 and all(a is not None and is_tcp(a) for a in selected)
             assert server.call(lambda: server.server.tcp_gate.frames_in) > 100
-            assert server.call(lambda: server.server.port.counters.received["rtp"]) > 100
+            counters = server.server.port.counters
+            assert server.call(lambda: dict(counters.connected_by_type)) == {"tcp": 2}
+            # The data plane forwards it (compiled or reference, as for UDP): frames reach the
+            # forwarder, and what it sends to TCP transports comes back framed.
+            forwarder = server.server.dataplane.forwarder
+            assert server.call(lambda: forwarder.fast_packets) > 100

@@ -9,7 +9,7 @@ import hmac
 import pytest
 
 from sfu.config import ConfigError, TurnConfig, parse_config
-from sfu.signaling.turn import TurnCredentials
+from sfu.signaling.turn import TurnCredentials, turn_relay_hosts
 
 SECRET = "north-wind-secret-0123456789"
 URLS = ("turn:203.0.113.9:3478?transport=udp", "turns:turn.example:5349?transport=tcp")
@@ -68,3 +68,13 @@ def test_turn_secret_stays_out_of_repr() -> None:
     config = parse_config({"turn": {"urls": list(URLS), "secret": SECRET}})
     assert SECRET not in repr(config)
     assert config.turn.urls == URLS
+
+
+def test_relay_hosts_are_the_ip_literals_of_the_urls() -> None:
+    urls = (
+        "turn:203.0.113.9:3478?transport=udp",
+        "turns:[2001:db8::9]:5349?transport=tcp",
+        "turn:turn.example:3478",
+        "turn:198.51.100.7",
+    )
+    assert turn_relay_hosts(urls) == frozenset({"203.0.113.9", "2001:db8::9", "198.51.100.7"})
