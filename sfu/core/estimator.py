@@ -31,7 +31,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from sfu._fastpath._bwe_py import NORMAL, OVERUSE, UNDERUSE
-from sfu.packet.twcc import REFERENCE_TICK_US, TransportFeedback
+from sfu.packet.twcc import DELTA_TICK_US, REFERENCE_TICK_US, TransportFeedback
 
 if TYPE_CHECKING:
     from sfu.core.kernels import DelayDetector, SendHistory
@@ -96,6 +96,10 @@ PROBE_MIN_PACKETS: Final = 4
 #: A probe is believed only up to the rate it was sent at times this (receive bursts can
 #: look faster than the link); libwebrtc bounds the receive rate the same way.
 PROBE_SEND_MARGIN: Final = 1.0
+#: Transport-wide CC reports arrivals in 250 µs ticks (draft-holmer §3.1.5): a probe train
+#: that arrived within one tick came faster than can be measured, so its receive span is
+#: taken as one tick (and the result capped by the caller at the probe's own rate).
+MIN_ARRIVAL_SPAN: Final = DELTA_TICK_US / 1_000_000
 #: Application-limited region: sending less than this share of the estimate.
 ALR_SHARE: Final = 0.65
 #: RTT used until a receiver report gives one (s).
@@ -255,11 +259,11 @@ class BandwidthEstimator:
     def probe_bps(self, cluster: int) -> float | None:
         """The bitrate probe ``cluster`` got through, once enough of it was acknowledged."""
         packets, size, first_size, last_size, s0, s1, a0, a1 = self.detector.cluster(cluster)
-        if packets < PROBE_MIN_PACKETS or a1 <= a0:
+        if packets < PROBE_MIN_PACKETS:
             return None
         # The bottleneck spaces the train out: its receive rate is what the link took (the
         # first packet's bytes arrived before the measured interval began).
-        receive = (size - first_size) * 8 / (a1 - a0)
+        receive = (size - first_size) * 8 / max(a1 - a0, MIN_ARRIVAL_SPAN)
         if s1 <= s0:
             return receive  # sent as one burst: only the receive side has a rate
         send = (size - last_size) * 8 / (s1 - s0)

@@ -195,11 +195,12 @@ def test_subscriber_recovers_from_five_percent_loss_with_nacks() -> None:
     dropper = DropEveryNth(20)  # deterministic 5% of the RTP packets toward the viewer
     with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
         pub_id, viewer_id = _watch(server, room, publisher, viewer)
-        # Past the start: the first keyframes and layer choices are done.
+        # Past the start: the first keyframes and layer choices are done, and the viewer's
+        # transport has probed its way up to the top layer (its estimate starts low).
         wait_until(
             lambda: _video(viewer, pub_id),
-            lambda e: e is not None and e["framesDecoded"] >= 40,
-            timeout=10.0,
+            lambda e: e is not None and e["framesDecoded"] >= 40 and e["frameWidth"] == 1280,
+            timeout=20.0,
         )
         transport = server.call(lambda: server.peer(room, viewer_id).transport)
         server.call(lambda: dropper.install(transport))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from room_fixtures import CHROMIUM_IDS, vp8_packet
+from test_metrics_core import registry_for, value
 from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harness
 
 from sfu.core.estimator import INITIAL_BPS
@@ -109,6 +110,14 @@ def test_probe_clusters_go_out_as_padding_on_the_rtx_stream(
     # No second cluster while the first one's result is awaited.
     h.service.poll(2.2, 1.7e9)
     assert bob.peer.prober.started == 1
+    # Nothing comes back for it: after the result timeout it counts as failed, and shows.
+    h.service.poll(3.0, 1.7e9)
+    registry = registry_for(h.service)
+    assert value(registry, "sfu_probe_packets_total") == len(probes)
+    assert value(registry, "sfu_probe_clusters_total", outcome="failed") == 1
+    assert value(registry, "sfu_probe_clusters_total", outcome="succeeded") == 0
+    estimates = value(registry, "sfu_subscriber_estimated_bandwidth_bits_per_second_gcount")
+    assert estimates == 1
 
 
 def test_retransmissions_stay_within_the_budget_and_skip_superseded_packets(

@@ -138,3 +138,25 @@ def test_prober_asks_only_for_more_and_backs_off_on_failure() -> None:
     assert third is not None
     assert prober.finish(1_300_000, desired_bps=1_000_000, now=8.8)
     assert (prober.started, prober.succeeded, prober.failed) == (3, 1, 2)
+
+
+def test_a_train_faster_than_the_feedback_resolution_counts_at_the_probes_rate(
+    kernels: Kernels,
+) -> None:
+    """On a fast path (loopback) a probe burst arrives within one 250 µs feedback tick: the
+    link took it faster than measurable, so the probe succeeds at the rate it aimed at."""
+    from sfu.core.prober import probe_step
+
+    est = _estimator(kernels)
+    prober = Prober()
+    cluster = probe_step(prober, est, desired_bps=1_000_000, now=1.0)
+    assert cluster is not None
+    recorder = TwccRecorder(1)
+    for _ in range(cluster.packets):
+        seq = est.history.record(cluster.padding + 20, 1.0, cluster.id)
+        recorder.on_packet(seq, 5, 1.0001)
+    for packet in recorder.poll(1.1):
+        est.on_feedback(TransportFeedback.parse(packet), now=1.1)
+    assert probe_step(prober, est, desired_bps=1_000_000, now=1.1) is None
+    assert prober.succeeded == 1
+    assert est.target_bps() == cluster.bps  # capped at what the probe aimed at
