@@ -304,7 +304,11 @@ def test_a_hint_change_is_counted_as_a_hint_not_congestion() -> None:
     assert changed.changes == ((sub, HINT),)
     # No congestion cooldown from a hint: the tile grows again and the layer follows once held.
     sub.set_preferences(None, None, False)
-    assert clock.at(NOW + 1 + UPGRADE_HOLD, 3_000_000).targets == {sub: TOP}
+    assert clock.at(NOW + 1.5, 3_000_000).targets == {sub: LOW}  # the hold defers it
+    grown = clock.at(NOW + 1 + UPGRADE_HOLD, 3_000_000)
+    assert grown.targets == {sub: TOP}
+    assert grown.changes == ((sub, HINT),)  # still the hint's doing
+    assert clock.allocator.switches == {CONGESTION: 0, UPGRADE: 0, HINT: 2}
 
 
 def test_stable_without_deficit_when_everything_fits() -> None:
