@@ -100,6 +100,8 @@ class Sample:
     state: str
     audio_lost: int
     audio_received: int
+    #: The page's tile shows "paused for bandwidth" (not a frozen picture).
+    tile_paused: bool = False
 
 
 @dataclass
@@ -123,6 +125,8 @@ class PhaseFigures:
     mid_share: float = 0.0
     paused_s: float = 0.0
     paused_share: float = 0.0
+    #: Share of the samples whose tile showed the "paused for bandwidth" note.
+    tile_paused_share: float = 0.0
     audio_loss: float = 0.0
     saw_mid_before_top: bool = False
 
@@ -165,6 +169,11 @@ def read_sample(driver: Any, publisher_id: str, started: float) -> Sample | None
             audio = entry
     if video is None or audio is None:
         return None
+    tile_paused = driver.execute_script(
+        "return !!document.querySelector("
+        "  `.tile[data-participant='${arguments[0]}'] .paused-note:not([hidden])`);",
+        publisher_id,
+    )
     return Sample(
         t=time.monotonic() - started,
         height=int(video["frameHeight"]),
@@ -176,6 +185,7 @@ def read_sample(driver: Any, publisher_id: str, started: float) -> Sample | None
         state=str(video["state"]),
         audio_lost=int(audio["packetsLost"]),
         audio_received=int(audio["packetsReceived"]),
+        tile_paused=bool(tile_paused),
     )
 
 
@@ -209,6 +219,7 @@ def figures(name: str, cap: int | None, samples: Sequence[Sample]) -> PhaseFigur
     later = samples[1:]
     out.mid_share = round(_ratio(sum(1 for h in heights[1:] if h == MID), len(later)), 2)
     out.paused_share = round(_ratio(sum(1 for s in later if s.state == "paused"), len(later)), 2)
+    out.tile_paused_share = round(_ratio(sum(1 for s in later if s.tile_paused), len(later)), 2)
     audio_lost = last.audio_lost - first.audio_lost
     audio_received = last.audio_received - first.audio_received
     out.audio_loss = round(_ratio(audio_lost, audio_lost + audio_received), 3)
@@ -229,7 +240,7 @@ def verdicts(phases: dict[str, PhaseFigures]) -> dict[str, bool]:
         "cap400.no_top_flash": cap400.top_after_shed == 0,
         "cap900.mid_ge_60pct": cap900.mid_share >= 0.6,
         "cap900.frozen_le_1.5s": cap900.frozen_s <= 1.5,
-        "below.paused": below.paused_share > 0,
+        "below.paused": below.paused_share > 0 and below.tile_paused_share > 0,
         "below.paused_half": below.paused_share >= 0.5,
         "below.audio_intact": below.audio_loss < 0.05,
         "uncapped.top_within_8s": uncapped.time_to_top_s is not None

@@ -177,6 +177,8 @@ class _State:
     congested_at: float = float("-inf")
     paused_for_bandwidth: bool = False
     caps: tuple[int | None, int | None, bool] = (None, None, False)
+    #: The caps changed but the hold deferred the target change they call for.
+    hint_pending: bool = False
 
 
 def _caps(sub: Subscription) -> tuple[int | None, int | None, bool]:
@@ -338,18 +340,23 @@ class Allocator:
                 else:
                     self.resumes += 1
                 state.paused_for_bandwidth = bandwidth_pause
+            hinted = caps != state.caps
             if target != state.target:
-                if caps != state.caps:
+                if hinted:
                     reason = HINT
                 elif _order(target) < _order(state.target):
                     reason = CONGESTION
                     state.congested_at = now
                 else:
-                    reason = UPGRADE
+                    # A raised cap whose upgrade the hold deferred is still the hint's doing.
+                    reason = HINT if state.hint_pending else UPGRADE
                 changes.append((sub, reason))
                 self.switches[reason] += 1
                 state.target = target
                 state.since = now
+                state.hint_pending = False
+            elif hinted:
+                state.hint_pending = True
             state.caps = caps
         allocation = Allocation(
             targets,

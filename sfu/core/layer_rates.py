@@ -4,8 +4,9 @@ Each source stream's :class:`~sfu.core.publication.BitrateMeter` already counts 
 layer's bytes (fed by ingest replay, so the compiled forwarder runs no Python for it). The
 split of that rate over temporal layers (VP8 TID) comes from a sample of the newest packets in
 the stream's retransmission cache, read when the allocator asks and at most once per
-``SAMPLE_INTERVAL``: a bounded amount of Python per publication per interval, nothing per
-packet. The cache's hit/miss counters (they are metrics of NACK service) are left as found.
+``SHARES_INTERVAL`` (the split follows the encoder's fixed temporal pattern and hardly moves):
+a bounded amount of Python per publication per interval, nothing per packet. The cache's
+hit/miss counters (they are metrics of NACK service) are left as found.
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ __all__ = [
     "MAX_TEMPORAL_LAYERS",
     "SAMPLE_INTERVAL",
     "SAMPLE_PACKETS",
+    "SHARES_INTERVAL",
     "LayerRates",
     "MeteredPublication",
     "MeteredStream",
     "temporal_shares",
 ]
 
-#: Newest cached packets read per stream per sample: ~1 s of a 1.5 Mbit/s layer, enough for
-#: the TID shares (libwebrtc's VP8 layers split 40/20/40 %) to settle within a few percent.
-SAMPLE_PACKETS: Final = 128
-#: Seconds a sample stays valid: the allocator's own interval.
+#: Newest cached packets read per stream per sample: about half a second of a 1.5 Mbit/s
+#: layer, some 15 frames of every temporal layer, enough for the TID shares (libwebrtc's VP8
+#: layers split 40/20/40 %) to settle within a few percent.
+SAMPLE_PACKETS: Final = 64
+#: Seconds the measured layer bitrates stay valid: the allocator's own interval.
 SAMPLE_INTERVAL: Final = 0.5
+#: Seconds the temporal shares stay valid (sampling them is the costly part).
+SHARES_INTERVAL: Final = 2.0
+#: Bytes of a cached packet read to find its descriptor: RTP header, extensions, VP8 descriptor.
+_HEADER_BYTES: Final = 160
 #: VP8's TID field has two bits (RFC 7741 §4.2).
 MAX_TEMPORAL_LAYERS: Final = 4
 
@@ -81,13 +88,13 @@ def temporal_shares(stream: MeteredStream, kind: int, now: float) -> tuple[float
             cached = cache.get(seq, now)
             if cached is None:
                 continue
-            packet = bytes(cached)
+            head = bytes(cached[:_HEADER_BYTES])
             try:
-                tid = describe(kind, packet, payload_offset(packet)).temporal_id
+                tid = describe(kind, head, payload_offset(head)).temporal_id
             except ParseError:
                 continue
             layer = min(tid or 0, MAX_TEMPORAL_LAYERS - 1)
-            sizes[layer] += len(packet)
+            sizes[layer] += len(cached)
             seen = max(seen, layer)
     finally:
         cache.hits, cache.misses = hits, misses
@@ -106,11 +113,13 @@ def temporal_shares(stream: MeteredStream, kind: int, now: float) -> tuple[float
 class LayerRates:
     """One publication's measured layer bitrates, refreshed at most every ``SAMPLE_INTERVAL``."""
 
-    __slots__ = ("_at", "_rates")
+    __slots__ = ("_at", "_rates", "_shares")
 
     def __init__(self) -> None:
         self._at = float("-inf")
         self._rates: dict[int, tuple[float, ...]] = {}
+        #: Spatial layer -> (when sampled, cumulative temporal shares).
+        self._shares: dict[int, tuple[float, tuple[float, ...]]] = {}
 
     def measure(self, publication: MeteredPublication, now: float) -> dict[int, tuple[float, ...]]:
         """Spatial layer -> cumulative bits per second up to each of its temporal layers
@@ -122,12 +131,16 @@ class LayerRates:
             if not stream.active(now):
                 continue
             bps = float(stream.meter.bps(now))
-            shares = temporal_shares(stream, publication.stream_kind, now)
-            rates[layer] = tuple(bps * share for share in shares)
+            sampled = self._shares.get(layer)
+            if sampled is None or not 0 <= now - sampled[0] < SHARES_INTERVAL:
+                sampled = (now, temporal_shares(stream, publication.stream_kind, now))
+                self._shares[layer] = sampled
+            rates[layer] = tuple(bps * share for share in sampled[1])
         self._rates = rates
         self._at = now
         return rates
 
     def invalidate(self) -> None:
-        """Forget the sample (the next :meth:`measure` takes a new one)."""
+        """Forget the samples (the next :meth:`measure` takes new ones)."""
         self._at = float("-inf")
+        self._shares.clear()

@@ -262,8 +262,14 @@ def test_a_screen_share_is_its_own_publication_and_is_received() -> None:
         )
         assert entry is not None and entry["source"] == "screen"
         # The camera keeps flowing beside it, and the server knows which is which.
-        camera = remote_by(stats(viewer), pub_id, "video")
-        assert camera is not None and camera["source"] == "camera" and camera["framesDecoded"] > 0
+        videos = [
+            e
+            for e in stats(viewer)["remote"].values()
+            if e["participant"] == pub_id and e["kind"] == "video"
+        ]
+        assert sorted(e["source"] for e in videos) == ["camera", "screen"]
+        camera = next(e for e in videos if e["source"] == "camera")
+        assert camera["framesDecoded"] > 0
         sources = server.call(
             lambda: sorted(
                 s.publication.source for s in server.peer(room, viewer_id).subscriptions.values()

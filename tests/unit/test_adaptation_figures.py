@@ -42,6 +42,7 @@ def _series(
                 state="paused" if i in paused else "active",
                 audio_lost=0,
                 audio_received=50 * i,
+                tile_paused=i in paused,
             )
         )
     return out
@@ -61,6 +62,7 @@ def test_a_shed_to_the_low_layer_is_timed_and_stalls_count_as_frozen() -> None:
 def test_pauses_are_not_freezes_and_climbing_through_the_middle_is_seen() -> None:
     below = figures("below", 100, _series([LOW, 0, 0, 0, 0], paused={1, 2, 3, 4}))
     assert below.paused_s == 2.0 and below.frozen_s == 0.0 and below.paused_share == 1.0
+    assert below.tile_paused_share == 1.0
     up = figures("uncapped", None, _series([LOW, LOW, MID, MID, TOP, TOP]))
     assert up.time_to_top_s == 2.0 and up.saw_mid_before_top
     assert up.mid_share == pytest.approx(0.4)

@@ -21,7 +21,13 @@ from sfu.core.allocator import (
     ladder,
     priority_of,
 )
-from sfu.core.layer_rates import SAMPLE_INTERVAL, LayerRates, temporal_shares
+from sfu.core.layer_rates import (
+    SAMPLE_INTERVAL,
+    SAMPLE_PACKETS,
+    SHARES_INTERVAL,
+    LayerRates,
+    temporal_shares,
+)
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
 
@@ -297,7 +303,11 @@ def test_a_hint_change_is_counted_as_a_hint_not_congestion() -> None:
     assert changed.changes == ((sub, HINT),)
     # No congestion cooldown from a hint: the tile grows again and the layer follows once held.
     sub.set_preferences(None, None, False)
-    assert clock.at(NOW + 1 + UPGRADE_HOLD, 3_000_000).targets == {sub: TOP}
+    assert clock.at(NOW + 1.5, 3_000_000).targets == {sub: LOW}  # the hold defers it
+    grown = clock.at(NOW + 1 + UPGRADE_HOLD, 3_000_000)
+    assert grown.targets == {sub: TOP}
+    assert grown.changes == ((sub, HINT),)  # still the hint's doing
+    assert clock.allocator.switches == {CONGESTION: 0, UPGRADE: 0, HINT: 2}
 
 
 def test_stable_without_deficit_when_everything_fits() -> None:
@@ -315,3 +325,18 @@ def test_the_cooldown_holds_when_the_budget_goes_quiet() -> None:
     # The estimate stops signalling a limit (None): still no upgrade during the cooldown.
     assert clock.at(NOW + 5, None).targets == {sub: LOW}
     assert clock.at(NOW + 1 + CONGESTION_HOLD, None).targets == {sub: TOP}
+
+
+def test_temporal_shares_are_resampled_only_every_few_seconds() -> None:
+    sub = _video(temporal=True)
+    rates = LayerRates()
+    first = rates.measure(sub.publication, NOW)[0]
+    assert len(first) == 3
+    # The stream's temporal pattern changes (only TL0 now): the shares follow after the interval.
+    stream = sub.publication.layers[0]
+    for seq in range(64, 64 + SAMPLE_PACKETS):
+        packet = vp8_packet(stream.ssrc, seq, seq * 3000, keyframe=False, tid=0, payload=bytes(300))
+        stream.cache.put(packet, seq, NOW)
+    for t, layers in ((NOW + SAMPLE_INTERVAL, 3), (NOW + SHARES_INTERVAL, 1)):
+        _feed(sub.publication, t)  # still sending
+        assert len(rates.measure(sub.publication, t)[0]) == layers
