@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/default.toml
 # Debian packages the build and the tests need (installed only when missing).
 DEB_RUN  := gcc libssl-dev
-DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus
+DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus iproute2 coturn
 PYTEST_ARGS ?=
 
 SOURCES := pyproject.toml setup.py $(wildcard sfu/_fastpath/*.pyx sfu/_fastpath/*.pxd bench/*.pyx)

@@ -17,6 +17,12 @@ LIBRARIES: dict[str, list[str]] = {
     "_srtp": ["crypto"],
 }
 
+# Extra compiler flags per kernel: the estimator's kernel must do exactly the floating-point
+# operations its reference does (no fused multiply-add), so the two agree bit for bit.
+EXTRA_ARGS: dict[str, list[str]] = {
+    "_bwe": ["-ffp-contract=off"],
+}
+
 # The bench's compiled send/receive loops (``bench/_loadgen.pyx``) build beside the kernels.
 SOURCES = sorted(FASTPATH.glob("*.pyx")) + sorted(Path("bench").glob("*.pyx"))
 # SFU_BUILD_ONLY=_layers,_munger rebuilds just those modules (handy while editing one kernel).
@@ -26,7 +32,7 @@ extensions = [
     Extension(
         ".".join(pyx.with_suffix("").parts),
         [str(pyx)],
-        extra_compile_args=["-O3"],
+        extra_compile_args=["-O3", *EXTRA_ARGS.get(pyx.stem, [])],
         libraries=LIBRARIES.get(pyx.stem, []),
     )
     for pyx in SOURCES

@@ -4,6 +4,9 @@ Without ``--target`` the bench starts our server on loopback (pinned to one CPU 
 ``taskset`` when there are two or more, the generator on another); with ``--target URL`` it
 loads a running deployment (``--jwt-secret`` signs the join tokens). ``--vs janus`` runs the
 same load against Janus VideoRoom as well and reports both and their ratios.
+
+``python -m bench adaptation`` is different: Chromium subscribers in network namespaces behind
+a shaped downlink go through capacity phases (see :mod:`bench.adaptation`; needs root).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m bench",
         description="Load-test an SFU with synthetic WebRTC publishers and subscribers.",
     )
-    p.add_argument("scenario", choices=(*SCENARIOS, *LONG_RUNS))
+    p.add_argument("scenario", choices=(*SCENARIOS, *LONG_RUNS, "adaptation"))
     p.add_argument("--target", metavar="URL", help="a running server (default: start one locally)")
     p.add_argument(
         "--jwt-secret",
@@ -55,7 +58,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--find-max", action="store_true", help="raise the load until loss > 0.1%%")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE", help="PNG plot (default: next to --json)")
-    p.add_argument("--subscribers", type=int, default=50, help="fanout viewers (default 50)")
+    p.add_argument(
+        "--subscribers",
+        type=int,
+        help="fanout viewers (default 50); adaptation: synthetic unshaped viewers (default 10)",
+    )
+    p.add_argument(
+        "--impaired",
+        type=int,
+        default=1,
+        help="adaptation: Chromium viewers behind the shaped link",
+    )
+    p.add_argument(
+        "--phase-seconds", type=float, help="adaptation: seconds per phase (default 15-20)"
+    )
+    p.add_argument(
+        "--no-reference", action="store_true", help="adaptation: no unshaped Chromium viewer"
+    )
     p.add_argument("--participants", type=int, help="meeting (6) or audio room (50) size")
     p.add_argument("--speakers", type=int, default=3, help="audio: publishers (default 3)")
     p.add_argument("--packet-size", type=int, default=1200, help="top video packet size")
@@ -71,6 +90,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"],
     )
     p.add_argument("--bind", help="local address of the synthetic endpoints")
+    p.add_argument(
+        "--transport",
+        choices=["udp", "tcp"],
+        default="udp",
+        help="how subscribers reach the server: udp, or tcp (ICE-TCP); publishers use UDP",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sample", type=float, default=10.0, help="soak: seconds per sample")
@@ -94,7 +119,7 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
     bind = args.bind or ("127.0.0.1" if args.target is None else "0.0.0.0")
     return ScenarioConfig(
         scenario="fanout" if args.scenario in LONG_RUNS else args.scenario,
-        subscribers=args.subscribers,
+        subscribers=args.subscribers or 50,
         participants=args.participants,
         speakers=args.speakers,
         packet_size=args.packet_size,
@@ -107,6 +132,7 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
         max_total_s=args.max_time,
         srtp_profile=args.srtp_profile,
         bind_host=bind,
+        transport=args.transport,
     )
 
 
@@ -195,9 +221,47 @@ async def _run_long(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adaptation(args: argparse.Namespace) -> int:
+    """The ``adaptation`` scenario (its own runner and report)."""
+    from bench.adaptation import (
+        AdaptationConfig,
+        format_adaptation,
+        run_adaptation,
+        write_adaptation_json,
+    )
+
+    if args.vs or args.target or args.find_max:
+        print("python -m bench: adaptation runs our server locally only", file=sys.stderr)
+        return 2
+    try:
+        cfg = AdaptationConfig(
+            impaired=args.impaired,
+            synthetic=10 if args.subscribers is None else args.subscribers,
+            reference=not args.no_reference,
+            phase_s=args.phase_seconds,
+        )
+    except ValueError as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 2
+    bar = ProgressBar(enabled=not args.quiet)
+    result = asyncio.run(run_adaptation(cfg, bar))
+    bar.finish()
+    print(format_adaptation(result))
+    if args.json:
+        write_adaptation_json(args.json, result)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench; 0 on success."""
     args = parse_args(argv)
+    if args.scenario == "adaptation":
+        return _adaptation(args)
+    if args.vs and args.transport != "udp":
+        print(
+            "python -m bench: --transport tcp measures this server only (not --vs)", file=sys.stderr
+        )
+        return 2
     try:
         _config(args)
         if not 1 <= args.cycles <= 1_000_000 or not 1 <= args.concurrency <= 64:

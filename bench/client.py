@@ -1,6 +1,7 @@
 """A synthetic WebRTC endpoint: SDP, ICE (controlling), DTLS-SRTP, then media by the engine.
 
-One :class:`Endpoint` is one UDP socket and one BUNDLE transport, like one browser peer
+One :class:`Endpoint` is one UDP socket (or, with ``transport="tcp"``, one ICE-TCP connection
+to the server's passive candidate, RFC 6544/4571) and one BUNDLE transport, like one browser peer
 connection: a publisher sends Opus and/or three-layer VP8 simulcast (``a=rid`` +
 ``a=simulcast``, ``mid``/``rid`` header extensions on every packet); a subscriber receives.
 It offers (our SFU: WHIP/WHEP) or answers a server's offer (Janus subscribers). After
@@ -16,8 +17,11 @@ import asyncio
 import contextlib
 import importlib
 import secrets
+import selectors
 import socket
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +36,14 @@ from sfu.packet.rtcp import ReceiverReport, ReportBlock
 from sfu.packet.sdp import SessionDescription
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState, SrtpProfile
+from sfu.transport.tcp import FrameDecoder, FramingError, frame
 
 __all__ = [
     "IMPLEMENTATION",
     "Endpoint",
     "HandshakeError",
     "PublishPlan",
+    "TcpRelay",
     "loadgen",
 ]
 
@@ -119,10 +125,20 @@ class Endpoint:
     report_ssrc: int = field(default_factory=lambda: secrets.randbits(32) | 1)
     _last_report: float = 0.0
     _reported: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: "udp", or "tcp": ICE-TCP to the server's passive candidate (subscribers only: the
+    #: engine's senders write datagrams).
+    transport: str = "udp"
+    _decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    _frames: deque[bytes] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         family = socket.AF_INET6 if ":" in self.bind_host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        if self.transport not in ("udp", "tcp"):
+            raise ValueError(f"transport must be udp or tcp, got {self.transport!r}")
+        if self.transport == "tcp" and self.publish is not None:
+            raise ValueError("ICE-TCP endpoints only subscribe")
+        kind = socket.SOCK_STREAM if self.transport == "tcp" else socket.SOCK_DGRAM
+        self.sock = socket.socket(family, kind)
         try:
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
@@ -261,7 +277,9 @@ class Endpoint:
         family = self.sock.family
         for section in live:
             for cand in section.candidates:
-                if cand.transport.lower() != "udp" or cand.component != 1:
+                if cand.transport.lower() != self.transport or cand.component != 1:
+                    continue
+                if self.transport == "tcp" and cand.tcptype != "passive":
                     continue
                 v6 = ":" in cand.address
                 if v6 != (family == socket.AF_INET6):
@@ -271,7 +289,9 @@ class Endpoint:
             if self.remote_addr is not None:
                 break
         if self.remote_addr is None:
-            raise HandshakeError("the remote description has no usable UDP host candidate")
+            raise HandshakeError(
+                f"the remote description has no usable {self.transport.upper()} host candidate"
+            )
         for section in live:
             for ext in section.extmaps:
                 self.ext_ids.setdefault(ext.uri, ext.id)
@@ -297,6 +317,12 @@ class Endpoint:
 
     def _send(self, data: bytes) -> None:
         assert self.remote_addr is not None
+        if self.transport == "tcp":
+            # Control messages only (checks, DTLS, consent): small, so a full send buffer
+            # is the only way to lose one, as a datagram would be lost.
+            with contextlib.suppress(BlockingIOError, ConnectionError, OSError):
+                self.sock.send(frame(data))
+            return
         with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
             self.sock.send(data)
 
@@ -305,8 +331,14 @@ class Endpoint:
         contexts. Raises :class:`HandshakeError` on failure or after ``timeout`` seconds."""
         if self.remote_addr is None:
             raise HandshakeError("apply the remote description first")
-        self.sock.connect(self.remote_addr)
         loop = asyncio.get_running_loop()
+        if self.transport == "tcp":
+            try:
+                await asyncio.wait_for(loop.sock_connect(self.sock, self.remote_addr), timeout)
+            except (OSError, TimeoutError) as exc:
+                raise HandshakeError(f"ICE-TCP: cannot connect ({exc})") from None
+        else:
+            self.sock.connect(self.remote_addr)
         deadline = time.monotonic() + timeout
         request_at = 0.0
         while True:
@@ -357,10 +389,27 @@ class Endpoint:
         self._dtls = dtls  # keep it: a retransmitted server Finished must still be answered
 
     async def _recv(self, loop: asyncio.AbstractEventLoop, wait: float) -> bytes | None:
+        if self.transport == "tcp":
+            return await self._recv_frame(loop, wait)
         try:
             return await asyncio.wait_for(loop.sock_recv(self.sock, 2048), max(0.001, wait))
         except (TimeoutError, ConnectionRefusedError):
             return None
+
+    async def _recv_frame(self, loop: asyncio.AbstractEventLoop, wait: float) -> bytes | None:
+        if self._frames:
+            return self._frames.popleft()
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), max(0.001, wait))
+        except (TimeoutError, ConnectionError):
+            return None
+        if not data:
+            raise HandshakeError("ICE-TCP: the server closed the connection")
+        try:
+            self._frames.extend(self._decoder.feed(data))
+        except FramingError as exc:
+            raise HandshakeError(f"ICE-TCP: bad framing from the server ({exc.reason})") from None
+        return self._frames.popleft() if self._frames else None
 
     def _on_stun(self, data: bytes) -> str:
         """Handle one STUN message: answer a Binding request, note a success response."""
@@ -473,6 +522,68 @@ def report_blocks(
         blocks.append(ReportBlock(ssrc, fraction, cumulative, highest & 0xFFFFFFFF, 0, 0, 0))
         remembered[ssrc] = (expected, unique)
     return blocks, remembered
+
+
+class TcpRelay:
+    """Hands ICE-TCP subscribers' media to the engine, which reads datagram sockets.
+
+    One thread reads every ICE-TCP endpoint's connection, splits the RFC 4571 frames and
+    writes each one as a datagram into a socketpair whose other end the engine drains as
+    that receiver's socket (accounting, latency and control messages as for UDP). The relay
+    runs in the generator's process: it costs generator CPU, never the server's.
+    """
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pairs: list[socket.socket] = []
+
+    def attach(self, ep: Endpoint) -> socket.socket:
+        """The socket the engine should drain for ``ep`` (its frames arrive there)."""
+        engine_side, relay_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(OSError):
+            engine_side.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
+        engine_side.setblocking(False)
+        self._pairs += [engine_side, relay_side]
+        for pending in ep._frames:  # what arrived during the handshake
+            with contextlib.suppress(OSError):
+                relay_side.send(pending)
+        ep._frames.clear()
+        self._selector.register(ep.sock, selectors.EVENT_READ, (ep, relay_side))
+        return engine_side
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ice-tcp-relay", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(timeout=0.1):
+                ep, out = key.data
+                try:
+                    data = ep.sock.recv(262144)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._selector.unregister(ep.sock)
+                    continue
+                try:
+                    for payload in ep._decoder.feed(data):
+                        with contextlib.suppress(OSError):
+                            out.send(payload)
+                except FramingError:
+                    self._selector.unregister(ep.sock)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        self._selector.close()
+        for sock in self._pairs:
+            sock.close()
 
 
 def _wants_keyframe(compound: bytes) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench._loadgen_py import KIND_AUDIO, KIND_VIDEO, StreamSpec, min_packet_size, percentile_ns
-from bench.client import IMPLEMENTATION, Endpoint, PublishPlan, loadgen
+from bench.client import IMPLEMENTATION, Endpoint, PublishPlan, TcpRelay, loadgen
 from bench.targets import Target, proc_cpu_seconds
 from sfu.packet.extensions import MID_URI, RID_URI
 from sfu.transport.certificate import Certificate
@@ -77,6 +77,8 @@ class ScenarioConfig:
     step_factor: float = 1.5
     srtp_profile: str = "SRTP_AEAD_AES_128_GCM"
     bind_host: str = "127.0.0.1"
+    #: How subscribers reach the server: "udp", or "tcp" (ICE-TCP; publishers stay on UDP).
+    transport: str = "udp"
     room: str = field(default_factory=lambda: "bench-" + secrets.token_hex(4))
 
     def __post_init__(self) -> None:
@@ -96,6 +98,7 @@ class ScenarioConfig:
             (1 <= self.max_steps <= 50, "max steps must be in [1, 50]"),
             (1.05 <= self.step_factor <= 4, "step factor must be in [1.05, 4]"),
             (len(self.video_kbps) in (1, 2, 3), "1 to 3 video layers"),
+            (self.transport in ("udp", "tcp"), "transport must be udp or tcp"),
         ]
         if self.scenario == "meeting":
             checks.append((2 <= self.participants <= 40, "meeting needs 2..40 participants"))
@@ -299,6 +302,7 @@ class _Session:
         self.receivers: list[int] = []
         self.sessions: list[Any] = []
         self.connected: list[Endpoint] = []
+        self.relay: TcpRelay | None = None
 
     async def setup(self, plan: Plan) -> None:
         """Publish, subscribe and connect everything (bounded concurrency and time)."""
@@ -329,16 +333,24 @@ class _Session:
                 )
             )
             for ep in subs:
-                index = self.engine.add_receiver(ep.sock, ep.srtp_in)
+                sock = ep.sock
+                if ep.transport == "tcp":
+                    if self.relay is None:
+                        self.relay = TcpRelay()
+                    sock = self.relay.attach(ep)
+                index = self.engine.add_receiver(sock, ep.srtp_in)
                 self.by_index[index] = ep
                 self.receivers.append(index)
+            if self.relay is not None:
+                self.relay.start()
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
 
     def _endpoint(self, publish: PublishPlan | None) -> Endpoint:
-        ep = Endpoint(self.cert, publish, self.cfg.bind_host, self.profiles)
+        transport = self.cfg.transport if publish is None else "udp"
+        ep = Endpoint(self.cert, publish, self.cfg.bind_host, self.profiles, transport=transport)
         self.endpoints.append(ep)
         return ep
 
@@ -407,6 +419,8 @@ class _Session:
     async def close(self) -> None:
         """End every session on the target and close the sockets."""
         await asyncio.gather(*(self.target.close(s) for s in self.sessions))
+        if self.relay is not None:
+            self.relay.close()
         for ep in self.endpoints:
             ep.close()
 

@@ -141,6 +141,8 @@ class SfuTarget:
     url: str | None = None
     jwt_secret: str | None = None
     server_cpu: int | None = None
+    #: The local server's HTTP and media address (a network-namespace lab's gateway, say).
+    host: str = "127.0.0.1"
     max_participants: int = 1000
     name: str = "sfu"
     server_offers: bool = False
@@ -185,8 +187,8 @@ class SfuTarget:
 
     def _config_text(self, secret: str, tmp: str) -> str:
         return (
-            '[http]\nhost = "127.0.0.1"\nport = 0\n'
-            '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
+            f'[http]\nhost = "{self.host}"\nport = 0\n'
+            f'[media]\nudp_host = "{self.host}"\nudp_port = 0\n'
             "max_transports = 20000\nmax_pending_transports = 2000\n"
             # The whole load comes from one address and a few identities by design.
             "max_pending_per_source = 2000\nmax_pending_per_identity = 2000\n"
@@ -195,6 +197,8 @@ class SfuTarget:
             f"[rooms]\nwaiting_room = false\nmax_participants = {self.max_participants}\n"
             f'[audit]\npath = "{tmp}/audit"\n'
             "[metrics]\nenabled = true\n"
+            # The unauthenticated echo service is for loopback only.
+            + ("" if self.host.startswith("127.") else "[echo]\nenabled = false\n")
         )
 
     async def _wait_listening(self) -> str:
@@ -244,6 +248,10 @@ class SfuTarget:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+    def join_token(self, room: str, identity: str, grants: Grant) -> str:
+        """A join token for ``identity`` in ``room`` (for browser pages: ``?token=``)."""
+        return self._token(room, identity, grants)
 
     def _token(self, room: str, identity: str, grants: Grant) -> str:
         assert self.jwt_secret is not None

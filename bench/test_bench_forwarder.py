@@ -26,11 +26,12 @@ def _bench_forward(
     subs: int,
     payload_size: int,
     ext: Callable[[int], bytes],
+    stamped: int | None = None,
 ) -> None:
     """Time the forwarder per ingress SRTP packet: a VP8 packet of the top video SSRC with
     ``payload_size`` bytes of payload and extension block ``ext(i)``, fanned out to ``subs``
     subscribers aimed at that layer."""
-    world = World(kernels, subs=subs)
+    world = World(kernels, subs=subs, stamped=stamped)
     for sub in world.video_subs:
         sub.selector.set_target(0, None)
     client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
@@ -70,6 +71,18 @@ def test_forward_1200b_gcm_extensions(benchmark: BenchmarkFixture, each_kernels:
     browser sends, which the forwarder reads (transport-wide CC) and rewrites per subscriber
     (ids, abs-send-time)."""
     _bench_forward(benchmark, each_kernels, 10, 1140, _browser_extensions)
+
+
+@pytest.mark.parametrize("stamping", ["off", "on"])
+def test_forward_1200b_gcm_twcc(
+    benchmark: BenchmarkFixture, each_kernels: Kernels, stamping: str
+) -> None:
+    """As test_forward_1200b_gcm_extensions (10 subscribers, a browser's extension block) with
+    transport-wide CC stamping off (no subscriber negotiated it: the publisher's element is
+    hidden) or on (every copy gets its transport's next sequence number and is recorded in
+    its send history): the cost of egress TWCC per packet."""
+    stamped = 10 if stamping == "on" else 0
+    _bench_forward(benchmark, each_kernels, 10, 1140, _browser_extensions, stamped)
 
 
 def test_selector_decide(benchmark: BenchmarkFixture, each_kernels: Kernels) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from typing import Final
@@ -21,6 +22,7 @@ from sfu.config import Config
 from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels, default_kernels
 from sfu.echo import EchoService
+from sfu.io.address_check import address_warnings, read_rmem_max
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import (
     ConnectionLimiter,
@@ -29,22 +31,29 @@ from sfu.io.http_limits import (
     raise_file_limit,
 )
 from sfu.io.memory import HeapTrimmer, libc_malloc_trim
-from sfu.io.udp import Address, MediaSocket, open_media_socket
+from sfu.io.tcp import IceTcpListener, open_ice_tcp_listener
+from sfu.io.udp import SOCKET_BUFFER_BYTES, Address, MediaSocket, open_media_socket
 from sfu.logging_setup import configure_logging
 from sfu.metrics.collector import MetricSources
 from sfu.metrics.http import add_metrics_route, build_registry
 from sfu.metrics.loop_lag import LoopLagMonitor
+from sfu.negotiation import HostCandidate
 from sfu.room.persistence import RoomStateStore, StateError
 from sfu.room.security import RoomSecurity
 from sfu.room.service import RoomService
 from sfu.signaling.admin_http import add_admin_routes
 from sfu.signaling.auth import signing_secret
+from sfu.signaling.cors import add_cors
 from sfu.signaling.echo_http import add_echo_routes
 from sfu.signaling.room_ws import JoinGuard, RoomSockets, add_room_routes
+from sfu.signaling.turn import TurnCredentials, turn_relay_hosts
 from sfu.signaling.web_http import add_web_routes
 from sfu.signaling.whip_http import HttpSessions, add_whip_routes
 from sfu.transport.certificate import Certificate
+from sfu.transport.ice import is_tcp
 from sfu.transport.port import MediaPort
+from sfu.transport.tcp import IceTcpGate
+from sfu.transport.transport import WebRtcTransport
 
 __all__ = [
     "DatagramSink",
@@ -179,12 +188,26 @@ class Server:
         #: The forwarder that carries established media, and its control-plane bookkeeping.
         self.dataplane = build_data_plane(config.media.max_transports, self.kernels)
         connect_data_plane(self.port, self.dataplane)
+        release = self.port.on_transport_closed
+
+        def closed(transport: WebRtcTransport) -> None:
+            release(transport)
+            self._log_failure(transport)
+
+        self.port.on_transport_closed = closed
+        #: The TURN relays' addresses: peers coming from them count as relayed candidates.
+        self.port.counters.relay_hosts = turn_relay_hosts(config.turn.urls)
+        #: ICE-TCP connections' framing, limits and timeouts (the listener feeds it).
+        self.tcp_gate = IceTcpGate(self.port.is_authenticated)
         self.sink = DatagramSink(self.port)
         self.echo: EchoService | None = None
         self.rooms: RoomService | None = None
         self.sockets = RoomSockets()
         self.http_sessions = HttpSessions()
         self._udp: MediaSocket | None = None
+        self._tcp: IceTcpListener | None = None
+        #: Short-lived TURN credentials for clients (TURN REST API), when [turn] is set.
+        self.turn = TurnCredentials(config.turn)
         self._timer_task: asyncio.Task[None] | None = None
         self._draining = False
         self.loop_lag = LoopLagMonitor()
@@ -225,6 +248,7 @@ class Server:
                 draining=lambda: self._draining,
                 signaling_connections=lambda: len(self.sockets.open),
                 http_limits=lambda: self.http_limits,
+                tcp_gate=lambda: self.tcp_gate,
             )
         )
         if config.metrics.enabled:
@@ -283,8 +307,71 @@ class Server:
         """The bound operations listener addresses (empty when off or not listening)."""
         return self._ops.addresses if self._ops is not None else []
 
+    @property
+    def tcp_address(self) -> Address | None:
+        """The bound ICE-TCP address (None when ICE-TCP is off or not started)."""
+        return self._tcp.local_address if self._tcp is not None else None
+
+    def candidates(self) -> list[HostCandidate]:
+        """Our host candidates: UDP on every announced address, then ICE-TCP on each."""
+        hosts = self.config.announced_addresses()
+        out: list[HostCandidate] = [(host, self.media_address[1]) for host in hosts]
+        if self._tcp is not None:
+            tcp_port = int(self._tcp.local_address[1])
+            out += [(host, tcp_port, "tcp") for host in hosts]
+        return out
+
+    def _log_failure(self, transport: WebRtcTransport) -> None:
+        """One INFO line per transport that failed to connect; its peer only with debug on."""
+        failure = transport.failure
+        if failure is None:
+            return
+        stage, reason = failure.value
+        peer = ""
+        address = transport.ice.selected_address
+        if self.config.logging.debug_personal_data and address is not None:
+            peer = f" peer={format_address((address[0], address[1]))}"
+        log.info(
+            "transport failed to connect: stage=%s reason=%s candidate=%s%s",
+            stage,
+            reason,
+            transport.candidate_type,
+            peer,
+        )
+
+    def _ice_servers(self) -> list[dict[str, object]]:
+        server = self.turn.issue(wall_now=time.time())
+        return [] if server is None else [server.to_json()]
+
+    def _pump(self, sock: socket.socket, now: float) -> list[tuple[bytes, Address]]:
+        """The media socket's reader: the forwarder's batch, then its ICE-TCP egress."""
+        slow = self.dataplane.forwarder.pump(sock, now)
+        self._send_framed()
+        return slow
+
+    def _tcp_datagram(self, data: bytes, addr: Address) -> None:
+        """One datagram from an ICE-TCP connection: the forwarder first (media of registered
+        streams is forwarded as from UDP), the rest to the port like any slow-path datagram."""
+        slow, egress = self.dataplane.forwarder.process(((data, addr),), clock.now())
+        if egress and self._udp is not None:
+            for packet, destination in egress:
+                self._udp.sendto(packet, destination)
+        self._send_framed()
+        for packet, source in slow:
+            self.sink(packet, source)
+
+    def _send_framed(self) -> None:
+        """Write what the forwarder sent to ICE-TCP transports to their connections."""
+        framed = self.dataplane.forwarder.drain_framed()
+        if framed and self._tcp is not None:
+            for packet, destination in framed:
+                self._tcp.sendto(packet, destination)
+
     def _send_datagram(self, data: bytes, addr: Address) -> None:
-        if self._udp is not None:
+        if is_tcp(addr):
+            if self._tcp is not None:
+                self._tcp.sendto(data, addr)
+        elif self._udp is not None:
             self._udp.sendto(data, addr)
 
     async def _run_timers(self) -> None:
@@ -307,19 +394,34 @@ class Server:
         """Bind the media socket, then the HTTP listener; log the bound addresses."""
         media, http = self.config.media, self.config.http
         self._udp = await open_media_socket(
-            media.udp_host,
-            media.udp_port,
-            self.dataplane.forwarder.pump,
-            self.sink,
-            clock.now,
+            media.udp_host, media.udp_port, self._pump, self.sink, clock.now
         )
-        media_port = self._udp.local_address[1]
         log.info("media listening on udp %s", format_address(self._udp.local_address))
-        log.info("announcing media addresses: %s", ", ".join(self.config.announced_addresses()))
+        if media.tcp_enabled:
+            self._tcp = await open_ice_tcp_listener(
+                media.udp_host, media.tcp_port, self.tcp_gate, self._tcp_datagram, clock.now
+            )
+            self._tcp.on_closed = self.port.connection_closed
+            log.info("ICE-TCP listening on tcp %s", format_address(self._tcp.local_address))
+        for warning in address_warnings(
+            self.config.announced_addresses(),
+            udp_host=media.udp_host,
+            nat_mapping=media.nat_mapping,
+            wanted_buffer=SOCKET_BUFFER_BYTES,
+            rmem_max=read_rmem_max(),
+        ):
+            log.warning("self-check: %s", warning)
+        log.info(
+            "announcing ICE candidates: %s",
+            ", ".join(
+                f"{c[2] if len(c) == 3 else 'udp'} {format_address((c[0], c[1]))}"
+                for c in self.candidates()
+            ),
+        )
         if not self.config.auth.jwt_secret:
             log.info("auth: no jwt_secret configured; using a random key for this process")
+        candidates = self.candidates()
         if self.config.echo.enabled:
-            candidates = [(host, media_port) for host in self.config.announced_addresses()]
             self.echo = EchoService(self.port, candidates)
             add_echo_routes(
                 self.http_app,
@@ -328,7 +430,6 @@ class Server:
                 trusted_proxies=self.config.http.trusted_proxies,
             )
             log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
-        candidates = [(host, media_port) for host in self.config.announced_addresses()]
         # Meeting security: room policies, bans, audit log, password limits, admin API.
         security = RoomSecurity.from_config(self.config, now=clock.now(), wall=time.time())
         self.room_state = security.state
@@ -342,6 +443,8 @@ class Server:
             audit=security.audit,
             dataplane=self.dataplane,
             kernels=self.kernels,
+            resume_grace_s=self.config.rooms.resume_grace_s,
+            ice_servers=self._ice_servers if self.turn.enabled else None,
         )
         auth = self.config.auth
         add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)
@@ -362,7 +465,9 @@ class Server:
             auth=auth,
             clock=clock.now,
             trusted_proxies=self.config.http.trusted_proxies,
+            turn=self.turn,
         )
+        add_cors(self.http_app, self.config.http.cors_origins)
         add_web_routes(self.http_app, token_secret=self.token_secret, dev_tokens=auth.dev_tokens)
         if auth.dev_tokens:
             log.info("development tokens enabled at POST /dev-token (loopback only)")
@@ -432,6 +537,8 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer_task
             self._timer_task = None
+        if self._tcp is not None:
+            await self._tcp.close()
         if self._udp is not None:
             await self._udp.close()
         await self._http.close()

@@ -84,6 +84,9 @@ class HttpConfig:
     ops_port: int = -1
     #: Address of the operations listener; empty means ``http.host``.
     ops_host: str = ""
+    #: Other web origins (``scheme://host[:port]``) whose pages may call WHIP/WHEP and the
+    #: room protocol's HTTP endpoints (CORS); the server's own origin needs no entry.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,26 @@ class MediaConfig:
     #: Seconds a new transport waits for its first valid ICE check before it fails (and
     #: frees its pending place); browsers check within milliseconds of the answer.
     ice_connect_timeout_s: float = 10.0
+    #: Offer ICE-TCP (RFC 6544 passive candidates) beside UDP, for clients whose network
+    #: drops UDP; announced with a lower priority than UDP.
+    tcp_enabled: bool = True
+    #: TCP port of ICE-TCP on ``udp_host``; 0 picks a free port (logged at start).
+    tcp_port: int = 0
+    #: The announced addresses reach this host through a 1:1 NAT (cloud public IPs): the
+    #: start-up self-check then does not warn that they are not local.
+    nat_mapping: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """A TURN server (coturn) beside the SFU, with TURN REST API credentials (shared secret)."""
+
+    #: ``turn:``/``turns:`` URLs handed to clients (UDP, TCP and TLS); empty turns TURN off.
+    urls: tuple[str, ...] = ()
+    #: coturn's ``static-auth-secret``; kept out of ``repr``. Required when ``urls`` is set.
+    secret: str = field(default="", repr=False)
+    #: Seconds a handed-out credential stays valid.
+    ttl_s: int = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +212,9 @@ class RoomsConfig:
     #: working directory. Empty keeps them in memory only (they vanish on restart; the
     #: server says so at start).
     state_dir: str = ""
+    #: Seconds a participant whose signaling connection dropped keeps its place, so that a
+    #: rejoin with the same identity resumes the session instead of leaving and joining.
+    resume_grace_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +241,7 @@ class Config:
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
 
     def announced_addresses(self) -> tuple[str, ...]:
         """Addresses to put into ICE candidates: the configured list, else the bind host."""
@@ -372,6 +399,8 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
 
     port("http", "port")
     port("media", "udp_port")
+    port("media", "tcp_port")
+    errors.extend(_validate_reach(values, label))
 
     host = values["http"].get("host")
     if host is not None and not host.strip():
@@ -485,6 +514,57 @@ def _validate_rooms(
     if path is not None and ("\x00" in path or (path and not path.strip())):
         err("audit.path", "must be a directory path, or empty to turn the audit log off")
     return errors
+
+
+#: URL schemes of ``turn.urls`` (RFC 7065).
+_TURN_SCHEMES: Final = ("turn:", "turns:")
+#: Shortest accepted ``turn.secret`` (coturn's static-auth-secret): an HMAC key.
+MIN_TURN_SECRET_BYTES: Final = 16
+
+
+def _validate_reach(
+    values: dict[str, dict[str, Any]], label: dict[str, str]
+) -> list[tuple[str, str]]:
+    """Checks of ``[turn]``, ``http.cors_origins`` and ``rooms.resume_grace_s``."""
+    errors: list[tuple[str, str]] = []
+
+    def err(path: str, message: str) -> None:
+        errors.append((label.get(path, path), message))
+
+    turn = values["turn"]
+    urls = turn.get("urls") or ()
+    for i, url in enumerate(urls):
+        if not url.startswith(_TURN_SCHEMES) or any(c.isspace() for c in url):
+            where = label.get("turn.urls", "turn.urls")
+            errors.append((f"{where}[{i}]", f"must be a turn: or turns: URL, got {url!r}"))
+    secret = turn.get("secret", "")
+    if urls and len(secret.encode()) < MIN_TURN_SECRET_BYTES:
+        err("turn.secret", f"must be at least {MIN_TURN_SECRET_BYTES} bytes when turn.urls is set")
+    ttl = turn.get("ttl_s")
+    if ttl is not None and not 60 <= ttl <= 86400:
+        err("turn.ttl_s", f"must be between 60 and 86400 seconds, got {ttl}")
+    for i, origin in enumerate(values["http"].get("cors_origins") or ()):
+        if not _is_origin(origin):
+            where = label.get("http.cors_origins", "http.cors_origins")
+            errors.append(
+                (f"{where}[{i}]", f"must be an origin like https://app.example, got {origin!r}")
+            )
+    grace = values["rooms"].get("resume_grace_s")
+    if grace is not None and not (math.isfinite(grace) and 0 <= grace <= 300):
+        err("rooms.resume_grace_s", f"must be between 0 and 300 seconds, got {grace}")
+    return errors
+
+
+def _is_origin(text: str) -> bool:
+    """``scheme://host[:port]`` with nothing after it (RFC 6454 serialisation)."""
+    scheme, sep, rest = text.partition("://")
+    return (
+        scheme in ("http", "https")
+        and bool(sep)
+        and bool(rest)
+        and not any(c in rest for c in "/?#@ ")
+        and text == text.strip()
+    )
 
 
 def _validate_auth(

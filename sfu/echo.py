@@ -22,6 +22,7 @@ from sfu.core.publication import new_ssrc
 from sfu.negotiation import (
     DEFAULT_HEADER_EXTENSIONS,
     CodecPreferences,
+    HostCandidate,
     NegotiatedSession,
     NegotiationError,
     SendStream,
@@ -154,7 +155,7 @@ class EchoSession:
 class EchoService:
     """Creates and ends echo sessions on a media port."""
 
-    def __init__(self, port: MediaPort, candidates: Sequence[tuple[str, int]]) -> None:
+    def __init__(self, port: MediaPort, candidates: Sequence[HostCandidate]) -> None:
         self._port = port
         self._candidates = list(candidates)
         self.sessions: dict[str, EchoSession] = {}

@@ -13,7 +13,16 @@ import os
 from sfu._fastpath._srtp_shared import SrtpError
 
 #: The compiled data-plane modules besides the two imported here (sfu.core.kernels loads them).
-COMPILED_MODULES = ("_cache", "_extensions", "_forward", "_layers", "_munger", "_rtp", "_vp8")
+COMPILED_MODULES = (
+    "_bwe",
+    "_cache",
+    "_extensions",
+    "_forward",
+    "_layers",
+    "_munger",
+    "_rtp",
+    "_vp8",
+)
 
 IMPLEMENTATION: str
 if os.environ.get("SFU_NO_EXTENSIONS", "") not in ("", "0"):

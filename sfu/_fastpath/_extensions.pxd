@@ -18,6 +18,8 @@ cdef struct ext_rewriter_t:
     unsigned char one[16]           # one-byte form (RFC 8285 §4.2): source id -> subscriber id
     unsigned char two[256]          # two-byte form (RFC 8285 §4.3): source id -> subscriber id
     unsigned char abs_ids[256]      # 1 for source ids whose element is restamped abs-send-time
+    unsigned char twcc[256]         # 1 for source ids whose element is transport-cc
+    unsigned char twcc_dest         # the subscriber's transport-cc id (0: never stamped)
 
 
 cdef class ExtensionRewriter:
@@ -25,6 +27,7 @@ cdef class ExtensionRewriter:
     cdef readonly bytes _one        # the tables as the reference keeps them, for its apply on
     cdef readonly bytes _two        # buffers the C path cannot take (read-only, non-contiguous)
     cdef readonly frozenset _abs_ids
+    cdef readonly frozenset _twcc_ids
 
 
 # Rewrite the extension ids of the RTP packet ``buf[:length]`` in place (every access stays
@@ -34,6 +37,7 @@ cdef void ext_apply(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t leng
 
 # ext_apply on the rewritten copy ``buf`` (``v.size`` bytes) of a packet parsed into ``v``
 # (``_rtp.pxd``), whose framing the rewrite accepted (``rtp_rewritable``): the block's place
-# comes from the parse instead of the header bytes.
-cdef void ext_apply_view(const ext_rewriter_t* r, unsigned char* buf, const rtp_view_t* v,
-                         unsigned int abs_send_time) noexcept nogil
+# comes from the parse instead of the header bytes. With ``twcc_seq`` >= 0 the packet's
+# transport-cc element is restamped with it (see ext_tables); returns 1 when it was.
+cdef int ext_apply_view(const ext_rewriter_t* r, unsigned char* buf, const rtp_view_t* v,
+                        unsigned int abs_send_time, int twcc_seq) noexcept nogil

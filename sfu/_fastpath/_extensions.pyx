@@ -19,12 +19,15 @@ assert (ONE_BYTE_PROFILE, ONE_BYTE_STOP_ID) == (_ONE_BYTE_PROFILE, _ONE_BYTE_STO
 
 cdef int _ext_walk(const ext_rewriter_t* r, unsigned char* buf, unsigned int profile,
                    Py_ssize_t pos, Py_ssize_t end, Py_ssize_t cap,
-                   unsigned int abs_send_time) noexcept nogil:
-    """The reference's element loop over the block body ``buf[pos:end]``; returns
-    _OUT_OF_RANGE where its next access would leave a buffer of ``cap`` bytes."""
+                   unsigned int abs_send_time, int twcc_seq) noexcept nogil:
+    """The reference's element loop over the block body ``buf[pos:end]``; returns 1 when it
+    stamped ``twcc_seq``, else 0, or _OUT_OF_RANGE where its next access would leave a buffer
+    of ``cap`` bytes."""
     cdef Py_ssize_t size, k
     cdef unsigned int b, ext_id
     cdef unsigned char stamp[3]
+    cdef int stamped = 0
+    cdef bint stamping = twcc_seq >= 0 and r.twcc_dest != 0
     stamp[0] = (abs_send_time >> 16) & 0xFF
     stamp[1] = (abs_send_time >> 8) & 0xFF
     stamp[2] = abs_send_time & 0xFF
@@ -38,10 +41,22 @@ cdef int _ext_walk(const ext_rewriter_t* r, unsigned char* buf, unsigned int pro
                 continue
             ext_id = b >> 4
             if ext_id == _ONE_BYTE_STOP_ID:
-                return 0
+                return stamped
             size = (b & 0x0F) + 1
             if pos + 1 + size > end:
-                return 0
+                return stamped
+            if (stamping and r.twcc[ext_id] and size == 2 and not stamped
+                    and r.twcc_dest < _ONE_BYTE_STOP_ID):
+                buf[pos] = (r.twcc_dest << 4) | 1
+                if pos + 1 >= cap:
+                    return _OUT_OF_RANGE
+                buf[pos + 1] = (twcc_seq >> 8) & 0xFF
+                if pos + 2 >= cap:
+                    return _OUT_OF_RANGE
+                buf[pos + 2] = twcc_seq & 0xFF
+                stamped = 1
+                pos += 3
+                continue
             buf[pos] = (r.one[ext_id] << 4) | (b & 0x0F)
             if r.abs_ids[ext_id] and size == 3:
                 for k in range(3):
@@ -58,12 +73,23 @@ cdef int _ext_walk(const ext_rewriter_t* r, unsigned char* buf, unsigned int pro
                 pos += 1
                 continue
             if pos + 1 >= end:
-                return 0
+                return stamped
             if pos + 1 >= cap:
                 return _OUT_OF_RANGE
             size = buf[pos + 1]
             if pos + 2 + size > end:
-                return 0
+                return stamped
+            if stamping and r.twcc[ext_id] and size == 2 and not stamped:
+                buf[pos] = r.twcc_dest
+                if pos + 2 >= cap:
+                    return _OUT_OF_RANGE
+                buf[pos + 2] = (twcc_seq >> 8) & 0xFF
+                if pos + 3 >= cap:
+                    return _OUT_OF_RANGE
+                buf[pos + 3] = twcc_seq & 0xFF
+                stamped = 1
+                pos += 4
+                continue
             buf[pos] = r.two[ext_id]
             if r.abs_ids[ext_id] and size == 3:
                 for k in range(3):
@@ -71,11 +97,11 @@ cdef int _ext_walk(const ext_rewriter_t* r, unsigned char* buf, unsigned int pro
                         return _OUT_OF_RANGE
                     buf[pos + 2 + k] = stamp[k]
             pos += 2 + size
-    return 0
+    return stamped
 
 
 cdef int _ext_run(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length,
-                  Py_ssize_t cap, unsigned int abs_send_time) noexcept nogil:
+                  Py_ssize_t cap, unsigned int abs_send_time, int twcc_seq) noexcept nogil:
     """The reference's ``apply`` on a buffer of ``cap`` bytes: same reads and writes in the same
     order; returns _OUT_OF_RANGE where the reference's next access would leave the buffer.
     (The Python entry point: it locates the block itself, on a packet nobody has parsed.)"""
@@ -93,22 +119,22 @@ cdef int _ext_run(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length
     if length < end:
         end = length
     return _ext_walk(r, buf, (buf[start] << 8) | buf[start + 1], start + 4, end, cap,
-                     abs_send_time)
+                     abs_send_time, twcc_seq)
 
 
 cdef void ext_apply(const ext_rewriter_t* r, unsigned char* buf, Py_ssize_t length,
                     unsigned int abs_send_time) noexcept nogil:
-    _ext_run(r, buf, length, length, abs_send_time)
+    _ext_run(r, buf, length, length, abs_send_time, -1)
 
 
-cdef void ext_apply_view(const ext_rewriter_t* r, unsigned char* buf, const rtp_view_t* v,
-                         unsigned int abs_send_time) noexcept nogil:
+cdef int ext_apply_view(const ext_rewriter_t* r, unsigned char* buf, const rtp_view_t* v,
+                        unsigned int abs_send_time, int twcc_seq) noexcept nogil:
     # The rewritten copy keeps the parsed packet's layout, and a rewritable parse has its
     # block inside the packet: the walk needs no bounds beyond the block's own.
     if r.identity or not v.has_ext:
-        return
-    _ext_walk(r, buf, <unsigned int>v.ext_profile, v.ext_start, v.ext_end, v.size,
-              abs_send_time)
+        return 0
+    return _ext_walk(r, buf, <unsigned int>v.ext_profile, v.ext_start, v.ext_end, v.size,
+                     abs_send_time, twcc_seq)
 
 
 cdef class ExtensionRewriter:
@@ -122,12 +148,15 @@ cdef class ExtensionRewriter:
         self._one = tables.one
         self._two = tables.two
         self._abs_ids = tables.abs_ids
+        self._twcc_ids = tables.twcc_ids
         cdef int i
         for i in range(16):
             self.r.one[i] = self._one[i]
         for i in range(256):
             self.r.two[i] = self._two[i]
             self.r.abs_ids[i] = i in self._abs_ids
+            self.r.twcc[i] = i in self._twcc_ids
+        self.r.twcc_dest = tables.twcc_dest
         self.r.identity = tables.identity
 
     @property
@@ -139,21 +168,25 @@ cdef class ExtensionRewriter:
     def identity(self, value):
         self.r.identity = bool(value)
 
-    def apply(self, buf, length, abs_send_time) -> None:
+    def apply(self, buf, length, abs_send_time, twcc_seq=-1) -> bool:
         """Rewrite the extension ids of the RTP packet ``buf[:length]`` (already validated by
-        the rewrite kernel); ``abs_send_time`` is the 24-bit 6.18 send time to stamp."""
+        the rewrite kernel); ``abs_send_time`` is the 24-bit 6.18 send time to stamp; with
+        ``twcc_seq`` >= 0 the transport-cc element carries it (returns whether it did)."""
         if self.r.identity:
-            return
+            return False
         cdef unsigned char[::1] mv
         try:
             mv = buf
         except (TypeError, ValueError, BufferError):  # read-only or non-contiguous
-            apply_tables(self._one, self._two, self._abs_ids, buf, length, abs_send_time)
-            return
+            return apply_tables(self._one, self._two, self._abs_ids, buf, length,
+                                abs_send_time, self._twcc_ids, self.r.twcc_dest, twcc_seq)
         cdef Py_ssize_t cap = mv.shape[0]
         cdef unsigned char dummy = 0
         cdef unsigned char* p = &mv[0] if cap > 0 else &dummy
         cdef Py_ssize_t n = length
         cdef unsigned int stamp = abs_send_time & 0xFFFFFF
-        if _ext_run(&self.r, p, n, cap, stamp) == _OUT_OF_RANGE:
+        cdef int seq = twcc_seq if 0 <= twcc_seq <= 0xFFFF else -1
+        cdef int result = _ext_run(&self.r, p, n, cap, stamp, seq)
+        if result == _OUT_OF_RANGE:
             raise IndexError("bytearray index out of range")
+        return result == 1

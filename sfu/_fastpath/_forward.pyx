@@ -20,6 +20,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from sfu._fastpath._bwe cimport SendHistory, history_record, history_t
 from sfu._fastpath._cache cimport RetransmissionBuffer, cache_put, cache_t
 from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply_view, ext_rewriter_t
 from sfu._fastpath._layers cimport (
@@ -125,6 +126,9 @@ cdef extern from "<arpa/inet.h>" nogil:
     const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
 
 
+#: The third element of a framed (ICE-TCP) peer's address (values.FRAMED_MARK).
+FRAMED_MARK = "tcp"
+
 # Same values as _forward_py.py.
 AUDIO = 0
 VP8 = 1
@@ -168,9 +172,14 @@ cdef enum:
     CMSG_SIZE = 32              # room for one UDP_SEGMENT control message
 
 cdef struct addr_key_t:
-    int family
+    int family                  # AF_INET/AF_INET6, | FRAMED_KEY for an ICE-TCP peer
     uint16_t port
     uint8_t ip[16]
+
+cdef enum:
+    # Marks the key of a framed (ICE-TCP) peer, so it never equals a UDP peer's of the same
+    # host and port; its address is ``(host, port, "tcp")`` (values.FRAMED_MARK).
+    FRAMED_KEY = 0x10000
 
 cdef struct route_state_t:
     bint blocked
@@ -204,6 +213,7 @@ cdef struct tx_t:
     int level_id
     int drop_every              # impairment for tests and drills: drop every n-th egress packet
     unsigned long long drop_seen
+    bint framed                 # ICE-TCP: egress is handed back (drain_framed), never sent
     int nstreams
     uint32_t ssrcs[TX_STREAMS]
     int streams[TX_STREAMS]
@@ -215,6 +225,7 @@ cdef struct route_t:
     vp8_munger_t* vp8
     ext_rewriter_t* ext
     route_state_t* state
+    history_t* history          # the subscriber transport's send history (NULL: no stamping)
 
 cdef struct stream_t:
     bint used
@@ -447,6 +458,8 @@ cdef class Forwarder:
     cdef readonly Py_ssize_t max_transports
     cdef readonly Py_ssize_t max_streams
     cdef list tx_refs
+    cdef list tx_addr               # per transport: the address object it was registered with
+    cdef list framed_out            # egress to framed transports, until drain_framed()
     cdef list stream_refs
     cdef list route_refs
     # ingress log
@@ -529,6 +542,8 @@ cdef class Forwarder:
         for i in range(size):
             self.table[i] = -1
         self.tx_refs = [None] * max_transports
+        self.tx_addr = [None] * max_transports
+        self.framed_out = []
         self.stream_refs = [None] * max_streams
         self.route_refs = [None] * max_streams
         self.fd = -1
@@ -572,8 +587,11 @@ cdef class Forwarder:
                 return h
             slot = (slot + 1) & self.table_mask
 
-    def set_transport(self, int handle, address, srtp, int twcc_id=0, int level_id=0):
-        """Register (or update) a connected transport: remote address and SRTP session."""
+    def set_transport(self, int handle, address, srtp, int twcc_id=0, int level_id=0,
+                      bint framed=False):
+        """Register (or update) a connected transport: remote address and SRTP session.
+        ``framed``: an ICE-TCP peer (address ``(host, port, "tcp")``): its egress is handed
+        back by :meth:`drain_framed` instead of being sent on the UDP socket."""
         cdef tx_t* t
         cdef sockaddr_in* v4
         cdef sockaddr_in6* v6
@@ -603,6 +621,8 @@ cdef class Forwarder:
         else:
             raise ValueError("address must be an IP literal")
         _key_of(&sa, &key)
+        if framed:
+            key.family |= FRAMED_KEY
         t = &self.tx[handle]
         if not t.used:
             t.nstreams = 0
@@ -616,7 +636,9 @@ cdef class Forwarder:
         t.outbound = (<SrtpContext>outbound).session
         t.twcc_id = twcc_id
         t.level_id = level_id
+        t.framed = framed
         self.tx_refs[handle] = (inbound, outbound)
+        self.tx_addr[handle] = address
         self._rebuild_table()
 
     def set_impairment(self, int handle, int drop_every):
@@ -637,6 +659,7 @@ cdef class Forwarder:
         self.tx[handle].inbound = NULL
         self.tx[handle].outbound = NULL
         self.tx_refs[handle] = None
+        self.tx_addr[handle] = None
         self._rebuild_table()
 
     def set_stream(self, int handle, int transport, source, int kind):
@@ -723,6 +746,7 @@ cdef class Forwarder:
                 r.out = out if 0 <= out < self.max_transports else -1
                 selector = sub.selector
                 vp8 = sub.vp8
+                history = sub.send_history
                 # The casts below read C state: refuse another kind's objects by name first.
                 if not (
                     isinstance(sub.munger, RtpMunger)
@@ -730,6 +754,7 @@ cdef class Forwarder:
                     and isinstance(sub.state, RouteState)
                     and (selector is None or isinstance(selector, SimulcastSelector))
                     and (vp8 is None or isinstance(vp8, Vp8Munger))
+                    and (history is None or isinstance(history, SendHistory))
                 ):
                     raise TypeError(
                         "a route's subscription must come from the compiled kernels "
@@ -740,9 +765,12 @@ cdef class Forwarder:
                 r.vp8 = NULL if vp8 is None else &(<Vp8Munger?>vp8).m
                 r.ext = &(<ExtensionRewriter?>sub.extensions).r
                 r.state = &(<RouteState?>sub.state).st
+                r.history = NULL if history is None else &(<SendHistory?>history).h
                 # The route points into these objects: keep each alive, even if the
                 # subscription swaps one before the next push.
-                refs.append((sub, selector, sub.munger, vp8, sub.extensions, sub.state))
+                refs.append(
+                    (sub, selector, sub.munger, vp8, sub.extensions, sub.state, history)
+                )
         except BaseException:
             free(array)
             raise
@@ -768,6 +796,8 @@ cdef class Forwarder:
             n = len(data)
             self._sockaddr(address, &sa)
             _key_of(&sa, &key)
+            if len(address) == 3 and address[2] == FRAMED_MARK:
+                key.family |= FRAMED_KEY
             handled = 0
             if n <= RECV_SIZE:
                 memcpy(self.recv_buf, <const char*>data, n)
@@ -840,6 +870,13 @@ cdef class Forwarder:
         self.fd = -1
         return slow
 
+    def drain_framed(self):
+        """Take the egress for framed (ICE-TCP) transports since the last call: a list of
+        (SRTP packet, the address the transport was registered with), oldest first."""
+        out = self.framed_out
+        self.framed_out = []
+        return out
+
     def drain_log(self):
         """Take the ingress records logged since the last call (oldest first)."""
         cdef Py_ssize_t i
@@ -868,17 +905,29 @@ cdef class Forwarder:
                 self._flush_nogil()
             return
         for i in range(self.out_count):
-            self.collected.append((
-                PyBytes_FromStringAndSize(<const char*>(self.out_buf + i * OUT_SIZE),
-                                          self.out_len[i]),
-                _address(&self.tx[self.out_tx[i]].sa),
-            ))
+            packet = PyBytes_FromStringAndSize(<const char*>(self.out_buf + i * OUT_SIZE),
+                                               self.out_len[i])
+            if self.tx[self.out_tx[i]].framed:
+                self.framed_out.append((packet, self.tx_addr[self.out_tx[i]]))
+            else:
+                self.collected.append((packet, _address(&self.tx[self.out_tx[i]].sa)))
         self.out_count = 0
+
+    cdef void _collect_framed(self):
+        """The pending packets to framed transports (their group is -1), for drain_framed."""
+        cdef int i
+        for i in range(self.out_count):
+            if self.out_group[i] < 0:
+                self.framed_out.append((
+                    PyBytes_FromStringAndSize(<const char*>(self.out_buf + i * OUT_SIZE),
+                                              self.out_len[i]),
+                    self.tx_addr[self.out_tx[i]],
+                ))
 
     cdef void _flush_nogil(self) noexcept nogil:
         """Send the pending packets: consecutive packets to one subscriber of equal size (the
         last may be shorter) go out as one UDP GSO send, everything in one ``sendmmsg``."""
-        cdef int i, g, d, n, length, groups = 0, pos = 0
+        cdef int i, g, d, n, length, groups = 0, pos = 0, framed = 0
         cdef tx_t* t
         cdef msghdr* hdr
         cdef cmsghdr* cm
@@ -889,6 +938,10 @@ cdef class Forwarder:
         for i in range(self.out_count):
             d = self.out_tx[i]
             length = self.out_len[i]
+            if self.tx[d].framed:
+                self.out_group[i] = -1  # not for the UDP socket: handed back
+                framed += 1
+                continue
             g = self.open_group[d] if self.gso else -1
             if (g >= 0 and not self.grp_closed[g] and self.grp_n[g] < GSO_SEGMENTS
                     and length <= self.grp_seg[g]):
@@ -913,6 +966,8 @@ cdef class Forwarder:
             self.open_group[self.grp_tx[g]] = -1
         for i in range(self.out_count):
             g = self.out_group[i]
+            if g < 0:
+                continue
             n = self.grp_start[g] + self.grp_n[g]
             self.grp_n[g] += 1
             self.out_iov[n].iov_base = self.out_buf + i * OUT_SIZE
@@ -935,6 +990,9 @@ cdef class Forwarder:
                 (<uint16_t*>CMSG_DATA(cm))[0] = <uint16_t>self.grp_seg[g]
                 self.gso_sends += 1
         self._send_groups(groups)
+        if framed:
+            with gil:
+                self._collect_framed()
         self.out_count = 0
 
     cdef void _send_groups(self, int groups) noexcept nogil:
@@ -1205,7 +1263,12 @@ cdef class Forwarder:
                 return 0
             vp8_apply(buf, info.offset, &tr)
             translated = True
-        ext_apply_view(r.ext, buf, v, abs_time)
+        # Transport-wide CC (draft-holmer §2): the subscriber transport's next sequence number
+        # goes into the packet's transport-cc element, and the packet into its send history.
+        if r.history == NULL:
+            ext_apply_view(r.ext, buf, v, abs_time, -1)
+        elif ext_apply_view(r.ext, buf, v, abs_time, <int>(r.history.next & 0xFFFF)) == 1:
+            history_record(r.history, <int>m, now, -1)
         if munger_last_out_seq(r.munger, &out_seq):
             out_ts = _be32(buf + 4)
             if translated:

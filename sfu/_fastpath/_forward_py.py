@@ -33,6 +33,7 @@ from sfu._fastpath.values import (
     F_MALFORMED_EXT,
     F_MALFORMED_PAYLOAD,
     F_PADDING,
+    FRAMED_MARK,
     VP8,
     LogRecord,
 )
@@ -52,8 +53,9 @@ _TX_STREAMS = 64
 _NOT_FORWARDABLE: Final = F_HEADER_BAD | F_MALFORMED_EXT | F_MALFORMED_PAYLOAD | F_PADDING
 
 
-def _key(address: Address) -> tuple[str, int]:
-    return (str(address[0]), int(address[1]))
+def _key(address: Address) -> tuple[str, int, bool]:
+    """(host, port, framed): a framed (ICE-TCP) peer never equals a UDP one."""
+    return (str(address[0]), int(address[1]), len(address) == 3 and address[2] == FRAMED_MARK)
 
 
 class _Transport:
@@ -61,6 +63,7 @@ class _Transport:
         "address",
         "drop_every",
         "drop_seen",
+        "framed",
         "inbound",
         "key",
         "level_id",
@@ -69,9 +72,12 @@ class _Transport:
         "twcc_id",
     )
 
-    def __init__(self, address: Address, srtp: Any, twcc_id: int, level_id: int) -> None:
+    def __init__(
+        self, address: Address, srtp: Any, twcc_id: int, level_id: int, framed: bool
+    ) -> None:
         self.address = address
-        self.key = _key(address)
+        self.framed = framed
+        self.key = (str(address[0]), int(address[1]), framed)
         self.inbound = srtp.inbound
         self.outbound = srtp.outbound
         self.twcc_id = twcc_id
@@ -115,12 +121,14 @@ class Forwarder:
         self._sample_mask = sample_mask
         self._log_capacity = log_capacity
         self._transports: dict[int, _Transport] = {}
-        self._by_addr: dict[tuple[str, int], _Transport] = {}
+        self._by_addr: dict[tuple[str, int, bool], _Transport] = {}
         self._streams: dict[int, _Stream] = {}
         self._log: list[LogRecord] = []
         self._latency: list[float] = []
         #: Where :meth:`_emit` queues egress during one :meth:`process` call.
         self._egress: list[Datagram] = []
+        #: Egress to framed (ICE-TCP) transports, until drain_framed().
+        self._framed: list[Datagram] = []
         #: RTP packets forwarded here (never seen by Python code in the compiled build).
         self.fast_packets = 0
         self.fast_bytes = 0
@@ -137,13 +145,21 @@ class Forwarder:
     # -- control plane ------------------------------------------------------------------------
 
     def set_transport(
-        self, handle: int, address: Address, srtp: Any, twcc_id: int = 0, level_id: int = 0
+        self,
+        handle: int,
+        address: Address,
+        srtp: Any,
+        twcc_id: int = 0,
+        level_id: int = 0,
+        framed: bool = False,
     ) -> None:
-        """Register (or update) a connected transport: remote address and SRTP session."""
+        """Register (or update) a connected transport: remote address and SRTP session.
+        ``framed``: an ICE-TCP peer (address ``(host, port, "tcp")``): its egress is handed
+        back by :meth:`drain_framed` instead of being sent on the UDP socket."""
         if not 0 <= handle < self.max_transports:
             raise ValueError(f"transport handle {handle} out of range")
         old = self._transports.get(handle)
-        transport = _Transport(address, srtp, twcc_id, level_id)
+        transport = _Transport(address, srtp, twcc_id, level_id, framed)
         if old is not None:
             transport.streams = old.streams
             transport.drop_every, transport.drop_seen = old.drop_every, old.drop_seen
@@ -240,6 +256,12 @@ class Forwarder:
                 break
         return slow
 
+    def drain_framed(self) -> list[Datagram]:
+        """Take the egress for framed (ICE-TCP) transports since the last call: a list of
+        (SRTP packet, the address the transport was registered with), oldest first."""
+        framed, self._framed = self._framed, []
+        return framed
+
     def drain_log(self) -> list[LogRecord]:
         """Take the ingress records logged since the last call (oldest first)."""
         log, self._log = self._log, []
@@ -291,7 +313,10 @@ class Forwarder:
         except SrtpError:
             self.protect_errors += 1
             return False
-        self._egress.append((wire, target.address))
+        if target.framed:
+            self._framed.append((wire, target.address))
+        else:
+            self._egress.append((wire, target.address))
         self.sent_packets += 1
         self.sent_bytes += len(wire)
         return True

@@ -10,6 +10,12 @@ negotiated gets its id; an element it must not see (the publisher's ``mid``/``ri
 misroute the packet in the subscriber's demuxer, and ``transport-cc``, whose sequence belongs
 to the publisher's transport) gets an id the subscriber did not negotiate, which receivers skip
 (RFC 8285 §4.1: unknown ids are ignored; the element's length still frames it).
+
+Transport-wide CC on egress: when the subscriber negotiated ``transport-cc`` and the caller
+passes a sequence number of the subscriber's transport (``twcc_seq`` >= 0), the publisher's
+2-byte transport-cc element is reused in place: it gets the subscriber's id and that sequence
+number (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2), and the rewrite reports that
+it stamped. A packet without the element is left unstamped (no header grows on the way).
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ class ExtensionTables(NamedTuple):
     abs_ids: frozenset[int]
     #: True when nothing needs changing (same ids, nothing hidden, no restamp).
     identity: bool
+    #: Source ids whose element is transport-cc (restamped when a sequence number is given).
+    twcc_ids: frozenset[int] = frozenset()
+    #: The subscriber's transport-cc id (0: not negotiated, never stamped).
+    twcc_dest: int = 0
 
 
 def _unused_id(used: set[int], limit: int) -> int:
@@ -88,7 +98,13 @@ def build_tables(source: Mapping[int, str], dest: Mapping[int, str]) -> Extensio
         and all(two[i] == i for i in source)
         and not abs_ids
     )
-    return ExtensionTables(bytes(one), bytes(two), abs_ids, identity)
+    twcc_dest = next(
+        (i for i, u in sorted(dest.items()) if u == TRANSPORT_CC_URI and 0 < i <= 255), 0
+    )
+    twcc_ids = frozenset(
+        i for i, u in source.items() if u == TRANSPORT_CC_URI and twcc_dest and 0 < i <= 255
+    )
+    return ExtensionTables(bytes(one), bytes(two), abs_ids, identity, twcc_ids, twcc_dest)
 
 
 def apply_tables(
@@ -98,11 +114,19 @@ def apply_tables(
     buf: bytearray,
     length: int,
     abs_send_time: int,
-) -> None:
+    twcc_ids: frozenset[int] = frozenset(),
+    twcc_dest: int = 0,
+    twcc_seq: int = -1,
+) -> bool:
     """Rewrite the extension ids of the RTP packet ``buf[:length]`` (already validated by
-    the rewrite kernel) in place; ``abs_send_time`` is the 24-bit 6.18 send time to stamp."""
+    the rewrite kernel) in place; ``abs_send_time`` is the 24-bit 6.18 send time to stamp.
+    With ``twcc_seq`` >= 0 the first 2-byte transport-cc element of ``twcc_ids`` becomes the
+    subscriber's (``twcc_dest``) carrying ``twcc_seq``; returns whether one was stamped."""
+    stamped = False
+    if not 0 <= twcc_seq <= 0xFFFF or not twcc_dest:
+        twcc_ids = frozenset()
     if not buf[0] & 0x10:
-        return
+        return stamped
     start = 12 + 4 * (buf[0] & 0x0F)
     profile = (buf[start] << 8) | buf[start + 1]
     pos = start + 4
@@ -115,10 +139,17 @@ def apply_tables(
                 continue
             ext_id = b >> 4
             if ext_id == ONE_BYTE_STOP_ID:
-                return
+                return stamped
             size = (b & 0x0F) + 1
             if pos + 1 + size > end:
-                return
+                return stamped
+            if ext_id in twcc_ids and size == 2 and not stamped and twcc_dest < ONE_BYTE_STOP_ID:
+                buf[pos] = (twcc_dest << 4) | 1
+                buf[pos + 1] = (twcc_seq >> 8) & 0xFF
+                buf[pos + 2] = twcc_seq & 0xFF
+                stamped = True
+                pos += 3
+                continue
             buf[pos] = (one[ext_id] << 4) | (b & 0x0F)
             if ext_id in abs_ids and size == 3:
                 buf[pos + 1] = (abs_send_time >> 16) & 0xFF
@@ -132,13 +163,21 @@ def apply_tables(
                 pos += 1
                 continue
             if pos + 1 >= end:
-                return
+                return stamped
             size = buf[pos + 1]
             if pos + 2 + size > end:
-                return
+                return stamped
+            if ext_id in twcc_ids and size == 2 and not stamped:
+                buf[pos] = twcc_dest
+                buf[pos + 2] = (twcc_seq >> 8) & 0xFF
+                buf[pos + 3] = twcc_seq & 0xFF
+                stamped = True
+                pos += 4
+                continue
             buf[pos] = two[ext_id]
             if ext_id in abs_ids and size == 3:
                 buf[pos + 2] = (abs_send_time >> 16) & 0xFF
                 buf[pos + 3] = (abs_send_time >> 8) & 0xFF
                 buf[pos + 4] = abs_send_time & 0xFF
             pos += 2 + size
+    return stamped

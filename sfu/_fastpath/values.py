@@ -26,6 +26,7 @@ __all__ = [
     "DROP_DUPLICATE",
     "DROP_PRE_SWITCH",
     "DROP_TOO_OLD",
+    "FRAMED_MARK",
     "F_HEADER_BAD",
     "F_KEYFRAME",
     "F_LEVEL",
@@ -55,6 +56,11 @@ __all__ = [
     "check_power_of_two",
     "refusal",
 ]
+
+#: The third element of the address of a framed peer: an ICE-TCP connection (RFC 6544), whose
+#: datagrams travel as RFC 4571 frames. Such an address is ``(host, port, "tcp")``; UDP
+#: addresses are asyncio's 2- or 4-tuples, so the two never compare equal.
+FRAMED_MARK: Final = "tcp"
 
 #: Stream kinds. The forwarders handle AUDIO and VP8 themselves; the others are ingested on
 #: the Python slow path only (through the same :func:`sfu._fastpath.ingest.ingest`).

@@ -40,6 +40,17 @@ class PeerCounters:
     keyframe_requests_out: int = 0
     twcc_out: int = 0
     reports_out: int = 0
+    #: Transport-wide CC feedback and REMBs this peer sent about what it receives.
+    twcc_in: int = 0
+    remb_in: int = 0
+    #: NACKed packets not resent: over the transport's retransmission budget, or superseded
+    #: by a newer keyframe.
+    retransmits_dropped: int = 0
+    retransmits_superseded: int = 0
+    #: Bandwidth probe clusters sent to this peer, by outcome, and their padding packets.
+    probes_succeeded: int = 0
+    probes_failed: int = 0
+    probe_packets: int = 0
     #: Media ingested (including RTX repairs) and forwarded, by kind; bytes are RTP bytes.
     audio_in: int = 0
     audio_in_bytes: int = 0
@@ -52,6 +63,13 @@ class PeerCounters:
     #: Keyframe requests from this peer's receivers, by message (RFC 4585 PLI, RFC 5104 FIR).
     pli_in: int = 0
     fir_in: int = 0
+    #: The allocator's target changes by reason (sfu.core.allocator.REASONS) and its pauses
+    #: and resumes of video subscriptions for bandwidth.
+    target_changes_congestion: int = 0
+    target_changes_upgrade: int = 0
+    target_changes_hint: int = 0
+    bandwidth_pauses: int = 0
+    bandwidth_resumes: int = 0
     #: Folded in when a publication or subscription ends (live ones are read at scrape time).
     layer_switches: int = 0
     ingress_expected: int = 0

@@ -8,6 +8,9 @@ media of registered streams on its own. :class:`DataPlane` is the control plane'
   moves, removed when it closes);
 * the publisher's source streams of audio and VP8 publications are registered with their
   fan-out snapshot, rebuilt whenever someone subscribes or leaves;
+* a transport whose selected address is an ICE-TCP connection is registered *framed*: the
+  forwarder forwards its media like any other's, but hands what it sends to it back
+  (``drain_framed``) for the composition root to write, RFC 4571-framed, to its connection;
 * on every timer tick :meth:`DataPlane.replay` drains the forwarder's ingress log into the
   receive bookkeeping the Python path would have done per packet (RTCP receive statistics,
   NACK and TWCC feedback, bitrate meters, keyframe times, audio levels, counters) and its
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sfu._fastpath.values import AUDIO, VP8, LogRecord
 from sfu.core.kernels import Forwarder
+from sfu.transport.ice import is_tcp
 
 if TYPE_CHECKING:
     from sfu.core.counters import RouterStats
@@ -119,7 +123,9 @@ class DataPlane:
             return
         if claim.registered and claim.address == address and claim.srtp is srtp:
             return
-        self.forwarder.set_transport(claim.handle, address, srtp, claim.twcc_id, claim.level_id)
+        self.forwarder.set_transport(
+            claim.handle, address, srtp, claim.twcc_id, claim.level_id, framed=is_tcp(address)
+        )
         first = not claim.registered
         claim.registered, claim.address, claim.srtp = True, address, srtp
         if first:

@@ -3,21 +3,25 @@
 As a subscriber it sends NACKs (answered from the publication's retransmission cache, RFC
 4585 §6.2.1), PLI/FIR (collapsed into one rate-limited keyframe request toward the publisher,
 RFC 4585 §6.3.1, RFC 5104 §4.3.1), Receiver Report blocks (loss and round-trip time, RFC 3550
-§6.4) and REMB (its bandwidth estimate); as a publisher, Sender Reports (for the receive
-statistics' DLSR arithmetic).
+§6.4), transport-wide CC feedback about what the server sent it (the send-side estimator's
+input) and REMB (its own estimate, the estimator's input only when transport-cc is not
+negotiated); as a publisher, Sender Reports (for the receive statistics' DLSR arithmetic).
+Retransmissions answering NACKs are taken from the transport's retransmission budget.
 """
 
 from __future__ import annotations
 
 from sfu.core.binder import Binder
 from sfu.core.counters import PeerCounters
-from sfu.core.remb import RembHistory
+from sfu.core.estimator import BandwidthEstimator
+from sfu.core.retransmission import RetransmissionBudget
 from sfu.core.sender import Sender
 from sfu.core.subscription import Subscription
 from sfu.packet.errors import ParseError
 from sfu.packet.extensions import abs_send_time_from_seconds
 from sfu.packet.rtcp import ReceiverReport, ReportBlock, SenderReport, parse_compound
 from sfu.packet.rtcp_feedback import Fir, Nack, Pli, Remb
+from sfu.packet.twcc import TransportFeedback
 
 __all__ = ["FeedbackHandler"]
 
@@ -25,13 +29,15 @@ __all__ = ["FeedbackHandler"]
 class FeedbackHandler:
     """Acts on the RTCP compounds one participant sends."""
 
-    def __init__(
-        self, sender: Sender, binder: Binder, remb: RembHistory, counters: PeerCounters
-    ) -> None:
+    def __init__(self, sender: Sender, binder: Binder, counters: PeerCounters) -> None:
         self.sender = sender
         self.binder = binder
-        self.remb = remb
         self.counters = counters
+        #: The transport's estimator and retransmission budget (set once it sends media).
+        self.estimator: BandwidthEstimator | None = None
+        self.budget: RetransmissionBudget | None = None
+        #: The subscriber's latest REMB (bps), for metrics and debugging.
+        self.latest_remb: int | None = None
         #: The subscriptions this participant receives, by outgoing media and RTX SSRC.
         self._subscriptions: dict[int, Subscription] = {}
 
@@ -71,8 +77,15 @@ class FeedbackHandler:
                 self.counters.fir_in += 1
                 for fir in item.entries:
                     self._keyframe_wanted(fir.ssrc, now=now)
+            elif isinstance(item, TransportFeedback):
+                self.counters.twcc_in += 1
+                if self.estimator is not None:
+                    self.estimator.on_feedback(item, now=now)
             elif isinstance(item, Remb):
-                self.remb.on_remb(item.bitrate, now=now)
+                self.counters.remb_in += 1
+                self.latest_remb = item.bitrate
+                if self.estimator is not None:
+                    self.estimator.on_remb(item.bitrate, now=now)
 
     def _report_blocks(self, blocks: list[ReportBlock], *, now: float) -> None:
         for block in blocks:
@@ -82,6 +95,10 @@ class FeedbackHandler:
                 rtt = sub.send_stats.rtt
                 if rtt is not None:
                     sub.throttle.update_rtt(rtt)
+                if self.estimator is not None:
+                    if rtt is not None:
+                        self.estimator.on_rtt(rtt)
+                    self.estimator.on_report_loss(block.fraction_lost / 256, now=now)
 
     def _on_nack(self, nack: Nack, *, now: float) -> None:
         sub = self._subscriptions.get(nack.media_ssrc)
@@ -89,9 +106,12 @@ class FeedbackHandler:
             return
         self.counters.nacks_in += 1
         abs_time = abs_send_time_from_seconds(now)
-        for packet in sub.retransmit(nack.lost_seqs(), now, abs_time):
+        dropped, superseded = sub.retransmit_dropped, sub.retransmit_superseded
+        for packet in sub.retransmit(nack.lost_seqs(), now, abs_time, self.budget):
             if self.sender.send_rtp(packet):
                 self.counters.retransmits += 1
+        self.counters.retransmits_dropped += sub.retransmit_dropped - dropped
+        self.counters.retransmits_superseded += sub.retransmit_superseded - superseded
 
     def _keyframe_wanted(self, ssrc: int, *, now: float) -> None:
         """A subscriber's PLI/FIR: one request upstream for the layer it receives."""

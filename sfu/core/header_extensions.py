@@ -25,7 +25,7 @@ __all__ = ["ExtensionRewriter"]
 class ExtensionRewriter:
     """Rewrites one publisher section's extension ids to one subscriber section's, in place."""
 
-    __slots__ = ("_abs_ids", "_one", "_two", "identity")
+    __slots__ = ("_abs_ids", "_one", "_twcc_dest", "_twcc_ids", "_two", "identity")
 
     def __init__(self, source: Mapping[int, str], dest: Mapping[int, str]) -> None:
         tables = build_tables(source, dest)
@@ -33,11 +33,26 @@ class ExtensionRewriter:
         self._two = tables.two
         #: Source ids whose element is abs-send-time (restamped on the way out).
         self._abs_ids = tables.abs_ids
+        self._twcc_ids = tables.twcc_ids
+        self._twcc_dest = tables.twcc_dest
         #: True when nothing needs changing (same ids, nothing hidden, no restamp).
         self.identity = tables.identity
 
-    def apply(self, buf: bytearray, length: int, abs_send_time: int) -> None:
+    def apply(self, buf: bytearray, length: int, abs_send_time: int, twcc_seq: int = -1) -> bool:
         """Rewrite the extension ids of the RTP packet ``buf[:length]`` (already validated by
-        the rewrite kernel); ``abs_send_time`` is the 24-bit 6.18 send time to stamp."""
-        if not self.identity:
-            apply_tables(self._one, self._two, self._abs_ids, buf, length, abs_send_time)
+        the rewrite kernel); ``abs_send_time`` is the 24-bit 6.18 send time to stamp. With
+        ``twcc_seq`` >= 0 (a sequence number of the subscriber's transport) the packet's
+        transport-cc element carries it under the subscriber's id; returns whether it did."""
+        if self.identity:
+            return False
+        return apply_tables(
+            self._one,
+            self._two,
+            self._abs_ids,
+            buf,
+            length,
+            abs_send_time,
+            self._twcc_ids,
+            self._twcc_dest,
+            twcc_seq,
+        )

@@ -31,12 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFERENCE",
+    "DelayDetector",
     "ExtensionRewriter",
     "Forwarder",
     "Kernels",
     "RetransmissionBuffer",
     "RouteState",
     "RtpMunger",
+    "SendHistory",
     "SequenceUnwrapper",
     "SimulcastSelector",
     "Vp8Munger",
@@ -112,7 +114,41 @@ class ExtensionRewriter(Protocol):
     identity: bool
 
     def __init__(self, source: Mapping[int, str], dest: Mapping[int, str]) -> None: ...
-    def apply(self, buf: bytearray, length: int, abs_send_time: int) -> None: ...
+    def apply(
+        self, buf: bytearray, length: int, abs_send_time: int, twcc_seq: int = ...
+    ) -> bool: ...
+
+
+class SendHistory(Protocol):
+    """What was sent on one transport, by transport-wide sequence number (``_bwe_py``)."""
+
+    def __init__(self, capacity: int = ...) -> None: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def packets(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def next_seq(self) -> int: ...
+    def record(self, size: int, now: float, cluster: int) -> int: ...
+    def lookup(self, seq: int) -> tuple[float, int, int] | None: ...
+
+
+class DelayDetector(Protocol):
+    """Inter-arrival, trendline and overuse detection over a send history (``_bwe_py``)."""
+
+    def __init__(self) -> None: ...
+    @property
+    def state(self) -> int: ...
+    @property
+    def trend(self) -> float: ...
+    @property
+    def threshold(self) -> float: ...
+    def cluster(self, cluster: int) -> tuple[int, int, int, int, float, float, float, float]: ...
+    def on_feedback(
+        self, history: Any, seqs: Sequence[int], arrivals_us: Sequence[int]
+    ) -> tuple[int, int, float, float, float, float]: ...
 
 
 class Vp8Munger(Protocol):
@@ -171,7 +207,13 @@ class Forwarder(Protocol):
         max_streams: int = 16384,
     ) -> None: ...
     def set_transport(
-        self, handle: int, address: Address, srtp: Any, twcc_id: int = 0, level_id: int = 0
+        self,
+        handle: int,
+        address: Address,
+        srtp: Any,
+        twcc_id: int = 0,
+        level_id: int = 0,
+        framed: bool = False,
     ) -> None: ...
     def set_impairment(self, handle: int, drop_every: int) -> None: ...
     def remove_transport(self, handle: int) -> None: ...
@@ -182,6 +224,7 @@ class Forwarder(Protocol):
         self, datagrams: Iterable[Datagram], now: float
     ) -> tuple[list[Datagram], list[Datagram]]: ...
     def pump(self, sock: socket.socket, now: float) -> list[Datagram]: ...
+    def drain_framed(self) -> list[Datagram]: ...
     def drain_log(self) -> list[LogRecord]: ...
     def drain_latency(self) -> list[float]: ...
 
@@ -199,10 +242,12 @@ class Kernels:
     Vp8Munger: type[Vp8Munger]
     ExtensionRewriter: type[ExtensionRewriter]
     RetransmissionBuffer: type[RetransmissionBuffer]
+    SendHistory: type[SendHistory]
+    DelayDetector: type[DelayDetector]
 
 
 def _reference() -> Kernels:
-    from sfu._fastpath import _forward_py
+    from sfu._fastpath import _bwe_py, _forward_py
     from sfu.core import header_extensions, layers, munger, retransmission, route_state, vp8_munger
     from sfu.packet import seqnum
 
@@ -216,6 +261,8 @@ def _reference() -> Kernels:
         Vp8Munger=vp8_munger.Vp8Munger,
         ExtensionRewriter=header_extensions.ExtensionRewriter,
         RetransmissionBuffer=retransmission.RetransmissionBuffer,
+        SendHistory=_bwe_py.SendHistory,
+        DelayDetector=_bwe_py.DelayDetector,
     )
 
 
@@ -229,7 +276,7 @@ def compiled() -> Kernels:
     """The Cython kernels; raises ImportError when they are not built."""
     global _compiled
     if _compiled is None:
-        from sfu._fastpath import _cache, _extensions, _forward, _layers, _munger, _vp8
+        from sfu._fastpath import _bwe, _cache, _extensions, _forward, _layers, _munger, _vp8
 
         _compiled = Kernels(
             name="cython",
@@ -241,6 +288,8 @@ def compiled() -> Kernels:
             Vp8Munger=_vp8.Vp8Munger,
             ExtensionRewriter=_extensions.ExtensionRewriter,
             RetransmissionBuffer=_cache.RetransmissionBuffer,
+            SendHistory=_bwe.SendHistory,
+            DelayDetector=_bwe.DelayDetector,
         )
     return _compiled
 

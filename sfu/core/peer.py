@@ -4,18 +4,26 @@
 transport and composes one of each: the :class:`~sfu.core.binder.Binder` (its SSRCs), the
 :class:`~sfu.core.router.Router` (what it publishes, ingested and fanned out), the
 :class:`~sfu.core.feedback.FeedbackHandler` (RTCP it sends), the
-:class:`~sfu.core.reporter.Reporter` (RTCP it gets) and :func:`~sfu.core.allocator.allocate`
+:class:`~sfu.core.reporter.Reporter` (RTCP it gets) and the :class:`~sfu.core.allocator.Allocator`
 (layers of what it receives). Everything it sends goes through the
 :class:`~sfu.core.sender.Sender` protocol. :meth:`Peer.poll` runs the periodic work.
+
+As a subscriber's transport it also owns the send side of bandwidth adaptation, created with
+its first subscription (from that subscription's kernels, so the forwarder can write it): the
+:class:`SendHistory` every packet sent to it is recorded in, the
+:class:`~sfu.core.estimator.BandwidthEstimator` fed by its transport-wide CC feedback (REMB
+only when it negotiated no transport-cc), the :class:`~sfu.core.prober.Prober` that asks the
+link for the next layer's rate, and the retransmission budget. The allocator's budget is the
+estimate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Final
 
 from sfu._fastpath.values import LogRecord
-from sfu.core.allocator import allocate
+from sfu.core.allocator import CONGESTION, UPGRADE, Allocation, Allocator, priority_of
 from sfu.core.binder import Binder
 from sfu.core.counters import (
     PeerCounters,
@@ -25,10 +33,12 @@ from sfu.core.counters import (
     subscription_switches,
 )
 from sfu.core.dataplane import DataPlane
+from sfu.core.estimator import BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
+from sfu.core.prober import ProbeCluster, Prober, probe_step
 from sfu.core.publication import Publication, SourceStream
-from sfu.core.remb import RembHistory
 from sfu.core.reporter import Reporter
+from sfu.core.retransmission import RTX_SHARE, RetransmissionBudget
 from sfu.core.router import AudioLevelSink, Router
 from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
@@ -41,11 +51,35 @@ from sfu.packet.extensions import (
 )
 from sfu.transport.transport import TransportState, WebRtcTransport
 
-__all__ = ["ALLOCATION_INTERVAL", "Peer"]
+if TYPE_CHECKING:
+    from sfu.core.kernels import Kernels, SendHistory
+
+__all__ = [
+    "ALLOCATION_INTERVAL",
+    "BUDGET_HEADROOM",
+    "DOWNGRADE_TOLERANCE",
+    "PROBE_INTERVAL",
+    "Peer",
+    "StreamStateSink",
+]
 
 #: The allocator runs this often: often enough to follow a falling estimate within a few
-#: REMBs, rarely enough that targets do not chase every measurement.
+#: feedbacks, rarely enough that targets do not chase every measurement.
 ALLOCATION_INTERVAL: Final = 0.5
+#: Share of the estimate the allocator may spend on media: RTCP, padding and the estimate's
+#: own error need the rest (retransmissions have their own budget, RTX_SHARE).
+BUDGET_HEADROOM: Final = 0.9
+#: Probing decisions are taken this often (and probe results read).
+PROBE_INTERVAL: Final = 0.1
+#: The layers being forwarded stay while the budget is at least this share of what they cost:
+#: one overuse signal takes the estimate to 0.85 x the acknowledged rate, which must not
+#: switch a subscriber down by itself (a real shortfall keeps the estimate falling past it).
+DOWNGRADE_TOLERANCE: Final = 0.8
+
+
+#: Told when a subscription is paused for bandwidth ("paused", "bandwidth") or resumed
+#: ("active", None): the room sends the subscriber a ``stream_state`` event.
+StreamStateSink = Callable[[Subscription, str, str | None], None]
 
 
 def _one_id(extensions: dict[int, str], uri: str) -> int:
@@ -80,14 +114,25 @@ class Peer:
         self.stats = stats
         #: True once the transport ended and the counters were folded into ``stats.retired``.
         self.retired = False
-        self.remb = RembHistory()
+        self.allocator = Allocator()
+        #: Participant ids of the room's active speakers (their cameras rank higher).
+        self.speakers: Collection[str] = ()
+        self.on_stream_state: StreamStateSink | None = None
         twcc = TwccRecorder(rtcp_ssrc)
         self.binder = Binder(on_added=self._stream_added, on_removed=self._stream_removed)
         self.router = Router(participant_id, self.binder, twcc, self.counters, stats=stats)
         self.router.on_audio_level = on_audio_level
-        self.feedback = FeedbackHandler(transport, self.binder, self.remb, self.counters)
+        self.feedback = FeedbackHandler(transport, self.binder, self.counters)
         self.reporter = Reporter(rtcp_ssrc, transport, twcc, self.counters)
         self._last_allocation = -1e9
+        self._last_probe = -1e9
+        #: What the cheapest next upgrade needs in total (bps): the prober's target.
+        self._desired = 0.0
+        #: Send-side bandwidth adaptation (created with the first subscription).
+        self.send_history: SendHistory | None = None
+        self.estimator: BandwidthEstimator | None = None
+        self.prober = Prober()
+        self.rtx_budget = RetransmissionBudget()
         self.set_extensions(extensions)
 
     @property
@@ -98,7 +143,17 @@ class Peer:
     @property
     def remb_bps(self) -> int | None:
         """The subscriber's latest REMB estimate."""
-        return self.remb.latest
+        return self.feedback.latest_remb
+
+    @property
+    def estimate_bps(self) -> float | None:
+        """What this subscriber's transport can take now (None: nothing to go by yet)."""
+        estimator = self.estimator
+        if estimator is None or self.send_history is None:
+            return None
+        if estimator.twcc_seen or self.send_history.packets or estimator.remb_bps is not None:
+            return estimator.target_bps()
+        return None
 
     @property
     def on_audio_level(self) -> AudioLevelSink | None:
@@ -142,8 +197,17 @@ class Peer:
 
     def add_subscription(self, subscription: Subscription) -> None:
         """Send ``subscription`` on its mid; NACK/PLI/RR for its SSRCs come back here."""
+        self._start_estimation(subscription.kernels)
+        subscription.send_history = self.send_history
         self.subscriptions[subscription.mid] = subscription
         self.feedback.add_subscription(subscription)
+
+    def _start_estimation(self, kernels: Kernels) -> None:
+        if self.send_history is not None:
+            return
+        self.send_history = kernels.SendHistory()
+        self.estimator = BandwidthEstimator(self.send_history, kernels.DelayDetector())
+        self.feedback.estimator = self.estimator
 
     def remove_subscription(self, mid: str) -> Subscription | None:
         """Forget the subscription on ``mid``; the caller unhooks it from the publication."""
@@ -213,8 +277,10 @@ class Peer:
     # -- periodic work ------------------------------------------------------------------------
 
     def request_keyframe(self, stream: SourceStream, now: float) -> bool:
-        """Send a PLI for ``stream`` to this (publishing) peer, at most once per interval."""
-        return self.reporter.request_keyframe(stream, now=now)
+        """Send a PLI for ``stream`` to this (publishing) peer, at most once per interval
+        (longer on a slow path: the round trip measured on what this peer receives)."""
+        rtts = [s.send_stats.rtt for s in self.subscriptions.values() if s.send_stats.rtt]
+        return self.reporter.request_keyframe(stream, now=now, rtt=min(rtts) if rtts else None)
 
     def poll(self, now: float, wallclock: float) -> None:
         """Timers: TWCC, NACKs, pending-switch keyframes, allocation and reports."""
@@ -232,10 +298,101 @@ class Peer:
             wanted = sub.publication.layers.get(layer) if layer is not None else None
             if wanted is not None:
                 sub.publication.request_keyframe(wanted, now)
+        estimate = self.estimate_bps
+        if estimate is not None:
+            # Retransmissions count against the estimate once there is one (before, as
+            # without any estimate, they are only throttled per sequence number).
+            self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
+            self.feedback.budget = self.rtx_budget
         if now - self._last_allocation >= ALLOCATION_INTERVAL:
-            self._last_allocation = now
-            plan = allocate(list(subscriptions), budget_bps=self.remb.budget(now=now), now=now)
-            for sub, layer in plan.items():
-                assert sub.selector is not None
-                sub.selector.set_target(layer, None)
+            budget = None if estimate is None else self._budget(estimate, now)
+            allocation = self.allocate(budget_bps=budget, now=now)
+            step = allocation.next_step_bps
+            self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
+        if estimate is not None and now - self._last_probe >= PROBE_INTERVAL:
+            self._last_probe = now
+            self._probe(now)
         self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
+
+    def allocate(self, *, budget_bps: float | None, now: float) -> Allocation:
+        """Share ``budget_bps`` (None: no limit) over the subscriptions and apply the targets;
+        the subscriber hears of pauses and resumes through :attr:`on_stream_state`."""
+        self._last_allocation = now
+        subscriptions = list(self.subscriptions.values())
+        speakers = self.speakers
+        priorities = {sub: int(priority_of(sub, speakers)) for sub in subscriptions}
+        allocation = self.allocator.update(
+            subscriptions, budget_bps=budget_bps, now=now, priorities=priorities
+        )
+        for sub, target in allocation.targets.items():
+            assert sub.selector is not None
+            sub.selector.set_target(target.spatial, target.temporal)
+        counters = self.counters
+        for _sub, reason in allocation.changes:
+            if reason == CONGESTION:
+                counters.target_changes_congestion += 1
+            elif reason == UPGRADE:
+                counters.target_changes_upgrade += 1
+            else:
+                counters.target_changes_hint += 1
+        counters.bandwidth_pauses += len(allocation.paused)
+        counters.bandwidth_resumes += len(allocation.resumed)
+        sink = self.on_stream_state
+        if sink is not None:
+            for sub in allocation.paused:
+                sink(sub, "paused", "bandwidth")
+            for sub in allocation.resumed:
+                sink(sub, "active", None)
+        return allocation
+
+    # -- bandwidth ----------------------------------------------------------------------------
+
+    def _budget(self, estimate: float, now: float) -> float:
+        """The allocator's budget (audio included: the allocator reserves audio first): the
+        estimate less headroom, or what is being forwarded while it is within
+        :data:`DOWNGRADE_TOLERANCE` of that (one overuse signal is not congestion)."""
+        budget = estimate * BUDGET_HEADROOM
+        spend = 0.0
+        for sub in self.subscriptions.values():
+            if sub.paused or sub.held:
+                continue
+            selector = sub.selector
+            layer = 0 if selector is None else selector.current.spatial
+            stream = sub.publication.layers.get(layer) if layer is not None else None
+            if stream is not None:
+                spend += stream.meter.bps(now)
+        if DOWNGRADE_TOLERANCE * spend <= budget < spend:
+            return spend
+        return budget
+
+    def _probe(self, now: float) -> None:
+        """Read a probe's result, and send the next cluster when one is due."""
+        estimator = self.estimator
+        if estimator is None:
+            return
+        succeeded, failed = self.prober.succeeded, self.prober.failed
+        cluster = probe_step(self.prober, estimator, desired_bps=self._desired, now=now)
+        self.counters.probes_succeeded += self.prober.succeeded - succeeded
+        self.counters.probes_failed += self.prober.failed - failed
+        if cluster is not None:
+            self._send_probe(cluster, now)
+
+    def _send_probe(self, cluster: ProbeCluster, now: float) -> None:
+        """The cluster's padding packets on the RTX stream of a video subscription."""
+        twcc_id = self.router.twcc_id
+        carrier = next(
+            (
+                s
+                for s in self.subscriptions.values()
+                if s.rtx_ssrc is not None and s.selector is not None
+            ),
+            None,
+        )
+        if carrier is None or not twcc_id:
+            return
+        for _ in range(cluster.packets):
+            packet = carrier.padding(twcc_id, cluster.padding, now, cluster.id)
+            if packet is None:
+                return
+            if self.transport.send_rtp(packet):
+                self.counters.probe_packets += 1

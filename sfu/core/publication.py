@@ -18,6 +18,7 @@ from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
 from sfu._fastpath.values import AUDIO, H264, OTHER_VIDEO, VP8, VP9, PacketInfo
+from sfu.core.layer_rates import LayerRates
 from sfu.core.nack import NackGenerator
 from sfu.core.rtcp_stats import ReceiveStats
 from sfu.negotiation import NegotiatedCodec
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
     from sfu.transport.transport import WebRtcTransport
 
 __all__ = [
+    "KEYFRAME_ANSWER_FRAME",
     "KEYFRAME_REQUEST_INTERVAL",
+    "SOURCES",
     "BitrateMeter",
     "Publication",
     "SourceStream",
@@ -38,6 +41,10 @@ __all__ = [
 
 #: At most one PLI per source stream this often (the issue's "one per 500 ms").
 KEYFRAME_REQUEST_INTERVAL: Final = 0.5
+#: A publisher answers a PLI with its next frame: one round trip plus up to one frame interval
+#: (15 fps, the slowest a camera layer runs) before a request can have been answered, so a
+#: request is never repeated sooner than that on a slow path.
+KEYFRAME_ANSWER_FRAME: Final = 1 / 15
 #: A layer that sent nothing for this long counts as stopped (the publisher's encoder dropped
 #: it for bandwidth or CPU); subscribers fall back to a layer still being sent.
 LAYER_TIMEOUT: Final = 1.5
@@ -46,6 +53,9 @@ VIDEO_CACHE_PACKETS: Final = 512
 AUDIO_CACHE_PACKETS: Final = 64
 #: Video codecs whose payload descriptor ingest reads, by SDP encoding name.
 _VIDEO_KINDS: Final = {"vp8": VP8, "h264": H264, "vp9": VP9}
+#: What a track shows, as its publisher declares it (the room protocol's ``source``): a
+#: screen share outranks every camera when a subscriber's bandwidth is shared out.
+SOURCES: Final = frozenset({"camera", "microphone", "screen", "screen_audio"})
 
 
 def new_id(prefix: str) -> str:
@@ -88,9 +98,10 @@ class BitrateMeter:
         self._epoch = epoch
 
     def bps(self, now: float) -> int:
-        """The bitrate over the last second."""
+        """The bitrate over the last second (a reading at an earlier ``now`` than the newest
+        count changes nothing: reading never discards what was counted)."""
         epoch = int(now * 10)
-        if epoch != self._epoch:
+        if epoch > self._epoch:
             self._advance(epoch)
         return sum(self._buckets) * 8
 
@@ -119,6 +130,9 @@ class SourceStream:
     meter: BitrateMeter = field(default_factory=BitrateMeter)
     last_packet_at: float | None = None
     last_keyframe_at: float | None = None
+    #: Extended sequence number of the newest keyframe's first packet (-1: none yet): a lost
+    #: packet older than it is worthless to a subscriber that got the keyframe.
+    last_keyframe_seq: int = -1
     last_keyframe_request_at: float | None = None
     keyframe_requests: int = 0
     packets: int = 0
@@ -135,10 +149,13 @@ class SourceStream:
         """Whether the publisher still sends this layer."""
         return self.last_packet_at is not None and now - self.last_packet_at < LAYER_TIMEOUT
 
-    def should_request_keyframe(self, now: float) -> bool:
-        """Whether a keyframe request may go upstream now (and record it if so)."""
+    def should_request_keyframe(
+        self, now: float, interval: float = KEYFRAME_REQUEST_INTERVAL
+    ) -> bool:
+        """Whether a keyframe request may go upstream now (and record it if so): at most one
+        per ``interval`` (the caller widens it to what the publisher needs to answer)."""
         last = self.last_keyframe_request_at
-        if last is not None and now - last < KEYFRAME_REQUEST_INTERVAL:
+        if last is not None and now - last < interval:
             return False
         self.last_keyframe_request_at = now
         self.keyframe_requests += 1
@@ -211,11 +228,21 @@ class Publication:
     on_fanout: Callable[[Publication], None] | None = None
     _: KW_ONLY
     kernels: Kernels = field(repr=False)
+    #: One of :data:`SOURCES`; "camera" for video and "microphone" for audio unless declared.
+    source: str = ""
+    #: The top layer's picture height as the publisher declared it (None: not declared).
+    height: int | None = None
+    #: Measured (spatial, temporal) layer bitrates, sampled for the allocator.
+    rates: LayerRates = field(default_factory=LayerRates, repr=False)
     #: How ingest reads its packets (:mod:`sfu._fastpath.values` stream kinds), fixed by the
     #: kind and codec: computed once, not per packet.
     stream_kind: int = field(init=False)
 
     def __post_init__(self) -> None:
+        if not self.source:
+            self.source = "camera" if self.video else "microphone"
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown track source {self.source!r}")
         self.stream_kind = (
             _VIDEO_KINDS.get(self.codec.name.lower(), OTHER_VIDEO) if self.video else AUDIO
         )
@@ -278,7 +305,9 @@ class Publication:
             "participant": self.participant_id,
             "kind": self.kind,
             "name": self.name,
+            "source": self.source,
             "muted": self.muted,
             "force_muted": self.force_muted,
             "layers": list(self.rids),
+            **({"height": self.height} if self.height is not None else {}),
         }

@@ -14,7 +14,12 @@ from typing import Final
 
 from sfu.core.counters import PeerCounters
 from sfu.core.nack import build_nacks
-from sfu.core.publication import Publication, SourceStream
+from sfu.core.publication import (
+    KEYFRAME_ANSWER_FRAME,
+    KEYFRAME_REQUEST_INTERVAL,
+    Publication,
+    SourceStream,
+)
 from sfu.core.sender import Sender
 from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
@@ -45,9 +50,16 @@ class Reporter:
         self.counters = counters
         self._last_report = -1e9
 
-    def request_keyframe(self, stream: SourceStream, *, now: float) -> bool:
-        """Send a PLI for ``stream`` to the publisher, at most once per interval."""
-        if not stream.should_request_keyframe(now):
+    def request_keyframe(
+        self, stream: SourceStream, *, now: float, rtt: float | None = None
+    ) -> bool:
+        """Send a PLI for ``stream`` to the publisher, at most once per interval: 500 ms, or
+        the publisher's round trip plus a frame when that is longer (it cannot answer
+        sooner, and a repeat would only make it send a second keyframe)."""
+        interval = KEYFRAME_REQUEST_INTERVAL
+        if rtt is not None:
+            interval = max(interval, rtt + KEYFRAME_ANSWER_FRAME)
+        if not stream.should_request_keyframe(now, interval):
             return False
         self.counters.keyframe_requests_out += 1
         return self.sender.send_rtcp(Pli(self.rtcp_ssrc, stream.ssrc).serialize())

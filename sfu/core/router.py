@@ -191,6 +191,8 @@ class Router:
             return
         if flags & F_KEYFRAME:
             stream.last_keyframe_at = now
+            if ext_seq > stream.last_keyframe_seq:
+                stream.last_keyframe_seq = ext_seq
         if flags & F_LEVEL and self.on_audio_level is not None:
             self.on_audio_level(self.participant_id, level, bool(flags & F_VAD), now)
         if forwarded:

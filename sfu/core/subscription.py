@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from sfu import _fastpath
 from sfu._fastpath.values import AUDIO_INFO, Decision, PacketInfo, Vp8Translation
 from sfu.core.publication import Publication, SourceStream
-from sfu.core.retransmission import RetransmissionThrottle
+from sfu.core.retransmission import RetransmissionBudget, RetransmissionThrottle
 from sfu.core.route_state import HISTORY
 from sfu.core.rtcp_stats import SendStats
 from sfu.packet.errors import ParseError
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         Kernels,
         RouteState,
         RtpMunger,
+        SendHistory,
         SimulcastSelector,
         Vp8Munger,
     )
@@ -59,12 +60,16 @@ class Subscription:
         "out_ssrc",
         "paused",
         "payload_type",
+        "pinned",
         "publication",
+        "retransmit_dropped",
         "retransmit_misses",
+        "retransmit_superseded",
         "retransmitted",
         "rtx_payload_type",
         "rtx_ssrc",
         "selector",
+        "send_history",
         "send_stats",
         "state",
         "subscriber_id",
@@ -123,14 +128,23 @@ class Subscription:
         self.state: RouteState = kernels.RouteState()
         self.send_stats = SendStats(out_ssrc, clock_rate, self.state)
         self.throttle = RetransmissionThrottle()
+        #: The subscriber transport's send history (set by its Peer before the first packet):
+        #: every packet sent takes its next transport-wide sequence number. None: no stamping.
+        self.send_history: SendHistory | None = None
         self.buf = bytearray(1500)
         self.paused = False
         #: Forwarding stopped whatever the subscriber prefers (the publication is force-muted).
         self.held = False
         self.max_spatial: int | None = None
         self.max_temporal: int | None = None
+        #: The subscriber pinned this track: it outranks other cameras for bandwidth.
+        self.pinned = False
         self.retransmitted = 0
         self.retransmit_misses = 0
+        #: NACKed packets not resent: over the transport's budget, or older than a keyframe
+        #: the subscriber was already sent (it cannot use them any more).
+        self.retransmit_dropped = 0
+        self.retransmit_superseded = 0
         self._rtx_seq = secrets.randbits(16)  # random start, RFC 3550 §5.1
 
     @property
@@ -205,7 +219,11 @@ class Subscription:
             if translation is None:
                 return 0
             self.vp8.apply(buf, info.offset, translation)
-        self.extensions.apply(buf, n, abs_send_time)
+        history = self.send_history
+        if history is None:
+            self.extensions.apply(buf, n, abs_send_time)
+        elif self.extensions.apply(buf, n, abs_send_time, history.next_seq):
+            history.record(n, now, -1)
         out_seq = munger.last_out_seq
         if out_seq is not None:
             ts = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
@@ -233,8 +251,16 @@ class Subscription:
         if selector is None or selector.current.spatial == stream.layer:
             self.munger.drop(ext_seq)
 
-    def retransmit(self, seqs: list[int], now: float, abs_send_time: int) -> list[bytes]:
-        """Rebuild the packets a subscriber NACKed (16-bit outgoing seqs) that are still cached."""
+    def retransmit(
+        self,
+        seqs: list[int],
+        now: float,
+        abs_send_time: int,
+        budget: RetransmissionBudget | None = None,
+    ) -> list[bytes]:
+        """Rebuild the packets a subscriber NACKed (16-bit outgoing seqs) that are still cached
+        and still useful, within the transport's ``budget`` (oldest first, as NACKed: a frame
+        is decodable only once its earliest packets are there)."""
         out: list[bytes] = []
         scratch = bytearray(1500)
         for seq in seqs:
@@ -242,6 +268,9 @@ class Subscription:
             stream = None if entry is None else self.publication.layers.get(entry.layer)
             if entry is None or stream is None:
                 self.retransmit_misses += 1
+                continue
+            if entry.in_ext_seq < stream.last_keyframe_seq and self.publication.video:
+                self.retransmit_superseded += 1  # a newer keyframe was forwarded after it
                 continue
             if not self.throttle.allow(seq, now):
                 continue
@@ -271,10 +300,49 @@ class Subscription:
                     None if entry.keyidx < 0 else entry.keyidx,
                 )
                 self.kernels.Vp8Munger.apply(scratch, offset, translation)
-            self.extensions.apply(scratch, n, abs_send_time)
-            out.append(self._wrap_rtx(scratch, n, offset, seq))
+            wire_bits = (n + (2 if self.rtx_ssrc is not None else 0)) * 8
+            if budget is not None and not budget.allow(wire_bits, now):
+                self.retransmit_dropped += 1
+                continue
+            history = self.send_history
+            stamped = self.extensions.apply(
+                scratch, n, abs_send_time, -1 if history is None else history.next_seq
+            )
+            packet = self._wrap_rtx(scratch, n, offset, seq)
+            if stamped and history is not None:
+                history.record(len(packet), now, -1)
+            out.append(packet)
             self.retransmitted += 1
         return out
+
+    def padding(self, twcc_id: int, size: int, now: float, cluster: int) -> bytes | None:
+        """A padding-only packet of ``size`` (1..255) padding bytes on the RTX stream (a
+        bandwidth probe, RFC 3550 §5.1 padding, RFC 4588 stream), stamped with the next
+        transport-wide sequence number under ``twcc_id`` (1..14) and recorded in the send
+        history under probe ``cluster``. None without an RTX stream or a send history."""
+        history = self.send_history
+        if (
+            self.rtx_ssrc is None
+            or self.rtx_payload_type is None
+            or history is None
+            or not 0 < twcc_id < 15
+            or not 0 < size < 256
+        ):
+            return None
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        seq = history.next_seq
+        header = bytearray(20)
+        header[0] = 0xB0  # V=2, P=1, X=1
+        header[1] = self.rtx_payload_type
+        header[2:4] = self._rtx_seq.to_bytes(2, "big")
+        header[4:8] = (self.state.last_rtp_ts & 0xFFFFFFFF).to_bytes(4, "big")
+        header[8:12] = self.rtx_ssrc.to_bytes(4, "big")
+        header[12:16] = b"\xbe\xde\x00\x01"  # RFC 8285 one-byte block of one word
+        header[16] = (twcc_id << 4) | 1
+        header[17:19] = seq.to_bytes(2, "big")
+        packet = bytes(header) + bytes(size - 1) + bytes([size])
+        history.record(len(packet), now, cluster)
+        return packet
 
     def _wrap_rtx(self, buf: bytearray, n: int, offset: int, seq: int) -> bytes:
         """RFC 4588 §4: the RTX stream's header, then the original sequence number, then the

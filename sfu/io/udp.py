@@ -43,6 +43,10 @@ def _bind_socket(host: str, port: int) -> socket.socket:
     )[0]
     sock = socket.socket(family, type_, proto)
     try:
+        if family == socket.AF_INET6:
+            # "::" serves IPv4 clients too (as ::ffff:a.b.c.d), whatever the host's default.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -36,11 +36,21 @@ from sfu.core.counters import (
 from sfu.core.kernels import Forwarder
 from sfu.histogram import BANDWIDTH_BUCKETS_BPS, PlainHistogram
 from sfu.io.http_limits import HttpLimitCounters
-from sfu.metrics.labels import DROP_REASONS, HANDSHAKE_FAILURES, KINDS, drop_reason
+from sfu.metrics.labels import (
+    ALLOCATION_REASONS,
+    ALLOCATION_STATES,
+    DROP_REASONS,
+    HANDSHAKE_FAILURES,
+    KINDS,
+    drop_reason,
+)
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.room.room import ParticipantState
 from sfu.room.service import RoomService
+from sfu.transport.counters import CANDIDATE_TYPES
 from sfu.transport.port import MediaPort
+from sfu.transport.tcp import CLOSE_REASONS as TCP_CLOSE_REASONS
+from sfu.transport.tcp import IceTcpGate
 
 __all__ = ["MetricSources", "SfuCollector"]
 
@@ -61,6 +71,8 @@ class MetricSources:
     signaling_connections: Callable[[], int]
     #: The HTTP listeners' connection limits (None: not measured, as in tools and tests).
     http_limits: Callable[[], HttpLimitCounters | None] = lambda: None
+    #: The ICE-TCP connections' gate (None: no ICE-TCP in this process).
+    tcp_gate: Callable[[], IceTcpGate | None] = lambda: None
 
 
 @dataclass
@@ -71,6 +83,10 @@ class _RouterSnapshot:
     publications: dict[str, int]
     subscriptions: dict[str, int]
     estimates: PlainHistogram
+    #: Subscribers (with video subscriptions) by allocation state, and the video
+    #: subscriptions paused for bandwidth now.
+    allocation: dict[str, int] = field(default_factory=dict)
+    paused: int = 0
 
 
 def _histogram(name: str, doc: str, hist: PlainHistogram) -> HistogramMetricFamily:
@@ -109,6 +125,8 @@ class SfuCollector(Collector):
         publications: dict[str, int] = {"audio": 0, "video": 0}
         subscriptions: dict[str, int] = {"audio": 0, "video": 0}
         estimates = PlainHistogram(BANDWIDTH_BUCKETS_BPS)
+        allocation = dict.fromkeys(ALLOCATION_STATES, 0)
+        paused = 0
         service = self.sources.rooms()
         if service is None:
             return _RouterSnapshot(total, 0, participants, publications, subscriptions, estimates)
@@ -135,10 +153,23 @@ class SfuCollector(Collector):
                     total.egress_sent += sent
                     total.egress_lost += lost
                     total.layer_switches += subscription_switches(sub)
-                if peer.subscriptions and peer.remb_bps is not None:
-                    estimates.observe(float(peer.remb_bps))
+                estimate = peer.estimate_bps if peer.subscriptions else None
+                if estimate is not None:
+                    estimates.observe(estimate)
+                last = peer.allocator.last
+                if last is not None and last.targets:
+                    state = "deficient" if last.deficient else "stable"
+                    allocation[state] += 1
+                    paused += peer.allocator.paused_count
         return _RouterSnapshot(
-            total, len(service.rooms), participants, publications, subscriptions, estimates
+            total,
+            len(service.rooms),
+            participants,
+            publications,
+            subscriptions,
+            estimates,
+            allocation,
+            paused,
         )
 
     # -- the scrape ---------------------------------------------------------------------------
@@ -183,6 +214,31 @@ class SfuCollector(Collector):
             {(): c.retransmits},
         )
         yield self._counter(
+            "sfu_retransmissions_skipped",
+            "NACKed packets not resent: over the transport's bandwidth budget, or older than a "
+            "keyframe already forwarded.",
+            ["reason"],
+            {("budget",): c.retransmits_dropped, ("superseded",): c.retransmits_superseded},
+        )
+        yield self._counter(
+            "sfu_probe_clusters",
+            "Bandwidth probe clusters sent to subscribers, by outcome.",
+            ["outcome"],
+            {("succeeded",): c.probes_succeeded, ("failed",): c.probes_failed},
+        )
+        yield self._counter(
+            "sfu_probe_packets",
+            "Padding-only probe packets sent to subscribers.",
+            [],
+            {(): c.probe_packets},
+        )
+        yield self._counter(
+            "sfu_transport_feedback_received",
+            "Subscriber feedback driving the bandwidth estimate, by kind.",
+            ["kind"],
+            {("transport_cc",): c.twcc_in, ("remb",): c.remb_in},
+        )
+        yield self._counter(
             "sfu_keyframe_requests_received",
             "Keyframe requests from subscribers, by message.",
             ["type"],
@@ -199,6 +255,18 @@ class SfuCollector(Collector):
             "Simulcast spatial layer switches made for subscribers.",
             [],
             {(): c.layer_switches},
+        )
+        yield self._counter(
+            "sfu_layer_target_changes",
+            "Target layer changes made by the bandwidth allocator, by reason.",
+            ["reason"],
+            {(r,): getattr(c, f"target_changes_{r}") for r in ALLOCATION_REASONS},
+        )
+        yield self._counter(
+            "sfu_bandwidth_pauses",
+            "Video subscriptions paused because not even their lowest layer fit, and resumed.",
+            ["event"],
+            {("paused",): c.bandwidth_pauses, ("resumed",): c.bandwidth_resumes},
         )
         yield self._counter(
             "sfu_rtp_packets_expected",
@@ -221,6 +289,38 @@ class SfuCollector(Collector):
             ["stage", "reason"],
             failures,
         )
+        yield self._counter(
+            "sfu_transports_connected",
+            "Transports that connected, by how the client reached us (udp, tcp, relay).",
+            ["candidate_type"],
+            {(t,): float(port.connected_by_type.get(t, 0)) for t in CANDIDATE_TYPES},
+        )
+        yield self._counter(
+            "sfu_transport_failures_by_candidate",
+            "Transports that failed to connect, by the candidate type last selected (none: "
+            "no valid ICE check ever arrived).",
+            ["candidate_type"],
+            {(t,): float(port.failed_by_type.get(t, 0)) for t in CANDIDATE_TYPES},
+        )
+        gate = self.sources.tcp_gate()
+        if gate is not None:
+            yield self._counter(
+                "sfu_ice_tcp_connections_opened",
+                "ICE-TCP connections accepted.",
+                [],
+                {(): float(gate.opened)},
+            )
+            yield self._counter(
+                "sfu_ice_tcp_connections_closed",
+                "ICE-TCP connections closed, by reason (hostile ones included).",
+                ["tcp_close_reason"],
+                {(r,): float(gate.closed.get(r, 0)) for r in TCP_CLOSE_REASONS},
+            )
+            yield GaugeMetricFamily(
+                "sfu_ice_tcp_connections",
+                "ICE-TCP connections held now.",
+                gate.connection_count,
+            )
         yield _histogram(
             "sfu_ice_handshake_duration_seconds",
             "From the answer to the first valid ICE connectivity check.",
@@ -245,7 +345,8 @@ class SfuCollector(Collector):
         )
         estimates = GaugeHistogramMetricFamily(
             "sfu_subscriber_estimated_bandwidth_bits_per_second",
-            "Current downlink bandwidth estimates of subscribers (receiver-side REMB).",
+            "Current downlink bandwidth estimates of subscribers' transports (send-side, from "
+            "transport-wide CC feedback; REMB where transport-cc is not negotiated).",
         )
         estimates.add_metric([], router.estimates.cumulative(), gsum_value=router.estimates.sum)
         yield estimates
@@ -378,6 +479,19 @@ class SfuCollector(Collector):
             for listener, n in http.open_connections().items():
                 open_now.add_metric([listener], n)
             yield open_now
+        states_family = GaugeMetricFamily(
+            "sfu_subscriber_allocation",
+            "Subscribers by allocation state: everything wanted fits (stable) or not (deficient).",
+            labels=["state"],
+        )
+        for state in ALLOCATION_STATES:
+            states_family.add_metric([state], router.allocation.get(state, 0))
+        yield states_family
+        yield GaugeMetricFamily(
+            "sfu_subscriptions_paused",
+            "Video subscriptions paused for bandwidth now.",
+            router.paused,
+        )
         yield GaugeMetricFamily(
             "sfu_signaling_connections",
             "Open room-protocol WebSocket connections.",

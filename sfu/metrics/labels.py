@@ -10,13 +10,24 @@ from __future__ import annotations
 from typing import Final
 
 from sfu._fastpath.values import REFUSAL_REASONS
+from sfu.core.allocator import REASONS
 from sfu.io.http_limits import REASONS as HTTP_REFUSALS
 from sfu.packet.demux import PacketKind
 from sfu.transport import ice
+from sfu.transport.counters import CANDIDATE_TYPES
 from sfu.transport.port import REFUSAL_REASONS as TRANSPORT_REFUSALS
+from sfu.transport.tcp import CLOSE_REASONS as TCP_CLOSE_REASONS
 from sfu.transport.transport import HandshakeFailure
 
-__all__ = ["ALLOWED", "DROP_REASONS", "HANDSHAKE_FAILURES", "KINDS", "drop_reason"]
+__all__ = [
+    "ALLOCATION_REASONS",
+    "ALLOCATION_STATES",
+    "ALLOWED",
+    "DROP_REASONS",
+    "HANDSHAKE_FAILURES",
+    "KINDS",
+    "drop_reason",
+]
 
 #: Datagram kinds on the media port (RFC 7983 demultiplexing).
 KINDS: Final = frozenset(kind.name.lower() for kind in PacketKind)
@@ -63,25 +74,37 @@ def drop_reason(reason: str) -> str:
     return reason if reason in DROP_REASONS else "other"
 
 
+#: Why the allocator changed a subscription's target layer (sfu.core.allocator.REASONS).
+ALLOCATION_REASONS: Final = REASONS
+#: A subscriber's allocation: everything it wants fits (stable) or not (deficient).
+ALLOCATION_STATES: Final = ("stable", "deficient")
+
 #: (stage, reason) of a transport that failed to connect (:class:`HandshakeFailure` values).
 HANDSHAKE_FAILURES: Final = tuple(failure.value for failure in HandshakeFailure)
 
 #: Allowed values per label name, across every ``sfu_*`` metric.
 ALLOWED: Final[dict[str, frozenset[str]]] = {
-    "kind": KINDS | {"websocket", "whip", "whep"},
+    "kind": KINDS | {"websocket", "whip", "whep", "transport_cc", "remb"},
     "media": frozenset({"audio", "video"}),
     "direction": frozenset({"ingress", "egress"}),
     "reason": DROP_REASONS
     | frozenset(reason for _, reason in HANDSHAKE_FAILURES)
     | frozenset(TRANSPORT_REFUSALS)
-    | frozenset(HTTP_REFUSALS),
+    | frozenset(HTTP_REFUSALS)
+    | frozenset(ALLOCATION_REASONS)
+    | frozenset({"budget", "superseded"}),  # retransmissions skipped
     "listener": frozenset({"http", "ops"}),
+    "outcome": frozenset({"succeeded", "failed"}),  # probe clusters
     "stage": frozenset({"ice", "dtls"}),
-    "state": frozenset({"new", "connecting", "connected", "waiting", "joined"}),
+    "state": frozenset({"new", "connecting", "connected", "waiting", "joined"})
+    | frozenset(ALLOCATION_STATES),
+    "event": frozenset({"paused", "resumed"}),
     "type": frozenset({"pli", "fir"}),
     "implementation": frozenset({"cython", "python"}),
     "le": frozenset(),  # bucket bounds: numbers, checked separately
     "generation": frozenset({"0", "1", "2"}),  # python_gc_* from prometheus-client
     "path": frozenset({"fast", "slow"}),
     "error": frozenset({"protect", "send", "log_overflow"}),
+    "candidate_type": frozenset(CANDIDATE_TYPES),
+    "tcp_close_reason": frozenset(TCP_CLOSE_REASONS),
 }

@@ -11,7 +11,7 @@ Every problem with the offer raises :class:`NegotiationError`, whose message is 
 safe to return to the client (it echoes at most short, clipped identifiers).
 """
 
-from sfu.negotiation.answer import build_answer, candidate_priority
+from sfu.negotiation.answer import HostCandidate, build_answer, candidate_priority
 from sfu.negotiation.offer import negotiate
 from sfu.negotiation.policy import (
     DEFAULT_HEADER_EXTENSIONS,
@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_HEADER_EXTENSIONS",
     "DEFAULT_RTCP_FEEDBACK",
     "CodecPreferences",
+    "HostCandidate",
     "NegotiatedCodec",
     "NegotiatedMedia",
     "NegotiatedSession",

@@ -8,6 +8,7 @@ import hashlib
 import ipaddress
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from sfu.negotiation.result import NegotiatedMedia, NegotiatedSession, SendStream
 from sfu.packet.sdp import (
@@ -32,7 +33,7 @@ from sfu.packet.sdp import (
     SsrcGroup,
 )
 
-__all__ = ["build_answer", "candidate_priority"]
+__all__ = ["HostCandidate", "build_answer", "candidate_priority"]
 
 
 def candidate_priority(
@@ -42,23 +43,56 @@ def candidate_priority(
     return (type_preference << 24) + (local_preference << 8) + (256 - component)
 
 
-def _host_candidates(candidates: Sequence[tuple[str, int]]) -> list[Candidate]:
+#: A host candidate: ``(address, port)`` for UDP, ``(address, port, "tcp")`` for a passive
+#: ICE-TCP candidate (RFC 6544).
+HostCandidate = tuple[str, int] | tuple[str, int, str]
+
+#: RFC 8445 §5.1.2.2 type preference of our UDP host candidates (the recommended 126).
+UDP_TYPE_PREFERENCE: Final = 126
+#: Type preference of passive ICE-TCP host candidates: below every UDP candidate type a
+#: browser gathers (host 126, prflx 110, srflx 100), so UDP wins whenever it works
+#: (RFC 6544 §4.2 leaves the split between transports to the agent).
+TCP_TYPE_PREFERENCE: Final = 90
+
+
+def _host_candidates(candidates: Sequence[HostCandidate]) -> list[Candidate]:
     out: list[Candidate] = []
-    seen: set[tuple[str, int]] = set()
-    for position, (host, port) in enumerate(candidates):
+    seen: set[tuple[str, int, str]] = set()
+    for position, candidate in enumerate(candidates):
+        host, port = candidate[0], candidate[1]
+        transport = candidate[2] if len(candidate) == 3 else "udp"
+        if transport not in ("udp", "tcp"):
+            raise ValueError(f"candidate transport must be udp or tcp: {transport!r}")
         address = str(ipaddress.ip_address(host))  # ValueError on anything but an IP literal
         if not 1 <= port <= 65535:
             raise ValueError(f"candidate port out of range: {port}")
-        if (address, port) in seen:
+        if (address, port, transport) in seen:
             continue
-        seen.add((address, port))
+        seen.add((address, port, transport))
         # RFC 8445 §5.1.1.3: same type, base address and transport -> same foundation.
-        foundation = str(zlib.crc32(f"host udp {address}".encode()))
+        foundation = str(zlib.crc32(f"host {transport} {address}".encode()))
         # §5.1.2.1: local preference unique per address, highest for the first given.
         local_pref = max(65535 - position, 0)
-        out.append(
-            Candidate(foundation, 1, "udp", candidate_priority(local_pref), address, port, "host")
-        )
+        if transport == "udp":
+            out.append(
+                Candidate(
+                    foundation, 1, "udp", candidate_priority(local_pref), address, port, "host"
+                )
+            )
+        else:
+            priority = candidate_priority(local_pref, type_preference=TCP_TYPE_PREFERENCE)
+            out.append(
+                Candidate(
+                    foundation,
+                    1,
+                    "tcp",
+                    priority,
+                    address,
+                    port,
+                    "host",
+                    extensions=(("tcptype", "passive"),),
+                )
+            )
     return out
 
 
@@ -84,7 +118,7 @@ def build_answer(
     ice: tuple[str, str],
     fingerprint: tuple[str, str],
     setup: Setup,
-    candidates: Sequence[tuple[str, int]],
+    candidates: Sequence[HostCandidate],
     send_streams: Mapping[str, SendStream] | None = None,
     ice_lite: bool = True,
     session_id: int | None = None,

@@ -70,6 +70,10 @@ class Participant:
     refusals_audited: int = 0
     #: The client's address as signaling saw it (for per-source limits); never logged.
     source: str | None = field(default=None, repr=False)
+    #: While its signaling is gone: when its place is given up (the service's clock).
+    detached_until: float | None = None
+    #: It resumed after its signaling dropped: its next offer may bring a new transport.
+    resumed: bool = False
 
     @property
     def moderator(self) -> bool:
@@ -152,4 +156,8 @@ class Room:
         changed = self.speakers.poll(now)
         if changed is not None:
             active = [pid for pid in changed if pid in self.participants]
+            speakers = frozenset(active)
+            for participant in self.participants.values():
+                if participant.peer is not None:
+                    participant.peer.speakers = speakers  # their cameras rank higher
             self.broadcast({"type": "speakers", "speakers": active})

@@ -22,6 +22,7 @@ from sfu.core.publication import Publication, new_id, new_ssrc
 from sfu.core.subscription import Subscription
 from sfu.negotiation import (
     CodecPreferences,
+    HostCandidate,
     NegotiatedCodec,
     NegotiatedMedia,
     NegotiatedSession,
@@ -55,6 +56,11 @@ log = logging.getLogger(__name__)
 ROOM_PREFERENCES: Final = CodecPreferences(video_codecs=("VP8", "H264", "VP9", "AV1"))
 #: Codecs a publication may use: the ones whose payload descriptor shows keyframes.
 _FORWARDABLE: Final = frozenset({"vp8", "h264", "vp9", "opus"})
+#: The track sources a publisher may declare for each kind of m= section.
+_SOURCES_BY_KIND: Final = {
+    "audio": frozenset({"microphone", "screen_audio"}),
+    "video": frozenset({"camera", "screen"}),
+}
 #: Stands for an extension id another section of the subscriber's BUNDLE negotiated: taken,
 #: and never the target of a rewrite.
 _OTHER_SECTION_URI: Final = "urn:x-sfu:id-taken-by-another-bundle-section"
@@ -91,6 +97,15 @@ class RoomLimits:
     max_publications: int = 8
     max_subscriptions: int = 128
     max_rooms: int = 1000
+
+
+def stream_state_event(sub: Subscription, state: str, reason: str | None) -> Message:
+    """The ``stream_state`` event: the server paused (``paused``, reason ``bandwidth``) or
+    resumed (``active``) forwarding one subscribed track (docs/protocol.md)."""
+    message: Message = {"type": "stream_state", "track": sub.publication.id, "state": state}
+    if reason is not None:
+        message["reason"] = reason
+    return message
 
 
 def not_joined(participant: Participant) -> RoomError:
@@ -138,13 +153,18 @@ def _declared_streams(media: NegotiatedMedia) -> list[tuple[int, int | None]]:
     return [(primaries[0], rtx_of.get(primaries[0]))] if primaries else []
 
 
+def _detached_sink(message: Message) -> None:
+    """Where messages to a participant without signaling go: nowhere (a resume sends the
+    whole state again)."""
+
+
 class RoomService:
     """All rooms of this process, and the operations the signaling adapters call."""
 
     def __init__(
         self,
         port: MediaPort,
-        candidates: list[tuple[str, int]],
+        candidates: list[HostCandidate],
         *,
         kernels: Kernels,
         limits: RoomLimits | None = None,
@@ -154,8 +174,14 @@ class RoomService:
         bans: Bans | None = None,
         clock: Callable[[], float] | None = None,
         dataplane: DataPlane | None = None,
+        resume_grace_s: float = 0.0,
+        ice_servers: Callable[[], list[Message]] | None = None,
     ) -> None:
         self.port = port
+        #: Seconds a participant whose signaling dropped keeps its place (0: it leaves).
+        self.resume_grace_s = resume_grace_s
+        #: The ``RTCIceServer`` list (TURN credentials) for each joined message; None: none.
+        self.ice_servers = ice_servers
         #: The per-packet classes of every publication and subscription (the data plane's
         #: too, so that its forwarder is only ever given objects of its own kind).
         self.kernels = kernels
@@ -188,8 +214,13 @@ class RoomService:
         now: float,
         password: PasswordHash | None = None,
         source: str | None = None,
+        resume: bool = False,
     ) -> Participant:
         """Add a verified token holder to its room: admitted, or held in ``waiting``.
+
+        A participant of the same identity whose signaling dropped (within the grace
+        period), or any admitted one when ``resume`` is asked, is resumed: the same
+        participant continues on ``sink`` (:meth:`_resume`).
 
         The room's policy applies first (bans, lock, password, size; see
         :meth:`_check_entry`); ``password`` is the room's hash the caller verified the
@@ -208,6 +239,15 @@ class RoomService:
         previous = room.by_identity(claims.identity)
         self._check_entry(room, policy, claims, kind, previous is not None, now, password)
         self.rooms[claims.room] = room
+        if (
+            previous is not None
+            and previous.state is ParticipantState.JOINED
+            and kind == previous.kind == "websocket"
+            and self.resume_grace_s > 0
+            and (resume or previous.detached_until is not None)
+        ):
+            self._resume(previous, claims, sink)
+            return previous
         if previous is not None:
             self.end(previous, CLOSE_REPLACED, "joined from elsewhere", now=now)
         participant = Participant(
@@ -300,30 +340,96 @@ class RoomService:
             self.notify_waiting(room)
         return True
 
-    def _admit(self, participant: Participant) -> None:
+    def _joined(self, participant: Participant, *, resumed: bool) -> Message:
+        """The ``joined`` message: who is there, what this participant may do, ICE servers."""
         room = participant.room
         policy = self.policies.get(room.name)
-        others = [p.describe() for p in room.participants.values()]
+        message: Message = {
+            "type": "joined",
+            "protocol": 1,
+            "room": room.name,
+            "participant": participant.describe(),
+            "grants": grant_names(participant.grants),
+            "participants": [
+                p.describe() for p in room.participants.values() if p is not participant
+            ],
+            "e2ee_required": policy.e2ee_required,
+            "policy": policy.public(),
+            "resumed": resumed,
+        }
+        if self.ice_servers is not None:
+            message["ice_servers"] = self.ice_servers()
+        return message
+
+    def _admit(self, participant: Participant) -> None:
+        room = participant.room
+        message = self._joined(participant, resumed=False)
         room.participants[participant.id] = participant
         participant.state = ParticipantState.JOINED
-        participant.send(
-            {
-                "type": "joined",
-                "protocol": 1,
-                "room": room.name,
-                "participant": participant.describe(),
-                "grants": grant_names(participant.grants),
-                "participants": others,
-                "e2ee_required": policy.e2ee_required,
-                "policy": policy.public(),
-            }
-        )
+        participant.send(message)
         room.broadcast(
             {"type": "participant_joined", "participant": participant.describe()},
             exclude=participant,
         )
         if participant.moderator and room.waiting:
             participant.send(self.waiting_list(room))
+
+    # -- resuming (docs/protocol.md, "Reconnecting") -------------------------------------------
+
+    def detach(self, participant: Participant, *, now: float) -> None:
+        """Its signaling dropped without a ``leave``: keep its place (transport, tracks,
+        subscriptions, mutes) for ``resume_grace_s`` so a rejoin with the same identity
+        resumes it; without grace, while draining, or if it was not admitted, it leaves."""
+        if (
+            self.resume_grace_s <= 0
+            or self.draining
+            or participant.state is not ParticipantState.JOINED
+        ):
+            self.leave(participant, now=now)
+            return
+        participant.sink = _detached_sink
+        participant.on_close = None
+        participant.detached_until = now + self.resume_grace_s
+
+    def _resume(self, participant: Participant, claims: JoinClaims, sink: Sink) -> None:
+        """A rejoin within the grace period: the same participant, now on ``sink``. Others
+        see no leave or join; the client is told ``resumed`` and may ICE-restart its
+        connection, or offer a new one (:meth:`offer` then replaces the transport)."""
+        callback = participant.on_close
+        participant.on_close = None
+        if callback is not None:  # its old connection, if the server had not noticed the drop
+            callback(CLOSE_REPLACED, "resumed elsewhere")
+        participant.sink = sink
+        participant.detached_until = None
+        participant.resumed = True
+        participant.grants = claims.grants
+        participant.send(self._joined(participant, resumed=True))
+        if participant.moderator and participant.room.waiting:
+            participant.send(self.waiting_list(participant.room))
+
+    def expire_detached(self, now: float) -> None:
+        """Participants whose grace period passed without a rejoin leave now."""
+        for room in list(self.rooms.values()):
+            for participant in list(room.participants.values()):
+                until = participant.detached_until
+                if until is not None and now >= until:
+                    self.leave(participant, now=now)
+
+    def _drop_peer(self, participant: Participant, now: float, reason: str) -> None:
+        """Forget the participant's transport and everything on it (tracks, subscriptions)."""
+        peer = participant.peer
+        if peer is None:
+            return
+        for mid in list(peer.publications):
+            self._unpublish(participant, mid)
+        for mid in list(peer.subscriptions):
+            self._unsubscribe(peer, mid)
+        participant.peer = None
+        participant.setup = None
+        participant.fingerprints = ()
+        peer.on_state_change = None
+        peer.on_audio_level = None
+        self.port.close_transport(peer.transport, now, reason)
 
     def leave(self, participant: Participant, *, now: float) -> None:
         """Remove ``participant``: every route, cache and timer it had is freed."""
@@ -335,16 +441,8 @@ class RoomService:
         room = participant.room
         room.waiting.pop(participant.id, None)
         room.participants.pop(participant.id, None)
-        peer = participant.peer
-        if peer is not None:
-            for mid in list(peer.publications):
-                self._unpublish(participant, mid)
-            for mid in list(peer.subscriptions):
-                self._unsubscribe(peer, mid)
-            participant.peer = None
-            peer.on_state_change = None
-            peer.on_audio_level = None
-            self.port.close_transport(peer.transport, now, "left")
+        participant.detached_until = None
+        self._drop_peer(participant, now, "left")
         room.speakers.remove(participant.id)
         if was_joined:
             room.broadcast({"type": "participant_left", "participant": participant.id})
@@ -371,6 +469,8 @@ class RoomService:
         *,
         names: Mapping[str, str] | None = None,
         subscriptions: Mapping[str, str] | None = None,
+        sources: Mapping[str, str] | None = None,
+        heights: Mapping[str, int] | None = None,
         validate_only: bool = False,
     ) -> str:
         """Answer a (re)offer: its send sections are publications, bound recv sections are
@@ -380,6 +480,8 @@ class RoomService:
             raise not_joined(participant)
         names = names or {}
         subscriptions = subscriptions or {}
+        sources = sources or {}
+        heights = heights or {}
         room = participant.room
         try:
             offer = SessionDescription.parse(sdp)
@@ -391,8 +493,11 @@ class RoomService:
         fingerprints = tuple(
             (f.algorithm.lower(), f.value.upper()) for f in negotiated.fingerprints
         )
+        replaced = peer
         if peer is not None and not set(fingerprints) & set(participant.fingerprints):
-            raise RoomError("bad_offer", "the DTLS fingerprint changed; start a new session")
+            if not participant.resumed:
+                raise RoomError("bad_offer", "the DTLS fingerprint changed; start a new session")
+            peer = None  # a resumed client's new connection replaces the old one
         by_mid = {m.mid: m for m in negotiated.media}
         publishing = {
             m.mid: m
@@ -415,6 +520,12 @@ class RoomService:
             codec = publishing[mid].codecs[0]
             if codec.name.lower() not in _FORWARDABLE:
                 raise RoomError("bad_offer", f"cannot forward {codec.name} publications")
+            source = sources.get(mid)
+            if source is not None and source not in _SOURCES_BY_KIND[publishing[mid].kind]:
+                raise RoomError(
+                    "bad_message",
+                    f"tracks.{mid[:32]}.source {source!r} is not a {publishing[mid].kind} source",
+                )
         bound: dict[str, tuple[Publication, NegotiatedCodec]] = {}
         if subscriptions and not participant.grants & Grant.SUBSCRIBE:
             raise RoomError("forbidden", "this token may not subscribe")
@@ -445,6 +556,9 @@ class RoomService:
         if validate_only:
             return ""
         # -- apply --
+        if replaced is not None and peer is None:
+            self._drop_peer(participant, now, "replaced")
+        participant.resumed = False
         if peer is None:
             peer = self._create_peer(participant, negotiated, fingerprints, now)
         elif negotiated.remote_ufrag != peer.transport.ice.remote_ufrag:
@@ -460,7 +574,14 @@ class RoomService:
             if target is None or target[0] is not sub.publication:
                 self._unsubscribe(peer, mid)
         for mid in new_pubs:
-            self._publish(participant, peer, publishing[mid], names.get(mid))
+            self._publish(
+                participant,
+                peer,
+                publishing[mid],
+                names.get(mid),
+                sources.get(mid),
+                heights.get(mid),
+            )
         taken = {s for m in negotiated.media for s in m.ssrcs}
         for existing in peer.subscriptions.values():
             taken.update(x for x in (existing.out_ssrc, existing.rtx_ssrc) if x is not None)
@@ -529,6 +650,9 @@ class RoomService:
             stats=self.stats,
             dataplane=self.dataplane,
         )
+        peer.on_stream_state = lambda sub, state, reason: participant.send(
+            stream_state_event(sub, state, reason)
+        )
         transport.set_listener(peer)
         participant.peer = peer
         participant.setup = negotiated.setup
@@ -543,7 +667,13 @@ class RoomService:
             self.end(participant, CLOSE_MEDIA_FAILED, "media transport ended", now=now)
 
     def _publish(
-        self, participant: Participant, peer: Peer, media: NegotiatedMedia, name: str | None
+        self,
+        participant: Participant,
+        peer: Peer,
+        media: NegotiatedMedia,
+        name: str | None,
+        source: str | None,
+        height: int | None = None,
     ) -> None:
         publication = Publication(
             id=new_id("TR"),
@@ -555,6 +685,8 @@ class RoomService:
             extensions=dict(media.extensions),
             rids=tuple(r.rid for r in media.simulcast) if media.simulcast else media.rids,
             kernels=self.kernels,
+            source=source or "",
+            height=height if media.kind == "video" else None,
         )
         publication.keyframe_requester = peer.request_keyframe
         peer.add_publication(publication, _declared_streams(media))
@@ -669,12 +801,14 @@ class RoomService:
         max_spatial: int | None,
         max_temporal: int | None,
         paused: bool,
+        pinned: bool = False,
     ) -> None:
-        """A subscriber's layer caps and visibility for one of its subscriptions."""
+        """A subscriber's layer caps, visibility and pin for one of its subscriptions."""
         peer = self._joined_peer(participant)
         for sub in peer.subscriptions.values() if peer else []:
             if sub.publication.id == track_id:
                 sub.set_preferences(max_spatial, max_temporal, paused)
+                sub.pinned = pinned
                 return
         raise RoomError("unknown_track", f"not subscribed to {track_id[:32]!r}")
 
@@ -759,6 +893,7 @@ class RoomService:
         except Exception:  # pragma: no cover - a bug must not stop every room
             log.exception("internal error replaying the data plane's log")
         self.expire_waiting(now)
+        self.expire_detached(now)
         for room in list(self.rooms.values()):
             for participant in list(room.participants.values()):
                 peer = participant.peer

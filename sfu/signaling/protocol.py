@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 #: Longest room password a ``join`` may carry, longest ban a ``remove`` may ask for (s).
+from sfu.core.publication import SOURCES
 from sfu.room.policy import MAX_BAN_S, MAX_PASSWORD_CHARS
 
 __all__ = [
@@ -55,6 +56,8 @@ _MAX_ROOM_CHARS: Final = 128
 _MAX_ENTRIES: Final = 128
 _MAX_LAYER: Final = 2
 _MAX_PARTICIPANT_ID_CHARS: Final = 64
+#: Largest picture height a publisher may declare (8K).
+_MAX_HEIGHT: Final = 4320
 
 
 class ProtocolError(Exception):
@@ -77,6 +80,9 @@ class Join:
     id: str | int | None = None
     #: The room's password, when it has one (never logged, never echoed).
     password: str | None = field(default=None, repr=False)
+    #: A reconnecting client: take over this identity's session (transport, tracks,
+    #: subscriptions) instead of replacing it (docs/protocol.md, "Reconnecting").
+    resume: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,11 @@ class Offer:
     tracks: dict[str, str] = field(default_factory=dict)
     subscriptions: dict[str, str] = field(default_factory=dict)
     id: str | int | None = None
+    #: What each published track shows, by mid (``camera``, ``screen``...), where declared.
+    sources: dict[str, str] = field(default_factory=dict)
+    #: The picture height of each published video track's top layer, by mid, where declared
+    #: (subscribers map their tile sizes to layers with it).
+    heights: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,8 @@ class Preferences:
     max_temporal: int | None = None
     paused: bool = False
     id: str | int | None = None
+    #: The subscriber pinned the tile: it outranks other cameras for bandwidth.
+    pinned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +283,37 @@ def _mid_map(
     return out
 
 
+def _track_details(
+    obj: dict[str, Any], rid: str | int | None
+) -> tuple[dict[str, str], dict[str, int]]:
+    """The optional ``source`` and ``height`` of each ``tracks`` entry (already checked to be
+    objects keyed by short mids)."""
+    sources: dict[str, str] = {}
+    heights: dict[str, int] = {}
+    for mid, item in obj.get("tracks", {}).items():
+        source = item.get("source")
+        if source is not None:
+            if not isinstance(source, str) or source not in SOURCES:
+                raise ProtocolError(
+                    "bad_message",
+                    f"'tracks.{mid}.source' must be one of {', '.join(sorted(SOURCES))}",
+                    rid,
+                )
+            sources[mid] = source
+        height = item.get("height")
+        if height is not None:
+            if (
+                isinstance(height, bool)
+                or not isinstance(height, int)
+                or not 1 <= height <= _MAX_HEIGHT
+            ):
+                raise ProtocolError(
+                    "bad_message", f"'tracks.{mid}.height' must be an integer 1-{_MAX_HEIGHT}", rid
+                )
+            heights[mid] = height
+    return sources, heights
+
+
 def parse_client_message(text: str | bytes) -> ClientMessage:
     """Parse and validate one client message (raises :class:`ProtocolError`)."""
     # surrogatepass: a str can hold lone surrogates (no wire can); json.loads refuses them.
@@ -303,14 +347,18 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         password = None
         if obj.get("password") is not None:
             password = _string(obj, "password", MAX_PASSWORD_CHARS, rid)
-        return Join(version, room, token, rid, password)
+        resume = obj.get("resume", False)
+        if not isinstance(resume, bool):
+            raise ProtocolError("bad_message", "'resume' must be a boolean", rid)
+        return Join(version, room, token, rid, password, resume)
     if kind == "offer":
         sdp = obj.get("sdp")
         if not isinstance(sdp, str) or not sdp:
             raise ProtocolError("bad_message", "'sdp' must be a non-empty string", rid)
         tracks = _mid_map(obj, "tracks", rid, nested_name=True)
         subscriptions = _mid_map(obj, "subscriptions", rid, nested_name=False)
-        return Offer(sdp, tracks, subscriptions, rid)
+        sources, heights = _track_details(obj, rid)
+        return Offer(sdp, tracks, subscriptions, rid, sources, heights)
     if kind == "unsubscribe":
         return Unsubscribe(_string(obj, "track", _MAX_TRACK_ID_CHARS, rid), rid)
     if kind == "prefs":
@@ -320,6 +368,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
             _layer(obj, "max_temporal", rid),
             _boolean(obj, "paused", rid, False),
             rid,
+            _boolean(obj, "pinned", rid, False),
         )
     if kind == "mute":
         track = _string(obj, "track", _MAX_TRACK_ID_CHARS, rid)

@@ -75,6 +75,9 @@ MAX_QUEUED: Final = 1024
 CLOSE_BAD_JOIN: Final = 4000
 CLOSE_UNAUTHORIZED: Final = 4001
 CLOSE_JOIN_TIMEOUT: Final = 4008
+#: Close codes a client sends when it means to go (normal closure, page going away): the
+#: participant leaves at once instead of keeping its place for a resume.
+_CLEAN_CLOSES: Final = frozenset({WSCloseCode.OK, WSCloseCode.GOING_AWAY})
 #: Join refusals that are the room's policy (sent as an ``error`` reply, then closed 4003).
 _POLICY_REFUSALS: Final = frozenset(
     {
@@ -250,9 +253,15 @@ def add_room_routes(
         finally:
             sockets.open.discard(ws)
             participant = conn.participant
-            if participant is not None:
+            if participant is not None and participant.sink == conn.sink:
                 participant.on_close = None
-                service.leave(participant, now=clock())
+                if conn.close_code is None and ws.close_code not in _CLEAN_CLOSES:
+                    # The connection dropped (no leave, no clean close, not closed by us): the
+                    # participant keeps its place for the grace period (docs/protocol.md,
+                    # "Reconnecting").
+                    service.detach(participant, now=clock())
+                else:
+                    service.leave(participant, now=clock())
             conn.request_close(conn.close_code or WSCloseCode.OK, conn.close_reason)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(writer, 5.0)
@@ -303,7 +312,12 @@ async def _join(
         if ws.closed:
             return False  # the client gave up while its password was being checked
         participant = service.join(
-            claims, conn.sink, now=conn.clock(), password=proof, source=source
+            claims,
+            conn.sink,
+            now=conn.clock(),
+            password=proof,
+            source=source,
+            resume=join.resume,
         )
     except RoomError as exc:
         conn.sink(error_message(exc.code, exc.message, join.id))
@@ -369,6 +383,8 @@ def _dispatch(conn: _Connection, message: ClientMessage, now: float) -> None:
             now,
             names=message.tracks,
             subscriptions=message.subscriptions,
+            sources=message.sources,
+            heights=message.heights,
         )
         own = participant.peer.publications if participant.peer is not None else {}
         tracks = {mid: publication.id for mid, publication in own.items()}
@@ -383,6 +399,7 @@ def _dispatch(conn: _Connection, message: ClientMessage, now: float) -> None:
             max_spatial=message.max_spatial,
             max_temporal=message.max_temporal,
             paused=message.paused,
+            pinned=message.pinned,
         )
         conn.reply(message.id, {"type": "ok"})
     elif isinstance(message, Mute):

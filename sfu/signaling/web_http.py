@@ -27,6 +27,7 @@ DEV_TOKEN_TTL_S: Final = 3600
 _ASSETS: Final = {
     "/": ("index.html", "text/html"),
     "/sfu-client.js": ("sfu-client.js", "application/javascript"),
+    "/reconnect.js": ("reconnect.js", "application/javascript"),
     "/meeting.css": ("meeting.css", "text/css"),
     "/e2ee.js": ("e2ee.js", "application/javascript"),
     "/e2ee-worker.js": ("e2ee-worker.js", "application/javascript"),

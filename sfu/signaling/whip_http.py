@@ -34,6 +34,7 @@ from sfu.signaling.sdp_http import (
     sdp_answer_response,
     sdp_error,
 )
+from sfu.signaling.turn import TurnCredentials
 
 __all__ = ["HttpSessions", "add_whip_routes"]
 
@@ -101,10 +102,20 @@ def add_whip_routes(
     clock: Callable[[], float],
     wallclock: Callable[[], float] = time.time,
     trusted_proxies: tuple[str, ...] = (),
+    turn: TurnCredentials | None = None,
 ) -> None:
     """Register the WHIP and WHEP endpoints on ``app`` (``trusted_proxies``: whose
-    ``X-Forwarded-For`` names the client, for the per-source pending-transport cap)."""
+    ``X-Forwarded-For`` names the client, for the per-source pending-transport cap); with
+    ``turn``, each ``201`` carries TURN credentials as ``Link: <url>; rel="ice-server"``
+    headers (RFC 9725 §4.6)."""
     trusted = frozenset(trusted_proxies)
+
+    def with_ice_servers(response: web.Response) -> web.Response:
+        server = turn.issue(wall_now=wallclock()) if turn is not None else None
+        if server is not None and response.status == 201:
+            for value in server.link_headers():
+                response.headers.add("Link", value)
+        return response
 
     def authorize(
         request: web.Request, room: str, grant: Grant, grant_name: str
@@ -132,7 +143,9 @@ def add_whip_routes(
             return sdp_error(409, "this identity is already publishing in the room")
         prefix = f"/whip/{quote(room_name, safe='')}"
         source = source_address(request, trusted)
-        return _start(service, sessions, claims, offer, clock(), "whip", None, prefix, source)
+        return with_ice_servers(
+            _start(service, sessions, claims, offer, clock(), "whip", None, prefix, source)
+        )
 
     async def whep(request: web.Request) -> web.Response:
         room_name = request.match_info["room"]
@@ -172,7 +185,9 @@ def add_whip_routes(
             return sdp_error(400, "the offer has no recvonly audio or video section to fill")
         prefix = f"/whep/{quote(room_name, safe='')}/{quote(target.identity, safe='')}"
         source = source_address(request, trusted)
-        return _start(service, sessions, claims, offer, clock(), "whep", bindings, prefix, source)
+        return with_ice_servers(
+            _start(service, sessions, claims, offer, clock(), "whep", bindings, prefix, source)
+        )
 
     async def delete(request: web.Request) -> web.Response:
         session = sessions.by_id.pop(request.match_info["session"], None)

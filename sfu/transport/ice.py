@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+from sfu._fastpath.values import FRAMED_MARK
 from sfu.packet.errors import ParseError
 from sfu.packet.stun import (
     BINDING,
@@ -50,13 +51,18 @@ __all__ = [
     "DROP_UNKNOWN_ATTRIBUTE",
     "DROP_WRONG_USERNAME",
     "ICE_CHARS",
+    "TCP",
     "Address",
+    "AddressKey",
     "Connected",
     "IceCredentials",
     "IceEvent",
     "IceLiteAgent",
     "IceResult",
     "SelectedPairChanged",
+    "address_key",
+    "is_tcp",
+    "tcp_address",
     "ufrag_of_request",
 ]
 
@@ -192,8 +198,33 @@ def ufrag_of_request(message: StunMessage) -> str | None:
     return local if sep and local else None
 
 
-def _addr_key(addr: Address) -> tuple[str, int]:
-    return (addr[0], addr[1])
+#: The third element of an address that arrived over ICE-TCP (RFC 6544): ``(host, port, "tcp")``.
+#: UDP addresses are asyncio's ``(host, port)`` or IPv6 4-tuples, so the two never compare equal.
+#: The forwarder knows the same mark (it keeps such peers apart and hands their egress back).
+TCP: Final = FRAMED_MARK
+
+
+def tcp_address(host: str, port: int) -> Address:
+    """The address of an ICE-TCP connection's peer, told apart from a UDP source."""
+    return (host, port, TCP)
+
+
+def is_tcp(addr: Address) -> bool:
+    """Whether ``addr`` is an ICE-TCP connection's peer (see :func:`tcp_address`)."""
+    return len(addr) == 3 and addr[2] == TCP
+
+
+#: What identifies a peer address (see :func:`address_key`).
+AddressKey: TypeAlias = tuple[str, int] | tuple[str, int, str]
+
+
+def address_key(addr: Address) -> AddressKey:
+    """What identifies a peer address: (host, port), plus the transport when it is TCP
+    (IPv6 tuples carry flowinfo and scope id, which do not identify the peer)."""
+    return (addr[0], addr[1], TCP) if is_tcp(addr) else (addr[0], addr[1])
+
+
+_addr_key = address_key
 
 
 def _same(a: str, b: str) -> bool:
@@ -228,7 +259,7 @@ class IceLiteAgent:
         self._connect_deadline = now + connect_timeout
         self._max_addresses = max_addresses
         # key -> (address as given, time of the last valid check); least recent first.
-        self._validated: OrderedDict[tuple[str, int], tuple[Address, float]] = OrderedDict()
+        self._validated: OrderedDict[AddressKey, tuple[Address, float]] = OrderedDict()
         self._selected: Address | None = None
         self._nominated = False
         self._connected = False
@@ -265,8 +296,9 @@ class IceLiteAgent:
         return self._connected
 
     @property
-    def validated_addresses(self) -> frozenset[tuple[str, int]]:
-        """``(host, port)`` of every remembered address that passed a valid check."""
+    def validated_addresses(self) -> frozenset[AddressKey]:
+        """``(host, port)`` (plus ``"tcp"`` over ICE-TCP) of every remembered address that
+        passed a valid check."""
         return frozenset(self._validated)
 
     def is_validated(self, addr: Address) -> bool:
@@ -365,7 +397,7 @@ class IceLiteAgent:
             # take the controlling role (§6.1.1), so it always answers 487.
             return self._reject(message, addr, 487, DROP_ROLE_CONFLICT, authenticated=True)
         try:
-            response = binding_success(message, _addr_key(addr), self._local.key)
+            response = binding_success(message, (addr[0], addr[1]), self._local.key)
         except ValueError:
             return IceResult(drop_reason=DROP_UNANSWERABLE)
         events = self._on_valid_check(addr, covered.use_candidate, now)

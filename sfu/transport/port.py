@@ -31,6 +31,8 @@ from sfu.transport.ice import (
     IceCredentials,
     IceLiteAgent,
     SelectedPairChanged,
+    address_key,
+    is_tcp,
     ufrag_of_request,
 )
 from sfu.transport.transport import TransportListener, TransportState, WebRtcTransport
@@ -115,8 +117,7 @@ class _TokenBucket:
         return False
 
 
-def _key(addr: Address) -> tuple[str, int]:
-    return (addr[0], addr[1])
+_key = address_key
 
 
 class MediaPort:
@@ -162,7 +163,10 @@ class MediaPort:
         self._error_budget = _TokenBucket(error_responses_per_s, error_responses_per_s)
         self._transports: dict[str, WebRtcTransport] = {}
         self._by_ufrag: dict[str, WebRtcTransport] = {}
-        self._by_addr: dict[tuple[str, int], WebRtcTransport] = {}
+        self._by_addr: dict[tuple[str, int] | tuple[str, int, str], WebRtcTransport] = {}
+        #: ICE-TCP peers that passed a valid check (selected or not), until their connection
+        #: ends: bounded by the connections the TCP gate holds.
+        self._tcp_checked: dict[tuple[str, int] | tuple[str, int, str], WebRtcTransport] = {}
 
     def _send(self, data: bytes, addr: Address) -> None:
         """Every datagram leaves through here, counted by kind (RFC 7983 first byte)."""
@@ -317,6 +321,21 @@ class MediaPort:
         """Remote addresses currently routed to a transport."""
         return len(self._by_addr)
 
+    def is_authenticated(self, addr: Address) -> bool:
+        """Whether a valid ICE check came from ``addr`` (an ICE-TCP peer, or a routed one)."""
+        key = _key(addr)
+        return key in self._by_addr or key in self._tcp_checked
+
+    def connection_closed(self, addr: Address) -> None:
+        """An ICE-TCP connection ended: nothing it carried is accepted from it any more.
+
+        A transport whose selected address it was stops getting media from there; it fails
+        over when the client nominates another pair, or ends when consent expires.
+        """
+        key = _key(addr)
+        self._tcp_checked.pop(key, None)
+        self._by_addr.pop(key, None)
+
     # -- datagrams -----------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
@@ -375,6 +394,8 @@ class MediaPort:
             and self._error_budget.take(now)
         ):
             self._send(response, destination)
+        if result.accepted and is_tcp(addr):
+            self._tcp_checked[_key(addr)] = transport
         for event in result.events:
             if isinstance(event, SelectedPairChanged):
                 # Only drop the old route if it is still ours: another transport may have
@@ -416,6 +437,8 @@ class MediaPort:
             del self._by_ufrag[ufrag]
         for key in [k for k, t in self._by_addr.items() if t is transport]:
             del self._by_addr[key]
+        for key in [k for k, t in self._tcp_checked.items() if t is transport]:
+            del self._tcp_checked[key]
 
     def _reap(self) -> None:
         for transport in [t for t in self._transports.values() if t.finished]:

@@ -28,7 +28,15 @@ from typing import Final, Protocol
 from sfu.packet.stun import StunMessage
 from sfu.transport.counters import DropCounters
 from sfu.transport.dtls import DtlsEndpoint, DtlsFailure, DtlsRole, DtlsState, SrtpKeys
-from sfu.transport.ice import Address, Connected, IceLiteAgent, IceResult, SelectedPairChanged
+from sfu.transport.ice import (
+    Address,
+    Connected,
+    IceLiteAgent,
+    IceResult,
+    SelectedPairChanged,
+    address_key,
+    is_tcp,
+)
 from sfu.transport.srtp import SrtpError, SrtpSession
 
 __all__ = ["HandshakeFailure", "TransportListener", "TransportState", "WebRtcTransport"]
@@ -81,9 +89,9 @@ class TransportListener(Protocol):
         """The transport changed state (``CONNECTED``, ``CLOSED`` or ``FAILED`` matter most)."""
 
 
-def _key(addr: Address) -> tuple[str, int]:
-    """Addresses compare on (host, port): IPv6 tuples carry flowinfo and scope id too."""
-    return (addr[0], addr[1])
+#: Addresses compare on (host, port) and the transport (UDP or ICE-TCP): IPv6 tuples carry
+#: flowinfo and scope id too.
+_key = address_key
 
 
 class WebRtcTransport:
@@ -329,9 +337,22 @@ class WebRtcTransport:
             counters.ice_handshake.observe(max(0.0, now - self.created_at))
         elif state is TransportState.CONNECTED and self.connecting_at is not None:
             counters.dtls_handshake.observe(max(0.0, now - self.connecting_at))
+            counters.connected_by_type[self.candidate_type] += 1
         elif state is TransportState.FAILED:
             assert self.failure is not None  # every way to FAILED goes through _fail
             counters.handshake_failures[self.failure.value] += 1
+            counters.failed_by_type[self.candidate_type] += 1
+
+    @property
+    def candidate_type(self) -> str:
+        """How the client reaches us: ``udp``, ``tcp`` (ICE-TCP), ``relay`` (from a TURN
+        relay's address) or ``none`` (no address selected yet)."""
+        address = self.ice.selected_address
+        if address is None:
+            return "none"
+        if is_tcp(address):
+            return "tcp"
+        return "relay" if address[0] in self._counters.relay_hosts else "udp"
 
     @property
     def dtls_role(self) -> DtlsRole:

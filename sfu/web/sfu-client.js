@@ -12,8 +12,38 @@ const PROTOCOL = 1;
 const MAX_MESSAGE_BYTES = 64 * 1024;
 const REQUEST_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 25000;
+/** How long ICE may stay `disconnected` before the client restarts it (a brief blip heals alone). */
+const ICE_RESTART_DELAY_MS = 2000;
+/** After a restart that did not bring ICE back, the next try. */
+const ICE_RESTART_RETRY_MS = 5000;
+/** While ICE is down, a ping must be answered this fast or the WebSocket counts as lost
+ * (a dead TCP connection can take minutes to report itself). */
+const SIGNALING_PROBE_MS = 3000;
+/** Close code the client uses for a WebSocket it abandons: not a clean close, so the server
+ * keeps our place for a resume. */
+const CLOSE_SIGNALING_LOST = 4000;
 const ICE_GATHERING_WAIT_MS = 1500;
 const NEGOTIATION_DEBOUNCE_MS = 15;
+/** Tile-size hints (docs/protocol.md, "Bandwidth, hints and stream state"): at most one `prefs`
+ * per tile this often, so a window being resized sends a handful, not hundreds. */
+const HINT_DEBOUNCE_MS = 500;
+/** A layer serves a tile up to this much taller than itself (a slight upscale looks fine). */
+const HINT_UPSCALE = 1.15;
+/** The top layer's height when the publisher did not declare one. */
+const ASSUMED_TOP_HEIGHT = 720;
+
+/**
+ * The highest simulcast layer a tile needs: the lowest whose height (layers halve downwards
+ * from `topHeight`, as SIMULCAST_ENCODINGS scale them) covers `visibleHeight` device pixels;
+ * null when only the top layer does (no cap).
+ */
+export function layerForHeight(visibleHeight, layerCount, topHeight = ASSUMED_TOP_HEIGHT) {
+  for (let layer = 0; layer < layerCount - 1; layer++) {
+    const height = topHeight / 2 ** (layerCount - 1 - layer);
+    if (height * HINT_UPSCALE >= visibleHeight) return layer;
+  }
+  return null;
+}
 
 /** Simulcast layers, lowest first: the order the server lists them in a track's `layers`. */
 export const SIMULCAST_ENCODINGS = Object.freeze([
@@ -86,7 +116,7 @@ export class Room extends EventTarget {
    * @param {{passphrase?: string, key?: BufferSource, keyId?: number, api?: string}} [options.e2ee]
    *   encrypt all media end to end (docs/e2ee.md) with a key shared out of band
    */
-  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null, password = null } = {}) {
+  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null, password = null, resume = false, iceTransportPolicy = "all" } = {}) {
     super();
     if (!room) throw new TypeError("Room: `room` is required");
     this.url = websocketUrl(url);
@@ -95,6 +125,14 @@ export class Room extends EventTarget {
     this.onEvent = onEvent || null;
     this.autoSubscribe = autoSubscribe;
     this.iceServers = iceServers;
+    /** "relay" forces TURN (tests, strict networks); the server adds TURN servers in `joined`. */
+    this.iceTransportPolicy = iceTransportPolicy;
+    /** Ask the server to resume this identity's session (a reconnect; docs/protocol.md). */
+    this.resume = resume;
+    /** Whether the server resumed our earlier session (`joined.resumed`). */
+    this.resumed = false;
+    this._iceTimer = null;
+    this._probing = false;
     /** The room's password, kept only to send it in the join. */
     this.password = password || null;
     /** Our grants and the room's policy (from `joined`, then `policy`); for hosts, who waits. */
@@ -121,9 +159,11 @@ export class Room extends EventTarget {
     this._joinWaiter = null;
     this._pingTimer = null;
 
-    // Local publications: one per kind. {kind, name, track, transceiver, trackId, muted}
+    // Local publications by slot ("audio", "video", "screen"):
+    // {kind, source, name, track, transceiver, trackId, muted}
     this._local = new Map();
-    // Subscriptions: trackId -> {trackId, participant, kind, transceiver, announced, answered, ssrc}
+    // Subscriptions: trackId -> {trackId, participant, kind, transceiver, announced, answered,
+    // ssrc, state ("active" | "paused"), hints {maxSpatial, sizeSpatial, paused, pinned}}
     this._subs = new Map();
     // Recvonly transceivers that no longer carry a subscription, by kind. A transceiver is
     // "freeing" until an offer without its binding has been answered, then "idle" (reusable).
@@ -165,6 +205,7 @@ export class Room extends EventTarget {
     this.state = "connecting";
     this.pc = new RTCPeerConnection({
       iceServers: this.iceServers,
+      iceTransportPolicy: this.iceTransportPolicy,
       bundlePolicy: "max-bundle",
       rtcpMuxPolicy: "require",
       ...(this.e2ee ? this.e2ee.peerConnectionConfig : {}),
@@ -173,6 +214,7 @@ export class Room extends EventTarget {
     this.pc.addEventListener("connectionstatechange", () => {
       this._emit("connection_state", { state: this.pc.connectionState });
     });
+    this.pc.addEventListener("iceconnectionstatechange", () => this._watchIce());
 
     return new Promise((resolve, reject) => {
       this._joinWaiter = { resolve, reject };
@@ -200,6 +242,7 @@ export class Room extends EventTarget {
         });
         const join = { type: "join", id, protocol: PROTOCOL, room: this.roomName, token: this.token };
         if (this.password) join.password = this.password;
+        if (this.resume) join.resume = true;
         this._sendRaw(join);
       });
       ws.addEventListener("message", (event) => this._onMessage(event.data));
@@ -244,6 +287,7 @@ export class Room extends EventTarget {
     if (this.state === "closed") return;
     const wasJoining = this._joinWaiter !== null;
     this.state = "closed";
+    clearTimeout(this._iceTimer);
     clearInterval(this._pingTimer);
     this._pingTimer = null;
     const err = new SfuError("closed", `connection closed (${code}${reason ? ": " + reason : ""})`, {
@@ -356,6 +400,20 @@ export class Room extends EventTarget {
       case "speakers":
         this._emit("speakers", { speakers: Array.isArray(msg.speakers) ? msg.speakers : [] });
         break;
+      case "stream_state": {
+        // The server paused a subscription because our bandwidth does not fit even its lowest
+        // layer, or resumed it: nothing arrives meanwhile, which is not a frozen picture.
+        const sub = this._subs.get(msg.track);
+        const state = msg.state === "paused" ? "paused" : "active";
+        if (sub) sub.state = state;
+        this._emit("stream_state", {
+          track: msg.track,
+          participant: sub ? sub.participant : null,
+          state,
+          reason: typeof msg.reason === "string" ? msg.reason : null,
+        });
+        break;
+      }
       case "server_draining":
         // The server is shutting down: the call goes on, but a reconnect must go elsewhere.
         this._emit("server_draining", { deadlineS: typeof msg.deadline_s === "number" ? msg.deadline_s : null });
@@ -381,6 +439,8 @@ export class Room extends EventTarget {
     this.grants = Array.isArray(msg.grants) ? msg.grants : [];
     this.policy = msg.policy || null;
     this.participantId = msg.participant ? msg.participant.id : null;
+    this.resumed = msg.resumed === true;
+    this._useIceServers(msg.ice_servers);
     for (const p of msg.participants || []) this._addParticipant(p);
     this._pingTimer = setInterval(() => {
       this._request({ type: "ping" }).catch(() => {});
@@ -392,6 +452,7 @@ export class Room extends EventTarget {
       grants: this.grants,
       policy: this.policy,
       e2eeRequired: this.e2eeRequired,
+      resumed: this.resumed,
     };
     this._emit("joined", payload);
     if (this._joinWaiter) {
@@ -400,6 +461,66 @@ export class Room extends EventTarget {
       waiter.resolve(payload);
     }
     if (this._subs.size) this._renegotiateQuietly();
+  }
+
+  // ---------------------------------------------------------------- reachability
+
+  /** TURN servers with short-lived credentials from `joined` (docs/deployment.md). */
+  _useIceServers(servers) {
+    if (!Array.isArray(servers) || servers.length === 0 || !this.pc) return;
+    this.iceServers = [...this.iceServers, ...servers];
+    try {
+      this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers: this.iceServers });
+    } catch (err) {
+      console.warn("sfu-client: cannot apply the server's ICE servers", err);
+    }
+  }
+
+  /** ICE `disconnected` for ICE_RESTART_DELAY_MS (or `failed`): restart ICE and renegotiate. */
+  _watchIce() {
+    if (!this.pc) return;
+    const state = this.pc.iceConnectionState;
+    clearTimeout(this._iceTimer);
+    this._iceTimer = null;
+    if (state === "disconnected" || state === "failed") {
+      this._iceTimer = setTimeout(() => this._restartIce(), state === "failed" ? 0 : ICE_RESTART_DELAY_MS);
+    }
+  }
+
+  _restartIce() {
+    this._iceTimer = null;
+    const pc = this.pc;
+    if (this.state !== "joined" || !pc || pc.signalingState === "closed") return;
+    if (pc.iceConnectionState !== "disconnected" && pc.iceConnectionState !== "failed") return;
+    pc.restartIce();
+    this._emit("ice_restart", { state: pc.iceConnectionState });
+    this._probeSignaling();
+    this._renegotiateQuietly();
+    // Still not back (the network is down, or the offer could not be sent): try again later.
+    this._iceTimer = setTimeout(() => this._restartIce(), ICE_RESTART_RETRY_MS);
+  }
+
+  /** Ping with a short deadline; no pong means the WebSocket is gone: close the Room
+   * (code 1006, "signaling lost") so the page can reconnect. */
+  _probeSignaling() {
+    if (this.state !== "joined" || this._probing) return;
+    this._probing = true;
+    this._request({ type: "ping" }, SIGNALING_PROBE_MS).then(
+      () => {
+        this._probing = false;
+      },
+      (err) => {
+        this._probing = false;
+        if (err.code !== "timeout" || this.state === "closed") return;
+        const ws = this.ws;
+        try {
+          if (ws && ws.readyState <= WebSocket.OPEN) ws.close(CLOSE_SIGNALING_LOST, "signaling lost");
+        } catch (closeErr) {
+          // it is being abandoned anyway
+        }
+        this._shutdown(1006, "signaling lost");
+      },
+    );
   }
 
   // ---------------------------------------------------------------- room state
@@ -427,8 +548,10 @@ export class Room extends EventTarget {
   _onTrackPublished(track) {
     if (!track) return;
     if (track.participant === this.participantId) {
-      // One of ours: learn its id, matching by name (then kind).
-      let local = [...this._local.values()].find((l) => l.name === track.name && !l.trackId);
+      // One of ours: learn its id, matching by name (then source, then kind).
+      const waiting = [...this._local.values()].filter((l) => !l.trackId);
+      let local = waiting.find((l) => l.name === track.name && (!track.source || l.source === track.source));
+      if (!local) local = waiting.find((l) => l.source === track.source);
       if (!local) local = this._local.get(track.kind);
       if (local) {
         local.trackId = track.id;
@@ -522,6 +645,10 @@ export class Room extends EventTarget {
       announced: false, // remote_track emitted
       answered: false, // an answer covering this binding has been applied
       ssrc: null, // the server's SSRC for it, from that answer
+      state: "active", // "paused" while the server pauses it for bandwidth (stream_state)
+      hints: { maxSpatial: undefined, sizeSpatial: null, paused: false, pinned: false, sent: null },
+      hintTimer: null,
+      observers: null,
     });
     this._version++;
     return true;
@@ -531,6 +658,7 @@ export class Room extends EventTarget {
   _unbind(trackId) {
     const sub = this._subs.get(trackId);
     if (!sub) return false;
+    this.unobserveTile(trackId);
     this._subs.delete(trackId);
     this._freeing.add(sub.transceiver);
     this._version++;
@@ -581,6 +709,7 @@ export class Room extends EventTarget {
       participant: sub.participant,
       name: owner ? owner.name : null,
       kind: sub.kind,
+      source: (this._findTrack(sub.trackId) || {}).source || (sub.kind === "video" ? "camera" : "microphone"),
       track: sub.transceiver.receiver.track,
     });
   }
@@ -609,19 +738,46 @@ export class Room extends EventTarget {
     }
     const audio = stream.getAudioTracks()[0];
     const video = stream.getVideoTracks()[0];
-    if (audio) this._addLocal("audio", audio, audioName, stream, {});
+    if (audio) this._addLocal("audio", "audio", "microphone", audio, audioName, stream, {});
     if (video) {
       const init = simulcast ? { sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })) } : {};
-      const transceiver = this._addLocal("video", video, videoName, stream, init);
+      const transceiver = this._addLocal("video", "video", "camera", video, videoName, stream, init);
       this._preferVp8(transceiver);
     }
     await this.renegotiate();
   }
 
-  _addLocal(kind, track, name, stream, init) {
-    const existing = this._local.get(kind);
+  /**
+   * Share a screen (a getDisplayMedia stream) as its own publication, source "screen": the
+   * server gives it bandwidth before every camera. Single layer unless `simulcast`; ending the
+   * capture (the browser's "stop sharing") unpublishes it.
+   * @param {MediaStream} stream
+   * @param {{simulcast?: boolean, name?: string}} [options]
+   */
+  async publishScreen(stream, { simulcast = false, name = "screen" } = {}) {
+    if (this.state !== "joined") throw new SfuError("not_joined", "publishScreen() needs a joined room");
+    if (this.e2ee) await this._e2eeKeyReady;
+    if (this.e2eeRequired && !(this.e2ee && this.e2ee.hasKey)) {
+      throw new SfuError("e2ee_required", "this room requires end-to-end encryption: join with the meeting passphrase to share");
+    }
+    const video = stream.getVideoTracks()[0];
+    if (!video) throw new SfuError("no_video", "the stream has no video track to share");
+    // Text on a screen stays legible at a low frame rate; motion is what it gives up.
+    if ("contentHint" in video) video.contentHint = "detail";
+    const init = simulcast ? { sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })) } : {};
+    const transceiver = this._addLocal("screen", "video", "screen", video, name, stream, init);
+    this._preferVp8(transceiver);
+    video.addEventListener("ended", () => {
+      const local = this._local.get("screen");
+      if (local && local.track === video) this.unpublish("screen").catch(() => {});
+    });
+    await this.renegotiate();
+  }
+
+  _addLocal(slot, kind, source, track, name, stream, init) {
+    const existing = this._local.get(slot);
     if (existing) {
-      // Publishing a kind again replaces the track in place (same m-section, same publication).
+      // Publishing a slot again replaces the track in place (same m-section, same publication).
       existing.track = track;
       existing.name = name;
       track.enabled = !existing.muted;
@@ -632,7 +788,7 @@ export class Room extends EventTarget {
     }
     const transceiver = this.pc.addTransceiver(track, { direction: "sendonly", streams: [stream], ...init });
     if (this.e2ee) this.e2ee.attachSender(transceiver.sender, kind);
-    this._local.set(kind, { kind, name, track, transceiver, trackId: null, muted: false });
+    this._local.set(slot, { kind, source, name, track, transceiver, trackId: null, muted: false });
     this._version++;
     return transceiver;
   }
@@ -658,11 +814,11 @@ export class Room extends EventTarget {
     console.warn("sfu-client: setCodecPreferences refused; using the browser's codec order");
   }
 
-  /** Stop publishing one kind ("audio" or "video"): the next offer no longer sends it. */
-  async unpublish(kind) {
-    const local = this._local.get(kind);
+  /** Stop publishing one slot ("audio", "video" or "screen"): the next offer no longer sends it. */
+  async unpublish(slot) {
+    const local = this._local.get(slot);
     if (!local) return;
-    this._local.delete(kind);
+    this._local.delete(slot);
     await local.transceiver.sender.replaceTrack(null);
     local.transceiver.direction = "inactive";
     this._version++;
@@ -750,13 +906,108 @@ export class Room extends EventTarget {
     }
   }
 
-  /** Receive preferences for a subscribed track: {maxSpatial, maxTemporal, paused}. */
-  async setPreferences(trackId, { maxSpatial, maxTemporal, paused } = {}) {
+  /** Receive preferences for a subscribed track: {maxSpatial, maxTemporal, paused, pinned}. */
+  async setPreferences(trackId, { maxSpatial, maxTemporal, paused, pinned } = {}) {
     const message = { type: "prefs", track: trackId };
     if (maxSpatial !== undefined) message.max_spatial = maxSpatial;
     if (maxTemporal !== undefined) message.max_temporal = maxTemporal;
     if (paused !== undefined) message.paused = !!paused;
+    if (pinned !== undefined) message.pinned = !!pinned;
     return this._request(message);
+  }
+
+  /** Whether the server has paused a subscribed track for bandwidth (stream_state). */
+  streamState(trackId) {
+    const sub = this._subs.get(trackId);
+    return sub ? sub.state : null;
+  }
+
+  /**
+   * Follow the element that shows a subscribed video track: its visible size (in device pixels)
+   * caps the layer the server sends and a hidden or scrolled-away tile gets nothing, sent as
+   * `prefs` hints at most every HINT_DEBOUNCE_MS.
+   */
+  observeTile(trackId, element) {
+    const sub = this._subs.get(trackId);
+    if (!sub || sub.kind !== "video" || !element) return;
+    this.unobserveTile(trackId);
+    let visible = true;
+    const update = () => {
+      const ratio = window.devicePixelRatio || 1;
+      const height = element.clientHeight * ratio;
+      const track = this._findTrack(trackId);
+      const layers = track && Array.isArray(track.layers) ? track.layers.length : 0;
+      sub.hints.paused = !visible || height === 0;
+      sub.hints.sizeSpatial = layers > 1 ? layerForHeight(height, layers, track.height || ASSUMED_TOP_HEIGHT) : null;
+      this._scheduleHints(sub);
+    };
+    const observers = [];
+    if (typeof ResizeObserver === "function") {
+      const resize = new ResizeObserver(update);
+      resize.observe(element);
+      observers.push(resize);
+    }
+    if (typeof IntersectionObserver === "function") {
+      const intersection = new IntersectionObserver((entries) => {
+        visible = entries[entries.length - 1].isIntersecting;
+        update();
+      });
+      intersection.observe(element);
+      observers.push(intersection);
+    }
+    sub.observers = observers;
+    update();
+  }
+
+  /** Stop following a tile (its hints stay as last sent). */
+  unobserveTile(trackId) {
+    const sub = this._subs.get(trackId);
+    if (!sub) return;
+    for (const observer of sub.observers || []) observer.disconnect();
+    sub.observers = null;
+    clearTimeout(sub.hintTimer);
+    sub.hintTimer = null;
+  }
+
+  /** Pin (or unpin) a subscribed track: it gets bandwidth before other cameras. */
+  setPinned(trackId, pinned) {
+    const sub = this._subs.get(trackId);
+    if (!sub) return;
+    sub.hints.pinned = !!pinned;
+    this._scheduleHints(sub, 0);
+  }
+
+  /** A manual quality cap for a subscribed track (null: automatic), combined with its hints. */
+  setMaxSpatial(trackId, maxSpatial) {
+    const sub = this._subs.get(trackId);
+    if (!sub) return;
+    sub.hints.maxSpatial = maxSpatial;
+    this._scheduleHints(sub, 0);
+  }
+
+  _scheduleHints(sub, wait = HINT_DEBOUNCE_MS) {
+    if (sub.hintTimer !== null) {
+      if (wait > 0) return; // one is pending: it sends the latest values
+      clearTimeout(sub.hintTimer);
+    }
+    sub.hintTimer = setTimeout(() => {
+      sub.hintTimer = null;
+      this._sendHints(sub);
+    }, wait);
+  }
+
+  _sendHints(sub) {
+    if (this._subs.get(sub.trackId) !== sub || this.state !== "joined") return;
+    const h = sub.hints;
+    const caps = [h.maxSpatial, h.sizeSpatial].filter((v) => v !== null && v !== undefined);
+    const prefs = { maxSpatial: caps.length ? Math.min(...caps) : null, paused: h.paused, pinned: h.pinned };
+    const key = JSON.stringify(prefs);
+    if (key === h.sent) return;
+    h.sent = key;
+    this.setPreferences(sub.trackId, prefs).catch((err) => {
+      h.sent = null;
+      if (err.code !== "closed" && err.code !== "unknown_track") this._emit("error", { code: err.code, message: err.message });
+    });
   }
 
   // ---------------------------------------------------------------- negotiation
@@ -792,7 +1043,10 @@ export class Room extends EventTarget {
     const tracks = {};
     for (const local of this._local.values()) {
       const mid = local.transceiver.mid;
-      if (mid !== null && local.transceiver.direction === "sendonly") tracks[mid] = { name: local.name };
+      if (mid === null || local.transceiver.direction !== "sendonly") continue;
+      tracks[mid] = { name: local.name, source: local.source };
+      const height = local.kind === "video" && local.track.getSettings ? local.track.getSettings().height : undefined;
+      if (Number.isInteger(height) && height > 0 && height <= 4320) tracks[mid].height = height;
     }
     const subscriptions = {};
     const offered = [];
@@ -898,8 +1152,10 @@ export class Room extends EventTarget {
 
   /**
    * A summary of getStats() per subscribed track:
-   * {connectionState, remote: {trackId: {participant, kind, framesDecoded, frameWidth,
-   *  frameHeight, nackCount, packetsLost, totalSamplesReceived, freezeCount, packetsReceived}}}
+   * {connectionState, remote: {trackId: {participant, kind, source, state, framesDecoded,
+   *  frameWidth, frameHeight, nackCount, packetsLost, totalSamplesReceived, freezeCount,
+   *  totalFreezesDuration, packetsReceived, retransmittedPacketsReceived, bytesReceived,
+   *  concealedSamples}}} where `state` is the server's stream_state ("active" | "paused").
    */
   async stats() {
     const out = { connectionState: this.pc ? this.pc.connectionState : "new", remote: {} };
@@ -907,9 +1163,12 @@ export class Room extends EventTarget {
     const subs = [...this._subs.values()];
     const entries = {};
     for (const sub of subs) {
+      const track = this._findTrack(sub.trackId);
       entries[sub.trackId] = {
         participant: sub.participant,
         kind: sub.kind,
+        source: track && track.source ? track.source : sub.kind === "video" ? "camera" : "microphone",
+        state: sub.state,
         framesDecoded: 0,
         frameWidth: 0,
         frameHeight: 0,
@@ -917,7 +1176,11 @@ export class Room extends EventTarget {
         packetsLost: 0,
         totalSamplesReceived: 0,
         freezeCount: 0,
+        totalFreezesDuration: 0,
         packetsReceived: 0,
+        retransmittedPacketsReceived: 0,
+        bytesReceived: 0,
+        concealedSamples: 0,
       };
     }
     out.remote = entries;
@@ -951,7 +1214,11 @@ export class Room extends EventTarget {
         "packetsLost",
         "totalSamplesReceived",
         "freezeCount",
+        "totalFreezesDuration",
         "packetsReceived",
+        "retransmittedPacketsReceived",
+        "bytesReceived",
+        "concealedSamples",
       ]) {
         if (typeof s[key] === "number") e[key] = s[key];
       }

@@ -154,9 +154,14 @@ class DropEveryNth:
 # -- the demo page ---------------------------------------------------------------------------
 
 
-def open_meeting(driver: webdriver.Chrome, base: str, room: str, name: str) -> None:
-    """Navigate to the demo page: it fetches a dev token, joins, publishes and subscribes."""
-    query = urllib.parse.urlencode({"room": room, "name": name})
+def open_meeting(
+    driver: webdriver.Chrome, base: str, room: str, name: str, *, hints: bool = False
+) -> None:
+    """Navigate to the demo page: it fetches a dev token, joins, publishes and subscribes.
+    Without ``hints`` the page sends no tile-size hints (tests then choose layers themselves)."""
+    query = urllib.parse.urlencode(
+        {"room": room, "name": name, **({} if hints else {"hints": "0"})}
+    )
     driver.get(f"{base}/?{query}")
 
 

@@ -95,7 +95,8 @@ def open_e2ee(
     driver: webdriver.Chrome, base: str, name: str, passphrase: str, api: str | None = None
 ) -> None:
     """The demo page with the passphrase in the URL fragment (never sent to the server)."""
-    query = urllib.parse.urlencode({"room": ROOM, "name": name})
+    # No tile-size hints: the test waits for the top layer whatever the tile's size.
+    query = urllib.parse.urlencode({"room": ROOM, "name": name, "hints": "0"})
     fragment = {"e2ee": passphrase} | ({"e2ee_api": api} if api else {})
     driver.get(f"{base}/?{query}#{urllib.parse.urlencode(fragment)}")
 

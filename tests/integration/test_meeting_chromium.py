@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from browser import chromium, wait_until
+from browser import chromium, run_async, wait_until
 from meeting import (
     DropEveryNth,
     ServerThread,
@@ -234,3 +234,107 @@ def test_subscriber_recovers_from_five_percent_loss_with_nacks() -> None:
             assert page_state(viewer).get("error") is None
         finally:
             server.call(lambda: dropper.uninstall(transport))
+
+
+def _screen_track(driver: webdriver.Chrome) -> str | None:
+    """The id of a remote track whose publisher declared it a screen share."""
+    found = driver.execute_script(
+        "for (const p of window.sfuRoom.participants.values())"
+        "  for (const t of p.tracks.values()) if (t.source === 'screen') return t.id;"
+        "return null;"
+    )
+    return str(found) if found else None
+
+
+def test_a_screen_share_is_its_own_publication_and_is_received() -> None:
+    room = "screens"
+    with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
+        pub_id, viewer_id = _watch(server, room, publisher, viewer)
+        # Chromium's fake capture UI picks a screen (a generated 800x600 picture).
+        assert run_async(publisher, "window.sfuShareScreen()") is True
+        screen = wait_until(lambda: _screen_track(viewer), lambda t: t is not None, timeout=10.0)
+        assert screen is not None
+        entry = wait_until(
+            lambda: stats(viewer)["remote"].get(screen),
+            lambda e: e is not None and e["framesDecoded"] > 10 and e["frameWidth"] > 0,
+            timeout=JOIN_DEADLINE_S,
+        )
+        assert entry is not None and entry["source"] == "screen"
+        # The camera keeps flowing beside it, and the server knows which is which.
+        camera = remote_by(stats(viewer), pub_id, "video")
+        assert camera is not None and camera["source"] == "camera" and camera["framesDecoded"] > 0
+        sources = server.call(
+            lambda: sorted(
+                s.publication.source for s in server.peer(room, viewer_id).subscriptions.values()
+            )
+        )
+        assert sources == ["camera", "microphone", "screen"]
+        # The page shows it in a tile of its own.
+        assert viewer.execute_script("return document.querySelectorAll('.tile.screen').length") == 1
+        # Stopping the share unpublishes it.
+        assert run_async(publisher, "window.sfuShareScreen()") is False
+        wait_until(lambda: _screen_track(viewer), lambda t: t is None, timeout=10.0)
+        assert page_state(viewer).get("error") is None
+        assert page_state(publisher).get("error") is None
+
+
+def test_tile_size_hints_choose_the_layer() -> None:
+    room = "hints"
+    with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
+        open_meeting(publisher, server.base, room, "Publisher")
+        open_meeting(viewer, server.base, room, "Viewer", hints=True)
+        pub_id = wait_connected(publisher)
+        viewer_id = wait_connected(viewer)
+        wait_until(
+            lambda: _video(viewer, pub_id),
+            lambda e: _flowing(e, "video"),
+            timeout=JOIN_DEADLINE_S,
+        )
+
+        def size_tile(width: int) -> None:
+            viewer.execute_script(
+                # The publisher's tile alone at the top left of the viewport, at that width.
+                "const tiles = document.getElementById('tiles');"
+                "Object.assign(tiles.style, {display: 'block', position: 'fixed', top: '0',"
+                "  left: '0', zIndex: '10'});"
+                "document.querySelector('.tile.local').style.display = 'none';"
+                "const tile = document.querySelector(`.tile[data-participant='${arguments[0]}']`);"
+                "tile.style.width = arguments[1] + 'px';",
+                pub_id,
+                width,
+            )
+
+        def width_is(width: int, timeout: float) -> None:
+            wait_until(
+                lambda: _video(viewer, pub_id),
+                lambda e: e is not None and e["frameWidth"] == width,
+                timeout=timeout,
+            )
+
+        def caps() -> tuple[int | None, bool]:
+            def read() -> tuple[int | None, bool]:
+                sub = next(
+                    s
+                    for s in server.peer(room, viewer_id).subscriptions.values()
+                    if s.selector is not None
+                )
+                return sub.max_spatial, sub.paused
+
+            return server.call(read)
+
+        # A thumbnail (a 180 px-high tile) needs no more than the 320x180 layer.
+        size_tile(320)
+        wait_until(caps, lambda c: c == (0, False), timeout=5.0)
+        width_is(320, 10.0)
+        # A large tile asks for everything; the top layer comes once the publisher sends it.
+        size_tile(1280)
+        wait_until(caps, lambda c: c == (None, False), timeout=5.0)
+        width_is(1280, 25.0)
+        # A tile out of view gets nothing at all.
+        viewer.execute_script(
+            "document.querySelector(`.tile[data-participant='${arguments[0]}']`)"
+            ".style.display = 'none';",
+            pub_id,
+        )
+        wait_until(caps, lambda c: c[1] is True, timeout=5.0)
+        assert page_state(viewer).get("error") is None

@@ -36,6 +36,8 @@ PUB_ADDR = ("127.0.0.1", 5000)
 SUBS = 3  # default subscriber count
 PUB_EXT = {1: MID_URI, 3: TRANSPORT_CC_URI, 4: ABS_SEND_TIME_URI, 5: AUDIO_LEVEL_URI}
 SUB_EXT = {2: ABS_SEND_TIME_URI, 6: AUDIO_LEVEL_URI, 9: MID_URI}
+#: Subscribers that negotiated transport-wide CC (all but the last): their egress is stamped.
+SUB_TWCC_ID = 10
 
 
 @dataclass
@@ -54,9 +56,12 @@ def _session(srtp: ModuleType, key: bytes, salt: bytes) -> Srtp:
 class World:
     """A publisher (VP8 simulcast + Opus) and SUBS subscribers on one forwarder."""
 
-    def __init__(self, kernels: Kernels, subs: int = SUBS) -> None:
+    def __init__(self, kernels: Kernels, subs: int = SUBS, stamped: int | None = None) -> None:
+        """``stamped``: how many subscribers (the first ones) negotiated transport-wide CC and
+        get their egress stamped (default: all but the last)."""
         self.kernels = kernels
         self.subs_count = subs
+        self.stamped = subs - 1 if stamped is None else stamped
         srtp = (
             _srtp_py if kernels.name == "python" else importlib.import_module("sfu._fastpath._srtp")
         )
@@ -79,6 +84,8 @@ class World:
             self.streams.append(self._stream(handle, self.video, ssrc, layer, 1))
             handle += 1
         self.streams.append(self._stream(handle, self.audio, AUDIO_SSRC, 0, 0))
+        # One send history per subscriber transport, shared by its audio and video.
+        self.histories = [kernels.SendHistory(64) for _ in range(subs)]
         self.video_subs = [self._sub(self.video, i, 0x9000 + i) for i in range(subs)]
         self.audio_subs = [self._sub(self.audio, i, 0xA000 + i) for i in range(subs)]
         self.video_fanout = list(range(subs))
@@ -92,18 +99,24 @@ class World:
 
     def _sub(self, pub: Publication, index: int, ssrc: int) -> Subscription:
         # Fixed first outgoing values (not those of the first packet): offsets from the start.
-        return Subscription(
+        extensions = dict(SUB_EXT)
+        if index < self.stamped:
+            extensions[SUB_TWCC_ID] = TRANSPORT_CC_URI
+        sub = Subscription(
             f"s{index}{pub.id}",
             pub,
             f"u{index}",
             "0",
             out_ssrc=ssrc,
             payload_type=pub.codec.payload_type,
-            extensions=dict(SUB_EXT),
+            extensions=extensions,
             initial_seq=1000 + index,
             initial_ts=5000,
             kernels=self.kernels,
         )
+        if index < self.stamped:
+            sub.send_history = self.histories[index]
+        return sub
 
     def push_routes(self) -> None:
         video = [(self.video_subs[i], i + 1) for i in self.video_fanout]
@@ -132,6 +145,9 @@ class World:
                 out.append(state.lookup(sub.munger.last_out_seq & 0xFFFF))
         for stream in self.streams:
             out.append((stream.unwrapper.last, stream.cache.stored, stream.cache.newest))
+        for history in self.histories:
+            out.append((history.packets, history.bytes, history.next_seq))
+            out.append([history.lookup(seq) for seq in range(history.next_seq - 3, 70)])
         f = self.forwarder
         out.append((f.fast_packets, f.slow_packets, f.sent_packets, f.sent_bytes))
         return out

@@ -1,67 +1,317 @@
-"""allocate(): targets from measured layer bitrates, caps, budget, priorities and loss."""
+"""The allocator: audio first, priority classes, hints, temporal trade, hysteresis, pauses."""
 
 from __future__ import annotations
 
+import pytest
 from core_parts import audio_publication, subscription, video_publication
+from room_fixtures import vp8_packet
 
-from sfu.core.allocator import LOSS_STEP_DOWN, allocate
+from sfu._fastpath.values import LayerPair
+from sfu.core.allocator import (
+    CONGESTION,
+    CONGESTION_HOLD,
+    ESTIMATE_CHANGE,
+    HINT,
+    UPGRADE,
+    UPGRADE_HOLD,
+    Allocation,
+    Allocator,
+    Priority,
+    allocate,
+    ladder,
+    priority_of,
+)
+from sfu.core.layer_rates import SAMPLE_INTERVAL, LayerRates, temporal_shares
 from sfu.core.publication import Publication
-from sfu.core.remb import REMB_DROP, REMB_HEADROOM, RembHistory
+from sfu.core.subscription import Subscription
 
 NOW = 100.0
 #: Measured bitrates of the three layers in these tests (bits per second).
 LAYER_BPS = (150_000, 500_000, 1_500_000)
+AUDIO_BPS = 40_000
+#: Bytes per frame of each VP8 temporal layer in a 4-frame cycle (TID 0, 2, 1, 2): libwebrtc's
+#: 40 / 20 / 40 % split.
+TL_CYCLE = ((0, 400), (2, 200), (1, 200), (2, 200))
+
+TOP = LayerPair(2, None)
+MID = LayerPair(1, None)
+LOW = LayerPair(0, None)
+PAUSED = LayerPair(None, None)
 
 
-def _measured(pub: Publication) -> Publication:
-    for layer, bps in enumerate(LAYER_BPS):
-        stream = pub.add_stream(0x100 + layer, layer)
-        stream.meter.add(bps // 8, NOW - 0.05)
+def _measured(
+    pub: Publication, rates: tuple[int, ...] = LAYER_BPS, *, temporal: bool = False
+) -> Publication:
+    """Give each layer of ``pub`` a measured bitrate at NOW (and, with ``temporal``, cached
+    packets with VP8 TIDs 0/1/2 in libwebrtc's proportions)."""
+    for layer in range(len(rates)):
+        pub.add_stream(0x100 + layer, layer)
+    _FEEDS[pub] = (rates, temporal)
+    _feed(pub, NOW)
     return pub
 
 
+#: What each measured publication keeps sending: its layer rates and whether it has TIDs.
+_FEEDS: dict[Publication, tuple[tuple[int, ...], bool]] = {}
+
+
+def _feed(pub: Publication, now: float) -> None:
+    """The publisher kept sending up to ``now``: meters, activity and cached packets."""
+    rates, temporal = _FEEDS[pub]
+    for layer, bps in enumerate(rates):
+        stream = pub.layers[layer]
+        if stream.meter.bps(now) == 0:  # one second's bytes per meter window
+            stream.meter.add(bps // 8, now - 0.05)
+        stream.last_packet_at = now
+        if temporal:
+            for seq in range(64):
+                tid, size = TL_CYCLE[seq % 4]
+                packet = vp8_packet(
+                    stream.ssrc, seq, seq * 3000, keyframe=False, tid=tid, payload=bytes(size)
+                )
+                stream.cache.put(packet, seq, now - 0.5)
+
+
+def _audio() -> Subscription:
+    return subscription(_measured(audio_publication(), (AUDIO_BPS,)), 0x51)
+
+
+def _video(n: int = 1, **kwargs: bool) -> Subscription:
+    return subscription(_measured(video_publication(mid=str(n)), **kwargs), 0x9000 + n)
+
+
+class _Clocked:
+    """An allocator stepped through time on frozen measurements (rates sampled at NOW)."""
+
+    def __init__(self, *subs: Subscription, priorities: dict[Subscription, int] | None = None):
+        self.subs = subs
+        self.priorities = priorities
+        self.allocator = Allocator()
+
+    def at(self, t: float, budget: float | None) -> Allocation:
+        for sub in self.subs:
+            if sub.publication in _FEEDS:
+                _feed(sub.publication, t)
+        return self.allocator.update(
+            self.subs, budget_bps=budget, now=t, priorities=self.priorities
+        )
+
+
 def test_without_a_budget_every_subscription_aims_at_its_cap() -> None:
-    a = subscription(_measured(video_publication()), 1)
-    b = subscription(_measured(video_publication()), 2)
+    a, b = _video(1), _video(2)
     b.set_preferences(1, None, False)
-    audio = subscription(audio_publication(), 3)
-    assert allocate([a, b, audio], budget_bps=None, now=NOW) == {a: 2, b: 1}
+    plan = allocate([a, b, _audio()], budget_bps=None, now=NOW)
+    assert plan == {a: TOP, b: MID}
 
 
 def test_a_budget_hands_out_layers_lowest_first() -> None:
-    a = subscription(_measured(video_publication()), 1)
-    b = subscription(_measured(video_publication()), 2)
+    a, b = _video(1), _video(2)
     # Both low layers (300k) plus one middle upgrade (350k) fit 700k; a second does not.
-    assert allocate([a, b], budget_bps=700_000, now=NOW) == {a: 1, b: 0}
-    assert allocate([a, b], budget_bps=1_000_000, now=NOW) == {a: 1, b: 1}
-    assert allocate([a, b], budget_bps=100_000, now=NOW) == {a: 0, b: 0}
+    assert allocate([a, b], budget_bps=700_000, now=NOW) == {a: MID, b: LOW}
+    assert allocate([a, b], budget_bps=1_000_000, now=NOW) == {a: MID, b: MID}
+    assert allocate([a, b], budget_bps=310_000, now=NOW) == {a: LOW, b: LOW}
 
 
-def test_priority_decides_who_gets_the_upgrade() -> None:
-    a = subscription(_measured(video_publication()), 1)
-    b = subscription(_measured(video_publication()), 2)
-    plan = allocate([a, b], budget_bps=700_000, now=NOW, priorities={b: 1})
-    assert plan == {a: 0, b: 1}
+def test_audio_is_reserved_first_and_never_paused() -> None:
+    audio, video = _audio(), _video()
+    # 170k: the low layer (150k) would fit alone, not after audio's 40k.
+    allocation = Allocator().update([audio, video], budget_bps=170_000, now=NOW)
+    assert allocation.targets == {video: PAUSED}
+    assert audio not in allocation.targets
+    assert allocation.paused == (video,)
+    allocation = Allocator().update([audio, video], budget_bps=200_000, now=NOW)
+    assert allocation.targets == {video: LOW}
+    assert allocation.allocated_bps == AUDIO_BPS + LAYER_BPS[0]
 
 
-def test_heavy_loss_holds_one_layer_below_the_current() -> None:
-    sub = subscription(_measured(video_publication()), 1)
-    assert sub.selector is not None
-    sub.selector.set_target(2, None)
-    sub.selector.decide(2, 0, True, True, NOW)  # switched to the top at a keyframe
-    sub.send_stats.loss = LOSS_STEP_DOWN + 0.05
-    assert allocate([sub], budget_bps=None, now=NOW) == {sub: 1}
+def test_priority_classes_screen_then_pinned_then_speaker_then_the_rest() -> None:
+    rest, speaker, pinned = _video(1), _video(2), _video(3)
+    screen_pub = _measured(video_publication(mid="4"))
+    screen_pub.source = "screen"
+    screen = subscription(screen_pub, 0x9004)
+    pinned.pinned = True
+    speaker.publication.participant_id = "talker"
+    subs = [rest, speaker, pinned, screen]
+    prio = {s: int(priority_of(s, speakers={"talker"})) for s in subs}
+    assert [prio[s] for s in subs] == [
+        Priority.OTHER,
+        Priority.SPEAKER,
+        Priority.PINNED,
+        Priority.SCREEN,
+    ]
+    # 4 x 150k base = 600k; the next 1.35M goes to the screen share's top layer first.
+    plan = allocate(subs, budget_bps=1_950_000, now=NOW, priorities=prio)
+    assert plan == {rest: LOW, speaker: LOW, pinned: LOW, screen: TOP}
+    # 350k more buys the pinned tile's middle layer, not the speaker's.
+    plan = allocate(subs, budget_bps=2_300_000, now=NOW, priorities=prio)
+    assert plan == {rest: LOW, speaker: LOW, pinned: MID, screen: TOP}
+    # Too little for every base layer: the lowest class is paused first.
+    plan = allocate(subs, budget_bps=500_000, now=NOW, priorities=prio)
+    assert plan == {rest: PAUSED, speaker: LOW, pinned: LOW, screen: LOW}
 
 
-def test_remb_is_a_budget_only_while_it_signals_congestion() -> None:
-    remb = RembHistory()
-    remb.on_remb(2_000_000, now=0.0)
-    assert remb.budget(now=0.0) is None
-    remb.on_remb(int(2_000_000 * REMB_DROP) + 1000, now=1.0)
-    assert remb.budget(now=1.0) is None  # within one back-off step of the peak
-    remb.on_remb(800_000, now=2.0)
-    assert remb.budget(now=2.0) == 800_000 * REMB_HEADROOM
-    for t in range(3, 10):
-        remb.on_remb(800_000, now=float(t))
-    assert remb.budget(now=9.0) is None  # the old peak left the window
-    assert remb.latest == 800_000
+def test_hints_cap_the_layers_and_a_disabled_tile_gets_nothing() -> None:
+    small, hidden, slow = _video(1, temporal=True), _video(2), _video(3, temporal=True)
+    small.set_preferences(0, None, False)  # a thumbnail: the low layer is enough
+    hidden.set_preferences(None, None, True)  # scrolled out of view
+    slow.set_preferences(None, 1, False)  # the page asked for 15 fps
+    allocation = Allocator().update([small, hidden, slow], budget_bps=10_000_000, now=NOW)
+    assert allocation.targets == {small: LOW, hidden: PAUSED, slow: LayerPair(2, 1)}
+    # The hidden tile is disabled by its subscriber, not paused for bandwidth.
+    assert allocation.paused == ()
+    assert not allocation.deficient
+    assert ladder(hidden, NOW) == []
+
+
+def test_temporal_layers_of_the_lowest_layer_are_traded_before_a_pause() -> None:
+    sub = _video(temporal=True)
+    shares = temporal_shares(sub.publication.layers[0], sub.publication.stream_kind, NOW)
+    # Packet bytes (headers included) in the 40 / 20 / 40 % split.
+    assert shares == pytest.approx((0.4, 0.6, 1.0), abs=0.03)
+    rungs = ladder(sub, NOW)
+    # The low layer at 7.5, 15, 30 fps; the upper layers only at full frame rate.
+    assert [r.pair for r in rungs] == [(0, 0), (0, 1), (0, None), (1, None), (2, None)]
+    assert [r.bps for r in rungs[:3]] == pytest.approx([150_000 * x for x in shares])
+    t0, t1 = rungs[0].bps, rungs[1].bps
+    assert allocate([sub], budget_bps=t1 + 1, now=NOW) == {sub: LayerPair(0, 1)}
+    assert allocate([sub], budget_bps=t1 - 1, now=NOW) == {sub: LayerPair(0, 0)}
+    assert allocate([sub], budget_bps=t0 - 1, now=NOW) == {sub: PAUSED}
+
+
+def test_a_screen_share_keeps_its_resolution_and_sheds_frame_rate() -> None:
+    pub = _measured(video_publication(rids=("f",), mid="5"), (1_000_000,), temporal=True)
+    pub.source = "screen"
+    sub = subscription(pub, 0x9005)
+    rungs = [(r.spatial, r.temporal) for r in ladder(sub, NOW)]
+    assert rungs == [(0, 0), (0, 1), (0, None)]
+    assert allocate([sub], budget_bps=ladder(sub, NOW)[1].bps, now=NOW) == {sub: LayerPair(0, 1)}
+
+
+def test_sampling_temporal_shares_leaves_the_cache_counters_alone() -> None:
+    sub = _video(temporal=True)
+    cache = sub.publication.layers[2].cache
+    hits, misses = cache.hits, cache.misses
+    LayerRates().measure(sub.publication, NOW)
+    assert (cache.hits, cache.misses) == (hits, misses)
+
+
+def test_measured_rates_are_sampled_once_per_interval() -> None:
+    sub = _video()
+    rates = sub.publication.rates
+    first = rates.measure(sub.publication, NOW)
+    sub.publication.layers[0].meter.add(100_000, NOW)
+    assert rates.measure(sub.publication, NOW + SAMPLE_INTERVAL / 2) is first
+    assert rates.measure(sub.publication, NOW + SAMPLE_INTERVAL)[0] != first[0]
+
+
+def test_small_estimate_changes_are_ignored() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    assert clock.at(NOW, 490_000).targets == {sub: LOW}  # the middle layer needs 500k
+    # Up by less than ESTIMATE_CHANGE: the plan stands although the middle layer would fit.
+    small = 490_000 * (1 + ESTIMATE_CHANGE * 0.9)
+    held = clock.at(NOW + 5, small)
+    assert held.targets == {sub: LOW}
+    assert held.budget_bps == 490_000
+    # A larger rise is acted on.
+    big = 490_000 * (1 + ESTIMATE_CHANGE * 1.1)
+    moved = clock.at(NOW + 6, big)
+    assert moved.budget_bps == big
+    assert moved.targets == {sub: MID}
+
+
+def test_a_small_drop_that_no_longer_fits_is_acted_on() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    assert clock.at(NOW, 520_000).targets == {sub: MID}
+    assert clock.at(NOW + 5, 495_000).targets == {sub: LOW}  # -5 %, but 500k no longer fits
+
+
+def test_an_upgrade_waits_for_the_hold_and_the_congestion_cooldown() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    assert clock.at(NOW, 3_000_000).targets == {sub: TOP}
+    down = clock.at(NOW + 1, 700_000)
+    assert down.targets == {sub: MID}
+    assert down.changes == ((sub, CONGESTION),)
+    # Capacity is back at once, but the subscription was just downgraded for congestion.
+    for t in (2.0, UPGRADE_HOLD + 1.5, CONGESTION_HOLD):
+        held = clock.at(NOW + t, 3_000_000)
+        assert held.targets == {sub: MID}
+        assert (
+            held.deficient and held.next_step_bps == LAYER_BPS[2]
+        )  # the top layer in place of the middle
+    up = clock.at(NOW + 1 + CONGESTION_HOLD, 3_000_000)
+    assert up.targets == {sub: TOP}
+    assert up.changes == ((sub, UPGRADE),)
+    assert clock.allocator.switches == {CONGESTION: 1, UPGRADE: 1, HINT: 0}
+
+
+def test_a_new_layer_is_held_before_the_next_upgrade() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    assert clock.at(NOW, 200_000).targets == {sub: LOW}
+    # Capacity for the top, but a rung is climbed only after UPGRADE_HOLD on the one below.
+    assert clock.at(NOW + 0.5, 3_000_000).targets == {sub: LOW}
+    assert clock.at(NOW + UPGRADE_HOLD, 3_000_000).targets == {sub: TOP}
+
+
+def test_pause_when_the_lowest_layer_does_not_fit_and_resume_when_it_does() -> None:
+    audio, sub = _audio(), _video(temporal=True)
+    clock = _Clocked(audio, sub)
+    assert clock.at(NOW, 2_000_000).targets == {sub: TOP}
+    paused = clock.at(NOW + 1, 80_000)  # audio 40k + 7.5 fps of the low layer (~58k) > 80k
+    assert paused.targets == {sub: PAUSED}
+    assert paused.paused == (sub,) and paused.resumed == ()
+    assert paused.deficient
+    assert paused.next_step_bps == AUDIO_BPS + ladder(sub, NOW + 1)[0].bps  # what resuming needs
+    assert clock.allocator.paused_count == 1
+    # Still paused while the cap stays; no repeated event.
+    assert clock.at(NOW + 5, 80_000).paused == ()
+    resumed = clock.at(NOW + 20, 2_000_000)
+    assert resumed.resumed == (sub,)
+    assert resumed.targets[sub] != PAUSED
+    assert clock.allocator.paused_count == 0
+    assert (clock.allocator.pauses, clock.allocator.resumes) == (1, 1)
+
+
+def test_a_paused_subscription_resumes_at_its_lowest_rung_inside_the_cooldown() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    clock.at(NOW, 2_000_000)
+    assert clock.at(NOW + 1, 100_000).targets == {sub: PAUSED}
+    # Within UPGRADE_HOLD of the pause: stays paused even if the base layer fits.
+    assert clock.at(NOW + 1.5, 2_000_000).targets == {sub: PAUSED}
+    resumed = clock.at(NOW + 1 + UPGRADE_HOLD, 2_000_000)
+    assert resumed.targets == {sub: LOW}  # not further until the congestion cooldown ends
+    assert resumed.resumed == (sub,)
+
+
+def test_a_hint_change_is_counted_as_a_hint_not_congestion() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    clock.at(NOW, 3_000_000)
+    sub.set_preferences(0, None, False)
+    changed = clock.at(NOW + 1, 3_000_000)
+    assert changed.targets == {sub: LOW}
+    assert changed.changes == ((sub, HINT),)
+    # No congestion cooldown from a hint: the tile grows again and the layer follows once held.
+    sub.set_preferences(None, None, False)
+    assert clock.at(NOW + 1 + UPGRADE_HOLD, 3_000_000).targets == {sub: TOP}
+
+
+def test_stable_without_deficit_when_everything_fits() -> None:
+    sub = _video()
+    allocation = Allocator().update([sub], budget_bps=5_000_000, now=NOW)
+    assert not allocation.deficient
+    assert allocation.next_step_bps is None
+
+
+def test_the_cooldown_holds_when_the_budget_goes_quiet() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    clock.at(NOW, 3_000_000)
+    assert clock.at(NOW + 1, 400_000).targets == {sub: LOW}
+    # The estimate stops signalling a limit (None): still no upgrade during the cooldown.
+    assert clock.at(NOW + 5, None).targets == {sub: LOW}
+    assert clock.at(NOW + 1 + CONGESTION_HOLD, None).targets == {sub: TOP}

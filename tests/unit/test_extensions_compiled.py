@@ -106,6 +106,27 @@ def test_read_only_buffers_behave_as_in_the_reference(compiled_cls: type[Any]) -
         cls(PUBLISHER, SUBSCRIBER).apply(no_x, 12, 0)  # no X bit: no write
 
 
+def test_transport_cc_stamped_with_the_subscriber_id_and_sequence(cls: Any) -> None:
+    rw = cls(PUBLISHER, SUBSCRIBER)
+    # transport-cc (publisher id 3, 2 bytes 0xAAAA), then audio level (id 1).
+    body = bytes([0x31, 0xAA, 0xAA, 0x10, 0x7F, 0, 0, 0])
+    buf = rtp(0xBEDE, body)
+    assert rw.apply(buf, len(buf), 0, 0x1234) is True
+    assert buf[16:21] == bytes([0x81, 0x12, 0x34, 0x50, 0x7F])
+    # Without a sequence number the publisher's element is hidden, as before.
+    buf = rtp(0xBEDE, body)
+    assert rw.apply(buf, len(buf), 0) is False
+    assert buf[16] >> 4 not in SUBSCRIBER and buf[17:19] == b"\xaa\xaa"
+    # Two-byte form.
+    buf = rtp(0x1000, bytes([3, 2, 0xAA, 0xAA]))
+    assert rw.apply(buf, len(buf), 0, 7) is True
+    assert buf[16:20] == bytes([8, 2, 0, 7])
+    # A subscriber that did not negotiate transport-cc gets no stamp.
+    plain = cls(PUBLISHER, {5: AUDIO_LEVEL_URI})
+    buf = rtp(0xBEDE, body)
+    assert plain.apply(buf, len(buf), 0, 9) is False
+
+
 # -- differential --------------------------------------------------------------------------
 
 _URIS = [
@@ -170,6 +191,7 @@ def packets(draw: st.DrawFn) -> bytearray:
     length_delta=st.integers(-30, 8),
     exact_length=st.booleans(),
     abs_send_time=st.one_of(st.integers(0, 0xFFFFFF), st.integers(-(2**40), 2**40)),
+    twcc_seq=st.one_of(st.just(-1), st.integers(0, 0xFFFF), st.integers(-(2**20), 2**20)),
 )
 def test_apply_matches_the_reference(
     compiled_cls: type[Any],
@@ -179,6 +201,7 @@ def test_apply_matches_the_reference(
     length_delta: int,
     exact_length: bool,
     abs_send_time: int,
+    twcc_seq: int,
 ) -> None:
     ref = outcome(ext_py.ExtensionRewriter, source, dest)
     got = outcome(compiled_cls, source, dest)
@@ -190,7 +213,7 @@ def test_apply_matches_the_reference(
     assert got_rw.identity == ref_rw.identity
     length = len(buf) if exact_length else len(buf) + length_delta
     ref_buf, got_buf = bytearray(buf), bytearray(buf)
-    ref_out = outcome(ref_rw.apply, ref_buf, length, abs_send_time)
-    got_out = outcome(got_rw.apply, got_buf, length, abs_send_time)
+    ref_out = outcome(ref_rw.apply, ref_buf, length, abs_send_time, twcc_seq)
+    got_out = outcome(got_rw.apply, got_buf, length, abs_send_time, twcc_seq)
     assert got_out == ref_out
     assert got_buf == ref_buf

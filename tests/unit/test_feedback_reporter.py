@@ -8,16 +8,15 @@ from sfu.core.binder import Binder
 from sfu.core.counters import PeerCounters
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.publication import SourceStream
-from sfu.core.remb import RembHistory
 from sfu.core.reporter import REPORT_INTERVAL, Reporter
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.rtcp import ReceiverReport, ReportBlock, SenderReport, parse_compound
 from sfu.packet.rtcp_feedback import Fir, FirEntry, Nack, Pli, Remb
 
 
-def _handler() -> tuple[FeedbackHandler, RecordingSender, PeerCounters, RembHistory]:
-    sender, counters, remb = RecordingSender(), PeerCounters(), RembHistory()
-    return FeedbackHandler(sender, Binder(), remb, counters), sender, counters, remb
+def _handler() -> tuple[FeedbackHandler, RecordingSender, PeerCounters, None]:
+    sender, counters = RecordingSender(), PeerCounters()
+    return FeedbackHandler(sender, Binder(), counters), sender, counters, None
 
 
 def test_pli_and_fir_become_one_rate_limited_request_upstream() -> None:
@@ -44,11 +43,11 @@ def test_pli_and_fir_become_one_rate_limited_request_upstream() -> None:
 
 
 def test_nack_of_an_unknown_ssrc_is_ignored_and_remb_is_recorded() -> None:
-    handler, sender, counters, remb = _handler()
+    handler, sender, counters, _ = _handler()
     handler.on_rtcp(Nack.from_seqs(1, 0x4242, [5, 6]).serialize(), now=1.0)
     handler.on_rtcp(Remb.from_bitrate(1, 640_000, [0x9000]).serialize(), now=1.0)
     assert counters.nacks_in == 0 and sender.rtp == []
-    assert remb.latest == 640_000
+    assert handler.latest_remb == 640_000 and counters.remb_in == 1
 
 
 def test_report_blocks_reach_the_subscription_they_name() -> None:
@@ -102,3 +101,18 @@ def test_reporter_keyframe_requests_are_rate_limited() -> None:
     assert not reporter.request_keyframe(stream, now=1.1)
     assert [type(p) for raw in sender.rtcp for p in parse_compound(raw)] == [Pli]
     assert counters.keyframe_requests_out == 1
+
+
+def test_keyframe_requests_wait_for_a_slow_publisher_to_answer() -> None:
+    sender, counters = RecordingSender(), PeerCounters()
+    reporter = Reporter(0x77, sender, TwccRecorder(0x77), counters)
+    stream = video_publication().add_stream(0x100, 0)
+    assert reporter.request_keyframe(stream, now=1.0, rtt=0.8)
+    # 500 ms is the floor; a publisher 800 ms away cannot have answered within 800 ms + a frame.
+    assert not reporter.request_keyframe(stream, now=1.6, rtt=0.8)
+    assert not reporter.request_keyframe(stream, now=1.85, rtt=0.8)
+    assert reporter.request_keyframe(stream, now=1.9, rtt=0.8)
+    # A fast path keeps the 500 ms floor.
+    assert not reporter.request_keyframe(stream, now=2.3, rtt=0.02)
+    assert reporter.request_keyframe(stream, now=2.4, rtt=0.02)
+    assert counters.keyframe_requests_out == 3

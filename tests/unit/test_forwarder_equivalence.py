@@ -19,6 +19,8 @@ from forwarder_world import (
     PUB_ADDR,
     PUB_KEY,
     PUB_SALT,
+    SUB_KEY,
+    SUB_SALT,
     SUBS,
     VIDEO_SSRCS,
     World,
@@ -215,3 +217,39 @@ def test_padding_only_packets_agree(compiled_kernels: Kernels) -> None:
         assert comp.snapshot() == ref.snapshot()
     skipped = [sub.munger.skipped for sub in comp.video_subs]
     assert skipped == [sub.munger.skipped for sub in ref.video_subs] and skipped[0] > 0
+
+
+def test_egress_stamped_with_each_transports_sequence(compiled_kernels: Kernels) -> None:
+    """Every forwarded packet carrying the publisher's transport-cc element leaves with the
+    subscriber transport's own next sequence number (under the subscriber's id) and lands in
+    that transport's send history; a subscriber without transport-cc gets no stamp."""
+    ref, comp = World(REFERENCE), World(compiled_kernels)
+    client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
+    for world in (ref, comp):
+        for sub in world.video_subs:
+            sub.selector.set_target(0, None)
+    datagrams = []
+    for i in range(20):
+        payload = vp8_payload(10 + i, i, 0, True, i == 0, True, 500)
+        ext = bytes([0x31, 0x77, i])  # the publisher's transport-cc: id 3, its own sequence
+        plain = rtp(VIDEO_SSRCS[0], 100 + i, 3000 * i, 96, payload, ext)
+        datagrams.append((client.protect_rtp(plain), PUB_ADDR))
+    ref_slow, ref_egress = ref.forwarder.process(datagrams, 2.0)
+    comp_slow, comp_egress = comp.forwarder.process(datagrams, 2.0)
+    assert comp_slow == ref_slow == []
+    assert comp_egress == ref_egress and len(ref_egress) == 20 * SUBS
+    assert comp.snapshot() == ref.snapshot()
+    for world in (ref, comp):
+        stamped = world.histories[: SUBS - 1]
+        assert [h.packets for h in stamped] == [20] * (SUBS - 1)
+        assert world.histories[-1].packets == 0
+        assert stamped[0].lookup(19) is not None and stamped[0].lookup(19)[0] == 2.0
+    # Decrypt what subscriber 0 got: sequence numbers 0..19 under its id (10).
+    sub_in = _srtp_py.SrtpContext(PROFILE, SUB_KEY, SUB_SALT, outbound=False)
+    got = []
+    for wire, address in ref_egress:
+        if address == ("127.0.0.1", 6000):
+            plain = sub_in.unprotect_rtp(wire)
+            assert plain[16] == (10 << 4) | 1
+            got.append((plain[17] << 8) | plain[18])
+    assert got == list(range(20))

@@ -21,6 +21,7 @@ from sfu.negotiation import NegotiatedCodec
 VP8_CODEC = NegotiatedCodec(96, "VP8", 90000, None, None, ("nack", "nack pli"))
 OPUS_CODEC = NegotiatedCodec(111, "opus", 48000, 2, None, ())
 REFERENCE_MODULES = {
+    "sfu._fastpath._bwe_py",
     "sfu._fastpath._forward_py",
     "sfu.core.header_extensions",
     "sfu.core.layers",

@@ -32,7 +32,7 @@ from sfu.packet.stun import (
 )
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
-from sfu.transport.ice import Address
+from sfu.transport.ice import Address, tcp_address
 from sfu.transport.port import CapacityError, MediaPort
 from sfu.transport.srtp import SrtpSession
 from sfu.transport.transport import HandshakeFailure, TransportState, WebRtcTransport
@@ -908,3 +908,39 @@ def test_transport_hooks_see_changes_and_the_close() -> None:
     assert closed == [c.transport]
     net.port.close_transport(c.transport, 0.2)
     assert closed == [c.transport], "forgotten once"
+
+
+# -- ICE-TCP peers and candidate types (issue 17) ------------------------------------------
+
+
+def test_a_transport_over_ice_tcp_connects_and_is_counted_as_tcp() -> None:
+    net = Net()
+    tcp = tcp_address("127.0.0.1", 50000)  # the same host and port as a UDP peer might use
+    client = Client(net, addr=tcp)
+    client.connect()
+    assert net.port.is_authenticated(tcp)
+    assert not net.port.is_authenticated(CLIENT_ADDR)  # the UDP peer is another one
+    assert net.port.counters.connected_by_type == {"tcp": 1}
+    assert client.transport.candidate_type == "tcp"
+    plain = client.send_rtp(1.0)
+    assert client.listener.rtp == [plain]
+    # Media from the UDP address with the same host and port is not this transport's.
+    client.send_rtp(1.1, addr=CLIENT_ADDR)
+    assert len(client.listener.rtp) == 1
+    net.port.connection_closed(tcp)
+    assert not net.port.is_authenticated(tcp) and net.port.address_count == 0
+
+
+def test_peers_at_a_turn_relay_address_count_as_relay() -> None:
+    net = Net()
+    net.port.counters.relay_hosts = frozenset({"127.0.0.1"})
+    Client(net).connect()
+    assert net.port.counters.connected_by_type == {"relay": 1}
+
+
+def test_a_transport_that_never_heard_a_check_fails_as_none() -> None:
+    net = Net(connect_timeout=5.0)
+    client = Client(net)
+    net.port.poll(5.0)
+    assert client.transport.candidate_type == "none"
+    assert net.port.counters.failed_by_type == {"none": 1}

@@ -185,3 +185,43 @@ def test_every_label_value_comes_from_a_fixed_set(monkeypatch: pytest.MonkeyPatc
                 if label == "le" or sample.name == "sfu_build_info":
                     continue
                 assert text in ALLOWED[label], (sample.name, label, text)
+
+
+def test_allocation_state_pauses_and_target_changes_are_exposed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sfu.packet.rtcp_feedback import Remb
+
+    h = harness(monkeypatch)
+    registry = registry_for(h.service)
+    alice = h.join(ROOM, "alice")
+    bob = h.join(ROOM, "bob")
+    h.service.offer(alice, simulcast_offer(), 0.0, names={"1": "camera"})
+    h.capture("alice", alice)
+    tracks = {m["track"]["kind"]: m["track"]["id"] for m in h.messages("bob", "track_published")}
+    h.service.offer(bob, recvonly_offer(), 0.0, subscriptions={"1": tracks["video"]})
+    h.capture("bob", bob)
+    assert alice.peer is not None and bob.peer is not None
+    sub = next(iter(bob.peer.subscriptions.values()))
+    t = alice.peer.transport
+    for seq in range(30):  # one second of the low layer, ~48 kbit/s
+        packet = vp8_packet(SSRC_Q, seq, seq * 3000, keyframe=seq == 0, rid="q", payload=bytes(200))
+        alice.peer.on_rtp(t, packet, 1.0 + seq / 30)
+    bob_t = bob.peer.transport
+    bob.peer.on_rtcp(bob_t, Remb.from_bitrate(1, 2_000_000, [sub.out_ssrc]).serialize(), 1.9)
+    h.service.poll(2.0, 1.7e9)
+    assert value(registry, "sfu_subscriber_allocation", state="stable") == 1
+    assert value(registry, "sfu_subscriptions_paused") == 0
+    for seq in range(30, 60):
+        packet = vp8_packet(SSRC_Q, seq, seq * 3000, keyframe=False, rid="q", payload=bytes(200))
+        alice.peer.on_rtp(t, packet, 1.0 + seq / 30)
+    bob.peer.on_rtcp(bob_t, Remb.from_bitrate(1, 20_000, [sub.out_ssrc]).serialize(), 2.9)
+    h.service.poll(3.0, 1.7e9)
+    assert value(registry, "sfu_subscriber_allocation", state="deficient") == 1
+    assert value(registry, "sfu_subscriptions_paused") == 1
+    assert value(registry, "sfu_bandwidth_pauses_total", event="paused") == 1
+    assert value(registry, "sfu_layer_target_changes_total", reason="congestion") == 1
+    assert value(registry, "sfu_layer_target_changes_total", reason="hint") == 0
+    h.service.leave(bob, now=3.5)
+    assert value(registry, "sfu_subscriptions_paused") == 0
+    assert value(registry, "sfu_bandwidth_pauses_total", event="paused") == 1  # kept

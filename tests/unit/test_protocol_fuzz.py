@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sfu.core.publication import SOURCES
 from sfu.signaling.protocol import (
     MAX_BAN_S,
     MAX_MESSAGE_BYTES,
@@ -67,6 +68,7 @@ FIELDS = [
     "max_spatial",
     "max_temporal",
     "paused",
+    "pinned",
     "muted",
     "name",
     "password",
@@ -172,7 +174,11 @@ def test_real_types_with_plausible_fields(kind: str, data: st.DataObject) -> Non
         "token": st.text(max_size=20) | json_scalars,
         "sdp": st.text(max_size=40) | json_scalars,
         "tracks": st.dictionaries(
-            st.text(max_size=33), st.fixed_dictionaries({"name": st.text(max_size=65)})
+            st.text(max_size=33),
+            st.fixed_dictionaries(
+                {"name": st.text(max_size=65)},
+                optional={"source": st.sampled_from(["camera", "screen", "tv"]) | json_scalars},
+            ),
         )
         | json_values,
         "subscriptions": st.dictionaries(st.text(max_size=33), st.text(max_size=65)) | json_values,
@@ -180,6 +186,7 @@ def test_real_types_with_plausible_fields(kind: str, data: st.DataObject) -> Non
         "max_spatial": st.none() | st.integers(-1, 3) | st.booleans(),
         "max_temporal": st.none() | st.integers(-1, 3) | st.floats(0, 2),
         "paused": st.booleans() | json_scalars,
+        "pinned": st.booleans() | json_scalars,
         "muted": st.booleans() | json_scalars,
         "password": st.none() | st.text(max_size=130) | json_scalars,
         "participant": st.text(max_size=66) | json_scalars,
@@ -288,6 +295,22 @@ def test_valid_offer(
     assert parse_client_message(json.dumps(obj)) == Offer(sdp, names, subs, rid)
 
 
+@given(st.dictionaries(st.text(min_size=1, max_size=32), st.sampled_from(sorted(SOURCES))))
+def test_offer_track_sources(sources: dict[str, str]) -> None:
+    tracks = {mid: {"name": "n", "source": source} for mid, source in sources.items()}
+    obj = {"type": "offer", "sdp": "v=0", "tracks": tracks}
+    offer = parse_client_message(json.dumps(obj))
+    assert isinstance(offer, Offer) and offer.sources == sources
+
+
+@pytest.mark.parametrize("source", ["tv", "", 3, True])
+def test_an_unknown_track_source_is_refused_by_name(source: object) -> None:
+    obj = {"type": "offer", "sdp": "v=0", "tracks": {"0": {"name": "n", "source": source}}}
+    result = check(json.dumps(obj))
+    assert isinstance(result, ProtocolError) and result.code == "bad_message"
+    assert "'tracks.0.source'" in result.message
+
+
 @given(valid_id, short, layer, layer, st.booleans(), st.booleans())
 def test_valid_track_messages(
     rid: str | int | None,
@@ -309,6 +332,8 @@ def test_valid_track_messages(
         "paused": paused,
     }
     assert parse(prefs) == Preferences(track, spatial, temporal, paused, rid)
+    pinned = parse({**prefs, "pinned": muted})
+    assert pinned == Preferences(track, spatial, temporal, paused, rid, pinned=muted)
     assert parse({"type": "prefs", "track": track}) == Preferences(track, id=rid)
     assert parse({"type": "mute", "track": track, "muted": muted}) == Mute(track, muted, rid)
     assert parse({"type": "ping"}) == Ping(rid)
@@ -349,3 +374,13 @@ def test_unknown_extra_fields_are_ignored(rid: str | int | None, extra: dict[str
 def test_edge_cases(text: str) -> None:
     result = check(text)
     assert isinstance(result, ProtocolError)
+
+
+@pytest.mark.parametrize("height", [0, 4321, 1.5, True, "720"])
+def test_a_declared_track_height_is_bounded(height: object) -> None:
+    obj = {"type": "offer", "sdp": "v=0", "tracks": {"1": {"name": "n", "height": height}}}
+    result = check(json.dumps(obj))
+    assert isinstance(result, ProtocolError) and "'tracks.1.height'" in result.message
+    valid = {"type": "offer", "sdp": "v=0", "tracks": {"1": {"name": "n", "height": 720}}}
+    offer = parse_client_message(json.dumps(valid))
+    assert isinstance(offer, Offer) and offer.heights == {"1": 720}

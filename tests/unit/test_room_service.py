@@ -158,9 +158,13 @@ def test_subscriber_gets_its_own_ssrc_payload_type_and_extension_ids(
     assert out[1].sequence_number == (out[0].sequence_number + 1) & 0xFFFF
     assert all(p.payload_type == 96 for p in out)
     ids = dict(out[0].extensions())
-    # The publisher's mid/rid/transport-cc must not reach the subscriber under any id it uses.
-    bob_ids = {CHROMIUM_IDS[MID_URI], CHROMIUM_IDS[RID_URI], CHROMIUM_IDS[TRANSPORT_CC_URI]}
+    # The publisher's mid/rid must not reach the subscriber under any id it uses; its
+    # transport-cc element carries bob's own transport-wide sequence (the first: 0) instead.
+    bob_ids = {CHROMIUM_IDS[MID_URI], CHROMIUM_IDS[RID_URI]}
     assert not bob_ids & set(ids)
+    assert ids[CHROMIUM_IDS[TRANSPORT_CC_URI]] == b"\x00\x00"
+    assert bob.peer is not None and bob.peer.send_history is not None
+    assert bob.peer.send_history.packets == 1  # the second packet carried no transport-cc
     # The uplink's transport-wide sequence number was recorded for congestion feedback.
     alice.peer.poll(2.0, 1.7e9)
     feedback = [p for p in h.sent_rtcp["alice"] if p[1] == 205 and p[0] & 0x1F == 15]
@@ -329,3 +333,77 @@ def test_allocation_caps_layers_only_when_remb_signals_congestion(
     sub.set_preferences(0, None, False)
     h.service.poll(2.6, 1.7e9)
     assert sub.selector.target.spatial == 0
+
+
+def test_a_declared_screen_share_is_announced_with_its_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = harness(monkeypatch)
+    alice = h.join(ROOM, "alice")
+    h.join(ROOM, "bob")
+    with pytest.raises(RoomError) as err:
+        h.service.offer(alice, simulcast_offer(), 0.0, sources={"0": "screen"})  # an audio mid
+    assert err.value.code == "bad_message" and "source" in err.value.message
+    h.service.offer(
+        alice,
+        simulcast_offer(),
+        0.0,
+        names={"1": "slides"},
+        sources={"1": "screen"},
+        heights={"0": 480, "1": 1080},
+    )
+    published = {m["track"]["kind"]: m["track"] for m in h.messages("bob", "track_published")}
+    assert published["video"]["source"] == "screen"
+    assert published["video"]["height"] == 1080
+    assert "height" not in published["audio"]  # only video declares a picture height
+    assert published["audio"]["source"] == "microphone"
+
+
+def test_a_bandwidth_pause_and_resume_are_told_to_the_subscriber(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sfu.packet.rtcp_feedback import Remb
+
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    t = alice.peer.transport
+    assert t is not None and bob.peer is not None
+
+    def publish(start: float) -> None:
+        for i in range(30):  # one second of three layers: q ~48, h ~144, f ~288 kbit/s
+            now = start + i / 30
+            seq = int(start * 30) + i
+            for ssrc, rid, size in ((SSRC_Q, "q", 200), (SSRC_H, "h", 600), (SSRC_F, "f", 1200)):
+                pkt = vp8_packet(
+                    ssrc, seq, 3000 * seq, keyframe=i == 0, rid=rid, payload=bytes(size)
+                )
+                alice.peer.on_rtp(t, pkt, now)
+
+    bob_t = bob.peer.transport
+    publish(1.0)
+    bob.peer.on_rtcp(bob_t, Remb.from_bitrate(1, 2_000_000, [sub.out_ssrc]).serialize(), 1.9)
+    h.service.poll(2.0, 1.7e9)
+    assert h.messages("bob", "stream_state") == []
+    publish(2.0)
+    # Below the lowest layer: paused, and Bob is told why.
+    bob.peer.on_rtcp(bob_t, Remb.from_bitrate(1, 30_000, [sub.out_ssrc]).serialize(), 2.9)
+    h.service.poll(3.0, 1.7e9)
+    assert sub.selector is not None and sub.selector.requested.spatial is None
+    assert h.messages("bob", "stream_state") == [
+        {
+            "type": "stream_state",
+            "track": sub.publication.id,
+            "state": "paused",
+            "reason": "bandwidth",
+        }
+    ]
+    assert bob.peer.allocator.paused_count == 1
+    publish(3.0)
+    bob.peer.on_rtcp(bob_t, Remb.from_bitrate(1, 2_000_000, [sub.out_ssrc]).serialize(), 5.5)
+    publish(5.0)
+    h.service.poll(6.0, 1.7e9)
+    assert h.messages("bob", "stream_state")[1:] == [
+        {"type": "stream_state", "track": sub.publication.id, "state": "active"}
+    ]
+    # Resumed at the lowest layer: no upgrade within the cooldown after the pause.
+    assert sub.selector.requested.spatial == 0

@@ -1,0 +1,323 @@
+"""Send-side bandwidth estimation for one subscriber transport (sans-I/O).
+
+:class:`BandwidthEstimator` follows Google congestion control (draft-ietf-rmcat-gcc-02) as
+libwebrtc's goog_cc structures it, written from the draft and the published design:
+
+* the **delay-based** part: the compiled (or reference) :class:`DelayDetector` kernel reads
+  the transport's :class:`SendHistory` for the packets each transport-wide CC feedback
+  acknowledges, groups them into 5 ms bursts, fits the trend of the one-way delay growth and
+  says overuse / normal / underuse against an adaptive threshold;
+* **AIMD rate control** (§6): on overuse the rate drops to :data:`BETA` x the acknowledged
+  bitrate (what actually got through), on underuse it holds, on normal it grows:
+  multiplicatively (:data:`MULTIPLICATIVE_GROWTH` per second) while far from the last
+  congestion point, additively (about one packet per response time) near it; growth is
+  capped at :data:`ACKED_CAP_FACTOR` x the acknowledged bitrate, so an application-limited
+  sender (ALR) cannot talk itself into an estimate nothing has tested;
+* a **loss-based bound** (§7): above :data:`LOSS_HIGH` loss it backs off by half the loss
+  fraction, between :data:`LOSS_LOW` and :data:`LOSS_HIGH` it holds, below it grows;
+* **probe results**: the bitrate a probe cluster got through (the smaller of its send and
+  receive rates, as libwebrtc's probe bitrate estimator) lifts the estimate at once.
+
+The estimate only ever hears about this transport's own packets, so loss on a publisher's
+uplink (packets that never reached the server) cannot pull a subscriber's estimate down.
+REMB is the fallback input when transport-cc is not negotiated: then the estimate is the
+receiver's REMB (capped by the loss-based bound fed from receiver reports).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from sfu._fastpath._bwe_py import NORMAL, OVERUSE, UNDERUSE
+from sfu.packet.twcc import REFERENCE_TICK_US, TransportFeedback
+
+if TYPE_CHECKING:
+    from sfu.core.kernels import DelayDetector, SendHistory
+
+__all__ = [
+    "ACKED_CAP_FACTOR",
+    "BETA",
+    "INITIAL_BPS",
+    "LOSS_HIGH",
+    "LOSS_LOW",
+    "MAX_BPS",
+    "MIN_BPS",
+    "BandwidthEstimator",
+]
+
+#: Where a new transport starts (bps): the low layer plus audio fit, the middle does not, so
+#: a subscriber climbs by probing instead of starting above a link it has not measured.
+INITIAL_BPS: Final = 300_000
+#: Never estimate below this (audio and RTCP must still get through) or above this.
+MIN_BPS: Final = 30_000
+MAX_BPS: Final = 50_000_000
+#: Multiplicative decrease on overuse: the acknowledged bitrate times this (§6: 0.85), so the
+#: queue that caused the overuse drains.
+BETA: Final = 0.85
+#: One decrease never cuts the estimate below this share of itself: the acknowledged bitrate
+#: lags a layer switch by its window, so an overuse right after an upgrade (the new layer's
+#: keyframe burst) would otherwise fall back to the old layer's rate times BETA and skip a
+#: layer on the way down.
+MAX_DECREASE: Final = 0.5
+#: Multiplicative growth per second while far from the last congestion point (§6: 8 %).
+MULTIPLICATIVE_GROWTH: Final = 0.08
+#: Growth is capped at this multiple of the acknowledged bitrate plus a constant, as
+#: libwebrtc does: the estimate may lead what gets through, never run away from it.
+ACKED_CAP_FACTOR: Final = 1.5
+ACKED_CAP_EXTRA: Final = 10_000
+#: Additive growth near the congestion point: about one packet of this size per response
+#: time (RTT + :data:`RESPONSE_EXTRA`), at least :data:`MIN_ADDITIVE` bps per second.
+ADDITIVE_PACKET_BITS: Final = 1200 * 8
+RESPONSE_EXTRA: Final = 0.1
+MIN_ADDITIVE: Final = 4_000
+#: Near the congestion point means below this multiple of the link capacity measured at the
+#: last overuse; above it the capacity is forgotten and growth is multiplicative again.
+CAPACITY_MARGIN: Final = 1.5
+#: Smoothing of the link capacity estimate (weight of a new overuse measurement).
+CAPACITY_WEIGHT: Final = 0.05
+#: Two decreases at least this far apart (s), or one RTT when longer: the first decrease
+#: must show in feedback before a second one is justified.
+MIN_DECREASE_INTERVAL: Final = 0.2
+#: Acknowledged bitrate: bytes acknowledged over this much receiver time (s).
+ACKED_WINDOW: Final = 0.5
+#: Loss thresholds of the loss-based bound (§7: back off above 10 %, grow below 2 %).
+LOSS_HIGH: Final = 0.10
+LOSS_LOW: Final = 0.02
+#: Loss is measured over at least this many reported packets, and the bound moves at most
+#: once per :data:`LOSS_INTERVAL` (s) so one feedback of a burst does not count many times.
+LOSS_MIN_PACKETS: Final = 20
+LOSS_INTERVAL: Final = 0.3
+#: Growth per second of the loss-based bound below :data:`LOSS_LOW` loss.
+LOSS_GROWTH: Final = 0.08
+#: A probe cluster's result counts with at least this many packets acknowledged.
+PROBE_MIN_PACKETS: Final = 4
+#: A probe is believed only up to the rate it was sent at times this (receive bursts can
+#: look faster than the link); libwebrtc bounds the receive rate the same way.
+PROBE_SEND_MARGIN: Final = 1.0
+#: Application-limited region: sending less than this share of the estimate.
+ALR_SHARE: Final = 0.65
+#: RTT used until a receiver report gives one (s).
+DEFAULT_RTT: Final = 0.1
+
+_REF_WRAP: Final = 1 << 24
+
+
+class BandwidthEstimator:
+    """What one subscriber transport can take, from its TWCC feedback (or REMB)."""
+
+    def __init__(
+        self,
+        history: SendHistory,
+        detector: DelayDetector,
+        *,
+        initial_bps: float = INITIAL_BPS,
+        min_bps: float = MIN_BPS,
+        max_bps: float = MAX_BPS,
+    ) -> None:
+        self.history = history
+        self.detector = detector
+        self.min_bps = min_bps
+        self.max_bps = max_bps
+        self._delay_bps = float(initial_bps)
+        self._loss_bps: float | None = None
+        self._capacity: float | None = None
+        self._state = NORMAL
+        self._last_update: float | None = None
+        self._last_decrease = -1e9
+        self._acked: deque[tuple[float, float, int]] = deque()  # (first, last arrival, bytes)
+        self._loss_reported = 0
+        self._loss_lost = 0
+        self._loss_at = -1e9
+        self._ref_last: int | None = None
+        self._ref_unwrapped = 0
+        self._sent: deque[tuple[float, int]] = deque()  # (now, history bytes)
+        self.rtt = DEFAULT_RTT
+        #: The latest loss fraction measured from feedback (or receiver reports).
+        self.loss = 0.0
+        #: Whether transport-wide CC feedback has been seen (else REMB drives the estimate).
+        self.twcc_seen = False
+        self.remb_bps: float | None = None
+        #: Counters read at scrape time.
+        self.feedbacks = 0
+        self.overuses = 0
+        self.decreases = 0
+        self.probe_results = 0
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def on_rtt(self, rtt: float) -> None:
+        """A round-trip time measured from receiver reports (seconds)."""
+        if rtt > 0:
+            self.rtt = rtt
+
+    def on_remb(self, bps: float, *, now: float) -> None:
+        """A REMB from the receiver: the estimate when transport-cc is not negotiated."""
+        self.remb_bps = float(bps)
+
+    def on_report_loss(self, fraction: float, *, now: float) -> None:
+        """Loss from a receiver report (RFC 3550 §6.4.1 fraction lost): the loss-based bound's
+        input when there is no transport-wide feedback."""
+        if not self.twcc_seen:
+            self._loss_step(fraction, now)
+
+    def on_feedback(self, feedback: TransportFeedback, *, now: float) -> None:
+        """One transport-wide CC feedback from the subscriber."""
+        self.twcc_seen = True
+        self.feedbacks += 1
+        ref = feedback.reference_time & (_REF_WRAP - 1)
+        if self._ref_last is None:
+            self._ref_unwrapped = ref
+        else:
+            step = (ref - self._ref_last) & (_REF_WRAP - 1)
+            if step >= _REF_WRAP // 2:
+                step -= _REF_WRAP
+            self._ref_unwrapped += step
+        self._ref_last = ref
+        offset = (self._ref_unwrapped - feedback.reference_time) * REFERENCE_TICK_US
+        seqs = array("H")
+        arrivals = array("q")
+        reported = 0
+        try:
+            for seq, at in feedback.iter_arrivals():
+                reported += 1
+                if at is not None:
+                    seqs.append(seq)
+                    arrivals.append(at + offset)
+        except ValueError:
+            return  # a malformed status list: nothing from it is trusted
+        packets, size, _, _, first_arrival, last_arrival = self.detector.on_feedback(
+            self.history, seqs, arrivals
+        )
+        if packets:
+            acked = self._acked
+            acked.append((first_arrival, last_arrival, size))
+            while acked and last_arrival - acked[0][1] > ACKED_WINDOW:
+                acked.popleft()
+        self._loss_reported += reported
+        self._loss_lost += reported - len(seqs)
+        if self._loss_reported >= LOSS_MIN_PACKETS:
+            self._loss_step(self._loss_lost / self._loss_reported, now)
+            self._loss_reported = self._loss_lost = 0
+        self._rate_control(self.detector.state, now)
+
+    def on_probe_result(self, bps: float, *, now: float) -> None:
+        """A probe cluster got ``bps`` through: the link takes at least that."""
+        self.probe_results += 1
+        if bps > self._delay_bps:
+            self._delay_bps = min(bps, self.max_bps)
+            self._capacity = None
+        if self._loss_bps is not None and bps > self._loss_bps:
+            self._loss_bps = bps
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    @property
+    def acked_bps(self) -> float | None:
+        """The acknowledged bitrate: what got through lately (None before enough feedback)."""
+        acked = self._acked
+        if not acked:
+            return None
+        span = acked[-1][1] - acked[0][0]
+        if span < ACKED_WINDOW / 5:
+            span = ACKED_WINDOW / 5  # one short feedback says little about a rate
+        return sum(entry[2] for entry in acked) * 8 / span
+
+    @property
+    def state(self) -> int:
+        """The delay detector's latest state (0 normal, 1 overuse, 2 underuse)."""
+        return self._state
+
+    def target_bps(self) -> float:
+        """The estimate: what the subscriber's transport may carry now (bps)."""
+        if not self.twcc_seen and self.remb_bps is not None:
+            rate = self.remb_bps
+        else:
+            rate = self._delay_bps
+        if self._loss_bps is not None and self._loss_bps < rate:
+            rate = self._loss_bps
+        return max(self.min_bps, min(rate, self.max_bps))
+
+    def sent_bps(self, now: float) -> float:
+        """What the server sent on this transport lately (bps), from the send history."""
+        sent = self._sent
+        sent.append((now, self.history.bytes))
+        while len(sent) > 2 and now - sent[1][0] >= 1.0:
+            sent.popleft()
+        span = now - sent[0][0]
+        return (sent[-1][1] - sent[0][1]) * 8 / span if span > 0 else 0.0
+
+    def in_alr(self, now: float) -> bool:
+        """Application-limited: sending well below the estimate, so it is untested."""
+        return self.sent_bps(now) < ALR_SHARE * self.target_bps()
+
+    def probe_bps(self, cluster: int) -> float | None:
+        """The bitrate probe ``cluster`` got through, once enough of it was acknowledged."""
+        packets, size, first_size, last_size, s0, s1, a0, a1 = self.detector.cluster(cluster)
+        if packets < PROBE_MIN_PACKETS or a1 <= a0:
+            return None
+        # The bottleneck spaces the train out: its receive rate is what the link took (the
+        # first packet's bytes arrived before the measured interval began).
+        receive = (size - first_size) * 8 / (a1 - a0)
+        if s1 <= s0:
+            return receive  # sent as one burst: only the receive side has a rate
+        send = (size - last_size) * 8 / (s1 - s0)
+        return min(send * PROBE_SEND_MARGIN, receive)
+
+    # -- control ------------------------------------------------------------------------------
+
+    def _rate_control(self, signal: int, now: float) -> None:
+        """AIMD (§6) driven by the detector's signal."""
+        last = self._last_update
+        dt = 0.0 if last is None else min(max(now - last, 0.0), 1.0)
+        self._last_update = now
+        self._state = signal
+        acked = self.acked_bps
+        rate = self._delay_bps
+        if signal == OVERUSE:
+            self.overuses += 1
+            if now - self._last_decrease >= max(MIN_DECREASE_INTERVAL, self.rtt):
+                base = acked if acked is not None else rate
+                new = max(BETA * base, MAX_DECREASE * rate)
+                if new < rate:
+                    rate = new
+                    self.decreases += 1
+                self._last_decrease = now
+                if acked is not None:
+                    cap = self._capacity
+                    self._capacity = (
+                        acked
+                        if cap is None
+                        else (1 - CAPACITY_WEIGHT) * cap + CAPACITY_WEIGHT * acked
+                    )
+        elif signal == UNDERUSE:
+            pass  # hold: the queue is draining, let it
+        else:
+            capacity = self._capacity
+            if capacity is not None and acked is not None and acked > CAPACITY_MARGIN * capacity:
+                capacity = self._capacity = None
+            if capacity is not None and rate >= capacity / CAPACITY_MARGIN:
+                response = self.rtt + RESPONSE_EXTRA
+                rate += max(MIN_ADDITIVE, ADDITIVE_PACKET_BITS / response) * dt
+            else:
+                rate *= 1.0 + MULTIPLICATIVE_GROWTH * dt
+            if acked is not None:
+                rate = min(rate, max(self._delay_bps, ACKED_CAP_FACTOR * acked + ACKED_CAP_EXTRA))
+        self._delay_bps = max(self.min_bps, min(rate, self.max_bps))
+
+    def _loss_step(self, fraction: float, now: float) -> None:
+        """The loss-based bound (§7)."""
+        self.loss = fraction
+        if now - self._loss_at < LOSS_INTERVAL + self.rtt and fraction > LOSS_HIGH:
+            return
+        dt = min(max(now - self._loss_at, 0.0), 1.0)
+        self._loss_at = now
+        current = self._loss_bps
+        if fraction > LOSS_HIGH:
+            base = self.target_bps() if current is None else current
+            self._loss_bps = max(self.min_bps, base * (1.0 - 0.5 * fraction))
+        elif fraction < LOSS_LOW and current is not None:
+            grown = current * (1.0 + LOSS_GROWTH * dt) + ACKED_CAP_EXTRA * dt
+            # Far above the delay-based estimate the bound no longer bounds anything.
+            self._loss_bps = None if grown > 2 * self._delay_bps else grown

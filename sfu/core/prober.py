@@ -1,0 +1,181 @@
+"""Bandwidth probing for one subscriber transport (sans-I/O).
+
+A send-side estimate cannot see capacity above what is sent: a subscriber on the low layer
+would stay there forever. :class:`Prober` asks the link, only when an upgrade is wanted: when
+the caller's ``desired_bps`` (what the next layer step needs in total) is above the estimate,
+it starts a short **cluster** of padding-only packets (on an RTX stream, so receivers drop
+them) carrying :data:`PROBE_FACTOR` x ``desired_bps`` worth of bytes over
+:data:`CLUSTER_DURATION`. Every packet of the cluster is recorded in the send history under the
+cluster's id; the estimator's probe-bitrate reading of the transport-wide feedback for those
+packets (the receive rate of the train) says what got through, and it lifts the estimate when
+it is higher. A probe that does not reach ``desired_bps`` backs the next one off
+(:data:`BACKOFF_BASE` x :data:`BACKOFF_FACTOR` per failure, at most :data:`BACKOFF_MAX`), as
+LiveKit does, so a capped link is not probed into loss every few seconds. The probe rate is
+never above what the subscriber wants (``desired_bps`` x :data:`PROBE_FACTOR`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from sfu.core.estimator import BandwidthEstimator
+
+__all__ = [
+    "BACKOFF_BASE",
+    "BACKOFF_FACTOR",
+    "BACKOFF_MAX",
+    "CLUSTER_DURATION",
+    "MIN_CLUSTER_PACKETS",
+    "PROBE_FACTOR",
+    "ProbeCluster",
+    "Prober",
+    "probe_step",
+]
+
+#: A probe aims this far above what the next layer needs: a link that takes 1.2x the layer's
+#: measured rate takes the layer with room for its bitrate swings.
+PROBE_FACTOR: Final = 1.2
+#: Bytes of a cluster: the probe rate over this long (s), 15-30 ms in libwebrtc: long enough
+#: for the bottleneck to space the packets out, short enough to hurt nobody when it fails.
+CLUSTER_DURATION: Final = 0.025
+#: A cluster has at least this many packets (fewer say nothing about a rate).
+MIN_CLUSTER_PACKETS: Final = 5
+#: Padding bytes of one probe packet: RFC 3550 §5.1 padding counts to 255 in one octet.
+PADDING_SIZE: Final = 255
+#: Wait between a failed probe and the next: 3 s, times 1.5 per consecutive failure, at most
+#: 2 minutes (LiveKit's numbers: a capped link is asked rarely, a freed one soon).
+BACKOFF_BASE: Final = 3.0
+BACKOFF_FACTOR: Final = 1.5
+BACKOFF_MAX: Final = 120.0
+#: Wait after a successful probe before the next one (the allocator needs a moment to use it).
+SUCCESS_PAUSE: Final = 1.0
+#: A cluster's result is read once all its packets were acknowledged or lost, or after this
+#: long (s) plus the round trip.
+RESULT_TIMEOUT: Final = 0.5
+#: A congestion decrease this soon (s) after a successful probe is blamed on it: the probe's
+#: burst passed, the upgrade it allowed did not, and the next probe backs off as after a
+#: failure. Decreases at other times (a link that changed) do not delay probing.
+BLAME_WINDOW: Final = 5.0
+#: Failures (and congestion after a successful probe) are forgotten after this long without a
+#: congestion decrease (s): a link that stayed calm this long may have changed.
+CALM_RESET: Final = 20.0
+#: Cluster ids run modulo this (the history keeps them as small ints).
+_MAX_CLUSTER_ID: Final = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCluster:
+    """One cluster to send now: ``packets`` padding packets of ``padding`` bytes each."""
+
+    id: int
+    bps: float
+    packets: int
+    padding: int
+    sent_at: float
+
+
+class Prober:
+    """When to probe, how much, and what came of it."""
+
+    def __init__(self) -> None:
+        self._next_id = 0
+        self._pending: ProbeCluster | None = None
+        self._failures = 0
+        self._not_before = 0.0
+        self._decreases = 0
+        self._last_decrease = 0.0
+        self._last_success = -1e9
+        #: Clusters by outcome (read at scrape time).
+        self.succeeded = 0
+        self.failed = 0
+        self.started = 0
+
+    @property
+    def pending(self) -> ProbeCluster | None:
+        """The cluster whose result is awaited."""
+        return self._pending
+
+    def backoff(self) -> float:
+        """The wait after the current run of failures (s)."""
+        if not self._failures:
+            return 0.0
+        wait = BACKOFF_BASE * BACKOFF_FACTOR ** (self._failures - 1)
+        return min(wait, BACKOFF_MAX)
+
+    def poll(
+        self, *, estimate_bps: float, desired_bps: float, rtt: float, now: float
+    ) -> ProbeCluster | None:
+        """A cluster to send now, or None. ``desired_bps``: what the next upgrade needs in
+        total (0 when nothing more is wanted)."""
+        if self._pending is not None:
+            return None
+        if desired_bps <= estimate_bps or now < self._not_before:
+            return None
+        bps = desired_bps * PROBE_FACTOR
+        packets = max(MIN_CLUSTER_PACKETS, round(bps * CLUSTER_DURATION / 8 / PADDING_SIZE))
+        cluster = ProbeCluster(self._next_id, bps, packets, PADDING_SIZE, now)
+        self._next_id = (self._next_id + 1) % _MAX_CLUSTER_ID
+        self._pending = cluster
+        self.started += 1
+        return cluster
+
+    def due(self, *, acknowledged: int, rtt: float, now: float) -> bool:
+        """Whether the pending cluster's result should be read now (``acknowledged``: its
+        packets the feedback has accounted so far)."""
+        cluster = self._pending
+        if cluster is None:
+            return False
+        return acknowledged >= cluster.packets or now - cluster.sent_at > RESULT_TIMEOUT + rtt
+
+    def on_decreases(self, decreases: int, *, now: float) -> None:
+        """The estimator's count of congestion decreases: a new one soon after a successful
+        probe means the upgrade it allowed overloads the link, so the next probe waits as
+        after a failure (a probe must not undo what congestion just taught)."""
+        if decreases != self._decreases:
+            self._decreases = decreases
+            self._last_decrease = now
+            if now - self._last_success <= BLAME_WINDOW:
+                self._failures += 1
+                self._not_before = max(self._not_before, now + self.backoff())
+        elif self._failures and now - self._last_decrease > CALM_RESET:
+            self._failures = 0
+            self._last_decrease = now
+
+    def finish(self, result_bps: float | None, *, desired_bps: float, now: float) -> bool:
+        """Close the pending cluster with what it got through; True on success (the link
+        took what the upgrade needs)."""
+        self._pending = None
+        if result_bps is not None and result_bps >= desired_bps:
+            # Failures are not forgotten here: a probe's burst can pass a link that the
+            # layer's steady rate then congests (a decrease soon after says so).
+            self.succeeded += 1
+            self._last_success = now
+            self._not_before = now + SUCCESS_PAUSE
+            return True
+        self.failed += 1
+        self._failures += 1
+        self._not_before = now + self.backoff()
+        return False
+
+
+def probe_step(
+    prober: Prober, estimator: BandwidthEstimator, *, desired_bps: float, now: float
+) -> ProbeCluster | None:
+    """One periodic step of probing on a transport: read the pending cluster's result into the
+    estimate when it is due, then say whether to start a new cluster (the caller sends it,
+    recording its packets under the cluster's id)."""
+    pending = prober.pending
+    rtt = estimator.rtt
+    prober.on_decreases(estimator.decreases, now=now)
+    if pending is not None:
+        acknowledged = estimator.detector.cluster(pending.id)[0]
+        if prober.due(acknowledged=acknowledged, rtt=rtt, now=now):
+            result = estimator.probe_bps(pending.id)
+            if result is not None:
+                result = min(result, pending.bps)  # never above what the probe aimed at
+                estimator.on_probe_result(result, now=now)
+            prober.finish(result, desired_bps=desired_bps, now=now)
+    return prober.poll(
+        estimate_bps=estimator.target_bps(), desired_bps=desired_bps, rtt=rtt, now=now
+    )

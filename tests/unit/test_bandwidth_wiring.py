@@ -1,0 +1,179 @@
+"""A subscriber's transport estimates its own bandwidth: stamping, feedback, probes, budget.
+
+Driven through the room service with Chromium's extension ids (``room_fixtures``), a fake
+clock and a recording transport; the estimator, prober and retransmission budget are the
+real ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+from room_fixtures import CHROMIUM_IDS, vp8_packet
+from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harness
+
+from sfu.core.estimator import INITIAL_BPS
+from sfu.core.peer import BUDGET_HEADROOM
+from sfu.core.retransmission import RTX_BURST, RetransmissionBudget
+from sfu.core.twcc_recorder import TwccRecorder
+from sfu.packet.extensions import TRANSPORT_CC_URI
+from sfu.packet.rtcp_feedback import Nack
+from sfu.packet.rtp import RtpPacket
+
+TWCC_ID = CHROMIUM_IDS[TRANSPORT_CC_URI]
+
+
+def _publish(h: object, alice: object, start: float, frames: int, f_packets: int = 1) -> None:
+    """Alice sends ``frames`` frames of all three layers (the top one in ``f_packets``
+    packets per frame), each packet with transport-cc."""
+    t = alice.peer.transport  # type: ignore[attr-defined]
+    twcc = 0
+    for i in range(frames):
+        now = start + i / 30
+        for ssrc, rid, size, count in (
+            (SSRC_Q, "q", 200, 1),
+            (SSRC_H, "h", 600, 1),
+            (SSRC_F, "f", 1100, f_packets),
+        ):
+            for j in range(count):
+                seq = i * count + j
+                pkt = vp8_packet(
+                    ssrc,
+                    seq,
+                    3000 * i,
+                    keyframe=i == 0,
+                    start=j == 0,
+                    rid=rid,
+                    picture_id=i,
+                    twcc=twcc & 0xFFFF,
+                    payload=bytes(size),
+                )
+                twcc += 1
+                alice.peer.on_rtp(t, pkt, now)  # type: ignore[attr-defined]
+
+
+def test_subscriber_egress_is_stamped_and_feedback_drives_the_estimate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    assert bob.peer is not None and bob.peer.estimate_bps is None  # nothing sent yet
+    _publish(h, alice, 1.0, 30)
+    history = bob.peer.send_history
+    assert history is not None and history.packets > 0
+    # What bob got carries bob's own transport-wide sequence 0, 1, 2, ...
+    sent = [RtpPacket.parse(p) for p in h.sent_rtp["bob"]]
+    seqs = [int.from_bytes(dict(p.extensions())[TWCC_ID], "big") for p in sent]
+    assert seqs == list(range(len(seqs)))
+    assert bob.peer.estimate_bps == INITIAL_BPS
+    # Bob's browser acknowledges everything 30 ms after it was sent.
+    recorder = TwccRecorder(0x42)
+    for seq in seqs:
+        lookup = history.lookup(seq)
+        assert lookup is not None
+        recorder.on_packet(seq, sub.out_ssrc, lookup[0] + 0.03)
+    for packet in recorder.poll(2.0):
+        bob.peer.on_rtcp(bob.peer.transport, packet, 2.0)
+    estimator = bob.peer.estimator
+    assert estimator is not None and estimator.twcc_seen and estimator.feedbacks >= 1
+    assert bob.peer.counters.twcc_in >= 1
+    assert estimator.acked_bps is not None and estimator.acked_bps > 0
+    # The allocator's budget is the estimate (less headroom and audio): what it picked fits.
+    h.service.poll(2.0, 1.7e9)
+    assert bob.peer.estimate_bps == estimator.target_bps()
+    assert sub.selector is not None and sub.selector.target.spatial is not None
+    chosen = sub.publication.layers[sub.selector.target.spatial].meter.bps(2.0)
+    assert 0 < chosen <= 0.9 * estimator.target_bps()
+
+
+def test_probe_clusters_go_out_as_padding_on_the_rtx_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    assert bob.peer is not None and sub.rtx_ssrc is not None
+    _publish(h, alice, 1.0, 30, f_packets=2)  # the top layer (528 kbit/s) does not fit
+    before = len(h.sent_rtp["bob"])
+    h.service.poll(2.0, 1.7e9)  # allocates (the next layer is wanted), then probes
+    probes = [RtpPacket.parse(p) for p in h.sent_rtp["bob"][before:]]
+    probes = [p for p in probes if p.ssrc == sub.rtx_ssrc]
+    assert len(probes) >= 5
+    assert all(p.padding_length == 255 and not p.payload for p in probes)
+    history = bob.peer.send_history
+    assert history is not None
+    for p in probes:
+        stamp = int.from_bytes(dict(p.extensions())[TWCC_ID], "big")
+        lookup = history.lookup(stamp)
+        assert lookup is not None and lookup[2] == 0  # recorded under cluster 0
+    assert bob.peer.counters.probe_packets == len(probes)
+    assert bob.peer.prober.started == 1
+    # No second cluster while the first one's result is awaited.
+    h.service.poll(2.2, 1.7e9)
+    assert bob.peer.prober.started == 1
+
+
+def test_retransmissions_stay_within_the_budget_and_skip_superseded_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    assert bob.peer is not None and sub.selector is not None
+    sub.set_preferences(0, None, False)
+    sub.selector.set_target(0, None)
+    _publish(h, alice, 1.0, 20)
+    bob.peer.rtx_budget.set_rate(2400, 1.7)  # an empty bucket (600 bits) to start from
+    h.service.poll(1.7, 1.7e9)  # the estimate (300 kbit/s) sets the rate: 60 kbit/s
+    sent = [
+        RtpPacket.parse(p) for p in h.sent_rtp["bob"] if RtpPacket.parse(p).ssrc == sub.out_ssrc
+    ]
+    lost = [p.sequence_number for p in sent[5:15]]
+    nack = Nack.from_seqs(0x1234, sub.out_ssrc, lost)
+    bob.peer.on_rtcp(bob.peer.transport, nack.serialize(), 1.8)
+    counters = bob.peer.counters
+    assert counters.retransmits + counters.retransmits_dropped == len(lost)
+    # 100 ms at 60 kbit/s refill three resends of ~250 bytes; the rest is refused.
+    assert 1 <= counters.retransmits <= 4
+    assert bob.peer.rtx_budget.rate_bps == 0.2 * 300_000
+    # A keyframe of that layer after the lost packets makes them worthless.
+    t = alice.peer.transport
+    pkt = vp8_packet(SSRC_Q, 40, 3000 * 40, keyframe=True, rid="q", picture_id=40, twcc=500)
+    alice.peer.on_rtp(t, pkt, 2.0)
+    bob.peer.rtx_budget.set_rate(10_000_000, 2.0)
+    bob.peer.on_rtcp(
+        bob.peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, lost).serialize(), 3.0
+    )
+    assert counters.retransmits_superseded == len(lost)
+
+
+def test_budget_refills_at_its_rate_up_to_its_burst() -> None:
+    assert not RetransmissionBudget().allow(1, 0.0)  # no rate, nothing allowed
+    budget = RetransmissionBudget()
+    budget.set_rate(100_000, 0.0)  # the first rate fills the bucket
+    assert budget.allow(int(100_000 * RTX_BURST), 0.0)
+    assert not budget.allow(8000, 0.01)  # 1000 bits refilled so far
+    assert budget.allow(8000, 0.09)
+    assert not budget.allow(int(100_000 * RTX_BURST) + 1, 100.0)  # the bucket is capped
+    assert (budget.sent, budget.dropped) == (2, 2)
+
+
+def test_a_small_shortfall_keeps_the_layers_being_forwarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    assert bob.peer is not None and sub.selector is not None
+    sub.selector.set_target(1, None)
+    _publish(h, alice, 1.0, 30)
+    layer = sub.selector.current.spatial
+    assert layer == 1
+    # What is being forwarded: the layer (no audio subscription here); the allocator gets the
+    # whole budget and reserves audio itself.
+    spend = sub.publication.layers[layer].meter.bps(1.95)
+    # 90 % of what the layer costs: one overuse's worth; the layer stays.
+    estimate = 0.9 * spend / BUDGET_HEADROOM
+    assert bob.peer._budget(estimate, 1.95) == spend
+    # Half of it: a real shortfall; the allocator gets the estimate's budget.
+    estimate = 0.5 * spend / BUDGET_HEADROOM
+    assert bob.peer._budget(estimate, 1.95) == pytest.approx(0.5 * spend)
+    # More than it costs: the budget is the estimate's.
+    estimate = 2 * spend / BUDGET_HEADROOM
+    assert bob.peer._budget(estimate, 1.95) == pytest.approx(2 * spend)

@@ -1,0 +1,140 @@
+"""BandwidthEstimator and Prober on hand-made feedback (fake clock, both kernel kinds)."""
+
+from __future__ import annotations
+
+import weakref
+
+from sfu.core.estimator import (
+    BETA,
+    INITIAL_BPS,
+    LOSS_HIGH,
+    MIN_BPS,
+    BandwidthEstimator,
+)
+from sfu.core.kernels import Kernels
+from sfu.core.prober import (
+    BACKOFF_BASE,
+    BACKOFF_FACTOR,
+    MIN_CLUSTER_PACKETS,
+    PROBE_FACTOR,
+    Prober,
+)
+from sfu.core.twcc_recorder import TwccRecorder
+from sfu.packet.twcc import TransportFeedback
+
+#: One receiver per estimator (its clock must not restart between calls of _feed).
+_receivers: weakref.WeakKeyDictionary[BandwidthEstimator, TwccRecorder] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _estimator(kernels: Kernels) -> BandwidthEstimator:
+    return BandwidthEstimator(kernels.SendHistory(), kernels.DelayDetector())
+
+
+def _feed(
+    est: BandwidthEstimator,
+    *,
+    start: float,
+    seconds: float,
+    bps: float,
+    queue_growth: float = 0.0,
+    lose_every: int = 0,
+) -> float:
+    """Send ``bps`` in 1000-byte packets for ``seconds``; the receiver sees each after 20 ms
+    plus a queue growing by ``queue_growth`` s per s and reports every 50 ms."""
+    recorder = _receivers.setdefault(est, TwccRecorder(1, interval=0.05))
+    interval = 8000 / bps
+    now = start
+    queue = 0.0
+    n = 0
+    while now < start + seconds:
+        seq = est.history.record(1000, now, -1)
+        n += 1
+        queue += queue_growth * interval
+        if not (lose_every and n % lose_every == 0):
+            recorder.on_packet(seq, 5, now + 0.02 + queue)
+        for packet in recorder.poll(now):
+            est.on_feedback(TransportFeedback.parse(packet), now=now)
+        now += interval
+    return now
+
+
+def test_starts_at_the_initial_rate_and_grows_under_normal_feedback(kernels: Kernels) -> None:
+    est = _estimator(kernels)
+    assert est.target_bps() == INITIAL_BPS
+    _feed(est, start=0.0, seconds=10.0, bps=280_000)
+    assert est.twcc_seen and est.feedbacks > 100
+    # Growth is capped by what got through (1.5 x the acknowledged rate + 10 kbit/s).
+    assert INITIAL_BPS < est.target_bps() <= 1.7 * 280_000
+    assert est.acked_bps is not None and 250_000 < est.acked_bps < 310_000
+
+
+def test_a_growing_queue_backs_off_to_beta_times_what_got_through(kernels: Kernels) -> None:
+    est = _estimator(kernels)
+    now = _feed(est, start=0.0, seconds=5.0, bps=280_000)
+    before = est.target_bps()
+    _feed(est, start=now, seconds=2.0, bps=400_000, queue_growth=0.3)
+    assert est.overuses >= 1 and est.decreases >= 1
+    assert est.target_bps() < before
+    assert est.target_bps() <= BETA * 420_000
+
+
+def test_heavy_loss_bounds_the_estimate_and_light_loss_does_not(kernels: Kernels) -> None:
+    heavy = _estimator(kernels)
+    _feed(heavy, start=0.0, seconds=5.0, bps=280_000, lose_every=5)  # 20 %
+    assert heavy.loss > LOSS_HIGH
+    assert heavy.target_bps() < INITIAL_BPS
+    light = _estimator(kernels)
+    _feed(light, start=0.0, seconds=5.0, bps=280_000, lose_every=25)  # 4 %
+    assert light.target_bps() >= INITIAL_BPS
+
+
+def test_remb_drives_the_estimate_only_without_transport_cc(kernels: Kernels) -> None:
+    est = _estimator(kernels)
+    est.on_remb(750_000, now=0.0)
+    assert est.target_bps() == 750_000
+    est.on_report_loss(0.3, now=1.0)  # receiver reports bound it too
+    assert est.target_bps() < 750_000
+    _feed(est, start=2.0, seconds=1.0, bps=200_000)
+    assert est.twcc_seen and est.target_bps() != est.remb_bps  # feedback wins from now on
+    est.on_remb(10, now=4.0)
+    assert est.target_bps() >= MIN_BPS
+
+
+def test_probe_result_lifts_the_estimate(kernels: Kernels) -> None:
+    est = _estimator(kernels)
+    recorder = TwccRecorder(1)
+    # Ten 1000-byte packets sent together, spaced 8 ms apart by a 1 Mbit/s bottleneck.
+    seqs = [est.history.record(1000, 1.0, 7) for _ in range(10)]
+    for i, seq in enumerate(seqs):
+        recorder.on_packet(seq, 5, 1.02 + i * 0.008)
+    for packet in recorder.poll(1.2):
+        est.on_feedback(TransportFeedback.parse(packet), now=1.2)
+    result = est.probe_bps(7)
+    assert result is not None and abs(result - 1_000_000) < 1000
+    assert est.probe_bps(8) is None
+    est.on_probe_result(result, now=1.2)
+    assert est.target_bps() == result
+
+
+def test_prober_asks_only_for_more_and_backs_off_on_failure() -> None:
+    prober = Prober()
+    assert prober.poll(estimate_bps=500_000, desired_bps=400_000, rtt=0.05, now=0.0) is None
+    cluster = prober.poll(estimate_bps=500_000, desired_bps=1_000_000, rtt=0.05, now=0.0)
+    assert cluster is not None and cluster.bps == PROBE_FACTOR * 1_000_000
+    assert cluster.packets >= MIN_CLUSTER_PACKETS
+    assert prober.poll(estimate_bps=500_000, desired_bps=1_000_000, rtt=0.05, now=0.1) is None
+    assert prober.due(acknowledged=cluster.packets, rtt=0.05, now=0.2)
+    assert not prober.finish(600_000, desired_bps=1_000_000, now=0.2)
+    assert prober.backoff() == BACKOFF_BASE
+    assert prober.poll(estimate_bps=600_000, desired_bps=1_000_000, rtt=0.05, now=3.0) is None
+    second = prober.poll(estimate_bps=600_000, desired_bps=1_000_000, rtt=0.05, now=3.3)
+    assert second is not None and second.id == cluster.id + 1
+    assert prober.due(acknowledged=0, rtt=0.05, now=4.0)  # timed out
+    assert not prober.finish(None, desired_bps=1_000_000, now=4.0)
+    assert prober.backoff() == BACKOFF_BASE * BACKOFF_FACTOR
+    third = prober.poll(estimate_bps=600_000, desired_bps=1_000_000, rtt=0.05, now=8.6)
+    assert third is not None
+    assert prober.finish(1_300_000, desired_bps=1_000_000, now=8.8)
+    assert (prober.started, prober.succeeded, prober.failed) == (3, 1, 2)
