@@ -22,8 +22,9 @@ legible text matters more than motion.
 Hysteresis (after mediasoup's and Jitsi's allocators): an estimate within ``ESTIMATE_CHANGE``
 of the one last acted on is ignored unless the current plan no longer fits it; a subscription
 is upgraded only after holding its target for ``UPGRADE_HOLD`` seconds, and not within
-``CONGESTION_HOLD`` seconds of a congestion downgrade; a paused subscription resumes (to its
-lowest rung) once that fits again and it has been paused for ``UPGRADE_HOLD``.
+``CONGESTION_HOLD`` seconds of a congestion downgrade unless a probe has since shown the link
+takes the next step (:meth:`Allocator.end_congestion_holds`); a paused subscription resumes
+(to its lowest rung) once that fits again and it has been paused for ``UPGRADE_HOLD``.
 
 The allocator is sans-I/O: :meth:`Allocator.update` takes ``now`` and returns an
 :class:`Allocation` (targets, pause/resume changes, whether the subscriber is deficient and
@@ -166,6 +167,9 @@ class Allocation:
     next_step_bps: float | None = None
     #: The budget this update acted on (after hysteresis), None without a budget.
     budget_bps: float | None = None
+    #: What every subscription at the top its hints allow would need (audio included): the
+    #: most a prober should ever ask the link for.
+    wanted_bps: float = 0.0
 
 
 @dataclass(slots=True)
@@ -211,6 +215,13 @@ class Allocator:
         if abs(budget - held) > ESTIMATE_CHANGE * held or budget < self._allocated:
             return budget
         return held
+
+    def end_congestion_holds(self) -> None:
+        """A probe just showed the link takes the next upgrade: the holds after congestion
+        downgrades (and pauses) end, so recovery is not delayed by :data:`CONGESTION_HOLD`
+        (the prober's backoff, not this hold, keeps a probe from being retried too soon)."""
+        for state in self._states.values():
+            state.congested_at = float("-inf")
 
     def update(
         self,
@@ -292,7 +303,8 @@ class Allocator:
                             spent += extra
                             upgraded = True
         self._allocated = spent
-        return self._apply(video, ladders, chosen, prio, spent, budget, now)
+        wanted = audio_bps + sum(rungs[-1].bps for rungs in ladders.values() if rungs)
+        return self._apply(video, ladders, chosen, prio, spent, budget, now, wanted)
 
     def _apply(
         self,
@@ -303,6 +315,7 @@ class Allocator:
         spent: float,
         budget: float | None,
         now: float,
+        wanted: float,
     ) -> Allocation:
         """Record the new targets, classify the changes, find the next upgrade."""
         targets: dict[Subscription, LayerPair] = {}
@@ -367,6 +380,7 @@ class Allocator:
             spent,
             next_step if budget is not None else None,
             budget,
+            wanted,
         )
         self.last = allocation
         return allocation

@@ -19,6 +19,7 @@ estimate.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Final
 
@@ -58,14 +59,20 @@ __all__ = [
     "ALLOCATION_INTERVAL",
     "BUDGET_HEADROOM",
     "DOWNGRADE_TOLERANCE",
+    "ESTIMATE_FALL",
     "PROBE_INTERVAL",
     "Peer",
     "StreamStateSink",
+    "allocation_budget",
+    "allocation_due",
 ]
 
 #: The allocator runs this often: often enough to follow a falling estimate within a few
 #: feedbacks, rarely enough that targets do not chase every measurement.
 ALLOCATION_INTERVAL: Final = 0.5
+#: A fall of the estimate by more than this share since the last allocation is acted on at
+#: once (the allocator's own ESTIMATE_CHANGE hysteresis still applies to what it decides).
+ESTIMATE_FALL: Final = 0.2
 #: Share of the estimate the allocator may spend on media: RTCP, padding and the estimate's
 #: own error need the rest (retransmissions have their own budget, RTX_SHARE).
 BUDGET_HEADROOM: Final = 0.9
@@ -75,6 +82,37 @@ PROBE_INTERVAL: Final = 0.1
 #: one overuse signal takes the estimate to 0.85 x the acknowledged rate, which must not
 #: switch a subscriber down by itself (a real shortfall keeps the estimate falling past it).
 DOWNGRADE_TOLERANCE: Final = 0.8
+
+
+#: The bandwidth decisions of every subscriber transport, one DEBUG line per allocation and
+#: per probe outcome (``logging.getLogger("sfu.bwe").setLevel(logging.DEBUG)`` turns it on):
+#: estimate, acknowledged rate, loss, budget, targets, probes. Mids only, no identities.
+trace = logging.getLogger("sfu.bwe")
+
+
+def allocation_due(
+    now: float, last_at: float, estimate: float | None, last_estimate: float | None
+) -> bool:
+    """Whether to allocate now: every :data:`ALLOCATION_INTERVAL`, and at once when the
+    estimate fell by more than :data:`ESTIMATE_FALL` since the last allocation (a queue
+    building at a new bottleneck must not wait for the next tick)."""
+    if now - last_at >= ALLOCATION_INTERVAL:
+        return True
+    return (
+        estimate is not None
+        and last_estimate is not None
+        and estimate < (1.0 - ESTIMATE_FALL) * last_estimate
+    )
+
+
+def allocation_budget(estimate: float, spend: float) -> float:
+    """The allocator's budget from the estimate and what the current layers cost
+    (``spend``): the estimate less headroom, or ``spend`` while the budget is within
+    :data:`DOWNGRADE_TOLERANCE` of it."""
+    budget = estimate * BUDGET_HEADROOM
+    if DOWNGRADE_TOLERANCE * spend <= budget < spend:
+        return spend
+    return budget
 
 
 #: Told when a subscription is paused for bandwidth ("paused", "bandwidth") or resumed
@@ -128,6 +166,10 @@ class Peer:
         self._last_probe = -1e9
         #: What the cheapest next upgrade needs in total (bps): the prober's target.
         self._desired = 0.0
+        #: What every subscription at its top would need (bps): the most probes ask for.
+        self._wanted = 0.0
+        #: The estimate the last allocation acted on.
+        self._allocated_on: float | None = None
         #: Send-side bandwidth adaptation (created with the first subscription).
         self.send_history: SendHistory | None = None
         self.estimator: BandwidthEstimator | None = None
@@ -304,11 +346,15 @@ class Peer:
             # without any estimate, they are only throttled per sequence number).
             self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
             self.feedback.budget = self.rtx_budget
-        if now - self._last_allocation >= ALLOCATION_INTERVAL:
+        if allocation_due(now, self._last_allocation, estimate, self._allocated_on):
+            self._allocated_on = estimate
             budget = None if estimate is None else self._budget(estimate, now)
             allocation = self.allocate(budget_bps=budget, now=now)
             step = allocation.next_step_bps
             self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
+            self._wanted = allocation.wanted_bps / BUDGET_HEADROOM if budget is not None else 0.0
+            if trace.isEnabledFor(logging.DEBUG):
+                self._trace_allocation(allocation, estimate, now)
         if estimate is not None and now - self._last_probe >= PROBE_INTERVAL:
             self._last_probe = now
             self._probe(now)
@@ -327,6 +373,8 @@ class Peer:
         for sub, target in allocation.targets.items():
             assert sub.selector is not None
             sub.selector.set_target(target.spatial, target.temporal)
+        if allocation.changes or allocation.resumed:
+            self.prober.on_target_change(now=now)
         counters = self.counters
         for _sub, reason in allocation.changes:
             if reason == CONGESTION:
@@ -351,7 +399,6 @@ class Peer:
         """The allocator's budget (audio included: the allocator reserves audio first): the
         estimate less headroom, or what is being forwarded while it is within
         :data:`DOWNGRADE_TOLERANCE` of that (one overuse signal is not congestion)."""
-        budget = estimate * BUDGET_HEADROOM
         spend = 0.0
         for sub in self.subscriptions.values():
             if sub.paused or sub.held:
@@ -361,9 +408,40 @@ class Peer:
             stream = sub.publication.layers.get(layer) if layer is not None else None
             if stream is not None:
                 spend += stream.meter.bps(now)
-        if DOWNGRADE_TOLERANCE * spend <= budget < spend:
-            return spend
-        return budget
+        return allocation_budget(estimate, spend)
+
+    def _trace_allocation(self, allocation: Allocation, estimate: float | None, now: float) -> None:
+        """One DEBUG line of :data:`trace`: what the allocation acted on and decided."""
+        estimator = self.estimator
+        targets = " ".join(
+            f"{sub.mid}:{pair.spatial}/{sub.selector.current.spatial if sub.selector else None}"
+            for sub, pair in allocation.targets.items()
+        )
+        if estimator is None:
+            trace.debug("alloc t=%.2f estimate=None targets=%s", now, targets)
+            return
+        acked = estimator.acked_bps
+        trace.debug(
+            "alloc t=%.2f estimate=%.0f acked=%s sent=%.0f loss=%.3f state=%d decreases=%d"
+            " budget=%s allocated=%.0f next=%s desired=%.0f targets(target/current)=%s"
+            " probes=%d/%d/%d backoff=%.1f",
+            now,
+            estimate if estimate is not None else -1,
+            None if acked is None else round(acked),
+            estimator.sent_bps(now),
+            estimator.loss,
+            estimator.state,
+            estimator.decreases,
+            None if allocation.budget_bps is None else round(allocation.budget_bps),
+            allocation.allocated_bps,
+            None if allocation.next_step_bps is None else round(allocation.next_step_bps),
+            self._desired,
+            targets,
+            self.prober.started,
+            self.prober.succeeded,
+            self.prober.failed,
+            self.prober.backoff(),
+        )
 
     def _probe(self, now: float) -> None:
         """Read a probe's result, and send the next cluster when one is due."""
@@ -371,9 +449,37 @@ class Peer:
         if estimator is None:
             return
         succeeded, failed = self.prober.succeeded, self.prober.failed
-        cluster = probe_step(self.prober, estimator, desired_bps=self._desired, now=now)
+        pending = self.prober.pending
+        cluster = probe_step(
+            self.prober, estimator, desired_bps=self._desired, now=now, wanted_bps=self._wanted
+        )
+        if self.prober.succeeded > succeeded:
+            # The link took the next step: no congestion hold keeps it back, and the
+            # allocator acts on the raised estimate at the next poll.
+            self.allocator.end_congestion_holds()
+            self._last_allocation = -1e9
         self.counters.probes_succeeded += self.prober.succeeded - succeeded
         self.counters.probes_failed += self.prober.failed - failed
+        if trace.isEnabledFor(logging.DEBUG):
+            if pending is not None and self.prober.pending is not pending:
+                trace.debug(
+                    "probe t=%.2f cluster=%d aimed=%.0f acked=%d ok=%s estimate=%.0f",
+                    now,
+                    pending.id,
+                    pending.bps,
+                    estimator.detector.cluster(pending.id)[0],
+                    self.prober.succeeded > succeeded,
+                    estimator.target_bps(),
+                )
+            if cluster is not None:
+                trace.debug(
+                    "probe t=%.2f start cluster=%d bps=%.0f packets=%d desired=%.0f",
+                    now,
+                    cluster.id,
+                    cluster.bps,
+                    cluster.packets,
+                    self._desired,
+                )
         if cluster is not None:
             self._send_probe(cluster, now)
 

@@ -12,6 +12,16 @@ it is higher. A probe that does not reach ``desired_bps`` backs the next one off
 (:data:`BACKOFF_BASE` x :data:`BACKOFF_FACTOR` per failure, at most :data:`BACKOFF_MAX`), as
 LiveKit does, so a capped link is not probed into loss every few seconds. The probe rate is
 never above what the subscriber wants (``desired_bps`` x :data:`PROBE_FACTOR`).
+
+**Exploratory probes** (libwebrtc's initial probing, and its probing when the allocation's
+maximum rises): when what the subscriber would take with nothing holding it back
+(``wanted_bps``: every subscription at the top its hints allow) rises above the estimate, as
+when a transport starts or a tile grows, clusters at :data:`EXPLORE_FACTORS` x the estimate
+(capped at ``wanted_bps`` x :data:`PROBE_FACTOR`) go out one after the other, each only while
+the last got at least :data:`EXPLORE_CONTINUE` of its rate through, so a new subscriber reaches
+the layer its link allows in a second or two instead of climbing from the start estimate one
+layer per probe. They ignore the failure backoff (the situation is new) and a failed one
+ends the run without backing off.
 """
 
 from __future__ import annotations
@@ -26,8 +36,11 @@ __all__ = [
     "BACKOFF_FACTOR",
     "BACKOFF_MAX",
     "CLUSTER_DURATION",
+    "EXPLORE_CONTINUE",
+    "EXPLORE_FACTORS",
     "MIN_CLUSTER_PACKETS",
     "PROBE_FACTOR",
+    "SETTLE",
     "ProbeCluster",
     "Prober",
     "probe_step",
@@ -47,9 +60,13 @@ PADDING_SIZE: Final = 255
 #: 2 minutes (LiveKit's numbers: a capped link is asked rarely, a freed one soon).
 BACKOFF_BASE: Final = 3.0
 BACKOFF_FACTOR: Final = 1.5
-BACKOFF_MAX: Final = 120.0
+BACKOFF_MAX: Final = 4.5
 #: Wait after a successful probe before the next one (the allocator needs a moment to use it).
 SUCCESS_PAUSE: Final = 1.0
+#: No probe for the next step this soon (s) after a target change: the new layer's keyframe
+#: burst and its rate must show in the acknowledged bitrate first (a probe on top of them
+#: queues, reads as overuse, and the decrease it causes undoes the upgrade).
+SETTLE: Final = 1.5
 #: A cluster's result is read once all its packets were acknowledged or lost, or after this
 #: long (s) plus the round trip.
 RESULT_TIMEOUT: Final = 0.5
@@ -60,6 +77,16 @@ BLAME_WINDOW: Final = 5.0
 #: Failures (and congestion after a successful probe) are forgotten after this long without a
 #: congestion decrease (s): a link that stayed calm this long may have changed.
 CALM_RESET: Final = 20.0
+#: Exploratory clusters aim at these multiples of the estimate (libwebrtc's first probes of a
+#: connection go at 3x and 6x its start rate).
+EXPLORE_FACTORS: Final = (3.0, 6.0)
+#: The next exploratory cluster goes out only if the last got this share of its rate through
+#: (libwebrtc continues exponential probing above 70 %).
+EXPLORE_CONTINUE: Final = 0.7
+#: ``wanted_bps`` counts as risen when it grows by more than this share.
+WANTED_RISE: Final = 0.1
+#: ... and as fallen (so that a later rise explores again) below this share of its peak.
+WANTED_DROP: Final = 0.5
 #: Cluster ids run modulo this (the history keeps them as small ints).
 _MAX_CLUSTER_ID: Final = 1 << 30
 
@@ -86,6 +113,10 @@ class Prober:
         self._decreases = 0
         self._last_decrease = 0.0
         self._last_success = -1e9
+        self._wanted = 0.0
+        #: Exploratory rates still to try (bps), and whether the pending cluster is one.
+        self._explore: list[float] = []
+        self._exploring = False
         #: Clusters by outcome (read at scrape time).
         self.succeeded = 0
         self.failed = 0
@@ -104,21 +135,47 @@ class Prober:
         return min(wait, BACKOFF_MAX)
 
     def poll(
-        self, *, estimate_bps: float, desired_bps: float, rtt: float, now: float
+        self,
+        *,
+        estimate_bps: float,
+        desired_bps: float,
+        rtt: float,
+        now: float,
+        wanted_bps: float = 0.0,
     ) -> ProbeCluster | None:
         """A cluster to send now, or None. ``desired_bps``: what the next upgrade needs in
-        total (0 when nothing more is wanted)."""
+        total (0 when nothing more is wanted); ``wanted_bps``: what every subscription at its
+        top would need (0: unknown), whose rise starts exploratory probes."""
+        if wanted_bps > self._wanted * (1.0 + WANTED_RISE) and wanted_bps > estimate_bps:
+            cap = wanted_bps * PROBE_FACTOR
+            rates = sorted({min(f * estimate_bps, cap) for f in EXPLORE_FACTORS})
+            self._explore = [r for r in rates if r > estimate_bps]
+        if wanted_bps < self._wanted * WANTED_DROP:
+            self._wanted = wanted_bps  # a real drop (a tile hidden): a later rise is news
+        else:
+            self._wanted = max(self._wanted, wanted_bps)  # meter noise does not re-explore
         if self._pending is not None:
             return None
+        if self._explore:
+            bps = self._explore.pop(0)
+            self._exploring = True
+            return self._start(bps, now)
         if desired_bps <= estimate_bps or now < self._not_before:
             return None
-        bps = desired_bps * PROBE_FACTOR
+        self._exploring = False
+        return self._start(desired_bps * PROBE_FACTOR, now)
+
+    def _start(self, bps: float, now: float) -> ProbeCluster:
         packets = max(MIN_CLUSTER_PACKETS, round(bps * CLUSTER_DURATION / 8 / PADDING_SIZE))
         cluster = ProbeCluster(self._next_id, bps, packets, PADDING_SIZE, now)
         self._next_id = (self._next_id + 1) % _MAX_CLUSTER_ID
         self._pending = cluster
         self.started += 1
         return cluster
+
+    def on_target_change(self, *, now: float) -> None:
+        """The allocator changed a target: the next probe for a step waits :data:`SETTLE`."""
+        self._not_before = max(self._not_before, now + SETTLE)
 
     def due(self, *, acknowledged: int, rtt: float, now: float) -> bool:
         """Whether the pending cluster's result should be read now (``acknowledged``: its
@@ -145,7 +202,17 @@ class Prober:
     def finish(self, result_bps: float | None, *, desired_bps: float, now: float) -> bool:
         """Close the pending cluster with what it got through; True on success (the link
         took what the upgrade needs)."""
-        self._pending = None
+        pending, self._pending = self._pending, None
+        if self._exploring:
+            self._exploring = False
+            if result_bps is None or pending is None or result_bps < EXPLORE_CONTINUE * pending.bps:
+                self._explore.clear()
+            if result_bps is not None and result_bps >= desired_bps:
+                self.succeeded += 1
+                self._last_success = now
+                return True
+            self.failed += 1
+            return False
         if result_bps is not None and result_bps >= desired_bps:
             # Failures are not forgotten here: a probe's burst can pass a link that the
             # layer's steady rate then congests (a decrease soon after says so).
@@ -160,7 +227,12 @@ class Prober:
 
 
 def probe_step(
-    prober: Prober, estimator: BandwidthEstimator, *, desired_bps: float, now: float
+    prober: Prober,
+    estimator: BandwidthEstimator,
+    *,
+    desired_bps: float,
+    now: float,
+    wanted_bps: float = 0.0,
 ) -> ProbeCluster | None:
     """One periodic step of probing on a transport: read the pending cluster's result into the
     estimate when it is due, then say whether to start a new cluster (the caller sends it,
@@ -177,5 +249,9 @@ def probe_step(
                 estimator.on_probe_result(result, now=now)
             prober.finish(result, desired_bps=desired_bps, now=now)
     return prober.poll(
-        estimate_bps=estimator.target_bps(), desired_bps=desired_bps, rtt=rtt, now=now
+        estimate_bps=estimator.target_bps(),
+        desired_bps=desired_bps,
+        rtt=rtt,
+        now=now,
+        wanted_bps=wanted_bps,
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -101,6 +102,28 @@ def lab_server(address: str) -> Iterator[tuple[ServerThread, str, str]]:
         server.stop()
 
 
+@contextlib.contextmanager
+def bwe_trace() -> Iterator[logging.Logger]:
+    """The server's bandwidth decisions (the ``sfu.bwe`` DEBUG trace) into the file named by
+    ``SFU_BWE_TRACE``, when set; phase changes are written into the same file."""
+    logger = logging.getLogger("sfu.bwe")
+    path = os.environ.get("SFU_BWE_TRACE")
+    if not path:
+        yield logger
+        return
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(relativeCreated)d %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
 def _open(driver: webdriver.Remote, base: str, token: str, name: str) -> None:
     # No tile-size hints: the tile's size must not be what limits the layer here.
     driver.get(f"{base}/?room={ROOM}&name={name}&hints=0&token={token}")
@@ -137,6 +160,7 @@ def test_a_shaped_subscriber_adapts_through_the_phases(tmp_path: Path) -> None:
     clip = tmp_path / "clip.y4m"
     write_clip(clip)
     with (
+        bwe_trace() as trace,
         netns.lab(["pub", "sub"]) as hosts,
         lab_server(hosts.server_address) as (server, base, secret),
     ):
@@ -175,6 +199,7 @@ def test_a_shaped_subscriber_adapts_through_the_phases(tmp_path: Path) -> None:
             current = probe()
             assert current is not None
             for name, cap, seconds in PHASES:
+                trace.debug("phase %s cap=%s", name, cap)
                 if cap is None:
                     sub.clear()
                 else:

@@ -10,8 +10,10 @@ The pieces, small on purpose so other tests (the allocator's) can drive them too
 * :class:`Sender`: the server's side of one subscriber transport: the REAL send history,
   delay detector, :class:`~sfu.core.estimator.BandwidthEstimator` and
   :class:`~sfu.core.prober.Prober`; it offers simulcast layer rates (default 150 / 490 / 1480
-  kbit/s as 30 fps frames sent as bursts, as an SFU forwards them) and picks the highest layer
-  the estimate allows, at most one step up per :attr:`Sender.switch_interval`;
+  kbit/s as 30 fps frames sent as bursts, as an SFU forwards them) plus a 40 kbit/s audio
+  stream, and the REAL :class:`~sfu.core.allocator.Allocator` picks the layer through
+  :class:`AllocatorAdapter` (the budget and probe target computed as ``Peer`` does); a target
+  is forwarded from the next frame (the lab's keyframes come at once);
 * :func:`run`: the loop, 1 ms ticks for ``seconds``; returns a trace of :class:`Sample`
   (t, estimate, queue delay, sent bps, layer) every 100 ms per sender.
 
@@ -26,13 +28,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core_parts import OPUS, VP8
+
+from sfu.core.allocator import Allocation, Allocator
 from sfu.core.estimator import BandwidthEstimator
 from sfu.core.kernels import Kernels
+from sfu.core.peer import BUDGET_HEADROOM, allocation_budget, allocation_due
 from sfu.core.prober import PADDING_SIZE, Prober, probe_step
+from sfu.core.publication import Publication
+from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.twcc import TransportFeedback
 
-__all__ = ["LAYERS", "Link", "Receiver", "Sample", "Sender", "ramp", "run", "steps"]
+__all__ = [
+    "AUDIO_BPS",
+    "LAYERS",
+    "PAUSED",
+    "AllocatorAdapter",
+    "Link",
+    "Receiver",
+    "Sample",
+    "Sender",
+    "ramp",
+    "run",
+    "steps",
+]
 
 #: Simulcast layer bitrates (bps) of the issue's publisher.
 LAYERS = (150_000, 490_000, 1_480_000)
@@ -41,6 +61,12 @@ MTU_PAYLOAD = 1200
 OVERHEAD = 20 + 8 + 16
 TICK = 0.001
 FPS = 30
+#: The subscriber's audio (Opus at 50 packets per second).
+AUDIO_BPS = 40_000
+AUDIO_INTERVAL = 0.02
+PAUSED = -1
+#: The publication's meters are fed in lots of this many seconds of bytes.
+METER_STEP = 0.1
 
 
 def steps(*points: tuple[float, float]) -> Callable[[float], float]:
@@ -128,8 +154,77 @@ class Sample:
     layer: int
 
 
+class AllocatorAdapter:
+    """The real :class:`Allocator` over one simulcast video and one audio subscription whose
+    publications are metered at the lab's layer rates; budget and probe target as ``Peer``."""
+
+    def __init__(self, kernels: Kernels, layers: Sequence[float]) -> None:
+        rids = ("q", "h", "f")[: len(layers)]
+        video = Publication("v", "pub", "video", "cam", "0", VP8, {}, rids, kernels=kernels)
+        audio = Publication("a", "pub", "audio", "mic", "1", OPUS, {}, kernels=kernels)
+        for layer in range(len(layers)):
+            video.add_stream(0x100 + layer, layer)
+        audio.add_stream(0x200, 0)
+        self.rates = {video: tuple(layers), audio: (float(AUDIO_BPS),)}
+        self.video = _subscription(video, 0x9000)
+        self.audio = _subscription(audio, 0x9001)
+        self.allocator = Allocator()
+        self.last: Allocation | None = None
+        self._metered: float | None = None
+
+    def _meter(self, now: float) -> None:
+        """The publisher kept sending every layer at its rate up to ``now`` (in 100 ms lots;
+        it was sending for a second before the subscriber came)."""
+        if self._metered is None:
+            self._metered = now - 1.0
+        while self._metered + METER_STEP <= now + 1e-9:
+            self._metered += METER_STEP
+            for pub, rates in self.rates.items():
+                for layer, bps in enumerate(rates):
+                    stream = pub.layers[layer]
+                    stream.meter.add(int(bps * METER_STEP / 8), self._metered)
+                    stream.last_packet_at = self._metered
+
+    def update(self, estimate: float, current: int, now: float) -> Allocation:
+        """One allocation on ``estimate`` while ``current`` (a layer, or PAUSED) is sent."""
+        self._meter(now)
+        spend = AUDIO_BPS + (self.rates[self.video.publication][current] if current >= 0 else 0)
+        budget = allocation_budget(estimate, spend)
+        self.last = self.allocator.update([self.video, self.audio], budget_bps=budget, now=now)
+        return self.last
+
+    def layer(self) -> int:
+        """The spatial layer the last allocation aims the video at (PAUSED: none)."""
+        assert self.last is not None
+        spatial = self.last.targets[self.video].spatial
+        return PAUSED if spatial is None else spatial
+
+    def wanted(self) -> float:
+        """What everything at its top needs, with the budget's headroom."""
+        return 0.0 if self.last is None else self.last.wanted_bps / BUDGET_HEADROOM
+
+    def desired(self) -> float:
+        """The prober's target: what the next upgrade needs, with the budget's headroom."""
+        step = None if self.last is None else self.last.next_step_bps
+        return 0.0 if step is None else step / BUDGET_HEADROOM
+
+
+def _subscription(pub: Publication, ssrc: int) -> Subscription:
+    return Subscription(
+        f"s{ssrc}",
+        pub,
+        "sub",
+        pub.mid,
+        out_ssrc=ssrc,
+        payload_type=pub.codec.payload_type,
+        extensions={},
+        kernels=pub.kernels,
+    )
+
+
 class Sender:
-    """The server's side of one subscriber transport, with the real estimator and prober."""
+    """The server's side of one subscriber transport, with the real estimator, prober and
+    allocator."""
 
     def __init__(
         self,
@@ -137,48 +232,68 @@ class Sender:
         *,
         layers: Sequence[float] = LAYERS,
         probing: bool = True,
-        switch_interval: float = 1.0,
         start: float = 0.0,
     ) -> None:
         self.history = kernels.SendHistory()
         self.estimator = BandwidthEstimator(self.history, kernels.DelayDetector())
         self.prober = Prober()
+        self.adapter = AllocatorAdapter(kernels, layers)
         self.layers = tuple(layers)
         self.probing = probing
-        self.switch_interval = switch_interval
         self.layer = 0
         self.start = start
         self._next_frame = start
-        self._last_switch = -1e9
+        self._next_audio = start
+        self._last_allocation = -1e9
+        self._allocated_on: float | None = None
         self.receiver = Receiver()
         self.layer_switches: list[tuple[float, int]] = []
         self.clusters: list[Any] = []
 
     def desired(self) -> float:
-        """What the next layer step needs (0 at the top)."""
-        return self.layers[self.layer + 1] if self.layer + 1 < len(self.layers) else 0.0
+        """What the next upgrade needs in total (0 when nothing more is wanted)."""
+        return self.adapter.desired()
+
+    def probe(self, now: float) -> Any:
+        """One probing step as ``Peer._probe`` takes it: a success ends the congestion holds
+        and the allocator acts on it at once."""
+        succeeded = self.prober.succeeded
+        cluster = probe_step(
+            self.prober,
+            self.estimator,
+            desired_bps=self.adapter.desired(),
+            now=now,
+            wanted_bps=self.adapter.wanted(),
+        )
+        if self.prober.succeeded > succeeded:
+            self.adapter.allocator.end_congestion_holds()
+            self._last_allocation = -1e9
+        return cluster
 
     def choose(self, now: float) -> None:
-        """Highest layer within the estimate; upward one step at a time."""
-        target = self.estimator.target_bps()
-        fit = 0
-        for i, bps in enumerate(self.layers):
-            if bps <= target:
-                fit = i
-        if fit < self.layer or (
-            fit > self.layer and now - self._last_switch >= self.switch_interval
-        ):
-            new = fit if fit < self.layer else self.layer + 1
+        """Every allocation interval: the real allocator's target becomes the layer sent."""
+        estimate = self.estimator.target_bps()
+        if not allocation_due(now + 1e-9, self._last_allocation, estimate, self._allocated_on):
+            return
+        self._last_allocation = now
+        self._allocated_on = estimate
+        allocation = self.adapter.update(estimate, self.layer, now)
+        if allocation.changes or allocation.resumed:
+            self.prober.on_target_change(now=now)
+        new = self.adapter.layer()
+        if new != self.layer:
             self.layer = new
-            self._last_switch = now
             self.layer_switches.append((now, new))
 
     def packets(self, now: float) -> list[tuple[int, int]]:
-        """(size, cluster) of what to send at ``now``: frames, then any probe cluster."""
+        """(size, cluster) of what to send at ``now``: audio, frames, then any probe cluster."""
         out: list[tuple[int, int]] = []
+        if now + 1e-9 >= self._next_audio:
+            self._next_audio += AUDIO_INTERVAL
+            out.append((int(AUDIO_BPS * AUDIO_INTERVAL / 8), -1))
         if now + 1e-9 >= self._next_frame:
             self._next_frame += 1 / FPS
-            frame = int(self.layers[self.layer] / FPS / 8)
+            frame = int(self.layers[self.layer] / FPS / 8) if self.layer >= 0 else 0
             while frame > 0:
                 size = min(frame, MTU_PAYLOAD)
                 out.append((size, -1))
@@ -204,12 +319,9 @@ def run(
         for index, sender in enumerate(senders):
             if now < sender.start:
                 continue
-            estimator = sender.estimator
             batch = sender.packets(now)
             if sender.probing and tick % 10 == 0:
-                cluster = probe_step(
-                    sender.prober, estimator, desired_bps=sender.desired(), now=now
-                )
+                cluster = sender.probe(now)
                 if cluster is not None:
                     sender.clusters.append(cluster)
                     batch.extend([(PADDING_SIZE + 12, cluster.id)] * cluster.packets)
@@ -219,8 +331,7 @@ def run(
                 at = link.send(wire, now)
                 if at is not None:
                     arrivals.append((at, index, seq))
-            if tick % 100 == 0:
-                sender.choose(now)
+            sender.choose(now)
         if competing_bps is not None:
             competing_credit += competing_bps(now) * TICK / 8
             while competing_credit >= MTU_PAYLOAD:

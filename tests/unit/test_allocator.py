@@ -340,3 +340,26 @@ def test_temporal_shares_are_resampled_only_every_few_seconds() -> None:
     for t, layers in ((NOW + SAMPLE_INTERVAL, 3), (NOW + SHARES_INTERVAL, 1)):
         _feed(sub.publication, t)  # still sending
         assert len(rates.measure(sub.publication, t)[0]) == layers
+
+
+def test_a_successful_probe_ends_the_congestion_hold() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    clock.at(NOW, 2_000_000)
+    assert clock.at(NOW + 1, 100_000).targets == {sub: PAUSED}
+    assert clock.at(NOW + 1 + UPGRADE_HOLD, 2_000_000).targets == {sub: LOW}
+    # The cooldown holds the low layer although the budget takes the top...
+    assert clock.at(NOW + 1 + 2 * UPGRADE_HOLD, 2_000_000).targets == {sub: LOW}
+    # ... until a probe shows the link takes the next step: then the usual hold only.
+    clock.allocator.end_congestion_holds()
+    up = clock.at(NOW + 1 + 2 * UPGRADE_HOLD + 0.5, 2_000_000)
+    assert up.targets == {sub: TOP}
+    assert up.changes == ((sub, UPGRADE),)
+
+
+def test_wanted_is_everything_at_the_top_its_hints_allow() -> None:
+    audio, sub = _audio(), _video()
+    clock = _Clocked(audio, sub)
+    assert clock.at(NOW, 200_000).wanted_bps == AUDIO_BPS + LAYER_BPS[2]
+    sub.set_preferences(1, None, False)  # the tile shrank: the middle layer is its top
+    assert clock.at(NOW + 0.5, 200_000).wanted_bps == AUDIO_BPS + LAYER_BPS[1]

@@ -15,6 +15,7 @@ from sfu.core.kernels import Kernels
 from sfu.core.prober import (
     BACKOFF_BASE,
     BACKOFF_FACTOR,
+    EXPLORE_FACTORS,
     MIN_CLUSTER_PACKETS,
     PROBE_FACTOR,
     Prober,
@@ -138,6 +139,57 @@ def test_prober_asks_only_for_more_and_backs_off_on_failure() -> None:
     assert third is not None
     assert prober.finish(1_300_000, desired_bps=1_000_000, now=8.8)
     assert (prober.started, prober.succeeded, prober.failed) == (3, 1, 2)
+
+
+def test_a_rise_in_what_is_wanted_explores_at_three_and_six_times_the_estimate() -> None:
+    prober = Prober()
+    wanted = 2_000_000.0
+    first = prober.poll(
+        estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=0.0, wanted_bps=wanted
+    )
+    assert first is not None and first.bps == EXPLORE_FACTORS[0] * 300_000
+    assert prober.finish(first.bps, desired_bps=600_000, now=0.1)
+    # The next exploratory cluster at once (no success pause), capped by what is wanted.
+    second = prober.poll(
+        estimate_bps=900_000, desired_bps=1_700_000, rtt=0.05, now=0.2, wanted_bps=wanted
+    )
+    assert second is not None
+    assert second.bps == min(EXPLORE_FACTORS[1] * 300_000, wanted * PROBE_FACTOR)
+    assert prober.finish(1_800_000, desired_bps=1_700_000, now=0.3)
+    # Nothing more to explore; meter noise in what is wanted does not start it again.
+    assert (
+        prober.poll(
+            estimate_bps=1_800_000, desired_bps=0, rtt=0.05, now=1.5, wanted_bps=wanted * 1.05
+        )
+        is None
+    )
+
+
+def test_a_failed_exploration_ends_the_run_without_a_backoff() -> None:
+    prober = Prober()
+    first = prober.poll(
+        estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=0.0, wanted_bps=2_000_000
+    )
+    assert first is not None
+    assert not prober.finish(400_000, desired_bps=600_000, now=0.1)  # 44 % of its rate
+    assert prober.backoff() == 0.0
+    # No second exploratory cluster: the ordinary probe for the next step, at once.
+    ordinary = prober.poll(
+        estimate_bps=400_000, desired_bps=600_000, rtt=0.05, now=0.2, wanted_bps=2_000_000
+    )
+    assert ordinary is not None and ordinary.bps == PROBE_FACTOR * 600_000
+
+
+def test_exploration_starts_again_when_what_is_wanted_rises() -> None:
+    prober = Prober()
+    assert (
+        prober.poll(estimate_bps=300_000, desired_bps=0, rtt=0.05, now=0.0, wanted_bps=200_000)
+        is None
+    )  # everything fits
+    rise = prober.poll(
+        estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=5.0, wanted_bps=1_700_000
+    )
+    assert rise is not None and rise.bps == EXPLORE_FACTORS[0] * 300_000
 
 
 def test_a_train_faster_than_the_feedback_resolution_counts_at_the_probes_rate(
