@@ -13,7 +13,12 @@ from test_metrics_core import registry_for, value
 from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harness
 
 from sfu.core.estimator import INITIAL_BPS
-from sfu.core.peer import BUDGET_HEADROOM
+from sfu.core.peer import (
+    ALLOCATION_INTERVAL,
+    BUDGET_HEADROOM,
+    ESTIMATE_FALL,
+    allocation_due,
+)
 from sfu.core.retransmission import RTX_BURST, RetransmissionBudget
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.extensions import TRANSPORT_CC_URI
@@ -186,3 +191,14 @@ def test_a_small_shortfall_keeps_the_layers_being_forwarded(
     # More than it costs: the budget is the estimate's.
     estimate = 2 * spend / BUDGET_HEADROOM
     assert bob.peer._budget(estimate, 1.95) == pytest.approx(2 * spend)
+
+
+def test_a_falling_estimate_is_allocated_on_at_once() -> None:
+    # The periodic tick...
+    assert allocation_due(1.0, 1.0 - ALLOCATION_INTERVAL, 1_000_000, 1_000_000)
+    assert not allocation_due(1.0, 0.9, 1_000_000, 1_000_000)
+    # ... and, between ticks, a fall of more than ESTIMATE_FALL (not a rise, not noise).
+    assert allocation_due(1.0, 0.9, (1 - ESTIMATE_FALL) * 1_000_000 - 1, 1_000_000)
+    assert not allocation_due(1.0, 0.9, 0.95 * 1_000_000, 1_000_000)
+    assert not allocation_due(1.0, 0.9, 3_000_000, 1_000_000)
+    assert not allocation_due(1.0, 0.9, None, 1_000_000)

@@ -18,6 +18,7 @@ from sfu.core.prober import (
     EXPLORE_FACTORS,
     MIN_CLUSTER_PACKETS,
     PROBE_FACTOR,
+    SETTLE,
     Prober,
 )
 from sfu.core.twcc_recorder import TwccRecorder
@@ -190,6 +191,14 @@ def test_exploration_starts_again_when_what_is_wanted_rises() -> None:
         estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=5.0, wanted_bps=1_700_000
     )
     assert rise is not None and rise.bps == EXPLORE_FACTORS[0] * 300_000
+
+
+def test_a_target_change_delays_the_next_probe_for_a_step() -> None:
+    prober = Prober()
+    prober.on_target_change(now=10.0)
+    assert prober.poll(estimate_bps=600_000, desired_bps=1_700_000, rtt=0.05, now=11.0) is None
+    later = prober.poll(estimate_bps=600_000, desired_bps=1_700_000, rtt=0.05, now=10.0 + SETTLE)
+    assert later is not None and later.bps == PROBE_FACTOR * 1_700_000
 
 
 def test_a_train_faster_than_the_feedback_resolution_counts_at_the_probes_rate(
