@@ -170,6 +170,10 @@ class Allocation:
     #: What every subscription at the top its hints allow would need (audio included): the
     #: most a prober should ever ask the link for.
     wanted_bps: float = 0.0
+    #: How many rungs the video subscriptions' ladders have in all (what their hints allow
+    #: of what is measured): its rise (a new subscription, a larger tile, layers measured for
+    #: the first time) is what exploratory probing starts on, not a rate's noise.
+    reach: int = 0
 
 
 @dataclass(slots=True)
@@ -187,6 +191,52 @@ class _State:
 
 def _caps(sub: Subscription) -> tuple[int | None, int | None, bool]:
     return sub.max_spatial, sub.max_temporal, sub.paused or sub.held
+
+
+def _choose(
+    video: Sequence[Subscription],
+    ladders: Mapping[Subscription, list[Rung]],
+    limits: Mapping[Subscription, int],
+    prio: Mapping[Subscription, int],
+    audio_bps: float,
+    budget: float | None,
+) -> tuple[dict[Subscription, int], float]:
+    """Each subscription's rung (-1: paused) within ``budget``, and what they cost."""
+    chosen: dict[Subscription, int] = {}
+    spent = audio_bps
+    if budget is None:
+        # No known limit: the best each may reach now (the hysteresis still holds, so a
+        # budget source that goes quiet does not bring a congested layer straight back).
+        for sub in video:
+            rungs = ladders[sub]
+            chosen[sub] = min(len(rungs) - 1, limits[sub])
+            spent += rungs[chosen[sub]].bps if chosen[sub] >= 0 else 0.0
+    else:
+        for sub in video:
+            rungs = ladders[sub]
+            if not rungs:
+                chosen[sub] = -1
+            elif limits[sub] >= 0 and spent + rungs[0].bps <= budget:
+                chosen[sub] = 0
+                spent += rungs[0].bps
+            else:
+                chosen[sub] = -1
+        for cls in sorted({prio.get(s, 0) for s in video}, reverse=True):
+            members = [s for s in video if prio.get(s, 0) == cls and chosen[s] >= 0]
+            upgraded = True
+            while upgraded:
+                upgraded = False
+                for sub in members:
+                    i = chosen[sub]
+                    if i >= limits[sub]:
+                        continue
+                    rungs = ladders[sub]
+                    extra = rungs[i + 1].bps - rungs[i].bps
+                    if spent + extra <= budget:
+                        chosen[sub] = i + 1
+                        spent += extra
+                        upgraded = True
+    return chosen, spent
 
 
 @dataclass(slots=True)
@@ -268,43 +318,24 @@ class Allocator:
                 current = _order(state.target)
                 held = max((i for i, r in enumerate(rungs) if _order(r.pair) <= current), default=0)
                 limits[sub] = min(limits[sub], held)
-        chosen: dict[Subscription, int] = {}
-        spent = audio_bps
-        if budget is None:
-            # No known limit: the best each may reach now (the hysteresis still holds, so a
-            # budget source that goes quiet does not bring a congested layer straight back).
+        chosen, spent = _choose(video, ladders, limits, prio, audio_bps, budget)
+        if budget_bps is not None and budget is not None and budget_bps > budget:
+            # The held budget was set against older prices: when a layer's measured rate rose
+            # (a keyframe, the publisher's own ramp), it must not downgrade a subscription the
+            # estimate itself still covers.
             for sub in video:
+                state = states.get(sub)
+                i = chosen[sub]
                 rungs = ladders[sub]
-                chosen[sub] = min(len(rungs) - 1, limits[sub])
-                spent += rungs[chosen[sub]].bps if chosen[sub] >= 0 else 0.0
-        else:
-            for sub in video:
-                rungs = ladders[sub]
-                if not rungs:
-                    chosen[sub] = -1
-                elif limits[sub] >= 0 and spent + rungs[0].bps <= budget:
-                    chosen[sub] = 0
-                    spent += rungs[0].bps
-                else:
-                    chosen[sub] = -1
-            for cls in sorted({prio.get(s, 0) for s in video}, reverse=True):
-                members = [s for s in video if prio.get(s, 0) == cls and chosen[s] >= 0]
-                upgraded = True
-                while upgraded:
-                    upgraded = False
-                    for sub in members:
-                        i = chosen[sub]
-                        if i >= limits[sub]:
-                            continue
-                        rungs = ladders[sub]
-                        extra = rungs[i + 1].bps - rungs[i].bps
-                        if spent + extra <= budget:
-                            chosen[sub] = i + 1
-                            spent += extra
-                            upgraded = True
+                pair = rungs[i].pair if i >= 0 else LayerPair(None, None)
+                if state is not None and _order(pair) < _order(state.target):
+                    budget = self._budget = budget_bps
+                    chosen, spent = _choose(video, ladders, limits, prio, audio_bps, budget)
+                    break
         self._allocated = spent
         wanted = audio_bps + sum(rungs[-1].bps for rungs in ladders.values() if rungs)
-        return self._apply(video, ladders, chosen, prio, spent, budget, now, wanted)
+        reach = sum(len(rungs) for rungs in ladders.values())
+        return self._apply(video, ladders, chosen, prio, spent, budget, now, wanted, reach)
 
     def _apply(
         self,
@@ -316,6 +347,7 @@ class Allocator:
         budget: float | None,
         now: float,
         wanted: float,
+        reach: int,
     ) -> Allocation:
         """Record the new targets, classify the changes, find the next upgrade."""
         targets: dict[Subscription, LayerPair] = {}
@@ -381,6 +413,7 @@ class Allocator:
             next_step if budget is not None else None,
             budget,
             wanted,
+            reach,
         )
         self.last = allocation
         return allocation

@@ -168,6 +168,8 @@ class Peer:
         self._desired = 0.0
         #: What every subscription at its top would need (bps): the most probes ask for.
         self._wanted = 0.0
+        #: The rungs the subscriptions' hints allow (its rise starts exploratory probes).
+        self._reach = 0
         #: The estimate the last allocation acted on.
         self._allocated_on: float | None = None
         #: Send-side bandwidth adaptation (created with the first subscription).
@@ -353,6 +355,7 @@ class Peer:
             step = allocation.next_step_bps
             self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
             self._wanted = allocation.wanted_bps / BUDGET_HEADROOM if budget is not None else 0.0
+            self._reach = allocation.reach
             if trace.isEnabledFor(logging.DEBUG):
                 self._trace_allocation(allocation, estimate, now)
         if estimate is not None and now - self._last_probe >= PROBE_INTERVAL:
@@ -451,7 +454,12 @@ class Peer:
         succeeded, failed = self.prober.succeeded, self.prober.failed
         pending = self.prober.pending
         cluster = probe_step(
-            self.prober, estimator, desired_bps=self._desired, now=now, wanted_bps=self._wanted
+            self.prober,
+            estimator,
+            desired_bps=self._desired,
+            now=now,
+            wanted_bps=self._wanted,
+            reach=self._reach,
         )
         if self.prober.succeeded > succeeded:
             # The link took the next step: no congestion hold keeps it back, and the

@@ -15,8 +15,9 @@ never above what the subscriber wants (``desired_bps`` x :data:`PROBE_FACTOR`).
 
 **Exploratory probes** (libwebrtc's initial probing, and its probing when the allocation's
 maximum rises): when what the subscriber would take with nothing holding it back
-(``wanted_bps``: every subscription at the top its hints allow) rises above the estimate, as
-when a transport starts or a tile grows, clusters at :data:`EXPLORE_FACTORS` x the estimate
+(``wanted_bps``: every subscription at the top its hints allow) is above the estimate and the
+allocation's ``reach`` (the rungs those hints allow) rises, as when a transport starts, a
+subscription is added or a tile grows, clusters at :data:`EXPLORE_FACTORS` x the estimate
 (capped at ``wanted_bps`` x :data:`PROBE_FACTOR`) go out one after the other, each only while
 the last got at least :data:`EXPLORE_CONTINUE` of its rate through, so a new subscriber reaches
 the layer its link allows in a second or two instead of climbing from the start estimate one
@@ -83,10 +84,6 @@ EXPLORE_FACTORS: Final = (3.0, 6.0)
 #: The next exploratory cluster goes out only if the last got this share of its rate through
 #: (libwebrtc continues exponential probing above 70 %).
 EXPLORE_CONTINUE: Final = 0.7
-#: ``wanted_bps`` counts as risen when it grows by more than this share.
-WANTED_RISE: Final = 0.1
-#: ... and as fallen (so that a later rise explores again) below this share of its peak.
-WANTED_DROP: Final = 0.5
 #: Cluster ids run modulo this (the history keeps them as small ints).
 _MAX_CLUSTER_ID: Final = 1 << 30
 
@@ -113,7 +110,7 @@ class Prober:
         self._decreases = 0
         self._last_decrease = 0.0
         self._last_success = -1e9
-        self._wanted = 0.0
+        self._reach = 0
         #: Exploratory rates still to try (bps), and whether the pending cluster is one.
         self._explore: list[float] = []
         self._exploring = False
@@ -142,18 +139,18 @@ class Prober:
         rtt: float,
         now: float,
         wanted_bps: float = 0.0,
+        reach: int = 0,
     ) -> ProbeCluster | None:
         """A cluster to send now, or None. ``desired_bps``: what the next upgrade needs in
         total (0 when nothing more is wanted); ``wanted_bps``: what every subscription at its
-        top would need (0: unknown), whose rise starts exploratory probes."""
-        if wanted_bps > self._wanted * (1.0 + WANTED_RISE) and wanted_bps > estimate_bps:
+        top would need (0: unknown); ``reach``: how many rungs the subscriptions' hints allow
+        (:attr:`~sfu.core.allocator.Allocation.reach`), whose rise starts exploratory probes
+        (a rate would rise with every keyframe)."""
+        if reach > self._reach and wanted_bps > estimate_bps:
             cap = wanted_bps * PROBE_FACTOR
             rates = sorted({min(f * estimate_bps, cap) for f in EXPLORE_FACTORS})
             self._explore = [r for r in rates if r > estimate_bps]
-        if wanted_bps < self._wanted * WANTED_DROP:
-            self._wanted = wanted_bps  # a real drop (a tile hidden): a later rise is news
-        else:
-            self._wanted = max(self._wanted, wanted_bps)  # meter noise does not re-explore
+        self._reach = reach
         if self._pending is not None:
             return None
         if self._explore:
@@ -233,6 +230,7 @@ def probe_step(
     desired_bps: float,
     now: float,
     wanted_bps: float = 0.0,
+    reach: int = 0,
 ) -> ProbeCluster | None:
     """One periodic step of probing on a transport: read the pending cluster's result into the
     estimate when it is due, then say whether to start a new cluster (the caller sends it,
@@ -254,4 +252,5 @@ def probe_step(
         rtt=rtt,
         now=now,
         wanted_bps=wanted_bps,
+        reach=reach,
     )

@@ -264,6 +264,7 @@ class Sender:
             desired_bps=self.adapter.desired(),
             now=now,
             wanted_bps=self.adapter.wanted(),
+            reach=0 if self.adapter.last is None else self.adapter.last.reach,
         )
         if self.prober.succeeded > succeeded:
             self.adapter.allocator.end_congestion_holds()

@@ -360,6 +360,25 @@ def test_a_successful_probe_ends_the_congestion_hold() -> None:
 def test_wanted_is_everything_at_the_top_its_hints_allow() -> None:
     audio, sub = _audio(), _video()
     clock = _Clocked(audio, sub)
-    assert clock.at(NOW, 200_000).wanted_bps == AUDIO_BPS + LAYER_BPS[2]
+    first = clock.at(NOW, 200_000)
+    assert first.wanted_bps == AUDIO_BPS + LAYER_BPS[2]
+    assert first.reach == 3
     sub.set_preferences(1, None, False)  # the tile shrank: the middle layer is its top
-    assert clock.at(NOW + 0.5, 200_000).wanted_bps == AUDIO_BPS + LAYER_BPS[1]
+    shrunk = clock.at(NOW + 0.5, 200_000)
+    assert shrunk.wanted_bps == AUDIO_BPS + LAYER_BPS[1]
+    assert shrunk.reach == 2
+
+
+def test_a_price_rise_does_not_downgrade_what_the_estimate_covers() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    assert clock.at(NOW, 1_600_000).targets == {sub: TOP}
+    # The estimate rose by less than ESTIMATE_CHANGE, so the held budget (1.6M) stays...
+    # ... but the top layer's measured rate rose above it (a keyframe): the new budget is used.
+    _FEEDS[sub.publication] = ((150_000, 500_000, 1_700_000), False)
+    for layer in sub.publication.layers.values():
+        layer.meter = type(layer.meter)()
+    later = clock.at(NOW + 5, 1_750_000)
+    assert later.targets == {sub: TOP}
+    assert later.budget_bps == 1_750_000
+    assert later.changes == ()

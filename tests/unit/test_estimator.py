@@ -142,53 +142,51 @@ def test_prober_asks_only_for_more_and_backs_off_on_failure() -> None:
     assert (prober.started, prober.succeeded, prober.failed) == (3, 1, 2)
 
 
-def test_a_rise_in_what_is_wanted_explores_at_three_and_six_times_the_estimate() -> None:
+def test_a_new_reach_explores_at_three_and_six_times_the_estimate() -> None:
     prober = Prober()
     wanted = 2_000_000.0
     first = prober.poll(
-        estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=0.0, wanted_bps=wanted
+        estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=0.0, wanted_bps=wanted, reach=3
     )
     assert first is not None and first.bps == EXPLORE_FACTORS[0] * 300_000
     assert prober.finish(first.bps, desired_bps=600_000, now=0.1)
     # The next exploratory cluster at once (no success pause), capped by what is wanted.
     second = prober.poll(
-        estimate_bps=900_000, desired_bps=1_700_000, rtt=0.05, now=0.2, wanted_bps=wanted
+        estimate_bps=900_000, desired_bps=1_700_000, rtt=0.05, now=0.2, wanted_bps=wanted, reach=3
     )
     assert second is not None
     assert second.bps == min(EXPLORE_FACTORS[1] * 300_000, wanted * PROBE_FACTOR)
     assert prober.finish(1_800_000, desired_bps=1_700_000, now=0.3)
-    # Nothing more to explore; meter noise in what is wanted does not start it again.
-    assert (
-        prober.poll(
-            estimate_bps=1_800_000, desired_bps=0, rtt=0.05, now=1.5, wanted_bps=wanted * 1.05
-        )
-        is None
+    # Nothing more to explore: a higher rate wanted (a keyframe) at the same reach is no news.
+    again = prober.poll(
+        estimate_bps=1_800_000, desired_bps=0, rtt=0.05, now=1.5, wanted_bps=3 * wanted, reach=3
     )
+    assert again is None
 
 
 def test_a_failed_exploration_ends_the_run_without_a_backoff() -> None:
     prober = Prober()
     first = prober.poll(
-        estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=0.0, wanted_bps=2_000_000
+        estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=0.0, wanted_bps=2e6, reach=3
     )
     assert first is not None
     assert not prober.finish(400_000, desired_bps=600_000, now=0.1)  # 44 % of its rate
     assert prober.backoff() == 0.0
     # No second exploratory cluster: the ordinary probe for the next step, at once.
     ordinary = prober.poll(
-        estimate_bps=400_000, desired_bps=600_000, rtt=0.05, now=0.2, wanted_bps=2_000_000
+        estimate_bps=400_000, desired_bps=600_000, rtt=0.05, now=0.2, wanted_bps=2e6, reach=3
     )
     assert ordinary is not None and ordinary.bps == PROBE_FACTOR * 600_000
 
 
-def test_exploration_starts_again_when_what_is_wanted_rises() -> None:
+def test_exploration_starts_again_when_the_reach_rises() -> None:
     prober = Prober()
-    assert (
-        prober.poll(estimate_bps=300_000, desired_bps=0, rtt=0.05, now=0.0, wanted_bps=200_000)
-        is None
-    )  # everything fits
+    small = prober.poll(
+        estimate_bps=300_000, desired_bps=0, rtt=0.05, now=0.0, wanted_bps=200_000, reach=1
+    )
+    assert small is None  # everything fits
     rise = prober.poll(
-        estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=5.0, wanted_bps=1_700_000
+        estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=5.0, wanted_bps=1.7e6, reach=3
     )
     assert rise is not None and rise.bps == EXPLORE_FACTORS[0] * 300_000
 
