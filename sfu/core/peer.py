@@ -492,7 +492,8 @@ class Peer:
             self._send_probe(cluster, now)
 
     def _send_probe(self, cluster: ProbeCluster, now: float) -> None:
-        """The cluster's padding packets on the RTX stream of a video subscription."""
+        """The cluster's padding packets (its primer first) on the RTX stream of a video
+        subscription."""
         twcc_id = self.router.twcc_id
         carrier = next(
             (
@@ -504,8 +505,9 @@ class Peer:
         )
         if carrier is None or not twcc_id:
             return
-        for _ in range(cluster.packets):
-            packet = carrier.padding(twcc_id, cluster.padding, now, cluster.id)
+        for i in range(cluster.primer + cluster.packets):
+            cluster_id = cluster.id if i >= cluster.primer else -1  # the primer is no part
+            packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
             if packet is None:
                 return
             if self.transport.send_rtp(packet):

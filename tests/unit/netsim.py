@@ -104,7 +104,12 @@ class Link:
     delay: float = 0.025
     loss: float = 0.0
     seed: int = 1
+    #: A token bucket's depth (bytes, as ``tc tbf`` burst): while the queue is empty, this
+    #: much passes at line rate before the capacity applies (0: none).
+    burst_bytes: int = 0
     _busy_until: float = 0.0
+    _tokens: float = 0.0
+    _token_at: float = 0.0
     _rng: random.Random = field(init=False)
     dropped: int = 0
     lost: int = 0
@@ -120,16 +125,27 @@ class Link:
     def send(self, size: int, t: float) -> float | None:
         """A packet of ``size`` bytes enters at ``t``: its arrival time, or None if lost."""
         rate = self.capacity(t)
+        if self.burst_bytes and self._busy_until <= t:
+            since = t - max(self._token_at, self._busy_until)
+            self._tokens = min(self.burst_bytes, self._tokens + since * rate / 8)
+            self._token_at = t
+            if self._tokens >= size:
+                self._tokens -= size
+                return self._deliver(t)
+            self._tokens = 0.0
         wait = self.queue_delay(t)
         if wait * rate / 8 + size > self.queue_bytes:
             self.dropped += 1
             return None
         self._busy_until = max(t, self._busy_until) + size * 8 / rate
+        return self._deliver(self._busy_until)
+
+    def _deliver(self, served: float) -> float | None:
         if self.loss and self._rng.random() < self.loss:
             self.lost += 1
             return None
         self.carried += 1
-        return self._busy_until + self.delay
+        return served + self.delay
 
 
 class Receiver:
@@ -325,6 +341,7 @@ def run(
                 cluster = sender.probe(now)
                 if cluster is not None:
                     sender.clusters.append(cluster)
+                    batch.extend([(PADDING_SIZE + 12, -1)] * cluster.primer)
                     batch.extend([(PADDING_SIZE + 12, cluster.id)] * cluster.packets)
             for size, cluster_id in batch:
                 wire = size + OVERHEAD

@@ -106,10 +106,16 @@ def test_probe_clusters_go_out_as_padding_on_the_rtx_stream(
     assert all(p.padding_length == 255 and not p.payload for p in probes)
     history = bob.peer.send_history
     assert history is not None
+    clusters = []
     for p in probes:
         stamp = int.from_bytes(dict(p.extensions())[TWCC_ID], "big")
         lookup = history.lookup(stamp)
-        assert lookup is not None and lookup[2] == 0  # recorded under cluster 0
+        assert lookup is not None
+        clusters.append(lookup[2])
+    # The primer first (under no cluster: it drains a policer's bucket), then cluster 0.
+    primer = bob.peer.prober.pending
+    assert primer is not None and primer.primer > 0
+    assert clusters == [-1] * primer.primer + [0] * primer.packets
     assert bob.peer.counters.probe_packets == len(probes)
     assert bob.peer.prober.started == 1
     # No second cluster while the first one's result is awaited.

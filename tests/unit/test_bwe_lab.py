@@ -8,7 +8,7 @@ under both kernel implementations (the estimate is the same to the bit).
 
 from __future__ import annotations
 
-from netsim import LAYERS, PAUSED, Link, Sample, Sender, ramp, run, steps
+from netsim import AUDIO_BPS, LAYERS, PAUSED, Link, Sample, Sender, ramp, run, steps
 
 from sfu.core.kernels import Kernels
 from sfu.core.prober import BACKOFF_BASE, EXPLORE_FACTORS
@@ -49,7 +49,9 @@ def test_capacity_step_down_sheds_within_two_seconds(kernels: Kernels) -> None:
     assert all(s.layer == 0 for s in capped)
     # The queue (30 kB = 600 ms at 400 kbit/s) drains once shed and stays short.
     assert max(s.queue_delay for s in trace if s.t >= 20) < 0.65
-    assert max(s.queue_delay for s in capped) < 0.1
+    # Each failed probe for the middle layer (primer and cluster, about 7 kB) queues for
+    # up to 150 ms at 400 kbit/s; media alone keeps the queue short.
+    assert max(s.queue_delay for s in capped) < 0.25
     # The estimate keeps near the cap: neither collapses nor runs away.
     assert all(200_000 <= s.estimate <= 480_000 for s in capped)
 
@@ -84,10 +86,15 @@ def test_varying_capacity_is_followed_down(kernels: Kernels) -> None:
     # What is sent follows the link down (the estimate above what is sent is untested, so
     # only the sending rate is held against the capacity).
     over = [s for s in trace if s.t >= 5 and s.sent_bps > 1.1 * capacity(s.t)]
-    assert len(over) <= 0.05 * len(trace)
+    # The real allocator keeps a layer while the budget is within DOWNGRADE_TOLERANCE of its
+    # cost (one overuse is not congestion), so the end of the ramp overshoots for a while...
+    assert len(over) <= 0.12 * len(trace)
+    # ... and once settled the layer forwarded fits (what is sent then also carries a failed
+    # probe for the top layer every BACKOFF_MAX seconds).
+    assert all(LAYERS[s.layer] + AUDIO_BPS <= capacity(s.t) for s in trace if s.t >= 40)
     assert trace[-1].estimate <= 1.5 * capacity(50)
     assert link.dropped == 0
-    assert max(s.queue_delay for s in trace) < 0.15
+    assert max(s.queue_delay for s in trace) < 0.25  # a failed probe's 7 kB at 600 kbit/s
     assert len(sender.layer_switches) <= 6
 
 
@@ -149,13 +156,24 @@ def test_paused_then_uncapped_reaches_the_top_within_eight_seconds(kernels: Kern
     assert after[:3] == [0, 1, 2]  # through the middle layer
 
 
-def test_a_tight_900k_token_bucket_keeps_the_middle_layer(kernels: Kernels) -> None:
-    # The real-client test's shaping: tc tbf, 50 ms of queue (5.6 kB at 900 kbit/s).
+def test_a_900k_token_bucket_keeps_the_middle_layer(kernels: Kernels) -> None:
+    # The real-client test's shaping: tc tbf with a 4 kB burst and 50 ms of queue. Probes
+    # that fit the burst would read as any rate; their primer drains it first.
     sender = Sender(kernels)
-    (trace,) = run(Link(steps((0, 900_000)), queue_bytes=5_600), [sender], 30)
-    settled = [s for s in trace if s.t >= 5]
-    assert sum(1 for s in settled if s.layer == 1) >= 0.9 * len(settled)
+    link = Link(steps((0, 900_000)), queue_bytes=5_600, burst_bytes=4_000)
+    (trace,) = run(link, [sender], 30)
+    settled = [s for s in trace if s.t >= 3]
+    assert sum(1 for s in settled if s.layer == 1) >= 0.95 * len(settled)
     assert all(s.layer < 2 for s in trace)
+
+
+def test_a_400k_token_bucket_keeps_the_low_layer_without_flashes(kernels: Kernels) -> None:
+    sender = Sender(kernels)
+    link = Link(steps((0, 400_000)), queue_bytes=2_500, burst_bytes=4_000)
+    (trace,) = run(link, [sender], 30)
+    assert all(s.layer == 0 for s in trace)
+    assert sender.prober.succeeded == 0  # no probe passed the bucket as a false success
+    assert sender.layer_switches == []
 
 
 def test_the_lab_is_deterministic(kernels: Kernels) -> None:
