@@ -356,7 +356,7 @@ class Peer:
             self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
             self._wanted = allocation.wanted_bps / BUDGET_HEADROOM if budget is not None else 0.0
             self._reach = allocation.reach
-            if trace.isEnabledFor(logging.DEBUG):
+            if allocation.targets and trace.isEnabledFor(logging.DEBUG):
                 self._trace_allocation(allocation, estimate, now)
         if estimate is not None and now - self._last_probe >= PROBE_INTERVAL:
             self._last_probe = now

@@ -65,6 +65,8 @@ FPS = 30
 AUDIO_BPS = 40_000
 AUDIO_INTERVAL = 0.02
 PAUSED = -1
+#: An uncapped link in :func:`report`.
+HIGH_BPS = 2_500_000
 #: The publication's meters are fed in lots of this many seconds of bytes.
 METER_STEP = 0.1
 
@@ -424,6 +426,30 @@ def report() -> None:  # pragma: no cover - a tool for bench/RESULTS.md, not a t
         len(s.layer_switches),
         "probes",
         s.prober.started,
+    )
+    for cap, queue in ((400_000, 2_500), (900_000, 5_600)):
+        s = Sender(k)
+        (tr,) = run(Link(steps((0, cap)), queue_bytes=queue, burst_bytes=4_000), [s], 30)
+        late = [x for x in tr if x.t >= 3]
+        print(
+            f"tbf {cap // 1000}k (4 kB burst, 50 ms queue): layer shares",
+            [round(sum(1 for x in late if x.layer == i) / len(late), 2) for i in range(3)],
+            "switches",
+            [(round(t, 1), layer) for t, layer in s.layer_switches],
+            "probes started/succeeded",
+            s.prober.started,
+            s.prober.succeeded,
+        )
+    s = Sender(k)
+    link = Link(steps((0, HIGH_BPS), (10, 100_000), (25, HIGH_BPS)))
+    (tr,) = run(link, [s], 40)
+    print(
+        "paused then uncapped: paused after",
+        round(first(tr, 10, lambda x: x.layer == PAUSED) - 10, 1),
+        "s; top after",
+        round(first(tr, 25, lambda x: x.layer == 2) - 25, 1),
+        "s; switches",
+        [(round(t, 1), layer) for t, layer in s.layer_switches],
     )
     s = Sender(k)
     link = Link(steps((0, 5_000_000)), loss=0.05, seed=7)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import weakref
 
+import pytest
+
 from sfu.core.estimator import (
     BETA,
     INITIAL_BPS,
     LOSS_HIGH,
+    MAX_DECREASE,
     MIN_BPS,
     BandwidthEstimator,
 )
@@ -90,6 +93,23 @@ def test_heavy_loss_bounds_the_estimate_and_light_loss_does_not(kernels: Kernels
     light = _estimator(kernels)
     _feed(light, start=0.0, seconds=5.0, bps=280_000, lose_every=25)  # 4 %
     assert light.target_bps() >= INITIAL_BPS
+
+
+def test_heavy_loss_falls_to_what_got_through_at_most_halving_per_step(
+    kernels: Kernels,
+) -> None:
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)  # the estimate of an uncapped link
+    # A policer: one packet of three lost, no delay growth; 600 kbit/s gets through.
+    _feed(est, start=0.0, seconds=0.45, bps=900_000, lose_every=3)
+    first = est.target_bps()
+    # Half the loss fraction would leave 2.5M x 0.83; what got through pulls it down, by half
+    # at most in one step.
+    assert first == pytest.approx(MAX_DECREASE * 2_500_000)
+    _feed(est, start=0.45, seconds=1.6, bps=900_000, lose_every=3)
+    acked = est.acked_bps
+    assert acked is not None
+    assert est.target_bps() <= 1.05 * acked < 700_000
 
 
 def test_remb_drives_the_estimate_only_without_transport_cc(kernels: Kernels) -> None:
