@@ -10,10 +10,11 @@ again, and the test reads the subscriber's getStats() every half second (frame h
 freezes, loss, retransmissions, the server's stream state) and the issue's targets per phase.
 
 :data:`bench.adaptation.TARGETS` lists every target of issue 13 (the measurement is shared with
-``python -m bench adaptation``); :data:`MET_NOW` names those this server meets
-today with a REMB-driven budget (the send-side estimator from transport-wide CC, which the
-other targets need, is another branch's work). The test asserts the met targets and reports the
-figures of all of them (``SFU_ADAPTATION_REPORT=path`` writes them as JSON).
+``python -m bench adaptation``); :data:`MET_NOW` names those this server met in repeated runs
+on this (loaded) machine with the send-side estimator, the prober and the allocator together.
+The test asserts the met targets and reports the figures of all of them
+(``SFU_ADAPTATION_REPORT=path`` writes them as JSON); ``SFU_BWE_TRACE=path`` writes the
+server's ``sfu.bwe`` debug trace (every allocation and probe) with the phase changes.
 """
 
 from __future__ import annotations
