@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_TEMPORAL_LAYERS",
+    "PEAK_FLOOR",
+    "PEAK_HALF_LIFE",
     "SAMPLE_INTERVAL",
     "SAMPLE_PACKETS",
     "SHARES_INTERVAL",
@@ -41,6 +43,12 @@ SAMPLE_PACKETS: Final = 64
 SAMPLE_INTERVAL: Final = 0.5
 #: Seconds the temporal shares stay valid (sampling them is the costly part).
 SHARES_INTERVAL: Final = 2.0
+#: A layer is never priced below this share of its recent peak rate, which halves every
+#: ``PEAK_HALF_LIFE`` seconds: a publisher whose encoder stalls for a moment (a starved CPU)
+#: reads as nearly free, and the allocator then chose its top layer on a 400 kbit/s link
+#: (real-client test), which flooded the link when the encoder resumed.
+PEAK_FLOOR: Final = 0.5
+PEAK_HALF_LIFE: Final = 5.0
 #: Bytes of a cached packet read to find its descriptor: RTP header, extensions, VP8 descriptor.
 _HEADER_BYTES: Final = 160
 #: VP8's TID field has two bits (RFC 7741 §4.2).
@@ -113,13 +121,15 @@ def temporal_shares(stream: MeteredStream, kind: int, now: float) -> tuple[float
 class LayerRates:
     """One publication's measured layer bitrates, refreshed at most every ``SAMPLE_INTERVAL``."""
 
-    __slots__ = ("_at", "_rates", "_shares")
+    __slots__ = ("_at", "_peaks", "_rates", "_shares")
 
     def __init__(self) -> None:
         self._at = float("-inf")
         self._rates: dict[int, tuple[float, ...]] = {}
         #: Spatial layer -> (when sampled, cumulative temporal shares).
         self._shares: dict[int, tuple[float, tuple[float, ...]]] = {}
+        #: Spatial layer -> (decaying peak rate, when it was last updated).
+        self._peaks: dict[int, tuple[float, float]] = {}
 
     def measure(self, publication: MeteredPublication, now: float) -> dict[int, tuple[float, ...]]:
         """Spatial layer -> cumulative bits per second up to each of its temporal layers
@@ -131,6 +141,10 @@ class LayerRates:
             if not stream.active(now):
                 continue
             bps = float(stream.meter.bps(now))
+            peak, at = self._peaks.get(layer, (0.0, now))
+            peak *= 0.5 ** (max(now - at, 0.0) / PEAK_HALF_LIFE)
+            self._peaks[layer] = (max(peak, bps), now)
+            bps = max(bps, PEAK_FLOOR * peak)
             sampled = self._shares.get(layer)
             if sampled is None or not 0 <= now - sampled[0] < SHARES_INTERVAL:
                 sampled = (now, temporal_shares(stream, publication.stream_kind, now))

@@ -22,6 +22,8 @@ from sfu.core.allocator import (
     priority_of,
 )
 from sfu.core.layer_rates import (
+    PEAK_FLOOR,
+    PEAK_HALF_LIFE,
     SAMPLE_INTERVAL,
     SAMPLE_PACKETS,
     SHARES_INTERVAL,
@@ -382,3 +384,19 @@ def test_a_price_rise_does_not_downgrade_what_the_estimate_covers() -> None:
     assert later.targets == {sub: TOP}
     assert later.budget_bps == 1_750_000
     assert later.changes == ()
+
+
+def test_a_stalled_encoder_does_not_make_its_layers_cheap() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    assert clock.at(NOW, 500_000).targets == {sub: MID}
+    # The publisher's encoder stalls: its meters read almost nothing for a moment.
+    _FEEDS[sub.publication] = ((10_000, 20_000, 30_000), False)
+    for layer in sub.publication.layers.values():
+        layer.meter = type(layer.meter)()
+    later = NOW + UPGRADE_HOLD + 0.5
+    stalled = clock.at(later, 500_000)
+    # Priced at half their recent peaks (decayed), the top layer still does not fit.
+    assert stalled.targets == {sub: MID}
+    decay = 0.5 ** ((later - NOW) / PEAK_HALF_LIFE)
+    assert ladder(sub, later)[-1].bps == pytest.approx(PEAK_FLOOR * LAYER_BPS[2] * decay, rel=0.01)
