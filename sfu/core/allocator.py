@@ -187,6 +187,8 @@ class _State:
     caps: tuple[int | None, int | None, bool] = (None, None, False)
     #: The caps changed but the hold deferred the target change they call for.
     hint_pending: bool = False
+    #: The budget the target was set under (None: none known).
+    budget: float | None = None
 
 
 def _caps(sub: Subscription) -> tuple[int | None, int | None, bool]:
@@ -332,10 +334,39 @@ class Allocator:
                     budget = self._budget = budget_bps
                     chosen, spent = _choose(video, ladders, limits, prio, audio_bps, budget)
                     break
+        if budget is not None:
+            spent = self._keep_unless_the_budget_fell(video, ladders, chosen, spent, budget)
         self._allocated = spent
         wanted = audio_bps + sum(rungs[-1].bps for rungs in ladders.values() if rungs)
         reach = sum(len(rungs) for rungs in ladders.values())
         return self._apply(video, ladders, chosen, prio, spent, budget, now, wanted, reach)
+
+    def _keep_unless_the_budget_fell(
+        self,
+        video: Sequence[Subscription],
+        ladders: Mapping[Subscription, list[Rung]],
+        chosen: dict[Subscription, int],
+        spent: float,
+        budget: float,
+    ) -> float:
+        """A subscription keeps its current target while the budget has not fallen below the
+        one it was set under: a downgrade then would answer a price rise (a keyframe in the
+        layer's one-second meter reads up to twice its rate), not congestion, and its
+        CONGESTION_HOLD kept the top layer away for 10 s on a free link. A link that is
+        really congested brings the estimate, and so the budget, down. Returns the new spend."""
+        for sub in video:
+            state = self._states.get(sub)
+            if state is None or state.paused_for_bandwidth or state.budget is None:
+                continue
+            if budget < state.budget:
+                continue
+            rungs = ladders[sub]
+            i = chosen[sub]
+            keep = next((k for k, r in enumerate(rungs) if r.pair == state.target), None)
+            if keep is not None and keep > i:
+                spent += rungs[keep].bps - (rungs[i].bps if i >= 0 else 0.0)
+                chosen[sub] = keep
+        return spent
 
     def _apply(
         self,
@@ -372,7 +403,7 @@ class Allocator:
             state = self._states.get(sub)
             if state is None:
                 self._states[sub] = _State(
-                    target, now, paused_for_bandwidth=bandwidth_pause, caps=caps
+                    target, now, paused_for_bandwidth=bandwidth_pause, caps=caps, budget=budget
                 )
                 if bandwidth_pause:
                     paused.append(sub)
@@ -398,6 +429,7 @@ class Allocator:
                 changes.append((sub, reason))
                 self.switches[reason] += 1
                 state.target = target
+                state.budget = budget
                 state.since = now
                 state.hint_pending = False
             elif hinted:

@@ -400,3 +400,20 @@ def test_a_stalled_encoder_does_not_make_its_layers_cheap() -> None:
     assert stalled.targets == {sub: MID}
     decay = 0.5 ** ((later - NOW) / PEAK_HALF_LIFE)
     assert ladder(sub, later)[-1].bps == pytest.approx(PEAK_FLOOR * LAYER_BPS[2] * decay, rel=0.01)
+
+
+def test_a_keyframe_in_the_meter_is_not_congestion() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    assert clock.at(NOW, 1_700_000).targets == {sub: TOP}
+    # The top layer's one-second meter holds a keyframe: it reads twice its rate.
+    _FEEDS[sub.publication] = ((150_000, 500_000, 3_000_000), False)
+    for layer in sub.publication.layers.values():
+        layer.meter = type(layer.meter)()
+    spike = clock.at(NOW + 1, 1_700_000)
+    assert spike.targets == {sub: TOP}  # the budget did not fall: no downgrade, no hold
+    assert spike.changes == ()
+    # A budget that falls below the one the target was set under is acted on.
+    fell = clock.at(NOW + 2, 1_400_000)
+    assert fell.targets == {sub: MID}
+    assert fell.changes == ((sub, CONGESTION),)
