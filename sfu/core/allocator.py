@@ -47,6 +47,7 @@ __all__ = [
     "CONGESTION_HOLD",
     "ESTIMATE_CHANGE",
     "HINT",
+    "PUBLISHER",
     "REASONS",
     "UPGRADE",
     "UPGRADE_HOLD",
@@ -72,7 +73,10 @@ CONGESTION_HOLD: Final = 10.0
 CONGESTION: Final = "congestion"
 UPGRADE: Final = "upgrade"
 HINT: Final = "hint"
-REASONS: Final = (CONGESTION, UPGRADE, HINT)
+#: The publisher stopped sending the layer aimed at (its encoder dropped it for bandwidth or
+#: CPU): no congestion of this subscriber's, so no cooldown either.
+PUBLISHER: Final = "publisher"
+REASONS: Final = (CONGESTION, UPGRADE, HINT, PUBLISHER)
 
 
 class Priority(IntEnum):
@@ -421,8 +425,11 @@ class Allocator:
                 if hinted:
                     reason = HINT
                 elif _order(target) < _order(state.target):
-                    reason = CONGESTION
-                    state.congested_at = now
+                    if any(r.pair == state.target for r in rungs):
+                        reason = CONGESTION
+                        state.congested_at = now
+                    else:
+                        reason = PUBLISHER  # what it aimed at is no longer sent
                 else:
                     # A raised cap whose upgrade the hold deferred is still the hint's doing.
                     reason = HINT if state.hint_pending else UPGRADE

@@ -68,6 +68,7 @@ class PeerCounters:
     target_changes_congestion: int = 0
     target_changes_upgrade: int = 0
     target_changes_hint: int = 0
+    target_changes_publisher: int = 0
     bandwidth_pauses: int = 0
     bandwidth_resumes: int = 0
     #: Folded in when a publication or subscription ends (live ones are read at scrape time).

@@ -24,7 +24,14 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Final
 
 from sfu._fastpath.values import LogRecord
-from sfu.core.allocator import CONGESTION, UPGRADE, Allocation, Allocator, priority_of
+from sfu.core.allocator import (
+    CONGESTION,
+    PUBLISHER,
+    UPGRADE,
+    Allocation,
+    Allocator,
+    priority_of,
+)
 from sfu.core.binder import Binder
 from sfu.core.counters import (
     PeerCounters,
@@ -384,6 +391,8 @@ class Peer:
                 counters.target_changes_congestion += 1
             elif reason == UPGRADE:
                 counters.target_changes_upgrade += 1
+            elif reason == PUBLISHER:
+                counters.target_changes_publisher += 1
             else:
                 counters.target_changes_hint += 1
         counters.bandwidth_pauses += len(allocation.paused)

@@ -7,8 +7,14 @@
 // so a server that still holds our place (rooms.resume_grace_s) resumes it: same participant,
 // no "ghost" duplicate, our subscriptions bound again.
 
-/** Delays between attempts, in ms; the last one repeats. Short at first: most blips are brief. */
-export const RECONNECT_DELAYS_MS = [200, 500, 1000, 1500, 2000];
+/** Delays between attempts, in ms; the last one repeats (with +-20% jitter, so clients of a
+ * restarted server do not all come back in step). Short: a network that returns should be
+ * used at once, and each attempt is one WebSocket connection. */
+export const RECONNECT_DELAYS_MS = [200, 500, 1000];
+/** An attempt whose WebSocket has not joined within this long is abandoned and the next one
+ * starts: a connection opened while the network was down waits on TCP's SYN retransmission
+ * backoff (1, 3, 7 s...), which would delay the return by seconds. */
+export const JOIN_ATTEMPT_TIMEOUT_MS = 2000;
 /** Give up (and show the error) after trying this long. */
 export const RECONNECT_GIVE_UP_MS = 5 * 60 * 1000;
 
@@ -55,7 +61,8 @@ export class Reconnector {
     this._onStatus("reconnecting", { attempt });
     const next = () => {
       if (this._cancelled) return;
-      const delay = this._delays[Math.min(attempt, this._delays.length - 1)];
+      const base = this._delays[Math.min(attempt, this._delays.length - 1)];
+      const delay = base * (0.8 + 0.4 * Math.random());
       this._timer = setTimeout(async () => {
         this._timer = null;
         if (this._cancelled) return;
@@ -92,4 +99,18 @@ export class Reconnector {
     clearTimeout(this._timer);
     this._timer = null;
   }
+}
+
+/** `promise`, or a rejection (code "timeout") after `ms`; `onTimeout` cleans up the loser. */
+export function withTimeout(promise, ms, onTimeout = () => {}) {
+  let timer = null;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => {
+      const err = new Error(`no answer within ${ms} ms`);
+      err.code = "timeout";
+      reject(err); // first, so the race settles with it and not with what onTimeout causes
+      onTimeout();
+    }, ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

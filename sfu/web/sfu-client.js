@@ -512,15 +512,22 @@ export class Room extends EventTarget {
       (err) => {
         this._probing = false;
         if (err.code !== "timeout" || this.state === "closed") return;
-        const ws = this.ws;
-        try {
-          if (ws && ws.readyState <= WebSocket.OPEN) ws.close(CLOSE_SIGNALING_LOST, "signaling lost");
-        } catch (closeErr) {
-          // it is being abandoned anyway
-        }
-        this._shutdown(1006, "signaling lost");
+        this.abandon("signaling lost");
       },
     );
+  }
+
+  /** Give up this connection without leaving: the socket closes with 4000 (not a clean
+   * close, so the server keeps our place for a resume) and the Room closes with 1006. */
+  abandon(reason = "abandoned") {
+    if (this.state === "closed") return;
+    const ws = this.ws;
+    try {
+      if (ws && ws.readyState <= WebSocket.OPEN) ws.close(CLOSE_SIGNALING_LOST, reason);
+    } catch (closeErr) {
+      // it is being abandoned anyway
+    }
+    this._shutdown(1006, reason);
   }
 
   // ---------------------------------------------------------------- room state

@@ -12,6 +12,7 @@ from sfu.core.allocator import (
     CONGESTION_HOLD,
     ESTIMATE_CHANGE,
     HINT,
+    PUBLISHER,
     UPGRADE,
     UPGRADE_HOLD,
     Allocation,
@@ -252,7 +253,7 @@ def test_an_upgrade_waits_for_the_hold_and_the_congestion_cooldown() -> None:
     up = clock.at(NOW + 1 + CONGESTION_HOLD, 3_000_000)
     assert up.targets == {sub: TOP}
     assert up.changes == ((sub, UPGRADE),)
-    assert clock.allocator.switches == {CONGESTION: 1, UPGRADE: 1, HINT: 0}
+    assert clock.allocator.switches == {CONGESTION: 1, UPGRADE: 1, HINT: 0, PUBLISHER: 0}
 
 
 def test_a_new_layer_is_held_before_the_next_upgrade() -> None:
@@ -309,7 +310,7 @@ def test_a_hint_change_is_counted_as_a_hint_not_congestion() -> None:
     grown = clock.at(NOW + 1 + UPGRADE_HOLD, 3_000_000)
     assert grown.targets == {sub: TOP}
     assert grown.changes == ((sub, HINT),)  # still the hint's doing
-    assert clock.allocator.switches == {CONGESTION: 0, UPGRADE: 0, HINT: 2}
+    assert clock.allocator.switches == {CONGESTION: 0, UPGRADE: 0, HINT: 2, PUBLISHER: 0}
 
 
 def test_stable_without_deficit_when_everything_fits() -> None:
@@ -417,3 +418,24 @@ def test_a_keyframe_in_the_meter_is_not_congestion() -> None:
     fell = clock.at(NOW + 2, 1_400_000)
     assert fell.targets == {sub: MID}
     assert fell.changes == ((sub, CONGESTION),)
+
+
+def test_a_layer_the_publisher_stopped_is_no_congestion() -> None:
+    sub = _video()
+    clock = _Clocked(sub)
+    assert clock.at(NOW, 3_000_000).targets == {sub: TOP}
+    # The publisher's encoder drops its top layer (no packet for a while): not the subscriber's
+    # congestion, so no cooldown keeps the layer away once it is sent again.
+    top = sub.publication.layers[2]
+    later = NOW + 2
+    for layer in (0, 1):
+        stream = sub.publication.layers[layer]
+        stream.meter.add(LAYER_BPS[layer] // 8, later - 0.05)
+        stream.last_packet_at = later
+    top.last_packet_at = NOW - 5
+    dropped = clock.allocator.update([sub], budget_bps=3_000_000, now=later)
+    assert dropped.targets == {sub: MID}
+    assert dropped.changes == ((sub, PUBLISHER),)
+    back = clock.at(later + UPGRADE_HOLD, 3_000_000)  # the top layer is sent again
+    assert back.targets == {sub: TOP}
+    assert clock.allocator.switches[CONGESTION] == 0

@@ -161,8 +161,9 @@ def test_compiled_forwarder_matches_reference(
         assert comp.forwarder.drain_log() == log
         assert comp.snapshot() == ref.snapshot()
         assert comp.forwarder.impaired_drops == ref.forwarder.impaired_drops
-        if kind == "mutate" and (event[2] < 3 or event[1] in COMMON):
-            # Refused under its reason, forwarded to nobody.
+        if kind == "mutate" and (event[2] < 3 or event[1] in COMMON) and log:
+            # Refused under its reason, forwarded to nobody (unless SRTP refused it first as
+            # a replay: an earlier packet had that sequence number, and there is no record).
             assert [(refusal(r[1]), r[8]) for r in log] == [(VIDEO[event[1]][1], 0)]
 
 
