@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import weakref
 
 import pytest
@@ -45,6 +46,8 @@ def _feed(
     bps: float,
     queue_growth: float = 0.0,
     lose_every: int = 0,
+    random_loss: float = 0.0,
+    seed: int = 1,
 ) -> float:
     """Send ``bps`` in 1000-byte packets for ``seconds``; the receiver sees each after 20 ms
     plus a queue growing by ``queue_growth`` s per s and reports every 50 ms."""
@@ -53,11 +56,13 @@ def _feed(
     now = start
     queue = 0.0
     n = 0
+    rng = random.Random(seed)
     while now < start + seconds:
         seq = est.history.record(1000, now, -1)
         n += 1
         queue += queue_growth * interval
-        if not (lose_every and n % lose_every == 0):
+        lost = (lose_every and n % lose_every == 0) or rng.random() < random_loss
+        if not lost:
             recorder.on_packet(seq, 5, now + 0.02 + queue)
         for packet in recorder.poll(now):
             est.on_feedback(TransportFeedback.parse(packet), now=now)
@@ -93,6 +98,16 @@ def test_heavy_loss_bounds_the_estimate_and_light_loss_does_not(kernels: Kernels
     light = _estimator(kernels)
     _feed(light, start=0.0, seconds=5.0, bps=280_000, lose_every=25)  # 4 %
     assert light.target_bps() >= INITIAL_BPS
+
+
+def test_random_loss_without_congestion_never_backs_off(kernels: Kernels) -> None:
+    # 5 % random loss on an uncongested link: 20-packet windows see over 10 % often, but not
+    # significantly so (LOSS_CONFIDENCE), so nothing backs off a subscriber on its top layer.
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    _feed(est, start=0.0, seconds=20.0, bps=1_500_000, random_loss=0.05, seed=3)
+    assert 0.02 < est.loss <= LOSS_HIGH
+    assert est.target_bps() >= 1_500_000
 
 
 def test_heavy_loss_falls_to_what_got_through_at_most_halving_per_step(
