@@ -375,7 +375,11 @@ def test_page_talks_only_to_its_own_origin(meeting: Meeting) -> None:
         })()""",
     )
     assert ice["servers"] == [], ice
-    assert ice["local"] and set(ice["local"]) == {"host"}, ice
+    # Host candidates, and at most a peer-reflexive one learnt from this server's own STUN
+    # answers (Chromium may send to 127.0.0.1 from another local address): no STUN or TURN
+    # server anywhere else was asked.
+    assert ice["local"] and "host" in ice["local"], ice
+    assert set(ice["local"]) <= {"host", "prflx"}, ice
     assert ice["remote"] and set(ice["remote"]) == {"127.0.0.1"}, ice
 
 
