@@ -16,13 +16,14 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from browser import run_async, wait_until
 from selenium import webdriver
 
 from sfu.app import Server
-from sfu.config import AuditConfig, Config, HttpConfig, MediaConfig, ServerConfig
+from sfu.config import AuditConfig, AuthConfig, Config, HttpConfig, MediaConfig, ServerConfig
 from sfu.core.dataplane import DataPlane
 from sfu.core.peer import Peer
 from sfu.transport.transport import WebRtcTransport
@@ -90,6 +91,25 @@ def server_thread(config: Config = MEETING_CONFIG) -> Iterator[ServerThread]:
     server = ServerThread(config)
     try:
         server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def server_on(address: str) -> Iterator[ServerThread]:
+    """A meeting server on ``address`` off loopback (a namespace lab's server address): a
+    signing key is configured there, and the dev tokens still serve the page."""
+    config = replace(
+        MEETING_CONFIG,
+        http=HttpConfig(host=address, port=0),
+        media=MediaConfig(udp_host=address, udp_port=0),
+        auth=AuthConfig(jwt_secret="namespace-lab-" + "k" * 40, dev_tokens=True),
+    )
+    server = ServerThread(config)
+    try:
+        server.start()
+        server.base = f"http://{address}:{server.server.http_addresses[0][1]}"
         yield server
     finally:
         server.stop()

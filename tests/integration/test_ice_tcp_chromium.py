@@ -4,23 +4,17 @@ SRTP framed per RFC 4571, and the data plane forwards media between two such pag
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import replace
-
 import netns
 import pytest
 from browser import wait_until
 from meeting import (
-    MEETING_CONFIG,
-    ServerThread,
     open_meeting,
     remote_by,
+    server_on,
     stats,
     wait_connected,
 )
 
-from sfu.config import AuthConfig, HttpConfig, MediaConfig
 from sfu.transport.ice import is_tcp
 
 pytestmark = pytest.mark.integration
@@ -29,31 +23,13 @@ ROOM = "tcp-only"
 DECODE_TIMEOUT = 40.0
 
 
-@contextlib.contextmanager
-def _server_on(address: str) -> Iterator[ServerThread]:
-    config = replace(
-        MEETING_CONFIG,
-        http=HttpConfig(host=address, port=0),
-        media=MediaConfig(udp_host=address, udp_port=0),
-        # Off loopback a signing key must be configured (the dev tokens still serve the page).
-        auth=AuthConfig(jwt_secret="ice-tcp-test-" + "k" * 40, dev_tokens=True),
-    )
-    server = ServerThread(config)
-    try:
-        server.start()
-        server.base = f"http://{address}:{server.server.http_addresses[0][1]}"
-        yield server
-    finally:
-        server.stop()
-
-
 def _decoding(driver: object, participant: str) -> bool:
     entry = remote_by(stats(driver), participant, "video")  # type: ignore[arg-type]
     return entry is not None and int(entry.get("framesDecoded") or 0) > 10
 
 
 def test_chromium_without_udp_meets_over_ice_tcp() -> None:
-    with netns.lab(["blocked"]) as hosts, _server_on(hosts.server_address) as server:
+    with netns.lab(["blocked"]) as hosts, server_on(hosts.server_address) as server:
         space = hosts["blocked"]
         space.block_udp()
         flag = f"--unsafely-treat-insecure-origin-as-secure={server.base}"

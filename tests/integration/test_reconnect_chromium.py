@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -23,11 +22,12 @@ from meeting import (
     open_meeting,
     page_state,
     remote_by,
+    server_on,
     stats,
     wait_connected,
 )
 
-from sfu.config import AuthConfig, HttpConfig, MediaConfig
+from sfu.config import HttpConfig
 
 pytestmark = pytest.mark.integration
 
@@ -99,25 +99,8 @@ def test_two_pages_survive_a_server_restart() -> None:
             first.stop()
 
 
-@contextlib.contextmanager
-def _server_on(address: str) -> Iterator[ServerThread]:
-    config = replace(
-        MEETING_CONFIG,
-        http=HttpConfig(host=address, port=0),
-        media=MediaConfig(udp_host=address, udp_port=0),
-        auth=AuthConfig(jwt_secret="reconnect-test-" + "k" * 40, dev_tokens=True),
-    )
-    server = ServerThread(config)
-    try:
-        server.start()
-        server.base = f"http://{address}:{server.server.http_addresses[0][1]}"
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_page_resumes_after_a_20_s_outage_without_a_duplicate() -> None:
-    with netns.lab(["a", "b"]) as hosts, _server_on(hosts.server_address) as server:
+    with netns.lab(["a", "b"]) as hosts, server_on(hosts.server_address) as server:
         flag = f"--unsafely-treat-insecure-origin-as-secure={server.base}"
         with hosts["a"].chromium((flag,)) as alice, hosts["b"].chromium((flag,)) as bob:
             open_meeting(alice, server.base, ROOM, "alice")
