@@ -1,0 +1,297 @@
+"""SCTP association over DTLS (RFC 8261, RFC 8841) behind a sans-I/O boundary.
+
+The association itself is aiortc's (``aiortc.rtcsctptransport.RTCSctpTransport``: maintained,
+pure Python, already used by our test clients), not written here. aiortc drives it from asyncio
+(``loop.call_later`` timers, ``async`` sends); this module runs it synchronously instead:
+
+* the DTLS transport it sends through is a shim that appends each SCTP packet to an outbox;
+* its event loop is a fake one whose ``call_later`` only records a deadline against the ``now``
+  the caller passed, so :meth:`SctpAssociation.next_timer` can say when to call back;
+* its coroutines never truly suspend (the shim's ``_send_data`` returns at once), so each one is
+  stepped to completion in place; ``asyncio.ensure_future`` inside aiortc is pointed at the
+  same stepper for the duration of one call (single-threaded, no ``await`` in between, so no
+  other code sees the substitution).
+
+Inputs are SCTP packets (DTLS application data) and ``now``; outputs are SCTP packets to
+encrypt and send, :class:`SctpMessage` events and the next timer. Data channels (DCEP,
+RFC 8832) are handled above this, in :mod:`sfu.transport.datachannel`: the association's
+upper-layer delivery is intercepted, aiortc's own data channel objects are never created.
+
+Not sans-I/O in one detail: aiortc measures RTT and partial-reliability lifetimes with
+``time.time()``; we use only max-retransmits partial reliability, and RTT only tunes the
+retransmission timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import types
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Final
+
+from aiortc import rtcsctptransport as _aiortc_sctp
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "SCTP_PORT",
+    "SctpAssociation",
+    "SctpMessage",
+]
+
+#: The SCTP port both ends use on the DTLS transport (RFC 8841 §5: 5000 is the default).
+SCTP_PORT: Final = 5000
+#: The largest message we accept and announce in ``a=max-message-size`` (RFC 8841 §6):
+#: a chat message never needs more; bounds one message's reassembly buffer.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 65536
+#: Most bytes queued for sending (not yet acknowledged) before :meth:`SctpAssociation.send`
+#: refuses: a subscriber that stops reading cannot make the server buffer without bound.
+MAX_QUEUED_BYTES: Final = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SctpMessage:
+    """One complete user message delivered by the association (RFC 9260 §6.9 reassembled)."""
+
+    stream_id: int
+    ppid: int
+    data: bytes
+
+
+class _TimerHandle:
+    """What aiortc's ``loop.call_later`` returns: a deadline we can cancel."""
+
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _FakeLoop:
+    """The event loop aiortc's association sees: timers are recorded, never run by themselves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[_TimerHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _TimerHandle:
+        handle = _TimerHandle(self.now + delay, callback)
+        self.timers.append(handle)
+        return handle
+
+    def next_deadline(self) -> float | None:
+        self.timers = [t for t in self.timers if not t.cancelled]
+        return min((t.when for t in self.timers), default=None)
+
+    def due(self, now: float) -> list[_TimerHandle]:
+        self.timers = [t for t in self.timers if not t.cancelled]
+        due = [t for t in self.timers if t.when <= now]
+        self.timers = [t for t in self.timers if t.when > now]
+        return due
+
+
+class _DtlsShim:
+    """The DTLS transport aiortc's association sends through: collects packets in an outbox."""
+
+    def __init__(self, server: bool) -> None:
+        self._role = "server" if server else "client"
+        self.state = "connected"
+        self.outbox: list[bytes] = []
+
+    def _register_data_receiver(self, receiver: object) -> None:
+        """aiortc registers for DTLS data; we deliver it ourselves."""
+
+    def _unregister_data_receiver(self, receiver: object) -> None:
+        """See :meth:`_register_data_receiver`."""
+
+    async def _send_data(self, data: bytes) -> None:
+        self.outbox.append(data)
+
+
+def _step(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run a coroutine that never suspends to its end; one that would is closed and reported."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("SCTP coroutine suspended; the shim expects none to")
+
+
+class _SyncAsyncio(types.SimpleNamespace):
+    """Stands in for the ``asyncio`` module inside aiortc's SCTP code during one call."""
+
+    def __init__(self, loop: _FakeLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def ensure_future(self, coro: Coroutine[Any, Any, Any]) -> None:
+        _step(coro)
+
+    def get_event_loop(self) -> _FakeLoop:
+        return self._loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
+class _Association(_aiortc_sctp.RTCSctpTransport):  # type: ignore[misc]
+    """aiortc's association with upper-layer delivery captured instead of its data channels."""
+
+    inbox: list[SctpMessage]
+
+    async def _receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
+        self.inbox.append(SctpMessage(stream_id, pp_id, data))
+
+
+class SctpAssociation:
+    """One SCTP association on a DTLS transport, sans-I/O (see the module docstring).
+
+    ``server`` is the DTLS role (RFC 8832 §6: it picks odd stream ids, the client even ones).
+    """
+
+    def __init__(
+        self,
+        *,
+        server: bool,
+        remote_port: int = SCTP_PORT,
+        remote_max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.server = server
+        self.max_message_size = max_message_size
+        self.remote_max_message_size = remote_max_message_size
+        self._remote_port = remote_port
+        self._loop = _FakeLoop()
+        self._shim = _DtlsShim(server)
+        self.malformed = 0
+        self.failed = False
+        with self._synchronous(0.0):
+            self._assoc = _Association(self._shim, port=SCTP_PORT)
+        self._assoc.inbox = []
+        self._started = False
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def established(self) -> bool:
+        """True once the four-way handshake completed (RFC 9260 §5.1)."""
+        return bool(self._assoc._association_state == _aiortc_sctp.RTCSctpTransport.State.ESTABLISHED)
+
+    @property
+    def closed(self) -> bool:
+        """True after an ABORT, a SHUTDOWN, or too many retransmissions."""
+        return self._started and self._assoc.state == "closed"
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes handed to :meth:`send` and not yet acknowledged by the peer."""
+        return _user_bytes(self._assoc._outbound_queue) + _user_bytes(self._assoc._sent_queue)
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def start(self, *, now: float) -> list[bytes]:
+        """Begin the association: both ends send INIT (RFC 8841 §9.3)."""
+        if self._started:
+            return []
+        self._started = True
+        with self._synchronous(now):
+            _step(self._assoc.start(_aiortc_sctp.RTCSctpCapabilities(self.remote_max_message_size), self._remote_port))
+        return self._drain()
+
+    def receive(self, packet: bytes, *, now: float) -> list[bytes]:
+        """Take one SCTP packet from DTLS; malformed ones are counted and dropped."""
+        if not self._started:
+            self.start(now=now)
+        # aiortc checks the CRC32c and drops silently; count what it cannot parse.
+        try:
+            _aiortc_sctp.parse_packet(packet)
+        except ValueError:
+            self.malformed += 1
+            return []
+        try:
+            with self._synchronous(now):
+                _step(self._assoc._handle_data(packet))
+        except Exception:  # noqa: BLE001 - a peer's packet must never raise out of the handler
+            self.malformed += 1
+        return self._drain()
+
+    def send(
+        self,
+        stream_id: int,
+        ppid: int,
+        data: bytes,
+        *,
+        now: float,
+        ordered: bool = True,
+        max_retransmits: int | None = None,
+    ) -> list[bytes] | None:
+        """Queue one message; None when refused (not established, too large, buffer full)."""
+        if not self.established or len(data) > self.remote_max_message_size:
+            return None
+        if self.queued_bytes + len(data) > MAX_QUEUED_BYTES:
+            return None
+        with self._synchronous(now):
+            _step(
+                self._assoc._send(
+                    stream_id, ppid, data, max_retransmits=max_retransmits, ordered=ordered
+                )
+            )
+        return self._drain()
+
+    def handle_timer(self, *, now: float) -> list[bytes]:
+        """Run the retransmission / SACK timers that are due."""
+        with self._synchronous(now):
+            for handle in self._loop.due(now):
+                handle.callback()
+        return self._drain()
+
+    def next_timer(self) -> float | None:
+        """When :meth:`handle_timer` next has work, or None."""
+        if self.closed:
+            return None
+        return self._loop.next_deadline()
+
+    def close(self, *, now: float) -> list[bytes]:
+        """Abort the association (the DTLS transport is going away)."""
+        if not self._started or self.closed:
+            return []
+        with self._synchronous(now):
+            _step(self._assoc.stop())
+        self._loop.timers.clear()
+        return self._drain()
+
+    def messages(self) -> list[SctpMessage]:
+        """Take the messages delivered since the last call."""
+        out, self._assoc.inbox = self._assoc.inbox, []
+        return out
+
+    # -- internals ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _synchronous(self, now: float) -> Iterator[None]:
+        self._loop.now = now
+        saved = _aiortc_sctp.asyncio
+        _aiortc_sctp.asyncio = _SyncAsyncio(self._loop)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            _aiortc_sctp.asyncio = saved
+
+    def _drain(self) -> list[bytes]:
+        out, self._shim.outbox = self._shim.outbox, []
+        return out
+
+
+def _user_bytes(chunks: Any) -> int:
+    """Bytes of user data in a queue of aiortc DATA chunks."""
+    return sum(len(chunk.user_data) for chunk in chunks)

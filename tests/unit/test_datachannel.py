@@ -1,0 +1,160 @@
+"""SCTP association (aiortc's, driven sans-I/O) and DCEP: two endpoints wired back to back with
+a fake clock, loss injected by dropping packets."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sfu.transport.datachannel import (
+    DCEP_OPEN,
+    ChannelMessage,
+    ChannelOpened,
+    DataChannel,
+    DataChannels,
+    DcepError,
+    Ppid,
+    parse_open,
+)
+from sfu.transport.sctp import SctpAssociation
+
+
+def _open(label: str, channel_type: int = 0, reliability: int = 0) -> bytes:
+    raw = label.encode()
+    return struct.pack("!BBHIHH", DCEP_OPEN, channel_type, 0, reliability, len(raw), 0) + raw
+
+
+class _Pair:
+    """A server-side DataChannels and a bare client association, delivering to each other."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.server = DataChannels(SctpAssociation(server=True))
+        self.client = SctpAssociation(server=False)
+        self.events: list[ChannelOpened | ChannelMessage] = []
+        self.to_client: list[bytes] = []
+        self.to_server: list[bytes] = []
+        self.drop_to_server = 0
+
+    def pump(self, rounds: int = 20) -> None:
+        for _ in range(rounds):
+            if not self.to_client and not self.to_server:
+                return
+            to_server, self.to_server = self.to_server, []
+            for packet in to_server:
+                if self.drop_to_server:
+                    self.drop_to_server -= 1
+                    continue
+                out, events = self.server.receive(packet, now=self.now)
+                self.to_client += out
+                self.events += events
+            to_client, self.to_client = self.to_client, []
+            for packet in to_client:
+                self.to_server += self.client.receive(packet, now=self.now)
+
+    def connect(self) -> None:
+        self.to_server += self.client.start(now=self.now)
+        self.to_client += self.server.association.start(now=self.now)
+        self.pump()
+        assert self.server.association.established
+        assert self.client.established
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.to_server += self.client.handle_timer(now=self.now)
+        self.to_client += self.server.association.handle_timer(now=self.now)
+        self.pump()
+
+
+def test_association_establishes_and_dcep_open_is_acked() -> None:
+    pair = _Pair()
+    pair.connect()
+    sent = pair.client.send(0, Ppid.DCEP, _open("chat"), now=pair.now)
+    assert sent
+    pair.to_server += sent
+    pair.pump()
+    assert pair.events == [ChannelOpened(DataChannel(0, "chat", "", True, None))]
+    acks = [m for m in pair.client.messages() if m.ppid == Ppid.DCEP]
+    assert [m.data for m in acks] == [b"\x02"]
+
+
+def test_messages_both_ways_and_empty_message() -> None:
+    pair = _Pair()
+    pair.connect()
+    pair.to_server += pair.client.send(0, Ppid.DCEP, _open("chat"), now=pair.now) or []
+    pair.to_server += pair.client.send(0, Ppid.STRING, b"hello", now=pair.now) or []
+    pair.to_server += pair.client.send(0, Ppid.BINARY_EMPTY, b"\x00", now=pair.now) or []
+    pair.pump()
+    messages = [e for e in pair.events if isinstance(e, ChannelMessage)]
+    assert [(m.data, m.binary) for m in messages] == [(b"hello", False), (b"", True)]
+    channel = pair.server.by_label("chat")
+    assert channel is not None
+    pair.to_client += pair.server.send(channel, "é".encode(), binary=False, now=pair.now) or []
+    pair.pump()
+    got = [m for m in pair.client.messages() if m.ppid == Ppid.STRING]
+    assert [m.data for m in got] == ["é".encode()]
+
+
+def test_lost_packet_is_retransmitted_on_the_timer() -> None:
+    pair = _Pair()
+    pair.connect()
+    pair.to_server += pair.client.send(0, Ppid.DCEP, _open("chat"), now=pair.now) or []
+    pair.pump()
+    pair.drop_to_server = 1
+    pair.to_server += pair.client.send(0, Ppid.STRING, b"late", now=pair.now) or []
+    pair.pump()
+    assert not [e for e in pair.events if isinstance(e, ChannelMessage)]
+    deadline = pair.client.next_timer()
+    assert deadline is not None
+    pair.advance(deadline - pair.now + 0.001)
+    assert [e.data for e in pair.events if isinstance(e, ChannelMessage)] == [b"late"]
+
+
+def test_oversized_message_is_refused_not_queued() -> None:
+    pair = _Pair()
+    pair.connect()
+    pair.to_server += pair.client.send(0, Ppid.DCEP, _open("chat"), now=pair.now) or []
+    pair.pump()
+    channel = pair.server.by_label("chat")
+    assert channel is not None
+    too_big = b"x" * (pair.server.association.remote_max_message_size + 1)
+    assert pair.server.send(channel, too_big, binary=True, now=pair.now) is None
+    assert pair.server.refused_sends == 1
+
+
+def test_message_on_unopened_stream_and_garbage_are_counted() -> None:
+    pair = _Pair()
+    pair.connect()
+    pair.to_server += pair.client.send(4, Ppid.STRING, b"nobody", now=pair.now) or []
+    pair.pump()
+    assert pair.server.malformed == 1
+    out, events = pair.server.receive(b"\x00garbage", now=pair.now)
+    assert (out, events) == ([], [])
+    assert pair.server.association.malformed == 1
+
+
+def test_partial_reliability_from_channel_type() -> None:
+    unordered_rexmit = parse_open(3, _open("u", 0x81, 2))
+    assert (unordered_rexmit.ordered, unordered_rexmit.max_retransmits) == (False, 2)
+    with pytest.raises(DcepError):
+        parse_open(3, _open("bad", 0x05))
+
+
+@given(st.binary(max_size=300))
+def test_parse_open_raises_only_dcep_error(payload: bytes) -> None:
+    try:
+        channel = parse_open(1, payload)
+    except DcepError:
+        return
+    assert channel.stream_id == 1
+
+
+@given(st.binary(max_size=300))
+def test_association_never_raises_on_garbage(payload: bytes) -> None:
+    association = SctpAssociation(server=True)
+    association.start(now=0.0)
+    association.receive(payload, now=0.0)
+    assert association.messages() == []
