@@ -21,6 +21,7 @@ from sfu.negotiation.policy import (
 )
 from sfu.negotiation.result import (
     NegotiatedCodec,
+    NegotiatedDataChannel,
     NegotiatedMedia,
     NegotiatedSession,
     RejectedMedia,
@@ -33,6 +34,7 @@ __all__ = [
     "CodecPreferences",
     "HostCandidate",
     "NegotiatedCodec",
+    "NegotiatedDataChannel",
     "NegotiatedMedia",
     "NegotiatedSession",
     "NegotiationError",

@@ -10,7 +10,12 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from sfu.negotiation.result import NegotiatedMedia, NegotiatedSession, SendStream
+from sfu.negotiation.result import (
+    NegotiatedDataChannel,
+    NegotiatedMedia,
+    NegotiatedSession,
+    SendStream,
+)
 from sfu.packet.sdp import (
     Candidate,
     Connection,
@@ -32,8 +37,14 @@ from sfu.packet.sdp import (
     Ssrc,
     SsrcGroup,
 )
+from sfu.transport.sctp import DEFAULT_MAX_MESSAGE_SIZE, SCTP_PORT
 
 __all__ = ["HostCandidate", "build_answer", "candidate_priority"]
+
+#: Our ``a=sctp-port`` (RFC 8841 §5) and the ``a=max-message-size`` we announce by default
+#: (§6): the SCTP layer's values, repeated here because negotiation sits below transport users.
+DATA_CHANNEL_SCTP_PORT: Final = SCTP_PORT
+DATA_CHANNEL_MAX_MESSAGE_SIZE: Final = DEFAULT_MAX_MESSAGE_SIZE
 
 
 def candidate_priority(
@@ -122,6 +133,7 @@ def build_answer(
     send_streams: Mapping[str, SendStream] | None = None,
     ice_lite: bool = True,
     session_id: int | None = None,
+    data_channel_max_message_size: int = DATA_CHANNEL_MAX_MESSAGE_SIZE,
 ) -> SessionDescription:
     """The answer SDP to ``offer`` for the decision ``negotiated`` (RFC 8829 §5.3.1).
 
@@ -156,9 +168,23 @@ def build_answer(
     answer.add_attribute(MsidSemantic.NAME, " WMS *")  # Chromium's spelling
 
     accepted = {m.index: m for m in negotiated.media}
-    first = negotiated.media[0].index
+    dc = negotiated.data_channel
+    first = min([m.index for m in negotiated.media] + ([dc.index] if dc is not None else []))
     for index, section in enumerate(offer.media):
         media = accepted.get(index)
+        if dc is not None and index == dc.index:
+            answer.add_media(
+                _data_channel_section(
+                    dc,
+                    ice=(ufrag, pwd),
+                    fingerprint=fp,
+                    setup=setup,
+                    candidates=host_candidates if index == first else None,
+                    max_message_size=data_channel_max_message_size,
+                    proto=section.proto,
+                )
+            )
+            continue
         if media is None:
             answer.add_media(_rejected_section(section, (ufrag, pwd), fp, setup))
             continue
@@ -195,6 +221,33 @@ def _rejected_section(
     out.add_attribute(Direction.INACTIVE.value)
     if section.kind in ("audio", "video"):
         out.add_attribute("rtcp-mux")
+    return out
+
+
+def _data_channel_section(
+    dc: NegotiatedDataChannel,
+    *,
+    ice: tuple[str, str],
+    fingerprint: Fingerprint,
+    setup: Setup,
+    candidates: list[Candidate] | None,
+    max_message_size: int,
+    proto: str,
+) -> MediaSection:
+    """The accepted data channel section (RFC 8841 §4-6), bundled with the media."""
+    if candidates:
+        port, conn = candidates[0].port, _connection_for(candidates[0].address)
+    else:
+        port, conn = 9, Connection("IN", "IP4", "0.0.0.0")
+    out = MediaSection.create("application", port, proto, ["webrtc-datachannel"], conn)
+    for cand in candidates or ():
+        out.add(cand)
+    if candidates is not None:
+        out.add_attribute("end-of-candidates")
+    out.add_attribute("ice-ufrag", ice[0]).add_attribute("ice-pwd", ice[1])
+    out.add(fingerprint).add_attribute("setup", setup.value).add_attribute("mid", dc.mid)
+    out.add_attribute("sctp-port", str(DATA_CHANNEL_SCTP_PORT))
+    out.add_attribute("max-message-size", str(max_message_size))
     return out
 
 

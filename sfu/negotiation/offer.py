@@ -5,6 +5,7 @@ what the server accepts, rejecting with port 0 the sections it cannot serve (RFC
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from sfu.negotiation.policy import (
     HASH_SIZES,
@@ -20,6 +21,7 @@ from sfu.negotiation.policy import (
 )
 from sfu.negotiation.result import (
     NegotiatedCodec,
+    NegotiatedDataChannel,
     NegotiatedMedia,
     NegotiatedSession,
     RejectedMedia,
@@ -39,6 +41,13 @@ from sfu.packet.sdp import (
 
 __all__ = ["negotiate"]
 
+#: The data channel transport (RFC 8841 §4.1); the older ``DTLS/SCTP`` with ``a=sctpmap`` is
+#: pre-standard and no browser we support offers it any more.
+SCTP_PROTOS: Final = frozenset({"UDP/DTLS/SCTP", "TCP/DTLS/SCTP"})
+#: ``a=sctp-port`` when absent (RFC 8841 §5.2) and ``a=max-message-size`` when absent (§6.1).
+DEFAULT_SCTP_PORT: Final = 5000
+DEFAULT_REMOTE_MAX_MESSAGE_SIZE: Final = 65536
+
 
 def _where(section: MediaSection, index: int) -> str:
     mid = section.mid
@@ -50,10 +59,13 @@ def negotiate(
     *,
     prefs: CodecPreferences,
     actpass_role: Setup = Setup.PASSIVE,
+    data_channels: bool = False,
 ) -> NegotiatedSession:
     """Decide what to accept from ``offer``; raises NegotiationError if it cannot be answered.
 
     ``actpass_role`` is the DTLS role taken when the offer says actpass (RFC 8842 §5.3).
+    ``data_channels``: accept the first SCTP data channel section (the caller serves it);
+    otherwise it is rejected with port 0 like any section the server cannot serve.
     """
     if actpass_role not in (Setup.ACTIVE, Setup.PASSIVE):
         raise ValueError("actpass_role must be ACTIVE or PASSIVE")
@@ -68,14 +80,23 @@ def negotiate(
     accepted: list[NegotiatedMedia] = []
     rejected: list[RejectedMedia] = []
     transport_sections: list[MediaSection] = []
+    data_channel: NegotiatedDataChannel | None = None
     for index, section in enumerate(offer.media):
+        if section.kind == "application" and data_channels and data_channel is None:
+            dc = _data_channel(section, index, bundle)
+            if isinstance(dc, RejectedMedia):
+                rejected.append(dc)
+            else:
+                data_channel = dc
+                transport_sections.append(section)
+            continue
         result = _negotiate_section(offer, section, index, bundle, prefs)
         if isinstance(result, RejectedMedia):
             rejected.append(result)
             continue
         accepted.append(result)
         transport_sections.append(section)
-    if not accepted:
+    if not accepted and data_channel is None:
         reasons = "; ".join(f"{r.reason}" for r in rejected[:MAX_REASONS])
         more = " ..." if len(rejected) > MAX_REASONS else ""
         raise NegotiationError(f"offer has no acceptable media section: {reasons or 'none'}{more}")
@@ -105,6 +126,34 @@ def negotiate(
         or any(s.extmap_allow_mixed for s in transport_sections),
         ice_trickle="trickle" in offer.ice_options
         or any("trickle" in s.ice_options for s in transport_sections),
+        data_channel=data_channel,
+    )
+
+
+def _data_channel(
+    section: MediaSection, index: int, bundle: tuple[str, ...]
+) -> NegotiatedDataChannel | RejectedMedia:
+    """Accept an ``m=application`` data channel section (RFC 8841 §4-6) or say why not."""
+    mid = section.mid
+    where = _where(section, index)
+
+    def reject(reason: str) -> RejectedMedia:
+        return RejectedMedia(index, mid, section.kind, f"{where}: {reason}")
+
+    if section.port == 0 and not section.bundle_only:
+        return reject("rejected by the offerer (port 0)")
+    if section.proto not in SCTP_PROTOS or "webrtc-datachannel" not in section.formats:
+        return reject(f"unsupported data channel transport {clip(section.proto)}")
+    if mid is None or mid not in bundle:
+        return reject("not in the BUNDLE group")
+    port, size = section.sctp_port, section.max_message_size  # range-checked by the parser
+    if port == 0:
+        return reject("a=sctp-port 0 names no SCTP port")
+    return NegotiatedDataChannel(
+        index=index,
+        mid=mid,
+        remote_port=DEFAULT_SCTP_PORT if port is None else port,
+        remote_max_message_size=DEFAULT_REMOTE_MAX_MESSAGE_SIZE if size is None else size,
     )
 
 

@@ -20,6 +20,7 @@ from sfu.packet.sdp import (
 __all__ = [
     "MAX_TOKEN_CHARS",
     "NegotiatedCodec",
+    "NegotiatedDataChannel",
     "NegotiatedMedia",
     "NegotiatedSession",
     "RejectedMedia",
@@ -121,6 +122,18 @@ class RejectedMedia:
 
 
 @dataclass(frozen=True, slots=True)
+class NegotiatedDataChannel:
+    """The accepted ``m=application ... UDP/DTLS/SCTP webrtc-datachannel`` section (RFC 8841)."""
+
+    index: int
+    mid: str
+    #: The offerer's ``a=sctp-port`` (RFC 8841 §5: 5000 when absent).
+    remote_port: int
+    #: The offerer's ``a=max-message-size`` (RFC 8841 §6: 64 KiB when absent, 0 = unlimited).
+    remote_max_message_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class NegotiatedSession:
     """The outcome of :func:`negotiate`: one BUNDLE transport plus accepted/rejected sections."""
 
@@ -137,11 +150,16 @@ class NegotiatedSession:
     setup: Setup
     extmap_allow_mixed: bool = False
     ice_trickle: bool = False
+    #: The data channel section, when the offer had one and the caller serves data channels.
+    data_channel: NegotiatedDataChannel | None = None
 
     @property
     def bundle_mids(self) -> tuple[str, ...]:
         """Accepted mids in offer order; the first is the answerer BUNDLE-tag (RFC 9143 §7.3)."""
-        return tuple(m.mid for m in self.media)
+        sections = [(m.index, m.mid) for m in self.media]
+        if self.data_channel is not None:
+            sections.append((self.data_channel.index, self.data_channel.mid))
+        return tuple(mid for _, mid in sorted(sections))
 
     @property
     def dtls_server(self) -> bool:

@@ -102,7 +102,11 @@ def parse_open(stream_id: int, payload: bytes) -> DataChannel:
     except UnicodeDecodeError as exc:
         raise DcepError("label or protocol not UTF-8") from exc
     base = channel_type & ~CHANNEL_UNORDERED_BIT
-    if base not in (CHANNEL_RELIABLE, CHANNEL_PARTIAL_RELIABLE_REXMIT, CHANNEL_PARTIAL_RELIABLE_TIMED):
+    if base not in (
+        CHANNEL_RELIABLE,
+        CHANNEL_PARTIAL_RELIABLE_REXMIT,
+        CHANNEL_PARTIAL_RELIABLE_TIMED,
+    ):
         raise DcepError(f"unknown channel type {channel_type}")
     # A timed channel is served as a zero-retransmission one: the server holds no clock per
     # message, and a lifetime shorter than one RTO means no retransmission anyway.
@@ -125,7 +129,9 @@ class DataChannels:
         self.malformed = 0
         self.refused_sends = 0
 
-    def receive(self, packet: bytes, *, now: float) -> tuple[list[bytes], list[ChannelOpened | ChannelMessage]]:
+    def receive(
+        self, packet: bytes, *, now: float
+    ) -> tuple[list[bytes], list[ChannelOpened | ChannelMessage]]:
         """Take one SCTP packet; return packets to send and the channel events it produced."""
         out = self.association.receive(packet, now=now)
         events: list[ChannelOpened | ChannelMessage] = []
@@ -133,7 +139,9 @@ class DataChannels:
             out += self._deliver(message, events, now)
         return out, events
 
-    def send(self, channel: DataChannel, data: bytes, *, binary: bool, now: float) -> list[bytes] | None:
+    def send(
+        self, channel: DataChannel, data: bytes, *, binary: bool, now: float
+    ) -> list[bytes] | None:
         """Send one message on ``channel`` with its reliability; None when refused (counted)."""
         if data:
             ppid = Ppid.BINARY if binary else Ppid.STRING

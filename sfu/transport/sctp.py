@@ -144,7 +144,7 @@ class _SyncAsyncio(types.SimpleNamespace):
         return getattr(asyncio, name)
 
 
-class _Association(_aiortc_sctp.RTCSctpTransport):  # type: ignore[misc]
+class _Association(_aiortc_sctp.RTCSctpTransport):
     """aiortc's association with upper-layer delivery captured instead of its data channels."""
 
     inbox: list[SctpMessage]
@@ -176,7 +176,7 @@ class SctpAssociation:
         self.malformed = 0
         self.failed = False
         with self._synchronous(0.0):
-            self._assoc = _Association(self._shim, port=SCTP_PORT)
+            self._assoc = _Association(self._shim, port=SCTP_PORT)  # type: ignore[arg-type]
         self._assoc.inbox = []
         self._started = False
 
@@ -185,7 +185,9 @@ class SctpAssociation:
     @property
     def established(self) -> bool:
         """True once the four-way handshake completed (RFC 9260 §5.1)."""
-        return bool(self._assoc._association_state == _aiortc_sctp.RTCSctpTransport.State.ESTABLISHED)
+        return bool(
+            self._assoc._association_state == _aiortc_sctp.RTCSctpTransport.State.ESTABLISHED
+        )
 
     @property
     def closed(self) -> bool:
@@ -205,7 +207,12 @@ class SctpAssociation:
             return []
         self._started = True
         with self._synchronous(now):
-            _step(self._assoc.start(_aiortc_sctp.RTCSctpCapabilities(self.remote_max_message_size), self._remote_port))
+            _step(
+                self._assoc.start(
+                    _aiortc_sctp.RTCSctpCapabilities(self.remote_max_message_size),
+                    self._remote_port,
+                )
+            )
         return self._drain()
 
     def receive(self, packet: bytes, *, now: float) -> list[bytes]:
@@ -221,7 +228,7 @@ class SctpAssociation:
         try:
             with self._synchronous(now):
                 _step(self._assoc._handle_data(packet))
-        except Exception:  # noqa: BLE001 - a peer's packet must never raise out of the handler
+        except Exception:
             self.malformed += 1
         return self._drain()
 
@@ -280,12 +287,13 @@ class SctpAssociation:
     @contextlib.contextmanager
     def _synchronous(self, now: float) -> Iterator[None]:
         self._loop.now = now
-        saved = _aiortc_sctp.asyncio
-        _aiortc_sctp.asyncio = _SyncAsyncio(self._loop)  # type: ignore[assignment]
+        module: Any = _aiortc_sctp
+        saved = module.asyncio
+        module.asyncio = _SyncAsyncio(self._loop)
         try:
             yield
         finally:
-            _aiortc_sctp.asyncio = saved
+            module.asyncio = saved
 
     def _drain(self) -> list[bytes]:
         out, self._shim.outbox = self._shim.outbox, []
