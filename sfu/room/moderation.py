@@ -193,6 +193,19 @@ class Moderation:
             publication = self._track(actor, track_id, attempt)
             self.service.set_force_muted(actor.room, publication, muted)
 
+    def mute_chat(self, actor: Participant, participant_id: str, muted: bool) -> None:
+        """Refuse (or accept again) one participant's chat messages; it and the room are told."""
+        with self._attempt(actor, "mute_chat") as attempt:
+            attempt.details["muted"] = muted
+            self._check_actor(actor, "mute_chat")
+            target = self._present(actor, participant_id)
+            self._check_target(actor, target, attempt)
+            if target.chat_muted != muted:
+                target.chat_muted = muted
+                actor.room.broadcast(
+                    {"type": "chat_muted", "participant": target.id, "muted": muted}
+                )
+
     # -- the room -----------------------------------------------------------------------------
 
     def lock(self, actor: Participant, locked: bool) -> None:

@@ -74,6 +74,8 @@ class Participant:
     detached_until: float | None = None
     #: It resumed after its signaling dropped: its next offer may bring a new transport.
     resumed: bool = False
+    #: A host muted its chat: the relay refuses its messages (see :mod:`sfu.room.chat`).
+    chat_muted: bool = False
 
     @property
     def moderator(self) -> bool:

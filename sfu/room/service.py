@@ -34,11 +34,14 @@ from sfu.negotiation import (
 from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription, Setup
 from sfu.room.audit import AuditLog
+from sfu.room.chat import ChatRelay
 from sfu.room.identity import Grant, JoinClaims, grant_names
 from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
 from sfu.room.room import Message, Participant, ParticipantState, Room, Sink
+from sfu.transport.datachannel import DataChannels
 from sfu.transport.dtls import DtlsRole
 from sfu.transport.port import CapacityError, MediaPort
+from sfu.transport.sctp import SctpAssociation
 from sfu.transport.transport import TransportState
 
 __all__ = [
@@ -76,6 +79,11 @@ CLOSE_MEDIA_FAILED: Final = 4010
 #: Decides a join: True admits at once, False holds the participant in ``room.waiting``.
 #: Without one, the room's policy decides (its waiting room holds all but hosts and admins).
 Admission = Callable[[Room, JoinClaims], bool]
+
+
+#: The message size assumed when the offer says ``a=max-message-size:0`` (no limit, RFC 8841
+#: §6): the relay never sends more than a chat envelope anyway.
+MAX_CHAT_CHANNEL_MESSAGE: Final = 65536
 
 
 class RoomError(Exception):
@@ -176,8 +184,12 @@ class RoomService:
         dataplane: DataPlane | None = None,
         resume_grace_s: float = 0.0,
         ice_servers: Callable[[], list[Message]] | None = None,
+        chat: ChatRelay | None = None,
     ) -> None:
         self.port = port
+        #: The room chat relay (data channels and the WebSocket fallback).
+        self.chat = chat if chat is not None else ChatRelay()
+        self.chat.channel_sender = self._send_chat
         #: Seconds a participant whose signaling dropped keeps its place (0: it leaves).
         self.resume_grace_s = resume_grace_s
         #: The ``RTCIceServer`` list (TURN credentials) for each joined message; None: none.
@@ -442,6 +454,7 @@ class RoomService:
         room.waiting.pop(participant.id, None)
         room.participants.pop(participant.id, None)
         participant.detached_until = None
+        self.chat.forget(participant)
         self._drop_peer(participant, now, "left")
         room.speakers.remove(participant.id)
         if was_joined:
@@ -485,7 +498,7 @@ class RoomService:
         room = participant.room
         try:
             offer = SessionDescription.parse(sdp)
-            negotiated = negotiate(offer, prefs=ROOM_PREFERENCES)
+            negotiated = negotiate(offer, prefs=ROOM_PREFERENCES, data_channels=True)
         except (ParseError, NegotiationError) as exc:
             raise RoomError("bad_offer", str(exc)) from None
         peer = participant.peer
@@ -563,6 +576,17 @@ class RoomService:
             peer = self._create_peer(participant, negotiated, fingerprints, now)
         elif negotiated.remote_ufrag != peer.transport.ice.remote_ufrag:
             self.port.restart_ice(peer.transport, negotiated.remote_ufrag)
+        dc = negotiated.data_channel
+        if dc is not None and peer.transport.data_channels is None:
+            association = SctpAssociation(
+                server=peer.transport.dtls_role is DtlsRole.SERVER,
+                remote_port=dc.remote_port,
+                remote_max_message_size=dc.remote_max_message_size or MAX_CHAT_CHANNEL_MESSAGE,
+            )
+            peer.transport.enable_data_channels(
+                DataChannels(association),
+                lambda _t, event, now: self.chat.on_channel_event(participant, event, now),
+            )
         # One id space per BUNDLE transport (RFC 8843 §9.2): the union of every section's.
         peer.set_extensions({i: u for m in negotiated.media for i, u in m.extensions.items()})
         for mid in list(peer.publications):
@@ -600,6 +624,18 @@ class RoomService:
                     participant, peer, by_mid[mid], publication, codec, taken, bundle_ids, now
                 )
         return self._answer(participant, peer, offer, negotiated)
+
+    def _send_chat(self, receiver: Participant, label: str, envelope: str, now: float) -> bool:
+        """Send one chat envelope on ``receiver``'s data channel ``label``; False if it has none."""
+        peer = receiver.peer
+        channels = peer.transport.data_channels if peer is not None else None
+        if peer is None or channels is None:
+            return False
+        channel = channels.by_label(label)
+        if channel is None:
+            return False
+        out = channels.send(channel, envelope.encode("utf-8"), binary=False, now=now)
+        return peer.transport.send_channel(out)
 
     def check_offer(
         self, claims: JoinClaims, sdp: str, *, subscriptions: Mapping[str, str] | None = None

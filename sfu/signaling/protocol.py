@@ -56,6 +56,8 @@ _MAX_ROOM_CHARS: Final = 128
 _MAX_ENTRIES: Final = 128
 _MAX_LAYER: Final = 2
 _MAX_PARTICIPANT_ID_CHARS: Final = 64
+#: Longest ``chat`` text accepted by the parser (the relay's own byte limit is smaller).
+_MAX_CHAT_CHARS: Final = 16384
 #: Largest picture height a publisher may declare (8K).
 _MAX_HEIGHT: Final = 4320
 
@@ -203,15 +205,36 @@ class Lock:
 
 
 @dataclass(frozen=True, slots=True)
+class MuteChat:
+    """``mute_chat`` (host): refuse (or accept again) one participant's chat messages."""
+
+    participant: str
+    muted: bool
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """``chat``: one chat message relayed to the room (the WebSocket fallback of the data
+    channel; same limits, see :mod:`sfu.room.chat`)."""
+
+    text: str
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class EndMeeting:
     """``end_meeting`` (host): end the meeting for everyone in the room."""
 
     id: str | int | None = None
 
 
-ModerationMessage = Admit | Deny | AdmitAll | Remove | RequestMute | ForceMute | Lock | EndMeeting
+ModerationMessage = (
+    Admit | Deny | AdmitAll | Remove | RequestMute | ForceMute | MuteChat | Lock | EndMeeting
+)
 ClientMessage = (
     Join
+    | Chat
     | Offer
     | Unsubscribe
     | Preferences
@@ -224,6 +247,7 @@ ClientMessage = (
     | Remove
     | RequestMute
     | ForceMute
+    | MuteChat
     | Lock
     | EndMeeting
 )
@@ -375,6 +399,9 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         return Mute(track, _boolean(obj, "muted", rid, None), rid)
     if kind == "ping":
         return Ping(rid)
+    if kind == "chat":
+        # The relay applies the byte limit; here only the type and a generous bound.
+        return Chat(_string(obj, "text", _MAX_CHAT_CHARS, rid), rid)
     if kind == "leave":
         return Leave(rid)
     moderation = _moderation(kind, obj, rid)
@@ -405,6 +432,9 @@ def _moderation(kind: str, obj: dict[str, Any], rid: str | int | None) -> Client
     if kind == "force_mute":
         track = _string(obj, "track", _MAX_TRACK_ID_CHARS, rid)
         return ForceMute(track, _boolean(obj, "muted", rid, True), rid)
+    if kind == "mute_chat":
+        participant = _string(obj, "participant", _MAX_PARTICIPANT_ID_CHARS, rid)
+        return MuteChat(participant, _boolean(obj, "muted", rid, True), rid)
     if kind == "lock":
         return Lock(_boolean(obj, "locked", rid, True), rid)
     if kind == "end_meeting":

@@ -35,6 +35,7 @@ from sfu.signaling.protocol import (
     PROTOCOL_VERSION,
     Admit,
     AdmitAll,
+    Chat,
     ClientMessage,
     Deny,
     EndMeeting,
@@ -44,6 +45,7 @@ from sfu.signaling.protocol import (
     Lock,
     ModerationMessage,
     Mute,
+    MuteChat,
     Offer,
     Ping,
     Preferences,
@@ -405,6 +407,11 @@ def _dispatch(conn: _Connection, message: ClientMessage, now: float) -> None:
     elif isinstance(message, Mute):
         service.set_muted(participant, message.track, message.muted)
         conn.reply(message.id, {"type": "ok"})
+    elif isinstance(message, Chat):
+        outcome = service.chat.relay(participant, message.text, now=now)
+        if outcome != "ok":
+            raise RoomError("chat_refused", f"chat message refused: {outcome}")
+        conn.reply(message.id, {"type": "ok"})
     elif isinstance(message, ModerationMessage):
         conn.reply(message.id, _moderate(conn.moderation, participant, message, now))
 
@@ -426,6 +433,8 @@ def _moderate(
         moderation.request_mute(actor, message.track)
     elif isinstance(message, ForceMute):
         moderation.force_mute(actor, message.track, message.muted)
+    elif isinstance(message, MuteChat):
+        moderation.mute_chat(actor, message.participant, message.muted)
     elif isinstance(message, Lock):
         moderation.lock(actor, message.locked)
     elif isinstance(message, EndMeeting):

@@ -21,6 +21,7 @@ import hmac
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from OpenSSL import SSL, crypto
 
@@ -43,6 +44,9 @@ DEFAULT_MTU = 1200
 #: Bytes asked of OpenSSL per read: more than a DTLS record (2**14 plus overhead, RFC 6347
 #: §4.1) or a UDP datagram holds, so one read never splits either.
 _READ_CHUNK = 65536
+#: Most application data records held between two :meth:`DtlsEndpoint.take_application_data`
+#: calls: one datagram holds a few, the transport takes them at once; a flood beyond is dropped.
+MAX_APP_INBOX: Final = 64
 # RFC 5764 §4.2 exporter label.
 _EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"
 # pyOpenSSL does not export the constant; 0xFEFD is DTLS 1.2 on the wire (RFC 6347 §4.1).
@@ -259,9 +263,14 @@ class DtlsEndpoint:
         #: Set with ``failure_reason`` when the handshake fails (state FAILED).
         self.failure: DtlsFailure | None = None
         self.srtp_keys: SrtpKeys | None = None
-        #: Application data records read and discarded after the handshake (no data channels).
+        #: Application data records read after the handshake: discarded unless
+        #: ``deliver_application_data`` (data channels: SCTP packets, RFC 8261) is set.
         self.app_data_records = 0
         self.app_data_bytes = 0
+        self.deliver_application_data = False
+        #: Records read and not yet taken with :meth:`take_application_data`, bounded.
+        self._app_inbox: list[bytes] = []
+        self.app_data_overflow = 0
         self._fingerprints = _parse_fingerprints(remote_fingerprints)
         self._fingerprint_mismatch = False
         self._handshake_timeout = handshake_timeout
@@ -324,6 +333,21 @@ class DtlsEndpoint:
         out = self._flush()
         self._update_retransmit_deadline(now)
         return out
+
+    def take_application_data(self) -> list[bytes]:
+        """The application data records read since the last call (SCTP packets)."""
+        out, self._app_inbox = self._app_inbox, []
+        return out
+
+    def send_application_data(self, data: bytes) -> list[bytes]:
+        """Encrypt one application data record (an SCTP packet); datagrams to send."""
+        if self.state is not DtlsState.CONNECTED:
+            return []
+        try:
+            self._conn.send(data)
+        except SSL.Error:
+            return []  # a record OpenSSL refuses is lost like a datagram; SCTP retransmits
+        return self._flush()
 
     def next_timer(self) -> float | None:
         """Earliest deadline for :meth:`handle_timer`, or None when no handshake is running."""
@@ -431,6 +455,11 @@ class DtlsEndpoint:
                 break
             self.app_data_records += 1
             self.app_data_bytes += len(data)
+            if self.deliver_application_data:
+                if len(self._app_inbox) < MAX_APP_INBOX:
+                    self._app_inbox.append(data)
+                else:
+                    self.app_data_overflow += 1
         return self._flush()
 
     def _flush(self) -> list[bytes]:

@@ -27,6 +27,7 @@ from typing import Final, Protocol
 
 from sfu.packet.stun import StunMessage
 from sfu.transport.counters import DropCounters
+from sfu.transport.datachannel import ChannelMessage, ChannelOpened, DataChannels
 from sfu.transport.dtls import DtlsEndpoint, DtlsFailure, DtlsRole, DtlsState, SrtpKeys
 from sfu.transport.ice import (
     Address,
@@ -42,6 +43,8 @@ from sfu.transport.srtp import SrtpError, SrtpSession
 __all__ = ["HandshakeFailure", "TransportListener", "TransportState", "WebRtcTransport"]
 
 Sender = Callable[[bytes, Address], None]
+#: Who receives data channel events (opened channels, messages) with their arrival time.
+ChannelListener = Callable[["WebRtcTransport", ChannelOpened | ChannelMessage, float], None]
 
 
 class TransportState(enum.Enum):
@@ -98,6 +101,7 @@ class WebRtcTransport:
     """ICE-lite + DTLS-SRTP + SRTP for one peer connection (one BUNDLE group, rtcp-mux)."""
 
     __slots__ = (
+        "_channel_listener",
         "_counters",
         "_listener",
         "_send",
@@ -105,6 +109,7 @@ class WebRtcTransport:
         "close_reason",
         "connecting_at",
         "created_at",
+        "data_channels",
         "dtls",
         "failure",
         "ice",
@@ -137,6 +142,9 @@ class WebRtcTransport:
         #: When the answer was made and when ICE first succeeded, for handshake metrics.
         self.created_at = now
         self.connecting_at: float | None = None
+        #: The SCTP association and its data channels, when the answer accepted m=application.
+        self.data_channels: DataChannels | None = None
+        self._channel_listener: ChannelListener | None = None
 
     # -- properties ---------------------------------------------------------------------
 
@@ -174,6 +182,20 @@ class WebRtcTransport:
         """Attach the routing layer (may happen after creation, once the answer is sent)."""
         self._listener = listener
 
+    def enable_data_channels(self, channels: DataChannels, listener: ChannelListener) -> None:
+        """Carry SCTP (RFC 8261) in this transport's DTLS application data; before connecting."""
+        self.data_channels = channels
+        self._channel_listener = listener
+        self.dtls.deliver_application_data = True
+
+    def send_channel(self, packets: list[bytes] | None) -> bool:
+        """Encrypt and send SCTP packets the data channels produced; False if refused/down."""
+        if packets is None or self.finished:
+            return False
+        for packet in packets:
+            self._send_dtls(self.dtls.send_application_data(packet))
+        return True
+
     # -- input from the media port --------------------------------------------------------
 
     def handle_stun(
@@ -204,6 +226,7 @@ class WebRtcTransport:
             return
         self._send_dtls(self.dtls.receive(data, now), addr)
         self._after_dtls(now)
+        self._sctp_input(now)
 
     def handle_srtp(self, data: bytes, addr: Address, now: float, rtcp: bool) -> None:
         """An SRTP or SRTCP packet: unprotect and hand it to the listener."""
@@ -261,10 +284,10 @@ class WebRtcTransport:
         """The earliest deadline of ICE (connect/consent) and DTLS (retransmit/timeout)."""
         if self.finished:
             return None
-        ice, dtls = self.ice.next_timer(), self.dtls.next_timer()
-        if ice is None or dtls is None:
-            return dtls if ice is None else ice
-        return min(ice, dtls)
+        deadlines = [self.ice.next_timer(), self.dtls.next_timer()]
+        if self.data_channels is not None:
+            deadlines.append(self.data_channels.association.next_timer())
+        return min((d for d in deadlines if d is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         """Run expired timers: consent freshness (RFC 7675), DTLS retransmission and timeout."""
@@ -279,12 +302,17 @@ class WebRtcTransport:
             return
         self._send_dtls(self.dtls.handle_timer(now))
         self._after_dtls(now)
+        channels = self.data_channels
+        if channels is not None and self._srtp is not None:
+            self.send_channel(channels.association.handle_timer(now=now))
 
     def close(self, now: float, reason: str = "closed") -> None:
         """Close locally: send close_notify if DTLS is up, free SRTP state."""
         if self.finished:
             return
         if self.dtls.state is DtlsState.CONNECTED:
+            if self.data_channels is not None:
+                self.send_channel(self.data_channels.association.close(now=now))
             self._send_dtls(self.dtls.close())
         self._finish(TransportState.CLOSED, reason, now)
 
@@ -311,6 +339,22 @@ class WebRtcTransport:
             self._fail(failure, f"dtls: {self.dtls.failure_reason}", now)
         elif state is DtlsState.CLOSED:
             self._finish(TransportState.CLOSED, "dtls close_notify", now)
+
+    def _sctp_input(self, now: float) -> None:
+        """SCTP packets DTLS decrypted: through the association, events to the listener."""
+        channels = self.data_channels
+        if channels is None or self._srtp is None:
+            return
+        association = channels.association
+        if not association.established and not association.closed:
+            self.send_channel(association.start(now=now))
+        for packet in self.dtls.take_application_data():
+            out, events = channels.receive(packet, now=now)
+            self.send_channel(out)
+            listener = self._channel_listener
+            for event in events:
+                if listener is not None:
+                    listener(self, event, now)
 
     def _fail(self, failure: HandshakeFailure, reason: str, now: float) -> None:
         self.failure = failure

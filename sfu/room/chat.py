@@ -1,0 +1,170 @@
+"""The room chat relay: text messages from one participant to everyone else in its room.
+
+Messages arrive on a participant's data channels (label ``chat``: reliable and ordered, or
+``chat-lossy``: whatever partial reliability the client opened it with) or, as a fallback, on
+the room WebSocket (``{"type": "chat", "text": ...}``). The relay checks the sender (joined, not
+chat-muted by a host), its size and rate limits, attaches the sender's participant id itself
+(nothing the client claims about who it is is trusted) and sends the same envelope to every
+other joined participant: on the channel with the same label when that participant opened one,
+otherwise on its room WebSocket. Nothing is stored: a message exists only while it is relayed.
+
+In an E2EE room the clients encrypt the text with their media key before sending; the relay
+sees (and forwards) only ciphertext, which it treats as opaque text like any other.
+
+Sans-I/O: the caller passes ``now``; refusals are counted by reason, never raised to the peer.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from sfu.room.room import Participant, ParticipantState
+from sfu.transport.datachannel import ChannelMessage, ChannelOpened
+
+__all__ = [
+    "CHAT_LABEL",
+    "LOSSY_CHAT_LABEL",
+    "ChatLimits",
+    "ChatRelay",
+]
+
+#: Data channel labels the relay serves: the reliable chat and the unreliable one.
+CHAT_LABEL: Final = "chat"
+LOSSY_CHAT_LABEL: Final = "chat-lossy"
+_LABELS: Final = frozenset({CHAT_LABEL, LOSSY_CHAT_LABEL})
+#: Refusal reasons, a fixed set (they label a metric).
+REFUSAL_REASONS: Final = (
+    "not_joined",
+    "muted",
+    "too_large",
+    "rate",
+    "binary",
+    "not_utf8",
+    "unknown_channel",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLimits:
+    """Per-participant limits of the relay (a token bucket and a size cap)."""
+
+    #: Longest message text in bytes (UTF-8); an E2EE message is longer than its plaintext
+    #: (base64 of IV + ciphertext + tag), so this leaves room for ~3 KB of plain text.
+    max_message_bytes: int = 4096
+    #: Sustained messages per second one participant may send, and the burst above it.
+    rate_per_s: float = 5.0
+    burst: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes <= 0 or self.rate_per_s <= 0 or self.burst < 1:
+            raise ValueError("chat limits must be positive")
+
+
+class _Bucket:
+    """Token bucket: ``burst`` tokens, refilled at ``rate`` per second."""
+
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens = tokens
+        self.at = at
+
+
+#: What the relay delivers to one receiver: the envelope (JSON text) and whether reliable.
+Delivery = Callable[[Participant, str, str, float], bool]
+
+
+class ChatRelay:
+    """Relays chat between the participants of each room; holds only per-sender buckets."""
+
+    def __init__(self, limits: ChatLimits | None = None) -> None:
+        self.limits = limits or ChatLimits()
+        self._buckets: dict[str, _Bucket] = {}
+        self.relayed = 0
+        self.delivered = 0
+        self.refused: collections.Counter[str] = collections.Counter()
+        #: Sees every message the relay accepts, as the relay received it (sender id, text):
+        #: the tests' capture of what the server relays. None in production.
+        self.tap: Callable[[str, str], None] | None = None
+        #: Sends to one participant's data channel: (receiver, label, envelope, now) -> sent.
+        #: The room service sets it; without it everything goes to the WebSocket.
+        self.channel_sender: Delivery | None = None
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def on_channel_event(
+        self, sender: Participant, event: ChannelOpened | ChannelMessage, now: float
+    ) -> None:
+        """A data channel event of ``sender``'s transport."""
+        if isinstance(event, ChannelOpened):
+            return
+        if event.channel.label not in _LABELS:
+            self.refused["unknown_channel"] += 1
+            return
+        if event.binary:
+            self.refused["binary"] += 1
+            return
+        try:
+            text = event.data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.refused["not_utf8"] += 1
+            return
+        self.relay(sender, text, label=event.channel.label, now=now)
+
+    def relay(self, sender: Participant, text: str, *, label: str = CHAT_LABEL, now: float) -> str:
+        """Relay ``text`` from ``sender``; returns ``"ok"`` or the refusal reason (counted)."""
+        reason = self._check(sender, text, now)
+        if reason is not None:
+            self.refused[reason] += 1
+            return reason
+        if self.tap is not None:
+            self.tap(sender.id, text)
+        envelope = json.dumps(
+            {"type": "chat", "from": sender.id, "text": text, "reliable": label == CHAT_LABEL},
+            separators=(",", ":"),
+        )
+        self.relayed += 1
+        for receiver in list(sender.room.participants.values()):
+            if receiver is sender or receiver.state is not ParticipantState.JOINED:
+                continue
+            if self._deliver(receiver, label, envelope, now):
+                self.delivered += 1
+        return "ok"
+
+    def forget(self, participant: Participant) -> None:
+        """Drop a participant's bucket when it leaves (state stays bounded by who is present)."""
+        self._buckets.pop(participant.id, None)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check(self, sender: Participant, text: str, now: float) -> str | None:
+        if sender.state is not ParticipantState.JOINED or sender.id not in sender.room.participants:
+            return "not_joined"
+        if sender.chat_muted:
+            return "muted"
+        if len(text.encode("utf-8")) > self.limits.max_message_bytes:
+            return "too_large"
+        limits = self.limits
+        bucket = self._buckets.get(sender.id)
+        if bucket is None:
+            bucket = self._buckets[sender.id] = _Bucket(float(limits.burst), now)
+        elapsed = max(0.0, now - bucket.at)
+        bucket.tokens = min(float(limits.burst), bucket.tokens + elapsed * limits.rate_per_s)
+        bucket.at = now
+        if bucket.tokens < 1.0:
+            return "rate"
+        bucket.tokens -= 1.0
+        return None
+
+    def _deliver(self, receiver: Participant, label: str, envelope: str, now: float) -> bool:
+        sender = self.channel_sender
+        if sender is not None and sender(receiver, label, envelope, now):
+            return True
+        if receiver.kind != "websocket":
+            return False  # WHIP/WHEP clients have no room socket
+        receiver.send(json.loads(envelope))
+        return True
