@@ -45,6 +45,7 @@ from sfu.metrics.labels import (
     drop_reason,
 )
 from sfu.metrics.loop_lag import LoopLagMonitor
+from sfu.room.chat import REFUSAL_REASONS as CHAT_REFUSAL_REASONS
 from sfu.room.room import ParticipantState
 from sfu.room.service import RoomService
 from sfu.transport.counters import CANDIDATE_TYPES
@@ -172,6 +173,26 @@ class SfuCollector(Collector):
             paused,
         )
 
+    def _chat(self) -> Iterator[Metric]:
+        """The chat relay's counts (no room, no participant: a fixed reason set)."""
+        service = self.sources.rooms()
+        relayed = delivered = 0.0
+        refused: dict[tuple[str, ...], float] = {(r,): 0.0 for r in CHAT_REFUSAL_REASONS}
+        if service is not None:
+            chat = service.chat
+            relayed, delivered = float(chat.relayed), float(chat.delivered)
+            for reason, n in chat.refused.items():
+                refused[(reason,)] += n
+        yield self._counter(
+            "sfu_chat_messages",
+            "Chat messages relayed (accepted) and copies delivered to participants.",
+            ["event"],
+            {("relayed",): relayed, ("delivered",): delivered},
+        )
+        yield self._counter(
+            "sfu_chat_refused", "Chat messages the relay refused, by reason.", ["reason"], refused
+        )
+
     # -- the scrape ---------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
@@ -195,6 +216,7 @@ class SfuCollector(Collector):
         yield self._counter(
             "sfu_packets_dropped", "Datagrams and packets dropped, by reason.", ["reason"], drops
         )
+        yield from self._chat()
         yield self._counter(
             "sfu_srtp_auth_failures",
             "SRTP/SRTCP packets whose authentication tag did not verify.",
