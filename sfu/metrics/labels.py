@@ -13,6 +13,7 @@ from sfu._fastpath.values import REFUSAL_REASONS
 from sfu.core.allocator import REASONS
 from sfu.io.http_limits import REASONS as HTTP_REFUSALS
 from sfu.packet.demux import PacketKind
+from sfu.room.chat import REFUSAL_REASONS as CHAT_REFUSALS
 from sfu.transport import ice
 from sfu.transport.counters import CANDIDATE_TYPES
 from sfu.transport.port import REFUSAL_REASONS as TRANSPORT_REFUSALS
@@ -92,13 +93,14 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     | frozenset(TRANSPORT_REFUSALS)
     | frozenset(HTTP_REFUSALS)
     | frozenset(ALLOCATION_REASONS)
+    | frozenset(CHAT_REFUSALS)
     | frozenset({"budget", "superseded"}),  # retransmissions skipped
     "listener": frozenset({"http", "ops"}),
     "outcome": frozenset({"succeeded", "failed"}),  # probe clusters
     "stage": frozenset({"ice", "dtls"}),
     "state": frozenset({"new", "connecting", "connected", "waiting", "joined"})
     | frozenset(ALLOCATION_STATES),
-    "event": frozenset({"paused", "resumed"}),
+    "event": frozenset({"paused", "resumed", "relayed", "delivered"}),
     "type": frozenset({"pli", "fir"}),
     "implementation": frozenset({"cython", "python"}),
     "le": frozenset(),  # bucket bounds: numbers, checked separately
