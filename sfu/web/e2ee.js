@@ -17,6 +17,12 @@ export const PBKDF2_ITERATIONS = 600000;
 /** Prefix of the per-room PBKDF2 salt: salt = SHA-256(prefix || UTF-8 room name). */
 export const SALT_PREFIX = "sfu e2ee v1 passphrase salt\u0000";
 const RAW_KEY_MIN_BYTES = 16;
+/** HKDF info of the chat key: distinct from every media key the worker derives from the base key. */
+export const CHAT_KEY_INFO = "sfu e2ee v1 chat";
+/** An encrypted chat message on the wire: `e2ee1:<key id>:<base64(IV || AES-GCM ciphertext+tag)>`. */
+export const CHAT_PREFIX = "e2ee1:";
+const CHAT_IV_BYTES = 12;
+const CHAT_KEYS_KEPT = 4;
 const STATS_TIMEOUT_MS = 5000;
 
 export class E2eeError extends Error {
@@ -69,6 +75,29 @@ export async function deriveBaseKey(material, room) {
   return subtle.importKey("raw", bytes, "HKDF", false, ["deriveBits"]);
 }
 
+/** The AES-GCM key for chat under one base key (HKDF-SHA256, info CHAT_KEY_INFO). */
+export async function deriveChatKey(base) {
+  const bits = await crypto.subtle.deriveBits(
+    { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info: new TextEncoder().encode(CHAT_KEY_INFO) },
+    base,
+    256,
+  );
+  return crypto.subtle.importKey("raw", bits, "AES-GCM", false, ["encrypt", "decrypt"]);
+}
+
+function toBase64(bytes) {
+  let text = "";
+  for (const b of bytes) text += String.fromCharCode(b);
+  return btoa(text);
+}
+
+function fromBase64(text) {
+  const raw = atob(text);
+  const out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}
+
 /** One meeting's encryption: a key ring, a worker, and the senders/receivers it transforms. */
 export class E2eeSession {
   /**
@@ -93,6 +122,7 @@ export class E2eeSession {
     this._replies = new Map();
     this._attached = new WeakSet();
     this._lastStats = null;
+    this._chatKeys = new Map(); // key id -> AES-GCM chat key, the last CHAT_KEYS_KEPT installed
     this.worker = new Worker(workerUrl || new URL("./e2ee-worker.js", import.meta.url), { name: "sfu-e2ee" });
     this.worker.addEventListener("message", (event) => {
       const msg = event.data || {};
@@ -135,7 +165,11 @@ export class E2eeSession {
   async setKey(material, keyId = 0, { current = true } = {}) {
     if (!Number.isInteger(keyId) || keyId < 0 || keyId > 255) throw new E2eeError("bad_key", "keyId must be 0-255");
     const base = await deriveBaseKey(material, this.room);
+    const chatKey = await deriveChatKey(base);
     const reply = await this._ask({ type: "setKey", keyId, key: base, current });
+    this._chatKeys.delete(keyId);
+    this._chatKeys.set(keyId, chatKey);
+    while (this._chatKeys.size > CHAT_KEYS_KEPT) this._chatKeys.delete(this._chatKeys.keys().next().value);
     this.keyIds = [...this.keyIds.filter((k) => k !== keyId), keyId].slice(-4);
     this.keyId = reply.sendKeyId;
     return this.keyId;
@@ -172,6 +206,57 @@ export class E2eeSession {
     const reply = await this._ask({ type: "stats" });
     this._lastStats = reply.stats;
     return reply.stats;
+  }
+
+  _chatAad(keyId) {
+    // Binds a ciphertext to this room and key id: it cannot be replayed into another room.
+    return new TextEncoder().encode(`${CHAT_PREFIX}${this.room}\u0000${keyId}`);
+  }
+
+  /** Encrypt one chat message with the current key: the text the server may relay. */
+  async encryptChat(text) {
+    const keyId = this.keyId;
+    const key = keyId === null ? null : this._chatKeys.get(keyId);
+    if (!key) throw new E2eeError("no_key", "no end-to-end key to encrypt chat with");
+    const iv = crypto.getRandomValues(new Uint8Array(CHAT_IV_BYTES));
+    const sealed = new Uint8Array(
+      await crypto.subtle.encrypt({ name: "AES-GCM", iv, additionalData: this._chatAad(keyId) }, key, new TextEncoder().encode(text)),
+    );
+    const wire = new Uint8Array(iv.length + sealed.length);
+    wire.set(iv);
+    wire.set(sealed, iv.length);
+    return `${CHAT_PREFIX}${keyId}:${toBase64(wire)}`;
+  }
+
+  /** True when `text` is in the encrypted chat format (whether or not we hold its key). */
+  isEncryptedChat(text) {
+    return typeof text === "string" && text.startsWith(CHAT_PREFIX);
+  }
+
+  /** Decrypt a chat message from encryptChat; throws E2eeError when it does not decrypt. */
+  async decryptChat(text) {
+    const match = /^e2ee1:(\d{1,3}):([A-Za-z0-9+/=]+)$/.exec(text);
+    if (!match) throw new E2eeError("bad_chat", "not an encrypted chat message");
+    const keyId = Number(match[1]);
+    const key = this._chatKeys.get(keyId);
+    if (!key) throw new E2eeError("no_key", `no chat key ${keyId}`);
+    let wire;
+    try {
+      wire = fromBase64(match[2]);
+    } catch (err) {
+      throw new E2eeError("bad_chat", "chat ciphertext is not base64");
+    }
+    if (wire.length < CHAT_IV_BYTES + 16) throw new E2eeError("bad_chat", "chat ciphertext too short");
+    try {
+      const plain = await crypto.subtle.decrypt(
+        { name: "AES-GCM", iv: wire.subarray(0, CHAT_IV_BYTES), additionalData: this._chatAad(keyId) },
+        key,
+        wire.subarray(CHAT_IV_BYTES),
+      );
+      return new TextDecoder("utf-8", { fatal: true }).decode(plain);
+    } catch (err) {
+      throw new E2eeError("bad_chat", "chat message did not decrypt");
+    }
   }
 
   close() {

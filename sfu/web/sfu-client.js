@@ -115,8 +115,10 @@ export class Room extends EventTarget {
    * @param {string} [options.password] the room's password, when it has one (sent in the join)
    * @param {{passphrase?: string, key?: BufferSource, keyId?: number, api?: string}} [options.e2ee]
    *   encrypt all media end to end (docs/e2ee.md) with a key shared out of band
+   * @param {boolean} [options.chat=false] open the room chat data channel (docs/protocol.md#chat);
+   *   with E2EE, chat text is encrypted with the same passphrase-derived key material
    */
-  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null, password = null, resume = false, iceTransportPolicy = "all" } = {}) {
+  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null, password = null, resume = false, iceTransportPolicy = "all", chat = false } = {}) {
     super();
     if (!room) throw new TypeError("Room: `room` is required");
     this.url = websocketUrl(url);
@@ -145,6 +147,10 @@ export class Room extends EventTarget {
     this._e2eeKeyReady = Promise.resolve();
     this._e2eeKeyDone = false;
     if (e2ee) this._startE2ee(e2ee);
+
+    /** The `chat` data channel (when `chat` was asked for), created with the connection. */
+    this.chatEnabled = chat;
+    this._chat = null;
 
     this.ws = null;
     this.pc = null;
@@ -215,6 +221,7 @@ export class Room extends EventTarget {
       this._emit("connection_state", { state: this.pc.connectionState });
     });
     this.pc.addEventListener("iceconnectionstatechange", () => this._watchIce());
+    if (this.chatEnabled) this._openChat();
 
     return new Promise((resolve, reject) => {
       this._joinWaiter = { resolve, reject };
@@ -414,6 +421,12 @@ export class Room extends EventTarget {
         });
         break;
       }
+      case "chat":
+        this._onChatEnvelope(msg, "socket");
+        break;
+      case "chat_muted":
+        this._emit("chat_muted", { participant: msg.participant, muted: msg.muted === true, local: msg.participant === this.participantId });
+        break;
       case "server_draining":
         // The server is shutting down: the call goes on, but a reconnect must go elsewhere.
         this._emit("server_draining", { deadlineS: typeof msg.deadline_s === "number" ? msg.deadline_s : null });
@@ -460,7 +473,67 @@ export class Room extends EventTarget {
       this._joinWaiter = null;
       waiter.resolve(payload);
     }
-    if (this._subs.size) this._renegotiateQuietly();
+    if (this._subs.size || this._chat) this._renegotiateQuietly();
+  }
+
+  // ---------------------------------------------------------------- chat
+
+  _openChat() {
+    // In-band (DCEP) negotiation, reliable and ordered: the server relays on the channel with
+    // the same label of every other participant (docs/protocol.md#chat).
+    const channel = this.pc.createDataChannel("chat");
+    channel.addEventListener("message", (event) => {
+      if (typeof event.data !== "string") return;
+      let envelope;
+      try {
+        envelope = JSON.parse(event.data);
+      } catch (err) {
+        return;
+      }
+      this._onChatEnvelope(envelope, "channel");
+    });
+    channel.addEventListener("open", () => this._emit("chat_state", { open: true }));
+    channel.addEventListener("close", () => this._emit("chat_state", { open: false }));
+    this._chat = channel;
+  }
+
+  /** True once chat goes over the data channel (before that, sendChat uses the socket). */
+  get chatOpen() {
+    return !!(this._chat && this._chat.readyState === "open");
+  }
+
+  /**
+   * Send one chat message to everyone else in the room. In an E2EE room (a key installed) the
+   * text is encrypted first, so the server relays ciphertext. Resolves with {via, wire}: the
+   * transport used and exactly what left this page.
+   */
+  async sendChat(text) {
+    if (typeof text !== "string" || !text) throw new SfuError("bad_message", "a chat message is a non-empty string");
+    if (this.state !== "joined") throw new SfuError("not_joined", "join before chatting");
+    const wire = this.e2ee && this.e2ee.hasKey ? await this.e2ee.encryptChat(text) : text;
+    if (this.chatOpen) {
+      this._chat.send(wire);
+      return { via: "channel", wire };
+    }
+    await this._request({ type: "chat", text: wire });
+    return { via: "socket", wire };
+  }
+
+  async _onChatEnvelope(envelope, via) {
+    if (!envelope || envelope.type !== "chat" || typeof envelope.text !== "string") return;
+    const from = typeof envelope.from === "string" ? envelope.from : null;
+    const p = from ? this.participants.get(from) : null;
+    const out = { from, name: p ? p.name : null, text: envelope.text, encrypted: false, undecryptable: false, reliable: envelope.reliable !== false, via };
+    if (this.e2ee && this.e2ee.isEncryptedChat(envelope.text)) {
+      out.encrypted = true;
+      try {
+        out.text = await this.e2ee.decryptChat(envelope.text);
+      } catch (err) {
+        out.text = null;
+        out.undecryptable = true;
+      }
+    }
+    this._emit("chat", out);
   }
 
   // ---------------------------------------------------------------- reachability
@@ -1040,7 +1113,7 @@ export class Room extends EventTarget {
   async _negotiate() {
     const pc = this.pc;
     if (this.state !== "joined" || !pc || pc.signalingState === "closed") return;
-    if (pc.getTransceivers().length === 0) return;
+    if (pc.getTransceivers().length === 0 && !this._chat) return;
     const version = this._version;
 
     const offer = await pc.createOffer();
