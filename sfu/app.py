@@ -38,6 +38,7 @@ from sfu.metrics.collector import MetricSources
 from sfu.metrics.http import add_metrics_route, build_registry
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.negotiation import HostCandidate
+from sfu.room.chat import ChatLimits, ChatRelay
 from sfu.room.persistence import RoomStateStore, StateError
 from sfu.room.security import RoomSecurity
 from sfu.room.service import RoomService
@@ -445,6 +446,13 @@ class Server:
             kernels=self.kernels,
             resume_grace_s=self.config.rooms.resume_grace_s,
             ice_servers=self._ice_servers if self.turn.enabled else None,
+            chat=ChatRelay(
+                ChatLimits(
+                    max_message_bytes=self.config.rooms.chat_max_message_bytes,
+                    rate_per_s=self.config.rooms.chat_rate_per_s,
+                    burst=self.config.rooms.chat_burst,
+                )
+            ),
         )
         auth = self.config.auth
         add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)

@@ -185,6 +185,9 @@ class MetricsConfig:
 
 #: Most a room-policy ``max_participants`` or ``rooms.max_participants`` may be.
 MAX_ROOM_PARTICIPANTS: Final = 1000
+#: Largest ``rooms.chat_max_message_bytes``: what the server's SCTP side accepts per message
+#: (``a=max-message-size``, 64 KiB) less the chat envelope around the text.
+MAX_CHAT_MESSAGE_BYTES: Final = 60000
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +218,11 @@ class RoomsConfig:
     #: Seconds a participant whose signaling connection dropped keeps its place, so that a
     #: rejoin with the same identity resumes the session instead of leaving and joining.
     resume_grace_s: float = 15.0
+    #: Room chat (docs/protocol.md#chat): the longest message in UTF-8 bytes (E2EE ciphertext
+    #: included), and the messages per second one participant may send sustained and in a burst.
+    chat_max_message_bytes: int = 4096
+    chat_rate_per_s: float = 5.0
+    chat_burst: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,10 +511,20 @@ def _validate_rooms(
         "password_attempts_per_room",
         "max_policies",
         "max_bans",
+        "chat_burst",
     ):
         value = rooms.get(key)
         if value is not None and value <= 0:
             err(f"rooms.{key}", f"must be positive, got {value}")
+    size = rooms.get("chat_max_message_bytes")
+    if size is not None and not 1 <= size <= MAX_CHAT_MESSAGE_BYTES:
+        err(
+            "rooms.chat_max_message_bytes",
+            f"must be between 1 and {MAX_CHAT_MESSAGE_BYTES}, got {size}",
+        )
+    rate = rooms.get("chat_rate_per_s")
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        err("rooms.chat_rate_per_s", f"must be a positive number, got {rate}")
     days = values["audit"].get("retention_days")
     if days is not None and not 1 <= days <= 3650:
         err("audit.retention_days", f"must be between 1 and 3650, got {days}")
