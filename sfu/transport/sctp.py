@@ -217,20 +217,19 @@ class SctpAssociation:
 
     def receive(self, packet: bytes, *, now: float) -> list[bytes]:
         """Take one SCTP packet from DTLS; malformed ones are counted and dropped."""
-        if not self._started:
-            self.start(now=now)
+        out = [] if self._started else self.start(now=now)
         # aiortc checks the CRC32c and drops silently; count what it cannot parse.
         try:
             _aiortc_sctp.parse_packet(packet)
         except ValueError:
             self.malformed += 1
-            return []
+            return out
         try:
             with self._synchronous(now):
                 _step(self._assoc._handle_data(packet))
-        except Exception:
+        except Exception:  # a peer's packet must never raise out of the handler
             self.malformed += 1
-        return self._drain()
+        return out + self._drain()
 
     def send(
         self,

@@ -158,3 +158,49 @@ def test_association_never_raises_on_garbage(payload: bytes) -> None:
     association.start(now=0.0)
     association.receive(payload, now=0.0)
     assert association.messages() == []
+
+
+def test_sctp_over_real_dtls_endpoints_with_bounded_inbox() -> None:
+    """The whole stack below the room: SCTP packets as DTLS application data (RFC 8261)."""
+    from test_dtls import make_pair, pump
+
+    from sfu.transport.dtls import MAX_APP_INBOX
+
+    client_dtls, server_dtls = make_pair()
+    pump(client_dtls, server_dtls)
+    server_dtls.deliver_application_data = True
+    client_dtls.deliver_application_data = True
+    server = DataChannels(SctpAssociation(server=True))
+    client = SctpAssociation(server=False)
+
+    def to_server(packets: list[bytes]) -> None:
+        for packet in packets:
+            for datagram in client_dtls.send_application_data(packet):
+                server_dtls.receive(datagram, 0.0)
+        replies: list[bytes] = []
+        for record in server_dtls.take_application_data():
+            out, events = server.receive(record, now=0.0)
+            pair_events.extend(events)
+            replies += out
+        for packet in replies:
+            for datagram in server_dtls.send_application_data(packet):
+                client_dtls.receive(datagram, 0.0)
+        back: list[bytes] = []
+        for record in client_dtls.take_application_data():
+            back += client.receive(record, now=0.0)
+        if back:
+            to_server(back)
+
+    pair_events: list[ChannelOpened | ChannelMessage] = []
+    server.association.start(now=0.0)  # its INIT crosses the client's; both resolve (RFC 9260)
+    to_server(client.start(now=0.0))
+    assert client.established
+    to_server(client.send(0, Ppid.DCEP, _open("chat"), now=0.0) or [])
+    to_server(client.send(0, Ppid.STRING, b"over dtls", now=0.0) or [])
+    assert [e.data for e in pair_events if isinstance(e, ChannelMessage)] == [b"over dtls"]
+    # Records nobody takes are bounded: the rest are dropped and counted.
+    for i in range(MAX_APP_INBOX + 5):
+        for datagram in client_dtls.send_application_data(bytes([i])):
+            server_dtls.receive(datagram, 0.0)
+    assert len(server_dtls.take_application_data()) == MAX_APP_INBOX
+    assert server_dtls.app_data_overflow == 5
