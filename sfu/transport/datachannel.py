@@ -137,6 +137,10 @@ class DataChannels:
         events: list[ChannelOpened | ChannelMessage] = []
         for message in self.association.messages():
             out += self._deliver(message, events, now)
+        for stream_id in self.association.reset_streams():
+            # The peer closed the channel: forget it and reset our direction too (§6.7).
+            if self.channels.pop(stream_id, None) is not None:
+                out += self.association.reset_outgoing(stream_id, now=now)
         return out, events
 
     def send(

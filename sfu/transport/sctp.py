@@ -148,9 +148,18 @@ class _Association(_aiortc_sctp.RTCSctpTransport):
     """aiortc's association with upper-layer delivery captured instead of its data channels."""
 
     inbox: list[SctpMessage]
+    #: Streams the peer reset (it closed their data channels, RFC 8831 §6.7).
+    reset_by_peer: list[int]
 
     async def _receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
         self.inbox.append(SctpMessage(stream_id, pp_id, data))
+
+    async def _reset_deferred_streams(self) -> None:
+        # aiortc closes its own channel objects here; we have none, so note the streams.
+        request = self._reconfig_deferred
+        await super()._reset_deferred_streams()
+        if request is not None and self._reconfig_deferred is None:
+            self.reset_by_peer.extend(request.streams)
 
 
 class SctpAssociation:
@@ -178,6 +187,7 @@ class SctpAssociation:
         with self._synchronous(0.0):
             self._assoc = _Association(self._shim, port=SCTP_PORT)  # type: ignore[arg-type]
         self._assoc.inbox = []
+        self._assoc.reset_by_peer = []
         self._started = False
 
     # -- state -------------------------------------------------------------------------
@@ -274,6 +284,20 @@ class SctpAssociation:
         with self._synchronous(now):
             _step(self._assoc.stop())
         self._loop.timers.clear()
+        return self._drain()
+
+    def reset_streams(self) -> list[int]:
+        """Take the streams the peer reset since the last call (its channels closed)."""
+        out, self._assoc.reset_by_peer = self._assoc.reset_by_peer, []
+        return out
+
+    def reset_outgoing(self, stream_id: int, *, now: float) -> list[bytes]:
+        """Reset our side of a stream (RFC 6525 §4.1), as RFC 8831 §6.7 asks on close."""
+        if not self.established:
+            return []
+        with self._synchronous(now):
+            self._assoc._reconfig_queue.append(stream_id)
+            _step(self._assoc._transmit_reconfig())
         return self._drain()
 
     def messages(self) -> list[SctpMessage]:

@@ -204,3 +204,17 @@ def test_sctp_over_real_dtls_endpoints_with_bounded_inbox() -> None:
             server_dtls.receive(datagram, 0.0)
     assert len(server_dtls.take_application_data()) == MAX_APP_INBOX
     assert server_dtls.app_data_overflow == 5
+
+
+def test_peer_closing_a_channel_resets_both_directions() -> None:
+    pair = _Pair()
+    pair.connect()
+    pair.to_server += pair.client.send(0, Ppid.DCEP, _open("chat"), now=pair.now) or []
+    pair.pump()
+    assert pair.server.by_label("chat") is not None
+    # The client resets its outgoing stream 0, as a browser does when a channel closes.
+    pair.to_server += pair.client.reset_outgoing(0, now=pair.now)
+    pair.pump()
+    assert pair.server.by_label("chat") is None
+    # The server answered with its own reset of stream 0: the client saw the peer reset it.
+    assert pair.client.reset_streams() == [0]
