@@ -3,7 +3,8 @@
 :func:`negotiate` reads a client's offer and decides what the server accepts: one BUNDLE
 transport (ICE credentials, DTLS fingerprint and role) and, per m= section, the codecs with the
 offer's payload types, the header-extension ids, the offerer's SSRCs and simulcast rids.
-Sections the server cannot serve (data channels, no common codec, not bundled) are rejected
+Sections the server cannot serve (no common codec, not bundled; data channels unless the caller
+serves them, ``data_channels=True``) are rejected
 with port 0 in the answer (RFC 8829 §5.3.1) instead of failing the whole offer.
 :func:`build_answer` turns that decision into the answer SDP. Pure functions: no I/O, no clock.
 
