@@ -20,6 +20,7 @@ from sfu.signaling.protocol import (
     MAX_MESSAGE_BYTES,
     Admit,
     AdmitAll,
+    Chat,
     ClientMessage,
     Deny,
     EndMeeting,
@@ -28,6 +29,7 @@ from sfu.signaling.protocol import (
     Leave,
     Lock,
     Mute,
+    MuteChat,
     Offer,
     Ping,
     Preferences,
@@ -54,6 +56,8 @@ CLASSES: dict[str, type] = {
     "force_mute": ForceMute,
     "lock": Lock,
     "end_meeting": EndMeeting,
+    "chat": Chat,
+    "mute_chat": MuteChat,
 }
 PARSE_CODES = {"bad_json", "bad_message", "unknown_type", "too_large"}
 FIELDS = [
@@ -75,6 +79,7 @@ FIELDS = [
     "participant",
     "ban_s",
     "locked",
+    "text",
 ]
 
 # Any text at all, lone surrogates included (a str can hold them even if no wire can).
