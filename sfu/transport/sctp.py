@@ -9,8 +9,9 @@ pure Python, already used by our test clients), not written here. aiortc drives 
   the caller passed, so :meth:`SctpAssociation.next_timer` can say when to call back;
 * its coroutines never truly suspend (the shim's ``_send_data`` returns at once), so each one is
   stepped to completion in place; ``asyncio.ensure_future`` inside aiortc is pointed at the
-  same stepper for the duration of one call (single-threaded, no ``await`` in between, so no
-  other code sees the substitution).
+  same stepper for the duration of one call (no ``await`` in between, so no other coroutine
+  sees the substitution; an aiortc peer connection driven from *another thread* of the same
+  process could, which is why the server never runs one and tests that do share its loop).
 
 Inputs are SCTP packets (DTLS application data) and ``now``; outputs are SCTP packets to
 encrypt and send, :class:`SctpMessage` events and the next timer. Data channels (DCEP,
