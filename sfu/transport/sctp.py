@@ -232,7 +232,7 @@ class SctpAssociation:
         # aiortc checks the CRC32c and drops silently; count what it cannot parse.
         try:
             _aiortc_sctp.parse_packet(packet)
-        except ValueError:
+        except Exception:  # ValueError, and struct.error from a chunk body too short
             self.malformed += 1
             return out
         try:

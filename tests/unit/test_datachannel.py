@@ -218,3 +218,36 @@ def test_peer_closing_a_channel_resets_both_directions() -> None:
     assert pair.server.by_label("chat") is None
     # The server answered with its own reset of stream 0: the client saw the peer reset it.
     assert pair.client.reset_streams() == [0]
+
+
+@st.composite
+def _chunks(draw: st.DrawFn) -> bytes:
+    """Chunks of any type (the known ones weighted in) with arbitrary flags and bodies."""
+    out = b""
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 130, 192, 255]))
+        body = draw(st.binary(max_size=40))
+        flags = draw(st.integers(0, 255))
+        length = 4 + len(body)
+        if draw(st.booleans()):
+            length = draw(st.integers(0, 0xFFFF))  # a lying length
+        out += struct.pack("!BBH", kind, flags, length) + body + b"\x00" * (-len(body) % 4)
+    return out
+
+
+@given(_chunks(), st.booleans())
+def test_valid_checksum_garbage_is_counted_never_raised(chunks: bytes, right_tag: bool) -> None:
+    """Packets that pass the CRC32c (as a peer inside DTLS can send) with any chunks."""
+    from google_crc32c import value as crc32c
+
+    pair = _Pair()
+    pair.connect()
+    server = pair.server.association
+    tag = server._assoc._local_verification_tag if right_tag else 0
+    header = struct.pack("!HHL", 5000, 5000, tag)
+    packet = header + struct.pack("<L", crc32c(header + b"\x00" * 4 + chunks)) + chunks
+    before = server.malformed
+    out, events = pair.server.receive(packet, now=pair.now)
+    assert all(isinstance(p, bytes) for p in out)
+    assert all(isinstance(e, (ChannelOpened, ChannelMessage)) for e in events)
+    assert server.malformed >= before
