@@ -92,3 +92,20 @@ def test_protocol_messages() -> None:
         with pytest.raises(ProtocolError) as info:
             parse_client_message(bad)
         assert info.value.code == "bad_message"
+
+
+def test_chat_metrics_count_relays_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_metrics_core import registry_for, value
+
+    h = harness(monkeypatch)
+    registry = registry_for(h.service)
+    # Every refusal reason is exposed at 0 before anything happens.
+    assert value(registry, "sfu_chat_refused_total", reason="rate") == 0
+    alice = h.join(ROOM, "alice")
+    h.join(ROOM, "bob")
+    h.join(ROOM, "carol")
+    h.service.chat.relay(alice, "hi", now=0.0)
+    h.service.chat.relay(alice, "x" * 5000, now=0.0)
+    assert value(registry, "sfu_chat_messages_total", event="relayed") == 1
+    assert value(registry, "sfu_chat_messages_total", event="delivered") == 2
+    assert value(registry, "sfu_chat_refused_total", reason="too_large") == 1
