@@ -9,7 +9,9 @@ other joined participant: on the channel with the same label when that participa
 otherwise on its room WebSocket. Nothing is stored: a message exists only while it is relayed.
 
 In an E2EE room the clients encrypt the text with their media key before sending; the relay
-sees (and forwards) only ciphertext, which it treats as opaque text like any other.
+sees (and forwards) only ciphertext, which it treats as opaque text like any other. In a room
+whose policy requires E2EE, text not in the encrypted format is refused (``not_encrypted``):
+a client without the key cannot leak plaintext into it by mistake.
 
 Sans-I/O: the caller passes ``now``; refusals are counted by reason, never raised to the peer.
 """
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from sfu.room.room import Participant, ParticipantState
+from sfu.room.room import Participant, ParticipantState, Room
 from sfu.transport.datachannel import ChannelMessage, ChannelOpened
 
 __all__ = [
@@ -36,11 +38,15 @@ __all__ = [
 CHAT_LABEL: Final = "chat"
 LOSSY_CHAT_LABEL: Final = "chat-lossy"
 _LABELS: Final = frozenset({CHAT_LABEL, LOSSY_CHAT_LABEL})
+#: How an end-to-end encrypted chat message starts (docs/e2ee.md, "Chat"): in a room whose
+#: policy requires E2EE, text without it is refused (the relay cannot check the rest).
+E2EE_CHAT_PREFIX: Final = "e2ee1:"
 #: Refusal reasons, a fixed set (they label a metric).
 REFUSAL_REASONS: Final = (
     "not_joined",
     "muted",
     "too_large",
+    "not_encrypted",
     "rate",
     "binary",
     "not_utf8",
@@ -93,6 +99,8 @@ class ChatRelay:
         #: Sends to one participant's data channel: (receiver, label, envelope, now) -> sent.
         #: The room service sets it; without it everything goes to the WebSocket.
         self.channel_sender: Delivery | None = None
+        #: Whether a room's policy requires E2EE (the room service sets it; None: never).
+        self.requires_e2ee: Callable[[Room], bool] | None = None
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -148,6 +156,9 @@ class ChatRelay:
             return "muted"
         if len(text.encode("utf-8")) > self.limits.max_message_bytes:
             return "too_large"
+        requires = self.requires_e2ee
+        if requires is not None and not text.startswith(E2EE_CHAT_PREFIX) and requires(sender.room):
+            return "not_encrypted"
         limits = self.limits
         bucket = self._buckets.get(sender.id)
         if bucket is None:

@@ -190,6 +190,7 @@ class RoomService:
         #: The room chat relay (data channels and the WebSocket fallback).
         self.chat = chat if chat is not None else ChatRelay()
         self.chat.channel_sender = self._send_chat
+        self.chat.requires_e2ee = self._requires_e2ee
         #: Seconds a participant whose signaling dropped keeps its place (0: it leaves).
         self.resume_grace_s = resume_grace_s
         #: The ``RTCIceServer`` list (TURN credentials) for each joined message; None: none.
@@ -624,6 +625,10 @@ class RoomService:
                     participant, peer, by_mid[mid], publication, codec, taken, bundle_ids, now
                 )
         return self._answer(participant, peer, offer, negotiated)
+
+    def _requires_e2ee(self, room: Room) -> bool:
+        """Whether ``room``'s policy requires end-to-end encryption (the chat relay asks)."""
+        return self.policies.get(room.name).e2ee_required
 
     def _send_chat(self, receiver: Participant, label: str, envelope: str, now: float) -> bool:
         """Send one chat envelope on ``receiver``'s data channel ``label``; False if it has none."""

@@ -510,7 +510,9 @@ export class Room extends EventTarget {
   async sendChat(text) {
     if (typeof text !== "string" || !text) throw new SfuError("bad_message", "a chat message is a non-empty string");
     if (this.state !== "joined") throw new SfuError("not_joined", "join before chatting");
-    const wire = this.e2ee && this.e2ee.hasKey ? await this.e2ee.encryptChat(text) : text;
+    const encrypting = !!(this.e2ee && this.e2ee.hasKey);
+    if (this.e2eeRequired && !encrypting) throw new SfuError("e2ee_required", "this room requires end-to-end encryption: chat needs the passphrase");
+    const wire = encrypting ? await this.e2ee.encryptChat(text) : text;
     if (this.chatOpen) {
       this._chat.send(wire);
       return { via: "channel", wire };

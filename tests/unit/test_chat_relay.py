@@ -152,3 +152,17 @@ def test_forget_drops_the_bucket() -> None:
 def test_limits_validated() -> None:
     with pytest.raises(ValueError, match="positive"):
         ChatLimits(burst=0)
+
+
+def test_room_requiring_e2ee_refuses_plain_text() -> None:
+    room, inboxes = _room("a", "b")
+    relay = ChatRelay()
+    required = {"r": True}
+    relay.requires_e2ee = lambda r: required[r.name]
+    a = room.participants["a"]
+    assert relay.relay(a, "plain words", now=0.0) == "not_encrypted"
+    assert relay.relay(a, "e2ee1:0:AAAA", now=0.0) == "ok"
+    required["r"] = False
+    assert relay.relay(a, "plain words", now=0.0) == "ok"
+    assert [m["text"] for m in inboxes["b"]] == ["e2ee1:0:AAAA", "plain words"]
+    assert relay.refused == {"not_encrypted": 1}

@@ -109,3 +109,16 @@ def test_chat_metrics_count_relays_and_refusals(monkeypatch: pytest.MonkeyPatch)
     assert value(registry, "sfu_chat_messages_total", event="relayed") == 1
     assert value(registry, "sfu_chat_messages_total", event="delivered") == 2
     assert value(registry, "sfu_chat_refused_total", reason="too_large") == 1
+
+
+def test_plain_chat_refused_where_the_room_requires_e2ee(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sfu.room.policy import RoomDefaults, RoomPolicy
+
+    h = harness(
+        monkeypatch, defaults=RoomDefaults(RoomPolicy(waiting_room=False, e2ee_required=True))
+    )
+    alice = h.join(ROOM, "alice")
+    h.join(ROOM, "bob")
+    assert h.service.chat.relay(alice, "plain", now=0.0) == "not_encrypted"
+    assert h.service.chat.relay(alice, "e2ee1:0:AAAA", now=0.0) == "ok"
+    assert [m["text"] for m in h.messages("bob", "chat")] == ["e2ee1:0:AAAA"]
