@@ -49,6 +49,12 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 65536
 #: Most bytes queued for sending (not yet acknowledged) before :meth:`SctpAssociation.send`
 #: refuses: a subscriber that stops reading cannot make the server buffer without bound.
 MAX_QUEUED_BYTES: Final = 1 << 20
+#: Most bytes held for reassembly from one peer (what we advertise as our receive window,
+#: RFC 9260 §6.2.1); a peer that sends beyond it, or leaves more than ``MAX_TSN_GAPS`` TSNs
+#: out of order, is not following the protocol and its association is aborted: aiortc's
+#: receive buffers are otherwise unbounded against a hostile (if authenticated) peer.
+MAX_INBOUND_BYTES: Final = 1 << 20
+MAX_TSN_GAPS: Final = 4096
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -189,6 +195,9 @@ class SctpAssociation:
             self._assoc = _Association(self._shim, port=SCTP_PORT)  # type: ignore[arg-type]
         self._assoc.inbox = []
         self._assoc.reset_by_peer = []
+        self._assoc._advertised_rwnd = MAX_INBOUND_BYTES
+        #: Associations aborted because the peer overran the receive bounds.
+        self.overruns = 0
         self._started = False
 
     # -- state -------------------------------------------------------------------------
@@ -240,6 +249,9 @@ class SctpAssociation:
                 _step(self._assoc._handle_data(packet))
         except Exception:  # a peer's packet must never raise out of the handler
             self.malformed += 1
+        if self._overrun():
+            self.overruns += 1
+            return out + self._drain() + self.close(now=now)
         return out + self._drain()
 
     def send(
@@ -318,6 +330,18 @@ class SctpAssociation:
             yield
         finally:
             module.asyncio = saved
+
+    def _overrun(self) -> bool:
+        """The peer holds more of our memory than the protocol lets it (see MAX_INBOUND_BYTES)."""
+        assoc = self._assoc
+        if len(assoc._sack_misordered) > MAX_TSN_GAPS or len(assoc._sack_duplicates) > MAX_TSN_GAPS:
+            return True
+        held = sum(
+            len(chunk.user_data)
+            for stream in assoc._inbound_streams.values()
+            for chunk in stream.reassembly
+        )
+        return held > MAX_INBOUND_BYTES
 
     def _drain(self) -> list[bytes]:
         out, self._shim.outbox = self._shim.outbox, []

@@ -251,3 +251,30 @@ def test_valid_checksum_garbage_is_counted_never_raised(chunks: bytes, right_tag
     assert all(isinstance(p, bytes) for p in out)
     assert all(isinstance(e, (ChannelOpened, ChannelMessage)) for e in events)
     assert server.malformed >= before
+
+
+def test_peer_overrunning_the_receive_window_is_aborted() -> None:
+    """Fragments of a message that never completes, past our advertised window: abort."""
+    from google_crc32c import value as crc32c
+
+    from sfu.transport.sctp import MAX_INBOUND_BYTES
+
+    pair = _Pair()
+    pair.connect()
+    server = pair.server.association
+    tag = server._assoc._local_verification_tag
+    tsn = pair.client._assoc._local_tsn
+    body = b"\x00" * 1024
+    aborted = False
+    for i in range(MAX_INBOUND_BYTES // len(body) + 2):
+        # DATA, first fragment only (B=1, E=0 are flags 0x02), consecutive TSNs, stream 0.
+        chunk_body = struct.pack("!LHHL", tsn + i, 0, 0, Ppid.BINARY) + body
+        chunk = struct.pack("!BBH", 0, 0x02 if i == 0 else 0x00, 4 + len(chunk_body)) + chunk_body
+        header = struct.pack("!HHL", 5000, 5000, tag)
+        packet = header + struct.pack("<L", crc32c(header + b"\x00" * 4 + chunk)) + chunk
+        pair.server.receive(packet, now=pair.now)
+        if server.closed:
+            aborted = True
+            break
+    assert aborted and server.overruns == 1
+    assert server.next_timer() is None
