@@ -49,6 +49,7 @@ from sfu.room.chat import REFUSAL_REASONS as CHAT_REFUSAL_REASONS
 from sfu.room.room import ParticipantState
 from sfu.room.service import RoomService
 from sfu.transport.counters import CANDIDATE_TYPES
+from sfu.transport.datachannel import DROP_REASONS as DATA_CHANNEL_DROPS
 from sfu.transport.port import MediaPort
 from sfu.transport.tcp import CLOSE_REASONS as TCP_CLOSE_REASONS
 from sfu.transport.tcp import IceTcpGate
@@ -191,6 +192,16 @@ class SfuCollector(Collector):
         )
         yield self._counter(
             "sfu_chat_refused", "Chat messages the relay refused, by reason.", ["reason"], refused
+        )
+        drops: dict[tuple[str, ...], float] = {(r,): 0.0 for r in DATA_CHANNEL_DROPS}
+        if service is not None:
+            for reason, n in service.chat.channel_drops.items():
+                drops[(reason,)] += n
+        yield self._counter(
+            "sfu_datachannel_drops",
+            "Data channel input dropped or sends refused (SCTP, DCEP), by reason.",
+            ["reason"],
+            drops,
         )
 
     # -- the scrape ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from sfu.packet.demux import PacketKind
 from sfu.room.chat import REFUSAL_REASONS as CHAT_REFUSALS
 from sfu.transport import ice
 from sfu.transport.counters import CANDIDATE_TYPES
+from sfu.transport.datachannel import DROP_REASONS as DATA_CHANNEL_DROPS
 from sfu.transport.port import REFUSAL_REASONS as TRANSPORT_REFUSALS
 from sfu.transport.tcp import CLOSE_REASONS as TCP_CLOSE_REASONS
 from sfu.transport.transport import HandshakeFailure
@@ -94,6 +95,7 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     | frozenset(HTTP_REFUSALS)
     | frozenset(ALLOCATION_REASONS)
     | frozenset(CHAT_REFUSALS)
+    | frozenset(DATA_CHANNEL_DROPS)
     | frozenset({"budget", "superseded"}),  # retransmissions skipped
     "listener": frozenset({"http", "ops"}),
     "outcome": frozenset({"succeeded", "failed"}),  # probe clusters

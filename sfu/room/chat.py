@@ -93,6 +93,9 @@ class ChatRelay:
         self.relayed = 0
         self.delivered = 0
         self.refused: collections.Counter[str] = collections.Counter()
+        #: Drops on every participant's data channels (SCTP and DCEP), by reason; the room
+        #: service hands it to each association so the totals survive the peers.
+        self.channel_drops: collections.Counter[str] = collections.Counter()
         #: Sees every message the relay accepts, as the relay received it (sender id, text):
         #: the tests' capture of what the server relays. None in production.
         self.tap: Callable[[str, str], None] | None = None

@@ -583,6 +583,7 @@ class RoomService:
                 server=peer.transport.dtls_role is DtlsRole.SERVER,
                 remote_port=dc.remote_port,
                 remote_max_message_size=dc.remote_max_message_size or MAX_CHAT_CHANNEL_MESSAGE,
+                drops=self.chat.channel_drops,
             )
             peer.transport.enable_data_channels(
                 DataChannels(association),

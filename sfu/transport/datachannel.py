@@ -36,6 +36,8 @@ CHANNEL_RELIABLE: Final = 0x00
 CHANNEL_PARTIAL_RELIABLE_REXMIT: Final = 0x01
 CHANNEL_PARTIAL_RELIABLE_TIMED: Final = 0x02
 CHANNEL_UNORDERED_BIT: Final = 0x80
+#: Drop reasons of data channels (a fixed set: they label a metric).
+DROP_REASONS: Final = ("sctp_malformed", "sctp_overrun", "dcep_malformed", "send_refused")
 #: Most channels one peer may open: bounds per-peer state (a chat needs two).
 MAX_CHANNELS: Final = 16
 #: Longest label or protocol we keep (RFC 8832 allows 65535); longer ones are refused.
@@ -162,6 +164,7 @@ class DataChannels:
         )
         if out is None:
             self.refused_sends += 1
+            self.association.drops["send_refused"] += 1
         return out
 
     def by_label(self, label: str) -> DataChannel | None:
@@ -179,6 +182,7 @@ class DataChannels:
         channel = self.channels.get(message.stream_id)
         if channel is None or message.ppid not in Ppid.__members__.values():
             self.malformed += 1
+            self.association.drops["dcep_malformed"] += 1
             return []
         if message.ppid in (Ppid.STRING_EMPTY, Ppid.BINARY_EMPTY):
             events.append(ChannelMessage(channel, b"", message.ppid == Ppid.BINARY_EMPTY))
@@ -195,9 +199,11 @@ class DataChannels:
             channel = parse_open(message.stream_id, message.data)
         except DcepError:
             self.malformed += 1
+            self.association.drops["dcep_malformed"] += 1
             return []
         if message.stream_id not in self.channels and len(self.channels) >= MAX_CHANNELS:
             self.malformed += 1
+            self.association.drops["dcep_malformed"] += 1
             return []
         self.channels[message.stream_id] = channel
         events.append(ChannelOpened(channel))

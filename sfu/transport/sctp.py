@@ -26,6 +26,7 @@ retransmission timeout.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import types
@@ -182,8 +183,11 @@ class SctpAssociation:
         remote_port: int = SCTP_PORT,
         remote_max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        drops: collections.Counter[str] | None = None,
     ) -> None:
         self.server = server
+        #: Shared drop counters of every association (for metrics), by a fixed reason.
+        self.drops: collections.Counter[str] = drops if drops is not None else collections.Counter()
         self.max_message_size = max_message_size
         self.remote_max_message_size = remote_max_message_size
         self._remote_port = remote_port
@@ -243,14 +247,17 @@ class SctpAssociation:
             _aiortc_sctp.parse_packet(packet)
         except Exception:  # ValueError, and struct.error from a chunk body too short
             self.malformed += 1
+            self.drops["sctp_malformed"] += 1
             return out
         try:
             with self._synchronous(now):
                 _step(self._assoc._handle_data(packet))
         except Exception:  # a peer's packet must never raise out of the handler
             self.malformed += 1
+            self.drops["sctp_malformed"] += 1
         if self._overrun():
             self.overruns += 1
+            self.drops["sctp_overrun"] += 1
             return out + self._drain() + self.close(now=now)
         return out + self._drain()
 

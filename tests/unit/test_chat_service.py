@@ -122,3 +122,19 @@ def test_plain_chat_refused_where_the_room_requires_e2ee(monkeypatch: pytest.Mon
     assert h.service.chat.relay(alice, "plain", now=0.0) == "not_encrypted"
     assert h.service.chat.relay(alice, "e2ee1:0:AAAA", now=0.0) == "ok"
     assert [m["text"] for m in h.messages("bob", "chat")] == ["e2ee1:0:AAAA"]
+
+
+def test_data_channel_drops_are_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_metrics_core import registry_for, value
+
+    h = harness(monkeypatch)
+    registry = registry_for(h.service)
+    assert value(registry, "sfu_datachannel_drops_total", reason="sctp_malformed") == 0
+    alice = h.join(ROOM, "alice")
+    h.service.offer(alice, _datachannel_offer(), 0.0)
+    assert alice.peer is not None and alice.peer.transport.data_channels is not None
+    alice.peer.transport.data_channels.receive(b"not sctp at all", now=0.0)
+    assert value(registry, "sfu_datachannel_drops_total", reason="sctp_malformed") == 1
+    # The count outlives the participant's association.
+    h.service.leave(alice, now=1.0)
+    assert value(registry, "sfu_datachannel_drops_total", reason="sctp_malformed") == 1
