@@ -37,7 +37,13 @@ CHANNEL_PARTIAL_RELIABLE_REXMIT: Final = 0x01
 CHANNEL_PARTIAL_RELIABLE_TIMED: Final = 0x02
 CHANNEL_UNORDERED_BIT: Final = 0x80
 #: Drop reasons of data channels (a fixed set: they label a metric).
-DROP_REASONS: Final = ("sctp_malformed", "sctp_overrun", "dcep_malformed", "send_refused")
+DROP_REASONS: Final = (
+    "sctp_malformed",
+    "sctp_overrun",
+    "message_too_large",
+    "dcep_malformed",
+    "send_refused",
+)
 #: Most channels one peer may open: bounds per-peer state (a chat needs two).
 MAX_CHANNELS: Final = 16
 #: Longest label or protocol we keep (RFC 8832 allows 65535); longer ones are refused.

@@ -194,7 +194,6 @@ class SctpAssociation:
         self._loop = _FakeLoop()
         self._shim = _DtlsShim(server)
         self.malformed = 0
-        self.failed = False
         with self._synchronous(0.0):
             self._assoc = _Association(self._shim, port=SCTP_PORT)  # type: ignore[arg-type]
         self._assoc.inbox = []
@@ -321,9 +320,13 @@ class SctpAssociation:
         return self._drain()
 
     def messages(self) -> list[SctpMessage]:
-        """Take the messages delivered since the last call."""
+        """Take the messages delivered since the last call; one larger than our
+        ``a=max-message-size`` (the peer ignored it) is dropped and counted."""
         out, self._assoc.inbox = self._assoc.inbox, []
-        return out
+        kept = [m for m in out if len(m.data) <= self.max_message_size]
+        if len(kept) != len(out):
+            self.drops["message_too_large"] += len(out) - len(kept)
+        return kept
 
     # -- internals ---------------------------------------------------------------------
 

@@ -278,3 +278,15 @@ def test_peer_overrunning_the_receive_window_is_aborted() -> None:
             break
     assert aborted and server.overruns == 1
     assert server.next_timer() is None
+
+
+def test_message_over_our_max_message_size_is_dropped_and_counted() -> None:
+    pair = _Pair()
+    pair.server = DataChannels(SctpAssociation(server=True, max_message_size=100))
+    pair.connect()
+    pair.to_server += pair.client.send(0, Ppid.DCEP, _open("chat"), now=pair.now) or []
+    pair.to_server += pair.client.send(0, Ppid.STRING, b"x" * 101, now=pair.now) or []
+    pair.to_server += pair.client.send(0, Ppid.STRING, b"y" * 100, now=pair.now) or []
+    pair.pump()
+    assert [e.data for e in pair.events if isinstance(e, ChannelMessage)] == [b"y" * 100]
+    assert pair.server.association.drops == {"message_too_large": 1}
