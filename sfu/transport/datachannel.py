@@ -43,6 +43,7 @@ DROP_REASONS: Final = (
     "message_too_large",
     "dcep_malformed",
     "send_refused",
+    "sctp_error",
 )
 #: Most channels one peer may open: bounds per-peer state (a chat needs two).
 MAX_CHANNELS: Final = 16

@@ -194,6 +194,8 @@ class SctpAssociation:
         self._loop = _FakeLoop()
         self._shim = _DtlsShim(server)
         self.malformed = 0
+        #: aiortc calls that raised (counted, contained; see :meth:`_run`).
+        self.errors = 0
         with self._synchronous(0.0):
             self._assoc = _Association(self._shim, port=SCTP_PORT)  # type: ignore[arg-type]
         self._assoc.inbox = []
@@ -229,13 +231,8 @@ class SctpAssociation:
         if self._started:
             return []
         self._started = True
-        with self._synchronous(now):
-            _step(
-                self._assoc.start(
-                    _aiortc_sctp.RTCSctpCapabilities(self.remote_max_message_size),
-                    self._remote_port,
-                )
-            )
+        caps = _aiortc_sctp.RTCSctpCapabilities(self.remote_max_message_size)
+        self._run(now, lambda: _step(self._assoc.start(caps, self._remote_port)))
         return self._drain()
 
     def receive(self, packet: bytes, *, now: float) -> list[bytes]:
@@ -275,19 +272,20 @@ class SctpAssociation:
             return None
         if self.queued_bytes + len(data) > MAX_QUEUED_BYTES:
             return None
-        with self._synchronous(now):
-            _step(
+        sent = self._run(
+            now,
+            lambda: _step(
                 self._assoc._send(
                     stream_id, ppid, data, max_retransmits=max_retransmits, ordered=ordered
                 )
-            )
-        return self._drain()
+            ),
+        )
+        return self._drain() if sent else None
 
     def handle_timer(self, *, now: float) -> list[bytes]:
         """Run the retransmission / SACK timers that are due."""
-        with self._synchronous(now):
-            for handle in self._loop.due(now):
-                handle.callback()
+        for handle in self._loop.due(now):
+            self._run(now, handle.callback)
         return self._drain()
 
     def next_timer(self) -> float | None:
@@ -300,8 +298,7 @@ class SctpAssociation:
         """Abort the association (the DTLS transport is going away)."""
         if not self._started or self.closed:
             return []
-        with self._synchronous(now):
-            _step(self._assoc.stop())
+        self._run(now, lambda: _step(self._assoc.stop()))
         self._loop.timers.clear()
         return self._drain()
 
@@ -314,9 +311,8 @@ class SctpAssociation:
         """Reset our side of a stream (RFC 6525 §4.1), as RFC 8831 §6.7 asks on close."""
         if not self.established:
             return []
-        with self._synchronous(now):
-            self._assoc._reconfig_queue.append(stream_id)
-            _step(self._assoc._transmit_reconfig())
+        self._assoc._reconfig_queue.append(stream_id)
+        self._run(now, lambda: _step(self._assoc._transmit_reconfig()))
         return self._drain()
 
     def messages(self) -> list[SctpMessage]:
@@ -340,6 +336,19 @@ class SctpAssociation:
             yield
         finally:
             module.asyncio = saved
+
+    def _run(self, now: float, action: Callable[[], object]) -> bool:
+        """Run aiortc code synchronously. An exception (a state of aiortc's we did not foresee,
+        or a coroutine that would suspend) is counted and never reaches the packet path or the
+        timer loop; False tells the caller its action did not complete."""
+        try:
+            with self._synchronous(now):
+                action()
+        except Exception:  # aiortc internals: anything, by design of this boundary
+            self.errors += 1
+            self.drops["sctp_error"] += 1
+            return False
+        return True
 
     def _overrun(self) -> bool:
         """The peer holds more of our memory than the protocol lets it (see MAX_INBOUND_BYTES)."""

@@ -290,3 +290,16 @@ def test_message_over_our_max_message_size_is_dropped_and_counted() -> None:
     pair.pump()
     assert [e.data for e in pair.events if isinstance(e, ChannelMessage)] == [b"y" * 100]
     assert pair.server.association.drops == {"message_too_large": 1}
+
+
+def test_an_aiortc_error_in_a_timer_is_contained_and_counted() -> None:
+    pair = _Pair()
+    pair.connect()
+    server = pair.server.association
+
+    def broken() -> None:
+        raise AssertionError("an aiortc state nobody foresaw")
+
+    server._loop.call_later(0.5, broken)
+    assert server.handle_timer(now=1.0) == []
+    assert server.errors == 1 and server.drops["sctp_error"] == 1
