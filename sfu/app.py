@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
 
 from sfu import __version__, clock
-from sfu.config import Config
+from sfu.config import Config, parse_workers
 from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels, default_kernels
 from sfu.echo import EchoService
@@ -54,6 +57,7 @@ from sfu.transport.ice import is_tcp
 from sfu.transport.port import MediaPort
 from sfu.transport.tcp import IceTcpGate
 from sfu.transport.transport import WebRtcTransport
+from sfu.workers.cpus import cgroup_quota_cpus, usable_cpus
 
 __all__ = [
     "DatagramSink",
@@ -64,6 +68,8 @@ __all__ = [
     "format_address",
     "run",
     "serve",
+    "serve_worker",
+    "worker_count",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,6 +126,55 @@ def connect_data_plane(port: MediaPort, dataplane: DataPlane) -> None:
     port.on_transport_closed = dataplane.release
 
 
+def worker_count(config: Config) -> int:
+    """How many forwarding workers ``server.workers`` asks for on this machine."""
+    count = parse_workers(config.server.workers)
+    if count is None:  # a validated config never gets here
+        raise ValueError(f"invalid server.workers {config.server.workers!r}")
+    if count == 0:
+        return usable_cpus(quota=cgroup_quota_cpus())
+    return count
+
+
+def serve_worker(config: Config, index: int) -> int:
+    """Entry point of one worker process (``sfu worker``, started by the supervisor).
+
+    It runs the single-process server, then reports its bound ports as one JSON line on
+    stdout; it drains and exits on SIGTERM or when its stdin (the supervisor) closes.
+    """
+    configure_logging(config.logging, worker_name=config.server.worker_name)
+    import threading
+
+    import uvloop
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def watch_parent() -> None:
+            sys.stdin.buffer.read()  # returns at end of file: the supervisor is gone
+            loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+
+        def report(server: Server) -> None:
+            tcp = server.tcp_address
+            line = {
+                "index": index,
+                "pid": os.getpid(),
+                "http_port": int(server.http_addresses[0][1]),
+                "udp_port": int(server.media_address[1]),
+                "tcp_port": int(tcp[1]) if tcp is not None else 0,
+            }
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+
+        return await run(config, stop=stop, on_ready=report, worker_index=index)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
 def fast_path_implementation() -> str:
     """Which packet fast path is active: ``"cython"``, ``"python"`` or ``"unknown"``."""
     try:
@@ -169,8 +224,10 @@ class DatagramSink:
 class Server:
     """The running SFU process: media socket, HTTP listener and readiness state."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, worker_index: int | None = None) -> None:
         self.config = config
+        #: This process's index when it is one of several workers behind a supervisor.
+        self.worker_index = worker_index
         self.certificate = Certificate.generate()
         #: The join-token signing key for this process (configured, or random on loopback).
         self.token_secret = signing_secret(config)
@@ -485,7 +542,10 @@ class Server:
                 wanted,
             )
         for addr in await self._http.start(http.host, http.port):
-            log.info("http listening on %s", format_address(addr))
+            if self.worker_index is None:
+                log.info("http listening on %s", format_address(addr))
+            else:
+                log.info("worker http (behind the supervisor) on %s", format_address(addr))
         if self._ops is not None:
             for addr in await self._ops.start(http.ops_host or http.host, http.ops_port):
                 log.info("operations (health, metrics) listening on %s", format_address(addr))
@@ -550,7 +610,13 @@ class Server:
         log.info("stopped (media datagrams received: %d)", self.sink.count)
 
 
-async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
+async def run(
+    config: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Server], None] | None = None,
+    worker_index: int | None = None,
+) -> int:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then drain within the timeout.
 
     Returns the process exit code: 0 after a normal shutdown, 1 if binding failed, the
@@ -585,7 +651,7 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
 
-    server = Server(config)
+    server = Server(config, worker_index=worker_index)
     timeout = config.server.drain_timeout_s
     try:
         try:
@@ -599,6 +665,8 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
             await asyncio.wait_for(server.stop(), timeout)
             return 1
         log.info("ready")
+        if on_ready is not None:
+            on_ready(server)
         await stop.wait()
 
         async def drain() -> None:
@@ -626,7 +694,16 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
 
 
 def serve(config: Config) -> int:
-    """Process entry point for ``sfu serve``: set up logging, run on uvloop, return exit code."""
+    """Process entry point for ``sfu serve``: set up logging, run on uvloop, return exit code.
+
+    With ``server.workers`` above one (or "auto" on a machine with several usable CPUs)
+    this process becomes the supervisor of that many worker processes (sfu/workers/).
+    """
+    workers = worker_count(config)
+    if workers > 1:
+        from sfu.workers.supervisor import run_supervisor
+
+        return run_supervisor(config, workers)
     configure_logging(config.logging, worker_name=config.server.worker_name)
     log.info(
         "sfu %s starting (python %s, fast path: %s)",
