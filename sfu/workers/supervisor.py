@@ -198,6 +198,20 @@ class WorkerProcess:
             return 0.0
         return (total - previous[1]) / (now - previous[0])
 
+    def alive(self) -> bool:
+        """Whether the child still runs (a killed one is a zombie until it is reaped, which
+        may come after its connections are seen to break)."""
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            return False
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+        return state not in (b"Z", b"X")
+
     def reset_samples(self) -> None:
         self._last_cpu = None
         self._last_packets = None
@@ -371,18 +385,36 @@ class Supervisor:
         headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
         return headers
 
+    def _check_lost(self, worker: WorkerProcess) -> bool:
+        """After a failed or broken upstream connection: if the worker process is gone,
+        take it out of placement now (before its exit is reaped), so reconnects go to a
+        live worker. True when it was lost."""
+        if worker.alive():
+            return False
+        if worker.ready:
+            worker.ready = False
+            self.placement.set_ready(worker.index, False)
+            log.warning("worker %d is gone; its rooms move on their next join", worker.index)
+        return True
+
+    def _room_worker(self, room: str) -> WorkerProcess | None:
+        """The worker of ``room`` (placed now if it is not yet), a live one if possible."""
+        for _ in range(2):
+            index = self.placement.place(room, now=clock.now())
+            if index is None:
+                return None
+            worker = self.workers[index]
+            if not self._check_lost(worker):
+                return worker
+        return None
+
     def _any_ready(self) -> WorkerProcess | None:
         return next((w for w in self.workers if w.ready), None)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         """Any other request: to the worker of the room in its path, else the first ready."""
         room = room_of_path(request.path)
-        worker: WorkerProcess | None
-        if room is not None:
-            index = self.placement.place(room, now=clock.now())
-            worker = self.workers[index] if index is not None else None
-        else:
-            worker = self._any_ready()
+        worker = self._room_worker(room) if room is not None else self._any_ready()
         if worker is None or self._session is None:
             return web.json_response({"error": "no worker is ready"}, status=503)
         body = await request.read()
@@ -403,6 +435,7 @@ class Supervisor:
                 out.pop("Server", None)
                 return web.Response(status=upstream.status, headers=out, body=payload)
         except (aiohttp.ClientError, TimeoutError):
+            self._check_lost(worker)
             return web.json_response({"error": "the room's worker did not answer"}, status=502)
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -418,12 +451,10 @@ class Supervisor:
             await client.close(code=4001, message=b"the first message must be a join")
             return client
         room = room_of_join(first.data)
-        now = clock.now()
-        index = self.placement.place(room, now=now)
-        if index is None or self._session is None:
+        worker = self._room_worker(room)
+        if worker is None or self._session is None:
             await client.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no worker ready")
             return client
-        worker = self.workers[index]
         headers = self._forwarded_headers(request)
         for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
             headers.pop(name, None)
@@ -436,13 +467,14 @@ class Supervisor:
                 autoping=True,
             )
         except (aiohttp.ClientError, TimeoutError):
+            self._check_lost(worker)
             await client.send_json(_WORKER_LOST_NOTICE)
             await client.close(code=WSCloseCode.GOING_AWAY, message=b"worker unavailable")
             return client
         self.placement.connected(room)
         try:
             await upstream.send_str(first.data)
-            await self._relay(client, upstream)
+            await self._relay(client, upstream, worker)
         finally:
             self.placement.disconnected(room, now=clock.now())
             if not upstream.closed:
@@ -450,7 +482,10 @@ class Supervisor:
         return client
 
     async def _relay(
-        self, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+        self,
+        client: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse,
+        worker: WorkerProcess,
     ) -> None:
         close_reason = [""]
 
@@ -490,6 +525,7 @@ class Supervisor:
         if code is None or code == WSCloseCode.ABNORMAL_CLOSURE:
             # The worker went away without a close frame (killed): the client reconnects,
             # and its rejoin is placed on a live worker.
+            self._check_lost(worker)
             with contextlib.suppress(Exception):
                 await client.send_json(_WORKER_LOST_NOTICE)
             await client.close(code=WSCloseCode.GOING_AWAY, message=b"worker restarting")
