@@ -126,6 +126,10 @@ def connect_data_plane(port: MediaPort, dataplane: DataPlane) -> None:
     port.on_transport_closed = dataplane.release
 
 
+#: A worker's stdin is a pipe from its supervisor; nothing is sent on it, its end is the news.
+_STDIN_FD: Final = 0
+
+
 def worker_count(config: Config) -> int:
     """How many forwarding workers ``server.workers`` asks for on this machine."""
     count = parse_workers(config.server.workers)
@@ -143,19 +147,23 @@ def serve_worker(config: Config, index: int) -> int:
     stdout; it drains and exits on SIGTERM or when its stdin (the supervisor) closes.
     """
     configure_logging(config.logging, worker_name=config.server.worker_name)
-    import threading
-
     import uvloop
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
 
-        def watch_parent() -> None:
-            sys.stdin.buffer.read()  # returns at end of file: the supervisor is gone
-            loop.call_soon_threadsafe(stop.set)
+        def parent_input() -> None:
+            # End of file (or an error) on stdin: the supervisor is gone.
+            try:
+                data = os.read(_STDIN_FD, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(_STDIN_FD)
+                stop.set()
 
-        threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+        loop.add_reader(_STDIN_FD, parent_input)
 
         def report(server: Server) -> None:
             tcp = server.tcp_address

@@ -270,6 +270,12 @@ class Supervisor:
         return None
 
     @property
+    def token_secret(self) -> str:
+        """The join-token signing key every worker verifies with (configured, or random
+        for this server's lifetime on loopback)."""
+        return self.secret
+
+    @property
     def http_addresses(self) -> list[tuple[Any, ...]]:
         return self._http.addresses
 
