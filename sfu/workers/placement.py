@@ -13,7 +13,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["PPS_PER_CORE", "ROOM_WEIGHT", "Placement", "WorkerLoad"]
+__all__ = [
+    "IDLE_FORGET_S",
+    "MAX_PLACED_ROOMS",
+    "PPS_PER_CORE",
+    "ROOM_WEIGHT",
+    "Placement",
+    "WorkerLoad",
+]
 
 #: Packets per second (in plus out) one worker core carries at full load; scales the packet
 #: rate to the same unit as CPU share (the fan-out bench sustains roughly this on one core).
@@ -24,6 +31,11 @@ ROOM_WEIGHT: Final = 0.05
 #: A placed room with no signaling connection is forgotten after this many seconds idle
 #: (its participants' resume grace is 15 s by default), which bounds the table.
 IDLE_FORGET_S: Final = 120.0
+#: Most rooms the table remembers. Room names reach the supervisor before any token is
+#: checked (the worker checks it), so the table must be bounded: when full, the longest idle
+#: room without connections is forgotten, and if every room has connections a new room is
+#: still placed but not remembered (its next request is placed afresh).
+MAX_PLACED_ROOMS: Final = 100_000
 
 
 @dataclass(slots=True)
@@ -98,8 +110,18 @@ class Placement:
             a, b = self.rng.sample(ready, 2)
             chosen = a if self.loads[a].score() <= self.loads[b].score() else b
         self.loads[chosen].recent_rooms += 1
+        if len(self._rooms) >= MAX_PLACED_ROOMS and not self._evict_one():
+            return chosen
         self._rooms[room] = _Room(chosen, idle_since=now)
         return chosen
+
+    def _evict_one(self) -> bool:
+        """Forget the longest idle room without connections; False when there is none."""
+        idle = [(r.idle_since, name) for name, r in self._rooms.items() if r.connections == 0]
+        if not idle:
+            return False
+        del self._rooms[min(idle)[1]]
+        return True
 
     def connected(self, room: str) -> None:
         """A signaling connection of ``room`` opened (the room stays placed while any is)."""

@@ -652,6 +652,10 @@ async def _run(config: Config, workers: int) -> int:
         log.error("cannot bind listening sockets: %s", exc)
         await supervisor.stop()
         return 1
+    if not any(w.ready for w in supervisor.workers):
+        log.error("no worker started; exiting")
+        await supervisor.stop()
+        return 1
     log.info("ready (%d workers)", workers)
     await stop.wait()
     log.info("shutting down: draining the workers")

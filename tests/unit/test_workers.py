@@ -24,6 +24,7 @@ from sfu.config import (
     parse_config,
     parse_workers,
 )
+from sfu.workers import placement as placement_module
 from sfu.workers.cpus import (
     cgroup_quota_cpus,
     parse_cpu_max,
@@ -282,3 +283,20 @@ def test_worker_environment_gives_each_worker_its_ports_and_the_shared_secret() 
     assert replace(worker.rooms) == config.rooms
     ephemeral = worker_environment({}, replace(config, media=MediaConfig(udp_port=0)), 1, "s" * 40)
     assert ephemeral["SFU_MEDIA_UDP_PORT"] == "0"
+
+
+def test_the_room_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement_module, "MAX_PLACED_ROOMS", 3)
+    placement = ready_placement(2)
+    placement.place("old", now=0.0)
+    placement.place("held", now=1.0)
+    placement.connected("held")
+    placement.place("newer", now=2.0)
+    placement.place("newest", now=3.0)  # evicts "old", the longest idle
+    assert placement.worker_of("old") is None
+    assert all(placement.worker_of(r) is not None for r in ("held", "newer", "newest"))
+    for room in ("newer", "newest"):
+        placement.connected(room)
+    # Every remembered room has a connection: a new one is placed but not remembered.
+    assert placement.place("extra", now=4.0) is not None
+    assert placement.worker_of("extra") is None
