@@ -60,6 +60,7 @@ from sfu.transport.transport import WebRtcTransport
 from sfu.workers.cpus import cgroup_quota_cpus, usable_cpus
 
 __all__ = [
+    "WORKER_LOAD_PATH",
     "DatagramSink",
     "Server",
     "build_data_plane",
@@ -198,6 +199,10 @@ def format_address(addr: Address) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+#: A worker's load report on its loopback listener (read by the supervisor, which never
+#: forwards this path from its public listener).
+WORKER_LOAD_PATH: Final = "/_worker/load"
+
 #: How often transport timers (ICE consent, DTLS retransmission and timeouts) are checked.
 TIMER_INTERVAL_S: Final = 0.05
 
@@ -316,6 +321,8 @@ class Server:
                 tcp_gate=lambda: self.tcp_gate,
             )
         )
+        if worker_index is not None:
+            self.http_app.router.add_get(WORKER_LOAD_PATH, self._worker_load)
         if config.metrics.enabled:
             add_metrics_route(self.http_app, self.metrics)
             if self.ops_app is not None:
@@ -339,6 +346,13 @@ class Server:
                 limiter=self.ops_limiter,
                 clock=clock.now,
             )
+
+    async def _worker_load(self, _request: web.Request) -> web.Response:
+        """A worker's load for its supervisor's placement, cheap enough to poll: datagrams
+        through the forwarder (in, fast and slow, and out) so far."""
+        forwarder = self.dataplane.forwarder
+        packets = forwarder.fast_packets + forwarder.slow_packets + forwarder.sent_packets
+        return web.json_response({"packets": packets})
 
     @property
     def draining(self) -> bool:

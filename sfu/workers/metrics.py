@@ -13,12 +13,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-__all__ = ["WORKER_LABEL", "MergedMetrics", "packet_total", "relabel"]
+__all__ = ["WORKER_LABEL", "MergedMetrics", "relabel"]
 
 #: The label that tells workers' series apart.
 WORKER_LABEL = "worker"
-#: The counters whose sum is a worker's packet load (media in plus media out).
-_PACKET_SAMPLES = frozenset({"sfu_rtp_packets_received_total", "sfu_rtp_packets_forwarded_total"})
 
 
 def relabel(text: str, worker: int) -> list[Metric]:
@@ -32,16 +30,6 @@ def relabel(text: str, worker: int) -> list[Metric]:
         ]
         out.append(family)
     return out
-
-
-def packet_total(text: str) -> float:
-    """Media packets a worker has received plus forwarded, from its exposition ``text``."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in _PACKET_SAMPLES:
-                total += sample.value
-    return total
 
 
 class MergedMetrics:

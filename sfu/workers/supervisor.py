@@ -32,13 +32,14 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from sfu import clock
+from sfu.app import WORKER_LOAD_PATH
 from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, config_environment
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_limit
 from sfu.logging_setup import configure_logging
 from sfu.signaling.auth import signing_secret
 from sfu.signaling.room_ws import JOIN_TIMEOUT, MAX_FRAME_BYTES
-from sfu.workers.metrics import MergedMetrics, packet_total, relabel
+from sfu.workers.metrics import MergedMetrics, relabel
 from sfu.workers.placement import Placement
 
 __all__ = [
@@ -62,6 +63,10 @@ WORKER_START_TIMEOUT_S: Final = 30.0
 RESTART_DELAY_S: Final = 0.25
 RESTART_DELAY_MAX_S: Final = 10.0
 STABLE_AFTER_S: Final = 30.0
+#: After a connection to a worker broke: how long to wait for its process to look dead
+#: (a killed one is seen dead within milliseconds) and how often to look.
+LOST_CONFIRM_S: Final = 0.5
+LOST_POLL_S: Final = 0.01
 #: Bound on one scrape of a worker's ``/metrics`` or one forwarded HTTP request.
 UPSTREAM_TIMEOUT_S: Final = 10.0
 #: Once the workers have drained, closing the supervisor's listeners takes at most this.
@@ -84,6 +89,8 @@ _HOP_HEADERS: Final = frozenset(
 )
 #: Paths whose second segment names the room: WHIP, WHEP and the room admin API.
 _ROOM_PATH_PREFIXES: Final = ("whip", "whep", "rooms")
+#: Paths of the workers' own listeners that only the supervisor uses.
+_INTERNAL_PREFIX: Final = "/_worker/"
 _WORKER_LOST_NOTICE: Final = {"type": "server_draining", "deadline_s": 0}
 
 
@@ -363,9 +370,26 @@ class Supervisor:
                 if not worker.ready:
                     continue
                 cpu = worker.sample_cpu(now)
-                text = await self._scrape(worker)
-                pps = worker.sample_packets(now, packet_total(text)) if text else 0.0
+                packets = await self._load(worker)
+                pps = worker.sample_packets(now, packets) if packets is not None else 0.0
                 self.placement.observe(worker.index, cpu=cpu, pps=pps)
+
+    async def _load(self, worker: WorkerProcess) -> float | None:
+        """Packets the worker has handled so far (its cheap load report, not its metrics:
+        a full scrape every few seconds would cost a busy worker measurably)."""
+        if self._session is None or not worker.ready:
+            return None
+        try:
+            async with self._session.get(
+                worker.base_url + WORKER_LOAD_PATH,
+                timeout=aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S),
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                report = await resp.json()
+                return float(report["packets"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+            return None
 
     async def _scrape(self, worker: WorkerProcess) -> str | None:
         """Worker's ``/metrics`` text, None when it does not answer."""
@@ -403,6 +427,17 @@ class Supervisor:
             log.warning("worker %d is gone; its rooms move on their next join", worker.index)
         return True
 
+    async def _confirm_lost(self, worker: WorkerProcess) -> bool:
+        """:meth:`_check_lost` after a broken connection, waiting a moment: a killed
+        process's sockets close before it turns zombie, so its connections may break a
+        little before it looks dead."""
+        deadline = clock.now() + LOST_CONFIRM_S
+        while not self._check_lost(worker):
+            if clock.now() >= deadline:
+                return False
+            await asyncio.sleep(LOST_POLL_S)
+        return True
+
     def _room_worker(self, room: str) -> WorkerProcess | None:
         """The worker of ``room`` (placed now if it is not yet), a live one if possible."""
         for _ in range(2):
@@ -419,6 +454,8 @@ class Supervisor:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         """Any other request: to the worker of the room in its path, else the first ready."""
+        if request.path.startswith(_INTERNAL_PREFIX):
+            raise web.HTTPNotFound()
         room = room_of_path(request.path)
         worker = self._room_worker(room) if room is not None else self._any_ready()
         if worker is None or self._session is None:
@@ -441,7 +478,7 @@ class Supervisor:
                 out.pop("Server", None)
                 return web.Response(status=upstream.status, headers=out, body=payload)
         except (aiohttp.ClientError, TimeoutError):
-            self._check_lost(worker)
+            await self._confirm_lost(worker)
             return web.json_response({"error": "the room's worker did not answer"}, status=502)
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -473,7 +510,7 @@ class Supervisor:
                 autoping=True,
             )
         except (aiohttp.ClientError, TimeoutError):
-            self._check_lost(worker)
+            await self._confirm_lost(worker)
             await client.send_json(_WORKER_LOST_NOTICE)
             await client.close(code=WSCloseCode.GOING_AWAY, message=b"worker unavailable")
             return client
@@ -531,7 +568,7 @@ class Supervisor:
         if code is None or code == WSCloseCode.ABNORMAL_CLOSURE:
             # The worker went away without a close frame (killed): the client reconnects,
             # and its rejoin is placed on a live worker.
-            self._check_lost(worker)
+            await self._confirm_lost(worker)
             with contextlib.suppress(Exception):
                 await client.send_json(_WORKER_LOST_NOTICE)
             await client.close(code=WSCloseCode.GOING_AWAY, message=b"worker restarting")

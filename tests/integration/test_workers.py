@@ -13,6 +13,8 @@ import os
 import re
 import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,10 @@ def test_rooms_spread_over_workers_and_a_killed_worker_only_moves_its_own_rooms(
     pids = worker_pids(server)
     assert sorted(pids) == [0, 1], server.log
     assert http_get(port, "/readyz") == (200, {"status": "ok"})
+    # The workers' own load reports are not reachable through the public listener.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/_worker/load", timeout=TIMEOUT)
+    assert refused.value.code == 404
 
     async def scenario() -> int:
         async with aiohttp.ClientSession() as http:

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import socket
+import time
 
+import aiohttp
 import pytest
-from clients import TIMEOUT, frames, running_supervisor
+from clients import LOOPBACK_CONFIG, TIMEOUT, frames, running_supervisor
 from media_load import media_load
+
+from sfu.io.http_limits import REFUSED_PER_SOURCE
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +43,44 @@ def test_whip_and_whep_rooms_on_two_workers_decode() -> None:
                 await asyncio.wait_for(frames(load.tracks[0]["audio"], 10), TIMEOUT)
 
     asyncio.run(asyncio.wait_for(scenario(), 4 * TIMEOUT))
+
+
+#: Connections one source may hold on the supervisor's public listener in the limits test.
+PER_SOURCE = 3
+FLOOD = 6
+
+
+def test_the_public_listener_keeps_the_http_limits() -> None:
+    """The supervisor's listener applies sfu/io/http_limits.py: connections beyond the
+    per-source cap are refused at once, and other sources are still served."""
+    config = dataclasses.replace(
+        LOOPBACK_CONFIG,
+        http=dataclasses.replace(LOOPBACK_CONFIG.http, max_connections_per_source=PER_SOURCE),
+    )
+
+    async def scenario() -> None:
+        async with running_supervisor(config, workers=2) as (supervisor, base):
+            port = int(supervisor.http_addresses[0][1])
+            flood = []
+            for _ in range(FLOOD):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                s.bind(("127.0.0.3", 0))
+                s.connect_ex(("127.0.0.1", port))
+                flood.append(s)
+            try:
+                deadline = time.monotonic() + TIMEOUT
+                while supervisor.limiter.refused[REFUSED_PER_SOURCE] < FLOOD - PER_SOURCE:
+                    assert time.monotonic() < deadline, supervisor.limiter.refused
+                    await asyncio.sleep(0.05)
+                assert supervisor.limiter.peak_per_source == PER_SOURCE
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(base + "/readyz") as resp,
+                ):
+                    assert resp.status == 200
+            finally:
+                for s in flood:
+                    s.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 2 * TIMEOUT))

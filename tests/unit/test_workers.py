@@ -31,7 +31,7 @@ from sfu.workers.cpus import (
     parse_cpu_quota_v1,
     usable_cpus,
 )
-from sfu.workers.metrics import MergedMetrics, packet_total, relabel
+from sfu.workers.metrics import MergedMetrics, relabel
 from sfu.workers.placement import IDLE_FORGET_S, Placement
 from sfu.workers.supervisor import room_of_join, room_of_path, worker_environment
 
@@ -225,11 +225,6 @@ def test_worker_series_get_a_worker_label_and_merge() -> None:
     ]
     assert {s.labels["worker"]: s.value for s in video} == {"0": 90.0, "1": 90.0}
     assert text.count("# TYPE sfu_rooms gauge") == 1
-
-
-def test_packet_total_sums_media_in_and_out() -> None:
-    assert packet_total(WORKER_TEXT) == 1000.0
-    assert packet_total("") == 0.0
 
 
 # -- routing and worker environment ------------------------------------------------------
