@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML configuration file (default: built-in defaults, see configs/default.toml)",
     )
 
-    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    # Internal (started by the supervisor): no help= keeps it out of the listing.
+    worker = sub.add_parser("worker")
     worker.add_argument("--index", type=int, required=True)
 
     check = sub.add_parser(

@@ -12,6 +12,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfu.app import worker_count
+from sfu.cli import build_parser, main
 from sfu.config import (
     Config,
     ConfigError,
@@ -295,3 +296,13 @@ def test_the_room_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every remembered room has a connection: a new one is placed but not remembered.
     assert placement.place("extra", now=4.0) is not None
     assert placement.worker_of("extra") is None
+
+
+def test_a_worker_with_a_bad_environment_says_which_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SFU_SERVER_WORKERS", "zero")
+    assert main(["worker", "--index", "0"]) == 1
+    assert "SFU_SERVER_WORKERS" in capsys.readouterr().err
+    # The worker subcommand is internal: not advertised in the help.
+    assert "worker" not in build_parser().format_help()
