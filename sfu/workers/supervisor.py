@@ -303,7 +303,10 @@ class Supervisor:
             env=env,
             stdin=asyncio.subprocess.PIPE,  # its end of file tells the worker we are gone
             stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
+            # A process group of its own: a terminal's Ctrl-C reaches the supervisor only.
+            # Not a session of its own: with autogroup scheduling a new session would be a
+            # new CPU group, escaping the operator's nice and the share the server is given.
+            preexec_fn=os.setpgrp,  # only setpgid(0, 0) in the child (uvloop has no process_group)
         )
         worker.proc = proc
         worker.started_at = clock.now()
@@ -336,13 +339,17 @@ class Supervisor:
         """Run ``worker`` and restart it whenever it dies, until the supervisor stops."""
         delay = RESTART_DELAY_S
         while not self.stopping:
-            started = await self._spawn(worker)
+            try:
+                started = await self._spawn(worker)
+            except Exception:  # cannot spawn at all (no fds, no memory): retry later
+                log.exception("cannot start worker %d", worker.index)
+                worker.proc, started = None, False
             proc = worker.proc
-            assert proc is not None
-            if started:
+            code: int | None = None
+            if started and proc is not None:
                 code = await proc.wait()
             else:
-                code = proc.returncode if proc.returncode is not None else -1
+                code = proc.returncode if proc is not None else None
             worker.ready = False
             self.placement.set_ready(worker.index, False)
             if self._stopped():
