@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import CIMultiDict
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -83,8 +84,8 @@ _HOP_HEADERS: Final = frozenset(
         "Trailer",
         "Transfer-Encoding",
         "Upgrade",
+        # Content-Length is recomputed; bodies pass undecoded, so Content-Encoding stays.
         "Content-Length",
-        "Content-Encoding",
     )
 )
 #: Paths whose second segment names the room: WHIP, WHEP and the room admin API.
@@ -415,9 +416,15 @@ class Supervisor:
 
     # -- the public HTTP front ----------------------------------------------------------
 
-    def _forwarded_headers(self, request: web.Request) -> dict[str, str]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-        chain = request.headers.get("X-Forwarded-For")
+    def _forwarded_headers(self, request: web.Request) -> CIMultiDict[str]:
+        """The request's end-to-end headers (repeated ones kept), with the client's address
+        appended to ``X-Forwarded-For`` (the worker trusts only its supervisor's)."""
+        headers = CIMultiDict(
+            (k, v)
+            for k, v in request.headers.items()
+            if k.lower() not in _HOP_HEADERS and k.lower() != "x-forwarded-for"
+        )
+        chain = ", ".join(request.headers.getall("X-Forwarded-For", []))
         peer = request.remote or ""
         headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
         return headers
@@ -480,9 +487,12 @@ class Supervisor:
                 auto_decompress=False,
             ) as upstream:
                 payload = await upstream.read()
-                out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-                out.pop("Date", None)
-                out.pop("Server", None)
+                # Repeated headers (WHIP's Link, one per ICE server) stay repeated.
+                out = CIMultiDict(
+                    (k, v)
+                    for k, v in upstream.headers.items()
+                    if k.lower() not in _HOP_HEADERS and k.lower() not in ("date", "server")
+                )
                 return web.Response(status=upstream.status, headers=out, body=payload)
         except (aiohttp.ClientError, TimeoutError):
             await self._confirm_lost(worker)
