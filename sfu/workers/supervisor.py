@@ -90,6 +90,8 @@ _HOP_HEADERS: Final = frozenset(
 )
 #: Paths whose second segment names the room: WHIP, WHEP and the room admin API.
 _ROOM_PATH_PREFIXES: Final = ("whip", "whep", "rooms")
+#: The ``listener`` label of the supervisor's public HTTP listener in ``sfu_http_connections``.
+PUBLIC_LISTENER: Final = "public"
 #: Paths of the workers' own listeners that only the supervisor uses.
 _INTERNAL_PREFIX: Final = "/_worker/"
 _WORKER_LOST_NOTICE: Final = {"type": "server_draining", "deadline_s": 0}
@@ -631,7 +633,21 @@ class Supervisor:
             rooms.add_metric(label, float(self.placement.rooms_on(worker.index)))
             cpu.add_metric(label, worker.cpu_total)
             pps.add_metric(label, self.placement.loads[worker.index].pps)
-        return [up, restarts, rooms, cpu, pps]
+        # The public listener's limits (the workers' own series are their loopback ones).
+        refused = CounterMetricFamily(
+            "sfu_http_connections_refused",
+            "HTTP connections refused or closed by a limit, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in self.limiter.refused.items():
+            refused.add_metric([reason], float(n))
+        open_now = GaugeMetricFamily(
+            "sfu_http_connections",
+            "Open TCP connections on the HTTP listeners, by listener.",
+            labels=["listener"],
+        )
+        open_now.add_metric([PUBLIC_LISTENER], float(self.limiter.open))
+        return [up, restarts, rooms, cpu, pps, refused, open_now]
 
     # -- life cycle ---------------------------------------------------------------------
 

@@ -128,6 +128,11 @@ def test_rooms_spread_over_workers_and_a_killed_worker_only_moves_its_own_rooms(
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/_worker/load", timeout=TIMEOUT)
     assert refused.value.code == 404
+    # The public listener's connections are in the merged metrics, next to the workers'.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as resp:
+        text = resp.read().decode()
+    assert re.search(r'^sfu_http_connections\{listener="public"\} [1-9]', text, re.MULTILINE)
+    assert re.search(r'^sfu_rooms\{worker="1"\} ', text, re.MULTILINE), text[:2000]
 
     async def scenario() -> int:
         async with aiohttp.ClientSession() as http:
