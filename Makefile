@@ -10,13 +10,16 @@ CONFIG ?= configs/default.toml
 DEB_RUN  := gcc libssl-dev
 DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus iproute2 coturn
 PYTEST_ARGS ?=
+# Forwarding workers for `make run` (server.workers): every usable core by default;
+# `make run WORKERS=1` is the single process. An SFU_SERVER_WORKERS in the environment wins.
+WORKERS ?= auto
 
 SOURCES := pyproject.toml setup.py $(wildcard sfu/_fastpath/*.pyx sfu/_fastpath/*.pxd bench/*.pyx)
 
 .PHONY: run test lint typecheck pytest pytest-compiled pytest-python bench fuzz clean deb-run deb-test
 
 run: $(VENV)/.run-stamp
-	$(PY) -m sfu serve --config $(CONFIG)
+	SFU_SERVER_WORKERS="$${SFU_SERVER_WORKERS:-$(WORKERS)}" $(PY) -m sfu serve --config $(CONFIG)
 
 test: $(VENV)/.test-stamp lint typecheck pytest
 

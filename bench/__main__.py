@@ -97,6 +97,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how subscribers reach the server: udp, or tcp (ICE-TCP); publishers use UDP",
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="our local server's forwarding workers (server.workers; default 1)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sample", type=float, default=10.0, help="soak: seconds per sample")
     p.add_argument("--cycles", type=int, default=1000, help="churn: join/leave cycles")
@@ -146,7 +152,9 @@ def _pin(args: argparse.Namespace) -> int | None:
 
 
 def _targets(args: argparse.Namespace, server_cpu: int | None) -> list[Target]:
-    ours = SfuTarget(url=args.target, jwt_secret=args.jwt_secret, server_cpu=server_cpu)
+    ours = SfuTarget(
+        url=args.target, jwt_secret=args.jwt_secret, server_cpu=server_cpu, workers=args.workers
+    )
     targets: list[Target] = [ours]
     if args.vs == "janus":
         try:
@@ -184,7 +192,9 @@ async def _run(args: argparse.Namespace) -> list[RunResult]:
 async def _run_long(args: argparse.Namespace) -> int:
     """``soak`` or ``churn`` against our server (local, or ``--target``)."""
     server_cpu = _pin(args) if args.target is None else None
-    target = SfuTarget(url=args.target, jwt_secret=args.jwt_secret, server_cpu=server_cpu)
+    target = SfuTarget(
+        url=args.target, jwt_secret=args.jwt_secret, server_cpu=server_cpu, workers=args.workers
+    )
     bar = ProgressBar(enabled=not args.quiet)
     plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     try:

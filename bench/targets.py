@@ -121,6 +121,25 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from ``/proc/<pid>/task/*/children``)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid`` and its live descendants (a supervisor and its workers, or a
+    ``taskset`` wrapper and the server it runs); None if ``pid`` is unreadable."""
+    own = proc_cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(tree_cpu_seconds(child) or 0.0 for child in _children(pid))
+
+
 def _metrics_cpu(text: str) -> float | None:
     for line in text.splitlines():
         if line.startswith("process_cpu_seconds_total"):
@@ -146,6 +165,9 @@ class SfuTarget:
     max_participants: int = 1000
     name: str = "sfu"
     server_offers: bool = False
+    #: ``server.workers`` of the local server: above 1, a supervisor and that many worker
+    #: processes (their CPU time counts with the supervisor's).
+    workers: int = 1
     _proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
     _tmp: str | None = field(default=None, repr=False)
     _http: aiohttp.ClientSession | None = field(default=None, repr=False)
@@ -193,6 +215,7 @@ class SfuTarget:
             # The whole load comes from one address and a few identities by design.
             "max_pending_per_source = 2000\nmax_pending_per_identity = 2000\n"
             '[logging]\nlevel = "info"\n'
+            f"[server]\nworkers = {self.workers}\n"
             f'[auth]\njwt_secret = "{secret}"\ndev_tokens = false\n'
             f"[rooms]\nwaiting_room = false\nmax_participants = {self.max_participants}\n"
             f'[audit]\npath = "{tmp}/audit"\n'
@@ -303,7 +326,7 @@ class SfuTarget:
         """Local: ``/proc`` of the server; remote: ``process_cpu_seconds_total`` from
         ``/metrics`` when the deployment exposes it, else None."""
         if self._proc is not None:
-            return proc_cpu_seconds(self._proc.pid)
+            return tree_cpu_seconds(self._proc.pid)
         if self._http is None or self.url is None:
             return None
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):

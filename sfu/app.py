@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
 
 from sfu import __version__, clock
-from sfu.config import Config
+from sfu.config import Config, parse_workers
 from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels, default_kernels
 from sfu.echo import EchoService
@@ -55,8 +58,10 @@ from sfu.transport.ice import is_tcp
 from sfu.transport.port import MediaPort
 from sfu.transport.tcp import IceTcpGate
 from sfu.transport.transport import WebRtcTransport
+from sfu.workers.cpus import cgroup_quota_cpus, usable_cpus
 
 __all__ = [
+    "WORKER_LOAD_PATH",
     "DatagramSink",
     "Server",
     "build_data_plane",
@@ -65,6 +70,8 @@ __all__ = [
     "format_address",
     "run",
     "serve",
+    "serve_worker",
+    "worker_count",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,6 +128,63 @@ def connect_data_plane(port: MediaPort, dataplane: DataPlane) -> None:
     port.on_transport_closed = dataplane.release
 
 
+#: A worker's stdin is a pipe from its supervisor; nothing is sent on it, its end is the news.
+_STDIN_FD: Final = 0
+
+
+def worker_count(config: Config) -> int:
+    """How many forwarding workers ``server.workers`` asks for on this machine."""
+    count = parse_workers(config.server.workers)
+    if count is None:  # a validated config never gets here
+        raise ValueError(f"invalid server.workers {config.server.workers!r}")
+    if count == 0:
+        return usable_cpus(quota=cgroup_quota_cpus())
+    return count
+
+
+def serve_worker(config: Config, index: int) -> int:
+    """Entry point of one worker process (``sfu worker``, started by the supervisor).
+
+    It runs the single-process server, then reports its bound ports as one JSON line on
+    stdout; it drains and exits on SIGTERM or when its stdin (the supervisor) closes.
+    """
+    configure_logging(config.logging, worker_name=config.server.worker_name)
+    import uvloop
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def parent_input() -> None:
+            # End of file (or an error) on stdin: the supervisor is gone.
+            try:
+                data = os.read(_STDIN_FD, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(_STDIN_FD)
+                stop.set()
+
+        loop.add_reader(_STDIN_FD, parent_input)
+
+        def report(server: Server) -> None:
+            tcp = server.tcp_address
+            line = {
+                "index": index,
+                "pid": os.getpid(),
+                "http_port": int(server.http_addresses[0][1]),
+                "udp_port": int(server.media_address[1]),
+                "tcp_port": int(tcp[1]) if tcp is not None else 0,
+            }
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+
+        return await run(config, stop=stop, on_ready=report, worker_index=index)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
 def fast_path_implementation() -> str:
     """Which packet fast path is active: ``"cython"``, ``"python"`` or ``"unknown"``."""
     try:
@@ -135,6 +199,10 @@ def format_address(addr: Address) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
+
+#: A worker's load report on its loopback listener (read by the supervisor, which never
+#: forwards this path from its public listener).
+WORKER_LOAD_PATH: Final = "/_worker/load"
 
 #: How often transport timers (ICE consent, DTLS retransmission and timeouts) are checked.
 TIMER_INTERVAL_S: Final = 0.05
@@ -170,8 +238,10 @@ class DatagramSink:
 class Server:
     """The running SFU process: media socket, HTTP listener and readiness state."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, worker_index: int | None = None) -> None:
         self.config = config
+        #: This process's index when it is one of several workers behind a supervisor.
+        self.worker_index = worker_index
         self.certificate = Certificate.generate()
         #: The join-token signing key for this process (configured, or random on loopback).
         self.token_secret = signing_secret(config)
@@ -252,6 +322,8 @@ class Server:
                 tcp_gate=lambda: self.tcp_gate,
             )
         )
+        if worker_index is not None:
+            self.http_app.router.add_get(WORKER_LOAD_PATH, self._worker_load)
         if config.metrics.enabled:
             add_metrics_route(self.http_app, self.metrics)
             if self.ops_app is not None:
@@ -275,6 +347,13 @@ class Server:
                 limiter=self.ops_limiter,
                 clock=clock.now,
             )
+
+    async def _worker_load(self, _request: web.Request) -> web.Response:
+        """A worker's load for its supervisor's placement, cheap enough to poll: datagrams
+        through the forwarder (in, fast and slow, and out) so far."""
+        forwarder = self.dataplane.forwarder
+        packets = forwarder.fast_packets + forwarder.slow_packets + forwarder.sent_packets
+        return web.json_response({"packets": packets})
 
     @property
     def draining(self) -> bool:
@@ -493,7 +572,10 @@ class Server:
                 wanted,
             )
         for addr in await self._http.start(http.host, http.port):
-            log.info("http listening on %s", format_address(addr))
+            if self.worker_index is None:
+                log.info("http listening on %s", format_address(addr))
+            else:
+                log.info("worker http (behind the supervisor) on %s", format_address(addr))
         if self._ops is not None:
             for addr in await self._ops.start(http.ops_host or http.host, http.ops_port):
                 log.info("operations (health, metrics) listening on %s", format_address(addr))
@@ -558,7 +640,13 @@ class Server:
         log.info("stopped (media datagrams received: %d)", self.sink.count)
 
 
-async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
+async def run(
+    config: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Server], None] | None = None,
+    worker_index: int | None = None,
+) -> int:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then drain within the timeout.
 
     Returns the process exit code: 0 after a normal shutdown, 1 if binding failed, the
@@ -593,7 +681,7 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
 
-    server = Server(config)
+    server = Server(config, worker_index=worker_index)
     timeout = config.server.drain_timeout_s
     try:
         try:
@@ -607,6 +695,8 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
             await asyncio.wait_for(server.stop(), timeout)
             return 1
         log.info("ready")
+        if on_ready is not None:
+            on_ready(server)
         await stop.wait()
 
         async def drain() -> None:
@@ -634,7 +724,16 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
 
 
 def serve(config: Config) -> int:
-    """Process entry point for ``sfu serve``: set up logging, run on uvloop, return exit code."""
+    """Process entry point for ``sfu serve``: set up logging, run on uvloop, return exit code.
+
+    With ``server.workers`` above one (or "auto" on a machine with several usable CPUs)
+    this process becomes the supervisor of that many worker processes (sfu/workers/).
+    """
+    workers = worker_count(config)
+    if workers > 1:
+        from sfu.workers.supervisor import run_supervisor
+
+        return run_supervisor(config, workers)
     configure_logging(config.logging, worker_name=config.server.worker_name)
     log.info(
         "sfu %s starting (python %s, fast path: %s)",

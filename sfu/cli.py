@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML configuration file (default: built-in defaults, see configs/default.toml)",
     )
 
+    # Internal (started by the supervisor): no help= keeps it out of the listing.
+    worker = sub.add_parser("worker")
+    worker.add_argument("--index", type=int, required=True)
+
     check = sub.add_parser(
         "check-config",
         help="validate a configuration file (with environment overrides) and exit",
@@ -126,6 +130,20 @@ def _cmd_serve(path: str | None) -> int:
     return serve(config)
 
 
+def _cmd_worker(index: int) -> int:
+    """One forwarding worker, started by the supervisor of ``sfu serve`` (not by hand); its
+    whole configuration comes from the environment the supervisor gave it."""
+    try:
+        config = load_config(None, os.environ)
+    except ConfigError as err:
+        print("sfu: invalid configuration:", file=sys.stderr)
+        _print_errors(err)
+        return 1
+    from sfu.app import serve_worker
+
+    return serve_worker(config, index)
+
+
 def _cmd_token(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, os.environ)
@@ -183,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command == "serve":
         return _cmd_serve(args.config)
+    if args.command == "worker":
+        return _cmd_worker(args.index)
     if args.command == "check-config":
         return _cmd_check_config(args.path)
     if args.command == "token":

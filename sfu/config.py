@@ -25,6 +25,7 @@ __all__ = [
     "ENV_PREFIX",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_WORKERS",
     "MIN_JWT_SECRET_BYTES",
     "NON_CONFIG_ENV_VARS",
     "AuditConfig",
@@ -38,9 +39,11 @@ __all__ = [
     "MetricsConfig",
     "RoomsConfig",
     "ServerConfig",
+    "config_environment",
     "env_var_name",
     "load_config",
     "parse_config",
+    "parse_workers",
 ]
 
 ENV_PREFIX: Final = "SFU_"
@@ -50,6 +53,23 @@ NON_CONFIG_ENV_VARS: Final = frozenset({"SFU_NO_EXTENSIONS", "SFU_EXPECT_COMPILE
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
+
+#: Most forwarding workers ``server.workers`` may ask for (a bound on processes and ports).
+MAX_WORKERS: Final = 256
+#: ``server.workers`` value that sizes the worker count from the usable CPUs.
+AUTO_WORKERS: Final = "auto"
+
+
+def parse_workers(text: str) -> int | None:
+    """``server.workers`` as a count (0 = "auto"), or None when it is neither."""
+    value = text.strip().lower()
+    if value == AUTO_WORKERS:
+        return 0
+    if not value.isascii() or not value.isdigit() or len(value) > 3:
+        return None
+    count = int(value)
+    return count if 1 <= count <= MAX_WORKERS else None
+
 
 #: Shortest accepted ``auth.jwt_secret`` in bytes (RFC 7518: HS256 keys >= the hash size).
 MIN_JWT_SECRET_BYTES: Final = 32
@@ -173,6 +193,12 @@ class ServerConfig:
     drain_timeout_s: float = 5.0
     #: Name of this process in logs, to tell workers apart when logs are aggregated.
     worker_name: str = "sfu"
+    #: Forwarding worker processes: ``"auto"`` (the CPUs this process may use, after its
+    #: affinity mask and cgroup quota) or a count. ``"1"`` is one process doing everything;
+    #: more starts a supervisor that owns the HTTP port and a worker per core, each with its
+    #: own media ports (``media.udp_port + i``, docs/deployment.md). A TOML integer is
+    #: accepted too.
+    workers: str = "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +509,12 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
     name = values["server"].get("worker_name")
     if name is not None and not (0 < len(name) <= 64 and name.isprintable()):
         err("server.worker_name", "must be 1 to 64 printable characters")
+    workers = values["server"].get("workers")
+    if workers is not None and parse_workers(workers) is None:
+        err(
+            "server.workers",
+            f'must be "auto" or a count from 1 to {MAX_WORKERS}, got {workers!r}',
+        )
     return errors
 
 
@@ -648,6 +680,8 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
             if tp is None:
                 errors.append((path, "unknown key"))
                 continue
+            if path == "server.workers" and type(value) is int:
+                value = str(value)  # workers = 2 reads as naturally as workers = "auto"
             converted = _check_toml_value(path, tp, value, errors)
             if converted is not None:
                 values[section][key] = converted
@@ -671,6 +705,24 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
         raise ConfigError(errors)
     sections = {name: cls(**values[name]) for name, cls in _SECTIONS.items()}
     return Config(**sections)
+
+
+def config_environment(config: Config) -> dict[str, str]:
+    """Every key of ``config`` as its ``SFU_<SECTION>_<KEY>`` override, so that a child
+    process loading only its environment gets exactly this configuration back."""
+    env: dict[str, str] = {}
+    for section in _SECTIONS:
+        table = getattr(config, section)
+        for key in _FIELDS[section]:
+            value = getattr(table, key)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = repr(value) if isinstance(value, float) else str(value)
+            env[env_var_name(section, key)] = text
+    return env
 
 
 def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:

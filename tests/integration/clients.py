@@ -15,6 +15,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamT
 
 from sfu.app import Server
 from sfu.config import AuditConfig, Config, HttpConfig, MediaConfig, RoomsConfig, ServerConfig
+from sfu.workers.supervisor import Supervisor
 
 # aiortc gathers candidates on every interface; tests only ever use 127.0.0.1.
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
@@ -43,6 +44,21 @@ async def running_server(config: Config = LOOPBACK_CONFIG) -> AsyncIterator[tupl
         yield server, f"http://127.0.0.1:{server.http_addresses[0][1]}"
     finally:
         await asyncio.wait_for(server.stop(), TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def running_supervisor(
+    config: Config = LOOPBACK_CONFIG, workers: int = 2
+) -> AsyncIterator[tuple[Supervisor, str]]:
+    """``sfu serve`` with ``workers`` forwarding workers: the supervisor in process, its
+    workers as real child processes; yields it and its public base URL."""
+    supervisor = Supervisor(config, workers)
+    await supervisor.start()
+    try:
+        assert all(w.ready for w in supervisor.workers), "a worker did not start"
+        yield supervisor, f"http://127.0.0.1:{supervisor.http_addresses[0][1]}"
+    finally:
+        await asyncio.wait_for(supervisor.stop(), TIMEOUT)
 
 
 async def post_offer(base: str, path: str, sdp: str) -> tuple[int, str, str | None]:

@@ -27,6 +27,7 @@ from sfu.config import AuditConfig, AuthConfig, Config, HttpConfig, MediaConfig,
 from sfu.core.dataplane import DataPlane
 from sfu.core.peer import Peer
 from sfu.transport.transport import WebRtcTransport
+from sfu.workers.supervisor import Supervisor
 
 T = TypeVar("T")
 
@@ -83,6 +84,47 @@ class ServerThread:
         peer = self.server.rooms.rooms[room].participants[participant_id].peer
         assert peer is not None, f"{participant_id} has no media session"
         return peer
+
+
+class SupervisorThread:
+    """``sfu serve`` with several workers for browser tests: the supervisor on a loop in a
+    background thread, its workers real child processes. Only ``base`` (no internals)."""
+
+    def __init__(self, config: Config = MEETING_CONFIG, workers: int = 2) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.supervisor = Supervisor(config, workers)
+        self.base = ""
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.supervisor.start(), self.loop).result(2 * TIMEOUT)
+        assert all(w.ready for w in self.supervisor.workers), "a worker did not start"
+        self.base = f"http://127.0.0.1:{self.supervisor.http_addresses[0][1]}"
+
+    def stop(self) -> None:
+        try:
+            if self.thread.is_alive():
+                stopping = asyncio.wait_for(self.supervisor.stop(), TIMEOUT)
+                asyncio.run_coroutine_threadsafe(stopping, self.loop).result(TIMEOUT + 5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(TIMEOUT)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
+@contextlib.contextmanager
+def supervisor_thread(
+    config: Config = MEETING_CONFIG, workers: int = 2
+) -> Iterator[SupervisorThread]:
+    """A started :class:`SupervisorThread`, always stopped afterwards."""
+    server = SupervisorThread(config, workers)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

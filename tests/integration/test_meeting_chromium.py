@@ -29,6 +29,7 @@ from meeting import (
     server_thread,
     set_preferences,
     stats,
+    supervisor_thread,
     track_id,
     wait_connected,
 )
@@ -75,9 +76,12 @@ def _grown(before: Entry, after: Entry, kind: str) -> bool:
     return samples >= MIN_SAMPLES_GROWTH and packets >= MIN_AUDIO_PACKETS_GROWTH
 
 
-def test_three_participants_decode_each_other() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_three_participants_decode_each_other(workers: int) -> None:
+    """The same meeting on the single process and behind a supervisor of two workers."""
     names = ("Alice", "Bob", "Carol")
-    with server_thread() as server, contextlib.ExitStack() as browsers:
+    serving = server_thread() if workers == 1 else supervisor_thread(workers=workers)
+    with serving as server, contextlib.ExitStack() as browsers:
         drivers = [browsers.enter_context(chromium()) for _ in names]
         started = time.monotonic()
         for driver, name in zip(drivers, names, strict=True):

@@ -60,6 +60,7 @@ SUBPACKAGES: dict[str, str] = {
     "io": "adapters",
     "signaling": "signaling",
     "web": "leaf",  # static files only
+    "workers": "app",  # the supervisor of forwarding worker processes
 }
 
 _PYX_IMPORT = re.compile(

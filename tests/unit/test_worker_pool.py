@@ -1,0 +1,308 @@
+"""Forwarding workers without processes: worker count, CPU budget, placement, metrics merge,
+the supervisor's routing helpers and each worker's environment."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sfu.app import worker_count
+from sfu.cli import build_parser, main
+from sfu.config import (
+    Config,
+    ConfigError,
+    HttpConfig,
+    MediaConfig,
+    RoomsConfig,
+    ServerConfig,
+    config_environment,
+    load_config,
+    parse_config,
+    parse_workers,
+)
+from sfu.workers import placement as placement_module
+from sfu.workers.cpus import (
+    cgroup_quota_cpus,
+    parse_cpu_max,
+    parse_cpu_quota_v1,
+    usable_cpus,
+)
+from sfu.workers.metrics import MergedMetrics, relabel
+from sfu.workers.placement import IDLE_FORGET_S, Placement
+from sfu.workers.supervisor import room_of_join, room_of_path, worker_environment
+
+# -- configuration ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [("auto", 0), ("AUTO", 0), ("1", 1), ("2", 2), ("256", 256), (" 4 ", 4)],
+)
+def test_workers_values(text: str, count: int) -> None:
+    assert parse_workers(text) == count
+
+
+@pytest.mark.parametrize("text", ["0", "257", "-1", "two", "", "1.5", "²", "0x2"])
+def test_bad_workers_values_are_refused(text: str) -> None:
+    assert parse_workers(text) is None
+    with pytest.raises(ConfigError) as err:
+        parse_config({"server": {"workers": text}})
+    assert err.value.errors[0][0] == "server.workers"
+
+
+def test_workers_may_be_a_toml_integer_or_string(tmp_path: Path) -> None:
+    path = tmp_path / "sfu.toml"
+    path.write_text("[server]\nworkers = 3\n")
+    assert load_config(path).server.workers == "3"
+    path.write_text('[server]\nworkers = "auto"\n')
+    assert load_config(path).server.workers == "auto"
+    with pytest.raises(ConfigError):
+        path.write_text("[server]\nworkers = true\n")
+        load_config(path)
+    assert load_config(None, {"SFU_SERVER_WORKERS": "2"}).server.workers == "2"
+
+
+def test_worker_count_auto_is_at_least_one_and_explicit_counts_are_kept() -> None:
+    assert worker_count(Config()) == 1
+    assert worker_count(Config(server=ServerConfig(workers="3"))) == 3
+    assert worker_count(Config(server=ServerConfig(workers="auto"))) >= 1
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config(),
+        Config(
+            http=HttpConfig(host="127.0.0.1", port=0, trusted_proxies=("10.0.0.1", "::1")),
+            media=MediaConfig(udp_port=0, announced_addresses=("203.0.113.5",)),
+            server=ServerConfig(drain_timeout_s=2.5, workers="auto", worker_name="edge a"),
+            rooms=RoomsConfig(waiting_room=False, resume_grace_s=0.1),
+        ),
+    ],
+)
+def test_config_environment_round_trips(config: Config) -> None:
+    assert parse_config({}, config_environment(config)) == config
+
+
+# -- CPU budget ------------------------------------------------------------------------
+
+
+def test_cpu_max_parsing() -> None:
+    assert parse_cpu_max("max 100000\n") is None
+    assert parse_cpu_max("150000 100000\n") == 1.5
+    assert parse_cpu_max("200000") == 2.0
+    assert parse_cpu_max("garbage") is None
+    assert parse_cpu_max("0 100000") is None
+    assert parse_cpu_max("") is None
+    assert parse_cpu_quota_v1("-1\n", "100000\n") is None
+    assert parse_cpu_quota_v1("50000\n", "100000\n") == 0.5
+    assert parse_cpu_quota_v1("x", "100000") is None
+
+
+def test_cgroup_v2_quota_is_the_tightest_along_the_path(tmp_path: Path) -> None:
+    (tmp_path / "outer" / "inner").mkdir(parents=True)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "outer" / "cpu.max").write_text("300000 100000\n")
+    (tmp_path / "outer" / "inner" / "cpu.max").write_text("max 100000\n")
+    assert cgroup_quota_cpus(tmp_path, "0::/outer/inner\n") == 3.0
+    (tmp_path / "outer" / "inner" / "cpu.max").write_text("120000 100000\n")
+    assert cgroup_quota_cpus(tmp_path, "0::/outer/inner\n") == 1.2
+    assert cgroup_quota_cpus(tmp_path, "0::/\n") is None
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu,cpuacct").mkdir()
+    (tmp_path / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("250000\n")
+    (tmp_path / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_quota_cpus(tmp_path, "12:cpu,cpuacct:/docker/abc\n") == 2.5
+
+
+def test_usable_cpus_is_affinity_capped_by_the_quota() -> None:
+    assert usable_cpus(affinity=8) == 8
+    assert usable_cpus(affinity=8, quota=2.0) == 2
+    assert usable_cpus(affinity=8, quota=1.5) == 2  # part of a second core is still useful
+    assert usable_cpus(affinity=2, quota=6.0) == 2
+    assert usable_cpus(affinity=4, quota=0.25) == 1
+    assert usable_cpus() >= 1
+
+
+# -- placement -------------------------------------------------------------------------
+
+
+def ready_placement(workers: int, seed: int = 1) -> Placement:
+    placement = Placement(workers, rng=random.Random(seed))
+    for i in range(workers):
+        placement.set_ready(i, True)
+    return placement
+
+
+def test_a_room_stays_where_it_was_placed() -> None:
+    placement = ready_placement(4)
+    first = placement.place("a", now=0.0)
+    assert first is not None
+    for _ in range(10):
+        assert placement.place("a", now=1.0) == first
+    assert placement.worker_of("a") == first
+
+
+def test_rooms_spread_evenly_over_equally_loaded_workers() -> None:
+    placement = ready_placement(2)
+    for i in range(100):
+        placement.place(f"room-{i}", now=0.0)
+    assert placement.rooms_on(0) == placement.rooms_on(1) == 50
+
+
+def test_busy_workers_get_fewer_new_rooms() -> None:
+    placement = ready_placement(4, seed=7)
+    placement.observe(0, cpu=0.9, pps=0.0)
+    placement.observe(1, cpu=0.0, pps=180_000.0)
+    placement.observe(2, cpu=0.1, pps=1000.0)
+    placement.observe(3, cpu=0.1, pps=1000.0)
+    for i in range(40):
+        placement.place(f"room-{i}", now=0.0)
+        # Fresh samples after every room keep the busy ones busy.
+        placement.observe(0, cpu=0.9, pps=0.0)
+        placement.observe(1, cpu=0.0, pps=180_000.0)
+        placement.observe(2, cpu=0.1, pps=1000.0)
+        placement.observe(3, cpu=0.1, pps=1000.0)
+    light = placement.rooms_on(2) + placement.rooms_on(3)
+    busy = placement.rooms_on(0) + placement.rooms_on(1)
+    assert light > 3 * busy
+
+
+def test_a_dead_worker_loses_its_rooms_and_gets_no_new_ones() -> None:
+    placement = ready_placement(2)
+    rooms = [f"r{i}" for i in range(10)]
+    where = {room: placement.place(room, now=0.0) for room in rooms}
+    placement.set_ready(0, False)
+    for room in rooms:
+        assert placement.worker_of(room) == (1 if where[room] == 1 else None)
+        assert placement.place(room, now=1.0) == 1
+    placement.set_ready(1, False)
+    assert placement.place("new", now=2.0) is None
+
+
+def test_idle_rooms_are_forgotten_but_not_connected_ones() -> None:
+    placement = ready_placement(2)
+    placement.place("busy", now=0.0)
+    placement.connected("busy")
+    placement.place("idle", now=0.0)
+    placement.connected("idle")
+    placement.disconnected("idle", now=1.0)
+    assert placement.forget_idle(now=1.0 + IDLE_FORGET_S - 0.1) == 0
+    assert placement.forget_idle(now=1.0 + IDLE_FORGET_S) == 1
+    assert placement.worker_of("idle") is None
+    assert placement.worker_of("busy") is not None
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+WORKER_TEXT = """# HELP sfu_rtp_packets_received_total Decrypted RTP media packets.
+# TYPE sfu_rtp_packets_received_total counter
+sfu_rtp_packets_received_total{media="audio"} 10.0
+sfu_rtp_packets_received_total{media="video"} 90.0
+# HELP sfu_rtp_packets_forwarded_total RTP packets forwarded.
+# TYPE sfu_rtp_packets_forwarded_total counter
+sfu_rtp_packets_forwarded_total{media="video"} 900.0
+# HELP sfu_rooms Rooms.
+# TYPE sfu_rooms gauge
+sfu_rooms 3.0
+"""
+
+
+def test_worker_series_get_a_worker_label_and_merge() -> None:
+    merged = MergedMetrics([relabel(WORKER_TEXT, 0), relabel(WORKER_TEXT, 1)])
+    text = generate_latest(merged).decode()  # type: ignore[arg-type]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    rooms = families["sfu_rooms"].samples
+    assert sorted(s.labels["worker"] for s in rooms) == ["0", "1"]
+    video = [
+        s for s in families["sfu_rtp_packets_received"].samples if s.labels.get("media") == "video"
+    ]
+    assert {s.labels["worker"]: s.value for s in video} == {"0": 90.0, "1": 90.0}
+    assert text.count("# TYPE sfu_rooms gauge") == 1
+
+
+# -- routing and worker environment ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "room"),
+    [
+        ("/whip/team", "team"),
+        ("/whip/team/abc", "team"),
+        ("/whep/team/alice/xyz", "team"),
+        ("/rooms/team/policy", "team"),
+        ("/", None),
+        ("/ws", None),
+        ("/whip/", None),
+        ("/dev-token", None),
+        ("/static/whip/x", None),
+    ],
+)
+def test_room_of_path(path: str, room: str | None) -> None:
+    assert room_of_path(path) == room
+
+
+def test_room_of_join() -> None:
+    assert room_of_join('{"type": "join", "room": "team", "token": "t"}') == "team"
+    assert room_of_join('{"type": "join", "room": 5}') == ""
+    assert room_of_join("[1, 2]") == ""
+    assert room_of_join("not json") == ""
+
+
+def test_worker_environment_gives_each_worker_its_ports_and_the_shared_secret() -> None:
+    config = Config(
+        media=MediaConfig(udp_port=40000, tcp_port=40100),
+        http=HttpConfig(trusted_proxies=("10.0.0.1",)),
+        server=ServerConfig(workers="auto"),
+    )
+    base = {"PATH": "/bin", "SFU_HTTP_PORT": "9999", "SFU_NO_EXTENSIONS": "1"}
+    env = worker_environment(base, config, 3, "s" * 40)
+    assert env["PATH"] == "/bin"
+    assert env["SFU_NO_EXTENSIONS"] == "1"
+    worker = parse_config({}, {k: v for k, v in env.items() if k.startswith("SFU_")})
+    assert worker.media.udp_port == 40003
+    assert worker.media.tcp_port == 40103
+    assert worker.http.host == "127.0.0.1" and worker.http.port == 0
+    assert worker.http.ops_port == -1
+    assert worker.http.trusted_proxies == ("10.0.0.1", "127.0.0.1")
+    assert worker.server.workers == "1"
+    assert worker.server.worker_name == "sfu-3"
+    assert worker.auth.jwt_secret == "s" * 40
+    # Everything else is the supervisor's configuration.
+    assert replace(worker.rooms) == config.rooms
+    ephemeral = worker_environment({}, replace(config, media=MediaConfig(udp_port=0)), 1, "s" * 40)
+    assert ephemeral["SFU_MEDIA_UDP_PORT"] == "0"
+
+
+def test_the_room_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement_module, "MAX_PLACED_ROOMS", 3)
+    placement = ready_placement(2)
+    placement.place("old", now=0.0)
+    placement.place("held", now=1.0)
+    placement.connected("held")
+    placement.place("newer", now=2.0)
+    placement.place("newest", now=3.0)  # evicts "old", the longest idle
+    assert placement.worker_of("old") is None
+    assert all(placement.worker_of(r) is not None for r in ("held", "newer", "newest"))
+    for room in ("newer", "newest"):
+        placement.connected(room)
+    # Every remembered room has a connection: a new one is placed but not remembered.
+    assert placement.place("extra", now=4.0) is not None
+    assert placement.worker_of("extra") is None
+
+
+def test_a_worker_with_a_bad_environment_says_which_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SFU_SERVER_WORKERS", "zero")
+    assert main(["worker", "--index", "0"]) == 1
+    assert "SFU_SERVER_WORKERS" in capsys.readouterr().err
+    # The worker subcommand is internal: not advertised in the help.
+    assert "worker" not in build_parser().format_help()
