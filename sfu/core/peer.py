@@ -306,6 +306,11 @@ class Peer:
             self.on_state_change(self, state, now)
         if self.dataplane is not None:
             self.dataplane.sync(transport)
+        if state is TransportState.CONNECTED:
+            # Keys arrived: only now can a keyframe reach this participant, so every
+            # subscription it already has asks for one (issue 18, a first keyframe lost).
+            for subscription in self.subscriptions.values():
+                subscription.request_start_keyframe(now)
         if transport.finished:
             self.retire()
 

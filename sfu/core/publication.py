@@ -120,9 +120,10 @@ class SourceStream:
     rtx_ssrc: int | None = None
     _: KW_ONLY
     kernels: InitVar[Kernels]
-    #: The one payload type its packets may carry (the codec's); -1 accepts any. Ingest
-    #: refuses and counts any other (no subscriber's munger could map it).
-    payload_type: int = -1
+    #: The payload types its packets may carry (every format the answer accepted for the
+    #: publication's codec); empty accepts any. Ingest refuses and counts any other (no
+    #: subscriber's munger could map it).
+    payload_types: frozenset[int] = frozenset()
     unwrapper: SequenceUnwrapper = field(init=False)
     cache: RetransmissionBuffer = field(init=False)
     nacks: NackGenerator | None = field(init=False)
@@ -234,9 +235,16 @@ class Publication:
     height: int | None = None
     #: Measured (spatial, temporal) layer bitrates, sampled for the allocator.
     rates: LayerRates = field(default_factory=LayerRates, repr=False)
+    #: Every format the answer accepted for the publication (all of ``codec``'s name; the
+    #: publisher may send any of them, RFC 3264 §6.1); empty: ``codec`` alone.
+    codecs: tuple[NegotiatedCodec, ...] = ()
     #: How ingest reads its packets (:mod:`sfu._fastpath.values` stream kinds), fixed by the
     #: kind and codec: computed once, not per packet.
     stream_kind: int = field(init=False)
+    #: The media payload types of :attr:`codecs`.
+    payload_types: frozenset[int] = field(init=False)
+    #: RTX payload type -> the payload type it repairs (its ``apt``), RFC 4588 §8.6.
+    rtx_apt: dict[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -246,6 +254,19 @@ class Publication:
         self.stream_kind = (
             _VIDEO_KINDS.get(self.codec.name.lower(), OTHER_VIDEO) if self.video else AUDIO
         )
+        if not self.codecs:
+            self.codecs = (self.codec,)
+        elif self.codec not in self.codecs:
+            raise ValueError("codec must be one of codecs")
+        name = self.codec.name.lower()
+        if any(c.name.lower() != name for c in self.codecs):
+            raise ValueError("a publication carries one codec (its formats may differ)")
+        self.payload_types = frozenset(c.payload_type for c in self.codecs)
+        self.rtx_apt = {
+            c.rtx_payload_type: c.payload_type
+            for c in self.codecs
+            if c.rtx_payload_type is not None and c.rtx_payload_type not in self.payload_types
+        }
 
     @property
     def num_layers(self) -> int:
@@ -271,7 +292,7 @@ class Publication:
             self.video,
             rtx_ssrc,
             kernels=self.kernels,
-            payload_type=self.codec.payload_type,
+            payload_types=self.payload_types,
         )
         self.streams[ssrc] = stream
         self.layers[layer] = stream

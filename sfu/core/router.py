@@ -55,6 +55,10 @@ def _send(sub: Subscription, sender: Sender, n: int) -> bool:
     return sender.send_rtp(bytes(memoryview(sub.buf)[:n]))
 
 
+def _ready(sender: Sender) -> bool:
+    return sender.has_srtp
+
+
 class Router:
     """Binds, ingests and routes one participant's published RTP; replays ingest records."""
 
@@ -132,7 +136,8 @@ class Router:
     def _repair(self, pub: Publication, stream: SourceStream, packet: bytes, *, now: float) -> None:
         """An RTX packet (RFC 4588): ingest the original it carries."""
         try:
-            original = restore_rtx(packet, stream.ssrc, pub.codec.payload_type)
+            apt = pub.rtx_apt.get(packet[1] & 0x7F, pub.codec.payload_type)
+            original = restore_rtx(packet, stream.ssrc, apt)
         except ParseError:
             self.counters.malformed += 1
             return
@@ -156,6 +161,7 @@ class Router:
             twcc_id=0 if rtx else self.twcc_id,
             level_id=self.level_id,
             emit=_send,
+            ready=_ready,
             rtx=rtx,
         )
         self.replay(pub, stream, record)

@@ -17,6 +17,7 @@ negotiated, else the original packet again).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from sfu import _fastpath
@@ -61,12 +62,14 @@ class Subscription:
         "paused",
         "payload_type",
         "pinned",
+        "pt_map",
         "publication",
         "retransmit_dropped",
         "retransmit_misses",
         "retransmit_superseded",
         "retransmitted",
         "rtx_payload_type",
+        "rtx_payload_types",
         "rtx_ssrc",
         "selector",
         "send_history",
@@ -91,10 +94,15 @@ class Subscription:
         rtx_payload_type: int | None = None,
         initial_seq: int | None = None,
         initial_ts: int | None = None,
+        payload_types: Mapping[int, int] | None = None,
+        rtx_payload_types: Mapping[int, int] | None = None,
         kernels: Kernels,
     ) -> None:
         """``initial_seq`` / ``initial_ts``: the first outgoing wire values (None: those of
-        the first packet forwarded; see :class:`~sfu.core.munger.RtpMunger`)."""
+        the first packet forwarded; see :class:`~sfu.core.munger.RtpMunger`).
+        ``payload_types`` maps each of the publisher's payload types to the subscriber's (per
+        codec; None: the publication's codec to ``payload_type``), ``rtx_payload_types`` each
+        of the subscriber's to its RTX type (None: ``rtx_payload_type`` for all)."""
         if kernels is not publication.kernels:
             raise ValueError("a subscription must use its publication's kernels")
         self.kernels = kernels
@@ -108,6 +116,12 @@ class Subscription:
         self.rtx_payload_type = rtx_payload_type if rtx_ssrc is not None else None
         clock_rate = publication.codec.clock_rate
         pt_map = {publication.codec.payload_type: payload_type}
+        if payload_types is not None:
+            pt_map.update(payload_types)
+        #: Publisher payload type -> subscriber payload type (what the munger writes).
+        self.pt_map = pt_map
+        #: Subscriber payload type -> its RTX payload type (RFC 4588 apt), for repairs.
+        self.rtx_payload_types: dict[int, int] = dict(rtx_payload_types or {})
         self.munger: RtpMunger = kernels.RtpMunger(
             out_ssrc,
             pt_map,
@@ -169,6 +183,23 @@ class Subscription:
         self.state.blocked = self.paused or held
         if self.selector is not None:
             self.selector.set_preferences(self.max_spatial, self.max_temporal, self.paused or held)
+
+    def request_start_keyframe(self, now: float) -> bool:
+        """Ask the publisher for a keyframe to start this (video) subscription on: the layer
+        its selector can start from (the lowest when nothing is decided yet). Called once its
+        transport can send: a keyframe that arrives before that cannot reach the subscriber,
+        and a viewer that sends no PLI of its own would wait for the next periodic one."""
+        publication = self.publication
+        if not publication.video:
+            return False
+        selector = self.selector
+        spatial = None if selector is None else selector.target.spatial
+        stream = None if spatial is None else publication.layers.get(spatial)
+        if stream is None:
+            stream = publication.layers.get(0)
+        if stream is None:
+            return False
+        return publication.request_keyframe(stream, now)
 
     # -- packets ------------------------------------------------------------------------------
 
@@ -278,13 +309,15 @@ class Subscription:
             if cached is None:
                 self.retransmit_misses += 1
                 continue
+            # The format it was first sent in (the publisher may use several, RFC 3264 §6.1).
+            out_pt = self.pt_map.get(cached[1] & 0x7F, self.payload_type)
             n = _fastpath.rewrite_rtp(
                 cached,
                 scratch,
                 self.out_ssrc,
                 seq,
                 entry.timestamp,
-                self.payload_type,
+                out_pt,
                 _fastpath.KEEP_MARKER,
             )
             if n <= 0:
@@ -351,7 +384,8 @@ class Subscription:
             return bytes(buf[:n])
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         header = bytearray(buf[:offset])
-        header[1] = (buf[1] & 0x80) | self.rtx_payload_type
+        rtx_pt = self.rtx_payload_types.get(buf[1] & 0x7F, self.rtx_payload_type)
+        header[1] = (buf[1] & 0x80) | rtx_pt
         header[2] = self._rtx_seq >> 8
         header[3] = self._rtx_seq & 0xFF
         header[8:12] = self.rtx_ssrc.to_bytes(4, "big")

@@ -18,6 +18,7 @@ from sfu.negotiation.policy import (
     DEFAULT_RTCP_FEEDBACK,
     CodecPreferences,
     NegotiationError,
+    forwardable,
 )
 from sfu.negotiation.result import (
     NegotiatedCodec,
@@ -40,5 +41,6 @@ __all__ = [
     "SendStream",
     "build_answer",
     "candidate_priority",
+    "forwardable",
     "negotiate",
 ]

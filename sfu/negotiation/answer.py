@@ -33,7 +33,12 @@ from sfu.packet.sdp import (
     SsrcGroup,
 )
 
-__all__ = ["HostCandidate", "build_answer", "candidate_priority"]
+__all__ = ["REJECTED_ATTRIBUTE", "HostCandidate", "build_answer", "candidate_priority"]
+
+#: The attribute of a rejected (port 0) m-line that says why: ``a=x-sfu-rejected:<reason>``.
+REJECTED_ATTRIBUTE: Final = "x-sfu-rejected"
+#: The reason is cut to this many characters (it is already client-safe text).
+REJECTED_REASON_CHARS: Final = 200
 
 
 def candidate_priority(
@@ -156,11 +161,18 @@ def build_answer(
     answer.add_attribute(MsidSemantic.NAME, " WMS *")  # Chromium's spelling
 
     accepted = {m.index: m for m in negotiated.media}
+    reasons = {r.index: r.reason for r in negotiated.rejected}
     first = negotiated.media[0].index
     for index, section in enumerate(offer.media):
         media = accepted.get(index)
         if media is None:
-            answer.add_media(_rejected_section(section, (ufrag, pwd), fp, setup))
+            rejected = _rejected_section(section, (ufrag, pwd), fp, setup)
+            reason = reasons.get(index)
+            if reason is not None:
+                # Why this m-line got port 0, for the client to show (docs/protocol.md); an
+                # unknown attribute, which SDP parsers skip (RFC 8866 §5.13).
+                rejected.add_attribute(REJECTED_ATTRIBUTE, _attribute_text(reason))
+            answer.add_media(rejected)
             continue
         answer.add_media(
             _accepted_section(
@@ -175,6 +187,11 @@ def build_answer(
             )
         )
     return answer
+
+
+def _attribute_text(text: str) -> str:
+    """``text`` as an SDP attribute value: printable ASCII only (RFC 8866 §9 byte-string)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:REJECTED_REASON_CHARS]
 
 
 def _rejected_section(

@@ -103,6 +103,24 @@ function vp8First(codecs) {
   return [...codecs.filter(isVp8), ...codecs.filter((c) => !isVp8(c))];
 }
 
+/** Formats that travel with a media codec (retransmission, redundancy, FEC), never alone. */
+const HELPER_CODECS = new Set(["rtx", "red", "ulpfec", "flexfec-03"]);
+
+/**
+ * Codec capabilities in the order the room announces (`joined.codecs`, best first): codecs the
+ * room cannot forward are left out (the server would reject a section offering only those),
+ * the browser's own order is kept within one codec (e.g. H.264 profiles), and the helpers
+ * (rtx, red, FEC) follow. Without an announced list (an older server): VP8 first, nothing dropped.
+ */
+export function roomCodecOrder(codecs, announced) {
+  if (!Array.isArray(announced) || announced.length === 0) return vp8First(codecs);
+  const subtype = (c) => (c.mimeType.split("/")[1] || "").toLowerCase();
+  const rank = new Map(announced.map((name, i) => [String(name).toLowerCase(), i]));
+  const media = codecs.filter((c) => rank.has(subtype(c)));
+  media.sort((a, b) => rank.get(subtype(a)) - rank.get(subtype(b))); // stable
+  return [...media, ...codecs.filter((c) => HELPER_CODECS.has(subtype(c)))];
+}
+
 export class Room extends EventTarget {
   /**
    * @param {object} options
@@ -440,6 +458,8 @@ export class Room extends EventTarget {
     this.policy = msg.policy || null;
     this.participantId = msg.participant ? msg.participant.id : null;
     this.resumed = msg.resumed === true;
+    /** What the room forwards, best first: `{audio: [...], video: [...]}` (encoding names). */
+    this.roomCodecs = msg.codecs && typeof msg.codecs === "object" ? msg.codecs : null;
     this._useIceServers(msg.ice_servers);
     for (const p of msg.participants || []) this._addParticipant(p);
     this._pingTimer = setInterval(() => {
@@ -801,18 +821,22 @@ export class Room extends EventTarget {
   }
 
   /**
-   * Put VP8 first in a sending transceiver's codec list, dropping nothing. The sender's
-   * capabilities are the right list for a sendonly m-section; browsers that accept only
-   * receiver capabilities in setCodecPreferences get those instead.
+   * Order a sending video transceiver's codecs as the room prefers them (`joined.codecs`;
+   * VP8 first when the server announced nothing), leaving out what the room cannot forward.
+   * The sender's capabilities are the right list for a sendonly m-section; browsers that
+   * accept only receiver capabilities in setCodecPreferences get those instead.
    */
   _preferVp8(transceiver) {
     if (typeof transceiver.setCodecPreferences !== "function") return;
-    const hasVp8 = (caps) => caps && caps.codecs.some((c) => c.mimeType.toLowerCase() === "video/vp8");
+    const announced = this.roomCodecs ? this.roomCodecs.video : null;
+    const isMedia = (c) => !HELPER_CODECS.has((c.mimeType.split("/")[1] || "").toLowerCase());
     for (const source of [window.RTCRtpSender, window.RTCRtpReceiver]) {
       const caps = source && source.getCapabilities ? source.getCapabilities("video") : null;
-      if (!hasVp8(caps)) continue;
+      if (!caps) continue;
+      const ordered = roomCodecOrder(caps.codecs, announced);
+      if (!ordered.some(isMedia)) continue;
       try {
-        transceiver.setCodecPreferences(vp8First(caps.codecs));
+        transceiver.setCodecPreferences(ordered);
         return;
       } catch (err) {
         // try the next list
