@@ -8,7 +8,10 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/default.toml
 # Debian packages the build and the tests need (installed only when missing).
 DEB_RUN  := gcc libssl-dev
-DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus iproute2 coturn
+DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus iproute2 coturn nodejs firefox-esr
+# Node clients of the integration tests (werift, puppeteer-core), pinned by their lockfile.
+NODE_DIR   := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.ci-stamp
 PYTEST_ARGS ?=
 
 SOURCES := pyproject.toml setup.py $(wildcard sfu/_fastpath/*.pyx sfu/_fastpath/*.pxd bench/*.pyx)
@@ -38,6 +41,12 @@ $(VENV)/.test-stamp: $(VENV)/bin/python $(SOURCES) | deb-test
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(VENV)/.run-stamp $@
 
+# Debian's nodejs comes without npm (NodeSource's includes it): add Debian's npm only then.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json | deb-test
+	@command -v npm >/dev/null 2>&1 || DEB_PACKAGES=npm sh .ci/ensure-debs.sh
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 lint: $(VENV)/.test-stamp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -48,9 +57,9 @@ typecheck: $(VENV)/.test-stamp
 # The whole suite twice: compiled kernels (and a test that fails if they did not load),
 # then the pure-Python references.
 pytest: pytest-compiled pytest-python
-pytest-compiled: $(VENV)/.test-stamp
+pytest-compiled: $(VENV)/.test-stamp $(NODE_STAMP)
 	SFU_EXPECT_COMPILED=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
-pytest-python: $(VENV)/.test-stamp
+pytest-python: $(VENV)/.test-stamp $(NODE_STAMP)
 	SFU_NO_EXTENSIONS=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing (atheris) of the RTP parsers and the forwarder, longer than the
@@ -66,4 +75,4 @@ bench: $(VENV)/.test-stamp
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-only $(PYTEST_ARGS)
 
 clean:
-	rm -rf build $(VENV) sfu/_fastpath/*.c sfu/_fastpath/*.so *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build $(VENV) $(NODE_DIR)/node_modules sfu/_fastpath/*.c sfu/_fastpath/*.so *.egg-info .pytest_cache .mypy_cache .ruff_cache

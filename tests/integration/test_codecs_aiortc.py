@@ -15,11 +15,12 @@ import asyncio
 import time
 
 import pytest
-from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from clients import TIMEOUT, running_server
 from test_whip_whep_aiortc import new_pc, request, sdp_headers, token, wait_connected
 
+from sfu.app import Server
 from sfu.room.identity import Grant
 
 pytestmark = pytest.mark.integration
@@ -44,27 +45,41 @@ async def _first_frame(track: MediaStreamTrack) -> float:
     return time.monotonic()
 
 
+async def start_publisher(server: Server, base: str, codec: str) -> RTCPeerConnection:
+    """An aiortc WHIP publisher of Opus and ``codec`` video into :data:`ROOM` as "caster",
+    connected and sending for :data:`HEAD_START_S`."""
+    publisher = new_pc()
+    publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    video = publisher.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    _prefer(video, f"video/{codec}")
+    await publisher.setLocalDescription(await publisher.createOffer())
+    status, answer, _ = await request(
+        "POST",
+        f"{base}/whip/{ROOM}",
+        body=publisher.localDescription.sdp,
+        headers=sdp_headers(token(server, "caster", room=ROOM)),
+    )
+    assert status == 201, answer
+    await publisher.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    await wait_connected(publisher)
+    await asyncio.sleep(HEAD_START_S)
+    return publisher
+
+
+def assert_published(server: Server, codec: str) -> None:
+    """The room's publications are Opus and ``codec``, as the publisher was made to send."""
+    assert server.rooms is not None
+    room = server.rooms.rooms[ROOM]
+    names = {p.kind: p.codec.name.upper() for p in room.publications.values()}
+    assert names == {"audio": "OPUS", "video": codec}
+
+
 @pytest.mark.parametrize("codec", ["VP8", "H264"])
 def test_whep_viewer_without_pli_decodes_within_a_second(codec: str) -> None:
     async def scenario() -> None:
         async with running_server() as (server, base):
-            publisher, viewer = new_pc(), new_pc()
+            publisher, viewer = await start_publisher(server, base, codec), new_pc()
             try:
-                publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
-                video = publisher.addTransceiver(VideoStreamTrack(), direction="sendonly")
-                _prefer(video, f"video/{codec}")
-                await publisher.setLocalDescription(await publisher.createOffer())
-                status, answer, _ = await request(
-                    "POST",
-                    f"{base}/whip/{ROOM}",
-                    body=publisher.localDescription.sdp,
-                    headers=sdp_headers(token(server, "caster", room=ROOM)),
-                )
-                assert status == 201, answer
-                await publisher.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-                await wait_connected(publisher)
-                await asyncio.sleep(HEAD_START_S)
-
                 received: dict[str, MediaStreamTrack] = {}
                 viewer.on("track", lambda track: received.setdefault(track.kind, track))
                 viewer.addTransceiver("audio", direction="recvonly")
@@ -101,11 +116,7 @@ def test_whep_viewer_without_pli_decodes_within_a_second(codec: str) -> None:
                 print(f"{codec}: first video frame {video_at - up:.3f} s after connecting")
                 assert video_at - up < FIRST_FRAME_S
                 assert audio_at - up < FIRST_FRAME_S
-                # The publication is in the codec the publisher was made to send.
-                assert server.rooms is not None
-                room = server.rooms.rooms[ROOM]
-                names = {p.kind: p.codec.name.upper() for p in room.publications.values()}
-                assert names == {"audio": "OPUS", "video": codec}
+                assert_published(server, codec)
             finally:
                 await publisher.close()
                 await viewer.close()
