@@ -62,7 +62,6 @@ ROOM_CODECS: Final = {
     "audio": tuple(n for n in ROOM_PREFERENCES.audio_codecs if forwardable(n)),
     "video": tuple(n for n in ROOM_PREFERENCES.video_codecs if forwardable(n)),
 }
-#: Codecs a publication may use: the ones whose payload descriptor shows keyframes.
 #: The track sources a publisher may declare for each kind of m= section.
 _SOURCES_BY_KIND: Final = {
     "audio": frozenset({"microphone", "screen_audio"}),
