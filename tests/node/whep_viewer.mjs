@@ -5,7 +5,8 @@
 // It offers to receive audio (Opus) and video (VP8, H.264, VP9, AV1), POSTs the offer once
 // ICE gathering is complete (loopback only), and prints one JSON object a line: the answer's
 // status, "connected" when its connection comes up, and "keyframe" with the codec and payload
-// type when the first packet that starts a video keyframe arrives; then it closes. werift
+// type when the first packet that starts a video keyframe (VP8, VP9, H.264) arrives; then it
+// closes. werift
 // sends no PLI of its own, so this viewer never asks for a keyframe. Times are seconds on one
 // monotonic clock. It exits on its own after SECONDS at the latest.
 import { RTCPeerConnection, RTCRtpCodecParameters } from "werift";
@@ -34,6 +35,18 @@ function vp8Keyframe(p) {
     if (x & 0x30) i += 1; // TID / KEYIDX
   }
   return start && i < p.length && (p[i] & 0x01) === 0;
+}
+
+/** Whether a VP9 payload (RFC 9628 §4.2) begins a keyframe: B set, P clear, spatial layer 0. */
+function vp9Keyframe(p) {
+  if (p.length < 1) return false;
+  const begins = (p[0] & 0x08) !== 0;
+  const predicted = (p[0] & 0x40) !== 0;
+  if (!begins || predicted) return false;
+  if (!(p[0] & 0x20)) return true; // no layer indices: a single spatial layer
+  let i = 1;
+  if (p[0] & 0x80) i += p[1] & 0x80 ? 2 : 1; // picture id
+  return i < p.length && ((p[i] >> 1) & 0x07) === 0; // SID of the layer indices
 }
 
 /** Whether an H.264 payload (RFC 6184 §5) starts an IDR picture or carries an SPS. */
@@ -86,8 +99,9 @@ pc.onTrack.subscribe((track) => {
     const pt = rtp.header.payloadType;
     const codec = answered.get(pt) || "";
     const name = (codec.split("/")[1] || "").toLowerCase();
-    const key = name === "h264" ? h264Keyframe(rtp.payload) : vp8Keyframe(rtp.payload);
-    if (name !== "vp8" && name !== "h264") return; // only these two are read here
+    const read = { vp8: vp8Keyframe, vp9: vp9Keyframe, h264: h264Keyframe }[name];
+    if (!read) return; // a codec this viewer does not read
+    const key = read(rtp.payload);
     if (!key) return;
     seen = true;
     say({ event: "keyframe", t: now(), codec, payloadType: pt });
