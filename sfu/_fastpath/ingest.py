@@ -120,7 +120,16 @@ def describe(kind: int, packet: bytes, offset: int) -> PacketInfo:
         return PacketInfo(h.is_keyframe, h.is_start_of_frame, offset=offset)
     if kind == VP9:
         v = parse_vp9(packet, offset)
-        return PacketInfo(v.is_keyframe, v.is_start_of_frame, offset=offset)
+        return PacketInfo(
+            v.is_keyframe,
+            v.is_start_of_frame,
+            v.temporal_id,
+            v.switching_up_point or not v.temporal_id,
+            offset=offset,
+            spatial_id=v.spatial_id or 0,
+            end_of_frame=v.is_end_of_frame,
+            switch_point=not v.inter_picture_predicted,
+        )
     return PacketInfo(True, True, offset=offset)
 
 

@@ -115,6 +115,13 @@ class PacketInfo:
     vp8: Vp8Descriptor | None = None
     #: Where the payload starts; the rewritten copy has the same header layout.
     offset: int = 0
+    #: SVC (VP9): the spatial layer of the packet's layer frame (SID, 0 without one).
+    spatial_id: int = 0
+    #: SVC (VP9): the packet ends its layer frame (E bit).
+    end_of_frame: bool = False
+    #: SVC (VP9): the layer frame is not inter-picture predicted (P=0): a switch up to its
+    #: spatial layer is possible here.
+    switch_point: bool = False
 
 
 #: Audio has no descriptor: every packet starts a frame and none is a keyframe.

@@ -346,7 +346,7 @@ class Peer:
                 continue
             selector.set_available(sub.publication.active_layers(now) or frozenset({0}))
             layer = selector.keyframe_needed(now)
-            wanted = sub.publication.layers.get(layer) if layer is not None else None
+            wanted = sub.publication.stream_for(layer) if layer is not None else None
             if wanted is not None:
                 sub.publication.request_keyframe(wanted, now)
         estimate = self.estimate_bps
@@ -417,7 +417,7 @@ class Peer:
                 continue
             selector = sub.selector
             layer = 0 if selector is None else selector.current.spatial
-            stream = sub.publication.layers.get(layer) if layer is not None else None
+            stream = sub.publication.stream_for(layer) if layer is not None else None
             if stream is not None:
                 spend += stream.meter.bps(now)
         return allocation_budget(estimate, spend)

@@ -17,11 +17,14 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
-from sfu._fastpath.values import AUDIO, H264, OTHER_VIDEO, VP8, VP9, PacketInfo
+from sfu._fastpath.values import AUDIO, H264, MAX_SPATIAL_LAYERS, OTHER_VIDEO, VP8, VP9, PacketInfo
+from sfu.codecs.vp9 import parse_vp9
 from sfu.core.layer_rates import LayerRates
 from sfu.core.nack import NackGenerator
 from sfu.core.rtcp_stats import ReceiveStats
 from sfu.negotiation import NegotiatedCodec
+from sfu.packet.errors import ParseError
+from sfu.packet.rtp import payload_offset
 
 if TYPE_CHECKING:
     from sfu.core.kernels import Kernels, RetransmissionBuffer, SequenceUnwrapper
@@ -237,6 +240,9 @@ class Publication:
     #: How ingest reads its packets (:mod:`sfu._fastpath.values` stream kinds), fixed by the
     #: kind and codec: computed once, not per packet.
     stream_kind: int = field(init=False)
+    #: Spatial layers of its one SVC stream, from the newest VP9 scalability structure
+    #: (:meth:`learn_structure`); 1 until one is seen, and for every other publication.
+    svc_spatial: int = field(init=False, default=1)
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -249,8 +255,33 @@ class Publication:
 
     @property
     def num_layers(self) -> int:
-        """How many spatial layers (simulcast streams) the publication has."""
-        return max(1, len(self.rids))
+        """How many spatial layers the publication has (simulcast streams, or the spatial
+        layers of its one SVC stream)."""
+        return max(1, len(self.rids), self.svc_spatial)
+
+    @property
+    def svc(self) -> bool:
+        """Whether its spatial layers are those of one scalable stream (VP9 without simulcast),
+        selected by :class:`~sfu.core.svc.SvcSelector` rather than by stream."""
+        return self.stream_kind == VP9 and not self.rids
+
+    def stream_for(self, spatial: int) -> SourceStream | None:
+        """The source stream that carries spatial layer ``spatial`` (an SVC stream carries
+        them all)."""
+        return self.layers.get(0 if self.svc else spatial)
+
+    def learn_structure(self, packet: bytes | memoryview) -> None:
+        """Read the spatial layer count of an SVC stream from a keyframe's VP9 scalability
+        structure (RFC 9628 §4.2.1); a packet without one, or that does not parse, changes
+        nothing."""
+        if not self.svc:
+            return
+        try:
+            ss = parse_vp9(packet, payload_offset(packet)).scalability_structure
+        except ParseError:
+            return
+        if ss is not None:
+            self.svc_spatial = min(ss.num_spatial_layers, MAX_SPATIAL_LAYERS)
 
     @property
     def video(self) -> bool:
@@ -294,8 +325,19 @@ class Publication:
         requester = self.keyframe_requester
         return requester(stream, now) if requester is not None else False
 
+    def layer_names(self) -> list[str]:
+        """The spatial layers as the room protocol lists them: the simulcast rids, or ``S0``,
+        ``S1``... for the spatial layers of an SVC stream (empty for one layer)."""
+        if self.rids:
+            return list(self.rids)
+        return [f"S{i}" for i in range(self.svc_spatial)] if self.svc_spatial > 1 else []
+
     def active_layers(self, now: float) -> frozenset[int]:
         """The layers the publisher is sending now."""
+        if self.svc:
+            stream = self.layers.get(0)
+            active = stream is not None and stream.active(now)
+            return frozenset(range(self.svc_spatial)) if active else frozenset()
         return frozenset(layer for layer, s in self.layers.items() if s.active(now))
 
     def describe(self) -> dict[str, object]:
@@ -308,6 +350,6 @@ class Publication:
             "source": self.source,
             "muted": self.muted,
             "force_muted": self.force_muted,
-            "layers": list(self.rids),
+            "layers": self.layer_names(),
             **({"height": self.height} if self.height is not None else {}),
         }

@@ -193,6 +193,8 @@ class Router:
             stream.last_keyframe_at = now
             if ext_seq > stream.last_keyframe_seq:
                 stream.last_keyframe_seq = ext_seq
+            if pub.svc:
+                _learn_structure(pub, stream, ext_seq, now)
         if flags & F_LEVEL and self.on_audio_level is not None:
             self.on_audio_level(self.participant_id, level, bool(flags & F_VAD), now)
         if forwarded:
@@ -230,3 +232,16 @@ class Router:
         else:
             counters.audio_in += 1
             counters.audio_in_bytes += size
+
+
+def _learn_structure(pub: Publication, stream: SourceStream, ext_seq: int, now: float) -> None:
+    """Hand an SVC keyframe's first packet (still in the retransmission cache, read without
+    counting as a subscriber's hit) to the publication, which learns its layer count."""
+    cache = stream.cache
+    hits, misses = cache.hits, cache.misses
+    try:
+        packet = cache.get(ext_seq, now)
+    finally:
+        cache.hits, cache.misses = hits, misses
+    if packet is not None:
+        pub.learn_structure(packet)
