@@ -271,9 +271,9 @@ class Publication:
         return self.layers.get(0 if self.svc else spatial)
 
     def learn_structure(self, packet: bytes | memoryview) -> None:
-        """Read the spatial layer count of an SVC stream from a keyframe's VP9 scalability
-        structure (RFC 9628 §4.2.1); a packet without one, or that does not parse, changes
-        nothing."""
+        """Read the spatial layer count of an SVC stream from a VP9 scalability structure
+        (RFC 9628 §4.2.1; sent on keyframes and whenever the encoder changes its layers); a
+        packet without one, or that does not parse, changes nothing."""
         if not self.svc:
             return
         try:

@@ -17,6 +17,7 @@ from sfu._fastpath.ingest import ingest
 from sfu._fastpath.values import (
     F_HEADER_BAD,
     F_KEYFRAME,
+    F_STRUCTURE,
     F_LEVEL,
     F_MALFORMED_EXT,
     F_MALFORMED_PAYLOAD,
@@ -193,8 +194,8 @@ class Router:
             stream.last_keyframe_at = now
             if ext_seq > stream.last_keyframe_seq:
                 stream.last_keyframe_seq = ext_seq
-            if pub.svc:
-                _learn_structure(pub, stream, ext_seq, now)
+        if flags & F_STRUCTURE:
+            _learn_structure(pub, stream, ext_seq, now)
         if flags & F_LEVEL and self.on_audio_level is not None:
             self.on_audio_level(self.participant_id, level, bool(flags & F_VAD), now)
         if forwarded:
@@ -235,8 +236,8 @@ class Router:
 
 
 def _learn_structure(pub: Publication, stream: SourceStream, ext_seq: int, now: float) -> None:
-    """Hand an SVC keyframe's first packet (still in the retransmission cache, read without
-    counting as a subscriber's hit) to the publication, which learns its layer count."""
+    """Hand a packet with a scalability structure (still in the retransmission cache, read
+    without counting as a subscriber's hit) to the publication, which learns its layers."""
     cache = stream.cache
     hits, misses = cache.hits, cache.misses
     try:

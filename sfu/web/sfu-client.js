@@ -97,10 +97,15 @@ function answerSsrcs(sdp) {
   return out;
 }
 
-/** Codec capabilities reordered so that VP8 comes first; everything else keeps its order. */
-function vp8First(codecs) {
-  const isVp8 = (c) => c.mimeType.toLowerCase() === "video/vp8";
-  return [...codecs.filter(isVp8), ...codecs.filter((c) => !isVp8(c))];
+/**
+ * Codec capabilities reordered so that `mimeType` comes first; the rest keeps its order. With
+ * `only`, the list keeps just that codec and the retransmission format (the server answers in
+ * its own codec order, so offering one codec is how a publisher insists on it).
+ */
+function codecFirst(codecs, mimeType, only = false) {
+  const wanted = (c) => c.mimeType.toLowerCase() === mimeType;
+  const rest = codecs.filter((c) => !wanted(c) && (!only || c.mimeType.toLowerCase() === "video/rtx"));
+  return [...codecs.filter(wanted), ...rest];
 }
 
 export class Room extends EventTarget {
@@ -732,9 +737,16 @@ export class Room extends EventTarget {
   /**
    * Publish a stream's audio ("microphone") and video ("camera") tracks.
    * @param {MediaStream} stream
-   * @param {{simulcast?: boolean, audioName?: string, videoName?: string}} [options]
+   * `codec` (e.g. "vp9") offers that video codec alone instead of VP8 first; `scalabilityMode` (e.g.
+   * "L3T3_KEY") sends one scalable (SVC) stream in that mode instead of simulcast: the server
+   * selects its layers per subscriber.
+   * @param {{simulcast?: boolean, audioName?: string, videoName?: string, codec?: string,
+   *   scalabilityMode?: string}} [options]
    */
-  async publish(stream, { simulcast = true, audioName = "microphone", videoName = "camera" } = {}) {
+  async publish(
+    stream,
+    { simulcast = true, audioName = "microphone", videoName = "camera", codec = "", scalabilityMode = "" } = {},
+  ) {
     if (this.state !== "joined") throw new SfuError("not_joined", "publish() needs a joined room");
     if (this.e2ee) await this._e2eeKeyReady;
     if (this.e2eeRequired && !(this.e2ee && this.e2ee.hasKey)) {
@@ -747,9 +759,11 @@ export class Room extends EventTarget {
     const video = stream.getVideoTracks()[0];
     if (audio) this._addLocal("audio", "audio", "microphone", audio, audioName, stream, {});
     if (video) {
-      const init = simulcast ? { sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })) } : {};
+      let init = simulcast ? { sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })) } : {};
+      if (scalabilityMode) init = { sendEncodings: [{ scalabilityMode }] };
       const transceiver = this._addLocal("video", "video", "camera", video, videoName, stream, init);
-      this._preferVp8(transceiver);
+      if (codec) this._preferCodec(transceiver, `video/${codec.toLowerCase()}`, true);
+      else this._preferVp8(transceiver);
     }
     await this.renegotiate();
   }
@@ -806,13 +820,19 @@ export class Room extends EventTarget {
    * receiver capabilities in setCodecPreferences get those instead.
    */
   _preferVp8(transceiver) {
+    this._preferCodec(transceiver, "video/vp8");
+  }
+
+  /** Put the codec `mimeType` first in a sending transceiver's codec list (see _preferVp8);
+   * with `only`, offer no other codec. */
+  _preferCodec(transceiver, mimeType, only = false) {
     if (typeof transceiver.setCodecPreferences !== "function") return;
-    const hasVp8 = (caps) => caps && caps.codecs.some((c) => c.mimeType.toLowerCase() === "video/vp8");
+    const has = (caps) => caps && caps.codecs.some((c) => c.mimeType.toLowerCase() === mimeType);
     for (const source of [window.RTCRtpSender, window.RTCRtpReceiver]) {
       const caps = source && source.getCapabilities ? source.getCapabilities("video") : null;
-      if (!hasVp8(caps)) continue;
+      if (!has(caps)) continue;
       try {
-        transceiver.setCodecPreferences(vp8First(caps.codecs));
+        transceiver.setCodecPreferences(codecFirst(caps.codecs, mimeType, only));
         return;
       } catch (err) {
         // try the next list

@@ -1,0 +1,134 @@
+"""Scalable video (SVC) from headless Chromium: one VP9 ``L3T3_KEY`` stream, layers chosen per
+subscriber by the server.
+
+The publishing page is the demo page with ``?codec=vp9&svc=L3T3_KEY``: its fake camera
+(1280x720) goes out as one VP9 stream of three spatial layers (320x180, 640x360, 1280x720) and
+three temporal layers, VP9 put first with setCodecPreferences. A receive-only viewer decodes
+it; capping the viewer to spatial layer 0 must bring it down to 320 pixels wide at a lower
+bitrate (the server drops the upper layer frames), lifting the cap must bring the full
+resolution back, both without a freeze.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from typing import Any
+
+import pytest
+from browser import chromium, wait_until
+from meeting import (
+    ServerThread,
+    open_meeting,
+    page_state,
+    remote_by,
+    sample,
+    server_thread,
+    set_preferences,
+    stats,
+    track_id,
+    wait_connected,
+)
+from selenium import webdriver
+
+pytestmark = pytest.mark.integration
+
+#: The fake media UI denies getUserMedia: the demo page joins without sending.
+RECEIVE_ONLY = ("--use-fake-ui-for-media-stream=deny",)
+JOIN_DEADLINE_S = 20.0
+#: Chromium's fake camera: 1280x720; L3T3_KEY halves it per spatial layer below.
+TOP_WIDTH = 1280
+BASE_WIDTH = 320
+#: The fake camera runs at 20 fps (some 40 frames in 2 s): accept half of that.
+MIN_FRAMES_2S = 20
+
+Entry = dict[str, Any] | None
+
+
+def _open_svc_publisher(driver: webdriver.Chrome, base: str, room: str) -> None:
+    query = urllib.parse.urlencode(
+        {"room": room, "name": "Publisher", "hints": "0", "codec": "vp9", "svc": "L3T3_KEY"}
+    )
+    driver.get(f"{base}/?{query}")
+
+
+def _video(driver: webdriver.Chrome, participant: str) -> Entry:
+    return remote_by(stats(driver), participant, "video")
+
+
+def _width_is(viewer: webdriver.Chrome, pub_id: str, width: int, timeout: float) -> None:
+    wait_until(
+        lambda: _video(viewer, pub_id),
+        lambda e: e is not None and e["frameWidth"] == width and e["framesDecoded"] > 0,
+        timeout=timeout,
+    )
+
+
+def _window(viewer: webdriver.Chrome, pub_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two seconds of the viewer's statistics: (first, last), both present."""
+    window = sample(lambda: _video(viewer, pub_id), 2.0)
+    first, last = window[0], window[-1]
+    assert first is not None and last is not None
+    return first, last
+
+
+def _publication_layers(server: ServerThread, room: str, pub_id: str) -> tuple[bool, int]:
+    def read() -> tuple[bool, int]:
+        assert server.server.rooms is not None
+        participant = server.server.rooms.rooms[room].participants[pub_id]
+        peer = participant.peer
+        assert peer is not None
+        for pub in peer.publications.values():
+            if pub.video:
+                return pub.svc, pub.num_layers
+        return False, 0
+
+    return server.call(read)
+
+
+def test_vp9_l3t3_key_layers_are_selected_per_subscriber() -> None:
+    room = "svc-vp9"
+    with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
+        _open_svc_publisher(publisher, server.base, room)
+        open_meeting(viewer, server.base, room, "Viewer")
+        pub_id = wait_connected(publisher)
+        wait_connected(viewer)
+        wait_until(
+            lambda: _video(viewer, pub_id),
+            lambda e: e is not None and e["framesDecoded"] > 0 and e["frameWidth"] > 0,
+            timeout=JOIN_DEADLINE_S,
+        )
+        # One scalable stream whose spatial layers the server learns from its scalability
+        # structure (the encoder adds its upper layers as its bandwidth estimate ramps up).
+        wait_until(
+            lambda: _publication_layers(server, room, pub_id), lambda v: v == (True, 3), 20.0
+        )
+        video = track_id(stats(viewer), pub_id, "video")
+        assert video is not None
+
+        # Uncapped: every spatial layer, decoded at the full resolution.
+        _width_is(viewer, pub_id, TOP_WIDTH, 25.0)
+        first, last = _window(viewer, pub_id)
+        top_bytes = last["bytesReceived"] - first["bytesReceived"]
+        assert last["freezeCount"] == first["freezeCount"]
+        assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
+
+        # Capped to spatial layer 0: only the base layer arrives.
+        set_preferences(viewer, video, {"maxSpatial": 0})
+        _width_is(viewer, pub_id, BASE_WIDTH, 10.0)
+        time.sleep(0.5)
+        first, last = _window(viewer, pub_id)
+        base_bytes = last["bytesReceived"] - first["bytesReceived"]
+        assert last["frameWidth"] == BASE_WIDTH
+        assert last["freezeCount"] == first["freezeCount"]
+        assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
+        assert base_bytes < top_bytes / 2, (base_bytes, top_bytes)
+
+        # And back up (at the keyframe the server asks for), without a freeze.
+        set_preferences(viewer, video, {"maxSpatial": 2})
+        _width_is(viewer, pub_id, TOP_WIDTH, 20.0)
+        first, last = _window(viewer, pub_id)
+        assert last["freezeCount"] == first["freezeCount"]
+        assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
+        assert page_state(viewer).get("error") is None
+        assert page_state(publisher).get("error") is None
