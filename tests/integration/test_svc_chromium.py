@@ -6,7 +6,8 @@ The publishing page is the demo page with ``?codec=vp9&svc=L3T3_KEY``: its fake 
 three temporal layers, VP9 put first with setCodecPreferences. A receive-only viewer decodes
 it; capping the viewer to spatial layer 0 must bring it down to 320 pixels wide at a lower
 bitrate (the server drops the upper layer frames), lifting the cap must bring the full
-resolution back, both without a freeze.
+resolution back, both without a freeze; capping the temporal layer to 0 must leave a quarter
+of the frames, still decoding.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ TOP_WIDTH = 1280
 BASE_WIDTH = 320
 #: The fake camera runs at 20 fps (some 40 frames in 2 s): accept half of that.
 MIN_FRAMES_2S = 20
+#: Temporal layer 0 alone is a quarter of them (some 10 frames in 2 s): accept half of that.
+MIN_FRAMES_T0_2S = 5
 
 Entry = dict[str, Any] | None
 
@@ -127,6 +130,20 @@ def test_vp9_l3t3_key_layers_are_selected_per_subscriber() -> None:
         # And back up (at the keyframe the server asks for), without a freeze.
         set_preferences(viewer, video, {"maxSpatial": 2})
         _width_is(viewer, pub_id, TOP_WIDTH, 20.0)
+        first, last = _window(viewer, pub_id)
+        assert last["freezeCount"] == first["freezeCount"]
+        assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
+
+        # Temporal base layer only: a quarter of the frames (L3T3's 0-2-1-2 pattern), with
+        # picture ids left as the publisher numbered them (the gaps are frames never sent).
+        set_preferences(viewer, video, {"maxSpatial": 2, "maxTemporal": 0})
+        time.sleep(1.0)
+        first, last = _window(viewer, pub_id)
+        base_frames = last["framesDecoded"] - first["framesDecoded"]
+        assert last["freezeCount"] == first["freezeCount"]
+        assert MIN_FRAMES_T0_2S <= base_frames < MIN_FRAMES_2S, base_frames
+        set_preferences(viewer, video, {"maxSpatial": 2, "maxTemporal": 2})
+        time.sleep(1.0)
         first, last = _window(viewer, pub_id)
         assert last["freezeCount"] == first["freezeCount"]
         assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
