@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu._fastpath.ingest import describe, ingest
-from sfu._fastpath.values import VP9, Decision, LayerPair
+from sfu._fastpath.values import VP8, VP9, Decision, LayerPair
+from sfu.codecs.vp8 import Vp8Descriptor, parse_vp8
 from sfu.codecs.vp9 import Vp9Descriptor, Vp9ScalabilityStructure, parse_vp9
 from sfu.core import svc as svc_py
 from sfu.core.kernels import Kernels
@@ -418,3 +419,64 @@ def test_describe_reads_vp9_layer_fields() -> None:
     info = describe(VP9, data, payload_offset(data))
     assert (info.spatial_id, info.temporal_id, info.is_start_of_frame) == (1, 2, True)
     assert not info.switch_point and not info.end_of_frame and info.layer_sync
+
+
+# -- VP8 temporal layers (L1T3) through a Subscription ------------------------------------------
+
+
+def vp8_l1t3(frames: int, first_seq: int = 500) -> list[bytes]:
+    """One packet per frame of a VP8 ``L1T3`` stream (TID pattern 0-2-1-2, Y set on TID 1 and
+    2 frames that follow a TID 0 frame), a keyframe first."""
+    out = []
+    for f in range(frames):
+        tid = (0, 2, 1, 2)[f % 4]
+        d = Vp8Descriptor(
+            extended=True,
+            start_of_partition=True,
+            picture_id=f,
+            picture_id_15bit=True,
+            tl0picidx=f // 4,
+            temporal_id=tid,
+            layer_sync=f % 4 in (1, 2),
+        )
+        header = bytes([0x80, 0x80 | 96]) + (first_seq + f).to_bytes(2, "big")
+        header += (f * 4500).to_bytes(4, "big") + SSRC.to_bytes(4, "big")
+        out.append(header + d.serialize() + bytes([0x00 if f == 0 else 0x01]) + bytes(20))
+    return out
+
+
+def test_vp8_temporal_rung_filters_tids_with_continuous_picture_ids(kernels: Kernels) -> None:
+    """The allocator's temporal rung (what ``Peer.allocate`` hands the selector) reaches a VP8
+    L1T3 stream: only TID 0 frames go out, picture ids and sequence numbers without gaps."""
+    codec = NegotiatedCodec(96, "VP8", 90000, None, None, ())
+    pub = Publication("TR_8", "PA_a", "video", "cam", "0", codec, {}, kernels=kernels)
+    stream = pub.add_stream(SSRC, 0)
+    sub = Subscription(
+        "SU_8",
+        pub,
+        "PA_b",
+        "0",
+        out_ssrc=OUT_SSRC,
+        payload_type=96,
+        extensions={},
+        initial_seq=2000,
+        kernels=kernels,
+    )
+    assert not sub.svc and sub.selector is not None
+    sub.selector.set_target(0, 0)
+    sent: list[bytes] = []
+
+    def emit(route: Any, _out: Any, n: int) -> bool:
+        sent.append(bytes(route.buf[:n]))
+        return True
+
+    for i, data in enumerate(vp8_l1t3(16)):
+        ingest(
+            0, VP8, stream, ((sub, None),), data, now=1.0 + i / 20, twcc_id=0, level_id=0, emit=emit
+        )
+    descs = [parse_vp8(p, payload_offset(p)) for p in sent]
+    assert [d.temporal_id for d in descs] == [0] * 4
+    assert [d.picture_id for d in descs] == [descs[0].picture_id + i for i in range(4)]
+    assert [d.tl0picidx for d in descs] == [0, 1, 2, 3]
+    assert seqs_of(sent) == [2000, 2001, 2002, 2003]
+    assert sub.selector.current == LayerPair(0, 0)
