@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from svc_packets import PT, SSRC, l3t3_key, vp8_l1t3
 
 from sfu._fastpath.ingest import describe, ingest
 from sfu._fastpath.values import VP8, VP9, Decision, LayerPair
-from sfu.codecs.vp8 import Vp8Descriptor, parse_vp8
-from sfu.codecs.vp9 import Vp9Descriptor, Vp9ScalabilityStructure, parse_vp9
+from sfu.codecs.vp8 import parse_vp8
+from sfu.codecs.vp9 import parse_vp9
 from sfu.core import svc as svc_py
 from sfu.core.kernels import Kernels
 from sfu.core.layer_rates import layer_shares
@@ -23,8 +24,6 @@ from sfu.core.subscription import Subscription
 from sfu.negotiation import NegotiatedCodec
 from sfu.packet.rtp import payload_offset
 
-PT = 98
-SSRC = 0x1234
 OUT_SSRC = 0x5678
 
 
@@ -209,71 +208,6 @@ def test_pause_stops_at_once_and_resume_needs_a_keyframe(impl: Kernels) -> None:
 # -- a VP9 L3T3_KEY stream through a Subscription ----------------------------------------------
 
 
-def vp9_packet(
-    seq: int,
-    ts: int,
-    picture_id: int,
-    sid: int,
-    tid: int,
-    *,
-    key: bool = False,
-    start: bool = True,
-    end: bool = True,
-    marker: bool = False,
-    tl0: int = 0,
-) -> bytes:
-    """One RTP packet of layer frame (sid, tid) as Chromium's non-flexible L3T3_KEY sends it:
-    a keyframe picture's upper layers depend on the layer below (D=1, P=0); other pictures'
-    upper layers only on their own earlier frames (P=1)."""
-    ss = None
-    if key and sid == 0:
-        ss = Vp9ScalabilityStructure(3, ((320, 180), (640, 360), (1280, 720)))
-    d = Vp9Descriptor(
-        picture_id=picture_id,
-        picture_id_15bit=True,
-        inter_picture_predicted=not key,
-        is_start_of_frame=start,
-        is_end_of_frame=end,
-        temporal_id=tid,
-        switching_up_point=tid > 0,
-        spatial_id=sid,
-        inter_layer_dependency=key and sid > 0,
-        tl0picidx=tl0,
-        scalability_structure=ss,
-    )
-    header = bytes([0x80, (0x80 if marker else 0) | PT]) + seq.to_bytes(2, "big")
-    header += ts.to_bytes(4, "big") + SSRC.to_bytes(4, "big")
-    return header + d.serialize() + bytes([0xAA]) * (10 * (sid + 1))
-
-
-def l3t3_key(pictures: int, *, key_every: int = 1000, first_seq: int = 100) -> list[bytes]:
-    """``pictures`` pictures of three spatial layers, two packets per layer frame, temporal
-    pattern 0-2-1-2, a keyframe picture every ``key_every`` (and first)."""
-    out: list[bytes] = []
-    seq = first_seq
-    for p in range(pictures):
-        key = p % key_every == 0
-        tid = (0, 2, 1, 2)[p % 4]
-        for sid in range(3):
-            for part in range(2):
-                out.append(
-                    vp9_packet(
-                        seq,
-                        p * 3000,
-                        p,
-                        sid,
-                        tid,
-                        key=key,
-                        start=part == 0,
-                        end=part == 1,
-                        marker=sid == 2 and part == 1,
-                        tl0=p // 4,
-                    )
-                )
-                seq += 1
-    return out
-
-
 def svc_publication(kernels: Kernels) -> Publication:
     codec = NegotiatedCodec(PT, "VP9", 90000, None, None, ())
     pub = Publication("TR_v", "PA_a", "video", "cam", "0", codec, {}, kernels=kernels)
@@ -422,27 +356,6 @@ def test_describe_reads_vp9_layer_fields() -> None:
 
 
 # -- VP8 temporal layers (L1T3) through a Subscription ------------------------------------------
-
-
-def vp8_l1t3(frames: int, first_seq: int = 500) -> list[bytes]:
-    """One packet per frame of a VP8 ``L1T3`` stream (TID pattern 0-2-1-2, Y set on TID 1 and
-    2 frames that follow a TID 0 frame), a keyframe first."""
-    out = []
-    for f in range(frames):
-        tid = (0, 2, 1, 2)[f % 4]
-        d = Vp8Descriptor(
-            extended=True,
-            start_of_partition=True,
-            picture_id=f,
-            picture_id_15bit=True,
-            tl0picidx=f // 4,
-            temporal_id=tid,
-            layer_sync=f % 4 in (1, 2),
-        )
-        header = bytes([0x80, 0x80 | 96]) + (first_seq + f).to_bytes(2, "big")
-        header += (f * 4500).to_bytes(4, "big") + SSRC.to_bytes(4, "big")
-        out.append(header + d.serialize() + bytes([0x00 if f == 0 else 0x01]) + bytes(20))
-    return out
 
 
 def test_vp8_temporal_rung_filters_tids_with_continuous_picture_ids(kernels: Kernels) -> None:
