@@ -417,9 +417,8 @@ class Peer:
                 continue
             selector = sub.selector
             layer = 0 if selector is None else selector.current.spatial
-            stream = sub.publication.stream_for(layer) if layer is not None else None
-            if stream is not None:
-                spend += stream.meter.bps(now)
+            if layer is not None:
+                spend += sub.publication.layer_bps(layer, now)
         return allocation_budget(estimate, spend)
 
     def _trace_allocation(self, allocation: Allocation, estimate: float | None, now: float) -> None:

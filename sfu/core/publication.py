@@ -270,6 +270,19 @@ class Publication:
         them all)."""
         return self.layers.get(0 if self.svc else spatial)
 
+    def layer_bps(self, spatial: int, now: float) -> float:
+        """What forwarding spatial layer ``spatial`` (all its temporal layers) costs now: its
+        stream's measured rate, or for an SVC stream the measured share of the layers up to
+        it (0.0 when nothing carries it)."""
+        stream = self.stream_for(spatial)
+        if stream is None:
+            return 0.0
+        if self.svc and self.svc_spatial > 1:
+            cumulative = self.rates.measure(self, now).get(spatial)
+            if cumulative:
+                return cumulative[-1]
+        return float(stream.meter.bps(now))
+
     def learn_structure(self, packet: bytes | memoryview) -> None:
         """Read the spatial layer count of an SVC stream from a VP9 scalability structure
         (RFC 9628 §4.2.1; sent on keyframes and whenever the encoder changes its layers); a

@@ -393,3 +393,25 @@ def test_vp8_temporal_rung_filters_tids_with_continuous_picture_ids(kernels: Ker
     assert [d.tl0picidx for d in descs] == [0, 1, 2, 3]
     assert seqs_of(sent) == [2000, 2001, 2002, 2003]
     assert sub.selector.current == LayerPair(0, 0)
+
+
+def test_svc_layer_costs_are_cumulative_shares_of_the_stream(kernels: Kernels) -> None:
+    """What the allocator and the budget read of an SVC publication: one rate per spatial
+    layer (cumulative), each below the whole stream's, the top one equal to it."""
+    pub = svc_publication(kernels)
+    stream = pub.layers[0]
+    packets = l3t3_key(16)
+    pub.learn_structure(packets[0])
+    for i, data in enumerate(packets):
+        now = 1.0 + i * 0.01
+        stream.cache.put(data, stream.unwrapper.unwrap(int.from_bytes(data[2:4], "big")), now)
+        stream.meter.add(len(data), now)
+        stream.last_packet_at = now
+    now = 2.0
+    whole = float(stream.meter.bps(now))
+    rates = pub.rates.measure(pub, now)
+    assert sorted(rates) == [0, 1, 2]
+    assert pub.active_layers(now) == frozenset({0, 1, 2})
+    costs = [pub.layer_bps(s, now) for s in range(3)]
+    assert 0 < costs[0] < costs[1] < costs[2] == pytest.approx(whole)
+    assert [r[-1] for _, r in sorted(rates.items())] == costs
