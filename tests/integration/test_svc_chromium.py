@@ -167,3 +167,51 @@ def test_vp9_l3t3_key_layers_are_selected_per_subscriber() -> None:
         assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
         assert page_state(viewer).get("error") is None
         assert page_state(publisher).get("error") is None
+
+
+def test_mixed_room_vp8_simulcast_and_vp9_svc_publishers() -> None:
+    """One page publishes VP8 simulcast (the demo's default), another VP9 L3T3_KEY; a viewer
+    decodes both, and each publisher decodes the other."""
+    room = "svc-mixed"
+    with (
+        server_thread() as server,
+        chromium() as vp8_page,
+        chromium() as vp9_page,
+        chromium(RECEIVE_ONLY) as viewer,
+    ):
+        open_meeting(vp8_page, server.base, room, "Eight")
+        _open_svc_publisher(vp9_page, server.base, room)
+        open_meeting(viewer, server.base, room, "Viewer")
+        vp8_id = wait_connected(vp8_page)
+        vp9_id = wait_connected(vp9_page)
+        wait_connected(viewer)
+
+        def decoding(driver: webdriver.Chrome, participant: str) -> None:
+            wait_until(
+                lambda: _video(driver, participant),
+                lambda e: e is not None and e["framesDecoded"] > 0 and e["frameWidth"] > 0,
+                timeout=JOIN_DEADLINE_S,
+            )
+
+        decoding(viewer, vp8_id)
+        decoding(viewer, vp9_id)
+        decoding(vp8_page, vp9_id)
+        decoding(vp9_page, vp8_id)
+        codecs = server.call(
+            lambda: sorted(
+                (pub.codec.name.upper(), pub.svc)
+                for participant in server.server.rooms.rooms[room].participants.values()  # type: ignore[union-attr]
+                if participant.peer is not None
+                for pub in participant.peer.publications.values()
+                if pub.video
+            )
+        )
+        assert codecs == [("VP8", False), ("VP9", True)]
+        # Both keep decoding at the viewer.
+        first = {p: _video(viewer, p) for p in (vp8_id, vp9_id)}
+        time.sleep(2.0)
+        for participant, before in first.items():
+            after = _video(viewer, participant)
+            assert before is not None and after is not None
+            assert after["framesDecoded"] - before["framesDecoded"] >= MIN_FRAMES_2S / 2
+            assert after["freezeCount"] == before["freezeCount"]
