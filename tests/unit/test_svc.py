@@ -17,7 +17,7 @@ from sfu._fastpath.values import VP8, VP9, Decision, LayerPair
 from sfu.codecs.vp8 import parse_vp8
 from sfu.codecs.vp9 import parse_vp9
 from sfu.core import svc as svc_py
-from sfu.core.kernels import Kernels
+from sfu.core.kernels import REFERENCE, Kernels
 from sfu.core.layer_rates import layer_shares
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
@@ -415,3 +415,61 @@ def test_svc_layer_costs_are_cumulative_shares_of_the_stream(kernels: Kernels) -
     costs = [pub.layer_bps(s, now) for s in range(3)]
     assert 0 < costs[0] < costs[1] < costs[2] == pytest.approx(whole)
     assert [r[-1] for _, r in sorted(rates.items())] == costs
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    changes=st.lists(
+        st.tuples(
+            st.integers(1, 60),  # packets until the change
+            st.one_of(st.none(), st.integers(0, 2)),  # spatial target (None: pause)
+            st.one_of(st.none(), st.integers(0, 2)),  # temporal target
+        ),
+        max_size=6,
+    ),
+    key_every=st.integers(2, 12),
+)
+def test_compiled_subscription_forwards_svc_as_the_reference_does(
+    compiled_kernels: Kernels,
+    changes: list[tuple[int, int | None, int | None]],
+    key_every: int,
+) -> None:
+    """Random target changes over an L3T3_KEY stream: both bundles send the same bytes, the
+    outgoing sequence has no hole, and no layer above the current target goes out after the
+    next picture start."""
+    packets = l3t3_key(40, key_every=key_every)
+    outputs = []
+    for kernels in (REFERENCE, compiled_kernels):
+        pub = svc_publication(kernels)
+        pub.learn_structure(packets[0])
+        sub = new_subscription(pub, kernels)
+        selector = sub.selector
+        assert selector is not None
+        selector.set_target(2, None)
+        chunks: list[tuple[int | None, int | None, list[bytes]]] = []
+        start = 0
+        target: tuple[int | None, int | None] = (2, None)
+        for count, spatial, temporal in [*changes, (len(packets), 2, None)]:
+            chunk = packets[start : start + count]
+            chunks.append((*target, run(pub, sub, chunk, 1.0 + start / 100)))
+            start += len(chunk)
+            selector.set_target(spatial, temporal)
+            target = (spatial, temporal)
+        outputs.append(chunks)
+    assert outputs[0] == outputs[1]
+    sent = [p for _, _, chunk in outputs[0] for p in chunk]
+    seqs = seqs_of(sent)
+    assert seqs == list(range(1000, 1000 + len(seqs)))
+    for spatial, temporal, chunk in outputs[0]:
+        if spatial is None:
+            assert chunk == []  # paused at once
+            continue
+        layers = layers_of(chunk)
+        starts = [parse_vp9(p, payload_offset(p)).is_start_of_frame for p in chunk]
+        # From the first picture start on, nothing above the target goes out.
+        begin = next(
+            (i for i, (sid, _, _) in enumerate(layers) if sid == 0 and starts[i]), len(layers)
+        )
+        for sid, tid, _ in layers[begin:]:
+            assert sid <= spatial
+            assert temporal is None or tid <= temporal
