@@ -17,7 +17,7 @@ negotiated, else the original packet again).
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from sfu import _fastpath
 from sfu._fastpath.values import (
@@ -46,7 +46,11 @@ if TYPE_CHECKING:
         Vp8Munger,
     )
 
-__all__ = ["AUDIO_INFO", "HISTORY", "PacketInfo", "Subscription"]
+__all__ = ["AUDIO_INFO", "HISTORY", "MARKED_HISTORY", "PacketInfo", "Subscription"]
+
+#: Markers an SVC subscription remembers having added (one per picture whose top layers it
+#: drops): some 8 s at 30 fps, longer than a retransmission stays useful.
+MARKED_HISTORY: Final = 256
 
 
 class Subscription:
@@ -54,6 +58,8 @@ class Subscription:
     (which must be its publication's: the forwarder serves both with one kind)."""
 
     __slots__ = (
+        "_marked",
+        "_marked_next",
         "_rtx_seq",
         "buf",
         "extensions",
@@ -158,6 +164,10 @@ class Subscription:
         self.retransmit_dropped = 0
         self.retransmit_superseded = 0
         self._rtx_seq = secrets.randbits(16)  # random start, RFC 3550 §5.1
+        #: SVC: the outgoing sequence numbers that got a marker the publisher's packet lacked
+        #: (a ring), so that a retransmission carries it again.
+        self._marked = [-1] * MARKED_HISTORY if self.svc else []
+        self._marked_next = 0
 
     @property
     def forwarded(self) -> int:
@@ -300,8 +310,10 @@ class Subscription:
         n = munger.munge(packet, ext_seq, now, buf)
         if n <= 0:
             return 0
-        if selector.marks(info.spatial_id, info.end_of_frame):
+        if selector.marks(info.spatial_id, info.end_of_frame) and not buf[1] & 0x80:
             buf[1] |= 0x80
+            self._marked[self._marked_next] = (buf[2] << 8) | buf[3]
+            self._marked_next = (self._marked_next + 1) % MARKED_HISTORY
         history = self.send_history
         if history is None:
             self.extensions.apply(buf, n, abs_send_time)
@@ -365,6 +377,8 @@ class Subscription:
                 offset = payload_offset(scratch, n)
             except ParseError:  # pragma: no cover - the kernel validated the framing
                 continue
+            if self.svc and seq in self._marked:
+                scratch[1] |= 0x80
             if entry.has_vp8:
                 translation = Vp8Translation(
                     None if entry.picture_id < 0 else entry.picture_id,

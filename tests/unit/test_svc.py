@@ -289,6 +289,9 @@ def test_subscriber_capped_to_base_layer_gets_only_it(kernels: Kernels) -> None:
     # The last packet of each picture now ends the base layer frame: marked.
     assert [m for _, _, m in got] == [False, True] * 8
     assert seqs_of(sent) == list(range(1000, 1016))  # dropped layers leave no hole
+    # A retransmission is rebuilt as first sent: with the marker the publisher's lacked.
+    resent = sub.retransmit([1013, 1014, 1015], 1.1, 0)
+    assert resent == sent[13:16]
 
 
 def test_uncapped_subscriber_gets_every_layer_unchanged(kernels: Kernels) -> None:
