@@ -229,6 +229,8 @@ class Publication:
     keyframe_requester: Callable[[SourceStream, float], bool] | None = None
     #: Told whenever :attr:`fanout` is replaced (the data plane pushes the new snapshot).
     on_fanout: Callable[[Publication], None] | None = None
+    #: Told when an SVC stream's spatial layer count changes (the room re-announces the track).
+    on_layers: Callable[[Publication], None] | None = None
     _: KW_ONLY
     kernels: Kernels = field(repr=False)
     #: One of :data:`SOURCES`; "camera" for video and "microphone" for audio unless declared.
@@ -293,8 +295,13 @@ class Publication:
             ss = parse_vp9(packet, payload_offset(packet)).scalability_structure
         except ParseError:
             return
-        if ss is not None:
-            self.svc_spatial = min(ss.num_spatial_layers, MAX_SPATIAL_LAYERS)
+        if ss is None:
+            return
+        layers = min(ss.num_spatial_layers, MAX_SPATIAL_LAYERS)
+        if layers != self.svc_spatial:
+            self.svc_spatial = layers
+            if self.on_layers is not None:
+                self.on_layers(self)
 
     @property
     def video(self) -> bool:

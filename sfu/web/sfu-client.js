@@ -389,6 +389,9 @@ export class Room extends EventTarget {
       case "track_muted":
         this._onTrackMuted(msg.track, msg.muted, msg.force_muted);
         break;
+      case "track_updated":
+        this._onTrackUpdated(msg.track);
+        break;
       case "waiting_list":
         this.waiting = Array.isArray(msg.waiting) ? msg.waiting : [];
         this._emit("waiting_list", { waiting: this.waiting });
@@ -579,6 +582,16 @@ export class Room extends EventTarget {
     const bound = this._rememberTrack(track);
     this._emit("track_published", { track, local: false });
     if (bound) this._renegotiateQuietly();
+  }
+
+  /** A track's description changed (an SVC stream's spatial layers became known). */
+  _onTrackUpdated(track) {
+    if (!track) return;
+    for (const p of this.participants.values()) {
+      const known = p.tracks.get(track.id);
+      if (known) p.tracks.set(track.id, { ...known, ...track });
+    }
+    this._emit("track_updated", { track });
   }
 
   _onTrackUnpublished(trackId) {

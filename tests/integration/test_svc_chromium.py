@@ -69,6 +69,16 @@ sender.setParameters(params).then(() => done("ok"), (e) => done(String(e)));
 """
 
 
+#: The layers the page's client knows of a track (from track_published / track_updated).
+TRACK_LAYERS_JS = """
+for (const p of window.sfuRoom.participants.values()) {
+  const t = p.tracks.get(arguments[0]);
+  if (t) return t.layers;
+}
+return null;
+"""
+
+
 def _keep_resolution(driver: webdriver.Chrome) -> None:
     wait_until(lambda: driver.execute_async_script(KEEP_RESOLUTION_JS), lambda r: r == "ok", 10.0)
 
@@ -135,6 +145,12 @@ def test_vp9_l3t3_key_layers_are_selected_per_subscriber() -> None:
         )
         video = track_id(stats(viewer), pub_id, "video")
         assert video is not None
+        # ... and re-announces the track with them (track_updated), so clients see its layers.
+        wait_until(
+            lambda: viewer.execute_script(TRACK_LAYERS_JS, video),
+            lambda layers: layers == ["S0", "S1", "S2"],
+            10.0,
+        )
 
         # Uncapped: every spatial layer, decoded at the full resolution.
         _width_is(viewer, pub_id, TOP_WIDTH, 25.0)

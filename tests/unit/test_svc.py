@@ -275,6 +275,16 @@ def test_publication_learns_its_layers_from_the_keyframe(kernels: Kernels) -> No
     assert pub.stream_for(2) is pub.layers[0]
     pub.learn_structure(b"\x80" + bytes(11))  # not parseable: nothing changes
     assert pub.num_layers == 3
+    told: list[list[str]] = []
+    pub.on_layers = lambda p: told.append(p.layer_names())
+    pub.learn_structure(l3t3_key(1)[0])  # the same count: nobody is told
+    two = bytearray(l3t3_key(1)[0])
+    desc = parse_vp9(two, payload_offset(two))
+    assert desc.scalability_structure is not None
+    ss_at = payload_offset(two) + desc.size - 1 - 4 * 3  # the SS header octet (Y=1, G=0)
+    two[ss_at] = (1 << 5) | (two[ss_at] & 0x1F)  # N_S = 1: two spatial layers
+    pub.learn_structure(bytes(two[: ss_at + 1 + 8]) + bytes([0xAA]))
+    assert told == [["S0", "S1"]] and pub.num_layers == 2
 
 
 def test_subscriber_capped_to_base_layer_gets_only_it(kernels: Kernels) -> None:
