@@ -27,6 +27,7 @@ from sfu._fastpath.values import (
     F_PADDING,
     F_REASON_SHIFT,
     F_RTX,
+    F_STRUCTURE,
     F_TWCC,
     F_VAD,
     H264,
@@ -124,7 +125,17 @@ def describe(kind: int, packet: bytes, offset: int) -> PacketInfo:
         return PacketInfo(h.is_keyframe, h.is_start_of_frame, offset=offset)
     if kind == VP9:
         v = parse_vp9(packet, offset)
-        return PacketInfo(v.is_keyframe, v.is_start_of_frame, offset=offset)
+        return PacketInfo(
+            v.is_keyframe,
+            v.is_start_of_frame,
+            v.temporal_id,
+            v.switching_up_point or not v.temporal_id,
+            offset=offset,
+            spatial_id=v.spatial_id or 0,
+            end_of_frame=v.is_end_of_frame,
+            switch_point=not v.inter_picture_predicted,
+            has_structure=v.scalability_structure is not None,
+        )
     return PacketInfo(True, True, offset=offset)
 
 
@@ -204,6 +215,8 @@ def ingest(
                 return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
             if info.is_keyframe and info.is_start_of_frame:
                 flags |= F_KEYFRAME
+            if info.has_structure:
+                flags |= F_STRUCTURE
     except ParseError:  # not reached: rtp_defect admitted the block (kept as the C twin)
         flags |= F_MALFORMED_EXT | RTP_DEFECT_EXT_ELEMENT << F_REASON_SHIFT
         return (handle, flags, 0, timestamp, now, size, twcc, 0, 0, 0)

@@ -23,6 +23,7 @@ from sfu._fastpath.values import (
     F_PADDING,
     F_REASON_SHIFT,
     F_RTX,
+    F_STRUCTURE,
     F_TWCC,
     F_VAD,
     LogRecord,
@@ -199,6 +200,8 @@ class Router:
             stream.last_keyframe_at = now
             if ext_seq > stream.last_keyframe_seq:
                 stream.last_keyframe_seq = ext_seq
+        if flags & F_STRUCTURE:
+            _learn_structure(pub, stream, ext_seq, now)
         if flags & F_LEVEL and self.on_audio_level is not None:
             self.on_audio_level(self.participant_id, level, bool(flags & F_VAD), now)
         if forwarded:
@@ -236,3 +239,16 @@ class Router:
         else:
             counters.audio_in += 1
             counters.audio_in_bytes += size
+
+
+def _learn_structure(pub: Publication, stream: SourceStream, ext_seq: int, now: float) -> None:
+    """Hand a packet with a scalability structure (still in the retransmission cache, read
+    without counting as a subscriber's hit) to the publication, which learns its layers."""
+    cache = stream.cache
+    hits, misses = cache.hits, cache.misses
+    try:
+        packet = cache.get(ext_seq, now)
+    finally:
+        cache.hits, cache.misses = hits, misses
+    if packet is not None:
+        pub.learn_structure(packet)

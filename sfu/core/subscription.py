@@ -18,10 +18,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, cast
 
 from sfu import _fastpath
-from sfu._fastpath.values import AUDIO_INFO, Decision, PacketInfo, Vp8Translation
+from sfu._fastpath.values import (
+    AUDIO_INFO,
+    MAX_SPATIAL_LAYERS,
+    Decision,
+    PacketInfo,
+    Vp8Translation,
+)
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionBudget, RetransmissionThrottle
 from sfu.core.route_state import HISTORY
@@ -37,10 +43,15 @@ if TYPE_CHECKING:
         RtpMunger,
         SendHistory,
         SimulcastSelector,
+        SvcSelector,
         Vp8Munger,
     )
 
-__all__ = ["AUDIO_INFO", "HISTORY", "PacketInfo", "Subscription"]
+__all__ = ["AUDIO_INFO", "HISTORY", "MARKED_HISTORY", "PacketInfo", "Subscription"]
+
+#: Markers an SVC subscription remembers having added (one per picture whose top layers it
+#: drops): some 8 s at 30 fps, longer than a retransmission stays useful.
+MARKED_HISTORY: Final = 256
 
 
 class Subscription:
@@ -48,6 +59,8 @@ class Subscription:
     (which must be its publication's: the forwarder serves both with one kind)."""
 
     __slots__ = (
+        "_marked",
+        "_marked_next",
         "_rtx_seq",
         "buf",
         "extensions",
@@ -76,6 +89,7 @@ class Subscription:
         "send_stats",
         "state",
         "subscriber_id",
+        "svc",
         "throttle",
         "vp8",
     )
@@ -129,9 +143,13 @@ class Subscription:
             initial_seq=initial_seq,
             initial_ts=initial_ts,
         )
-        self.selector: SimulcastSelector | None = (
-            kernels.SimulcastSelector(publication.num_layers) if publication.video else None
-        )
+        #: One SVC stream carries every spatial layer (the selector picks layer frames in it).
+        self.svc = publication.svc
+        self.selector: SimulcastSelector | None = None
+        if self.svc:
+            self.selector = kernels.SvcSelector(MAX_SPATIAL_LAYERS)
+        elif publication.video:
+            self.selector = kernels.SimulcastSelector(publication.num_layers)
         self.vp8: Vp8Munger | None = (
             kernels.Vp8Munger() if publication.codec.name.lower() == "vp8" else None
         )
@@ -160,6 +178,10 @@ class Subscription:
         self.retransmit_dropped = 0
         self.retransmit_superseded = 0
         self._rtx_seq = secrets.randbits(16)  # random start, RFC 3550 §5.1
+        #: SVC: the outgoing sequence numbers that got a marker the publisher's packet lacked
+        #: (a ring), so that a retransmission carries it again.
+        self._marked = [-1] * MARKED_HISTORY if self.svc else []
+        self._marked_next = 0
 
     @property
     def forwarded(self) -> int:
@@ -221,6 +243,17 @@ class Subscription:
             if state.blocked:
                 munger.drop(ext_seq)
                 return 0
+        elif self.svc:
+            return self._forward_svc(
+                cast("SvcSelector", selector),
+                stream,
+                packet,
+                ext_seq,
+                timestamp,
+                info,
+                now,
+                abs_send_time,
+            )
         else:
             decision = selector.decide(
                 stream.layer,
@@ -275,11 +308,62 @@ class Subscription:
         state.forwarded += 1
         return n
 
+    def _forward_svc(
+        self,
+        selector: SvcSelector,
+        stream: SourceStream,
+        packet: bytes,
+        ext_seq: int,
+        timestamp: int,
+        info: PacketInfo,
+        now: float,
+        abs_send_time: int,
+    ) -> int:
+        """:meth:`forward` for an SVC stream: the selector picks layer frames within the one
+        stream, every packet it drops leaves no outgoing hole, and the last packet of the
+        highest spatial layer forwarded carries the marker (RFC 9628 §4.1: end of picture)."""
+        munger = self.munger
+        decision = selector.decide(
+            info.spatial_id,
+            info.temporal_id,
+            info.is_keyframe,
+            info.is_start_of_frame,
+            now,
+            layer_sync=info.layer_sync,
+            switch_point=info.switch_point,
+        )
+        if decision == Decision.DROP:
+            munger.drop(ext_seq)
+            return 0
+        if decision == Decision.FORWARD_SWITCH:
+            munger.switch_source(ext_seq, timestamp, now, ssrc=stream.ssrc)
+        buf = self.buf
+        n = munger.munge(packet, ext_seq, now, buf)
+        if n <= 0:
+            return 0
+        if selector.marks(info.spatial_id, info.end_of_frame) and not buf[1] & 0x80:
+            buf[1] |= 0x80
+            self._marked[self._marked_next] = (buf[2] << 8) | buf[3]
+            self._marked_next = (self._marked_next + 1) % MARKED_HISTORY
+        history = self.send_history
+        if history is None:
+            self.extensions.apply(buf, n, abs_send_time)
+        elif self.extensions.apply(buf, n, abs_send_time, history.next_seq):
+            history.record(n, now, -1)
+        state = self.state
+        out_seq = munger.last_out_seq
+        if out_seq is not None:
+            ts = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
+            state.record(out_seq, ext_seq, ts, stream.layer, False, -1, -1, -1)
+            state.on_packet(ts, n, now)
+        state.forwarded += 1
+        return n
+
     def skip(self, stream: SourceStream, ext_seq: int) -> None:
         """Source packet ``ext_seq`` of ``stream`` carries nothing to forward (padding only):
         if this subscription forwards that stream now, its place leaves no outgoing hole."""
         selector = self.selector
-        if selector is None or selector.current.spatial == stream.layer:
+        if selector is None or self.svc or selector.current.spatial == stream.layer:
             self.munger.drop(ext_seq)
 
     def retransmit(
@@ -326,6 +410,8 @@ class Subscription:
                 offset = payload_offset(scratch, n)
             except ParseError:  # pragma: no cover - the kernel validated the framing
                 continue
+            if self.svc and seq in self._marked:
+                scratch[1] |= 0x80
             if entry.has_vp8:
                 translation = Vp8Translation(
                     None if entry.picture_id < 0 else entry.picture_id,

@@ -737,9 +737,13 @@ class RoomService:
             height=height if media.kind == "video" else None,
         )
         publication.keyframe_requester = peer.request_keyframe
+        room = participant.room
+        publication.on_layers = lambda pub: room.broadcast(
+            {"type": "track_updated", "track": pub.describe()}
+        )
         peer.add_publication(publication, _declared_streams(media))
-        participant.room.publications[publication.id] = publication
-        participant.room.broadcast({"type": "track_published", "track": publication.describe()})
+        room.publications[publication.id] = publication
+        room.broadcast({"type": "track_published", "track": publication.describe()})
 
     def _unpublish(self, participant: Participant, mid: str) -> None:
         peer = participant.peer
@@ -754,6 +758,7 @@ class RoomService:
                 other.peer.remove_subscription(sub.mid)
         publication.fanout = ()
         publication.keyframe_requester = None
+        publication.on_layers = None
         room.forget_track(publication.id)
         room.broadcast({"type": "track_unpublished", "track": publication.id})
 
