@@ -235,6 +235,7 @@ def run(pub: Publication, sub: Subscription, packets: list[bytes], now: float) -
             twcc_id=0,
             level_id=0,
             emit=emit,
+            ready=lambda _route: True,
         )
     return sent
 
@@ -398,7 +399,16 @@ def test_vp8_temporal_rung_filters_tids_with_continuous_picture_ids(kernels: Ker
 
     for i, data in enumerate(vp8_l1t3(16)):
         ingest(
-            0, VP8, stream, ((sub, None),), data, now=1.0 + i / 20, twcc_id=0, level_id=0, emit=emit
+            0,
+            VP8,
+            stream,
+            ((sub, None),),
+            data,
+            now=1.0 + i / 20,
+            twcc_id=0,
+            level_id=0,
+            emit=emit,
+            ready=lambda _route: True,
         )
     descs = [parse_vp8(p, payload_offset(p)) for p in sent]
     assert [d.temporal_id for d in descs] == [0] * 4
