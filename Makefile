@@ -8,7 +8,10 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/default.toml
 # Debian packages the build and the tests need (installed only when missing).
 DEB_RUN  := gcc libssl-dev
-DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus iproute2 coturn
+DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus iproute2 coturn nodejs firefox-esr
+# Node clients of the integration tests (werift, puppeteer-core), pinned by their lockfile.
+NODE_DIR   := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.ci-stamp
 PYTEST_ARGS ?=
 # Forwarding workers for `make run` (server.workers): every usable core by default;
 # `make run WORKERS=1` is the single process. An SFU_SERVER_WORKERS in the environment wins.
@@ -41,6 +44,12 @@ $(VENV)/.test-stamp: $(VENV)/bin/python $(SOURCES) | deb-test
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(VENV)/.run-stamp $@
 
+# Debian's nodejs comes without npm (NodeSource's includes it): add Debian's npm only then.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json | deb-test
+	@command -v npm >/dev/null 2>&1 || DEB_PACKAGES=npm sh .ci/ensure-debs.sh
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 lint: $(VENV)/.test-stamp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -51,9 +60,9 @@ typecheck: $(VENV)/.test-stamp
 # The whole suite twice: compiled kernels (and a test that fails if they did not load),
 # then the pure-Python references.
 pytest: pytest-compiled pytest-python
-pytest-compiled: $(VENV)/.test-stamp
+pytest-compiled: $(VENV)/.test-stamp $(NODE_STAMP)
 	SFU_EXPECT_COMPILED=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
-pytest-python: $(VENV)/.test-stamp
+pytest-python: $(VENV)/.test-stamp $(NODE_STAMP)
 	SFU_NO_EXTENSIONS=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing (atheris) of the RTP parsers and the forwarder, longer than the
@@ -69,4 +78,4 @@ bench: $(VENV)/.test-stamp
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-only $(PYTEST_ARGS)
 
 clean:
-	rm -rf build $(VENV) sfu/_fastpath/*.c sfu/_fastpath/*.so *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build $(VENV) $(NODE_DIR)/node_modules sfu/_fastpath/*.c sfu/_fastpath/*.so *.egg-info .pytest_cache .mypy_cache .ruff_cache

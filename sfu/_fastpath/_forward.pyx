@@ -238,7 +238,8 @@ cdef struct stream_t:
     route_t* routes
     int nroutes
     unsigned long long packets
-    int payload_type            # the only one accepted (the codec's); -1: any
+    bint any_payload_type       # no payload type set: every one is accepted
+    uint64_t payload_types[2]   # bit n: payload type n is accepted (the answer's formats)
 
 cdef struct record_t:
     int stream
@@ -666,6 +667,10 @@ cdef class Forwarder:
         """Register an ingress stream (``source``: ssrc, layer, unwrapper, cache)."""
         cdef stream_t* s
         cdef tx_t* t
+        cdef uint64_t masks[2]
+        cdef int pt
+        masks[0] = 0
+        masks[1] = 0
         if not 0 <= handle < self.max_streams:
             raise ValueError(f"stream handle {handle} out of range")
         if kind != K_AUDIO and kind != K_VP8:
@@ -679,6 +684,11 @@ cdef class Forwarder:
                 "the source stream's unwrapper and cache must come from the compiled kernels "
                 "(sfu.core.kernels.compiled()), as the forwarder's do"
             )
+        types = tuple(getattr(source, "payload_types", ()))
+        for pt in types:
+            if not 0 <= pt <= 127:
+                raise ValueError(f"payload type {pt} out of range")
+            masks[pt >> 6] |= (<uint64_t>1) << (pt & 63)
         self.remove_stream(handle)
         if not 0 <= transport < self.max_transports or not self.tx[transport].used:
             raise KeyError(f"transport {transport} is not registered")
@@ -690,7 +700,9 @@ cdef class Forwarder:
         s.transport = transport
         s.ssrc = <uint32_t>source.ssrc
         s.layer = source.layer
-        s.payload_type = getattr(source, "payload_type", -1)
+        s.any_payload_type = not types
+        s.payload_types[0] = masks[0]
+        s.payload_types[1] = masks[1]
         s.kind = kind
         s.unwrap = &(<SequenceUnwrapper>unwrapper).u
         s.cache = &(<RetransmissionBuffer>cache).c
@@ -1120,7 +1132,8 @@ cdef class Forwarder:
                 flags |= FL_TWCC
         ext_seq = _unwrap(st.unwrap, v.seq)
         if v.defect != RTP_DEFECT_NONE or (
-            st.payload_type >= 0 and v.payload_type != st.payload_type
+            not st.any_payload_type
+            and not (st.payload_types[v.payload_type >> 6] >> (v.payload_type & 63)) & 1
         ):
             # A bare header, or a payload type no route's munger maps: dropped on every route
             # as padding is (no subscriber sees a hole where it was).
@@ -1180,15 +1193,18 @@ cdef class Forwarder:
         abs_time = <uint32_t>(<long long>nearbyint(now * 262144.0) & 0xFFFFFF)
         for i in range(st.nroutes):
             route = &st.routes[i]
+            if not self._sendable(route):
+                # No SRTP context toward this subscriber yet (its DTLS handshake is still
+                # running): the route is left exactly as it was. Deciding here would switch
+                # its layer and number a packet it never receives (a first keyframe lost).
+                continue
             if self.out_count >= OUT_SLOTS:
                 self._flush_nogil()
             slot = self.out_buf + self.out_count * OUT_SIZE
             nout = self._route(route, st, &v, p, ext_seq, &info, now, abs_time, slot)
-            if nout <= 0 or route.out < 0:
+            if nout <= 0:
                 continue
             out = &self.tx[route.out]
-            if not out.used:
-                continue
             if out.drop_every:
                 out.drop_seen += 1
                 if out.drop_seen % out.drop_every == 0:
@@ -1224,8 +1240,15 @@ cdef class Forwarder:
         cdef int i
         for i in range(st.nroutes):
             r = &st.routes[i]
+            if not self._sendable(r):
+                continue  # not sendable yet: untouched, as in the fan-out loop
             if r.selector == NULL or selector_current_spatial(r.selector) == st.layer:
                 munger_drop(r.munger, ext_seq)
+
+    cdef inline bint _sendable(self, const route_t* r) noexcept nogil:
+        """Whether the route's subscriber transport is registered (it has SRTP keys and an
+        address): ``ingest.py``'s ``ready``."""
+        return r.out >= 0 and self.tx[r.out].used
 
     cdef Py_ssize_t _route(self, route_t* r, stream_t* st, const rtp_view_t* v,
                            const uint8_t* p, long long ext_seq, info_t* info, double now,

@@ -298,6 +298,10 @@ class Forwarder:
             return
         self._log.append(record)
 
+    def _ready(self, out: int) -> bool:
+        """Whether transport ``out`` is registered (it has SRTP keys and an address)."""
+        return out in self._transports
+
     def _emit(self, sub: Any, out: int, n: int) -> bool:
         """Protect the ``n`` bytes ``sub`` rewrote and queue them for transport ``out``."""
         target = self._transports.get(out)
@@ -340,6 +344,7 @@ class Forwarder:
             twcc_id=transport.twcc_id,
             level_id=transport.level_id,
             emit=self._emit,
+            ready=self._ready,
         )
         self._record(record)
         if record[1] & _NOT_FORWARDABLE:

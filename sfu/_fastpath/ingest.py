@@ -27,6 +27,7 @@ from sfu._fastpath.values import (
     F_PADDING,
     F_REASON_SHIFT,
     F_RTX,
+    F_STRUCTURE,
     F_TWCC,
     F_VAD,
     H264,
@@ -52,7 +53,7 @@ from sfu.packet.rtp import (
     rtp_defect,
 )
 
-__all__ = ["Emit", "Route", "Source", "describe", "ingest"]
+__all__ = ["Emit", "Ready", "Route", "Source", "describe", "ingest"]
 
 
 class _Unwrapper(Protocol):
@@ -75,7 +76,7 @@ class Source(Protocol):
     @property
     def cache(self) -> _Cache: ...
     @property
-    def payload_type(self) -> int: ...
+    def payload_types(self) -> frozenset[int]: ...
 
 
 class Route(Protocol):
@@ -101,6 +102,10 @@ class Route(Protocol):
 #: Sends the ``n`` bytes a route rewrote into its ``buf`` on the route's transport; returns
 #: whether the packet counts as forwarded.
 Emit = Callable[[Any, Any, int], bool]
+#: Whether a route's transport (the second item of a route) can send now: it has SRTP keys.
+#: A route that cannot is left untouched (no layer decision, no sequence number, not counted):
+#: a keyframe decided on while the subscriber's DTLS handshake runs would be lost to it.
+Ready = Callable[[Any], bool]
 
 
 def describe(kind: int, packet: bytes, offset: int) -> PacketInfo:
@@ -120,7 +125,17 @@ def describe(kind: int, packet: bytes, offset: int) -> PacketInfo:
         return PacketInfo(h.is_keyframe, h.is_start_of_frame, offset=offset)
     if kind == VP9:
         v = parse_vp9(packet, offset)
-        return PacketInfo(v.is_keyframe, v.is_start_of_frame, offset=offset)
+        return PacketInfo(
+            v.is_keyframe,
+            v.is_start_of_frame,
+            v.temporal_id,
+            v.switching_up_point or not v.temporal_id,
+            offset=offset,
+            spatial_id=v.spatial_id or 0,
+            end_of_frame=v.is_end_of_frame,
+            switch_point=not v.inter_picture_predicted,
+            has_structure=v.scalability_structure is not None,
+        )
     return PacketInfo(True, True, offset=offset)
 
 
@@ -135,6 +150,7 @@ def ingest(
     twcc_id: int,
     level_id: int,
     emit: Emit,
+    ready: Ready,
     rtx: bool = False,
 ) -> LogRecord:
     """Ingest ``plain`` (decrypted RTP of ``source``) and forward it on ``routes``.
@@ -142,10 +158,11 @@ def ingest(
     ``rtx`` marks a repair restored from its RTX packet (RFC 4588): it is forwarded and cached
     like the original, but reads no audio level and does not count toward the layer's bitrate.
     A packet that is refused (a malformed header, see :func:`sfu.packet.rtp.rtp_defect`, a
-    payload type that is not the stream's, a payload descriptor that does not parse) is never
+    payload type that is not one of the stream's, a payload descriptor that does not parse) is never
     forwarded; its record carries the reason (:func:`sfu._fastpath.values.refusal`). Those
     with a readable sequence number and nothing wrong before the payload leave no hole in any
-    subscriber's outgoing sequence (as padding does).
+    subscriber's outgoing sequence (as padding does). Routes whose transport is not
+    ``ready`` (no SRTP context yet) are passed over entirely, skips included.
     """
     size = len(plain)
     header = peek_rtp_header(plain)
@@ -168,12 +185,11 @@ def ingest(
                 twcc = (raw[0] << 8) | raw[1]
                 flags |= F_TWCC
         ext_seq = source.unwrapper.unwrap(seq)
-        expected = source.payload_type
-        if defect or (expected >= 0 and payload_type != expected):
+        expected = source.payload_types
+        if defect or (expected and payload_type not in expected):
             # A bare header, or a payload type no subscriber's munger maps: dropped on every
             # route as padding is, so no subscriber sees a hole where it was.
-            for sub, _ in routes:
-                sub.skip(source, ext_seq)
+            _skip(routes, ready, source, ext_seq)
             flags |= F_PADDING | (defect or REFUSED_PAYLOAD_TYPE) << F_REASON_SHIFT
             return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
         source.cache.put(plain, ext_seq, now)
@@ -189,18 +205,18 @@ def ingest(
             if offset >= size - (plain[-1] if plain[0] & 0x20 else 0):
                 # Padding only (RFC 3550 §5.1; bandwidth probes): nothing to forward, but each
                 # subscriber's outgoing sequence must not get a hole where it was.
-                for sub, _ in routes:
-                    sub.skip(source, ext_seq)
+                _skip(routes, ready, source, ext_seq)
                 return (handle, flags | F_PADDING, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
             try:
                 info = describe(kind, plain, offset)
             except ParseError:
-                for sub, _ in routes:  # no subscriber sees a hole where it was
-                    sub.skip(source, ext_seq)
+                _skip(routes, ready, source, ext_seq)  # no subscriber sees a hole there
                 flags |= F_MALFORMED_PAYLOAD | REFUSED_DESCRIPTOR << F_REASON_SHIFT
                 return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
             if info.is_keyframe and info.is_start_of_frame:
                 flags |= F_KEYFRAME
+            if info.has_structure:
+                flags |= F_STRUCTURE
     except ParseError:  # not reached: rtp_defect admitted the block (kept as the C twin)
         flags |= F_MALFORMED_EXT | RTP_DEFECT_EXT_ELEMENT << F_REASON_SHIFT
         return (handle, flags, 0, timestamp, now, size, twcc, 0, 0, 0)
@@ -208,8 +224,17 @@ def ingest(
     forwarded = 0
     out_bytes = 0
     for sub, out in routes:
+        if not ready(out):
+            continue
         n = sub.forward(source, plain, ext_seq, timestamp, info, now, abs_time)
         if n and emit(sub, out, n):
             forwarded += 1
             out_bytes += n
     return (handle, flags, ext_seq, timestamp, now, size, twcc, level, forwarded, out_bytes)
+
+
+def _skip(routes: Sequence[tuple[Route, Any]], ready: Ready, source: Source, ext_seq: int) -> None:
+    """``skip`` on every route that can send (the others are not touched at all)."""
+    for sub, out in routes:
+        if ready(out):
+            sub.skip(source, ext_seq)

@@ -35,6 +35,7 @@ __all__ = [
     "F_PADDING",
     "F_REASON_SHIFT",
     "F_RTX",
+    "F_STRUCTURE",
     "F_TWCC",
     "F_VAD",
     "H264",
@@ -81,6 +82,7 @@ F_KEYFRAME: Final = 32  # the first packet of a keyframe
 F_LEVEL: Final = 64  # the level field holds an RFC 6464 audio level
 F_VAD: Final = 128  # ... with the voice activity bit set
 F_RTX: Final = 256  # a repair restored from RTX (slow path only): no meter, no audio level
+F_STRUCTURE: Final = 512  # carries a scalability structure (VP9 SS; slow path only)
 
 #: A record of a packet the data plane refused (not forwarded) carries why in the flags, from
 #: this bit up: 0 none, 1.. an ``sfu.packet.rtp.RTP_DEFECT_*`` code, or one of the two below.
@@ -115,6 +117,15 @@ class PacketInfo:
     vp8: Vp8Descriptor | None = None
     #: Where the payload starts; the rewritten copy has the same header layout.
     offset: int = 0
+    #: SVC (VP9): the spatial layer of the packet's layer frame (SID, 0 without one).
+    spatial_id: int = 0
+    #: SVC (VP9): the packet ends its layer frame (E bit).
+    end_of_frame: bool = False
+    #: SVC (VP9): the layer frame is not inter-picture predicted (P=0): a switch up to its
+    #: spatial layer is possible here.
+    switch_point: bool = False
+    #: SVC (VP9): the packet carries a scalability structure (the stream's layering).
+    has_structure: bool = False
 
 
 #: Audio has no descriptor: every packet starts a frame and none is a keyframe.

@@ -113,10 +113,7 @@ class Binder:
             return None
         raw_rrid = extensions.get(self.repaired_rid_id) if self.repaired_rid_id else None
         raw_rid = extensions.get(self.rid_id) if self.rid_id else None
-        codec = pub.codec
-        is_rtx = raw_rrid is not None or (
-            payload_type == codec.rtx_payload_type and payload_type != codec.payload_type
-        )
+        is_rtx = raw_rrid is not None or payload_type in pub.rtx_apt
         raw_name = raw_rrid if raw_rrid is not None else raw_rid
         layer = 0
         if raw_name is not None and pub.rids:
@@ -131,7 +128,7 @@ class Binder:
             stream.rtx_ssrc = ssrc
             self._rtx[ssrc] = (pub, stream)
             return Binding(pub, stream, True)
-        if payload_type != codec.payload_type:
+        if payload_type not in pub.payload_types:
             return None
         return Binding(pub, self._add_stream(pub, layer, ssrc, None), False)
 

@@ -122,6 +122,6 @@ class FeedbackHandler:
         layer = sub.selector.current.spatial
         if layer is None:
             layer = sub.selector.target.spatial
-        stream = sub.publication.layers.get(layer) if layer is not None else None
+        stream = sub.publication.stream_for(layer) if layer is not None else None
         if stream is not None:
             sub.publication.request_keyframe(stream, now)

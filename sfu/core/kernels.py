@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     # The compiled stubs type these two as the reference classes themselves.
     from sfu.core.layers import SimulcastSelector
     from sfu.core.munger import RtpMunger
+    from sfu.core.svc import SvcSelector
 
 __all__ = [
     "REFERENCE",
@@ -41,6 +42,7 @@ __all__ = [
     "SendHistory",
     "SequenceUnwrapper",
     "SimulcastSelector",
+    "SvcSelector",
     "Vp8Munger",
     "compiled",
     "default_kernels",
@@ -239,6 +241,7 @@ class Kernels:
     SequenceUnwrapper: type[SequenceUnwrapper]
     RtpMunger: type[RtpMunger]
     SimulcastSelector: type[SimulcastSelector]
+    SvcSelector: type[SvcSelector]
     Vp8Munger: type[Vp8Munger]
     ExtensionRewriter: type[ExtensionRewriter]
     RetransmissionBuffer: type[RetransmissionBuffer]
@@ -248,7 +251,15 @@ class Kernels:
 
 def _reference() -> Kernels:
     from sfu._fastpath import _bwe_py, _forward_py
-    from sfu.core import header_extensions, layers, munger, retransmission, route_state, vp8_munger
+    from sfu.core import (
+        header_extensions,
+        layers,
+        munger,
+        retransmission,
+        route_state,
+        svc,
+        vp8_munger,
+    )
     from sfu.packet import seqnum
 
     return Kernels(
@@ -258,6 +269,7 @@ def _reference() -> Kernels:
         SequenceUnwrapper=seqnum.SequenceUnwrapper,
         RtpMunger=munger.RtpMunger,
         SimulcastSelector=layers.SimulcastSelector,
+        SvcSelector=svc.SvcSelector,
         Vp8Munger=vp8_munger.Vp8Munger,
         ExtensionRewriter=header_extensions.ExtensionRewriter,
         RetransmissionBuffer=retransmission.RetransmissionBuffer,
@@ -276,7 +288,16 @@ def compiled() -> Kernels:
     """The Cython kernels; raises ImportError when they are not built."""
     global _compiled
     if _compiled is None:
-        from sfu._fastpath import _bwe, _cache, _extensions, _forward, _layers, _munger, _vp8
+        from sfu._fastpath import (
+            _bwe,
+            _cache,
+            _extensions,
+            _forward,
+            _layers,
+            _munger,
+            _svc,
+            _vp8,
+        )
 
         _compiled = Kernels(
             name="cython",
@@ -285,6 +306,7 @@ def compiled() -> Kernels:
             SequenceUnwrapper=_forward.SequenceUnwrapper,
             RtpMunger=_munger.RtpMunger,
             SimulcastSelector=_layers.SimulcastSelector,
+            SvcSelector=_svc.SvcSelector,
             Vp8Munger=_vp8.Vp8Munger,
             ExtensionRewriter=_extensions.ExtensionRewriter,
             RetransmissionBuffer=_cache.RetransmissionBuffer,

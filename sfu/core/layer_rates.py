@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 from sfu._fastpath.ingest import describe
-from sfu._fastpath.values import VP8
+from sfu._fastpath.values import VP8, VP9
 from sfu.packet.errors import ParseError
 from sfu.packet.rtp import payload_offset
 
@@ -32,6 +32,7 @@ __all__ = [
     "LayerRates",
     "MeteredPublication",
     "MeteredStream",
+    "layer_shares",
     "temporal_shares",
 ]
 
@@ -51,8 +52,11 @@ PEAK_FLOOR: Final = 0.5
 PEAK_HALF_LIFE: Final = 5.0
 #: Bytes of a cached packet read to find its descriptor: RTP header, extensions, VP8 descriptor.
 _HEADER_BYTES: Final = 160
-#: VP8's TID field has two bits (RFC 7741 §4.2).
+#: VP8's TID field has two bits (RFC 7741 §4.2); VP9's three, but no scalability mode a
+#: browser offers has more than three temporal layers.
 MAX_TEMPORAL_LAYERS: Final = 4
+#: Stream kinds whose payload descriptor names temporal (and, for VP9, spatial) layers.
+_LAYERED_KINDS: Final = frozenset({VP8, VP9})
 
 
 class _Meter(Protocol):
@@ -77,19 +81,33 @@ class MeteredPublication(Protocol):
     def layers(self) -> Mapping[int, MeteredStream]: ...
     @property
     def stream_kind(self) -> int: ...
+    @property
+    def svc_spatial(self) -> int: ...
 
 
 def temporal_shares(stream: MeteredStream, kind: int, now: float) -> tuple[float, ...]:
     """Cumulative share of ``stream``'s bytes up to each temporal layer seen, e.g.
     ``(0.4, 0.6, 1.0)``; ``(1.0,)`` when the stream carries no temporal ids."""
-    if kind != VP8:
-        return (1.0,)
+    return layer_shares(stream, kind, now, 1)[0]
+
+
+def layer_shares(
+    stream: MeteredStream, kind: int, now: float, num_spatial: int
+) -> tuple[tuple[float, ...], ...]:
+    """Per spatial layer ``s`` of an SVC stream (``num_spatial`` 1: the stream is one layer),
+    the cumulative share of ``stream``'s bytes in layer frames of spatial layer ``<= s`` up to
+    each temporal layer seen: what forwarding up to (``s``, ``t``) costs, as a share of the
+    stream. The top spatial layer's last share is 1.0; every share is 1.0 when nothing could
+    be sampled (an unmeasured layer is priced as the whole stream)."""
+    unmeasured = ((1.0,),) * num_spatial
+    if kind not in _LAYERED_KINDS:
+        return unmeasured
     cache = stream.cache
     newest = cache.newest
     if newest is None:
-        return (1.0,)
+        return unmeasured
     hits, misses = cache.hits, cache.misses
-    sizes = [0] * MAX_TEMPORAL_LAYERS
+    sizes = [[0] * MAX_TEMPORAL_LAYERS for _ in range(num_spatial)]
     seen = -1
     try:
         for seq in range(newest, max(-1, newest - SAMPLE_PACKETS), -1):
@@ -98,23 +116,31 @@ def temporal_shares(stream: MeteredStream, kind: int, now: float) -> tuple[float
                 continue
             head = bytes(cached[:_HEADER_BYTES])
             try:
-                tid = describe(kind, head, payload_offset(head)).temporal_id
+                info = describe(kind, head, payload_offset(head))
             except ParseError:
                 continue
-            layer = min(tid or 0, MAX_TEMPORAL_LAYERS - 1)
-            sizes[layer] += len(cached)
+            layer = min(info.temporal_id or 0, MAX_TEMPORAL_LAYERS - 1)
+            spatial = min(info.spatial_id, num_spatial - 1)
+            sizes[spatial][layer] += len(cached)
             seen = max(seen, layer)
     finally:
         cache.hits, cache.misses = hits, misses
-    total = sum(sizes)
-    if seen <= 0 or total == 0:
-        return (1.0,)
-    shares: list[float] = []
-    running = 0
-    for layer in range(seen + 1):
-        running += sizes[layer]
-        shares.append(running / total)
-    shares[-1] = 1.0
+    total = sum(sum(row) for row in sizes)
+    if total == 0:
+        return unmeasured
+    seen = max(seen, 0)
+    shares: list[tuple[float, ...]] = []
+    below = 0  # bytes of the lower spatial layers, all temporal layers
+    for row in sizes:
+        running = below
+        cumulative: list[float] = []
+        for layer in range(seen + 1):
+            running += row[layer]
+            cumulative.append(running / total)
+        below += sum(row)
+        shares.append(tuple(cumulative))
+    top = shares[-1]
+    shares[-1] = (*top[:-1], 1.0)
     return tuple(shares)
 
 
@@ -126,8 +152,9 @@ class LayerRates:
     def __init__(self) -> None:
         self._at = float("-inf")
         self._rates: dict[int, tuple[float, ...]] = {}
-        #: Spatial layer -> (when sampled, cumulative temporal shares).
-        self._shares: dict[int, tuple[float, tuple[float, ...]]] = {}
+        #: Stream's layer -> (when sampled, cumulative temporal shares per spatial layer it
+        #: carries: one for a simulcast stream, every one for an SVC stream).
+        self._shares: dict[int, tuple[float, tuple[tuple[float, ...], ...]]] = {}
         #: Spatial layer -> (decaying peak rate, when it was last updated).
         self._peaks: dict[int, tuple[float, float]] = {}
 
@@ -137,6 +164,8 @@ class LayerRates:
         if now - self._at < SAMPLE_INTERVAL and now >= self._at:
             return self._rates
         rates: dict[int, tuple[float, ...]] = {}
+        # An SVC stream (the only one, layer 0) carries every spatial layer.
+        svc = publication.svc_spatial
         for layer, stream in sorted(publication.layers.items()):
             if not stream.active(now):
                 continue
@@ -146,10 +175,16 @@ class LayerRates:
             self._peaks[layer] = (max(peak, bps), now)
             bps = max(bps, PEAK_FLOOR * peak)
             sampled = self._shares.get(layer)
-            if sampled is None or not 0 <= now - sampled[0] < SHARES_INTERVAL:
-                sampled = (now, temporal_shares(stream, publication.stream_kind, now))
+            if (
+                sampled is None
+                or not 0 <= now - sampled[0] < SHARES_INTERVAL
+                or len(sampled[1]) != svc
+            ):
+                shares = layer_shares(stream, publication.stream_kind, now, svc)
+                sampled = (now, shares)
                 self._shares[layer] = sampled
-            rates[layer] = tuple(bps * share for share in sampled[1])
+            for spatial, cumulative in enumerate(sampled[1]):
+                rates[layer + spatial] = tuple(bps * share for share in cumulative)
         self._rates = rates
         self._at = now
         return rates

@@ -306,6 +306,11 @@ class Peer:
             self.on_state_change(self, state, now)
         if self.dataplane is not None:
             self.dataplane.sync(transport)
+        if state is TransportState.CONNECTED:
+            # Keys arrived: only now can a keyframe reach this participant, so every
+            # subscription it already has asks for one (issue 18, a first keyframe lost).
+            for subscription in self.subscriptions.values():
+                subscription.request_start_keyframe(now)
         if transport.finished:
             self.retire()
 
@@ -346,7 +351,7 @@ class Peer:
                 continue
             selector.set_available(sub.publication.active_layers(now) or frozenset({0}))
             layer = selector.keyframe_needed(now)
-            wanted = sub.publication.layers.get(layer) if layer is not None else None
+            wanted = sub.publication.stream_for(layer) if layer is not None else None
             if wanted is not None:
                 sub.publication.request_keyframe(wanted, now)
         estimate = self.estimate_bps
@@ -417,9 +422,8 @@ class Peer:
                 continue
             selector = sub.selector
             layer = 0 if selector is None else selector.current.spatial
-            stream = sub.publication.layers.get(layer) if layer is not None else None
-            if stream is not None:
-                spend += stream.meter.bps(now)
+            if layer is not None:
+                spend += sub.publication.layer_bps(layer, now)
         return allocation_budget(estimate, spend)
 
     def _trace_allocation(self, allocation: Allocation, estimate: float | None, now: float) -> None:

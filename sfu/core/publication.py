@@ -17,11 +17,14 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
-from sfu._fastpath.values import AUDIO, H264, OTHER_VIDEO, VP8, VP9, PacketInfo
+from sfu._fastpath.values import AUDIO, H264, MAX_SPATIAL_LAYERS, OTHER_VIDEO, VP8, VP9, PacketInfo
+from sfu.codecs.vp9 import parse_vp9
 from sfu.core.layer_rates import LayerRates
 from sfu.core.nack import NackGenerator
 from sfu.core.rtcp_stats import ReceiveStats
 from sfu.negotiation import NegotiatedCodec
+from sfu.packet.errors import ParseError
+from sfu.packet.rtp import payload_offset
 
 if TYPE_CHECKING:
     from sfu.core.kernels import Kernels, RetransmissionBuffer, SequenceUnwrapper
@@ -120,9 +123,10 @@ class SourceStream:
     rtx_ssrc: int | None = None
     _: KW_ONLY
     kernels: InitVar[Kernels]
-    #: The one payload type its packets may carry (the codec's); -1 accepts any. Ingest
-    #: refuses and counts any other (no subscriber's munger could map it).
-    payload_type: int = -1
+    #: The payload types its packets may carry (every format the answer accepted for the
+    #: publication's codec); empty accepts any. Ingest refuses and counts any other (no
+    #: subscriber's munger could map it).
+    payload_types: frozenset[int] = frozenset()
     unwrapper: SequenceUnwrapper = field(init=False)
     cache: RetransmissionBuffer = field(init=False)
     nacks: NackGenerator | None = field(init=False)
@@ -226,6 +230,8 @@ class Publication:
     keyframe_requester: Callable[[SourceStream, float], bool] | None = None
     #: Told whenever :attr:`fanout` is replaced (the data plane pushes the new snapshot).
     on_fanout: Callable[[Publication], None] | None = None
+    #: Told when an SVC stream's spatial layer count changes (the room re-announces the track).
+    on_layers: Callable[[Publication], None] | None = None
     _: KW_ONLY
     kernels: Kernels = field(repr=False)
     #: One of :data:`SOURCES`; "camera" for video and "microphone" for audio unless declared.
@@ -234,9 +240,19 @@ class Publication:
     height: int | None = None
     #: Measured (spatial, temporal) layer bitrates, sampled for the allocator.
     rates: LayerRates = field(default_factory=LayerRates, repr=False)
+    #: Every format the answer accepted for the publication (all of ``codec``'s name; the
+    #: publisher may send any of them, RFC 3264 §6.1); empty: ``codec`` alone.
+    codecs: tuple[NegotiatedCodec, ...] = ()
     #: How ingest reads its packets (:mod:`sfu._fastpath.values` stream kinds), fixed by the
     #: kind and codec: computed once, not per packet.
     stream_kind: int = field(init=False)
+    #: The media payload types of :attr:`codecs`.
+    payload_types: frozenset[int] = field(init=False)
+    #: RTX payload type -> the payload type it repairs (its ``apt``), RFC 4588 §8.6.
+    rtx_apt: dict[int, int] = field(init=False)
+    #: Spatial layers of its one SVC stream, from the newest VP9 scalability structure
+    #: (:meth:`learn_structure`); 1 until one is seen, and for every other publication.
+    svc_spatial: int = field(init=False, default=1)
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -246,11 +262,67 @@ class Publication:
         self.stream_kind = (
             _VIDEO_KINDS.get(self.codec.name.lower(), OTHER_VIDEO) if self.video else AUDIO
         )
+        if not self.codecs:
+            self.codecs = (self.codec,)
+        elif self.codec not in self.codecs:
+            raise ValueError("codec must be one of codecs")
+        name = self.codec.name.lower()
+        if any(c.name.lower() != name for c in self.codecs):
+            raise ValueError("a publication carries one codec (its formats may differ)")
+        self.payload_types = frozenset(c.payload_type for c in self.codecs)
+        self.rtx_apt = {
+            c.rtx_payload_type: c.payload_type
+            for c in self.codecs
+            if c.rtx_payload_type is not None and c.rtx_payload_type not in self.payload_types
+        }
 
     @property
     def num_layers(self) -> int:
-        """How many spatial layers (simulcast streams) the publication has."""
-        return max(1, len(self.rids))
+        """How many spatial layers the publication has (simulcast streams, or the spatial
+        layers of its one SVC stream)."""
+        return max(1, len(self.rids), self.svc_spatial)
+
+    @property
+    def svc(self) -> bool:
+        """Whether its spatial layers are those of one scalable stream (VP9 without simulcast),
+        selected by :class:`~sfu.core.svc.SvcSelector` rather than by stream."""
+        return self.stream_kind == VP9 and not self.rids
+
+    def stream_for(self, spatial: int) -> SourceStream | None:
+        """The source stream that carries spatial layer ``spatial`` (an SVC stream carries
+        them all)."""
+        return self.layers.get(0 if self.svc else spatial)
+
+    def layer_bps(self, spatial: int, now: float) -> float:
+        """What forwarding spatial layer ``spatial`` (all its temporal layers) costs now: its
+        stream's measured rate, or for an SVC stream the measured share of the layers up to
+        it (0.0 when nothing carries it)."""
+        stream = self.stream_for(spatial)
+        if stream is None:
+            return 0.0
+        if self.svc and self.svc_spatial > 1:
+            cumulative = self.rates.measure(self, now).get(spatial)
+            if cumulative:
+                return cumulative[-1]
+        return float(stream.meter.bps(now))
+
+    def learn_structure(self, packet: bytes | memoryview) -> None:
+        """Read the spatial layer count of an SVC stream from a VP9 scalability structure
+        (RFC 9628 §4.2.1; sent on keyframes and whenever the encoder changes its layers); a
+        packet without one, or that does not parse, changes nothing."""
+        if not self.svc:
+            return
+        try:
+            ss = parse_vp9(packet, payload_offset(packet)).scalability_structure
+        except ParseError:
+            return
+        if ss is None:
+            return
+        layers = min(ss.num_spatial_layers, MAX_SPATIAL_LAYERS)
+        if layers != self.svc_spatial:
+            self.svc_spatial = layers
+            if self.on_layers is not None:
+                self.on_layers(self)
 
     @property
     def video(self) -> bool:
@@ -271,7 +343,7 @@ class Publication:
             self.video,
             rtx_ssrc,
             kernels=self.kernels,
-            payload_type=self.codec.payload_type,
+            payload_types=self.payload_types,
         )
         self.streams[ssrc] = stream
         self.layers[layer] = stream
@@ -294,8 +366,19 @@ class Publication:
         requester = self.keyframe_requester
         return requester(stream, now) if requester is not None else False
 
+    def layer_names(self) -> list[str]:
+        """The spatial layers as the room protocol lists them: the simulcast rids, or ``S0``,
+        ``S1``... for the spatial layers of an SVC stream (empty for one layer)."""
+        if self.rids:
+            return list(self.rids)
+        return [f"S{i}" for i in range(self.svc_spatial)] if self.svc_spatial > 1 else []
+
     def active_layers(self, now: float) -> frozenset[int]:
         """The layers the publisher is sending now."""
+        if self.svc:
+            stream = self.layers.get(0)
+            active = stream is not None and stream.active(now)
+            return frozenset(range(self.svc_spatial)) if active else frozenset()
         return frozenset(layer for layer, s in self.layers.items() if s.active(now))
 
     def describe(self) -> dict[str, object]:
@@ -308,6 +391,6 @@ class Publication:
             "source": self.source,
             "muted": self.muted,
             "force_muted": self.force_muted,
-            "layers": list(self.rids),
+            "layers": self.layer_names(),
             **({"height": self.height} if self.height is not None else {}),
         }

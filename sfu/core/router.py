@@ -23,6 +23,7 @@ from sfu._fastpath.values import (
     F_PADDING,
     F_REASON_SHIFT,
     F_RTX,
+    F_STRUCTURE,
     F_TWCC,
     F_VAD,
     LogRecord,
@@ -53,6 +54,10 @@ AudioLevelSink = Callable[[str, int, bool | None, float], None]
 
 def _send(sub: Subscription, sender: Sender, n: int) -> bool:
     return sender.send_rtp(bytes(memoryview(sub.buf)[:n]))
+
+
+def _ready(sender: Sender) -> bool:
+    return sender.has_srtp
 
 
 class Router:
@@ -132,7 +137,8 @@ class Router:
     def _repair(self, pub: Publication, stream: SourceStream, packet: bytes, *, now: float) -> None:
         """An RTX packet (RFC 4588): ingest the original it carries."""
         try:
-            original = restore_rtx(packet, stream.ssrc, pub.codec.payload_type)
+            apt = pub.rtx_apt.get(packet[1] & 0x7F, pub.codec.payload_type)
+            original = restore_rtx(packet, stream.ssrc, apt)
         except ParseError:
             self.counters.malformed += 1
             return
@@ -156,6 +162,7 @@ class Router:
             twcc_id=0 if rtx else self.twcc_id,
             level_id=self.level_id,
             emit=_send,
+            ready=_ready,
             rtx=rtx,
         )
         self.replay(pub, stream, record)
@@ -193,6 +200,8 @@ class Router:
             stream.last_keyframe_at = now
             if ext_seq > stream.last_keyframe_seq:
                 stream.last_keyframe_seq = ext_seq
+        if flags & F_STRUCTURE:
+            _learn_structure(pub, stream, ext_seq, now)
         if flags & F_LEVEL and self.on_audio_level is not None:
             self.on_audio_level(self.participant_id, level, bool(flags & F_VAD), now)
         if forwarded:
@@ -230,3 +239,16 @@ class Router:
         else:
             counters.audio_in += 1
             counters.audio_in_bytes += size
+
+
+def _learn_structure(pub: Publication, stream: SourceStream, ext_seq: int, now: float) -> None:
+    """Hand a packet with a scalability structure (still in the retransmission cache, read
+    without counting as a subscriber's hit) to the publication, which learns its layers."""
+    cache = stream.cache
+    hits, misses = cache.hits, cache.misses
+    try:
+        packet = cache.get(ext_seq, now)
+    finally:
+        cache.hits, cache.misses = hits, misses
+    if packet is not None:
+        pub.learn_structure(packet)

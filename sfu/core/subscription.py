@@ -17,10 +17,17 @@ negotiated, else the original packet again).
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final, cast
 
 from sfu import _fastpath
-from sfu._fastpath.values import AUDIO_INFO, Decision, PacketInfo, Vp8Translation
+from sfu._fastpath.values import (
+    AUDIO_INFO,
+    MAX_SPATIAL_LAYERS,
+    Decision,
+    PacketInfo,
+    Vp8Translation,
+)
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionBudget, RetransmissionThrottle
 from sfu.core.route_state import HISTORY
@@ -36,10 +43,15 @@ if TYPE_CHECKING:
         RtpMunger,
         SendHistory,
         SimulcastSelector,
+        SvcSelector,
         Vp8Munger,
     )
 
-__all__ = ["AUDIO_INFO", "HISTORY", "PacketInfo", "Subscription"]
+__all__ = ["AUDIO_INFO", "HISTORY", "MARKED_HISTORY", "PacketInfo", "Subscription"]
+
+#: Markers an SVC subscription remembers having added (one per picture whose top layers it
+#: drops): some 8 s at 30 fps, longer than a retransmission stays useful.
+MARKED_HISTORY: Final = 256
 
 
 class Subscription:
@@ -47,6 +59,8 @@ class Subscription:
     (which must be its publication's: the forwarder serves both with one kind)."""
 
     __slots__ = (
+        "_marked",
+        "_marked_next",
         "_rtx_seq",
         "buf",
         "extensions",
@@ -61,18 +75,21 @@ class Subscription:
         "paused",
         "payload_type",
         "pinned",
+        "pt_map",
         "publication",
         "retransmit_dropped",
         "retransmit_misses",
         "retransmit_superseded",
         "retransmitted",
         "rtx_payload_type",
+        "rtx_payload_types",
         "rtx_ssrc",
         "selector",
         "send_history",
         "send_stats",
         "state",
         "subscriber_id",
+        "svc",
         "throttle",
         "vp8",
     )
@@ -91,10 +108,15 @@ class Subscription:
         rtx_payload_type: int | None = None,
         initial_seq: int | None = None,
         initial_ts: int | None = None,
+        payload_types: Mapping[int, int] | None = None,
+        rtx_payload_types: Mapping[int, int] | None = None,
         kernels: Kernels,
     ) -> None:
         """``initial_seq`` / ``initial_ts``: the first outgoing wire values (None: those of
-        the first packet forwarded; see :class:`~sfu.core.munger.RtpMunger`)."""
+        the first packet forwarded; see :class:`~sfu.core.munger.RtpMunger`).
+        ``payload_types`` maps each of the publisher's payload types to the subscriber's (per
+        codec; None: the publication's codec to ``payload_type``), ``rtx_payload_types`` each
+        of the subscriber's to its RTX type (None: ``rtx_payload_type`` for all)."""
         if kernels is not publication.kernels:
             raise ValueError("a subscription must use its publication's kernels")
         self.kernels = kernels
@@ -108,6 +130,12 @@ class Subscription:
         self.rtx_payload_type = rtx_payload_type if rtx_ssrc is not None else None
         clock_rate = publication.codec.clock_rate
         pt_map = {publication.codec.payload_type: payload_type}
+        if payload_types is not None:
+            pt_map.update(payload_types)
+        #: Publisher payload type -> subscriber payload type (what the munger writes).
+        self.pt_map = pt_map
+        #: Subscriber payload type -> its RTX payload type (RFC 4588 apt), for repairs.
+        self.rtx_payload_types: dict[int, int] = dict(rtx_payload_types or {})
         self.munger: RtpMunger = kernels.RtpMunger(
             out_ssrc,
             pt_map,
@@ -115,9 +143,13 @@ class Subscription:
             initial_seq=initial_seq,
             initial_ts=initial_ts,
         )
-        self.selector: SimulcastSelector | None = (
-            kernels.SimulcastSelector(publication.num_layers) if publication.video else None
-        )
+        #: One SVC stream carries every spatial layer (the selector picks layer frames in it).
+        self.svc = publication.svc
+        self.selector: SimulcastSelector | None = None
+        if self.svc:
+            self.selector = kernels.SvcSelector(MAX_SPATIAL_LAYERS)
+        elif publication.video:
+            self.selector = kernels.SimulcastSelector(publication.num_layers)
         self.vp8: Vp8Munger | None = (
             kernels.Vp8Munger() if publication.codec.name.lower() == "vp8" else None
         )
@@ -146,6 +178,10 @@ class Subscription:
         self.retransmit_dropped = 0
         self.retransmit_superseded = 0
         self._rtx_seq = secrets.randbits(16)  # random start, RFC 3550 §5.1
+        #: SVC: the outgoing sequence numbers that got a marker the publisher's packet lacked
+        #: (a ring), so that a retransmission carries it again.
+        self._marked = [-1] * MARKED_HISTORY if self.svc else []
+        self._marked_next = 0
 
     @property
     def forwarded(self) -> int:
@@ -170,6 +206,23 @@ class Subscription:
         if self.selector is not None:
             self.selector.set_preferences(self.max_spatial, self.max_temporal, self.paused or held)
 
+    def request_start_keyframe(self, now: float) -> bool:
+        """Ask the publisher for a keyframe to start this (video) subscription on: the layer
+        its selector can start from (the lowest when nothing is decided yet). Called once its
+        transport can send: a keyframe that arrives before that cannot reach the subscriber,
+        and a viewer that sends no PLI of its own would wait for the next periodic one."""
+        publication = self.publication
+        if not publication.video:
+            return False
+        selector = self.selector
+        spatial = None if selector is None else selector.target.spatial
+        stream = None if spatial is None else publication.layers.get(spatial)
+        if stream is None:
+            stream = publication.layers.get(0)
+        if stream is None:
+            return False
+        return publication.request_keyframe(stream, now)
+
     # -- packets ------------------------------------------------------------------------------
 
     def forward(
@@ -190,6 +243,17 @@ class Subscription:
             if state.blocked:
                 munger.drop(ext_seq)
                 return 0
+        elif self.svc:
+            return self._forward_svc(
+                cast("SvcSelector", selector),
+                stream,
+                packet,
+                ext_seq,
+                timestamp,
+                info,
+                now,
+                abs_send_time,
+            )
         else:
             decision = selector.decide(
                 stream.layer,
@@ -244,11 +308,62 @@ class Subscription:
         state.forwarded += 1
         return n
 
+    def _forward_svc(
+        self,
+        selector: SvcSelector,
+        stream: SourceStream,
+        packet: bytes,
+        ext_seq: int,
+        timestamp: int,
+        info: PacketInfo,
+        now: float,
+        abs_send_time: int,
+    ) -> int:
+        """:meth:`forward` for an SVC stream: the selector picks layer frames within the one
+        stream, every packet it drops leaves no outgoing hole, and the last packet of the
+        highest spatial layer forwarded carries the marker (RFC 9628 §4.1: end of picture)."""
+        munger = self.munger
+        decision = selector.decide(
+            info.spatial_id,
+            info.temporal_id,
+            info.is_keyframe,
+            info.is_start_of_frame,
+            now,
+            layer_sync=info.layer_sync,
+            switch_point=info.switch_point,
+        )
+        if decision == Decision.DROP:
+            munger.drop(ext_seq)
+            return 0
+        if decision == Decision.FORWARD_SWITCH:
+            munger.switch_source(ext_seq, timestamp, now, ssrc=stream.ssrc)
+        buf = self.buf
+        n = munger.munge(packet, ext_seq, now, buf)
+        if n <= 0:
+            return 0
+        if selector.marks(info.spatial_id, info.end_of_frame) and not buf[1] & 0x80:
+            buf[1] |= 0x80
+            self._marked[self._marked_next] = (buf[2] << 8) | buf[3]
+            self._marked_next = (self._marked_next + 1) % MARKED_HISTORY
+        history = self.send_history
+        if history is None:
+            self.extensions.apply(buf, n, abs_send_time)
+        elif self.extensions.apply(buf, n, abs_send_time, history.next_seq):
+            history.record(n, now, -1)
+        state = self.state
+        out_seq = munger.last_out_seq
+        if out_seq is not None:
+            ts = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
+            state.record(out_seq, ext_seq, ts, stream.layer, False, -1, -1, -1)
+            state.on_packet(ts, n, now)
+        state.forwarded += 1
+        return n
+
     def skip(self, stream: SourceStream, ext_seq: int) -> None:
         """Source packet ``ext_seq`` of ``stream`` carries nothing to forward (padding only):
         if this subscription forwards that stream now, its place leaves no outgoing hole."""
         selector = self.selector
-        if selector is None or selector.current.spatial == stream.layer:
+        if selector is None or self.svc or selector.current.spatial == stream.layer:
             self.munger.drop(ext_seq)
 
     def retransmit(
@@ -278,13 +393,15 @@ class Subscription:
             if cached is None:
                 self.retransmit_misses += 1
                 continue
+            # The format it was first sent in (the publisher may use several, RFC 3264 §6.1).
+            out_pt = self.pt_map.get(cached[1] & 0x7F, self.payload_type)
             n = _fastpath.rewrite_rtp(
                 cached,
                 scratch,
                 self.out_ssrc,
                 seq,
                 entry.timestamp,
-                self.payload_type,
+                out_pt,
                 _fastpath.KEEP_MARKER,
             )
             if n <= 0:
@@ -293,6 +410,8 @@ class Subscription:
                 offset = payload_offset(scratch, n)
             except ParseError:  # pragma: no cover - the kernel validated the framing
                 continue
+            if self.svc and seq in self._marked:
+                scratch[1] |= 0x80
             if entry.has_vp8:
                 translation = Vp8Translation(
                     None if entry.picture_id < 0 else entry.picture_id,
@@ -351,7 +470,8 @@ class Subscription:
             return bytes(buf[:n])
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         header = bytearray(buf[:offset])
-        header[1] = (buf[1] & 0x80) | self.rtx_payload_type
+        rtx_pt = self.rtx_payload_types.get(buf[1] & 0x7F, self.rtx_payload_type)
+        header[1] = (buf[1] & 0x80) | rtx_pt
         header[2] = self._rtx_seq >> 8
         header[3] = self._rtx_seq & 0xFF
         header[8:12] = self.rtx_ssrc.to_bytes(4, "big")

@@ -19,6 +19,7 @@ from sfu.negotiation.policy import (
     DEFAULT_RTCP_FEEDBACK,
     CodecPreferences,
     NegotiationError,
+    forwardable,
 )
 from sfu.negotiation.result import (
     NegotiatedCodec,
@@ -43,5 +44,6 @@ __all__ = [
     "SendStream",
     "build_answer",
     "candidate_priority",
+    "forwardable",
     "negotiate",
 ]

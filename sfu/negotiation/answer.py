@@ -39,7 +39,12 @@ from sfu.packet.sdp import (
 )
 from sfu.transport.sctp import DEFAULT_MAX_MESSAGE_SIZE, SCTP_PORT
 
-__all__ = ["HostCandidate", "build_answer", "candidate_priority"]
+__all__ = ["REJECTED_ATTRIBUTE", "HostCandidate", "build_answer", "candidate_priority"]
+
+#: The attribute of a rejected (port 0) m-line that says why: ``a=x-sfu-rejected:<reason>``.
+REJECTED_ATTRIBUTE: Final = "x-sfu-rejected"
+#: The reason is cut to this many characters (it is already client-safe text).
+REJECTED_REASON_CHARS: Final = 200
 
 #: Our ``a=sctp-port`` (RFC 8841 §5) and the ``a=max-message-size`` we announce by default
 #: (§6): the SCTP layer's values, repeated here because negotiation sits below transport users.
@@ -168,6 +173,7 @@ def build_answer(
     answer.add_attribute(MsidSemantic.NAME, " WMS *")  # Chromium's spelling
 
     accepted = {m.index: m for m in negotiated.media}
+    reasons = {r.index: r.reason for r in negotiated.rejected}
     dc = negotiated.data_channel
     first = min([m.index for m in negotiated.media] + ([dc.index] if dc is not None else []))
     for index, section in enumerate(offer.media):
@@ -186,7 +192,13 @@ def build_answer(
             )
             continue
         if media is None:
-            answer.add_media(_rejected_section(section, (ufrag, pwd), fp, setup))
+            rejected = _rejected_section(section, (ufrag, pwd), fp, setup)
+            reason = reasons.get(index)
+            if reason is not None:
+                # Why this m-line got port 0, for the client to show (docs/protocol.md); an
+                # unknown attribute, which SDP parsers skip (RFC 8866 §5.13).
+                rejected.add_attribute(REJECTED_ATTRIBUTE, _attribute_text(reason))
+            answer.add_media(rejected)
             continue
         answer.add_media(
             _accepted_section(
@@ -201,6 +213,11 @@ def build_answer(
             )
         )
     return answer
+
+
+def _attribute_text(text: str) -> str:
+    """``text`` as an SDP attribute value: printable ASCII only (RFC 8866 §9 byte-string)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:REJECTED_REASON_CHARS]
 
 
 def _rejected_section(

@@ -17,6 +17,7 @@ from sfu.negotiation.policy import (
     NegotiationError,
     clip,
     codec_ok,
+    forwardable,
     h264_rank,
 )
 from sfu.negotiation.result import (
@@ -204,6 +205,16 @@ def _negotiate_section(
     codecs = _select_codecs(section, where, prefs)
     if not codecs:
         return reject("no supported codec")
+    if prefs.publish_forwardable_only and section.direction in (
+        Direction.SENDRECV,
+        Direction.SENDONLY,
+    ):
+        usable = tuple(c for c in codecs if forwardable(c.name))
+        if not usable:
+            names = ", ".join(dict.fromkeys(c.name for c in codecs))
+            return reject(f"cannot forward {clip(names, 64)} publications")
+        # One codec per publication: its every format (e.g. two H.264 profiles) stays.
+        codecs = tuple(c for c in usable if c.name.lower() == usable[0].name.lower())
     extensions = _extensions(section, where, prefs)
     ssrcs, fid, cname, ssrc_msid, sim = _sources(section, where)
     accepted_pts = {c.payload_type for c in codecs}

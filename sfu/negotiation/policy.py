@@ -33,6 +33,7 @@ __all__ = [
     "NegotiationError",
     "clip",
     "codec_ok",
+    "forwardable",
     "h264_rank",
 ]
 
@@ -61,6 +62,18 @@ DEFAULT_HEADER_EXTENSIONS = frozenset(
 
 AUDIO_CODECS = frozenset({"opus"})
 VIDEO_CODECS = frozenset({"vp8", "h264", "vp9", "av1"})
+#: Codecs a publication may carry: the forwarding core reads their payload descriptors (layer
+#: switches need keyframes and frame starts). Read only through :func:`forwardable`.
+_FORWARDABLE_CODECS = frozenset({"opus", "vp8", "h264", "vp9"})
+
+
+def forwardable(name: str) -> bool:
+    """Whether the forwarding core can carry a publication in codec ``name`` (SDP encoding
+    name, any case). The one place this is decided: negotiation rejects a send section with
+    no such codec (that m-line only) and the room service refuses nothing else."""
+    return name.lower() in _FORWARDABLE_CODECS
+
+
 # RFC 8122 §5 hash functions with their digest sizes, in the order we prefer them.
 HASH_SIZES = {"sha-256": 32, "sha-384": 48, "sha-512": 64, "sha-1": 20, "sha-224": 28}
 # RFC 8839 §5.4: ufrag 4-256 ice-chars, pwd 22-256 ice-chars.
@@ -91,6 +104,11 @@ class CodecPreferences:
     rtx: bool = True
     rtcp_feedback: frozenset[str] = DEFAULT_RTCP_FEEDBACK
     header_extensions: frozenset[str] = DEFAULT_HEADER_EXTENSIONS
+    #: Sections the client sends on become publications: accept only :func:`forwardable`
+    #: codecs there, and only one codec (by name) per section, so that every payload type
+    #: the answer allows the sender is one the forwarding core maps (RFC 3264 §6.1: the
+    #: offerer may send any of them). Off for the echo service, which reads no payload.
+    publish_forwardable_only: bool = False
 
     def __post_init__(self) -> None:
         for names, known in (

@@ -29,6 +29,7 @@ from sfu.negotiation import (
     NegotiationError,
     SendStream,
     build_answer,
+    forwardable,
     negotiate,
 )
 from sfu.packet.errors import ParseError
@@ -56,9 +57,14 @@ log = logging.getLogger(__name__)
 
 #: What the server accepts in offers: VP8 first (every browser has it, and its payload
 #: descriptor lets the SFU keep picture ids continuous across simulcast switches).
-ROOM_PREFERENCES: Final = CodecPreferences(video_codecs=("VP8", "H264", "VP9", "AV1"))
-#: Codecs a publication may use: the ones whose payload descriptor shows keyframes.
-_FORWARDABLE: Final = frozenset({"vp8", "h264", "vp9", "opus"})
+ROOM_PREFERENCES: Final = CodecPreferences(
+    video_codecs=("VP8", "H264", "VP9", "AV1"), publish_forwardable_only=True
+)
+#: What a room forwards, best first (``joined.codecs``): clients order their codecs by it.
+ROOM_CODECS: Final = {
+    "audio": tuple(n for n in ROOM_PREFERENCES.audio_codecs if forwardable(n)),
+    "video": tuple(n for n in ROOM_PREFERENCES.video_codecs if forwardable(n)),
+}
 #: The track sources a publisher may declare for each kind of m= section.
 _SOURCES_BY_KIND: Final = {
     "audio": frozenset({"microphone", "screen_audio"}),
@@ -121,6 +127,46 @@ def not_joined(participant: Participant) -> RoomError:
     if participant.state is ParticipantState.WAITING:
         return RoomError("not_joined", "you are in the waiting room until a host admits you")
     return RoomError("not_joined", "not admitted to the room")
+
+
+def _format_identity(codec: NegotiatedCodec) -> tuple[str, ...]:
+    """What makes two formats of one codec the same bitstream for a decoder: the name and,
+    for H.264, the packetization mode and profile (RFC 6184 §8.1: profile_idc and
+    profile-iop; the level may differ), the profile for VP9 and AV1."""
+    name = codec.name.lower()
+    params = codec.parameters
+    if name == "h264":
+        profile = params.get("profile-level-id", "420010").lower()[:4]
+        return (name, params.get("packetization-mode", "0"), profile)
+    if name == "vp9":
+        return (name, params.get("profile-id", "0"))
+    if name == "av1":
+        return (name, params.get("profile", "0"))
+    return (name,)
+
+
+def _payload_type_maps(
+    media: NegotiatedMedia, publication: Publication, match: NegotiatedCodec
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Per codec (issue 18): each of the publisher's payload types -> the subscriber's
+    payload type of the same format (``match``, the compatible one, when it accepted none
+    identical); and each subscriber payload type -> its RTX payload type."""
+    mapped: dict[int, int] = {}
+    for codec in publication.codecs:
+        identity = _format_identity(codec)
+        same = next(
+            (
+                c
+                for c in media.codecs
+                if c.clock_rate == codec.clock_rate and _format_identity(c) == identity
+            ),
+            match,
+        )
+        mapped[codec.payload_type] = same.payload_type
+    rtx = {
+        c.payload_type: c.rtx_payload_type for c in media.codecs if c.rtx_payload_type is not None
+    }
+    return mapped, rtx
 
 
 def _matching_codec(media: NegotiatedMedia, codec: NegotiatedCodec) -> NegotiatedCodec | None:
@@ -369,6 +415,7 @@ class RoomService:
             "e2ee_required": policy.e2ee_required,
             "policy": policy.public(),
             "resumed": resumed,
+            "codecs": {kind: list(names) for kind, names in ROOM_CODECS.items()},
         }
         if self.ice_servers is not None:
             message["ice_servers"] = self.ice_servers()
@@ -532,7 +579,7 @@ class RoomService:
             raise RoomError("bad_offer", f"at most {self.limits.max_publications} published tracks")
         for mid in new_pubs:
             codec = publishing[mid].codecs[0]
-            if codec.name.lower() not in _FORWARDABLE:
+            if not forwardable(codec.name):  # not reached: negotiation rejected the m-line
                 raise RoomError("bad_offer", f"cannot forward {codec.name} publications")
             source = sources.get(mid)
             if source is not None and source not in _SOURCES_BY_KIND[publishing[mid].kind]:
@@ -724,6 +771,7 @@ class RoomService:
             name=(name or ("microphone" if media.kind == "audio" else "camera"))[:64],
             mid=media.mid,
             codec=media.codecs[0],
+            codecs=media.codecs,
             extensions=dict(media.extensions),
             rids=tuple(r.rid for r in media.simulcast) if media.simulcast else media.rids,
             kernels=self.kernels,
@@ -731,9 +779,13 @@ class RoomService:
             height=height if media.kind == "video" else None,
         )
         publication.keyframe_requester = peer.request_keyframe
+        room = participant.room
+        publication.on_layers = lambda pub: room.broadcast(
+            {"type": "track_updated", "track": pub.describe()}
+        )
         peer.add_publication(publication, _declared_streams(media))
-        participant.room.publications[publication.id] = publication
-        participant.room.broadcast({"type": "track_published", "track": publication.describe()})
+        room.publications[publication.id] = publication
+        room.broadcast({"type": "track_published", "track": publication.describe()})
 
     def _unpublish(self, participant: Participant, mid: str) -> None:
         peer = participant.peer
@@ -748,6 +800,7 @@ class RoomService:
                 other.peer.remove_subscription(sub.mid)
         publication.fanout = ()
         publication.keyframe_requester = None
+        publication.on_layers = None
         room.forget_track(publication.id)
         room.broadcast({"type": "track_unpublished", "track": publication.id})
 
@@ -767,6 +820,7 @@ class RoomService:
         # not negotiate; it must be free in the whole BUNDLE too (RFC 8843 §9.2: one id space
         # per transport), or the subscriber parses e.g. a 1-byte mid as its abs-send-time.
         extensions = _subscriber_extensions(media, bundle_ids)
+        pt_map, rtx_map = _payload_type_maps(media, publication, codec)
         sub = Subscription(
             new_id("SU"),
             publication,
@@ -777,16 +831,19 @@ class RoomService:
             extensions=extensions,
             rtx_ssrc=new_ssrc(taken) if rtx_pt is not None else None,
             rtx_payload_type=rtx_pt,
+            payload_types=pt_map,
+            rtx_payload_types=rtx_map if rtx_pt is not None else None,
             kernels=self.kernels,
         )
         peer.add_subscription(sub)
         publication.add_subscriber(sub, peer.transport)
         if publication.force_muted:
             sub.set_held(True)
-        # Start on a keyframe at once rather than waiting for the publisher's next one.
-        layer = publication.layers.get(publication.num_layers - 1) or publication.layers.get(0)
-        if layer is not None and publication.video:
-            publication.request_keyframe(layer, now)
+        # Start on a keyframe at once rather than waiting for the publisher's next one; before
+        # the subscriber's transport has keys it would be lost, and the peer asks once they
+        # arrive (Peer.on_state).
+        if peer.transport.has_srtp:
+            sub.request_start_keyframe(now)
 
     def _unsubscribe(self, peer: Peer, mid: str) -> None:
         sub = peer.remove_subscription(mid)

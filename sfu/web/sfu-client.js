@@ -97,10 +97,33 @@ function answerSsrcs(sdp) {
   return out;
 }
 
-/** Codec capabilities reordered so that VP8 comes first; everything else keeps its order. */
-function vp8First(codecs) {
-  const isVp8 = (c) => c.mimeType.toLowerCase() === "video/vp8";
-  return [...codecs.filter(isVp8), ...codecs.filter((c) => !isVp8(c))];
+/**
+ * Codec capabilities reordered so that `mimeType` comes first; the rest keeps its order. With
+ * `only`, the list keeps just that codec and the retransmission format (the server answers in
+ * its own codec order, so offering one codec is how a publisher insists on it).
+ */
+function codecFirst(codecs, mimeType, only = false) {
+  const wanted = (c) => c.mimeType.toLowerCase() === mimeType;
+  const rest = codecs.filter((c) => !wanted(c) && (!only || c.mimeType.toLowerCase() === "video/rtx"));
+  return [...codecs.filter(wanted), ...rest];
+}
+
+/** Formats that travel with a media codec (retransmission, redundancy, FEC), never alone. */
+const HELPER_CODECS = new Set(["rtx", "red", "ulpfec", "flexfec-03"]);
+
+/**
+ * Codec capabilities in the order the room announces (`joined.codecs`, best first): codecs the
+ * room cannot forward are left out (the server would reject a section offering only those),
+ * the browser's own order is kept within one codec (e.g. H.264 profiles), and the helpers
+ * (rtx, red, FEC) follow. Without an announced list (an older server): VP8 first, nothing dropped.
+ */
+export function roomCodecOrder(codecs, announced) {
+  if (!Array.isArray(announced) || announced.length === 0) return codecFirst(codecs, "video/vp8");
+  const subtype = (c) => (c.mimeType.split("/")[1] || "").toLowerCase();
+  const rank = new Map(announced.map((name, i) => [String(name).toLowerCase(), i]));
+  const media = codecs.filter((c) => rank.has(subtype(c)));
+  media.sort((a, b) => rank.get(subtype(a)) - rank.get(subtype(b))); // stable
+  return [...media, ...codecs.filter((c) => HELPER_CODECS.has(subtype(c)))];
 }
 
 export class Room extends EventTarget {
@@ -391,6 +414,9 @@ export class Room extends EventTarget {
       case "track_muted":
         this._onTrackMuted(msg.track, msg.muted, msg.force_muted);
         break;
+      case "track_updated":
+        this._onTrackUpdated(msg.track);
+        break;
       case "waiting_list":
         this.waiting = Array.isArray(msg.waiting) ? msg.waiting : [];
         this._emit("waiting_list", { waiting: this.waiting });
@@ -453,6 +479,8 @@ export class Room extends EventTarget {
     this.policy = msg.policy || null;
     this.participantId = msg.participant ? msg.participant.id : null;
     this.resumed = msg.resumed === true;
+    /** What the room forwards, best first: `{audio: [...], video: [...]}` (encoding names). */
+    this.roomCodecs = msg.codecs && typeof msg.codecs === "object" ? msg.codecs : null;
     this._useIceServers(msg.ice_servers);
     for (const p of msg.participants || []) this._addParticipant(p);
     this._pingTimer = setInterval(() => {
@@ -651,6 +679,16 @@ export class Room extends EventTarget {
     if (bound) this._renegotiateQuietly();
   }
 
+  /** A track's description changed (an SVC stream's spatial layers became known). */
+  _onTrackUpdated(track) {
+    if (!track) return;
+    for (const p of this.participants.values()) {
+      const known = p.tracks.get(track.id);
+      if (known) p.tracks.set(track.id, { ...known, ...track });
+    }
+    this._emit("track_updated", { track });
+  }
+
   _onTrackUnpublished(trackId) {
     let owner = null;
     for (const p of this.participants.values()) {
@@ -807,9 +845,16 @@ export class Room extends EventTarget {
   /**
    * Publish a stream's audio ("microphone") and video ("camera") tracks.
    * @param {MediaStream} stream
-   * @param {{simulcast?: boolean, audioName?: string, videoName?: string}} [options]
+   * `codec` (e.g. "vp9") offers that video codec alone instead of VP8 first; `scalabilityMode` (e.g.
+   * "L3T3_KEY") sends one scalable (SVC) stream in that mode instead of simulcast: the server
+   * selects its layers per subscriber.
+   * @param {{simulcast?: boolean, audioName?: string, videoName?: string, codec?: string,
+   *   scalabilityMode?: string}} [options]
    */
-  async publish(stream, { simulcast = true, audioName = "microphone", videoName = "camera" } = {}) {
+  async publish(
+    stream,
+    { simulcast = true, audioName = "microphone", videoName = "camera", codec = "", scalabilityMode = "" } = {},
+  ) {
     if (this.state !== "joined") throw new SfuError("not_joined", "publish() needs a joined room");
     if (this.e2ee) await this._e2eeKeyReady;
     if (this.e2eeRequired && !(this.e2ee && this.e2ee.hasKey)) {
@@ -822,9 +867,11 @@ export class Room extends EventTarget {
     const video = stream.getVideoTracks()[0];
     if (audio) this._addLocal("audio", "audio", "microphone", audio, audioName, stream, {});
     if (video) {
-      const init = simulcast ? { sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })) } : {};
+      let init = simulcast ? { sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })) } : {};
+      if (scalabilityMode) init = { sendEncodings: [{ scalabilityMode }] };
       const transceiver = this._addLocal("video", "video", "camera", video, videoName, stream, init);
-      this._preferVp8(transceiver);
+      if (codec) this._preferCodec(transceiver, `video/${codec.toLowerCase()}`, true);
+      else this._preferRoomCodecs(transceiver);
     }
     await this.renegotiate();
   }
@@ -848,7 +895,7 @@ export class Room extends EventTarget {
     if ("contentHint" in video) video.contentHint = "detail";
     const init = simulcast ? { sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })) } : {};
     const transceiver = this._addLocal("screen", "video", "screen", video, name, stream, init);
-    this._preferVp8(transceiver);
+    this._preferRoomCodecs(transceiver);
     video.addEventListener("ended", () => {
       const local = this._local.get("screen");
       if (local && local.track === video) this.unpublish("screen").catch(() => {});
@@ -876,18 +923,39 @@ export class Room extends EventTarget {
   }
 
   /**
-   * Put VP8 first in a sending transceiver's codec list, dropping nothing. The sender's
-   * capabilities are the right list for a sendonly m-section; browsers that accept only
-   * receiver capabilities in setCodecPreferences get those instead.
+   * Order a sending video transceiver's codecs as the room prefers them (`joined.codecs`;
+   * VP8 first when the server announced nothing), leaving out what the room cannot forward.
+   * The sender's capabilities are the right list for a sendonly m-section; browsers that
+   * accept only receiver capabilities in setCodecPreferences get those instead.
    */
-  _preferVp8(transceiver) {
+  _preferRoomCodecs(transceiver) {
     if (typeof transceiver.setCodecPreferences !== "function") return;
-    const hasVp8 = (caps) => caps && caps.codecs.some((c) => c.mimeType.toLowerCase() === "video/vp8");
+    const announced = this.roomCodecs ? this.roomCodecs.video : null;
+    const isMedia = (c) => !HELPER_CODECS.has((c.mimeType.split("/")[1] || "").toLowerCase());
+    this._setCodecs(transceiver, (caps) => {
+      const ordered = roomCodecOrder(caps.codecs, announced);
+      return ordered.some(isMedia) ? ordered : null;
+    });
+  }
+
+  /** Put the codec `mimeType` first in a sending transceiver's codec list (see _preferRoomCodecs);
+   * with `only`, offer no other codec. */
+  _preferCodec(transceiver, mimeType, only = false) {
+    if (typeof transceiver.setCodecPreferences !== "function") return;
+    const has = (caps) => caps.codecs.some((c) => c.mimeType.toLowerCase() === mimeType);
+    this._setCodecs(transceiver, (caps) => (has(caps) ? codecFirst(caps.codecs, mimeType, only) : null));
+  }
+
+  /** Apply the first codec list `order` makes (from the sender's capabilities, else the
+   * receiver's) that the browser accepts; `order` returns null to skip a capability list. */
+  _setCodecs(transceiver, order) {
     for (const source of [window.RTCRtpSender, window.RTCRtpReceiver]) {
       const caps = source && source.getCapabilities ? source.getCapabilities("video") : null;
-      if (!hasVp8(caps)) continue;
+      if (!caps) continue;
+      const ordered = order(caps);
+      if (!ordered) continue;
       try {
-        transceiver.setCodecPreferences(vp8First(caps.codecs));
+        transceiver.setCodecPreferences(ordered);
         return;
       } catch (err) {
         // try the next list

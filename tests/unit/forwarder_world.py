@@ -65,6 +65,7 @@ class World:
         srtp = (
             _srtp_py if kernels.name == "python" else importlib.import_module("sfu._fastpath._srtp")
         )
+        self.srtp = srtp
         self.forwarder: Any = kernels.Forwarder(log_capacity=1 << 16)
         self.forwarder.set_transport(0, PUB_ADDR, _session(srtp, PUB_KEY, PUB_SALT), 3, 5)
         for i in range(subs):
@@ -117,6 +118,16 @@ class World:
         if index < self.stamped:
             sub.send_history = self.histories[index]
         return sub
+
+    def set_keyed(self, index: int, keyed: bool) -> None:
+        """Subscriber ``index``'s transport loses (a new handshake runs) or gets SRTP keys:
+        unregistered, or registered again with a fresh session, as the data plane does."""
+        handle = index + 1
+        if keyed:
+            session = _session(self.srtp, PUB_KEY, PUB_SALT)
+            self.forwarder.set_transport(handle, ("127.0.0.1", 6000 + index), session)
+        else:
+            self.forwarder.remove_transport(handle)
 
     def push_routes(self) -> None:
         video = [(self.video_subs[i], i + 1) for i in self.video_fanout]

@@ -61,6 +61,8 @@ events = st.lists(
         st.tuples(st.just("hold"), st.integers(0, SUBS - 1), st.booleans()),
         st.tuples(st.just("impair"), st.integers(0, SUBS - 1), st.integers(0, 4)),
         st.tuples(st.just("fanout"), st.lists(st.integers(0, SUBS - 1), max_size=SUBS)),
+        # A subscriber transport without SRTP keys (issue 18): its routes are left untouched.
+        st.tuples(st.just("keys"), st.integers(0, SUBS - 1), st.booleans()),
         st.tuples(st.just("junk"), st.binary(min_size=0, max_size=40), st.booleans()),
         st.tuples(st.just("tamper"), st.integers(0, 2)),
         # A malformed packet inside SRTP (rtp_mutations): refused alike, with its reason.
@@ -81,6 +83,7 @@ def test_compiled_forwarder_matches_reference(
     client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
     seqs = [100, 40000, 65530]
     pid, tl0, audio_seq, twcc = 300, 7, 65534, 0
+    keyed = set(range(SUBS))
     now = 10.0
     for event in events:
         now += 0.003
@@ -146,11 +149,16 @@ def test_compiled_forwarder_matches_reference(
                 world.video_subs[event[1]].set_held(event[2])
                 world.audio_subs[event[1]].set_held(event[2])
             elif kind == "impair":
-                world.forwarder.set_impairment(event[1] + 1, event[2])
+                if event[1] in keyed:
+                    world.forwarder.set_impairment(event[1] + 1, event[2])
+            elif kind == "keys":
+                world.set_keyed(event[1], event[2])
             elif kind == "fanout":
                 world.video_fanout = sorted(set(event[1]))
                 world.audio_fanout = sorted(set(event[1]))
                 world.push_routes()
+        if kind == "keys":
+            (keyed.add if event[2] else keyed.discard)(event[1])
         if not datagrams:
             continue
         ref_slow, ref_egress = ref.forwarder.process(datagrams, now)

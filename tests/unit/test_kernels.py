@@ -25,6 +25,7 @@ REFERENCE_MODULES = {
     "sfu._fastpath._forward_py",
     "sfu.core.header_extensions",
     "sfu.core.layers",
+    "sfu.core.svc",
     "sfu.core.munger",
     "sfu.core.retransmission",
     "sfu.core.route_state",
