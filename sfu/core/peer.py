@@ -20,6 +20,7 @@ estimate.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Final
 
@@ -67,7 +68,9 @@ __all__ = [
     "BUDGET_HEADROOM",
     "DOWNGRADE_TOLERANCE",
     "ESTIMATE_FALL",
+    "MEDIA_SETTLE",
     "PROBE_INTERVAL",
+    "SWITCH_CHECK_INTERVAL",
     "Peer",
     "StreamStateSink",
     "allocation_budget",
@@ -85,6 +88,12 @@ ESTIMATE_FALL: Final = 0.2
 BUDGET_HEADROOM: Final = 0.9
 #: Probing decisions are taken this often (and probe results read).
 PROBE_INTERVAL: Final = 0.1
+#: Media that took the Python path moves the peer's TWCC/NACK deadlines; the scheduler looks
+#: at them within this long (the same as the data plane's replay, which does it for the rest).
+MEDIA_SETTLE: Final = 0.05
+#: While a subscription waits for a keyframe to switch layers, the peer checks this often
+#: whether it switched or needs another request (the selector rate-limits the requests).
+SWITCH_CHECK_INTERVAL: Final = 0.1
 #: The layers being forwarded stay while the budget is at least this share of what they cost:
 #: one overuse signal takes the estimate to 0.85 x the acknowledged rate, which must not
 #: switch a subscriber down by itself (a real shortfall keeps the estimate falling past it).
@@ -125,6 +134,15 @@ def allocation_budget(estimate: float, spend: float) -> float:
 #: Told when a subscription is paused for bandwidth ("paused", "bandwidth") or resumed
 #: ("active", None): the room sends the subscriber a ``stream_state`` event.
 StreamStateSink = Callable[[Subscription, str, str | None], None]
+
+
+def _switch_pending(sub: Subscription) -> bool:
+    """Whether ``sub``'s selector waits for a keyframe to switch to its target layer."""
+    selector = sub.selector
+    if selector is None:
+        return False
+    target = selector.target.spatial
+    return target is not None and target != selector.current.spatial
 
 
 def _one_id(extensions: dict[int, str], uri: str) -> int:
@@ -171,6 +189,12 @@ class Peer:
         self.reporter = Reporter(rtcp_ssrc, transport, twcc, self.counters)
         self._last_allocation = -1e9
         self._last_probe = -1e9
+        self._last_switch_check = -1e9
+        #: Subscriptions waiting for a keyframe to switch to their target layer.
+        self._switching: set[Subscription] = set()
+        #: Tells the scheduler (the room service) to recompute :meth:`next_timer` by the
+        #: given time (-inf: at once) because an event may have moved it.
+        self.on_wake: Callable[[Peer, float], None] | None = None
         #: What the cheapest next upgrade needs in total (bps): the prober's target.
         self._desired = 0.0
         #: What every subscription at its top would need (bps): the most probes ask for.
@@ -295,10 +319,19 @@ class Peer:
     def on_rtp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
         """One decrypted RTP packet from this participant (never raises on bad input)."""
         self.router.on_rtp(packet, now=now)
+        if self.on_wake is not None:
+            # Its TWCC and NACK deadlines may have moved: looked at with the next replay.
+            self.on_wake(self, now + MEDIA_SETTLE)
 
     def on_rtcp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
         """RTCP from this participant: feedback about what it receives and reports."""
         self.feedback.on_rtcp(packet, now=now)
+        if self.subscriptions and self._allocated_on is not None:
+            estimate = self.estimate_bps
+            if estimate is not None and allocation_due(
+                now, self._last_allocation, estimate, self._allocated_on
+            ):
+                self.wake()  # the estimate fell (or the interval passed): allocate now
 
     def on_state(self, transport: WebRtcTransport, state: TransportState, now: float) -> None:
         """Report transport state changes to the room (it frees everything on close)."""
@@ -308,6 +341,8 @@ class Peer:
             self.dataplane.sync(transport)
         if transport.finished:
             self.retire()
+        elif self.on_wake is not None:
+            self.on_wake(self, now)  # SRTP keys: its timers start
 
     def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None:
         """The data plane forwarded a packet of ``stream``: do its receive bookkeeping."""
@@ -333,22 +368,60 @@ class Peer:
         rtts = [s.send_stats.rtt for s in self.subscriptions.values() if s.send_stats.rtt]
         return self.reporter.request_keyframe(stream, now=now, rtt=min(rtts) if rtts else None)
 
+    def next_timer(self) -> float | None:
+        """The earliest time :meth:`poll` has work (None: nothing until an event wakes it).
+
+        Each kind of work has its own schedule: feedback (TWCC, NACK) when the recorders say
+        so, keyframe requests while a layer switch waits, probing every
+        :data:`PROBE_INTERVAL` while video is sent on an estimate, allocation every
+        :data:`ALLOCATION_INTERVAL` (sooner on events: :meth:`wake`), and SR/RR on the
+        reporter's randomised interval. A peer with nothing published or subscribed is never
+        due."""
+        if self.retired or not self.transport.has_srtp:
+            return None
+        publications = self.publications
+        subscriptions = self.subscriptions
+        if not publications and not subscriptions:
+            return None
+        due = self.reporter.next_report
+        feedback = self.reporter.next_feedback(publications.values())
+        if feedback is not None and feedback < due:
+            due = feedback
+        if subscriptions:
+            due = min(due, self._last_allocation + ALLOCATION_INTERVAL)
+            if self._switching:
+                due = min(due, self._last_switch_check + SWITCH_CHECK_INTERVAL)
+            if self._probing():
+                due = min(due, self._last_probe + PROBE_INTERVAL)
+        return due
+
+    def wake(self) -> None:
+        """Something happened that needs allocation soon (a subscription, a layer change,
+        feedback that moved the estimate): allocate at the next :meth:`poll`, and ask the
+        scheduler (:attr:`on_wake`) for one now."""
+        self._last_allocation = -1e9
+        if self.on_wake is not None:
+            self.on_wake(self, -math.inf)
+
+    def _probing(self) -> bool:
+        """Whether probing runs: video is sent and there is an estimate (it pads on RTX)."""
+        return self.estimate_bps is not None and any(
+            s.selector is not None for s in self.subscriptions.values()
+        )
+
     def poll(self, now: float, wallclock: float) -> None:
-        """Timers: TWCC, NACKs, pending-switch keyframes, allocation and reports."""
+        """Run what is due at ``now``: TWCC and NACKs, pending-switch keyframes, allocation,
+        probing and reports (each on its own schedule; see :meth:`next_timer`)."""
         if not self.transport.has_srtp:
             return
         publications = self.publications.values()
         subscriptions = self.subscriptions.values()
-        self.reporter.poll_feedback(publications, subscriptions, now=now)
-        for sub in subscriptions:
-            selector = sub.selector
-            if selector is None:
-                continue
-            selector.set_available(sub.publication.active_layers(now) or frozenset({0}))
-            layer = selector.keyframe_needed(now)
-            wanted = sub.publication.layers.get(layer) if layer is not None else None
-            if wanted is not None:
-                sub.publication.request_keyframe(wanted, now)
+        feedback = self.reporter.next_feedback(publications)
+        if feedback is not None and feedback <= now:
+            self.reporter.poll_feedback(publications, subscriptions, now=now)
+        if not subscriptions:
+            self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
+            return
         estimate = self.estimate_bps
         if estimate is not None:
             # Retransmissions count against the estimate once there is one (before, as
@@ -356,6 +429,10 @@ class Peer:
             self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
             self.feedback.budget = self.rtx_budget
         if allocation_due(now, self._last_allocation, estimate, self._allocated_on):
+            for sub in subscriptions:
+                selector = sub.selector
+                if selector is not None:
+                    selector.set_available(sub.publication.active_layers(now) or frozenset({0}))
             self._allocated_on = estimate
             budget = None if estimate is None else self._budget(estimate, now)
             allocation = self.allocate(budget_bps=budget, now=now)
@@ -365,10 +442,29 @@ class Peer:
             self._reach = allocation.reach
             if allocation.targets and trace.isEnabledFor(logging.DEBUG):
                 self._trace_allocation(allocation, estimate, now)
-        if estimate is not None and now - self._last_probe >= PROBE_INTERVAL:
+            self._switching = {
+                sub for sub in subscriptions if sub.selector is not None and _switch_pending(sub)
+            }
+            self._last_switch_check = -1e9
+        if self._switching and now - self._last_switch_check >= SWITCH_CHECK_INTERVAL:
+            self._last_switch_check = now
+            self._request_switch_keyframes(now)
+        if estimate is not None and now - self._last_probe >= PROBE_INTERVAL and self._probing():
             self._last_probe = now
             self._probe(now)
         self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
+
+    def _request_switch_keyframes(self, now: float) -> None:
+        """A keyframe of the target layer for each subscription waiting to switch (the
+        selector rate-limits them); those that switched leave the set."""
+        for sub in list(self._switching):
+            if sub.selector is None or not _switch_pending(sub):
+                self._switching.discard(sub)
+                continue
+            layer = sub.selector.keyframe_needed(now)
+            wanted = sub.publication.layers.get(layer) if layer is not None else None
+            if wanted is not None:
+                sub.publication.request_keyframe(wanted, now)
 
     def allocate(self, *, budget_bps: float | None, now: float) -> Allocation:
         """Share ``budget_bps`` (None: no limit) over the subscriptions and apply the targets;
