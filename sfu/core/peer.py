@@ -190,6 +190,10 @@ class Peer:
         self._last_allocation = -1e9
         self._last_probe = -1e9
         self._last_switch_check = -1e9
+        #: An event asked for an allocation (it is not skipped as unchanged).
+        self._force_allocation = False
+        #: The layers each subscription's publisher sent at the last allocation.
+        self._allocated_for: dict[Subscription, frozenset[int]] = {}
         #: Subscriptions waiting for a keyframe to switch to their target layer.
         self._switching: set[Subscription] = set()
         #: Tells the scheduler (the room service) to recompute :meth:`next_timer` by the
@@ -276,6 +280,7 @@ class Peer:
         subscription.send_history = self.send_history
         self.subscriptions[subscription.mid] = subscription
         self.feedback.add_subscription(subscription)
+        self._force_allocation = True
 
     def _start_estimation(self, kernels: Kernels) -> None:
         if self.send_history is not None:
@@ -290,6 +295,9 @@ class Peer:
         if subscription is not None:
             self.feedback.remove_subscription(subscription)
             self._fold_subscription(subscription)
+            self._switching.discard(subscription)
+            self._allocated_for.pop(subscription, None)
+            self._force_allocation = True
         return subscription
 
     def _stream_added(self, publication: Publication, stream: SourceStream) -> None:
@@ -400,6 +408,7 @@ class Peer:
         feedback that moved the estimate): allocate at the next :meth:`poll`, and ask the
         scheduler (:attr:`on_wake`) for one now."""
         self._last_allocation = -1e9
+        self._force_allocation = True
         if self.on_wake is not None:
             self.on_wake(self, -math.inf)
 
@@ -429,23 +438,19 @@ class Peer:
             self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
             self.feedback.budget = self.rtx_budget
         if allocation_due(now, self._last_allocation, estimate, self._allocated_on):
-            for sub in subscriptions:
-                selector = sub.selector
-                if selector is not None:
-                    selector.set_available(sub.publication.active_layers(now) or frozenset({0}))
-            self._allocated_on = estimate
-            budget = None if estimate is None else self._budget(estimate, now)
-            allocation = self.allocate(budget_bps=budget, now=now)
-            step = allocation.next_step_bps
-            self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
-            self._wanted = allocation.wanted_bps / BUDGET_HEADROOM if budget is not None else 0.0
-            self._reach = allocation.reach
-            if allocation.targets and trace.isEnabledFor(logging.DEBUG):
-                self._trace_allocation(allocation, estimate, now)
-            self._switching = {
-                sub for sub in subscriptions if sub.selector is not None and _switch_pending(sub)
-            }
-            self._last_switch_check = -1e9
+            available = self._availability(now)
+            if (
+                estimate is None
+                and self._allocated_on is None
+                and not self._force_allocation
+                and available == self._allocated_for
+                and not self.allocator.paused_count
+            ):
+                # Nothing an allocation without a budget reads has changed (events such as
+                # subscriptions and preferences force one through wake()): skip it.
+                self._last_allocation = now
+            else:
+                self._allocate(estimate, available, now)
         if self._switching and now - self._last_switch_check >= SWITCH_CHECK_INTERVAL:
             self._last_switch_check = now
             self._request_switch_keyframes(now)
@@ -453,6 +458,39 @@ class Peer:
             self._last_probe = now
             self._probe(now)
         self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
+
+    def _availability(self, now: float) -> dict[Subscription, frozenset[int]]:
+        """The spatial layers each video subscription's publisher sends now."""
+        return {
+            sub: sub.publication.active_layers(now) or frozenset({0})
+            for sub in self.subscriptions.values()
+            if sub.selector is not None
+        }
+
+    def _allocate(
+        self, estimate: float | None, available: dict[Subscription, frozenset[int]], now: float
+    ) -> None:
+        """Allocate on ``estimate`` with the layers ``available``, and start keyframe
+        requests for the subscriptions that now wait to switch."""
+        for sub, layers in available.items():
+            assert sub.selector is not None
+            sub.selector.set_available(layers)
+        self._allocated_on = estimate
+        self._allocated_for = available
+        self._force_allocation = False
+        subscriptions = self.subscriptions.values()
+        budget = None if estimate is None else self._budget(estimate, now)
+        allocation = self.allocate(budget_bps=budget, now=now)
+        step = allocation.next_step_bps
+        self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
+        self._wanted = allocation.wanted_bps / BUDGET_HEADROOM if budget is not None else 0.0
+        self._reach = allocation.reach
+        if allocation.targets and trace.isEnabledFor(logging.DEBUG):
+            self._trace_allocation(allocation, estimate, now)
+        self._switching = {
+            sub for sub in subscriptions if sub.selector is not None and _switch_pending(sub)
+        }
+        self._last_switch_check = -1e9
 
     def _request_switch_keyframes(self, now: float) -> None:
         """A keyframe of the target layer for each subscription waiting to switch (the
@@ -571,6 +609,7 @@ class Peer:
             # allocator acts on the raised estimate at the next poll.
             self.allocator.end_congestion_holds()
             self._last_allocation = -1e9
+            self._force_allocation = True
         self.counters.probes_succeeded += self.prober.succeeded - succeeded
         self.counters.probes_failed += self.prober.failed - failed
         if trace.isEnabledFor(logging.DEBUG):
