@@ -334,12 +334,14 @@ class Peer:
     def on_rtcp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
         """RTCP from this participant: feedback about what it receives and reports."""
         self.feedback.on_rtcp(packet, now=now)
-        if self.subscriptions and self._allocated_on is not None:
+        if self.subscriptions:
             estimate = self.estimate_bps
-            if estimate is not None and allocation_due(
-                now, self._last_allocation, estimate, self._allocated_on
+            if estimate is not None and (
+                self._allocated_on is None
+                or allocation_due(now, self._last_allocation, estimate, self._allocated_on)
             ):
-                self.wake()  # the estimate fell (or the interval passed): allocate now
+                # The first estimate, one that fell, or the interval passed: allocate now.
+                self.wake()
 
     def on_state(self, transport: WebRtcTransport, state: TransportState, now: float) -> None:
         """Report transport state changes to the room (it frees everything on close)."""
@@ -395,7 +397,7 @@ class Peer:
         feedback = self.reporter.next_feedback(publications.values())
         if feedback is not None and feedback < due:
             due = feedback
-        if subscriptions:
+        if subscriptions and self._allocation_watched():
             due = min(due, self._last_allocation + ALLOCATION_INTERVAL)
             if self._switching:
                 due = min(due, self._last_switch_check + SWITCH_CHECK_INTERVAL)
@@ -411,6 +413,17 @@ class Peer:
         self._force_allocation = True
         if self.on_wake is not None:
             self.on_wake(self, -math.inf)
+
+    def _allocation_watched(self) -> bool:
+        """Whether allocation needs its periodic schedule: an estimate to follow, a pause
+        to lift, video whose layers may come and go, or an event waiting for it. Audio
+        without an estimate is allocated on events only."""
+        return (
+            self._force_allocation
+            or self._allocated_on is not None
+            or bool(self.allocator.paused_count)
+            or any(s.selector is not None for s in self.subscriptions.values())
+        )
 
     def _probing(self) -> bool:
         """Whether probing runs: video is sent and there is an estimate (it pads on RTX)."""
