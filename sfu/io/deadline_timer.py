@@ -1,7 +1,7 @@
 """One asyncio timer for a sans-I/O core's earliest deadline.
 
 The room service keeps every peer's and room's deadline in one queue
-(:class:`~sfu.core.timer_queue.TimerQueue`) and says when it next needs to run;
+(:class:`~sfu.timer_queue.TimerQueue`) and says when it next needs to run;
 :class:`DeadlineTimer` holds a single ``loop.call_later`` handle for that time, re-arms it from
 what the run returns, and moves it earlier when an event (a subscription, feedback, a transport
 connecting) makes something due sooner. Nothing runs on a fixed tick.

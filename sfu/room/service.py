@@ -21,7 +21,6 @@ from sfu.core.kernels import Kernels
 from sfu.core.peer import Peer
 from sfu.core.publication import Publication, new_id, new_ssrc
 from sfu.core.subscription import Subscription
-from sfu.core.timer_queue import TimerQueue
 from sfu.negotiation import (
     CodecPreferences,
     HostCandidate,
@@ -39,6 +38,7 @@ from sfu.room.audit import AuditLog
 from sfu.room.identity import Grant, JoinClaims, grant_names
 from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
 from sfu.room.room import SPEAKER_INTERVAL, Message, Participant, ParticipantState, Room, Sink
+from sfu.timer_queue import TimerQueue
 from sfu.transport.dtls import DtlsRole
 from sfu.transport.port import CapacityError, MediaPort
 from sfu.transport.transport import TransportState

@@ -17,13 +17,13 @@ from room_fixtures import Harness, harness, recvonly_offer, simulcast_offer, vp8
 from sfu.core.counters import PeerCounters
 from sfu.core.peer import ALLOCATION_INTERVAL
 from sfu.core.reporter import REPORT_INTERVAL, REPORT_SPREAD, Reporter
-from sfu.core.timer_queue import TimerQueue
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.io.deadline_timer import DeadlineTimer
 from sfu.packet.rtcp import ReceiverReport, parse_compound
 from sfu.packet.rtcp_feedback import Remb
 from sfu.room.room import Participant
 from sfu.room.service import HOUSEKEEPING_INTERVAL
+from sfu.timer_queue import TimerQueue
 from sfu.transport.transport import TransportState
 
 ROOM = "timers"
@@ -252,3 +252,38 @@ def test_a_new_subscriber_is_allocated_without_waiting_for_a_tick(
     h.service.poll(0.0, 1.7e9)
     sub = next(s for s in bob.peer.subscriptions.values() if s.selector)
     assert sub.selector is not None and sub.selector.requested.spatial is not None
+
+
+def test_the_port_looks_only_at_transports_whose_timer_is_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between sweeps, polling the port costs nothing per idle transport."""
+    from room_fixtures import certificate
+
+    from sfu.transport.dtls import DtlsRole
+    from sfu.transport.port import TIMER_SWEEP_S, MediaPort
+    from sfu.transport.transport import WebRtcTransport
+
+    port = MediaPort(certificate(), lambda data, addr: None, connect_timeout=5.0)
+    for _ in range(30):
+        port.create_transport(
+            remote_ufrag="abcd", remote_fingerprints=[], dtls_role=DtlsRole.SERVER, now=0.0
+        )
+    looked = [0]
+    original = WebRtcTransport.next_timer
+
+    def counting(self: WebRtcTransport) -> float | None:
+        looked[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(WebRtcTransport, "next_timer", counting)
+    port.poll(0.0)  # the first poll sweeps every transport
+    assert looked[0] >= 30
+    looked[0] = 0
+    t = 0.05
+    while t < TIMER_SWEEP_S:
+        port.poll(t)
+        t += 0.05
+    assert looked[0] == 0
+    port.poll(5.0)  # the connect timeout: each is looked at, fails and is forgotten
+    assert port.transport_count == 0 and port.next_timer() is None
