@@ -6,7 +6,9 @@ transport and composes one of each: the :class:`~sfu.core.binder.Binder` (its SS
 :class:`~sfu.core.feedback.FeedbackHandler` (RTCP it sends), the
 :class:`~sfu.core.reporter.Reporter` (RTCP it gets) and the :class:`~sfu.core.allocator.Allocator`
 (layers of what it receives). Everything it sends goes through the
-:class:`~sfu.core.sender.Sender` protocol. :meth:`Peer.poll` runs the periodic work.
+:class:`~sfu.core.sender.Sender` protocol. :meth:`Peer.poll` runs the work that is due, and
+:meth:`Peer.next_timer` says when that is (each kind of work on its own schedule; the room
+service arms one timer for the earliest of all peers').
 
 As a subscriber's transport it also owns the send side of bandwidth adaptation, created with
 its first subscription (from that subscription's kernels, so the forwarder can write it): the
