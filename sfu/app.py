@@ -349,6 +349,8 @@ class Server:
         """The media socket's reader: the forwarder's batch, then its ICE-TCP egress."""
         slow = self.dataplane.forwarder.pump(sock, now)
         self._send_framed()
+        if self._room_timer is not None:
+            self._room_timer.run_if_due(now)  # the loop is awake anyway: no wakeup of its own
         return slow
 
     def _tcp_datagram(self, data: bytes, addr: Address) -> None:

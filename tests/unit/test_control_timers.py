@@ -287,3 +287,29 @@ def test_the_port_looks_only_at_transports_whose_timer_is_due(
     assert looked[0] == 0
     port.poll(5.0)  # the connect timeout: each is looked at, fails and is forgotten
     assert port.transport_count == 0 and port.next_timer() is None
+
+
+def test_deadline_timer_rounds_to_slots_and_runs_from_the_readers_wakeup() -> None:
+    from sfu.io.deadline_timer import TIMER_SLOT_S
+
+    clock = [100.0]
+    runs: list[float] = []
+
+    def run(now: float) -> float | None:
+        runs.append(now)
+        return None
+
+    async def scenario() -> DeadlineTimer:
+        timer = DeadlineTimer(run, lambda: clock[0])
+        timer.arm(100.001)
+        timer.arm(100.003)  # due within the same slot: nothing changes
+        armed = timer.armed_at
+        assert armed is not None and armed == pytest.approx(100.0 + TIMER_SLOT_S)
+        timer.run_if_due(100.0 + TIMER_SLOT_S / 2)  # a packet woke the loop: not yet due
+        assert runs == []
+        timer.run_if_due(armed)  # due: runs from that wakeup, the loop timer is dropped
+        assert runs == [armed] and timer.armed_at is None
+        timer.close()
+        return timer
+
+    assert asyncio.run(scenario()).runs == 1
