@@ -78,7 +78,7 @@ class DeadlineTimer:
         """Run now if the armed deadline has passed (the caller's wakeup serves it)."""
         if now >= self._at and self._handle is not None:
             self._handle.cancel()
-            self._fire()
+            self._fire(now)
 
     def close(self) -> None:
         """Cancel the timer for good."""
@@ -87,10 +87,11 @@ class DeadlineTimer:
             self._handle.cancel()
             self._handle = None
 
-    def _fire(self) -> None:
+    def _fire(self, now: float | None = None) -> None:
         self._handle = None
         self._at = math.inf
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         self.runs += 1
         following: float | None = None
         try:
