@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import math
 import random
+from typing import Any
 
 import pytest
 from core_parts import RecordingSender, video_publication
@@ -313,3 +314,46 @@ def test_deadline_timer_rounds_to_slots_and_runs_from_the_readers_wakeup() -> No
         return timer
 
     assert asyncio.run(scenario()).runs == 1
+
+
+def test_allocation_without_a_budget_runs_only_when_its_inputs_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No estimate (nothing sent to Bob yet): after the allocation his subscription asked for,
+    the periodic one is skipped until the layers Alice sends change."""
+    h = harness(monkeypatch)
+    alice, bob = _meeting(h)
+    assert alice.peer is not None and bob.peer is not None
+    calls: list[float] = []
+    allocate = bob.peer.allocate
+
+    def counting(*, budget_bps: float | None, now: float) -> Any:
+        calls.append(now)
+        return allocate(budget_bps=budget_bps, now=now)
+
+    monkeypatch.setattr(bob.peer, "allocate", counting)
+    t = 0.0
+    seq = 0
+
+    def run_until(end: float, media: bool) -> None:
+        nonlocal t, seq
+        while t < end:
+            if media:  # delta frames of every layer: layers become active, nothing is forwarded
+                for ssrc, rid in ((SSRC_Q, "q"), (SSRC_H, "h"), (SSRC_F, "f")):
+                    pkt = vp8_packet(ssrc, seq, 3000 * seq, keyframe=False, rid=rid)
+                    alice.peer.on_rtp(alice.peer.transport, pkt, t)  # type: ignore[union-attr]
+                seq += 1
+            h.service.poll(t, 1.7e9)
+            deadline = h.service.next_timer()
+            following = end if deadline is None else deadline
+            if media:
+                following = min(following, t + 0.1)
+            t = max(following, t + 0.001)
+
+    run_until(3.0, media=False)
+    assert bob.peer.estimate_bps is None
+    assert len(calls) == 1  # the subscription's own; every periodic one since was skipped
+    run_until(4.0, media=True)
+    assert len(calls) == 2  # the layers Alice sends changed: allocated again
+    run_until(6.0, media=True)
+    assert len(calls) == 2
