@@ -223,6 +223,8 @@ class RoomService:
         #: Peers whose deadline must be recomputed at the next :meth:`poll` (media arrived
         #: on them, or an event woke them).
         self._dirty: set[Peer] = set()
+        #: Participants whose signaling dropped, keeping their place until ``detached_until``.
+        self._detached: set[Participant] = set()
         #: Whose peer each peer is (its room gets speaker detection).
         self._owners: dict[Peer, Participant] = {}
         #: Told the time the service next needs :meth:`poll` when an event made it earlier
@@ -418,6 +420,7 @@ class RoomService:
         participant.sink = _detached_sink
         participant.on_close = None
         participant.detached_until = now + self.resume_grace_s
+        self._detached.add(participant)
 
     def _resume(self, participant: Participant, claims: JoinClaims, sink: Sink) -> None:
         """A rejoin within the grace period: the same participant, now on ``sink``. Others
@@ -429,6 +432,7 @@ class RoomService:
             callback(CLOSE_REPLACED, "resumed elsewhere")
         participant.sink = sink
         participant.detached_until = None
+        self._detached.discard(participant)
         participant.resumed = True
         participant.grants = claims.grants
         participant.send(self._joined(participant, resumed=True))
@@ -437,11 +441,12 @@ class RoomService:
 
     def expire_detached(self, now: float) -> None:
         """Participants whose grace period passed without a rejoin leave now."""
-        for room in list(self.rooms.values()):
-            for participant in list(room.participants.values()):
-                until = participant.detached_until
-                if until is not None and now >= until:
-                    self.leave(participant, now=now)
+        for participant in [p for p in self._detached if p.detached_until is None]:
+            self._detached.discard(participant)
+        for participant in list(self._detached):
+            until = participant.detached_until
+            if until is not None and now >= until:
+                self.leave(participant, now=now)
 
     def _drop_peer(self, participant: Participant, now: float, reason: str) -> None:
         """Forget the participant's transport and everything on it (tracks, subscriptions)."""
@@ -474,6 +479,7 @@ class RoomService:
         room.waiting.pop(participant.id, None)
         room.participants.pop(participant.id, None)
         participant.detached_until = None
+        self._detached.discard(participant)
         self._drop_peer(participant, now, "left")
         room.speakers.remove(participant.id)
         if was_joined:
