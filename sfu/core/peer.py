@@ -31,6 +31,7 @@ from sfu.core.allocator import (
     CONGESTION,
     PUBLISHER,
     UPGRADE,
+    UPGRADE_HOLD,
     Allocation,
     Allocator,
     priority_of,
@@ -47,7 +48,7 @@ from sfu.core.dataplane import DataPlane
 from sfu.core.estimator import BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.prober import ProbeCluster, Prober, probe_step
-from sfu.core.publication import Publication, SourceStream
+from sfu.core.publication import LAYER_TIMEOUT, Publication, SourceStream
 from sfu.core.reporter import Reporter
 from sfu.core.retransmission import RTX_SHARE, RetransmissionBudget
 from sfu.core.router import AudioLevelSink, Router
@@ -192,12 +193,19 @@ class Peer:
         self._last_allocation = -1e9
         self._last_probe = -1e9
         self._last_switch_check = -1e9
+        #: When an allocation last changed a target (its upgrade hold makes later ones matter).
+        self._last_target_change = -math.inf
         #: An event asked for an allocation (it is not skipped as unchanged).
         self._force_allocation = False
         #: The layers each subscription's publisher sent at the last allocation.
         self._allocated_for: dict[Subscription, frozenset[int]] = {}
         #: Subscriptions waiting for a keyframe to switch to their target layer.
         self._switching: set[Subscription] = set()
+        #: Told when the spatial layers one of this peer's video publications is sending
+        #: changed (a layer started or stopped): its subscribers re-allocate at once.
+        self.on_layers_changed: Callable[[Publication], None] | None = None
+        #: The layers each watched publication was last seen sending, and when.
+        self._layers_seen: dict[Publication, tuple[frozenset[int], float]] = {}
         #: Tells the scheduler (the room service) to recompute :meth:`next_timer` by the
         #: given time (-inf: at once) because an event may have moved it.
         self.on_wake: Callable[[Peer, float], None] | None = None
@@ -399,6 +407,9 @@ class Peer:
         feedback = self.reporter.next_feedback(publications.values())
         if feedback is not None and feedback < due:
             due = feedback
+        layers = self._next_layer_change()
+        if layers is not None and layers < due:
+            due = layers
         if subscriptions and self._allocation_watched():
             due = min(due, self._last_allocation + ALLOCATION_INTERVAL)
             if self._switching:
@@ -406,6 +417,45 @@ class Peer:
             if self._probing():
                 due = min(due, self._last_probe + PROBE_INTERVAL)
         return due
+
+    def _watched(self) -> list[Publication]:
+        """Video publications with subscribers: their layers coming and going matters."""
+        if self.on_layers_changed is None:
+            return []
+        return [p for p in self.publications.values() if p.video and p.fanout]
+
+    def _next_layer_change(self) -> float | None:
+        """When a layer of a watched publication stops counting as sent (its last packet
+        plus :data:`LAYER_TIMEOUT`); -inf when one started since it was last looked at."""
+        due: float | None = None
+        for pub in self._watched():
+            seen, checked_at = self._layers_seen.get(pub, (frozenset(), -math.inf))
+            for layer, stream in pub.layers.items():
+                last = stream.last_packet_at
+                if last is None:
+                    continue
+                if layer not in seen:
+                    if last > checked_at:
+                        return -math.inf  # it (re)started since the last look: look now
+                    continue
+                end = last + LAYER_TIMEOUT
+                if due is None or end < due:
+                    due = end
+        return due
+
+    def _check_layers(self, now: float) -> None:
+        """Tell :attr:`on_layers_changed` of each watched publication whose layers changed."""
+        sink = self.on_layers_changed
+        watched = self._watched()
+        for pub in [p for p in self._layers_seen if p not in watched]:
+            del self._layers_seen[pub]
+        for pub in watched:
+            active = pub.active_layers(now)
+            before = self._layers_seen.get(pub)
+            self._layers_seen[pub] = (active, now)
+            previous = frozenset() if before is None else before[0]
+            if previous != active and sink is not None:
+                sink(pub)
 
     def wake(self) -> None:
         """Something happened that needs allocation soon (a subscription, a layer change,
@@ -443,6 +493,8 @@ class Peer:
         feedback = self.reporter.next_feedback(publications)
         if feedback is not None and feedback <= now:
             self.reporter.poll_feedback(publications, subscriptions, now=now)
+        if self.on_layers_changed is not None:
+            self._check_layers(now)
         if not subscriptions:
             self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
             return
@@ -460,9 +512,11 @@ class Peer:
                 and not self._force_allocation
                 and available == self._allocated_for
                 and not self.allocator.paused_count
+                and now - self._last_target_change > UPGRADE_HOLD + 2 * ALLOCATION_INTERVAL
             ):
                 # Nothing an allocation without a budget reads has changed (events such as
-                # subscriptions and preferences force one through wake()): skip it.
+                # subscriptions and preferences force one through wake()), and no upgrade
+                # hold of a recent change is still to run out: skip it.
                 self._last_allocation = now
             else:
                 self._allocate(estimate, available, now)
@@ -496,6 +550,8 @@ class Peer:
         subscriptions = self.subscriptions.values()
         budget = None if estimate is None else self._budget(estimate, now)
         allocation = self.allocate(budget_bps=budget, now=now)
+        if allocation.changes or allocation.paused or allocation.resumed:
+            self._last_target_change = now  # the allocator's holds run from here
         step = allocation.next_step_bps
         self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
         self._wanted = allocation.wanted_bps / BUDGET_HEADROOM if budget is not None else 0.0

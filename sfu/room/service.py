@@ -83,6 +83,9 @@ CLOSE_MEDIA_FAILED: Final = 4010
 REPLAY_INTERVAL: Final = 0.05
 #: Waiting-room and resume-grace expiry are checked this often (their timeouts are seconds).
 HOUSEKEEPING_INTERVAL: Final = 0.25
+#: Work that one run's peers wake in others (a layer change wakes the subscribers) is done in
+#: the same run, at most this many passes deep (a longer chain waits for the next run).
+CASCADE_PASSES: Final = 2
 #: Timer keys of the service's own work (peers and rooms are keys themselves).
 _REPLAY: Final = "replay"
 _HOUSEKEEPING: Final = "housekeeping"
@@ -461,6 +464,7 @@ class RoomService:
         participant.setup = None
         participant.fingerprints = ()
         peer.on_wake = None
+        peer.on_layers_changed = None
         self._owners.pop(peer, None)
         self._dirty.discard(peer)
         self._timers.cancel(peer)
@@ -692,6 +696,7 @@ class RoomService:
             stream_state_event(sub, state, reason)
         )
         peer.on_wake = self._touch
+        peer.on_layers_changed = lambda publication: self._layers_changed(room, publication)
         self._owners[peer] = participant
         transport.set_listener(peer)
         participant.peer = peer
@@ -935,6 +940,14 @@ class RoomService:
         """An event changed what ``peer`` allocates: run it (and allocate) at once."""
         peer.wake()
 
+    def _layers_changed(self, room: Room, publication: Publication) -> None:
+        """A publisher started or stopped sending a layer: its subscribers re-allocate now
+        (the layer they wait for may be gone, or a better one back)."""
+        for sub, _transport in publication.fanout:
+            subscriber = room.participants.get(sub.subscriber_id)
+            if subscriber is not None and subscriber.peer is not None:
+                self._wake(subscriber.peer)
+
     def _touch(self, peer: Peer, at: float) -> None:
         """``peer``'s deadline may have moved: recompute it at a :meth:`poll` by ``at``."""
         flush = self._timers.deadline(_FLUSH)
@@ -970,6 +983,24 @@ class RoomService:
         except Exception:  # pragma: no cover - a bug must not stop every room
             log.exception("internal error replaying the data plane's log")
         self._reschedule(dirty, now)
+        self._run_due(now, wallclock)
+        for _ in range(CASCADE_PASSES):
+            # What the runs woke (a layer that stopped wakes its subscribers): this run too.
+            if not self._dirty:
+                break
+            dirty, self._dirty = self._dirty, set()
+            self._reschedule(dirty, now)
+            self._run_due(now, wallclock)
+        if not self._dirty:
+            timers.cancel(_FLUSH)
+        if dataplane is not None and dataplane.stream_count:
+            timers.schedule(_REPLAY, now + REPLAY_INTERVAL)
+        else:
+            timers.cancel(_REPLAY)
+
+    def _run_due(self, now: float, wallclock: float) -> None:
+        """Run every owner due at ``now`` and re-arm the peers that ran."""
+        timers = self._timers
         ran: list[Peer] = []
         for key in timers.pop_due(now):
             if isinstance(key, Peer):
@@ -988,12 +1019,6 @@ class RoomService:
                 self.expire_detached(now)
                 timers.schedule(_HOUSEKEEPING, now + HOUSEKEEPING_INTERVAL)
         self._reschedule(ran, now)
-        if not self._dirty:
-            timers.cancel(_FLUSH)
-        if dataplane is not None and dataplane.stream_count:
-            timers.schedule(_REPLAY, now + REPLAY_INTERVAL)
-        else:
-            timers.cancel(_REPLAY)
 
     def _reschedule(self, peers: Iterable[Peer], now: float) -> None:
         """Arm each of ``peers`` from its ``next_timer()`` (and its room's speaker detection)."""

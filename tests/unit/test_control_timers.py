@@ -357,3 +357,51 @@ def test_allocation_without_a_budget_runs_only_when_its_inputs_change(
     assert len(calls) == 2  # the layers Alice sends changed: allocated again
     run_until(6.0, media=True)
     assert len(calls) == 2
+
+
+def test_a_layer_that_stops_or_starts_reallocates_its_subscribers_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The publisher's own deadline (the top layer's last packet plus LAYER_TIMEOUT) is the
+    event: the subscriber falls back then, not at its next allocation; and climbs back as
+    soon as the layer is seen again."""
+    from sfu.core.allocator import UPGRADE_HOLD
+    from sfu.core.publication import LAYER_TIMEOUT
+
+    h = harness(monkeypatch)
+    alice, bob = _meeting(h)
+    assert alice.peer is not None and bob.peer is not None
+    sub = next(s for s in bob.peer.subscriptions.values() if s.selector)
+    assert sub.selector is not None
+    transport = alice.peer.transport
+    t, seq = 0.0, 0
+    rids = ((SSRC_Q, "q"), (SSRC_H, "h"), (SSRC_F, "f"))
+
+    def run_until(end: float, layers: tuple[tuple[int, str], ...]) -> None:
+        nonlocal t, seq
+        while t < end:
+            for ssrc, rid in layers:
+                pkt = vp8_packet(ssrc, seq, 3000 * seq, keyframe=False, rid=rid)
+                alice.peer.on_rtp(transport, pkt, t)  # type: ignore[union-attr]
+            seq += 1
+            next_frame = t + 0.1
+            while True:
+                h.service.poll(t, 1.7e9)
+                deadline = h.service.next_timer()
+                if deadline is None or deadline >= min(next_frame, end):
+                    break
+                t = max(deadline, t + 0.001)
+            t = next_frame
+
+    run_until(2.0, rids)
+    assert sub.selector.target.spatial == 2
+    stopped_at = t - 0.1  # f's last packet
+    run_until(stopped_at + LAYER_TIMEOUT - 0.05, rids[:2])
+    assert sub.selector.target.spatial == 2  # not yet: f may just be late
+    run_until(stopped_at + LAYER_TIMEOUT + 0.11, rids[:2])
+    assert sub.selector.target.spatial == 1  # f is gone: h, without waiting to allocate
+    fell_at = t
+    # f is back: allocated at once, and up again once the allocator's upgrade hold passed
+    # (the periodic allocation is not skipped while a hold runs).
+    run_until(fell_at + UPGRADE_HOLD + ALLOCATION_INTERVAL + 0.2, rids)
+    assert sub.selector.target.spatial == 2
