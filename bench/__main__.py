@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.client import HandshakeError
 from bench.report import ProgressBar, format_table, write_json, write_plot
-from bench.scenarios import SCENARIOS, RunResult, ScenarioConfig, run_scenario
+from bench.scenarios import P99_BOUND_MS, SCENARIOS, RunResult, ScenarioConfig, run_scenario
 from bench.soak import (
     churn_in_process,
     plot_churn,
@@ -55,7 +55,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the target's JWT secret for join tokens (default: $SFU_AUTH_JWT_SECRET)",
     )
     p.add_argument("--vs", choices=["janus"], help="also run the same load against Janus")
-    p.add_argument("--find-max", action="store_true", help="raise the load until loss > 0.1%%")
+    p.add_argument(
+        "--find-max",
+        action="store_true",
+        help="raise the load while loss <= 0.1%% and p99 latency <= --p99-bound-ms",
+    )
+    p.add_argument(
+        "--p99-bound-ms",
+        type=float,
+        default=P99_BOUND_MS,
+        help=f"find-max: sustained only with p99 latency (ms) under this ({P99_BOUND_MS:g})",
+    )
+    p.add_argument(
+        "--rooms",
+        type=int,
+        default=1,
+        help="run this many rooms of the scenario at once (default 1: one room)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE", help="PNG plot (default: next to --json)")
     p.add_argument(
@@ -139,6 +155,8 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
         srtp_profile=args.srtp_profile,
         bind_host=bind,
         transport=args.transport,
+        rooms=args.rooms,
+        p99_bound_ms=args.p99_bound_ms,
     )
 
 

@@ -127,10 +127,11 @@ def format_table(results: Sequence[RunResult], find_max: bool) -> str:
     if find_max:
         for r in results:
             best = r.best()
-            figure = _fmt(best.egress_pps, 0) if best else "none within the loss limit"
+            figure = _fmt(best.egress_pps, 0) if best else "none within the limits"
+            bound = "" if r.p99_bound_ms is None else f", p99 <= {r.p99_bound_ms:g} ms"
             out.append(
                 f"{r.target}: max sustained egress {figure} pps (loss <= {LOSS_LIMIT * 100:g}%, "
-                f"delivery >= {DELIVERY_LIMIT * 100:g}%; stopped by {r.stopped_by})"
+                f"delivery >= {DELIVERY_LIMIT * 100:g}%{bound}; stopped by {r.stopped_by})"
             )
     for r in results:
         late = sum(s.late_frames for s in r.steps)

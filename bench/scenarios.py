@@ -12,6 +12,11 @@ time bound is reached, and reports the highest sustained egress packets/s.
 * ``meeting``: ``participants`` each publishing audio+video and subscribing to every other;
 * ``audio``: ``participants`` in an audio-only room, ``speakers`` of them publishing Opus,
   everyone subscribing to every speaker but themselves.
+
+``rooms`` runs K such rooms at once (the same plan in each, its own room name), as many small
+meetings load a server rather than one big one. A step counts as sustained only within the
+loss limit, keeping up with the offered load, and with its p99 one-way latency under
+``p99_bound_ms``: a server with a growing backlog can still deliver everything, late.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from sfu.transport.dtls import SrtpProfile
 __all__ = [
     "DELIVERY_LIMIT",
     "LOSS_LIMIT",
+    "MAX_ROOMS",
+    "P99_BOUND_MS",
     "SCENARIOS",
     "Plan",
     "RunResult",
@@ -50,6 +57,10 @@ LOSS_LIMIT = 0.001
 #: ... or once the server delivers less than this share of what the first step's fan-out
 #: ratio (egress per packet sent) promises: it no longer keeps up and its queues grow.
 DELIVERY_LIMIT = 0.9
+#: A find-max step counts as sustained only while its p99 latency stays under this (ms).
+P99_BOUND_MS = 50.0
+#: Most rooms one run loads at once.
+MAX_ROOMS = 200
 #: Concurrent handshakes (the server bounds transports that have not proved ICE yet).
 HANDSHAKE_CONCURRENCY = 16
 #: Engine slice: Python handles control traffic and progress between slices.
@@ -79,7 +90,17 @@ class ScenarioConfig:
     bind_host: str = "127.0.0.1"
     #: How subscribers reach the server: "udp", or "tcp" (ICE-TCP; publishers stay on UDP).
     transport: str = "udp"
+    #: How many rooms of this scenario run at once (each its own copy of the plan).
+    rooms: int = 1
+    #: find-max: a step with a higher p99 latency (ms) is not sustained.
+    p99_bound_ms: float = P99_BOUND_MS
     room: str = field(default_factory=lambda: "bench-" + secrets.token_hex(4))
+
+    def room_names(self) -> list[str]:
+        """The rooms of one run: ``room`` alone, or ``room-0`` .. ``room-(K-1)``."""
+        if self.rooms == 1:
+            return [self.room]
+        return [f"{self.room}-{k}" for k in range(self.rooms)]
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -99,6 +120,8 @@ class ScenarioConfig:
             (1.05 <= self.step_factor <= 4, "step factor must be in [1.05, 4]"),
             (len(self.video_kbps) in (1, 2, 3), "1 to 3 video layers"),
             (self.transport in ("udp", "tcp"), "transport must be udp or tcp"),
+            (1 <= self.rooms <= MAX_ROOMS, f"rooms must be in [1, {MAX_ROOMS}]"),
+            (1.0 <= self.p99_bound_ms <= 10_000, "p99 bound must be in [1, 10000] ms"),
         ]
         if self.scenario == "meeting":
             checks.append((2 <= self.participants <= 40, "meeting needs 2..40 participants"))
@@ -112,10 +135,12 @@ class ScenarioConfig:
     def load_label(self) -> str:
         """What one unit of load is, for tables."""
         if self.scenario == "fanout":
-            return f"1 pub -> {self.subscribers} subs"
-        if self.scenario == "meeting":
-            return f"{self.participants} participants"
-        return f"{self.participants} participants, {self.speakers} speakers"
+            label = f"1 pub -> {self.subscribers} subs"
+        elif self.scenario == "meeting":
+            label = f"{self.participants} participants"
+        else:
+            label = f"{self.participants} participants, {self.speakers} speakers"
+        return label if self.rooms == 1 else f"{self.rooms} rooms x {label}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,10 +254,23 @@ class StepResult:
     delivery: float = 1.0
     #: RTCP receiver reports the subscribers sent in the window (about one per second each)
     receiver_reports: int = 0
+    #: The p99 latency bound this step was judged by (ms; None: latency not judged)
+    p99_bound_ms: float | None = None
 
     def sustained(self) -> bool:
-        """Within the loss limit and keeping up with the offered load."""
-        return self.loss <= LOSS_LIMIT and self.delivery >= DELIVERY_LIMIT
+        """Within the loss limit, keeping up with the offered load, and (when a bound is
+        set) with its p99 latency within the bound."""
+        return (
+            self.loss <= LOSS_LIMIT
+            and self.delivery >= DELIVERY_LIMIT
+            and not self.over_latency_bound()
+        )
+
+    def over_latency_bound(self) -> bool:
+        """Whether the p99 latency exceeded the bound (or could not be measured)."""
+        if self.p99_bound_ms is None:
+            return False
+        return self.latency_p99_ms is None or self.latency_p99_ms > self.p99_bound_ms
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -252,6 +290,8 @@ class RunResult:
     implementation: str
     steps: list[StepResult] = field(default_factory=list)
     stopped_by: str = ""
+    rooms: int = 1
+    p99_bound_ms: float | None = None
 
     def best(self) -> StepResult | None:
         """The step with the highest egress among the sustained ones."""
@@ -279,6 +319,8 @@ class RunResult:
             srtp_profile=self.srtp_profile,
             implementation=self.implementation,
             stopped_by=self.stopped_by,
+            rooms=self.rooms,
+            p99_bound_ms=self.p99_bound_ms,
             steps=[s.as_dict() for s in self.steps],
         )
         return out
@@ -305,19 +347,23 @@ class _Session:
         self.relay: TcpRelay | None = None
 
     async def setup(self, plan: Plan) -> None:
-        """Publish, subscribe and connect everything (bounded concurrency and time)."""
-        pubs: dict[str, Endpoint] = {}
+        """Publish, subscribe and connect everything in every room (bounded concurrency
+        and time)."""
         keepalive = asyncio.ensure_future(self._keepalive())
         try:
-            for identity in plan.publishers:
-                publish = PublishPlan(audio=True, video=not plan.audio_only)
-                ep = self._endpoint(publish)
-                session = await self.target.publish(self.cfg.room, identity, ep.offer())
-                self.sessions.append(session)
-                assert session.answer_sdp is not None
-                ep.apply_remote(session.answer_sdp)
-                pubs[identity] = ep
-            await asyncio.gather(*(self._connect(ep) for ep in pubs.values()))
+            rooms = self.cfg.room_names()
+            pubs: dict[tuple[str, str], Endpoint] = {}
+            for room in rooms:
+                for identity in plan.publishers:
+                    publish = PublishPlan(audio=True, video=not plan.audio_only)
+                    ep = self._endpoint(publish)
+                    session = await self.target.publish(room, identity, ep.offer())
+                    self.sessions.append(session)
+                    assert session.answer_sdp is not None
+                    ep.apply_remote(session.answer_sdp)
+                    pubs[room, identity] = ep
+            gate = asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
+            await asyncio.gather(*(self._connect(ep, gate) for ep in pubs.values()))
             start = time.monotonic_ns() + 50_000_000
             for ep in pubs.values():
                 index = self.engine.add_sender(
@@ -325,10 +371,10 @@ class _Session:
                 )
                 self.by_index[index] = ep
                 self.senders.append(index)
-            gate = asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
             subs = await asyncio.gather(
                 *(
-                    self._subscribe(gate, who, pub, plan.audio_only)
+                    self._subscribe(gate, room, who, pub, plan.audio_only)
+                    for room in rooms
                     for who, pub in plan.subscriptions
                 )
             )
@@ -354,23 +400,27 @@ class _Session:
         self.endpoints.append(ep)
         return ep
 
-    async def _connect(self, ep: Endpoint) -> None:
-        await ep.connect()
+    async def _connect(self, ep: Endpoint, gate: asyncio.Semaphore | None = None) -> None:
+        if gate is None:
+            await ep.connect()
+        else:
+            async with gate:
+                await ep.connect()
         self.connected.append(ep)
 
     async def _subscribe(
-        self, gate: asyncio.Semaphore, who: str, publisher: str, audio_only: bool
+        self, gate: asyncio.Semaphore, room: str, who: str, publisher: str, audio_only: bool
     ) -> Endpoint:
         async with gate:
             ep = self._endpoint(None)
             if self.target.server_offers:
-                session = await self.target.subscribe(self.cfg.room, who, publisher, None)
+                session = await self.target.subscribe(room, who, publisher, None)
                 self.sessions.append(session)
                 assert session.offer_sdp is not None
                 await self.target.answer(session, ep.answer(session.offer_sdp))
             else:
                 offer = ep.offer() if not audio_only else _audio_only(ep.offer())
-                session = await self.target.subscribe(self.cfg.room, who, publisher, offer)
+                session = await self.target.subscribe(room, who, publisher, offer)
                 self.sessions.append(session)
                 assert session.answer_sdp is not None
                 ep.apply_remote(session.answer_sdp)
@@ -537,20 +587,25 @@ async def run_scenario(
     # Each step: warmup then the window; the first step warms up fully, later ones briefly.
     later_warmup = min(cfg.warmup_s, 1.0)
     total = cfg.warmup_s + cfg.duration_s + (len(rates) - 1) * (later_warmup + cfg.duration_s)
+    bound = cfg.p99_bound_ms if cfg.find_max else None
     result = RunResult(
         target=target.name,
         scenario=cfg.scenario,
         load=cfg.load_label(),
-        publishers=len(plan.publishers),
-        subscriptions=len(plan.subscriptions),
+        publishers=len(plan.publishers) * cfg.rooms,
+        subscriptions=len(plan.subscriptions) * cfg.rooms,
         setup_s=0.0,
         srtp_profile=None,
         implementation=IMPLEMENTATION,
+        rooms=cfg.rooms,
+        p99_bound_ms=bound,
     )
     session = _Session(target, cfg)
     t0 = time.monotonic()
     report(
-        0.0, f"{target.name}: connecting {len(plan.subscriptions) + len(plan.publishers)} endpoints"
+        0.0,
+        f"{target.name}: connecting "
+        f"{(len(plan.subscriptions) + len(plan.publishers)) * cfg.rooms} endpoints",
     )
     try:
         await session.setup(plan)
@@ -576,8 +631,9 @@ async def run_scenario(
             cpu1, gen1 = await target.cpu_seconds(), _self_cpu()
             done += cfg.duration_s
             step = measure(before, after, window, rate, (cpu0, cpu1), (gen0, gen1))
+            step.p99_bound_ms = bound
             step.egress_pps_per_subscription = round(
-                step.egress_pps / max(1, len(plan.subscriptions)), 1
+                step.egress_pps / max(1, result.subscriptions), 1
             )
             first = result.steps[0] if result.steps else step
             if first.sent_pps and first.egress_pps and step.sent_pps:
@@ -591,6 +647,9 @@ async def run_scenario(
                 break
             if step.delivery < DELIVERY_LIMIT:
                 result.stopped_by = "backlog"
+                break
+            if step.over_latency_bound():
+                result.stopped_by = "p99"
                 break
             if time.monotonic() > deadline:
                 result.stopped_by = "time"

@@ -26,6 +26,7 @@ from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels, default_kernels
 from sfu.echo import EchoService
 from sfu.io.address_check import address_warnings, read_rmem_max
+from sfu.io.deadline_timer import DeadlineTimer
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import (
     ConnectionLimiter,
@@ -280,6 +281,7 @@ class Server:
         #: Short-lived TURN credentials for clients (TURN REST API), when [turn] is set.
         self.turn = TurnCredentials(config.turn)
         self._timer_task: asyncio.Task[None] | None = None
+        self._room_timer: DeadlineTimer | None = None
         self._draining = False
         self.loop_lag = LoopLagMonitor()
         #: Gives freed heap back to the system after sessions end (see sfu/io/memory.py).
@@ -427,6 +429,8 @@ class Server:
         """The media socket's reader: the forwarder's batch, then its ICE-TCP egress."""
         slow = self.dataplane.forwarder.pump(sock, now)
         self._send_framed()
+        if self._room_timer is not None:
+            self._room_timer.run_if_due(now)  # the loop is awake anyway: no wakeup of its own
         return slow
 
     def _tcp_datagram(self, data: bytes, addr: Address) -> None:
@@ -455,7 +459,8 @@ class Server:
             self._udp.sendto(data, addr)
 
     async def _run_timers(self) -> None:
-        """Drive every transport's timers from the loop (the cores only take ``now``)."""
+        """Drive every transport's timers from the loop (the cores only take ``now``); the
+        rooms' timers have their own deadline timer (:meth:`_run_rooms`)."""
         while True:
             await asyncio.sleep(TIMER_INTERVAL_S)
             now = clock.now()
@@ -463,12 +468,15 @@ class Server:
                 self.port.poll(now)
             except Exception:  # pragma: no cover - a bug must not stop every timer
                 log.exception("internal error in transport timers")
-            if self.rooms is not None:
-                try:
-                    self.rooms.poll(now, time.time())
-                except Exception:  # pragma: no cover - a bug must not stop every timer
-                    log.exception("internal error in room timers")
             self.heap.observe(now, self.port.transport_count)
+
+    def _run_rooms(self, now: float) -> float | None:
+        """The room service's due timers (peers, speakers, expiry); returns the next one."""
+        rooms = self.rooms
+        if rooms is None:
+            return None
+        rooms.poll(now, time.time())
+        return rooms.next_timer()
 
     async def start(self) -> None:
         """Bind the media socket, then the HTTP listener; log the bound addresses."""
@@ -559,6 +567,9 @@ class Server:
         if auth.dev_tokens:
             log.info("development tokens enabled at POST /dev-token (loopback only)")
         self._timer_task = asyncio.ensure_future(self._run_timers())
+        self._room_timer = DeadlineTimer(self._run_rooms, clock.now)
+        self.rooms.on_timer = self._room_timer.arm
+        self._room_timer.arm(self.rooms.next_timer())
         self.loop_lag.start()
         wanted = http.max_connections + FD_RESERVE
         if self._ops is not None:
@@ -622,6 +633,9 @@ class Server:
         await self.loop_lag.stop()
         await self.sockets.close_all()
         self.port.close_all(clock.now())
+        if self._room_timer is not None:
+            self._room_timer.close()
+            self._room_timer = None
         if self._timer_task is not None:
             self._timer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -233,15 +233,20 @@ class DataPlane:
 
     # -- feedback -----------------------------------------------------------------------------
 
-    def replay(self, stats: RouterStats | None = None) -> int:
-        """Hand the forwarder's ingress log to the peers; returns the records replayed."""
+    def replay(self, stats: RouterStats | None = None, *, touched: set[Any] | None = None) -> int:
+        """Hand the forwarder's ingress log to the peers; returns the records replayed.
+        ``touched`` gets every peer that had records (their timers may have moved)."""
         records = self.forwarder.drain_log()
         streams = self._streams
+        last = -1
         for record in records:
             entry = streams.get(record[0])
             if entry is not None:
                 peer, pub, stream = entry
                 peer.replay(pub, stream, record)
+                if touched is not None and record[0] != last:
+                    last = record[0]
+                    touched.add(peer)
         samples = self.forwarder.drain_latency()
         if stats is not None:
             for sample in samples:

@@ -6,7 +6,9 @@ transport and composes one of each: the :class:`~sfu.core.binder.Binder` (its SS
 :class:`~sfu.core.feedback.FeedbackHandler` (RTCP it sends), the
 :class:`~sfu.core.reporter.Reporter` (RTCP it gets) and the :class:`~sfu.core.allocator.Allocator`
 (layers of what it receives). Everything it sends goes through the
-:class:`~sfu.core.sender.Sender` protocol. :meth:`Peer.poll` runs the periodic work.
+:class:`~sfu.core.sender.Sender` protocol. :meth:`Peer.poll` runs the work that is due, and
+:meth:`Peer.next_timer` says when that is (each kind of work on its own schedule; the room
+service arms one timer for the earliest of all peers').
 
 As a subscriber's transport it also owns the send side of bandwidth adaptation, created with
 its first subscription (from that subscription's kernels, so the forwarder can write it): the
@@ -20,6 +22,7 @@ estimate.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Final
 
@@ -28,6 +31,7 @@ from sfu.core.allocator import (
     CONGESTION,
     PUBLISHER,
     UPGRADE,
+    UPGRADE_HOLD,
     Allocation,
     Allocator,
     priority_of,
@@ -44,7 +48,7 @@ from sfu.core.dataplane import DataPlane
 from sfu.core.estimator import BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.prober import ProbeCluster, Prober, probe_step
-from sfu.core.publication import Publication, SourceStream
+from sfu.core.publication import LAYER_TIMEOUT, Publication, SourceStream
 from sfu.core.reporter import Reporter
 from sfu.core.retransmission import RTX_SHARE, RetransmissionBudget
 from sfu.core.router import AudioLevelSink, Router
@@ -67,7 +71,9 @@ __all__ = [
     "BUDGET_HEADROOM",
     "DOWNGRADE_TOLERANCE",
     "ESTIMATE_FALL",
+    "MEDIA_SETTLE",
     "PROBE_INTERVAL",
+    "SWITCH_CHECK_INTERVAL",
     "Peer",
     "StreamStateSink",
     "allocation_budget",
@@ -85,6 +91,12 @@ ESTIMATE_FALL: Final = 0.2
 BUDGET_HEADROOM: Final = 0.9
 #: Probing decisions are taken this often (and probe results read).
 PROBE_INTERVAL: Final = 0.1
+#: Media that took the Python path moves the peer's TWCC/NACK deadlines; the scheduler looks
+#: at them within this long (the same as the data plane's replay, which does it for the rest).
+MEDIA_SETTLE: Final = 0.05
+#: While a subscription waits for a keyframe to switch layers, the peer checks this often
+#: whether it switched or needs another request (the selector rate-limits the requests).
+SWITCH_CHECK_INTERVAL: Final = 0.1
 #: The layers being forwarded stay while the budget is at least this share of what they cost:
 #: one overuse signal takes the estimate to 0.85 x the acknowledged rate, which must not
 #: switch a subscriber down by itself (a real shortfall keeps the estimate falling past it).
@@ -125,6 +137,15 @@ def allocation_budget(estimate: float, spend: float) -> float:
 #: Told when a subscription is paused for bandwidth ("paused", "bandwidth") or resumed
 #: ("active", None): the room sends the subscriber a ``stream_state`` event.
 StreamStateSink = Callable[[Subscription, str, str | None], None]
+
+
+def _switch_pending(sub: Subscription) -> bool:
+    """Whether ``sub``'s selector waits for a keyframe to switch to its target layer."""
+    selector = sub.selector
+    if selector is None:
+        return False
+    target = selector.target.spatial
+    return target is not None and target != selector.current.spatial
 
 
 def _one_id(extensions: dict[int, str], uri: str) -> int:
@@ -171,6 +192,23 @@ class Peer:
         self.reporter = Reporter(rtcp_ssrc, transport, twcc, self.counters)
         self._last_allocation = -1e9
         self._last_probe = -1e9
+        self._last_switch_check = -1e9
+        #: When an allocation last changed a target (its upgrade hold makes later ones matter).
+        self._last_target_change = -math.inf
+        #: An event asked for an allocation (it is not skipped as unchanged).
+        self._force_allocation = False
+        #: The layers each subscription's publisher sent at the last allocation.
+        self._allocated_for: dict[Subscription, frozenset[int]] = {}
+        #: Subscriptions waiting for a keyframe to switch to their target layer.
+        self._switching: set[Subscription] = set()
+        #: Told when the spatial layers one of this peer's video publications is sending
+        #: changed (a layer started or stopped): its subscribers re-allocate at once.
+        self.on_layers_changed: Callable[[Publication], None] | None = None
+        #: The layers each watched publication was last seen sending, and when.
+        self._layers_seen: dict[Publication, tuple[frozenset[int], float]] = {}
+        #: Tells the scheduler (the room service) to recompute :meth:`next_timer` by the
+        #: given time (-inf: at once) because an event may have moved it.
+        self.on_wake: Callable[[Peer, float], None] | None = None
         #: What the cheapest next upgrade needs in total (bps): the prober's target.
         self._desired = 0.0
         #: What every subscription at its top would need (bps): the most probes ask for.
@@ -252,6 +290,7 @@ class Peer:
         subscription.send_history = self.send_history
         self.subscriptions[subscription.mid] = subscription
         self.feedback.add_subscription(subscription)
+        self._force_allocation = True
 
     def _start_estimation(self, kernels: Kernels) -> None:
         if self.send_history is not None:
@@ -266,6 +305,9 @@ class Peer:
         if subscription is not None:
             self.feedback.remove_subscription(subscription)
             self._fold_subscription(subscription)
+            self._switching.discard(subscription)
+            self._allocated_for.pop(subscription, None)
+            self._force_allocation = True
         return subscription
 
     def _stream_added(self, publication: Publication, stream: SourceStream) -> None:
@@ -295,10 +337,21 @@ class Peer:
     def on_rtp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
         """One decrypted RTP packet from this participant (never raises on bad input)."""
         self.router.on_rtp(packet, now=now)
+        if self.on_wake is not None:
+            # Its TWCC and NACK deadlines may have moved: looked at with the next replay.
+            self.on_wake(self, now + MEDIA_SETTLE)
 
     def on_rtcp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
         """RTCP from this participant: feedback about what it receives and reports."""
         self.feedback.on_rtcp(packet, now=now)
+        if self.subscriptions:
+            estimate = self.estimate_bps
+            if estimate is not None and (
+                self._allocated_on is None
+                or allocation_due(now, self._last_allocation, estimate, self._allocated_on)
+            ):
+                # The first estimate, one that fell, or the interval passed: allocate now.
+                self.wake()
 
     def on_state(self, transport: WebRtcTransport, state: TransportState, now: float) -> None:
         """Report transport state changes to the room (it frees everything on close)."""
@@ -313,6 +366,8 @@ class Peer:
                 subscription.request_start_keyframe(now)
         if transport.finished:
             self.retire()
+        elif self.on_wake is not None:
+            self.on_wake(self, now)  # SRTP keys: its timers start
 
     def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None:
         """The data plane forwarded a packet of ``stream``: do its receive bookkeeping."""
@@ -338,22 +393,116 @@ class Peer:
         rtts = [s.send_stats.rtt for s in self.subscriptions.values() if s.send_stats.rtt]
         return self.reporter.request_keyframe(stream, now=now, rtt=min(rtts) if rtts else None)
 
+    def next_timer(self) -> float | None:
+        """The earliest time :meth:`poll` has work (None: nothing until an event wakes it).
+
+        Each kind of work has its own schedule: feedback (TWCC, NACK) when the recorders say
+        so, keyframe requests while a layer switch waits, probing every
+        :data:`PROBE_INTERVAL` while video is sent on an estimate, allocation every
+        :data:`ALLOCATION_INTERVAL` (sooner on events: :meth:`wake`), and SR/RR on the
+        reporter's randomised interval. A peer with nothing published or subscribed is never
+        due."""
+        if self.retired or not self.transport.has_srtp:
+            return None
+        publications = self.publications
+        subscriptions = self.subscriptions
+        if not publications and not subscriptions:
+            return None
+        due = self.reporter.next_report
+        feedback = self.reporter.next_feedback(publications.values())
+        if feedback is not None and feedback < due:
+            due = feedback
+        layers = self._next_layer_change()
+        if layers is not None and layers < due:
+            due = layers
+        if subscriptions and self._allocation_watched():
+            due = min(due, self._last_allocation + ALLOCATION_INTERVAL)
+            if self._switching:
+                due = min(due, self._last_switch_check + SWITCH_CHECK_INTERVAL)
+            if self._probing():
+                due = min(due, self._last_probe + PROBE_INTERVAL)
+        return due
+
+    def _watched(self) -> list[Publication]:
+        """Video publications with subscribers: their layers coming and going matters."""
+        if self.on_layers_changed is None:
+            return []
+        return [p for p in self.publications.values() if p.video and p.fanout]
+
+    def _next_layer_change(self) -> float | None:
+        """When a layer of a watched publication stops counting as sent (its last packet
+        plus :data:`LAYER_TIMEOUT`); -inf when one started since it was last looked at."""
+        due: float | None = None
+        for pub in self._watched():
+            seen, checked_at = self._layers_seen.get(pub, (frozenset(), -math.inf))
+            for layer, stream in pub.layers.items():
+                last = stream.last_packet_at
+                if last is None:
+                    continue
+                if layer not in seen:
+                    if last > checked_at:
+                        return -math.inf  # it (re)started since the last look: look now
+                    continue
+                end = last + LAYER_TIMEOUT
+                if due is None or end < due:
+                    due = end
+        return due
+
+    def _check_layers(self, now: float) -> None:
+        """Tell :attr:`on_layers_changed` of each watched publication whose layers changed."""
+        sink = self.on_layers_changed
+        watched = self._watched()
+        for pub in [p for p in self._layers_seen if p not in watched]:
+            del self._layers_seen[pub]
+        for pub in watched:
+            active = pub.active_layers(now)
+            before = self._layers_seen.get(pub)
+            self._layers_seen[pub] = (active, now)
+            previous = frozenset() if before is None else before[0]
+            if previous != active and sink is not None:
+                sink(pub)
+
+    def wake(self) -> None:
+        """Something happened that needs allocation soon (a subscription, a layer change,
+        feedback that moved the estimate): allocate at the next :meth:`poll`, and ask the
+        scheduler (:attr:`on_wake`) for one now."""
+        self._last_allocation = -1e9
+        self._force_allocation = True
+        if self.on_wake is not None:
+            self.on_wake(self, -math.inf)
+
+    def _allocation_watched(self) -> bool:
+        """Whether allocation needs its periodic schedule: an estimate to follow, a pause
+        to lift, video whose layers may come and go, or an event waiting for it. Audio
+        without an estimate is allocated on events only."""
+        return (
+            self._force_allocation
+            or self._allocated_on is not None
+            or bool(self.allocator.paused_count)
+            or any(s.selector is not None for s in self.subscriptions.values())
+        )
+
+    def _probing(self) -> bool:
+        """Whether probing runs: video is sent and there is an estimate (it pads on RTX)."""
+        return self.estimate_bps is not None and any(
+            s.selector is not None for s in self.subscriptions.values()
+        )
+
     def poll(self, now: float, wallclock: float) -> None:
-        """Timers: TWCC, NACKs, pending-switch keyframes, allocation and reports."""
+        """Run what is due at ``now``: TWCC and NACKs, pending-switch keyframes, allocation,
+        probing and reports (each on its own schedule; see :meth:`next_timer`)."""
         if not self.transport.has_srtp:
             return
         publications = self.publications.values()
         subscriptions = self.subscriptions.values()
-        self.reporter.poll_feedback(publications, subscriptions, now=now)
-        for sub in subscriptions:
-            selector = sub.selector
-            if selector is None:
-                continue
-            selector.set_available(sub.publication.active_layers(now) or frozenset({0}))
-            layer = selector.keyframe_needed(now)
-            wanted = sub.publication.stream_for(layer) if layer is not None else None
-            if wanted is not None:
-                sub.publication.request_keyframe(wanted, now)
+        feedback = self.reporter.next_feedback(publications)
+        if feedback is not None and feedback <= now:
+            self.reporter.poll_feedback(publications, subscriptions, now=now)
+        if self.on_layers_changed is not None:
+            self._check_layers(now)
+        if not subscriptions:
+            self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
+            return
         estimate = self.estimate_bps
         if estimate is not None:
             # Retransmissions count against the estimate once there is one (before, as
@@ -361,19 +510,75 @@ class Peer:
             self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
             self.feedback.budget = self.rtx_budget
         if allocation_due(now, self._last_allocation, estimate, self._allocated_on):
-            self._allocated_on = estimate
-            budget = None if estimate is None else self._budget(estimate, now)
-            allocation = self.allocate(budget_bps=budget, now=now)
-            step = allocation.next_step_bps
-            self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
-            self._wanted = allocation.wanted_bps / BUDGET_HEADROOM if budget is not None else 0.0
-            self._reach = allocation.reach
-            if allocation.targets and trace.isEnabledFor(logging.DEBUG):
-                self._trace_allocation(allocation, estimate, now)
-        if estimate is not None and now - self._last_probe >= PROBE_INTERVAL:
+            available = self._availability(now)
+            if (
+                estimate is None
+                and self._allocated_on is None
+                and not self._force_allocation
+                and available == self._allocated_for
+                and not self.allocator.paused_count
+                and now - self._last_target_change > UPGRADE_HOLD + 2 * ALLOCATION_INTERVAL
+            ):
+                # Nothing an allocation without a budget reads has changed (events such as
+                # subscriptions and preferences force one through wake()), and no upgrade
+                # hold of a recent change is still to run out: skip it.
+                self._last_allocation = now
+            else:
+                self._allocate(estimate, available, now)
+        if self._switching and now - self._last_switch_check >= SWITCH_CHECK_INTERVAL:
+            self._last_switch_check = now
+            self._request_switch_keyframes(now)
+        if estimate is not None and now - self._last_probe >= PROBE_INTERVAL and self._probing():
             self._last_probe = now
             self._probe(now)
         self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
+
+    def _availability(self, now: float) -> dict[Subscription, frozenset[int]]:
+        """The spatial layers each video subscription's publisher sends now."""
+        return {
+            sub: sub.publication.active_layers(now) or frozenset({0})
+            for sub in self.subscriptions.values()
+            if sub.selector is not None
+        }
+
+    def _allocate(
+        self, estimate: float | None, available: dict[Subscription, frozenset[int]], now: float
+    ) -> None:
+        """Allocate on ``estimate`` with the layers ``available``, and start keyframe
+        requests for the subscriptions that now wait to switch."""
+        for sub, layers in available.items():
+            assert sub.selector is not None
+            sub.selector.set_available(layers)
+        self._allocated_on = estimate
+        self._allocated_for = available
+        self._force_allocation = False
+        subscriptions = self.subscriptions.values()
+        budget = None if estimate is None else self._budget(estimate, now)
+        allocation = self.allocate(budget_bps=budget, now=now)
+        if allocation.changes or allocation.paused or allocation.resumed:
+            self._last_target_change = now  # the allocator's holds run from here
+        step = allocation.next_step_bps
+        self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
+        self._wanted = allocation.wanted_bps / BUDGET_HEADROOM if budget is not None else 0.0
+        self._reach = allocation.reach
+        if allocation.targets and trace.isEnabledFor(logging.DEBUG):
+            self._trace_allocation(allocation, estimate, now)
+        self._switching = {
+            sub for sub in subscriptions if sub.selector is not None and _switch_pending(sub)
+        }
+        self._last_switch_check = -1e9
+
+    def _request_switch_keyframes(self, now: float) -> None:
+        """A keyframe of the target layer for each subscription waiting to switch (the
+        selector rate-limits them); those that switched leave the set."""
+        for sub in list(self._switching):
+            if sub.selector is None or not _switch_pending(sub):
+                self._switching.discard(sub)
+                continue
+            layer = sub.selector.keyframe_needed(now)
+            wanted = sub.publication.stream_for(layer) if layer is not None else None
+            if wanted is not None:
+                sub.publication.request_keyframe(wanted, now)
 
     def allocate(self, *, budget_bps: float | None, now: float) -> Allocation:
         """Share ``budget_bps`` (None: no limit) over the subscriptions and apply the targets;
@@ -479,6 +684,7 @@ class Peer:
             # allocator acts on the raised estimate at the next poll.
             self.allocator.end_congestion_holds()
             self._last_allocation = -1e9
+            self._force_allocation = True
         self.counters.probes_succeeded += self.prober.succeeded - succeeded
         self.counters.probes_failed += self.prober.failed - failed
         if trace.isEnabledFor(logging.DEBUG):

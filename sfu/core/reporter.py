@@ -9,6 +9,7 @@ the receive blocks when there are any.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from typing import Final
 
@@ -26,11 +27,29 @@ from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.rtcp import ReceiverReport
 from sfu.packet.rtcp_feedback import Pli
 
-__all__ = ["DEFAULT_RTT", "MAX_REPORT_BLOCKS", "REPORT_INTERVAL", "Reporter"]
+__all__ = [
+    "DEFAULT_RTT",
+    "MAX_REPORT_BLOCKS",
+    "REPORT_INTERVAL",
+    "REPORT_SPREAD",
+    "Reporter",
+    "report_interval",
+]
 
-#: Receiver and Sender Reports this often (RFC 3550 §6.2 allows far less for 2 participants;
-#: one a second keeps RTT and loss current for the allocator).
+#: Receiver and Sender Reports this often on average (RFC 3550 §6.2 allows far less for 2
+#: participants; one a second keeps RTT and loss current for the allocator).
 REPORT_INTERVAL: Final = 1.0
+#: Each interval is drawn uniformly from [1 - REPORT_SPREAD, 1 + REPORT_SPREAD] x
+#: REPORT_INTERVAL (RFC 3550 §6.3.1: [0.5, 1.5]), so the reports of participants who joined
+#: together do not stay synchronised (and the server's RTCP does not come in bursts).
+REPORT_SPREAD: Final = 0.5
+
+
+def report_interval(rng: random.Random) -> float:
+    """One randomised report interval (RFC 3550 §6.3.1), in seconds."""
+    return REPORT_INTERVAL * rng.uniform(1.0 - REPORT_SPREAD, 1.0 + REPORT_SPREAD)
+
+
 #: The round-trip time NACK timing assumes before any subscriber has reported one: a typical
 #: one-region RTT; too low only costs a duplicate NACK, too high delays recovery.
 DEFAULT_RTT: Final = 0.05
@@ -42,13 +61,39 @@ class Reporter:
     """Periodic and requested RTCP of one participant's transport."""
 
     def __init__(
-        self, rtcp_ssrc: int, sender: Sender, twcc: TwccRecorder, counters: PeerCounters
+        self,
+        rtcp_ssrc: int,
+        sender: Sender,
+        twcc: TwccRecorder,
+        counters: PeerCounters,
+        *,
+        rng: random.Random | None = None,
     ) -> None:
         self.rtcp_ssrc = rtcp_ssrc
         self.sender = sender
         self.twcc = twcc
         self.counters = counters
-        self._last_report = -1e9
+        self._rng = rng if rng is not None else random.Random()
+        #: When the next SR/RR is due (the first one goes out at the first poll).
+        self.next_report = -1e9
+
+    def next_feedback(self, publications: Iterable[Publication]) -> float | None:
+        """When :meth:`poll_feedback` next has something to send: TWCC feedback or a NACK
+        (None: nothing waits). A keyframe request a NACK generator gave up to goes with the
+        next of these (a stream whose gap was hopeless keeps arriving, so TWCC is soon due).
+
+        RFC 4585 §3.5.2 immediate mode: this feedback goes out when it is due, not with the
+        next regular report."""
+        due = self.twcc.next_timer()
+        for pub in publications:
+            for stream in pub.streams.values():
+                gen = stream.nacks
+                if gen is None:
+                    continue
+                at = gen.next_timer()
+                if at is not None and (due is None or at < due):
+                    due = at
+        return due
 
     def request_keyframe(
         self, stream: SourceStream, *, now: float, rtt: float | None = None
@@ -99,10 +144,10 @@ class Reporter:
         now: float,
         wallclock: float,
     ) -> None:
-        """Sender and Receiver Reports, once per :data:`REPORT_INTERVAL`."""
-        if now - self._last_report < REPORT_INTERVAL:
+        """Sender and Receiver Reports, once per randomised :data:`REPORT_INTERVAL`."""
+        if now < self.next_report:
             return
-        self._last_report = now
+        self.next_report = now + report_interval(self._rng)
         blocks = [
             block
             for pub in publications

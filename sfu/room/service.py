@@ -9,8 +9,9 @@ as it was. ``now`` comes from the caller; nothing here touches a socket or a clo
 from __future__ import annotations
 
 import logging
+import math
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,7 +39,8 @@ from sfu.room.audit import AuditLog
 from sfu.room.chat import ChatRelay
 from sfu.room.identity import Grant, JoinClaims, grant_names
 from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
-from sfu.room.room import Message, Participant, ParticipantState, Room, Sink
+from sfu.room.room import SPEAKER_INTERVAL, Message, Participant, ParticipantState, Room, Sink
+from sfu.timer_queue import TimerQueue
 from sfu.transport.datachannel import DataChannels
 from sfu.transport.dtls import DtlsRole
 from sfu.transport.port import CapacityError, MediaPort
@@ -46,6 +48,8 @@ from sfu.transport.sctp import SctpAssociation
 from sfu.transport.transport import TransportState
 
 __all__ = [
+    "HOUSEKEEPING_INTERVAL",
+    "REPLAY_INTERVAL",
     "ROOM_PREFERENCES",
     "Admission",
     "RoomError",
@@ -81,6 +85,20 @@ CLOSE_ENDED: Final = 4005
 CLOSE_WAIT_TIMEOUT: Final = 4006
 CLOSE_REPLACED: Final = 4009
 CLOSE_MEDIA_FAILED: Final = 4010
+
+#: The data plane's log is replayed into the peers' receive bookkeeping this often while it
+#: forwards anything (and before any peer's timer runs): TWCC feedback is due every 50 ms,
+#: so a later replay would delay it, an earlier one only costs calls.
+REPLAY_INTERVAL: Final = 0.05
+#: Waiting-room and resume-grace expiry are checked this often (their timeouts are seconds).
+HOUSEKEEPING_INTERVAL: Final = 0.25
+#: Work that one run's peers wake in others (a layer change wakes the subscribers) is done in
+#: the same run, at most this many passes deep (a longer chain waits for the next run).
+CASCADE_PASSES: Final = 2
+#: Timer keys of the service's own work (peers and rooms are keys themselves).
+_REPLAY: Final = "replay"
+_HOUSEKEEPING: Final = "housekeeping"
+_FLUSH: Final = "flush"
 
 #: Decides a join: True admits at once, False holds the participant in ``room.waiting``.
 #: Without one, the room's policy decides (its waiting room holds all but hosts and admins).
@@ -261,6 +279,21 @@ class RoomService:
         self.stats = RouterStats(clock=clock)
         #: Set when the server drains: new joins are refused (``server_draining``).
         self.draining = False
+        #: Deadlines of every peer, room (speaker detection) and the service's own work.
+        self._timers: TimerQueue[object] = TimerQueue()
+        self._timers.schedule(_HOUSEKEEPING, -math.inf)
+        #: Peers whose deadline must be recomputed at the next :meth:`poll` (media arrived
+        #: on them, or an event woke them).
+        self._dirty: set[Peer] = set()
+        #: Participants whose signaling dropped, keeping their place until ``detached_until``.
+        self._detached: set[Participant] = set()
+        #: Whose peer each peer is (its room gets speaker detection).
+        self._owners: dict[Peer, Participant] = {}
+        #: Told the time the service next needs :meth:`poll` when an event made it earlier
+        #: than it was; the asyncio adapter re-arms its one loop timer then.
+        self.on_timer: Callable[[float], None] | None = None
+        #: How many peer timer runs :meth:`poll` made (each ran one peer's due work).
+        self.peer_runs = 0
 
     # -- joining and leaving ------------------------------------------------------------------
 
@@ -450,6 +483,7 @@ class RoomService:
         participant.sink = _detached_sink
         participant.on_close = None
         participant.detached_until = now + self.resume_grace_s
+        self._detached.add(participant)
 
     def _resume(self, participant: Participant, claims: JoinClaims, sink: Sink) -> None:
         """A rejoin within the grace period: the same participant, now on ``sink``. Others
@@ -461,6 +495,7 @@ class RoomService:
             callback(CLOSE_REPLACED, "resumed elsewhere")
         participant.sink = sink
         participant.detached_until = None
+        self._detached.discard(participant)
         participant.resumed = True
         participant.grants = claims.grants
         participant.send(self._joined(participant, resumed=True))
@@ -469,11 +504,12 @@ class RoomService:
 
     def expire_detached(self, now: float) -> None:
         """Participants whose grace period passed without a rejoin leave now."""
-        for room in list(self.rooms.values()):
-            for participant in list(room.participants.values()):
-                until = participant.detached_until
-                if until is not None and now >= until:
-                    self.leave(participant, now=now)
+        for participant in [p for p in self._detached if p.detached_until is None]:
+            self._detached.discard(participant)
+        for participant in list(self._detached):
+            until = participant.detached_until
+            if until is not None and now >= until:
+                self.leave(participant, now=now)
 
     def _drop_peer(self, participant: Participant, now: float, reason: str) -> None:
         """Forget the participant's transport and everything on it (tracks, subscriptions)."""
@@ -487,6 +523,11 @@ class RoomService:
         participant.peer = None
         participant.setup = None
         participant.fingerprints = ()
+        peer.on_wake = None
+        peer.on_layers_changed = None
+        self._owners.pop(peer, None)
+        self._dirty.discard(peer)
+        self._timers.cancel(peer)
         peer.on_state_change = None
         peer.on_audio_level = None
         self.port.close_transport(peer.transport, now, reason)
@@ -503,6 +544,7 @@ class RoomService:
         room.participants.pop(participant.id, None)
         participant.detached_until = None
         self.chat.forget(participant)
+        self._detached.discard(participant)
         self._drop_peer(participant, now, "left")
         room.speakers.remove(participant.id)
         if was_joined:
@@ -742,6 +784,9 @@ class RoomService:
         peer.on_stream_state = lambda sub, state, reason: participant.send(
             stream_state_event(sub, state, reason)
         )
+        peer.on_wake = self._touch
+        peer.on_layers_changed = lambda publication: self._layers_changed(room, publication)
+        self._owners[peer] = participant
         transport.set_listener(peer)
         participant.peer = peer
         participant.setup = negotiated.setup
@@ -798,6 +843,7 @@ class RoomService:
             other = room.participants.get(sub.subscriber_id)
             if other is not None and other.peer is not None:
                 other.peer.remove_subscription(sub.mid)
+                self._wake(other.peer)
         publication.fanout = ()
         publication.keyframe_requester = None
         publication.on_layers = None
@@ -837,6 +883,7 @@ class RoomService:
         )
         peer.add_subscription(sub)
         publication.add_subscriber(sub, peer.transport)
+        self._wake(peer)  # allocate it at once
         if publication.force_muted:
             sub.set_held(True)
         # Start on a keyframe at once rather than waiting for the publisher's next one; before
@@ -849,6 +896,7 @@ class RoomService:
         sub = peer.remove_subscription(mid)
         if sub is not None:
             sub.publication.remove_subscriber(sub)
+            self._wake(peer)  # its budget is free for the others
 
     def _answer(
         self,
@@ -908,6 +956,8 @@ class RoomService:
             if sub.publication.id == track_id:
                 sub.set_preferences(max_spatial, max_temporal, paused)
                 sub.pinned = pinned
+                if peer is not None:
+                    self._wake(peer)
                 return
         raise RoomError("unknown_track", f"not subscribed to {track_id[:32]!r}")
 
@@ -937,6 +987,9 @@ class RoomService:
         publication.muted = publication.muted or muted
         for sub, _transport in publication.fanout:
             sub.set_held(muted)
+            subscriber = room.participants.get(sub.subscriber_id)
+            if subscriber is not None and subscriber.peer is not None:
+                self._wake(subscriber.peer)
         room.broadcast(
             {
                 "type": "track_muted",
@@ -982,26 +1035,104 @@ class RoomService:
                         participant, CLOSE_WAIT_TIMEOUT, "nobody admitted you in time", now=now
                     )
 
+    def _wake(self, peer: Peer) -> None:
+        """An event changed what ``peer`` allocates: run it (and allocate) at once."""
+        peer.wake()
+
+    def _layers_changed(self, room: Room, publication: Publication) -> None:
+        """A publisher started or stopped sending a layer: its subscribers re-allocate now
+        (the layer they wait for may be gone, or a better one back)."""
+        for sub, _transport in publication.fanout:
+            subscriber = room.participants.get(sub.subscriber_id)
+            if subscriber is not None and subscriber.peer is not None:
+                self._wake(subscriber.peer)
+
+    def _touch(self, peer: Peer, at: float) -> None:
+        """``peer``'s deadline may have moved: recompute it at a :meth:`poll` by ``at``."""
+        flush = self._timers.deadline(_FLUSH)
+        if peer in self._dirty and flush is not None and flush <= at:
+            return
+        self._dirty.add(peer)
+        self._arm(_FLUSH, at)
+
+    def _arm(self, key: object, at: float) -> None:
+        before = self._timers.next_deadline()
+        self._timers.advance(key, at)
+        if (before is None or at < before) and self.on_timer is not None:
+            self.on_timer(at)
+
+    def next_timer(self) -> float | None:
+        """When :meth:`poll` next has work (None: not until an event)."""
+        return self._timers.next_deadline()
+
     def poll(self, now: float, wallclock: float) -> None:
-        """Periodic work of every peer and room (RTCP, allocation, speakers, waiting room)."""
+        """Run the timers due at ``now``: the peers' (RTCP, allocation, probing), the rooms'
+        speaker detection and the waiting room's expiry; then re-arm each from its
+        ``next_timer()``. A peer is run only when one of its own deadlines passed or an
+        event woke it, so the cost follows what happens, not how many participants there
+        are."""
+        timers = self._timers
+        dataplane = self.dataplane
+        dirty, self._dirty = self._dirty, set()
         try:
-            # First what the data plane forwarded since the last tick: the peers' receive
+            # First what the data plane forwarded since the last run: the peers' receive
             # statistics, NACK and TWCC state must include it before they report.
-            if self.dataplane is not None:
-                self.dataplane.replay(self.stats)
+            if dataplane is not None:
+                dataplane.replay(self.stats, touched=dirty)
         except Exception:  # pragma: no cover - a bug must not stop every room
             log.exception("internal error replaying the data plane's log")
-        self.expire_waiting(now)
-        self.expire_detached(now)
-        for room in list(self.rooms.values()):
-            for participant in list(room.participants.values()):
-                peer = participant.peer
-                if peer is not None:
-                    try:
-                        peer.poll(now, wallclock)
-                    except Exception:  # pragma: no cover - a bug must not stop every room
-                        log.exception("internal error in a peer's timers")
-            room.poll_speakers(now)
+        self._reschedule(dirty, now)
+        self._run_due(now, wallclock)
+        for _ in range(CASCADE_PASSES):
+            # What the runs woke (a layer that stopped wakes its subscribers): this run too.
+            if not self._dirty:
+                break
+            dirty, self._dirty = self._dirty, set()
+            self._reschedule(dirty, now)
+            self._run_due(now, wallclock)
+        if not self._dirty:
+            timers.cancel(_FLUSH)
+        if dataplane is not None and dataplane.stream_count:
+            timers.schedule(_REPLAY, now + REPLAY_INTERVAL)
+        else:
+            timers.cancel(_REPLAY)
+
+    def _run_due(self, now: float, wallclock: float) -> None:
+        """Run every owner due at ``now`` and re-arm the peers that ran."""
+        timers = self._timers
+        ran: list[Peer] = []
+        for key in timers.pop_due(now):
+            if isinstance(key, Peer):
+                ran.append(key)
+                self.peer_runs += 1
+                try:
+                    key.poll(now, wallclock)
+                except Exception:  # pragma: no cover - a bug must not stop every room
+                    log.exception("internal error in a peer's timers")
+            elif isinstance(key, Room):
+                if self.rooms.get(key.name) is key and key.participants:
+                    key.poll_speakers(now)
+                    timers.schedule(key, now + SPEAKER_INTERVAL)
+            elif key == _HOUSEKEEPING:
+                self.expire_waiting(now)
+                self.expire_detached(now)
+                timers.schedule(_HOUSEKEEPING, now + HOUSEKEEPING_INTERVAL)
+        self._reschedule(ran, now)
+
+    def _reschedule(self, peers: Iterable[Peer], now: float) -> None:
+        """Arm each of ``peers`` from its ``next_timer()`` (and its room's speaker detection)."""
+        timers, owners, rooms = self._timers, self._owners, self.rooms
+        for peer in peers:
+            participant = owners.get(peer)
+            if participant is None:
+                continue
+            try:
+                timers.schedule(peer, peer.next_timer())
+            except Exception:  # pragma: no cover - a bug must not stop every room
+                log.exception("internal error in a peer's timers")
+            room = participant.room
+            if room not in timers and rooms.get(room.name) is room:
+                timers.schedule(room, now + SPEAKER_INTERVAL)
 
     def participant_count(self) -> int:
         """Admitted participants over all rooms."""

@@ -16,6 +16,7 @@ responses to unknown peers are rate-limited so the port cannot be used as a refl
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
@@ -23,6 +24,7 @@ from typing import Final
 from sfu.packet.demux import PacketKind, classify
 from sfu.packet.errors import ParseError
 from sfu.packet.stun import BINDING, StunClass, StunMessage, binding_error
+from sfu.timer_queue import TimerQueue
 from sfu.transport.certificate import Certificate
 from sfu.transport.counters import DropCounters
 from sfu.transport.dtls import DEFAULT_SRTP_PROFILES, DtlsEndpoint, DtlsRole, SrtpProfile
@@ -72,6 +74,10 @@ DEFAULT_CONSENT_TIMEOUT_S: Final = 30.0
 DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
 #: Error responses (401/400) sent per second to unknown peers, so the port is no reflector.
 DEFAULT_ERROR_RESPONSES_PER_S: Final = 200.0
+#: Every transport's timer is looked at this often even when its queued deadline is later:
+#: a backstop for a deadline moved earlier by a call the port does not see (and to reap
+#: transports closed from outside). ICE and DTLS timeouts are seconds, so 1 s is well within.
+TIMER_SWEEP_S: Final = 1.0
 
 
 #: Why a transport was refused (``CapacityError.reason``; the label of the refusal counter).
@@ -167,6 +173,10 @@ class MediaPort:
         #: ICE-TCP peers that passed a valid check (selected or not), until their connection
         #: ends: bounded by the connections the TCP gate holds.
         self._tcp_checked: dict[tuple[str, int] | tuple[str, int, str], WebRtcTransport] = {}
+        #: Each transport's next deadline, by transport id: :meth:`poll` runs only the due ones.
+        self._timers: TimerQueue[str] = TimerQueue()
+        #: When :meth:`poll` next looks at every transport (a backstop; see TIMER_SWEEP_S).
+        self._next_sweep = -math.inf
 
     def _send(self, data: bytes, addr: Address) -> None:
         """Every datagram leaves through here, counted by kind (RFC 7983 first byte)."""
@@ -224,6 +234,7 @@ class MediaPort:
         self._transports[transport.id] = transport
         self._by_ufrag[local.ufrag] = transport
         self._owners[transport.id] = (source, identity)
+        self._rearm(transport)
         return transport
 
     def _admit(self, source: str | None, identity: str | None) -> None:
@@ -270,6 +281,7 @@ class MediaPort:
             del self._by_ufrag[old]
         transport.ice.restart(local, remote_ufrag)
         self._by_ufrag[local.ufrag] = transport
+        self._rearm(transport)
         return local
 
     def get(self, transport_id: str) -> WebRtcTransport | None:
@@ -358,6 +370,7 @@ class MediaPort:
             transport.handle_srtp(data, addr, now, rtcp=True)
         elif kind is PacketKind.DTLS:
             transport.handle_dtls(data, addr, now)
+            self._rearm(transport)  # a handshake flight (re)sets its retransmission timer
         else:
             self.counters.drop(f"{_KIND_NAMES[kind]}_unsupported")
             return
@@ -408,28 +421,46 @@ class MediaPort:
                 self.on_transport_changed(transport)
         if transport.finished:
             self._forget(transport)
+        else:
+            self._rearm(transport)  # consent refreshed, or a DTLS client's first flight
 
     # -- timers --------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
         """The earliest deadline of any transport."""
-        deadlines = [d for t in self._transports.values() if (d := t.next_timer()) is not None]
-        return min(deadlines) if deadlines else None
+        return self._timers.next_deadline()
 
     def poll(self, now: float) -> None:
-        """Run every expired timer; forget transports that closed or failed."""
-        for transport in list(self._transports.values()):
+        """Run the expired timers; forget transports that closed or failed.
+
+        Only transports whose deadline passed are looked at (the datagrams and calls that
+        move a deadline earlier re-arm it); every :data:`TIMER_SWEEP_S` all of them are, as
+        a backstop for a deadline something else moved and to reap transports closed from
+        outside."""
+        if now >= self._next_sweep:
+            self._next_sweep = now + TIMER_SWEEP_S
+            due = list(self._transports.values())
+        else:
+            transports = self._transports
+            due = [t for tid in self._timers.pop_due(now) if (t := transports.get(tid))]
+        for transport in due:
             deadline = transport.next_timer()
             if deadline is not None and now >= deadline:
                 transport.handle_timer(now)
             if transport.finished:
                 self._forget(transport)
+            else:
+                self._rearm(transport)
+
+    def _rearm(self, transport: WebRtcTransport) -> None:
+        self._timers.schedule(transport.id, transport.next_timer())
 
     # -- internals -----------------------------------------------------------------------
 
     def _forget(self, transport: WebRtcTransport) -> None:
         if self._transports.pop(transport.id, None) is None:
             return
+        self._timers.cancel(transport.id)
         self._owners.pop(transport.id, None)
         self.on_transport_closed(transport)
         ufrag = transport.ice.local_credentials.ufrag

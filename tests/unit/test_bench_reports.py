@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.client import report_blocks
 from sfu.packet.rtcp import ReceiverReport, parse_compound
 
@@ -42,3 +44,52 @@ def test_soak_summary_compares_the_first_and_last_minute() -> None:
     assert summary["loss_windows"] == 1 and summary["worst_window_loss"] == 0.002
     assert summary["p99_first_minute_ms"] == 2.0 and summary["p99_drift"] == 2.5
     assert summarize_soak([]) == {}
+
+
+def _step(rate: float, egress: float, p99: float | None, bound: float | None) -> Any:
+    from bench.scenarios import StepResult
+
+    return StepResult(
+        rate=rate, window_s=1.0, sent_pps=egress / 10, egress_pps=egress, received_pps=egress,
+        loss=0.0, duplicates=0, reordered=0, latency_p50_ms=1.0, latency_p99_ms=p99,
+        latency_p999_ms=p99, server_cpu_s=0.5, server_cpu_util=0.5,
+        server_cpu_s_per_million_packets=5.0, generator_cpu_util=0.3, srtp_errors=0,
+        late_frames=0, send_errors=0, p99_bound_ms=bound,
+    )  # fmt: skip
+
+
+def test_find_max_counts_a_step_only_while_p99_is_within_the_bound() -> None:
+    """A backlogged step (everything delivered, late) is no maximum; the report says the bound."""
+    from bench.report import format_table
+    from bench.scenarios import RunResult
+
+    run = RunResult(
+        target="sfu", scenario="fanout", load="x", publishers=1, subscriptions=100,
+        setup_s=1.0, srtp_profile="p", implementation="cython", p99_bound_ms=50.0,
+    )  # fmt: skip
+    run.steps = [_step(1.0, 227_000.0, 28.0, 50.0), _step(1.5, 343_000.0, 282.0, 50.0)]
+    run.stopped_by = "p99"
+    best = run.best()
+    assert best is not None and best.egress_pps == 227_000
+    assert run.steps[1].over_latency_bound() and not run.steps[1].sustained()
+    assert _step(1.0, 1, None, 50.0).over_latency_bound()  # unmeasured latency is not within
+    assert not _step(1.0, 1, 900.0, None).over_latency_bound()  # no bound: not judged
+    table = format_table([run], find_max=True)
+    assert "max sustained egress 227,000 pps" in table and "p99 <= 50 ms" in table
+    assert run.as_dict(True)["p99_bound_ms"] == 50.0
+
+
+def test_rooms_replicate_the_plan_under_distinct_names() -> None:
+    import pytest
+
+    from bench.__main__ import _config, parse_args
+    from bench.scenarios import ScenarioConfig
+
+    cfg = _config(parse_args(["meeting", "--rooms", "4", "--p99-bound-ms", "30"]))
+    names = cfg.room_names()
+    assert len(set(names)) == 4 and all(n.startswith(cfg.room) for n in names)
+    assert cfg.p99_bound_ms == 30.0 and cfg.load_label() == "4 rooms x 6 participants"
+    one = ScenarioConfig(scenario="audio")
+    assert one.room_names() == [one.room]
+    with pytest.raises(ValueError, match="rooms"):
+        ScenarioConfig(rooms=0)

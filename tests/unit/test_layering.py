@@ -41,6 +41,7 @@ TOP_LEVEL: dict[str, str] = {
     "clock": "leaf",
     "logging_setup": "leaf",
     "histogram": "leaf",
+    "timer_queue": "leaf",
     "echo": "services",
     "app": "app",
     "cli": "app",
