@@ -54,3 +54,21 @@ cdef class SimulcastSelector:
 cdef int selector_decide(selector_t* s, int spatial, int temporal, bint is_keyframe,
                          bint is_start_of_frame, double now, bint layer_sync) noexcept nogil
 cdef int selector_current_spatial(const selector_t* s) noexcept nogil   # -1 = None
+
+cdef inline void selector_switch_temporal(
+    selector_t* s, long long temporal, bint has_temporal, bint is_keyframe, bint layer_sync
+) noexcept nogil:
+    """At a frame start of the current layer, move the temporal limit towards the target
+    (shared by the simulcast and the SVC selector)."""
+    cdef long long target = s.eff_temporal
+    cdef long long current = s.current_temporal
+    cdef long long new
+    if target < current or is_keyframe or not has_temporal:
+        # Down at once; up at a keyframe, or when the stream carries no temporal ids.
+        new = target
+    elif layer_sync and current < temporal <= target:
+        new = temporal
+    else:
+        return
+    s.current_temporal = new
+    s.temporal_switches += 1

@@ -44,22 +44,6 @@ cdef inline void _recompute(selector_t* s) noexcept nogil:
         s.current_temporal = SELECTOR_ALL_TEMPORAL
 
 
-cdef inline void _switch_temporal(
-    selector_t* s, long long temporal, bint has_temporal, bint is_keyframe, bint layer_sync
-) noexcept nogil:
-    """At a frame start of the current layer, move the temporal limit towards the target."""
-    cdef long long target = s.eff_temporal
-    cdef long long current = s.current_temporal
-    cdef long long new
-    if target < current or is_keyframe or not has_temporal:
-        # Down at once; up at a keyframe, or when the stream carries no temporal ids.
-        new = target
-    elif layer_sync and current < temporal <= target:
-        new = temporal
-    else:
-        return
-    s.current_temporal = new
-    s.temporal_switches += 1
 
 
 cdef int _decide(
@@ -71,7 +55,7 @@ cdef int _decide(
     cdef int target
     if current >= 0 and spatial == current:
         if is_start_of_frame and s.current_temporal != s.eff_temporal:
-            _switch_temporal(s, temporal, has_temporal, is_keyframe, layer_sync)
+            selector_switch_temporal(s, temporal, has_temporal, is_keyframe, layer_sync)
         if not has_temporal or temporal <= s.current_temporal:
             return SELECTOR_FORWARD
         return SELECTOR_DROP

@@ -12,6 +12,7 @@ from sfu._fastpath._layers cimport (
     SELECTOR_FORWARD,
     SELECTOR_FORWARD_SWITCH,
     SimulcastSelector,
+    selector_switch_temporal,
     selector_t,
 )
 
@@ -25,21 +26,6 @@ cdef object _TEMPORAL_CAP = 1 << 62
 cdef int _SPATIAL_CAP = 1 << 20
 
 
-cdef inline void _switch_temporal(
-    selector_t* s, long long temporal, bint has_temporal, bint is_keyframe, bint layer_sync
-) noexcept nogil:
-    """At a picture start, move the temporal limit towards the target (as ``_layers``)."""
-    cdef long long target = s.eff_temporal
-    cdef long long current = s.current_temporal
-    cdef long long new
-    if target < current or is_keyframe or not has_temporal:
-        new = target
-    elif layer_sync and current < temporal <= target:
-        new = temporal
-    else:
-        return
-    s.current_temporal = new
-    s.temporal_switches += 1
 
 
 cdef inline void _switched(selector_t* s, int spatial, double now) noexcept nogil:
@@ -71,7 +57,7 @@ cdef int svc_decide(
             _switched(s, target, now)
             current = target
         if s.current_temporal != s.eff_temporal:
-            _switch_temporal(s, temporal, has_temporal, is_keyframe, layer_sync)
+            selector_switch_temporal(s, temporal, has_temporal, is_keyframe, layer_sync)
     if has_temporal and temporal > s.current_temporal:
         return SELECTOR_DROP
     if spatial <= current:
