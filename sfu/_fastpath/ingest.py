@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sfu._fastpath.values import (
     AUDIO,
     AUDIO_INFO,
+    AV1,
     F_HEADER_BAD,
     F_KEYFRAME,
     F_LEVEL,
@@ -38,6 +39,7 @@ from sfu._fastpath.values import (
     LogRecord,
     PacketInfo,
 )
+from sfu.codecs.av1 import DependencyTracker, element_offset
 from sfu.codecs.h264 import parse_h264
 from sfu.codecs.vp8 import parse_vp8
 from sfu.codecs.vp9 import parse_vp9
@@ -77,6 +79,8 @@ class Source(Protocol):
     def cache(self) -> _Cache: ...
     @property
     def payload_types(self) -> frozenset[int]: ...
+    @property
+    def dependency(self) -> DependencyTracker | None: ...
 
 
 class Route(Protocol):
@@ -137,6 +141,36 @@ def describe(kind: int, packet: bytes, offset: int) -> PacketInfo:
             has_structure=v.scalability_structure is not None,
         )
     return PacketInfo(True, True, offset=offset)
+
+
+def describe_av1(tracker: DependencyTracker, packet: bytes, offset: int) -> PacketInfo:
+    """Layer, frame boundaries and switch points of an AV1 packet from its Dependency
+    Descriptor (AV1 RTP spec A.8), read against (and updating) the stream's ``tracker``.
+    ParseError when the descriptor is missing, malformed, or refers to no known template
+    (such a packet cannot be placed in any layer, so it is refused like a bad descriptor)."""
+    pos, length = element_offset(packet, tracker.ext_id)
+    if pos < 0:
+        raise ParseError("AV1 packet without a dependency descriptor")
+    dd = tracker.read(packet[pos : pos + length])
+    template = dd.template
+    dtis = dd.frame_dtis
+    spatial = template.spatial_id
+    temporal = template.temporal_id
+    switches = tracker.temporal_switches(dtis)
+    return PacketInfo(
+        dd.is_keyframe,
+        dd.start_of_frame,
+        temporal,
+        not temporal or bool(switches >> temporal & 1),
+        offset=offset,
+        spatial_id=spatial,
+        end_of_frame=dd.end_of_frame,
+        switch_point=tracker.spatial_switch(spatial, dtis, dd.frame_fdiffs),
+        has_structure=dd.structure is not None,
+        frame_number=dd.frame_number,
+        dd_offset=pos,
+        temporal_switches=switches,
+    )
 
 
 def ingest(
@@ -208,7 +242,13 @@ def ingest(
                 _skip(routes, ready, source, ext_seq)
                 return (handle, flags | F_PADDING, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
             try:
-                info = describe(kind, plain, offset)
+                if kind == AV1:
+                    tracker = source.dependency
+                    if tracker is None:
+                        raise ParseError("no dependency descriptor negotiated")
+                    info = describe_av1(tracker, plain, offset)
+                else:
+                    info = describe(kind, plain, offset)
             except ParseError:
                 _skip(routes, ready, source, ext_seq)  # no subscriber sees a hole there
                 flags |= F_MALFORMED_PAYLOAD | REFUSED_DESCRIPTOR << F_REASON_SHIFT
