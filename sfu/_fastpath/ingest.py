@@ -143,7 +143,9 @@ def describe(kind: int, packet: bytes, offset: int) -> PacketInfo:
     return PacketInfo(True, True, offset=offset)
 
 
-def describe_av1(tracker: DependencyTracker, packet: bytes, offset: int) -> PacketInfo:
+def describe_av1(
+    tracker: DependencyTracker, packet: bytes, offset: int, ext_seq: int = -1
+) -> PacketInfo:
     """Layer, frame boundaries and switch points of an AV1 packet from its Dependency
     Descriptor (AV1 RTP spec A.8), read against (and updating) the stream's ``tracker``.
     ParseError when the descriptor is missing, malformed, or refers to no known template
@@ -151,7 +153,7 @@ def describe_av1(tracker: DependencyTracker, packet: bytes, offset: int) -> Pack
     pos, length = element_offset(packet, tracker.ext_id)
     if pos < 0:
         raise ParseError("AV1 packet without a dependency descriptor")
-    dd = tracker.read(packet[pos : pos + length])
+    dd = tracker.read(packet[pos : pos + length], ext_seq)
     template = dd.template
     dtis = dd.frame_dtis
     spatial = template.spatial_id
@@ -246,7 +248,7 @@ def ingest(
                     tracker = source.dependency
                     if tracker is None:
                         raise ParseError("no dependency descriptor negotiated")
-                    info = describe_av1(tracker, plain, offset)
+                    info = describe_av1(tracker, plain, offset, ext_seq)
                 else:
                     info = describe(kind, plain, offset)
             except ParseError:

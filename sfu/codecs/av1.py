@@ -650,7 +650,7 @@ class DependencyTracker:
     ``layers`` caches :meth:`FrameDependencyStructure.decode_target_layers` for it.
     """
 
-    __slots__ = ("ext_id", "layers", "structure", "structures")
+    __slots__ = ("ext_id", "layers", "structure", "structure_seq", "structures")
 
     def __init__(self, ext_id: int) -> None:
         #: The publisher's RFC 8285 id of the descriptor (0: not negotiated).
@@ -659,13 +659,19 @@ class DependencyTracker:
         self.layers: tuple[tuple[int, int], ...] = ()
         #: How many structures were learned (a new one is a key frame's).
         self.structures = 0
+        #: Extended sequence number of the packet the structure came in (-1: none yet).
+        self.structure_seq = -1
 
-    def read(self, data: bytes | bytearray | memoryview) -> DependencyDescriptor:
-        """Parse one descriptor against the known structure, and keep an attached one."""
+    def read(self, data: bytes | bytearray | memoryview, ext_seq: int = -1) -> DependencyDescriptor:
+        """Parse one descriptor against the known structure, and keep an attached one unless
+        it came in a packet older (``ext_seq``, the extended RTP sequence number) than the
+        one the current structure came in: a late retransmission of an earlier key frame."""
         dd = parse_dependency_descriptor(data, self.structure)
-        if dd.structure is not None:
-            self.structure = dd.structure
-            self.layers = dd.structure.decode_target_layers()
+        if dd.structure is not None and ext_seq >= self.structure_seq:
+            self.structure_seq = ext_seq
+            if dd.structure != self.structure:
+                self.structure = dd.structure
+                self.layers = dd.structure.decode_target_layers()
             self.structures += 1
         return dd
 

@@ -22,6 +22,7 @@ from sfu.codecs.av1 import (
     element_offset,
 )
 from sfu.core.kernels import REFERENCE, Kernels
+from sfu.core.layer_rates import layer_shares
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
 from sfu.negotiation import NegotiatedCodec, forwardable
@@ -383,3 +384,33 @@ def test_compiled_subscription_forwards_av1_as_the_reference_does(
         for d in dds[begin:]:
             assert d.spatial_id <= spatial
             assert temporal is None or d.temporal_id <= temporal
+
+
+def test_a_late_key_frame_repair_does_not_bring_back_an_older_structure() -> None:
+    tracker = DependencyTracker(DD_ID)
+    old = l1t3(1)[0]
+    shifted = FrameDependencyStructure(
+        10, L1T3.decode_target_count, L1T3.templates, resolutions=L1T3.resolutions
+    )
+    new = av1_packet(900, 0, DependencyDescriptor(True, False, 10, 7, shifted))
+    describe_av1(tracker, old, 0, 100)
+    describe_av1(tracker, new, 0, 200)
+    assert tracker.structure == shifted and tracker.structures == 2
+    describe_av1(tracker, old, 0, 100)  # its repair, after the newer key frame
+    assert tracker.structure == shifted and tracker.structures == 2
+    with pytest.raises(ParseError):  # template 0 is outside the shifted structure's ids
+        describe_av1(tracker, l1t3(2)[2], 0, 201)
+
+
+def test_layer_shares_price_av1_spatial_layers_cumulatively(kernels: Kernels) -> None:
+    pub = av1_publication(kernels)
+    sub = new_subscription(pub, kernels)
+    packets = l3t3_key(16)
+    run(pub, sub, packets, 1.0)  # ingest caches them; the stream's tracker learns the structure
+    stream = pub.layers[0]
+    shares = layer_shares(stream, AV1, 1.0, 3)
+    assert len(shares) == 3 and all(len(row) == 3 for row in shares)
+    flat = [share for row in shares for share in row]
+    assert flat == sorted(flat) and flat[-1] == 1.0
+    assert 0 < shares[0][-1] < shares[1][-1] < shares[2][-1]
+    assert shares[0][0] < shares[0][1] < shares[0][2]
