@@ -63,7 +63,11 @@ class _Unwrapper(Protocol):
 
 
 class _Cache(Protocol):
+    hits: int
+    misses: int
+
     def put(self, packet: bytes, ext_seq: int, now: float) -> None: ...
+    def get(self, ext_seq: int, now: float) -> Any: ...
 
 
 class Source(Protocol):
@@ -228,6 +232,12 @@ def ingest(
             _skip(routes, ready, source, ext_seq)
             flags |= F_PADDING | (defect or REFUSED_PAYLOAD_TYPE) << F_REASON_SHIFT
             return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
+        if rtx and _cached(source.cache, ext_seq, now):
+            # A repair of a packet already received: Chromium pads with such resends while it
+            # probes. Every subscriber got (or can NACK) the original; fed to a layer
+            # selector again, a stale switch point would move it (an SVC climb at an old key
+            # picture's upper layer frame), so it is not forwarded at all.
+            return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
         source.cache.put(plain, ext_seq, now)
         if kind == AUDIO:
             info = AUDIO_INFO
@@ -273,6 +283,16 @@ def ingest(
             forwarded += 1
             out_bytes += n
     return (handle, flags, ext_seq, timestamp, now, size, twcc, level, forwarded, out_bytes)
+
+
+def _cached(cache: _Cache, ext_seq: int, now: float) -> bool:
+    """Whether ``cache`` holds ``ext_seq``, leaving its hit/miss counters (metrics of NACK
+    service) as found."""
+    hits, misses = cache.hits, cache.misses
+    try:
+        return cache.get(ext_seq, now) is not None
+    finally:
+        cache.hits, cache.misses = hits, misses
 
 
 def _skip(routes: Sequence[tuple[Route, Any]], ready: Ready, source: Source, ext_seq: int) -> None:

@@ -414,3 +414,41 @@ def test_layer_shares_price_av1_spatial_layers_cumulatively(kernels: Kernels) ->
     assert flat == sorted(flat) and flat[-1] == 1.0
     assert 0 < shares[0][-1] < shares[1][-1] < shares[2][-1]
     assert shares[0][0] < shares[0][1] < shares[0][2]
+
+
+def test_a_resent_old_switch_point_does_not_move_the_selector(kernels: Kernels) -> None:
+    """Chromium pads with RTX resends of packets already received; such a repair of a key
+    picture's upper layer frame must not make a subscriber climb in the middle of a delta
+    picture (it would then get frames it cannot decode)."""
+    pub = av1_publication(kernels)
+    sub = new_subscription(pub, kernels)
+    selector = sub.selector
+    assert selector is not None
+    selector.set_target(0, None)
+    packets = l3t3_key(4)
+    run(pub, sub, packets[:12], 1.0)  # pictures 0-1 at the base layer
+    selector.set_target(1, None)
+    stream = pub.layers[0]
+    sent: list[bytes] = []
+
+    def emit(route: Any, _out: Any, n: int) -> bool:
+        sent.append(bytes(route.buf[:n]))
+        return True
+
+    record = ingest(
+        0,
+        AV1,
+        stream,
+        ((sub, None),),
+        packets[2],  # the key picture's S1 frame, first packet, again
+        now=1.1,
+        twcc_id=0,
+        level_id=0,
+        emit=emit,
+        ready=lambda _route: True,
+        rtx=True,
+    )
+    assert record[8] == 0 and sent == []
+    assert selector.current.spatial == 0
+    more, _ = run(pub, sub, packets[12:], 1.2)
+    assert {sid for sid, _, _ in layers_of(more)} == {0}
