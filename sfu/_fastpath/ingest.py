@@ -154,6 +154,8 @@ def describe_av1(
     Descriptor (AV1 RTP spec A.8), read against (and updating) the stream's ``tracker``.
     ParseError when the descriptor is missing, malformed, or refers to no known template
     (such a packet cannot be placed in any layer, so it is refused like a bad descriptor)."""
+    if not tracker.ext_id:
+        return _describe_av1_payload(packet, offset)
     pos, length = element_offset(packet, tracker.ext_id)
     if pos < 0:
         raise ParseError("AV1 packet without a dependency descriptor")
@@ -176,6 +178,24 @@ def describe_av1(
         frame_number=dd.frame_number,
         dd_offset=pos,
         temporal_switches=switches,
+    )
+
+
+def _describe_av1_payload(packet: bytes, offset: int) -> PacketInfo:
+    """An AV1 stream whose publisher negotiated no Dependency Descriptor is one layer: frame
+    starts and key frames come from the aggregation header (AV1 RTP spec §4.4: Z, the first
+    OBU element continues one from the previous packet; N, the packet starts a new coded video
+    sequence, i.e. a key frame)."""
+    if offset >= len(packet):
+        raise ParseError("AV1 packet without an aggregation header")
+    header = packet[offset]
+    start = not header & 0x80
+    return PacketInfo(
+        bool(header & 0x08) and start,
+        start,
+        offset=offset,
+        end_of_frame=bool(packet[1] & 0x80),
+        switch_point=True,
     )
 
 

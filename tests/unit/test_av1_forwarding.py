@@ -452,3 +452,24 @@ def test_a_resent_old_switch_point_does_not_move_the_selector(kernels: Kernels) 
     assert selector.current.spatial == 0
     more, _ = run(pub, sub, packets[12:], 1.2)
     assert {sid for sid, _, _ in layers_of(more)} == {0}
+
+
+def test_without_a_negotiated_descriptor_the_stream_is_one_layer(kernels: Kernels) -> None:
+    """A publisher that negotiated no Dependency Descriptor (a plain WHIP page): key frames and
+    frame starts from the aggregation header (N and Z bits), everything forwarded."""
+    codec = NegotiatedCodec(PT, "AV1", 90000, None, None, ())
+    pub = Publication("TR_v", "PA_a", "video", "cam", "0", codec, {}, kernels=kernels)
+    pub.add_stream(SSRC, 0)
+    assert pub.layers[0].dependency is not None and pub.layers[0].dependency.ext_id == 0
+    sub = new_subscription(pub, kernels)
+
+    def packet(seq: int, aggregation: int, marker: bool) -> bytes:
+        header = bytes([0x80, (0x80 if marker else 0) | PT]) + seq.to_bytes(2, "big")
+        return header + bytes(4) + SSRC.to_bytes(4, "big") + bytes([aggregation]) + bytes(20)
+
+    delta = [packet(1, 0x10, True)]  # before any key frame: nothing
+    key = [packet(2, 0x18, False), packet(3, 0x90, True)]  # N=1, then a continuation (Z=1)
+    sent, flags = run(pub, sub, delta + key + [packet(4, 0x10, True)], 1.0)
+    assert seqs_of(sent) == [1000, 1001, 1002]
+    assert flags[1] & F_KEYFRAME and not flags[2] & F_KEYFRAME
+    assert not any(f & F_MALFORMED_PAYLOAD for f in flags)
