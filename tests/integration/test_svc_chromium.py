@@ -135,8 +135,8 @@ def _publication_layers(server: ServerThread, room: str, pub_id: str) -> tuple[b
     return server.call(read)
 
 
-def test_vp9_l3t3_key_layers_are_selected_per_subscriber() -> None:
-    codec = "vp9"
+@pytest.mark.parametrize("codec", ["vp9", "av1"])
+def test_l3t3_key_layers_are_selected_per_subscriber(codec: str) -> None:
     room = f"svc-{codec}"
     with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
         _open_svc_publisher(publisher, server.base, room, codec)
