@@ -52,7 +52,7 @@ Entry = dict[str, Any] | None
 
 
 #: Second publishers of the mixed room: (codec, scalability mode; empty: simulcast).
-MIXED = (("vp9", "L3T3_KEY"), ("av1", ""))
+MIXED = (("vp9", "L3T3_KEY"), ("av1", "L3T3_KEY"), ("av1", ""))
 
 
 def _open_svc_publisher(
@@ -258,9 +258,9 @@ def _forwarded_spatial(server: ServerThread, room: str) -> int | None:
 
 @pytest.mark.parametrize(("codec", "svc"), MIXED)
 def test_mixed_room_vp8_simulcast_and_another_codec(codec: str, svc: str) -> None:
-    """One page publishes VP8 simulcast (the demo's default), another VP9 ``L3T3_KEY`` or AV1
-    simulcast (layers read from the Dependency Descriptor, one per stream); a viewer decodes
-    both, and each publisher decodes the other."""
+    """One page publishes VP8 simulcast (the demo's default), another VP9 ``L3T3_KEY``, AV1
+    ``L3T3_KEY`` or AV1 simulcast (layers read from the Dependency Descriptor, one per stream);
+    a viewer decodes both, and each publisher decodes the other."""
     room = f"svc-mixed-{codec}"
     with (
         server_thread() as server,
