@@ -4,7 +4,9 @@ subscriptions, with the kernels of each bundle (layer selector, SVC selector, mu
 munger, extension rewriter), compiled and pure-Python side by side.
 
 Codecs: VP8 ``L1T3`` (temporal layers on one stream), VP9 ``L3T3_KEY`` forwarded whole and
-capped to spatial layer 0 (most packets dropped by the SVC selector), and Opus. Packets are
+capped to spatial layer 0 (most packets dropped by the SVC selector), AV1 ``L3T3_KEY`` the same
+way (layers read from the Dependency Descriptor against the stream's template structure), and
+Opus. Packets are
 1200 bytes; no SRTP (its cost is in ``test_bench_srtp.py``). Run with `make bench`.
 """
 
@@ -14,23 +16,34 @@ import itertools
 from typing import Any
 
 import pytest
+from av1_packets import DD_ID
+from av1_packets import SSRC as AV1_SSRC
+from av1_packets import l3t3_key as av1_l3t3_key
 from pytest_benchmark.fixture import BenchmarkFixture
 from svc_packets import SSRC, l3t3_key, vp8_l1t3
 
 from sfu._fastpath.ingest import ingest
-from sfu._fastpath.values import AUDIO, VP8, VP9
+from sfu._fastpath.values import AUDIO, AV1, VP8, VP9
 from sfu.core.kernels import Kernels
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
 from sfu.negotiation import NegotiatedCodec
+from sfu.packet.extensions import DEPENDENCY_DESCRIPTOR_URI
+from sfu.packet.rtp import find_extension
 
 SUBSCRIBERS = 10
 PACKETS = 4000
 CODECS = {
     "vp8": NegotiatedCodec(96, "VP8", 90000, None, None, ()),
     "vp9": NegotiatedCodec(98, "VP9", 90000, None, None, ()),
+    "av1": NegotiatedCodec(45, "AV1", 90000, None, None, ()),
     "opus": NegotiatedCodec(111, "opus", 48000, 2, None, ()),
 }
+
+
+def _ready(_out: Any) -> bool:
+    """Every route can send (there is no transport here)."""
+    return True
 
 
 def _opus(count: int) -> list[bytes]:
@@ -49,17 +62,32 @@ def _packets(case: str) -> tuple[str, int, list[bytes]]:
     if case == "vp8-l1t3":
         return "vp8", VP8, vp8_l1t3(PACKETS, size=1160)
     # Six packets per picture, all pictures after the first predicted (no keyframe again).
+    if case.startswith("av1"):
+        return "av1", AV1, av1_l3t3_key(PACKETS // 6, size=380)
     return "vp9", VP9, l3t3_key(PACKETS // 6, size=380)
 
 
-@pytest.mark.parametrize("case", ["vp8-l1t3", "vp9-l3t3-key", "vp9-l3t3-key-s0", "opus"])
+CASES = [
+    "vp8-l1t3",
+    "vp9-l3t3-key",
+    "vp9-l3t3-key-s0",
+    "av1-l3t3-key",
+    "av1-l3t3-key-s0",
+    "opus",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_forward_per_codec(benchmark: BenchmarkFixture, each_kernels: Kernels, case: str) -> None:
     """One packet in, rewritten for each of 10 subscriptions (whatever they forward)."""
     codec, kind, packets = _packets(case)
     media = "audio" if kind == AUDIO else "video"
-    pub = Publication("TR", "PA", media, "x", "0", CODECS[codec], {}, kernels=each_kernels)
-    stream = pub.add_stream(SSRC, 0)
-    if kind == VP9:
+    extensions = {DD_ID: DEPENDENCY_DESCRIPTOR_URI} if kind == AV1 else {}
+    pub = Publication("TR", "PA", media, "x", "0", CODECS[codec], extensions, kernels=each_kernels)
+    stream = pub.add_stream(AV1_SSRC if kind == AV1 else SSRC, 0)
+    if kind == AV1 and stream.dependency is not None:
+        stream.dependency.read(find_extension(packets[0], DD_ID) or b"")  # the key frame's
+    if kind in (VP9, AV1):
         pub.learn_structure(packets[0])
     subs = []
     for n in range(SUBSCRIBERS):
@@ -70,7 +98,7 @@ def test_forward_per_codec(benchmark: BenchmarkFixture, each_kernels: Kernels, c
             "0",
             out_ssrc=0x1000 + n,
             payload_type=CODECS[codec].payload_type,
-            extensions={},
+            extensions=extensions,
             kernels=each_kernels,
         )
         if sub.selector is not None:
@@ -93,7 +121,9 @@ def test_forward_per_codec(benchmark: BenchmarkFixture, each_kernels: Kernels, c
         return (bytes(data), 1.0 + i / 1000), {}
 
     def forward(data: bytes, now: float) -> None:
-        ingest(0, kind, stream, routes, data, now=now, twcc_id=0, level_id=0, emit=emit)
+        ingest(
+            0, kind, stream, routes, data, now=now, twcc_id=0, level_id=0, emit=emit, ready=_ready
+        )
 
     # The first picture (a keyframe) starts every subscription; it comes back once per loop.
     for _ in range(6):

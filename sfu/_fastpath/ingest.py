@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sfu._fastpath.values import (
     AUDIO,
     AUDIO_INFO,
+    AV1,
     F_HEADER_BAD,
     F_KEYFRAME,
     F_LEVEL,
@@ -38,6 +39,7 @@ from sfu._fastpath.values import (
     LogRecord,
     PacketInfo,
 )
+from sfu.codecs.av1 import DependencyTracker, element_offset
 from sfu.codecs.h264 import parse_h264
 from sfu.codecs.vp8 import parse_vp8
 from sfu.codecs.vp9 import parse_vp9
@@ -61,7 +63,11 @@ class _Unwrapper(Protocol):
 
 
 class _Cache(Protocol):
+    hits: int
+    misses: int
+
     def put(self, packet: bytes, ext_seq: int, now: float) -> None: ...
+    def get(self, ext_seq: int, now: float) -> Any: ...
 
 
 class Source(Protocol):
@@ -77,6 +83,8 @@ class Source(Protocol):
     def cache(self) -> _Cache: ...
     @property
     def payload_types(self) -> frozenset[int]: ...
+    @property
+    def dependency(self) -> DependencyTracker | None: ...
 
 
 class Route(Protocol):
@@ -139,6 +147,58 @@ def describe(kind: int, packet: bytes, offset: int) -> PacketInfo:
     return PacketInfo(True, True, offset=offset)
 
 
+def describe_av1(
+    tracker: DependencyTracker, packet: bytes, offset: int, ext_seq: int = -1
+) -> PacketInfo:
+    """Layer, frame boundaries and switch points of an AV1 packet from its Dependency
+    Descriptor (AV1 RTP spec A.8), read against (and updating) the stream's ``tracker``.
+    ParseError when the descriptor is missing, malformed, or refers to no known template
+    (such a packet cannot be placed in any layer, so it is refused like a bad descriptor)."""
+    if not tracker.ext_id:
+        return _describe_av1_payload(packet, offset)
+    pos, length = element_offset(packet, tracker.ext_id)
+    if pos < 0:
+        raise ParseError("AV1 packet without a dependency descriptor")
+    dd = tracker.read(packet[pos : pos + length], ext_seq)
+    template = dd.template
+    dtis = dd.frame_dtis
+    spatial = template.spatial_id
+    temporal = template.temporal_id
+    switches = tracker.temporal_switches(dtis)
+    return PacketInfo(
+        dd.is_keyframe,
+        dd.start_of_frame,
+        temporal,
+        not temporal or bool(switches >> temporal & 1),
+        offset=offset,
+        spatial_id=spatial,
+        end_of_frame=dd.end_of_frame,
+        switch_point=tracker.spatial_switch(spatial, dtis, dd.frame_fdiffs),
+        has_structure=dd.structure is not None,
+        frame_number=dd.frame_number,
+        dd_offset=pos,
+        temporal_switches=switches,
+    )
+
+
+def _describe_av1_payload(packet: bytes, offset: int) -> PacketInfo:
+    """An AV1 stream whose publisher negotiated no Dependency Descriptor is one layer: frame
+    starts and key frames come from the aggregation header (AV1 RTP spec §4.4: Z, the first
+    OBU element continues one from the previous packet; N, the packet starts a new coded video
+    sequence, i.e. a key frame)."""
+    if offset >= len(packet):
+        raise ParseError("AV1 packet without an aggregation header")
+    header = packet[offset]
+    start = not header & 0x80
+    return PacketInfo(
+        bool(header & 0x08) and start,
+        start,
+        offset=offset,
+        end_of_frame=bool(packet[1] & 0x80),
+        switch_point=True,
+    )
+
+
 def ingest(
     handle: int,
     kind: int,
@@ -192,6 +252,12 @@ def ingest(
             _skip(routes, ready, source, ext_seq)
             flags |= F_PADDING | (defect or REFUSED_PAYLOAD_TYPE) << F_REASON_SHIFT
             return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
+        if rtx and _cached(source.cache, ext_seq, now):
+            # A repair of a packet already received: Chromium pads with such resends while it
+            # probes. Every subscriber got (or can NACK) the original; fed to a layer
+            # selector again, a stale switch point would move it (an SVC climb at an old key
+            # picture's upper layer frame), so it is not forwarded at all.
+            return (handle, flags, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
         source.cache.put(plain, ext_seq, now)
         if kind == AUDIO:
             info = AUDIO_INFO
@@ -208,7 +274,13 @@ def ingest(
                 _skip(routes, ready, source, ext_seq)
                 return (handle, flags | F_PADDING, ext_seq, timestamp, now, size, twcc, 0, 0, 0)
             try:
-                info = describe(kind, plain, offset)
+                if kind == AV1:
+                    tracker = source.dependency
+                    if tracker is None:
+                        raise ParseError("no dependency descriptor negotiated")
+                    info = describe_av1(tracker, plain, offset, ext_seq)
+                else:
+                    info = describe(kind, plain, offset)
             except ParseError:
                 _skip(routes, ready, source, ext_seq)  # no subscriber sees a hole there
                 flags |= F_MALFORMED_PAYLOAD | REFUSED_DESCRIPTOR << F_REASON_SHIFT
@@ -231,6 +303,16 @@ def ingest(
             forwarded += 1
             out_bytes += n
     return (handle, flags, ext_seq, timestamp, now, size, twcc, level, forwarded, out_bytes)
+
+
+def _cached(cache: _Cache, ext_seq: int, now: float) -> bool:
+    """Whether ``cache`` holds ``ext_seq``, leaving its hit/miss counters (metrics of NACK
+    service) as found."""
+    hits, misses = cache.hits, cache.misses
+    try:
+        return cache.get(ext_seq, now) is not None
+    finally:
+        cache.hits, cache.misses = hits, misses
 
 
 def _skip(routes: Sequence[tuple[Route, Any]], ready: Ready, source: Source, ext_seq: int) -> None:

@@ -19,6 +19,7 @@ from sfu.packet.rtp import RTP_DEFECTS
 __all__ = [
     "AUDIO",
     "AUDIO_INFO",
+    "AV1",
     "CACHE_CAPACITY",
     "CACHE_MAX_AGE",
     "CACHE_MAX_SIZE",
@@ -71,6 +72,9 @@ H264: Final = 2
 VP9: Final = 3
 #: Video whose payload descriptor the server does not read (every packet is forwardable).
 OTHER_VIDEO: Final = 4
+#: AV1: layers and frame boundaries come from the Dependency Descriptor header extension
+#: (AV1 RTP spec, Appendix A), read against the stream's newest template structure.
+AV1: Final = 5
 
 #: Ingest record flags (one record per ingested packet, see :data:`LogRecord`).
 F_HEADER_BAD: Final = 1  # not even a fixed RTP header after unprotect: nothing else was done
@@ -126,6 +130,14 @@ class PacketInfo:
     switch_point: bool = False
     #: SVC (VP9): the packet carries a scalability structure (the stream's layering).
     has_structure: bool = False
+    #: AV1: the Dependency Descriptor's frame number (-1: not AV1).
+    frame_number: int = -1
+    #: AV1: where the Dependency Descriptor element's body starts in the packet (-1: none);
+    #: extension ids are rewritten in place, so it is there in the rewritten copy too.
+    dd_offset: int = -1
+    #: AV1: bit ``t`` set when the frame is a switch point (DTI SWITCH) of a decode target
+    #: of temporal layer ``t``: from this frame on, temporal layers up to ``t`` can be added.
+    temporal_switches: int = 0
 
 
 #: Audio has no descriptor: every packet starts a frame and none is a keyframe.

@@ -26,9 +26,11 @@ __all__ = [
     "BitWriter",
     "DecodeTargetIndication",
     "DependencyDescriptor",
+    "DependencyTracker",
     "FrameDependencyStructure",
     "FrameDependencyTemplate",
     "RenderResolution",
+    "element_offset",
     "parse_dependency_descriptor",
     "peek_dependency_descriptor",
 ]
@@ -636,3 +638,113 @@ def parse_dependency_descriptor(
         padding_value,
         context=structure,
     )
+
+
+# --------------------------------------------------------------------------- per stream
+
+
+class DependencyTracker:
+    """The newest template structure of one AV1 stream, and what it implies per frame.
+
+    Packets refer to the structure by template id; a key frame attaches a new one (A.8.3).
+    ``layers`` caches :meth:`FrameDependencyStructure.decode_target_layers` for it.
+    """
+
+    __slots__ = ("ext_id", "layers", "structure", "structure_seq", "structures")
+
+    def __init__(self, ext_id: int) -> None:
+        #: The publisher's RFC 8285 id of the descriptor (0: not negotiated).
+        self.ext_id = ext_id
+        self.structure: FrameDependencyStructure | None = None
+        self.layers: tuple[tuple[int, int], ...] = ()
+        #: How many structures were learned (a new one is a key frame's).
+        self.structures = 0
+        #: Extended sequence number of the packet the structure came in (-1: none yet).
+        self.structure_seq = -1
+
+    def read(self, data: bytes | bytearray | memoryview, ext_seq: int = -1) -> DependencyDescriptor:
+        """Parse one descriptor against the known structure, and keep an attached one unless
+        it came in a packet older (``ext_seq``, the extended RTP sequence number) than the
+        one the current structure came in: a late retransmission of an earlier key frame."""
+        dd = parse_dependency_descriptor(data, self.structure)
+        if dd.structure is not None and ext_seq >= self.structure_seq:
+            self.structure_seq = ext_seq
+            if dd.structure != self.structure:
+                self.structure = dd.structure
+                self.layers = dd.structure.decode_target_layers()
+            self.structures += 1
+        return dd
+
+    def temporal_switches(self, dtis: tuple[int, ...]) -> int:
+        """Bit ``t`` set for each temporal layer ``t`` of a decode target whose DTI in
+        ``dtis`` is SWITCH (the frame lets a receiver start decoding that target)."""
+        mask = 0
+        for (_, tid), dti in zip(self.layers, dtis, strict=False):
+            if dti == DecodeTargetIndication.SWITCH:
+                mask |= 1 << tid
+        return mask
+
+    def spatial_switch(
+        self, spatial_id: int, dtis: tuple[int, ...], fdiffs: tuple[int, ...]
+    ) -> bool:
+        """Whether switching up to layer ``spatial_id`` can start at this frame: it is a
+        switch point (DTI SWITCH) of a decode target of its own spatial layer, and it refers
+        only to lower layer frames of its own picture (frame diffs up to ``spatial_id``: a
+        picture's layer frames are numbered consecutively), which a subscriber forwarded the
+        layers below got (AV1 RTP spec A.4; VP9's P=0)."""
+        if any(f > spatial_id for f in fdiffs):
+            return False
+        for (sid, _), dti in zip(self.layers, dtis, strict=False):
+            if sid == spatial_id and dti == DecodeTargetIndication.SWITCH:
+                return True
+        return False
+
+
+def element_offset(packet: bytes | bytearray | memoryview, ext_id: int) -> tuple[int, int]:
+    """``(offset, length)`` of the first RFC 8285 element ``ext_id`` in an RTP packet's
+    extension block, ``(-1, 0)`` when absent; ParseError when the block is malformed.
+    Forwarding rewrites extension ids in place, so the offset holds in the rewritten copy."""
+    n = len(packet)
+    if ext_id <= 0:
+        return -1, 0
+    if n < 12 or packet[0] >> 6 != 2:
+        raise ParseError("not an RTP packet")
+    if not packet[0] & 0x10:
+        return -1, 0
+    start = 12 + 4 * (packet[0] & 0x0F)
+    if start + 4 > n:
+        raise ParseError("RTP extension header truncated")
+    profile = (packet[start] << 8) | packet[start + 1]
+    end = start + 4 + 4 * ((packet[start + 2] << 8) | packet[start + 3])
+    if end > n:
+        raise ParseError("RTP header extension longer than the packet")
+    pos = start + 4
+    if profile == 0xBEDE:  # RFC 8285 §4.2 one-byte elements
+        while pos < end:
+            b = packet[pos]
+            if b == 0:  # padding
+                pos += 1
+                continue
+            eid, length = b >> 4, (b & 0x0F) + 1
+            if eid == 15 or eid == 0:  # stop, as find_extension does
+                break
+            if pos + 1 + length > end:
+                raise ParseError("header extension element overruns its block")
+            if eid == ext_id:
+                return pos + 1, length
+            pos += 1 + length
+    elif profile & 0xFFF0 == 0x1000:  # RFC 8285 §4.3 two-byte elements
+        while pos < end:
+            eid = packet[pos]
+            if eid == 0:
+                pos += 1
+                continue
+            if pos + 2 > end:
+                raise ParseError("header extension element overruns its block")
+            length = packet[pos + 1]
+            if pos + 2 + length > end:
+                raise ParseError("header extension element overruns its block")
+            if eid == ext_id:
+                return pos + 2, length
+            pos += 2 + length
+    return -1, 0

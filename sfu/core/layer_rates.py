@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 from sfu._fastpath.ingest import describe
-from sfu._fastpath.values import VP8, VP9
+from sfu._fastpath.values import AV1, VP8, VP9
+from sfu.codecs.av1 import DependencyTracker, element_offset, parse_dependency_descriptor
 from sfu.packet.errors import ParseError
 from sfu.packet.rtp import payload_offset
 
@@ -55,8 +56,9 @@ _HEADER_BYTES: Final = 160
 #: VP8's TID field has two bits (RFC 7741 §4.2); VP9's three, but no scalability mode a
 #: browser offers has more than three temporal layers.
 MAX_TEMPORAL_LAYERS: Final = 4
-#: Stream kinds whose payload descriptor names temporal (and, for VP9, spatial) layers.
-_LAYERED_KINDS: Final = frozenset({VP8, VP9})
+#: Stream kinds whose payload descriptor names temporal (and, for VP9, spatial) layers; AV1's
+#: Dependency Descriptor names both, through the stream's template structure.
+_LAYERED_KINDS: Final = frozenset({VP8, VP9, AV1})
 
 
 class _Meter(Protocol):
@@ -70,6 +72,8 @@ class MeteredStream(Protocol):
     def cache(self) -> RetransmissionBuffer: ...
     @property
     def meter(self) -> _Meter: ...
+    @property
+    def dependency(self) -> DependencyTracker | None: ...
     def active(self, now: float) -> bool: ...
 
 
@@ -89,6 +93,21 @@ def temporal_shares(stream: MeteredStream, kind: int, now: float) -> tuple[float
     """Cumulative share of ``stream``'s bytes up to each temporal layer seen, e.g.
     ``(0.4, 0.6, 1.0)``; ``(1.0,)`` when the stream carries no temporal ids."""
     return layer_shares(stream, kind, now, 1)[0]
+
+
+def _layer_of(kind: int, head: bytes, tracker: DependencyTracker | None) -> tuple[int, int]:
+    """(temporal id, spatial id) of a cached packet from its first bytes; ParseError if they
+    do not tell. AV1 is read against the stream's newest structure, leaving it as found."""
+    if kind == AV1:
+        if tracker is None or tracker.structure is None:
+            raise ParseError("no dependency structure")
+        pos, length = element_offset(head, tracker.ext_id)
+        if pos < 0 or pos + length > len(head):
+            raise ParseError("no dependency descriptor in the sampled bytes")
+        template = parse_dependency_descriptor(head[pos : pos + length], tracker.structure).template
+        return template.temporal_id, template.spatial_id
+    info = describe(kind, head, payload_offset(head))
+    return info.temporal_id or 0, info.spatial_id
 
 
 def layer_shares(
@@ -114,13 +133,12 @@ def layer_shares(
             cached = cache.get(seq, now)
             if cached is None:
                 continue
-            head = bytes(cached[:_HEADER_BYTES])
             try:
-                info = describe(kind, head, payload_offset(head))
+                tid, sid = _layer_of(kind, bytes(cached[:_HEADER_BYTES]), stream.dependency)
             except ParseError:
                 continue
-            layer = min(info.temporal_id or 0, MAX_TEMPORAL_LAYERS - 1)
-            spatial = min(info.spatial_id, num_spatial - 1)
+            layer = min(tid, MAX_TEMPORAL_LAYERS - 1)
+            spatial = min(sid, num_spatial - 1)
             sizes[spatial][layer] += len(cached)
             seen = max(seen, layer)
     finally:

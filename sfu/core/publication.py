@@ -17,13 +17,24 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
-from sfu._fastpath.values import AUDIO, H264, MAX_SPATIAL_LAYERS, OTHER_VIDEO, VP8, VP9, PacketInfo
+from sfu._fastpath.values import (
+    AUDIO,
+    AV1,
+    H264,
+    MAX_SPATIAL_LAYERS,
+    OTHER_VIDEO,
+    VP8,
+    VP9,
+    PacketInfo,
+)
+from sfu.codecs.av1 import DependencyTracker
 from sfu.codecs.vp9 import parse_vp9
 from sfu.core.layer_rates import LayerRates
 from sfu.core.nack import NackGenerator
 from sfu.core.rtcp_stats import ReceiveStats
 from sfu.negotiation import NegotiatedCodec
 from sfu.packet.errors import ParseError
+from sfu.packet.extensions import DEPENDENCY_DESCRIPTOR_URI
 from sfu.packet.rtp import payload_offset
 
 if TYPE_CHECKING:
@@ -55,7 +66,8 @@ LAYER_TIMEOUT: Final = 1.5
 VIDEO_CACHE_PACKETS: Final = 512
 AUDIO_CACHE_PACKETS: Final = 64
 #: Video codecs whose payload descriptor ingest reads, by SDP encoding name.
-_VIDEO_KINDS: Final = {"vp8": VP8, "h264": H264, "vp9": VP9}
+_VIDEO_KINDS: Final = {"vp8": VP8, "h264": H264, "vp9": VP9, "av1": AV1}
+
 #: What a track shows, as its publisher declares it (the room protocol's ``source``): a
 #: screen share outranks every camera when a subscriber's bandwidth is shared out.
 SOURCES: Final = frozenset({"camera", "microphone", "screen", "screen_audio"})
@@ -127,6 +139,8 @@ class SourceStream:
     #: publication's codec); empty accepts any. Ingest refuses and counts any other (no
     #: subscriber's munger could map it).
     payload_types: frozenset[int] = frozenset()
+    #: AV1: the stream's newest Dependency Descriptor structure (None for other codecs).
+    dependency: DependencyTracker | None = None
     unwrapper: SequenceUnwrapper = field(init=False)
     cache: RetransmissionBuffer = field(init=False)
     nacks: NackGenerator | None = field(init=False)
@@ -284,9 +298,9 @@ class Publication:
 
     @property
     def svc(self) -> bool:
-        """Whether its spatial layers are those of one scalable stream (VP9 without simulcast),
-        selected by :class:`~sfu.core.svc.SvcSelector` rather than by stream."""
-        return self.stream_kind == VP9 and not self.rids
+        """Whether its spatial layers are those of one scalable stream (VP9 or AV1 without
+        simulcast), selected by :class:`~sfu.core.svc.SvcSelector` rather than by stream."""
+        return (self.stream_kind == VP9 or self.stream_kind == AV1) and not self.rids
 
     def stream_for(self, spatial: int) -> SourceStream | None:
         """The source stream that carries spatial layer ``spatial`` (an SVC stream carries
@@ -312,13 +326,21 @@ class Publication:
         packet without one, or that does not parse, changes nothing."""
         if not self.svc:
             return
-        try:
-            ss = parse_vp9(packet, payload_offset(packet)).scalability_structure
-        except ParseError:
-            return
-        if ss is None:
-            return
-        layers = min(ss.num_spatial_layers, MAX_SPATIAL_LAYERS)
+        if self.stream_kind == AV1:
+            # The stream's tracker read the structure at ingest (AV1 RTP spec A.8.3).
+            stream = self.layers.get(0)
+            tracker = None if stream is None else stream.dependency
+            if tracker is None or tracker.structure is None:
+                return
+            layers = min(tracker.structure.max_spatial_id + 1, MAX_SPATIAL_LAYERS)
+        else:
+            try:
+                ss = parse_vp9(packet, payload_offset(packet)).scalability_structure
+            except ParseError:
+                return
+            if ss is None:
+                return
+            layers = min(ss.num_spatial_layers, MAX_SPATIAL_LAYERS)
         if layers != self.svc_spatial:
             self.svc_spatial = layers
             if self.on_layers is not None:
@@ -344,10 +366,21 @@ class Publication:
             rtx_ssrc,
             kernels=self.kernels,
             payload_types=self.payload_types,
+            dependency=self._dependency_tracker(),
         )
         self.streams[ssrc] = stream
         self.layers[layer] = stream
         return stream
+
+    def _dependency_tracker(self) -> DependencyTracker | None:
+        """A new stream's Dependency Descriptor tracker (AV1 only), under the publisher's
+        extension id (0 when not negotiated: every packet is then refused)."""
+        if self.stream_kind != AV1:
+            return None
+        ext_id = next(
+            (i for i, uri in self.extensions.items() if uri == DEPENDENCY_DESCRIPTOR_URI), 0
+        )
+        return DependencyTracker(ext_id)
 
     def add_subscriber(self, subscription: Subscriber, transport: WebRtcTransport) -> None:
         """Start forwarding to ``subscription`` over ``transport``."""

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Final, cast
 from sfu import _fastpath
 from sfu._fastpath.values import (
     AUDIO_INFO,
+    AV1,
     MAX_SPATIAL_LAYERS,
     Decision,
     PacketInfo,
     Vp8Translation,
 )
+from sfu.codecs.av1 import element_offset
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionBudget, RetransmissionThrottle
 from sfu.core.route_state import HISTORY
@@ -59,6 +61,9 @@ class Subscription:
     (which must be its publication's: the forwarder serves both with one kind)."""
 
     __slots__ = (
+        "_av1",
+        "_frame_offset",
+        "_last_frame",
         "_marked",
         "_marked_next",
         "_rtx_seq",
@@ -182,6 +187,13 @@ class Subscription:
         #: (a ring), so that a retransmission carries it again.
         self._marked = [-1] * MARKED_HISTORY if self.svc else []
         self._marked_next = 0
+        #: AV1: the Dependency Descriptor's frame numbers are rewritten by a constant offset,
+        #: chosen at each source switch so that the subscriber's numbering goes on from the
+        #: last frame it got (a simulcast switch changes encoder); gaps within a source stay,
+        #: since frame diffs (A.8.3.3) refer across them.
+        self._av1 = publication.stream_kind == AV1
+        self._frame_offset = 0
+        self._last_frame = -1
 
     @property
     def forwarded(self) -> int:
@@ -239,6 +251,7 @@ class Subscription:
         selector = self.selector
         munger = self.munger
         state = self.state
+        decision = Decision.FORWARD
         if selector is None:
             if state.blocked:
                 munger.drop(ext_seq)
@@ -255,13 +268,16 @@ class Subscription:
                 abs_send_time,
             )
         else:
+            temporal, layer_sync = (
+                _av1_temporal(selector, info) if self._av1 else (info.temporal_id, info.layer_sync)
+            )
             decision = selector.decide(
                 stream.layer,
-                info.temporal_id,
+                temporal,
                 info.is_keyframe,
                 info.is_start_of_frame,
                 now,
-                layer_sync=info.layer_sync,
+                layer_sync=layer_sync,
             )
             if decision == Decision.DROP:
                 if selector.current.spatial == stream.layer:
@@ -277,6 +293,9 @@ class Subscription:
         n = munger.munge(packet, ext_seq, now, buf)
         if n <= 0:
             return 0
+        frame = -1
+        if info.dd_offset >= 0:
+            frame = self._rewrite_frame(buf, info, decision == Decision.FORWARD_SWITCH)
         translation: Vp8Translation | None = None
         if self.vp8 is not None and info.vp8 is not None:
             translation = self.vp8.translate(info.vp8, stream.ssrc)
@@ -292,7 +311,8 @@ class Subscription:
         if out_seq is not None:
             ts = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
             if translation is None:
-                state.record(out_seq, ext_seq, ts, stream.layer, False, -1, -1, -1)
+                # AV1 keeps the outgoing frame number where VP8 keeps its picture id.
+                state.record(out_seq, ext_seq, ts, stream.layer, False, frame, -1, -1)
             else:
                 state.record(
                     out_seq,
@@ -323,13 +343,16 @@ class Subscription:
         stream, every packet it drops leaves no outgoing hole, and the last packet of the
         highest spatial layer forwarded carries the marker (RFC 9628 §4.1: end of picture)."""
         munger = self.munger
+        temporal, layer_sync = (
+            _av1_temporal(selector, info) if self._av1 else (info.temporal_id, info.layer_sync)
+        )
         decision = selector.decide(
             info.spatial_id,
-            info.temporal_id,
+            temporal,
             info.is_keyframe,
             info.is_start_of_frame,
             now,
-            layer_sync=info.layer_sync,
+            layer_sync=layer_sync,
             switch_point=info.switch_point,
         )
         if decision == Decision.DROP:
@@ -345,6 +368,9 @@ class Subscription:
             buf[1] |= 0x80
             self._marked[self._marked_next] = (buf[2] << 8) | buf[3]
             self._marked_next = (self._marked_next + 1) % MARKED_HISTORY
+        frame = -1
+        if info.dd_offset >= 0:
+            frame = self._rewrite_frame(buf, info, decision == Decision.FORWARD_SWITCH)
         history = self.send_history
         if history is None:
             self.extensions.apply(buf, n, abs_send_time)
@@ -354,10 +380,27 @@ class Subscription:
         out_seq = munger.last_out_seq
         if out_seq is not None:
             ts = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
-            state.record(out_seq, ext_seq, ts, stream.layer, False, -1, -1, -1)
+            state.record(out_seq, ext_seq, ts, stream.layer, False, frame, -1, -1)
             state.on_packet(ts, n, now)
         state.forwarded += 1
         return n
+
+    def _rewrite_frame(self, buf: bytearray, info: PacketInfo, switched: bool) -> int:
+        """Write the subscriber's frame number into the rewritten packet's Dependency
+        Descriptor (AV1 RTP spec A.8.2, bytes 1-2 of the element) and return it. At a source
+        switch (always a key frame with its structure attached, so the subscriber learns the
+        new templates with it) the offset is chosen to continue from the last frame sent."""
+        last = self._last_frame
+        if switched and last >= 0:
+            self._frame_offset = (last + 1 - info.frame_number) & 0xFFFF
+        out = (info.frame_number + self._frame_offset) & 0xFFFF
+        if last < 0 or 0 < (out - last) & 0xFFFF < 0x8000:
+            self._last_frame = out
+        if self._frame_offset:
+            pos = info.dd_offset
+            buf[pos + 1] = out >> 8
+            buf[pos + 2] = out & 0xFF
+        return out
 
     def skip(self, stream: SourceStream, ext_seq: int) -> None:
         """Source packet ``ext_seq`` of ``stream`` carries nothing to forward (padding only):
@@ -412,6 +455,8 @@ class Subscription:
                 continue
             if self.svc and seq in self._marked:
                 scratch[1] |= 0x80
+            if self._av1 and entry.picture_id >= 0 and stream.dependency is not None:
+                _set_frame_number(scratch, n, stream.dependency.ext_id, entry.picture_id)
             if entry.has_vp8:
                 translation = Vp8Translation(
                     None if entry.picture_id < 0 else entry.picture_id,
@@ -485,3 +530,38 @@ class Subscription:
             "spatial": None if current is None else current.spatial,
             "paused": self.paused,
         }
+
+
+def _av1_temporal(selector: SimulcastSelector, info: PacketInfo) -> tuple[int | None, bool]:
+    """The temporal id and sync flag to decide an AV1 packet with: a frame that is a switch
+    point (DTI SWITCH) of a decode target of a higher temporal layer ``t``, within the
+    target, is decided as a sync frame of layer ``t`` (so the selector climbs to ``t`` there;
+    the frame itself, of a lower layer, is forwarded either way); any other as it is."""
+    tid = info.temporal_id
+    if tid is None or not info.is_start_of_frame or not info.temporal_switches >> (tid + 1):
+        return tid, info.layer_sync
+    current = selector.current.temporal
+    if current is None:
+        return tid, info.layer_sync
+    target = selector.target.temporal
+    best = -1
+    mask = info.temporal_switches
+    t = tid + 1
+    while mask >> t:
+        if mask >> t & 1 and current < t and (target is None or t <= target):
+            best = t
+        t += 1
+    if best < 0:
+        return tid, info.layer_sync
+    return best, True
+
+
+def _set_frame_number(buf: bytearray, length: int, ext_id: int, frame: int) -> None:
+    """Write ``frame`` into the Dependency Descriptor of the packet ``buf[:length]``."""
+    try:
+        pos, size = element_offset(memoryview(buf)[:length], ext_id)
+    except ParseError:  # pragma: no cover - it parsed when first forwarded
+        return
+    if pos >= 0 and size >= 3:
+        buf[pos + 1] = frame >> 8
+        buf[pos + 2] = frame & 0xFF

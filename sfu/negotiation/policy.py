@@ -64,7 +64,7 @@ AUDIO_CODECS = frozenset({"opus"})
 VIDEO_CODECS = frozenset({"vp8", "h264", "vp9", "av1"})
 #: Codecs a publication may carry: the forwarding core reads their payload descriptors (layer
 #: switches need keyframes and frame starts). Read only through :func:`forwardable`.
-_FORWARDABLE_CODECS = frozenset({"opus", "vp8", "h264", "vp9"})
+_FORWARDABLE_CODECS = frozenset({"opus", "vp8", "h264", "vp9", "av1"})
 
 
 def forwardable(name: str) -> bool:

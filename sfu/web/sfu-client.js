@@ -108,6 +108,30 @@ function codecFirst(codecs, mimeType, only = false) {
   return [...codecs.filter(wanted), ...rest];
 }
 
+/** The AV1 RTP spec's Dependency Descriptor (Appendix A): the server forwards it to viewers. */
+const DEPENDENCY_DESCRIPTOR_URI =
+  "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
+
+/**
+ * Offer the Dependency Descriptor on a receive-only video transceiver. Chromium leaves it off
+ * ("stopped") there by default; without it an AV1 SVC stream's layer frames cannot be told
+ * apart, and a viewer sent more than the base layer decodes nothing. Browsers without the
+ * header-extension control API keep their defaults.
+ */
+function negotiateDependencyDescriptor(transceiver) {
+  if (typeof transceiver.getHeaderExtensionsToNegotiate !== "function") return;
+  const extensions = transceiver.getHeaderExtensionsToNegotiate();
+  const stopped = (e) => e.uri === DEPENDENCY_DESCRIPTOR_URI && e.direction === "stopped";
+  if (!extensions.some(stopped)) return;
+  try {
+    transceiver.setHeaderExtensionsToNegotiate(
+      extensions.map((e) => (stopped(e) ? { ...e, direction: "sendrecv" } : e)),
+    );
+  } catch (err) {
+    console.warn("sfu-client: dependency descriptor not negotiated", err);
+  }
+}
+
 /** Formats that travel with a media codec (retransmission, redundancy, FEC), never alone. */
 const HELPER_CODECS = new Set(["rtx", "red", "ulpfec", "flexfec-03"]);
 
@@ -754,6 +778,7 @@ export class Room extends EventTarget {
     let transceiver = this._idle[track.kind].shift();
     if (!transceiver) {
       transceiver = this.pc.addTransceiver(track.kind, { direction: "recvonly" });
+      if (track.kind === "video") negotiateDependencyDescriptor(transceiver);
       // A reused transceiver keeps its receiver and so its decrypting transform.
       if (this.e2ee) this.e2ee.attachReceiver(transceiver.receiver, track.kind);
     }

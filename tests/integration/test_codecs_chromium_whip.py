@@ -1,6 +1,6 @@
 """Chromium WHIP publishers in the codecs aiortc lacks: VP9 to a werift WHEP viewer (first
-keyframe within 1 s of connecting), and AV1, which the server cannot forward yet: that video
-section alone is rejected, with its reason, and the audio is published (issue 18).
+keyframe within 1 s of connecting), and AV1, published with its audio (issue 18; this page
+negotiates no Dependency Descriptor: the stream is then one layer).
 
 The publisher page (``tests/fixtures/web/whip-publisher.html``) is served from another
 loopback origin (CORS allowed for it) and restricts its video transceiver to one codec.
@@ -128,11 +128,13 @@ def test_chromium_vp9_to_a_werift_viewer_keyframe_within_a_second() -> None:
         assert key["t"] - connected["t"] < FIRST_FRAME_S
 
 
-def test_chromium_av1_publishes_its_audio_and_only_the_video_is_rejected() -> None:
+def test_chromium_av1_is_published_with_its_audio() -> None:
     with _site("127.0.0.2") as origin, _server(origin) as server, chromium() as page:
         result = _publish(page, origin, server, "AV1")
         assert result.get("status") == 201, result
         video = str(result["answer"]).split("m=video", 1)[1]
-        assert video.startswith(" 0 ")  # port 0: this section alone
-        assert "a=x-sfu-rejected:" in video and "cannot forward 'AV1' publications" in video
-        wait_until(lambda: _published(server), lambda p: p == {"audio": "OPUS"}, TIMEOUT)
+        assert not video.startswith(" 0 ") and "a=x-sfu-rejected:" not in video
+        assert "AV1/90000" in video  # (this page negotiates no Dependency Descriptor)
+        wait_until(
+            lambda: _published(server), lambda p: p == {"audio": "OPUS", "video": "AV1"}, TIMEOUT
+        )

@@ -1,9 +1,11 @@
-"""Scalable video (SVC) from headless Chromium: one VP9 ``L3T3_KEY`` stream, layers chosen per
-subscriber by the server.
+"""Scalable video (SVC) from headless Chromium: one VP9 or AV1 ``L3T3_KEY`` stream, layers
+chosen per subscriber by the server.
 
-The publishing page is the demo page with ``?codec=vp9&svc=L3T3_KEY``: its fake camera
-(1280x720) goes out as one VP9 stream of three spatial layers (320x180, 640x360, 1280x720) and
-three temporal layers, VP9 put first with setCodecPreferences. A receive-only viewer decodes
+The publishing page is the demo page with ``?codec=vp9&svc=L3T3_KEY`` (or ``codec=av1``): its
+fake camera (1280x720) goes out as one stream of three spatial layers (320x180, 640x360,
+1280x720) and three temporal layers, the codec offered alone with setCodecPreferences. VP9
+names each packet's layers in its payload descriptor (RFC 9628), AV1 in the Dependency
+Descriptor header extension (AV1 RTP spec, Appendix A). A receive-only viewer decodes
 it; capping the viewer to spatial layer 0 must bring it down to 320 pixels wide at a lower
 bitrate (the server drops the upper layer frames), lifting the cap must bring the full
 resolution back, both without a freeze; capping the temporal layer to 0 must leave a quarter
@@ -49,10 +51,18 @@ WINDOW_TRIES = 3
 Entry = dict[str, Any] | None
 
 
-def _open_svc_publisher(driver: webdriver.Chrome, base: str, room: str) -> None:
-    query = urllib.parse.urlencode(
-        {"room": room, "name": "Publisher", "hints": "0", "codec": "vp9", "svc": "L3T3_KEY"}
-    )
+#: Second publishers of the mixed room: (codec, scalability mode; empty: simulcast).
+MIXED = (("vp9", "L3T3_KEY"), ("av1", "L3T3_KEY"), ("av1", ""))
+
+
+def _open_svc_publisher(
+    driver: webdriver.Chrome, base: str, room: str, codec: str = "vp9", svc: str = "L3T3_KEY"
+) -> None:
+    """The demo page publishing ``codec`` in scalability mode ``svc`` (empty: simulcast)."""
+    params = {"room": room, "name": "Publisher", "hints": "0", "codec": codec}
+    if svc:
+        params["svc"] = svc
+    query = urllib.parse.urlencode(params)
     driver.get(f"{base}/?{query}")
 
 
@@ -125,10 +135,11 @@ def _publication_layers(server: ServerThread, room: str, pub_id: str) -> tuple[b
     return server.call(read)
 
 
-def test_vp9_l3t3_key_layers_are_selected_per_subscriber() -> None:
-    room = "svc-vp9"
+@pytest.mark.parametrize("codec", ["vp9", "av1"])
+def test_l3t3_key_layers_are_selected_per_subscriber(codec: str) -> None:
+    room = f"svc-{codec}"
     with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
-        _open_svc_publisher(publisher, server.base, room)
+        _open_svc_publisher(publisher, server.base, room, codec)
         open_meeting(viewer, server.base, room, "Viewer")
         pub_id = wait_connected(publisher)
         wait_connected(viewer)
@@ -139,7 +150,8 @@ def test_vp9_l3t3_key_layers_are_selected_per_subscriber() -> None:
             timeout=JOIN_DEADLINE_S,
         )
         # One scalable stream whose spatial layers the server learns from its scalability
-        # structure (the encoder adds its upper layers as its bandwidth estimate ramps up).
+        # structure (VP9) or template structure (AV1); the encoder adds its upper layers as
+        # its bandwidth estimate ramps up.
         wait_until(
             lambda: _publication_layers(server, room, pub_id), lambda v: v == (True, 3), 20.0
         )
@@ -175,7 +187,8 @@ def test_vp9_l3t3_key_layers_are_selected_per_subscriber() -> None:
         assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
 
         # Temporal base layer only: a quarter of the frames (L3T3's 0-2-1-2 pattern), with
-        # picture ids left as the publisher numbered them (the gaps are frames never sent).
+        # picture ids / frame numbers left as the publisher numbered them (the gaps are
+        # frames never sent).
         set_preferences(viewer, video, {"maxSpatial": 2, "maxTemporal": 0})
         time.sleep(1.0)
         first, last = _window(viewer, pub_id)
@@ -189,10 +202,66 @@ def test_vp9_l3t3_key_layers_are_selected_per_subscriber() -> None:
         assert page_state(publisher).get("error") is None
 
 
-def test_mixed_room_vp8_simulcast_and_vp9_svc_publishers() -> None:
-    """One page publishes VP8 simulcast (the demo's default), another VP9 L3T3_KEY; a viewer
-    decodes both, and each publisher decodes the other."""
-    room = "svc-mixed"
+def test_av1_l3t3_key_viewer_capped_to_the_base_layer_gets_only_it() -> None:
+    """Chromium publishing AV1 ``L3T3_KEY``: the server learns the three spatial layers from the
+    Dependency Descriptor's structure; while the viewer is uncapped every layer is forwarded
+    (bytes); capped to spatial layer 0 it decodes 320 pixels wide for far fewer bytes."""
+    room = "svc-av1-cap"
+    with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
+        _open_svc_publisher(publisher, server.base, room, "av1")
+        open_meeting(viewer, server.base, room, "Viewer")
+        pub_id = wait_connected(publisher)
+        wait_connected(viewer)
+        _keep_resolution(publisher)
+        wait_until(
+            lambda: _publication_layers(server, room, pub_id), lambda v: v == (True, 3), 20.0
+        )
+        video = track_id(stats(viewer), pub_id, "video")
+        assert video is not None
+        wait_until(
+            lambda: viewer.execute_script(TRACK_LAYERS_JS, video),
+            lambda layers: layers == ["S0", "S1", "S2"],
+            10.0,
+        )
+        wait_until(lambda: _forwarded_spatial(server, room), lambda s: s == 2, 20.0)
+        window = sample(lambda: _video(viewer, pub_id), 2.0)
+        assert window[0] is not None and window[-1] is not None
+        top_bytes = window[-1]["bytesReceived"] - window[0]["bytesReceived"]
+
+        set_preferences(viewer, video, {"maxSpatial": 0})
+        _width_is(viewer, pub_id, BASE_WIDTH, 15.0)
+        time.sleep(0.5)
+        first, last = _window(viewer, pub_id)
+        base_bytes = last["bytesReceived"] - first["bytesReceived"]
+        assert last["frameWidth"] == BASE_WIDTH
+        assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
+        assert base_bytes < top_bytes / 2, (base_bytes, top_bytes)
+        assert page_state(viewer).get("error") is None
+
+
+def _forwarded_spatial(server: ServerThread, room: str) -> int | None:
+    """The spatial layer the (one) video subscription in ``room`` forwards now."""
+
+    def read() -> int | None:
+        assert server.server.rooms is not None
+        for participant in server.server.rooms.rooms[room].participants.values():
+            peer = participant.peer
+            if peer is None:
+                continue
+            for sub in peer.subscriptions.values():
+                if sub.selector is not None:
+                    return sub.selector.current.spatial
+        return None
+
+    return server.call(read)
+
+
+@pytest.mark.parametrize(("codec", "svc"), MIXED)
+def test_mixed_room_vp8_simulcast_and_another_codec(codec: str, svc: str) -> None:
+    """One page publishes VP8 simulcast (the demo's default), another VP9 ``L3T3_KEY``, AV1
+    ``L3T3_KEY`` or AV1 simulcast (layers read from the Dependency Descriptor, one per stream);
+    a viewer decodes both, and each publisher decodes the other."""
+    room = f"svc-mixed-{codec}"
     with (
         server_thread() as server,
         chromium() as vp8_page,
@@ -200,7 +269,7 @@ def test_mixed_room_vp8_simulcast_and_vp9_svc_publishers() -> None:
         chromium(RECEIVE_ONLY) as viewer,
     ):
         open_meeting(vp8_page, server.base, room, "Eight")
-        _open_svc_publisher(vp9_page, server.base, room)
+        _open_svc_publisher(vp9_page, server.base, room, codec, svc)
         open_meeting(viewer, server.base, room, "Viewer")
         vp8_id = wait_connected(vp8_page)
         vp9_id = wait_connected(vp9_page)
@@ -226,7 +295,7 @@ def test_mixed_room_vp8_simulcast_and_vp9_svc_publishers() -> None:
                 if pub.video
             )
         )
-        assert codecs == [("VP8", False), ("VP9", True)]
+        assert codecs == sorted([("VP8", False), (codec.upper(), bool(svc))])
         # Both keep decoding at the viewer.
         for participant in (vp8_id, vp9_id):
             before, after = _window(viewer, participant)

@@ -16,7 +16,7 @@ from room_fixtures import CHROMIUM_IDS, answer_ssrcs, harness, recvonly_offer
 
 from sfu._fastpath.values import REFUSED_PAYLOAD_TYPE
 from sfu.core.subscription import Subscription
-from sfu.negotiation import forwardable
+from sfu.negotiation import forwardable, policy
 from sfu.negotiation.answer import REJECTED_ATTRIBUTE
 from sfu.packet.extensions import MID_URI, build_sdes_item
 from sfu.packet.rtcp_feedback import Nack
@@ -134,8 +134,27 @@ def test_a_payload_type_the_answer_refused_is_not_forwarded(
     assert publication.layers[0].last_keyframe_at is None
 
 
-def test_av1_section_is_rejected_alone_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not forwardable("AV1") and forwardable("h264") and forwardable("opus")
+def test_av1_section_is_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forwarding core reads AV1's Dependency Descriptor: an AV1-only send section is
+    answered with AV1 (and its RTX) and becomes a video publication."""
+    assert forwardable("AV1") and forwardable("h264") and forwardable("opus")
+    h = harness(monkeypatch)
+    alice = h.join(ROOM, "alice")
+    answer = SessionDescription.parse(h.service.offer(alice, _chromium("45 46"), 0.0))
+    audio, video = answer.media
+    assert audio.port != 0 and video.port != 0 and video.formats == ("45", "46")
+    assert video.attribute(REJECTED_ATTRIBUTE) is None
+    published = [m["track"]["kind"] for m in h.messages("alice", "track_published")]
+    assert sorted(published) == ["audio", "video"]
+
+
+def test_unforwardable_section_is_rejected_alone_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A codec the core could not forward (AV1 taken off the one list ``forwardable`` reads)
+    rejects its m-line only, with the reason."""
+    monkeypatch.setattr(policy, "_FORWARDABLE_CODECS", policy._FORWARDABLE_CODECS - {"av1"})
+    assert not forwardable("AV1")
     h = harness(monkeypatch)
     alice = h.join(ROOM, "alice")
     answer = SessionDescription.parse(h.service.offer(alice, _chromium("45 46"), 0.0))
@@ -157,4 +176,4 @@ def test_a_send_section_answers_one_codec_the_room_forwards(
     assert answer.media[1].formats == ("96", "97")  # VP8, the room's first choice; no AV1
     joined = h.messages("alice", "joined")[0]
     assert joined["codecs"] == {kind: list(names) for kind, names in ROOM_CODECS.items()}
-    assert joined["codecs"]["video"] == ["VP8", "H264", "VP9"]
+    assert joined["codecs"]["video"] == ["VP8", "H264", "VP9", "AV1"]
