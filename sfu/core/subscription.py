@@ -30,10 +30,12 @@ from sfu._fastpath.values import (
     Vp8Translation,
 )
 from sfu.codecs.av1 import element_offset
+from sfu.codecs.vp9 import parse_vp9, rewrite_vp9_descriptor
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.retransmission import RetransmissionBudget, RetransmissionThrottle
 from sfu.core.route_state import HISTORY
 from sfu.core.rtcp_stats import SendStats
+from sfu.core.vp9_munger import Vp9Pictures
 from sfu.packet.errors import ParseError
 from sfu.packet.rtp import payload_offset
 
@@ -97,6 +99,7 @@ class Subscription:
         "svc",
         "throttle",
         "vp8",
+        "vp9",
     )
 
     def __init__(
@@ -157,6 +160,10 @@ class Subscription:
             self.selector = kernels.SimulcastSelector(publication.num_layers)
         self.vp8: Vp8Munger | None = (
             kernels.Vp8Munger() if publication.codec.name.lower() == "vp8" else None
+        )
+        #: VP9: picture id / TL0PICIDX continuity across source switches (vp9_munger.py).
+        self.vp9: Vp9Pictures | None = (
+            Vp9Pictures() if publication.codec.name.lower() == "vp9" else None
         )
         self.extensions: ExtensionRewriter = kernels.ExtensionRewriter(
             publication.extensions, extensions
@@ -289,13 +296,17 @@ class Subscription:
                 munger.switch_source(ext_seq, timestamp, now, ssrc=stream.ssrc)
                 if self.vp8 is not None:
                     self.vp8.switch_source()
+                if self.vp9 is not None:
+                    self.vp9.switch_source()
         buf = self.buf
         n = munger.munge(packet, ext_seq, now, buf)
         if n <= 0:
             return 0
-        frame = -1
+        frame = tl0 = -1
         if info.dd_offset >= 0:
             frame = self._rewrite_frame(buf, info, decision == Decision.FORWARD_SWITCH)
+        elif self.vp9 is not None:
+            frame, tl0 = self._rewrite_picture(self.vp9, buf, n, info.offset)
         translation: Vp8Translation | None = None
         if self.vp8 is not None and info.vp8 is not None:
             translation = self.vp8.translate(info.vp8, stream.ssrc)
@@ -312,7 +323,7 @@ class Subscription:
             ts = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
             if translation is None:
                 # AV1 keeps the outgoing frame number where VP8 keeps its picture id.
-                state.record(out_seq, ext_seq, ts, stream.layer, False, frame, -1, -1)
+                state.record(out_seq, ext_seq, ts, stream.layer, False, frame, tl0, -1)
             else:
                 state.record(
                     out_seq,
@@ -360,6 +371,8 @@ class Subscription:
             return 0
         if decision == Decision.FORWARD_SWITCH:
             munger.switch_source(ext_seq, timestamp, now, ssrc=stream.ssrc)
+            if self.vp9 is not None:
+                self.vp9.switch_source()
         buf = self.buf
         n = munger.munge(packet, ext_seq, now, buf)
         if n <= 0:
@@ -368,9 +381,11 @@ class Subscription:
             buf[1] |= 0x80
             self._marked[self._marked_next] = (buf[2] << 8) | buf[3]
             self._marked_next = (self._marked_next + 1) % MARKED_HISTORY
-        frame = -1
+        frame = tl0 = -1
         if info.dd_offset >= 0:
             frame = self._rewrite_frame(buf, info, decision == Decision.FORWARD_SWITCH)
+        elif self.vp9 is not None:
+            frame, tl0 = self._rewrite_picture(self.vp9, buf, n, info.offset)
         history = self.send_history
         if history is None:
             self.extensions.apply(buf, n, abs_send_time)
@@ -380,10 +395,26 @@ class Subscription:
         out_seq = munger.last_out_seq
         if out_seq is not None:
             ts = (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
-            state.record(out_seq, ext_seq, ts, stream.layer, False, frame, -1, -1)
+            state.record(out_seq, ext_seq, ts, stream.layer, False, frame, tl0, -1)
             state.on_packet(ts, n, now)
         state.forwarded += 1
         return n
+
+    @staticmethod
+    def _rewrite_picture(
+        pictures: Vp9Pictures, buf: bytearray, n: int, offset: int
+    ) -> tuple[int, int]:
+        """Write the subscriber's VP9 picture id and TL0PICIDX into the rewritten packet
+        (RFC 9628 §4.2) and return them (-1: the descriptor lacks the field). A descriptor
+        that does not parse is left as it is: ingest already judged the packet."""
+        try:
+            desc = parse_vp9(buf, offset, n)
+        except ParseError:
+            return -1, -1
+        pid, tl0 = pictures.translate(desc.picture_id, desc.tl0picidx, wide=desc.picture_id_15bit)
+        if pictures.rewrites:
+            rewrite_vp9_descriptor(buf, offset, None if pid < 0 else pid, None if tl0 < 0 else tl0)
+        return pid, tl0
 
     def _rewrite_frame(self, buf: bytearray, info: PacketInfo, switched: bool) -> int:
         """Write the subscriber's frame number into the rewritten packet's Dependency
@@ -457,6 +488,17 @@ class Subscription:
                 scratch[1] |= 0x80
             if self._av1 and entry.picture_id >= 0 and stream.dependency is not None:
                 _set_frame_number(scratch, n, stream.dependency.ext_id, entry.picture_id)
+            elif self.vp9 is not None and (entry.picture_id >= 0 or entry.tl0picidx >= 0):
+                # The picture id and TL0PICIDX it was first sent with (its source's offset).
+                try:
+                    rewrite_vp9_descriptor(
+                        scratch,
+                        offset,
+                        None if entry.picture_id < 0 else entry.picture_id,
+                        None if entry.tl0picidx < 0 else entry.tl0picidx,
+                    )
+                except ParseError:  # pragma: no cover - it was rewritten when first sent
+                    continue
             if entry.has_vp8:
                 translation = Vp8Translation(
                     None if entry.picture_id < 0 else entry.picture_id,

@@ -21,6 +21,7 @@ from sfu.core.kernels import REFERENCE, Kernels
 from sfu.core.layer_rates import layer_shares
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
+from sfu.core.vp9_munger import Vp9Pictures
 from sfu.negotiation import NegotiatedCodec
 from sfu.packet.rtp import payload_offset
 
@@ -496,3 +497,41 @@ def test_compiled_subscription_forwards_svc_as_the_reference_does(
         for sid, tid, _ in layers[begin:]:
             assert sid <= spatial
             assert temporal is None or tid <= temporal
+
+
+def test_resumed_stream_continues_picture_ids_and_tl0picidx(kernels: Kernels) -> None:
+    """Pictures the subscriber never got (paused) leave no jump in its picture ids or
+    TL0PICIDX: the keyframe it resumes on continues from the last ones sent, and a
+    retransmission carries the values the packet was first sent with."""
+    pub = svc_publication(kernels)
+    sub = new_subscription(pub, kernels)
+    selector = sub.selector
+    assert selector is not None
+    selector.set_target(2, None)
+    packets = l3t3_key(16, key_every=8)
+    sent = run(pub, sub, packets[:24], 1.0)  # pictures 0-3
+    selector.set_preferences(None, None, True)
+    assert run(pub, sub, packets[24:48], 2.0) == []  # pictures 4-7: paused
+    selector.set_preferences(None, None, False)
+    resumed = run(pub, sub, packets[48:], 3.0)  # picture 8 is a keyframe
+    assert len(resumed) == 48
+    descs = [parse_vp9(p, payload_offset(p)) for p in sent + resumed]
+    pictures = [d.picture_id for d in descs[::6]]  # one per picture (6 packets each)
+    assert pictures == list(range(12))
+    assert [d.tl0picidx for d in descs[::6]] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    again = sub.retransmit([seqs_of(resumed)[0]], 3.5, 0)
+    assert len(again) == 1
+    assert parse_vp9(again[0], payload_offset(again[0])).picture_id == 4
+
+
+def test_vp9_pictures_wrap_in_the_field_width() -> None:
+    pics = Vp9Pictures()
+    assert pics.translate(120, 7, wide=False) == (120, 7)
+    assert pics.translate(127, 7, wide=False) == (127, 7)
+    assert pics.translate(0, 8, wide=False) == (0, 8)  # the 7-bit field wrapped
+    pics.switch_source()
+    assert pics.translate(3000, 200, wide=False) == (1, 9)
+    assert pics.translate(3001, 200, wide=False) == (2, 9)
+    assert pics.rewrites
+    pics.switch_source()
+    assert pics.translate(7, 5) == (3, 10)  # 15-bit now: last sent (2) + 1
