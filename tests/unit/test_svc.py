@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from svc_packets import PT, SSRC, l3t3_key, vp8_l1t3
+from svc_packets import PT, SSRC, l3t3_key, vp8_l1t3, vp9_packet
 
 from sfu._fastpath.ingest import describe, ingest
 from sfu._fastpath.values import VP8, VP9, Decision, LayerPair
@@ -535,3 +535,53 @@ def test_vp9_pictures_wrap_in_the_field_width() -> None:
     assert pics.rewrites
     pics.switch_source()
     assert pics.translate(7, 5) == (3, 10)  # 15-bit now: last sent (2) + 1
+
+
+def test_vp9_simulcast_switch_continues_picture_ids(kernels: Kernels) -> None:
+    """A switch between VP9 simulcast streams (two encoders, unrelated counters) continues
+    the subscriber's picture id and TL0PICIDX from the last ones sent."""
+    codec = NegotiatedCodec(PT, "VP9", 90000, None, None, ())
+    pub = Publication(
+        "TR_v", "PA_a", "video", "cam", "0", codec, {}, rids=("q", "f"), kernels=kernels
+    )
+    low, high = pub.add_stream(SSRC, 0), pub.add_stream(SSRC + 1, 1)
+    sub = new_subscription(pub, kernels)
+    assert sub.selector is not None and not sub.svc
+    sent: list[bytes] = []
+
+    def emit(route: Any, _out: Any, n: int) -> bool:
+        sent.append(bytes(route.buf[:n]))
+        return True
+
+    def picture(stream: Any, seq: int, pid: int, tl0: int, key: bool, now: float) -> None:
+        data = vp9_packet(seq, pid * 3000, pid, 0, 0, key=key, marker=True, tl0=tl0)
+        data = data[:8] + stream.ssrc.to_bytes(4, "big") + data[12:]
+        ingest(
+            0,
+            VP9,
+            stream,
+            ((sub, None),),
+            data,
+            now=now,
+            twcc_id=0,
+            level_id=0,
+            emit=emit,
+            ready=lambda _route: True,
+        )
+
+    sub.selector.set_available(frozenset({0, 1}))
+    sub.selector.set_target(0, None)
+    for i in range(3):  # the low stream: pictures 100-102
+        picture(low, 10 + i, 100 + i, 50 + i, i == 0, 1.0 + i / 30)
+        picture(high, 500 + i, 9000 + i, 7 + i, i == 0, 1.0 + i / 30)
+    sub.selector.set_target(1, None)
+    for i in range(3):  # a keyframe on the high stream: the switch
+        picture(low, 13 + i, 103 + i, 53 + i, False, 2.0 + i / 30)
+        picture(high, 503 + i, 9003 + i, 10 + i, i == 0, 2.0 + i / 30)
+    descs = [parse_vp9(p, payload_offset(p)) for p in sent]
+    # 100-103 from the low stream (103 arrived before the high stream's keyframe), then the
+    # high stream's 9003-9005 (TL0PICIDX 10-12) as 104-106.
+    assert [d.picture_id for d in descs] == list(range(100, 107))
+    assert [d.tl0picidx for d in descs] == list(range(50, 57))
+    assert [int.from_bytes(p[8:12], "big") for p in sent] == [OUT_SSRC] * 7
+    assert seqs_of(sent) == list(range(1000, 1007))
