@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from selector_differential import call, construct, state
 from svc_packets import PT, SSRC, l3t3_key, vp8_l1t3, vp9_packet
 
 from sfu._fastpath.ingest import describe, ingest
@@ -35,40 +36,6 @@ def impl(each_kernels: Kernels) -> Kernels:
 
 
 # -- differential ------------------------------------------------------------------------------
-
-
-def state(sel: Any) -> dict[str, Any]:
-    """Every public property and counter of a selector."""
-    return {
-        "num_spatial": sel.num_spatial,
-        "current": tuple(sel.current),
-        "target": tuple(sel.target),
-        "requested": tuple(sel.requested),
-        "available": sel.available,
-        "switch_pending": sel.switch_pending,
-        "switches": sel.switches,
-        "temporal_switches": sel.temporal_switches,
-        "keyframe_requests": sel.keyframe_requests,
-        "last_switch_at": sel.last_switch_at,
-    }
-
-
-def call(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
-    """Call a method; its outcome as ("ok", (type, value)) or ("raise", (type, message))."""
-    try:
-        result = getattr(obj, name)(*args, **kwargs)
-    except Exception as exc:  # any exception must match the reference's
-        return "raise", (type(exc), str(exc))
-    if isinstance(result, LayerPair):
-        return "ok", (type(result), tuple(result))
-    return "ok", (type(result), result)
-
-
-def construct(cls: Any, num: int, interval: float) -> tuple[str, Any]:
-    try:
-        return "ok", cls(num, keyframe_request_interval=interval)
-    except Exception as exc:
-        return "raise", (type(exc), str(exc))
 
 
 temporal_arg = st.one_of(st.none(), st.integers(-2, 4), st.sampled_from([1 << 16, 1 << 40]))
