@@ -42,6 +42,12 @@ KINDS = ("audio", "video")
 RECEIVE_ONLY = ("--use-fake-ui-for-media-stream=deny",)
 #: Media from everyone must be decoding this soon after joining.
 JOIN_DEADLINE_S = 15.0
+#: ...and at least this long after the last page connected: three Chromium pages opened one
+#: after the other on a loaded two-core machine may take most of JOIN_DEADLINE_S to connect,
+#: and the last page's publications then still need a renegotiation with the others.
+AFTER_LAST_CONNECT_S = 10.0
+#: A settled viewer: its decoded width unchanged for this long (the estimate has stopped climbing).
+SETTLED_HOLD_S = 3.0
 #: Chromium's fake camera runs at 20 fps: ~40 frames in 2 s; accept half of that.
 MIN_FRAMES_2S = 20
 #: "Keeps growing" in the three-party call: this much more media, within GROWTH_TIMEOUT_S.
@@ -88,6 +94,7 @@ def test_three_participants_decode_each_other(workers: int) -> None:
             open_meeting(driver, server.base, "three", name)
         ids = [wait_connected(driver) for driver in drivers]
         assert len(set(ids)) == 3
+        deadline = max(started + JOIN_DEADLINE_S, time.monotonic() + AFTER_LAST_CONNECT_S)
         # (page, remote participant, kind): everything each page must receive.
         streams = [
             (i, pid, kind) for i in range(3) for pid in ids if pid != ids[i] for kind in KINDS
@@ -96,14 +103,15 @@ def test_three_participants_decode_each_other(workers: int) -> None:
         def all_stats() -> list[Stats]:
             return [stats(driver) for driver in drivers]
 
-        # Within 15 s of joining, every page decodes audio and video of both others.
+        # Within 15 s of joining (10 s after the last page connected, if that is later),
+        # every page decodes audio and video of both others.
         # (wait_until's error shows the last statistics of all pages.)
         now = wait_until(
             all_stats,
             lambda s: all(_flowing(remote_by(s[i], pid, kind), kind) for i, pid, kind in streams),
-            timeout=max(0.5, started + JOIN_DEADLINE_S - time.monotonic()),
+            timeout=max(0.5, deadline - time.monotonic()),
         )
-        assert time.monotonic() - started < JOIN_DEADLINE_S + 1.0
+        assert time.monotonic() < deadline + 1.0
 
         def grown_since(before: list[Stats]) -> Callable[[list[Stats]], bool]:
             return lambda s: all(
@@ -194,18 +202,28 @@ def test_layer_switching_reaches_each_resolution_without_freezing() -> None:
         assert page_state(publisher).get("error") is None
 
 
+def _settle(viewer: webdriver.Chrome, pub_id: str, timeout: float = 30.0) -> None:
+    """Wait until the viewer decodes 40 frames and holds one width for SETTLED_HOLD_S."""
+    deadline = time.monotonic() + timeout
+    window: list[Entry] = []
+    while time.monotonic() < deadline:
+        window = sample(lambda: _video(viewer, pub_id), SETTLED_HOLD_S)
+        widths = {e["frameWidth"] if e is not None else None for e in window}
+        last = window[-1]
+        if len(widths) == 1 and last is not None and last["framesDecoded"] >= 40:
+            return
+    raise AssertionError(f"the viewer's video did not settle in {timeout} s: {_brief(window)}")
+
+
 def test_subscriber_recovers_from_five_percent_loss_with_nacks() -> None:
     room = "lossy"
     dropper = DropEveryNth(20)  # deterministic 5% of the RTP packets toward the viewer
     with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
         pub_id, viewer_id = _watch(server, room, publisher, viewer)
         # Past the start: the first keyframes and layer choices are done, and the viewer's
-        # transport has probed its way up to the top layer (its estimate starts low).
-        wait_until(
-            lambda: _video(viewer, pub_id),
-            lambda e: e is not None and e["framesDecoded"] >= 40 and e["frameWidth"] == 1280,
-            timeout=20.0,
-        )
+        # estimate has stopped climbing (which layer it settles on depends on how much of the
+        # machine the publisher's encoder gets; a loaded machine may keep it below 1280).
+        _settle(viewer, pub_id)
         transport = server.call(lambda: server.peer(room, viewer_id).transport)
         server.call(lambda: dropper.install(transport))
         try:
@@ -225,9 +243,9 @@ def test_subscriber_recovers_from_five_percent_loss_with_nacks() -> None:
             assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S, brief
             assert last["freezeCount"] == first["freezeCount"], brief
             assert last["packetsLost"] > initial["packetsLost"], brief
-            # NACKs repair 5% loss: no reason to flap between layers (a layer switch costs a
+            # NACKs repair 5% loss: no reason to shed a layer for it (a layer switch costs a
             # keyframe from the publisher, and the receiver's per-report loss is noisy).
-            assert all(e is not None and e["frameWidth"] == first["frameWidth"] for e in window), (
+            assert all(e is not None and e["frameWidth"] >= first["frameWidth"] for e in window), (
                 brief
             )
             counters = server.call(
