@@ -19,7 +19,7 @@ WORKERS ?= auto
 
 SOURCES := pyproject.toml setup.py $(wildcard sfu/_fastpath/*.pyx sfu/_fastpath/*.pxd bench/*.pyx)
 
-.PHONY: run test lint typecheck pytest pytest-compiled pytest-python bench fuzz clean deb-run deb-test
+.PHONY: run test lint typecheck pytest pytest-unit pytest-unit-compiled pytest-unit-python pytest-integration pytest-compiled pytest-python bench fuzz clean deb-run deb-test
 
 run: $(VENV)/.run-stamp
 	SFU_SERVER_WORKERS="$${SFU_SERVER_WORKERS:-$(WORKERS)}" $(PY) -m sfu serve --config $(CONFIG)
@@ -58,8 +58,21 @@ typecheck: $(VENV)/.test-stamp
 	$(VENV)/bin/mypy
 
 # The whole suite twice: compiled kernels (and a test that fails if they did not load),
-# then the pure-Python references.
-pytest: pytest-compiled pytest-python
+# then the pure-Python references. `make test` runs the socket-free unit tests of both
+# implementations side by side (one process per core: they share nothing), then the
+# integration tests of each in turn (browsers and servers need the machine to themselves).
+# `make pytest-compiled` / `make pytest-python` run one implementation's whole suite.
+UNIT_DIRS := tests/unit tests/fuzz
+pytest: pytest-unit pytest-integration
+pytest-unit: $(VENV)/.test-stamp $(NODE_STAMP)
+	@$(MAKE) --no-print-directory -j2 --output-sync=target pytest-unit-compiled pytest-unit-python
+pytest-unit-compiled:
+	SFU_EXPECT_COMPILED=1 $(VENV)/bin/pytest -p no:cacheprovider $(UNIT_DIRS) $(PYTEST_ARGS)
+pytest-unit-python:
+	SFU_NO_EXTENSIONS=1 $(VENV)/bin/pytest -p no:cacheprovider $(UNIT_DIRS) $(PYTEST_ARGS)
+pytest-integration: $(VENV)/.test-stamp $(NODE_STAMP) | pytest-unit
+	SFU_EXPECT_COMPILED=1 $(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+	SFU_NO_EXTENSIONS=1 $(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 pytest-compiled: $(VENV)/.test-stamp $(NODE_STAMP)
 	SFU_EXPECT_COMPILED=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
 pytest-python: $(VENV)/.test-stamp $(NODE_STAMP)
