@@ -1,0 +1,81 @@
+"""``sfu_cluster_*`` metrics: this node's lease, the directory's health, the bus.
+
+Read at scrape time from the :class:`~sfu.cluster.registry.NodeRegistry`'s plain counters.
+No labels name a node, a room or a person: Prometheus's own ``instance`` label tells nodes
+apart; the only label is the bus direction, from a fixed set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sfu.cluster.registry import NodeRegistry
+
+__all__ = ["ClusterCollector"]
+
+
+class ClusterCollector(Collector):
+    """Yields the cluster metric families of one node."""
+
+    def __init__(self, registry: NodeRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        reg = self._registry
+        directory = reg.directory
+        yield GaugeMetricFamily(
+            "sfu_cluster_lease_live",
+            "1 while this node's lease in the directory is live (renewed within its TTL)",
+            value=1.0 if reg.healthy else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "sfu_cluster_directory_up",
+            "1 when the last lease renewal reached the directory (Redis), else 0",
+            value=1.0 if reg.connected else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "sfu_cluster_nodes", "Nodes with a live lease, this one included", value=len(reg.peers)
+        )
+        yield GaugeMetricFamily(
+            "sfu_cluster_room_homes", "Rooms this node is the home of", value=len(reg.homes)
+        )
+        yield GaugeMetricFamily(
+            "sfu_cluster_draining", "1 while this node drains", value=float(reg.node.draining)
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_lease_renewals", "Lease renewals that reached the directory",
+            value=reg.renewals,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "sfu_cluster_lease_renew_failures",
+            "Lease renewals that found the directory unreachable",
+            value=reg.renew_failures,
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_lease_lapses",
+            "Renewals that found the lease lapsed (the node registered again)",
+            value=reg.lease_lapses,
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_directory_reconnects",
+            "Times the directory answered again after being unreachable",
+            value=reg.reconnects,
+        )
+        bus = CounterMetricFamily(
+            "sfu_cluster_bus_messages",
+            "Room event messages on the cluster bus, by direction (dropped: over the publish "
+            "rate, or too large or malformed on receipt)",
+            labels=["direction"],
+        )
+        bus.add_metric(["published"], directory.bus_published)
+        bus.add_metric(["received"], directory.bus_received)
+        bus.add_metric(["dropped"], directory.bus_dropped)
+        yield bus
+        yield CounterMetricFamily(
+            "sfu_cluster_bus_reconnects",
+            "Times the bus reader lost the directory and subscribed again",
+            value=getattr(directory, "bus_reconnects", 0),
+        )
