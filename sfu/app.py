@@ -379,8 +379,9 @@ class Server:
         return web.json_response({"packets": packets})
 
     def _cluster_details(self) -> dict[str, object]:
-        """The ``cluster`` part of ``/readyz`` (no personal data: node ids and health)."""
-        if self.cluster is None:
+        """The ``cluster`` part of ``/readyz`` when clustered (no personal data: node ids and
+        health); a single node's body stays ``{"status": "ok"}``."""
+        if self.cluster is None or not self.config.cluster.redis_url:
             return {}
         return {"cluster": self.cluster.status()}
 

@@ -123,23 +123,23 @@ class RedisRoomState:
             if value is None:
                 continue
             try:
-                policy = _policy_of(value)
+                policy = _policy_of(str(value))
             except (TypeError, ValueError, KeyError) as exc:
                 raise StateError(
                     f"{self._location} holds a bad policy under {key}: {exc}"
                 ) from None
-            policies.restore(key.removeprefix(_POLICY), policy)
+            policies.restore(str(key).removeprefix(_POLICY), policy)
             restored += 1
         banned = 0
         for key, table in ban_tables:
-            room = key.removeprefix(_BANS)
+            room = str(key).removeprefix(_BANS)
             for identity, until_text in table.items():
                 try:
                     until_wall = float(until_text)
                 except ValueError:
                     continue
                 if until_wall > wall:
-                    bans.ban(room, identity, now + (until_wall - wall), now)
+                    bans.ban(room, str(identity), now + (until_wall - wall), now)
                     banned += 1
         return restored, banned
 

@@ -2,9 +2,10 @@
 
 Leases lapse about 3 s after the last renewal; a room's home is deleted only by its owner
 (livekit#4316: a non-owner delete lost a live room); the bus crosses nodes and refuses what
-is too large; policies and bans written by one node are read by a restarted one; and a Redis
-killed and restarted (no persistence: every key forgotten) is survived: the registry
-registers again, claims its homes again, and the bus subscribes again, within 5 s.
+is too large (its rate bound is proven with a fake clock in test_cluster_directory.py);
+policies and bans written by one node are read by a restarted one; and a Redis killed and
+restarted (no persistence: every key forgotten) is survived: the registry registers again,
+claims its homes again, and the bus subscribes again, within 5 s.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import redis
 from redis_server import RedisServer, redis_server
 
 from sfu.cluster.directory import (
-    BUS_BURST,
     LEASE_TTL_S,
     MAX_BUS_MESSAGE_BYTES,
     BusError,
@@ -134,9 +134,6 @@ def test_bus_crosses_nodes_and_is_bounded(server: RedisServer) -> None:
             raw.publish("sfu:bus:room-1", b"not json")
             raw.close()
             await _until(lambda: _true_after(b.bus_dropped >= 2))
-            # The publish rate is bounded: a burst beyond BUS_BURST is dropped and counted.
-            sent = [await a.publish("room-1", {"n": i}) for i in range(BUS_BURST + 50)]
-            assert sent.count(False) >= 40 and a.bus_dropped == sent.count(False)
         finally:
             await a.close()
             await b.close()

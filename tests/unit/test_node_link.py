@@ -217,3 +217,25 @@ def test_varint_lengths_are_the_shortest() -> None:
         encode_varint(MAX_VARINT + 1)
     with pytest.raises(ValueError):
         encode_varint(-1)
+
+
+def test_cli_mints_a_ca_and_node_certs_that_link(tmp_path: Path) -> None:
+    """`sfu cluster-ca` and `sfu node-cert` write files the link accepts (keys mode 0600)."""
+    from sfu.cli import main
+
+    ca, ca_key = tmp_path / "ca.pem", tmp_path / "ca.key"
+    assert main(["cluster-ca", "--cert", str(ca), "--key", str(ca_key)]) == 0
+    files = {}
+    for node in ("node-a", "node-b"):
+        cert, key = tmp_path / f"{node}.pem", tmp_path / f"{node}.key"
+        args = ["node-cert", node, "--ca-cert", str(ca), "--ca-key", str(ca_key)]
+        assert main([*args, "--cert", str(cert), "--key", str(key)]) == 0
+        assert key.stat().st_mode & 0o777 == 0o600
+        files[node] = (str(ca), str(cert), str(key))
+    assert main(["node-cert", "bad id", "--ca-cert", str(ca), "--ca-key", str(ca_key),
+                 "--cert", "x", "--key", "y"]) == 2  # fmt: skip
+    # A key is never overwritten.
+    assert main(["cluster-ca", "--cert", str(ca), "--key", str(ca_key)]) == 1
+    pair = Pair(files["node-a"], files["node-b"], "node-b")
+    pair.pump()
+    assert pair.client.peer == "node-b"

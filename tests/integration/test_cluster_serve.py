@@ -1,0 +1,100 @@
+"""``sfu serve`` with ``[cluster] redis_url``: the node registers in a real redis-server,
+renews its lease, shows its cluster state in ``/readyz`` and ``sfu_cluster_*`` metrics,
+keeps its room policies in Redis, and deregisters on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis_server import RedisServer, redis_server
+from serve_process import HTTP_RE, TIMEOUT, ServeProcess, http_get
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as resp:
+        return str(resp.read().decode())
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the metrics")
+
+
+def test_serve_registers_renews_and_deregisters(server: RedisServer, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[http]\nhost = "127.0.0.1"\nport = 0\n'
+        '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
+        "[server]\ndrain_timeout_s = 1.0\n"
+        '[audit]\npath = ""\n'
+        f'[cluster]\nredis_url = "{server.url}"\nnode_id = "node-a"\nregion = "eu"\n'
+    )
+    check = redis.Redis.from_url(server.url, decode_responses=True)
+    # A policy another node stored is in force here from the start.
+    check.set(
+        "sfu:policy:locked-room",
+        json.dumps(
+            {
+                "waiting_room": False,
+                "locked": True,
+                "max_participants": 5,
+                "e2ee_required": False,
+                "password": None,
+            }
+        ),
+    )
+    proc = ServeProcess(config)
+    try:
+        port = int(proc.wait_for(HTTP_RE).group(1))
+        proc.wait_for(re.compile(r"restored 1 room policies and 0 bans from redis"))
+        status, body = http_get(port, "/readyz")
+        assert status == 200
+        assert body["cluster"] == {
+            "node_id": "node-a",
+            "region": "eu",
+            "directory": "up",
+            "lease": "live",
+            "nodes_alive": 1,
+            "draining": False,
+        }
+        entry = json.loads(check.get("sfu:node:node-a") or "{}")
+        assert entry["region"] == "eu"
+        # The lease is renewed: its expiry keeps moving back up towards 3 s.
+        deadline = time.monotonic() + 5.0
+        renewed = 0.0
+        while time.monotonic() < deadline:
+            text = _metrics(port)
+            renewed = _metric(text, "sfu_cluster_lease_renewals_total")
+            if renewed >= 3:
+                break
+            time.sleep(0.2)
+        assert renewed >= 3
+        assert 0 < int(check.pttl("sfu:node:node-a")) <= 3000
+        assert _metric(text, "sfu_cluster_directory_up") == 1.0
+        assert _metric(text, "sfu_cluster_nodes") == 1.0
+        assert "node-a" not in text  # no node ids (nor rooms, nor people) in metrics
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.finish() == 0
+        # Deregistered at once, not left to lapse.
+        assert check.exists("sfu:node:node-a") == 0
+    finally:
+        proc.kill()
+        check.close()
