@@ -59,6 +59,8 @@ class CpuResult:
 @dataclass(frozen=True)
 class LatencyResult:
     rate_per_s: float
+    #: Datagrams due at that rate, and those the link took (the rest: its queue was full).
+    offered: int
     sent: int
     received: int
     p50_ms: float
@@ -172,12 +174,12 @@ async def measure_latency(
                 raise RuntimeError("the link did not come up")
             await asyncio.sleep(0.01)
         filler = bytes(PAYLOAD_BYTES - 8)
-        tick = 0.001  # a batch per millisecond, as a forwarder's loop turn sends them
-        per_tick = max(1, round(rate * tick))
-        sent = 0
+        tick = 0.001  # a batch per loop turn (about a millisecond), as a forwarder sends them
+        sent = offered = 0
         start = time.monotonic()
-        while time.monotonic() - start < seconds:
-            for _ in range(per_tick):
+        while (elapsed := time.monotonic() - start) < seconds:
+            for _ in range(int(rate * elapsed) - offered):  # what is due by now
+                offered += 1
                 if link.send_flow(1, struct.pack("!d", time.perf_counter()) + filler):
                     sent += 1
             a.flush(link)
@@ -188,9 +190,10 @@ async def measure_latency(
         b.close()
     latencies.sort()
     if not latencies:
-        return LatencyResult(rate, sent, 0, float("nan"), float("nan"))
+        return LatencyResult(rate, offered, sent, 0, float("nan"), float("nan"))
     return LatencyResult(
         rate_per_s=rate,
+        offered=offered,
         sent=sent,
         received=len(latencies),
         p50_ms=round(statistics.median(latencies) * 1e3, 3),
@@ -220,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(measure_latency(rate, args.seconds, files))
             latency.append(result)
             print(
-                f"loopback at {rate:.0f}/s: {result.received}/{result.sent} delivered, "
+                f"loopback at {rate:.0f}/s: {result.received} of {result.offered} delivered "
+                f"({result.offered - result.sent} refused by a full queue), "
                 f"latency p50 {result.p50_ms} ms, p99 {result.p99_ms} ms"
             )
     if args.json:

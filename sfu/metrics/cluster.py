@@ -2,7 +2,7 @@
 
 Read at scrape time from the :class:`~sfu.cluster.registry.NodeRegistry`'s plain counters.
 No labels name a node, a room or a person: Prometheus's own ``instance`` label tells nodes
-apart; the only label is the bus direction, from a fixed set.
+apart; the only label is the bus event, from a fixed set (:mod:`sfu.metrics.labels`).
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ class ClusterCollector(Collector):
         )
         bus = CounterMetricFamily(
             "sfu_cluster_bus_messages",
-            "Room event messages on the cluster bus, by direction (dropped: over the publish "
-            "rate, or too large or malformed on receipt)",
-            labels=["direction"],
+            "Room event messages on the cluster bus: published, received, dropped (over the "
+            "publish rate, or too large or malformed on receipt)",
+            labels=["event"],
         )
         bus.add_metric(["published"], directory.bus_published)
         bus.add_metric(["received"], directory.bus_received)
