@@ -22,6 +22,7 @@ from aiohttp import web
 
 from sfu import __version__, clock
 from sfu.cluster.directory import Directory, LocalDirectory
+from sfu.cluster.links import NodeLinks
 from sfu.cluster.redis_directory import RedisDirectory
 from sfu.cluster.registry import NodeRegistry, node_from_config
 from sfu.cluster.room_state import RedisRoomState
@@ -301,6 +302,10 @@ class Server:
                 else LocalDirectory(clock.now)
             )
             self.cluster = NodeRegistry(directory, node_from_config(config.cluster))
+        #: QUIC links to the other nodes, when this node offers one (cluster.advertise_address).
+        self.links: NodeLinks | None = None
+        if self.cluster is not None and config.cluster.advertise_address:
+            self.links = NodeLinks(self.cluster.node.node_id, config.cluster, config.media.udp_host)
         self.http_app = build_http_app(
             readiness=self.readiness,
             max_body_bytes=config.http.max_body_bytes,
@@ -344,7 +349,7 @@ class Server:
             )
         )
         if self.cluster is not None:
-            self.metrics.register(ClusterCollector(self.cluster))
+            self.metrics.register(ClusterCollector(self.cluster, lambda: self.links))
         if worker_index is not None:
             self.http_app.router.add_get(WORKER_LOAD_PATH, self._worker_load)
         if config.metrics.enabled:
@@ -383,7 +388,10 @@ class Server:
         health); a single node's body stays ``{"status": "ok"}``."""
         if self.cluster is None or not self.config.cluster.redis_url:
             return {}
-        return {"cluster": self.cluster.status()}
+        status = self.cluster.status()
+        if self.links is not None:
+            status["links_up"] = sorted(self.links.up)
+        return {"cluster": status}
 
     @property
     def draining(self) -> bool:
@@ -548,6 +556,12 @@ class Server:
             log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
         # Meeting security: room policies, bans, audit log, password limits, admin API.
         store: StateStore | None = None
+        if self.links is not None and self.cluster is not None:
+            link_host, link_port = await self.links.start()
+            log.info(
+                "cluster: node links listening on udp %s", format_address((link_host, link_port))
+            )
+            self.cluster.on_peers = self.links.update
         if self.cluster is not None:
             await self.cluster.start()
             log.info(
@@ -696,6 +710,8 @@ class Server:
             self.room_state = None
         if self.cluster is not None:
             await self.cluster.stop()  # deregisters: the other nodes see it gone at once
+        if self.links is not None:
+            self.links.close()
         log.info("stopped (media datagrams received: %d)", self.sink.count)
 
 

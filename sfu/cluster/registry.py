@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from sfu.clock import Clock
@@ -65,6 +65,8 @@ class NodeRegistry:
         self._clock = clock
         self._load = load
         self._task: asyncio.Task[None] | None = None
+        #: Called with the live nodes after each renewal (the node links dial from it).
+        self.on_peers: Callable[[list[NodeInfo]], Awaitable[None]] | None = None
         #: Rooms this node is home to (claimed here; claimed again after Redis comes back).
         self.homes: set[str] = set()
         #: Live nodes (this one included) as of the last renewal.
@@ -125,6 +127,11 @@ class NodeRegistry:
         self.connected = True
         self.renewals += 1
         self.last_renewal = self._clock()
+        if self.on_peers is not None:
+            try:
+                await self.on_peers(self.peers)
+            except Exception:  # the links' trouble must not stop the lease
+                log.exception("cluster: handling the live nodes failed")
 
     async def _claim_homes_again(self) -> None:
         for room in sorted(self.homes):

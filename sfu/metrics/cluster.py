@@ -7,11 +7,12 @@ apart; the only label is the bus event, from a fixed set (:mod:`sfu.metrics.labe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sfu.cluster.links import NodeLinks
 from sfu.cluster.registry import NodeRegistry
 
 __all__ = ["ClusterCollector"]
@@ -20,8 +21,11 @@ __all__ = ["ClusterCollector"]
 class ClusterCollector(Collector):
     """Yields the cluster metric families of one node."""
 
-    def __init__(self, registry: NodeRegistry) -> None:
+    def __init__(
+        self, registry: NodeRegistry, links: Callable[[], NodeLinks | None] = lambda: None
+    ) -> None:
         self._registry = registry
+        self._links = links
 
     def collect(self) -> Iterator[Metric]:
         reg = self._registry
@@ -79,3 +83,28 @@ class ClusterCollector(Collector):
             "Times the bus reader lost the directory and subscribed again",
             value=getattr(directory, "bus_reconnects", 0),
         )
+        links = self._links()
+        if links is None:
+            return
+        yield GaugeMetricFamily(
+            "sfu_cluster_links_up", "QUIC links to other nodes that are up", value=len(links.up)
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_links_established", "QUIC node links that came up (either side dialled)",
+            value=links.links_established,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "sfu_cluster_links_lost", "QUIC node links that went down after coming up",
+            value=links.links_lost,
+        )  # fmt: skip
+        totals = links.totals()
+        flows = CounterMetricFamily(
+            "sfu_cluster_link_datagrams",
+            "Flow datagrams over the node links: published (sent), received, dropped (too "
+            "large for one packet, queue full, or malformed)",
+            labels=["event"],
+        )
+        flows.add_metric(["published"], totals["flows_sent"])
+        flows.add_metric(["received"], totals["flows_received"])
+        flows.add_metric(["dropped"], totals["dropped"])
+        yield flows

@@ -1,12 +1,13 @@
 """``sfu serve`` with ``[cluster] redis_url``: the node registers in a real redis-server,
 renews its lease, shows its cluster state in ``/readyz`` and ``sfu_cluster_*`` metrics,
-keeps its room policies in Redis, and deregisters on SIGTERM."""
+keeps its room policies in Redis, and deregisters on SIGTERM; two such nodes link over QUIC."""
 
 from __future__ import annotations
 
 import json
 import re
 import signal
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ import pytest
 import redis
 from redis_server import RedisServer, redis_server
 from serve_process import HTTP_RE, TIMEOUT, ServeProcess, http_get
+
+from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +101,60 @@ def test_serve_registers_renews_and_deregisters(server: RedisServer, tmp_path: P
     finally:
         proc.kill()
         check.close()
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_nodes_link_and_see_each_other(server: RedisServer, tmp_path: Path) -> None:
+    """Two `sfu serve` nodes with certificates of one CA: each sees the other alive in the
+    directory, one QUIC link comes up between them (the smaller id dials), and a node's
+    SIGTERM removes it from the other's view at once."""
+    ca_cert, ca_key = mint_ca()
+    (tmp_path / "ca.pem").write_bytes(ca_cert)
+    procs: dict[str, ServeProcess] = {}
+    ports: dict[str, int] = {}
+    try:
+        for node in ("node-a", "node-b"):
+            cert, key = mint_node_cert(ca_cert, ca_key, node)
+            (tmp_path / f"{node}.pem").write_bytes(cert)
+            write_pem(tmp_path / f"{node}.key", key, private=True)
+            link_port = _free_udp_port()
+            config = tmp_path / f"{node}.toml"
+            config.write_text(
+                '[http]\nhost = "127.0.0.1"\nport = 0\n'
+                '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
+                "[server]\ndrain_timeout_s = 1.0\n"
+                '[audit]\npath = ""\n'
+                f'[cluster]\nredis_url = "{server.url}"\nnode_id = "{node}"\n'
+                f'advertise_address = "127.0.0.1:{link_port}"\nlink_port = {link_port}\n'
+                f'ca_file = "{tmp_path / "ca.pem"}"\ncert_file = "{tmp_path / node}.pem"\n'
+                f'key_file = "{tmp_path / node}.key"\n'
+            )
+            procs[node] = ServeProcess(config)
+            ports[node] = int(procs[node].wait_for(HTTP_RE).group(1))
+        deadline = time.monotonic() + 8.0
+        while True:
+            views = {node: http_get(port, "/readyz")[1]["cluster"] for node, port in ports.items()}
+            if views["node-a"]["links_up"] == ["node-b"] and views["node-b"]["links_up"] == [
+                "node-a"
+            ]:
+                break
+            assert time.monotonic() < deadline, views
+            time.sleep(0.2)
+        assert all(view["nodes_alive"] == 2 for view in views.values())
+        text = _metrics(ports["node-b"])
+        assert _metric(text, "sfu_cluster_links_up") == 1.0
+        assert _metric(text, "sfu_cluster_links_established_total") == 1.0
+        procs["node-a"].proc.send_signal(signal.SIGTERM)
+        assert procs["node-a"].finish() == 0
+        deadline = time.monotonic() + 3.0  # deregistered: seen at the next renewal (1 s)
+        while http_get(ports["node-b"], "/readyz")[1]["cluster"]["nodes_alive"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        for proc in procs.values():
+            proc.kill()
