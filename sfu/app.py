@@ -22,7 +22,7 @@ from aiohttp import web
 
 from sfu import __version__, clock
 from sfu.cluster.directory import Directory, LocalDirectory
-from sfu.cluster.links import NodeLinks
+from sfu.cluster.links import LinkSetupError, NodeLinks
 from sfu.cluster.redis_directory import RedisDirectory
 from sfu.cluster.registry import NodeRegistry, node_from_config
 from sfu.cluster.room_state import RedisRoomState
@@ -765,7 +765,7 @@ async def run(
             log.error("cannot bind listening sockets: %s", exc)
             await asyncio.wait_for(server.stop(), timeout)
             return 1
-        except StateError as exc:
+        except (StateError, LinkSetupError) as exc:
             log.error("%s", exc)
             await asyncio.wait_for(server.stop(), timeout)
             return 1

@@ -31,12 +31,17 @@ from sfu.transport.node_link import (
     link_configuration,
 )
 
-__all__ = ["NodeLinks"]
+__all__ = ["LinkSetupError", "NodeLinks"]
 
 log = logging.getLogger(__name__)
 
 FlowHandler = Callable[[str, int, bytes], None]
 ControlHandler = Callable[[str, bytes], None]
+
+
+class LinkSetupError(RuntimeError):
+    """The node links cannot start: a certificate file is missing or unreadable (the message
+    names the key)."""
 
 
 class NodeLinks:
@@ -76,8 +81,15 @@ class NodeLinks:
 
     async def start(self) -> tuple[str, int]:
         """Listen on ``host:link_port``; the bound address. Raises OSError when it cannot
-        bind, ValueError/OSError when a certificate file cannot be read."""
-        self._server()  # read the files now, to fail at start rather than at the first link
+        bind, LinkSetupError when a certificate file cannot be used."""
+        c = self._cluster
+        try:
+            self._server()  # read the files now, to fail at start, not at the first link
+        except (OSError, ValueError) as exc:
+            raise LinkSetupError(
+                "cluster.ca_file, cluster.cert_file or cluster.key_file cannot be used "
+                f"({c.ca_file}, {c.cert_file}, {c.key_file}): {exc}"
+            ) from None
         self._endpoint = await LinkEndpoint.listen(
             self._host, self._cluster.link_port, self._server(), self._client, self._event
         )

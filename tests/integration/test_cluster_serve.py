@@ -158,3 +158,21 @@ def test_two_nodes_link_and_see_each_other(server: RedisServer, tmp_path: Path) 
     finally:
         for proc in procs.values():
             proc.kill()
+
+
+def test_missing_link_certificate_stops_the_start_naming_the_keys(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[http]\nhost = "127.0.0.1"\nport = 0\n'
+        '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
+        '[audit]\npath = ""\n'
+        '[cluster]\nadvertise_address = "127.0.0.1:4433"\n'
+        f'ca_file = "{tmp_path}/none.pem"\ncert_file = "{tmp_path}/none.pem"\n'
+        f'key_file = "{tmp_path}/none.key"\n'
+    )
+    proc = ServeProcess(config)
+    try:
+        assert proc.finish() == 1
+        assert "cluster.ca_file, cluster.cert_file or cluster.key_file cannot be used" in proc.log
+    finally:
+        proc.kill()
