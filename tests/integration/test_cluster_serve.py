@@ -176,3 +176,41 @@ def test_missing_link_certificate_stops_the_start_naming_the_keys(tmp_path: Path
         assert "cluster.ca_file, cluster.cert_file or cluster.key_file cannot be used" in proc.log
     finally:
         proc.kill()
+
+
+def test_serve_stays_ready_through_a_redis_restart(server: RedisServer, tmp_path: Path) -> None:
+    """Redis killed under a running node: the node stays ready (its media does not depend on
+    Redis) and says the directory is down; Redis back: registered again within 5 s."""
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[http]\nhost = "127.0.0.1"\nport = 0\n'
+        '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
+        "[server]\ndrain_timeout_s = 1.0\n"
+        '[audit]\npath = ""\n'
+        f'[cluster]\nredis_url = "{server.url}"\nnode_id = "node-r"\n'
+    )
+    proc = ServeProcess(config)
+    try:
+        port = int(proc.wait_for(HTTP_RE).group(1))
+        assert http_get(port, "/readyz")[1]["cluster"]["directory"] == "up"
+        server.kill()
+        deadline = time.monotonic() + 4.0
+        while (reply := http_get(port, "/readyz"))[1]["cluster"]["directory"] != "down":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert reply[0] == 200
+        server.start()
+        started = time.monotonic()
+        check = redis.Redis.from_url(server.url)
+        try:
+            while not (
+                check.exists("sfu:node:node-r")
+                and http_get(port, "/readyz")[1]["cluster"]["directory"] == "up"
+            ):
+                assert time.monotonic() - started < 5.0
+                time.sleep(0.1)
+        finally:
+            check.close()
+        assert _metric(_metrics(port), "sfu_cluster_directory_reconnects_total") >= 1
+    finally:
+        proc.kill()
