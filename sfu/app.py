@@ -565,13 +565,15 @@ class Server:
         if self.cluster is not None:
             await self.cluster.start()
             log.info(
-                "cluster: node %s (region %s) registered in the %s directory",
+                "cluster: node %s (region %s) %s the %s directory",
                 self.cluster.node.node_id,
                 self.cluster.node.region,
+                "registered in" if self.cluster.connected else "keeps trying to reach",
                 "Redis" if self.config.cluster.redis_url else "in-process",
             )
-            if self.config.cluster.redis_url:
-                store = RedisRoomState(self.config.cluster.redis_url)
+        if self.config.cluster.redis_url:
+            # Every worker of a clustered node reads and writes the cluster's policies and bans.
+            store = RedisRoomState(self.config.cluster.redis_url)
         security = RoomSecurity.from_config(
             self.config, now=clock.now(), wall=time.time(), store=store
         )
