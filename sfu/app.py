@@ -21,6 +21,11 @@ from typing import Final
 from aiohttp import web
 
 from sfu import __version__, clock
+from sfu.cluster.directory import Directory, LocalDirectory
+from sfu.cluster.links import LinkSetupError, NodeLinks
+from sfu.cluster.redis_directory import RedisDirectory
+from sfu.cluster.registry import NodeRegistry, node_from_config
+from sfu.cluster.room_state import RedisRoomState
 from sfu.config import Config, parse_workers
 from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels, default_kernels
@@ -38,12 +43,13 @@ from sfu.io.memory import HeapTrimmer, libc_malloc_trim
 from sfu.io.tcp import IceTcpListener, open_ice_tcp_listener
 from sfu.io.udp import SOCKET_BUFFER_BYTES, Address, MediaSocket, open_media_socket
 from sfu.logging_setup import configure_logging
+from sfu.metrics.cluster import ClusterCollector
 from sfu.metrics.collector import MetricSources
 from sfu.metrics.http import add_metrics_route, build_registry
 from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.negotiation import HostCandidate
 from sfu.room.chat import ChatLimits, ChatRelay
-from sfu.room.persistence import RoomStateStore, StateError
+from sfu.room.persistence import StateError, StateStore
 from sfu.room.security import RoomSecurity
 from sfu.room.service import RoomService
 from sfu.signaling.admin_http import add_admin_routes
@@ -286,8 +292,24 @@ class Server:
         self.loop_lag = LoopLagMonitor()
         #: Gives freed heap back to the system after sessions end (see sfu/io/memory.py).
         self.heap = HeapTrimmer(trim=libc_malloc_trim())
+        #: This node in the cluster directory (Redis when ``cluster.redis_url`` is set, else
+        #: in-process); one process per node registers: the only one, or worker 0.
+        self.cluster: NodeRegistry | None = None
+        if worker_index is None or worker_index == 0:
+            directory: Directory = (
+                RedisDirectory(config.cluster.redis_url)
+                if config.cluster.redis_url
+                else LocalDirectory(clock.now)
+            )
+            self.cluster = NodeRegistry(directory, node_from_config(config.cluster))
+        #: QUIC links to the other nodes, when this node offers one (cluster.advertise_address).
+        self.links: NodeLinks | None = None
+        if self.cluster is not None and config.cluster.advertise_address:
+            self.links = NodeLinks(self.cluster.node.node_id, config.cluster, config.media.udp_host)
         self.http_app = build_http_app(
-            readiness=self.readiness, max_body_bytes=config.http.max_body_bytes
+            readiness=self.readiness,
+            max_body_bytes=config.http.max_body_bytes,
+            details=self._cluster_details,
         )
         http = config.http
         exempt = frozenset(http.trusted_proxies)
@@ -307,7 +329,9 @@ class Server:
         )
         self.http_limits = HttpLimitCounters([self.http_limiter])
         if http.ops_port >= 0:
-            self.ops_app = build_http_app(readiness=self.readiness, max_body_bytes=1024)
+            self.ops_app = build_http_app(
+                readiness=self.readiness, max_body_bytes=1024, details=self._cluster_details
+            )
             self.http_limits.limiters.append(self.ops_limiter)
         self.metrics = build_registry(
             MetricSources(
@@ -324,6 +348,8 @@ class Server:
                 tcp_gate=lambda: self.tcp_gate,
             )
         )
+        if self.cluster is not None:
+            self.metrics.register(ClusterCollector(self.cluster, lambda: self.links))
         if worker_index is not None:
             self.http_app.router.add_get(WORKER_LOAD_PATH, self._worker_load)
         if config.metrics.enabled:
@@ -339,7 +365,7 @@ class Server:
             clock=clock.now,
         )
         #: Where room policies and bans persist (``rooms.state_dir``), once started.
-        self.room_state: RoomStateStore | None = None
+        self.room_state: StateStore | None = None
         self._ops: HttpServer | None = None
         if self.ops_app is not None:
             self._ops = HttpServer(
@@ -356,6 +382,16 @@ class Server:
         forwarder = self.dataplane.forwarder
         packets = forwarder.fast_packets + forwarder.slow_packets + forwarder.sent_packets
         return web.json_response({"packets": packets})
+
+    def _cluster_details(self) -> dict[str, object]:
+        """The ``cluster`` part of ``/readyz`` when clustered (no personal data: node ids and
+        health); a single node's body stays ``{"status": "ok"}``."""
+        if self.cluster is None or not self.config.cluster.redis_url:
+            return {}
+        status = self.cluster.status()
+        if self.links is not None:
+            status["links_up"] = sorted(self.links.up)
+        return {"cluster": status}
 
     @property
     def draining(self) -> bool:
@@ -519,7 +555,28 @@ class Server:
             )
             log.info("echo endpoint enabled at POST /echo (test page: /echo-test)")
         # Meeting security: room policies, bans, audit log, password limits, admin API.
-        security = RoomSecurity.from_config(self.config, now=clock.now(), wall=time.time())
+        store: StateStore | None = None
+        if self.links is not None and self.cluster is not None:
+            link_host, link_port = await self.links.start()
+            log.info(
+                "cluster: node links listening on udp %s", format_address((link_host, link_port))
+            )
+            self.cluster.on_peers = self.links.update
+        if self.cluster is not None:
+            await self.cluster.start()
+            log.info(
+                "cluster: node %s (region %s) %s the %s directory",
+                self.cluster.node.node_id,
+                self.cluster.node.region,
+                "registered in" if self.cluster.connected else "keeps trying to reach",
+                "Redis" if self.config.cluster.redis_url else "in-process",
+            )
+        if self.config.cluster.redis_url:
+            # Every worker of a clustered node reads and writes the cluster's policies and bans.
+            store = RedisRoomState(self.config.cluster.redis_url)
+        security = RoomSecurity.from_config(
+            self.config, now=clock.now(), wall=time.time(), store=store
+        )
         self.room_state = security.state
         self.rooms = RoomService(
             self.port,
@@ -600,6 +657,8 @@ class Server:
             return
         self._draining = True
         log.info("draining: readiness now reports unavailable; new joins are refused")
+        if self.cluster is not None:
+            self.cluster.set_draining()
         if self.rooms is not None:
             self.rooms.draining = True
             notice = {"type": "server_draining", "deadline_s": round(deadline_s, 1)}
@@ -651,6 +710,10 @@ class Server:
         if self.room_state is not None:
             self.room_state.close()
             self.room_state = None
+        if self.cluster is not None:
+            await self.cluster.stop()  # deregisters: the other nodes see it gone at once
+        if self.links is not None:
+            self.links.close()
         log.info("stopped (media datagrams received: %d)", self.sink.count)
 
 
@@ -704,7 +767,7 @@ async def run(
             log.error("cannot bind listening sockets: %s", exc)
             await asyncio.wait_for(server.stop(), timeout)
             return 1
-        except StateError as exc:
+        except (StateError, LinkSetupError) as exc:
             log.error("%s", exc)
             await asyncio.wait_for(server.stop(), timeout)
             return 1

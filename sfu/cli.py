@@ -1,4 +1,5 @@
-"""Command-line interface: ``sfu serve``, ``sfu check-config``, ``sfu token``, ``sfu version``."""
+"""Command-line interface: ``sfu serve``, ``sfu check-config``, ``sfu token``, ``sfu version``,
+and ``sfu cluster-ca`` / ``sfu node-cert`` that mint the cluster's link certificates."""
 
 from __future__ import annotations
 
@@ -100,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("version", help="print version, Python version and fast-path implementation")
+    ca = sub.add_parser(
+        "cluster-ca", help="mint a cluster CA for the QUIC node links (certificate and key PEM)"
+    )
+    ca.add_argument("--cert", required=True, help="where to write the CA certificate")
+    ca.add_argument("--key", required=True, help="where to write the CA key (mode 0600)")
+    ca.add_argument("--name", default="sfu cluster CA", help="the CA's common name")
+    node = sub.add_parser("node-cert", help="mint a node's link certificate signed by the CA")
+    node.add_argument("node_id", help="the node's cluster.node_id (named in the certificate)")
+    node.add_argument("--ca-cert", required=True, help="the cluster CA certificate")
+    node.add_argument("--ca-key", required=True, help="the cluster CA key")
+    node.add_argument("--cert", required=True, help="where to write the node certificate")
+    node.add_argument("--key", required=True, help="where to write the node key (mode 0600)")
     return parser
 
 
@@ -183,6 +196,45 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cluster_ca(args: argparse.Namespace) -> int:
+    from sfu.cluster.pki import mint_ca, write_pem
+
+    cert, key = mint_ca(args.name)
+    try:
+        write_pem(args.key, key, private=True)
+        write_pem(args.cert, cert, private=False)
+    except OSError as exc:
+        print(f"sfu: {exc}", file=sys.stderr)
+        return 1
+    print(f"cluster CA written to {args.cert} (key {args.key}: keep it off the nodes)")
+    return 0
+
+
+def _cmd_node_cert(args: argparse.Namespace) -> int:
+    from sfu.cluster.pki import mint_node_cert, write_pem
+    from sfu.config import MAX_CLUSTER_NAME, is_cluster_name
+
+    if not is_cluster_name(args.node_id):
+        print(
+            f"sfu: node_id must be 1 to {MAX_CLUSTER_NAME} letters, digits, '.', '_' or '-'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        with open(args.ca_cert, "rb") as f:
+            ca_cert = f.read()
+        with open(args.ca_key, "rb") as f:
+            ca_key = f.read()
+        cert, key = mint_node_cert(ca_cert, ca_key, args.node_id)
+        write_pem(args.key, key, private=True)
+        write_pem(args.cert, cert, private=False)
+    except (OSError, ValueError) as exc:
+        print(f"sfu: {exc}", file=sys.stderr)
+        return 1
+    print(f"certificate of node {args.node_id} written to {args.cert} (key {args.key})")
+    return 0
+
+
 def _cmd_version() -> int:
     from sfu.app import fast_path_implementation
 
@@ -209,5 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_token(args)
     if args.command == "version":
         return _cmd_version()
+    if args.command == "cluster-ca":
+        return _cmd_cluster_ca(args)
+    if args.command == "node-cert":
+        return _cmd_node_cert(args)
     parser.print_help(sys.stderr)
     return 2

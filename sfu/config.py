@@ -262,6 +262,38 @@ class AuditConfig:
     retention_days: int = 30
 
 
+#: Longest ``cluster.node_id`` / ``cluster.region`` (they are Redis key parts and metric
+#: labels, so they stay short and plain).
+MAX_CLUSTER_NAME: Final = 64
+#: URL schemes ``cluster.redis_url`` accepts (redis-py: plain TCP, TLS, a Unix socket).
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A cluster of nodes sharing a Redis directory and bus (docs/architecture.md, Cluster).
+
+    With ``redis_url`` empty the node is alone: an in-process directory, nothing to start.
+    """
+
+    #: Redis that holds the node leases, room homes, policies and bans, and carries the bus.
+    redis_url: str = ""
+    #: This node's name in the cluster: letters, digits, ``-``, ``_``, ``.``; empty takes the
+    #: host name.
+    node_id: str = ""
+    #: Where the node is, for placement by region; the same characters as ``node_id``.
+    region: str = "default"
+    #: ``host:port`` other nodes reach this node's QUIC link at; empty: no link is offered.
+    advertise_address: str = ""
+    #: UDP port of the QUIC node link on ``media.udp_host``; 0 picks a free one.
+    link_port: int = 0
+    #: PEM files of the cluster CA and of this node's certificate and key (``sfu cluster-ca``
+    #: and ``sfu node-cert`` mint them): the link accepts only peers the CA signed.
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The complete, validated server configuration."""
@@ -276,6 +308,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def announced_addresses(self) -> tuple[str, ...]:
         """Addresses to put into ICE candidates: the configured list, else the bind host."""
@@ -566,6 +599,54 @@ def _validate_rooms(
     return errors
 
 
+def is_cluster_name(text: str) -> bool:
+    """Whether ``text`` may be a node id or region: 1-64 of ``[A-Za-z0-9._-]``."""
+    return 0 < len(text) <= MAX_CLUSTER_NAME and all(
+        c.isascii() and (c.isalnum() or c in "._-") for c in text
+    )
+
+
+def _validate_cluster(
+    values: dict[str, dict[str, Any]], label: dict[str, str]
+) -> list[tuple[str, str]]:
+    """Checks of ``[cluster]``: the Redis URL's scheme, names, the link's address and files."""
+    errors: list[tuple[str, str]] = []
+    cluster = values["cluster"]
+
+    def err(path: str, message: str) -> None:
+        errors.append((label.get(path, path), message))
+
+    url = cluster.get("redis_url")
+    if url and not url.startswith(REDIS_SCHEMES):
+        err("cluster.redis_url", f"must start with one of {', '.join(REDIS_SCHEMES)}")
+    for key in ("node_id", "region"):
+        value = cluster.get(key)
+        if (
+            value is not None
+            and not (key == "node_id" and value == "")
+            and not (is_cluster_name(value))
+        ):
+            err(
+                f"cluster.{key}",
+                f"must be 1 to {MAX_CLUSTER_NAME} letters, digits, '.', '_' or '-', got {value!r}",
+            )
+    advertise = cluster.get("advertise_address")
+    if advertise:
+        host, _, port_text = advertise.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            err("cluster.advertise_address", f"must be host:port, got {advertise!r}")
+    link_port = cluster.get("link_port")
+    if link_port is not None and not 0 <= link_port <= 65535:
+        err("cluster.link_port", f"must be between 0 and 65535, got {link_port}")
+    files = [cluster.get(k) or "" for k in ("ca_file", "cert_file", "key_file")]
+    if advertise and not all(files):
+        for key, value in zip(("ca_file", "cert_file", "key_file"), files, strict=True):
+            if not value:
+                err(f"cluster.{key}", "is required when cluster.advertise_address is set")
+    return errors
+
+
 #: URL schemes of ``turn.urls`` (RFC 7065).
 _TURN_SCHEMES: Final = ("turn:", "turns:")
 #: Shortest accepted ``turn.secret`` (coturn's static-auth-secret): an HMAC key.
@@ -701,6 +782,7 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
             label[f"{section}.{key}"] = var
 
     errors.extend(_validate(values, label))
+    errors.extend(_validate_cluster(values, label))
     if errors:
         raise ConfigError(errors)
     sections = {name: cls(**values[name]) for name, cls in _SECTIONS.items()}

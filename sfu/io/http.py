@@ -24,18 +24,25 @@ ReadinessProbe: TypeAlias = Callable[[], str | None]
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 
 
-def build_http_app(*, readiness: ReadinessProbe, max_body_bytes: int) -> web.Application:
-    """An application with ``GET /healthz`` (liveness) and ``GET /readyz`` (readiness)."""
+def build_http_app(
+    *,
+    readiness: ReadinessProbe,
+    max_body_bytes: int,
+    details: Callable[[], dict[str, Any]] | None = None,
+) -> web.Application:
+    """An application with ``GET /healthz`` (liveness) and ``GET /readyz`` (readiness;
+    ``details``, when given, adds its keys to the body, e.g. the node's cluster state)."""
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"}, headers=_NO_STORE)
 
     async def readyz(_request: web.Request) -> web.Response:
         reason = readiness()
+        extra = details() if details is not None else {}
         if reason is None:
-            return web.json_response({"status": "ok"}, headers=_NO_STORE)
+            return web.json_response({"status": "ok", **extra}, headers=_NO_STORE)
         return web.json_response(
-            {"status": "unavailable", "reason": reason}, status=503, headers=_NO_STORE
+            {"status": "unavailable", "reason": reason, **extra}, status=503, headers=_NO_STORE
         )
 
     async def hide_server_version(_request: web.Request, response: web.StreamResponse) -> None:

@@ -102,7 +102,8 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "stage": frozenset({"ice", "dtls"}),
     "state": frozenset({"new", "connecting", "connected", "waiting", "joined"})
     | frozenset(ALLOCATION_STATES),
-    "event": frozenset({"paused", "resumed", "relayed", "delivered"}),
+    "event": frozenset({"paused", "resumed", "relayed", "delivered"})
+    | frozenset({"published", "received", "dropped"}),  # the cluster bus
     "type": frozenset({"pli", "fir"}),
     "implementation": frozenset({"cython", "python"}),
     "le": frozenset(),  # bucket bounds: numbers, checked separately

@@ -17,13 +17,13 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from sfu.room.policy import Bans, PasswordHash, PolicyError, PolicyStore, RoomPolicy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATE_FILE", "RoomStateStore", "StateError"]
+__all__ = ["STATE_FILE", "RoomStateStore", "StateError", "StateStore"]
 
 #: The file's name inside the state directory.
 STATE_FILE: Final = "rooms.sqlite3"
@@ -54,6 +54,35 @@ CREATE TABLE IF NOT EXISTS bans (
 
 class StateError(RuntimeError):
     """The state file cannot be used; the message names it (and the server does not start)."""
+
+
+class StateStore(Protocol):
+    """Where room policies and bans persist: this SQLite file on one node, Redis in a
+    cluster (:mod:`sfu.cluster.room_state`). Writes go through on every change."""
+
+    @property
+    def location(self) -> str:
+        """Where the state is, for logs (a path, or the Redis host: never a password)."""
+        ...
+
+    def load(
+        self, policies: PolicyStore, bans: Bans, *, now: float, wall: float
+    ) -> tuple[int, int]:
+        """Restore every policy and unexpired ban; (policies, bans) restored. StateError
+        when the store cannot be read."""
+        ...
+
+    def save_policy(self, room: str, policy: RoomPolicy | None) -> None:
+        """Store (None: forget) a room's policy; PolicyError when it could not be written."""
+        ...
+
+    def save_ban(self, room: str, identity: str, until_wall: float) -> None:
+        """Store a ban (or its extension); a failed write is logged, the ban holds in memory."""
+        ...
+
+    def close(self) -> None:
+        """Release the store."""
+        ...
 
 
 class RoomStateStore:
@@ -90,6 +119,11 @@ class RoomStateStore:
         except StateError:
             self._db.close()
             raise
+
+    @property
+    def location(self) -> str:
+        """The file's path."""
+        return str(self.path)
 
     def close(self) -> None:
         """Close the file (every change is already written)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sfu.config import Config
 from sfu.room.audit import AuditLog
-from sfu.room.persistence import RoomStateStore
+from sfu.room.persistence import RoomStateStore, StateStore
 from sfu.room.policy import Bans, PasswordAttempts, PolicyStore, RoomDefaults
 from sfu.room.service import RoomLimits
 
@@ -30,15 +30,24 @@ class RoomSecurity:
     bans: Bans
     audit: AuditLog
     attempts: PasswordAttempts
-    #: Where policies and bans persist (``rooms.state_dir``); None keeps them in memory.
-    state: RoomStateStore | None = None
+    #: Where policies and bans persist (``rooms.state_dir``, or Redis in a cluster); None
+    #: keeps them in memory.
+    state: StateStore | None = None
 
     @classmethod
-    def from_config(cls, config: Config, *, now: float = 0.0, wall: float = 0.0) -> RoomSecurity:
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        now: float = 0.0,
+        wall: float = 0.0,
+        store: StateStore | None = None,
+    ) -> RoomSecurity:
         """Everything ``[rooms]`` and ``[audit]`` describe, with the policies and bans the
         state file kept (``now``: the service's clock, ``wall``: the wall clock, at start).
         Raises :class:`~sfu.room.persistence.StateError`, naming the file, when it cannot be
-        used: never a silent start with every room open."""
+        used: never a silent start with every room open. ``store`` (the cluster's Redis)
+        takes the place of ``rooms.state_dir``'s file."""
         rooms = config.rooms
         audit = AuditLog(config.audit.path or None, retention_days=config.audit.retention_days)
         if audit.enabled:
@@ -47,15 +56,16 @@ class RoomSecurity:
             log.warning("audit log disabled (audit.path is empty): moderation leaves no record")
         policies = PolicyStore(RoomDefaults.from_config(rooms))
         bans = Bans(rooms.max_bans)
-        state = None
-        if rooms.state_dir:
+        state: StateStore | None = store
+        if state is None and rooms.state_dir:
             state = RoomStateStore(rooms.state_dir)
+        if state is not None:
             restored, banned = state.load(policies, bans, now=now, wall=wall)
             log.info(
                 "room state: restored %d room policies and %d bans from %s",
                 restored,
                 banned,
-                state.path,
+                state.location,
             )
             store = state
             policies.on_change = store.save_policy

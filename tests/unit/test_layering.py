@@ -59,6 +59,8 @@ SUBPACKAGES: dict[str, str] = {
     "room": "services",
     "metrics": "adapters",
     "io": "adapters",
+    # the cluster's directory and bus (local or Redis), node leases, the cluster CA
+    "cluster": "adapters",
     "signaling": "signaling",
     "web": "leaf",  # static files only
     "workers": "app",  # the supervisor of forwarding worker processes

@@ -1,0 +1,284 @@
+"""The cluster's directory and bus behind one small interface, and its in-process version.
+
+The directory holds which nodes are alive (each a leased entry: registered, renewed every
+:data:`RENEW_INTERVAL_S`, gone :data:`LEASE_TTL_S` after its last renewal) and which node is
+each room's home (claimed by one node, released only by that node: a compare-and-delete,
+so a node that lost a race, or a stale one, cannot delete a room another node serves;
+livekit#4316 lost a 435-participant room to exactly that). The bus carries room events
+between nodes (publish to a room's channel; every node subscribed to it gets them), bounded
+in message size and in rate.
+
+:class:`LocalDirectory` is a single node's: in-process tables and callbacks, nothing to start
+(``make run``). :class:`~sfu.cluster.redis_directory.RedisDirectory` is the cluster's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from sfu.clock import Clock
+from sfu.clock import now as monotonic
+
+__all__ = [
+    "BUS_BURST",
+    "BUS_RATE_PER_S",
+    "LEASE_TTL_S",
+    "MAX_BUS_MESSAGE_BYTES",
+    "RENEW_INTERVAL_S",
+    "BusError",
+    "BusHandler",
+    "Directory",
+    "DirectoryUnavailable",
+    "LocalDirectory",
+    "NodeInfo",
+    "RateLimit",
+    "decode_bus_message",
+    "encode_bus_message",
+]
+
+#: A node renews its lease this often (seconds).
+RENEW_INTERVAL_S: Final = 1.0
+#: A lease not renewed for this long lapses: the node is dead (three missed renewals).
+LEASE_TTL_S: Final = 3.0
+#: Largest bus message (JSON, UTF-8 bytes): room events are small; a bigger one is refused
+#: on publish and dropped (counted) on receipt.
+MAX_BUS_MESSAGE_BYTES: Final = 16384
+#: Bus messages one node may publish per second, sustained, and in a burst (a token bucket):
+#: room events come at human speed; a loop gone wrong must not flood every node.
+BUS_RATE_PER_S: Final = 500.0
+BUS_BURST: Final = 1000
+#: Longest room name accepted as a bus channel or home key (the room protocol's own bound).
+MAX_ROOM_NAME: Final = 128
+
+
+class DirectoryUnavailable(ConnectionError):
+    """The directory's store (Redis) did not answer; the caller retries later."""
+
+
+class BusError(ValueError):
+    """A bus message that cannot be sent (too large, not JSON) or a bad room name."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What the directory says about one node (no personal data: ids and addresses of nodes)."""
+
+    node_id: str
+    region: str
+    #: ``host:port`` of its QUIC node link; empty when it offers none.
+    link_address: str = ""
+    #: Its load, 0.0 (idle) to 1.0 (full), for placement; draining nodes take no one.
+    load: float = 0.0
+    draining: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "node_id": self.node_id,
+                "region": self.region,
+                "link_address": self.link_address,
+                "load": self.load,
+                "draining": self.draining,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> NodeInfo:
+        """Parse a stored entry; ValueError when it is not one."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("a node entry is a JSON object")
+        load = float(data.get("load", 0.0))
+        return cls(
+            node_id=str(data["node_id"]),
+            region=str(data.get("region", "")),
+            link_address=str(data.get("link_address", "")),
+            load=load if math.isfinite(load) else 1.0,
+            draining=bool(data.get("draining", False)),
+        )
+
+
+BusHandler = Callable[[str, Mapping[str, Any]], None]
+
+
+def encode_bus_message(message: Mapping[str, Any]) -> bytes:
+    """A bus message as compact JSON; BusError when it is not JSON or is too large."""
+    try:
+        data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise BusError(f"a bus message must be JSON: {exc}") from None
+    if len(data) > MAX_BUS_MESSAGE_BYTES:
+        raise BusError(f"a bus message holds at most {MAX_BUS_MESSAGE_BYTES} bytes")
+    return data
+
+
+def decode_bus_message(data: bytes | str) -> dict[str, Any] | None:
+    """A received bus message, or None when it is too large or not a JSON object."""
+    if len(data) > MAX_BUS_MESSAGE_BYTES:
+        return None
+    try:
+        message = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def check_room(room: str) -> None:
+    """BusError unless ``room`` is a usable room name (non-empty, bounded, printable)."""
+    if not room or len(room) > MAX_ROOM_NAME or not room.isprintable():
+        raise BusError(f"a room name is 1 to {MAX_ROOM_NAME} printable characters")
+
+
+class RateLimit:
+    """A token bucket: ``rate`` per second sustained, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int, *, now: float) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at = now
+
+    def take(self, *, now: float) -> bool:
+        """Whether one more may pass now (and count it)."""
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class Directory(Protocol):
+    """The cluster directory and bus (every method may raise :class:`DirectoryUnavailable`
+    when the store is unreachable; the node registry retries)."""
+
+    #: Bus messages dropped: over the publish rate, or too large / malformed on receipt.
+    bus_dropped: int
+    #: Bus messages published and delivered to a handler here.
+    bus_published: int
+    bus_received: int
+
+    async def register(self, node: NodeInfo) -> None:
+        """Create or refresh ``node``'s lease (it lapses after :data:`LEASE_TTL_S`)."""
+        ...
+
+    async def renew(self, node: NodeInfo) -> bool:
+        """Extend ``node``'s lease; False when it had lapsed (then it is registered again)."""
+        ...
+
+    async def deregister(self, node_id: str) -> None:
+        """Remove the node's lease now (a clean shutdown)."""
+        ...
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Every node whose lease is live."""
+        ...
+
+    async def claim_home(self, room: str, node_id: str) -> str:
+        """Make ``node_id`` the room's home unless a live node already is; returns the home."""
+        ...
+
+    async def home(self, room: str) -> str | None:
+        """The node that is the room's home (None: nobody's)."""
+        ...
+
+    async def release_home(self, room: str, node_id: str) -> bool:
+        """Delete the room's home entry if ``node_id`` owns it; False (nothing changed) when
+        another node does."""
+        ...
+
+    async def publish(self, room: str, message: Mapping[str, Any]) -> bool:
+        """Send a room event to every node subscribed to the room; False when dropped by the
+        rate limit. BusError when the message is too large or not JSON."""
+        ...
+
+    async def subscribe(self, room: str, handler: BusHandler) -> None:
+        """Deliver the room's events to ``handler(room, message)`` (own messages included)."""
+        ...
+
+    async def unsubscribe(self, room: str) -> None:
+        """Stop delivering the room's events."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (leases are left to lapse unless deregistered)."""
+        ...
+
+
+class LocalDirectory:
+    """The directory of a node on its own: in-process tables, leases against ``clock``."""
+
+    def __init__(self, clock: Clock = monotonic) -> None:
+        self._clock = clock
+        self._nodes: dict[str, tuple[NodeInfo, float]] = {}
+        self._homes: dict[str, str] = {}
+        self._handlers: dict[str, BusHandler] = {}
+        self._rate = RateLimit(BUS_RATE_PER_S, BUS_BURST, now=clock())
+        self.bus_dropped = 0
+        self.bus_published = 0
+        self.bus_received = 0
+
+    def _alive(self, node_id: str) -> bool:
+        entry = self._nodes.get(node_id)
+        return entry is not None and entry[1] > self._clock()
+
+    async def register(self, node: NodeInfo) -> None:
+        self._nodes[node.node_id] = (node, self._clock() + LEASE_TTL_S)
+
+    async def renew(self, node: NodeInfo) -> bool:
+        lapsed = not self._alive(node.node_id)
+        await self.register(node)
+        return not lapsed
+
+    async def deregister(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+
+    async def nodes(self) -> list[NodeInfo]:
+        now = self._clock()
+        return [info for info, until in self._nodes.values() if until > now]
+
+    async def claim_home(self, room: str, node_id: str) -> str:
+        check_room(room)
+        owner = self._homes.get(room)
+        if owner is None or (owner != node_id and not self._alive(owner)):
+            self._homes[room] = node_id
+            return node_id
+        return owner
+
+    async def home(self, room: str) -> str | None:
+        return self._homes.get(room)
+
+    async def release_home(self, room: str, node_id: str) -> bool:
+        if self._homes.get(room) != node_id:
+            return False
+        del self._homes[room]
+        return True
+
+    async def publish(self, room: str, message: Mapping[str, Any]) -> bool:
+        check_room(room)
+        data = encode_bus_message(message)
+        if not self._rate.take(now=self._clock()):
+            self.bus_dropped += 1
+            return False
+        self.bus_published += 1
+        handler = self._handlers.get(room)
+        decoded = decode_bus_message(data)
+        if handler is not None and decoded is not None:
+            self.bus_received += 1
+            handler(room, decoded)
+        return True
+
+    async def subscribe(self, room: str, handler: BusHandler) -> None:
+        check_room(room)
+        self._handlers[room] = handler
+
+    async def unsubscribe(self, room: str) -> None:
+        self._handlers.pop(room, None)
+
+    async def close(self) -> None:
+        self._handlers.clear()

@@ -1,0 +1,165 @@
+"""This node's QUIC links to the other nodes: one per node pair, dialled from the directory.
+
+Every node with ``cluster.advertise_address`` listens for links on ``cluster.link_port``.
+After each lease renewal the registry hands over the live nodes; for every one that offers a
+link the node with the smaller id dials (so a pair has exactly one connection, whichever
+node saw the other first) and the other accepts. A link that goes down is dialled again at
+the next renewal while its peer is alive. What the links carry (the relayed publications and
+their feedback) is the pipe's, next; here flows and control messages go to hooks that count
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from aioquic.quic.configuration import QuicConfiguration
+
+from sfu.cluster.directory import NodeInfo
+from sfu.config import ClusterConfig
+from sfu.io.quic_link import LinkEndpoint
+from sfu.transport.node_link import (
+    ControlReceived,
+    FlowReceived,
+    LinkDown,
+    LinkEvent,
+    LinkUp,
+    NodeLink,
+    link_configuration,
+)
+
+__all__ = ["LinkSetupError", "NodeLinks"]
+
+log = logging.getLogger(__name__)
+
+FlowHandler = Callable[[str, int, bytes], None]
+ControlHandler = Callable[[str, bytes], None]
+
+
+class LinkSetupError(RuntimeError):
+    """The node links cannot start: a certificate file is missing or unreadable (the message
+    names the key)."""
+
+
+class NodeLinks:
+    """The node links of one node: listening, dialling by id order, the links up by peer."""
+
+    def __init__(self, node_id: str, cluster: ClusterConfig, host: str) -> None:
+        self.node_id = node_id
+        self._cluster = cluster
+        self._host = host
+        self._endpoint: LinkEndpoint | None = None
+        #: Links that are up, by the peer's node id (proven by its certificate).
+        self.up: dict[str, NodeLink] = {}
+        self._dialling: dict[str, NodeLink] = {}
+        #: Where flows and control messages go (the pipe, next); by default only counted.
+        self.on_flow: FlowHandler | None = None
+        self.on_control: ControlHandler | None = None
+        #: Counters read at scrape time (the links' own counters are summed with them).
+        self.links_established = 0
+        self.links_lost = 0
+        self._retired = {"flows_sent": 0, "flows_received": 0, "dropped": 0}
+
+    def _server(self) -> QuicConfiguration:
+        c = self._cluster
+        return link_configuration(
+            is_client=False, ca_file=c.ca_file, cert_file=c.cert_file, key_file=c.key_file
+        )
+
+    def _client(self, peer: str) -> QuicConfiguration:
+        c = self._cluster
+        return link_configuration(
+            is_client=True,
+            ca_file=c.ca_file,
+            cert_file=c.cert_file,
+            key_file=c.key_file,
+            server_name=peer,
+        )
+
+    async def start(self) -> tuple[str, int]:
+        """Listen on ``host:link_port``; the bound address. Raises OSError when it cannot
+        bind, LinkSetupError when a certificate file cannot be used."""
+        c = self._cluster
+        try:
+            self._server()  # read the files now, to fail at start, not at the first link
+        except (OSError, ValueError) as exc:
+            raise LinkSetupError(
+                "cluster.ca_file, cluster.cert_file or cluster.key_file cannot be used "
+                f"({c.ca_file}, {c.cert_file}, {c.key_file}): {exc}"
+            ) from None
+        self._endpoint = await LinkEndpoint.listen(
+            self._host, self._cluster.link_port, self._server(), self._client, self._event
+        )
+        return self._endpoint.address
+
+    async def update(self, peers: list[NodeInfo]) -> None:
+        """Dial every live node with a larger id that offers a link and has none up."""
+        if self._endpoint is None:
+            return
+        loop = asyncio.get_running_loop()
+        for peer in peers:
+            if peer.node_id <= self.node_id or not peer.link_address:
+                continue
+            if peer.node_id in self.up or peer.node_id in self._dialling:
+                continue
+            host, _, port = peer.link_address.rpartition(":")
+            try:
+                infos = await loop.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_DGRAM)
+            except (OSError, ValueError):
+                log.warning("cluster: cannot resolve a peer's link address")
+                continue
+            addr = infos[0][4]
+            link = self._endpoint.connect((str(addr[0]), int(addr[1])), peer.node_id)
+            self._dialling[peer.node_id] = link
+
+    def _event(self, link: NodeLink, event: LinkEvent) -> None:
+        if isinstance(event, LinkUp):
+            self._dialling.pop(event.peer, None)
+            old = self.up.get(event.peer)
+            if old is not None and old is not link:
+                old.close("replaced")
+            self.up[event.peer] = link
+            self.links_established += 1
+            log.info("cluster: link up with node %s", event.peer)
+        elif isinstance(event, LinkDown):
+            for table in (self.up, self._dialling):
+                for peer, known in list(table.items()):
+                    if known is link:
+                        del table[peer]
+            if link.peer is not None:
+                self.links_lost += 1
+                log.info("cluster: link with node %s down (%s)", link.peer, event.reason)
+            self._retired["flows_sent"] += link.flows_sent
+            self._retired["flows_received"] += link.flows_received
+            self._retired["dropped"] += (
+                link.dropped_too_large + link.dropped_congested + link.dropped_malformed
+            )
+        elif link.peer is None:
+            return
+        elif isinstance(event, FlowReceived):
+            if self.on_flow is not None:
+                self.on_flow(link.peer, event.flow_id, event.payload)
+        elif isinstance(event, ControlReceived) and self.on_control is not None:
+            self.on_control(link.peer, event.message)
+
+    def totals(self) -> dict[str, int]:
+        """Flow datagrams sent, received and dropped over every link so far."""
+        out = dict(self._retired)
+        for link in self.up.values():
+            out["flows_sent"] += link.flows_sent
+            out["flows_received"] += link.flows_received
+            out["dropped"] += (
+                link.dropped_too_large + link.dropped_congested + link.dropped_malformed
+            )
+        return out
+
+    def close(self) -> None:
+        """Close every link and the socket."""
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+        self.up.clear()
+        self._dialling.clear()

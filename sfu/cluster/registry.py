@@ -1,0 +1,187 @@
+"""This node in the cluster directory: its lease, renewed every second, and the rooms it is home to.
+
+:class:`NodeRegistry` registers the node at start, renews the lease every
+:data:`~sfu.cluster.directory.RENEW_INTERVAL_S` and deregisters it on a clean stop (SIGTERM),
+releasing its room homes. When the directory is unreachable (Redis restarting) it keeps
+trying every interval; once Redis answers again it registers again and claims its rooms'
+homes again (a restarted Redis without persistence has forgotten them). Media never waits
+for any of this: the registry runs beside the data plane, on the event loop, between packets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from sfu.clock import Clock
+from sfu.clock import now as monotonic
+from sfu.cluster.directory import (
+    LEASE_TTL_S,
+    RENEW_INTERVAL_S,
+    Directory,
+    DirectoryUnavailable,
+    NodeInfo,
+)
+from sfu.config import MAX_CLUSTER_NAME, ClusterConfig, is_cluster_name
+
+__all__ = ["NodeRegistry", "node_from_config"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a clean stop may spend releasing homes and deregistering before it gives up (the
+#: lease then lapses by itself within LEASE_TTL_S).
+STOP_TIMEOUT_S: Final = 1.0
+
+
+def node_from_config(cluster: ClusterConfig) -> NodeInfo:
+    """This node as ``[cluster]`` describes it; an empty ``node_id`` takes the host name
+    (characters a node id may not hold become ``-``)."""
+    node_id = cluster.node_id
+    if not node_id:
+        host = socket.gethostname()
+        node_id = "".join(c if is_cluster_name(c) else "-" for c in host)[:MAX_CLUSTER_NAME]
+        node_id = node_id or "node"
+    return NodeInfo(node_id=node_id, region=cluster.region, link_address=cluster.advertise_address)
+
+
+class NodeRegistry:
+    """Keeps this node's lease live and its room homes claimed."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        node: NodeInfo,
+        *,
+        clock: Clock = monotonic,
+        load: Callable[[], float] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.node = node
+        self._clock = clock
+        self._load = load
+        self._task: asyncio.Task[None] | None = None
+        #: Called with the live nodes after each renewal (the node links dial from it).
+        self.on_peers: Callable[[list[NodeInfo]], Awaitable[None]] | None = None
+        #: Rooms this node is home to (claimed here; claimed again after Redis comes back).
+        self.homes: set[str] = set()
+        #: Live nodes (this one included) as of the last renewal.
+        self.peers: list[NodeInfo] = []
+        #: Whether the last renewal reached the directory.
+        self.connected = False
+        #: When the lease was last renewed (monotonic), None before the first.
+        self.last_renewal: float | None = None
+        # Counters read at scrape time.
+        self.renewals = 0
+        self.renew_failures = 0
+        self.reconnects = 0
+        self.lease_lapses = 0
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the lease is live as far as this node knows (renewed within the TTL)."""
+        return self.last_renewal is not None and self._clock() - self.last_renewal < LEASE_TTL_S
+
+    async def start(self) -> None:
+        """Register (or keep trying in the background) and start renewing."""
+        await self._renew_once(first=True)
+        self._task = asyncio.create_task(self._run(), name="cluster-lease")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_INTERVAL_S)
+            await self._renew_once(first=False)
+
+    def _current(self) -> NodeInfo:
+        if self._load is not None:
+            load = min(1.0, max(0.0, float(self._load())))
+            self.node = dataclasses.replace(self.node, load=load)
+        return self.node
+
+    async def _renew_once(self, *, first: bool) -> None:
+        node = self._current()
+        try:
+            if first:
+                await self.directory.register(node)
+                kept = True
+            else:
+                kept = await self.directory.renew(node)
+            if not self.connected and not first:
+                self.reconnects += 1
+                log.info("cluster: the directory answers again; node registered again")
+            if not kept:
+                self.lease_lapses += 1
+            if not kept or not self.connected:
+                await self._claim_homes_again()
+            self.peers = await self.directory.nodes()
+        except DirectoryUnavailable as exc:
+            self.renew_failures += 1
+            if self.connected or first:
+                log.warning("cluster: the directory is unreachable (%s); retrying", exc)
+            self.connected = False
+            return
+        self.connected = True
+        self.renewals += 1
+        self.last_renewal = self._clock()
+        if self.on_peers is not None:
+            try:
+                await self.on_peers(self.peers)
+            except Exception:  # the links' trouble must not stop the lease
+                log.exception("cluster: handling the live nodes failed")
+
+    async def _claim_homes_again(self) -> None:
+        for room in sorted(self.homes):
+            owner = await self.directory.claim_home(room, self.node.node_id)
+            if owner != self.node.node_id:
+                # Another node took the room while this one was cut off: it is theirs now.
+                self.homes.discard(room)
+                log.warning("cluster: a room's home moved to another node while cut off")
+
+    async def claim_home(self, room: str) -> str:
+        """Make this node the room's home unless a live node already is; returns the home."""
+        owner = await self.directory.claim_home(room, self.node.node_id)
+        if owner == self.node.node_id:
+            self.homes.add(room)
+        return owner
+
+    async def release_home(self, room: str) -> bool:
+        """Give up the room's home (only ours can be released)."""
+        self.homes.discard(room)
+        return await self.directory.release_home(room, self.node.node_id)
+
+    def set_draining(self) -> None:
+        """Announce with the next renewal that this node takes no one new."""
+        self.node = dataclasses.replace(self.node, draining=True)
+
+    async def stop(self) -> None:
+        """Stop renewing, release the homes and deregister (best effort, bounded in time)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                for room in sorted(self.homes):
+                    await self.directory.release_home(room, self.node.node_id)
+                await self.directory.deregister(self.node.node_id)
+        except (DirectoryUnavailable, TimeoutError):
+            log.warning("cluster: could not deregister; the lease lapses by itself")
+        self.homes.clear()
+        self.connected = False
+        await self.directory.close()
+
+    def status(self) -> dict[str, Any]:
+        """The cluster part of ``/readyz``: this node, the directory's health, peers alive."""
+        return {
+            "node_id": self.node.node_id,
+            "region": self.node.region,
+            "directory": "up" if self.connected else "down",
+            "lease": "live" if self.healthy else "lapsed",
+            "nodes_alive": len(self.peers),
+            "draining": self.node.draining,
+        }

@@ -1,0 +1,167 @@
+"""The asyncio adapter of the QUIC node links: one UDP socket, every link of this node.
+
+A :class:`LinkEndpoint` owns a UDP socket; it dials links to other nodes
+(:meth:`LinkEndpoint.connect`) and accepts theirs, routes each datagram to the
+:class:`~sfu.transport.node_link.NodeLink` of its source address (one link per node pair),
+sends what the link returns and keeps one loop timer per link for its ``next_timer``. Events
+go to the ``on_event`` callback synchronously: no ``await`` between a datagram and its flow.
+Links not yet authenticated are bounded (:data:`MAX_PENDING_LINKS`): an unproven peer costs a
+fixed amount of state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Final, cast
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress
+
+from sfu.clock import Clock
+from sfu.clock import now as monotonic
+from sfu.transport.node_link import LinkDown, LinkEvent, NodeLink
+
+__all__ = ["MAX_PENDING_LINKS", "LinkEndpoint"]
+
+log = logging.getLogger(__name__)
+
+#: Links accepted but not yet authenticated; an Initial beyond this is ignored.
+MAX_PENDING_LINKS: Final = 16
+
+LinkHandler = Callable[[NodeLink, LinkEvent], None]
+
+
+class LinkEndpoint(asyncio.DatagramProtocol):
+    """Every QUIC node link of this node over one UDP socket."""
+
+    def __init__(
+        self,
+        server_configuration: QuicConfiguration,
+        client_configuration: Callable[[str], QuicConfiguration],
+        on_event: LinkHandler,
+        clock: Clock = monotonic,
+    ) -> None:
+        self._server_config = server_configuration
+        self._client_config = client_configuration
+        self._on_event = on_event
+        self._clock = clock
+        self._transport: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.links: dict[NetworkAddress, NodeLink] = {}
+        self._timers: dict[NetworkAddress, asyncio.TimerHandle] = {}
+        #: Datagrams from an unknown address that did not start a link.
+        self.dropped_unknown = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    async def listen(
+        cls,
+        host: str,
+        port: int,
+        server_configuration: QuicConfiguration,
+        client_configuration: Callable[[str], QuicConfiguration],
+        on_event: LinkHandler,
+        clock: Clock = monotonic,
+    ) -> LinkEndpoint:
+        """Bind ``host:port`` (0: a free port) and serve links there."""
+        loop = asyncio.get_running_loop()
+        endpoint = cls(server_configuration, client_configuration, on_event, clock)
+        await loop.create_datagram_endpoint(lambda: endpoint, local_addr=(host, port))
+        return endpoint
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the socket is bound to."""
+        assert self._transport is not None
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        """Close every link (their CONNECTION_CLOSE is sent) and the socket."""
+        for link in list(self.links.values()):
+            link.close("node leaving")
+            self._flush(link)
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self.links.clear()
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- links --------------------------------------------------------------------------------
+
+    def connect(self, addr: NetworkAddress, peer_node: str) -> NodeLink:
+        """Dial the link to node ``peer_node`` at ``addr`` (its certificate must name it)."""
+        existing = self.links.get(addr)
+        if existing is not None and not existing.closed:
+            return existing
+        link = NodeLink(self._client_config(peer_node), peer_address=addr, now=self._clock())
+        self.links[addr] = link
+        self._flush(link)
+        return link
+
+    def flush(self, link: NodeLink) -> None:
+        """Send what ``link`` has queued (after :meth:`NodeLink.send_flow` and friends)."""
+        self._flush(link)
+
+    # -- socket input -------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        link = self.links.get(addr)
+        if link is None:
+            link = self._accept(data, addr)
+            if link is None:
+                self.dropped_unknown += 1
+                return
+        for event in link.receive(data, addr, now=self._clock()):
+            self._deliver(link, event)
+        self._flush(link)
+
+    def _accept(self, data: bytes, addr: NetworkAddress) -> NodeLink | None:
+        pending = sum(1 for link in self.links.values() if link.peer is None)
+        if pending >= MAX_PENDING_LINKS:
+            return None
+        link = NodeLink.accept(self._server_config, data, addr, now=self._clock())
+        if link is not None:
+            self.links[addr] = link
+        return link
+
+    def _deliver(self, link: NodeLink, event: LinkEvent) -> None:
+        if isinstance(event, LinkDown) and self.links.get(link.peer_address) is link:
+            del self.links[link.peer_address]
+        try:
+            self._on_event(link, event)
+        except Exception:  # a handler's bug must not kill the socket's reader
+            log.exception("node link event handler failed")
+
+    # -- output and timers --------------------------------------------------------------------
+
+    def _flush(self, link: NodeLink) -> None:
+        if self._transport is not None:
+            for data, addr in link.datagrams(now=self._clock()):
+                self._transport.sendto(data, addr)
+        self._arm(link)
+
+    def _arm(self, link: NodeLink) -> None:
+        addr = link.peer_address
+        handle = self._timers.pop(addr, None)
+        if handle is not None:
+            handle.cancel()
+        at = link.next_timer()
+        if at is None or self._loop is None:
+            return
+        delay = max(0.0, at - self._clock())
+        self._timers[addr] = self._loop.call_later(delay, self._fire, link)
+
+    def _fire(self, link: NodeLink) -> None:
+        self._timers.pop(link.peer_address, None)
+        for event in link.handle_timer(now=self._clock()):
+            self._deliver(link, event)
+        self._flush(link)

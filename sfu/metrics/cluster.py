@@ -1,0 +1,110 @@
+"""``sfu_cluster_*`` metrics: this node's lease, the directory's health, the bus.
+
+Read at scrape time from the :class:`~sfu.cluster.registry.NodeRegistry`'s plain counters.
+No labels name a node, a room or a person: Prometheus's own ``instance`` label tells nodes
+apart; the only label is the bus event, from a fixed set (:mod:`sfu.metrics.labels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sfu.cluster.links import NodeLinks
+from sfu.cluster.registry import NodeRegistry
+
+__all__ = ["ClusterCollector"]
+
+
+class ClusterCollector(Collector):
+    """Yields the cluster metric families of one node."""
+
+    def __init__(
+        self, registry: NodeRegistry, links: Callable[[], NodeLinks | None] = lambda: None
+    ) -> None:
+        self._registry = registry
+        self._links = links
+
+    def collect(self) -> Iterator[Metric]:
+        reg = self._registry
+        directory = reg.directory
+        yield GaugeMetricFamily(
+            "sfu_cluster_lease_live",
+            "1 while this node's lease in the directory is live (renewed within its TTL)",
+            value=1.0 if reg.healthy else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "sfu_cluster_directory_up",
+            "1 when the last lease renewal reached the directory (Redis), else 0",
+            value=1.0 if reg.connected else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "sfu_cluster_nodes", "Nodes with a live lease, this one included", value=len(reg.peers)
+        )
+        yield GaugeMetricFamily(
+            "sfu_cluster_room_homes", "Rooms this node is the home of", value=len(reg.homes)
+        )
+        yield GaugeMetricFamily(
+            "sfu_cluster_draining", "1 while this node drains", value=float(reg.node.draining)
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_lease_renewals", "Lease renewals that reached the directory",
+            value=reg.renewals,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "sfu_cluster_lease_renew_failures",
+            "Lease renewals that found the directory unreachable",
+            value=reg.renew_failures,
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_lease_lapses",
+            "Renewals that found the lease lapsed (the node registered again)",
+            value=reg.lease_lapses,
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_directory_reconnects",
+            "Times the directory answered again after being unreachable",
+            value=reg.reconnects,
+        )
+        bus = CounterMetricFamily(
+            "sfu_cluster_bus_messages",
+            "Room event messages on the cluster bus: published, received, dropped (over the "
+            "publish rate, or too large or malformed on receipt)",
+            labels=["event"],
+        )
+        bus.add_metric(["published"], directory.bus_published)
+        bus.add_metric(["received"], directory.bus_received)
+        bus.add_metric(["dropped"], directory.bus_dropped)
+        yield bus
+        yield CounterMetricFamily(
+            "sfu_cluster_bus_reconnects",
+            "Times the bus reader lost the directory and subscribed again",
+            value=getattr(directory, "bus_reconnects", 0),
+        )
+        links = self._links()
+        if links is None:
+            return
+        yield GaugeMetricFamily(
+            "sfu_cluster_links_up", "QUIC links to other nodes that are up", value=len(links.up)
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_links_established", "QUIC node links that came up (either side dialled)",
+            value=links.links_established,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "sfu_cluster_links_lost", "QUIC node links that went down after coming up",
+            value=links.links_lost,
+        )  # fmt: skip
+        totals = links.totals()
+        flows = CounterMetricFamily(
+            "sfu_cluster_link_datagrams",
+            "Flow datagrams over the node links: published (sent), received, dropped (too "
+            "large for one packet, queue full, or malformed)",
+            labels=["event"],
+        )
+        flows.add_metric(["published"], totals["flows_sent"])
+        flows.add_metric(["received"], totals["flows_received"])
+        flows.add_metric(["dropped"], totals["dropped"])
+        yield flows

@@ -1,0 +1,365 @@
+"""One node's end of a QUIC link to another node of the cluster (sans-I/O, over aioquic).
+
+A link is one QUIC connection per node pair (RFC 9000) authenticated both ways by the
+cluster CA: the client checks the server's certificate names the node it dialled, and the
+server asks for the client's certificate and checks it against the same CA before anything
+the client sent is delivered (aioquic verifies only the server side by itself). It carries:
+
+- a control stream (the client's first bidirectional stream, id 0) of length-prefixed
+  messages (2 bytes, big-endian) that the layers above define;
+- DATAGRAM frames (RFC 9221), each a flow id varint then an opaque payload
+  (:mod:`sfu.packet.flow`): relayed RTP and RTCP, never read or changed here, so E2EE
+  payloads pass untouched. Datagrams are unreliable: a payload that does not fit one packet,
+  or finds the send queue full (congestion), is dropped and counted, never queued behind.
+
+Like aioquic's :class:`~aioquic.quic.connection.QuicConnection` that it wraps, a
+:class:`NodeLink` takes ``now`` and returns events, datagrams and its next timer; the
+asyncio adapter is :mod:`sfu.io.quic_link`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from aioquic._buffer import Buffer
+from aioquic.quic import events as quic_events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.tls import Alert, verify_certificate
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from sfu.packet.errors import ParseError
+from sfu.packet.flow import decode_flow, encode_flow
+
+__all__ = [
+    "ALPN",
+    "ControlReceived",
+    "FlowReceived",
+    "LinkDown",
+    "LinkEvent",
+    "LinkUp",
+    "NodeLink",
+    "link_configuration",
+    "node_name_of",
+]
+
+#: ALPN of the node link: a peer speaking anything else is refused in the handshake.
+ALPN: Final = "sfu-node-link/1"
+#: Largest UDP payload a link sends: a 1500-byte Ethernet MTU less IPv6 (40) and UDP (8)
+#: headers, so a relayed RTP packet of a browser (at most ~1200 bytes) fits one datagram.
+MAX_UDP_PAYLOAD: Final = 1452
+#: Bytes of a short-header 1-RTT packet around one DATAGRAM frame: flags (1), connection
+#: id (8), packet number (up to 4), AEAD tag (16), frame type and length (1 + 2), with room.
+DATAGRAM_OVERHEAD: Final = 40
+#: Largest flow id + payload one DATAGRAM carries.
+MAX_DATAGRAM_DATA: Final = MAX_UDP_PAYLOAD - DATAGRAM_OVERHEAD
+#: Datagrams waiting for congestion window: beyond this a new one is dropped (media late by
+#: a queue is worth less than media lost: the receivers' NACK and PLI repair it).
+MAX_PENDING_DATAGRAMS: Final = 512
+#: Largest control message; a bigger one announced by the peer closes the link.
+MAX_CONTROL_MESSAGE: Final = 65535
+#: Control messages queued before the control stream is open (server side) or up.
+MAX_QUEUED_CONTROL: Final = 256
+#: An Initial packet is padded to at least this (RFC 9000 section 14.1); a smaller datagram
+#: from an unknown address does not start a link.
+MIN_INITIAL_SIZE: Final = 1200
+#: Seconds without a packet before QUIC closes the link (the peer is gone).
+IDLE_TIMEOUT_S: Final = 5.0
+#: QUIC application error code sent when the client's certificate is refused.
+ERROR_PEER_REFUSED: Final = 0x1
+#: QUIC application error code of a control stream protocol violation.
+ERROR_CONTROL: Final = 0x2
+#: The control stream: the client's first bidirectional stream (RFC 9000 section 2.1).
+CONTROL_STREAM: Final = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """The handshake completed and the peer proved to be node ``peer``."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlowReceived:
+    """A datagram of flow ``flow_id``: its payload, untouched."""
+
+    flow_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReceived:
+    """One control message from the peer."""
+
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The link closed (``reason`` for logs: no address or identity in it)."""
+
+    reason: str
+
+
+LinkEvent = LinkUp | FlowReceived | ControlReceived | LinkDown
+
+
+def link_configuration(
+    *,
+    is_client: bool,
+    ca_file: str,
+    cert_file: str,
+    key_file: str,
+    server_name: str | None = None,
+) -> QuicConfiguration:
+    """The QUIC configuration of one end: our certificate and key, the cluster CA, DATAGRAM
+    frames on. ``server_name`` (client only) is the node id the server's certificate names."""
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        max_datagram_frame_size=65535,
+        max_datagram_size=MAX_UDP_PAYLOAD,
+        idle_timeout=IDLE_TIMEOUT_S,
+        server_name=server_name,
+        verify_mode=ssl.CERT_REQUIRED,
+    )
+    config.load_cert_chain(cert_file, key_file)
+    config.load_verify_locations(cafile=ca_file)
+    return config
+
+
+def node_name_of(certificate: x509.Certificate) -> str:
+    """The node id a node certificate names: its first DNS subjectAltName, else its CN."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = san.value.get_values_for_type(x509.DNSName)
+        if names:
+            return str(names[0])
+    except x509.ExtensionNotFound:
+        pass
+    common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(common[0].value) if common else ""
+
+
+class _MutualTlsConnection(QuicConnection):
+    """A server-side QuicConnection that asks the client for its certificate.
+
+    aioquic's TLS context sends a CertificateRequest only when a private flag is set (it is
+    there for its tests); the chain it receives is verified by :class:`NodeLink` instead.
+    """
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        self.tls._request_client_certificate = True
+
+
+class NodeLink:
+    """One end of the QUIC link between two nodes: control messages and flow datagrams."""
+
+    def __init__(
+        self,
+        configuration: QuicConfiguration,
+        *,
+        peer_address: NetworkAddress,
+        now: float,
+        original_destination_connection_id: bytes | None = None,
+    ) -> None:
+        self.is_client = configuration.is_client
+        self.peer_address = peer_address
+        self._config = configuration
+        if self.is_client:
+            self._quic = QuicConnection(configuration=configuration)
+            self._quic.connect(peer_address, now=now)
+        else:
+            self._quic = _MutualTlsConnection(
+                configuration=configuration,
+                original_destination_connection_id=original_destination_connection_id,
+            )
+        #: The peer's node id once it proved it (None until then: nothing is delivered).
+        self.peer: str | None = None
+        self.closed = False
+        self._control_open = self.is_client
+        self._control_buffer = bytearray()
+        self._queued_control: list[bytes] = []
+        #: Counters read at scrape time.
+        self.flows_sent = 0
+        self.flows_received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.dropped_too_large = 0
+        self.dropped_congested = 0
+        self.dropped_malformed = 0
+
+    @classmethod
+    def accept(
+        cls, configuration: QuicConfiguration, data: bytes, addr: NetworkAddress, *, now: float
+    ) -> NodeLink | None:
+        """The server end of a link that ``data`` (a client's Initial) starts, else None."""
+        if len(data) < MIN_INITIAL_SIZE:
+            return None
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=configuration.connection_id_length
+            )
+        except ValueError:
+            return None
+        if header.packet_type != QuicPacketType.INITIAL:
+            return None
+        return cls(
+            configuration,
+            peer_address=addr,
+            now=now,
+            original_destination_connection_id=header.destination_cid,
+        )
+
+    # -- input --------------------------------------------------------------------------------
+
+    def receive(self, data: bytes, addr: NetworkAddress, *, now: float) -> list[LinkEvent]:
+        """Take one UDP datagram from the peer; returns what it brought."""
+        self._quic.receive_datagram(data, addr, now=now)
+        return self._drain(now)
+
+    def handle_timer(self, *, now: float) -> list[LinkEvent]:
+        """Run QUIC's timers (loss detection, idle timeout) once ``next_timer`` is due."""
+        self._quic.handle_timer(now=now)
+        return self._drain(now)
+
+    def next_timer(self) -> float | None:
+        """When :meth:`handle_timer` is next due (None: nothing armed)."""
+        if self.closed:
+            return None
+        timer: float | None = self._quic.get_timer()
+        return timer
+
+    # -- output -------------------------------------------------------------------------------
+
+    def send_flow(self, flow_id: int, payload: bytes) -> bool:
+        """Queue one payload of flow ``flow_id``; False (and counted) when it was dropped."""
+        if self.peer is None or self.closed:
+            return False
+        data = encode_flow(flow_id, payload)
+        if len(data) > MAX_DATAGRAM_DATA:
+            self.dropped_too_large += 1
+            return False
+        # aioquic's queue of DATAGRAM frames has no bound of its own.
+        if len(self._quic._datagrams_pending) >= MAX_PENDING_DATAGRAMS:
+            self.dropped_congested += 1
+            return False
+        self._quic.send_datagram_frame(data)
+        self.flows_sent += 1
+        self.bytes_sent += len(payload)
+        return True
+
+    def send_control(self, message: bytes) -> None:
+        """Queue one control message (reliable, in order); raises ValueError when too long
+        or when too many wait for the link to come up."""
+        if len(message) > MAX_CONTROL_MESSAGE:
+            raise ValueError(f"a control message holds at most {MAX_CONTROL_MESSAGE} bytes")
+        if self.closed:
+            return
+        if self.peer is None or not self._control_open:
+            if len(self._queued_control) >= MAX_QUEUED_CONTROL:
+                raise ValueError("too many control messages wait for the link")
+            self._queued_control.append(message)
+            return
+        self._write_control(message)
+
+    def datagrams(self, *, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """The UDP datagrams to send now."""
+        out: list[tuple[bytes, NetworkAddress]] = self._quic.datagrams_to_send(now=now)
+        return out
+
+    def close(self, reason: str = "closed") -> None:
+        """Close the link (the CONNECTION_CLOSE leaves with the next :meth:`datagrams`)."""
+        if not self.closed:
+            self._quic.close(reason_phrase=reason)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _write_control(self, message: bytes) -> None:
+        self._quic.send_stream_data(CONTROL_STREAM, len(message).to_bytes(2, "big") + message)
+
+    def _authenticate(self) -> str | None:
+        """The peer's node id when its certificate is one the cluster CA signed, else None."""
+        tls = self._quic.tls
+        certificate = tls._peer_certificate
+        if certificate is None:
+            return None
+        if not self.is_client:
+            try:
+                verify_certificate(
+                    certificate=certificate,
+                    chain=list(tls._peer_certificate_chain),
+                    cafile=self._config.cafile,
+                )
+            except Alert:
+                return None
+        name = node_name_of(certificate)
+        return name or None
+
+    def _drain(self, now: float) -> list[LinkEvent]:
+        out: list[LinkEvent] = []
+        while (event := self._quic.next_event()) is not None:
+            if isinstance(event, quic_events.HandshakeCompleted):
+                peer = self._authenticate()
+                if peer is None:
+                    self._quic.close(
+                        error_code=ERROR_PEER_REFUSED, reason_phrase="peer certificate refused"
+                    )
+                    continue
+                self.peer = peer
+                out.append(LinkUp(peer))
+                if self.is_client:
+                    # Opens the control stream (a message of no bytes) so the server can write.
+                    self._write_control(b"")
+                    self._flush_control()
+            elif isinstance(event, quic_events.ConnectionTerminated):
+                self.closed = True
+                out.append(LinkDown(event.reason_phrase or f"error {event.error_code}"))
+            elif self.peer is None:
+                continue  # nothing from an unproven peer
+            elif isinstance(event, quic_events.DatagramFrameReceived):
+                try:
+                    flow_id, payload = decode_flow(event.data)
+                except ParseError:
+                    self.dropped_malformed += 1
+                    continue
+                self.flows_received += 1
+                self.bytes_received += len(payload)
+                out.append(FlowReceived(flow_id, payload))
+            elif isinstance(event, quic_events.StreamDataReceived):
+                out.extend(self._control_data(event))
+        return out
+
+    def _control_data(self, event: quic_events.StreamDataReceived) -> Sequence[LinkEvent]:
+        if event.stream_id != CONTROL_STREAM:
+            self._quic.close(error_code=ERROR_CONTROL, reason_phrase="unexpected stream")
+            return ()
+        if not self._control_open:
+            self._control_open = True
+            self._flush_control()
+        buffer = self._control_buffer
+        buffer += event.data
+        out: list[LinkEvent] = []
+        while len(buffer) >= 2:
+            size = int.from_bytes(buffer[:2], "big")
+            if len(buffer) < 2 + size:
+                break
+            message = bytes(buffer[2 : 2 + size])
+            del buffer[: 2 + size]
+            if message:  # the empty message only opened the stream
+                out.append(ControlReceived(message))
+        if len(buffer) > 2 + MAX_CONTROL_MESSAGE:
+            self._quic.close(error_code=ERROR_CONTROL, reason_phrase="control overrun")
+        return out
+
+    def _flush_control(self) -> None:
+        queued, self._queued_control = self._queued_control, []
+        for message in queued:
+            self._write_control(message)

@@ -1,0 +1,202 @@
+"""The cluster directory's in-process implementation, the node registry on it, the bus
+bounds, and ``[cluster]`` configuration (socket-free, fake clocks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sfu.cluster.directory import (
+    BUS_BURST,
+    BUS_RATE_PER_S,
+    LEASE_TTL_S,
+    MAX_BUS_MESSAGE_BYTES,
+    BusError,
+    LocalDirectory,
+    NodeInfo,
+    RateLimit,
+    decode_bus_message,
+    encode_bus_message,
+)
+from sfu.cluster.registry import NodeRegistry, node_from_config
+from sfu.config import ClusterConfig, ConfigError, parse_config
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_leases_lapse_after_the_ttl() -> None:
+    clock = FakeClock()
+    directory = LocalDirectory(clock)
+
+    async def run() -> None:
+        await directory.register(NodeInfo("a", "eu"))
+        await directory.register(NodeInfo("b", "us"))
+        assert {n.node_id for n in await directory.nodes()} == {"a", "b"}
+        clock.t += LEASE_TTL_S - 0.1
+        assert await directory.renew(NodeInfo("b", "us"))
+        clock.t += 0.2
+        assert {n.node_id for n in await directory.nodes()} == {"b"}
+        assert not await directory.renew(NodeInfo("a", "eu"))  # lapsed: registered again
+        assert {n.node_id for n in await directory.nodes()} == {"a", "b"}
+        await directory.deregister("a")
+        assert {n.node_id for n in await directory.nodes()} == {"b"}
+
+    asyncio.run(run())
+
+
+def test_room_home_is_released_only_by_its_owner() -> None:
+    clock = FakeClock()
+    directory = LocalDirectory(clock)
+
+    async def run() -> None:
+        await directory.register(NodeInfo("a", "eu"))
+        await directory.register(NodeInfo("b", "eu"))
+        assert await directory.claim_home("r", "a") == "a"
+        assert await directory.claim_home("r", "b") == "a"
+        assert not await directory.release_home("r", "b")
+        assert await directory.home("r") == "a"
+        assert await directory.release_home("r", "a")
+        assert await directory.home("r") is None
+        # A home whose owner's lease lapsed is taken over by the next claim.
+        assert await directory.claim_home("r", "a") == "a"
+        clock.t += LEASE_TTL_S + 1
+        await directory.register(NodeInfo("b", "eu"))
+        assert await directory.claim_home("r", "b") == "b"
+        with pytest.raises(BusError):
+            await directory.claim_home("", "a")
+
+    asyncio.run(run())
+
+
+def test_bus_delivers_and_bounds() -> None:
+    clock = FakeClock()
+    directory = LocalDirectory(clock)
+    got: list[tuple[str, Mapping[str, Any]]] = []
+
+    async def run() -> None:
+        await directory.subscribe("r", lambda room, msg: got.append((room, msg)))
+        assert await directory.publish("r", {"type": "mute"})
+        assert got == [("r", {"type": "mute"})]
+        with pytest.raises(BusError):
+            await directory.publish("r", {"x": "y" * MAX_BUS_MESSAGE_BYTES})
+        with pytest.raises(BusError):
+            await directory.publish("r", {"x": float("nan")})
+        sent = [await directory.publish("r", {"n": i}) for i in range(BUS_BURST + 10)]
+        assert sent.count(False) == 11 and directory.bus_dropped == 11
+        clock.t += 1.0
+        assert await directory.publish("r", {"n": "later"})
+        await directory.unsubscribe("r")
+        got.clear()
+        assert await directory.publish("r", {"n": "unheard"})
+        assert got == []
+
+    asyncio.run(run())
+
+
+def test_rate_limit_refills_at_its_rate() -> None:
+    limit = RateLimit(BUS_RATE_PER_S, 2, now=0.0)
+    assert limit.take(now=0.0) and limit.take(now=0.0)
+    assert not limit.take(now=0.0)
+    assert limit.take(now=1.0 / BUS_RATE_PER_S)
+
+
+@given(st.binary(max_size=64) | st.text(max_size=64))
+def test_bus_decoder_never_raises(data: bytes | str) -> None:
+    message = decode_bus_message(data)
+    assert message is None or isinstance(message, dict)
+
+
+def test_bus_codec_round_trips_and_refuses_oversize() -> None:
+    assert decode_bus_message(encode_bus_message({"a": [1, "b"]})) == {"a": [1, "b"]}
+    assert decode_bus_message(b"[1]") is None
+    assert decode_bus_message(b"{" + b" " * MAX_BUS_MESSAGE_BYTES + b"}") is None
+
+
+def test_node_info_round_trips() -> None:
+    node = NodeInfo("a", "eu", "10.0.0.1:4433", 0.25, True)
+    assert NodeInfo.from_json(node.to_json()) == node
+    with pytest.raises(ValueError):
+        NodeInfo.from_json("[]")
+
+
+def test_registry_renews_and_claims_again_after_a_lapse() -> None:
+    clock = FakeClock()
+    directory = LocalDirectory(clock)
+
+    async def run() -> None:
+        registry = NodeRegistry(directory, NodeInfo("a", "eu"), clock=clock, load=lambda: 2.0)
+        await registry._renew_once(first=True)
+        assert registry.connected and registry.healthy
+        assert registry.node.load == 1.0  # clamped
+        assert await registry.claim_home("r") == "a"
+        # The directory forgot everything (a Redis restarted without persistence).
+        directory._nodes.clear()
+        directory._homes.clear()
+        await registry._renew_once(first=False)
+        assert registry.lease_lapses == 1
+        assert await directory.home("r") == "a"
+        assert [n.node_id for n in registry.peers] == ["a"]
+        clock.t += LEASE_TTL_S
+        assert not registry.healthy
+        registry.set_draining()
+        await registry._renew_once(first=False)
+        assert (await directory.nodes())[0].draining
+        assert registry.status() == {
+            "node_id": "a",
+            "region": "eu",
+            "directory": "up",
+            "lease": "live",
+            "nodes_alive": 1,
+            "draining": True,
+        }
+        await registry.stop()
+        assert await directory.nodes() == [] and await directory.home("r") is None
+
+    asyncio.run(run())
+
+
+def test_cluster_config_defaults_and_node_id_from_host() -> None:
+    config = parse_config({})
+    assert config.cluster == ClusterConfig()
+    node = node_from_config(config.cluster)
+    assert node.node_id and node.region == "default"
+    named = parse_config({"cluster": {"node_id": "sfu-1.eu", "region": "eu-west"}})
+    assert node_from_config(named.cluster).node_id == "sfu-1.eu"
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"redis_url": "http://redis:6379"}, "cluster.redis_url"),
+        ({"node_id": "has space"}, "cluster.node_id"),
+        ({"region": ""}, "cluster.region"),
+        ({"node_id": "x" * 65}, "cluster.node_id"),
+        ({"advertise_address": "nohost", "ca_file": "a", "cert_file": "b", "key_file": "c"},
+         "cluster.advertise_address"),
+        ({"advertise_address": "10.0.0.1:4433"}, "cluster.ca_file"),
+        ({"link_port": 70000}, "cluster.link_port"),
+    ],
+)  # fmt: skip
+def test_bad_cluster_values_name_the_key(table: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"cluster": table})
+    assert key in [path for path, _ in info.value.errors]
+
+
+def test_cluster_env_override_is_checked() -> None:
+    config = parse_config({}, {"SFU_CLUSTER_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert config.cluster.redis_url == "redis://127.0.0.1:6379/0"
+    with pytest.raises(ConfigError) as info:
+        parse_config({}, {"SFU_CLUSTER_REDIS_URL": "tcp://x"})
+    assert info.value.errors[0][0] == "SFU_CLUSTER_REDIS_URL"
