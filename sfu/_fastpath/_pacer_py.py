@@ -1,0 +1,241 @@
+"""Egress pacer of one subscriber transport, pure-Python reference of ``_pacer.pyx``.
+
+A leaky bucket (libwebrtc's ``PacingController`` "media debt"): every packet released adds
+its size to a debt that drains at the pacing rate (the caller sets it to a pacing factor
+times the bandwidth estimate); paced packets go while the debt is within a short burst
+allowance, so a keyframe's burst leaves spread over time instead of at the publisher's own
+pace into a small bottleneck queue. Four classes, released in this order:
+
+* ``AUDIO``: never waits for the budget (libwebrtc does not pace audio by default: it is
+  small, steady and the most sensitive to delay); its bytes still add to the debt;
+* ``PROBE``: padding clusters of the prober go at once, as the cluster the prober shaped,
+  and add nothing to the debt (the cluster *is* the measurement of the link);
+* ``RETRANSMISSION`` before ``VIDEO`` (draft-ietf-rmcat-gcc practice: a repair completes a
+  frame the receiver is waiting for), both within the budget.
+
+The queue is bounded in packets and bytes. Drop policy ``DROP_LOWEST_NEWEST``: a packet that
+does not fit evicts the newest queued packet of a strictly lower-priority class (the one
+with the least decoding value: later packets of a frame are useless without the earlier
+ones); if there is none, the arriving packet is dropped. Both are counted. A queue that
+would take longer than ``MAX_QUEUE_TIME`` to leave at the pacing rate is drained faster
+(libwebrtc's queue time limit), so the pacer never adds unbounded delay.
+
+Each packet carries an integer tag returned with it: the transport-wide sequence number it
+was stamped with (or -1), so the send history can record when it really left. Times are
+float seconds; the compiled twin performs the same floating-point operations in the same
+order, so both agree exactly (hypothesis checks it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Final
+
+#: What :meth:`Pacer.push` accepts.
+Buffer = bytes | bytearray | memoryview
+
+__all__ = [
+    "AUDIO",
+    "BURST_TIME",
+    "CLASSES",
+    "MAX_QUEUE_TIME",
+    "MIN_DRAIN_TIME",
+    "PROBE",
+    "QUEUE_BYTES",
+    "QUEUE_PACKETS",
+    "RETRANSMISSION",
+    "SLACK",
+    "VIDEO",
+    "Buffer",
+    "Pacer",
+]
+
+#: Packet classes, in release order.
+AUDIO: Final = 0
+PROBE: Final = 1
+RETRANSMISSION: Final = 2
+VIDEO: Final = 3
+CLASSES: Final = 4
+
+#: Seconds of pacing rate that may leave back to back (libwebrtc's 5 ms burst interval):
+#: fewer timer wakeups than one per packet, still far below a 50 ms bottleneck queue.
+BURST_TIME: Final = 0.005
+#: A queue is drained within this many seconds however low the rate (libwebrtc allows 2 s;
+#: interactive video is better served by loss, which NACK repairs, than by half a second more):
+#: the rate rises to what sends the queue before its oldest packet has waited that long.
+MAX_QUEUE_TIME: Final = 0.5
+#: The least time left that drain rate is computed over (an overdue queue goes at once).
+MIN_DRAIN_TIME: Final = 0.001
+#: Bounds of the queue of one transport: 512 packets or 384 kB (a 1080p keyframe and more).
+QUEUE_PACKETS: Final = 512
+QUEUE_BYTES: Final = 393216
+#: Bytes of debt forgiven when a packet is released (deadlines aim at the allowance itself),
+#: so rounding at a deadline from :meth:`Pacer.next_deadline` cannot leave the packet waiting
+#: for another wakeup.
+SLACK: Final = 1.0
+
+
+class Pacer:
+    """Leaky-bucket egress pacer with four priority classes and a bounded queue."""
+
+    def __init__(self, max_packets: int = QUEUE_PACKETS, max_bytes: int = QUEUE_BYTES) -> None:
+        if max_packets <= 0 or max_bytes <= 0:
+            raise ValueError("max_packets and max_bytes must be positive")
+        self._max_packets = max_packets
+        self._max_bytes = max_bytes
+        self._queues: list[deque[tuple[bytes, int, float]]] = [deque() for _ in range(CLASSES)]
+        self._packets = 0
+        self._bytes = 0
+        self._rate = 0.0  # bytes per second; 0: unpaced
+        self._debt = 0.0
+        self._last = 0.0
+        self.sent_packets = 0
+        self.sent_bytes = 0
+        self.dropped = 0  # arriving packets that did not fit
+        self.evicted = 0  # queued packets pushed out by a higher class
+        self._delay_count = 0
+        self._delay_sum = 0.0
+        self._delay_max = 0.0
+
+    @property
+    def rate_bps(self) -> float:
+        """The pacing rate (bits per second); 0 while unpaced."""
+        return self._rate * 8.0
+
+    @property
+    def queued_packets(self) -> int:
+        return self._packets
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def set_rate(self, bps: float, now: float) -> None:
+        """Pace at ``bps`` from ``now`` on (0 or less: release everything at once)."""
+        self._drain(now)
+        self._rate = bps / 8.0 if bps > 0.0 else 0.0
+
+    def push(self, packet: Buffer, cls: int, tag: int, now: float) -> bool:
+        """Queue ``packet`` of class ``cls``; False when it was dropped (queue full)."""
+        if not 0 <= cls < CLASSES:
+            raise ValueError("unknown packet class")
+        size = len(packet)
+        if size > self._max_bytes:
+            self.dropped += 1
+            return False
+        while self._packets >= self._max_packets or self._bytes + size > self._max_bytes:
+            if not self._evict_below(cls):
+                self.dropped += 1
+                return False
+        self._queues[cls].append((bytes(packet), tag, now))
+        self._packets += 1
+        self._bytes += size
+        return True
+
+    def pop(self, now: float, history: Any = None) -> list[tuple[bytes, int]]:
+        """The packets due at ``now``, in release order: (packet, tag). With a send history
+        (``_bwe_py.SendHistory``), a packet whose tag is not negative is its transport-wide
+        sequence number, and its send time there becomes ``now`` (when it really left)."""
+        self._drain(now)
+        out: list[tuple[bytes, int]] = []
+        queues = self._queues
+        while self._packets:
+            cls = 0
+            while not queues[cls]:
+                cls += 1
+            if (
+                cls > PROBE
+                and self._rate > 0.0
+                and self._debt > self._effective_rate(now) * BURST_TIME + SLACK
+            ):
+                break
+            packet, tag, queued = queues[cls].popleft()
+            size = len(packet)
+            self._packets -= 1
+            self._bytes -= size
+            if cls != PROBE:
+                self._debt += size
+            self.sent_packets += 1
+            self.sent_bytes += size
+            delay = now - queued
+            self._delay_count += 1
+            self._delay_sum += delay
+            if delay > self._delay_max:
+                self._delay_max = delay
+            if history is not None and tag >= 0:
+                history.restamp(tag, now)
+            out.append((packet, tag))
+        return out
+
+    def next_deadline(self, now: float) -> float | None:
+        """When :meth:`pop` next releases something (``now`` if at once); None when empty."""
+        if not self._packets:
+            return None
+        queues = self._queues
+        if queues[AUDIO] or queues[PROBE] or self._rate <= 0.0:
+            return now
+        rate = self._effective_rate(now)
+        debt = self._debt - (now - self._last) * rate
+        excess = debt - rate * BURST_TIME
+        if excess <= 0.0:
+            return now
+        return now + excess / rate
+
+    def take_delays(self) -> tuple[int, float, float]:
+        """(packets, total seconds, longest seconds) queued since the last call."""
+        stats = (self._delay_count, self._delay_sum, self._delay_max)
+        self._delay_count = 0
+        self._delay_sum = 0.0
+        self._delay_max = 0.0
+        return stats
+
+    def clear(self) -> int:
+        """Drop everything queued (the transport closed); returns how many packets."""
+        dropped = self._packets
+        for queue in self._queues:
+            queue.clear()
+        self._packets = 0
+        self._bytes = 0
+        return dropped
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _effective_rate(self, now: float) -> float:
+        """The pacing rate, raised so the queue leaves before its oldest packet has waited
+        MAX_QUEUE_TIME."""
+        if not self._packets:
+            return self._rate
+        oldest = now
+        for queue in self._queues:
+            if queue and queue[0][2] < oldest:
+                oldest = queue[0][2]
+        left = MAX_QUEUE_TIME - (now - oldest)
+        if left < MIN_DRAIN_TIME:
+            left = MIN_DRAIN_TIME
+        drain = self._bytes / left
+        return drain if drain > self._rate else self._rate
+
+    def _drain(self, now: float) -> None:
+        elapsed = now - self._last
+        if elapsed > 0.0:
+            if self._rate > 0.0:
+                self._debt -= elapsed * self._effective_rate(now)
+                if self._debt < 0.0:
+                    self._debt = 0.0
+            else:
+                self._debt = 0.0
+            self._last = now
+
+    def _evict_below(self, cls: int) -> bool:
+        """Drop the newest packet of the lowest class below ``cls``; False if none."""
+        lowest = CLASSES - 1
+        while lowest > cls:
+            queue = self._queues[lowest]
+            if queue:
+                packet = queue.pop()[0]
+                self._packets -= 1
+                self._bytes -= len(packet)
+                self.evicted += 1
+                return True
+            lowest -= 1
+        return False
