@@ -12,6 +12,7 @@ cdef struct slot_t:
     int next                        # toward the tail of its class (or the free list)
     int prev                        # toward the head
     long long tag
+    long long order                 # push counter: packets leave in this order
     double queued
 
 cdef struct pacer_t:
@@ -24,6 +25,7 @@ cdef struct pacer_t:
     int count[4]
     int packets
     long long bytes
+    long long order                 # the next push's order
     double rate                     # bytes per second; 0: unpaced
     double debt
     double last

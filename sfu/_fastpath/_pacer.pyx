@@ -82,6 +82,16 @@ cdef inline void _unlink(pacer_t* p, int cls, int i) noexcept nogil:
     p.free = i
 
 
+cdef inline int _head_class(const pacer_t* p) noexcept nogil:
+    """The class whose head was queued first (-1: empty)."""
+    cdef int cls = -1
+    cdef int i
+    for i in range(_CLASSES):
+        if p.count[i] and (cls < 0 or p.slots[p.head[i]].order < p.slots[p.head[cls]].order):
+            cls = i
+    return cls
+
+
 cdef int _evict_below(pacer_t* p, int cls) noexcept nogil:
     cdef int lowest = _CLASSES - 1
     while lowest > cls:
@@ -116,6 +126,8 @@ cdef int pacer_push(pacer_t* p, const unsigned char* data, int size, int cls, lo
     s.data = copy
     s.size = size
     s.tag = tag
+    s.order = p.order
+    p.order += 1
     s.queued = now
     s.next = -1
     s.prev = p.tail[cls]
@@ -211,9 +223,7 @@ cdef class Pacer:
         cdef list out = []
         _drain(p, now)
         while p.packets:
-            cls = 0
-            while not p.count[cls]:
-                cls += 1
+            cls = _head_class(p)
             if cls > _PROBE and p.rate > 0.0 and p.debt > _effective(p, now) * _BURST + _SLACK:
                 break
             i = p.head[cls]
@@ -240,7 +250,7 @@ cdef class Pacer:
         cdef double rate, debt, excess
         if not self.p.packets:
             return None
-        if self.p.count[_AUDIO] or self.p.count[_PROBE] or self.p.rate <= 0.0:
+        if self.p.rate <= 0.0 or _head_class(&self.p) <= _PROBE:
             return now
         rate = _effective(&self.p, now)
         debt = self.p.debt - (now - self.p.last) * rate

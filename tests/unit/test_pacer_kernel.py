@@ -79,23 +79,37 @@ def test_a_long_queue_drains_within_the_queue_time_limit(each_kernels: Kernels) 
     assert pacer.take_delays() == (0, 0.0, 0.0)
 
 
-def test_priorities_audio_and_probes_first_then_retransmissions(each_kernels: Kernels) -> None:
+def test_packets_leave_in_order_audio_and_probes_without_budget(each_kernels: Kernels) -> None:
     pacer = each_kernels.Pacer()
     pacer.set_rate(400_000.0, 0.0)
-    for i in range(20):
-        pacer.push(bytes(1200), VIDEO, i, 1.0)
-    pacer.pop(1.0)  # the burst allowance goes; the rest waits
-    assert pacer.queued_packets > 10
-    pacer.push(bytes(1100), RETRANSMISSION, 100, 1.001)
-    pacer.push(bytes(255), PROBE, 200, 1.001)
-    pacer.push(bytes(100), AUDIO, 300, 1.001)
-    # Audio and the probe go at once, whatever the debt; the retransmission is next in line.
-    assert pacer.next_deadline(1.001) == 1.001
-    assert [tag for _, tag in pacer.pop(1.001)] == [300, 200]
-    deadline = pacer.next_deadline(1.001)
-    assert deadline is not None and deadline > 1.001
-    first = pacer.pop(deadline)
-    assert first[0][1] == 100
+    pacer.push(bytes(1200), VIDEO, 0, 1.0)
+    pacer.push(bytes(1200), VIDEO, 1, 1.0)
+    pacer.push(bytes(100), AUDIO, 2, 1.0)
+    pacer.push(bytes(255), PROBE, 3, 1.0)
+    pacer.push(bytes(255), PROBE, 4, 1.0)
+    pacer.push(bytes(1100), RETRANSMISSION, 5, 1.0)
+    # The first video packet goes; the second waits for the budget, and so does the audio
+    # behind it (overtaking would reorder transport-wide numbers: loss to the receiver).
+    assert [tag for _, tag in pacer.pop(1.0)] == [0]
+    deadline = pacer.next_deadline(1.0)
+    assert deadline is not None and deadline > 1.0
+    # Then audio and the probes at once (no budget needed at the head), and the
+    # retransmission waits for the budget again.
+    assert [tag for _, tag in pacer.pop(deadline)] == [1, 2, 3, 4]
+    later = pacer.next_deadline(deadline)
+    assert later is not None and later > deadline
+    assert [tag for _, tag in pacer.pop(later)] == [5]
+
+
+def test_audio_and_probes_at_the_head_need_no_budget(each_kernels: Kernels) -> None:
+    pacer = each_kernels.Pacer()
+    pacer.set_rate(80_000.0, 0.0)
+    pacer.push(bytes(1200), VIDEO, 0, 1.0)
+    assert len(pacer.pop(1.0)) == 1  # deep in debt now
+    pacer.push(bytes(100), AUDIO, 1, 1.0)
+    pacer.push(bytes(255), PROBE, 2, 1.0)
+    assert pacer.next_deadline(1.0) == 1.0
+    assert [tag for _, tag in pacer.pop(1.0)] == [1, 2]
 
 
 def test_probes_add_no_debt(each_kernels: Kernels) -> None:
@@ -119,7 +133,7 @@ def test_overflow_evicts_the_newest_lower_class_packet(each_kernels: Kernels) ->
     assert pacer.push(bytes(1000), RETRANSMISSION, 10, 1.0)  # evicts video 3
     assert pacer.push(bytes(100), AUDIO, 20, 1.0)  # evicts video 2
     assert pacer.evicted == 2 and pacer.queued_packets == 4
-    assert [tag for _, tag in _pop_all(pacer)] == [20, 10, 0, 1]
+    assert [tag for _, tag in _pop_all(pacer)] == [0, 1, 10, 20]
 
 
 def test_byte_bound_and_oversized_packets(each_kernels: Kernels) -> None:
