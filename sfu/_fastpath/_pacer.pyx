@@ -211,7 +211,7 @@ cdef class Pacer:
         return bool(pacer_push(&self.p, &packet[0] if size else NULL, size, cls, tag, now))
 
     def pop(self, double now, object history=None):
-        """The packets due at ``now``, in release order: (packet, tag); with a send history,
+        """The packets due at ``now``, in queue order: (packet, tag); with a send history,
         non-negative tags are transport-wide sequence numbers restamped to ``now``."""
         cdef pacer_t* p = &self.p
         cdef SendHistory h = <SendHistory?>history if history is not None else None

@@ -60,7 +60,7 @@ __all__ = [
     "Pacer",
 ]
 
-#: Packet classes, in release order.
+#: Packet classes, by priority (what a full queue keeps); packets leave in queue order.
 AUDIO: Final = 0
 PROBE: Final = 1
 RETRANSMISSION: Final = 2
@@ -145,7 +145,7 @@ class Pacer:
         return True
 
     def pop(self, now: float, history: Any = None) -> list[tuple[bytes, int]]:
-        """The packets due at ``now``, in release order: (packet, tag). With a send history
+        """The packets due at ``now``, in queue order: (packet, tag). With a send history
         (``_bwe_py.SendHistory``), a packet whose tag is not negative is its transport-wide
         sequence number, and its send time there becomes ``now`` (when it really left)."""
         self._drain(now)
