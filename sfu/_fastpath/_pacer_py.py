@@ -76,8 +76,10 @@ BURST_TIME: Final = 0.005
 MAX_QUEUE_TIME: Final = 0.5
 #: The least time left that drain rate is computed over (an overdue queue goes at once).
 MIN_DRAIN_TIME: Final = 0.001
-#: Bounds of the queue of one transport: 512 packets or 384 kB (a 1080p keyframe and more).
-QUEUE_PACKETS: Final = 512
+#: Bounds of the queue of one transport: 256 packets or 384 kB. Half a second (the queue
+#: time limit) at 1.5 x a 3 Mbit/s estimate is about 190 packets of 1200 bytes; the slot table
+#: is allocated per transport (48 bytes a slot: 12 kB), the packets only while queued.
+QUEUE_PACKETS: Final = 256
 QUEUE_BYTES: Final = 393216
 #: Bytes of debt forgiven when a packet is released (deadlines aim at the allowance itself),
 #: so rounding at a deadline from :meth:`Pacer.next_deadline` cannot leave the packet waiting
