@@ -33,6 +33,7 @@ cdef struct pacer_t:
     long long sent_bytes
     long long dropped
     long long evicted
+    long long expired
     long long delay_count
     double delay_sum
     double delay_max

@@ -9,6 +9,7 @@ class Pacer:
     sent_bytes: int
     dropped: int
     evicted: int
+    expired: int
 
     def __init__(self, max_packets: int = ..., max_bytes: int = ...) -> None: ...
     @property

@@ -15,8 +15,8 @@ from sfu._fastpath._bwe cimport SendHistory, history_restamp
 from sfu._fastpath._pacer_py import (
     BURST_TIME,
     CLASSES,
+    EXPIRY_SLACK,
     MAX_QUEUE_TIME,
-    MIN_DRAIN_TIME,
     QUEUE_BYTES,
     QUEUE_PACKETS,
     SLACK,
@@ -31,31 +31,15 @@ assert CLASSES == _CLASSES
 
 cdef double _BURST = BURST_TIME
 cdef double _MAX_QUEUE_TIME = MAX_QUEUE_TIME
-cdef double _MIN_DRAIN_TIME = MIN_DRAIN_TIME
+cdef double _EXPIRY_SLACK = EXPIRY_SLACK
 cdef double _SLACK = SLACK
-
-
-cdef inline double _effective(const pacer_t* p, double now) noexcept nogil:
-    cdef double oldest = now
-    cdef double left, drain
-    cdef int cls
-    if not p.packets:
-        return p.rate
-    for cls in range(_CLASSES):
-        if p.count[cls] and p.slots[p.head[cls]].queued < oldest:
-            oldest = p.slots[p.head[cls]].queued
-    left = _MAX_QUEUE_TIME - (now - oldest)
-    if left < _MIN_DRAIN_TIME:
-        left = _MIN_DRAIN_TIME
-    drain = <double>p.bytes / left
-    return drain if drain > p.rate else p.rate
 
 
 cdef inline void _drain(pacer_t* p, double now) noexcept nogil:
     cdef double elapsed = now - p.last
     if elapsed > 0.0:
         if p.rate > 0.0:
-            p.debt -= elapsed * _effective(p, now)
+            p.debt -= elapsed * p.rate
             if p.debt < 0.0:
                 p.debt = 0.0
         else:
@@ -198,6 +182,10 @@ cdef class Pacer:
     def evicted(self):
         return self.p.evicted
 
+    @property
+    def expired(self):
+        return self.p.expired
+
     def set_rate(self, double bps, double now):
         """Pace at ``bps`` from ``now`` on (0 or less: release everything at once)."""
         _drain(&self.p, now)
@@ -224,9 +212,13 @@ cdef class Pacer:
         _drain(p, now)
         while p.packets:
             cls = _head_class(p)
-            if cls > _PROBE and p.rate > 0.0 and p.debt > _effective(p, now) * _BURST + _SLACK:
-                break
             i = p.head[cls]
+            if cls > _PROBE and now - p.slots[i].queued >= _MAX_QUEUE_TIME:
+                _unlink(p, cls, i)
+                p.expired += 1
+                continue
+            if cls > _PROBE and p.rate > 0.0 and p.debt > p.rate * _BURST + _SLACK:
+                break
             s = &p.slots[i]
             packet = PyBytes_FromStringAndSize(<char*>s.data, s.size)
             tag = s.tag
@@ -247,17 +239,25 @@ cdef class Pacer:
 
     def next_deadline(self, double now):
         """When :meth:`pop` next releases something (``now`` if at once); None when empty."""
-        cdef double rate, debt, excess
+        cdef double rate, debt, excess, expiry, due
+        cdef int cls
         if not self.p.packets:
             return None
-        if self.p.rate <= 0.0 or _head_class(&self.p) <= _PROBE:
+        if self.p.rate <= 0.0:
             return now
-        rate = _effective(&self.p, now)
+        cls = _head_class(&self.p)
+        if cls <= _PROBE:
+            return now
+        expiry = self.p.slots[self.p.head[cls]].queued + _MAX_QUEUE_TIME + _EXPIRY_SLACK
+        if expiry <= now:
+            return now
+        rate = self.p.rate
         debt = self.p.debt - (now - self.p.last) * rate
         excess = debt - rate * _BURST
         if excess <= 0.0:
             return now
-        return now + excess / rate
+        due = now + excess / rate
+        return expiry if expiry < due else due
 
     def take_delays(self):
         """(packets, total seconds, longest seconds) queued since the last call."""

@@ -234,7 +234,7 @@ class Peer:
         #: When the pacer releases its next packet (None: empty or unpaced).
         self._pacer_due: float | None = None
         #: The pacer's drop counters when last folded into ``counters``.
-        self._pacer_seen = (0, 0)
+        self._pacer_seen = (0, 0, 0)
         self.set_extensions(extensions)
 
     @property
@@ -351,7 +351,8 @@ class Peer:
         counters.paced_queue_delay_us += round(total * 1e6)
         counters.pacer_dropped += pacer.dropped - self._pacer_seen[0]
         counters.pacer_evicted += pacer.evicted - self._pacer_seen[1]
-        self._pacer_seen = (pacer.dropped, pacer.evicted)
+        counters.pacer_expired += pacer.expired - self._pacer_seen[2]
+        self._pacer_seen = (pacer.dropped, pacer.evicted, pacer.expired)
         due = pacer.next_deadline(now)
         self._pacer_due = due
         if due is not None and self.on_wake is not None:

@@ -280,10 +280,15 @@ class SfuCollector(Collector):
         )
         yield self._counter(
             "sfu_pacer_drops",
-            "Packets the egress pacers dropped, by reason: queue_full (the arriving packet) or "
-            "evicted (a queued packet of a lower class, for a higher one).",
+            "Packets the egress pacers dropped, by reason: queue_full (the arriving packet), "
+            "evicted (a queued packet of a lower class, for a higher one) or expired (video "
+            "that waited past the queue time limit).",
             ["reason"],
-            {("queue_full",): c.pacer_dropped, ("evicted",): c.pacer_evicted},
+            {
+                ("queue_full",): c.pacer_dropped,
+                ("evicted",): c.pacer_evicted,
+                ("expired",): c.pacer_expired,
+            },
         )
         yield self._counter(
             "sfu_transport_feedback_received",

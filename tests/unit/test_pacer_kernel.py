@@ -66,16 +66,21 @@ def test_keyframe_burst_leaves_at_the_pacing_rate(each_kernels: Kernels) -> None
         assert window <= 200_000 * (0.05 + BURST_TIME) + 2 * 1200
 
 
-def test_a_long_queue_drains_within_the_queue_time_limit(each_kernels: Kernels) -> None:
+def test_video_past_the_queue_time_limit_expires_audio_goes_on(each_kernels: Kernels) -> None:
     pacer = each_kernels.Pacer()
     pacer.set_rate(80_000.0, 0.0)  # 10 kB/s: 100 kB would take 10 s
     for i in range(80):
         pacer.push(bytes(1250), VIDEO, i, 1.0)
+    pacer.push(bytes(100), AUDIO, 1000, 1.0)
     sent = _drain(pacer, 1.0, 20.0)
-    assert len(sent) == 80
-    assert sent[-1][0] - 1.0 <= MAX_QUEUE_TIME + 0.01
+    # What the rate allowed within the limit went; the rest expired, and the audio queued
+    # behind it left as soon as the stale video was gone (not 10 s later).
+    video = [s for s in sent if s[2] < 1000]
+    assert 3 <= len(video) <= 7 and pacer.expired == 80 - len(video)
+    assert sent[-1][2] == 1000 and sent[-1][0] - 1.0 <= MAX_QUEUE_TIME + 0.001
+    assert pacer.queued_packets == 0 and pacer.next_deadline(2.0) is None
     count, total, longest = pacer.take_delays()
-    assert count == 80 and longest == sent[-1][0] - 1.0 and 0 < total < 80 * longest
+    assert count == len(sent) and longest == sent[-1][0] - 1.0 and 0 < total <= count * longest
     assert pacer.take_delays() == (0, 0.0, 0.0)
 
 
@@ -175,8 +180,8 @@ def test_release_restamps_the_send_history(each_kernels: Kernels) -> None:
 
 
 def _pop_all(pacer: Any) -> list[tuple[bytes, int]]:
-    pacer.set_rate(0.0, 1e9)
-    out: list[tuple[bytes, int]] = pacer.pop(1e9)
+    pacer.set_rate(0.0, 1.1)  # unpaced: everything goes (nothing has expired yet)
+    out: list[tuple[bytes, int]] = pacer.pop(1.1)
     return out
 
 
@@ -231,6 +236,7 @@ def _run(pacer: Any, history: Any, ops: list[tuple[Any, ...]]) -> list[Any]:
                 pacer.sent_bytes,
                 pacer.dropped,
                 pacer.evicted,
+                pacer.expired,
                 pacer.rate_bps,
             )
         )
