@@ -7,6 +7,7 @@ without the GIL (``pacer_push``). The same floating-point operations run in the 
 the reference, so both agree exactly; the build compiles this module without contraction."""
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
@@ -213,7 +214,8 @@ cdef class Pacer:
         while p.packets:
             cls = _head_class(p)
             i = p.head[cls]
-            if cls > _PROBE and now - p.slots[i].queued >= _MAX_QUEUE_TIME:
+            if (cls > _PROBE and now - p.slots[i].queued >= _MAX_QUEUE_TIME
+                    and <double>p.bytes > p.rate * _MAX_QUEUE_TIME):
                 _unlink(p, cls, i)
                 p.expired += 1
                 continue
@@ -248,10 +250,12 @@ cdef class Pacer:
         cls = _head_class(&self.p)
         if cls <= _PROBE:
             return now
-        expiry = self.p.slots[self.p.head[cls]].queued + _MAX_QUEUE_TIME + _EXPIRY_SLACK
-        if expiry <= now:
-            return now
         rate = self.p.rate
+        expiry = self.p.slots[self.p.head[cls]].queued + _MAX_QUEUE_TIME + _EXPIRY_SLACK
+        if <double>self.p.bytes <= rate * _MAX_QUEUE_TIME:
+            expiry = INFINITY  # the queue leaves within the limit: nothing expires
+        elif expiry <= now:
+            return now
         debt = self.p.debt - (now - self.p.last) * rate
         excess = debt - rate * _BURST
         if excess <= 0.0:

@@ -26,12 +26,14 @@ release too (a next step).
 The queue is bounded in packets and bytes. Drop policy ``DROP_LOWEST_NEWEST``: a packet that
 does not fit evicts the newest queued packet of a strictly lower-priority class (the one
 with the least decoding value: later packets of a frame are useless without the earlier
-ones); if there is none, the arriving packet is dropped. Both are counted. A video or
-retransmission packet that waited longer than ``MAX_QUEUE_TIME`` is dropped when it reaches
-the head (``expired``, counted): when the link fell under what was queued, sending it late
-would keep the bottleneck full for longer and take the audio behind it down too (the
-real-client test's cap below the lowest layer lost 5 % of its audio while an earlier rule,
-libwebrtc's, raised the rate to send such a queue within the limit instead).
+ones); if there is none, the arriving packet is dropped. Both are counted. While more is
+queued than the rate sends in ``MAX_QUEUE_TIME``, a video or retransmission packet that
+waited that long is dropped when it reaches the head (``expired``, counted): when the link
+fell under what was queued, sending it late would keep the bottleneck full for longer and
+take the audio behind it down too (the real-client test's cap below the lowest layer lost
+5 % of its audio while an earlier rule, libwebrtc's, raised the rate to send such a queue
+within the limit instead). A keyframe queued behind a layer's steady rate may wait longer
+than the limit without expiring, as long as the queue itself leaves within it.
 
 Each packet carries an integer tag returned with it: the transport-wide sequence number it
 was stamped with (or -1), so the send history can record when it really left. Times are
@@ -41,6 +43,7 @@ order, so both agree exactly (hypothesis checks it).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, Final
 
@@ -163,7 +166,11 @@ class Pacer:
             for i in range(CLASSES):
                 if queues[i] and (cls < 0 or queues[i][0][3] < queues[cls][0][3]):
                     cls = i
-            if cls > PROBE and now - queues[cls][0][2] >= MAX_QUEUE_TIME:
+            if (
+                cls > PROBE
+                and now - queues[cls][0][2] >= MAX_QUEUE_TIME
+                and self._bytes > self._rate * MAX_QUEUE_TIME
+            ):
                 packet = queues[cls].popleft()[0]
                 self._packets -= 1
                 self._bytes -= len(packet)
@@ -202,10 +209,12 @@ class Pacer:
                 cls = i
         if cls <= PROBE:
             return now
-        expiry = queues[cls][0][2] + MAX_QUEUE_TIME + EXPIRY_SLACK
-        if expiry <= now:
-            return now
         rate = self._rate
+        expiry = queues[cls][0][2] + MAX_QUEUE_TIME + EXPIRY_SLACK
+        if self._bytes <= rate * MAX_QUEUE_TIME:
+            expiry = math.inf  # the queue leaves within the limit: nothing expires
+        elif expiry <= now:
+            return now
         debt = self._debt - (now - self._last) * rate
         excess = debt - rate * BURST_TIME
         if excess <= 0.0:

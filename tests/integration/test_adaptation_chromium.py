@@ -73,8 +73,6 @@ MET_NOW: Final = frozenset(
         "below.paused_half",
         "below.audio_intact",
         "cap400.no_top_flash",
-        # Since the egress pacer: a keyframe burst no longer overflows the 5.6 kB queue.
-        "cap900.frozen_le_1.5s",
     }
 )
 

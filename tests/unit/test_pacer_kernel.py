@@ -73,11 +73,13 @@ def test_video_past_the_queue_time_limit_expires_audio_goes_on(each_kernels: Ker
         pacer.push(bytes(1250), VIDEO, i, 1.0)
     pacer.push(bytes(100), AUDIO, 1000, 1.0)
     sent = _drain(pacer, 1.0, 20.0)
-    # What the rate allowed within the limit went; the rest expired, and the audio queued
-    # behind it left as soon as the stale video was gone (not 10 s later).
+    # What the rate allowed within the limit went, then the stale video expired until what
+    # remained could leave within the limit (half a second of rate: 5 kB), and the audio
+    # queued behind it followed them (not 10 s later).
     video = [s for s in sent if s[2] < 1000]
-    assert 3 <= len(video) <= 7 and pacer.expired == 80 - len(video)
-    assert sent[-1][2] == 1000 and sent[-1][0] - 1.0 <= MAX_QUEUE_TIME + 0.001
+    assert 6 <= len(video) <= 10 and pacer.expired == 80 - len(video)
+    assert [s[2] for s in video[-3:]] == [77, 78, 79]
+    assert sent[-1][2] == 1000 and sent[-1][0] - 1.0 <= 2 * MAX_QUEUE_TIME + 0.001
     assert pacer.queued_packets == 0 and pacer.next_deadline(2.0) is None
     count, total, longest = pacer.take_delays()
     assert count == len(sent) and longest == sent[-1][0] - 1.0 and 0 < total <= count * longest
@@ -139,6 +141,15 @@ def test_overflow_evicts_the_newest_lower_class_packet(each_kernels: Kernels) ->
     assert pacer.push(bytes(100), AUDIO, 20, 1.0)  # evicts video 2
     assert pacer.evicted == 2 and pacer.queued_packets == 4
     assert [tag for _, tag in _pop_all(pacer)] == [0, 1, 10, 20]
+
+
+def test_a_queue_that_leaves_within_the_limit_never_expires(each_kernels: Kernels) -> None:
+    pacer = each_kernels.Pacer()
+    pacer.set_rate(400_000.0, 0.0)  # 50 kB/s: half a second is 25 kB
+    for i in range(18):  # a 21.6 kB keyframe
+        pacer.push(bytes(1200), VIDEO, i, 1.0)
+    sent = _drain(pacer, 1.0, 5.0)
+    assert [s[2] for s in sent] == list(range(18)) and pacer.expired == 0
 
 
 def test_byte_bound_and_oversized_packets(each_kernels: Kernels) -> None:
