@@ -21,6 +21,7 @@ LIBRARIES: dict[str, list[str]] = {
 # operations its reference does (no fused multiply-add), so the two agree bit for bit.
 EXTRA_ARGS: dict[str, list[str]] = {
     "_bwe": ["-ffp-contract=off"],
+    "_pacer": ["-ffp-contract=off"],
 }
 
 # The bench's compiled send/receive loops (``bench/_loadgen.pyx``) build beside the kernels.

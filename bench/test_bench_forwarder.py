@@ -27,11 +27,20 @@ def _bench_forward(
     payload_size: int,
     ext: Callable[[int], bytes],
     stamped: int | None = None,
+    paced: bool = False,
 ) -> None:
     """Time the forwarder per ingress SRTP packet: a VP8 packet of the top video SSRC with
     ``payload_size`` bytes of payload and extension block ``ext(i)``, fanned out to ``subs``
-    subscribers aimed at that layer."""
+    subscribers aimed at that layer. ``paced``: every subscriber transport has an egress
+    pacer (at a rate nothing waits for), released after each packet as ``Peer`` does."""
     world = World(kernels, subs=subs, stamped=stamped)
+    pacers = []
+    if paced:
+        for i in range(subs):
+            pacer = kernels.Pacer()
+            pacer.set_rate(1e9, 0.0)
+            world.forwarder.set_pacer(i + 1, pacer, world.histories[i])
+            pacers.append((pacer, world.histories[i]))
     for sub in world.video_subs:
         sub.selector.set_target(0, None)
     client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
@@ -48,6 +57,9 @@ def _bench_forward(
     def forward(datagrams: list[tuple[bytes, Any]], now: float) -> int:
         _, egress = world.forwarder.process(datagrams, now)
         world.forwarder.drain_log()
+        if pacers:
+            world.forwarder.drain_paced()
+            return sum(len(pacer.pop(now, history)) for pacer, history in pacers)
         return len(egress)
 
     benchmark.pedantic(forward, setup=next_packet, rounds=2000, warmup_rounds=10)
@@ -83,6 +95,16 @@ def test_forward_1200b_gcm_twcc(
     its send history): the cost of egress TWCC per packet."""
     stamped = 10 if stamping == "on" else 0
     _bench_forward(benchmark, each_kernels, 10, 1140, _browser_extensions, stamped)
+
+
+@pytest.mark.parametrize("pacing", ["off", "on"])
+def test_forward_1200b_gcm_paced(
+    benchmark: BenchmarkFixture, each_kernels: Kernels, pacing: str
+) -> None:
+    """As test_forward_1200b_gcm_twcc with stamping on, every copy also queued in its
+    transport's egress pacer and released from it (``pacing`` on) or sent at once (off): the
+    cost of the pacer per egress packet (the release's sends themselves excluded)."""
+    _bench_forward(benchmark, each_kernels, 10, 1140, _browser_extensions, 10, pacing == "on")
 
 
 def test_selector_decide(benchmark: BenchmarkFixture, each_kernels: Kernels) -> None:

@@ -464,6 +464,7 @@ class Server:
     def _pump(self, sock: socket.socket, now: float) -> list[tuple[bytes, Address]]:
         """The media socket's reader: the forwarder's batch, then its ICE-TCP egress."""
         slow = self.dataplane.forwarder.pump(sock, now)
+        self.dataplane.release_paced(now)  # paced transports: what their budget allows, now
         self._send_framed()
         if self._room_timer is not None:
             self._room_timer.run_if_due(now)  # the loop is awake anyway: no wakeup of its own
@@ -472,7 +473,9 @@ class Server:
     def _tcp_datagram(self, data: bytes, addr: Address) -> None:
         """One datagram from an ICE-TCP connection: the forwarder first (media of registered
         streams is forwarded as from UDP), the rest to the port like any slow-path datagram."""
-        slow, egress = self.dataplane.forwarder.process(((data, addr),), clock.now())
+        now = clock.now()
+        slow, egress = self.dataplane.forwarder.process(((data, addr),), now)
+        self.dataplane.release_paced(now)
         if egress and self._udp is not None:
             for packet, destination in egress:
                 self._udp.sendto(packet, destination)

@@ -20,6 +20,7 @@ COMPILED_MODULES = (
     "_forward",
     "_layers",
     "_munger",
+    "_pacer",
     "_rtp",
     "_vp8",
 )

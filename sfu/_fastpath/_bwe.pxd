@@ -22,3 +22,6 @@ cdef class SendHistory:
 
 # Record a packet under ``h.next`` (then incremented); returns its 16-bit sequence number.
 cdef int history_record(history_t* h, int size, double now, int cluster) noexcept nogil
+
+# The packet sent with 16-bit ``seq`` left at ``now`` (a pacer held it); 0 if not remembered.
+cdef int history_restamp(history_t* h, long long seq, double now) noexcept nogil

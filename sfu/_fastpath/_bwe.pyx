@@ -66,6 +66,14 @@ cdef inline long long _slot(const history_t* h, long long seq) noexcept nogil:
     return ext & h.mask
 
 
+cdef int history_restamp(history_t* h, long long seq, double now) noexcept nogil:
+    cdef long long slot = _slot(h, seq & 0xFFFF)
+    if slot < 0:
+        return 0
+    h.sent[slot] = now
+    return 1
+
+
 cdef class SendHistory:
     """What was sent on one transport, by transport-wide sequence number (a fixed ring)."""
 
@@ -119,6 +127,11 @@ cdef class SendHistory:
         if slot < 0:
             return None
         return (self.h.sent[slot], self.h.size[slot], self.h.cluster[slot])
+
+    def restamp(self, seq, double now):
+        """The packet sent with 16-bit ``seq`` left at ``now`` (a pacer held it); False if it
+        is no longer remembered."""
+        return bool(history_restamp(&self.h, int(seq) & 0xFFFF, now))
 
 
 cdef struct detector_t:

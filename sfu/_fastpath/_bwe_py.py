@@ -136,6 +136,16 @@ class SendHistory:
             return None
         return (self._sent[slot], self._size[slot], self._cluster[slot])
 
+    def restamp(self, seq: int, now: float) -> bool:
+        """The packet sent with 16-bit ``seq`` left the server at ``now`` (a pacer held it
+        after it was numbered): the delay detector must see when it really left, or the
+        pacer's queue reads as the link's. False if it is no longer remembered."""
+        slot = self._slot(seq & 0xFFFF)
+        if slot < 0:
+            return False
+        self._sent[slot] = now
+        return True
+
 
 class DelayDetector:
     """Inter-arrival grouping, trendline slope and overuse detection of one transport."""

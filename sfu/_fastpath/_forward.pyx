@@ -22,6 +22,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from sfu._fastpath._bwe cimport SendHistory, history_record, history_t
 from sfu._fastpath._cache cimport RetransmissionBuffer, cache_put, cache_t
+from sfu._fastpath._pacer cimport Pacer, pacer_push, pacer_t
 from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply_view, ext_rewriter_t
 from sfu._fastpath._layers cimport (
     SimulcastSelector,
@@ -143,6 +144,11 @@ F_VAD = 128
 PUMP_BATCH = 64
 PUMP_ROUNDS = 8
 
+# Pacer classes of forwarded media (``_pacer_py.AUDIO`` / ``VIDEO``).
+cdef enum:
+    P_AUDIO = 0
+    P_VIDEO = 3
+
 cdef enum:
     FL_HEADER_BAD = 1
     FL_MALFORMED_EXT = 2
@@ -214,6 +220,9 @@ cdef struct tx_t:
     int drop_every              # impairment for tests and drills: drop every n-th egress packet
     unsigned long long drop_seen
     bint framed                 # ICE-TCP: egress is handed back (drain_framed), never sent
+    pacer_t* pacer              # not NULL: egress is queued there (set_pacer), not sent
+    history_t* paced_history    # the send history whose numbers tag the queued packets
+    bint paced_pending          # in paced_list since the last drain_paced()
     int nstreams
     uint32_t ssrcs[TX_STREAMS]
     int streams[TX_STREAMS]
@@ -461,6 +470,9 @@ cdef class Forwarder:
     cdef list tx_refs
     cdef list tx_addr               # per transport: the address object it was registered with
     cdef list framed_out            # egress to framed transports, until drain_framed()
+    cdef list tx_pacers             # per transport: (pacer, history) kept alive, or None
+    cdef int* paced_list            # transports whose pacer got packets, until drain_paced()
+    cdef int paced_count
     cdef list stream_refs
     cdef list route_refs
     # ingress log
@@ -508,6 +520,7 @@ cdef class Forwarder:
     cdef readonly unsigned long long send_errors
     cdef readonly unsigned long long log_overflow
     cdef readonly unsigned long long impaired_drops
+    cdef readonly unsigned long long paced_packets
 
     def __cinit__(self, *, clock=None, int sample_mask=63, Py_ssize_t log_capacity=65536,
                   Py_ssize_t max_transports=4096, Py_ssize_t max_streams=16384):
@@ -544,6 +557,11 @@ cdef class Forwarder:
             self.table[i] = -1
         self.tx_refs = [None] * max_transports
         self.tx_addr = [None] * max_transports
+        self.tx_pacers = [None] * max_transports
+        self.paced_list = <int*>calloc(max_transports, sizeof(int))
+        if self.paced_list == NULL:
+            raise MemoryError()
+        self.paced_count = 0
         self.framed_out = []
         self.stream_refs = [None] * max_streams
         self.route_refs = [None] * max_streams
@@ -556,6 +574,7 @@ cdef class Forwarder:
             for i in range(self.max_streams):
                 free(self.streams[i].routes)
         free(self.tx)
+        free(self.paced_list)
         free(self.streams)
         free(self.table)
         free(self.log)
@@ -629,6 +648,9 @@ cdef class Forwarder:
             t.nstreams = 0
             t.drop_every = 0
             t.drop_seen = 0
+            t.pacer = NULL
+            t.paced_history = NULL
+            t.paced_pending = False
         t.used = True
         t.key = key
         t.sa = sa
@@ -661,7 +683,37 @@ cdef class Forwarder:
         self.tx[handle].outbound = NULL
         self.tx_refs[handle] = None
         self.tx_addr[handle] = None
+        self.tx[handle].pacer = NULL
+        self.tx[handle].paced_history = NULL
+        self.tx_pacers[handle] = None
         self._rebuild_table()
+
+    def set_pacer(self, int handle, pacer, history=None):
+        """Queue a transport's egress in ``pacer`` (a compiled ``Pacer``; None: send at once)
+        instead of sending it; ``history`` (its compiled send history) numbers the packets,
+        and each one's number becomes its tag. The owner releases the queue (``Pacer.pop``)
+        on its timer; :meth:`drain_paced` says which transports got packets."""
+        cdef tx_t* t
+        if not 0 <= handle < self.max_transports or not self.tx[handle].used:
+            raise KeyError(f"transport {handle} is not registered")
+        t = &self.tx[handle]
+        if pacer is None:
+            t.pacer = NULL
+            t.paced_history = NULL
+            self.tx_pacers[handle] = None
+            return
+        t.pacer = &(<Pacer?>pacer).p
+        t.paced_history = NULL if history is None else &(<SendHistory?>history).h
+        self.tx_pacers[handle] = (pacer, history)
+
+    def drain_paced(self):
+        """The handles of the transports whose pacer got packets since the last call."""
+        cdef int i
+        out = sorted([self.paced_list[i] for i in range(self.paced_count)])
+        for i in range(self.paced_count):
+            self.tx[self.paced_list[i]].paced_pending = False
+        self.paced_count = 0
+        return out
 
     def set_stream(self, int handle, int transport, source, int kind):
         """Register an ingress stream (``source``: ssrc, layer, unwrapper, cache)."""
@@ -1111,6 +1163,7 @@ cdef class Forwarder:
         cdef tx_t* out
         cdef uint8_t* slot
         cdef int i
+        cdef long long stamp
         if rtp_parse(&v, p, n, t.twcc_id, t.level_id if st.kind == K_AUDIO else 0) != RTP_OK:
             self._log(handle, FL_HEADER_BAD | RTP_DEFECT_HEADER << FL_REASON_SHIFT, 0, 0, now,
                       <int>n, 0, 0, 0, 0)
@@ -1201,10 +1254,11 @@ cdef class Forwarder:
             if self.out_count >= OUT_SLOTS:
                 self._flush_nogil()
             slot = self.out_buf + self.out_count * OUT_SIZE
+            out = &self.tx[route.out]
+            stamp = out.paced_history.next if out.paced_history != NULL else -1
             nout = self._route(route, st, &v, p, ext_seq, &info, now, abs_time, slot)
             if nout <= 0:
                 continue
-            out = &self.tx[route.out]
             if out.drop_every:
                 out.drop_seen += 1
                 if out.drop_seen % out.drop_every == 0:
@@ -1216,6 +1270,25 @@ cdef class Forwarder:
             wire = srtp_protect_rtp_header(out.outbound, slot, nout, OUT_SIZE, v.payload_offset)
             if wire < 0:
                 self.protect_errors += 1
+                continue
+            if out.pacer != NULL:
+                # Paced: the copy waits in the transport's queue (its number, if it was
+                # stamped, is the tag the release restamps in the send history).
+                if stamp >= 0 and out.paced_history.next != stamp:
+                    stamp = stamp & 0xFFFF
+                else:
+                    stamp = -1
+                pacer_push(out.pacer, slot, <int>wire, P_AUDIO if st.kind == K_AUDIO else P_VIDEO,
+                           stamp, now)
+                if not out.paced_pending:
+                    out.paced_pending = True
+                    self.paced_list[self.paced_count] = route.out
+                    self.paced_count += 1
+                self.paced_packets += 1
+                self.sent_packets += 1
+                self.sent_bytes += wire
+                forwarded += 1
+                out_bytes += nout
                 continue
             self.out_tx[self.out_count] = route.out
             self.out_len[self.out_count] = <int>wire

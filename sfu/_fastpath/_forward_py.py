@@ -25,6 +25,8 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
+from sfu._fastpath._pacer_py import AUDIO as PACED_AUDIO
+from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
 from sfu._fastpath._srtp_shared import SrtpError
 from sfu._fastpath.ingest import ingest
 from sfu._fastpath.values import (
@@ -68,6 +70,8 @@ class _Transport:
         "key",
         "level_id",
         "outbound",
+        "paced_history",
+        "pacer",
         "streams",
         "twcc_id",
     )
@@ -85,6 +89,8 @@ class _Transport:
         self.streams: dict[int, _Stream] = {}
         self.drop_every = 0
         self.drop_seen = 0
+        self.pacer: Any = None
+        self.paced_history: Any = None
 
 
 class _Stream:
@@ -141,6 +147,11 @@ class Forwarder:
         self.send_errors = 0
         self.log_overflow = 0
         self.impaired_drops = 0
+        self.paced_packets = 0
+        self._paced: set[int] = set()
+        self._now = 0.0
+        self._kind = VP8
+        self._stamp = -1
 
     # -- control plane ------------------------------------------------------------------------
 
@@ -163,6 +174,7 @@ class Forwarder:
         if old is not None:
             transport.streams = old.streams
             transport.drop_every, transport.drop_seen = old.drop_every, old.drop_seen
+            transport.pacer, transport.paced_history = old.pacer, old.paced_history
             if self._by_addr.get(old.key) is old:
                 del self._by_addr[old.key]
         self._transports[handle] = transport
@@ -178,6 +190,22 @@ class Forwarder:
             raise KeyError(f"transport {handle} is not registered")
         transport.drop_every = drop_every
         transport.drop_seen = 0
+
+    def set_pacer(self, handle: int, pacer: Any, history: Any = None) -> None:
+        """Queue a transport's egress in ``pacer`` (``_pacer_py.Pacer``; None: send at once)
+        instead of sending it; ``history`` is the transport's send history, whose sequence
+        number each packet was stamped with becomes its tag. The owner releases the queue
+        (``Pacer.pop``) on its timer; :meth:`drain_paced` says which transports got packets."""
+        transport = self._transports.get(handle)
+        if transport is None:
+            raise KeyError(f"transport {handle} is not registered")
+        transport.pacer = pacer
+        transport.paced_history = history if pacer is not None else None
+
+    def drain_paced(self) -> list[int]:
+        """The handles of the transports whose pacer got packets since the last call."""
+        paced, self._paced = sorted(self._paced), set()
+        return paced
 
     def remove_transport(self, handle: int) -> None:
         """Forget a transport (its streams stay registered until removed, and stay idle)."""
@@ -300,7 +328,12 @@ class Forwarder:
 
     def _ready(self, out: int) -> bool:
         """Whether transport ``out`` is registered (it has SRTP keys and an address)."""
-        return out in self._transports
+        target = self._transports.get(out)
+        if target is None:
+            return False
+        history = target.paced_history
+        self._stamp = -1 if history is None else history.packets
+        return True
 
     def _emit(self, sub: Any, out: int, n: int) -> bool:
         """Protect the ``n`` bytes ``sub`` rewrote and queue them for transport ``out``."""
@@ -317,7 +350,15 @@ class Forwarder:
         except SrtpError:
             self.protect_errors += 1
             return False
-        if target.framed:
+        if target.pacer is not None:
+            history = target.paced_history
+            stamped = self._stamp >= 0 and history.packets != self._stamp
+            tag = self._stamp & 0xFFFF if stamped else -1
+            cls = PACED_AUDIO if self._kind == AUDIO else PACED_VIDEO
+            target.pacer.push(wire, cls, tag, self._now)
+            self._paced.add(out)
+            self.paced_packets += 1
+        elif target.framed:
             self._framed.append((wire, target.address))
         else:
             self._egress.append((wire, target.address))
@@ -334,6 +375,8 @@ class Forwarder:
         egress: list[Datagram],
     ) -> None:
         self._egress = egress
+        self._now = now
+        self._kind = stream.kind
         record = ingest(
             stream.handle,
             stream.kind,

@@ -51,6 +51,14 @@ class PeerCounters:
     probes_succeeded: int = 0
     probes_failed: int = 0
     probe_packets: int = 0
+    #: Egress pacer (sfu.core.pacing): packets it released, their total wait in its queue
+    #: (µs), and packets it dropped: its queue was full (the arriving one, or a queued one of
+    #: a lower class evicted for it), or video that waited past its queue time limit.
+    paced_packets: int = 0
+    paced_queue_delay_us: int = 0
+    pacer_dropped: int = 0
+    pacer_evicted: int = 0
+    pacer_expired: int = 0
     #: Media ingested (including RTX repairs) and forwarded, by kind; bytes are RTP bytes.
     audio_in: int = 0
     audio_in_bytes: int = 0

@@ -14,7 +14,11 @@ media of registered streams on its own. :class:`DataPlane` is the control plane'
 * on every timer tick :meth:`DataPlane.replay` drains the forwarder's ingress log into the
   receive bookkeeping the Python path would have done per packet (RTCP receive statistics,
   NACK and TWCC feedback, bitrate meters, keyframe times, audio levels, counters) and its
-  sampled forwarding latencies into the router's histogram.
+  sampled forwarding latencies into the router's histogram;
+* a transport with an egress pacer (``Peer`` once it has a bandwidth estimate) gets its
+  forwarded media queued there instead of sent; after each batch :meth:`DataPlane.release_paced`
+  lets the owners of the queues that grew release what their budget allows (the rest on
+  their own timers).
 
 Nothing here runs per packet.
 """
@@ -48,7 +52,16 @@ class Claimant(Protocol):
 
 
 class _Claim:
-    __slots__ = ("address", "handle", "level_id", "peer", "registered", "srtp", "twcc_id")
+    __slots__ = (
+        "address",
+        "handle",
+        "level_id",
+        "pacing",
+        "peer",
+        "registered",
+        "srtp",
+        "twcc_id",
+    )
 
     def __init__(self, handle: int, peer: Claimant) -> None:
         self.handle = handle
@@ -58,6 +71,8 @@ class _Claim:
         self.registered = False
         self.address: Any = None
         self.srtp: Any = None
+        #: (pacer, send history, release callback) once the owner paces this transport.
+        self.pacing: tuple[Any, Any, Callable[[float], None]] | None = None
 
 
 class DataPlane:
@@ -82,6 +97,7 @@ class DataPlane:
         self._streams: dict[int, tuple[Claimant, Publication, SourceStream]] = {}
         self._handles: dict[int, int] = {}  # id(source stream) -> handle
         self._pub_streams: dict[int, set[int]] = {}  # id(publication) -> stream handles
+        self._paced: dict[int, _Claim] = {}  # transport handle -> its claim, while paced
         #: While True no stream is registered: all media takes the Python path (see suspend).
         self.suspended = False
 
@@ -128,6 +144,8 @@ class DataPlane:
         )
         first = not claim.registered
         claim.registered, claim.address, claim.srtp = True, address, srtp
+        if claim.pacing is not None:
+            self.forwarder.set_pacer(claim.handle, claim.pacing[0], claim.pacing[1])
         if first:
             for handle, (peer, pub, stream) in list(self._streams.items()):
                 if peer is claim.peer:
@@ -142,11 +160,44 @@ class DataPlane:
         self.forwarder.set_impairment(claim.handle, drop_every)
         return True
 
+    def pace(
+        self,
+        transport: WebRtcTransport,
+        pacer: Any,
+        history: Any,
+        release: Callable[[float], None],
+    ) -> bool:
+        """Queue what the forwarder sends to ``transport`` in ``pacer`` (a ``Pacer`` of this
+        plane's kernels; ``history``: the transport's send history, restamped on release);
+        ``release(now)`` is called after every batch that queued something. False when the
+        transport is not claimed (its media takes the Python path, unpaced)."""
+        claim = self._claims.get(transport)
+        if claim is None:
+            return False
+        claim.pacing = (pacer, history, release)
+        self._paced[claim.handle] = claim
+        if claim.registered:
+            self.forwarder.set_pacer(claim.handle, pacer, history)
+        return True
+
+    def release_paced(self, now: float) -> int:
+        """Let the owners of the pacers the last batches queued into release what is due;
+        returns how many owners ran."""
+        ran = 0
+        for handle in self.forwarder.drain_paced():
+            claim = self._paced.get(handle)
+            if claim is not None and claim.pacing is not None:
+                claim.pacing[2](now)
+                ran += 1
+        return ran
+
     def release(self, transport: WebRtcTransport) -> None:
         """Forget ``transport`` and the streams it carried."""
         claim = self._claims.pop(transport, None)
         if claim is None:
             return
+        if self._paced.get(claim.handle) is claim:
+            del self._paced[claim.handle]
         for handle, (peer, _, _) in list(self._streams.items()):
             if peer is claim.peer:
                 self._drop_stream(handle)

@@ -36,6 +36,7 @@ __all__ = [
     "ExtensionRewriter",
     "Forwarder",
     "Kernels",
+    "Pacer",
     "RetransmissionBuffer",
     "RouteState",
     "RtpMunger",
@@ -135,6 +136,7 @@ class SendHistory(Protocol):
     def next_seq(self) -> int: ...
     def record(self, size: int, now: float, cluster: int) -> int: ...
     def lookup(self, seq: int) -> tuple[float, int, int] | None: ...
+    def restamp(self, seq: int, now: float) -> bool: ...
 
 
 class DelayDetector(Protocol):
@@ -151,6 +153,34 @@ class DelayDetector(Protocol):
     def on_feedback(
         self, history: Any, seqs: Sequence[int], arrivals_us: Sequence[int]
     ) -> tuple[int, int, float, float, float, float]: ...
+
+
+class Pacer(Protocol):
+    """Egress leaky-bucket pacer of one subscriber transport (``_pacer_py``)."""
+
+    @property
+    def sent_packets(self) -> int: ...
+    @property
+    def sent_bytes(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def evicted(self) -> int: ...
+    @property
+    def expired(self) -> int: ...
+    def __init__(self, max_packets: int = ..., max_bytes: int = ...) -> None: ...
+    @property
+    def rate_bps(self) -> float: ...
+    @property
+    def queued_packets(self) -> int: ...
+    @property
+    def queued_bytes(self) -> int: ...
+    def set_rate(self, bps: float, now: float) -> None: ...
+    def push(self, packet: Buffer, cls: int, tag: int, now: float) -> bool: ...
+    def pop(self, now: float, history: Any = ...) -> list[tuple[bytes, int]]: ...
+    def next_deadline(self, now: float) -> float | None: ...
+    def take_delays(self) -> tuple[int, float, float]: ...
+    def clear(self) -> int: ...
 
 
 class Vp8Munger(Protocol):
@@ -198,6 +228,7 @@ class Forwarder(Protocol):
     send_errors: int
     log_overflow: int
     impaired_drops: int
+    paced_packets: int
 
     def __init__(
         self,
@@ -218,6 +249,8 @@ class Forwarder(Protocol):
         framed: bool = False,
     ) -> None: ...
     def set_impairment(self, handle: int, drop_every: int) -> None: ...
+    def set_pacer(self, handle: int, pacer: Any, history: Any = None) -> None: ...
+    def drain_paced(self) -> list[int]: ...
     def remove_transport(self, handle: int) -> None: ...
     def set_stream(self, handle: int, transport: int, source: Any, kind: int) -> None: ...
     def remove_stream(self, handle: int) -> None: ...
@@ -247,10 +280,11 @@ class Kernels:
     RetransmissionBuffer: type[RetransmissionBuffer]
     SendHistory: type[SendHistory]
     DelayDetector: type[DelayDetector]
+    Pacer: type[Pacer]
 
 
 def _reference() -> Kernels:
-    from sfu._fastpath import _bwe_py, _forward_py
+    from sfu._fastpath import _bwe_py, _forward_py, _pacer_py
     from sfu.core import (
         header_extensions,
         layers,
@@ -275,6 +309,7 @@ def _reference() -> Kernels:
         RetransmissionBuffer=retransmission.RetransmissionBuffer,
         SendHistory=_bwe_py.SendHistory,
         DelayDetector=_bwe_py.DelayDetector,
+        Pacer=_pacer_py.Pacer,
     )
 
 
@@ -295,6 +330,7 @@ def compiled() -> Kernels:
             _forward,
             _layers,
             _munger,
+            _pacer,
             _svc,
             _vp8,
         )
@@ -312,6 +348,7 @@ def compiled() -> Kernels:
             RetransmissionBuffer=_cache.RetransmissionBuffer,
             SendHistory=_bwe.SendHistory,
             DelayDetector=_bwe.DelayDetector,
+            Pacer=_pacer.Pacer,
         )
     return _compiled
 

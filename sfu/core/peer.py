@@ -26,6 +26,8 @@ import math
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Final
 
+from sfu._fastpath._pacer_py import PROBE as PACED_PROBE
+from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
 from sfu._fastpath.values import LogRecord
 from sfu.core.allocator import (
     CONGESTION,
@@ -47,6 +49,7 @@ from sfu.core.counters import (
 from sfu.core.dataplane import DataPlane
 from sfu.core.estimator import BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
+from sfu.core.pacing import PACING_FACTOR, PacedSender
 from sfu.core.prober import ProbeCluster, Prober, probe_step
 from sfu.core.publication import LAYER_TIMEOUT, Publication, SourceStream
 from sfu.core.reporter import Reporter
@@ -64,7 +67,7 @@ from sfu.packet.extensions import (
 from sfu.transport.transport import TransportState, WebRtcTransport
 
 if TYPE_CHECKING:
-    from sfu.core.kernels import Kernels, SendHistory
+    from sfu.core.kernels import Kernels, Pacer, SendHistory
 
 __all__ = [
     "ALLOCATION_INTERVAL",
@@ -222,6 +225,16 @@ class Peer:
         self.estimator: BandwidthEstimator | None = None
         self.prober = Prober()
         self.rtx_budget = RetransmissionBudget()
+        #: Egress pacer (created with the estimator; it paces once an estimate exists and the
+        #: data plane queues this transport's media in it).
+        self.pacer: Pacer | None = None
+        #: The Python paths' senders through the pacer while paced: retransmissions, probes.
+        self._paced_rtx: PacedSender | None = None
+        self._paced_probe: PacedSender | None = None
+        #: When the pacer releases its next packet (None: empty or unpaced).
+        self._pacer_due: float | None = None
+        #: The pacer's drop counters when last folded into ``counters``.
+        self._pacer_seen = (0, 0, 0)
         self.set_extensions(extensions)
 
     @property
@@ -298,6 +311,52 @@ class Peer:
         self.send_history = kernels.SendHistory()
         self.estimator = BandwidthEstimator(self.send_history, kernels.DelayDetector())
         self.feedback.estimator = self.estimator
+        self.pacer = kernels.Pacer()
+
+    def _pace(self, estimate: float, now: float) -> None:
+        """Pace at PACING_FACTOR x ``estimate``; the first time, ask the data plane to queue
+        this transport's media in the pacer (without a data plane nothing is paced)."""
+        pacer = self.pacer
+        if pacer is None:
+            return
+        pacer.set_rate(PACING_FACTOR * estimate, now)
+        if self._paced_rtx is not None or self.dataplane is None:
+            return
+        if self.dataplane.pace(self.transport, pacer, self.send_history, self.release_paced):
+            self._paced_rtx = PacedSender(
+                self.transport, pacer, self.send_history, PACED_RETRANSMISSION, self._queued
+            )
+            self._paced_probe = PacedSender(
+                self.transport, pacer, self.send_history, PACED_PROBE, self._queued
+            )
+            self.feedback.sender = self._paced_rtx
+
+    def _queued(self) -> None:
+        """A Python path queued a packet: release at the next run (now, usually)."""
+        self._pacer_due = -math.inf
+
+    def release_paced(self, now: float) -> None:
+        """Send what the pacer lets go at ``now`` (restamping the send history), and tell the
+        scheduler when it lets go of more."""
+        pacer = self.pacer
+        if pacer is None:
+            return
+        send = self.transport.send_protected
+        released = pacer.pop(now, self.send_history)
+        for wire, _tag in released:
+            send(wire)
+        counters = self.counters
+        count, total, _longest = pacer.take_delays()
+        counters.paced_packets += count
+        counters.paced_queue_delay_us += round(total * 1e6)
+        counters.pacer_dropped += pacer.dropped - self._pacer_seen[0]
+        counters.pacer_evicted += pacer.evicted - self._pacer_seen[1]
+        counters.pacer_expired += pacer.expired - self._pacer_seen[2]
+        self._pacer_seen = (pacer.dropped, pacer.evicted, pacer.expired)
+        due = pacer.next_deadline(now)
+        self._pacer_due = due
+        if due is not None and self.on_wake is not None:
+            self.on_wake(self, due)
 
     def remove_subscription(self, mid: str) -> Subscription | None:
         """Forget the subscription on ``mid``; the caller unhooks it from the publication."""
@@ -343,7 +402,12 @@ class Peer:
 
     def on_rtcp(self, transport: WebRtcTransport, packet: bytes, now: float) -> None:
         """RTCP from this participant: feedback about what it receives and reports."""
+        paced = self._paced_rtx
+        if paced is not None:
+            paced.now = now
         self.feedback.on_rtcp(packet, now=now)
+        if paced is not None and self._pacer_due == -math.inf:
+            self.release_paced(now)  # retransmissions: what the budget allows goes now
         if self.subscriptions:
             estimate = self.estimate_bps
             if estimate is not None and (
@@ -378,6 +442,9 @@ class Peer:
         if self.retired:
             return
         self.retired = True
+        if self.pacer is not None:
+            self.pacer.clear()
+            self._pacer_due = None
         for publication in self.publications.values():
             self._fold_publication(publication)
         for subscription in self.subscriptions.values():
@@ -415,6 +482,9 @@ class Peer:
         layers = self._next_layer_change()
         if layers is not None and layers < due:
             due = layers
+        pacer_due = self._pacer_due
+        if pacer_due is not None and pacer_due < due:
+            due = pacer_due
         if subscriptions and self._allocation_watched():
             due = min(due, self._last_allocation + ALLOCATION_INTERVAL)
             if self._switching:
@@ -509,6 +579,7 @@ class Peer:
             # without any estimate, they are only throttled per sequence number).
             self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
             self.feedback.budget = self.rtx_budget
+            self._pace(estimate, now)
         if allocation_due(now, self._last_allocation, estimate, self._allocated_on):
             available = self._availability(now)
             if (
@@ -531,6 +602,8 @@ class Peer:
         if estimate is not None and now - self._last_probe >= PROBE_INTERVAL and self._probing():
             self._last_probe = now
             self._probe(now)
+        if self._pacer_due is not None and self._pacer_due <= now:
+            self.release_paced(now)
         self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
 
     def _availability(self, now: float) -> dict[Subscription, frozenset[int]]:
@@ -724,10 +797,14 @@ class Peer:
         )
         if carrier is None or not twcc_id:
             return
+        sender: PacedSender | WebRtcTransport = self.transport
+        if self._paced_probe is not None:
+            sender = self._paced_probe  # the cluster leaves as one, ahead of paced media
+            sender.now = now
         for i in range(cluster.primer + cluster.packets):
             cluster_id = cluster.id if i >= cluster.primer else -1  # the primer is no part
             packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
             if packet is None:
                 return
-            if self.transport.send_rtp(packet):
+            if sender.send_rtp(packet):
                 self.counters.probe_packets += 1

@@ -266,6 +266,31 @@ class SfuCollector(Collector):
             {(): c.probe_packets},
         )
         yield self._counter(
+            "sfu_paced_packets",
+            "Packets the subscribers' egress pacers released.",
+            [],
+            {(): c.paced_packets},
+        )
+        yield self._counter(
+            "sfu_pacer_queue_delay_seconds",
+            "Total time released packets waited in the egress pacers (over sfu_paced_packets: "
+            "the mean queue delay).",
+            [],
+            {(): c.paced_queue_delay_us / 1e6},
+        )
+        yield self._counter(
+            "sfu_pacer_drops",
+            "Packets the egress pacers dropped, by reason: queue_full (the arriving packet), "
+            "evicted (a queued packet of a lower class, for a higher one) or expired (video "
+            "that waited past the queue time limit).",
+            ["reason"],
+            {
+                ("queue_full",): c.pacer_dropped,
+                ("evicted",): c.pacer_evicted,
+                ("expired",): c.pacer_expired,
+            },
+        )
+        yield self._counter(
             "sfu_transport_feedback_received",
             "Subscriber feedback driving the bandwidth estimate, by kind.",
             ["kind"],

@@ -96,7 +96,8 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     | frozenset(ALLOCATION_REASONS)
     | frozenset(CHAT_REFUSALS)
     | frozenset(DATA_CHANNEL_DROPS)
-    | frozenset({"budget", "superseded"}),  # retransmissions skipped
+    | frozenset({"budget", "superseded"})  # retransmissions skipped
+    | frozenset({"queue_full", "evicted", "expired"}),  # egress pacer drops
     "listener": frozenset({"http", "ops"}),
     "outcome": frozenset({"succeeded", "failed"}),  # probe clusters
     "stage": frozenset({"ice", "dtls"}),

@@ -265,6 +265,14 @@ class WebRtcTransport:
             return False
         return True
 
+    def send_protected(self, datagram: bytes) -> bool:
+        """Send an SRTP packet protected earlier (a pacer held it); False if not connected."""
+        addr = self.ice.selected_address
+        if self._srtp is None or addr is None:
+            return False
+        self._send(datagram, addr)
+        return True
+
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect and send one RTCP compound packet; False if not connected."""
         srtp = self._srtp

@@ -12,7 +12,9 @@ from room_fixtures import CHROMIUM_IDS, vp8_packet
 from test_metrics_core import registry_for, value
 from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harness
 
+from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
 from sfu.core.estimator import INITIAL_BPS
+from sfu.core.pacing import PACING_FACTOR
 from sfu.core.peer import (
     ALLOCATION_INTERVAL,
     BUDGET_HEADROOM,
@@ -24,6 +26,7 @@ from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.extensions import TRANSPORT_CC_URI
 from sfu.packet.rtcp_feedback import Nack
 from sfu.packet.rtp import RtpPacket
+from sfu.transport.transport import WebRtcTransport
 
 TWCC_ID = CHROMIUM_IDS[TRANSPORT_CC_URI]
 
@@ -208,3 +211,52 @@ def test_a_falling_estimate_is_allocated_on_at_once() -> None:
     assert not allocation_due(1.0, 0.9, 0.95 * 1_000_000, 1_000_000)
     assert not allocation_due(1.0, 0.9, 3_000_000, 1_000_000)
     assert not allocation_due(1.0, 0.9, None, 1_000_000)
+
+
+def test_a_paced_transport_releases_on_the_peers_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the pacer holds leaves through the peer: what the budget allows at once, the rest
+    when the room service runs the peer at the pacer's deadline (its ``next_timer``), each
+    packet restamped in the send history and counted; retiring the peer empties the pacer."""
+    h = harness(monkeypatch)
+    alice, bob, _ = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and peer.pacer is not None and peer.send_history is not None
+    _publish(h, alice, 1.0, 30)
+    h.service.poll(2.0, 1.7e9)
+    assert peer.estimate_bps is not None
+    # The room service paced the transport at PACING_FACTOR x the estimate.
+    assert peer.pacer.rate_bps == PACING_FACTOR * peer.estimate_bps
+    sent: list[bytes] = []
+
+    def send_protected(self: WebRtcTransport, datagram: bytes) -> bool:
+        sent.append(datagram)
+        return True
+
+    monkeypatch.setattr(WebRtcTransport, "send_protected", send_protected)
+    peer.pacer.set_rate(80_000.0, 2.0)  # 10 kB/s
+    history = peer.send_history
+    tags = [history.record(1000, 2.0, -1) for _ in range(4)]
+    for tag in tags:
+        assert peer.pacer.push(bytes([tag & 0xFF]) * 1000, PACED_VIDEO, tag, 2.0)
+    peer.release_paced(2.0)
+    assert len(sent) == 1 and peer.pacer.queued_packets == 3
+    due = peer.next_timer()
+    assert due is not None and 2.0 < due <= 2.1  # the pacer's deadline, not a later report
+    for _ in range(200):
+        if not peer.pacer.queued_packets:
+            break
+        at = peer.next_timer()
+        assert at is not None
+        h.service.poll(at, 1.7e9 + at)
+    assert len(sent) == 4 and [p[0] for p in sent] == [t & 0xFF for t in tags]
+    for tag in tags[1:]:
+        entry = history.lookup(tag)
+        assert entry is not None and entry[0] > 2.0  # when it left, not when it was queued
+    assert peer.counters.paced_packets == 4
+    assert peer.counters.paced_queue_delay_us > 0
+    registry = registry_for(h.service)
+    assert value(registry, "sfu_paced_packets_total") == 4
+    assert value(registry, "sfu_pacer_drops_total", reason="queue_full") == 0
+    peer.pacer.push(bytes(10), PACED_VIDEO, -1, 3.0)
+    peer.retire()
+    assert peer.pacer.queued_packets == 0

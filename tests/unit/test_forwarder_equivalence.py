@@ -60,6 +60,8 @@ events = st.lists(
         ),
         st.tuples(st.just("hold"), st.integers(0, SUBS - 1), st.booleans()),
         st.tuples(st.just("impair"), st.integers(0, SUBS - 1), st.integers(0, 4)),
+        # An egress pacer on a subscriber transport (its media queued, released by rate).
+        st.tuples(st.just("pace"), st.integers(0, SUBS - 1), st.floats(0.0, 3e6)),
         st.tuples(st.just("fanout"), st.lists(st.integers(0, SUBS - 1), max_size=SUBS)),
         # A subscriber transport without SRTP keys (issue 18): its routes are left untouched.
         st.tuples(st.just("keys"), st.integers(0, SUBS - 1), st.booleans()),
@@ -84,6 +86,7 @@ def test_compiled_forwarder_matches_reference(
     seqs = [100, 40000, 65530]
     pid, tl0, audio_seq, twcc = 300, 7, 65534, 0
     keyed = set(range(SUBS))
+    pacers: dict[int, tuple[Any, Any]] = {}
     now = 10.0
     for event in events:
         now += 0.003
@@ -151,6 +154,14 @@ def test_compiled_forwarder_matches_reference(
             elif kind == "impair":
                 if event[1] in keyed:
                     world.forwarder.set_impairment(event[1] + 1, event[2])
+            elif kind == "pace":
+                if event[1] in keyed:
+                    index = event[1]
+                    if index not in pacers:
+                        pacers[index] = (REFERENCE.Pacer(), compiled_kernels.Pacer())
+                    pacer = pacers[index][0 if world is ref else 1]
+                    pacer.set_rate(event[2], now)
+                    world.forwarder.set_pacer(index + 1, pacer, world.histories[index])
             elif kind == "keys":
                 world.set_keyed(event[1], event[2])
             elif kind == "fanout":
@@ -159,6 +170,8 @@ def test_compiled_forwarder_matches_reference(
                 world.push_routes()
         if kind == "keys":
             (keyed.add if event[2] else keyed.discard)(event[1])
+            if not event[2]:
+                pacers.pop(event[1], None)  # unregistered: the forwarder forgot the pacer
         if not datagrams:
             continue
         ref_slow, ref_egress = ref.forwarder.process(datagrams, now)
@@ -169,6 +182,12 @@ def test_compiled_forwarder_matches_reference(
         assert comp.forwarder.drain_log() == log
         assert comp.snapshot() == ref.snapshot()
         assert comp.forwarder.impaired_drops == ref.forwarder.impaired_drops
+        assert comp.forwarder.drain_paced() == ref.forwarder.drain_paced()
+        assert comp.forwarder.paced_packets == ref.forwarder.paced_packets
+        for index, (ref_pacer, comp_pacer) in sorted(pacers.items()):
+            released = ref_pacer.pop(now, ref.histories[index])
+            assert comp_pacer.pop(now, comp.histories[index]) == released
+            assert comp_pacer.next_deadline(now) == ref_pacer.next_deadline(now)
         if kind == "mutate" and (event[2] < 3 or event[1] in COMMON) and log:
             # Refused under its reason, forwarded to nobody (unless SRTP refused it first as
             # a replay: an earlier packet had that sequence number, and there is no record).

@@ -22,6 +22,7 @@ VP8_CODEC = NegotiatedCodec(96, "VP8", 90000, None, None, ("nack", "nack pli"))
 OPUS_CODEC = NegotiatedCodec(111, "opus", 48000, 2, None, ())
 REFERENCE_MODULES = {
     "sfu._fastpath._bwe_py",
+    "sfu._fastpath._pacer_py",
     "sfu._fastpath._forward_py",
     "sfu.core.header_extensions",
     "sfu.core.layers",

@@ -1,0 +1,45 @@
+# cython: language_level=3
+# C-level interface of the compiled egress pacer (``_pacer_py.Pacer``), so a forwarding loop
+# can queue a protected packet without the GIL:
+#
+#     from sfu._fastpath._pacer cimport Pacer, pacer_t, pacer_push
+#     cdef pacer_t* p = &(<Pacer>obj).p                    # keep a reference to obj
+#     pacer_push(p, data, length, cls, tag, now)           # 1: queued, 0: dropped (counted)
+
+cdef struct slot_t:
+    unsigned char* data
+    int size
+    int next                        # toward the tail of its class (or the free list)
+    int prev                        # toward the head
+    long long tag
+    long long order                 # push counter: packets leave in this order
+    double queued
+
+cdef struct pacer_t:
+    slot_t* slots
+    int max_packets
+    long long max_bytes
+    int free                        # head of the free-slot list, -1 when none
+    int head[4]
+    int tail[4]
+    int count[4]
+    int packets
+    long long bytes
+    long long order                 # the next push's order
+    double rate                     # bytes per second; 0: unpaced
+    double debt
+    double last
+    long long sent_packets
+    long long sent_bytes
+    long long dropped
+    long long evicted
+    long long expired
+    long long delay_count
+    double delay_sum
+    double delay_max
+
+cdef class Pacer:
+    cdef pacer_t p
+
+cdef int pacer_push(pacer_t* p, const unsigned char* data, int size, int cls, long long tag,
+                    double now) noexcept nogil

@@ -1,0 +1,87 @@
+"""The egress pacer in the forwarder: a paced subscriber's media waits in its pacer and
+leaves at the pacing rate, with its send history restamped; the others are untouched."""
+
+from __future__ import annotations
+
+from forwarder_world import (
+    PROFILE,
+    PUB_ADDR,
+    PUB_KEY,
+    PUB_SALT,
+    VIDEO_SSRCS,
+    World,
+    rtp,
+    vp8_payload,
+)
+
+from sfu._fastpath import _srtp_py
+from sfu._fastpath._pacer_py import BURST_TIME
+from sfu.core.kernels import Kernels
+
+
+def _ext(twcc: int) -> bytes:
+    """The publisher's extension elements: mid, and its transport-cc number."""
+    return bytes([0x10, ord("0"), 0x31, twcc >> 8 & 0xFF, twcc & 0xFF, 0, 0, 0])
+
+
+def test_a_paced_subscribers_keyframe_leaves_at_the_pacing_rate(each_kernels: Kernels) -> None:
+    world = World(each_kernels)
+    client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
+    for sub in world.video_subs:
+        sub.selector.set_target(0, None)
+    pacer = each_kernels.Pacer()
+    pacer.set_rate(800_000.0, 0.0)  # 100 kB/s
+    world.forwarder.set_pacer(1, pacer, world.histories[0])  # subscriber 0 is paced
+    # A 20-packet keyframe of the low layer, arriving at once.
+    datagrams = []
+    for i in range(20):
+        payload = vp8_payload(10, 0, 0, True, True, i == 0, 1000)
+        plain = rtp(VIDEO_SSRCS[0], 100 + i, 3000, 96, payload, _ext(i))
+        datagrams.append((client.protect_rtp(plain), PUB_ADDR))
+    _, egress = world.forwarder.process(datagrams, 1.0)
+    destinations = [address[1] for _, address in egress]
+    # Subscribers 1 and 2 got it at once; subscriber 0's copies are queued.
+    assert destinations.count(6000) == 0
+    assert destinations.count(6001) == destinations.count(6002) == 20
+    assert world.forwarder.paced_packets == 20 and pacer.queued_packets == 20
+    assert world.forwarder.drain_paced() == [1] and world.forwarder.drain_paced() == []
+    history = world.histories[0]
+    assert history.packets == 20  # numbered when forwarded
+    released: list[tuple[float, bytes, int]] = []
+    now = 1.0
+    while pacer.queued_packets:
+        released.extend((now, wire, tag) for wire, tag in pacer.pop(now, history))
+        deadline = pacer.next_deadline(now)
+        if deadline is None:
+            break
+        now = deadline
+    assert len(released) == 20
+    # The copies are those subscriber 1 got, bar the SRTP of their own transport: same sizes.
+    assert sorted(len(w) for _, w, _ in released) == sorted(
+        len(w) for w, a in egress if a[1] == 6001
+    )
+    # ~20 kB at 100 kB/s: about 0.2 s less the 5 ms burst allowance, in sequence order.
+    assert 0.15 < released[-1][0] - 1.0 < 0.21
+    assert [tag for _, _, tag in released] == list(range(20))
+    for t, _, tag in released:
+        entry = history.lookup(tag)
+        assert entry is not None and entry[0] == t  # restamped: when it really left
+    first_window = [t for t, _, _ in released if t < 1.0 + BURST_TIME]
+    assert 1 <= len(first_window) < 20
+
+
+def test_an_unstamped_subscriber_is_paced_with_no_tags(each_kernels: Kernels) -> None:
+    world = World(each_kernels, stamped=0)
+    client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
+    world.video_subs[0].selector.set_target(0, None)
+    pacer = each_kernels.Pacer()
+    world.forwarder.set_pacer(1, pacer, world.histories[0])
+    payload = vp8_payload(10, 0, 0, True, True, True, 500)
+    plain = rtp(VIDEO_SSRCS[0], 100, 3000, 96, payload, _ext(0))
+    world.forwarder.process([(client.protect_rtp(plain), PUB_ADDR)], 1.0)
+    assert [tag for _, tag in pacer.pop(1.0, world.histories[0])] == [-1]
+    # Unpaced again: the next packet goes straight out.
+    world.forwarder.set_pacer(1, None)
+    plain = rtp(VIDEO_SSRCS[0], 101, 6000, 96, payload, _ext(1))
+    _, egress = world.forwarder.process([(client.protect_rtp(plain), PUB_ADDR)], 1.1)
+    assert [address[1] for _, address in egress].count(6000) == 1
