@@ -25,7 +25,7 @@ Nothing here runs per packet.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sfu._fastpath.values import AUDIO, VP8, LogRecord
@@ -49,6 +49,12 @@ class Claimant(Protocol):
     def transport(self) -> WebRtcTransport: ...
 
     def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None: ...
+
+    def replay_records(
+        self,
+        records: Sequence[LogRecord],
+        streams: Mapping[int, tuple[Any, Publication, SourceStream]],
+    ) -> None: ...
 
 
 class _Claim:
@@ -289,15 +295,28 @@ class DataPlane:
         ``touched`` gets every peer that had records (their timers may have moved)."""
         records = self.forwarder.drain_log()
         streams = self._streams
-        last = -1
+        # Each peer's records in one call, in their order (a peer's TWCC, NACK and receive
+        # statistics see its packets as they arrived); peers share no receive state, so
+        # their order among each other does not matter.
+        batches: dict[Claimant, list[LogRecord]] = {}
+        last_handle = -1
+        batch: list[LogRecord] = []
         for record in records:
-            entry = streams.get(record[0])
-            if entry is not None:
-                peer, pub, stream = entry
-                peer.replay(pub, stream, record)
-                if touched is not None and record[0] != last:
-                    last = record[0]
-                    touched.add(peer)
+            handle = record[0]
+            if handle != last_handle:
+                entry = streams.get(handle)
+                if entry is None:
+                    continue
+                last_handle = handle
+                found = batches.get(entry[0])
+                if found is None:
+                    found = batches[entry[0]] = []
+                batch = found
+            batch.append(record)
+        for peer, peer_records in batches.items():
+            peer.replay_records(peer_records, streams)
+        if touched is not None:
+            touched.update(batches)
         samples = self.forwarder.drain_latency()
         if stats is not None:
             for sample in samples:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from sfu._fastpath._pacer_py import PROBE as PACED_PROBE
 from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
@@ -436,6 +436,15 @@ class Peer:
     def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None:
         """The data plane forwarded a packet of ``stream``: do its receive bookkeeping."""
         self.router.replay(pub, stream, record)
+
+    def replay_records(
+        self,
+        records: Sequence[LogRecord],
+        streams: Mapping[int, tuple[Any, Publication, SourceStream]],
+    ) -> None:
+        """The data plane forwarded these packets of this peer's streams (``streams`` maps
+        each record's handle to its publication and stream): their receive bookkeeping."""
+        self.router.replay_records(records, streams)
 
     def retire(self) -> None:
         """Fold this peer's counters (and its live streams') into ``stats.retired``, once."""

@@ -57,6 +57,11 @@ class TransportState(enum.Enum):
     FAILED = "failed"
 
 
+#: The two final states (see :attr:`WebRtcTransport.finished`).
+_CLOSED: Final = TransportState.CLOSED
+_FAILED: Final = TransportState.FAILED
+
+
 class HandshakeFailure(enum.Enum):
     """Why a transport failed to connect; each value is the metric's ``(stage, reason)``."""
 
@@ -171,7 +176,10 @@ class WebRtcTransport:
     @property
     def finished(self) -> bool:
         """True once closed or failed: the port then forgets it."""
-        return self.state in (TransportState.CLOSED, TransportState.FAILED)
+        # Identity against module constants: ``in (TransportState.X, ...)`` costs ~0.5 µs
+        # (two enum member lookups and a tuple), and the port asks this per slow datagram.
+        state = self.state
+        return state is _CLOSED or state is _FAILED
 
     @property
     def listener(self) -> TransportListener | None:

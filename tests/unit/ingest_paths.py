@@ -212,14 +212,18 @@ class PathWorld:
     def counters(self) -> Any:
         return self.publisher.counters
 
-    def send(self, packet: bytes, now: float) -> None:
-        """The publisher sends one RTP packet (SRTP-protected on the way) at ``now``."""
+    def send(self, packet: bytes, now: float, *, replay: bool = True) -> None:
+        """The publisher sends one RTP packet (SRTP-protected on the way) at ``now``.
+        ``replay=False``: the forwarder's records wait for :meth:`replay` (as they wait for
+        the server's replay timer), except when the slow path takes the packet: then they
+        are replayed first, so the receive state sees every packet in arrival order."""
         wire = self.client.protect_rtp(packet)
         if self.dataplane is None:
             self._slow(wire, now)
         else:
             slow, egress = self.dataplane.forwarder.process([(wire, PUB_ADDR)], now)
-            self.dataplane.replay()
+            if replay or slow:
+                self.dataplane.replay()
             for data, _ in slow:
                 self._slow(data, now)
             for data, address in egress:
@@ -228,6 +232,11 @@ class PathWorld:
         for index, transport in enumerate(self.transports):
             self.received[index].packets.extend(transport.rtp)
             transport.rtp.clear()
+
+    def replay(self) -> None:
+        """Replay the forwarder's records now (forwarder paths)."""
+        if self.dataplane is not None:
+            self.dataplane.replay()
 
     def _slow(self, wire: bytes, now: float) -> None:
         """What the transport does with SRTP the forwarder did not take: unprotect (replays

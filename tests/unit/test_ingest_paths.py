@@ -262,3 +262,71 @@ def test_slow_path_matches_forwarder_and_replay(
 def now_seq(now: float) -> int:
     """A distinct RTX sequence number per step."""
     return int(now * 1000) & 0xFFFF
+
+
+@settings(max_examples=80, deadline=None)
+@given(events=events, every=st.integers(2, 9))
+def test_batched_replay_matches_replay_per_packet(
+    each_kernels: Kernels, events: list[tuple[Any, ...]], every: int
+) -> None:
+    """The data plane replays its log in batches (``Router.replay_records``, the counters
+    summed per batch): the receive bookkeeping after each batch is what the slow path's
+    replay of each packet's record on its own (``Router.replay``) leaves."""
+    single, batched = PathWorld("slow", each_kernels), PathWorld("forwarder", each_kernels)
+    seqs = [100, 40000, 65530]
+    audio_seq, twcc, pid = 65534, 0, 10
+    now = 1.0
+    for count, event in enumerate(events, 1):
+        now += 0.004
+        packet: bytes | None = None
+        kind = event[0]
+        if kind == "video":
+            _, layer, step, key, tid, padding, bad_ext = event
+            seqs[layer] = (seqs[layer] + step) & 0xFFFF
+            pid += 1
+            twcc = (twcc + 1) & 0xFFFF
+            payload = b"" if padding else vp8(pid & 0x7FFF, key=key, tid=tid)
+            packet = rtp(
+                VIDEO_SSRCS[layer],
+                seqs[layer],
+                pid * 3000,
+                VP8_PT,
+                payload,
+                [(EXT_TWCC, struct.pack("!H", twcc))],
+                padding=padding * 50,
+            )
+            if bad_ext:
+                packet = packet[:16] + bytes([(EXT_TWCC << 4) | 0x0F]) + packet[17:]
+        elif kind == "audio":
+            _, step, level = event
+            audio_seq = (audio_seq + step) & 0xFFFF
+            packet = rtp(
+                AUDIO_SSRC,
+                audio_seq,
+                audio_seq * 960,
+                OPUS_PT,
+                b"\x05" * 30,
+                [(EXT_LEVEL, bytes([level]))],
+            )
+        elif kind == "target":
+            _, index, layer = event
+            for world in (single, batched):
+                selector = world.video_subs[index].selector
+                assert selector is not None
+                selector.set_target(layer, None)
+        elif kind == "pause":
+            _, index, paused = event
+            for world in (single, batched):
+                for sub in (world.video_subs[index], world.audio_subs[index]):
+                    sub.set_preferences(None, None, paused)
+        if packet is not None:
+            single.send(packet, now)
+            batched.send(packet, now, replay=False)
+        if count % every == 0:
+            batched.replay()
+            assert _bookkeeping(batched, now) == _bookkeeping(single, now)
+    batched.replay()
+    assert [r.packets for r in batched.received] == [r.packets for r in single.received]
+    assert _bookkeeping(batched, now) == _bookkeeping(single, now)
+    later = now + 1.0
+    assert batched.publisher.router.twcc.poll(later) == single.publisher.router.twcc.poll(later)
