@@ -168,6 +168,18 @@ def make_plan(cfg: ScenarioConfig) -> Plan:
     return Plan(tuple(speakers), pairs, True)
 
 
+def planned_pps(specs: list[StreamSpec], rate: float) -> float:
+    """Packets per second these streams should send at ``rate`` (keyframes' extra packets
+    spread over their interval): what the generator offers when it keeps up."""
+    total = 0.0
+    for spec in specs:
+        per_frame = float(spec.packets_per_frame)
+        if spec.kind == KIND_VIDEO and spec.keyframe_interval:
+            per_frame += (spec.keyframe_packets - spec.packets_per_frame) / spec.keyframe_interval
+        total += per_frame * rate * 1e9 / spec.frame_interval_ns
+    return total
+
+
 def layer_specs(cfg: ScenarioConfig, ep: Endpoint) -> list[StreamSpec]:
     """The streams a publisher endpoint sends, with the ids and types its answer settled."""
     plan = ep.publish
@@ -341,6 +353,8 @@ class _Session:
         self.endpoints: list[Endpoint] = []
         self.by_index: dict[int, Endpoint] = {}
         self.senders: list[int] = []
+        #: The streams each sender sends (planned_pps: what the generator should offer).
+        self.sender_specs: list[StreamSpec] = []
         self.receivers: list[int] = []
         self.sessions: list[Any] = []
         self.connected: list[Endpoint] = []
@@ -366,9 +380,9 @@ class _Session:
             await asyncio.gather(*(self._connect(ep, gate) for ep in pubs.values()))
             start = time.monotonic_ns() + 50_000_000
             for ep in pubs.values():
-                index = self.engine.add_sender(
-                    ep.sock, ep.srtp_out, layer_specs(self.cfg, ep), start
-                )
+                specs = layer_specs(self.cfg, ep)
+                self.sender_specs += specs
+                index = self.engine.add_sender(ep.sock, ep.srtp_out, specs, start)
                 self.by_index[index] = ep
                 self.senders.append(index)
             subs = await asyncio.gather(
