@@ -214,6 +214,13 @@ async def run_soak(
                     "server_transports": gauges.get("sfu_transports"),
                     "server_egress_expected": gauges.get("sfu_rtp_packets_expected_total_egress"),
                     "server_egress_lost": gauges.get("sfu_rtp_packets_lost_total_egress"),
+                    "transport_feedback": step.transport_feedback,
+                    "server_transport_feedback": gauges.get(
+                        "sfu_transport_feedback_received_total"
+                    ),
+                    "server_estimates_sum_bps": gauges.get(
+                        "sfu_subscriber_estimated_bandwidth_bits_per_second_gsum"
+                    ),
                 }
             )
             progress(
@@ -404,6 +411,40 @@ def plot_churn(path: str, result: ChurnResult) -> None:
     plt.close(fig)
 
 
+def pymalloc_stats() -> dict[str, int]:
+    """CPython's small-object allocator figures (``sys._debugmallocstats``, read from its
+    stderr output): arenas held now and at most, bytes in live blocks and in free blocks of
+    held pools. An arena (1 MiB) goes back to the system only when all its blocks are free,
+    so free bytes spread over many arenas are RSS that no trim returns. Empty when the
+    interpreter runs without pymalloc (``PYTHONMALLOC=malloc``)."""
+    import sys
+    import tempfile
+
+    wanted = {
+        "# arenas allocated current": "arenas",
+        "# arenas highwater mark": "arenas_highwater",
+        "# bytes in allocated blocks": "allocated_bytes",
+        "# bytes in available blocks": "free_bytes",
+    }
+    out: dict[str, int] = {}
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        for line in tmp:
+            key, _, value = line.partition("=")
+            name = wanted.get(key.strip())
+            if name is not None:
+                out[name] = int(value.strip().replace(",", ""))
+    return out
+
+
 async def churn_in_process(cycles: int, concurrency: int, progress: Progress) -> dict[str, Any]:
     """Churn against a server running inside this process, to tell a leak from fragmentation:
     after a warm-up, Python allocations are traced (``tracemalloc``, the growth of the server's
@@ -443,6 +484,7 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
         warm = min(CHURN_WARMUP_CYCLES, cycles)
         await run_churn(target, warm, concurrency, lambda f, label: None)
         gc.collect()
+        arenas_base = pymalloc_stats()
         tracemalloc.start(1)
         base_snapshot = tracemalloc.take_snapshot()
         rss_base, _ = server_memory(pid)
@@ -454,6 +496,7 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
         rss_trimmed, _ = server_memory(pid)
         traced_now, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
+        arenas_end = pymalloc_stats()
         ours = [tracemalloc.Filter(True, "*/sfu/*")]
         growth = [
             stat
@@ -472,6 +515,8 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
             "rss_end_bytes": rss_end,
             "rss_after_malloc_trim_bytes": rss_trimmed,
             "traced_python_bytes_end": traced_now,
+            "pymalloc_after_warmup": arenas_base,
+            "pymalloc_end": arenas_end,
             "sfu_growth_by_line": [
                 {"where": str(s.traceback[0]), "bytes": s.size_diff, "blocks": s.count_diff}
                 for s in growth
