@@ -74,6 +74,9 @@ WARMUP_S: Final = 2.0
 #: 3 subscribers at 1.8 -> 3.5 Mbit/s each between seconds 2 and 8), so a shorter warm-up
 #: would measure the ramp, not the load.
 FEEDBACK_WARMUP_S: Final = 6.0
+#: Seconds between two transport-wide CC feedbacks of a synthetic subscriber (libwebrtc's
+#: receivers send one every 50-250 ms, more often at higher rates).
+FEEDBACK_INTERVAL_S: Final = 0.1
 _FPS = 30
 
 
@@ -473,10 +476,14 @@ class _Session:
                 ep.keep_alive(now)
 
     async def drive(self, seconds: float, progress: Callable[[float], None]) -> None:
-        """Run the engine for ``seconds`` in slices, handling control traffic between them."""
+        """Run the engine for ``seconds`` in slices, handling control traffic between them
+        (transport-wide feedback meanwhile, while the engine runs: see :meth:`_feedback`)."""
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
-            await asyncio.to_thread(self.engine.run, min(SLICE_S, left))
+            running = asyncio.ensure_future(asyncio.to_thread(self.engine.run, min(SLICE_S, left)))
+            feedback = asyncio.ensure_future(self._feedback(running))
+            await running
+            await feedback
             for index, data in self.engine.control():
                 ep = self.by_index.get(index)
                 if ep is not None and ep.handle_control(data):
@@ -487,6 +494,23 @@ class _Session:
                 ep.keep_alive(now)
             progress(seconds - max(0.0, end - now))
 
+    async def _feedback(self, running: asyncio.Future[Any]) -> None:
+        """Transport-wide CC feedback from every subscriber that negotiated it, every
+        FEEDBACK_INTERVAL_S while the engine runs (it records arrivals without the GIL and
+        hands them over under a lock), so building feedback in Python never stops the
+        engine's receive loop: a pause there would show as latency the server never added."""
+        receivers = [(i, self.by_index[i]) for i in self.receivers if self.by_index[i].twcc_id]
+        if not receivers:
+            return
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running), FEEDBACK_INTERVAL_S)
+            now = time.monotonic()
+            for index, ep in receivers:
+                ep.send_transport_feedback(self.engine.take_arrivals(index), now)
+            if running.done():
+                return
+
     def report(self, now: float) -> None:
         """Receiver reports from every subscriber that is due one (RR_INTERVAL_S), so the
         server's egress loss figures are what the subscribers actually lost."""
@@ -494,8 +518,6 @@ class _Session:
             ep = self.by_index[index]
             if ep.report_due(now):
                 ep.send_receiver_report(self.engine.receiver_snapshot(index)["streams"], now)
-            if ep.twcc_id:
-                ep.send_transport_feedback(self.engine.take_arrivals(index), now)
 
     def snapshot(self) -> dict[str, Any]:
         """Receiver and sender counters now."""

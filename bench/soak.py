@@ -445,6 +445,30 @@ def pymalloc_stats() -> dict[str, int]:
     return out
 
 
+def c_heap_stats() -> dict[str, int]:
+    """glibc's ``mallinfo2()``: bytes the C heap holds in use (``in_use``: every ``malloc``
+    of the process not served by pymalloc, OpenSSL's included), free inside it (``free``),
+    and in separate ``mmap`` chunks (``mmapped``). Empty where the C library lacks it."""
+    import ctypes
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [  # the ctypes layout of struct mallinfo2
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost",
+            )
+        ]  # fmt: skip
+
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = _MallInfo2
+    info = fn()
+    return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
+
+
 async def churn_in_process(cycles: int, concurrency: int, progress: Progress) -> dict[str, Any]:
     """Churn against a server running inside this process, to tell a leak from fragmentation:
     after a warm-up, Python allocations are traced (``tracemalloc``, the growth of the server's
@@ -485,9 +509,12 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
         await run_churn(target, warm, concurrency, lambda f, label: None)
         gc.collect()
         arenas_base = pymalloc_stats()
+        rss_base, _ = server_memory(pid)
+        libc.malloc_trim(0)
+        rss_base_trimmed, _ = server_memory(pid)
+        heap_base = c_heap_stats()
         tracemalloc.start(1)
         base_snapshot = tracemalloc.take_snapshot()
-        rss_base, _ = server_memory(pid)
         churn = await run_churn(target, cycles, concurrency, progress)
         gc.collect()
         end_snapshot = tracemalloc.take_snapshot()
@@ -497,6 +524,9 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
         traced_now, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         arenas_end = pymalloc_stats()
+        libc.malloc_trim(0)
+        rss_end_trimmed_untraced, _ = server_memory(pid)
+        heap_end = c_heap_stats()
         ours = [tracemalloc.Filter(True, "*/sfu/*")]
         growth = [
             stat
@@ -514,6 +544,10 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
             "rss_after_warmup_bytes": rss_base,
             "rss_end_bytes": rss_end,
             "rss_after_malloc_trim_bytes": rss_trimmed,
+            "rss_after_warmup_and_trim_bytes": rss_base_trimmed,
+            "rss_end_trimmed_without_tracemalloc_bytes": rss_end_trimmed_untraced,
+            "c_heap_after_warmup": heap_base,
+            "c_heap_end": heap_end,
             "traced_python_bytes_end": traced_now,
             "pymalloc_after_warmup": arenas_base,
             "pymalloc_end": arenas_end,
