@@ -258,6 +258,7 @@ class Endpoint:
 
     def answer(self, offer_sdp: str) -> str:
         """Answer a server's offer as a receiver: recvonly for every audio/video section."""
+        self.twcc = False  # the answer accepts no transport-cc (nor RTX): no feedback to send
         offer = SessionDescription.parse(offer_sdp)
         self.apply_remote(offer_sdp)
         host = self.sock.getsockname()[0]
