@@ -323,6 +323,8 @@ class RunResult:
     stopped_by: str = ""
     rooms: int = 1
     p99_bound_ms: float | None = None
+    #: Whether the subscribers sent transport-wide CC feedback (figures differ: see RESULTS.md)
+    feedback: bool = False
 
     def best(self) -> StepResult | None:
         """The step with the highest egress among the sustained ones."""
@@ -352,6 +354,7 @@ class RunResult:
             stopped_by=self.stopped_by,
             rooms=self.rooms,
             p99_bound_ms=self.p99_bound_ms,
+            feedback=self.feedback,
             steps=[s.as_dict() for s in self.steps],
         )
         return out
@@ -662,6 +665,7 @@ async def run_scenario(
         implementation=IMPLEMENTATION,
         rooms=cfg.rooms,
         p99_bound_ms=bound,
+        feedback=cfg.feedback,
     )
     session = _Session(target, cfg)
     t0 = time.monotonic()

@@ -81,6 +81,7 @@ def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
     assert step["receiver_reports"] >= 4 * (step["window_s"] - 1.5), step
     # ... and transport-wide CC feedback every 0.2 s or so (draft-holmer-rmcat-...-01 §3.1).
     assert step["transport_feedback"] >= 4 * 3 * step["window_s"], step
+    assert result["feedback"] is True
     assert step["received_pps"] > 0.99 * step["egress_pps"]
     assert "max_egress_pps" not in result
     assert 200 < result["egress_pps_per_subscription"] < 450  # the top layer, not layer 0
