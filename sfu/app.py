@@ -34,7 +34,7 @@ from sfu.io.http_limits import (
     HttpLimitCounters,
     raise_file_limit,
 )
-from sfu.io.memory import HeapTrimmer, fix_mmap_threshold, libc_malloc_trim
+from sfu.io.memory import HeapTrimmer, libc_malloc_trim
 from sfu.io.tcp import IceTcpListener, open_ice_tcp_listener
 from sfu.io.udp import SOCKET_BUFFER_BYTES, Address, MediaSocket, open_media_socket
 from sfu.logging_setup import configure_logging
@@ -286,7 +286,6 @@ class Server:
         self.loop_lag = LoopLagMonitor()
         #: Gives freed heap back to the system after sessions end (see sfu/io/memory.py).
         self.heap = HeapTrimmer(trim=libc_malloc_trim())
-        fix_mmap_threshold()
         self.http_app = build_http_app(
             readiness=self.readiness, max_body_bytes=config.http.max_body_bytes
         )

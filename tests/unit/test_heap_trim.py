@@ -24,13 +24,3 @@ def test_the_c_library_trim_runs_here() -> None:
     assert trim is not None  # glibc (Debian)
     assert trim() in (0, 1)
     assert not HeapTrimmer(1.0, None).observe(5.0, 1)
-
-
-def test_mmap_threshold_is_pinned_unless_the_operator_set_it() -> None:
-    """glibc's dynamic mmap threshold is turned off by pinning it (large session buffers
-    then never fragment the heap); an operator's MALLOC_MMAP_THRESHOLD_ is left alone."""
-    from sfu.io.memory import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
-
-    assert not fix_mmap_threshold(environ={"MALLOC_MMAP_THRESHOLD_": "131072"})
-    if libc_malloc_trim() is not None:  # glibc: mallopt exists and accepts the value
-        assert fix_mmap_threshold(MMAP_THRESHOLD_BYTES, environ={})
