@@ -23,7 +23,15 @@ from pathlib import Path
 
 from bench.client import HandshakeError
 from bench.report import ProgressBar, format_table, write_json, write_plot
-from bench.scenarios import P99_BOUND_MS, SCENARIOS, RunResult, ScenarioConfig, run_scenario
+from bench.scenarios import (
+    FEEDBACK_WARMUP_S,
+    P99_BOUND_MS,
+    SCENARIOS,
+    WARMUP_S,
+    RunResult,
+    ScenarioConfig,
+    run_scenario,
+)
 from bench.soak import (
     churn_in_process,
     plot_churn,
@@ -95,7 +103,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speakers", type=int, default=3, help="audio: publishers (default 3)")
     p.add_argument("--packet-size", type=int, default=1200, help="top video packet size")
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured per step")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        help=f"seconds before measuring (default {WARMUP_S:g}; {FEEDBACK_WARMUP_S:g} with "
+        "transport-wide CC feedback, while the server's estimate ramps up to the top layer)",
+    )
     p.add_argument("--rate", type=float, default=1.0, help="frame-rate multiplier (first step)")
     p.add_argument("--max-steps", type=int, default=8, help="find-max: most steps")
     p.add_argument("--step-factor", type=float, default=1.5, help="find-max: rate growth")
@@ -111,6 +124,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=["udp", "tcp"],
         default="udp",
         help="how subscribers reach the server: udp, or tcp (ICE-TCP); publishers use UDP",
+    )
+    p.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="subscribers send no transport-wide CC feedback (receiver reports only)",
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
     p.add_argument(
@@ -146,7 +164,11 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
         speakers=args.speakers,
         packet_size=args.packet_size,
         duration_s=args.duration,
-        warmup_s=args.warmup,
+        warmup_s=(
+            args.warmup
+            if args.warmup is not None
+            else (WARMUP_S if args.no_feedback else FEEDBACK_WARMUP_S)
+        ),
         rate=args.rate,
         find_max=args.find_max,
         max_steps=args.max_steps,
@@ -157,6 +179,7 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
         transport=args.transport,
         rooms=args.rooms,
         p99_bound_ms=args.p99_bound_ms,
+        feedback=not args.no_feedback,
     )
 
 

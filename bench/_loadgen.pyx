@@ -39,6 +39,7 @@ from bench._loadgen_py import (
     HIST_EDGES_NS,
     KIND_AUDIO,
     KIND_VIDEO,
+    MAX_ARRIVALS as _PY_MAX_ARRIVALS,
     MAX_SSRCS as _PY_MAX_SSRCS,
     STAMP_OFFSET as _PY_STAMP_OFFSET,
     TEMPORAL_PATTERN as _PY_TEMPORAL_PATTERN,
@@ -46,7 +47,7 @@ from bench._loadgen_py import (
     check_spec,
 )
 
-__all__ = ["Engine", "FrameBuilder", "RecvStats", "bucket_of", "classify"]
+__all__ = ["Engine", "FrameBuilder", "RecvStats", "bucket_of", "classify", "transport_seq"]
 
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -96,6 +97,7 @@ cdef enum:
     CONTROL_SLOTS = 4096
     MAX_CATCH_UP = 16
     KIND_VIDEO_C = 1
+    MAX_ARRIVALS_C = 8192
 
 # Codes shared with the reference (asserted equal at import below).
 cdef enum:
@@ -111,6 +113,7 @@ cdef enum:
     RECV_BAD = 4
 
 assert _PY_STAMP_OFFSET == STAMP_OFFSET and _PY_MAX_SSRCS == MAX_SSRCS
+assert _PY_MAX_ARRIVALS == MAX_ARRIVALS_C
 assert CONTROL_QUEUE == CONTROL_SLOTS and KIND_VIDEO == KIND_VIDEO_C and KIND_AUDIO == 0
 assert len(HIST_EDGES_NS) == N_EDGES and tuple(_PY_TEMPORAL_PATTERN) == (0, 2, 1, 2)
 
@@ -134,6 +137,7 @@ ctypedef struct stream_t:
     uint32_t ts_step
     uint8_t ext[MAX_EXT]
     int ext_len
+    int twcc_pos  # offset in ext of the transport-wide sequence number's 2 bytes; -1: none
     uint16_t seq
     uint32_t ts
     uint16_t pid
@@ -164,8 +168,21 @@ ctypedef struct recv_t:
     int64_t bad
 
 
+ctypedef struct arrival_t:
+    int seq
+    uint32_t ssrc
+    int64_t at
+
+
 ctypedef struct endpoint_t:
     int fd
+    uint16_t tseq  # a sender's next transport-wide sequence number
+    int twcc_id  # a receiver's transport-cc extension id (0: none)
+    arrival_t* arrivals  # MAX_ARRIVALS_C slots when twcc_id, guarded by the control lock
+    int n_arrivals
+    int64_t arrivals_dropped
+    int rtx_pt  # a receiver's RTX payload type (-1: none): counted apart, never accounted
+    int64_t rtx_packets
     srtp_session_t* srtp
     recv_t* stats
     int64_t sent
@@ -226,6 +243,11 @@ cdef int stream_init(stream_t* s, object spec) except -1:
             s.ext[n] = ((ext_id << 4) | (len(value) - 1)) & 0xFF
             memcpy(&s.ext[n + 1], PyBytes_AS_STRING(value), len(value))
             n += 1 + len(value)
+    s.twcc_pos = -1
+    if spec.twcc_id:
+        s.ext[n] = ((spec.twcc_id << 4) | 1) & 0xFF
+        s.twcc_pos = n + 1
+        n += 3
     s.ext_len = n
     return 0
 
@@ -255,7 +277,8 @@ cdef inline void frame_end(stream_t* s, int count) noexcept nogil:
 
 
 cdef Py_ssize_t build_packet(
-    stream_t* s, uint8_t* buf, int index, int count, int keyframe, int tid, int64_t now
+    stream_t* s, uint8_t* buf, int index, int count, int keyframe, int tid, int64_t now,
+    uint32_t twcc,
 ) noexcept nogil:
     """Packet ``index`` of the current frame into ``buf`` (>= packet_size bytes)."""
     cdef int size = s.packet_size
@@ -275,6 +298,8 @@ cdef Py_ssize_t build_packet(
         buf[13] = 0xDE
         put16(buf + 14, words)
         memcpy(buf + 16, s.ext, s.ext_len)
+        if s.twcc_pos >= 0:
+            put16(buf + 16 + s.twcc_pos, twcc & 0xFFFF)
         pos = 16 + words * 4
     if s.kind == KIND_VIDEO_C:
         buf[pos] = 0x80 | (0x10 if index == 0 else 0)
@@ -459,7 +484,42 @@ cdef dict recv_snapshot(recv_t* st):
     }
 
 
+cdef int transport_seq_c(const uint8_t* p, Py_ssize_t n, int twcc_id) noexcept nogil:
+    """The 16-bit transport-wide sequence number in one-byte element ``twcc_id``, or -1."""
+    cdef Py_ssize_t pos, end
+    cdef int ext_id, size
+    if n < 12 or not p[0] & 0x10 or twcc_id < 1 or twcc_id > 14:
+        return -1
+    pos = 12 + 4 * (p[0] & 0x0F)
+    if pos + 4 > n or p[pos] != 0xBE or p[pos + 1] != 0xDE:
+        return -1
+    end = pos + 4 + 4 * ((<Py_ssize_t>p[pos + 2] << 8) | p[pos + 3])
+    if end > n:
+        return -1
+    pos += 4
+    while pos < end:
+        if p[pos] == 0:
+            pos += 1
+            continue
+        ext_id = p[pos] >> 4
+        size = (p[pos] & 0x0F) + 1
+        if ext_id == 15 or pos + 1 + size > end:
+            return -1
+        if ext_id == twcc_id:
+            return ((<int>p[pos + 1] << 8) | p[pos + 2]) if size == 2 else -1
+        pos += 1 + size
+    return -1
+
+
 # -- Python-visible twins of the reference -------------------------------------------------
+
+
+def transport_seq(packet, twcc_id):
+    """The transport-wide sequence number of an RTP packet, or -1 (see the reference)."""
+    cdef const uint8_t[::1] view = memoryview(packet).cast("B")
+    if view.shape[0] == 0 or not 1 <= twcc_id <= 14:
+        return -1
+    return transport_seq_c(&view[0], view.shape[0], twcc_id)
 
 
 def classify(data):
@@ -515,8 +575,10 @@ cdef class FrameBuilder:
         """Make the next frame a keyframe."""
         self.s.keyframe_pending = 1
 
-    def frame(self, now_ns):
-        """The packets of the next frame, each stamped with ``now_ns``."""
+    def frame(self, now_ns, transport_seq=0):
+        """The packets of the next frame, each stamped with ``now_ns`` (transport-wide
+        sequence numbers from ``transport_seq`` on when the spec has a ``twcc_id``)."""
+        cdef uint32_t tseq = transport_seq & 0xFFFF
         cdef int key, tid, i
         cdef int count = frame_begin(&self.s, &key, &tid)
         cdef int64_t now = now_ns
@@ -524,7 +586,9 @@ cdef class FrameBuilder:
         out = []
         for i in range(count):
             pkt = PyBytes_FromStringAndSize(NULL, self.s.packet_size)
-            build_packet(&self.s, <uint8_t*>PyBytes_AS_STRING(pkt), i, count, key, tid, now)
+            build_packet(
+                &self.s, <uint8_t*>PyBytes_AS_STRING(pkt), i, count, key, tid, now, tseq + i
+            )
             out.append(pkt)
         frame_end(&self.s, count)
         return out
@@ -634,6 +698,7 @@ cdef class Engine:
         if self.eps is not NULL:
             for i in range(self.n_eps):
                 free(self.eps[i].stats)
+                free(self.eps[i].arrivals)
         free(self.eps)
         free(self.streams)
         free(self.ctl_data)
@@ -690,18 +755,62 @@ cdef class Engine:
             self.n_streams += 1
         return index
 
-    def add_receiver(self, sock, srtp):
-        """A subscriber: every RTP packet on ``sock`` is unprotected and accounted."""
+    def add_receiver(self, sock, srtp, int twcc_id=0, int rtx_pt=-1):
+        """A subscriber: every RTP packet on ``sock`` is unprotected and accounted; with a
+        ``twcc_id`` (1..14) its transport-wide sequence number is recorded too; packets of
+        payload type ``rtx_pt`` (0..127; -1: none) are counted apart, not accounted."""
+        if not 0 <= twcc_id <= 14:
+            raise ValueError("the transport-cc extension id must be 0..14")
+        if not -1 <= rtx_pt <= 127:
+            raise ValueError("the RTX payload type must be 0..127 or -1")
         cdef recv_t* st = <recv_t*>calloc(1, sizeof(recv_t))
+        cdef arrival_t* arrivals = NULL
         if st is NULL:
             raise MemoryError()
+        if twcc_id:
+            arrivals = <arrival_t*>calloc(MAX_ARRIVALS_C, sizeof(arrival_t))
+            if arrivals is NULL:
+                free(st)
+                raise MemoryError()
         try:
             index = self._add(sock, srtp, False)
         except BaseException:
             free(st)
+            free(arrivals)
             raise
         self.eps[index].stats = st
+        self.eps[index].twcc_id = twcc_id
+        self.eps[index].arrivals = arrivals
+        self.eps[index].rtx_pt = rtx_pt
         return index
+
+    def take_arrivals(self, int index):
+        """A receiver's recorded (transport-wide sequence number, SSRC, arrival ns) since
+        the last take, in arrival order (empty without a ``twcc_id``)."""
+        if not 0 <= index < self.n_eps:
+            raise IndexError(index)
+        cdef endpoint_t* ep = &self.eps[index]
+        cdef int i
+        if ep.stats is NULL:
+            raise ValueError("not a receiver")
+        if ep.arrivals is NULL:
+            return []
+        pthread_mutex_lock(&self.ctl_lock)
+        try:
+            out = [
+                (ep.arrivals[i].seq, ep.arrivals[i].ssrc, ep.arrivals[i].at)
+                for i in range(ep.n_arrivals)
+            ]
+            ep.n_arrivals = 0
+        finally:
+            pthread_mutex_unlock(&self.ctl_lock)
+        return out
+
+    def arrivals_dropped(self, int index):
+        """Arrivals a receiver dropped because MAX_ARRIVALS were waiting."""
+        if not 0 <= index < self.n_eps:
+            raise IndexError(index)
+        return self.eps[index].arrivals_dropped
 
     def set_rate(self, double multiplier):
         """Send frames ``multiplier`` times as often as their specs say."""
@@ -754,6 +863,7 @@ cdef class Engine:
             raise ValueError("not a receiver")
         snap = recv_snapshot(self.eps[index].stats)
         snap["srtp_errors"] = self.eps[index].srtp_errors
+        snap["rtx"] = self.eps[index].rtx_packets
         return snap
 
     def sender_counters(self, int index):
@@ -835,7 +945,9 @@ cdef class Engine:
         n = 0
         now = mono_ns()  # the stamp: as close to the send as a frame allows
         for i in range(count):
-            length = build_packet(s, self.sbuf + n * BUF_SIZE, i, count, key, tid, now)
+            length = build_packet(
+                s, self.sbuf + n * BUF_SIZE, i, count, key, tid, now, <uint32_t>ep.tseq + i
+            )
             length = srtp_protect_rtp(ep.srtp, self.sbuf + n * BUF_SIZE, length, BUF_SIZE)
             if length < 0:
                 ep.send_errors += 1
@@ -843,6 +955,8 @@ cdef class Engine:
             self.siov[n].iov_len = length
             n += 1
         frame_end(s, count)
+        if s.twcc_pos >= 0:
+            ep.tseq = (ep.tseq + count) & 0xFFFF
         done = 0
         while done < n:
             r = sendmmsg(ep.fd, &self.smsgs[done], n - done, MSG_DONTWAIT)
@@ -860,7 +974,7 @@ cdef class Engine:
     cdef int64_t _drain(self, int index) noexcept nogil:
         cdef endpoint_t* ep = &self.eps[index]
         cdef int64_t moved = 0
-        cdef int round_, r, i, kind
+        cdef int round_, r, i, kind, tseq, code
         cdef Py_ssize_t n
         cdef uint8_t* p
         cdef int64_t now
@@ -880,13 +994,36 @@ cdef class Engine:
                     if n < 0:
                         ep.srtp_errors += 1
                         continue
-                    account_packet(ep.stats, p, n, now)
+                    if n >= 12 and (p[1] & 0x7F) == ep.rtx_pt:
+                        ep.rtx_packets += 1
+                        code = RECV_UNTRACKED
+                    else:
+                        code = account_packet(ep.stats, p, n, now)
+                    if code != RECV_BAD and ep.twcc_id:
+                        tseq = transport_seq_c(p, n, ep.twcc_id)
+                        if tseq >= 0:
+                            self._arrival(ep, tseq, p, now)
                     moved += 1
                 else:
                     self._enqueue(index, p, n)
             if r < RECV_BATCH:
                 break
         return moved
+
+    cdef void _arrival(
+        self, endpoint_t* ep, int tseq, const uint8_t* p, int64_t now
+    ) noexcept nogil:
+        pthread_mutex_lock(&self.ctl_lock)
+        if ep.n_arrivals < MAX_ARRIVALS_C:
+            ep.arrivals[ep.n_arrivals].seq = tseq
+            ep.arrivals[ep.n_arrivals].ssrc = (
+                (<uint32_t>p[8] << 24) | (<uint32_t>p[9] << 16) | (<uint32_t>p[10] << 8) | p[11]
+            )
+            ep.arrivals[ep.n_arrivals].at = now
+            ep.n_arrivals += 1
+        else:
+            ep.arrivals_dropped += 1
+        pthread_mutex_unlock(&self.ctl_lock)
 
     cdef void _enqueue(self, int index, const uint8_t* p, Py_ssize_t n) noexcept nogil:
         if n > CONTROL_SLOT:

@@ -4,11 +4,14 @@ Both implementations share this contract (the unit tests compare them on buffers
 
 * :class:`StreamSpec` describes one synthetic RTP stream (a VP8 simulcast layer or Opus);
   :class:`FrameBuilder` turns it into the plaintext RTP packets of successive frames: one-byte
-  header extensions (``mid``, ``rid``) on every packet, a 6-byte VP8 payload descriptor (15-bit
-  picture id, TL0PICIDX, temporal id; S bit on a frame's first packet) followed by the VP8
-  payload header byte (P bit clear on keyframes), and the send time (CLOCK_MONOTONIC ns, 8 bytes
-  big-endian) at :data:`STAMP_OFFSET` bytes into the RTP payload, after the descriptor, where an
-  SFU never writes. Opus packets carry the stamp at the same offset.
+  header extensions (``mid``, ``rid``, and the 2-byte transport-wide sequence number of
+  draft-holmer-rmcat-transport-wide-cc-extensions-01 §2 when the spec has a ``twcc_id``;
+  :meth:`FrameBuilder.frame` takes the first one to write) on every packet, a 6-byte VP8
+  payload descriptor (15-bit picture id, TL0PICIDX, temporal id; S bit on a frame's first
+  packet) followed by the VP8 payload header byte (P bit clear on keyframes), and the send
+  time (CLOCK_MONOTONIC ns, 8 bytes big-endian) at :data:`STAMP_OFFSET` bytes into the RTP
+  payload, after the descriptor, where an SFU never writes. Opus packets carry the stamp at
+  the same offset.
 * :class:`RecvStats` accounts for the RTP packets one receiver gets: per SSRC the unique packets,
   duplicates (a 1024-packet window of extended sequence numbers), reordering (a packet older
   than the highest seen), the extended sequence range (loss = range - unique) and the one-way
@@ -16,8 +19,15 @@ Both implementations share this contract (the unit tests compare them on buffers
 * :func:`classify` demultiplexes a datagram (RFC 7983, RFC 5761): RTP is counted as media;
   STUN, DTLS, RTCP and anything else go back to Python.
 * :class:`Engine` runs many endpoints: senders pace their streams' frames (a frame's packets
-  in one burst, like an encoder), SRTP-protect and send them; receivers drain their sockets,
-  SRTP-unprotect and account. Non-media datagrams are queued for :meth:`Engine.control`.
+  in one burst, like an encoder), SRTP-protect and send them, numbering the packets of all
+  their streams with one transport-wide sequence; receivers drain their sockets,
+  SRTP-unprotect and account. A receiver added with a ``twcc_id`` also records each RTP
+  packet's transport-wide sequence number, SSRC and arrival time (at most
+  :data:`MAX_ARRIVALS` waiting; more are dropped and counted) for
+  :meth:`Engine.take_arrivals`, so Python can send transport-wide CC feedback. Packets of
+  a receiver's ``rtx_pt`` (the server's padding-only bandwidth probes, retransmissions) are
+  not media: counted apart (``rtx`` in its snapshot) and only their arrival recorded. Non-media
+  datagrams are queued for :meth:`Engine.control`.
 
 The compiled module does the same with ``sendmmsg``/``recvmmsg``/``epoll`` and the SRTP kernel
 without the GIL; this one is slow but exact, for tests and machines without a compiler.
@@ -41,6 +51,7 @@ __all__ = [
     "HIST_EDGES_NS",
     "KIND_AUDIO",
     "KIND_VIDEO",
+    "MAX_ARRIVALS",
     "MAX_SSRCS",
     "PKT_DTLS",
     "PKT_OTHER",
@@ -62,6 +73,7 @@ __all__ = [
     "classify",
     "min_packet_size",
     "percentile_ns",
+    "transport_seq",
 ]
 
 KIND_AUDIO = 0
@@ -91,6 +103,11 @@ MAX_CATCH_UP = 16
 
 #: Non-media datagrams kept for Python at most (more are dropped and counted).
 CONTROL_QUEUE = 4096
+
+#: Transport-wide CC arrivals one receiver keeps for :meth:`Engine.take_arrivals` at most
+#: (more are dropped and counted): several seconds of one subscriber's packets, far more than
+#: the 0.2 s between two takes.
+MAX_ARRIVALS = 8192
 
 # classify() results (RFC 7983 first-byte ranges; RFC 5761 for RTCP inside 128..191).
 PKT_RTP = 0
@@ -131,6 +148,8 @@ class StreamSpec:
     rid: bytes = b""
     #: Simulcast layer (0 lowest); informative only (reports).
     layer: int = 0
+    #: One-byte extension id of the transport-wide sequence number (0: not sent).
+    twcc_id: int = 0
 
     def header_size(self) -> int:
         """RTP header plus the one-byte extension block this spec writes."""
@@ -139,6 +158,8 @@ class StreamSpec:
             ext += 1 + len(self.mid)
         if self.rid_id and self.rid:
             ext += 1 + len(self.rid)
+        if self.twcc_id:
+            ext += 3
         if ext:
             ext = 4 + (ext + 3) // 4 * 4
         return 12 + ext
@@ -166,6 +187,8 @@ def check_spec(spec: StreamSpec) -> None:
     for ext_id, value in ((spec.mid_id, spec.mid), (spec.rid_id, spec.rid)):
         if ext_id and not (1 <= ext_id <= 14 and 1 <= len(value) <= 16):
             raise ValueError("extension ids must be 1..14 with 1..16-byte values")
+    if not 0 <= spec.twcc_id <= 14:
+        raise ValueError("the transport-cc extension id must be 0..14")
 
 
 class FrameBuilder:
@@ -187,8 +210,9 @@ class FrameBuilder:
         """Make the next frame a keyframe (a PLI/FIR from the server)."""
         self.keyframe_pending = True
 
-    def frame(self, now_ns: int) -> list[bytes]:
-        """The packets of the next frame, each stamped with ``now_ns``."""
+    def frame(self, now_ns: int, transport_seq: int = 0) -> list[bytes]:
+        """The packets of the next frame, each stamped with ``now_ns``; with a ``twcc_id``
+        they carry transport-wide sequence numbers from ``transport_seq`` on (mod 2^16)."""
         spec = self.spec
         n = self.frames
         keyframe = n == 0 or self.keyframe_pending
@@ -202,14 +226,16 @@ class FrameBuilder:
         count = spec.keyframe_packets if (keyframe and video) else spec.packets_per_frame
         out: list[bytes] = []
         for i in range(count):
-            out.append(self._packet(i, i == count - 1, keyframe, tid, now_ns))
+            out.append(self._packet(i, i == count - 1, keyframe, tid, now_ns, transport_seq + i))
         self.seq = (self.seq + count) & 0xFFFF
         self.timestamp = (self.timestamp + spec.timestamp_step) & 0xFFFFFFFF
         self.picture_id = (self.picture_id + 1) & 0x7FFF
         self.frames = n + 1
         return out
 
-    def _packet(self, index: int, marker: bool, keyframe: bool, tid: int, now_ns: int) -> bytes:
+    def _packet(
+        self, index: int, marker: bool, keyframe: bool, tid: int, now_ns: int, twcc: int
+    ) -> bytes:
         spec = self.spec
         buf = bytearray(spec.packet_size)
         ext = bytearray()
@@ -217,6 +243,8 @@ class FrameBuilder:
             ext += bytes([(spec.mid_id << 4) | (len(spec.mid) - 1)]) + spec.mid
         if spec.rid_id and spec.rid:
             ext += bytes([(spec.rid_id << 4) | (len(spec.rid) - 1)]) + spec.rid
+        if spec.twcc_id:
+            ext += bytes([(spec.twcc_id << 4) | 1]) + (twcc & 0xFFFF).to_bytes(2, "big")
         buf[0] = 0x90 if ext else 0x80
         buf[1] = (0x80 if marker else 0) | spec.payload_type
         seq = (self.seq + index) & 0xFFFF
@@ -305,6 +333,33 @@ def _payload_offset(data: bytes | bytearray | memoryview) -> int:
     if pos > n:
         return -1
     return pos
+
+
+def transport_seq(packet: bytes | bytearray | memoryview, twcc_id: int) -> int:
+    """The transport-wide sequence number in the one-byte extension element ``twcc_id`` of an
+    RTP packet (RFC 8285 §4.2), or -1 when absent or malformed."""
+    n = len(packet)
+    if n < 12 or not packet[0] & 0x10 or not 1 <= twcc_id <= 14:
+        return -1
+    pos = 12 + 4 * (packet[0] & 0x0F)
+    if pos + 4 > n or packet[pos] != 0xBE or packet[pos + 1] != 0xDE:
+        return -1
+    end = pos + 4 + 4 * int.from_bytes(packet[pos + 2 : pos + 4], "big")
+    if end > n:
+        return -1
+    pos += 4
+    while pos < end:
+        b = packet[pos]
+        if b == 0:  # padding between elements
+            pos += 1
+            continue
+        ext_id, size = b >> 4, (b & 0x0F) + 1
+        if ext_id == 15 or pos + 1 + size > end:
+            return -1
+        if ext_id == twcc_id:
+            return int.from_bytes(packet[pos + 1 : pos + 3], "big") if size == 2 else -1
+        pos += 1 + size
+    return -1
 
 
 class RecvStats:
@@ -433,6 +488,15 @@ class _Endpoint:
     builders: list[FrameBuilder]
     due_ns: list[int]
     stats: RecvStats | None
+    twcc_id: int = 0
+    #: (transport-wide seq, SSRC, arrival ns) waiting for take_arrivals(), and those dropped
+    arrivals: list[tuple[int, int, int]] | None = None
+    arrivals_dropped: int = 0
+    #: the next transport-wide sequence number this sender writes
+    transport_seq: int = 0
+    #: a receiver's RTX payload type (-1: none) and the RTX packets it got
+    rtx_pt: int = -1
+    rtx_packets: int = 0
     sent: int = 0
     sent_bytes: int = 0
     send_errors: int = 0
@@ -475,9 +539,36 @@ class Engine:
         builders = [FrameBuilder(spec) for spec in specs]
         return self._add(_Endpoint(sock, srtp, builders, [start_ns] * len(builders), None))
 
-    def add_receiver(self, sock: socket.socket, srtp: Any) -> int:
-        """A subscriber: every RTP packet on ``sock`` is unprotected and accounted."""
-        return self._add(_Endpoint(sock, srtp, [], [], RecvStats()))
+    def add_receiver(
+        self, sock: socket.socket, srtp: Any, twcc_id: int = 0, rtx_pt: int = -1
+    ) -> int:
+        """A subscriber: every RTP packet on ``sock`` is unprotected and accounted; with a
+        ``twcc_id`` (1..14) its transport-wide sequence number is recorded too; packets of
+        payload type ``rtx_pt`` (0..127; -1: none) are counted apart, not accounted."""
+        if not 0 <= twcc_id <= 14:
+            raise ValueError("the transport-cc extension id must be 0..14")
+        if not -1 <= rtx_pt <= 127:
+            raise ValueError("the RTX payload type must be 0..127 or -1")
+        arrivals: list[tuple[int, int, int]] | None = [] if twcc_id else None
+        ep = _Endpoint(sock, srtp, [], [], RecvStats(), twcc_id, arrivals)
+        ep.rtx_pt = rtx_pt
+        return self._add(ep)
+
+    def take_arrivals(self, index: int) -> list[tuple[int, int, int]]:
+        """A receiver's recorded (transport-wide sequence number, SSRC, arrival ns) since the
+        last take, in arrival order (empty without a ``twcc_id``)."""
+        ep = self._endpoints[index]
+        if ep.stats is None:
+            raise ValueError("not a receiver")
+        if ep.arrivals is None:
+            return []
+        with self._lock:
+            out, ep.arrivals = ep.arrivals, []
+        return out
+
+    def arrivals_dropped(self, index: int) -> int:
+        """Arrivals a receiver dropped because MAX_ARRIVALS were waiting."""
+        return self._endpoints[index].arrivals_dropped
 
     def set_rate(self, multiplier: float) -> None:
         """Send frames ``multiplier`` times as often as their specs say (find-max's load)."""
@@ -508,6 +599,7 @@ class Engine:
             raise ValueError("not a receiver")
         snap = ep.stats.snapshot()
         snap["srtp_errors"] = ep.srtp_errors
+        snap["rtx"] = ep.rtx_packets
         return snap
 
     def sender_counters(self, index: int) -> dict[str, int]:
@@ -555,7 +647,10 @@ class Engine:
     def _send_frame(self, ep: _Endpoint, builder: FrameBuilder, now: int) -> int:
         sent = 0
         del now  # the stamp: as close to the send as a frame allows
-        for packet in builder.frame(time.monotonic_ns()):
+        packets = builder.frame(time.monotonic_ns(), ep.transport_seq)
+        if builder.spec.twcc_id:
+            ep.transport_seq = (ep.transport_seq + len(packets)) & 0xFFFF
+        for packet in packets:
             wire = ep.srtp.protect_rtp(packet)
             try:
                 ep.sock.send(wire)
@@ -586,7 +681,20 @@ class Engine:
                 except Exception:  # SrtpError: counted, never fatal
                     ep.srtp_errors += 1
                     continue
-                ep.stats.account(plain, now)
+                if len(plain) >= 12 and plain[1] & 0x7F == ep.rtx_pt:
+                    ep.rtx_packets += 1
+                    code = RECV_UNTRACKED
+                else:
+                    code = ep.stats.account(plain, now)
+                if code != RECV_BAD and ep.arrivals is not None:
+                    seq = transport_seq(plain, ep.twcc_id)
+                    if seq >= 0:
+                        with self._lock:
+                            if len(ep.arrivals) < MAX_ARRIVALS:
+                                ssrc = int.from_bytes(plain[8:12], "big")
+                                ep.arrivals.append((seq, ssrc, now))
+                            else:
+                                ep.arrivals_dropped += 1
                 moved += 1
                 continue
             with self._lock:

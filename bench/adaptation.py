@@ -399,7 +399,11 @@ async def run_adaptation(
                 cert = Certificate.generate()
                 receivers: list[int] = []
                 for i in range(cfg.synthetic):
-                    ep = Endpoint(cert, None, hosts.server_address, [SrtpProfile.AEAD_AES_128_GCM])
+                    # Background load only: no transport-wide feedback loop runs here, so
+                    # they do not offer it (the server would hold them at its start estimate).
+                    ep = Endpoint(
+                        cert, None, hosts.server_address, [SrtpProfile.AEAD_AES_128_GCM], twcc=False
+                    )
                     endpoints.append(ep)
                     session = await target.subscribe(cfg.room, f"load-{i}", "pub", ep.offer())
                     assert session.answer_sdp is not None

@@ -29,9 +29,10 @@ from typing import Any
 import sfu._fastpath
 from bench import _loadgen_py
 from sfu._fastpath import SrtpError
+from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet import stun
 from sfu.packet.errors import ParseError
-from sfu.packet.extensions import MID_URI, RID_URI
+from sfu.packet.extensions import MID_URI, RID_URI, TRANSPORT_CC_URI
 from sfu.packet.rtcp import ReceiverReport, ReportBlock
 from sfu.packet.sdp import SessionDescription
 from sfu.transport.certificate import Certificate
@@ -60,6 +61,10 @@ IMPLEMENTATION = "cython" if _loadgen_c is not None else "python"
 #: Our header extension ids in offers (a server's offer or answer decides the final ones).
 MID_ID = 4
 RID_ID = 10
+TWCC_ID = 3
+#: A subscriber's RTX payload type (RFC 4588), offered with transport-wide CC: the server
+#: probes the subscriber's downlink with padding-only packets on it (``sfu.core.prober``).
+RTX_PT = 97
 OPUS_PT = 111
 VP8_PT = 96
 #: Consent freshness checks this often (the server's consent timeout is 30 s, RFC 7675).
@@ -128,6 +133,13 @@ class Endpoint:
     #: "udp", or "tcp": ICE-TCP to the server's passive candidate (subscribers only: the
     #: engine's senders write datagrams).
     transport: str = "udp"
+    #: Offer transport-wide CC (the extension and ``transport-cc`` feedback): a publisher
+    #: then numbers its packets, a subscriber sends feedback on what arrived
+    #: (:meth:`send_transport_feedback`), as a browser does.
+    twcc: bool = True
+    #: The subscriber's feedback state (created when the server negotiated transport-cc).
+    _twcc: TwccRecorder | None = None
+    feedback_sent: int = 0
     _decoder: FrameDecoder = field(default_factory=FrameDecoder)
     _frames: deque[bytes] = field(default_factory=deque)
 
@@ -170,6 +182,21 @@ class Endpoint:
             "a=rtcp-mux",
         ]
 
+    def _twcc_lines(self, pt: int) -> list[str]:
+        if not self.twcc:
+            return []
+        return [f"a=extmap:{TWCC_ID} {TRANSPORT_CC_URI}", f"a=rtcp-fb:{pt} transport-cc"]
+
+    @property
+    def rtx_pt(self) -> int:
+        """The RTX payload type the server answered for this subscriber (-1: none)."""
+        return self.payload_types.get("rtx", -1) if self.twcc else -1
+
+    @property
+    def twcc_id(self) -> int:
+        """The transport-cc extension id in force (0: not negotiated or not offered)."""
+        return self.ext_ids.get(TRANSPORT_CC_URI, 0) if self.twcc else 0
+
     def offer(self) -> str:
         """Our offer: sendonly audio/simulcast video (publisher) or recvonly both."""
         host = self.sock.getsockname()[0]
@@ -186,6 +213,7 @@ class Endpoint:
             lines += [
                 f"a=mid:{len(sections)}",
                 f"a=extmap:{MID_ID} {MID_URI}",
+                *self._twcc_lines(OPUS_PT),
                 f"a={direction}",
                 f"a=rtpmap:{OPUS_PT} opus/48000/2",
                 f"a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1",
@@ -195,12 +223,14 @@ class Endpoint:
                 lines += ["a=msid:bench audio", f"a=ssrc:{ssrc} cname:{cname}"]
             sections.append(lines)
         if video:
-            lines = [f"m=video 9 UDP/TLS/RTP/SAVPF {VP8_PT}", f"c=IN IP4 {host}"]
+            rtx = f" {RTX_PT}" if plan is None and self.twcc else ""
+            lines = [f"m=video 9 UDP/TLS/RTP/SAVPF {VP8_PT}{rtx}", f"c=IN IP4 {host}"]
             lines += self._transport_lines("actpass")
             lines += [
                 f"a=mid:{len(sections)}",
                 f"a=extmap:{MID_ID} {MID_URI}",
                 f"a=extmap:{RID_ID} {RID_URI}",
+                *self._twcc_lines(VP8_PT),
                 f"a={direction}",
                 "a=rtcp-rsize",
                 f"a=rtpmap:{VP8_PT} VP8/90000",
@@ -208,6 +238,8 @@ class Endpoint:
                 f"a=rtcp-fb:{VP8_PT} nack pli",
                 f"a=rtcp-fb:{VP8_PT} ccm fir",
             ]
+            if plan is None and self.twcc:
+                lines += [f"a=rtpmap:{RTX_PT} rtx/90000", f"a=fmtp:{RTX_PT} apt={VP8_PT}"]
             if plan is not None:
                 lines.append("a=msid:bench video")
                 lines += [f"a=rid:{rid} send" for rid in plan.rids]
@@ -226,6 +258,7 @@ class Endpoint:
 
     def answer(self, offer_sdp: str) -> str:
         """Answer a server's offer as a receiver: recvonly for every audio/video section."""
+        self.twcc = False  # the answer accepts no transport-cc (nor RTX): no feedback to send
         offer = SessionDescription.parse(offer_sdp)
         self.apply_remote(offer_sdp)
         host = self.sock.getsockname()[0]
@@ -297,7 +330,7 @@ class Endpoint:
                 self.ext_ids.setdefault(ext.uri, ext.id)
             for rtpmap in section.rtpmaps:
                 name = rtpmap.encoding_name.lower()
-                if name in ("opus", "vp8"):
+                if name in ("opus", "vp8", "rtx"):
                     self.payload_types.setdefault(name, rtpmap.payload_type)
 
     # -- ICE and DTLS ----------------------------------------------------------------------
@@ -467,6 +500,25 @@ class Endpoint:
         except SrtpError:  # pragma: no cover - a fresh index per report never fails
             return
         self.reports_sent += 1
+
+    def send_transport_feedback(self, arrivals: Sequence[tuple[int, int, int]], now: float) -> None:
+        """Record a subscriber's ``arrivals`` (transport-wide sequence number, SSRC, arrival
+        ns on the monotonic clock, as :meth:`Engine.take_arrivals` gives them) and send the
+        transport-wide CC feedback that is due (draft-holmer-rmcat-transport-wide-cc-
+        extensions-01 §3.1), SRTCP-protected like the receiver reports."""
+        if self.srtp_out is None:
+            return
+        if self._twcc is None:
+            self._twcc = TwccRecorder(self.report_ssrc)
+        recorder = self._twcc
+        for seq, ssrc, at_ns in arrivals:
+            recorder.on_packet(seq, ssrc, at_ns / 1e9)
+        for plain in recorder.poll(now):
+            try:
+                self._send(self.srtp_out.protect_rtcp(plain))
+            except SrtpError:  # pragma: no cover - a fresh index per packet never fails
+                return
+            self.feedback_sent += 1
 
     def handle_control(self, data: bytes) -> bool:
         """One non-media datagram from the engine; True when it asks for a keyframe."""

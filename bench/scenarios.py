@@ -29,7 +29,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from bench._loadgen_py import KIND_AUDIO, KIND_VIDEO, StreamSpec, min_packet_size, percentile_ns
 from bench.client import IMPLEMENTATION, Endpoint, PublishPlan, TcpRelay, loadgen
@@ -40,10 +40,12 @@ from sfu.transport.dtls import SrtpProfile
 
 __all__ = [
     "DELIVERY_LIMIT",
+    "FEEDBACK_WARMUP_S",
     "LOSS_LIMIT",
     "MAX_ROOMS",
     "P99_BOUND_MS",
     "SCENARIOS",
+    "WARMUP_S",
     "Plan",
     "RunResult",
     "ScenarioConfig",
@@ -65,6 +67,16 @@ MAX_ROOMS = 200
 HANDSHAKE_CONCURRENCY = 16
 #: Engine slice: Python handles control traffic and progress between slices.
 SLICE_S = 0.2
+#: Seconds of load before the first measured window.
+WARMUP_S: Final = 2.0
+#: The same when subscribers send transport-wide CC feedback: the server's send-side estimate
+#: starts low and its probes lift it to the top layer in about 4-6 s on loopback (measured:
+#: 3 subscribers at 1.8 -> 3.5 Mbit/s each between seconds 2 and 8), so a shorter warm-up
+#: would measure the ramp, not the load.
+FEEDBACK_WARMUP_S: Final = 6.0
+#: Seconds between two transport-wide CC feedbacks of a synthetic subscriber (libwebrtc's
+#: receivers send one every 50-250 ms, more often at higher rates).
+FEEDBACK_INTERVAL_S: Final = 0.1
 _FPS = 30
 
 
@@ -80,7 +92,7 @@ class ScenarioConfig:
     video_kbps: tuple[int, ...] = (150, 500, 2000)
     audio_packet_size: int = 120
     duration_s: float = 10.0
-    warmup_s: float = 2.0
+    warmup_s: float = WARMUP_S
     rate: float = 1.0
     find_max: bool = False
     max_steps: int = 8
@@ -94,6 +106,9 @@ class ScenarioConfig:
     rooms: int = 1
     #: find-max: a step with a higher p99 latency (ms) is not sustained.
     p99_bound_ms: float = P99_BOUND_MS
+    #: Subscribers offer transport-wide CC and send its feedback (as browsers do), so the
+    #: server's send-side estimator and allocator run on real input.
+    feedback: bool = True
     room: str = field(default_factory=lambda: "bench-" + secrets.token_hex(4))
 
     def room_names(self) -> list[str]:
@@ -168,6 +183,18 @@ def make_plan(cfg: ScenarioConfig) -> Plan:
     return Plan(tuple(speakers), pairs, True)
 
 
+def planned_pps(specs: list[StreamSpec], rate: float) -> float:
+    """Packets per second these streams should send at ``rate`` (keyframes' extra packets
+    spread over their interval): what the generator offers when it keeps up."""
+    total = 0.0
+    for spec in specs:
+        per_frame = float(spec.packets_per_frame)
+        if spec.kind == KIND_VIDEO and spec.keyframe_interval:
+            per_frame += (spec.keyframe_packets - spec.packets_per_frame) / spec.keyframe_interval
+        total += per_frame * rate * 1e9 / spec.frame_interval_ns
+    return total
+
+
 def layer_specs(cfg: ScenarioConfig, ep: Endpoint) -> list[StreamSpec]:
     """The streams a publisher endpoint sends, with the ids and types its answer settled."""
     plan = ep.publish
@@ -189,6 +216,7 @@ def layer_specs(cfg: ScenarioConfig, ep: Endpoint) -> list[StreamSpec]:
                 timestamp_step=960,
                 mid_id=mid_id,
                 mid=str(mid).encode(),
+                twcc_id=ep.twcc_id,
             )
         )
         mid += 1
@@ -197,7 +225,7 @@ def layer_specs(cfg: ScenarioConfig, ep: Endpoint) -> list[StreamSpec]:
             frame_bytes = kbps * 1000 / 8 / _FPS
             base = StreamSpec(
                 ssrc=0, payload_type=0, mid_id=mid_id, mid=str(mid).encode(), rid_id=rid_id,
-                rid=rid.encode(),
+                rid=rid.encode(), twcc_id=ep.twcc_id,
             )  # fmt: skip
             overhead = base.header_size()
             per_packet = cfg.packet_size - overhead
@@ -221,6 +249,7 @@ def layer_specs(cfg: ScenarioConfig, ep: Endpoint) -> list[StreamSpec]:
                     rid_id=rid_id,
                     rid=rid.encode(),
                     layer=layer,
+                    twcc_id=ep.twcc_id,
                 )
             )
     return specs
@@ -254,6 +283,8 @@ class StepResult:
     delivery: float = 1.0
     #: RTCP receiver reports the subscribers sent in the window (about one per second each)
     receiver_reports: int = 0
+    #: transport-wide CC feedback packets the subscribers sent in the window
+    transport_feedback: int = 0
     #: The p99 latency bound this step was judged by (ms; None: latency not judged)
     p99_bound_ms: float | None = None
 
@@ -292,6 +323,8 @@ class RunResult:
     stopped_by: str = ""
     rooms: int = 1
     p99_bound_ms: float | None = None
+    #: Whether the subscribers sent transport-wide CC feedback (figures differ: see RESULTS.md)
+    feedback: bool = False
 
     def best(self) -> StepResult | None:
         """The step with the highest egress among the sustained ones."""
@@ -321,6 +354,7 @@ class RunResult:
             stopped_by=self.stopped_by,
             rooms=self.rooms,
             p99_bound_ms=self.p99_bound_ms,
+            feedback=self.feedback,
             steps=[s.as_dict() for s in self.steps],
         )
         return out
@@ -341,6 +375,8 @@ class _Session:
         self.endpoints: list[Endpoint] = []
         self.by_index: dict[int, Endpoint] = {}
         self.senders: list[int] = []
+        #: The streams each sender sends (planned_pps: what the generator should offer).
+        self.sender_specs: list[StreamSpec] = []
         self.receivers: list[int] = []
         self.sessions: list[Any] = []
         self.connected: list[Endpoint] = []
@@ -366,9 +402,9 @@ class _Session:
             await asyncio.gather(*(self._connect(ep, gate) for ep in pubs.values()))
             start = time.monotonic_ns() + 50_000_000
             for ep in pubs.values():
-                index = self.engine.add_sender(
-                    ep.sock, ep.srtp_out, layer_specs(self.cfg, ep), start
-                )
+                specs = layer_specs(self.cfg, ep)
+                self.sender_specs += specs
+                index = self.engine.add_sender(ep.sock, ep.srtp_out, specs, start)
                 self.by_index[index] = ep
                 self.senders.append(index)
             subs = await asyncio.gather(
@@ -384,7 +420,7 @@ class _Session:
                     if self.relay is None:
                         self.relay = TcpRelay()
                     sock = self.relay.attach(ep)
-                index = self.engine.add_receiver(sock, ep.srtp_in)
+                index = self.engine.add_receiver(sock, ep.srtp_in, ep.twcc_id, ep.rtx_pt)
                 self.by_index[index] = ep
                 self.receivers.append(index)
             if self.relay is not None:
@@ -396,7 +432,14 @@ class _Session:
 
     def _endpoint(self, publish: PublishPlan | None) -> Endpoint:
         transport = self.cfg.transport if publish is None else "udp"
-        ep = Endpoint(self.cert, publish, self.cfg.bind_host, self.profiles, transport=transport)
+        ep = Endpoint(
+            self.cert,
+            publish,
+            self.cfg.bind_host,
+            self.profiles,
+            transport=transport,
+            twcc=publish is not None or self.cfg.feedback,
+        )
         self.endpoints.append(ep)
         return ep
 
@@ -436,10 +479,14 @@ class _Session:
                 ep.keep_alive(now)
 
     async def drive(self, seconds: float, progress: Callable[[float], None]) -> None:
-        """Run the engine for ``seconds`` in slices, handling control traffic between them."""
+        """Run the engine for ``seconds`` in slices, handling control traffic between them
+        (transport-wide feedback meanwhile, while the engine runs: see :meth:`_feedback`)."""
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
-            await asyncio.to_thread(self.engine.run, min(SLICE_S, left))
+            running = asyncio.ensure_future(asyncio.to_thread(self.engine.run, min(SLICE_S, left)))
+            feedback = asyncio.ensure_future(self._feedback(running))
+            await running
+            await feedback
             for index, data in self.engine.control():
                 ep = self.by_index.get(index)
                 if ep is not None and ep.handle_control(data):
@@ -449,6 +496,23 @@ class _Session:
             for ep in self.endpoints:
                 ep.keep_alive(now)
             progress(seconds - max(0.0, end - now))
+
+    async def _feedback(self, running: asyncio.Future[Any]) -> None:
+        """Transport-wide CC feedback from every subscriber that negotiated it, every
+        FEEDBACK_INTERVAL_S while the engine runs (it records arrivals without the GIL and
+        hands them over under a lock), so building feedback in Python never stops the
+        engine's receive loop: a pause there would show as latency the server never added."""
+        receivers = [(i, self.by_index[i]) for i in self.receivers if self.by_index[i].twcc_id]
+        if not receivers:
+            return
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running), FEEDBACK_INTERVAL_S)
+            now = time.monotonic()
+            for index, ep in receivers:
+                ep.send_transport_feedback(self.engine.take_arrivals(index), now)
+            if running.done():
+                return
 
     def report(self, now: float) -> None:
         """Receiver reports from every subscriber that is due one (RR_INTERVAL_S), so the
@@ -464,6 +528,7 @@ class _Session:
             "recv": {i: self.engine.receiver_snapshot(i) for i in self.receivers},
             "send": {i: self.engine.sender_counters(i) for i in self.senders},
             "reports": sum(self.by_index[i].reports_sent for i in self.receivers),
+            "feedback": sum(self.by_index[i].feedback_sent for i in self.receivers),
         }
 
     async def close(self) -> None:
@@ -564,6 +629,7 @@ def measure(
         late_frames=late,
         send_errors=send_errors,
         receiver_reports=after.get("reports", 0) - before.get("reports", 0),
+        transport_feedback=after.get("feedback", 0) - before.get("feedback", 0),
     )
 
 
@@ -599,6 +665,7 @@ async def run_scenario(
         implementation=IMPLEMENTATION,
         rooms=cfg.rooms,
         p99_bound_ms=bound,
+        feedback=cfg.feedback,
     )
     session = _Session(target, cfg)
     t0 = time.monotonic()

@@ -5,7 +5,10 @@ fanout load for ``S`` seconds and every ``T`` seconds samples the server's resid
 and open descriptors (``/proc`` of a local server), its gauges and egress loss from
 ``/metrics`` (real, since the synthetic subscribers send receiver reports), and the window's
 loss and latency percentiles as the subscribers measured them. The summary compares the last
-minute with the first: RSS growth, windows with any loss, p99 drift.
+minute with the first: RSS growth, windows with any loss, p99 drift. Each window also says
+whether the generator itself kept up (the packets it offered against its plan, frames it
+skipped as late): a window where it fell behind judges the machine, not the server, and the
+summary's ``valid`` is true only when it kept up in every window.
 
 ``python -m bench churn --cycles N [--concurrency C]`` repeats a join/leave cycle N times: a
 publisher joins over WHIP (ICE + DTLS-SRTP), a viewer over WHEP, both leave with DELETE.
@@ -36,14 +39,17 @@ from bench.scenarios import (
     _Session,
     make_plan,
     measure,
+    planned_pps,
 )
 from bench.targets import SfuTarget
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import SrtpProfile
 
 __all__ = [
+    "GENERATOR_KEPT_UP",
     "ChurnResult",
     "SoakResult",
+    "generator_kept_up",
     "plot_churn",
     "plot_soak",
     "run_churn",
@@ -56,6 +62,11 @@ __all__ = [
 
 #: The soak's summary compares the first and the last this many seconds.
 COMPARE_WINDOW_S: Final = 60.0
+#: A soak window counts as offered in full when the generator sent at least this share of
+#: the packets its plan called for (and skipped no frame as late): below it the generator
+#: itself fell behind (starved of CPU), and the window's loss and latency say nothing about
+#: the server.
+GENERATOR_KEPT_UP: Final = 0.95
 #: Churn: cycles before the baseline is taken (allocator pools, caches, the first rooms).
 CHURN_WARMUP_CYCLES: Final = 200
 #: Churn: RSS and descriptors are sampled every this many cycles.
@@ -114,8 +125,15 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def generator_kept_up(offered_pps: float, planned: float, late_frames: int) -> bool:
+    """Whether the generator offered its planned load in a window (see GENERATOR_KEPT_UP)."""
+    return late_frames == 0 and offered_pps >= GENERATOR_KEPT_UP * planned
+
+
 def summarize_soak(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """First minute against last minute: RSS growth, loss windows, p99 drift."""
+    """First minute against last minute: RSS growth, loss windows, p99 drift; and whether the
+    generator kept up in every window (``valid``: only then do loss and latency judge the
+    server; windows without the ``generator_kept_up`` field count as kept up)."""
     if not samples:
         return {}
     end = samples[-1]["t"]
@@ -142,6 +160,11 @@ def summarize_soak(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_drift": None if not p99_0 or not p99s else round(max(p99s) / p99_0, 3),
         "egress_pps_median": _median([s["egress_pps"] for s in samples]),
         "server_egress_lost": samples[-1].get("server_egress_lost"),
+        "generator_behind_windows": sum(1 for s in samples if not s.get("generator_kept_up", True)),
+        "loss_windows_generator_kept_up": sum(
+            1 for s in samples if s["loss"] > 0 and s.get("generator_kept_up", True)
+        ),
+        "valid": all(s.get("generator_kept_up", True) for s in samples),
     }
 
 
@@ -156,6 +179,7 @@ async def run_soak(
     try:
         await session.setup(plan)
         session.engine.set_rate(cfg.rate)
+        planned = planned_pps(session.sender_specs, cfg.rate)
         await session.drive(cfg.warmup_s, lambda _: None)
         start = time.monotonic()
         while (elapsed := time.monotonic() - start) < cfg.duration_s:
@@ -175,6 +199,13 @@ async def run_soak(
                     "rss_bytes": rss,
                     "fds": fds,
                     "egress_pps": step.egress_pps,
+                    "planned_pps": round(planned, 1),
+                    "offered_pps": step.sent_pps,
+                    "late_frames": step.late_frames,
+                    "generator_cpu_util": step.generator_cpu_util,
+                    "generator_kept_up": generator_kept_up(
+                        step.sent_pps, planned, step.late_frames
+                    ),
                     "loss": step.loss,
                     "p50_ms": step.latency_p50_ms,
                     "p99_ms": step.latency_p99_ms,
@@ -183,11 +214,19 @@ async def run_soak(
                     "server_transports": gauges.get("sfu_transports"),
                     "server_egress_expected": gauges.get("sfu_rtp_packets_expected_total_egress"),
                     "server_egress_lost": gauges.get("sfu_rtp_packets_lost_total_egress"),
+                    "transport_feedback": step.transport_feedback,
+                    "server_transport_feedback": gauges.get(
+                        "sfu_transport_feedback_received_total"
+                    ),
+                    "server_estimates_sum_bps": gauges.get(
+                        "sfu_subscriber_estimated_bandwidth_bits_per_second_gsum"
+                    ),
                 }
             )
             progress(
                 min(1.0, (time.monotonic() - start) / cfg.duration_s),
-                f"soak x{cfg.rate:g}: rss {0 if rss is None else rss >> 20} MiB",
+                f"soak x{cfg.rate:g}: rss {0 if rss is None else rss >> 20} MiB, offered "
+                f"{step.sent_pps / planned if planned else 0:.0%} of plan",
             )
     finally:
         await session.close()
@@ -372,6 +411,64 @@ def plot_churn(path: str, result: ChurnResult) -> None:
     plt.close(fig)
 
 
+def pymalloc_stats() -> dict[str, int]:
+    """CPython's small-object allocator figures (``sys._debugmallocstats``, read from its
+    stderr output): arenas held now and at most, bytes in live blocks and in free blocks of
+    held pools. An arena (1 MiB) goes back to the system only when all its blocks are free,
+    so free bytes spread over many arenas are RSS that no trim returns. Empty when the
+    interpreter runs without pymalloc (``PYTHONMALLOC=malloc``)."""
+    import sys
+    import tempfile
+
+    wanted = {
+        "# arenas allocated current": "arenas",
+        "# arenas highwater mark": "arenas_highwater",
+        "# bytes in allocated blocks": "allocated_bytes",
+        "# bytes in available blocks": "free_bytes",
+    }
+    out: dict[str, int] = {}
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        for line in tmp:
+            key, _, value = line.partition("=")
+            name = wanted.get(key.strip())
+            if name is not None:
+                out[name] = int(value.strip().replace(",", ""))
+    return out
+
+
+def c_heap_stats() -> dict[str, int]:
+    """glibc's ``mallinfo2()``: bytes the C heap holds in use (``in_use``: every ``malloc``
+    of the process not served by pymalloc, OpenSSL's included), free inside it (``free``),
+    and in separate ``mmap`` chunks (``mmapped``). Empty where the C library lacks it."""
+    import ctypes
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [  # the ctypes layout of struct mallinfo2
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost",
+            )
+        ]  # fmt: skip
+
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = _MallInfo2
+    info = fn()
+    return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
+
+
 async def churn_in_process(cycles: int, concurrency: int, progress: Progress) -> dict[str, Any]:
     """Churn against a server running inside this process, to tell a leak from fragmentation:
     after a warm-up, Python allocations are traced (``tracemalloc``, the growth of the server's
@@ -411,9 +508,13 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
         warm = min(CHURN_WARMUP_CYCLES, cycles)
         await run_churn(target, warm, concurrency, lambda f, label: None)
         gc.collect()
+        arenas_base = pymalloc_stats()
+        rss_base, _ = server_memory(pid)
+        libc.malloc_trim(0)
+        rss_base_trimmed, _ = server_memory(pid)
+        heap_base = c_heap_stats()
         tracemalloc.start(1)
         base_snapshot = tracemalloc.take_snapshot()
-        rss_base, _ = server_memory(pid)
         churn = await run_churn(target, cycles, concurrency, progress)
         gc.collect()
         end_snapshot = tracemalloc.take_snapshot()
@@ -422,6 +523,10 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
         rss_trimmed, _ = server_memory(pid)
         traced_now, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
+        arenas_end = pymalloc_stats()
+        libc.malloc_trim(0)
+        rss_end_trimmed_untraced, _ = server_memory(pid)
+        heap_end = c_heap_stats()
         ours = [tracemalloc.Filter(True, "*/sfu/*")]
         growth = [
             stat
@@ -439,7 +544,13 @@ async def churn_in_process(cycles: int, concurrency: int, progress: Progress) ->
             "rss_after_warmup_bytes": rss_base,
             "rss_end_bytes": rss_end,
             "rss_after_malloc_trim_bytes": rss_trimmed,
+            "rss_after_warmup_and_trim_bytes": rss_base_trimmed,
+            "rss_end_trimmed_without_tracemalloc_bytes": rss_end_trimmed_untraced,
+            "c_heap_after_warmup": heap_base,
+            "c_heap_end": heap_end,
             "traced_python_bytes_end": traced_now,
+            "pymalloc_after_warmup": arenas_base,
+            "pymalloc_end": arenas_end,
             "sfu_growth_by_line": [
                 {"where": str(s.traceback[0]), "bytes": s.size_diff, "blocks": s.count_diff}
                 for s in growth

@@ -56,7 +56,8 @@ def _bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], subprocess.Compl
 
 
 def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
-    doc, proc = _bench(tmp_path, "fanout", "--subscribers", "4", "--duration", "2", "--warmup", "1")
+    # The default warm-up with transport-wide CC feedback (6 s): the estimate ramps up first.
+    doc, proc = _bench(tmp_path, "fanout", "--subscribers", "4", "--duration", "2")
     (result,) = doc["targets"]
     for key in (
         "egress_pps",
@@ -78,6 +79,9 @@ def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
     assert step["srtp_errors"] == 0 and step["duplicates"] == 0
     # Every subscriber reports what it received, about once a second (RFC 3550 RRs).
     assert step["receiver_reports"] >= 4 * (step["window_s"] - 1.5), step
+    # ... and transport-wide CC feedback every 0.2 s or so (draft-holmer-rmcat-...-01 §3.1).
+    assert step["transport_feedback"] >= 4 * 3 * step["window_s"], step
+    assert result["feedback"] is True
     assert step["received_pps"] > 0.99 * step["egress_pps"]
     assert "max_egress_pps" not in result
     assert 200 < result["egress_pps_per_subscription"] < 450  # the top layer, not layer 0
@@ -108,6 +112,7 @@ def test_find_max_with_a_tiny_step_budget(tmp_path: Path) -> None:
         "--subscribers", "3",
         "--duration", "1.5",
         "--warmup", "0.5",
+        "--no-feedback",  # the top layer from the first packet: twice the rate, twice the packets
         "--max-steps", "2",
         "--step-factor", "2",
     )  # fmt: skip
@@ -136,7 +141,7 @@ def test_many_rooms_at_once(tmp_path: Path) -> None:
     """``--rooms 2``: the meeting's plan in two rooms, every subscriber receiving."""
     doc, proc = _bench(
         tmp_path, "meeting", "--participants", "2", "--rooms", "2", "--duration", "1.5",
-        "--warmup", "0.5",
+        "--warmup", "0.5", "--no-feedback",
     )  # fmt: skip
     (result,) = doc["targets"]
     assert result["rooms"] == 2
@@ -213,6 +218,48 @@ def test_engine_loopback(engine_modules: tuple[ModuleType, ModuleType]) -> None:
         assert engine.control() == []
         with pytest.raises(ValueError):
             engine.receiver_snapshot(sender)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_engine_loopback_transport_wide_sequence(
+    engine_modules: tuple[ModuleType, ModuleType],
+) -> None:
+    """A sender numbering all its streams' packets with one transport-wide sequence; the
+    receiver records each one's number, SSRC and arrival time for transport-wide feedback."""
+    from dataclasses import replace
+
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        a.connect(b.getsockname())
+        b.connect(a.getsockname())
+        a.setblocking(False)
+        b.setblocking(False)
+        module, srtp_module = engine_modules
+        out, inb = _contexts(srtp_module)
+        engine = module.Engine(8)
+        specs = [replace(VIDEO, twcc_id=3), replace(AUDIO, twcc_id=3)]
+        sender = engine.add_sender(a, out, specs, time.monotonic_ns())
+        receiver = engine.add_receiver(b, inb, 3)
+        with pytest.raises(ValueError):
+            engine.add_receiver(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), inb, 15)
+        before = time.monotonic_ns()
+        engine.run(0.3)
+        after = time.monotonic_ns()
+        sent = engine.sender_counters(sender)["packets"]
+        arrivals = engine.take_arrivals(receiver)
+        assert engine.take_arrivals(receiver) == [] and engine.arrivals_dropped(receiver) == 0
+        assert sent > 10 and len(arrivals) == sent
+        # One sequence over both streams: 0, 1, 2, ... in the order they were sent.
+        assert sorted(seq for seq, _, _ in arrivals) == list(range(sent))
+        assert {ssrc for _, ssrc, _ in arrivals} == {VIDEO.ssrc, AUDIO.ssrc}
+        assert all(before <= at <= after for _, _, at in arrivals)
+        with pytest.raises(ValueError):
+            engine.take_arrivals(sender)
     finally:
         a.close()
         b.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bench.client import report_blocks
 from sfu.packet.rtcp import ReceiverReport, parse_compound
 
@@ -43,7 +45,35 @@ def test_soak_summary_compares_the_first_and_last_minute() -> None:
     assert summary["rss_growth"] == 0.01
     assert summary["loss_windows"] == 1 and summary["worst_window_loss"] == 0.002
     assert summary["p99_first_minute_ms"] == 2.0 and summary["p99_drift"] == 2.5
+    assert summary["valid"] and summary["generator_behind_windows"] == 0
     assert summarize_soak([]) == {}
+
+
+def test_soak_windows_say_whether_the_generator_kept_up() -> None:
+    """A window the generator under-offered (starved of CPU) invalidates the verdict and its
+    loss is not counted against the server."""
+    from bench._loadgen_py import KIND_AUDIO, StreamSpec
+    from bench.scenarios import planned_pps
+    from bench.soak import generator_kept_up, summarize_soak
+
+    audio = StreamSpec(ssrc=1, payload_type=111, kind=KIND_AUDIO, packet_size=100,
+                       frame_interval_ns=20_000_000, keyframe_interval=0)  # fmt: skip
+    video = StreamSpec(ssrc=2, payload_type=96, packets_per_frame=2, keyframe_packets=8,
+                       frame_interval_ns=1_000_000_000 // 30, keyframe_interval=90)  # fmt: skip
+    # 50 audio packets/s; video: 30 frames/s x (2 + 6 extra keyframe packets / 90 frames).
+    assert planned_pps([audio], 1.0) == pytest.approx(50.0)
+    assert planned_pps([audio, video], 2.0) == pytest.approx(100.0 + 60.0 * (2 + 6 / 90))
+    assert generator_kept_up(96.0, 100.0, 0)
+    assert not generator_kept_up(94.0, 100.0, 0)
+    assert not generator_kept_up(100.0, 100.0, 3)  # skipped frames as late
+    samples = [
+        {"t": t, "rss_bytes": 1, "fds": 1, "loss": 0.01 if t == 20 else 0.0, "p99_ms": 1.0,
+         "egress_pps": 1.0, "generator_kept_up": t != 20}
+        for t in range(0, 100, 10)
+    ]  # fmt: skip
+    summary = summarize_soak(samples)
+    assert summary["loss_windows"] == 1 and summary["loss_windows_generator_kept_up"] == 0
+    assert summary["generator_behind_windows"] == 1 and not summary["valid"]
 
 
 def _step(rate: float, egress: float, p99: float | None, bound: float | None) -> Any:
