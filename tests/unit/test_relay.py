@@ -7,8 +7,14 @@ pipe's datagrams are handed across by the test, which may lose some.
 
 from __future__ import annotations
 
+from core_parts import KERNELS, VP8, RecordingSender, subscription
+from forwarder_world import rtp, vp8_payload
+from ingest_paths import VIDEO_SSRCS, VP8_PT, PathWorld
+from ingest_paths import vp8 as vp8_path
+
 from sfu.core.binder import Binder
 from sfu.core.counters import PeerCounters
+from sfu.core.kernels import Kernels
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.relay import PipeOut, PublicationRelay, RemotePublication, spatial_demand
 from sfu.core.router import Router
@@ -16,8 +22,6 @@ from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.pipe import CloseReason
 from sfu.packet.rtp import RtpPacket
 from sfu.transport.pipe import FlowClosed, Media, Pipe
-from tests.unit.core_parts import KERNELS, VP8, RecordingSender, subscription
-from tests.unit.forwarder_world import rtp, vp8_payload
 
 SSRCS = (0x111, 0x222, 0x333)
 DECLARED: list[tuple[int, int | None]] = [(ssrc, None) for ssrc in SSRCS]
@@ -193,3 +197,39 @@ def test_the_flow_ends_with_the_publication() -> None:
     flow = world.pipe_b.open_flow("TR_gone", spatial_mask=1, bitrate=0, now=world.now)
     world.run()
     assert world.closed[-1] == FlowClosed(flow or 0, CloseReason.UNKNOWN_TRACK, inbound=True)
+
+
+def test_the_data_plane_leaves_a_relayed_publication_to_the_python_path(
+    kernels: Kernels,
+) -> None:
+    """The forwarder (compiled, or its reference) does not call a tap: while a pipe relays a publication its
+    packets take the Python path (local subscribers served alike), and go back afterwards."""
+    world = PathWorld("forwarder", kernels)
+    assert world.dataplane is not None
+    forwarder = world.dataplane.forwarder
+    pipe, far = Pipe(role=0, now=0.0), Pipe(role=1, now=0.0)
+    sent: list[bytes] = []
+    relay = PublicationRelay(
+        lambda track: world.video if track == world.video.id else None,
+        lambda peer: PipeOut(sent.append),
+    )
+    flow = far.open_flow(world.video.id, spatial_mask=1, bitrate=0, now=0.0)
+    for datagram in far.take_datagrams():
+        event = pipe.receive(datagram, now=0.0)
+        if event is not None:
+            relay.on_event(1, pipe, event, now=0.0)
+    assert relay.taps
+
+    fast = forwarder.fast_packets
+    world.send(rtp(VIDEO_SSRCS[0], 100, 9000, VP8_PT, vp8_path(1, key=True), b""), 1.0)
+    assert forwarder.fast_packets == fast  # not the forwarder's any more
+    assert len(sent) == 1 and far.receive(sent[0], now=1.0) is not None
+    assert [len(world.video_seqs(i)) for i in range(2)] == [1, 1]
+
+    pipe.close_flow(flow or 0, reason=CloseReason.ENDED, now=1.0)
+    relay.on_event(1, pipe, FlowClosed(flow or 0, CloseReason.UNSUBSCRIBED, False), now=1.0)
+    assert world.video.fanout and not relay.taps
+    world.send(rtp(VIDEO_SSRCS[0], 101, 12000, VP8_PT, vp8_path(2, key=False), b""), 1.03)
+    assert forwarder.fast_packets == fast + 1  # back in the forwarder
+    assert len(sent) == 1
+    assert [len(world.video_seqs(i)) for i in range(2)] == [2, 2]
