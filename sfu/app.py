@@ -60,6 +60,7 @@ from sfu.transport.port import MediaPort
 from sfu.transport.tcp import IceTcpGate
 from sfu.transport.transport import WebRtcTransport
 from sfu.workers.cpus import cgroup_quota_cpus, usable_cpus
+from sfu.workers.pipes import PipeMetrics, WorkerPipes
 
 __all__ = [
     "WORKER_LOAD_PATH",
@@ -176,6 +177,7 @@ def serve_worker(config: Config, index: int) -> int:
                 "http_port": int(server.http_addresses[0][1]),
                 "udp_port": int(server.media_address[1]),
                 "tcp_port": int(tcp[1]) if tcp is not None else 0,
+                "pipe_port": server.pipes.port if server.pipes is not None else 0,
             }
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
@@ -204,6 +206,9 @@ def format_address(addr: Address) -> str:
 #: A worker's load report on its loopback listener (read by the supervisor, which never
 #: forwards this path from its public listener).
 WORKER_LOAD_PATH: Final = "/_worker/load"
+#: Where the supervisor tells a worker the other workers' pipe ports (loopback only, never
+#: forwarded from the public listener, like the load report).
+WORKER_PIPES_PATH: Final = "/_worker/pipes"
 
 #: How often transport timers (ICE consent, DTLS retransmission and timeouts) are checked.
 TIMER_INTERVAL_S: Final = 0.05
@@ -324,8 +329,13 @@ class Server:
                 tcp_gate=lambda: self.tcp_gate,
             )
         )
+        #: The pipes to the other workers (rooms spread over workers), in a worker only.
+        self.pipes: WorkerPipes | None = None
         if worker_index is not None:
             self.http_app.router.add_get(WORKER_LOAD_PATH, self._worker_load)
+            self.pipes = WorkerPipes(worker_index, lambda: self.rooms, clock.now)
+            self.metrics.register(PipeMetrics(self.pipes))
+            self.http_app.router.add_post(WORKER_PIPES_PATH, self._worker_pipes)
         if config.metrics.enabled:
             add_metrics_route(self.http_app, self.metrics)
             if self.ops_app is not None:
@@ -356,6 +366,20 @@ class Server:
         forwarder = self.dataplane.forwarder
         packets = forwarder.fast_packets + forwarder.slow_packets + forwarder.sent_packets
         return web.json_response({"packets": packets})
+
+    async def _worker_pipes(self, request: web.Request) -> web.Response:
+        """The supervisor's list of the other workers' pipe ports: ``{"peers": {index:
+        port}}``; a precise 400 for anything else."""
+        try:
+            body = await request.json()
+            peers = {int(k): int(v) for k, v in body["peers"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return web.json_response({"error": 'expected {"peers": {index: port}}'}, status=400)
+        if any(not 0 < port < 65536 or index < 0 for index, port in peers.items()):
+            return web.json_response({"error": "peer index or port out of range"}, status=400)
+        if self.pipes is not None:
+            self.pipes.set_peers(peers)
+        return web.json_response({"peers": len(peers)})
 
     @property
     def draining(self) -> bool:
@@ -571,6 +595,9 @@ class Server:
         self.rooms.on_timer = self._room_timer.arm
         self._room_timer.arm(self.rooms.next_timer())
         self.loop_lag.start()
+        if self.pipes is not None:
+            port = await self.pipes.start()
+            log.info("pipe to the other workers on udp 127.0.0.1:%d", port)
         wanted = http.max_connections + FD_RESERVE
         if self._ops is not None:
             wanted += OPS_MAX_CONNECTIONS
@@ -645,6 +672,8 @@ class Server:
             await self._tcp.close()
         if self._udp is not None:
             await self._udp.close()
+        if self.pipes is not None:
+            self.pipes.close()
         await self._http.close()
         if self._ops is not None:
             await self._ops.close()

@@ -169,11 +169,15 @@ class PublicationRelay:
         elif isinstance(event, FlowClosed) and not event.inbound:
             self._drop(peer, event.flow)
         elif isinstance(event, PeerRestarted):
-            for key in [k for k in self.taps if k[0] == peer]:
-                self._drop(*key)
+            self.drop_peer(peer)
         else:
             return False
         return True
+
+    def drop_peer(self, peer: int) -> None:
+        """Every flow to ``peer`` ended (it restarted, or is gone): remove their taps."""
+        for key in [k for k in self.taps if k[0] == peer]:
+            self._drop(*key)
 
     def publication_ended(self, publication: Publication, *, now: float) -> None:
         """The publisher stopped: end every flow of ``publication`` (the peers hear it)."""

@@ -80,6 +80,10 @@ class PipeEndpoint:
         """The pipe to each peer worker, by its id."""
         return self._pipes
 
+    def addresses(self) -> dict[int, _Address]:
+        """Each peer worker's pipe address, by its id."""
+        return dict(self._address_of)
+
     def add_peer(self, peer: int, address: tuple[str, int]) -> Pipe:
         """Start (or restart, at a new address) the pipe to worker ``peer``; the lower
         worker id takes role 0, so both ends agree on flow id parity without talking."""

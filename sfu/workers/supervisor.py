@@ -33,7 +33,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from sfu import clock
-from sfu.app import WORKER_LOAD_PATH
+from sfu.app import WORKER_LOAD_PATH, WORKER_PIPES_PATH
 from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, config_environment
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_limit
@@ -173,6 +173,8 @@ class WorkerProcess:
         self.http_port = 0
         self.udp_port = 0
         self.tcp_port = 0
+        #: Its pipe socket's loopback port (rooms spread over workers), 0 before it reports.
+        self.pipe_port = 0
         self.ready = False
         self.restarts = 0
         self.started_at = 0.0
@@ -238,6 +240,8 @@ class Supervisor:
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        #: The latest announcement of the workers' pipe ports (kept so it is not collected).
+        self._pipes_task: asyncio.Future[None] | None = None
         http = config.http
         self.http_app = build_http_app(readiness=self.readiness, max_body_bytes=http.max_body_bytes)
         self.limiter = ConnectionLimiter(
@@ -321,6 +325,7 @@ class Supervisor:
             worker.http_port = int(report["http_port"])
             worker.udp_port = int(report["udp_port"])
             worker.tcp_port = int(report.get("tcp_port") or 0)
+            worker.pipe_port = int(report.get("pipe_port") or 0)
         except (TimeoutError, ValueError, KeyError, TypeError):
             log.error("worker %d did not start (no port report)", worker.index)
             with contextlib.suppress(ProcessLookupError):
@@ -336,7 +341,27 @@ class Supervisor:
             worker.udp_port,
             worker.tcp_port,
         )
+        self._pipes_task = asyncio.ensure_future(self._announce_pipes())
         return True
+
+    async def _announce_pipes(self) -> None:
+        """Tell every ready worker where the other ready workers' pipes are (after any
+        worker started: a restarted one has a new port, and knows no one yet)."""
+        if self._session is None:
+            return
+        ready = [w for w in self.workers if w.ready and w.pipe_port]
+        peers = {str(w.index): w.pipe_port for w in ready}
+        for worker in ready:
+            try:
+                async with self._session.post(
+                    worker.base_url + WORKER_PIPES_PATH,
+                    json={"peers": peers},
+                    timeout=aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S),
+                ) as resp:
+                    if resp.status != 200:
+                        log.warning("worker %d refused the pipe peers", worker.index)
+            except (aiohttp.ClientError, TimeoutError):
+                log.warning("worker %d did not take the pipe peers", worker.index)
 
     async def _keep(self, worker: WorkerProcess) -> None:
         """Run ``worker`` and restart it whenever it dies, until the supervisor stops."""
