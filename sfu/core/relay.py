@@ -43,6 +43,7 @@ from sfu.transport.pipe import (
     PeerRestarted,
     Pipe,
     PipeEvent,
+    StreamsReceived,
 )
 
 __all__ = [
@@ -91,12 +92,29 @@ class PipeOut:
 class RelayTap:
     """A fan-out entry of a publication that relays its packets on one flow of one pipe."""
 
-    __slots__ = ("buf", "flow", "held", "mid", "pipe", "publication", "subscriber_id")
+    __slots__ = (
+        "announced",
+        "buf",
+        "flow",
+        "held",
+        "mid",
+        "out",
+        "peer",
+        "pipe",
+        "publication",
+        "subscriber_id",
+    )
 
-    def __init__(self, publication: Publication, pipe: Pipe, flow: int, peer: int) -> None:
+    def __init__(
+        self, publication: Publication, pipe: Pipe, flow: int, peer: int, out: PipeOut
+    ) -> None:
         self.publication = publication
         self.pipe = pipe
         self.flow = flow
+        self.peer = peer
+        self.out = out
+        #: The SSRCs the peer was told the layers of (STREAMS).
+        self.announced: frozenset[int] = frozenset()
         #: Not a participant: no room listing names it (the worker is a bounded number).
         self.subscriber_id = f"pipe:{peer}"
         self.mid = publication.mid
@@ -116,6 +134,8 @@ class RelayTap:
         """Frame ``packet`` for the flow into :attr:`buf` when its layer is demanded."""
         if self.held:
             return 0
+        if stream.ssrc not in self.announced:
+            self.announce()
         datagram = self.pipe.relay(self.flow, packet, stream.layer)
         if datagram is None:
             return 0
@@ -124,6 +144,14 @@ class RelayTap:
             self.buf = bytearray(n)
         self.buf[:n] = datagram
         return n
+
+    def announce(self) -> None:
+        """Tell the peer which SSRC carries which layer (before the first packet of each)."""
+        streams = tuple((s.ssrc, s.layer) for s in self.publication.streams.values())
+        self.announced = frozenset(ssrc for ssrc, _ in streams)
+        datagram = self.pipe.announce_streams(self.flow, streams)
+        if datagram is not None:
+            self.out.send_rtcp(datagram)
 
     def skip(self, stream: SourceStream, ext_seq: int) -> None:
         """Padding is not relayed: the far side's gap is answered from the cache if asked."""
@@ -191,9 +219,11 @@ class PublicationRelay:
         if publication is None:
             pipe.close_flow(event.flow, reason=CloseReason.UNKNOWN_TRACK, now=now)
             return
-        tap = RelayTap(publication, pipe, event.flow, peer)
+        out = self._out(peer)
+        tap = RelayTap(publication, pipe, event.flow, peer, out)
         self.taps[peer, event.flow] = tap
-        publication.add_subscriber(tap, self._out(peer))  # type: ignore[arg-type]
+        tap.announce()
+        publication.add_subscriber(tap, out)  # type: ignore[arg-type]
         self._request_keyframes(tap, event.spatial_mask, now)
 
     def _request_keyframes(self, tap: RelayTap, mask: int, now: float) -> None:
@@ -248,8 +278,7 @@ class PublicationRelay:
                 self.retransmitted += 1
 
     def _send_to(self, tap: RelayTap, datagram: bytes) -> None:
-        peer = int(tap.subscriber_id.removeprefix("pipe:"))
-        self._out(peer).send_rtp(datagram)
+        tap.out.send_rtp(datagram)
 
 
 class FlowFeedback:
@@ -339,6 +368,12 @@ class RemotePublication:
         self.router.level_id = ids.get("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 0)
         self.binder.add_publication(publication, declared)
         publication.keyframe_requester = self.request_keyframe
+
+    def on_streams(self, event: StreamsReceived) -> None:
+        """The publishing side named the SSRC of each layer: bind them."""
+        for ssrc, layer in event.streams:
+            if layer < max(1, self.publication.num_layers):
+                self.binder.declare(self.publication, layer, ssrc)
 
     def on_media(self, event: Media, *, now: float) -> None:
         """A relayed RTP packet or downstream RTCP (Sender Reports) of this flow."""

@@ -23,6 +23,9 @@ Control messages (first byte the type, integers as QUIC varints):
 - ``CLOSE flow reason``: either side ends a flow (unsubscribed, track ended, refused).
 - ``RATES flow bps...``: downstream, the bitrate the publisher sends in each spatial layer
   (the remote allocator's input for layers it does not currently receive).
+- ``STREAMS flow (ssrc layer)...``: downstream, which SSRC carries which spatial layer
+  (publishers stop sending the mid/rid extensions that named them once acknowledged, so
+  the receiving side cannot learn it from the packets). State, refreshed like DEMAND.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "CONTROL_FLOW",
     "MAX_FLOW_ID",
     "MAX_RATES",
+    "MAX_STREAMS",
     "MAX_TRACK_ID_BYTES",
     "MAX_VARINT",
     "Close",
@@ -46,6 +50,7 @@ __all__ = [
     "Hello",
     "MessageType",
     "Rates",
+    "Streams",
     "decode_varint",
     "encode_control",
     "encode_varint",
@@ -66,6 +71,8 @@ MAX_FLOW_ID: Final = MAX_VARINT
 MAX_TRACK_ID_BYTES: Final = 64
 #: Spatial layers a RATES message may list (simulcast uses at most 3, SVC at most 4).
 MAX_RATES: Final = 8
+#: Source streams a STREAMS message may list (one per simulcast layer).
+MAX_STREAMS: Final = 8
 #: Smallest RTP header (RFC 3550 §5.1) and RTCP header (§6.4.1).
 _RTP_HEADER: Final = 12
 _RTCP_HEADER: Final = 4
@@ -78,6 +85,7 @@ class MessageType(enum.IntEnum):
     DEMAND = 2
     CLOSE = 3
     RATES = 4
+    STREAMS = 5
 
 
 class CloseReason(enum.IntEnum):
@@ -124,7 +132,15 @@ class Rates:
     bps: tuple[int, ...]
 
 
-ControlMessage: TypeAlias = Hello | Demand | Close | Rates
+@dataclass(frozen=True, slots=True)
+class Streams:
+    """The (ssrc, spatial layer) of each source stream of one flow."""
+
+    flow: int
+    streams: tuple[tuple[int, int], ...]
+
+
+ControlMessage: TypeAlias = Hello | Demand | Close | Rates | Streams
 
 
 def encode_varint(value: int) -> bytes:
@@ -198,6 +214,15 @@ def encode_control(message: ControlMessage) -> bytes:
         out.append(MessageType.CLOSE)
         out += encode_varint(message.flow)
         out.append(message.reason)
+    elif isinstance(message, Streams):
+        if len(message.streams) > MAX_STREAMS:
+            raise ValueError("too many streams")
+        out.append(MessageType.STREAMS)
+        out += encode_varint(message.flow)
+        out.append(len(message.streams))
+        for ssrc, layer in message.streams:
+            out += ssrc.to_bytes(4, "big")
+            out.append(layer)
     else:
         if len(message.bps) > MAX_RATES:
             raise ValueError("too many layers")
@@ -264,6 +289,17 @@ def parse_control(data: bytes, offset: int) -> ControlMessage:
             bps, offset = decode_varint(data, offset)
             rates.append(bps)
         message = Rates(flow, tuple(rates))
+    elif kind == MessageType.STREAMS:
+        flow, offset = _flow(data, offset)
+        count, offset = _byte(data, offset)
+        end = offset + 5 * count
+        if count > MAX_STREAMS or end > len(data):
+            raise ParseError("bad stream list")
+        streams = tuple(
+            (int.from_bytes(data[i : i + 4], "big"), data[i + 4]) for i in range(offset, end, 5)
+        )
+        offset = end
+        message = Streams(flow, streams)
     else:
         raise ParseError("unknown control message")
     if offset != len(data):

@@ -36,12 +36,14 @@ from sfu.packet.errors import ParseError
 from sfu.packet.pipe import (
     CONTROL_FLOW,
     MAX_RATES,
+    MAX_STREAMS,
     MAX_TRACK_ID_BYTES,
     Close,
     CloseReason,
     Demand,
     Hello,
     Rates,
+    Streams,
     encode_control,
     flow_prefix,
     is_rtcp,
@@ -64,6 +66,7 @@ __all__ = [
     "PipeCounters",
     "PipeEvent",
     "RatesReceived",
+    "StreamsReceived",
 ]
 
 #: HELLO and every open flow's DEMAND are resent this often: the cost of a lost control
@@ -174,6 +177,14 @@ class RatesReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamsReceived:
+    """Which SSRC carries which spatial layer of a flow we receive."""
+
+    flow: int
+    streams: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PeerRestarted:
     """The peer came back with a new epoch: every flow we sent it ended (reported one by
     one as FlowClosed first); the flows we receive are asked for again at once."""
@@ -182,7 +193,14 @@ class PeerRestarted:
 
 
 PipeEvent: TypeAlias = (
-    Media | Feedback | FlowRequested | DemandChanged | FlowClosed | RatesReceived | PeerRestarted
+    Media
+    | Feedback
+    | FlowRequested
+    | DemandChanged
+    | FlowClosed
+    | RatesReceived
+    | StreamsReceived
+    | PeerRestarted
 )
 
 
@@ -206,6 +224,8 @@ class _Outbound:
     spatial_mask: int
     bitrate: int
     refreshed: float
+    #: The last STREAMS sent (resent with every refresh).
+    streams: tuple[tuple[int, int], ...] = ()
 
 
 class Pipe:
@@ -327,6 +347,16 @@ class Pipe:
         self.counters.relayed_bytes += len(datagram)
         return datagram
 
+    def announce_streams(self, flow: int, streams: tuple[tuple[int, int], ...]) -> bytes | None:
+        """The datagram telling the peer which SSRC carries which layer of ``flow`` (sent
+        by the caller at once, before the packets it names); kept and refreshed."""
+        state = self._outbound.get(flow)
+        if state is None:
+            return None
+        state.streams = streams[:MAX_STREAMS]
+        self.counters.sent_control += 1
+        return encode_control(Streams(flow, state.streams))
+
     def send_rates(self, flow: int, bps: tuple[int, ...]) -> None:
         """Tell the peer the publisher's bitrate per spatial layer of ``flow``."""
         if flow in self._outbound:
@@ -378,6 +408,8 @@ class Pipe:
             if now - outbound.refreshed > FLOW_TIMEOUT:
                 del self._outbound[flow]
                 events.append(FlowClosed(flow, CloseReason.EXPIRED, inbound=False))
+            elif outbound.streams:
+                self._control(Streams(flow, outbound.streams))
         return events
 
     # -- internals ---------------------------------------------------------------------------
@@ -386,7 +418,7 @@ class Pipe:
         """Whether ``flow`` has our parity, i.e. we allocated it and receive it."""
         return flow & 1 == self.role
 
-    def _control(self, message: Hello | Demand | Close | Rates) -> None:
+    def _control(self, message: Hello | Demand | Close | Rates | Streams) -> None:
         self._outbox.append(encode_control(message))
         self.counters.sent_control += 1
 
@@ -406,7 +438,9 @@ class Pipe:
             raise _Refused("unknown_flow")
         return Feedback(flow, data[offset:])
 
-    def _on_control(self, message: Hello | Demand | Close | Rates, now: float) -> PipeEvent | None:
+    def _on_control(
+        self, message: Hello | Demand | Close | Rates | Streams, now: float
+    ) -> PipeEvent | None:
         if isinstance(message, Hello):
             return self._on_hello(message.epoch, now)
         if isinstance(message, Demand):
@@ -420,6 +454,8 @@ class Pipe:
             return FlowClosed(message.flow, message.reason, inbound)
         if message.flow not in self._inbound:
             raise _Refused("unknown_flow")
+        if isinstance(message, Streams):
+            return StreamsReceived(message.flow, message.streams)
         return RatesReceived(message.flow, message.bps)
 
     def _on_hello(self, epoch: int, now: float) -> PipeEvent | None:

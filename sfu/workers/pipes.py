@@ -23,7 +23,7 @@ from sfu.core.publication import Publication
 from sfu.core.relay import PipeOut, PublicationRelay, RemotePublication
 from sfu.io.pipe import PipeEndpoint
 from sfu.room.service import RoomService
-from sfu.transport.pipe import FlowClosed, Media, PipeEvent
+from sfu.transport.pipe import FlowClosed, Media, PipeEvent, StreamsReceived
 
 __all__ = ["NACK_POLL_S", "PipeMetrics", "WorkerPipes"]
 
@@ -119,6 +119,11 @@ class WorkerPipes:
             remote = self.remotes.get((peer, event.flow))
             if remote is not None:
                 remote.on_media(event, now=now)
+            return
+        if isinstance(event, StreamsReceived):
+            remote = self.remotes.get((peer, event.flow))
+            if remote is not None:
+                remote.on_streams(event)
             return
         if isinstance(event, FlowClosed) and event.inbound:
             self.remotes.pop((peer, event.flow), None)

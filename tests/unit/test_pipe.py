@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sfu.packet.errors import ParseError
 from sfu.packet.pipe import (
     MAX_RATES,
+    MAX_STREAMS,
     MAX_TRACK_ID_BYTES,
     MAX_VARINT,
     Close,
@@ -23,6 +24,7 @@ from sfu.packet.pipe import (
     Demand,
     Hello,
     Rates,
+    Streams,
     decode_varint,
     encode_control,
     encode_varint,
@@ -43,6 +45,7 @@ from sfu.transport.pipe import (
     Pipe,
     PipeEvent,
     RatesReceived,
+    StreamsReceived,
 )
 
 
@@ -130,6 +133,13 @@ control_messages: st.SearchStrategy[ControlMessage] = st.one_of(
     st.builds(Demand, flows, varints, st.integers(0, 255), varints, track_ids),
     st.builds(Close, flows, st.sampled_from(CloseReason)),
     st.builds(Rates, flows, st.lists(varints, max_size=MAX_RATES).map(tuple)),
+    st.builds(
+        Streams,
+        flows,
+        st.lists(
+            st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 255)), max_size=MAX_STREAMS
+        ).map(tuple),
+    ),
 )
 
 
@@ -330,6 +340,12 @@ def test_close_and_rates_reach_the_other_side() -> None:
     link.a.send_rates(flow, (150_000, 500_000, 1_500_000))
     _, at_b = link.flush()
     assert at_b == [RatesReceived(flow, (150_000, 500_000, 1_500_000))]
+    # STREAMS goes out at once (before the packets it names) and with every refresh.
+    named = link.a.announce_streams(flow, ((0x111, 0), (0x333, 2)))
+    assert named is not None
+    assert link.b.receive(named, now=link.now) == StreamsReceived(flow, ((0x111, 0), (0x333, 2)))
+    _, at_b = link.tick(REFRESH_INTERVAL)
+    assert StreamsReceived(flow, ((0x111, 0), (0x333, 2))) in at_b
     # The publisher left: the sending side ends the flow and the receiving side hears it.
     link.a.close_flow(flow, reason=CloseReason.ENDED, now=link.now)
     _, at_b = link.flush()

@@ -21,7 +21,7 @@ from sfu.core.router import Router
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.pipe import CloseReason
 from sfu.packet.rtp import RtpPacket
-from sfu.transport.pipe import FlowClosed, Media, Pipe
+from sfu.transport.pipe import FlowClosed, Media, Pipe, StreamsReceived
 
 SSRCS = (0x111, 0x222, 0x333)
 DECLARED: list[tuple[int, int | None]] = [(ssrc, None) for ssrc in SSRCS]
@@ -75,7 +75,7 @@ class World:
             lambda datagram: self.to_a.append(datagram),
             rtcp_ssrc=5,
             extensions={},
-            declared=DECLARED,
+            declared=[],  # the publishing side names the SSRCs (STREAMS)
         )
         self.closed: list[FlowClosed] = []
 
@@ -107,6 +107,8 @@ class World:
                         continue
                     sent_to_b += 1
                     self.remote.on_media(event, now=self.now)
+                elif isinstance(event, StreamsReceived):
+                    self.remote.on_streams(event)
                 elif isinstance(event, FlowClosed):
                     self.closed.append(event)
 
@@ -184,6 +186,10 @@ def test_a_layer_switch_on_the_far_side_changes_the_demand() -> None:
     before = len(world.to_b)
     world.publish(2, 2, key=True)
     assert len(world.to_b) == before + 1
+    world.run()
+    # The far side bound the top layer's SSRC from STREAMS (no mid/rid in these packets).
+    assert world.pub_b.layers[2].ssrc == SSRCS[2]
+    assert world.pub_b.layers[2].packets == 1
 
 
 def test_the_flow_ends_with_the_publication() -> None:
@@ -202,8 +208,9 @@ def test_the_flow_ends_with_the_publication() -> None:
 def test_the_data_plane_leaves_a_relayed_publication_to_the_python_path(
     kernels: Kernels,
 ) -> None:
-    """The forwarder (compiled, or its reference) does not call a tap: while a pipe relays a publication its
-    packets take the Python path (local subscribers served alike), and go back afterwards."""
+    """The forwarder (compiled, or its reference) does not call a tap: while a pipe relays a
+    publication its packets take the Python path (local subscribers served alike), and go
+    back afterwards."""
     world = PathWorld("forwarder", kernels)
     assert world.dataplane is not None
     forwarder = world.dataplane.forwarder
@@ -219,6 +226,10 @@ def test_the_data_plane_leaves_a_relayed_publication_to_the_python_path(
         if event is not None:
             relay.on_event(1, pipe, event, now=0.0)
     assert relay.taps
+    # The flow starts by naming the publication's SSRCs (declared in its SDP here).
+    streams = far.receive(sent.pop(), now=0.0)
+    assert isinstance(streams, StreamsReceived)
+    assert sorted(streams.streams) == sorted((s, i) for i, s in enumerate(VIDEO_SSRCS))
 
     fast = forwarder.fast_packets
     world.send(rtp(VIDEO_SSRCS[0], 100, 9000, VP8_PT, vp8_path(1, key=True), b""), 1.0)
