@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ from sfu.transport.ice import is_tcp
 from sfu.transport.port import MediaPort
 from sfu.transport.tcp import IceTcpGate
 from sfu.transport.transport import WebRtcTransport
+from sfu.workers.bus import WORKER_BUS_PATH, WORKER_KEY_HEADER, WorkerBus, worker_key
 from sfu.workers.cpus import cgroup_quota_cpus, usable_cpus
 from sfu.workers.pipes import PipeMetrics, WorkerPipes
 
@@ -329,13 +331,17 @@ class Server:
                 tcp_gate=lambda: self.tcp_gate,
             )
         )
-        #: The pipes to the other workers (rooms spread over workers), in a worker only.
+        #: The pipes and the room bus to the other workers (rooms spread over workers), in
+        #: a worker only.
         self.pipes: WorkerPipes | None = None
+        self.bus: WorkerBus | None = None
         if worker_index is not None:
             self.http_app.router.add_get(WORKER_LOAD_PATH, self._worker_load)
             self.pipes = WorkerPipes(worker_index, lambda: self.rooms, clock.now)
+            self.bus = WorkerBus(lambda: self.rooms, clock.now, self.token_secret)
             self.metrics.register(PipeMetrics(self.pipes))
             self.http_app.router.add_post(WORKER_PIPES_PATH, self._worker_pipes)
+            self.http_app.router.add_get(WORKER_BUS_PATH, self.bus.handle)
         if config.metrics.enabled:
             add_metrics_route(self.http_app, self.metrics)
             if self.ops_app is not None:
@@ -369,7 +375,10 @@ class Server:
 
     async def _worker_pipes(self, request: web.Request) -> web.Response:
         """The supervisor's list of the other workers' pipe ports: ``{"peers": {index:
-        port}}``; a precise 400 for anything else."""
+        port}}``; a precise 400 for anything else, 403 without the supervisor's key."""
+        shown = request.headers.get(WORKER_KEY_HEADER, "")
+        if not hmac.compare_digest(shown.encode(), worker_key(self.token_secret).encode()):
+            return web.json_response({"error": "not the supervisor"}, status=403)
         try:
             body = await request.json()
             peers = {int(k): int(v) for k, v in body["peers"].items()}
@@ -565,6 +574,9 @@ class Server:
                 )
             ),
         )
+        if self.pipes is not None and self.bus is not None:
+            self.rooms.bus = self.bus
+            self.rooms.remote_tracks = self.pipes.hub
         auth = self.config.auth
         add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)
         add_room_routes(

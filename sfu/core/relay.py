@@ -18,6 +18,7 @@ and target layers into what the flow asks for.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Final
 
@@ -43,15 +44,18 @@ from sfu.transport.pipe import (
     PeerRestarted,
     Pipe,
     PipeEvent,
+    RatesReceived,
     StreamsReceived,
 )
 
 __all__ = [
     "DEMAND_BITRATE_STEP",
+    "DEMAND_POLL_S",
     "RELAY_BUFFER_BYTES",
     "FlowFeedback",
     "PipeOut",
     "PublicationRelay",
+    "RelayHub",
     "RelayTap",
     "RemotePublication",
     "spatial_demand",
@@ -60,6 +64,9 @@ __all__ = [
 #: Demanded bitrates are rounded down to this step (bits/s): the sending side reads it
 #: as an order of magnitude, and each change costs a control datagram.
 DEMAND_BITRATE_STEP: Final = 50_000
+#: How often the receiving side polls its remote publications: NACKs due, and the demand
+#: its subscriptions' layers make (a new subscriber waits at most this for its layer).
+DEMAND_POLL_S: Final = 0.02
 #: A tap's buffer: the largest RTP packet plus the longest flow id (8 bytes).
 RELAY_BUFFER_BYTES: Final = 1500 + 8
 
@@ -288,7 +295,7 @@ class FlowFeedback:
 
     has_srtp: Final = True
 
-    def __init__(self, pipe: Pipe, flow: int, send: Callable[[bytes], None]) -> None:
+    def __init__(self, pipe: Pipe, flow: int, send: Callable[[bytes], object]) -> None:
         self._pipe, self._flow, self._send = pipe, flow, send
 
     def send_rtp(self, packet: bytes) -> bool:
@@ -343,7 +350,7 @@ class RemotePublication:
         publication: Publication,
         pipe: Pipe,
         flow: int,
-        send: Callable[[bytes], None],
+        send: Callable[[bytes], object],
         *,
         rtcp_ssrc: int,
         extensions: dict[int, str],
@@ -406,3 +413,122 @@ class RemotePublication:
         # Rounded, so a meter's jitter does not make a new DEMAND every time.
         bitrate -= bitrate % DEMAND_BITRATE_STEP
         self.pipe.set_demand(self.flow, spatial_mask=mask, bitrate=bitrate, now=now)
+
+
+class RelayHub:
+    """One forwarding place's relays over its pipes (one per peer place): the publishing
+    side (``PublicationRelay``) and the remote publications it receives. Sans-I/O: the
+    owner hands it events and ``now``, and sends what the pipes queue (``flush``).
+
+    It is the ``RemoteTracks`` of :mod:`sfu.room.shards`: ``open`` asks the peer for a
+    publication, ``close`` ends that.
+    """
+
+    def __init__(
+        self,
+        pipes: dict[int, Pipe],
+        find: Callable[[str], Publication | None],
+        send: Callable[[int, bytes], None],
+        flush: Callable[[int], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.pipes = pipes
+        self._send = send
+        self._flush = flush
+        self._clock = clock
+        self._outs: dict[int, PipeOut] = {}
+        self.relay = PublicationRelay(find, self._out)
+        #: (peer, flow) -> the remote publication a flow we receive feeds.
+        self.remotes: dict[tuple[int, int], RemotePublication] = {}
+        self._by_publication: dict[int, tuple[int, RemotePublication]] = {}
+
+    def _out(self, peer: int) -> PipeOut:
+        out = self._outs.get(peer)
+        if out is None:
+            send = self._send
+
+            def to_peer(datagram: bytes) -> None:
+                send(peer, datagram)
+
+            out = self._outs[peer] = PipeOut(to_peer)
+        return out
+
+    def open(
+        self,
+        origin: int,
+        publication: Publication,
+        on_audio_level: Callable[[str, int, bool | None, float], None] | None = None,
+    ) -> bool:
+        """Ask ``origin`` for ``publication`` (nothing flows until local subscriptions
+        demand a layer); False when there is no pipe to it or its flows are exhausted."""
+        pipe = self.pipes.get(origin)
+        if pipe is None:
+            return False
+        flow = pipe.open_flow(publication.id, spatial_mask=0, bitrate=0, now=self._clock())
+        if flow is None:
+            return False
+        remote = RemotePublication(
+            publication,
+            pipe,
+            flow,
+            self._out(origin).send_rtcp,
+            rtcp_ssrc=secrets.randbits(32) or 1,
+            extensions=publication.extensions,
+            declared=[],
+        )
+        remote.router.on_audio_level = on_audio_level
+        self.remotes[origin, flow] = remote
+        self._by_publication[id(publication)] = (origin, remote)
+        self._flush(origin)
+        return True
+
+    def close(self, publication: Publication) -> None:
+        """Stop receiving ``publication`` (the peer hears it)."""
+        entry = self._by_publication.pop(id(publication), None)
+        if entry is None:
+            return
+        origin, remote = entry
+        self.remotes.pop((origin, remote.flow), None)
+        publication.keyframe_requester = None
+        remote.pipe.close_flow(remote.flow, reason=CloseReason.UNSUBSCRIBED, now=self._clock())
+        self._flush(origin)
+
+    def drop_peer(self, peer: int) -> None:
+        """The pipe to ``peer`` is replaced or gone: what it relayed either way ends."""
+        self.relay.drop_peer(peer)
+        for key in [k for k in self.remotes if k[0] == peer]:
+            remote = self.remotes.pop(key)
+            self._by_publication.pop(id(remote.publication), None)
+
+    def on_event(self, peer: int, event: PipeEvent, *, now: float) -> None:
+        """One event of the pipe to ``peer``."""
+        pipe = self.pipes.get(peer)
+        if pipe is None:
+            return
+        if isinstance(event, Media):
+            remote = self.remotes.get((peer, event.flow))
+            if remote is not None:
+                remote.on_media(event, now=now)
+        elif isinstance(event, StreamsReceived):
+            remote = self.remotes.get((peer, event.flow))
+            if remote is not None:
+                remote.on_streams(event)
+        elif isinstance(event, FlowClosed) and event.inbound:
+            remote = self.remotes.pop((peer, event.flow), None)
+            if remote is not None:
+                self._by_publication.pop(id(remote.publication), None)
+        elif not isinstance(event, RatesReceived):
+            self.relay.on_event(peer, pipe, event, now=now)
+
+    def next_timer(self) -> float | None:
+        """When :meth:`poll` is next due (None: no remote publication)."""
+        return self._clock() + DEMAND_POLL_S if self.remotes else None
+
+    def poll(self, *, now: float) -> None:
+        """The remote publications' due NACKs and their subscriptions' current demand."""
+        for (peer, _), remote in list(self.remotes.items()):
+            due = remote.next_timer()
+            if due is not None and due <= now:
+                remote.poll(now=now)
+            remote.update_demand(now=now)
+            self._flush(peer)

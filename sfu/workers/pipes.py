@@ -1,35 +1,31 @@
-"""A worker's pipes to the other workers: endpoint, relay of its publications, remote ones.
+"""A worker's pipes to the other workers: the endpoint, its relays, its bus with the others.
 
 Each worker binds one loopback UDP socket (``sfu.io.pipe``) and reports its port to the
 supervisor with its other ports; the supervisor tells every worker where the others' pipes
-are (``POST /_worker/pipes``, on the worker's loopback listener only) whenever a worker
-(re)starts. Events of the sending side go to the ``PublicationRelay`` (a flow asked for
-names a track of this worker's rooms); flows this worker receives feed the
-``RemotePublication`` that asked for them. ``PipeMetrics`` exports the pipes' counters
-labelled by the peer worker's index (bounded by ``server.workers``).
+are (``POST /_worker/pipes``, on the worker's loopback listener only, with the deployment's
+secret) whenever a worker (re)starts. The pipes' events go to a ``RelayHub``: flows the
+peers ask for name tracks of this worker's rooms; flows this worker asked for feed the
+stand-ins of other shards' tracks (the room service's ``RemoteTracks``). ``PipeMetrics``
+exports the pipes' counters labelled by the peer worker's index (bounded by
+``server.workers``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from sfu.core.publication import Publication
-from sfu.core.relay import PipeOut, PublicationRelay, RemotePublication
+from sfu.core.relay import DEMAND_POLL_S, RelayHub
 from sfu.io.pipe import PipeEndpoint
 from sfu.room.service import RoomService
-from sfu.transport.pipe import FlowClosed, Media, PipeEvent, StreamsReceived
+from sfu.transport.pipe import PipeEvent
 
-__all__ = ["NACK_POLL_S", "PipeMetrics", "WorkerPipes"]
-
-#: How often remote publications' NACK generators are polled while any exists (a gap in
-#: a relayed stream is asked for again within this, on top of the generator's own wait).
-NACK_POLL_S: Final = 0.02
+__all__ = ["PipeMetrics", "WorkerPipes"]
 
 
 class WorkerPipes:
@@ -43,12 +39,11 @@ class WorkerPipes:
     ) -> None:
         self.worker = worker
         self._rooms = rooms
-        self._clock = clock
+        self.clock = clock
         self.endpoint = PipeEndpoint(worker=worker, handler=self._on_event, clock=clock)
-        self.relay = PublicationRelay(self._find, self._out)
-        #: (peer, flow) -> the remote publication a flow we receive feeds.
-        self.remotes: dict[tuple[int, int], RemotePublication] = {}
-        self._outs: dict[int, PipeOut] = {}
+        self.hub = RelayHub(
+            self.endpoint.pipes, self._find, self.endpoint.send, self._flush_and_arm, clock
+        )
         self._poll: asyncio.TimerHandle | None = None
         self.port = 0
 
@@ -60,88 +55,40 @@ class WorkerPipes:
     def set_peers(self, peers: dict[int, int]) -> None:
         """The other workers' pipe ports (on loopback), by worker index: new or moved
         peers get a fresh pipe, vanished ones are forgotten (with their flows)."""
-        known = {
-            peer: address[1]
-            for peer, address in self.endpoint.addresses().items()
-            if peer in self.endpoint.pipes
-        }
+        known = {peer: address[1] for peer, address in self.endpoint.addresses().items()}
         for peer, port in peers.items():
             if peer != self.worker and known.get(peer) != port:
-                self._forget(peer)
+                self.hub.drop_peer(peer)
                 self.endpoint.add_peer(peer, ("127.0.0.1", port))
         for peer in set(known) - set(peers):
-            self._forget(peer)
+            self.hub.drop_peer(peer)
             self.endpoint.remove_peer(peer)
 
-    def _forget(self, peer: int) -> None:
-        """Everything relayed to or from ``peer`` ends (its pipe is replaced or gone)."""
-        self.relay.drop_peer(peer)
-        for key in [k for k in self.remotes if k[0] == peer]:
-            del self.remotes[key]
-
-    def _out(self, peer: int) -> PipeOut:
-        out = self._outs.get(peer)
-        if out is None:
-            endpoint = self.endpoint
-
-            def send(datagram: bytes) -> None:
-                endpoint.send(peer, datagram)
-
-            out = self._outs[peer] = PipeOut(send)
-        return out
-
     def _find(self, track_id: str) -> Publication | None:
+        """A publication of this worker's own publishers (never another shard's stand-in)."""
         rooms = self._rooms()
         if rooms is None:
             return None
         for room in rooms.rooms.values():
             publication = room.publications.get(track_id)
-            if publication is not None:
+            if publication is not None and publication.participant_id in room.participants:
                 return publication
         return None
 
-    def add_remote(self, peer: int, remote: RemotePublication) -> None:
-        """Feed ``remote`` (its flow opened on the pipe to ``peer``) from now on."""
-        self.remotes[peer, remote.flow] = remote
+    def _flush_and_arm(self, peer: int) -> None:
         self.endpoint.flush(peer)
         self._arm()
 
-    def remove_remote(self, peer: int, remote: RemotePublication) -> None:
-        """Stop receiving ``remote``'s flow."""
-        self.remotes.pop((peer, remote.flow), None)
-
     def _on_event(self, peer: int, event: PipeEvent) -> None:
-        now = self._clock()
-        pipe = self.endpoint.pipes.get(peer)
-        if pipe is None:
-            return
-        if isinstance(event, Media):
-            remote = self.remotes.get((peer, event.flow))
-            if remote is not None:
-                remote.on_media(event, now=now)
-            return
-        if isinstance(event, StreamsReceived):
-            remote = self.remotes.get((peer, event.flow))
-            if remote is not None:
-                remote.on_streams(event)
-            return
-        if isinstance(event, FlowClosed) and event.inbound:
-            self.remotes.pop((peer, event.flow), None)
-            return
-        self.relay.on_event(peer, pipe, event, now=now)
+        self.hub.on_event(peer, event, now=self.clock())
 
     def _arm(self) -> None:
-        if self._poll is None and self.remotes:
-            self._poll = asyncio.get_running_loop().call_later(NACK_POLL_S, self._run)
+        if self._poll is None and self.hub.remotes:
+            self._poll = asyncio.get_running_loop().call_later(DEMAND_POLL_S, self._run)
 
     def _run(self) -> None:
         self._poll = None
-        now = self._clock()
-        for (peer, _), remote in list(self.remotes.items()):
-            due = remote.next_timer()
-            if due is not None and due <= now:
-                remote.poll(now=now)
-                self.endpoint.flush(peer)
+        self.hub.poll(now=self.clock())
         self._arm()
 
     def close(self) -> None:
@@ -160,7 +107,7 @@ class PipeMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """One family per counter, a sample per peer worker (and reason)."""
-        now = self._pipes._clock()
+        now = self._pipes.clock()
         datagrams = CounterMetricFamily(
             "sfu_pipe_datagrams",
             "Datagrams on the pipes to other workers, by peer worker and direction.",
@@ -209,4 +156,12 @@ class PipeMetrics(Collector):
             "Datagrams on the pipe socket from an address that is no peer worker's.",
         )
         strangers.add_metric([], self._pipes.endpoint.not_peer)
-        yield from (datagrams, data_bytes, filtered, drops, flows, up, strangers)
+        relay = self._pipes.hub.relay
+        resent = CounterMetricFamily(
+            "sfu_pipe_retransmissions",
+            "Packets a peer worker NACKed, resent from the cache (hit) or no longer there (miss).",
+            labels=["result"],
+        )
+        resent.add_metric(["hit"], relay.retransmitted)
+        resent.add_metric(["miss"], relay.retransmit_misses)
+        yield from (datagrams, data_bytes, filtered, drops, flows, up, strangers, resent)
