@@ -164,4 +164,20 @@ class PipeMetrics(Collector):
         )
         resent.add_metric(["hit"], relay.retransmitted)
         resent.add_metric(["miss"], relay.retransmit_misses)
-        yield from (datagrams, data_bytes, filtered, drops, flows, up, strangers, resent)
+        keyframes = CounterMetricFamily(
+            "sfu_pipe_keyframe_requests",
+            "Keyframe requests peer workers' subscribers made of this worker's publishers "
+            "(PLI/FIR up a flow, or a layer newly demanded).",
+        )
+        keyframes.add_metric([], relay.keyframe_requests)
+        yield from (
+            datagrams,
+            data_bytes,
+            filtered,
+            drops,
+            flows,
+            up,
+            strangers,
+            resent,
+            keyframes,
+        )
