@@ -113,6 +113,8 @@ class Room:
         #: Participants of the room's other shards (``sfu.room.shards``), as others see
         #: them (without tracks: their tracks are stand-ins in ``publications``).
         self.remote: dict[str, Message] = {}
+        #: The worker (shard) each remote participant is on.
+        self.remote_shard: dict[str, int] = {}
         self.speakers = ActiveSpeakerDetector()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._last_speaker_poll = -1e9

@@ -1224,6 +1224,7 @@ class RoomService:
             if publication.participant_id in room.remote and self.remote_tracks is not None:
                 self.remote_tracks.close(publication)
         room.remote.clear()
+        room.remote_shard.clear()
 
     def _remote_unpublished(self, room: Room, publication: Publication) -> None:
         """A track of another shard ended: its local subscriptions end too."""
@@ -1237,6 +1238,22 @@ class RoomService:
             self.remote_tracks.close(publication)
         room.forget_track(publication.id)
         room.broadcast({"type": "track_unpublished", "track": publication.id})
+
+    def _remote_left(self, room: Room, pid: str) -> None:
+        """A participant of another shard left (or its shard is gone)."""
+        for track in [p for p in room.publications.values() if p.participant_id == pid]:
+            self._remote_unpublished(room, track)
+        del room.remote[pid]
+        room.remote_shard.pop(pid, None)
+        room.speakers.remove(pid)
+        room.broadcast({"type": "participant_left", "participant": pid})
+
+    def shard_closed(self, origin: int, *, now: float) -> None:
+        """Worker ``origin`` is gone (its process died): its participants leave every room
+        here (they reconnect, and come back as new joins)."""
+        for room in list(self.rooms.values()):
+            for pid in [p for p, shard in room.remote_shard.items() if shard == origin]:
+                self._remote_left(room, pid)
 
     def on_shared(self, room_name: str, origin: int, event: object, *, now: float) -> None:
         """An event of ``room_name``'s shard on worker ``origin`` (``sfu.room.shards``):
@@ -1261,6 +1278,7 @@ class RoomService:
             pid = described["id"]
             if not isinstance(pid, str) or pid in room.participants or pid in room.remote:
                 return
+            room.remote_shard[pid] = origin
             room.remote[pid] = {
                 "id": pid,
                 "identity": str(described["identity"]),
@@ -1272,13 +1290,8 @@ class RoomService:
             )
         elif kind == "participant_left":
             pid = event["participant"]
-            if pid not in room.remote:
-                return
-            for track in [p for p in room.publications.values() if p.participant_id == pid]:
-                self._remote_unpublished(room, track)
-            del room.remote[pid]
-            room.speakers.remove(pid)
-            room.broadcast({"type": "participant_left", "participant": pid})
+            if pid in room.remote:
+                self._remote_left(room, pid)
         elif kind == "track_published":
             standin = publication_from_relay(event["relay"], kernels=self.kernels)
             if standin.id in room.publications or standin.participant_id not in room.remote:

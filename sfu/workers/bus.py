@@ -6,7 +6,8 @@ The supervisor opens one WebSocket to each worker's loopback listener
 (``GET /_worker/bus``), proving with :func:`worker_key` (derived from the deployment's
 secret, compared in constant time) that it is the supervisor: the path is never forwarded
 from the public listener, and another local process cannot speak for it. Messages are JSON:
-``{"room", "event"}`` from a worker, ``{"room", "origin", "event"}`` to one.
+``{"room", "event"}`` from a worker, ``{"room", "origin", "event"}`` to one; ``room`` empty
+and ``SHARD_CLOSED`` when worker ``origin`` is gone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sfu.room.service import RoomService
 __all__ = [
     "BUS_MAX_MESSAGE_BYTES",
     "BUS_QUEUE_LIMIT",
+    "SHARD_CLOSED",
     "WORKER_BUS_PATH",
     "WORKER_KEY_HEADER",
     "WorkerBus",
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: The bus's WebSocket on a worker's loopback listener.
 WORKER_BUS_PATH: Final = "/_worker/bus"
+#: What the supervisor tells every worker (with ``room`` empty) when a worker's bus link
+#: ended (the worker died or is restarting): its participants are gone.
+SHARD_CLOSED: Final = {"type": "shard_closed"}
 #: The header carrying :func:`worker_key` on the supervisor's internal requests.
 WORKER_KEY_HEADER: Final = "X-Sfu-Worker-Key"
 #: Largest bus message (a track's relay description with its codecs is about 2 KiB; a chat
@@ -117,5 +122,9 @@ class WorkerBus:
         except (ValueError, KeyError, TypeError):
             self.malformed += 1
             return
-        if rooms is not None:
+        if rooms is None:
+            return
+        if room == "" and event == SHARD_CLOSED:
+            rooms.shard_closed(origin, now=self._clock())
+        else:
             rooms.on_shared(room, origin, event, now=self._clock())

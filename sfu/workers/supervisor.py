@@ -40,7 +40,13 @@ from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_l
 from sfu.logging_setup import configure_logging
 from sfu.signaling.auth import signing_secret
 from sfu.signaling.room_ws import JOIN_TIMEOUT, MAX_FRAME_BYTES
-from sfu.workers.bus import BUS_MAX_MESSAGE_BYTES, WORKER_BUS_PATH, WORKER_KEY_HEADER, worker_key
+from sfu.workers.bus import (
+    BUS_MAX_MESSAGE_BYTES,
+    SHARD_CLOSED,
+    WORKER_BUS_PATH,
+    WORKER_KEY_HEADER,
+    worker_key,
+)
 from sfu.workers.metrics import MergedMetrics, relabel
 from sfu.workers.placement import Placement
 
@@ -385,6 +391,12 @@ class Supervisor:
             if self._bus.get(worker.index) is ws:
                 del self._bus[worker.index]
             await ws.close()
+            # Its participants are gone: the other workers' shards forget them.
+            gone = json.dumps({"room": "", "origin": worker.index, "event": SHARD_CLOSED})
+            for peer in list(self._bus.values()):
+                if not peer.closed:
+                    with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                        await peer.send_str(gone)
 
     async def _announce_pipes(self) -> None:
         """Tell every ready worker where the other ready workers' pipes are (after any

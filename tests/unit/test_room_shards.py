@@ -272,3 +272,17 @@ def test_malformed_bus_events_are_counted_and_change_nothing(
     # An event of a room with no participant here is not an error: there is nothing to do.
     service.on_shared("elsewhere", 0, {"type": "shard_opened"}, now=spread.now)
     assert service.bus_refused == 5
+
+
+def test_a_dead_shard_s_participants_leave_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    spread = Spread(monkeypatch)
+    _, one = spread.shards
+    alice, bob, tracks = _subscribed(spread)
+    assert spread.hubs[1].remotes
+    # Worker 0 died: the supervisor tells the others (SHARD_CLOSED).
+    one.service.shard_closed(0, now=spread.now)
+    assert one.messages("bob", "participant_left")[-1]["participant"] == alice.id
+    assert {m["track"] for m in one.messages("bob", "track_unpublished")} == set(tracks.values())
+    room = one.service.rooms[ROOM]
+    assert not room.remote and not room.publications and not spread.hubs[1].remotes
+    assert bob.peer is not None and not bob.peer.subscriptions
