@@ -201,8 +201,8 @@ class ServerConfig:
     workers: str = "1"
     #: With several workers: once a room has this many participants on its home worker,
     #: later ones are placed on another worker and the publications they need are relayed
-    #: over the pipes between workers (a room larger than one core). 0 never spreads a
-    #: room (a saturated home worker still does).
+    #: over the pipes between workers (a room larger than one core); a saturated home
+    #: worker then spreads newcomers whatever the room's size. 0 never spreads a room.
     room_spread_subscribers: int = 0
 
 

@@ -158,19 +158,18 @@ class Placement:
 
     def place_participant(self, room: str, *, spread: int, now: float) -> int | None:
         """The worker for a newcomer of ``room``: its home, unless the home holds ``spread``
-        of the room's connections (0: no limit) or is saturated; then a shard with room to
-        spare (the emptiest), else the lightest other ready worker. None when none is ready."""
+        of the room's connections or is saturated; then a shard with room to spare (the
+        emptiest), else the lightest other ready worker. ``spread`` 0 never spreads (rooms
+        stay whole, as without this feature). None when no worker is ready."""
         home = self.place(room, now=now)
         entry = self._rooms.get(room)
-        if home is None or entry is None:
+        if home is None or entry is None or spread <= 0:
             return home
-        full = spread > 0 and entry.shards.get(home, 0) >= spread
+        full = entry.shards.get(home, 0) >= spread
         if not full and self.loads[home].score() < SATURATED_LOAD:
             return home
         others = [i for i, load in enumerate(self.loads) if load.ready and i != home]
-        shards = [
-            i for i in others if i in entry.shards and (spread <= 0 or entry.shards[i] < spread)
-        ]
+        shards = [i for i in others if i in entry.shards and entry.shards[i] < spread]
         if shards:
             return min(shards, key=lambda i: (entry.shards[i], self.loads[i].score()))
         fresh = [i for i in others if i not in entry.shards]

@@ -328,12 +328,14 @@ def test_a_room_spreads_to_shards_past_its_threshold() -> None:
     # A shard that emptied is no longer one; the home stays.
     placement.disconnected("big", placed[4], now=1.0)
     assert placement.shards_of("big") == {home, placed[2]}
-    # Without a threshold the room stays home, unless the home is saturated.
-    assert placement.place_participant("small", spread=0, now=0.0) == placement.worker_of("small")
+    # Below its threshold a room stays home, unless the home is saturated.
+    assert placement.place_participant("small", spread=50, now=0.0) == placement.worker_of("small")
     small_home = placement.worker_of("small")
     assert small_home is not None
     placement.observe(small_home, cpu=SATURATED_LOAD, pps=0.0)
-    assert placement.place_participant("small", spread=0, now=0.0) != small_home
+    assert placement.place_participant("small", spread=50, now=0.0) != small_home
+    # Spreading off (0, the default): a room stays whole whatever the load.
+    assert placement.place_participant("small", spread=0, now=0.0) == small_home
 
 
 @pytest.mark.parametrize("value", [-1, 1001])
