@@ -115,6 +115,8 @@ class Room:
         self.remote: dict[str, Message] = {}
         #: The worker (shard) each remote participant is on.
         self.remote_shard: dict[str, int] = {}
+        #: Remote participants with the ``admin`` grant (only an admin moderates an admin).
+        self.remote_admins: set[str] = set()
         self.speakers = ActiveSpeakerDetector()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._last_speaker_poll = -1e9

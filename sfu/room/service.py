@@ -38,7 +38,7 @@ from sfu.packet.sdp import Direction, SessionDescription, Setup
 from sfu.room.audit import AuditLog
 from sfu.room.chat import ChatRelay
 from sfu.room.identity import Grant, JoinClaims, grant_names
-from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
+from sfu.room.policy import MAX_BAN_S, Bans, PasswordHash, PolicyStore, RoomPolicy
 from sfu.room.room import SPEAKER_INTERVAL, Message, Participant, ParticipantState, Room, Sink
 from sfu.room.shards import (
     SHARED_EVENTS,
@@ -233,8 +233,10 @@ def _declared_streams(media: NegotiatedMedia) -> list[tuple[int, int | None]]:
 
 
 def _untracked(participant: Participant) -> Message:
-    """A participant as another shard lists it (its tracks travel as their own events)."""
-    return {k: v for k, v in participant.describe().items() if k != "tracks"}
+    """A participant as another shard lists it (its tracks travel as their own events), and
+    whether it is an admin (for moderation there; never shown to clients)."""
+    described = {k: v for k, v in participant.describe().items() if k != "tracks"}
+    return {**described, "admin": bool(participant.grants & Grant.ADMIN)}
 
 
 def _detached_sink(message: Message) -> None:
@@ -1225,6 +1227,7 @@ class RoomService:
                 self.remote_tracks.close(publication)
         room.remote.clear()
         room.remote_shard.clear()
+        room.remote_admins.clear()
 
     def _remote_unpublished(self, room: Room, publication: Publication) -> None:
         """A track of another shard ended: its local subscriptions end too."""
@@ -1245,6 +1248,7 @@ class RoomService:
             self._remote_unpublished(room, track)
         del room.remote[pid]
         room.remote_shard.pop(pid, None)
+        room.remote_admins.discard(pid)
         room.speakers.remove(pid)
         room.broadcast({"type": "participant_left", "participant": pid})
 
@@ -1279,6 +1283,8 @@ class RoomService:
             if not isinstance(pid, str) or pid in room.participants or pid in room.remote:
                 return
             room.remote_shard[pid] = origin
+            if described.get("admin") is True:
+                room.remote_admins.add(pid)
             room.remote[pid] = {
                 "id": pid,
                 "identity": str(described["identity"]),
@@ -1326,3 +1332,38 @@ class RoomService:
             label, envelope = event["label"], event["envelope"]
             if isinstance(label, str) and isinstance(envelope, str):
                 self.chat.deliver_shared(room, label, envelope, now)
+        elif kind == "moderate":
+            self._moderated(room, event, now)
+
+    def moderate_remote(self, room: Room, action: Message) -> None:
+        """A host's action on a participant of another shard (``sfu.room.moderation``
+        checked and audited it): carried out on the participant's shard."""
+        self._share(room, {"type": "moderate", **action})
+
+    def _moderated(self, room: Room, event: Message, now: float) -> None:
+        """Carry out a ``moderate`` event of another shard on this shard's participant (and
+        show its effect to this shard's participants)."""
+        action, pid = event["action"], event["target"]
+        if not isinstance(pid, str):
+            raise TypeError("target")
+        target = room.participants.get(pid)
+        if action == "remove":
+            ban_s = event.get("ban_s")
+            identity = target.identity if target is not None else None
+            if identity is None and pid in room.remote:
+                identity = str(room.remote[pid]["identity"])
+            if type(ban_s) is int and 0 < ban_s <= MAX_BAN_S and identity is not None:
+                self.bans.ban(room.name, identity, now + ban_s, now)
+            if target is not None:
+                self.end(target, CLOSE_REMOVED, "a host removed you from the meeting", now=now)
+        elif action == "request_mute":
+            if target is not None:
+                track, by = event["track"], event["by"]
+                target.send({"type": "mute_requested", "track": str(track), "by": str(by)})
+        elif action == "mute_chat":
+            muted = bool(event["muted"])
+            if target is not None:
+                target.chat_muted = muted
+            room.broadcast({"type": "chat_muted", "participant": pid, "muted": muted})
+        else:
+            raise ValueError("unknown moderation action")

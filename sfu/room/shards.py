@@ -12,7 +12,10 @@ others' (``RoomService.on_shared``):
 - ``participant_joined`` / ``participant_left``: a participant of the publishing shard;
 - ``track_published`` (with the ``relay`` description below) / ``track_unpublished``;
 - ``track_muted`` / ``track_updated``: as the room protocol broadcasts them;
-- ``chat``: a chat envelope the publishing shard delivered to its own participants.
+- ``chat``: a chat envelope the publishing shard delivered to its own participants;
+- ``moderate``: a host's action on a participant of another shard (``remove`` with its
+  ban, ``request_mute``, ``mute_chat``), checked and audited where the host is, carried
+  out where the participant is.
 
 Events are idempotent (a repeated join or publish changes nothing), so answering a
 ``shard_opened`` with everything is safe even when some of it was already known.
@@ -51,6 +54,7 @@ SHARED_EVENTS: Final = frozenset(
         "track_muted",
         "track_updated",
         "chat",
+        "moderate",
     }
 )
 #: Formats one relayed publication may list (a publisher offers a handful per codec).

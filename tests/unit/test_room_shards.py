@@ -26,7 +26,10 @@ from sfu.core.relay import RelayHub
 from sfu.packet.rtcp import parse_compound
 from sfu.packet.rtcp_feedback import Pli
 from sfu.packet.rtp import RtpPacket
-from sfu.room.room import Participant
+from sfu.room.identity import Grant
+from sfu.room.moderation import Moderation
+from sfu.room.room import Participant, ParticipantState
+from sfu.room.service import RoomError
 from sfu.transport.pipe import Pipe
 
 ROOM = "standup"
@@ -286,3 +289,54 @@ def test_a_dead_shard_s_participants_leave_the_others(monkeypatch: pytest.Monkey
     room = one.service.rooms[ROOM]
     assert not room.remote and not room.publications and not spread.hubs[1].remotes
     assert bob.peer is not None and not bob.peer.subscriptions
+
+
+def test_a_host_moderates_a_participant_of_the_other_shard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    host = zero.join(ROOM, "host", Grant.HOST | Grant.PUBLISH | Grant.SUBSCRIBE)
+    zero.join(ROOM, "boss", Grant.ADMIN | Grant.PUBLISH | Grant.SUBSCRIBE)
+    spread.pump()
+    bob = one.join(ROOM, "bob")
+    one.service.offer(bob, simulcast_offer(), 0.0, names={"1": "camera"})
+    spread.pump()
+    moderation = Moderation(zero.service)
+    video = next(
+        m["track"]["id"]
+        for m in zero.messages("host", "track_published")
+        if m["track"]["kind"] == "video"
+    )
+    # Force mute: the real publication on Bob's shard is held, and he is told.
+    moderation.force_mute(host, video, True)
+    spread.pump()
+    assert one.service.rooms[ROOM].publications[video].force_muted
+    assert one.messages("bob", "track_muted")[-1]["force_muted"] is True
+    # Asking Bob to mute reaches Bob.
+    moderation.request_mute(host, video)
+    spread.pump()
+    assert one.messages("bob", "mute_requested")[-1] == {
+        "type": "mute_requested",
+        "track": video,
+        "by": host.id,
+    }
+    # Muting his chat: his shard refuses his messages, and everyone is told.
+    moderation.mute_chat(host, bob.id, True)
+    spread.pump()
+    assert bob.chat_muted
+    assert zero.messages("boss", "chat_muted")[-1]["participant"] == bob.id
+    assert one.messages("bob", "chat_muted")[-1]["muted"] is True
+    # A host cannot remove an admin of another shard any more than a local one.
+    one_admin = one.join(ROOM, "root", Grant.ADMIN)
+    spread.pump()
+    with pytest.raises(RoomError) as refused:
+        moderation.remove(host, one_admin.id, None, now=spread.now)
+    assert refused.value.code == "forbidden"
+    # Removing Bob with a ban ends him on his shard; both shards keep the ban.
+    moderation.remove(host, bob.id, 60, now=spread.now)
+    spread.pump()
+    assert bob.state is ParticipantState.LEFT
+    assert zero.messages("host", "participant_left")[-1]["participant"] == bob.id
+    for shard in (zero, one):
+        assert shard.service.bans.banned(ROOM, "bob", spread.now)
