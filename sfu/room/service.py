@@ -490,6 +490,10 @@ class RoomService:
             exclude=participant,
         )
         self._share(room, {"type": "participant_joined", "participant": _untracked(participant)})
+        self._share(
+            room,
+            {"type": "seat_taken", "identity": participant.identity, "participant": participant.id},
+        )
         if participant.moderator and room.waiting:
             participant.send(self.waiting_list(room))
 
@@ -1334,6 +1338,11 @@ class RoomService:
                 self.chat.deliver_shared(room, label, envelope, now)
         elif kind == "moderate":
             self._moderated(room, event, now)
+        elif kind == "seat_taken":
+            identity, pid = event["identity"], event["participant"]
+            for local in [p for p in room.participants.values() if p.identity == identity]:
+                if local.id != pid:
+                    self.end(local, CLOSE_REPLACED, "joined from elsewhere", now=now)
 
     def moderate_remote(self, room: Room, action: Message) -> None:
         """A host's action on a participant of another shard (``sfu.room.moderation``

@@ -13,6 +13,8 @@ others' (``RoomService.on_shared``):
 - ``track_published`` (with the ``relay`` description below) / ``track_unpublished``;
 - ``track_muted`` / ``track_updated``: as the room protocol broadcasts them;
 - ``chat``: a chat envelope the publishing shard delivered to its own participants;
+- ``seat_taken``: an identity was admitted on the publishing shard; a session of the same
+  identity on another shard is replaced (one identity, one seat, across shards);
 - ``moderate``: a host's action on a participant of another shard (``remove`` with its
   ban, ``request_mute``, ``mute_chat``), checked and audited where the host is, carried
   out where the participant is.
@@ -55,6 +57,7 @@ SHARED_EVENTS: Final = frozenset(
         "track_updated",
         "chat",
         "moderate",
+        "seat_taken",
     }
 )
 #: Formats one relayed publication may list (a publisher offers a handful per codec).

@@ -340,3 +340,17 @@ def test_a_host_moderates_a_participant_of_the_other_shard(
     assert zero.messages("host", "participant_left")[-1]["participant"] == bob.id
     for shard in (zero, one):
         assert shard.service.bans.banned(ROOM, "bob", spread.now)
+
+
+def test_one_identity_one_seat_across_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    closed: list[tuple[int, str]] = []
+    first = zero.join(ROOM, "dana")
+    first.on_close = lambda code, reason: closed.append((code, reason))
+    spread.pump()
+    second = one.join(ROOM, "dana")  # the same person, placed on the other shard
+    spread.pump()
+    assert first.state is ParticipantState.LEFT and closed == [(4009, "joined from elsewhere")]
+    assert second.state is ParticipantState.JOINED
+    assert ROOM not in zero.service.rooms or not zero.service.rooms[ROOM].participants
