@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -65,7 +66,9 @@ from sfu.transport.ice import is_tcp
 from sfu.transport.port import MediaPort
 from sfu.transport.tcp import IceTcpGate
 from sfu.transport.transport import WebRtcTransport
+from sfu.workers.bus import WORKER_BUS_PATH, WORKER_KEY_HEADER, WorkerBus, worker_key
 from sfu.workers.cpus import cgroup_quota_cpus, usable_cpus
+from sfu.workers.pipes import PipeMetrics, WorkerPipes
 
 __all__ = [
     "WORKER_LOAD_PATH",
@@ -182,6 +185,7 @@ def serve_worker(config: Config, index: int) -> int:
                 "http_port": int(server.http_addresses[0][1]),
                 "udp_port": int(server.media_address[1]),
                 "tcp_port": int(tcp[1]) if tcp is not None else 0,
+                "pipe_port": server.pipes.port if server.pipes is not None else 0,
             }
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
@@ -210,6 +214,9 @@ def format_address(addr: Address) -> str:
 #: A worker's load report on its loopback listener (read by the supervisor, which never
 #: forwards this path from its public listener).
 WORKER_LOAD_PATH: Final = "/_worker/load"
+#: Where the supervisor tells a worker the other workers' pipe ports (loopback only, never
+#: forwarded from the public listener, like the load report).
+WORKER_PIPES_PATH: Final = "/_worker/pipes"
 
 #: How often transport timers (ICE consent, DTLS retransmission and timeouts) are checked.
 TIMER_INTERVAL_S: Final = 0.05
@@ -350,8 +357,17 @@ class Server:
         )
         if self.cluster is not None:
             self.metrics.register(ClusterCollector(self.cluster, lambda: self.links))
+        #: The pipes and the room bus to the other workers (rooms spread over workers), in
+        #: a worker only.
+        self.pipes: WorkerPipes | None = None
+        self.bus: WorkerBus | None = None
         if worker_index is not None:
             self.http_app.router.add_get(WORKER_LOAD_PATH, self._worker_load)
+            self.pipes = WorkerPipes(worker_index, lambda: self.rooms, clock.now)
+            self.bus = WorkerBus(lambda: self.rooms, clock.now, self.token_secret)
+            self.metrics.register(PipeMetrics(self.pipes))
+            self.http_app.router.add_post(WORKER_PIPES_PATH, self._worker_pipes)
+            self.http_app.router.add_get(WORKER_BUS_PATH, self.bus.handle)
         if config.metrics.enabled:
             add_metrics_route(self.http_app, self.metrics)
             if self.ops_app is not None:
@@ -392,6 +408,23 @@ class Server:
         if self.links is not None:
             status["links_up"] = sorted(self.links.up)
         return {"cluster": status}
+
+    async def _worker_pipes(self, request: web.Request) -> web.Response:
+        """The supervisor's list of the other workers' pipe ports: ``{"peers": {index:
+        port}}``; a precise 400 for anything else, 403 without the supervisor's key."""
+        shown = request.headers.get(WORKER_KEY_HEADER, "")
+        if not hmac.compare_digest(shown.encode(), worker_key(self.token_secret).encode()):
+            return web.json_response({"error": "not the supervisor"}, status=403)
+        try:
+            body = await request.json()
+            peers = {int(k): int(v) for k, v in body["peers"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return web.json_response({"error": 'expected {"peers": {index: port}}'}, status=400)
+        if any(not 0 < port < 65536 or index < 0 for index, port in peers.items()):
+            return web.json_response({"error": "peer index or port out of range"}, status=400)
+        if self.pipes is not None:
+            self.pipes.set_peers(peers)
+        return web.json_response({"peers": len(peers)})
 
     @property
     def draining(self) -> bool:
@@ -601,6 +634,9 @@ class Server:
                 )
             ),
         )
+        if self.pipes is not None and self.bus is not None:
+            self.rooms.bus = self.bus
+            self.rooms.remote_tracks = self.pipes.hub
         auth = self.config.auth
         add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)
         add_room_routes(
@@ -631,6 +667,9 @@ class Server:
         self.rooms.on_timer = self._room_timer.arm
         self._room_timer.arm(self.rooms.next_timer())
         self.loop_lag.start()
+        if self.pipes is not None:
+            port = await self.pipes.start()
+            log.info("pipe to the other workers on udp 127.0.0.1:%d", port)
         wanted = http.max_connections + FD_RESERVE
         if self._ops is not None:
             wanted += OPS_MAX_CONNECTIONS
@@ -707,6 +746,8 @@ class Server:
             await self._tcp.close()
         if self._udp is not None:
             await self._udp.close()
+        if self.pipes is not None:
+            self.pipes.close()
         await self._http.close()
         if self._ops is not None:
             await self._ops.close()

@@ -199,6 +199,11 @@ class ServerConfig:
     #: own media ports (``media.udp_port + i``, docs/deployment.md). A TOML integer is
     #: accepted too.
     workers: str = "1"
+    #: With several workers: once a room has this many participants on its home worker,
+    #: later ones are placed on another worker and the publications they need are relayed
+    #: over the pipes between workers (a room larger than one core); a saturated home
+    #: worker then spreads newcomers whatever the room's size. 0 never spreads a room.
+    room_spread_subscribers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,6 +552,12 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
         err(
             "server.workers",
             f'must be "auto" or a count from 1 to {MAX_WORKERS}, got {workers!r}',
+        )
+    spread = values["server"].get("room_spread_subscribers")
+    if spread is not None and not 0 <= spread <= MAX_ROOM_PARTICIPANTS:
+        err(
+            "server.room_spread_subscribers",
+            f"must be 0 (never) or a participant count up to {MAX_ROOM_PARTICIPANTS}, got {spread}",
         )
     return errors
 

@@ -132,6 +132,20 @@ class Binder:
             return None
         return Binding(pub, self._add_stream(pub, layer, ssrc, None), False)
 
+    def declare(self, publication: Publication, layer: int, ssrc: int) -> None:
+        """``ssrc`` carries ``layer`` of ``publication`` (a relayed publication learns it from
+        the pipe, not from packets); nothing changes when it already does."""
+        entry = self._media.get(ssrc)
+        if entry is not None and entry[1].layer == layer:
+            return
+        if entry is not None:
+            self._media.pop(ssrc)
+            publication.layers.pop(entry[1].layer, None)
+            publication.streams.pop(ssrc, None)
+            self._on_removed(entry[1])
+        if len(self._media) + len(self._rtx) < MAX_STREAMS:
+            self._add_stream(publication, layer, ssrc, None)
+
     def _add_stream(
         self, publication: Publication, layer: int, ssrc: int, rtx: int | None
     ) -> SourceStream:

@@ -106,6 +106,8 @@ class DataPlane:
         self._paced: dict[int, _Claim] = {}  # transport handle -> its claim, while paced
         #: While True no stream is registered: all media takes the Python path (see suspend).
         self.suspended = False
+        #: Streams kept out of the forwarder while a pipe relays their publication.
+        self._relayed: set[int] = set()
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -236,10 +238,18 @@ class DataPlane:
 
     def routes_changed(self, publication: Publication) -> None:
         """The publication's fan-out snapshot changed: push it for each of its streams."""
+        relayed = _relayed(publication)
         for handle in self._pub_streams.get(id(publication), ()):
-            peer, pub, _ = self._streams[handle]
+            peer, pub, stream = self._streams[handle]
             claim = self._claims.get(peer.transport)
-            if claim is not None and claim.registered and not self.suspended:
+            if claim is None or not claim.registered or self.suspended:
+                continue
+            if relayed:
+                self.forwarder.remove_stream(handle)
+                self._relayed.add(handle)
+            elif handle in self._relayed:
+                self._register_stream(handle, claim.handle, pub, stream)
+            else:
                 self.forwarder.set_routes(handle, self._routes(pub))
 
     def _routes(self, publication: Publication) -> list[tuple[Any, int]]:
@@ -252,6 +262,10 @@ class DataPlane:
         assert kind is not None
         if self.suspended:
             return
+        if _relayed(publication):
+            self._relayed.add(handle)  # its packets take the Python path (sfu.core.relay)
+            return
+        self._relayed.discard(handle)
         try:
             self.forwarder.set_stream(handle, transport, stream, kind)
         except ValueError:
@@ -327,6 +341,13 @@ class DataPlane:
     def stream_count(self) -> int:
         """Source streams the data plane forwards (or will, once their transport connects)."""
         return len(self._streams)
+
+
+def _relayed(publication: Publication) -> bool:
+    """Whether a pipe relays ``publication`` (a fan-out entry sends on no transport): its
+    taps are Python objects the compiled forwarder does not call, so its streams stay on
+    the Python path, where ingest calls every fan-out entry."""
+    return any(getattr(out, "relay", False) for _, out in publication.fanout)
 
 
 def _kind(publication: Publication) -> int | None:

@@ -99,6 +99,9 @@ class ChatRelay:
         #: Sees every message the relay accepts, as the relay received it (sender id, text):
         #: the tests' capture of what the server relays. None in production.
         self.tap: Callable[[str, str], None] | None = None
+        #: Told of every relayed envelope (room, label, envelope): the room's other shards
+        #: deliver it to their participants (``deliver_shared``).
+        self.on_relayed: Callable[[Room, str, str], None] | None = None
         #: Sends to one participant's data channel: (receiver, label, envelope, now) -> sent.
         #: The room service sets it; without it everything goes to the WebSocket.
         self.channel_sender: Delivery | None = None
@@ -144,7 +147,20 @@ class ChatRelay:
                 continue
             if self._deliver(receiver, label, envelope, now):
                 self.delivered += 1
+        if self.on_relayed is not None:
+            self.on_relayed(sender.room, label, envelope)
         return "ok"
+
+    def deliver_shared(self, room: Room, label: str, envelope: str, now: float) -> None:
+        """A chat envelope another shard of ``room`` relayed: to every participant here."""
+        if label not in _LABELS:
+            self.refused["unknown_channel"] += 1
+            return
+        for receiver in list(room.participants.values()):
+            if receiver.state is ParticipantState.JOINED and self._deliver(
+                receiver, label, envelope, now
+            ):
+                self.delivered += 1
 
     def forget(self, participant: Participant) -> None:
         """Drop a participant's bucket when it leaves (state stays bounded by who is present)."""

@@ -40,6 +40,8 @@ class _Attempt:
 
     target: Participant | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: The identity of a target on another shard of the room (``sfu.room.shards``).
+    remote_identity: str | None = None
 
 
 class Moderation:
@@ -64,7 +66,7 @@ class Moderation:
         self._audit(actor, action, attempt, "ok")
 
     def _audit(self, actor: Participant, action: str, attempt: _Attempt, outcome: str) -> None:
-        target = attempt.target.identity if attempt.target is not None else None
+        target = attempt.target.identity if attempt.target is not None else attempt.remote_identity
         self.service.audit.record(
             room=actor.room.name,
             actor=actor.identity,
@@ -88,6 +90,19 @@ class Moderation:
             raise RoomError("bad_message", "you cannot moderate yourself")
         if target.grants & Grant.ADMIN and not actor.grants & Grant.ADMIN:
             raise RoomError("forbidden", "only an admin may moderate an admin")
+
+    @staticmethod
+    def _remote(actor: Participant, participant_id: str, attempt: _Attempt) -> str | None:
+        """``participant_id`` when it is a participant of another shard of the room (after
+        the same checks as a local target), else None."""
+        room = actor.room
+        described = room.remote.get(participant_id)
+        if described is None:
+            return None
+        attempt.remote_identity = str(described["identity"])
+        if participant_id in room.remote_admins and not actor.grants & Grant.ADMIN:
+            raise RoomError("forbidden", "only an admin may moderate an admin")
+        return participant_id
 
     @staticmethod
     def _waiting(actor: Participant, participant_id: str) -> Participant:
@@ -115,7 +130,10 @@ class Moderation:
             raise RoomError("unknown_track", f"no track {track_id[:32]!r} in this room", track_id)
         attempt.details["track"] = publication.id
         owner = room.participants.get(publication.participant_id)
-        if owner is None:  # pragma: no cover - publications leave with their participant
+        if owner is None:
+            if self._remote(actor, publication.participant_id, attempt) is not None:
+                return publication  # a track of another shard's participant
+            # pragma: no cover - publications leave with their participant
             raise RoomError("unknown_track", f"no track {track_id[:32]!r} in this room", track_id)
         self._check_target(actor, owner, attempt)
         return publication
@@ -164,6 +182,17 @@ class Moderation:
                 if not 0 <= ban_s <= MAX_BAN_S:
                     raise RoomError("bad_message", f"'ban_s' must be 0-{MAX_BAN_S}")
             self._check_actor(actor, "remove")
+            if participant_id not in actor.room.participants and self._remote(
+                actor, participant_id, attempt
+            ):
+                if ban_s and attempt.remote_identity is not None:
+                    self.service.bans.ban(
+                        actor.room.name, attempt.remote_identity, now + ban_s, now
+                    )
+                self.service.moderate_remote(
+                    actor.room, {"action": "remove", "target": participant_id, "ban_s": ban_s}
+                )
+                return
             target = self._present(actor, participant_id)
             self._check_target(actor, target, attempt)
             if ban_s:
@@ -176,7 +205,17 @@ class Moderation:
             self._check_actor(actor, "request_mute")
             publication = self._track(actor, track_id, attempt)
             owner = attempt.target
-            assert owner is not None
+            if owner is None:  # on another shard of the room
+                pid = publication.participant_id
+                if actor.room.remote[pid].get("kind") != "websocket":
+                    raise RoomError(
+                        "unsupported", "that client cannot be asked; use force_mute", track_id
+                    )
+                self.service.moderate_remote(
+                    actor.room,
+                    {"action": "request_mute", "target": pid, "track": track_id, "by": actor.id},
+                )
+                return
             if owner.kind != "websocket":
                 raise RoomError(
                     "unsupported",
@@ -198,6 +237,16 @@ class Moderation:
         with self._attempt(actor, "mute_chat") as attempt:
             attempt.details["muted"] = muted
             self._check_actor(actor, "mute_chat")
+            if participant_id not in actor.room.participants and self._remote(
+                actor, participant_id, attempt
+            ):
+                actor.room.broadcast(
+                    {"type": "chat_muted", "participant": participant_id, "muted": muted}
+                )
+                self.service.moderate_remote(
+                    actor.room, {"action": "mute_chat", "target": participant_id, "muted": muted}
+                )
+                return
             target = self._present(actor, participant_id)
             self._check_target(actor, target, attempt)
             if target.chat_muted != muted:

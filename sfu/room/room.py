@@ -110,6 +110,13 @@ class Room:
         self.participants: dict[str, Participant] = {}
         self.waiting: dict[str, Participant] = {}
         self.publications: dict[str, Publication] = {}
+        #: Participants of the room's other shards (``sfu.room.shards``), as others see
+        #: them (without tracks: their tracks are stand-ins in ``publications``).
+        self.remote: dict[str, Message] = {}
+        #: The worker (shard) each remote participant is on.
+        self.remote_shard: dict[str, int] = {}
+        #: Remote participants with the ``admin`` grant (only an admin moderates an admin).
+        self.remote_admins: set[str] = set()
         self.speakers = ActiveSpeakerDetector()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._last_speaker_poll = -1e9
@@ -157,7 +164,7 @@ class Room:
         self._last_speaker_poll = now
         changed = self.speakers.poll(now)
         if changed is not None:
-            active = [pid for pid in changed if pid in self.participants]
+            active = [pid for pid in changed if pid in self.participants or pid in self.remote]
             speakers = frozenset(active)
             for participant in self.participants.values():
                 if participant.peer is not None:

@@ -38,8 +38,15 @@ from sfu.packet.sdp import Direction, SessionDescription, Setup
 from sfu.room.audit import AuditLog
 from sfu.room.chat import ChatRelay
 from sfu.room.identity import Grant, JoinClaims, grant_names
-from sfu.room.policy import Bans, PasswordHash, PolicyStore, RoomPolicy
+from sfu.room.policy import MAX_BAN_S, Bans, PasswordHash, PolicyStore, RoomPolicy
 from sfu.room.room import SPEAKER_INTERVAL, Message, Participant, ParticipantState, Room, Sink
+from sfu.room.shards import (
+    SHARED_EVENTS,
+    RemoteTracks,
+    RoomBus,
+    publication_from_relay,
+    relay_description,
+)
 from sfu.timer_queue import TimerQueue
 from sfu.transport.datachannel import DataChannels
 from sfu.transport.dtls import DtlsRole
@@ -225,6 +232,13 @@ def _declared_streams(media: NegotiatedMedia) -> list[tuple[int, int | None]]:
     return [(primaries[0], rtx_of.get(primaries[0]))] if primaries else []
 
 
+def _untracked(participant: Participant) -> Message:
+    """A participant as another shard lists it (its tracks travel as their own events), and
+    whether it is an admin (for moderation there; never shown to clients)."""
+    described = {k: v for k, v in participant.describe().items() if k != "tracks"}
+    return {**described, "admin": bool(participant.grants & Grant.ADMIN)}
+
+
 def _detached_sink(message: Message) -> None:
     """Where messages to a participant without signaling go: nowhere (a resume sends the
     whole state again)."""
@@ -294,6 +308,13 @@ class RoomService:
         self.on_timer: Callable[[float], None] | None = None
         #: How many peer timer runs :meth:`poll` made (each ran one peer's due work).
         self.peer_runs = 0
+        #: The other shards of spread rooms (``sfu.room.shards``): the bus their events
+        #: travel on and the pipes that feed their tracks here. None: rooms are not spread.
+        self.bus: RoomBus | None = None
+        self.remote_tracks: RemoteTracks | None = None
+        #: Events from the bus dropped as malformed or unknown (counted, never raised).
+        self.bus_refused = 0
+        self.chat.on_relayed = self._share_chat
 
     # -- joining and leaving ------------------------------------------------------------------
 
@@ -323,6 +344,7 @@ class RoomService:
         if self.draining:
             raise RoomError("server_draining", "the server is shutting down; join again shortly")
         room = self.rooms.get(claims.room)
+        opened = room is None
         if room is None:
             if len(self.rooms) >= self.limits.max_rooms:
                 raise RoomError("server_busy", "too many rooms")
@@ -331,6 +353,8 @@ class RoomService:
         previous = room.by_identity(claims.identity)
         self._check_entry(room, policy, claims, kind, previous is not None, now, password)
         self.rooms[claims.room] = room
+        if opened:
+            self._share(room, {"type": "shard_opened"})  # the other shards answer with theirs
         if (
             previous is not None
             and previous.state is ParticipantState.JOINED
@@ -443,7 +467,8 @@ class RoomService:
             "participant": participant.describe(),
             "grants": grant_names(participant.grants),
             "participants": [
-                p.describe() for p in room.participants.values() if p is not participant
+                *(p.describe() for p in room.participants.values() if p is not participant),
+                *(self._describe_remote(room, pid) for pid in room.remote),
             ],
             "e2ee_required": policy.e2ee_required,
             "policy": policy.public(),
@@ -463,6 +488,11 @@ class RoomService:
         room.broadcast(
             {"type": "participant_joined", "participant": participant.describe()},
             exclude=participant,
+        )
+        self._share(room, {"type": "participant_joined", "participant": _untracked(participant)})
+        self._share(
+            room,
+            {"type": "seat_taken", "identity": participant.identity, "participant": participant.id},
         )
         if participant.moderator and room.waiting:
             participant.send(self.waiting_list(room))
@@ -549,10 +579,12 @@ class RoomService:
         room.speakers.remove(participant.id)
         if was_joined:
             room.broadcast({"type": "participant_left", "participant": participant.id})
+            self._share(room, {"type": "participant_left", "participant": participant.id})
         if was_waiting:
             self.notify_waiting(room)
         if room.empty and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self._close_shard(room)
 
     def end(self, participant: Participant, code: int, reason: str, *, now: float) -> None:
         """The server ends ``participant`` (replaced, refused, media failed)."""
@@ -825,12 +857,24 @@ class RoomService:
         )
         publication.keyframe_requester = peer.request_keyframe
         room = participant.room
-        publication.on_layers = lambda pub: room.broadcast(
-            {"type": "track_updated", "track": pub.describe()}
-        )
+
+        def layers_changed(pub: Publication) -> None:
+            event = {"type": "track_updated", "track": pub.describe()}
+            room.broadcast(event)
+            self._share(room, event)
+
+        publication.on_layers = layers_changed
         peer.add_publication(publication, _declared_streams(media))
         room.publications[publication.id] = publication
         room.broadcast({"type": "track_published", "track": publication.describe()})
+        self._share(
+            room,
+            {
+                "type": "track_published",
+                "track": publication.describe(),
+                "relay": relay_description(publication),
+            },
+        )
 
     def _unpublish(self, participant: Participant, mid: str) -> None:
         peer = participant.peer
@@ -849,6 +893,7 @@ class RoomService:
         publication.on_layers = None
         room.forget_track(publication.id)
         room.broadcast({"type": "track_unpublished", "track": publication.id})
+        self._share(room, {"type": "track_unpublished", "track": publication.id})
 
     def _subscribe(
         self,
@@ -976,11 +1021,16 @@ class RoomService:
             )
         if publication.muted != muted:
             publication.muted = muted
-            room.broadcast({"type": "track_muted", "track": track_id, "muted": muted})
+            event = {"type": "track_muted", "track": track_id, "muted": muted}
+            room.broadcast(event)
+            self._share(room, event)
 
-    def set_force_muted(self, room: Room, publication: Publication, muted: bool) -> bool:
+    def set_force_muted(
+        self, room: Room, publication: Publication, muted: bool, *, shared: bool = False
+    ) -> bool:
         """A host stops (or resumes) forwarding of ``publication``; everyone, the publisher
-        included, is told. Lifting it leaves the track muted until the publisher unmutes."""
+        included, is told (on every shard of the room, unless this came from one:
+        ``shared``). Lifting it leaves the track muted until the publisher unmutes."""
         if publication.force_muted == muted:
             return False
         publication.force_muted = muted
@@ -990,14 +1040,15 @@ class RoomService:
             subscriber = room.participants.get(sub.subscriber_id)
             if subscriber is not None and subscriber.peer is not None:
                 self._wake(subscriber.peer)
-        room.broadcast(
-            {
-                "type": "track_muted",
-                "track": publication.id,
-                "muted": publication.muted,
-                "force_muted": muted,
-            }
-        )
+        event: Message = {
+            "type": "track_muted",
+            "track": publication.id,
+            "muted": publication.muted,
+            "force_muted": muted,
+        }
+        room.broadcast(event)
+        if not shared:
+            self._share(room, event)
         return True
 
     def policy_changed(self, room_name: str, old: RoomPolicy, new: RoomPolicy) -> int:
@@ -1137,3 +1188,191 @@ class RoomService:
     def participant_count(self) -> int:
         """Admitted participants over all rooms."""
         return sum(len(r.participants) for r in self.rooms.values())
+
+    # -- the room's other shards (sfu/room/shards.py) -------------------------------------------
+
+    def _share(self, room: Room, event: Message) -> None:
+        """Tell the room's other shards (nothing while rooms are not spread)."""
+        if self.bus is not None:
+            self.bus.publish(room.name, event)
+
+    def _share_chat(self, room: Room, label: str, envelope: str) -> None:
+        self._share(room, {"type": "chat", "label": label, "envelope": envelope})
+
+    def _describe_remote(self, room: Room, participant_id: str) -> Message:
+        """A participant of another shard as the room protocol shows it, with its tracks."""
+        tracks = [
+            p.describe() for p in room.publications.values() if p.participant_id == participant_id
+        ]
+        return {**room.remote[participant_id], "tracks": tracks}
+
+    def _share_state(self, room: Room) -> None:
+        """Everything of this shard another one must know (it just opened)."""
+        for participant in room.participants.values():
+            self._share(
+                room, {"type": "participant_joined", "participant": _untracked(participant)}
+            )
+            if participant.peer is None:
+                continue
+            for publication in participant.peer.publications.values():
+                self._share(
+                    room,
+                    {
+                        "type": "track_published",
+                        "track": publication.describe(),
+                        "relay": relay_description(publication),
+                    },
+                )
+
+    def _close_shard(self, room: Room) -> None:
+        """The last local participant left: stop relaying the other shards' tracks here."""
+        for publication in list(room.publications.values()):
+            if publication.participant_id in room.remote and self.remote_tracks is not None:
+                self.remote_tracks.close(publication)
+        room.remote.clear()
+        room.remote_shard.clear()
+        room.remote_admins.clear()
+
+    def _remote_unpublished(self, room: Room, publication: Publication) -> None:
+        """A track of another shard ended: its local subscriptions end too."""
+        for sub, _transport in publication.fanout:
+            other = room.participants.get(sub.subscriber_id)
+            if other is not None and other.peer is not None:
+                other.peer.remove_subscription(sub.mid)
+                self._wake(other.peer)
+        publication.fanout = ()
+        if self.remote_tracks is not None:
+            self.remote_tracks.close(publication)
+        room.forget_track(publication.id)
+        room.broadcast({"type": "track_unpublished", "track": publication.id})
+
+    def _remote_left(self, room: Room, pid: str) -> None:
+        """A participant of another shard left (or its shard is gone)."""
+        for track in [p for p in room.publications.values() if p.participant_id == pid]:
+            self._remote_unpublished(room, track)
+        del room.remote[pid]
+        room.remote_shard.pop(pid, None)
+        room.remote_admins.discard(pid)
+        room.speakers.remove(pid)
+        room.broadcast({"type": "participant_left", "participant": pid})
+
+    def shard_closed(self, origin: int, *, now: float) -> None:
+        """Worker ``origin`` is gone (its process died): its participants leave every room
+        here (they reconnect, and come back as new joins)."""
+        for room in list(self.rooms.values()):
+            for pid in [p for p, shard in room.remote_shard.items() if shard == origin]:
+                self._remote_left(room, pid)
+
+    def on_shared(self, room_name: str, origin: int, event: object, *, now: float) -> None:
+        """An event of ``room_name``'s shard on worker ``origin`` (``sfu.room.shards``):
+        applied here and shown to this shard's participants; malformed ones are counted."""
+        room = self.rooms.get(room_name)
+        if room is None:
+            return  # no participant of that room here: nothing to show or relay
+        if not isinstance(event, dict) or event.get("type") not in SHARED_EVENTS:
+            self.bus_refused += 1
+            return
+        try:
+            self._apply_shared(room, origin, event, now)
+        except (KeyError, TypeError, ValueError):
+            self.bus_refused += 1
+
+    def _apply_shared(self, room: Room, origin: int, event: Message, now: float) -> None:
+        kind = event["type"]
+        if kind == "shard_opened":
+            self._share_state(room)
+        elif kind == "participant_joined":
+            described = event["participant"]
+            pid = described["id"]
+            if not isinstance(pid, str) or pid in room.participants or pid in room.remote:
+                return
+            room.remote_shard[pid] = origin
+            if described.get("admin") is True:
+                room.remote_admins.add(pid)
+            room.remote[pid] = {
+                "id": pid,
+                "identity": str(described["identity"]),
+                "name": described.get("name"),
+                "kind": str(described.get("kind", "websocket")),
+            }
+            room.broadcast(
+                {"type": "participant_joined", "participant": self._describe_remote(room, pid)}
+            )
+        elif kind == "participant_left":
+            pid = event["participant"]
+            if pid in room.remote:
+                self._remote_left(room, pid)
+        elif kind == "track_published":
+            standin = publication_from_relay(event["relay"], kernels=self.kernels)
+            if standin.id in room.publications or standin.participant_id not in room.remote:
+                return
+            if self.remote_tracks is None or not self.remote_tracks.open(
+                origin, standin, room.speakers.observe
+            ):
+                return
+            room.publications[standin.id] = standin
+            room.broadcast({"type": "track_published", "track": standin.describe()})
+        elif kind == "track_unpublished":
+            publication = room.publications.get(event["track"])
+            if publication is not None and publication.participant_id in room.remote:
+                self._remote_unpublished(room, publication)
+        elif kind == "track_muted":
+            publication = room.publications.get(event["track"])
+            if publication is None:
+                return
+            if "force_muted" in event:
+                self.set_force_muted(room, publication, bool(event["force_muted"]), shared=True)
+            elif publication.participant_id in room.remote:
+                publication.muted = bool(event["muted"])
+                room.broadcast(
+                    {"type": "track_muted", "track": publication.id, "muted": publication.muted}
+                )
+        elif kind == "track_updated":
+            track = event["track"]
+            publication = room.publications.get(track["id"])
+            if publication is not None and publication.participant_id in room.remote:
+                room.broadcast({"type": "track_updated", "track": publication.describe()})
+        elif kind == "chat":
+            label, envelope = event["label"], event["envelope"]
+            if isinstance(label, str) and isinstance(envelope, str):
+                self.chat.deliver_shared(room, label, envelope, now)
+        elif kind == "moderate":
+            self._moderated(room, event, now)
+        elif kind == "seat_taken":
+            identity, pid = event["identity"], event["participant"]
+            for local in [p for p in room.participants.values() if p.identity == identity]:
+                if local.id != pid:
+                    self.end(local, CLOSE_REPLACED, "joined from elsewhere", now=now)
+
+    def moderate_remote(self, room: Room, action: Message) -> None:
+        """A host's action on a participant of another shard (``sfu.room.moderation``
+        checked and audited it): carried out on the participant's shard."""
+        self._share(room, {"type": "moderate", **action})
+
+    def _moderated(self, room: Room, event: Message, now: float) -> None:
+        """Carry out a ``moderate`` event of another shard on this shard's participant (and
+        show its effect to this shard's participants)."""
+        action, pid = event["action"], event["target"]
+        if not isinstance(pid, str):
+            raise TypeError("target")
+        target = room.participants.get(pid)
+        if action == "remove":
+            ban_s = event.get("ban_s")
+            identity = target.identity if target is not None else None
+            if identity is None and pid in room.remote:
+                identity = str(room.remote[pid]["identity"])
+            if type(ban_s) is int and 0 < ban_s <= MAX_BAN_S and identity is not None:
+                self.bans.ban(room.name, identity, now + ban_s, now)
+            if target is not None:
+                self.end(target, CLOSE_REMOVED, "a host removed you from the meeting", now=now)
+        elif action == "request_mute":
+            if target is not None:
+                track, by = event["track"], event["by"]
+                target.send({"type": "mute_requested", "track": str(track), "by": str(by)})
+        elif action == "mute_chat":
+            muted = bool(event["muted"])
+            if target is not None:
+                target.chat_muted = muted
+            room.broadcast({"type": "chat_muted", "participant": pid, "muted": muted})
+        else:
+            raise ValueError("unknown moderation action")

@@ -5,6 +5,11 @@ Sans-I/O: the supervisor feeds each worker's measured CPU share and packet rate
 random candidates and the lighter of them (Mitzenmacher's "power of two choices") spread
 rooms nearly as well as always taking the lightest, without every placement made between
 two load samples piling onto the same worker.
+
+A room larger than one core is spread: :meth:`Placement.place_participant` sends a newcomer
+to another worker (a *shard* of the room) once the home worker holds
+``room_spread_subscribers`` of its participants or is saturated; the shards of a room are
+the workers with its signaling connections, plus its home.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ __all__ = [
     "MAX_PLACED_ROOMS",
     "PPS_PER_CORE",
     "ROOM_WEIGHT",
+    "SATURATED_LOAD",
     "Placement",
     "WorkerLoad",
 ]
@@ -36,6 +42,9 @@ IDLE_FORGET_S: Final = 120.0
 #: room without connections is forgotten, and if every room has connections a new room is
 #: still placed but not remembered (its next request is placed afresh).
 MAX_PLACED_ROOMS: Final = 100_000
+#: A home worker at or above this load (share of one core, see WorkerLoad.score) is
+#: saturated: newcomers of its rooms go to a shard on another worker whatever the room's size.
+SATURATED_LOAD: Final = 0.9
 
 
 @dataclass(slots=True)
@@ -58,6 +67,8 @@ class _Room:
     worker: int
     connections: int = 0
     idle_since: float = 0.0
+    #: Open signaling connections by worker (the home and the room's other shards).
+    shards: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,18 +134,57 @@ class Placement:
         del self._rooms[min(idle)[1]]
         return True
 
-    def connected(self, room: str) -> None:
-        """A signaling connection of ``room`` opened (the room stays placed while any is)."""
+    def connected(self, room: str, worker: int | None = None) -> None:
+        """A signaling connection of ``room`` opened (the room stays placed while any is),
+        to ``worker`` (its home when None)."""
         entry = self._rooms.get(room)
         if entry is not None:
             entry.connections += 1
+            index = entry.worker if worker is None else worker
+            entry.shards[index] = entry.shards.get(index, 0) + 1
 
-    def disconnected(self, room: str, *, now: float) -> None:
-        """A signaling connection of ``room`` closed."""
+    def disconnected(self, room: str, worker: int | None = None, *, now: float) -> None:
+        """A signaling connection of ``room`` (to ``worker``, its home when None) closed."""
         entry = self._rooms.get(room)
         if entry is not None:
             entry.connections = max(0, entry.connections - 1)
             entry.idle_since = now
+            index = entry.worker if worker is None else worker
+            left = entry.shards.get(index, 0) - 1
+            if left > 0:
+                entry.shards[index] = left
+            else:
+                entry.shards.pop(index, None)
+
+    def place_participant(self, room: str, *, spread: int, now: float) -> int | None:
+        """The worker for a newcomer of ``room``: its home, unless the home holds ``spread``
+        of the room's connections or is saturated; then a shard with room to spare (the
+        emptiest), else the lightest other ready worker. ``spread`` 0 never spreads (rooms
+        stay whole, as without this feature). None when no worker is ready."""
+        home = self.place(room, now=now)
+        entry = self._rooms.get(room)
+        if home is None or entry is None or spread <= 0:
+            return home
+        full = entry.shards.get(home, 0) >= spread
+        if not full and self.loads[home].score() < SATURATED_LOAD:
+            return home
+        others = [i for i, load in enumerate(self.loads) if load.ready and i != home]
+        shards = [i for i in others if i in entry.shards and entry.shards[i] < spread]
+        if shards:
+            return min(shards, key=lambda i: (entry.shards[i], self.loads[i].score()))
+        fresh = [i for i in others if i not in entry.shards]
+        if not fresh:
+            return home
+        chosen = min(fresh, key=lambda i: self.loads[i].score())
+        self.loads[chosen].recent_rooms += 1
+        return chosen
+
+    def shards_of(self, room: str) -> set[int]:
+        """The workers holding part of ``room``: its home and each with a connection of it."""
+        entry = self._rooms.get(room)
+        if entry is None:
+            return set()
+        return {entry.worker, *entry.shards}
 
     def forget_idle(self, *, now: float) -> int:
         """Forget rooms with no connection for :data:`IDLE_FORGET_S`; returns how many."""

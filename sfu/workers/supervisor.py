@@ -33,13 +33,20 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from sfu import clock
-from sfu.app import WORKER_LOAD_PATH
+from sfu.app import WORKER_LOAD_PATH, WORKER_PIPES_PATH
 from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, config_environment
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_limit
 from sfu.logging_setup import configure_logging
 from sfu.signaling.auth import signing_secret
 from sfu.signaling.room_ws import JOIN_TIMEOUT, MAX_FRAME_BYTES
+from sfu.workers.bus import (
+    BUS_MAX_MESSAGE_BYTES,
+    SHARD_CLOSED,
+    WORKER_BUS_PATH,
+    WORKER_KEY_HEADER,
+    worker_key,
+)
 from sfu.workers.metrics import MergedMetrics, relabel
 from sfu.workers.placement import Placement
 
@@ -173,6 +180,8 @@ class WorkerProcess:
         self.http_port = 0
         self.udp_port = 0
         self.tcp_port = 0
+        #: Its pipe socket's loopback port (rooms spread over workers), 0 before it reports.
+        self.pipe_port = 0
         self.ready = False
         self.restarts = 0
         self.started_at = 0.0
@@ -238,6 +247,11 @@ class Supervisor:
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        #: The latest announcement of the workers' pipe ports (kept so it is not collected).
+        self._pipes_task: asyncio.Future[None] | None = None
+        #: The room bus: each worker's WebSocket, and the task reading it.
+        self._bus: dict[int, aiohttp.ClientWebSocketResponse] = {}
+        self._bus_tasks: dict[int, asyncio.Future[None]] = {}
         http = config.http
         self.http_app = build_http_app(readiness=self.readiness, max_body_bytes=http.max_body_bytes)
         self.limiter = ConnectionLimiter(
@@ -321,6 +335,7 @@ class Supervisor:
             worker.http_port = int(report["http_port"])
             worker.udp_port = int(report["udp_port"])
             worker.tcp_port = int(report.get("tcp_port") or 0)
+            worker.pipe_port = int(report.get("pipe_port") or 0)
         except (TimeoutError, ValueError, KeyError, TypeError):
             log.error("worker %d did not start (no port report)", worker.index)
             with contextlib.suppress(ProcessLookupError):
@@ -336,7 +351,72 @@ class Supervisor:
             worker.udp_port,
             worker.tcp_port,
         )
+        self._pipes_task = asyncio.ensure_future(self._announce_pipes())
+        self._bus_tasks[worker.index] = asyncio.ensure_future(self._bus_link(worker))
         return True
+
+    async def _bus_link(self, worker: WorkerProcess) -> None:
+        """The room bus with ``worker`` (sfu/workers/bus.py): its events go to the other
+        shards of their room, in the order it sent them, until it goes away."""
+        if self._session is None:
+            return
+        try:
+            ws = await self._session.ws_connect(
+                worker.base_url + WORKER_BUS_PATH,
+                headers={WORKER_KEY_HEADER: worker_key(self.secret)},
+                max_msg_size=BUS_MAX_MESSAGE_BYTES,
+            )
+        except (aiohttp.ClientError, TimeoutError):
+            log.warning("worker %d: no room bus", worker.index)
+            return
+        self._bus[worker.index] = ws
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    message = json.loads(msg.data)
+                    room, event = message["room"], message["event"]
+                    if not isinstance(room, str):
+                        raise TypeError("room")
+                except (ValueError, KeyError, TypeError):
+                    continue
+                text = json.dumps({"room": room, "origin": worker.index, "event": event})
+                for index in sorted(self.placement.shards_of(room) - {worker.index}):
+                    peer = self._bus.get(index)
+                    if peer is not None and not peer.closed:
+                        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                            await peer.send_str(text)
+        finally:
+            if self._bus.get(worker.index) is ws:
+                del self._bus[worker.index]
+            await ws.close()
+            # Its participants are gone: the other workers' shards forget them.
+            gone = json.dumps({"room": "", "origin": worker.index, "event": SHARD_CLOSED})
+            for peer in list(self._bus.values()):
+                if not peer.closed:
+                    with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                        await peer.send_str(gone)
+
+    async def _announce_pipes(self) -> None:
+        """Tell every ready worker where the other ready workers' pipes are (after any
+        worker started: a restarted one has a new port, and knows no one yet)."""
+        if self._session is None:
+            return
+        ready = [w for w in self.workers if w.ready and w.pipe_port]
+        peers = {str(w.index): w.pipe_port for w in ready}
+        for worker in ready:
+            try:
+                async with self._session.post(
+                    worker.base_url + WORKER_PIPES_PATH,
+                    json={"peers": peers},
+                    headers={WORKER_KEY_HEADER: worker_key(self.secret)},
+                    timeout=aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S),
+                ) as resp:
+                    if resp.status != 200:
+                        log.warning("worker %d refused the pipe peers", worker.index)
+            except (aiohttp.ClientError, TimeoutError):
+                log.warning("worker %d did not take the pipe peers", worker.index)
 
     async def _keep(self, worker: WorkerProcess) -> None:
         """Run ``worker`` and restart it whenever it dies, until the supervisor stops."""
@@ -465,6 +545,19 @@ class Supervisor:
                 return worker
         return None
 
+    def _participant_worker(self, room: str) -> WorkerProcess | None:
+        """The worker for a newcomer of ``room``: its home, or another shard once the home
+        holds ``server.room_spread_subscribers`` of it or is saturated (placement.py)."""
+        spread = self.config.server.room_spread_subscribers
+        for _ in range(2):
+            index = self.placement.place_participant(room, spread=spread, now=clock.now())
+            if index is None:
+                return None
+            worker = self.workers[index]
+            if not self._check_lost(worker):
+                return worker
+        return None
+
     def _any_ready(self) -> WorkerProcess | None:
         return next((w for w in self.workers if w.ready), None)
 
@@ -513,7 +606,7 @@ class Supervisor:
             await client.close(code=4001, message=b"the first message must be a join")
             return client
         room = room_of_join(first.data)
-        worker = self._room_worker(room)
+        worker = self._participant_worker(room)
         if worker is None or self._session is None:
             await client.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no worker ready")
             return client
@@ -533,12 +626,12 @@ class Supervisor:
             await client.send_json(_WORKER_LOST_NOTICE)
             await client.close(code=WSCloseCode.GOING_AWAY, message=b"worker unavailable")
             return client
-        self.placement.connected(room)
+        self.placement.connected(room, worker.index)
         try:
             await upstream.send_str(first.data)
             await self._relay(client, upstream, worker)
         finally:
-            self.placement.disconnected(room, now=clock.now())
+            self.placement.disconnected(room, worker.index, now=clock.now())
             if not upstream.closed:
                 await upstream.close()
         return client
@@ -691,9 +784,12 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        for task in self._tasks:
+        helpers = [*self._tasks, *self._bus_tasks.values()]
+        if self._pipes_task is not None:
+            helpers.append(self._pipes_task)
+        for task in helpers:
             task.cancel()
-        for task in self._tasks:
+        for task in helpers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._http.close()

@@ -33,7 +33,7 @@ from sfu.workers.cpus import (
     usable_cpus,
 )
 from sfu.workers.metrics import MergedMetrics, relabel
-from sfu.workers.placement import IDLE_FORGET_S, Placement
+from sfu.workers.placement import IDLE_FORGET_S, SATURATED_LOAD, Placement
 from sfu.workers.supervisor import room_of_join, room_of_path, worker_environment
 
 # -- configuration ---------------------------------------------------------------------
@@ -306,3 +306,44 @@ def test_a_worker_with_a_bad_environment_says_which_key(
     assert "SFU_SERVER_WORKERS" in capsys.readouterr().err
     # The worker subcommand is internal: not advertised in the help.
     assert "worker" not in build_parser().format_help()
+
+
+def test_a_room_spreads_to_shards_past_its_threshold() -> None:
+    placement = Placement(3, rng=random.Random(7))
+    for index in range(3):
+        placement.set_ready(index, True)
+    home = placement.place("big", now=0.0)
+    assert home is not None
+    placed = []
+    for _ in range(5):
+        worker = placement.place_participant("big", spread=2, now=0.0)
+        assert worker is not None
+        placement.connected("big", worker)
+        placed.append(worker)
+    # Two on the home worker, then two on a shard, then a third worker opens a shard.
+    assert placed[:2] == [home, home]
+    assert placed[2] == placed[3] != home
+    assert placed[4] not in (home, placed[2])
+    assert placement.shards_of("big") == {0, 1, 2}
+    # A shard that emptied is no longer one; the home stays.
+    placement.disconnected("big", placed[4], now=1.0)
+    assert placement.shards_of("big") == {home, placed[2]}
+    # Below its threshold a room stays home, unless the home is saturated.
+    assert placement.place_participant("small", spread=50, now=0.0) == placement.worker_of("small")
+    small_home = placement.worker_of("small")
+    assert small_home is not None
+    placement.observe(small_home, cpu=SATURATED_LOAD, pps=0.0)
+    assert placement.place_participant("small", spread=50, now=0.0) != small_home
+    # Spreading off (0, the default): a room stays whole whatever the load.
+    assert placement.place_participant("small", spread=0, now=0.0) == small_home
+
+
+@pytest.mark.parametrize("value", [-1, 1001])
+def test_bad_room_spread_values_name_the_key(value: int) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"server": {"room_spread_subscribers": value}})
+    assert err.value.errors[0][0] == "server.room_spread_subscribers"
+    assert (
+        parse_config({"server": {"room_spread_subscribers": 50}}).server.room_spread_subscribers
+        == 50
+    )

@@ -1,0 +1,534 @@
+"""Publications relayed over a pipe: the two ends of a room spread over forwarding places.
+
+**Publishing side** (``RelayTap``, ``PublicationRelay``): a flow the peer asked for becomes one
+more entry in the publication's fan-out, a tap whose ``forward`` puts the packet, as the
+publisher's worker decrypted it, on the pipe when the peer demands its spatial layer. Ingest
+(``sfu._fastpath.ingest``) calls it like any subscription, so the pipe sees exactly what
+subscribers see arrive, once per worker however many subscribers are there. The peer's
+feedback is answered here: PLI/FIR become the publication's (rate-limited) keyframe
+request, NACKs are answered from the source stream's retransmission cache.
+
+**Receiving side** (``RemotePublication``): the relayed publication is an ordinary
+``Publication`` fed through its own ``Router`` (binding, ingest, NACK generation, receive
+statistics) as if its publisher were local; its keyframe requests and NACKs go up the flow
+(``Reporter`` over a ``FlowFeedback`` sender), the publisher's Sender Reports come down and
+land where a local publisher's would. ``demand()`` folds the local subscriptions' current
+and target layers into what the flow asks for.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Final
+
+from sfu._fastpath.values import PacketInfo
+from sfu.core.binder import Binder
+from sfu.core.counters import PeerCounters
+from sfu.core.feedback import FeedbackHandler
+from sfu.core.publication import Publication, SourceStream
+from sfu.core.reporter import Reporter
+from sfu.core.router import Router
+from sfu.core.subscription import Subscription
+from sfu.core.twcc_recorder import TwccRecorder
+from sfu.packet.errors import ParseError
+from sfu.packet.pipe import CloseReason
+from sfu.packet.rtcp import parse_compound
+from sfu.packet.rtcp_feedback import Fir, Nack, Pli, seqs_from_nack_pairs
+from sfu.transport.pipe import (
+    DemandChanged,
+    Feedback,
+    FlowClosed,
+    FlowRequested,
+    Media,
+    PeerRestarted,
+    Pipe,
+    PipeEvent,
+    RatesReceived,
+    StreamsReceived,
+)
+
+__all__ = [
+    "DEMAND_BITRATE_STEP",
+    "DEMAND_POLL_S",
+    "RELAY_BUFFER_BYTES",
+    "FlowFeedback",
+    "PipeOut",
+    "PublicationRelay",
+    "RelayHub",
+    "RelayTap",
+    "RemotePublication",
+    "spatial_demand",
+]
+
+#: Demanded bitrates are rounded down to this step (bits/s): the sending side reads it
+#: as an order of magnitude, and each change costs a control datagram.
+DEMAND_BITRATE_STEP: Final = 50_000
+#: How often the receiving side polls its remote publications: NACKs due, and the demand
+#: its subscriptions' layers make (a new subscriber waits at most this for its layer).
+DEMAND_POLL_S: Final = 0.02
+#: A tap's buffer: the largest RTP packet plus the longest flow id (8 bytes).
+RELAY_BUFFER_BYTES: Final = 1500 + 8
+
+
+class PipeOut:
+    """The Sender of every tap toward one peer: datagrams come framed by the Pipe, this
+    only hands them to the adapter's socket."""
+
+    __slots__ = ("_send",)
+
+    has_srtp: Final = True
+    #: Marks a fan-out entry that is no transport (the data plane keeps such a publication
+    #: on the Python path, which calls the tap).
+    relay: Final = True
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self._send = send
+
+    def send_rtp(self, packet: bytes) -> bool:
+        """Send one framed datagram (a relayed RTP packet)."""
+        self._send(packet)
+        return True
+
+    def send_rtcp(self, packet: bytes) -> bool:
+        """Send one framed datagram (a relayed RTCP compound)."""
+        self._send(packet)
+        return True
+
+
+class RelayTap:
+    """A fan-out entry of a publication that relays its packets on one flow of one pipe."""
+
+    __slots__ = (
+        "announced",
+        "buf",
+        "flow",
+        "held",
+        "mid",
+        "out",
+        "peer",
+        "pipe",
+        "publication",
+        "subscriber_id",
+    )
+
+    def __init__(
+        self, publication: Publication, pipe: Pipe, flow: int, peer: int, out: PipeOut
+    ) -> None:
+        self.publication = publication
+        self.pipe = pipe
+        self.flow = flow
+        self.peer = peer
+        self.out = out
+        #: The SSRCs the peer was told the layers of (STREAMS).
+        self.announced: frozenset[int] = frozenset()
+        #: Not a participant: no room listing names it (the worker is a bounded number).
+        self.subscriber_id = f"pipe:{peer}"
+        self.mid = publication.mid
+        self.buf = bytearray(RELAY_BUFFER_BYTES)
+        self.held = False
+
+    def forward(
+        self,
+        stream: SourceStream,
+        packet: bytes,
+        ext_seq: int,
+        timestamp: int,
+        info: PacketInfo,
+        now: float,
+        abs_send_time: int,
+    ) -> int:
+        """Frame ``packet`` for the flow into :attr:`buf` when its layer is demanded."""
+        if self.held:
+            return 0
+        if stream.ssrc not in self.announced:
+            self.announce()
+        datagram = self.pipe.relay(self.flow, packet, stream.layer)
+        if datagram is None:
+            return 0
+        n = len(datagram)
+        if n > len(self.buf):
+            self.buf = bytearray(n)
+        self.buf[:n] = datagram
+        return n
+
+    def announce(self) -> None:
+        """Tell the peer which SSRC carries which layer (before the first packet of each)."""
+        streams = tuple((s.ssrc, s.layer) for s in self.publication.streams.values())
+        self.announced = frozenset(ssrc for ssrc, _ in streams)
+        datagram = self.pipe.announce_streams(self.flow, streams)
+        if datagram is not None:
+            self.out.send_rtcp(datagram)
+
+    def skip(self, stream: SourceStream, ext_seq: int) -> None:
+        """Padding is not relayed: the far side's gap is answered from the cache if asked."""
+
+    def set_held(self, held: bool) -> None:
+        """Stop (or resume) relaying."""
+        self.held = held
+
+
+class PublicationRelay:
+    """The publishing side of one worker's pipes: flows to taps, feedback to answers.
+
+    ``find`` names the local publication of a track id (None: not here); ``out`` gives the
+    Sender toward a peer.
+    """
+
+    def __init__(
+        self,
+        find: Callable[[str], Publication | None],
+        out: Callable[[int], PipeOut],
+    ) -> None:
+        self._find = find
+        self._out = out
+        #: (peer, flow) -> its tap.
+        self.taps: dict[tuple[int, int], RelayTap] = {}
+        #: NACKed packets resent, and those no longer in the cache.
+        self.retransmitted = 0
+        self.retransmit_misses = 0
+        self.keyframe_requests = 0
+
+    def on_event(self, peer: int, pipe: Pipe, event: PipeEvent, *, now: float) -> bool:
+        """Handle one event of the sending side; False when it is not one."""
+        if isinstance(event, FlowRequested):
+            self._open(peer, pipe, event, now)
+        elif isinstance(event, DemandChanged):
+            tap = self.taps.get((peer, event.flow))
+            if tap is not None:
+                self._request_keyframes(tap, event.spatial_mask, now)
+        elif isinstance(event, Feedback):
+            tap = self.taps.get((peer, event.flow))
+            if tap is not None:
+                self._feedback(tap, event.rtcp, now)
+        elif isinstance(event, FlowClosed) and not event.inbound:
+            self._drop(peer, event.flow)
+        elif isinstance(event, PeerRestarted):
+            self.drop_peer(peer)
+        else:
+            return False
+        return True
+
+    def drop_peer(self, peer: int) -> None:
+        """Every flow to ``peer`` ended (it restarted, or is gone): remove their taps."""
+        for key in [k for k in self.taps if k[0] == peer]:
+            self._drop(*key)
+
+    def publication_ended(self, publication: Publication, *, now: float) -> None:
+        """The publisher stopped: end every flow of ``publication`` (the peers hear it)."""
+        for key, tap in list(self.taps.items()):
+            if tap.publication is publication:
+                tap.pipe.close_flow(tap.flow, reason=CloseReason.ENDED, now=now)
+                self._drop(*key)
+
+    def _open(self, peer: int, pipe: Pipe, event: FlowRequested, now: float) -> None:
+        publication = self._find(event.track_id)
+        if publication is None:
+            pipe.close_flow(event.flow, reason=CloseReason.UNKNOWN_TRACK, now=now)
+            return
+        out = self._out(peer)
+        tap = RelayTap(publication, pipe, event.flow, peer, out)
+        self.taps[peer, event.flow] = tap
+        tap.announce()
+        publication.add_subscriber(tap, out)  # type: ignore[arg-type]
+        self._request_keyframes(tap, event.spatial_mask, now)
+
+    def _request_keyframes(self, tap: RelayTap, mask: int, now: float) -> None:
+        """A layer the peer starts to receive starts at a keyframe (rate-limited per stream,
+        as every subscriber's request is)."""
+        for stream in tap.publication.streams.values():
+            if (
+                (mask >> stream.layer) & 1
+                and stream.video
+                and tap.publication.request_keyframe(stream, now)
+            ):
+                self.keyframe_requests += 1
+
+    def _drop(self, peer: int, flow: int) -> None:
+        tap = self.taps.pop((peer, flow), None)
+        if tap is not None:
+            tap.publication.remove_subscriber(tap)
+
+    def _feedback(self, tap: RelayTap, rtcp: bytes, now: float) -> None:
+        try:
+            packets = parse_compound(rtcp)
+        except ParseError:
+            tap.pipe.counters.drops["malformed"] += 1
+            return
+        streams = {s.ssrc: s for s in tap.publication.streams.values()}
+        for packet in packets:
+            if isinstance(packet, Pli):
+                stream = streams.get(packet.media_ssrc)
+                if stream is not None and tap.publication.request_keyframe(stream, now):
+                    self.keyframe_requests += 1
+            elif isinstance(packet, Fir):
+                for entry in packet.entries:
+                    stream = streams.get(entry.ssrc)
+                    if stream is not None and tap.publication.request_keyframe(stream, now):
+                        self.keyframe_requests += 1
+            elif isinstance(packet, Nack):
+                stream = streams.get(packet.media_ssrc)
+                if stream is not None:
+                    self._retransmit(tap, stream, seqs_from_nack_pairs(packet.pairs), now)
+
+    def _retransmit(self, tap: RelayTap, stream: SourceStream, seqs: list[int], now: float) -> None:
+        """Resend what the cache still holds, as the original packets (the pipe does not
+        lose packets the way a client's path does, so RTX framing buys nothing here)."""
+        for seq in seqs:
+            packet = stream.cache.get(stream.unwrapper.peek(seq), now)
+            if packet is None:
+                self.retransmit_misses += 1
+                continue
+            datagram = tap.pipe.relay(tap.flow, bytes(packet), stream.layer)
+            if datagram is not None:
+                self._send_to(tap, datagram)
+                self.retransmitted += 1
+
+    def _send_to(self, tap: RelayTap, datagram: bytes) -> None:
+        tap.out.send_rtp(datagram)
+
+
+class FlowFeedback:
+    """The Sender of a remote publication's feedback: RTCP up its flow."""
+
+    __slots__ = ("_flow", "_pipe", "_send")
+
+    has_srtp: Final = True
+
+    def __init__(self, pipe: Pipe, flow: int, send: Callable[[bytes], object]) -> None:
+        self._pipe, self._flow, self._send = pipe, flow, send
+
+    def send_rtp(self, packet: bytes) -> bool:
+        """A receiving side never sends media upstream."""
+        return False
+
+    def send_rtcp(self, packet: bytes) -> bool:
+        """Send one RTCP compound (PLI, NACK, RR) up the flow."""
+        datagram = self._pipe.send_feedback(self._flow, packet)
+        if datagram is None:
+            return False
+        self._send(datagram)
+        return True
+
+
+def spatial_demand(publication: Publication) -> int:
+    """The spatial-layer mask the local subscriptions of a remote publication need.
+
+    Each subscription contributes the layer it forwards, the one the allocator asked for
+    (a switch needs both until it happens) and the layer above what it forwards, within its
+    own cap: the allocator here only upgrades to a layer it sees arrive (its rate and
+    liveness are measured on what comes in), so the next one up keeps arriving. An SVC or
+    single-layer publication is one stream: bit 0 whenever anyone wants it.
+    """
+    mask = 0
+    top = max(1, publication.num_layers) - 1
+    for subscription, _ in publication.fanout:
+        if not isinstance(subscription, Subscription) or subscription.paused:
+            continue
+        selector = subscription.selector
+        if selector is None or publication.svc or top == 0:
+            return 1
+        cap = top if subscription.max_spatial is None else min(top, subscription.max_spatial)
+        current = selector.current.spatial
+        wanted = [current, selector.requested.spatial, selector.target.spatial]
+        wanted.append(0 if current is None else current + 1)
+        for spatial in wanted:
+            if spatial is not None:
+                mask |= 1 << min(spatial, cap)
+    return mask
+
+
+class RemotePublication:
+    """The receiving side of one flow: a local Publication fed by the pipe.
+
+    ``extensions`` is the publisher's header-extension map (the relayed packets carry its
+    ids); ``declared`` its source streams' (ssrc, rtx ssrc) by layer.
+    """
+
+    def __init__(
+        self,
+        publication: Publication,
+        pipe: Pipe,
+        flow: int,
+        send: Callable[[bytes], object],
+        *,
+        rtcp_ssrc: int,
+        extensions: dict[int, str],
+        declared: list[tuple[int, int | None]],
+    ) -> None:
+        self.publication = publication
+        self.pipe = pipe
+        self.flow = flow
+        self.counters = PeerCounters()
+        self.binder = Binder()
+        self.sender = FlowFeedback(pipe, flow, send)
+        twcc = TwccRecorder(rtcp_ssrc)
+        self.router = Router(publication.participant_id, self.binder, twcc, self.counters)
+        self.reporter = Reporter(rtcp_ssrc, self.sender, twcc, self.counters)
+        self.feedback = FeedbackHandler(self.sender, self.binder, self.counters)
+        ids = {uri: i for i, uri in extensions.items()}
+        self.binder.set_extension_ids(
+            mid=ids.get("urn:ietf:params:rtp-hdrext:sdes:mid", 0),
+            rid=ids.get("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id", 0),
+            repaired_rid=ids.get("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id", 0),
+        )
+        self.router.level_id = ids.get("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 0)
+        self.binder.add_publication(publication, declared)
+        publication.keyframe_requester = self.request_keyframe
+
+    def on_streams(self, event: StreamsReceived) -> None:
+        """The publishing side named the SSRC of each layer: bind them."""
+        for ssrc, layer in event.streams:
+            if layer < max(1, self.publication.num_layers):
+                self.binder.declare(self.publication, layer, ssrc)
+
+    def on_media(self, event: Media, *, now: float) -> None:
+        """A relayed RTP packet or downstream RTCP (Sender Reports) of this flow."""
+        packet = event.data[event.offset :]
+        if event.rtcp:
+            self.feedback.on_rtcp(packet, now=now)
+        else:
+            self.router.on_rtp(packet, now=now)
+
+    def request_keyframe(self, stream: SourceStream, now: float) -> bool:
+        """A local subscriber needs a keyframe: a PLI up the flow (rate-limited per stream)."""
+        return self.reporter.request_keyframe(stream, now=now)
+
+    def next_timer(self) -> float | None:
+        """When :meth:`poll` next has NACKs to send."""
+        return self.reporter.next_feedback((self.publication,))
+
+    def poll(self, *, now: float) -> None:
+        """Send the NACKs due (and keyframe requests for hopeless gaps)."""
+        self.reporter.poll_feedback((self.publication,), (), now=now)
+
+    def update_demand(self, *, now: float) -> None:
+        """Tell the publishing side what the local subscriptions need now."""
+        mask = spatial_demand(self.publication)
+        bitrate = sum(
+            int(self.publication.layer_bps(layer, now))
+            for layer in range(max(1, self.publication.num_layers))
+            if (mask >> layer) & 1
+        )
+        # Rounded, so a meter's jitter does not make a new DEMAND every time.
+        bitrate -= bitrate % DEMAND_BITRATE_STEP
+        self.pipe.set_demand(self.flow, spatial_mask=mask, bitrate=bitrate, now=now)
+
+
+class RelayHub:
+    """One forwarding place's relays over its pipes (one per peer place): the publishing
+    side (``PublicationRelay``) and the remote publications it receives. Sans-I/O: the
+    owner hands it events and ``now``, and sends what the pipes queue (``flush``).
+
+    It is the ``RemoteTracks`` of :mod:`sfu.room.shards`: ``open`` asks the peer for a
+    publication, ``close`` ends that.
+    """
+
+    def __init__(
+        self,
+        pipes: dict[int, Pipe],
+        find: Callable[[str], Publication | None],
+        send: Callable[[int, bytes], None],
+        flush: Callable[[int], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.pipes = pipes
+        self._send = send
+        self._flush = flush
+        self._clock = clock
+        self._outs: dict[int, PipeOut] = {}
+        self.relay = PublicationRelay(find, self._out)
+        #: (peer, flow) -> the remote publication a flow we receive feeds.
+        self.remotes: dict[tuple[int, int], RemotePublication] = {}
+        self._by_publication: dict[int, tuple[int, RemotePublication]] = {}
+
+    def _out(self, peer: int) -> PipeOut:
+        out = self._outs.get(peer)
+        if out is None:
+            send = self._send
+
+            def to_peer(datagram: bytes) -> None:
+                send(peer, datagram)
+
+            out = self._outs[peer] = PipeOut(to_peer)
+        return out
+
+    def open(
+        self,
+        origin: int,
+        publication: Publication,
+        on_audio_level: Callable[[str, int, bool | None, float], None] | None = None,
+    ) -> bool:
+        """Ask ``origin`` for ``publication`` (nothing flows until local subscriptions
+        demand a layer); False when there is no pipe to it or its flows are exhausted."""
+        pipe = self.pipes.get(origin)
+        if pipe is None:
+            return False
+        flow = pipe.open_flow(publication.id, spatial_mask=0, bitrate=0, now=self._clock())
+        if flow is None:
+            return False
+        remote = RemotePublication(
+            publication,
+            pipe,
+            flow,
+            self._out(origin).send_rtcp,
+            rtcp_ssrc=secrets.randbits(32) or 1,
+            extensions=publication.extensions,
+            declared=[],
+        )
+        remote.router.on_audio_level = on_audio_level
+        self.remotes[origin, flow] = remote
+        self._by_publication[id(publication)] = (origin, remote)
+        self._flush(origin)
+        return True
+
+    def close(self, publication: Publication) -> None:
+        """Stop receiving ``publication`` (the peer hears it)."""
+        entry = self._by_publication.pop(id(publication), None)
+        if entry is None:
+            return
+        origin, remote = entry
+        self.remotes.pop((origin, remote.flow), None)
+        publication.keyframe_requester = None
+        remote.pipe.close_flow(remote.flow, reason=CloseReason.UNSUBSCRIBED, now=self._clock())
+        self._flush(origin)
+
+    def drop_peer(self, peer: int) -> None:
+        """The pipe to ``peer`` is replaced or gone: what it relayed either way ends."""
+        self.relay.drop_peer(peer)
+        for key in [k for k in self.remotes if k[0] == peer]:
+            remote = self.remotes.pop(key)
+            self._by_publication.pop(id(remote.publication), None)
+
+    def on_event(self, peer: int, event: PipeEvent, *, now: float) -> None:
+        """One event of the pipe to ``peer``."""
+        pipe = self.pipes.get(peer)
+        if pipe is None:
+            return
+        if isinstance(event, Media):
+            remote = self.remotes.get((peer, event.flow))
+            if remote is not None:
+                remote.on_media(event, now=now)
+        elif isinstance(event, StreamsReceived):
+            remote = self.remotes.get((peer, event.flow))
+            if remote is not None:
+                remote.on_streams(event)
+        elif isinstance(event, FlowClosed) and event.inbound:
+            remote = self.remotes.pop((peer, event.flow), None)
+            if remote is not None:
+                self._by_publication.pop(id(remote.publication), None)
+        elif not isinstance(event, RatesReceived):
+            self.relay.on_event(peer, pipe, event, now=now)
+
+    def next_timer(self) -> float | None:
+        """When :meth:`poll` is next due (None: no remote publication)."""
+        return self._clock() + DEMAND_POLL_S if self.remotes else None
+
+    def poll(self, *, now: float) -> None:
+        """The remote publications' due NACKs and their subscriptions' current demand."""
+        for (peer, _), remote in list(self.remotes.items()):
+            due = remote.next_timer()
+            if due is not None and due <= now:
+                remote.poll(now=now)
+            remote.update_demand(now=now)
+            self._flush(peer)

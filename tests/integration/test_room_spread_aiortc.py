@@ -1,0 +1,148 @@
+"""One room spread over two forwarding workers, with aiortc clients over the room protocol.
+
+``server.room_spread_subscribers = 1``: the publisher is alone on the room's home worker,
+so the subscribers are placed on the other one; the publication is relayed once over the
+pipe between the workers and every subscriber decodes it. aiortc's encoder sends a
+keyframe only when asked, so a decoded picture on the far worker proves the keyframe
+request went up the pipe (counted in ``sfu_pipe_keyframe_requests``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
+from clients import LOOPBACK_CONFIG, TIMEOUT, frames, running_supervisor
+from prometheus_client.parser import text_string_to_metric_families
+
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
+
+pytestmark = pytest.mark.integration
+
+ROOM = "spread-room"
+SUBSCRIBERS = 2
+CONFIG = dataclasses.replace(
+    LOOPBACK_CONFIG,
+    server=dataclasses.replace(LOOPBACK_CONFIG.server, room_spread_subscribers=1),
+)
+
+
+class RoomClient:
+    """One participant: its room WebSocket and its peer connection."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.events: list[dict[str, Any]] = []
+        self.joined: dict[str, Any] = {}
+
+    async def recv(self, predicate: Any) -> dict[str, Any]:
+        """The first message (queued or new) ``predicate`` accepts; the others are kept."""
+        for message in self.events:
+            if predicate(message):
+                self.events.remove(message)
+                return message
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            msg = await self.ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+            assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
+            message = json.loads(msg.data)
+            if predicate(message):
+                return dict(message)
+            self.events.append(message)
+
+    async def offer(self, rid: str, **fields: Any) -> None:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.ws.send_str(
+            json.dumps({"type": "offer", "id": rid, "sdp": self.pc.localDescription.sdp, **fields})
+        )
+        answer = await self.recv(lambda m: m.get("re") == rid)
+        assert answer["type"] == "answer", answer
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+
+
+async def join(http: aiohttp.ClientSession, base: str, secret: str, who: str) -> RoomClient:
+    now = int(time.time())
+    claims = JoinClaims(
+        room=ROOM,
+        identity=who,
+        name=who,
+        grants=Grant.PUBLISH | Grant.SUBSCRIBE,
+        iat=now,
+        exp=now + 600,
+    )
+    client = RoomClient(await http.ws_connect(f"{base}/ws"))
+    await client.ws.send_str(
+        json.dumps(
+            {"type": "join", "protocol": 1, "room": ROOM, "token": issue_token(secret, claims)}
+        )
+    )
+    client.joined = await client.recv(lambda m: m["type"] == "joined")
+    return client
+
+
+async def metric(http: aiohttp.ClientSession, base: str, name: str) -> dict[str, float]:
+    """Samples of ``name`` by worker, from the supervisor's merged /metrics."""
+    async with http.get(base + "/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                out[sample.labels["worker"]] = out.get(sample.labels["worker"], 0) + sample.value
+    return out
+
+
+def test_subscribers_on_another_worker_decode_the_relayed_publication() -> None:
+    async def scenario() -> None:
+        async with (
+            running_supervisor(CONFIG, workers=2) as (supervisor, base),
+            aiohttp.ClientSession() as http,
+        ):
+            secret = supervisor.token_secret
+            publisher = await join(http, base, secret, "publisher")
+            publisher.pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+            await publisher.offer("pub", tracks={"0": {"name": "camera"}})
+            track = await publisher.recv(lambda m: m["type"] == "track_published")
+            home = supervisor.placement.worker_of(ROOM)
+            viewers = []
+            received: list[MediaStreamTrack] = []
+            for i in range(SUBSCRIBERS):
+                viewer = await join(http, base, secret, f"viewer-{i}")
+                # The viewer is on the other worker, and sees the publisher and its track:
+                # in its joined message, or (the first one, whose join opened the shard)
+                # right after it.
+                track_id = track["track"]["id"]
+                if track_id not in json.dumps(viewer.joined["participants"]):
+                    seen = await viewer.recv(lambda m: m["type"] == "track_published")
+                    assert seen["track"]["id"] == track_id
+                viewer.pc.addTransceiver("video", direction="recvonly")
+                viewer.pc.on("track", received.append)
+                await viewer.offer(f"sub{i}", subscriptions={"0": track["track"]["id"]})
+                viewers.append(viewer)
+            assert supervisor.placement.shards_of(ROOM) == {0, 1}
+            # Every viewer decodes: a keyframe came through the pipe on request.
+            deadline = time.monotonic() + TIMEOUT
+            while len(received) < SUBSCRIBERS:
+                assert time.monotonic() < deadline, "no track reached the viewers"
+                await asyncio.sleep(0.05)
+            for remote in received:
+                await asyncio.wait_for(frames(remote, 5), TIMEOUT)
+            requests = await metric(http, base, "sfu_pipe_keyframe_requests_total")
+            assert requests.get(str(home), 0) >= 1, requests
+            flows = await metric(http, base, "sfu_pipe_flows")
+            # One relayed flow for the two viewers: each publication crosses once.
+            assert flows == {str(home): 1.0, str(1 - home): 1.0}, flows
+            for client in (publisher, *viewers):
+                await client.pc.close()
+                await client.ws.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 4 * TIMEOUT))

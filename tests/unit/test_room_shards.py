@@ -1,0 +1,356 @@
+"""One room spread over two shards (two room services, as two workers run them).
+
+The room bus is an in-memory queue (JSON round-tripped, as the supervisor relays it) and
+the two shards' relay hubs are joined by in-memory pipes: no sockets, time is a number.
+Alice is on shard 0, Bob (and later Carol) on shard 1.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from room_fixtures import (
+    OPUS_PT,
+    Harness,
+    harness,
+    opus_packet,
+    recvonly_offer,
+    simulcast_offer,
+    vp8_packet,
+)
+
+from sfu.core.publication import Publication
+from sfu.core.relay import RelayHub
+from sfu.packet.rtcp import parse_compound
+from sfu.packet.rtcp_feedback import Pli
+from sfu.packet.rtp import RtpPacket
+from sfu.room.identity import Grant
+from sfu.room.moderation import Moderation
+from sfu.room.room import Participant, ParticipantState
+from sfu.room.service import RoomError
+from sfu.transport.pipe import Pipe
+
+ROOM = "standup"
+SSRC_Q, SSRC_H, SSRC_F = 1111, 2222, 3333
+AUDIO_SSRC = 4444
+
+
+class Bus:
+    """The room bus: what one shard publishes reaches the other (in order, on pump)."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[int, str, str]] = []
+        self.shards: dict[int, Harness] = {}
+
+    def publisher(self, index: int) -> Any:
+        bus = self
+
+        class Publisher:
+            def publish(self, room: str, event: dict[str, Any]) -> None:
+                bus.queue.append((index, room, json.dumps(event)))
+
+        return Publisher()
+
+
+class Spread:
+    """Two shards of one room: harnesses, bus and relay hubs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1.0
+        self.shards = [harness(monkeypatch), harness(monkeypatch)]
+        self.bus = Bus()
+        self.wire: list[tuple[int, int, bytes]] = []  # (from, to, datagram)
+        self.hubs: list[RelayHub] = []
+        for index, shard in enumerate(self.shards):
+            peer = 1 - index
+            pipes = {peer: Pipe(role=index, now=self.now)}
+            service = shard.service
+            hub = RelayHub(
+                pipes,
+                self._finder(index),
+                lambda to, datagram, me=index: self.wire.append((me, to, datagram)),
+                lambda to, me=index: self._flush(me, to),
+                lambda: self.now,
+            )
+            service.bus = self.bus.publisher(index)
+            service.remote_tracks = hub
+            self.hubs.append(hub)
+        self.pump()
+
+    def _finder(self, index: int) -> Any:
+        def find(track_id: str) -> Publication | None:
+            for room in self.shards[index].service.rooms.values():
+                pub = room.publications.get(track_id)
+                if pub is not None and pub.participant_id in room.participants:
+                    return pub
+            return None
+
+        return find
+
+    def _flush(self, me: int, to: int) -> None:
+        for datagram in self.hubs[me].pipes[to].take_datagrams():
+            self.wire.append((me, to, datagram))
+
+    def pump(self) -> None:
+        """Deliver bus events and pipe datagrams until both are quiet."""
+        for _ in range(100):
+            if not self.bus.queue and not self.wire:
+                for me in range(len(self.hubs)):
+                    self._flush(me, 1 - me)
+                if not self.wire:
+                    return
+            while self.bus.queue:
+                origin, room, text = self.bus.queue.pop(0)
+                self.shards[1 - origin].service.on_shared(
+                    room, origin, json.loads(text), now=self.now
+                )
+            wire, self.wire = self.wire, []
+            for me, to, datagram in wire:
+                hub = self.hubs[to]
+                event = hub.pipes[me].receive(datagram, now=self.now)
+                if event is not None:
+                    hub.on_event(me, event, now=self.now)
+        raise AssertionError("the shards never went quiet")
+
+    def tick(self, seconds: float = 0.05) -> None:
+        self.now += seconds
+        for hub in self.hubs:
+            hub.poll(now=self.now)
+        self.pump()
+
+
+def test_participants_tracks_mutes_and_chat_are_seen_on_both_shards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    alice = zero.join(ROOM, "alice")
+    zero.service.offer(alice, simulcast_offer(), 0.0, names={"1": "camera"})
+    spread.pump()
+    bob = one.join(ROOM, "bob")  # shard 1 opens: shard 0 answers with its state
+    spread.pump()
+    assert [m["participant"]["id"] for m in one.messages("bob", "participant_joined")] == [alice.id]
+    tracks = {m["track"]["kind"]: m["track"] for m in one.messages("bob", "track_published")}
+    assert set(tracks) == {"audio", "video"}
+    assert tracks["video"]["layers"] == ["q", "h", "f"]
+    assert tracks["video"]["participant"] == alice.id
+    assert [m["participant"]["id"] for m in zero.messages("alice", "participant_joined")] == [
+        bob.id
+    ]
+    # A later participant of shard 1 finds Alice, with her tracks, in its joined message.
+    one.join(ROOM, "carol")
+    spread.pump()
+    joined = one.messages("carol", "joined")[0]
+    listed = {p["id"]: p for p in joined["participants"]}
+    assert set(listed) == {alice.id, bob.id}
+    assert {t["id"] for t in listed[alice.id]["tracks"]} == {t["id"] for t in tracks.values()}
+    assert len(zero.messages("alice", "participant_joined")) == 2
+
+    # Mutes, and a host's force mute from the other shard, reach everyone.
+    zero.service.set_muted(alice, tracks["audio"]["id"], True)
+    spread.pump()
+    assert one.messages("bob", "track_muted")[-1] == {
+        "type": "track_muted",
+        "track": tracks["audio"]["id"],
+        "muted": True,
+    }
+    standin = one.service.rooms[ROOM].publications[tracks["video"]["id"]]
+    assert one.service.set_force_muted(one.service.rooms[ROOM], standin, True)
+    spread.pump()
+    original = zero.service.rooms[ROOM].publications[tracks["video"]["id"]]
+    assert original.force_muted and zero.messages("alice", "track_muted")[-1]["force_muted"]
+
+    # Chat crosses shards.
+    assert zero.service.chat.relay(alice, "hello from shard 0", now=spread.now) == "ok"
+    spread.pump()
+    chats = one.messages("bob", "chat")
+    assert chats and chats[-1]["text"] == "hello from shard 0" and chats[-1]["from"] == alice.id
+
+    # Alice leaves: her tracks end and she leaves on shard 1 too.
+    zero.service.leave(alice, now=spread.now)
+    spread.pump()
+    assert {m["track"] for m in one.messages("bob", "track_unpublished")} == {
+        t["id"] for t in tracks.values()
+    }
+    assert one.messages("bob", "participant_left")[-1]["participant"] == alice.id
+    assert not one.service.rooms[ROOM].publications
+    assert not one.service.rooms[ROOM].remote
+
+
+def _subscribed(spread: Spread) -> tuple[Participant, Participant, dict[str, str]]:
+    zero, one = spread.shards
+    alice = zero.join(ROOM, "alice")
+    zero.service.offer(alice, simulcast_offer(), 0.0, names={"1": "camera"})
+    zero.capture("alice", alice)
+    bob = one.join(ROOM, "bob")
+    spread.pump()
+    tracks = {m["track"]["kind"]: m["track"]["id"] for m in one.messages("bob", "track_published")}
+    one.service.offer(
+        bob, recvonly_offer(), 0.0, subscriptions={"0": tracks["audio"], "1": tracks["video"]}
+    )
+    one.capture("bob", bob)
+    spread.tick()
+    return alice, bob, tracks
+
+
+def test_media_crosses_the_pipe_once_and_a_keyframe_request_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    alice, bob, tracks = _subscribed(spread)
+    assert alice.peer is not None and bob.peer is not None
+    # Bob's subscriptions asked for the lowest layer and the audio: the taps on shard 0
+    # joined the publications' fan-out (once each, however many subscribers shard 1 has).
+    video = zero.service.rooms[ROOM].publications[tracks["video"]]
+    assert [sub.subscriber_id for sub, _ in video.fanout] == ["pipe:1"]
+    assert spread.hubs[0].pipes[1].demand(1) == (0b001, 0)
+
+    t = alice.peer.transport
+    for seq in range(3):
+        for ssrc, rid in ((SSRC_Q, "q"), (SSRC_H, "h"), (SSRC_F, "f")):
+            packet = vp8_packet(ssrc, 100 + seq, 9000, keyframe=seq == 0, rid=rid)
+            alice.peer.on_rtp(t, packet, spread.now)
+        alice.peer.on_rtp(t, opus_packet(AUDIO_SSRC, seq, 960 * seq), spread.now)
+    spread.pump()
+    pipe = spread.hubs[0].pipes[1]
+    assert pipe.counters.filtered == 6  # layers h and f stayed on shard 0
+    received = [RtpPacket.parse(p) for p in one.sent_rtp["bob"]]
+    assert len([p for p in received if p.payload_type == OPUS_PT]) == 3
+    assert len([p for p in received if p.payload_type != OPUS_PT]) == 3
+
+    # Bob's player asks for a keyframe: a PLI goes up the pipe and reaches Alice.
+    zero.sent_rtcp["alice"].clear()
+    sub = next(s for s in bob.peer.subscriptions.values() if s.selector is not None)
+    spread.now += 1.0
+    assert sub.publication.request_keyframe(sub.publication.layers[0], spread.now)
+    spread.pump()
+    plis = [
+        p.media_ssrc
+        for raw in zero.sent_rtcp["alice"]
+        for p in parse_compound(raw)
+        if isinstance(p, Pli)
+    ]
+    assert plis == [SSRC_Q]
+
+
+def test_the_stand_in_ends_with_the_last_participant_of_the_shard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    alice, bob, tracks = _subscribed(spread)
+    assert spread.hubs[1].remotes and spread.hubs[0].relay.taps
+    one.service.leave(bob, now=spread.now)
+    spread.pump()
+    assert ROOM not in one.service.rooms
+    assert not spread.hubs[1].remotes
+    assert not spread.hubs[0].relay.taps  # the flows were closed: nothing is relayed
+    video = zero.service.rooms[ROOM].publications[tracks["video"]]
+    assert video.fanout == ()
+    assert alice.peer is not None
+
+
+def test_malformed_bus_events_are_counted_and_change_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spread = Spread(monkeypatch)
+    _, one = spread.shards
+    one.join(ROOM, "bob")
+    spread.pump()
+    service = one.service
+    for event in (
+        "not an object",
+        {"type": "no_such_event"},
+        {"type": "participant_joined"},
+        {"type": "participant_joined", "participant": {"id": 7, "identity": "x"}},
+        {"type": "track_published", "relay": {"kind": "video"}},
+        {"type": "track_muted", "track": ["x"]},
+    ):
+        service.on_shared(ROOM, 0, event, now=spread.now)
+    assert service.bus_refused == 5
+    assert not service.rooms[ROOM].remote and not service.rooms[ROOM].publications
+    # An event of a room with no participant here is not an error: there is nothing to do.
+    service.on_shared("elsewhere", 0, {"type": "shard_opened"}, now=spread.now)
+    assert service.bus_refused == 5
+
+
+def test_a_dead_shard_s_participants_leave_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    spread = Spread(monkeypatch)
+    _, one = spread.shards
+    alice, bob, tracks = _subscribed(spread)
+    assert spread.hubs[1].remotes
+    # Worker 0 died: the supervisor tells the others (SHARD_CLOSED).
+    one.service.shard_closed(0, now=spread.now)
+    assert one.messages("bob", "participant_left")[-1]["participant"] == alice.id
+    assert {m["track"] for m in one.messages("bob", "track_unpublished")} == set(tracks.values())
+    room = one.service.rooms[ROOM]
+    assert not room.remote and not room.publications and not spread.hubs[1].remotes
+    assert bob.peer is not None and not bob.peer.subscriptions
+
+
+def test_a_host_moderates_a_participant_of_the_other_shard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    host = zero.join(ROOM, "host", Grant.HOST | Grant.PUBLISH | Grant.SUBSCRIBE)
+    zero.join(ROOM, "boss", Grant.ADMIN | Grant.PUBLISH | Grant.SUBSCRIBE)
+    spread.pump()
+    bob = one.join(ROOM, "bob")
+    one.service.offer(bob, simulcast_offer(), 0.0, names={"1": "camera"})
+    spread.pump()
+    moderation = Moderation(zero.service)
+    video = next(
+        m["track"]["id"]
+        for m in zero.messages("host", "track_published")
+        if m["track"]["kind"] == "video"
+    )
+    # Force mute: the real publication on Bob's shard is held, and he is told.
+    moderation.force_mute(host, video, True)
+    spread.pump()
+    assert one.service.rooms[ROOM].publications[video].force_muted
+    assert one.messages("bob", "track_muted")[-1]["force_muted"] is True
+    # Asking Bob to mute reaches Bob.
+    moderation.request_mute(host, video)
+    spread.pump()
+    assert one.messages("bob", "mute_requested")[-1] == {
+        "type": "mute_requested",
+        "track": video,
+        "by": host.id,
+    }
+    # Muting his chat: his shard refuses his messages, and everyone is told.
+    moderation.mute_chat(host, bob.id, True)
+    spread.pump()
+    assert bob.chat_muted
+    assert zero.messages("boss", "chat_muted")[-1]["participant"] == bob.id
+    assert one.messages("bob", "chat_muted")[-1]["muted"] is True
+    # A host cannot remove an admin of another shard any more than a local one.
+    one_admin = one.join(ROOM, "root", Grant.ADMIN)
+    spread.pump()
+    with pytest.raises(RoomError) as refused:
+        moderation.remove(host, one_admin.id, None, now=spread.now)
+    assert refused.value.code == "forbidden"
+    # Removing Bob with a ban ends him on his shard; both shards keep the ban.
+    moderation.remove(host, bob.id, 60, now=spread.now)
+    spread.pump()
+    assert bob.state is ParticipantState.LEFT
+    assert zero.messages("host", "participant_left")[-1]["participant"] == bob.id
+    for shard in (zero, one):
+        assert shard.service.bans.banned(ROOM, "bob", spread.now)
+
+
+def test_one_identity_one_seat_across_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    closed: list[tuple[int, str]] = []
+    first = zero.join(ROOM, "dana")
+    first.on_close = lambda code, reason: closed.append((code, reason))
+    spread.pump()
+    second = one.join(ROOM, "dana")  # the same person, placed on the other shard
+    spread.pump()
+    assert first.state is ParticipantState.LEFT and closed == [(4009, "joined from elsewhere")]
+    assert second.state is ParticipantState.JOINED
+    assert ROOM not in zero.service.rooms or not zero.service.rooms[ROOM].participants
