@@ -104,6 +104,7 @@ class RelayTap:
         "buf",
         "flow",
         "held",
+        "mask",
         "mid",
         "out",
         "peer",
@@ -127,6 +128,9 @@ class RelayTap:
         self.mid = publication.mid
         self.buf = bytearray(RELAY_BUFFER_BYTES)
         self.held = False
+        #: The layers the peer demands (bit per layer): a keyframe is asked for a layer
+        #: only when it joins this mask, not on every refresh or bitrate change.
+        self.mask = 0
 
     def forward(
         self,
@@ -235,10 +239,13 @@ class PublicationRelay:
 
     def _request_keyframes(self, tap: RelayTap, mask: int, now: float) -> None:
         """A layer the peer starts to receive starts at a keyframe (rate-limited per stream,
-        as every subscriber's request is)."""
+        as every subscriber's request is); a demand that only refreshes or changes its
+        bitrate asks for nothing (the peer's PLI covers a lost keyframe)."""
+        added = mask & ~tap.mask
+        tap.mask = mask
         for stream in tap.publication.streams.values():
             if (
-                (mask >> stream.layer) & 1
+                (added >> stream.layer) & 1
                 and stream.video
                 and tap.publication.request_keyframe(stream, now)
             ):

@@ -244,3 +244,23 @@ def test_the_data_plane_leaves_a_relayed_publication_to_the_python_path(
     assert forwarder.fast_packets == fast + 1  # back in the forwarder
     assert len(sent) == 1
     assert [len(world.video_seqs(i)) for i in range(2)] == [2, 2]
+
+
+def test_a_demand_that_only_changes_its_bitrate_asks_for_no_keyframe() -> None:
+    world = World()
+    world.run()
+    assert world.keyframes == [SSRCS[0]]
+    # The far side's meter moves every refresh; the layers it wants stay the same. Past the
+    # per-stream rate limit each time, so only the demand itself could ask for keyframes.
+    for step in range(1, 6):
+        world.now += 1.0
+        world.pipe_b.set_demand(
+            world.flow, spatial_mask=0b001, bitrate=100_000 * step, now=world.now
+        )
+        world.run()
+    assert world.keyframes == [SSRCS[0]]
+    # A layer joining the demand still starts at a keyframe.
+    world.now += 1.0
+    world.pipe_b.set_demand(world.flow, spatial_mask=0b011, bitrate=900_000, now=world.now)
+    world.run()
+    assert world.keyframes == [SSRCS[0], SSRCS[1]]
