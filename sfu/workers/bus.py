@@ -73,6 +73,8 @@ class WorkerBus:
         self.dropped = 0
         #: Messages from the supervisor that were not JSON of the expected shape.
         self.malformed = 0
+        #: Well-formed events the room service failed to apply (logged; the bus goes on).
+        self.failed = 0
 
     def publish(self, room: str, event: dict[str, Any]) -> None:
         """Queue ``event`` of ``room`` for the other shards (never blocks)."""
@@ -124,7 +126,14 @@ class WorkerBus:
             return
         if rooms is None:
             return
-        if room == "" and event == SHARD_CLOSED:
-            rooms.shard_closed(origin, now=self._clock())
-        else:
-            rooms.on_shared(room, origin, event, now=self._clock())
+        try:
+            if room == "" and event == SHARD_CLOSED:
+                rooms.shard_closed(origin, now=self._clock())
+            else:
+                rooms.on_shared(room, origin, event, now=self._clock())
+        except Exception:
+            # One event the room could not apply must not end the bus: the supervisor
+            # would read the closed socket as this worker gone and the other shards would
+            # drop all its participants.
+            self.failed += 1
+            log.exception("room bus: an event could not be applied")
