@@ -446,10 +446,13 @@ class Subscription:
         now: float,
         abs_send_time: int,
         budget: RetransmissionBudget | None = None,
+        tags: list[int] | None = None,
     ) -> list[bytes]:
         """Rebuild the packets a subscriber NACKed (16-bit outgoing seqs) that are still cached
         and still useful, within the transport's ``budget`` (oldest first, as NACKed: a frame
-        is decodable only once its earliest packets are there)."""
+        is decodable only once its earliest packets are there). ``tags`` receives, per packet
+        returned, the transport-wide number it was stamped with (-1: none), which a pacer
+        restamps on release."""
         out: list[bytes] = []
         scratch = bytearray(1500)
         for seq in seqs:
@@ -515,8 +518,12 @@ class Subscription:
                 scratch, n, abs_send_time, -1 if history is None else history.next_seq
             )
             packet = self._wrap_rtx(scratch, n, offset, seq)
+            tag = -1
             if stamped and history is not None:
                 history.record(len(packet), now, -1)
+                tag = (history.packets - 1) & 0xFFFF
+            if tags is not None:
+                tags.append(tag)
             out.append(packet)
             self.retransmitted += 1
         return out

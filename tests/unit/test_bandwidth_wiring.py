@@ -12,9 +12,10 @@ from room_fixtures import CHROMIUM_IDS, vp8_packet
 from test_metrics_core import registry_for, value
 from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harness
 
+from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
 from sfu.core.estimator import INITIAL_BPS
-from sfu.core.pacing import PACING_FACTOR
+from sfu.core.pacing import PACING_FACTOR, PacedSender
 from sfu.core.peer import (
     ALLOCATION_INTERVAL,
     BUDGET_HEADROOM,
@@ -260,3 +261,43 @@ def test_a_paced_transport_releases_on_the_peers_timer(monkeypatch: pytest.Monke
     peer.pacer.push(bytes(10), PACED_VIDEO, -1, 3.0)
     peer.retire()
     assert peer.pacer.queued_packets == 0
+
+
+def test_a_nacks_paced_retransmissions_keep_their_own_transport_wide_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each resend of one NACK is queued under the number it was stamped with, so its
+    release restamps its own send time (not the last resend's, leaving the others'
+    queueing to read as link delay)."""
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and sub.selector is not None
+    sub.set_preferences(0, None, False)
+    sub.selector.set_target(0, None)
+    _publish(h, alice, 1.0, 30)
+    h.service.poll(2.0, 1.7e9)
+    assert peer.pacer is not None and peer.send_history is not None
+    sent = [
+        RtpPacket.parse(p) for p in h.sent_rtp["bob"] if RtpPacket.parse(p).ssrc == sub.out_ssrc
+    ]
+    lost = [p.sequence_number for p in sent[5:8]]
+    peer.rtx_budget.set_rate(10_000_000, 2.0)
+    queued: list[int] = []
+
+    class Recording(PacedSender):
+        """What the pacer would be handed (this harness's transports have no SRTP)."""
+
+        def send_rtp_tagged(self, packet: bytes, tag: int) -> bool:
+            queued.append(tag)
+            return True
+
+    # Resends through the pacer, as Peer._pace sets up once the data plane paces the
+    # transport (this harness has no data plane).
+    peer.feedback.sender = Recording(
+        peer.transport, peer.pacer, peer.send_history, PACED_RETRANSMISSION, lambda: None
+    )
+    newest = peer.send_history.packets
+    peer.on_rtcp(peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, lost).serialize(), 2.0)
+    assert peer.counters.retransmits == len(lost)
+    assert queued == [(newest + i) & 0xFFFF for i in range(len(lost))]
