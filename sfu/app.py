@@ -634,7 +634,10 @@ class Server:
                 )
             ),
         )
-        if self.pipes is not None and self.bus is not None:
+        # Rooms never spread (room_spread_subscribers 0, the default) need no bus: each room
+        # lives whole on one worker, so its events stay there.
+        spreading = self.config.server.room_spread_subscribers > 0
+        if self.pipes is not None and self.bus is not None and spreading:
             self.rooms.bus = self.bus
             self.rooms.remote_tracks = self.pipes.hub
         auth = self.config.auth
