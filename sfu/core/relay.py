@@ -500,6 +500,18 @@ class RelayHub:
         remote.pipe.close_flow(remote.flow, reason=CloseReason.UNSUBSCRIBED, now=self._clock())
         self._flush(origin)
 
+    def ended(self, publication: Publication) -> None:
+        """A local ``publication`` ended: its flows to every peer close now (the peers hear
+        it), rather than when a bus event that may be lost tells them to let go."""
+        peers = {
+            peer for (peer, _), tap in self.relay.taps.items() if tap.publication is publication
+        }
+        if not peers:
+            return
+        self.relay.publication_ended(publication, now=self._clock())
+        for peer in peers:
+            self._flush(peer)
+
     def drop_peer(self, peer: int) -> None:
         """The pipe to ``peer`` is replaced or gone: what it relayed either way ends."""
         self.relay.drop_peer(peer)

@@ -888,6 +888,8 @@ class RoomService:
             if other is not None and other.peer is not None:
                 other.peer.remove_subscription(sub.mid)
                 self._wake(other.peer)
+        if self.remote_tracks is not None:
+            self.remote_tracks.ended(publication)  # the flows relaying it to other shards
         publication.fanout = ()
         publication.keyframe_requester = None
         publication.on_layers = None

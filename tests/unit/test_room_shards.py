@@ -253,6 +253,21 @@ def test_the_stand_in_ends_with_the_last_participant_of_the_shard(
     assert alice.peer is not None
 
 
+def test_a_publisher_leaving_ends_its_flows_even_if_the_bus_loses_the_news(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spread = Spread(monkeypatch)
+    zero = spread.shards[0]
+    alice, _bob, _tracks = _subscribed(spread)
+    assert spread.hubs[0].relay.taps and spread.hubs[1].remotes
+    zero.service.leave(alice, now=spread.now)
+    spread.bus.queue.clear()  # the bus dropped alice's leave and unpublish events
+    spread.pump()
+    # The pipe told shard 1 by itself: no tap keeps the ended publication alive on shard 0.
+    assert not spread.hubs[0].relay.taps
+    assert not spread.hubs[1].remotes
+
+
 def test_malformed_bus_events_are_counted_and_change_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
