@@ -44,6 +44,8 @@ from sfu.room.shards import (
     SHARED_EVENTS,
     RemoteTracks,
     RoomBus,
+    policy_from_wire,
+    policy_to_wire,
     publication_from_relay,
     relay_description,
 )
@@ -1053,12 +1055,17 @@ class RoomService:
             self._share(room, event)
         return True
 
-    def policy_changed(self, room_name: str, old: RoomPolicy, new: RoomPolicy) -> int:
+    def policy_changed(
+        self, room_name: str, old: RoomPolicy, new: RoomPolicy, *, shared: bool = False
+    ) -> int:
         """Apply a policy change to a running meeting: everyone admitted hears of it, and
-        switching the waiting room off admits whoever waits. Returns how many were admitted."""
+        switching the waiting room off admits whoever waits; the room's other shards get the
+        new policy (unless it came from one, ``shared``). Returns how many were admitted."""
         room = self.rooms.get(room_name)
         if room is None:
             return 0
+        if not shared:
+            self._share(room, {"type": "policy_set", "policy": policy_to_wire(new)})
         if old.public() != new.public():
             room.broadcast(
                 {"type": "policy", "policy": new.public(), "e2ee_required": new.e2ee_required}
@@ -1210,6 +1217,9 @@ class RoomService:
 
     def _share_state(self, room: Room) -> None:
         """Everything of this shard another one must know (it just opened)."""
+        if self.policies.has_own(room.name):
+            policy = policy_to_wire(self.policies.get(room.name))
+            self._share(room, {"type": "policy_set", "policy": policy})
         for participant in room.participants.values():
             self._share(
                 room, {"type": "participant_joined", "participant": _untracked(participant)}
@@ -1340,6 +1350,11 @@ class RoomService:
                 self.chat.deliver_shared(room, label, envelope, now)
         elif kind == "moderate":
             self._moderated(room, event, now)
+        elif kind == "policy_set":
+            policy = policy_from_wire(event["policy"])
+            previous = self.policies.get(room.name)
+            self.policies.restore(room.name, policy)
+            self.policy_changed(room.name, previous, policy, shared=True)
         elif kind == "seat_taken":
             identity, pid = event["identity"], event["participant"]
             for local in [p for p in room.participants.values() if p.identity == identity]:

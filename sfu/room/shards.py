@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sfu.core.publication import SOURCES, Publication
 from sfu.negotiation import NegotiatedCodec
+from sfu.room.policy import PasswordHash, RoomPolicy
 
 if TYPE_CHECKING:
     from sfu.core.kernels import Kernels
@@ -58,11 +59,57 @@ SHARED_EVENTS: Final = frozenset(
         "chat",
         "moderate",
         "seat_taken",
+        "policy_set",
     }
 )
 #: Formats one relayed publication may list (a publisher offers a handful per codec).
 MAX_RELAY_CODECS: Final = 16
 _MAX_TEXT: Final = 256
+
+
+def policy_to_wire(policy: RoomPolicy) -> dict[str, Any]:
+    """A room policy as JSON values for the other shards, password hash included (the bus
+    runs between the deployment's own workers; the password itself is never kept)."""
+    password = policy.password
+    return {
+        "waiting_room": policy.waiting_room,
+        "locked": policy.locked,
+        "max_participants": policy.max_participants,
+        "e2ee_required": policy.e2ee_required,
+        "password": None
+        if password is None
+        else {
+            "salt": password.salt.hex(),
+            "digest": password.digest.hex(),
+            "n": password.n,
+            "r": password.r,
+            "p": password.p,
+        },
+    }
+
+
+def policy_from_wire(data: Any) -> RoomPolicy:
+    """The inverse of :func:`policy_to_wire`; KeyError/TypeError/ValueError when malformed."""
+    flags = ("waiting_room", "locked", "e2ee_required")
+    if not isinstance(data, dict) or any(type(data[k]) is not bool for k in flags):
+        raise TypeError("a policy has boolean flags")
+    limit = data["max_participants"]
+    if type(limit) is not int or limit < 1:
+        raise ValueError("max_participants")
+    raw = data["password"]
+    password = None
+    if raw is not None:
+        cost = (raw["n"], raw["r"], raw["p"])
+        if not all(type(v) is int and v > 0 for v in cost):
+            raise ValueError("password cost")
+        password = PasswordHash(bytes.fromhex(raw["salt"]), bytes.fromhex(raw["digest"]), *cost)
+    return RoomPolicy(
+        waiting_room=data["waiting_room"],
+        locked=data["locked"],
+        max_participants=limit,
+        e2ee_required=data["e2ee_required"],
+        password=password,
+    )
 
 
 class RoomBus(Protocol):

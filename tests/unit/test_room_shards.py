@@ -28,6 +28,7 @@ from sfu.packet.rtcp_feedback import Pli
 from sfu.packet.rtp import RtpPacket
 from sfu.room.identity import Grant
 from sfu.room.moderation import Moderation
+from sfu.room.policy import hash_password, verify_password
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError
 from sfu.transport.pipe import Pipe
@@ -268,6 +269,40 @@ def test_a_publisher_leaving_ends_its_flows_even_if_the_bus_loses_the_news(
     assert not spread.hubs[1].remotes
 
 
+def test_a_policy_set_on_one_shard_holds_on_the_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    zero.join(ROOM, "alice")
+    one.join(ROOM, "bob")
+    spread.pump()
+    password = hash_password("hunter2")
+    old, new = one.service.policies.update(ROOM, {"locked": True, "password": password})
+    one.service.policy_changed(ROOM, old, new)
+    spread.pump()
+    mirrored = zero.service.policies.get(ROOM)
+    assert mirrored.locked and mirrored.password is not None
+    assert verify_password(mirrored.password, "hunter2")
+    # A newcomer placed on the other shard meets the lock there too.
+    with pytest.raises(RoomError) as refused:
+        zero.join(ROOM, "eve")
+    assert refused.value.code == "room_locked"
+    # Unlocking anywhere unlocks everywhere.
+    old, new = zero.service.policies.update(ROOM, {"locked": False})
+    zero.service.policy_changed(ROOM, old, new)
+    spread.pump()
+    assert not one.service.policies.get(ROOM).locked
+
+
+#: A well-formed open policy on the bus (the malformed cases change one field of it).
+_OPEN: dict[str, Any] = {
+    "waiting_room": False,
+    "locked": False,
+    "max_participants": 10,
+    "e2ee_required": False,
+    "password": None,
+}
+
+
 def test_malformed_bus_events_are_counted_and_change_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -283,13 +318,17 @@ def test_malformed_bus_events_are_counted_and_change_nothing(
         {"type": "participant_joined", "participant": {"id": 7, "identity": "x"}},
         {"type": "track_published", "relay": {"kind": "video"}},
         {"type": "track_muted", "track": ["x"]},
+        {"type": "policy_set", "policy": {"locked": "yes"}},
+        {"type": "policy_set", "policy": {**_OPEN, "max_participants": 0}},
+        {"type": "policy_set", "policy": {**_OPEN, "password": {"salt": "zz"}}},
     ):
         service.on_shared(ROOM, 0, event, now=spread.now)
-    assert service.bus_refused == 5
+    assert service.bus_refused == 8
     assert not service.rooms[ROOM].remote and not service.rooms[ROOM].publications
+    assert not service.policies.has_own(ROOM)
     # An event of a room with no participant here is not an error: there is nothing to do.
     service.on_shared("elsewhere", 0, {"type": "shard_opened"}, now=spread.now)
-    assert service.bus_refused == 5
+    assert service.bus_refused == 8
 
 
 def test_a_dead_shard_s_participants_leave_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
