@@ -751,6 +751,8 @@ class Server:
             await self._udp.close()
         if self.pipes is not None:
             self.pipes.close()
+        if self.bus is not None:
+            await self.bus.close()
         await self._http.close()
         if self._ops is not None:
             await self._ops.close()

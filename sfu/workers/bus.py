@@ -86,6 +86,13 @@ class WorkerBus:
         except asyncio.QueueFull:
             self.dropped += 1
 
+    async def close(self) -> None:
+        """Close the supervisor's socket (shutting down: the HTTP server waits for every
+        open handler, and this one lasts as long as the supervisor keeps it)."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /_worker/bus``: the supervisor's WebSocket (one at a time)."""
         shown = request.headers.get(WORKER_KEY_HEADER, "")
