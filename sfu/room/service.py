@@ -44,6 +44,7 @@ from sfu.room.shards import (
     SHARED_EVENTS,
     RemoteTracks,
     RoomBus,
+    RoomHomes,
     publication_from_relay,
     relay_description,
 )
@@ -311,6 +312,8 @@ class RoomService:
         #: The other shards of spread rooms (``sfu.room.shards``): the bus their events
         #: travel on and the pipes that feed their tracks here. None: rooms are not spread.
         self.bus: RoomBus | None = None
+        #: Told when a room opens and ends here (a cluster's home claims); None: nobody.
+        self.homes: RoomHomes | None = None
         self.remote_tracks: RemoteTracks | None = None
         #: Events from the bus dropped as malformed or unknown (counted, never raised).
         self.bus_refused = 0
@@ -354,6 +357,8 @@ class RoomService:
         self._check_entry(room, policy, claims, kind, previous is not None, now, password)
         self.rooms[claims.room] = room
         if opened:
+            if self.homes is not None:
+                self.homes.opened(room.name)
             self._share(room, {"type": "shard_opened"})  # the other shards answer with theirs
         if (
             previous is not None
@@ -585,6 +590,8 @@ class RoomService:
         if room.empty and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self._close_shard(room)
+            if self.homes is not None:
+                self.homes.closed(room.name)
 
     def end(self, participant: Participant, code: int, reason: str, *, now: float) -> None:
         """The server ends ``participant`` (replaced, refused, media failed)."""

@@ -39,6 +39,7 @@ __all__ = [
     "SHARED_EVENTS",
     "RemoteTracks",
     "RoomBus",
+    "RoomHomes",
     "codec_from_wire",
     "codec_to_wire",
     "publication_from_relay",
@@ -70,6 +71,19 @@ class RoomBus(Protocol):
 
     def publish(self, room: str, event: dict[str, Any]) -> None:
         """Send ``event`` to every other shard of ``room`` (fire and forget, in order)."""
+        ...
+
+
+class RoomHomes(Protocol):
+    """Told when a room opens here and when it ends here (a cluster claims the room's home
+    in its directory and subscribes to the room's events; releases both at the end)."""
+
+    def opened(self, room: str) -> None:
+        """``room`` has its first participant here (before its ``shard_opened`` is shared)."""
+        ...
+
+    def closed(self, room: str) -> None:
+        """``room``'s last participant here left."""
         ...
 
 

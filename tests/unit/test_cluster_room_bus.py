@@ -1,0 +1,270 @@
+"""A room spanning two nodes: two room services, each with its node's registry and
+:class:`~sfu.cluster.room_bus.ClusterRoomBus`, on two in-process directories sharing one
+:class:`~sfu.cluster.directory.LocalHub` (as two nodes share one Redis; the same over a real
+redis-server is tests/integration/test_cluster_rooms.py). Socket-free, time is a number.
+Alice is on node A, Bob on node B."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from room_fixtures import Harness, harness, simulcast_offer
+
+from sfu.cluster.directory import LEASE_TTL_S, LocalDirectory, LocalHub, NodeInfo
+from sfu.cluster.registry import NodeRegistry
+from sfu.cluster.room_bus import MAX_NODES, NODE_ORIGIN_BASE, ClusterRoomBus, NodeTracks
+from sfu.room.identity import Grant
+from sfu.room.moderation import Moderation
+from sfu.room.room import ParticipantState
+
+ROOM = "standup"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Node:
+    """One node: its room service, registry and room bus."""
+
+    def __init__(self, node_id: str, hub: LocalHub, clock: FakeClock, shard: Harness) -> None:
+        self.shard = shard
+        self.directory = LocalDirectory(clock, hub=hub)
+        self.registry = NodeRegistry(self.directory, NodeInfo(node_id, "eu"), clock=clock)
+        self.bus = ClusterRoomBus(self.registry, lambda: shard.service, clock=clock)
+        self.tracks = NodeTracks()
+        shard.service.bus = self.bus
+        shard.service.homes = self.bus
+        shard.service.remote_tracks = self.tracks
+
+
+class Cluster:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.clock = FakeClock()
+        self.hub = LocalHub()
+        self.a = Node("node-a", self.hub, self.clock, harness(monkeypatch))
+        self.b = Node("node-b", self.hub, self.clock, harness(monkeypatch))
+
+    async def start(self) -> None:
+        for node in (self.a, self.b):
+            await node.registry.start()
+            node.bus.start()
+
+    async def settle(self) -> None:
+        """Carry every queued operation out, on both nodes, until both are quiet."""
+        for _ in range(20):
+            await self.a.bus.idle()
+            await self.b.bus.idle()
+            if self.a.bus._queue.empty() and self.b.bus._queue.empty():
+                return
+        raise AssertionError("the nodes never went quiet")
+
+    async def stop(self) -> None:
+        for node in (self.a, self.b):
+            await node.bus.stop()
+            await node.registry.stop()
+
+
+def run(monkeypatch: pytest.MonkeyPatch, body: Callable[[Cluster], Awaitable[None]]) -> None:
+    cluster = Cluster(monkeypatch)
+
+    async def main() -> None:
+        await cluster.start()
+        try:
+            await body(cluster)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())
+
+
+def test_participants_and_tracks_are_seen_on_both_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        alice = a.join(ROOM, "alice")
+        a.service.offer(alice, simulcast_offer(), 0.0, names={"1": "camera"})
+        await c.settle()
+        bob = b.join(ROOM, "bob")  # B opens the room: A answers with its state
+        await c.settle()
+        assert [m["participant"]["id"] for m in b.messages("bob", "participant_joined")] == [
+            alice.id
+        ]
+        tracks = {m["track"]["kind"]: m["track"] for m in b.messages("bob", "track_published")}
+        assert set(tracks) == {"audio", "video"}
+        assert tracks["video"]["participant"] == alice.id
+        assert set(c.b.tracks.standins) == {t["id"] for t in tracks.values()}
+        assert set(c.b.tracks.standins.values()) == {NODE_ORIGIN_BASE}
+        assert [m["participant"]["id"] for m in a.messages("alice", "participant_joined")] == [
+            bob.id
+        ]
+        # A mute on A is seen on B.
+        a.service.set_muted(alice, tracks["audio"]["id"], True)
+        await c.settle()
+        assert b.messages("bob", "track_muted")[-1] == {
+            "type": "track_muted",
+            "track": tracks["audio"]["id"],
+            "muted": True,
+        }
+        # Alice leaves: B sees her and her tracks go.
+        a.service.leave(alice, now=0.0)
+        await c.settle()
+        assert b.messages("bob", "participant_left")[-1]["participant"] == alice.id
+        assert not c.b.tracks.standins
+        assert not b.service.rooms[ROOM].publications
+
+    run(monkeypatch, body)
+
+
+def test_the_home_is_claimed_by_the_first_node_and_released_only_by_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        alice = a.join(ROOM, "alice")
+        await c.settle()
+        assert await c.a.directory.home(ROOM) == "node-a"
+        assert c.a.registry.homes == {ROOM}
+        bob = b.join(ROOM, "bob")
+        await c.settle()
+        assert await c.b.directory.home(ROOM) == "node-a"  # B's claim found A's
+        assert c.b.registry.homes == set()
+        # The room ends on B: B's release is refused, A still serves it (livekit#4316).
+        b.service.leave(bob, now=0.0)
+        await c.settle()
+        assert await c.b.directory.release_home(ROOM, "node-b") is False
+        assert await c.a.directory.home(ROOM) == "node-a"
+        # The room ends on A: its home is gone; the next node to open it takes it.
+        a.service.leave(alice, now=0.0)
+        await c.settle()
+        assert await c.a.directory.home(ROOM) is None
+        b.join(ROOM, "bob")
+        await c.settle()
+        assert await c.a.directory.home(ROOM) == "node-b"
+
+    run(monkeypatch, body)
+
+
+def test_a_host_on_one_node_moderates_a_participant_on_the_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        host = a.join(ROOM, "host", Grant.HOST | Grant.PUBLISH | Grant.SUBSCRIBE)
+        await c.settle()
+        bob = b.join(ROOM, "bob")
+        b.service.offer(bob, simulcast_offer(), 0.0, names={"1": "camera"})
+        await c.settle()
+        moderation = Moderation(a.service)
+        video = next(
+            m["track"]["id"]
+            for m in a.messages("host", "track_published")
+            if m["track"]["kind"] == "video"
+        )
+        moderation.request_mute(host, video)
+        await c.settle()
+        assert b.messages("bob", "mute_requested")[-1]["track"] == video
+        moderation.mute_chat(host, bob.id, True)
+        await c.settle()
+        assert bob.chat_muted
+        moderation.remove(host, bob.id, 60, now=0.0)
+        await c.settle()
+        assert bob.state is ParticipantState.LEFT
+        assert a.messages("host", "participant_left")[-1]["participant"] == bob.id
+        assert b.service.bans.banned(ROOM, "bob", 0.0)
+
+    run(monkeypatch, body)
+
+
+def test_a_node_whose_lease_lapsed_leaves_the_rooms_of_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        alice = a.join(ROOM, "alice")
+        await c.settle()
+        b.join(ROOM, "bob")
+        await c.settle()
+        await c.b.bus.peers_changed(await c.b.directory.nodes())  # both alive
+        assert alice.id in b.service.rooms[ROOM].remote
+        # Node A is killed: its lease is not renewed and lapses.
+        c.clock.t += LEASE_TTL_S + 0.1
+        await c.b.directory.renew(c.b.registry.node)
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        assert alice.id not in b.service.rooms[ROOM].remote
+        assert b.messages("bob", "participant_left")[-1]["participant"] == alice.id
+
+    run(monkeypatch, body)
+
+
+def test_malformed_and_own_bus_messages_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(c: Cluster) -> None:
+        b = c.b.shard
+        b.join(ROOM, "bob")
+        await c.settle()
+        received = c.b.bus.received
+        dropped = c.b.bus.dropped
+        for message in (
+            {"origin": "node-x"},  # no event
+            {"origin": 5, "event": {"type": "shard_opened"}},  # origin not a node id
+            {"event": {"type": "shard_opened"}},
+            {"origin": "", "event": {"type": "shard_opened"}},
+        ):
+            await c.a.directory.publish(ROOM, message)
+        assert c.b.bus.dropped == dropped + 4
+        await c.a.directory.publish(ROOM, {"origin": "node-b", "event": {"type": "chat"}})
+        assert c.b.bus.received == received  # its own id: skipped
+        refused = b.service.bus_refused
+        await c.a.directory.publish(ROOM, {"origin": "node-x", "event": {"type": "nonsense"}})
+        assert b.service.bus_refused == refused + 1
+
+    run(monkeypatch, body)
+
+
+def test_the_origin_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(c: Cluster) -> None:
+        c.b.shard.join(ROOM, "bob")
+        await c.settle()
+        for i in range(MAX_NODES + 5):
+            c.b.bus._received(ROOM, {"origin": f"n{i}", "event": {"type": "nonsense"}})
+        assert len(c.b.bus.origins) == MAX_NODES
+
+    run(monkeypatch, body)
+
+
+def test_after_the_directory_came_back_absent_nodes_get_a_lease_s_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        alice = a.join(ROOM, "alice")
+        await c.settle()
+        b.join(ROOM, "bob")
+        await c.settle()
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        # The store restarted and forgot every lease; B registered again first.
+        c.hub.nodes.clear()
+        c.b.registry.reconnects += 1
+        await c.b.directory.register(c.b.registry.node)
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        assert alice.id in b.service.rooms[ROOM].remote  # A is not taken for dead yet
+        c.clock.t += LEASE_TTL_S / 2
+        await c.a.directory.register(c.a.registry.node)  # A renews within the grace
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        c.clock.t += LEASE_TTL_S
+        await c.a.directory.register(c.a.registry.node)
+        await c.b.directory.register(c.b.registry.node)
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        assert alice.id in b.service.rooms[ROOM].remote
+        # A node that never comes back is taken for dead once the grace is over.
+        c.clock.t += LEASE_TTL_S + 0.1
+        await c.b.directory.register(c.b.registry.node)
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        assert alice.id not in b.service.rooms[ROOM].remote
+
+    run(monkeypatch, body)
