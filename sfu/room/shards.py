@@ -5,7 +5,7 @@ participants (``sfu.workers.placement``). Each shard's :class:`~sfu.room.room.Ro
 own participants and, as *remote* entries, those of the other shards, with their tracks as
 local stand-in publications fed over the pipes (``sfu.core.relay``). The shards keep this
 consistent by publishing room events on a :class:`RoomBus` (the supervisor relays them
-between workers now; a cluster puts Redis behind the same two calls) and applying the
+between workers; between nodes Redis does, ``sfu.cluster.room_bus``) and applying the
 others' (``RoomService.on_shared``):
 
 - ``shard_opened``: a shard started; the others answer with their whole local state;
