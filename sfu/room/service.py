@@ -1214,8 +1214,15 @@ class RoomService:
         return {**room.remote[participant_id], "tracks": tracks}
 
     def _share_state(self, room: Room) -> None:
-        """Everything of this shard another one must know (it just opened)."""
+        """Everything of this shard another one must know (it just opened, or lost the bus),
+        ending with the roster: who and which tracks are here now, so a shard that missed
+        some leaves while the bus was away drops what is gone."""
+        roster: list[str] = []
+        tracks: list[str] = []
         for participant in room.participants.values():
+            roster.append(participant.id)
+            if participant.peer is not None:
+                tracks.extend(p.id for p in participant.peer.publications.values())
             self._share(
                 room, {"type": "participant_joined", "participant": _untracked(participant)}
             )
@@ -1230,6 +1237,7 @@ class RoomService:
                         "relay": relay_description(publication),
                     },
                 )
+        self._share(room, {"type": "shard_roster", "participants": roster, "tracks": tracks})
 
     def _close_shard(self, room: Room) -> None:
         """The last local participant left: stop relaying the other shards' tracks here."""
@@ -1288,6 +1296,8 @@ class RoomService:
         kind = event["type"]
         if kind == "shard_opened":
             self._share_state(room)
+        elif kind == "shard_roster":
+            self._apply_roster(room, origin, event)
         elif kind == "participant_joined":
             described = event["participant"]
             pid = described["id"]
@@ -1350,6 +1360,21 @@ class RoomService:
             for local in [p for p in room.participants.values() if p.identity == identity]:
                 if local.id != pid:
                     self.end(local, CLOSE_REPLACED, "joined from elsewhere", now=now)
+
+    def _apply_roster(self, room: Room, origin: int, event: Message) -> None:
+        """Shard ``origin``'s participants and tracks now: those of its shown here that it no
+        longer has left or ended while their events were lost."""
+        participants, tracks = event["participants"], event["tracks"]
+        if not isinstance(participants, list) or not isinstance(tracks, list):
+            raise TypeError("roster")
+        present, published = set(participants), set(tracks)
+        for pid in [p for p, shard in room.remote_shard.items() if shard == origin]:
+            if pid not in present:
+                self._remote_left(room, pid)
+        for publication in list(room.publications.values()):
+            pid = publication.participant_id
+            if room.remote_shard.get(pid) == origin and publication.id not in published:
+                self._remote_unpublished(room, publication)
 
     def moderate_remote(self, room: Room, action: Message) -> None:
         """A host's action on a participant of another shard (``sfu.room.moderation``

@@ -8,7 +8,10 @@ consistent by publishing room events on a :class:`RoomBus` (the supervisor relay
 between workers; between nodes Redis does, ``sfu.cluster.room_bus``) and applying the
 others' (``RoomService.on_shared``):
 
-- ``shard_opened``: a shard started; the others answer with their whole local state;
+- ``shard_opened``: a shard started (or lost the bus); the others answer with their whole
+  local state, ending with ``shard_roster``;
+- ``shard_roster``: the ids of the publishing shard's participants and tracks now; what
+  another shard shows of it beyond these is gone (its leave was lost while the bus was away);
 - ``participant_joined`` / ``participant_left``: a participant of the publishing shard;
 - ``track_published`` (with the ``relay`` description below) / ``track_unpublished``;
 - ``track_muted`` / ``track_updated``: as the room protocol broadcasts them;
@@ -50,6 +53,7 @@ __all__ = [
 SHARED_EVENTS: Final = frozenset(
     {
         "shard_opened",
+        "shard_roster",
         "participant_joined",
         "participant_left",
         "track_published",

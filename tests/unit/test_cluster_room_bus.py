@@ -268,3 +268,33 @@ def test_after_the_directory_came_back_absent_nodes_get_a_lease_s_grace(
         assert alice.id not in b.service.rooms[ROOM].remote
 
     run(monkeypatch, body)
+
+
+def test_a_resync_recovers_joins_and_leaves_lost_while_the_bus_was_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        alice = a.join(ROOM, "alice")
+        a.service.offer(alice, simulcast_offer(), 0.0, names={"1": "camera"})
+        await c.settle()
+        b.join(ROOM, "bob")
+        await c.settle()
+        assert alice.id in b.service.rooms[ROOM].remote
+        assert len(c.b.tracks.standins) == 2
+        # B's bus is away: Alice leaves and Carol joins on A, and B hears neither.
+        await c.b.directory.unsubscribe(ROOM)
+        a.service.leave(alice, now=0.0)
+        carol = a.join(ROOM, "carol")
+        await c.settle()
+        assert alice.id in b.service.rooms[ROOM].remote
+        assert carol.id not in b.service.rooms[ROOM].remote
+        # The bus is back: B asks again, A answers with its state and roster.
+        c.b.bus.resync()
+        await c.settle()
+        assert set(b.service.rooms[ROOM].remote) == {carol.id}
+        assert not c.b.tracks.standins and not b.service.rooms[ROOM].publications
+        assert b.messages("bob", "participant_left")[-1]["participant"] == alice.id
+        assert await c.a.directory.home(ROOM) == "node-a"
+
+    run(monkeypatch, body)
