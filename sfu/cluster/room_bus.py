@@ -249,3 +249,8 @@ class ClusterRoomBus:
             if origin is not None and rooms is not None:
                 log.info("cluster: a node's lease lapsed; its participants leave here")
                 rooms.shard_closed(origin, now=self._clock())
+        if gone:
+            # A dead node's homes are free: claim those of the rooms open here (the claim
+            # takes a room only when its home's lease lapsed).
+            for room in sorted(self.open_rooms - self.registry.homes):
+                self._put(("open", room, None))

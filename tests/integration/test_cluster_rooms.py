@@ -193,5 +193,8 @@ def test_a_killed_node_leaves_the_others_rooms(
         took = await until(lambda: remote(b) == set())
         assert took < 5.0
         assert b.shard.messages("bob", "participant_left")[-1]["participant"] == alice.id
+        # A's home of the room is free now: B, which still has the room, takes it.
+        await b.bus.idle()
+        assert await b.directory.home(ROOM) == "node-b"
 
     run_two(server, monkeypatch, body)

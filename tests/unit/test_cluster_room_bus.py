@@ -198,6 +198,11 @@ def test_a_node_whose_lease_lapsed_leaves_the_rooms_of_the_others(
         await c.b.bus.peers_changed(await c.b.directory.nodes())
         assert alice.id not in b.service.rooms[ROOM].remote
         assert b.messages("bob", "participant_left")[-1]["participant"] == alice.id
+        # The room's home was A's: B, which still has the room, takes it.
+        assert await c.b.directory.home(ROOM) == "node-a"
+        await c.settle()
+        assert await c.b.directory.home(ROOM) == "node-b"
+        assert c.b.registry.homes == {ROOM}
 
     run(monkeypatch, body)
 
