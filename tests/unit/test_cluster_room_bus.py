@@ -10,11 +10,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from room_fixtures import Harness, harness, simulcast_offer
 
 from sfu.cluster.directory import LEASE_TTL_S, LocalDirectory, LocalHub, NodeInfo
 from sfu.cluster.registry import NodeRegistry
 from sfu.cluster.room_bus import MAX_NODES, NODE_ORIGIN_BASE, ClusterRoomBus, NodeTracks
+from sfu.metrics.cluster import ClusterCollector
 from sfu.room.identity import Grant
 from sfu.room.moderation import Moderation
 from sfu.room.room import ParticipantState
@@ -301,5 +303,26 @@ def test_a_resync_recovers_joins_and_leaves_lost_while_the_bus_was_away(
         assert not c.b.tracks.standins and not b.service.rooms[ROOM].publications
         assert b.messages("bob", "participant_left")[-1]["participant"] == alice.id
         assert await c.a.directory.home(ROOM) == "node-a"
+
+    run(monkeypatch, body)
+
+
+def test_the_room_bus_metrics_count_without_naming_rooms_or_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(c: Cluster) -> None:
+        c.a.shard.join(ROOM, "alice")
+        await c.settle()
+        c.b.shard.join(ROOM, "bob")
+        await c.settle()
+        registry = CollectorRegistry()
+        registry.register(ClusterCollector(c.b.registry, room_bus=lambda: c.b.bus))
+        text = generate_latest(registry).decode()
+        assert registry.get_sample_value("sfu_cluster_rooms_spanned") == 1.0
+        sent = registry.get_sample_value("sfu_cluster_room_events_total", {"event": "published"})
+        received = registry.get_sample_value("sfu_cluster_room_events_total", {"event": "received"})
+        assert sent == c.b.bus.sent >= 2 and received == c.b.bus.received >= 2
+        assert registry.get_sample_value("sfu_cluster_room_home_failures_total") == 0.0
+        assert ROOM not in text and "node-" not in text and "alice" not in text
 
     run(monkeypatch, body)
