@@ -26,6 +26,7 @@ from sfu.clock import now as monotonic
 __all__ = [
     "BUS_BURST",
     "BUS_RATE_PER_S",
+    "CLUSTER_CHANNEL",
     "LEASE_TTL_S",
     "MAX_BUS_MESSAGE_BYTES",
     "RENEW_INTERVAL_S",
@@ -129,8 +130,17 @@ def decode_bus_message(data: bytes | str) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
+#: The bus channel every node of a cluster listens to, for events of rooms a node may not
+#: have open (a room's policy). It starts with a control character, which no room name may
+#: hold, so it never collides with a room's channel.
+CLUSTER_CHANNEL: Final = "\x00cluster"
+
+
 def check_room(room: str) -> None:
-    """BusError unless ``room`` is a usable room name (non-empty, bounded, printable)."""
+    """BusError unless ``room`` is a usable room name (non-empty, bounded, printable) or
+    :data:`CLUSTER_CHANNEL`."""
+    if room == CLUSTER_CHANNEL:
+        return
     if not room or len(room) > MAX_ROOM_NAME or not room.isprintable():
         raise BusError(f"a room name is 1 to {MAX_ROOM_NAME} printable characters")
 

@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sfu.clock import Clock
 from sfu.clock import now as monotonic
-from sfu.cluster.directory import LEASE_TTL_S, BusError, DirectoryUnavailable, NodeInfo
+from sfu.cluster.directory import (
+    CLUSTER_CHANNEL,
+    LEASE_TTL_S,
+    BusError,
+    DirectoryUnavailable,
+    NodeInfo,
+    check_room,
+)
 from sfu.cluster.registry import NodeRegistry
 
 if TYPE_CHECKING:
@@ -122,6 +129,7 @@ class ClusterRoomBus:
     def start(self) -> None:
         """Start carrying the queue out (on the running loop)."""
         if self._task is None:
+            self._put(("listen", CLUSTER_CHANNEL, None))
             self._task = asyncio.create_task(self._run(), name="cluster-room-bus")
 
     async def stop(self) -> None:
@@ -143,7 +151,9 @@ class ClusterRoomBus:
     # -- what the room service calls (synchronous: it only queues) -----------------------------
 
     def publish(self, room: str, event: dict[str, Any]) -> None:
-        self._put(("publish", room, event))
+        # A policy concerns every node (the next join anywhere obeys it), the rest only the
+        # nodes that have the room open.
+        self._put(("policy" if event.get("type") == "policy" else "publish", room, event))
 
     def opened(self, room: str) -> None:
         self.open_rooms.add(room)
@@ -165,7 +175,7 @@ class ClusterRoomBus:
             try:
                 await self._carry(op, room, event)
             except DirectoryUnavailable as exc:
-                if op == "publish":
+                if op in ("publish", "policy"):
                     self.dropped += 1
                 else:
                     self.home_failures += 1
@@ -184,6 +194,14 @@ class ClusterRoomBus:
                 self.sent += 1
             else:
                 self.dropped += 1
+        elif op == "policy":
+            message = {"origin": self.node_id, "room": room, "event": event}
+            if await self.directory.publish(CLUSTER_CHANNEL, message):
+                self.sent += 1
+            else:
+                self.dropped += 1
+        elif op == "listen":
+            await self.directory.subscribe(CLUSTER_CHANNEL, self._received)
         elif op == "open":
             if room not in self.open_rooms:
                 return  # it ended again before its turn
@@ -204,11 +222,20 @@ class ClusterRoomBus:
             self.origins[node_id] = origin
         return origin
 
-    def _received(self, room: str, message: Mapping[str, Any]) -> None:
+    def _received(self, channel: str, message: Mapping[str, Any]) -> None:
         node_id = message.get("origin")
         if node_id == self.node_id:
             return  # our own, back from Redis
         event = message.get("event")
+        room = channel
+        if channel == CLUSTER_CHANNEL:  # a cluster-wide event names its room inside
+            named = message.get("room")
+            room = named if isinstance(named, str) and named != CLUSTER_CHANNEL else ""
+            try:
+                check_room(room)
+            except BusError:
+                self.dropped += 1
+                return
         origin = self._origin(node_id) if isinstance(node_id, str) and node_id else None
         if origin is None or not isinstance(event, dict):
             self.dropped += 1

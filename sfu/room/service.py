@@ -38,7 +38,15 @@ from sfu.packet.sdp import Direction, SessionDescription, Setup
 from sfu.room.audit import AuditLog
 from sfu.room.chat import ChatRelay
 from sfu.room.identity import Grant, JoinClaims, grant_names
-from sfu.room.policy import MAX_BAN_S, Bans, PasswordHash, PolicyStore, RoomPolicy
+from sfu.room.policy import (
+    MAX_BAN_S,
+    Bans,
+    PasswordHash,
+    PolicyStore,
+    RoomPolicy,
+    policy_from_wire,
+    policy_to_wire,
+)
 from sfu.room.room import SPEAKER_INTERVAL, Message, Participant, ParticipantState, Room, Sink
 from sfu.room.shards import (
     SHARED_EVENTS,
@@ -1058,9 +1066,19 @@ class RoomService:
             self._share(room, event)
         return True
 
-    def policy_changed(self, room_name: str, old: RoomPolicy, new: RoomPolicy) -> int:
+    def policy_changed(
+        self, room_name: str, old: RoomPolicy, new: RoomPolicy, *, shared: bool = False
+    ) -> int:
         """Apply a policy change to a running meeting: everyone admitted hears of it, and
-        switching the waiting room off admits whoever waits. Returns how many were admitted."""
+        switching the waiting room off admits whoever waits. Returns how many were admitted.
+        The room's other shards are told (unless this came from one), even when the room
+        has nobody here: the change was saved here, they only take it."""
+        if not shared and self.bus is not None:
+            own = self.policies.has_own(room_name)
+            self.bus.publish(
+                room_name,
+                {"type": "policy", "policy": policy_to_wire(new) if own else None},
+            )
         room = self.rooms.get(room_name)
         if room is None:
             return 0
@@ -1280,7 +1298,14 @@ class RoomService:
 
     def on_shared(self, room_name: str, origin: int, event: object, *, now: float) -> None:
         """An event of ``room_name``'s shard on worker ``origin`` (``sfu.room.shards``):
-        applied here and shown to this shard's participants; malformed ones are counted."""
+        applied here and shown to this shard's participants; malformed ones are counted.
+        A ``policy`` is taken even when the room has nobody here (its next join obeys it)."""
+        if isinstance(event, dict) and event.get("type") == "policy":
+            try:
+                self._apply_policy(room_name, event)
+            except (KeyError, TypeError, ValueError):
+                self.bus_refused += 1
+            return
         room = self.rooms.get(room_name)
         if room is None:
             return  # no participant of that room here: nothing to show or relay
@@ -1360,6 +1385,14 @@ class RoomService:
             for local in [p for p in room.participants.values() if p.identity == identity]:
                 if local.id != pid:
                     self.end(local, CLOSE_REPLACED, "joined from elsewhere", now=now)
+
+    def _apply_policy(self, room_name: str, event: Message) -> None:
+        """Another shard changed and saved the room's policy: take it, and apply it to the
+        meeting here if there is one."""
+        wire = event["policy"]
+        policy = None if wire is None else policy_from_wire(wire)
+        before, after = self.policies.apply_shared(room_name, policy)
+        self.policy_changed(room_name, before, after, shared=True)
 
     def _apply_roster(self, room: Room, origin: int, event: Message) -> None:
         """Shard ``origin``'s participants and tracks now: those of its shown here that it no

@@ -12,6 +12,8 @@ others' (``RoomService.on_shared``):
   local state, ending with ``shard_roster``;
 - ``shard_roster``: the ids of the publishing shard's participants and tracks now; what
   another shard shows of it beyond these is gone (its leave was lost while the bus was away);
+- ``policy``: an admin or host changed the room's policy on the publishing shard (which saved
+  it); the others take it (``null``: back to the defaults) and tell their participants;
 - ``participant_joined`` / ``participant_left``: a participant of the publishing shard;
 - ``track_published`` (with the ``relay`` description below) / ``track_unpublished``;
 - ``track_muted`` / ``track_updated``: as the room protocol broadcasts them;
@@ -54,6 +56,7 @@ SHARED_EVENTS: Final = frozenset(
     {
         "shard_opened",
         "shard_roster",
+        "policy",
         "participant_joined",
         "participant_left",
         "track_published",

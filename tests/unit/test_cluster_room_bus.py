@@ -7,19 +7,28 @@ Alice is on node A, Bob on node B."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from room_fixtures import Harness, harness, simulcast_offer
 
-from sfu.cluster.directory import LEASE_TTL_S, LocalDirectory, LocalHub, NodeInfo
+from sfu.cluster.directory import (
+    CLUSTER_CHANNEL,
+    LEASE_TTL_S,
+    LocalDirectory,
+    LocalHub,
+    NodeInfo,
+)
 from sfu.cluster.registry import NodeRegistry
 from sfu.cluster.room_bus import MAX_NODES, NODE_ORIGIN_BASE, ClusterRoomBus, NodeTracks
 from sfu.metrics.cluster import ClusterCollector
 from sfu.room.identity import Grant
 from sfu.room.moderation import Moderation
+from sfu.room.policy import PasswordHash, RoomPolicy, policy_from_wire, policy_to_wire
 from sfu.room.room import ParticipantState
+from sfu.room.service import RoomError
 
 ROOM = "standup"
 
@@ -57,6 +66,7 @@ class Cluster:
         for node in (self.a, self.b):
             await node.registry.start()
             node.bus.start()
+        await self.settle()  # both listen to the cluster-wide channel
 
     async def settle(self) -> None:
         """Carry every queued operation out, on both nodes, until both are quiet."""
@@ -326,3 +336,54 @@ def test_the_room_bus_metrics_count_without_naming_rooms_or_nodes(
         assert ROOM not in text and "node-" not in text and "alice" not in text
 
     run(monkeypatch, body)
+
+
+def test_a_policy_changed_on_one_node_holds_on_every_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        # An admin on A locks a room nobody is in yet, anywhere: B takes it all the same.
+        old, new = a.service.policies.update(ROOM, {"locked": True, "max_participants": 7})
+        a.service.policy_changed(ROOM, old, new)
+        await c.settle()
+        assert b.service.policies.get(ROOM) == new
+        with pytest.raises(RoomError) as refused:
+            b.join(ROOM, "bob")
+        assert refused.value.code == "room_locked"
+        # Unlocked on A (back to the defaults) while Bob waits to join on B: he may, and the
+        # meeting on B hears of the change.
+        old, new = a.service.policies.reset(ROOM)
+        a.service.policy_changed(ROOM, old, new)
+        await c.settle()
+        assert not b.service.policies.has_own(ROOM)
+        bob = b.join(ROOM, "bob")
+        old, new = a.service.policies.update(ROOM, {"max_participants": 9})
+        a.service.policy_changed(ROOM, old, new)
+        await c.settle()
+        assert b.messages("bob", "policy")[-1]["policy"]["max_participants"] == 9
+        assert bob.state is ParticipantState.JOINED
+        # A forged policy with a ruinous scrypt cost is refused and counted.
+        refused_before = b.service.bus_refused
+        forged = policy_to_wire(RoomPolicy(password=PasswordHash(b"s" * 16, b"d" * 32)))
+        forged["password"]["n"] = 2**30
+        await c.a.directory.publish(
+            CLUSTER_CHANNEL,
+            {"origin": "node-x", "room": ROOM, "event": {"type": "policy", "policy": forged}},
+        )
+        assert b.service.bus_refused == refused_before + 1
+        assert b.service.policies.get(ROOM).password is None
+
+    run(monkeypatch, body)
+
+
+def test_policies_round_trip_through_the_wire() -> None:
+    policy = RoomPolicy(
+        waiting_room=False,
+        locked=True,
+        max_participants=3,
+        e2ee_required=True,
+        password=PasswordHash(b"s" * 16, b"d" * 32),
+    )
+    assert policy_from_wire(json.loads(json.dumps(policy_to_wire(policy)))) == policy
+    for bad in ({}, {"waiting_room": 1}, [], {**policy_to_wire(policy), "max_participants": 0}):
+        with pytest.raises(ValueError):
+            policy_from_wire(bad)
