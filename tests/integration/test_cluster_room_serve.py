@@ -1,5 +1,6 @@
 """Two in-process servers clustered over a real redis-server (``[cluster] redis_url``, one
-process per node): a participant joined over the room WebSocket on node A and one on node B
+process per node): a room locked by an admin on node B refuses a join on node A (and
+takes one once unlocked); a participant joined over the room WebSocket on node A and one on node B
 see each other join and leave, the room's home is node A's while it has it and is released
 when the room ends there, and the cluster room metrics count the events. (No media crosses
 nodes yet: the node link carries it next.)"""
@@ -42,13 +43,13 @@ def node_config(url: str, node_id: str) -> Config:
     )
 
 
-def bearer(identity: str) -> str:
+def bearer(identity: str, grants: Grant = Grant.PUBLISH | Grant.SUBSCRIBE) -> str:
     now = int(time.time())
     claims = JoinClaims(
         room=ROOM,
         identity=identity,
         name=identity,
-        grants=Grant.PUBLISH | Grant.SUBSCRIBE,
+        grants=grants,
         iat=now,
         exp=now + 600,
     )
@@ -83,6 +84,28 @@ def test_participants_on_two_nodes_share_a_room(server: RedisServer) -> None:
             running_server(node_config(server.url, "node-b")) as (node_b, base_b),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
         ):
+            # An admin locks the room on node B before anyone is in it: node A obeys.
+            admin = {"Authorization": f"Bearer {bearer('root', Grant.ADMIN)}"}
+            async with http.put(
+                f"{base_b}/rooms/{ROOM}/policy", json={"locked": True}, headers=admin
+            ) as reply:
+                assert reply.status == 200, await reply.text()
+            deadline = time.monotonic() + TIMEOUT
+            while not node_a.rooms.policies.get(ROOM).locked:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "node A never heard of the lock"
+                await asyncio.sleep(0.02)
+            ws = await http.ws_connect(f"{base_a}/ws", autoping=True)
+            await ws.send_json(
+                {"type": "join", "protocol": 1, "room": ROOM, "token": bearer("alice")}
+            )
+            refusal = await ws.receive_json(timeout=TIMEOUT)
+            assert refusal["type"] == "error" and refusal["code"] == "room_locked", refusal
+            await ws.close()
+            async with http.delete(f"{base_b}/rooms/{ROOM}/policy", headers=admin) as reply:
+                assert reply.status == 200, await reply.text()
+            while node_a.rooms.policies.get(ROOM).locked:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "node A never heard of the unlock"
+                await asyncio.sleep(0.02)
             alice = await join(http, base_a, "alice")
             bob = await join(http, base_b, "bob")
             seen_by_alice = await next_of(alice, "participant_joined")
