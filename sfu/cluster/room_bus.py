@@ -12,7 +12,9 @@ The room service calls :meth:`ClusterRoomBus.publish`, :meth:`~ClusterRoomBus.op
 :meth:`~ClusterRoomBus.closed` synchronously, on the packet path's loop; they only queue. One
 task carries the queue out in order (subscribe before the room's ``shard_opened`` is sent,
 so the other nodes' answers are heard). Each message is ``{"origin": node_id, "event": ...}``;
-a node's own messages come back from Redis and are skipped. Other nodes appear to the room
+a node's own messages come back from Redis and are skipped. A ``policy`` event goes on
+the cluster-wide channel (:data:`~sfu.cluster.directory.CLUSTER_CHANNEL`, the room named
+inside) that every node listens to: a node where the room has nobody yet obeys it too. Other nodes appear to the room
 service as shard origins (integers from :data:`NODE_ORIGIN_BASE` up, so they never collide
 with worker indices).
 
