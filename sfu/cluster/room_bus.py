@@ -14,9 +14,9 @@ task carries the queue out in order (subscribe before the room's ``shard_opened`
 so the other nodes' answers are heard). Each message is ``{"origin": node_id, "event": ...}``;
 a node's own messages come back from Redis and are skipped. A ``policy`` event goes on
 the cluster-wide channel (:data:`~sfu.cluster.directory.CLUSTER_CHANNEL`, the room named
-inside) that every node listens to: a node where the room has nobody yet obeys it too. Other nodes appear to the room
-service as shard origins (integers from :data:`NODE_ORIGIN_BASE` up, so they never collide
-with worker indices).
+inside) that every node listens to: a node where the room has nobody yet obeys it too.
+Other nodes appear to the room service as shard origins (integers from
+:data:`NODE_ORIGIN_BASE` up, so they never collide with worker indices).
 
 After Redis comes back (restarted, or the network), every event published meanwhile is
 lost: the bus claims its rooms' homes again and sends ``shard_opened`` for each, which every
@@ -248,13 +248,18 @@ class ClusterRoomBus:
             rooms.on_shared(room, origin, event, now=self._clock())
 
     def resync(self) -> None:
-        """The bus was lost and is back: claim the homes again and ask every other node for
-        its state in each open room (what was published meanwhile is lost)."""
+        """The bus was lost and is back: claim the homes again, ask every other node for its
+        state in each open room and send ours (what was published meanwhile is lost)."""
         self.resyncs += 1
         self._grace_until = self._clock() + LEASE_TTL_S
+        rooms = self._rooms()
         for room in sorted(self.open_rooms):
             self._put(("open", room, None))
             self._put(("publish", room, {"type": "shard_opened"}))
+            if rooms is not None:
+                # and ours to them: a node that kept the bus took this one for dead if its
+                # lease lapsed meanwhile, and asks nothing
+                rooms.share_state(room)
 
     async def peers_changed(self, nodes: list[NodeInfo]) -> None:
         """The live nodes after a lease renewal: a node seen alive before and gone now

@@ -1231,6 +1231,13 @@ class RoomService:
         ]
         return {**room.remote[participant_id], "tracks": tracks}
 
+    def share_state(self, room_name: str) -> None:
+        """Tell the room's other shards everything of this one again (the bus lost events:
+        they may have missed some, or taken this shard for dead meanwhile)."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            self._share_state(room)
+
     def _share_state(self, room: Room) -> None:
         """Everything of this shard another one must know (it just opened, or lost the bus),
         ending with the roster: who and which tracks are here now, so a shard that missed

@@ -387,3 +387,30 @@ def test_policies_round_trip_through_the_wire() -> None:
     for bad in ({}, {"waiting_room": 1}, [], {**policy_to_wire(policy), "max_participants": 0}):
         with pytest.raises(ValueError):
             policy_from_wire(bad)
+
+
+def test_a_node_cut_off_and_back_is_seen_again_by_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        alice = a.join(ROOM, "alice")
+        a.service.offer(alice, simulcast_offer(), 0.0, names={"1": "camera"})
+        await c.settle()
+        bob = b.join(ROOM, "bob")
+        await c.settle()
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        # A is cut off from the directory longer than its lease: B takes it for dead.
+        c.clock.t += LEASE_TTL_S + 0.1
+        await c.b.directory.renew(c.b.registry.node)
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        assert alice.id not in b.service.rooms[ROOM].remote
+        # A is back (its bus subscribed again): B sees Alice and her tracks again, unasked.
+        await c.a.directory.register(c.a.registry.node)
+        c.a.bus.resync()
+        await c.settle()
+        assert alice.id in b.service.rooms[ROOM].remote
+        assert len(c.b.tracks.standins) == 2
+        assert bob.id in a.service.rooms[ROOM].remote
+
+    run(monkeypatch, body)
