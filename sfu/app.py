@@ -22,10 +22,11 @@ from typing import Final
 from aiohttp import web
 
 from sfu import __version__, clock
-from sfu.cluster.directory import Directory, LocalDirectory
+from sfu.cluster.directory import Directory, LocalDirectory, NodeInfo
 from sfu.cluster.links import LinkSetupError, NodeLinks
 from sfu.cluster.redis_directory import RedisDirectory
 from sfu.cluster.registry import NodeRegistry, node_from_config
+from sfu.cluster.room_bus import ClusterRoomBus, NodeTracks
 from sfu.cluster.room_state import RedisRoomState
 from sfu.config import Config, parse_workers
 from sfu.core.dataplane import DataPlane
@@ -309,6 +310,8 @@ class Server:
                 else LocalDirectory(clock.now)
             )
             self.cluster = NodeRegistry(directory, node_from_config(config.cluster))
+        #: The rooms' bus between nodes and their home claims (clustered, one process per node).
+        self.room_bus: ClusterRoomBus | None = None
         #: QUIC links to the other nodes, when this node offers one (cluster.advertise_address).
         self.links: NodeLinks | None = None
         if self.cluster is not None and config.cluster.advertise_address:
@@ -356,7 +359,9 @@ class Server:
             )
         )
         if self.cluster is not None:
-            self.metrics.register(ClusterCollector(self.cluster, lambda: self.links))
+            self.metrics.register(
+                ClusterCollector(self.cluster, lambda: self.links, lambda: self.room_bus)
+            )
         #: The pipes and the room bus to the other workers (rooms spread over workers), in
         #: a worker only.
         self.pipes: WorkerPipes | None = None
@@ -398,6 +403,14 @@ class Server:
         forwarder = self.dataplane.forwarder
         packets = forwarder.fast_packets + forwarder.slow_packets + forwarder.sent_packets
         return web.json_response({"packets": packets})
+
+    async def _peers_changed(self, nodes: list[NodeInfo]) -> None:
+        """The live nodes after a lease renewal: the links dial them, the rooms drop the
+        participants of nodes that are gone."""
+        if self.links is not None:
+            await self.links.update(nodes)
+        if self.room_bus is not None:
+            await self.room_bus.peers_changed(nodes)
 
     def _cluster_details(self) -> dict[str, object]:
         """The ``cluster`` part of ``/readyz`` when clustered (no personal data: node ids and
@@ -597,8 +610,8 @@ class Server:
             log.info(
                 "cluster: node links listening on udp %s", format_address((link_host, link_port))
             )
-            self.cluster.on_peers = self.links.update
         if self.cluster is not None:
+            self.cluster.on_peers = self._peers_changed
             await self.cluster.start()
             log.info(
                 "cluster: node %s (region %s) %s the %s directory",
@@ -640,6 +653,14 @@ class Server:
         if self.pipes is not None and self.bus is not None and spreading:
             self.rooms.bus = self.bus
             self.rooms.remote_tracks = self.pipes.hub
+        elif self.cluster is not None and self.config.cluster.redis_url:
+            # Rooms span nodes: their events over the cluster's bus, homes claimed in Redis.
+            # (A node running several workers keeps its rooms to itself for now.)
+            self.room_bus = ClusterRoomBus(self.cluster, lambda: self.rooms, clock=clock.now)
+            self.rooms.bus = self.room_bus
+            self.rooms.homes = self.room_bus
+            self.rooms.remote_tracks = NodeTracks()
+            self.room_bus.start()
         auth = self.config.auth
         add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)
         add_room_routes(
@@ -759,6 +780,8 @@ class Server:
         if self.room_state is not None:
             self.room_state.close()
             self.room_state = None
+        if self.room_bus is not None:
+            await self.room_bus.stop()
         if self.cluster is not None:
             await self.cluster.stop()  # deregisters: the other nodes see it gone at once
         if self.links is not None:

@@ -26,6 +26,7 @@ from sfu.clock import now as monotonic
 __all__ = [
     "BUS_BURST",
     "BUS_RATE_PER_S",
+    "CLUSTER_CHANNEL",
     "LEASE_TTL_S",
     "MAX_BUS_MESSAGE_BYTES",
     "RENEW_INTERVAL_S",
@@ -34,6 +35,7 @@ __all__ = [
     "Directory",
     "DirectoryUnavailable",
     "LocalDirectory",
+    "LocalHub",
     "NodeInfo",
     "RateLimit",
     "decode_bus_message",
@@ -128,8 +130,17 @@ def decode_bus_message(data: bytes | str) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
+#: The bus channel every node of a cluster listens to, for events of rooms a node may not
+#: have open (a room's policy). It starts with a control character, which no room name may
+#: hold, so it never collides with a room's channel.
+CLUSTER_CHANNEL: Final = "\x00cluster"
+
+
 def check_room(room: str) -> None:
-    """BusError unless ``room`` is a usable room name (non-empty, bounded, printable)."""
+    """BusError unless ``room`` is a usable room name (non-empty, bounded, printable) or
+    :data:`CLUSTER_CHANNEL`."""
+    if room == CLUSTER_CHANNEL:
+        return
     if not room or len(room) > MAX_ROOM_NAME or not room.isprintable():
         raise BusError(f"a room name is 1 to {MAX_ROOM_NAME} printable characters")
 
@@ -162,6 +173,9 @@ class Directory(Protocol):
     #: Bus messages published and delivered to a handler here.
     bus_published: int
     bus_received: int
+    #: Called after the bus was lost and every room's subscription is live again (events
+    #: published meanwhile were lost: the caller asks the other nodes for their state).
+    on_resubscribed: Callable[[], None] | None
 
     async def register(self, node: NodeInfo) -> None:
         """Create or refresh ``node``'s lease (it lapses after :data:`LEASE_TTL_S`)."""
@@ -210,15 +224,31 @@ class Directory(Protocol):
         ...
 
 
-class LocalDirectory:
-    """The directory of a node on its own: in-process tables, leases against ``clock``."""
+class LocalHub:
+    """What several in-process directories share: the leases, the homes and the bus (one
+    process standing in for a cluster: tests, and nodes run side by side in one process)."""
 
-    def __init__(self, clock: Clock = monotonic) -> None:
+    def __init__(self) -> None:
+        self.nodes: dict[str, tuple[NodeInfo, float]] = {}
+        self.homes: dict[str, str] = {}
+        self.members: list[LocalDirectory] = []
+
+
+class LocalDirectory:
+    """The directory of a node on its own: in-process tables, leases against ``clock``.
+
+    Directories given one :class:`LocalHub` see each other's leases, homes and bus messages,
+    as nodes on one Redis do (each has its own handlers, rate limit and counters)."""
+
+    def __init__(self, clock: Clock = monotonic, *, hub: LocalHub | None = None) -> None:
         self._clock = clock
-        self._nodes: dict[str, tuple[NodeInfo, float]] = {}
-        self._homes: dict[str, str] = {}
+        self._hub = hub if hub is not None else LocalHub()
+        self._hub.members.append(self)
+        self._nodes = self._hub.nodes
+        self._homes = self._hub.homes
         self._handlers: dict[str, BusHandler] = {}
         self._rate = RateLimit(BUS_RATE_PER_S, BUS_BURST, now=clock())
+        self.on_resubscribed: Callable[[], None] | None = None
         self.bus_dropped = 0
         self.bus_published = 0
         self.bus_received = 0
@@ -266,11 +296,12 @@ class LocalDirectory:
             self.bus_dropped += 1
             return False
         self.bus_published += 1
-        handler = self._handlers.get(room)
-        decoded = decode_bus_message(data)
-        if handler is not None and decoded is not None:
-            self.bus_received += 1
-            handler(room, decoded)
+        for member in list(self._hub.members):
+            handler = member._handlers.get(room)
+            decoded = decode_bus_message(data)  # each receiver gets its own copy
+            if handler is not None and decoded is not None:
+                member.bus_received += 1
+                handler(room, decoded)
         return True
 
     async def subscribe(self, room: str, handler: BusHandler) -> None:
@@ -282,3 +313,5 @@ class LocalDirectory:
 
     async def close(self) -> None:
         self._handlers.clear()
+        if self in self._hub.members:
+            self._hub.members.remove(self)

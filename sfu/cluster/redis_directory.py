@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -63,6 +63,12 @@ RECONNECT_MIN_S: Final = 0.1
 RECONNECT_MAX_S: Final = 1.0
 #: How long one wait for a bus message lasts before the reader loops (to notice new rooms).
 LISTEN_POLL_S: Final = 0.2
+#: How long :meth:`RedisDirectory.subscribe` waits for Redis to confirm the subscription (a
+#: room's first event, its ``shard_opened``, is answered only to subscribers); while Redis is
+#: away it returns after this, and the reader subscribes once Redis is back.
+SUBSCRIBE_WAIT_S: Final = 1.0
+#: How often that wait looks (the reader confirms within one LISTEN_POLL_S).
+_SUBSCRIBE_CHECK_S: Final = 0.01
 
 #: Take the room unless a live node other than the caller already has it. KEYS[1]: the
 #: home key; ARGV[1]: the caller's node id; ARGV[2]: the node key prefix.
@@ -107,6 +113,7 @@ class RedisDirectory:
         self.bus_received = 0
         #: Times the bus reader lost Redis and subscribed again.
         self.bus_reconnects = 0
+        self.on_resubscribed: Callable[[], None] | None = None
 
     # -- leases -------------------------------------------------------------------------------
 
@@ -192,10 +199,15 @@ class RedisDirectory:
         return True
 
     async def subscribe(self, room: str, handler: BusHandler) -> None:
+        """Deliver the room's events to ``handler``; returns once Redis confirmed the
+        subscription, or after :data:`SUBSCRIBE_WAIT_S` while Redis is away."""
         check_room(room)
         self._handlers[room] = handler
         if self._listener is None or self._listener.done():
             self._listener = asyncio.create_task(self._listen(), name="cluster-bus")
+        deadline = asyncio.get_running_loop().time() + SUBSCRIBE_WAIT_S
+        while room not in self._subscribed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(_SUBSCRIBE_CHECK_S)
 
     async def unsubscribe(self, room: str) -> None:
         self._handlers.pop(room, None)
@@ -218,6 +230,7 @@ class RedisDirectory:
     async def _listen(self) -> None:
         """Read the bus; on a lost connection wait, reconnect and subscribe to every room."""
         backoff = RECONNECT_MIN_S
+        lost = False
         while not self._closed and self._handlers:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             self._pubsub = pubsub
@@ -225,6 +238,9 @@ class RedisDirectory:
             try:
                 while not self._closed and self._handlers:
                     await self._sync_subscriptions(pubsub)
+                    if lost:
+                        lost = False
+                        self._resubscribed()
                     message = await pubsub.get_message(timeout=LISTEN_POLL_S)
                     backoff = RECONNECT_MIN_S
                     if message is not None:
@@ -232,6 +248,7 @@ class RedisDirectory:
             except (RedisError, OSError) as exc:
                 log.warning("cluster bus: lost Redis (%s), reconnecting", type(exc).__name__)
                 self.bus_reconnects += 1
+                lost = True
             finally:
                 self._pubsub = None
                 self._subscribed = set()
@@ -240,6 +257,14 @@ class RedisDirectory:
             if not self._closed:
                 await asyncio.sleep(backoff)
                 backoff = min(RECONNECT_MAX_S, backoff * 2)
+
+    def _resubscribed(self) -> None:
+        if self.on_resubscribed is None:
+            return
+        try:
+            self.on_resubscribed()
+        except Exception:  # the caller's trouble must not stop the bus
+            log.exception("cluster bus: the resubscription callback failed")
 
     def _dispatch(self, message: Mapping[str, Any]) -> None:
         channel = message.get("channel")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Final
+from typing import Final
 
 import redis
 from redis.backoff import NoBackoff
@@ -27,7 +27,14 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from sfu.room.persistence import StateError
-from sfu.room.policy import Bans, PasswordHash, PolicyError, PolicyStore, RoomPolicy
+from sfu.room.policy import (
+    Bans,
+    PolicyError,
+    PolicyStore,
+    RoomPolicy,
+    policy_from_wire,
+    policy_to_wire,
+)
 
 __all__ = ["RedisRoomState"]
 
@@ -55,40 +62,11 @@ return 1
 
 
 def _policy_json(policy: RoomPolicy) -> str:
-    pw = policy.password
-    data: dict[str, Any] = {
-        "waiting_room": policy.waiting_room,
-        "locked": policy.locked,
-        "max_participants": policy.max_participants,
-        "e2ee_required": policy.e2ee_required,
-        "password": None
-        if pw is None
-        else {"salt": pw.salt.hex(), "digest": pw.digest.hex(), "n": pw.n, "r": pw.r, "p": pw.p},
-    }
-    return json.dumps(data, separators=(",", ":"))
+    return json.dumps(policy_to_wire(policy), separators=(",", ":"))
 
 
 def _policy_of(text: str) -> RoomPolicy:
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise TypeError("a policy is a JSON object")
-    pw = data.get("password")
-    password = None
-    if pw is not None:
-        password = PasswordHash(
-            bytes.fromhex(pw["salt"]),
-            bytes.fromhex(pw["digest"]),
-            int(pw["n"]),
-            int(pw["r"]),
-            int(pw["p"]),
-        )
-    return RoomPolicy(
-        waiting_room=bool(data["waiting_room"]),
-        locked=bool(data["locked"]),
-        max_participants=int(data["max_participants"]),
-        e2ee_required=bool(data["e2ee_required"]),
-        password=password,
-    )
+    return policy_from_wire(json.loads(text))
 
 
 class RedisRoomState:

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from sfu.cluster.links import NodeLinks
 from sfu.cluster.registry import NodeRegistry
+from sfu.cluster.room_bus import ClusterRoomBus
 
 __all__ = ["ClusterCollector"]
 
@@ -22,10 +23,14 @@ class ClusterCollector(Collector):
     """Yields the cluster metric families of one node."""
 
     def __init__(
-        self, registry: NodeRegistry, links: Callable[[], NodeLinks | None] = lambda: None
+        self,
+        registry: NodeRegistry,
+        links: Callable[[], NodeLinks | None] = lambda: None,
+        room_bus: Callable[[], ClusterRoomBus | None] = lambda: None,
     ) -> None:
         self._registry = registry
         self._links = links
+        self._room_bus = room_bus
 
     def collect(self) -> Iterator[Metric]:
         reg = self._registry
@@ -83,6 +88,7 @@ class ClusterCollector(Collector):
             "Times the bus reader lost the directory and subscribed again",
             value=getattr(directory, "bus_reconnects", 0),
         )
+        yield from self._collect_room_bus()
         links = self._links()
         if links is None:
             return
@@ -108,3 +114,33 @@ class ClusterCollector(Collector):
         flows.add_metric(["received"], totals["flows_received"])
         flows.add_metric(["dropped"], totals["dropped"])
         yield flows
+
+    def _collect_room_bus(self) -> Iterator[Metric]:
+        room_bus = self._room_bus()
+        if room_bus is None:
+            return
+        events = CounterMetricFamily(
+            "sfu_cluster_room_events",
+            "Room events between this node's rooms and the other nodes' shards: sent, "
+            "received, dropped (queue full, rate limit, too large, directory away, malformed)",
+            labels=["event"],
+        )
+        events.add_metric(["published"], room_bus.sent)
+        events.add_metric(["received"], room_bus.received)
+        events.add_metric(["dropped"], room_bus.dropped)
+        yield events
+        yield GaugeMetricFamily(
+            "sfu_cluster_rooms_spanned",
+            "Rooms open on this node whose events travel on the cluster bus",
+            value=len(room_bus.open_rooms),
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_room_home_failures",
+            "Room home claims or releases that could not reach the directory",
+            value=room_bus.home_failures,
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_room_resyncs",
+            "Times the bus came back and this node asked the others for their rooms' state",
+            value=room_bus.resyncs,
+        )

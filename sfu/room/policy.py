@@ -34,6 +34,8 @@ __all__ = [
     "RoomPolicy",
     "hash_password",
     "parse_policy_update",
+    "policy_from_wire",
+    "policy_to_wire",
     "verify_password",
 ]
 
@@ -113,6 +115,66 @@ class RoomPolicy:
             "e2ee_required": self.e2ee_required,
             "password_set": self.password is not None,
         }
+
+
+def policy_to_wire(policy: RoomPolicy) -> dict[str, Any]:
+    """A room's policy as JSON values, for a state store or another shard (a password only
+    as its scrypt salt and digest, hex; never the password)."""
+    pw = policy.password
+    return {
+        "waiting_room": policy.waiting_room,
+        "locked": policy.locked,
+        "max_participants": policy.max_participants,
+        "e2ee_required": policy.e2ee_required,
+        "password": None
+        if pw is None
+        else {"salt": pw.salt.hex(), "digest": pw.digest.hex(), "n": pw.n, "r": pw.r, "p": pw.p},
+    }
+
+
+def _wire_int(value: Any, low: int, high: int, name: str) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def _wire_bool(value: Any, name: str) -> bool:
+    if type(value) is not bool:
+        raise ValueError(f"{name} must be true or false")
+    return value
+
+
+def policy_from_wire(data: Any) -> RoomPolicy:
+    """The policy of :func:`policy_to_wire`; ValueError when it is not one. The scrypt cost
+    is bounded (a forged entry must not make every join's password check ruinous)."""
+    if not isinstance(data, dict):
+        raise ValueError("a policy is a JSON object")
+    pw = data.get("password")
+    password = None
+    if pw is not None:
+        if not isinstance(pw, dict):
+            raise ValueError("password must be an object")
+        salt, digest = pw.get("salt"), pw.get("digest")
+        if not isinstance(salt, str) or not isinstance(digest, str):
+            raise ValueError("password salt and digest must be hex strings")
+        if len(salt) > 128 or len(digest) > 128:
+            raise ValueError("password salt or digest too long")
+        password = PasswordHash(
+            bytes.fromhex(salt),
+            bytes.fromhex(digest),
+            _wire_int(pw.get("n"), 2, 4 * _SCRYPT_N, "password n"),
+            _wire_int(pw.get("r"), 1, 4 * _SCRYPT_R, "password r"),
+            _wire_int(pw.get("p"), 1, 4 * _SCRYPT_P, "password p"),
+        )
+    return RoomPolicy(
+        waiting_room=_wire_bool(data.get("waiting_room"), "waiting_room"),
+        locked=_wire_bool(data.get("locked"), "locked"),
+        max_participants=_wire_int(
+            data.get("max_participants"), 1, MAX_ROOM_PARTICIPANTS, "max_participants"
+        ),
+        e2ee_required=_wire_bool(data.get("e2ee_required"), "e2ee_required"),
+        password=password,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +285,16 @@ class PolicyStore:
     def restore(self, room: str, policy: RoomPolicy) -> None:
         """Put back a policy a state file kept (at start; the table's bound still holds)."""
         self._store(room, policy, notify=False)
+
+    def apply_shared(self, room: str, policy: RoomPolicy | None) -> tuple[RoomPolicy, RoomPolicy]:
+        """Take a change another shard made and saved (None: back to the defaults), without
+        saving it again; returns (old, new)."""
+        old = self.get(room)
+        if policy is None:
+            self._rooms.pop(room, None)
+        else:
+            self._store(room, policy, notify=False)
+        return old, self.get(room)
 
     def _store(self, room: str, policy: RoomPolicy, *, notify: bool = True) -> None:
         # Saved first (on_change raises PolicyError when it cannot be): memory never holds

@@ -38,14 +38,21 @@ from sfu.packet.sdp import Direction, SessionDescription, Setup
 from sfu.room.audit import AuditLog
 from sfu.room.chat import ChatRelay
 from sfu.room.identity import Grant, JoinClaims, grant_names
-from sfu.room.policy import MAX_BAN_S, Bans, PasswordHash, PolicyStore, RoomPolicy
+from sfu.room.policy import (
+    MAX_BAN_S,
+    Bans,
+    PasswordHash,
+    PolicyStore,
+    RoomPolicy,
+    policy_from_wire,
+    policy_to_wire,
+)
 from sfu.room.room import SPEAKER_INTERVAL, Message, Participant, ParticipantState, Room, Sink
 from sfu.room.shards import (
     SHARED_EVENTS,
     RemoteTracks,
     RoomBus,
-    policy_from_wire,
-    policy_to_wire,
+    RoomHomes,
     publication_from_relay,
     relay_description,
 )
@@ -313,6 +320,8 @@ class RoomService:
         #: The other shards of spread rooms (``sfu.room.shards``): the bus their events
         #: travel on and the pipes that feed their tracks here. None: rooms are not spread.
         self.bus: RoomBus | None = None
+        #: Told when a room opens and ends here (a cluster's home claims); None: nobody.
+        self.homes: RoomHomes | None = None
         self.remote_tracks: RemoteTracks | None = None
         #: Events from the bus dropped as malformed or unknown (counted, never raised).
         self.bus_refused = 0
@@ -356,6 +365,8 @@ class RoomService:
         self._check_entry(room, policy, claims, kind, previous is not None, now, password)
         self.rooms[claims.room] = room
         if opened:
+            if self.homes is not None:
+                self.homes.opened(room.name)
             self._share(room, {"type": "shard_opened"})  # the other shards answer with theirs
         if (
             previous is not None
@@ -587,6 +598,8 @@ class RoomService:
         if room.empty and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self._close_shard(room)
+            if self.homes is not None:
+                self.homes.closed(room.name)
 
     def end(self, participant: Participant, code: int, reason: str, *, now: float) -> None:
         """The server ends ``participant`` (replaced, refused, media failed)."""
@@ -1059,13 +1072,18 @@ class RoomService:
         self, room_name: str, old: RoomPolicy, new: RoomPolicy, *, shared: bool = False
     ) -> int:
         """Apply a policy change to a running meeting: everyone admitted hears of it, and
-        switching the waiting room off admits whoever waits; the room's other shards get the
-        new policy (unless it came from one, ``shared``). Returns how many were admitted."""
+        switching the waiting room off admits whoever waits. Returns how many were admitted.
+        The room's other shards are told (unless this came from one), even when the room
+        has nobody here: the change was saved here, they only take it."""
+        if not shared and self.bus is not None:
+            own = self.policies.has_own(room_name)
+            self.bus.publish(
+                room_name,
+                {"type": "policy", "policy": policy_to_wire(new) if own else None},
+            )
         room = self.rooms.get(room_name)
         if room is None:
             return 0
-        if not shared:
-            self._share(room, {"type": "policy_set", "policy": policy_to_wire(new)})
         if old.public() != new.public():
             room.broadcast(
                 {"type": "policy", "policy": new.public(), "e2ee_required": new.e2ee_required}
@@ -1215,12 +1233,26 @@ class RoomService:
         ]
         return {**room.remote[participant_id], "tracks": tracks}
 
+    def share_state(self, room_name: str) -> None:
+        """Tell the room's other shards everything of this one again (the bus lost events:
+        they may have missed some, or taken this shard for dead meanwhile)."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            self._share_state(room)
+
     def _share_state(self, room: Room) -> None:
-        """Everything of this shard another one must know (it just opened)."""
+        """Everything of this shard another one must know (it just opened, or lost the bus),
+        ending with the roster: who and which tracks are here now, so a shard that missed
+        some leaves while the bus was away drops what is gone."""
         if self.policies.has_own(room.name):
             policy = policy_to_wire(self.policies.get(room.name))
-            self._share(room, {"type": "policy_set", "policy": policy})
+            self._share(room, {"type": "policy", "policy": policy})
+        roster: list[str] = []
+        tracks: list[str] = []
         for participant in room.participants.values():
+            roster.append(participant.id)
+            if participant.peer is not None:
+                tracks.extend(p.id for p in participant.peer.publications.values())
             self._share(
                 room, {"type": "participant_joined", "participant": _untracked(participant)}
             )
@@ -1235,6 +1267,7 @@ class RoomService:
                         "relay": relay_description(publication),
                     },
                 )
+        self._share(room, {"type": "shard_roster", "participants": roster, "tracks": tracks})
 
     def _close_shard(self, room: Room) -> None:
         """The last local participant left: stop relaying the other shards' tracks here."""
@@ -1277,7 +1310,14 @@ class RoomService:
 
     def on_shared(self, room_name: str, origin: int, event: object, *, now: float) -> None:
         """An event of ``room_name``'s shard on worker ``origin`` (``sfu.room.shards``):
-        applied here and shown to this shard's participants; malformed ones are counted."""
+        applied here and shown to this shard's participants; malformed ones are counted.
+        A ``policy`` is taken even when the room has nobody here (its next join obeys it)."""
+        if isinstance(event, dict) and event.get("type") == "policy":
+            try:
+                self._apply_policy(room_name, event)
+            except (KeyError, TypeError, ValueError):
+                self.bus_refused += 1
+            return
         room = self.rooms.get(room_name)
         if room is None:
             return  # no participant of that room here: nothing to show or relay
@@ -1293,6 +1333,8 @@ class RoomService:
         kind = event["type"]
         if kind == "shard_opened":
             self._share_state(room)
+        elif kind == "shard_roster":
+            self._apply_roster(room, origin, event)
         elif kind == "participant_joined":
             described = event["participant"]
             pid = described["id"]
@@ -1350,16 +1392,34 @@ class RoomService:
                 self.chat.deliver_shared(room, label, envelope, now)
         elif kind == "moderate":
             self._moderated(room, event, now)
-        elif kind == "policy_set":
-            policy = policy_from_wire(event["policy"])
-            previous = self.policies.get(room.name)
-            self.policies.restore(room.name, policy)
-            self.policy_changed(room.name, previous, policy, shared=True)
         elif kind == "seat_taken":
             identity, pid = event["identity"], event["participant"]
             for local in [p for p in room.participants.values() if p.identity == identity]:
                 if local.id != pid:
                     self.end(local, CLOSE_REPLACED, "joined from elsewhere", now=now)
+
+    def _apply_policy(self, room_name: str, event: Message) -> None:
+        """Another shard changed and saved the room's policy: take it, and apply it to the
+        meeting here if there is one."""
+        wire = event["policy"]
+        policy = None if wire is None else policy_from_wire(wire)
+        before, after = self.policies.apply_shared(room_name, policy)
+        self.policy_changed(room_name, before, after, shared=True)
+
+    def _apply_roster(self, room: Room, origin: int, event: Message) -> None:
+        """Shard ``origin``'s participants and tracks now: those of its shown here that it no
+        longer has left or ended while their events were lost."""
+        participants, tracks = event["participants"], event["tracks"]
+        if not isinstance(participants, list) or not isinstance(tracks, list):
+            raise TypeError("roster")
+        present, published = set(participants), set(tracks)
+        for pid in [p for p, shard in room.remote_shard.items() if shard == origin]:
+            if pid not in present:
+                self._remote_left(room, pid)
+        for publication in list(room.publications.values()):
+            pid = publication.participant_id
+            if room.remote_shard.get(pid) == origin and publication.id not in published:
+                self._remote_unpublished(room, publication)
 
     def moderate_remote(self, room: Room, action: Message) -> None:
         """A host's action on a participant of another shard (``sfu.room.moderation``

@@ -5,10 +5,15 @@ participants (``sfu.workers.placement``). Each shard's :class:`~sfu.room.room.Ro
 own participants and, as *remote* entries, those of the other shards, with their tracks as
 local stand-in publications fed over the pipes (``sfu.core.relay``). The shards keep this
 consistent by publishing room events on a :class:`RoomBus` (the supervisor relays them
-between workers now; a cluster puts Redis behind the same two calls) and applying the
+between workers; between nodes Redis does, ``sfu.cluster.room_bus``) and applying the
 others' (``RoomService.on_shared``):
 
-- ``shard_opened``: a shard started; the others answer with their whole local state;
+- ``shard_opened``: a shard started (or lost the bus); the others answer with their whole
+  local state, ending with ``shard_roster``;
+- ``shard_roster``: the ids of the publishing shard's participants and tracks now; what
+  another shard shows of it beyond these is gone (its leave was lost while the bus was away);
+- ``policy``: an admin or host changed the room's policy on the publishing shard (which saved
+  it); the others take it (``null``: back to the defaults) and tell their participants;
 - ``participant_joined`` / ``participant_left``: a participant of the publishing shard;
 - ``track_published`` (with the ``relay`` description below) / ``track_unpublished``;
 - ``track_muted`` / ``track_updated``: as the room protocol broadcasts them;
@@ -29,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sfu.core.publication import SOURCES, Publication
 from sfu.negotiation import NegotiatedCodec
-from sfu.room.policy import PasswordHash, RoomPolicy
 
 if TYPE_CHECKING:
     from sfu.core.kernels import Kernels
@@ -40,6 +44,7 @@ __all__ = [
     "SHARED_EVENTS",
     "RemoteTracks",
     "RoomBus",
+    "RoomHomes",
     "codec_from_wire",
     "codec_to_wire",
     "publication_from_relay",
@@ -50,6 +55,8 @@ __all__ = [
 SHARED_EVENTS: Final = frozenset(
     {
         "shard_opened",
+        "shard_roster",
+        "policy",
         "participant_joined",
         "participant_left",
         "track_published",
@@ -59,7 +66,6 @@ SHARED_EVENTS: Final = frozenset(
         "chat",
         "moderate",
         "seat_taken",
-        "policy_set",
     }
 )
 #: Formats one relayed publication may list (a publisher offers a handful per codec).
@@ -67,56 +73,24 @@ MAX_RELAY_CODECS: Final = 16
 _MAX_TEXT: Final = 256
 
 
-def policy_to_wire(policy: RoomPolicy) -> dict[str, Any]:
-    """A room policy as JSON values for the other shards, password hash included (the bus
-    runs between the deployment's own workers; the password itself is never kept)."""
-    password = policy.password
-    return {
-        "waiting_room": policy.waiting_room,
-        "locked": policy.locked,
-        "max_participants": policy.max_participants,
-        "e2ee_required": policy.e2ee_required,
-        "password": None
-        if password is None
-        else {
-            "salt": password.salt.hex(),
-            "digest": password.digest.hex(),
-            "n": password.n,
-            "r": password.r,
-            "p": password.p,
-        },
-    }
-
-
-def policy_from_wire(data: Any) -> RoomPolicy:
-    """The inverse of :func:`policy_to_wire`; KeyError/TypeError/ValueError when malformed."""
-    flags = ("waiting_room", "locked", "e2ee_required")
-    if not isinstance(data, dict) or any(type(data[k]) is not bool for k in flags):
-        raise TypeError("a policy has boolean flags")
-    limit = data["max_participants"]
-    if type(limit) is not int or limit < 1:
-        raise ValueError("max_participants")
-    raw = data["password"]
-    password = None
-    if raw is not None:
-        cost = (raw["n"], raw["r"], raw["p"])
-        if not all(type(v) is int and v > 0 for v in cost):
-            raise ValueError("password cost")
-        password = PasswordHash(bytes.fromhex(raw["salt"]), bytes.fromhex(raw["digest"]), *cost)
-    return RoomPolicy(
-        waiting_room=data["waiting_room"],
-        locked=data["locked"],
-        max_participants=limit,
-        e2ee_required=data["e2ee_required"],
-        password=password,
-    )
-
-
 class RoomBus(Protocol):
     """Carries a room's events to its other shards."""
 
     def publish(self, room: str, event: dict[str, Any]) -> None:
         """Send ``event`` to every other shard of ``room`` (fire and forget, in order)."""
+        ...
+
+
+class RoomHomes(Protocol):
+    """Told when a room opens here and when it ends here (a cluster claims the room's home
+    in its directory and subscribes to the room's events; releases both at the end)."""
+
+    def opened(self, room: str) -> None:
+        """``room`` has its first participant here (before its ``shard_opened`` is shared)."""
+        ...
+
+    def closed(self, room: str) -> None:
+        """``room``'s last participant here left."""
         ...
 
 

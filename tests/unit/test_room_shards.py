@@ -318,9 +318,9 @@ def test_malformed_bus_events_are_counted_and_change_nothing(
         {"type": "participant_joined", "participant": {"id": 7, "identity": "x"}},
         {"type": "track_published", "relay": {"kind": "video"}},
         {"type": "track_muted", "track": ["x"]},
-        {"type": "policy_set", "policy": {"locked": "yes"}},
-        {"type": "policy_set", "policy": {**_OPEN, "max_participants": 0}},
-        {"type": "policy_set", "policy": {**_OPEN, "password": {"salt": "zz"}}},
+        {"type": "policy", "policy": {"locked": "yes"}},
+        {"type": "policy", "policy": {**_OPEN, "max_participants": 0}},
+        {"type": "policy", "policy": {**_OPEN, "password": {"salt": "zz"}}},
     ):
         service.on_shared(ROOM, 0, event, now=spread.now)
     assert service.bus_refused == 8
