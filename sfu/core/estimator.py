@@ -17,7 +17,11 @@ libwebrtc's goog_cc structures it, written from the draft and the published desi
   fraction (and to the acknowledged bitrate when that is lower, by at most half per step),
   between :data:`LOSS_LOW` and :data:`LOSS_HIGH` it holds, below it grows;
 * **probe results**: the bitrate a probe cluster got through (the smaller of its send and
-  receive rates, as libwebrtc's probe bitrate estimator) lifts the estimate at once.
+  receive rates, as libwebrtc's probe bitrate estimator) lifts the estimate at once. Probe
+  packets (a cluster and its primer) count in no loss fraction: a probe that overran the link
+  already failed (it says "no capacity" through its result), and its losses in the loss-based
+  bound pulled the estimate under what the media itself got through (the real-client test's
+  900 kbit/s phase: a probe for the top layer lost 15 % of a window and undid the middle one).
 
 The estimate only ever hears about this transport's own packets, so loss on a publisher's
 uplink (packets that never reached the server) cannot pull a subscriber's estimate down.
@@ -49,6 +53,7 @@ __all__ = [
     "LOSS_WINDOW_S",
     "MAX_BPS",
     "MIN_BPS",
+    "PROBE_LOSS_HOLD",
     "BandwidthEstimator",
 ]
 
@@ -117,6 +122,13 @@ PROBE_SEND_MARGIN: Final = 1.0
 #: that arrived within one tick came faster than can be measured, so its receive span is
 #: taken as one tick (and the result capped by the caller at the probe's own rate).
 MIN_ARRIVAL_SPAN: Final = DELTA_TICK_US / 1_000_000
+#: Probe packets are told apart in feedback for this long after they were sent (s): their
+#: feedback comes within a round trip and a feedback interval; the ranges are then dropped
+#: so steady feedback costs no per-packet check.
+PROBE_LOSS_HOLD: Final = 2.0
+#: At most this many probe ranges are remembered (clusters go out a second or more apart,
+#: exploratory ones two back to back).
+PROBE_RANGES: Final = 8
 #: Application-limited region: sending less than this share of the estimate.
 ALR_SHARE: Final = 0.65
 #: RTT used until a receiver report gives one (s).
@@ -155,6 +167,10 @@ class BandwidthEstimator:
         self._ref_last: int | None = None
         self._ref_unwrapped = 0
         self._sent: deque[tuple[float, int]] = deque()  # (now, history bytes)
+        #: Probe packets recently sent: (first, end) history packet counts, and when.
+        self._probes: deque[tuple[int, int, float]] = deque(maxlen=PROBE_RANGES)
+        #: Probe packets left out of the loss fraction (read at scrape time or in tests).
+        self.probe_packets_lost = 0
         self.rtt = DEFAULT_RTT
         #: The latest loss fraction measured from feedback (or receiver reports).
         self.loss = 0.0
@@ -201,12 +217,38 @@ class BandwidthEstimator:
         seqs = array("H")
         arrivals = array("q")
         reported = 0
+        lost = 0
+        probes = self._probes
+        while probes and now - probes[0][2] > PROBE_LOSS_HOLD:
+            probes.popleft()
         try:
-            for seq, at in feedback.iter_arrivals():
-                reported += 1
-                if at is not None:
-                    seqs.append(seq)
-                    arrivals.append(at + offset)
+            if probes:
+                newest = self.history.packets - 1
+                probe_lost = 0
+                for seq, at in feedback.iter_arrivals():
+                    ext = newest - ((newest - seq) & 0xFFFF)
+                    if any(first <= ext < end for first, end, _ in probes):
+                        if at is None:
+                            probe_lost += 1
+                        else:
+                            seqs.append(seq)
+                            arrivals.append(at + offset)
+                        continue
+                    reported += 1
+                    if at is None:
+                        lost += 1
+                    else:
+                        seqs.append(seq)
+                        arrivals.append(at + offset)
+                self.probe_packets_lost += probe_lost
+            else:
+                for seq, at in feedback.iter_arrivals():
+                    reported += 1
+                    if at is None:
+                        lost += 1
+                    else:
+                        seqs.append(seq)
+                        arrivals.append(at + offset)
         except ValueError:
             return  # a malformed status list: nothing from it is trusted
         packets, size, _, _, first_arrival, last_arrival = self.detector.on_feedback(
@@ -217,8 +259,16 @@ class BandwidthEstimator:
             acked.append((first_arrival, last_arrival, size))
             while acked and last_arrival - acked[0][1] > ACKED_WINDOW:
                 acked.popleft()
-        self._count_loss(reported, reported - len(seqs), now)
+        if reported:
+            self._count_loss(reported, lost, now)
         self._rate_control(self.detector.state, now)
+
+    def on_probe_sent(self, first: int, end: int, *, now: float) -> None:
+        """The history's packets ``first`` up to ``end`` (counts of :attr:`SendHistory.packets`
+        before and after) were a probe (its primer included): their losses are the probe's
+        result, not the media's loss."""
+        if end > first:
+            self._probes.append((first, end, now))
 
     def on_probe_result(self, bps: float, *, now: float) -> None:
         """A probe cluster got ``bps`` through: the link takes at least that."""

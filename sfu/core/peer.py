@@ -810,10 +810,17 @@ class Peer:
         if self._paced_probe is not None:
             sender = self._paced_probe  # the cluster leaves as one, ahead of paced media
             sender.now = now
-        for i in range(cluster.primer + cluster.packets):
-            cluster_id = cluster.id if i >= cluster.primer else -1  # the primer is no part
-            packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
-            if packet is None:
-                return
-            if sender.send_rtp(packet):
-                self.counters.probe_packets += 1
+        history = self.send_history
+        first = history.packets if history is not None else 0
+        try:
+            for i in range(cluster.primer + cluster.packets):
+                cluster_id = cluster.id if i >= cluster.primer else -1  # the primer is no part
+                packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
+                if packet is None:
+                    return
+                if sender.send_rtp(packet):
+                    self.counters.probe_packets += 1
+        finally:
+            if history is not None and self.estimator is not None:
+                # The probe's losses are its result, not the media's loss.
+                self.estimator.on_probe_sent(first, history.packets, now=now)

@@ -254,3 +254,28 @@ def test_a_train_faster_than_the_feedback_resolution_counts_at_the_probes_rate(
     assert probe_step(prober, est, desired_bps=1_000_000, now=1.1) is None
     assert prober.succeeded == 1
     assert est.target_bps() == cluster.bps  # capped at what the probe aimed at
+
+
+def test_a_probes_losses_stay_out_of_the_loss_based_bound(kernels: Kernels) -> None:
+    """A probe that overran the link (most of its primer and cluster dropped) failed, and its
+    result says so; its losses must not pull the estimate under what the media got through,
+    which arrived whole."""
+    est = _estimator(kernels)
+    recorder = TwccRecorder(1, interval=0.05)
+    _receivers[est] = recorder
+    now = _feed(est, start=0.0, seconds=3.0, bps=280_000)
+    before = est.target_bps()
+    acked = est.acked_bps
+    assert acked is not None and before >= acked
+    # A 4 kB primer and a 3 kB cluster at once, then the media goes on: 3 of 4 probe packets
+    # are dropped by the bottleneck, every media packet arrives.
+    first = est.history.packets
+    for i in range(28):
+        seq = est.history.record(275, now, 7 if i >= 16 else -1)
+        if i % 4 == 0:
+            recorder.on_packet(seq, 5, now + 0.02 + i * 0.002)
+    est.on_probe_sent(first, est.history.packets, now=now)
+    _feed(est, start=now + 0.001, seconds=2.0, bps=280_000)
+    assert est.loss == 0.0
+    assert est.target_bps() >= before
+    assert est.probe_packets_lost == 21
