@@ -689,6 +689,16 @@ class Peer:
                 counters.target_changes_hint += 1
         counters.bandwidth_pauses += len(allocation.paused)
         counters.bandwidth_resumes += len(allocation.resumed)
+        pacer = self.pacer
+        if (
+            allocation.paused
+            and pacer is not None
+            and all(target.spatial is None for target in allocation.targets.values())
+        ):
+            # No video fits: what is queued of it (and its retransmissions) would leave late
+            # into a link that cannot carry the lowest layer, the audio behind it lost with
+            # it; the receiver gets a keyframe when it resumes.
+            counters.pacer_flushed += pacer.clear(PACED_RETRANSMISSION)
         sink = self.on_stream_state
         if sink is not None:
             for sub in allocation.paused:

@@ -339,18 +339,23 @@ def run(
             if now < sender.start:
                 continue
             batch = sender.packets(now)
+            probe_packets = 0
             if sender.probing and tick % 10 == 0:
                 cluster = sender.probe(now)
                 if cluster is not None:
                     sender.clusters.append(cluster)
                     batch.extend([(PADDING_SIZE + 12, -1)] * cluster.primer)
                     batch.extend([(PADDING_SIZE + 12, cluster.id)] * cluster.packets)
+                    probe_packets = cluster.primer + cluster.packets
+            probe_first = sender.history.packets + len(batch) - probe_packets
             for size, cluster_id in batch:
                 wire = size + OVERHEAD
                 seq = sender.history.record(wire, now, cluster_id)
                 at = link.send(wire, now)
                 if at is not None:
                     arrivals.append((at, index, seq))
+            if probe_packets:  # as Peer._send_probe: the probe's losses are its own
+                sender.estimator.on_probe_sent(probe_first, sender.history.packets, now=now)
             sender.choose(now)
         if competing_bps is not None:
             competing_credit += competing_bps(now) * TICK / 8

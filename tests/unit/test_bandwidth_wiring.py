@@ -12,6 +12,8 @@ from room_fixtures import CHROMIUM_IDS, vp8_packet
 from test_metrics_core import registry_for, value
 from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harness
 
+from sfu._fastpath._pacer_py import AUDIO as PACED_AUDIO
+from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
 from sfu.core.estimator import INITIAL_BPS
 from sfu.core.pacing import PACING_FACTOR
@@ -260,3 +262,38 @@ def test_a_paced_transport_releases_on_the_peers_timer(monkeypatch: pytest.Monke
     peer.pacer.push(bytes(10), PACED_VIDEO, -1, 3.0)
     peer.retire()
     assert peer.pacer.queued_packets == 0
+
+
+def test_pausing_all_video_flushes_its_queue_and_its_retransmissions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A budget below the lowest layer pauses the video: what the pacer still holds of it
+    (and of its retransmissions) is dropped and counted, queued audio stays, and NACKs for
+    the paused video are not resent (its resume sends a keyframe)."""
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and peer.pacer is not None and sub.selector is not None
+    _publish(h, alice, 1.0, 30)
+    h.service.poll(2.0, 1.7e9)
+    assert sub.selector.target.spatial is not None
+    sent = [
+        RtpPacket.parse(p) for p in h.sent_rtp["bob"] if RtpPacket.parse(p).ssrc == sub.out_ssrc
+    ]
+    peer.pacer.set_rate(8_000.0, 2.0)  # 1 kB/s: what is pushed now stays queued
+    for cls in (PACED_VIDEO, PACED_RETRANSMISSION, PACED_AUDIO, PACED_VIDEO):
+        assert peer.pacer.push(bytes(1000), cls, -1, 2.0)
+    peer.pacer.pop(2.0)  # the budget's first packet leaves
+    assert peer.pacer.queued_packets == 3
+    allocation = peer.allocate(budget_bps=10_000, now=2.1)
+    assert allocation.paused == (sub,) and sub.selector.target.spatial is None
+    assert peer.pacer.queued_packets == 1  # the audio
+    assert peer.counters.pacer_flushed == 2
+    registry = registry_for(h.service)
+    assert value(registry, "sfu_pacer_drops_total", reason="paused") == 2
+    counters = peer.counters
+    retransmits, superseded = counters.retransmits, counters.retransmits_superseded
+    lost = [p.sequence_number for p in sent[-3:]]
+    peer.on_rtcp(peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, lost).serialize(), 2.2)
+    assert counters.retransmits == retransmits
+    assert counters.retransmits_superseded - superseded == len(lost)
