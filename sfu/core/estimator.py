@@ -16,9 +16,10 @@ libwebrtc's goog_cc structures it, written from the draft and the published desi
 * a **loss-based bound** (§7): above :data:`LOSS_HIGH` loss it backs off by half the loss
   fraction (and to the acknowledged bitrate when that is lower, by at most half per step),
   between :data:`LOSS_LOW` and :data:`LOSS_HIGH` it holds, below it grows;
-* **probe results**: the bitrate a probe cluster got through (the smaller of its send and
-  receive rates, as libwebrtc's probe bitrate estimator) lifts the estimate at once. Probe
-  packets (a cluster and its primer) count in no loss fraction: a probe that overran the link
+* **probe results**: the bitrate a probe cluster got through (its receive rate, capped at
+  the rate it aimed at and was paced at: the smaller of its send and receive rates, as
+  libwebrtc's probe bitrate estimator) lifts the estimate at once. Probe packets (a
+  cluster and its primer) count in no loss fraction: a probe that overran the link
   already failed (it says "no capacity" through its result), and its losses in the loss-based
   bound pulled the estimate under what the media itself got through (the real-client test's
   900 kbit/s phase: a probe for the top layer lost 15 % of a window and undid the middle one).
@@ -53,6 +54,8 @@ __all__ = [
     "LOSS_WINDOW_S",
     "MAX_BPS",
     "MIN_BPS",
+    "NO_CLUSTER",
+    "PRIMER",
     "PROBE_LOSS_HOLD",
     "BandwidthEstimator",
 ]
@@ -115,20 +118,19 @@ LOSS_WINDOW_S: Final = 1.0
 LOSS_GROWTH: Final = 0.08
 #: A probe cluster's result counts with at least this many packets acknowledged.
 PROBE_MIN_PACKETS: Final = 4
-#: A probe is believed only up to the rate it was sent at times this (receive bursts can
-#: look faster than the link); libwebrtc bounds the receive rate the same way.
-PROBE_SEND_MARGIN: Final = 1.0
 #: Transport-wide CC reports arrivals in 250 µs ticks (draft-holmer §3.1.5): a probe train
 #: that arrived within one tick came faster than can be measured, so its receive span is
 #: taken as one tick (and the result capped by the caller at the probe's own rate).
 MIN_ARRIVAL_SPAN: Final = DELTA_TICK_US / 1_000_000
-#: Probe packets are told apart in feedback for this long after they were sent (s): their
-#: feedback comes within a round trip and a feedback interval; the ranges are then dropped
-#: so steady feedback costs no per-packet check.
+#: The send history's cluster id of a packet that is no probe's (media, retransmissions), and
+#: of a probe's primer (padding that drains a policer's bucket ahead of the cluster: part of
+#: the probe, part of no cluster's result).
+NO_CLUSTER: Final = -1
+PRIMER: Final = -2
+#: Probe packets are told apart in feedback (by their send history entry) for this long after
+#: the last was sent (s): their feedback comes within a round trip and a feedback interval;
+#: later feedback then costs no per-packet look-up.
 PROBE_LOSS_HOLD: Final = 2.0
-#: At most this many probe ranges are remembered (clusters go out a second or more apart,
-#: exploratory ones two back to back).
-PROBE_RANGES: Final = 8
 #: Application-limited region: sending less than this share of the estimate.
 ALR_SHARE: Final = 0.65
 #: RTT used until a receiver report gives one (s).
@@ -167,8 +169,8 @@ class BandwidthEstimator:
         self._ref_last: int | None = None
         self._ref_unwrapped = 0
         self._sent: deque[tuple[float, int]] = deque()  # (now, history bytes)
-        #: Probe packets recently sent: (first, end) history packet counts, and when.
-        self._probes: deque[tuple[int, int, float]] = deque(maxlen=PROBE_RANGES)
+        #: Until when feedback may report probe packets (see :data:`PROBE_LOSS_HOLD`).
+        self._probes_until = -1e9
         #: Probe packets left out of the loss fraction (read at scrape time or in tests).
         self.probe_packets_lost = 0
         self.rtt = DEFAULT_RTT
@@ -218,16 +220,15 @@ class BandwidthEstimator:
         arrivals = array("q")
         reported = 0
         lost = 0
-        probes = self._probes
-        while probes and now - probes[0][2] > PROBE_LOSS_HOLD:
-            probes.popleft()
         try:
-            if probes:
-                newest = self.history.packets - 1
+            if now <= self._probes_until:
+                lookup = self.history.lookup
                 probe_lost = 0
                 for seq, at in feedback.iter_arrivals():
-                    ext = newest - ((newest - seq) & 0xFFFF)
-                    if any(first <= ext < end for first, end, _ in probes):
+                    entry = lookup(seq)
+                    if entry is not None and entry[2] != NO_CLUSTER:
+                        # A probe packet (its cluster's or its primer's): what it says about
+                        # the link is the probe's result.
                         if at is None:
                             probe_lost += 1
                         else:
@@ -263,12 +264,11 @@ class BandwidthEstimator:
             self._count_loss(reported, lost, now)
         self._rate_control(self.detector.state, now)
 
-    def on_probe_sent(self, first: int, end: int, *, now: float) -> None:
-        """The history's packets ``first`` up to ``end`` (counts of :attr:`SendHistory.packets`
-        before and after) were a probe (its primer included): their losses are the probe's
-        result, not the media's loss."""
-        if end > first:
-            self._probes.append((first, end, now))
+    def on_probe_sent(self, *, now: float) -> None:
+        """Probe packets went out (recorded in the history under a cluster id, or
+        :data:`PRIMER` for a primer): until :data:`PROBE_LOSS_HOLD` after the last, feedback
+        tells them apart, and their losses are the probe's result, not the media's loss."""
+        self._probes_until = now + PROBE_LOSS_HOLD
 
     def on_probe_result(self, bps: float, *, now: float) -> None:
         """A probe cluster got ``bps`` through: the link takes at least that."""
@@ -322,16 +322,17 @@ class BandwidthEstimator:
 
     def probe_bps(self, cluster: int) -> float | None:
         """The bitrate probe ``cluster`` got through, once enough of it was acknowledged."""
-        packets, size, first_size, last_size, s0, s1, a0, a1 = self.detector.cluster(cluster)
+        packets, size, first_size, _, _, _, a0, a1 = self.detector.cluster(cluster)
         if packets < PROBE_MIN_PACKETS:
             return None
         # The bottleneck spaces the train out: its receive rate is what the link took (the
         # first packet's bytes arrived before the measured interval began).
         receive = (size - first_size) * 8 / max(a1 - a0, MIN_ARRIVAL_SPAN)
-        if s1 <= s0:
-            return receive  # sent as one burst: only the receive side has a rate
-        send = (size - last_size) * 8 / (s1 - s0)
-        return min(send * PROBE_SEND_MARGIN, receive)
+        # The send side bounds it through the caller's cap at the rate the cluster aimed at
+        # (and was paced at); the send rate of the acknowledged packets would read low by
+        # the loss share (a packet lost inside the train shortens the bytes, not the span),
+        # which failed a paced probe for the top layer on a link with 5 % random loss.
+        return receive
 
     # -- control ------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from sfu.core.counters import (
     subscription_switches,
 )
 from sfu.core.dataplane import DataPlane
-from sfu.core.estimator import BandwidthEstimator
+from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.pacing import PACING_FACTOR, PacedSender
 from sfu.core.prober import ProbeCluster, Prober, probe_step
@@ -235,6 +235,11 @@ class Peer:
         self._pacer_due: float | None = None
         #: The pacer's drop counters when last folded into ``counters``.
         self._pacer_seen = (0, 0, 0)
+        #: The probe cluster being sent (its packets spread at its rate), how many of its
+        #: packets (primer first) went, and when the next one is due.
+        self._probe_sending: ProbeCluster | None = None
+        self._probe_sent = 0
+        self._probe_next = math.inf
         self.set_extensions(extensions)
 
     @property
@@ -454,6 +459,8 @@ class Peer:
         if self.pacer is not None:
             self.pacer.clear()
             self._pacer_due = None
+        self._probe_sending = None
+        self._probe_next = math.inf
         for publication in self.publications.values():
             self._fold_publication(publication)
         for subscription in self.subscriptions.values():
@@ -494,6 +501,8 @@ class Peer:
         pacer_due = self._pacer_due
         if pacer_due is not None and pacer_due < due:
             due = pacer_due
+        if self._probe_next < due:
+            due = self._probe_next
         if subscriptions and self._allocation_watched():
             due = min(due, self._last_allocation + ALLOCATION_INTERVAL)
             if self._switching:
@@ -608,6 +617,8 @@ class Peer:
         if self._switching and now - self._last_switch_check >= SWITCH_CHECK_INTERVAL:
             self._last_switch_check = now
             self._request_switch_keyframes(now)
+        if self._probe_next <= now:
+            self._send_probe_due(now)
         if estimate is not None and now - self._last_probe >= PROBE_INTERVAL and self._probing():
             self._last_probe = now
             self._probe(now)
@@ -803,8 +814,21 @@ class Peer:
             self._send_probe(cluster, now)
 
     def _send_probe(self, cluster: ProbeCluster, now: float) -> None:
-        """The cluster's padding packets (its primer first) on the RTX stream of a video
-        subscription."""
+        """Start sending ``cluster``: its primer at once (it drains a policer's bucket), then
+        its packets spread at the cluster's rate on the peer's timer (at once they overran a
+        900 kbit/s link's 5.6 kB queue, and the media behind them was lost with them)."""
+        self._probe_sending = cluster
+        self._probe_sent = 0
+        self._probe_next = now
+        self._send_probe_due(now)
+
+    def _send_probe_due(self, now: float) -> None:
+        """The padding packets of the cluster being sent that are due at ``now``, on the RTX
+        stream of a video subscription; the rest wait for :attr:`_probe_next`."""
+        cluster = self._probe_sending
+        self._probe_next = math.inf
+        if cluster is None:
+            return
         twcc_id = self.router.twcc_id
         carrier = next(
             (
@@ -815,22 +839,31 @@ class Peer:
             None,
         )
         if carrier is None or not twcc_id:
+            self._probe_sending = None
             return
         sender: PacedSender | WebRtcTransport = self.transport
         if self._paced_probe is not None:
-            sender = self._paced_probe  # the cluster leaves as one, ahead of paced media
+            sender = self._paced_probe  # in the pacer's order, without its budget
             sender.now = now
-        history = self.send_history
-        first = history.packets if history is not None else 0
-        try:
-            for i in range(cluster.primer + cluster.packets):
-                cluster_id = cluster.id if i >= cluster.primer else -1  # the primer is no part
-                packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
-                if packet is None:
-                    return
-                if sender.send_rtp(packet):
-                    self.counters.probe_packets += 1
-        finally:
-            if history is not None and self.estimator is not None:
-                # The probe's losses are its result, not the media's loss.
-                self.estimator.on_probe_sent(first, history.packets, now=now)
+        total = cluster.primer + cluster.packets
+        due = now
+        while self._probe_sent < total and due <= now:
+            i = self._probe_sent
+            cluster_id = cluster.id if i >= cluster.primer else PRIMER
+            packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
+            if packet is None:
+                self._probe_sending = None
+                return
+            self._probe_sent = i + 1
+            if sender.send_rtp(packet):
+                self.counters.probe_packets += 1
+            if i >= cluster.primer:
+                # The next one leaves a packet's time at the cluster's rate later.
+                due += len(packet) * 8 / cluster.bps
+        if self.estimator is not None:
+            # Until their feedback is in, the probe's losses are told apart from the media's.
+            self.estimator.on_probe_sent(now=now)
+        if self._probe_sent >= total:
+            self._probe_sending = None
+        else:
+            self._probe_next = due

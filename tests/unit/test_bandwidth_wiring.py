@@ -15,7 +15,7 @@ from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harne
 from sfu._fastpath._pacer_py import AUDIO as PACED_AUDIO
 from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
-from sfu.core.estimator import INITIAL_BPS
+from sfu.core.estimator import INITIAL_BPS, PRIMER
 from sfu.core.pacing import PACING_FACTOR
 from sfu.core.peer import (
     ALLOCATION_INTERVAL,
@@ -105,22 +105,40 @@ def test_probe_clusters_go_out_as_padding_on_the_rtx_stream(
     _publish(h, alice, 1.0, 30, f_packets=2)  # the top layer (528 kbit/s) does not fit
     before = len(h.sent_rtp["bob"])
     h.service.poll(2.0, 1.7e9)  # allocates (the next layer is wanted), then probes
+    cluster = bob.peer.prober.pending
+    assert cluster is not None
+    # The primer and the cluster's first packet at once, the rest at the cluster's rate on
+    # the peer's timer.
+    sent_at_once = [RtpPacket.parse(p) for p in h.sent_rtp["bob"][before:]]
+    assert len([p for p in sent_at_once if p.ssrc == sub.rtx_ssrc]) == cluster.primer + 1
+    for _ in range(cluster.packets):
+        due = bob.peer.next_timer()
+        assert due is not None
+        if due > 2.0 + 2 * cluster.packets * 300 * 8 / cluster.bps:
+            break
+        h.service.poll(due, 1.7e9 + due)
     probes = [RtpPacket.parse(p) for p in h.sent_rtp["bob"][before:]]
     probes = [p for p in probes if p.ssrc == sub.rtx_ssrc]
-    assert len(probes) >= 5
+    assert len(probes) == cluster.primer + cluster.packets
     assert all(p.padding_length == 255 and not p.payload for p in probes)
     history = bob.peer.send_history
     assert history is not None
     clusters = []
+    times = []
     for p in probes:
         stamp = int.from_bytes(dict(p.extensions())[TWCC_ID], "big")
         lookup = history.lookup(stamp)
         assert lookup is not None
         clusters.append(lookup[2])
+        times.append(lookup[0])
     # The primer first (under no cluster: it drains a policer's bucket), then cluster 0.
-    primer = bob.peer.prober.pending
-    assert primer is not None and primer.primer > 0
-    assert clusters == [-1] * primer.primer + [0] * primer.packets
+    assert cluster.primer > 0
+    assert clusters == [PRIMER] * cluster.primer + [0] * cluster.packets
+    # Sent at the cluster's rate, not at once.
+    cluster_times = times[cluster.primer :]
+    span = cluster_times[-1] - cluster_times[0]
+    size = sum(len(p.serialize()) for p in probes[cluster.primer : -1])
+    assert size * 8 / span == pytest.approx(cluster.bps, rel=0.25)
     assert bob.peer.counters.probe_packets == len(probes)
     assert bob.peer.prober.started == 1
     # No second cluster while the first one's result is awaited.

@@ -13,6 +13,7 @@ from sfu.core.estimator import (
     LOSS_HIGH,
     MAX_DECREASE,
     MIN_BPS,
+    PRIMER,
     BandwidthEstimator,
 )
 from sfu.core.kernels import Kernels
@@ -269,12 +270,11 @@ def test_a_probes_losses_stay_out_of_the_loss_based_bound(kernels: Kernels) -> N
     assert acked is not None and before >= acked
     # A 4 kB primer and a 3 kB cluster at once, then the media goes on: 3 of 4 probe packets
     # are dropped by the bottleneck, every media packet arrives.
-    first = est.history.packets
     for i in range(28):
-        seq = est.history.record(275, now, 7 if i >= 16 else -1)
+        seq = est.history.record(275, now, 7 if i >= 16 else PRIMER)
         if i % 4 == 0:
             recorder.on_packet(seq, 5, now + 0.02 + i * 0.002)
-    est.on_probe_sent(first, est.history.packets, now=now)
+    est.on_probe_sent(now=now)
     _feed(est, start=now + 0.001, seconds=2.0, bps=280_000)
     assert est.loss == 0.0
     assert est.target_bps() >= before
