@@ -416,5 +416,12 @@ class BandwidthEstimator:
             self._loss_bps = max(self.min_bps, bound)
         elif fraction < LOSS_LOW and current is not None:
             grown = current * (1.0 + LOSS_GROWTH * dt) + ACKED_CAP_EXTRA * dt
+            acked = self.acked_bps
+            if acked is not None:
+                # As the delay-based growth: no further than what got through can vouch for.
+                # Paused below the lowest layer (audio only), the bound otherwise grew 8 % a
+                # second past the link until the layer resumed into it and was shed again;
+                # only a probe (or media that gets through) raises it there.
+                grown = min(grown, max(current, ACKED_CAP_FACTOR * acked + ACKED_CAP_EXTRA))
             # Far above the delay-based estimate the bound no longer bounds anything.
             self._loss_bps = None if grown > 2 * self._delay_bps else grown

@@ -50,7 +50,7 @@ from sfu.core.dataplane import DataPlane
 from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.pacing import PACING_FACTOR, PacedSender
-from sfu.core.prober import ProbeCluster, Prober, probe_step
+from sfu.core.prober import ProbeCluster, Prober, probe_gap, probe_step
 from sfu.core.publication import LAYER_TIMEOUT, Publication, SourceStream
 from sfu.core.reporter import Reporter
 from sfu.core.retransmission import RTX_SHARE, RetransmissionBudget
@@ -815,8 +815,7 @@ class Peer:
 
     def _send_probe(self, cluster: ProbeCluster, now: float) -> None:
         """Start sending ``cluster``: its primer at once (it drains a policer's bucket), then
-        its packets spread at the cluster's rate on the peer's timer (at once they overran a
-        900 kbit/s link's 5.6 kB queue, and the media behind them was lost with them)."""
+        its packets spread on the peer's timer (:func:`~sfu.core.prober.probe_gap`)."""
         self._probe_sending = cluster
         self._probe_sent = 0
         self._probe_next = now
@@ -858,8 +857,7 @@ class Peer:
             if sender.send_rtp(packet):
                 self.counters.probe_packets += 1
             if i >= cluster.primer:
-                # The next one leaves a packet's time at the cluster's rate later.
-                due += len(packet) * 8 / cluster.bps
+                due += probe_gap(cluster, len(packet))
         if self.estimator is not None:
             # Until their feedback is in, the probe's losses are told apart from the media's.
             self.estimator.on_probe_sent(now=now)

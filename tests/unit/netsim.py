@@ -34,7 +34,7 @@ from sfu.core.allocator import Allocation, Allocator
 from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.kernels import Kernels
 from sfu.core.peer import BUDGET_HEADROOM, allocation_budget, allocation_due
-from sfu.core.prober import PADDING_SIZE, Prober, probe_step
+from sfu.core.prober import PADDING_SIZE, Prober, probe_gap, probe_step
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
@@ -42,7 +42,9 @@ from sfu.packet.twcc import TransportFeedback
 
 __all__ = [
     "AUDIO_BPS",
+    "AUDIO_INTERVAL",
     "LAYERS",
+    "OVERHEAD",
     "PAUSED",
     "AllocatorAdapter",
     "Link",
@@ -349,8 +351,9 @@ def run(
                     wire = PADDING_SIZE + 12 + OVERHEAD
                     queue = sender.probe_queue
                     queue.extend((now, PADDING_SIZE + 12, PRIMER) for _ in range(cluster.primer))
+                    gap = probe_gap(cluster, wire)
                     queue.extend(
-                        (now + i * wire * 8 / cluster.bps, PADDING_SIZE + 12, cluster.id)
+                        (now + i * gap, PADDING_SIZE + 12, cluster.id)
                         for i in range(cluster.packets)
                     )
             probes = sender.probe_queue

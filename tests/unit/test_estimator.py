@@ -8,6 +8,8 @@ import weakref
 import pytest
 
 from sfu.core.estimator import (
+    ACKED_CAP_EXTRA,
+    ACKED_CAP_FACTOR,
     BETA,
     INITIAL_BPS,
     LOSS_HIGH,
@@ -279,3 +281,22 @@ def test_a_probes_losses_stay_out_of_the_loss_based_bound(kernels: Kernels) -> N
     assert est.loss == 0.0
     assert est.target_bps() >= before
     assert est.probe_packets_lost == 21
+
+
+def test_the_loss_bound_grows_no_further_than_what_got_through_vouches_for(
+    kernels: Kernels,
+) -> None:
+    """Paused below the lowest layer only audio goes out: loss-free, but 40 kbit/s says
+    nothing about 150 kbit/s. The bound must not grow past the link on its own (it did, 8 %
+    a second, until the layer resumed into the link and was shed again)."""
+    est = _estimator(kernels)
+    now = _feed(est, start=0.0, seconds=3.0, bps=280_000, lose_every=3)  # a cap: 33 % lost
+    bound = est.target_bps()
+    assert bound < INITIAL_BPS
+    now = _feed(est, start=now, seconds=5.0, bps=40_000)
+    settled = est.target_bps()
+    # (the acknowledged rate still held some of the 280 kbit/s when the loss cleared)
+    assert settled <= 1.1 * max(bound, ACKED_CAP_FACTOR * 40_000 + ACKED_CAP_EXTRA)
+    _feed(est, start=now, seconds=10.0, bps=40_000)
+    assert est.loss == 0.0
+    assert est.target_bps() == pytest.approx(settled)
