@@ -748,7 +748,7 @@ class Peer:
         trace.debug(
             "alloc t=%.2f estimate=%.0f acked=%s sent=%.0f loss=%.3f state=%d decreases=%d"
             " budget=%s allocated=%.0f next=%s desired=%.0f targets(target/current)=%s"
-            " probes=%d/%d/%d backoff=%.1f",
+            " probes=%d/%d/%d backoff=%.1f probe_lost=%d pacer=%d/%d/%d/%d",
             now,
             estimate if estimate is not None else -1,
             None if acked is None else round(acked),
@@ -765,6 +765,11 @@ class Peer:
             self.prober.succeeded,
             self.prober.failed,
             self.prober.backoff(),
+            estimator.probe_packets_lost,
+            self.counters.pacer_dropped,
+            self.counters.pacer_evicted,
+            self.counters.pacer_expired,
+            self.counters.pacer_flushed,
         )
 
     def _probe(self, now: float) -> None:
