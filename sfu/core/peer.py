@@ -50,7 +50,7 @@ from sfu.core.dataplane import DataPlane
 from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.pacing import PACING_FACTOR, PacedSender
-from sfu.core.prober import ProbeCluster, Prober, probe_gap, probe_step
+from sfu.core.prober import ProbeCluster, Prober, probe_step
 from sfu.core.publication import LAYER_TIMEOUT, Publication, SourceStream
 from sfu.core.reporter import Reporter
 from sfu.core.retransmission import RTX_SHARE, RetransmissionBudget
@@ -235,11 +235,6 @@ class Peer:
         self._pacer_due: float | None = None
         #: The pacer's drop counters when last folded into ``counters``.
         self._pacer_seen = (0, 0, 0)
-        #: The probe cluster being sent (its packets spread at its rate), how many of its
-        #: packets (primer first) went, and when the next one is due.
-        self._probe_sending: ProbeCluster | None = None
-        self._probe_sent = 0
-        self._probe_next = math.inf
         self.set_extensions(extensions)
 
     @property
@@ -459,8 +454,6 @@ class Peer:
         if self.pacer is not None:
             self.pacer.clear()
             self._pacer_due = None
-        self._probe_sending = None
-        self._probe_next = math.inf
         for publication in self.publications.values():
             self._fold_publication(publication)
         for subscription in self.subscriptions.values():
@@ -501,8 +494,6 @@ class Peer:
         pacer_due = self._pacer_due
         if pacer_due is not None and pacer_due < due:
             due = pacer_due
-        if self._probe_next < due:
-            due = self._probe_next
         if subscriptions and self._allocation_watched():
             due = min(due, self._last_allocation + ALLOCATION_INTERVAL)
             if self._switching:
@@ -617,8 +608,6 @@ class Peer:
         if self._switching and now - self._last_switch_check >= SWITCH_CHECK_INTERVAL:
             self._last_switch_check = now
             self._request_switch_keyframes(now)
-        if self._probe_next <= now:
-            self._send_probe_due(now)
         if estimate is not None and now - self._last_probe >= PROBE_INTERVAL and self._probing():
             self._last_probe = now
             self._probe(now)
@@ -819,20 +808,10 @@ class Peer:
             self._send_probe(cluster, now)
 
     def _send_probe(self, cluster: ProbeCluster, now: float) -> None:
-        """Start sending ``cluster``: its primer at once (it drains a policer's bucket), then
-        its packets spread on the peer's timer (:func:`~sfu.core.prober.probe_gap`)."""
-        self._probe_sending = cluster
-        self._probe_sent = 0
-        self._probe_next = now
-        self._send_probe_due(now)
-
-    def _send_probe_due(self, now: float) -> None:
-        """The padding packets of the cluster being sent that are due at ``now``, on the RTX
-        stream of a video subscription; the rest wait for :attr:`_probe_next`."""
-        cluster = self._probe_sending
-        self._probe_next = math.inf
-        if cluster is None:
-            return
+        """The cluster's padding packets (its primer first) on the RTX stream of a video
+        subscription, at once: spread on the peer's timer they left in 20 ms timer slots
+        (``TIMER_SLOT_S``), read as a fraction of their rate on loopback and every probe of
+        the real-client test's uncapped start failed (bench/RESULTS.md)."""
         twcc_id = self.router.twcc_id
         carrier = next(
             (
@@ -843,30 +822,20 @@ class Peer:
             None,
         )
         if carrier is None or not twcc_id:
-            self._probe_sending = None
             return
         sender: PacedSender | WebRtcTransport = self.transport
         if self._paced_probe is not None:
             sender = self._paced_probe  # in the pacer's order, without its budget
             sender.now = now
-        total = cluster.primer + cluster.packets
-        due = now
-        while self._probe_sent < total and due <= now:
-            i = self._probe_sent
-            cluster_id = cluster.id if i >= cluster.primer else PRIMER
-            packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
-            if packet is None:
-                self._probe_sending = None
-                return
-            self._probe_sent = i + 1
-            if sender.send_rtp(packet):
-                self.counters.probe_packets += 1
-            if i >= cluster.primer:
-                due += probe_gap(cluster, len(packet))
-        if self.estimator is not None:
-            # Until their feedback is in, the probe's losses are told apart from the media's.
-            self.estimator.on_probe_sent(now=now)
-        if self._probe_sent >= total:
-            self._probe_sending = None
-        else:
-            self._probe_next = due
+        try:
+            for i in range(cluster.primer + cluster.packets):
+                cluster_id = cluster.id if i >= cluster.primer else PRIMER
+                packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
+                if packet is None:
+                    return
+                if sender.send_rtp(packet):
+                    self.counters.probe_packets += 1
+        finally:
+            if self.estimator is not None:
+                # Until their feedback is in, the probe's losses are told apart from the media's.
+                self.estimator.on_probe_sent(now=now)

@@ -47,7 +47,6 @@ __all__ = [
     "SETTLE",
     "ProbeCluster",
     "Prober",
-    "probe_gap",
     "probe_step",
 ]
 
@@ -242,17 +241,6 @@ class Prober:
         self._failures += 1
         self._not_before = now + self.backoff()
         return False
-
-
-def probe_gap(cluster: ProbeCluster, size: int) -> float:
-    """Seconds between a cluster's packets of ``size`` bytes: its rate, or faster when its
-    minimum size (:data:`MIN_CLUSTER_BYTES`) makes it longer than :data:`CLUSTER_DURATION`.
-    Spread, a cluster cannot overrun a short bottleneck queue in one burst (at once, a probe
-    for the top layer, about 11 kB with its primer, overran the 900 kbit/s link's 5.6 kB and
-    the media behind it was lost); but a low-rate cluster spread at its rate (3 kB at
-    250 kbit/s: 120 ms) kept a 100 kbit/s link's queue full for that long, and the audio
-    arriving meanwhile was lost with it."""
-    return min(size * 8 / cluster.bps, CLUSTER_DURATION / cluster.packets)
 
 
 def probe_step(

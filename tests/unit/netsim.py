@@ -34,7 +34,7 @@ from sfu.core.allocator import Allocation, Allocator
 from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.kernels import Kernels
 from sfu.core.peer import BUDGET_HEADROOM, allocation_budget, allocation_due
-from sfu.core.prober import PADDING_SIZE, Prober, probe_gap, probe_step
+from sfu.core.prober import PADDING_SIZE, Prober, probe_step
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
@@ -346,15 +346,12 @@ def run(
             if sender.probing and tick % 10 == 0:
                 cluster = sender.probe(now)
                 if cluster is not None:
-                    # As Peer._send_probe: the primer at once, the cluster at its rate.
+                    # As Peer._send_probe: the primer and the cluster at once.
                     sender.clusters.append(cluster)
-                    wire = PADDING_SIZE + 12 + OVERHEAD
                     queue = sender.probe_queue
                     queue.extend((now, PADDING_SIZE + 12, PRIMER) for _ in range(cluster.primer))
-                    gap = probe_gap(cluster, wire)
                     queue.extend(
-                        (now + i * gap, PADDING_SIZE + 12, cluster.id)
-                        for i in range(cluster.packets)
+                        (now, PADDING_SIZE + 12, cluster.id) for _ in range(cluster.packets)
                     )
             probes = sender.probe_queue
             while probes and probes[0][0] <= now + 1e-9:

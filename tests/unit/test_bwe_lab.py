@@ -199,8 +199,8 @@ def test_the_lab_is_deterministic(kernels: Kernels) -> None:
 
 def test_audio_gets_through_below_the_lowest_layer(kernels: Kernels) -> None:
     """The real-client test's shaping at 100 kbit/s (4 kB burst, 50 ms: a 625-byte queue):
-    with the video paused, the probes for the low layer (a primer at once, the cluster spread
-    over 25 ms) cost audio at most a packet each, the paused video is not resumed into the
+    with the video paused, the probes for the low layer cost audio at most a packet each,
+    the paused video is not resumed into the
     link (the loss bound does not grow past what got through), and a failed probe's losses
     do not count as the media's."""
     sender = Sender(kernels)
