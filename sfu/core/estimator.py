@@ -16,9 +16,9 @@ libwebrtc's goog_cc structures it, written from the draft and the published desi
 * a **loss-based bound** (§7): above :data:`LOSS_HIGH` loss it backs off by half the loss
   fraction (and to the acknowledged bitrate when that is lower, by at most half per step),
   between :data:`LOSS_LOW` and :data:`LOSS_HIGH` it holds, below it grows;
-* **probe results**: the bitrate a probe cluster got through (its receive rate, capped at
-  the rate it aimed at and was paced at: the smaller of its send and receive rates, as
-  libwebrtc's probe bitrate estimator) lifts the estimate at once. Probe packets (a
+* **probe results**: the bitrate a probe cluster got through (its receive rate, capped by
+  the caller at the rate it aimed at: the cluster leaves at once, so the send side has no
+  rate of its own) lifts the estimate at once. Probe packets (a
   cluster and its primer) count in no loss fraction: a probe that overran the link
   already failed (it says "no capacity" through its result), and its losses in the loss-based
   bound pulled the estimate under what the media itself got through (the real-client test's
@@ -328,10 +328,9 @@ class BandwidthEstimator:
         # The bottleneck spaces the train out: its receive rate is what the link took (the
         # first packet's bytes arrived before the measured interval began).
         receive = (size - first_size) * 8 / max(a1 - a0, MIN_ARRIVAL_SPAN)
-        # The send side bounds it through the caller's cap at the rate the cluster aimed at
-        # (and was paced at); the send rate of the acknowledged packets would read low by
-        # the loss share (a packet lost inside the train shortens the bytes, not the span),
-        # which failed a paced probe for the top layer on a link with 5 % random loss.
+        # The send side bounds it through the caller's cap at the rate the cluster aimed at;
+        # the send rate of the acknowledged packets of a spread train would read low by the
+        # loss share (a packet lost inside the train shortens the bytes, not the span).
         return receive
 
     # -- control ------------------------------------------------------------------------------
