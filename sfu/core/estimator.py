@@ -50,6 +50,7 @@ __all__ = [
     "LOSS_CONFIDENCE",
     "LOSS_HIGH",
     "LOSS_LOW",
+    "LOSS_SEVERE",
     "LOSS_WINDOW_PACKETS",
     "LOSS_WINDOW_S",
     "MAX_BPS",
@@ -98,6 +99,11 @@ ACKED_WINDOW: Final = 0.5
 #: Loss thresholds of the loss-based bound (§7: back off above 10 %, grow below 2 %).
 LOSS_HIGH: Final = 0.10
 LOSS_LOW: Final = 0.02
+#: Above this loss the bound falls to the acknowledged rate at once, not by at most half a
+#: step: most of what is sent is lost, so the link is a fraction of the rate and every step
+#: spent above it is lost, audio included (the real-client test's cap from 900 to 100 kbit/s
+#: took three halving steps, a second at 88-90 % loss, and 8.7 % of the phase's audio).
+LOSS_SEVERE: Final = 0.5
 #: Loss is measured over at least this many reported packets, and the bound moves at most
 #: once per :data:`LOSS_INTERVAL` (s) so one feedback of a burst does not count many times.
 LOSS_MIN_PACKETS: Final = 20
@@ -411,7 +417,7 @@ class BandwidthEstimator:
                 # and halving steps of half the loss fraction took 3.5 s from 2.5 Mbit/s to a
                 # 400 kbit/s cap in the real-client test. At most MAX_DECREASE per step (the
                 # acknowledged rate of a few feedbacks is noisy).
-                bound = max(acked, MAX_DECREASE * base)
+                bound = acked if fraction >= LOSS_SEVERE else max(acked, MAX_DECREASE * base)
             self._loss_bps = max(self.min_bps, bound)
         elif fraction < LOSS_LOW and current is not None:
             grown = current * (1.0 + LOSS_GROWTH * dt) + ACKED_CAP_EXTRA * dt

@@ -13,6 +13,7 @@ from sfu.core.estimator import (
     BETA,
     INITIAL_BPS,
     LOSS_HIGH,
+    LOSS_SEVERE,
     MAX_DECREASE,
     MIN_BPS,
     PRIMER,
@@ -300,3 +301,16 @@ def test_the_loss_bound_grows_no_further_than_what_got_through_vouches_for(
     _feed(est, start=now, seconds=10.0, bps=40_000)
     assert est.loss == 0.0
     assert est.target_bps() == pytest.approx(settled)
+
+
+def test_severe_loss_falls_to_what_got_through_at_once(kernels: Kernels) -> None:
+    """Most of what is sent lost (a cap at a fraction of the rate): the bound falls to the
+    acknowledged rate in one step, where halving steps spent a second above the link and
+    the audio sent meanwhile was lost with the video."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    _feed(est, start=0.0, seconds=0.45, bps=900_000, random_loss=0.7, seed=5)
+    acked = est.acked_bps
+    assert acked is not None and est.loss >= LOSS_SEVERE
+    assert est.target_bps() < MAX_DECREASE * 2_500_000
+    assert est.target_bps() <= 1.2 * acked  # the acknowledged rate of the step, or less
