@@ -464,6 +464,13 @@ class Subscription:
             if entry.in_ext_seq < stream.last_keyframe_seq and self.publication.video:
                 self.retransmit_superseded += 1  # a newer keyframe was forwarded after it
                 continue
+            selector = self.selector
+            if selector is not None and selector.target.spatial is None:
+                # Paused for bandwidth (or by its hints): the resume's keyframe supersedes
+                # it, and resending into a link that cannot carry the lowest layer takes the
+                # audio down.
+                self.retransmit_superseded += 1
+                continue
             if not self.throttle.allow(seq, now):
                 continue
             cached = stream.cache.get(entry.in_ext_seq, now)
