@@ -864,6 +864,14 @@ class Supervisor:
         rooms = GaugeMetricFamily(
             "sfu_worker_rooms", "Rooms the supervisor has placed on the worker.", labels=["worker"]
         )
+        sessions = GaugeMetricFamily(
+            "sfu_worker_http_sessions",
+            "WHIP/WHEP sessions the supervisor routes to the worker.",
+            labels=["worker"],
+        )
+        per_worker: dict[int, int] = {}
+        for index, _room in self._http_sessions.values():
+            per_worker[index] = per_worker.get(index, 0) + 1
         cpu = CounterMetricFamily(
             "sfu_worker_cpu_seconds", "CPU time of the worker's process.", labels=["worker"]
         )
@@ -877,6 +885,7 @@ class Supervisor:
             up.add_metric(label, 1.0 if worker.ready else 0.0)
             restarts.add_metric(label, float(worker.restarts))
             rooms.add_metric(label, float(self.placement.rooms_on(worker.index)))
+            sessions.add_metric(label, float(per_worker.get(worker.index, 0)))
             cpu.add_metric(label, worker.cpu_total)
             pps.add_metric(label, self.placement.loads[worker.index].pps)
         # The public listener's limits (the workers' own series are their loopback ones).
@@ -893,7 +902,7 @@ class Supervisor:
             labels=["listener"],
         )
         open_now.add_metric([PUBLIC_LISTENER], float(self.limiter.open))
-        return [up, restarts, rooms, cpu, pps, refused, open_now]
+        return [up, restarts, rooms, sessions, cpu, pps, refused, open_now]
 
     # -- life cycle ---------------------------------------------------------------------
 

@@ -116,6 +116,11 @@ def test_whep_viewer_on_a_shard_decodes_and_its_session_sticks() -> None:
                 assert await asyncio.wait_for(frames(received["video"], 10), TIMEOUT) == 10
                 assert await asyncio.wait_for(frames(received["audio"], 10), TIMEOUT) == 10
 
+                # The supervisor's metrics count the session on its shard.
+                status, text, _ = await request("GET", f"{base}/metrics")
+                assert status == 200
+                assert f'sfu_worker_http_sessions{{worker="{shard}"}} 1.0' in text, text
+
                 # The session lives on the shard only: the home does not know it.
                 frag = "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
                 home_url = supervisor.workers[home].base_url
@@ -157,8 +162,18 @@ def test_whep_viewer_on_a_shard_decodes_and_its_session_sticks() -> None:
                 assert supervisor.placement.shards_of(ROOM) == {home}
                 status, _, _ = await request("DELETE", base + location)
                 assert status == 404
-                status, text, _ = await request("DELETE", base + whip_location)
+                # A session that ends on its worker without the supervisor seeing a DELETE
+                # (here deleted on the worker's own listener; a failed transport alike) stops
+                # counting once the supervisor asks the worker (every few seconds).
+                whip_id = whip_location.rsplit("/", 1)[-1]
+                status, text, _ = await request("DELETE", home_url + whip_location)
                 assert status == 200, text
+                assert supervisor.session_worker(whip_id) == home
+                deadline = time.monotonic() + TIMEOUT
+                while supervisor.session_worker(whip_id) is not None:
+                    assert time.monotonic() < deadline, "the ended session is still counted"
+                    await asyncio.sleep(0.1)
+                assert supervisor.http_session_count == 0
             finally:
                 await publisher.close()
                 await viewer.close()
