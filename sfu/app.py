@@ -667,6 +667,7 @@ class Server:
         if self.pipes is not None and self.bus is not None:
             self.rooms.bus = self.bus
             self.rooms.remote_tracks = self.pipes.hub
+            self.pipes.hub.stats = self.rooms.stats
         auth = self.config.auth
         add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)
         add_room_routes(

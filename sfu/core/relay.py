@@ -24,7 +24,7 @@ from typing import Final
 
 from sfu._fastpath.values import PacketInfo
 from sfu.core.binder import Binder
-from sfu.core.counters import PeerCounters
+from sfu.core.counters import PeerCounters, RouterStats
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.reporter import Reporter
@@ -355,6 +355,7 @@ class RemotePublication:
         rtcp_ssrc: int,
         extensions: dict[int, str],
         declared: list[tuple[int, int | None]],
+        stats: RouterStats | None = None,
     ) -> None:
         self.publication = publication
         self.pipe = pipe
@@ -363,7 +364,9 @@ class RemotePublication:
         self.binder = Binder()
         self.sender = FlowFeedback(pipe, flow, send)
         twcc = TwccRecorder(rtcp_ssrc)
-        self.router = Router(publication.participant_id, self.binder, twcc, self.counters)
+        self.router = Router(
+            publication.participant_id, self.binder, twcc, self.counters, stats=stats
+        )
         self.reporter = Reporter(rtcp_ssrc, self.sender, twcc, self.counters)
         self.feedback = FeedbackHandler(self.sender, self.binder, self.counters)
         ids = {uri: i for i, uri in extensions.items()}
@@ -440,6 +443,9 @@ class RelayHub:
         self.relay = PublicationRelay(find, self._out)
         #: (peer, flow) -> the remote publication a flow we receive feeds.
         self.remotes: dict[tuple[int, int], RemotePublication] = {}
+        #: The room service's forwarding statistics: the relayed publications' routers
+        #: sample their forwarding latency there too (from the pipe's receive).
+        self.stats: RouterStats | None = None
         self._by_publication: dict[int, tuple[int, RemotePublication]] = {}
 
     def _out(self, peer: int) -> PipeOut:
@@ -475,6 +481,7 @@ class RelayHub:
             rtcp_ssrc=secrets.randbits(32) or 1,
             extensions=publication.extensions,
             declared=[],
+            stats=self.stats,
         )
         remote.router.on_audio_level = on_audio_level
         self.remotes[origin, flow] = remote

@@ -391,3 +391,23 @@ def test_no_shard_is_opened_where_rooms_are_not_spread(monkeypatch: pytest.Monke
     assert single.service.bus is None
     assert single.service.open_shard(ROOM) is None
     assert ROOM not in single.service.rooms
+
+
+def test_relayed_packets_are_sampled_in_the_shard_s_forwarding_latency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The far worker's histogram covers relayed publications too (pipe receive to the
+    last local copy), so a spread room's shard reports its forwarding latency."""
+    spread = Spread(monkeypatch)
+    one = spread.shards[1]
+    stats = one.service.stats
+    stats.clock, stats.sample_mask = (lambda: spread.now), 0
+    spread.hubs[1].stats = stats
+    alice, _bob, _tracks = _subscribed(spread)
+    assert alice.peer is not None
+    before = stats.forward_latency.count
+    for seq in range(3):
+        alice.peer.on_rtp(alice.peer.transport, opus_packet(AUDIO_SSRC, seq, 960 * seq), spread.now)
+    spread.pump()
+    assert len(one.sent_rtp["bob"]) == 3
+    assert stats.forward_latency.count - before == 3
