@@ -408,3 +408,60 @@ def test_one_identity_one_seat_across_shards(monkeypatch: pytest.MonkeyPatch) ->
     assert first.state is ParticipantState.LEFT and closed == [(4009, "joined from elsewhere")]
     assert second.state is ParticipantState.JOINED
     assert ROOM not in zero.service.rooms or not zero.service.rooms[ROOM].participants
+
+
+def test_an_opened_shard_gets_the_room_state_and_an_unused_one_is_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A WHEP viewer placed on a shard opens it before joining (the other shards answer
+    with their state) and it is forgotten again when nobody joined after all."""
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    alice = zero.join(ROOM, "alice")
+    zero.service.offer(alice, simulcast_offer(), 0.0, names={"1": "camera"})
+    spread.pump()
+    assert ROOM not in one.service.rooms
+    room = one.service.open_shard(ROOM)
+    assert room is not None and one.service.open_shard(ROOM) is room
+    spread.pump()
+    assert [d["identity"] for d in room.remote.values()] == ["alice"]
+    kinds = sorted(p.kind for p in room.publications.values() if p.participant_id == alice.id)
+    assert kinds == ["audio", "video"]
+    assert spread.hubs[1].remotes  # the stand-ins are open, fed by the pipe once subscribed
+    one.service.close_empty_shard(room)
+    assert ROOM not in one.service.rooms
+    assert not spread.hubs[1].remotes
+    # A shard with a participant is not forgotten.
+    room = one.service.open_shard(ROOM)
+    assert room is not None
+    spread.pump()
+    one.join(ROOM, "bob")
+    one.service.close_empty_shard(room)
+    assert one.service.rooms[ROOM] is room
+
+
+def test_no_shard_is_opened_where_rooms_are_not_spread(monkeypatch: pytest.MonkeyPatch) -> None:
+    single = harness(monkeypatch)
+    assert single.service.bus is None
+    assert single.service.open_shard(ROOM) is None
+    assert ROOM not in single.service.rooms
+
+
+def test_relayed_packets_are_sampled_in_the_shard_s_forwarding_latency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The far worker's histogram covers relayed publications too (pipe receive to the
+    last local copy), so a spread room's shard reports its forwarding latency."""
+    spread = Spread(monkeypatch)
+    one = spread.shards[1]
+    stats = one.service.stats
+    stats.clock, stats.sample_mask = (lambda: spread.now), 0
+    spread.hubs[1].stats = stats
+    alice, _bob, _tracks = _subscribed(spread)
+    assert alice.peer is not None
+    before = stats.forward_latency.count
+    for seq in range(3):
+        alice.peer.on_rtp(alice.peer.transport, opus_packet(AUDIO_SSRC, seq, 960 * seq), spread.now)
+    spread.pump()
+    assert len(one.sent_rtp["bob"]) == 3
+    assert stats.forward_latency.count - before == 3
