@@ -136,6 +136,12 @@ def session_of_path(path: str) -> str | None:
     return None
 
 
+def _is_policy_path(path: str) -> bool:
+    """Whether ``path`` is a room's policy in the admin API (``/rooms/{room}/policy``)."""
+    parts = path.split("/")
+    return len(parts) == 4 and parts[1] == "rooms" and parts[3] == "policy"
+
+
 def _starts_session(method: str, path: str) -> bool:
     """Whether the request opens a WHIP (``POST /whip/{room}``) or WHEP
     (``POST /whep/{room}/{identity}``) session: a newcomer of the room, placed like a
@@ -641,7 +647,7 @@ class Supervisor:
         if (
             room is not None
             and request.method in _POLICY_WRITES
-            and request.path.endswith("/policy")
+            and _is_policy_path(request.path)
             and response.status == 200
         ):
             await self._copy_policy(worker, request, headers, body)
