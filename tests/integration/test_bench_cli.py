@@ -93,7 +93,11 @@ def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
 
 def test_soak_and_churn_runs(tmp_path: Path) -> None:
     """Short runs of the long scenarios: samples, a summary and plots come out."""
-    doc, _ = _bench(tmp_path, "soak", "--subscribers", "3", "--duration", "4", "--sample", "1")
+    # Without feedback: 4 s is shorter than the estimate's ramp, and a paced subscriber with
+    # a low first estimate loses what its pacer expires (the feedback path has its own test).
+    doc, _ = _bench(
+        tmp_path, "soak", "--subscribers", "3", "--duration", "4", "--sample", "1", "--no-feedback"
+    )
     assert doc["scenario"] == "soak" and len(doc["samples"]) >= 3
     first = doc["samples"][0]
     assert first["rss_bytes"] > 0 and first["fds"] > 0 and first["receiver_reports"] >= 2
