@@ -137,6 +137,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="our local server's forwarding workers (server.workers; default 1)",
     )
+    p.add_argument(
+        "--spread",
+        type=int,
+        default=0,
+        help="our local server's server.room_spread_subscribers: with --workers 2 or more, "
+        "one room's later subscribers go to another worker past this many (default 0: off)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sample", type=float, default=10.0, help="soak: seconds per sample")
     p.add_argument("--cycles", type=int, default=1000, help="churn: join/leave cycles")
@@ -194,7 +201,11 @@ def _pin(args: argparse.Namespace) -> int | None:
 
 def _targets(args: argparse.Namespace, server_cpu: int | None) -> list[Target]:
     ours = SfuTarget(
-        url=args.target, jwt_secret=args.jwt_secret, server_cpu=server_cpu, workers=args.workers
+        url=args.target,
+        jwt_secret=args.jwt_secret,
+        server_cpu=server_cpu,
+        workers=args.workers,
+        spread=args.spread,
     )
     targets: list[Target] = [ours]
     if args.vs == "janus":

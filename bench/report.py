@@ -124,6 +124,20 @@ def format_table(results: Sequence[RunResult], find_max: bool) -> str:
         )
     rows = [_step_row(r, s) for r in results for s in r.steps]
     out.append(_grid(_HEADERS, rows))
+    for r in results:
+        for s in r.steps:
+            for port, g in s.by_server_port.items():
+                out.append(
+                    f"{r.target} x{s.rate:g}: subscribers on server port {port}: "
+                    f"{_fmt(g['subscribers'], 0)}, loss {g['loss']}, "
+                    f"p50 {g['latency_p50_ms']} ms, p99 {g['latency_p99_ms']} ms"
+                )
+            for worker, f in s.server_forwarding_ms.items():
+                out.append(
+                    f"{r.target} x{s.rate:g}: server forwarding latency, worker {worker}: "
+                    f"p50 <= {f['p50_ms']} ms, p99 <= {f['p99_ms']} ms "
+                    f"({_fmt(f['samples'], 0)} samples)"
+                )
     if find_max:
         for r in results:
             best = r.best()

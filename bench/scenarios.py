@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from bench._loadgen_py import KIND_AUDIO, KIND_VIDEO, StreamSpec, min_packet_size, percentile_ns
 from bench.client import IMPLEMENTATION, Endpoint, PublishPlan, TcpRelay, loadgen
-from bench.targets import Target, proc_cpu_seconds
+from bench.targets import Target, forwarding_quantiles, proc_cpu_seconds
 from sfu.packet.extensions import MID_URI, RID_URI
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import SrtpProfile
@@ -287,6 +287,12 @@ class StepResult:
     transport_feedback: int = 0
     #: The p99 latency bound this step was judged by (ms; None: latency not judged)
     p99_bound_ms: float | None = None
+    #: With subscribers on several server media ports (a room spread over workers): loss
+    #: and latency of each port's subscribers, measured like the totals (``--spread``).
+    by_server_port: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: The server's own forwarding-latency histogram in the window, per worker (p50/p99
+    #: upper bucket edges in ms, and samples), when it exposes ``/metrics``.
+    server_forwarding_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def sustained(self) -> bool:
         """Within the loss limit, keeping up with the offered load, and (when a bound is
@@ -522,6 +528,15 @@ class _Session:
             if ep.report_due(now):
                 ep.send_receiver_report(self.engine.receiver_snapshot(index)["streams"], now)
 
+    def server_ports(self) -> dict[int, str]:
+        """Each receiver's server media port (the worker it is on), when they differ."""
+        ports = {
+            i: str(self.by_index[i].remote_addr[1])
+            for i in self.receivers
+            if self.by_index[i].remote_addr is not None
+        }
+        return ports if len(set(ports.values())) > 1 else {}
+
     def snapshot(self) -> dict[str, Any]:
         """Receiver and sender counters now."""
         return {
@@ -562,18 +577,16 @@ def _self_cpu() -> float | None:
     return proc_cpu_seconds(os.getpid())
 
 
-def measure(
-    before: dict[str, Any],
-    after: dict[str, Any],
-    window: float,
-    rate: float,
-    cpu: tuple[float | None, float | None],
-    gen_cpu: tuple[float | None, float | None],
-) -> StepResult:
-    """One step's figures from two snapshots ``window`` seconds apart."""
+def _receivers(
+    before: dict[str, Any], after: dict[str, Any], only: set[int] | None
+) -> tuple[int, int, int, int, int, list[int]]:
+    """Expected, received, duplicate, reordered packets, SRTP errors and the latency
+    histogram of the receivers (those in ``only``, when given) between two snapshots."""
     expected = received = dups = reordered = srtp_errors = 0
     hist = [0] * len(next(iter(after["recv"].values()))["hist"]) if after["recv"] else []
     for index, snap in after["recv"].items():
+        if only is not None and index not in only:
+            continue
         old = before["recv"].get(index)
         old_streams = {s[0]: s for s in old["streams"]} if old else {}
         for ssrc, unique, dup, reord, first, highest, _nbytes in snap["streams"]:
@@ -592,6 +605,37 @@ def measure(
         for k, (a, b) in enumerate(zip(snap["hist"], old_hist, strict=True)):
             hist[k] += a - b
         srtp_errors += snap["srtp_errors"] - (old["srtp_errors"] if old else 0)
+    return expected, received, dups, reordered, srtp_errors, hist
+
+
+def by_group(
+    before: dict[str, Any], after: dict[str, Any], groups: dict[int, str]
+) -> dict[str, dict[str, float | None]]:
+    """Loss, p50 and p99 latency (ms) of each group of receivers (receiver -> label)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for label in sorted(set(groups.values())):
+        members = {i for i, g in groups.items() if g == label}
+        expected, received, *_, hist = _receivers(before, after, members)
+        p50, p99 = percentile_ns(hist, 0.5), percentile_ns(hist, 0.99)
+        out[label] = {
+            "subscribers": float(len(members)),
+            "loss": round((expected - received) / expected, 6) if expected else None,
+            "latency_p50_ms": None if p50 is None else round(p50 / 1e6, 4),
+            "latency_p99_ms": None if p99 is None else round(p99 / 1e6, 4),
+        }
+    return out
+
+
+def measure(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    window: float,
+    rate: float,
+    cpu: tuple[float | None, float | None],
+    gen_cpu: tuple[float | None, float | None],
+) -> StepResult:
+    """One step's figures from two snapshots ``window`` seconds apart."""
+    expected, received, dups, reordered, srtp_errors, hist = _receivers(before, after, None)
     sent = late = send_errors = 0
     for index, counters in after["send"].items():
         old_c = before["send"].get(index, {})
@@ -690,6 +734,8 @@ async def run_scenario(
             await session.drive(warm, _ticker(report, done, total, label))
             done += warm
             before = session.snapshot()
+            latency = getattr(target, "forwarding_latency", None)
+            fwd0 = await latency() if callable(latency) else None
             cpu0, gen0 = await target.cpu_seconds(), _self_cpu()
             w0 = time.monotonic()
             await session.drive(cfg.duration_s, _ticker(report, done, total, label))
@@ -699,6 +745,12 @@ async def run_scenario(
             done += cfg.duration_s
             step = measure(before, after, window, rate, (cpu0, cpu1), (gen0, gen1))
             step.p99_bound_ms = bound
+            groups = session.server_ports()
+            if groups:
+                step.by_server_port = by_group(before, after, groups)
+            fwd1 = await latency() if callable(latency) else None
+            if fwd0 is not None and fwd1 is not None:
+                step.server_forwarding_ms = forwarding_quantiles(fwd0, fwd1)
             step.egress_pps_per_subscription = round(
                 step.egress_pps / max(1, result.subscriptions), 1
             )

@@ -37,9 +37,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from sfu.room.identity import Grant, JoinClaims
 from sfu.signaling.auth import issue_token
@@ -98,6 +99,17 @@ class Target(Protocol):
 
     async def close(self, session: Session) -> None: ...
 
+    async def forwarding_latency(self) -> dict[str, dict[float, float]] | None:
+        """The server's forwarding-latency buckets per worker (``/metrics``), None when
+        it does not answer."""
+        if self._http is None or self.url is None:
+            return None
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            async with self._http.get(self.url + "/metrics") as resp:
+                if resp.status == 200:
+                    return forwarding_buckets(await resp.text())
+        return None
+
     async def cpu_seconds(self) -> float | None: ...
 
 
@@ -140,6 +152,51 @@ def tree_cpu_seconds(pid: int) -> float | None:
     return own + sum(tree_cpu_seconds(child) or 0.0 for child in _children(pid))
 
 
+#: The server's forwarding-latency histogram (sfu/metrics/collector.py).
+_FORWARDING_BUCKET: Final = "sfu_forwarding_latency_seconds_bucket"
+
+
+def forwarding_buckets(text: str) -> dict[str, dict[float, float]]:
+    """The cumulative buckets (upper edge in seconds -> count) of the server's
+    forwarding-latency histogram in a ``/metrics`` text, per ``worker`` label ("" for a
+    single process)."""
+    out: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != _FORWARDING_BUCKET:
+                continue
+            worker = sample.labels.get("worker", "")
+            out.setdefault(worker, {})[float(sample.labels["le"])] = sample.value
+    return out
+
+
+def forwarding_quantiles(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, dict[str, float | None]]:
+    """Per worker, the window's forwarding samples and the upper bucket edges (ms) their
+    p50 and p99 fall in (a bucket's edge bounds the value from above)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for worker, buckets in sorted(after.items()):
+        old = before.get(worker, {})
+        edges = sorted(buckets)
+        counts = [buckets[e] - old.get(e, 0.0) for e in edges]
+        total = counts[-1] if counts else 0.0
+
+        def edge(
+            q: float, edges: list[float] = edges, counts: list[float] = counts
+        ) -> float | None:
+            if not counts or counts[-1] <= 0:
+                return None
+            rank = q * counts[-1]
+            for e, c in zip(edges, counts, strict=True):
+                if c >= rank:
+                    return round(e * 1e3, 4) if e != float("inf") else None
+            return None
+
+        out[worker or "0"] = {"samples": total, "p50_ms": edge(0.5), "p99_ms": edge(0.99)}
+    return out
+
+
 def _metrics_cpu(text: str) -> float | None:
     for line in text.splitlines():
         if line.startswith("process_cpu_seconds_total"):
@@ -168,6 +225,8 @@ class SfuTarget:
     #: ``server.workers`` of the local server: above 1, a supervisor and that many worker
     #: processes (their CPU time counts with the supervisor's).
     workers: int = 1
+    #: ``server.room_spread_subscribers`` of the local server (0: rooms are not spread).
+    spread: int = 0
     _proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
     _tmp: str | None = field(default=None, repr=False)
     _http: aiohttp.ClientSession | None = field(default=None, repr=False)
@@ -215,7 +274,7 @@ class SfuTarget:
             # The whole load comes from one address and a few identities by design.
             "max_pending_per_source = 2000\nmax_pending_per_identity = 2000\n"
             '[logging]\nlevel = "info"\n'
-            f"[server]\nworkers = {self.workers}\n"
+            f"[server]\nworkers = {self.workers}\nroom_spread_subscribers = {self.spread}\n"
             f'[auth]\njwt_secret = "{secret}"\ndev_tokens = false\n'
             f"[rooms]\nwaiting_room = false\nmax_participants = {self.max_participants}\n"
             f'[audit]\npath = "{tmp}/audit"\n'
@@ -321,6 +380,17 @@ class SfuTarget:
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
             async with self._http.delete(self.url + str(session.handle)):
                 pass
+
+    async def forwarding_latency(self) -> dict[str, dict[float, float]] | None:
+        """The server's forwarding-latency buckets per worker (``/metrics``), None when
+        it does not answer."""
+        if self._http is None or self.url is None:
+            return None
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            async with self._http.get(self.url + "/metrics") as resp:
+                if resp.status == 200:
+                    return forwarding_buckets(await resp.text())
+        return None
 
     async def cpu_seconds(self) -> float | None:
         """Local: ``/proc`` of the server; remote: ``process_cpu_seconds_total`` from

@@ -73,6 +73,9 @@ from sfu.workers.pipes import PipeMetrics, WorkerPipes
 
 __all__ = [
     "WORKER_LOAD_PATH",
+    "WORKER_PIPES_PATH",
+    "WORKER_SESSIONS_MAX",
+    "WORKER_SESSIONS_PATH",
     "DatagramSink",
     "Server",
     "build_data_plane",
@@ -218,6 +221,12 @@ WORKER_LOAD_PATH: Final = "/_worker/load"
 #: Where the supervisor tells a worker the other workers' pipe ports (loopback only, never
 #: forwarded from the public listener, like the load report).
 WORKER_PIPES_PATH: Final = "/_worker/pipes"
+#: Where the supervisor asks which of the WHIP/WHEP sessions it routes to a worker are still
+#: open there (a session whose transport failed ends without a ``DELETE``).
+WORKER_SESSIONS_PATH: Final = "/_worker/sessions"
+#: Most session ids one such question may name (about 25 bytes each in the JSON body, well
+#: inside ``http.max_body_bytes``' default of 64 KiB).
+WORKER_SESSIONS_MAX: Final = 1000
 
 #: How often transport timers (ICE consent, DTLS retransmission and timeouts) are checked.
 TIMER_INTERVAL_S: Final = 0.05
@@ -372,6 +381,7 @@ class Server:
             self.bus = WorkerBus(lambda: self.rooms, clock.now, self.token_secret)
             self.metrics.register(PipeMetrics(self.pipes))
             self.http_app.router.add_post(WORKER_PIPES_PATH, self._worker_pipes)
+            self.http_app.router.add_post(WORKER_SESSIONS_PATH, self._worker_sessions)
             self.http_app.router.add_get(WORKER_BUS_PATH, self.bus.handle)
         if config.metrics.enabled:
             add_metrics_route(self.http_app, self.metrics)
@@ -438,6 +448,26 @@ class Server:
         if self.pipes is not None:
             self.pipes.set_peers(peers)
         return web.json_response({"peers": len(peers)})
+
+    async def _worker_sessions(self, request: web.Request) -> web.Response:
+        """Which of the WHIP/WHEP session ids the supervisor names are still open here:
+        ``{"sessions": [id, ...]}`` answered by ``{"open": [id, ...]}``; 403 without the
+        supervisor's key (the ids are capabilities), a precise 400 for anything else."""
+        shown = request.headers.get(WORKER_KEY_HEADER, "")
+        if not hmac.compare_digest(shown.encode(), worker_key(self.token_secret).encode()):
+            return web.json_response({"error": "not the supervisor"}, status=403)
+        try:
+            body = await request.json()
+            asked = body["sessions"]
+            if not isinstance(asked, list) or not all(isinstance(s, str) for s in asked):
+                raise TypeError("sessions")
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": 'expected {"sessions": [id, ...]}'}, status=400)
+        if len(asked) > WORKER_SESSIONS_MAX:
+            return web.json_response({"error": "too many session ids"}, status=400)
+        self.http_sessions.reap()
+        live = self.http_sessions.by_id
+        return web.json_response({"open": [s for s in asked if s in live]})
 
     @property
     def draining(self) -> bool:
@@ -647,9 +677,13 @@ class Server:
                 )
             ),
         )
-        if self.pipes is not None and self.bus is not None:
+        # Rooms never spread (room_spread_subscribers 0, the default) need no bus: each room
+        # lives whole on one worker, so its events stay there.
+        spreading = self.config.server.room_spread_subscribers > 0
+        if self.pipes is not None and self.bus is not None and spreading:
             self.rooms.bus = self.bus
             self.rooms.remote_tracks = self.pipes.hub
+            self.pipes.hub.stats = self.rooms.stats
         elif self.cluster is not None and self.config.cluster.redis_url:
             # Rooms span nodes: their events over the cluster's bus, homes claimed in Redis.
             # (A node running several workers keeps its rooms to itself for now.)
@@ -769,6 +803,8 @@ class Server:
             await self._udp.close()
         if self.pipes is not None:
             self.pipes.close()
+        if self.bus is not None:
+            await self.bus.close()
         await self._http.close()
         if self._ops is not None:
             await self._ops.close()

@@ -271,11 +271,15 @@ cdef class Pacer:
         self.p.delay_max = 0.0
         return stats
 
-    def clear(self):
-        """Drop everything queued (the transport closed); returns how many packets."""
-        cdef int dropped = self.p.packets
+    def clear(self, int min_class=0):
+        """Drop every queued packet of class ``min_class`` or lower priority (0: everything,
+        the transport closed); returns how many packets."""
+        if not 0 <= min_class < _CLASSES:
+            raise ValueError("unknown packet class")
+        cdef int dropped = 0
         cdef int cls
-        for cls in range(_CLASSES):
+        for cls in range(min_class, _CLASSES):
             while self.p.count[cls]:
                 _unlink(&self.p, cls, self.p.head[cls])
+                dropped += 1
         return dropped

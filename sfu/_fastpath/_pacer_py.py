@@ -230,13 +230,20 @@ class Pacer:
         self._delay_max = 0.0
         return stats
 
-    def clear(self) -> int:
-        """Drop everything queued (the transport closed); returns how many packets."""
-        dropped = self._packets
-        for queue in self._queues:
+    def clear(self, min_class: int = 0) -> int:
+        """Drop every queued packet of class ``min_class`` or lower priority (0: everything,
+        the transport closed); returns how many packets. With ``RETRANSMISSION``: the video
+        of a transport whose allocation paused all of it (sending it late into a link that
+        cannot carry the lowest layer takes the audio behind it down)."""
+        if not 0 <= min_class < CLASSES:
+            raise ValueError("unknown packet class")
+        dropped = 0
+        for queue in self._queues[min_class:]:
+            for packet in queue:
+                self._bytes -= len(packet[0])
+            dropped += len(queue)
             queue.clear()
-        self._packets = 0
-        self._bytes = 0
+        self._packets -= dropped
         return dropped
 
     # -- internals ----------------------------------------------------------------------------

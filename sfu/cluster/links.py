@@ -55,6 +55,9 @@ class NodeLinks:
         #: Links that are up, by the peer's node id (proven by its certificate).
         self.up: dict[str, NodeLink] = {}
         self._dialling: dict[str, NodeLink] = {}
+        #: The hosts of the live nodes' link addresses: only they may start a link here
+        #: (from the directory, refreshed by :meth:`update`).
+        self._known_hosts: set[str] = set()
         #: Where flows and control messages go (the pipe, next); by default only counted.
         self.on_flow: FlowHandler | None = None
         self.on_control: ControlHandler | None = None
@@ -93,6 +96,7 @@ class NodeLinks:
         self._endpoint = await LinkEndpoint.listen(
             self._host, self._cluster.link_port, self._server(), self._client, self._event
         )
+        self._endpoint.accept_from = lambda host: host in self._known_hosts
         return self._endpoint.address
 
     async def update(self, peers: list[NodeInfo]) -> None:
@@ -100,10 +104,9 @@ class NodeLinks:
         if self._endpoint is None:
             return
         loop = asyncio.get_running_loop()
+        known: set[str] = set()
         for peer in peers:
-            if peer.node_id <= self.node_id or not peer.link_address:
-                continue
-            if peer.node_id in self.up or peer.node_id in self._dialling:
+            if peer.node_id == self.node_id or not peer.link_address:
                 continue
             host, _, port = peer.link_address.rpartition(":")
             try:
@@ -112,8 +115,14 @@ class NodeLinks:
                 log.warning("cluster: cannot resolve a peer's link address")
                 continue
             addr = infos[0][4]
+            known.add(str(addr[0]))  # a live node's host may start a link to us
+            if peer.node_id < self.node_id:
+                continue  # it dials us
+            if peer.node_id in self.up or peer.node_id in self._dialling:
+                continue
             link = self._endpoint.connect((str(addr[0]), int(addr[1])), peer.node_id)
             self._dialling[peer.node_id] = link
+        self._known_hosts = known
 
     def _event(self, link: NodeLink, event: LinkEvent) -> None:
         if isinstance(event, LinkUp):

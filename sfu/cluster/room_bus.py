@@ -89,6 +89,12 @@ class NodeTracks:
     def close(self, publication: Publication) -> None:
         self.standins.pop(publication.id, None)
 
+    def ended(self, publication: Publication) -> None:
+        """A local publication ended: nothing relays it to another node yet (media does not
+        cross the link), so there is no flow to close; the bus's ``track_unpublished``
+        removes the other nodes' stand-ins."""
+        del publication
+
 
 class ClusterRoomBus:
     """The room service's ``RoomBus`` and ``RoomHomes`` over the cluster directory."""

@@ -11,8 +11,8 @@ restart (and Redis's, with its persistence on). Keys:
 
 Writes happen at human speed (an admin's request), and the caller must know whether a policy
 was stored before it answers, so this uses redis-py's blocking client with a short timeout
-(:data:`COMMAND_TIMEOUT_S`): at worst one admin request waits that long while Redis is down,
-and is then refused; media is not on this path.
+(:data:`COMMAND_TIMEOUT_S`, one attempt, no retries): at worst one admin request holds the
+event loop that long while Redis is down, and is then refused.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import logging
 from typing import Final
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from sfu.room.persistence import StateError
 from sfu.room.policy import (
@@ -75,6 +77,10 @@ class RedisRoomState:
             url,
             socket_timeout=COMMAND_TIMEOUT_S,
             socket_connect_timeout=COMMAND_TIMEOUT_S,
+            # No retries: redis-py's default retries a failed connection with backoff, which
+            # would hold the event loop (and every session's media) for seconds per write
+            # while Redis is down; one attempt bounds the stall to COMMAND_TIMEOUT_S.
+            retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
         self._ban = self._client.register_script(_BAN)
@@ -129,7 +135,8 @@ class RedisRoomState:
                 self._client.set(_POLICY + room, _policy_json(policy))
         except RedisError as exc:
             log.error("cannot write a room policy to %s: %s", self._location, exc)
-            raise PolicyError(f"the policy could not be saved: {exc}") from None
+            # The host who changed the policy sees this: no server address in it.
+            raise PolicyError("the policy could not be saved") from None
 
     def save_ban(self, room: str, identity: str, until_wall: float) -> None:
         try:

@@ -59,6 +59,7 @@ class PeerCounters:
     pacer_dropped: int = 0
     pacer_evicted: int = 0
     pacer_expired: int = 0
+    pacer_flushed: int = 0
     #: Media ingested (including RTX repairs) and forwarded, by kind; bytes are RTP bytes.
     audio_in: int = 0
     audio_in_bytes: int = 0

@@ -16,8 +16,13 @@ libwebrtc's goog_cc structures it, written from the draft and the published desi
 * a **loss-based bound** (§7): above :data:`LOSS_HIGH` loss it backs off by half the loss
   fraction (and to the acknowledged bitrate when that is lower, by at most half per step),
   between :data:`LOSS_LOW` and :data:`LOSS_HIGH` it holds, below it grows;
-* **probe results**: the bitrate a probe cluster got through (the smaller of its send and
-  receive rates, as libwebrtc's probe bitrate estimator) lifts the estimate at once.
+* **probe results**: the bitrate a probe cluster got through (its receive rate, capped by
+  the caller at the rate it aimed at: the cluster leaves at once, so the send side has no
+  rate of its own) lifts the estimate at once. Probe packets (a
+  cluster and its primer) count in no loss fraction: a probe that overran the link
+  already failed (it says "no capacity" through its result), and its losses in the loss-based
+  bound pulled the estimate under what the media itself got through (the real-client test's
+  900 kbit/s phase: a probe for the top layer lost 15 % of a window and undid the middle one).
 
 The estimate only ever hears about this transport's own packets, so loss on a publisher's
 uplink (packets that never reached the server) cannot pull a subscriber's estimate down.
@@ -45,10 +50,14 @@ __all__ = [
     "LOSS_CONFIDENCE",
     "LOSS_HIGH",
     "LOSS_LOW",
+    "LOSS_SEVERE",
     "LOSS_WINDOW_PACKETS",
     "LOSS_WINDOW_S",
     "MAX_BPS",
     "MIN_BPS",
+    "NO_CLUSTER",
+    "PRIMER",
+    "PROBE_LOSS_HOLD",
     "BandwidthEstimator",
 ]
 
@@ -90,6 +99,11 @@ ACKED_WINDOW: Final = 0.5
 #: Loss thresholds of the loss-based bound (§7: back off above 10 %, grow below 2 %).
 LOSS_HIGH: Final = 0.10
 LOSS_LOW: Final = 0.02
+#: Above this loss the bound falls to the acknowledged rate at once, not by at most half a
+#: step: most of what is sent is lost, so the link is a fraction of the rate and every step
+#: spent above it is lost, audio included (the real-client test's cap from 900 to 100 kbit/s
+#: took three halving steps, a second at 88-90 % loss, and 8.7 % of the phase's audio).
+LOSS_SEVERE: Final = 0.5
 #: Loss is measured over at least this many reported packets, and the bound moves at most
 #: once per :data:`LOSS_INTERVAL` (s) so one feedback of a burst does not count many times.
 LOSS_MIN_PACKETS: Final = 20
@@ -110,13 +124,19 @@ LOSS_WINDOW_S: Final = 1.0
 LOSS_GROWTH: Final = 0.08
 #: A probe cluster's result counts with at least this many packets acknowledged.
 PROBE_MIN_PACKETS: Final = 4
-#: A probe is believed only up to the rate it was sent at times this (receive bursts can
-#: look faster than the link); libwebrtc bounds the receive rate the same way.
-PROBE_SEND_MARGIN: Final = 1.0
 #: Transport-wide CC reports arrivals in 250 µs ticks (draft-holmer §3.1.5): a probe train
 #: that arrived within one tick came faster than can be measured, so its receive span is
 #: taken as one tick (and the result capped by the caller at the probe's own rate).
 MIN_ARRIVAL_SPAN: Final = DELTA_TICK_US / 1_000_000
+#: The send history's cluster id of a packet that is no probe's (media, retransmissions), and
+#: of a probe's primer (padding that drains a policer's bucket ahead of the cluster: part of
+#: the probe, part of no cluster's result).
+NO_CLUSTER: Final = -1
+PRIMER: Final = -2
+#: Probe packets are told apart in feedback (by their send history entry) for this long after
+#: the last was sent (s): their feedback comes within a round trip and a feedback interval;
+#: later feedback then costs no per-packet look-up.
+PROBE_LOSS_HOLD: Final = 2.0
 #: Application-limited region: sending less than this share of the estimate.
 ALR_SHARE: Final = 0.65
 #: RTT used until a receiver report gives one (s).
@@ -155,6 +175,10 @@ class BandwidthEstimator:
         self._ref_last: int | None = None
         self._ref_unwrapped = 0
         self._sent: deque[tuple[float, int]] = deque()  # (now, history bytes)
+        #: Until when feedback may report probe packets (see :data:`PROBE_LOSS_HOLD`).
+        self._probes_until = -1e9
+        #: Probe packets left out of the loss fraction (read at scrape time or in tests).
+        self.probe_packets_lost = 0
         self.rtt = DEFAULT_RTT
         #: The latest loss fraction measured from feedback (or receiver reports).
         self.loss = 0.0
@@ -201,12 +225,37 @@ class BandwidthEstimator:
         seqs = array("H")
         arrivals = array("q")
         reported = 0
+        lost = 0
         try:
-            for seq, at in feedback.iter_arrivals():
-                reported += 1
-                if at is not None:
-                    seqs.append(seq)
-                    arrivals.append(at + offset)
+            if now <= self._probes_until:
+                lookup = self.history.lookup
+                probe_lost = 0
+                for seq, at in feedback.iter_arrivals():
+                    entry = lookup(seq)
+                    if entry is not None and entry[2] != NO_CLUSTER:
+                        # A probe packet (its cluster's or its primer's): what it says about
+                        # the link is the probe's result.
+                        if at is None:
+                            probe_lost += 1
+                        else:
+                            seqs.append(seq)
+                            arrivals.append(at + offset)
+                        continue
+                    reported += 1
+                    if at is None:
+                        lost += 1
+                    else:
+                        seqs.append(seq)
+                        arrivals.append(at + offset)
+                self.probe_packets_lost += probe_lost
+            else:
+                for seq, at in feedback.iter_arrivals():
+                    reported += 1
+                    if at is None:
+                        lost += 1
+                    else:
+                        seqs.append(seq)
+                        arrivals.append(at + offset)
         except ValueError:
             return  # a malformed status list: nothing from it is trusted
         packets, size, _, _, first_arrival, last_arrival = self.detector.on_feedback(
@@ -217,8 +266,15 @@ class BandwidthEstimator:
             acked.append((first_arrival, last_arrival, size))
             while acked and last_arrival - acked[0][1] > ACKED_WINDOW:
                 acked.popleft()
-        self._count_loss(reported, reported - len(seqs), now)
+        if reported:
+            self._count_loss(reported, lost, now)
         self._rate_control(self.detector.state, now)
+
+    def on_probe_sent(self, *, now: float) -> None:
+        """Probe packets went out (recorded in the history under a cluster id, or
+        :data:`PRIMER` for a primer): until :data:`PROBE_LOSS_HOLD` after the last, feedback
+        tells them apart, and their losses are the probe's result, not the media's loss."""
+        self._probes_until = now + PROBE_LOSS_HOLD
 
     def on_probe_result(self, bps: float, *, now: float) -> None:
         """A probe cluster got ``bps`` through: the link takes at least that."""
@@ -272,16 +328,16 @@ class BandwidthEstimator:
 
     def probe_bps(self, cluster: int) -> float | None:
         """The bitrate probe ``cluster`` got through, once enough of it was acknowledged."""
-        packets, size, first_size, last_size, s0, s1, a0, a1 = self.detector.cluster(cluster)
+        packets, size, first_size, _, _, _, a0, a1 = self.detector.cluster(cluster)
         if packets < PROBE_MIN_PACKETS:
             return None
         # The bottleneck spaces the train out: its receive rate is what the link took (the
         # first packet's bytes arrived before the measured interval began).
         receive = (size - first_size) * 8 / max(a1 - a0, MIN_ARRIVAL_SPAN)
-        if s1 <= s0:
-            return receive  # sent as one burst: only the receive side has a rate
-        send = (size - last_size) * 8 / (s1 - s0)
-        return min(send * PROBE_SEND_MARGIN, receive)
+        # The send side bounds it through the caller's cap at the rate the cluster aimed at;
+        # the send rate of the acknowledged packets of a spread train would read low by the
+        # loss share (a packet lost inside the train shortens the bytes, not the span).
+        return receive
 
     # -- control ------------------------------------------------------------------------------
 
@@ -361,9 +417,16 @@ class BandwidthEstimator:
                 # and halving steps of half the loss fraction took 3.5 s from 2.5 Mbit/s to a
                 # 400 kbit/s cap in the real-client test. At most MAX_DECREASE per step (the
                 # acknowledged rate of a few feedbacks is noisy).
-                bound = max(acked, MAX_DECREASE * base)
+                bound = acked if fraction >= LOSS_SEVERE else max(acked, MAX_DECREASE * base)
             self._loss_bps = max(self.min_bps, bound)
         elif fraction < LOSS_LOW and current is not None:
             grown = current * (1.0 + LOSS_GROWTH * dt) + ACKED_CAP_EXTRA * dt
+            acked = self.acked_bps
+            if acked is not None:
+                # As the delay-based growth: no further than what got through can vouch for.
+                # Paused below the lowest layer (audio only), the bound otherwise grew 8 % a
+                # second past the link until the layer resumed into it and was shed again;
+                # only a probe (or media that gets through) raises it there.
+                grown = min(grown, max(current, ACKED_CAP_FACTOR * acked + ACKED_CAP_EXTRA))
             # Far above the delay-based estimate the bound no longer bounds anything.
             self._loss_bps = None if grown > 2 * self._delay_bps else grown

@@ -14,6 +14,7 @@ from __future__ import annotations
 from sfu.core.binder import Binder
 from sfu.core.counters import PeerCounters
 from sfu.core.estimator import BandwidthEstimator
+from sfu.core.pacing import PacedSender
 from sfu.core.retransmission import RetransmissionBudget
 from sfu.core.sender import Sender
 from sfu.core.subscription import Subscription
@@ -107,8 +108,17 @@ class FeedbackHandler:
         self.counters.nacks_in += 1
         abs_time = abs_send_time_from_seconds(now)
         dropped, superseded = sub.retransmit_dropped, sub.retransmit_superseded
-        for packet in sub.retransmit(nack.lost_seqs(), now, abs_time, self.budget):
-            if self.sender.send_rtp(packet):
+        tags: list[int] = []
+        packets = sub.retransmit(nack.lost_seqs(), now, abs_time, self.budget, tags)
+        sender = self.sender
+        for packet, tag in zip(packets, tags, strict=True):
+            # A pacer restamps each packet's own transport-wide number when it leaves.
+            sent = (
+                sender.send_rtp_tagged(packet, tag)
+                if isinstance(sender, PacedSender)
+                else sender.send_rtp(packet)
+            )
+            if sent:
                 self.counters.retransmits += 1
         self.counters.retransmits_dropped += sub.retransmit_dropped - dropped
         self.counters.retransmits_superseded += sub.retransmit_superseded - superseded

@@ -58,6 +58,13 @@ class PacedSender:
     def send_rtp(self, packet: bytes) -> bool:
         """Queue ``packet``: its transport-wide number (the history's newest, recorded by the
         caller just before) is the tag its release restamps. False if it cannot go out."""
+        history = self.history
+        tag = (history.packets - 1) & 0xFFFF if history is not None and history.packets else -1
+        return self.send_rtp_tagged(packet, tag)
+
+    def send_rtp_tagged(self, packet: bytes, tag: int) -> bool:
+        """Queue ``packet`` whose transport-wide number is ``tag`` (-1: none), for callers
+        that stamp several packets before sending them (a NACK's retransmissions)."""
         srtp = self.transport.srtp
         if srtp is None or self.transport.ice.selected_address is None:
             # Nothing the pacer could release either: the transport's own answer.
@@ -66,8 +73,6 @@ class PacedSender:
             wire = srtp.protect_rtp(packet)
         except SrtpError:
             return False
-        history = self.history
-        tag = (history.packets - 1) & 0xFFFF if history is not None and history.packets else -1
         if not self.pacer.push(wire, self.cls, tag, self.now):
             self.dropped += 1
             return False

@@ -47,7 +47,7 @@ from sfu.core.counters import (
     subscription_switches,
 )
 from sfu.core.dataplane import DataPlane
-from sfu.core.estimator import BandwidthEstimator
+from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.pacing import PACING_FACTOR, PacedSender
 from sfu.core.prober import ProbeCluster, Prober, probe_step
@@ -689,6 +689,16 @@ class Peer:
                 counters.target_changes_hint += 1
         counters.bandwidth_pauses += len(allocation.paused)
         counters.bandwidth_resumes += len(allocation.resumed)
+        pacer = self.pacer
+        if (
+            allocation.paused
+            and pacer is not None
+            and all(target.spatial is None for target in allocation.targets.values())
+        ):
+            # No video fits: what is queued of it (and its retransmissions) would leave late
+            # into a link that cannot carry the lowest layer, the audio behind it lost with
+            # it; the receiver gets a keyframe when it resumes.
+            counters.pacer_flushed += pacer.clear(PACED_RETRANSMISSION)
         sink = self.on_stream_state
         if sink is not None:
             for sub in allocation.paused:
@@ -727,7 +737,7 @@ class Peer:
         trace.debug(
             "alloc t=%.2f estimate=%.0f acked=%s sent=%.0f loss=%.3f state=%d decreases=%d"
             " budget=%s allocated=%.0f next=%s desired=%.0f targets(target/current)=%s"
-            " probes=%d/%d/%d backoff=%.1f",
+            " probes=%d/%d/%d backoff=%.1f probe_lost=%d pacer=%d/%d/%d/%d",
             now,
             estimate if estimate is not None else -1,
             None if acked is None else round(acked),
@@ -744,6 +754,11 @@ class Peer:
             self.prober.succeeded,
             self.prober.failed,
             self.prober.backoff(),
+            estimator.probe_packets_lost,
+            self.counters.pacer_dropped,
+            self.counters.pacer_evicted,
+            self.counters.pacer_expired,
+            self.counters.pacer_flushed,
         )
 
     def _probe(self, now: float) -> None:
@@ -794,7 +809,9 @@ class Peer:
 
     def _send_probe(self, cluster: ProbeCluster, now: float) -> None:
         """The cluster's padding packets (its primer first) on the RTX stream of a video
-        subscription."""
+        subscription, at once: spread on the peer's timer they left in 20 ms timer slots
+        (``TIMER_SLOT_S``), read as a fraction of their rate on loopback and every probe of
+        the real-client test's uncapped start failed (bench/RESULTS.md)."""
         twcc_id = self.router.twcc_id
         carrier = next(
             (
@@ -808,12 +825,17 @@ class Peer:
             return
         sender: PacedSender | WebRtcTransport = self.transport
         if self._paced_probe is not None:
-            sender = self._paced_probe  # the cluster leaves as one, ahead of paced media
+            sender = self._paced_probe  # in the pacer's order, without its budget
             sender.now = now
-        for i in range(cluster.primer + cluster.packets):
-            cluster_id = cluster.id if i >= cluster.primer else -1  # the primer is no part
-            packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
-            if packet is None:
-                return
-            if sender.send_rtp(packet):
-                self.counters.probe_packets += 1
+        try:
+            for i in range(cluster.primer + cluster.packets):
+                cluster_id = cluster.id if i >= cluster.primer else PRIMER
+                packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
+                if packet is None:
+                    return
+                if sender.send_rtp(packet):
+                    self.counters.probe_packets += 1
+        finally:
+            if self.estimator is not None:
+                # Until their feedback is in, the probe's losses are told apart from the media's.
+                self.estimator.on_probe_sent(now=now)

@@ -24,7 +24,7 @@ from typing import Final
 
 from sfu._fastpath.values import PacketInfo
 from sfu.core.binder import Binder
-from sfu.core.counters import PeerCounters
+from sfu.core.counters import PeerCounters, RouterStats
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.publication import Publication, SourceStream
 from sfu.core.reporter import Reporter
@@ -102,6 +102,7 @@ class RelayTap:
     __slots__ = (
         "announced",
         "buf",
+        "demanded",
         "flow",
         "held",
         "mid",
@@ -122,6 +123,8 @@ class RelayTap:
         self.out = out
         #: The SSRCs the peer was told the layers of (STREAMS).
         self.announced: frozenset[int] = frozenset()
+        #: The spatial layers the peer demanded last (keyframes go to newly demanded ones).
+        self.demanded = 0
         #: Not a participant: no room listing names it (the worker is a bounded number).
         self.subscriber_id = f"pipe:{peer}"
         self.mid = publication.mid
@@ -235,10 +238,14 @@ class PublicationRelay:
 
     def _request_keyframes(self, tap: RelayTap, mask: int, now: float) -> None:
         """A layer the peer starts to receive starts at a keyframe (rate-limited per stream,
-        as every subscriber's request is)."""
+        as every subscriber's request is). Only a newly demanded layer: a demand that
+        changes only its bitrate, or keeps a layer, asks for nothing (a keyframe per demand
+        update was a steady stream of them, about two a second, in the spread bench)."""
+        fresh = mask & ~tap.demanded
+        tap.demanded = mask
         for stream in tap.publication.streams.values():
             if (
-                (mask >> stream.layer) & 1
+                (fresh >> stream.layer) & 1
                 and stream.video
                 and tap.publication.request_keyframe(stream, now)
             ):
@@ -355,6 +362,7 @@ class RemotePublication:
         rtcp_ssrc: int,
         extensions: dict[int, str],
         declared: list[tuple[int, int | None]],
+        stats: RouterStats | None = None,
     ) -> None:
         self.publication = publication
         self.pipe = pipe
@@ -363,7 +371,9 @@ class RemotePublication:
         self.binder = Binder()
         self.sender = FlowFeedback(pipe, flow, send)
         twcc = TwccRecorder(rtcp_ssrc)
-        self.router = Router(publication.participant_id, self.binder, twcc, self.counters)
+        self.router = Router(
+            publication.participant_id, self.binder, twcc, self.counters, stats=stats
+        )
         self.reporter = Reporter(rtcp_ssrc, self.sender, twcc, self.counters)
         self.feedback = FeedbackHandler(self.sender, self.binder, self.counters)
         ids = {uri: i for i, uri in extensions.items()}
@@ -440,6 +450,9 @@ class RelayHub:
         self.relay = PublicationRelay(find, self._out)
         #: (peer, flow) -> the remote publication a flow we receive feeds.
         self.remotes: dict[tuple[int, int], RemotePublication] = {}
+        #: The room service's forwarding statistics: the relayed publications' routers
+        #: sample their forwarding latency there too (from the pipe's receive).
+        self.stats: RouterStats | None = None
         self._by_publication: dict[int, tuple[int, RemotePublication]] = {}
 
     def _out(self, peer: int) -> PipeOut:
@@ -475,6 +488,7 @@ class RelayHub:
             rtcp_ssrc=secrets.randbits(32) or 1,
             extensions=publication.extensions,
             declared=[],
+            stats=self.stats,
         )
         remote.router.on_audio_level = on_audio_level
         self.remotes[origin, flow] = remote
@@ -492,6 +506,18 @@ class RelayHub:
         publication.keyframe_requester = None
         remote.pipe.close_flow(remote.flow, reason=CloseReason.UNSUBSCRIBED, now=self._clock())
         self._flush(origin)
+
+    def ended(self, publication: Publication) -> None:
+        """A local ``publication`` ended: its flows to every peer close now (the peers hear
+        it), rather than when a bus event that may be lost tells them to let go."""
+        peers = {
+            peer for (peer, _), tap in self.relay.taps.items() if tap.publication is publication
+        }
+        if not peers:
+            return
+        self.relay.publication_ended(publication, now=self._clock())
+        for peer in peers:
+            self._flush(peer)
 
     def drop_peer(self, peer: int) -> None:
         """The pipe to ``peer`` is replaced or gone: what it relayed either way ends."""

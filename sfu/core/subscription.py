@@ -446,10 +446,13 @@ class Subscription:
         now: float,
         abs_send_time: int,
         budget: RetransmissionBudget | None = None,
+        tags: list[int] | None = None,
     ) -> list[bytes]:
         """Rebuild the packets a subscriber NACKed (16-bit outgoing seqs) that are still cached
         and still useful, within the transport's ``budget`` (oldest first, as NACKed: a frame
-        is decodable only once its earliest packets are there)."""
+        is decodable only once its earliest packets are there). ``tags`` receives, per packet
+        returned, the transport-wide number it was stamped with (-1: none), which a pacer
+        restamps on release."""
         out: list[bytes] = []
         scratch = bytearray(1500)
         for seq in seqs:
@@ -460,6 +463,13 @@ class Subscription:
                 continue
             if entry.in_ext_seq < stream.last_keyframe_seq and self.publication.video:
                 self.retransmit_superseded += 1  # a newer keyframe was forwarded after it
+                continue
+            selector = self.selector
+            if selector is not None and selector.target.spatial is None:
+                # Paused for bandwidth (or by its hints): the resume's keyframe supersedes
+                # it, and resending into a link that cannot carry the lowest layer takes the
+                # audio down.
+                self.retransmit_superseded += 1
                 continue
             if not self.throttle.allow(seq, now):
                 continue
@@ -515,8 +525,12 @@ class Subscription:
                 scratch, n, abs_send_time, -1 if history is None else history.next_seq
             )
             packet = self._wrap_rtx(scratch, n, offset, seq)
+            tag = -1
             if stamped and history is not None:
                 history.record(len(packet), now, -1)
+                tag = (history.packets - 1) & 0xFFFF
+            if tags is not None:
+                tags.append(tag)
             out.append(packet)
             self.retransmitted += 1
         return out

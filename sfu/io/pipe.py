@@ -60,6 +60,8 @@ class PipeEndpoint:
         self._timer: asyncio.TimerHandle | None = None
         #: Datagrams from an address that is no known peer's.
         self.not_peer = 0
+        #: Events the owner's handler raised on (logged; the pipe goes on).
+        self.handler_errors = 0
 
     async def start(self, host: str = "127.0.0.1") -> int:
         """Bind the loopback socket; its port (what the peers must be told)."""
@@ -129,8 +131,17 @@ class PipeEndpoint:
         pipe = self._pipes[peer]
         event = pipe.receive(data, now=self._clock())
         if event is not None:
-            self._handler(peer, event)
+            self._handle(peer, event)
         self.flush(peer)
+
+    def _handle(self, peer: int, event: PipeEvent) -> None:
+        """Hand one event to the owner; a failure is logged and counted, never raised
+        into the socket's callback or the timer."""
+        try:
+            self._handler(peer, event)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("pipe: an event from worker %d could not be handled", peer)
 
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()
@@ -140,11 +151,15 @@ class PipeEndpoint:
 
     def _on_timer(self) -> None:
         now = self._clock()
-        for peer, pipe in list(self._pipes.items()):
-            for event in pipe.handle_timer(now=now):
-                self._handler(peer, event)
-            self.flush(peer)
-        self._arm()
+        try:
+            for peer, pipe in list(self._pipes.items()):
+                for event in pipe.handle_timer(now=now):
+                    self._handle(peer, event)
+                self.flush(peer)
+        finally:
+            # Re-armed whatever happened: a timer that stopped would end every flow at the
+            # peer once its refreshes lapse.
+            self._arm()
 
     def close(self) -> None:
         """Stop the timer and close the socket."""

@@ -23,12 +23,14 @@ from sfu.clock import Clock
 from sfu.clock import now as monotonic
 from sfu.transport.node_link import LinkDown, LinkEvent, NodeLink
 
-__all__ = ["MAX_PENDING_LINKS", "LinkEndpoint"]
+__all__ = ["MAX_PENDING_LINKS", "MAX_PENDING_PER_HOST", "LinkEndpoint"]
 
 log = logging.getLogger(__name__)
 
 #: Links accepted but not yet authenticated; an Initial beyond this is ignored.
 MAX_PENDING_LINKS: Final = 16
+#: ...and from any one host (a node dials a peer once; a retry replaces its link).
+MAX_PENDING_PER_HOST: Final = 2
 
 LinkHandler = Callable[[NodeLink, LinkEvent], None]
 
@@ -53,6 +55,9 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         self._timers: dict[NetworkAddress, asyncio.TimerHandle] = {}
         #: Datagrams from an unknown address that did not start a link.
         self.dropped_unknown = 0
+        #: Whether a host may start a link (the live nodes' link hosts); None: any host.
+        #: Without it a stranger could hold every pending slot with forged Initials.
+        self.accept_from: Callable[[str], bool] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -125,8 +130,12 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         self._flush(link)
 
     def _accept(self, data: bytes, addr: NetworkAddress) -> NodeLink | None:
-        pending = sum(1 for link in self.links.values() if link.peer is None)
-        if pending >= MAX_PENDING_LINKS:
+        if self.accept_from is not None and not self.accept_from(str(addr[0])):
+            return None
+        pending = [a for a, link in self.links.items() if link.peer is None]
+        if len(pending) >= MAX_PENDING_LINKS:
+            return None
+        if sum(1 for a in pending if a[0] == addr[0]) >= MAX_PENDING_PER_HOST:
             return None
         link = NodeLink.accept(self._server_config, data, addr, now=self._clock())
         if link is not None:

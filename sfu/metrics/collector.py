@@ -281,13 +281,15 @@ class SfuCollector(Collector):
         yield self._counter(
             "sfu_pacer_drops",
             "Packets the egress pacers dropped, by reason: queue_full (the arriving packet), "
-            "evicted (a queued packet of a lower class, for a higher one) or expired (video "
-            "that waited past the queue time limit).",
+            "evicted (a queued packet of a lower class, for a higher one), expired (video "
+            "that waited past the queue time limit) or paused (queued video and "
+            "retransmissions of a transport whose video the allocator paused).",
             ["reason"],
             {
                 ("queue_full",): c.pacer_dropped,
                 ("evicted",): c.pacer_evicted,
                 ("expired",): c.pacer_expired,
+                ("paused",): c.pacer_flushed,
             },
         )
         yield self._counter(

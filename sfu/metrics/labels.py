@@ -97,7 +97,7 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     | frozenset(CHAT_REFUSALS)
     | frozenset(DATA_CHANNEL_DROPS)
     | frozenset({"budget", "superseded"})  # retransmissions skipped
-    | frozenset({"queue_full", "evicted", "expired"}),  # egress pacer drops
+    | frozenset({"queue_full", "evicted", "expired", "paused"}),  # egress pacer drops
     "listener": frozenset({"http", "ops"}),
     "outcome": frozenset({"succeeded", "failed"}),  # probe clusters
     "stage": frozenset({"ice", "dtls"}),

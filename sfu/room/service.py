@@ -903,6 +903,8 @@ class RoomService:
             if other is not None and other.peer is not None:
                 other.peer.remove_subscription(sub.mid)
                 self._wake(other.peer)
+        if self.remote_tracks is not None:
+            self.remote_tracks.ended(publication)  # the flows relaying it to other shards
         publication.fanout = ()
         publication.keyframe_requester = None
         publication.on_layers = None
@@ -1221,6 +1223,27 @@ class RoomService:
         if self.bus is not None:
             self.bus.publish(room.name, event)
 
+    def open_shard(self, name: str) -> Room | None:
+        """An empty shard of spread room ``name`` here (``shard_opened`` tells the others,
+        whose state then arrives over the bus), or the room if it is already here. A WHEP
+        viewer placed on a shard waits for the publisher's tracks this way before it joins.
+        None when rooms are not spread here, the server drains, or at the room limit."""
+        room = self.rooms.get(name)
+        if room is not None or self.bus is None:
+            return room
+        if self.draining or len(self.rooms) >= self.limits.max_rooms:
+            return None
+        room = Room(name)
+        self.rooms[name] = room
+        self._share(room, {"type": "shard_opened"})
+        return room
+
+    def close_empty_shard(self, room: Room) -> None:
+        """Forget a shard :meth:`open_shard` opened that nobody joined after all."""
+        if room.empty and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            self._close_shard(room)
+
     def _share_chat(self, room: Room, label: str, envelope: str) -> None:
         self._share(room, {"type": "chat", "label": label, "envelope": envelope})
 
@@ -1242,6 +1265,9 @@ class RoomService:
         """Everything of this shard another one must know (it just opened, or lost the bus),
         ending with the roster: who and which tracks are here now, so a shard that missed
         some leaves while the bus was away drops what is gone."""
+        if self.policies.has_own(room.name):
+            policy = policy_to_wire(self.policies.get(room.name))
+            self._share(room, {"type": "policy", "policy": policy})
         roster: list[str] = []
         tracks: list[str] = []
         for participant in room.participants.values():

@@ -107,6 +107,10 @@ class RemoteTracks(Protocol):
         """Stop relaying ``publication`` (unpublished, or this shard's room ended)."""
         ...
 
+    def ended(self, publication: Publication) -> None:
+        """A local ``publication`` ended: end every flow relaying it to another shard."""
+        ...
+
 
 def codec_to_wire(codec: NegotiatedCodec) -> dict[str, Any]:
     """A negotiated codec as JSON values."""

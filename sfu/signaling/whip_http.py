@@ -10,6 +10,7 @@ watches) and returns ``201`` with the answer and a ``Location`` whose last segme
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -20,10 +21,11 @@ from urllib.parse import quote
 from aiohttp import web
 
 from sfu.config import AuthConfig
+from sfu.core.publication import Publication
 from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription
 from sfu.room.identity import Grant, JoinClaims
-from sfu.room.room import Participant, ParticipantState
+from sfu.room.room import Participant, ParticipantState, Room
 from sfu.room.service import RoomError, RoomService
 from sfu.signaling.auth import BEARER_CHALLENGE, TokenError, bearer_token, verify_with_config
 from sfu.signaling.room_ws import source_address
@@ -37,6 +39,15 @@ from sfu.signaling.sdp_http import (
 from sfu.signaling.turn import TurnCredentials
 
 __all__ = ["HttpSessions", "add_whip_routes"]
+
+#: A WHEP viewer placed on a shard of a spread room waits at most this for the publisher's
+#: tracks to arrive from the other shards (one bus round trip through the supervisor, a
+#: few milliseconds on an idle host), and at most the settle time more, once the publisher
+#: is seen, for a track of each kind its offer asks for. Polled, as the bus's events are
+#: applied by the room service, not awaited by anyone.
+SHARD_STATE_WAIT_S: Final = 2.0
+SHARD_STATE_SETTLE_S: Final = 0.25
+SHARD_STATE_POLL_S: Final = 0.01
 
 #: Room error code -> HTTP status (RFC 9725 §4.2 and §4.6).
 _STATUS: Final = {
@@ -156,18 +167,24 @@ def add_whip_routes(
         if isinstance(offer, web.Response):
             return offer
         room = service.rooms.get(room_name)
+        identity = request.match_info["identity"]
+        if service.bus is not None:
+            room = await _await_shard_state(service, room_name, identity, offer, clock)
         if room is None:
             return sdp_error(404, "no such room")
-        target = room.by_identity(request.match_info["identity"])
-        if target is None or target.peer is None or not target.peer.publications:
+        published = _published(room, identity)
+        if published is None:
+            _close_if_unused(service, room)
             return sdp_error(404, "that participant publishes nothing in this room")
-        if target.identity == claims.identity:
+        if identity == claims.identity:
+            _close_if_unused(service, room)
             return sdp_error(409, "the token's identity is the publisher itself")
         try:
             parsed = SessionDescription.parse(offer)
         except ParseError as exc:
+            _close_if_unused(service, room)
             return sdp_error(400, f"bad offer: {exc}")
-        tracks = list(target.peer.publications.values())
+        tracks = published
         bindings: dict[str, str] = {}
         for kind in ("audio", "video"):
             track = next((t for t in tracks if t.kind == kind), None)
@@ -182,12 +199,15 @@ def add_whip_routes(
             if track is not None and section is not None and section.mid is not None:
                 bindings[section.mid] = track.id
         if not bindings:
+            _close_if_unused(service, room)
             return sdp_error(400, "the offer has no recvonly audio or video section to fill")
-        prefix = f"/whep/{quote(room_name, safe='')}/{quote(target.identity, safe='')}"
+        prefix = f"/whep/{quote(room_name, safe='')}/{quote(identity, safe='')}"
         source = source_address(request, trusted)
-        return with_ice_servers(
-            _start(service, sessions, claims, offer, clock(), "whep", bindings, prefix, source)
+        response = _start(
+            service, sessions, claims, offer, clock(), "whep", bindings, prefix, source
         )
+        _close_if_unused(service, room)
+        return with_ice_servers(response)
 
     async def delete(request: web.Request) -> web.Response:
         session = sessions.by_id.pop(request.match_info["session"], None)
@@ -216,6 +236,71 @@ def add_whip_routes(
     app.router.add_post("/whep/{room}/{identity}", whep)
     app.router.add_delete("/whep/{room}/{identity}/{session}", delete)
     app.router.add_patch("/whep/{room}/{identity}/{session}", patch)
+
+
+def _published(room: Room, identity: str) -> list[Publication] | None:
+    """The tracks ``identity`` publishes in ``room``, whether it is on this shard or on
+    another one (then they are the relayed stand-ins); None when it publishes nothing."""
+    local = room.by_identity(identity)
+    if local is not None:
+        if local.peer is None or not local.peer.publications:
+            return None
+        return list(local.peer.publications.values())
+    for pid, described in room.remote.items():
+        if described.get("identity") == identity:
+            tracks = [p for p in room.publications.values() if p.participant_id == pid]
+            return tracks or None
+    return None
+
+
+def _offered_kinds(offer: str) -> set[str]:
+    """The kinds of the offer's recvonly sections (what a WHEP viewer wants filled)."""
+    try:
+        parsed = SessionDescription.parse(offer)
+    except ParseError:
+        return set()
+    return {m.kind for m in parsed.media if m.direction is Direction.RECVONLY}
+
+
+async def _await_shard_state(
+    service: RoomService,
+    room_name: str,
+    identity: str,
+    offer: str,
+    clock: Callable[[], float],
+) -> Room | None:
+    """The room with ``identity``'s tracks, on a worker that holds a shard of a spread room.
+
+    A viewer placed on a shard that has nothing of the room yet opens the shard (the other
+    shards answer with their state over the bus) and waits, at most
+    :data:`SHARD_STATE_WAIT_S`, for the publisher; once it is seen, at most
+    :data:`SHARD_STATE_SETTLE_S` more for a track of each kind the offer asks for (the
+    tracks travel as separate events). Returns the room, or None when none could be opened.
+    """
+    room = service.open_shard(room_name)
+    if room is None:
+        return None
+    wanted = _offered_kinds(offer) & {"audio", "video"}
+    deadline = clock() + SHARD_STATE_WAIT_S
+    seen_at: float | None = None
+    while True:
+        tracks = _published(room, identity)
+        now = clock()
+        if tracks is not None:
+            if wanted <= {t.kind for t in tracks}:
+                return room
+            if seen_at is None:
+                seen_at = now
+                deadline = min(deadline, now + SHARD_STATE_SETTLE_S)
+        if now >= deadline or service.rooms.get(room_name) is not room:
+            return service.rooms.get(room_name)
+        await asyncio.sleep(SHARD_STATE_POLL_S)
+
+
+def _close_if_unused(service: RoomService, room: Room) -> None:
+    """A shard opened for a WHEP viewer that did not join is forgotten again."""
+    if service.bus is not None:
+        service.close_empty_shard(room)
 
 
 def _start(

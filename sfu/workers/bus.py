@@ -73,6 +73,8 @@ class WorkerBus:
         self.dropped = 0
         #: Messages from the supervisor that were not JSON of the expected shape.
         self.malformed = 0
+        #: Well-formed events the room service failed to apply (logged; the bus goes on).
+        self.failed = 0
 
     def publish(self, room: str, event: dict[str, Any]) -> None:
         """Queue ``event`` of ``room`` for the other shards (never blocks)."""
@@ -83,6 +85,13 @@ class WorkerBus:
             self._queue.put_nowait(json.dumps({"room": room, "event": event}))
         except asyncio.QueueFull:
             self.dropped += 1
+
+    async def close(self) -> None:
+        """Close the supervisor's socket (shutting down: the HTTP server waits for every
+        open handler, and this one lasts as long as the supervisor keeps it)."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /_worker/bus``: the supervisor's WebSocket (one at a time)."""
@@ -124,7 +133,14 @@ class WorkerBus:
             return
         if rooms is None:
             return
-        if room == "" and event == SHARD_CLOSED:
-            rooms.shard_closed(origin, now=self._clock())
-        else:
-            rooms.on_shared(room, origin, event, now=self._clock())
+        try:
+            if room == "" and event == SHARD_CLOSED:
+                rooms.shard_closed(origin, now=self._clock())
+            else:
+                rooms.on_shared(room, origin, event, now=self._clock())
+        except Exception:
+            # One event the room could not apply must not end the bus: the supervisor
+            # would read the closed socket as this worker gone and the other shards would
+            # drop all its participants.
+            self.failed += 1
+            log.exception("room bus: an event could not be applied")

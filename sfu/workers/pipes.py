@@ -88,8 +88,10 @@ class WorkerPipes:
 
     def _run(self) -> None:
         self._poll = None
-        self.hub.poll(now=self.clock())
-        self._arm()
+        try:
+            self.hub.poll(now=self.clock())
+        finally:
+            self._arm()  # demand refreshes go on even if one poll failed
 
     def close(self) -> None:
         """Stop the timers and close the socket."""

@@ -33,7 +33,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from sfu import clock
-from sfu.app import WORKER_LOAD_PATH, WORKER_PIPES_PATH
+from sfu.app import (
+    WORKER_LOAD_PATH,
+    WORKER_PIPES_PATH,
+    WORKER_SESSIONS_MAX,
+    WORKER_SESSIONS_PATH,
+)
 from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, config_environment
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_limit
@@ -57,6 +62,7 @@ __all__ = [
     "room_of_join",
     "room_of_path",
     "run_supervisor",
+    "session_of_path",
     "worker_environment",
 ]
 
@@ -102,6 +108,12 @@ PUBLIC_LISTENER: Final = "public"
 #: Paths of the workers' own listeners that only the supervisor uses.
 _INTERNAL_PREFIX: Final = "/_worker/"
 _WORKER_LOST_NOTICE: Final = {"type": "server_draining", "deadline_s": 0}
+#: WHIP/WHEP sessions whose worker the supervisor remembers (their follow-up ``PATCH`` and
+#: ``DELETE`` go there). Beyond this a new session is not remembered: its follow-ups go to
+#: the room's home worker, which answers 404 if the session is on another shard.
+MAX_HTTP_SESSIONS: Final = 100_000
+#: Room policy writes, which every worker applies (each shard admits its own joiners).
+_POLICY_WRITES: Final = frozenset({"PUT", "DELETE"})
 
 
 def room_of_path(path: str) -> str | None:
@@ -111,6 +123,33 @@ def room_of_path(path: str) -> str | None:
     if len(parts) >= 3 and parts[0] == "" and parts[1] in _ROOM_PATH_PREFIXES and parts[2]:
         return parts[2]
     return None
+
+
+def session_of_path(path: str) -> str | None:
+    """The session id a WHIP/WHEP follow-up request names (``/whip/{room}/{session}``,
+    ``/whep/{room}/{identity}/{session}``), or None for any other path."""
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "whip" and parts[3]:
+        return parts[3]
+    if len(parts) == 5 and parts[1] == "whep" and parts[4]:
+        return parts[4]
+    return None
+
+
+def _is_policy_path(path: str) -> bool:
+    """Whether ``path`` is a room's policy in the admin API (``/rooms/{room}/policy``)."""
+    parts = path.split("/")
+    return len(parts) == 4 and parts[1] == "rooms" and parts[3] == "policy"
+
+
+def _starts_session(method: str, path: str) -> bool:
+    """Whether the request opens a WHIP (``POST /whip/{room}``) or WHEP
+    (``POST /whep/{room}/{identity}``) session: a newcomer of the room, placed like a
+    WebSocket joiner."""
+    if method != "POST":
+        return False
+    parts = path.split("/")
+    return (len(parts) == 3 and parts[1] == "whip") or (len(parts) == 4 and parts[1] == "whep")
 
 
 def room_of_join(text: str) -> str:
@@ -249,6 +288,9 @@ class Supervisor:
         self._session: aiohttp.ClientSession | None = None
         #: The latest announcement of the workers' pipe ports (kept so it is not collected).
         self._pipes_task: asyncio.Future[None] | None = None
+        #: Open WHIP/WHEP sessions: session id -> (worker index, room), so their follow-ups
+        #: reach the shard that holds them and they count as the room's connections there.
+        self._http_sessions: dict[str, tuple[int, str]] = {}
         #: The room bus: each worker's WebSocket, and the task reading it.
         self._bus: dict[int, aiohttp.ClientWebSocketResponse] = {}
         self._bus_tasks: dict[int, asyncio.Future[None]] = {}
@@ -435,6 +477,7 @@ class Supervisor:
                 code = proc.returncode if proc is not None else None
             worker.ready = False
             self.placement.set_ready(worker.index, False)
+            self._forget_sessions(worker.index)
             if self._stopped():
                 return
             worker.restarts += 1
@@ -463,6 +506,7 @@ class Supervisor:
                 packets = await self._load(worker)
                 pps = worker.sample_packets(now, packets) if packets is not None else 0.0
                 self.placement.observe(worker.index, cpu=cpu, pps=pps)
+                await self._reconcile_sessions(worker)
 
     async def _load(self, worker: WorkerProcess) -> float | None:
         """Packets the worker has handled so far (its cheap load report, not its metrics:
@@ -562,15 +606,58 @@ class Supervisor:
         return next((w for w in self.workers if w.ready), None)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
-        """Any other request: to the worker of the room in its path, else the first ready."""
+        """Any other request: to the worker of the room in its path, else the first ready.
+
+        A WHIP/WHEP ``POST`` is a newcomer, placed like a WebSocket joiner (on a shard of a
+        spread room); its session's follow-ups go where the session is. A room policy write
+        reaches every worker once the room's home accepted it."""
         if request.path.startswith(_INTERNAL_PREFIX):
             raise web.HTTPNotFound()
         room = room_of_path(request.path)
-        worker = self._room_worker(room) if room is not None else self._any_ready()
+        starts = room is not None and _starts_session(request.method, request.path)
+        session_id = session_of_path(request.path)
+        held = self._http_sessions.get(session_id) if session_id is not None else None
+        if room is None:
+            worker = self._any_ready()
+        elif starts:
+            worker = self._participant_worker(room)
+        elif held is not None and held[1] == room and not self._check_lost(self.workers[held[0]]):
+            worker = self.workers[held[0]]
+        else:
+            worker = self._room_worker(room)
         if worker is None or self._session is None:
             return web.json_response({"error": "no worker is ready"}, status=503)
         body = await request.read()
         headers = self._forwarded_headers(request)
+        if starts and room is not None:
+            # Counted before the worker answers: a shard opened for a WHEP viewer then
+            # gets the room's events (placement.shards_of) while the viewer waits for them.
+            self.placement.connected(room, worker.index)
+        response: web.Response | None = None
+        try:
+            response = await self._request(worker, request, headers, body)
+        finally:
+            if starts and room is not None:
+                self._session_opened(room, worker.index, response)
+        if response is None:
+            await self._confirm_lost(worker)
+            return web.json_response({"error": "the room's worker did not answer"}, status=502)
+        if request.method == "DELETE" and session_id is not None and response.status in (200, 404):
+            self._session_ended(session_id)
+        if (
+            room is not None
+            and request.method in _POLICY_WRITES
+            and _is_policy_path(request.path)
+            and response.status == 200
+        ):
+            await self._copy_policy(worker, request, headers, body)
+        return response
+
+    async def _request(
+        self, worker: WorkerProcess, request: web.Request, headers: CIMultiDict[str], body: bytes
+    ) -> web.Response | None:
+        """``request`` as sent to ``worker``, and its answer; None when it did not answer."""
+        assert self._session is not None
         try:
             async with self._session.request(
                 request.method,
@@ -590,8 +677,80 @@ class Supervisor:
                 )
                 return web.Response(status=upstream.status, headers=out, body=payload)
         except (aiohttp.ClientError, TimeoutError):
-            await self._confirm_lost(worker)
-            return web.json_response({"error": "the room's worker did not answer"}, status=502)
+            return None
+
+    def _session_opened(self, room: str, index: int, response: web.Response | None) -> None:
+        """After a WHIP/WHEP ``POST``: remember the session's worker, or take back the
+        connection counted for it when none was created."""
+        location = response.headers.get("Location", "") if response is not None else ""
+        session_id = location.rsplit("/", 1)[-1] if location else ""
+        if (
+            response is None
+            or response.status != 201
+            or not session_id
+            or len(self._http_sessions) >= MAX_HTTP_SESSIONS
+        ):
+            self.placement.disconnected(room, index, now=clock.now())
+            return
+        self._http_sessions[session_id] = (index, room)
+
+    @property
+    def http_session_count(self) -> int:
+        """WHIP/WHEP sessions the supervisor remembers (routes follow-ups of)."""
+        return len(self._http_sessions)
+
+    def session_worker(self, session_id: str) -> int | None:
+        """The worker a WHIP/WHEP session is on, if the supervisor remembers it."""
+        held = self._http_sessions.get(session_id)
+        return held[0] if held is not None else None
+
+    def _session_ended(self, session_id: str) -> None:
+        """A WHIP/WHEP session ended (deleted, gone from its worker, or its worker died)."""
+        held = self._http_sessions.pop(session_id, None)
+        if held is not None:
+            self.placement.disconnected(held[1], held[0], now=clock.now())
+
+    def _forget_sessions(self, index: int) -> None:
+        """Worker ``index`` died: its WHIP/WHEP sessions are gone with it."""
+        for session_id in [s for s, (w, _) in self._http_sessions.items() if w == index]:
+            self._session_ended(session_id)
+
+    async def _reconcile_sessions(self, worker: WorkerProcess) -> None:
+        """Forget the sessions ``worker`` no longer holds (their transport failed or timed
+        out without a ``DELETE``), so they stop counting as the room's connections."""
+        held = [s for s, (w, _) in self._http_sessions.items() if w == worker.index]
+        if self._session is None or not held:
+            return
+        for start in range(0, len(held), WORKER_SESSIONS_MAX):
+            batch = held[start : start + WORKER_SESSIONS_MAX]
+            try:
+                async with self._session.post(
+                    worker.base_url + WORKER_SESSIONS_PATH,
+                    json={"sessions": batch},
+                    headers={WORKER_KEY_HEADER: worker_key(self.secret)},
+                    timeout=aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S),
+                ) as resp:
+                    if resp.status != 200:
+                        return
+                    open_now = set((await resp.json())["open"])
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                return
+            for session_id in set(batch) - open_now:
+                held_by = self._http_sessions.get(session_id)
+                if held_by is not None and held_by[0] == worker.index:
+                    self._session_ended(session_id)
+
+    async def _copy_policy(
+        self, home: WorkerProcess, request: web.Request, headers: CIMultiDict[str], body: bytes
+    ) -> None:
+        """A room policy change the home accepted, applied by every other ready worker too:
+        any of them may hold (or later open) a shard of the room and admits its own
+        joiners by it. A worker that does not answer is logged, not retried."""
+        others = [w for w in self.workers if w.ready and w is not home]
+        answers = await asyncio.gather(*(self._request(w, request, headers, body) for w in others))
+        for worker, answer in zip(others, answers, strict=True):
+            if answer is None or answer.status != 200:
+                log.warning("worker %d did not take a room policy change", worker.index)
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         """The room protocol: read the ``join``, then relay both ways to the room's worker."""
@@ -711,6 +870,14 @@ class Supervisor:
         rooms = GaugeMetricFamily(
             "sfu_worker_rooms", "Rooms the supervisor has placed on the worker.", labels=["worker"]
         )
+        sessions = GaugeMetricFamily(
+            "sfu_worker_http_sessions",
+            "WHIP/WHEP sessions the supervisor routes to the worker.",
+            labels=["worker"],
+        )
+        per_worker: dict[int, int] = {}
+        for index, _room in self._http_sessions.values():
+            per_worker[index] = per_worker.get(index, 0) + 1
         cpu = CounterMetricFamily(
             "sfu_worker_cpu_seconds", "CPU time of the worker's process.", labels=["worker"]
         )
@@ -724,6 +891,7 @@ class Supervisor:
             up.add_metric(label, 1.0 if worker.ready else 0.0)
             restarts.add_metric(label, float(worker.restarts))
             rooms.add_metric(label, float(self.placement.rooms_on(worker.index)))
+            sessions.add_metric(label, float(per_worker.get(worker.index, 0)))
             cpu.add_metric(label, worker.cpu_total)
             pps.add_metric(label, self.placement.loads[worker.index].pps)
         # The public listener's limits (the workers' own series are their loopback ones).
@@ -740,7 +908,7 @@ class Supervisor:
             labels=["listener"],
         )
         open_now.add_metric([PUBLIC_LISTENER], float(self.limiter.open))
-        return [up, restarts, rooms, cpu, pps, refused, open_now]
+        return [up, restarts, rooms, sessions, cpu, pps, refused, open_now]
 
     # -- life cycle ---------------------------------------------------------------------
 

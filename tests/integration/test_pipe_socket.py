@@ -68,3 +68,42 @@ def test_two_endpoints_relay_a_flow_and_refuse_strangers() -> None:
             one.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 4 * WAIT_S))
+
+
+def test_a_handler_that_raises_is_counted_and_the_endpoint_goes_on() -> None:
+    async def scenario() -> None:
+        at_1: list[tuple[int, PipeEvent]] = []
+        failures = [1]  # the first event's handler raises
+
+        def fragile(peer: int, event: PipeEvent) -> None:
+            if failures:
+                failures.pop()
+                raise RuntimeError("a bug in the owner's handler")
+            at_1.append((peer, event))
+
+        at_0: list[tuple[int, PipeEvent]] = []
+        zero = PipeEndpoint(
+            worker=0, handler=lambda p, e: at_0.append((p, e)), clock=time.monotonic
+        )
+        one = PipeEndpoint(worker=1, handler=fragile, clock=time.monotonic)
+        port_0 = await zero.start()
+        port_1 = await one.start()
+        try:
+            zero.add_peer(1, ("127.0.0.1", port_1))
+            one.add_peer(0, ("127.0.0.1", port_0))
+            flow = one.pipes[0].open_flow("TR_cam", spatial_mask=1, bitrate=0, now=time.monotonic())
+            assert flow is not None
+            one.flush(0)
+            await _until(at_0, FlowRequested)
+            for seq in (7, 8):
+                packet = struct.pack("!BBHII", 0x80, 96, seq, 7000, 0x111) + b"payload"
+                zero.send(1, zero.pipes[1].relay(flow, packet, 0))
+            # The first packet's event raised in the handler; the second still arrives.
+            media = await _until(at_1, Media)
+            assert isinstance(media, Media)
+            assert one.handler_errors == 1
+        finally:
+            zero.close()
+            one.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 4 * WAIT_S))

@@ -12,7 +12,7 @@ import pytest
 from aioquic.quic.configuration import QuicConfiguration
 
 from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
-from sfu.io.quic_link import LinkEndpoint
+from sfu.io.quic_link import MAX_PENDING_PER_HOST, LinkEndpoint
 from sfu.transport.node_link import (
     ControlReceived,
     FlowReceived,
@@ -115,5 +115,60 @@ def test_node_of_another_ca_is_refused_over_loopback(tmp_path: Path) -> None:
         finally:
             b.close()
             x.close()
+
+    asyncio.run(run())
+
+
+def test_initials_from_a_host_that_is_no_node_start_no_link(tmp_path: Path) -> None:
+    """Only the live nodes' hosts may start a link: forged Initials from elsewhere cannot
+    fill the pending slots and lock the nodes out."""
+    ca = mint_ca()
+    a_files, b_files = _files(tmp_path, ca, "node-a"), _files(tmp_path, ca, "node-b")
+
+    async def run() -> None:
+        a_events: list[tuple[NodeLink, LinkEvent]] = []
+        b_events: list[tuple[NodeLink, LinkEvent]] = []
+        a = await _endpoint(a_files, a_events)
+        b = await _endpoint(b_files, b_events)
+        try:
+            b.accept_from = lambda host: host == "127.0.0.2"  # node-a is not (yet) known
+            refused = a.connect(b.address, "node-b")
+            a.flush(refused)
+            await _until(lambda: b.dropped_unknown > 0)
+            assert not b.links and refused.peer is None
+            # Now node-a's host is a live node's: its link comes up (a fresh dial).
+            b.accept_from = lambda host: host == "127.0.0.1"
+            refused.close("retry")
+            a.links.clear()
+            link = a.connect(b.address, "node-b")
+            await _until(lambda: link.peer == "node-b")
+        finally:
+            a.close()
+            b.close()
+
+    asyncio.run(run())
+
+
+def test_one_host_holds_at_most_two_pending_links(tmp_path: Path) -> None:
+    ca = mint_ca()
+    a_files, b_files = _files(tmp_path, ca, "node-a"), _files(tmp_path, ca, "node-b")
+
+    async def run() -> None:
+        b = await _endpoint(b_files, [])
+        try:
+            ca_file, cert, key = a_files
+            config = link_configuration(
+                is_client=True, ca_file=ca_file, cert_file=cert, key_file=key, server_name="node-b"
+            )
+            clock = asyncio.get_running_loop().time
+            # Initials of five dials, as if from five source ports of one host.
+            for port in range(40000, 40005):
+                dial = NodeLink(config, peer_address=b.address, now=clock())
+                for data, _ in dial.datagrams(now=clock()):
+                    b.datagram_received(data, ("127.0.0.1", port))
+            assert len(b.links) == MAX_PENDING_PER_HOST
+            assert b.dropped_unknown >= 5 - MAX_PENDING_PER_HOST
+        finally:
+            b.close()
 
     asyncio.run(run())

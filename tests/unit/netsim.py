@@ -31,7 +31,7 @@ from typing import Any
 from core_parts import OPUS, VP8
 
 from sfu.core.allocator import Allocation, Allocator
-from sfu.core.estimator import BandwidthEstimator
+from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.kernels import Kernels
 from sfu.core.peer import BUDGET_HEADROOM, allocation_budget, allocation_due
 from sfu.core.prober import PADDING_SIZE, Prober, probe_step
@@ -42,7 +42,9 @@ from sfu.packet.twcc import TransportFeedback
 
 __all__ = [
     "AUDIO_BPS",
+    "AUDIO_INTERVAL",
     "LAYERS",
+    "OVERHEAD",
     "PAUSED",
     "AllocatorAdapter",
     "Link",
@@ -267,6 +269,8 @@ class Sender:
         self.receiver = Receiver()
         self.layer_switches: list[tuple[float, int]] = []
         self.clusters: list[Any] = []
+        #: Probe packets still to send: (when, size, cluster id).
+        self.probe_queue: deque[tuple[float, int, int]] = deque()
 
     def desired(self) -> float:
         """What the next upgrade needs in total (0 when nothing more is wanted)."""
@@ -342,9 +346,17 @@ def run(
             if sender.probing and tick % 10 == 0:
                 cluster = sender.probe(now)
                 if cluster is not None:
+                    # As Peer._send_probe: the primer and the cluster at once.
                     sender.clusters.append(cluster)
-                    batch.extend([(PADDING_SIZE + 12, -1)] * cluster.primer)
-                    batch.extend([(PADDING_SIZE + 12, cluster.id)] * cluster.packets)
+                    queue = sender.probe_queue
+                    queue.extend((now, PADDING_SIZE + 12, PRIMER) for _ in range(cluster.primer))
+                    queue.extend(
+                        (now, PADDING_SIZE + 12, cluster.id) for _ in range(cluster.packets)
+                    )
+            probes = sender.probe_queue
+            while probes and probes[0][0] <= now + 1e-9:
+                batch.append(probes.popleft()[1:])
+                sender.estimator.on_probe_sent(now=now)
             for size, cluster_id in batch:
                 wire = size + OVERHEAD
                 seq = sender.history.record(wire, now, cluster_id)

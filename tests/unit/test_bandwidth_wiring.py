@@ -12,9 +12,11 @@ from room_fixtures import CHROMIUM_IDS, vp8_packet
 from test_metrics_core import registry_for, value
 from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harness
 
+from sfu._fastpath._pacer_py import AUDIO as PACED_AUDIO
+from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
-from sfu.core.estimator import INITIAL_BPS
-from sfu.core.pacing import PACING_FACTOR
+from sfu.core.estimator import INITIAL_BPS, PRIMER
+from sfu.core.pacing import PACING_FACTOR, PacedSender
 from sfu.core.peer import (
     ALLOCATION_INTERVAL,
     BUDGET_HEADROOM,
@@ -103,9 +105,11 @@ def test_probe_clusters_go_out_as_padding_on_the_rtx_stream(
     _publish(h, alice, 1.0, 30, f_packets=2)  # the top layer (528 kbit/s) does not fit
     before = len(h.sent_rtp["bob"])
     h.service.poll(2.0, 1.7e9)  # allocates (the next layer is wanted), then probes
+    cluster = bob.peer.prober.pending
+    assert cluster is not None
     probes = [RtpPacket.parse(p) for p in h.sent_rtp["bob"][before:]]
     probes = [p for p in probes if p.ssrc == sub.rtx_ssrc]
-    assert len(probes) >= 5
+    assert len(probes) == cluster.primer + cluster.packets
     assert all(p.padding_length == 255 and not p.payload for p in probes)
     history = bob.peer.send_history
     assert history is not None
@@ -116,9 +120,8 @@ def test_probe_clusters_go_out_as_padding_on_the_rtx_stream(
         assert lookup is not None
         clusters.append(lookup[2])
     # The primer first (under no cluster: it drains a policer's bucket), then cluster 0.
-    primer = bob.peer.prober.pending
-    assert primer is not None and primer.primer > 0
-    assert clusters == [-1] * primer.primer + [0] * primer.packets
+    assert cluster.primer > 0
+    assert clusters == [PRIMER] * cluster.primer + [0] * cluster.packets
     assert bob.peer.counters.probe_packets == len(probes)
     assert bob.peer.prober.started == 1
     # No second cluster while the first one's result is awaited.
@@ -260,3 +263,78 @@ def test_a_paced_transport_releases_on_the_peers_timer(monkeypatch: pytest.Monke
     peer.pacer.push(bytes(10), PACED_VIDEO, -1, 3.0)
     peer.retire()
     assert peer.pacer.queued_packets == 0
+
+
+def test_a_nacks_paced_retransmissions_keep_their_own_transport_wide_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each resend of one NACK is queued under the number it was stamped with, so its
+    release restamps its own send time (not the last resend's, leaving the others'
+    queueing to read as link delay)."""
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and sub.selector is not None
+    sub.set_preferences(0, None, False)
+    sub.selector.set_target(0, None)
+    _publish(h, alice, 1.0, 30)
+    h.service.poll(2.0, 1.7e9)
+    assert peer.pacer is not None and peer.send_history is not None
+    sent = [
+        RtpPacket.parse(p) for p in h.sent_rtp["bob"] if RtpPacket.parse(p).ssrc == sub.out_ssrc
+    ]
+    lost = [p.sequence_number for p in sent[5:8]]
+    peer.rtx_budget.set_rate(10_000_000, 2.0)
+    queued: list[int] = []
+
+    class Recording(PacedSender):
+        """What the pacer would be handed (this harness's transports have no SRTP)."""
+
+        def send_rtp_tagged(self, packet: bytes, tag: int) -> bool:
+            queued.append(tag)
+            return True
+
+    # Resends through the pacer, as Peer._pace sets up once the data plane paces the
+    # transport (this harness has no data plane).
+    peer.feedback.sender = Recording(
+        peer.transport, peer.pacer, peer.send_history, PACED_RETRANSMISSION, lambda: None
+    )
+    newest = peer.send_history.packets
+    peer.on_rtcp(peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, lost).serialize(), 2.0)
+    assert peer.counters.retransmits == len(lost)
+    assert queued == [(newest + i) & 0xFFFF for i in range(len(lost))]
+
+
+def test_pausing_all_video_flushes_its_queue_and_its_retransmissions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A budget below the lowest layer pauses the video: what the pacer still holds of it
+    (and of its retransmissions) is dropped and counted, queued audio stays, and NACKs for
+    the paused video are not resent (its resume sends a keyframe)."""
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and peer.pacer is not None and sub.selector is not None
+    _publish(h, alice, 1.0, 30)
+    h.service.poll(2.0, 1.7e9)
+    assert sub.selector.target.spatial is not None
+    sent = [
+        RtpPacket.parse(p) for p in h.sent_rtp["bob"] if RtpPacket.parse(p).ssrc == sub.out_ssrc
+    ]
+    peer.pacer.set_rate(8_000.0, 2.0)  # 1 kB/s: what is pushed now stays queued
+    for cls in (PACED_VIDEO, PACED_RETRANSMISSION, PACED_AUDIO, PACED_VIDEO):
+        assert peer.pacer.push(bytes(1000), cls, -1, 2.0)
+    peer.pacer.pop(2.0)  # the budget's first packet leaves
+    assert peer.pacer.queued_packets == 3
+    allocation = peer.allocate(budget_bps=10_000, now=2.1)
+    assert allocation.paused == (sub,) and sub.selector.target.spatial is None
+    assert peer.pacer.queued_packets == 1  # the audio
+    assert peer.counters.pacer_flushed == 2
+    registry = registry_for(h.service)
+    assert value(registry, "sfu_pacer_drops_total", reason="paused") == 2
+    counters = peer.counters
+    retransmits, superseded = counters.retransmits, counters.retransmits_superseded
+    lost = [p.sequence_number for p in sent[-3:]]
+    peer.on_rtcp(peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, lost).serialize(), 2.2)
+    assert counters.retransmits == retransmits
+    assert counters.retransmits_superseded - superseded == len(lost)

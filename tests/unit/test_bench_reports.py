@@ -123,3 +123,45 @@ def test_rooms_replicate_the_plan_under_distinct_names() -> None:
     assert one.room_names() == [one.room]
     with pytest.raises(ValueError, match="rooms"):
         ScenarioConfig(rooms=0)
+
+
+def test_spread_rooms_report_each_server_port_and_worker() -> None:
+    """``--spread``: loss and latency per server media port (worker) of the subscribers,
+    and the server's own forwarding-latency histogram per worker, in the window."""
+    from bench._loadgen_py import HIST_EDGES_NS
+    from bench.scenarios import by_group
+    from bench.targets import forwarding_buckets, forwarding_quantiles
+
+    slots = len(HIST_EDGES_NS) + 1
+
+    def recv(unique: int, highest: int, bucket: int) -> dict[str, Any]:
+        hist = [0] * slots
+        hist[bucket] = unique
+        return {"streams": [(1, unique, 0, 0, 1, highest, 0)], "hist": hist, "srtp_errors": 0}
+
+    before = {"recv": {0: recv(0, 0, 1), 1: recv(0, 0, 1), 2: recv(0, 0, 1)}}
+    before["recv"] = {
+        i: {**r, "streams": [], "hist": [0] * slots} for i, r in before["recv"].items()
+    }
+    after = {"recv": {0: recv(100, 100, 5), 1: recv(100, 100, 9), 2: recv(90, 100, 9)}}
+    groups = by_group(before, after, {0: "40000", 1: "40001", 2: "40001"})
+    assert set(groups) == {"40000", "40001"}
+    assert groups["40000"]["loss"] == 0 and groups["40001"]["loss"] == 0.05
+    assert groups["40001"]["subscribers"] == 2
+    p99_home, p99_shard = groups["40000"]["latency_p99_ms"], groups["40001"]["latency_p99_ms"]
+    assert p99_home is not None and p99_shard is not None and p99_shard > p99_home
+
+    def text(counts: dict[str, list[int]]) -> str:
+        lines = ["# TYPE sfu_forwarding_latency_seconds histogram"]
+        for worker, (a, b, c) in counts.items():
+            for le, n in (("0.0001", a), ("0.001", b), ("+Inf", c)):
+                lines.append(
+                    f'sfu_forwarding_latency_seconds_bucket{{le="{le}",worker="{worker}"}} {n}'
+                )
+        return "\n".join(lines) + "\n"
+
+    first = forwarding_buckets(text({"0": [10, 10, 10], "1": [0, 0, 0]}))
+    second = forwarding_buckets(text({"0": [110, 110, 110], "1": [50, 140, 150]}))
+    quantiles = forwarding_quantiles(first, second)
+    assert quantiles["0"] == {"samples": 100.0, "p50_ms": 0.1, "p99_ms": 0.1}
+    assert quantiles["1"] == {"samples": 150.0, "p50_ms": 1.0, "p99_ms": None}  # past 1 ms

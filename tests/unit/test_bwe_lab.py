@@ -8,7 +8,19 @@ under both kernel implementations (the estimate is the same to the bit).
 
 from __future__ import annotations
 
-from netsim import AUDIO_BPS, LAYERS, PAUSED, Link, Sample, Sender, ramp, run, steps
+from netsim import (
+    AUDIO_BPS,
+    AUDIO_INTERVAL,
+    LAYERS,
+    OVERHEAD,
+    PAUSED,
+    Link,
+    Sample,
+    Sender,
+    ramp,
+    run,
+    steps,
+)
 
 from sfu.core.kernels import Kernels
 from sfu.core.prober import BACKOFF_BASE, EXPLORE_FACTORS
@@ -183,3 +195,29 @@ def test_the_lab_is_deterministic(kernels: Kernels) -> None:
         (trace,) = run(Link(steps((0, HIGH), (5, 500_000)), loss=0.01), [sender], 10)
         runs.append([(s.t, s.estimate, s.queue_delay, s.layer) for s in trace])
     assert runs[0] == runs[1]
+
+
+def test_audio_gets_through_below_the_lowest_layer(kernels: Kernels) -> None:
+    """The real-client test's shaping at 100 kbit/s (4 kB burst, 50 ms: a 625-byte queue):
+    with the video paused, the probes for the low layer cost audio at most a packet each,
+    the paused video is not resumed into the
+    link (the loss bound does not grow past what got through), and a failed probe's losses
+    do not count as the media's."""
+    sender = Sender(kernels)
+    audio_size = int(AUDIO_BPS * AUDIO_INTERVAL / 8) + OVERHEAD
+    audio_lost: list[float] = []
+
+    class AudioLink(Link):
+        def send(self, size: int, t: float) -> float | None:
+            at = super().send(size, t)
+            if size == audio_size and at is None and 10.0 <= t < 40.0:
+                audio_lost.append(t)
+            return at
+
+    link = AudioLink(steps((0, HIGH), (10, 100_000)), queue_bytes=625, burst_bytes=4_000)
+    (trace,) = run(link, [sender], 40)
+    assert all(s.layer == PAUSED for s in trace if s.t >= 13)
+    probes = [c for c in sender.clusters if c.sent_at >= 13]
+    assert probes and sender.estimator.probe_packets_lost > 0
+    sent = (40 - 13) / AUDIO_INTERVAL
+    assert len([t for t in audio_lost if t >= 13]) <= len(probes) < 0.01 * sent

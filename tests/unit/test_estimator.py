@@ -8,11 +8,15 @@ import weakref
 import pytest
 
 from sfu.core.estimator import (
+    ACKED_CAP_EXTRA,
+    ACKED_CAP_FACTOR,
     BETA,
     INITIAL_BPS,
     LOSS_HIGH,
+    LOSS_SEVERE,
     MAX_DECREASE,
     MIN_BPS,
+    PRIMER,
     BandwidthEstimator,
 )
 from sfu.core.kernels import Kernels
@@ -254,3 +258,59 @@ def test_a_train_faster_than_the_feedback_resolution_counts_at_the_probes_rate(
     assert probe_step(prober, est, desired_bps=1_000_000, now=1.1) is None
     assert prober.succeeded == 1
     assert est.target_bps() == cluster.bps  # capped at what the probe aimed at
+
+
+def test_a_probes_losses_stay_out_of_the_loss_based_bound(kernels: Kernels) -> None:
+    """A probe that overran the link (most of its primer and cluster dropped) failed, and its
+    result says so; its losses must not pull the estimate under what the media got through,
+    which arrived whole."""
+    est = _estimator(kernels)
+    recorder = TwccRecorder(1, interval=0.05)
+    _receivers[est] = recorder
+    now = _feed(est, start=0.0, seconds=3.0, bps=280_000)
+    before = est.target_bps()
+    acked = est.acked_bps
+    assert acked is not None and before >= acked
+    # A 4 kB primer and a 3 kB cluster at once, then the media goes on: 3 of 4 probe packets
+    # are dropped by the bottleneck, every media packet arrives.
+    for i in range(28):
+        seq = est.history.record(275, now, 7 if i >= 16 else PRIMER)
+        if i % 4 == 0:
+            recorder.on_packet(seq, 5, now + 0.02 + i * 0.002)
+    est.on_probe_sent(now=now)
+    _feed(est, start=now + 0.001, seconds=2.0, bps=280_000)
+    assert est.loss == 0.0
+    assert est.target_bps() >= before
+    assert est.probe_packets_lost == 21
+
+
+def test_the_loss_bound_grows_no_further_than_what_got_through_vouches_for(
+    kernels: Kernels,
+) -> None:
+    """Paused below the lowest layer only audio goes out: loss-free, but 40 kbit/s says
+    nothing about 150 kbit/s. The bound must not grow past the link on its own (it did, 8 %
+    a second, until the layer resumed into the link and was shed again)."""
+    est = _estimator(kernels)
+    now = _feed(est, start=0.0, seconds=3.0, bps=280_000, lose_every=3)  # a cap: 33 % lost
+    bound = est.target_bps()
+    assert bound < INITIAL_BPS
+    now = _feed(est, start=now, seconds=5.0, bps=40_000)
+    settled = est.target_bps()
+    # (the acknowledged rate still held some of the 280 kbit/s when the loss cleared)
+    assert settled <= 1.1 * max(bound, ACKED_CAP_FACTOR * 40_000 + ACKED_CAP_EXTRA)
+    _feed(est, start=now, seconds=10.0, bps=40_000)
+    assert est.loss == 0.0
+    assert est.target_bps() == pytest.approx(settled)
+
+
+def test_severe_loss_falls_to_what_got_through_at_once(kernels: Kernels) -> None:
+    """Most of what is sent lost (a cap at a fraction of the rate): the bound falls to the
+    acknowledged rate in one step, where halving steps spent a second above the link and
+    the audio sent meanwhile was lost with the video."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    _feed(est, start=0.0, seconds=0.45, bps=900_000, random_loss=0.7, seed=5)
+    acked = est.acked_bps
+    assert acked is not None and est.loss >= LOSS_SEVERE
+    assert est.target_bps() < MAX_DECREASE * 2_500_000
+    assert est.target_bps() <= 1.2 * acked  # the acknowledged rate of the step, or less

@@ -163,6 +163,18 @@ def test_byte_bound_and_oversized_packets(each_kernels: Kernels) -> None:
     assert pacer.clear() == 2 and pacer.queued_bytes == 0 and pacer.next_deadline(1.0) is None
 
 
+def test_clearing_from_a_class_keeps_the_higher_ones_in_order(each_kernels: Kernels) -> None:
+    pacer = each_kernels.Pacer()
+    pacer.set_rate(8_000.0, 0.0)  # 1 kB/s: nothing below leaves on its own
+    for tag, cls in enumerate((VIDEO, AUDIO, RETRANSMISSION, PROBE, VIDEO, AUDIO)):
+        assert pacer.push(bytes(100 + tag), cls, tag, 0.0)
+    assert pacer.clear(RETRANSMISSION) == 3
+    assert pacer.queued_packets == 3 and pacer.queued_bytes == 101 + 103 + 105
+    assert [tag for _, tag in pacer.pop(0.0)] == [1, 3, 5]
+    with pytest.raises(ValueError):
+        pacer.clear(4)
+
+
 def test_rejects_bad_arguments(each_kernels: Kernels) -> None:
     with pytest.raises(ValueError):
         each_kernels.Pacer(max_packets=0)
@@ -208,7 +220,7 @@ _op = st.one_of(
     st.tuples(st.just("pop"), st.floats(0.0, 0.05)),
     st.tuples(st.just("deadline"), st.floats(0.0, 0.01)),
     st.tuples(st.just("delays")),
-    st.tuples(st.just("clear")),
+    st.tuples(st.just("clear"), st.integers(0, 3)),
 )
 
 
@@ -238,7 +250,7 @@ def _run(pacer: Any, history: Any, ops: list[tuple[Any, ...]]) -> list[Any]:
         elif op[0] == "delays":
             trace.append(pacer.take_delays())
         else:
-            trace.append(pacer.clear())
+            trace.append(pacer.clear(op[1]))
         trace.append(
             (
                 pacer.queued_packets,

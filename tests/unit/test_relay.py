@@ -244,3 +244,27 @@ def test_the_data_plane_leaves_a_relayed_publication_to_the_python_path(
     assert forwarder.fast_packets == fast + 1  # back in the forwarder
     assert len(sent) == 1
     assert [len(world.video_seqs(i)) for i in range(2)] == [2, 2]
+
+
+def test_only_a_newly_demanded_layer_asks_the_publisher_for_a_keyframe() -> None:
+    """A demand update that changes only the bitrate, or keeps a layer, asks for no
+    keyframe: the far side refreshes its demand as its meters move, and a keyframe per
+    update would be a steady stream of them."""
+    world = World()
+    world.run()
+    assert world.keyframes == [SSRCS[0]]
+    for step, (mask, bitrate) in enumerate(
+        [(0b001, 400_000), (0b001, 450_000), (0b011, 900_000), (0b011, 950_000), (0b001, 0)]
+    ):
+        world.now += 1.0  # past the per-stream request interval each time
+        world.pipe_b.set_demand(world.flow, spatial_mask=mask, bitrate=bitrate, now=world.now)
+        world.run()
+        if step < 2:
+            assert world.keyframes == [SSRCS[0]]
+    # Only layer 1, when it was first demanded; dropping a layer asks for nothing either.
+    assert world.keyframes == [SSRCS[0], SSRCS[1]]
+    # A layer demanded again after a pause starts at a keyframe again.
+    world.now += 1.0
+    world.pipe_b.set_demand(world.flow, spatial_mask=0b011, bitrate=900_000, now=world.now)
+    world.run()
+    assert world.keyframes == [SSRCS[0], SSRCS[1], SSRCS[1]]

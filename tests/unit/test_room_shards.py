@@ -28,6 +28,7 @@ from sfu.packet.rtcp_feedback import Pli
 from sfu.packet.rtp import RtpPacket
 from sfu.room.identity import Grant
 from sfu.room.moderation import Moderation
+from sfu.room.policy import hash_password, verify_password
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError
 from sfu.transport.pipe import Pipe
@@ -253,6 +254,55 @@ def test_the_stand_in_ends_with_the_last_participant_of_the_shard(
     assert alice.peer is not None
 
 
+def test_a_publisher_leaving_ends_its_flows_even_if_the_bus_loses_the_news(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spread = Spread(monkeypatch)
+    zero = spread.shards[0]
+    alice, _bob, _tracks = _subscribed(spread)
+    assert spread.hubs[0].relay.taps and spread.hubs[1].remotes
+    zero.service.leave(alice, now=spread.now)
+    spread.bus.queue.clear()  # the bus dropped alice's leave and unpublish events
+    spread.pump()
+    # The pipe told shard 1 by itself: no tap keeps the ended publication alive on shard 0.
+    assert not spread.hubs[0].relay.taps
+    assert not spread.hubs[1].remotes
+
+
+def test_a_policy_set_on_one_shard_holds_on_the_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    zero.join(ROOM, "alice")
+    one.join(ROOM, "bob")
+    spread.pump()
+    password = hash_password("hunter2")
+    old, new = one.service.policies.update(ROOM, {"locked": True, "password": password})
+    one.service.policy_changed(ROOM, old, new)
+    spread.pump()
+    mirrored = zero.service.policies.get(ROOM)
+    assert mirrored.locked and mirrored.password is not None
+    assert verify_password(mirrored.password, "hunter2")
+    # A newcomer placed on the other shard meets the lock there too.
+    with pytest.raises(RoomError) as refused:
+        zero.join(ROOM, "eve")
+    assert refused.value.code == "room_locked"
+    # Unlocking anywhere unlocks everywhere.
+    old, new = zero.service.policies.update(ROOM, {"locked": False})
+    zero.service.policy_changed(ROOM, old, new)
+    spread.pump()
+    assert not one.service.policies.get(ROOM).locked
+
+
+#: A well-formed open policy on the bus (the malformed cases change one field of it).
+_OPEN: dict[str, Any] = {
+    "waiting_room": False,
+    "locked": False,
+    "max_participants": 10,
+    "e2ee_required": False,
+    "password": None,
+}
+
+
 def test_malformed_bus_events_are_counted_and_change_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -268,13 +318,17 @@ def test_malformed_bus_events_are_counted_and_change_nothing(
         {"type": "participant_joined", "participant": {"id": 7, "identity": "x"}},
         {"type": "track_published", "relay": {"kind": "video"}},
         {"type": "track_muted", "track": ["x"]},
+        {"type": "policy", "policy": {"locked": "yes"}},
+        {"type": "policy", "policy": {**_OPEN, "max_participants": 0}},
+        {"type": "policy", "policy": {**_OPEN, "password": {"salt": "zz"}}},
     ):
         service.on_shared(ROOM, 0, event, now=spread.now)
-    assert service.bus_refused == 5
+    assert service.bus_refused == 8
     assert not service.rooms[ROOM].remote and not service.rooms[ROOM].publications
+    assert not service.policies.has_own(ROOM)
     # An event of a room with no participant here is not an error: there is nothing to do.
     service.on_shared("elsewhere", 0, {"type": "shard_opened"}, now=spread.now)
-    assert service.bus_refused == 5
+    assert service.bus_refused == 8
 
 
 def test_a_dead_shard_s_participants_leave_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,3 +408,60 @@ def test_one_identity_one_seat_across_shards(monkeypatch: pytest.MonkeyPatch) ->
     assert first.state is ParticipantState.LEFT and closed == [(4009, "joined from elsewhere")]
     assert second.state is ParticipantState.JOINED
     assert ROOM not in zero.service.rooms or not zero.service.rooms[ROOM].participants
+
+
+def test_an_opened_shard_gets_the_room_state_and_an_unused_one_is_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A WHEP viewer placed on a shard opens it before joining (the other shards answer
+    with their state) and it is forgotten again when nobody joined after all."""
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    alice = zero.join(ROOM, "alice")
+    zero.service.offer(alice, simulcast_offer(), 0.0, names={"1": "camera"})
+    spread.pump()
+    assert ROOM not in one.service.rooms
+    room = one.service.open_shard(ROOM)
+    assert room is not None and one.service.open_shard(ROOM) is room
+    spread.pump()
+    assert [d["identity"] for d in room.remote.values()] == ["alice"]
+    kinds = sorted(p.kind for p in room.publications.values() if p.participant_id == alice.id)
+    assert kinds == ["audio", "video"]
+    assert spread.hubs[1].remotes  # the stand-ins are open, fed by the pipe once subscribed
+    one.service.close_empty_shard(room)
+    assert ROOM not in one.service.rooms
+    assert not spread.hubs[1].remotes
+    # A shard with a participant is not forgotten.
+    room = one.service.open_shard(ROOM)
+    assert room is not None
+    spread.pump()
+    one.join(ROOM, "bob")
+    one.service.close_empty_shard(room)
+    assert one.service.rooms[ROOM] is room
+
+
+def test_no_shard_is_opened_where_rooms_are_not_spread(monkeypatch: pytest.MonkeyPatch) -> None:
+    single = harness(monkeypatch)
+    assert single.service.bus is None
+    assert single.service.open_shard(ROOM) is None
+    assert ROOM not in single.service.rooms
+
+
+def test_relayed_packets_are_sampled_in_the_shard_s_forwarding_latency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The far worker's histogram covers relayed publications too (pipe receive to the
+    last local copy), so a spread room's shard reports its forwarding latency."""
+    spread = Spread(monkeypatch)
+    one = spread.shards[1]
+    stats = one.service.stats
+    stats.clock, stats.sample_mask = (lambda: spread.now), 0
+    spread.hubs[1].stats = stats
+    alice, _bob, _tracks = _subscribed(spread)
+    assert alice.peer is not None
+    before = stats.forward_latency.count
+    for seq in range(3):
+        alice.peer.on_rtp(alice.peer.transport, opus_packet(AUDIO_SSRC, seq, 960 * seq), spread.now)
+    spread.pump()
+    assert len(one.sent_rtp["bob"]) == 3
+    assert stats.forward_latency.count - before == 3

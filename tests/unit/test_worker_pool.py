@@ -34,7 +34,12 @@ from sfu.workers.cpus import (
 )
 from sfu.workers.metrics import MergedMetrics, relabel
 from sfu.workers.placement import IDLE_FORGET_S, SATURATED_LOAD, Placement
-from sfu.workers.supervisor import room_of_join, room_of_path, worker_environment
+from sfu.workers.supervisor import (
+    room_of_join,
+    room_of_path,
+    session_of_path,
+    worker_environment,
+)
 
 # -- configuration ---------------------------------------------------------------------
 
@@ -247,6 +252,24 @@ def test_worker_series_get_a_worker_label_and_merge() -> None:
 )
 def test_room_of_path(path: str, room: str | None) -> None:
     assert room_of_path(path) == room
+
+
+@pytest.mark.parametrize(
+    ("path", "session"),
+    [
+        ("/whip/team/abc", "abc"),
+        ("/whep/team/alice/xyz", "xyz"),
+        ("/whip/team", None),
+        ("/whep/team/alice", None),
+        ("/whip/team/", None),
+        ("/whep/team/alice/", None),
+        ("/whip/team/a/b", None),
+        ("/rooms/team/policy", None),
+        ("/ws", None),
+    ],
+)
+def test_session_of_path(path: str, session: str | None) -> None:
+    assert session_of_path(path) == session
 
 
 def test_room_of_join() -> None:
