@@ -210,11 +210,18 @@ class ClusterRoomBus:
                 self.dropped += 1
         elif op == "listen":
             await self.directory.subscribe(CLUSTER_CHANNEL, self._received)
-        elif op == "open":
+        elif op in ("open", "subscribe", "claim"):
             if room not in self.open_rooms:
                 return  # it ended again before its turn
-            await self.directory.subscribe(room, self._received)
-            await self.registry.claim_home(room)
+            if op != "subscribe":
+                # Claimed first, so the node where the room opened first owns it; a claim
+                # that cannot reach Redis does not keep the room off the bus.
+                try:
+                    await self.registry.claim_home(room)
+                except DirectoryUnavailable:
+                    self.home_failures += 1
+            if op != "claim":
+                await self.directory.subscribe(room, self._received)
         elif op == "close":
             if room in self.open_rooms:
                 return  # it opened again before its turn
@@ -254,13 +261,15 @@ class ClusterRoomBus:
             rooms.on_shared(room, origin, event, now=self._clock())
 
     def resync(self) -> None:
-        """The bus was lost and is back: claim the homes again, ask every other node for its
-        state in each open room and send ours (what was published meanwhile is lost)."""
+        """The bus was lost and is back: subscribe again, ask every other node for its state
+        in each open room and send ours (what was published meanwhile is lost)."""
         self.resyncs += 1
         self._grace_until = self._clock() + LEASE_TTL_S
         rooms = self._rooms()
         for room in sorted(self.open_rooms):
-            self._put(("open", room, None))
+            # Homes are not claimed here: the registry claims this node's own again, and a
+            # room whose owner is gone is claimed once its lease lapsed (peers_changed).
+            self._put(("subscribe", room, None))
             self._put(("publish", room, {"type": "shard_opened"}))
             if rooms is not None:
                 # and ours to them: a node that kept the bus took this one for dead if its
@@ -293,4 +302,4 @@ class ClusterRoomBus:
             # A dead node's homes are free: claim those of the rooms open here (the claim
             # takes a room only when its home's lease lapsed).
             for room in sorted(self.open_rooms - self.registry.homes):
-                self._put(("open", room, None))
+                self._put(("claim", room, None))
