@@ -303,7 +303,16 @@ def test_mixed_room_vp8_simulcast_and_another_codec(codec: str, svc: str) -> Non
             )
         )
         assert codecs == sorted([("VP8", False), (codec.upper(), bool(svc))])
-        # Both keep decoding at the viewer.
+        # Both keep decoding at the viewer. Two publishing pages (one of them a software
+        # AV1 or VP9 encoder of three spatial layers) on two cores can starve an encoder for a
+        # few seconds after the start, whatever the server does: one healthy window of
+        # WINDOW_TRIES is asked for, each growth is shown if none is.
         for participant in (vp8_id, vp9_id):
-            before, after = _window(viewer, participant)
-            assert after["framesDecoded"] - before["framesDecoded"] >= MIN_FRAMES_2S / 2
+            grown: list[int] = []
+            for _ in range(WINDOW_TRIES):
+                before, after = _window(viewer, participant)
+                grown.append(after["framesDecoded"] - before["framesDecoded"])
+                if grown[-1] >= MIN_FRAMES_2S / 2:
+                    break
+            else:
+                raise AssertionError(f"{participant}: frames per 2 s window {grown}")
