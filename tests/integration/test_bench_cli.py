@@ -73,7 +73,9 @@ def test_fanout_run_reports_real_media(tmp_path: Path) -> None:
     # 4 viewers of Opus (50 pps) plus the top simulcast layer (~240 pps at 2 Mbit/s, 30 fps).
     assert 4 * 200 < result["egress_pps"] < 4 * 450, result
     assert result["loss"] < 0.01
-    assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"] < 500
+    # Real one-way latencies: a paced subscriber's media may wait up to the pacer's
+    # MAX_QUEUE_TIME (0.5 s) while its estimate still ramps, so the sanity bound is 1 s.
+    assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"] < 1000
     assert result["server_cpu_s_per_million_packets"] > 0
     (step,) = result["steps"]
     assert step["srtp_errors"] == 0 and step["duplicates"] == 0
