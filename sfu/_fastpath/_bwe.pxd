@@ -16,6 +16,7 @@ cdef struct history_t:
     int* size
     int* cluster
     unsigned char* acked
+    long long withdrawn             # packets withdrawn so far (numbered, never sent)
 
 cdef class SendHistory:
     cdef history_t h
@@ -25,3 +26,7 @@ cdef int history_record(history_t* h, int size, double now, int cluster) noexcep
 
 # The packet sent with 16-bit ``seq`` left at ``now`` (a pacer held it); 0 if not remembered.
 cdef int history_restamp(history_t* h, long long seq, double now) noexcept nogil
+
+# The packet numbered 16-bit ``seq`` never left (a pacer discarded it); 0 if not remembered or
+# already acknowledged.
+cdef int history_withdraw(history_t* h, long long seq) noexcept nogil

@@ -21,6 +21,7 @@ from sfu._fastpath._bwe_py import (
     THRESHOLD_OUTLIER,
     TREND_GAIN,
     TREND_WINDOW,
+    WITHDRAWN,
 )
 
 cdef enum:
@@ -44,6 +45,7 @@ cdef double _K_DOWN = K_DOWN
 cdef double _OUTLIER = THRESHOLD_OUTLIER
 cdef double _MAX_STEP = THRESHOLD_MAX_STEP
 cdef double _OVERUSE_TIME = OVERUSE_TIME
+cdef int _WITHDRAWN = WITHDRAWN
 
 
 cdef int history_record(history_t* h, int size, double now, int cluster) noexcept nogil:
@@ -74,6 +76,15 @@ cdef int history_restamp(history_t* h, long long seq, double now) noexcept nogil
     return 1
 
 
+cdef int history_withdraw(history_t* h, long long seq) noexcept nogil:
+    cdef long long slot = _slot(h, seq & 0xFFFF)
+    if slot < 0 or h.acked[slot]:
+        return 0
+    h.cluster[slot] = _WITHDRAWN
+    h.withdrawn += 1
+    return 1
+
+
 cdef class SendHistory:
     """What was sent on one transport, by transport-wide sequence number (a fixed ring)."""
 
@@ -83,6 +94,7 @@ cdef class SendHistory:
         self.h.mask = capacity - 1
         self.h.next = 0
         self.h.bytes = 0
+        self.h.withdrawn = 0
         self.h.sent = <double*>calloc(capacity, sizeof(double))
         self.h.size = <int*>calloc(capacity, sizeof(int))
         self.h.cluster = <int*>calloc(capacity, sizeof(int))
@@ -132,6 +144,15 @@ cdef class SendHistory:
         """The packet sent with 16-bit ``seq`` left at ``now`` (a pacer held it); False if it
         is no longer remembered."""
         return bool(history_restamp(&self.h, int(seq) & 0xFFFF, now))
+
+    def withdraw(self, seq):
+        """The packet numbered 16-bit ``seq`` never left: see the reference."""
+        return bool(history_withdraw(&self.h, int(seq) & 0xFFFF))
+
+    @property
+    def withdrawn(self):
+        """Packets withdrawn so far."""
+        return self.h.withdrawn
 
 
 cdef struct detector_t:

@@ -31,6 +31,7 @@ __all__ = [
     "NORMAL",
     "OVERUSE",
     "UNDERUSE",
+    "WITHDRAWN",
     "DelayDetector",
     "SendHistory",
 ]
@@ -72,6 +73,9 @@ THRESHOLD_MAX_STEP: Final = 100.0
 OVERUSE_TIME: Final = 10.0
 #: Probe clusters whose acknowledgements are summed at once (ids modulo this).
 CLUSTER_SLOTS: Final = 8
+#: The cluster a send history gives a packet that was numbered but never sent (probe clusters
+#: are 0 and up, -1 is media, -2 a probe's primer).
+WITHDRAWN: Final = -3
 #: The default ring size of a send history: 2 s at 4000 packets/s (about 40 Mbit/s).
 HISTORY_CAPACITY: Final = 8192
 
@@ -79,7 +83,7 @@ HISTORY_CAPACITY: Final = 8192
 class SendHistory:
     """What was sent on one transport, by transport-wide sequence number (a fixed ring)."""
 
-    __slots__ = ("_acked", "_cluster", "_mask", "_next", "_sent", "_size", "bytes")
+    __slots__ = ("_acked", "_cluster", "_mask", "_next", "_sent", "_size", "bytes", "withdrawn")
 
     def __init__(self, capacity: int = HISTORY_CAPACITY) -> None:
         if capacity < 16 or capacity & (capacity - 1) or capacity > 1 << 20:
@@ -92,6 +96,8 @@ class SendHistory:
         self._acked = bytearray(capacity)
         #: Bytes recorded so far.
         self.bytes = 0
+        #: Packets withdrawn so far (see :meth:`withdraw`).
+        self.withdrawn = 0
 
     @property
     def capacity(self) -> int:
@@ -144,6 +150,17 @@ class SendHistory:
         if slot < 0:
             return False
         self._sent[slot] = now
+        return True
+
+    def withdraw(self, seq: int) -> bool:
+        """The packet numbered 16-bit ``seq`` never left (a pacer discarded it after it was
+        numbered): its cluster becomes :data:`WITHDRAWN`, so the loss the receiver reports
+        for it is not read as the link's. False if not remembered or already acknowledged."""
+        slot = self._slot(seq & 0xFFFF)
+        if slot < 0 or self._acked[slot]:
+            return False
+        self._cluster[slot] = WITHDRAWN
+        self.withdrawn += 1
         return True
 
 

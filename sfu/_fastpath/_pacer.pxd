@@ -37,6 +37,8 @@ cdef struct pacer_t:
     long long delay_count
     double delay_sum
     double delay_max
+    long long withdrawn[512]        # tags of numbered packets discarded (WITHDRAWN_CAPACITY)
+    int n_withdrawn
 
 cdef class Pacer:
     cdef pacer_t p

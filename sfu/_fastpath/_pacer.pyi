@@ -10,6 +10,7 @@ class Pacer:
     dropped: int
     evicted: int
     expired: int
+    withdrawn_pending: int
 
     def __init__(self, max_packets: int = ..., max_bytes: int = ...) -> None: ...
     @property

@@ -11,7 +11,7 @@ from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
-from sfu._fastpath._bwe cimport SendHistory, history_restamp
+from sfu._fastpath._bwe cimport SendHistory, history_restamp, history_withdraw
 
 from sfu._fastpath._pacer_py import (
     BURST_TIME,
@@ -21,14 +21,17 @@ from sfu._fastpath._pacer_py import (
     QUEUE_BYTES,
     QUEUE_PACKETS,
     SLACK,
+    WITHDRAWN_CAPACITY,
 )
 
 cdef enum:
     _AUDIO = 0
     _PROBE = 1
     _CLASSES = 4
+    _WITHDRAWN_CAPACITY = 512
 
 assert CLASSES == _CLASSES
+assert WITHDRAWN_CAPACITY == _WITHDRAWN_CAPACITY
 
 cdef double _BURST = BURST_TIME
 cdef double _MAX_QUEUE_TIME = MAX_QUEUE_TIME
@@ -67,6 +70,13 @@ cdef inline void _unlink(pacer_t* p, int cls, int i) noexcept nogil:
     p.free = i
 
 
+cdef inline void _discard(pacer_t* p, long long tag) noexcept nogil:
+    """A numbered packet was discarded: remembered for the next pop to withdraw."""
+    if tag >= 0 and p.n_withdrawn < _WITHDRAWN_CAPACITY:
+        p.withdrawn[p.n_withdrawn] = tag
+        p.n_withdrawn += 1
+
+
 cdef inline int _head_class(const pacer_t* p) noexcept nogil:
     """The class whose head was queued first (-1: empty)."""
     cdef int cls = -1
@@ -81,6 +91,7 @@ cdef int _evict_below(pacer_t* p, int cls) noexcept nogil:
     cdef int lowest = _CLASSES - 1
     while lowest > cls:
         if p.count[lowest]:
+            _discard(p, p.slots[p.tail[lowest]].tag)
             _unlink(p, lowest, p.tail[lowest])
             p.evicted += 1
             return 1
@@ -95,14 +106,17 @@ cdef int pacer_push(pacer_t* p, const unsigned char* data, int size, int cls, lo
     cdef unsigned char* copy
     if size > p.max_bytes:
         p.dropped += 1
+        _discard(p, tag)
         return 0
     while p.packets >= p.max_packets or p.bytes + size > p.max_bytes:
         if not _evict_below(p, cls):
             p.dropped += 1
+            _discard(p, tag)
             return 0
     copy = <unsigned char*>malloc(size if size > 0 else 1)
     if copy == NULL:
         p.dropped += 1
+        _discard(p, tag)
         return 0
     memcpy(copy, data, size)
     i = p.free
@@ -176,6 +190,11 @@ cdef class Pacer:
         return self.p.sent_bytes
 
     @property
+    def withdrawn_pending(self):
+        """Numbered packets discarded since the last pop with a history."""
+        return self.p.n_withdrawn
+
+    @property
     def dropped(self):
         return self.p.dropped
 
@@ -216,6 +235,7 @@ cdef class Pacer:
             i = p.head[cls]
             if (cls > _PROBE and now - p.slots[i].queued >= _MAX_QUEUE_TIME
                     and <double>p.bytes > p.rate * _MAX_QUEUE_TIME):
+                _discard(p, p.slots[i].tag)
                 _unlink(p, cls, i)
                 p.expired += 1
                 continue
@@ -237,6 +257,10 @@ cdef class Pacer:
             if delay > p.delay_max:
                 p.delay_max = delay
             out.append((packet, tag))
+        if h is not None:
+            for i in range(p.n_withdrawn):
+                history_withdraw(&h.h, p.withdrawn[i] & 0xFFFF)
+            p.n_withdrawn = 0
         return out
 
     def next_deadline(self, double now):
@@ -280,6 +304,7 @@ cdef class Pacer:
         cdef int cls
         for cls in range(min_class, _CLASSES):
             while self.p.count[cls]:
+                _discard(&self.p, self.p.slots[self.p.head[cls]].tag)
                 _unlink(&self.p, cls, self.p.head[cls])
                 dropped += 1
         return dropped

@@ -36,7 +36,11 @@ within the limit instead). A keyframe queued behind a layer's steady rate may wa
 than the limit without expiring, as long as the queue itself leaves within it.
 
 Each packet carries an integer tag returned with it: the transport-wide sequence number it
-was stamped with (or -1), so the send history can record when it really left. Times are
+was stamped with (or -1), so the send history can record when it really left, or that it
+never did: a packet the pacer discards (dropped, evicted, expired, cleared) was numbered, and
+the receiver reports that number lost; read as the link's loss, the pacer's own expiries
+lowered the estimate, which expired more (a 5 %-loss subscriber fell from 1.5 Mbit/s to
+340 kbit/s and froze), so the next pop withdraws them from the history. Times are
 float seconds; the compiled twin performs the same floating-point operations in the same
 order, so both agree exactly (hypothesis checks it).
 """
@@ -62,6 +66,7 @@ __all__ = [
     "RETRANSMISSION",
     "SLACK",
     "VIDEO",
+    "WITHDRAWN_CAPACITY",
     "Buffer",
     "Pacer",
 ]
@@ -88,6 +93,10 @@ EXPIRY_SLACK: Final = 1e-6
 #: is allocated per transport (48 bytes a slot: 12 kB), the packets only while queued.
 QUEUE_PACKETS: Final = 256
 QUEUE_BYTES: Final = 393216
+#: Transport-wide numbers of discarded packets (dropped, evicted, expired, cleared) remembered
+#: until the next :meth:`Pacer.pop` with a send history withdraws them there: twice the queue,
+#: for the drops of a burst between two releases. Beyond it a discarded packet reads as lost.
+WITHDRAWN_CAPACITY: Final = 512
 #: Bytes of debt forgiven when a packet is released (deadlines aim at the allowance itself),
 #: so rounding at a deadline from :meth:`Pacer.next_deadline` cannot leave the packet waiting
 #: for another wakeup.
@@ -114,6 +123,7 @@ class Pacer:
         self.dropped = 0  # arriving packets that did not fit
         self.evicted = 0  # queued packets pushed out by a higher class
         self.expired = 0  # video and retransmissions that waited past MAX_QUEUE_TIME
+        self._withdrawn: list[int] = []  # tags of numbered packets discarded since the last pop
         self._delay_count = 0
         self._delay_sum = 0.0
         self._delay_max = 0.0
@@ -122,6 +132,11 @@ class Pacer:
     def rate_bps(self) -> float:
         """The pacing rate (bits per second); 0 while unpaced."""
         return self._rate * 8.0
+
+    @property
+    def withdrawn_pending(self) -> int:
+        """Numbered packets discarded since the last pop with a history."""
+        return len(self._withdrawn)
 
     @property
     def queued_packets(self) -> int:
@@ -143,10 +158,12 @@ class Pacer:
         size = len(packet)
         if size > self._max_bytes:
             self.dropped += 1
+            self._discard(tag)
             return False
         while self._packets >= self._max_packets or self._bytes + size > self._max_bytes:
             if not self._evict_below(cls):
                 self.dropped += 1
+                self._discard(tag)
                 return False
         self._queues[cls].append((bytes(packet), tag, now, self._order))
         self._order += 1
@@ -157,7 +174,9 @@ class Pacer:
     def pop(self, now: float, history: Any = None) -> list[tuple[bytes, int]]:
         """The packets due at ``now``, in queue order: (packet, tag). With a send history
         (``_bwe_py.SendHistory``), a packet whose tag is not negative is its transport-wide
-        sequence number, and its send time there becomes ``now`` (when it really left)."""
+        sequence number, and its send time there becomes ``now`` (when it really left); the
+        numbered packets discarded since the last such pop are withdrawn from it (they never
+        left: the receiver's report of them as lost says nothing about the link)."""
         self._drain(now)
         out: list[tuple[bytes, int]] = []
         queues = self._queues
@@ -171,10 +190,11 @@ class Pacer:
                 and now - queues[cls][0][2] >= MAX_QUEUE_TIME
                 and self._bytes > self._rate * MAX_QUEUE_TIME
             ):
-                packet = queues[cls].popleft()[0]
+                packet, tag, _, _ = queues[cls].popleft()
                 self._packets -= 1
                 self._bytes -= len(packet)
                 self.expired += 1
+                self._discard(tag)
                 continue
             if cls > PROBE and self._rate > 0.0 and self._debt > self._rate * BURST_TIME + SLACK:
                 break
@@ -194,6 +214,10 @@ class Pacer:
             if history is not None and tag >= 0:
                 history.restamp(tag, now)
             out.append((packet, tag))
+        if history is not None:
+            for tag in self._withdrawn:
+                history.withdraw(tag & 0xFFFF)
+            self._withdrawn.clear()
         return out
 
     def next_deadline(self, now: float) -> float | None:
@@ -241,6 +265,7 @@ class Pacer:
         for queue in self._queues[min_class:]:
             for packet in queue:
                 self._bytes -= len(packet[0])
+                self._discard(packet[1])
             dropped += len(queue)
             queue.clear()
         self._packets -= dropped
@@ -259,13 +284,19 @@ class Pacer:
                 self._debt = 0.0
             self._last = now
 
+    def _discard(self, tag: int) -> None:
+        """A numbered packet was discarded: remembered for the next pop to withdraw."""
+        if tag >= 0 and len(self._withdrawn) < WITHDRAWN_CAPACITY:
+            self._withdrawn.append(tag)
+
     def _evict_below(self, cls: int) -> bool:
         """Drop the newest packet of the lowest class below ``cls``; False if none."""
         lowest = CLASSES - 1
         while lowest > cls:
             queue = self._queues[lowest]
             if queue:
-                packet = queue.pop()[0]
+                packet, tag, _, _ = queue.pop()
+                self._discard(tag)
                 self._packets -= 1
                 self._bytes -= len(packet)
                 self.evicted += 1

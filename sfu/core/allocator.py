@@ -47,6 +47,7 @@ __all__ = [
     "CONGESTION_HOLD",
     "ESTIMATE_CHANGE",
     "HINT",
+    "KEEP_PRICE_LIMIT",
     "PUBLISHER",
     "REASONS",
     "UPGRADE",
@@ -68,6 +69,13 @@ UPGRADE_HOLD: Final = 2.0
 #: Seconds after a congestion downgrade during which that subscription is not upgraded
 #: (mediasoup: no spatial upgrade within 10 s of a downgrade for bandwidth).
 CONGESTION_HOLD: Final = 10.0
+#: A target kept while the budget has not fallen may cost at most this times the budget: a
+#: keyframe in a layer's one-second meter reads up to about twice its rate, a spike to ride
+#: out. A layer that costs more is a price the link must really carry: a publisher's top
+#: layer priced at 170 kbit/s when its encoder had just started (so it fitted a 270 kbit/s
+#: budget) was kept at 900 kbit/s against a 300-400 kbit/s estimate; the pacer held it back
+#: and expired it (frozen video), and nothing probed, as nothing was above the top.
+KEEP_PRICE_LIMIT: Final = 2.0
 
 #: Why a target changed (the layer-switch metric's ``reason`` label).
 CONGESTION: Final = "congestion"
@@ -354,10 +362,11 @@ class Allocator:
         budget: float,
     ) -> float:
         """A subscription keeps its current target while the budget has not fallen below the
-        one it was set under: a downgrade then would answer a price rise (a keyframe in the
-        layer's one-second meter reads up to twice its rate), not congestion, and its
-        CONGESTION_HOLD kept the top layer away for 10 s on a free link. A link that is
-        really congested brings the estimate, and so the budget, down. Returns the new spend."""
+        one it was set under and the allocation stays within :data:`KEEP_PRICE_LIMIT` x the
+        budget: a downgrade then would answer a price spike (a keyframe in the layer's
+        one-second meter reads up to twice its rate), not congestion, and its CONGESTION_HOLD
+        kept the top layer away for 10 s on a free link. A link that is really congested
+        brings the estimate, and so the budget, down. Returns the new spend."""
         for sub in video:
             state = self._states.get(sub)
             if state is None or state.paused_for_bandwidth or state.budget is None:
@@ -368,7 +377,10 @@ class Allocator:
             i = chosen[sub]
             keep = next((k for k, r in enumerate(rungs) if r.pair == state.target), None)
             if keep is not None and keep > i:
-                spent += rungs[keep].bps - (rungs[i].bps if i >= 0 else 0.0)
+                kept = spent + rungs[keep].bps - (rungs[i].bps if i >= 0 else 0.0)
+                if kept > KEEP_PRICE_LIMIT * budget:
+                    continue  # not a spike: more than the link is known to carry
+                spent = kept
                 chosen[sub] = keep
         return spent
 

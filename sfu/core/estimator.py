@@ -23,6 +23,8 @@ libwebrtc's goog_cc structures it, written from the draft and the published desi
   already failed (it says "no capacity" through its result), and its losses in the loss-based
   bound pulled the estimate under what the media itself got through (the real-client test's
   900 kbit/s phase: a probe for the top layer lost 15 % of a window and undid the middle one).
+  Nor do packets the egress pacer numbered and then discarded (withdrawn from the history):
+  they never left, and counting them let the pacer's expiries lower the estimate further.
 
 The estimate only ever hears about this transport's own packets, so loss on a publisher's
 uplink (packets that never reached the server) cannot pull a subscriber's estimate down.
@@ -37,7 +39,7 @@ from array import array
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from sfu._fastpath._bwe_py import NORMAL, OVERUSE, UNDERUSE
+from sfu._fastpath._bwe_py import NORMAL, OVERUSE, UNDERUSE, WITHDRAWN
 from sfu.packet.twcc import DELTA_TICK_US, REFERENCE_TICK_US, TransportFeedback
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ __all__ = [
     "NO_CLUSTER",
     "PRIMER",
     "PROBE_LOSS_HOLD",
+    "WITHDRAWN_HOLD",
     "BandwidthEstimator",
 ]
 
@@ -133,6 +136,10 @@ MIN_ARRIVAL_SPAN: Final = DELTA_TICK_US / 1_000_000
 #: the probe, part of no cluster's result).
 NO_CLUSTER: Final = -1
 PRIMER: Final = -2
+#: Seconds after the pacer last withdrew a packet during which feedback is read packet by
+#: packet to leave withdrawn ones out of the loss (a receiver reports a number within a round
+#: trip and a feedback interval of the next arrival; probes use the same margin).
+WITHDRAWN_HOLD: Final = 2.0
 #: Probe packets are told apart in feedback (by their send history entry) for this long after
 #: the last was sent (s): their feedback comes within a round trip and a feedback interval;
 #: later feedback then costs no per-packet look-up.
@@ -179,6 +186,12 @@ class BandwidthEstimator:
         self._probes_until = -1e9
         #: Probe packets left out of the loss fraction (read at scrape time or in tests).
         self.probe_packets_lost = 0
+        #: The history's withdrawn count when last seen, and until when feedback may report
+        #: withdrawn packets (see :data:`WITHDRAWN_HOLD`).
+        self._withdrawn_seen = 0
+        self._withdrawn_until = -1e9
+        #: Withdrawn packets (the pacer discarded them) reported lost, left out of the loss.
+        self.withdrawn_lost = 0
         self.rtt = DEFAULT_RTT
         #: The latest loss fraction measured from feedback (or receiver reports).
         self.loss = 0.0
@@ -227,11 +240,19 @@ class BandwidthEstimator:
         reported = 0
         lost = 0
         try:
-            if now <= self._probes_until:
+            withdrawn = self.history.withdrawn
+            if withdrawn != self._withdrawn_seen:
+                self._withdrawn_seen = withdrawn
+                self._withdrawn_until = now + WITHDRAWN_HOLD
+            if now <= self._probes_until or now <= self._withdrawn_until:
                 lookup = self.history.lookup
                 probe_lost = 0
                 for seq, at in feedback.iter_arrivals():
                     entry = lookup(seq)
+                    if entry is not None and entry[2] == WITHDRAWN:
+                        # Numbered, then discarded by the pacer: it never left.
+                        self.withdrawn_lost += 1
+                        continue
                     if entry is not None and entry[2] != NO_CLUSTER:
                         # A probe packet (its cluster's or its primer's): what it says about
                         # the link is the probe's result.

@@ -238,7 +238,11 @@ def test_subscriber_recovers_from_five_percent_loss_with_nacks() -> None:
             window = sample(lambda: _video(viewer, pub_id), 2.0)
             first, last = window[0], window[-1]
             assert first is not None and last is not None
-            brief = _brief([initial, *window])
+            counters = server.call(
+                lambda: dataclasses.replace(server.peer(room, viewer_id).counters)
+            )
+            estimate = server.call(lambda: server.peer(room, viewer_id).estimate_bps)
+            brief = " ".join([*_brief([initial, *window]), f"estimate {estimate}", repr(counters)])
             assert last["nackCount"] > first["nackCount"], brief  # still losing, still NACKing
             assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S, brief
             assert last["freezeCount"] == first["freezeCount"], brief
@@ -247,9 +251,6 @@ def test_subscriber_recovers_from_five_percent_loss_with_nacks() -> None:
             # keyframe from the publisher, and the receiver's per-report loss is noisy).
             assert all(e is not None and e["frameWidth"] >= first["frameWidth"] for e in window), (
                 brief
-            )
-            counters = server.call(
-                lambda: dataclasses.replace(server.peer(room, viewer_id).counters)
             )
             assert counters.nacks_in > 0, counters
             assert counters.retransmits > 0, counters

@@ -420,6 +420,27 @@ def test_a_keyframe_in_the_meter_is_not_congestion() -> None:
     assert fell.changes == ((sub, CONGESTION),)
 
 
+def test_a_layer_whose_price_rose_far_past_the_budget_is_not_kept() -> None:
+    """A publisher's encoder that had just started priced its top layer low enough to fit;
+    once it costs more than twice what the budget covers, keeping it is no spike to ride
+    out: the subscriber gets the rung that fits (and a probe may then show more fits)."""
+    sub = _video()
+    _FEEDS[sub.publication] = ((20_000, 60_000, 170_000), False)
+    for layer in sub.publication.layers.values():
+        layer.meter = type(layer.meter)()
+    clock = _Clocked(sub)
+    assert clock.at(NOW, 270_000).targets == {sub: TOP}
+    _FEEDS[sub.publication] = ((150_000, 500_000, 900_000), False)
+    for layer in sub.publication.layers.values():
+        layer.meter = type(layer.meter)()
+    # Within twice the budget the top layer is still ridden out as a spike...
+    assert clock.at(NOW + 1, 460_000).targets == {sub: TOP}
+    # ... past it, it is shed for the rung the budget covers.
+    ramped = clock.at(NOW + 2, 420_000)
+    assert ramped.targets == {sub: LOW}
+    assert ramped.allocated_bps <= 420_000
+
+
 def test_a_layer_the_publisher_stopped_is_no_congestion() -> None:
     sub = _video()
     clock = _Clocked(sub)

@@ -148,6 +148,9 @@ def test_compiled_matches_reference(
             rng.shuffle(pairs)
             seqs = [p[0] for p in pairs]
             arrivals = [p[1] for p in pairs]
+        if rng.random() < 0.2:  # a pacer withdraws a number (maybe acked, or unknown)
+            seq = rng.randrange(0x10000) if rng.random() < 0.3 else results[0]
+            assert worlds[0][0].withdraw(seq) == worlds[1][0].withdraw(seq)
         got = [d.on_feedback(h, seqs, arrivals) for h, d in worlds]
         assert got[0] == got[1]
         ref, comp = worlds[0][1], worlds[1][1]
@@ -155,10 +158,11 @@ def test_compiled_matches_reference(
         for c in range(-1, 10):
             assert comp.cluster(c) == ref.cluster(c)
         h_ref, h_comp = worlds[0][0], worlds[1][0]
-        assert (h_comp.packets, h_comp.bytes, h_comp.next_seq) == (
+        assert (h_comp.packets, h_comp.bytes, h_comp.next_seq, h_comp.withdrawn) == (
             h_ref.packets,
             h_ref.bytes,
             h_ref.next_seq,
+            h_ref.withdrawn,
         )
         for seq in seqs[:5]:
             assert h_comp.lookup(seq) == h_ref.lookup(seq)

@@ -7,6 +7,7 @@ import weakref
 
 import pytest
 
+from sfu._fastpath._pacer_py import VIDEO
 from sfu.core.estimator import (
     ACKED_CAP_EXTRA,
     ACKED_CAP_FACTOR,
@@ -314,3 +315,32 @@ def test_severe_loss_falls_to_what_got_through_at_once(kernels: Kernels) -> None
     assert acked is not None and est.loss >= LOSS_SEVERE
     assert est.target_bps() < MAX_DECREASE * 2_500_000
     assert est.target_bps() <= 1.2 * acked  # the acknowledged rate of the step, or less
+
+
+def test_packets_the_pacer_discarded_stay_out_of_the_loss(kernels: Kernels) -> None:
+    """Media numbered when forwarded, then expired in the pacer's queue, never left: the
+    receiver reports their numbers lost, and reading that as the link's loss let the pacer's
+    expiries lower the estimate, which expired more (a 5 %-loss Chromium subscriber froze)."""
+    est = _estimator(kernels)
+    recorder = TwccRecorder(1, interval=0.05)
+    _receivers[est] = recorder
+    now = _feed(est, start=0.0, seconds=3.0, bps=280_000)
+    before = est.target_bps()
+    pacer = kernels.Pacer()
+    pacer.set_rate(80_000.0, now)  # 10 kB/s, far under the 30 packets queued at once
+    for _ in range(30):
+        pacer.push(bytes(1000), VIDEO, est.history.record(1000, now, -1), now)
+    released: list[tuple[bytes, int]] = []
+    t = now
+    while pacer.queued_packets:
+        for _, seq in pacer.pop(t, est.history):
+            released.append((b"", seq))
+            recorder.on_packet(seq, 5, t + 0.02)
+        t += 0.01
+    assert pacer.expired > 10 and len(released) + pacer.expired == 30
+    assert est.history.withdrawn == pacer.expired
+    # The media goes on (loss-free); feedback reports the expired numbers as lost.
+    _feed(est, start=t, seconds=2.0, bps=280_000)
+    assert est.loss == 0.0
+    assert est.withdrawn_lost == pacer.expired
+    assert est.target_bps() >= before

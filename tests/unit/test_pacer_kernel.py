@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu._fastpath._bwe_py import WITHDRAWN
 from sfu._fastpath._pacer_py import (
     AUDIO,
     BURST_TIME,
@@ -202,6 +203,34 @@ def test_release_restamps_the_send_history(each_kernels: Kernels) -> None:
     assert not history.restamp(5, 1.0)  # never sent
 
 
+def test_discarded_numbered_packets_are_withdrawn_from_the_history(
+    each_kernels: Kernels,
+) -> None:
+    """Dropped, evicted, expired and cleared packets were numbered when queued but never
+    left: the next pop with the history marks them withdrawn (unnumbered ones need not)."""
+    history = each_kernels.SendHistory(64)
+    pacer = each_kernels.Pacer(max_packets=4)
+    pacer.set_rate(8_000.0, 0.0)  # 1 kB/s
+    seqs = [history.record(500, 0.0, -1) for _ in range(6)]
+    for seq in seqs[:4]:
+        assert pacer.push(bytes(500), VIDEO, seq, 0.0)
+    assert pacer.push(bytes(100), AUDIO, -1, 0.0)  # evicts the newest video (seqs[3])
+    assert not pacer.push(bytes(500), VIDEO, seqs[4], 0.0)  # full of no lower class: dropped
+    assert pacer.withdrawn_pending == 2 and history.withdrawn == 0
+    released = pacer.pop(0.0, history)  # the first video spends the budget
+    assert [tag for _, tag in released] == [seqs[0]]
+    assert pacer.withdrawn_pending == 0 and history.withdrawn == 2
+    assert [history.lookup(s)[2] for s in seqs[3:5]] == [WITHDRAWN, WITHDRAWN]  # type: ignore[index]
+    assert pacer.clear(VIDEO) == 2  # seqs[1] and seqs[2]
+    assert pacer.push(bytes(600), VIDEO, seqs[5], 0.0)
+    audio = pacer.pop(0.0)  # the audio, now at the head; without a history nothing is withdrawn
+    assert [tag for _, tag in audio] == [-1] and pacer.withdrawn_pending == 2
+    pacer.pop(1.0, history)  # seqs[5] expired (1 s in the queue, more than the rate sends)
+    assert pacer.expired == 1 and history.withdrawn == 5
+    assert history.lookup(seqs[0])[2] == -1  # type: ignore[index]
+    assert not history.withdraw(seqs[0] + 100)  # never numbered
+
+
 def _pop_all(pacer: Any) -> list[tuple[bytes, int]]:
     pacer.set_rate(0.0, 1.1)  # unpaced: everything goes (nothing has expired yet)
     out: list[tuple[bytes, int]] = pacer.pop(1.1)
@@ -261,6 +290,8 @@ def _run(pacer: Any, history: Any, ops: list[tuple[Any, ...]]) -> list[Any]:
                 pacer.evicted,
                 pacer.expired,
                 pacer.rate_bps,
+                pacer.withdrawn_pending,
+                history.withdrawn,
             )
         )
     return trace
