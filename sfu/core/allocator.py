@@ -439,7 +439,12 @@ class Allocator:
                 elif _order(target) < _order(state.target):
                     if any(r.pair == state.target for r in rungs):
                         reason = CONGESTION
-                        state.congested_at = now
+                        if state.budget is None or budget is None or budget < state.budget:
+                            state.congested_at = now
+                        # (else the budget did not fall: the layer's price rose past what
+                        # it covers, which says nothing new about the link, so no hold
+                        # waits for a probe that nothing asks for while the estimate
+                        # covers the next step)
                     else:
                         reason = PUBLISHER  # what it aimed at is no longer sent
                 else:

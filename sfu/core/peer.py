@@ -81,6 +81,7 @@ __all__ = [
     "StreamStateSink",
     "allocation_budget",
     "allocation_due",
+    "probe_target",
 ]
 
 #: The allocator runs this often: often enough to follow a falling estimate within a few
@@ -125,6 +126,20 @@ def allocation_due(
         and last_estimate is not None
         and estimate < (1.0 - ESTIMATE_FALL) * last_estimate
     )
+
+
+def probe_target(allocation: Allocation) -> float:
+    """What the prober asks the link for, with the budget's headroom (0: nothing): the next
+    upgrade's total, or, with nothing to upgrade, what the allocation spends while that is
+    above its budget (a layer kept through a price rise: a publisher's encoder that ramped
+    after the first allocation priced its top layer low). Otherwise nothing asks the link
+    whether it carries that layer, and the estimate only creeps up while the pacer holds
+    the layer back."""
+    step = allocation.next_step_bps
+    budget = allocation.budget_bps
+    if step is None and budget is not None and allocation.allocated_bps > budget:
+        step = allocation.allocated_bps
+    return 0.0 if step is None else step / BUDGET_HEADROOM
 
 
 def allocation_budget(estimate: float, spend: float) -> float:
@@ -639,8 +654,7 @@ class Peer:
         allocation = self.allocate(budget_bps=budget, now=now)
         if allocation.changes or allocation.paused or allocation.resumed:
             self._last_target_change = now  # the allocator's holds run from here
-        step = allocation.next_step_bps
-        self._desired = 0.0 if step is None else step / BUDGET_HEADROOM
+        self._desired = probe_target(allocation)
         self._wanted = allocation.wanted_bps / BUDGET_HEADROOM if budget is not None else 0.0
         self._reach = allocation.reach
         if allocation.targets and trace.isEnabledFor(logging.DEBUG):

@@ -33,7 +33,7 @@ from core_parts import OPUS, VP8
 from sfu.core.allocator import Allocation, Allocator
 from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.kernels import Kernels
-from sfu.core.peer import BUDGET_HEADROOM, allocation_budget, allocation_due
+from sfu.core.peer import BUDGET_HEADROOM, allocation_budget, allocation_due, probe_target
 from sfu.core.prober import PADDING_SIZE, Prober, probe_step
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
@@ -225,8 +225,7 @@ class AllocatorAdapter:
 
     def desired(self) -> float:
         """The prober's target: what the next upgrade needs, with the budget's headroom."""
-        step = None if self.last is None else self.last.next_step_bps
-        return 0.0 if step is None else step / BUDGET_HEADROOM
+        return 0.0 if self.last is None else probe_target(self.last)
 
 
 def _subscription(pub: Publication, ssrc: int) -> Subscription:

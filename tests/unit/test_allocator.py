@@ -31,6 +31,7 @@ from sfu.core.layer_rates import (
     LayerRates,
     temporal_shares,
 )
+from sfu.core.peer import BUDGET_HEADROOM, probe_target
 from sfu.core.publication import Publication
 from sfu.core.subscription import Subscription
 
@@ -439,6 +440,10 @@ def test_a_layer_whose_price_rose_far_past_the_budget_is_not_kept() -> None:
     ramped = clock.at(NOW + 2, 420_000)
     assert ramped.targets == {sub: LOW}
     assert ramped.allocated_bps <= 420_000
+    assert ramped.changes == ((sub, CONGESTION),)
+    # The link did not get worse (the budget never fell): no congestion hold keeps the
+    # middle layer away once the estimate covers it.
+    assert clock.at(NOW + 2 + UPGRADE_HOLD, 600_000).targets == {sub: MID}
 
 
 def test_a_layer_the_publisher_stopped_is_no_congestion() -> None:
@@ -460,3 +465,26 @@ def test_a_layer_the_publisher_stopped_is_no_congestion() -> None:
     back = clock.at(later + UPGRADE_HOLD, 3_000_000)  # the top layer is sent again
     assert back.targets == {sub: TOP}
     assert clock.allocator.switches[CONGESTION] == 0
+
+
+def test_the_prober_is_asked_to_confirm_a_layer_kept_above_the_budget() -> None:
+    """At the top there is no next step; a top layer kept through a price rise still needs
+    the link's answer, or the estimate only creeps up while the pacer holds the layer back."""
+    sub = _video()
+    _FEEDS[sub.publication] = ((20_000, 60_000, 170_000), False)
+    for layer in sub.publication.layers.values():
+        layer.meter = type(layer.meter)()
+    clock = _Clocked(sub)
+    fits = clock.at(NOW, 270_000)
+    assert fits.targets == {sub: TOP} and fits.next_step_bps is None
+    assert probe_target(fits) == 0.0  # nothing more is wanted
+    _FEEDS[sub.publication] = ((100_000, 250_000, 460_000), False)
+    for layer in sub.publication.layers.values():
+        layer.meter = type(layer.meter)()
+    kept = clock.at(NOW + 1, 300_000)
+    assert kept.targets == {sub: TOP} and kept.allocated_bps > 300_000
+    assert probe_target(kept) == pytest.approx(kept.allocated_bps / BUDGET_HEADROOM)
+    # Below the top the next step is the target, as before.
+    below = Allocator().update([_video(2)], budget_bps=700_000, now=NOW)
+    assert below.targets != {} and below.next_step_bps is not None
+    assert probe_target(below) == pytest.approx(below.next_step_bps / BUDGET_HEADROOM)
