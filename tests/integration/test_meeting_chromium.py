@@ -202,15 +202,36 @@ def test_layer_switching_reaches_each_resolution_without_freezing() -> None:
         assert page_state(publisher).get("error") is None
 
 
-def _settle(viewer: webdriver.Chrome, pub_id: str, timeout: float = 30.0) -> None:
-    """Wait until the viewer decodes 40 frames and holds one width for SETTLED_HOLD_S."""
+def _covered(server: ServerThread, room: str, viewer_id: str) -> bool:
+    """Whether the viewer's bandwidth estimate covers what its allocation sends (else its
+    pacer holds media back while the estimate ramps: the start, not a steady state)."""
+
+    def check() -> bool:
+        peer = server.peer(room, viewer_id)
+        last, estimate = peer.allocator.last, peer.estimate_bps
+        return last is not None and estimate is not None and last.allocated_bps <= estimate
+
+    return bool(server.call(check))
+
+
+def _settle(
+    viewer: webdriver.Chrome,
+    pub_id: str,
+    server: ServerThread | None = None,
+    viewer_id: str = "",
+    room: str = "",
+    timeout: float = 30.0,
+) -> None:
+    """Wait until the viewer decodes 40 frames and holds one width for SETTLED_HOLD_S (and,
+    given the ``server``, its estimate covers what it is sent)."""
     deadline = time.monotonic() + timeout
     window: list[Entry] = []
     while time.monotonic() < deadline:
         window = sample(lambda: _video(viewer, pub_id), SETTLED_HOLD_S)
         widths = {e["frameWidth"] if e is not None else None for e in window}
         last = window[-1]
-        if len(widths) == 1 and last is not None and last["framesDecoded"] >= 40:
+        settled = len(widths) == 1 and last is not None and last["framesDecoded"] >= 40
+        if settled and (server is None or _covered(server, room, viewer_id)):
             return
     raise AssertionError(f"the viewer's video did not settle in {timeout} s: {_brief(window)}")
 
@@ -221,9 +242,9 @@ def test_subscriber_recovers_from_five_percent_loss_with_nacks() -> None:
     with server_thread() as server, chromium() as publisher, chromium(RECEIVE_ONLY) as viewer:
         pub_id, viewer_id = _watch(server, room, publisher, viewer)
         # Past the start: the first keyframes and layer choices are done, and the viewer's
-        # estimate has stopped climbing (which layer it settles on depends on how much of the
-        # machine the publisher's encoder gets; a loaded machine may keep it below 1280).
-        _settle(viewer, pub_id)
+        # estimate covers what it is sent (which layer it settles on depends on how much of
+        # the machine the publisher's encoder gets; a loaded machine may keep it below 1280).
+        _settle(viewer, pub_id, server, viewer_id, room)
         transport = server.call(lambda: server.peer(room, viewer_id).transport)
         server.call(lambda: dropper.install(transport))
         try:
