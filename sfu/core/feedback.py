@@ -109,8 +109,9 @@ class FeedbackHandler:
         abs_time = abs_send_time_from_seconds(now)
         dropped, superseded = sub.retransmit_dropped, sub.retransmit_superseded
         tags: list[int] = []
-        packets = sub.retransmit(nack.lost_seqs(), now, abs_time, self.budget, tags)
         sender = self.sender
+        hold = sender.queue_delay() if isinstance(sender, PacedSender) else 0.0
+        packets = sub.retransmit(nack.lost_seqs(), now, abs_time, self.budget, tags, hold)
         for packet, tag in zip(packets, tags, strict=True):
             # A pacer restamps each packet's own transport-wide number when it leaves.
             sent = (

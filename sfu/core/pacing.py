@@ -51,6 +51,11 @@ class PacedSender:
         #: The time the owner is acting at (``send_rtp`` takes no clock): set before use.
         self.now = 0.0
 
+    def queue_delay(self) -> float:
+        """Seconds a packet queued now waits before it leaves (what is queued at the rate)."""
+        rate = self.pacer.rate_bps
+        return self.pacer.queued_bytes * 8.0 / rate if rate > 0.0 else 0.0
+
     @property
     def has_srtp(self) -> bool:
         return self.transport.has_srtp

@@ -229,14 +229,19 @@ class RetransmissionThrottle:
         """Use a new round-trip estimate (seconds), clamped to at least :data:`MIN_RTT`."""
         self._rtt = max(rtt, MIN_RTT)
 
-    def allow(self, seq: int, now: float) -> bool:
-        """True (and remember ``now``) if ``seq`` was not resent within the last RTT."""
+    def allow(self, seq: int, now: float, hold: float = 0.0) -> bool:
+        """True (and remember) if ``seq`` was not resent within the last RTT. ``hold``: how
+        long this resend waits before it leaves (an egress pacer's queue), during which a
+        repeated NACK is a duplicate too: a receiver on a short round trip repeats its NACK
+        every few milliseconds (libwebrtc up to ten times), and answering each of those while
+        the first resend was still queued spent the retransmission budget on copies until
+        the repairs that mattered were refused (a keyframe never completed)."""
         idx = seq & self._mask
         if self._seqs[idx] == seq and now - self._times[idx] < self._rtt:
             self.throttled += 1
             return False
         self._seqs[idx] = seq
-        self._times[idx] = now
+        self._times[idx] = now + max(hold, 0.0)
         self.allowed += 1
         return True
 

@@ -447,12 +447,14 @@ class Subscription:
         abs_send_time: int,
         budget: RetransmissionBudget | None = None,
         tags: list[int] | None = None,
+        hold: float = 0.0,
     ) -> list[bytes]:
         """Rebuild the packets a subscriber NACKed (16-bit outgoing seqs) that are still cached
         and still useful, within the transport's ``budget`` (oldest first, as NACKed: a frame
         is decodable only once its earliest packets are there). ``tags`` receives, per packet
         returned, the transport-wide number it was stamped with (-1: none), which a pacer
-        restamps on release."""
+        restamps on release; ``hold``: how long a resend waits in that pacer before it
+        leaves (repeats of the NACK meanwhile are not answered again)."""
         out: list[bytes] = []
         scratch = bytearray(1500)
         for seq in seqs:
@@ -471,7 +473,7 @@ class Subscription:
                 # audio down.
                 self.retransmit_superseded += 1
                 continue
-            if not self.throttle.allow(seq, now):
+            if not self.throttle.allow(seq, now, hold):
                 continue
             cached = stream.cache.get(entry.in_ext_seq, now)
             if cached is None:

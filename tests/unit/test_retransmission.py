@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu._fastpath._pacer_py import RETRANSMISSION, VIDEO
+from sfu.core.kernels import REFERENCE
+from sfu.core.pacing import PacedSender
 from sfu.core.retransmission import MIN_RTT, RetransmissionBuffer, RetransmissionThrottle
 from sfu.packet.seqnum import SequenceUnwrapper
 
@@ -197,6 +202,29 @@ def test_throttle_refuses_repeats_within_rtt() -> None:
     assert th.allow(500, now=1.1)  # a full RTT later the resend is allowed again
     assert not th.allow(500, now=1.15)  # ... and measured from that resend
     assert (th.allowed, th.throttled) == (3, 2)
+
+
+def test_throttle_counts_the_pacer_queue_as_part_of_the_round_trip() -> None:
+    """A resend that waits 0.3 s in an egress pacer has not left yet: repeats of the NACK
+    until it could have arrived and been missed (hold + RTT) are duplicates."""
+    th = RetransmissionThrottle(rtt=0.01)
+    assert th.allow(7, now=1.0, hold=0.3)
+    assert not th.allow(7, now=1.05)  # the receiver repeats its NACK every few ms...
+    assert not th.allow(7, now=1.305)  # ... until the resend left and had its round trip
+    assert th.allow(7, now=1.311)
+    assert th.allow(8, now=1.0, hold=-1.0)  # a negative hold is none
+    assert not th.allow(8, now=1.005) and th.allow(8, now=1.011)
+
+
+def test_a_paced_senders_queue_delay_is_what_is_queued_at_its_rate() -> None:
+    pacer = REFERENCE.Pacer()
+    sender = PacedSender(cast(Any, None), pacer, None, RETRANSMISSION, lambda: None)
+    assert sender.queue_delay() == 0.0  # unpaced
+    pacer.set_rate(80_000.0, 0.0)  # 10 kB/s
+    assert sender.queue_delay() == 0.0
+    for _ in range(3):
+        assert pacer.push(bytes(1000), VIDEO, -1, 0.0)
+    assert sender.queue_delay() == pytest.approx(0.3)
 
 
 def test_throttle_default_and_minimum_rtt() -> None:
