@@ -28,6 +28,7 @@ cdef struct pacer_t:
     long long order                 # the next push's order
     double rate                     # bytes per second; 0: unpaced
     double debt
+    bint backlog                    # packets were left waiting at the last pop
     double last
     long long sent_packets
     long long sent_bytes

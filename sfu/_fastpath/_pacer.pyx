@@ -15,6 +15,7 @@ from sfu._fastpath._bwe cimport SendHistory, history_restamp, history_withdraw
 
 from sfu._fastpath._pacer_py import (
     BURST_TIME,
+    CATCH_UP,
     CLASSES,
     EXPIRY_SLACK,
     MAX_QUEUE_TIME,
@@ -34,6 +35,7 @@ assert CLASSES == _CLASSES
 assert WITHDRAWN_CAPACITY == _WITHDRAWN_CAPACITY
 
 cdef double _BURST = BURST_TIME
+cdef double _CATCH_UP = CATCH_UP
 cdef double _MAX_QUEUE_TIME = MAX_QUEUE_TIME
 cdef double _EXPIRY_SLACK = EXPIRY_SLACK
 cdef double _SLACK = SLACK
@@ -41,11 +43,13 @@ cdef double _SLACK = SLACK
 
 cdef inline void _drain(pacer_t* p, double now) noexcept nogil:
     cdef double elapsed = now - p.last
+    cdef double floor
     if elapsed > 0.0:
         if p.rate > 0.0:
             p.debt -= elapsed * p.rate
-            if p.debt < 0.0:
-                p.debt = 0.0
+            floor = -p.rate * _CATCH_UP if p.backlog else 0.0
+            if p.debt < floor:
+                p.debt = floor
         else:
             p.debt = 0.0
         p.last = now
@@ -257,6 +261,7 @@ cdef class Pacer:
             if delay > p.delay_max:
                 p.delay_max = delay
             out.append((packet, tag))
+        p.backlog = p.packets > 0
         if h is not None:
             for i in range(p.n_withdrawn):
                 history_withdraw(&h.h, p.withdrawn[i] & 0xFFFF)
@@ -307,4 +312,6 @@ cdef class Pacer:
                 _discard(&self.p, self.p.slots[self.p.head[cls]].tag)
                 _unlink(&self.p, cls, self.p.head[cls])
                 dropped += 1
+        if not self.p.packets:
+            self.p.backlog = False
         return dropped

@@ -50,6 +50,12 @@ AFTER_LAST_CONNECT_S = 10.0
 SETTLED_HOLD_S = 3.0
 #: Chromium's fake camera runs at 20 fps: ~40 frames in 2 s; accept half of that.
 MIN_FRAMES_2S = 20
+#: Seconds of frozen video (Chrome's totalFreezesDuration) a 2 s window under 5 % loss may
+#: hold: a repair queued in the egress pacer behind a keyframe's packets can arrive late
+#: enough for one short freeze (the pacer releases in queue order: packets carry their
+#: transport-wide numbers from when they were forwarded); a video that stops repairing
+#: freezes for the whole window and decodes nothing.
+LOSS_FREEZE_BUDGET_S = 0.5
 #: "Keeps growing" in the three-party call: this much more media, within GROWTH_TIMEOUT_S.
 MIN_FRAMES_GROWTH = 20
 MIN_SAMPLES_GROWTH = 48000  # 1 s of 48 kHz audio
@@ -154,7 +160,8 @@ def _brief(window: list[Entry]) -> list[str]:
     return [
         "-"
         if e is None
-        else f"{e['framesDecoded']}f {e['frameWidth']}w {e['freezeCount']}fz {e['nackCount']}nack"
+        else f"{e['framesDecoded']}f {e['frameWidth']}w {e['freezeCount']}fz"
+        f" {e['totalFreezesDuration']:.2f}s {e['nackCount']}nack"
         for e in window
     ]
 
@@ -266,7 +273,8 @@ def test_subscriber_recovers_from_five_percent_loss_with_nacks() -> None:
             brief = " ".join([*_brief([initial, *window]), f"estimate {estimate}", repr(counters)])
             assert last["nackCount"] > first["nackCount"], brief  # still losing, still NACKing
             assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S, brief
-            assert last["freezeCount"] == first["freezeCount"], brief
+            frozen = last["totalFreezesDuration"] - first["totalFreezesDuration"]
+            assert frozen < LOSS_FREEZE_BUDGET_S, brief
             assert last["packetsLost"] > initial["packetsLost"], brief
             # NACKs repair 5% loss: no reason to shed a layer for it (a layer switch costs a
             # keyframe from the publisher, and the receiver's per-report loss is noisy).

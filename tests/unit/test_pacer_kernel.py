@@ -17,6 +17,7 @@ from sfu._fastpath._bwe_py import WITHDRAWN
 from sfu._fastpath._pacer_py import (
     AUDIO,
     BURST_TIME,
+    CATCH_UP,
     MAX_QUEUE_TIME,
     PROBE,
     RETRANSMISSION,
@@ -65,6 +66,32 @@ def test_keyframe_burst_leaves_at_the_pacing_rate(each_kernels: Kernels) -> None
     for t, _, _ in sent:
         window = sum(len(p) for s, p, _ in sent if t <= s < t + 0.05)
         assert window <= 200_000 * (0.05 + BURST_TIME) + 2 * 1200
+
+
+def test_a_backlogged_pacer_woken_late_still_sends_at_its_rate(each_kernels: Kernels) -> None:
+    """Released only every 20 ms (the owner's timer grid) instead of at its deadlines, a
+    pacer that sent BURST_TIME of rate per wakeup carried about half its rate, and a layer
+    below the rate queued until it expired. What a late wakeup owes is sent (CATCH_UP)."""
+    pacer = each_kernels.Pacer()
+    pacer.set_rate(1_600_000.0, 0.0)  # 200 kB/s
+    sent = 0
+    tag = 0
+    now = 1.0
+    for step in range(100):  # 2 s of a 150 kB/s layer: 125 packets of 1200 B a second
+        now = 1.0 + step * 0.02
+        for _ in range(2 if step % 2 else 3):
+            assert pacer.push(bytes(1200), VIDEO, tag, now)
+            tag += 1
+        sent += sum(len(packet) for packet, _ in pacer.pop(now))
+    assert pacer.expired == 0 and pacer.dropped == 0
+    assert pacer.queued_bytes <= 200_000 * (CATCH_UP + BURST_TIME) + 2 * 1200
+    assert sent >= 0.97 * 1200 * tag - pacer.queued_bytes
+    # Idle time is not owed: after a pause the first wakeup sends no more than the burst.
+    pacer.pop(now + 1.0)
+    for _ in range(20):
+        pacer.push(bytes(1200), VIDEO, 0, now + 2.0)
+    burst = pacer.pop(now + 2.0)
+    assert 1200 * len(burst) <= 200_000 * BURST_TIME + 1200 + 1
 
 
 def test_video_past_the_queue_time_limit_expires_audio_goes_on(each_kernels: Kernels) -> None:
