@@ -668,6 +668,7 @@ class Server:
             dataplane=self.dataplane,
             kernels=self.kernels,
             resume_grace_s=self.config.rooms.resume_grace_s,
+            pacing=self.config.bandwidth.pacing,
             ice_servers=self._ice_servers if self.turn.enabled else None,
             chat=ChatRelay(
                 ChatLimits(

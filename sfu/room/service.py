@@ -272,8 +272,11 @@ class RoomService:
         resume_grace_s: float = 0.0,
         ice_servers: Callable[[], list[Message]] | None = None,
         chat: ChatRelay | None = None,
+        pacing: bool = True,
     ) -> None:
         self.port = port
+        #: Pace subscribers' egress (``bandwidth.pacing``); False leaves every peer unpaced.
+        self.pacing = pacing
         #: The room chat relay (data channels and the WebSocket fallback).
         self.chat = chat if chat is not None else ChatRelay()
         self.chat.channel_sender = self._send_chat
@@ -827,6 +830,7 @@ class RoomService:
             on_state=lambda p, state, now: self._transport_state(participant, state, now=now),
             stats=self.stats,
             dataplane=self.dataplane,
+            pacing=self.pacing,
         )
         peer.on_stream_state = lambda sub, state, reason: participant.send(
             stream_state_event(sub, state, reason)
