@@ -286,8 +286,11 @@ class Supervisor:
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        #: The latest announcement of the workers' pipe ports (kept so it is not collected).
+        #: The announcement of the workers' pipe ports in flight (kept so it is not
+        #: collected); one at a time, so an older list never lands after a newer one.
         self._pipes_task: asyncio.Future[None] | None = None
+        #: A worker became ready while an announcement was in flight: announce once more.
+        self._pipes_again = False
         #: Open WHIP/WHEP sessions: session id -> (worker index, room), so their follow-ups
         #: reach the shard that holds them and they count as the room's connections there.
         self._http_sessions: dict[str, tuple[int, str]] = {}
@@ -393,7 +396,7 @@ class Supervisor:
             worker.udp_port,
             worker.tcp_port,
         )
-        self._pipes_task = asyncio.ensure_future(self._announce_pipes())
+        self.announce_pipes()
         self._bus_tasks[worker.index] = asyncio.ensure_future(self._bus_link(worker))
         return True
 
@@ -440,9 +443,28 @@ class Supervisor:
                     with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                         await peer.send_str(gone)
 
-    async def _announce_pipes(self) -> None:
+    def announce_pipes(self) -> None:
         """Tell every ready worker where the other ready workers' pipes are (after any
-        worker started: a restarted one has a new port, and knows no one yet)."""
+        worker started: a restarted one has a new port, and knows no one yet). Idempotent
+        under overlap: while an announcement is in flight another is not started beside it
+        (its older list could land after the newer one and drop or replace a pipe the newer
+        one made); the one in flight goes round once more with the list as it is then."""
+        if self._pipes_task is not None and not self._pipes_task.done():
+            self._pipes_again = True
+            return
+        self._pipes_again = False
+        self._pipes_task = asyncio.ensure_future(self._announce_until_current())
+
+    async def _announce_until_current(self) -> None:
+        """Announce, then again for as long as workers became ready meanwhile."""
+        while True:
+            await self._announce_pipes()
+            if not self._pipes_again:
+                return
+            self._pipes_again = False
+
+    async def _announce_pipes(self) -> None:
+        """One announcement of the ready workers' pipe ports to each ready worker."""
         if self._session is None:
             return
         ready = [w for w in self.workers if w.ready and w.pipe_port]
