@@ -694,7 +694,13 @@ class Server:
             self.rooms.remote_tracks = NodeTracks()
             self.room_bus.start()
         auth = self.config.auth
-        add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)
+        add_admin_routes(
+            self.http_app,
+            self.rooms,
+            token_secret=self.token_secret,
+            auth=auth,
+            copy_key=worker_key(self.token_secret) if self.worker_index is not None else None,
+        )
         add_room_routes(
             self.http_app,
             self.rooms,

@@ -43,6 +43,7 @@ from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, config_environme
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_limit
 from sfu.logging_setup import configure_logging
+from sfu.signaling.admin_http import POLICY_COPY_HEADER
 from sfu.signaling.auth import signing_secret
 from sfu.signaling.room_ws import JOIN_TIMEOUT, MAX_FRAME_BYTES
 from sfu.workers.bus import (
@@ -769,6 +770,9 @@ class Supervisor:
         any of them may hold (or later open) a shard of the room and admits its own
         joiners by it. A worker that does not answer is logged, not retried."""
         others = [w for w in self.workers if w.ready and w is not home]
+        # Marked as a copy: the home audited the change, the others only apply it.
+        headers = CIMultiDict(headers)
+        headers[POLICY_COPY_HEADER] = worker_key(self.secret)
         answers = await asyncio.gather(*(self._request(w, request, headers, body) for w in others))
         for worker, answer in zip(others, answers, strict=True):
             if answer is None or answer.status != 200:
