@@ -37,7 +37,7 @@ from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription, Setup
 from sfu.room.audit import AuditLog
 from sfu.room.chat import ChatRelay
-from sfu.room.identity import Grant, JoinClaims, grant_names
+from sfu.room.identity import MAX_IDENTITY_CHARS, Grant, JoinClaims, grant_names
 from sfu.room.policy import (
     MAX_BAN_S,
     Bans,
@@ -154,6 +154,18 @@ def stream_state_event(sub: Subscription, state: str, reason: str | None) -> Mes
     if reason is not None:
         message["reason"] = reason
     return message
+
+
+#: Most of a room's bans sent to a shard that opens (the longest-lasting; the bus's queue
+#: is bounded too, and a room with more bans than this is a room to lock instead).
+MAX_SHARED_BANS: Final = 1000
+
+
+def _shared_identity(value: object) -> str | None:
+    """An identity another shard sent (a join token's subject), or None if it is none."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_IDENTITY_CHARS:
+        return value
+    return None
 
 
 def not_joined(participant: Participant) -> RoomError:
@@ -1294,6 +1306,23 @@ class RoomService:
                 )
         self._share(room, {"type": "shard_roster", "participants": roster, "tracks": tracks})
 
+    def _share_bans(self, room: Room, now: float) -> None:
+        """The room's bans, for a shard that just opened (a banned identity's rejoin may be
+        placed there): each as the ``remove`` that would impose it, on nobody present, for
+        the time it has left (seconds, rounded up; the latest :data:`MAX_SHARED_BANS`)."""
+        for identity, until in self.bans.of_room(room.name, now)[:MAX_SHARED_BANS]:
+            ban_s = min(MAX_BAN_S, math.ceil(until - now))
+            self._share(
+                room,
+                {
+                    "type": "moderate",
+                    "action": "remove",
+                    "target": "",
+                    "ban_s": ban_s,
+                    "identity": identity,
+                },
+            )
+
     def _close_shard(self, room: Room) -> None:
         """The last local participant left: stop relaying the other shards' tracks here."""
         for publication in list(room.publications.values()):
@@ -1345,7 +1374,14 @@ class RoomService:
             return
         room = self.rooms.get(room_name)
         if room is None:
-            return  # no participant of that room here: nothing to show or relay
+            # No participant of that room here: nothing to show or relay, but a ban holds
+            # for the room's next joiners here too.
+            if isinstance(event, dict) and event.get("type") == "moderate":
+                try:
+                    self._shared_ban(room_name, event, _shared_identity(event.get("identity")), now)
+                except (KeyError, TypeError, ValueError):
+                    self.bus_refused += 1
+            return
         if not isinstance(event, dict) or event.get("type") not in SHARED_EVENTS:
             self.bus_refused += 1
             return
@@ -1358,6 +1394,7 @@ class RoomService:
         kind = event["type"]
         if kind == "shard_opened":
             self._share_state(room)
+            self._share_bans(room, now)
         elif kind == "shard_roster":
             self._apply_roster(room, origin, event)
         elif kind == "participant_joined":
@@ -1451,6 +1488,14 @@ class RoomService:
         checked and audited it): carried out on the participant's shard."""
         self._share(room, {"type": "moderate", **action})
 
+    def _shared_ban(self, room_name: str, event: Message, identity: str | None, now: float) -> None:
+        """The ban of another shard's ``remove`` (``ban_s``), on ``identity`` when known."""
+        if event["action"] != "remove":
+            return
+        ban_s = event.get("ban_s")
+        if type(ban_s) is int and 0 < ban_s <= MAX_BAN_S and identity is not None:
+            self.bans.ban(room_name, identity, now + ban_s, now)
+
     def _moderated(self, room: Room, event: Message, now: float) -> None:
         """Carry out a ``moderate`` event of another shard on this shard's participant (and
         show its effect to this shard's participants)."""
@@ -1459,12 +1504,14 @@ class RoomService:
             raise TypeError("target")
         target = room.participants.get(pid)
         if action == "remove":
-            ban_s = event.get("ban_s")
+            # The identity travels with the ban: this shard may already have dropped the
+            # target (its own shard's ``participant_left`` came first) or never known it.
             identity = target.identity if target is not None else None
+            if identity is None:
+                identity = _shared_identity(event.get("identity"))
             if identity is None and pid in room.remote:
                 identity = str(room.remote[pid]["identity"])
-            if type(ban_s) is int and 0 < ban_s <= MAX_BAN_S and identity is not None:
-                self.bans.ban(room.name, identity, now + ban_s, now)
+            self._shared_ban(room.name, event, identity, now)
             if target is not None:
                 self.end(target, CLOSE_REMOVED, "a host removed you from the meeting", now=now)
         elif action == "request_mute":
