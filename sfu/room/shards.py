@@ -22,7 +22,9 @@ others' (``RoomService.on_shared``):
   identity on another shard is replaced (one identity, one seat, across shards);
 - ``moderate``: a host's action on a participant of another shard (``remove`` with its
   ban, ``request_mute``, ``mute_chat``), checked and audited where the host is, carried
-  out where the participant is.
+  out where the participant is. A ``remove`` with a ban carries the target's identity and
+  goes to every shard (a local target's too), each of which keeps the ban; a shard that
+  opens gets the room's bans as such events, on no one present (``target`` empty).
 
 Events are idempotent (a repeated join or publish changes nothing), so answering a
 ``shard_opened`` with everything is safe even when some of it was already known.
