@@ -455,7 +455,10 @@ class RoomService:
         if needs_password and password is not policy.password:
             raise RoomError("password_required", "this room needs a password")
         limit = min(policy.max_participants, self.limits.max_participants)
-        if not rejoining and len(room.participants) + len(room.waiting) >= limit:
+        # The limit is the room's, over all its shards: the others' participants count too
+        # (but the seat of this identity there, which a join here takes over: ``seat_taken``).
+        remote = sum(1 for shown in room.remote.values() if shown["identity"] != claims.identity)
+        if not rejoining and len(room.participants) + len(room.waiting) + remote >= limit:
             raise RoomError("room_full", "the room is full")
 
     def waiting_list(self, room: Room) -> Message:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from room_fixtures import (
+    OPEN_ROOMS,
     OPUS_PT,
     Harness,
     harness,
@@ -28,7 +29,7 @@ from sfu.packet.rtcp_feedback import Pli
 from sfu.packet.rtp import RtpPacket
 from sfu.room.identity import Grant
 from sfu.room.moderation import Moderation
-from sfu.room.policy import hash_password, verify_password
+from sfu.room.policy import RoomDefaults, RoomPolicy, hash_password, verify_password
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError
 from sfu.transport.pipe import Pipe
@@ -472,9 +473,11 @@ class Shards:
     as the supervisor does (no pipes: these tests move no media). Events wait in
     ``queue`` as (origin, receiver, room, event) until delivered, in any order."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, count: int, defaults: RoomDefaults = OPEN_ROOMS
+    ) -> None:
         self.now = 1.0
-        self.shards = [harness(monkeypatch) for _ in range(count)]
+        self.shards = [harness(monkeypatch, defaults=defaults) for _ in range(count)]
         self.queue: list[tuple[int, int, str, dict[str, Any]]] = []
         for index, shard in enumerate(self.shards):
             shard.service.bus = self._publisher(index)
@@ -561,3 +564,34 @@ def test_a_ban_reaches_every_shard_of_the_room(monkeypatch: pytest.MonkeyPatch) 
     moderation.remove(host, carol_id, None, now=shards.now)
     shards.deliver()
     assert not any(s.service.bans.banned(ROOM, "carol", shards.now) for s in shards.shards)
+
+
+def test_max_participants_holds_for_the_whole_room_across_shards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A room of at most three spread over three shards: the fourth joiner is refused on
+    any shard, a participant of another shard rejoining takes back its own seat, and a
+    seat freed on one shard is free on all."""
+    small = RoomDefaults(RoomPolicy(waiting_room=False, max_participants=3))
+    shards = Shards(monkeypatch, 3, small)
+    zero, one, two = shards.shards
+    zero.join(ROOM, "alice")
+    bob = one.join(ROOM, "bob")
+    two.join(ROOM, "carol")
+    shards.deliver()
+    for shard in shards.shards:
+        with pytest.raises(RoomError) as refused:
+            shard.join(ROOM, "dave", now=shards.now)
+        assert refused.value.code == "room_full"
+    # Bob reconnects through shard 0: his seat on shard 1 is his to take.
+    moved = zero.join(ROOM, "bob", now=shards.now)
+    shards.deliver()
+    assert moved.state is ParticipantState.JOINED and bob.state is ParticipantState.LEFT
+    with pytest.raises(RoomError):
+        two.join(ROOM, "dave", now=shards.now)
+    # Carol leaves shard 2: Dave now gets in, on shard 0.
+    carol = two.service.rooms[ROOM].by_identity("carol")
+    assert carol is not None
+    two.service.leave(carol, now=shards.now)
+    shards.deliver()
+    assert zero.join(ROOM, "dave", now=shards.now).state is ParticipantState.JOINED
