@@ -409,10 +409,12 @@ class Server:
 
     async def _worker_load(self, _request: web.Request) -> web.Response:
         """A worker's load for its supervisor's placement, cheap enough to poll: datagrams
-        through the forwarder (in, fast and slow, and out) so far."""
+        through the forwarder (in, fast and slow, and out) so far; and, from the worker that
+        registers a clustered node, the ``cluster`` part of ``/readyz`` (the supervisor's
+        ``/readyz`` shows it)."""
         forwarder = self.dataplane.forwarder
         packets = forwarder.fast_packets + forwarder.slow_packets + forwarder.sent_packets
-        return web.json_response({"packets": packets})
+        return web.json_response({"packets": packets, **self._cluster_details()})
 
     async def _peers_changed(self, nodes: list[NodeInfo]) -> None:
         """The live nodes after a lease renewal: the links dial them, the rooms drop the

@@ -39,6 +39,7 @@ from sfu.app import (
     WORKER_SESSIONS_MAX,
     WORKER_SESSIONS_PATH,
 )
+from sfu.cluster.registry import node_from_config
 from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, config_environment
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_limit
@@ -71,6 +72,11 @@ log = logging.getLogger(__name__)
 
 #: How often each worker's CPU and packet rate are sampled for placement.
 LOAD_SAMPLE_S: Final = 2.0
+#: The keys of worker 0's cluster status the supervisor's ``/readyz`` repeats
+#: (``NodeRegistry.status`` and the links): health and node ids only.
+CLUSTER_KEYS: Final = frozenset(
+    {"node_id", "region", "directory", "lease", "nodes_alive", "draining", "links_up"}
+)
 #: A worker that has not reported its ports this long after starting is killed and retried.
 WORKER_START_TIMEOUT_S: Final = 30.0
 #: Restart delays after a worker dies: at once the first time, then doubling up to the cap
@@ -223,6 +229,8 @@ class WorkerProcess:
         #: Its pipe socket's loopback port (rooms spread over workers), 0 before it reports.
         self.pipe_port = 0
         self.ready = False
+        #: The ``cluster`` part of its ``/readyz`` it last reported (worker 0, clustered).
+        self.cluster: dict[str, object] | None = None
         self.restarts = 0
         self.started_at = 0.0
         self.cpu_total = 0.0
@@ -272,6 +280,7 @@ class WorkerProcess:
         return state not in (b"Z", b"X")
 
     def reset_samples(self) -> None:
+        self.cluster = None
         self._last_cpu = None
         self._last_packets = None
 
@@ -299,7 +308,11 @@ class Supervisor:
         self._bus: dict[int, aiohttp.ClientWebSocketResponse] = {}
         self._bus_tasks: dict[int, asyncio.Future[None]] = {}
         http = config.http
-        self.http_app = build_http_app(readiness=self.readiness, max_body_bytes=http.max_body_bytes)
+        self.http_app = build_http_app(
+            readiness=self.readiness,
+            max_body_bytes=http.max_body_bytes,
+            details=self.cluster_details,
+        )
         self.limiter = ConnectionLimiter(
             ConnectionLimits(
                 http.max_connections,
@@ -322,12 +335,30 @@ class Supervisor:
         )
         self._ops: HttpServer | None = None
         if http.ops_port >= 0:
-            ops = build_http_app(readiness=self.readiness, max_body_bytes=1024)
+            ops = build_http_app(
+                readiness=self.readiness, max_body_bytes=1024, details=self.cluster_details
+            )
             if config.metrics.enabled:
                 ops.router.add_get("/metrics", self._metrics, allow_head=True)
             self._ops = HttpServer(ops, shutdown_timeout=1.0)
 
     # -- readiness and addresses ------------------------------------------------------
+
+    def cluster_details(self) -> dict[str, object]:
+        """The ``cluster`` part of ``/readyz`` when clustered: this node's id and region, and
+        what worker 0 (the process that registers the node) last reported of the cluster
+        (directory, lease, peers, links). Only those keys: never the Redis URL or a secret.
+        A single node's body stays ``{"status": "ok"}``."""
+        if not self.config.cluster.redis_url:
+            return {}
+        node = node_from_config(self.config.cluster)
+        status: dict[str, object] = {"node_id": node.node_id, "region": node.region}
+        registrar = self.workers[0]
+        if registrar.ready and registrar.cluster is not None:
+            status.update(
+                (key, value) for key, value in registrar.cluster.items() if key in CLUSTER_KEYS
+            )
+        return {"cluster": status}
 
     def readiness(self) -> str | None:
         """``None`` while any worker is ready (new rooms go there), else why not."""
@@ -544,6 +575,8 @@ class Supervisor:
                 if resp.status != 200:
                     return None
                 report = await resp.json()
+                cluster = report.get("cluster")
+                worker.cluster = cluster if isinstance(cluster, dict) else None
                 return float(report["packets"])
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             return None

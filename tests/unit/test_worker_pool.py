@@ -4,18 +4,22 @@ the supervisor's routing helpers and each worker's environment."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfu.app import worker_count
 from sfu.cli import build_parser, main
 from sfu.config import (
+    ClusterConfig,
     Config,
     ConfigError,
     HttpConfig,
@@ -465,3 +469,57 @@ def test_overlapping_pipe_announcements_make_each_pipe_once() -> None:
         (me, peer) for me in range(3) for peer in range(3) if me != peer
     )
     assert session.posts == 2 + 3  # the first list to 0 and 1, then the current one to all
+
+
+def _readyz(app: web.Application) -> dict[str, Any]:
+    """The body of ``GET /readyz`` from the app's own handler, socket-free."""
+
+    async def run() -> dict[str, Any]:
+        request = make_mocked_request("GET", "/readyz", app=app)
+        handler = next(
+            r.handler
+            for r in app.router.routes()
+            if r.method == "GET" and r.resource is not None and r.resource.canonical == "/readyz"
+        )
+        response = await handler(request)
+        assert isinstance(response, web.Response) and response.text is not None
+        body: dict[str, Any] = json.loads(response.text)
+        return body
+
+    return asyncio.run(run())
+
+
+def test_readyz_of_a_clustered_supervisor_shows_the_node_not_the_redis_url() -> None:
+    secret_url = "redis://:hunter2-password@10.1.2.3:6379/0"
+    config = Config(cluster=ClusterConfig(redis_url=secret_url, node_id="node-a", region="eu"))
+    supervisor = Supervisor(config, 2)
+    body = _readyz(supervisor.http_app)
+    assert body["cluster"] == {"node_id": "node-a", "region": "eu"}
+    # Worker 0 registers the node: what it reports of the cluster is shown too, only the
+    # keys of its status (nothing else it might send).
+    registrar = supervisor.workers[0]
+    registrar.ready = True
+    registrar.cluster = {
+        "node_id": "node-a",
+        "region": "eu",
+        "directory": "up",
+        "lease": "live",
+        "nodes_alive": 3,
+        "draining": False,
+        "redis_url": secret_url,
+    }
+    body = _readyz(supervisor.http_app)
+    assert body["cluster"] == {
+        "node_id": "node-a",
+        "region": "eu",
+        "directory": "up",
+        "lease": "live",
+        "nodes_alive": 3,
+        "draining": False,
+    }
+    assert "hunter2" not in json.dumps(body) and "10.1.2.3" not in json.dumps(body)
+    # A worker 0 that is down: the node's own name only.
+    registrar.ready = False
+    assert _readyz(supervisor.http_app)["cluster"] == {"node_id": "node-a", "region": "eu"}
+    # Not clustered: no cluster part at all.
+    assert "cluster" not in _readyz(Supervisor(Config(), 2).http_app)
