@@ -157,8 +157,11 @@ def stream_state_event(sub: Subscription, state: str, reason: str | None) -> Mes
 
 
 #: Most of a room's bans sent to a shard that opens (the longest-lasting; the bus's queue
-#: is bounded too, and a room with more bans than this is a room to lock instead).
+#: and rate are bounded too, and a room with more bans than this is a room to lock instead).
 MAX_SHARED_BANS: Final = 1000
+#: Bans per ``bans`` event: 16 identities of at most 128 characters, even JSON-escaped,
+#: stay under the cluster bus's 16 KiB message bound.
+BANS_PER_EVENT: Final = 16
 
 
 def _shared_identity(value: object) -> str | None:
@@ -1311,20 +1314,29 @@ class RoomService:
 
     def _share_bans(self, room: Room, now: float) -> None:
         """The room's bans, for a shard that just opened (a banned identity's rejoin may be
-        placed there): each as the ``remove`` that would impose it, on nobody present, for
-        the time it has left (seconds, rounded up; the latest :data:`MAX_SHARED_BANS`)."""
-        for identity, until in self.bans.of_room(room.name, now)[:MAX_SHARED_BANS]:
-            ban_s = min(MAX_BAN_S, math.ceil(until - now))
-            self._share(
-                room,
-                {
-                    "type": "moderate",
-                    "action": "remove",
-                    "target": "",
-                    "ban_s": ban_s,
-                    "identity": identity,
-                },
-            )
+        placed there): ``bans`` events of at most :data:`BANS_PER_EVENT` (identity, seconds
+        left, rounded up) each, the latest :data:`MAX_SHARED_BANS` of them."""
+        held = self.bans.of_room(room.name, now)[:MAX_SHARED_BANS]
+        for start in range(0, len(held), BANS_PER_EVENT):
+            chunk = held[start : start + BANS_PER_EVENT]
+            bans = [[identity, min(MAX_BAN_S, math.ceil(until - now))] for identity, until in chunk]
+            self._share(room, {"type": "bans", "bans": bans})
+
+    def _apply_bans(self, room: Room, event: Message, now: float) -> None:
+        """Another shard's ``bans`` (this shard just opened): each identity barred here too."""
+        bans = event["bans"]
+        if not isinstance(bans, list) or len(bans) > BANS_PER_EVENT:
+            raise ValueError("bans")
+        taken: list[tuple[str, int]] = []
+        for entry in bans:  # all checked before any is taken
+            if not isinstance(entry, list) or len(entry) != 2:
+                raise ValueError("ban")
+            identity, ban_s = _shared_identity(entry[0]), entry[1]
+            if identity is None or type(ban_s) is not int or not 0 < ban_s <= MAX_BAN_S:
+                raise ValueError("ban")
+            taken.append((identity, ban_s))
+        for identity, ban_s in taken:
+            self.bans.ban(room.name, identity, now + ban_s, now)
 
     def _close_shard(self, room: Room) -> None:
         """The last local participant left: stop relaying the other shards' tracks here."""
@@ -1457,6 +1469,8 @@ class RoomService:
                 self.chat.deliver_shared(room, label, envelope, now)
         elif kind == "moderate":
             self._moderated(room, event, now)
+        elif kind == "bans":
+            self._apply_bans(room, event, now)
         elif kind == "seat_taken":
             identity, pid = event["identity"], event["participant"]
             for local in [p for p in room.participants.values() if p.identity == identity]:

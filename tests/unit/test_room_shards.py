@@ -322,14 +322,19 @@ def test_malformed_bus_events_are_counted_and_change_nothing(
         {"type": "policy", "policy": {"locked": "yes"}},
         {"type": "policy", "policy": {**_OPEN, "max_participants": 0}},
         {"type": "policy", "policy": {**_OPEN, "password": {"salt": "zz"}}},
+        {"type": "bans", "bans": "eve"},
+        {"type": "bans", "bans": [["eve", 60], ["eve", 0]]},
+        {"type": "bans", "bans": [["eve", 60], ["", 60]]},
+        {"type": "bans", "bans": [["eve", 60]] * 17},
     ):
         service.on_shared(ROOM, 0, event, now=spread.now)
-    assert service.bus_refused == 8
+    assert service.bus_refused == 12
     assert not service.rooms[ROOM].remote and not service.rooms[ROOM].publications
     assert not service.policies.has_own(ROOM)
+    assert not service.bans.banned(ROOM, "eve", spread.now)
     # An event of a room with no participant here is not an error: there is nothing to do.
     service.on_shared("elsewhere", 0, {"type": "shard_opened"}, now=spread.now)
-    assert service.bus_refused == 8
+    assert service.bus_refused == 12
 
 
 def test_a_dead_shard_s_participants_leave_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -595,3 +600,23 @@ def test_max_participants_holds_for_the_whole_room_across_shards(
     two.service.leave(carol, now=shards.now)
     shards.deliver()
     assert zero.join(ROOM, "dave", now=shards.now).state is ParticipantState.JOINED
+
+
+def test_a_room_s_many_bans_reach_an_opened_shard_in_small_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shards = Shards(monkeypatch, 2)
+    zero, one = shards.shards
+    zero.join(ROOM, "host", Grant.HOST)
+    for i in range(40):
+        zero.service.bans.ban(ROOM, f"guest-{i}", shards.now + 100 + i, shards.now)
+    shards.deliver()
+    one.join(ROOM, "bob", now=shards.now)
+    shards.deliver(lambda m: m[0] == 1)  # shard 1's shard_opened reaches shard 0
+    answers = [m[3] for m in shards.queue if m[3]["type"] == "bans"]
+    assert [len(a["bans"]) for a in answers] == [16, 16, 8]
+    assert all(len(json.dumps(a)) < 16 * 1024 for a in answers)
+    shards.deliver()
+    for i in range(40):
+        assert one.service.bans.banned(ROOM, f"guest-{i}", shards.now + 99 + i)
+        assert not one.service.bans.banned(ROOM, f"guest-{i}", shards.now + 101 + i)
