@@ -16,7 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sfu.app import worker_count
+from sfu.app import WORKER_LOAD_PATH, Server, worker_count
 from sfu.cli import build_parser, main
 from sfu.config import (
     ClusterConfig,
@@ -523,3 +523,24 @@ def test_readyz_of_a_clustered_supervisor_shows_the_node_not_the_redis_url() -> 
     assert _readyz(supervisor.http_app)["cluster"] == {"node_id": "node-a", "region": "eu"}
     # Not clustered: no cluster part at all.
     assert "cluster" not in _readyz(Supervisor(Config(), 2).http_app)
+
+
+def test_worker_0_of_a_clustered_node_reports_the_cluster_with_its_load() -> None:
+    """What the supervisor's ``/readyz`` repeats comes with worker 0's load report (no
+    Redis is reached: the registry only connects when it starts)."""
+    cluster = ClusterConfig(redis_url="redis://:pw@10.1.2.3:6379/0", node_id="node-a")
+    reports = {}
+    for index in (0, 1):
+        server = Server(Config(cluster=cluster), worker_index=index)
+
+        async def report(server: Server = server) -> dict[str, Any]:
+            response = await server._worker_load(make_mocked_request("GET", WORKER_LOAD_PATH))
+            assert response.text is not None
+            body: dict[str, Any] = json.loads(response.text)
+            return body
+
+        reports[index] = asyncio.run(report())
+    assert reports[0]["packets"] == 0 and reports[0]["cluster"]["node_id"] == "node-a"
+    assert reports[0]["cluster"]["directory"] == "down"  # not started
+    assert "pw" not in json.dumps(reports[0]) and "10.1.2.3" not in json.dumps(reports[0])
+    assert reports[1] == {"packets": 0}  # the other workers do not register the node
