@@ -436,6 +436,10 @@ class Bans:
             return False
         return True
 
+    def until(self, room: str, identity: str) -> float | None:
+        """Until when ``identity`` is barred from ``room`` (None: no ban held)."""
+        return self._until.get((room, identity))
+
     def of_room(self, room: str, now: float) -> list[tuple[str, float]]:
         """The identities barred from ``room`` at ``now``, with until when, latest first."""
         self.prune(now)

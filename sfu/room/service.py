@@ -1336,7 +1336,9 @@ class RoomService:
                 raise ValueError("ban")
             taken.append((identity, ban_s))
         for identity, ban_s in taken:
-            self.bans.ban(room.name, identity, now + ban_s, now)
+            held = self.bans.until(room.name, identity)
+            if held is None or held < now + ban_s - 1:  # known already: no write-through again
+                self.bans.ban(room.name, identity, now + ban_s, now)
 
     def _close_shard(self, room: Room) -> None:
         """The last local participant left: stop relaying the other shards' tracks here."""
