@@ -409,10 +409,12 @@ class Server:
 
     async def _worker_load(self, _request: web.Request) -> web.Response:
         """A worker's load for its supervisor's placement, cheap enough to poll: datagrams
-        through the forwarder (in, fast and slow, and out) so far."""
+        through the forwarder (in, fast and slow, and out) so far; and, from the worker that
+        registers a clustered node, the ``cluster`` part of ``/readyz`` (the supervisor's
+        ``/readyz`` shows it)."""
         forwarder = self.dataplane.forwarder
         packets = forwarder.fast_packets + forwarder.slow_packets + forwarder.sent_packets
-        return web.json_response({"packets": packets})
+        return web.json_response({"packets": packets, **self._cluster_details()})
 
     async def _peers_changed(self, nodes: list[NodeInfo]) -> None:
         """The live nodes after a lease renewal: the links dial them, the rooms drop the
@@ -668,6 +670,7 @@ class Server:
             dataplane=self.dataplane,
             kernels=self.kernels,
             resume_grace_s=self.config.rooms.resume_grace_s,
+            pacing=self.config.bandwidth.pacing,
             ice_servers=self._ice_servers if self.turn.enabled else None,
             chat=ChatRelay(
                 ChatLimits(
@@ -693,7 +696,13 @@ class Server:
             self.rooms.remote_tracks = NodeTracks()
             self.room_bus.start()
         auth = self.config.auth
-        add_admin_routes(self.http_app, self.rooms, token_secret=self.token_secret, auth=auth)
+        add_admin_routes(
+            self.http_app,
+            self.rooms,
+            token_secret=self.token_secret,
+            auth=auth,
+            copy_key=worker_key(self.token_secret) if self.worker_index is not None else None,
+        )
         add_room_routes(
             self.http_app,
             self.rooms,

@@ -30,6 +30,7 @@ __all__ = [
     "NON_CONFIG_ENV_VARS",
     "AuditConfig",
     "AuthConfig",
+    "BandwidthConfig",
     "Config",
     "ConfigError",
     "EchoConfig",
@@ -207,6 +208,16 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BandwidthConfig:
+    """Send-side bandwidth adaptation of each subscriber's transport."""
+
+    #: Pace each subscriber's egress at a multiple of its bandwidth estimate (bursts such as
+    #: keyframes leave spread over a few frame intervals). False sends media and
+    #: retransmissions as they come, unpaced: an operator's way back if pacing misbehaves.
+    pacing: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """Prometheus metrics at ``GET /metrics`` on the HTTP listener."""
 
@@ -313,6 +324,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    bandwidth: BandwidthConfig = field(default_factory=BandwidthConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def announced_addresses(self) -> tuple[str, ...]:

@@ -187,9 +187,13 @@ class Peer:
         on_state: Callable[[Peer, TransportState, float], None] | None = None,
         stats: RouterStats | None = None,
         dataplane: DataPlane | None = None,
+        pacing: bool = True,
     ) -> None:
         self.participant_id = participant_id
         self.dataplane = dataplane
+        #: Pace this transport's egress once there is an estimate (``bandwidth.pacing``);
+        #: False: no pacer, media and retransmissions go straight out.
+        self.pacing = pacing
         self.transport = transport
         self.rtcp_ssrc = rtcp_ssrc
         self.on_state_change = on_state
@@ -326,7 +330,8 @@ class Peer:
         self.send_history = kernels.SendHistory()
         self.estimator = BandwidthEstimator(self.send_history, kernels.DelayDetector())
         self.feedback.estimator = self.estimator
-        self.pacer = kernels.Pacer()
+        if self.pacing:
+            self.pacer = kernels.Pacer()
 
     def _pace(self, estimate: float, now: float) -> None:
         """Pace at PACING_FACTOR x ``estimate``; the first time, ask the data plane to queue

@@ -189,14 +189,33 @@ class Moderation:
                     self.service.bans.ban(
                         actor.room.name, attempt.remote_identity, now + ban_s, now
                     )
+                # With the identity: a third shard may have seen the target leave (its own
+                # shard's news) before this, and must still bar the identity.
                 self.service.moderate_remote(
-                    actor.room, {"action": "remove", "target": participant_id, "ban_s": ban_s}
+                    actor.room,
+                    {
+                        "action": "remove",
+                        "target": participant_id,
+                        "ban_s": ban_s,
+                        "identity": attempt.remote_identity,
+                    },
                 )
                 return
             target = self._present(actor, participant_id)
             self._check_target(actor, target, attempt)
             if ban_s:
                 self.service.bans.ban(actor.room.name, target.identity, now + ban_s, now)
+                # Every other shard of the room bars the identity too: its rejoin may be
+                # placed on any of them.
+                self.service.moderate_remote(
+                    actor.room,
+                    {
+                        "action": "remove",
+                        "target": target.id,
+                        "ban_s": ban_s,
+                        "identity": target.identity,
+                    },
+                )
             self.service.end(target, CLOSE_REMOVED, "a host removed you from the meeting", now=now)
 
     def request_mute(self, actor: Participant, track_id: str) -> None:

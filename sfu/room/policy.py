@@ -436,6 +436,18 @@ class Bans:
             return False
         return True
 
+    def until(self, room: str, identity: str) -> float | None:
+        """Until when ``identity`` is barred from ``room`` (None: no ban held)."""
+        return self._until.get((room, identity))
+
+    def of_room(self, room: str, now: float) -> list[tuple[str, float]]:
+        """The identities barred from ``room`` at ``now``, with until when, latest first."""
+        self.prune(now)
+        held = [
+            (until, identity) for (name, identity), until in self._until.items() if name == room
+        ]
+        return [(identity, until) for until, identity in sorted(held, reverse=True)]
+
     def prune(self, now: float) -> None:
         """Drop expired bans."""
         for key in [k for k, until in self._until.items() if until <= now]:

@@ -37,7 +37,7 @@ from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription, Setup
 from sfu.room.audit import AuditLog
 from sfu.room.chat import ChatRelay
-from sfu.room.identity import Grant, JoinClaims, grant_names
+from sfu.room.identity import MAX_IDENTITY_CHARS, Grant, JoinClaims, grant_names
 from sfu.room.policy import (
     MAX_BAN_S,
     Bans,
@@ -156,6 +156,21 @@ def stream_state_event(sub: Subscription, state: str, reason: str | None) -> Mes
     return message
 
 
+#: Most of a room's bans sent to a shard that opens (the longest-lasting; the bus's queue
+#: and rate are bounded too, and a room with more bans than this is a room to lock instead).
+MAX_SHARED_BANS: Final = 1000
+#: Bans per ``bans`` event: 16 identities of at most 128 characters, even JSON-escaped,
+#: stay under the cluster bus's 16 KiB message bound.
+BANS_PER_EVENT: Final = 16
+
+
+def _shared_identity(value: object) -> str | None:
+    """An identity another shard sent (a join token's subject), or None if it is none."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_IDENTITY_CHARS:
+        return value
+    return None
+
+
 def not_joined(participant: Participant) -> RoomError:
     """The refusal of a request from someone not (or no longer) in the meeting."""
     if participant.state is ParticipantState.WAITING:
@@ -272,8 +287,11 @@ class RoomService:
         resume_grace_s: float = 0.0,
         ice_servers: Callable[[], list[Message]] | None = None,
         chat: ChatRelay | None = None,
+        pacing: bool = True,
     ) -> None:
         self.port = port
+        #: Pace subscribers' egress (``bandwidth.pacing``); False leaves every peer unpaced.
+        self.pacing = pacing
         #: The room chat relay (data channels and the WebSocket fallback).
         self.chat = chat if chat is not None else ChatRelay()
         self.chat.channel_sender = self._send_chat
@@ -440,7 +458,10 @@ class RoomService:
         if needs_password and password is not policy.password:
             raise RoomError("password_required", "this room needs a password")
         limit = min(policy.max_participants, self.limits.max_participants)
-        if not rejoining and len(room.participants) + len(room.waiting) >= limit:
+        # The limit is the room's, over all its shards: the others' participants count too
+        # (but the seat of this identity there, which a join here takes over: ``seat_taken``).
+        remote = sum(1 for shown in room.remote.values() if shown["identity"] != claims.identity)
+        if not rejoining and len(room.participants) + len(room.waiting) + remote >= limit:
             raise RoomError("room_full", "the room is full")
 
     def waiting_list(self, room: Room) -> Message:
@@ -827,6 +848,7 @@ class RoomService:
             on_state=lambda p, state, now: self._transport_state(participant, state, now=now),
             stats=self.stats,
             dataplane=self.dataplane,
+            pacing=self.pacing,
         )
         peer.on_stream_state = lambda sub, state, reason: participant.send(
             stream_state_event(sub, state, reason)
@@ -1290,6 +1312,34 @@ class RoomService:
                 )
         self._share(room, {"type": "shard_roster", "participants": roster, "tracks": tracks})
 
+    def _share_bans(self, room: Room, now: float) -> None:
+        """The room's bans, for a shard that just opened (a banned identity's rejoin may be
+        placed there): ``bans`` events of at most :data:`BANS_PER_EVENT` (identity, seconds
+        left, rounded up) each, the latest :data:`MAX_SHARED_BANS` of them."""
+        held = self.bans.of_room(room.name, now)[:MAX_SHARED_BANS]
+        for start in range(0, len(held), BANS_PER_EVENT):
+            chunk = held[start : start + BANS_PER_EVENT]
+            bans = [[identity, min(MAX_BAN_S, math.ceil(until - now))] for identity, until in chunk]
+            self._share(room, {"type": "bans", "bans": bans})
+
+    def _apply_bans(self, room: Room, event: Message, now: float) -> None:
+        """Another shard's ``bans`` (this shard just opened): each identity barred here too."""
+        bans = event["bans"]
+        if not isinstance(bans, list) or len(bans) > BANS_PER_EVENT:
+            raise ValueError("bans")
+        taken: list[tuple[str, int]] = []
+        for entry in bans:  # all checked before any is taken
+            if not isinstance(entry, list) or len(entry) != 2:
+                raise ValueError("ban")
+            identity, ban_s = _shared_identity(entry[0]), entry[1]
+            if identity is None or type(ban_s) is not int or not 0 < ban_s <= MAX_BAN_S:
+                raise ValueError("ban")
+            taken.append((identity, ban_s))
+        for identity, ban_s in taken:
+            held = self.bans.until(room.name, identity)
+            if held is None or held < now + ban_s - 1:  # known already: no write-through again
+                self.bans.ban(room.name, identity, now + ban_s, now)
+
     def _close_shard(self, room: Room) -> None:
         """The last local participant left: stop relaying the other shards' tracks here."""
         for publication in list(room.publications.values()):
@@ -1341,7 +1391,14 @@ class RoomService:
             return
         room = self.rooms.get(room_name)
         if room is None:
-            return  # no participant of that room here: nothing to show or relay
+            # No participant of that room here: nothing to show or relay, but a ban holds
+            # for the room's next joiners here too.
+            if isinstance(event, dict) and event.get("type") == "moderate":
+                try:
+                    self._shared_ban(room_name, event, _shared_identity(event.get("identity")), now)
+                except (KeyError, TypeError, ValueError):
+                    self.bus_refused += 1
+            return
         if not isinstance(event, dict) or event.get("type") not in SHARED_EVENTS:
             self.bus_refused += 1
             return
@@ -1354,6 +1411,7 @@ class RoomService:
         kind = event["type"]
         if kind == "shard_opened":
             self._share_state(room)
+            self._share_bans(room, now)
         elif kind == "shard_roster":
             self._apply_roster(room, origin, event)
         elif kind == "participant_joined":
@@ -1413,6 +1471,8 @@ class RoomService:
                 self.chat.deliver_shared(room, label, envelope, now)
         elif kind == "moderate":
             self._moderated(room, event, now)
+        elif kind == "bans":
+            self._apply_bans(room, event, now)
         elif kind == "seat_taken":
             identity, pid = event["identity"], event["participant"]
             for local in [p for p in room.participants.values() if p.identity == identity]:
@@ -1447,6 +1507,14 @@ class RoomService:
         checked and audited it): carried out on the participant's shard."""
         self._share(room, {"type": "moderate", **action})
 
+    def _shared_ban(self, room_name: str, event: Message, identity: str | None, now: float) -> None:
+        """The ban of another shard's ``remove`` (``ban_s``), on ``identity`` when known."""
+        if event["action"] != "remove":
+            return
+        ban_s = event.get("ban_s")
+        if type(ban_s) is int and 0 < ban_s <= MAX_BAN_S and identity is not None:
+            self.bans.ban(room_name, identity, now + ban_s, now)
+
     def _moderated(self, room: Room, event: Message, now: float) -> None:
         """Carry out a ``moderate`` event of another shard on this shard's participant (and
         show its effect to this shard's participants)."""
@@ -1455,12 +1523,14 @@ class RoomService:
             raise TypeError("target")
         target = room.participants.get(pid)
         if action == "remove":
-            ban_s = event.get("ban_s")
+            # The identity travels with the ban: this shard may already have dropped the
+            # target (its own shard's ``participant_left`` came first) or never known it.
             identity = target.identity if target is not None else None
+            if identity is None:
+                identity = _shared_identity(event.get("identity"))
             if identity is None and pid in room.remote:
                 identity = str(room.remote[pid]["identity"])
-            if type(ban_s) is int and 0 < ban_s <= MAX_BAN_S and identity is not None:
-                self.bans.ban(room.name, identity, now + ban_s, now)
+            self._shared_ban(room.name, event, identity, now)
             if target is not None:
                 self.end(target, CLOSE_REMOVED, "a host removed you from the meeting", now=now)
         elif action == "request_mute":

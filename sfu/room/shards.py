@@ -22,7 +22,10 @@ others' (``RoomService.on_shared``):
   identity on another shard is replaced (one identity, one seat, across shards);
 - ``moderate``: a host's action on a participant of another shard (``remove`` with its
   ban, ``request_mute``, ``mute_chat``), checked and audited where the host is, carried
-  out where the participant is.
+  out where the participant is. A ``remove`` with a ban carries the target's identity and
+  goes to every shard (a local target's too), each of which keeps the ban;
+- ``bans``: the room's bans (identity, seconds left), answering a ``shard_opened`` so that a
+  banned identity's rejoin placed on the new shard is refused there too.
 
 Events are idempotent (a repeated join or publish changes nothing), so answering a
 ``shard_opened`` with everything is safe even when some of it was already known.
@@ -65,6 +68,7 @@ SHARED_EVENTS: Final = frozenset(
         "track_updated",
         "chat",
         "moderate",
+        "bans",
         "seat_taken",
     }
 )

@@ -39,10 +39,12 @@ from sfu.app import (
     WORKER_SESSIONS_MAX,
     WORKER_SESSIONS_PATH,
 )
+from sfu.cluster.registry import node_from_config
 from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, config_environment
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_limit
 from sfu.logging_setup import configure_logging
+from sfu.signaling.admin_http import POLICY_COPY_HEADER
 from sfu.signaling.auth import signing_secret
 from sfu.signaling.room_ws import JOIN_TIMEOUT, MAX_FRAME_BYTES
 from sfu.workers.bus import (
@@ -70,6 +72,11 @@ log = logging.getLogger(__name__)
 
 #: How often each worker's CPU and packet rate are sampled for placement.
 LOAD_SAMPLE_S: Final = 2.0
+#: The keys of worker 0's cluster status the supervisor's ``/readyz`` repeats
+#: (``NodeRegistry.status`` and the links): health and node ids only.
+CLUSTER_KEYS: Final = frozenset(
+    {"node_id", "region", "directory", "lease", "nodes_alive", "draining", "links_up"}
+)
 #: A worker that has not reported its ports this long after starting is killed and retried.
 WORKER_START_TIMEOUT_S: Final = 30.0
 #: Restart delays after a worker dies: at once the first time, then doubling up to the cap
@@ -222,6 +229,8 @@ class WorkerProcess:
         #: Its pipe socket's loopback port (rooms spread over workers), 0 before it reports.
         self.pipe_port = 0
         self.ready = False
+        #: The ``cluster`` part of its ``/readyz`` it last reported (worker 0, clustered).
+        self.cluster: dict[str, object] | None = None
         self.restarts = 0
         self.started_at = 0.0
         self.cpu_total = 0.0
@@ -271,6 +280,7 @@ class WorkerProcess:
         return state not in (b"Z", b"X")
 
     def reset_samples(self) -> None:
+        self.cluster = None
         self._last_cpu = None
         self._last_packets = None
 
@@ -286,8 +296,11 @@ class Supervisor:
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        #: The latest announcement of the workers' pipe ports (kept so it is not collected).
+        #: The announcement of the workers' pipe ports in flight (kept so it is not
+        #: collected); one at a time, so an older list never lands after a newer one.
         self._pipes_task: asyncio.Future[None] | None = None
+        #: A worker became ready while an announcement was in flight: announce once more.
+        self._pipes_again = False
         #: Open WHIP/WHEP sessions: session id -> (worker index, room), so their follow-ups
         #: reach the shard that holds them and they count as the room's connections there.
         self._http_sessions: dict[str, tuple[int, str]] = {}
@@ -295,7 +308,11 @@ class Supervisor:
         self._bus: dict[int, aiohttp.ClientWebSocketResponse] = {}
         self._bus_tasks: dict[int, asyncio.Future[None]] = {}
         http = config.http
-        self.http_app = build_http_app(readiness=self.readiness, max_body_bytes=http.max_body_bytes)
+        self.http_app = build_http_app(
+            readiness=self.readiness,
+            max_body_bytes=http.max_body_bytes,
+            details=self.cluster_details,
+        )
         self.limiter = ConnectionLimiter(
             ConnectionLimits(
                 http.max_connections,
@@ -318,12 +335,30 @@ class Supervisor:
         )
         self._ops: HttpServer | None = None
         if http.ops_port >= 0:
-            ops = build_http_app(readiness=self.readiness, max_body_bytes=1024)
+            ops = build_http_app(
+                readiness=self.readiness, max_body_bytes=1024, details=self.cluster_details
+            )
             if config.metrics.enabled:
                 ops.router.add_get("/metrics", self._metrics, allow_head=True)
             self._ops = HttpServer(ops, shutdown_timeout=1.0)
 
     # -- readiness and addresses ------------------------------------------------------
+
+    def cluster_details(self) -> dict[str, object]:
+        """The ``cluster`` part of ``/readyz`` when clustered: this node's id and region, and
+        what worker 0 (the process that registers the node) last reported of the cluster
+        (directory, lease, peers, links). Only those keys: never the Redis URL or a secret.
+        A single node's body stays ``{"status": "ok"}``."""
+        if not self.config.cluster.redis_url:
+            return {}
+        node = node_from_config(self.config.cluster)
+        status: dict[str, object] = {"node_id": node.node_id, "region": node.region}
+        registrar = self.workers[0]
+        if registrar.ready and registrar.cluster is not None:
+            status.update(
+                (key, value) for key, value in registrar.cluster.items() if key in CLUSTER_KEYS
+            )
+        return {"cluster": status}
 
     def readiness(self) -> str | None:
         """``None`` while any worker is ready (new rooms go there), else why not."""
@@ -393,7 +428,7 @@ class Supervisor:
             worker.udp_port,
             worker.tcp_port,
         )
-        self._pipes_task = asyncio.ensure_future(self._announce_pipes())
+        self.announce_pipes()
         self._bus_tasks[worker.index] = asyncio.ensure_future(self._bus_link(worker))
         return True
 
@@ -440,9 +475,28 @@ class Supervisor:
                     with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                         await peer.send_str(gone)
 
-    async def _announce_pipes(self) -> None:
+    def announce_pipes(self) -> None:
         """Tell every ready worker where the other ready workers' pipes are (after any
-        worker started: a restarted one has a new port, and knows no one yet)."""
+        worker started: a restarted one has a new port, and knows no one yet). Idempotent
+        under overlap: while an announcement is in flight another is not started beside it
+        (its older list could land after the newer one and drop or replace a pipe the newer
+        one made); the one in flight goes round once more with the list as it is then."""
+        if self._pipes_task is not None and not self._pipes_task.done():
+            self._pipes_again = True
+            return
+        self._pipes_again = False
+        self._pipes_task = asyncio.ensure_future(self._announce_until_current())
+
+    async def _announce_until_current(self) -> None:
+        """Announce, then again for as long as workers became ready meanwhile."""
+        while True:
+            await self._announce_pipes()
+            if not self._pipes_again:
+                return
+            self._pipes_again = False
+
+    async def _announce_pipes(self) -> None:
+        """One announcement of the ready workers' pipe ports to each ready worker."""
         if self._session is None:
             return
         ready = [w for w in self.workers if w.ready and w.pipe_port]
@@ -521,6 +575,8 @@ class Supervisor:
                 if resp.status != 200:
                     return None
                 report = await resp.json()
+                cluster = report.get("cluster")
+                worker.cluster = cluster if isinstance(cluster, dict) else None
                 return float(report["packets"])
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             return None
@@ -747,6 +803,9 @@ class Supervisor:
         any of them may hold (or later open) a shard of the room and admits its own
         joiners by it. A worker that does not answer is logged, not retried."""
         others = [w for w in self.workers if w.ready and w is not home]
+        # Marked as a copy: the home audited the change, the others only apply it.
+        headers = CIMultiDict(headers)
+        headers[POLICY_COPY_HEADER] = worker_key(self.secret)
         answers = await asyncio.gather(*(self._request(w, request, headers, body) for w in others))
         for worker, answer in zip(others, answers, strict=True):
             if answer is None or answer.status != 200:

@@ -338,3 +338,29 @@ def test_pausing_all_video_flushes_its_queue_and_its_retransmissions(
     peer.on_rtcp(peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, lost).serialize(), 2.2)
     assert counters.retransmits == retransmits
     assert counters.retransmits_superseded - superseded == len(lost)
+
+
+@pytest.mark.parametrize("pacing", [True, False])
+def test_pacing_off_sends_media_and_retransmissions_unpaced(
+    monkeypatch: pytest.MonkeyPatch, pacing: bool
+) -> None:
+    """``bandwidth.pacing = false`` (the room service's ``pacing``): with an estimate the
+    peer has no pacer, the data plane queues nothing for its transport and its
+    retransmissions go straight to the transport; on (the default) all three are paced."""
+    h = harness(monkeypatch)
+    h.service.pacing = pacing
+    alice, bob, _ = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and peer.pacing is pacing
+    _publish(h, alice, 1.0, 30)
+    h.service.poll(2.0, 1.7e9)
+    assert peer.estimate_bps is not None
+    dataplane = h.service.dataplane
+    assert dataplane is not None
+    paced = [claim for claim in dataplane._paced.values() if claim.pacing is not None]
+    if pacing:
+        assert peer.pacer is not None and peer.pacer.rate_bps == PACING_FACTOR * peer.estimate_bps
+        assert isinstance(peer.feedback.sender, PacedSender) and len(paced) == 1
+    else:
+        assert peer.pacer is None
+        assert peer.feedback.sender is peer.transport and paced == []

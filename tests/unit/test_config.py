@@ -352,3 +352,14 @@ def test_every_key_is_documented() -> None:
             assert f"| `{section.name}.{key.name}` |" in doc, f"{section.name}.{key.name}"
     assert "SFU_AUTH_JWT_SECRET" in doc
     assert "sfu token" in doc
+
+
+def test_pacing_is_a_boolean_named_by_key_or_variable() -> None:
+    assert parse_config({}).bandwidth.pacing is True
+    assert parse_config({"bandwidth": {"pacing": False}}).bandwidth.pacing is False
+    assert parse_config({}, {"SFU_BANDWIDTH_PACING": "off"}).bandwidth.pacing is False
+    assert errors_of({"bandwidth": {"pacing": "off"}}) == {
+        "bandwidth.pacing": "expected boolean, got string"
+    }
+    errs = errors_of({}, {"SFU_BANDWIDTH_PACING": "sometimes"})
+    assert list(errs) == ["SFU_BANDWIDTH_PACING"] and "boolean" in errs["SFU_BANDWIDTH_PACING"]

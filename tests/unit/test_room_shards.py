@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from room_fixtures import (
+    OPEN_ROOMS,
     OPUS_PT,
     Harness,
     harness,
@@ -28,7 +29,7 @@ from sfu.packet.rtcp_feedback import Pli
 from sfu.packet.rtp import RtpPacket
 from sfu.room.identity import Grant
 from sfu.room.moderation import Moderation
-from sfu.room.policy import hash_password, verify_password
+from sfu.room.policy import RoomDefaults, RoomPolicy, hash_password, verify_password
 from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError
 from sfu.transport.pipe import Pipe
@@ -321,14 +322,19 @@ def test_malformed_bus_events_are_counted_and_change_nothing(
         {"type": "policy", "policy": {"locked": "yes"}},
         {"type": "policy", "policy": {**_OPEN, "max_participants": 0}},
         {"type": "policy", "policy": {**_OPEN, "password": {"salt": "zz"}}},
+        {"type": "bans", "bans": "eve"},
+        {"type": "bans", "bans": [["eve", 60], ["eve", 0]]},
+        {"type": "bans", "bans": [["eve", 60], ["", 60]]},
+        {"type": "bans", "bans": [["eve", 60]] * 17},
     ):
         service.on_shared(ROOM, 0, event, now=spread.now)
-    assert service.bus_refused == 8
+    assert service.bus_refused == 12
     assert not service.rooms[ROOM].remote and not service.rooms[ROOM].publications
     assert not service.policies.has_own(ROOM)
+    assert not service.bans.banned(ROOM, "eve", spread.now)
     # An event of a room with no participant here is not an error: there is nothing to do.
     service.on_shared("elsewhere", 0, {"type": "shard_opened"}, now=spread.now)
-    assert service.bus_refused == 8
+    assert service.bus_refused == 12
 
 
 def test_a_dead_shard_s_participants_leave_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -465,3 +471,159 @@ def test_relayed_packets_are_sampled_in_the_shard_s_forwarding_latency(
     spread.pump()
     assert len(one.sent_rtp["bob"]) == 3
     assert stats.forward_latency.count - before == 3
+
+
+class Shards:
+    """``count`` shards of one room on a bus that hands each event to every other shard,
+    as the supervisor does (no pipes: these tests move no media). Events wait in
+    ``queue`` as (origin, receiver, room, event) until delivered, in any order."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, count: int, defaults: RoomDefaults = OPEN_ROOMS
+    ) -> None:
+        self.now = 1.0
+        self.shards = [harness(monkeypatch, defaults=defaults) for _ in range(count)]
+        self.queue: list[tuple[int, int, str, dict[str, Any]]] = []
+        for index, shard in enumerate(self.shards):
+            shard.service.bus = self._publisher(index)
+
+    def _publisher(self, index: int) -> Any:
+        shards = self
+
+        class Publisher:
+            def publish(self, room: str, event: dict[str, Any]) -> None:
+                for to in range(len(shards.shards)):
+                    if to != index:
+                        shards.queue.append((index, to, room, json.loads(json.dumps(event))))
+
+        return Publisher()
+
+    def deliver(self, which: Any = None) -> None:
+        """Deliver the queued events ``which`` picks (all when None), and what they cause."""
+        for _ in range(100):
+            chosen = [m for m in self.queue if which is None or which(m)]
+            if not chosen:
+                return
+            for message in chosen:
+                self.queue.remove(message)
+                origin, to, room, event = message
+                self.shards[to].service.on_shared(room, origin, event, now=self.now)
+        raise AssertionError("the shards never went quiet")
+
+
+def test_a_ban_reaches_every_shard_of_the_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three shards: a host's ban holds on each, whether the target was on the host's shard
+    or on another, and even on a shard that saw the target leave before the ban arrived."""
+    shards = Shards(monkeypatch, 3)
+    zero, one, two = shards.shards
+    host = zero.join(ROOM, "host", Grant.HOST | Grant.PUBLISH | Grant.SUBSCRIBE)
+    dave = zero.join(ROOM, "dave")
+    bob = one.join(ROOM, "bob")
+    two.join(ROOM, "carol")
+    shards.deliver()
+    assert set(two.service.rooms[ROOM].remote) == {host.id, dave.id, bob.id}
+    moderation = Moderation(zero.service)
+    # Bob (shard 1) removed with a ban; shard 2 hears of his leave from shard 1 before it
+    # hears the ban from shard 0 (two senders, no order between them).
+    moderation.remove(host, bob.id, 60, now=shards.now)
+    shards.deliver(lambda m: m[0] == 0 and m[1] == 1)  # the ban reaches Bob's shard
+    assert bob.state is ParticipantState.LEFT
+    shards.deliver(lambda m: m[0] == 1)  # his leave reaches the others
+    assert bob.id not in two.service.rooms[ROOM].remote
+    shards.deliver()  # and now the ban reaches shard 2
+    # Dave (on the host's own shard) removed with a ban.
+    moderation.remove(host, dave.id, 60, now=shards.now)
+    shards.deliver()
+    assert dave.state is ParticipantState.LEFT
+    for shard in shards.shards:
+        for identity in ("bob", "dave"):
+            assert shard.service.bans.banned(ROOM, identity, shards.now), identity
+    with pytest.raises(RoomError) as refused:
+        two.join(ROOM, "bob", now=shards.now)
+    assert refused.value.code == "banned"
+    # A shard that opens later gets the bans with the rest of the room's state.
+    later = harness(monkeypatch)
+    shards.shards.append(later)
+    for index, shard in enumerate(shards.shards):
+        shard.service.bus = shards._publisher(index)
+    shards.now += 10
+    erin = later.join(ROOM, "erin", now=shards.now)
+    shards.deliver()
+    assert {r["identity"] for r in later.service.rooms[ROOM].remote.values()} == {
+        "host",
+        "carol",
+    }
+    for identity in ("bob", "dave"):
+        assert later.service.bans.banned(ROOM, identity, shards.now + 49)
+        assert not later.service.bans.banned(ROOM, identity, shards.now + 51)  # 60 s in all
+    assert erin.state is ParticipantState.JOINED
+    shards.now -= 10
+    shards.shards.pop()
+    # A worker with no participant of the room yet keeps the ban for its next joiners.
+    idle = harness(monkeypatch)
+    event = {"type": "moderate", "action": "remove", "target": "x", "ban_s": 60}
+    idle.service.on_shared(ROOM, 0, {**event, "identity": "erin"}, now=shards.now)
+    assert idle.service.bans.banned(ROOM, "erin", shards.now)
+    # A removal without a ban bars nobody anywhere.
+    carol_id = next(p for p in zero.service.rooms[ROOM].remote if p not in (bob.id, dave.id))
+    moderation.remove(host, carol_id, None, now=shards.now)
+    shards.deliver()
+    assert not any(s.service.bans.banned(ROOM, "carol", shards.now) for s in shards.shards)
+
+
+def test_max_participants_holds_for_the_whole_room_across_shards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A room of at most three spread over three shards: the fourth joiner is refused on
+    any shard, a participant of another shard rejoining takes back its own seat, and a
+    seat freed on one shard is free on all."""
+    small = RoomDefaults(RoomPolicy(waiting_room=False, max_participants=3))
+    shards = Shards(monkeypatch, 3, small)
+    zero, one, two = shards.shards
+    zero.join(ROOM, "alice")
+    bob = one.join(ROOM, "bob")
+    two.join(ROOM, "carol")
+    shards.deliver()
+    for shard in shards.shards:
+        with pytest.raises(RoomError) as refused:
+            shard.join(ROOM, "dave", now=shards.now)
+        assert refused.value.code == "room_full"
+    # Bob reconnects through shard 0: his seat on shard 1 is his to take.
+    moved = zero.join(ROOM, "bob", now=shards.now)
+    shards.deliver()
+    assert moved.state is ParticipantState.JOINED and bob.state is ParticipantState.LEFT
+    with pytest.raises(RoomError):
+        two.join(ROOM, "dave", now=shards.now)
+    # Carol leaves shard 2: Dave now gets in, on shard 0.
+    carol = two.service.rooms[ROOM].by_identity("carol")
+    assert carol is not None
+    two.service.leave(carol, now=shards.now)
+    shards.deliver()
+    assert zero.join(ROOM, "dave", now=shards.now).state is ParticipantState.JOINED
+
+
+def test_a_room_s_many_bans_reach_an_opened_shard_in_small_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shards = Shards(monkeypatch, 2)
+    zero, one = shards.shards
+    zero.join(ROOM, "host", Grant.HOST)
+    for i in range(40):
+        zero.service.bans.ban(ROOM, f"guest-{i}", shards.now + 100 + i, shards.now)
+    shards.deliver()
+    one.join(ROOM, "bob", now=shards.now)
+    shards.deliver(lambda m: m[0] == 1)  # shard 1's shard_opened reaches shard 0
+    answers = [m[3] for m in shards.queue if m[3]["type"] == "bans"]
+    assert [len(a["bans"]) for a in answers] == [16, 16, 8]
+    assert all(len(json.dumps(a)) < 16 * 1024 for a in answers)
+    writes: list[object] = []
+    one.service.bans.on_ban = lambda *ban: writes.append(ban)  # the state store's hook
+    shards.deliver()
+    assert len(writes) == 40
+    # Another shard's answer with the same bans writes nothing through again.
+    for answer in answers:
+        one.service.on_shared(ROOM, 0, answer, now=shards.now)
+    assert len(writes) == 40
+    for i in range(40):
+        assert one.service.bans.banned(ROOM, f"guest-{i}", shards.now + 99 + i)
+        assert not one.service.bans.banned(ROOM, f"guest-{i}", shards.now + 101 + i)

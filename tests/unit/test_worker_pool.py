@@ -3,17 +3,23 @@ the supervisor's routing helpers and each worker's environment."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sfu.app import worker_count
+from sfu.app import WORKER_LOAD_PATH, Server, worker_count
 from sfu.cli import build_parser, main
 from sfu.config import (
+    ClusterConfig,
     Config,
     ConfigError,
     HttpConfig,
@@ -33,8 +39,11 @@ from sfu.workers.cpus import (
     usable_cpus,
 )
 from sfu.workers.metrics import MergedMetrics, relabel
+from sfu.workers.pipes import WorkerPipes
 from sfu.workers.placement import IDLE_FORGET_S, SATURATED_LOAD, Placement
 from sfu.workers.supervisor import (
+    Supervisor,
+    WorkerProcess,
     room_of_join,
     room_of_path,
     session_of_path,
@@ -370,3 +379,168 @@ def test_bad_room_spread_values_name_the_key(value: int) -> None:
         parse_config({"server": {"room_spread_subscribers": 50}}).server.room_spread_subscribers
         == 50
     )
+
+
+class _Response:
+    status = 200
+
+    async def __aenter__(self) -> _Response:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+
+class _PipeAnnouncements:
+    """The supervisor's HTTP session as the workers' pipe endpoints see it: each POST of
+    the pipe peers reaches the worker's real ``WorkerPipes.set_peers`` (no socket: the
+    pipes queue what they would send). The first POST is held until ``release`` is set,
+    so a second announcement can start while it is in flight."""
+
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        self.pipes = {w.index: WorkerPipes(w.index, lambda: None, lambda: 0.0) for w in workers}
+        self.by_port = {w.http_port: w.index for w in workers}
+        self.release = asyncio.Event()
+        self.posts = 0
+        #: Each pipe a worker made: (worker, peer).
+        self.made: list[tuple[int, int]] = []
+        for index, pipes in self.pipes.items():
+            add_peer = pipes.endpoint.add_peer
+
+            def recording(
+                peer: int, address: tuple[str, int], me: int = index, add: Any = add_peer
+            ) -> Any:
+                self.made.append((me, peer))
+                return add(peer, address)
+
+            pipes.endpoint.add_peer = recording  # type: ignore[method-assign]
+
+    def post(self, url: str, *, json: dict[str, Any], **_kwargs: Any) -> Any:
+        session = self
+
+        class Post(_Response):
+            async def __aenter__(self) -> _Response:
+                session.posts += 1
+                if session.posts == 1:
+                    await session.release.wait()
+                port = int(url.split(":")[2].split("/")[0])
+                peers = {int(k): v for k, v in json["peers"].items()}
+                session.pipes[session.by_port[port]].set_peers(peers)
+                return self
+
+        return Post()
+
+
+def test_overlapping_pipe_announcements_make_each_pipe_once() -> None:
+    """Worker 2 becomes ready while the announcement of workers 0 and 1 is still in
+    flight: the second announcement waits for the first and goes out with the list as it
+    is then, so the older list never lands last (which dropped the pipes to worker 2, or
+    replaced them), and every pair of workers ends with one pipe each way, made once."""
+
+    async def run() -> tuple[_PipeAnnouncements, Supervisor]:
+        supervisor = Supervisor(Config(), 3)
+        for worker in supervisor.workers:
+            worker.http_port = 9000 + worker.index
+            worker.pipe_port = 7000 + worker.index
+        session = _PipeAnnouncements(supervisor.workers)
+        supervisor._session = session  # type: ignore[assignment]
+        for worker in supervisor.workers[:2]:
+            worker.ready = True
+        supervisor.announce_pipes()
+        for _ in range(5):
+            await asyncio.sleep(0)  # the first POST (to worker 0) is now held
+        supervisor.workers[2].ready = True
+        supervisor.announce_pipes()
+        supervisor.announce_pipes()  # a third ready in the same window coalesces
+        for _ in range(5):
+            await asyncio.sleep(0)
+        session.release.set()
+        assert supervisor._pipes_task is not None
+        await supervisor._pipes_task
+        return session, supervisor
+
+    session, supervisor = asyncio.run(run())
+    for index, pipes in session.pipes.items():
+        addresses = pipes.endpoint.addresses()
+        others = {w.index for w in supervisor.workers} - {index}
+        assert set(addresses) == others
+        assert all(addresses[peer] == ("127.0.0.1", 7000 + peer) for peer in others)
+    assert sorted(session.made) == sorted(
+        (me, peer) for me in range(3) for peer in range(3) if me != peer
+    )
+    assert session.posts == 2 + 3  # the first list to 0 and 1, then the current one to all
+
+
+def _readyz(app: web.Application) -> dict[str, Any]:
+    """The body of ``GET /readyz`` from the app's own handler, socket-free."""
+
+    async def run() -> dict[str, Any]:
+        request = make_mocked_request("GET", "/readyz", app=app)
+        handler = next(
+            r.handler
+            for r in app.router.routes()
+            if r.method == "GET" and r.resource is not None and r.resource.canonical == "/readyz"
+        )
+        response = await handler(request)
+        assert isinstance(response, web.Response) and response.text is not None
+        body: dict[str, Any] = json.loads(response.text)
+        return body
+
+    return asyncio.run(run())
+
+
+def test_readyz_of_a_clustered_supervisor_shows_the_node_not_the_redis_url() -> None:
+    secret_url = "redis://:hunter2-password@10.1.2.3:6379/0"
+    config = Config(cluster=ClusterConfig(redis_url=secret_url, node_id="node-a", region="eu"))
+    supervisor = Supervisor(config, 2)
+    body = _readyz(supervisor.http_app)
+    assert body["cluster"] == {"node_id": "node-a", "region": "eu"}
+    # Worker 0 registers the node: what it reports of the cluster is shown too, only the
+    # keys of its status (nothing else it might send).
+    registrar = supervisor.workers[0]
+    registrar.ready = True
+    registrar.cluster = {
+        "node_id": "node-a",
+        "region": "eu",
+        "directory": "up",
+        "lease": "live",
+        "nodes_alive": 3,
+        "draining": False,
+        "redis_url": secret_url,
+    }
+    body = _readyz(supervisor.http_app)
+    assert body["cluster"] == {
+        "node_id": "node-a",
+        "region": "eu",
+        "directory": "up",
+        "lease": "live",
+        "nodes_alive": 3,
+        "draining": False,
+    }
+    assert "hunter2" not in json.dumps(body) and "10.1.2.3" not in json.dumps(body)
+    # A worker 0 that is down: the node's own name only.
+    registrar.ready = False
+    assert _readyz(supervisor.http_app)["cluster"] == {"node_id": "node-a", "region": "eu"}
+    # Not clustered: no cluster part at all.
+    assert "cluster" not in _readyz(Supervisor(Config(), 2).http_app)
+
+
+def test_worker_0_of_a_clustered_node_reports_the_cluster_with_its_load() -> None:
+    """What the supervisor's ``/readyz`` repeats comes with worker 0's load report (no
+    Redis is reached: the registry only connects when it starts)."""
+    cluster = ClusterConfig(redis_url="redis://:pw@10.1.2.3:6379/0", node_id="node-a")
+    reports = {}
+    for index in (0, 1):
+        server = Server(Config(cluster=cluster), worker_index=index)
+
+        async def report(server: Server = server) -> dict[str, Any]:
+            response = await server._worker_load(make_mocked_request("GET", WORKER_LOAD_PATH))
+            assert response.text is not None
+            body: dict[str, Any] = json.loads(response.text)
+            return body
+
+        reports[index] = asyncio.run(report())
+    assert reports[0]["packets"] == 0 and reports[0]["cluster"]["node_id"] == "node-a"
+    assert reports[0]["cluster"]["directory"] == "down"  # not started
+    assert "pw" not in json.dumps(reports[0]) and "10.1.2.3" not in json.dumps(reports[0])
+    assert reports[1] == {"packets": 0}  # the other workers do not register the node
