@@ -230,6 +230,11 @@ class ClusterRoomBus:
 
     # -- what the bus brings ------------------------------------------------------------------
 
+    def origin_of(self, node_id: str) -> int | None:
+        """The shard origin of node ``node_id`` (allocated on first sight; None beyond
+        :data:`MAX_NODES`): the node links name their peers' stand-ins with it."""
+        return self._origin(node_id)
+
     def _origin(self, node_id: str) -> int | None:
         origin = self.origins.get(node_id)
         if origin is None and len(self.origins) < MAX_NODES:
