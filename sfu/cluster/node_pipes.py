@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sfu.core.publication import Publication
 from sfu.core.relay import DEMAND_POLL_S, RelayHub
@@ -36,7 +36,11 @@ from sfu.transport.link_pipe import LinkPipe
 from sfu.transport.node_link import NodeLink
 from sfu.transport.pipe import Pipe
 
-__all__ = ["TICK_S", "NodePipes"]
+if TYPE_CHECKING:
+    from sfu.cluster.links import NodeLinks
+    from sfu.room.service import RoomService
+
+__all__ = ["TICK_S", "NodePipes", "local_publication"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,18 @@ TICK_S: Final = DEMAND_POLL_S
 
 FindPublication = Callable[[str], Publication | None]
 OriginOf = Callable[[str], int | None]
+
+
+def local_publication(rooms: RoomService | None, track_id: str) -> Publication | None:
+    """The publication ``track_id`` of a publisher on this node (never another node's
+    stand-in: a node relays only what its own publishers send)."""
+    if rooms is None:
+        return None
+    for room in rooms.rooms.values():
+        publication = room.publications.get(track_id)
+        if publication is not None and publication.participant_id in room.participants:
+            return publication
+    return None
 
 
 class NodePipes:
@@ -77,6 +93,15 @@ class NodePipes:
         #: could not open (its flow limit).
         self.pipes_started = 0
         self.open_failures = 0
+
+    def attach(self, links: NodeLinks) -> None:
+        """Take the node links' events (and the links already up)."""
+        links.on_link_up = self.link_up
+        links.on_link_down = self.link_down
+        links.on_flow = self.on_flow
+        links.on_control = self.on_control
+        for peer, link in list(links.up.items()):
+            self.link_up(peer, link)
 
     # -- the room service's RemoteTracks ---------------------------------------------------------
 
