@@ -372,7 +372,12 @@ class Server:
         )
         if self.cluster is not None:
             self.metrics.register(
-                ClusterCollector(self.cluster, lambda: self.links, lambda: self.room_bus)
+                ClusterCollector(
+                    self.cluster,
+                    lambda: self.links,
+                    lambda: self.room_bus,
+                    lambda: self.node_pipes,
+                )
             )
         #: The pipes and the room bus to the other workers (rooms spread over workers), in
         #: a worker only.

@@ -195,6 +195,11 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
             assert len(node_b.node_pipes.hub.remotes) == 1
             assert node_a.node_pipes.hub.relay.keyframe_requests >= 1
             assert node_a.links is not None and node_a.links.totals()["flows_sent"] > 10
+            async with http.get(f"{base_a}/metrics") as reply:
+                text = await reply.text()
+            assert 'sfu_cluster_relay_flows{direction="out"} 1.0' in text
+            assert "sfu_cluster_relay_keyframe_requests_total" in text
+            assert ROOM not in text and track_id not in text  # no names in metrics
             # The publisher leaves node A: B's viewer hears the track end, no flow is left.
             await publisher.ws.send_str(json.dumps({"type": "leave"}))
             gone = await viewer.recv(
