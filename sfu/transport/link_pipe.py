@@ -56,7 +56,7 @@ class LinkPipe:
                 self.unsent += 1
                 return False
             return True
-        if self.link.send_flow(flow, datagram[offset:]):
+        if self.link.send_framed(datagram, len(datagram) - offset):
             return True
         self.unsent += 1
         return False
