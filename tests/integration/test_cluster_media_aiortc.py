@@ -5,7 +5,9 @@ Two in-process servers clustered over a real redis-server, each with a QUIC node
 relayed once over the link (RTP in QUIC DATAGRAMs, a flow per publication) and decoded on
 node B. aiortc's encoder sends a keyframe only when asked, so a decoded picture on B proves
 the keyframe request crossed back to A. When the publisher leaves A, B's subscriber is told
-the track is gone and neither node keeps a flow, tap or relayed publication.
+the track is gone and neither node keeps a flow, tap or relayed publication. When node A
+(a ``sfu serve`` process) is killed with SIGKILL, B's subscriber is told the track is gone
+once A's lease lapses, and B keeps nothing of A's once the link's idle timeout closed it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
 from clients import LOOPBACK_CONFIG, TIMEOUT, frames, running_server
 from redis_server import RedisServer, redis_server
+from serve_process import HTTP_RE, ServeProcess
 
 from sfu.app import Server
 from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
@@ -218,3 +221,70 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
             await publisher.ws.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 6 * TIMEOUT))
+
+
+def node_toml(config: Config, path: Path) -> Path:
+    """``config``'s cluster and secret as a TOML file for ``sfu serve``."""
+    c = config.cluster
+    path.write_text(
+        '[http]\nhost = "127.0.0.1"\nport = 0\n'
+        '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
+        "[server]\ndrain_timeout_s = 1.0\n"
+        '[audit]\npath = ""\n'
+        "[rooms]\nwaiting_room = false\n"
+        f'[auth]\njwt_secret = "{SECRET}"\n'
+        f'[cluster]\nredis_url = "{c.redis_url}"\nnode_id = "{c.node_id}"\n'
+        f'advertise_address = "{c.advertise_address}"\nlink_port = {c.link_port}\n'
+        f'ca_file = "{c.ca_file}"\ncert_file = "{c.cert_file}"\nkey_file = "{c.key_file}"\n'
+    )
+    return path
+
+
+def test_a_killed_publisher_node_ends_the_track_and_leaves_nothing_on_the_other(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    configs = node_configs(server.url, tmp_path)
+    node_a = ServeProcess(node_toml(configs["node-a"], tmp_path / "node-a.toml"))
+
+    async def scenario() -> None:
+        base_a = f"http://127.0.0.1:{node_a.wait_for(HTTP_RE).group(1)}"
+        async with (
+            running_server(configs["node-b"]) as (node_b, base_b),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        ):
+            pipes = node_b.node_pipes
+            assert pipes is not None
+            await until(lambda: bool(pipes.carriers), "the node link never came up")
+            publisher = await join(http, base_a, "publisher")
+            publisher.pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+            await publisher.offer("pub", tracks={"0": {"name": "camera"}})
+            published = await publisher.recv(lambda m: m["type"] == "track_published")
+            track_id = published["track"]["id"]
+            viewer = await join(http, base_b, "viewer")
+            if track_id not in json.dumps(viewer.joined["participants"]):
+                await viewer.recv(
+                    lambda m: m["type"] == "track_published" and m["track"]["id"] == track_id
+                )
+            received: list[MediaStreamTrack] = []
+            viewer.pc.addTransceiver("video", direction="recvonly")
+            viewer.pc.on("track", received.append)
+            await viewer.offer("sub", subscriptions={"0": track_id})
+            await until(lambda: bool(received), "no track reached the viewer")
+            await asyncio.wait_for(frames(received[0], 5), TIMEOUT)
+            assert len(pipes.hub.remotes) == 1
+            node_a.kill()  # SIGKILL: no goodbye on the bus, no CONNECTION_CLOSE on the link
+            await viewer.recv(lambda m: m["type"] == "track_unpublished" and m["track"] == track_id)
+            await until(
+                lambda: pipes.wanted() == 0 and not pipes.hub.remotes and not pipes.carriers,
+                "node B kept a flow of the dead node",
+            )
+            assert node_b.links is not None and node_b.links.up == {}
+            await viewer.pc.close()
+            await publisher.pc.close()
+            await viewer.ws.close()
+            await publisher.ws.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 6 * TIMEOUT))
+    finally:
+        node_a.kill()
