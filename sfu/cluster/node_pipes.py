@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 from sfu.core.publication import Publication
 from sfu.core.relay import DEMAND_POLL_S, RelayHub
 from sfu.core.router import AudioLevelSink
+from sfu.packet.pipe import CONTROL_FLOW
 from sfu.transport.link_pipe import LinkPipe
 from sfu.transport.node_link import NodeLink
 from sfu.transport.pipe import Pipe
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: How often the pipes' timers run: the hub's demand and NACK poll is the shortest.
 TICK_S: Final = DEMAND_POLL_S
+#: The first byte of a pipe control datagram (flow 0 as a one-byte varint).
+CONTROL_PREFIX: Final = bytes((CONTROL_FLOW,))
 
 FindPublication = Callable[[str], Publication | None]
 OriginOf = Callable[[str], int | None]
@@ -222,7 +225,11 @@ class NodePipes:
         if carrier is None:
             return
         carrier.send(datagram)
-        if self._call_soon is None:
+        if self._call_soon is None or datagram[:1] == CONTROL_PREFIX:
+            # Control (a STREAMS before a new layer's first packet) leaves at once, in its own
+            # UDP datagram: in one QUIC packet aioquic writes DATAGRAM frames before stream
+            # frames, so deferred it would reach the peer after the packet it announces.
+            self._dirty.discard(origin)
             self._flush_link(carrier.link)
             return
         self._dirty.add(origin)

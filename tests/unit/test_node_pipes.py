@@ -26,7 +26,7 @@ from sfu.core.publication import Publication, SourceStream
 from sfu.core.relay import RelayTap
 from sfu.core.router import Router
 from sfu.core.twcc_recorder import TwccRecorder
-from sfu.packet.pipe import CONTROL_FLOW, CloseReason, Demand, encode_control
+from sfu.packet.pipe import CONTROL_FLOW, CloseReason, Demand, MessageType, encode_control
 from sfu.packet.rtp import RtpPacket
 from sfu.transport.link_pipe import LinkPipe
 from sfu.transport.node_link import (
@@ -90,10 +90,18 @@ class Links:
         )
         self.a: NodeLink = NodeLink(self._client_conf, peer_address=B_ADDR, now=clock())
         self.b: NodeLink | None = None
+        #: UDP datagrams sent (flushed) by each end and not yet delivered, in order.
+        self.wire: dict[str, list[bytes]] = {"a": [], "b": []}
 
     def redial(self) -> None:
         self.a = NodeLink(self._client_conf, peer_address=B_ADDR, now=self.clock())
         self.b = None
+        self.wire = {"a": [], "b": []}
+
+    def flush(self, link: NodeLink) -> None:
+        """What a node's socket does when told to flush ``link``: its datagrams leave now."""
+        side = "a" if link is self.a else "b"
+        self.wire[side] += [data for data, _ in link.datagrams(now=self.clock())]
 
     def exchange(self) -> tuple[list[LinkEvent], list[LinkEvent]]:
         """One round both ways: the events each end got (timers run when due)."""
@@ -103,13 +111,17 @@ class Links:
         for link, events in ((self.a, a_events), (self.b, b_events)):
             if link is not None and (timer := link.next_timer()) is not None and timer <= now:
                 events += link.handle_timer(now=now)
-        for data, _ in self.a.datagrams(now=now):
+        self.flush(self.a)
+        to_b, self.wire["a"] = self.wire["a"], []
+        for data in to_b:
             if self.b is None:
                 self.b = NodeLink.accept(self._server_conf, data, A_ADDR, now=now)
                 assert self.b is not None
             b_events += self.b.receive(data, A_ADDR, now=now)
         if self.b is not None:
-            for data, _ in self.b.datagrams(now=now):
+            self.flush(self.b)
+            to_a, self.wire["b"] = self.wire["b"], []
+            for data in to_a:
                 a_events += self.a.receive(data, B_ADDR, now=now)
         return a_events, b_events
 
@@ -120,6 +132,8 @@ class World:
     def __init__(self, cluster: dict[str, Files]) -> None:
         self.now = 50.0
         self.links = Links(cluster, lambda: self.now)
+        #: Callbacks deferred to the end of the loop turn (the link flushes of a batch).
+        self.soon: list[Callable[[], None]] = []
         # Node A: the publisher's router; the relay finds its publication by track id.
         self.pub_a = publication()
         binder = Binder()
@@ -130,8 +144,9 @@ class World:
         self.node_a = NodePipes(
             lambda track: self.pub_a if track == self.pub_a.id else None,
             lambda peer: ORIGIN if peer == "node-b" else None,
-            lambda link: None,
+            self.links.flush,
             lambda: self.now,
+            self.soon.append,
         )
         # Node B: the stand-in and a subscriber of it.
         self.pub_b = publication()
@@ -141,9 +156,12 @@ class World:
         self.node_b = NodePipes(
             lambda track: None,
             lambda peer: ORIGIN if peer == "node-a" else None,
-            lambda link: None,
+            self.links.flush,
             lambda: self.now,
+            self.soon.append,
         )
+        #: Every link event B got, in order.
+        self.b_log: list[LinkEvent] = []
         #: Relayed media datagrams (FlowReceived at B) to lose, by their index.
         self.lose_to_b: set[int] = set()
         self._to_b = 0
@@ -171,13 +189,21 @@ class World:
                 peer = "node-a" if pipes is self.node_b else "node-b"
                 pipes.on_control(peer, event.message)
 
+    def run_soon(self) -> None:
+        """End the loop turn: the deferred flushes run."""
+        soon, self.soon = self.soon, []
+        for callback in soon:
+            callback()
+
     def pump(self, rounds: int = 30, step: float = 0.005) -> None:
         """Exchange datagrams, ``step`` of fake time a round, running both nodes' timers."""
         for _ in range(rounds):
+            self.run_soon()
             self.now += step
             self.node_a.handle_timer(now=self.now)
             self.node_b.handle_timer(now=self.now)
             a_events, b_events = self.links.exchange()
+            self.b_log += b_events
             self._deliver(self.node_a, self.links.a, a_events)
             self._deliver(self.node_b, self.links.b, b_events)
 
@@ -347,3 +373,42 @@ def test_link_loss_ends_the_flows_and_a_new_link_feeds_the_stand_in_again(
     world.publish(0, 1, key=True)
     world.pump()
     assert world.received_seqs() == [1]
+
+
+def test_a_newly_demanded_layer_is_announced_before_its_first_packet(
+    cluster: dict[str, Files],
+) -> None:
+    """STREAMS (control stream) must reach B before the layer's first DATAGRAM: in one QUIC
+    packet aioquic puts DATAGRAM frames before stream frames, so the carrier's owner sends
+    control at once, and B binds the new layer's SSRC before its keyframe arrives."""
+    world = World(cluster)
+    world.node_b.open(ORIGIN, world.pub_b, None)
+    world.pump()
+    for layer in range(3):
+        world.publish(layer, 1, key=True)
+    world.pump()
+    # B's allocator aims at the top layer: the demand grows, and A's next top-layer packet
+    # (a keyframe, asked for) is the first B sees of that SSRC.
+    world.sub.selector.set_target(2, None)  # type: ignore[union-attr]
+    world.pump()
+    carrier_a = world.node_a.carriers[ORIGIN]
+    flow = next(iter(carrier_a.pipe.outbound_flows()))
+    demand = carrier_a.pipe.demand(flow)
+    assert demand is not None and demand[0] & 0b100
+    # A publisher that added a stream since the flow opened: announced with its packet,
+    # and the announcement is on B's side first.
+    next(iter(world.taps())).announced = frozenset()
+    mark = len(world.b_log)
+    world.publish(2, 2, key=True)
+    world.pump()
+    kinds = [
+        "streams"
+        if isinstance(e, ControlReceived) and e.message[1] == MessageType.STREAMS
+        else "media"
+        if isinstance(e, FlowReceived)
+        else "other"
+        for e in world.b_log[mark:]
+    ]
+    assert kinds.index("streams") < kinds.index("media"), kinds
+    assert world.pub_b.layers[2].ssrc == SSRCS[2]
+    assert world.pub_b.layers[2].packets == 1
