@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from core_parts import KERNELS, VP8, RecordingSender, subscription
 from forwarder_world import rtp, vp8_payload
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sfu.cluster.node_pipes import NodePipes
 from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
@@ -26,7 +28,14 @@ from sfu.core.publication import Publication, SourceStream
 from sfu.core.relay import RelayTap
 from sfu.core.router import Router
 from sfu.core.twcc_recorder import TwccRecorder
-from sfu.packet.pipe import CONTROL_FLOW, CloseReason, Demand, MessageType, encode_control
+from sfu.packet.pipe import (
+    CONTROL_FLOW,
+    MAX_VARINT,
+    CloseReason,
+    Demand,
+    MessageType,
+    encode_control,
+)
 from sfu.packet.rtp import RtpPacket
 from sfu.transport.link_pipe import LinkPipe
 from sfu.transport.node_link import (
@@ -412,3 +421,30 @@ def test_a_newly_demanded_layer_is_announced_before_its_first_packet(
     assert kinds.index("streams") < kinds.index("media"), kinds
     assert world.pub_b.layers[2].ssrc == SSRCS[2]
     assert world.pub_b.layers[2].packets == 1
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(flow=st.integers(min_value=0, max_value=MAX_VARINT), data=st.binary(max_size=80))
+def test_whatever_a_peer_sends_is_dropped_and_counted_never_raised(
+    cluster: dict[str, Files], flow: int, data: bytes
+) -> None:
+    """Random DATAGRAMs and control messages on a link's pipe: an event or a counted drop."""
+    link = NodeLink(
+        link_configuration(
+            is_client=True,
+            ca_file=cluster["node-a"][0],
+            cert_file=cluster["node-a"][1],
+            key_file=cluster["node-a"][2],
+            server_name="node-b",
+        ),
+        peer_address=B_ADDR,
+        now=1.0,
+    )
+    carrier = LinkPipe(link, now=1.0)
+    counters = carrier.pipe.counters
+    before = counters.received + sum(counters.drops.values())
+    carrier.receive_flow(flow, data, now=1.0)
+    carrier.receive_control(data, now=1.0)
+    assert counters.received + sum(counters.drops.values()) == before + 2
