@@ -92,6 +92,7 @@ class NodePipes:
         self._dirty: set[int] = set()
         self._flush_pending = False
         self._ticker: asyncio.TimerHandle | None = None
+        self._started = False
         #: Counters read at scrape time: links whose pipe started, and stand-ins a link
         #: could not open (its flow limit).
         self.pipes_started = 0
@@ -113,8 +114,10 @@ class NodePipes:
     ) -> bool:
         """List ``publication`` (a track of node ``origin``) and feed it while a link is up."""
         self._wanted[id(publication)] = (origin, publication, on_audio_level)
-        if origin in self.carriers and not self.hub.open(origin, publication, on_audio_level):
-            self.open_failures += 1
+        if origin in self.carriers:
+            if not self.hub.open(origin, publication, on_audio_level):
+                self.open_failures += 1
+            self._arm()  # its demand is polled from now on
         return True
 
     def close(self, publication: Publication) -> None:
@@ -148,6 +151,7 @@ class NodePipes:
             if wanted_origin == origin and not self.hub.open(origin, publication, sink):
                 self.open_failures += 1
         self._flush(origin)
+        self._arm()
 
     def link_down(self, peer: str, link: NodeLink) -> None:
         """The link to ``peer`` closed: what it relayed either way ends (stand-ins stay
@@ -193,19 +197,44 @@ class NodePipes:
                 self._flush(origin)
 
     def start(self) -> None:
-        """Run :meth:`handle_timer` every :data:`TICK_S` on the running loop."""
-        if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().call_later(TICK_S, self._tick)
+        """Run :meth:`handle_timer` on the running loop when due: every :data:`TICK_S`
+        while other nodes' tracks are fed here (their demand and NACKs), else at the pipes'
+        own refreshes (once a second), and not at all without a link."""
+        self._started = True
+        self._arm()
+
+    def next_timer(self) -> float | None:
+        """When :meth:`handle_timer` is next due (None: no link, nothing to do)."""
+        if not self.carriers:
+            return None
+        due = min(carrier.next_timer() for carrier in self.carriers.values())
+        if self.hub.remotes:
+            due = min(due, self._clock() + TICK_S)
+        return due
+
+    def _arm(self) -> None:
+        """(Re)arm the loop timer for :meth:`next_timer` (started only)."""
+        if not self._started:
+            return
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        due = self.next_timer()
+        if due is not None:
+            delay = max(0.0, due - self._clock())
+            self._ticker = asyncio.get_running_loop().call_later(delay, self._tick)
 
     def _tick(self) -> None:
+        self._ticker = None
         try:
             self.handle_timer(now=self._clock())
         except Exception:  # one failed tick must not stop the refreshes
             log.exception("node pipes: timer failed")
-        self._ticker = asyncio.get_running_loop().call_later(TICK_S, self._tick)
+        self._arm()
 
     def stop(self) -> None:
         """Stop the timer (the links close with the node)."""
+        self._started = False
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None

@@ -20,7 +20,7 @@ from forwarder_world import rtp, vp8_payload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfu.cluster.node_pipes import NodePipes
+from sfu.cluster.node_pipes import TICK_S, NodePipes
 from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
 from sfu.core.binder import Binder
 from sfu.core.counters import PeerCounters
@@ -448,3 +448,25 @@ def test_whatever_a_peer_sends_is_dropped_and_counted_never_raised(
     carrier.receive_flow(flow, data, now=1.0)
     carrier.receive_control(data, now=1.0)
     assert counters.received + sum(counters.drops.values()) == before + 2
+
+
+def test_the_timer_runs_fast_only_while_other_nodes_tracks_are_fed(
+    cluster: dict[str, Files],
+) -> None:
+    """Demand and NACK polling every TICK_S on the subscribers' node; the publishing node
+    (and an idle one) wakes only for the pipe's refresh; no link, no timer."""
+    world = World(cluster)
+    assert world.node_a.next_timer() is None and world.node_b.next_timer() is None
+    world.pump()
+    refresh = world.node_a.carriers[ORIGIN].next_timer()
+    assert world.node_a.next_timer() == refresh and refresh > world.now + TICK_S
+    world.node_b.open(ORIGIN, world.pub_b, None)
+    due_b = world.node_b.next_timer()
+    assert due_b is not None and due_b <= world.now + TICK_S
+    world.pump()
+    assert world.taps()  # A taps B's flow, yet its timer stays at the refresh
+    due_a = world.node_a.next_timer()
+    assert due_a is not None and due_a > world.now + TICK_S
+    world.node_b.close(world.pub_b)
+    due_b = world.node_b.next_timer()
+    assert due_b is not None and due_b > world.now + TICK_S
