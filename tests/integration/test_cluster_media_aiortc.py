@@ -13,9 +13,7 @@ once A's lease lapses, and B keeps nothing of A's once the link's idle timeout c
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,12 +24,12 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
 from clients import LOOPBACK_CONFIG, TIMEOUT, frames, running_server
+from cluster_nodes import node_configs
 from redis_server import RedisServer, redis_server
 from serve_process import HTTP_RE, ServeProcess
 
 from sfu.app import Server
-from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
-from sfu.config import AuthConfig, ClusterConfig, Config
+from sfu.config import Config
 from sfu.core.relay import RelayTap
 from sfu.room.identity import Grant, JoinClaims
 from sfu.signaling.auth import issue_token
@@ -46,39 +44,6 @@ SECRET = "cluster-media-test-secret-of-enough-length-0123"
 def server() -> Iterator[RedisServer]:
     with redis_server() as running:
         yield running
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def node_configs(url: str, folder: Path) -> dict[str, Config]:
-    """Both nodes' configurations: the shared Redis, a link each, one CA's certificates."""
-    ca_cert, ca_key = mint_ca("xnode test")
-    (folder / "ca.pem").write_bytes(ca_cert)
-    configs = {}
-    for node in ("node-a", "node-b"):
-        cert, key = mint_node_cert(ca_cert, ca_key, node)
-        (folder / f"{node}.pem").write_bytes(cert)
-        write_pem(folder / f"{node}.key", key, private=True)
-        port = _free_udp_port()
-        configs[node] = dataclasses.replace(
-            LOOPBACK_CONFIG,
-            auth=AuthConfig(jwt_secret=SECRET),
-            cluster=ClusterConfig(
-                redis_url=url,
-                node_id=node,
-                region="eu",
-                advertise_address=f"127.0.0.1:{port}",
-                link_port=port,
-                ca_file=str(folder / "ca.pem"),
-                cert_file=str(folder / f"{node}.pem"),
-                key_file=str(folder / f"{node}.key"),
-            ),
-        )
-    return configs
 
 
 class RoomClient:
@@ -159,7 +124,7 @@ def flows(node: Server) -> int:
 def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
     server: RedisServer, tmp_path: Path
 ) -> None:
-    configs = node_configs(server.url, tmp_path)
+    configs = node_configs(server.url, tmp_path, LOOPBACK_CONFIG, SECRET)
 
     async def scenario() -> None:
         async with (
@@ -243,7 +208,7 @@ def node_toml(config: Config, path: Path) -> Path:
 def test_a_killed_publisher_node_ends_the_track_and_leaves_nothing_on_the_other(
     server: RedisServer, tmp_path: Path
 ) -> None:
-    configs = node_configs(server.url, tmp_path)
+    configs = node_configs(server.url, tmp_path, LOOPBACK_CONFIG, SECRET)
     node_a = ServeProcess(node_toml(configs["node-a"], tmp_path / "node-a.toml"))
 
     async def scenario() -> None:
