@@ -1,5 +1,7 @@
 """Per-packet cost of relaying a publication over a pipe, against forwarding it locally.
 
+The third case carries the pipe over the QUIC node link between two nodes (issue 15).
+
 Worker A ingests a VP8 packet through its Router; a subscriber on worker B gets it through
 A's relay tap, the pipe (flow id framing and parsing), B's stand-in publication and its own
 Router. The same packets forwarded to a local subscriber on A is the baseline of the same
@@ -8,6 +10,8 @@ path (no sockets, no SRTP: see the bench fan-out for the whole path). Run with `
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from core_parts import KERNELS, VP8, RecordingSender, subscription
 from forwarder_world import rtp, vp8_payload
@@ -24,6 +28,12 @@ from sfu.transport.pipe import Media, Pipe, StreamsReceived
 BATCH = 1000
 ROUNDS = 10
 SSRC = 0x111
+#: Packets between two exchanges of the node link's UDP datagrams (one event-loop turn's
+#: worth of received media: the link is flushed once per turn, not per packet).
+LINK_BATCH = 16
+#: Fake time per exchange (aioquic paces by its clock) and the rounds allowed to drain.
+LINK_STEP_S = 0.001
+LINK_DRAIN_ROUNDS = 200
 
 
 def _publication() -> Publication:
@@ -110,3 +120,39 @@ def test_relayed_forward(benchmark: BenchmarkFixture) -> None:
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
     assert len(sender.rtp) == BATCH
     assert standin.streams[SSRC].packets >= BATCH
+
+
+def test_node_link_forward(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
+    """The same subscriber on another node: the tap, the pipe on the QUIC node link (aioquic
+    DATAGRAMs both ways, acks included, two links in memory), the stand-in, its Router."""
+    # The two-node world of the unit tests: node A's publisher, node B's stand-in and
+    # subscriber, their NodePipes over two NodeLinks exchanging datagrams in memory.
+    from test_node_pipes import ORIGIN, World, _files
+
+    from sfu.cluster.pki import mint_ca
+
+    ca = mint_ca("bench")
+    cluster = {node: _files(tmp_path, ca, node) for node in ("node-a", "node-b")}
+    world = World(cluster)
+    world.node_b.open(ORIGIN, world.pub_b, None)
+    world.pump()
+    assert world.node_b.hub.remotes, "the flow did not open"
+    assert SSRC == 0x111  # the world's lowest layer, the one B's subscriber demands
+    rounds = iter(range(10_000))
+
+    def setup() -> tuple[tuple[list[bytes]], dict[str, object]]:
+        world.subscriber.rtp.clear()
+        return (_packets(next(rounds) * BATCH),), {}
+
+    def run(packets: list[bytes]) -> None:
+        for i, packet in enumerate(packets):
+            world.router_a.on_rtp(packet, now=world.now)
+            if i % LINK_BATCH == LINK_BATCH - 1:
+                world.pump(rounds=1, step=LINK_STEP_S)
+        for _ in range(LINK_DRAIN_ROUNDS):  # what the congestion window held back
+            if len(world.subscriber.rtp) >= BATCH:
+                break
+            world.pump(rounds=1, step=LINK_STEP_S)
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
+    assert len(world.subscriber.rtp) == BATCH, "packets were lost on the link"

@@ -24,6 +24,7 @@ from aiohttp import web
 from sfu import __version__, clock
 from sfu.cluster.directory import Directory, LocalDirectory, NodeInfo
 from sfu.cluster.links import LinkSetupError, NodeLinks
+from sfu.cluster.node_pipes import NodePipes, local_publication
 from sfu.cluster.redis_directory import RedisDirectory
 from sfu.cluster.registry import NodeRegistry, node_from_config
 from sfu.cluster.room_bus import ClusterRoomBus, NodeTracks
@@ -323,6 +324,8 @@ class Server:
         self.room_bus: ClusterRoomBus | None = None
         #: QUIC links to the other nodes, when this node offers one (cluster.advertise_address).
         self.links: NodeLinks | None = None
+        #: The relay of publications over those links (set when the rooms start clustered).
+        self.node_pipes: NodePipes | None = None
         if self.cluster is not None and config.cluster.advertise_address:
             self.links = NodeLinks(self.cluster.node.node_id, config.cluster, config.media.udp_host)
         self.http_app = build_http_app(
@@ -369,7 +372,12 @@ class Server:
         )
         if self.cluster is not None:
             self.metrics.register(
-                ClusterCollector(self.cluster, lambda: self.links, lambda: self.room_bus)
+                ClusterCollector(
+                    self.cluster,
+                    lambda: self.links,
+                    lambda: self.room_bus,
+                    lambda: self.node_pipes,
+                )
             )
         #: The pipes and the room bus to the other workers (rooms spread over workers), in
         #: a worker only.
@@ -693,7 +701,22 @@ class Server:
             self.room_bus = ClusterRoomBus(self.cluster, lambda: self.rooms, clock=clock.now)
             self.rooms.bus = self.room_bus
             self.rooms.homes = self.room_bus
-            self.rooms.remote_tracks = NodeTracks()
+            if self.links is not None:
+                # Other nodes' tracks are fed over the node links (the relay pipe on QUIC).
+                rooms = self.rooms
+                self.node_pipes = NodePipes(
+                    lambda track_id: local_publication(rooms, track_id),
+                    self.room_bus.origin_of,
+                    self.links.flush,
+                    clock.now,
+                    asyncio.get_running_loop().call_soon,
+                )
+                self.node_pipes.hub.stats = self.rooms.stats
+                self.node_pipes.attach(self.links)
+                self.node_pipes.start()
+                self.rooms.remote_tracks = self.node_pipes
+            else:
+                self.rooms.remote_tracks = NodeTracks()
             self.room_bus.start()
         auth = self.config.auth
         add_admin_routes(
@@ -824,6 +847,8 @@ class Server:
             await self.room_bus.stop()
         if self.cluster is not None:
             await self.cluster.stop()  # deregisters: the other nodes see it gone at once
+        if self.node_pipes is not None:
+            self.node_pipes.stop()
         if self.links is not None:
             self.links.close()
         log.info("stopped (media datagrams received: %d)", self.sink.count)

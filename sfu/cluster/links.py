@@ -5,8 +5,8 @@ After each lease renewal the registry hands over the live nodes; for every one t
 link the node with the smaller id dials (so a pair has exactly one connection, whichever
 node saw the other first) and the other accepts. A link that goes down is dialled again at
 the next renewal while its peer is alive. What the links carry (the relayed publications and
-their feedback) is the pipe's, next; here flows and control messages go to hooks that count
-them.
+their feedback) is the relay pipes' (:mod:`sfu.cluster.node_pipes`): links coming up and
+going down, flows and control messages go to its hooks.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 FlowHandler = Callable[[str, int, bytes], None]
 ControlHandler = Callable[[str, bytes], None]
+LinkHandler = Callable[[str, NodeLink], None]
 
 
 class LinkSetupError(RuntimeError):
@@ -61,6 +62,9 @@ class NodeLinks:
         #: Where flows and control messages go (the pipe, next); by default only counted.
         self.on_flow: FlowHandler | None = None
         self.on_control: ControlHandler | None = None
+        #: A link to a node came up (or replaced one) / went down.
+        self.on_link_up: LinkHandler | None = None
+        self.on_link_down: LinkHandler | None = None
         #: Counters read at scrape time (the links' own counters are summed with them).
         self.links_established = 0
         self.links_lost = 0
@@ -133,6 +137,8 @@ class NodeLinks:
             self.up[event.peer] = link
             self.links_established += 1
             log.info("cluster: link up with node %s", event.peer)
+            if self.on_link_up is not None:
+                self.on_link_up(event.peer, link)
         elif isinstance(event, LinkDown):
             for table in (self.up, self._dialling):
                 for peer, known in list(table.items()):
@@ -146,6 +152,8 @@ class NodeLinks:
             self._retired["dropped"] += (
                 link.dropped_too_large + link.dropped_congested + link.dropped_malformed
             )
+            if link.peer is not None and self.on_link_down is not None:
+                self.on_link_down(link.peer, link)
         elif link.peer is None:
             return
         elif isinstance(event, FlowReceived):
@@ -153,6 +161,11 @@ class NodeLinks:
                 self.on_flow(link.peer, event.flow_id, event.payload)
         elif isinstance(event, ControlReceived) and self.on_control is not None:
             self.on_control(link.peer, event.message)
+
+    def flush(self, link: NodeLink) -> None:
+        """Send the UDP datagrams ``link`` has queued (after flows or control were put on it)."""
+        if self._endpoint is not None:
+            self._endpoint.flush(link)
 
     def totals(self) -> dict[str, int]:
         """Flow datagrams sent, received and dropped over every link so far."""

@@ -23,9 +23,9 @@ lost: the bus claims its rooms' homes again and sends ``shard_opened`` for each,
 other node answers with its whole state (events are idempotent). A node whose lease lapsed
 (killed) is a closed shard: its participants leave the rooms here.
 
-Media of a track on another node is not carried yet (the QUIC node link will carry the
-pipe's datagrams): :class:`NodeTracks` lists such tracks as stand-ins, visible and
-subscribable, fed by nothing until then.
+Media of a track on another node crosses the QUIC node link
+(:mod:`sfu.cluster.node_pipes`); on a node that offers no link, :class:`NodeTracks` lists
+such tracks as stand-ins, visible and subscribable, fed by nothing.
 """
 
 from __future__ import annotations
@@ -71,9 +71,8 @@ _Op = tuple[str, str, Mapping[str, Any] | None]
 
 
 class NodeTracks:
-    """Stand-ins of tracks published on other nodes (``RemoteTracks`` for node origins).
-
-    Until media crosses the node link they are listed and subscribable but carry nothing."""
+    """Stand-ins of tracks published on other nodes, for a node without a node link
+    (``cluster.advertise_address`` empty): listed and subscribable but carrying nothing."""
 
     def __init__(self) -> None:
         #: Track id -> the node origin it comes from.
@@ -90,9 +89,9 @@ class NodeTracks:
         self.standins.pop(publication.id, None)
 
     def ended(self, publication: Publication) -> None:
-        """A local publication ended: nothing relays it to another node yet (media does not
-        cross the link), so there is no flow to close; the bus's ``track_unpublished``
-        removes the other nodes' stand-ins."""
+        """A local publication ended: without a link nothing relays it to another node, so
+        there is no flow to close; the bus's ``track_unpublished`` removes the other nodes'
+        stand-ins."""
         del publication
 
 
@@ -229,6 +228,11 @@ class ClusterRoomBus:
             await self.registry.release_home(room)
 
     # -- what the bus brings ------------------------------------------------------------------
+
+    def origin_of(self, node_id: str) -> int | None:
+        """The shard origin of node ``node_id`` (allocated on first sight; None beyond
+        :data:`MAX_NODES`): the node links name their peers' stand-ins with it."""
+        return self._origin(node_id)
 
     def _origin(self, node_id: str) -> int | None:
         origin = self.origins.get(node_id)

@@ -13,8 +13,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sfu.cluster.links import NodeLinks
+from sfu.cluster.node_pipes import NodePipes
 from sfu.cluster.registry import NodeRegistry
 from sfu.cluster.room_bus import ClusterRoomBus
+from sfu.transport.pipe import DROP_REASONS
 
 __all__ = ["ClusterCollector"]
 
@@ -27,10 +29,12 @@ class ClusterCollector(Collector):
         registry: NodeRegistry,
         links: Callable[[], NodeLinks | None] = lambda: None,
         room_bus: Callable[[], ClusterRoomBus | None] = lambda: None,
+        node_pipes: Callable[[], NodePipes | None] = lambda: None,
     ) -> None:
         self._registry = registry
         self._links = links
         self._room_bus = room_bus
+        self._node_pipes = node_pipes
 
     def collect(self) -> Iterator[Metric]:
         reg = self._registry
@@ -114,6 +118,62 @@ class ClusterCollector(Collector):
         flows.add_metric(["received"], totals["flows_received"])
         flows.add_metric(["dropped"], totals["dropped"])
         yield flows
+        yield from self._collect_relay()
+
+    def _collect_relay(self) -> Iterator[Metric]:
+        """The relay pipes over the links, summed over the linked nodes (no node label)."""
+        node_pipes = self._node_pipes()
+        if node_pipes is None:
+            return
+        open_flows = GaugeMetricFamily(
+            "sfu_cluster_relay_flows",
+            "Relayed publications over the node links: out (sent to other nodes' "
+            "subscribers), in (other nodes' tracks received here)",
+            labels=["direction"],
+        )
+        packets = CounterMetricFamily(
+            "sfu_cluster_relay_packets",
+            "Relay pipe datagrams over the node links (media, feedback and control), by "
+            "direction; filtered: packets of a layer no other node demanded, not sent",
+            labels=["direction"],
+        )
+        drops = CounterMetricFamily(
+            "sfu_cluster_relay_drops",
+            "Relay pipe datagrams from other nodes dropped, by reason",
+            labels=["reason"],
+        )
+        outbound = inbound = sent = received = filtered = 0
+        dropped: dict[str, int] = {}
+        for carrier in node_pipes.carriers.values():
+            pipe = carrier.pipe
+            outbound += len(pipe.outbound_flows())
+            inbound += len(pipe.inbound_flows())
+            sent += pipe.counters.relayed + pipe.counters.sent_control
+            received += pipe.counters.received
+            filtered += pipe.counters.filtered
+            for reason, count in pipe.counters.drops.items():
+                dropped[reason] = dropped.get(reason, 0) + count
+        open_flows.add_metric(["out"], outbound)
+        open_flows.add_metric(["in"], inbound)
+        packets.add_metric(["out"], sent)
+        packets.add_metric(["in"], received)
+        packets.add_metric(["filtered"], filtered)
+        for reason in DROP_REASONS:
+            drops.add_metric([reason], dropped.get(reason, 0))
+        relay = node_pipes.hub.relay
+        resent = CounterMetricFamily(
+            "sfu_cluster_relay_retransmissions",
+            "Packets another node NACKed, resent from the cache (hit) or no longer there (miss)",
+            labels=["result"],
+        )
+        resent.add_metric(["hit"], relay.retransmitted)
+        resent.add_metric(["miss"], relay.retransmit_misses)
+        yield from (open_flows, packets, drops, resent)
+        yield CounterMetricFamily(
+            "sfu_cluster_relay_keyframe_requests",
+            "Keyframe requests other nodes' subscribers made of this node's publishers",
+            value=relay.keyframe_requests,
+        )
 
     def _collect_room_bus(self) -> Iterator[Metric]:
         room_bus = self._room_bus()

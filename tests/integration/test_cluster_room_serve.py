@@ -2,8 +2,8 @@
 process per node): a room locked by an admin on node B refuses a join on node A (and takes
 one once unlocked); a participant joined over the room WebSocket on node A and one on node B
 see each other join and leave, the room has one home, released when the room ends, and the
-cluster room metrics count the events. (No media crosses nodes yet: the node link carries
-it next.)"""
+cluster room metrics count the events. (Media across nodes:
+test_cluster_media_aiortc.py.)"""
 
 from __future__ import annotations
 

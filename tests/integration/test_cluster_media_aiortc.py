@@ -1,0 +1,255 @@
+"""Media between two nodes: an aiortc publisher on node A, an aiortc subscriber on node B.
+
+Two in-process servers clustered over a real redis-server, each with a QUIC node link
+(certificates of one CA minted by the test, free loopback ports): the publisher's video is
+relayed once over the link (RTP in QUIC DATAGRAMs, a flow per publication) and decoded on
+node B. aiortc's encoder sends a keyframe only when asked, so a decoded picture on B proves
+the keyframe request crossed back to A. When the publisher leaves A, B's subscriber is told
+the track is gone and neither node keeps a flow, tap or relayed publication. When node A
+(a ``sfu serve`` process) is killed with SIGKILL, B's subscriber is told the track is gone
+once A's lease lapses, and B keeps nothing of A's once the link's idle timeout closed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
+from clients import LOOPBACK_CONFIG, TIMEOUT, frames, running_server
+from cluster_nodes import node_configs
+from redis_server import RedisServer, redis_server
+from serve_process import HTTP_RE, ServeProcess
+
+from sfu.app import Server
+from sfu.config import Config
+from sfu.core.relay import RelayTap
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
+
+pytestmark = pytest.mark.integration
+
+ROOM = "two-node-media"
+SECRET = "cluster-media-test-secret-of-enough-length-0123"
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running
+
+
+class RoomClient:
+    """One participant: its room WebSocket and its peer connection."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.events: list[dict[str, Any]] = []
+        self.joined: dict[str, Any] = {}
+
+    async def recv(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first message (queued or new) ``predicate`` accepts; the others are kept."""
+        for message in self.events:
+            if predicate(message):
+                self.events.remove(message)
+                return message
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            msg = await self.ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+            assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
+            message = json.loads(msg.data)
+            if predicate(message):
+                return dict(message)
+            self.events.append(message)
+
+    async def offer(self, rid: str, **fields: Any) -> None:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.ws.send_str(
+            json.dumps({"type": "offer", "id": rid, "sdp": self.pc.localDescription.sdp, **fields})
+        )
+        answer = await self.recv(lambda m: m.get("re") == rid)
+        assert answer["type"] == "answer", answer
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+
+
+async def join(http: aiohttp.ClientSession, base: str, who: str) -> RoomClient:
+    now = int(time.time())
+    claims = JoinClaims(
+        room=ROOM,
+        identity=who,
+        name=who,
+        grants=Grant.PUBLISH | Grant.SUBSCRIBE,
+        iat=now,
+        exp=now + 600,
+    )
+    client = RoomClient(await http.ws_connect(f"{base}/ws"))
+    await client.ws.send_str(
+        json.dumps(
+            {"type": "join", "protocol": 1, "room": ROOM, "token": issue_token(SECRET, claims)}
+        )
+    )
+    client.joined = await client.recv(lambda m: m["type"] == "joined")
+    return client
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+def taps(node: Server) -> list[RelayTap]:
+    assert node.node_pipes is not None
+    return list(node.node_pipes.hub.relay.taps.values())
+
+
+def flows(node: Server) -> int:
+    """Flows of every pipe over the node's links, both directions."""
+    assert node.node_pipes is not None
+    return sum(
+        len(c.pipe.inbound_flows()) + len(c.pipe.outbound_flows())
+        for c in node.node_pipes.carriers.values()
+    )
+
+
+def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    configs = node_configs(server.url, tmp_path, LOOPBACK_CONFIG, SECRET)
+
+    async def scenario() -> None:
+        async with (
+            running_server(configs["node-a"]) as (node_a, base_a),
+            running_server(configs["node-b"]) as (node_b, base_b),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        ):
+            assert node_a.node_pipes is not None and node_b.node_pipes is not None
+            await until(
+                lambda: (
+                    bool(node_a.node_pipes and node_a.node_pipes.carriers)
+                    and bool(node_b.node_pipes and node_b.node_pipes.carriers)
+                ),
+                "the node link never came up",
+            )
+            publisher = await join(http, base_a, "publisher")
+            publisher.pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+            await publisher.offer("pub", tracks={"0": {"name": "camera"}})
+            published = await publisher.recv(lambda m: m["type"] == "track_published")
+            track_id = published["track"]["id"]
+            viewer = await join(http, base_b, "viewer")
+            if track_id not in json.dumps(viewer.joined["participants"]):
+                seen = await viewer.recv(
+                    lambda m: m["type"] == "track_published" and m["track"]["id"] == track_id
+                )
+                assert seen["track"]["participant"] == published["track"]["participant"]
+            received: list[MediaStreamTrack] = []
+            viewer.pc.addTransceiver("video", direction="recvonly")
+            viewer.pc.on("track", received.append)
+            await viewer.offer("sub", subscriptions={"0": track_id})
+            await until(lambda: bool(received), "no track reached the viewer")
+            await asyncio.wait_for(frames(received[0], 10), TIMEOUT)
+            # Relayed once over the link: one tap on A, one relayed publication on B, and
+            # the keyframe aiortc's encoder sent was asked for from B.
+            assert len(taps(node_a)) == 1
+            assert len(node_b.node_pipes.hub.remotes) == 1
+            assert node_a.node_pipes.hub.relay.keyframe_requests >= 1
+            assert node_a.links is not None and node_a.links.totals()["flows_sent"] > 10
+            async with http.get(f"{base_a}/metrics") as reply:
+                text = await reply.text()
+            assert 'sfu_cluster_relay_flows{direction="out"} 1.0' in text
+            assert "sfu_cluster_relay_keyframe_requests_total" in text
+            assert ROOM not in text and track_id not in text  # no names in metrics
+            # The publisher leaves node A: B's viewer hears the track end, no flow is left.
+            await publisher.ws.send_str(json.dumps({"type": "leave"}))
+            gone = await viewer.recv(
+                lambda m: m["type"] == "track_unpublished" and m["track"] == track_id
+            )
+            assert gone["track"] == track_id
+            await until(
+                lambda: not taps(node_a) and flows(node_a) == 0 and flows(node_b) == 0,
+                "a flow was left behind",
+            )
+            assert node_b.node_pipes.hub.remotes == {}
+            assert node_b.node_pipes.wanted() == 0
+            await viewer.pc.close()
+            await publisher.pc.close()
+            await viewer.ws.close()
+            await publisher.ws.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 6 * TIMEOUT))
+
+
+def node_toml(config: Config, path: Path) -> Path:
+    """``config``'s cluster and secret as a TOML file for ``sfu serve``."""
+    c = config.cluster
+    path.write_text(
+        '[http]\nhost = "127.0.0.1"\nport = 0\n'
+        '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
+        "[server]\ndrain_timeout_s = 1.0\n"
+        '[audit]\npath = ""\n'
+        "[rooms]\nwaiting_room = false\n"
+        f'[auth]\njwt_secret = "{SECRET}"\n'
+        f'[cluster]\nredis_url = "{c.redis_url}"\nnode_id = "{c.node_id}"\n'
+        f'advertise_address = "{c.advertise_address}"\nlink_port = {c.link_port}\n'
+        f'ca_file = "{c.ca_file}"\ncert_file = "{c.cert_file}"\nkey_file = "{c.key_file}"\n'
+    )
+    return path
+
+
+def test_a_killed_publisher_node_ends_the_track_and_leaves_nothing_on_the_other(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    configs = node_configs(server.url, tmp_path, LOOPBACK_CONFIG, SECRET)
+    node_a = ServeProcess(node_toml(configs["node-a"], tmp_path / "node-a.toml"))
+
+    async def scenario() -> None:
+        base_a = f"http://127.0.0.1:{node_a.wait_for(HTTP_RE).group(1)}"
+        async with (
+            running_server(configs["node-b"]) as (node_b, base_b),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        ):
+            pipes = node_b.node_pipes
+            assert pipes is not None
+            await until(lambda: bool(pipes.carriers), "the node link never came up")
+            publisher = await join(http, base_a, "publisher")
+            publisher.pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+            await publisher.offer("pub", tracks={"0": {"name": "camera"}})
+            published = await publisher.recv(lambda m: m["type"] == "track_published")
+            track_id = published["track"]["id"]
+            viewer = await join(http, base_b, "viewer")
+            if track_id not in json.dumps(viewer.joined["participants"]):
+                await viewer.recv(
+                    lambda m: m["type"] == "track_published" and m["track"]["id"] == track_id
+                )
+            received: list[MediaStreamTrack] = []
+            viewer.pc.addTransceiver("video", direction="recvonly")
+            viewer.pc.on("track", received.append)
+            await viewer.offer("sub", subscriptions={"0": track_id})
+            await until(lambda: bool(received), "no track reached the viewer")
+            await asyncio.wait_for(frames(received[0], 5), TIMEOUT)
+            assert len(pipes.hub.remotes) == 1
+            node_a.kill()  # SIGKILL: no goodbye on the bus, no CONNECTION_CLOSE on the link
+            await viewer.recv(lambda m: m["type"] == "track_unpublished" and m["track"] == track_id)
+            await until(
+                lambda: pipes.wanted() == 0 and not pipes.hub.remotes and not pipes.carriers,
+                "node B kept a flow of the dead node",
+            )
+            assert node_b.links is not None and node_b.links.up == {}
+            await viewer.pc.close()
+            await publisher.pc.close()
+            await viewer.ws.close()
+            await publisher.ws.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 6 * TIMEOUT))
+    finally:
+        node_a.kill()
