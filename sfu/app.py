@@ -24,7 +24,7 @@ from aiohttp import web
 from sfu import __version__, clock
 from sfu.cluster.directory import Directory, LocalDirectory, NodeInfo
 from sfu.cluster.links import LinkSetupError, NodeLinks
-from sfu.cluster.node_pipes import NodePipes, local_publication
+from sfu.cluster.node_pipes import NodePipes
 from sfu.cluster.redis_directory import RedisDirectory
 from sfu.cluster.registry import NodeRegistry, node_from_config
 from sfu.cluster.room_bus import ClusterRoomBus, NodeTracks
@@ -705,7 +705,7 @@ class Server:
                 # Other nodes' tracks are fed over the node links (the relay pipe on QUIC).
                 rooms = self.rooms
                 self.node_pipes = NodePipes(
-                    lambda track_id: local_publication(rooms, track_id),
+                    rooms.own_publication,
                     self.room_bus.origin_of,
                     self.links.flush,
                     clock.now,

@@ -39,9 +39,8 @@ from sfu.transport.pipe import Pipe
 
 if TYPE_CHECKING:
     from sfu.cluster.links import NodeLinks
-    from sfu.room.service import RoomService
 
-__all__ = ["TICK_S", "NodePipes", "local_publication"]
+__all__ = ["TICK_S", "NodePipes"]
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +51,6 @@ CONTROL_PREFIX: Final = bytes((CONTROL_FLOW,))
 
 FindPublication = Callable[[str], Publication | None]
 OriginOf = Callable[[str], int | None]
-
-
-def local_publication(rooms: RoomService | None, track_id: str) -> Publication | None:
-    """The publication ``track_id`` of a publisher on this node (never another node's
-    stand-in: a node relays only what its own publishers send)."""
-    if rooms is None:
-        return None
-    for room in rooms.rooms.values():
-        publication = room.publications.get(track_id)
-        if publication is not None and publication.participant_id in room.participants:
-            return publication
-    return None
 
 
 class NodePipes:

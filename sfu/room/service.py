@@ -345,6 +345,15 @@ class RoomService:
         self.bus_refused = 0
         self.chat.on_relayed = self._share_chat
 
+    def own_publication(self, track_id: str) -> Publication | None:
+        """The publication ``track_id`` of a publisher connected here (never a stand-in for
+        another shard's or node's track: a relay carries only what its own publishers send)."""
+        for room in self.rooms.values():
+            publication = room.publications.get(track_id)
+            if publication is not None and publication.participant_id in room.participants:
+                return publication
+        return None
+
     # -- joining and leaving ------------------------------------------------------------------
 
     def join(

@@ -67,13 +67,7 @@ class WorkerPipes:
     def _find(self, track_id: str) -> Publication | None:
         """A publication of this worker's own publishers (never another shard's stand-in)."""
         rooms = self._rooms()
-        if rooms is None:
-            return None
-        for room in rooms.rooms.values():
-            publication = room.publications.get(track_id)
-            if publication is not None and publication.participant_id in room.participants:
-                return publication
-        return None
+        return None if rooms is None else rooms.own_publication(track_id)
 
     def _flush_and_arm(self, peer: int) -> None:
         self.endpoint.flush(peer)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -135,3 +137,37 @@ def room_state(server: Server) -> Any:
         server.port.transport_count,
         len(server.http_sessions.by_id),
     )
+
+
+class RoomClient:
+    """One participant: its room WebSocket and its peer connection."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.events: list[dict[str, Any]] = []
+        self.joined: dict[str, Any] = {}
+
+    async def recv(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first message (queued or new) ``predicate`` accepts; the others are kept."""
+        for message in self.events:
+            if predicate(message):
+                self.events.remove(message)
+                return message
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            msg = await self.ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+            assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
+            message = json.loads(msg.data)
+            if predicate(message):
+                return dict(message)
+            self.events.append(message)
+
+    async def offer(self, rid: str, **fields: Any) -> None:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.ws.send_str(
+            json.dumps({"type": "offer", "id": rid, "sdp": self.pc.localDescription.sdp, **fields})
+        )
+        answer = await self.recv(lambda m: m.get("re") == rid)
+        assert answer["type"] == "answer", answer
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))

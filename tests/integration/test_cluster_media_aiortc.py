@@ -17,13 +17,11 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
-from clients import LOOPBACK_CONFIG, TIMEOUT, frames, running_server
+from clients import LOOPBACK_CONFIG, TIMEOUT, RoomClient, frames, running_server
 from cluster_nodes import node_configs
 from redis_server import RedisServer, redis_server
 from serve_process import HTTP_RE, ServeProcess
@@ -44,40 +42,6 @@ SECRET = "cluster-media-test-secret-of-enough-length-0123"
 def server() -> Iterator[RedisServer]:
     with redis_server() as running:
         yield running
-
-
-class RoomClient:
-    """One participant: its room WebSocket and its peer connection."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.events: list[dict[str, Any]] = []
-        self.joined: dict[str, Any] = {}
-
-    async def recv(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """The first message (queued or new) ``predicate`` accepts; the others are kept."""
-        for message in self.events:
-            if predicate(message):
-                self.events.remove(message)
-                return message
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            msg = await self.ws.receive(timeout=max(0.01, deadline - time.monotonic()))
-            assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
-            message = json.loads(msg.data)
-            if predicate(message):
-                return dict(message)
-            self.events.append(message)
-
-    async def offer(self, rid: str, **fields: Any) -> None:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        await self.ws.send_str(
-            json.dumps({"type": "offer", "id": rid, "sdp": self.pc.localDescription.sdp, **fields})
-        )
-        answer = await self.recv(lambda m: m.get("re") == rid)
-        assert answer["type"] == "answer", answer
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
 
 
 async def join(http: aiohttp.ClientSession, base: str, who: str) -> RoomClient:
