@@ -17,6 +17,8 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamT
 
 from sfu.app import Server
 from sfu.config import AuditConfig, Config, HttpConfig, MediaConfig, RoomsConfig, ServerConfig
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
 from sfu.workers.supervisor import Supervisor
 
 # aiortc gathers candidates on every interface; tests only ever use 127.0.0.1.
@@ -171,3 +173,27 @@ class RoomClient:
         answer = await self.recv(lambda m: m.get("re") == rid)
         assert answer["type"] == "answer", answer
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+
+
+async def join_room(
+    http: aiohttp.ClientSession, base: str, secret: str, room: str, who: str
+) -> RoomClient:
+    """Join ``room`` over the room WebSocket as ``who`` (a token for publish and subscribe
+    signed with ``secret``); returns once the server said ``joined``."""
+    now = int(time.time())
+    claims = JoinClaims(
+        room=room,
+        identity=who,
+        name=who,
+        grants=Grant.PUBLISH | Grant.SUBSCRIBE,
+        iat=now,
+        exp=now + 600,
+    )
+    client = RoomClient(await http.ws_connect(f"{base}/ws"))
+    await client.ws.send_str(
+        json.dumps(
+            {"type": "join", "protocol": 1, "room": room, "token": issue_token(secret, claims)}
+        )
+    )
+    client.joined = await client.recv(lambda m: m["type"] == "joined")
+    return client

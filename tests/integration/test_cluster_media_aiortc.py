@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
-from clients import LOOPBACK_CONFIG, TIMEOUT, RoomClient, frames, running_server
+from clients import LOOPBACK_CONFIG, TIMEOUT, RoomClient, frames, join_room, running_server
 from cluster_nodes import node_configs
 from redis_server import RedisServer, redis_server
 from serve_process import HTTP_RE, ServeProcess
@@ -29,8 +29,6 @@ from serve_process import HTTP_RE, ServeProcess
 from sfu.app import Server
 from sfu.config import Config
 from sfu.core.relay import RelayTap
-from sfu.room.identity import Grant, JoinClaims
-from sfu.signaling.auth import issue_token
 
 pytestmark = pytest.mark.integration
 
@@ -45,23 +43,7 @@ def server() -> Iterator[RedisServer]:
 
 
 async def join(http: aiohttp.ClientSession, base: str, who: str) -> RoomClient:
-    now = int(time.time())
-    claims = JoinClaims(
-        room=ROOM,
-        identity=who,
-        name=who,
-        grants=Grant.PUBLISH | Grant.SUBSCRIBE,
-        iat=now,
-        exp=now + 600,
-    )
-    client = RoomClient(await http.ws_connect(f"{base}/ws"))
-    await client.ws.send_str(
-        json.dumps(
-            {"type": "join", "protocol": 1, "room": ROOM, "token": issue_token(SECRET, claims)}
-        )
-    )
-    client.joined = await client.recv(lambda m: m["type"] == "joined")
-    return client
+    return await join_room(http, base, SECRET, ROOM, who)
 
 
 async def until(check: Callable[[], bool], what: str) -> None:

@@ -17,11 +17,8 @@ import time
 import aiohttp
 import pytest
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
-from clients import LOOPBACK_CONFIG, TIMEOUT, RoomClient, frames, running_supervisor
+from clients import LOOPBACK_CONFIG, TIMEOUT, RoomClient, frames, join_room, running_supervisor
 from prometheus_client.parser import text_string_to_metric_families
-
-from sfu.room.identity import Grant, JoinClaims
-from sfu.signaling.auth import issue_token
 
 pytestmark = pytest.mark.integration
 
@@ -34,23 +31,7 @@ CONFIG = dataclasses.replace(
 
 
 async def join(http: aiohttp.ClientSession, base: str, secret: str, who: str) -> RoomClient:
-    now = int(time.time())
-    claims = JoinClaims(
-        room=ROOM,
-        identity=who,
-        name=who,
-        grants=Grant.PUBLISH | Grant.SUBSCRIBE,
-        iat=now,
-        exp=now + 600,
-    )
-    client = RoomClient(await http.ws_connect(f"{base}/ws"))
-    await client.ws.send_str(
-        json.dumps(
-            {"type": "join", "protocol": 1, "room": ROOM, "token": issue_token(secret, claims)}
-        )
-    )
-    client.joined = await client.recv(lambda m: m["type"] == "joined")
-    return client
+    return await join_room(http, base, secret, ROOM, who)
 
 
 async def metric(http: aiohttp.ClientSession, base: str, name: str) -> dict[str, float]:
