@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,6 +13,7 @@ import aiohttp
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
+from scratch import scratch_dir
 
 from sfu.app import Server
 from sfu.config import AuditConfig, Config, HttpConfig, MediaConfig, RoomsConfig, ServerConfig
@@ -27,7 +27,7 @@ aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 TIMEOUT = 20.0
 
 #: Audit records of in-process test servers go here, never into the working directory.
-AUDIT_DIR = tempfile.mkdtemp(prefix="sfu-test-audit-")
+AUDIT_DIR = scratch_dir()
 
 #: Loopback, ephemeral ports, no waiting room (tests of the waiting room turn it on).
 LOOPBACK_CONFIG = Config(

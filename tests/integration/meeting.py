@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -20,6 +19,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from browser import run_async, wait_until
+from scratch import scratch_dir
 from selenium import webdriver
 
 from sfu.app import Server
@@ -39,7 +39,7 @@ MEETING_CONFIG = Config(
     http=HttpConfig(host="127.0.0.1", port=0),
     media=MediaConfig(udp_host="127.0.0.1", udp_port=0),
     server=ServerConfig(drain_timeout_s=3.0),
-    audit=AuditConfig(path=tempfile.mkdtemp(prefix="sfu-test-audit-")),
+    audit=AuditConfig(path=scratch_dir()),
 )
 
 Stats = dict[str, Any]

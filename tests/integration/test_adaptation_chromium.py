@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -35,6 +34,7 @@ import netns
 import pytest
 from browser import wait_until
 from meeting import ServerThread, page_state, wait_connected
+from scratch import scratch_dir
 from selenium import webdriver
 
 from bench.adaptation import (
@@ -101,7 +101,7 @@ def lab_server(address: str) -> Iterator[tuple[ServerThread, str, str]]:
         media=MediaConfig(udp_host=address, udp_port=0),
         server=ServerConfig(drain_timeout_s=3.0),
         auth=AuthConfig(jwt_secret=secret, dev_tokens=False),
-        audit=AuditConfig(path=tempfile.mkdtemp(prefix="sfu-test-audit-")),
+        audit=AuditConfig(path=scratch_dir()),
     )
     server = ServerThread(config)
     try:

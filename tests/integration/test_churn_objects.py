@@ -44,13 +44,14 @@ def _sfu_objects() -> Counter[str]:
     return counts
 
 
-async def _settled(peers: int) -> Counter[str]:
-    """The counts once the sessions that just ended are released (their last timers fire
-    within a few seconds of the leave), or after SETTLE_S."""
+async def _settled() -> Counter[str]:
+    """The counts once every ended session is released (their last timers fire within a few
+    seconds of the leave), or after SETTLE_S. Every count waits for the same state, no Peer
+    left, so that the lingering objects of the last sessions weigh on none of them."""
     deadline = asyncio.get_running_loop().time() + SETTLE_S
     while True:
         counts = _sfu_objects()
-        if counts[PEER] <= peers or asyncio.get_running_loop().time() > deadline:
+        if counts[PEER] == 0 or asyncio.get_running_loop().time() > deadline:
             return counts
         await asyncio.sleep(0.5)
 
@@ -72,12 +73,14 @@ def test_join_leave_cycles_leave_no_session_objects() -> None:
         try:
             warm = await run_churn(target, WARMUP_CYCLES, 2, lambda f, label: None)
             assert warm.failures == 0 and not warm.transports_end
-            counts = [_sfu_objects()]
+            counts = [await _settled()]
+            assert counts[0][PEER] == 0, counts[0]
             for _ in range(2):
                 churn = await run_churn(target, CYCLES, 2, lambda f, label: None)
                 assert churn.failures == 0 and not churn.transports_end
                 assert server.port.transport_count == 0
-                counts.append(await _settled(counts[0][PEER]))
+                counts.append(await _settled())
+                assert counts[-1][PEER] == 0, counts[-1]
             return counts
         finally:
             await target.stop()

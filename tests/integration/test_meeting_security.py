@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from clients import LOOPBACK_CONFIG, TIMEOUT, room_state, running_server
+from scratch import scratch_dir
 from test_room_signaling import Client, aiortc_offer, connect, run, session, token, wait_until
 
 from sfu.app import Server
@@ -34,7 +34,7 @@ HOST = BOTH | Grant.HOST
 
 def config(*, waiting_room: bool = False) -> Config:
     """Loopback, with an audit directory of its own."""
-    audit = AuditConfig(path=tempfile.mkdtemp(prefix="sfu-audit-"))
+    audit = AuditConfig(path=scratch_dir())
     return dataclasses.replace(
         LOOPBACK_CONFIG, rooms=RoomsConfig(waiting_room=waiting_room), audit=audit
     )
