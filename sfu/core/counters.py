@@ -60,6 +60,9 @@ class PeerCounters:
     pacer_evicted: int = 0
     pacer_expired: int = 0
     pacer_flushed: int = 0
+    #: Layers dropped at once while waiting to switch down, being far above the budget
+    #: (``ABANDON_PRICE_LIMIT`` in sfu.core.peer).
+    layers_abandoned: int = 0
     #: Media ingested (including RTX repairs) and forwarded, by kind; bytes are RTP bytes.
     audio_in: int = 0
     audio_in_bytes: int = 0

@@ -193,6 +193,9 @@ class BandwidthEstimator:
         #: Withdrawn packets (the pacer discarded them) reported lost, left out of the loss.
         self.withdrawn_lost = 0
         self.rtt = DEFAULT_RTT
+        #: When the link last showed congestion: a delay overuse, or a loss window above
+        #: LOSS_HIGH (-1e9: never). The pacer reads it (``sfu.core.pacing.pacing_rate``).
+        self.congested_at = -1e9
         #: The latest loss fraction measured from feedback (or receiver reports).
         self.loss = 0.0
         #: Whether transport-wide CC feedback has been seen (else REMB drives the estimate).
@@ -372,6 +375,7 @@ class BandwidthEstimator:
         rate = self._delay_bps
         if signal == OVERUSE:
             self.overuses += 1
+            self.congested_at = now
             if now - self._last_decrease >= max(MIN_DECREASE_INTERVAL, self.rtt):
                 base = acked if acked is not None else rate
                 new = max(BETA * base, MAX_DECREASE * rate)
@@ -423,6 +427,8 @@ class BandwidthEstimator:
     def _loss_step(self, fraction: float, now: float) -> None:
         """The loss-based bound (§7)."""
         self.loss = fraction
+        if fraction > LOSS_HIGH:
+            self.congested_at = now
         if now - self._loss_at < LOSS_INTERVAL + self.rtt and fraction > LOSS_HIGH:
             return
         dt = min(max(now - self._loss_at, 0.0), 1.0)

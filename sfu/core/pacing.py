@@ -18,7 +18,13 @@ if TYPE_CHECKING:
     from sfu.core.kernels import Pacer, SendHistory
     from sfu.transport.transport import WebRtcTransport
 
-__all__ = ["PACING_FACTOR", "PacedSender"]
+__all__ = [
+    "CONGESTED_PACING_FACTOR",
+    "CONGESTED_PACING_HOLD",
+    "PACING_FACTOR",
+    "PacedSender",
+    "pacing_rate",
+]
 
 #: The pacing rate over the bandwidth estimate: bursts (a keyframe) leave spread over a few
 #: frame intervals instead of at the publisher's pace into a small bottleneck queue.
@@ -27,6 +33,28 @@ __all__ = ["PACING_FACTOR", "PacedSender"]
 #: layer's keyframe still overran a 900 kbit/s link (delay overuse undid the upgrade; 10 % of
 #: the phase on the middle layer against 72 % at 1.5x, bench/RESULTS.md).
 PACING_FACTOR: Final = 1.5
+#: The pacing rate over the estimate for CONGESTED_PACING_HOLD seconds after the link showed
+#: congestion (a delay overuse, a loss window above 10 %). The estimate is then a measurement
+#: of the link (what got through, or BETA of it), and whatever is paced above it goes into a
+#: queue known to be full: lost at a policer or short drop-tail queue, or another overuse at a
+#: deep one. In the real-client lab's 400 kbit/s cap (tbf, 50 ms queue) the estimate fell to
+#: 381 kbit/s within 0.8 s and the low layer was forwarded 1.3 s after the cap, yet loss stayed
+#: at 25-42 % for two more seconds and the first low-layer frame showed after 5.7 s: the new
+#: layer's keyframe and the retransmissions left at 1.5 x 381 = 572 kbit/s into the cap.
+CONGESTED_PACING_FACTOR: Final = 1.0
+#: Seconds after the last congestion signal that the pacer keeps to the estimate: as long as
+#: the allocator holds a subscription down after a congestion downgrade (CONGESTION_HOLD),
+#: so a link that keeps showing congestion (a cap the top layer or its keyframes overrun) is
+#: paced at what it took for as long as it does.
+CONGESTED_PACING_HOLD: Final = 10.0
+
+
+def pacing_rate(estimate_bps: float, *, congested_at: float, now: float) -> float:
+    """The pacing rate (bps) for ``estimate_bps``: PACING_FACTOR times it, or
+    CONGESTED_PACING_FACTOR times it within CONGESTED_PACING_HOLD of ``congested_at``."""
+    if now - congested_at < CONGESTED_PACING_HOLD:
+        return CONGESTED_PACING_FACTOR * estimate_bps
+    return PACING_FACTOR * estimate_bps
 
 
 class PacedSender:

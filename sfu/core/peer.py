@@ -49,7 +49,7 @@ from sfu.core.counters import (
 from sfu.core.dataplane import DataPlane
 from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
-from sfu.core.pacing import PACING_FACTOR, PacedSender
+from sfu.core.pacing import PacedSender, pacing_rate
 from sfu.core.prober import ProbeCluster, Prober, probe_step
 from sfu.core.publication import LAYER_TIMEOUT, Publication, SourceStream
 from sfu.core.reporter import Reporter
@@ -105,6 +105,15 @@ SWITCH_CHECK_INTERVAL: Final = 0.1
 #: one overuse signal takes the estimate to 0.85 x the acknowledged rate, which must not
 #: switch a subscriber down by itself (a real shortfall keeps the estimate falling past it).
 DOWNGRADE_TOLERANCE: Final = 0.8
+#: A layer waiting for a switch down is forwarded until the lower layer's keyframe comes,
+#: unless it costs more than this times the whole budget: then it is dropped at once and the
+#: subscription starts again at the next keyframe at or below its target (the picture holds
+#: meanwhile, as on a pause). A layer that far above the link only fills the pacer's queue,
+#: ahead of the keyframe it waits for: at a 400 kbit/s cap the top layer (1.2 Mbit/s) went on
+#: for 0.6 s after the low layer was aimed at, the queue it left delayed and broke the low
+#: layer's keyframe, and the first low-layer frame showed 5.7 s after the cap. Twice the
+#: budget, as KEEP_PRICE_LIMIT: a keyframe in a layer's meter may read up to that.
+ABANDON_PRICE_LIMIT: Final = 2.0
 
 
 #: The bandwidth decisions of every subscriber transport, one DEBUG line per allocation and
@@ -334,12 +343,14 @@ class Peer:
             self.pacer = kernels.Pacer()
 
     def _pace(self, estimate: float, now: float) -> None:
-        """Pace at PACING_FACTOR x ``estimate``; the first time, ask the data plane to queue
-        this transport's media in the pacer (without a data plane nothing is paced)."""
+        """Pace at a factor of ``estimate`` (``pacing_rate``: lower after congestion); the first
+        time, ask the data plane to queue this transport's media in the pacer (without a data
+        plane nothing is paced)."""
         pacer = self.pacer
-        if pacer is None:
+        estimator = self.estimator
+        if pacer is None or estimator is None:
             return
-        pacer.set_rate(PACING_FACTOR * estimate, now)
+        pacer.set_rate(pacing_rate(estimate, congested_at=estimator.congested_at, now=now), now)
         if self._paced_rtx is not None or self.dataplane is None:
             return
         if self.dataplane.pace(self.transport, pacer, self.send_history, self.release_paced):
@@ -694,6 +705,7 @@ class Peer:
         for sub, target in allocation.targets.items():
             assert sub.selector is not None
             sub.selector.set_target(target.spatial, target.temporal)
+        abandoned = self._abandon_overruns(allocation, now)
         if allocation.changes or allocation.resumed:
             self.prober.on_target_change(now=now)
         counters = self.counters
@@ -710,13 +722,18 @@ class Peer:
         counters.bandwidth_resumes += len(allocation.resumed)
         pacer = self.pacer
         if (
-            allocation.paused
+            (allocation.paused or abandoned)
             and pacer is not None
-            and all(target.spatial is None for target in allocation.targets.values())
+            and all(
+                sub.selector.current.spatial is None
+                for sub in allocation.targets
+                if sub.selector is not None
+            )
         ):
-            # No video fits: what is queued of it (and its retransmissions) would leave late
-            # into a link that cannot carry the lowest layer, the audio behind it lost with
-            # it; the receiver gets a keyframe when it resumes.
+            # No video is forwarded now (none fits, or what was forwarded was far above the
+            # link): what is queued of it (and its retransmissions) would leave late into a
+            # link that cannot carry it, the audio behind it lost with it, and the keyframe
+            # the subscriptions wait for behind it; the receiver decodes from that keyframe.
             counters.pacer_flushed += pacer.clear(PACED_RETRANSMISSION)
         sink = self.on_stream_state
         if sink is not None:
@@ -725,6 +742,31 @@ class Peer:
             for sub in allocation.resumed:
                 sink(sub, "active", None)
         return allocation
+
+    def _abandon_overruns(self, allocation: Allocation, now: float) -> bool:
+        """Stop forwarding the current layer of each subscription waiting to switch down
+        while that layer costs over ABANDON_PRICE_LIMIT x the budget (it restarts at a
+        keyframe at or below its target); True if any was stopped."""
+        budget = allocation.budget_bps
+        if budget is None:
+            return False
+        abandoned = False
+        for sub, target in allocation.targets.items():
+            selector = sub.selector
+            if selector is None or target.spatial is None:
+                continue
+            current = selector.current.spatial
+            if current is None or current <= target.spatial:
+                continue
+            if sub.publication.layer_bps(current, now) <= ABANDON_PRICE_LIMIT * budget:
+                continue
+            # A pause drops the current layer at once; the target back makes any keyframe
+            # at or below it start the stream again (the selector's "from nothing" rule).
+            selector.set_target(None, target.temporal)
+            selector.set_target(target.spatial, target.temporal)
+            self.counters.layers_abandoned += 1
+            abandoned = True
+        return abandoned
 
     # -- bandwidth ----------------------------------------------------------------------------
 
@@ -756,7 +798,8 @@ class Peer:
         trace.debug(
             "alloc t=%.2f estimate=%.0f acked=%s sent=%.0f loss=%.3f state=%d decreases=%d"
             " budget=%s allocated=%.0f next=%s desired=%.0f targets(target/current)=%s"
-            " probes=%d/%d/%d backoff=%.1f probe_lost=%d pacer=%d/%d/%d/%d",
+            " probes=%d/%d/%d backoff=%.1f probe_lost=%d pacer=%d/%d/%d/%d abandoned=%d"
+            " pacing=%.0f",
             now,
             estimate if estimate is not None else -1,
             None if acked is None else round(acked),
@@ -778,6 +821,8 @@ class Peer:
             self.counters.pacer_evicted,
             self.counters.pacer_expired,
             self.counters.pacer_flushed,
+            self.counters.layers_abandoned,
+            -1 if self.pacer is None else self.pacer.rate_bps,
         )
 
     def _probe(self, now: float) -> None:

@@ -473,6 +473,14 @@ class Subscription:
                 # audio down.
                 self.retransmit_superseded += 1
                 continue
+            if selector is not None and not self.svc and selector.current.spatial != entry.layer:
+                # A simulcast layer this subscription no longer forwards: it switched at a
+                # keyframe of another layer (or dropped this one to start again at one), and
+                # the receiver decodes from that keyframe on. After a shed under congestion
+                # these resends were what the receiver NACKed most: the old layer's packets
+                # lost in the overrun, useless and into the same congested link.
+                self.retransmit_superseded += 1
+                continue
             if not self.throttle.allow(seq, now, hold):
                 continue
             cached = stream.cache.get(entry.in_ext_seq, now)

@@ -283,7 +283,8 @@ class SfuCollector(Collector):
             "Packets the egress pacers dropped, by reason: queue_full (the arriving packet), "
             "evicted (a queued packet of a lower class, for a higher one), expired (video "
             "that waited past the queue time limit) or paused (queued video and "
-            "retransmissions of a transport whose video the allocator paused).",
+            "retransmissions of a transport none of whose video is forwarded any more: paused, "
+            "or its layers abandoned).",
             ["reason"],
             {
                 ("queue_full",): c.pacer_dropped,
@@ -321,6 +322,13 @@ class SfuCollector(Collector):
             "Target layer changes made by the bandwidth allocator, by reason.",
             ["reason"],
             {(r,): getattr(c, f"target_changes_{r}") for r in ALLOCATION_REASONS},
+        )
+        yield self._counter(
+            "sfu_layers_abandoned",
+            "Layers dropped at once while waiting to switch down, being far above the "
+            "subscriber's budget (the subscription restarts at a lower layer's keyframe).",
+            [],
+            {(): c.layers_abandoned},
         )
         yield self._counter(
             "sfu_bandwidth_pauses",

@@ -260,6 +260,8 @@ def test_simulcast_switch_keeps_frame_numbers_continuous(kernels: Kernels) -> No
     for p in range(4):  # interleave the two streams picture by picture
         sent += run(pub, sub, low[2 * p : 2 * p + 2], 1.0 + p / 30)[0]
         sent += run(pub, sub, high[2 * p : 2 * p + 2], 1.0 + p / 30, layer=1)[0]
+    # A retransmission carries the frame number it was first sent with.
+    assert sub.retransmit([1005], 1.5, 0) == [sent[5]]
     selector.set_target(1, None)
     for p in range(4, 8):
         sent += run(pub, sub, low[2 * p : 2 * p + 2], 2.0 + p / 30)[0]
@@ -274,8 +276,11 @@ def test_simulcast_switch_keeps_frame_numbers_continuous(kernels: Kernels) -> No
     assert dd_of(sent[10], L1T3, OUT_DD_ID).structure == L1T3
     high_payload = b"\x10" + b"\xaa" * 30  # the high stream's bigger payloads
     assert [p.endswith(high_payload) for p in sent] == [False] * 10 + [True] * 8
-    # A retransmission carries the frame number it was first sent with, either side.
-    assert sub.retransmit([1009, 1012], 2.3, 0) == [sent[9], sent[12]]
+    # After the switch too; a packet of the stream left behind is no use to the receiver
+    # any more (it decodes from the new stream's key frame) and is not resent.
+    superseded = sub.retransmit_superseded
+    assert sub.retransmit([1009, 1012], 2.3, 0) == [sent[12]]
+    assert sub.retransmit_superseded == superseded + 1
 
 
 def test_packets_that_cannot_be_placed_are_refused(kernels: Kernels) -> None:

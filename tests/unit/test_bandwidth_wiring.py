@@ -16,8 +16,15 @@ from sfu._fastpath._pacer_py import AUDIO as PACED_AUDIO
 from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
 from sfu.core.estimator import INITIAL_BPS, PRIMER
-from sfu.core.pacing import PACING_FACTOR, PacedSender
+from sfu.core.pacing import (
+    CONGESTED_PACING_FACTOR,
+    CONGESTED_PACING_HOLD,
+    PACING_FACTOR,
+    PacedSender,
+    pacing_rate,
+)
 from sfu.core.peer import (
+    ABANDON_PRICE_LIMIT,
     ALLOCATION_INTERVAL,
     BUDGET_HEADROOM,
     ESTIMATE_FALL,
@@ -216,6 +223,33 @@ def test_a_falling_estimate_is_allocated_on_at_once() -> None:
     assert not allocation_due(1.0, 0.9, None, 1_000_000)
 
 
+def test_pacing_keeps_to_the_estimate_for_a_while_after_congestion() -> None:
+    assert pacing_rate(1e6, congested_at=-1e9, now=5.0) == PACING_FACTOR * 1e6
+    assert pacing_rate(1e6, congested_at=5.0, now=5.0) == CONGESTED_PACING_FACTOR * 1e6
+    hold_end = 5.0 + CONGESTED_PACING_HOLD
+    assert pacing_rate(1e6, congested_at=5.0, now=hold_end - 0.01) == CONGESTED_PACING_FACTOR * 1e6
+    assert pacing_rate(1e6, congested_at=5.0, now=hold_end) == PACING_FACTOR * 1e6
+    # Keeping to the estimate is the point: the factor after congestion is no pacing above it.
+    assert CONGESTED_PACING_FACTOR <= 1.0 < PACING_FACTOR
+
+
+def test_the_peer_paces_at_the_estimate_after_congestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The room service's poll sets the pacing rate from the estimator's last congestion."""
+    h = harness(monkeypatch)
+    alice, bob, _ = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and peer.pacer is not None and peer.estimator is not None
+    _publish(h, alice, 1.0, 30)
+    h.service.poll(2.0, 1.7e9)
+    assert peer.estimate_bps is not None
+    assert peer.pacer.rate_bps == PACING_FACTOR * peer.estimate_bps
+    peer.estimator.congested_at = 2.0
+    h.service.poll(2.5, 1.7e9 + 0.5)
+    assert peer.pacer.rate_bps == CONGESTED_PACING_FACTOR * peer.estimate_bps
+    h.service.poll(2.0 + CONGESTED_PACING_HOLD, 1.7e9 + CONGESTED_PACING_HOLD)
+    assert peer.pacer.rate_bps == PACING_FACTOR * peer.estimate_bps
+
+
 def test_a_paced_transport_releases_on_the_peers_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the pacer holds leaves through the peer: what the budget allows at once, the rest
     when the room service runs the peer at the pacer's deadline (its ``next_timer``), each
@@ -364,3 +398,76 @@ def test_pacing_off_sends_media_and_retransmissions_unpaced(
     else:
         assert peer.pacer is None
         assert peer.feedback.sender is peer.transport and paced == []
+
+
+@pytest.mark.parametrize(("budget", "abandoned"), [(100_000, True), (150_000, False)])
+def test_a_layer_far_above_the_budget_is_dropped_at_once_when_switching_down(
+    monkeypatch: pytest.MonkeyPatch, budget: float, abandoned: bool
+) -> None:
+    """Waiting to switch down, the top layer (about 270 kbit/s here) keeps being forwarded
+    unless it costs over ABANDON_PRICE_LIMIT x the budget: then the subscription stops at
+    once (and restarts at a keyframe at or below its target) and the video queued in the
+    pacer, now all stale, is dropped."""
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    peer = bob.peer
+    selector = sub.selector
+    assert peer is not None and peer.pacer is not None and selector is not None
+    peer.allocate(budget_bps=50_000_000, now=0.9)
+    _publish(h, alice, 1.0, 30)
+    assert selector.current.spatial == 2
+    top = sub.publication.layer_bps(2, 2.0)
+    assert 2 * 100_000 < top <= ABANDON_PRICE_LIMIT * 150_000
+    assert peer.pacer.queued_packets == 0
+    for cls in (PACED_VIDEO, PACED_VIDEO, PACED_AUDIO):
+        assert peer.pacer.push(bytes(1000), cls, -1, 2.0)
+    allocation = peer.allocate(budget_bps=budget, now=2.0)
+    target = allocation.targets[sub].spatial
+    assert target is not None and target < 2
+    assert selector.target.spatial == target
+    if abandoned:
+        assert selector.current.spatial is None and peer.counters.layers_abandoned == 1
+        assert peer.counters.pacer_flushed == 2 and peer.pacer.queued_packets == 1  # audio
+        registry = registry_for(h.service)
+        assert value(registry, "sfu_layers_abandoned_total") == 1
+        # The next keyframe at or below the target starts the subscription again.
+        _publish(h, alice, 2.1, 1)
+        assert selector.current.spatial == target
+    else:
+        assert selector.current.spatial == 2 and peer.counters.layers_abandoned == 0
+        assert peer.counters.pacer_flushed == 0 and peer.pacer.queued_packets == 3
+
+
+def test_nacks_for_a_layer_switched_away_from_are_not_resent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a subscription switched to another simulcast layer (at its keyframe), packets
+    of the layer it left are worthless to the receiver: NACKs for them are counted as
+    superseded, not resent. Before the switch the same NACK is answered."""
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and sub.selector is not None
+    peer.allocate(budget_bps=50_000_000, now=0.9)
+    _publish(h, alice, 1.0, 20)
+    assert sub.selector.current.spatial == 2
+    peer.rtx_budget.set_rate(10_000_000, 1.7)
+    sent = [
+        RtpPacket.parse(p) for p in h.sent_rtp["bob"] if RtpPacket.parse(p).ssrc == sub.out_ssrc
+    ]
+    counters = peer.counters
+    peer.on_rtcp(
+        peer.transport,
+        Nack.from_seqs(0x1234, sub.out_ssrc, [sent[-3].sequence_number]).serialize(),
+        1.75,
+    )
+    assert counters.retransmits == 1 and counters.retransmits_superseded == 0
+    lost = [p.sequence_number for p in sent[-8:-4]]
+    # Down to the low layer, at its next keyframe.
+    sub.selector.set_target(0, None)
+    pkt = vp8_packet(SSRC_Q, 40, 3000 * 40, keyframe=True, rid="q", picture_id=40, twcc=900)
+    alice.peer.on_rtp(alice.peer.transport, pkt, 1.8)
+    assert sub.selector.current.spatial == 0
+    peer.on_rtcp(peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, lost).serialize(), 1.9)
+    assert counters.retransmits == 1
+    assert counters.retransmits_superseded == len(lost)

@@ -95,6 +95,22 @@ def test_a_growing_queue_backs_off_to_beta_times_what_got_through(kernels: Kerne
     assert est.target_bps() <= BETA * 420_000
 
 
+def test_congestion_signals_are_timed_for_the_pacer(kernels: Kernels) -> None:
+    """``congested_at`` follows a delay overuse and a loss window above LOSS_HIGH, and
+    neither normal feedback nor light loss moves it."""
+    calm = _estimator(kernels)
+    _feed(calm, start=0.0, seconds=5.0, bps=280_000, lose_every=25)  # 4 %: not congestion
+    assert calm.congested_at < 0.0
+    queued = _estimator(kernels)
+    now = _feed(queued, start=0.0, seconds=5.0, bps=280_000)
+    assert queued.congested_at < 0.0
+    end = _feed(queued, start=now, seconds=2.0, bps=400_000, queue_growth=0.3)
+    assert queued.overuses >= 1 and now < queued.congested_at <= end
+    lossy = _estimator(kernels)
+    end = _feed(lossy, start=0.0, seconds=5.0, bps=280_000, lose_every=5)  # 20 %
+    assert lossy.loss > LOSS_HIGH and 4.0 < lossy.congested_at <= end
+
+
 def test_heavy_loss_bounds_the_estimate_and_light_loss_does_not(kernels: Kernels) -> None:
     heavy = _estimator(kernels)
     _feed(heavy, start=0.0, seconds=5.0, bps=280_000, lose_every=5)  # 20 %
