@@ -4,7 +4,8 @@ Every update (a new estimate, or the periodic tick) redistributes the budget:
 
 1. audio first: each audio subscription's measured rate is reserved, and audio is never paused;
 2. every enabled video subscription, in priority order (screen share > pinned > active speaker
-   > the rest), gets the lowest rung of its *ladder* if it fits, else it is **paused** for
+   > the rest), gets the lowest rung of its *ladder* if it fits (within
+   ``LOWEST_RUNG_ALLOWANCE`` of the budget), else it is **paused** for
    bandwidth (the selector's target spatial None: nothing is forwarded, never a frozen
    picture) and the client is told (``stream_state``);
 3. the rest goes in upgrades one rung at a time, class by class (all of a higher class's
@@ -48,6 +49,7 @@ __all__ = [
     "ESTIMATE_CHANGE",
     "HINT",
     "KEEP_PRICE_LIMIT",
+    "LOWEST_RUNG_ALLOWANCE",
     "PUBLISHER",
     "REASONS",
     "UPGRADE",
@@ -76,6 +78,15 @@ CONGESTION_HOLD: Final = 10.0
 #: budget) was kept at 900 kbit/s against a 300-400 kbit/s estimate; the pacer held it back
 #: and expired it (frozen video), and nothing probed, as nothing was above the top.
 KEEP_PRICE_LIMIT: Final = 2.0
+
+#: The lowest rung of a subscription is given while everything up to it costs at most this
+#: times the budget; the budget is the estimate less its headroom (the peer's 0.9), so the
+#: lowest layer may use that headroom, never more than the estimate itself. A pause costs a
+#: keyframe and UPGRADE_HOLD before the video may come back: at a 400 kbit/s cap the
+#: estimate's first reading (the rate acknowledged in the overrun, 207 kbit/s) left a
+#: 187 kbit/s budget against the 203 kbit/s of audio and the low layer, and the low layer
+#: showed 4.8 s after the cap instead of about 1.5 s. Upgrades stay within the budget.
+LOWEST_RUNG_ALLOWANCE: Final = 1.1
 
 #: Why a target changed (the layer-switch metric's ``reason`` label).
 CONGESTION: Final = "congestion"
@@ -230,7 +241,7 @@ def _choose(
             rungs = ladders[sub]
             if not rungs:
                 chosen[sub] = -1
-            elif limits[sub] >= 0 and spent + rungs[0].bps <= budget:
+            elif limits[sub] >= 0 and spent + rungs[0].bps <= LOWEST_RUNG_ALLOWANCE * budget:
                 chosen[sub] = 0
                 spent += rungs[0].bps
             else:

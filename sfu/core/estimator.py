@@ -194,7 +194,8 @@ class BandwidthEstimator:
         self.withdrawn_lost = 0
         self.rtt = DEFAULT_RTT
         #: When the link last showed congestion: a delay overuse, or a loss window above
-        #: LOSS_HIGH (-1e9: never). The pacer reads it (``sfu.core.pacing.pacing_rate``).
+        #: LOSS_HIGH (-1e9: never, or a probe has since got more through than the estimate).
+        #: The pacer reads it (``sfu.core.pacing.pacing_rate``).
         self.congested_at = -1e9
         #: The latest loss fraction measured from feedback (or receiver reports).
         self.loss = 0.0
@@ -303,6 +304,10 @@ class BandwidthEstimator:
     def on_probe_result(self, bps: float, *, now: float) -> None:
         """A probe cluster got ``bps`` through: the link takes at least that."""
         self.probe_results += 1
+        if bps > self.target_bps():
+            # The link took more than it was thought to: whatever congestion was measured
+            # before is not where the link is now (the pacer stops keeping to the estimate).
+            self.congested_at = -1e9
         if bps > self._delay_bps:
             self._delay_bps = min(bps, self.max_bps)
             self._capacity = None

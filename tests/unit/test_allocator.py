@@ -12,6 +12,7 @@ from sfu.core.allocator import (
     CONGESTION_HOLD,
     ESTIMATE_CHANGE,
     HINT,
+    LOWEST_RUNG_ALLOWANCE,
     PUBLISHER,
     UPGRADE,
     UPGRADE_HOLD,
@@ -185,7 +186,10 @@ def test_temporal_layers_of_the_lowest_layer_are_traded_before_a_pause() -> None
     t0, t1 = rungs[0].bps, rungs[1].bps
     assert allocate([sub], budget_bps=t1 + 1, now=NOW) == {sub: LayerPair(0, 1)}
     assert allocate([sub], budget_bps=t1 - 1, now=NOW) == {sub: LayerPair(0, 0)}
-    assert allocate([sub], budget_bps=t0 - 1, now=NOW) == {sub: PAUSED}
+    # The lowest rung may use the budget's headroom (LOWEST_RUNG_ALLOWANCE), no more.
+    low = t0 / LOWEST_RUNG_ALLOWANCE
+    assert allocate([sub], budget_bps=low + 1, now=NOW) == {sub: LayerPair(0, 0)}
+    assert allocate([sub], budget_bps=low - 1, now=NOW) == {sub: PAUSED}
 
 
 def test_a_screen_share_keeps_its_resolution_and_sheds_frame_rate() -> None:

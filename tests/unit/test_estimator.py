@@ -109,6 +109,11 @@ def test_congestion_signals_are_timed_for_the_pacer(kernels: Kernels) -> None:
     lossy = _estimator(kernels)
     end = _feed(lossy, start=0.0, seconds=5.0, bps=280_000, lose_every=5)  # 20 %
     assert lossy.loss > LOSS_HIGH and 4.0 < lossy.congested_at <= end
+    # A probe that got no more through than the estimate leaves it; one above clears it.
+    lossy.on_probe_result(0.5 * lossy.target_bps(), now=end)
+    assert 4.0 < lossy.congested_at <= end
+    lossy.on_probe_result(2 * lossy.target_bps(), now=end)
+    assert lossy.congested_at < 0.0
 
 
 def test_heavy_loss_bounds_the_estimate_and_light_loss_does_not(kernels: Kernels) -> None:
