@@ -25,6 +25,7 @@ from clients import LOOPBACK_CONFIG, TIMEOUT, RoomClient, frames, join_room, run
 from cluster_nodes import node_configs
 from redis_server import RedisServer, redis_server
 from serve_process import HTTP_RE, ServeProcess
+from test_prometheus import CLUSTER_ONLY_PANELS, panel_metrics
 
 from sfu.app import Server
 from sfu.config import Config
@@ -113,6 +114,9 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
                 text = await reply.text()
             assert 'sfu_cluster_relay_flows{direction="out"} 1.0' in text
             assert "sfu_cluster_relay_keyframe_requests_total" in text
+            # Every metric the dashboard's cluster-only panels query is there on a linked node.
+            for name in panel_metrics(CLUSTER_ONLY_PANELS):
+                assert f"\n{name}{{" in text, name
             assert ROOM not in text and track_id not in text  # no names in metrics
             # The publisher leaves node A: B's viewer hears the track end, no flow is left.
             await publisher.ws.send_str(json.dumps({"type": "leave"}))
