@@ -8,7 +8,7 @@ real ones.
 from __future__ import annotations
 
 import pytest
-from room_fixtures import CHROMIUM_IDS, vp8_packet
+from room_fixtures import CHROMIUM_IDS, Harness, vp8_packet
 from test_metrics_core import registry_for, value
 from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harness
 
@@ -28,6 +28,7 @@ from sfu.core.peer import (
     ALLOCATION_INTERVAL,
     BUDGET_HEADROOM,
     ESTIMATE_FALL,
+    Peer,
     allocation_due,
 )
 from sfu.core.retransmission import RTX_BURST, RetransmissionBudget
@@ -223,6 +224,20 @@ def test_a_falling_estimate_is_allocated_on_at_once() -> None:
     assert not allocation_due(1.0, 0.9, None, 1_000_000)
 
 
+def _paced_peer(monkeypatch: pytest.MonkeyPatch) -> tuple[Harness, Peer]:
+    """Bob's peer once Alice's video flowed for a second and the room service paced Bob's
+    transport at PACING_FACTOR x its estimate."""
+    h = harness(monkeypatch)
+    alice, bob, _ = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and peer.pacer is not None
+    _publish(h, alice, 1.0, 30)
+    h.service.poll(2.0, 1.7e9)
+    assert peer.estimate_bps is not None
+    assert peer.pacer.rate_bps == PACING_FACTOR * peer.estimate_bps
+    return h, peer
+
+
 def test_pacing_keeps_to_the_estimate_for_a_while_after_congestion() -> None:
     assert pacing_rate(1e6, congested_at=-1e9, now=5.0) == PACING_FACTOR * 1e6
     assert pacing_rate(1e6, congested_at=5.0, now=5.0) == CONGESTED_PACING_FACTOR * 1e6
@@ -235,14 +250,8 @@ def test_pacing_keeps_to_the_estimate_for_a_while_after_congestion() -> None:
 
 def test_the_peer_paces_at_the_estimate_after_congestion(monkeypatch: pytest.MonkeyPatch) -> None:
     """The room service's poll sets the pacing rate from the estimator's last congestion."""
-    h = harness(monkeypatch)
-    alice, bob, _ = _video_subscription(h)
-    peer = bob.peer
-    assert peer is not None and peer.pacer is not None and peer.estimator is not None
-    _publish(h, alice, 1.0, 30)
-    h.service.poll(2.0, 1.7e9)
-    assert peer.estimate_bps is not None
-    assert peer.pacer.rate_bps == PACING_FACTOR * peer.estimate_bps
+    h, peer = _paced_peer(monkeypatch)
+    assert peer.pacer is not None and peer.estimator is not None and peer.estimate_bps
     peer.estimator.congested_at = 2.0
     h.service.poll(2.5, 1.7e9 + 0.5)
     assert peer.pacer.rate_bps == CONGESTED_PACING_FACTOR * peer.estimate_bps
@@ -254,15 +263,8 @@ def test_a_paced_transport_releases_on_the_peers_timer(monkeypatch: pytest.Monke
     """What the pacer holds leaves through the peer: what the budget allows at once, the rest
     when the room service runs the peer at the pacer's deadline (its ``next_timer``), each
     packet restamped in the send history and counted; retiring the peer empties the pacer."""
-    h = harness(monkeypatch)
-    alice, bob, _ = _video_subscription(h)
-    peer = bob.peer
-    assert peer is not None and peer.pacer is not None and peer.send_history is not None
-    _publish(h, alice, 1.0, 30)
-    h.service.poll(2.0, 1.7e9)
-    assert peer.estimate_bps is not None
-    # The room service paced the transport at PACING_FACTOR x the estimate.
-    assert peer.pacer.rate_bps == PACING_FACTOR * peer.estimate_bps
+    h, peer = _paced_peer(monkeypatch)
+    assert peer.pacer is not None and peer.send_history is not None
     sent: list[bytes] = []
 
     def send_protected(self: WebRtcTransport, datagram: bytes) -> bool:
