@@ -114,6 +114,11 @@ DOWNGRADE_TOLERANCE: Final = 0.8
 #: layer's keyframe, and the first low-layer frame showed 5.7 s after the cap. Twice the
 #: budget, as KEEP_PRICE_LIMIT: a keyframe in a layer's meter may read up to that.
 ABANDON_PRICE_LIMIT: Final = 2.0
+#: ... and only while the link loses at least this share of what is sent (the estimator's
+#: latest loss window): then the layer is not getting through anyway. An estimate that fell
+#: on delay alone (a CPU stall at either end reads as queueing) keeps the layer going until
+#: the keyframe, as any switch down does, rather than freezing the picture at once.
+ABANDON_LOSS: Final = 0.10
 
 
 #: The bandwidth decisions of every subscriber transport, one DEBUG line per allocation and
@@ -745,10 +750,12 @@ class Peer:
 
     def _abandon_overruns(self, allocation: Allocation, now: float) -> bool:
         """Stop forwarding the current layer of each subscription waiting to switch down
-        while that layer costs over ABANDON_PRICE_LIMIT x the budget (it restarts at a
-        keyframe at or below its target); True if any was stopped."""
+        while that layer costs over ABANDON_PRICE_LIMIT x the budget and the link loses at
+        least ABANDON_LOSS (it restarts at a keyframe at or below its target); True if any
+        was stopped."""
         budget = allocation.budget_bps
-        if budget is None:
+        estimator = self.estimator
+        if budget is None or estimator is None or estimator.loss < ABANDON_LOSS:
             return False
         abandoned = False
         for sub, target in allocation.targets.items():

@@ -31,8 +31,12 @@ DECODING_AGAIN_S = 10.0
 FIRST_DECODE_S = 30.0
 #: How long the other meeting is watched after the kill, and the longest pause in its
 #: decoded frames that still counts as uninterrupted (a 30 fps fake camera: ~30 per second).
+#: On a 2-core test machine the restarted worker's start and the killed meeting's two
+#: reconnections share the cores with four browsers: one CI run saw a 1.25 s pause in a page
+#: of the other meeting while it kept its session. A reconnection or a lost session takes
+#: seconds and still fails.
 WATCH_S = 4.0
-MAX_STALL_S = 1.0
+MAX_STALL_S = 1.5
 #: Before the kill, the other meeting must have decoded without a pause longer than
 #: STEADY_STALL_S for STEADY_S: a meeting that has just started may still pause while its
 #: layers are chosen, and that pause is not the kill's doing.

@@ -24,6 +24,7 @@ from sfu.core.pacing import (
     pacing_rate,
 )
 from sfu.core.peer import (
+    ABANDON_LOSS,
     ABANDON_PRICE_LIMIT,
     ALLOCATION_INTERVAL,
     BUDGET_HEADROOM,
@@ -402,14 +403,17 @@ def test_pacing_off_sends_media_and_retransmissions_unpaced(
         assert peer.feedback.sender is peer.transport and paced == []
 
 
-@pytest.mark.parametrize(("budget", "abandoned"), [(100_000, True), (150_000, False)])
+@pytest.mark.parametrize(
+    ("budget", "loss", "abandoned"),
+    [(100_000, 0.5, True), (150_000, 0.5, False), (100_000, 0.02, False)],
+)
 def test_a_layer_far_above_the_budget_is_dropped_at_once_when_switching_down(
-    monkeypatch: pytest.MonkeyPatch, budget: float, abandoned: bool
+    monkeypatch: pytest.MonkeyPatch, budget: float, loss: float, abandoned: bool
 ) -> None:
     """Waiting to switch down, the top layer (about 270 kbit/s here) keeps being forwarded
-    unless it costs over ABANDON_PRICE_LIMIT x the budget: then the subscription stops at
-    once (and restarts at a keyframe at or below its target) and the video queued in the
-    pacer, now all stale, is dropped."""
+    unless it costs over ABANDON_PRICE_LIMIT x the budget while the link loses at least
+    ABANDON_LOSS: then the subscription stops at once (and restarts at a keyframe at or
+    below its target) and the video queued in the pacer, now all stale, is dropped."""
     h = harness(monkeypatch)
     alice, bob, sub = _video_subscription(h)
     peer = bob.peer
@@ -420,7 +424,9 @@ def test_a_layer_far_above_the_budget_is_dropped_at_once_when_switching_down(
     assert selector.current.spatial == 2
     top = sub.publication.layer_bps(2, 2.0)
     assert 2 * 100_000 < top <= ABANDON_PRICE_LIMIT * 150_000
-    assert peer.pacer.queued_packets == 0
+    assert peer.pacer.queued_packets == 0 and peer.estimator is not None
+    peer.estimator.loss = loss
+    assert (loss >= ABANDON_LOSS) == (loss == 0.5)
     for cls in (PACED_VIDEO, PACED_VIDEO, PACED_AUDIO):
         assert peer.pacer.push(bytes(1000), cls, -1, 2.0)
     allocation = peer.allocate(budget_bps=budget, now=2.0)
