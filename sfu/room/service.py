@@ -101,6 +101,9 @@ CLOSE_ENDED: Final = 4005
 CLOSE_WAIT_TIMEOUT: Final = 4006
 CLOSE_REPLACED: Final = 4009
 CLOSE_MEDIA_FAILED: Final = 4010
+#: Go to another node of the cluster (a join placed elsewhere, or a draining node's
+#: participants): the ``moved`` error or ``server_draining`` before it names where.
+CLOSE_MOVED: Final = 4011
 
 #: The data plane's log is replayed into the peers' receive bookkeeping this often while it
 #: forwards anything (and before any peer's timer runs): TWCC feedback is due every 50 ms,
@@ -298,6 +301,9 @@ class RoomService:
         self.chat.requires_e2ee = self._requires_e2ee
         #: Seconds a participant whose signaling dropped keeps its place (0: it leaves).
         self.resume_grace_s = resume_grace_s
+        #: Signaling URLs of other cluster nodes to reconnect to should this node be lost
+        #: (``joined.nodes``); None when not clustered.
+        self.fallback_nodes: Callable[[], list[str]] | None = None
         #: The ``RTCIceServer`` list (TURN credentials) for each joined message; None: none.
         self.ice_servers = ice_servers
         #: The per-packet classes of every publication and subscription (the data plane's
@@ -520,6 +526,8 @@ class RoomService:
         }
         if self.ice_servers is not None:
             message["ice_servers"] = self.ice_servers()
+        if self.fallback_nodes is not None:
+            message["nodes"] = self.fallback_nodes()
         return message
 
     def _admit(self, participant: Participant) -> None:
