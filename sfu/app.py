@@ -771,7 +771,13 @@ class Server:
             placement=self.placement,
         )
         add_cors(self.http_app, self.config.http.cors_origins)
-        add_web_routes(self.http_app, token_secret=self.token_secret, dev_tokens=auth.dev_tokens)
+        registry = self.cluster if self.placement is not None else None
+        add_web_routes(
+            self.http_app,
+            token_secret=self.token_secret,
+            dev_tokens=auth.dev_tokens,
+            node_urls=lambda: [n.url for n in registry.peers] if registry is not None else [],
+        )
         if auth.dev_tokens:
             log.info("development tokens enabled at POST /dev-token (loopback only)")
         self._timer_task = asyncio.ensure_future(self._run_timers())
