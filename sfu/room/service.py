@@ -1278,6 +1278,8 @@ class RoomService:
             return None
         room = Room(name)
         self.rooms[name] = room
+        if self.homes is not None:
+            self.homes.opened(name)  # a cluster node listens to the room's channel first
         self._share(room, {"type": "shard_opened"})
         return room
 
@@ -1286,6 +1288,8 @@ class RoomService:
         if room.empty and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self._close_shard(room)
+            if self.homes is not None:
+                self.homes.closed(room.name)
 
     def _share_chat(self, room: Room, label: str, envelope: str) -> None:
         self._share(room, {"type": "chat", "label": label, "envelope": envelope})
