@@ -410,8 +410,17 @@ def _diff(x: float | None, y: float | None) -> float | None:
     return round(x - y, 4) if x is not None and y is not None else None
 
 
-def _per_million(step: StepResult, node: str) -> float | None:
-    return step.server_cpu_by_node.get(node, {}).get("cpu_s_per_million_packets")
+def _per_delivered(step: StepResult, node: str | None = None) -> float | None:
+    """CPU microseconds per packet the subscribers received: of ``node``, or of the arm's
+    loaded nodes together (``server_cpu_util``)."""
+    util = (
+        step.server_cpu_util
+        if node is None
+        else step.server_cpu_by_node.get(node, {}).get("cpu_util")
+    )
+    return (
+        round(util / step.received_pps * 1e6, 2) if util is not None and step.received_pps else None
+    )
 
 
 def _step_comparison(relay: StepResult, base: StepResult) -> dict[str, Any]:
@@ -423,22 +432,22 @@ def _step_comparison(relay: StepResult, base: StepResult) -> dict[str, Any]:
     return {
         "rate": relay.rate,
         "egress_pps": [relay.egress_pps, base.egress_pps],
+        "received_pps": [relay.received_pps, base.received_pps],
         "loss": [relay.loss, base.loss],
         "latency_p50_ms": [relay.latency_p50_ms, base.latency_p50_ms],
         "latency_p99_ms": [relay.latency_p99_ms, base.latency_p99_ms],
         "added_p50_ms": _diff(relay.latency_p50_ms, base.latency_p50_ms),
         "added_p99_ms": _diff(relay.latency_p99_ms, base.latency_p99_ms),
-        # CPU s per million egress packets = us of CPU per egress packet.
-        "cpu_us_per_egress_packet": {
-            "baseline": _per_million(base, NODES[0]),
-            **{n: _per_million(relay, n) for n in NODES},
-            "relay_total": relay.server_cpu_s_per_million_packets,
+        # Per packet delivered (received), not per packet due: a lossy step's cost per
+        # due packet would look cheap for the packets it never delivered.
+        "cpu_us_per_delivered_packet": {
+            "baseline": _per_delivered(base, NODES[0]),
+            **{n: _per_delivered(relay, n) for n in NODES},
+            "relay_total": _per_delivered(relay),
         },
-        "cpu_per_egress_packet_ratio": _ratio(
-            relay.server_cpu_s_per_million_packets, base.server_cpu_s_per_million_packets
-        ),
-        "node_b_cpu_per_egress_packet_ratio": _ratio(
-            _per_million(relay, NODES[1]), _per_million(base, NODES[0])
+        "cpu_per_delivered_packet_ratio": _ratio(_per_delivered(relay), _per_delivered(base)),
+        "node_b_cpu_per_delivered_packet_ratio": _ratio(
+            _per_delivered(relay, NODES[1]), _per_delivered(base, NODES[0])
         ),
         "relayed_pps": relayed,
         "link_dropped_pps": relay.link.get(NODES[0], {}).get("dropped_pps"),
@@ -475,11 +484,13 @@ def format_cluster(results: list[RunResult]) -> str:
     doc = cluster_comparison(results)
     lines: list[str] = []
     for s in doc.get("steps", []):
-        cpu = s["cpu_us_per_egress_packet"]
+        cpu = s["cpu_us_per_delivered_packet"]
         lines.append(
-            f"x{s['rate']:g}: {doc['relay']} / {doc['baseline']}: CPU per egress packet "
-            f"{_fmt(s['cpu_per_egress_packet_ratio'], 3)} (node B alone "
-            f"{_fmt(s['node_b_cpu_per_egress_packet_ratio'], 3)}; us: A {_fmt(cpu[NODES[0]])}, "
+            f"x{s['rate']:g}: loss {_fmt(s['loss'][0] * 100, 3)}% / "
+            f"{_fmt(s['loss'][1] * 100, 3)}%, "
+            f"{doc['relay']} / {doc['baseline']}: CPU per delivered packet "
+            f"{_fmt(s['cpu_per_delivered_packet_ratio'], 3)} (node B alone "
+            f"{_fmt(s['node_b_cpu_per_delivered_packet_ratio'], 3)}; us: A {_fmt(cpu[NODES[0]])}, "
             f"B {_fmt(cpu[NODES[1]])}, baseline {_fmt(cpu['baseline'])}), "
             f"p50/p99 added {_fmt(s['added_p50_ms'])}/{_fmt(s['added_p99_ms'])} ms, relayed "
             f"{_fmt(s['relayed_pps'], 0)} pps (link drops {_fmt(s['link_dropped_pps'], 0)}/s), "

@@ -300,8 +300,9 @@ class StepResult:
     #: upper bucket edges in ms, and samples), when it exposes ``/metrics``.
     server_forwarding_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: With a target of several server processes (``--cluster``): each one's CPU seconds in
-    #: the window, its share of a core, and its CPU seconds per million egress packets (of
-    #: the whole run's egress, so each node's figure is its cost per delivered packet).
+    #: the window, its share of a core, and its CPU seconds per million egress packets and
+    #: per million packets the subscribers received (of the whole step's egress: each
+    #: node's share of the cost of a packet; the two differ when packets are lost).
     server_cpu_by_node: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: ... and each one's node-link counters as rates over the window (``published_pps``,
     #: ``received_pps``, ``dropped_pps``, ``relay_out_pps``, ``relay_in_pps``).
@@ -705,20 +706,23 @@ async def _node_readings(target: Target) -> tuple[NodeCpu | None, LinkCounters |
 
 
 def _node_cpu(
-    before: NodeCpu | None, after: NodeCpu | None, window: float, egress_pps: float
+    before: NodeCpu | None, after: NodeCpu | None, window: float, step: StepResult
 ) -> dict[str, dict[str, float | None]]:
-    """Each process's CPU in the window: seconds, share of a core, s per million egress."""
+    """Each process's CPU in the window: seconds, share of a core, and seconds per million
+    egress packets and per million delivered (received) packets."""
+
+    def per_million(used: float | None, pps: float) -> float | None:
+        return round(used / (pps * window / 1e6), 3) if used is not None and pps else None
+
     out: dict[str, dict[str, float | None]] = {}
     for node, end in (after or {}).items():
         start = (before or {}).get(node)
         used = end - start if end is not None and start is not None else None
-        packets = egress_pps * window
         out[node] = {
             "cpu_s": None if used is None else round(used, 3),
             "cpu_util": None if used is None else round(used / window, 3),
-            "cpu_s_per_million_packets": (
-                round(used / (packets / 1e6), 3) if used is not None and packets else None
-            ),
+            "cpu_s_per_million_packets": per_million(used, step.egress_pps),
+            "cpu_s_per_million_delivered": per_million(used, step.received_pps),
         }
     return out
 
@@ -811,7 +815,7 @@ async def run_scenario(
             nodes1, link1 = await _node_readings(target)
             done += cfg.duration_s
             step = measure(before, after, window, rate, (cpu0, cpu1), (gen0, gen1))
-            step.server_cpu_by_node = _node_cpu(nodes0, nodes1, window, step.egress_pps)
+            step.server_cpu_by_node = _node_cpu(nodes0, nodes1, window, step)
             step.link = _link_rates(link0, link1, window)
             step.p99_bound_ms = bound
             groups = session.server_ports()

@@ -88,7 +88,7 @@ def test_subscribers_on_node_b_receive_what_node_a_relays(tmp_path: Path) -> Non
     # One comparison step per rate, with the figures the report is about.
     (step,) = doc["cluster"]["steps"]
     assert step["rate"] == 1.0 and step["relayed_pps"] > 0
-    assert step["cpu_per_egress_packet_ratio"] is not None
+    assert step["cpu_per_delivered_packet_ratio"] is not None
     assert step["added_p99_ms"] is not None
     assert "2-nodes / 1-node" in proc.stdout
     assert _settled(tmp_path) == []
