@@ -81,6 +81,10 @@ _LINK_COUNTERS: Final = {
     "dropped": ("sfu_cluster_link_datagrams", "dropped"),
     "relay_out": ("sfu_cluster_relay_packets", "out"),
     "relay_in": ("sfu_cluster_relay_packets", "in"),
+    # Not the link's, but what tells where the node's RTP went: forwarded by the compiled
+    # data plane itself, or handed to Python (a relayed publication's are, today).
+    "dataplane_fast": ("sfu_dataplane_datagrams", "fast"),
+    "dataplane_slow": ("sfu_dataplane_datagrams", "slow"),
 }
 
 

@@ -139,7 +139,7 @@ def format_table(results: Sequence[RunResult], find_max: bool) -> str:
                 )
             for node, rates in s.link.items():
                 out.append(
-                    f"{r.target} x{s.rate:g}: {node} link datagrams/s: "
+                    f"{r.target} x{s.rate:g}: {node} link and data plane, datagrams/s: "
                     + ", ".join(f"{k[:-4]} {_fmt(v, 0)}" for k, v in rates.items())
                 )
             for worker, f in s.server_forwarding_ms.items():
