@@ -73,14 +73,17 @@ _POLL_S: Final = 0.05
 HOLDER_HEARTBEAT_S: Final = 10.0
 
 #: ``/metrics`` counters of the node link (sfu/metrics/cluster.py) read at each step: the
-#: name of the family and the label value, by the key they are reported under. Absent
-#: counters (another carrier, an older node) read as None.
-_LINK_COUNTERS: Final = {
+#: name of the family and the label value (None: a counter without labels), by the key they
+#: are reported under. Absent counters (another carrier, an older node) read as None.
+_LINK_COUNTERS: Final[dict[str, tuple[str, str | None]]] = {
     "published": ("sfu_cluster_link_datagrams", "published"),
     "received": ("sfu_cluster_link_datagrams", "received"),
     "dropped": ("sfu_cluster_link_datagrams", "dropped"),
     "relay_out": ("sfu_cluster_relay_packets", "out"),
     "relay_in": ("sfu_cluster_relay_packets", "in"),
+    # Packets the other node NACKed, resent from the cache (they count in relay_out too).
+    "resent": ("sfu_cluster_relay_retransmissions", "hit"),
+    "links_lost": ("sfu_cluster_links_lost", None),
     # Not the link's, but what tells where the node's RTP went: forwarded by the compiled
     # data plane itself, or handed to Python (a relayed publication's are, today).
     "dataplane_fast": ("sfu_dataplane_datagrams", "fast"),
@@ -255,7 +258,9 @@ def link_counters(text: str) -> dict[str, float | None]:
             if family.name != name:
                 continue
             for sample in family.samples:
-                if sample.name == name + "_total" and label in sample.labels.values():
+                if sample.name != name + "_total":
+                    continue
+                if (label is None and not sample.labels) or label in sample.labels.values():
                     found[key] = float(sample.value)
     return found
 

@@ -305,9 +305,10 @@ class StepResult:
     #: node's share of the cost of a packet; the two differ when packets are lost).
     server_cpu_by_node: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: ... and each one's node-link counters as rates over the window (``published_pps``,
-    #: ``received_pps``, ``dropped_pps``, ``relay_out_pps``, ``relay_in_pps``), and its data
-    #: plane's (``dataplane_fast_pps``: RTP the compiled forwarder forwarded itself,
-    #: ``dataplane_slow_pps``: RTP it handed to Python).
+    #: ``received_pps``, ``dropped_pps``, ``relay_out_pps``, ``relay_in_pps``,
+    #: ``resent_pps``, ``links_lost_pps``), and its data plane's (``dataplane_fast_pps``:
+    #: RTP the compiled forwarder forwarded itself, ``dataplane_slow_pps``: RTP it handed
+    #: to Python).
     link: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def sustained(self) -> bool:

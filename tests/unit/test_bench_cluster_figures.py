@@ -22,6 +22,13 @@ sfu_cluster_link_datagrams_total{event="dropped"} 40.0
 sfu_cluster_relay_packets_total{direction="out"} 1210.0
 sfu_cluster_relay_packets_total{direction="in"} 30.0
 sfu_cluster_relay_packets_total{direction="filtered"} 7.0
+# HELP sfu_cluster_relay_retransmissions_total Packets another node NACKed
+# TYPE sfu_cluster_relay_retransmissions_total counter
+sfu_cluster_relay_retransmissions_total{result="hit"} 9.0
+sfu_cluster_relay_retransmissions_total{result="miss"} 2.0
+# HELP sfu_cluster_links_lost_total QUIC node links that went down after coming up
+# TYPE sfu_cluster_links_lost_total counter
+sfu_cluster_links_lost_total 1.0
 # HELP sfu_dataplane_datagrams_total Datagrams the data plane forwarded itself or handed to Python
 # TYPE sfu_dataplane_datagrams_total counter
 sfu_dataplane_datagrams_total{path="fast"} 10.0
@@ -55,6 +62,8 @@ def test_link_counters_come_from_the_metrics_text() -> None:
         "dropped": 40.0,
         "relay_out": 1210.0,
         "relay_in": 30.0,
+        "resent": 9.0,
+        "links_lost": 1.0,
         "dataplane_fast": 10.0,
         "dataplane_slow": 500.0,
     }
