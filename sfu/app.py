@@ -25,6 +25,7 @@ from sfu import __version__, clock
 from sfu.cluster.directory import Directory, LocalDirectory, NodeInfo
 from sfu.cluster.links import LinkSetupError, NodeLinks
 from sfu.cluster.node_pipes import NodePipes
+from sfu.cluster.placement import LoadMeter, NodePlacement, signaling_url
 from sfu.cluster.redis_directory import RedisDirectory
 from sfu.cluster.registry import NodeRegistry, node_from_config
 from sfu.cluster.room_bus import ClusterRoomBus, NodeTracks
@@ -53,8 +54,9 @@ from sfu.metrics.loop_lag import LoopLagMonitor
 from sfu.negotiation import HostCandidate
 from sfu.room.chat import ChatLimits, ChatRelay
 from sfu.room.persistence import StateError, StateStore
+from sfu.room.room import Participant
 from sfu.room.security import RoomSecurity
-from sfu.room.service import RoomService
+from sfu.room.service import CLOSE_MOVED, RoomService
 from sfu.signaling.admin_http import add_admin_routes
 from sfu.signaling.auth import signing_secret
 from sfu.signaling.cors import add_cors
@@ -98,6 +100,10 @@ _SIGNAL_REPEAT_S: Final = 1.0
 _CLOSE_TIMEOUT_S: Final = 5.0
 #: How often a drain checks whether the last session has ended.
 _DRAIN_POLL_S: Final = 0.1
+#: A draining node of a cluster asks its participants to move over at most this long (or half
+#: the drain timeout when that is shorter), spread evenly: a thousand reconnections in one
+#: instant would land on the other nodes' signaling and ICE as one burst.
+MOVE_SPREAD_S: Final = 2.0
 #: At most one traceback this often for datagrams that hit a bug (the rest are only counted),
 #: so a packet that triggers one cannot flood the log.
 _ERROR_LOG_INTERVAL_S: Final = 60.0
@@ -319,7 +325,21 @@ class Server:
                 if config.cluster.redis_url
                 else LocalDirectory(clock.now)
             )
-            self.cluster = NodeRegistry(directory, node_from_config(config.cluster))
+            self.cluster = NodeRegistry(
+                directory, node_from_config(config.cluster), load=self._node_load
+            )
+        #: This node's load for its lease: CPU share and seats taken.
+        self.load_meter = LoadMeter(config.cluster.capacity_participants)
+        #: Where joins go when this node is full or drains (a clustered single-process node).
+        self.placement: NodePlacement | None = None
+        if self.cluster is not None and config.cluster.redis_url and worker_index is None:
+            registry = self.cluster
+            self.placement = NodePlacement(
+                local=lambda: registry.node,
+                nodes=lambda: registry.peers,
+                generation=lambda: registry.renewals,
+                max_load=config.cluster.max_load,
+            )
         #: The rooms' bus between nodes and their home claims (clustered, one process per node).
         self.room_bus: ClusterRoomBus | None = None
         #: QUIC links to the other nodes, when this node offers one (cluster.advertise_address).
@@ -377,6 +397,7 @@ class Server:
                     lambda: self.links,
                     lambda: self.room_bus,
                     lambda: self.node_pipes,
+                    lambda: self.placement,
                 )
             )
         #: The pipes and the room bus to the other workers (rooms spread over workers), in
@@ -688,6 +709,8 @@ class Server:
                 )
             ),
         )
+        if self.placement is not None:
+            self.rooms.fallback_nodes = self.placement.fallbacks
         # Rooms never spread (room_spread_subscribers 0, the default) need no bus: each room
         # lives whole on one worker, so its events stay there.
         spreading = self.config.server.room_spread_subscribers > 0
@@ -734,6 +757,7 @@ class Server:
             auth=auth,
             clock=clock.now,
             guard=JoinGuard(security.attempts, self.config.http.trusted_proxies),
+            placement=self.placement,
         )
         add_whip_routes(
             self.http_app,
@@ -744,9 +768,16 @@ class Server:
             clock=clock.now,
             trusted_proxies=self.config.http.trusted_proxies,
             turn=self.turn,
+            placement=self.placement,
         )
         add_cors(self.http_app, self.config.http.cors_origins)
-        add_web_routes(self.http_app, token_secret=self.token_secret, dev_tokens=auth.dev_tokens)
+        registry = self.cluster if self.placement is not None else None
+        add_web_routes(
+            self.http_app,
+            token_secret=self.token_secret,
+            dev_tokens=auth.dev_tokens,
+            node_urls=lambda: [n.url for n in registry.peers] if registry is not None else [],
+        )
         if auth.dev_tokens:
             log.info("development tokens enabled at POST /dev-token (loopback only)")
         self._timer_task = asyncio.ensure_future(self._run_timers())
@@ -790,11 +821,57 @@ class Server:
             self.cluster.set_draining()
         if self.rooms is not None:
             self.rooms.draining = True
+            if self.placement is not None and deadline_s > 0:
+                self._move_participants(deadline_s)
+                return
             notice = {"type": "server_draining", "deadline_s": round(deadline_s, 1)}
             for room in list(self.rooms.rooms.values()):
                 room.broadcast(notice)
                 for participant in list(room.waiting.values()):
                     participant.send(notice)
+
+    def _node_load(self) -> float:
+        """This node's load (0..1) for its lease, read once per renewal."""
+        return self.load_meter.sample(
+            now=clock.now(), cpu_s=time.process_time(), sessions=self.session_count()
+        )
+
+    def _move_participants(self, deadline_s: float) -> None:
+        """A draining node of a cluster: tell each room's participants which node to go to
+        (one node per room) and close their sessions (4011), spread over
+        :data:`MOVE_SPREAD_S`, so their clients reconnect there. WHIP and WHEP sessions have
+        no way to be told: they stay until they end or the drain deadline passes."""
+        placement, rooms = self.placement, self.rooms
+        if placement is None or rooms is None or deadline_s <= 0:
+            return
+        moving: list[Participant] = []
+        for room in list(rooms.rooms.values()):
+            target = placement.move_target()
+            notice: dict[str, object] = {
+                "type": "server_draining",
+                "deadline_s": round(deadline_s, 1),
+            }
+            if target is not None:
+                notice["url"] = signaling_url(target)
+            for participant in [*room.participants.values(), *room.waiting.values()]:
+                participant.send(notice)
+                if target is not None and participant.kind == "websocket":
+                    moving.append(participant)
+        if not moving:
+            return
+        spread = min(MOVE_SPREAD_S, deadline_s / 2)
+        loop = asyncio.get_running_loop()
+        for i, participant in enumerate(moving):
+            loop.call_later(spread * i / len(moving), self._move_one, participant)
+        log.info("draining: moving %d participant(s) to other nodes", len(moving))
+
+    def _move_one(self, participant: Participant) -> None:
+        rooms = self.rooms
+        if rooms is None or participant.on_close is None:
+            return  # gone already (left, or its connection dropped)
+        if self.placement is not None:
+            self.placement.moved += 1
+        rooms.end(participant, CLOSE_MOVED, "moved to another node", now=clock.now())
 
     def session_count(self) -> int:
         """Sessions a drain waits for: admitted and waiting participants of every room."""

@@ -308,6 +308,15 @@ class ClusterConfig:
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    #: Base URL clients reach this node's HTTP at (``https://sfu-2.example.com``), no path:
+    #: where other nodes send the joins they place here, and where this node's participants
+    #: go when it drains. Empty: the node takes no participant placed elsewhere.
+    public_url: str = ""
+    #: Load (0..1: the larger of CPU share of the forwarding core and seats taken of
+    #: ``capacity_participants``) at which this node is full and places newcomers elsewhere.
+    max_load: float = 0.8
+    #: Participants (WebSocket, WHIP and WHEP sessions) this node is sized for.
+    capacity_participants: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,6 +631,24 @@ def _validate_rooms(
     return errors
 
 
+#: Largest ``cluster.capacity_participants`` (a sanity bound: a typo of extra zeros).
+MAX_CAPACITY_PARTICIPANTS: Final = 1_000_000
+
+
+def is_public_url(text: str) -> bool:
+    """Whether ``text`` is an ``http(s)://host[:port]`` base URL (no path, query or user)."""
+    scheme, sep, rest = text.partition("://")
+    if scheme not in ("http", "https") or not sep:
+        return False
+    rest = rest.removesuffix("/")
+    if not rest or any(c in rest for c in "/?#@ \t\r\n"):
+        return False
+    if rest.endswith("]") or ":" not in rest:
+        return not rest.startswith(":")
+    host, _, port = rest.rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
+
+
 def is_cluster_name(text: str) -> bool:
     """Whether ``text`` may be a node id or region: 1-64 of ``[A-Za-z0-9._-]``."""
     return 0 < len(text) <= MAX_CLUSTER_NAME and all(
@@ -662,6 +689,21 @@ def _validate_cluster(
     link_port = cluster.get("link_port")
     if link_port is not None and not 0 <= link_port <= 65535:
         err("cluster.link_port", f"must be between 0 and 65535, got {link_port}")
+    public_url = cluster.get("public_url")
+    if public_url and not is_public_url(public_url):
+        err(
+            "cluster.public_url",
+            f"must be an http:// or https:// URL with a host and no path, got {public_url!r}",
+        )
+    max_load = cluster.get("max_load")
+    if max_load is not None and not (math.isfinite(max_load) and 0 < max_load <= 1):
+        err("cluster.max_load", f"must be above 0 and at most 1, got {max_load}")
+    capacity = cluster.get("capacity_participants")
+    if capacity is not None and not 1 <= capacity <= MAX_CAPACITY_PARTICIPANTS:
+        err(
+            "cluster.capacity_participants",
+            f"must be between 1 and {MAX_CAPACITY_PARTICIPANTS}, got {capacity}",
+        )
     files = [cluster.get(k) or "" for k in ("ca_file", "cert_file", "key_file")]
     if advertise and not all(files):
         for key, value in zip(("ca_file", "cert_file", "key_file"), files, strict=True):

@@ -76,6 +76,9 @@ class NodeInfo:
     #: Its load, 0.0 (idle) to 1.0 (full), for placement; draining nodes take no one.
     load: float = 0.0
     draining: bool = False
+    #: Base URL clients reach its HTTP at (``cluster.public_url``); empty: joins are never
+    #: placed there, nor its participants' fallbacks offered.
+    url: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -85,6 +88,7 @@ class NodeInfo:
                 "link_address": self.link_address,
                 "load": self.load,
                 "draining": self.draining,
+                "url": self.url,
             },
             separators=(",", ":"),
         )
@@ -102,6 +106,7 @@ class NodeInfo:
             link_address=str(data.get("link_address", "")),
             load=load if math.isfinite(load) else 1.0,
             draining=bool(data.get("draining", False)),
+            url=str(data.get("url", "")),
         )
 
 

@@ -46,7 +46,12 @@ def node_from_config(cluster: ClusterConfig) -> NodeInfo:
         host = socket.gethostname()
         node_id = "".join(c if is_cluster_name(c) else "-" for c in host)[:MAX_CLUSTER_NAME]
         node_id = node_id or "node"
-    return NodeInfo(node_id=node_id, region=cluster.region, link_address=cluster.advertise_address)
+    return NodeInfo(
+        node_id=node_id,
+        region=cluster.region,
+        link_address=cluster.advertise_address,
+        url=cluster.public_url.removesuffix("/"),
+    )
 
 
 class NodeRegistry:

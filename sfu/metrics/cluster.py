@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from sfu.cluster.links import NodeLinks
 from sfu.cluster.node_pipes import NodePipes
+from sfu.cluster.placement import NodePlacement
 from sfu.cluster.registry import NodeRegistry
 from sfu.cluster.room_bus import ClusterRoomBus
 from sfu.transport.pipe import DROP_REASONS
@@ -30,8 +31,10 @@ class ClusterCollector(Collector):
         links: Callable[[], NodeLinks | None] = lambda: None,
         room_bus: Callable[[], ClusterRoomBus | None] = lambda: None,
         node_pipes: Callable[[], NodePipes | None] = lambda: None,
+        placement: Callable[[], NodePlacement | None] = lambda: None,
     ) -> None:
         self._registry = registry
+        self._placement = placement
         self._links = links
         self._room_bus = room_bus
         self._node_pipes = node_pipes
@@ -58,6 +61,26 @@ class ClusterCollector(Collector):
         yield GaugeMetricFamily(
             "sfu_cluster_draining", "1 while this node drains", value=float(reg.node.draining)
         )
+        yield GaugeMetricFamily(
+            "sfu_cluster_node_load",
+            "This node's load as its lease last announced it (0-1: CPU share or seats taken)",
+            value=reg.node.load,
+        )
+        placement = self._placement()
+        if placement is not None:
+            redirects = CounterMetricFamily(
+                "sfu_cluster_redirects",
+                "Joins (WebSocket, WHIP, WHEP) sent to another node, by why",
+                labels=["reason"],
+            )
+            for reason, count in sorted(placement.redirects.items()):
+                redirects.add_metric([reason], count)
+            yield redirects
+            yield CounterMetricFamily(
+                "sfu_cluster_participants_moved",
+                "Participants a drain asked to reconnect to another node",
+                value=placement.moved,
+            )
         yield CounterMetricFamily(
             "sfu_cluster_lease_renewals", "Lease renewals that reached the directory",
             value=reg.renewals,

@@ -101,6 +101,9 @@ CLOSE_ENDED: Final = 4005
 CLOSE_WAIT_TIMEOUT: Final = 4006
 CLOSE_REPLACED: Final = 4009
 CLOSE_MEDIA_FAILED: Final = 4010
+#: Go to another node of the cluster (a join placed elsewhere, or a draining node's
+#: participants): the ``moved`` error or ``server_draining`` before it names where.
+CLOSE_MOVED: Final = 4011
 
 #: The data plane's log is replayed into the peers' receive bookkeeping this often while it
 #: forwards anything (and before any peer's timer runs): TWCC feedback is due every 50 ms,
@@ -298,6 +301,9 @@ class RoomService:
         self.chat.requires_e2ee = self._requires_e2ee
         #: Seconds a participant whose signaling dropped keeps its place (0: it leaves).
         self.resume_grace_s = resume_grace_s
+        #: Signaling URLs of other cluster nodes to reconnect to should this node be lost
+        #: (``joined.nodes``); None when not clustered.
+        self.fallback_nodes: Callable[[], list[str]] | None = None
         #: The ``RTCIceServer`` list (TURN credentials) for each joined message; None: none.
         self.ice_servers = ice_servers
         #: The per-packet classes of every publication and subscription (the data plane's
@@ -520,10 +526,16 @@ class RoomService:
         }
         if self.ice_servers is not None:
             message["ice_servers"] = self.ice_servers()
+        if self.fallback_nodes is not None:
+            message["nodes"] = self.fallback_nodes()
         return message
 
     def _admit(self, participant: Participant) -> None:
         room = participant.room
+        # One identity, one seat: its seat on another shard is this one's now. That shard ends
+        # its session when it hears ``seat_taken``; a shard that died (a lost node, until its
+        # lease lapses) never answers, so its stale entry goes here at once, not seconds later.
+        self._drop_remote_seats(room, participant.identity, keep=None)
         message = self._joined(participant, resumed=False)
         room.participants[participant.id] = participant
         participant.state = ParticipantState.JOINED
@@ -1371,6 +1383,17 @@ class RoomService:
         room.forget_track(publication.id)
         room.broadcast({"type": "track_unpublished", "track": publication.id})
 
+    def _drop_remote_seats(self, room: Room, identity: object, *, keep: object) -> None:
+        """Other shards' participants of ``identity`` (but ``keep``) leave here: the identity
+        took a seat elsewhere, and their own shard, if alive, ends them too."""
+        stale = [
+            pid
+            for pid, described in room.remote.items()
+            if described.get("identity") == identity and pid != keep
+        ]
+        for pid in stale:
+            self._remote_left(room, pid)
+
     def _remote_left(self, room: Room, pid: str) -> None:
         """A participant of another shard left (or its shard is gone)."""
         for track in [p for p in room.publications.values() if p.participant_id == pid]:
@@ -1487,6 +1510,7 @@ class RoomService:
             for local in [p for p in room.participants.values() if p.identity == identity]:
                 if local.id != pid:
                     self.end(local, CLOSE_REPLACED, "joined from elsewhere", now=now)
+            self._drop_remote_seats(room, identity, keep=pid)
 
     def _apply_policy(self, room_name: str, event: Message) -> None:
         """Another shard changed and saved the room's policy: take it, and apply it to the

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 #: Longest room password a ``join`` may carry, longest ban a ``remove`` may ask for (s).
+from sfu.config import is_cluster_name
 from sfu.core.publication import SOURCES
 from sfu.room.policy import MAX_BAN_S, MAX_PASSWORD_CHARS
 
@@ -85,6 +86,10 @@ class Join:
     #: A reconnecting client: take over this identity's session (transport, tracks,
     #: subscriptions) instead of replacing it (docs/protocol.md, "Reconnecting").
     resume: bool = False
+    #: The region the client would rather be served in (a cluster's placement hint).
+    region: str | None = None
+    #: This join was sent here by another node (``moved``): it is never sent on again.
+    placed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +379,13 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         resume = obj.get("resume", False)
         if not isinstance(resume, bool):
             raise ProtocolError("bad_message", "'resume' must be a boolean", rid)
-        return Join(version, room, token, rid, password, resume)
+        region = obj.get("region")
+        if region is not None and not (isinstance(region, str) and is_cluster_name(region)):
+            raise ProtocolError(
+                "bad_message", "'region' must be 1-64 letters, digits, '.', '_' or '-'", rid
+            )
+        placed = _boolean(obj, "placed", rid, False)
+        return Join(version, room, token, rid, password, resume, region, placed)
     if kind == "offer":
         sdp = obj.get("sdp")
         if not isinstance(sdp, str) or not sdp:

@@ -24,12 +24,13 @@ from typing import Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from sfu.cluster.placement import NodePlacement, signaling_url
 from sfu.config import AuthConfig
 from sfu.room.identity import Grant, JoinClaims
 from sfu.room.moderation import Moderation
 from sfu.room.policy import PasswordAttempts, PasswordHash, verify_password
 from sfu.room.room import Message, Participant
-from sfu.room.service import CLOSE_REFUSED, RoomError, RoomService
+from sfu.room.service import CLOSE_MOVED, CLOSE_REFUSED, RoomError, RoomService
 from sfu.signaling.auth import TokenError, verify_with_config
 from sfu.signaling.protocol import (
     PROTOCOL_VERSION,
@@ -238,8 +239,10 @@ def add_room_routes(
     clock: Callable[[], float],
     wallclock: Callable[[], float] = time.time,
     guard: JoinGuard | None = None,
+    placement: NodePlacement | None = None,
 ) -> None:
-    """Register ``GET /ws`` on ``app``."""
+    """Register ``GET /ws`` on ``app`` (with ``placement``, a clustered node sends joins it
+    should not take to another node: ``moved``)."""
     guard = guard or JoinGuard(PasswordAttempts())
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
@@ -250,7 +253,9 @@ def add_room_routes(
         writer = asyncio.ensure_future(conn.writer())
         source = source_address(request, guard.trusted_proxies)
         try:
-            if await _join(conn, ws, service, token_secret, auth, wallclock, guard, source):
+            if await _join(
+                conn, ws, service, token_secret, auth, wallclock, guard, source, placement
+            ):
                 await _serve(conn, ws)
         finally:
             sockets.open.discard(ws)
@@ -281,8 +286,10 @@ async def _join(
     wallclock: Callable[[], float],
     guard: JoinGuard,
     source: str,
+    placement: NodePlacement | None,
 ) -> bool:
-    """Wait for the ``join`` and verify it; False (and a close queued) when refused."""
+    """Wait for the ``join`` and verify it; False (and a close queued) when refused or sent
+    to another node."""
     try:
         msg = await asyncio.wait_for(ws.receive(), JOIN_TIMEOUT)
     except TimeoutError:
@@ -308,6 +315,14 @@ async def _join(
         claims = verify_with_config(secret, join.token, auth, room=join.room, now=wallclock())
     except TokenError as exc:
         conn.request_close(CLOSE_UNAUTHORIZED, f"token {exc.reason}")
+        return False
+    # Only a verified token holder learns another node's address.
+    target = None if placement is None or join.placed else placement.redirect(region=join.region)
+    if target is not None:
+        moved = error_message("moved", "join at another node of the cluster", join.id)
+        moved["url"] = signaling_url(target)
+        conn.sink(moved)
+        conn.request_close(CLOSE_MOVED, "moved to another node")
         return False
     try:
         proof = await guard.password(service, join, claims, source, conn.clock())

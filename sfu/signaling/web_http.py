@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Final
 
 from aiohttp import web
 
+from sfu.config import is_public_url
 from sfu.room.identity import MAX_NAME_CHARS, MAX_ROOM_CHARS, Grant, JoinClaims
 from sfu.signaling.auth import issue_token
 
@@ -32,13 +33,27 @@ _ASSETS: Final = {
     "/e2ee.js": ("e2ee.js", "application/javascript"),
     "/e2ee-worker.js": ("e2ee-worker.js", "application/javascript"),
 }
-#: The page talks only to this server: no third-party scripts, frames or connections. The
+#: The page talks only to this server (and, in a cluster, to the cluster's other nodes' room
+#: WebSockets, where it may be moved): no third-party scripts, frames or connections. The
 #: end-to-end encryption worker is a same-origin script (``worker-src 'self'``, no blob:).
 _CSP: Final = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "connect-src 'self'; media-src 'self' blob:; img-src 'self' data:; worker-src 'self'; "
-    "frame-ancestors 'none'"
+    "connect-src 'self'{nodes}; media-src 'self' blob:; img-src 'self' data:; "
+    "worker-src 'self'; frame-ancestors 'none'"
 )
+
+
+def content_security_policy(node_urls: Iterable[str] = ()) -> str:
+    """The pages' CSP; ``node_urls``: public URLs of the cluster's nodes (``http(s)://host``),
+    whose room WebSockets (``ws(s)://host``) the page may connect to."""
+    sources = sorted(
+        {
+            ("wss://" if url.startswith("https://") else "ws://") + url.partition("://")[2]
+            for url in node_urls
+            if url.startswith(("http://", "https://")) and is_public_url(url)
+        }
+    )
+    return _CSP.format(nodes="".join(" " + source.removesuffix("/") for source in sources))
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -51,8 +66,10 @@ def add_web_routes(
     token_secret: str,
     dev_tokens: bool,
     wallclock: Callable[[], float] = time.time,
+    node_urls: Callable[[], Iterable[str]] = tuple,
 ) -> None:
-    """Register the page, its assets and (when enabled) ``POST /dev-token``."""
+    """Register the page, its assets and (when enabled) ``POST /dev-token``; ``node_urls``:
+    the cluster's nodes the page may be moved to (their WebSockets join the CSP)."""
     package = resources.files("sfu.web")
 
     def asset(name: str, content_type: str) -> Callable[[web.Request], object]:
@@ -62,7 +79,10 @@ def add_web_routes(
                 body=body,
                 content_type=content_type,
                 charset="utf-8",
-                headers={"Cache-Control": "no-cache", "Content-Security-Policy": _CSP},
+                headers={
+                    "Cache-Control": "no-cache",
+                    "Content-Security-Policy": content_security_policy(node_urls()),
+                },
             )
 
         return handler

@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from sfu.config import AuthConfig
+from sfu.cluster.placement import NodePlacement
+from sfu.config import AuthConfig, is_cluster_name
 from sfu.core.publication import Publication
 from sfu.packet.errors import ParseError
 from sfu.packet.sdp import Direction, SessionDescription
@@ -45,6 +46,8 @@ __all__ = ["HttpSessions", "add_whip_routes"]
 #: few milliseconds on an idle host), and at most the settle time more, once the publisher
 #: is seen, for a track of each kind its offer asks for. Polled, as the bus's events are
 #: applied by the room service, not awaited by anyone.
+#: Query parameter a node adds when it sends a WHIP/WHEP request to another node (307).
+PLACED_QUERY: Final = "placed"
 SHARD_STATE_WAIT_S: Final = 2.0
 SHARD_STATE_SETTLE_S: Final = 0.25
 SHARD_STATE_POLL_S: Final = 0.01
@@ -97,6 +100,23 @@ class HttpSessions:
             del self.by_id[sid]
 
 
+def _placed_elsewhere(request: web.Request, placement: NodePlacement | None) -> web.Response | None:
+    """A 307 to the same resource on another node when this one is full or drains (RFC 9725
+    section 4.5: WHIP clients follow it, keeping the method and the offer); None to stay.
+
+    The target gets ``placed=1`` so that it never sends the request on again.
+    """
+    if placement is None or request.query.get(PLACED_QUERY) == "1":
+        return None
+    region = request.query.get("region")
+    target = placement.redirect(region=region if region and is_cluster_name(region) else None)
+    if target is None:
+        return None
+    query = {**request.query, PLACED_QUERY: "1"}
+    location = f"{target.removesuffix('/')}{request.path}?{urlencode(query)}"
+    return web.Response(status=307, headers={"Location": location})
+
+
 def _room_error(exc: RoomError) -> web.Response:
     status = _STATUS.get(exc.code, 400)
     headers = {"Retry-After": "5"} if status == 503 else {}
@@ -114,6 +134,7 @@ def add_whip_routes(
     wallclock: Callable[[], float] = time.time,
     trusted_proxies: tuple[str, ...] = (),
     turn: TurnCredentials | None = None,
+    placement: NodePlacement | None = None,
 ) -> None:
     """Register the WHIP and WHEP endpoints on ``app`` (``trusted_proxies``: whose
     ``X-Forwarded-For`` names the client, for the per-source pending-transport cap); with
@@ -138,7 +159,8 @@ def add_whip_routes(
             return sdp_error(401, f"token {exc.reason}", **BEARER_CHALLENGE)
         if not claims.grants & grant:
             return sdp_error(403, f"the token lacks the {grant_name} grant")
-        return claims
+        moved = _placed_elsewhere(request, placement)
+        return moved if moved is not None else claims
 
     async def whip(request: web.Request) -> web.Response:
         room_name = request.match_info["room"]

@@ -162,13 +162,22 @@ export class Room extends EventTarget {
    * @param {string} [options.password] the room's password, when it has one (sent in the join)
    * @param {{passphrase?: string, key?: BufferSource, keyId?: number, api?: string}} [options.e2ee]
    *   encrypt all media end to end (docs/e2ee.md) with a key shared out of band
+   * @param {string} [options.region] a cluster region to be placed in, when the node we reach
+   *   is full (docs/protocol.md, "Clusters")
    * @param {boolean} [options.chat=false] open the room chat data channel (docs/protocol.md#chat);
    *   with E2EE, chat text is encrypted with the same passphrase-derived key material
    */
-  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null, password = null, resume = false, iceTransportPolicy = "all", chat = false } = {}) {
+  constructor({ url, room, token, onEvent, autoSubscribe = true, iceServers = [], e2ee = null, password = null, resume = false, iceTransportPolicy = "all", chat = false, region = null } = {}) {
     super();
     if (!room) throw new TypeError("Room: `room` is required");
+    /** The node we talk to (after a `moved`, the node the cluster placed us on). */
     this.url = websocketUrl(url);
+    /** The region we would rather be served in (a cluster's placement hint), or null. */
+    this.region = region;
+    /** Whether a cluster node already placed this join (it is then never sent on again). */
+    this.placed = false;
+    /** Other nodes of the cluster to reconnect to if ours is lost (`joined.nodes`). */
+    this.nodes = [];
     this.roomName = room;
     this.token = token;
     this.onEvent = onEvent || null;
@@ -272,38 +281,59 @@ export class Room extends EventTarget {
 
     return new Promise((resolve, reject) => {
       this._joinWaiter = { resolve, reject };
-      let ws;
-      try {
-        ws = new WebSocket(this.url);
-      } catch (err) {
-        this._joinWaiter = null;
-        this._shutdown(1006, String(err && err.message));
-        reject(new SfuError("connect_failed", `cannot open ${this.url}: ${err.message}`));
-        return;
-      }
-      this.ws = ws;
-      ws.addEventListener("open", () => {
-        const id = this._nextId++;
-        // The join reply is `joined` (or `waiting` first); an error carries `re`.
-        this._pending.set(id, {
-          resolve: () => {},
-          reject: (err) => {
-            this._failJoin(err);
-            // A refused join leaves nothing to do on this socket.
-            if (err.code !== "closed" && ws.readyState === WebSocket.OPEN) ws.close(1000, "join refused");
-          },
-          timer: null,
-        });
-        const join = { type: "join", id, protocol: PROTOCOL, room: this.roomName, token: this.token };
-        if (this.password) join.password = this.password;
-        if (this.resume) join.resume = true;
-        this._sendRaw(join);
+      this._openSignaling();
+    });
+  }
+
+  /** Open the WebSocket at `this.url` and send the join. A cluster node that should not take
+   * us answers `moved` with another node's URL: we join there instead, once (docs/protocol.md,
+   * "Clusters"). */
+  _openSignaling() {
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      this._shutdown(1006, String(err && err.message));
+      return;
+    }
+    this.ws = ws;
+    ws.addEventListener("open", () => {
+      if (this.ws !== ws) return;
+      const id = this._nextId++;
+      // The join reply is `joined` (or `waiting` first); an error carries `re`.
+      this._pending.set(id, {
+        resolve: () => {},
+        reject: (err) => {
+          if (err.code === "moved" && err.url && !this.placed && this.state === "connecting") {
+            this.placed = true;
+            this.url = websocketUrl(err.url);
+            this.ws = null;
+            if (ws.readyState === WebSocket.OPEN) ws.close(1000, "moved");
+            this._emit("moved", { url: this.url });
+            this._openSignaling();
+            return;
+          }
+          this._failJoin(err);
+          // A refused join leaves nothing to do on this socket.
+          if (err.code !== "closed" && ws.readyState === WebSocket.OPEN) ws.close(1000, "join refused");
+        },
+        timer: null,
       });
-      ws.addEventListener("message", (event) => this._onMessage(event.data));
-      ws.addEventListener("close", (event) => this._onClose(event.code, event.reason));
-      ws.addEventListener("error", () => {
-        // A close event always follows; it carries the code.
-      });
+      const join = { type: "join", id, protocol: PROTOCOL, room: this.roomName, token: this.token };
+      if (this.password) join.password = this.password;
+      if (this.resume) join.resume = true;
+      if (this.placed) join.placed = true;
+      if (this.region) join.region = this.region;
+      this._sendRaw(join);
+    });
+    ws.addEventListener("message", (event) => {
+      if (this.ws === ws) this._onMessage(event.data);
+    });
+    ws.addEventListener("close", (event) => {
+      if (this.ws === ws) this._onClose(event.code, event.reason);
+    });
+    ws.addEventListener("error", () => {
+      // A close event always follows; it carries the code.
     });
   }
 
@@ -403,7 +433,10 @@ export class Room extends EventTarget {
       const pending = this._pending.get(msg.re);
       this._pending.delete(msg.re);
       clearTimeout(pending.timer);
-      if (msg.type === "error") pending.reject(new SfuError(msg.code || "error", msg.message || msg.code));
+      if (msg.type === "error") {
+        const extra = typeof msg.url === "string" ? { url: msg.url } : {};
+        pending.reject(new SfuError(msg.code || "error", msg.message || msg.code, extra));
+      }
       else pending.resolve(msg);
       return;
     }
@@ -479,7 +512,11 @@ export class Room extends EventTarget {
         break;
       case "server_draining":
         // The server is shutting down: the call goes on, but a reconnect must go elsewhere.
-        this._emit("server_draining", { deadlineS: typeof msg.deadline_s === "number" ? msg.deadline_s : null });
+        // In a cluster it names the node to go to (`url`); the page reconnects there.
+        this._emit("server_draining", {
+          deadlineS: typeof msg.deadline_s === "number" ? msg.deadline_s : null,
+          url: typeof msg.url === "string" ? websocketUrl(msg.url) : null,
+        });
         break;
       case "error":
         // An error that answers nothing we wait for (for instance rate_limited without `re`).
@@ -503,6 +540,7 @@ export class Room extends EventTarget {
     this.policy = msg.policy || null;
     this.participantId = msg.participant ? msg.participant.id : null;
     this.resumed = msg.resumed === true;
+    this.nodes = Array.isArray(msg.nodes) ? msg.nodes.filter((u) => typeof u === "string").map(websocketUrl) : [];
     /** What the room forwards, best first: `{audio: [...], video: [...]}` (encoding names). */
     this.roomCodecs = msg.codecs && typeof msg.codecs === "object" ? msg.codecs : null;
     this._useIceServers(msg.ice_servers);

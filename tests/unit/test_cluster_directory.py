@@ -186,12 +186,26 @@ def test_cluster_config_defaults_and_node_id_from_host() -> None:
          "cluster.advertise_address"),
         ({"advertise_address": "10.0.0.1:4433"}, "cluster.ca_file"),
         ({"link_port": 70000}, "cluster.link_port"),
+        ({"public_url": "sfu-2.example.com"}, "cluster.public_url"),
+        ({"public_url": "https://sfu-2.example.com/ws"}, "cluster.public_url"),
+        ({"public_url": "https://user@sfu-2.example.com"}, "cluster.public_url"),
+        ({"public_url": "http://:8080"}, "cluster.public_url"),
+        ({"max_load": 0.0}, "cluster.max_load"),
+        ({"max_load": 1.5}, "cluster.max_load"),
+        ({"max_load": float("nan")}, "cluster.max_load"),
+        ({"capacity_participants": 0}, "cluster.capacity_participants"),
     ],
 )  # fmt: skip
 def test_bad_cluster_values_name_the_key(table: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"cluster": table})
     assert key in [path for path, _ in info.value.errors]
+
+
+def test_public_url_reaches_the_lease() -> None:
+    config = parse_config({"cluster": {"public_url": "https://sfu-2.example.com:8443/"}})
+    assert node_from_config(config.cluster).url == "https://sfu-2.example.com:8443"
+    assert parse_config({}).cluster.max_load == 0.8
 
 
 def test_cluster_env_override_is_checked() -> None:

@@ -1,0 +1,174 @@
+"""Which node a participant is on: this one unless it is full or draining, else a lighter one.
+
+A join reaches whichever node the client (or its load balancer) picked. That node keeps it
+unless its load is at ``cluster.max_load`` or it drains; then it names another live node with
+a public URL (``cluster.public_url``): those of the wanted region first (the client's hint,
+else this node's region), and of those the lighter of two drawn at random (Mitzenmacher's
+"power of two choices": nearly as even as always taking the lightest, without every join
+made between two lease renewals piling onto the node that looked idlest). The client
+reconnects there (``moved``, docs/protocol.md), once: a join that was placed already is
+never sent on again, so two nodes that each think the other lighter cannot bounce a client.
+
+A draining node moves its participants: every room's participants go to one node (a room
+spread over fewer nodes needs fewer relays), chosen the same way but from every live node,
+full or not (the node is going away). The node loads are those of the last lease renewal
+(every second, :mod:`sfu.cluster.registry`); each placement made since adds
+:data:`PLACED_WEIGHT` to its node until the next renewal brings fresh figures.
+
+Sans-I/O: the live nodes and this node come from callables; the random source is injected.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from sfu.cluster.directory import NodeInfo
+
+__all__ = [
+    "FALLBACK_NODES",
+    "PLACED_WEIGHT",
+    "LoadMeter",
+    "NodePlacement",
+    "choose_node",
+    "signaling_url",
+]
+
+#: Load one placement adds to the node it chose until that node's next lease renewal: a
+#: burst of joins must not all go to the node that looked idle a second ago (at the default
+#: capacity of 1000 seats a join is 0.001; this also stands for the CPU a call will take).
+PLACED_WEIGHT: Final = 0.01
+#: Other nodes' URLs a participant is given to reconnect to when its node is lost.
+FALLBACK_NODES: Final = 3
+#: Where the room protocol's WebSocket is on every node.
+SIGNALING_PATH: Final = "/ws"
+
+
+def signaling_url(base: str) -> str:
+    """The room WebSocket of the node whose public URL is ``base`` (clients turn http(s)
+    into ws(s))."""
+    return base.removesuffix("/") + SIGNALING_PATH
+
+
+def choose_node(
+    nodes: Sequence[NodeInfo],
+    *,
+    region: str,
+    rng: random.Random,
+    below: float | None = None,
+    extra: dict[str, float] | None = None,
+) -> NodeInfo | None:
+    """The node of ``nodes`` to place one participant on, or None when none fits.
+
+    Nodes with no public URL or that drain never fit; with ``below``, neither does a node
+    whose load (plus ``extra``, placements made since its renewal) is at or above it. Those of
+    ``region`` are preferred; of the rest, the lighter of two drawn at random.
+    """
+    extra = extra or {}
+
+    def load(node: NodeInfo) -> float:
+        return node.load + extra.get(node.node_id, 0.0)
+
+    fits = [n for n in nodes if n.url and not n.draining and (below is None or load(n) < below)]
+    if not fits:
+        return None
+    local = [n for n in fits if n.region == region]
+    pool = local or fits
+    if len(pool) == 1:
+        return pool[0]
+    first, second = rng.sample(pool, 2)
+    return first if load(first) <= load(second) else second
+
+
+class LoadMeter:
+    """This node's load for its lease: the larger of the CPU share of one core since the last
+    sample and the seats taken of ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._last: tuple[float, float] | None = None
+        self.cpu = 0.0
+
+    def sample(self, *, now: float, cpu_s: float, sessions: int) -> float:
+        """The load now, given the process's CPU seconds so far and its sessions."""
+        if self._last is not None:
+            wall = now - self._last[0]
+            if wall > 0:
+                self.cpu = min(1.0, max(0.0, (cpu_s - self._last[1]) / wall))
+        self._last = (now, cpu_s)
+        return max(self.cpu, min(1.0, sessions / self.capacity))
+
+
+@dataclass
+class NodePlacement:
+    """Placement across the cluster's nodes, as seen from this one (module docstring)."""
+
+    #: This node as it last renewed its lease (load, draining).
+    local: Callable[[], NodeInfo]
+    #: The live nodes of the last renewal, this one included.
+    nodes: Callable[[], list[NodeInfo]]
+    #: Counts lease renewals: a new count means fresh loads in ``nodes``.
+    generation: Callable[[], int]
+    max_load: float
+    rng: random.Random = field(default_factory=random.Random)
+    #: Joins sent to another node, by why: ``full`` or ``draining``.
+    redirects: dict[str, int] = field(default_factory=lambda: {"full": 0, "draining": 0})
+    #: Participants a drain asked to reconnect to another node.
+    moved: int = 0
+    _extra: dict[str, float] = field(default_factory=dict)
+    _renewal: int = 0
+
+    def _others(self) -> list[NodeInfo]:
+        me = self.local().node_id
+        return [n for n in self.nodes() if n.node_id != me]
+
+    def _fresh_extra(self) -> dict[str, float]:
+        # Each renewal brings every node's load anew: count placements afresh from there.
+        generation = self.generation()
+        if generation != self._renewal:
+            self._renewal = generation
+            self._extra.clear()
+        return self._extra
+
+    def redirect(self, *, region: str | None) -> str | None:
+        """The public URL a newcomer should join at instead, or None to stay here (this
+        node's own placements count towards its load too, until the next renewal)."""
+        me = self.local()
+        extra = self._fresh_extra()
+        own = me.load + extra.get(me.node_id, 0.0)
+        if not me.draining and own < self.max_load:
+            extra[me.node_id] = extra.get(me.node_id, 0.0) + PLACED_WEIGHT
+            return None
+        target = choose_node(
+            self._others(),
+            region=region or me.region,
+            rng=self.rng,
+            below=self.max_load,
+            extra=extra,
+        )
+        if target is None:
+            return None  # everyone is full: an overloaded node beats a refused call
+        extra[target.node_id] = extra.get(target.node_id, 0.0) + PLACED_WEIGHT
+        self.redirects["draining" if me.draining else "full"] += 1
+        return target.url
+
+    def move_target(self, *, region: str | None = None) -> str | None:
+        """Where a draining node sends one room's participants: another live node (full or
+        not: this one is going away), None when there is none."""
+        me = self.local()
+        extra = self._fresh_extra()
+        target = choose_node(self._others(), region=region or me.region, rng=self.rng, extra=extra)
+        if target is None:
+            return None
+        extra[target.node_id] = extra.get(target.node_id, 0.0) + PLACED_WEIGHT
+        return target.url
+
+    def fallbacks(self) -> list[str]:
+        """Signaling URLs of other nodes to reconnect to if this one is lost, best first
+        (this node's region, then the lightest), at most :data:`FALLBACK_NODES`."""
+        me = self.local()
+        others = [n for n in self._others() if n.url and not n.draining]
+        others.sort(key=lambda n: (n.region != me.region, n.load, n.node_id))
+        return [signaling_url(n.url) for n in others[:FALLBACK_NODES]]

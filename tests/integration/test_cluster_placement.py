@@ -1,0 +1,211 @@
+"""Placement across three in-process nodes over a real redis-server (``cluster.public_url``):
+
+- a full node sends a WebSocket join on (``moved``, close 4011) to another node, and a WHIP
+  request too (``307``); a join another node placed is never sent on again; ``joined.nodes``
+  names the other nodes to reconnect to should this one be lost;
+- a draining node tells each room's participants one node to move to, closes their sessions
+  (4011) within the drain, and sends newcomers on at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+from clients import LOOPBACK_CONFIG, TIMEOUT, running_server
+from redis_server import RedisServer, redis_server
+
+from sfu.app import Server
+from sfu.config import AuthConfig, ClusterConfig, Config, HttpConfig
+from sfu.room.identity import Grant, JoinClaims
+from sfu.signaling.auth import issue_token
+
+pytestmark = pytest.mark.integration
+
+SECRET = "cluster-placement-secret-of-enough-length-0123"
+NODES = ("node-a", "node-b", "node-c")
+CLOSE_MOVED = 4011
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_config(url: str, node_id: str, port: int, **cluster: object) -> Config:
+    return dataclasses.replace(
+        LOOPBACK_CONFIG,
+        http=HttpConfig(host="127.0.0.1", port=port),
+        auth=AuthConfig(jwt_secret=SECRET),
+        cluster=ClusterConfig(
+            redis_url=url,
+            node_id=node_id,
+            region="eu",
+            public_url=f"http://127.0.0.1:{port}",
+            **cluster,  # type: ignore[arg-type]
+        ),
+    )
+
+
+def bearer(room: str, identity: str, grants: Grant = Grant.PUBLISH | Grant.SUBSCRIBE) -> str:
+    now = int(time.time())
+    claims = JoinClaims(
+        room=room, identity=identity, name=identity, grants=grants, iat=now, exp=now + 600
+    )
+    return str(issue_token(SECRET, claims))
+
+
+@contextlib.asynccontextmanager
+async def three_nodes(url: str, **first: object) -> AsyncIterator[tuple[list[Server], list[str]]]:
+    """Nodes A, B, C (``first``: A's extra ``[cluster]`` keys), once each sees all three."""
+    async with contextlib.AsyncExitStack() as stack:
+        servers, bases = [], []
+        for i, node_id in enumerate(NODES):
+            config = node_config(url, node_id, free_tcp_port(), **(first if i == 0 else {}))
+            node, base = await stack.enter_async_context(running_server(config))
+            servers.append(node)
+            bases.append(base)
+        deadline = time.monotonic() + TIMEOUT
+        while not all(
+            s.cluster is not None and len([p for p in s.cluster.peers if p.url]) == 3
+            for s in servers
+        ):
+            assert time.monotonic() < deadline, "the nodes never saw each other"
+            await asyncio.sleep(0.05)
+        yield servers, bases
+
+
+async def join(
+    http: aiohttp.ClientSession, ws_url: str, room: str, identity: str, **extra: object
+) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, object]]:
+    ws = await http.ws_connect(ws_url, autoping=True)
+    token = bearer(room, identity)
+    await ws.send_json({"type": "join", "protocol": 1, "room": room, "token": token, **extra})
+    return ws, await ws.receive_json(timeout=TIMEOUT)
+
+
+async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, object]:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        message = await ws.receive_json(timeout=max(0.01, deadline - time.monotonic()))
+        if message["type"] == kind:
+            return dict(message)
+
+
+async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    """Read until the server closes the socket; its close code."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        message = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+        if message.type is aiohttp.WSMsgType.CLOSE:
+            return int(message.data)
+        if message.type is aiohttp.WSMsgType.CLOSED:
+            return ws.close_code
+    raise AssertionError("the server never closed the socket")
+
+
+def test_a_full_node_sends_joins_on_and_a_placed_join_stays(server: RedisServer) -> None:
+    async def scenario() -> None:
+        # Node A is sized for one participant, full at half of it.
+        async with (
+            three_nodes(server.url, capacity_participants=1, max_load=0.5) as (nodes, bases),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        ):
+            node_a = nodes[0]
+            others = {f"{b}/ws" for b in bases[1:]}
+            alice, joined = await join(http, f"{bases[0]}/ws", "r1", "alice")
+            assert joined["type"] == "joined", joined
+            # Where to reconnect should node A be lost: the other two nodes.
+            assert set(joined["nodes"]) == others  # type: ignore[arg-type]
+            assert node_a.cluster is not None
+            deadline = time.monotonic() + TIMEOUT
+            while node_a.cluster.node.load < 0.5:  # the next renewal announces the seat
+                assert time.monotonic() < deadline, "node A never announced its load"
+                await asyncio.sleep(0.05)
+            bob, reply = await join(http, f"{bases[0]}/ws", "r1", "bob")
+            assert reply["type"] == "error" and reply["code"] == "moved", reply
+            assert reply["url"] in others
+            assert await closed_with(bob) == CLOSE_MOVED
+            bob, joined = await join(http, str(reply["url"]), "r1", "bob", placed=True)
+            assert joined["type"] == "joined", joined
+            seen = await next_of(alice, "participant_joined")  # across nodes, one room
+            assert seen["participant"]["identity"] == "bob"  # type: ignore[index]
+            # A join another node placed stays here, full or not: no client bounces.
+            carol, joined = await join(http, f"{bases[0]}/ws", "r1", "carol", placed=True)
+            assert joined["type"] == "joined", joined
+            # WHIP: 307 to the same resource on another node, marked as placed.
+            headers = {
+                "Authorization": f"Bearer {bearer('r2', 'cam')}",
+                "Content-Type": "application/sdp",
+            }
+            async with http.post(
+                f"{bases[0]}/whip/r2", data="v=0\r\n", headers=headers, allow_redirects=False
+            ) as response:
+                assert response.status == 307
+                location = response.headers["Location"]
+            assert any(location == f"{b}/whip/r2?placed=1" for b in bases[1:]), location
+            async with http.post(
+                f"{bases[0]}/whip/r2?placed=1", data="v=0\r\n", headers=headers
+            ) as response:
+                assert response.status == 400  # handled here: the offer itself is refused
+            # Without a valid token nobody learns where the other nodes are.
+            async with http.post(
+                f"{bases[0]}/whip/r2", data="v=0\r\n", allow_redirects=False
+            ) as response:
+                assert response.status == 401
+            async with http.get(f"{bases[0]}/metrics") as response:
+                text = await response.text()
+            assert 'sfu_cluster_redirects_total{reason="full"} 2.0' in text
+            for ws in (alice, bob, carol):
+                await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_draining_node_moves_each_room_to_one_other_node(server: RedisServer) -> None:
+    async def scenario() -> None:
+        async with (
+            three_nodes(server.url) as (nodes, bases),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        ):
+            node_a = nodes[0]
+            people = {}
+            for room, identity in (("r1", "alice"), ("r1", "bob"), ("r2", "carol")):
+                ws, joined = await join(http, f"{bases[0]}/ws", room, identity)
+                assert joined["type"] == "joined", joined
+                people[identity] = ws
+            started = time.monotonic()
+            drain = asyncio.create_task(node_a.drain(3.0))
+            notices = {who: await next_of(ws, "server_draining") for who, ws in people.items()}
+            others = {f"{b}/ws" for b in bases[1:]}
+            assert all(n["url"] in others for n in notices.values()), notices
+            # One room, one node: a room spread over fewer nodes needs fewer relays.
+            assert notices["alice"]["url"] == notices["bob"]["url"]
+            # A newcomer is sent on at once.
+            _, reply = await join(http, f"{bases[0]}/ws", "r1", "dave")
+            assert reply["type"] == "error" and reply["code"] == "moved", reply
+            for ws in people.values():
+                assert await closed_with(ws) == CLOSE_MOVED
+            # Asked to move within the spread (2 s, or half the 3 s drain), not at the deadline.
+            assert time.monotonic() - started < 2.5
+            alice, joined = await join(http, str(notices["alice"]["url"]), "r1", "alice")
+            assert joined["type"] == "joined", joined
+            assert await asyncio.wait_for(drain, TIMEOUT), "the drain did not finish"
+            assert node_a.placement is not None and node_a.placement.moved == 3
+            assert node_a.placement.redirects["draining"] == 1
+            await alice.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,188 @@
+"""Placement across a cluster's nodes: stay unless full or draining, region first, the lighter
+of two, bursts spread before the next renewal, drains move each room to one live node."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from sfu.cluster.directory import NodeInfo
+from sfu.cluster.placement import (
+    FALLBACK_NODES,
+    PLACED_WEIGHT,
+    LoadMeter,
+    NodePlacement,
+    choose_node,
+    signaling_url,
+)
+from sfu.signaling.protocol import Join, ProtocolError, parse_client_message
+
+
+def node(name: str, load: float = 0.0, *, region: str = "eu", **kw: object) -> NodeInfo:
+    return NodeInfo(name, region, load=load, url=f"https://{name}.example", **kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class Cluster:
+    """What a registry would show: this node and the live nodes, renewed by hand."""
+
+    me: NodeInfo
+    others: list[NodeInfo]
+    renewals: int = 0
+    placement: NodePlacement = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.placement = NodePlacement(
+            local=lambda: self.me,
+            nodes=lambda: [self.me, *self.others],
+            generation=lambda: self.renewals,
+            max_load=0.8,
+            rng=random.Random(7),
+        )
+
+    def renew(self) -> None:
+        self.renewals += 1
+
+
+def test_a_node_under_its_limit_keeps_the_join() -> None:
+    cluster = Cluster(node("a", 0.5), [node("b", 0.0)])
+    assert cluster.placement.redirect(region=None) is None
+    assert cluster.placement.redirects == {"full": 0, "draining": 0}
+
+
+def test_a_full_node_sends_the_join_to_a_lighter_one() -> None:
+    cluster = Cluster(node("a", 0.85), [node("b", 0.9), node("c", 0.2)])
+    # b is full too: only c fits.
+    assert cluster.placement.redirect(region=None) == "https://c.example"
+    assert cluster.placement.redirects["full"] == 1
+
+
+def test_everyone_full_keeps_the_join_here() -> None:
+    cluster = Cluster(node("a", 0.95), [node("b", 0.9), node("c", 0.85)])
+    assert cluster.placement.redirect(region=None) is None
+
+
+def test_a_draining_node_sends_every_join_on() -> None:
+    cluster = Cluster(node("a", 0.0, draining=True), [node("b", 0.5)])
+    assert cluster.placement.redirect(region=None) == "https://b.example"
+    assert cluster.placement.redirects["draining"] == 1
+
+
+def test_nodes_without_a_public_url_or_draining_never_take_a_join() -> None:
+    hidden = NodeInfo("b", "eu", load=0.0)  # no url
+    cluster = Cluster(node("a", 0.9), [hidden, node("c", 0.1, draining=True)])
+    assert cluster.placement.redirect(region=None) is None
+
+
+def test_the_wanted_region_comes_first_then_any() -> None:
+    others = [node("us1", 0.7, region="us"), node("eu1", 0.0), node("us2", 0.6, region="us")]
+    cluster = Cluster(node("a", 0.9), others)
+    for _ in range(20):
+        cluster.renew()
+        assert cluster.placement.redirect(region="us") in {
+            "https://us1.example",
+            "https://us2.example",
+        }
+    # No node of the region fits: any other region's does.
+    assert choose_node(others, region="ap", rng=random.Random(1), below=0.8) is not None
+    # The node's own region when the client gives none.
+    cluster.renew()
+    assert cluster.placement.redirect(region=None) == "https://eu1.example"
+
+
+def test_two_choices_prefer_the_lighter_node() -> None:
+    nodes = [node(f"n{i}", load=i / 10) for i in range(5)]
+    rng = random.Random(3)
+    picks = Counter(choose_node(nodes, region="eu", rng=rng) for _ in range(2000))
+    counts = [picks[n] for n in nodes]
+    # The heaviest node is never the lighter of two; the lightest is picked most.
+    assert counts[-1] == 0
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_a_burst_of_joins_spreads_before_the_next_renewal() -> None:
+    # Both others look idle: without counting placements, all 40 would go to whichever
+    # two-choice draw favours; with PLACED_WEIGHT each placement makes its node heavier.
+    cluster = Cluster(node("a", 0.95), [node("b", 0.0), node("c", 0.0)])
+    targets = Counter(cluster.placement.redirect(region=None) for _ in range(40))
+    assert abs(targets["https://b.example"] - targets["https://c.example"]) <= 2
+    # Until b and c pass the limit on placements alone:
+    burst = int(0.8 / PLACED_WEIGHT)
+    for _ in range(2 * burst):
+        cluster.placement.redirect(region=None)
+    assert cluster.placement.redirect(region=None) is None
+    # A renewal brings fresh loads and forgets the placements.
+    cluster.renew()
+    assert cluster.placement.redirect(region=None) is not None
+
+
+def test_own_placements_count_until_the_renewal() -> None:
+    cluster = Cluster(node("a", 0.8 - 3.5 * PLACED_WEIGHT), [node("b", 0.0)])
+    kept = [cluster.placement.redirect(region=None) for _ in range(5)]
+    assert kept[:4] == [None] * 4 and kept[4] == "https://b.example"
+
+
+def test_a_drain_moves_a_room_to_a_live_node_even_a_full_one() -> None:
+    cluster = Cluster(node("a", 0.1, draining=True), [node("b", 0.95)])
+    assert cluster.placement.move_target() == "https://b.example"
+    cluster.others = [node("b", 0.2, draining=True)]
+    assert cluster.placement.move_target() is None
+
+
+def test_fallbacks_are_other_nodes_region_first_lightest_first() -> None:
+    others = [
+        node("x", 0.1, region="us"),
+        node("b", 0.5),
+        node("c", 0.2),
+        node("d", 0.1, draining=True),
+        NodeInfo("e", "eu", load=0.0),  # no public URL
+        node("f", 0.9),
+    ]
+    cluster = Cluster(node("a"), others)
+    fallbacks = cluster.placement.fallbacks()
+    assert len(fallbacks) == FALLBACK_NODES
+    assert fallbacks == [
+        "https://c.example/ws",
+        "https://b.example/ws",
+        "https://f.example/ws",
+    ]
+
+
+def test_signaling_url() -> None:
+    assert signaling_url("https://a.example/") == "https://a.example/ws"
+    assert signaling_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/ws"
+
+
+def test_load_is_cpu_share_or_seats_whichever_is_higher() -> None:
+    meter = LoadMeter(capacity=100)
+    assert meter.sample(now=0.0, cpu_s=0.0, sessions=10) == pytest.approx(0.10)
+    assert meter.sample(now=1.0, cpu_s=0.5, sessions=10) == pytest.approx(0.5)  # 50% of a core
+    assert meter.sample(now=2.0, cpu_s=0.6, sessions=30) == pytest.approx(0.3)
+    assert meter.sample(now=3.0, cpu_s=3.0, sessions=0) == 1.0  # threads: capped at one core
+    assert meter.sample(now=4.0, cpu_s=3.0, sessions=500) == 1.0
+    assert meter.sample(now=4.0, cpu_s=3.0, sessions=0) == 0.0  # no time passed: CPU as before
+
+
+def test_a_node_entry_carries_its_public_url() -> None:
+    entry = replace(node("a", 0.25), draining=True)
+    assert NodeInfo.from_json(entry.to_json()) == entry
+    assert NodeInfo.from_json('{"node_id": "old"}').url == ""
+
+
+def test_join_carries_a_region_hint_and_whether_it_was_placed() -> None:
+    join = parse_client_message(
+        '{"type": "join", "protocol": 1, "room": "r", "token": "t", "region": "eu-west",'
+        ' "placed": true}'
+    )
+    assert isinstance(join, Join) and join.region == "eu-west" and join.placed
+    plain = parse_client_message('{"type": "join", "protocol": 1, "room": "r", "token": "t"}')
+    assert isinstance(plain, Join) and plain.region is None and not plain.placed
+    for bad in ('"region": ""', '"region": "a b"', '"region": 5', '"placed": "yes"'):
+        with pytest.raises(ProtocolError) as info:
+            parse_client_message(
+                '{"type": "join", "protocol": 1, "room": "r", "token": "t", ' + bad + "}"
+            )
+        assert info.value.code == "bad_message"
