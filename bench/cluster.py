@@ -206,6 +206,9 @@ class LocalCluster:
                     node, self.redis.url, _free_port(socket.SOCK_DGRAM), self._tmp
                 ),
                 die_with_bench=True,
+                # No public_url: neither node places sessions on the other; should one
+                # answer 307 anyway, the run fails rather than move the arm's load.
+                follow_redirects=False,
                 jwt_secret=secret,
             )
             self.nodes[node] = target

@@ -253,6 +253,9 @@ class SfuTarget:
     extra_config: str = ""
     #: Have the kernel SIGKILL the local server if the bench dies without stopping it.
     die_with_bench: bool = False
+    #: Follow a WHIP/WHEP 307 (a clustered node placing the session on another node, RFC
+    #: 9725 section 4.5); off, a 307 is an error (the bench chose the node on purpose).
+    follow_redirects: bool = True
     _proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
     _tmp: str | None = field(default=None, repr=False)
     _http: aiohttp.ClientSession | None = field(default=None, repr=False)
@@ -378,7 +381,9 @@ class SfuTarget:
         if self._http is None or self.url is None:
             raise TargetError("target not started")
         headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
-        async with self._http.post(self.url + path, data=sdp, headers=headers) as resp:
+        async with self._http.post(
+            self.url + path, data=sdp, headers=headers, allow_redirects=self.follow_redirects
+        ) as resp:
             body = await resp.text()
             if resp.status != 201:
                 raise TargetError(f"POST {path}: {resp.status} {body.strip()[:200]}")
