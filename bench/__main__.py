@@ -3,7 +3,9 @@
 Without ``--target`` the bench starts our server on loopback (pinned to one CPU with
 ``taskset`` when there are two or more, the generator on another); with ``--target URL`` it
 loads a running deployment (``--jwt-secret`` signs the join tokens). ``--vs janus`` runs the
-same load against Janus VideoRoom as well and reports both and their ratios.
+same load against Janus VideoRoom as well and reports both and their ratios. ``--cluster``
+starts a redis-server and two linked nodes and runs the load across them (publishers on one,
+subscribers on the other), then on one node, and compares the two (:mod:`bench.cluster`).
 
 ``python -m bench adaptation`` is different: Chromium subscribers in network namespaces behind
 a shaped downlink go through capacity phases (see :mod:`bench.adaptation`; needs root).

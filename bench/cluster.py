@@ -494,8 +494,13 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def format_cluster(results: list[RunResult]) -> str:
     """The comparison as text lines (empty without both arms)."""
     doc = cluster_comparison(results)
-    lines: list[str] = []
-    for s in doc.get("steps", []):
+    if not doc:
+        return ""
+    lines = [
+        f"{doc['relay']}: publishers on {NODES[0]}, subscribers on {NODES[1]}; "
+        f"{doc['baseline']}: everything on {NODES[0]} (CPU per delivered packet, both arms)"
+    ]
+    for s in doc["steps"]:
         cpu = s["cpu_us_per_delivered_packet"]
         lines.append(
             f"x{s['rate']:g}: loss {_fmt(s['loss'][0] * 100, 3)}% / "
