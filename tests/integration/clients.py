@@ -197,3 +197,13 @@ async def join_room(
     )
     client.joined = await client.recv(lambda m: m["type"] == "joined")
     return client
+
+
+async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, object]:
+    """The next room-protocol message of type ``kind`` on ``ws`` (others skipped), within
+    TIMEOUT."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        message = await ws.receive_json(timeout=max(0.01, deadline - time.monotonic()))
+        if message["type"] == kind:
+            return dict(message)

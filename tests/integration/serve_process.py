@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -90,6 +91,15 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=TIMEOUT)
+
+    def stop(self) -> None:
+        """SIGTERM (the server drains), then SIGKILL if it has not ended within TIMEOUT."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.finish()
+            except Exception:
+                self.kill()
 
 
 def http_get(port: int, path: str) -> tuple[int, dict[str, Any]]:

@@ -95,12 +95,7 @@ def _nodes(redis: RedisServer, tmp_path: Path) -> Iterator[dict[str, tuple[Serve
         yield nodes
     finally:
         for proc, _ in nodes.values():
-            if proc.proc.poll() is None:
-                proc.proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.finish()
-                except Exception:
-                    proc.kill()
+            proc.stop()
         for node, (proc, _) in nodes.items():  # shown when the test fails
             print(f"--- {node}\n" + "\n".join(proc.lines[-60:]))
 

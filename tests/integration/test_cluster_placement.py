@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
-from clients import LOOPBACK_CONFIG, TIMEOUT, running_server
+from clients import LOOPBACK_CONFIG, TIMEOUT, next_of, running_server
 from redis_server import RedisServer, redis_server
 
 from sfu.app import Server
@@ -95,14 +95,6 @@ async def join(
     token = bearer(room, identity)
     await ws.send_json({"type": "join", "protocol": 1, "room": room, "token": token, **extra})
     return ws, await ws.receive_json(timeout=TIMEOUT)
-
-
-async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, object]:
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        message = await ws.receive_json(timeout=max(0.01, deadline - time.monotonic()))
-        if message["type"] == kind:
-            return dict(message)
 
 
 async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> int | None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 import redis
-from clients import LOOPBACK_CONFIG, TIMEOUT, running_server
+from clients import LOOPBACK_CONFIG, TIMEOUT, next_of, running_server
 from redis_server import RedisServer, redis_server
 
 from sfu.config import AuthConfig, ClusterConfig, Config
@@ -63,15 +63,6 @@ async def join(
     reply = await ws.receive_json(timeout=TIMEOUT)
     assert reply["type"] == "joined", reply
     return ws
-
-
-async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, object]:
-    """The next message of type ``kind`` (others skipped), within TIMEOUT."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        message = await ws.receive_json(timeout=max(0.01, deadline - time.monotonic()))
-        if message["type"] == kind:
-            return dict(message)
 
 
 def test_participants_on_two_nodes_share_a_room(server: RedisServer) -> None:

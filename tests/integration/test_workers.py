@@ -99,12 +99,7 @@ def server(tmp_path: Path) -> Any:
     )
     proc = ServeProcess(path, extra_env={"SFU_AUTH_JWT_SECRET": SECRET})
     yield proc
-    if proc.proc.poll() is None:
-        proc.proc.send_signal(signal.SIGTERM)
-        try:
-            proc.finish()
-        except Exception:
-            proc.kill()
+    proc.stop()
 
 
 def worker_pids(server: ServeProcess) -> dict[int, int]:

@@ -105,12 +105,7 @@ def server(tmp_path: Path) -> Any:
     )
     proc = ServeProcess(path)
     yield proc
-    if proc.proc.poll() is None:
-        proc.proc.send_signal(signal.SIGTERM)
-        try:
-            proc.finish()
-        except Exception:
-            proc.kill()
+    proc.stop()
 
 
 def test_killing_a_worker_moves_only_its_meeting_and_its_pages_come_back(
