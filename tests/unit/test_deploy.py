@@ -23,7 +23,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from deploy_files import (
+    CHART,
+    CONTAINER_CONFIG,
+    CONTAINERFILE,
+    DEPLOY,
+    HOST_IP,
+    JWT,
+    NODE,
+    PREFIX,
+    REDIS_URL,
+    ROOT,
+    STOP_OVERHEAD_S,
+    SYSCTL,
+    SYSTEMD_CONFIG,
+    SYSTEMD_ENV,
+    UNIT,
+    chart_values,
+    env_file,
+    instructions,
+    pod_config,
+    pod_container,
+    pod_environment,
+    render_chart,
+    stages,
+    unit_settings,
+)
 from helm_render import TemplateError, render
 
 from sfu.config import (
@@ -38,60 +63,10 @@ from sfu.config import (
 from sfu.io.address_check import address_warnings
 from sfu.io.pipe import PIPE_SOCKET_BUFFER_BYTES
 from sfu.io.udp import SOCKET_BUFFER_BYTES
-from sfu.workers.supervisor import _CLOSE_TIMEOUT_S
-
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-UNIT = DEPLOY / "systemd" / "sfu.service"
-SYSTEMD_CONFIG = DEPLOY / "systemd" / "sfu.toml"
-SYSTEMD_ENV = DEPLOY / "systemd" / "sfu.env"
-SYSCTL = DEPLOY / "sysctl" / "90-sfu.conf"
-CONTAINERFILE = DEPLOY / "container" / "Containerfile"
-CONTAINER_CONFIG = DEPLOY / "container" / "sfu.toml"
-CHART = DEPLOY / "helm" / "sfu"
-
-#: The install prefix the unit and the image use (a virtual environment).
-PREFIX = "/opt/sfu"
-#: After the drain, the server closes its sockets within _CLOSE_TIMEOUT_S and the supervisor
-#: allows one second more (sfu/workers/supervisor.py): the stop timeouts must exceed this.
-STOP_OVERHEAD_S = _CLOSE_TIMEOUT_S + 1.0
-#: Stand-ins for the secrets an operator provides at run time (long enough to validate).
-JWT = "j" * 48
-REDIS_URL = "redis://:password@10.0.0.5:6379/0"
-#: The node the chart's pod is scheduled on, and that node's address, in the render tests.
-NODE = "node-b"
-HOST_IP = "10.0.0.12"
 
 
 def _config_env_names() -> set[str]:
     return set(config_environment(Config()))
-
-
-def _env_file(path: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, sep, value = line.partition("=")
-            assert sep, f"{path.name}: not NAME=value: {line!r}"
-            env[name] = value
-    return env
-
-
-def _unit_settings(path: Path) -> dict[str, list[str]]:
-    """``Section.Key`` -> every value it is given (repeated keys accumulate, as in systemd)."""
-    settings: dict[str, list[str]] = {}
-    section = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        settings.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
-    return settings
 
 
 def _one(settings: Mapping[str, list[str]], key: str) -> str:
@@ -108,7 +83,7 @@ def _seconds(text: str) -> float:
 
 
 def _systemd_config() -> Config:
-    return load_config(SYSTEMD_CONFIG, _env_file(SYSTEMD_ENV))
+    return load_config(SYSTEMD_CONFIG, env_file(SYSTEMD_ENV))
 
 
 # --- systemd ---------------------------------------------------------------------------------
@@ -148,7 +123,7 @@ def test_verify_reports_a_mistake(tmp_path: Path) -> None:
 
 
 def test_unit_runs_the_shipped_config_with_its_secrets_from_the_environment() -> None:
-    settings = _unit_settings(UNIT)
+    settings = unit_settings(UNIT)
     start = shlex.split(_one(settings, "Service.ExecStart"))
     assert start == [f"{PREFIX}/bin/sfu", "serve", "--config", "/etc/sfu/sfu.toml"]
     check = shlex.split(_one(settings, "Service.ExecStartPre"))
@@ -164,7 +139,7 @@ def test_unit_runs_the_shipped_config_with_its_secrets_from_the_environment() ->
 
 
 def test_unit_credentials_are_the_paths_the_config_names() -> None:
-    settings = _unit_settings(UNIT)
+    settings = unit_settings(UNIT)
     credentials = dict(item.split(":", 1) for item in settings["Service.LoadCredential"])
     config = _systemd_config().cluster
     named = {config.ca_file, config.cert_file, config.key_file}
@@ -173,7 +148,7 @@ def test_unit_credentials_are_the_paths_the_config_names() -> None:
 
 
 def test_unit_stops_after_the_drain_and_restarts_with_a_backoff() -> None:
-    settings = _unit_settings(UNIT)
+    settings = unit_settings(UNIT)
     drain = _systemd_config().server.drain_timeout_s
     assert _one(settings, "Service.KillSignal") == "SIGTERM"
     # SIGTERM to the supervisor only: it passes it on to the workers and waits for them.
@@ -186,7 +161,7 @@ def test_unit_stops_after_the_drain_and_restarts_with_a_backoff() -> None:
 
 
 def test_unit_user_limits_and_hardening() -> None:
-    settings = _unit_settings(UNIT)
+    settings = unit_settings(UNIT)
     config = _systemd_config()
     assert _one(settings, "Service.User") not in ("", "root", "0")
     sysusers = (DEPLOY / "systemd" / "sfu.sysusers").read_text()
@@ -270,35 +245,6 @@ def test_every_sfu_variable_in_deploy_is_a_configuration_key() -> None:
 # --- container image ---------------------------------------------------------------------------
 
 
-def _instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    joined: list[str] = []
-    pending = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        joined.append(pending + line)
-        pending = ""
-    assert not pending, "a continuation line ends the file"
-    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in joined]
-
-
-def _stages(path: Path) -> list[list[tuple[str, str]]]:
-    stages: list[list[tuple[str, str]]] = []
-    for instruction in _instructions(path):
-        if instruction[0] == "FROM":
-            stages.append([])
-        if stages:
-            stages[-1].append(instruction)
-    return stages
-
-
 def _makefile_variable(name: str) -> list[str]:
     text = (ROOT / "Makefile").read_text()
     match = re.search(rf"^{name}\s*:=\s*(.*)$", text, re.MULTILINE)
@@ -326,12 +272,12 @@ def _shell_commands(stage: list[tuple[str, str]]) -> list[list[str]]:
 
 
 def test_image_builds_with_the_makefiles_packages_and_install_commands() -> None:
-    stages = _stages(CONTAINERFILE)
-    assert len(stages) == 2
-    arg = dict(a.split("=", 1) for i, a in _instructions(CONTAINERFILE) if i == "ARG")
+    all_stages = stages(CONTAINERFILE)
+    assert len(all_stages) == 2
+    arg = dict(a.split("=", 1) for i, a in instructions(CONTAINERFILE) if i == "ARG")
     base = arg["PYTHON_IMAGE"]
     assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base), base
-    build, run = stages
+    build, run = all_stages
     assert build[0][1] == "${PYTHON_IMAGE} AS build" and run[0][1] == "${PYTHON_IMAGE}"
     commands = _shell_commands(build)
     apt = [c for c in commands if c[:2] == ["apt-get", "install"]]
@@ -351,7 +297,7 @@ def test_image_builds_with_the_makefiles_packages_and_install_commands() -> None
 
 
 def test_image_copies_what_the_build_reads() -> None:
-    build = _stages(CONTAINERFILE)[0]
+    build = stages(CONTAINERFILE)[0]
     sources: set[str] = set()
     for instruction, argument in build:
         if instruction == "COPY":
@@ -366,7 +312,7 @@ def test_image_copies_what_the_build_reads() -> None:
 
 
 def test_image_runs_unprivileged_drains_and_checks_health() -> None:
-    run = _stages(CONTAINERFILE)[1]
+    run = stages(CONTAINERFILE)[1]
     final = {instruction: argument for instruction, argument in run}
     user = final["USER"].split(":")[0]
     assert user not in ("root", "0")
@@ -380,7 +326,7 @@ def test_image_runs_unprivileged_drains_and_checks_health() -> None:
     assert "/healthz" in probe[-1]
     assert f"'{config.http.ops_port}'" in probe[-1]
     # Nothing secret is set in the image.
-    for instruction, argument in _instructions(CONTAINERFILE):
+    for instruction, argument in instructions(CONTAINERFILE):
         if instruction in ("ENV", "ARG"):
             assert not re.search(r"SECRET|PASSWORD|REDIS_URL|TOKEN", argument), argument
 
@@ -391,7 +337,7 @@ def test_image_config_needs_the_run_time_secret_and_exposes_its_ports() -> None:
     assert {key for key, _ in err.value.errors} == {"auth.jwt_secret"}
     runtime = {"SFU_AUTH_JWT_SECRET": JWT, "SFU_MEDIA_ANNOUNCED_ADDRESSES": "203.0.113.11"}
     config = load_config(CONTAINER_CONFIG, runtime)
-    exposed = set(_shell_words(a for i, a in _instructions(CONTAINERFILE) if i == "EXPOSE"))
+    exposed = set(_shell_words(a for i, a in instructions(CONTAINERFILE) if i == "EXPOSE"))
     assert {
         f"{config.http.port}/tcp",
         f"{config.http.ops_port}/tcp",
@@ -409,71 +355,15 @@ def _shell_words(arguments: Any) -> list[str]:
 # --- Helm chart ----------------------------------------------------------------------------------
 
 
-def _values() -> dict[str, Any]:
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert isinstance(values, dict)
-    return values
-
-
-def _render(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every template rendered with ``values``: kind -> manifest (one of each kind)."""
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    context = {
-        "Values": values,
-        "Release": {"Name": "edge", "Namespace": "sfu"},
-        "Chart": {"Name": chart["name"], "Version": chart["version"]},
-    }
-    manifests: dict[str, dict[str, Any]] = {}
-    for template in sorted((CHART / "templates").glob("*.yaml")):
-        for document in yaml.safe_load_all(render(template.read_text(), context)):
-            if document:
-                assert document["kind"] not in manifests
-                manifests[document["kind"]] = document
-    return manifests
-
-
-def _container(manifests: Mapping[str, Any]) -> dict[str, Any]:
-    pod = manifests["DaemonSet"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert isinstance(container, dict)
-    return container
-
-
-def _expand(value: str, env: Mapping[str, str]) -> str:
-    """The kubelet's ``$(VAR)`` expansion of an env value (earlier variables only)."""
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), value)
-
-
-def _pod_environment(manifests: Mapping[str, Any]) -> dict[str, str]:
-    """The container's environment on node NODE (address HOST_IP), secrets filled in."""
-    field_values = {"spec.nodeName": NODE, "status.hostIP": HOST_IP}
-    secrets = {"jwt-secret": JWT, "redis-url": REDIS_URL, "turn": "t" * 32}
-    env: dict[str, str] = {}
-    for item in _container(manifests)["env"]:
-        if "value" in item:
-            env[item["name"]] = _expand(item["value"], env)
-        elif "fieldRef" in item["valueFrom"]:
-            env[item["name"]] = field_values[item["valueFrom"]["fieldRef"]["fieldPath"]]
-        else:
-            env[item["name"]] = secrets[item["valueFrom"]["secretKeyRef"]["key"]]
-    return env
-
-
-def _pod_config(manifests: Mapping[str, Any]) -> Config:
-    toml = manifests["ConfigMap"]["data"]["sfu.toml"]
-    env = {k: v for k, v in _pod_environment(manifests).items() if k.startswith("SFU_")}
-    return parse_config(tomllib.loads(toml), env)
-
-
-def test_chart_values_and_templates_parse_and_reference_only_existing_values() -> None:
-    values = _values()
+def test_chartchart_values_and_templates_parse_and_reference_only_existingchart_values() -> None:
+    values = chart_values()
     for template in (CHART / "templates").glob("*.yaml"):
         for path in re.findall(r"\.Values((?:\.\w+)+)", template.read_text()):
             node: Any = values
             for part in path.strip(".").split("."):
                 assert isinstance(node, dict) and part in node, f"{template.name}: .Values{path}"
                 node = node[part]
-    manifests = _render(values)
+    manifests = render_chart(values)
     assert set(manifests) == {"ConfigMap", "DaemonSet", "Service"}
     for manifest in manifests.values():
         assert manifest["apiVersion"] and manifest["metadata"]["name"] == "edge-sfu"
@@ -486,7 +376,7 @@ def test_renderer_refuses_a_missing_value() -> None:
 
 
 def test_chart_runs_one_pod_per_node_on_the_host_network() -> None:
-    manifests = _render(_values())
+    manifests = render_chart(chart_values())
     spec = manifests["DaemonSet"]["spec"]
     pod = spec["template"]["spec"]
     assert pod["hostNetwork"] is True
@@ -500,11 +390,11 @@ def test_chart_runs_one_pod_per_node_on_the_host_network() -> None:
 
 
 def test_chart_drains_within_the_grace_period_and_probes_the_ops_port() -> None:
-    manifests = _render(_values())
+    manifests = render_chart(chart_values())
     pod = manifests["DaemonSet"]["spec"]["template"]["spec"]
-    config = _pod_config(manifests)
+    config = pod_config(manifests)
     assert pod["terminationGracePeriodSeconds"] > config.server.drain_timeout_s + STOP_OVERHEAD_S
-    container = _container(manifests)
+    container = pod_container(manifests)
     assert container["readinessProbe"]["httpGet"] == {
         "path": "/readyz",
         "port": config.http.ops_port,
@@ -527,9 +417,9 @@ def test_chart_drains_within_the_grace_period_and_probes_the_ops_port() -> None:
 
 
 def test_chart_config_validates_with_the_node_identity_and_secrets() -> None:
-    manifests = _render(_values())
-    env = _pod_environment(manifests)
-    config = _pod_config(manifests)
+    manifests = render_chart(chart_values())
+    env = pod_environment(manifests)
+    config = pod_config(manifests)
     assert config.cluster.node_id == NODE
     assert config.server.worker_name == NODE
     assert config.cluster.advertise_address == f"{HOST_IP}:{config.cluster.link_port}"
@@ -540,11 +430,11 @@ def test_chart_config_validates_with_the_node_identity_and_secrets() -> None:
     assert config.auth.jwt_secret == JWT and config.cluster.redis_url == REDIS_URL
     secret_refs = {
         item["name"]
-        for item in _container(manifests)["env"]
+        for item in pod_container(manifests)["env"]
         if "secretKeyRef" in item.get("valueFrom", {})
     }
     assert secret_refs == {"SFU_AUTH_JWT_SECRET", "SFU_CLUSTER_REDIS_URL"}
-    mounts = {m["mountPath"] for m in _container(manifests)["volumeMounts"]}
+    mounts = {m["mountPath"] for m in pod_container(manifests)["volumeMounts"]}
     assert str(Path(config.cluster.cert_file).parent) in mounts
     assert any(Path(config.audit.path).is_relative_to(m) for m in mounts)
     assert "SFU_TURN_SECRET" not in env
@@ -555,18 +445,18 @@ def test_chart_config_validates_with_the_node_identity_and_secrets() -> None:
 
 
 def test_chart_announces_listed_addresses_per_node_and_guards_its_options() -> None:
-    values = _values()
+    values = chart_values()
     values["media"]["announcedAddresses"] = {NODE: "203.0.113.12,2001:db8::12"}
     values["serviceMonitor"]["enabled"] = True
     values["serviceMonitor"]["labels"] = {"release": "prometheus"}
     values["secrets"]["turnSecretKey"] = "turn"
-    manifests = _render(values)
+    manifests = render_chart(values)
     data = manifests["ConfigMap"]["data"]
     # The start command reads announce-<node> from the ConfigMap mounted at /etc/sfu/announce.
-    script = _container(manifests)["command"][-1]
+    script = pod_container(manifests)["command"][-1]
     assert '"/etc/sfu/announce/announce-$SFU_CLUSTER_NODE_ID"' in script
     announced = data[f"announce-{NODE}"]
-    env = {k: v for k, v in _pod_environment(manifests).items() if k.startswith("SFU_")}
+    env = {k: v for k, v in pod_environment(manifests).items() if k.startswith("SFU_")}
     env["SFU_MEDIA_ANNOUNCED_ADDRESSES"] = announced
     config = parse_config(tomllib.loads(data["sfu.toml"]), env)
     assert config.media.announced_addresses == ("203.0.113.12", "2001:db8::12")
