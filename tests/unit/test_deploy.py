@@ -480,3 +480,36 @@ def test_deployment_guide_names_every_artifact() -> None:
         if path.parent.name != "templates":
             assert name in guide, f"docs/deployment.md does not mention {name}"
     assert "docs/deployment.md" in (ROOT / "README.md").read_text()
+
+
+def test_chart_start_command_announces_the_listed_address_or_the_nodes_own(
+    tmp_path: Path,
+) -> None:
+    """The pod's shell wrapper, run by /bin/sh with the server swapped for a stub that
+    prints what it would have been started with."""
+    values = chart_values()
+    values["media"]["announcedAddresses"] = {NODE: "203.0.113.12"}
+    manifests = render_chart(values)
+    script = pod_container(manifests)["command"][-1]
+    stub = tmp_path / "sfu"
+    stub.write_text('#!/bin/sh\necho "$SFU_MEDIA_ANNOUNCED_ADDRESSES $*"\n')
+    stub.chmod(0o755)
+    folder = tmp_path / "announce"
+    folder.mkdir()
+    for key, value in manifests["ConfigMap"]["data"].items():
+        (folder / key).write_text(value)
+    script = script.replace(f"{PREFIX}/bin/sfu", str(stub))
+    script = script.replace("/etc/sfu/announce", str(folder))
+    env = pod_environment(manifests)
+
+    def start(node: str) -> str:
+        pod_env = {**env, "SFU_CLUSTER_NODE_ID": node, "PATH": "/usr/bin:/bin"}
+        done = subprocess.run(
+            ["/bin/sh", "-c", script], env=pod_env, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    # The listed node announces its listed address, another node its own (status.hostIP).
+    assert start(NODE) == "203.0.113.12 serve --config /etc/sfu/sfu.toml"
+    assert start("node-z") == f"{HOST_IP} serve --config /etc/sfu/sfu.toml"
