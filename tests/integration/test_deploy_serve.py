@@ -4,7 +4,7 @@ ends it inside the stop timeout the same deployment sets.
 Each config (the systemd node's with its secrets file, the container image's, the Helm
 chart's rendered for a node) runs as ``sfu serve --config FILE`` with the environment that
 deployment gives it. Only what cannot be reached here is overridden, through ``SFU_*``
-variables (as an operator would): listeners on 127.0.0.1 and free ports, one worker, the
+variables (as an operator would): listeners on 127.0.0.1 and free ports, one or two workers, the
 audit log in the test's folder, a real ``redis-server`` on loopback instead of 10.0.0.5, and
 link certificates minted for the node. The Containerfile's HEALTHCHECK command runs as
 written (with this Python) against the ops port, and must fail once the server is gone.
@@ -95,7 +95,6 @@ def _loopback(tmp_path: Path, ops_port: int) -> dict[str, str]:
         "SFU_MEDIA_UDP_PORT": "0",
         "SFU_MEDIA_TCP_PORT": "0",
         "SFU_MEDIA_ANNOUNCED_ADDRESSES": "127.0.0.1",
-        "SFU_SERVER_WORKERS": "1",
         "SFU_AUDIT_PATH": str(tmp_path / "audit"),
     }
 
@@ -127,6 +126,9 @@ def _systemd(tmp_path: Path, redis: RedisServer) -> tuple[Path, dict[str, str], 
     env = env_file(SYSTEMD_ENV)
     env["SFU_CLUSTER_REDIS_URL"] = redis.url
     env.update(_link(tmp_path, "node-a"))
+    # Two workers, as workers = "auto" gives a 2-core host: SIGTERM reaches the supervisor
+    # only (KillMode=mixed), which must pass it on and wait for both within the budget.
+    env["SFU_SERVER_WORKERS"] = "2"
     budget = _seconds(unit_settings(UNIT)["Service.TimeoutStopSec"][-1])
     return SYSTEMD_CONFIG, env, budget
 
@@ -137,7 +139,7 @@ def _container(tmp_path: Path, redis: RedisServer) -> tuple[Path, dict[str, str]
     header = CONTAINERFILE.read_text()
     budget = float(re.findall(r"docker stop -t (\d+)", header)[0])
     assert all(i != "ENV" or "SFU_" not in a for i, a in instructions(CONTAINERFILE))
-    return CONTAINER_CONFIG, {"SFU_AUTH_JWT_SECRET": JWT}, budget
+    return CONTAINER_CONFIG, {"SFU_AUTH_JWT_SECRET": JWT, "SFU_SERVER_WORKERS": "1"}, budget
 
 
 def _helm(tmp_path: Path, redis: RedisServer) -> tuple[Path, dict[str, str], float]:
@@ -147,6 +149,7 @@ def _helm(tmp_path: Path, redis: RedisServer) -> tuple[Path, dict[str, str], flo
     env = {k: v for k, v in pod_environment(manifests).items() if k.startswith("SFU_")}
     env["SFU_CLUSTER_REDIS_URL"] = redis.url
     env.update(_link(tmp_path, env["SFU_CLUSTER_NODE_ID"]))
+    env["SFU_SERVER_WORKERS"] = "1"
     budget = float(
         manifests["DaemonSet"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     )
@@ -175,11 +178,17 @@ def test_shipped_config_serves_answers_its_probes_and_stops_in_time(
         assert _status(ops_port, "/healthz") == 200
         expected = load_config(config, env)
         if expected.cluster.redis_url:
-            # Clustered as the deployment meant: its node id, registered in Redis.
-            with urllib.request.urlopen(f"http://127.0.0.1:{ops_port}/readyz", timeout=2) as r:
-                cluster = json.loads(r.read())["cluster"]
-            assert cluster["node_id"] == expected.cluster.node_id
-            assert (cluster["directory"], cluster["lease"]) == ("up", "live")
+            # Clustered as the deployment meant: its node id, registered in Redis (with
+            # workers, the supervisor repeats worker 0's report once it has one).
+            while True:
+                url = f"http://127.0.0.1:{ops_port}/readyz"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    cluster = json.loads(r.read())["cluster"]
+                assert cluster["node_id"] == expected.cluster.node_id
+                if (cluster.get("directory"), cluster.get("lease")) == ("up", "live"):
+                    break
+                assert time.monotonic() < deadline + TIMEOUT, f"not registered: {cluster}"
+                time.sleep(0.1)
         assert _healthcheck(ops_port) == 0
         started = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
