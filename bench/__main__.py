@@ -3,7 +3,9 @@
 Without ``--target`` the bench starts our server on loopback (pinned to one CPU with
 ``taskset`` when there are two or more, the generator on another); with ``--target URL`` it
 loads a running deployment (``--jwt-secret`` signs the join tokens). ``--vs janus`` runs the
-same load against Janus VideoRoom as well and reports both and their ratios.
+same load against Janus VideoRoom as well and reports both and their ratios. ``--cluster``
+starts a redis-server and two linked nodes and runs the load across them (publishers on one,
+subscribers on the other), then on one node, and compares the two (:mod:`bench.cluster`).
 
 ``python -m bench adaptation`` is different: Chromium subscribers in network namespaces behind
 a shaped downlink go through capacity phases (see :mod:`bench.adaptation`; needs root).
@@ -49,6 +51,14 @@ __all__ = ["LONG_RUNS", "main", "parse_args"]
 LONG_RUNS = ("soak", "churn")
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    """``--rates 1,3,6``: the rate multipliers of the steps."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see ``python -m bench --help``)."""
     p = argparse.ArgumentParser(
@@ -63,6 +73,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the target's JWT secret for join tokens (default: $SFU_AUTH_JWT_SECRET)",
     )
     p.add_argument("--vs", choices=["janus"], help="also run the same load against Janus")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="two clustered nodes (a redis-server, a QUIC link): publishers on node A, "
+        "subscribers on node B; then the same load all on node A as the baseline",
+    )
     p.add_argument(
         "--find-max",
         action="store_true",
@@ -110,6 +126,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "transport-wide CC feedback, while the server's estimate ramps up to the top layer)",
     )
     p.add_argument("--rate", type=float, default=1.0, help="frame-rate multiplier (first step)")
+    p.add_argument(
+        "--rates",
+        type=_rates,
+        default=(),
+        metavar="X,Y,...",
+        help="measure one step at each of these rate multipliers (every one, whatever its loss)",
+    )
     p.add_argument("--max-steps", type=int, default=8, help="find-max: most steps")
     p.add_argument("--step-factor", type=float, default=1.5, help="find-max: rate growth")
     p.add_argument("--max-time", type=float, default=600.0, help="find-max: most seconds")
@@ -187,6 +210,7 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
         rooms=args.rooms,
         p99_bound_ms=args.p99_bound_ms,
         feedback=not args.no_feedback,
+        rates=args.rates,
     )
 
 
@@ -217,7 +241,40 @@ def _targets(args: argparse.Namespace, server_cpu: int | None) -> list[Target]:
     return targets
 
 
+async def _run_cluster(args: argparse.Namespace) -> list[RunResult]:
+    """``--cluster``: the relay arm (publishers on node A, subscribers on node B), then the
+    baseline (everything on node A), on one two-node cluster started for the run."""
+    from bench.cluster import ClusterArm, LocalCluster
+
+    server_cpu = _pin(args)
+    spare = sorted(os.sched_getaffinity(0) - {server_cpu}) if server_cpu is not None else []
+    # With a third CPU node B gets its own (the generator keeps the second); on two, both
+    # nodes share the server's CPU, as the baseline's one node has it alone.
+    cpu_b = spare[1] if len(spare) >= 2 else server_cpu
+    cluster = LocalCluster(cpus=(server_cpu, cpu_b))
+    bar = ProgressBar(enabled=not args.quiet)
+    results: list[RunResult] = []
+    try:
+        bar(0.0, "starting redis-server and two nodes")
+        await cluster.start()
+        for arm in (ClusterArm.relay(cluster), ClusterArm.baseline(cluster)):
+            try:
+                results.append(await run_scenario(arm, _config(args), bar))
+            finally:
+                await arm.stop()
+    except (TargetError, HandshakeError, OSError) as exc:
+        bar.finish()
+        tails = "\n".join(f"{n}:\n{t.log_tail()}" for n, t in cluster.nodes.items())
+        raise SystemExit(f"cluster: {exc}\n{tails}") from None
+    finally:
+        await cluster.stop()
+    bar.finish()
+    return results
+
+
 async def _run(args: argparse.Namespace) -> list[RunResult]:
+    if args.cluster:
+        return await _run_cluster(args)
     server_cpu = _pin(args) if (args.target is None or args.vs) else None
     targets = _targets(args, server_cpu)
     bar = ProgressBar(enabled=not args.quiet)
@@ -319,6 +376,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.scenario == "adaptation":
         return _adaptation(args)
+    if args.cluster and (args.vs or args.target or args.scenario in LONG_RUNS or args.workers > 1):
+        print(
+            "python -m bench: --cluster starts its own two nodes (one worker each): "
+            "not with --vs, --target, --workers or soak/churn",
+            file=sys.stderr,
+        )
+        return 2
     if args.vs and args.transport != "udp":
         print(
             "python -m bench: --transport tcp measures this server only (not --vs)", file=sys.stderr
@@ -358,8 +422,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         loop.close()
     print(format_table(results, args.find_max))
+    extra: dict[str, object] = {}
+    if args.cluster:
+        from bench.cluster import cluster_comparison, format_cluster
+
+        print(format_cluster(results))
+        extra["cluster"] = cluster_comparison(results)
     if args.json:
-        write_json(args.json, results, args.find_max)
+        write_json(args.json, results, args.find_max, extra)
     plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     if plot:
         write_plot(plot, results)

@@ -132,6 +132,16 @@ def format_table(results: Sequence[RunResult], find_max: bool) -> str:
                     f"{_fmt(g['subscribers'], 0)}, loss {g['loss']}, "
                     f"p50 {g['latency_p50_ms']} ms, p99 {g['latency_p99_ms']} ms"
                 )
+            for node, c in s.server_cpu_by_node.items():
+                out.append(
+                    f"{r.target} x{s.rate:g}: {node} CPU {_fmt(c['cpu_util'], 3)} of a core, "
+                    f"{_fmt(c['cpu_s_per_million_packets'], 2)} s per million egress packets"
+                )
+            for node, rates in s.link.items():
+                out.append(
+                    f"{r.target} x{s.rate:g}: {node} link and data plane, datagrams/s: "
+                    + ", ".join(f"{k[:-4]} {_fmt(v, 0)}" for k, v in rates.items())
+                )
             for worker, f in s.server_forwarding_ms.items():
                 out.append(
                     f"{r.target} x{s.rate:g}: server forwarding latency, worker {worker}: "
@@ -192,8 +202,14 @@ def comparison(results: Sequence[RunResult], find_max: bool) -> dict[str, float 
     }
 
 
-def write_json(path: str | os.PathLike[str], results: Sequence[RunResult], find_max: bool) -> None:
-    """One object per target under ``targets`` (and ``ratios`` when there are two)."""
+def write_json(
+    path: str | os.PathLike[str],
+    results: Sequence[RunResult],
+    find_max: bool,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """One object per target under ``targets`` (and ``ratios`` when there are two), and
+    ``extra``'s keys (``cluster``: the relay arm against the baseline, step by step)."""
     doc: dict[str, Any] = {
         "targets": [r.as_dict(find_max) for r in results],
         "loss_limit": LOSS_LIMIT,
@@ -201,6 +217,7 @@ def write_json(path: str | os.PathLike[str], results: Sequence[RunResult], find_
     }
     if len(results) >= 2:
         doc["ratios"] = comparison(results, find_max)
+    doc.update(extra or {})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")
 

@@ -109,6 +109,9 @@ class ScenarioConfig:
     #: Subscribers offer transport-wide CC and send its feedback (as browsers do), so the
     #: server's send-side estimator and allocator run on real input.
     feedback: bool = True
+    #: Measure one step at each of these rate multipliers, in order, whatever each step's
+    #: loss or latency (empty: ``rate`` alone, or find-max's steps).
+    rates: tuple[float, ...] = ()
     room: str = field(default_factory=lambda: "bench-" + secrets.token_hex(4))
 
     def room_names(self) -> list[str]:
@@ -137,6 +140,9 @@ class ScenarioConfig:
             (self.transport in ("udp", "tcp"), "transport must be udp or tcp"),
             (1 <= self.rooms <= MAX_ROOMS, f"rooms must be in [1, {MAX_ROOMS}]"),
             (1.0 <= self.p99_bound_ms <= 10_000, "p99 bound must be in [1, 10000] ms"),
+            (len(self.rates) <= self.max_steps, "more rates than max steps"),
+            (all(0.05 <= r <= 100 for r in self.rates), "rates must be in [0.05, 100]"),
+            (not (self.rates and self.find_max), "rates and find-max exclude each other"),
         ]
         if self.scenario == "meeting":
             checks.append((2 <= self.participants <= 40, "meeting needs 2..40 participants"))
@@ -293,6 +299,17 @@ class StepResult:
     #: The server's own forwarding-latency histogram in the window, per worker (p50/p99
     #: upper bucket edges in ms, and samples), when it exposes ``/metrics``.
     server_forwarding_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: With a target of several server processes (``--cluster``): each one's CPU seconds in
+    #: the window, its share of a core, and its CPU seconds per million egress packets and
+    #: per million packets the subscribers received (of the whole step's egress: each
+    #: node's share of the cost of a packet; the two differ when packets are lost).
+    server_cpu_by_node: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: ... and each one's node-link counters as rates over the window (``published_pps``,
+    #: ``received_pps``, ``dropped_pps``, ``relay_out_pps``, ``relay_in_pps``,
+    #: ``resent_pps``, ``links_lost_pps``), and its data plane's (``dataplane_fast_pps``:
+    #: RTP the compiled forwarder forwarded itself, ``dataplane_slow_pps``: RTP it handed
+    #: to Python).
+    link: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def sustained(self) -> bool:
         """Within the loss limit, keeping up with the offered load, and (when a bound is
@@ -677,8 +694,63 @@ def measure(
     )
 
 
+NodeCpu = dict[str, float | None]
+LinkCounters = dict[str, dict[str, float | None]]
+
+
+async def _node_readings(target: Target) -> tuple[NodeCpu | None, LinkCounters | None]:
+    """Per-process CPU seconds and node-link counters, from a target of several server
+    processes (``bench.cluster.ClusterArm``); None from any other."""
+    cpu_by_node = getattr(target, "cpu_by_node", None)
+    link_counters = getattr(target, "link_counters", None)
+    cpu = await cpu_by_node() if callable(cpu_by_node) else None
+    link = await link_counters() if callable(link_counters) else None
+    return cpu, link
+
+
+def _node_cpu(
+    before: NodeCpu | None, after: NodeCpu | None, window: float, step: StepResult
+) -> dict[str, dict[str, float | None]]:
+    """Each process's CPU in the window: seconds, share of a core, and seconds per million
+    egress packets and per million delivered (received) packets."""
+
+    def per_million(used: float | None, pps: float) -> float | None:
+        return round(used / (pps * window / 1e6), 3) if used is not None and pps else None
+
+    out: dict[str, dict[str, float | None]] = {}
+    for node, end in (after or {}).items():
+        start = (before or {}).get(node)
+        used = end - start if end is not None and start is not None else None
+        out[node] = {
+            "cpu_s": None if used is None else round(used, 3),
+            "cpu_util": None if used is None else round(used / window, 3),
+            "cpu_s_per_million_packets": per_million(used, step.egress_pps),
+            "cpu_s_per_million_delivered": per_million(used, step.received_pps),
+        }
+    return out
+
+
+def _link_rates(
+    before: LinkCounters | None, after: LinkCounters | None, window: float
+) -> dict[str, dict[str, float | None]]:
+    """Each process's node-link counters as rates (per second) over the window."""
+    out: dict[str, dict[str, float | None]] = {}
+    for node, counters in (after or {}).items():
+        old = (before or {}).get(node, {})
+        rates: dict[str, float | None] = {}
+        for key, end in counters.items():
+            start = old.get(key)
+            rates[f"{key}_pps"] = (
+                round((end - start) / window, 1) if end is not None and start is not None else None
+            )
+        out[node] = rates
+    return out
+
+
 def step_rates(cfg: ScenarioConfig) -> list[float]:
-    """The rate multipliers find-max tries (or the single configured rate)."""
+    """The rate multipliers find-max tries (or the configured rates, or the single rate)."""
+    if cfg.rates:
+        return list(cfg.rates)
     if not cfg.find_max:
         return [cfg.rate]
     rates = [cfg.rate]
@@ -736,14 +808,18 @@ async def run_scenario(
             before = session.snapshot()
             latency = getattr(target, "forwarding_latency", None)
             fwd0 = await latency() if callable(latency) else None
+            nodes0, link0 = await _node_readings(target)
             cpu0, gen0 = await target.cpu_seconds(), _self_cpu()
             w0 = time.monotonic()
             await session.drive(cfg.duration_s, _ticker(report, done, total, label))
             after = session.snapshot()
             window = time.monotonic() - w0
             cpu1, gen1 = await target.cpu_seconds(), _self_cpu()
+            nodes1, link1 = await _node_readings(target)
             done += cfg.duration_s
             step = measure(before, after, window, rate, (cpu0, cpu1), (gen0, gen1))
+            step.server_cpu_by_node = _node_cpu(nodes0, nodes1, window, step)
+            step.link = _link_rates(link0, link1, window)
             step.p99_bound_ms = bound
             groups = session.server_ports()
             if groups:
@@ -759,6 +835,8 @@ async def run_scenario(
                 promised = step.sent_pps * first.egress_pps / first.sent_pps
                 step.delivery = round(step.egress_pps / promised, 4)
             result.steps.append(step)
+            if cfg.rates:
+                continue
             if not cfg.find_max:
                 break
             if step.loss > LOSS_LIMIT:

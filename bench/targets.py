@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -52,6 +55,7 @@ __all__ = [
     "Target",
     "TargetError",
     "cpu_count",
+    "death_signal",
     "proc_cpu_seconds",
 ]
 
@@ -59,6 +63,8 @@ __all__ = [
 HTTP_TIMEOUT_S = 20.0
 #: Bound on a local server's start (process spawn to "http listening").
 START_TIMEOUT_S = 30.0
+#: prctl(2) option: the signal the kernel sends a child when its parent dies.
+_PR_SET_PDEATHSIG: Final = 1
 _LISTEN_RE = re.compile(r"http listening on (\S+):(\d+)")
 _TOKEN_TTL_S = 6 * 3600
 
@@ -111,6 +117,20 @@ class Target(Protocol):
         return None
 
     async def cpu_seconds(self) -> float | None: ...
+
+
+def death_signal() -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child if the bench dies without
+    stopping it (``prctl(PR_SET_PDEATHSIG)``, kept across ``taskset``'s exec).
+
+    libc is resolved here, in the parent: the forked child only makes the one prctl call.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return set_death_signal
 
 
 def cpu_count() -> int:
@@ -227,6 +247,15 @@ class SfuTarget:
     workers: int = 1
     #: ``server.room_spread_subscribers`` of the local server (0: rooms are not spread).
     spread: int = 0
+    #: More ``[server]`` keys (TOML lines) of the local server.
+    server_options: str = ""
+    #: More sections (TOML) of the local server's config, e.g. ``[cluster]``.
+    extra_config: str = ""
+    #: Have the kernel SIGKILL the local server if the bench dies without stopping it.
+    die_with_bench: bool = False
+    #: Follow a WHIP/WHEP 307 (a clustered node placing the session on another node, RFC
+    #: 9725 section 4.5); off, a 307 is an error (the bench chose the node on purpose).
+    follow_redirects: bool = True
     _proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
     _tmp: str | None = field(default=None, repr=False)
     _http: aiohttp.ClientSession | None = field(default=None, repr=False)
@@ -246,7 +275,8 @@ class SfuTarget:
                 raise TargetError("--target needs the deployment's JWT secret (--jwt-secret)")
             self.url = self.url.rstrip("/")
             return
-        self.jwt_secret = secrets.token_urlsafe(32)
+        # A secret given is kept (nodes of one cluster share it); else a fresh one.
+        self.jwt_secret = self.jwt_secret or secrets.token_urlsafe(32)
         self._tmp = tempfile.mkdtemp(prefix="sfu-bench-")
         config = Path(self._tmp) / "bench.toml"
         config.write_text(self._config_text(self.jwt_secret, self._tmp))
@@ -258,6 +288,7 @@ class SfuTarget:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=death_signal() if self.die_with_bench else None,
         )
         try:
             self.url = await asyncio.wait_for(self._wait_listening(), START_TIMEOUT_S)
@@ -275,12 +306,14 @@ class SfuTarget:
             "max_pending_per_source = 2000\nmax_pending_per_identity = 2000\n"
             '[logging]\nlevel = "info"\n'
             f"[server]\nworkers = {self.workers}\nroom_spread_subscribers = {self.spread}\n"
-            f'[auth]\njwt_secret = "{secret}"\ndev_tokens = false\n'
+            + self.server_options
+            + f'[auth]\njwt_secret = "{secret}"\ndev_tokens = false\n'
             f"[rooms]\nwaiting_room = false\nmax_participants = {self.max_participants}\n"
             f'[audit]\npath = "{tmp}/audit"\n'
             "[metrics]\nenabled = true\n"
             # The unauthenticated echo service is for loopback only.
             + ("" if self.host.startswith("127.") else "[echo]\nenabled = false\n")
+            + self.extra_config
         )
 
     async def _wait_listening(self) -> str:
@@ -348,7 +381,9 @@ class SfuTarget:
         if self._http is None or self.url is None:
             raise TargetError("target not started")
         headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
-        async with self._http.post(self.url + path, data=sdp, headers=headers) as resp:
+        async with self._http.post(
+            self.url + path, data=sdp, headers=headers, allow_redirects=self.follow_redirects
+        ) as resp:
             body = await resp.text()
             if resp.status != 201:
                 raise TargetError(f"POST {path}: {resp.status} {body.strip()[:200]}")
@@ -381,15 +416,24 @@ class SfuTarget:
             async with self._http.delete(self.url + str(session.handle)):
                 pass
 
+    async def metrics_text(self) -> str | None:
+        """The server's ``/metrics`` text, None when it does not answer."""
+        if self._http is None or self.url is None:
+            return None
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+            async with self._http.get(self.url + "/metrics") as resp:
+                if resp.status == 200:
+                    return await resp.text()
+        return None
+
     async def forwarding_latency(self) -> dict[str, dict[float, float]] | None:
         """The server's forwarding-latency buckets per worker (``/metrics``), None when
         it does not answer."""
-        if self._http is None or self.url is None:
+        text = await self.metrics_text()
+        if text is None:
             return None
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError, ValueError):
-            async with self._http.get(self.url + "/metrics") as resp:
-                if resp.status == 200:
-                    return forwarding_buckets(await resp.text())
+        with contextlib.suppress(ValueError):
+            return forwarding_buckets(text)
         return None
 
     async def cpu_seconds(self) -> float | None:

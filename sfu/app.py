@@ -571,6 +571,7 @@ class Server:
     def _pump(self, sock: socket.socket, now: float) -> list[tuple[bytes, Address]]:
         """The media socket's reader: the forwarder's batch, then its ICE-TCP egress."""
         slow = self.dataplane.forwarder.pump(sock, now)
+        self._relay(now)
         self.dataplane.release_paced(now)  # paced transports: what their budget allows, now
         self._send_framed()
         if self._room_timer is not None:
@@ -582,6 +583,7 @@ class Server:
         streams is forwarded as from UDP), the rest to the port like any slow-path datagram."""
         now = clock.now()
         slow, egress = self.dataplane.forwarder.process(((data, addr),), now)
+        self._relay(now)
         self.dataplane.release_paced(now)
         if egress and self._udp is not None:
             for packet, destination in egress:
@@ -589,6 +591,13 @@ class Server:
         self._send_framed()
         for packet, source in slow:
             self.sink(packet, source)
+
+    def _relay(self, now: float) -> None:
+        """What the forwarder logged for relayed publications, to their pipes' taps."""
+        try:
+            self.dataplane.relay(now)
+        except Exception:  # pragma: no cover - a bug must not stop the media socket
+            log.exception("internal error relaying to the pipes")
 
     def _send_framed(self) -> None:
         """Write what the forwarder sent to ICE-TCP transports to their connections."""

@@ -174,6 +174,7 @@ cdef enum:
     MUNGE_LIMIT = 1500          # the reference's Subscription.buf size
     TX_STREAMS = 64             # ingress streams per transport (MAX_STREAMS is 32)
     LATENCY_SLOTS = 4096
+    RELAY_SLOTS = 1024          # relayed packets between drain_relay() calls (a pump is 512)
     GSO_SEGMENTS = 32           # most packets in one UDP GSO send (the kernel allows 64)
     CMSG_SIZE = 32              # room for one UDP_SEGMENT control message
 
@@ -249,6 +250,7 @@ cdef struct stream_t:
     unsigned long long packets
     bint any_payload_type       # no payload type set: every one is accepted
     uint64_t payload_types[2]   # bit n: payload type n is accepted (the answer's formats)
+    bint relay                  # a pipe relays its publication: copy packets to the relay log
 
 cdef struct record_t:
     int stream
@@ -479,6 +481,12 @@ cdef class Forwarder:
     cdef record_t* log
     cdef Py_ssize_t log_capacity
     cdef Py_ssize_t log_count
+    # relay log: packets of relayed streams, for the pipes' taps (drain_relay)
+    cdef uint8_t* relay_buf
+    cdef int relay_stream[RELAY_SLOTS]
+    cdef int relay_len[RELAY_SLOTS]
+    cdef Py_ssize_t relay_count
+    cdef readonly unsigned long long relay_overflow
     # latency samples
     cdef double latency[LATENCY_SLOTS]
     cdef Py_ssize_t latency_count
@@ -581,6 +589,7 @@ cdef class Forwarder:
         free(self.recv_buf)
         free(self.out_buf)
         free(self.open_group)
+        free(self.relay_buf)
 
     # -- control plane ------------------------------------------------------------------------
 
@@ -761,6 +770,7 @@ cdef class Forwarder:
         s.routes = NULL
         s.nroutes = 0
         s.packets = 0
+        s.relay = False
         t.ssrcs[t.nstreams] = s.ssrc
         t.streams[t.nstreams] = handle
         t.nstreams += 1
@@ -788,6 +798,29 @@ cdef class Forwarder:
         s.used = False
         self.stream_refs[handle] = None
         self.route_refs[handle] = None
+
+    def set_relay(self, int handle, bint relay):
+        """Copy the forwardable packets of stream ``handle`` to the relay log (a pipe relays
+        its publication; :meth:`drain_relay` hands them to the taps) or stop."""
+        if not 0 <= handle < self.max_streams or not self.streams[handle].used:
+            raise KeyError(f"stream {handle} is not registered")
+        if relay and self.relay_buf == NULL:
+            self.relay_buf = <uint8_t*>malloc(RELAY_SLOTS * WORK_SIZE)
+            if self.relay_buf == NULL:
+                raise MemoryError()
+        self.streams[handle].relay = relay
+
+    def drain_relay(self):
+        """Take the relayed streams' packets logged since the last call: (stream handle,
+        the packet as received, decrypted), oldest first."""
+        cdef Py_ssize_t i
+        out = [
+            (self.relay_stream[i],
+             (<char*>(self.relay_buf + i * WORK_SIZE))[:self.relay_len[i]])
+            for i in range(self.relay_count)
+        ]
+        self.relay_count = 0
+        return out
 
     def set_routes(self, int handle, routes):
         """Replace the fan-out snapshot of stream ``handle``: (subscription, transport)."""
@@ -1243,6 +1276,16 @@ cdef class Forwarder:
                     flags |= FL_LEVEL
                     if p[v.level.pos] & 0x80:
                         flags |= FL_VAD
+        if st.relay:
+            # A pipe relays this publication: the packet as it came (E2EE payloads untouched)
+            # goes to the taps, after this batch, on the event loop (drain_relay).
+            if self.relay_count < RELAY_SLOTS:
+                memcpy(self.relay_buf + self.relay_count * WORK_SIZE, p, n)
+                self.relay_stream[self.relay_count] = handle
+                self.relay_len[self.relay_count] = <int>n
+                self.relay_count += 1
+            else:
+                self.relay_overflow += 1
         abs_time = <uint32_t>(<long long>nearbyint(now * 262144.0) & 0xFFFFFF)
         for i in range(st.nroutes):
             route = &st.routes[i]

@@ -47,6 +47,8 @@ Datagram = tuple[bytes, Address]
 
 #: Most datagrams one :meth:`Forwarder.pump` reads before returning to the event loop.
 PUMP_BATCH: Final = 64
+#: Relayed packets held between two drain_relay() calls (a pump takes at most 512 datagrams).
+RELAY_SLOTS: Final = 1024
 PUMP_ROUNDS: Final = 8
 _MAX_DATAGRAM = 8192
 #: Ingress streams one transport may register (the compiled table's size; MAX_STREAMS is 32).
@@ -94,7 +96,7 @@ class _Transport:
 
 
 class _Stream:
-    __slots__ = ("handle", "kind", "packets", "routes", "source", "transport")
+    __slots__ = ("handle", "kind", "packets", "relay", "routes", "source", "transport")
 
     def __init__(self, handle: int, transport: int, source: Any, kind: int) -> None:
         self.handle = handle
@@ -102,6 +104,7 @@ class _Stream:
         self.source = source
         self.kind = kind
         self.packets = 0
+        self.relay = False
         self.routes: tuple[tuple[Any, int], ...] = ()
 
 
@@ -146,6 +149,9 @@ class Forwarder:
         self.protect_errors = 0
         self.send_errors = 0
         self.log_overflow = 0
+        #: Relayed packets dropped because the relay log was full (RELAY_SLOTS).
+        self.relay_overflow = 0
+        self._relay: list[tuple[int, bytes]] = []
         self.impaired_drops = 0
         self.paced_packets = 0
         self._paced: set[int] = set()
@@ -244,6 +250,20 @@ class Forwarder:
         if stream is None:
             raise KeyError(f"stream {handle} is not registered")
         stream.routes = tuple(routes)
+
+    def set_relay(self, handle: int, relay: bool) -> None:
+        """Copy the forwardable packets of stream ``handle`` to the relay log (a pipe relays
+        its publication; :meth:`drain_relay` hands them to the taps) or stop."""
+        stream = self._streams.get(handle)
+        if stream is None:
+            raise KeyError(f"stream {handle} is not registered")
+        stream.relay = relay
+
+    def drain_relay(self) -> list[tuple[int, bytes]]:
+        """Take the relayed streams' packets logged since the last call: (stream handle,
+        the packet as received, decrypted), oldest first."""
+        out, self._relay = self._relay, []
+        return out
 
     # -- packets ------------------------------------------------------------------------------
 
@@ -392,6 +412,13 @@ class Forwarder:
         self._record(record)
         if record[1] & _NOT_FORWARDABLE:
             return
+        if stream.relay:
+            # A pipe relays this publication: the packet as it came (E2EE payloads untouched)
+            # goes to the taps, after this batch, on the event loop (drain_relay).
+            if len(self._relay) < RELAY_SLOTS:
+                self._relay.append((stream.handle, plain))
+            else:
+                self.relay_overflow += 1
         stream.packets += 1
         clock = self._clock
         if record[8] and clock is not None and not stream.packets & self._sample_mask:

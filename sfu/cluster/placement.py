@@ -132,10 +132,16 @@ class NodePlacement:
             self._extra.clear()
         return self._extra
 
-    def redirect(self, *, region: str | None) -> str | None:
+    def redirect(self, *, region: str | None, placed: bool = False) -> str | None:
         """The public URL a newcomer should join at instead, or None to stay here (this
-        node's own placements count towards its load too, until the next renewal)."""
+        node's own placements count towards its load too, until the next renewal).
+
+        ``placed``: another node sent it here; it stays unless this node drains (a node
+        that drains takes nobody, and the others learn it at their next renewal).
+        """
         me = self.local()
+        if placed and not me.draining:
+            return None
         extra = self._fresh_extra()
         own = me.load + extra.get(me.node_id, 0.0)
         if not me.draining and own < self.max_load:

@@ -70,6 +70,7 @@ class NodeRegistry:
         self._clock = clock
         self._load = load
         self._task: asyncio.Task[None] | None = None
+        self._announce: asyncio.Future[None] | None = None
         #: Called with the live nodes after each renewal (the node links dial from it).
         self.on_peers: Callable[[list[NodeInfo]], Awaitable[None]] | None = None
         #: Rooms this node is home to (claimed here; claimed again after Redis comes back).
@@ -159,16 +160,20 @@ class NodeRegistry:
         return await self.directory.release_home(room, self.node.node_id)
 
     def set_draining(self) -> None:
-        """Announce with the next renewal that this node takes no one new."""
+        """Announce that this node takes no one new: at once (a renewal now, in the
+        background), so the other nodes stop placing joins here within a round trip."""
         self.node = dataclasses.replace(self.node, draining=True)
+        if self._task is not None:  # started: there is a running loop and a lease to renew
+            self._announce = asyncio.ensure_future(self._renew_once(first=False))
 
     async def stop(self) -> None:
         """Stop renewing, release the homes and deregister (best effort, bounded in time)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._announce):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._announce = None
         try:
             async with asyncio.timeout(STOP_TIMEOUT_S):
                 for room in sorted(self.homes):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sfu._fastpath.values import AUDIO, VP8, LogRecord
 from sfu.core.kernels import Forwarder
+from sfu.core.relay import RelayTap
 from sfu.transport.ice import is_tcp
 
 if TYPE_CHECKING:
@@ -106,8 +107,11 @@ class DataPlane:
         self._paced: dict[int, _Claim] = {}  # transport handle -> its claim, while paced
         #: While True no stream is registered: all media takes the Python path (see suspend).
         self.suspended = False
-        #: Streams kept out of the forwarder while a pipe relays their publication.
+        #: Streams whose publication a pipe relays: the forwarder serves their local
+        #: subscribers and logs their packets for the taps (:meth:`relay`).
         self._relayed: set[int] = set()
+        #: Packets of relayed publications the forwarder logged and :meth:`relay` handed on.
+        self.relayed = 0
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -240,20 +244,55 @@ class DataPlane:
         """The publication's fan-out snapshot changed: push it for each of its streams."""
         relayed = _relayed(publication)
         for handle in self._pub_streams.get(id(publication), ()):
-            peer, pub, stream = self._streams[handle]
+            peer, pub, _ = self._streams[handle]
             claim = self._claims.get(peer.transport)
             if claim is None or not claim.registered or self.suspended:
                 continue
-            if relayed:
-                self.forwarder.remove_stream(handle)
-                self._relayed.add(handle)
-            elif handle in self._relayed:
-                self._register_stream(handle, claim.handle, pub, stream)
-            else:
+            try:
                 self.forwarder.set_routes(handle, self._routes(pub))
+            except KeyError:
+                continue  # not in the forwarder (its transport's table was full): slow path
+            self._set_relayed(handle, relayed)
 
     def _routes(self, publication: Publication) -> list[tuple[Any, int]]:
-        return [(sub, self.handle_of(transport)) for sub, transport in publication.fanout]
+        """The fan-out entries the forwarder sends on (a pipe's taps are called by
+        :meth:`relay` instead)."""
+        return [
+            (sub, self.handle_of(transport))
+            for sub, transport in publication.fanout
+            if not getattr(transport, "relay", False)
+        ]
+
+    def _set_relayed(self, handle: int, relayed: bool) -> None:
+        if relayed == (handle in self._relayed):
+            return
+        try:
+            self.forwarder.set_relay(handle, relayed)
+        except KeyError:
+            return  # not in the forwarder (table full, suspended): the Python path relays
+        if relayed:
+            self._relayed.add(handle)
+        else:
+            self._relayed.discard(handle)
+
+    def relay(self, now: float) -> int:
+        """Hand the packets the forwarder logged for relayed publications to their pipes'
+        taps (each frames a packet for its flow when its layer is demanded); returns the
+        packets handed over."""
+        entries = self.forwarder.drain_relay()
+        self.relayed += len(entries)
+        streams = self._streams
+        for handle, packet in entries:
+            entry = streams.get(handle)
+            if entry is None:
+                continue
+            _, publication, stream = entry
+            for tap, out in publication.fanout:
+                if isinstance(tap, RelayTap):
+                    n = tap.relay(stream, packet)
+                    if n:
+                        out.send_rtp(bytes(memoryview(tap.buf)[:n]))
+        return len(entries)
 
     def _register_stream(
         self, handle: int, transport: int, publication: Publication, stream: SourceStream
@@ -262,15 +301,13 @@ class DataPlane:
         assert kind is not None
         if self.suspended:
             return
-        if _relayed(publication):
-            self._relayed.add(handle)  # its packets take the Python path (sfu.core.relay)
-            return
         self._relayed.discard(handle)
         try:
             self.forwarder.set_stream(handle, transport, stream, kind)
         except ValueError:
             return  # the transport's stream table is full: the slow path keeps it
         self.forwarder.set_routes(handle, self._routes(publication))
+        self._set_relayed(handle, _relayed(publication))
 
     def _drop_stream(self, handle: int) -> None:
         entry = self._streams.pop(handle, None)
@@ -284,6 +321,7 @@ class DataPlane:
             if not handles:
                 del self._pub_streams[id(pub)]
         self.forwarder.remove_stream(handle)
+        self._relayed.discard(handle)
         self._free_streams.insert(0, handle)
 
     def suspend(self) -> None:
@@ -291,6 +329,7 @@ class DataPlane:
         :meth:`resume`; for diagnostics and for tests that observe that path's per-packet
         calls. Both paths share every per-packet state, so the switch is seamless."""
         self.suspended = True
+        self._relayed.clear()
         for handle in list(self._streams):
             self.forwarder.remove_stream(handle)
 
@@ -344,9 +383,8 @@ class DataPlane:
 
 
 def _relayed(publication: Publication) -> bool:
-    """Whether a pipe relays ``publication`` (a fan-out entry sends on no transport): its
-    taps are Python objects the compiled forwarder does not call, so its streams stay on
-    the Python path, where ingest calls every fan-out entry."""
+    """Whether a pipe relays ``publication`` (a fan-out entry sends on no transport): the
+    forwarder logs its packets and :meth:`DataPlane.relay` calls the taps."""
     return any(getattr(out, "relay", False) for _, out in publication.fanout)
 
 

@@ -142,6 +142,11 @@ class RelayTap:
         abs_send_time: int,
     ) -> int:
         """Frame ``packet`` for the flow into :attr:`buf` when its layer is demanded."""
+        return self.relay(stream, packet)
+
+    def relay(self, stream: SourceStream, packet: bytes) -> int:
+        """:meth:`forward` without the routing details a tap does not use: what the data
+        plane calls for the packets the compiled forwarder logged (``DataPlane.relay``)."""
         if self.held:
             return 0
         if stream.ssrc not in self.announced:

@@ -462,12 +462,14 @@ class SfuCollector(Collector):
         )
         yield self._counter(
             "sfu_dataplane_errors",
-            "Data-plane failures: SRTP protect, sends the kernel refused, ingress log overflow.",
+            "Data-plane failures: SRTP protect, sends the kernel refused, ingress log overflow, "
+            "relay log overflow (packets of relayed publications not handed to the pipes).",
             ["error"],
             {
                 ("protect",): forwarder.protect_errors,
                 ("send",): forwarder.send_errors,
                 ("log_overflow",): forwarder.log_overflow,
+                ("relay_overflow",): forwarder.relay_overflow,
             },
         )
         yield self._counter(

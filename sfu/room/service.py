@@ -532,6 +532,10 @@ class RoomService:
 
     def _admit(self, participant: Participant) -> None:
         room = participant.room
+        # One identity, one seat: its seat on another shard is this one's now. That shard ends
+        # its session when it hears ``seat_taken``; a shard that died (a lost node, until its
+        # lease lapses) never answers, so its stale entry goes here at once, not seconds later.
+        self._drop_remote_seats(room, participant.identity, keep=None)
         message = self._joined(participant, resumed=False)
         room.participants[participant.id] = participant
         participant.state = ParticipantState.JOINED
@@ -1274,6 +1278,8 @@ class RoomService:
             return None
         room = Room(name)
         self.rooms[name] = room
+        if self.homes is not None:
+            self.homes.opened(name)  # a cluster node listens to the room's channel first
         self._share(room, {"type": "shard_opened"})
         return room
 
@@ -1282,6 +1288,8 @@ class RoomService:
         if room.empty and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self._close_shard(room)
+            if self.homes is not None:
+                self.homes.closed(room.name)
 
     def _share_chat(self, room: Room, label: str, envelope: str) -> None:
         self._share(room, {"type": "chat", "label": label, "envelope": envelope})
@@ -1378,6 +1386,17 @@ class RoomService:
             self.remote_tracks.close(publication)
         room.forget_track(publication.id)
         room.broadcast({"type": "track_unpublished", "track": publication.id})
+
+    def _drop_remote_seats(self, room: Room, identity: object, *, keep: object) -> None:
+        """Other shards' participants of ``identity`` (but ``keep``) leave here: the identity
+        took a seat elsewhere, and their own shard, if alive, ends them too."""
+        stale = [
+            pid
+            for pid, described in room.remote.items()
+            if described.get("identity") == identity and pid != keep
+        ]
+        for pid in stale:
+            self._remote_left(room, pid)
 
     def _remote_left(self, room: Room, pid: str) -> None:
         """A participant of another shard left (or its shard is gone)."""
@@ -1495,6 +1514,7 @@ class RoomService:
             for local in [p for p in room.participants.values() if p.identity == identity]:
                 if local.id != pid:
                     self.end(local, CLOSE_REPLACED, "joined from elsewhere", now=now)
+            self._drop_remote_seats(room, identity, keep=pid)
 
     def _apply_policy(self, room_name: str, event: Message) -> None:
         """Another shard changed and saved the room's policy: take it, and apply it to the

@@ -317,7 +317,9 @@ async def _join(
         conn.request_close(CLOSE_UNAUTHORIZED, f"token {exc.reason}")
         return False
     # Only a verified token holder learns another node's address.
-    target = None if placement is None or join.placed else placement.redirect(region=join.region)
+    target = (
+        None if placement is None else placement.redirect(region=join.region, placed=join.placed)
+    )
     if target is not None:
         moved = error_message("moved", "join at another node of the cluster", join.id)
         moved["url"] = signaling_url(target)

@@ -104,12 +104,16 @@ def _placed_elsewhere(request: web.Request, placement: NodePlacement | None) -> 
     """A 307 to the same resource on another node when this one is full or drains (RFC 9725
     section 4.5: WHIP clients follow it, keeping the method and the offer); None to stay.
 
-    The target gets ``placed=1`` so that it never sends the request on again.
+    The target gets ``placed=1`` so that it never sends the request on again (unless it
+    drains itself).
     """
-    if placement is None or request.query.get(PLACED_QUERY) == "1":
+    if placement is None:
         return None
     region = request.query.get("region")
-    target = placement.redirect(region=region if region and is_cluster_name(region) else None)
+    target = placement.redirect(
+        region=region if region and is_cluster_name(region) else None,
+        placed=request.query.get(PLACED_QUERY) == "1",
+    )
     if target is None:
         return None
     query = {**request.query, PLACED_QUERY: "1"}

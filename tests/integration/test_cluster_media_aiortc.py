@@ -111,6 +111,8 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
             assert len(node_b.node_pipes.hub.remotes) == 1
             assert node_a.node_pipes.hub.relay.keyframe_requests >= 1
             assert node_a.links is not None and node_a.links.totals()["flows_sent"] > 10
+            # The publication stayed in the data plane, which handed its packets to the tap.
+            assert node_a.dataplane.relayed > 10
             async with http.get(f"{base_a}/metrics") as reply:
                 text = await reply.text()
             assert 'sfu_cluster_relay_flows{direction="out"} 1.0' in text

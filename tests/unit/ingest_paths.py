@@ -222,6 +222,7 @@ class PathWorld:
             self._slow(wire, now)
         else:
             slow, egress = self.dataplane.forwarder.process([(wire, PUB_ADDR)], now)
+            self.dataplane.relay(now)  # as the server does after each batch
             if replay or slow:
                 self.dataplane.replay()
             for data, _ in slow:

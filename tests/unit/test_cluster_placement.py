@@ -3,13 +3,14 @@ of two, bursts spread before the next renewal, drains move each room to one live
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import pytest
 
-from sfu.cluster.directory import NodeInfo
+from sfu.cluster.directory import LocalDirectory, NodeInfo
 from sfu.cluster.placement import (
     FALLBACK_NODES,
     PLACED_WEIGHT,
@@ -18,6 +19,7 @@ from sfu.cluster.placement import (
     choose_node,
     signaling_url,
 )
+from sfu.cluster.registry import NodeRegistry
 from sfu.signaling.protocol import Join, ProtocolError, parse_client_message
 
 
@@ -186,3 +188,27 @@ def test_join_carries_a_region_hint_and_whether_it_was_placed() -> None:
                 '{"type": "join", "protocol": 1, "room": "r", "token": "t", ' + bad + "}"
             )
         assert info.value.code == "bad_message"
+
+
+def test_a_placed_join_stays_unless_this_node_drains() -> None:
+    cluster = Cluster(node("a", 0.95), [node("b", 0.1)])
+    assert cluster.placement.redirect(region=None, placed=True) is None  # full, but placed
+    cluster.me = replace(cluster.me, draining=True)
+    # The other node sent it before it heard of the drain: on it goes, to a live node.
+    assert cluster.placement.redirect(region=None, placed=True) == "https://b.example"
+
+
+def test_a_drain_is_announced_at_once_not_at_the_next_renewal() -> None:
+    directory = LocalDirectory(lambda: 0.0)
+
+    async def run() -> None:
+        registry = NodeRegistry(directory, NodeInfo("a", "eu", url="https://a.example"))
+        await registry.start()
+        assert not (await directory.nodes())[0].draining
+        registry.set_draining()
+        await asyncio.sleep(0)  # the announcement runs, well before RENEW_INTERVAL_S
+        await asyncio.sleep(0)
+        assert (await directory.nodes())[0].draining
+        await registry.stop()
+
+    asyncio.run(run())

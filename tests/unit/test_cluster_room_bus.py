@@ -414,3 +414,30 @@ def test_a_node_cut_off_and_back_is_seen_again_by_the_others(
         assert bob.id in a.service.rooms[ROOM].remote
 
     run(monkeypatch, body)
+
+
+def test_a_shard_opened_for_a_viewer_hears_the_room_from_the_other_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A WHEP viewer reaching node B, where the room is not open yet, opens a shard there
+    (``open_shard``): B listens to the room's channel, so node A's participants and tracks
+    arrive; forgotten again, B stops listening."""
+
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        alice = a.join(ROOM, "alice")
+        a.service.offer(alice, simulcast_offer(), 0.0, names={"1": "camera"})
+        await c.settle()
+        room = b.service.open_shard(ROOM)
+        assert room is not None
+        await c.settle()
+        assert [d["identity"] for d in room.remote.values()] == ["alice"]
+        assert sorted(p.kind for p in room.publications.values()) == ["audio", "video"]
+        b.service.close_empty_shard(room)
+        await c.settle()
+        assert ROOM not in b.service.rooms
+        bob = a.join(ROOM, "bob")  # later events of the room no longer reach B
+        await c.settle()
+        assert ROOM not in b.service.rooms and bob.id not in room.remote
+
+    run(monkeypatch, body)

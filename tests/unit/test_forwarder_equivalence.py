@@ -5,8 +5,8 @@ reference per-packet classes (``sfu.core.*``), one with the compiled forwarder a
 twins. Hypothesis drives both with the same sequence of SRTP datagrams (simulcast VP8 with
 keyframes, temporal layers, reordering, duplicates, padding, corrupt and foreign datagrams;
 Opus with audio levels) and control events (layer targets, subscriber preferences, pause,
-hold, fan-out changes); after every step the slow-path datagrams, the egress datagrams, the
-ingress log and every subscription's state must be equal.
+hold, fan-out changes, relaying); after every step the slow-path datagrams, the egress
+datagrams, the ingress log, the relay log and every subscription's state must be equal.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ events = st.lists(
         # An egress pacer on a subscriber transport (its media queued, released by rate).
         st.tuples(st.just("pace"), st.integers(0, SUBS - 1), st.floats(0.0, 3e6)),
         st.tuples(st.just("fanout"), st.lists(st.integers(0, SUBS - 1), max_size=SUBS)),
+        # A pipe relays the publication of stream 0-3 (the forwarder logs its packets).
+        st.tuples(st.just("relay"), st.integers(0, 3), st.booleans()),
         # A subscriber transport without SRTP keys (issue 18): its routes are left untouched.
         st.tuples(st.just("keys"), st.integers(0, SUBS - 1), st.booleans()),
         st.tuples(st.just("junk"), st.binary(min_size=0, max_size=40), st.booleans()),
@@ -164,6 +166,8 @@ def test_compiled_forwarder_matches_reference(
                     world.forwarder.set_pacer(index + 1, pacer, world.histories[index])
             elif kind == "keys":
                 world.set_keyed(event[1], event[2])
+            elif kind == "relay":
+                world.forwarder.set_relay(event[1], event[2])
             elif kind == "fanout":
                 world.video_fanout = sorted(set(event[1]))
                 world.audio_fanout = sorted(set(event[1]))
@@ -184,6 +188,7 @@ def test_compiled_forwarder_matches_reference(
         assert comp.forwarder.impaired_drops == ref.forwarder.impaired_drops
         assert comp.forwarder.drain_paced() == ref.forwarder.drain_paced()
         assert comp.forwarder.paced_packets == ref.forwarder.paced_packets
+        assert comp.forwarder.drain_relay() == ref.forwarder.drain_relay()
         for index, (ref_pacer, comp_pacer) in sorted(pacers.items()):
             released = ref_pacer.pop(now, ref.histories[index])
             assert comp_pacer.pop(now, comp.histories[index]) == released
@@ -281,3 +286,26 @@ def test_egress_stamped_with_each_transports_sequence(compiled_kernels: Kernels)
             assert plain[16] == (10 << 4) | 1
             got.append((plain[17] << 8) | plain[18])
     assert got == list(range(20))
+
+
+def test_the_relay_log_is_bounded_alike(compiled_kernels: Kernels) -> None:
+    """A relayed stream's packets wait in a bounded log (1024) until drained; the rest are
+    counted, not held, in both implementations."""
+    ref, comp = World(REFERENCE), World(compiled_kernels)
+    client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
+    datagrams = []
+    for i in range(1100):
+        payload = vp8_payload(10 + i, i & 0xFF, 0, True, i == 0, True, 100)
+        plain = rtp(VIDEO_SSRCS[0], i, 3000 * i, 96, payload, bytes([0x10, ord("0")]))
+        datagrams.append((client.protect_rtp(plain), PUB_ADDR))
+    logs = []
+    for world in (ref, comp):
+        world.forwarder.set_relay(0, True)
+        world.forwarder.process(datagrams[:600], 1.0)
+        world.forwarder.process(datagrams[600:], 1.1)
+        logs.append(world.forwarder.drain_relay())
+        assert world.forwarder.relay_overflow == 1100 - 1024
+        assert world.forwarder.drain_relay() == []
+    assert logs[0] == logs[1]
+    assert len(logs[0]) == 1024
+    assert all(handle == 0 for handle, _ in logs[0])

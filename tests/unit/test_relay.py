@@ -205,12 +205,12 @@ def test_the_flow_ends_with_the_publication() -> None:
     assert world.closed[-1] == FlowClosed(flow or 0, CloseReason.UNKNOWN_TRACK, inbound=True)
 
 
-def test_the_data_plane_leaves_a_relayed_publication_to_the_python_path(
+def test_the_forwarder_keeps_a_relayed_publication_and_logs_it_for_the_taps(
     kernels: Kernels,
 ) -> None:
-    """The forwarder (compiled, or its reference) does not call a tap: while a pipe relays a
-    publication its packets take the Python path (local subscribers served alike), and go
-    back afterwards."""
+    """While a pipe relays a publication the forwarder (compiled, or its reference) still
+    forwards it to local subscribers, and logs each packet for the taps: the data plane's
+    ``relay`` frames it for the flow, untouched. Without the tap it is forwarded alone."""
     world = PathWorld("forwarder", kernels)
     assert world.dataplane is not None
     forwarder = world.dataplane.forwarder
@@ -232,17 +232,23 @@ def test_the_data_plane_leaves_a_relayed_publication_to_the_python_path(
     assert sorted(streams.streams) == sorted((s, i) for i, s in enumerate(VIDEO_SSRCS))
 
     fast = forwarder.fast_packets
-    world.send(rtp(VIDEO_SSRCS[0], 100, 9000, VP8_PT, vp8_path(1, key=True), b""), 1.0)
-    assert forwarder.fast_packets == fast  # not the forwarder's any more
-    assert len(sent) == 1 and far.receive(sent[0], now=1.0) is not None
+    packet = rtp(VIDEO_SSRCS[0], 100, 9000, VP8_PT, vp8_path(1, key=True), b"")
+    world.send(packet, 1.0)
+    assert forwarder.fast_packets == fast + 1  # the forwarder's still
+    assert len(sent) == 1
+    media = far.receive(sent[0], now=1.0)
+    assert isinstance(media, Media) and media.data[media.offset :] == packet  # as it came
     assert [len(world.video_seqs(i)) for i in range(2)] == [1, 1]
+    # A layer the far side did not demand is not relayed (the tap decides), but forwarded.
+    world.send(rtp(VIDEO_SSRCS[1], 200, 9000, VP8_PT, vp8_path(1, key=True), b""), 1.01)
+    assert len(sent) == 1 and forwarder.fast_packets == fast + 2
 
     pipe.close_flow(flow or 0, reason=CloseReason.ENDED, now=1.0)
     relay.on_event(1, pipe, FlowClosed(flow or 0, CloseReason.UNSUBSCRIBED, False), now=1.0)
     assert world.video.fanout and not relay.taps
     world.send(rtp(VIDEO_SSRCS[0], 101, 12000, VP8_PT, vp8_path(2, key=False), b""), 1.03)
-    assert forwarder.fast_packets == fast + 1  # back in the forwarder
-    assert len(sent) == 1
+    assert forwarder.fast_packets == fast + 3
+    assert len(sent) == 1 and forwarder.drain_relay() == []
     assert [len(world.video_seqs(i)) for i in range(2)] == [2, 2]
 
 

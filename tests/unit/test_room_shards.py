@@ -627,3 +627,49 @@ def test_a_room_s_many_bans_reach_an_opened_shard_in_small_events(
     for i in range(40):
         assert one.service.bans.banned(ROOM, f"guest-{i}", shards.now + 99 + i)
         assert not one.service.bans.banned(ROOM, f"guest-{i}", shards.now + 101 + i)
+
+
+def test_a_seat_taken_again_drops_the_stale_entry_of_a_dead_shard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dana's shard dies (a lost node) and she reconnects to the other one before its lease
+    lapses: she does not appear twice there, and Bob is told her old session left."""
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    old = zero.join(ROOM, "dana")
+    zero.service.offer(old, simulcast_offer(), 0.0, names={"1": "camera"})
+    bob = one.join(ROOM, "bob")
+    spread.pump()
+    room = one.service.rooms[ROOM]
+    assert [d["identity"] for d in room.remote.values()] == ["dana"]
+    assert any(p.participant_id == old.id for p in room.publications.values())
+    spread.bus.queue.clear()  # shard zero is gone: nothing more from or to it
+    new = one.join(ROOM, "dana")
+    assert old.id not in room.remote
+    assert not any(p.participant_id == old.id for p in room.publications.values())
+    left = [m["participant"] for m in one.messages("bob", "participant_left")]
+    assert left == [old.id]
+    joined = one.messages("dana", "joined")[-1]
+    assert old.id not in [p["id"] for p in joined["participants"]]
+    assert new.state is ParticipantState.JOINED and bob.state is ParticipantState.JOINED
+
+
+def test_a_seat_taken_on_another_shard_drops_a_third_shards_stale_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shard one hears (``seat_taken``) that Dana took a seat on shard zero while a third,
+    dead shard still lists her: that entry leaves shard one's room too."""
+    spread = Spread(monkeypatch)
+    zero, one = spread.shards
+    bob = one.join(ROOM, "bob")
+    spread.pump()
+    room = one.service.rooms[ROOM]
+    ghost = {"id": "PA_ghost", "identity": "dana", "name": "dana", "kind": "websocket"}
+    room.remote["PA_ghost"] = {**ghost, "tracks": []}
+    room.remote_shard["PA_ghost"] = 7
+    zero.join(ROOM, "dana")
+    spread.pump()
+    assert "PA_ghost" not in room.remote
+    assert [d["identity"] for d in room.remote.values()] == ["dana"]
+    assert "PA_ghost" in [m["participant"] for m in one.messages("bob", "participant_left")]
+    assert bob.state is ParticipantState.JOINED
