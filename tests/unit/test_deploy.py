@@ -183,6 +183,29 @@ def test_unit_user_limits_and_hardening() -> None:
     assert _one(settings, "Service.CapabilityBoundingSet") == ""
 
 
+def test_sysusers_entry_creates_the_units_user(tmp_path: Path) -> None:
+    """systemd-sysusers reads the entry (a dry run on an empty root: nothing is written)."""
+    tool = shutil.which("systemd-sysusers")
+    assert tool, "systemd-sysusers is missing (Makefile DEB_TEST installs systemd)"
+    user = _one(unit_settings(UNIT), "Service.User")
+    entry = DEPLOY / "systemd" / "sfu.sysusers"
+    (tmp_path / "etc").mkdir()
+    done = subprocess.run(
+        [tool, "--dry-run", f"--root={tmp_path}", str(entry)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"Creating user '{user}'" in done.stdout + done.stderr
+    assert not (tmp_path / "etc" / "passwd").exists()
+    # Its home is the unit's state directory.
+    (line,) = (ln for ln in entry.read_text().splitlines() if ln.startswith("u "))
+    home = shlex.split(line)[4]
+    assert home == f"/var/lib/{_one(unit_settings(UNIT), 'Service.StateDirectory')}"
+
+
 # --- sysctl ----------------------------------------------------------------------------------
 
 
