@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/default.toml
 # Debian packages the build and the tests need (installed only when missing).
 DEB_RUN  := gcc libssl-dev
-DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus iproute2 coturn nodejs firefox-esr redis-server
+DEB_TEST := $(DEB_RUN) chromium chromium-driver prometheus janus iproute2 coturn nodejs firefox-esr redis-server systemd
 # Node clients of the integration tests (werift, puppeteer-core), pinned by their lockfile.
 NODE_DIR   := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.ci-stamp
