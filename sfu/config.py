@@ -552,7 +552,8 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
             f"loopback address, got http.host = {http_host!r}",
         )
 
-    errors.extend(_validate_auth(values["auth"], http_host, label))
+    clustered = bool(values["cluster"].get("redis_url"))
+    errors.extend(_validate_auth(values["auth"], http_host, label, clustered=clustered))
     errors.extend(_validate_rooms(values, label))
 
     level = values["logging"].get("level")
@@ -636,13 +637,12 @@ MAX_CAPACITY_PARTICIPANTS: Final = 1_000_000
 
 
 def is_public_url(text: str) -> bool:
-    """Whether ``text`` is an ``http(s)://host[:port]`` base URL (no path, query or user)."""
-    scheme, sep, rest = text.partition("://")
-    if scheme not in ("http", "https") or not sep:
+    """Whether ``text`` is an ``http(s)://host[:port]`` base URL (an origin, RFC 6454; one
+    trailing ``/`` allowed) whose port, if any, is valid."""
+    origin = text.removesuffix("/")
+    if not _is_origin(origin):
         return False
-    rest = rest.removesuffix("/")
-    if not rest or any(c in rest for c in "/?#@ \t\r\n"):
-        return False
+    rest = origin.partition("://")[2]
     if rest.endswith("]") or ":" not in rest:
         return not rest.startswith(":")
     host, _, port = rest.rpartition(":")
@@ -764,9 +764,11 @@ def _is_origin(text: str) -> bool:
 
 
 def _validate_auth(
-    auth: dict[str, Any], http_host: str, label: dict[str, str]
+    auth: dict[str, Any], http_host: str, label: dict[str, str], *, clustered: bool = False
 ) -> list[tuple[str, str]]:
-    """Checks of the ``[auth]`` section; a secret's value never appears in a message."""
+    """Checks of the ``[auth]`` section; a secret's value never appears in a message.
+    ``clustered``: every node must check every other node's tokens (a join moved between
+    nodes keeps its token), so the secret is required even on loopback."""
     errors: list[tuple[str, str]] = []
 
     def err(path: str, message: str) -> None:
@@ -787,6 +789,13 @@ def _validate_auth(
             "auth.jwt_secret",
             f"must be at least {MIN_JWT_SECRET_BYTES} bytes, got {size} bytes "
             f"(generate one with: openssl rand -base64 48)",
+        )
+    elif not secret and clustered:
+        err(
+            "auth.jwt_secret",
+            f"must be set, the same on every node, when cluster.redis_url is set (at least "
+            f"{MIN_JWT_SECRET_BYTES} bytes, e.g. via {env_var_name('auth', 'jwt_secret')}): "
+            f"without it each node signs with its own random key and refuses the others' tokens",
         )
     elif not secret and not loopback:
         err(

@@ -22,6 +22,9 @@ from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
 
 pytestmark = pytest.mark.integration
 
+#: The cluster's join-token secret (required on every clustered node).
+SECRET = "cluster-serve-test-secret-of-enough-length-01234"
+
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
@@ -48,6 +51,7 @@ def test_serve_registers_renews_and_deregisters(server: RedisServer, tmp_path: P
         '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
         "[server]\ndrain_timeout_s = 1.0\n"
         '[audit]\npath = ""\n'
+        f'[auth]\njwt_secret = "{SECRET}"\n'
         f'[cluster]\nredis_url = "{server.url}"\nnode_id = "node-a"\nregion = "eu"\n'
     )
     check = redis.Redis.from_url(server.url, decode_responses=True)
@@ -129,6 +133,7 @@ def test_two_nodes_link_and_see_each_other(server: RedisServer, tmp_path: Path) 
                 '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
                 "[server]\ndrain_timeout_s = 1.0\n"
                 '[audit]\npath = ""\n'
+                f'[auth]\njwt_secret = "{SECRET}"\n'
                 f'[cluster]\nredis_url = "{server.url}"\nnode_id = "{node}"\n'
                 f'advertise_address = "127.0.0.1:{link_port}"\nlink_port = {link_port}\n'
                 f'ca_file = "{tmp_path / "ca.pem"}"\ncert_file = "{tmp_path / node}.pem"\n'
@@ -187,6 +192,7 @@ def test_serve_stays_ready_through_a_redis_restart(server: RedisServer, tmp_path
         '[media]\nudp_host = "127.0.0.1"\nudp_port = 0\n'
         "[server]\ndrain_timeout_s = 1.0\n"
         '[audit]\npath = ""\n'
+        f'[auth]\njwt_secret = "{SECRET}"\n'
         f'[cluster]\nredis_url = "{server.url}"\nnode_id = "node-r"\n'
     )
     proc = ServeProcess(config)

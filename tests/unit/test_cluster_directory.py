@@ -209,8 +209,19 @@ def test_public_url_reaches_the_lease() -> None:
 
 
 def test_cluster_env_override_is_checked() -> None:
-    config = parse_config({}, {"SFU_CLUSTER_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    secret = {"SFU_AUTH_JWT_SECRET": "s" * 40}
+    config = parse_config({}, {"SFU_CLUSTER_REDIS_URL": "redis://127.0.0.1:6379/0", **secret})
     assert config.cluster.redis_url == "redis://127.0.0.1:6379/0"
     with pytest.raises(ConfigError) as info:
-        parse_config({}, {"SFU_CLUSTER_REDIS_URL": "tcp://x"})
+        parse_config({}, {"SFU_CLUSTER_REDIS_URL": "tcp://x", **secret})
     assert info.value.errors[0][0] == "SFU_CLUSTER_REDIS_URL"
+
+
+def test_a_cluster_needs_one_token_secret_even_on_loopback() -> None:
+    """Joins move between nodes with their tokens: a clustered node without a configured
+    secret (each would sign with its own random key) is refused, naming the key."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"cluster": {"redis_url": "redis://127.0.0.1:6379/0"}})
+    assert [key for key, _ in info.value.errors] == ["auth.jwt_secret"]
+    assert "cluster.redis_url" in info.value.errors[0][1]
+    assert parse_config({}).auth.jwt_secret == ""  # one node on loopback still needs none
