@@ -6,7 +6,9 @@ A :class:`LinkEndpoint` owns a UDP socket; it dials links to other nodes
 sends what the link returns and keeps one loop timer per link for its ``next_timer``. Events
 go to the ``on_event`` callback synchronously: no ``await`` between a datagram and its flow.
 Links not yet authenticated are bounded (:data:`MAX_PENDING_LINKS`): an unproven peer costs a
-fixed amount of state.
+fixed amount of state. The links' sealed media lanes (:mod:`sfu.transport.media_lane`) share
+this socket: a datagram whose first byte has QUIC's fixed bit clear is the lane's, and one
+from an address that has no link is dropped and counted here, before anything reads it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aioquic.quic.connection import NetworkAddress
 
 from sfu.clock import Clock
 from sfu.clock import now as monotonic
+from sfu.transport.media_lane import is_lane_datagram
 from sfu.transport.node_link import LinkDown, LinkEvent, NodeLink
 
 __all__ = ["MAX_PENDING_LINKS", "MAX_PENDING_PER_HOST", "LinkEndpoint"]
@@ -55,6 +58,11 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         self._timers: dict[NetworkAddress, asyncio.TimerHandle] = {}
         #: Datagrams from an unknown address that did not start a link.
         self.dropped_unknown = 0
+        #: Sealed lane datagrams from an address that has no link (not decrypted).
+        self.lane_not_peer = 0
+        #: Whether new links may carry media on the sealed lane (the benchmarks turn it off
+        #: to measure QUIC DATAGRAMs alone).
+        self.media_lane = True
         #: Whether a host may start a link (the live nodes' link hosts); None: any host.
         #: Without it a stranger could hold every pending slot with forged Initials.
         self.accept_from: Callable[[str], bool] | None = None
@@ -107,7 +115,12 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         existing = self.links.get(addr)
         if existing is not None and not existing.closed:
             return existing
-        link = NodeLink(self._client_config(peer_node), peer_address=addr, now=self._clock())
+        link = NodeLink(
+            self._client_config(peer_node),
+            peer_address=addr,
+            now=self._clock(),
+            media_lane=self.media_lane,
+        )
         self.links[addr] = link
         self._flush(link)
         return link
@@ -120,6 +133,14 @@ class LinkEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         link = self.links.get(addr)
+        if is_lane_datagram(data):
+            # Media of a sealed lane: nothing to send back, no QUIC timer moved.
+            if link is None:
+                self.lane_not_peer += 1
+                return
+            for event in link.receive_sealed(data, addr):
+                self._deliver(link, event)
+            return
         if link is None:
             link = self._accept(data, addr)
             if link is None:
@@ -137,7 +158,9 @@ class LinkEndpoint(asyncio.DatagramProtocol):
             return None
         if sum(1 for a in pending if a[0] == addr[0]) >= MAX_PENDING_PER_HOST:
             return None
-        link = NodeLink.accept(self._server_config, data, addr, now=self._clock())
+        link = NodeLink.accept(
+            self._server_config, data, addr, now=self._clock(), media_lane=self.media_lane
+        )
         if link is not None:
             self.links[addr] = link
         return link
