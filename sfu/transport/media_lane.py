@@ -35,6 +35,7 @@ socket; randomness is injected for the tests.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -102,7 +103,9 @@ KEY_ACK_MESSAGE_BYTES: Final = 2
 KEYS_KEPT: Final = 2
 #: Why a received lane datagram was dropped (a fixed set: the metric's labels).
 LANE_DROP_REASONS: Final = ("not_peer", "malformed", "unknown_key", "replayed", "auth_failed")
-_NONCE_PREFIX: Final = bytes(4)
+#: The header (first byte, counter) and the AEAD nonce (four zero bytes, the counter).
+_HEADER: Final = struct.Struct("!BQ")
+_NONCE: Final = struct.Struct("!4xQ")
 _WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
 
 Random = Callable[[int], bytes]
@@ -127,7 +130,8 @@ def parse_header(data: bytes) -> tuple[int, int]:
     first = data[0]
     if first & VERSION_MASK != VERSION:
         raise ParseError(f"media lane: version byte {first:#04x}")
-    return first & (EPOCHS - 1), int.from_bytes(data[1:HEADER_BYTES], "big")
+    _, counter = _HEADER.unpack_from(data)
+    return first & (EPOCHS - 1), int(counter)
 
 
 def _same_address(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
@@ -204,9 +208,10 @@ class MediaLane:
         sends it as a QUIC DATAGRAM instead)."""
         if not self.up or self._counter > MAX_COUNTER:
             return None
-        header = bytes((VERSION | self._epoch,)) + self._counter.to_bytes(8, "big")
-        sealed = header + self._sealer.encrypt(_NONCE_PREFIX + header[1:], datagram, header)
-        self._counter += 1
+        counter = self._counter
+        header = _HEADER.pack(VERSION | self._epoch, counter)
+        sealed = header + self._sealer.encrypt(_NONCE.pack(counter), datagram, header)
+        self._counter = counter + 1
         self._used += 1
         self.sealed += 1
         if self._used == REKEY_AFTER and self._next is None:
@@ -270,9 +275,8 @@ class MediaLane:
         if behind >= REPLAY_WINDOW or (behind >= 0 and self._window >> behind & 1):
             self.drops["replayed"] += 1
             return None
-        header = data[:HEADER_BYTES]
         try:
-            plain = opener.decrypt(_NONCE_PREFIX + header[1:], data[HEADER_BYTES:], header)
+            plain = opener.decrypt(_NONCE.pack(counter), data[HEADER_BYTES:], data[:HEADER_BYTES])
         except InvalidTag:
             self.drops["auth_failed"] += 1
             return None

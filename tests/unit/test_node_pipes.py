@@ -4,7 +4,8 @@ Node A (the dialling end, ``node-a``) has the publisher: a three-layer VP8 simul
 publication ingested by its Router. Node B lists it as a stand-in (what the room bus's
 ``track_published`` makes) with one subscriber. The links exchange their UDP datagrams at a
 fake time; the test may lose relayed datagrams on the way. Checked: the carrier's lanes
-(control on the stream, flows as DATAGRAMs, each refused on the other), only demanded layers
+(control on the stream, flows as DATAGRAMs or, once keyed, on the sealed media lane, each
+refused on the other), only demanded layers
 cross, PLI and NACK flow back, and unsubscribe, publication end and link loss leave no flow
 or tap behind, with the stand-in fed again when a link comes back.
 """
@@ -87,8 +88,12 @@ def vp8(layer: int, seq: int, *, key: bool) -> bytes:
 class Links:
     """A dialled link (A's end) and its accepted end (B's), exchanging datagrams at once."""
 
-    def __init__(self, cluster: dict[str, Files], clock: Callable[[], float]) -> None:
+    def __init__(
+        self, cluster: dict[str, Files], clock: Callable[[], float], *, media_lane: bool = True
+    ) -> None:
         self.clock = clock
+        #: Whether the links key their sealed media lane (False: QUIC DATAGRAMs only).
+        self.media_lane = media_lane
         ca, cert, key = cluster["node-a"]
         self._client_conf = link_configuration(
             is_client=True, ca_file=ca, cert_file=cert, key_file=key, server_name="node-b"
@@ -97,13 +102,17 @@ class Links:
         self._server_conf = link_configuration(
             is_client=False, ca_file=ca, cert_file=cert, key_file=key
         )
-        self.a: NodeLink = NodeLink(self._client_conf, peer_address=B_ADDR, now=clock())
+        self.a: NodeLink = NodeLink(
+            self._client_conf, peer_address=B_ADDR, now=clock(), media_lane=media_lane
+        )
         self.b: NodeLink | None = None
         #: UDP datagrams sent (flushed) by each end and not yet delivered, in order.
         self.wire: dict[str, list[bytes]] = {"a": [], "b": []}
 
     def redial(self) -> None:
-        self.a = NodeLink(self._client_conf, peer_address=B_ADDR, now=self.clock())
+        self.a = NodeLink(
+            self._client_conf, peer_address=B_ADDR, now=self.clock(), media_lane=self.media_lane
+        )
         self.b = None
         self.wire = {"a": [], "b": []}
 
@@ -124,7 +133,9 @@ class Links:
         to_b, self.wire["a"] = self.wire["a"], []
         for data in to_b:
             if self.b is None:
-                self.b = NodeLink.accept(self._server_conf, data, A_ADDR, now=now)
+                self.b = NodeLink.accept(
+                    self._server_conf, data, A_ADDR, now=now, media_lane=self.media_lane
+                )
                 assert self.b is not None
             b_events += self.b.receive(data, A_ADDR, now=now)
         if self.b is not None:
@@ -138,9 +149,9 @@ class Links:
 class World:
     """Node A (publisher) and node B (a stand-in of its track, one subscriber)."""
 
-    def __init__(self, cluster: dict[str, Files]) -> None:
+    def __init__(self, cluster: dict[str, Files], *, media_lane: bool = True) -> None:
         self.now = 50.0
-        self.links = Links(cluster, lambda: self.now)
+        self.links = Links(cluster, lambda: self.now, media_lane=media_lane)
         #: Callbacks deferred to the end of the loop turn (the link flushes of a batch).
         self.soon: list[Callable[[], None]] = []
         # Node A: the publisher's router; the relay finds its publication by track id.
@@ -284,10 +295,11 @@ def test_the_carrier_keeps_control_on_the_stream_and_media_in_datagrams(
     assert a.pipe.outbound_flows() == {}
 
 
+@pytest.mark.parametrize("media_lane", [True, False], ids=["sealed-lane", "quic-datagrams"])
 def test_a_stand_in_is_fed_over_the_link_with_only_its_demanded_layer(
-    cluster: dict[str, Files],
+    cluster: dict[str, Files], media_lane: bool
 ) -> None:
-    world = World(cluster)
+    world = World(cluster, media_lane=media_lane)
     # The track is listed on B before the link is up: nothing to ask yet, but it is kept.
     assert world.node_b.open(ORIGIN, world.pub_b, None)
     assert world.node_b.hub.remotes == {}
@@ -306,6 +318,10 @@ def test_a_stand_in_is_fed_over_the_link_with_only_its_demanded_layer(
     assert world.received_seqs() == [1, 2, 3]
     assert {RtpPacket.parse(p).ssrc for p in world.subscriber.rtp} == {0x9000}
     assert world.pub_b.streams[SSRCS[0]].packets == 3
+    # The media crossed on the lane chosen: sealed once keyed, else QUIC DATAGRAM frames.
+    sealed = world.links.a.lane_totals()["sent"]
+    assert sealed == 3 if media_lane else sealed == 0
+    assert world.links.a.flows_sent == 3
     # A keyframe B's subscriber needs goes up the link as a PLI and reaches the publisher.
     world.keyframes.clear()
     assert world.pub_b.request_keyframe(world.pub_b.streams[SSRCS[0]], world.now)
@@ -313,8 +329,11 @@ def test_a_stand_in_is_fed_over_the_link_with_only_its_demanded_layer(
     assert world.keyframes == [SSRCS[0]]
 
 
-def test_a_datagram_lost_between_nodes_is_nacked_and_resent(cluster: dict[str, Files]) -> None:
-    world = World(cluster)
+@pytest.mark.parametrize("media_lane", [True, False], ids=["sealed-lane", "quic-datagrams"])
+def test_a_datagram_lost_between_nodes_is_nacked_and_resent(
+    cluster: dict[str, Files], media_lane: bool
+) -> None:
+    world = World(cluster, media_lane=media_lane)
     world.node_b.open(ORIGIN, world.pub_b, None)
     world.pump()
     world.lose_to_b = {world._to_b + 2}  # the third media datagram from now on
