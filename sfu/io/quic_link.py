@@ -14,7 +14,9 @@ from an address that has no link is dropped and counted here, before anything re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -26,7 +28,7 @@ from sfu.clock import now as monotonic
 from sfu.transport.media_lane import is_lane_datagram
 from sfu.transport.node_link import LinkDown, LinkEvent, NodeLink
 
-__all__ = ["MAX_PENDING_LINKS", "MAX_PENDING_PER_HOST", "LinkEndpoint"]
+__all__ = ["LINK_SOCKET_BUFFER_BYTES", "MAX_PENDING_LINKS", "MAX_PENDING_PER_HOST", "LinkEndpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 MAX_PENDING_LINKS: Final = 16
 #: ...and from any one host (a node dials a peer once; a retry replaces its link).
 MAX_PENDING_PER_HOST: Final = 2
+#: Kernel buffers of the link socket (as the worker pipe's): the sealed lane's media is not
+#: paced like QUIC's, so a loop turn late by tens of milliseconds must not overflow them.
+LINK_SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024
 
 LinkHandler = Callable[[NodeLink, LinkEvent], None]
 
@@ -82,7 +87,18 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         """Bind ``host:port`` (0: a free port) and serve links there."""
         loop = asyncio.get_running_loop()
         endpoint = cls(server_configuration, client_configuration, on_event, clock)
-        await loop.create_datagram_endpoint(lambda: endpoint, local_addr=(host, port))
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):  # best effort (net.core.rmem_max caps it)
+                    sock.setsockopt(socket.SOL_SOCKET, opt, LINK_SOCKET_BUFFER_BYTES)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         return endpoint
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -209,6 +209,10 @@ class NodeLink:
         self.lane: MediaLane | None = None
         #: Sealed datagrams waiting for :meth:`datagrams` (the batch's flush).
         self._sealed_out: list[bytes] = []
+        #: Whether QUIC may have something to send: set by every call into the connection
+        #: (input, timers, frames queued, close); its output changes with nothing else. A
+        #: flush of sealed media alone skips aioquic's costly datagrams_to_send.
+        self._quic_dirty = True
         #: Counters read at scrape time.
         self.flows_sent = 0
         self.flows_received = 0
@@ -259,6 +263,7 @@ class NodeLink:
         if is_lane_datagram(data):
             return self.receive_sealed(data, addr)
         self._quic.receive_datagram(data, addr, now=now)
+        self._quic_dirty = True
         return self._drain(now)
 
     def receive_sealed(self, data: bytes, addr: NetworkAddress) -> list[LinkEvent]:
@@ -282,6 +287,7 @@ class NodeLink:
     def handle_timer(self, *, now: float) -> list[LinkEvent]:
         """Run QUIC's timers (loss detection, idle timeout) once ``next_timer`` is due."""
         self._quic.handle_timer(now=now)
+        self._quic_dirty = True
         return self._drain(now)
 
     def next_timer(self) -> float | None:
@@ -326,6 +332,7 @@ class NodeLink:
             self.dropped_congested += 1
             return False
         self._quic.send_datagram_frame(data)
+        self._quic_dirty = True
         self.flows_sent += 1
         self.bytes_sent += payload_bytes
         return True
@@ -347,7 +354,10 @@ class NodeLink:
     def datagrams(self, *, now: float) -> list[tuple[bytes, NetworkAddress]]:
         """The UDP datagrams to send now: the sealed lane's first (queued before whatever
         made this flush), then QUIC's."""
-        quic: list[tuple[bytes, NetworkAddress]] = self._quic.datagrams_to_send(now=now)
+        quic: list[tuple[bytes, NetworkAddress]] = []
+        if self._quic_dirty:
+            self._quic_dirty = False
+            quic = self._quic.datagrams_to_send(now=now)
         if not self._sealed_out:
             return quic
         addr = self.peer_address
@@ -372,11 +382,13 @@ class NodeLink:
         """Close the link (the CONNECTION_CLOSE leaves with the next :meth:`datagrams`)."""
         if not self.closed:
             self._quic.close(reason_phrase=reason)
+            self._quic_dirty = True
 
     # -- internals ----------------------------------------------------------------------------
 
     def _write_control(self, message: bytes) -> None:
         self._quic.send_stream_data(CONTROL_STREAM, len(message).to_bytes(2, "big") + message)
+        self._quic_dirty = True
 
     def _authenticate(self) -> str | None:
         """The peer's node id when its certificate is one the cluster CA signed, else None."""
