@@ -9,6 +9,12 @@ Links not yet authenticated are bounded (:data:`MAX_PENDING_LINKS`): an unproven
 fixed amount of state. The links' sealed media lanes (:mod:`sfu.transport.media_lane`) share
 this socket: a datagram whose first byte has QUIC's fixed bit clear is the lane's, and one
 from an address that has no link is dropped and counted here, before anything reads it.
+
+The socket is read from a loop reader callback that drains up to :data:`READS_PER_WAKEUP`
+datagrams at once (asyncio's datagram transport reads one per loop iteration, which costs a
+loop turn per relayed packet), so a batch of media is handled in one turn and the relay's
+flushes (``call_soon``) go out once for it. Sends are plain non-blocking ``sendto``: a full
+socket buffer drops the datagram (counted), as UDP would.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
@@ -43,7 +49,14 @@ LINK_SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024
 LinkHandler = Callable[[NodeLink, LinkEvent], None]
 
 
-class LinkEndpoint(asyncio.DatagramProtocol):
+#: Datagrams read per readiness callback at most: a burst is handled in one loop turn, and
+#: other sockets and timers still get theirs after it.
+READS_PER_WAKEUP: Final = 64
+#: Largest UDP datagram read (a link sends at most 1452-byte payloads).
+MAX_READ_BYTES: Final = 65535
+
+
+class LinkEndpoint:
     """Every QUIC node link of this node over one UDP socket."""
 
     def __init__(
@@ -57,7 +70,7 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         self._client_config = client_configuration
         self._on_event = on_event
         self._clock = clock
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.links: dict[NetworkAddress, NodeLink] = {}
         self._timers: dict[NetworkAddress, asyncio.TimerHandle] = {}
@@ -65,6 +78,10 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         self.dropped_unknown = 0
         #: Sealed lane datagrams from an address that has no link (not decrypted).
         self.lane_not_peer = 0
+        #: Datagrams the kernel would not send (buffer full, unreachable), and receive errors
+        #: (ICMP port unreachable from a peer that is restarting).
+        self.send_errors = 0
+        self.receive_errors = 0
         #: Whether new links may carry media on the sealed lane (the benchmarks turn it off
         #: to measure QUIC DATAGRAMs alone).
         self.media_lane = True
@@ -95,21 +112,35 @@ class LinkEndpoint(asyncio.DatagramProtocol):
                 with contextlib.suppress(OSError):  # best effort (net.core.rmem_max caps it)
                     sock.setsockopt(socket.SOL_SOCKET, opt, LINK_SOCKET_BUFFER_BYTES)
             sock.bind(address)
+            sock.setblocking(False)
         except OSError:
             sock.close()
             raise
-        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        endpoint._sock = sock
+        endpoint._loop = loop
+        loop.add_reader(sock.fileno(), endpoint._readable)
         return endpoint
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        self._loop = asyncio.get_running_loop()
+    def _readable(self) -> None:
+        """Drain what the socket holds (up to READS_PER_WAKEUP datagrams)."""
+        sock = self._sock
+        for _ in range(READS_PER_WAKEUP):
+            if sock is None or self._sock is None:  # closed by a handler
+                return
+            try:
+                data, addr = sock.recvfrom(MAX_READ_BYTES)
+            except BlockingIOError:
+                return
+            except OSError:  # an ICMP error queued on the socket: the next read goes on
+                self.receive_errors += 1
+                continue
+            self.datagram_received(data, addr)
 
     @property
     def address(self) -> tuple[str, int]:
         """The (host, port) the socket is bound to."""
-        assert self._transport is not None
-        host, port = self._transport.get_extra_info("sockname")[:2]
+        assert self._sock is not None
+        host, port = self._sock.getsockname()[:2]
         return str(host), int(port)
 
     def close(self) -> None:
@@ -121,8 +152,11 @@ class LinkEndpoint(asyncio.DatagramProtocol):
             handle.cancel()
         self._timers.clear()
         self.links.clear()
-        if self._transport is not None:
-            self._transport.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
 
     # -- links --------------------------------------------------------------------------------
 
@@ -192,9 +226,13 @@ class LinkEndpoint(asyncio.DatagramProtocol):
     # -- output and timers --------------------------------------------------------------------
 
     def _flush(self, link: NodeLink) -> None:
-        if self._transport is not None:
+        sock = self._sock
+        if sock is not None:
             for data, addr in link.datagrams(now=self._clock()):
-                self._transport.sendto(data, addr)
+                try:
+                    sock.sendto(data, addr)
+                except OSError:  # buffer full or unreachable: lost, as UDP may lose it
+                    self.send_errors += 1
         self._arm(link)
 
     def _arm(self, link: NodeLink) -> None:
