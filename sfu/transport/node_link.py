@@ -366,6 +366,11 @@ class NodeLink:
         out += quic
         return out
 
+    @property
+    def sealed_pending(self) -> int:
+        """Sealed datagrams waiting for :meth:`datagrams`."""
+        return len(self._sealed_out)
+
     def lane_totals(self) -> dict[str, int]:
         """The sealed lane's datagrams sent and received, and its drops by reason."""
         out = {"sent": 0, "received": 0, **dict.fromkeys(LANE_DROP_REASONS, 0)}

@@ -21,7 +21,7 @@ from forwarder_world import rtp, vp8_payload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfu.cluster.node_pipes import TICK_S, NodePipes
+from sfu.cluster.node_pipes import FLUSH_AT, TICK_S, NodePipes
 from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
 from sfu.core.binder import Binder
 from sfu.core.counters import PeerCounters
@@ -498,3 +498,24 @@ def test_the_timer_runs_fast_only_while_other_nodes_tracks_are_fed(
     world.node_b.close(world.pub_b)
     due_b = world.node_b.next_timer()
     assert due_b is not None and due_b > world.now + TICK_S
+
+
+def test_a_long_batch_leaves_the_sealed_lane_in_slices(cluster: dict[str, Files]) -> None:
+    """More media in one loop turn than the link queues (a keyframe burst, a late loop) is
+    sent every FLUSH_AT datagrams, not dropped at the 512th."""
+    world = World(cluster)
+    world.node_b.open(ORIGIN, world.pub_b, None)
+    world.pump()
+    world.publish(0, 1, key=True)
+    world.pump()
+    assert world.received_seqs() == [1]
+    link = world.links.a
+    assert link.lane is not None and link.lane.up and world.links.b is not None
+    before = world.links.b.lane_totals()["received"]
+    for seq in range(2, 602):  # one batch: no loop turn between the packets
+        payload = vp8_payload(seq & 0x7F, seq & 0xFF, 0, sync=False, key=False, start=True, size=60)
+        world.router_a.on_rtp(rtp(SSRCS[0], seq, 3000 * seq, 96, payload, b""), now=world.now)
+    assert link.dropped_congested == 0 and link.sealed_pending < FLUSH_AT
+    world.pump()
+    assert world.links.b.lane_totals()["received"] - before >= 600  # every one crossed
+    assert len(world.received_seqs()) > 590  # (B's forwarder skips a few picture id wraps)
