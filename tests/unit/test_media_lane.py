@@ -15,10 +15,16 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 from test_node_link import CLIENT_ADDR, SERVER_ADDR, Pair, _node_files
 
+from sfu.cluster.directory import LocalDirectory, NodeInfo
+from sfu.cluster.links import NodeLinks
 from sfu.cluster.pki import mint_ca
+from sfu.cluster.registry import NodeRegistry
+from sfu.config import ClusterConfig
 from sfu.io.quic_link import LinkEndpoint
+from sfu.metrics.cluster import ClusterCollector
 from sfu.packet.errors import ParseError
 from sfu.packet.flow import encode_flow
 from sfu.transport import media_lane
@@ -34,7 +40,7 @@ from sfu.transport.media_lane import (
     is_lane_datagram,
     parse_header,
 )
-from sfu.transport.node_link import FlowReceived, NodeLink, link_configuration
+from sfu.transport.node_link import FlowReceived, LinkDown, NodeLink, link_configuration
 
 A_ADDR = ("10.0.0.1", 4433)
 B_ADDR = ("10.0.0.2", 4433)
@@ -323,3 +329,41 @@ def test_the_endpoint_drops_lane_datagrams_from_strangers(cluster: dict[str, Fil
     endpoint = LinkEndpoint(conf, lambda peer: conf, lambda link, event: None)
     endpoint.datagram_received(bytes([VERSION]) + bytes(40), ("127.0.0.1", 7777))
     assert endpoint.lane_not_peer == 1 and endpoint.dropped_unknown == 0 and not endpoint.links
+
+
+def test_the_lane_metrics_count_by_fixed_labels_and_outlive_the_link(
+    cluster: dict[str, Files],
+) -> None:
+    pair, server = up_pair(cluster)
+    for i in range(5):
+        assert pair.client.send_flow(1, bytes([i]) * 100)
+    sealed = [d for d, _ in pair.client.datagrams(now=pair.now) if is_lane_datagram(d)]
+    for data in sealed:
+        server.receive(data, CLIENT_ADDR, now=pair.now)
+    server.receive(sealed[0], CLIENT_ADDR, now=pair.now)  # replayed
+    server.receive(sealed[1], ("127.0.0.1", 9), now=pair.now)  # not the peer
+    links = NodeLinks("node-b", ClusterConfig(), "127.0.0.1")
+    links.up["node-a"] = server
+    registry = CollectorRegistry()
+    node = NodeRegistry(LocalDirectory(), NodeInfo("node-b", "eu"))
+    registry.register(ClusterCollector(node, links=lambda: links))
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float | None:
+        value: float | None = registry.get_sample_value(name, labels)
+        return value
+
+    assert sample("sfu_cluster_links_sealed") == 1.0
+    assert sample("sfu_cluster_link_sealed_datagrams_total", {"event": "received"}) == 5.0
+    assert sample("sfu_cluster_link_sealed_datagrams_total", {"event": "sent"}) == 0.0
+    drops = {
+        r: sample("sfu_cluster_link_sealed_drops_total", {"reason": r}) for r in LANE_DROP_REASONS
+    }
+    assert drops == {
+        "not_peer": 1.0, "malformed": 0.0, "unknown_key": 0.0, "replayed": 1.0, "auth_failed": 0.0
+    }  # fmt: skip
+    text = generate_latest(registry).decode()
+    assert "node-a" not in text and "node-b" not in text and "127.0.0.1" not in text
+    # The link goes down: its counts stay in the totals.
+    links._event(server, LinkDown("gone"))
+    assert sample("sfu_cluster_links_sealed") == 0.0
+    assert sample("sfu_cluster_link_sealed_datagrams_total", {"event": "received"}) == 5.0
