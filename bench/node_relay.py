@@ -8,10 +8,13 @@ cluster's mutual TLS), in one event loop, so the CPU figure is both nodes' work 
 
 VP8 packets are published at a paced rate (a burst every millisecond, as a media socket's
 batches come); each carries its index in its last bytes (payloads pass untouched), so each
-subscriber's send is matched to the publish call. Reported per rate, in the same run: the
-latency a local subscriber sees (publish call to its send: one forward) and the one B's
-subscriber sees (publish call on A to the send on B: tap, QUIC, UDP, QUIC, B's Router),
-p50/p99, the packets that arrived, and the process CPU per published packet.
+subscriber's send is matched to the publish call. Reported per rate and per carrier of the
+relayed media (``--carrier``: ``quic``, QUIC DATAGRAM frames; ``sealed``, the link's sealed
+media lane, AES-GCM over plain UDP, keyed during the warm-up; ``both``, the default, one
+after the other in the same run): the latency a local subscriber sees (publish call to its
+send: one forward) and the one B's subscriber sees (publish call on A to the send on B:
+tap, carrier, UDP, carrier, B's Router), p50/p99, the packets that arrived, the datagrams
+that went sealed, and the process CPU per published packet.
 """
 
 from __future__ import annotations
@@ -132,7 +135,12 @@ class Node:
 
 
 async def _node(
-    node_id: str, publication: Publication | None, folder: Path, ca: tuple[bytes, bytes]
+    node_id: str,
+    publication: Publication | None,
+    folder: Path,
+    ca: tuple[bytes, bytes],
+    *,
+    sealed: bool,
 ) -> Node:
     """A node listening for links on loopback; ``publication`` is its publisher's, if any."""
     cert, key = mint_node_cert(ca[0], ca[1], node_id)
@@ -167,6 +175,7 @@ async def _node(
     loop = asyncio.get_running_loop()
     node = Node(node_id, NodePipes(find, origin_of, flush, time.monotonic, loop.call_soon))
     node.endpoint = await LinkEndpoint.listen("127.0.0.1", 0, server, client, node.on_event)
+    node.endpoint.media_lane = sealed
     node.pipes.start()
     return node
 
@@ -178,8 +187,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(rate: int, seconds: float, folder: Path) -> dict[str, float]:
-    """Publish at ``rate`` packets/s for ``seconds`` (after the warm-up); the figures."""
+#: The carriers ``--carrier`` chooses from; ``both`` runs them one after the other.
+CARRIERS: Final = ("quic", "sealed")
+
+
+async def measure(
+    rate: int, seconds: float, folder: Path, carrier: str = "sealed"
+) -> dict[str, float | str]:
+    """Publish at ``rate`` packets/s for ``seconds`` (after the warm-up) with the relayed
+    media on ``carrier`` (``quic`` or ``sealed``); the figures."""
     clock = time.monotonic
     ca = mint_ca("bench")
     pub_a = _publication()
@@ -196,8 +212,9 @@ async def measure(rate: int, seconds: float, folder: Path) -> dict[str, float]:
     local = _subscribe(pub_a)
     pub_b = _publication()
     remote = _subscribe(pub_b)
-    a = await _node("node-a", pub_a, folder, ca)
-    b = await _node("node-b", None, folder, ca)
+    sealed = carrier == "sealed"
+    a = await _node("node-a", pub_a, folder, ca, sealed=sealed)
+    b = await _node("node-b", None, folder, ca, sealed=sealed)
     assert a.endpoint is not None and b.endpoint is not None
     b.pipes.open(ORIGIN, pub_b, None)
     a.endpoint.connect(b.endpoint.address, "node-b")
@@ -228,6 +245,8 @@ async def measure(rate: int, seconds: float, folder: Path) -> dict[str, float]:
         taps = sum(isinstance(sub, RelayTap) for sub, _ in pub_a.fanout)
         # Datagrams the link dropped: its send queue was full (congestion window, or CPU).
         congested = sum(c.link.dropped_congested for c in a.pipes.carriers.values())
+        lane_sent = sum(c.link.lane_totals()["sent"] for c in a.pipes.carriers.values())
+        flows_sent = sum(c.link.flows_sent for c in a.pipes.carriers.values())
     finally:
         for node in (a, b):
             node.pipes.stop()
@@ -237,6 +256,7 @@ async def measure(rate: int, seconds: float, folder: Path) -> dict[str, float]:
     local_us = [1e6 * (local.sent_at[i] - published[i]) for i in sent if i in local.sent_at]
     remote_ms = [1e3 * (remote.sent_at[i] - published[i]) for i in sent if i in remote.sent_at]
     return {
+        "carrier": carrier,
         "rate": rate,
         "published": len(sent),
         "published_per_s": len(sent) / wall,
@@ -248,6 +268,7 @@ async def measure(rate: int, seconds: float, folder: Path) -> dict[str, float]:
         "remote_p50_ms": statistics.median(remote_ms) if remote_ms else float("nan"),
         "remote_p99_ms": _percentile(remote_ms, 0.99),
         "link_dropped": congested,
+        "sealed_share": lane_sent / max(1, flows_sent),
         "cpu_us_per_packet": 1e6 * cpu / max(1, len(sent)),
         "cpu_share": cpu / wall,
     }
@@ -257,31 +278,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.node_relay", description=__doc__)
     parser.add_argument("--rates", default="1000,3000", help="packets/s, comma-separated")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per rate")
+    parser.add_argument(
+        "--carrier",
+        choices=(*CARRIERS, "both"),
+        default="both",
+        help="the relayed media's carrier between the nodes (both: each, same run)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per rate")
     args = parser.parse_args(argv)
+    carriers = CARRIERS if args.carrier == "both" else (args.carrier,)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for rate in (int(r) for r in args.rates.split(",")):
-            run_folder = Path(folder) / str(rate)
-            run_folder.mkdir()
-            rows.append(asyncio.run(measure(rate, args.seconds, run_folder)))
+            for carrier in carriers:
+                run_folder = Path(folder) / f"{rate}-{carrier}"
+                run_folder.mkdir()
+                rows.append(asyncio.run(measure(rate, args.seconds, run_folder, carrier)))
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return 0
     print(
-        "| rate pkts/s | published/s | local: arrived, p50, p99 | other node: arrived, p50, p99 "
-        "| dropped by the link | CPU per packet (both nodes) | CPU share |"
+        "| rate pkts/s | carrier | published/s | local: arrived, p50, p99 "
+        "| other node: arrived, p50, p99 | dropped by the link | sealed "
+        "| CPU per packet (both nodes) | CPU share |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
-            f"| {r['rate']} | {r['published_per_s']:.0f} "
+            f"| {r['rate']} | {r['carrier']} | {r['published_per_s']:.0f} "
             f"| {r['local_received']}/{r['published']}, {r['local_p50_us']:.0f} us, "
             f"{r['local_p99_us']:.0f} us "
             f"| {r['remote_received']}/{r['published']}, {r['remote_p50_ms']:.2f} ms, "
             f"{r['remote_p99_ms']:.2f} ms "
-            f"| {r['link_dropped']:.0f} "
+            f"| {r['link_dropped']:.0f} | {100 * float(r['sealed_share']):.0f}% "
             f"| {r['cpu_us_per_packet']:.0f} us | {100 * r['cpu_share']:.0f}% |"
         )
     return 0

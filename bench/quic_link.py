@@ -13,7 +13,10 @@ machine's cores:
    p50/p99 one-way latency (send call to delivery) at that rate, and how many arrived.
 
 Both ends share the process, so figures are per core for the pair's work; see
-``bench/RESULTS.md`` for the decision they support.
+``bench/RESULTS.md`` for the decision they support. ``--carrier`` picks what carries the
+flow datagrams once the link is up: ``quic`` (DATAGRAM frames), ``sealed`` (the link's
+sealed media lane: AES-GCM over plain UDP, QUIC only for its keys and acks of them), or
+``both`` (the default: each, in the same run).
 """
 
 from __future__ import annotations
@@ -45,8 +48,13 @@ _A: Final = ("127.0.0.1", 1)
 _B: Final = ("127.0.0.1", 2)
 
 
+#: The carriers ``--carrier`` chooses from.
+CARRIERS: Final = ("quic", "sealed")
+
+
 @dataclass(frozen=True)
 class CpuResult:
+    carrier: str
     datagrams: int
     payload_bytes: int
     send_us_per_datagram: float
@@ -58,6 +66,7 @@ class CpuResult:
 
 @dataclass(frozen=True)
 class LatencyResult:
+    carrier: str
     rate_per_s: float
     #: Datagrams due at that rate, and those the link took (the rest: its queue was full).
     offered: int
@@ -94,17 +103,22 @@ def _config(files: tuple[str, str, str], *, client_of: str | None) -> QuicConfig
     )
 
 
-def measure_cpu(datagrams: int, files: dict[str, tuple[str, str, str]]) -> CpuResult:
+def measure_cpu(
+    datagrams: int, files: dict[str, tuple[str, str, str]], carrier: str = "quic"
+) -> CpuResult:
     """Send ``datagrams`` payloads from one in-memory link to the other; CPU per side."""
     now = 0.0
-    client = NodeLink(_config(files["node-a"], client_of="node-b"), peer_address=_B, now=now)
+    lane = carrier == "sealed"
+    client = NodeLink(
+        _config(files["node-a"], client_of="node-b"), peer_address=_B, now=now, media_lane=lane
+    )
     server: NodeLink | None = None
     for _ in range(50):  # the handshake
         now += 0.001
         for data, _ in client.datagrams(now=now):
             if server is None:
                 server = NodeLink.accept(
-                    _config(files["node-b"], client_of=None), data, _A, now=now
+                    _config(files["node-b"], client_of=None), data, _A, now=now, media_lane=lane
                 )
             assert server is not None
             server.receive(data, _A, now=now)
@@ -112,6 +126,7 @@ def measure_cpu(datagrams: int, files: dict[str, tuple[str, str, str]]) -> CpuRe
             for data, _ in server.datagrams(now=now):
                 client.receive(data, _B, now=now)
     assert server is not None and client.peer == "node-b" and server.peer == "node-a"
+    assert (client.lane is not None and client.lane.up) == lane, "the lane did not key"
     payload = bytes(PAYLOAD_BYTES)
     send_cpu = receive_cpu = 0.0
     received = 0
@@ -138,6 +153,7 @@ def measure_cpu(datagrams: int, files: dict[str, tuple[str, str, str]]) -> CpuRe
     send_us = send_cpu / sent * 1e6
     receive_us = receive_cpu / max(received, 1) * 1e6
     return CpuResult(
+        carrier=carrier,
         datagrams=received,
         payload_bytes=PAYLOAD_BYTES,
         send_us_per_datagram=round(send_us, 2),
@@ -148,7 +164,7 @@ def measure_cpu(datagrams: int, files: dict[str, tuple[str, str, str]]) -> CpuRe
 
 
 async def measure_latency(
-    rate: float, seconds: float, files: dict[str, tuple[str, str, str]]
+    rate: float, seconds: float, files: dict[str, tuple[str, str, str]], carrier: str = "quic"
 ) -> LatencyResult:
     """A paced stream over loopback sockets: one-way latency of each datagram."""
     latencies: list[float] = []
@@ -166,10 +182,11 @@ async def measure_latency(
         "127.0.0.1", 0, _config(files["node-b"], client_of=None),
         lambda peer: _config(files["node-b"], client_of=peer), on_b,
     )  # fmt: skip
+    a.media_lane = b.media_lane = carrier == "sealed"
     try:
         link = a.connect(b.address, "node-b")
         deadline = time.monotonic() + 5.0
-        while link.peer is None:
+        while link.peer is None or (a.media_lane and not (link.lane and link.lane.up)):
             if time.monotonic() > deadline:
                 raise RuntimeError("the link did not come up")
             await asyncio.sleep(0.01)
@@ -190,8 +207,9 @@ async def measure_latency(
         b.close()
     latencies.sort()
     if not latencies:
-        return LatencyResult(rate, offered, sent, 0, float("nan"), float("nan"))
+        return LatencyResult(carrier, rate, offered, sent, 0, float("nan"), float("nan"))
     return LatencyResult(
+        carrier=carrier,
         rate_per_s=rate,
         offered=offered,
         sent=sent,
@@ -208,28 +226,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rates", default="2000,10000,20000", help="loopback runs' datagrams/s, comma-separated"
     )
     p.add_argument("--seconds", type=float, default=2.0, help="each loopback run's length")
+    p.add_argument(
+        "--carrier", choices=(*CARRIERS, "both"), default="both", help="the flow datagrams' lane"
+    )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
+    carriers = CARRIERS if args.carrier == "both" else (args.carrier,)
+    cpus: list[CpuResult] = []
+    latency: list[LatencyResult] = []
     with tempfile.TemporaryDirectory(prefix="sfu-quic-bench-") as folder:
         files = _certificates(Path(folder))
-        cpu = measure_cpu(args.datagrams, files)
-        print(
-            f"in process, {cpu.datagrams} datagrams of {cpu.payload_bytes} B: "
-            f"send {cpu.send_us_per_datagram} us ({cpu.send_per_core_per_s}/s per core), "
-            f"receive {cpu.receive_us_per_datagram} us ({cpu.receive_per_core_per_s}/s per core)"
-        )
-        latency = []
-        for rate in (float(r) for r in args.rates.split(",")):
-            result = asyncio.run(measure_latency(rate, args.seconds, files))
-            latency.append(result)
+        for carrier in carriers:
+            cpu = measure_cpu(args.datagrams, files, carrier)
+            cpus.append(cpu)
             print(
-                f"loopback at {rate:.0f}/s: {result.received} of {result.offered} delivered "
-                f"({result.offered - result.sent} refused by a full queue), "
-                f"latency p50 {result.p50_ms} ms, p99 {result.p99_ms} ms"
+                f"{carrier}: in process, {cpu.datagrams} datagrams of {cpu.payload_bytes} B: "
+                f"send {cpu.send_us_per_datagram} us ({cpu.send_per_core_per_s}/s per core), "
+                f"receive {cpu.receive_us_per_datagram} us "
+                f"({cpu.receive_per_core_per_s}/s per core)"
             )
+        for rate in (float(r) for r in args.rates.split(",")):
+            for carrier in carriers:
+                result = asyncio.run(measure_latency(rate, args.seconds, files, carrier))
+                latency.append(result)
+                print(
+                    f"{carrier}: loopback at {rate:.0f}/s: {result.received} of "
+                    f"{result.offered} delivered ({result.offered - result.sent} refused by a "
+                    f"full queue), latency p50 {result.p50_ms} ms, p99 {result.p99_ms} ms"
+                )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"cpu": asdict(cpu), "latency": [asdict(r) for r in latency]}, indent=2)
+            json.dumps(
+                {"cpu": [asdict(c) for c in cpus], "latency": [asdict(r) for r in latency]},
+                indent=2,
+            )
         )
     return 0
 

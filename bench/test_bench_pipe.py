@@ -1,6 +1,8 @@
 """Per-packet cost of relaying a publication over a pipe, against forwarding it locally.
 
-The third case carries the pipe over the QUIC node link between two nodes (issue 15).
+The third case carries the pipe over the QUIC node link between two nodes (issue 15), its
+media as QUIC DATAGRAM frames; the fourth, the same link with its media on the sealed media
+lane (AES-GCM over plain UDP, keys over the link's control stream).
 
 Worker A ingests a VP8 packet through its Router; a subscriber on worker B gets it through
 A's relay tap, the pipe (flow id framing and parsing), B's stand-in publication and its own
@@ -12,6 +14,7 @@ path (no sockets, no SRTP: see the bench fan-out for the whole path). Run with `
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core_parts import KERNELS, VP8, RecordingSender, subscription
 from forwarder_world import rtp, vp8_payload
@@ -23,7 +26,11 @@ from sfu.core.publication import Publication
 from sfu.core.relay import PipeOut, PublicationRelay, RemotePublication
 from sfu.core.router import Router
 from sfu.core.twcc_recorder import TwccRecorder
+from sfu.transport.node_link import MAX_PENDING_DATAGRAMS
 from sfu.transport.pipe import Media, Pipe, StreamsReceived
+
+if TYPE_CHECKING:
+    from test_node_pipes import World
 
 BATCH = 1000
 ROUNDS = 10
@@ -34,6 +41,8 @@ LINK_BATCH = 16
 #: Fake time per exchange (aioquic paces by its clock) and the rounds allowed to drain.
 LINK_STEP_S = 0.001
 LINK_DRAIN_ROUNDS = 200
+#: Batches published before measuring, at most (the flow's demand and first keyframe).
+WARMUP_BATCHES = 20
 
 
 def _publication() -> Publication:
@@ -125,6 +134,21 @@ def test_relayed_forward(benchmark: BenchmarkFixture) -> None:
 def test_node_link_forward(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
     """The same subscriber on another node: the tap, the pipe on the QUIC node link (aioquic
     DATAGRAMs both ways, acks included, two links in memory), the stand-in, its Router."""
+    _node_link_forward(benchmark, tmp_path, media_lane=False)
+
+
+def test_node_link_sealed_forward(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
+    """The same over the node link's sealed media lane: each relayed datagram sealed with
+    AES-128-GCM on A and opened on B, outside QUIC (which still runs: its acks, timers)."""
+    _node_link_forward(benchmark, tmp_path, media_lane=True)
+
+
+def quic_backlog(world: World) -> int:
+    """DATAGRAM frames node A's link holds for QUIC's pacing and congestion window."""
+    return len(world.links.a._quic._datagrams_pending)
+
+
+def _node_link_forward(benchmark: BenchmarkFixture, tmp_path: Path, *, media_lane: bool) -> None:
     # The two-node world of the unit tests: node A's publisher, node B's stand-in and
     # subscriber, their NodePipes over two NodeLinks exchanging datagrams in memory.
     from test_node_pipes import ORIGIN, World, _files
@@ -133,10 +157,12 @@ def test_node_link_forward(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
 
     ca = mint_ca("bench")
     cluster = {node: _files(tmp_path, ca, node) for node in ("node-a", "node-b")}
-    world = World(cluster)
+    world = World(cluster, media_lane=media_lane, ticks_when_due=True)
     world.node_b.open(ORIGIN, world.pub_b, None)
     world.pump()
     assert world.node_b.hub.remotes, "the flow did not open"
+    lane = world.links.a.lane
+    assert (lane is not None and lane.up) == media_lane
     assert SSRC == 0x111  # the world's lowest layer, the one B's subscriber demands
     rounds = iter(range(10_000))
 
@@ -149,10 +175,25 @@ def test_node_link_forward(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
             world.router_a.on_rtp(packet, now=world.now)
             if i % LINK_BATCH == LINK_BATCH - 1:
                 world.pump(rounds=1, step=LINK_STEP_S)
+                # Back-pressure: while aioquic's pacing holds half its queue, the publisher
+                # waits (more fake time), so the queue never drops and each round carries
+                # every packet (the sealed lane never queues: this never loops for it).
+                while quic_backlog(world) > MAX_PENDING_DATAGRAMS // 2:
+                    world.pump(rounds=1, step=LINK_STEP_S)
         for _ in range(LINK_DRAIN_ROUNDS):  # what the congestion window held back
             if len(world.subscriber.rtp) >= BATCH:
                 break
             world.pump(rounds=1, step=LINK_STEP_S)
 
+    # Warm-up: with the timers at their own pace the demand and the first keyframe take a
+    # few hundred fake milliseconds; measured is the steady state, where a batch crosses.
+    for _ in range(WARMUP_BATCHES):
+        run(*setup()[0])
+        if len(world.subscriber.rtp) == BATCH:
+            break
+    assert len(world.subscriber.rtp) == BATCH, "the relay never reached its steady state"
+    sent_before = world.links.a.lane_totals()["sent"]
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
     assert len(world.subscriber.rtp) == BATCH, "packets were lost on the link"
+    sealed = world.links.a.lane_totals()["sent"] - sent_before
+    assert sealed >= ROUNDS * BATCH if media_lane else sealed == 0

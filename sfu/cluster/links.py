@@ -6,7 +6,8 @@ link the node with the smaller id dials (so a pair has exactly one connection, w
 node saw the other first) and the other accepts. A link that goes down is dialled again at
 the next renewal while its peer is alive. What the links carry (the relayed publications and
 their feedback) is the relay pipes' (:mod:`sfu.cluster.node_pipes`): links coming up and
-going down, flows and control messages go to its hooks.
+going down, flows and control messages go to its hooks. Each link keys its own sealed media
+lane once up (:mod:`sfu.transport.media_lane`), so relayed media leaves QUIC by itself.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from sfu.cluster.directory import NodeInfo
 from sfu.config import ClusterConfig
 from sfu.io.quic_link import LinkEndpoint
+from sfu.transport.media_lane import LANE_DROP_REASONS
 from sfu.transport.node_link import (
     ControlReceived,
     FlowReceived,
@@ -69,6 +71,7 @@ class NodeLinks:
         self.links_established = 0
         self.links_lost = 0
         self._retired = {"flows_sent": 0, "flows_received": 0, "dropped": 0}
+        self._retired_lane = {"sent": 0, "received": 0, **dict.fromkeys(LANE_DROP_REASONS, 0)}
 
     def _server(self) -> QuicConfiguration:
         c = self._cluster
@@ -152,6 +155,8 @@ class NodeLinks:
             self._retired["dropped"] += (
                 link.dropped_too_large + link.dropped_congested + link.dropped_malformed
             )
+            for key, count in link.lane_totals().items():
+                self._retired_lane[key] += count
             if link.peer is not None and self.on_link_down is not None:
                 self.on_link_down(link.peer, link)
         elif link.peer is None:
@@ -177,6 +182,21 @@ class NodeLinks:
                 link.dropped_too_large + link.dropped_congested + link.dropped_malformed
             )
         return out
+
+    def lane_totals(self) -> dict[str, int]:
+        """The sealed media lanes' datagrams sent and received over every link so far, and
+        their drops by reason (LANE_DROP_REASONS)."""
+        out = dict(self._retired_lane)
+        for link in self.up.values():
+            for key, count in link.lane_totals().items():
+                out[key] += count
+        if self._endpoint is not None:
+            out["not_peer"] += self._endpoint.lane_not_peer
+        return out
+
+    def lanes_up(self) -> int:
+        """Links whose sealed media lane is keyed both ways (media leaves QUIC)."""
+        return sum(1 for link in self.up.values() if link.lane is not None and link.lane.up)
 
     def close(self) -> None:
         """Close every link and the socket."""

@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 TICK_S: Final = DEMAND_POLL_S
 #: The first byte of a pipe control datagram (flow 0 as a one-byte varint).
 CONTROL_PREFIX: Final = bytes((CONTROL_FLOW,))
+#: Sealed datagrams queued on one link that are sent at once rather than at the end of the
+#: batch: a long batch (a keyframe burst, a loop late by a stall) leaves in slices instead
+#: of filling the link's 512-datagram queue.
+FLUSH_AT: Final = 64
 
 FindPublication = Callable[[str], Publication | None]
 OriginOf = Callable[[str], int | None]
@@ -248,6 +252,8 @@ class NodePipes:
             self._dirty.discard(origin)
             self._flush_link(carrier.link)
             return
+        if carrier.link.sealed_pending >= FLUSH_AT:
+            self._flush_link(carrier.link)
         self._dirty.add(origin)
         if not self._flush_pending:
             self._flush_pending = True

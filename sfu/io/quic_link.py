@@ -6,24 +6,35 @@ A :class:`LinkEndpoint` owns a UDP socket; it dials links to other nodes
 sends what the link returns and keeps one loop timer per link for its ``next_timer``. Events
 go to the ``on_event`` callback synchronously: no ``await`` between a datagram and its flow.
 Links not yet authenticated are bounded (:data:`MAX_PENDING_LINKS`): an unproven peer costs a
-fixed amount of state.
+fixed amount of state. The links' sealed media lanes (:mod:`sfu.transport.media_lane`) share
+this socket: a datagram whose first byte has QUIC's fixed bit clear is the lane's, and one
+from an address that has no link is dropped and counted here, before anything reads it.
+
+The socket is read from a loop reader callback that drains up to :data:`READS_PER_WAKEUP`
+datagrams at once (asyncio's datagram transport reads one per loop iteration, which costs a
+loop turn per relayed packet), so a batch of media is handled in one turn and the relay's
+flushes (``call_soon``) go out once for it. Sends are plain non-blocking ``sendto``: a full
+socket buffer drops the datagram (counted), as UDP would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 
 from sfu.clock import Clock
 from sfu.clock import now as monotonic
+from sfu.transport.media_lane import is_lane_datagram
 from sfu.transport.node_link import LinkDown, LinkEvent, NodeLink
 
-__all__ = ["MAX_PENDING_LINKS", "MAX_PENDING_PER_HOST", "LinkEndpoint"]
+__all__ = ["LINK_SOCKET_BUFFER_BYTES", "MAX_PENDING_LINKS", "MAX_PENDING_PER_HOST", "LinkEndpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +42,21 @@ log = logging.getLogger(__name__)
 MAX_PENDING_LINKS: Final = 16
 #: ...and from any one host (a node dials a peer once; a retry replaces its link).
 MAX_PENDING_PER_HOST: Final = 2
+#: Kernel buffers of the link socket (as the worker pipe's): the sealed lane's media is not
+#: paced like QUIC's, so a loop turn late by tens of milliseconds must not overflow them.
+LINK_SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024
 
 LinkHandler = Callable[[NodeLink, LinkEvent], None]
 
 
-class LinkEndpoint(asyncio.DatagramProtocol):
+#: Datagrams read per readiness callback at most: a burst is handled in one loop turn, and
+#: other sockets and timers still get theirs after it.
+READS_PER_WAKEUP: Final = 64
+#: Largest UDP datagram read (a link sends at most 1452-byte payloads).
+MAX_READ_BYTES: Final = 65535
+
+
+class LinkEndpoint:
     """Every QUIC node link of this node over one UDP socket."""
 
     def __init__(
@@ -49,12 +70,21 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         self._client_config = client_configuration
         self._on_event = on_event
         self._clock = clock
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.links: dict[NetworkAddress, NodeLink] = {}
         self._timers: dict[NetworkAddress, asyncio.TimerHandle] = {}
         #: Datagrams from an unknown address that did not start a link.
         self.dropped_unknown = 0
+        #: Sealed lane datagrams from an address that has no link (not decrypted).
+        self.lane_not_peer = 0
+        #: Datagrams the kernel would not send (buffer full, unreachable), and receive errors
+        #: (ICMP port unreachable from a peer that is restarting).
+        self.send_errors = 0
+        self.receive_errors = 0
+        #: Whether new links may carry media on the sealed lane (the benchmarks turn it off
+        #: to measure QUIC DATAGRAMs alone).
+        self.media_lane = True
         #: Whether a host may start a link (the live nodes' link hosts); None: any host.
         #: Without it a stranger could hold every pending slot with forged Initials.
         self.accept_from: Callable[[str], bool] | None = None
@@ -74,18 +104,43 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         """Bind ``host:port`` (0: a free port) and serve links there."""
         loop = asyncio.get_running_loop()
         endpoint = cls(server_configuration, client_configuration, on_event, clock)
-        await loop.create_datagram_endpoint(lambda: endpoint, local_addr=(host, port))
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):  # best effort (net.core.rmem_max caps it)
+                    sock.setsockopt(socket.SOL_SOCKET, opt, LINK_SOCKET_BUFFER_BYTES)
+            sock.bind(address)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        endpoint._sock = sock
+        endpoint._loop = loop
+        loop.add_reader(sock.fileno(), endpoint._readable)
         return endpoint
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        self._loop = asyncio.get_running_loop()
+    def _readable(self) -> None:
+        """Drain what the socket holds (up to READS_PER_WAKEUP datagrams)."""
+        sock = self._sock
+        for _ in range(READS_PER_WAKEUP):
+            if sock is None or self._sock is None:  # closed by a handler
+                return
+            try:
+                data, addr = sock.recvfrom(MAX_READ_BYTES)
+            except BlockingIOError:
+                return
+            except OSError:  # an ICMP error queued on the socket: the next read goes on
+                self.receive_errors += 1
+                continue
+            self.datagram_received(data, addr)
 
     @property
     def address(self) -> tuple[str, int]:
         """The (host, port) the socket is bound to."""
-        assert self._transport is not None
-        host, port = self._transport.get_extra_info("sockname")[:2]
+        assert self._sock is not None
+        host, port = self._sock.getsockname()[:2]
         return str(host), int(port)
 
     def close(self) -> None:
@@ -97,8 +152,11 @@ class LinkEndpoint(asyncio.DatagramProtocol):
             handle.cancel()
         self._timers.clear()
         self.links.clear()
-        if self._transport is not None:
-            self._transport.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
 
     # -- links --------------------------------------------------------------------------------
 
@@ -107,7 +165,12 @@ class LinkEndpoint(asyncio.DatagramProtocol):
         existing = self.links.get(addr)
         if existing is not None and not existing.closed:
             return existing
-        link = NodeLink(self._client_config(peer_node), peer_address=addr, now=self._clock())
+        link = NodeLink(
+            self._client_config(peer_node),
+            peer_address=addr,
+            now=self._clock(),
+            media_lane=self.media_lane,
+        )
         self.links[addr] = link
         self._flush(link)
         return link
@@ -120,6 +183,14 @@ class LinkEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         link = self.links.get(addr)
+        if is_lane_datagram(data):
+            # Media of a sealed lane: nothing to send back, no QUIC timer moved.
+            if link is None:
+                self.lane_not_peer += 1
+                return
+            for event in link.receive_sealed(data, addr):
+                self._deliver(link, event)
+            return
         if link is None:
             link = self._accept(data, addr)
             if link is None:
@@ -137,7 +208,9 @@ class LinkEndpoint(asyncio.DatagramProtocol):
             return None
         if sum(1 for a in pending if a[0] == addr[0]) >= MAX_PENDING_PER_HOST:
             return None
-        link = NodeLink.accept(self._server_config, data, addr, now=self._clock())
+        link = NodeLink.accept(
+            self._server_config, data, addr, now=self._clock(), media_lane=self.media_lane
+        )
         if link is not None:
             self.links[addr] = link
         return link
@@ -153,9 +226,13 @@ class LinkEndpoint(asyncio.DatagramProtocol):
     # -- output and timers --------------------------------------------------------------------
 
     def _flush(self, link: NodeLink) -> None:
-        if self._transport is not None:
+        sock = self._sock
+        if sock is not None:
             for data, addr in link.datagrams(now=self._clock()):
-                self._transport.sendto(data, addr)
+                try:
+                    sock.sendto(data, addr)
+                except OSError:  # buffer full or unreachable: lost, as UDP may lose it
+                    self.send_errors += 1
         self._arm(link)
 
     def _arm(self, link: NodeLink) -> None:

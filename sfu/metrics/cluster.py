@@ -17,6 +17,7 @@ from sfu.cluster.node_pipes import NodePipes
 from sfu.cluster.placement import NodePlacement
 from sfu.cluster.registry import NodeRegistry
 from sfu.cluster.room_bus import ClusterRoomBus
+from sfu.transport.media_lane import LANE_DROP_REASONS
 from sfu.transport.pipe import DROP_REASONS
 
 __all__ = ["ClusterCollector"]
@@ -141,6 +142,30 @@ class ClusterCollector(Collector):
         flows.add_metric(["received"], totals["flows_received"])
         flows.add_metric(["dropped"], totals["dropped"])
         yield flows
+        yield GaugeMetricFamily(
+            "sfu_cluster_links_sealed",
+            "Node links whose sealed media lane is keyed both ways (media off QUIC)",
+            value=links.lanes_up(),
+        )
+        lane = links.lane_totals()
+        sealed = CounterMetricFamily(
+            "sfu_cluster_link_sealed_datagrams",
+            "Flow datagrams on the node links' sealed media lanes (AES-GCM over UDP, outside "
+            "QUIC): sent, received",
+            labels=["event"],
+        )
+        sealed.add_metric(["sent"], lane["sent"])
+        sealed.add_metric(["received"], lane["received"])
+        yield sealed
+        lane_drops = CounterMetricFamily(
+            "sfu_cluster_link_sealed_drops",
+            "Sealed media lane datagrams dropped on receipt, by reason: from an address that "
+            "is no linked node's, malformed, unknown key, replayed, failed authentication",
+            labels=["reason"],
+        )
+        for reason in LANE_DROP_REASONS:
+            lane_drops.add_metric([reason], lane[reason])
+        yield lane_drops
         yield from self._collect_relay()
 
     def _collect_relay(self) -> Iterator[Metric]:

@@ -9,8 +9,10 @@ draft-ietf-avtcore-rtp-over-quic section 5.1), so the carrier only chooses the l
 - flow 0, the pipe's control messages (HELLO, DEMAND, CLOSE, RATES, STREAMS), goes on the
   link's control stream, reliable and in order: a CLOSE or a DEMAND is never lost between
   nodes (the pipe still refreshes them, which is the flows' keepalive);
-- every other flow (relayed RTP and RTCP, both directions) goes as one QUIC DATAGRAM frame
-  (RFC 9221): unreliable, never queued behind a loss; the receivers' NACK and PLI repair.
+- every other flow (relayed RTP and RTCP, both directions) goes as one datagram of the
+  link's sealed media lane (:mod:`sfu.transport.media_lane`: AES-GCM over plain UDP, outside
+  QUIC), or as one QUIC DATAGRAM frame (RFC 9221) until that lane is keyed: unreliable,
+  never queued behind a loss; the receivers' NACK and PLI repair. The link chooses.
 
 The roles of the pipe (which parity of flow ids each end allocates) follow the link's: the
 dialling node (the smaller node id) is role 0. A control message arriving as a datagram, or
@@ -67,7 +69,8 @@ class LinkPipe:
             self.send(datagram)
 
     def receive_flow(self, flow: int, payload: bytes, *, now: float) -> PipeEvent | None:
-        """A DATAGRAM of the link: relayed media or feedback (never control)."""
+        """A flow datagram of the link (DATAGRAM frame or sealed lane): relayed media or
+        feedback (never control)."""
         if flow == CONTROL_FLOW:
             self.pipe.counters.drops["malformed"] += 1
             return None

@@ -7,10 +7,15 @@ the client sent is delivered (aioquic verifies only the server side by itself). 
 
 - a control stream (the client's first bidirectional stream, id 0) of length-prefixed
   messages (2 bytes, big-endian) that the layers above define;
-- DATAGRAM frames (RFC 9221), each a flow id varint then an opaque payload
-  (:mod:`sfu.packet.flow`): relayed RTP and RTCP, never read or changed here, so E2EE
-  payloads pass untouched. Datagrams are unreliable: a payload that does not fit one packet,
-  or finds the send queue full (congestion), is dropped and counted, never queued behind.
+- flow datagrams, each a flow id varint then an opaque payload (:mod:`sfu.packet.flow`):
+  relayed RTP and RTCP, never read or changed here, so E2EE payloads pass untouched. They
+  go as DATAGRAM frames (RFC 9221) until the link's sealed media lane
+  (:mod:`sfu.transport.media_lane`) is keyed, then as the lane's AES-GCM sealed UDP
+  datagrams on the same port, outside QUIC (its per-frame cost and pacing were the relay's
+  bottleneck); both are accepted at any time. The lane's keys travel on the control stream
+  as the link's own messages (their first byte tells them from the layers' above). Flow
+  datagrams are unreliable: a payload that does not fit one packet, or finds the send queue
+  full (congestion), is dropped and counted, never queued behind.
 
 Like aioquic's :class:`~aioquic.quic.connection.QuicConnection` that it wraps, a
 :class:`NodeLink` takes ``now`` and returns events, datagrams and its next timer; the
@@ -35,6 +40,13 @@ from cryptography.x509.oid import NameOID
 
 from sfu.packet.errors import ParseError
 from sfu.packet.flow import decode_flow, encode_flow
+from sfu.transport.media_lane import (
+    LANE_DROP_REASONS,
+    MediaLane,
+    Random,
+    is_lane_datagram,
+    is_lane_message,
+)
 
 __all__ = [
     "ALPN",
@@ -169,6 +181,8 @@ class NodeLink:
         peer_address: NetworkAddress,
         now: float,
         original_destination_connection_id: bytes | None = None,
+        media_lane: bool = True,
+        random: Random | None = None,
     ) -> None:
         self.is_client = configuration.is_client
         self.peer_address = peer_address
@@ -187,6 +201,18 @@ class NodeLink:
         self._control_open = self.is_client
         self._control_buffer = bytearray()
         self._queued_control: list[bytes] = []
+        #: Whether media may leave QUIC for the sealed lane (False: DATAGRAM frames only, as
+        #: a peer without the lane; the benchmarks compare both).
+        self._lane_enabled = media_lane
+        self._random = random
+        #: The sealed lane, from the moment the peer is proven (new keys with every link).
+        self.lane: MediaLane | None = None
+        #: Sealed datagrams waiting for :meth:`datagrams` (the batch's flush).
+        self._sealed_out: list[bytes] = []
+        #: Whether QUIC may have something to send: set by every call into the connection
+        #: (input, timers, frames queued, close); its output changes with nothing else. A
+        #: flush of sealed media alone skips aioquic's costly datagrams_to_send.
+        self._quic_dirty = True
         #: Counters read at scrape time.
         self.flows_sent = 0
         self.flows_received = 0
@@ -195,10 +221,19 @@ class NodeLink:
         self.dropped_too_large = 0
         self.dropped_congested = 0
         self.dropped_malformed = 0
+        #: Lane datagrams that came before the lane existed (counted as ``unknown_key``).
+        self.lane_early = 0
 
     @classmethod
     def accept(
-        cls, configuration: QuicConfiguration, data: bytes, addr: NetworkAddress, *, now: float
+        cls,
+        configuration: QuicConfiguration,
+        data: bytes,
+        addr: NetworkAddress,
+        *,
+        now: float,
+        media_lane: bool = True,
+        random: Random | None = None,
     ) -> NodeLink | None:
         """The server end of a link that ``data`` (a client's Initial) starts, else None."""
         if len(data) < MIN_INITIAL_SIZE:
@@ -216,18 +251,43 @@ class NodeLink:
             peer_address=addr,
             now=now,
             original_destination_connection_id=header.destination_cid,
+            media_lane=media_lane,
+            random=random,
         )
 
     # -- input --------------------------------------------------------------------------------
 
     def receive(self, data: bytes, addr: NetworkAddress, *, now: float) -> list[LinkEvent]:
-        """Take one UDP datagram from the peer; returns what it brought."""
+        """Take one UDP datagram from the peer (QUIC or the sealed lane's, by its first
+        byte); returns what it brought."""
+        if is_lane_datagram(data):
+            return self.receive_sealed(data, addr)
         self._quic.receive_datagram(data, addr, now=now)
+        self._quic_dirty = True
         return self._drain(now)
+
+    def receive_sealed(self, data: bytes, addr: NetworkAddress) -> list[LinkEvent]:
+        """One datagram of the sealed lane: its flow, or nothing (dropped and counted)."""
+        lane = self.lane
+        if lane is None or self.closed:
+            self.lane_early += 1
+            return []
+        plain = lane.open(data, addr)
+        if plain is None:
+            return []
+        try:
+            flow_id, payload = decode_flow(plain)
+        except ParseError:
+            self.dropped_malformed += 1
+            return []
+        self.flows_received += 1
+        self.bytes_received += len(payload)
+        return [FlowReceived(flow_id, payload)]
 
     def handle_timer(self, *, now: float) -> list[LinkEvent]:
         """Run QUIC's timers (loss detection, idle timeout) once ``next_timer`` is due."""
         self._quic.handle_timer(now=now)
+        self._quic_dirty = True
         return self._drain(now)
 
     def next_timer(self) -> float | None:
@@ -254,11 +314,25 @@ class NodeLink:
         if len(data) > MAX_DATAGRAM_DATA:
             self.dropped_too_large += 1
             return False
+        lane = self.lane
+        if lane is not None and lane.up:
+            if len(self._sealed_out) >= MAX_PENDING_DATAGRAMS:
+                self.dropped_congested += 1
+                return False
+            sealed = lane.seal(data)
+            if sealed is not None:
+                self._sealed_out.append(sealed)
+                self.flows_sent += 1
+                self.bytes_sent += payload_bytes
+                if lane.has_messages:
+                    self._send_lane_messages()  # a new key, every REKEY_AFTER datagrams
+                return True
         # aioquic's queue of DATAGRAM frames has no bound of its own.
         if len(self._quic._datagrams_pending) >= MAX_PENDING_DATAGRAMS:
             self.dropped_congested += 1
             return False
         self._quic.send_datagram_frame(data)
+        self._quic_dirty = True
         self.flows_sent += 1
         self.bytes_sent += payload_bytes
         return True
@@ -278,19 +352,48 @@ class NodeLink:
         self._write_control(message)
 
     def datagrams(self, *, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        """The UDP datagrams to send now."""
-        out: list[tuple[bytes, NetworkAddress]] = self._quic.datagrams_to_send(now=now)
+        """The UDP datagrams to send now: the sealed lane's first (queued before whatever
+        made this flush), then QUIC's."""
+        quic: list[tuple[bytes, NetworkAddress]] = []
+        if self._quic_dirty:
+            self._quic_dirty = False
+            quic = self._quic.datagrams_to_send(now=now)
+        if not self._sealed_out:
+            return quic
+        addr = self.peer_address
+        out = [(data, addr) for data in self._sealed_out]
+        self._sealed_out = []
+        out += quic
+        return out
+
+    @property
+    def sealed_pending(self) -> int:
+        """Sealed datagrams waiting for :meth:`datagrams`."""
+        return len(self._sealed_out)
+
+    def lane_totals(self) -> dict[str, int]:
+        """The sealed lane's datagrams sent and received, and its drops by reason."""
+        out = {"sent": 0, "received": 0, **dict.fromkeys(LANE_DROP_REASONS, 0)}
+        lane = self.lane
+        if lane is not None:
+            out["sent"] = lane.sealed
+            out["received"] = lane.received
+            for reason, count in lane.drops.items():
+                out[reason] += count
+        out["unknown_key"] += self.lane_early
         return out
 
     def close(self, reason: str = "closed") -> None:
         """Close the link (the CONNECTION_CLOSE leaves with the next :meth:`datagrams`)."""
         if not self.closed:
             self._quic.close(reason_phrase=reason)
+            self._quic_dirty = True
 
     # -- internals ----------------------------------------------------------------------------
 
     def _write_control(self, message: bytes) -> None:
         self._quic.send_stream_data(CONTROL_STREAM, len(message).to_bytes(2, "big") + message)
+        self._quic_dirty = True
 
     def _authenticate(self) -> str | None:
         """The peer's node id when its certificate is one the cluster CA signed, else None."""
@@ -326,6 +429,9 @@ class NodeLink:
                     # Opens the control stream (a message of no bytes) so the server can write.
                     self._write_control(b"")
                     self._flush_control()
+                if self._lane_enabled:
+                    self.lane = MediaLane(self.peer_address, random=self._random)
+                    self._send_lane_messages()  # our key
             elif isinstance(event, quic_events.ConnectionTerminated):
                 self.closed = True
                 out.append(LinkDown(event.reason_phrase or f"error {event.error_code}"))
@@ -360,11 +466,25 @@ class NodeLink:
                 break
             message = bytes(buffer[2 : 2 + size])
             del buffer[: 2 + size]
-            if message:  # the empty message only opened the stream
+            if is_lane_message(message):
+                if self.lane is not None:  # a peer's key while ours is off: ignored
+                    self.lane.receive_message(message)
+                    self._send_lane_messages()
+            elif message:  # the empty message only opened the stream
                 out.append(ControlReceived(message))
         if len(buffer) > 2 + MAX_CONTROL_MESSAGE:
             self._quic.close(error_code=ERROR_CONTROL, reason_phrase="control overrun")
         return out
+
+    def _send_lane_messages(self) -> None:
+        lane = self.lane
+        if lane is None:
+            return
+        for message in lane.take_messages():
+            try:
+                self.send_control(message)
+            except ValueError:  # the control backlog is full: the lane stays down
+                self.dropped_congested += 1
 
     def _flush_control(self) -> None:
         queued, self._queued_control = self._queued_control, []

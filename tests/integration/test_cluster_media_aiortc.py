@@ -116,6 +116,17 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
             async with http.get(f"{base_a}/metrics") as reply:
                 text = await reply.text()
             assert 'sfu_cluster_relay_flows{direction="out"} 1.0' in text
+            # The media left QUIC: node A sealed it on the link's media lane, B opened it.
+            sent = re.search(
+                r'^sfu_cluster_link_sealed_datagrams_total\{event="sent"\} (\S+)$',
+                text,
+                re.MULTILINE,
+            )
+            assert sent is not None and float(sent.group(1)) > 0, "no sealed datagram sent"
+            assert node_b.links is not None
+            lane_b = node_b.links.lane_totals()
+            assert lane_b["received"] > 10
+            assert lane_b["auth_failed"] == lane_b["not_peer"] == lane_b["replayed"] == 0
             assert "sfu_cluster_relay_keyframe_requests_total" in text
             # Every metric the dashboard's cluster-only panels query is there on a linked node.
             for name in panel_metrics(CLUSTER_ONLY_PANELS):

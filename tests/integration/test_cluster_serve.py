@@ -154,6 +154,12 @@ def test_two_nodes_link_and_see_each_other(server: RedisServer, tmp_path: Path) 
         text = _metrics(ports["node-b"])
         assert _metric(text, "sfu_cluster_links_up") == 1.0
         assert _metric(text, "sfu_cluster_links_established_total") == 1.0
+        # Each side's sealed media lane keys over the link's control stream right after.
+        deadline = time.monotonic() + 3.0
+        while _metric(text, "sfu_cluster_links_sealed") != 1.0:
+            assert time.monotonic() < deadline, "the media lane never keyed"
+            time.sleep(0.1)
+            text = _metrics(ports["node-b"])
         procs["node-a"].proc.send_signal(signal.SIGTERM)
         assert procs["node-a"].finish() == 0
         deadline = time.monotonic() + 3.0  # deregistered: seen at the next renewal (1 s)

@@ -4,7 +4,8 @@ Node A (the dialling end, ``node-a``) has the publisher: a three-layer VP8 simul
 publication ingested by its Router. Node B lists it as a stand-in (what the room bus's
 ``track_published`` makes) with one subscriber. The links exchange their UDP datagrams at a
 fake time; the test may lose relayed datagrams on the way. Checked: the carrier's lanes
-(control on the stream, flows as DATAGRAMs, each refused on the other), only demanded layers
+(control on the stream, flows as DATAGRAMs or, once keyed, on the sealed media lane, each
+refused on the other), only demanded layers
 cross, PLI and NACK flow back, and unsubscribe, publication end and link loss leave no flow
 or tap behind, with the stand-in fed again when a link comes back.
 """
@@ -20,7 +21,7 @@ from forwarder_world import rtp, vp8_payload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfu.cluster.node_pipes import TICK_S, NodePipes
+from sfu.cluster.node_pipes import FLUSH_AT, TICK_S, NodePipes
 from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
 from sfu.core.binder import Binder
 from sfu.core.counters import PeerCounters
@@ -87,8 +88,12 @@ def vp8(layer: int, seq: int, *, key: bool) -> bytes:
 class Links:
     """A dialled link (A's end) and its accepted end (B's), exchanging datagrams at once."""
 
-    def __init__(self, cluster: dict[str, Files], clock: Callable[[], float]) -> None:
+    def __init__(
+        self, cluster: dict[str, Files], clock: Callable[[], float], *, media_lane: bool = True
+    ) -> None:
         self.clock = clock
+        #: Whether the links key their sealed media lane (False: QUIC DATAGRAMs only).
+        self.media_lane = media_lane
         ca, cert, key = cluster["node-a"]
         self._client_conf = link_configuration(
             is_client=True, ca_file=ca, cert_file=cert, key_file=key, server_name="node-b"
@@ -97,13 +102,17 @@ class Links:
         self._server_conf = link_configuration(
             is_client=False, ca_file=ca, cert_file=cert, key_file=key
         )
-        self.a: NodeLink = NodeLink(self._client_conf, peer_address=B_ADDR, now=clock())
+        self.a: NodeLink = NodeLink(
+            self._client_conf, peer_address=B_ADDR, now=clock(), media_lane=media_lane
+        )
         self.b: NodeLink | None = None
         #: UDP datagrams sent (flushed) by each end and not yet delivered, in order.
         self.wire: dict[str, list[bytes]] = {"a": [], "b": []}
 
     def redial(self) -> None:
-        self.a = NodeLink(self._client_conf, peer_address=B_ADDR, now=self.clock())
+        self.a = NodeLink(
+            self._client_conf, peer_address=B_ADDR, now=self.clock(), media_lane=self.media_lane
+        )
         self.b = None
         self.wire = {"a": [], "b": []}
 
@@ -124,7 +133,9 @@ class Links:
         to_b, self.wire["a"] = self.wire["a"], []
         for data in to_b:
             if self.b is None:
-                self.b = NodeLink.accept(self._server_conf, data, A_ADDR, now=now)
+                self.b = NodeLink.accept(
+                    self._server_conf, data, A_ADDR, now=now, media_lane=self.media_lane
+                )
                 assert self.b is not None
             b_events += self.b.receive(data, A_ADDR, now=now)
         if self.b is not None:
@@ -138,9 +149,15 @@ class Links:
 class World:
     """Node A (publisher) and node B (a stand-in of its track, one subscriber)."""
 
-    def __init__(self, cluster: dict[str, Files]) -> None:
+    def __init__(
+        self, cluster: dict[str, Files], *, media_lane: bool = True, ticks_when_due: bool = False
+    ) -> None:
         self.now = 50.0
-        self.links = Links(cluster, lambda: self.now)
+        #: Run the nodes' timers only when due, as their loop timer does (the benchmarks);
+        #: by default every round, so the tests need not know the timers.
+        self.ticks_when_due = ticks_when_due
+        self._due: dict[int, float] = {}
+        self.links = Links(cluster, lambda: self.now, media_lane=media_lane)
         #: Callbacks deferred to the end of the loop turn (the link flushes of a batch).
         self.soon: list[Callable[[], None]] = []
         # Node A: the publisher's router; the relay finds its publication by track id.
@@ -209,8 +226,11 @@ class World:
         for _ in range(rounds):
             self.run_soon()
             self.now += step
-            self.node_a.handle_timer(now=self.now)
-            self.node_b.handle_timer(now=self.now)
+            for node in (self.node_a, self.node_b):
+                if self.ticks_when_due and self._due.get(id(node), 0.0) > self.now:
+                    continue
+                node.handle_timer(now=self.now)
+                self._due[id(node)] = node.next_timer() or self.now + 1.0
             a_events, b_events = self.links.exchange()
             self.b_log += b_events
             self._deliver(self.node_a, self.links.a, a_events)
@@ -284,10 +304,11 @@ def test_the_carrier_keeps_control_on_the_stream_and_media_in_datagrams(
     assert a.pipe.outbound_flows() == {}
 
 
+@pytest.mark.parametrize("media_lane", [True, False], ids=["sealed-lane", "quic-datagrams"])
 def test_a_stand_in_is_fed_over_the_link_with_only_its_demanded_layer(
-    cluster: dict[str, Files],
+    cluster: dict[str, Files], media_lane: bool
 ) -> None:
-    world = World(cluster)
+    world = World(cluster, media_lane=media_lane)
     # The track is listed on B before the link is up: nothing to ask yet, but it is kept.
     assert world.node_b.open(ORIGIN, world.pub_b, None)
     assert world.node_b.hub.remotes == {}
@@ -306,6 +327,10 @@ def test_a_stand_in_is_fed_over_the_link_with_only_its_demanded_layer(
     assert world.received_seqs() == [1, 2, 3]
     assert {RtpPacket.parse(p).ssrc for p in world.subscriber.rtp} == {0x9000}
     assert world.pub_b.streams[SSRCS[0]].packets == 3
+    # The media crossed on the lane chosen: sealed once keyed, else QUIC DATAGRAM frames.
+    sealed = world.links.a.lane_totals()["sent"]
+    assert sealed == 3 if media_lane else sealed == 0
+    assert world.links.a.flows_sent == 3
     # A keyframe B's subscriber needs goes up the link as a PLI and reaches the publisher.
     world.keyframes.clear()
     assert world.pub_b.request_keyframe(world.pub_b.streams[SSRCS[0]], world.now)
@@ -313,8 +338,11 @@ def test_a_stand_in_is_fed_over_the_link_with_only_its_demanded_layer(
     assert world.keyframes == [SSRCS[0]]
 
 
-def test_a_datagram_lost_between_nodes_is_nacked_and_resent(cluster: dict[str, Files]) -> None:
-    world = World(cluster)
+@pytest.mark.parametrize("media_lane", [True, False], ids=["sealed-lane", "quic-datagrams"])
+def test_a_datagram_lost_between_nodes_is_nacked_and_resent(
+    cluster: dict[str, Files], media_lane: bool
+) -> None:
+    world = World(cluster, media_lane=media_lane)
     world.node_b.open(ORIGIN, world.pub_b, None)
     world.pump()
     world.lose_to_b = {world._to_b + 2}  # the third media datagram from now on
@@ -470,3 +498,24 @@ def test_the_timer_runs_fast_only_while_other_nodes_tracks_are_fed(
     world.node_b.close(world.pub_b)
     due_b = world.node_b.next_timer()
     assert due_b is not None and due_b > world.now + TICK_S
+
+
+def test_a_long_batch_leaves_the_sealed_lane_in_slices(cluster: dict[str, Files]) -> None:
+    """More media in one loop turn than the link queues (a keyframe burst, a late loop) is
+    sent every FLUSH_AT datagrams, not dropped at the 512th."""
+    world = World(cluster)
+    world.node_b.open(ORIGIN, world.pub_b, None)
+    world.pump()
+    world.publish(0, 1, key=True)
+    world.pump()
+    assert world.received_seqs() == [1]
+    link = world.links.a
+    assert link.lane is not None and link.lane.up and world.links.b is not None
+    before = world.links.b.lane_totals()["received"]
+    for seq in range(2, 602):  # one batch: no loop turn between the packets
+        payload = vp8_payload(seq & 0x7F, seq & 0xFF, 0, sync=False, key=False, start=True, size=60)
+        world.router_a.on_rtp(rtp(SSRCS[0], seq, 3000 * seq, 96, payload, b""), now=world.now)
+    assert link.dropped_congested == 0 and link.sealed_pending < FLUSH_AT
+    world.pump()
+    assert world.links.b.lane_totals()["received"] - before >= 600  # every one crossed
+    assert len(world.received_seqs()) > 590  # (B's forwarder skips a few picture id wraps)
