@@ -112,6 +112,9 @@ class DataPlane:
         self._relayed: set[int] = set()
         #: Packets of relayed publications the forwarder logged and :meth:`relay` handed on.
         self.relayed = 0
+        #: id(publication) -> its pipes' taps (and their outs), kept with the fan-out so that
+        #: :meth:`relay` does not scan every local subscriber for each relayed packet.
+        self._taps: dict[int, tuple[tuple[RelayTap, Any], ...]] = {}
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -242,7 +245,7 @@ class DataPlane:
 
     def routes_changed(self, publication: Publication) -> None:
         """The publication's fan-out snapshot changed: push it for each of its streams."""
-        relayed = _relayed(publication)
+        relayed = self._note_taps(publication)
         for handle in self._pub_streams.get(id(publication), ()):
             peer, pub, _ = self._streams[handle]
             claim = self._claims.get(peer.transport)
@@ -263,6 +266,15 @@ class DataPlane:
             if not getattr(transport, "relay", False)
         ]
 
+    def _note_taps(self, publication: Publication) -> bool:
+        """Remember ``publication``'s pipe taps (for :meth:`relay`); whether it has any."""
+        taps = tuple((tap, out) for tap, out in publication.fanout if isinstance(tap, RelayTap))
+        if taps:
+            self._taps[id(publication)] = taps
+        else:
+            self._taps.pop(id(publication), None)
+        return bool(taps)
+
     def _set_relayed(self, handle: int, relayed: bool) -> None:
         if relayed == (handle in self._relayed):
             return
@@ -281,17 +293,16 @@ class DataPlane:
         packets handed over."""
         entries = self.forwarder.drain_relay()
         self.relayed += len(entries)
-        streams = self._streams
+        streams, taps = self._streams, self._taps
         for handle, packet in entries:
             entry = streams.get(handle)
             if entry is None:
                 continue
             _, publication, stream = entry
-            for tap, out in publication.fanout:
-                if isinstance(tap, RelayTap):
-                    n = tap.relay(stream, packet)
-                    if n:
-                        out.send_rtp(bytes(memoryview(tap.buf)[:n]))
+            for tap, out in taps.get(id(publication), ()):
+                n = tap.relay(stream, packet)
+                if n:
+                    out.send_rtp(bytes(memoryview(tap.buf)[:n]))
         return len(entries)
 
     def _register_stream(
@@ -307,7 +318,7 @@ class DataPlane:
         except ValueError:
             return  # the transport's stream table is full: the slow path keeps it
         self.forwarder.set_routes(handle, self._routes(publication))
-        self._set_relayed(handle, _relayed(publication))
+        self._set_relayed(handle, self._note_taps(publication))
 
     def _drop_stream(self, handle: int) -> None:
         entry = self._streams.pop(handle, None)
@@ -320,6 +331,7 @@ class DataPlane:
             handles.discard(handle)
             if not handles:
                 del self._pub_streams[id(pub)]
+                self._taps.pop(id(pub), None)
         self.forwarder.remove_stream(handle)
         self._relayed.discard(handle)
         self._free_streams.insert(0, handle)
@@ -380,12 +392,6 @@ class DataPlane:
     def stream_count(self) -> int:
         """Source streams the data plane forwards (or will, once their transport connects)."""
         return len(self._streams)
-
-
-def _relayed(publication: Publication) -> bool:
-    """Whether a pipe relays ``publication`` (a fan-out entry sends on no transport): the
-    forwarder logs its packets and :meth:`DataPlane.relay` calls the taps."""
-    return any(getattr(out, "relay", False) for _, out in publication.fanout)
 
 
 def _kind(publication: Publication) -> int | None:
