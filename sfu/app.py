@@ -114,6 +114,10 @@ _MIN_FORWARDER_STREAMS: Final = 16384
 #: of a screen share, with room to spare. A stream that does not fit is not lost: it takes
 #: the Python path (``DataPlane.add_stream`` leaves it there).
 _STREAMS_PER_TRANSPORT: Final = 8
+#: Forwarder slots kept beyond the port's transports for relay pipes' far ends (one per
+#: publication another worker or node relays here; ``DataPlane.open_source``), so they never
+#: take a participant's slot. A publication beyond them takes the Python path.
+_RELAY_SOURCES: Final = 256
 #: The operations listener's own connection budget (``http.ops_port``): probes and scrapers
 #: are few, so this is plenty, and a flood of the main listener never touches it.
 OPS_MAX_CONNECTIONS: Final = 64
@@ -125,12 +129,13 @@ FD_RESERVE: Final = 1024
 
 def build_data_plane(max_transports: int, kernels: Kernels) -> DataPlane:
     """A data plane whose forwarder (of ``kernels``) holds ``max_transports`` transports and
-    their streams."""
+    their streams, and as many relayed publications as :data:`_RELAY_SOURCES`."""
+    slots = max_transports + _RELAY_SOURCES
     return DataPlane(
         kernels.Forwarder(
             clock=clock.now,
-            max_transports=max_transports,
-            max_streams=max(_MIN_FORWARDER_STREAMS, _STREAMS_PER_TRANSPORT * max_transports),
+            max_transports=slots,
+            max_streams=max(_MIN_FORWARDER_STREAMS, _STREAMS_PER_TRANSPORT * slots),
         ),
         kernels=kernels,
     )
@@ -578,6 +583,13 @@ class Server:
             self._room_timer.run_if_due(now)  # the loop is awake anyway: no wakeup of its own
         return slow
 
+    def _after_ingest(self, now: float) -> None:
+        """After the forwarder took a relayed packet: the ICE-TCP egress, and the rooms'
+        timer when due (its replay feeds the remote publication's NACKs), as after a pump."""
+        self._send_framed()
+        if self._room_timer is not None:
+            self._room_timer.run_if_due(now)
+
     def _tcp_datagram(self, data: bytes, addr: Address) -> None:
         """One datagram from an ICE-TCP connection: the forwarder first (media of registered
         streams is forwarded as from UDP), the rest to the port like any slow-path datagram."""
@@ -640,6 +652,10 @@ class Server:
             media.udp_host, media.udp_port, self._pump, self.sink, clock.now
         )
         log.info("media listening on udp %s", format_address(self._udp.local_address))
+        # Relayed media the forwarder takes from the pipes (``DataPlane.ingest``) leaves on
+        # the media socket, as pumped media does.
+        self.dataplane.socket = self._udp.socket
+        self.dataplane.after_ingest = self._after_ingest
         if media.tcp_enabled:
             self._tcp = await open_ice_tcp_listener(
                 media.udp_host, media.tcp_port, self.tcp_gate, self._tcp_datagram, clock.now
@@ -727,6 +743,7 @@ class Server:
             self.rooms.bus = self.bus
             self.rooms.remote_tracks = self.pipes.hub
             self.pipes.hub.stats = self.rooms.stats
+            self.pipes.hub.plane = self.dataplane
         elif self.cluster is not None and self.config.cluster.redis_url:
             # Rooms span nodes: their events over the cluster's bus, homes claimed in Redis.
             # (A node running several workers keeps its rooms to itself for now.)
@@ -744,6 +761,7 @@ class Server:
                     asyncio.get_running_loop().call_soon,
                 )
                 self.node_pipes.hub.stats = self.rooms.stats
+                self.node_pipes.hub.plane = self.dataplane
                 self.node_pipes.attach(self.links)
                 self.node_pipes.start()
                 self.rooms.remote_tracks = self.node_pipes
@@ -917,6 +935,7 @@ class Server:
             self._timer_task = None
         if self._tcp is not None:
             await self._tcp.close()
+        self.dataplane.socket = None
         if self._udp is not None:
             await self._udp.close()
         if self.pipes is not None:

@@ -221,6 +221,7 @@ cdef struct tx_t:
     int drop_every              # impairment for tests and drills: drop every n-th egress packet
     unsigned long long drop_seen
     bint framed                 # ICE-TCP: egress is handed back (drain_framed), never sent
+    bint source                 # a plaintext source (set_source): ingress only, by ingest()
     pacer_t* pacer              # not NULL: egress is queued there (set_pacer), not sent
     history_t* paced_history    # the send history whose numbers tag the queued packets
     bint paced_pending          # in paced_list since the last drain_paced()
@@ -522,6 +523,8 @@ cdef class Forwarder:
     cdef readonly unsigned long long fast_packets
     cdef readonly unsigned long long fast_bytes
     cdef readonly unsigned long long slow_packets
+    cdef readonly unsigned long long ingested_packets   # plaintext, through ingest()
+    cdef readonly unsigned long long ingested_bytes
     cdef readonly unsigned long long sent_packets
     cdef readonly unsigned long long sent_bytes
     cdef readonly unsigned long long protect_errors
@@ -598,8 +601,8 @@ cdef class Forwarder:
         for i in range(self.table_mask + 1):
             self.table[i] = -1
         for i in range(self.max_transports):
-            if not self.tx[i].used:
-                continue
+            if not self.tx[i].used or self.tx[i].source:
+                continue  # a source has no address: its packets come through ingest()
             slot = _hash(&self.tx[i].key) & self.table_mask
             while self.table[slot] >= 0:
                 slot = (slot + 1) & self.table_mask
@@ -669,6 +672,7 @@ cdef class Forwarder:
         t.twcc_id = twcc_id
         t.level_id = level_id
         t.framed = framed
+        t.source = False
         self.tx_refs[handle] = (inbound, outbound)
         self.tx_addr[handle] = address
         self._rebuild_table()
@@ -682,6 +686,27 @@ cdef class Forwarder:
             raise KeyError(f"transport {handle} is not registered")
         self.tx[handle].drop_every = drop_every
         self.tx[handle].drop_seen = 0
+
+    def set_source(self, int handle, int level_id=0):
+        """Register (or update) a plaintext source: a transport slot whose streams' packets
+        arrive already decrypted, through :meth:`ingest` (a relay pipe's far end), never from
+        the socket; ``level_id`` is the audio-level extension id its packets carry. It is
+        never a destination: no route sends to it."""
+        cdef tx_t* t
+        if not 0 <= handle < self.max_transports:
+            raise ValueError(f"transport handle {handle} out of range")
+        t = &self.tx[handle]
+        if not t.used or not t.source:
+            if t.used:
+                raise ValueError(f"transport {handle} is registered as a transport")
+            memset(t, 0, sizeof(tx_t))
+        t.used = True
+        t.source = True
+        t.twcc_id = 0
+        t.level_id = level_id
+        self.tx_refs[handle] = None
+        self.tx_addr[handle] = None
+        self.tx_pacers[handle] = None
 
     def remove_transport(self, int handle):
         """Forget a transport (its streams stay registered until removed, and stay idle)."""
@@ -904,6 +929,48 @@ cdef class Forwarder:
                 self.slow_packets += 1
                 slow.append((data, address))
         self._flush()
+        egress = self.collected
+        self.collected = []
+        return slow, egress
+
+    def ingest(self, int source, packets, double now, sock=None):
+        """Forward plaintext RTP packets of source ``source``'s streams (:meth:`set_source`)
+        as if they had arrived decrypted on a transport; returns (the packets that are not
+        ours, for the slow path; egress datagrams). With ``sock`` the egress is sent on it
+        and the egress list is empty."""
+        cdef bytes data
+        cdef Py_ssize_t n
+        cdef tx_t* t
+        cdef int si, i
+        cdef uint32_t ssrc
+        cdef const uint8_t* p
+        if not 0 <= source < self.max_transports or not self.tx[source].used \
+                or not self.tx[source].source:
+            raise KeyError(f"source {source} is not registered")
+        t = &self.tx[source]
+        slow = []
+        self.fd = -1 if sock is None else sock.fileno()
+        self.collected = []
+        for data in packets:
+            n = len(data)
+            p = <const uint8_t*><const char*>data
+            si = -1
+            if 12 <= n <= WORK_SIZE and 128 <= p[0] <= 191 and not (192 <= p[1] <= 223):
+                ssrc = _be32(p + 8)
+                for i in range(t.nstreams):
+                    if t.ssrcs[i] == ssrc:
+                        si = t.streams[i]
+                        break
+            if si < 0:
+                slow.append(data)
+                continue
+            memcpy(self.work, p, n)
+            self.ingested_packets += 1
+            self.ingested_bytes += n
+            with nogil:
+                self._ingest(t, &self.streams[si], si, self.work, n, now)
+        self._flush()
+        self.fd = -1
         egress = self.collected
         self.collected = []
         return slow, egress
@@ -1364,7 +1431,7 @@ cdef class Forwarder:
     cdef inline bint _sendable(self, const route_t* r) noexcept nogil:
         """Whether the route's subscriber transport is registered (it has SRTP keys and an
         address): ``ingest.py``'s ``ready``."""
-        return r.out >= 0 and self.tx[r.out].used
+        return r.out >= 0 and self.tx[r.out].used and not self.tx[r.out].source
 
     cdef Py_ssize_t _route(self, route_t* r, stream_t* st, const rtp_view_t* v,
                            const uint8_t* p, long long ext_seq, info_t* info, double now,

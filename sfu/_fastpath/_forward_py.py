@@ -51,6 +51,8 @@ PUMP_BATCH: Final = 64
 RELAY_SLOTS: Final = 1024
 PUMP_ROUNDS: Final = 8
 _MAX_DATAGRAM = 8192
+#: Largest plaintext packet :meth:`Forwarder.ingest` takes (the compiled work buffer's size).
+_WORK_SIZE: Final = 2048
 #: Ingress streams one transport may register (the compiled table's size; MAX_STREAMS is 32).
 _TX_STREAMS = 64
 #: Records of packets that were ingested but not handed to the routes' forward.
@@ -74,18 +76,21 @@ class _Transport:
         "outbound",
         "paced_history",
         "pacer",
+        "source",
         "streams",
         "twcc_id",
     )
 
     def __init__(
-        self, address: Address, srtp: Any, twcc_id: int, level_id: int, framed: bool
+        self, address: Address | None, srtp: Any, twcc_id: int, level_id: int, framed: bool
     ) -> None:
-        self.address = address
+        self.address: Any = address
         self.framed = framed
-        self.key = (str(address[0]), int(address[1]), framed)
-        self.inbound = srtp.inbound
-        self.outbound = srtp.outbound
+        #: A plaintext source (no address, no SRTP): its packets come through ingest().
+        self.source = address is None
+        self.key = None if address is None else (str(address[0]), int(address[1]), framed)
+        self.inbound: Any = None if srtp is None else srtp.inbound
+        self.outbound: Any = None if srtp is None else srtp.outbound
         self.twcc_id = twcc_id
         self.level_id = level_id
         self.streams: dict[int, _Stream] = {}
@@ -143,6 +148,9 @@ class Forwarder:
         self.fast_bytes = 0
         #: Datagrams handed to the slow path (Python control plane).
         self.slow_packets = 0
+        #: Plaintext packets of sources forwarded through ingest() (a relay pipe's far end).
+        self.ingested_packets = 0
+        self.ingested_bytes = 0
         #: SRTP packets sent, and their bytes on the wire.
         self.sent_packets = 0
         self.sent_bytes = 0
@@ -181,10 +189,26 @@ class Forwarder:
             transport.streams = old.streams
             transport.drop_every, transport.drop_seen = old.drop_every, old.drop_seen
             transport.pacer, transport.paced_history = old.pacer, old.paced_history
-            if self._by_addr.get(old.key) is old:
+            if old.key is not None and self._by_addr.get(old.key) is old:
                 del self._by_addr[old.key]
         self._transports[handle] = transport
+        assert transport.key is not None
         self._by_addr[transport.key] = transport
+
+    def set_source(self, handle: int, level_id: int = 0) -> None:
+        """Register (or update) a plaintext source: a transport slot whose streams' packets
+        arrive already decrypted, through :meth:`ingest` (a relay pipe's far end), never from
+        the socket; ``level_id`` is the audio-level extension id its packets carry. It is
+        never a destination: no route sends to it."""
+        if not 0 <= handle < self.max_transports:
+            raise ValueError(f"transport handle {handle} out of range")
+        old = self._transports.get(handle)
+        if old is not None and not old.source:
+            raise ValueError(f"transport {handle} is registered as a transport")
+        source = _Transport(None, None, 0, level_id, False)
+        if old is not None:
+            source.streams = old.streams
+        self._transports[handle] = source
 
     def set_impairment(self, handle: int, drop_every: int) -> None:
         """Drop every ``drop_every``-th packet forwarded to a transport, counted as sent
@@ -216,7 +240,11 @@ class Forwarder:
     def remove_transport(self, handle: int) -> None:
         """Forget a transport (its streams stay registered until removed, and stay idle)."""
         transport = self._transports.pop(handle, None)
-        if transport is not None and self._by_addr.get(transport.key) is transport:
+        if (
+            transport is not None
+            and transport.key is not None
+            and self._by_addr.get(transport.key) is transport
+        ):
             del self._by_addr[transport.key]
 
     def set_stream(self, handle: int, transport: int, source: Any, kind: int) -> None:
@@ -279,6 +307,48 @@ class Forwarder:
                 slow.append((data, address))
         return slow, egress
 
+    def ingest(
+        self,
+        source: int,
+        packets: Iterable[bytes],
+        now: float,
+        sock: socket.socket | None = None,
+    ) -> tuple[list[bytes], list[Datagram]]:
+        """Forward plaintext RTP packets of source ``source``'s streams (:meth:`set_source`)
+        as if they had arrived decrypted on a transport; returns (the packets that are not
+        ours, for the slow path; egress datagrams). With ``sock`` the egress is sent on it
+        and the egress list is empty."""
+        owner = self._transports.get(source)
+        if owner is None or not owner.source:
+            raise KeyError(f"source {source} is not registered")
+        slow: list[bytes] = []
+        egress: list[Datagram] = []
+        for data in packets:
+            stream = None
+            if (
+                12 <= len(data) <= _WORK_SIZE
+                and 128 <= data[0] <= 191
+                and not 192 <= data[1] <= 223  # RTCP (RFC 5761 §4)
+            ):
+                stream = owner.streams.get(int.from_bytes(data[8:12], "big"))
+            if stream is None:
+                slow.append(data)
+                continue
+            self.ingested_packets += 1
+            self.ingested_bytes += len(data)
+            self._ingest(owner, stream, data, now, egress)
+        if sock is not None:
+            self._send_all(sock, egress)
+            egress = []
+        return slow, egress
+
+    def _send_all(self, sock: socket.socket, egress: list[Datagram]) -> None:
+        for data, address in egress:
+            try:
+                sock.sendto(data, address)
+            except OSError:
+                self.send_errors += 1
+
     def pump(self, sock: socket.socket, now: float) -> list[Datagram]:
         """Read what the (non-blocking) socket holds, forward, send; returns the slow path."""
         slow: list[Datagram] = []
@@ -295,11 +365,7 @@ class Forwarder:
                 break
             more, egress = self.process(batch, now)
             slow.extend(more)
-            for data, address in egress:
-                try:
-                    sock.sendto(data, address)
-                except OSError:
-                    self.send_errors += 1
+            self._send_all(sock, egress)
             if len(batch) < PUMP_BATCH:
                 break
         return slow
@@ -349,7 +415,7 @@ class Forwarder:
     def _ready(self, out: int) -> bool:
         """Whether transport ``out`` is registered (it has SRTP keys and an address)."""
         target = self._transports.get(out)
-        if target is None:
+        if target is None or target.source:
             return False
         history = target.paced_history
         self._stamp = -1 if history is None else history.packets

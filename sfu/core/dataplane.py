@@ -15,6 +15,10 @@ media of registered streams on its own. :class:`DataPlane` is the control plane'
   receive bookkeeping the Python path would have done per packet (RTCP receive statistics,
   NACK and TWCC feedback, bitrate meters, keyframe times, audio levels, counters) and its
   sampled forwarding latencies into the router's histogram;
+* a relay pipe's far end (``sfu.core.relay.RemotePublication``) opens a *source*: a transport
+  slot without address or SRTP whose streams' packets, already decrypted by the pipe, the
+  forwarder takes through :meth:`DataPlane.ingest` and fans out like any other's (its
+  records are replayed to the remote publication, as a peer's are to the peer);
 * a transport with an egress pacer (``Peer`` once it has a bandwidth estimate) gets its
   forwarded media queued there instead of sent; after each batch :meth:`DataPlane.release_paced`
   lets the owners of the queues that grew release what their budget allows (the rest on
@@ -25,7 +29,8 @@ Nothing here runs per packet.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import socket
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sfu._fastpath.values import AUDIO, VP8, LogRecord
@@ -43,11 +48,13 @@ __all__ = ["Claimant", "DataPlane"]
 
 
 class Claimant(Protocol):
-    """What claims a transport: the participant's listener (``sfu.core.peer.Peer``), which
-    replays the forwarder's records of its streams into its receive bookkeeping."""
+    """What claims a transport: the participant's listener (``sfu.core.peer.Peer``), or a
+    relay pipe's far end (``sfu.core.relay.RemotePublication``, whose ``transport`` is a
+    token of its source), which replays the forwarder's records of its streams into its
+    receive bookkeeping."""
 
     @property
-    def transport(self) -> WebRtcTransport: ...
+    def transport(self) -> Hashable: ...
 
     def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None: ...
 
@@ -66,6 +73,7 @@ class _Claim:
         "pacing",
         "peer",
         "registered",
+        "source",
         "srtp",
         "twcc_id",
     )
@@ -73,6 +81,8 @@ class _Claim:
     def __init__(self, handle: int, peer: Claimant) -> None:
         self.handle = handle
         self.peer = peer
+        #: A plaintext source (open_source), not a WebRTC transport.
+        self.source = False
         self.twcc_id = 0
         self.level_id = 0
         self.registered = False
@@ -99,7 +109,7 @@ class DataPlane:
         self.forwarder = forwarder if forwarder is not None else kernels.Forwarder(clock=clock)
         self._free_tx = list(range(self.forwarder.max_transports - 1, -1, -1))
         self._free_streams = list(range(self.forwarder.max_streams - 1, -1, -1))
-        self._claims: dict[WebRtcTransport, _Claim] = {}
+        self._claims: dict[Hashable, _Claim] = {}
         #: stream handle -> (peer, publication, source stream)
         self._streams: dict[int, tuple[Claimant, Publication, SourceStream]] = {}
         self._handles: dict[int, int] = {}  # id(source stream) -> handle
@@ -115,6 +125,16 @@ class DataPlane:
         #: id(publication) -> its pipes' taps (and their outs), kept with the fan-out so that
         #: :meth:`relay` does not scan every local subscriber for each relayed packet.
         self._taps: dict[int, tuple[tuple[RelayTap, Any], ...]] = {}
+        #: The media socket :meth:`ingest` sends on (the composition root sets it); without
+        #: one, what it would send goes to :attr:`on_egress`.
+        self.socket: socket.socket | None = None
+        self.on_egress: Callable[[list[tuple[bytes, Any]]], None] | None = None
+        #: Called after each :meth:`ingest` that forwarded (the composition root sends the
+        #: ICE-TCP egress and runs the rooms' timer when due, as after a pump).
+        self.after_ingest: Callable[[float], None] | None = None
+        #: Packets :meth:`ingest` forwarded, and those it handed back (not registered).
+        self.ingested = 0
+        self.ingest_misses = 0
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -132,7 +152,7 @@ class DataPlane:
         claim.registered = False  # push the new ids
         self.sync(transport)
 
-    def handle_of(self, transport: WebRtcTransport) -> int:
+    def handle_of(self, transport: Hashable) -> int:
         """The forwarder's handle of a claimed transport (-1: not claimed)."""
         claim = self._claims.get(transport)
         return -1 if claim is None else claim.handle
@@ -206,7 +226,7 @@ class DataPlane:
                 ran += 1
         return ran
 
-    def release(self, transport: WebRtcTransport) -> None:
+    def release(self, transport: Hashable) -> None:
         """Forget ``transport`` and the streams it carried."""
         claim = self._claims.pop(transport, None)
         if claim is None:
@@ -219,6 +239,51 @@ class DataPlane:
         if claim.registered:
             self.forwarder.remove_transport(claim.handle)
         self._free_tx.insert(0, claim.handle)  # reused last: stale routes never hit a new one
+
+    # -- plaintext sources (a relay pipe's far end) ----------------------------------------
+
+    def open_source(self, owner: Claimant, *, level_id: int) -> bool:
+        """``owner`` feeds decrypted media of its streams through :meth:`ingest` (its
+        ``transport`` is the source's token); ``level_id``: the audio-level extension id its
+        packets carry. False when the transport table is full (its media stays on the Python
+        path)."""
+        token = owner.transport
+        claim = self._claims.get(token)
+        if claim is None:
+            if not self._free_tx:
+                return False
+            claim = _Claim(self._free_tx.pop(), owner)
+            self._claims[token] = claim
+        self.forwarder.set_source(claim.handle, level_id)
+        claim.source, claim.level_id = True, level_id
+        if not claim.registered:
+            claim.registered = True
+            for handle, (peer, pub, stream) in list(self._streams.items()):
+                if peer is owner:
+                    self._register_stream(handle, claim.handle, pub, stream)
+        return True
+
+    def close_source(self, owner: Claimant) -> None:
+        """Forget ``owner``'s source and its streams."""
+        self.release(owner.transport)
+
+    def ingest(self, owner: Claimant, packet: bytes, now: float) -> bool:
+        """Forward ``packet`` (decrypted RTP of one of ``owner``'s streams) in the forwarder;
+        False when it is not registered there (the caller's Python path takes it)."""
+        claim = self._claims.get(owner.transport)
+        if claim is None or not claim.source:
+            return False
+        slow, egress = self.forwarder.ingest(claim.handle, (packet,), now, self.socket)
+        if slow:
+            self.ingest_misses += 1
+            return False
+        self.ingested += 1
+        if egress and self.on_egress is not None:
+            self.on_egress(egress)
+        self.release_paced(now)
+        if self.after_ingest is not None:
+            self.after_ingest(now)
+        return True
 
     # -- streams and routes -------------------------------------------------------------------
 

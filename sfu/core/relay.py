@@ -12,17 +12,22 @@ request, NACKs are answered from the source stream's retransmission cache.
 ``Publication`` fed through its own ``Router`` (binding, ingest, NACK generation, receive
 statistics) as if its publisher were local; its keyframe requests and NACKs go up the flow
 (``Reporter`` over a ``FlowFeedback`` sender), the publisher's Sender Reports come down and
-land where a local publisher's would. ``demand()`` folds the local subscriptions' current
-and target layers into what the flow asks for.
+land where a local publisher's would. With a data plane (``PlainIngress``: the compiled
+forwarder's ``DataPlane``) its streams are registered there as a plaintext source, so the
+relayed packets fan out to the local subscribers in the forwarder, as a local publisher's
+do; the forwarder's records of them are replayed into the same Router's bookkeeping, and
+only what the forwarder does not know (a stream not bound yet) takes the Router's path.
+``demand()`` folds the local subscriptions' current and target layers into what the flow
+asks for.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Protocol
 
-from sfu._fastpath.values import PacketInfo
+from sfu._fastpath.values import LogRecord, PacketInfo
 from sfu.core.binder import Binder
 from sfu.core.counters import PeerCounters, RouterStats
 from sfu.core.feedback import FeedbackHandler
@@ -54,6 +59,7 @@ __all__ = [
     "RELAY_BUFFER_BYTES",
     "FlowFeedback",
     "PipeOut",
+    "PlainIngress",
     "PublicationRelay",
     "RelayHub",
     "RelayTap",
@@ -69,6 +75,23 @@ DEMAND_BITRATE_STEP: Final = 50_000
 DEMAND_POLL_S: Final = 0.02
 #: A tap's buffer: the largest RTP packet plus the longest flow id (8 bytes).
 RELAY_BUFFER_BYTES: Final = 1500 + 8
+
+
+class PlainIngress(Protocol):
+    """The data plane as a remote publication uses it (``sfu.core.dataplane.DataPlane``):
+    its streams registered as a plaintext source, its packets forwarded there."""
+
+    def open_source(self, owner: Any, *, level_id: int) -> bool: ...
+
+    def close_source(self, owner: Any) -> None: ...
+
+    def add_stream(self, peer: Any, publication: Publication, stream: SourceStream) -> None: ...
+
+    def remove_stream(self, stream: SourceStream) -> None: ...
+
+    def routes_changed(self, publication: Publication) -> None: ...
+
+    def ingest(self, owner: Any, packet: bytes, now: float) -> bool: ...
 
 
 class PipeOut:
@@ -368,12 +391,17 @@ class RemotePublication:
         extensions: dict[int, str],
         declared: list[tuple[int, int | None]],
         stats: RouterStats | None = None,
+        plane: PlainIngress | None = None,
     ) -> None:
         self.publication = publication
         self.pipe = pipe
         self.flow = flow
         self.counters = PeerCounters()
-        self.binder = Binder()
+        self.plane = plane
+        if plane is None:
+            self.binder = Binder()
+        else:
+            self.binder = Binder(on_added=self._stream_added, on_removed=plane.remove_stream)
         self.sender = FlowFeedback(pipe, flow, send)
         twcc = TwccRecorder(rtcp_ssrc)
         self.router = Router(
@@ -388,8 +416,42 @@ class RemotePublication:
             repaired_rid=ids.get("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id", 0),
         )
         self.router.level_id = ids.get("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 0)
+        if plane is not None and not plane.open_source(self, level_id=self.router.level_id):
+            self.plane = plane = None  # the data plane's tables are full: the Router's path
+        if plane is not None:
+            publication.on_fanout = plane.routes_changed
         self.binder.add_publication(publication, declared)
         publication.keyframe_requester = self.request_keyframe
+
+    @property
+    def transport(self) -> object:
+        """The token of this flow's source in the data plane (this object)."""
+        return self
+
+    def _stream_added(self, publication: Publication, stream: SourceStream) -> None:
+        if self.plane is not None:
+            self.plane.add_stream(self, publication, stream)
+
+    def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None:
+        """The data plane forwarded a packet of ``stream``: its receive bookkeeping."""
+        self.router.replay(pub, stream, record)
+
+    def replay_records(
+        self,
+        records: Sequence[LogRecord],
+        streams: Mapping[int, tuple[Any, Publication, SourceStream]],
+    ) -> None:
+        """The data plane forwarded these packets of this flow: their receive bookkeeping
+        (receive statistics, NACK state, meters, keyframes, audio levels)."""
+        self.router.replay_records(records, streams)
+
+    def close(self) -> None:
+        """The flow ended: the data plane forgets its source and streams."""
+        if self.plane is not None:
+            if self.publication.on_fanout == self.plane.routes_changed:
+                self.publication.on_fanout = None
+            self.plane.close_source(self)
+            self.plane = None
 
     def on_streams(self, event: StreamsReceived) -> None:
         """The publishing side named the SSRC of each layer: bind them."""
@@ -402,7 +464,7 @@ class RemotePublication:
         packet = event.data[event.offset :]
         if event.rtcp:
             self.feedback.on_rtcp(packet, now=now)
-        else:
+        elif self.plane is None or not self.plane.ingest(self, packet, now):
             self.router.on_rtp(packet, now=now)
 
     def request_keyframe(self, stream: SourceStream, now: float) -> bool:
@@ -458,6 +520,9 @@ class RelayHub:
         #: The room service's forwarding statistics: the relayed publications' routers
         #: sample their forwarding latency there too (from the pipe's receive).
         self.stats: RouterStats | None = None
+        #: The data plane the remote publications' media is forwarded in (None: each one's
+        #: Router, on the Python path).
+        self.plane: PlainIngress | None = None
         self._by_publication: dict[int, tuple[int, RemotePublication]] = {}
 
     def _out(self, peer: int) -> PipeOut:
@@ -485,6 +550,10 @@ class RelayHub:
         flow = pipe.open_flow(publication.id, spatial_mask=0, bitrate=0, now=self._clock())
         if flow is None:
             return False
+        previous = self._by_publication.pop(id(publication), None)
+        if previous is not None:  # asked again (a new pipe): the old flow's source goes
+            self.remotes.pop((previous[0], previous[1].flow), None)
+            previous[1].close()
         remote = RemotePublication(
             publication,
             pipe,
@@ -494,6 +563,7 @@ class RelayHub:
             extensions=publication.extensions,
             declared=[],
             stats=self.stats,
+            plane=self.plane,
         )
         remote.router.on_audio_level = on_audio_level
         self.remotes[origin, flow] = remote
@@ -508,6 +578,7 @@ class RelayHub:
             return
         origin, remote = entry
         self.remotes.pop((origin, remote.flow), None)
+        remote.close()
         publication.keyframe_requester = None
         remote.pipe.close_flow(remote.flow, reason=CloseReason.UNSUBSCRIBED, now=self._clock())
         self._flush(origin)
@@ -529,7 +600,7 @@ class RelayHub:
         self.relay.drop_peer(peer)
         for key in [k for k in self.remotes if k[0] == peer]:
             remote = self.remotes.pop(key)
-            self._by_publication.pop(id(remote.publication), None)
+            self._forget(remote)
 
     def on_event(self, peer: int, event: PipeEvent, *, now: float) -> None:
         """One event of the pipe to ``peer``."""
@@ -547,9 +618,16 @@ class RelayHub:
         elif isinstance(event, FlowClosed) and event.inbound:
             remote = self.remotes.pop((peer, event.flow), None)
             if remote is not None:
-                self._by_publication.pop(id(remote.publication), None)
+                self._forget(remote)
         elif not isinstance(event, RatesReceived):
             self.relay.on_event(peer, pipe, event, now=now)
+
+    def _forget(self, remote: RemotePublication) -> None:
+        """``remote``'s flow ended: it is no longer the publication's feed."""
+        entry = self._by_publication.get(id(remote.publication))
+        if entry is not None and entry[1] is remote:
+            del self._by_publication[id(remote.publication)]
+        remote.close()
 
     def next_timer(self) -> float | None:
         """When :meth:`poll` is next due (None: no remote publication)."""

@@ -102,6 +102,11 @@ class MediaSocket:
         return self._sock is not None
 
     @property
+    def socket(self) -> socket.socket | None:
+        """The bound socket (None once closed), for the forwarder's batched sends."""
+        return self._sock
+
+    @property
     def local_address(self) -> Address:
         """The bound ``(host, port, ...)``; raises if the socket is closed."""
         if self._sock is None:

@@ -456,9 +456,14 @@ class SfuCollector(Collector):
             )
         yield self._counter(
             "sfu_dataplane_datagrams",
-            "Datagrams the data plane forwarded itself (fast) or handed to Python (slow).",
+            "Datagrams the data plane forwarded itself (fast), handed to Python (slow), or "
+            "took decrypted from a relay pipe and forwarded itself (relayed).",
             ["path"],
-            {("fast",): forwarder.fast_packets, ("slow",): forwarder.slow_packets},
+            {
+                ("fast",): forwarder.fast_packets,
+                ("slow",): forwarder.slow_packets,
+                ("relayed",): forwarder.ingested_packets,
+            },
         )
         yield self._counter(
             "sfu_dataplane_errors",

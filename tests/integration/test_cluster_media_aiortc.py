@@ -113,6 +113,9 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
             assert node_a.links is not None and node_a.links.totals()["flows_sent"] > 10
             # The publication stayed in the data plane, which handed its packets to the tap.
             assert node_a.dataplane.relayed > 10
+            # On B the relayed packets fanned out in the data plane too (a plaintext source),
+            # not through the relayed publication's Router.
+            assert node_b.dataplane.ingested > 10
             async with http.get(f"{base_a}/metrics") as reply:
                 text = await reply.text()
             assert 'sfu_cluster_relay_flows{direction="out"} 1.0' in text
@@ -144,6 +147,7 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
             )
             assert node_b.node_pipes.hub.remotes == {}
             assert node_b.node_pipes.wanted() == 0
+            assert node_b.dataplane.stream_count == 0  # the source went with its flow
             await viewer.pc.close()
             await publisher.pc.close()
             await viewer.ws.close()

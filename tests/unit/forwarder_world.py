@@ -56,9 +56,17 @@ def _session(srtp: ModuleType, key: bytes, salt: bytes) -> Srtp:
 class World:
     """A publisher (VP8 simulcast + Opus) and SUBS subscribers on one forwarder."""
 
-    def __init__(self, kernels: Kernels, subs: int = SUBS, stamped: int | None = None) -> None:
+    def __init__(
+        self,
+        kernels: Kernels,
+        subs: int = SUBS,
+        stamped: int | None = None,
+        *,
+        source: bool = False,
+    ) -> None:
         """``stamped``: how many subscribers (the first ones) negotiated transport-wide CC and
-        get their egress stamped (default: all but the last)."""
+        get their egress stamped (default: all but the last). ``source``: the publisher is a
+        plaintext source (a relay pipe's far end, fed through ``ingest``), not a transport."""
         self.kernels = kernels
         self.subs_count = subs
         self.stamped = subs - 1 if stamped is None else stamped
@@ -67,7 +75,10 @@ class World:
         )
         self.srtp = srtp
         self.forwarder: Any = kernels.Forwarder(log_capacity=1 << 16)
-        self.forwarder.set_transport(0, PUB_ADDR, _session(srtp, PUB_KEY, PUB_SALT), 3, 5)
+        if source:
+            self.forwarder.set_source(0, 5)
+        else:
+            self.forwarder.set_transport(0, PUB_ADDR, _session(srtp, PUB_KEY, PUB_SALT), 3, 5)
         for i in range(subs):
             sub_srtp = _session(srtp, PUB_KEY, PUB_SALT)
             self.forwarder.set_transport(i + 1, ("127.0.0.1", 6000 + i), sub_srtp)

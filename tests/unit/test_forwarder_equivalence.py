@@ -82,7 +82,21 @@ events = st.lists(
 def test_compiled_forwarder_matches_reference(
     compiled_kernels: Kernels, events: list[tuple[Any, ...]]
 ) -> None:
-    ref, comp = World(REFERENCE), World(compiled_kernels)
+    _drive(compiled_kernels, events, source=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=events)
+def test_compiled_ingest_of_a_plaintext_source_matches_reference(
+    compiled_kernels: Kernels, events: list[tuple[Any, ...]]
+) -> None:
+    """The same, with the publisher a plaintext source (a relay pipe's far end): its packets,
+    junk included, enter decrypted through ``ingest`` instead of SRTP through ``process``."""
+    _drive(compiled_kernels, events, source=True)
+
+
+def _drive(compiled_kernels: Kernels, events: list[tuple[Any, ...]], *, source: bool) -> None:
+    ref, comp = World(REFERENCE, source=source), World(compiled_kernels, source=source)
     # What the publisher's browser would send: one client context encrypts for both.
     client = _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True)
     seqs = [100, 40000, 65530]
@@ -93,6 +107,7 @@ def test_compiled_forwarder_matches_reference(
     for event in events:
         now += 0.003
         datagrams: list[tuple[bytes, tuple[str, int]]] = []
+        plains: list[bytes] = []  # what a source's ingest takes instead
         kind = event[0]
         if kind == "video":
             _, layer, step, key, start, tid, sync, size, padding = event
@@ -105,15 +120,18 @@ def test_compiled_forwarder_matches_reference(
             plain = rtp(
                 VIDEO_SSRCS[layer], seqs[layer], int(now * 90000), 96, payload, ext, padding
             )
+            plains.append(plain)
             datagrams.append((client.protect_rtp(plain), PUB_ADDR))
         elif kind == "audio":
             _, step, level, vad = event
             audio_seq = (audio_seq + step) & 0xFFFF
             ext = bytes([0x50, (0x80 if vad else 0) | level])
             plain = rtp(AUDIO_SSRC, audio_seq, int(now * 48000), 111, bytes(60), ext)
+            plains.append(plain)
             datagrams.append((client.protect_rtp(plain), PUB_ADDR))
         elif kind == "junk":
             _, data, known = event
+            plains.append(data)
             datagrams.append((data, PUB_ADDR if known else ("127.0.0.1", 7777)))
         elif kind == "mutate":
             _, name, which = event
@@ -131,10 +149,12 @@ def test_compiled_forwarder_matches_reference(
             else:
                 audio_seq = (audio_seq + 1) & 0xFFFF
                 plain = mutate(AUDIO_SSRC, audio_seq, int(now * 48000), 111, bytes(20), b"")
+            plains.append(plain)
             try:
                 datagrams.append((client.protect_rtp(plain), PUB_ADDR))
             except SrtpError:
-                continue  # a header libsrtp will not protect never arrives inside SRTP
+                if not source:
+                    continue  # a header libsrtp will not protect never arrives inside SRTP
         elif kind == "tamper":
             plain = rtp(VIDEO_SSRCS[event[1]], seqs[event[1]] + 1, 0, 96, bytes(50), b"")
             wire = bytearray(client.protect_rtp(plain))
@@ -176,11 +196,18 @@ def test_compiled_forwarder_matches_reference(
             (keyed.add if event[2] else keyed.discard)(event[1])
             if not event[2]:
                 pacers.pop(event[1], None)  # unregistered: the forwarder forgot the pacer
-        if not datagrams:
-            continue
-        ref_slow, ref_egress = ref.forwarder.process(datagrams, now)
-        comp_slow, comp_egress = comp.forwarder.process(datagrams, now)
-        assert comp_slow == ref_slow
+        if source:
+            if not plains:
+                continue
+            ref_in, ref_egress = ref.forwarder.ingest(0, plains, now)
+            comp_in, comp_egress = comp.forwarder.ingest(0, plains, now)
+            assert comp_in == ref_in
+        else:
+            if not datagrams:
+                continue
+            ref_slow, ref_egress = ref.forwarder.process(datagrams, now)
+            comp_slow, comp_egress = comp.forwarder.process(datagrams, now)
+            assert comp_slow == ref_slow
         assert comp_egress == ref_egress
         log = ref.forwarder.drain_log()
         assert comp.forwarder.drain_log() == log
