@@ -85,9 +85,11 @@ _LINK_COUNTERS: Final[dict[str, tuple[str, str | None]]] = {
     "resent": ("sfu_cluster_relay_retransmissions", "hit"),
     "links_lost": ("sfu_cluster_links_lost", None),
     # Not the link's, but what tells where the node's RTP went: forwarded by the compiled
-    # data plane itself, or handed to Python (a relayed publication's are, today).
+    # data plane itself, handed to Python, or (a relayed publication's, on the receiving
+    # node) taken decrypted from the relay pipe and forwarded by the data plane.
     "dataplane_fast": ("sfu_dataplane_datagrams", "fast"),
     "dataplane_slow": ("sfu_dataplane_datagrams", "slow"),
+    "dataplane_relayed": ("sfu_dataplane_datagrams", "relayed"),
 }
 
 

@@ -656,6 +656,7 @@ class Server:
         # the media socket, as pumped media does.
         self.dataplane.socket = self._udp.socket
         self.dataplane.after_ingest = self._after_ingest
+        self.dataplane.defer = asyncio.get_running_loop().call_soon
         if media.tcp_enabled:
             self._tcp = await open_ice_tcp_listener(
                 media.udp_host, media.tcp_port, self.tcp_gate, self._tcp_datagram, clock.now

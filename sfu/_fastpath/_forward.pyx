@@ -933,36 +933,37 @@ cdef class Forwarder:
         self.collected = []
         return slow, egress
 
-    def ingest(self, int source, packets, double now, sock=None):
-        """Forward plaintext RTP packets of source ``source``'s streams (:meth:`set_source`)
-        as if they had arrived decrypted on a transport; returns (the packets that are not
-        ours, for the slow path; egress datagrams). With ``sock`` the egress is sent on it
-        and the egress list is empty."""
+    def ingest(self, packets, double now, sock=None):
+        """Forward plaintext RTP packets of sources' streams (:meth:`set_source`) as if they
+        had arrived decrypted on a transport: ``packets`` are (source handle, packet). Returns
+        (the entries that are not ours, for the slow path; egress datagrams). With ``sock``
+        the egress is sent on it, in one flush for the batch, and the egress list is empty."""
         cdef bytes data
         cdef Py_ssize_t n
         cdef tx_t* t
-        cdef int si, i
+        cdef int si, i, source
         cdef uint32_t ssrc
         cdef const uint8_t* p
-        if not 0 <= source < self.max_transports or not self.tx[source].used \
-                or not self.tx[source].source:
-            raise KeyError(f"source {source} is not registered")
-        t = &self.tx[source]
         slow = []
+        t = NULL
         self.fd = -1 if sock is None else sock.fileno()
         self.collected = []
-        for data in packets:
+        for entry in packets:
+            source, data = entry
             n = len(data)
             p = <const uint8_t*><const char*>data
             si = -1
-            if 12 <= n <= WORK_SIZE and 128 <= p[0] <= 191 and not (192 <= p[1] <= 223):
+            if (0 <= source < self.max_transports and self.tx[source].used
+                    and self.tx[source].source and 12 <= n <= WORK_SIZE
+                    and 128 <= p[0] <= 191 and not (192 <= p[1] <= 223)):
+                t = &self.tx[source]
                 ssrc = _be32(p + 8)
                 for i in range(t.nstreams):
                     if t.ssrcs[i] == ssrc:
                         si = t.streams[i]
                         break
             if si < 0:
-                slow.append(data)
+                slow.append(entry)
                 continue
             memcpy(self.work, p, n)
             self.ingested_packets += 1

@@ -309,30 +309,30 @@ class Forwarder:
 
     def ingest(
         self,
-        source: int,
-        packets: Iterable[bytes],
+        packets: Iterable[tuple[int, bytes]],
         now: float,
         sock: socket.socket | None = None,
-    ) -> tuple[list[bytes], list[Datagram]]:
-        """Forward plaintext RTP packets of source ``source``'s streams (:meth:`set_source`)
-        as if they had arrived decrypted on a transport; returns (the packets that are not
-        ours, for the slow path; egress datagrams). With ``sock`` the egress is sent on it
-        and the egress list is empty."""
-        owner = self._transports.get(source)
-        if owner is None or not owner.source:
-            raise KeyError(f"source {source} is not registered")
-        slow: list[bytes] = []
+    ) -> tuple[list[tuple[int, bytes]], list[Datagram]]:
+        """Forward plaintext RTP packets of sources' streams (:meth:`set_source`) as if they
+        had arrived decrypted on a transport: ``packets`` are (source handle, packet). Returns
+        (the entries that are not ours, for the slow path; egress datagrams). With ``sock``
+        the egress is sent on it, in one flush for the batch, and the egress list is empty."""
+        slow: list[tuple[int, bytes]] = []
         egress: list[Datagram] = []
-        for data in packets:
+        for entry in packets:
+            source, data = entry
+            owner = self._transports.get(source)
             stream = None
             if (
-                12 <= len(data) <= _WORK_SIZE
+                owner is not None
+                and owner.source
+                and 12 <= len(data) <= _WORK_SIZE
                 and 128 <= data[0] <= 191
                 and not 192 <= data[1] <= 223  # RTCP (RFC 5761 §4)
             ):
                 stream = owner.streams.get(int.from_bytes(data[8:12], "big"))
-            if stream is None:
-                slow.append(data)
+            if owner is None or stream is None:
+                slow.append(entry)
                 continue
             self.ingested_packets += 1
             self.ingested_bytes += len(data)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sfu._fastpath.values import AUDIO, VP8, LogRecord
 from sfu.core.kernels import Forwarder
@@ -44,7 +44,11 @@ if TYPE_CHECKING:
     from sfu.core.publication import Publication, SourceStream
     from sfu.transport.transport import WebRtcTransport
 
-__all__ = ["Claimant", "DataPlane"]
+__all__ = ["INGEST_BATCH", "Claimant", "DataPlane"]
+
+#: Relayed packets :meth:`DataPlane.ingest` holds before it forwards them without waiting for
+#: the end of the batch (a socket reader's wakeup reads at most a few hundred).
+INGEST_BATCH: Final = 256
 
 
 class Claimant(Protocol):
@@ -132,9 +136,19 @@ class DataPlane:
         #: Called after each :meth:`ingest` that forwarded (the composition root sends the
         #: ICE-TCP egress and runs the rooms' timer when due, as after a pump).
         self.after_ingest: Callable[[float], None] | None = None
-        #: Packets :meth:`ingest` forwarded, and those it handed back (not registered).
+        #: Schedules :meth:`flush_ingest` after the current batch (the composition root
+        #: gives the loop's ``call_soon``); None: each ingested packet is forwarded at once.
+        self.defer: Callable[[Callable[[], None]], object] | None = None
+        #: Packets :meth:`ingest` forwarded, and those the forwarder no longer knew.
         self.ingested = 0
         self.ingest_misses = 0
+        self._pending: list[tuple[int, bytes]] = []
+        self._pending_at = 0.0
+        self._flush_armed = False
+        #: (transport handle, ssrc) of every stream registered in the forwarder, and each
+        #: registered stream handle's entry there.
+        self._live: set[tuple[int, int]] = set()
+        self._live_of: dict[int, tuple[int, int]] = {}
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -233,6 +247,11 @@ class DataPlane:
             return
         if self._paced.get(claim.handle) is claim:
             del self._paced[claim.handle]
+        if claim.source and self._pending:
+            # Taken but not yet forwarded: dropped with the source (its flow ended).
+            kept = [entry for entry in self._pending if entry[0] != claim.handle]
+            self.ingest_misses += len(self._pending) - len(kept)
+            self._pending = kept
         for handle, (peer, _, _) in list(self._streams.items()):
             if peer is claim.peer:
                 self._drop_stream(handle)
@@ -268,22 +287,51 @@ class DataPlane:
         self.release(owner.transport)
 
     def ingest(self, owner: Claimant, packet: bytes, now: float) -> bool:
-        """Forward ``packet`` (decrypted RTP of one of ``owner``'s streams) in the forwarder;
-        False when it is not registered there (the caller's Python path takes it)."""
+        """Take ``packet`` (decrypted RTP of one of ``owner``'s streams) for the forwarder;
+        False when that stream is not registered there (the caller's Python path takes it).
+        Taken packets are forwarded together when :attr:`defer` runs the flush (at the end of
+        the socket reader's batch: each subscriber's packets of the batch leave in one send),
+        or at once without it."""
         claim = self._claims.get(owner.transport)
-        if claim is None or not claim.source:
+        if (
+            claim is None
+            or not claim.source
+            or len(packet) < 12
+            or (claim.handle, int.from_bytes(packet[8:12], "big")) not in self._live
+        ):
             return False
-        slow, egress = self.forwarder.ingest(claim.handle, (packet,), now, self.socket)
-        if slow:
-            self.ingest_misses += 1
-            return False
-        self.ingested += 1
+        pending = self._pending
+        if not pending:
+            self._pending_at = now
+        pending.append((claim.handle, packet))
+        if self.defer is None or len(pending) >= INGEST_BATCH:
+            self.flush_ingest()
+        elif not self._flush_armed:
+            self._flush_armed = True
+            self.defer(self._deferred_flush)
+        return True
+
+    def _deferred_flush(self) -> None:
+        self._flush_armed = False
+        self.flush_ingest()
+
+    def flush_ingest(self) -> int:
+        """Forward the packets :meth:`ingest` took (as of the first one's arrival); returns
+        how many the forwarder forwarded."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        now = self._pending_at
+        slow, egress = self.forwarder.ingest(batch, now, self.socket)
+        # A stream removed since its packet was taken (its flow closed): dropped, counted.
+        self.ingest_misses += len(slow)
+        self.ingested += len(batch) - len(slow)
         if egress and self.on_egress is not None:
             self.on_egress(egress)
         self.release_paced(now)
         if self.after_ingest is not None:
             self.after_ingest(now)
-        return True
+        return len(batch) - len(slow)
 
     # -- streams and routes -------------------------------------------------------------------
 
@@ -382,6 +430,9 @@ class DataPlane:
             self.forwarder.set_stream(handle, transport, stream, kind)
         except ValueError:
             return  # the transport's stream table is full: the slow path keeps it
+        self._unlive(handle)
+        self._live_of[handle] = key = (transport, stream.ssrc)
+        self._live.add(key)
         self.forwarder.set_routes(handle, self._routes(publication))
         self._set_relayed(handle, self._note_taps(publication))
 
@@ -398,15 +449,24 @@ class DataPlane:
                 del self._pub_streams[id(pub)]
                 self._taps.pop(id(pub), None)
         self.forwarder.remove_stream(handle)
+        self._unlive(handle)
         self._relayed.discard(handle)
         self._free_streams.insert(0, handle)
+
+    def _unlive(self, handle: int) -> None:
+        key = self._live_of.pop(handle, None)
+        if key is not None:
+            self._live.discard(key)
 
     def suspend(self) -> None:
         """Send all media through the Python path (the reference of the data plane) until
         :meth:`resume`; for diagnostics and for tests that observe that path's per-packet
         calls. Both paths share every per-packet state, so the switch is seamless."""
         self.suspended = True
+        self.flush_ingest()
         self._relayed.clear()
+        self._live.clear()
+        self._live_of.clear()
         for handle in list(self._streams):
             self.forwarder.remove_stream(handle)
 

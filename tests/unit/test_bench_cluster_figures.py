@@ -33,6 +33,7 @@ sfu_cluster_links_lost_total 1.0
 # TYPE sfu_dataplane_datagrams_total counter
 sfu_dataplane_datagrams_total{path="fast"} 10.0
 sfu_dataplane_datagrams_total{path="slow"} 500.0
+sfu_dataplane_datagrams_total{path="relayed"} 1180.0
 """
 
 
@@ -66,6 +67,7 @@ def test_link_counters_come_from_the_metrics_text() -> None:
         "links_lost": 1.0,
         "dataplane_fast": 10.0,
         "dataplane_slow": 500.0,
+        "dataplane_relayed": 1180.0,
     }
     # A node without a link (or another carrier's metrics): unknown, not zero.
     assert set(link_counters("").values()) == {None}

@@ -199,8 +199,9 @@ def _drive(compiled_kernels: Kernels, events: list[tuple[Any, ...]], *, source: 
         if source:
             if not plains:
                 continue
-            ref_in, ref_egress = ref.forwarder.ingest(0, plains, now)
-            comp_in, comp_egress = comp.forwarder.ingest(0, plains, now)
+            entries = [(0, plain) for plain in plains]
+            ref_in, ref_egress = ref.forwarder.ingest(entries, now)
+            comp_in, comp_egress = comp.forwarder.ingest(entries, now)
             assert comp_in == ref_in
         else:
             if not datagrams:

@@ -8,6 +8,8 @@ forwarder's records must land in the same receive bookkeeping (NACKs up the flow
 
 from __future__ import annotations
 
+from typing import Any
+
 from ingest_paths import PUB_EXT, RIDS, VP8_PT
 from relay_far_side import SUBS, FarSide, packet
 
@@ -66,7 +68,7 @@ def test_a_stream_not_yet_named_takes_the_router_then_the_data_plane(kernels: Ke
         side.relay(packet(seq, key=seq == 1))
     side.replay()
     assert side.dataplane is not None
-    assert side.dataplane.ingest_misses == 1 and side.dataplane.ingested == 4
+    assert side.dataplane.ingested == 4 and side.dataplane.ingest_misses == 0
     assert all(len(packets) == 5 for packets in side.received)
     assert side.remote.counters.rtp_in == 5
 
@@ -109,3 +111,31 @@ def test_the_hub_hands_its_plane_to_each_remote_and_releases_it_with_the_peer(
     current = next(iter(hub.remotes.values()))
     hub.drop_peer(7)
     assert dataplane.handle_of(current) == -1 and not hub.remotes
+
+
+def test_packets_taken_in_one_batch_are_forwarded_together_when_the_batch_ends(
+    kernels: Kernels,
+) -> None:
+    """With ``defer`` (the loop's call_soon in the server) the packets a socket read brings
+    wait for the end of the batch and are forwarded in one go; a source closed meanwhile
+    drops its packets, counted, and forwards nothing."""
+    side = FarSide(kernels, plane=True)
+    dataplane = side.dataplane
+    assert dataplane is not None
+    deferred: list[Any] = []
+    dataplane.defer = deferred.append
+    side.announce()
+    for seq in range(1, 4):
+        side.relay(packet(seq, key=seq == 1))
+    assert len(deferred) == 1  # one flush for the batch
+    assert dataplane.ingested == 0 and side.received == [[], []]
+    deferred.pop()()
+    side.collect()
+    assert dataplane.ingested == 3 and all(len(p) == 3 for p in side.received)
+    side.relay(packet(4))
+    side.relay(packet(5))
+    side.remote.close()
+    deferred.pop()()
+    side.collect()
+    assert dataplane.ingested == 3 and dataplane.ingest_misses == 2
+    assert all(len(p) == 3 for p in side.received)
