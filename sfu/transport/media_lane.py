@@ -321,6 +321,8 @@ class MediaLane:
             if self._peer_opened <= opened <= self.sealed:
                 self._peer_opened = opened
                 self._report = (now, self.sealed, opened)
+                if self._blocked_until is None:
+                    self._check()
                 return True
         if kind == MESSAGE_KEY and len(message) == KEY_MESSAGE_BYTES and message[1] < EPOCHS:
             epoch = message[1]
@@ -345,13 +347,23 @@ class MediaLane:
     # -- liveness ----------------------------------------------------------------------------
 
     def next_timer(self) -> float:
-        """When :meth:`handle_timer` is next due (the next REPORT and liveness check)."""
+        """When :meth:`handle_timer` is next due: our next REPORT, or the retry of a
+        blocked lane if sooner."""
+        if self._blocked_until is not None and self._blocked_until < self._next_report:
+            return self._blocked_until
         return self._next_report
 
     def handle_timer(self, *, now: float) -> None:
-        """Once :meth:`next_timer` is due: queue our REPORT (once we hold the peer's key,
-        so the peer may seal: sent whether or not anything arrived, since a blocked lane
-        brings nothing), retry a blocked lane whose backoff ran out, else judge the window."""
+        """Once :meth:`next_timer` is due: retry a blocked lane whose backoff ran out, and
+        queue our REPORT (once we hold the peer's key, so the peer may seal: sent whether
+        or not anything arrived, since a blocked lane brings nothing). The peer's reports
+        are judged as they arrive."""
+        if self._blocked_until is not None and now >= self._blocked_until:
+            # Seal again; reports that arrive from now on judge it afresh.
+            self._blocked_until = None
+            self._report = None
+            self._samples.clear()
+            log.debug("media lane: retrying the sealed lane")
         if now < self._next_report:
             return
         self._next_report += REPORT_INTERVAL_S
@@ -359,17 +371,10 @@ class MediaLane:
             self._next_report = now + REPORT_INTERVAL_S
         if self._keys:
             self._messages.append(_REPORT.pack(MESSAGE_REPORT, self.received))
-        if self._blocked_until is not None:
-            if now >= self._blocked_until:
-                # Seal again; reports that arrive from now on judge it afresh.
-                self._blocked_until = None
-                self._report = None
-                self._samples.clear()
-                log.debug("media lane: retrying the sealed lane")
-            return
-        self._check(now)
 
-    def _check(self, now: float) -> None:
+    def _check(self) -> None:
+        """Judge the window that ends with the peer's latest report: what we had sealed
+        when each report arrived against the peer's count in it."""
         report = self._report
         if report is None:
             return
@@ -392,7 +397,7 @@ class MediaLane:
             self._retry_s = RETRY_AFTER_S  # the lane works: the next block backs off anew
             return
         self.blocked += 1
-        self._blocked_until = now + self._retry_s
+        self._blocked_until = at + self._retry_s
         log.info(
             "media lane: the peer opened %d of %d sealed datagrams in %.1f s; relayed media "
             "goes as QUIC DATAGRAMs, the lane is tried again in %.0f s",
