@@ -172,7 +172,8 @@ class ClusterCollector(Collector):
         lane_drops = CounterMetricFamily(
             "sfu_cluster_link_sealed_drops",
             "Sealed media lane datagrams dropped on receipt, by reason: from an address that "
-            "is no linked node's, malformed, unknown key, replayed, failed authentication",
+            "is no linked node's, malformed (or a malformed lane control message), unknown key, "
+            "replayed, failed authentication",
             labels=["reason"],
         )
         for reason in LANE_DROP_REASONS:
