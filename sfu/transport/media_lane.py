@@ -31,10 +31,11 @@ the other, every :data:`REPORT_INTERVAL_S` on the control stream (REPORT), how m
 sealed datagrams it has opened on this link so far: a cumulative count, so a late report
 only shows less than is true and the stream's ordering keeps counts from going back. A side
 that sealed at least :data:`BLOCKED_MIN_SEALED` datagrams over :data:`BLOCKED_WINDOW_S`
-of reports of which the peer opened under :data:`BLOCKED_DELIVERY_RATIO` declares its
-direction blocked: it stops sealing (media goes as QUIC DATAGRAMs again, as before keying)
-and tries the lane again after :data:`RETRY_AFTER_S`, doubling to :data:`RETRY_MAX_S` while
-the lane stays silent; a window delivered in full brings the backoff back to its start.
+of reports, of which the peer had opened under :data:`BLOCKED_DELIVERY_RATIO` by the next
+report, declares its direction blocked: it stops sealing (media goes as QUIC DATAGRAMs
+again, as before keying) and tries the lane again after :data:`RETRY_AFTER_S`, doubling
+to :data:`RETRY_MAX_S` while the lane stays silent; a window judged not blocked brings the
+backoff back to its start.
 
 Receiving: a datagram from any address but the link peer's is dropped before any decryption,
 then a malformed header, an unknown epoch, a counter the replay window (RFC 3711 section 3.3.2:
@@ -127,16 +128,18 @@ REPORT_MESSAGE_BYTES: Final = 9
 #: Seconds between two REPORTs of a side (from when it holds the peer's key): one 9-byte
 #: message a second per link, whatever the media rate; it also paces the liveness check.
 REPORT_INTERVAL_S: Final = 1.0
-#: Seconds of reports the liveness check looks back over (two reports: one lost or late
-#: control packet cannot trip it alone, and media stops for at most about 3 s).
+#: Seconds of sealing the liveness check judges at once, between two reports' arrivals; the
+#: verdict comes with the report after (every datagram of the window that arrived is in its
+#: count by then). A blocked lane so stops media for about 4 s at most: up to a report
+#: interval to the first report, the window, one interval more.
 BLOCKED_WINDOW_S: Final = 2.0
 #: Datagrams sealed in that window below which no verdict is drawn (too little to tell
 #: loss from a block: a video flow sends hundreds a second, audio 50).
 BLOCKED_MIN_SEALED: Final = 20
 #: The share of the window's sealed datagrams the peer must have opened; below it the lane
 #: is blocked. A dropper on the path takes all of them (0); loss of even 50% is congestion,
-#: which QUIC DATAGRAMs would suffer as well, and the count's skew (datagrams in flight at
-#: either end of the window) is a few per cent at most.
+#: which QUIC DATAGRAMs would suffer as well. The peer's count can only err high (it also
+#: holds datagrams sealed after the window), so loss alone never reads as worse than it is.
 BLOCKED_DELIVERY_RATIO: Final = 0.2
 #: Seconds in fallback before the lane is tried again, doubled after each retry that
 #: finds it still blocked, up to :data:`RETRY_MAX_S` (a retry costs one window of media).
@@ -145,8 +148,9 @@ RETRY_MAX_S: Final = 300.0
 #: Reports arrive a report interval apart give or take the control stream's jitter: one
 #: this much less than the window old still opens it (else the window would be 3 s).
 WINDOW_SLACK_S: Final = 0.25
-#: Report samples kept for the window (one per report interval, and the one before it).
-_SAMPLES_KEPT: Final = int(BLOCKED_WINDOW_S / REPORT_INTERVAL_S) + 2
+#: Report samples kept: the window's (one per report interval, both ends), the one that
+#: closes it, and one for jitter.
+_SAMPLES_KEPT: Final = int(BLOCKED_WINDOW_S / REPORT_INTERVAL_S) + 3
 #: Receiving keys kept: the current one and the one before (datagrams still in flight).
 KEYS_KEPT: Final = 2
 #: Why a received lane datagram was dropped (a fixed set: the metric's labels).
@@ -373,24 +377,30 @@ class MediaLane:
             self._messages.append(_REPORT.pack(MESSAGE_REPORT, self.received))
 
     def _check(self) -> None:
-        """Judge the window that ends with the peer's latest report: what we had sealed
-        when each report arrived against the peer's count in it."""
+        """Judge the window that the peer's latest report closes: the datagrams we had
+        sealed when two earlier reports arrived against the peer's counts."""
         report = self._report
         if report is None:
             return
         samples = self._samples
         if not samples or samples[-1] is not report:
             samples.append(report)
-        at, sealed, opened = report
+        if len(samples) < 3:
+            return
+        at, _, opened = report
+        # The window's datagrams are those sealed between two earlier reports (``base`` and
+        # ``end``, the one before this): a report later, every one of them that arrived is
+        # in the peer's count, whatever burst was in flight as this report came.
+        end = samples[-2]
         base: tuple[float, int, int] | None = None
-        for sample in samples:
-            if at - sample[0] >= BLOCKED_WINDOW_S - WINDOW_SLACK_S:
-                base = sample
+        for i in range(len(samples) - 2):
+            if end[0] - samples[i][0] >= BLOCKED_WINDOW_S - WINDOW_SLACK_S:
+                base = samples[i]
         if base is None:
             return
         while samples[0] is not base:
             samples.popleft()
-        sent, got = sealed - base[1], opened - base[2]
+        sent, got = end[1] - base[1], opened - base[2]
         if sent < BLOCKED_MIN_SEALED:
             return
         if got >= sent * BLOCKED_DELIVERY_RATIO:
@@ -403,7 +413,7 @@ class MediaLane:
             "goes as QUIC DATAGRAMs, the lane is tried again in %.0f s",
             got,
             sent,
-            at - base[0],
+            end[0] - base[0],
             self._retry_s,
         )
         self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)

@@ -45,8 +45,9 @@ from sfu.transport.node_link import FlowReceived, LinkDown
 #: Media rate of the simulated relay (datagrams per second): about one video layer's.
 RATE = 100
 #: Fake seconds by which a fully dropped lane must have fallen back: a report interval for
-#: the first report, then the window (with a round of the fake clock's float error).
-FALLBACK_WITHIN_S = REPORT_INTERVAL_S + BLOCKED_WINDOW_S + 0.02
+#: the first report, the window, the report that closes it (with a round of the fake
+#: clock's float error).
+FALLBACK_WITHIN_S = REPORT_INTERVAL_S + BLOCKED_WINDOW_S + REPORT_INTERVAL_S + 0.02
 
 Deliver = Callable[[int], bool]
 
@@ -134,6 +135,28 @@ def test_a_burst_of_total_loss_shorter_than_the_window_does_not_trip_it() -> Non
     # Half a second of nothing, inside an otherwise working window.
     relay.run(10, lambda i: not 700 <= i < 750)
     assert relay.a.blocked == 0 and relay.a.up
+
+
+def test_a_burst_in_flight_as_a_report_arrives_does_not_trip_it() -> None:
+    """A keyframe's burst sealed just before the peer's report comes in is not in that
+    report's count; the window it falls in is judged only by the report after."""
+    relay = Relay()
+    a, b = relay.a, relay.b
+    reports = 0
+    for _ in range(100):  # 10 s of a trickle of 10/s, all delivered
+        relay.now += 0.1
+        for lane in (a, b):
+            if lane.next_timer() <= relay.now:
+                lane.handle_timer(now=relay.now)
+        burst = []
+        if b.has_messages:  # B's report leaves
+            reports += 1
+            if reports == 5:  # and A seals 10 windows' worth before it arrives
+                burst = [a.seal(PIPE_DATAGRAM) for _ in range(200)]
+        exchange_at(a, b, relay.now)
+        for sealed in [*burst, a.seal(PIPE_DATAGRAM)]:
+            assert sealed is not None and b.open(sealed, A_ADDR) == PIPE_DATAGRAM
+    assert reports == 10 and a.sealed == 300 and a.blocked == 0 and a.up
 
 
 def test_too_few_datagrams_give_no_verdict() -> None:
