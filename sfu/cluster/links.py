@@ -71,7 +71,9 @@ class NodeLinks:
         self.links_established = 0
         self.links_lost = 0
         self._retired = {"flows_sent": 0, "flows_received": 0, "dropped": 0}
-        self._retired_lane = {"sent": 0, "received": 0, **dict.fromkeys(LANE_DROP_REASONS, 0)}
+        self._retired_lane = {
+            "sent": 0, "received": 0, "blocked": 0, **dict.fromkeys(LANE_DROP_REASONS, 0)
+        }  # fmt: skip
 
     def _server(self) -> QuicConfiguration:
         c = self._cluster
@@ -184,8 +186,9 @@ class NodeLinks:
         return out
 
     def lane_totals(self) -> dict[str, int]:
-        """The sealed media lanes' datagrams sent and received over every link so far, and
-        their drops by reason (LANE_DROP_REASONS)."""
+        """The sealed media lanes' datagrams sent and received over every link so far, the
+        times one was found blocked (media back on QUIC DATAGRAMs), and their drops by
+        reason (LANE_DROP_REASONS)."""
         out = dict(self._retired_lane)
         for link in self.up.values():
             for key, count in link.lane_totals().items():
@@ -197,6 +200,12 @@ class NodeLinks:
     def lanes_up(self) -> int:
         """Links whose sealed media lane is keyed both ways (media leaves QUIC)."""
         return sum(1 for link in self.up.values() if link.lane is not None and link.lane.up)
+
+    def lanes_in_fallback(self) -> int:
+        """Links whose sealed media lane went silent: media on QUIC DATAGRAMs until a retry."""
+        return sum(
+            1 for link in self.up.values() if link.lane is not None and link.lane.in_fallback
+        )
 
     def close(self) -> None:
         """Close every link and the socket."""

@@ -157,10 +157,23 @@ class ClusterCollector(Collector):
         sealed.add_metric(["sent"], lane["sent"])
         sealed.add_metric(["received"], lane["received"])
         yield sealed
+        yield CounterMetricFamily(
+            "sfu_cluster_link_sealed_blocked",
+            "Times a node link's sealed media lane was found blocked (the peer opened almost "
+            "none of what was sealed) and relayed media fell back to QUIC DATAGRAMs",
+            value=lane["blocked"],
+        )
+        yield GaugeMetricFamily(
+            "sfu_cluster_links_sealed_fallback",
+            "Node links whose sealed media lane is in fallback after going silent (relayed "
+            "media on QUIC DATAGRAMs until the lane is retried)",
+            value=links.lanes_in_fallback(),
+        )
         lane_drops = CounterMetricFamily(
             "sfu_cluster_link_sealed_drops",
             "Sealed media lane datagrams dropped on receipt, by reason: from an address that "
-            "is no linked node's, malformed, unknown key, replayed, failed authentication",
+            "is no linked node's, malformed (or a malformed lane control message), unknown key, "
+            "replayed, failed authentication",
             labels=["reason"],
         )
         for reason in LANE_DROP_REASONS:

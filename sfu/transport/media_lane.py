@@ -25,6 +25,18 @@ while keying. After :data:`REKEY_AFTER` datagrams a side announces a new key (th
 and switches to it on its KEY_ACK; at :data:`KEY_LIMIT` without one it stops sealing
 (DATAGRAM fallback again), well inside AES-GCM's confidentiality limit (RFC 9001 section 6.6).
 
+Liveness: the first byte that tells the lane from QUIC also lets someone on the path drop
+the lane alone, which would stop relayed media while the link stays up. So each side tells
+the other, every :data:`REPORT_INTERVAL_S` on the control stream (REPORT), how many of its
+sealed datagrams it has opened on this link so far: a cumulative count, so a late report
+only shows less than is true and the stream's ordering keeps counts from going back. A side
+that sealed at least :data:`BLOCKED_MIN_SEALED` datagrams over :data:`BLOCKED_WINDOW_S`
+of reports, of which the peer had opened under :data:`BLOCKED_DELIVERY_RATIO` by the next
+report, declares its direction blocked: it stops sealing (media goes as QUIC DATAGRAMs
+again, as before keying) and tries the lane again after :data:`RETRY_AFTER_S`, doubling
+to :data:`RETRY_MAX_S` while the lane stays silent; a window judged not blocked brings the
+backoff back to its start.
+
 Receiving: a datagram from any address but the link peer's is dropped before any decryption,
 then a malformed header, an unknown epoch, a counter the replay window (RFC 3711 section 3.3.2:
 the highest counter and a bitmap of :data:`REPLAY_WINDOW` before it) saw or left behind, and
@@ -34,8 +46,10 @@ socket; randomness is injected for the tests.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -45,16 +59,23 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sfu.packet.errors import ParseError
 
 __all__ = [
+    "BLOCKED_DELIVERY_RATIO",
+    "BLOCKED_MIN_SEALED",
+    "BLOCKED_WINDOW_S",
     "HEADER_BYTES",
     "KEY_BYTES",
     "KEY_LIMIT",
     "LANE_DROP_REASONS",
     "MESSAGE_KEY",
     "MESSAGE_KEY_ACK",
+    "MESSAGE_REPORT",
     "OVERHEAD",
     "QUIC_FIXED_BIT",
     "REKEY_AFTER",
     "REPLAY_WINDOW",
+    "REPORT_INTERVAL_S",
+    "RETRY_AFTER_S",
+    "RETRY_MAX_S",
     "TAG_BYTES",
     "VERSION",
     "MediaLane",
@@ -62,6 +83,8 @@ __all__ = [
     "is_lane_message",
     "parse_header",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The high nibble of a lane datagram's first byte: lane version 1. 0x40 (QUIC's fixed bit)
 #: and 0x80 (QUIC's long header bit) stay clear.
@@ -96,15 +119,45 @@ MAX_COUNTER: Final = (1 << 64) - 1
 #: control message starts with 0x00 (flow 0), so these never collide with one.
 MESSAGE_KEY: Final = 0xE1
 MESSAGE_KEY_ACK: Final = 0xE2
-#: Sizes of the two messages: type, epoch, key / type, epoch.
+MESSAGE_REPORT: Final = 0xE3
+_LANE_MESSAGES: Final = frozenset((MESSAGE_KEY, MESSAGE_KEY_ACK, MESSAGE_REPORT))
+#: Sizes of the messages: type, epoch, key / type, epoch / type, datagrams opened (64 bits).
 KEY_MESSAGE_BYTES: Final = 2 + KEY_BYTES
 KEY_ACK_MESSAGE_BYTES: Final = 2
+REPORT_MESSAGE_BYTES: Final = 9
+#: Seconds between two REPORTs of a side (from when it holds the peer's key): one 9-byte
+#: message a second per link, whatever the media rate; it also paces the liveness check.
+REPORT_INTERVAL_S: Final = 1.0
+#: Seconds of sealing the liveness check judges at once, between two reports' arrivals; the
+#: verdict comes with the report after (every datagram of the window that arrived is in its
+#: count by then). A blocked lane so stops media for about 4 s at most: up to a report
+#: interval to the first report, the window, one interval more.
+BLOCKED_WINDOW_S: Final = 2.0
+#: Datagrams sealed in that window below which no verdict is drawn (too little to tell
+#: loss from a block: a video flow sends hundreds a second, audio 50).
+BLOCKED_MIN_SEALED: Final = 20
+#: The share of the window's sealed datagrams the peer must have opened; below it the lane
+#: is blocked. A dropper on the path takes all of them (0); loss of even 50% is congestion,
+#: which QUIC DATAGRAMs would suffer as well. The peer's count can only err high (it also
+#: holds datagrams sealed after the window), so loss alone never reads as worse than it is.
+BLOCKED_DELIVERY_RATIO: Final = 0.2
+#: Seconds in fallback before the lane is tried again, doubled after each retry that
+#: finds it still blocked, up to :data:`RETRY_MAX_S` (a retry costs one window of media).
+RETRY_AFTER_S: Final = 30.0
+RETRY_MAX_S: Final = 300.0
+#: Reports arrive a report interval apart give or take the control stream's jitter: one
+#: this much less than the window old still opens it (else the window would be 3 s).
+WINDOW_SLACK_S: Final = 0.25
+#: Report samples kept: the window's (one per report interval, both ends), the one that
+#: closes it, and one for jitter.
+_SAMPLES_KEPT: Final = int(BLOCKED_WINDOW_S / REPORT_INTERVAL_S) + 3
 #: Receiving keys kept: the current one and the one before (datagrams still in flight).
 KEYS_KEPT: Final = 2
 #: Why a received lane datagram was dropped (a fixed set: the metric's labels).
 LANE_DROP_REASONS: Final = ("not_peer", "malformed", "unknown_key", "replayed", "auth_failed")
 #: The header (first byte, counter) and the AEAD nonce (four zero bytes, the counter).
 _HEADER: Final = struct.Struct("!BQ")
+_REPORT: Final = struct.Struct("!BQ")
 _NONCE: Final = struct.Struct("!4xQ")
 _WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
 
@@ -118,8 +171,9 @@ def is_lane_datagram(data: bytes) -> bool:
 
 
 def is_lane_message(message: bytes) -> bool:
-    """Whether a control message of the node link is one of the lane's (KEY, KEY_ACK)."""
-    return bool(message) and message[0] in (MESSAGE_KEY, MESSAGE_KEY_ACK)
+    """Whether a control message of the node link is one of the lane's (KEY, KEY_ACK,
+    REPORT)."""
+    return bool(message) and message[0] in _LANE_MESSAGES
 
 
 def parse_header(data: bytes) -> tuple[int, int]:
@@ -144,23 +198,32 @@ class MediaLane:
 
     __slots__ = (
         "_acked",
+        "_blocked_until",
         "_counter",
         "_epoch",
         "_highest",
         "_keys",
         "_messages",
         "_next",
+        "_next_report",
+        "_peer_opened",
         "_random",
+        "_report",
+        "_retry_s",
+        "_samples",
         "_sealer",
         "_used",
         "_window",
+        "blocked",
         "drops",
         "peer_address",
         "received",
         "sealed",
     )
 
-    def __init__(self, peer_address: tuple[Any, ...], *, random: Random | None = None) -> None:
+    def __init__(
+        self, peer_address: tuple[Any, ...], *, now: float, random: Random | None = None
+    ) -> None:
         #: The only address lane datagrams are accepted from (the link peer's).
         self.peer_address = peer_address
         if random is None:
@@ -185,11 +248,33 @@ class MediaLane:
         self.sealed = 0
         self.received = 0
         self.drops: dict[str, int] = dict.fromkeys(LANE_DROP_REASONS, 0)
+        # Liveness: when the next REPORT is due; the peer's last count and, at its arrival,
+        # (time, our sealed count, its count); those samples over the window; when a
+        # blocked lane is retried (None: not blocked) and the backoff of the next block.
+        self._next_report = now + REPORT_INTERVAL_S
+        self._peer_opened = 0
+        self._report: tuple[float, int, int] | None = None
+        self._samples: deque[tuple[float, int, int]] = deque(maxlen=_SAMPLES_KEPT)
+        self._blocked_until: float | None = None
+        self._retry_s = RETRY_AFTER_S
+        #: Times the lane was found blocked and media went back to QUIC DATAGRAMs.
+        self.blocked = 0
 
     @property
     def up(self) -> bool:
-        """Whether media goes sealed: the peer acknowledged our key and we hold its."""
-        return self._acked and bool(self._keys) and self._used < KEY_LIMIT
+        """Whether media goes sealed: the peer acknowledged our key, we hold its, and the
+        lane is not in fallback after going silent."""
+        return (
+            self._acked
+            and bool(self._keys)
+            and self._used < KEY_LIMIT
+            and self._blocked_until is None
+        )
+
+    @property
+    def in_fallback(self) -> bool:
+        """Whether sealing is suspended because the peer stopped opening what we sealed."""
+        return self._blocked_until is not None
 
     @property
     def has_messages(self) -> bool:
@@ -230,10 +315,19 @@ class MediaLane:
 
     # -- control -----------------------------------------------------------------------------
 
-    def receive_message(self, message: bytes) -> bool:
+    def receive_message(self, message: bytes, *, now: float) -> bool:
         """One of the lane's control messages from the peer (reliable, in order); False
-        when malformed (counted), never raised."""
+        when malformed (counted), never raised. A REPORT whose count goes back or exceeds
+        what we sealed is malformed: the stream is ordered and the count cumulative."""
         kind = message[0] if message else -1
+        if kind == MESSAGE_REPORT and len(message) == REPORT_MESSAGE_BYTES:
+            _, opened = _REPORT.unpack(message)
+            if self._peer_opened <= opened <= self.sealed:
+                self._peer_opened = opened
+                self._report = (now, self.sealed, opened)
+                if self._blocked_until is None:
+                    self._check()
+                return True
         if kind == MESSAGE_KEY and len(message) == KEY_MESSAGE_BYTES and message[1] < EPOCHS:
             epoch = message[1]
             self._keys.pop(epoch, None)
@@ -253,6 +347,78 @@ class MediaLane:
             return True
         self.drops["malformed"] += 1
         return False
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    def next_timer(self) -> float:
+        """When :meth:`handle_timer` is next due: our next REPORT, or the retry of a
+        blocked lane if sooner."""
+        if self._blocked_until is not None and self._blocked_until < self._next_report:
+            return self._blocked_until
+        return self._next_report
+
+    def handle_timer(self, *, now: float) -> None:
+        """Once :meth:`next_timer` is due: retry a blocked lane whose backoff ran out, and
+        queue our REPORT (once we hold the peer's key, so the peer may seal: sent whether
+        or not anything arrived, since a blocked lane brings nothing). The peer's reports
+        are judged as they arrive."""
+        if self._blocked_until is not None and now >= self._blocked_until:
+            # Seal again; reports that arrive from now on judge it afresh.
+            self._blocked_until = None
+            self._report = None
+            self._samples.clear()
+            log.debug("media lane: retrying the sealed lane")
+        if now < self._next_report:
+            return
+        self._next_report += REPORT_INTERVAL_S
+        if self._next_report <= now:  # called late: keep the interval from now
+            self._next_report = now + REPORT_INTERVAL_S
+        if self._keys:
+            self._messages.append(_REPORT.pack(MESSAGE_REPORT, self.received))
+
+    def _check(self) -> None:
+        """Judge the window that the peer's latest report closes: the datagrams we had
+        sealed when two earlier reports arrived against the peer's counts."""
+        report = self._report
+        if report is None:
+            return
+        samples = self._samples
+        if not samples or samples[-1] is not report:
+            samples.append(report)
+        if len(samples) < 3:
+            return
+        at, _, opened = report
+        # The window's datagrams are those sealed between two earlier reports (``base`` and
+        # ``end``, the one before this): a report later, every one of them that arrived is
+        # in the peer's count, whatever burst was in flight as this report came.
+        end = samples[-2]
+        base: tuple[float, int, int] | None = None
+        for i in range(len(samples) - 2):
+            if end[0] - samples[i][0] >= BLOCKED_WINDOW_S - WINDOW_SLACK_S:
+                base = samples[i]
+        if base is None:
+            return
+        while samples[0] is not base:
+            samples.popleft()
+        sent, got = end[1] - base[1], opened - base[2]
+        if sent < BLOCKED_MIN_SEALED:
+            return
+        if got >= sent * BLOCKED_DELIVERY_RATIO:
+            self._retry_s = RETRY_AFTER_S  # the lane works: the next block backs off anew
+            return
+        self.blocked += 1
+        self._blocked_until = at + self._retry_s
+        log.info(
+            "media lane: the peer opened %d of %d sealed datagrams in %.1f s; relayed media "
+            "goes as QUIC DATAGRAMs, the lane is tried again in %.0f s",
+            got,
+            sent,
+            end[0] - base[0],
+            self._retry_s,
+        )
+        self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+        samples.clear()
+        self._report = None
 
     # -- receiving ---------------------------------------------------------------------------
 

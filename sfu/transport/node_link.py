@@ -12,8 +12,9 @@ the client sent is delivered (aioquic verifies only the server side by itself). 
   go as DATAGRAM frames (RFC 9221) until the link's sealed media lane
   (:mod:`sfu.transport.media_lane`) is keyed, then as the lane's AES-GCM sealed UDP
   datagrams on the same port, outside QUIC (its per-frame cost and pacing were the relay's
-  bottleneck); both are accepted at any time. The lane's keys travel on the control stream
-  as the link's own messages (their first byte tells them from the layers' above). Flow
+  bottleneck); both are accepted at any time. The lane's keys and its liveness reports
+  travel on the control stream as the link's own messages (their first byte tells them from
+  the layers' above); a lane the peer reports silent falls back to DATAGRAM frames. Flow
   datagrams are unreliable: a payload that does not fit one packet, or finds the send queue
   full (congestion), is dropped and counted, never queued behind.
 
@@ -285,9 +286,16 @@ class NodeLink:
         return [FlowReceived(flow_id, payload)]
 
     def handle_timer(self, *, now: float) -> list[LinkEvent]:
-        """Run QUIC's timers (loss detection, idle timeout) once ``next_timer`` is due."""
-        self._quic.handle_timer(now=now)
-        self._quic_dirty = True
+        """Run what is due once ``next_timer`` is: QUIC's timers (loss detection, idle
+        timeout), the lane's report and liveness check."""
+        lane = self.lane
+        if lane is not None and not self.closed and lane.next_timer() <= now:
+            lane.handle_timer(now=now)
+            self._send_lane_messages()  # the REPORT
+        timer = self._quic.get_timer()
+        if timer is not None and timer <= now:
+            self._quic.handle_timer(now=now)
+            self._quic_dirty = True
         return self._drain(now)
 
     def next_timer(self) -> float | None:
@@ -295,6 +303,10 @@ class NodeLink:
         if self.closed:
             return None
         timer: float | None = self._quic.get_timer()
+        lane = self.lane
+        if lane is not None:
+            at = lane.next_timer()
+            timer = at if timer is None else min(timer, at)
         return timer
 
     # -- output -------------------------------------------------------------------------------
@@ -372,12 +384,14 @@ class NodeLink:
         return len(self._sealed_out)
 
     def lane_totals(self) -> dict[str, int]:
-        """The sealed lane's datagrams sent and received, and its drops by reason."""
-        out = {"sent": 0, "received": 0, **dict.fromkeys(LANE_DROP_REASONS, 0)}
+        """The sealed lane's datagrams sent and received, times it was found blocked (and
+        fell back to DATAGRAM frames), and its drops by reason."""
+        out = {"sent": 0, "received": 0, "blocked": 0, **dict.fromkeys(LANE_DROP_REASONS, 0)}
         lane = self.lane
         if lane is not None:
             out["sent"] = lane.sealed
             out["received"] = lane.received
+            out["blocked"] = lane.blocked
             for reason, count in lane.drops.items():
                 out[reason] += count
         out["unknown_key"] += self.lane_early
@@ -430,7 +444,7 @@ class NodeLink:
                     self._write_control(b"")
                     self._flush_control()
                 if self._lane_enabled:
-                    self.lane = MediaLane(self.peer_address, random=self._random)
+                    self.lane = MediaLane(self.peer_address, now=now, random=self._random)
                     self._send_lane_messages()  # our key
             elif isinstance(event, quic_events.ConnectionTerminated):
                 self.closed = True
@@ -447,10 +461,12 @@ class NodeLink:
                 self.bytes_received += len(payload)
                 out.append(FlowReceived(flow_id, payload))
             elif isinstance(event, quic_events.StreamDataReceived):
-                out.extend(self._control_data(event))
+                out.extend(self._control_data(event, now))
         return out
 
-    def _control_data(self, event: quic_events.StreamDataReceived) -> Sequence[LinkEvent]:
+    def _control_data(
+        self, event: quic_events.StreamDataReceived, now: float
+    ) -> Sequence[LinkEvent]:
         if event.stream_id != CONTROL_STREAM:
             self._quic.close(error_code=ERROR_CONTROL, reason_phrase="unexpected stream")
             return ()
@@ -468,7 +484,7 @@ class NodeLink:
             del buffer[: 2 + size]
             if is_lane_message(message):
                 if self.lane is not None:  # a peer's key while ours is off: ignored
-                    self.lane.receive_message(message)
+                    self.lane.receive_message(message, now=now)
                     self._send_lane_messages()
             elif message:  # the empty message only opened the stream
                 out.append(ControlReceived(message))

@@ -130,6 +130,10 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
             lane_b = node_b.links.lane_totals()
             assert lane_b["received"] > 10
             assert lane_b["auth_failed"] == lane_b["not_peer"] == lane_b["replayed"] == 0
+            # The lane works, so its liveness reports never made A fall back to DATAGRAMs.
+            assert node_a.links.lane_totals()["blocked"] == 0
+            assert "sfu_cluster_link_sealed_blocked_total 0.0" in text
+            assert "sfu_cluster_links_sealed_fallback 0.0" in text
             assert "sfu_cluster_relay_keyframe_requests_total" in text
             # Every metric the dashboard's cluster-only panels query is there on a linked node.
             for name in panel_metrics(CLUSTER_ONLY_PANELS):

@@ -9,6 +9,7 @@ the far page's subscription needs (its SSRCs named by STREAMS on the control str
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from meeting import (
     wait_connected,
 )
 from redis_server import RedisServer, redis_server
+
+from sfu.transport.media_lane import BLOCKED_WINDOW_S, REPORT_INTERVAL_S
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +87,11 @@ def test_pages_on_two_nodes_decode_each_other(server: RedisServer, tmp_path: Pat
             pipes = node.server.node_pipes
             assert pipes is not None
             assert len(pipes.hub.relay.taps) == 2 and len(pipes.hub.remotes) == 2
+        # The relayed media stays on the sealed lane: given windows to judge (real video,
+        # keyframe bursts and all), the liveness check makes neither node fall back.
+        time.sleep(BLOCKED_WINDOW_S + 2 * REPORT_INTERVAL_S)
+        for node in (node_a, node_b):
+            links = node.server.links
+            assert links is not None and links.lanes_up() == 1
+            lane = links.lane_totals()
+            assert lane["blocked"] == 0 and lane["sent"] > 100 and lane["received"] > 100

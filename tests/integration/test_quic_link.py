@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress
 
 from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
 from sfu.io.quic_link import MAX_PENDING_PER_HOST, LinkEndpoint
+from sfu.transport.media_lane import (
+    BLOCKED_MIN_SEALED,
+    BLOCKED_WINDOW_S,
+    REPORT_INTERVAL_S,
+    is_lane_datagram,
+)
 from sfu.transport.node_link import (
     ControlReceived,
     FlowReceived,
@@ -169,6 +176,73 @@ def test_one_host_holds_at_most_two_pending_links(tmp_path: Path) -> None:
             assert len(b.links) == MAX_PENDING_PER_HOST
             assert b.dropped_unknown >= 5 - MAX_PENDING_PER_HOST
         finally:
+            b.close()
+
+    asyncio.run(run())
+
+
+def test_relayed_media_survives_a_path_that_drops_every_lane_datagram(tmp_path: Path) -> None:
+    """Someone on the path drops the sealed lane's datagrams (first byte's fixed bit clear)
+    and lets QUIC through: node-b's liveness reports show node-a that nothing arrives, its
+    lane falls back and the media reaches node-b as QUIC DATAGRAMs over the same link. The
+    dropper is a filter in front of node-b's endpoint (the test's, not the product's)."""
+    ca = mint_ca()
+    a_files, b_files = _files(tmp_path, ca, "node-a"), _files(tmp_path, ca, "node-b")
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        a_events: list[tuple[NodeLink, LinkEvent]] = []
+        b_events: list[tuple[NodeLink, LinkEvent]] = []
+        a = await _endpoint(a_files, a_events)
+        b = await _endpoint(b_files, b_events)
+        dropped = 0
+        deliver = b.datagram_received
+
+        def path(data: bytes, addr: NetworkAddress) -> None:
+            nonlocal dropped
+            if is_lane_datagram(data):
+                dropped += 1
+                return
+            deliver(data, addr)
+
+        b.datagram_received = path  # type: ignore[method-assign]
+        try:
+            link = a.connect(b.address, "node-b")
+            await _until(lambda: link.lane is not None and link.lane.up)
+            lane = link.lane
+            assert lane is not None
+            # Media at 100 datagrams/s until 50 arrived after the fallback (bounded in
+            # count and time: the window and a report interval make about 3 s).
+            after: list[int] = []
+            deadline = loop.time() + BLOCKED_WINDOW_S + REPORT_INTERVAL_S + WAIT_S
+            for i in range(round((deadline - loop.time()) * 100)):
+                if len(after) >= 50 or loop.time() > deadline:
+                    break
+                assert link.send_flow(5, b"\x80\x60" + i.to_bytes(4, "big"))
+                a.flush(link)
+                if lane.in_fallback:  # this one went as a DATAGRAM frame
+                    after.append(i)
+                await asyncio.sleep(0.01)
+            assert lane.in_fallback and link.lane_totals()["blocked"] == 1, "no fallback"
+            first = after[0]
+            await _until(
+                lambda: any(
+                    isinstance(e, FlowReceived) and e.payload[2:] == (first + 40).to_bytes(4, "big")
+                    for _, e in b_events
+                )
+            )
+            got = {
+                int.from_bytes(e.payload[2:], "big")
+                for _, e in b_events
+                if isinstance(e, FlowReceived)
+            }
+            assert set(range(first, first + 41)) <= got  # every one after the fallback
+            assert dropped >= BLOCKED_MIN_SEALED and min(got) == first  # none sealed got in
+            back = next(lk for lk, e in b_events if isinstance(e, LinkUp))
+            assert back.lane is not None and back.lane.received == 0  # not one sealed got in
+            assert not any(isinstance(e, LinkDown) for _, e in a_events + b_events)
+        finally:
+            a.close()
             b.close()
 
     asyncio.run(run())

@@ -44,6 +44,8 @@ from sfu.transport.node_link import FlowReceived, LinkDown, NodeLink, link_confi
 
 A_ADDR = ("10.0.0.1", 4433)
 B_ADDR = ("10.0.0.2", 4433)
+#: The fake clock's start.
+T0 = 1000.0
 PIPE_DATAGRAM = encode_flow(7, b"\x80\x60" + bytes(range(200)))
 
 Files = tuple[str, str, str]
@@ -51,7 +53,7 @@ Files = tuple[str, str, str]
 
 def keyed() -> tuple[MediaLane, MediaLane]:
     """Two lane ends (A's, B's) that exchanged their keys and acknowledgements."""
-    a, b = MediaLane(B_ADDR), MediaLane(A_ADDR)
+    a, b = MediaLane(B_ADDR, now=T0), MediaLane(A_ADDR, now=T0)
     exchange(a, b)
     return a, b
 
@@ -60,9 +62,9 @@ def exchange(a: MediaLane, b: MediaLane) -> None:
     """Deliver each end's control messages to the other until none is left."""
     while a.has_messages or b.has_messages:
         for message in a.take_messages():
-            assert b.receive_message(message)
+            assert b.receive_message(message, now=T0)
         for message in b.take_messages():
-            assert a.receive_message(message)
+            assert a.receive_message(message, now=T0)
 
 
 def dropped(lane: MediaLane) -> dict[str, int]:
@@ -73,10 +75,10 @@ def dropped(lane: MediaLane) -> dict[str, int]:
 
 
 def test_sealed_datagrams_round_trip_both_ways_once_keyed() -> None:
-    a, b = MediaLane(B_ADDR), MediaLane(A_ADDR)
+    a, b = MediaLane(B_ADDR, now=T0), MediaLane(A_ADDR, now=T0)
     assert not a.up and a.seal(PIPE_DATAGRAM) is None  # nothing sealed before keying
     for message in a.take_messages():  # A's key reaches B; B's acknowledgement is not back
-        b.receive_message(message)
+        b.receive_message(message, now=T0)
     assert not a.up
     exchange(a, b)
     assert a.up and b.up
@@ -142,15 +144,15 @@ def test_another_address_is_dropped_before_any_decryption() -> None:
 
 
 def test_a_lane_without_the_peers_key_drops_and_counts() -> None:
-    a, b = MediaLane(B_ADDR), MediaLane(A_ADDR)
+    a, b = MediaLane(B_ADDR, now=T0), MediaLane(A_ADDR, now=T0)
     for message in b.take_messages():
-        a.receive_message(message)  # A holds B's key; B never got A's
+        a.receive_message(message, now=T0)  # A holds B's key; B never got A's
     for message in a.take_messages():
-        b.receive_message(message)  # the acknowledgement of B's key: B may seal
+        b.receive_message(message, now=T0)  # the acknowledgement of B's key: B may seal
     assert b.up and not a.up
     sealed = b.seal(PIPE_DATAGRAM)
     assert sealed is not None and a.open(sealed, B_ADDR) == PIPE_DATAGRAM
-    c = MediaLane(A_ADDR)  # no key from anyone
+    c = MediaLane(A_ADDR, now=T0)  # no key from anyone
     assert c.open(sealed, A_ADDR) is None
     assert dropped(c) == {"unknown_key": 1}
 
@@ -172,8 +174,8 @@ def test_a_new_key_is_announced_and_used_once_acknowledged(
     monkeypatch.setattr(media_lane, "KEY_LIMIT", 8)
     draws = itertools.count()
     # Deterministic draws: the epoch byte 15, then keys (the next epoch wraps to 0).
-    a = MediaLane(B_ADDR, random=lambda n: bytes([15 + next(draws)]) * n)
-    b = MediaLane(A_ADDR)
+    a = MediaLane(B_ADDR, now=T0, random=lambda n: bytes([15 + next(draws)]) * n)
+    b = MediaLane(A_ADDR, now=T0)
     exchange(a, b)
     old = [a.seal(PIPE_DATAGRAM) for _ in range(4)]
     assert a.has_messages  # the next key, announced after 4 datagrams
@@ -181,7 +183,7 @@ def test_a_new_key_is_announced_and_used_once_acknowledged(
     assert announce[0] == MESSAGE_KEY and announce[1] == 0  # epoch 15 + 1, wrapped
     in_flight = a.seal(PIPE_DATAGRAM)  # still the old key: B has not acknowledged
     assert in_flight is not None and parse_header(in_flight)[0] == 15
-    b.receive_message(announce)
+    b.receive_message(announce, now=T0)
     exchange(a, b)
     new = a.seal(PIPE_DATAGRAM)
     assert new is not None and parse_header(new)[0] == 0
@@ -224,12 +226,12 @@ def test_garbage_never_raises_and_is_counted_once(data: bytes, source: tuple[str
 def test_garbage_control_messages_never_raise(message: bytes) -> None:
     a, _ = keyed()
     before = a.drops["malformed"]
-    accepted = a.receive_message(message)
+    accepted = a.receive_message(message, now=T0)
     assert accepted or a.drops["malformed"] == before + 1
 
 
 def test_the_drop_reasons_are_a_fixed_set() -> None:
-    assert set(MediaLane(A_ADDR).drops) == set(LANE_DROP_REASONS)
+    assert set(MediaLane(A_ADDR, now=T0).drops) == set(LANE_DROP_REASONS)
 
 
 # -- on a node link ------------------------------------------------------------------------------
