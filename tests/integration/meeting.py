@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import threading
 import time
@@ -280,3 +281,36 @@ def sample(probe: Callable[[], T], seconds: float, interval: float = 0.25) -> li
         time.sleep(interval)
         values.append(probe())
     return values
+
+
+def longest_stall(frames: list[tuple[float, int]]) -> float:
+    """The longest time in ``frames`` ((time, frames decoded) samples) without a new frame."""
+    longest = 0.0
+    last_growth = frames[0][0]
+    for (_, before), (t, now) in itertools.pairwise(frames):
+        if now > before:
+            last_growth = t
+        longest = max(longest, t - last_growth)
+    return longest
+
+
+def steady(
+    counts: Callable[[], list[int]], timeout: float, window_s: float, stall_s: float
+) -> None:
+    """Wait until each of ``counts()`` (frames decoded, one per stream watched) has grown
+    without a pause longer than ``stall_s`` for the last ``window_s`` (bounded by
+    ``timeout``): a meeting that has just started may still pause while its layers are chosen,
+    and a measurement of interruptions must not start there."""
+    history: list[tuple[float, list[int]]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        history.append((now, counts()))
+        window = [h for h in history if h[0] >= now - window_s]
+        if history[0][0] <= now - window_s and all(
+            longest_stall([(t, values[i]) for t, values in window]) <= stall_s
+            for i in range(len(history[0][1]))
+        ):
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"not decoding steadily: {history}")

@@ -7,7 +7,6 @@ decode each other again. The real ``sfu serve`` process tree with ``server.worke
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
@@ -18,7 +17,15 @@ from typing import Any
 
 import pytest
 from browser import chromium, wait_until
-from meeting import open_meeting, page_state, sample, stats, wait_connected
+from meeting import (
+    longest_stall,
+    open_meeting,
+    page_state,
+    sample,
+    stats,
+    steady,
+    wait_connected,
+)
 from serve_process import HTTP_RE, ServeProcess
 
 pytestmark = pytest.mark.integration
@@ -57,32 +64,9 @@ def decoding(driver: Any) -> bool:
     return state.get("status") == "connected" and frames_decoded(driver) > 5
 
 
-def longest_stall(frames: list[tuple[float, int]]) -> float:
-    """The longest time in ``frames`` ((time, frames decoded) samples) without a new frame."""
-    longest = 0.0
-    last_growth = frames[0][0]
-    for (_, before), (t, now) in itertools.pairwise(frames):
-        if now > before:
-            last_growth = t
-        longest = max(longest, t - last_growth)
-    return longest
-
-
 def wait_steady(pages: list[Any], timeout: float) -> None:
     """Wait until every page has decoded frames steadily for the last STEADY_S."""
-    history: list[tuple[float, list[int]]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = time.monotonic()
-        history.append((now, [frames_decoded(p) for p in pages]))
-        window = [h for h in history if h[0] >= now - STEADY_S]
-        if history[0][0] <= now - STEADY_S and all(
-            longest_stall([(t, counts[i]) for t, counts in window]) <= STEADY_STALL_S
-            for i in range(len(pages))
-        ):
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"not decoding steadily: {history}")
+    steady(lambda: [frames_decoded(p) for p in pages], timeout, STEADY_S, STEADY_STALL_S)
 
 
 def rooms_by_worker(port: int) -> dict[str, float]:
