@@ -8,6 +8,12 @@ qdisc on the root-side end shapes exactly that host's downlink (and one inside t
 its uplink). Names carry the test process's pid, so concurrent runs never collide; the lab
 removes its namespaces (and with them the veth pairs) and kills what ran inside on exit.
 
+A :func:`lan` is one L2 segment instead: a Linux bridge in the root namespace (with an address
+of its own) and one namespace per name whose veth's host end is enslaved to it, all on one /24.
+Namespaces reach each other and the root namespace directly, with no forwarding through the
+root namespace (whose ``ip_forward`` tests must leave alone): several servers, each in its own
+namespace, talk to each other as hosts on one LAN do.
+
 Needs root and iproute2 (``ip``, ``tc``). This kernel has no netem: delay and queue depth come
 from ``tbf``'s ``latency``, an outage from a ``pfifo`` of limit 0.
 """
@@ -29,7 +35,7 @@ from typing import Any
 import browser
 from selenium import webdriver
 
-__all__ = ["Lab", "Namespace", "lab", "require_netns"]
+__all__ = ["Lab", "Lan", "LanHost", "Namespace", "lab", "lan", "require_netns"]
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 TC = shutil.which("tc") or "/usr/sbin/tc"
@@ -56,6 +62,16 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
     return result
+
+
+def _tag() -> str:
+    """A short name part unique to this process and call (interface names have 15 bytes)."""
+    return f"{os.getpid() % 100000}{next(_counter) % 100}"
+
+
+def _free_second_octet() -> int:
+    """A second octet of 10.0.0.0/8 that no address on this machine uses yet."""
+    return random.choice([octet for octet in range(64, 250) if octet not in _used_second_octets()])
 
 
 def _used_second_octets() -> set[int]:
@@ -230,9 +246,8 @@ def lab(names: Sequence[str]) -> Iterator[Lab]:
     require_netns()
     if not names or len(names) > 250:
         raise ValueError("a lab has 1-250 namespaces")
-    tag = f"{os.getpid() % 100000}{next(_counter) % 100}"
-    free = [octet for octet in range(64, 250) if octet not in _used_second_octets()]
-    octet2 = random.choice(free)
+    tag = _tag()
+    octet2 = _free_second_octet()
     spaces = {name: Namespace(name, i, octet2, tag) for i, name in enumerate(names)}
     try:
         for space in spaces.values():
@@ -241,3 +256,66 @@ def lab(names: Sequence[str]) -> Iterator[Lab]:
     finally:
         for space in spaces.values():
             space.destroy()
+
+
+#: Host part of the first namespace's address on a :func:`lan` (the bridge has ``.1``).
+LAN_FIRST_HOST = 10
+
+
+class LanHost(Namespace):
+    """A namespace on a :func:`lan`: its veth's host end is a port of the bridge, and its
+    address is on the bridge's /24 (no default route: everything it talks to is on the LAN)."""
+
+    def __init__(self, name: str, index: int, subnet: str, tag: str, bridge: str) -> None:
+        super().__init__(name, index, 0, tag)
+        self.bridge = bridge
+        self.gateway = f"{subnet}.1"
+        self.address = f"{subnet}.{LAN_FIRST_HOST + index}"
+
+    def create(self) -> None:
+        """Make the namespace, its veth pair (host end on the bridge), addressed and up."""
+        _run(IP, "netns", "add", self.netns)
+        _run(IP, "link", "add", self.host_iface, "type", "veth", "peer", "name", self.ns_iface)
+        _run(IP, "link", "set", self.ns_iface, "netns", self.netns)
+        _run(IP, "link", "set", self.host_iface, "master", self.bridge)
+        _run(IP, "link", "set", self.host_iface, "up")
+        self.exec(IP, "addr", "add", f"{self.address}/24", "dev", self.ns_iface)
+        self.exec(IP, "link", "set", self.ns_iface, "up")
+        self.exec(IP, "link", "set", "lo", "up")
+
+
+class Lan:
+    """The bridge, the root namespace's address on it, and the namespaces by name."""
+
+    def __init__(self, bridge: str, address: str, hosts: dict[str, LanHost]) -> None:
+        self.bridge = bridge
+        #: The root namespace's address on the LAN (bind what the namespaces must reach here).
+        self.address = address
+        self.hosts = hosts
+
+    def __getitem__(self, name: str) -> LanHost:
+        return self.hosts[name]
+
+
+@contextlib.contextmanager
+def lan(names: Sequence[str]) -> Iterator[Lan]:
+    """One namespace per name on a bridge with the root namespace, on a fresh 10.x.y.0/24;
+    namespaces, veth pairs and bridge removed again (what ran inside killed) on exit."""
+    require_netns()
+    if not names or len(names) > 200:
+        raise ValueError("a LAN has 1-200 namespaces")
+    tag = _tag()
+    bridge = f"sfub{tag}"
+    subnet = f"10.{_free_second_octet()}.{random.randrange(256)}"
+    hosts = {name: LanHost(name, i, subnet, tag, bridge) for i, name in enumerate(names)}
+    try:
+        _run(IP, "link", "add", bridge, "type", "bridge")
+        _run(IP, "addr", "add", f"{subnet}.1/24", "dev", bridge)
+        _run(IP, "link", "set", bridge, "up")
+        for host in hosts.values():
+            host.create()
+        yield Lan(bridge, f"{subnet}.1", hosts)
+    finally:
+        for host in hosts.values():
+            host.destroy()
+        _run(IP, "link", "del", bridge, check=False)

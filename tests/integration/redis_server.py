@@ -27,14 +27,16 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process on ``127.0.0.1:port``."""
+    """One redis-server process on ``127.0.0.1:port`` (and on ``address`` too, when given:
+    e.g. the root namespace's address on a test's network-namespace LAN)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, address: str | None = None) -> None:
         if not Path(REDIS_SERVER).exists():
             raise RuntimeError(
                 "redis-server not found: install the Debian package redis-server (make test does)"
             )
         self.workdir = workdir
+        self.address = address
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -42,11 +44,19 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def address_url(self) -> str:
+        """The URL on ``address`` (what a server in a namespace connects to)."""
+        if self.address is None:
+            raise ValueError("this redis-server listens on loopback only")
+        return f"redis://{self.address}:{self.port}/0"
+
     def start(self) -> None:
         """Start (again) on the same port and wait until it accepts connections."""
         self.proc = subprocess.Popen(
             [
-                REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port),
+                REDIS_SERVER, "--bind", "127.0.0.1", *filter(None, [self.address]),
+                "--port", str(self.port),
                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
                 "--protected-mode", "yes", "--loglevel", "warning",
                 "--logfile", str(self.workdir / "redis.log"),
@@ -78,10 +88,11 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A running redis-server, stopped and its directory removed on exit."""
+def redis_server(address: str | None = None) -> Iterator[RedisServer]:
+    """A running redis-server (on loopback, and on ``address`` when given), stopped and its
+    directory removed on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="sfu-redis-"))
-    server = RedisServer(workdir)
+    server = RedisServer(workdir, address)
     try:
         server.start()
         yield server

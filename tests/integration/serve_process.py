@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,16 @@ class ServeProcess:
         config_path: Path | None,
         extra_env: dict[str, str] | None = None,
         command: list[str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``prefix`` goes before the command, e.g. ``ip netns exec NS`` to run it in a
+        network namespace (the process exec's the command, so its pid is the server's)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SFU_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env.update(extra_env or {})
         args = ["--config", str(config_path)] if config_path is not None else []
         self.proc = subprocess.Popen(
-            command or [sys.executable, "-m", "sfu", "serve", *args],
+            [*prefix, *(command or [sys.executable, "-m", "sfu", "serve", *args])],
             stdout=subprocess.PIPE if command else subprocess.DEVNULL,
             stderr=subprocess.STDOUT if command else subprocess.PIPE,
             text=True,
