@@ -58,7 +58,10 @@ class RedisServer:
                 REDIS_SERVER, "--bind", "127.0.0.1", *filter(None, [self.address]),
                 "--port", str(self.port),
                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                "--protected-mode", "yes", "--loglevel", "warning",
+                # Protected mode refuses every client off loopback (no password is set): with
+                # ``address`` it must be off, which exposes Redis only to the test's own LAN.
+                "--protected-mode", "yes" if self.address is None else "no",
+                "--loglevel", "warning",
                 "--logfile", str(self.workdir / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,

@@ -270,20 +270,30 @@ async def host_removes_remote_participant(lab: Lan) -> None:
             await host.pc.close()
 
 
-async def join_once(lab: Lan, node: str, who: str) -> bool:
-    """One WebSocket join attempt on ``node`` (bounded); whether it was ``joined``."""
+async def join_once(lab: Lan, node: str, who: str, expected: set[str]) -> bool:
+    """One WebSocket join attempt on ``node`` (bounded): whether it was ``joined`` and saw
+    everyone in ``expected`` (participants on other nodes: the cluster works, not only the
+    node)."""
+
+    async def attempt(http: aiohttp.ClientSession) -> bool:
+        client = await join_room(http, base_of(lab, node), SECRET, ROOM, who)
+        try:
+            seen = {str(p["id"]) for p in client.joined["participants"]}
+            while not expected <= seen:
+                message = await client.recv(lambda m: m["type"] == "participant_joined")
+                seen.add(str(message["participant"]["id"]))
+            await client.ws.send_json({"type": "leave"})
+            return True
+        finally:
+            await client.ws.close()
+            await client.pc.close()
+
     timeout = aiohttp.ClientTimeout(total=JOIN_TRY_S)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         try:
-            client = await asyncio.wait_for(
-                join_room(http, base_of(lab, node), SECRET, ROOM, who), JOIN_TRY_S
-            )
+            return await asyncio.wait_for(attempt(http), JOIN_TRY_S)
         except (AssertionError, TimeoutError, aiohttp.ClientError, KeyError):
             return False
-        await client.ws.send_json({"type": "leave"})
-        await client.ws.close()
-        await client.pc.close()
-        return True
 
 
 def audit_records(folder: Path) -> list[dict[str, Any]]:
@@ -296,7 +306,9 @@ def audit_records(folder: Path) -> list[dict[str, Any]]:
 def test_three_nodes_in_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with lan(NODES) as lab, redis_server(lab.address) as redis:
         # aiortc in the root namespace reaches the nodes from its address on the LAN.
-        monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda v4, v6: [lab.address])
+        monkeypatch.setattr(
+            aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [lab.address]
+        )
         origins = ",".join(base_of(lab, node) for node in NODES)
         flags = (f"--unsafely-treat-insecure-origin-as-secure={origins}",)
         with (
@@ -346,7 +358,9 @@ def test_three_nodes_in_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 redis.start()
                 restarted = time.monotonic()
                 attempt = 0
-                while not asyncio.run(join_once(lab, "node-c", f"late-{attempt}")):
+                while not asyncio.run(
+                    join_once(lab, "node-c", f"late-{attempt}", {alice_id, bob_id})
+                ):
                     attempt += 1
                     assert time.monotonic() - restarted < JOIN_AGAIN_S + JOIN_TRY_S
                 join_s = time.monotonic() - restarted
@@ -358,6 +372,13 @@ def test_three_nodes_in_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             )
             assert max(stalls) <= MAX_STALL_S, (stalls, samples)
             assert join_s <= JOIN_AGAIN_S
+            # Every node is back in the (restarted, empty) directory and sees the other two.
+            for node in NODES:
+                wait_until(
+                    lambda node=node: cluster_view(base_of(lab, node)),
+                    lambda c: c.get("nodes_alive") == len(NODES),
+                    timeout=READY_S,
+                )
             assert all(proc.proc.poll() is None for proc in nodes.values())
             for page in (alice, bob):
                 assert page_state(page).get("reconnects", 0) == 0, page_state(page)
