@@ -231,10 +231,11 @@ async def whip_to_whep(lab: Lan) -> float:
 
 
 async def host_removes_remote_participant(lab: Lan) -> None:
-    """A host on node B removes Dave, joined on node C."""
+    """A host on node B removes Dave, joined on node C; Erin on node A watches."""
     timeout = aiohttp.ClientTimeout(total=AIORTC_S)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         dave = await join_room(http, base_of(lab, "node-c"), SECRET, ROOM, "dave")
+        erin = await join_room(http, base_of(lab, "node-a"), SECRET, ROOM, "erin")
         host = RoomClient(await http.ws_connect(f"{base_of(lab, 'node-b')}/ws"))
         try:
             join = {"type": "join", "protocol": 1, "room": ROOM}
@@ -256,18 +257,19 @@ async def host_removes_remote_participant(lab: Lan) -> None:
             deadline = time.monotonic() + AIORTC_S
             while True:
                 msg = await dave.ws.receive(timeout=max(0.01, deadline - time.monotonic()))
-                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                if msg.type is not aiohttp.WSMsgType.TEXT:
                     break
-            assert dave.ws.close_code == 4004, (msg, dave.ws.close_code)
-            # The host (another node) sees Dave leave.
-            await host.recv(
-                lambda m: m["type"] == "participant_left" and m["participant"] == dave_id
-            )
+            assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+            assert (msg.data, msg.extra) == (4004, "a host removed you from the meeting"), msg
+            # The others, on nodes B and A, see Dave leave.
+            for other in (host, erin):
+                await other.recv(
+                    lambda m: m["type"] == "participant_left" and m["participant"] == dave_id
+                )
         finally:
-            await dave.ws.close()
-            await host.ws.close()
-            await dave.pc.close()
-            await host.pc.close()
+            for client in (dave, erin, host):
+                await client.ws.close()
+                await client.pc.close()
 
 
 async def join_once(lab: Lan, node: str, who: str, expected: set[str]) -> bool:
