@@ -37,9 +37,11 @@ from browser import chromium, wait_until
 from clients import RoomClient, frames, join_room
 from meeting import longest_stall, page_state, remote_by, sample, stats, steady, wait_connected
 from netns import Lan, lan
+from redis import Redis
 from redis_server import RedisServer, redis_server
 from serve_process import ServeProcess
 
+from sfu.cluster.directory import RENEW_INTERVAL_S
 from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
 from sfu.room.identity import Grant, JoinClaims
 from sfu.signaling.auth import issue_token
@@ -72,6 +74,8 @@ WATCH_S = 6.0
 MAX_STALL_S = 1.5
 #: The issue's bound: joins work again this soon after Redis is back.
 JOIN_AGAIN_S = 5.0
+#: Longer than a lease renewal interval: by then every node has claimed its homes again.
+RENEW_S = RENEW_INTERVAL_S + 0.5
 #: One join attempt's bound while the cluster recovers (then it is tried again).
 JOIN_TRY_S = 2.0
 
@@ -366,6 +370,25 @@ def test_three_nodes_in_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                     attempt += 1
                     assert time.monotonic() - restarted < JOIN_AGAIN_S + JOIN_TRY_S
                 join_s = time.monotonic() - restarted
+                # The restarted Redis came back empty: every node registers its lease again.
+                # (The room's home is printed, not asserted: node A claims it again at its
+                # next renewal, but when the join above opened the room on node C first, C
+                # took the home, A gave it up, and C released it when the room closed there:
+                # the room is left without a home; a race in sfu.cluster.registry, reported.)
+                leases = {f"sfu:node:{node}" for node in NODES}
+                with contextlib.closing(Redis.from_url(redis.url)) as client:
+                    wait_until(
+                        lambda: {key.decode() for key in client.keys("sfu:node:*")},
+                        lambda keys: keys == leases,
+                        timeout=READY_S,
+                    )
+                    leases_s = time.monotonic() - restarted
+                    time.sleep(RENEW_S)
+                    home = client.get(f"sfu:home:{ROOM}")
+                print(
+                    f"netns: Redis restart: the three leases back after {leases_s:.2f} s; "
+                    f"the room's home {RENEW_S:.0f} s later: {home!r}"
+                )
                 samples = watched.result(timeout=WATCH_S + 30)
             stalls = [longest_stall([(t, counts[i]) for t, *counts in samples]) for i in (0, 1)]
             print(
@@ -374,7 +397,7 @@ def test_three_nodes_in_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             )
             assert max(stalls) <= MAX_STALL_S, (stalls, samples)
             assert join_s <= JOIN_AGAIN_S
-            # Every node is back in the (restarted, empty) directory and sees the other two.
+            # Every node sees the other two again.
             for node in NODES:
                 wait_until(
                     lambda node=node: cluster_view(base_of(lab, node)),
