@@ -220,7 +220,7 @@ async def whip_to_whep(lab: Lan) -> float:
             )
             assert status == 201, answer
             sessions.append(session)
-            print(f"whep answered by {answered}")
+            print(f"netns: the WHEP offer was answered by {answered}")
             await viewer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
             assert set(received) == {"audio", "video"}, received
             assert await asyncio.wait_for(frames(received["video"], 10), AIORTC_S) == 10
