@@ -344,6 +344,7 @@ class Server:
                 nodes=lambda: registry.peers,
                 generation=lambda: registry.renewals,
                 max_load=config.cluster.max_load,
+                room_nodes=self._room_nodes,
             )
         #: The rooms' bus between nodes and their home claims (clustered, one process per node).
         self.room_bus: ClusterRoomBus | None = None
@@ -874,7 +875,7 @@ class Server:
             return
         moving: list[Participant] = []
         for room in list(rooms.rooms.values()):
-            target = placement.move_target()
+            target = placement.move_target(room=room.name)
             notice: dict[str, object] = {
                 "type": "server_draining",
                 "deadline_s": round(deadline_s, 1),
@@ -892,6 +893,16 @@ class Server:
         for i, participant in enumerate(moving):
             loop.call_later(spread * i / len(moving), self._move_one, participant)
         log.info("draining: moving %d participant(s) to other nodes", len(moving))
+
+    def _room_nodes(self, name: str) -> set[str]:
+        """The other nodes room ``name`` has participants on, as this node sees it (the room
+        bus's remote participants); empty when the room is not here."""
+        rooms, bus = self.rooms, self.room_bus
+        room = None if rooms is None else rooms.rooms.get(name)
+        if room is None or bus is None:
+            return set()
+        origins = set(room.remote_shard.values())
+        return {node for node, origin in bus.origins.items() if origin in origins}
 
     def _move_one(self, participant: Participant) -> None:
         rooms = self.rooms

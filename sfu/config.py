@@ -575,6 +575,19 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
             "server.workers",
             f'must be "auto" or a count from 1 to {MAX_WORKERS}, got {workers!r}',
         )
+    if (
+        values["cluster"].get("redis_url")
+        and workers is not None
+        and parse_workers(workers) not in (None, 1)
+    ):
+        # A clustered node is one process: its workers would not all be on the cluster's
+        # bus, and a room on a worker that is not would be split from the rest of the
+        # cluster without a word. More cores: more nodes (docs/deployment.md).
+        err(
+            "server.workers",
+            f'must be "1" when cluster.redis_url is set (a clustered node is one process; '
+            f"run one node per core to use more), got {workers!r}",
+        )
     spread = values["server"].get("room_spread_subscribers")
     if spread is not None and not 0 <= spread <= MAX_ROOM_PARTICIPANTS:
         err(

@@ -197,6 +197,11 @@ class NodeLinks:
             out["not_peer"] += self._endpoint.lane_not_peer
         return out
 
+    def rtts(self) -> list[float]:
+        """The smoothed round-trip times (seconds) of the links that are up and measured:
+        twice a relayed packet's time on the wire between two nodes, near enough."""
+        return [rtt for link in self.up.values() if (rtt := link.rtt) is not None]
+
     def lanes_up(self) -> int:
         """Links whose sealed media lane is keyed both ways (media leaves QUIC)."""
         return sum(1 for link in self.up.values() if link.lane is not None and link.lane.up)

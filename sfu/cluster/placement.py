@@ -3,17 +3,21 @@
 A join reaches whichever node the client (or its load balancer) picked. That node keeps it
 unless its load is at ``cluster.max_load`` or it drains; then it names another live node with
 a public URL (``cluster.public_url``): those of the wanted region first (the client's hint,
-else this node's region), and of those the lighter of two drawn at random (Mitzenmacher's
+else this node's region), of those the ones that already have participants of the room (a
+room on fewer nodes needs fewer relays: each publication crosses to each of its nodes once),
+and of those the lighter of two drawn at random (Mitzenmacher's
 "power of two choices": nearly as even as always taking the lightest, without every join
 made between two lease renewals piling onto the node that looked idlest). The client
 reconnects there (``moved``, docs/protocol.md), once: a join that was placed already is
 never sent on again, so two nodes that each think the other lighter cannot bounce a client.
 
 A draining node moves its participants: every room's participants go to one node (a room
-spread over fewer nodes needs fewer relays), chosen the same way but from every live node,
-full or not (the node is going away). The node loads are those of the last lease renewal
-(every second, :mod:`sfu.cluster.registry`); each placement made since adds
-:data:`PLACED_WEIGHT` to its node until the next renewal brings fresh figures.
+spread over fewer nodes needs fewer relays), chosen the same way (a node the room is on
+already first) but from every live node, full or not (the node is going away). Which nodes a
+room is on is this node's view of it (the room's participants from other nodes, by the room
+bus); a room this node does not hold is placed by region and load alone. The node loads are
+those of the last lease renewal (every second, :mod:`sfu.cluster.registry`); each placement
+made since adds :data:`PLACED_WEIGHT` to its node until the next renewal brings fresh figures.
 
 Sans-I/O: the live nodes and this node come from callables; the random source is injected.
 """
@@ -21,7 +25,7 @@ Sans-I/O: the live nodes and this node come from callables; the random source is
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -59,12 +63,14 @@ def choose_node(
     rng: random.Random,
     below: float | None = None,
     extra: dict[str, float] | None = None,
+    prefer: Collection[str] = (),
 ) -> NodeInfo | None:
     """The node of ``nodes`` to place one participant on, or None when none fits.
 
     Nodes with no public URL or that drain never fit; with ``below``, neither does a node
     whose load (plus ``extra``, placements made since its renewal) is at or above it. Those of
-    ``region`` are preferred; of the rest, the lighter of two drawn at random.
+    ``region`` are preferred, then of those the ones named in ``prefer`` (node ids: where the
+    participant's room is already); of the rest, the lighter of two drawn at random.
     """
     extra = extra or {}
 
@@ -76,6 +82,8 @@ def choose_node(
         return None
     local = [n for n in fits if n.region == region]
     pool = local or fits
+    if prefer:
+        pool = [n for n in pool if n.node_id in prefer] or pool
     if len(pool) == 1:
         return pool[0]
     first, second = rng.sample(pool, 2)
@@ -112,6 +120,8 @@ class NodePlacement:
     #: Counts lease renewals: a new count means fresh loads in ``nodes``.
     generation: Callable[[], int]
     max_load: float
+    #: The other nodes a room has participants on now (node ids; empty when unknown here).
+    room_nodes: Callable[[str], Collection[str]] = field(default=lambda room: ())
     rng: random.Random = field(default_factory=random.Random)
     #: Joins sent to another node, by why: ``full`` or ``draining``.
     redirects: dict[str, int] = field(default_factory=lambda: {"full": 0, "draining": 0})
@@ -132,12 +142,15 @@ class NodePlacement:
             self._extra.clear()
         return self._extra
 
-    def redirect(self, *, region: str | None, placed: bool = False) -> str | None:
+    def redirect(
+        self, *, region: str | None, placed: bool = False, room: str | None = None
+    ) -> str | None:
         """The public URL a newcomer should join at instead, or None to stay here (this
         node's own placements count towards its load too, until the next renewal).
 
         ``placed``: another node sent it here; it stays unless this node drains (a node
-        that drains takes nobody, and the others learn it at their next renewal).
+        that drains takes nobody, and the others learn it at their next renewal). ``room``:
+        the room it joins (a node the room is on already is preferred).
         """
         me = self.local()
         if placed and not me.draining:
@@ -153,6 +166,7 @@ class NodePlacement:
             rng=self.rng,
             below=self.max_load,
             extra=extra,
+            prefer=self.room_nodes(room) if room is not None else (),
         )
         if target is None:
             return None  # everyone is full: an overloaded node beats a refused call
@@ -160,12 +174,19 @@ class NodePlacement:
         self.redirects["draining" if me.draining else "full"] += 1
         return target.url
 
-    def move_target(self, *, region: str | None = None) -> str | None:
+    def move_target(self, *, region: str | None = None, room: str | None = None) -> str | None:
         """Where a draining node sends one room's participants: another live node (full or
-        not: this one is going away), None when there is none."""
+        not: this one is going away; one the room is on already first), None when there is
+        none."""
         me = self.local()
         extra = self._fresh_extra()
-        target = choose_node(self._others(), region=region or me.region, rng=self.rng, extra=extra)
+        target = choose_node(
+            self._others(),
+            region=region or me.region,
+            rng=self.rng,
+            extra=extra,
+            prefer=self.room_nodes(room) if room is not None else (),
+        )
         if target is None:
             return None
         extra[target.node_id] = extra.get(target.node_id, 0.0) + PLACED_WEIGHT

@@ -131,6 +131,18 @@ class ClusterCollector(Collector):
             "sfu_cluster_links_lost", "QUIC node links that went down after coming up",
             value=links.links_lost,
         )  # fmt: skip
+        rtts = links.rtts()
+        rtt = GaugeMetricFamily(
+            "sfu_cluster_link_rtt_seconds",
+            "Smoothed round-trip time of the QUIC node links that are up (QUIC's own estimate, "
+            "at least 1 ms): the shortest and the longest; a relayed packet spends about half "
+            "of it between the nodes",
+            labels=["stat"],
+        )
+        if rtts:
+            rtt.add_metric(["min"], min(rtts))
+            rtt.add_metric(["max"], max(rtts))
+        yield rtt
         totals = links.totals()
         flows = CounterMetricFamily(
             "sfu_cluster_link_datagrams",

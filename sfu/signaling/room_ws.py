@@ -318,7 +318,9 @@ async def _join(
         return False
     # Only a verified token holder learns another node's address.
     target = (
-        None if placement is None else placement.redirect(region=join.region, placed=join.placed)
+        None
+        if placement is None
+        else placement.redirect(region=join.region, placed=join.placed, room=join.room)
     )
     if target is not None:
         moved = error_message("moved", "join at another node of the cluster", join.id)

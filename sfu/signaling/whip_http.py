@@ -100,7 +100,9 @@ class HttpSessions:
             del self.by_id[sid]
 
 
-def _placed_elsewhere(request: web.Request, placement: NodePlacement | None) -> web.Response | None:
+def _placed_elsewhere(
+    request: web.Request, placement: NodePlacement | None, room: str
+) -> web.Response | None:
     """A 307 to the same resource on another node when this one is full or drains (RFC 9725
     section 4.5: WHIP clients follow it, keeping the method and the offer); None to stay.
 
@@ -113,6 +115,7 @@ def _placed_elsewhere(request: web.Request, placement: NodePlacement | None) -> 
     target = placement.redirect(
         region=region if region and is_cluster_name(region) else None,
         placed=request.query.get(PLACED_QUERY) == "1",
+        room=room,
     )
     if target is None:
         return None
@@ -163,7 +166,7 @@ def add_whip_routes(
             return sdp_error(401, f"token {exc.reason}", **BEARER_CHALLENGE)
         if not claims.grants & grant:
             return sdp_error(403, f"the token lacks the {grant_name} grant")
-        moved = _placed_elsewhere(request, placement)
+        moved = _placed_elsewhere(request, placement, room)
         return moved if moved is not None else claims
 
     async def whip(request: web.Request) -> web.Response:

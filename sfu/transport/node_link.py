@@ -379,6 +379,16 @@ class NodeLink:
         return out
 
     @property
+    def rtt(self) -> float | None:
+        """QUIC's smoothed round-trip time to the peer in seconds (RFC 9002 section 5.3),
+        None before the first sample; aioquic floors each sample at 1 ms."""
+        recovery = getattr(self._quic, "_loss", None)  # aioquic keeps it on its recovery
+        if recovery is None or not getattr(recovery, "_rtt_initialized", False):
+            return None
+        smoothed = getattr(recovery, "_rtt_smoothed", None)
+        return float(smoothed) if isinstance(smoothed, float) else None
+
+    @property
     def sealed_pending(self) -> int:
         """Sealed datagrams waiting for :meth:`datagrams`."""
         return len(self._sealed_out)

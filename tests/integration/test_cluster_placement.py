@@ -1,8 +1,9 @@
 """Placement across three in-process nodes over a real redis-server (``cluster.public_url``):
 
-- a full node sends a WebSocket join on (``moved``, close 4011) to another node, and a WHIP
-  request too (``307``); a join another node placed is never sent on again; ``joined.nodes``
-  names the other nodes to reconnect to should this one be lost;
+- a full node sends a WebSocket join on (``moved``, close 4011) to another node (to the node
+  its room is on already, once there is one), and a WHIP request too (``307``); a join
+  another node placed is never sent on again; ``joined.nodes`` names the other nodes to
+  reconnect to should this one be lost;
 - a draining node tells each room's participants one node to move to, closes their sessions
   (4011) within the drain, and sends newcomers on at once.
 """
@@ -135,6 +136,12 @@ def test_a_full_node_sends_joins_on_and_a_placed_join_stays(server: RedisServer)
             assert joined["type"] == "joined", joined
             seen = await next_of(alice, "participant_joined")  # across nodes, one room
             assert seen["participant"]["identity"] == "bob"  # type: ignore[index]
+            # The room is on Bob's node now as well: the joins of it that A sends on go there
+            # (each publication then crosses to one node less), not to the third node.
+            for name in ("dave", "erin", "frank"):
+                other, moved = await join(http, f"{bases[0]}/ws", "r1", name)
+                assert moved["type"] == "error" and moved["url"] == reply["url"], moved
+                await other.close()
             # A join another node placed stays here, full or not: no client bounces.
             carol, joined = await join(http, f"{bases[0]}/ws", "r1", "carol", placed=True)
             assert joined["type"] == "joined", joined
@@ -160,7 +167,7 @@ def test_a_full_node_sends_joins_on_and_a_placed_join_stays(server: RedisServer)
                 assert response.status == 401
             async with http.get(f"{bases[0]}/metrics") as response:
                 text = await response.text()
-            assert 'sfu_cluster_redirects_total{reason="full"} 2.0' in text
+            assert 'sfu_cluster_redirects_total{reason="full"} 5.0' in text
             for ws in (alice, bob, carol):
                 await ws.close()
 

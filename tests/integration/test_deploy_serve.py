@@ -4,7 +4,7 @@ ends it inside the stop timeout the same deployment sets.
 Each config (the systemd node's with its secrets file, the container image's, the Helm
 chart's rendered for a node) runs as ``sfu serve --config FILE`` with the environment that
 deployment gives it. Only what cannot be reached here is overridden, through ``SFU_*``
-variables (as an operator would): listeners on 127.0.0.1 and free ports, one or two workers, the
+variables (as an operator would): listeners on 127.0.0.1 and free ports, one worker, the
 audit log in the test's folder, a real ``redis-server`` on loopback instead of 10.0.0.5, and
 link certificates minted for the node. The Containerfile's HEALTHCHECK command runs as
 written (with this Python) against the ops port, and must fail once the server is gone.
@@ -126,9 +126,9 @@ def _systemd(tmp_path: Path, redis: RedisServer) -> tuple[Path, dict[str, str], 
     env = env_file(SYSTEMD_ENV)
     env["SFU_CLUSTER_REDIS_URL"] = redis.url
     env.update(_link(tmp_path, "node-a"))
-    # Two workers, as workers = "auto" gives a 2-core host: SIGTERM reaches the supervisor
-    # only (KillMode=mixed), which must pass it on and wait for both within the budget.
-    env["SFU_SERVER_WORKERS"] = "2"
+    # One process, as the shipped config says (a clustered node is one; the server refuses
+    # more workers there).
+    assert load_config(SYSTEMD_CONFIG, env).server.workers == "1"
     budget = _seconds(unit_settings(UNIT)["Service.TimeoutStopSec"][-1])
     return SYSTEMD_CONFIG, env, budget
 

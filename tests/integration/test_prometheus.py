@@ -34,7 +34,9 @@ ALERTS_YML = REPO / "configs" / "prometheus" / "alerts.yml"
 #: Panels of the dashboard's "Cluster" row that only a clustered node feeds (node links and
 #: the relay between nodes): empty against the single node here;
 #: test_cluster_media_aiortc.py checks that a linked node exports every metric they query.
-CLUSTER_ONLY_PANELS = frozenset({"Node links", "Relayed media between nodes"})
+CLUSTER_ONLY_PANELS = frozenset(
+    {"Node links", "Relayed media between nodes", "Node link round trip"}
+)
 _METRIC_RE = re.compile(r"\b(sfu_[a-z0-9_]+)[{\[]")
 #: What Grafana would put in for the dashboard's variables on a short time range.
 VARIABLES = {"$__rate_interval": "10s", "$__range": "1m", "$instance": ".*"}

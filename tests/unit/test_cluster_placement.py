@@ -34,6 +34,8 @@ class Cluster:
     me: NodeInfo
     others: list[NodeInfo]
     renewals: int = 0
+    #: The other nodes each room has participants on (as the room bus shows them).
+    rooms: dict[str, set[str]] = field(default_factory=dict)
     placement: NodePlacement = field(init=False)
 
     def __post_init__(self) -> None:
@@ -42,6 +44,7 @@ class Cluster:
             nodes=lambda: [self.me, *self.others],
             generation=lambda: self.renewals,
             max_load=0.8,
+            room_nodes=lambda room: self.rooms.get(room, set()),
             rng=random.Random(7),
         )
 
@@ -132,6 +135,45 @@ def test_a_drain_moves_a_room_to_a_live_node_even_a_full_one() -> None:
     assert cluster.placement.move_target() == "https://b.example"
     cluster.others = [node("b", 0.2, draining=True)]
     assert cluster.placement.move_target() is None
+
+
+def test_a_join_goes_where_its_room_is_already_if_that_node_fits() -> None:
+    """A room on fewer nodes needs fewer relays: a full node sends a join to a node its room
+    is on already, even a heavier one, as long as it fits; else as before."""
+    cluster = Cluster(
+        node("a", 0.9), [node("b", 0.7), node("c", 0.0), node("d", 0.1)], rooms={"r": {"b"}}
+    )
+    for _ in range(20):
+        cluster.renew()
+        assert cluster.placement.redirect(region=None, room="r") == "https://b.example"
+        # Another room, or none named: the lighter of two as before (never the heaviest).
+        assert cluster.placement.redirect(region=None, room="other") != "https://b.example"
+    # The room's node is full: the join goes elsewhere, by load.
+    cluster.others[0] = node("b", 0.85)
+    cluster.renew()
+    assert cluster.placement.redirect(region=None, room="r") in {
+        "https://c.example",
+        "https://d.example",
+    }
+    # The wanted region comes before the room's node.
+    cluster.others = [node("b", 0.2), node("u", 0.5, region="us")]
+    cluster.renew()
+    assert cluster.placement.redirect(region="us", room="r") == "https://u.example"
+
+
+def test_a_drain_moves_a_room_to_a_node_it_is_on_already() -> None:
+    cluster = Cluster(
+        node("a", 0.1, draining=True),
+        [node("b", 0.9), node("c", 0.0), node("d", 0.0)],
+        rooms={"r": {"b"}},
+    )
+    for _ in range(10):
+        cluster.renew()
+        assert cluster.placement.move_target(room="r") == "https://b.example"
+    assert {cluster.placement.move_target(room="s") for _ in range(20)} <= {
+        "https://c.example",
+        "https://d.example",
+    }
 
 
 def test_fallbacks_are_other_nodes_region_first_lightest_first() -> None:

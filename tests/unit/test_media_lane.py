@@ -355,6 +355,10 @@ def test_the_lane_metrics_count_by_fixed_labels_and_outlive_the_link(
         return value
 
     assert sample("sfu_cluster_links_sealed") == 1.0
+    # The link's round trip, as QUIC measured it in the handshake (floored at 1 ms).
+    longest = sample("sfu_cluster_link_rtt_seconds", {"stat": "max"})
+    assert longest is not None and longest >= 0.001
+    assert sample("sfu_cluster_link_rtt_seconds", {"stat": "min"}) == longest
     assert sample("sfu_cluster_link_sealed_datagrams_total", {"event": "received"}) == 5.0
     assert sample("sfu_cluster_link_sealed_datagrams_total", {"event": "sent"}) == 0.0
     drops = {
@@ -368,4 +372,5 @@ def test_the_lane_metrics_count_by_fixed_labels_and_outlive_the_link(
     # The link goes down: its counts stay in the totals.
     links._event(server, LinkDown("gone"))
     assert sample("sfu_cluster_links_sealed") == 0.0
+    assert sample("sfu_cluster_link_rtt_seconds", {"stat": "max"}) is None
     assert sample("sfu_cluster_link_sealed_datagrams_total", {"event": "received"}) == 5.0

@@ -69,6 +69,21 @@ def test_bad_workers_values_are_refused(text: str) -> None:
     assert err.value.errors[0][0] == "server.workers"
 
 
+@pytest.mark.parametrize("text", ["2", "auto"])
+def test_a_clustered_node_is_one_process(text: str) -> None:
+    """Only one worker of a node would be on the cluster's bus: the others' rooms would be
+    split from the cluster's. The key is named, with what to do instead."""
+    cluster = {"redis_url": "redis://127.0.0.1:6379/0"}
+    auth = {"jwt_secret": "a-cluster-secret-of-enough-length-0123456789"}
+    with pytest.raises(ConfigError) as err:
+        parse_config({"server": {"workers": text}, "cluster": cluster, "auth": auth})
+    assert [key for key, _ in err.value.errors] == ["server.workers"]
+    assert "one node per core" in err.value.errors[0][1]
+    one = parse_config({"server": {"workers": "1"}, "cluster": cluster, "auth": auth})
+    assert one.server.workers == "1"
+    assert parse_config({"server": {"workers": text}}).server.workers == text  # a lone node
+
+
 def test_workers_may_be_a_toml_integer_or_string(tmp_path: Path) -> None:
     path = tmp_path / "sfu.toml"
     path.write_text("[server]\nworkers = 3\n")
