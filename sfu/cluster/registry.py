@@ -4,8 +4,12 @@
 :data:`~sfu.cluster.directory.RENEW_INTERVAL_S` and deregisters it on a clean stop (SIGTERM),
 releasing its room homes. When the directory is unreachable (Redis restarting) it keeps
 trying every interval; once Redis answers again it registers again and claims its rooms'
-homes again (a restarted Redis without persistence has forgotten them). Media never waits
-for any of this: the registry runs beside the data plane, on the event loop, between packets.
+homes again (a restarted Redis without persistence has forgotten them). A room this node
+holds whose home another node owns is claimed again now and then (at most
+:data:`ORPHAN_CLAIMS_PER_RENEWAL` rooms a renewal): when that node lets the room go (its last
+participant left, or it died) one of the nodes still holding the room becomes its home, so a
+room open anywhere has one. Media never waits for any of this: the registry runs beside the
+data plane, on the event loop, between packets.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ log = logging.getLogger(__name__)
 #: Seconds a clean stop may spend releasing homes and deregistering before it gives up (the
 #: lease then lapses by itself within LEASE_TTL_S).
 STOP_TIMEOUT_S: Final = 1.0
+#: Rooms held here but homed elsewhere that one renewal tries to claim (one Redis script call
+#: each): a room whose home node let it go has a home again within a few renewals, and a node
+#: holding thousands of such rooms does not send thousands of calls a second.
+ORPHAN_CLAIMS_PER_RENEWAL: Final = 32
 
 
 def node_from_config(cluster: ClusterConfig) -> NodeInfo:
@@ -75,6 +83,10 @@ class NodeRegistry:
         self.on_peers: Callable[[list[NodeInfo]], Awaitable[None]] | None = None
         #: Rooms this node is home to (claimed here; claimed again after Redis comes back).
         self.homes: set[str] = set()
+        #: Rooms this node holds whose home another node owned when last asked (claimed
+        #: again in turns, so that a room never stays without a home while held anywhere).
+        self.elsewhere: set[str] = set()
+        self._orphan_turn: list[str] = []
         #: Live nodes (this one included) as of the last renewal.
         self.peers: list[NodeInfo] = []
         #: Whether the last renewal reached the directory.
@@ -123,6 +135,7 @@ class NodeRegistry:
                 self.lease_lapses += 1
             if not kept or not self.connected:
                 await self._claim_homes_again()
+            await self._claim_orphans()
             self.peers = await self.directory.nodes()
         except DirectoryUnavailable as exc:
             self.renew_failures += 1
@@ -143,20 +156,40 @@ class NodeRegistry:
         for room in sorted(self.homes):
             owner = await self.directory.claim_home(room, self.node.node_id)
             if owner != self.node.node_id:
-                # Another node took the room while this one was cut off: it is theirs now.
+                # Another node took the room while this one was cut off: it is theirs now
+                # (and this node claims it again should that node let it go).
                 self.homes.discard(room)
+                self.elsewhere.add(room)
                 log.warning("cluster: a room's home moved to another node while cut off")
+
+    async def _claim_orphans(self) -> None:
+        """Claim, in turns, the rooms held here whose home was another node's: one that node
+        let go (or that lapsed with it) becomes this node's."""
+        if not self.elsewhere:
+            return
+        if not self._orphan_turn:
+            self._orphan_turn = sorted(self.elsewhere)
+        batch = self._orphan_turn[:ORPHAN_CLAIMS_PER_RENEWAL]
+        del self._orphan_turn[:ORPHAN_CLAIMS_PER_RENEWAL]
+        for room in batch:
+            if room in self.elsewhere:
+                await self.claim_home(room)
 
     async def claim_home(self, room: str) -> str:
         """Make this node the room's home unless a live node already is; returns the home."""
         owner = await self.directory.claim_home(room, self.node.node_id)
         if owner == self.node.node_id:
             self.homes.add(room)
+            self.elsewhere.discard(room)
+        else:
+            self.elsewhere.add(room)
         return owner
 
     async def release_home(self, room: str) -> bool:
-        """Give up the room's home (only ours can be released)."""
+        """Give up the room's home (only ours can be released); this node no longer holds
+        the room."""
         self.homes.discard(room)
+        self.elsewhere.discard(room)
         return await self.directory.release_home(room, self.node.node_id)
 
     def set_draining(self) -> None:
@@ -182,6 +215,7 @@ class NodeRegistry:
         except (DirectoryUnavailable, TimeoutError):
             log.warning("cluster: could not deregister; the lease lapses by itself")
         self.homes.clear()
+        self.elsewhere.clear()
         self.connected = False
         await self.directory.close()
 

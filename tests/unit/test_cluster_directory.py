@@ -18,12 +18,13 @@ from sfu.cluster.directory import (
     MAX_BUS_MESSAGE_BYTES,
     BusError,
     LocalDirectory,
+    LocalHub,
     NodeInfo,
     RateLimit,
     decode_bus_message,
     encode_bus_message,
 )
-from sfu.cluster.registry import NodeRegistry, node_from_config
+from sfu.cluster.registry import ORPHAN_CLAIMS_PER_RENEWAL, NodeRegistry, node_from_config
 from sfu.config import ClusterConfig, ConfigError, parse_config
 
 
@@ -162,6 +163,64 @@ def test_registry_renews_and_claims_again_after_a_lapse() -> None:
         }
         await registry.stop()
         assert await directory.nodes() == [] and await directory.home("r") is None
+
+    asyncio.run(run())
+
+
+def test_a_room_held_on_several_nodes_keeps_a_home_when_its_home_node_lets_it_go() -> None:
+    """The race a Redis restart allowed: a join on C opened the room there and C claimed the
+    emptied home before A renewed; A (still holding the room) let it go, then C's participant
+    left and C released it. A claims it again within a renewal, since it holds the room."""
+    clock = FakeClock()
+    hub = LocalHub()
+
+    def node(name: str) -> NodeRegistry:
+        return NodeRegistry(LocalDirectory(clock, hub=hub), NodeInfo(name, "eu"), clock=clock)
+
+    async def run() -> None:
+        a, c = node("a"), node("c")
+        await a._renew_once(first=True)
+        await c._renew_once(first=True)
+        assert await a.claim_home("r") == "a"
+        hub.nodes.clear()
+        hub.homes.clear()  # Redis restarted without persistence
+        await c._renew_once(first=False)
+        assert await c.claim_home("r") == "c"  # a join on C, before A's renewal
+        await a._renew_once(first=False)
+        assert a.homes == set() and a.elsewhere == {"r"}
+        await c.release_home("r")  # C's last participant left
+        assert hub.homes.get("r") is None
+        await a._renew_once(first=False)
+        assert hub.homes.get("r") == "a" and a.homes == {"r"} and a.elsewhere == set()
+        # A room held here while another live node is its home stays that node's.
+        assert await c.claim_home("r") == "a"
+        await c._renew_once(first=False)
+        assert hub.homes.get("r") == "a" and c.elsewhere == {"r"}
+        await c.release_home("r")  # C let it go: nothing left to claim
+        assert c.elsewhere == set() and hub.homes.get("r") == "a"
+
+    asyncio.run(run())
+
+
+def test_orphan_claims_are_bounded_per_renewal() -> None:
+    clock = FakeClock()
+    hub = LocalHub()
+    a = NodeRegistry(LocalDirectory(clock, hub=hub), NodeInfo("a", "eu"), clock=clock)
+    b = NodeRegistry(LocalDirectory(clock, hub=hub), NodeInfo("b", "eu"), clock=clock)
+    rooms = [f"r{i}" for i in range(ORPHAN_CLAIMS_PER_RENEWAL + 5)]
+
+    async def run() -> None:
+        await a._renew_once(first=True)
+        await b._renew_once(first=True)
+        for room in rooms:
+            assert await b.claim_home(room) == "b"
+            assert await a.claim_home(room) == "b"
+        for room in rooms:
+            await b.release_home(room)
+        await a._renew_once(first=False)
+        assert len(a.homes) == ORPHAN_CLAIMS_PER_RENEWAL  # one turn's worth
+        await a._renew_once(first=False)
+        assert a.homes == set(rooms) and a.elsewhere == set()
 
     asyncio.run(run())
 
