@@ -118,6 +118,10 @@ _STREAMS_PER_TRANSPORT: Final = 8
 #: publication another worker or node relays here; ``DataPlane.open_source``), so they never
 #: take a participant's slot. A publication beyond them takes the Python path.
 _RELAY_SOURCES: Final = 256
+#: The rooms' timer runs at most this long after relayed media arrived (the pipes' NACK poll
+#: interval, ``sfu.core.relay.DEMAND_POLL_S``): a gap is seen, and NACKed, as soon as it would
+#: have been on the Router's path.
+RELAYED_REPLAY_S: Final = 0.02
 #: The operations listener's own connection budget (``http.ops_port``): probes and scrapers
 #: are few, so this is plenty, and a flood of the main listener never touches it.
 OPS_MAX_CONNECTIONS: Final = 64
@@ -138,6 +142,7 @@ def build_data_plane(max_transports: int, kernels: Kernels) -> DataPlane:
             max_streams=max(_MIN_FORWARDER_STREAMS, _STREAMS_PER_TRANSPORT * slots),
         ),
         kernels=kernels,
+        max_sources=_RELAY_SOURCES,
     )
 
 
@@ -585,10 +590,13 @@ class Server:
         return slow
 
     def _after_ingest(self, now: float) -> None:
-        """After the forwarder took a relayed packet: the ICE-TCP egress, and the rooms'
-        timer when due (its replay feeds the remote publication's NACKs), as after a pump."""
+        """After the forwarder took relayed packets: the ICE-TCP egress, and the rooms' timer
+        when due, and due within :data:`RELAYED_REPLAY_S` at the latest: its replay feeds the
+        remote publications' NACK state, which their pipes' poll reads every 20 ms (a
+        relayed stream has no peer of its own whose timers would bring the replay)."""
         self._send_framed()
         if self._room_timer is not None:
+            self._room_timer.arm(now + RELAYED_REPLAY_S)
             self._room_timer.run_if_due(now)
 
     def _tcp_datagram(self, data: bytes, addr: Address) -> None:

@@ -704,6 +704,11 @@ cdef class Forwarder:
         t.source = True
         t.twcc_id = 0
         t.level_id = level_id
+        # Never a destination: no pacer, no impairment (the reference's fresh slot has none).
+        t.pacer = NULL
+        t.paced_history = NULL
+        t.drop_every = 0
+        t.drop_seen = 0
         self.tx_refs[handle] = None
         self.tx_addr[handle] = None
         self.tx_pacers[handle] = None
@@ -731,6 +736,8 @@ cdef class Forwarder:
         if not 0 <= handle < self.max_transports or not self.tx[handle].used:
             raise KeyError(f"transport {handle} is not registered")
         t = &self.tx[handle]
+        if t.source:
+            raise ValueError(f"transport {handle} is a source: nothing is sent to it")
         if pacer is None:
             t.pacer = NULL
             t.paced_history = NULL

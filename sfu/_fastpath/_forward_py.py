@@ -229,6 +229,8 @@ class Forwarder:
         transport = self._transports.get(handle)
         if transport is None:
             raise KeyError(f"transport {handle} is not registered")
+        if transport.source:
+            raise ValueError(f"transport {handle} is a source: nothing is sent to it")
         transport.pacer = pacer
         transport.paced_history = history if pacer is not None else None
 

@@ -6,10 +6,11 @@ releasing its room homes. When the directory is unreachable (Redis restarting) i
 trying every interval; once Redis answers again it registers again and claims its rooms'
 homes again (a restarted Redis without persistence has forgotten them). A room this node
 holds whose home another node owns is claimed again now and then (at most
-:data:`ORPHAN_CLAIMS_PER_RENEWAL` rooms a renewal): when that node lets the room go (its last
-participant left, or it died) one of the nodes still holding the room becomes its home, so a
-room open anywhere has one. Media never waits for any of this: the registry runs beside the
-data plane, on the event loop, between packets.
+:data:`ORPHAN_CLAIMS_PER_RENEWAL` rooms a renewal, none for :data:`ORPHAN_GRACE_S` after a
+reconnection): when that node lets the room go (its last participant left, or it died) one
+of the nodes still holding the room becomes its home, so a room open anywhere has one. Media
+never waits for any of this: the registry runs beside the data plane, on the event loop,
+between packets.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ STOP_TIMEOUT_S: Final = 1.0
 #: each): a room whose home node let it go has a home again within a few renewals, and a node
 #: holding thousands of such rooms does not send thousands of calls a second.
 ORPHAN_CLAIMS_PER_RENEWAL: Final = 32
+#: After this node reconnects to the directory (a Redis restart forgot every home), it claims
+#: no other node's rooms for this long: each home node first gets its own homes back (every
+#: node's renewal comes within a lease), rather than whichever holder renews first.
+ORPHAN_GRACE_S: Final = LEASE_TTL_S
 
 
 def node_from_config(cluster: ClusterConfig) -> NodeInfo:
@@ -87,6 +92,7 @@ class NodeRegistry:
         #: again in turns, so that a room never stays without a home while held anywhere).
         self.elsewhere: set[str] = set()
         self._orphan_turn: list[str] = []
+        self._orphans_from = 0.0
         #: Live nodes (this one included) as of the last renewal.
         self.peers: list[NodeInfo] = []
         #: Whether the last renewal reached the directory.
@@ -135,7 +141,9 @@ class NodeRegistry:
                 self.lease_lapses += 1
             if not kept or not self.connected:
                 await self._claim_homes_again()
-            await self._claim_orphans()
+                self._orphans_from = self._clock() + ORPHAN_GRACE_S
+            if self._clock() >= self._orphans_from:
+                await self._claim_orphans()
             self.peers = await self.directory.nodes()
         except DirectoryUnavailable as exc:
             self.renew_failures += 1
@@ -153,9 +161,16 @@ class NodeRegistry:
                 log.exception("cluster: handling the live nodes failed")
 
     async def _claim_homes_again(self) -> None:
+        me = self.node.node_id
         for room in sorted(self.homes):
-            owner = await self.directory.claim_home(room, self.node.node_id)
-            if owner != self.node.node_id:
+            owner = await self.directory.claim_home(room, me)
+            if room not in self.homes:
+                # Released while the claim was on its way (the room closed here): the claim
+                # must not outlive it.
+                if owner == me:
+                    await self.directory.release_home(room, me)
+                continue
+            if owner != me:
                 # Another node took the room while this one was cut off: it is theirs now
                 # (and this node claims it again should that node let it go).
                 self.homes.discard(room)
@@ -171,9 +186,20 @@ class NodeRegistry:
             self._orphan_turn = sorted(self.elsewhere)
         batch = self._orphan_turn[:ORPHAN_CLAIMS_PER_RENEWAL]
         del self._orphan_turn[:ORPHAN_CLAIMS_PER_RENEWAL]
+        me = self.node.node_id
         for room in batch:
-            if room in self.elsewhere:
-                await self.claim_home(room)
+            if room not in self.elsewhere:
+                continue
+            owner = await self.directory.claim_home(room, me)
+            if room not in self.elsewhere:
+                # The room closed here while the claim was on its way (release_home): a
+                # home taken meanwhile goes back at once.
+                if owner == me:
+                    await self.directory.release_home(room, me)
+                continue
+            if owner == me:
+                self.homes.add(room)
+                self.elsewhere.discard(room)
 
     async def claim_home(self, room: str) -> str:
         """Make this node the room's home unless a live node already is; returns the home."""

@@ -49,6 +49,9 @@ __all__ = ["INGEST_BATCH", "Claimant", "DataPlane"]
 #: Relayed packets :meth:`DataPlane.ingest` holds before it forwards them without waiting for
 #: the end of the batch (a socket reader's wakeup reads at most a few hundred).
 INGEST_BATCH: Final = 256
+#: The largest packet the forwarder's ingest takes (its work buffer); larger ones take the
+#: Python path, which refuses and counts them by reason.
+INGEST_MAX_BYTES: Final = 2048
 
 
 class Claimant(Protocol):
@@ -105,7 +108,10 @@ class DataPlane:
         *,
         kernels: Kernels,
         clock: Callable[[], float] | None = None,
+        max_sources: int | None = None,
     ) -> None:
+        """``max_sources``: most plaintext sources open at once (the forwarder's slots kept
+        for them beyond the participants' transports; None: no bound of their own)."""
         if forwarder is not None and not isinstance(forwarder, kernels.Forwarder):
             raise TypeError(f"the forwarder is not the {kernels.name} kernels' Forwarder")
         #: The per-packet classes of every publication and subscription this plane serves.
@@ -142,6 +148,8 @@ class DataPlane:
         #: Packets :meth:`ingest` forwarded, and those the forwarder no longer knew.
         self.ingested = 0
         self.ingest_misses = 0
+        self.max_sources = max_sources
+        self._sources = 0
         self._pending: list[tuple[int, bytes]] = []
         self._pending_at = 0.0
         self._flush_armed = False
@@ -247,6 +255,8 @@ class DataPlane:
             return
         if self._paced.get(claim.handle) is claim:
             del self._paced[claim.handle]
+        if claim.source:
+            self._sources -= 1
         if claim.source and self._pending:
             # Taken but not yet forwarded: dropped with the source (its flow ended).
             kept = [entry for entry in self._pending if entry[0] != claim.handle]
@@ -269,8 +279,11 @@ class DataPlane:
         token = owner.transport
         claim = self._claims.get(token)
         if claim is None:
-            if not self._free_tx:
-                return False
+            if not self._free_tx or (
+                self.max_sources is not None and self._sources >= self.max_sources
+            ):
+                return False  # never a participant's slot
+            self._sources += 1
             claim = _Claim(self._free_tx.pop(), owner)
             self._claims[token] = claim
         self.forwarder.set_source(claim.handle, level_id)
@@ -296,9 +309,13 @@ class DataPlane:
         if (
             claim is None
             or not claim.source
-            or len(packet) < 12
+            or not 12 <= len(packet) <= INGEST_MAX_BYTES
+            or not 128 <= packet[0] <= 191  # RTP version 2 (RFC 3550 §5.1)
+            or 192 <= packet[1] <= 223  # RTCP (RFC 5761 §4)
             or (claim.handle, int.from_bytes(packet[8:12], "big")) not in self._live
         ):
+            # The caller's Python path takes it, after what was taken before it.
+            self.flush_ingest()
             return False
         pending = self._pending
         if not pending:
@@ -426,11 +443,11 @@ class DataPlane:
         if self.suspended:
             return
         self._relayed.discard(handle)
+        self._unlive(handle)
         try:
             self.forwarder.set_stream(handle, transport, stream, kind)
         except ValueError:
             return  # the transport's stream table is full: the slow path keeps it
-        self._unlive(handle)
         self._live_of[handle] = key = (transport, stream.ssrc)
         self._live.add(key)
         self.forwarder.set_routes(handle, self._routes(publication))

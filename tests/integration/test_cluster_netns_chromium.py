@@ -43,6 +43,7 @@ from serve_process import ServeProcess
 
 from sfu.cluster.directory import RENEW_INTERVAL_S
 from sfu.cluster.pki import mint_ca, mint_node_cert, write_pem
+from sfu.cluster.registry import ORPHAN_GRACE_S
 from sfu.room.identity import Grant, JoinClaims
 from sfu.signaling.auth import issue_token
 
@@ -386,7 +387,7 @@ def test_three_nodes_in_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                     home = wait_until(
                         lambda: client.get(f"sfu:home:{ROOM}"),
                         lambda owner: owner is not None,
-                        timeout=3 * RENEW_S,
+                        timeout=ORPHAN_GRACE_S + 3 * RENEW_S,
                     )
                     home_s = time.monotonic() - restarted
                 print(

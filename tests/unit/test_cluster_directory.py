@@ -24,7 +24,12 @@ from sfu.cluster.directory import (
     decode_bus_message,
     encode_bus_message,
 )
-from sfu.cluster.registry import ORPHAN_CLAIMS_PER_RENEWAL, NodeRegistry, node_from_config
+from sfu.cluster.registry import (
+    ORPHAN_CLAIMS_PER_RENEWAL,
+    ORPHAN_GRACE_S,
+    NodeRegistry,
+    node_from_config,
+)
 from sfu.config import ClusterConfig, ConfigError, parse_config
 
 
@@ -167,6 +172,15 @@ def test_registry_renews_and_claims_again_after_a_lapse() -> None:
     asyncio.run(run())
 
 
+async def past_grace(clock: FakeClock, *registries: NodeRegistry) -> None:
+    """Renew every registry each second until the grace after their (re)registration is
+    over (the leases stay live), ending with one renewal past it."""
+    for _ in range(int(ORPHAN_GRACE_S) + 1):
+        clock.t += 1.0
+        for registry in registries:
+            await registry._renew_once(first=False)
+
+
 def test_a_room_held_on_several_nodes_keeps_a_home_when_its_home_node_lets_it_go() -> None:
     """The race a Redis restart allowed: a join on C opened the room there and C claimed the
     emptied home before A renewed; A (still holding the room) let it go, then C's participant
@@ -190,14 +204,80 @@ def test_a_room_held_on_several_nodes_keeps_a_home_when_its_home_node_lets_it_go
         assert a.homes == set() and a.elsewhere == {"r"}
         await c.release_home("r")  # C's last participant left
         assert hub.homes.get("r") is None
-        await a._renew_once(first=False)
+        await a._renew_once(first=False)  # within the grace after the reconnection: not yet
+        assert hub.homes.get("r") is None and a.elsewhere == {"r"}
+        await past_grace(clock, a, c)
         assert hub.homes.get("r") == "a" and a.homes == {"r"} and a.elsewhere == set()
         # A room held here while another live node is its home stays that node's.
         assert await c.claim_home("r") == "a"
-        await c._renew_once(first=False)
+        await past_grace(clock, a, c)
         assert hub.homes.get("r") == "a" and c.elsewhere == {"r"}
         await c.release_home("r")  # C let it go: nothing left to claim
         assert c.elsewhere == set() and hub.homes.get("r") == "a"
+
+    asyncio.run(run())
+
+
+def test_a_room_closed_while_its_claim_was_on_its_way_is_not_kept() -> None:
+    """The renewal's claim and the room bus's close interleave (both await the directory):
+    a home the claim took for a room that closed meanwhile is released at once."""
+    clock = FakeClock()
+    hub = LocalHub()
+
+    class Racing(LocalDirectory):
+        """Closes the room here (as the bus does) while a claim is on its way."""
+
+        registry: NodeRegistry | None = None
+
+        async def claim_home(self, room: str, node_id: str) -> str:
+            owner = await super().claim_home(room, node_id)
+            if self.registry is not None and room in self.registry.elsewhere:
+                registry, self.registry = self.registry, None
+                await registry.release_home(room)
+            return owner
+
+    racing = Racing(clock, hub=hub)
+    a = NodeRegistry(racing, NodeInfo("a", "eu"), clock=clock)
+    b = NodeRegistry(LocalDirectory(clock, hub=hub), NodeInfo("b", "eu"), clock=clock)
+
+    async def run() -> None:
+        await a._renew_once(first=True)
+        await b._renew_once(first=True)
+        assert await b.claim_home("r") == "b"
+        assert await a.claim_home("r") == "b"
+        await past_grace(clock, a, b)
+        await b.release_home("r")  # b lets it go; a would take it on its next renewal
+        racing.registry = a  # ... but the room closes on a while that claim is on its way
+        clock.t += 1.0
+        await a._renew_once(first=False)
+        assert a.homes == set() and a.elsewhere == set()
+        assert hub.homes.get("r") is None
+
+    asyncio.run(run())
+
+
+def test_after_a_redis_restart_the_home_node_gets_its_room_back_first() -> None:
+    """B holds A's room and renews first after the restart: it waits out the grace, so A
+    claims its home again rather than whichever holder came back first."""
+    clock = FakeClock()
+    hub = LocalHub()
+    a = NodeRegistry(LocalDirectory(clock, hub=hub), NodeInfo("a", "eu"), clock=clock)
+    b = NodeRegistry(LocalDirectory(clock, hub=hub), NodeInfo("b", "eu"), clock=clock)
+
+    async def run() -> None:
+        await a._renew_once(first=True)
+        await b._renew_once(first=True)
+        assert await a.claim_home("r") == "a"
+        assert await b.claim_home("r") == "a"
+        await past_grace(clock, a, b)
+        hub.nodes.clear()
+        hub.homes.clear()  # Redis restarted without persistence
+        clock.t += 0.5
+        await b._renew_once(first=False)
+        assert hub.homes.get("r") is None  # B waits
+        await a._renew_once(first=False)
+        await past_grace(clock, b, a)
+        assert hub.homes.get("r") == "a" and b.elsewhere == {"r"}
 
     asyncio.run(run())
 
@@ -215,8 +295,10 @@ def test_orphan_claims_are_bounded_per_renewal() -> None:
         for room in rooms:
             assert await b.claim_home(room) == "b"
             assert await a.claim_home(room) == "b"
+        await past_grace(clock, a, b)
         for room in rooms:
             await b.release_home(room)
+        clock.t += 1.0
         await a._renew_once(first=False)
         assert len(a.homes) == ORPHAN_CLAIMS_PER_RENEWAL  # one turn's worth
         await a._renew_once(first=False)

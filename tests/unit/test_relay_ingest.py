@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from ingest_paths import PUB_EXT, RIDS, VP8_PT
 from relay_far_side import SUBS, FarSide, packet
 
@@ -139,3 +140,35 @@ def test_packets_taken_in_one_batch_are_forwarded_together_when_the_batch_ends(
     side.collect()
     assert dataplane.ingested == 3 and dataplane.ingest_misses == 2
     assert all(len(p) == 3 for p in side.received)
+
+
+def test_sources_never_take_a_participants_slot_and_odd_packets_take_the_router(
+    kernels: Kernels,
+) -> None:
+    """Sources are bounded on their own (``max_sources``: the slots kept for them), a packet
+    the forwarder would not take (not RTP, too large) goes to the Router's path at once
+    (after what was taken before it), and a source is never paced."""
+    side = FarSide(kernels, plane=True)
+    dataplane = side.dataplane
+    assert dataplane is not None
+    dataplane.max_sources = 1  # this side's own source is the one
+    with pytest.raises(ValueError):  # nothing is ever sent to a source
+        dataplane.forwarder.set_pacer(dataplane.handle_of(side.remote), None)
+    other = FarSide(kernels, plane=False)
+    assert not dataplane.open_source(other.remote, level_id=0)
+    side.remote.close()
+    assert dataplane.open_source(other.remote, level_id=0)  # its slot came back
+    dataplane.close_source(other.remote)
+    side = FarSide(kernels, plane=True)
+    assert side.dataplane is not None
+    deferred: list[Any] = []
+    side.dataplane.defer = deferred.append
+    side.announce()
+    side.relay(packet(1, key=True))
+    assert side.dataplane.ingested == 0  # waiting for the end of the batch
+    big = packet(2) + bytes(2100)  # beyond the forwarder's work buffer
+    side.relay(big)
+    # The taken packet went first, then the large one through the Router.
+    assert side.dataplane.ingested == 1 and side.remote.counters.rtp_in == 1
+    side.replay()
+    assert side.remote.counters.rtp_in == 2
