@@ -131,7 +131,8 @@ def _publication_layers(server: ServerThread, room: str, pub_id: str) -> tuple[b
         assert server.server.rooms is not None
         participant = server.server.rooms.rooms[room].participants[pub_id]
         peer = participant.peer
-        assert peer is not None
+        if peer is None:
+            return False, 0  # joined, its offer not handled yet: nothing published so far
         for pub in peer.publications.values():
             if pub.video:
                 return pub.svc, pub.num_layers
