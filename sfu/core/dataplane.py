@@ -63,8 +63,6 @@ class Claimant(Protocol):
     @property
     def transport(self) -> Hashable: ...
 
-    def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None: ...
-
     def replay_records(
         self,
         records: Sequence[LogRecord],

@@ -469,10 +469,6 @@ class Peer:
         elif self.on_wake is not None:
             self.on_wake(self, now)  # SRTP keys: its timers start
 
-    def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None:
-        """The data plane forwarded a packet of ``stream``: do its receive bookkeeping."""
-        self.router.replay(pub, stream, record)
-
     def replay_records(
         self,
         records: Sequence[LogRecord],

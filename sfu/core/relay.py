@@ -432,10 +432,6 @@ class RemotePublication:
         if self.plane is not None:
             self.plane.add_stream(self, publication, stream)
 
-    def replay(self, pub: Publication, stream: SourceStream, record: LogRecord) -> None:
-        """The data plane forwarded a packet of ``stream``: its receive bookkeeping."""
-        self.router.replay(pub, stream, record)
-
     def replay_records(
         self,
         records: Sequence[LogRecord],
