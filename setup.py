@@ -12,9 +12,11 @@ from setuptools import Extension, setup
 
 FASTPATH = Path("sfu") / "_fastpath"
 
-# C libraries a kernel links against (the SRTP kernel calls OpenSSL libcrypto, from libssl-dev).
+# C libraries a kernel links against (the SRTP and lane kernels call OpenSSL libcrypto, from
+# libssl-dev).
 LIBRARIES: dict[str, list[str]] = {
     "_srtp": ["crypto"],
+    "_lane": ["crypto"],
 }
 
 # Extra compiler flags per kernel: the estimator's kernel must do exactly the floating-point

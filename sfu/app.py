@@ -359,6 +359,9 @@ class Server:
         self.node_pipes: NodePipes | None = None
         if self.cluster is not None and config.cluster.advertise_address:
             self.links = NodeLinks(self.cluster.node.node_id, config.cluster, config.media.udp_host)
+            # The lanes seal with this data plane's kernel, so that its forwarder seals the
+            # relayed packets it forwards through the same keys and counters.
+            self.links.lane_sealer = self.kernels.LaneSealer
         self.http_app = build_http_app(
             readiness=self.readiness,
             max_body_bytes=config.http.max_body_bytes,

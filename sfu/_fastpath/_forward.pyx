@@ -24,6 +24,13 @@ from sfu._fastpath._bwe cimport SendHistory, history_record, history_t
 from sfu._fastpath._cache cimport RetransmissionBuffer, cache_put, cache_t
 from sfu._fastpath._pacer cimport Pacer, pacer_push, pacer_t
 from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply_view, ext_rewriter_t
+from sfu._fastpath._lane cimport (
+    LANE_HEADER_BYTES,
+    LANE_TAG_BYTES,
+    RelayOutput,
+    lane_seal,
+    relay_out_t,
+)
 from sfu._fastpath._layers cimport (
     SimulcastSelector,
     selector_current_spatial,
@@ -175,6 +182,9 @@ cdef enum:
     TX_STREAMS = 64             # ingress streams per transport (MAX_STREAMS is 32)
     LATENCY_SLOTS = 4096
     RELAY_SLOTS = 1024          # relayed packets between drain_relay() calls (a pump is 512)
+    RELAY_OUTPUTS = 32          # _lane_shared.MAX_RELAY_OUTPUTS: a bit each in a log entry
+    RELAY_SEND_SLOTS = 256      # relay datagrams per flush (a full batch flushes early)
+    RELAY_SEND_SIZE = 2112      # a relay datagram: lane header, prefix, WORK_SIZE, tag
     GSO_SEGMENTS = 32           # most packets in one UDP GSO send (the kernel allows 64)
     CMSG_SIZE = 32              # room for one UDP_SEGMENT control message
 
@@ -252,6 +262,8 @@ cdef struct stream_t:
     bint any_payload_type       # no payload type set: every one is accepted
     uint64_t payload_types[2]   # bit n: payload type n is accepted (the answer's formats)
     bint relay                  # a pipe relays its publication: copy packets to the relay log
+    relay_out_t** outputs       # relay taps run here (set_relay_outputs); NULL: none
+    int noutputs
 
 cdef struct record_t:
     int stream
@@ -478,6 +490,7 @@ cdef class Forwarder:
     cdef int paced_count
     cdef list stream_refs
     cdef list route_refs
+    cdef list output_refs           # per stream: its RelayOutput objects, kept alive
     # ingress log
     cdef record_t* log
     cdef Py_ssize_t log_capacity
@@ -488,6 +501,19 @@ cdef class Forwarder:
     cdef int relay_len[RELAY_SLOTS]
     cdef Py_ssize_t relay_count
     cdef readonly unsigned long long relay_overflow
+    cdef uint32_t relay_done[RELAY_SLOTS]   # per entry: the outputs that took the packet
+    # relay datagrams the outputs sealed, sent at the flush (each to its output's socket)
+    cdef uint8_t* rsend_buf
+    cdef mmsghdr rsend_msgs[RELAY_SEND_SLOTS]
+    cdef iovec rsend_iov[RELAY_SEND_SLOTS]
+    cdef relay_out_t* rsend_out[RELAY_SEND_SLOTS]
+    cdef int rsend_stream[RELAY_SEND_SLOTS]
+    cdef int rsend_index[RELAY_SEND_SLOTS]
+    cdef int rsend_len[RELAY_SEND_SLOTS]
+    cdef int rsend_count
+    cdef list relay_collected       # (output, datagram) of outputs without a socket
+    cdef readonly unsigned long long relay_sent
+    cdef readonly unsigned long long relay_send_errors
     # latency samples
     cdef double latency[LATENCY_SLOTS]
     cdef Py_ssize_t latency_count
@@ -576,6 +602,8 @@ cdef class Forwarder:
         self.framed_out = []
         self.stream_refs = [None] * max_streams
         self.route_refs = [None] * max_streams
+        self.output_refs = [None] * max_streams
+        self.relay_collected = []
         self.fd = -1
         self.collected = []
 
@@ -584,6 +612,7 @@ cdef class Forwarder:
         if self.streams != NULL:
             for i in range(self.max_streams):
                 free(self.streams[i].routes)
+                free(self.streams[i].outputs)
         free(self.tx)
         free(self.paced_list)
         free(self.streams)
@@ -593,6 +622,7 @@ cdef class Forwarder:
         free(self.out_buf)
         free(self.open_group)
         free(self.relay_buf)
+        free(self.rsend_buf)
 
     # -- control plane ------------------------------------------------------------------------
 
@@ -803,6 +833,8 @@ cdef class Forwarder:
         s.nroutes = 0
         s.packets = 0
         s.relay = False
+        s.outputs = NULL
+        s.noutputs = 0
         t.ssrcs[t.nstreams] = s.ssrc
         t.streams[t.nstreams] = handle
         t.nstreams += 1
@@ -827,31 +859,86 @@ cdef class Forwarder:
         free(s.routes)
         s.routes = NULL
         s.nroutes = 0
+        free(s.outputs)
+        s.outputs = NULL
+        s.noutputs = 0
         s.used = False
         self.stream_refs[handle] = None
         self.route_refs[handle] = None
+        self.output_refs[handle] = None
 
     def set_relay(self, int handle, bint relay):
         """Copy the forwardable packets of stream ``handle`` to the relay log (a pipe relays
         its publication; :meth:`drain_relay` hands them to the taps) or stop."""
         if not 0 <= handle < self.max_streams or not self.streams[handle].used:
             raise KeyError(f"stream {handle} is not registered")
-        if relay and self.relay_buf == NULL:
+        if relay:
+            self._relay_log_ready()
+        self.streams[handle].relay = relay
+
+    cdef _relay_log_ready(self):
+        if self.relay_buf == NULL:
             self.relay_buf = <uint8_t*>malloc(RELAY_SLOTS * WORK_SIZE)
             if self.relay_buf == NULL:
                 raise MemoryError()
-        self.streams[handle].relay = relay
+
+    def set_relay_outputs(self, int handle, outputs):
+        """Relay the packets of stream ``handle`` through ``outputs`` (``RelayOutput``s of
+        the compiled kernels, at most 32) here, sealed and sent with the batch; a packet an
+        output cannot take goes to the relay log for the Python taps (see drain_relay)."""
+        cdef relay_out_t** array
+        cdef Py_ssize_t i, n
+        cdef stream_t* s
+        if not 0 <= handle < self.max_streams or not self.streams[handle].used:
+            raise KeyError(f"stream {handle} is not registered")
+        entries = list(outputs)
+        n = len(entries)
+        if n > RELAY_OUTPUTS:
+            raise ValueError(f"a stream has at most {RELAY_OUTPUTS} relay outputs")
+        for output in entries:
+            if not isinstance(output, RelayOutput):
+                raise TypeError(
+                    "relay outputs must come from the compiled kernels "
+                    "(sfu.core.kernels.compiled()), as the forwarder does"
+                )
+        if n:
+            self._relay_log_ready()
+            if self.rsend_buf == NULL:
+                self.rsend_buf = <uint8_t*>malloc(RELAY_SEND_SLOTS * RELAY_SEND_SIZE)
+                if self.rsend_buf == NULL:
+                    raise MemoryError()
+        array = <relay_out_t**>calloc(n if n else 1, sizeof(relay_out_t*))
+        if array == NULL:
+            raise MemoryError()
+        for i in range(n):
+            array[i] = &(<RelayOutput>entries[i]).o
+        s = &self.streams[handle]
+        free(s.outputs)
+        s.outputs = array if n else NULL
+        if not n:
+            free(array)
+        s.noutputs = <int>n
+        self.output_refs[handle] = entries if n else None
 
     def drain_relay(self):
         """Take the relayed streams' packets logged since the last call: (stream handle,
-        the packet as received, decrypted), oldest first."""
+        the packet as received, decrypted, the outputs that took it: bit k for output k),
+        oldest first."""
         cdef Py_ssize_t i
         out = [
             (self.relay_stream[i],
-             (<char*>(self.relay_buf + i * WORK_SIZE))[:self.relay_len[i]])
+             (<char*>(self.relay_buf + i * WORK_SIZE))[:self.relay_len[i]],
+             self.relay_done[i])
             for i in range(self.relay_count)
         ]
         self.relay_count = 0
+        return out
+
+    def drain_relay_sent(self):
+        """Take the relay datagrams sealed for outputs without a socket since the last call:
+        (output, datagram), oldest first (tests and tools; a node link's outputs send)."""
+        out = self.relay_collected
+        self.relay_collected = []
         return out
 
     def set_routes(self, int handle, routes):
@@ -1070,8 +1157,113 @@ cdef class Forwarder:
 
     # -- the per-packet path (no GIL) ---------------------------------------------------------
 
+    cdef void _relay(self, stream_t* st, int handle, const uint8_t* p,
+                     Py_ssize_t n) noexcept nogil:
+        cdef uint32_t done = 0
+        cdef bint pending = False
+        cdef relay_out_t* o
+        cdef uint8_t* slot
+        cdef uint8_t* base
+        cdef Py_ssize_t total, length
+        cdef int k
+        for k in range(st.noutputs):
+            o = st.outputs[k]
+            if st.layer < 0 or st.layer > 63 or not (o.spatial_mask >> st.layer) & 1:
+                o.filtered += 1  # the far side does not demand this layer
+                done |= (<uint32_t>1) << k
+                continue
+            total = o.prefix_n + n
+            if (total > o.max_datagram
+                    or total + LANE_HEADER_BYTES + LANE_TAG_BYTES > RELAY_SEND_SIZE):
+                o.failed += 1
+                pending = True
+                continue
+            if self.rsend_count >= RELAY_SEND_SLOTS:
+                self._relay_flush()
+            slot = self.rsend_buf + self.rsend_count * RELAY_SEND_SIZE
+            base = slot + LANE_HEADER_BYTES if o.lane != NULL else slot
+            memcpy(base, o.prefix, o.prefix_n)
+            memcpy(base + o.prefix_n, p, n)
+            length = total
+            if o.lane != NULL:
+                length = lane_seal(o.lane, slot, total)
+                if length < 0:  # the lane is not up (or its key is spent): the taps' path
+                    o.failed += 1
+                    pending = True
+                    continue
+            o.packets += 1
+            o.bytes += n
+            self.rsend_out[self.rsend_count] = o
+            self.rsend_stream[self.rsend_count] = handle
+            self.rsend_index[self.rsend_count] = k
+            self.rsend_len[self.rsend_count] = <int>length
+            self.rsend_count += 1
+            done |= (<uint32_t>1) << k
+        if not (st.relay or pending):
+            return
+        if self.relay_count < RELAY_SLOTS:
+            memcpy(self.relay_buf + self.relay_count * WORK_SIZE, p, n)
+            self.relay_stream[self.relay_count] = handle
+            self.relay_len[self.relay_count] = <int>n
+            self.relay_done[self.relay_count] = done
+            self.relay_count += 1
+        else:
+            self.relay_overflow += 1
+
+    cdef void _relay_flush(self) noexcept nogil:
+        """Send the sealed relay datagrams, each run of one socket in one ``sendmmsg``;
+        those of outputs without a socket are kept for drain_relay_sent()."""
+        cdef int i = 0, j, fd, done, r
+        cdef msghdr* hdr
+        while i < self.rsend_count:
+            fd = self.rsend_out[i].fd
+            j = i
+            while j < self.rsend_count and self.rsend_out[j].fd == fd:
+                self.rsend_iov[j].iov_base = self.rsend_buf + j * RELAY_SEND_SIZE
+                self.rsend_iov[j].iov_len = self.rsend_len[j]
+                memset(&self.rsend_msgs[j], 0, sizeof(mmsghdr))
+                hdr = &self.rsend_msgs[j].msg_hdr
+                hdr.msg_name = self.rsend_out[j].sa
+                hdr.msg_namelen = self.rsend_out[j].salen
+                hdr.msg_iov = &self.rsend_iov[j]
+                hdr.msg_iovlen = 1
+                j += 1
+            if fd < 0:
+                with gil:
+                    self._relay_collect(i, j)
+                self.relay_sent += j - i
+            else:
+                done = i
+                while done < j:
+                    r = sendmmsg(fd, &self.rsend_msgs[done], j - done, MSG_DONTWAIT)
+                    if r > 0:
+                        done += r
+                        self.relay_sent += r
+                    elif r < 0 and errno == EINTR:
+                        continue
+                    elif r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK):
+                        self.relay_send_errors += j - done  # socket buffer full: drop the rest
+                        break
+                    else:
+                        self.relay_send_errors += 1  # this destination failed
+                        done += 1
+            i = j
+        self.rsend_count = 0
+
+    cdef void _relay_collect(self, int start, int end):
+        cdef int i
+        for i in range(start, end):
+            refs = self.output_refs[self.rsend_stream[i]]
+            self.relay_collected.append((
+                refs[self.rsend_index[i]],
+                PyBytes_FromStringAndSize(<const char*>(self.rsend_buf + i * RELAY_SEND_SIZE),
+                                          self.rsend_len[i]),
+            ))
+
     cdef void _flush(self):
         cdef int i
+        if self.rsend_count:
+            self._relay_flush()
         if self.fd >= 0:
             with nogil:
                 self._flush_nogil()
@@ -1107,6 +1299,8 @@ cdef class Forwarder:
             with gil:
                 self._flush()
             return
+        if self.rsend_count:
+            self._relay_flush()
         for i in range(self.out_count):
             d = self.out_tx[i]
             length = self.out_len[i]
@@ -1351,16 +1545,11 @@ cdef class Forwarder:
                     flags |= FL_LEVEL
                     if p[v.level.pos] & 0x80:
                         flags |= FL_VAD
-        if st.relay:
+        if st.relay or st.noutputs:
             # A pipe relays this publication: the packet as it came (E2EE payloads untouched)
-            # goes to the taps, after this batch, on the event loop (drain_relay).
-            if self.relay_count < RELAY_SLOTS:
-                memcpy(self.relay_buf + self.relay_count * WORK_SIZE, p, n)
-                self.relay_stream[self.relay_count] = handle
-                self.relay_len[self.relay_count] = <int>n
-                self.relay_count += 1
-            else:
-                self.relay_overflow += 1
+            # goes to the relay outputs here, and to the Python taps after this batch on the
+            # event loop (drain_relay) when some tap is not an output or an output refused it.
+            self._relay(st, handle, p, n)
         abs_time = <uint32_t>(<long long>nearbyint(now * 262144.0) & 0xFFFFFF)
         for i in range(st.nroutes):
             route = &st.routes[i]

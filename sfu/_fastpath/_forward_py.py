@@ -25,6 +25,8 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
+from sfu._fastpath._lane_py import RelayOutput
+from sfu._fastpath._lane_shared import MAX_RELAY_OUTPUTS
 from sfu._fastpath._pacer_py import AUDIO as PACED_AUDIO
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
 from sfu._fastpath._srtp_shared import SrtpError
@@ -101,7 +103,7 @@ class _Transport:
 
 
 class _Stream:
-    __slots__ = ("handle", "kind", "packets", "relay", "routes", "source", "transport")
+    __slots__ = ("handle", "kind", "outputs", "packets", "relay", "routes", "source", "transport")
 
     def __init__(self, handle: int, transport: int, source: Any, kind: int) -> None:
         self.handle = handle
@@ -111,6 +113,7 @@ class _Stream:
         self.packets = 0
         self.relay = False
         self.routes: tuple[tuple[Any, int], ...] = ()
+        self.outputs: tuple[RelayOutput, ...] = ()
 
 
 class Forwarder:
@@ -159,7 +162,14 @@ class Forwarder:
         self.log_overflow = 0
         #: Relayed packets dropped because the relay log was full (RELAY_SLOTS).
         self.relay_overflow = 0
-        self._relay: list[tuple[int, bytes]] = []
+        self._relay: list[tuple[int, bytes, int]] = []
+        #: Relay datagrams the outputs sealed, sent at the end of the call; those of outputs
+        #: without a socket, until drain_relay_sent().
+        self._relay_out: list[tuple[RelayOutput, bytes]] = []
+        self._relay_collected: list[tuple[RelayOutput, bytes]] = []
+        #: Relay datagrams sent (or kept) and those the socket refused.
+        self.relay_sent = 0
+        self.relay_send_errors = 0
         self.impaired_drops = 0
         self.paced_packets = 0
         self._paced: set[int] = set()
@@ -289,11 +299,74 @@ class Forwarder:
             raise KeyError(f"stream {handle} is not registered")
         stream.relay = relay
 
-    def drain_relay(self) -> list[tuple[int, bytes]]:
+    def set_relay_outputs(self, handle: int, outputs: Sequence[Any]) -> None:
+        """Relay the packets of stream ``handle`` through ``outputs`` (``RelayOutput``s of
+        the reference kernels, at most 32) here, sealed and sent with the batch; a packet an
+        output cannot take goes to the relay log for the Python taps (see drain_relay)."""
+        stream = self._streams.get(handle)
+        if stream is None:
+            raise KeyError(f"stream {handle} is not registered")
+        entries = tuple(outputs)
+        if len(entries) > MAX_RELAY_OUTPUTS:
+            raise ValueError(f"a stream has at most {MAX_RELAY_OUTPUTS} relay outputs")
+        if not all(isinstance(output, RelayOutput) for output in entries):
+            raise TypeError(
+                "relay outputs must come from the reference kernels, as the forwarder does"
+            )
+        stream.outputs = entries
+
+    def drain_relay(self) -> list[tuple[int, bytes, int]]:
         """Take the relayed streams' packets logged since the last call: (stream handle,
-        the packet as received, decrypted), oldest first."""
+        the packet as received, decrypted, the outputs that took it: bit k for output k),
+        oldest first."""
         out, self._relay = self._relay, []
         return out
+
+    def drain_relay_sent(self) -> list[tuple[Any, bytes]]:
+        """Take the relay datagrams sealed for outputs without a socket since the last call:
+        (output, datagram), oldest first (tests and tools; a node link's outputs send)."""
+        out, self._relay_collected = self._relay_collected, []
+        return out
+
+    def _relay_flush(self) -> None:
+        """Send the sealed relay datagrams, each on its output's socket."""
+        queued, self._relay_out = self._relay_out, []
+        for output, datagram in queued:
+            if output.sock is None:
+                self._relay_collected.append((output, datagram))
+                self.relay_sent += 1
+                continue
+            try:
+                output.sock.sendto(datagram, output.address)
+            except OSError:
+                self.relay_send_errors += 1
+            else:
+                self.relay_sent += 1
+
+    def _relay_packet(self, stream: _Stream, plain: bytes) -> None:
+        """A relayed stream's packet: through its outputs, then (when some tap is not an
+        output, or an output refused it) into the relay log for the Python taps."""
+        done = 0
+        pending = False
+        layer = stream.source.layer
+        for k, output in enumerate(stream.outputs):
+            if not 0 <= layer <= 63:
+                output.filtered += 1
+                done |= 1 << k
+                continue
+            datagram = output.take(plain, layer)
+            if datagram is None:
+                pending = True
+                continue
+            done |= 1 << k
+            if datagram:
+                self._relay_out.append((output, datagram))
+        if not (stream.relay or pending):
+            return
+        if len(self._relay) < RELAY_SLOTS:
+            self._relay.append((stream.handle, plain, done))
+        else:
+            self.relay_overflow += 1
 
     # -- packets ------------------------------------------------------------------------------
 
@@ -307,6 +380,8 @@ class Forwarder:
             if not self._forward(data, address, now, egress):
                 self.slow_packets += 1
                 slow.append((data, address))
+        if self._relay_out:
+            self._relay_flush()
         return slow, egress
 
     def ingest(
@@ -339,6 +414,8 @@ class Forwarder:
             self.ingested_packets += 1
             self.ingested_bytes += len(data)
             self._ingest(owner, stream, data, now, egress)
+        if self._relay_out:
+            self._relay_flush()
         if sock is not None:
             self._send_all(sock, egress)
             egress = []
@@ -480,13 +557,11 @@ class Forwarder:
         self._record(record)
         if record[1] & _NOT_FORWARDABLE:
             return
-        if stream.relay:
+        if stream.relay or stream.outputs:
             # A pipe relays this publication: the packet as it came (E2EE payloads untouched)
-            # goes to the taps, after this batch, on the event loop (drain_relay).
-            if len(self._relay) < RELAY_SLOTS:
-                self._relay.append((stream.handle, plain))
-            else:
-                self.relay_overflow += 1
+            # goes to the relay outputs here, and to the Python taps after this batch on the
+            # event loop (drain_relay) when some tap is not an output or an output refused it.
+            self._relay_packet(stream, plain)
         stream.packets += 1
         clock = self._clock
         if record[8] and clock is not None and not stream.packets & self._sample_mask:

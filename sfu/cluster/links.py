@@ -16,6 +16,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 
@@ -67,6 +68,12 @@ class NodeLinks:
         #: A link to a node came up (or replaced one) / went down.
         self.on_link_up: LinkHandler | None = None
         self.on_link_down: LinkHandler | None = None
+        #: The lane kernel's sealer class the links seal with (set before :meth:`start`;
+        #: None: the reference), so the data plane can seal relayed packets through it.
+        self.lane_sealer: Callable[..., Any] | None = None
+        #: Called before :meth:`totals` reads the links' counters (the relay pipes add what
+        #: the data plane's relay outputs sent for them).
+        self.before_totals: Callable[[], None] | None = None
         #: Counters read at scrape time (the links' own counters are summed with them).
         self.links_established = 0
         self.links_lost = 0
@@ -106,7 +113,14 @@ class NodeLinks:
             self._host, self._cluster.link_port, self._server(), self._client, self._event
         )
         self._endpoint.accept_from = lambda host: host in self._known_hosts
+        self._endpoint.lane_sealer = self.lane_sealer
         return self._endpoint.address
+
+    @property
+    def link_socket(self) -> socket.socket | None:
+        """The links' UDP socket once started: where the data plane sends sealed relayed
+        media (the peers accept lane datagrams only from a link's address)."""
+        return None if self._endpoint is None else self._endpoint.link_socket
 
     async def update(self, peers: list[NodeInfo]) -> None:
         """Dial every live node with a larger id that offers a link and has none up."""
@@ -176,6 +190,8 @@ class NodeLinks:
 
     def totals(self) -> dict[str, int]:
         """Flow datagrams sent, received and dropped over every link so far."""
+        if self.before_totals is not None:
+            self.before_totals()  # what the data plane sent on the links' behalf
         out = dict(self._retired)
         for link in self.up.values():
             out["flows_sent"] += link.flows_sent

@@ -30,11 +30,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from sfu.core.publication import Publication
-from sfu.core.relay import DEMAND_POLL_S, RelayHub
+from sfu.core.relay import DEMAND_POLL_S, RelayHub, RelayTarget
 from sfu.core.router import AudioLevelSink
 from sfu.packet.pipe import CONTROL_FLOW
 from sfu.transport.link_pipe import LinkPipe
-from sfu.transport.node_link import NodeLink
+from sfu.transport.node_link import MAX_DATAGRAM_DATA, NodeLink
 from sfu.transport.pipe import Pipe
 
 if TYPE_CHECKING:
@@ -76,7 +76,11 @@ class NodePipes:
         self.carriers: dict[int, LinkPipe] = {}
         #: The same pipes as the hub sees them.
         self.pipes: dict[int, Pipe] = {}
-        self.hub = RelayHub(self.pipes, find, self._send, self._flush, clock)
+        self.hub = RelayHub(
+            self.pipes, find, self._send, self._flush, clock, self._target, self._folded
+        )
+        #: The node links, once attached: their socket is where relay outputs send.
+        self._links: NodeLinks | None = None
         #: Stand-ins the room lists: publication id -> (origin, publication, level sink).
         self._wanted: dict[int, tuple[int, Publication, AudioLevelSink | None]] = {}
         #: Origins with datagrams queued on their link, flushed at the end of the batch.
@@ -91,6 +95,8 @@ class NodePipes:
 
     def attach(self, links: NodeLinks) -> None:
         """Take the node links' events (and the links already up)."""
+        self._links = links
+        links.before_totals = self.fold
         links.on_link_up = self.link_up
         links.on_link_down = self.link_down
         links.on_flow = self.on_flow
@@ -181,6 +187,7 @@ class NodePipes:
         """The hub's poll (NACKs due, demand) and the pipes' refreshes and expiries."""
         if self.hub.remotes:
             self.hub.poll(now=now)
+        self.hub.relay.fold()
         for origin, carrier in list(self.carriers.items()):
             if carrier.next_timer() <= now:
                 for event in carrier.handle_timer(now=now):
@@ -231,6 +238,30 @@ class NodePipes:
             self._ticker = None
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def fold(self) -> None:
+        """Count what the data plane's relay outputs sent (read before the counters)."""
+        self.hub.relay.fold()
+
+    def _target(self, origin: int) -> RelayTarget | None:
+        """Where the data plane may seal and send a tap's packets to node ``origin`` itself:
+        its link's media lane, from the links' socket (the peer accepts lane datagrams only
+        from there); None without a lane (QUIC DATAGRAMs only) or a socket."""
+        carrier = self.carriers.get(origin)
+        sock = None if self._links is None else self._links.link_socket
+        if carrier is None or sock is None:
+            return None
+        link = carrier.link
+        if link.lane is None or link.closed:
+            return None
+        return RelayTarget(link.lane.sealer, sock, link.peer_address, MAX_DATAGRAM_DATA)
+
+    def _folded(self, origin: int, packets: int, octets: int) -> None:
+        """The relay outputs sent ``packets`` flow datagrams to ``origin``: its link's."""
+        carrier = self.carriers.get(origin)
+        if carrier is not None:
+            carrier.link.flows_sent += packets
+            carrier.link.bytes_sent += octets
 
     def _drop(self, origin: int) -> None:
         self.hub.drop_peer(origin)

@@ -33,6 +33,7 @@ import socket
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from sfu._fastpath._lane_shared import MAX_RELAY_OUTPUTS
 from sfu._fastpath.values import AUDIO, VP8, LogRecord
 from sfu.core.kernels import Forwarder
 from sfu.core.relay import RelayTap
@@ -132,7 +133,10 @@ class DataPlane:
         self.relayed = 0
         #: id(publication) -> its pipes' taps (and their outs), kept with the fan-out so that
         #: :meth:`relay` does not scan every local subscriber for each relayed packet.
-        self._taps: dict[int, tuple[tuple[RelayTap, Any], ...]] = {}
+        self._taps: dict[int, tuple[tuple[RelayTap, Any, int], ...]] = {}
+        #: Whether taps whose carrier names a target get a relay output (the forwarder seals
+        #: and sends their packets itself); False: every packet goes through the taps.
+        self.relay_outputs = True
         #: The media socket :meth:`ingest` sends on (the composition root sets it); without
         #: one, what it would send goes to :attr:`on_egress`.
         self.socket: socket.socket | None = None
@@ -373,7 +377,7 @@ class DataPlane:
 
     def routes_changed(self, publication: Publication) -> None:
         """The publication's fan-out snapshot changed: push it for each of its streams."""
-        relayed = self._note_taps(publication)
+        self._note_taps(publication)
         for handle in self._pub_streams.get(id(publication), ()):
             peer, pub, _ = self._streams[handle]
             claim = self._claims.get(peer.transport)
@@ -383,7 +387,7 @@ class DataPlane:
                 self.forwarder.set_routes(handle, self._routes(pub))
             except KeyError:
                 continue  # not in the forwarder (its transport's table was full): slow path
-            self._set_relayed(handle, relayed)
+            self._set_relayed(handle, publication)
 
     def _routes(self, publication: Publication) -> list[tuple[Any, int]]:
         """The fan-out entries the forwarder sends on (a pipe's taps are called by
@@ -394,40 +398,58 @@ class DataPlane:
             if not getattr(transport, "relay", False)
         ]
 
-    def _note_taps(self, publication: Publication) -> bool:
-        """Remember ``publication``'s pipe taps (for :meth:`relay`); whether it has any."""
-        taps = tuple((tap, out) for tap, out in publication.fanout if isinstance(tap, RelayTap))
-        if taps:
-            self._taps[id(publication)] = taps
+    def _note_taps(self, publication: Publication) -> None:
+        """Remember ``publication``'s pipe taps: each with the index of its relay output
+        (the forwarder sends for it), or -1 (its packets go to the tap, :meth:`relay`)."""
+        entries: list[tuple[RelayTap, Any, int]] = []
+        outputs = 0
+        for tap, out in publication.fanout:
+            if not isinstance(tap, RelayTap):
+                continue
+            output = None
+            if self.relay_outputs and outputs < MAX_RELAY_OUTPUTS:
+                try:
+                    output = tap.make_output(self.kernels.RelayOutput)
+                except TypeError:  # the carrier's sealer is another kind's: the tap relays
+                    output = None
+            entries.append((tap, out, -1 if output is None else outputs))
+            outputs += output is not None
+        if entries:
+            self._taps[id(publication)] = tuple(entries)
         else:
             self._taps.pop(id(publication), None)
-        return bool(taps)
 
-    def _set_relayed(self, handle: int, relayed: bool) -> None:
-        if relayed == (handle in self._relayed):
-            return
+    def _set_relayed(self, handle: int, publication: Publication) -> None:
+        """Push the publication's relay outputs for stream ``handle`` and log its packets
+        for the taps that have none."""
+        taps = self._taps.get(id(publication), ())
+        outputs = [tap.output for tap, _, index in taps if index >= 0]
+        logged = any(index < 0 for _, _, index in taps)
         try:
-            self.forwarder.set_relay(handle, relayed)
+            self.forwarder.set_relay_outputs(handle, outputs)
+            self.forwarder.set_relay(handle, logged)
         except KeyError:
             return  # not in the forwarder (table full, suspended): the Python path relays
-        if relayed:
+        if taps:
             self._relayed.add(handle)
         else:
             self._relayed.discard(handle)
 
     def relay(self, now: float) -> int:
         """Hand the packets the forwarder logged for relayed publications to their pipes'
-        taps (each frames a packet for its flow when its layer is demanded); returns the
-        packets handed over."""
+        taps (each frames a packet for its flow when its layer is demanded), but to those
+        whose relay output took it already; returns the packets handed over."""
         entries = self.forwarder.drain_relay()
         self.relayed += len(entries)
         streams, taps = self._streams, self._taps
-        for handle, packet in entries:
+        for handle, packet, done in entries:
             entry = streams.get(handle)
             if entry is None:
                 continue
             _, publication, stream = entry
-            for tap, out in taps.get(id(publication), ()):
+            for tap, out, index in taps.get(id(publication), ()):
+                if index >= 0 and (done >> index) & 1:
+                    continue
                 n = tap.relay(stream, packet)
                 if n:
                     out.send_rtp(bytes(memoryview(tap.buf)[:n]))
@@ -449,7 +471,8 @@ class DataPlane:
         self._live_of[handle] = key = (transport, stream.ssrc)
         self._live.add(key)
         self.forwarder.set_routes(handle, self._routes(publication))
-        self._set_relayed(handle, self._note_taps(publication))
+        self._note_taps(publication)
+        self._set_relayed(handle, publication)
 
     def _drop_stream(self, handle: int) -> None:
         entry = self._streams.pop(handle, None)

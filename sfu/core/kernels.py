@@ -36,7 +36,9 @@ __all__ = [
     "ExtensionRewriter",
     "Forwarder",
     "Kernels",
+    "LaneSealer",
     "Pacer",
+    "RelayOutput",
     "RetransmissionBuffer",
     "RouteState",
     "RtpMunger",
@@ -219,6 +221,51 @@ class Vp8Munger(Protocol):
     ) -> bool: ...
 
 
+class LaneSealer(Protocol):
+    """The sending half of a node link's sealed media lane, shared by the media lane and the
+    forwarder (``sfu._fastpath._lane_py``)."""
+
+    counter: int
+    active: bool
+
+    def __init__(self, epoch: int, key: bytes, *, limit: int = ...) -> None: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def used(self) -> int: ...
+    @property
+    def sealed(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    def rekey(self, epoch: int, key: bytes) -> None: ...
+    def seal(self, datagram: Buffer) -> bytes | None: ...
+
+
+class RelayOutput(Protocol):
+    """One relay tap run by the forwarder: a flow of a pipe to one address."""
+
+    spatial_mask: int
+
+    def __init__(
+        self,
+        sealer: Any,
+        sock: socket.socket | None,
+        address: Address,
+        prefix: bytes,
+        *,
+        max_datagram: int,
+        spatial_mask: int = 0,
+    ) -> None: ...
+    @property
+    def packets(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def filtered(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+
+
 class Forwarder(Protocol):
     """Forwards registered streams' media to their routes; the data plane's tables."""
 
@@ -235,6 +282,8 @@ class Forwarder(Protocol):
     send_errors: int
     log_overflow: int
     relay_overflow: int
+    relay_sent: int
+    relay_send_errors: int
     impaired_drops: int
     paced_packets: int
 
@@ -265,7 +314,9 @@ class Forwarder(Protocol):
     def remove_stream(self, handle: int) -> None: ...
     def set_routes(self, handle: int, routes: Sequence[tuple[Any, int]]) -> None: ...
     def set_relay(self, handle: int, relay: bool) -> None: ...
-    def drain_relay(self) -> list[tuple[int, bytes]]: ...
+    def set_relay_outputs(self, handle: int, outputs: Sequence[Any]) -> None: ...
+    def drain_relay(self) -> list[tuple[int, bytes, int]]: ...
+    def drain_relay_sent(self) -> list[tuple[Any, bytes]]: ...
     def process(
         self, datagrams: Iterable[Datagram], now: float
     ) -> tuple[list[Datagram], list[Datagram]]: ...
@@ -298,10 +349,12 @@ class Kernels:
     SendHistory: type[SendHistory]
     DelayDetector: type[DelayDetector]
     Pacer: type[Pacer]
+    LaneSealer: type[LaneSealer]
+    RelayOutput: type[RelayOutput]
 
 
 def _reference() -> Kernels:
-    from sfu._fastpath import _bwe_py, _forward_py, _pacer_py
+    from sfu._fastpath import _bwe_py, _forward_py, _lane_py, _pacer_py
     from sfu.core import (
         header_extensions,
         layers,
@@ -327,6 +380,8 @@ def _reference() -> Kernels:
         SendHistory=_bwe_py.SendHistory,
         DelayDetector=_bwe_py.DelayDetector,
         Pacer=_pacer_py.Pacer,
+        LaneSealer=_lane_py.LaneSealer,
+        RelayOutput=_lane_py.RelayOutput,
     )
 
 
@@ -345,6 +400,7 @@ def compiled() -> Kernels:
             _cache,
             _extensions,
             _forward,
+            _lane,
             _layers,
             _munger,
             _pacer,
@@ -366,6 +422,8 @@ def compiled() -> Kernels:
             SendHistory=_bwe.SendHistory,
             DelayDetector=_bwe.DelayDetector,
             Pacer=_pacer.Pacer,
+            LaneSealer=_lane.LaneSealer,
+            RelayOutput=_lane.RelayOutput,
         )
     return _compiled
 

@@ -24,7 +24,9 @@ asks for.
 from __future__ import annotations
 
 import secrets
+import socket
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from sfu._fastpath.values import LogRecord, PacketInfo
@@ -63,6 +65,7 @@ __all__ = [
     "PublicationRelay",
     "RelayHub",
     "RelayTap",
+    "RelayTarget",
     "RemotePublication",
     "spatial_demand",
 ]
@@ -94,19 +97,37 @@ class PlainIngress(Protocol):
     def ingest(self, owner: Any, packet: bytes, now: float) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RelayTarget:
+    """Where the data plane may send a pipe's relayed packets itself (a relay output): the
+    carrier's socket and the peer's address, the sealer of the node link's media lane, and
+    the largest pipe datagram the carrier takes."""
+
+    sealer: Any
+    sock: socket.socket
+    address: tuple[Any, ...]
+    max_datagram: int
+
+
 class PipeOut:
     """The Sender of every tap toward one peer: datagrams come framed by the Pipe, this
-    only hands them to the adapter's socket."""
+    only hands them to the adapter's socket. ``target`` names where the data plane may send
+    the taps' packets itself (None: only through this Sender)."""
 
-    __slots__ = ("_send",)
+    __slots__ = ("_send", "target")
 
     has_srtp: Final = True
     #: Marks a fan-out entry that is no transport (the data plane keeps such a publication
     #: on the Python path, which calls the tap).
     relay: Final = True
 
-    def __init__(self, send: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        send: Callable[[bytes], None],
+        target: Callable[[], RelayTarget | None] | None = None,
+    ) -> None:
         self._send = send
+        self.target = target
 
     def send_rtp(self, packet: bytes) -> bool:
         """Send one framed datagram (a relayed RTP packet)."""
@@ -123,6 +144,7 @@ class RelayTap:
     """A fan-out entry of a publication that relays its packets on one flow of one pipe."""
 
     __slots__ = (
+        "_folded",
         "announced",
         "buf",
         "demanded",
@@ -130,6 +152,7 @@ class RelayTap:
         "held",
         "mid",
         "out",
+        "output",
         "peer",
         "pipe",
         "publication",
@@ -153,6 +176,10 @@ class RelayTap:
         self.mid = publication.mid
         self.buf = bytearray(RELAY_BUFFER_BYTES)
         self.held = False
+        #: The data plane's relay output of this tap (a kernel ``RelayOutput``), once made;
+        #: its counts up to the last :meth:`fold`: packets, RTP bytes, filtered.
+        self.output: Any = None
+        self._folded = (0, 0, 0)
 
     def forward(
         self,
@@ -197,6 +224,50 @@ class RelayTap:
     def set_held(self, held: bool) -> None:
         """Stop (or resume) relaying."""
         self.held = held
+        self.sync_demand()
+
+    def make_output(self, output_class: Callable[..., Any]) -> Any:
+        """This tap's relay output for the data plane (made once, kept: its counts go on),
+        or None when the carrier has no target or the flow is gone. The peer is told the
+        publication's streams first: the data plane sends without asking the tap."""
+        if self.output is None:
+            target = self.out.target() if self.out.target is not None else None
+            prefix = self.pipe.flow_prefix(self.flow)
+            if target is None or prefix is None:
+                return None
+            self.output = output_class(
+                target.sealer,
+                target.sock,
+                target.address,
+                prefix,
+                max_datagram=target.max_datagram,
+            )
+        if frozenset(self.publication.streams) != self.announced:
+            self.announce()
+        self.sync_demand()
+        return self.output
+
+    def sync_demand(self) -> None:
+        """Give the relay output the layers the peer demands now (none while held)."""
+        if self.output is None:
+            return
+        demand = self.pipe.demand(self.flow)
+        self.output.spatial_mask = 0 if self.held or demand is None else demand[0]
+
+    def fold(self) -> tuple[int, int]:
+        """Add what the relay output sent since the last call to the pipe's counters, as if
+        the tap had relayed it; returns (datagrams, RTP bytes) for the carrier's."""
+        output = self.output
+        if output is None:
+            return 0, 0
+        now = (output.packets, output.bytes, output.filtered)
+        packets, octets, filtered = (a - b for a, b in zip(now, self._folded, strict=True))
+        self._folded = now
+        counters = self.pipe.counters
+        counters.relayed += packets
+        counters.relayed_bytes += octets + packets * len(output.prefix)
+        counters.filtered += filtered
+        return packets, octets
 
 
 class PublicationRelay:
@@ -210,9 +281,13 @@ class PublicationRelay:
         self,
         find: Callable[[str], Publication | None],
         out: Callable[[int], PipeOut],
+        folded: Callable[[int, int, int], None] | None = None,
     ) -> None:
         self._find = find
         self._out = out
+        #: Told (peer, datagrams, RTP bytes) the data plane's relay outputs sent, at each
+        #: :meth:`fold`: the carrier's counters.
+        self._folded = folded
         #: (peer, flow) -> its tap.
         self.taps: dict[tuple[int, int], RelayTap] = {}
         #: NACKed packets resent, and those no longer in the cache.
@@ -227,6 +302,7 @@ class PublicationRelay:
         elif isinstance(event, DemandChanged):
             tap = self.taps.get((peer, event.flow))
             if tap is not None:
+                tap.sync_demand()
                 self._request_keyframes(tap, event.spatial_mask, now)
         elif isinstance(event, Feedback):
             tap = self.taps.get((peer, event.flow))
@@ -279,10 +355,22 @@ class PublicationRelay:
             ):
                 self.keyframe_requests += 1
 
+    def fold(self) -> None:
+        """Count what the data plane's relay outputs sent since the last call (their taps'
+        pipes, and the carriers through ``folded``)."""
+        for (peer, _), tap in self.taps.items():
+            self._fold_tap(peer, tap)
+
+    def _fold_tap(self, peer: int, tap: RelayTap) -> None:
+        packets, octets = tap.fold()
+        if packets and self._folded is not None:
+            self._folded(peer, packets, octets)
+
     def _drop(self, peer: int, flow: int) -> None:
         tap = self.taps.pop((peer, flow), None)
         if tap is not None:
             tap.publication.remove_subscriber(tap)
+            self._fold_tap(peer, tap)
 
     def _feedback(self, tap: RelayTap, rtcp: bytes, now: float) -> None:
         try:
@@ -504,13 +592,16 @@ class RelayHub:
         send: Callable[[int, bytes], None],
         flush: Callable[[int], None],
         clock: Callable[[], float],
+        target: Callable[[int], RelayTarget | None] | None = None,
+        folded: Callable[[int, int, int], None] | None = None,
     ) -> None:
         self.pipes = pipes
         self._send = send
         self._flush = flush
         self._clock = clock
+        self._target = target
         self._outs: dict[int, PipeOut] = {}
-        self.relay = PublicationRelay(find, self._out)
+        self.relay = PublicationRelay(find, self._out, folded)
         #: (peer, flow) -> the remote publication a flow we receive feeds.
         self.remotes: dict[tuple[int, int], RemotePublication] = {}
         #: The room service's forwarding statistics: the relayed publications' routers
@@ -529,7 +620,9 @@ class RelayHub:
             def to_peer(datagram: bytes) -> None:
                 send(peer, datagram)
 
-            out = self._outs[peer] = PipeOut(to_peer)
+            where = self._target
+            target = None if where is None else lambda: where(peer)
+            out = self._outs[peer] = PipeOut(to_peer, target)
         return out
 
     def open(

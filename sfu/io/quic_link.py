@@ -24,7 +24,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
@@ -85,6 +85,10 @@ class LinkEndpoint:
         #: Whether new links may carry media on the sealed lane (the benchmarks turn it off
         #: to measure QUIC DATAGRAMs alone).
         self.media_lane = True
+        #: The lane kernel's sealer class new links seal with (the app passes its kernels'
+        #: so the forwarder can seal relayed packets through the same object; None: the
+        #: reference).
+        self.lane_sealer: Callable[..., Any] | None = None
         #: Whether a host may start a link (the live nodes' link hosts); None: any host.
         #: Without it a stranger could hold every pending slot with forged Initials.
         self.accept_from: Callable[[str], bool] | None = None
@@ -137,6 +141,12 @@ class LinkEndpoint:
             self.datagram_received(data, addr)
 
     @property
+    def link_socket(self) -> socket.socket | None:
+        """The links' UDP socket (None before :meth:`bind` and after :meth:`close`): the
+        forwarder sends sealed lane datagrams on it, as the links do."""
+        return self._sock
+
+    @property
     def address(self) -> tuple[str, int]:
         """The (host, port) the socket is bound to."""
         assert self._sock is not None
@@ -170,6 +180,7 @@ class LinkEndpoint:
             peer_address=addr,
             now=self._clock(),
             media_lane=self.media_lane,
+            lane_sealer=self.lane_sealer,
         )
         self.links[addr] = link
         self._flush(link)
@@ -209,7 +220,12 @@ class LinkEndpoint:
         if sum(1 for a in pending if a[0] == addr[0]) >= MAX_PENDING_PER_HOST:
             return None
         link = NodeLink.accept(
-            self._server_config, data, addr, now=self._clock(), media_lane=self.media_lane
+            self._server_config,
+            data,
+            addr,
+            now=self._clock(),
+            media_lane=self.media_lane,
+            lane_sealer=self.lane_sealer,
         )
         if link is not None:
             self.links[addr] = link

@@ -143,7 +143,7 @@ class ClusterCollector(Collector):
             rtt.add_metric(["min"], min(rtts))
             rtt.add_metric(["max"], max(rtts))
         yield rtt
-        totals = links.totals()
+        totals = links.totals()  # the relay pipes' counters are brought up to date too
         flows = CounterMetricFamily(
             "sfu_cluster_link_datagrams",
             "Flow datagrams over the node links: published (sent), received, dropped (too "

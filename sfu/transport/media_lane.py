@@ -51,11 +51,23 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sfu._fastpath._lane_py import LaneSealer as ReferenceSealer
+from sfu._fastpath._lane_shared import (
+    EPOCHS,
+    HEADER,
+    HEADER_BYTES,
+    KEY_BYTES,
+    KEY_LIMIT,
+    NONCE,
+    TAG_BYTES,
+    VERSION,
+    VERSION_MASK,
+)
 from sfu.packet.errors import ParseError
 
 __all__ = [
@@ -86,23 +98,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The high nibble of a lane datagram's first byte: lane version 1. 0x40 (QUIC's fixed bit)
-#: and 0x80 (QUIC's long header bit) stay clear.
-VERSION: Final = 0x20
-#: The first byte's bits that are the version; the rest is the key epoch.
-VERSION_MASK: Final = 0xF0
-#: Key epochs (the first byte's low nibble): enough to tell the current key from the last.
-EPOCHS: Final = 16
 #: Set in the first byte of every QUIC packet (RFC 9000 section 17): clear means the lane.
 QUIC_FIXED_BIT: Final = 0x40
-#: First byte and 64-bit counter: the associated data.
-HEADER_BYTES: Final = 9
-#: AES-GCM's tag.
-TAG_BYTES: Final = 16
 #: What sealing adds to a pipe datagram (25 bytes, against ~40 for a QUIC DATAGRAM frame).
 OVERHEAD: Final = HEADER_BYTES + TAG_BYTES
-#: AES-128.
-KEY_BYTES: Final = 16
 #: Counters before the highest one received that are still accepted once (SRTP's default
 #: is 64; relayed media at 10,000 packets/s reorders over far fewer than this).
 REPLAY_WINDOW: Final = 1024
@@ -110,11 +109,6 @@ REPLAY_WINDOW: Final = 1024
 #: bound for ~1,500-byte packets is about 2^28 packets at an attacker advantage of 2^-57
 #: (RFC 9001 section 6.6 and appendix B.1, scaled to our packet size); 2^24 leaves room.
 REKEY_AFTER: Final = 1 << 24
-#: Datagrams sealed with one key after which sealing stops (media goes back to QUIC
-#: DATAGRAMs) while the peer has not acknowledged the next key.
-KEY_LIMIT: Final = 1 << 26
-#: Largest counter (the nonce's 64 bits).
-MAX_COUNTER: Final = (1 << 64) - 1
 #: Control message types of the node link that belong to the lane (their first byte). A pipe
 #: control message starts with 0x00 (flow 0), so these never collide with one.
 MESSAGE_KEY: Final = 0xE1
@@ -155,13 +149,29 @@ _SAMPLES_KEPT: Final = int(BLOCKED_WINDOW_S / REPORT_INTERVAL_S) + 3
 KEYS_KEPT: Final = 2
 #: Why a received lane datagram was dropped (a fixed set: the metric's labels).
 LANE_DROP_REASONS: Final = ("not_peer", "malformed", "unknown_key", "replayed", "auth_failed")
-#: The header (first byte, counter) and the AEAD nonce (four zero bytes, the counter).
-_HEADER: Final = struct.Struct("!BQ")
+#: A REPORT: type, datagrams opened.
 _REPORT: Final = struct.Struct("!BQ")
-_NONCE: Final = struct.Struct("!4xQ")
 _WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
 
 Random = Callable[[int], bytes]
+
+
+class LaneSealer(Protocol):
+    """Our direction's key, epoch and counter: a lane kernel object (``sfu._fastpath._lane``
+    or its reference), shared with the forwarder that seals relayed packets through it."""
+
+    active: bool
+
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def used(self) -> int: ...
+    @property
+    def sealed(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    def rekey(self, epoch: int, key: bytes) -> None: ...
+    def seal(self, datagram: bytes) -> bytes | None: ...
 
 
 def is_lane_datagram(data: bytes) -> bool:
@@ -184,7 +194,7 @@ def parse_header(data: bytes) -> tuple[int, int]:
     first = data[0]
     if first & VERSION_MASK != VERSION:
         raise ParseError(f"media lane: version byte {first:#04x}")
-    _, counter = _HEADER.unpack_from(data)
+    _, counter = HEADER.unpack_from(data)
     return first & (EPOCHS - 1), int(counter)
 
 
@@ -199,8 +209,6 @@ class MediaLane:
     __slots__ = (
         "_acked",
         "_blocked_until",
-        "_counter",
-        "_epoch",
         "_highest",
         "_keys",
         "_messages",
@@ -211,41 +219,43 @@ class MediaLane:
         "_report",
         "_retry_s",
         "_samples",
-        "_sealer",
-        "_used",
         "_window",
         "blocked",
         "drops",
         "peer_address",
         "received",
-        "sealed",
+        "sealer",
     )
 
     def __init__(
-        self, peer_address: tuple[Any, ...], *, now: float, random: Random | None = None
+        self,
+        peer_address: tuple[Any, ...],
+        *,
+        now: float,
+        random: Random | None = None,
+        sealer: Callable[..., LaneSealer] = ReferenceSealer,
     ) -> None:
         #: The only address lane datagrams are accepted from (the link peer's).
         self.peer_address = peer_address
         if random is None:
             random = os.urandom
         self._random = random
-        self._epoch = random(1)[0] % EPOCHS
+        epoch = random(1)[0] % EPOCHS
         key = random(KEY_BYTES)
-        self._sealer = AESGCM(key)
+        #: Our direction's key, epoch and counter (a kernel object: the forwarder seals the
+        #: relayed packets it forwards through it too, so the counter is one for both).
+        self.sealer: LaneSealer = sealer(epoch, key, limit=KEY_LIMIT)
         self._acked = False
-        #: The next key, announced and not yet acknowledged: (epoch, sealer).
-        self._next: tuple[int, AESGCM] | None = None
-        self._counter = 0
-        self._used = 0  # datagrams sealed with the current key
+        #: The next key, announced and not yet acknowledged: (epoch, key).
+        self._next: tuple[int, bytes] | None = None
         #: The peer's keys by epoch, oldest first (at most KEYS_KEPT).
         self._keys: dict[int, AESGCM] = {}
         self._highest = -1
         self._window = 0  # bit i: counter highest - i was received
         #: Control messages for the peer (KEY, KEY_ACK), taken by the link.
         self._messages: list[bytes] = []
-        self._messages.append(self._key_message(self._epoch, key))
-        #: Datagrams sealed and opened, and drops by reason (LANE_DROP_REASONS).
-        self.sealed = 0
+        self._messages.append(self._key_message(epoch, key))
+        #: Datagrams opened, and drops by reason (LANE_DROP_REASONS).
         self.received = 0
         self.drops: dict[str, int] = dict.fromkeys(LANE_DROP_REASONS, 0)
         # Liveness: when the next REPORT is due; the peer's last count and, at its arrival,
@@ -264,12 +274,22 @@ class MediaLane:
     def up(self) -> bool:
         """Whether media goes sealed: the peer acknowledged our key, we hold its, and the
         lane is not in fallback after going silent."""
-        return (
-            self._acked
-            and bool(self._keys)
-            and self._used < KEY_LIMIT
-            and self._blocked_until is None
-        )
+        return self._allowed() and self.sealer.used < self.sealer.limit
+
+    @property
+    def sealed(self) -> int:
+        """Datagrams sealed in our direction, by the lane and the forwarder together."""
+        return self.sealer.sealed
+
+    def _allowed(self) -> bool:
+        return self._acked and bool(self._keys) and self._blocked_until is None
+
+    def _update(self) -> None:
+        """After any change of state: let the sealer seal (or not), and announce the next
+        key once the current one has sealed REKEY_AFTER datagrams, whoever sealed them."""
+        self.sealer.active = self._allowed()
+        if self.sealer.used >= REKEY_AFTER and self._next is None:
+            self._announce_next()
 
     @property
     def in_fallback(self) -> bool:
@@ -291,22 +311,15 @@ class MediaLane:
     def seal(self, datagram: bytes) -> bytes | None:
         """The lane datagram of one pipe datagram; None while the lane is not up (the link
         sends it as a QUIC DATAGRAM instead)."""
-        if not self.up or self._counter > MAX_COUNTER:
-            return None
-        counter = self._counter
-        header = _HEADER.pack(VERSION | self._epoch, counter)
-        sealed = header + self._sealer.encrypt(_NONCE.pack(counter), datagram, header)
-        self._counter = counter + 1
-        self._used += 1
-        self.sealed += 1
-        if self._used == REKEY_AFTER and self._next is None:
+        sealed = self.sealer.seal(datagram)
+        if self.sealer.used >= REKEY_AFTER and self._next is None:
             self._announce_next()
         return sealed
 
     def _announce_next(self) -> None:
-        epoch = (self._epoch + 1) % EPOCHS
+        epoch = (self.sealer.epoch + 1) % EPOCHS
         key = self._random(KEY_BYTES)
-        self._next = (epoch, AESGCM(key))
+        self._next = (epoch, key)
         self._messages.append(self._key_message(epoch, key))
 
     @staticmethod
@@ -327,6 +340,7 @@ class MediaLane:
                 self._report = (now, self.sealed, opened)
                 if self._blocked_until is None:
                     self._check()
+                    self._update()
                 return True
         if kind == MESSAGE_KEY and len(message) == KEY_MESSAGE_BYTES and message[1] < EPOCHS:
             epoch = message[1]
@@ -335,15 +349,16 @@ class MediaLane:
             while len(self._keys) > KEYS_KEPT:
                 del self._keys[next(iter(self._keys))]
             self._messages.append(bytes((MESSAGE_KEY_ACK, epoch)))
+            self._update()
             return True
         if kind == MESSAGE_KEY_ACK and len(message) == KEY_ACK_MESSAGE_BYTES:
             epoch = message[1]
-            if epoch == self._epoch:
+            if epoch == self.sealer.epoch:
                 self._acked = True
             elif self._next is not None and epoch == self._next[0]:
-                self._epoch, self._sealer = self._next
+                self.sealer.rekey(*self._next)
                 self._next = None
-                self._used = 0
+            self._update()
             return True
         self.drops["malformed"] += 1
         return False
@@ -368,6 +383,7 @@ class MediaLane:
             self._report = None
             self._samples.clear()
             log.debug("media lane: retrying the sealed lane")
+        self._update()
         if now < self._next_report:
             return
         self._next_report += REPORT_INTERVAL_S
@@ -442,7 +458,7 @@ class MediaLane:
             self.drops["replayed"] += 1
             return None
         try:
-            plain = opener.decrypt(_NONCE.pack(counter), data[HEADER_BYTES:], data[:HEADER_BYTES])
+            plain = opener.decrypt(NONCE.pack(counter), data[HEADER_BYTES:], data[:HEADER_BYTES])
         except InvalidTag:
             self.drops["auth_failed"] += 1
             return None

@@ -26,7 +26,7 @@ asyncio adapter is :mod:`sfu.io.quic_link`.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -43,6 +43,7 @@ from sfu.packet.errors import ParseError
 from sfu.packet.flow import decode_flow, encode_flow
 from sfu.transport.media_lane import (
     LANE_DROP_REASONS,
+    LaneSealer,
     MediaLane,
     Random,
     is_lane_datagram,
@@ -184,6 +185,7 @@ class NodeLink:
         original_destination_connection_id: bytes | None = None,
         media_lane: bool = True,
         random: Random | None = None,
+        lane_sealer: Callable[..., LaneSealer] | None = None,
     ) -> None:
         self.is_client = configuration.is_client
         self.peer_address = peer_address
@@ -206,6 +208,8 @@ class NodeLink:
         #: a peer without the lane; the benchmarks compare both).
         self._lane_enabled = media_lane
         self._random = random
+        #: The lane kernel's sealer class (compiled or reference; None: the reference).
+        self._lane_sealer = lane_sealer
         #: The sealed lane, from the moment the peer is proven (new keys with every link).
         self.lane: MediaLane | None = None
         #: Sealed datagrams waiting for :meth:`datagrams` (the batch's flush).
@@ -235,6 +239,7 @@ class NodeLink:
         now: float,
         media_lane: bool = True,
         random: Random | None = None,
+        lane_sealer: Callable[..., LaneSealer] | None = None,
     ) -> NodeLink | None:
         """The server end of a link that ``data`` (a client's Initial) starts, else None."""
         if len(data) < MIN_INITIAL_SIZE:
@@ -254,6 +259,7 @@ class NodeLink:
             original_destination_connection_id=header.destination_cid,
             media_lane=media_lane,
             random=random,
+            lane_sealer=lane_sealer,
         )
 
     # -- input --------------------------------------------------------------------------------
@@ -454,7 +460,15 @@ class NodeLink:
                     self._write_control(b"")
                     self._flush_control()
                 if self._lane_enabled:
-                    self.lane = MediaLane(self.peer_address, now=now, random=self._random)
+                    if self._lane_sealer is None:
+                        self.lane = MediaLane(self.peer_address, now=now, random=self._random)
+                    else:
+                        self.lane = MediaLane(
+                            self.peer_address,
+                            now=now,
+                            random=self._random,
+                            sealer=self._lane_sealer,
+                        )
                     self._send_lane_messages()  # our key
             elif isinstance(event, quic_events.ConnectionTerminated):
                 self.closed = True

@@ -276,6 +276,12 @@ class Pipe:
         """Flows we send, by id, with their track ids."""
         return {flow: state.track_id for flow, state in self._outbound.items()}
 
+    def flow_prefix(self, flow: int) -> bytes | None:
+        """The bytes that start every datagram of a flow we send (its varint id); None when
+        the flow is gone."""
+        state = self._outbound.get(flow)
+        return None if state is None else state.prefix
+
     def demand(self, flow: int) -> tuple[int, int] | None:
         """The peer's (spatial mask, bitrate) for a flow we send; None when unknown."""
         state = self._outbound.get(flow)

@@ -111,8 +111,15 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
             assert len(node_b.node_pipes.hub.remotes) == 1
             assert node_a.node_pipes.hub.relay.keyframe_requests >= 1
             assert node_a.links is not None and node_a.links.totals()["flows_sent"] > 10
-            # The publication stayed in the data plane, which handed its packets to the tap.
-            assert node_a.dataplane.relayed > 10
+            # The publication stayed in the data plane, which sealed its packets for the
+            # link's media lane and sent them itself (the tap's relay output); only what came
+            # before the lane was keyed went through the tap to QUIC DATAGRAMs.
+            forwarder_a = node_a.dataplane.forwarder
+            assert forwarder_a.relay_sent > 10 and forwarder_a.relay_send_errors == 0
+            assert node_a.dataplane.relayed < forwarder_a.relay_sent
+            (tap,) = taps(node_a)
+            assert tap.output is not None and tap.output.packets == forwarder_a.relay_sent
+            assert tap.output.sealer is node_a.links.up[node_b.cluster.node.node_id].lane.sealer
             # On B the relayed packets fanned out in the data plane too (a plaintext source),
             # not through the relayed publication's Router.
             assert node_b.dataplane.ingested > 10

@@ -336,4 +336,4 @@ def test_the_relay_log_is_bounded_alike(compiled_kernels: Kernels) -> None:
         assert world.forwarder.drain_relay() == []
     assert logs[0] == logs[1]
     assert len(logs[0]) == 1024
-    assert all(handle == 0 for handle, _ in logs[0])
+    assert all(handle == 0 and done == 0 for handle, _, done in logs[0])

@@ -24,6 +24,7 @@ REFERENCE_MODULES = {
     "sfu._fastpath._bwe_py",
     "sfu._fastpath._pacer_py",
     "sfu._fastpath._forward_py",
+    "sfu._fastpath._lane_py",
     "sfu.core.header_extensions",
     "sfu.core.layers",
     "sfu.core.svc",

@@ -1,0 +1,157 @@
+"""Sealing relayed media in the data plane: the contract of ``_lane.pyx``, in pure Python.
+
+A relayed publication's packets used to reach the node link through Python for each packet:
+the tap framed it, the link sealed it for the media lane (:mod:`sfu.transport.media_lane`), a
+``sendto`` sent it. Here the forwarder does it for the packets it forwards anyway:
+
+- :class:`LaneSealer` is the sending half of one lane: the key in use and its epoch, the
+  64-bit counter that is the nonce, and counts. The media lane (keys, acknowledgements,
+  liveness, the datagrams it seals itself) and the forwarder seal through the same object, so
+  a counter is never used twice under one key whoever seals. ``active`` is the lane's
+  verdict (keyed both ways, not in fallback); while it is False nothing is sealed.
+- :class:`RelayOutput` is one relay tap in the forwarder: the flow's prefix (its varint id),
+  the spatial layers the far side demands, the sealer (None: a plain pipe between workers of
+  one node), the socket and address to send to, and what it sent, filtered and handed back.
+
+A packet an output cannot take (its sealer not active, or too large) is handed back to the
+Python taps through the forwarder's relay log, which then relays it the slow way (as a QUIC
+DATAGRAM until the lane is up, counting what it drops): nothing is lost by the fast path.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sfu._fastpath._lane_shared import (
+    EPOCHS,
+    HEADER,
+    KEY_BYTES,
+    KEY_LIMIT,
+    MAX_COUNTER,
+    NONCE,
+    VERSION,
+)
+
+__all__ = ["LaneSealer", "RelayOutput"]
+
+
+def _check_key(epoch: int, key: bytes) -> None:
+    if not 0 <= epoch < EPOCHS:
+        raise ValueError(f"epoch must be in 0..{EPOCHS - 1}")
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"a lane key has {KEY_BYTES} bytes")
+
+
+class LaneSealer:
+    """The sending half of one sealed media lane: one key at a time, one counter for all."""
+
+    __slots__ = ("_aead", "active", "counter", "epoch", "limit", "sealed", "used")
+
+    def __init__(self, epoch: int, key: bytes, *, limit: int = KEY_LIMIT) -> None:
+        _check_key(epoch, key)
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self._aead = AESGCM(key)
+        #: The key's epoch (the first byte's low nibble).
+        self.epoch = epoch
+        #: The next datagram's counter (the nonce), never reused.
+        self.counter = 0
+        #: Datagrams sealed with the current key, and with any.
+        self.used = 0
+        self.sealed = 0
+        #: Datagrams one key may seal (KEY_LIMIT; tests lower it).
+        self.limit = limit
+        #: Whether sealing is allowed: the lane's owner sets it (keyed both ways, no fallback).
+        self.active = False
+
+    def rekey(self, epoch: int, key: bytes) -> None:
+        """Seal with a new key from now on (the counter goes on: nonces are per key anyway)."""
+        _check_key(epoch, key)
+        self._aead = AESGCM(key)
+        self.epoch = epoch
+        self.used = 0
+
+    def seal(self, datagram: bytes | bytearray | memoryview) -> bytes | None:
+        """The lane datagram of one pipe datagram; None when sealing is not allowed now
+        (not active, the key's limit reached, the counter spent)."""
+        if not self.active or self.used >= self.limit or self.counter > MAX_COUNTER:
+            return None
+        counter = self.counter
+        header = HEADER.pack(VERSION | self.epoch, counter)
+        sealed = header + self._aead.encrypt(NONCE.pack(counter), bytes(datagram), header)
+        self.counter = counter + 1
+        self.used += 1
+        self.sealed += 1
+        return sealed
+
+
+class RelayOutput:
+    """One relay tap as the forwarder runs it: a flow of one pipe, to one address."""
+
+    __slots__ = (
+        "address",
+        "bytes",
+        "failed",
+        "filtered",
+        "max_datagram",
+        "packets",
+        "prefix",
+        "sealer",
+        "sock",
+        "spatial_mask",
+    )
+
+    def __init__(
+        self,
+        sealer: LaneSealer | None,
+        sock: socket.socket | None,
+        address: tuple[Any, ...],
+        prefix: bytes,
+        *,
+        max_datagram: int,
+        spatial_mask: int = 0,
+    ) -> None:
+        if sealer is not None and not isinstance(sealer, LaneSealer):
+            raise TypeError("the sealer must be the reference kernels' LaneSealer")
+        if not 1 <= len(prefix) <= 8:
+            raise ValueError("a flow prefix is a QUIC varint: 1 to 8 bytes")
+        if max_datagram <= len(prefix):
+            raise ValueError("max_datagram must leave room for a packet")
+        self.sealer = sealer
+        #: Where datagrams go; None: kept for the forwarder's drain_relay_sent() (tests).
+        self.sock = sock
+        self.address = (str(address[0]), int(address[1]))
+        self.prefix = bytes(prefix)
+        #: Largest pipe datagram (prefix and packet) the carrier takes, before sealing.
+        self.max_datagram = max_datagram
+        #: Bit n: the far side wants spatial layer n (its DEMAND).
+        self.spatial_mask = spatial_mask
+        #: Packets relayed (and their RTP bytes), not demanded, and handed back (not sealed).
+        self.packets = 0
+        self.bytes = 0
+        self.filtered = 0
+        self.failed = 0
+
+    def take(self, packet: bytes, layer: int) -> bytes | None:
+        """The datagram relaying ``packet`` (of spatial layer ``layer``); empty when the
+        layer is not demanded (nothing to send, handled); None when this output cannot take
+        it (handed back to the Python taps)."""
+        if not (self.spatial_mask >> layer) & 1:
+            self.filtered += 1
+            return b""
+        datagram = self.prefix + packet
+        if len(datagram) > self.max_datagram:
+            self.failed += 1
+            return None
+        if self.sealer is not None:
+            sealed = self.sealer.seal(datagram)
+            if sealed is None:
+                self.failed += 1
+                return None
+            datagram = sealed
+        self.packets += 1
+        self.bytes += len(packet)
+        return datagram

@@ -1,0 +1,53 @@
+"""What the two lane kernels (``_lane.pyx`` and ``_lane_py.py``) and the media lane share.
+
+The sealed media lane of a node link (:mod:`sfu.transport.media_lane` describes it whole) puts
+each pipe datagram in one UDP datagram: a 9-byte header (version and key epoch, a 64-bit
+counter), the AES-128-GCM ciphertext, the 16-byte tag. The header is the associated data; the
+nonce is four zero bytes and the counter. These figures live here, below both the kernels that
+seal in the data plane and the lane's control logic, so the two cannot disagree on the format.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+__all__ = [
+    "EPOCHS",
+    "HEADER",
+    "HEADER_BYTES",
+    "KEY_BYTES",
+    "KEY_LIMIT",
+    "MAX_COUNTER",
+    "MAX_RELAY_OUTPUTS",
+    "NONCE",
+    "TAG_BYTES",
+    "VERSION",
+    "VERSION_MASK",
+]
+
+#: The high nibble of a lane datagram's first byte: lane version 1. 0x40 (QUIC's fixed bit)
+#: and 0x80 (QUIC's long header bit) stay clear.
+VERSION: Final = 0x20
+#: The first byte's bits that are the version; the rest is the key epoch.
+VERSION_MASK: Final = 0xF0
+#: Key epochs (the first byte's low nibble): enough to tell the current key from the last.
+EPOCHS: Final = 16
+#: First byte and 64-bit counter: the associated data.
+HEADER_BYTES: Final = 9
+#: AES-GCM's tag.
+TAG_BYTES: Final = 16
+#: AES-128.
+KEY_BYTES: Final = 16
+#: Datagrams sealed with one key after which sealing stops until the next key is in use
+#: (the media lane announces one long before: its REKEY_AFTER). Well inside AES-GCM's
+#: confidentiality bound for ~1,500-byte packets (RFC 9001 section 6.6 and appendix B.1).
+KEY_LIMIT: Final = 1 << 26
+#: Largest counter (the nonce's 64 bits).
+MAX_COUNTER: Final = (1 << 64) - 1
+#: Relay outputs one stream of the forwarder can have (a bit each in a relay log entry's
+#: ``done`` mask): one per node or worker its publication is relayed to.
+MAX_RELAY_OUTPUTS: Final = 32
+#: The header (first byte, counter) and the AEAD nonce (four zero bytes, the counter).
+HEADER: Final = struct.Struct("!BQ")
+NONCE: Final = struct.Struct("!4xQ")
