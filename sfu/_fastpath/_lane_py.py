@@ -20,6 +20,7 @@ DATAGRAM until the lane is up, counting what it drops): nothing is lost by the f
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 
@@ -123,6 +124,10 @@ class RelayOutput:
         self.sealer = sealer
         #: Where datagrams go; None: kept for the forwarder's drain_relay_sent() (tests).
         self.sock = sock
+        try:
+            ipaddress.ip_address(str(address[0]))
+        except ValueError:
+            raise ValueError("address must be an IP literal") from None
         self.address = (str(address[0]), int(address[1]))
         self.prefix = bytes(prefix)
         #: Largest pipe datagram (prefix and packet) the carrier takes, before sealing.

@@ -104,7 +104,8 @@ class RelayTarget:
     the largest pipe datagram the carrier takes."""
 
     sealer: Any
-    sock: socket.socket
+    #: None: the forwarder keeps the datagrams (``drain_relay_sent``; tests and tools).
+    sock: socket.socket | None
     address: tuple[Any, ...]
     max_datagram: int
 
