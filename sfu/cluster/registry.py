@@ -206,7 +206,9 @@ class NodeRegistry:
 
     async def _refresh_spans(self) -> None:
         """Write this node's entry in the span of each held room not written for
-        :data:`ROOM_REFRESH_S` (one directory call per batch)."""
+        :data:`ROOM_REFRESH_S` (one directory call per batch). Best effort: a failed write
+        leaves the rooms due for the next renewal, and the lease renewal stands (the
+        entries outlive two missed refreshes)."""
         now = self._clock()
         due = sorted(r for r, at in self._held.items() if now - at >= ROOM_REFRESH_S)
         if not due:
@@ -215,7 +217,7 @@ class NodeRegistry:
             await self.directory.hold_rooms(self.node.node_id, due)
         except DirectoryUnavailable:
             self.span_failures += 1
-            raise
+            return
         self.span_writes += len(due)
         gone = []
         for room in due:
@@ -224,7 +226,10 @@ class NodeRegistry:
             else:
                 gone.append(room)  # ended here while the write was on its way
         if gone:
-            await self.directory.leave_rooms(self.node.node_id, gone)
+            try:
+                await self.directory.leave_rooms(self.node.node_id, gone)
+            except DirectoryUnavailable:
+                self.span_failures += 1  # they lapse by themselves within ROOM_LEASE_TTL_S
 
     async def _hold_now(self, room: str) -> None:
         """Write the new room's span entry now (best effort: the next renewal retries)."""

@@ -461,6 +461,9 @@ def test_the_registry_keeps_its_rooms_spans_written_and_removes_them() -> None:
         directory.fail = True
         await a.claim_home("t")
         assert a.span_failures == 1 and await b.room_nodes("t") == set()
+        clock.t += 1.0
+        await a._renew_once(first=False)  # the renewal's write fails too: the lease stands
+        assert a.span_failures == 2 and a.connected and await b.room_nodes("t") == set()
         directory.fail = False
         clock.t += 1.0
         await a._renew_once(first=False)
