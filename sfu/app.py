@@ -350,6 +350,7 @@ class Server:
                 generation=lambda: registry.renewals,
                 max_load=config.cluster.max_load,
                 room_nodes=self._room_nodes,
+                lookup=registry.room_nodes,
             )
         #: The rooms' bus between nodes and their home claims (clustered, one process per node).
         self.room_bus: ClusterRoomBus | None = None
@@ -905,13 +906,14 @@ class Server:
             loop.call_later(spread * i / len(moving), self._move_one, participant)
         log.info("draining: moving %d participant(s) to other nodes", len(moving))
 
-    def _room_nodes(self, name: str) -> set[str]:
+    def _room_nodes(self, name: str) -> set[str] | None:
         """The other nodes room ``name`` has participants on, as this node sees it (the room
-        bus's remote participants); empty when the room is not here."""
+        bus's remote participants); None when the room is not here (placement then asks the
+        directory)."""
         rooms, bus = self.rooms, self.room_bus
         room = None if rooms is None else rooms.rooms.get(name)
         if room is None or bus is None:
-            return set()
+            return None
         origins = set(room.remote_shard.values())
         return {node for node, origin in bus.origins.items() if origin in origins}
 

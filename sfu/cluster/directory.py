@@ -4,7 +4,12 @@ The directory holds which nodes are alive (each a leased entry: registered, rene
 :data:`RENEW_INTERVAL_S`, gone :data:`LEASE_TTL_S` after its last renewal) and which node is
 each room's home (claimed by one node, released only by that node: a compare-and-delete,
 so a node that lost a race, or a stale one, cannot delete a room another node serves;
-livekit#4316 lost a 435-participant room to exactly that). The bus carries room events
+livekit#4316 lost a 435-participant room to exactly that). It also holds which nodes each
+room is on (its *span*): every node records, per room it holds, a leased entry of its own
+(:data:`ROOM_LEASE_TTL_S`, refreshed every :data:`ROOM_REFRESH_S` by the node registry,
+removed by that node alone when the room ends there), so that a node which does not hold a
+room can still place a join where the room already is (:mod:`sfu.cluster.placement`); a
+dead node's entries lapse by themselves. The bus carries room events
 between nodes (publish to a room's channel; every node subscribed to it gets them), bounded
 in message size and in rate.
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -29,7 +34,11 @@ __all__ = [
     "CLUSTER_CHANNEL",
     "LEASE_TTL_S",
     "MAX_BUS_MESSAGE_BYTES",
+    "MAX_SPAN_NODES",
     "RENEW_INTERVAL_S",
+    "ROOM_BATCH",
+    "ROOM_LEASE_TTL_S",
+    "ROOM_REFRESH_S",
     "BusError",
     "BusHandler",
     "Directory",
@@ -46,6 +55,18 @@ __all__ = [
 RENEW_INTERVAL_S: Final = 1.0
 #: A lease not renewed for this long lapses: the node is dead (three missed renewals).
 LEASE_TTL_S: Final = 3.0
+#: A node refreshes its entry in the span of each room it holds this often (seconds): a
+#: third of :data:`ROOM_LEASE_TTL_S`, so that two refreshes lost in a row (Redis away for a
+#: moment) do not drop it. Slower than the node lease: a node with many rooms refreshes a
+#: third of them a second, and readers need not trust the entry alone (placement only ever
+#: picks a node whose node lease is live, so a dead node's entries are ignored at once).
+ROOM_REFRESH_S: Final = 3.0
+#: An entry in a room's span not refreshed for this long lapses (the node stopped holding the
+#: room without saying so: it died, or Redis was away when the room ended there).
+ROOM_LEASE_TTL_S: Final = 3 * ROOM_REFRESH_S
+#: Rooms one span write (one Redis script call) refreshes or removes at most: a node holding
+#: thousands of rooms sends a few calls, none of them long enough to stall Redis.
+ROOM_BATCH: Final = 256
 #: Largest bus message (JSON, UTF-8 bytes): room events are small; a bigger one is refused
 #: on publish and dropped (counted) on receipt.
 MAX_BUS_MESSAGE_BYTES: Final = 16384
@@ -55,6 +76,9 @@ BUS_RATE_PER_S: Final = 500.0
 BUS_BURST: Final = 1000
 #: Longest room name accepted as a bus channel or home key (the room protocol's own bound).
 MAX_ROOM_NAME: Final = 128
+#: Nodes one read of a room's span returns at most (a bound on the read's size whatever the
+#: store holds; a room spread over more nodes than this is placed among these).
+MAX_SPAN_NODES: Final = 1024
 
 
 class DirectoryUnavailable(ConnectionError):
@@ -211,6 +235,20 @@ class Directory(Protocol):
         another node does."""
         ...
 
+    async def hold_rooms(self, node_id: str, rooms: Sequence[str]) -> None:
+        """Record (or refresh) that ``node_id`` holds each of ``rooms``: its entry in each
+        room's span, live for :data:`ROOM_LEASE_TTL_S` from now."""
+        ...
+
+    async def leave_rooms(self, node_id: str, rooms: Sequence[str]) -> None:
+        """Remove ``node_id``'s own entry from each room's span (nobody else's)."""
+        ...
+
+    async def room_nodes(self, room: str) -> set[str]:
+        """The nodes whose entry in the room's span is live (at most
+        :data:`MAX_SPAN_NODES`)."""
+        ...
+
     async def publish(self, room: str, message: Mapping[str, Any]) -> bool:
         """Send a room event to every node subscribed to the room; False when dropped by the
         rate limit. BusError when the message is too large or not JSON."""
@@ -236,6 +274,10 @@ class LocalHub:
     def __init__(self) -> None:
         self.nodes: dict[str, tuple[NodeInfo, float]] = {}
         self.homes: dict[str, str] = {}
+        #: Room -> node id -> until when (clock time) its entry in the room's span is live.
+        self.spans: dict[str, dict[str, float]] = {}
+        #: When the spans were last swept of lapsed entries.
+        self.swept = -math.inf
         self.members: list[LocalDirectory] = []
 
 
@@ -293,6 +335,39 @@ class LocalDirectory:
             return False
         del self._homes[room]
         return True
+
+    async def hold_rooms(self, node_id: str, rooms: Sequence[str]) -> None:
+        for room in rooms:
+            check_room(room)
+        now = self._clock()
+        spans = self._hub.spans
+        for room in rooms:
+            spans.setdefault(room, {})[node_id] = now + ROOM_LEASE_TTL_S
+        if now - self._hub.swept >= ROOM_LEASE_TTL_S:
+            # What Redis's key expiry does: rooms whose every entry lapsed go (a dead node's
+            # rooms; only ever in tests, where one process stands in for several nodes).
+            self._hub.swept = now
+            for room in list(spans):
+                live = {n: until for n, until in spans[room].items() if until > now}
+                if live:
+                    spans[room] = live
+                else:
+                    del spans[room]
+
+    async def leave_rooms(self, node_id: str, rooms: Sequence[str]) -> None:
+        spans = self._hub.spans
+        for room in rooms:
+            span = spans.get(room)
+            if span is not None:
+                span.pop(node_id, None)
+                if not span:
+                    del spans[room]
+
+    async def room_nodes(self, room: str) -> set[str]:
+        check_room(room)
+        now = self._clock()
+        span = self._hub.spans.get(room, {})
+        return set(sorted(n for n, until in span.items() if until > now)[:MAX_SPAN_NODES])
 
     async def publish(self, room: str, message: Mapping[str, Any]) -> bool:
         check_room(room)

@@ -11,28 +11,41 @@ made between two lease renewals piling onto the node that looked idlest). The cl
 reconnects there (``moved``, docs/protocol.md), once: a join that was placed already is
 never sent on again, so two nodes that each think the other lighter cannot bounce a client.
 
+Which nodes a room is on: for a room this node holds, its own view (the room's participants
+from other nodes, by the room bus), current to the event and free to read. For a room it
+does not hold, the cluster directory's span of the room (every node records the rooms it
+holds there, leased: :mod:`sfu.cluster.registry`): one bounded read, made only for a join
+this node sends on (never on the packet path, never for a join it keeps), under
+:data:`LOOKUP_TIMEOUT_S`; when the read fails or times out the join is placed by region and
+load alone, and counted (:attr:`NodePlacement.lookups`). So a full or draining node that has
+no participant of a room still sends its joins to the node the room is on, rather than
+spreading the room over one more node.
+
 A draining node moves its participants: every room's participants go to one node (a room
 spread over fewer nodes needs fewer relays), chosen the same way (a node the room is on
-already first) but from every live node, full or not (the node is going away). Which nodes a
-room is on is this node's view of it (the room's participants from other nodes, by the room
-bus); a room this node does not hold is placed by region and load alone. The node loads are
-those of the last lease renewal (every second, :mod:`sfu.cluster.registry`); each placement
-made since adds :data:`PLACED_WEIGHT` to its node until the next renewal brings fresh figures.
+already first, by this node's own view: it holds every room it moves) but from every live
+node, full or not (the node is going away). The node loads are those of the last lease
+renewal (every second, :mod:`sfu.cluster.registry`); each placement made since adds
+:data:`PLACED_WEIGHT` to its node until the next renewal brings fresh figures.
 
-Sans-I/O: the live nodes and this node come from callables; the random source is injected.
+Sans-I/O but for the one read, which is injected (``lookup``): the live nodes and this node
+come from callables; the random source is injected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from sfu.cluster.directory import NodeInfo
+from sfu.cluster.directory import DirectoryUnavailable, NodeInfo
 
 __all__ = [
     "FALLBACK_NODES",
+    "LOOKUP_RESULTS",
+    "LOOKUP_TIMEOUT_S",
     "PLACED_WEIGHT",
     "LoadMeter",
     "NodePlacement",
@@ -46,6 +59,15 @@ __all__ = [
 PLACED_WEIGHT: Final = 0.01
 #: Other nodes' URLs a participant is given to reconnect to when its node is lost.
 FALLBACK_NODES: Final = 3
+#: Longest a join waits for the directory to say which nodes its room is on (seconds): Redis
+#: answers in well under a millisecond when healthy; a stalled one costs a join this much at
+#: most before it is placed by region and load alone (below the directory's own command
+#: timeout, so a dead Redis does not hold every join sent on for that long).
+LOOKUP_TIMEOUT_S: Final = 0.25
+#: How a directory read for a join ended: the room is on another node (``found``), on none
+#: (``absent``), the directory failed (``error``; or was known to be away) or was too slow
+#: (``timeout``). A fixed set: these are the only label values of the metric.
+LOOKUP_RESULTS: Final = ("found", "absent", "error", "timeout")
 #: Where the room protocol's WebSocket is on every node.
 SIGNALING_PATH: Final = "/ws"
 
@@ -120,13 +142,20 @@ class NodePlacement:
     #: Counts lease renewals: a new count means fresh loads in ``nodes``.
     generation: Callable[[], int]
     max_load: float
-    #: The other nodes a room has participants on now (node ids; empty when unknown here).
-    room_nodes: Callable[[str], Collection[str]] = field(default=lambda room: ())
+    #: The other nodes a room has participants on now, as this node sees it (node ids);
+    #: None when this node does not hold the room (then ``lookup`` asks the directory).
+    room_nodes: Callable[[str], Collection[str] | None] = field(default=lambda room: None)
+    #: The other nodes a room is on, by the cluster directory (one read; may raise
+    #: :class:`~sfu.cluster.directory.DirectoryUnavailable`); None: never asked.
+    lookup: Callable[[str], Awaitable[Collection[str]]] | None = None
+    lookup_timeout_s: float = LOOKUP_TIMEOUT_S
     rng: random.Random = field(default_factory=random.Random)
     #: Joins sent to another node, by why: ``full`` or ``draining``.
     redirects: dict[str, int] = field(default_factory=lambda: {"full": 0, "draining": 0})
     #: Participants a drain asked to reconnect to another node.
     moved: int = 0
+    #: Directory reads made for joins sent on, by how they ended (:data:`LOOKUP_RESULTS`).
+    lookups: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOOKUP_RESULTS, 0))
     _extra: dict[str, float] = field(default_factory=dict)
     _renewal: int = 0
 
@@ -142,31 +171,79 @@ class NodePlacement:
             self._extra.clear()
         return self._extra
 
-    def redirect(
+    def sends_on(self, *, placed: bool = False) -> bool:
+        """Whether a join arriving now would be sent to another node (were one to fit):
+        this node drains, or it is full and the join was not placed here already."""
+        me = self.local()
+        if me.draining:
+            return True
+        if placed:
+            return False
+        return me.load + self._fresh_extra().get(me.node_id, 0.0) >= self.max_load
+
+    async def place(
         self, *, region: str | None, placed: bool = False, room: str | None = None
+    ) -> str | None:
+        """:meth:`redirect`, after asking the directory which nodes the room is on when the
+        join is to be sent on and this node does not hold the room (one read, bounded by
+        :attr:`lookup_timeout_s`; on failure region and load alone decide, counted)."""
+        where: Collection[str] | None = None
+        if (
+            room is not None
+            and self.lookup is not None
+            and self.sends_on(placed=placed)
+            and self.room_nodes(room) is None
+        ):
+            where = await self._look_up(self.lookup, room)
+        return self.redirect(region=region, placed=placed, room=room, where=where)
+
+    async def _look_up(
+        self, lookup: Callable[[str], Awaitable[Collection[str]]], room: str
+    ) -> Collection[str]:
+        try:
+            async with asyncio.timeout(self.lookup_timeout_s):
+                nodes = await lookup(room)
+        except TimeoutError:
+            self.lookups["timeout"] += 1
+            return ()
+        except DirectoryUnavailable:
+            self.lookups["error"] += 1
+            return ()
+        self.lookups["found" if nodes else "absent"] += 1
+        return nodes
+
+    def redirect(
+        self,
+        *,
+        region: str | None,
+        placed: bool = False,
+        room: str | None = None,
+        where: Collection[str] | None = None,
     ) -> str | None:
         """The public URL a newcomer should join at instead, or None to stay here (this
         node's own placements count towards its load too, until the next renewal).
 
         ``placed``: another node sent it here; it stays unless this node drains (a node
         that drains takes nobody, and the others learn it at their next renewal). ``room``:
-        the room it joins (a node the room is on already is preferred).
+        the room it joins (a node the room is on already is preferred: ``where`` when
+        given, the directory's answer; else this node's own view of the room).
         """
+        if not self.sends_on(placed=placed):
+            if not placed:
+                own = self.local().node_id
+                self._extra[own] = self._extra.get(own, 0.0) + PLACED_WEIGHT
+            return None
         me = self.local()
-        if placed and not me.draining:
-            return None
         extra = self._fresh_extra()
-        own = me.load + extra.get(me.node_id, 0.0)
-        if not me.draining and own < self.max_load:
-            extra[me.node_id] = extra.get(me.node_id, 0.0) + PLACED_WEIGHT
-            return None
+        if where is None and room is not None:
+            where = self.room_nodes(room)
         target = choose_node(
             self._others(),
             region=region or me.region,
             rng=self.rng,
             below=self.max_load,
             extra=extra,
-            prefer=self.room_nodes(room) if room is not None else (),
+            prefer=where or (),
         )
         if target is None:
             return None  # everyone is full: an overloaded node beats a refused call
@@ -185,7 +262,7 @@ class NodePlacement:
             region=region or me.region,
             rng=self.rng,
             extra=extra,
-            prefer=self.room_nodes(room) if room is not None else (),
+            prefer=(self.room_nodes(room) or ()) if room is not None else (),
         )
         if target is None:
             return None

@@ -10,13 +10,23 @@ names and the node that serves each):
 - ``sfu:home:<room>``: the node id of the room's home. Claimed and released by Lua scripts,
   each atomic in Redis: a claim takes the room only when it has no home or its home's lease
   lapsed; a release deletes the entry only when the caller owns it (compare-and-delete).
+- ``sfu:span:<room>``: which nodes hold the room, a sorted set of node ids, each scored
+  with when its entry lapses (Redis server time, ms: the nodes' clocks never compare). A
+  node writes only its own entry: added when the room opens there, refreshed every
+  :data:`~sfu.cluster.directory.ROOM_REFRESH_S` to lapse
+  :data:`~sfu.cluster.directory.ROOM_LEASE_TTL_S` later, removed (``ZREM`` of its own id)
+  when the room ends there. Each write also drops the lapsed entries and sets the key to
+  expire with its last live one, so the key of a room nobody holds any more (every node
+  that held it died) is gone within a room lease; a read returns the live entries only.
+  At most one entry per node: the set stays as small as the cluster.
 - channel ``sfu:bus:<room>``: the room's events (JSON, bounded).
 
 A connection lost (Redis restarted, network) turns every call into
 :class:`~sfu.cluster.directory.DirectoryUnavailable` until Redis answers again (redis-py
 reconnects on the next command); the bus's reader reconnects with backoff and subscribes to
-every room again. The scripts read the owner's lease key from inside the script, so this is
-for one Redis (or a primary with replicas), not Redis Cluster's sharding.
+every room again. The scripts read the owner's lease key from inside the script (and a span
+refresh writes many rooms' keys in one script), so this is for one Redis (or a primary with
+replicas), not Redis Cluster's sharding.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -37,6 +47,9 @@ from sfu.cluster.directory import (
     BUS_BURST,
     BUS_RATE_PER_S,
     LEASE_TTL_S,
+    MAX_SPAN_NODES,
+    ROOM_BATCH,
+    ROOM_LEASE_TTL_S,
     BusHandler,
     DirectoryUnavailable,
     NodeInfo,
@@ -55,6 +68,7 @@ KEY_PREFIX: Final = "sfu:"
 _NODE: Final = KEY_PREFIX + "node:"
 _HOME: Final = KEY_PREFIX + "home:"
 _BUS: Final = KEY_PREFIX + "bus:"
+_SPAN: Final = KEY_PREFIX + "span:"
 #: Seconds a Redis command may take before the store counts as unreachable: well under the
 #: lease renewal interval, so a stalled Redis is noticed within one renewal.
 COMMAND_TIMEOUT_S: Final = 0.5
@@ -88,6 +102,30 @@ end
 return 0
 """
 
+#: Add or refresh the caller's entry in each room's span, to lapse ARGV[2] ms from Redis's
+#: own clock; drop lapsed entries; let the key expire with its last live entry. KEYS: the
+#: span keys; ARGV[1]: the node id; ARGV[2]: the room lease in ms.
+_HOLD: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = now + tonumber(ARGV[2])
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, string.format('%d', expiry), ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now))
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', key, last[2])
+end
+return #KEYS
+"""
+#: The live entries of a room's span (by Redis's clock). KEYS[1]: the span key; ARGV[1]:
+#: how many at most.
+_SPAN_READ: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%d', now), '+inf',
+                  'LIMIT', 0, tonumber(ARGV[1]))
+"""
+
 
 class RedisDirectory:
     """The cluster's directory and bus in one Redis."""
@@ -101,6 +139,8 @@ class RedisDirectory:
         )
         self._claim = self._client.register_script(_CLAIM)
         self._release = self._client.register_script(_RELEASE)
+        self._hold = self._client.register_script(_HOLD)
+        self._span_read = self._client.register_script(_SPAN_READ)
         self._clock = clock
         self._rate = RateLimit(BUS_RATE_PER_S, BUS_BURST, now=clock())
         self._handlers: dict[str, BusHandler] = {}
@@ -182,6 +222,38 @@ class RedisDirectory:
         except RedisError as exc:
             raise DirectoryUnavailable(str(exc)) from None
         return bool(deleted)
+
+    # -- room spans ---------------------------------------------------------------------------
+
+    async def hold_rooms(self, node_id: str, rooms: Sequence[str]) -> None:
+        for room in rooms:
+            check_room(room)
+        lease_ms = int(ROOM_LEASE_TTL_S * 1000)
+        try:
+            for start in range(0, len(rooms), ROOM_BATCH):
+                keys = [_SPAN + room for room in rooms[start : start + ROOM_BATCH]]
+                await self._hold(keys=keys, args=[node_id, lease_ms])
+        except RedisError as exc:
+            raise DirectoryUnavailable(str(exc)) from None
+
+    async def leave_rooms(self, node_id: str, rooms: Sequence[str]) -> None:
+        # Only ever this node's own member; Redis deletes a sorted set left empty.
+        try:
+            for start in range(0, len(rooms), ROOM_BATCH):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for room in rooms[start : start + ROOM_BATCH]:
+                        pipe.zrem(_SPAN + room, node_id)
+                    await pipe.execute()
+        except RedisError as exc:
+            raise DirectoryUnavailable(str(exc)) from None
+
+    async def room_nodes(self, room: str) -> set[str]:
+        check_room(room)
+        try:
+            nodes = await self._span_read(keys=[_SPAN + room], args=[MAX_SPAN_NODES])
+        except RedisError as exc:
+            raise DirectoryUnavailable(str(exc)) from None
+        return {str(node) for node in nodes}
 
     # -- bus ----------------------------------------------------------------------------------
 

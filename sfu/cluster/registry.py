@@ -8,9 +8,16 @@ homes again (a restarted Redis without persistence has forgotten them). A room t
 holds whose home another node owns is claimed again now and then (at most
 :data:`ORPHAN_CLAIMS_PER_RENEWAL` rooms a renewal, none for :data:`ORPHAN_GRACE_S` after a
 reconnection): when that node lets the room go (its last participant left, or it died) one
-of the nodes still holding the room becomes its home, so a room open anywhere has one. Media
-never waits for any of this: the registry runs beside the data plane, on the event loop,
-between packets.
+of the nodes still holding the room becomes its home, so a room open anywhere has one.
+
+It also keeps this node's entries in the spans of the rooms it holds (which nodes each room
+is on, :class:`~sfu.cluster.directory.Directory`): one written when a room opens here,
+refreshed every :data:`~sfu.cluster.directory.ROOM_REFRESH_S` with the lease renewals (in
+batches, only the rooms due), written again at once for every room after a reconnection
+(a restarted Redis forgot them), removed when the room ends here or the node stops cleanly.
+Other nodes read them to place a join of a room they do not hold where the room already is
+(:mod:`sfu.cluster.placement`). Media never waits for any of this: the registry runs beside
+the data plane, on the event loop, between packets.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -28,9 +36,12 @@ from sfu.clock import now as monotonic
 from sfu.cluster.directory import (
     LEASE_TTL_S,
     RENEW_INTERVAL_S,
+    ROOM_REFRESH_S,
+    BusError,
     Directory,
     DirectoryUnavailable,
     NodeInfo,
+    check_room,
 )
 from sfu.config import MAX_CLUSTER_NAME, ClusterConfig, is_cluster_name
 
@@ -92,6 +103,9 @@ class NodeRegistry:
         #: again in turns, so that a room never stays without a home while held anywhere).
         self.elsewhere: set[str] = set()
         self._orphan_turn: list[str] = []
+        #: Rooms this node holds (open here), each with when its entry in the room's span
+        #: was last written (-inf: due at the next renewal).
+        self._held: dict[str, float] = {}
         self._orphans_from = 0.0
         #: Live nodes (this one included) as of the last renewal.
         self.peers: list[NodeInfo] = []
@@ -104,6 +118,10 @@ class NodeRegistry:
         self.renew_failures = 0
         self.reconnects = 0
         self.lease_lapses = 0
+        #: Span entries written (rooms refreshed or added) and writes that failed (the
+        #: rooms are due again at the next renewal).
+        self.span_writes = 0
+        self.span_failures = 0
 
     @property
     def healthy(self) -> bool:
@@ -142,6 +160,10 @@ class NodeRegistry:
             if not kept or not self.connected:
                 await self._claim_homes_again()
                 self._orphans_from = self._clock() + ORPHAN_GRACE_S
+                # A restarted Redis forgot the spans too: every held room is due now.
+                for room in self._held:
+                    self._held[room] = -math.inf
+            await self._refresh_spans()
             if self._clock() >= self._orphans_from:
                 await self._claim_orphans()
             self.peers = await self.directory.nodes()
@@ -177,6 +199,64 @@ class NodeRegistry:
                 self.elsewhere.add(room)
                 log.warning("cluster: a room's home moved to another node while cut off")
 
+    @property
+    def held(self) -> set[str]:
+        """Rooms this node holds (opened here and not ended), as the room bus told it."""
+        return set(self._held)
+
+    async def _refresh_spans(self) -> None:
+        """Write this node's entry in the span of each held room not written for
+        :data:`ROOM_REFRESH_S` (one directory call per batch). Best effort: a failed write
+        leaves the rooms due for the next renewal, and the lease renewal stands (the
+        entries outlive two missed refreshes)."""
+        now = self._clock()
+        due = sorted(r for r, at in self._held.items() if now - at >= ROOM_REFRESH_S)
+        if not due:
+            return
+        try:
+            await self.directory.hold_rooms(self.node.node_id, due)
+        except DirectoryUnavailable:
+            self.span_failures += 1
+            return
+        self.span_writes += len(due)
+        gone = []
+        for room in due:
+            if room in self._held:
+                self._held[room] = now
+            else:
+                gone.append(room)  # ended here while the write was on its way
+        if gone:
+            try:
+                await self.directory.leave_rooms(self.node.node_id, gone)
+            except DirectoryUnavailable:
+                self.span_failures += 1  # they lapse by themselves within ROOM_LEASE_TTL_S
+
+    async def _hold_now(self, room: str) -> None:
+        """Write the new room's span entry now (best effort: the next renewal retries)."""
+        try:
+            await self.directory.hold_rooms(self.node.node_id, [room])
+        except DirectoryUnavailable:
+            self.span_failures += 1
+            return
+        self.span_writes += 1
+        if room in self._held:
+            self._held[room] = self._clock()
+        else:  # ended here while the write was on its way
+            with contextlib.suppress(DirectoryUnavailable):
+                await self.directory.leave_rooms(self.node.node_id, [room])
+
+    async def room_nodes(self, room: str) -> set[str]:
+        """The other nodes the room is on, by the directory (one read);
+        :class:`~sfu.cluster.directory.DirectoryUnavailable` at once while the directory
+        is known to be away (the last renewal failed)."""
+        if not self.connected:
+            raise DirectoryUnavailable("the directory did not answer the last renewal")
+        try:
+            check_room(room)
+        except BusError:
+            return set()  # no node holds a room by a name no span may have
+        return await self.directory.room_nodes(room) - {self.node.node_id}
+
     async def _claim_orphans(self) -> None:
         """Claim, in turns, the rooms held here whose home was another node's: one that node
         let go (or that lapsed with it) becomes this node's."""
@@ -202,21 +282,33 @@ class NodeRegistry:
                 self.elsewhere.discard(room)
 
     async def claim_home(self, room: str) -> str:
-        """Make this node the room's home unless a live node already is; returns the home."""
+        """This node holds the room: make it the room's home unless a live node already is
+        (returns the home), and record this node in the room's span."""
+        new = room not in self._held
+        if new:
+            self._held[room] = -math.inf  # due at the next renewal should the write fail
         owner = await self.directory.claim_home(room, self.node.node_id)
         if owner == self.node.node_id:
             self.homes.add(room)
             self.elsewhere.discard(room)
         else:
             self.elsewhere.add(room)
+        if new:
+            await self._hold_now(room)
         return owner
 
     async def release_home(self, room: str) -> bool:
-        """Give up the room's home (only ours can be released); this node no longer holds
-        the room."""
+        """Give up the room's home (only ours can be released) and this node's entry in its
+        span; this node no longer holds the room."""
         self.homes.discard(room)
         self.elsewhere.discard(room)
-        return await self.directory.release_home(room, self.node.node_id)
+        self._held.pop(room, None)
+        released = await self.directory.release_home(room, self.node.node_id)
+        try:
+            await self.directory.leave_rooms(self.node.node_id, [room])
+        except DirectoryUnavailable:
+            self.span_failures += 1  # the entry lapses by itself within ROOM_LEASE_TTL_S
+        return released
 
     def set_draining(self) -> None:
         """Announce that this node takes no one new: at once (a renewal now, in the
@@ -237,11 +329,13 @@ class NodeRegistry:
             async with asyncio.timeout(STOP_TIMEOUT_S):
                 for room in sorted(self.homes):
                     await self.directory.release_home(room, self.node.node_id)
+                await self.directory.leave_rooms(self.node.node_id, sorted(self._held))
                 await self.directory.deregister(self.node.node_id)
         except (DirectoryUnavailable, TimeoutError):
             log.warning("cluster: could not deregister; the lease lapses by itself")
         self.homes.clear()
         self.elsewhere.clear()
+        self._held.clear()
         self.connected = False
         await self.directory.close()
 

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from sfu.cluster.links import NodeLinks
 from sfu.cluster.node_pipes import NodePipes
-from sfu.cluster.placement import NodePlacement
+from sfu.cluster.placement import LOOKUP_RESULTS, NodePlacement
 from sfu.cluster.registry import NodeRegistry
 from sfu.cluster.room_bus import ClusterRoomBus
 from sfu.transport.media_lane import LANE_DROP_REASONS
@@ -82,6 +82,32 @@ class ClusterCollector(Collector):
                 "Participants a drain asked to reconnect to another node",
                 value=placement.moved,
             )
+            lookups = CounterMetricFamily(
+                "sfu_cluster_room_lookups",
+                "Directory reads of which nodes a room is on, for joins sent on from a node "
+                "that does not hold the room, by result: found (on another node), absent, "
+                "error or timeout (placed by region and load alone)",
+                labels=["result"],
+            )
+            for result in LOOKUP_RESULTS:
+                lookups.add_metric([result], placement.lookups[result])
+            yield lookups
+        yield GaugeMetricFamily(
+            "sfu_cluster_rooms_held",
+            "Rooms open on this node, each with an entry in the directory's span of the room",
+            value=len(reg.held),
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_room_span_writes",
+            "Entries this node wrote in rooms' spans in the directory (added or refreshed)",
+            value=reg.span_writes,
+        )
+        yield CounterMetricFamily(
+            "sfu_cluster_room_span_failures",
+            "Span writes or removals that could not reach the directory (retried at the next "
+            "renewal, or left to lapse)",
+            value=reg.span_failures,
+        )
         yield CounterMetricFamily(
             "sfu_cluster_lease_renewals", "Lease renewals that reached the directory",
             value=reg.renewals,

@@ -320,7 +320,7 @@ async def _join(
     target = (
         None
         if placement is None
-        else placement.redirect(region=join.region, placed=join.placed, room=join.room)
+        else await placement.place(region=join.region, placed=join.placed, room=join.room)
     )
     if target is not None:
         moved = error_message("moved", "join at another node of the cluster", join.id)

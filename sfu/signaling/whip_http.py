@@ -100,7 +100,7 @@ class HttpSessions:
             del self.by_id[sid]
 
 
-def _placed_elsewhere(
+async def _placed_elsewhere(
     request: web.Request, placement: NodePlacement | None, room: str
 ) -> web.Response | None:
     """A 307 to the same resource on another node when this one is full or drains (RFC 9725
@@ -112,7 +112,7 @@ def _placed_elsewhere(
     if placement is None:
         return None
     region = request.query.get("region")
-    target = placement.redirect(
+    target = await placement.place(
         region=region if region and is_cluster_name(region) else None,
         placed=request.query.get(PLACED_QUERY) == "1",
         room=room,
@@ -156,7 +156,7 @@ def add_whip_routes(
                 response.headers.add("Link", value)
         return response
 
-    def authorize(
+    async def authorize(
         request: web.Request, room: str, grant: Grant, grant_name: str
     ) -> JoinClaims | web.Response:
         try:
@@ -166,12 +166,12 @@ def add_whip_routes(
             return sdp_error(401, f"token {exc.reason}", **BEARER_CHALLENGE)
         if not claims.grants & grant:
             return sdp_error(403, f"the token lacks the {grant_name} grant")
-        moved = _placed_elsewhere(request, placement, room)
+        moved = await _placed_elsewhere(request, placement, room)
         return moved if moved is not None else claims
 
     async def whip(request: web.Request) -> web.Response:
         room_name = request.match_info["room"]
-        claims = authorize(request, room_name, Grant.PUBLISH, "publish")
+        claims = await authorize(request, room_name, Grant.PUBLISH, "publish")
         if isinstance(claims, web.Response):
             return claims
         offer = await read_sdp_offer(request)
@@ -189,7 +189,7 @@ def add_whip_routes(
 
     async def whep(request: web.Request) -> web.Response:
         room_name = request.match_info["room"]
-        claims = authorize(request, room_name, Grant.SUBSCRIBE, "subscribe")
+        claims = await authorize(request, room_name, Grant.SUBSCRIBE, "subscribe")
         if isinstance(claims, web.Response):
             return claims
         offer = await read_sdp_offer(request)

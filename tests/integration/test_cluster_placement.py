@@ -4,6 +4,8 @@
   its room is on already, once there is one), and a WHIP request too (``307``); a join
   another node placed is never sent on again; ``joined.nodes`` names the other nodes to
   reconnect to should this one be lost;
+- a full node that holds no participant of a room sends its joins to the node the room is
+  on (by the room's span in Redis), not to a lighter node the room is not on;
 - a draining node tells each room's participants one node to move to, closes their sessions
   (4011) within the drain, and sends newcomers on at once.
 """
@@ -170,6 +172,66 @@ def test_a_full_node_sends_joins_on_and_a_placed_join_stays(server: RedisServer)
             assert 'sfu_cluster_redirects_total{reason="full"} 5.0' in text
             for ws in (alice, bob, carol):
                 await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_full_node_without_the_room_sends_its_joins_where_the_room_is(
+    server: RedisServer,
+) -> None:
+    """The room is on node B only; node A is full and holds nobody of it: every join of it
+    at A goes to B, never to the idle C (the room would then cost a relay more)."""
+
+    async def scenario() -> None:
+        async with (
+            three_nodes(server.url, capacity_participants=1, max_load=0.5) as (nodes, bases),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        ):
+            node_a = nodes[0]
+            assert node_a.cluster is not None and node_a.placement is not None
+            # A's one seat is taken, in another room.
+            alice, joined = await join(http, f"{bases[0]}/ws", "elsewhere", "alice")
+            assert joined["type"] == "joined", joined
+            deadline = time.monotonic() + TIMEOUT
+            while node_a.cluster.node.load < 0.5:
+                assert time.monotonic() < deadline, "node A never announced its load"
+                await asyncio.sleep(0.05)
+            bob, joined = await join(http, f"{bases[1]}/ws", "meeting", "bob")
+            assert joined["type"] == "joined", joined
+            assert "meeting" not in node_a.rooms.rooms  # type: ignore[union-attr]
+            # B wrote its entry when the room opened there.
+            deadline = time.monotonic() + TIMEOUT
+            while await node_a.cluster.room_nodes("meeting") != {"node-b"}:
+                assert time.monotonic() < deadline, "node B never recorded the room"
+                await asyncio.sleep(0.05)
+            # Each placement adds to B's load, so by load alone C would be the pick.
+            for name in ("carol", "dave", "erin", "frank", "grace", "heidi"):
+                other, moved = await join(http, f"{bases[0]}/ws", "meeting", name)
+                assert moved["type"] == "error" and moved["code"] == "moved", moved
+                assert moved["url"] == f"{bases[1]}/ws", (name, moved)
+                await other.close()
+            # WHIP of the room at A: 307 to B as well.
+            headers = {
+                "Authorization": f"Bearer {bearer('meeting', 'cam')}",
+                "Content-Type": "application/sdp",
+            }
+            async with http.post(
+                f"{bases[0]}/whip/meeting", data="v=0\r\n", headers=headers, allow_redirects=False
+            ) as response:
+                assert response.status == 307
+                assert response.headers["Location"] == f"{bases[1]}/whip/meeting?placed=1"
+            assert node_a.placement.lookups["found"] == 7
+            async with http.get(f"{bases[0]}/metrics") as response:
+                text = await response.text()
+            assert 'sfu_cluster_room_lookups_total{result="found"} 7.0' in text
+            assert "sfu_cluster_rooms_held 1.0" in text
+            # The room ended on B: its entry goes, and A no longer finds it anywhere.
+            await bob.close()
+            deadline = time.monotonic() + TIMEOUT
+            while await node_a.cluster.room_nodes("meeting"):
+                assert time.monotonic() < deadline, "node B never removed its entry"
+                await asyncio.sleep(0.05)
+            await alice.close()
 
     asyncio.run(scenario())
 

@@ -1,11 +1,14 @@
 """The cluster directory and bus against a real redis-server the test starts on a free port.
 
 Leases lapse about 3 s after the last renewal; a room's home is deleted only by its owner
-(livekit#4316: a non-owner delete lost a live room); the bus crosses nodes and refuses what
+(livekit#4316: a non-owner delete lost a live room); a room's span (which nodes hold it)
+keeps one leased entry per node, removed only by its node, its key expiring with its last
+entry; the bus crosses nodes and refuses what
 is too large (its rate bound is proven with a fake clock in test_cluster_directory.py);
 policies and bans written by one node are read by a restarted one; and a Redis killed and
 restarted (no persistence: every key forgotten) is survived: the registry registers again,
-claims its homes again, and the bus subscribes again, within 5 s.
+claims its homes again, writes its rooms' spans again, and the bus subscribes again, within
+5 s.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from redis_server import RedisServer, redis_server
 from sfu.cluster.directory import (
     LEASE_TTL_S,
     MAX_BUS_MESSAGE_BYTES,
+    ROOM_BATCH,
+    ROOM_LEASE_TTL_S,
     BusError,
     DirectoryUnavailable,
     NodeInfo,
@@ -104,6 +109,50 @@ def test_only_the_owner_deletes_a_room_home(server: RedisServer) -> None:
             assert await a.claim_home("big room", "node-a") == "node-a"
             assert not await b.release_home("big room", "node-b")
         finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(run())
+
+
+def test_a_room_span_holds_each_node_own_leased_entry(server: RedisServer) -> None:
+    async def run() -> None:
+        a = RedisDirectory(server.url)
+        b = RedisDirectory(server.url)
+        check = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            await a.hold_rooms("node-a", ["big room", "small"])
+            await b.hold_rooms("node-b", ["big room"])
+            assert await b.room_nodes("big room") == {"node-a", "node-b"}
+            assert await b.room_nodes("small") == {"node-a"}
+            assert await a.room_nodes("nobody's") == set()
+            # Leased: the key expires with its last entry, a room lease from now.
+            assert 0 < check.pttl("sfu:span:big room") <= ROOM_LEASE_TTL_S * 1000
+            # A lapsed entry (scored in the past by Redis's clock) is not read, and the next
+            # write drops it.
+            now_s, now_us = check.time()
+            check.zadd("sfu:span:big room", {"node-dead": now_s * 1000 + now_us // 1000 - 1})
+            assert await b.room_nodes("big room") == {"node-a", "node-b"}
+            await b.hold_rooms("node-b", ["big room"])
+            assert set(check.zrange("sfu:span:big room", 0, -1)) == {"node-a", "node-b"}
+            # Each node removes its own entry only; the last one gone, so is the key.
+            await b.leave_rooms("node-b", ["small"])
+            assert await a.room_nodes("small") == {"node-a"}
+            await a.leave_rooms("node-a", ["small", "big room"])
+            assert check.exists("sfu:span:small") == 0
+            assert await a.room_nodes("big room") == {"node-b"}
+            # Many rooms: written in batches of ROOM_BATCH, every one of them.
+            many = [f"room-{i}" for i in range(ROOM_BATCH * 2 + 3)]
+            await a.hold_rooms("node-a", many)
+            for room in (many[0], many[ROOM_BATCH], many[-1]):
+                assert await b.room_nodes(room) == {"node-a"}
+            assert len(list(check.scan_iter("sfu:span:room-*", count=1000))) == len(many)
+            await a.leave_rooms("node-a", many)
+            assert list(check.scan_iter("sfu:span:room-*", count=1000)) == []
+            with pytest.raises(BusError):
+                await a.hold_rooms("node-a", [""])
+        finally:
+            check.close()
             await a.close()
             await b.close()
 
@@ -210,8 +259,10 @@ def test_redis_restart_is_survived(server: RedisServer) -> None:
                     return False
                 check = redis.Redis.from_url(server.url, decode_responses=True)
                 try:
-                    return check.exists("sfu:node:node-a") == 1 and (
-                        check.get("sfu:home:room-1") == "node-a"
+                    return (
+                        check.exists("sfu:node:node-a") == 1
+                        and check.get("sfu:home:room-1") == "node-a"
+                        and check.zscore("sfu:span:room-1", "node-a") is not None
                     )
                 finally:
                     check.close()
@@ -226,8 +277,8 @@ def test_redis_restart_is_survived(server: RedisServer) -> None:
             await publisher.close()
         check = redis.Redis.from_url(server.url)
         try:
-            # A clean stop deregisters and releases the home.
-            assert check.exists("sfu:node:node-a", "sfu:home:room-1") == 0
+            # A clean stop deregisters, releases the home and leaves the room's span.
+            assert check.exists("sfu:node:node-a", "sfu:home:room-1", "sfu:span:room-1") == 0
         finally:
             check.close()
 

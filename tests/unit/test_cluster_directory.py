@@ -4,7 +4,7 @@ bounds, and ``[cluster]`` configuration (socket-free, fake clocks)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -16,7 +16,10 @@ from sfu.cluster.directory import (
     BUS_RATE_PER_S,
     LEASE_TTL_S,
     MAX_BUS_MESSAGE_BYTES,
+    ROOM_LEASE_TTL_S,
+    ROOM_REFRESH_S,
     BusError,
+    DirectoryUnavailable,
     LocalDirectory,
     LocalHub,
     NodeInfo,
@@ -366,3 +369,144 @@ def test_a_cluster_needs_one_token_secret_even_on_loopback() -> None:
     assert [key for key, _ in info.value.errors] == ["auth.jwt_secret"]
     assert "cluster.redis_url" in info.value.errors[0][1]
     assert parse_config({}).auth.jwt_secret == ""  # one node on loopback still needs none
+
+
+def test_a_room_span_holds_each_node_own_leased_entry() -> None:
+    """Which nodes a room is on: each node's entry lapses ROOM_LEASE_TTL_S after its last
+    write, a node removes only its own, and rooms nobody holds any more go."""
+    clock = FakeClock()
+    hub = LocalHub()
+    a, b = LocalDirectory(clock, hub=hub), LocalDirectory(clock, hub=hub)
+
+    async def run() -> None:
+        await a.hold_rooms("a", ["r", "s"])
+        await b.hold_rooms("b", ["r"])
+        assert await a.room_nodes("r") == {"a", "b"} == await b.room_nodes("r")
+        assert await b.room_nodes("s") == {"a"} and await b.room_nodes("t") == set()
+        await b.leave_rooms("b", ["s"])  # not b's: nothing changes
+        assert await a.room_nodes("s") == {"a"}
+        clock.t += ROOM_LEASE_TTL_S - 1
+        await a.hold_rooms("a", ["r"])  # refreshed: a's entry in r lives on, b's does not
+        clock.t += 1.5
+        assert await a.room_nodes("r") == {"a"} and await a.room_nodes("s") == set()
+        await a.leave_rooms("a", ["r"])
+        assert await a.room_nodes("r") == set()
+        # A room whose holders all died is swept away, as Redis expires its key.
+        clock.t += ROOM_LEASE_TTL_S
+        await b.hold_rooms("b", ["u"])
+        assert set(hub.spans) == {"u"}
+        with pytest.raises(BusError):
+            await a.hold_rooms("a", ["x" * 200])
+
+    asyncio.run(run())
+
+
+class Counting(LocalDirectory):
+    """Counts span writes (one call each) and can fail them."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.writes: list[list[str]] = []
+        self.fail = False
+
+    async def hold_rooms(self, node_id: str, rooms: Sequence[str]) -> None:
+        if self.fail:
+            raise DirectoryUnavailable("Redis is away")
+        self.writes.append(list(rooms))
+        await super().hold_rooms(node_id, rooms)
+
+
+def test_the_registry_keeps_its_rooms_spans_written_and_removes_them() -> None:
+    clock = FakeClock()
+    hub = LocalHub()
+    directory = Counting(clock, hub=hub)
+    other = LocalDirectory(clock, hub=hub)
+    a = NodeRegistry(directory, NodeInfo("a", "eu"), clock=clock)
+    b = NodeRegistry(other, NodeInfo("b", "eu"), clock=clock)
+
+    async def run() -> None:
+        await a._renew_once(first=True)
+        await b._renew_once(first=True)
+        await a.claim_home("r")
+        await b.claim_home("r")
+        await a.claim_home("s")
+        # Written when the room opens, once (a claim again later writes nothing).
+        assert directory.writes == [["r"], ["s"]]
+        await a.claim_home("r")
+        assert len(directory.writes) == 2
+        assert a.held == {"r", "s"}
+        assert await b.room_nodes("r") == {"a"}  # the others, not itself
+        assert await a.room_nodes("s") == set()
+        assert await a.room_nodes("x" * 200) == set()  # no room by that name anywhere
+        # Refreshed every ROOM_REFRESH_S, all the rooms due in one call.
+        directory.writes.clear()
+        for _ in range(int(ROOM_LEASE_TTL_S)):
+            clock.t += 1.0
+            await a._renew_once(first=False)
+            await b._renew_once(first=False)
+        assert len(directory.writes) == int(ROOM_LEASE_TTL_S / ROOM_REFRESH_S)
+        assert all(sorted(w) == ["r", "s"] for w in directory.writes)
+        assert await b.room_nodes("s") == {"a"}  # never lapsed
+        # Redis restarted, forgetting everything: every held room is written again at once.
+        hub.nodes.clear()
+        hub.homes.clear()
+        hub.spans.clear()
+        clock.t += 1.0
+        await a._renew_once(first=False)
+        assert await b.room_nodes("s") == {"a"} and await b.room_nodes("r") == {"a"}
+        await b._renew_once(first=False)
+        assert await a.room_nodes("r") == {"b"}
+        # A write that fails is due again at the next renewal.
+        await a.release_home("s")
+        directory.fail = True
+        await a.claim_home("t")
+        assert a.span_failures == 1 and await b.room_nodes("t") == set()
+        clock.t += 1.0
+        await a._renew_once(first=False)  # the renewal's write fails too: the lease stands
+        assert a.span_failures == 2 and a.connected and await b.room_nodes("t") == set()
+        directory.fail = False
+        clock.t += 1.0
+        await a._renew_once(first=False)
+        assert await b.room_nodes("t") == {"a"}
+        # The room ended here: only a's entry goes.
+        assert await b.room_nodes("s") == set()
+        await a.release_home("r")
+        assert await a.room_nodes("r") == {"b"}
+        # A clean stop removes the rest.
+        await a.stop()
+        assert await b.room_nodes("t") == set() and a.held == set()
+        # Known to be away: no read is tried.
+        b.connected = False
+        with pytest.raises(DirectoryUnavailable):
+            await b.room_nodes("r")
+
+    asyncio.run(run())
+
+
+def test_a_room_ended_while_its_refresh_was_on_its_way_is_not_kept() -> None:
+    clock = FakeClock()
+    hub = LocalHub()
+
+    class Racing(LocalDirectory):
+        registry: NodeRegistry | None = None
+
+        async def hold_rooms(self, node_id: str, rooms: Sequence[str]) -> None:
+            if self.registry is not None:
+                # The room ends here while the write is on its way, and the write lands
+                # after the removal (two connections of a pool keep no order).
+                registry, self.registry = self.registry, None
+                await registry.release_home("r")
+            await super().hold_rooms(node_id, rooms)
+
+    racing = Racing(clock, hub=hub)
+    a = NodeRegistry(racing, NodeInfo("a", "eu"), clock=clock)
+
+    async def run() -> None:
+        await a._renew_once(first=True)
+        await a.claim_home("r")
+        clock.t += ROOM_REFRESH_S
+        racing.registry = a
+        await a._renew_once(first=False)
+        assert a.held == set() and await racing.room_nodes("r") == set()
+
+    asyncio.run(run())

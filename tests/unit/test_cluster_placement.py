@@ -10,9 +10,10 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from sfu.cluster.directory import LocalDirectory, NodeInfo
+from sfu.cluster.directory import DirectoryUnavailable, LocalDirectory, NodeInfo
 from sfu.cluster.placement import (
     FALLBACK_NODES,
+    LOOKUP_RESULTS,
     PLACED_WEIGHT,
     LoadMeter,
     NodePlacement,
@@ -34,7 +35,8 @@ class Cluster:
     me: NodeInfo
     others: list[NodeInfo]
     renewals: int = 0
-    #: The other nodes each room has participants on (as the room bus shows them).
+    #: The other nodes each room this node holds has participants on (as the room bus
+    #: shows them); a room not named here is not held here.
     rooms: dict[str, set[str]] = field(default_factory=dict)
     placement: NodePlacement = field(init=False)
 
@@ -44,7 +46,7 @@ class Cluster:
             nodes=lambda: [self.me, *self.others],
             generation=lambda: self.renewals,
             max_load=0.8,
-            room_nodes=lambda room: self.rooms.get(room, set()),
+            room_nodes=lambda room: self.rooms.get(room),
             rng=random.Random(7),
         )
 
@@ -254,3 +256,100 @@ def test_a_drain_is_announced_at_once_not_at_the_next_renewal() -> None:
         await registry.stop()
 
     asyncio.run(run())
+
+
+class Directory:
+    """What the cluster directory says about rooms' spans (node ids), and how it answers."""
+
+    def __init__(self, spans: dict[str, set[str]]) -> None:
+        self.spans = spans
+        self.reads: list[str] = []
+        self.fail: BaseException | None = None
+        self.stall = False
+
+    async def room_nodes(self, room: str) -> set[str]:
+        self.reads.append(room)
+        if self.stall:
+            await asyncio.Event().wait()  # never answers
+        if self.fail is not None:
+            raise self.fail
+        return set(self.spans.get(room, set()))
+
+
+def looking_up(cluster: Cluster, directory: Directory) -> NodePlacement:
+    cluster.placement.lookup = directory.room_nodes
+    cluster.placement.lookup_timeout_s = 0.05
+    return cluster.placement
+
+
+def test_a_full_node_without_the_room_sends_its_joins_where_the_directory_says_it_is() -> None:
+    """The room is on b only, a full node a holds nobody of it: every join of it goes to b,
+    though c is lighter (each placement makes b heavier still), one read each."""
+    cluster = Cluster(node("a", 0.9), [node("b", 0.5), node("c", 0.0)])
+    directory = Directory({"r": {"b"}})
+    placement = looking_up(cluster, directory)
+
+    async def run() -> None:
+        for _ in range(20):
+            assert await placement.place(region=None, room="r") == "https://b.example"
+        # A room on no node: by load (c, the lighter, mostly; b never once it is heavier).
+        assert await placement.place(region=None, room="new") == "https://c.example"
+
+    asyncio.run(run())
+    assert directory.reads == ["r"] * 20 + ["new"]
+    assert placement.lookups == {"found": 20, "absent": 1, "error": 0, "timeout": 0}
+    assert placement.redirects["full"] == 21
+
+
+def test_the_directory_is_read_only_for_joins_sent_on_of_rooms_not_held_here() -> None:
+    cluster = Cluster(node("a", 0.1), [node("b", 0.5), node("c", 0.0)], rooms={"held": {"b"}})
+    directory = Directory({"r": {"c"}, "held": {"c"}})
+    placement = looking_up(cluster, directory)
+
+    async def run() -> None:
+        # Kept here (not full): nothing to read.
+        assert await placement.place(region=None, room="r") is None
+        cluster.me = node("a", 0.9)
+        cluster.renew()
+        # Placed here by another node: stays, nothing read.
+        assert await placement.place(region=None, placed=True, room="r") is None
+        # A room held here: this node's own view (b), not the directory's (c).
+        assert await placement.place(region=None, room="held") == "https://b.example"
+        assert directory.reads == []
+        # Draining: even a placed join goes on, to where the room is.
+        cluster.me = replace(cluster.me, draining=True)
+        assert await placement.place(region=None, placed=True, room="r") == "https://c.example"
+        assert directory.reads == ["r"]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("trouble", "result"),
+    [("error", "error"), ("timeout", "timeout"), ("unreachable", "error")],
+)
+def test_a_failed_or_slow_read_places_by_region_and_load_and_is_counted(
+    trouble: str, result: str
+) -> None:
+    cluster = Cluster(node("a", 0.9), [node("b", 0.7), node("c", 0.0)])
+    directory = Directory({"r": {"b"}})
+    placement = looking_up(cluster, directory)
+    if trouble == "timeout":
+        directory.stall = True
+    elif trouble == "error":
+        directory.fail = DirectoryUnavailable("connection reset")
+    else:
+        directory.fail = DirectoryUnavailable("the last renewal found Redis away")
+
+    async def run() -> list[str | None]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        targets = [await placement.place(region=None, room="r") for _ in range(3)]
+        # Each read waited at most the lookup timeout (and a failure not at all).
+        assert loop.time() - started < 3 * placement.lookup_timeout_s + 0.5
+        return targets
+
+    targets = asyncio.run(run())
+    # By load alone: the lighter of b and c, c (b, at 0.7, is never the lighter of two).
+    assert targets == ["https://c.example"] * 3
+    assert placement.lookups == {r: (3 if r == result else 0) for r in LOOKUP_RESULTS}
