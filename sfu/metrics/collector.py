@@ -456,23 +456,27 @@ class SfuCollector(Collector):
             )
         yield self._counter(
             "sfu_dataplane_datagrams",
-            "Datagrams the data plane forwarded itself (fast), handed to Python (slow), or "
-            "took decrypted from a relay pipe and forwarded itself (relayed).",
+            "Datagrams the data plane forwarded itself (fast), handed to Python (slow), "
+            "took decrypted from a relay pipe and forwarded itself (relayed), or sealed and "
+            "sent itself to another node's relay pipe (relay_out).",
             ["path"],
             {
                 ("fast",): forwarder.fast_packets,
                 ("slow",): forwarder.slow_packets,
                 ("relayed",): forwarder.ingested_packets,
+                ("relay_out",): forwarder.relay_sent,
             },
         )
         yield self._counter(
             "sfu_dataplane_errors",
-            "Data-plane failures: SRTP protect, sends the kernel refused, ingress log overflow, "
-            "relay log overflow (packets of relayed publications not handed to the pipes).",
+            "Data-plane failures: SRTP protect, sends the kernel refused (media, and relay "
+            "datagrams to other nodes), ingress log overflow, relay log overflow (packets of "
+            "relayed publications not handed to the pipes).",
             ["error"],
             {
                 ("protect",): forwarder.protect_errors,
                 ("send",): forwarder.send_errors,
+                ("relay_send",): forwarder.relay_send_errors,
                 ("log_overflow",): forwarder.log_overflow,
                 ("relay_overflow",): forwarder.relay_overflow,
             },
