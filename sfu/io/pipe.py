@@ -23,12 +23,14 @@ from typing import Any, Final, TypeAlias
 
 from sfu.transport.pipe import Pipe, PipeEvent
 
-__all__ = ["PIPE_SOCKET_BUFFER_BYTES", "PipeEndpoint", "PipeEventHandler"]
+__all__ = ["PIPE_MAX_DATAGRAM", "PIPE_SOCKET_BUFFER_BYTES", "PipeEndpoint", "PipeEventHandler"]
 
 log = logging.getLogger(__name__)
 
 #: Kernel buffers of the pipe socket: a keyframe burst of a room's every publication.
 PIPE_SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024
+#: Largest pipe datagram (a UDP payload on loopback IPv4); a relayed RTP packet is far less.
+PIPE_MAX_DATAGRAM: Final = 65507
 #: Called with (peer id, event) for every event a pipe makes; must not block.
 PipeEventHandler: TypeAlias = Callable[[int, PipeEvent], None]
 _Address: TypeAlias = tuple[Any, ...]
@@ -57,6 +59,9 @@ class PipeEndpoint:
         self._by_address: dict[_Address, int] = {}
         self._address_of: dict[int, _Address] = {}
         self._transport: asyncio.DatagramTransport | None = None
+        #: The bound socket (the transport's): the data plane's relay outputs send relayed
+        #: packets on it themselves, so they come from this worker's pipe address.
+        self.socket: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
         #: Datagrams from an address that is no known peer's.
         self.not_peer = 0
@@ -73,6 +78,7 @@ class PipeEndpoint:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._transport = transport
+        self.socket = sock
         self._arm()
         port: int = sock.getsockname()[1]
         return port
@@ -165,6 +171,7 @@ class PipeEndpoint:
         """Stop the timer and close the socket."""
         if self._timer is not None:
             self._timer.cancel()
+        self.socket = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None

@@ -20,8 +20,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from sfu.core.publication import Publication
-from sfu.core.relay import DEMAND_POLL_S, RelayHub
-from sfu.io.pipe import PipeEndpoint
+from sfu.core.relay import DEMAND_POLL_S, RelayHub, RelayTarget
+from sfu.io.pipe import PIPE_MAX_DATAGRAM, PipeEndpoint
 from sfu.room.service import RoomService
 from sfu.transport.pipe import PipeEvent
 
@@ -42,7 +42,12 @@ class WorkerPipes:
         self.clock = clock
         self.endpoint = PipeEndpoint(worker=worker, handler=self._on_event, clock=clock)
         self.hub = RelayHub(
-            self.endpoint.pipes, self._find, self.endpoint.send, self._flush_and_arm, clock
+            self.endpoint.pipes,
+            self._find,
+            self.endpoint.send,
+            self._flush_and_arm,
+            clock,
+            self._target,
         )
         self._poll: asyncio.TimerHandle | None = None
         self.port = 0
@@ -64,6 +69,15 @@ class WorkerPipes:
             self.hub.drop_peer(peer)
             self.endpoint.remove_peer(peer)
 
+    def _target(self, peer: int) -> RelayTarget | None:
+        """Where the data plane may send a tap's packets to worker ``peer`` itself: from
+        this worker's pipe socket (the peer accepts only its address), plain (loopback)."""
+        sock = self.endpoint.socket
+        address = self.endpoint.addresses().get(peer)
+        if sock is None or address is None:
+            return None
+        return RelayTarget(None, sock, address, PIPE_MAX_DATAGRAM)
+
     def _find(self, track_id: str) -> Publication | None:
         """A publication of this worker's own publishers (never another shard's stand-in)."""
         rooms = self._rooms()
@@ -83,6 +97,7 @@ class WorkerPipes:
     def _run(self) -> None:
         self._poll = None
         try:
+            self.hub.relay.fold()
             self.hub.poll(now=self.clock())
         finally:
             self._arm()  # demand refreshes go on even if one poll failed
@@ -92,6 +107,8 @@ class WorkerPipes:
         if self._poll is not None:
             self._poll.cancel()
             self._poll = None
+        for peer in list(self.endpoint.pipes):
+            self.hub.drop_peer(peer)  # no relay output may outlive the socket it sends on
         self.endpoint.close()
 
 
@@ -103,6 +120,7 @@ class PipeMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """One family per counter, a sample per peer worker (and reason)."""
+        self._pipes.hub.relay.fold()  # what the data plane's relay outputs sent
         now = self._pipes.clock()
         datagrams = CounterMetricFamily(
             "sfu_pipe_datagrams",

@@ -36,14 +36,17 @@ async def join(http: aiohttp.ClientSession, base: str, secret: str, who: str) ->
     return await join_room(http, base, secret, ROOM, who)
 
 
-async def metric(http: aiohttp.ClientSession, base: str, name: str) -> dict[str, float]:
-    """Samples of ``name`` by worker, from the supervisor's merged /metrics."""
+async def metric(
+    http: aiohttp.ClientSession, base: str, name: str, **where: str
+) -> dict[str, float]:
+    """Samples of ``name`` (with the labels ``where``) by worker, from the supervisor's
+    merged /metrics."""
     async with http.get(base + "/metrics") as resp:
         text = await resp.text()
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in where.items()):
                 out[sample.labels["worker"]] = out.get(sample.labels["worker"], 0) + sample.value
     return out
 
@@ -92,6 +95,12 @@ def test_subscribers_on_another_worker_decode_the_relayed_publication() -> None:
             flows = await metric(http, base, "sfu_pipe_flows")
             # One relayed flow for the two viewers: each publication crosses once.
             assert flows == {str(home): 1.0, str(1 - home): 1.0}, flows
+            # The home worker's data plane sent the relayed packets to the pipe itself (its
+            # tap's relay output), and the pipe's counters include them.
+            relay_out = await metric(http, base, "sfu_dataplane_datagrams_total", path="relay_out")
+            assert relay_out.get(str(home), 0) > 10, relay_out
+            sent = await metric(http, base, "sfu_pipe_datagrams_total", direction="out")
+            assert sent.get(str(home), 0) >= relay_out[str(home)], (sent, relay_out)
             for client in (publisher, *viewers):
                 await client.pc.close()
                 await client.ws.close()
