@@ -15,14 +15,11 @@ Run with ``make bench`` (or ``pytest bench/test_bench_relay_dataplane.py --bench
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
-from forwarder_world import rtp, vp8_payload
-from ingest_paths import PUB_ADDR, VIDEO_SSRCS, VP8_PT, PathWorld
+from ingest_paths import PathWorld
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from bench.relay_rounds import packet_rounds
 from sfu.core.kernels import Kernels
 from sfu.core.relay import PipeOut, PublicationRelay
 from sfu.transport.pipe import Pipe
@@ -52,45 +49,12 @@ def _world(kernels: Kernels, *, relayed: bool) -> tuple[PathWorld, list[bytes]]:
     return world, sent
 
 
-def _runner(world: PathWorld, *, python_path: bool) -> tuple[Callable[[], Any], Any]:
-    dataplane = world.dataplane
-    assert dataplane is not None
-    if python_path:
-        dataplane.suspend()
-    state: dict[str, Any] = {"seq": 1000, "batch": [], "delivered": 0, "rounds": 0}
-
-    def setup() -> tuple[tuple[()], dict[str, Any]]:
-        batch = []
-        for _ in range(PACKETS):
-            seq = state["seq"] = (state["seq"] + 1) & 0xFFFF
-            payload = vp8_payload(seq & 0x7FFF, 0, 0, False, seq == 1001, True, 1000)
-            plain = rtp(VIDEO_SSRCS[0], seq, 3000 * seq, VP8_PT, payload, b"")
-            batch.append((world.client.protect_rtp(plain), PUB_ADDR))
-        state["batch"] = batch
-        state["rounds"] += 1
-        return (), {}
-
-    def run() -> None:
-        now = 1.0 + state["seq"] / 1000
-        slow, egress = dataplane.forwarder.process(state["batch"], now)
-        dataplane.relay(now)
-        for data, _ in slow:
-            world._slow(data, now)
-        state["delivered"] += len(egress)
-        for transport in world.transports:
-            state["delivered"] += len(transport.rtp)
-            transport.rtp.clear()
-
-    run.state = state  # type: ignore[attr-defined]
-    return run, setup
-
-
 @pytest.mark.parametrize("case", ["plain", "relayed", "python_path"])
 def test_relayed_publication_in_the_data_plane(
     benchmark: BenchmarkFixture, kernels: Kernels, case: str
 ) -> None:
     world, sent = _world(kernels, relayed=case != "plain")
-    run, setup = _runner(world, python_path=case == "python_path")
+    run, setup = packet_rounds(world, PACKETS, python_path=case == "python_path")
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, warmup_rounds=2)
     packets = PACKETS * run.state["rounds"]  # type: ignore[attr-defined]
     # Every packet reached every local subscriber, and crossed the pipe once when relayed.

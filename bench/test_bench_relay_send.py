@@ -21,14 +21,11 @@ Run with ``make bench`` (or ``pytest bench/test_bench_relay_send.py --benchmark-
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
-from forwarder_world import rtp, vp8_payload
-from ingest_paths import PUB_ADDR, VIDEO_SSRCS, VP8_PT, PathWorld
+from ingest_paths import PathWorld
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from bench.relay_rounds import packet_rounds
 from sfu.core.kernels import Kernels
 from sfu.core.relay import PipeOut, PublicationRelay, RelayTarget
 from sfu.transport.media_lane import MediaLane
@@ -82,51 +79,25 @@ def _world(kernels: Kernels, case: str, sealed: list[bytes]) -> PathWorld:
     return world
 
 
-def _runner(world: PathWorld, sealed: list[bytes]) -> tuple[Callable[[], Any], Any]:
-    dataplane = world.dataplane
-    assert dataplane is not None
-    state: dict[str, Any] = {"seq": 1000, "batch": [], "delivered": 0, "rounds": 0, "relayed": 0}
-
-    def setup() -> tuple[tuple[()], dict[str, Any]]:
-        state["relayed"] += len(sealed) + len(dataplane.forwarder.drain_relay_sent())
-        sealed.clear()
-        batch = []
-        for _ in range(PACKETS):
-            seq = state["seq"] = (state["seq"] + 1) & 0xFFFF
-            payload = vp8_payload(seq & 0x7FFF, 0, 0, False, seq == 1001, True, 1000)
-            plain = rtp(VIDEO_SSRCS[0], seq, 3000 * seq, VP8_PT, payload, b"")
-            batch.append((world.client.protect_rtp(plain), PUB_ADDR))
-        state["batch"] = batch
-        state["rounds"] += 1
-        return (), {}
-
-    def run() -> None:
-        now = 1.0 + state["seq"] / 1000
-        slow, egress = dataplane.forwarder.process(state["batch"], now)
-        dataplane.relay(now)
-        for data, _ in slow:
-            world._slow(data, now)
-        state["delivered"] += len(egress)
-        for transport in world.transports:
-            state["delivered"] += len(transport.rtp)
-            transport.rtp.clear()
-
-    run.state = state  # type: ignore[attr-defined]
-    return run, setup
-
-
 @pytest.mark.parametrize("case", ["one_sub", "two_subs", "output", "tap"])
 def test_relaying_a_publication_to_another_node(
     benchmark: BenchmarkFixture, kernels: Kernels, case: str
 ) -> None:
     sealed: list[bytes] = []
     world = _world(kernels, case, sealed)
-    run, setup = _runner(world, sealed)
+    relayed = [0]
+
+    def count() -> None:  # what the last round relayed (through the output or the tap)
+        assert world.dataplane is not None
+        relayed[0] += len(sealed) + len(world.dataplane.forwarder.drain_relay_sent())
+        sealed.clear()
+
+    run, setup = packet_rounds(world, PACKETS, before=count)
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, warmup_rounds=2)
-    setup()  # counts the last round's relayed datagrams
+    count()
     state = run.state  # type: ignore[attr-defined]
-    packets = PACKETS * (state["rounds"] - 1)
+    packets = PACKETS * state["rounds"]
     subs = 2 if case == "two_subs" else 1
     assert state["delivered"] == packets * subs
     # Every packet relayed once, sealed (after the flow's STREAMS, sealed by the lane).
-    assert state["relayed"] == (packets + 1 if case in ("output", "tap") else 0)
+    assert relayed[0] == (packets + 1 if case in ("output", "tap") else 0)
