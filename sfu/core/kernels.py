@@ -23,6 +23,7 @@ from sfu import _fastpath
 from sfu._fastpath.values import HistoryEntry, LogRecord, Vp8Translation
 from sfu.codecs.vp8 import Vp8Descriptor
 from sfu.core.rtcp_stats import SentCounter
+from sfu.transport.media_lane import LaneSealing
 
 if TYPE_CHECKING:
     # The compiled stubs type these two as the reference classes themselves.
@@ -221,24 +222,14 @@ class Vp8Munger(Protocol):
     ) -> bool: ...
 
 
-class LaneSealer(Protocol):
-    """The sending half of a node link's sealed media lane, shared by the media lane and the
-    forwarder (``sfu._fastpath._lane_py``)."""
+class LaneSealer(LaneSealing, Protocol):
+    """The sending half of a node link's sealed media lane, shared by the media lane (what
+    it uses: :class:`~sfu.transport.media_lane.LaneSealing`) and the forwarder
+    (``sfu._fastpath._lane_py``)."""
 
     counter: int
-    active: bool
 
     def __init__(self, epoch: int, key: bytes, *, limit: int = ...) -> None: ...
-    @property
-    def epoch(self) -> int: ...
-    @property
-    def used(self) -> int: ...
-    @property
-    def sealed(self) -> int: ...
-    @property
-    def limit(self) -> int: ...
-    def rekey(self, epoch: int, key: bytes) -> None: ...
-    def seal(self, datagram: Buffer) -> bytes | None: ...
 
 
 class RelayOutput(Protocol):

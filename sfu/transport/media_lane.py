@@ -156,7 +156,7 @@ _WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
 Random = Callable[[int], bytes]
 
 
-class LaneSealer(Protocol):
+class LaneSealing(Protocol):
     """Our direction's key, epoch and counter: a lane kernel object (``sfu._fastpath._lane``
     or its reference), shared with the forwarder that seals relayed packets through it."""
 
@@ -171,7 +171,7 @@ class LaneSealer(Protocol):
     @property
     def limit(self) -> int: ...
     def rekey(self, epoch: int, key: bytes) -> None: ...
-    def seal(self, datagram: bytes) -> bytes | None: ...
+    def seal(self, datagram: bytes | bytearray | memoryview) -> bytes | None: ...
 
 
 def is_lane_datagram(data: bytes) -> bool:
@@ -233,7 +233,7 @@ class MediaLane:
         *,
         now: float,
         random: Random | None = None,
-        sealer: Callable[..., LaneSealer] = ReferenceSealer,
+        sealer: Callable[..., LaneSealing] = ReferenceSealer,
     ) -> None:
         #: The only address lane datagrams are accepted from (the link peer's).
         self.peer_address = peer_address
@@ -244,7 +244,7 @@ class MediaLane:
         key = random(KEY_BYTES)
         #: Our direction's key, epoch and counter (a kernel object: the forwarder seals the
         #: relayed packets it forwards through it too, so the counter is one for both).
-        self.sealer: LaneSealer = sealer(epoch, key, limit=KEY_LIMIT)
+        self.sealer: LaneSealing = sealer(epoch, key, limit=KEY_LIMIT)
         self._acked = False
         #: The next key, announced and not yet acknowledged: (epoch, key).
         self._next: tuple[int, bytes] | None = None

@@ -43,7 +43,7 @@ from sfu.packet.errors import ParseError
 from sfu.packet.flow import decode_flow, encode_flow
 from sfu.transport.media_lane import (
     LANE_DROP_REASONS,
-    LaneSealer,
+    LaneSealing,
     MediaLane,
     Random,
     is_lane_datagram,
@@ -185,7 +185,7 @@ class NodeLink:
         original_destination_connection_id: bytes | None = None,
         media_lane: bool = True,
         random: Random | None = None,
-        lane_sealer: Callable[..., LaneSealer] | None = None,
+        lane_sealer: Callable[..., LaneSealing] | None = None,
     ) -> None:
         self.is_client = configuration.is_client
         self.peer_address = peer_address
@@ -239,7 +239,7 @@ class NodeLink:
         now: float,
         media_lane: bool = True,
         random: Random | None = None,
-        lane_sealer: Callable[..., LaneSealer] | None = None,
+        lane_sealer: Callable[..., LaneSealing] | None = None,
     ) -> NodeLink | None:
         """The server end of a link that ``data`` (a client's Initial) starts, else None."""
         if len(data) < MIN_INITIAL_SIZE:
