@@ -38,6 +38,8 @@ from sfu._fastpath._layers cimport (
     selector_t,
 )
 from sfu._fastpath._net cimport (
+    AF_INET,
+    AF_INET6,
     CMSG_DATA,
     CMSG_FIRSTHDR,
     CMSG_LEN,
@@ -48,11 +50,21 @@ from sfu._fastpath._net cimport (
     MSG_DONTWAIT,
     cmsghdr,
     errno,
+    htons,
+    inet_ntop,
+    inet_pton,
     iovec,
     mmsghdr,
     msghdr,
+    ntohl,
+    ntohs,
     recvmmsg,
+    sa_family_t,
     sendmmsg,
+    sockaddr,
+    sockaddr_in,
+    sockaddr_in6,
+    sockaddr_storage,
     socklen_t,
 )
 from sfu._fastpath._munger cimport (
@@ -88,15 +100,6 @@ from sfu._fastpath._vp8 cimport (
 from sfu._fastpath.values import HistoryEntry
 
 
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned short sa_family_t
-    cdef struct sockaddr:
-        sa_family_t sa_family
-    cdef struct sockaddr_storage:
-        sa_family_t ss_family
-    int AF_INET
-    int AF_INET6
-
 cdef extern from *:
     """
     #include <netinet/udp.h>
@@ -109,30 +112,6 @@ cdef extern from *:
     """
     int SOL_UDP
     int UDP_SEGMENT
-
-cdef extern from "<netinet/in.h>" nogil:
-    cdef struct in_addr:
-        uint32_t s_addr
-    cdef struct sockaddr_in:
-        sa_family_t sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    cdef struct in6_addr:
-        unsigned char s6_addr[16]
-    cdef struct sockaddr_in6:
-        sa_family_t sin6_family
-        uint16_t sin6_port
-        uint32_t sin6_flowinfo
-        in6_addr sin6_addr
-        uint32_t sin6_scope_id
-    uint16_t ntohs(uint16_t v)
-    uint16_t htons(uint16_t v)
-    uint32_t ntohl(uint32_t v)
-
-cdef extern from "<arpa/inet.h>" nogil:
-    int inet_pton(int af, const char* src, void* dst)
-    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
-
 
 #: The third element of a framed (ICE-TCP) peer's address (values.FRAMED_MARK).
 FRAMED_MARK = "tcp"
@@ -847,6 +826,8 @@ cdef class Forwarder:
         cdef int i, j
         if not 0 <= handle < self.max_streams or not self.streams[handle].used:
             return
+        if self.rsend_count:
+            self._relay_flush()  # a batch cut short: its slots point at the outputs
         s = &self.streams[handle]
         t = &self.tx[s.transport]
         for i in range(t.nstreams):
@@ -891,6 +872,8 @@ cdef class Forwarder:
         cdef stream_t* s
         if not 0 <= handle < self.max_streams or not self.streams[handle].used:
             raise KeyError(f"stream {handle} is not registered")
+        if self.rsend_count:
+            self._relay_flush()  # a batch cut short: its slots point at the outputs
         entries = list(outputs)
         n = len(entries)
         if n > RELAY_OUTPUTS:

@@ -280,6 +280,8 @@ class Forwarder:
         stream = self._streams.pop(handle, None)
         if stream is None:
             return
+        if self._relay_out:
+            self._relay_flush()  # a batch cut short: send what its outputs sealed
         owner = self._transports.get(stream.transport)
         if owner is not None and owner.streams.get(stream.source.ssrc) is stream:
             del owner.streams[stream.source.ssrc]
@@ -306,6 +308,8 @@ class Forwarder:
         stream = self._streams.get(handle)
         if stream is None:
             raise KeyError(f"stream {handle} is not registered")
+        if self._relay_out:
+            self._relay_flush()  # a batch cut short: send what its outputs sealed
         entries = tuple(outputs)
         if len(entries) > MAX_RELAY_OUTPUTS:
             raise ValueError(f"a stream has at most {MAX_RELAY_OUTPUTS} relay outputs")

@@ -11,6 +11,18 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
+from sfu._fastpath._net cimport (
+    AF_INET,
+    AF_INET6,
+    htons,
+    inet_pton,
+    sockaddr_in,
+    sockaddr_in6,
+)
+
+import socket
+
+from sfu._fastpath._lane_py import normalize_address
 from sfu._fastpath._lane_shared import EPOCHS, KEY_BYTES, KEY_LIMIT, MAX_COUNTER
 
 
@@ -32,32 +44,6 @@ cdef extern from "openssl/evp.h" nogil:
     )
     int EVP_CipherFinal_ex(EVP_CIPHER_CTX* ctx, unsigned char* out, int* outl)
     int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX* ctx, int type, int arg, void* ptr)
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned short sa_family_t
-    int AF_INET
-    int AF_INET6
-
-cdef extern from "<netinet/in.h>" nogil:
-    cdef struct in_addr:
-        uint32_t s_addr
-    cdef struct sockaddr_in:
-        sa_family_t sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    cdef struct in6_addr:
-        unsigned char s6_addr[16]
-    cdef struct sockaddr_in6:
-        sa_family_t sin6_family
-        uint16_t sin6_port
-        uint32_t sin6_flowinfo
-        in6_addr sin6_addr
-        uint32_t sin6_scope_id
-
-cdef extern from "<arpa/inet.h>" nogil:
-    int inet_pton(int af, const char* src, void* dst)
-    uint16_t htons(uint16_t hostshort)
-
 
 cdef Py_ssize_t lane_seal(lane_t* s, uint8_t* buf, Py_ssize_t n) noexcept nogil:
     cdef uint8_t iv[12]
@@ -157,8 +143,9 @@ cdef class LaneSealer:
 
     @counter.setter
     def counter(self, value):
-        if not 0 <= value <= MAX_COUNTER + 1:
-            raise ValueError("counter out of range")
+        # Forward only (tests skip ahead): a counter moved back would reuse a nonce.
+        if not self.counter <= value <= MAX_COUNTER + 1:
+            raise ValueError("the counter only moves forward, up to 2**64")
         self.s.spent = value > MAX_COUNTER
         self.s.counter = MAX_COUNTER if self.s.spent else value
 
@@ -201,9 +188,10 @@ cdef class RelayOutput:
         memset(&self.o, 0, sizeof(relay_out_t))
         self.sealer = sealer
         self.sock = sock
-        self.address = (str(address[0]), int(address[1]))
+        self.address = normalize_address(address)
         self.prefix = prefix
-        host = self.address[0].encode("ascii")
+        name, _, scope = self.address[0].partition("%")
+        host = name.encode("ascii")
         v4 = <sockaddr_in*>self.o.sa
         v6 = <sockaddr_in6*>self.o.sa
         if inet_pton(AF_INET, host, &v4.sin_addr) == 1:
@@ -213,6 +201,8 @@ cdef class RelayOutput:
         elif inet_pton(AF_INET6, host, &v6.sin6_addr) == 1:
             v6.sin6_family = AF_INET6
             v6.sin6_port = htons(<uint16_t>self.address[1])
+            if scope:
+                v6.sin6_scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
             self.o.salen = sizeof(sockaddr_in6)
         else:
             raise ValueError("address must be an IP literal")

@@ -36,7 +36,21 @@ from sfu._fastpath._lane_shared import (
     VERSION,
 )
 
-__all__ = ["LaneSealer", "RelayOutput"]
+__all__ = ["LaneSealer", "RelayOutput", "normalize_address"]
+
+
+def normalize_address(address: tuple[Any, ...]) -> tuple[str, int]:
+    """(host, port) of an IP literal address; an IPv6 scope (a 4-tuple's scope id, as
+    ``recvfrom`` gives a link-local peer's) is kept in the host, as ``fe80::1%2``. Raises
+    ValueError for anything but an IP literal."""
+    host = str(address[0])
+    if len(address) >= 4 and address[3] and "%" not in host:
+        host = f"{host}%{int(address[3])}"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("address must be an IP literal") from None
+    return host, int(address[1])
 
 
 def _check_key(epoch: int, key: bytes) -> None:
@@ -49,7 +63,7 @@ def _check_key(epoch: int, key: bytes) -> None:
 class LaneSealer:
     """The sending half of one sealed media lane: one key at a time, one counter for all."""
 
-    __slots__ = ("_aead", "active", "counter", "epoch", "limit", "sealed", "used")
+    __slots__ = ("_aead", "_counter", "active", "epoch", "limit", "sealed", "used")
 
     def __init__(self, epoch: int, key: bytes, *, limit: int = KEY_LIMIT) -> None:
         _check_key(epoch, key)
@@ -58,8 +72,7 @@ class LaneSealer:
         self._aead = AESGCM(key)
         #: The key's epoch (the first byte's low nibble).
         self.epoch = epoch
-        #: The next datagram's counter (the nonce), never reused.
-        self.counter = 0
+        self._counter = 0
         #: Datagrams sealed with the current key, and with any.
         self.used = 0
         self.sealed = 0
@@ -67,6 +80,18 @@ class LaneSealer:
         self.limit = limit
         #: Whether sealing is allowed: the lane's owner sets it (keyed both ways, no fallback).
         self.active = False
+
+    @property
+    def counter(self) -> int:
+        """The next datagram's counter (the nonce), never reused."""
+        return self._counter
+
+    @counter.setter
+    def counter(self, value: int) -> None:
+        # Forward only (tests skip ahead): a counter moved back would reuse a nonce.
+        if not self._counter <= value <= MAX_COUNTER + 1:
+            raise ValueError("the counter only moves forward, up to 2**64")
+        self._counter = value
 
     def rekey(self, epoch: int, key: bytes) -> None:
         """Seal with a new key from now on (the counter goes on: nonces are per key anyway)."""
@@ -78,12 +103,12 @@ class LaneSealer:
     def seal(self, datagram: bytes | bytearray | memoryview) -> bytes | None:
         """The lane datagram of one pipe datagram; None when sealing is not allowed now
         (not active, the key's limit reached, the counter spent)."""
-        if not self.active or self.used >= self.limit or self.counter > MAX_COUNTER:
+        if not self.active or self.used >= self.limit or self._counter > MAX_COUNTER:
             return None
-        counter = self.counter
+        counter = self._counter
         header = HEADER.pack(VERSION | self.epoch, counter)
         sealed = header + self._aead.encrypt(NONCE.pack(counter), bytes(datagram), header)
-        self.counter = counter + 1
+        self._counter = counter + 1
         self.used += 1
         self.sealed += 1
         return sealed
@@ -124,11 +149,7 @@ class RelayOutput:
         self.sealer = sealer
         #: Where datagrams go; None: kept for the forwarder's drain_relay_sent() (tests).
         self.sock = sock
-        try:
-            ipaddress.ip_address(str(address[0]))
-        except ValueError:
-            raise ValueError("address must be an IP literal") from None
-        self.address = (str(address[0]), int(address[1]))
+        self.address = normalize_address(address)
         self.prefix = bytes(prefix)
         #: Largest pipe datagram (prefix and packet) the carrier takes, before sealing.
         self.max_datagram = max_datagram

@@ -166,6 +166,9 @@ class NodeLinks:
             if link.peer is not None:
                 self.links_lost += 1
                 log.info("cluster: link with node %s down (%s)", link.peer, event.reason)
+                if self.on_link_down is not None:
+                    # First: its relay pipe folds what the data plane sent into its counters.
+                    self.on_link_down(link.peer, link)
             self._retired["flows_sent"] += link.flows_sent
             self._retired["flows_received"] += link.flows_received
             self._retired["dropped"] += (
@@ -173,8 +176,6 @@ class NodeLinks:
             )
             for key, count in link.lane_totals().items():
                 self._retired_lane[key] += count
-            if link.peer is not None and self.on_link_down is not None:
-                self.on_link_down(link.peer, link)
         elif link.peer is None:
             return
         elif isinstance(event, FlowReceived):

@@ -401,6 +401,9 @@ class DataPlane:
     def _note_taps(self, publication: Publication) -> None:
         """Remember ``publication``'s pipe taps: each with the index of its relay output
         (the forwarder sends for it), or -1 (its packets go to the tap, :meth:`relay`)."""
+        # Packets logged under the old outputs are handed on first: their ``done`` bits
+        # index the outputs as they were.
+        self.relay(0.0)
         entries: list[tuple[RelayTap, Any, int]] = []
         outputs = 0
         for tap, out in publication.fanout:
@@ -410,8 +413,8 @@ class DataPlane:
             if self.relay_outputs and outputs < MAX_RELAY_OUTPUTS:
                 try:
                     output = tap.make_output(self.kernels.RelayOutput)
-                except TypeError:  # the carrier's sealer is another kind's: the tap relays
-                    output = None
+                except (TypeError, ValueError):  # another kind's sealer, an address the
+                    output = None  # kernel cannot send to: the tap relays, as without one
             entries.append((tap, out, -1 if output is None else outputs))
             outputs += output is not None
         if entries:

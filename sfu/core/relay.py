@@ -145,6 +145,7 @@ class RelayTap:
     """A fan-out entry of a publication that relays its packets on one flow of one pipe."""
 
     __slots__ = (
+        "_carrier",
         "_folded",
         "announced",
         "buf",
@@ -181,6 +182,8 @@ class RelayTap:
         #: its counts up to the last :meth:`fold`: packets, RTP bytes, filtered.
         self.output: Any = None
         self._folded = (0, 0, 0)
+        #: Datagrams and RTP bytes folded since the carrier last took them (take_folded).
+        self._carrier = (0, 0)
 
     def forward(
         self,
@@ -223,7 +226,9 @@ class RelayTap:
         """Padding is not relayed: the far side's gap is answered from the cache if asked."""
 
     def set_held(self, held: bool) -> None:
-        """Stop (or resume) relaying."""
+        """Stop (or resume) relaying. What the output filtered while held is not counted as
+        filtered (a held tap relays nothing, whatever the peer demands)."""
+        self.fold(filtered=not self.held)
         self.held = held
         self.sync_demand()
 
@@ -255,20 +260,27 @@ class RelayTap:
         demand = self.pipe.demand(self.flow)
         self.output.spatial_mask = 0 if self.held or demand is None else demand[0]
 
-    def fold(self) -> tuple[int, int]:
+    def fold(self, *, filtered: bool = True) -> None:
         """Add what the relay output sent since the last call to the pipe's counters, as if
-        the tap had relayed it; returns (datagrams, RTP bytes) for the carrier's."""
+        the tap had relayed it (and, with ``filtered``, what it filtered); the carrier's
+        share waits for :meth:`take_folded`."""
         output = self.output
         if output is None:
-            return 0, 0
+            return
         now = (output.packets, output.bytes, output.filtered)
-        packets, octets, filtered = (a - b for a, b in zip(now, self._folded, strict=True))
+        packets, octets, skipped = (a - b for a, b in zip(now, self._folded, strict=True))
         self._folded = now
         counters = self.pipe.counters
         counters.relayed += packets
         counters.relayed_bytes += octets + packets * len(output.prefix)
-        counters.filtered += filtered
-        return packets, octets
+        if filtered:
+            counters.filtered += skipped
+        self._carrier = (self._carrier[0] + packets, self._carrier[1] + octets)
+
+    def take_folded(self) -> tuple[int, int]:
+        """(datagrams, RTP bytes) folded since the last call: the carrier's counters."""
+        out, self._carrier = self._carrier, (0, 0)
+        return out
 
 
 class PublicationRelay:
@@ -363,7 +375,8 @@ class PublicationRelay:
             self._fold_tap(peer, tap)
 
     def _fold_tap(self, peer: int, tap: RelayTap) -> None:
-        packets, octets = tap.fold()
+        tap.fold(filtered=not tap.held)
+        packets, octets = tap.take_folded()
         if packets and self._folded is not None:
             self._folded(peer, packets, octets)
 

@@ -209,6 +209,7 @@ class MediaLane:
     __slots__ = (
         "_acked",
         "_blocked_until",
+        "_closed",
         "_highest",
         "_keys",
         "_messages",
@@ -246,6 +247,7 @@ class MediaLane:
         #: relayed packets it forwards through it too, so the counter is one for both).
         self.sealer: LaneSealing = sealer(epoch, key, limit=KEY_LIMIT)
         self._acked = False
+        self._closed = False
         #: The next key, announced and not yet acknowledged: (epoch, key).
         self._next: tuple[int, bytes] | None = None
         #: The peer's keys by epoch, oldest first (at most KEYS_KEPT).
@@ -282,7 +284,12 @@ class MediaLane:
         return self.sealer.sealed
 
     def _allowed(self) -> bool:
-        return self._acked and bool(self._keys) and self._blocked_until is None
+        return self._acked and bool(self._keys) and self._blocked_until is None and not self._closed
+
+    def close(self) -> None:
+        """The link is gone: seal nothing more (the sealer is shared with the data plane)."""
+        self._closed = True
+        self._update()
 
     def _update(self) -> None:
         """After any change of state: let the sealer seal (or not), and announce the next

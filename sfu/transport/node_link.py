@@ -472,6 +472,8 @@ class NodeLink:
                     self._send_lane_messages()  # our key
             elif isinstance(event, quic_events.ConnectionTerminated):
                 self.closed = True
+                if self.lane is not None:
+                    self.lane.close()  # the data plane's relay outputs seal nothing more
                 out.append(LinkDown(event.reason_phrase or f"error {event.error_code}"))
             elif self.peer is None:
                 continue  # nothing from an unproven peer

@@ -88,8 +88,12 @@ def test_the_compiled_sealer_matches_the_reference(
         elif step[0] == "rekey":
             ref.rekey(step[1], step[2])
             comp.rekey(step[1], step[2])
-        else:
+        elif step[1] >= ref.counter:
             ref.counter = comp.counter = step[1]
+        else:  # never back: a nonce would be used twice
+            for sealer in (ref, comp):
+                with pytest.raises(ValueError):
+                    sealer.counter = step[1]
         assert (comp.epoch, comp.counter, comp.used, comp.sealed) == (
             ref.epoch, ref.counter, ref.used, ref.sealed
         )  # fmt: skip
@@ -108,6 +112,34 @@ def test_a_sealer_refuses_bad_keys(kernels: Kernels) -> None:
         kernels.RelayOutput(sealer, None, A_ADDR, b"", max_datagram=MAX_DATAGRAM)
     with pytest.raises(ValueError, match="IP literal"):
         kernels.RelayOutput(sealer, None, ("example.org", 1), b"\x05", max_datagram=MAX_DATAGRAM)
+
+
+def test_the_counter_only_moves_forward(kernels: Kernels) -> None:
+    """A counter moved back would reuse a nonce under the key: refused."""
+    sealer = kernels.LaneSealer(0, KEY)
+    sealer.active = True
+    sealer.counter = 10
+    assert sealer.seal(b"x") is not None and sealer.counter == 11
+    with pytest.raises(ValueError, match="forward"):
+        sealer.counter = 10
+    with pytest.raises(ValueError, match="forward"):
+        sealer.counter = 1 << 65
+
+
+def test_an_output_keeps_an_ipv6_scope(kernels: Kernels) -> None:
+    """A link-local peer (``recvfrom`` gives its scope id as the 4-tuple's last item) is
+    sent to on that interface."""
+    output = kernels.RelayOutput(None, None, ("fe80::1", 4433, 0, 1), b"\x05", max_datagram=99)
+    assert output.address == ("fe80::1%1", 4433)
+    named = kernels.RelayOutput(None, None, ("fe80::2%lo", 4433), b"\x05", max_datagram=99)
+    assert named.address == ("fe80::2%lo", 4433)
+
+
+def test_a_closed_lane_seals_nothing_more(kernels: Kernels) -> None:
+    """The link went down: the shared sealer stops, whoever would seal next."""
+    a, _ = lanes(kernels)
+    a.close()
+    assert not a.up and not a.sealer.active and a.sealer.seal(b"x") is None
 
 
 def test_what_the_kernel_seals_the_peer_lane_opens(kernels: Kernels) -> None:
@@ -264,6 +296,7 @@ def test_a_tap_with_a_target_relays_in_the_forwarder(kernels: Kernels) -> None:
             out.append(media.data[media.offset :])
         return out
 
+    before = pipe.counters.relayed
     packet = rtp(VIDEO_SSRCS[0], 100, 9000, VP8_PT, vp8_path(1, key=True), b"")
     world.send(packet, 1.0)
     assert relayed() == [packet] and not sent  # sealed by the forwarder, not the tap
@@ -278,11 +311,14 @@ def test_a_tap_with_a_target_relays_in_the_forwarder(kernels: Kernels) -> None:
     second = rtp(VIDEO_SSRCS[1], 201, 12000, VP8_PT, vp8_path(2, key=True), b"")
     world.send(second, 1.03)
     assert relayed() == [second]
-    # Held (its publication muted): nothing leaves.
+    # Held (its publication muted): nothing leaves, and nothing counts as filtered.
     tap.set_held(True)
+    filtered = pipe.counters.filtered
     world.send(rtp(VIDEO_SSRCS[0], 101, 12000, VP8_PT, vp8_path(3, key=False), b""), 1.04)
     assert relayed() == [] and not sent
     tap.set_held(False)
+    relay.fold()
+    assert pipe.counters.filtered == filtered
     # The lane stops sealing (not keyed, or in fallback): the tap relays, the slow way.
     a.sealer.active = False
     third = rtp(VIDEO_SSRCS[0], 102, 15000, VP8_PT, vp8_path(4, key=False), b"")
@@ -291,8 +327,7 @@ def test_a_tap_with_a_target_relays_in_the_forwarder(kernels: Kernels) -> None:
     media = far.receive(sent[0], now=1.05)
     assert isinstance(media, Media) and media.data[media.offset :] == third
     # Counted as if the tap had relayed them: two sealed by the forwarder, one by the tap.
-    before = pipe.counters.relayed
     relay.fold()
-    assert pipe.counters.relayed == before + 2
+    assert pipe.counters.relayed == before + 3
     assert folded == [(1, 2, len(packet) + len(second))]
     assert a.sealed == 2  # the lane's liveness count sees the forwarder's seals
