@@ -451,6 +451,12 @@ class Peer:
                 or allocation_due(now, self._last_allocation, estimate, self._allocated_on)
             ):
                 # The first estimate, one that fell, or the interval passed: allocate now.
+                if self.feedback.budget is not None:
+                    # Retransmissions answering the NACKs that follow, and the pacer, keep to
+                    # the new estimate from now on, not from the next poll: after a cap the
+                    # NACKs for the overrun come in the same receive batch as its feedback.
+                    self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
+                    self._pace(estimate, now)
                 self.wake()
 
     def on_state(self, transport: WebRtcTransport, state: TransportState, now: float) -> None:
