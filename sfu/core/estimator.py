@@ -110,17 +110,18 @@ LOSS_LOW: Final = 0.02
 #: spent above it is lost, audio included (the real-client test's cap from 900 to 100 kbit/s
 #: took three halving steps, a second at 88-90 % loss, and 8.7 % of the phase's audio).
 LOSS_SEVERE: Final = 0.5
-#: One feedback that reports at least :data:`HEAVY_LOSS_PACKETS` media packets and loses at
-#: least :data:`LOSS_SEVERE` of them is a cap, not random loss (5 % random loss loses half of
-#: 16 packets about once in 10^6 feedbacks; a publisher's uplink loss is never in this
-#: transport's feedback): the estimate falls at once to the rate the receiver got while the
-#: queue overflowed (:meth:`BandwidthEstimator._heavy_loss`), not after a loss window and
-#: halving steps. At a 400 kbit/s cap the top layer (1.5 Mbit/s) lost 70 % for a second of
-#: windows and steps in the real-client test (16-19 % of the phase's video); feedback comes
-#: every 50-100 ms, so one report is the earliest the link can be read.
-HEAVY_LOSS_PACKETS: Final = 16
-#: ... measured over at least this many received packets and this much arrival time (s):
-#: fewer, or a shorter span, say nothing about a rate.
+#: Feedback that loses at least :data:`LOSS_SEVERE` of the media packets it reports, over
+#: at least :data:`HEAVY_LOSS_PACKETS` of them (one feedback, or consecutive ones that each
+#: lose that much), is a cap, not random loss (5 % random loss loses half of 12 packets about
+#: once in 50,000 feedbacks; a publisher's uplink loss is never in this transport's
+#: feedback): the estimate falls at once to the rate the receiver got while the queue
+#: overflowed (:meth:`BandwidthEstimator._heavy_loss`), not after a loss window and halving
+#: steps. At a 400 kbit/s cap the top layer (1.5 Mbit/s) lost 70 % for a second of windows
+#: and steps in the real-client test (16-19 % of the phase's video). Chromium reports every
+#: 50-100 ms, 5-15 packets of a top layer each: 12 packets are one or two feedbacks.
+HEAVY_LOSS_PACKETS: Final = 12
+#: ... the rate measured over at least this many received packets and this much arrival
+#: time (s): fewer, or a shorter span, say nothing about a rate.
 HEAVY_LOSS_ARRIVALS: Final = 3
 HEAVY_LOSS_MIN_SPAN: Final = 0.01
 #: Loss is measured over at least this many reported packets, and the bound moves at most
@@ -225,6 +226,16 @@ class BandwidthEstimator:
         self.probe_results = 0
         #: Feedbacks whose heavy loss took the estimate down at once (see :meth:`_heavy_loss`).
         self.heavy_losses = 0
+        #: Consecutive feedbacks each losing LOSS_SEVERE or more, so far: media packets
+        #: reported and lost, and bytes, first arrival (µs, with its packet's bytes) and last
+        #: arrival of the packets received while the queue overflowed.
+        self._heavy_reported = 0
+        self._heavy_lost = 0
+        self._heavy_arrivals = 0
+        self._heavy_bytes = 0
+        self._heavy_first = 0
+        self._heavy_first_size = 0
+        self._heavy_last = 0
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -261,8 +272,8 @@ class BandwidthEstimator:
         arrivals = array("q")
         reported = 0
         lost = 0
-        #: How many of the received packets came before the last media packet lost: the
-        #: bottleneck's queue was overflowing while they arrived.
+        # How many of the received packets came before the last media packet lost: the
+        # bottleneck's queue was overflowing while they arrived.
         overflowing = 0
         try:
             withdrawn = self.history.withdrawn
@@ -306,12 +317,7 @@ class BandwidthEstimator:
                         arrivals.append(at + offset)
         except ValueError:
             return  # a malformed status list: nothing from it is trusted
-        heavy = (
-            reported >= HEAVY_LOSS_PACKETS
-            and lost >= LOSS_SEVERE * reported
-            and overflowing >= HEAVY_LOSS_ARRIVALS
-        )
-        overflow_bps = self._overflow_rate(seqs, arrivals, overflowing) if heavy else None
+        overflow_bps = self._heavy_run(seqs, arrivals, overflowing, reported, lost)
         packets, size, _, _, first_arrival, last_arrival = self.detector.on_feedback(
             self.history, seqs, arrivals
         )
@@ -321,7 +327,8 @@ class BandwidthEstimator:
             while acked and last_arrival - acked[0][1] > ACKED_WINDOW:
                 acked.popleft()
         if overflow_bps is not None:
-            self._heavy_loss(lost / reported, overflow_bps, now)
+            self._heavy_loss(self._heavy_lost / self._heavy_reported, overflow_bps, now)
+            self._heavy_reported = self._heavy_lost = 0
         elif reported:
             self._count_loss(reported, lost, now)
         self._rate_control(self.detector.state, now)
@@ -441,30 +448,47 @@ class BandwidthEstimator:
                 rate = min(rate, max(self._delay_bps, ACKED_CAP_FACTOR * acked + ACKED_CAP_EXTRA))
         self._delay_bps = max(self.min_bps, min(rate, self.max_bps))
 
-    def _overflow_rate(self, seqs: array[int], arrivals: array[int], count: int) -> float | None:
-        """The rate (bps) at which the first ``count`` received packets of a feedback arrived
-        (those before its last loss, while the bottleneck's queue overflowed and the link was
-        busy): the link's capacity. None if their arrivals span too little to tell. Packets
-        after the last loss are left out: once the sender stops overrunning (only audio
-        after a shed), they arrive sparse and would read as a link far below the cap."""
+    def _heavy_run(
+        self, seqs: array[int], arrivals: array[int], overflowing: int, reported: int, lost: int
+    ) -> float | None:
+        """Add one feedback to the run of consecutive feedbacks that lose LOSS_SEVERE or more
+        (a feedback that loses less ends it); once the run holds HEAVY_LOSS_PACKETS, the rate
+        (bps) at which its packets received while the queue overflowed arrived: the link's
+        capacity (None: no run yet, or too few arrivals to tell).
+
+        Those packets are the first ``overflowing`` received ones of each feedback (those
+        before its last loss: the bottleneck was busy). Packets after the last loss are left
+        out: once the sender stops overrunning (only audio after a shed), they arrive sparse
+        and would read as a link far below the cap."""
+        if not reported:
+            return None
+        if lost < LOSS_SEVERE * reported:
+            self._heavy_reported = self._heavy_lost = 0
+            return None
+        if not self._heavy_reported:
+            self._heavy_arrivals = self._heavy_bytes = self._heavy_first_size = 0
+            self._heavy_first = self._heavy_last = 0
+        self._heavy_reported += reported
+        self._heavy_lost += lost
         lookup = self.history.lookup
-        total = 0
-        first = last = arrivals[0]
-        first_size = 0
-        for i in range(count):
+        for i in range(overflowing):
             entry = lookup(seqs[i])
             if entry is None:
                 continue
             at = arrivals[i]
-            if at <= first:
-                first, first_size = at, entry[1]
-            last = max(last, at)
-            total += entry[1]
-        span = (last - first) / 1_000_000
-        if span < HEAVY_LOSS_MIN_SPAN:
+            if not self._heavy_arrivals or at < self._heavy_first:
+                self._heavy_first, self._heavy_first_size = at, entry[1]
+            if not self._heavy_arrivals or at > self._heavy_last:
+                self._heavy_last = at
+            self._heavy_arrivals += 1
+            self._heavy_bytes += entry[1]
+        if self._heavy_reported < HEAVY_LOSS_PACKETS:
+            return None
+        span = (self._heavy_last - self._heavy_first) / 1_000_000
+        if span < HEAVY_LOSS_MIN_SPAN or self._heavy_arrivals < HEAVY_LOSS_ARRIVALS:
             return None
         # The first packet's bytes arrived before the measured interval began.
-        return (total - first_size) * 8 / span
+        return (self._heavy_bytes - self._heavy_first_size) * 8 / span
 
     def _heavy_loss(self, fraction: float, overflow_bps: float, now: float) -> None:
         """One feedback lost most of what it reports (:data:`HEAVY_LOSS_PACKETS`,
