@@ -16,6 +16,10 @@ libwebrtc's goog_cc structures it, written from the draft and the published desi
 * a **loss-based bound** (§7): above :data:`LOSS_HIGH` loss it backs off by half the loss
   fraction (and to the acknowledged bitrate when that is lower, by at most half per step),
   between :data:`LOSS_LOW` and :data:`LOSS_HIGH` it holds, below it grows;
+* a **cap read from the feedback that shows it**: feedback losing :data:`LOSS_SEVERE` or
+  more of :data:`HEAVY_LOSS_PACKETS` media packets takes the estimate at once to the rate
+  the receiver got while the bottleneck's queue overflowed (a loss window and halving steps
+  took a second, while a top layer far above the cap lost most of what it sent);
 * **probe results**: the bitrate a probe cluster got through (its receive rate, capped by
   the caller at the rate it aimed at: the cluster leaves at once, so the send side has no
   rate of its own) lifts the estimate at once. Probe packets (a
@@ -61,6 +65,7 @@ __all__ = [
     "MAX_BPS",
     "MIN_BPS",
     "NO_CLUSTER",
+    "OVERRUN_PACKETS",
     "PRIMER",
     "PROBE_LOSS_HOLD",
     "WITHDRAWN_HOLD",
@@ -113,7 +118,7 @@ LOSS_SEVERE: Final = 0.5
 #: Feedback that loses at least :data:`LOSS_SEVERE` of the media packets it reports, over
 #: at least :data:`HEAVY_LOSS_PACKETS` of them (one feedback, or consecutive ones that each
 #: lose that much), is a cap, not random loss (5 % random loss loses half of 12 packets about
-#: once in 50,000 feedbacks; a publisher's uplink loss is never in this transport's
+#: once in 90,000 feedbacks; a publisher's uplink loss is never in this transport's
 #: feedback): the estimate falls at once to the rate the receiver got while the queue
 #: overflowed (:meth:`BandwidthEstimator._heavy_loss`), not after a loss window and halving
 #: steps. At a 400 kbit/s cap the top layer (1.5 Mbit/s) lost 70 % for a second of windows
@@ -124,6 +129,14 @@ HEAVY_LOSS_PACKETS: Final = 12
 #: time (s): fewer, or a shorter span, say nothing about a rate.
 HEAVY_LOSS_ARRIVALS: Final = 3
 HEAVY_LOSS_MIN_SPAN: Final = 0.01
+#: A feedback losing LOSS_SEVERE or more of at least this many media packets says the link is
+#: overrun now (:attr:`BandwidthEstimator.overrun`), before enough of them make a heavy-loss
+#: reaction: the retransmission budget saves nothing up meanwhile (resends of a layer being
+#: shed go into the same overrun link; the receiver NACKs each gap at once, ahead of the
+#: feedback, and in the real-client test 56 resends went into a 400 kbit/s cap in the 0.3 s
+#: before the estimate fell). 5 % random loss loses half of 8 packets in one feedback in
+#: 2,700.
+OVERRUN_PACKETS: Final = 8
 #: Loss is measured over at least this many reported packets, and the bound moves at most
 #: once per :data:`LOSS_INTERVAL` (s) so one feedback of a burst does not count many times.
 LOSS_MIN_PACKETS: Final = 20
@@ -226,6 +239,9 @@ class BandwidthEstimator:
         self.probe_results = 0
         #: Feedbacks whose heavy loss took the estimate down at once (see :meth:`_heavy_loss`).
         self.heavy_losses = 0
+        #: Whether the latest feedback (of OVERRUN_PACKETS media packets or more; a smaller
+        #: one only ends it, by losing nothing) lost LOSS_SEVERE or more: the link is overrun.
+        self.overrun = False
         #: Consecutive feedbacks each losing LOSS_SEVERE or more, so far: media packets
         #: reported and lost, and bytes, first arrival (µs, with its packet's bytes) and last
         #: arrival of the packets received while the queue overflowed.
@@ -317,6 +333,10 @@ class BandwidthEstimator:
                         arrivals.append(at + offset)
         except ValueError:
             return  # a malformed status list: nothing from it is trusted
+        if reported >= OVERRUN_PACKETS:
+            self.overrun = lost >= LOSS_SEVERE * reported
+        elif reported and not lost:
+            self.overrun = False
         overflow_bps = self._heavy_run(seqs, arrivals, overflowing, reported, lost)
         packets, size, _, _, first_arrival, last_arrival = self.detector.on_feedback(
             self.history, seqs, arrivals

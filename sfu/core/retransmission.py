@@ -290,6 +290,12 @@ class RetransmissionBudget:
         self._rate = max(rate_bps, 0.0)
         self._tokens = min(self._tokens, self._rate * RTX_BURST)
 
+    def drain(self, now: float) -> None:
+        """Spend what the bucket saved up (it refills at its rate from ``now``): the link is
+        overrun (``BandwidthEstimator.overrun``), and a resend now goes into the overrun."""
+        self._refill(now)
+        self._tokens = 0.0
+
     def _refill(self, now: float) -> None:
         last = self._last
         if last is not None and now > last:

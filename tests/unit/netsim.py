@@ -450,7 +450,10 @@ def run(
                 feedback.append((now + link.delay, index, packet))
         while feedback and feedback[0][0] <= now:
             _, index, packet = feedback.popleft()
-            senders[index].estimator.on_feedback(TransportFeedback.parse(packet), now=now)
+            estimator = senders[index].estimator
+            estimator.on_feedback(TransportFeedback.parse(packet), now=now)
+            if estimator.overrun:  # as the feedback handler does
+                senders[index].rtx_budget.drain(now)
         if tick % 100 == 0:
             for index, sender in enumerate(senders):
                 if now < sender.start:

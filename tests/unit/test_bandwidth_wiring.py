@@ -15,7 +15,7 @@ from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harne
 from sfu._fastpath._pacer_py import AUDIO as PACED_AUDIO
 from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
-from sfu.core.estimator import INITIAL_BPS, PRIMER
+from sfu.core.estimator import INITIAL_BPS, OVERRUN_PACKETS, PRIMER
 from sfu.core.pacing import (
     CONGESTED_PACING_FACTOR,
     CONGESTED_PACING_HOLD,
@@ -178,6 +178,48 @@ def test_retransmissions_stay_within_the_budget_and_skip_superseded_packets(
         bob.peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, lost).serialize(), 3.0
     )
     assert counters.retransmits_superseded == len(lost)
+
+
+def test_feedback_showing_an_overrun_link_refuses_the_resends_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Transport-wide feedback that lost most of what it reports (a cap under the layer):
+    the receiver's NACKs for those losses come at once, and resending them from what the
+    budget saved up at the old estimate only adds to the overrun; the budget is drained."""
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    peer = bob.peer
+    assert peer is not None and sub.selector is not None
+    _publish(h, alice, 1.0, 30)
+    history = peer.send_history
+    assert history is not None
+    h.service.poll(1.9, 1.7e9)  # the estimate wires the budget in
+    assert peer.feedback.budget is peer.rtx_budget
+    peer.rtx_budget.set_rate(10_000_000, 1.9)  # plenty saved up
+    sent = [RtpPacket.parse(p) for p in h.sent_rtp["bob"]]
+    seqs = [int.from_bytes(dict(p.extensions())[TWCC_ID], "big") for p in sent]
+    assert len(seqs) >= OVERRUN_PACKETS
+    recorder = TwccRecorder(0x42)
+    for seq in seqs[::3]:  # two of three lost
+        lookup = history.lookup(seq)
+        assert lookup is not None
+        recorder.on_packet(seq, sub.out_ssrc, lookup[0] + 0.03)
+    recorder.on_packet(seqs[-1], sub.out_ssrc, 1.9)
+    for packet in recorder.poll(2.0):
+        peer.on_rtcp(peer.transport, packet, 2.0)
+    assert peer.estimator is not None and peer.estimator.overrun
+    video = [p.sequence_number for p in sent if p.ssrc == sub.out_ssrc][-6:-2]
+    counters = peer.counters
+    peer.on_rtcp(peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, video).serialize(), 2.0)
+    assert counters.retransmits == 0 and counters.retransmits_dropped == len(video)
+
+
+def test_a_drained_budget_refills_at_its_rate() -> None:
+    budget = RetransmissionBudget()
+    budget.set_rate(100_000, 0.0)
+    budget.drain(0.5)
+    assert not budget.allow(1, 0.5)
+    assert budget.allow(8000, 0.6)
 
 
 def test_a_lower_rate_cuts_what_the_budget_saved_up_at_once() -> None:

@@ -18,6 +18,7 @@ from sfu.core.estimator import (
     LOSS_SEVERE,
     MAX_DECREASE,
     MIN_BPS,
+    OVERRUN_PACKETS,
     PRIMER,
     BandwidthEstimator,
 )
@@ -457,3 +458,39 @@ def test_random_loss_never_reads_as_a_cap(kernels: Kernels) -> None:
     assert len(readings) > 250 and 2 * HEAVY_LOSS_PACKETS < 3_000_000 / 8000 * 0.1
     assert est.heavy_losses == 0
     assert min(estimate for _, estimate in readings) >= 3_000_000
+
+
+def test_overrun_follows_the_latest_feedback(kernels: Kernels) -> None:
+    """``overrun`` says the latest feedback of OVERRUN_PACKETS or more lost half of them (the
+    retransmission budget saves nothing up meanwhile); a smaller feedback that lost nothing
+    ends it, and 5 % random loss does not set it."""
+    est = _estimator(kernels)
+    recorder = TwccRecorder(4, interval=0.05)
+    now = 0.0
+    for i in range(OVERRUN_PACKETS + 2):  # the last one received: all are reported
+        seq = est.history.record(1000, now + i * 0.002, -1)
+        if i % 3 == 0:
+            recorder.on_packet(seq, 5, now + 0.02 + i * 0.002)
+    for packet in recorder.poll(0.1):
+        est.on_feedback(TransportFeedback.parse(packet), now=0.1)
+    assert est.overrun
+    for i in range(2):
+        seq = est.history.record(100, 0.1 + i * 0.02, -1)
+        recorder.on_packet(seq, 5, 0.12 + i * 0.02)
+    for packet in recorder.poll(0.2):
+        est.on_feedback(TransportFeedback.parse(packet), now=0.2)
+    assert not est.overrun
+    calm = _estimator(kernels)
+    calm.on_probe_result(4_000_000, now=0.0)
+    seen = []
+    recorder = TwccRecorder(5, interval=0.05)
+    rng = random.Random(3)
+    for i in range(30_000):  # 10 s at 3000 packets/s: 150 per feedback
+        now = i / 3000
+        seq = calm.history.record(1000, now, -1)
+        if rng.random() >= 0.05:
+            recorder.on_packet(seq, 5, now + 0.02)
+        for packet in recorder.poll(now):
+            calm.on_feedback(TransportFeedback.parse(packet), now=now)
+            seen.append(calm.overrun)
+    assert len(seen) > 150 and not any(seen)
