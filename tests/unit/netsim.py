@@ -504,6 +504,19 @@ def report() -> None:  # pragma: no cover - a tool for bench/RESULTS.md, not a t
         [(round(t, 1), layer) for t, layer in s.layer_switches],
     )
     print("probes started/succeeded/failed", s.prober.started, s.prober.succeeded, s.prober.failed)
+    s = Sender(k, nacks=True)
+    link = TokenBucket(steps((0, HIGH_BPS), (20, 400_000)), at=20.0)
+    (tr,) = run(link, [s], 40)
+    loss, rtx = s.video_figures(20, 40)
+    loss_1s, rtx_1s = s.video_figures(20, 21)
+    print(
+        "tbf 400k put on the top layer: estimate <= 1.05 x cap after",
+        round(first(tr, 20, lambda x: x.estimate <= 420_000) - 20, 1),
+        "s; switches",
+        [(round(t, 2), layer) for t, layer in s.layer_switches if t >= 20],
+        f"; video loss {loss:.3f} (first second {loss_1s:.3f}),",
+        f"retransmissions per packet {rtx:.3f} (first second {rtx_1s:.3f})",
+    )
     s = Sender(k)
     (tr,) = run(Link(steps((0, 900_000))), [s], 60)
     mid = [x for x in tr if x.t >= 3]

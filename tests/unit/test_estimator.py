@@ -12,6 +12,7 @@ from sfu.core.estimator import (
     ACKED_CAP_EXTRA,
     ACKED_CAP_FACTOR,
     BETA,
+    HEAVY_LOSS,
     HEAVY_LOSS_PACKETS,
     INITIAL_BPS,
     LOSS_HIGH,
@@ -494,3 +495,19 @@ def test_overrun_follows_the_latest_feedback(kernels: Kernels) -> None:
             calm.on_feedback(TransportFeedback.parse(packet), now=now)
             seen.append(calm.overrun)
     assert len(seen) > 150 and not any(seen)
+
+
+def test_a_layer_at_under_twice_the_link_reads_as_a_cap_over_more_packets(
+    kernels: Kernels,
+) -> None:
+    """1.6 Mbit/s into 900 kbit/s loses 44 %: under LOSS_SEVERE, so it takes
+    HEAVY_LOSS_PACKETS at HEAVY_LOSS or more (the first feedbacks of a token bucket's cap
+    lose less than the rest: its burst and queue take the first kilobytes)."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    readings = _bottleneck(est, seconds=0.6, bps=1_600_000, capacity=900_000, queue_bytes=5_600)
+    assert HEAVY_LOSS < 1 - 900 / 1600 < LOSS_SEVERE
+    assert est.heavy_losses >= 1
+    fell = next(t for t, estimate in readings if estimate < 1_500_000)
+    assert fell <= 0.35
+    assert 0.85 * 900_000 <= est.target_bps() <= 1.1 * 900_000
