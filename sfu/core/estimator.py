@@ -52,10 +52,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ACKED_CAP_FACTOR",
     "BETA",
+    "HEAVY_LINE_RATE_GAP_US",
     "HEAVY_LOSS",
     "HEAVY_LOSS_ARRIVALS",
     "HEAVY_LOSS_MIN_SPAN",
     "HEAVY_LOSS_PACKETS",
+    "HEAVY_RUN_ARRIVALS",
     "INITIAL_BPS",
     "LOSS_CONFIDENCE",
     "LOSS_HIGH",
@@ -138,6 +140,12 @@ SEVERE_LOSS_PACKETS: Final = 12
 #: time (s): fewer, or a shorter span, say nothing about a rate.
 HEAVY_LOSS_ARRIVALS: Final = 3
 HEAVY_LOSS_MIN_SPAN: Final = 0.01
+#: Leading arrivals this close together (µs) came at line rate, not the link's (a token
+#: bucket's burst passes at once when the cap begins): their bytes say nothing of the rate.
+#: A 1200-byte packet takes 1.9 ms at 5 Mbit/s.
+HEAVY_LINE_RATE_GAP_US: Final = 500
+#: A run keeps at most this many arrivals (a long run's rate is read from its start).
+HEAVY_RUN_ARRIVALS: Final = 256
 #: A feedback losing LOSS_SEVERE or more of at least this many media packets says the link is
 #: overrun now (:attr:`BandwidthEstimator.overrun`), before enough of them make a heavy-loss
 #: reaction: the retransmission budget saves nothing up meanwhile (resends of a layer being
@@ -189,6 +197,28 @@ ALR_SHARE: Final = 0.65
 DEFAULT_RTT: Final = 0.1
 
 _REF_WRAP: Final = 1 << 24
+
+
+def _busy_rate(arrived: list[tuple[int, int]]) -> float | None:
+    """The rate (bps) of ``arrived`` ((arrival µs, bytes) of packets that arrived while the
+    bottleneck was busy): bytes over their arrival span, leaving out a leading burst that
+    arrived at line rate (HEAVY_LINE_RATE_GAP_US apart) and the first packet's bytes, which
+    arrived before the measured interval began. None with too few packets or too short a
+    span to tell (HEAVY_LOSS_ARRIVALS, HEAVY_LOSS_MIN_SPAN)."""
+    if len(arrived) < HEAVY_LOSS_ARRIVALS:
+        return None
+    ordered = sorted(arrived)
+    start = 0
+    while (
+        start + 1 < len(ordered)
+        and ordered[start + 1][0] - ordered[start][0] <= HEAVY_LINE_RATE_GAP_US
+    ):
+        start += 1
+    busy = ordered[start:]
+    span = (busy[-1][0] - busy[0][0]) / 1_000_000
+    if len(busy) < HEAVY_LOSS_ARRIVALS or span < HEAVY_LOSS_MIN_SPAN:
+        return None
+    return sum(size for _, size in busy[1:]) * 8 / span
 
 
 class BandwidthEstimator:
@@ -252,15 +282,11 @@ class BandwidthEstimator:
         #: one only ends it, by losing nothing) lost LOSS_SEVERE or more: the link is overrun.
         self.overrun = False
         #: Consecutive feedbacks each losing HEAVY_LOSS or more, so far: media packets
-        #: reported and lost, and bytes, first arrival (µs, with its packet's bytes) and last
-        #: arrival of the packets received while the queue overflowed.
+        #: reported and lost, and (arrival µs, bytes) of the packets received while the
+        #: queue overflowed (at most HEAVY_RUN_ARRIVALS).
         self._heavy_reported = 0
         self._heavy_lost = 0
-        self._heavy_arrivals = 0
-        self._heavy_bytes = 0
-        self._heavy_first = 0
-        self._heavy_first_size = 0
-        self._heavy_last = 0
+        self._heavy_arrived: list[tuple[int, int]] = []
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -355,10 +381,12 @@ class BandwidthEstimator:
             acked.append((first_arrival, last_arrival, size))
             while acked and last_arrival - acked[0][1] > ACKED_WINDOW:
                 acked.popleft()
+        heavy = overflow_bps is not None and overflow_bps < self.target_bps()
         if overflow_bps is not None:
-            self._heavy_loss(self._heavy_lost / self._heavy_reported, overflow_bps, now)
+            if heavy:
+                self._heavy_loss(self._heavy_lost / self._heavy_reported, overflow_bps, now)
             self._heavy_reported = self._heavy_lost = 0
-        elif reported:
+        if reported and not heavy:
             self._count_loss(reported, lost, now)
         self._rate_control(self.detector.state, now)
 
@@ -496,32 +524,21 @@ class BandwidthEstimator:
             self._heavy_reported = self._heavy_lost = 0
             return None
         if not self._heavy_reported:
-            self._heavy_arrivals = self._heavy_bytes = self._heavy_first_size = 0
-            self._heavy_first = self._heavy_last = 0
+            self._heavy_arrived.clear()
         self._heavy_reported += reported
         self._heavy_lost += lost
+        arrived = self._heavy_arrived
         lookup = self.history.lookup
         for i in range(overflowing):
             entry = lookup(seqs[i])
-            if entry is None:
-                continue
-            at = arrivals[i]
-            if not self._heavy_arrivals or at < self._heavy_first:
-                self._heavy_first, self._heavy_first_size = at, entry[1]
-            if not self._heavy_arrivals or at > self._heavy_last:
-                self._heavy_last = at
-            self._heavy_arrivals += 1
-            self._heavy_bytes += entry[1]
+            if entry is not None and len(arrived) < HEAVY_RUN_ARRIVALS:
+                arrived.append((arrivals[i], entry[1]))
         if self._heavy_reported < HEAVY_LOSS_PACKETS and (
             self._heavy_reported < SEVERE_LOSS_PACKETS
             or self._heavy_lost < LOSS_SEVERE * self._heavy_reported
         ):
             return None
-        span = (self._heavy_last - self._heavy_first) / 1_000_000
-        if span < HEAVY_LOSS_MIN_SPAN or self._heavy_arrivals < HEAVY_LOSS_ARRIVALS:
-            return None
-        # The first packet's bytes arrived before the measured interval began.
-        return (self._heavy_bytes - self._heavy_first_size) * 8 / span
+        return _busy_rate(arrived)
 
     def _heavy_loss(self, fraction: float, overflow_bps: float, now: float) -> None:
         """Feedback lost much of what it reports (:data:`HEAVY_LOSS_PACKETS`,
@@ -533,8 +550,6 @@ class BandwidthEstimator:
         self.congested_at = now
         self._loss_reported = self._loss_lost = 0
         self._loss_at = now
-        if overflow_bps >= self.target_bps():
-            return
         new = max(self.min_bps, overflow_bps)
         self.heavy_losses += 1
         self.decreases += 1

@@ -14,7 +14,11 @@ freezes, loss, retransmissions, the server's stream state) and the issue's targe
 on this (loaded) machine with the send-side estimator, the prober and the allocator together.
 The test asserts the met targets and reports the figures of all of them
 (``SFU_ADAPTATION_REPORT=path`` writes them as JSON); ``SFU_BWE_TRACE=path`` writes the
-server's ``sfu.bwe`` debug trace (every allocation and probe) with the phase changes.
+server's ``sfu.bwe`` debug trace (every allocation and probe) with the phase changes. The
+report also holds, per phase, what the server itself sent the viewer (``server_sent``:
+original video packets, retransmissions, probe packets): Chromium's
+``retransmittedPacketsReceived`` counts every packet of the RTX stream, probe padding
+included, so its "retransmissions per packet" is mostly probes.
 """
 
 from __future__ import annotations

@@ -511,3 +511,25 @@ def test_a_layer_at_under_twice_the_link_reads_as_a_cap_over_more_packets(
     fell = next(t for t, estimate in readings if estimate < 1_500_000)
     assert fell <= 0.35
     assert 0.85 * 900_000 <= est.target_bps() <= 1.1 * 900_000
+
+
+def test_a_token_buckets_burst_at_line_rate_is_not_read_as_the_link(kernels: Kernels) -> None:
+    """When a token bucket's cap begins, its burst (4 kB) passes at line rate ahead of the
+    overflow: those arrivals say nothing about the link's rate, which reads 600 kbit/s with
+    them and the cap's 400 kbit/s without."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    recorder = TwccRecorder(6, interval=0.05)
+    received = []
+    for i in range(24):  # 1000 bytes at 1.5 Mbit/s
+        seq = est.history.record(1000, i * 0.00533, -1)
+        if i < 4:
+            received.append((seq, 0.02 + i * 0.00005))  # the bucket's burst
+        elif i % 3 == 0:
+            received.append((seq, 0.02 + 0.02 * (i // 3 - 1)))
+    for seq, at in received:
+        recorder.on_packet(seq, 5, at)
+    (packet,) = recorder.poll(0.3)
+    est.on_feedback(TransportFeedback.parse(packet), now=0.32)
+    assert est.heavy_losses == 1
+    assert 0.95 * 400_000 <= est.target_bps() <= 1.05 * 400_000
