@@ -128,8 +128,9 @@ LOSS_SEVERE: Final = 0.5
 #: 400 kbit/s cap the top layer (1.5 Mbit/s) lost 70 % for a second of windows and steps in
 #: the real-client test (16-19 % of the phase's video). A layer sent at 1.67 x the link loses
 #: 40 %; the first feedbacks of a cap lose less than the rest (the token bucket's burst and
-#: queue take the first 6.5 kB), and at 50 % the real-client test's reaction waited for a
-#: second run of feedbacks, 70 ms in which a publisher's catch-up burst filled the pacer.
+#: queue take the first 6.5 kB): with 50 % alone, a real-client run read 43 % loss 70 ms
+#: before the reaction, while a publisher's catch-up burst filled the pacer (bench/RESULTS.md,
+#: adaptation round 5, run s6).
 #: Chromium reports every 50-100 ms, 5-15 packets of a top layer each. Losing
 #: :data:`LOSS_SEVERE` or more, :data:`SEVERE_LOSS_PACKETS` are enough (5 % random loss loses
 #: half of 12 packets about once in 90,000 feedbacks): one feedback sooner in the lab's cap.

@@ -462,7 +462,7 @@ class Peer:
                 if self.feedback.budget is not None:
                     # Retransmissions answering the NACKs that follow, and the pacer, keep to
                     # the new estimate from now on, not from the next poll: after a cap the
-                    # NACKs for the overrun come in the same receive batch as its feedback.
+                    # NACKs for the overrun may come in the same receive batch as its feedback.
                     self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
                     self._pace(estimate, now)
                 self.wake()

@@ -208,6 +208,11 @@ def test_feedback_showing_an_overrun_link_refuses_the_resends_after_it(
     for packet in recorder.poll(2.0):
         peer.on_rtcp(peer.transport, packet, 2.0)
     assert peer.estimator is not None and peer.estimator.overrun
+    # The feedback lowered the estimate: the budget's rate follows it at once, not at the
+    # next poll (10 Mbit/s before).
+    estimate = peer.estimate_bps
+    assert estimate is not None and estimate < 0.8 * INITIAL_BPS
+    assert peer.rtx_budget.rate_bps == pytest.approx(RTX_SHARE * estimate)
     video = [p.sequence_number for p in sent if p.ssrc == sub.out_ssrc][-6:-2]
     counters = peer.counters
     peer.on_rtcp(peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, video).serialize(), 2.0)
