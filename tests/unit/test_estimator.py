@@ -12,11 +12,14 @@ from sfu.core.estimator import (
     ACKED_CAP_EXTRA,
     ACKED_CAP_FACTOR,
     BETA,
+    HEAVY_LOSS,
+    HEAVY_LOSS_PACKETS,
     INITIAL_BPS,
     LOSS_HIGH,
     LOSS_SEVERE,
     MAX_DECREASE,
     MIN_BPS,
+    OVERRUN_PACKETS,
     PRIMER,
     BandwidthEstimator,
 )
@@ -365,3 +368,168 @@ def test_packets_the_pacer_discarded_stay_out_of_the_loss(kernels: Kernels) -> N
     assert est.loss == 0.0
     assert est.withdrawn_lost == pacer.expired
     assert est.target_bps() >= before
+
+
+def _bottleneck(
+    est: BandwidthEstimator,
+    *,
+    seconds: float,
+    bps: float,
+    capacity: float,
+    queue_bytes: int = 2_500,
+    random_loss: float = 0.0,
+    interval: float = 0.1,
+    seed: int = 1,
+) -> list[tuple[float, float]]:
+    """Send ``bps`` in 1000-byte packets from t=0 through a drop-tail bottleneck of
+    ``capacity`` with a ``queue_bytes`` queue (``tc tbf``'s 50 ms at 400 kbit/s) and 20 ms of
+    delay, then ``random_loss``; the receiver reports every ``interval``. Returns (time,
+    estimate) after each feedback."""
+    recorder = TwccRecorder(2, interval=interval)
+    rng = random.Random(seed)
+    busy_until = 0.0
+    now = 0.0
+    out = []
+    while now < seconds:
+        seq = est.history.record(1000, now, -1)
+        if max(busy_until - now, 0.0) * capacity / 8 + 1000 <= queue_bytes:
+            busy_until = max(busy_until, now) + 8000 / capacity
+            if rng.random() >= random_loss:
+                recorder.on_packet(seq, 5, busy_until + 0.02)
+        for packet in recorder.poll(now):
+            est.on_feedback(TransportFeedback.parse(packet), now=now + 0.02)
+            out.append((now + 0.02, est.target_bps()))
+        now += 8000 / bps
+    return out
+
+
+def test_one_feedback_losing_most_of_its_packets_falls_to_the_link_at_once(
+    kernels: Kernels,
+) -> None:
+    """A 400 kbit/s cap under a 1.5 Mbit/s layer loses about 70 %: the first feedback
+    that reports it (HEAVY_LOSS_PACKETS or more) takes the estimate to the rate that got
+    through, where a loss window and halving steps took a second (2.5 M -> 1.25 M -> 625 k ->
+    400 k) while the layer kept overrunning the cap."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    readings = _bottleneck(est, seconds=0.5, bps=1_500_000, capacity=400_000)
+    assert est.heavy_losses >= 1
+    fell = next(t for t, estimate in readings if estimate < 1_000_000)
+    # The first feedback that reports enough packets (100 ms), one interval of margin.
+    assert fell <= 0.25
+    assert all(360_000 <= estimate <= 440_000 for t, estimate in readings if t >= fell)
+    assert est.congested_at >= fell - 0.1 and est.loss >= LOSS_SEVERE
+
+
+def test_the_rate_after_an_overflow_is_not_read_as_the_link(kernels: Kernels) -> None:
+    """A feedback whose losses stop part way (the shed took the layer away; audio goes on,
+    sparse): only the packets received while the queue overflowed measure the link."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    recorder = TwccRecorder(3, interval=0.05)
+    # 24 packets of 1000 bytes at 1.5 Mbit/s: one in three gets through, 20 ms apart (the
+    # link's 400 kbit/s).
+    for i in range(24):
+        seq = est.history.record(1000, i * 0.00533, -1)
+        if i % 3 == 0:
+            recorder.on_packet(seq, 5, 0.02 + 0.02 * (i // 3))
+    # Then audio only, 100 bytes every 20 ms, all received.
+    for i in range(6):
+        seq = est.history.record(100, 0.13 + 0.02 * i, -1)
+        recorder.on_packet(seq, 5, 0.16 + 0.02 * i)
+    (packet,) = recorder.poll(0.3)
+    est.on_feedback(TransportFeedback.parse(packet), now=0.32)
+    assert est.heavy_losses == 1
+    assert 0.9 * 400_000 <= est.target_bps() <= 1.1 * 400_000
+
+
+def test_random_loss_never_reads_as_a_cap(kernels: Kernels) -> None:
+    """5 % random loss in feedbacks of about 37 packets: never half of one lost."""
+    est = _estimator(kernels)
+    est.on_probe_result(4_000_000, now=0.0)
+    readings = _bottleneck(
+        est,
+        seconds=30.0,
+        bps=3_000_000,
+        capacity=50_000_000,
+        queue_bytes=100_000,
+        random_loss=0.05,
+        seed=11,
+    )
+    assert len(readings) > 250 and 2 * HEAVY_LOSS_PACKETS < 3_000_000 / 8000 * 0.1
+    assert est.heavy_losses == 0
+    assert min(estimate for _, estimate in readings) >= 3_000_000
+
+
+def test_overrun_follows_the_latest_feedback(kernels: Kernels) -> None:
+    """``overrun`` says the latest feedback of OVERRUN_PACKETS or more lost half of them (the
+    retransmission budget saves nothing up meanwhile); a smaller feedback that lost nothing
+    ends it, and 5 % random loss does not set it."""
+    est = _estimator(kernels)
+    recorder = TwccRecorder(4, interval=0.05)
+    now = 0.0
+    for i in range(OVERRUN_PACKETS + 2):  # the last one received: all are reported
+        seq = est.history.record(1000, now + i * 0.002, -1)
+        if i % 3 == 0:
+            recorder.on_packet(seq, 5, now + 0.02 + i * 0.002)
+    for packet in recorder.poll(0.1):
+        est.on_feedback(TransportFeedback.parse(packet), now=0.1)
+    assert est.overrun
+    for i in range(2):
+        seq = est.history.record(100, 0.1 + i * 0.02, -1)
+        recorder.on_packet(seq, 5, 0.12 + i * 0.02)
+    for packet in recorder.poll(0.2):
+        est.on_feedback(TransportFeedback.parse(packet), now=0.2)
+    assert not est.overrun
+    calm = _estimator(kernels)
+    calm.on_probe_result(4_000_000, now=0.0)
+    seen = []
+    recorder = TwccRecorder(5, interval=0.05)
+    rng = random.Random(3)
+    for i in range(30_000):  # 10 s at 3000 packets/s: 150 per feedback
+        now = i / 3000
+        seq = calm.history.record(1000, now, -1)
+        if rng.random() >= 0.05:
+            recorder.on_packet(seq, 5, now + 0.02)
+        for packet in recorder.poll(now):
+            calm.on_feedback(TransportFeedback.parse(packet), now=now)
+            seen.append(calm.overrun)
+    assert len(seen) > 150 and not any(seen)
+
+
+def test_a_layer_at_under_twice_the_link_reads_as_a_cap_over_more_packets(
+    kernels: Kernels,
+) -> None:
+    """1.6 Mbit/s into 900 kbit/s loses 44 %: under LOSS_SEVERE, so it takes
+    HEAVY_LOSS_PACKETS at HEAVY_LOSS or more (the first feedbacks of a token bucket's cap
+    lose less than the rest: its burst and queue take the first kilobytes)."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    readings = _bottleneck(est, seconds=0.6, bps=1_600_000, capacity=900_000, queue_bytes=5_600)
+    assert HEAVY_LOSS < 1 - 900 / 1600 < LOSS_SEVERE
+    assert est.heavy_losses >= 1
+    fell = next(t for t, estimate in readings if estimate < 1_500_000)
+    assert fell <= 0.35
+    assert 0.85 * 900_000 <= est.target_bps() <= 1.1 * 900_000
+
+
+def test_a_token_buckets_burst_at_line_rate_is_not_read_as_the_link(kernels: Kernels) -> None:
+    """When a token bucket's cap begins, its burst (4 kB) passes at line rate ahead of the
+    overflow: those arrivals say nothing about the link's rate, which reads 600 kbit/s with
+    them and the cap's 400 kbit/s without."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    recorder = TwccRecorder(6, interval=0.05)
+    received = []
+    for i in range(24):  # 1000 bytes at 1.5 Mbit/s
+        seq = est.history.record(1000, i * 0.00533, -1)
+        if i < 4:
+            received.append((seq, 0.02 + i * 0.00005))  # the bucket's burst
+        elif i % 3 == 0:
+            received.append((seq, 0.02 + 0.02 * (i // 3 - 1)))
+    for seq, at in received:
+        recorder.on_packet(seq, 5, at)
+    (packet,) = recorder.poll(0.3)
+    est.on_feedback(TransportFeedback.parse(packet), now=0.32)
+    assert est.heavy_losses == 1
+    assert 0.95 * 400_000 <= est.target_bps() <= 1.05 * 400_000
