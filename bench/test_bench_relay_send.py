@@ -28,7 +28,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from bench.relay_rounds import packet_rounds
 from sfu.core.kernels import Kernels
 from sfu.core.relay import PipeOut, PublicationRelay, RelayTarget
-from sfu.transport.media_lane import MediaLane
+from sfu.transport.media_lane import LaneKernels, MediaLane
 from sfu.transport.node_link import MAX_DATAGRAM_DATA
 from sfu.transport.pipe import Pipe
 
@@ -40,7 +40,7 @@ B_ADDR = ("127.0.0.1", 4433)
 
 def _lane(kernels: Kernels) -> MediaLane:
     """Node A's end of a keyed media lane toward node B (B's end only answers keys)."""
-    a = MediaLane(B_ADDR, now=T0, sealer=kernels.LaneSealer)
+    a = MediaLane(B_ADDR, now=T0, kernels=LaneKernels(kernels.LaneSealer, kernels.LaneOpener))
     b = MediaLane(("127.0.0.1", 1), now=T0)
     while a.has_messages or b.has_messages:
         for message in a.take_messages():

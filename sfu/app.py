@@ -67,6 +67,7 @@ from sfu.signaling.web_http import add_web_routes
 from sfu.signaling.whip_http import HttpSessions, add_whip_routes
 from sfu.transport.certificate import Certificate
 from sfu.transport.ice import is_tcp
+from sfu.transport.media_lane import LaneKernels
 from sfu.transport.port import MediaPort
 from sfu.transport.tcp import IceTcpGate
 from sfu.transport.transport import WebRtcTransport
@@ -362,7 +363,7 @@ class Server:
             self.links = NodeLinks(self.cluster.node.node_id, config.cluster, config.media.udp_host)
             # The lanes seal with this data plane's kernel, so that its forwarder seals the
             # relayed packets it forwards through the same keys and counters.
-            self.links.lane_sealer = self.kernels.LaneSealer
+            self.links.lane_kernels = LaneKernels(self.kernels.LaneSealer, self.kernels.LaneOpener)
         self.http_app = build_http_app(
             readiness=self.readiness,
             max_body_bytes=config.http.max_body_bytes,

@@ -37,6 +37,21 @@ ctypedef struct lane_t:
     bint active                 # the lane's owner allows sealing
 
 
+ctypedef struct opener_t:
+    EVP_CIPHER_CTX* ctx[2]      # the peer's keys (AES-128-GCM, decrypting), NULL: free slot
+    int epoch[2]
+    unsigned long long age[2]   # order of arrival: the oldest is replaced first
+    unsigned long long added
+    bint any                    # a datagram was opened: highest is set
+    uint64_t highest            # the highest counter opened
+    uint64_t ring[16]           # bit c % 1024: counter c (within 1024 of highest) was opened
+    unsigned long long received
+    unsigned long long malformed
+    unsigned long long unknown_key
+    unsigned long long replayed
+    unsigned long long auth_failed
+
+
 ctypedef struct relay_out_t:
     lane_t* lane                # NULL: plain datagrams (a pipe between workers of one node)
     int fd                      # -1: kept for drain_relay_sent()
@@ -58,8 +73,17 @@ ctypedef struct relay_out_t:
 cdef Py_ssize_t lane_seal(lane_t* s, uint8_t* buf, Py_ssize_t n) noexcept nogil
 
 
+# Open in place: buf holds a lane datagram of n bytes; the pipe datagram is left at
+# buf + LANE_HEADER_BYTES. Returns its length, or -1 (counted by reason in the opener).
+cdef Py_ssize_t lane_open(opener_t* o, uint8_t* buf, Py_ssize_t n) noexcept nogil
+
+
 cdef class LaneSealer:
     cdef lane_t s
+
+
+cdef class LaneOpener:
+    cdef opener_t o
 
 
 cdef class RelayOutput:

@@ -23,7 +23,9 @@ from sfu._fastpath._net cimport (
 import socket
 
 from sfu._fastpath._lane_py import normalize_address
-from sfu._fastpath._lane_shared import EPOCHS, KEY_BYTES, KEY_LIMIT, MAX_COUNTER
+from sfu._fastpath._lane_shared import EPOCHS, KEY_BYTES, KEY_LIMIT, KEYS_KEPT, MAX_COUNTER
+
+assert KEYS_KEPT == 2, "opener_t holds two keys"
 
 
 cdef extern from "openssl/evp.h" nogil:
@@ -32,6 +34,7 @@ cdef extern from "openssl/evp.h" nogil:
     ctypedef struct ENGINE:
         pass
     int EVP_CTRL_GCM_GET_TAG
+    int EVP_CTRL_GCM_SET_TAG
     EVP_CIPHER_CTX* EVP_CIPHER_CTX_new()
     void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX* ctx)
     const EVP_CIPHER* EVP_aes_128_gcm()
@@ -76,6 +79,62 @@ cdef Py_ssize_t lane_seal(lane_t* s, uint8_t* buf, Py_ssize_t n) noexcept nogil:
     s.used += 1
     s.sealed += 1
     return LANE_HEADER_BYTES + n + LANE_TAG_BYTES
+
+
+cdef enum:
+    WINDOW = 1024               # _lane_shared.REPLAY_WINDOW
+    VERSION_MASK = 0xF0
+
+
+cdef Py_ssize_t lane_open(opener_t* o, uint8_t* buf, Py_ssize_t n) noexcept nogil:
+    cdef uint8_t iv[12]
+    cdef int outl, i, slot = -1
+    cdef uint64_t counter = 0, behind, shift, c
+    cdef Py_ssize_t body = n - LANE_HEADER_BYTES - LANE_TAG_BYTES
+    if body < 0 or buf[0] & VERSION_MASK != LANE_VERSION:
+        o.malformed += 1
+        return -1
+    for i in range(2):
+        if o.ctx[i] != NULL and o.epoch[i] == buf[0] & 0x0F:
+            slot = i
+    if slot < 0:
+        o.unknown_key += 1
+        return -1
+    memset(iv, 0, 4)
+    for i in range(8):
+        counter = (counter << 8) | buf[1 + i]
+        iv[4 + i] = buf[1 + i]
+    if o.any and counter <= o.highest:
+        behind = o.highest - counter
+        if behind >= WINDOW or (o.ring[(counter >> 6) & 15] >> (counter & 63)) & 1:
+            o.replayed += 1
+            return -1
+    if (EVP_CipherInit_ex(o.ctx[slot], NULL, NULL, NULL, iv, 0) != 1
+            or EVP_CipherUpdate(o.ctx[slot], NULL, &outl, buf, LANE_HEADER_BYTES) != 1
+            or (body > 0 and EVP_CipherUpdate(o.ctx[slot], buf + LANE_HEADER_BYTES, &outl,
+                                              buf + LANE_HEADER_BYTES, <int>body) != 1)
+            or EVP_CIPHER_CTX_ctrl(o.ctx[slot], EVP_CTRL_GCM_SET_TAG, LANE_TAG_BYTES,
+                                   buf + LANE_HEADER_BYTES + body) != 1
+            or EVP_CipherFinal_ex(o.ctx[slot], buf + LANE_HEADER_BYTES + body, &outl) != 1):
+        o.auth_failed += 1
+        return -1
+    # Only an authentic datagram moves the window (RFC 3711 section 3.3.2): the counters
+    # between the old highest and the new one leave the ring, the new one enters.
+    if not o.any or counter > o.highest:
+        shift = counter - o.highest if o.any else WINDOW
+        if shift >= WINDOW:
+            memset(o.ring, 0, sizeof(o.ring))
+        else:
+            c = o.highest + 1
+            while c != counter:
+                o.ring[(c >> 6) & 15] &= ~((<uint64_t>1) << (c & 63))
+                c += 1
+            o.ring[(counter >> 6) & 15] &= ~((<uint64_t>1) << (counter & 63))
+        o.highest = counter
+        o.any = True
+    o.ring[(counter >> 6) & 15] |= (<uint64_t>1) << (counter & 63)
+    o.received += 1
+    return body
 
 
 cdef _check_key(int epoch, bytes key):
@@ -168,6 +227,86 @@ cdef class LaneSealer:
     @active.setter
     def active(self, bint value):
         self.s.active = value
+
+
+cdef class LaneOpener:
+    """Compiled twin of ``_lane_py.LaneOpener`` (same contract)."""
+
+    def __cinit__(self):
+        memset(&self.o, 0, sizeof(opener_t))
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(2):
+            if self.o.ctx[i] != NULL:
+                EVP_CIPHER_CTX_free(self.o.ctx[i])
+                self.o.ctx[i] = NULL
+
+    @property
+    def has_keys(self):
+        return self.o.ctx[0] != NULL or self.o.ctx[1] != NULL
+
+    def add_key(self, int epoch, bytes key):
+        """The peer's key of ``epoch`` (the newest; the oldest beyond two goes)."""
+        cdef int i, slot = -1
+        _check_key(epoch, key)
+        for i in range(2):  # the same epoch again: replaced, and now the newest
+            if self.o.ctx[i] != NULL and self.o.epoch[i] == epoch:
+                slot = i
+        if slot < 0:
+            for i in range(2):
+                if self.o.ctx[i] == NULL:
+                    slot = i
+                    break
+        if slot < 0:
+            slot = 0 if self.o.age[0] < self.o.age[1] else 1
+        if self.o.ctx[slot] == NULL:
+            self.o.ctx[slot] = EVP_CIPHER_CTX_new()
+            if self.o.ctx[slot] == NULL:
+                raise MemoryError()
+        if EVP_CipherInit_ex(self.o.ctx[slot], EVP_aes_128_gcm(), NULL,
+                             <const unsigned char*><const char*>key, NULL, 0) != 1:
+            raise RuntimeError("libcrypto refused an AES-128-GCM key")
+        self.o.epoch[slot] = epoch
+        self.o.added += 1
+        self.o.age[slot] = self.o.added
+
+    def open(self, data):
+        """The pipe datagram a lane datagram seals; None (counted) when dropped."""
+        cdef const uint8_t[:] view = memoryview(data).cast("B")
+        cdef Py_ssize_t n = view.shape[0], body
+        cdef uint8_t* buf = <uint8_t*>malloc(n if n else 1)
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            if n:
+                memcpy(buf, &view[0], n)
+            body = lane_open(&self.o, buf, n)
+            if body < 0:
+                return None
+            return PyBytes_FromStringAndSize(<const char*>(buf + LANE_HEADER_BYTES), body)
+        finally:
+            free(buf)
+
+    @property
+    def received(self):
+        return self.o.received
+
+    @property
+    def malformed(self):
+        return self.o.malformed
+
+    @property
+    def unknown_key(self):
+        return self.o.unknown_key
+
+    @property
+    def replayed(self):
+        return self.o.replayed
+
+    @property
+    def auth_failed(self):
+        return self.o.auth_failed
 
 
 cdef class RelayOutput:

@@ -24,19 +24,25 @@ import ipaddress
 import socket
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sfu._fastpath._lane_shared import (
     EPOCHS,
     HEADER,
+    HEADER_BYTES,
     KEY_BYTES,
     KEY_LIMIT,
+    KEYS_KEPT,
     MAX_COUNTER,
     NONCE,
+    REPLAY_WINDOW,
+    TAG_BYTES,
     VERSION,
+    VERSION_MASK,
 )
 
-__all__ = ["LaneSealer", "RelayOutput", "normalize_address"]
+__all__ = ["LaneOpener", "LaneSealer", "RelayOutput", "normalize_address"]
 
 
 def normalize_address(address: tuple[Any, ...]) -> tuple[str, int]:
@@ -112,6 +118,72 @@ class LaneSealer:
         self.used += 1
         self.sealed += 1
         return sealed
+
+
+class LaneOpener:
+    """The receiving half of one sealed media lane: the peer's keys by epoch (the newest
+    :data:`KEYS_KEPT`), the replay window, and counts of what was opened and dropped."""
+
+    __slots__ = ("_highest", "_keys", "_window", "auth_failed", "malformed", "received",
+                 "replayed", "unknown_key")  # fmt: skip
+
+    def __init__(self) -> None:
+        self._keys: dict[int, AESGCM] = {}
+        self._highest = -1
+        self._window = 0  # bit i: counter highest - i was received
+        #: Datagrams opened, and dropped by reason (the media lane's LANE_DROP_REASONS).
+        self.received = 0
+        self.malformed = 0
+        self.unknown_key = 0
+        self.replayed = 0
+        self.auth_failed = 0
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether the peer's key is known (it may seal)."""
+        return bool(self._keys)
+
+    def add_key(self, epoch: int, key: bytes) -> None:
+        """The peer's key of ``epoch`` (the newest; the oldest beyond KEYS_KEPT goes)."""
+        _check_key(epoch, key)
+        self._keys.pop(epoch, None)
+        self._keys[epoch] = AESGCM(key)
+        while len(self._keys) > KEYS_KEPT:
+            del self._keys[next(iter(self._keys))]
+
+    def open(self, data: bytes | bytearray | memoryview) -> bytes | None:
+        """The pipe datagram a lane datagram seals; None (counted) when it is malformed, of an
+        unknown key, replayed (RFC 3711 section 3.3.2: the highest counter and a window of
+        REPLAY_WINDOW before it, moved only by authentic datagrams) or forged."""
+        data = bytes(data)
+        if len(data) < HEADER_BYTES + TAG_BYTES or data[0] & VERSION_MASK != VERSION:
+            self.malformed += 1
+            return None
+        first, counter = HEADER.unpack_from(data)
+        opener = self._keys.get(first & (EPOCHS - 1))
+        if opener is None:
+            self.unknown_key += 1
+            return None
+        behind = self._highest - counter
+        if behind >= REPLAY_WINDOW or (behind >= 0 and self._window >> behind & 1):
+            self.replayed += 1
+            return None
+        try:
+            plain = opener.decrypt(NONCE.pack(counter), data[HEADER_BYTES:], data[:HEADER_BYTES])
+        except InvalidTag:
+            self.auth_failed += 1
+            return None
+        if behind < 0:
+            shift = -behind
+            if shift >= REPLAY_WINDOW:
+                self._window = 1
+            else:
+                self._window = ((self._window << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self._highest = counter
+        else:
+            self._window |= 1 << behind
+        self.received += 1
+        return plain
 
 
 class RelayOutput:

@@ -16,11 +16,13 @@ __all__ = [
     "EPOCHS",
     "HEADER",
     "HEADER_BYTES",
+    "KEYS_KEPT",
     "KEY_BYTES",
     "KEY_LIMIT",
     "MAX_COUNTER",
     "MAX_RELAY_OUTPUTS",
     "NONCE",
+    "REPLAY_WINDOW",
     "TAG_BYTES",
     "VERSION",
     "VERSION_MASK",
@@ -45,6 +47,11 @@ KEY_BYTES: Final = 16
 KEY_LIMIT: Final = 1 << 26
 #: Largest counter (the nonce's 64 bits).
 MAX_COUNTER: Final = (1 << 64) - 1
+#: Counters before the highest one received that are still accepted once (SRTP's default
+#: is 64; relayed media at 10,000 packets/s reorders over far fewer than this).
+REPLAY_WINDOW: Final = 1024
+#: Receiving keys kept: the current one and the one before (datagrams still in flight).
+KEYS_KEPT: Final = 2
 #: Relay outputs one stream of the forwarder can have (a bit each in a relay log entry's
 #: ``done`` mask): one per node or worker its publication is relayed to.
 MAX_RELAY_OUTPUTS: Final = 32

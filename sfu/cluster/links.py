@@ -16,14 +16,13 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 
 from sfu.cluster.directory import NodeInfo
 from sfu.config import ClusterConfig
 from sfu.io.quic_link import LinkEndpoint
-from sfu.transport.media_lane import LANE_DROP_REASONS
+from sfu.transport.media_lane import LANE_DROP_REASONS, REFERENCE_LANE
 from sfu.transport.node_link import (
     ControlReceived,
     FlowReceived,
@@ -68,9 +67,9 @@ class NodeLinks:
         #: A link to a node came up (or replaced one) / went down.
         self.on_link_up: LinkHandler | None = None
         self.on_link_down: LinkHandler | None = None
-        #: The lane kernel's sealer class the links seal with (set before :meth:`start`;
-        #: None: the reference), so the data plane can seal relayed packets through it.
-        self.lane_sealer: Callable[..., Any] | None = None
+        #: The lane kernels the links' media lanes are made of (set before :meth:`start`),
+        #: so that the data plane can seal relayed packets through the same objects.
+        self.lane_kernels = REFERENCE_LANE
         #: Called before :meth:`totals` reads the links' counters (the relay pipes add what
         #: the data plane's relay outputs sent for them).
         self.before_totals: Callable[[], None] | None = None
@@ -113,7 +112,7 @@ class NodeLinks:
             self._host, self._cluster.link_port, self._server(), self._client, self._event
         )
         self._endpoint.accept_from = lambda host: host in self._known_hosts
-        self._endpoint.lane_sealer = self.lane_sealer
+        self._endpoint.lane_kernels = self.lane_kernels
         return self._endpoint.address
 
     @property

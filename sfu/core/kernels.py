@@ -23,7 +23,7 @@ from sfu import _fastpath
 from sfu._fastpath.values import HistoryEntry, LogRecord, Vp8Translation
 from sfu.codecs.vp8 import Vp8Descriptor
 from sfu.core.rtcp_stats import SentCounter
-from sfu.transport.media_lane import LaneSealing
+from sfu.transport.media_lane import LaneOpening, LaneSealing
 
 if TYPE_CHECKING:
     # The compiled stubs type these two as the reference classes themselves.
@@ -37,6 +37,7 @@ __all__ = [
     "ExtensionRewriter",
     "Forwarder",
     "Kernels",
+    "LaneOpener",
     "LaneSealer",
     "Pacer",
     "RelayOutput",
@@ -232,6 +233,12 @@ class LaneSealer(LaneSealing, Protocol):
     def __init__(self, epoch: int, key: bytes, *, limit: int = ...) -> None: ...
 
 
+class LaneOpener(LaneOpening, Protocol):
+    """The receiving half of a node link's sealed media lane (``sfu._fastpath._lane_py``)."""
+
+    def __init__(self) -> None: ...
+
+
 class RelayOutput(Protocol):
     """One relay tap run by the forwarder: a flow of a pipe to one address."""
 
@@ -341,6 +348,7 @@ class Kernels:
     DelayDetector: type[DelayDetector]
     Pacer: type[Pacer]
     LaneSealer: type[LaneSealer]
+    LaneOpener: type[LaneOpener]
     RelayOutput: type[RelayOutput]
 
 
@@ -372,6 +380,7 @@ def _reference() -> Kernels:
         DelayDetector=_bwe_py.DelayDetector,
         Pacer=_pacer_py.Pacer,
         LaneSealer=_lane_py.LaneSealer,
+        LaneOpener=_lane_py.LaneOpener,
         RelayOutput=_lane_py.RelayOutput,
     )
 
@@ -414,6 +423,7 @@ def compiled() -> Kernels:
             DelayDetector=_bwe.DelayDetector,
             Pacer=_pacer.Pacer,
             LaneSealer=_lane.LaneSealer,
+            LaneOpener=_lane.LaneOpener,
             RelayOutput=_lane.RelayOutput,
         )
     return _compiled

@@ -24,14 +24,14 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 
 from sfu.clock import Clock
 from sfu.clock import now as monotonic
-from sfu.transport.media_lane import is_lane_datagram
+from sfu.transport.media_lane import REFERENCE_LANE, is_lane_datagram
 from sfu.transport.node_link import LinkDown, LinkEvent, NodeLink
 
 __all__ = ["LINK_SOCKET_BUFFER_BYTES", "MAX_PENDING_LINKS", "MAX_PENDING_PER_HOST", "LinkEndpoint"]
@@ -85,10 +85,9 @@ class LinkEndpoint:
         #: Whether new links may carry media on the sealed lane (the benchmarks turn it off
         #: to measure QUIC DATAGRAMs alone).
         self.media_lane = True
-        #: The lane kernel's sealer class new links seal with (the app passes its kernels'
-        #: so the forwarder can seal relayed packets through the same object; None: the
-        #: reference).
-        self.lane_sealer: Callable[..., Any] | None = None
+        #: The lane kernels new links' media lanes are made of (the app passes its own, so
+        #: that the forwarder seals relayed packets through the same objects).
+        self.lane_kernels = REFERENCE_LANE
         #: Whether a host may start a link (the live nodes' link hosts); None: any host.
         #: Without it a stranger could hold every pending slot with forged Initials.
         self.accept_from: Callable[[str], bool] | None = None
@@ -180,7 +179,7 @@ class LinkEndpoint:
             peer_address=addr,
             now=self._clock(),
             media_lane=self.media_lane,
-            lane_sealer=self.lane_sealer,
+            lane_kernels=self.lane_kernels,
         )
         self.links[addr] = link
         self._flush(link)
@@ -225,7 +224,7 @@ class LinkEndpoint:
             addr,
             now=self._clock(),
             media_lane=self.media_lane,
-            lane_sealer=self.lane_sealer,
+            lane_kernels=self.lane_kernels,
         )
         if link is not None:
             self.links[addr] = link

@@ -51,11 +51,10 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from sfu._fastpath._lane_py import LaneOpener as ReferenceOpener
 from sfu._fastpath._lane_py import LaneSealer as ReferenceSealer
 from sfu._fastpath._lane_shared import (
     EPOCHS,
@@ -63,7 +62,7 @@ from sfu._fastpath._lane_shared import (
     HEADER_BYTES,
     KEY_BYTES,
     KEY_LIMIT,
-    NONCE,
+    REPLAY_WINDOW,
     TAG_BYTES,
     VERSION,
     VERSION_MASK,
@@ -102,9 +101,6 @@ log = logging.getLogger(__name__)
 QUIC_FIXED_BIT: Final = 0x40
 #: What sealing adds to a pipe datagram (25 bytes, against ~40 for a QUIC DATAGRAM frame).
 OVERHEAD: Final = HEADER_BYTES + TAG_BYTES
-#: Counters before the highest one received that are still accepted once (SRTP's default
-#: is 64; relayed media at 10,000 packets/s reorders over far fewer than this).
-REPLAY_WINDOW: Final = 1024
 #: Datagrams sealed with one key before the next is announced. AES-GCM's confidentiality
 #: bound for ~1,500-byte packets is about 2^28 packets at an attacker advantage of 2^-57
 #: (RFC 9001 section 6.6 and appendix B.1, scaled to our packet size); 2^24 leaves room.
@@ -145,15 +141,32 @@ WINDOW_SLACK_S: Final = 0.25
 #: Report samples kept: the window's (one per report interval, both ends), the one that
 #: closes it, and one for jitter.
 _SAMPLES_KEPT: Final = int(BLOCKED_WINDOW_S / REPORT_INTERVAL_S) + 3
-#: Receiving keys kept: the current one and the one before (datagrams still in flight).
-KEYS_KEPT: Final = 2
 #: Why a received lane datagram was dropped (a fixed set: the metric's labels).
 LANE_DROP_REASONS: Final = ("not_peer", "malformed", "unknown_key", "replayed", "auth_failed")
 #: A REPORT: type, datagrams opened.
 _REPORT: Final = struct.Struct("!BQ")
-_WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
 
 Random = Callable[[int], bytes]
+
+
+class LaneOpening(Protocol):
+    """The peer's keys, the replay window and the counts of what was opened and dropped: a
+    lane kernel object (``sfu._fastpath._lane`` or its reference)."""
+
+    @property
+    def has_keys(self) -> bool: ...
+    @property
+    def received(self) -> int: ...
+    @property
+    def malformed(self) -> int: ...
+    @property
+    def unknown_key(self) -> int: ...
+    @property
+    def replayed(self) -> int: ...
+    @property
+    def auth_failed(self) -> int: ...
+    def add_key(self, epoch: int, key: bytes) -> None: ...
+    def open(self, data: bytes | bytearray | memoryview) -> bytes | None: ...
 
 
 class LaneSealing(Protocol):
@@ -172,6 +185,19 @@ class LaneSealing(Protocol):
     def limit(self) -> int: ...
     def rekey(self, epoch: int, key: bytes) -> None: ...
     def seal(self, datagram: bytes | bytearray | memoryview) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LaneKernels:
+    """The classes a media lane is made of: its sealer (shared with the forwarder's relay
+    outputs) and its opener, of one kernel kind (compiled or reference)."""
+
+    sealer: Callable[..., LaneSealing]
+    opener: Callable[[], LaneOpening]
+
+
+#: The pure-Python references (``sfu._fastpath._lane_py``).
+REFERENCE_LANE: Final = LaneKernels(ReferenceSealer, ReferenceOpener)
 
 
 def is_lane_datagram(data: bytes) -> bool:
@@ -210,8 +236,7 @@ class MediaLane:
         "_acked",
         "_blocked_until",
         "_closed",
-        "_highest",
-        "_keys",
+        "_drops",
         "_messages",
         "_next",
         "_next_report",
@@ -220,11 +245,9 @@ class MediaLane:
         "_report",
         "_retry_s",
         "_samples",
-        "_window",
         "blocked",
-        "drops",
+        "opener",
         "peer_address",
-        "received",
         "sealer",
     )
 
@@ -234,7 +257,7 @@ class MediaLane:
         *,
         now: float,
         random: Random | None = None,
-        sealer: Callable[..., LaneSealing] = ReferenceSealer,
+        kernels: LaneKernels | None = None,
     ) -> None:
         #: The only address lane datagrams are accepted from (the link peer's).
         self.peer_address = peer_address
@@ -245,21 +268,21 @@ class MediaLane:
         key = random(KEY_BYTES)
         #: Our direction's key, epoch and counter (a kernel object: the forwarder seals the
         #: relayed packets it forwards through it too, so the counter is one for both).
-        self.sealer: LaneSealing = sealer(epoch, key, limit=KEY_LIMIT)
+        kernels = kernels or REFERENCE_LANE
+        self.sealer: LaneSealing = kernels.sealer(epoch, key, limit=KEY_LIMIT)
+        #: The peer's keys, the replay window, what was opened and dropped (a kernel object
+        #: too: the receiving half).
+        self.opener: LaneOpening = kernels.opener()
         self._acked = False
         self._closed = False
         #: The next key, announced and not yet acknowledged: (epoch, key).
         self._next: tuple[int, bytes] | None = None
-        #: The peer's keys by epoch, oldest first (at most KEYS_KEPT).
-        self._keys: dict[int, AESGCM] = {}
-        self._highest = -1
-        self._window = 0  # bit i: counter highest - i was received
         #: Control messages for the peer (KEY, KEY_ACK), taken by the link.
         self._messages: list[bytes] = []
         self._messages.append(self._key_message(epoch, key))
         #: Datagrams opened, and drops by reason (LANE_DROP_REASONS).
-        self.received = 0
-        self.drops: dict[str, int] = dict.fromkeys(LANE_DROP_REASONS, 0)
+        #: Drops the opener does not see: other addresses, malformed control messages.
+        self._drops = {"not_peer": 0, "malformed": 0}
         # Liveness: when the next REPORT is due; the peer's last count and, at its arrival,
         # (time, our sealed count, its count); those samples over the window; when a
         # blocked lane is retried (None: not blocked) and the backoff of the next block.
@@ -284,7 +307,12 @@ class MediaLane:
         return self.sealer.sealed
 
     def _allowed(self) -> bool:
-        return self._acked and bool(self._keys) and self._blocked_until is None and not self._closed
+        return (
+            self._acked
+            and self.opener.has_keys
+            and self._blocked_until is None
+            and not self._closed
+        )
 
     def close(self) -> None:
         """The link is gone: seal nothing more (the sealer is shared with the data plane)."""
@@ -351,10 +379,7 @@ class MediaLane:
                 return True
         if kind == MESSAGE_KEY and len(message) == KEY_MESSAGE_BYTES and message[1] < EPOCHS:
             epoch = message[1]
-            self._keys.pop(epoch, None)
-            self._keys[epoch] = AESGCM(message[2:])
-            while len(self._keys) > KEYS_KEPT:
-                del self._keys[next(iter(self._keys))]
+            self.opener.add_key(epoch, message[2:])
             self._messages.append(bytes((MESSAGE_KEY_ACK, epoch)))
             self._update()
             return True
@@ -367,7 +392,7 @@ class MediaLane:
                 self._next = None
             self._update()
             return True
-        self.drops["malformed"] += 1
+        self._drops["malformed"] += 1
         return False
 
     # -- liveness ----------------------------------------------------------------------------
@@ -396,7 +421,7 @@ class MediaLane:
         self._next_report += REPORT_INTERVAL_S
         if self._next_report <= now:  # called late: keep the interval from now
             self._next_report = now + REPORT_INTERVAL_S
-        if self._keys:
+        if self.opener.has_keys:
             self._messages.append(_REPORT.pack(MESSAGE_REPORT, self.received))
 
     def _check(self) -> None:
@@ -449,35 +474,23 @@ class MediaLane:
         """The pipe datagram a lane datagram from ``addr`` seals; None (counted) when it is
         dropped: another address, malformed, unknown key, replayed, or forged."""
         if not _same_address(addr, self.peer_address):
-            self.drops["not_peer"] += 1
+            self._drops["not_peer"] += 1
             return None
-        try:
-            epoch, counter = parse_header(data)
-        except ParseError:
-            self.drops["malformed"] += 1
-            return None
-        opener = self._keys.get(epoch)
-        if opener is None:
-            self.drops["unknown_key"] += 1
-            return None
-        behind = self._highest - counter
-        if behind >= REPLAY_WINDOW or (behind >= 0 and self._window >> behind & 1):
-            self.drops["replayed"] += 1
-            return None
-        try:
-            plain = opener.decrypt(NONCE.pack(counter), data[HEADER_BYTES:], data[:HEADER_BYTES])
-        except InvalidTag:
-            self.drops["auth_failed"] += 1
-            return None
-        # Only an authentic datagram moves the window (RFC 3711 section 3.3.2).
-        if behind < 0:
-            shift = -behind
-            if shift >= REPLAY_WINDOW:
-                self._window = 1
-            else:
-                self._window = ((self._window << shift) | 1) & _WINDOW_MASK
-            self._highest = counter
-        else:
-            self._window |= 1 << behind
-        self.received += 1
-        return plain
+        return self.opener.open(data)
+
+    @property
+    def received(self) -> int:
+        """Datagrams opened (what our REPORTs tell the peer)."""
+        return self.opener.received
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """Datagrams (and control messages) dropped, by reason (LANE_DROP_REASONS)."""
+        o = self.opener
+        return {
+            "not_peer": self._drops["not_peer"],
+            "malformed": self._drops["malformed"] + o.malformed,
+            "unknown_key": o.unknown_key,
+            "replayed": o.replayed,
+            "auth_failed": o.auth_failed,
+        }

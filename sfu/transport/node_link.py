@@ -26,7 +26,7 @@ asyncio adapter is :mod:`sfu.io.quic_link`.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -43,7 +43,8 @@ from sfu.packet.errors import ParseError
 from sfu.packet.flow import decode_flow, encode_flow
 from sfu.transport.media_lane import (
     LANE_DROP_REASONS,
-    LaneSealing,
+    REFERENCE_LANE,
+    LaneKernels,
     MediaLane,
     Random,
     is_lane_datagram,
@@ -185,7 +186,7 @@ class NodeLink:
         original_destination_connection_id: bytes | None = None,
         media_lane: bool = True,
         random: Random | None = None,
-        lane_sealer: Callable[..., LaneSealing] | None = None,
+        lane_kernels: LaneKernels = REFERENCE_LANE,
     ) -> None:
         self.is_client = configuration.is_client
         self.peer_address = peer_address
@@ -208,8 +209,8 @@ class NodeLink:
         #: a peer without the lane; the benchmarks compare both).
         self._lane_enabled = media_lane
         self._random = random
-        #: The lane kernel's sealer class (compiled or reference; None: the reference).
-        self._lane_sealer = lane_sealer
+        #: The lane kernels' classes (compiled or reference) its media lane is made of.
+        self._lane_kernels = lane_kernels
         #: The sealed lane, from the moment the peer is proven (new keys with every link).
         self.lane: MediaLane | None = None
         #: Sealed datagrams waiting for :meth:`datagrams` (the batch's flush).
@@ -239,7 +240,7 @@ class NodeLink:
         now: float,
         media_lane: bool = True,
         random: Random | None = None,
-        lane_sealer: Callable[..., LaneSealing] | None = None,
+        lane_kernels: LaneKernels = REFERENCE_LANE,
     ) -> NodeLink | None:
         """The server end of a link that ``data`` (a client's Initial) starts, else None."""
         if len(data) < MIN_INITIAL_SIZE:
@@ -259,7 +260,7 @@ class NodeLink:
             original_destination_connection_id=header.destination_cid,
             media_lane=media_lane,
             random=random,
-            lane_sealer=lane_sealer,
+            lane_kernels=lane_kernels,
         )
 
     # -- input --------------------------------------------------------------------------------
@@ -460,15 +461,12 @@ class NodeLink:
                     self._write_control(b"")
                     self._flush_control()
                 if self._lane_enabled:
-                    if self._lane_sealer is None:
-                        self.lane = MediaLane(self.peer_address, now=now, random=self._random)
-                    else:
-                        self.lane = MediaLane(
-                            self.peer_address,
-                            now=now,
-                            random=self._random,
-                            sealer=self._lane_sealer,
-                        )
+                    self.lane = MediaLane(
+                        self.peer_address,
+                        now=now,
+                        random=self._random,
+                        kernels=self._lane_kernels,
+                    )
                     self._send_lane_messages()  # our key
             elif isinstance(event, quic_events.ConnectionTerminated):
                 self.closed = True
