@@ -53,7 +53,9 @@ MAX_QUEUED_BYTES: Final = 1 << 20
 #: Most bytes held for reassembly from one peer (what we advertise as our receive window,
 #: RFC 9260 §6.2.1); a peer that sends beyond it, or leaves more than ``MAX_TSN_GAPS`` TSNs
 #: out of order, is not following the protocol and its association is aborted: aiortc's
-#: receive buffers are otherwise unbounded against a hostile (if authenticated) peer.
+#: receive buffers are otherwise unbounded against a hostile (if authenticated) peer. A SACK
+#: whose gap blocks acknowledge more than ``MAX_TSN_GAPS`` TSNs beyond what we have in flight
+#: is dropped as malformed (aiortc would expand each block TSN by TSN).
 MAX_INBOUND_BYTES: Final = 1 << 20
 MAX_TSN_GAPS: Final = 4096
 
@@ -240,8 +242,12 @@ class SctpAssociation:
         out = [] if self._started else self.start(now=now)
         # aiortc checks the CRC32c and drops silently; count what it cannot parse.
         try:
-            _aiortc_sctp.parse_packet(packet)
+            _, _, _, chunks = _aiortc_sctp.parse_packet(packet)
         except Exception:  # ValueError, and struct.error from a chunk body too short
+            self.malformed += 1
+            self.drops["sctp_malformed"] += 1
+            return out
+        if not self._plausible(chunks):
             self.malformed += 1
             self.drops["sctp_malformed"] += 1
             return out
@@ -348,6 +354,19 @@ class SctpAssociation:
             self.errors += 1
             self.drops["sctp_error"] += 1
             return False
+        return True
+
+    def _plausible(self, chunks: list[Any]) -> bool:
+        """Whether a SACK's gap blocks acknowledge no more TSNs than we have in flight (and
+        :data:`MAX_TSN_GAPS` beside). aiortc expands every gap block TSN by TSN (up to 65,536
+        each): ~300 blocks in one packet would cost it gigabytes and seconds, while a real
+        SACK's blocks only cover the TSNs we sent and it has not acknowledged yet."""
+        in_flight = len(self._assoc._sent_queue) + MAX_TSN_GAPS
+        for chunk in chunks:
+            if isinstance(chunk, _aiortc_sctp.SackChunk):
+                span = sum(max(0, end - start + 1) for start, end in chunk.gaps)
+                if span > in_flight:
+                    return False
         return True
 
     def _overrun(self) -> bool:

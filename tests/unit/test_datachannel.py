@@ -303,3 +303,35 @@ def test_an_aiortc_error_in_a_timer_is_contained_and_counted() -> None:
     server._loop.call_later(0.5, broken)
     assert server.handle_timer(now=1.0) == []
     assert server.errors == 1 and server.drops["sctp_error"] == 1
+
+
+def test_a_sack_acknowledging_more_than_was_sent_is_dropped() -> None:
+    """Gap blocks are offsets of 16 bits each, and aiortc expands every block TSN by TSN: a
+    peer inside DTLS could make one SACK cost gigabytes. Blocks that cover more TSNs than we
+    have in flight (plus MAX_TSN_GAPS) are dropped as malformed; the association goes on."""
+    from google_crc32c import value as crc32c
+
+    from sfu.transport.sctp import MAX_TSN_GAPS
+
+    pair = _Pair()
+    pair.connect()
+    server = pair.server.association
+    tag = server._assoc._local_verification_tag
+    header = struct.pack("!HHL", 5000, 5000, tag)
+
+    def sack(gaps: list[tuple[int, int]]) -> bytes:
+        body = struct.pack("!LLHH", server._assoc._last_sacked_tsn, 65536, len(gaps), 0)
+        body += b"".join(struct.pack("!HH", start, end) for start, end in gaps)
+        chunk = struct.pack("!BBH", 3, 0, 4 + len(body)) + body
+        return header + struct.pack("<L", crc32c(header + b"\x00" * 4 + chunk)) + chunk
+
+    before = server.drops["sctp_malformed"]
+    pair.server.receive(sack([(1, 0xFFFF)] * 100), now=pair.now)  # 6.5 million TSNs
+    assert server.drops["sctp_malformed"] == before + 1
+    # A SACK within what may be in flight is handled as before (not counted).
+    pair.server.receive(sack([(2, 1 + MAX_TSN_GAPS // 2)]), now=pair.now)
+    assert server.drops["sctp_malformed"] == before + 1
+    # The association still carries messages both ways.
+    pair.to_server += pair.client.send(0, Ppid.DCEP, _open("after"), now=pair.now) or []
+    pair.pump()
+    assert pair.server.by_label("after") is not None
