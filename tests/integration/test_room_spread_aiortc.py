@@ -98,7 +98,8 @@ def test_subscribers_on_another_worker_decode_the_relayed_publication() -> None:
             # The home worker's data plane sent the relayed packets to the pipe itself (its
             # tap's relay output), and the pipe's counters include them.
             relay_out = await metric(http, base, "sfu_dataplane_datagrams_total", path="relay_out")
-            assert relay_out.get(str(home), 0) > 10, relay_out
+            # (plain outputs between workers: every packet that decoded the 5 frames)
+            assert relay_out.get(str(home), 0) >= 5, relay_out
             sent = await metric(http, base, "sfu_pipe_datagrams_total", direction="out")
             assert sent.get(str(home), 0) >= relay_out[str(home)], (sent, relay_out)
             for client in (publisher, *viewers):
