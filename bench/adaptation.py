@@ -212,10 +212,6 @@ def figures(name: str, cap: int | None, samples: Sequence[Sample]) -> PhaseFigur
     out.chromium_freezes_s = round(last.freezes_s - first.freezes_s, 2)
     lost, received = last.lost - first.lost, last.received - first.received
     out.loss = round(_ratio(lost, lost + received), 3)
-    # Chromium's retransmittedPacketsReceived counts every packet of the RTX stream, the
-    # padding-only probe packets included (about 28 per probe: primer and cluster), so this
-    # is retransmissions and probes per original packet; the real-client test reports the
-    # server's own resends beside it (bench/RESULTS.md, adaptation round 5).
     rtx = last.rtx - first.rtx
     out.rtx_per_packet = round(_ratio(rtx, received - rtx), 3)
     shed = next((i for i, h in enumerate(heights) if 0 < h < TOP), None)

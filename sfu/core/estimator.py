@@ -16,10 +16,6 @@ libwebrtc's goog_cc structures it, written from the draft and the published desi
 * a **loss-based bound** (§7): above :data:`LOSS_HIGH` loss it backs off by half the loss
   fraction (and to the acknowledged bitrate when that is lower, by at most half per step),
   between :data:`LOSS_LOW` and :data:`LOSS_HIGH` it holds, below it grows;
-* a **cap read from the feedback that shows it**: feedback losing :data:`HEAVY_LOSS` or
-  more of :data:`HEAVY_LOSS_PACKETS` media packets takes the estimate at once to the rate
-  the receiver got while the bottleneck's queue overflowed (a loss window and halving steps
-  took a second, while a top layer far above the cap lost most of what it sent);
 * **probe results**: the bitrate a probe cluster got through (its receive rate, capped by
   the caller at the rate it aimed at: the cluster leaves at once, so the send side has no
   rate of its own) lifts the estimate at once. Probe packets (a
@@ -52,12 +48,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ACKED_CAP_FACTOR",
     "BETA",
-    "HEAVY_LINE_RATE_GAP_US",
-    "HEAVY_LOSS",
-    "HEAVY_LOSS_ARRIVALS",
-    "HEAVY_LOSS_MIN_SPAN",
-    "HEAVY_LOSS_PACKETS",
-    "HEAVY_RUN_ARRIVALS",
     "INITIAL_BPS",
     "LOSS_CONFIDENCE",
     "LOSS_HIGH",
@@ -68,10 +58,8 @@ __all__ = [
     "MAX_BPS",
     "MIN_BPS",
     "NO_CLUSTER",
-    "OVERRUN_PACKETS",
     "PRIMER",
     "PROBE_LOSS_HOLD",
-    "SEVERE_LOSS_PACKETS",
     "WITHDRAWN_HOLD",
     "BandwidthEstimator",
 ]
@@ -119,42 +107,6 @@ LOSS_LOW: Final = 0.02
 #: spent above it is lost, audio included (the real-client test's cap from 900 to 100 kbit/s
 #: took three halving steps, a second at 88-90 % loss, and 8.7 % of the phase's audio).
 LOSS_SEVERE: Final = 0.5
-#: Feedback that loses at least :data:`HEAVY_LOSS` of the media packets it reports, over at
-#: least :data:`HEAVY_LOSS_PACKETS` of them (one feedback, or consecutive ones that each lose
-#: that much), is a cap, not random loss (5 % random loss loses 40 % of 16 packets about once
-#: in 170,000 feedbacks; a publisher's uplink loss is never in this transport's feedback): the
-#: estimate falls at once to the rate the receiver got while the queue overflowed
-#: (:meth:`BandwidthEstimator._heavy_loss`), not after a loss window and halving steps. At a
-#: 400 kbit/s cap the top layer (1.5 Mbit/s) lost 70 % for a second of windows and steps in
-#: the real-client test (16-19 % of the phase's video). A layer sent at 1.67 x the link loses
-#: 40 %; the first feedbacks of a cap lose less than the rest (the token bucket's burst and
-#: queue take the first 6.5 kB): with 50 % alone, a real-client run read 43 % loss 70 ms
-#: before the reaction, while a publisher's catch-up burst filled the pacer (bench/RESULTS.md,
-#: adaptation round 5, run s6).
-#: Chromium reports every 50-100 ms, 5-15 packets of a top layer each. Losing
-#: :data:`LOSS_SEVERE` or more, :data:`SEVERE_LOSS_PACKETS` are enough (5 % random loss loses
-#: half of 12 packets about once in 90,000 feedbacks): one feedback sooner in the lab's cap.
-HEAVY_LOSS: Final = 0.4
-HEAVY_LOSS_PACKETS: Final = 16
-SEVERE_LOSS_PACKETS: Final = 12
-#: ... the rate measured over at least this many received packets and this much arrival
-#: time (s): fewer, or a shorter span, say nothing about a rate.
-HEAVY_LOSS_ARRIVALS: Final = 3
-HEAVY_LOSS_MIN_SPAN: Final = 0.01
-#: Leading arrivals this close together (µs) came at line rate, not the link's (a token
-#: bucket's burst passes at once when the cap begins): their bytes say nothing of the rate.
-#: A 1200-byte packet takes 1.9 ms at 5 Mbit/s.
-HEAVY_LINE_RATE_GAP_US: Final = 500
-#: A run keeps at most this many arrivals (a long run's rate is read from its start).
-HEAVY_RUN_ARRIVALS: Final = 256
-#: A feedback losing LOSS_SEVERE or more of at least this many media packets says the link is
-#: overrun now (:attr:`BandwidthEstimator.overrun`), before enough of them make a heavy-loss
-#: reaction: the retransmission budget saves nothing up meanwhile (resends of a layer being
-#: shed go into the same overrun link; the receiver NACKs each gap at once, ahead of the
-#: feedback, and in the real-client test 56 resends went into a 400 kbit/s cap in the 0.3 s
-#: before the estimate fell). 5 % random loss loses half of 8 packets in one feedback in
-#: 2,700.
-OVERRUN_PACKETS: Final = 8
 #: Loss is measured over at least this many reported packets, and the bound moves at most
 #: once per :data:`LOSS_INTERVAL` (s) so one feedback of a burst does not count many times.
 LOSS_MIN_PACKETS: Final = 20
@@ -198,28 +150,6 @@ ALR_SHARE: Final = 0.65
 DEFAULT_RTT: Final = 0.1
 
 _REF_WRAP: Final = 1 << 24
-
-
-def _busy_rate(arrived: list[tuple[int, int]]) -> float | None:
-    """The rate (bps) of ``arrived`` ((arrival µs, bytes) of packets that arrived while the
-    bottleneck was busy): bytes over their arrival span, leaving out a leading burst that
-    arrived at line rate (HEAVY_LINE_RATE_GAP_US apart) and the first packet's bytes, which
-    arrived before the measured interval began. None with too few packets or too short a
-    span to tell (HEAVY_LOSS_ARRIVALS, HEAVY_LOSS_MIN_SPAN)."""
-    if len(arrived) < HEAVY_LOSS_ARRIVALS:
-        return None
-    ordered = sorted(arrived)
-    start = 0
-    while (
-        start + 1 < len(ordered)
-        and ordered[start + 1][0] - ordered[start][0] <= HEAVY_LINE_RATE_GAP_US
-    ):
-        start += 1
-    busy = ordered[start:]
-    span = (busy[-1][0] - busy[0][0]) / 1_000_000
-    if len(busy) < HEAVY_LOSS_ARRIVALS or span < HEAVY_LOSS_MIN_SPAN:
-        return None
-    return sum(size for _, size in busy[1:]) * 8 / span
 
 
 class BandwidthEstimator:
@@ -277,17 +207,6 @@ class BandwidthEstimator:
         self.overuses = 0
         self.decreases = 0
         self.probe_results = 0
-        #: Feedbacks whose heavy loss took the estimate down at once (see :meth:`_heavy_loss`).
-        self.heavy_losses = 0
-        #: Whether the latest feedback (of OVERRUN_PACKETS media packets or more; a smaller
-        #: one only ends it, by losing nothing) lost LOSS_SEVERE or more: the link is overrun.
-        self.overrun = False
-        #: Consecutive feedbacks each losing HEAVY_LOSS or more, so far: media packets
-        #: reported and lost, and (arrival µs, bytes) of the packets received while the
-        #: queue overflowed (at most HEAVY_RUN_ARRIVALS).
-        self._heavy_reported = 0
-        self._heavy_lost = 0
-        self._heavy_arrived: list[tuple[int, int]] = []
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -324,9 +243,6 @@ class BandwidthEstimator:
         arrivals = array("q")
         reported = 0
         lost = 0
-        # How many of the received packets came before the last media packet lost: the
-        # bottleneck's queue was overflowing while they arrived.
-        overflowing = 0
         try:
             withdrawn = self.history.withdrawn
             if withdrawn != self._withdrawn_seen:
@@ -353,7 +269,6 @@ class BandwidthEstimator:
                     reported += 1
                     if at is None:
                         lost += 1
-                        overflowing = len(seqs)
                     else:
                         seqs.append(seq)
                         arrivals.append(at + offset)
@@ -363,17 +278,11 @@ class BandwidthEstimator:
                     reported += 1
                     if at is None:
                         lost += 1
-                        overflowing = len(seqs)
                     else:
                         seqs.append(seq)
                         arrivals.append(at + offset)
         except ValueError:
             return  # a malformed status list: nothing from it is trusted
-        if reported >= OVERRUN_PACKETS:
-            self.overrun = lost >= LOSS_SEVERE * reported
-        elif reported and not lost:
-            self.overrun = False
-        overflow_bps = self._heavy_run(seqs, arrivals, overflowing, reported, lost)
         packets, size, _, _, first_arrival, last_arrival = self.detector.on_feedback(
             self.history, seqs, arrivals
         )
@@ -382,12 +291,7 @@ class BandwidthEstimator:
             acked.append((first_arrival, last_arrival, size))
             while acked and last_arrival - acked[0][1] > ACKED_WINDOW:
                 acked.popleft()
-        heavy = overflow_bps is not None and overflow_bps < self.target_bps()
-        if overflow_bps is not None:
-            if heavy:
-                self._heavy_loss(self._heavy_lost / self._heavy_reported, overflow_bps, now)
-            self._heavy_reported = self._heavy_lost = 0
-        if reported and not heavy:
+        if reported:
             self._count_loss(reported, lost, now)
         self._rate_control(self.detector.state, now)
 
@@ -505,59 +409,6 @@ class BandwidthEstimator:
             if acked is not None:
                 rate = min(rate, max(self._delay_bps, ACKED_CAP_FACTOR * acked + ACKED_CAP_EXTRA))
         self._delay_bps = max(self.min_bps, min(rate, self.max_bps))
-
-    def _heavy_run(
-        self, seqs: array[int], arrivals: array[int], overflowing: int, reported: int, lost: int
-    ) -> float | None:
-        """Add one feedback to the run of consecutive feedbacks that lose HEAVY_LOSS or more
-        (a feedback that loses less ends it); once the run holds HEAVY_LOSS_PACKETS (or
-        SEVERE_LOSS_PACKETS, LOSS_SEVERE of them lost), the rate
-        (bps) at which its packets received while the queue overflowed arrived: the link's
-        capacity (None: no run yet, or too few arrivals to tell).
-
-        Those packets are the first ``overflowing`` received ones of each feedback (those
-        before its last loss: the bottleneck was busy). Packets after the last loss are left
-        out: once the sender stops overrunning (only audio after a shed), they arrive sparse
-        and would read as a link far below the cap."""
-        if not reported:
-            return None
-        if lost < HEAVY_LOSS * reported:
-            self._heavy_reported = self._heavy_lost = 0
-            return None
-        if not self._heavy_reported:
-            self._heavy_arrived.clear()
-        self._heavy_reported += reported
-        self._heavy_lost += lost
-        arrived = self._heavy_arrived
-        lookup = self.history.lookup
-        for i in range(overflowing):
-            entry = lookup(seqs[i])
-            if entry is not None and len(arrived) < HEAVY_RUN_ARRIVALS:
-                arrived.append((arrivals[i], entry[1]))
-        if self._heavy_reported < HEAVY_LOSS_PACKETS and (
-            self._heavy_reported < SEVERE_LOSS_PACKETS
-            or self._heavy_lost < LOSS_SEVERE * self._heavy_reported
-        ):
-            return None
-        return _busy_rate(arrived)
-
-    def _heavy_loss(self, fraction: float, overflow_bps: float, now: float) -> None:
-        """Feedback lost much of what it reports (:data:`HEAVY_LOSS_PACKETS`,
-        :data:`HEAVY_LOSS`): the estimate (the delay-based rate and the loss-based bound) falls
-        to the rate that got through while the queue overflowed, at once, and the link counts
-        as congested near that rate (growth is additive from there, and the pacer keeps to
-        the estimate). The loss window starts again after it: these packets were acted on."""
-        self.loss = fraction
-        self.congested_at = now
-        self._loss_reported = self._loss_lost = 0
-        self._loss_at = now
-        new = max(self.min_bps, overflow_bps)
-        self.heavy_losses += 1
-        self.decreases += 1
-        self._last_decrease = now
-        self._capacity = overflow_bps
-        self._delay_bps = min(self._delay_bps, new)
-        self._loss_bps = new if self._loss_bps is None else min(self._loss_bps, new)
 
     def _count_loss(self, reported: int, lost: int, now: float) -> None:
         """Add one feedback's packets to the loss window; close it early when its loss is

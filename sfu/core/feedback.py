@@ -6,8 +6,7 @@ RFC 4585 §6.3.1, RFC 5104 §4.3.1), Receiver Report blocks (loss and round-trip
 §6.4), transport-wide CC feedback about what the server sent it (the send-side estimator's
 input) and REMB (its own estimate, the estimator's input only when transport-cc is not
 negotiated); as a publisher, Sender Reports (for the receive statistics' DLSR arithmetic).
-Retransmissions answering NACKs are taken from the transport's retransmission budget, which
-saves nothing up while the latest transport-wide feedback says the link is overrun.
+Retransmissions answering NACKs are taken from the transport's retransmission budget.
 """
 
 from __future__ import annotations
@@ -83,9 +82,6 @@ class FeedbackHandler:
                 self.counters.twcc_in += 1
                 if self.estimator is not None:
                     self.estimator.on_feedback(item, now=now)
-                    if self.estimator.overrun and self.budget is not None:
-                        # Most of what was sent is lost: resends would be too.
-                        self.budget.drain(now)
             elif isinstance(item, Remb):
                 self.counters.remb_in += 1
                 self.latest_remb = item.bitrate

@@ -47,7 +47,7 @@ from sfu.core.counters import (
     subscription_switches,
 )
 from sfu.core.dataplane import DataPlane
-from sfu.core.estimator import LOSS_SEVERE, PRIMER, BandwidthEstimator
+from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.pacing import PacedSender, pacing_rate
 from sfu.core.prober import ProbeCluster, Prober, probe_step
@@ -119,14 +119,6 @@ ABANDON_PRICE_LIMIT: Final = 2.0
 #: on delay alone (a CPU stall at either end reads as queueing) keeps the layer going until
 #: the keyframe, as any switch down does, rather than freezing the picture at once.
 ABANDON_LOSS: Final = 0.10
-#: ... or, whatever it costs, while the link loses at least this share (LOSS_SEVERE: the
-#: estimator's reaction to a cap): most of the layer is lost, so forwarding it until the
-#: lower layer's keyframe only fills the pacer's queue ahead of that keyframe. Its price is
-#: a meter over seconds, and a publisher whose encoder stalls and bursts (a loaded machine)
-#: read 540 kbit/s for its 1.3 Mbit/s top layer at a 400 kbit/s cap: the layer was kept
-#: for half a second after the shed, 73 packets expired in the pacer, and the low layer's
-#: first frame came 3.5 s after the cap (the real-client test, bench/RESULTS.md round 5).
-ABANDON_SEVERE_LOSS: Final = LOSS_SEVERE
 
 
 #: The bandwidth decisions of every subscriber transport, one DEBUG line per allocation and
@@ -459,12 +451,6 @@ class Peer:
                 or allocation_due(now, self._last_allocation, estimate, self._allocated_on)
             ):
                 # The first estimate, one that fell, or the interval passed: allocate now.
-                if self.feedback.budget is not None:
-                    # Retransmissions answering the NACKs that follow, and the pacer, keep to
-                    # the new estimate from now on, not from the next poll: after a cap the
-                    # NACKs for the overrun may come in the same receive batch as its feedback.
-                    self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
-                    self._pace(estimate, now)
                 self.wake()
 
     def on_state(self, transport: WebRtcTransport, state: TransportState, now: float) -> None:
@@ -761,13 +747,12 @@ class Peer:
     def _abandon_overruns(self, allocation: Allocation, now: float) -> bool:
         """Stop forwarding the current layer of each subscription waiting to switch down
         while that layer costs over ABANDON_PRICE_LIMIT x the budget and the link loses at
-        least ABANDON_LOSS, or whatever it costs while the link loses ABANDON_SEVERE_LOSS
-        (it restarts at a keyframe at or below its target); True if any was stopped."""
+        least ABANDON_LOSS (it restarts at a keyframe at or below its target); True if any
+        was stopped."""
         budget = allocation.budget_bps
         estimator = self.estimator
         if budget is None or estimator is None or estimator.loss < ABANDON_LOSS:
             return False
-        severe = estimator.loss >= ABANDON_SEVERE_LOSS
         abandoned = False
         for sub, target in allocation.targets.items():
             selector = sub.selector
@@ -776,9 +761,7 @@ class Peer:
             current = selector.current.spatial
             if current is None or current <= target.spatial:
                 continue
-            if not severe and sub.publication.layer_bps(current, now) <= (
-                ABANDON_PRICE_LIMIT * budget
-            ):
+            if sub.publication.layer_bps(current, now) <= ABANDON_PRICE_LIMIT * budget:
                 continue
             # A pause drops the current layer at once; the target back makes any keyframe
             # at or below it start the stream again (the selector's "from nothing" rule).
@@ -819,7 +802,7 @@ class Peer:
             "alloc t=%.2f estimate=%.0f acked=%s sent=%.0f loss=%.3f state=%d decreases=%d"
             " budget=%s allocated=%.0f next=%s desired=%.0f targets(target/current)=%s"
             " probes=%d/%d/%d backoff=%.1f probe_lost=%d pacer=%d/%d/%d/%d abandoned=%d"
-            " pacing=%.0f heavy=%d rtx=%d/%d",
+            " pacing=%.0f",
             now,
             estimate if estimate is not None else -1,
             None if acked is None else round(acked),
@@ -843,9 +826,6 @@ class Peer:
             self.counters.pacer_flushed,
             self.counters.layers_abandoned,
             -1 if self.pacer is None else self.pacer.rate_bps,
-            estimator.heavy_losses,
-            self.rtx_budget.sent,
-            self.rtx_budget.dropped,
         )
 
     def _probe(self, now: float) -> None:

@@ -275,12 +275,7 @@ class RetransmissionBudget:
         return self._rate
 
     def set_rate(self, rate_bps: float, now: float) -> None:
-        """Refill at ``rate_bps`` from ``now`` on (the first rate also fills the bucket).
-
-        What the bucket saved up is cut to what the new rate may save (``RTX_BURST`` of it)
-        at once: after a fall of the estimate (a cap), a second of resends saved up at the
-        old estimate went into the capped link at once and was lost with the rest.
-        """
+        """Refill at ``rate_bps`` from ``now`` on (the first rate also fills the bucket)."""
         if self._last is None:
             if self._rate == 0.0:
                 self._tokens = max(rate_bps, 0.0) * RTX_BURST
@@ -288,13 +283,6 @@ class RetransmissionBudget:
         else:
             self._refill(now)
         self._rate = max(rate_bps, 0.0)
-        self._tokens = min(self._tokens, self._rate * RTX_BURST)
-
-    def drain(self, now: float) -> None:
-        """Spend what the bucket saved up (it refills at its rate from ``now``): the link is
-        overrun (``BandwidthEstimator.overrun``), and a resend now goes into the overrun."""
-        self._refill(now)
-        self._tokens = 0.0
 
     def _refill(self, now: float) -> None:
         last = self._last

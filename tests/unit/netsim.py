@@ -15,14 +15,7 @@ The pieces, small on purpose so other tests (the allocator's) can drive them too
   :class:`AllocatorAdapter` (the budget and probe target computed as ``Peer`` does); a target
   is forwarded from the next frame (the lab's keyframes come at once);
 * :func:`run`: the loop, 1 ms ticks for ``seconds``; returns a trace of :class:`Sample`
-  (t, estimate, queue delay, sent bps, layer) every 100 ms per sender;
-* retransmissions (``Sender(nacks=True)``): a lost video packet is NACKed when the receiver
-  could notice (the next packet's arrival, then the return trip) and resent as the server
-  resends, within the REAL :class:`~sfu.core.retransmission.RetransmissionBudget` at
-  ``RTX_SHARE`` of the estimate and only while its layer is still forwarded (the
-  subscription's "superseded" rule); every packet's fate is in :attr:`Sender.sent`, for the
-  real-client test's figures (video loss, retransmissions per original packet);
-* :class:`TokenBucket`: the real-client test's ``tc tbf`` shaping from a given time on.
+  (t, estimate, queue delay, sent bps, layer) every 100 ms per sender.
 
 Several senders may share one link (fairness), and a competing constant-rate flow can be added.
 """
@@ -43,7 +36,6 @@ from sfu.core.kernels import Kernels
 from sfu.core.peer import BUDGET_HEADROOM, allocation_budget, allocation_due, probe_target
 from sfu.core.prober import PADDING_SIZE, Prober, probe_step
 from sfu.core.publication import Publication
-from sfu.core.retransmission import RTX_SHARE, RetransmissionBudget
 from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.twcc import TransportFeedback
@@ -54,14 +46,11 @@ __all__ = [
     "LAYERS",
     "OVERHEAD",
     "PAUSED",
-    "RTX",
-    "VIDEO",
     "AllocatorAdapter",
     "Link",
     "Receiver",
     "Sample",
     "Sender",
-    "TokenBucket",
     "ramp",
     "run",
     "steps",
@@ -82,9 +71,6 @@ PAUSED = -1
 HIGH_BPS = 2_500_000
 #: The publication's meters are fed in lots of this many seconds of bytes.
 METER_STEP = 0.1
-#: What a packet carries, in :attr:`Sender.sent`: audio or a probe, an original video packet,
-#: a retransmission of one.
-OTHER, VIDEO, RTX = 0, 1, 2
 
 
 def steps(*points: tuple[float, float]) -> Callable[[float], float]:
@@ -164,24 +150,6 @@ class Link:
             return None
         self.carried += 1
         return served + self.delay
-
-
-@dataclass
-class TokenBucket(Link):
-    """A link shaped like the real-client test's ``tc tbf`` from ``at`` on: before, a plain
-    bottleneck (30 kB queue); from ``at``, the capacity's token bucket with ``tbf_burst``
-    bytes of burst (full when the shaping starts) and a ``tbf_queue`` byte queue (its
-    latency, 50 ms at 400 kbit/s)."""
-
-    at: float = 0.0
-    tbf_burst: int = 4_000
-    tbf_queue: int = 2_500
-
-    def send(self, size: int, t: float) -> float | None:
-        if t >= self.at and self.burst_bytes == 0:
-            self.queue_bytes, self.burst_bytes = self.tbf_queue, self.tbf_burst
-            self._tokens, self._token_at = float(self.tbf_burst), t
-        return super().send(size, t)
 
 
 class Receiver:
@@ -284,7 +252,6 @@ class Sender:
         layers: Sequence[float] = LAYERS,
         probing: bool = True,
         start: float = 0.0,
-        nacks: bool = False,
     ) -> None:
         self.history = kernels.SendHistory()
         self.estimator = BandwidthEstimator(self.history, kernels.DelayDetector())
@@ -303,33 +270,6 @@ class Sender:
         self.clusters: list[Any] = []
         #: Probe packets still to send: (when, size, cluster id).
         self.probe_queue: deque[tuple[float, int, int]] = deque()
-        #: Whether lost video is NACKed and resent (within :attr:`rtx_budget`).
-        self.nacks = nacks
-        self.rtx_budget = RetransmissionBudget()
-        #: NACKs on their way back: (when they reach the server, size, layer).
-        self.nack_queue: deque[tuple[float, int, int]] = deque()
-        #: Every packet sent: (time, OTHER / VIDEO / RTX, delivered).
-        self.sent: list[tuple[float, int, bool]] = []
-
-    def on_sent(
-        self, now: float, size: int, kind: int, layer: int, delivered: bool, nack_at: float
-    ) -> None:
-        """The link took (or dropped) a packet: recorded, and lost video NACKed at ``nack_at``."""
-        self.sent.append((now, kind, delivered))
-        if self.nacks and not delivered and kind != OTHER:
-            self.nack_queue.append((nack_at, size, layer))
-
-    def video_figures(self, start: float, end: float) -> tuple[float, float]:
-        """(video loss, retransmissions received per original video packet received) of the
-        packets sent in [start, end), as the real-client test reads them from getStats()
-        (a retransmission that arrives makes up for a lost original)."""
-        window = [(kind, ok) for t, kind, ok in self.sent if start <= t < end and kind != OTHER]
-        originals = sum(1 for kind, _ in window if kind == VIDEO)
-        received = sum(1 for kind, ok in window if kind == VIDEO and ok)
-        resent = sum(1 for kind, ok in window if kind == RTX and ok)
-        lost = max(originals - received - resent, 0)
-        loss = lost / originals if originals else 0.0
-        return loss, (resent / received if received else 0.0)
 
     def desired(self) -> float:
         """What the next upgrade needs in total (0 when nothing more is wanted)."""
@@ -353,10 +293,8 @@ class Sender:
         return cluster
 
     def choose(self, now: float) -> None:
-        """Every allocation interval: the real allocator's target becomes the layer sent (and
-        the retransmission budget follows the estimate, as ``Peer.poll`` sets it)."""
+        """Every allocation interval: the real allocator's target becomes the layer sent."""
         estimate = self.estimator.target_bps()
-        self.rtx_budget.set_rate(RTX_SHARE * estimate, now)
         if not allocation_due(now + 1e-9, self._last_allocation, estimate, self._allocated_on):
             return
         self._last_allocation = now
@@ -369,27 +307,19 @@ class Sender:
             self.layer = new
             self.layer_switches.append((now, new))
 
-    def packets(self, now: float) -> list[tuple[int, int, int, int]]:
-        """(size, cluster, kind, layer) of what to send at ``now``: audio, frames, the
-        retransmissions NACKs ask for (and the budget allows), then any probe cluster."""
-        out: list[tuple[int, int, int, int]] = []
+    def packets(self, now: float) -> list[tuple[int, int]]:
+        """(size, cluster) of what to send at ``now``: audio, frames, then any probe cluster."""
+        out: list[tuple[int, int]] = []
         if now + 1e-9 >= self._next_audio:
             self._next_audio += AUDIO_INTERVAL
-            out.append((int(AUDIO_BPS * AUDIO_INTERVAL / 8), -1, OTHER, -1))
+            out.append((int(AUDIO_BPS * AUDIO_INTERVAL / 8), -1))
         if now + 1e-9 >= self._next_frame:
             self._next_frame += 1 / FPS
             frame = int(self.layers[self.layer] / FPS / 8) if self.layer >= 0 else 0
             while frame > 0:
                 size = min(frame, MTU_PAYLOAD)
-                out.append((size, -1, VIDEO, self.layer))
+                out.append((size, -1))
                 frame -= size
-        nacked = self.nack_queue
-        while nacked and nacked[0][0] <= now + 1e-9:
-            _, size, layer = nacked.popleft()
-            # A layer no longer forwarded is not resent (the receiver decodes from the
-            # keyframe of the layer it was switched to); the rest within the budget.
-            if layer == self.layer and self.rtx_budget.allow((size + OVERHEAD) * 8, now):
-                out.append((size, -1, RTX, layer))
         return out
 
 
@@ -424,16 +354,12 @@ def run(
                     )
             probes = sender.probe_queue
             while probes and probes[0][0] <= now + 1e-9:
-                _, size, cluster_id = probes.popleft()
-                batch.append((size, cluster_id, OTHER, -1))
+                batch.append(probes.popleft()[1:])
                 sender.estimator.on_probe_sent(now=now)
-            for size, cluster_id, kind, layer in batch:
+            for size, cluster_id in batch:
                 wire = size + OVERHEAD
                 seq = sender.history.record(wire, now, cluster_id)
-                # A loss is noticed at the next arrival and NACKed back over the link's delay.
-                nack_at = now + link.queue_delay(now) + 2 * link.delay
                 at = link.send(wire, now)
-                sender.on_sent(now, size, kind, layer, at is not None, nack_at)
                 if at is not None:
                     arrivals.append((at, index, seq))
             sender.choose(now)
@@ -450,10 +376,7 @@ def run(
                 feedback.append((now + link.delay, index, packet))
         while feedback and feedback[0][0] <= now:
             _, index, packet = feedback.popleft()
-            estimator = senders[index].estimator
-            estimator.on_feedback(TransportFeedback.parse(packet), now=now)
-            if estimator.overrun:  # as the feedback handler does
-                senders[index].rtx_budget.drain(now)
+            senders[index].estimator.on_feedback(TransportFeedback.parse(packet), now=now)
         if tick % 100 == 0:
             for index, sender in enumerate(senders):
                 if now < sender.start:
@@ -504,19 +427,6 @@ def report() -> None:  # pragma: no cover - a tool for bench/RESULTS.md, not a t
         [(round(t, 1), layer) for t, layer in s.layer_switches],
     )
     print("probes started/succeeded/failed", s.prober.started, s.prober.succeeded, s.prober.failed)
-    s = Sender(k, nacks=True)
-    link = TokenBucket(steps((0, HIGH_BPS), (20, 400_000)), at=20.0)
-    (tr,) = run(link, [s], 40)
-    loss, rtx = s.video_figures(20, 40)
-    loss_1s, rtx_1s = s.video_figures(20, 21)
-    print(
-        "tbf 400k put on the top layer: estimate <= 1.05 x cap after",
-        round(first(tr, 20, lambda x: x.estimate <= 420_000) - 20, 1),
-        "s; switches",
-        [(round(t, 2), layer) for t, layer in s.layer_switches if t >= 20],
-        f"; video loss {loss:.3f} (first second {loss_1s:.3f}),",
-        f"retransmissions per packet {rtx:.3f} (first second {rtx_1s:.3f})",
-    )
     s = Sender(k)
     (tr,) = run(Link(steps((0, 900_000))), [s], 60)
     mid = [x for x in tr if x.t >= 3]
