@@ -184,13 +184,17 @@ def test_l3t3_key_layers_are_selected_per_subscriber(codec: str) -> None:
         base_bytes = last["bytesReceived"] - first["bytesReceived"]
         assert last["frameWidth"] == BASE_WIDTH
         assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
-        assert base_bytes < top_bytes * CAPPED_BYTES_SHARE, (base_bytes, top_bytes)
 
         # And back up (at the keyframe the server asks for), without a freeze.
         set_preferences(viewer, video, {"maxSpatial": 2})
         _width_is(viewer, pub_id, TOP_WIDTH, 20.0)
         first, last = _window(viewer, pub_id)
         assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
+        # The capped window carried a share of what the uncapped ones did: compared with the
+        # larger of the windows before and after it (the publisher's encoder, on a loaded
+        # machine, dips its upper layers for seconds at a time; one window can catch a dip).
+        top_bytes = max(top_bytes, last["bytesReceived"] - first["bytesReceived"])
+        assert base_bytes < top_bytes * CAPPED_BYTES_SHARE, (base_bytes, top_bytes)
 
         # Temporal base layer only: a quarter of the frames (L3T3's 0-2-1-2 pattern), with
         # picture ids / frame numbers left as the publisher numbered them (the gaps are
