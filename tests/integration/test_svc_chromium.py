@@ -186,14 +186,7 @@ def test_l3t3_key_layers_are_selected_per_subscriber(codec: str) -> None:
         assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
 
         # And back up (at the keyframe the server asks for), without a freeze.
-        set_preferences(viewer, video, {"maxSpatial": 2})
-        _width_is(viewer, pub_id, TOP_WIDTH, 20.0)
-        first, last = _window(viewer, pub_id)
-        assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
-        # The capped window carried a share of what the uncapped ones did: compared with the
-        # larger of the windows before and after it (the publisher's encoder, on a loaded
-        # machine, dips its upper layers for seconds at a time; one window can catch a dip).
-        top_bytes = max(top_bytes, last["bytesReceived"] - first["bytesReceived"])
+        top_bytes = max(top_bytes, _uncapped_again(viewer, pub_id, video))
         assert base_bytes < top_bytes * CAPPED_BYTES_SHARE, (base_bytes, top_bytes)
 
         # Temporal base layer only: a quarter of the frames (L3T3's 0-2-1-2 pattern), with
@@ -247,8 +240,23 @@ def test_av1_l3t3_key_viewer_capped_to_the_base_layer_gets_only_it() -> None:
         base_bytes = last["bytesReceived"] - first["bytesReceived"]
         assert last["frameWidth"] == BASE_WIDTH
         assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
+        top_bytes = max(top_bytes, _uncapped_again(viewer, pub_id, video))
         assert base_bytes < top_bytes * CAPPED_BYTES_SHARE, (base_bytes, top_bytes)
         assert page_state(viewer).get("error") is None
+
+
+def _uncapped_again(viewer: webdriver.Chrome, pub_id: str, video: str) -> int:
+    """Lift the viewer's cap: the top layer decodes again (at the keyframe the server asks
+    for) without a freeze; returns the bytes of a 2 s window then.
+
+    The capped window is compared with the larger of the uncapped windows before and after
+    it: the publisher's encoder, on a loaded machine, dips its upper layers for seconds at a
+    time, and one window can catch a dip."""
+    set_preferences(viewer, video, {"maxSpatial": 2})
+    _width_is(viewer, pub_id, TOP_WIDTH, 20.0)
+    first, last = _window(viewer, pub_id)
+    assert last["framesDecoded"] - first["framesDecoded"] >= MIN_FRAMES_2S
+    return int(last["bytesReceived"] - first["bytesReceived"])
 
 
 def _forwarded_spatial(server: ServerThread, room: str) -> int | None:
