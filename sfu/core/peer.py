@@ -50,7 +50,13 @@ from sfu.core.dataplane import DataPlane
 from sfu.core.estimator import PRIMER, BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.pacing import PacedSender, pacing_rate
-from sfu.core.prober import ProbeCluster, Prober, probe_step
+from sfu.core.prober import (
+    MIN_CLUSTER_PACKETS,
+    PRIMER_BYTES,
+    ProbeCluster,
+    Prober,
+    probe_step,
+)
 from sfu.core.publication import LAYER_TIMEOUT, Publication, SourceStream
 from sfu.core.reporter import Reporter
 from sfu.core.retransmission import RTX_SHARE, RetransmissionBudget
@@ -63,6 +69,7 @@ from sfu.packet.extensions import (
     REPAIRED_RID_URI,
     RID_URI,
     TRANSPORT_CC_URI,
+    abs_send_time_from_seconds,
 )
 from sfu.transport.transport import TransportState, WebRtcTransport
 
@@ -875,10 +882,11 @@ class Peer:
             self._send_probe(cluster, now)
 
     def _send_probe(self, cluster: ProbeCluster, now: float) -> None:
-        """The cluster's padding packets (its primer first) on the RTX stream of a video
-        subscription, at once: spread on the peer's timer they left in 20 ms timer slots
-        (``TIMER_SLOT_S``), read as a fraction of their rate on loopback and every probe of
-        the real-client test's uncapped start failed (bench/RESULTS.md)."""
+        """The cluster (its primer first) on the RTX stream of a video subscription, at once:
+        copies of the newest media where there are any, padding-only packets otherwise.
+        Spread on the peer's timer they left in 20 ms timer slots (``TIMER_SLOT_S``), read as
+        a fraction of their rate on loopback and every probe of the real-client test's
+        uncapped start failed (bench/RESULTS.md)."""
         twcc_id = self.router.twcc_id
         carrier = next(
             (
@@ -894,15 +902,40 @@ class Peer:
         if self._paced_probe is not None:
             sender = self._paced_probe  # in the pacer's order, without its budget
             sender.now = now
+        abs_time = abs_send_time_from_seconds(now)
         try:
-            for i in range(cluster.primer + cluster.packets):
-                cluster_id = cluster.id if i >= cluster.primer else PRIMER
-                packet = carrier.padding(twcc_id, cluster.padding, now, cluster_id)
-                if packet is None:
-                    return
+            primer = carrier.probe_copies(PRIMER_BYTES, 1, abs_time, now, PRIMER)
+            packets = carrier.probe_copies(
+                cluster.size, MIN_CLUSTER_PACKETS, abs_time, now, cluster.id
+            )
+            if packets:
+                self.prober.sent(len(packets))
+            else:  # no media to copy (none sent yet, or too small): padding
+                if not primer:
+                    primer = _padding(
+                        carrier, twcc_id, cluster.primer, cluster.padding, PRIMER, now
+                    )
+                packets = _padding(
+                    carrier, twcc_id, cluster.packets, cluster.padding, cluster.id, now
+                )
+            for packet in (*primer, *packets):
                 if sender.send_rtp(packet):
                     self.counters.probe_packets += 1
         finally:
             if self.estimator is not None:
                 # Until their feedback is in, the probe's losses are told apart from the media's.
                 self.estimator.on_probe_sent(now=now)
+
+
+def _padding(
+    carrier: Subscription, twcc_id: int, count: int, size: int, tag: int, now: float
+) -> list[bytes]:
+    """``count`` padding-only probe packets of ``size`` padding bytes, recorded under ``tag``
+    (a cluster id, or the primer's)."""
+    out: list[bytes] = []
+    for _ in range(count):
+        packet = carrier.padding(twcc_id, size, now, tag)
+        if packet is None:
+            break
+        out.append(packet)
+    return out

@@ -27,7 +27,7 @@ ends the run without backing off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from sfu.core.estimator import BandwidthEstimator
@@ -106,8 +106,10 @@ _MAX_CLUSTER_ID: Final = 1 << 30
 
 @dataclass(frozen=True, slots=True)
 class ProbeCluster:
-    """One cluster to send now: ``primer`` padding packets outside the cluster, then
-    ``packets`` padding packets of the cluster, all of ``padding`` bytes."""
+    """One cluster to send now: :data:`PRIMER_BYTES` outside the cluster, then ``size`` bytes
+    of the cluster. Sent as padding, that is ``primer`` packets then ``packets`` packets of
+    ``padding`` bytes; a sender that probes with copies of media tells :meth:`Prober.sent`
+    how many packets the cluster took instead."""
 
     id: int
     bps: float
@@ -115,6 +117,7 @@ class ProbeCluster:
     padding: int
     sent_at: float
     primer: int = 0
+    size: int = 0
 
 
 class Prober:
@@ -184,11 +187,20 @@ class Prober:
         size = max(bps * CLUSTER_DURATION / 8, MIN_CLUSTER_BYTES)
         packets = max(MIN_CLUSTER_PACKETS, round(size / PADDING_SIZE))
         primer = -(-PRIMER_BYTES // PADDING_SIZE)
-        cluster = ProbeCluster(self._next_id, bps, packets, PADDING_SIZE, now, primer)
+        cluster = ProbeCluster(
+            self._next_id, bps, packets, PADDING_SIZE, now, primer, int(packets * PADDING_SIZE)
+        )
         self._next_id = (self._next_id + 1) % _MAX_CLUSTER_ID
         self._pending = cluster
         self.started += 1
         return cluster
+
+    def sent(self, packets: int) -> None:
+        """The pending cluster went out as ``packets`` packets (copies of media rather than
+        padding): its result is due, and counts as received, by that many."""
+        pending = self._pending
+        if pending is not None and packets > 0:
+            self._pending = replace(pending, packets=packets)
 
     def on_target_change(self, *, now: float) -> None:
         """The allocator changed a target: the next probe for a step waits :data:`SETTLE`."""

@@ -26,6 +26,7 @@ from sfu._fastpath.values import (
     AV1,
     MAX_SPATIAL_LAYERS,
     Decision,
+    HistoryEntry,
     PacketInfo,
     Vp8Translation,
 )
@@ -51,11 +52,25 @@ if TYPE_CHECKING:
         Vp8Munger,
     )
 
-__all__ = ["AUDIO_INFO", "HISTORY", "MARKED_HISTORY", "PacketInfo", "Subscription"]
+__all__ = [
+    "AUDIO_INFO",
+    "HISTORY",
+    "MARKED_HISTORY",
+    "PROBE_COPY_MIN_BYTES",
+    "PROBE_LOOKBACK",
+    "PacketInfo",
+    "Subscription",
+]
 
 #: Markers an SVC subscription remembers having added (one per picture whose top layers it
 #: drops): some 8 s at 30 fps, longer than a retransmission stays useful.
 MARKED_HISTORY: Final = 256
+#: A probe made of media copies (:meth:`Subscription.probe_copies`) copies from this many of
+#: the newest outgoing packets: a few frames' worth, still in every source's cache.
+PROBE_LOOKBACK: Final = 32
+#: ... and only packets of at least this many bytes: a smaller copy costs more packets than
+#: the padding it replaces would (255 bytes of padding plus the header).
+PROBE_COPY_MIN_BYTES: Final = 300
 
 
 class Subscription:
@@ -483,49 +498,10 @@ class Subscription:
                 continue
             if not self.throttle.allow(seq, now, hold):
                 continue
-            cached = stream.cache.get(entry.in_ext_seq, now)
-            if cached is None:
-                self.retransmit_misses += 1
+            rebuilt = self._rebuild(seq, entry, stream, scratch, now)
+            if rebuilt is None:
                 continue
-            # The format it was first sent in (the publisher may use several, RFC 3264 §6.1).
-            out_pt = self.pt_map.get(cached[1] & 0x7F, self.payload_type)
-            n = _fastpath.rewrite_rtp(
-                cached,
-                scratch,
-                self.out_ssrc,
-                seq,
-                entry.timestamp,
-                out_pt,
-                _fastpath.KEEP_MARKER,
-            )
-            if n <= 0:
-                continue
-            try:
-                offset = payload_offset(scratch, n)
-            except ParseError:  # pragma: no cover - the kernel validated the framing
-                continue
-            if self.svc and seq in self._marked:
-                scratch[1] |= 0x80
-            if self._av1 and entry.picture_id >= 0 and stream.dependency is not None:
-                _set_frame_number(scratch, n, stream.dependency.ext_id, entry.picture_id)
-            elif self.vp9 is not None and (entry.picture_id >= 0 or entry.tl0picidx >= 0):
-                # The picture id and TL0PICIDX it was first sent with (its source's offset).
-                try:
-                    rewrite_vp9_descriptor(
-                        scratch,
-                        offset,
-                        None if entry.picture_id < 0 else entry.picture_id,
-                        None if entry.tl0picidx < 0 else entry.tl0picidx,
-                    )
-                except ParseError:  # pragma: no cover - it was rewritten when first sent
-                    continue
-            if entry.has_vp8:
-                translation = Vp8Translation(
-                    None if entry.picture_id < 0 else entry.picture_id,
-                    None if entry.tl0picidx < 0 else entry.tl0picidx,
-                    None if entry.keyidx < 0 else entry.keyidx,
-                )
-                self.kernels.Vp8Munger.apply(scratch, offset, translation)
+            n, offset = rebuilt
             wire_bits = (n + (2 if self.rtx_ssrc is not None else 0)) * 8
             if budget is not None and not budget.allow(wire_bits, now):
                 self.retransmit_dropped += 1
@@ -543,6 +519,110 @@ class Subscription:
                 tags.append(tag)
             out.append(packet)
             self.retransmitted += 1
+        return out
+
+    def _rebuild(
+        self,
+        seq: int,
+        entry: HistoryEntry,
+        stream: SourceStream,
+        scratch: bytearray,
+        now: float,
+    ) -> tuple[int, int] | None:
+        """Outgoing packet ``seq`` as it was first sent, rebuilt into ``scratch`` from the
+        source's cache (its header, picture ids and frame numbers as this subscriber saw them);
+        returns (length, payload offset), or None when the cache no longer holds it."""
+        cached = stream.cache.get(entry.in_ext_seq, now)
+        if cached is None:
+            self.retransmit_misses += 1
+            return None
+        # The format it was first sent in (the publisher may use several, RFC 3264 §6.1).
+        out_pt = self.pt_map.get(cached[1] & 0x7F, self.payload_type)
+        n = _fastpath.rewrite_rtp(
+            cached,
+            scratch,
+            self.out_ssrc,
+            seq,
+            entry.timestamp,
+            out_pt,
+            _fastpath.KEEP_MARKER,
+        )
+        if n <= 0:
+            return None
+        try:
+            offset = payload_offset(scratch, n)
+        except ParseError:  # pragma: no cover - the kernel validated the framing
+            return None
+        if self.svc and seq in self._marked:
+            scratch[1] |= 0x80
+        if self._av1 and entry.picture_id >= 0 and stream.dependency is not None:
+            _set_frame_number(scratch, n, stream.dependency.ext_id, entry.picture_id)
+        elif self.vp9 is not None and (entry.picture_id >= 0 or entry.tl0picidx >= 0):
+            # The picture id and TL0PICIDX it was first sent with (its source's offset).
+            try:
+                rewrite_vp9_descriptor(
+                    scratch,
+                    offset,
+                    None if entry.picture_id < 0 else entry.picture_id,
+                    None if entry.tl0picidx < 0 else entry.tl0picidx,
+                )
+            except ParseError:  # pragma: no cover - it was rewritten when first sent
+                return None
+        if entry.has_vp8:
+            translation = Vp8Translation(
+                None if entry.picture_id < 0 else entry.picture_id,
+                None if entry.tl0picidx < 0 else entry.tl0picidx,
+                None if entry.keyidx < 0 else entry.keyidx,
+            )
+            self.kernels.Vp8Munger.apply(scratch, offset, translation)
+        return n, offset
+
+    def probe_copies(
+        self, size: int, min_packets: int, abs_send_time: int, now: float, cluster: int
+    ) -> list[bytes]:
+        """A bandwidth probe of at least ``size`` bytes and ``min_packets`` packets made of
+        copies of the media this subscriber was sent last (RFC 4588 retransmissions of them on
+        the RTX stream), each stamped with the next transport-wide number and recorded in the
+        send history under probe ``cluster``. Empty when there is no RTX stream, send
+        history or recent media large enough: the caller pads instead.
+
+        A copy carries up to ~1,200 bytes where a padding-only packet carries 255, so a probe
+        takes a quarter of the packets (libwebrtc probes with such "payload padding" too); the
+        receiver discards the duplicates, and the copies are of the newest frames, so one that
+        fills a gap the network left is useful rather than late."""
+        history = self.send_history
+        last = self.munger.last_out_seq
+        selector = self.selector
+        if self.rtx_ssrc is None or history is None or last is None:
+            return []
+        current = None if selector is None or self.svc else selector.current.spatial
+        scratch = bytearray(1500)
+        copies: list[tuple[int, bytes, int]] = []  # (seq, rebuilt packet, payload offset)
+        for back in range(PROBE_LOOKBACK):
+            seq = (last - back) & 0xFFFF
+            entry = self.state.lookup(seq)
+            stream = None if entry is None else self.publication.layers.get(entry.layer)
+            if entry is None or stream is None or (current is not None and entry.layer != current):
+                continue
+            misses = self.retransmit_misses
+            rebuilt = self._rebuild(seq, entry, stream, scratch, now)
+            self.retransmit_misses = misses  # a probe's misses are not the receiver's
+            if rebuilt is not None and rebuilt[0] >= PROBE_COPY_MIN_BYTES:
+                copies.append((seq, bytes(scratch[: rebuilt[0]]), rebuilt[1]))
+        if not copies:
+            return []
+        out: list[bytes] = []
+        sent = 0
+        while sent < size or len(out) < min_packets:
+            # Newest first, round again when the probe needs more than they hold.
+            seq, original, offset = copies[len(out) % len(copies)]
+            buf = bytearray(original)
+            if not self.extensions.apply(buf, len(buf), abs_send_time, history.next_seq):
+                return out  # no transport-wide element to stamp: the caller pads the rest
+            packet = self._wrap_rtx(buf, len(buf), offset, seq)
+            history.record(len(packet), now, cluster)
+            out.append(packet)
+            sent += len(packet)
         return out
 
     def padding(self, twcc_id: int, size: int, now: float, cluster: int) -> bytes | None:

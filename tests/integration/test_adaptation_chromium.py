@@ -74,6 +74,7 @@ MET_NOW: Final = frozenset(
         "below.paused",
         "below.paused_half",
         "cap400.no_top_flash",
+        "cap400.rtx_le_0.2",
     }
 )
 

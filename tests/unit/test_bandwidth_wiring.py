@@ -32,7 +32,9 @@ from sfu.core.peer import (
     Peer,
     allocation_due,
 )
+from sfu.core.prober import MIN_CLUSTER_PACKETS, PADDING_SIZE, PRIMER_BYTES
 from sfu.core.retransmission import RTX_BURST, RetransmissionBudget
+from sfu.core.subscription import PROBE_LOOKBACK
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.extensions import TRANSPORT_CC_URI
 from sfu.packet.rtcp_feedback import Nack
@@ -42,17 +44,24 @@ from sfu.transport.transport import WebRtcTransport
 TWCC_ID = CHROMIUM_IDS[TRANSPORT_CC_URI]
 
 
-def _publish(h: object, alice: object, start: float, frames: int, f_packets: int = 1) -> None:
-    """Alice sends ``frames`` frames of all three layers (the top one in ``f_packets``
-    packets per frame), each packet with transport-cc."""
+def _publish(
+    h: object,
+    alice: object,
+    start: float,
+    frames: int,
+    f_packets: int = 1,
+    sizes: tuple[int, int, int] = (200, 600, 1100),
+) -> None:
+    """Alice sends ``frames`` frames of all three layers (payload ``sizes``; the top one in
+    ``f_packets`` packets per frame), each packet with transport-cc."""
     t = alice.peer.transport  # type: ignore[attr-defined]
     twcc = 0
     for i in range(frames):
         now = start + i / 30
         for ssrc, rid, size, count in (
-            (SSRC_Q, "q", 200, 1),
-            (SSRC_H, "h", 600, 1),
-            (SSRC_F, "f", 1100, f_packets),
+            (SSRC_Q, "q", sizes[0], 1),
+            (SSRC_H, "h", sizes[1], 1),
+            (SSRC_F, "f", sizes[2], f_packets),
         ):
             for j in range(count):
                 seq = i * count + j
@@ -144,6 +153,47 @@ def test_probe_clusters_go_out_as_padding_on_the_rtx_stream(
     assert value(registry, "sfu_probe_clusters_total", outcome="succeeded") == 0
     estimates = value(registry, "sfu_subscriber_estimated_bandwidth_bits_per_second_gcount")
     assert estimates == 1
+
+
+def test_probe_clusters_copy_the_newest_media_when_it_is_large_enough(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    assert bob.peer is not None and sub.rtx_ssrc is not None
+    _publish(h, alice, 1.0, 30, f_packets=2, sizes=(700, 900, 1100))
+    before = len(h.sent_rtp["bob"])
+    media = {
+        p.sequence_number: p.payload
+        for p in map(RtpPacket.parse, h.sent_rtp["bob"])
+        if p.ssrc == sub.out_ssrc
+    }
+    h.service.poll(2.0, 1.7e9)  # allocates (the next layer is wanted), then probes
+    cluster = bob.peer.prober.pending
+    assert cluster is not None
+    probes = [RtpPacket.parse(p) for p in h.sent_rtp["bob"][before:]]
+    probes = [p for p in probes if p.ssrc == sub.rtx_ssrc]
+    history = bob.peer.send_history
+    assert history is not None
+    clusters = []
+    for p in probes:
+        # RFC 4588 §4: the original sequence number, then the original payload, of one of
+        # the newest packets bob was sent (the receiver discards the duplicate).
+        osn = int.from_bytes(p.payload[:2], "big")
+        assert p.padding_length == 0 and media[osn] == p.payload[2:]
+        assert osn in {(sub.munger.last_out_seq - k) & 0xFFFF for k in range(PROBE_LOOKBACK)}
+        lookup = history.lookup(int.from_bytes(dict(p.extensions())[TWCC_ID], "big"))
+        assert lookup is not None
+        clusters.append(lookup[2])
+    # The primer (at least PRIMER_BYTES outside the cluster), then the cluster: fewer packets
+    # than padding would take, and the prober waits for as many as were sent.
+    primer = clusters.count(PRIMER)
+    assert clusters == [PRIMER] * primer + [0] * (len(probes) - primer)
+    assert sum(len(p.payload) for p in probes[:primer]) >= PRIMER_BYTES
+    assert MIN_CLUSTER_PACKETS <= cluster.packets == len(probes) - primer
+    assert cluster.packets < cluster.size / PADDING_SIZE
+    assert primer < -(-PRIMER_BYTES // PADDING_SIZE)
+    assert bob.peer.counters.probe_packets == len(probes)
 
 
 def test_retransmissions_stay_within_the_budget_and_skip_superseded_packets(
