@@ -25,7 +25,7 @@ from sfu import __version__, clock
 from sfu.cluster.directory import Directory, LocalDirectory, NodeInfo
 from sfu.cluster.links import LinkSetupError, NodeLinks
 from sfu.cluster.node_pipes import NodePipes
-from sfu.cluster.placement import LoadMeter, NodePlacement, signaling_url
+from sfu.cluster.placement import MOVED_KINDS, LoadMeter, NodePlacement, signaling_url
 from sfu.cluster.redis_directory import RedisDirectory
 from sfu.cluster.registry import NodeRegistry, node_from_config
 from sfu.cluster.room_bus import ClusterRoomBus, NodeTracks
@@ -105,6 +105,14 @@ _DRAIN_POLL_S: Final = 0.1
 #: the drain timeout when that is shorter), spread evenly: a thousand reconnections in one
 #: instant would land on the other nodes' signaling and ICE as one burst.
 MOVE_SPREAD_S: Final = 2.0
+#: The reason a moved WHIP/WHEP session's RTCP BYE gives (RFC 3550 §6.6: free text).
+MOVED_BYE_REASON: Final = b"moved to another node"
+#: Participants that have no signaling channel (WHIP, WHEP): a drain ends their session with
+#: an RTCP BYE and a DTLS close_notify, and their client re-POSTs to the URL it used.
+_HTTP_KINDS: Final = frozenset({"whip", "whep"})
+#: The order a drain moves participants in, by kind (stable within a kind; see
+#: :meth:`Server._move_participants`).
+_MOVE_ORDER: Final = {"whip": 0, "websocket": 1, "whep": 2}
 #: At most one traceback this often for datagrams that hit a bug (the rest are only counted),
 #: so a packet that triggers one cannot flood the log.
 _ERROR_LOG_INTERVAL_S: Final = 60.0
@@ -853,7 +861,9 @@ class Server:
     def begin_drain(self, deadline_s: float = 0.0) -> None:
         """Stop advertising readiness, refuse new joins and tell connected clients.
 
-        Sessions already up keep their media until they leave or the drain deadline passes.
+        A clustered node moves its sessions to other nodes (:meth:`_move_participants`). A
+        single node has nowhere to send them: its sessions keep their media until they
+        leave or the drain deadline passes.
         """
         if self._draining:
             return
@@ -880,9 +890,14 @@ class Server:
 
     def _move_participants(self, deadline_s: float) -> None:
         """A draining node of a cluster: tell each room's participants which node to go to
-        (one node per room) and close their sessions (4011), spread over
-        :data:`MOVE_SPREAD_S`, so their clients reconnect there. WHIP and WHEP sessions have
-        no way to be told: they stay until they end or the drain deadline passes."""
+        (one node per room) and end their sessions, spread over :data:`MOVE_SPREAD_S`, so
+        their clients reconnect there.
+
+        WebSocket participants are told the node (``server_draining`` with ``url``) and
+        closed with 4011. WHIP and WHEP sessions have no channel to be told: their session
+        ends (:meth:`_move_one`) and their client re-POSTs to this node, whose ``307`` for
+        the room names the node the room went to (the placement keeps it).
+        """
         placement, rooms = self.placement, self.rooms
         if placement is None or rooms is None or deadline_s <= 0:
             return
@@ -897,15 +912,29 @@ class Server:
                 notice["url"] = signaling_url(target)
             for participant in [*room.participants.values(), *room.waiting.values()]:
                 participant.send(notice)
-                if target is not None and participant.kind == "websocket":
+                if target is not None:
                     moving.append(participant)
         if not moving:
             return
+        # Publishers over WHIP first, WHEP viewers last: a viewer that comes back finds the
+        # stream it asks for republished on the new node rather than still here (a viewer
+        # bound to the relayed stand-in of a publication that then moves would keep watching
+        # a stream that has ended; WebSocket clients renegotiate, WHEP ones cannot).
+        moving.sort(key=lambda p: _MOVE_ORDER.get(p.kind, 1))
         spread = min(MOVE_SPREAD_S, deadline_s / 2)
         loop = asyncio.get_running_loop()
         for i, participant in enumerate(moving):
             loop.call_later(spread * i / len(moving), self._move_one, participant)
-        log.info("draining: moving %d participant(s) to other nodes", len(moving))
+        kinds = {kind: sum(p.kind == kind for p in moving) for kind in MOVED_KINDS}
+        log.info(
+            "draining: moving %d participant(s) to other nodes over %.1f s "
+            "(%d websocket, %d whip, %d whep)",
+            len(moving),
+            spread,
+            kinds["websocket"],
+            kinds["whip"],
+            kinds["whep"],
+        )
 
     def _room_nodes(self, name: str) -> set[str] | None:
         """The other nodes room ``name`` has participants on, as this node sees it (the room
@@ -919,11 +948,20 @@ class Server:
         return {node for node, origin in bus.origins.items() if origin in origins}
 
     def _move_one(self, participant: Participant) -> None:
+        """End one participant a drain moves. A WHIP or WHEP session is told the way a
+        standard client notices at once, not after its consent freshness runs out (RFC 7675,
+        some 30 s): an RTCP BYE for every source the server sends it (RFC 3550 §6.6), then
+        the transport closes with a DTLS close_notify alert (RFC 5246 §7.2.1); its resource
+        then answers 404."""
         rooms = self.rooms
         if rooms is None or participant.on_close is None:
             return  # gone already (left, or its connection dropped)
         if self.placement is not None:
-            self.placement.moved += 1
+            self.placement.count_move(participant.kind)
+        peer = participant.peer
+        if participant.kind in _HTTP_KINDS and peer is not None:
+            peer.goodbye(MOVED_BYE_REASON)
+        # Leaving closes the transport, which sends close_notify while DTLS is up.
         rooms.end(participant, CLOSE_MOVED, "moved to another node", now=clock.now())
 
     def session_count(self) -> int:

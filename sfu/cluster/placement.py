@@ -24,8 +24,11 @@ spreading the room over one more node.
 A draining node moves its participants: every room's participants go to one node (a room
 spread over fewer nodes needs fewer relays), chosen the same way (a node the room is on
 already first, by this node's own view: it holds every room it moves) but from every live
-node, full or not (the node is going away). The node loads are those of the last lease
-renewal (every second, :mod:`sfu.cluster.registry`); each placement made since adds
+node, full or not (the node is going away). The node chosen is kept for the room
+(:meth:`NodePlacement.move_target`): a participant that reconnects to this node instead of to
+the URL it was given (a WHIP or WHEP client re-POSTs where it posted before) is sent to that
+same node, so a room does not split over nodes during a drain. The node loads are those of
+the last lease renewal (every second, :mod:`sfu.cluster.registry`); each placement made since adds
 :data:`PLACED_WEIGHT` to its node until the next renewal brings fresh figures.
 
 Sans-I/O but for the one read, which is injected (``lookup``): the live nodes and this node
@@ -46,6 +49,7 @@ __all__ = [
     "FALLBACK_NODES",
     "LOOKUP_RESULTS",
     "LOOKUP_TIMEOUT_S",
+    "MOVED_KINDS",
     "PLACED_WEIGHT",
     "LoadMeter",
     "NodePlacement",
@@ -68,6 +72,9 @@ LOOKUP_TIMEOUT_S: Final = 0.25
 #: (``absent``), the directory failed (``error``; or was known to be away) or was too slow
 #: (``timeout``). A fixed set: these are the only label values of the metric.
 LOOKUP_RESULTS: Final = ("found", "absent", "error", "timeout")
+#: The kinds of participant a drain moves, counted apart (:attr:`NodePlacement.moved_by`): a
+#: fixed set, the only label values of the metric.
+MOVED_KINDS: Final = ("websocket", "whip", "whep")
 #: Where the room protocol's WebSocket is on every node.
 SIGNALING_PATH: Final = "/ws"
 
@@ -152,12 +159,16 @@ class NodePlacement:
     rng: random.Random = field(default_factory=random.Random)
     #: Joins sent to another node, by why: ``full`` or ``draining``.
     redirects: dict[str, int] = field(default_factory=lambda: {"full": 0, "draining": 0})
-    #: Participants a drain asked to reconnect to another node.
+    #: Participants a drain asked to reconnect to another node (in all, and by
+    #: :data:`MOVED_KINDS`; :meth:`count_move`).
     moved: int = 0
+    moved_by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MOVED_KINDS, 0))
     #: Directory reads made for joins sent on, by how they ended (:data:`LOOKUP_RESULTS`).
     lookups: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOOKUP_RESULTS, 0))
     _extra: dict[str, float] = field(default_factory=dict)
     _renewal: int = 0
+    #: The node (id) a drain sends each room to, by room name (:meth:`move_target`).
+    _moves: dict[str, str] = field(default_factory=dict)
 
     def _others(self) -> list[NodeInfo]:
         me = self.local().node_id
@@ -193,6 +204,7 @@ class NodePlacement:
             and self.lookup is not None
             and self.sends_on(placed=placed)
             and self.room_nodes(room) is None
+            and self._moved_to(room) is None
         ):
             where = await self._look_up(self.lookup, room)
         return self.redirect(region=region, placed=placed, room=room, where=where)
@@ -226,7 +238,8 @@ class NodePlacement:
         ``placed``: another node sent it here; it stays unless this node drains (a node
         that drains takes nobody, and the others learn it at their next renewal). ``room``:
         the room it joins (a node the room is on already is preferred: ``where`` when
-        given, the directory's answer; else this node's own view of the room).
+        given, the directory's answer; else this node's own view of the room). A room a
+        drain moved goes to the node it was moved to (:meth:`move_target`).
         """
         if not self.sends_on(placed=placed):
             if not placed:
@@ -235,6 +248,12 @@ class NodePlacement:
             return None
         me = self.local()
         extra = self._fresh_extra()
+        moved = self._moved_to(room) if me.draining and room is not None else None
+        if moved is not None:
+            # The room's participants were sent there: so is whoever comes back here.
+            extra[moved.node_id] = extra.get(moved.node_id, 0.0) + PLACED_WEIGHT
+            self.redirects["draining"] += 1
+            return moved.url
         if where is None and room is not None:
             where = self.room_nodes(room)
         target = choose_node(
@@ -247,6 +266,8 @@ class NodePlacement:
         )
         if target is None:
             return None  # everyone is full: an overloaded node beats a refused call
+        if me.draining and room in self._moves:
+            self._moves[room] = target.node_id  # the room's node went away: this one now
         extra[target.node_id] = extra.get(target.node_id, 0.0) + PLACED_WEIGHT
         self.redirects["draining" if me.draining else "full"] += 1
         return target.url
@@ -254,20 +275,47 @@ class NodePlacement:
     def move_target(self, *, region: str | None = None, room: str | None = None) -> str | None:
         """Where a draining node sends one room's participants: another live node (full or
         not: this one is going away; one the room is on already first), None when there is
-        none."""
+        none.
+
+        The choice is kept for ``room``: asked again, and for every join of the room that
+        reaches this node while it drains (:meth:`redirect`), the answer is the same node
+        as long as it is live and not draining itself (else a new one is chosen, and kept).
+        """
         me = self.local()
         extra = self._fresh_extra()
-        target = choose_node(
-            self._others(),
-            region=region or me.region,
-            rng=self.rng,
-            extra=extra,
-            prefer=(self.room_nodes(room) or ()) if room is not None else (),
-        )
+        target = self._moved_to(room) if room is not None else None
+        if target is None:
+            target = choose_node(
+                self._others(),
+                region=region or me.region,
+                rng=self.rng,
+                extra=extra,
+                prefer=(self.room_nodes(room) or ()) if room is not None else (),
+            )
         if target is None:
             return None
+        if room is not None:
+            self._moves[room] = target.node_id
         extra[target.node_id] = extra.get(target.node_id, 0.0) + PLACED_WEIGHT
         return target.url
+
+    def _moved_to(self, room: str | None) -> NodeInfo | None:
+        """The node a drain sent ``room`` to, while it can still take the room (live, with a
+        public URL, not draining); None when the room was not moved or that node cannot."""
+        node_id = self._moves.get(room) if room is not None else None
+        if node_id is None:
+            return None
+        return next(
+            (n for n in self._others() if n.node_id == node_id and n.url and not n.draining),
+            None,
+        )
+
+    def count_move(self, kind: str) -> None:
+        """Count one participant a drain asked to move (``kind``: one of
+        :data:`MOVED_KINDS`; any other counts in the total only)."""
+        self.moved += 1
+        if kind in self.moved_by:
+            self.moved_by[kind] += 1
 
     def fallbacks(self) -> list[str]:
         """Signaling URLs of other nodes to reconnect to if this one is lost, best first

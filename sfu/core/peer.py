@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -58,7 +59,7 @@ from sfu.core.prober import (
     probe_step,
 )
 from sfu.core.publication import LAYER_TIMEOUT, Publication, SourceStream
-from sfu.core.reporter import Reporter
+from sfu.core.reporter import MAX_BYE_SOURCES, Reporter
 from sfu.core.retransmission import RTX_SHARE, RetransmissionBudget
 from sfu.core.router import AudioLevelSink, Router
 from sfu.core.subscription import Subscription
@@ -268,6 +269,10 @@ class Peer:
         #: Egress pacer (created with the estimator; it paces once an estimate exists and the
         #: data plane queues this transport's media in it).
         self.pacer: Pacer | None = None
+        #: The SSRCs of the last subscriptions that ended (a publisher that left ends its
+        #: viewers' subscriptions): a :meth:`goodbye` names them too, as the client may
+        #: still hold a receiver for each. Bounded: one BYE's worth.
+        self._ended_sources: deque[int] = deque(maxlen=MAX_BYE_SOURCES)
         #: The Python paths' senders through the pacer while paced: retransmissions, probes.
         self._paced_rtx: PacedSender | None = None
         self._paced_probe: PacedSender | None = None
@@ -405,6 +410,9 @@ class Peer:
         """Forget the subscription on ``mid``; the caller unhooks it from the publication."""
         subscription = self.subscriptions.pop(mid, None)
         if subscription is not None:
+            self._ended_sources.append(subscription.out_ssrc)
+            if subscription.rtx_ssrc is not None:
+                self._ended_sources.append(subscription.rtx_ssrc)
             self.feedback.remove_subscription(subscription)
             self._fold_subscription(subscription)
             self._switching.discard(subscription)
@@ -499,6 +507,17 @@ class Peer:
             self._fold_subscription(subscription)
         if self.stats is not None:
             self.stats.retired.add(self.counters)
+
+    def goodbye(self, reason: bytes) -> bool:
+        """Tell the participant that every source this transport sends has left (an RTCP
+        BYE, RFC 3550 §6.6): the server ends the session on its own and the client has no
+        other channel to learn it (WHIP, WHEP). False when the transport is not connected."""
+        ssrcs = [*self._ended_sources]
+        for sub in self.subscriptions.values():
+            ssrcs.append(sub.out_ssrc)
+            if sub.rtx_ssrc is not None:
+                ssrcs.append(sub.rtx_ssrc)
+        return self.reporter.goodbye(ssrcs, reason)
 
     # -- periodic work ------------------------------------------------------------------------
 

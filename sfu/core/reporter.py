@@ -4,13 +4,15 @@ Toward the participant as a publisher: transport-wide CC feedback (draft-holmer-
 transport-wide-cc-extensions), NACKs for the gaps in what it sends (RFC 4585 §6.2.1), PLIs
 (RFC 4585 §6.3.1) at most once per interval per source stream, and Receiver Report blocks.
 Toward it as a subscriber: Sender Reports of each subscription (RFC 3550 §6.4.1), which carry
-the receive blocks when there are any.
+the receive blocks when there are any. When the server ends the session on its own (a drain
+moves it to another node), a BYE for every source it sends (RFC 3550 §6.6), so that a client
+with no other channel to the server notices at once.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from sfu.core.counters import PeerCounters
@@ -24,15 +26,17 @@ from sfu.core.publication import (
 from sfu.core.sender import Sender
 from sfu.core.subscription import Subscription
 from sfu.core.twcc_recorder import TwccRecorder
-from sfu.packet.rtcp import ReceiverReport
+from sfu.packet.rtcp import Bye, ReceiverReport, serialize_compound
 from sfu.packet.rtcp_feedback import Pli
 
 __all__ = [
     "DEFAULT_RTT",
+    "MAX_BYE_SOURCES",
     "MAX_REPORT_BLOCKS",
     "REPORT_INTERVAL",
     "REPORT_SPREAD",
     "Reporter",
+    "goodbye_packet",
     "report_interval",
 ]
 
@@ -55,6 +59,22 @@ def report_interval(rng: random.Random) -> float:
 DEFAULT_RTT: Final = 0.05
 #: An SR/RR carries at most 31 report blocks (its 5-bit count, RFC 3550 §6.4.1).
 MAX_REPORT_BLOCKS: Final = 31
+#: A BYE names at most 31 sources (the same 5-bit count, RFC 3550 §6.6).
+MAX_BYE_SOURCES: Final = 31
+
+
+def goodbye_packet(rtcp_ssrc: int, ssrcs: Sequence[int], reason: bytes) -> bytes:
+    """One compound RTCP packet that says the sources ``ssrcs`` (and ``rtcp_ssrc``, the
+    source of this transport's reports) have left: an empty Receiver Report first (RFC 3550
+    §6.1: a compound packet starts with an SR or RR), then BYE packets of at most
+    :data:`MAX_BYE_SOURCES` sources each, all with ``reason`` (RFC 3550 §6.6; at most 255
+    octets, cut to that). Each source is named once, in the order given."""
+    sources = list(dict.fromkeys((rtcp_ssrc, *ssrcs)))
+    text = reason[:255]
+    byes = [
+        Bye(sources[i : i + MAX_BYE_SOURCES], text) for i in range(0, len(sources), MAX_BYE_SOURCES)
+    ]
+    return serialize_compound([ReceiverReport(rtcp_ssrc), *byes])
 
 
 class Reporter:
@@ -167,3 +187,8 @@ class Reporter:
         for report in reports:
             self.sender.send_rtcp(report)
             self.counters.reports_out += 1
+
+    def goodbye(self, ssrcs: Sequence[int], reason: bytes) -> bool:
+        """Send a BYE (:func:`goodbye_packet`) for the sources ``ssrcs`` and the reports' own
+        source. False when it could not be sent (the transport is not connected)."""
+        return self.sender.send_rtcp(goodbye_packet(self.rtcp_ssrc, ssrcs, reason))

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from sfu.cluster.links import NodeLinks
 from sfu.cluster.node_pipes import NodePipes
-from sfu.cluster.placement import LOOKUP_RESULTS, NodePlacement
+from sfu.cluster.placement import LOOKUP_RESULTS, MOVED_KINDS, NodePlacement
 from sfu.cluster.registry import NodeRegistry
 from sfu.cluster.room_bus import ClusterRoomBus
 from sfu.transport.media_lane import LANE_DROP_REASONS
@@ -77,11 +77,15 @@ class ClusterCollector(Collector):
             for reason, count in sorted(placement.redirects.items()):
                 redirects.add_metric([reason], count)
             yield redirects
-            yield CounterMetricFamily(
+            moved = CounterMetricFamily(
                 "sfu_cluster_participants_moved",
-                "Participants a drain asked to reconnect to another node",
-                value=placement.moved,
+                "Participants a drain asked to reconnect to another node, by kind "
+                "(websocket, whip, whep)",
+                labels=["kind"],
             )
+            for kind in MOVED_KINDS:
+                moved.add_metric([kind], placement.moved_by[kind])
+            yield moved
             lookups = CounterMetricFamily(
                 "sfu_cluster_room_lookups",
                 "Directory reads of which nodes a room is on, for joins sent on from a node "

@@ -7,7 +7,10 @@
 - a full node that holds no participant of a room sends its joins to the node the room is
   on (by the room's span in Redis), not to a lighter node the room is not on;
 - a draining node tells each room's participants one node to move to, closes their sessions
-  (4011) within the drain, and sends newcomers on at once.
+  (4011) within the drain, and sends newcomers on at once;
+- a draining node ends its WHIP and WHEP sessions within the same spread (RTCP BYE, DTLS
+  close_notify), and their aiortc clients, POSTing again where they did before, follow the
+  ``307`` to the node the room went to and the viewer decodes the republished stream.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
-from clients import LOOPBACK_CONFIG, TIMEOUT, next_of, running_server
+import yarl
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
+from aiortc.rtp import AnyRtcpPacket, RtcpByePacket
+from clients import LOOPBACK_CONFIG, TIMEOUT, frames, next_of, running_server
 from redis_server import RedisServer, redis_server
 
 from sfu.app import Server
@@ -124,7 +131,8 @@ def test_a_full_node_sends_joins_on_and_a_placed_join_stays(server: RedisServer)
             alice, joined = await join(http, f"{bases[0]}/ws", "r1", "alice")
             assert joined["type"] == "joined", joined
             # Where to reconnect should node A be lost: the other two nodes.
-            assert set(joined["nodes"]) == others  # type: ignore[arg-type]
+            fallbacks = joined["nodes"]
+            assert isinstance(fallbacks, list) and set(fallbacks) == others
             assert node_a.cluster is not None
             deadline = time.monotonic() + TIMEOUT
             while node_a.cluster.node.load < 0.5:  # the next renewal announces the seat
@@ -268,5 +276,198 @@ def test_a_draining_node_moves_each_room_to_one_other_node(server: RedisServer) 
             assert node_a.placement is not None and node_a.placement.moved == 3
             assert node_a.placement.redirects["draining"] == 1
             await alice.close()
+
+    asyncio.run(scenario())
+
+
+#: How long a WHIP/WHEP client waits before it POSTs again after a refusal (404: the
+#: stream it asks for is not on the node yet; 503: the node is busy).
+RETRY_S = 0.2
+#: The most a client may wait to notice that a drain ended its session. Without the BYE and
+#: close_notify, aiortc would notice only when its consent checks fail (some 30 s, RFC 7675).
+NOTICE_WITHIN_S = 3.0
+
+
+@dataclasses.dataclass(eq=False)
+class HttpMediaClient:
+    """A WHIP publisher or WHEP viewer that does what a WHIP client such as OBS does when its
+    connection ends: POST a fresh offer to the URL it was configured with, following ``307``
+    itself (carrying its bearer token to the new node, which an HTTP library's own redirect
+    handling drops when the origin changes), and retrying a refusal for a while."""
+
+    url: str
+    token: str
+    kind: str  # "whip" or "whep"
+    pc: RTCPeerConnection | None = None
+    #: The session resource (absolute URL) of each connection, and the URL it was POSTed to.
+    sessions: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: When each connection ended (monotonic), and when a BYE reached one of its receivers.
+    ended: list[float] = dataclasses.field(default_factory=list)
+    byes: list[float] = dataclasses.field(default_factory=list)
+    #: The viewer's video track of the current connection.
+    video: MediaStreamTrack | None = None
+    _end: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    async def connect(self, http: aiohttp.ClientSession) -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        if self.kind == "whip":
+            pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+            pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        else:
+            pc.addTransceiver("audio", direction="recvonly")
+            pc.addTransceiver("video", direction="recvonly")
+
+            @pc.on("track")
+            def on_track(track: MediaStreamTrack) -> None:
+                if track.kind == "video":
+                    self.video = track
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc is self.pc and pc.connectionState in ("closed", "failed"):
+                self.ended.append(time.monotonic())
+                self._end.set()
+
+        await pc.setLocalDescription(await pc.createOffer())
+        answer, location, posted = await self._post(http, pc.localDescription.sdp)
+        self.sessions.append((location, posted))
+        self.pc = pc
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        for receiver in pc.getReceivers():
+            self._watch_byes(receiver)
+
+    async def _post(self, http: aiohttp.ClientSession, offer: str) -> tuple[str, str, str]:
+        """POST ``offer`` to :attr:`url`: (answer, session URL, the URL that answered)."""
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/sdp"}
+        deadline = time.monotonic() + TIMEOUT
+        url, hops = self.url, 0
+        while True:
+            async with http.post(url, data=offer, headers=headers, allow_redirects=False) as r:
+                body = await r.text()
+                if r.status == 307 and hops < 3:
+                    url, hops = str(r.url.join(yarl.URL(r.headers["Location"]))), hops + 1
+                    continue
+                if r.status == 201:
+                    return body, str(r.url.join(yarl.URL(r.headers["Location"]))), url
+                assert r.status in (404, 503), (r.status, body)
+            assert time.monotonic() < deadline, f"{self.kind}: never answered ({body})"
+            url, hops = self.url, 0  # start over where the client was configured to go
+            await asyncio.sleep(RETRY_S)
+
+    def _watch_byes(self, receiver: RTCRtpReceiver) -> None:
+        handle = receiver._handle_rtcp_packet
+
+        async def watched(packet: AnyRtcpPacket) -> None:
+            if isinstance(packet, RtcpByePacket):
+                self.byes.append(time.monotonic())
+            await handle(packet)
+
+        receiver._handle_rtcp_packet = watched  # type: ignore[method-assign]
+
+    async def keep_connected(self, http: aiohttp.ClientSession) -> None:
+        """Reconnect whenever the connection ends (run as a task; cancel to stop)."""
+        while True:
+            await self._end.wait()
+            self._end.clear()
+            await self.connect(http)
+
+    async def close(self) -> None:
+        if self.pc is not None:
+            pc, self.pc = self.pc, None
+            await pc.close()
+
+
+def test_a_draining_node_moves_whip_and_whep_sessions_to_the_rooms_node(
+    server: RedisServer,
+) -> None:
+    """A WHIP publisher and a WHEP viewer of it on node A; A drains. Each session ends
+    within the move spread, so that the client notices at once (the viewer's receivers get
+    an RTCP BYE; both see the DTLS close_notify), its resource then answers 404, and both
+    clients, POSTing again to A as configured, are sent by A's 307 to the one node the room
+    went to, where the viewer decodes the republished stream."""
+
+    async def scenario() -> None:
+        async with (
+            three_nodes(server.url) as (nodes, bases),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        ):
+            node_a = nodes[0]
+            assert node_a.placement is not None
+            room = "broadcast"
+            caster = HttpMediaClient(
+                f"{bases[0]}/whip/{room}", bearer(room, "caster", Grant.PUBLISH), "whip"
+            )
+            viewer = HttpMediaClient(
+                f"{bases[0]}/whep/{room}/caster",
+                bearer(room, "viewer", Grant.SUBSCRIBE),
+                "whep",
+            )
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                await caster.connect(http)
+                await viewer.connect(http)
+                # Both are on A: it was neither full nor draining.
+                assert [posted for _, posted in caster.sessions + viewer.sessions] == [
+                    caster.url,
+                    viewer.url,
+                ]
+                assert viewer.video is not None
+                await asyncio.wait_for(frames(viewer.video, 5), TIMEOUT)
+                # A page in the same room, on the WebSocket: it is told where the room goes.
+                alice, joined = await join(http, f"{bases[0]}/ws", room, "alice")
+                assert joined["type"] == "joined", joined
+                tasks = [
+                    asyncio.create_task(client.keep_connected(http)) for client in (caster, viewer)
+                ]
+                started = time.monotonic()
+                drain = asyncio.create_task(node_a.drain(3.0))
+                notice = await next_of(alice, "server_draining")
+                assert await closed_with(alice) == CLOSE_MOVED
+                deadline = started + TIMEOUT
+                while not (caster.ended and viewer.ended and viewer.byes):
+                    assert time.monotonic() < deadline, "a session was never ended"
+                    await asyncio.sleep(0.02)
+                # Within the spread (2 s, or half of the 3 s drain), far before consent
+                # freshness would have told the clients.
+                assert caster.ended[0] - started < NOTICE_WITHIN_S
+                assert viewer.ended[0] - started < NOTICE_WITHIN_S
+                assert viewer.byes[0] - started < NOTICE_WITHIN_S
+                assert viewer.byes[0] <= viewer.ended[0]  # the BYE came before the close
+                # The ended sessions' resources are gone.
+                for client in (caster, viewer):
+                    async with http.delete(client.sessions[0][0]) as response:
+                        assert response.status == 404
+                # Both POSTed to A again and were sent on to the same node.
+                while not (len(caster.sessions) == 2 and len(viewer.sessions) == 2):
+                    assert time.monotonic() < deadline, "a client never got back in"
+                    await asyncio.sleep(0.02)
+                landed = [yarl.URL(client.sessions[1][1]) for client in (caster, viewer)]
+                assert all(url.query.get("placed") == "1" for url in landed), landed
+                nodes_landed = {str(url.origin()) for url in landed}
+                assert len(nodes_landed) == 1, nodes_landed
+                (target,) = nodes_landed
+                # Where the page was told the room goes (the room does not split).
+                assert notice["url"] == f"{target}/ws", (notice, target)
+                assert await asyncio.wait_for(drain, TIMEOUT), "the drain did not finish"
+                # The viewer decodes the stream its publisher sends to the new node.
+                assert viewer.video is not None
+                assert await asyncio.wait_for(frames(viewer.video, 10), TIMEOUT) == 10
+                there = nodes[bases.index(target)]
+                assert there.rooms is not None
+                kinds = {p.identity: p.kind for p in there.rooms.rooms[room].participants.values()}
+                assert kinds == {"caster": "whip", "viewer": "whep"}
+                # Counted by kind; A's 307s for the room counted as draining redirects.
+                assert node_a.placement.moved_by == {"websocket": 1, "whip": 1, "whep": 1}
+                assert node_a.placement.redirects["draining"] >= 2
+                async with http.get(f"{bases[0]}/metrics") as response:
+                    text = await response.text()
+                assert 'sfu_cluster_participants_moved_total{kind="whip"} 1.0' in text
+                assert 'sfu_cluster_participants_moved_total{kind="whep"} 1.0' in text
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await viewer.close()
+                await caster.close()
 
     asyncio.run(scenario())

@@ -14,6 +14,7 @@ from sfu.cluster.directory import DirectoryUnavailable, LocalDirectory, NodeInfo
 from sfu.cluster.placement import (
     FALLBACK_NODES,
     LOOKUP_RESULTS,
+    MOVED_KINDS,
     PLACED_WEIGHT,
     LoadMeter,
     NodePlacement,
@@ -176,6 +177,59 @@ def test_a_drain_moves_a_room_to_a_node_it_is_on_already() -> None:
         "https://c.example",
         "https://d.example",
     }
+
+
+def test_a_draining_node_sends_a_moved_rooms_newcomers_where_the_room_went() -> None:
+    """A WHIP/WHEP client whose session a drain ended re-POSTs to the draining node: its 307
+    names the node the room's participants were sent to, whatever the load or region hint
+    says, so the room does not split over nodes."""
+    cluster = Cluster(
+        node("a", 0.1, draining=True),
+        [node("b", 0.0), node("c", 0.0), node("d", 0.0), node("u", 0.0, region="us")],
+        rooms={"r": set()},  # held here only: any node would do for the move
+    )
+    placement = cluster.placement
+    target = placement.move_target(room="r")
+    assert target is not None
+    for _ in range(30):
+        cluster.renew()  # fresh loads: the others look as idle as the target
+        assert placement.move_target(room="r") == target  # asked again, the same
+        assert placement.redirect(region=None, room="r") == target
+        assert placement.redirect(region="us", room="r") == target
+        assert placement.redirect(region=None, placed=True, room="r") == target
+    assert placement.redirects["draining"] == 90
+    # A room the drain did not move goes by region and load, as before.
+    assert placement.redirect(region="us", room="elsewhere") == "https://u.example"
+    # The target drains too (or its lease lapses): a new node is chosen and kept.
+    cluster.others = [replace(n, draining=True) if n.url == target else n for n in cluster.others]
+    cluster.renew()
+    second = placement.redirect(region=None, room="r")
+    assert second not in (None, target)
+    assert placement.move_target(room="r") == second
+    assert {placement.redirect(region=None, room="r") for _ in range(10)} == {second}
+
+
+def test_a_moved_room_needs_no_directory_read() -> None:
+    cluster = Cluster(node("a", 0.1, draining=True), [node("b", 0.0), node("c", 0.0)])
+    directory = Directory({"r": {"c"}})
+    placement = looking_up(cluster, directory)
+    target = placement.move_target(room="r")
+
+    async def run() -> None:
+        # The room's last participant here has left: this node no longer holds it.
+        assert await placement.place(region=None, room="r") == target
+        assert directory.reads == []
+
+    asyncio.run(run())
+
+
+def test_moves_are_counted_by_kind() -> None:
+    placement = Cluster(node("a", draining=True), [node("b")]).placement
+    for kind in ("websocket", "whip", "whep", "whep", "other"):
+        placement.count_move(kind)
+    assert placement.moved == 5
+    assert placement.moved_by == {"websocket": 1, "whip": 1, "whep": 2}
+    assert tuple(placement.moved_by) == MOVED_KINDS
 
 
 def test_fallbacks_are_other_nodes_region_first_lightest_first() -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from core_parts import RecordingSender, subscription, video_publication
 
 from sfu.core.binder import Binder
 from sfu.core.counters import PeerCounters
 from sfu.core.feedback import FeedbackHandler
+from sfu.core.peer import Peer
 from sfu.core.publication import SourceStream
-from sfu.core.reporter import REPORT_INTERVAL, Reporter
+from sfu.core.reporter import MAX_BYE_SOURCES, REPORT_INTERVAL, Reporter, goodbye_packet
 from sfu.core.twcc_recorder import TwccRecorder
-from sfu.packet.rtcp import ReceiverReport, ReportBlock, SenderReport, parse_compound
+from sfu.packet.rtcp import Bye, ReceiverReport, ReportBlock, SenderReport, parse_compound
 from sfu.packet.rtcp_feedback import Fir, FirEntry, Nack, Pli, Remb
+from sfu.transport.transport import WebRtcTransport
 
 
 def _handler() -> tuple[FeedbackHandler, RecordingSender, PeerCounters, None]:
@@ -116,3 +120,48 @@ def test_keyframe_requests_wait_for_a_slow_publisher_to_answer() -> None:
     assert not reporter.request_keyframe(stream, now=2.3, rtt=0.02)
     assert reporter.request_keyframe(stream, now=2.4, rtt=0.02)
     assert counters.keyframe_requests_out == 3
+
+
+def test_goodbye_is_one_compound_rr_then_bye_naming_each_source_once() -> None:
+    packet = goodbye_packet(0x77, [0x9000, 0x9001, 0x77, 0x9000], b"moved to another node")
+    rr, bye = parse_compound(packet)
+    # RFC 3550 section 6.1: a compound packet starts with an SR or RR; the BYE comes last.
+    assert isinstance(rr, ReceiverReport) and rr.ssrc == 0x77 and rr.reports == []
+    assert isinstance(bye, Bye)
+    assert bye.ssrcs == [0x77, 0x9000, 0x9001]
+    assert bye.reason == b"moved to another node"
+
+
+def test_goodbye_splits_over_31_sources_and_cuts_the_reason_to_255_octets() -> None:
+    ssrcs = list(range(1000, 1040))
+    packets = parse_compound(goodbye_packet(1, ssrcs, b"x" * 300))
+    assert isinstance(packets[0], ReceiverReport)
+    byes = packets[1:]
+    assert all(isinstance(b, Bye) for b in byes)
+    named = [s for b in byes for s in b.ssrcs]  # type: ignore[union-attr]
+    assert named == [1, *ssrcs]
+    assert [len(b.ssrcs) for b in byes] == [MAX_BYE_SOURCES, 41 - MAX_BYE_SOURCES]  # type: ignore[union-attr]
+    assert all(b.reason == b"x" * 255 for b in byes)  # type: ignore[union-attr]
+
+
+def test_a_peers_goodbye_names_its_subscriptions_and_those_that_ended() -> None:
+    sender = RecordingSender()
+    peer = Peer("viewer", cast(WebRtcTransport, sender), 0x55, extensions={})
+    pub = video_publication()
+    kept, ended = subscription(pub, 0x9000, rtx_ssrc=0x9001), subscription(pub, 0x9100)
+    ended.mid = "other"
+    peer.add_subscription(kept)
+    peer.add_subscription(ended)
+    assert peer.remove_subscription("other") is ended  # its publisher left
+    assert peer.goodbye(b"bye")
+    (packet,) = sender.rtcp
+    _, bye = parse_compound(packet)
+    assert isinstance(bye, Bye)
+    assert sorted(bye.ssrcs) == [0x55, 0x9000, 0x9001, 0x9100]
+
+
+def test_a_peers_goodbye_reports_when_it_could_not_be_sent() -> None:
+    sender = RecordingSender()
+    sender.send_rtcp = lambda packet: False  # type: ignore[method-assign]
+    peer = Peer("viewer", cast(WebRtcTransport, sender), 0x55, extensions={})
+    assert not peer.goodbye(b"bye")
