@@ -66,6 +66,11 @@ MAX_NODES: Final = 1024
 #: Operations (events, opens, closes) waiting for the directory at most; beyond, new events
 #: are dropped and counted (a stalled Redis must not grow memory without bound).
 QUEUE_LIMIT: Final = 10_000
+#: How long :meth:`ClusterRoomBus.stop` waits for the bus task to end (s). A cancellation
+#: that lands inside a Redis call can be swallowed by the client library (redis-py's
+#: CancelledError handling), and the task then goes back to its queue: a node's shutdown
+#: stalled 20 s that way. The task also checks the stop flag between operations.
+STOP_TIMEOUT_S: Final = 1.0
 
 _Op = tuple[str, str, Mapping[str, Any] | None]
 
@@ -112,6 +117,7 @@ class ClusterRoomBus:
         self._clock = clock
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         #: Rooms open here (subscribed, home claimed or tried).
         self.open_rooms: set[str] = set()
         #: Shard origin of each other node heard on the bus.
@@ -136,16 +142,26 @@ class ClusterRoomBus:
     def start(self) -> None:
         """Start carrying the queue out (on the running loop)."""
         if self._task is None:
+            self._stopping = False
             self._put(("listen", CLUSTER_CHANNEL, None))
             self._task = asyncio.create_task(self._run(), name="cluster-room-bus")
 
     async def stop(self) -> None:
         """Stop (queued operations are dropped; the homes are released by the registry)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        task.cancel()
+        # Bounded: a cancellation swallowed inside a Redis call leaves the task running
+        # until its operation returns (then it sees the flag and ends).
+        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        if not done:
+            log.warning("cluster room bus: its task did not end within %.1f s", STOP_TIMEOUT_S)
+            task.cancel()
+        elif not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
 
     def _put(self, op: _Op) -> bool:
         try:
@@ -177,7 +193,7 @@ class ClusterRoomBus:
         await self._queue.join()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             op, room, event = await self._queue.get()
             try:
                 await self._carry(op, room, event)

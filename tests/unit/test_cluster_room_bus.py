@@ -441,3 +441,42 @@ def test_a_shard_opened_for_a_viewer_hears_the_room_from_the_other_node(
         assert ROOM not in b.service.rooms and bob.id not in room.remote
 
     run(monkeypatch, body)
+
+
+def test_stop_is_bounded_when_a_redis_call_swallows_the_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Redis client that swallows the CancelledError of an operation in flight (redis-py
+    does in some paths) must not hold a node's shutdown: stop returns within its bound, and
+    the task ends once that operation returns instead of going back to its queue."""
+    monkeypatch.setattr("sfu.cluster.room_bus.STOP_TIMEOUT_S", 0.05)
+
+    async def body(c: Cluster) -> None:
+        release = asyncio.Event()
+        calls = 0
+
+        async def stubborn_publish(channel: str, message: object) -> bool:
+            nonlocal calls
+            calls += 1
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    continue  # swallowed, as the library does
+            return True
+
+        monkeypatch.setattr(c.a.directory, "publish", stubborn_publish)
+        task = c.a.bus._task
+        assert task is not None
+        c.a.bus.publish(ROOM, {"type": "chat"})
+        c.a.bus.publish(ROOM, {"type": "chat"})
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert calls == 1  # the first operation is in flight
+        await asyncio.wait_for(c.a.bus.stop(), 1.0)
+        assert not task.done()  # the cancellation was swallowed
+        release.set()
+        await asyncio.wait_for(task, 1.0)  # it ends after that operation, not the next
+        assert calls == 1
+
+    run(monkeypatch, body)
