@@ -304,3 +304,123 @@ def test_the_drain_list_is_bounded(kernels: Kernels) -> None:
     world.forwarder.receive_link(control, 20.0)
     assert len(world.forwarder.drain_relay_in()) == RELAY_IN_SLOTS
     assert world.forwarder.relay_in_overflow == 5
+
+
+# -- the data plane: a node link's relay input, its flows, its counts ----------------------------
+
+
+class LinkSockets:
+    """The node link socket (read by the data plane) and the peer node's socket."""
+
+    def __init__(self) -> None:
+        self.link = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.link.bind(("127.0.0.1", 0))
+        self.link.setblocking(False)
+        self.far.bind(("127.0.0.1", 0))
+        self.address = self.far.getsockname()
+
+    def send(self, datagram: bytes) -> None:
+        self.far.sendto(datagram, self.link.getsockname())
+
+    def close(self) -> None:
+        self.link.close()
+        self.far.close()
+
+
+def test_the_data_plane_reads_the_link_and_forwards_a_remote_publications_media(
+    kernels: Kernels,
+) -> None:
+    """Node B's data plane reads the link socket: the relayed RTP of the remote
+    publication's flow reaches its subscribers without Python (the same packets as its
+    Router's path delivers), the forwarder's records land in the remote publication's
+    bookkeeping, the counts are folded; RTCP on the flow is delivered to the link's Python
+    path, QUIC to the endpoint's; once the source is released or the input closed, nothing
+    is forwarded for it."""
+    from relay_far_side import SSRCS, FarSide
+    from relay_far_side import packet as far_packet
+
+    side = FarSide(kernels, plane=True)
+    dataplane = side.dataplane
+    assert dataplane is not None
+    sockets = LinkSockets()
+    try:
+        opener = kernels.LaneOpener()
+        opener.add_key(EPOCH, KEY)
+        peer = Peer()
+        delivered: list[tuple[int, bytes]] = []
+        folded: list[tuple[int, int, int, float]] = []
+        slow: list[tuple[bytes, Any]] = []
+        assert dataplane.open_input(
+            side.pipe_b,
+            sockets.address,
+            opener,
+            deliver=lambda flow, payload: delivered.append((flow, payload)),
+            fold=lambda *counts: folded.append(counts),
+        )
+        side.announce()
+
+        def read() -> None:
+            for _ in range(20):
+                dataplane.read_link(sockets.link, side.now, lambda d, a: slow.append((d, a)))
+                side.collect()
+
+        packets = [far_packet(seq, key=seq == 1) for seq in range(1, 11)]
+        for media in packets:
+            sockets.send(peer.seal(encode_flow(side.flow, media)))
+        sender_report = bytes([0x80, 200, 0, 6]) + SSRCS[0].to_bytes(4, "big") + bytes(20)
+        sockets.send(peer.seal(encode_flow(side.flow, sender_report)))
+        sockets.send(b"\xc1quic")
+        read()
+        assert dataplane.forwarder.relay_in_packets == 10
+        assert all(len(received) == 10 for received in side.received)
+        assert delivered == [(side.flow, sender_report)]
+        assert slow == [(b"\xc1quic", sockets.address)]
+        assert sum(f[0] for f in folded) == 10
+        assert sum(f[1] for f in folded) == sum(len(p) for p in packets)
+        side.replay()  # the records reach the remote publication's Router
+        assert side.publication.layers[0].packets == 10
+        assert side.remote.counters.rtp_in == 10
+        # A second publication's flow is not routed: kept, delivered for the pipe to count.
+        sockets.send(peer.seal(encode_flow(side.flow + 2, packets[0])))
+        read()
+        assert delivered[-1] == (side.flow + 2, packets[0])
+        # The remote publication closes: its flow is no longer forwarded, only delivered.
+        side.remote.close()
+        sockets.send(peer.seal(encode_flow(side.flow, far_packet(11))))
+        read()
+        assert dataplane.forwarder.relay_in_packets == 10
+        assert delivered[-1] == (side.flow, far_packet(11))
+        # The input closes (its link went down): the datagrams go to the endpoint's path.
+        dataplane.close_input(side.pipe_b)
+        late = peer.seal(encode_flow(side.flow, far_packet(12)))
+        sockets.send(late)
+        read()
+        assert slow[-1] == (late, sockets.address)
+        assert opener.received == 13  # the lane's REPORT counts what the kernel opened
+    finally:
+        sockets.close()
+
+
+def test_inputs_are_bounded_and_off_when_asked(kernels: Kernels) -> None:
+    """MAX_RELAY_INPUTS inputs at most; with relay inputs off (the benchmarks' baseline) or
+    an opener of another kind none opens, and the link's Python path reads everything."""
+    from sfu._fastpath._lane_shared import MAX_RELAY_INPUTS as LIMIT
+    from sfu.core.dataplane import DataPlane
+
+    dataplane = DataPlane(kernels=kernels)
+
+    def noop(*_: Any) -> None:
+        return None
+
+    for i in range(LIMIT):
+        address = (f"10.0.{i // 250}.{i % 250 + 1}", 4433)
+        assert dataplane.open_input(i, address, kernels.LaneOpener(), deliver=noop, fold=noop)
+    assert not dataplane.open_input("x", PEER, kernels.LaneOpener(), deliver=noop, fold=noop)
+    dataplane.close_input(1)  # PEER's address: its input was the second
+    assert dataplane.open_input("x", PEER, kernels.LaneOpener(), deliver=noop, fold=noop)
+    off = DataPlane(kernels=kernels)
+    off.relay_inputs = False
+    assert not off.open_input("y", PEER, kernels.LaneOpener(), deliver=noop, fold=noop)
+    if kernels.name != "python":
+        assert not off.open_input("z", PEER, REFERENCE.LaneOpener(), deliver=noop, fold=noop)
