@@ -195,7 +195,7 @@ class NodePipes:
         """The hub's poll (NACKs due, demand) and the pipes' refreshes and expiries."""
         if self.hub.remotes:
             self.hub.poll(now=now)
-        self.hub.relay.fold()
+        self.fold()
         for origin, carrier in list(self.carriers.items()):
             if carrier.next_timer() <= now:
                 for event in carrier.handle_timer(now=now):

@@ -14,7 +14,11 @@ The socket is read from a loop reader callback that drains up to :data:`READS_PE
 datagrams at once (asyncio's datagram transport reads one per loop iteration, which costs a
 loop turn per relayed packet), so a batch of media is handled in one turn and the relay's
 flushes (``call_soon``) go out once for it. Sends are plain non-blocking ``sendto``: a full
-socket buffer drops the datagram (counted), as UDP would.
+socket buffer drops the datagram (counted), as UDP would. In the server the data plane reads
+the socket instead (:attr:`LinkEndpoint.reader`: ``recvmmsg`` batches in the forwarder, which
+opens and forwards the relayed media of the links' relay inputs itself); every datagram it
+does not take comes to :meth:`LinkEndpoint.datagram_received` as before (receive errors then
+end its batch uncounted: the next readiness callback reads on).
 """
 
 from __future__ import annotations
