@@ -108,7 +108,6 @@ class _Claim:
 #: What a relay input's owner is told at each fold: (flow datagrams forwarded, their payload
 #: bytes, datagrams opened without a flow id, now) since the last fold.
 FoldInput = Callable[[int, int, int, float], None]
-Datagram = tuple[bytes, Any]
 
 
 class _Input:
@@ -186,7 +185,7 @@ class DataPlane:
         self._live: set[tuple[int, int]] = set()
         self._live_of: dict[int, tuple[int, int]] = {}
         #: Whether relay inputs may be opened (False: every relayed packet takes the link's
-        #: Python path, as before they existed; the benchmarks compare both).
+        #: Python path, as before they existed: for diagnostics, as :meth:`suspend`).
         self.relay_inputs = True
         self._inputs: dict[Hashable, _Input] = {}
         self._free_inputs = list(range(MAX_RELAY_INPUTS - 1, -1, -1))
