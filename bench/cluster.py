@@ -86,10 +86,12 @@ _LINK_COUNTERS: Final[dict[str, tuple[str, str | None]]] = {
     "links_lost": ("sfu_cluster_links_lost", None),
     # Not the link's, but what tells where the node's RTP went: forwarded by the compiled
     # data plane itself, handed to Python, or (a relayed publication's, on the receiving
-    # node) taken decrypted from the relay pipe and forwarded by the data plane.
+    # node) taken decrypted from the relay pipe and forwarded by the data plane, or read from
+    # the link socket, opened and forwarded by it (its relay input).
     "dataplane_fast": ("sfu_dataplane_datagrams", "fast"),
     "dataplane_slow": ("sfu_dataplane_datagrams", "slow"),
     "dataplane_relayed": ("sfu_dataplane_datagrams", "relayed"),
+    "dataplane_relay_in": ("sfu_dataplane_datagrams", "relay_in"),
 }
 
 

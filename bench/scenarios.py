@@ -308,7 +308,8 @@ class StepResult:
     #: ``received_pps``, ``dropped_pps``, ``relay_out_pps``, ``relay_in_pps``,
     #: ``resent_pps``, ``links_lost_pps``), and its data plane's (``dataplane_fast_pps``:
     #: RTP the compiled forwarder forwarded itself, ``dataplane_slow_pps``: RTP it handed
-    #: to Python, ``dataplane_relayed_pps``: relayed RTP it took from the pipe and forwarded).
+    #: to Python, ``dataplane_relayed_pps``: relayed RTP it took from the pipe and forwarded,
+    #: ``dataplane_relay_in_pps``: relayed RTP it read from the link socket and forwarded).
     link: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def sustained(self) -> bool:

@@ -372,6 +372,9 @@ class Server:
             # The lanes seal with this data plane's kernel, so that its forwarder seals the
             # relayed packets it forwards through the same keys and counters.
             self.links.lane_kernels = LaneKernels(self.kernels.LaneSealer, self.kernels.LaneOpener)
+            # The links' socket is read by the data plane: relayed media of the links' relay
+            # inputs is forwarded there, the rest comes to the links as before.
+            self.links.reader = self.dataplane.read_link
         self.http_app = build_http_app(
             readiness=self.readiness,
             max_body_bytes=config.http.max_body_bytes,
@@ -785,6 +788,7 @@ class Server:
                 )
                 self.node_pipes.hub.stats = self.rooms.stats
                 self.node_pipes.hub.plane = self.dataplane
+                self.node_pipes.plane = self.dataplane
                 self.node_pipes.attach(self.links)
                 self.node_pipes.start()
                 self.rooms.remote_tracks = self.node_pipes

@@ -11,6 +11,13 @@ batched ``sendmmsg``. The per-packet state lives in the C structs of the same ob
 control plane configures (``SimulcastSelector``, ``RtpMunger``, ``Vp8Munger``,
 ``ExtensionRewriter``, ``RetransmissionBuffer``, ``RouteState``, ``SequenceUnwrapper``), so
 both sides always see one state. Anything else goes back to Python as the slow path.
+
+The node link socket is read the same way (``pump_link``): a sealed lane datagram of a
+registered relay input (a peer node's address and its lane's ``LaneOpener``) is opened in
+place, its flow id decoded, and RTP of a routed flow whose SSRC is a stream of the flow's
+plaintext source goes down the same ``_ingest`` as :meth:`Forwarder.ingest`'s packets, with
+no Python object per packet; what opened but is not ours is kept for Python
+(``drain_relay_in``), the rest is the slow path.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -27,8 +34,11 @@ from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply_view, ext_re
 from sfu._fastpath._lane cimport (
     LANE_HEADER_BYTES,
     LANE_TAG_BYTES,
+    LaneOpener,
     RelayOutput,
+    lane_open,
     lane_seal,
+    opener_t,
     relay_out_t,
 )
 from sfu._fastpath._layers cimport (
@@ -166,6 +176,12 @@ cdef enum:
     RELAY_SEND_SIZE = 2112      # a relay datagram: lane header, prefix, WORK_SIZE, tag
     GSO_SEGMENTS = 32           # most packets in one UDP GSO send (the kernel allows 64)
     CMSG_SIZE = 32              # room for one UDP_SEGMENT control message
+    RELAY_INPUTS = 64           # _lane_shared.MAX_RELAY_INPUTS: peer nodes opened here
+    INPUT_FLOWS = 4096          # _lane_shared.MAX_INPUT_FLOWS: flows routed per relay input
+    RELAY_IN_SLOTS = 1024       # _lane_shared.RELAY_IN_SLOTS: opened datagrams kept for Python
+    FIXED_BIT = 0x40            # _lane_shared.QUIC_FIXED_BIT: clear in a lane datagram
+    LINK_SLOW = 1               # pump_link: a slot for the slow path (not a relay input's)
+    LINK_KEPT = 2               # ...opened, kept for drain_relay_in()
 
 cdef struct addr_key_t:
     int family                  # AF_INET/AF_INET6, | FRAMED_KEY for an ICE-TCP peer
@@ -243,6 +259,17 @@ cdef struct stream_t:
     bint relay                  # a pipe relays its publication: copy packets to the relay log
     relay_out_t** outputs       # relay taps run here (set_relay_outputs); NULL: none
     int noutputs
+
+cdef struct relay_in_t:
+    bint used
+    addr_key_t key
+    opener_t* opener            # the link's media lane's own opener (one replay window)
+    uint64_t* flow_ids          # open addressing: flow id -> flow_src, 0 is an empty slot
+    int* flow_src               # plaintext source (transport) handle of each flow
+    Py_ssize_t flow_mask
+    unsigned long long packets  # flow datagrams forwarded here, their payload bytes,
+    unsigned long long bytes    # and datagrams that opened without a flow id
+    unsigned long long malformed
 
 cdef struct record_t:
     int stream
@@ -431,6 +458,15 @@ cdef bint _key_of(sockaddr_storage* sa, addr_key_t* key) noexcept nogil:
     return False
 
 
+cdef inline uint64_t _mix64(uint64_t x) noexcept nogil:
+    """A flow id's slot in a relay input's table (splitmix64's finalizer)."""
+    x ^= x >> 30
+    x *= 0xBF58476D1CE4E5B9ULL
+    x ^= x >> 27
+    x *= 0x94D049BB133111EBULL
+    return x ^ (x >> 31)
+
+
 cdef inline uint32_t _hash(const addr_key_t* k) noexcept nogil:
     cdef uint32_t h = 2166136261u
     cdef int i
@@ -538,6 +574,19 @@ cdef class Forwarder:
     cdef readonly unsigned long long impaired_drops
     cdef readonly unsigned long long paced_packets
 
+    cdef relay_in_t inputs[RELAY_INPUTS]
+    cdef list input_refs            # per relay input: its opener, kept alive
+    cdef list relay_in              # (input, flow, payload) kept for drain_relay_in()
+    cdef Py_ssize_t relay_in_count
+    cdef uint8_t link_kind[BATCH]   # pump_link, per slot: 0 forwarded/dropped, LINK_*
+    cdef int link_input[BATCH]
+    cdef uint64_t link_flow[BATCH]
+    cdef int link_off[BATCH]
+    cdef int link_len[BATCH]
+    cdef readonly unsigned long long relay_in_packets
+    cdef readonly unsigned long long relay_in_bytes
+    cdef readonly unsigned long long relay_in_overflow
+
     def __cinit__(self, *, clock=None, int sample_mask=63, Py_ssize_t log_capacity=65536,
                   Py_ssize_t max_transports=4096, Py_ssize_t max_streams=16384):
         cdef Py_ssize_t size = 1
@@ -585,6 +634,8 @@ cdef class Forwarder:
         self.relay_collected = []
         self.fd = -1
         self.collected = []
+        self.input_refs = [None] * RELAY_INPUTS
+        self.relay_in = []
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -602,6 +653,9 @@ cdef class Forwarder:
         free(self.open_group)
         free(self.relay_buf)
         free(self.rsend_buf)
+        for i in range(RELAY_INPUTS):
+            free(self.inputs[i].flow_ids)
+            free(self.inputs[i].flow_src)
 
     # -- control plane ------------------------------------------------------------------------
 
@@ -978,6 +1032,277 @@ cdef class Forwarder:
         s.routes = array
         s.nroutes = <int>n
         self.route_refs[handle] = refs
+
+    # -- relay inputs (the receiving side of relays between nodes) -----------------------------
+
+    def set_relay_input(self, int index, address, opener):
+        """Open the lane datagrams that come from ``address`` (a peer node's link address)
+        with ``opener`` (the link's media lane's own compiled ``LaneOpener``: one replay
+        window and one count for the lane and the forwarder) as relay input ``index``
+        (0..MAX_RELAY_INPUTS-1); its flow table starts empty."""
+        cdef sockaddr_storage sa
+        cdef addr_key_t key
+        cdef relay_in_t* r
+        cdef int i
+        if not 0 <= index < RELAY_INPUTS:
+            raise ValueError(f"relay input {index} out of range")
+        if not isinstance(opener, LaneOpener):
+            raise TypeError(
+                "the opener must come from the compiled kernels (sfu.core.kernels.compiled()), "
+                "as the forwarder does"
+            )
+        self._sockaddr((str(address[0]).split("%", 1)[0], address[1]), &sa)
+        if not _key_of(&sa, &key):
+            raise ValueError("address must be an IP literal")
+        for i in range(RELAY_INPUTS):
+            if i != index and self.inputs[i].used and _same(&self.inputs[i].key, &key):
+                raise ValueError("another relay input has that address")
+        self.remove_relay_input(index)
+        r = &self.inputs[index]
+        r.key = key
+        r.opener = &(<LaneOpener>opener).o
+        r.packets = 0
+        r.bytes = 0
+        r.malformed = 0
+        r.used = True
+        self.input_refs[index] = opener
+
+    def remove_relay_input(self, int index):
+        """Forget relay input ``index``: its datagrams take the slow path from now on."""
+        cdef relay_in_t* r
+        if not 0 <= index < RELAY_INPUTS:
+            return
+        r = &self.inputs[index]
+        free(r.flow_ids)
+        free(r.flow_src)
+        r.flow_ids = NULL
+        r.flow_src = NULL
+        r.flow_mask = 0
+        r.opener = NULL
+        r.used = False
+        self.input_refs[index] = None
+
+    def set_relay_flows(self, int index, flows):
+        """Replace relay input ``index``'s flow table: flow id -> plaintext source handle
+        (:meth:`set_source`) whose streams' RTP on that flow is forwarded here."""
+        cdef relay_in_t* r
+        cdef Py_ssize_t size = 8, slot, n
+        cdef uint64_t* ids
+        cdef int* src
+        cdef uint64_t flow_id
+        if not 0 <= index < RELAY_INPUTS or not self.inputs[index].used:
+            raise KeyError(f"relay input {index} is not registered")
+        entries = list(flows.items())
+        n = len(entries)
+        if n > INPUT_FLOWS:
+            raise ValueError(f"a relay input routes at most {INPUT_FLOWS} flows")
+        for flow, source in entries:
+            if not 0 < flow < (1 << 62) or not 0 <= source < self.max_transports:
+                raise ValueError(f"flow {flow} -> {source} out of range")
+        while size < 2 * n:
+            size <<= 1
+        ids = <uint64_t*>calloc(size, sizeof(uint64_t))
+        src = <int*>calloc(size, sizeof(int))
+        if ids == NULL or src == NULL:
+            free(ids)
+            free(src)
+            raise MemoryError()
+        for flow, source in entries:
+            flow_id = <uint64_t>flow
+            slot = <Py_ssize_t>(_mix64(flow_id) & <uint64_t>(size - 1))
+            while ids[slot] != 0 and ids[slot] != flow_id:
+                slot = (slot + 1) & (size - 1)
+            ids[slot] = flow_id
+            src[slot] = <int>source
+        r = &self.inputs[index]
+        free(r.flow_ids)
+        free(r.flow_src)
+        r.flow_ids = ids
+        r.flow_src = src
+        r.flow_mask = size - 1
+
+    def relay_input_counts(self, int index):
+        """(flow datagrams forwarded, their payload bytes, opened without a flow id) of
+        relay input ``index`` so far; zeros when it is not registered."""
+        cdef relay_in_t* r
+        if not 0 <= index < RELAY_INPUTS or not self.inputs[index].used:
+            return (0, 0, 0)
+        r = &self.inputs[index]
+        return (r.packets, r.bytes, r.malformed)
+
+    def drain_relay_in(self):
+        """Take the lane datagrams opened but not forwarded since the last call: (relay
+        input, flow id, payload), oldest first, for Python's path of that link."""
+        out = self.relay_in
+        self.relay_in = []
+        self.relay_in_count = 0
+        return out
+
+    def receive_link(self, datagrams, double now):
+        """Take what is ours of datagrams read from the node link socket (relay inputs'
+        lane datagrams); returns (the rest, untouched, for the slow path; egress)."""
+        cdef bytes data
+        cdef addr_key_t key
+        cdef sockaddr_storage sa
+        cdef Py_ssize_t n
+        slow = []
+        self.fd = -1
+        self.collected = []
+        for data, address in datagrams:
+            n = len(data)
+            self.link_kind[0] = LINK_SLOW
+            if 0 < n < RECV_SIZE and not (<const uint8_t*><const char*>data)[0] & FIXED_BIT:
+                self._sockaddr(address, &sa)
+                if _key_of(&sa, &key):
+                    memcpy(self.recv_buf, <const char*>data, n)
+                    with nogil:
+                        self._lane_in(0, self.recv_buf, n, &key, now)
+            self._link_after(0, data, address, slow)
+        self._flush()
+        egress = self.collected
+        self.collected = []
+        return slow, egress
+
+    def pump_link(self, sock, double now, out=None):
+        """Read what the (non-blocking) node link socket holds, as :meth:`receive_link`;
+        the egress is sent on ``out`` (the media socket) when given, else returned."""
+        cdef int fd = sock.fileno()
+        cdef int got, i, rounds
+        cdef addr_key_t key
+        slow = []
+        self.fd = -1 if out is None else out.fileno()
+        self.collected = []
+        for i in range(BATCH):
+            self.recv_iov[i].iov_base = self.recv_buf + i * RECV_SIZE
+            self.recv_iov[i].iov_len = RECV_SIZE
+        for rounds in range(ROUNDS):
+            with nogil:
+                for i in range(BATCH):
+                    memset(&self.recv_msgs[i], 0, sizeof(mmsghdr))
+                    self.recv_msgs[i].msg_hdr.msg_name = &self.recv_addr[i]
+                    self.recv_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                    self.recv_msgs[i].msg_hdr.msg_iov = &self.recv_iov[i]
+                    self.recv_msgs[i].msg_hdr.msg_iovlen = 1
+                got = recvmmsg(fd, self.recv_msgs, BATCH, MSG_DONTWAIT, NULL)
+                if got > 0:
+                    for i in range(got):
+                        self.link_kind[i] = LINK_SLOW
+                        if self.recv_msgs[i].msg_len >= RECV_SIZE:
+                            continue  # truncated: the slow path counts it
+                        if (self.recv_msgs[i].msg_len == 0
+                                or self.recv_buf[i * RECV_SIZE] & FIXED_BIT):
+                            continue  # QUIC (or empty: what the link's path makes of it)
+                        if not _key_of(&self.recv_addr[i], &key):
+                            continue
+                        self._lane_in(i, self.recv_buf + i * RECV_SIZE,
+                                      self.recv_msgs[i].msg_len, &key, now)
+                    if self.fd >= 0:
+                        self._flush_nogil()
+            if got <= 0:
+                break
+            for i in range(got):
+                if self.link_kind[i]:
+                    self._link_after(
+                        i,
+                        PyBytes_FromStringAndSize(
+                            <const char*>(self.recv_buf + i * RECV_SIZE),
+                            self.recv_msgs[i].msg_len,
+                        ) if self.link_kind[i] == LINK_SLOW else None,
+                        _address(&self.recv_addr[i]) if self.link_kind[i] == LINK_SLOW else None,
+                        slow,
+                    )
+            if got < BATCH:
+                break
+        self._flush()
+        self.fd = -1
+        egress = self.collected
+        self.collected = []
+        return slow, egress
+
+    cdef _link_after(self, int i, data, address, list slow):
+        """Slot ``i`` of a link batch after the kernel saw it: to the slow path, or its
+        opened plaintext kept for drain_relay_in()."""
+        cdef int kind = self.link_kind[i]
+        if kind == LINK_SLOW:
+            slow.append((data, address))
+        elif kind == LINK_KEPT:
+            if self.relay_in_count < RELAY_IN_SLOTS:
+                self.relay_in.append((
+                    self.link_input[i],
+                    self.link_flow[i],
+                    PyBytes_FromStringAndSize(
+                        <const char*>(self.recv_buf + i * RECV_SIZE + self.link_off[i]),
+                        self.link_len[i],
+                    ),
+                ))
+                self.relay_in_count += 1
+            else:
+                self.relay_in_overflow += 1
+
+    cdef void _lane_in(self, int i, uint8_t* data, Py_ssize_t n, const addr_key_t* key,
+                       double now) noexcept nogil:
+        """Slot ``i`` of a link batch, a lane datagram: open it if it is a relay input's,
+        forward it if it is RTP of a routed flow's source stream; ``link_kind[i]`` says
+        what Python does with it after (nothing: forwarded or dropped and counted)."""
+        cdef int index = -1, k, source, si
+        cdef relay_in_t* r = NULL
+        cdef Py_ssize_t m, length, slot
+        cdef uint64_t flow
+        cdef uint8_t* p
+        cdef tx_t* t
+        cdef uint32_t ssrc
+        for k in range(RELAY_INPUTS):
+            if self.inputs[k].used and _same(&self.inputs[k].key, key):
+                index = k
+                r = &self.inputs[k]
+                break
+        if r == NULL:
+            return  # no relay input: the slow path (its link, or dropped there)
+        self.link_kind[i] = 0
+        m = lane_open(r.opener, data, n)
+        if m < 0:
+            return  # malformed, unknown key, replayed or forged: counted by the opener
+        p = data + LANE_HEADER_BYTES
+        if m == 0:
+            r.malformed += 1
+            return
+        length = (<Py_ssize_t>1) << (p[0] >> 6)
+        if length > m:
+            r.malformed += 1
+            return
+        flow = p[0] & 0x3F
+        for k in range(1, length):
+            flow = (flow << 8) | p[k]
+        p += length
+        m -= length
+        source = -1
+        if r.flow_ids != NULL:
+            slot = <Py_ssize_t>(_mix64(flow) & <uint64_t>r.flow_mask)
+            while r.flow_ids[slot] != 0:
+                if r.flow_ids[slot] == flow:
+                    source = r.flow_src[slot]
+                    break
+                slot = (slot + 1) & r.flow_mask
+        if (source >= 0 and source < self.max_transports and self.tx[source].used
+                and self.tx[source].source and 12 <= m <= WORK_SIZE
+                and 128 <= p[0] <= 191 and not (192 <= p[1] <= 223)):
+            t = &self.tx[source]
+            ssrc = _be32(p + 8)
+            for k in range(t.nstreams):
+                if t.ssrcs[k] == ssrc:
+                    si = t.streams[k]
+                    r.packets += 1
+                    r.bytes += m
+                    self.relay_in_packets += 1
+                    self.relay_in_bytes += m
+                    memcpy(self.work, p, m)
+                    self._ingest(t, &self.streams[si], si, self.work, m, now)
+                    return
+        self.link_kind[i] = LINK_KEPT
+        self.link_input[i] = index
+        self.link_flow[i] = flow
+        self.link_off[i] = <int>(p - (self.recv_buf + i * RECV_SIZE))
+        self.link_len[i] = <int>m
 
     # -- packets ------------------------------------------------------------------------------
 

@@ -17,16 +17,32 @@ not bound yet, SRTP failures, other codecs) is returned untouched as the slow pa
 Python control plane. What the control plane's receive bookkeeping needs per packet (RTCP
 receive statistics, NACK and TWCC feedback, bitrate, keyframes, audio levels, counters) is
 appended to a bounded ingress log that it drains on its timer tick (:meth:`drain_log`).
+
+The receiving side of a relay between nodes is here too (:meth:`Forwarder.pump_link`): the
+node link socket is read in batches; a sealed lane datagram from a registered *relay input*
+(a peer node's link address and its lane's opener) is opened, its flow id decoded, and RTP
+of a flow routed to a plaintext source, of one of that source's streams, is ingested at once
+as :meth:`Forwarder.ingest` would. What opened but is not forwarded (RTCP, control, unknown
+flows or SSRCs) is kept for Python (:meth:`Forwarder.drain_relay_in`): the opener's replay
+window has taken it, so it must not be read twice. The rest (QUIC, other addresses) is
+returned untouched, as the slow path.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from sfu._fastpath._lane_py import RelayOutput
-from sfu._fastpath._lane_shared import MAX_RELAY_OUTPUTS
+from sfu._fastpath._lane_py import LaneOpener, RelayOutput
+from sfu._fastpath._lane_shared import (
+    MAX_INPUT_FLOWS,
+    MAX_RELAY_INPUTS,
+    MAX_RELAY_OUTPUTS,
+    QUIC_FIXED_BIT,
+    RELAY_IN_SLOTS,
+)
 from sfu._fastpath._pacer_py import AUDIO as PACED_AUDIO
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
 from sfu._fastpath._srtp_shared import SrtpError
@@ -116,6 +132,47 @@ class _Stream:
         self.outputs: tuple[RelayOutput, ...] = ()
 
 
+def _host_key(address: Address) -> tuple[bytes, int]:
+    """(packed IP, port) of an IP literal address, its IPv6 scope left out (as the media
+    lane compares a peer's address); ValueError for anything else."""
+    host = str(address[0]).split("%", 1)[0]
+    try:
+        packed = ipaddress.ip_address(host).packed
+    except ValueError:
+        raise ValueError("address must be an IP literal") from None
+    return packed, int(address[1])
+
+
+class _Input:
+    """A relay input: the peer node whose lane datagrams are opened here, and its flows."""
+
+    __slots__ = ("bytes", "flows", "host", "key", "malformed", "opener", "packets")
+
+    def __init__(self, address: Address, opener: LaneOpener) -> None:
+        self.key = _host_key(address)
+        #: The host as ``recvfrom`` spells it (a fast first comparison).
+        self.host = str(address[0]).split("%", 1)[0]
+        self.opener = opener
+        #: flow id -> source handle.
+        self.flows: dict[int, int] = {}
+        #: Flow datagrams forwarded here, their payload bytes, and datagrams that opened
+        #: but held no flow id (the link's ``dropped_malformed``).
+        self.packets = 0
+        self.bytes = 0
+        self.malformed = 0
+
+
+def _decode_varint(data: bytes) -> tuple[int, int]:
+    """(value, length) of the QUIC varint that starts ``data`` (RFC 9000 section 16);
+    length 0 when it is cut short."""
+    if not data:
+        return 0, 0
+    length = 1 << (data[0] >> 6)
+    if length > len(data):
+        return 0, 0
+    return int.from_bytes(data[:length], "big") & ((1 << (8 * length - 2)) - 1), length
+
+
 class Forwarder:
     """Forwards registered SRTP media streams; hands everything else back (reference)."""
 
@@ -176,6 +233,14 @@ class Forwarder:
         self._now = 0.0
         self._kind = VP8
         self._stamp = -1
+        self._inputs: dict[int, _Input] = {}
+        #: Opened lane datagrams for Python: (input, flow id, payload), until drain_relay_in().
+        self._relay_in: list[tuple[int, int, bytes]] = []
+        #: Flow datagrams of relay inputs forwarded here (no Python per packet), their
+        #: payload bytes, and opened datagrams lost because the drain list was full.
+        self.relay_in_packets = 0
+        self.relay_in_bytes = 0
+        self.relay_in_overflow = 0
 
     # -- control plane ------------------------------------------------------------------------
 
@@ -371,6 +436,153 @@ class Forwarder:
             self._relay.append((stream.handle, plain, done))
         else:
             self.relay_overflow += 1
+
+    def set_relay_input(self, index: int, address: Address, opener: Any) -> None:
+        """Open the lane datagrams that come from ``address`` (a peer node's link address)
+        with ``opener`` (the link's media lane's own ``LaneOpener`` of the reference
+        kernels: one replay window and one count for the lane and the forwarder) as relay
+        input ``index`` (0..MAX_RELAY_INPUTS-1); its flow table starts empty."""
+        if not 0 <= index < MAX_RELAY_INPUTS:
+            raise ValueError(f"relay input {index} out of range")
+        if not isinstance(opener, LaneOpener):
+            raise TypeError("the opener must come from the reference kernels, as the forwarder")
+        entry = _Input(address, opener)
+        for other, known in self._inputs.items():
+            if other != index and known.key == entry.key:
+                raise ValueError("another relay input has that address")
+        self._inputs[index] = entry
+
+    def remove_relay_input(self, index: int) -> None:
+        """Forget relay input ``index``: its datagrams take the slow path from now on."""
+        self._inputs.pop(index, None)
+
+    def set_relay_flows(self, index: int, flows: Mapping[int, int]) -> None:
+        """Replace relay input ``index``'s flow table: flow id -> plaintext source handle
+        (:meth:`set_source`) whose streams' RTP on that flow is forwarded here."""
+        entry = self._inputs.get(index)
+        if entry is None:
+            raise KeyError(f"relay input {index} is not registered")
+        if len(flows) > MAX_INPUT_FLOWS:
+            raise ValueError(f"a relay input routes at most {MAX_INPUT_FLOWS} flows")
+        table: dict[int, int] = {}
+        for flow, source in flows.items():
+            if not 0 < flow < 1 << 62 or not 0 <= source < self.max_transports:
+                raise ValueError(f"flow {flow} -> {source} out of range")
+            table[int(flow)] = int(source)
+        entry.flows = table
+
+    def relay_input_counts(self, index: int) -> tuple[int, int, int]:
+        """(flow datagrams forwarded, their payload bytes, opened without a flow id) of
+        relay input ``index`` so far; zeros when it is not registered."""
+        entry = self._inputs.get(index)
+        if entry is None:
+            return 0, 0, 0
+        return entry.packets, entry.bytes, entry.malformed
+
+    def drain_relay_in(self) -> list[tuple[int, int, bytes]]:
+        """Take the lane datagrams opened but not forwarded since the last call: (relay
+        input, flow id, payload), oldest first, for Python's path of that link."""
+        out, self._relay_in = self._relay_in, []
+        return out
+
+    def receive_link(
+        self, datagrams: Iterable[Datagram], now: float
+    ) -> tuple[list[Datagram], list[Datagram]]:
+        """Take what is ours of datagrams read from the node link socket (relay inputs'
+        lane datagrams); returns (the rest, untouched, for the slow path; egress)."""
+        slow: list[Datagram] = []
+        egress: list[Datagram] = []
+        for data, address in datagrams:
+            if not self._lane_in(data, address, now, egress):
+                slow.append((data, address))
+        if self._relay_out:
+            self._relay_flush()
+        return slow, egress
+
+    def pump_link(
+        self, sock: socket.socket, now: float, out: socket.socket | None = None
+    ) -> tuple[list[Datagram], list[Datagram]]:
+        """Read what the (non-blocking) node link socket holds, as :meth:`receive_link`;
+        the egress is sent on ``out`` (the media socket) when given, else returned."""
+        slow: list[Datagram] = []
+        egress: list[Datagram] = []
+        for _ in range(PUMP_ROUNDS):
+            batch: list[Datagram] = []
+            for _ in range(PUMP_BATCH):
+                try:
+                    batch.append(sock.recvfrom(_MAX_DATAGRAM))
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break  # e.g. ICMP port unreachable reported on a later read
+            if not batch:
+                break
+            more, sent = self.receive_link(batch, now)
+            slow.extend(more)
+            if out is not None:
+                self._send_all(out, sent)
+            else:
+                egress.extend(sent)
+            if len(batch) < PUMP_BATCH:
+                break
+        return slow, egress
+
+    def _input_of(self, address: Address) -> tuple[int, _Input] | None:
+        host, port = str(address[0]).split("%", 1)[0], int(address[1])
+        for index, entry in self._inputs.items():
+            if entry.key[1] == port and entry.host == host:
+                return index, entry
+        for index, entry in self._inputs.items():  # another spelling of the same address
+            if entry.key[1] == port:
+                try:
+                    if _host_key(address) == entry.key:
+                        return index, entry
+                except ValueError:
+                    return None
+        return None
+
+    def _lane_in(self, data: bytes, address: Address, now: float, egress: list[Datagram]) -> bool:
+        """One datagram of the link socket: False when it is not a relay input's lane
+        datagram (the slow path's); else opened (or dropped, counted by the opener) and
+        forwarded or kept for drain_relay_in()."""
+        if not data or data[0] & QUIC_FIXED_BIT or len(data) > _MAX_DATAGRAM - 1:
+            return False  # QUIC (or cut short by the read: the slow path counts it)
+        found = self._input_of(address)
+        if found is None:
+            return False
+        index, entry = found
+        plain = entry.opener.open(data)
+        if plain is None:
+            return True  # malformed, unknown key, replayed or forged: counted by the opener
+        flow, length = _decode_varint(plain)
+        if not length:
+            entry.malformed += 1
+            return True
+        payload = plain[length:]
+        source = entry.flows.get(flow)
+        if source is not None:
+            owner = self._transports.get(source)
+            stream = None
+            if (
+                owner is not None
+                and owner.source
+                and 12 <= len(payload) <= _WORK_SIZE
+                and 128 <= payload[0] <= 191
+                and not 192 <= payload[1] <= 223  # RTCP (RFC 5761 §4)
+            ):
+                stream = owner.streams.get(int.from_bytes(payload[8:12], "big"))
+            if owner is not None and stream is not None:
+                entry.packets += 1
+                entry.bytes += len(payload)
+                self.relay_in_packets += 1
+                self.relay_in_bytes += len(payload)
+                self._ingest(owner, stream, payload, now, egress)
+                return True
+        if len(self._relay_in) < RELAY_IN_SLOTS:
+            self._relay_in.append((index, flow, payload))
+        else:
+            self.relay_in_overflow += 1
+        return True
 
     # -- packets ------------------------------------------------------------------------------
 

@@ -20,8 +20,12 @@ __all__ = [
     "KEY_BYTES",
     "KEY_LIMIT",
     "MAX_COUNTER",
+    "MAX_INPUT_FLOWS",
+    "MAX_RELAY_INPUTS",
     "MAX_RELAY_OUTPUTS",
     "NONCE",
+    "QUIC_FIXED_BIT",
+    "RELAY_IN_SLOTS",
     "REPLAY_WINDOW",
     "TAG_BYTES",
     "VERSION",
@@ -55,6 +59,18 @@ KEYS_KEPT: Final = 2
 #: Relay outputs one stream of the forwarder can have (a bit each in a relay log entry's
 #: ``done`` mask): one per node or worker its publication is relayed to.
 MAX_RELAY_OUTPUTS: Final = 32
+#: Relay inputs one forwarder has (``set_relay_input``): one per peer node whose lane
+#: datagrams it opens itself; a cluster larger than this leaves the rest to Python's path.
+MAX_RELAY_INPUTS: Final = 64
+#: Flows one relay input routes to sources (``set_relay_flows``): a pipe's own bound on the
+#: flows it receives (``sfu.transport.pipe.DEFAULT_MAX_FLOWS``).
+MAX_INPUT_FLOWS: Final = 4096
+#: Opened lane datagrams the forwarder did not forward, held for Python between two
+#: ``drain_relay_in`` calls (one link pump reads at most 512 datagrams); beyond, counted.
+RELAY_IN_SLOTS: Final = 1024
+#: QUIC's fixed bit (RFC 9000 section 17): set in every QUIC packet's first byte, clear in a
+#: lane datagram's (``sfu.transport.media_lane.is_lane_datagram``).
+QUIC_FIXED_BIT: Final = 0x40
 #: The header (first byte, counter) and the AEAD nonce (four zero bytes, the counter).
 HEADER: Final = struct.Struct("!BQ")
 NONCE: Final = struct.Struct("!4xQ")

@@ -21,7 +21,7 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from sfu.cluster.directory import NodeInfo
 from sfu.config import ClusterConfig
-from sfu.io.quic_link import LinkEndpoint
+from sfu.io.quic_link import LinkEndpoint, LinkReader
 from sfu.transport.media_lane import LANE_DROP_REASONS, REFERENCE_LANE
 from sfu.transport.node_link import (
     ControlReceived,
@@ -73,6 +73,8 @@ class NodeLinks:
         #: Called before :meth:`totals` reads the links' counters (the relay pipes add what
         #: the data plane's relay outputs sent for them).
         self.before_totals: Callable[[], None] | None = None
+        #: Reads the links' socket in the data plane (set before :meth:`start`).
+        self.reader: LinkReader | None = None
         #: Counters read at scrape time (the links' own counters are summed with them).
         self.links_established = 0
         self.links_lost = 0
@@ -113,6 +115,7 @@ class NodeLinks:
         )
         self._endpoint.accept_from = lambda host: host in self._known_hosts
         self._endpoint.lane_kernels = self.lane_kernels
+        self._endpoint.reader = self.reader
         return self._endpoint.address
 
     @property
@@ -182,6 +185,12 @@ class NodeLinks:
                 self.on_flow(link.peer, event.flow_id, event.payload)
         elif isinstance(event, ControlReceived) and self.on_control is not None:
             self.on_control(link.peer, event.message)
+
+    def flow_opened(self, link: NodeLink, flow: int, payload: bytes) -> None:
+        """A flow datagram of ``link``'s lane that the data plane opened but did not forward:
+        on through the link's events, as if the link had opened it."""
+        if self._endpoint is not None:
+            self._endpoint.flow_opened(link, flow, payload)
 
     def flush(self, link: NodeLink) -> None:
         """Send the UDP datagrams ``link`` has queued (after flows or control were put on it)."""

@@ -39,6 +39,7 @@ from sfu.transport.pipe import Pipe
 
 if TYPE_CHECKING:
     from sfu.cluster.links import NodeLinks
+    from sfu.core.dataplane import DataPlane
 
 __all__ = ["TICK_S", "NodePipes"]
 
@@ -88,6 +89,12 @@ class NodePipes:
         self._flush_pending = False
         self._ticker: asyncio.TimerHandle | None = None
         self._started = False
+        #: The data plane whose forwarder reads the links' socket (set with the links'
+        #: ``reader``): each link's relay pipe is a relay input there, so the relayed media
+        #: of the stand-ins it feeds is forwarded without Python (None: all on Python's path).
+        self.plane: DataPlane | None = None
+        #: Links whose relay input the data plane opened.
+        self.inputs_opened = 0
         #: Counters read at scrape time: links whose pipe started, and stand-ins a link
         #: could not open (its flow limit).
         self.pipes_started = 0
@@ -144,6 +151,7 @@ class NodePipes:
         self.carriers[origin] = carrier
         self.pipes[origin] = carrier.pipe
         self.pipes_started += 1
+        self._open_input(carrier)
         for wanted_origin, publication, sink in list(self._wanted.values()):
             if wanted_origin == origin and not self.hub.open(origin, publication, sink):
                 self.open_failures += 1
@@ -187,7 +195,7 @@ class NodePipes:
         """The hub's poll (NACKs due, demand) and the pipes' refreshes and expiries."""
         if self.hub.remotes:
             self.hub.poll(now=now)
-        self.hub.relay.fold()
+        self.fold()
         for origin, carrier in list(self.carriers.items()):
             if carrier.next_timer() <= now:
                 for event in carrier.handle_timer(now=now):
@@ -240,8 +248,39 @@ class NodePipes:
     # -- internals ---------------------------------------------------------------------------------
 
     def fold(self) -> None:
-        """Count what the data plane's relay outputs sent (read before the counters)."""
+        """Count what the data plane's relay outputs sent and its relay inputs forwarded
+        (read before the counters)."""
         self.hub.relay.fold()
+        if self.plane is not None:
+            self.plane.fold_inputs(self._clock())
+
+    def _open_input(self, carrier: LinkPipe) -> None:
+        """Make ``carrier``'s link a relay input of the data plane: the forwarder opens its
+        lane's datagrams with the lane's own opener (one replay window, one count for the
+        liveness REPORT) and forwards the relayed RTP of the stand-ins' flows; the rest
+        comes to the link as it would have."""
+        link = carrier.link
+        links = self._links
+        if self.plane is None or links is None or link.lane is None or link.closed:
+            return
+        pipe = carrier.pipe
+
+        def deliver(flow: int, payload: bytes) -> None:
+            links.flow_opened(link, flow, payload)
+
+        def fold(packets: int, octets: int, malformed: int, now: float) -> None:
+            # Counted where the link's and the pipe's Python path count each datagram.
+            link.flows_received += packets
+            link.bytes_received += octets
+            link.dropped_malformed += malformed
+            pipe.counters.received += packets
+            pipe.counters.received_bytes += octets
+            if packets and (pipe.peer_seen is None or now > pipe.peer_seen):
+                pipe.peer_seen = now
+
+        opener = link.lane.opener
+        if self.plane.open_input(pipe, link.peer_address, opener, deliver=deliver, fold=fold):
+            self.inputs_opened += 1
 
     def _target(self, origin: int) -> RelayTarget | None:
         """Where the data plane may seal and send a tap's packets to node ``origin`` itself:
@@ -264,6 +303,10 @@ class NodePipes:
             carrier.link.bytes_sent += octets
 
     def _drop(self, origin: int) -> None:
+        carrier = self.carriers.get(origin)
+        if carrier is not None and self.plane is not None:
+            # First: what it forwarded is counted on the link before the link is retired.
+            self.plane.close_input(carrier.pipe, self._clock())
         self.hub.drop_peer(origin)
         self.carriers.pop(origin, None)
         self.pipes.pop(origin, None)

@@ -19,6 +19,13 @@ media of registered streams on its own. :class:`DataPlane` is the control plane'
   slot without address or SRTP whose streams' packets, already decrypted by the pipe, the
   forwarder takes through :meth:`DataPlane.ingest` and fans out like any other's (its
   records are replayed to the remote publication, as a peer's are to the peer);
+* a node link's relay pipe opens a *relay input* (:meth:`DataPlane.open_input`: the peer's
+  link address and its media lane's opener) and each remote publication routes its flow to
+  its source (:meth:`DataPlane.route_flow`); the node link socket is then read here
+  (:meth:`DataPlane.read_link`), and the forwarder opens, decodes and forwards the relayed
+  RTP of those flows itself; what it opened but did not forward goes to the input's
+  ``deliver`` (the link's Python path), what is not a relay input's lane datagram to the
+  endpoint's, and its counts are folded into the link's and the pipe's (``fold``);
 * a transport with an egress pacer (``Peer`` once it has a bandwidth estimate) gets its
   forwarded media queued there instead of sent; after each batch :meth:`DataPlane.release_paced`
   lets the owners of the queues that grew release what their budget allows (the rest on
@@ -33,7 +40,7 @@ import socket
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from sfu._fastpath._lane_shared import MAX_RELAY_OUTPUTS
+from sfu._fastpath._lane_shared import MAX_RELAY_INPUTS, MAX_RELAY_OUTPUTS
 from sfu._fastpath.values import AUDIO, VP8, LogRecord
 from sfu.core.kernels import Forwarder
 from sfu.core.relay import RelayTap
@@ -98,6 +105,24 @@ class _Claim:
         self.pacing: tuple[Any, Any, Callable[[float], None]] | None = None
 
 
+#: What a relay input's owner is told at each fold: (flow datagrams forwarded, their payload
+#: bytes, datagrams opened without a flow id, now) since the last fold.
+FoldInput = Callable[[int, int, int, float], None]
+
+
+class _Input:
+    """A relay input as the control plane knows it (the forwarder holds the rest)."""
+
+    __slots__ = ("deliver", "fold", "folded", "index")
+
+    def __init__(self, index: int, deliver: Callable[[int, bytes], None], fold: FoldInput) -> None:
+        self.index = index
+        self.deliver = deliver
+        self.fold = fold
+        #: The forwarder's counts of this input at the last fold.
+        self.folded = (0, 0, 0)
+
+
 class DataPlane:
     """The forwarder plus the bookkeeping that maps its handles to control-plane objects."""
 
@@ -159,6 +184,14 @@ class DataPlane:
         #: registered stream handle's entry there.
         self._live: set[tuple[int, int]] = set()
         self._live_of: dict[int, tuple[int, int]] = {}
+        #: Whether relay inputs may be opened (False: every relayed packet takes the link's
+        #: Python path, as before they existed: for diagnostics, as :meth:`suspend`).
+        self.relay_inputs = True
+        self._inputs: dict[Hashable, _Input] = {}
+        self._free_inputs = list(range(MAX_RELAY_INPUTS - 1, -1, -1))
+        #: Per relay input key (a pipe): flow id -> the claimant whose source it feeds.
+        #: Kept whether or not the input is open (the flow may open first).
+        self._flows: dict[Hashable, dict[int, Claimant]] = {}
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -259,6 +292,7 @@ class DataPlane:
             del self._paced[claim.handle]
         if claim.source:
             self._sources -= 1
+            self._unroute(claim.peer)
         if claim.source and self._pending:
             # Taken but not yet forwarded: dropped with the source (its flow ended).
             kept = [entry for entry in self._pending if entry[0] != claim.handle]
@@ -351,6 +385,120 @@ class DataPlane:
         if self.after_ingest is not None:
             self.after_ingest(now)
         return len(batch) - len(slow)
+
+    # -- relay inputs (a node link's receiving side) -------------------------------------------
+
+    def open_input(
+        self,
+        key: Hashable,
+        address: Any,
+        opener: Any,
+        *,
+        deliver: Callable[[int, bytes], None],
+        fold: FoldInput,
+    ) -> bool:
+        """Open the lane datagrams from ``address`` with ``opener`` (a node link's media
+        lane's own) in the forwarder, as relay input ``key`` (its pipe). ``deliver(flow,
+        payload)`` takes what opened but was not forwarded (the link's Python path);
+        ``fold`` the counts of what was. False (nothing changes: the link's Python path
+        reads everything) when inputs are off, the table is full (MAX_RELAY_INPUTS) or the
+        opener or address does not suit the forwarder."""
+        self.close_input(key)
+        if not self.relay_inputs or not self._free_inputs:
+            return False
+        index = self._free_inputs[-1]
+        try:
+            self.forwarder.set_relay_input(index, address, opener)
+        except (TypeError, ValueError):
+            return False
+        self._free_inputs.pop()
+        self._inputs[key] = _Input(index, deliver, fold)
+        self._push_flows(key)
+        return True
+
+    def close_input(self, key: Hashable, now: float = 0.0) -> None:
+        """Forget relay input ``key`` (its link is down or replaced), its counts folded
+        first; its datagrams take the link's Python path again."""
+        entry = self._inputs.pop(key, None)
+        if entry is None:
+            return
+        self._fold(entry, now)
+        self.forwarder.remove_relay_input(entry.index)
+        self._free_inputs.insert(0, entry.index)  # reused last
+
+    def route_flow(self, key: Hashable, flow: int, owner: Claimant) -> None:
+        """Flow ``flow`` of relay input ``key`` feeds ``owner``'s source: its RTP of the
+        source's registered streams is forwarded without Python. Undone when the source
+        is released (:meth:`close_source`)."""
+        self._flows.setdefault(key, {})[flow] = owner
+        self._push_flows(key)
+
+    def _unroute(self, owner: Claimant) -> None:
+        for key, flows in list(self._flows.items()):
+            gone = [flow for flow, known in flows.items() if known is owner]
+            if not gone:
+                continue
+            for flow in gone:
+                del flows[flow]
+            if not flows:
+                del self._flows[key]
+            self._push_flows(key)
+
+    def _push_flows(self, key: Hashable) -> None:
+        """Give the forwarder input ``key``'s flows whose owner has a source registered."""
+        entry = self._inputs.get(key)
+        if entry is None:
+            return
+        table: dict[int, int] = {}
+        for flow, owner in self._flows.get(key, {}).items():
+            claim = self._claims.get(owner.transport)
+            if claim is not None and claim.source and claim.registered:
+                table[flow] = claim.handle
+        try:
+            self.forwarder.set_relay_flows(entry.index, table)
+        except ValueError:  # beyond the flow limit: those flows take the Python path
+            self.forwarder.set_relay_flows(entry.index, {})
+
+    def _fold(self, entry: _Input, now: float) -> None:
+        counts = self.forwarder.relay_input_counts(entry.index)
+        if counts != entry.folded:
+            packets, octets, malformed = (a - b for a, b in zip(counts, entry.folded, strict=True))
+            entry.folded = counts
+            entry.fold(packets, octets, malformed, now)
+
+    def fold_inputs(self, now: float) -> None:
+        """Tell every relay input's owner what the forwarder counted since the last fold."""
+        for entry in self._inputs.values():
+            self._fold(entry, now)
+
+    def read_link(
+        self, sock: socket.socket, now: float, slow: Callable[[bytes, Any], None]
+    ) -> None:
+        """The node link socket's reader: the forwarder takes the relay inputs' lane
+        datagrams (forwarded, or opened and delivered to the input's owner); everything
+        else goes to ``slow`` (the link endpoint's ``datagram_received``), first: a STREAMS
+        or a CLOSE on QUIC is seen before the media kept in the same batch."""
+        self.flush_ingest()
+        before = self.forwarder.relay_in_packets
+        rest, egress = self.forwarder.pump_link(sock, now, self.socket)
+        forwarded = self.forwarder.relay_in_packets - before
+        if egress and self.on_egress is not None:
+            self.on_egress(egress)
+        if forwarded:
+            self.relay(now)  # a relayed publication relayed on (to a worker's pipe)
+            self.release_paced(now)
+            self.fold_inputs(now)
+            if self.after_ingest is not None:
+                self.after_ingest(now)
+        kept = self.forwarder.drain_relay_in()
+        for data, address in rest:
+            slow(data, address)
+        if kept:
+            by_index = {entry.index: entry for entry in self._inputs.values()}
+            for index, flow, payload in kept:
+                entry = by_index.get(index)
+                if entry is not None:
+                    entry.deliver(flow, payload)
 
     # -- streams and routes -------------------------------------------------------------------
 

@@ -96,6 +96,8 @@ class PlainIngress(Protocol):
 
     def ingest(self, owner: Any, packet: bytes, now: float) -> bool: ...
 
+    def route_flow(self, key: Any, flow: int, owner: Any) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class RelayTarget:
@@ -522,6 +524,9 @@ class RemotePublication:
             self.plane = plane = None  # the data plane's tables are full: the Router's path
         if plane is not None:
             publication.on_fanout = plane.routes_changed
+            # A node link's relay input (keyed by its pipe) forwards this flow's RTP in the
+            # data plane straight from the socket; undone when the source is closed.
+            plane.route_flow(pipe, flow, self)
         self.binder.add_publication(publication, declared)
         publication.keyframe_requester = self.request_keyframe
 

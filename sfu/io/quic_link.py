@@ -14,7 +14,11 @@ The socket is read from a loop reader callback that drains up to :data:`READS_PE
 datagrams at once (asyncio's datagram transport reads one per loop iteration, which costs a
 loop turn per relayed packet), so a batch of media is handled in one turn and the relay's
 flushes (``call_soon``) go out once for it. Sends are plain non-blocking ``sendto``: a full
-socket buffer drops the datagram (counted), as UDP would.
+socket buffer drops the datagram (counted), as UDP would. In the server the data plane reads
+the socket instead (:attr:`LinkEndpoint.reader`: ``recvmmsg`` batches in the forwarder, which
+opens and forwards the relayed media of the links' relay inputs itself); every datagram it
+does not take comes to :meth:`LinkEndpoint.datagram_received` as before (receive errors then
+end its batch uncounted: the next readiness callback reads on).
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ MAX_PENDING_PER_HOST: Final = 2
 LINK_SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024
 
 LinkHandler = Callable[[NodeLink, LinkEvent], None]
+#: Reads the link socket in the data plane (``DataPlane.read_link``): (socket, now, where the
+#: datagrams it does not take go).
+LinkReader = Callable[[socket.socket, float, Callable[[bytes, NetworkAddress], None]], None]
 
 
 #: Datagrams read per readiness callback at most: a burst is handled in one loop turn, and
@@ -91,6 +98,11 @@ class LinkEndpoint:
         #: Whether a host may start a link (the live nodes' link hosts); None: any host.
         #: Without it a stranger could hold every pending slot with forged Initials.
         self.accept_from: Callable[[str], bool] | None = None
+        #: Reads the socket instead of :meth:`_readable`'s loop (the data plane: relayed
+        #: media of the links' relay inputs never reaches Python); what it does not take
+        #: comes to :meth:`datagram_received` as before. Set before :meth:`listen` returns
+        #: or any time after.
+        self.reader: LinkReader | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -125,8 +137,15 @@ class LinkEndpoint:
         return endpoint
 
     def _readable(self) -> None:
-        """Drain what the socket holds (up to READS_PER_WAKEUP datagrams)."""
+        """Drain what the socket holds (up to READS_PER_WAKEUP datagrams; the data
+        plane's reader: up to its pump's batches)."""
         sock = self._sock
+        if sock is not None and self.reader is not None:
+            try:
+                self.reader(sock, self._clock(), self._received)
+            except Exception:  # a bug must not stop the links' socket
+                log.exception("node link reader failed")
+            return
         for _ in range(READS_PER_WAKEUP):
             if sock is None or self._sock is None:  # closed by a handler
                 return
@@ -190,6 +209,15 @@ class LinkEndpoint:
         self._flush(link)
 
     # -- socket input -------------------------------------------------------------------------
+
+    def _received(self, data: bytes, addr: NetworkAddress) -> None:
+        if self._sock is not None:  # not closed by a handler meanwhile
+            self.datagram_received(data, addr)
+
+    def flow_opened(self, link: NodeLink, flow: int, payload: bytes) -> None:
+        """A flow datagram of ``link``'s lane the data plane opened and did not forward."""
+        for event in link.flow_opened(flow, payload):
+            self._deliver(link, event)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         link = self.links.get(addr)

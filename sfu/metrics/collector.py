@@ -457,21 +457,24 @@ class SfuCollector(Collector):
         yield self._counter(
             "sfu_dataplane_datagrams",
             "Datagrams the data plane forwarded itself (fast), handed to Python (slow), "
-            "took decrypted from a relay pipe and forwarded itself (relayed), or sealed and "
-            "sent itself to another node's relay pipe (relay_out).",
+            "took decrypted from a relay pipe and forwarded itself (relayed), sealed and "
+            "sent itself to another node's relay pipe (relay_out), or opened from another "
+            "node's media lane and forwarded itself (relay_in).",
             ["path"],
             {
                 ("fast",): forwarder.fast_packets,
                 ("slow",): forwarder.slow_packets,
                 ("relayed",): forwarder.ingested_packets,
                 ("relay_out",): forwarder.relay_sent,
+                ("relay_in",): forwarder.relay_in_packets,
             },
         )
         yield self._counter(
             "sfu_dataplane_errors",
             "Data-plane failures: SRTP protect, sends the kernel refused (media, and relay "
             "datagrams to other nodes), ingress log overflow, relay log overflow (packets of "
-            "relayed publications not handed to the pipes).",
+            "relayed publications not handed to the pipes), relay input overflow (lane "
+            "datagrams the data plane opened and Python did not take in time).",
             ["error"],
             {
                 ("protect",): forwarder.protect_errors,
@@ -479,6 +482,7 @@ class SfuCollector(Collector):
                 ("relay_send",): forwarder.relay_send_errors,
                 ("log_overflow",): forwarder.log_overflow,
                 ("relay_overflow",): forwarder.relay_overflow,
+                ("relay_in_overflow",): forwarder.relay_in_overflow,
             },
         )
         yield self._counter(

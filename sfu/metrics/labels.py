@@ -109,9 +109,11 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "implementation": frozenset({"cython", "python"}),
     "le": frozenset(),  # bucket bounds: numbers, checked separately
     "generation": frozenset({"0", "1", "2"}),  # python_gc_* from prometheus-client
-    "path": frozenset({"fast", "slow", "relayed", "relay_out"}),
+    "path": frozenset({"fast", "slow", "relayed", "relay_out", "relay_in"}),
     "stat": frozenset({"min", "max"}),  # node link round trips
-    "error": frozenset({"protect", "send", "relay_send", "log_overflow", "relay_overflow"}),
+    "error": frozenset(
+        {"protect", "send", "relay_send", "log_overflow", "relay_overflow", "relay_in_overflow"}
+    ),
     "candidate_type": frozenset(CANDIDATE_TYPES),
     "tcp_close_reason": frozenset(TCP_CLOSE_REASONS),
 }

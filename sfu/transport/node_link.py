@@ -292,6 +292,16 @@ class NodeLink:
         self.bytes_received += len(payload)
         return [FlowReceived(flow_id, payload)]
 
+    def flow_opened(self, flow_id: int, payload: bytes) -> list[LinkEvent]:
+        """A flow datagram of the sealed lane that the data plane opened (its relay input)
+        but did not forward: counted and delivered as :meth:`receive_sealed` would."""
+        if self.closed:
+            self.lane_early += 1
+            return []
+        self.flows_received += 1
+        self.bytes_received += len(payload)
+        return [FlowReceived(flow_id, payload)]
+
     def handle_timer(self, *, now: float) -> list[LinkEvent]:
         """Run what is due once ``next_timer`` is: QUIC's timers (loss detection, idle
         timeout), the lane's report and liveness check."""

@@ -124,8 +124,22 @@ def test_a_subscriber_on_node_b_decodes_a_publisher_on_node_a(
             assert tap.output is not None and tap.output.packets == forwarder_a.relay_sent
             assert tap.output.sealer is node_a.links.up[node_b.cluster.node.node_id].lane.sealer
             # On B the relayed packets fanned out in the data plane too (a plaintext source),
-            # not through the relayed publication's Router.
-            assert node_b.dataplane.ingested > 10
+            # not through the relayed publication's Router: once the lane was keyed, straight
+            # from the link socket (B's link is a relay input of its forwarder: opened, the
+            # flow decoded, ingested, no Python per packet); before, through ingest().
+            forwarder_b = node_b.dataplane.forwarder
+            await until(lambda: forwarder_b.relay_in_packets > 0, "no relay input on B")
+            assert node_b.dataplane.ingested + forwarder_b.relay_in_packets > 10
+            assert node_b.node_pipes is not None and node_b.node_pipes.inputs_opened >= 1
+            async with http.get(f"{base_b}/metrics") as reply:
+                text_b = await reply.text()
+            relay_in = re.search(
+                r'^sfu_dataplane_datagrams_total\{path="relay_in"\} (\S+)$', text_b, re.MULTILINE
+            )
+            assert relay_in is not None and float(relay_in.group(1)) > 0, "no relay_in"
+            # ...and counted on B's link as if its Python path had received them.
+            assert node_b.links is not None
+            assert node_b.links.totals()["flows_received"] >= forwarder_b.relay_in_packets
             async with http.get(f"{base_a}/metrics") as reply:
                 text = await reply.text()
             assert 'sfu_cluster_relay_flows{direction="out"} 1.0' in text

@@ -34,6 +34,7 @@ sfu_cluster_links_lost_total 1.0
 sfu_dataplane_datagrams_total{path="fast"} 10.0
 sfu_dataplane_datagrams_total{path="slow"} 500.0
 sfu_dataplane_datagrams_total{path="relayed"} 1180.0
+sfu_dataplane_datagrams_total{path="relay_in"} 1170.0
 """
 
 
@@ -68,6 +69,7 @@ def test_link_counters_come_from_the_metrics_text() -> None:
         "dataplane_fast": 10.0,
         "dataplane_slow": 500.0,
         "dataplane_relayed": 1180.0,
+        "dataplane_relay_in": 1170.0,
     }
     # A node without a link (or another carrier's metrics): unknown, not zero.
     assert set(link_counters("").values()) == {None}

@@ -519,3 +519,53 @@ def test_a_long_batch_leaves_the_sealed_lane_in_slices(cluster: dict[str, Files]
     world.pump()
     assert world.links.b.lane_totals()["received"] - before >= 600  # every one crossed
     assert len(world.received_seqs()) > 590  # (B's forwarder skips a few picture id wraps)
+
+
+def test_a_link_is_a_relay_input_of_the_data_plane_while_it_is_up(
+    cluster: dict[str, Files],
+) -> None:
+    """With a data plane, B's link (once up, its lane made) is a relay input there, with
+    the lane's own opener, and the stand-in's flow is routed to its source; what the
+    forwarder counted is folded into the link's and the pipe's counters; the link going
+    down closes the input (its counts folded first), a new link opens a new one."""
+    from types import SimpleNamespace
+
+    from sfu.core.dataplane import DataPlane
+    from sfu.core.kernels import REFERENCE
+
+    world = World(cluster)
+    plane = DataPlane(kernels=REFERENCE)  # the test's links seal with the reference lane
+    opened: list[tuple[NodeLink, int, bytes]] = []
+    links = SimpleNamespace(
+        up={},
+        link_socket=None,
+        flow_opened=lambda link, flow, payload: opened.append((link, flow, payload)),
+    )
+    world.node_b.plane = plane
+    world.node_b.hub.plane = plane
+    world.node_b.attach(links)  # type: ignore[arg-type]
+    world.node_b.open(ORIGIN, world.pub_b, None)
+    world.pump()
+    carrier = world.node_b.carriers[ORIGIN]
+    link = carrier.link
+    assert link.lane is not None and world.node_b.inputs_opened == 1
+    entry = plane._inputs[carrier.pipe]
+    (remote,) = world.node_b.hub.remotes.values()
+    assert plane._flows[carrier.pipe] == {remote.flow: remote}
+    # The forwarder's counts reach the link and the pipe as the Python path counts them.
+    flows, octets, seen = link.flows_received, link.bytes_received, carrier.pipe.peer_seen
+    entry.fold(3, 300, 1, world.now + 1.0)
+    assert (link.flows_received, link.bytes_received) == (flows + 3, octets + 300)
+    assert carrier.pipe.peer_seen == world.now + 1.0 and seen is not None
+    # What the forwarder opened and kept goes on through the link (the links' path).
+    entry.deliver(remote.flow, b"\x81\xc8\x00\x01" + bytes(4))
+    assert opened == [(link, remote.flow, b"\x81\xc8\x00\x01" + bytes(4))]
+    # The link goes down: the input is closed.
+    world.links.a.close("test")
+    world.pump()
+    assert carrier.pipe not in plane._inputs and world.node_b.carriers == {}
+    assert carrier.pipe not in plane._flows  # the stand-in's source went with its flow
+    world.links.redial()
+    world.pump()
+    assert world.node_b.inputs_opened == 2
+    assert world.node_b.carriers[ORIGIN].pipe in plane._inputs
