@@ -406,6 +406,10 @@ class Server:
             MetricSources(
                 port=self.port,
                 forwarder=self.dataplane.forwarder,
+                link_drops=lambda: (
+                    self.dataplane.link_handler_errors,
+                    self.dataplane.relay_in_orphans,
+                ),
                 rooms=lambda: self.rooms,
                 loop_lag=self.loop_lag,
                 implementation=fast_path_implementation(),

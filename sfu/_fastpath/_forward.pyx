@@ -20,6 +20,8 @@ no Python object per packet; what opened but is not ours is kept for Python
 (``drain_relay_in``), the rest is the slow path.
 """
 
+import socket
+
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.math cimport nearbyint
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -436,7 +438,15 @@ cdef object _address(sockaddr_storage* sa):
         return (text.decode("ascii"), ntohs(v4.sin_port))
     v6 = <sockaddr_in6*>sa
     inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof(text))
-    return (text.decode("ascii"), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo), v6.sin6_scope_id)
+    host = text.decode("ascii")
+    if v6.sin6_scope_id:
+        # As recvfrom names it (getnameinfo): a scoped (link-local) address carries its
+        # interface, which the links and the lanes compare with the address they dialled.
+        try:
+            host = f"{host}%{socket.if_indextoname(v6.sin6_scope_id)}"
+        except OSError:
+            host = f"{host}%{v6.sin6_scope_id}"
+    return (host, ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo), v6.sin6_scope_id)
 
 
 cdef bint _key_of(sockaddr_storage* sa, addr_key_t* key) noexcept nogil:

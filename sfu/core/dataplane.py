@@ -36,6 +36,7 @@ Nothing here runs per packet.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -52,7 +53,9 @@ if TYPE_CHECKING:
     from sfu.core.publication import Publication, SourceStream
     from sfu.transport.transport import WebRtcTransport
 
-__all__ = ["INGEST_BATCH", "Claimant", "DataPlane"]
+__all__ = ["HANDLER_ERROR_LOG_INTERVAL_S", "INGEST_BATCH", "Claimant", "DataPlane"]
+
+log = logging.getLogger(__name__)
 
 #: Relayed packets :meth:`DataPlane.ingest` holds before it forwards them without waiting for
 #: the end of the batch (a socket reader's wakeup reads at most a few hundred).
@@ -60,6 +63,9 @@ INGEST_BATCH: Final = 256
 #: The largest packet the forwarder's ingest takes (its work buffer); larger ones take the
 #: Python path, which refuses and counts them by reason.
 INGEST_MAX_BYTES: Final = 2048
+#: A failing handler of node link datagrams logs its traceback at most this often (s); the
+#: rest are only counted.
+HANDLER_ERROR_LOG_INTERVAL_S: Final = 60.0
 
 
 class Claimant(Protocol):
@@ -175,6 +181,11 @@ class DataPlane:
         #: Packets :meth:`ingest` forwarded, and those the forwarder no longer knew.
         self.ingested = 0
         self.ingest_misses = 0
+        #: Node link datagrams whose handler raised, and kept relay datagrams whose input
+        #: closed within their batch (both dropped).
+        self.link_handler_errors = 0
+        self.relay_in_orphans = 0
+        self._handler_error_logged = -HANDLER_ERROR_LOG_INTERVAL_S
         self.max_sources = max_sources
         self._sources = 0
         self._pending: list[tuple[int, bytes]] = []
@@ -477,28 +488,56 @@ class DataPlane:
         """The node link socket's reader: the forwarder takes the relay inputs' lane
         datagrams (forwarded, or opened and delivered to the input's owner); everything
         else goes to ``slow`` (the link endpoint's ``datagram_received``), first: a STREAMS
-        or a CLOSE on QUIC is seen before the media kept in the same batch."""
+        or a CLOSE on QUIC is seen before the media kept in the same batch.
+
+        Every datagram read is handed on even when a handler fails (the kept ones were
+        opened, so the lane's replay window and counts already have them): a failure is
+        counted (``link_handler_errors``) and logged at most once a minute."""
         self.flush_ingest()
         before = self.forwarder.relay_in_packets
         rest, egress = self.forwarder.pump_link(sock, now, self.socket)
         forwarded = self.forwarder.relay_in_packets - before
-        if egress and self.on_egress is not None:
-            self.on_egress(egress)
-        if forwarded:
-            self.relay(now)  # a relayed publication relayed on (to a worker's pipe)
-            self.release_paced(now)
-            self.fold_inputs(now)
-            if self.after_ingest is not None:
-                self.after_ingest(now)
-        kept = self.forwarder.drain_relay_in()
-        for data, address in rest:
-            slow(data, address)
-        if kept:
-            by_index = {entry.index: entry for entry in self._inputs.values()}
-            for index, flow, payload in kept:
-                entry = by_index.get(index)
-                if entry is not None:
+        # Each kept datagram's input as of the read: a handler below (a QUIC close, a link
+        # replaced) may close an input, and its index may be reused for another link.
+        inputs = {entry.index: entry for entry in self._inputs.values()}
+        kept = [
+            (inputs.get(index), flow, payload)
+            for index, flow, payload in self.forwarder.drain_relay_in()
+        ]
+        try:
+            if egress and self.on_egress is not None:
+                self.on_egress(egress)
+            if forwarded:
+                self.relay(now)  # a relayed publication relayed on (to a worker's pipe)
+                self.release_paced(now)
+                self.fold_inputs(now)
+                if self.after_ingest is not None:
+                    self.after_ingest(now)
+        finally:
+            for data, address in rest:
+                try:
+                    slow(data, address)
+                except Exception:  # one datagram's bug must not lose the rest of the batch
+                    self._link_handler_failed(now)
+            for entry, flow, payload in kept:
+                if entry is None:
+                    self.relay_in_orphans += 1  # its input was closed mid-batch
+                    continue
+                try:
                     entry.deliver(flow, payload)
+                except Exception:
+                    self._link_handler_failed(now)
+
+    def _link_handler_failed(self, now: float) -> None:
+        """A handler of a link datagram raised: counted, its traceback logged at most once
+        per :data:`HANDLER_ERROR_LOG_INTERVAL_S` (a datagram that triggers a bug must not
+        flood the log)."""
+        self.link_handler_errors += 1
+        if now - self._handler_error_logged >= HANDLER_ERROR_LOG_INTERVAL_S:
+            self._handler_error_logged = now
+            log.exception(
+                "a node link datagram's handler failed (%d so far)", self.link_handler_errors
+            )
 
     # -- streams and routes -------------------------------------------------------------------
 

@@ -75,6 +75,9 @@ class MetricSources:
     http_limits: Callable[[], HttpLimitCounters | None] = lambda: None
     #: The ICE-TCP connections' gate (None: no ICE-TCP in this process).
     tcp_gate: Callable[[], IceTcpGate | None] = lambda: None
+    #: The data plane's node link reader: datagrams whose handler raised, and opened relay
+    #: datagrams whose input closed within their batch (both lost).
+    link_drops: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
 
 @dataclass
@@ -213,7 +216,7 @@ class SfuCollector(Collector):
         router = self._router()
         c = router.counters
 
-        yield from self._traffic(src.port, src.forwarder, c)
+        yield from self._traffic(src.port, src.forwarder, c, src.link_drops())
         # Every known reason is exposed, at 0 until it happens, so dashboards and alerts
         # never query a series that does not exist yet.
         drops: dict[tuple[str, ...], float] = {(reason,): 0.0 for reason in DROP_REASONS}
@@ -423,7 +426,13 @@ class SfuCollector(Collector):
         info.add_metric([], {"version": src.version, "implementation": src.implementation})
         yield info
 
-    def _traffic(self, port: MediaPort, forwarder: Forwarder, c: PeerCounters) -> Iterator[Metric]:
+    def _traffic(
+        self,
+        port: MediaPort,
+        forwarder: Forwarder,
+        c: PeerCounters,
+        link_drops: tuple[int, int],
+    ) -> Iterator[Metric]:
         counters = port.counters
         # The data plane's own RTP (never seen by the port's Python code) is added to its kind.
         for direction, packets, octets, fast, fast_bytes in (
@@ -474,7 +483,9 @@ class SfuCollector(Collector):
             "Data-plane failures: SRTP protect, sends the kernel refused (media, and relay "
             "datagrams to other nodes), ingress log overflow, relay log overflow (packets of "
             "relayed publications not handed to the pipes), relay input overflow (lane "
-            "datagrams the data plane opened and Python did not take in time).",
+            "datagrams the data plane opened and Python did not take in time), node link "
+            "datagrams whose handler failed, opened lane datagrams whose link closed within "
+            "their batch.",
             ["error"],
             {
                 ("protect",): forwarder.protect_errors,
@@ -483,6 +494,8 @@ class SfuCollector(Collector):
                 ("log_overflow",): forwarder.log_overflow,
                 ("relay_overflow",): forwarder.relay_overflow,
                 ("relay_in_overflow",): forwarder.relay_in_overflow,
+                ("link_handler",): link_drops[0],
+                ("relay_in_orphan",): link_drops[1],
             },
         )
         yield self._counter(

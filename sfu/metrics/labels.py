@@ -112,7 +112,16 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "path": frozenset({"fast", "slow", "relayed", "relay_out", "relay_in"}),
     "stat": frozenset({"min", "max"}),  # node link round trips
     "error": frozenset(
-        {"protect", "send", "relay_send", "log_overflow", "relay_overflow", "relay_in_overflow"}
+        {
+            "protect",
+            "send",
+            "relay_send",
+            "log_overflow",
+            "relay_overflow",
+            "relay_in_overflow",
+            "link_handler",
+            "relay_in_orphan",
+        }
     ),
     "candidate_type": frozenset(CANDIDATE_TYPES),
     "tcp_close_reason": frozenset(TCP_CLOSE_REASONS),

@@ -402,6 +402,73 @@ def test_the_data_plane_reads_the_link_and_forwards_a_remote_publications_media(
         sockets.close()
 
 
+def test_a_failing_handler_or_an_input_closed_mid_batch_loses_nothing_else(
+    kernels: Kernels,
+) -> None:
+    """A handler that raises on one QUIC datagram costs that datagram only (counted; the
+    rest of the batch and the kept lane datagrams are handed on); a handler that closes
+    the input and opens another in its index within the batch does not get that other link
+    the closed one's kept datagrams (they go to the link they came on, whose Python path
+    counts them)."""
+    from relay_far_side import FarSide
+
+    from sfu._fastpath._lane_shared import MAX_RELAY_INPUTS as LIMIT
+
+    side = FarSide(kernels, plane=True)
+    dataplane = side.dataplane
+    assert dataplane is not None
+    sockets = LinkSockets()
+    try:
+        opener = kernels.LaneOpener()
+        opener.add_key(EPOCH, KEY)
+        peer = Peer()
+        delivered: list[tuple[str, int, bytes]] = []
+        slow: list[bytes] = []
+
+        def noop(*_: Any) -> None:
+            return None
+
+        def open_as(name: str) -> None:
+            assert dataplane.open_input(
+                name,
+                sockets.address,
+                opener,
+                deliver=lambda flow, payload: delivered.append((name, flow, payload)),
+                fold=noop,
+            )
+
+        for i in range(LIMIT - 1):  # the table full: a reopened input reuses the index
+            other = (f"10.0.{i // 250}.{i % 250 + 1}", 4433)
+            assert dataplane.open_input(i, other, kernels.LaneOpener(), deliver=noop, fold=noop)
+        open_as("first")
+
+        def handler(data: bytes, address: Any) -> None:
+            slow.append(data)
+            if data == b"\xc1boom":
+                raise RuntimeError("a bug in a QUIC handler")
+            if data == b"\xc1replace":  # the link is replaced within the batch
+                dataplane.close_input("first")
+                open_as("second")
+
+        control = peer.seal(b"\x00\x01")  # the control flow: kept for Python
+        for datagram in (b"\xc1boom", control, b"\xc1after"):
+            sockets.send(datagram)
+        dataplane.read_link(sockets.link, 1.0, handler)
+        assert slow == [b"\xc1boom", b"\xc1after"]
+        assert delivered == [("first", 0, b"\x01")]
+        assert dataplane.link_handler_errors == 1
+        for datagram in (peer.seal(b"\x00\x02"), b"\xc1replace"):
+            sockets.send(datagram)
+        dataplane.read_link(sockets.link, 2.0, handler)
+        # The closed link's own path takes it, not the link now in its index.
+        assert delivered[-1] == ("first", 0, b"\x02")
+        sockets.send(peer.seal(b"\x00\x03"))
+        dataplane.read_link(sockets.link, 3.0, handler)
+        assert delivered[-1] == ("second", 0, b"\x03")
+    finally:
+        sockets.close()
+
+
 def test_inputs_are_bounded_and_off_when_asked(kernels: Kernels) -> None:
     """MAX_RELAY_INPUTS inputs at most; with relay inputs off (the benchmarks' baseline) or
     an opener of another kind none opens, and the link's Python path reads everything."""
