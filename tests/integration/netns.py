@@ -95,6 +95,10 @@ class Namespace:
         self.gateway = f"10.{octet2}.{index}.1"
         self.address = f"10.{octet2}.{index}.2"
         self._ports = itertools.count(CHROMEDRIVER_BASE_PORT)
+        #: What :meth:`popen` started: killed on exit by pid as well, since a process started
+        #: just before may not have entered the namespace yet (``ip netns exec`` joins it and
+        #: then execs the command in the same pid), where ``ip netns pids`` cannot see it.
+        self._started: list[subprocess.Popen[Any]] = []
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -112,6 +116,10 @@ class Namespace:
 
     def destroy(self) -> None:
         """Kill what runs inside, then remove the namespace (which removes the veth pair)."""
+        for proc in self._started:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
         pids = _run(IP, "netns", "pids", self.netns, check=False).stdout.split()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError):
@@ -131,7 +139,9 @@ class Namespace:
 
     def popen(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``command`` inside the namespace (the lab kills it on exit if still running)."""
-        return subprocess.Popen(self.argv(*command), **kwargs)
+        proc = subprocess.Popen(self.argv(*command), **kwargs)
+        self._started.append(proc)
+        return proc
 
     @contextlib.contextmanager
     def chromium(self, extra_flags: tuple[str, ...] = ()) -> Iterator[webdriver.Remote]:
