@@ -1182,18 +1182,9 @@ cdef class Forwarder:
         slow = []
         self.fd = -1 if out is None else out.fileno()
         self.collected = []
-        for i in range(BATCH):
-            self.recv_iov[i].iov_base = self.recv_buf + i * RECV_SIZE
-            self.recv_iov[i].iov_len = RECV_SIZE
         for rounds in range(ROUNDS):
             with nogil:
-                for i in range(BATCH):
-                    memset(&self.recv_msgs[i], 0, sizeof(mmsghdr))
-                    self.recv_msgs[i].msg_hdr.msg_name = &self.recv_addr[i]
-                    self.recv_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
-                    self.recv_msgs[i].msg_hdr.msg_iov = &self.recv_iov[i]
-                    self.recv_msgs[i].msg_hdr.msg_iovlen = 1
-                got = recvmmsg(fd, self.recv_msgs, BATCH, MSG_DONTWAIT, NULL)
+                got = self._recv_batch(fd)
                 if got > 0:
                     for i in range(got):
                         self.link_kind[i] = LINK_SLOW
@@ -1407,18 +1398,9 @@ cdef class Forwarder:
         cdef addr_key_t key
         slow = []
         self.fd = fd
-        for i in range(BATCH):
-            self.recv_iov[i].iov_base = self.recv_buf + i * RECV_SIZE
-            self.recv_iov[i].iov_len = RECV_SIZE
         for rounds in range(ROUNDS):
             with nogil:
-                for i in range(BATCH):
-                    memset(&self.recv_msgs[i], 0, sizeof(mmsghdr))
-                    self.recv_msgs[i].msg_hdr.msg_name = &self.recv_addr[i]
-                    self.recv_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
-                    self.recv_msgs[i].msg_hdr.msg_iov = &self.recv_iov[i]
-                    self.recv_msgs[i].msg_hdr.msg_iovlen = 1
-                got = recvmmsg(fd, self.recv_msgs, BATCH, MSG_DONTWAIT, NULL)
+                got = self._recv_batch(fd)
                 if got > 0:
                     for i in range(got):
                         self.slow_flag[i] = 1
@@ -1605,6 +1587,20 @@ cdef class Forwarder:
                                               self.out_len[i]),
                     self.tx_addr[self.out_tx[i]],
                 ))
+
+    cdef int _recv_batch(self, int fd) noexcept nogil:
+        """One ``recvmmsg`` of up to BATCH datagrams into the receive slots (their sources
+        in ``recv_addr``); returns what it returned."""
+        cdef int i
+        for i in range(BATCH):
+            self.recv_iov[i].iov_base = self.recv_buf + i * RECV_SIZE
+            self.recv_iov[i].iov_len = RECV_SIZE
+            memset(&self.recv_msgs[i], 0, sizeof(mmsghdr))
+            self.recv_msgs[i].msg_hdr.msg_name = &self.recv_addr[i]
+            self.recv_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+            self.recv_msgs[i].msg_hdr.msg_iov = &self.recv_iov[i]
+            self.recv_msgs[i].msg_hdr.msg_iovlen = 1
+        return recvmmsg(fd, self.recv_msgs, BATCH, MSG_DONTWAIT, NULL)
 
     cdef void _flush_nogil(self) noexcept nogil:
         """Send the pending packets: consecutive packets to one subscriber of equal size (the

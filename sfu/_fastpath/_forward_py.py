@@ -507,14 +507,7 @@ class Forwarder:
         slow: list[Datagram] = []
         egress: list[Datagram] = []
         for _ in range(PUMP_ROUNDS):
-            batch: list[Datagram] = []
-            for _ in range(PUMP_BATCH):
-                try:
-                    batch.append(sock.recvfrom(_MAX_DATAGRAM))
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break  # e.g. ICMP port unreachable reported on a later read
+            batch = _read_batch(sock)
             if not batch:
                 break
             more, sent = self.receive_link(batch, now)
@@ -648,14 +641,7 @@ class Forwarder:
         """Read what the (non-blocking) socket holds, forward, send; returns the slow path."""
         slow: list[Datagram] = []
         for _ in range(PUMP_ROUNDS):
-            batch: list[Datagram] = []
-            for _ in range(PUMP_BATCH):
-                try:
-                    batch.append(sock.recvfrom(_MAX_DATAGRAM))
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break  # e.g. ICMP port unreachable reported on a later read
+            batch = _read_batch(sock)
             if not batch:
                 break
             more, egress = self.process(batch, now)
@@ -782,3 +768,17 @@ class Forwarder:
         clock = self._clock
         if record[8] and clock is not None and not stream.packets & self._sample_mask:
             self._latency.append(clock() - now)
+
+
+def _read_batch(sock: socket.socket) -> list[Datagram]:
+    """Up to PUMP_BATCH datagrams the (non-blocking) socket holds, as ``recvmmsg`` would
+    read them in the compiled kernel."""
+    batch: list[Datagram] = []
+    for _ in range(PUMP_BATCH):
+        try:
+            batch.append(sock.recvfrom(_MAX_DATAGRAM))
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            break  # e.g. ICMP port unreachable reported on a later read
+    return batch
