@@ -17,6 +17,7 @@ from sfu.cluster.node_pipes import NodePipes
 from sfu.cluster.placement import LOOKUP_RESULTS, MOVED_KINDS, NodePlacement
 from sfu.cluster.registry import NodeRegistry
 from sfu.cluster.room_bus import ClusterRoomBus
+from sfu.signaling.whip_forward import FORWARD_RESULTS, WhipForwarder
 from sfu.transport.media_lane import LANE_DROP_REASONS
 from sfu.transport.pipe import DROP_REASONS
 
@@ -33,8 +34,10 @@ class ClusterCollector(Collector):
         room_bus: Callable[[], ClusterRoomBus | None] = lambda: None,
         node_pipes: Callable[[], NodePipes | None] = lambda: None,
         placement: Callable[[], NodePlacement | None] = lambda: None,
+        whip_forwarder: Callable[[], WhipForwarder | None] = lambda: None,
     ) -> None:
         self._registry = registry
+        self._whip_forwarder = whip_forwarder
         self._placement = placement
         self._links = links
         self._room_bus = room_bus
@@ -96,6 +99,18 @@ class ClusterCollector(Collector):
             for result in LOOKUP_RESULTS:
                 lookups.add_metric([result], placement.lookups[result])
             yield lookups
+        forwarder = self._whip_forwarder()
+        if forwarder is not None:
+            forwards = CounterMetricFamily(
+                "sfu_cluster_whip_forwards",
+                "WHIP/WHEP POSTs placed on another node and forwarded there by this one, by "
+                "result: forwarded (the answer relayed), fallback (the node was unreachable "
+                "or answered 5xx: 307 instead) or failed (the answer was not relayable: 502)",
+                labels=["result"],
+            )
+            for result in FORWARD_RESULTS:
+                forwards.add_metric([result], forwarder.results[result])
+            yield forwards
         yield GaugeMetricFamily(
             "sfu_cluster_rooms_held",
             "Rooms open on this node, each with an entry in the directory's span of the room",
