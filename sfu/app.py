@@ -434,7 +434,7 @@ class Server:
                     lambda: self.room_bus,
                     lambda: self.node_pipes,
                     lambda: self.placement,
-                    lambda: self.whip_forwarder,
+                    lambda: self.whip_forwarder.results if self.whip_forwarder else None,
                 )
             )
         #: The pipes and the room bus to the other workers (rooms spread over workers), in

@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Final
 
 from sfu._fastpath.values import REFUSAL_REASONS
-from sfu.cluster.placement import LOOKUP_RESULTS
+from sfu.cluster.placement import FORWARD_RESULTS, LOOKUP_RESULTS
 from sfu.core.allocator import REASONS
 from sfu.io.http_limits import REASONS as HTTP_REFUSALS
 from sfu.packet.demux import PacketKind
 from sfu.room.chat import REFUSAL_REASONS as CHAT_REFUSALS
-from sfu.signaling.whip_forward import FORWARD_RESULTS
 from sfu.transport import ice
 from sfu.transport.counters import CANDIDATE_TYPES
 from sfu.transport.datachannel import DROP_REASONS as DATA_CHANNEL_DROPS

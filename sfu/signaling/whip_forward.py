@@ -32,6 +32,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
+from sfu.cluster.placement import FORWARD_RESULTS
 from sfu.config import WHIP_PLACEMENTS
 
 __all__ = [
@@ -63,10 +64,6 @@ MAX_ANSWER_BYTES: Final = 64 * 1024
 #: waits for a connection within its timeout (and then falls back) rather than opening
 #: sockets without bound.
 FORWARD_MAX_CONNECTIONS: Final = 64
-#: How a forwarded POST ended, the only label values of its metric: the target's answer was
-#: relayed (``forwarded``), the target could not be reached or answered ``5xx`` and the client
-#: got the ``307`` (``fallback``), or the answer could not be relayed (``failed``, ``502``).
-FORWARD_RESULTS: Final = ("forwarded", "fallback", "failed")
 #: Headers of the target's answer passed to the client (every other one is dropped):
 #: the answer's type, the session resource, its entity tag (RFC 9725 §4.3.1), the ICE
 #: servers (``Link``, §4.6), the challenge of a 401, a refusal's retry hint, caching.
