@@ -1,9 +1,9 @@
 """Placement across three in-process nodes over a real redis-server (``cluster.public_url``):
 
 - a full node sends a WebSocket join on (``moved``, close 4011) to another node (to the node
-  its room is on already, once there is one), and a WHIP request too (``307``); a join
-  another node placed is never sent on again; ``joined.nodes`` names the other nodes to
-  reconnect to should this one be lost;
+  its room is on already, once there is one), and a WHIP request too (``307``, with
+  ``whip_placement = "redirect"``); a join another node placed is never sent on again;
+  ``joined.nodes`` names the other nodes to reconnect to should this one be lost;
 - a full node that holds no participant of a room sends its joins to the node the room is
   on (by the room's span in Redis), not to a lighter node the room is not on;
 - a draining node tells each room's participants one node to move to, closes their sessions
