@@ -64,6 +64,7 @@ from sfu.signaling.echo_http import add_echo_routes
 from sfu.signaling.room_ws import JoinGuard, RoomSockets, add_room_routes
 from sfu.signaling.turn import TurnCredentials, turn_relay_hosts
 from sfu.signaling.web_http import add_web_routes
+from sfu.signaling.whip_forward import WhipForwarder
 from sfu.signaling.whip_http import HttpSessions, add_whip_routes
 from sfu.transport.certificate import Certificate
 from sfu.transport.ice import is_tcp
@@ -361,6 +362,10 @@ class Server:
                 room_nodes=self._room_nodes,
                 lookup=registry.room_nodes,
             )
+        #: Sends WHIP/WHEP POSTs placed on another node there (``whip_placement = "proxy"``).
+        self.whip_forwarder: WhipForwarder | None = None
+        if self.placement is not None and config.cluster.whip_placement == "proxy":
+            self.whip_forwarder = WhipForwarder()
         #: The rooms' bus between nodes and their home claims (clustered, one process per node).
         self.room_bus: ClusterRoomBus | None = None
         #: QUIC links to the other nodes, when this node offers one (cluster.advertise_address).
@@ -429,6 +434,7 @@ class Server:
                     lambda: self.room_bus,
                     lambda: self.node_pipes,
                     lambda: self.placement,
+                    lambda: self.whip_forwarder.results if self.whip_forwarder else None,
                 )
             )
         #: The pipes and the room bus to the other workers (rooms spread over workers), in
@@ -827,6 +833,7 @@ class Server:
             trusted_proxies=self.config.http.trusted_proxies,
             turn=self.turn,
             placement=self.placement,
+            forwarder=self.whip_forwarder,
         )
         add_cors(self.http_app, self.config.http.cors_origins)
         registry = self.cluster if self.placement is not None else None
@@ -1015,6 +1022,8 @@ class Server:
         if self.bus is not None:
             await self.bus.close()
         await self._http.close()
+        if self.whip_forwarder is not None:
+            await self.whip_forwarder.close()
         if self._ops is not None:
             await self._ops.close()
         if self.room_state is not None:

@@ -317,6 +317,11 @@ class ClusterConfig:
     max_load: float = 0.8
     #: Participants (WebSocket, WHIP and WHEP sessions) this node is sized for.
     capacity_participants: int = 1000
+    #: What a WHIP/WHEP POST placed on another node gets: ``"proxy"`` (this node forwards
+    #: it there and relays the answer, whose ``Location`` is on that node) or
+    #: ``"redirect"`` (a ``307`` there; HTTP clients drop ``Authorization`` when a redirect
+    #: changes origin, so only clients that re-send their token get through).
+    whip_placement: str = "proxy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,6 +650,8 @@ def _validate_rooms(
     return errors
 
 
+#: Values of ``cluster.whip_placement`` (:mod:`sfu.signaling.whip_forward`).
+WHIP_PLACEMENTS: Final = ("proxy", "redirect")
 #: Largest ``cluster.capacity_participants`` (a sanity bound: a typo of extra zeros).
 MAX_CAPACITY_PARTICIPANTS: Final = 1_000_000
 
@@ -716,6 +723,12 @@ def _validate_cluster(
         err(
             "cluster.capacity_participants",
             f"must be between 1 and {MAX_CAPACITY_PARTICIPANTS}, got {capacity}",
+        )
+    placement = cluster.get("whip_placement")
+    if placement is not None and placement not in WHIP_PLACEMENTS:
+        err(
+            "cluster.whip_placement",
+            f"must be one of {', '.join(WHIP_PLACEMENTS)}, got {placement!r}",
         )
     files = [cluster.get(k) or "" for k in ("ca_file", "cert_file", "key_file")]
     if advertise and not all(files):

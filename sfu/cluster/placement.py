@@ -47,6 +47,7 @@ from sfu.cluster.directory import DirectoryUnavailable, NodeInfo
 
 __all__ = [
     "FALLBACK_NODES",
+    "FORWARD_RESULTS",
     "LOOKUP_RESULTS",
     "LOOKUP_TIMEOUT_S",
     "MOVED_KINDS",
@@ -75,6 +76,12 @@ LOOKUP_RESULTS: Final = ("found", "absent", "error", "timeout")
 #: The kinds of participant a drain moves, counted apart (:attr:`NodePlacement.moved_by`): a
 #: fixed set, the only label values of the metric.
 MOVED_KINDS: Final = ("websocket", "whip", "whep")
+#: How a WHIP/WHEP POST placed on another node and forwarded there ended
+#: (:mod:`sfu.signaling.whip_forward`): the target's answer was relayed (``forwarded``), the
+#: target could not be reached or answered ``5xx`` and the client got the ``307``
+#: (``fallback``), or the answer could not be relayed (``failed``, ``502``). A fixed set:
+#: these are the only label values of the metric.
+FORWARD_RESULTS: Final = ("forwarded", "fallback", "failed")
 #: Where the room protocol's WebSocket is on every node.
 SIGNALING_PATH: Final = "/ws"
 

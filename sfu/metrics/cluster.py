@@ -2,19 +2,20 @@
 
 Read at scrape time from the :class:`~sfu.cluster.registry.NodeRegistry`'s plain counters.
 No labels name a node, a room or a person: Prometheus's own ``instance`` label tells nodes
-apart; the only label is the bus event, from a fixed set (:mod:`sfu.metrics.labels`).
+apart; every label value (bus event, redirect reason, lookup or WHIP/WHEP forward
+result) is from a fixed set (:mod:`sfu.metrics.labels`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sfu.cluster.links import NodeLinks
 from sfu.cluster.node_pipes import NodePipes
-from sfu.cluster.placement import LOOKUP_RESULTS, MOVED_KINDS, NodePlacement
+from sfu.cluster.placement import FORWARD_RESULTS, LOOKUP_RESULTS, MOVED_KINDS, NodePlacement
 from sfu.cluster.registry import NodeRegistry
 from sfu.cluster.room_bus import ClusterRoomBus
 from sfu.transport.media_lane import LANE_DROP_REASONS
@@ -33,8 +34,10 @@ class ClusterCollector(Collector):
         room_bus: Callable[[], ClusterRoomBus | None] = lambda: None,
         node_pipes: Callable[[], NodePipes | None] = lambda: None,
         placement: Callable[[], NodePlacement | None] = lambda: None,
+        whip_forwards: Callable[[], Mapping[str, int] | None] = lambda: None,
     ) -> None:
         self._registry = registry
+        self._whip_forwards = whip_forwards
         self._placement = placement
         self._links = links
         self._room_bus = room_bus
@@ -96,6 +99,18 @@ class ClusterCollector(Collector):
             for result in LOOKUP_RESULTS:
                 lookups.add_metric([result], placement.lookups[result])
             yield lookups
+        forwarded = self._whip_forwards()
+        if forwarded is not None:
+            forwards = CounterMetricFamily(
+                "sfu_cluster_whip_forwards",
+                "WHIP/WHEP POSTs placed on another node and forwarded there by this one, by "
+                "result: forwarded (the answer relayed), fallback (the node was unreachable "
+                "or answered 5xx: 307 instead) or failed (the answer was not relayable: 502)",
+                labels=["result"],
+            )
+            for result in FORWARD_RESULTS:
+                forwards.add_metric([result], forwarded.get(result, 0))
+            yield forwards
         yield GaugeMetricFamily(
             "sfu_cluster_rooms_held",
             "Rooms open on this node, each with an entry in the directory's span of the room",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from sfu._fastpath.values import REFUSAL_REASONS
+from sfu.cluster.placement import FORWARD_RESULTS, LOOKUP_RESULTS
 from sfu.core.allocator import REASONS
 from sfu.io.http_limits import REASONS as HTTP_REFUSALS
 from sfu.packet.demux import PacketKind
@@ -125,4 +126,6 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     ),
     "candidate_type": frozenset(CANDIDATE_TYPES),
     "tcp_close_reason": frozenset(TCP_CLOSE_REASONS),
+    # Cluster directory reads for joins sent on, and WHIP/WHEP POSTs forwarded to a node.
+    "result": frozenset(LOOKUP_RESULTS) | frozenset(FORWARD_RESULTS),
 }

@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from sfu.cluster.placement import NodePlacement
 from sfu.config import AuthConfig, is_cluster_name
@@ -38,6 +39,13 @@ from sfu.signaling.sdp_http import (
     sdp_error,
 )
 from sfu.signaling.turn import TurnCredentials
+from sfu.signaling.whip_forward import (
+    PLACED_QUERY,
+    Relayed,
+    WhipForwarder,
+    forward_headers,
+    forward_url,
+)
 
 __all__ = ["HttpSessions", "add_whip_routes"]
 
@@ -46,8 +54,6 @@ __all__ = ["HttpSessions", "add_whip_routes"]
 #: few milliseconds on an idle host), and at most the settle time more, once the publisher
 #: is seen, for a track of each kind its offer asks for. Polled, as the bus's events are
 #: applied by the room service, not awaited by anyone.
-#: Query parameter a node adds when it sends a WHIP/WHEP request to another node (307).
-PLACED_QUERY: Final = "placed"
 SHARD_STATE_WAIT_S: Final = 2.0
 SHARD_STATE_SETTLE_S: Final = 0.25
 SHARD_STATE_POLL_S: Final = 0.01
@@ -101,10 +107,20 @@ class HttpSessions:
 
 
 async def _placed_elsewhere(
-    request: web.Request, placement: NodePlacement | None, room: str
+    request: web.Request,
+    placement: NodePlacement | None,
+    room: str,
+    forwarder: WhipForwarder | None,
+    source: str,
 ) -> web.Response | None:
-    """A 307 to the same resource on another node when this one is full or drains (RFC 9725
-    section 4.5: WHIP clients follow it, keeping the method and the offer); None to stay.
+    """The answer to a POST this node places on another one (full or draining); None to
+    stay.
+
+    With ``forwarder`` (``whip_placement = "proxy"``) the POST is sent on to the other node
+    and its answer relayed (:mod:`sfu.signaling.whip_forward`: a ``307`` changes the
+    origin, and clients then drop their ``Authorization``). Without it, or when the other
+    node cannot be reached, a ``307`` to the same resource there (RFC 9725 section 4.5:
+    WHIP clients follow it, keeping the method and the offer, if not always the token).
 
     The target gets ``placed=1`` so that it never sends the request on again (unless it
     drains itself).
@@ -119,9 +135,22 @@ async def _placed_elsewhere(
     )
     if target is None:
         return None
-    query = {**request.query, PLACED_QUERY: "1"}
-    location = f"{target.removesuffix('/')}{request.path}?{urlencode(query)}"
-    return web.Response(status=307, headers={"Location": location})
+    location = forward_url(target, request.path, request.query.items())
+    redirect = web.Response(status=307, headers={"Location": location})
+    if forwarder is None:
+        return redirect
+    # The endpoint's own checks of the body (type, size, UTF-8), as the target makes them.
+    offer = await read_sdp_offer(request)
+    if isinstance(offer, web.Response):
+        return offer
+    result = await forwarder.forward(
+        location, forward_headers(request.headers, source), offer.encode("utf-8")
+    )
+    if result == "fallback":
+        return redirect
+    if not isinstance(result, Relayed):
+        return sdp_error(502, "the node this request was placed on gave no usable answer")
+    return web.Response(status=result.status, body=result.body, headers=CIMultiDict(result.headers))
 
 
 def _room_error(exc: RoomError) -> web.Response:
@@ -142,11 +171,13 @@ def add_whip_routes(
     trusted_proxies: tuple[str, ...] = (),
     turn: TurnCredentials | None = None,
     placement: NodePlacement | None = None,
+    forwarder: WhipForwarder | None = None,
 ) -> None:
     """Register the WHIP and WHEP endpoints on ``app`` (``trusted_proxies``: whose
     ``X-Forwarded-For`` names the client, for the per-source pending-transport cap); with
     ``turn``, each ``201`` carries TURN credentials as ``Link: <url>; rel="ice-server"``
-    headers (RFC 9725 §4.6)."""
+    headers (RFC 9725 §4.6); with ``placement``, a POST placed on another node is forwarded
+    there by ``forwarder`` when given, else answered ``307``."""
     trusted = frozenset(trusted_proxies)
 
     def with_ice_servers(response: web.Response) -> web.Response:
@@ -166,7 +197,8 @@ def add_whip_routes(
             return sdp_error(401, f"token {exc.reason}", **BEARER_CHALLENGE)
         if not claims.grants & grant:
             return sdp_error(403, f"the token lacks the {grant_name} grant")
-        moved = await _placed_elsewhere(request, placement, room)
+        source = source_address(request, trusted)
+        moved = await _placed_elsewhere(request, placement, room, forwarder, source)
         return moved if moved is not None else claims
 
     async def whip(request: web.Request) -> web.Response:

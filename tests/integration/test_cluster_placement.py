@@ -1,16 +1,20 @@
 """Placement across three in-process nodes over a real redis-server (``cluster.public_url``):
 
 - a full node sends a WebSocket join on (``moved``, close 4011) to another node (to the node
-  its room is on already, once there is one), and a WHIP request too (``307``); a join
-  another node placed is never sent on again; ``joined.nodes`` names the other nodes to
-  reconnect to should this one be lost;
+  its room is on already, once there is one), and a WHIP request too (``307``, with
+  ``whip_placement = "redirect"``); a join another node placed is never sent on again;
+  ``joined.nodes`` names the other nodes to reconnect to should this one be lost;
 - a full node that holds no participant of a room sends its joins to the node the room is
   on (by the room's span in Redis), not to a lighter node the room is not on;
 - a draining node tells each room's participants one node to move to, closes their sessions
   (4011) within the drain, and sends newcomers on at once;
 - a draining node ends its WHIP and WHEP sessions within the same spread (RTCP BYE, DTLS
-  close_notify), and their aiortc clients, POSTing again where they did before, follow the
-  ``307`` to the node the room went to and the viewer decodes the republished stream.
+  close_notify), and their aiortc clients, POSTing again where they did before, are
+  forwarded to the node the room went to and the viewer decodes the republished stream;
+- a full node forwards WHIP and WHEP POSTs to the node it places them on
+  (``whip_placement = "proxy"``, the default), so clients that neither follow redirects nor
+  re-send their token get ``201`` with the session on that node, media flows, and
+  ``DELETE`` there ends the sessions.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessi
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from aiortc.rtp import AnyRtcpPacket, RtcpByePacket
 from clients import LOOPBACK_CONFIG, TIMEOUT, frames, next_of, running_server
+from multidict import CIMultiDict
 from redis_server import RedisServer, redis_server
 
 from sfu.app import Server
@@ -123,7 +128,9 @@ def test_a_full_node_sends_joins_on_and_a_placed_join_stays(server: RedisServer)
     async def scenario() -> None:
         # Node A is sized for one participant, full at half of it.
         async with (
-            three_nodes(server.url, capacity_participants=1, max_load=0.5) as (nodes, bases),
+            three_nodes(
+                server.url, capacity_participants=1, max_load=0.5, whip_placement="redirect"
+            ) as (nodes, bases),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
         ):
             node_a = nodes[0]
@@ -155,7 +162,8 @@ def test_a_full_node_sends_joins_on_and_a_placed_join_stays(server: RedisServer)
             # A join another node placed stays here, full or not: no client bounces.
             carol, joined = await join(http, f"{bases[0]}/ws", "r1", "carol", placed=True)
             assert joined["type"] == "joined", joined
-            # WHIP: 307 to the same resource on another node, marked as placed.
+            # WHIP, with whip_placement = "redirect": 307 to the same resource on another
+            # node, marked as placed.
             headers = {
                 "Authorization": f"Bearer {bearer('r2', 'cam')}",
                 "Content-Type": "application/sdp",
@@ -192,7 +200,9 @@ def test_a_full_node_without_the_room_sends_its_joins_where_the_room_is(
 
     async def scenario() -> None:
         async with (
-            three_nodes(server.url, capacity_participants=1, max_load=0.5) as (nodes, bases),
+            three_nodes(
+                server.url, capacity_participants=1, max_load=0.5, whip_placement="redirect"
+            ) as (nodes, bases),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
         ):
             node_a = nodes[0]
@@ -218,7 +228,7 @@ def test_a_full_node_without_the_room_sends_its_joins_where_the_room_is(
                 assert moved["type"] == "error" and moved["code"] == "moved", moved
                 assert moved["url"] == f"{bases[1]}/ws", (name, moved)
                 await other.close()
-            # WHIP of the room at A: 307 to B as well.
+            # WHIP of the room at A (whip_placement = "redirect"): 307 to B as well.
             headers = {
                 "Authorization": f"Bearer {bearer('meeting', 'cam')}",
                 "Content-Type": "application/sdp",
@@ -383,8 +393,8 @@ def test_a_draining_node_moves_whip_and_whep_sessions_to_the_rooms_node(
     """A WHIP publisher and a WHEP viewer of it on node A; A drains. Each session ends
     within the move spread, so that the client notices at once (the viewer's receivers get
     an RTCP BYE; both see the DTLS close_notify), its resource then answers 404, and both
-    clients, POSTing again to A as configured, are sent by A's 307 to the one node the room
-    went to, where the viewer decodes the republished stream."""
+    clients, POSTing again to A as configured, have their POSTs forwarded by A to the one
+    node the room went to, where the viewer decodes the republished stream."""
 
     async def scenario() -> None:
         async with (
@@ -441,10 +451,13 @@ def test_a_draining_node_moves_whip_and_whep_sessions_to_the_rooms_node(
                 while not (len(caster.sessions) == 2 and len(viewer.sessions) == 2):
                     assert time.monotonic() < deadline, "a client never got back in"
                     await asyncio.sleep(0.02)
-                landed = [yarl.URL(client.sessions[1][1]) for client in (caster, viewer)]
-                assert all(url.query.get("placed") == "1" for url in landed), landed
+                # A forwarded their POSTs (whip_placement = "proxy", the default): each was
+                # answered at A's URL, with its session resource on the node the room went to.
+                posted = [client.sessions[1][1] for client in (caster, viewer)]
+                assert posted == [caster.url, viewer.url], posted
+                landed = [yarl.URL(client.sessions[1][0]) for client in (caster, viewer)]
                 nodes_landed = {str(url.origin()) for url in landed}
-                assert len(nodes_landed) == 1, nodes_landed
+                assert len(nodes_landed) == 1 and bases[0] not in nodes_landed, nodes_landed
                 (target,) = nodes_landed
                 # Where the page was told the room goes (the room does not split).
                 assert notice["url"] == f"{target}/ws", (notice, target)
@@ -456,7 +469,7 @@ def test_a_draining_node_moves_whip_and_whep_sessions_to_the_rooms_node(
                 assert there.rooms is not None
                 kinds = {p.identity: p.kind for p in there.rooms.rooms[room].participants.values()}
                 assert kinds == {"caster": "whip", "viewer": "whep"}
-                # Counted by kind; A's 307s for the room counted as draining redirects.
+                # Counted by kind; A's placements of the room counted as draining redirects.
                 assert node_a.placement.moved_by == {"websocket": 1, "whip": 1, "whep": 1}
                 assert node_a.placement.redirects["draining"] >= 2
                 async with http.get(f"{bases[0]}/metrics") as response:
@@ -469,5 +482,119 @@ def test_a_draining_node_moves_whip_and_whep_sessions_to_the_rooms_node(
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await viewer.close()
                 await caster.close()
+
+    asyncio.run(scenario())
+
+
+async def post_once(
+    http: aiohttp.ClientSession, url: str, token: str, offer: str
+) -> tuple[int, str, CIMultiDict[str]]:
+    """One POST as a strict HTTP client makes it: no redirect followed, the token sent to
+    the URL it was configured with only. (status, body, headers)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+    async with http.post(url, data=offer, headers=headers, allow_redirects=False) as response:
+        return response.status, await response.text(), CIMultiDict(response.headers)
+
+
+def test_a_full_node_forwards_whip_and_whep_to_the_node_it_places_them_on(
+    server: RedisServer,
+) -> None:
+    """Node A is full. An aiortc WHIP publisher and a WHEP viewer POST to A with a client
+    that neither follows redirects nor re-sends credentials: A forwards each POST, both get
+    ``201`` at once with an absolute ``Location`` on the node they were placed on (one node:
+    the viewer goes where the room is), the viewer decodes the publisher's frames, and a
+    ``DELETE`` of each Location, sent there directly, ends its session."""
+
+    async def scenario() -> None:
+        async with (
+            three_nodes(server.url, capacity_participants=1, max_load=0.5) as (nodes, bases),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        ):
+            node_a = nodes[0]
+            assert node_a.cluster is not None and node_a.placement is not None
+            alice, joined = await join(http, f"{bases[0]}/ws", "elsewhere", "alice")
+            assert joined["type"] == "joined", joined
+            deadline = time.monotonic() + TIMEOUT
+            while node_a.cluster.node.load < 0.5:
+                assert time.monotonic() < deadline, "node A never announced its load"
+                await asyncio.sleep(0.05)
+            room = "show"
+            caster = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            try:
+                caster.addTransceiver(AudioStreamTrack(), direction="sendonly")
+                caster.addTransceiver(VideoStreamTrack(), direction="sendonly")
+                await caster.setLocalDescription(await caster.createOffer())
+                status, answer, headers = await post_once(
+                    http,
+                    f"{bases[0]}/whip/{room}",
+                    bearer(room, "caster", Grant.PUBLISH),
+                    caster.localDescription.sdp,
+                )
+                assert status == 201, (status, answer)
+                assert headers["Content-Type"] == "application/sdp"
+                caster_url = yarl.URL(headers["Location"])
+                assert caster_url.is_absolute(), caster_url
+                target = str(caster_url.origin())
+                assert target in bases[1:], (target, bases)
+                assert caster_url.path.startswith(f"/whip/{room}/")
+                await caster.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+                # The target recorded the room in the directory: A sends the viewer there.
+                deadline = time.monotonic() + TIMEOUT
+                while await node_a.cluster.room_nodes(room) != {NODES[bases.index(target)]}:
+                    assert time.monotonic() < deadline, "the room was never recorded"
+                    await asyncio.sleep(0.05)
+
+                videos: list[MediaStreamTrack] = []
+
+                @viewer.on("track")
+                def on_track(track: MediaStreamTrack) -> None:
+                    if track.kind == "video":
+                        videos.append(track)
+
+                viewer.addTransceiver("audio", direction="recvonly")
+                viewer.addTransceiver("video", direction="recvonly")
+                await viewer.setLocalDescription(await viewer.createOffer())
+                status, answer, headers = await post_once(
+                    http,
+                    f"{bases[0]}/whep/{room}/caster",
+                    bearer(room, "viewer", Grant.SUBSCRIBE),
+                    viewer.localDescription.sdp,
+                )
+                assert status == 201, (status, answer)
+                viewer_url = yarl.URL(headers["Location"])
+                assert str(viewer_url.origin()) == target, (viewer_url, target)
+                assert viewer_url.path.startswith(f"/whep/{room}/caster/")
+                await viewer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+                assert videos, "the viewer got no video track"
+                assert await asyncio.wait_for(frames(videos[0], 5), TIMEOUT) == 5
+
+                there = nodes[bases.index(target)]
+                assert there.rooms is not None
+                kinds = {p.identity: p.kind for p in there.rooms.rooms[room].participants.values()}
+                assert kinds == {"caster": "whip", "viewer": "whep"}
+                assert node_a.rooms is not None and room not in node_a.rooms.rooms
+                async with http.get(f"{bases[0]}/metrics") as response:
+                    text = await response.text()
+                assert 'sfu_cluster_whip_forwards_total{result="forwarded"} 2.0' in text
+                assert 'sfu_cluster_whip_forwards_total{result="fallback"} 0.0' in text
+                assert 'sfu_cluster_redirects_total{reason="full"} 2.0' in text
+
+                # The sessions end at their node, with no credentials but the resource itself.
+                for url in (viewer_url, caster_url):
+                    async with http.delete(url) as response:
+                        assert response.status == 200
+                    async with http.delete(url) as response:
+                        assert response.status == 404
+                deadline = time.monotonic() + TIMEOUT
+                while there.rooms.rooms.get(room) is not None and (
+                    there.rooms.rooms[room].participants
+                ):
+                    assert time.monotonic() < deadline, "the sessions never left the room"
+                    await asyncio.sleep(0.05)
+            finally:
+                await viewer.close()
+                await caster.close()
+                await alice.close()
 
     asyncio.run(scenario())

@@ -338,6 +338,8 @@ def test_cluster_config_defaults_and_node_id_from_host() -> None:
         ({"max_load": 1.5}, "cluster.max_load"),
         ({"max_load": float("nan")}, "cluster.max_load"),
         ({"capacity_participants": 0}, "cluster.capacity_participants"),
+        ({"whip_placement": "forward"}, "cluster.whip_placement"),
+        ({"whip_placement": ""}, "cluster.whip_placement"),
     ],
 )  # fmt: skip
 def test_bad_cluster_values_name_the_key(table: dict[str, Any], key: str) -> None:
@@ -350,6 +352,12 @@ def test_public_url_reaches_the_lease() -> None:
     config = parse_config({"cluster": {"public_url": "https://sfu-2.example.com:8443/"}})
     assert node_from_config(config.cluster).url == "https://sfu-2.example.com:8443"
     assert parse_config({}).cluster.max_load == 0.8
+
+
+def test_whip_placement_defaults_to_proxy_and_takes_redirect() -> None:
+    assert parse_config({}).cluster.whip_placement == "proxy"
+    config = parse_config({"cluster": {"whip_placement": "redirect"}})
+    assert config.cluster.whip_placement == "redirect"
 
 
 def test_cluster_env_override_is_checked() -> None:
