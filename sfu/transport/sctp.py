@@ -58,6 +58,17 @@ MAX_QUEUED_BYTES: Final = 1 << 20
 #: is dropped as malformed (aiortc would expand each block TSN by TSN).
 MAX_INBOUND_BYTES: Final = 1 << 20
 MAX_TSN_GAPS: Final = 4096
+#: Chunk types whose body aiortc reads as TLV parameters (INIT and INIT ACK after their
+#: 16 fixed bytes, the rest from the start), and where those start: RFC 9260 §3.2.1 makes a
+#: parameter's length count its own 4-byte header. aiortc's parameter reader advances by
+#: the length field, so a parameter of length 0 loops forever, appending to a list: one
+#: 40-byte packet from a peer inside DTLS took a process to 24 GB. Such packets are
+#: refused before aiortc reads them (:func:`_parameters_well_formed`).
+_PARAMETER_OFFSETS: Final = {1: 16, 2: 16, 4: 0, 5: 0, 6: 0, 9: 0, 130: 0}
+#: The SCTP common header and a chunk header (RFC 9260 §3, §3.2).
+_COMMON_HEADER: Final = 12
+_CHUNK_HEADER: Final = 4
+_PARAMETER_HEADER: Final = 4
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -240,6 +251,10 @@ class SctpAssociation:
     def receive(self, packet: bytes, *, now: float) -> list[bytes]:
         """Take one SCTP packet from DTLS; malformed ones are counted and dropped."""
         out = [] if self._started else self.start(now=now)
+        if not _parameters_well_formed(packet):
+            self.malformed += 1
+            self.drops["sctp_malformed"] += 1
+            return out
         # aiortc checks the CRC32c and drops silently; count what it cannot parse.
         try:
             _, _, _, chunks = _aiortc_sctp.parse_packet(packet)
@@ -384,6 +399,30 @@ class SctpAssociation:
     def _drain(self) -> list[bytes]:
         out, self._shim.outbox = self._shim.outbox, []
         return out
+
+
+def _parameters_well_formed(packet: bytes) -> bool:
+    """Whether every parameter of every chunk that carries parameters (within the chunk's
+    own length) is at least its 4-byte header long; walks chunks as aiortc's parser does,
+    leaving every other check (checksum, chunk lengths) to it."""
+    pos = _COMMON_HEADER
+    end = len(packet)
+    while pos + _CHUNK_HEADER <= end:
+        kind = packet[pos]
+        length = int.from_bytes(packet[pos + 2 : pos + 4], "big")
+        if length < _CHUNK_HEADER or pos + length > end:
+            return True  # aiortc refuses the packet itself
+        start = _PARAMETER_OFFSETS.get(kind)
+        if start is not None:
+            body = packet[pos + _CHUNK_HEADER : pos + length]
+            at = start
+            while at + _PARAMETER_HEADER <= len(body):
+                size = int.from_bytes(body[at + 2 : at + 4], "big")
+                if size < _PARAMETER_HEADER:
+                    return False
+                at += size + (-size % 4)
+        pos += length + (-length % 4)
+    return True
 
 
 def _user_bytes(chunks: Any) -> int:

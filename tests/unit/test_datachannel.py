@@ -253,6 +253,57 @@ def test_valid_checksum_garbage_is_counted_never_raised(chunks: bytes, right_tag
     assert server.malformed >= before
 
 
+class _ReadForever(BaseException):
+    """aiortc was given a parameter it would read forever (not an Exception: nothing on the
+    packet path may swallow it)."""
+
+
+@pytest.mark.parametrize(
+    ("kind", "fixed"),
+    [(1, 16), (2, 16), (4, 0), (5, 0), (6, 0), (9, 0), (130, 0)],
+    ids=["init", "init_ack", "heartbeat", "heartbeat_ack", "abort", "error", "reconfig"],
+)
+def test_a_parameter_of_length_zero_is_dropped_not_read_forever(
+    kind: int, fixed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiortc's parameter reader advances by a parameter's length field, so a parameter of
+    length 0 (RFC 9260 §3.2.1: at least its 4-byte header) made it loop forever, appending
+    until the process ran out of memory (24 GB from one 40-byte packet). Such a packet is
+    dropped and counted before aiortc reads it: here aiortc's reader stops the test instead
+    of looping if it is ever handed one."""
+    import aiortc.rtcsctptransport as aiortc_sctp
+    from google_crc32c import value as crc32c
+
+    read = aiortc_sctp.decode_params
+
+    def guarded(body: bytes) -> list[tuple[int, bytes]]:
+        pos = 0
+        while pos + 4 <= len(body):
+            size = int.from_bytes(body[pos + 2 : pos + 4], "big")
+            if size < 4:
+                raise _ReadForever
+            pos += size + (-size % 4)
+        return read(body)
+
+    monkeypatch.setattr(aiortc_sctp, "decode_params", guarded)
+    pair = _Pair()
+    pair.connect()
+    pair.pump()
+    server = pair.server.association
+    # The chunk's fixed fields (INIT's 16 bytes), then a parameter whose length is 0.
+    body = bytes(fixed) + struct.pack("!HH", 0x8000, 0)
+    chunk = struct.pack("!BBH", kind, 0, 4 + len(body)) + body
+    header = struct.pack("!HHL", 5000, 5000, server._assoc._local_verification_tag)
+    packet = header + struct.pack("<L", crc32c(header + bytes(4) + chunk)) + chunk
+    before = server.drops["sctp_malformed"]
+    pair.server.receive(packet, now=pair.now)
+    assert server.drops["sctp_malformed"] == before + 1
+    # The association is untouched: a message still goes through.
+    pair.to_server += pair.client.send(0, Ppid.DCEP, _open("chat"), now=pair.now) or []
+    pair.pump()
+    assert pair.server.by_label("chat") is not None
+
+
 def test_peer_overrunning_the_receive_window_is_aborted() -> None:
     """Fragments of a message that never completes, past our advertised window: abort."""
     from google_crc32c import value as crc32c
