@@ -498,7 +498,11 @@ class Subscription:
                 continue
             if not self.throttle.allow(seq, now, hold):
                 continue
-            rebuilt = self._rebuild(seq, entry, stream, scratch, now)
+            cached = stream.cache.get(entry.in_ext_seq, now)
+            if cached is None:
+                self.retransmit_misses += 1
+                continue
+            rebuilt = self._rebuild(seq, entry, stream, cached, scratch)
             if rebuilt is None:
                 continue
             n, offset = rebuilt
@@ -526,16 +530,13 @@ class Subscription:
         seq: int,
         entry: HistoryEntry,
         stream: SourceStream,
+        cached: memoryview,
         scratch: bytearray,
-        now: float,
     ) -> tuple[int, int] | None:
-        """Outgoing packet ``seq`` as it was first sent, rebuilt into ``scratch`` from the
-        source's cache (its header, picture ids and frame numbers as this subscriber saw them);
-        returns (length, payload offset), or None when the cache no longer holds it."""
-        cached = stream.cache.get(entry.in_ext_seq, now)
-        if cached is None:
-            self.retransmit_misses += 1
-            return None
+        """Outgoing packet ``seq`` as it was first sent, rebuilt into ``scratch`` from
+        ``cached`` (the source's packet it was made from) with its header, picture ids and
+        frame numbers as this subscriber saw them; returns (length, payload offset), or None
+        when it cannot be rewritten."""
         # The format it was first sent in (the publisher may use several, RFC 3264 §6.1).
         out_pt = self.pt_map.get(cached[1] & 0x7F, self.payload_type)
         n = _fastpath.rewrite_rtp(
@@ -604,9 +605,8 @@ class Subscription:
             stream = None if entry is None else self.publication.layers.get(entry.layer)
             if entry is None or stream is None or (current is not None and entry.layer != current):
                 continue
-            misses = self.retransmit_misses
-            rebuilt = self._rebuild(seq, entry, stream, scratch, now)
-            self.retransmit_misses = misses  # a probe's misses are not the receiver's
+            cached = stream.cache.get(entry.in_ext_seq, now)
+            rebuilt = None if cached is None else self._rebuild(seq, entry, stream, cached, scratch)
             if rebuilt is not None and rebuilt[0] >= PROBE_COPY_MIN_BYTES:
                 copies.append((seq, bytes(scratch[: rebuilt[0]]), rebuilt[1]))
         if not copies:

@@ -112,6 +112,16 @@ async def join(
     return ws, await ws.receive_json(timeout=TIMEOUT)
 
 
+async def announced_full(node: Server) -> None:
+    """Wait until ``node``'s lease announces it full (the next renewal after its seat is
+    taken: a load of half its capacity, the nodes' ``max_load``)."""
+    assert node.cluster is not None
+    deadline = time.monotonic() + TIMEOUT
+    while node.cluster.node.load < 0.5:
+        assert time.monotonic() < deadline, "the node never announced its load"
+        await asyncio.sleep(0.05)
+
+
 async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> int | None:
     """Read until the server closes the socket; its close code."""
     deadline = time.monotonic() + TIMEOUT
@@ -141,10 +151,7 @@ def test_a_full_node_sends_joins_on_and_a_placed_join_stays(server: RedisServer)
             fallbacks = joined["nodes"]
             assert isinstance(fallbacks, list) and set(fallbacks) == others
             assert node_a.cluster is not None
-            deadline = time.monotonic() + TIMEOUT
-            while node_a.cluster.node.load < 0.5:  # the next renewal announces the seat
-                assert time.monotonic() < deadline, "node A never announced its load"
-                await asyncio.sleep(0.05)
+            await announced_full(node_a)
             bob, reply = await join(http, f"{bases[0]}/ws", "r1", "bob")
             assert reply["type"] == "error" and reply["code"] == "moved", reply
             assert reply["url"] in others
@@ -210,10 +217,7 @@ def test_a_full_node_without_the_room_sends_its_joins_where_the_room_is(
             # A's one seat is taken, in another room.
             alice, joined = await join(http, f"{bases[0]}/ws", "elsewhere", "alice")
             assert joined["type"] == "joined", joined
-            deadline = time.monotonic() + TIMEOUT
-            while node_a.cluster.node.load < 0.5:
-                assert time.monotonic() < deadline, "node A never announced its load"
-                await asyncio.sleep(0.05)
+            await announced_full(node_a)
             bob, joined = await join(http, f"{bases[1]}/ws", "meeting", "bob")
             assert joined["type"] == "joined", joined
             assert "meeting" not in node_a.rooms.rooms  # type: ignore[union-attr]
@@ -514,10 +518,7 @@ def test_a_full_node_forwards_whip_and_whep_to_the_node_it_places_them_on(
             assert node_a.cluster is not None and node_a.placement is not None
             alice, joined = await join(http, f"{bases[0]}/ws", "elsewhere", "alice")
             assert joined["type"] == "joined", joined
-            deadline = time.monotonic() + TIMEOUT
-            while node_a.cluster.node.load < 0.5:
-                assert time.monotonic() < deadline, "node A never announced its load"
-                await asyncio.sleep(0.05)
+            await announced_full(node_a)
             room = "show"
             caster = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
