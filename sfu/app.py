@@ -30,7 +30,7 @@ from sfu.cluster.redis_directory import RedisDirectory
 from sfu.cluster.registry import NodeRegistry, node_from_config
 from sfu.cluster.room_bus import ClusterRoomBus, NodeTracks
 from sfu.cluster.room_state import RedisRoomState
-from sfu.config import Config, parse_workers
+from sfu.config import Config, ConfigError, parse_workers
 from sfu.core.dataplane import DataPlane
 from sfu.core.kernels import Kernels, default_kernels
 from sfu.echo import EchoService
@@ -337,22 +337,26 @@ class Server:
         #: Gives freed heap back to the system after sessions end (see sfu/io/memory.py).
         self.heap = HeapTrimmer(trim=libc_malloc_trim())
         #: This node in the cluster directory (Redis when ``cluster.redis_url`` is set, else
-        #: in-process); one process per node registers: the only one, or worker 0.
+        #: in-process). Clustered, every forwarding worker is a member of its own
+        #: (``<node_id>.w<index>``: its own lease, link, rooms and placement); a lone node's
+        #: workers have one registry, worker 0's.
         self.cluster: NodeRegistry | None = None
-        if worker_index is None or worker_index == 0:
+        clustered = bool(config.cluster.redis_url)
+        if clustered or worker_index is None or worker_index == 0:
             directory: Directory = (
-                RedisDirectory(config.cluster.redis_url)
-                if config.cluster.redis_url
-                else LocalDirectory(clock.now)
+                RedisDirectory(config.cluster.redis_url) if clustered else LocalDirectory(clock.now)
             )
             self.cluster = NodeRegistry(
-                directory, node_from_config(config.cluster), load=self._node_load
+                directory,
+                node_from_config(config.cluster, worker_index if clustered else None),
+                load=self._node_load,
             )
         #: This node's load for its lease: CPU share and seats taken.
         self.load_meter = LoadMeter(config.cluster.capacity_participants)
-        #: Where joins go when this node is full or drains (a clustered single-process node).
+        #: Where joins go when this node (this worker, of a node that runs several) is full
+        #: or drains; clustered only.
         self.placement: NodePlacement | None = None
-        if self.cluster is not None and config.cluster.redis_url and worker_index is None:
+        if self.cluster is not None and clustered:
             registry = self.cluster
             self.placement = NodePlacement(
                 local=lambda: registry.node,
@@ -366,7 +370,7 @@ class Server:
         self.whip_forwarder: WhipForwarder | None = None
         if self.placement is not None and config.cluster.whip_placement == "proxy":
             self.whip_forwarder = WhipForwarder()
-        #: The rooms' bus between nodes and their home claims (clustered, one process per node).
+        #: The rooms' bus between cluster members and their home claims (clustered).
         self.room_bus: ClusterRoomBus | None = None
         #: QUIC links to the other nodes, when this node offers one (cluster.advertise_address).
         self.links: NodeLinks | None = None
@@ -438,16 +442,17 @@ class Server:
                 )
             )
         #: The pipes and the room bus to the other workers (rooms spread over workers), in
-        #: a worker only.
+        #: a worker of a lone node only (a clustered node's workers use the cluster's).
         self.pipes: WorkerPipes | None = None
         self.bus: WorkerBus | None = None
         if worker_index is not None:
             self.http_app.router.add_get(WORKER_LOAD_PATH, self._worker_load)
+            self.http_app.router.add_post(WORKER_SESSIONS_PATH, self._worker_sessions)
+        if worker_index is not None and not clustered:
             self.pipes = WorkerPipes(worker_index, lambda: self.rooms, clock.now)
             self.bus = WorkerBus(lambda: self.rooms, clock.now, self.token_secret)
             self.metrics.register(PipeMetrics(self.pipes))
             self.http_app.router.add_post(WORKER_PIPES_PATH, self._worker_pipes)
-            self.http_app.router.add_post(WORKER_SESSIONS_PATH, self._worker_sessions)
             self.http_app.router.add_get(WORKER_BUS_PATH, self.bus.handle)
         if config.metrics.enabled:
             add_metrics_route(self.http_app, self.metrics)
@@ -475,9 +480,9 @@ class Server:
 
     async def _worker_load(self, _request: web.Request) -> web.Response:
         """A worker's load for its supervisor's placement, cheap enough to poll: datagrams
-        through the forwarder (in, fast and slow, and out) so far; and, from the worker that
-        registers a clustered node, the ``cluster`` part of ``/readyz`` (the supervisor's
-        ``/readyz`` shows it)."""
+        through the forwarder (in, fast and slow, and out) so far; and, clustered (each
+        worker a member), its ``cluster`` part of ``/readyz`` (the supervisor's ``/readyz``
+        shows them)."""
         forwarder = self.dataplane.forwarder
         packets = forwarder.fast_packets + forwarder.slow_packets + forwarder.sent_packets
         return web.json_response({"packets": packets, **self._cluster_details()})
@@ -775,14 +780,10 @@ class Server:
         # Rooms never spread (room_spread_subscribers 0, the default) need no bus: each room
         # lives whole on one worker, so its events stay there.
         spreading = self.config.server.room_spread_subscribers > 0
-        if self.pipes is not None and self.bus is not None and spreading:
-            self.rooms.bus = self.bus
-            self.rooms.remote_tracks = self.pipes.hub
-            self.pipes.hub.stats = self.rooms.stats
-            self.pipes.hub.plane = self.dataplane
-        elif self.cluster is not None and self.config.cluster.redis_url:
-            # Rooms span nodes: their events over the cluster's bus, homes claimed in Redis.
-            # (A node running several workers keeps its rooms to itself for now.)
+        if self.cluster is not None and self.config.cluster.redis_url:
+            # Rooms span cluster members: their events over the cluster's bus, homes claimed
+            # in Redis. A clustered node's workers are members each, so a room spread over
+            # them (or over nodes) is joined up here, not by the supervisor's bus and pipes.
             self.room_bus = ClusterRoomBus(self.cluster, lambda: self.rooms, clock=clock.now)
             self.rooms.bus = self.room_bus
             self.rooms.homes = self.room_bus
@@ -805,6 +806,11 @@ class Server:
             else:
                 self.rooms.remote_tracks = NodeTracks()
             self.room_bus.start()
+        elif self.pipes is not None and self.bus is not None and spreading:
+            self.rooms.bus = self.bus
+            self.rooms.remote_tracks = self.pipes.hub
+            self.pipes.hub.stats = self.rooms.stats
+            self.pipes.hub.plane = self.dataplane
         auth = self.config.auth
         add_admin_routes(
             self.http_app,
@@ -1131,8 +1137,13 @@ def serve(config: Config) -> int:
     """
     workers = worker_count(config)
     if workers > 1:
-        from sfu.workers.supervisor import run_supervisor
+        from sfu.workers.supervisor import check_cluster_ports, run_supervisor
 
+        try:
+            check_cluster_ports(config, workers)
+        except ConfigError as err:
+            print(f"sfu: invalid configuration:\n{err}", file=sys.stderr)
+            return 1
         return run_supervisor(config, workers)
     configure_logging(config.logging, worker_name=config.server.worker_name)
     log.info(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -281,6 +282,10 @@ class AuditConfig:
 #: Longest ``cluster.node_id`` / ``cluster.region`` (they are Redis key parts and metric
 #: labels, so they stay short and plain).
 MAX_CLUSTER_NAME: Final = 64
+#: The ending of a worker's member id (``<node_id>.w<index>``): the id each forwarding
+#: worker of a clustered node registers under. A node id may not end so, so that a node's
+#: certificate (which names the node) can stand for exactly its own workers.
+WORKER_MEMBER_RE: Final = re.compile(r"\.w[0-9]+\Z")
 #: URL schemes ``cluster.redis_url`` accepts (redis-py: plain TCP, TLS, a Unix socket).
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 
@@ -580,18 +585,21 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
             "server.workers",
             f'must be "auto" or a count from 1 to {MAX_WORKERS}, got {workers!r}',
         )
+    cluster = values["cluster"]
     if (
-        values["cluster"].get("redis_url")
+        cluster.get("redis_url")
+        and cluster.get("advertise_address")
+        and not cluster.get("link_port")
         and workers is not None
         and parse_workers(workers) not in (None, 1)
     ):
-        # A clustered node is one process: its workers would not all be on the cluster's
-        # bus, and a room on a worker that is not would be split from the rest of the
-        # cluster without a word. More cores: more nodes (docs/deployment.md).
+        # Each worker of a clustered node is a cluster member with a link of its own, on
+        # link_port + its index, announced as the advertised port + its index: a free port
+        # per worker could not be announced.
         err(
-            "server.workers",
-            f'must be "1" when cluster.redis_url is set (a clustered node is one process; '
-            f"run one node per core to use more), got {workers!r}",
+            "cluster.link_port",
+            "must be set (not 0) when a clustered node with a link runs several workers "
+            f"(server.workers = {workers!r}): worker i listens on link_port + i",
         )
     spread = values["server"].get("room_spread_subscribers")
     if spread is not None and not 0 <= spread <= MAX_ROOM_PARTICIPANTS:
@@ -700,6 +708,13 @@ def _validate_cluster(
                 f"cluster.{key}",
                 f"must be 1 to {MAX_CLUSTER_NAME} letters, digits, '.', '_' or '-', got {value!r}",
             )
+    node_id = cluster.get("node_id")
+    if node_id and is_cluster_name(node_id) and WORKER_MEMBER_RE.search(node_id):
+        err(
+            "cluster.node_id",
+            f"must not end in '.w' and digits (the cluster names a node's workers so), "
+            f"got {node_id!r}",
+        )
     advertise = cluster.get("advertise_address")
     if advertise:
         host, _, port_text = advertise.rpartition(":")

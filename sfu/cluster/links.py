@@ -20,6 +20,7 @@ from collections.abc import Callable
 from aioquic.quic.configuration import QuicConfiguration
 
 from sfu.cluster.directory import NodeInfo
+from sfu.cluster.registry import node_of_member
 from sfu.config import ClusterConfig
 from sfu.io.quic_link import LinkEndpoint, LinkReader
 from sfu.transport.media_lane import LANE_DROP_REASONS, REFERENCE_LANE
@@ -61,6 +62,12 @@ class NodeLinks:
         #: The hosts of the live nodes' link addresses: only they may start a link here
         #: (from the directory, refreshed by :meth:`update`).
         self._known_hosts: set[str] = set()
+        #: The live members by their resolved link address (from the directory): which
+        #: worker of a node dialled here, when its certificate names only the node.
+        self._members_at: dict[tuple[str, int], str] = {}
+        #: Links refused at the handshake because no live member of the certificate's node
+        #: is at the address they came from.
+        self.refused_unknown_member = 0
         #: Where flows and control messages go (the pipe, next); by default only counted.
         self.on_flow: FlowHandler | None = None
         self.on_control: ControlHandler | None = None
@@ -96,7 +103,7 @@ class NodeLinks:
             ca_file=c.ca_file,
             cert_file=c.cert_file,
             key_file=c.key_file,
-            server_name=peer,
+            server_name=node_of_member(peer),  # a worker's certificate names its node
         )
 
     async def start(self) -> tuple[str, int]:
@@ -130,6 +137,7 @@ class NodeLinks:
             return
         loop = asyncio.get_running_loop()
         known: set[str] = set()
+        members: dict[tuple[str, int], str] = {}
         for peer in peers:
             if peer.node_id == self.node_id or not peer.link_address:
                 continue
@@ -141,6 +149,7 @@ class NodeLinks:
                 continue
             addr = infos[0][4]
             known.add(str(addr[0]))  # a live node's host may start a link to us
+            members[(str(addr[0]), int(addr[1]))] = peer.node_id
             if peer.node_id < self.node_id:
                 continue  # it dials us
             if peer.node_id in self.up or peer.node_id in self._dialling:
@@ -148,18 +157,42 @@ class NodeLinks:
             link = self._endpoint.connect((str(addr[0]), int(addr[1])), peer.node_id)
             self._dialling[peer.node_id] = link
         self._known_hosts = known
+        self._members_at = members
+
+    def _member(self, link: NodeLink, proven: str) -> str | None:
+        """The cluster member at the far end of ``link``, whose certificate proved node
+        ``proven``: the member dialled, or the live member at the address the link came
+        from; either must be ``proven`` itself or one of its workers (``proven.w<i>``).
+        None: not a live member this node knows (one that registered after this node's last
+        view of the directory dials again at its next renewal), or the dialled member is not
+        of the proven node."""
+        for member, dialled in self._dialling.items():
+            if dialled is link:
+                return member if node_of_member(member) == proven else None
+        if proven in self._members_at.values():
+            return proven  # a single-process node: its certificate names the member
+        address = (str(link.peer_address[0]), int(link.peer_address[1]))
+        at = self._members_at.get(address)
+        return at if at is not None and node_of_member(at) == proven else None
 
     def _event(self, link: NodeLink, event: LinkEvent) -> None:
         if isinstance(event, LinkUp):
-            self._dialling.pop(event.peer, None)
-            old = self.up.get(event.peer)
+            member = self._member(link, event.peer)
+            if member is None:
+                self.refused_unknown_member += 1
+                link.peer = None  # never up: nothing from it is delivered, nor counted lost
+                link.close("not a known member")
+                return
+            link.peer = member  # flows and control are told apart by member from here on
+            self._dialling.pop(member, None)
+            old = self.up.get(member)
             if old is not None and old is not link:
                 old.close("replaced")
-            self.up[event.peer] = link
+            self.up[member] = link
             self.links_established += 1
-            log.info("cluster: link up with node %s", event.peer)
+            log.info("cluster: link up with node %s", member)
             if self.on_link_up is not None:
-                self.on_link_up(event.peer, link)
+                self.on_link_up(member, link)
         elif isinstance(event, LinkDown):
             for table in (self.up, self._dialling):
                 for peer, known in list(table.items()):

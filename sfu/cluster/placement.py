@@ -178,8 +178,13 @@ class NodePlacement:
     _moves: dict[str, str] = field(default_factory=dict)
 
     def _others(self) -> list[NodeInfo]:
-        me = self.local().node_id
-        return [n for n in self.nodes() if n.node_id != me]
+        """The live members a client may be sent to: not this one, nor one reached at this
+        one's own public URL (a sibling worker of this node, or a node behind the same
+        load balancer): sending a client to the door it came in by places nothing."""
+        me = self.local()
+        return [
+            n for n in self.nodes() if n.node_id != me.node_id and not (me.url and n.url == me.url)
+        ]
 
     def _fresh_extra(self) -> dict[str, float]:
         # Each renewal brings every node's load anew: count placements afresh from there.

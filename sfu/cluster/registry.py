@@ -43,9 +43,9 @@ from sfu.cluster.directory import (
     NodeInfo,
     check_room,
 )
-from sfu.config import MAX_CLUSTER_NAME, ClusterConfig, is_cluster_name
+from sfu.config import MAX_CLUSTER_NAME, WORKER_MEMBER_RE, ClusterConfig, is_cluster_name
 
-__all__ = ["NodeRegistry", "node_from_config"]
+__all__ = ["NodeRegistry", "member_id", "node_from_config", "node_of_member"]
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,34 @@ ORPHAN_CLAIMS_PER_RENEWAL: Final = 32
 ORPHAN_GRACE_S: Final = LEASE_TTL_S
 
 
-def node_from_config(cluster: ClusterConfig) -> NodeInfo:
+def member_id(node_id: str, worker: int) -> str:
+    """The cluster member id of forwarding worker ``worker`` of node ``node_id``
+    (``<node_id>.w<worker>``; the node part is shortened so the whole stays a valid name)."""
+    suffix = f".w{worker}"
+    return node_id[: MAX_CLUSTER_NAME - len(suffix)] + suffix
+
+
+def node_of_member(member: str) -> str:
+    """The node a member id belongs to: ``node-a`` for ``node-a.w1``; a single-process
+    node's id is its own (node ids never end in ``.w`` and digits: the config refuses it)."""
+    match = WORKER_MEMBER_RE.search(member)
+    return member[: match.start()] if match else member
+
+
+def node_from_config(cluster: ClusterConfig, worker: int | None = None) -> NodeInfo:
     """This node as ``[cluster]`` describes it; an empty ``node_id`` takes the host name
-    (characters a node id may not hold become ``-``)."""
+    (characters a node id may not hold become ``-``). ``worker``: the index of this
+    forwarding worker of a node that runs several, each a member of the cluster of its own
+    (:func:`member_id`; its link address is the one the supervisor gave it)."""
     node_id = cluster.node_id
     if not node_id:
         host = socket.gethostname()
         node_id = "".join(c if is_cluster_name(c) else "-" for c in host)[:MAX_CLUSTER_NAME]
         node_id = node_id or "node"
+        if (match := WORKER_MEMBER_RE.search(node_id)) is not None:  # host "web.w2": not a worker
+            node_id = f"{node_id[: match.start()]}-{node_id[match.start() + 1 :]}"
+    if worker is not None:
+        node_id = member_id(node_id, worker)
     return NodeInfo(
         node_id=node_id,
         region=cluster.region,

@@ -176,6 +176,12 @@ class ClusterCollector(Collector):
             "sfu_cluster_links_lost", "QUIC node links that went down after coming up",
             value=links.links_lost,
         )  # fmt: skip
+        yield CounterMetricFamily(
+            "sfu_cluster_links_refused",
+            "QUIC node links closed at the handshake: not from a live member this node knows "
+            "of the node their certificate names (dialled again at the next renewal)",
+            value=links.refused_unknown_member,
+        )
         rtts = links.rtts()
         rtt = GaugeMetricFamily(
             "sfu_cluster_link_rtt_seconds",

@@ -10,6 +10,9 @@ rest (demo page, development tokens, echo) to the first ready worker. ``/healthz
 ``/readyz`` and ``/metrics`` are its own: ready while any worker is, metrics of every
 worker with a ``worker`` label. A worker that dies is restarted; its rooms' participants see
 ``server_draining`` and a 1001 close, and the browser client reconnects (onto a live worker).
+A clustered node's workers are cluster members each (``<node_id>.w<index>``, a link port
+each): the cluster's bus and node links join up a room spread over them, so the supervisor's
+own room bus and worker pipes are not used then.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from sfu.app import (
     WORKER_SESSIONS_PATH,
 )
 from sfu.cluster.registry import node_from_config
-from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, config_environment
+from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, ConfigError, config_environment
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_limit
 from sfu.logging_setup import configure_logging
@@ -61,6 +64,8 @@ __all__ = [
     "LOAD_SAMPLE_S",
     "Supervisor",
     "WorkerProcess",
+    "check_cluster_ports",
+    "cluster_member_environment",
     "room_of_join",
     "room_of_path",
     "run_supervisor",
@@ -72,7 +77,7 @@ log = logging.getLogger(__name__)
 
 #: How often each worker's CPU and packet rate are sampled for placement.
 LOAD_SAMPLE_S: Final = 2.0
-#: The keys of worker 0's cluster status the supervisor's ``/readyz`` repeats
+#: The keys of the workers' cluster status the supervisor's ``/readyz`` repeats
 #: (``NodeRegistry.status`` and the links): health and node ids only.
 CLUSTER_KEYS: Final = frozenset(
     {"node_id", "region", "directory", "lease", "nodes_alive", "draining", "links_up"}
@@ -171,12 +176,12 @@ def room_of_join(text: str) -> str:
 
 
 def worker_environment(
-    base: Mapping[str, str], config: Config, index: int, secret: str
+    base: Mapping[str, str], config: Config, index: int, secret: str, workers: int = 1
 ) -> dict[str, str]:
-    """The environment of worker ``index``: the supervisor's own without its ``SFU_*``
-    overrides, then the supervisor's whole configuration as overrides (so a worker runs
-    exactly it, whether it came from a file, the environment or code), then what makes it
-    one worker among many."""
+    """The environment of worker ``index`` of ``workers``: the supervisor's own without its
+    ``SFU_*`` overrides, then the supervisor's whole configuration as overrides (so a worker
+    runs exactly it, whether it came from a file, the environment or code), then what makes
+    it one worker among many (and, clustered, one member of the cluster among many)."""
     media, http = config.media, config.http
     env = {
         k: v for k, v in base.items() if not k.startswith(ENV_PREFIX) or k in NON_CONFIG_ENV_VARS
@@ -199,7 +204,40 @@ def worker_environment(
             "SFU_AUTH_JWT_SECRET": secret,
         }
     )
+    if config.cluster.redis_url:
+        env.update(cluster_member_environment(config, index, workers))
     return env
+
+
+def cluster_member_environment(config: Config, index: int, workers: int) -> dict[str, str]:
+    """What makes worker ``index`` a cluster member of its own (it registers as
+    ``<node_id>.w<index>``, ``registry.member_id``): its QUIC link on ``link_port + index``,
+    announced as the advertised port + ``index``, and its share of the node's seats (the
+    node's ``capacity_participants`` split over its workers, rounded up)."""
+    cluster = config.cluster
+    env = {
+        "SFU_CLUSTER_CAPACITY_PARTICIPANTS": str(-(-cluster.capacity_participants // workers)),
+    }
+    if cluster.advertise_address:
+        host, _, port = cluster.advertise_address.rpartition(":")
+        env["SFU_CLUSTER_ADVERTISE_ADDRESS"] = f"{host}:{int(port) + index}"
+        env["SFU_CLUSTER_LINK_PORT"] = str(cluster.link_port + index if cluster.link_port else 0)
+    return env
+
+
+def check_cluster_ports(config: Config, workers: int) -> None:
+    """Refuse (ConfigError naming the key) a clustered node whose workers' link ports would
+    run past 65535."""
+    cluster = config.cluster
+    if not (cluster.redis_url and cluster.advertise_address):
+        return
+    advertised = int(cluster.advertise_address.rpartition(":")[2])
+    ports = (("cluster.link_port", cluster.link_port), ("cluster.advertise_address", advertised))
+    for key, port in ports:
+        if port and port + workers - 1 > 65535:
+            raise ConfigError(
+                [(key, f"{port} + {workers - 1} (one link port per worker) passes 65535")]
+            )
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -229,7 +267,7 @@ class WorkerProcess:
         #: Its pipe socket's loopback port (rooms spread over workers), 0 before it reports.
         self.pipe_port = 0
         self.ready = False
-        #: The ``cluster`` part of its ``/readyz`` it last reported (worker 0, clustered).
+        #: The ``cluster`` part of its ``/readyz`` it last reported (clustered).
         self.cluster: dict[str, object] | None = None
         self.restarts = 0
         self.started_at = 0.0
@@ -345,19 +383,28 @@ class Supervisor:
     # -- readiness and addresses ------------------------------------------------------
 
     def cluster_details(self) -> dict[str, object]:
-        """The ``cluster`` part of ``/readyz`` when clustered: this node's id and region, and
-        what worker 0 (the process that registers the node) last reported of the cluster
-        (directory, lease, peers, links). Only those keys: never the Redis URL or a secret.
-        A single node's body stays ``{"status": "ok"}``."""
+        """The ``cluster`` part of ``/readyz`` when clustered: this node's id and region,
+        what worker 0 last reported of the cluster (directory, lease, peers, links), and
+        under ``members`` each ready worker's own report (every worker is a cluster member,
+        ``<node_id>.w<index>``). Only those keys: never the Redis URL or a secret. A single
+        node's body stays ``{"status": "ok"}``."""
         if not self.config.cluster.redis_url:
             return {}
         node = node_from_config(self.config.cluster)
         status: dict[str, object] = {"node_id": node.node_id, "region": node.region}
+        members = [
+            {key: value for key, value in worker.cluster.items() if key in CLUSTER_KEYS}
+            for worker in self.workers
+            if worker.ready and worker.cluster is not None
+        ]
         registrar = self.workers[0]
         if registrar.ready and registrar.cluster is not None:
             status.update(
-                (key, value) for key, value in registrar.cluster.items() if key in CLUSTER_KEYS
+                (key, value)
+                for key, value in registrar.cluster.items()
+                if key in CLUSTER_KEYS and key != "node_id"
             )
+        status["members"] = members
         return {"cluster": status}
 
     def readiness(self) -> str | None:
@@ -391,7 +438,9 @@ class Supervisor:
         """Start ``worker`` and wait for its ports; False (and the child killed) on failure."""
         # The configuration travels whole in the environment (worker_environment).
         args = [sys.executable, "-m", "sfu", "worker", "--index", str(worker.index)]
-        env = worker_environment(os.environ, self.config, worker.index, self.secret)
+        env = worker_environment(
+            os.environ, self.config, worker.index, self.secret, len(self.workers)
+        )
         proc = await asyncio.create_subprocess_exec(
             *args,
             env=env,
@@ -428,8 +477,11 @@ class Supervisor:
             worker.udp_port,
             worker.tcp_port,
         )
-        self.announce_pipes()
-        self._bus_tasks[worker.index] = asyncio.ensure_future(self._bus_link(worker))
+        if not self.config.cluster.redis_url:
+            # Clustered, the workers are cluster members: the cluster's bus and node links
+            # join up a room spread over them, not these.
+            self.announce_pipes()
+            self._bus_tasks[worker.index] = asyncio.ensure_future(self._bus_link(worker))
         return True
 
     async def _bus_link(self, worker: WorkerProcess) -> None:

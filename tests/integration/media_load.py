@@ -59,6 +59,25 @@ async def _connected(pc: RTCPeerConnection) -> None:
         await asyncio.sleep(0.05)
 
 
+async def watch(
+    viewer: RTCPeerConnection, base: str, secret: str, room: str, identity: str
+) -> tuple[dict[str, MediaStreamTrack], str]:
+    """Connect ``viewer`` as a WHEP viewer of the room's publisher at ``base``: its tracks
+    by kind (as they arrive) and its session's Location."""
+    received: dict[str, MediaStreamTrack] = {}
+    viewer.on("track", lambda track, r=received: r.setdefault(track.kind, track))
+    viewer.addTransceiver("audio", direction="recvonly")
+    viewer.addTransceiver("video", direction="recvonly")
+    await viewer.setLocalDescription(await viewer.createOffer())
+    token = bearer(secret, room, identity, Grant.SUBSCRIBE)
+    answer, location = await _post(
+        base, f"/whep/{room}/{PUBLISHER}", viewer.localDescription.sdp, token
+    )
+    await viewer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    await _connected(viewer)
+    return received, location
+
+
 @dataclass
 class MediaLoad:
     """The running load: connections, their WHIP/WHEP locations and received tracks."""
@@ -92,18 +111,8 @@ async def media_load(base: str, secret: str, room: str, viewers: int) -> AsyncIt
         for i in range(viewers):
             viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             load.viewers.append(viewer)
-            received: dict[str, MediaStreamTrack] = {}
-            viewer.on("track", lambda track, r=received: r.setdefault(track.kind, track))
-            viewer.addTransceiver("audio", direction="recvonly")
-            viewer.addTransceiver("video", direction="recvonly")
-            await viewer.setLocalDescription(await viewer.createOffer())
-            token = bearer(secret, room, f"viewer-{i}", Grant.SUBSCRIBE)
-            answer, location = await _post(
-                base, f"/whep/{room}/{PUBLISHER}", viewer.localDescription.sdp, token
-            )
+            received, location = await watch(viewer, base, secret, room, f"viewer-{i}")
             load.locations.append(location)
-            await viewer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-            await _connected(viewer)
             load.tracks.append(received)
         for received in load.tracks:
             await asyncio.wait_for(frames(received["video"], 5), TIMEOUT)

@@ -251,6 +251,22 @@ def test_fallbacks_are_other_nodes_region_first_lightest_first() -> None:
     ]
 
 
+def test_a_sibling_worker_or_a_node_at_the_same_url_is_never_a_target() -> None:
+    """A clustered node's workers are members with the node's public URL: sending a client
+    to that URL again lands it where the supervisor puts it, so a full worker sends its
+    joins, its drain's rooms and its fallbacks to other nodes only."""
+    me = NodeInfo("a.w0", "eu", load=0.9, url="https://a.example")
+    sibling = NodeInfo("a.w1", "eu", load=0.0, url="https://a.example")
+    cluster = Cluster(me, [sibling, node("b", 0.5)])
+    for _ in range(20):
+        assert cluster.placement.redirect(region=None) == "https://b.example"
+    assert cluster.placement.move_target(room="r") == "https://b.example"
+    assert cluster.placement.fallbacks() == ["https://b.example/ws"]
+    alone = Cluster(me, [sibling])
+    assert alone.placement.redirect(region=None) is None  # full, but nowhere else to go
+    assert alone.placement.fallbacks() == []
+
+
 def test_signaling_url() -> None:
     assert signaling_url("https://a.example/") == "https://a.example/ws"
     assert signaling_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/ws"

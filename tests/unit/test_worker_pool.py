@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sfu.app import WORKER_LOAD_PATH, Server, worker_count
 from sfu.cli import build_parser, main
+from sfu.cluster.registry import member_id, node_from_config, node_of_member
 from sfu.config import (
     ClusterConfig,
     Config,
@@ -44,6 +45,7 @@ from sfu.workers.placement import IDLE_FORGET_S, SATURATED_LOAD, Placement
 from sfu.workers.supervisor import (
     Supervisor,
     WorkerProcess,
+    check_cluster_ports,
     room_of_join,
     room_of_path,
     session_of_path,
@@ -69,19 +71,84 @@ def test_bad_workers_values_are_refused(text: str) -> None:
     assert err.value.errors[0][0] == "server.workers"
 
 
+CLUSTER = {"redis_url": "redis://127.0.0.1:6379/0"}
+AUTH = {"jwt_secret": "a-cluster-secret-of-enough-length-0123456789"}
+LINK = {"advertise_address": "10.0.0.5:7000", "ca_file": "c", "cert_file": "n", "key_file": "k"}
+
+
 @pytest.mark.parametrize("text", ["2", "auto"])
-def test_a_clustered_node_is_one_process(text: str) -> None:
-    """Only one worker of a node would be on the cluster's bus: the others' rooms would be
-    split from the cluster's. The key is named, with what to do instead."""
-    cluster = {"redis_url": "redis://127.0.0.1:6379/0"}
-    auth = {"jwt_secret": "a-cluster-secret-of-enough-length-0123456789"}
+def test_a_clustered_node_runs_workers_with_a_link_port_each(text: str) -> None:
+    """Every worker of a clustered node is a member with a link of its own on link_port +
+    its index: a node with a link and several workers must name the first port (a free
+    port per worker could not be advertised); the key is named."""
     with pytest.raises(ConfigError) as err:
-        parse_config({"server": {"workers": text}, "cluster": cluster, "auth": auth})
-    assert [key for key, _ in err.value.errors] == ["server.workers"]
-    assert "one node per core" in err.value.errors[0][1]
-    one = parse_config({"server": {"workers": "1"}, "cluster": cluster, "auth": auth})
-    assert one.server.workers == "1"
-    assert parse_config({"server": {"workers": text}}).server.workers == text  # a lone node
+        parse_config({"server": {"workers": text}, "cluster": {**CLUSTER, **LINK}, "auth": AUTH})
+    assert [key for key, _ in err.value.errors] == ["cluster.link_port"]
+    assert "link_port + i" in err.value.errors[0][1]
+    linked = {**CLUSTER, **LINK, "link_port": 7000}
+    config = parse_config({"server": {"workers": text}, "cluster": linked, "auth": AUTH})
+    assert config.server.workers == text
+    # Without a link (no advertised address) nothing needs a port; one worker never did.
+    assert parse_config({"server": {"workers": text}, "cluster": CLUSTER, "auth": AUTH})
+    one = {"server": {"workers": "1"}, "cluster": {**CLUSTER, **LINK}, "auth": AUTH}
+    assert parse_config(one).server.workers == "1"
+
+
+@pytest.mark.parametrize("node_id", ["sfu-a.w0", "b.w12"])
+def test_a_node_id_may_not_look_like_a_worker_member(node_id: str) -> None:
+    """``<node>.w<i>`` names worker i of a node (whose certificate names the node): a node
+    of its own may not take such a name."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({"cluster": {**CLUSTER, "node_id": node_id}, "auth": AUTH})
+    assert [key for key, _ in err.value.errors] == ["cluster.node_id"]
+    assert parse_config({"cluster": {**CLUSTER, "node_id": "sfu-a.web"}, "auth": AUTH})
+
+
+def test_a_clustered_workers_environment_makes_it_a_member_of_its_own() -> None:
+    config = parse_config(
+        {
+            "server": {"workers": "3"},
+            "cluster": {**CLUSTER, **LINK, "link_port": 7100, "capacity_participants": 1000},
+            "auth": AUTH,
+        }
+    )
+    env = worker_environment({}, config, 2, "s" * 40, workers=3)
+    worker = parse_config({}, env)
+    assert worker.cluster.link_port == 7102
+    assert worker.cluster.advertise_address == "10.0.0.5:7002"
+    assert worker.cluster.capacity_participants == 334  # the node's 1000 over 3, rounded up
+    assert worker.cluster.node_id == config.cluster.node_id  # the member id is made at start
+    lone = worker_environment({}, Config(server=ServerConfig(workers="3")), 2, "s" * 40, 3)
+    assert parse_config({}, lone).cluster == Config().cluster
+
+
+def test_worker_link_ports_past_65535_are_refused_naming_the_key() -> None:
+    linked = {**CLUSTER, **LINK, "link_port": 65534}
+    config = parse_config({"server": {"workers": "4"}, "cluster": linked, "auth": AUTH})
+    with pytest.raises(ConfigError) as err:
+        check_cluster_ports(config, 4)
+    assert err.value.errors[0][0] == "cluster.link_port"
+    check_cluster_ports(config, 2)  # 65534 and 65535
+    check_cluster_ports(Config(), 200)  # a lone node has no link ports
+
+
+def test_member_ids_name_the_worker_and_lead_back_to_the_node() -> None:
+    assert member_id("node-a", 3) == "node-a.w3"
+    assert node_of_member("node-a.w3") == "node-a"
+    assert node_of_member("node-a") == "node-a"
+    long = "n" * 64
+    assert len(member_id(long, 255)) == 64 and node_of_member(member_id(long, 255)) == long[:59]
+    info = node_from_config(ClusterConfig(node_id="node-a", advertise_address="h:7001"), 1)
+    assert info.node_id == "node-a.w1" and info.link_address == "h:7001"
+    assert node_from_config(ClusterConfig(node_id="node-a")).node_id == "node-a"
+
+
+def test_a_host_name_like_a_worker_member_is_not_taken_for_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "web.w2")
+    assert node_from_config(ClusterConfig()).node_id == "web-w2"
+    assert node_from_config(ClusterConfig(), 0).node_id == "web-w2.w0"
 
 
 def test_workers_may_be_a_toml_integer_or_string(tmp_path: Path) -> None:
@@ -509,44 +576,56 @@ def test_readyz_of_a_clustered_supervisor_shows_the_node_not_the_redis_url() -> 
     config = Config(cluster=ClusterConfig(redis_url=secret_url, node_id="node-a", region="eu"))
     supervisor = Supervisor(config, 2)
     body = _readyz(supervisor.http_app)
-    assert body["cluster"] == {"node_id": "node-a", "region": "eu"}
-    # Worker 0 registers the node: what it reports of the cluster is shown too, only the
-    # keys of its status (nothing else it might send).
-    registrar = supervisor.workers[0]
-    registrar.ready = True
-    registrar.cluster = {
-        "node_id": "node-a",
+    assert body["cluster"] == {"node_id": "node-a", "region": "eu", "members": []}
+    # Each worker is a member of the cluster: what each reports is listed, only the keys of
+    # its status (nothing else it might send); worker 0's view is the node's summary.
+    for worker in supervisor.workers:
+        worker.ready = True
+        worker.cluster = {
+            "node_id": f"node-a.w{worker.index}",
+            "region": "eu",
+            "directory": "up",
+            "lease": "live",
+            "nodes_alive": 4,
+            "draining": False,
+            "links_up": ["node-b.w0"],
+            "redis_url": secret_url,
+        }
+    body = _readyz(supervisor.http_app)
+    member = {
         "region": "eu",
         "directory": "up",
         "lease": "live",
-        "nodes_alive": 3,
+        "nodes_alive": 4,
         "draining": False,
-        "redis_url": secret_url,
+        "links_up": ["node-b.w0"],
     }
-    body = _readyz(supervisor.http_app)
     assert body["cluster"] == {
         "node_id": "node-a",
-        "region": "eu",
-        "directory": "up",
-        "lease": "live",
-        "nodes_alive": 3,
-        "draining": False,
+        **member,
+        "members": [{"node_id": "node-a.w0", **member}, {"node_id": "node-a.w1", **member}],
     }
     assert "hunter2" not in json.dumps(body) and "10.1.2.3" not in json.dumps(body)
-    # A worker 0 that is down: the node's own name only.
-    registrar.ready = False
-    assert _readyz(supervisor.http_app)["cluster"] == {"node_id": "node-a", "region": "eu"}
+    # A worker that is down is not listed; with worker 0 down, the node's own name leads.
+    supervisor.workers[0].ready = False
+    assert _readyz(supervisor.http_app)["cluster"] == {
+        "node_id": "node-a",
+        "region": "eu",
+        "members": [{"node_id": "node-a.w1", **member}],
+    }
     # Not clustered: no cluster part at all.
     assert "cluster" not in _readyz(Supervisor(Config(), 2).http_app)
 
 
-def test_worker_0_of_a_clustered_node_reports_the_cluster_with_its_load() -> None:
-    """What the supervisor's ``/readyz`` repeats comes with worker 0's load report (no
-    Redis is reached: the registry only connects when it starts)."""
+def test_each_worker_of_a_clustered_node_reports_its_membership_with_its_load() -> None:
+    """What the supervisor's ``/readyz`` repeats comes with each worker's load report: each
+    is a member of its own, ``<node_id>.w<index>``, with its own placement (no Redis is
+    reached: the registry only connects when it starts)."""
     cluster = ClusterConfig(redis_url="redis://:pw@10.1.2.3:6379/0", node_id="node-a")
     reports = {}
     for index in (0, 1):
         server = Server(Config(cluster=cluster), worker_index=index)
+        assert server.placement is not None and server.bus is None and server.pipes is None
 
         async def report(server: Server = server) -> dict[str, Any]:
             response = await server._worker_load(make_mocked_request("GET", WORKER_LOAD_PATH))
@@ -555,7 +634,10 @@ def test_worker_0_of_a_clustered_node_reports_the_cluster_with_its_load() -> Non
             return body
 
         reports[index] = asyncio.run(report())
-    assert reports[0]["packets"] == 0 and reports[0]["cluster"]["node_id"] == "node-a"
-    assert reports[0]["cluster"]["directory"] == "down"  # not started
-    assert "pw" not in json.dumps(reports[0]) and "10.1.2.3" not in json.dumps(reports[0])
-    assert reports[1] == {"packets": 0}  # the other workers do not register the node
+    for index, body in reports.items():
+        assert body["packets"] == 0 and body["cluster"]["node_id"] == f"node-a.w{index}"
+        assert body["cluster"]["directory"] == "down"  # not started
+        assert "pw" not in json.dumps(body) and "10.1.2.3" not in json.dumps(body)
+    # A lone node's workers: worker 0 keeps the in-process registry, nobody is a member.
+    lone = Server(Config(), worker_index=1)
+    assert lone.cluster is None and lone.placement is None and lone.pipes is not None
