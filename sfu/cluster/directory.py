@@ -78,6 +78,8 @@ BUS_BURST: Final = 1000
 MAX_ROOM_NAME: Final = 128
 #: Nodes one read of a room's span returns at most (a bound on the read's size whatever the
 #: store holds; a room spread over more nodes than this is placed among these).
+#: Longest incarnation token kept from a node entry (ours are 16 characters).
+MAX_INCARNATION: Final = 32
 MAX_SPAN_NODES: Final = 1024
 
 
@@ -103,6 +105,10 @@ class NodeInfo:
     #: Base URL clients reach its HTTP at (``cluster.public_url``); empty: joins are never
     #: placed there, nor its participants' fallbacks offered.
     url: str = ""
+    #: A token drawn when the process started (``NodeRegistry``): the same id under another
+    #: incarnation is a restarted process (a worker the supervisor restarted within its
+    #: lease), whose participants are gone although its lease never lapsed.
+    incarnation: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -113,6 +119,7 @@ class NodeInfo:
                 "load": self.load,
                 "draining": self.draining,
                 "url": self.url,
+                "incarnation": self.incarnation,
             },
             separators=(",", ":"),
         )
@@ -131,6 +138,7 @@ class NodeInfo:
             load=load if math.isfinite(load) else 1.0,
             draining=bool(data.get("draining", False)),
             url=str(data.get("url", "")),
+            incarnation=str(data.get("incarnation", ""))[:MAX_INCARNATION],
         )
 
 

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -60,6 +61,9 @@ ORPHAN_CLAIMS_PER_RENEWAL: Final = 32
 #: no other node's rooms for this long: each home node first gets its own homes back (every
 #: node's renewal comes within a lease), rather than whichever holder renews first.
 ORPHAN_GRACE_S: Final = LEASE_TTL_S
+#: Random bytes of a node's incarnation token (16 hex characters): enough that two starts of
+#: one node never draw the same.
+INCARNATION_BYTES: Final = 8
 
 
 def member_id(node_id: str, worker: int) -> str:
@@ -110,7 +114,12 @@ class NodeRegistry:
         load: Callable[[], float] | None = None,
     ) -> None:
         self.directory = directory
-        self.node = node
+        # A new incarnation for every start: the others tell a restart from a renewal by it.
+        self.node = (
+            node
+            if node.incarnation
+            else dataclasses.replace(node, incarnation=secrets.token_hex(INCARNATION_BYTES))
+        )
         self._clock = clock
         self._load = load
         self._task: asyncio.Task[None] | None = None

@@ -122,8 +122,9 @@ class ClusterRoomBus:
         self.open_rooms: set[str] = set()
         #: Shard origin of each other node heard on the bus.
         self.origins: dict[str, int] = {}
-        #: Nodes seen alive at the last lease renewal (other than this one).
-        self._alive: set[str] = set()
+        #: Nodes seen alive at the last lease renewal (other than this one), with their
+        #: incarnations.
+        self._alive: dict[str, str] = {}
         #: Until when an absent node is not taken for dead (after this node lost the
         #: directory: a restarted Redis has forgotten every lease until each node renews).
         self._grace_until = -math.inf
@@ -299,7 +300,7 @@ class ClusterRoomBus:
     async def peers_changed(self, nodes: list[NodeInfo]) -> None:
         """The live nodes after a lease renewal: a node seen alive before and gone now
         (killed; its lease lapsed) is a closed shard, its participants leave here."""
-        alive = {n.node_id for n in nodes if n.node_id != self.node_id}
+        alive = {n.node_id: n.incarnation for n in nodes if n.node_id != self.node_id}
         now = self._clock()
         epoch = (self.registry.reconnects, self.registry.lease_lapses)
         if epoch != self._registry_epoch:
@@ -310,7 +311,13 @@ class ClusterRoomBus:
         if now < self._grace_until:
             self._alive |= alive
             return
-        gone = self._alive - alive
+        # Gone: not renewed any more, or restarted meanwhile (a new incarnation under the
+        # same id: a worker restarted within its lease has none of its old participants).
+        gone = {
+            node_id
+            for node_id, incarnation in self._alive.items()
+            if alive.get(node_id, incarnation) != incarnation or node_id not in alive
+        }
         self._alive = alive
         rooms = self._rooms()
         for node_id in sorted(gone):

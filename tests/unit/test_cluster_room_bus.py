@@ -7,6 +7,7 @@ Alice is on node A, Bob on node B."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 
@@ -215,6 +216,32 @@ def test_a_node_whose_lease_lapsed_leaves_the_rooms_of_the_others(
         await c.settle()
         assert await c.b.directory.home(ROOM) == "node-b"
         assert c.b.registry.homes == {ROOM}
+
+    run(monkeypatch, body)
+
+
+def test_a_node_restarted_within_its_lease_leaves_the_rooms_of_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker the supervisor restarts registers its member id again before its lease
+    lapses: the new incarnation tells the others its participants are gone."""
+
+    async def body(c: Cluster) -> None:
+        a, b = c.a.shard, c.b.shard
+        alice = a.join(ROOM, "alice")
+        await c.settle()
+        b.join(ROOM, "bob")
+        await c.settle()
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        assert c.a.registry.node.incarnation  # every registry draws one
+        await c.a.directory.renew(c.a.registry.node)  # renewals of one process: no change
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        assert alice.id in b.service.rooms[ROOM].remote
+        restarted = dataclasses.replace(c.a.registry.node, incarnation="f" * 16)
+        await c.a.directory.register(restarted)
+        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        assert alice.id not in b.service.rooms[ROOM].remote
+        assert b.messages("bob", "participant_left")[-1]["participant"] == alice.id
 
     run(monkeypatch, body)
 
