@@ -586,21 +586,31 @@ def _validate(values: dict[str, dict[str, Any]], label: dict[str, str]) -> list[
             f'must be "auto" or a count from 1 to {MAX_WORKERS}, got {workers!r}',
         )
     cluster = values["cluster"]
-    if (
-        cluster.get("redis_url")
-        and cluster.get("advertise_address")
-        and not cluster.get("link_port")
-        and workers is not None
-        and parse_workers(workers) not in (None, 1)
-    ):
-        # Each worker of a clustered node is a cluster member with a link of its own, on
-        # link_port + its index, announced as the advertised port + its index: a free port
-        # per worker could not be announced.
-        err(
-            "cluster.link_port",
-            "must be set (not 0) when a clustered node with a link runs several workers "
-            f"(server.workers = {workers!r}): worker i listens on link_port + i",
-        )
+    if cluster.get("redis_url") and workers is not None and parse_workers(workers) not in (None, 1):
+        # Each worker of a clustered node is a cluster member with a link of its own: worker
+        # i listens on link_port + i and announces the advertised port + i. Its siblings and
+        # the other nodes tell which worker a link is from by that address, so the two ports
+        # are one; and without a link, a room spread over the workers would get no media.
+        advertise = cluster.get("advertise_address") or ""
+        link_port = cluster.get("link_port") or 0
+        if not advertise:
+            err(
+                "cluster.advertise_address",
+                f"is required when a clustered node runs several workers (server.workers = "
+                f"{workers!r}): its workers relay to each other over their links",
+            )
+        elif not link_port:
+            err(
+                "cluster.link_port",
+                "must be set (not 0) when a clustered node with a link runs several workers "
+                f"(server.workers = {workers!r}): worker i listens on link_port + i",
+            )
+        elif advertise.rpartition(":")[2] != str(link_port):
+            err(
+                "cluster.advertise_address",
+                f"must announce cluster.link_port ({link_port}) when a clustered node runs "
+                f"several workers (worker i is told apart by its address), got {advertise!r}",
+            )
     spread = values["server"].get("room_spread_subscribers")
     if spread is not None and not 0 <= spread <= MAX_ROOM_PARTICIPANTS:
         err(

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 
@@ -41,6 +42,16 @@ log = logging.getLogger(__name__)
 FlowHandler = Callable[[str, int, bytes], None]
 ControlHandler = Callable[[str, bytes], None]
 LinkHandler = Callable[[str, NodeLink], None]
+
+
+def _address_key(addr: tuple[Any, ...]) -> tuple[str, int]:
+    """``(host, port)`` of a socket address, an IPv4-mapped IPv6 host as the IPv4 address it
+    maps (a dual-stack socket sees ``::ffff:10.0.0.5`` where the directory says ``10.0.0.5``)."""
+    host = str(addr[0])
+    return (
+        host.removeprefix("::ffff:") if host.startswith("::ffff:") and "." in host else host,
+        int(addr[1]),
+    )
 
 
 class LinkSetupError(RuntimeError):
@@ -149,7 +160,7 @@ class NodeLinks:
                 continue
             addr = infos[0][4]
             known.add(str(addr[0]))  # a live node's host may start a link to us
-            members[(str(addr[0]), int(addr[1]))] = peer.node_id
+            members[_address_key(addr)] = peer.node_id
             if peer.node_id < self.node_id:
                 continue  # it dials us
             if peer.node_id in self.up or peer.node_id in self._dialling:
@@ -169,11 +180,12 @@ class NodeLinks:
         for member, dialled in self._dialling.items():
             if dialled is link:
                 return member if node_of_member(member) == proven else None
+        at = self._members_at.get(_address_key(link.peer_address))
+        if at is not None and node_of_member(at) == proven:
+            return at
         if proven in self._members_at.values():
-            return proven  # a single-process node: its certificate names the member
-        address = (str(link.peer_address[0]), int(link.peer_address[1]))
-        at = self._members_at.get(address)
-        return at if at is not None and node_of_member(at) == proven else None
+            return proven  # a single-process node (its certificate names the member) behind NAT
+        return None
 
     def _event(self, link: NodeLink, event: LinkEvent) -> None:
         if isinstance(event, LinkUp):

@@ -67,10 +67,10 @@ INCARNATION_BYTES: Final = 8
 
 
 def member_id(node_id: str, worker: int) -> str:
-    """The cluster member id of forwarding worker ``worker`` of node ``node_id``
-    (``<node_id>.w<worker>``; the node part is shortened so the whole stays a valid name)."""
-    suffix = f".w{worker}"
-    return node_id[: MAX_CLUSTER_NAME - len(suffix)] + suffix
+    """The cluster member id of forwarding worker ``worker`` of node ``node_id``:
+    ``<node_id>.w<worker>`` (never shortened, so that it leads back to the node; the
+    supervisor refuses a node id too long for its workers' ids, ``check_cluster_ports``)."""
+    return f"{node_id}.w{worker}"
 
 
 def node_of_member(member: str) -> str:

@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Links accepted but not yet authenticated; an Initial beyond this is ignored.
 MAX_PENDING_LINKS: Final = 16
-#: ...and from any one host (a node dials a peer once; a retry replaces its link).
-MAX_PENDING_PER_HOST: Final = 2
+#: ...and from any one host (a member dials a peer once, a retry replaces its link; the
+#: workers of one node, cluster members each, dial from one host at once).
+MAX_PENDING_PER_HOST: Final = 8
 #: Kernel buffers of the link socket (as the worker pipe's): the sealed lane's media is not
 #: paced like QUIC's, so a loop turn late by tens of milliseconds must not overflow them.
 LINK_SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024

@@ -42,8 +42,15 @@ from sfu.app import (
     WORKER_SESSIONS_MAX,
     WORKER_SESSIONS_PATH,
 )
-from sfu.cluster.registry import node_from_config
-from sfu.config import ENV_PREFIX, NON_CONFIG_ENV_VARS, Config, ConfigError, config_environment
+from sfu.cluster.registry import member_id, node_from_config
+from sfu.config import (
+    ENV_PREFIX,
+    MAX_CLUSTER_NAME,
+    NON_CONFIG_ENV_VARS,
+    Config,
+    ConfigError,
+    config_environment,
+)
 from sfu.io.http import HttpServer, build_http_app
 from sfu.io.http_limits import ConnectionLimiter, ConnectionLimits, raise_file_limit
 from sfu.logging_setup import configure_logging
@@ -226,18 +233,46 @@ def cluster_member_environment(config: Config, index: int, workers: int) -> dict
 
 
 def check_cluster_ports(config: Config, workers: int) -> None:
-    """Refuse (ConfigError naming the key) a clustered node whose workers' link ports would
-    run past 65535."""
+    """Refuse (ConfigError naming the key) a clustered node that cannot run ``workers``
+    members: a node id too long for its workers' member ids, link ports that would run past
+    65535 or into the media ports' range (both UDP on ``media.udp_host``)."""
     cluster = config.cluster
-    if not (cluster.redis_url and cluster.advertise_address):
+    if not cluster.redis_url:
         return
-    advertised = int(cluster.advertise_address.rpartition(":")[2])
-    ports = (("cluster.link_port", cluster.link_port), ("cluster.advertise_address", advertised))
-    for key, port in ports:
-        if port and port + workers - 1 > 65535:
-            raise ConfigError(
-                [(key, f"{port} + {workers - 1} (one link port per worker) passes 65535")]
-            )
+    node_id = node_from_config(cluster).node_id
+    if len(member_id(node_id, workers - 1)) > MAX_CLUSTER_NAME:
+        raise ConfigError(
+            [
+                (
+                    "cluster.node_id",
+                    f"{node_id!r} is too long for its workers' member ids "
+                    f"({member_id(node_id, workers - 1)!r} passes {MAX_CLUSTER_NAME} characters)",
+                )
+            ]
+        )
+    if not cluster.advertise_address:
+        return
+    port = cluster.link_port
+    if port + workers - 1 > 65535:
+        raise ConfigError(
+            [
+                (
+                    "cluster.link_port",
+                    f"{port} + {workers - 1} (one link port per worker) passes 65535",
+                )
+            ]
+        )
+    media = config.media.udp_port
+    if media and port < media + workers and media < port + workers:
+        raise ConfigError(
+            [
+                (
+                    "cluster.link_port",
+                    f"the workers' link ports {port}-{port + workers - 1} overlap their media "
+                    f"ports {media}-{media + workers - 1} (media.udp_port)",
+                )
+            ]
+        )
 
 
 def _cpu_seconds(pid: int) -> float | None:

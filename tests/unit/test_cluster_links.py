@@ -72,3 +72,17 @@ def test_a_dialled_member_must_be_of_the_certified_node() -> None:
     links._dialling["node-a.w2"] = wrong  # type: ignore[assignment]
     up(links, wrong)
     assert ups == ["node-a.w1"] and wrong.closed and links.refused_unknown_member == 1
+
+
+def test_the_address_decides_before_the_name_and_a_dual_stack_address_is_mapped() -> None:
+    """A node that ran as one process and now runs workers may still have its old lease
+    (the id its certificate names): the worker at the link's address is the member. A
+    dual-stack socket sees IPv4 peers as ``::ffff:a.b.c.d``."""
+    a0, old = ("127.0.0.1", 7000), ("127.0.0.1", 6000)
+    links, ups = links_knowing({a0: "node-a.w0", old: "node-a"})
+    up(links, StandInLink(a0, "node-a"))
+    up(links, StandInLink(("::ffff:127.0.0.1", 7001), "node-a"))  # no member there: by name
+    mapped = StandInLink(("::ffff:127.0.0.1", 7000), "node-a")
+    links_v6, ups_v6 = links_knowing({a0: "node-a.w0"})
+    up(links_v6, mapped)
+    assert ups == ["node-a.w0", "node-a"] and ups_v6 == ["node-a.w0"]

@@ -79,19 +79,27 @@ LINK = {"advertise_address": "10.0.0.5:7000", "ca_file": "c", "cert_file": "n", 
 @pytest.mark.parametrize("text", ["2", "auto"])
 def test_a_clustered_node_runs_workers_with_a_link_port_each(text: str) -> None:
     """Every worker of a clustered node is a member with a link of its own on link_port +
-    its index: a node with a link and several workers must name the first port (a free
-    port per worker could not be advertised); the key is named."""
-    with pytest.raises(ConfigError) as err:
-        parse_config({"server": {"workers": text}, "cluster": {**CLUSTER, **LINK}, "auth": AUTH})
-    assert [key for key, _ in err.value.errors] == ["cluster.link_port"]
-    assert "link_port + i" in err.value.errors[0][1]
+    its index: several workers need a link (else a room spread over them gets no media),
+    its first port set (a free port per worker could not be advertised), and advertised as
+    it is (a worker is told apart by its address). Each refusal names its key."""
+
+    def refused(cluster: dict[str, object]) -> list[tuple[str, str]]:
+        with pytest.raises(ConfigError) as err:
+            parse_config({"server": {"workers": text}, "cluster": cluster, "auth": AUTH})
+        return err.value.errors
+
+    (no_link,) = refused(CLUSTER)
+    assert no_link[0] == "cluster.advertise_address" and "required" in no_link[1]
+    (no_port,) = refused({**CLUSTER, **LINK})
+    assert no_port[0] == "cluster.link_port" and "link_port + i" in no_port[1]
+    (other_port,) = refused({**CLUSTER, **LINK, "link_port": 7100})
+    assert other_port[0] == "cluster.advertise_address" and "7100" in other_port[1]
     linked = {**CLUSTER, **LINK, "link_port": 7000}
     config = parse_config({"server": {"workers": text}, "cluster": linked, "auth": AUTH})
     assert config.server.workers == text
-    # Without a link (no advertised address) nothing needs a port; one worker never did.
-    assert parse_config({"server": {"workers": text}, "cluster": CLUSTER, "auth": AUTH})
-    one = {"server": {"workers": "1"}, "cluster": {**CLUSTER, **LINK}, "auth": AUTH}
-    assert parse_config(one).server.workers == "1"
+    # One worker never needed any of it; nor does a lone node.
+    assert parse_config({"server": {"workers": "1"}, "cluster": CLUSTER, "auth": AUTH})
+    assert parse_config({"server": {"workers": text}}).server.workers == text
 
 
 @pytest.mark.parametrize("node_id", ["sfu-a.w0", "b.w12"])
@@ -108,13 +116,13 @@ def test_a_clustered_workers_environment_makes_it_a_member_of_its_own() -> None:
     config = parse_config(
         {
             "server": {"workers": "3"},
-            "cluster": {**CLUSTER, **LINK, "link_port": 7100, "capacity_participants": 1000},
+            "cluster": {**CLUSTER, **LINK, "link_port": 7000, "capacity_participants": 1000},
             "auth": AUTH,
         }
     )
     env = worker_environment({}, config, 2, "s" * 40, workers=3)
     worker = parse_config({}, env)
-    assert worker.cluster.link_port == 7102
+    assert worker.cluster.link_port == 7002
     assert worker.cluster.advertise_address == "10.0.0.5:7002"
     assert worker.cluster.capacity_participants == 334  # the node's 1000 over 3, rounded up
     assert worker.cluster.node_id == config.cluster.node_id  # the member id is made at start
@@ -122,22 +130,42 @@ def test_a_clustered_workers_environment_makes_it_a_member_of_its_own() -> None:
     assert parse_config({}, lone).cluster == Config().cluster
 
 
-def test_worker_link_ports_past_65535_are_refused_naming_the_key() -> None:
-    linked = {**CLUSTER, **LINK, "link_port": 65534}
+def test_a_clustered_node_that_cannot_run_its_workers_is_refused_naming_the_key() -> None:
+    linked = {**CLUSTER, **LINK, "advertise_address": "10.0.0.5:65534", "link_port": 65534}
     config = parse_config({"server": {"workers": "4"}, "cluster": linked, "auth": AUTH})
     with pytest.raises(ConfigError) as err:
         check_cluster_ports(config, 4)
-    assert err.value.errors[0][0] == "cluster.link_port"
+    assert err.value.errors[0][0] == "cluster.link_port" and "65535" in err.value.errors[0][1]
     check_cluster_ports(config, 2)  # 65534 and 65535
     check_cluster_ports(Config(), 200)  # a lone node has no link ports
+    # The link ports may not run into the media ports (both UDP on media.udp_host).
+    near = {**CLUSTER, **LINK, "link_port": 7000}
+    overlapping = parse_config(
+        {"server": {"workers": "4"}, "cluster": near, "auth": AUTH, "media": {"udp_port": 6998}}
+    )
+    with pytest.raises(ConfigError) as err:
+        check_cluster_ports(overlapping, 4)
+    assert err.value.errors[0][0] == "cluster.link_port" and "overlap" in err.value.errors[0][1]
+    check_cluster_ports(overlapping, 2)  # 6998-6999 and 7000-7001
+    # A node id too long for its last worker's member id (never shortened: it must lead
+    # back to the node its certificate names).
+    long = parse_config(
+        {"server": {"workers": "4"}, "cluster": {**near, "node_id": "n" * 62}, "auth": AUTH}
+    )
+    with pytest.raises(ConfigError) as err:
+        check_cluster_ports(long, 10)
+    assert err.value.errors[0][0] == "cluster.node_id"
+    fits = parse_config(
+        {"server": {"workers": "4"}, "cluster": {**near, "node_id": "n" * 61}, "auth": AUTH}
+    )
+    check_cluster_ports(fits, 10)  # "n" * 61 + ".w9": 64 characters
 
 
 def test_member_ids_name_the_worker_and_lead_back_to_the_node() -> None:
     assert member_id("node-a", 3) == "node-a.w3"
     assert node_of_member("node-a.w3") == "node-a"
     assert node_of_member("node-a") == "node-a"
-    long = "n" * 64
-    assert len(member_id(long, 255)) == 64 and node_of_member(member_id(long, 255)) == long[:59]
+    assert node_of_member(member_id("n" * 59, 255)) == "n" * 59
     info = node_from_config(ClusterConfig(node_id="node-a", advertise_address="h:7001"), 1)
     assert info.node_id == "node-a.w1" and info.link_address == "h:7001"
     assert node_from_config(ClusterConfig(node_id="node-a")).node_id == "node-a"
