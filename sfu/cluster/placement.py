@@ -38,12 +38,14 @@ come from callables; the random source is injected.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from sfu.cluster.directory import DirectoryUnavailable, NodeInfo
+from sfu.config import WORKER_MEMBER_RE
 
 __all__ = [
     "FALLBACK_NODES",
@@ -55,6 +57,7 @@ __all__ = [
     "LoadMeter",
     "NodePlacement",
     "choose_node",
+    "choose_node_for_room",
     "signaling_url",
 ]
 
@@ -124,6 +127,28 @@ def choose_node(
         return pool[0]
     first, second = rng.sample(pool, 2)
     return first if load(first) <= load(second) else second
+
+
+def choose_node_for_room(
+    nodes: Sequence[NodeInfo], *, region: str, room: str, prefer: Collection[str] = ()
+) -> NodeInfo | None:
+    """The node a drain sends ``room`` to when every worker of a node chooses for itself
+    (each a cluster member): the same answer from each of them, whatever their slightly
+    different views of the loads, so a room spread over the draining node's workers moves
+    to one node. Of the fitting nodes (public URL, not draining; ``region``'s first, then
+    those in ``prefer``), the one whose public URL hashes highest with the room's name
+    (rendezvous hashing: rooms spread evenly, and a node's loss moves only its own)."""
+    fits = [n for n in nodes if n.url and not n.draining]
+    pool = [n for n in fits if n.region == region] or fits
+    if prefer:
+        pool = [n for n in pool if n.node_id in prefer] or pool
+    if not pool:
+        return None
+    return max(pool, key=lambda n: (_room_hash(room, n.url), n.node_id))
+
+
+def _room_hash(room: str, url: str) -> bytes:
+    return hashlib.blake2b(f"{room}\0{url}".encode(), digest_size=8).digest()
 
 
 class LoadMeter:
@@ -296,13 +321,16 @@ class NodePlacement:
         me = self.local()
         extra = self._fresh_extra()
         target = self._moved_to(room) if room is not None else None
-        if target is None:
+        prefer = (self.room_nodes(room) or ()) if room is not None else ()
+        if target is None and room is not None and WORKER_MEMBER_RE.search(me.node_id):
+            # A worker of a node that runs several: its siblings drain the room's other
+            # shards at the same moment; they must all send it to the same node.
+            target = choose_node_for_room(
+                self._others(), region=region or me.region, room=room, prefer=prefer
+            )
+        elif target is None:
             target = choose_node(
-                self._others(),
-                region=region or me.region,
-                rng=self.rng,
-                extra=extra,
-                prefer=(self.room_nodes(room) or ()) if room is not None else (),
+                self._others(), region=region or me.region, rng=self.rng, extra=extra, prefer=prefer
             )
         if target is None:
             return None

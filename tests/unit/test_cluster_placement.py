@@ -19,6 +19,7 @@ from sfu.cluster.placement import (
     LoadMeter,
     NodePlacement,
     choose_node,
+    choose_node_for_room,
     signaling_url,
 )
 from sfu.cluster.registry import NodeRegistry
@@ -265,6 +266,34 @@ def test_a_sibling_worker_or_a_node_at_the_same_url_is_never_a_target() -> None:
     alone = Cluster(me, [sibling])
     assert alone.placement.redirect(region=None) is None  # full, but nowhere else to go
     assert alone.placement.fallbacks() == []
+
+
+def test_the_workers_of_a_draining_node_send_a_room_to_one_node() -> None:
+    """Each worker of a node that runs several chooses where its rooms go when the node
+    drains; their views of the loads differ by a renewal, yet a room spread over them must
+    go to one node: the choice is by the room's name, not by load or chance."""
+    others = [node(n, load) for n, load in (("b.w0", 0.1), ("b.w1", 0.2), ("c.w0", 0.3))]
+    rooms = [f"room-{i}" for i in range(40)]
+    chosen: dict[str, set[str | None]] = {room: set() for room in rooms}
+    for worker, seed in (("a.w0", 1), ("a.w1", 2), ("a.w2", 3)):
+        me = NodeInfo(worker, "eu", draining=True, url="https://a.example")
+        seen = [replace(n, load=n.load * seed) for n in others]  # loads a renewal apart
+        cluster = Cluster(me, [*seen, NodeInfo("a.w9", "eu", url="https://a.example")])
+        cluster.placement.rng = random.Random(seed)
+        for room in rooms:
+            chosen[room].add(cluster.placement.move_target(room=room))
+    assert all(len(targets) == 1 for targets in chosen.values()), chosen
+    # Spread over the other nodes (never the draining node's own URL), not all to one.
+    assert {t for targets in chosen.values() for t in targets} == {
+        "https://b.w0.example",
+        "https://b.w1.example",
+        "https://c.w0.example",
+    }
+    # A room already on a node goes there, as before.
+    me = NodeInfo("a.w0", "eu", draining=True, url="https://a.example")
+    held = Cluster(me, others, rooms={"r": {"c.w0"}})
+    assert held.placement.move_target(room="r") == "https://c.w0.example"
+    assert choose_node_for_room([], region="eu", room="r") is None
 
 
 def test_signaling_url() -> None:
