@@ -28,7 +28,7 @@ from sfu.metrics.cluster import ClusterCollector
 from sfu.room.identity import Grant
 from sfu.room.moderation import Moderation
 from sfu.room.policy import PasswordHash, RoomPolicy, policy_from_wire, policy_to_wire
-from sfu.room.room import ParticipantState
+from sfu.room.room import Participant, ParticipantState
 from sfu.room.service import RoomError
 
 ROOM = "standup"
@@ -194,16 +194,22 @@ def test_a_host_on_one_node_moderates_a_participant_on_the_other(
     run(monkeypatch, body)
 
 
+async def alice_on_a_bob_on_b(c: Cluster) -> Participant:
+    """Alice joins the room on node A, Bob on node B, and B has seen both nodes alive."""
+    alice = c.a.shard.join(ROOM, "alice")
+    await c.settle()
+    c.b.shard.join(ROOM, "bob")
+    await c.settle()
+    await c.b.bus.peers_changed(await c.b.directory.nodes())
+    return alice
+
+
 def test_a_node_whose_lease_lapsed_leaves_the_rooms_of_the_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def body(c: Cluster) -> None:
-        a, b = c.a.shard, c.b.shard
-        alice = a.join(ROOM, "alice")
-        await c.settle()
-        b.join(ROOM, "bob")
-        await c.settle()
-        await c.b.bus.peers_changed(await c.b.directory.nodes())  # both alive
+        b = c.b.shard
+        alice = await alice_on_a_bob_on_b(c)
         assert alice.id in b.service.rooms[ROOM].remote
         # Node A is killed: its lease is not renewed and lapses.
         c.clock.t += LEASE_TTL_S + 0.1
@@ -227,12 +233,8 @@ def test_a_node_restarted_within_its_lease_leaves_the_rooms_of_the_others(
     lapses: the new incarnation tells the others its participants are gone."""
 
     async def body(c: Cluster) -> None:
-        a, b = c.a.shard, c.b.shard
-        alice = a.join(ROOM, "alice")
-        await c.settle()
-        b.join(ROOM, "bob")
-        await c.settle()
-        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        b = c.b.shard
+        alice = await alice_on_a_bob_on_b(c)
         assert c.a.registry.node.incarnation  # every registry draws one
         await c.a.directory.renew(c.a.registry.node)  # renewals of one process: no change
         await c.b.bus.peers_changed(await c.b.directory.nodes())
@@ -285,12 +287,8 @@ def test_after_the_directory_came_back_absent_nodes_get_a_lease_s_grace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def body(c: Cluster) -> None:
-        a, b = c.a.shard, c.b.shard
-        alice = a.join(ROOM, "alice")
-        await c.settle()
-        b.join(ROOM, "bob")
-        await c.settle()
-        await c.b.bus.peers_changed(await c.b.directory.nodes())
+        b = c.b.shard
+        alice = await alice_on_a_bob_on_b(c)
         # The store restarted and forgot every lease; B registered again first.
         c.hub.nodes.clear()
         c.b.registry.reconnects += 1

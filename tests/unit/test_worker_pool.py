@@ -607,19 +607,6 @@ def test_readyz_of_a_clustered_supervisor_shows_the_node_not_the_redis_url() -> 
     assert body["cluster"] == {"node_id": "node-a", "region": "eu", "members": []}
     # Each worker is a member of the cluster: what each reports is listed, only the keys of
     # its status (nothing else it might send); worker 0's view is the node's summary.
-    for worker in supervisor.workers:
-        worker.ready = True
-        worker.cluster = {
-            "node_id": f"node-a.w{worker.index}",
-            "region": "eu",
-            "directory": "up",
-            "lease": "live",
-            "nodes_alive": 4,
-            "draining": False,
-            "links_up": ["node-b.w0"],
-            "redis_url": secret_url,
-        }
-    body = _readyz(supervisor.http_app)
     member = {
         "region": "eu",
         "directory": "up",
@@ -628,6 +615,14 @@ def test_readyz_of_a_clustered_supervisor_shows_the_node_not_the_redis_url() -> 
         "draining": False,
         "links_up": ["node-b.w0"],
     }
+    for worker in supervisor.workers:
+        worker.ready = True
+        worker.cluster = {
+            "node_id": f"node-a.w{worker.index}",
+            **member,
+            "redis_url": secret_url,
+        }
+    body = _readyz(supervisor.http_app)
     assert body["cluster"] == {
         "node_id": "node-a",
         **member,
