@@ -80,6 +80,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "subscribers on node B; then the same load all on node A as the baseline",
     )
     p.add_argument(
+        "--clustered",
+        action="store_true",
+        help="our local server is a clustered node (a redis-server and a node certificate "
+        "made for the run); with --workers each worker is a cluster member, so a --spread "
+        "room relays over the workers' node links instead of the worker pipes",
+    )
+    p.add_argument(
         "--find-max",
         action="store_true",
         help="raise the load while loss <= 0.1%% and p99 latency <= --p99-bound-ms",
@@ -223,13 +230,16 @@ def _pin(args: argparse.Namespace) -> int | None:
     return cpus[0]
 
 
-def _targets(args: argparse.Namespace, server_cpu: int | None) -> list[Target]:
+def _targets(
+    args: argparse.Namespace, server_cpu: int | None, extra_config: str = ""
+) -> list[Target]:
     ours = SfuTarget(
         url=args.target,
         jwt_secret=args.jwt_secret,
         server_cpu=server_cpu,
         workers=args.workers,
         spread=args.spread,
+        extra_config=extra_config,
     )
     targets: list[Target] = [ours]
     if args.vs == "janus":
@@ -275,8 +285,20 @@ async def _run_cluster(args: argparse.Namespace) -> list[RunResult]:
 async def _run(args: argparse.Namespace) -> list[RunResult]:
     if args.cluster:
         return await _run_cluster(args)
+    if args.clustered:
+        from bench.cluster import clustered_node
+
+        try:
+            async with clustered_node(args.workers) as section:
+                return await _run_targets(args, section)
+        except TargetError as exc:
+            raise SystemExit(f"clustered: {exc}") from None
+    return await _run_targets(args)
+
+
+async def _run_targets(args: argparse.Namespace, extra_config: str = "") -> list[RunResult]:
     server_cpu = _pin(args) if (args.target is None or args.vs) else None
-    targets = _targets(args, server_cpu)
+    targets = _targets(args, server_cpu, extra_config)
     bar = ProgressBar(enabled=not args.quiet)
     results: list[RunResult] = []
     for target in targets:
@@ -380,6 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             "python -m bench: --cluster starts its own two nodes (one worker each): "
             "not with --vs, --target, --workers or soak/churn",
+            file=sys.stderr,
+        )
+        return 2
+    if args.clustered and (args.cluster or args.vs or args.target or args.scenario in LONG_RUNS):
+        print(
+            "python -m bench: --clustered makes our local server a clustered node: "
+            "not with --cluster, --vs, --target or soak/churn",
             file=sys.stderr,
         )
         return 2

@@ -30,6 +30,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -49,6 +50,7 @@ __all__ = [
     "LocalCluster",
     "RedisProcess",
     "cluster_comparison",
+    "clustered_node",
     "format_cluster",
     "link_counters",
 ]
@@ -68,6 +70,8 @@ LINK_UP_S: Final = 20.0
 #: bench's sessions are closed before the nodes stop.
 DRAIN_S: Final = 1.0
 _POLL_S: Final = 0.05
+#: Tries at finding a run of consecutive free UDP ports for a clustered node's workers.
+PORT_RUN_TRIES: Final = 50
 #: WebSocket ping interval of a room's holder (ClusterArm._hold), well inside the server's
 #: idle timeout.
 HOLDER_HEARTBEAT_S: Final = 10.0
@@ -168,6 +172,45 @@ def _cluster_toml(node: str, redis_url: str, link_port: int, folder: Path) -> st
         f'ca_file = "{folder / "ca.pem"}"\ncert_file = "{folder / f"{node}.pem"}"\n'
         f'key_file = "{folder / f"{node}.key"}"\n'
     )
+
+
+def _free_udp_run(count: int) -> int:
+    """The first of ``count`` consecutive UDP ports free on 127.0.0.1 now (a clustered
+    node's workers bind ``link_port + i``); bounded tries."""
+    for _ in range(PORT_RUN_TRIES):
+        first = _free_port(socket.SOCK_DGRAM)
+        if first + count > 65536:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(first, first + count):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return first
+    raise TargetError(f"no {count} consecutive free UDP ports on 127.0.0.1")
+
+
+@contextlib.asynccontextmanager
+async def clustered_node(workers: int) -> AsyncIterator[str]:
+    """``--clustered``: a ``redis-server`` and a node certificate for one local node; yields
+    the ``[cluster]`` section that makes the bench's server that node (with ``workers``
+    above one, each worker a member with a link port of its own, so a spread room relays
+    over the workers' node links rather than the worker pipes)."""
+    folder = Path(tempfile.mkdtemp(prefix="sfu-bench-clustered-"))
+    redis = RedisProcess(folder)
+    try:
+        await redis.start()
+        ca_cert, ca_key = mint_ca("sfu bench cluster")
+        (folder / "ca.pem").write_bytes(ca_cert)
+        cert, key = mint_node_cert(ca_cert, ca_key, NODES[0])
+        (folder / f"{NODES[0]}.pem").write_bytes(cert)
+        write_pem(folder / f"{NODES[0]}.key", key, private=True)
+        yield _cluster_toml(NODES[0], redis.url, _free_udp_run(max(workers, 1)), folder)
+    finally:
+        await redis.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(eq=False)

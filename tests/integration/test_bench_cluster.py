@@ -94,6 +94,30 @@ def test_subscribers_on_node_b_receive_what_node_a_relays(tmp_path: Path) -> Non
     assert _settled(tmp_path) == []
 
 
+def test_a_spread_room_on_a_clustered_node_reaches_both_workers(tmp_path: Path) -> None:
+    """``--clustered --workers 2 --spread 2``: the local server is a clustered node whose
+    workers are cluster members; the room's later subscribers are on the second worker, fed
+    over the workers' node link, and receive everything; Redis and the keys are gone after."""
+    out = tmp_path / "clustered.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "fanout", "--clustered", "--workers", "2",
+            "--spread", "2", "--subscribers", "4", "--rate", "1", "--duration", "1.5",
+            "--warmup", "1", "--no-feedback", "--no-pin", "--quiet", "--json", str(out),
+        ],
+        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(out.read_text())
+    (step,) = doc["targets"][0]["steps"]
+    ports = step["by_server_port"]
+    assert len(ports) == 2, ports  # subscribers on both workers' media ports
+    assert all(port["loss"] == 0.0 for port in ports.values()), ports
+    assert step["loss"] == 0.0 and step["egress_pps"] > 0
+    assert _settled(tmp_path) == []
+
+
 def test_an_interrupted_cluster_run_leaves_no_process_or_file(tmp_path: Path) -> None:
     bench = subprocess.Popen(
         [

@@ -150,3 +150,10 @@ def test_cluster_refuses_what_it_cannot_combine(capsys: pytest.CaptureFixture[st
     for extra in (["--vs", "janus"], ["--target", "http://127.0.0.1:1"], ["--workers", "2"]):
         assert main(["fanout", "--cluster", *extra]) == 2
         assert "--cluster" in capsys.readouterr().err
+
+
+def test_clustered_refuses_what_it_cannot_combine(capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in (["--cluster"], ["--vs", "janus"], ["--target", "http://127.0.0.1:1"]):
+        assert main(["fanout", "--clustered", *extra]) == 2
+        assert "--clustered" in capsys.readouterr().err
+    assert main(["soak", "--clustered"]) == 2
