@@ -52,6 +52,7 @@ __all__ = [
     "cluster_comparison",
     "clustered_node",
     "format_cluster",
+    "free_udp_run",
     "link_counters",
 ]
 
@@ -174,7 +175,7 @@ def _cluster_toml(node: str, redis_url: str, link_port: int, folder: Path) -> st
     )
 
 
-def _free_udp_run(count: int) -> int:
+def free_udp_run(count: int) -> int:
     """The first of ``count`` consecutive UDP ports free on 127.0.0.1 now (a clustered
     node's workers bind ``link_port + i``); bounded tries."""
     for _ in range(PORT_RUN_TRIES):
@@ -207,7 +208,7 @@ async def clustered_node(workers: int) -> AsyncIterator[str]:
         cert, key = mint_node_cert(ca_cert, ca_key, NODES[0])
         (folder / f"{NODES[0]}.pem").write_bytes(cert)
         write_pem(folder / f"{NODES[0]}.key", key, private=True)
-        yield _cluster_toml(NODES[0], redis.url, _free_udp_run(max(workers, 1)), folder)
+        yield _cluster_toml(NODES[0], redis.url, free_udp_run(max(workers, 1)), folder)
     finally:
         await redis.stop()
         shutil.rmtree(folder, ignore_errors=True)

@@ -9,11 +9,9 @@ viewer keeps decoding, and node B's room drops the killed worker's participant."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from cluster_nodes import node_configs
 from media_load import _delete, media_load, watch
 from redis_server import RedisServer, redis_server
 
+from bench.cluster import free_udp_run
 from sfu.config import ClusterConfig, Config, ServerConfig
 from sfu.workers.supervisor import Supervisor
 
@@ -44,29 +43,10 @@ def server() -> Iterator[RedisServer]:
         yield running
 
 
-def free_udp_ports(count: int) -> int:
-    """The first of ``count`` consecutive UDP ports free on 127.0.0.1 now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        if first + count > 65535:
-            continue
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(first, first + count):
-                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return first
-    raise AssertionError("no run of free UDP ports")
-
-
 def worker_node(config: Config) -> Config:
     """``config`` (one of node_configs') with two workers, a link port for each, and rooms
     spread over the workers from their second participant on."""
-    port = free_udp_ports(WORKERS)
+    port = free_udp_run(WORKERS)
     cluster: ClusterConfig = dataclasses.replace(
         config.cluster, link_port=port, advertise_address=f"127.0.0.1:{port}"
     )
