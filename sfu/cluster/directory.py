@@ -78,9 +78,9 @@ BUS_BURST: Final = 1000
 MAX_ROOM_NAME: Final = 128
 #: Nodes one read of a room's span returns at most (a bound on the read's size whatever the
 #: store holds; a room spread over more nodes than this is placed among these).
+MAX_SPAN_NODES: Final = 1024
 #: Longest incarnation token kept from a node entry (ours are 16 characters).
 MAX_INCARNATION: Final = 32
-MAX_SPAN_NODES: Final = 1024
 
 
 class DirectoryUnavailable(ConnectionError):

@@ -299,7 +299,8 @@ class ClusterRoomBus:
 
     async def peers_changed(self, nodes: list[NodeInfo]) -> None:
         """The live nodes after a lease renewal: a node seen alive before and gone now
-        (killed; its lease lapsed) is a closed shard, its participants leave here."""
+        (killed; its lease lapsed), or back under a new incarnation (restarted within its
+        lease), is a closed shard, its participants leave here."""
         alive = {n.node_id: n.incarnation for n in nodes if n.node_id != self.node_id}
         now = self._clock()
         epoch = (self.registry.reconnects, self.registry.lease_lapses)
@@ -313,11 +314,7 @@ class ClusterRoomBus:
             return
         # Gone: not renewed any more, or restarted meanwhile (a new incarnation under the
         # same id: a worker restarted within its lease has none of its old participants).
-        gone = {
-            node_id
-            for node_id, incarnation in self._alive.items()
-            if alive.get(node_id, incarnation) != incarnation or node_id not in alive
-        }
+        gone = {node_id for node_id, seen in self._alive.items() if alive.get(node_id) != seen}
         self._alive = alive
         rooms = self._rooms()
         for node_id in sorted(gone):

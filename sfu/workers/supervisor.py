@@ -239,40 +239,30 @@ def check_cluster_ports(config: Config, workers: int) -> None:
     cluster = config.cluster
     if not cluster.redis_url:
         return
+    errors: list[tuple[str, str]] = []
     node_id = node_from_config(cluster).node_id
-    if len(member_id(node_id, workers - 1)) > MAX_CLUSTER_NAME:
-        raise ConfigError(
-            [
-                (
-                    "cluster.node_id",
-                    f"{node_id!r} is too long for its workers' member ids "
-                    f"({member_id(node_id, workers - 1)!r} passes {MAX_CLUSTER_NAME} characters)",
-                )
-            ]
+    last = member_id(node_id, workers - 1)
+    if len(last) > MAX_CLUSTER_NAME:
+        errors.append(
+            (
+                "cluster.node_id",
+                f"{node_id!r} is too long for its workers' member ids "
+                f"({last!r} passes {MAX_CLUSTER_NAME} characters)",
+            )
         )
-    if not cluster.advertise_address:
-        return
-    port = cluster.link_port
-    if port + workers - 1 > 65535:
-        raise ConfigError(
-            [
-                (
-                    "cluster.link_port",
-                    f"{port} + {workers - 1} (one link port per worker) passes 65535",
-                )
-            ]
+    port, media = cluster.link_port, config.media.udp_port
+    if cluster.advertise_address and port + workers - 1 > 65535:
+        errors.append(("cluster.link_port", f"{port} + {workers - 1} (a port each) passes 65535"))
+    if cluster.advertise_address and media and port < media + workers and media < port + workers:
+        errors.append(
+            (
+                "cluster.link_port",
+                f"the workers' link ports {port}-{port + workers - 1} overlap their media "
+                f"ports {media}-{media + workers - 1} (media.udp_port)",
+            )
         )
-    media = config.media.udp_port
-    if media and port < media + workers and media < port + workers:
-        raise ConfigError(
-            [
-                (
-                    "cluster.link_port",
-                    f"the workers' link ports {port}-{port + workers - 1} overlap their media "
-                    f"ports {media}-{media + workers - 1} (media.udp_port)",
-                )
-            ]
-        )
+    if errors:
+        raise ConfigError(errors)
 
 
 def _cpu_seconds(pid: int) -> float | None:
