@@ -31,7 +31,15 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from sfu._fastpath._bwe cimport SendHistory, history_record, history_t
 from sfu._fastpath._cache cimport RetransmissionBuffer, cache_put, cache_t
-from sfu._fastpath._pacer cimport Pacer, pacer_push, pacer_t
+from sfu._fastpath._pacer cimport (
+    Pacer,
+    pacer_begin,
+    pacer_end,
+    pacer_next,
+    pacer_push,
+    pacer_t,
+    pacer_take,
+)
 from sfu._fastpath._extensions cimport ExtensionRewriter, ext_apply_view, ext_rewriter_t
 from sfu._fastpath._lane cimport (
     LANE_HEADER_BYTES,
@@ -821,13 +829,36 @@ cdef class Forwarder:
         self.tx_pacers[handle] = (pacer, history)
 
     def drain_paced(self):
-        """The handles of the transports whose pacer got packets since the last call."""
+        """The handles of the transports whose pacer got packets since the last call and
+        still holds some after the batch released what was due (their owner times the
+        rest: :meth:`send_paced`)."""
         cdef int i
         out = sorted([self.paced_list[i] for i in range(self.paced_count)])
         for i in range(self.paced_count):
             self.tx[self.paced_list[i]].paced_pending = False
         self.paced_count = 0
         return out
+
+    def send_paced(self, int handle, double now, sock=None):
+        """Release what transport ``handle``'s pacer lets go at ``now``: sent on ``sock``
+        (one ``sendmmsg``, GSO groups) and counted as sent; without a socket, or to a framed
+        (ICE-TCP) transport, returned instead (SRTP packets, oldest first) for the caller to
+        send. An unknown or unpaced transport releases nothing."""
+        cdef tx_t* t
+        if not 0 <= handle < self.max_transports or not self.tx[handle].used:
+            return []
+        t = &self.tx[handle]
+        if t.pacer == NULL:
+            return []
+        if sock is None or t.framed:
+            pacer, history = self.tx_pacers[handle]
+            return [packet for packet, _ in pacer.pop(now, history)]
+        self.fd = sock.fileno()
+        with nogil:
+            self._release_one(handle, now)
+            self._flush_nogil()
+        self.fd = -1
+        return []
 
     def set_stream(self, int handle, int transport, source, int kind):
         """Register an ingress stream (``source``: ssrc, layer, unwrapper, cache)."""
@@ -1168,6 +1199,7 @@ cdef class Forwarder:
                     with nogil:
                         self._lane_in(0, self.recv_buf, n, &key, now)
             self._link_after(0, data, address, slow)
+        self._finish_paced(now)
         self._flush()
         egress = self.collected
         self.collected = []
@@ -1198,6 +1230,8 @@ cdef class Forwarder:
                         self._lane_in(i, self.recv_buf + i * RECV_SIZE,
                                       self.recv_msgs[i].msg_len, &key, now)
                     if self.fd >= 0:
+                        if self.paced_count:
+                            self._release_due(now)
                         self._flush_nogil()
             if got <= 0:
                 break
@@ -1214,6 +1248,8 @@ cdef class Forwarder:
                     )
             if got < BATCH:
                 break
+        if self.fd < 0:
+            self._finish_paced(now)
         self._flush()
         self.fd = -1
         egress = self.collected
@@ -1331,6 +1367,7 @@ cdef class Forwarder:
             if not handled:
                 self.slow_packets += 1
                 slow.append((data, address))
+        self._finish_paced(now)
         self._flush()
         egress = self.collected
         self.collected = []
@@ -1373,6 +1410,7 @@ cdef class Forwarder:
             self.ingested_bytes += n
             with nogil:
                 self._ingest(t, &self.streams[si], si, self.work, n, now)
+        self._finish_paced(now)
         self._flush()
         self.fd = -1
         egress = self.collected
@@ -1411,6 +1449,8 @@ cdef class Forwarder:
                         if self._handle(self.recv_buf + i * RECV_SIZE,
                                         self.recv_msgs[i].msg_len, &key, now):
                             self.slow_flag[i] = 0
+                    if self.paced_count:
+                        self._release_due(now)
                     self._flush_nogil()
             if got <= 0:
                 break
@@ -1559,6 +1599,54 @@ cdef class Forwarder:
                 PyBytes_FromStringAndSize(<const char*>(self.rsend_buf + i * RELAY_SEND_SIZE),
                                           self.rsend_len[i]),
             ))
+
+    cdef int _release_one(self, int handle, double now) noexcept nogil:
+        """Move what transport ``handle``'s pacer lets go at ``now`` into the egress slots
+        (its send history restamped); returns how many packets it still holds."""
+        cdef tx_t* t = &self.tx[handle]
+        cdef pacer_t* pacer = t.pacer
+        cdef int i, cls, size
+        pacer_begin(pacer, now)
+        while True:
+            i = pacer_next(pacer, now, &cls)
+            if i < 0:
+                break
+            size = pacer.slots[i].size
+            if size > OUT_SIZE:  # only a Python push could be this large: never sent
+                pacer_take(pacer, cls, i, now, t.paced_history)
+                self.send_errors += 1
+                continue
+            if self.out_count >= OUT_SLOTS:
+                self._flush_nogil()
+            memcpy(self.out_buf + self.out_count * OUT_SIZE, pacer.slots[i].data, size)
+            pacer_take(pacer, cls, i, now, t.paced_history)
+            self.out_tx[self.out_count] = handle
+            self.out_len[self.out_count] = size
+            self.out_count += 1
+            self.sent_packets += 1
+            self.sent_bytes += size
+        pacer_end(pacer, t.paced_history)
+        return pacer.packets
+
+    cdef void _release_due(self, double now) noexcept nogil:
+        """At the end of a batch: what the pacers that got packets let go leaves with the
+        batch's own egress (no Python per packet); only the transports whose pacer still
+        holds packets stay listed for :meth:`drain_paced`."""
+        cdef int k, handle, kept = 0
+        for k in range(self.paced_count):
+            handle = self.paced_list[k]
+            if self.tx[handle].pacer != NULL and self._release_one(handle, now):
+                self.paced_list[kept] = handle
+                kept += 1
+            else:
+                self.tx[handle].paced_pending = False
+        self.paced_count = kept
+
+    cdef void _finish_paced(self, double now):
+        """:meth:`_release_due` from Python code, before its batch's last flush."""
+        if self.paced_count:
+            with nogil:
+                self._release_due(now)
 
     cdef void _flush(self):
         cdef int i
@@ -1905,9 +1993,7 @@ cdef class Forwarder:
                     out.paced_pending = True
                     self.paced_list[self.paced_count] = route.out
                     self.paced_count += 1
-                self.paced_packets += 1
-                self.sent_packets += 1
-                self.sent_bytes += wire
+                self.paced_packets += 1  # counted as sent when the pacer lets it go
                 forwarded += 1
                 out_bytes += nout
                 continue

@@ -71,6 +71,9 @@ PUMP_ROUNDS: Final = 8
 _MAX_DATAGRAM = 8192
 #: Largest plaintext packet :meth:`Forwarder.ingest` takes (the compiled work buffer's size).
 _WORK_SIZE: Final = 2048
+#: Largest packet the compiled forwarder's egress slots hold (1500, the munger's limit, plus
+#: an SRTP trailer): a paced packet beyond it is never sent (counted as a send error).
+_OUT_SIZE: Final = 1536
 #: Ingress streams one transport may register (the compiled table's size; MAX_STREAMS is 32).
 _TX_STREAMS = 64
 #: Records of packets that were ingested but not handed to the routes' forward.
@@ -229,7 +232,8 @@ class Forwarder:
         self.relay_send_errors = 0
         self.impaired_drops = 0
         self.paced_packets = 0
-        self._paced: set[int] = set()
+        #: Transports whose pacer got packets, in the order they first did, until drain_paced().
+        self._paced: dict[int, None] = {}
         self._now = 0.0
         self._kind = VP8
         self._stamp = -1
@@ -310,9 +314,49 @@ class Forwarder:
         transport.paced_history = history if pacer is not None else None
 
     def drain_paced(self) -> list[int]:
-        """The handles of the transports whose pacer got packets since the last call."""
-        paced, self._paced = sorted(self._paced), set()
+        """The handles of the transports whose pacer got packets since the last call and
+        still holds some after the batch released what was due (their owner times the
+        rest: :meth:`send_paced`)."""
+        paced, self._paced = sorted(self._paced), {}
         return paced
+
+    def send_paced(self, handle: int, now: float, sock: socket.socket | None = None) -> list[bytes]:
+        """Release what transport ``handle``'s pacer lets go at ``now``: sent on ``sock``
+        and counted as sent; without a socket, or to a framed (ICE-TCP) transport, returned
+        instead (SRTP packets, oldest first) for the caller to send. An unknown or unpaced
+        transport releases nothing."""
+        target = self._transports.get(handle)
+        if target is None or target.source or target.pacer is None:
+            return []
+        released = [wire for wire, _ in target.pacer.pop(now, target.paced_history)]
+        if sock is None or target.framed:
+            return released
+        egress = [(wire, target.address) for wire in released if len(wire) <= _OUT_SIZE]
+        self.send_errors += len(released) - len(egress)
+        self.sent_packets += len(egress)
+        self.sent_bytes += sum(len(wire) for wire, _ in egress)
+        self._send_all(sock, egress)
+        return []
+
+    def _release_due(self, now: float, egress: list[Datagram]) -> None:
+        """At the end of a batch: what the pacers that got packets let go leaves with the
+        batch's own egress; only the transports whose pacer still holds packets stay
+        listed for :meth:`drain_paced`."""
+        kept: dict[int, None] = {}
+        for handle in self._paced:
+            target = self._transports.get(handle)
+            if target is None or target.pacer is None:
+                continue
+            for wire, _ in target.pacer.pop(now, target.paced_history):
+                if len(wire) > _OUT_SIZE:  # only a Python push could be this large
+                    self.send_errors += 1
+                    continue
+                (self._framed if target.framed else egress).append((wire, target.address))
+                self.sent_packets += 1
+                self.sent_bytes += len(wire)
+            if target.pacer.queued_packets:
+                kept[handle] = None
+        self._paced = kept
 
     def remove_transport(self, handle: int) -> None:
         """Forget a transport (its streams stay registered until removed, and stay idle)."""
@@ -495,6 +539,8 @@ class Forwarder:
         for data, address in datagrams:
             if not self._lane_in(data, address, now, egress):
                 slow.append((data, address))
+        if self._paced:
+            self._release_due(now, egress)
         if self._relay_out:
             self._relay_flush()
         return slow, egress
@@ -589,6 +635,8 @@ class Forwarder:
             if not self._forward(data, address, now, egress):
                 self.slow_packets += 1
                 slow.append((data, address))
+        if self._paced:
+            self._release_due(now, egress)
         if self._relay_out:
             self._relay_flush()
         return slow, egress
@@ -623,6 +671,8 @@ class Forwarder:
             self.ingested_packets += 1
             self.ingested_bytes += len(data)
             self._ingest(owner, stream, data, now, egress)
+        if self._paced:
+            self._release_due(now, egress)
         if self._relay_out:
             self._relay_flush()
         if sock is not None:
@@ -723,9 +773,10 @@ class Forwarder:
             tag = self._stamp & 0xFFFF if stamped else -1
             cls = PACED_AUDIO if self._kind == AUDIO else PACED_VIDEO
             target.pacer.push(wire, cls, tag, self._now)
-            self._paced.add(out)
-            self.paced_packets += 1
-        elif target.framed:
+            self._paced[out] = None
+            self.paced_packets += 1  # counted as sent when the pacer lets it go
+            return True
+        if target.framed:
             self._framed.append((wire, target.address))
         else:
             self._egress.append((wire, target.address))

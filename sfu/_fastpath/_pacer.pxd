@@ -5,6 +5,16 @@
 #     from sfu._fastpath._pacer cimport Pacer, pacer_t, pacer_push
 #     cdef pacer_t* p = &(<Pacer>obj).p                    # keep a reference to obj
 #     pacer_push(p, data, length, cls, tag, now)           # 1: queued, 0: dropped (counted)
+#
+# and release what is due without the GIL (``Pacer.pop`` is these four):
+#
+#     pacer_begin(p, now)
+#     i = pacer_next(p, now, &cls)                         # -1: nothing (more) due
+#     ... copy p.slots[i].data (p.slots[i].size bytes) ...
+#     pacer_take(p, cls, i, now, history)                  # history: history_t* or NULL
+#     pacer_end(p, history)
+
+from sfu._fastpath._bwe cimport history_t
 
 cdef struct slot_t:
     unsigned char* data
@@ -46,3 +56,8 @@ cdef class Pacer:
 
 cdef int pacer_push(pacer_t* p, const unsigned char* data, int size, int cls, long long tag,
                     double now) noexcept nogil
+
+cdef void pacer_begin(pacer_t* p, double now) noexcept nogil
+cdef int pacer_next(pacer_t* p, double now, int* cls) noexcept nogil
+cdef void pacer_take(pacer_t* p, int cls, int i, double now, history_t* h) noexcept nogil
+cdef void pacer_end(pacer_t* p, history_t* h) noexcept nogil

@@ -11,7 +11,7 @@ from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
-from sfu._fastpath._bwe cimport SendHistory, history_restamp, history_withdraw
+from sfu._fastpath._bwe cimport SendHistory, history_restamp, history_t, history_withdraw
 
 from sfu._fastpath._pacer_py import (
     BURST_TIME,
@@ -145,6 +145,59 @@ cdef int pacer_push(pacer_t* p, const unsigned char* data, int size, int cls, lo
     return 1
 
 
+cdef void pacer_begin(pacer_t* p, double now) noexcept nogil:
+    _drain(p, now)
+
+
+cdef int pacer_next(pacer_t* p, double now, int* cls) noexcept nogil:
+    """The slot of the packet due next (expired video and retransmissions discarded on the
+    way, counted); -1 when nothing is due. ``cls`` receives its class."""
+    cdef int c, i
+    while p.packets:
+        c = _head_class(p)
+        i = p.head[c]
+        if (c > _PROBE and now - p.slots[i].queued >= _MAX_QUEUE_TIME
+                and <double>p.bytes > p.rate * _MAX_QUEUE_TIME):
+            _discard(p, p.slots[i].tag)
+            _unlink(p, c, i)
+            p.expired += 1
+            continue
+        if c > _PROBE and p.rate > 0.0 and p.debt > p.rate * _BURST + _SLACK:
+            return -1
+        cls[0] = c
+        return i
+    return -1
+
+
+cdef void pacer_take(pacer_t* p, int cls, int i, double now, history_t* h) noexcept nogil:
+    """Release slot ``i`` of class ``cls`` (from pacer_next; its bytes were copied out): the
+    budget, the delay statistics, its number restamped in ``h``, the slot freed."""
+    cdef slot_t* s = &p.slots[i]
+    cdef double delay = now - s.queued
+    if h != NULL and s.tag >= 0:
+        history_restamp(h, s.tag & 0xFFFF, now)
+    if cls != _PROBE:
+        p.debt += s.size
+    p.sent_packets += 1
+    p.sent_bytes += s.size
+    p.delay_count += 1
+    p.delay_sum += delay
+    if delay > p.delay_max:
+        p.delay_max = delay
+    _unlink(p, cls, i)
+
+
+cdef void pacer_end(pacer_t* p, history_t* h) noexcept nogil:
+    """After a release: whether packets were left waiting, and the numbers of the packets
+    discarded since the last release withdrawn from ``h`` (kept pending without one)."""
+    cdef int i
+    p.backlog = p.packets > 0
+    if h != NULL:
+        for i in range(p.n_withdrawn):
+            history_withdraw(h, p.withdrawn[i] & 0xFFFF)
+        p.n_withdrawn = 0
+
+
 cdef class Pacer:
     """Leaky-bucket egress pacer with four priority classes and a bounded queue."""
 
@@ -227,45 +280,19 @@ cdef class Pacer:
         non-negative tags are transport-wide sequence numbers restamped to ``now``."""
         cdef pacer_t* p = &self.p
         cdef SendHistory h = <SendHistory?>history if history is not None else None
+        cdef history_t* hh = &h.h if h is not None else NULL
         cdef int cls, i
-        cdef slot_t* s
-        cdef double delay
-        cdef long long tag
         cdef bytes packet
         cdef list out = []
-        _drain(p, now)
-        while p.packets:
-            cls = _head_class(p)
-            i = p.head[cls]
-            if (cls > _PROBE and now - p.slots[i].queued >= _MAX_QUEUE_TIME
-                    and <double>p.bytes > p.rate * _MAX_QUEUE_TIME):
-                _discard(p, p.slots[i].tag)
-                _unlink(p, cls, i)
-                p.expired += 1
-                continue
-            if cls > _PROBE and p.rate > 0.0 and p.debt > p.rate * _BURST + _SLACK:
+        pacer_begin(p, now)
+        while True:
+            i = pacer_next(p, now, &cls)
+            if i < 0:
                 break
-            s = &p.slots[i]
-            packet = PyBytes_FromStringAndSize(<char*>s.data, s.size)
-            tag = s.tag
-            if h is not None and tag >= 0:
-                history_restamp(&h.h, tag & 0xFFFF, now)
-            delay = now - s.queued
-            if cls != _PROBE:
-                p.debt += s.size
-            p.sent_packets += 1
-            p.sent_bytes += s.size
-            _unlink(p, cls, i)
-            p.delay_count += 1
-            p.delay_sum += delay
-            if delay > p.delay_max:
-                p.delay_max = delay
-            out.append((packet, tag))
-        p.backlog = p.packets > 0
-        if h is not None:
-            for i in range(p.n_withdrawn):
-                history_withdraw(&h.h, p.withdrawn[i] & 0xFFFF)
-            p.n_withdrawn = 0
+            packet = PyBytes_FromStringAndSize(<char*>p.slots[i].data, p.slots[i].size)
+            out.append((packet, p.slots[i].tag))
+            pacer_take(p, cls, i, now, hh)
+        pacer_end(p, hh)
         return out
 
     def next_deadline(self, double now):

@@ -284,8 +284,9 @@ class DataPlane:
         return True
 
     def release_paced(self, now: float) -> int:
-        """Let the owners of the pacers the last batches queued into release what is due;
-        returns how many owners ran."""
+        """Let the owners of the pacers that still hold packets after the last batches (the
+        forwarder released what was due with each batch) time the rest; returns how many
+        owners ran."""
         ran = 0
         for handle in self.forwarder.drain_paced():
             claim = self._paced.get(handle)
@@ -293,6 +294,16 @@ class DataPlane:
                 claim.pacing[2](now)
                 ran += 1
         return ran
+
+    def send_paced(self, transport: Hashable, now: float) -> list[bytes] | None:
+        """Send what ``transport``'s pacer lets go at ``now`` from the forwarder, on the
+        media socket (no Python per packet); returns what the caller must send itself (all
+        of it without a socket; an ICE-TCP transport's packets), or None when the forwarder
+        does not hold the transport's pacer now (the caller releases it)."""
+        claim = self._claims.get(transport)
+        if claim is None or claim.pacing is None or not claim.registered:
+            return None
+        return self.forwarder.send_paced(claim.handle, now, self.socket)
 
     def release(self, transport: Hashable) -> None:
         """Forget ``transport`` and the streams it carried."""

@@ -389,10 +389,25 @@ class Peer:
         pacer = self.pacer
         if pacer is None:
             return
-        send = self.transport.send_protected
-        released = pacer.pop(now, self.send_history)
-        for wire, _tag in released:
-            send(wire)
+        leftover = None
+        if self._paced_rtx is not None and self.dataplane is not None:
+            # The forwarder holds the transport: it sends what is due itself.
+            leftover = self.dataplane.send_paced(self.transport, now)
+        if leftover is None:
+            leftover = [wire for wire, _tag in pacer.pop(now, self.send_history)]
+        if leftover:
+            send = self.transport.send_protected
+            for wire in leftover:
+                send(wire)
+        self._count_paced(pacer)
+        due = pacer.next_deadline(now)
+        self._pacer_due = due
+        if due is not None and self.on_wake is not None:
+            self.on_wake(self, due)
+
+    def _count_paced(self, pacer: Any) -> None:
+        """Fold what the pacer counted since the last look into this peer's counters (the
+        forwarder releases most packets with its batches, without this peer)."""
         counters = self.counters
         count, total, _longest = pacer.take_delays()
         counters.paced_packets += count
@@ -401,10 +416,6 @@ class Peer:
         counters.pacer_evicted += pacer.evicted - self._pacer_seen[1]
         counters.pacer_expired += pacer.expired - self._pacer_seen[2]
         self._pacer_seen = (pacer.dropped, pacer.evicted, pacer.expired)
-        due = pacer.next_deadline(now)
-        self._pacer_due = due
-        if due is not None and self.on_wake is not None:
-            self.on_wake(self, due)
 
     def remove_subscription(self, mid: str) -> Subscription | None:
         """Forget the subscription on ``mid``; the caller unhooks it from the publication."""
@@ -499,6 +510,7 @@ class Peer:
             return
         self.retired = True
         if self.pacer is not None:
+            self._count_paced(self.pacer)
             self.pacer.clear()
             self._pacer_due = None
         for publication in self.publications.values():
@@ -671,6 +683,8 @@ class Peer:
             self._probe(now)
         if self._pacer_due is not None and self._pacer_due <= now:
             self.release_paced(now)
+        elif self.pacer is not None:
+            self._count_paced(self.pacer)  # what the forwarder released with its batches
         self.reporter.poll_reports(publications, subscriptions, now=now, wallclock=wallclock)
 
     def _availability(self, now: float) -> dict[Subscription, frozenset[int]]:
