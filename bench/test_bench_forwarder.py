@@ -58,7 +58,6 @@ def _bench_forward(
         _, egress = world.forwarder.process(datagrams, now)
         world.forwarder.drain_log()
         if pacers:
-            world.forwarder.drain_paced()
             return sum(len(pacer.pop(now, history)) for pacer, history in pacers)
         return len(egress)
 

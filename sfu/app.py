@@ -332,6 +332,8 @@ class Server:
         self.turn = TurnCredentials(config.turn)
         self._timer_task: asyncio.Task[None] | None = None
         self._room_timer: DeadlineTimer | None = None
+        #: Releases the pacers' backlog between media batches (the batches release it too).
+        self._pacer_timer: DeadlineTimer | None = None
         self._draining = False
         self.loop_lag = LoopLagMonitor()
         #: Gives freed heap back to the system after sessions end (see sfu/io/memory.py).
@@ -620,6 +622,12 @@ class Server:
             self._room_timer.run_if_due(now)  # the loop is awake anyway: no wakeup of its own
         return slow
 
+    def _run_pacers(self, now: float) -> None:
+        """The pacer timer: what the backlogged pacers let go now (the data plane re-arms
+        the timer for the next), and its ICE-TCP share."""
+        self.dataplane.release_paced(now)
+        self._send_framed()
+
     def _after_ingest(self, now: float) -> None:
         """After the forwarder took relayed packets: the ICE-TCP egress, and the rooms' timer
         when due, and due within :data:`RELAYED_REPLAY_S` at the latest: its replay feeds the
@@ -855,6 +863,8 @@ class Server:
         self._room_timer = DeadlineTimer(self._run_rooms, clock.now)
         self.rooms.on_timer = self._room_timer.arm
         self._room_timer.arm(self.rooms.next_timer())
+        self._pacer_timer = DeadlineTimer(self._run_pacers, clock.now)
+        self.dataplane.on_pacer_due = self._pacer_timer.arm
         self.loop_lag.start()
         if self.pipes is not None:
             port = await self.pipes.start()
@@ -1013,6 +1023,10 @@ class Server:
         if self._room_timer is not None:
             self._room_timer.close()
             self._room_timer = None
+        if self._pacer_timer is not None:
+            self._pacer_timer.close()
+            self._pacer_timer = None
+            self.dataplane.on_pacer_due = None
         if self._timer_task is not None:
             self._timer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -23,7 +23,7 @@ no Python object per packet; what opened but is not ours is kept for Python
 import socket
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.math cimport nearbyint
+from libc.math cimport INFINITY, nearbyint
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
@@ -36,6 +36,7 @@ from sfu._fastpath._pacer cimport (
     pacer_begin,
     pacer_end,
     pacer_next,
+    pacer_next_deadline,
     pacer_push,
     pacer_t,
     pacer_take,
@@ -239,7 +240,7 @@ cdef struct tx_t:
     bint source                 # a plaintext source (set_source): ingress only, by ingest()
     pacer_t* pacer              # not NULL: egress is queued there (set_pacer), not sent
     history_t* paced_history    # the send history whose numbers tag the queued packets
-    bint paced_pending          # in paced_list since the last drain_paced()
+    bint paced_pending          # listed in paced_list (stays so while its slot is reused)
     int nstreams
     uint32_t ssrcs[TX_STREAMS]
     int streams[TX_STREAMS]
@@ -519,8 +520,9 @@ cdef class Forwarder:
     cdef list tx_addr               # per transport: the address object it was registered with
     cdef list framed_out            # egress to framed transports, until drain_framed()
     cdef list tx_pacers             # per transport: (pacer, history) kept alive, or None
-    cdef int* paced_list            # transports whose pacer got packets, until drain_paced()
+    cdef int* paced_list            # transports whose pacer holds packets (the backlog)
     cdef int paced_count
+    cdef readonly double paced_due  # when a backlogged pacer next lets go (inf: no backlog)
     cdef list stream_refs
     cdef list route_refs
     cdef list output_refs           # per stream: its RelayOutput objects, kept alive
@@ -645,6 +647,7 @@ cdef class Forwarder:
         if self.paced_list == NULL:
             raise MemoryError()
         self.paced_count = 0
+        self.paced_due = INFINITY
         self.framed_out = []
         self.stream_refs = [None] * max_streams
         self.route_refs = [None] * max_streams
@@ -743,7 +746,7 @@ cdef class Forwarder:
             t.drop_seen = 0
             t.pacer = NULL
             t.paced_history = NULL
-            t.paced_pending = False
+            # paced_pending stays: a listed slot stays listed once (the release drops it).
         t.used = True
         t.key = key
         t.sa = sa
@@ -774,13 +777,16 @@ cdef class Forwarder:
         the socket; ``level_id`` is the audio-level extension id its packets carry. It is
         never a destination: no route sends to it."""
         cdef tx_t* t
+        cdef bint listed
         if not 0 <= handle < self.max_transports:
             raise ValueError(f"transport handle {handle} out of range")
         t = &self.tx[handle]
         if not t.used or not t.source:
             if t.used:
                 raise ValueError(f"transport {handle} is registered as a transport")
+            listed = t.paced_pending
             memset(t, 0, sizeof(tx_t))
+            t.paced_pending = listed  # a listed slot stays listed once (the release drops it)
         t.used = True
         t.source = True
         t.twcc_id = 0
@@ -811,8 +817,8 @@ cdef class Forwarder:
     def set_pacer(self, int handle, pacer, history=None):
         """Queue a transport's egress in ``pacer`` (a compiled ``Pacer``; None: send at once)
         instead of sending it; ``history`` (its compiled send history) numbers the packets,
-        and each one's number becomes its tag. The owner releases the queue (``Pacer.pop``)
-        on its timer; :meth:`drain_paced` says which transports got packets."""
+        and each one's number becomes its tag. What the pacer lets go leaves with each batch;
+        the rest on the owner's timer (:meth:`release_backlog`, :meth:`send_paced`)."""
         cdef tx_t* t
         if not 0 <= handle < self.max_transports or not self.tx[handle].used:
             raise KeyError(f"transport {handle} is not registered")
@@ -828,16 +834,26 @@ cdef class Forwarder:
         t.paced_history = NULL if history is None else &(<SendHistory?>history).h
         self.tx_pacers[handle] = (pacer, history)
 
-    def drain_paced(self):
-        """The handles of the transports whose pacer got packets since the last call and
-        still holds some after the batch released what was due (their owner times the
-        rest: :meth:`send_paced`)."""
+    def paced_backlog(self):
+        """The handles of the transports whose pacer holds packets after the last release
+        (what :meth:`release_backlog` serves; :attr:`paced_due` says when)."""
         cdef int i
-        out = sorted([self.paced_list[i] for i in range(self.paced_count)])
-        for i in range(self.paced_count):
-            self.tx[self.paced_list[i]].paced_pending = False
-        self.paced_count = 0
-        return out
+        return sorted([self.paced_list[i] for i in range(self.paced_count)])
+
+    def release_backlog(self, double now, sock=None):
+        """Release what the backlogged pacers let go at ``now``: sent on ``sock`` (one
+        ``sendmmsg``) and counted as sent; returns the egress datagrams when there is no
+        socket (empty otherwise). Framed transports' packets wait in :meth:`drain_framed`."""
+        self.fd = -1 if sock is None else sock.fileno()
+        self.collected = []
+        if self.paced_count:
+            with nogil:
+                self._release_due(now)
+        self._flush()
+        self.fd = -1
+        egress = self.collected
+        self.collected = []
+        return egress
 
     def send_paced(self, int handle, double now, sock=None):
         """Release what transport ``handle``'s pacer lets go at ``now``: sent on ``sock``
@@ -850,15 +866,30 @@ cdef class Forwarder:
         t = &self.tx[handle]
         if t.pacer == NULL:
             return []
+        cdef int left
         if sock is None or t.framed:
             pacer, history = self.tx_pacers[handle]
-            return [packet for packet, _ in pacer.pop(now, history)]
-        self.fd = sock.fileno()
-        with nogil:
-            self._release_one(handle, now)
-            self._flush_nogil()
-        self.fd = -1
-        return []
+            out = [packet for packet, _ in pacer.pop(now, history)]
+            left = t.pacer.packets
+        else:
+            self.fd = sock.fileno()
+            with nogil:
+                left = self._release_one(handle, now)
+                self._flush_nogil()
+            self.fd = -1
+            out = []
+        if left:
+            self._backlog(handle, pacer_next_deadline(t.pacer, now))
+        return out
+
+    cdef void _backlog(self, int handle, double due) noexcept nogil:
+        """Keep ``handle`` in the backlog, its pacer next letting go at ``due``."""
+        if not self.tx[handle].paced_pending:
+            self.tx[handle].paced_pending = True
+            self.paced_list[self.paced_count] = handle
+            self.paced_count += 1
+        if due < self.paced_due:
+            self.paced_due = due
 
     def set_stream(self, int handle, int transport, source, int kind):
         """Register an ingress stream (``source``: ssrc, layer, unwrapper, cache)."""
@@ -1629,18 +1660,24 @@ cdef class Forwarder:
         return pacer.packets
 
     cdef void _release_due(self, double now) noexcept nogil:
-        """At the end of a batch: what the pacers that got packets let go leaves with the
-        batch's own egress (no Python per packet); only the transports whose pacer still
-        holds packets stay listed for :meth:`drain_paced`."""
+        """What the listed pacers (those that got packets, and the backlog) let go at
+        ``now`` joins the egress slots (no Python per packet); only the transports whose
+        pacer still holds packets stay listed, and :attr:`paced_due` says when the first of
+        them lets go of more."""
         cdef int k, handle, kept = 0
+        cdef double due, first = INFINITY
         for k in range(self.paced_count):
             handle = self.paced_list[k]
             if self.tx[handle].pacer != NULL and self._release_one(handle, now):
                 self.paced_list[kept] = handle
                 kept += 1
+                due = pacer_next_deadline(self.tx[handle].pacer, now)
+                if due < first:
+                    first = due
             else:
                 self.tx[handle].paced_pending = False
         self.paced_count = kept
+        self.paced_due = first
 
     cdef void _finish_paced(self, double now):
         """:meth:`_release_due` from Python code, before its batch's last flush."""

@@ -31,6 +31,7 @@ returned untouched, as the slow path.
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -232,8 +233,10 @@ class Forwarder:
         self.relay_send_errors = 0
         self.impaired_drops = 0
         self.paced_packets = 0
-        #: Transports whose pacer got packets, in the order they first did, until drain_paced().
+        #: Transports whose pacer holds packets (got some in this batch, or the backlog),
+        #: in the order they were listed; and when the first of the backlog lets go of more.
         self._paced: dict[int, None] = {}
+        self.paced_due = math.inf
         self._now = 0.0
         self._kind = VP8
         self._stamp = -1
@@ -303,8 +306,9 @@ class Forwarder:
     def set_pacer(self, handle: int, pacer: Any, history: Any = None) -> None:
         """Queue a transport's egress in ``pacer`` (``_pacer_py.Pacer``; None: send at once)
         instead of sending it; ``history`` is the transport's send history, whose sequence
-        number each packet was stamped with becomes its tag. The owner releases the queue
-        (``Pacer.pop``) on its timer; :meth:`drain_paced` says which transports got packets."""
+        number each packet was stamped with becomes its tag. What the pacer lets go leaves
+        with each batch; the rest on the owner's timer (:meth:`release_backlog`,
+        :meth:`send_paced`)."""
         transport = self._transports.get(handle)
         if transport is None:
             raise KeyError(f"transport {handle} is not registered")
@@ -313,12 +317,22 @@ class Forwarder:
         transport.pacer = pacer
         transport.paced_history = history if pacer is not None else None
 
-    def drain_paced(self) -> list[int]:
-        """The handles of the transports whose pacer got packets since the last call and
-        still holds some after the batch released what was due (their owner times the
-        rest: :meth:`send_paced`)."""
-        paced, self._paced = sorted(self._paced), {}
-        return paced
+    def paced_backlog(self) -> list[int]:
+        """The handles of the transports whose pacer holds packets after the last release
+        (what :meth:`release_backlog` serves; :attr:`paced_due` says when)."""
+        return sorted(self._paced)
+
+    def release_backlog(self, now: float, sock: socket.socket | None = None) -> list[Datagram]:
+        """Release what the backlogged pacers let go at ``now``: sent on ``sock`` and counted
+        as sent; returns the egress datagrams when there is no socket (empty otherwise).
+        Framed transports' packets wait in :meth:`drain_framed`."""
+        egress: list[Datagram] = []
+        if self._paced:
+            self._release_due(now, egress)
+        if sock is not None:
+            self._send_all(sock, egress)
+            return []
+        return egress
 
     def send_paced(self, handle: int, now: float, sock: socket.socket | None = None) -> list[bytes]:
         """Release what transport ``handle``'s pacer lets go at ``now``: sent on ``sock``
@@ -328,7 +342,11 @@ class Forwarder:
         target = self._transports.get(handle)
         if target is None or target.source or target.pacer is None:
             return []
-        released = [wire for wire, _ in target.pacer.pop(now, target.paced_history)]
+        pacer = target.pacer
+        released = [wire for wire, _ in pacer.pop(now, target.paced_history)]
+        if pacer.queued_packets:
+            self._paced[handle] = None  # the backlog
+            self.paced_due = min(self.paced_due, pacer.next_deadline(now))
         if sock is None or target.framed:
             return released
         egress = [(wire, target.address) for wire in released if len(wire) <= _OUT_SIZE]
@@ -339,10 +357,11 @@ class Forwarder:
         return []
 
     def _release_due(self, now: float, egress: list[Datagram]) -> None:
-        """At the end of a batch: what the pacers that got packets let go leaves with the
-        batch's own egress; only the transports whose pacer still holds packets stay
-        listed for :meth:`drain_paced`."""
+        """What the listed pacers (those that got packets, and the backlog) let go at
+        ``now`` joins ``egress``; only the transports whose pacer still holds packets stay
+        listed, and :attr:`paced_due` says when the first of them lets go of more."""
         kept: dict[int, None] = {}
+        first = math.inf
         for handle in self._paced:
             target = self._transports.get(handle)
             if target is None or target.pacer is None:
@@ -356,7 +375,9 @@ class Forwarder:
                 self.sent_bytes += len(wire)
             if target.pacer.queued_packets:
                 kept[handle] = None
+                first = min(first, target.pacer.next_deadline(now))
         self._paced = kept
+        self.paced_due = first
 
     def remove_transport(self, handle: int) -> None:
         """Forget a transport (its streams stay registered until removed, and stay idle)."""

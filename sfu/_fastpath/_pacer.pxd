@@ -13,6 +13,8 @@
 #     ... copy p.slots[i].data (p.slots[i].size bytes) ...
 #     pacer_take(p, cls, i, now, history)                  # history: history_t* or NULL
 #     pacer_end(p, history)
+#
+# and ``pacer_next_deadline(p, now)`` is ``Pacer.next_deadline`` (INFINITY for None).
 
 from sfu._fastpath._bwe cimport history_t
 
@@ -61,3 +63,4 @@ cdef void pacer_begin(pacer_t* p, double now) noexcept nogil
 cdef int pacer_next(pacer_t* p, double now, int* cls) noexcept nogil
 cdef void pacer_take(pacer_t* p, int cls, int i, double now, history_t* h) noexcept nogil
 cdef void pacer_end(pacer_t* p, history_t* h) noexcept nogil
+cdef double pacer_next_deadline(const pacer_t* p, double now) noexcept nogil

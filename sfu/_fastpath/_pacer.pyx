@@ -198,6 +198,31 @@ cdef void pacer_end(pacer_t* p, history_t* h) noexcept nogil:
         p.n_withdrawn = 0
 
 
+cdef double pacer_next_deadline(const pacer_t* p, double now) noexcept nogil:
+    """When a release next lets something go (``now`` if at once); INFINITY when empty."""
+    cdef double rate, debt, excess, expiry, due
+    cdef int cls
+    if not p.packets:
+        return INFINITY
+    if p.rate <= 0.0:
+        return now
+    cls = _head_class(p)
+    if cls <= _PROBE:
+        return now
+    rate = p.rate
+    expiry = p.slots[p.head[cls]].queued + _MAX_QUEUE_TIME + _EXPIRY_SLACK
+    if <double>p.bytes <= rate * _MAX_QUEUE_TIME:
+        expiry = INFINITY  # the queue leaves within the limit: nothing expires
+    elif expiry <= now:
+        return now
+    debt = p.debt - (now - p.last) * rate
+    excess = debt - rate * _BURST
+    if excess <= 0.0:
+        return now
+    due = now + excess / rate
+    return expiry if expiry < due else due
+
+
 cdef class Pacer:
     """Leaky-bucket egress pacer with four priority classes and a bounded queue."""
 
@@ -297,27 +322,8 @@ cdef class Pacer:
 
     def next_deadline(self, double now):
         """When :meth:`pop` next releases something (``now`` if at once); None when empty."""
-        cdef double rate, debt, excess, expiry, due
-        cdef int cls
-        if not self.p.packets:
-            return None
-        if self.p.rate <= 0.0:
-            return now
-        cls = _head_class(&self.p)
-        if cls <= _PROBE:
-            return now
-        rate = self.p.rate
-        expiry = self.p.slots[self.p.head[cls]].queued + _MAX_QUEUE_TIME + _EXPIRY_SLACK
-        if <double>self.p.bytes <= rate * _MAX_QUEUE_TIME:
-            expiry = INFINITY  # the queue leaves within the limit: nothing expires
-        elif expiry <= now:
-            return now
-        debt = self.p.debt - (now - self.p.last) * rate
-        excess = debt - rate * _BURST
-        if excess <= 0.0:
-            return now
-        due = now + excess / rate
-        return expiry if expiry < due else due
+        cdef double due = pacer_next_deadline(&self.p, now)
+        return None if due == INFINITY else due
 
     def take_delays(self):
         """(packets, total seconds, longest seconds) queued since the last call."""

@@ -37,6 +37,7 @@ Nothing here runs per packet.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -67,6 +68,11 @@ INGEST_MAX_BYTES: Final = 2048
 #: rest are only counted.
 HANDLER_ERROR_LOG_INTERVAL_S: Final = 60.0
 
+
+#: The pacer timer is never armed sooner than this after a release (seconds): a pacer that
+#: says it is due again at once (it should not: a release takes all that is due) must not
+#: spin the loop.
+PACER_MIN_STEP_S: Final = 0.001
 
 class Claimant(Protocol):
     """What claims a transport: the participant's listener (``sfu.core.peer.Peer``), or a
@@ -172,6 +178,9 @@ class DataPlane:
         #: one, what it would send goes to :attr:`on_egress`.
         self.socket: socket.socket | None = None
         self.on_egress: Callable[[list[tuple[bytes, Any]]], None] | None = None
+        #: Arms the pacer timer (the composition root's): the backlogged pacers' next
+        #: release is due then (:meth:`release_paced` runs it).
+        self.on_pacer_due: Callable[[float], None] | None = None
         #: Called after each :meth:`ingest` that forwarded (the composition root sends the
         #: ICE-TCP egress and runs the rooms' timer when due, as after a pump).
         self.after_ingest: Callable[[float], None] | None = None
@@ -283,17 +292,32 @@ class DataPlane:
             self.forwarder.set_pacer(claim.handle, pacer, history)
         return True
 
-    def release_paced(self, now: float) -> int:
-        """Let the owners of the pacers that still hold packets after the last batches (the
-        forwarder released what was due with each batch) time the rest; returns how many
-        owners ran."""
-        ran = 0
-        for handle in self.forwarder.drain_paced():
-            claim = self._paced.get(handle)
-            if claim is not None and claim.pacing is not None:
-                claim.pacing[2](now)
-                ran += 1
-        return ran
+    @property
+    def times_pacers(self) -> bool:
+        """Whether this plane releases the pacers' backlog on its own timer
+        (:attr:`on_pacer_due`, with a socket to send on); otherwise each owner times its
+        pacer (a harness without sockets)."""
+        return self.socket is not None and self.on_pacer_due is not None
+
+    def release_paced(self, now: float) -> float | None:
+        """After a batch, and when the pacer timer fires: what the backlogged pacers let go
+        at ``now`` leaves from the forwarder, and the timer is armed for the next; returns
+        when that is (None: no backlog, or the owners time their pacers)."""
+        forwarder = self.forwarder
+        if self.on_pacer_due is None or self.socket is None:
+            for handle in forwarder.paced_backlog():
+                claim = self._paced.get(handle)
+                if claim is not None and claim.pacing is not None:
+                    claim.pacing[2](now)
+            return None
+        if forwarder.paced_due <= now:
+            forwarder.release_backlog(now, self.socket)
+        due = forwarder.paced_due
+        if due == math.inf:
+            return None
+        due = max(due, now + PACER_MIN_STEP_S)
+        self.on_pacer_due(due)
+        return due
 
     def send_paced(self, transport: Hashable, now: float) -> list[bytes] | None:
         """Send what ``transport``'s pacer lets go at ``now`` from the forwarder, on the
@@ -303,7 +327,12 @@ class DataPlane:
         claim = self._claims.get(transport)
         if claim is None or claim.pacing is None or not claim.registered:
             return None
-        return self.forwarder.send_paced(claim.handle, now, self.socket)
+        leftover = self.forwarder.send_paced(claim.handle, now, self.socket)
+        due = self.forwarder.paced_due
+        if due != math.inf and self.on_pacer_due is not None and self.socket is not None:
+            # What it still holds: the plane's timer releases it.
+            self.on_pacer_due(max(due, now + PACER_MIN_STEP_S))
+        return leftover
 
     def release(self, transport: Hashable) -> None:
         """Forget ``transport`` and the streams it carried."""

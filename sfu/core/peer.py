@@ -390,9 +390,11 @@ class Peer:
         if pacer is None:
             return
         leftover = None
-        if self._paced_rtx is not None and self.dataplane is not None:
+        dataplane = self.dataplane
+        if self._paced_rtx is not None and dataplane is not None:
             # The forwarder holds the transport: it sends what is due itself.
-            leftover = self.dataplane.send_paced(self.transport, now)
+            leftover = dataplane.send_paced(self.transport, now)
+        timed = leftover is not None and dataplane is not None and dataplane.times_pacers
         if leftover is None:
             leftover = [wire for wire, _tag in pacer.pop(now, self.send_history)]
         if leftover:
@@ -400,6 +402,9 @@ class Peer:
             for wire in leftover:
                 send(wire)
         self._count_paced(pacer)
+        if timed:
+            self._pacer_due = None  # the data plane's pacer timer releases the rest
+            return
         due = pacer.next_deadline(now)
         self._pacer_due = due
         if due is not None and self.on_wake is not None:

@@ -3,7 +3,7 @@
 Subscribers that send transport-wide CC feedback (here the bench's synthetic subscribers, as
 browsers do) get a send-side estimate, and their media is queued in a per-transport pacer. What
 the pacer lets go used to leave through Python, one ``sendto`` per packet; the forwarder now
-releases it itself, with each batch's own egress or on the owner's timer (``send_paced``), in
+releases it itself, with each batch's own egress or on the data plane's pacer timer, in
 ``sendmmsg`` batches. A real server in this process, the bench's load from a child process.
 """
 
@@ -34,20 +34,23 @@ def test_paced_media_is_sent_by_the_forwarder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent_by_python = [0]
-    timed_releases = [0]
+    backlogged = [0]
     send_protected = WebRtcTransport.send_protected
-    send_paced = DataPlane.send_paced
+    release_paced = DataPlane.release_paced
 
     def counting_send(self: WebRtcTransport, datagram: bytes) -> bool:
         sent_by_python[0] += 1
         return send_protected(self, datagram)
 
-    def counting_release(self: DataPlane, transport: Any, now: float) -> list[bytes] | None:
-        timed_releases[0] += 1
-        return send_paced(self, transport, now)
+    def watching_release(self: DataPlane, now: float) -> float | None:
+        due = release_paced(self, now)
+        if due is not None:
+            backlogged[0] += 1
+            assert self.forwarder.paced_backlog(), "a deadline without a backlog"
+        return due
 
     monkeypatch.setattr(WebRtcTransport, "send_protected", counting_send)
-    monkeypatch.setattr(DataPlane, "send_paced", counting_release)
+    monkeypatch.setattr(DataPlane, "release_paced", watching_release)
     peers: list[Peer] = []
     retire = Peer.retire
 
@@ -93,5 +96,5 @@ def test_paced_media_is_sent_by_the_forwarder(
     # What Python sent is what never was paced: a first probe or retransmission before the
     # subscriber had an estimate (and so a pacer).
     assert doc["python_rtp_sent"] < 0.01 * paced, (doc["python_rtp_sent"], paced)
-    # Frames larger than the burst allowance waited: the owners' timers released the rest.
-    assert timed_releases[0] > 0
+    # Frames larger than the burst allowance waited in a backlog that the data plane timed.
+    assert backlogged[0] > 0

@@ -214,7 +214,8 @@ def _drive(compiled_kernels: Kernels, events: list[tuple[Any, ...]], *, source: 
         assert comp.forwarder.drain_log() == log
         assert comp.snapshot() == ref.snapshot()
         assert comp.forwarder.impaired_drops == ref.forwarder.impaired_drops
-        assert comp.forwarder.drain_paced() == ref.forwarder.drain_paced()
+        assert comp.forwarder.paced_backlog() == ref.forwarder.paced_backlog()
+        assert comp.forwarder.paced_due == ref.forwarder.paced_due
         assert comp.forwarder.paced_packets == ref.forwarder.paced_packets
         assert comp.forwarder.drain_relay() == ref.forwarder.drain_relay()
         for index, (ref_pacer, comp_pacer) in sorted(pacers.items()):
