@@ -74,6 +74,7 @@ HANDLER_ERROR_LOG_INTERVAL_S: Final = 60.0
 #: spin the loop.
 PACER_MIN_STEP_S: Final = 0.001
 
+
 class Claimant(Protocol):
     """What claims a transport: the participant's listener (``sfu.core.peer.Peer``), or a
     relay pipe's far end (``sfu.core.relay.RemotePublication``, whose ``transport`` is a
