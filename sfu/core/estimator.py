@@ -274,13 +274,9 @@ class BandwidthEstimator:
                         arrivals.append(at + offset)
                 self.probe_packets_lost += probe_lost
             else:
-                for seq, at in feedback.iter_arrivals():
-                    reported += 1
-                    if at is None:
-                        lost += 1
-                    else:
-                        seqs.append(seq)
-                        arrivals.append(at + offset)
+                # The common case, in one pass with lost runs counted, not expanded.
+                seqs, arrivals, lost = feedback.received(offset)
+                reported = len(seqs) + lost
         except ValueError:
             return  # a malformed status list: nothing from it is trusted
         packets, size, _, _, first_arrival, last_arrival = self.detector.on_feedback(

@@ -9,6 +9,7 @@ force a large allocation. :meth:`TransportFeedback.iter_packets` expands lazily 
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Self
@@ -188,6 +189,36 @@ class TransportFeedback:
             else:
                 now += delta
                 yield seq, now
+
+    def received(self, offset_us: int = 0) -> tuple[array[int], array[int], int]:
+        """The received packets' sequence numbers and arrival times (µs, accumulated on the
+        reference time plus ``offset_us``), and how many packets were reported lost: what
+        :meth:`iter_arrivals` yields, in one pass. Lost runs are counted, never expanded,
+        so the work is bounded by the chunks and deltas present, not the status count a
+        peer claims. Raises ValueError where :meth:`iter_packets` would."""
+        seqs: array[int] = array("H")
+        times: array[int] = array("q")
+        seq = self.base_seq
+        at = self.reference_time * REFERENCE_TICK_US + offset_us
+        deltas = self.deltas
+        di = 0
+        lost = 0
+        for status, n in _runs(self.chunks, self.status_count):
+            if status == STATUS_NOT_RECEIVED:
+                lost += n
+                seq = (seq + n) & 0xFFFF
+                continue
+            if status == STATUS_RESERVED:
+                raise ValueError("transport feedback uses the reserved status")
+            if di + n > len(deltas):
+                raise ValueError("transport feedback has fewer deltas than statuses")
+            for delta in deltas[di : di + n]:
+                at += delta * DELTA_TICK_US
+                seqs.append(seq)
+                times.append(at)
+                seq = (seq + 1) & 0xFFFF
+            di += n
+        return seqs, times, lost
 
     @classmethod
     def parse(cls, data: Buffer) -> Self:

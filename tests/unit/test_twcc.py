@@ -476,3 +476,30 @@ def test_huge_claimed_count_is_lazy() -> None:
     assert len(TransportFeedback.parse(ADVERSARIAL[4]).deltas) == 97 * 14
     assert TransportFeedback.parse(ADVERSARIAL[6]).deltas == [0] * 1400
     assert TransportFeedback.parse(ADVERSARIAL[7]).deltas == [0] * 700
+
+
+@settings(max_examples=300)
+@given(raw_feedbacks(), st.integers(-(1 << 40), 1 << 40))
+def test_received_is_what_iter_arrivals_yields(fb: TransportFeedback, offset: int) -> None:
+    seqs, times, lost = fb.received(offset)
+    arrivals = list(fb.iter_arrivals())
+    assert list(seqs) == [seq for seq, at in arrivals if at is not None]
+    assert list(times) == [at + offset for _, at in arrivals if at is not None]
+    assert lost == sum(1 for _, at in arrivals if at is None)
+
+
+def test_received_counts_a_claimed_lost_run() -> None:
+    # 65535 packets claimed lost in 8 run-length chunks (counted per run, see the docstring).
+    fb = TransportFeedback.parse(ADVERSARIAL[0])
+    seqs, times, lost = fb.received()
+    assert (len(seqs), len(times), lost) == (0, 0, 0xFFFF)
+
+
+def test_received_rejects_inconsistent_objects() -> None:
+    fb = TransportFeedback.parse(TWCC_RUN)
+    fb.deltas = [1]
+    with pytest.raises(ValueError):
+        fb.received()
+    fb.chunks = [0x6003]
+    with pytest.raises(ValueError):
+        fb.received()
