@@ -1260,9 +1260,9 @@ cdef class Forwarder:
                             continue
                         self._lane_in(i, self.recv_buf + i * RECV_SIZE,
                                       self.recv_msgs[i].msg_len, &key, now)
+                    if self.paced_count:
+                        self._release_due(now)  # after each round, as the reference
                     if self.fd >= 0:
-                        if self.paced_count:
-                            self._release_due(now)
                         self._flush_nogil()
             if got <= 0:
                 break
@@ -1279,8 +1279,6 @@ cdef class Forwarder:
                     )
             if got < BATCH:
                 break
-        if self.fd < 0:
-            self._finish_paced(now)
         self._flush()
         self.fd = -1
         egress = self.collected

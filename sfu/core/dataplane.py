@@ -27,9 +27,10 @@ media of registered streams on its own. :class:`DataPlane` is the control plane'
   ``deliver`` (the link's Python path), what is not a relay input's lane datagram to the
   endpoint's, and its counts are folded into the link's and the pipe's (``fold``);
 * a transport with an egress pacer (``Peer`` once it has a bandwidth estimate) gets its
-  forwarded media queued there instead of sent; after each batch :meth:`DataPlane.release_paced`
-  lets the owners of the queues that grew release what their budget allows (the rest on
-  their own timers).
+  forwarded media queued there instead of sent; the forwarder releases what the budget
+  allows with each batch, and what the pacers still hold (the backlog) on this plane's pacer
+  timer (:meth:`DataPlane.release_paced`, armed through :attr:`DataPlane.on_pacer_due`);
+  without a socket or a timer, each owner times its own pacer.
 
 Nothing here runs per packet.
 """
@@ -282,8 +283,10 @@ class DataPlane:
     ) -> bool:
         """Queue what the forwarder sends to ``transport`` in ``pacer`` (a ``Pacer`` of this
         plane's kernels; ``history``: the transport's send history, restamped on release);
-        ``release(now)`` is called after every batch that queued something. False when the
-        transport is not claimed (its media takes the Python path, unpaced)."""
+        ``release(now)`` is the owner's release, called for the backlog after each batch
+        when this plane does not time the pacers itself (no socket or no pacer timer: see
+        :attr:`times_pacers`). False when the transport is not claimed (its media takes the
+        Python path, unpaced)."""
         claim = self._claims.get(transport)
         if claim is None:
             return False
@@ -536,8 +539,12 @@ class DataPlane:
         counted (``link_handler_errors``) and logged at most once a minute."""
         self.flush_ingest()
         before = self.forwarder.relay_in_packets
+        sent_before = self.forwarder.sent_packets
         rest, egress = self.forwarder.pump_link(sock, now, self.socket)
         forwarded = self.forwarder.relay_in_packets - before
+        # Sent anything (forwarded, or what the pacers let go with the batch): the ICE-TCP
+        # share waits for after_ingest, and the pacer timer for what they still hold.
+        sent = self.forwarder.sent_packets != sent_before
         # Each kept datagram's input as of the read: a handler below (a QUIC close, a link
         # replaced) may close an input, and its index may be reused for another link.
         inputs = {entry.index: entry for entry in self._inputs.values()}
@@ -550,10 +557,12 @@ class DataPlane:
                 self.on_egress(egress)
             if forwarded:
                 self.relay(now)  # a relayed publication relayed on (to a worker's pipe)
+            if forwarded or sent:
                 self.release_paced(now)
+            if forwarded:
                 self.fold_inputs(now)
-                if self.after_ingest is not None:
-                    self.after_ingest(now)
+            if (forwarded or sent) and self.after_ingest is not None:
+                self.after_ingest(now)
         finally:
             for data, address in rest:
                 try:

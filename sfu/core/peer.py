@@ -384,8 +384,9 @@ class Peer:
         self._pacer_due = -math.inf
 
     def release_paced(self, now: float) -> None:
-        """Send what the pacer lets go at ``now`` (restamping the send history), and tell the
-        scheduler when it lets go of more."""
+        """Send what the pacer lets go at ``now`` (restamping the send history: through the
+        forwarder when it holds the transport), and, unless the data plane times the pacers
+        itself, tell the scheduler when it lets go of more."""
         pacer = self.pacer
         if pacer is None:
             return

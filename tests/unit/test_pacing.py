@@ -3,6 +3,9 @@ leaves at the pacing rate, with its send history restamped; the others are untou
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from forwarder_world import (
     PROFILE,
     PUB_ADDR,
@@ -15,7 +18,7 @@ from forwarder_world import (
 )
 
 from sfu._fastpath import _srtp_py
-from sfu._fastpath._pacer_py import BURST_TIME
+from sfu._fastpath._pacer_py import BURST_TIME, RETRANSMISSION
 from sfu.core.kernels import Kernels
 
 
@@ -87,8 +90,95 @@ def test_an_unstamped_subscriber_is_paced_with_no_tags(each_kernels: Kernels) ->
     _, egress = world.forwarder.process(datagrams, 1.0)
     assert [address[1] for _, address in egress].count(6000) == 1
     assert [tag for _, tag in pacer.pop(1.4, world.histories[0])] == [-1]
+    assert world.histories[0].packets == 0  # neither was numbered
     # Unpaced again: the next packet goes straight out.
     world.forwarder.set_pacer(1, None)
     plain = rtp(VIDEO_SSRCS[0], 102, 6000, 96, payload, _ext(2))
     _, egress = world.forwarder.process([(client.protect_rtp(plain), PUB_ADDR)], 1.1)
     assert [address[1] for _, address in egress].count(6000) == 1
+
+
+def _keyframe(client: _srtp_py.SrtpContext, count: int, size: int = 1000) -> list[Any]:
+    """A ``count``-packet keyframe of the low layer from the publisher, as SRTP datagrams."""
+    return [
+        (
+            client.protect_rtp(
+                rtp(
+                    VIDEO_SSRCS[0],
+                    100 + i,
+                    3000,
+                    96,
+                    vp8_payload(10, 0, 0, True, True, i == 0, size),
+                    _ext(i),
+                )
+            ),
+            PUB_ADDR,
+        )
+        for i in range(count)
+    ]
+
+
+def _paced_world(kernels: Kernels) -> tuple[World, _srtp_py.SrtpContext, Any]:
+    world = World(kernels)
+    for sub in world.video_subs:
+        sub.selector.set_target(0, None)
+    pacer = kernels.Pacer()
+    pacer.set_rate(800_000.0, 0.0)  # 100 kB/s
+    world.forwarder.set_pacer(1, pacer, world.histories[0])
+    return world, _srtp_py.SrtpContext(PROFILE, PUB_KEY, PUB_SALT, outbound=True), pacer
+
+
+def test_the_backlog_is_released_on_the_plane_timer(each_kernels: Kernels) -> None:
+    world, client, pacer = _paced_world(each_kernels)
+    world.forwarder.process(_keyframe(client, 20), 1.0)
+    sent = world.forwarder.sent_packets
+    released = 1  # what left with the batch (the burst allowance)
+    now = 1.0
+    while world.forwarder.paced_backlog():
+        due = world.forwarder.paced_due
+        assert due > now  # never due again at once: the timer cannot spin
+        assert due == pacer.next_deadline(now)
+        now = due
+        egress = world.forwarder.release_backlog(now)  # no socket: handed back
+        assert egress and {address[1] for _, address in egress} == {6000}
+        released += len(egress)
+    assert released == 20 and pacer.queued_packets == 0
+    assert world.forwarder.paced_due == math.inf
+    # Counted as sent when released, not when queued: the 19 the timer let go.
+    assert world.forwarder.sent_packets == sent + 19
+    assert 0.15 < now - 1.0 < 0.21  # ~20 kB at 100 kB/s, less the burst allowance
+    assert world.forwarder.release_backlog(now + 1.0) == []  # nothing left
+
+
+def test_send_paced_hands_back_what_is_due_without_a_socket(each_kernels: Kernels) -> None:
+    world, client, pacer = _paced_world(each_kernels)
+    assert world.forwarder.send_paced(1, 1.0) == []  # nothing queued
+    assert world.forwarder.send_paced(2, 1.0) == []  # not paced
+    assert world.forwarder.send_paced(99, 1.0) == []  # unknown
+    # A retransmission queued by Python (the peer's PacedSender) behind a paced keyframe.
+    world.forwarder.process(_keyframe(client, 3), 1.0)
+    assert pacer.queued_packets == 2
+    pacer.push(b"\x80" + bytes(299), RETRANSMISSION, -1, 1.0)
+    later = pacer.next_deadline(1.0)
+    packets = world.forwarder.send_paced(1, later)
+    assert packets and all(isinstance(p, bytes) for p in packets)
+    # Handed back to the caller (no socket), so not counted as sent by the forwarder.
+    sent = world.forwarder.sent_packets
+    assert world.forwarder.send_paced(1, later) == [] and world.forwarder.sent_packets == sent
+    # What it still holds stays in the backlog, for the plane's timer.
+    assert (world.forwarder.paced_backlog() == [1]) == bool(pacer.queued_packets)
+
+
+def test_a_reused_slot_stays_listed_once(each_kernels: Kernels) -> None:
+    world, client, pacer = _paced_world(each_kernels)
+    world.forwarder.process(_keyframe(client, 10), 1.0)
+    assert world.forwarder.paced_backlog() == [1]
+    # The subscriber's transport goes and comes back (a new address, say) while listed.
+    world.set_keyed(0, False)
+    world.set_keyed(0, True)
+    world.forwarder.set_pacer(1, pacer, world.histories[0])
+    world.forwarder.process(_keyframe(client, 10), 1.5)
+    assert world.forwarder.paced_backlog() == [1]
+    world.set_keyed(0, False)
+    world.forwarder.release_backlog(2.0)  # the slot is not registered: dropped from the list
+    assert world.forwarder.paced_backlog() == []
