@@ -144,6 +144,11 @@ WITHDRAWN_HOLD: Final = 2.0
 #: the last was sent (s): their feedback comes within a round trip and a feedback interval;
 #: later feedback then costs no per-packet look-up.
 PROBE_LOSS_HOLD: Final = 2.0
+#: Feedback covering more packets than this is never read packet by packet (probes and
+#: withdrawn numbers): a browser reports every 50-250 ms, a few hundred packets at 10 Mbit/s,
+#: while one 60-byte feedback may claim 65,535 lost packets, each a history look-up in
+#: Python. Beyond it every lost packet counts as the link's loss (the common path).
+DETAILED_FEEDBACK_MAX_PACKETS: Final = 2048
 #: Application-limited region: sending less than this share of the estimate.
 ALR_SHARE: Final = 0.65
 #: RTT used until a receiver report gives one (s).
@@ -248,7 +253,9 @@ class BandwidthEstimator:
             if withdrawn != self._withdrawn_seen:
                 self._withdrawn_seen = withdrawn
                 self._withdrawn_until = now + WITHDRAWN_HOLD
-            if now <= self._probes_until or now <= self._withdrawn_until:
+            if (
+                now <= self._probes_until or now <= self._withdrawn_until
+            ) and feedback.status_count <= DETAILED_FEEDBACK_MAX_PACKETS:
                 lookup = self.history.lookup
                 probe_lost = 0
                 for seq, at in feedback.iter_arrivals():

@@ -12,6 +12,7 @@ from sfu.core.estimator import (
     ACKED_CAP_EXTRA,
     ACKED_CAP_FACTOR,
     BETA,
+    DETAILED_FEEDBACK_MAX_PACKETS,
     INITIAL_BPS,
     LOSS_HIGH,
     LOSS_SEVERE,
@@ -365,3 +366,25 @@ def test_packets_the_pacer_discarded_stay_out_of_the_loss(kernels: Kernels) -> N
     assert est.loss == 0.0
     assert est.withdrawn_lost == pacer.expired
     assert est.target_bps() >= before
+
+
+@pytest.mark.parametrize("claimed", [64, DETAILED_FEEDBACK_MAX_PACKETS + 1, 0xFFFF])
+def test_feedback_claiming_too_many_packets_is_not_read_packet_by_packet(
+    kernels: Kernels, claimed: int
+) -> None:
+    """Within a probe's hold, feedback is read packet by packet (a history look-up each) to
+    tell probe losses apart; a feedback claiming more packets than any receiver reports at
+    once (one 60-byte packet may claim 65,535 lost) is read the common way instead."""
+    est = _estimator(kernels)
+    now = _feed(est, start=0.0, seconds=1.0, bps=280_000)
+    first = est.history.next_seq & 0xFFFF
+    for _ in range(64):
+        est.history.record(275, now, 7)  # a probe cluster, all of it lost
+    est.on_probe_sent(now=now)
+    lost_run = [min(8191, claimed - done) for done in range(0, claimed, 8191)]
+    feedback = TransportFeedback(1, 2, first, claimed, 0, 0, chunks=lost_run, deltas=[])
+    est.on_feedback(feedback, now=now + 0.05)
+    if claimed <= DETAILED_FEEDBACK_MAX_PACKETS:
+        assert est.probe_packets_lost == 64  # told apart: the probe's result
+    else:
+        assert est.probe_packets_lost == 0  # every claimed packet is the link's loss
