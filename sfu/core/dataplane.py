@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sfu._fastpath._lane_shared import MAX_RELAY_INPUTS, MAX_RELAY_OUTPUTS
 from sfu._fastpath.values import AUDIO, VP8, LogRecord
+from sfu.core.handles import HandlePool
 from sfu.core.kernels import Forwarder
 from sfu.core.relay import RelayTap
 from sfu.transport.ice import is_tcp
@@ -155,8 +156,8 @@ class DataPlane:
         #: The per-packet classes of every publication and subscription this plane serves.
         self.kernels = kernels
         self.forwarder = forwarder if forwarder is not None else kernels.Forwarder(clock=clock)
-        self._free_tx = list(range(self.forwarder.max_transports - 1, -1, -1))
-        self._free_streams = list(range(self.forwarder.max_streams - 1, -1, -1))
+        self._free_tx = HandlePool(self.forwarder.max_transports)
+        self._free_streams = HandlePool(self.forwarder.max_streams)
         self._claims: dict[Hashable, _Claim] = {}
         #: stream handle -> (peer, publication, source stream)
         self._streams: dict[int, tuple[Claimant, Publication, SourceStream]] = {}
@@ -225,7 +226,7 @@ class DataPlane:
         if claim is None:
             if not self._free_tx:
                 return  # table full: this transport stays on the slow path
-            claim = _Claim(self._free_tx.pop(), peer)
+            claim = _Claim(self._free_tx.take(), peer)
             self._claims[transport] = claim
         claim.twcc_id, claim.level_id = twcc_id, level_id
         claim.registered = False  # push the new ids
@@ -358,7 +359,7 @@ class DataPlane:
                 self._drop_stream(handle)
         if claim.registered:
             self.forwarder.remove_transport(claim.handle)
-        self._free_tx.insert(0, claim.handle)  # reused last: stale routes never hit a new one
+        self._free_tx.give(claim.handle)  # reused after a quarantine (sfu.core.handles)
 
     # -- plaintext sources (a relay pipe's far end) ----------------------------------------
 
@@ -375,7 +376,7 @@ class DataPlane:
             ):
                 return False  # never a participant's slot
             self._sources += 1
-            claim = _Claim(self._free_tx.pop(), owner)
+            claim = _Claim(self._free_tx.take(), owner)
             self._claims[token] = claim
         self.forwarder.set_source(claim.handle, level_id)
         claim.source, claim.level_id = True, level_id
@@ -599,7 +600,7 @@ class DataPlane:
             return
         if not self._free_streams:
             return
-        handle = self._free_streams.pop()
+        handle = self._free_streams.take()
         self._streams[handle] = (peer, publication, stream)
         self._handles[id(stream)] = handle
         self._pub_streams.setdefault(id(publication), set()).add(handle)
@@ -729,7 +730,7 @@ class DataPlane:
         self.forwarder.remove_stream(handle)
         self._unlive(handle)
         self._relayed.discard(handle)
-        self._free_streams.insert(0, handle)
+        self._free_streams.give(handle)
 
     def _unlive(self, handle: int) -> None:
         key = self._live_of.pop(handle, None)
