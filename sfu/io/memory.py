@@ -51,9 +51,12 @@ class HeapTrimmer:
         self,
         interval_s: float = TRIM_INTERVAL_S,
         trim: Callable[[], int] | None = None,
+        collect: Callable[[], int] | None = None,
     ) -> None:
         self.interval_s = interval_s
         self._trim = trim
+        #: Run before each trim (the server gives ``gc.collect``): see :meth:`observe`.
+        self._collect = collect
         self._last: float | None = None
         self._peak = 0
         #: Trims made, and how long the last one took (seconds).
@@ -73,6 +76,13 @@ class HeapTrimmer:
         if self._trim is None:
             return False
         started = time.perf_counter()
+        if self._collect is not None:
+            # An ended session's objects form reference cycles (a transport and its
+            # listener, say) that only the cyclic collector frees, and its oldest generation
+            # runs only after enough new allocations: with the sessions gone nothing
+            # allocates, so without this the trim found them still alive and returned
+            # little (10,000 churn cycles: 0 % to +47 % over the baseline between runs).
+            self._collect()
         self._trim()
         self.last_duration_s = time.perf_counter() - started
         self.trims += 1

@@ -24,3 +24,17 @@ def test_the_c_library_trim_runs_here() -> None:
     assert trim is not None  # glibc (Debian)
     assert trim() in (0, 1)
     assert not HeapTrimmer(1.0, None).observe(5.0, 1)
+
+
+def test_the_collector_runs_before_each_trim() -> None:
+    """An ended session's reference cycles are freed only by the cyclic collector: the trim
+    must come after it, or it finds them still holding their memory."""
+    calls: list[str] = []
+    trimmer = HeapTrimmer(
+        60.0,
+        trim=lambda: calls.append("trim") or 1,
+        collect=lambda: calls.append("collect") or 0,
+    )
+    trimmer.observe(0.0, 4)
+    assert not trimmer.observe(30.0, 0) and calls == []  # within the interval: neither
+    assert trimmer.observe(61.0, 0) and calls == ["collect", "trim"]
