@@ -23,6 +23,7 @@ from sfu._fastpath.values import (
     DROP_PRE_SWITCH,
     DROP_TOO_OLD,
     REORDER_WINDOW,
+    REWIND_LIMIT,
     TranslationParams,
 )
 
@@ -31,6 +32,7 @@ __all__ = ["RtpMunger", "SkipHistory", "munge_nogil"]
 cdef long long _SEQ_BASE = 1LL << 16
 cdef long long _TS_BASE = 1LL << 32
 cdef double _MAX_TICKS = <double>(1LL << 62)
+cdef long long _REWIND_LIMIT = REWIND_LIMIT
 
 # Results of _translate: > 0 forward, < 0 drop (the reason).
 cdef enum:
@@ -533,6 +535,21 @@ cdef class RtpMunger:
                 raise ValueError("clock_rate must be positive")
             self.m.clock_rate = clock_rate
         _switch(&self.m, first_ext_seq, first_ts, now, source, ssrc is not None)
+
+    def rewind(self, discarded):
+        """Take back the newest outgoing numbers that never left (``discarded``: 16-bit
+        numbers); returns how many (the reference's contract)."""
+        if not self.m.has_last_out_seq:
+            return 0
+        cdef set gone = {seq & 0xFFFF for seq in discarded}
+        cdef long long last = self.m.last_out_seq
+        cdef long long back = 0
+        while back < _REWIND_LIMIT and ((last - back) & 0xFFFF) in gone:
+            back += 1
+        if back:
+            self.m.last_out_seq = last - back
+            self.m.active = False
+        return back
 
     def translate(self, long long in_ext_seq, long long in_ts, double now, ssrc=None):
         """Decide the outgoing sequence number and timestamp of one packet to forward."""

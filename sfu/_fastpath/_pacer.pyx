@@ -333,6 +333,25 @@ cdef class Pacer:
         self.p.delay_max = 0.0
         return stats
 
+    def queued_seqs(self, int min_class=0):
+        """Per SSRC, the RTP sequence numbers of the queued packets of class ``min_class`` or
+        lower priority, in queue order (the reference's contract)."""
+        if not 0 <= min_class < _CLASSES:
+            raise ValueError("unknown packet class")
+        cdef dict seqs = {}
+        cdef int cls, i
+        cdef unsigned char* d
+        cdef long long ssrc
+        for cls in range(min_class, _CLASSES):
+            i = self.p.head[cls]
+            while i >= 0:
+                if self.p.slots[i].size >= 12:
+                    d = self.p.slots[i].data
+                    ssrc = (<long long>d[8] << 24) | (d[9] << 16) | (d[10] << 8) | d[11]
+                    seqs.setdefault(ssrc, []).append((d[2] << 8) | d[3])
+                i = self.p.slots[i].next
+        return seqs
+
     def clear(self, int min_class=0):
         """Drop every queued packet of class ``min_class`` or lower priority (0: everything,
         the transport closed); returns how many packets."""

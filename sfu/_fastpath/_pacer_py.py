@@ -264,6 +264,21 @@ class Pacer:
         self._delay_max = 0.0
         return stats
 
+    def queued_seqs(self, min_class: int = 0) -> dict[int, list[int]]:
+        """Per SSRC, the RTP sequence numbers of the queued packets of class ``min_class`` or
+        lower priority, in queue order: what :meth:`clear` would discard, for the stream's
+        numbering to be taken back (``RtpMunger.rewind``)."""
+        if not 0 <= min_class < CLASSES:
+            raise ValueError("unknown packet class")
+        seqs: dict[int, list[int]] = {}
+        for queue in self._queues[min_class:]:
+            for packet in queue:
+                data = packet[0]
+                if len(data) >= 12:
+                    ssrc = int.from_bytes(data[8:12], "big")
+                    seqs.setdefault(ssrc, []).append((data[2] << 8) | data[3])
+        return seqs
+
     def clear(self, min_class: int = 0) -> int:
         """Drop every queued packet of class ``min_class`` or lower priority (0: everything,
         the transport closed); returns how many packets. With ``RETRANSMISSION``: the video

@@ -46,6 +46,7 @@ __all__ = [
     "REFUSED_DESCRIPTOR",
     "REFUSED_PAYLOAD_TYPE",
     "REORDER_WINDOW",
+    "REWIND_LIMIT",
     "VP8",
     "VP9",
     "Decision",
@@ -172,6 +173,10 @@ class LayerPair(NamedTuple):
 #: How far behind the newest sequence number a late packet may be and still be forwarded
 #: (also the width of the duplicate-detection bitmap).
 REORDER_WINDOW: Final = 512
+#: ``RtpMunger.rewind`` takes back at most this many outgoing numbers: more than an egress
+#: pacer holds (256 packets), and well inside the outbound SRTP context's replay window
+#: (1024), which would refuse to protect a number that far behind the newest again.
+REWIND_LIMIT: Final = 512
 
 
 class TranslationParams:

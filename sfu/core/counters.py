@@ -60,6 +60,9 @@ class PeerCounters:
     pacer_evicted: int = 0
     pacer_expired: int = 0
     pacer_flushed: int = 0
+    #: Sequence numbers of flushed video given again to the next packets (``RtpMunger.rewind``),
+    #: so the subscriber does not count the flushed packets as lost.
+    pacer_rewound: int = 0
     #: Layers dropped at once while waiting to switch down, being far above the budget
     #: (``ABANDON_PRICE_LIMIT`` in sfu.core.peer).
     layers_abandoned: int = 0

@@ -20,7 +20,7 @@ with a history of dropped ranges for late arrivals) and mediasoup's ``SeqManager
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from sfu._fastpath import KEEP_MARKER, rewrite_rtp
 from sfu._fastpath.values import (
@@ -29,11 +29,12 @@ from sfu._fastpath.values import (
     DROP_PRE_SWITCH,
     DROP_TOO_OLD,
     REORDER_WINDOW,
+    REWIND_LIMIT,
     TranslationParams,
 )
 from sfu.core.skip_history import SkipHistory
 
-__all__ = ["DROPPED", "RtpMunger", "SkipHistory"]
+__all__ = ["DROPPED", "REWIND_LIMIT", "RtpMunger", "SkipHistory"]
 
 #: :meth:`RtpMunger.munge` result: the packet is not to be forwarded (nothing was written).
 DROPPED = 0
@@ -291,6 +292,32 @@ class RtpMunger:
         self._seen |= bit  # a later copy must not fill the hole with stale data
         self.holes += 1
         return False
+
+    def rewind(self, discarded: Iterable[int]) -> int:
+        """Take back the newest outgoing numbers that never left: ``discarded`` holds the
+        16-bit numbers of packets an egress pacer dropped, and the run of them that ends at
+        the newest number is given again, from the next packet forwarded, which starts a
+        source. Returns how many numbers were taken back (0: nothing changed).
+
+        Without it the receiver counts every discarded number as lost (RFC 3550 §A.3: a gap in
+        the sequence is loss): at a cap, a fifth of the real-client test's video packets. Only
+        while no packet of this munger is being forwarded (all video paused or abandoned), so
+        the next one is a keyframe that starts a source. Numbers before a gap in the run stay
+        lost: one of them may have left (a late packet queued behind newer ones). Their SRTP
+        indexes are protected again with new payloads, safe only because the first
+        ciphertexts were never sent. At most :data:`REWIND_LIMIT` numbers.
+        """
+        last = self._last_out_seq
+        if last is None:
+            return 0
+        gone = {seq & 0xFFFF for seq in discarded}
+        back = 0
+        while back < REWIND_LIMIT and (last - back) & 0xFFFF in gone:
+            back += 1
+        if back:
+            self._last_out_seq = last - back
+            self._active = False
+        return back
 
     # -- decide and apply ----------------------------------------------------------------
 

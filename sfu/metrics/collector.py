@@ -297,6 +297,13 @@ class SfuCollector(Collector):
             },
         )
         yield self._counter(
+            "sfu_pacer_sequence_rewound",
+            "Sequence numbers of video dropped from an egress pacer (reason paused) that were "
+            "given again to the packets forwarded next, so the subscriber saw no gap.",
+            [],
+            {(): c.pacer_rewound},
+        )
+        yield self._counter(
             "sfu_transport_feedback_received",
             "Subscriber feedback driving the bandwidth estimate, by kind.",
             ["kind"],

@@ -15,6 +15,7 @@ from test_room_service import SSRC_F, SSRC_H, SSRC_Q, _video_subscription, harne
 from sfu._fastpath._pacer_py import AUDIO as PACED_AUDIO
 from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
+from sfu.core.allocator import UPGRADE_HOLD
 from sfu.core.estimator import INITIAL_BPS, PRIMER
 from sfu.core.pacing import (
     CONGESTED_PACING_FACTOR,
@@ -529,3 +530,59 @@ def test_nacks_for_a_layer_switched_away_from_are_not_resent(
     peer.on_rtcp(peer.transport, Nack.from_seqs(0x1234, sub.out_ssrc, lost).serialize(), 1.9)
     assert counters.retransmits == 1
     assert counters.retransmits_superseded == len(lost)
+
+
+def test_video_flushed_from_the_pacer_leaves_no_gap_in_the_sequence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The video a pause drops from the pacer was numbered when forwarded but never left:
+    its numbers are given again (``RtpMunger.rewind``), so the keyframe that resumes the
+    subscription follows the last packet that really went out, and the subscriber counts
+    nothing lost (Chromium's ``packetsLost`` counted every flushed number before)."""
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    peer = bob.peer
+    selector = sub.selector
+    assert peer is not None and peer.pacer is not None and selector is not None
+    _publish(h, alice, 1.0, 30)
+    h.service.poll(2.0, 1.7e9)
+    layer = selector.current.spatial
+    assert layer is not None
+    ssrc, rid = ((SSRC_Q, "q"), (SSRC_H, "h"), (SSRC_F, "f"))[layer]
+    left = [
+        p.sequence_number for p in map(RtpPacket.parse, h.sent_rtp["bob"]) if p.ssrc == sub.out_ssrc
+    ]
+
+    def packet(i: int, keyframe: bool = False) -> bytes:
+        return vp8_packet(
+            ssrc, i, 3000 * i, keyframe=keyframe, picture_id=i, rid=rid, payload=bytes(900)
+        )
+
+    # Forwarded into the pacer (as the data plane does: numbered, then queued), not sent yet.
+    peer.pacer.set_rate(8_000.0, 2.0)
+    buf = bytearray(1500)
+    for i in range(30, 36):
+        n = sub.munger.munge(packet(i), i, 2.0 + (i - 30) / 30, buf)
+        assert n > 0 and peer.pacer.push(bytes(buf[:n]), PACED_VIDEO, -1, 2.0)
+    assert peer.pacer.push(bytes(300), PACED_AUDIO, -1, 2.2)
+    queued = peer.pacer.queued_seqs(PACED_VIDEO)[sub.out_ssrc]
+    assert queued == [(left[-1] + k) & 0xFFFF for k in range(1, 7)]
+    allocation = peer.allocate(budget_bps=10_000, now=2.3)
+    assert allocation.paused == (sub,)
+    assert peer.counters.pacer_flushed == 6 and peer.counters.pacer_rewound == 6
+    assert value(registry_for(h.service), "sfu_pacer_sequence_rewound_total") == 6
+    assert peer.pacer.queued_seqs(PACED_AUDIO) == {0: [0]}  # the audio stays
+    # Resumed at a keyframe: it goes out as the number after the last one that left.
+    later = 2.4 + UPGRADE_HOLD
+    peer.allocator.end_congestion_holds()  # as a successful probe does
+    peer.allocate(budget_bps=50_000_000, now=later)
+    assert selector.target.spatial is not None
+    before = len(h.sent_rtp["bob"])
+    for i in range(36, 40):
+        alice.peer.on_rtp(alice.peer.transport, packet(i, keyframe=i == 36), later + i / 30)
+    resumed = [
+        p.sequence_number
+        for p in map(RtpPacket.parse, h.sent_rtp["bob"][before:])
+        if p.ssrc == sub.out_ssrc
+    ]
+    assert resumed == [(left[-1] + k) & 0xFFFF for k in range(1, 5)]

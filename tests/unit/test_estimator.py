@@ -15,6 +15,7 @@ from sfu.core.estimator import (
     DETAILED_FEEDBACK_MAX_PACKETS,
     INITIAL_BPS,
     LOSS_HIGH,
+    LOSS_INTERVAL,
     LOSS_SEVERE,
     MAX_DECREASE,
     MIN_BPS,
@@ -388,3 +389,23 @@ def test_feedback_claiming_too_many_packets_is_not_read_packet_by_packet(
         assert est.probe_packets_lost == 64  # told apart: the probe's result
     else:
         assert est.probe_packets_lost == 0  # every claimed packet is the link's loss
+
+
+def test_severe_loss_soon_after_a_loss_step_falls_at_once(kernels: Kernels) -> None:
+    """A cap that first reads as moderate loss, then as most of what is sent lost: the bound
+    falls to what got through at each severe window, not once per LOSS_INTERVAL (the
+    real-client test's 400 kbit/s cap: the hold kept the top layer going into it 0.3 s more)."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    now = _feed(est, start=0.0, seconds=1.0, bps=2_000_000)
+    start = est.target_bps()
+    steps: list[tuple[float, float]] = []
+    for i in range(12):
+        loss = 0.45 if i < 5 else 0.85
+        now = _feed(est, start=now, seconds=0.05, bps=2_000_000, random_loss=loss, seed=i)
+        steps.append((now, est.target_bps()))
+    first = next(t for t, bps in steps if bps < start)
+    hold = [bps for t, bps in steps if first <= t < first + LOSS_INTERVAL + est.rtt]
+    # The moderate window's step, then at least two severe ones inside the old hold.
+    assert len(set(hold)) >= 3 and hold[-1] < 0.5 * hold[0]
+    assert est.loss >= LOSS_SEVERE

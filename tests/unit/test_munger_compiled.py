@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_selection import load_compiled
 
-from sfu._fastpath.values import TranslationParams
+from sfu._fastpath.values import REWIND_LIMIT, TranslationParams
 from sfu.core import munger as munger_py
 from sfu.core.munger import DROPPED
 
@@ -119,6 +119,21 @@ op = st.one_of(
         ),
     ),
 )
+# rewind: outgoing numbers to give back, as offsets behind the newest (a pacer's tail, gaps,
+# numbers ahead of it, duplicates).
+op = st.one_of(
+    op,
+    st.tuples(
+        st.just("rewind"),
+        st.just(0),
+        st.just(0),
+        st.just(0.0),
+        st.one_of(
+            st.integers(0, 600).map(lambda n: list(range(n))),
+            st.lists(st.integers(-3, 700), max_size=40),
+        ),
+    ),
+)
 pt_maps = st.one_of(
     st.none(),
     st.dictionaries(
@@ -185,6 +200,14 @@ def test_compiled_matches_reference(
             assert outcome(c.drop, seq) == expected, step
             if engine is not None:
                 assert outcome(engine.drop, seq) == expected, step
+        elif name == "rewind":
+            last = py.last_out_seq or 0
+            discarded = [(last - back) & 0xFFFF for back in extra]
+            step = (name, discarded)
+            expected = outcome(py.rewind, discarded)
+            assert outcome(c.rewind, discarded) == expected, step
+            if engine is not None:
+                assert outcome(engine.rewind, discarded) == expected, step
         elif name == "switch_source":
             ssrc, rate = extra
             step = (name, seq, ts, now, rate, ssrc)
@@ -261,6 +284,25 @@ def test_continuity_across_switch_and_drops(impl: ModuleType) -> None:
     assert m.translate(8999, 123000, 0.5, 2).reason == "pre_switch"
     assert m.translate(9000, 123456, 0.5, 2).reason == "duplicate"
     assert (m.forwarded, m.skipped, m.duplicates, m.too_old, m.switches) == (3, 1, 2, 1, 2)
+
+
+def test_rewind_gives_back_the_newest_run_of_numbers_that_never_left(impl: ModuleType) -> None:
+    m = impl.RtpMunger(9, initial_seq=0xFFFD)
+    assert m.rewind([0xFFFD]) == 0  # nothing forwarded yet
+    dst = bytearray(100)
+    for i in range(8):  # out 0xFFFD .. 4, across the wrap
+        assert m.munge(rtp(100 + i, 3000 * i, 1), 100 + i, i / 30, dst) > 0
+    last = m.last_out_seq
+    # 2, 3, 4 never left (1 did; 0 did not, but 1 is between): the run back from 4 is 3 long.
+    assert m.rewind([4, 3, 0, 2, 0x1234]) == 3
+    assert m.last_out_seq == last - 3
+    # The next packet, of any source, starts there.
+    assert m.munge(rtp(500, 90000, 2), 500, 0.5, dst) > 0
+    assert struct.unpack_from("!H", dst, 2)[0] == 2
+    assert m.rewind([]) == 0 and m.rewind([0x7777]) == 0
+    # At most REWIND_LIMIT numbers.
+    newest = m.last_out_seq
+    assert m.rewind([(newest - k) & 0xFFFF for k in range(REWIND_LIMIT + 10)]) == REWIND_LIMIT
 
 
 def test_round_half_to_even_for_ticks(impl: ModuleType) -> None:

@@ -203,6 +203,29 @@ def test_clearing_from_a_class_keeps_the_higher_ones_in_order(each_kernels: Kern
         pacer.clear(4)
 
 
+def test_queued_sequence_numbers_per_ssrc_in_queue_order(each_kernels: Kernels) -> None:
+    pacer = each_kernels.Pacer()
+    pacer.set_rate(8_000.0, 0.0)
+
+    def rtp(ssrc: int, seq: int) -> bytes:
+        return bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
+
+    for data, cls in (
+        (rtp(7, 0xFFFF), VIDEO),
+        (rtp(9, 5), AUDIO),
+        (rtp(7, 0), VIDEO),
+        (rtp(8, 40), RETRANSMISSION),
+        (bytes(11), VIDEO),  # too short for an RTP header: not listed
+        (rtp(7, 1), VIDEO),
+    ):
+        assert pacer.push(data, cls, -1, 0.0)
+    assert pacer.queued_seqs(VIDEO) == {7: [0xFFFF, 0, 1]}
+    assert pacer.queued_seqs(RETRANSMISSION) == {7: [0xFFFF, 0, 1], 8: [40]}
+    assert pacer.queued_seqs() == {7: [0xFFFF, 0, 1], 8: [40], 9: [5]}
+    with pytest.raises(ValueError):
+        pacer.queued_seqs(4)
+
+
 def test_rejects_bad_arguments(each_kernels: Kernels) -> None:
     with pytest.raises(ValueError):
         each_kernels.Pacer(max_packets=0)
@@ -277,6 +300,7 @@ _op = st.one_of(
     st.tuples(st.just("deadline"), st.floats(0.0, 0.01)),
     st.tuples(st.just("delays")),
     st.tuples(st.just("clear"), st.integers(0, 3)),
+    st.tuples(st.just("seqs"), st.integers(0, 3)),
 )
 
 
@@ -305,6 +329,8 @@ def _run(pacer: Any, history: Any, ops: list[tuple[Any, ...]]) -> list[Any]:
                 trace.append(pacer.pop(now))
         elif op[0] == "delays":
             trace.append(pacer.take_delays())
+        elif op[0] == "seqs":
+            trace.append(pacer.queued_seqs(op[1]))
         else:
             trace.append(pacer.clear(op[1]))
         trace.append(
