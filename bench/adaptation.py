@@ -48,8 +48,12 @@ __all__ = [
     "write_clip",
 ]
 
-#: Clip geometry: Chromium's fake capture loops the file.
-WIDTH, HEIGHT, FPS, FRAMES = 1280, 720, 15, 15
+#: Clip geometry: Chromium's fake capture loops the file. The texture pans PAN_PX pixels a
+#: frame and comes round after FRAMES frames (FRAMES x PAN_PX = WIDTH): the loop is seamless.
+WIDTH, HEIGHT, FPS, FRAMES = 1280, 720, 15, 32
+PAN_PX = WIDTH // FRAMES
+#: Fresh noise in each frame (+- luma steps): what keeps each layer's encoder at its cap.
+NOISE = 3
 #: Frame heights of the three simulcast layers (scaleResolutionDownBy 4, 2, 1).
 LOW, MID, TOP = 180, 360, 720
 #: (name, downlink kbit/s or None for uncapped, seconds).
@@ -131,25 +135,41 @@ class PhaseFigures:
     saw_mid_before_top: bool = False
 
 
+def _smooth_field(rng: np.random.Generator, scale: float) -> np.ndarray:
+    """White noise low-pass filtered in the frequency domain (a Gaussian of ``scale`` pixels):
+    soft blobs that tile seamlessly (the transform is periodic), normalised to -1..1."""
+    white = rng.standard_normal((HEIGHT, WIDTH))
+    fy = np.fft.fftfreq(HEIGHT)[:, None]
+    fx = np.fft.fftfreq(WIDTH)[None, :]
+    envelope = np.exp(-2.0 * (np.pi * scale) ** 2 * (fx**2 + fy**2))
+    field = np.real(np.fft.ifft2(np.fft.fft2(white) * envelope))
+    return field / np.abs(field).max()
+
+
 def write_clip(path: Path) -> None:
-    """A 1280x720 I420 y4m clip at 15 fps (half the encoding work of 30 on a small machine):
-    a panning texture plus fresh noise in every frame, so that each simulcast layer's encoder
-    spends its whole bitrate cap (Chromium loops the file)."""
+    """A 1280x720 I420 y4m clip at 15 fps (half the encoding work of 30 on a small machine)
+    that loops seamlessly (Chromium loops the file): a smooth texture of large and small
+    blobs panning :data:`PAN_PX` pixels a frame around a torus, plus a little fresh noise in
+    every frame so that each simulcast layer's encoder spends its bitrate cap.
+
+    Like a camera, it compresses: the first clip (a texture of per-pixel random values and
+    +-24 of fresh noise, jumping back at each loop) did not, and Chromium's top layer sent
+    one frame of 130-450 kB every 1.8 s and dropped the rest (its rate buffer), so the
+    server saw the top layer as 0.9 s bursts at 2.6-3.8 Mbit/s and 0.9 s of nothing.
+    """
     rng = np.random.default_rng(13)
-    texture = rng.integers(16, 236, size=(HEIGHT * 2, WIDTH * 2), dtype=np.uint8)
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
-    chroma = np.full((HEIGHT // 2, WIDTH // 2), 128, dtype=np.uint8)
+    texture = 128.0 + 70.0 * _smooth_field(rng, 40.0) + 30.0 * _smooth_field(rng, 6.0)
+    chroma = 128.0 + 40.0 * _smooth_field(rng, 60.0)[::2, ::2]
     with path.open("wb") as out:
         out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{FPS}:1 Ip A1:1 C420jpeg\n".encode())
         for i in range(FRAMES):
-            dx, dy = 7 * i, 3 * i
-            luma = texture[yy + dy, xx + dx].astype(np.int16)
-            luma += rng.integers(-24, 25, size=luma.shape, dtype=np.int16)
-            u = (chroma.astype(np.int16) + ((xx[::2, ::2] + 4 * i) % 64) - 32).astype(np.uint8)
+            luma = np.roll(texture, PAN_PX * i, axis=1)
+            luma = luma + rng.integers(-NOISE, NOISE + 1, size=luma.shape)
+            u = np.roll(chroma, PAN_PX * i // 2, axis=1)
             out.write(b"FRAME\n")
-            out.write(np.clip(luma, 0, 255).astype(np.uint8).tobytes())
-            out.write(u.tobytes())
-            out.write(chroma.tobytes())
+            out.write(np.clip(luma, 16, 235).astype(np.uint8).tobytes())
+            out.write(np.clip(u, 16, 240).astype(np.uint8).tobytes())
+            out.write(np.clip(256.0 - u, 16, 240).astype(np.uint8).tobytes())
 
 
 def read_sample(driver: Any, publisher_id: str, started: float) -> Sample | None:

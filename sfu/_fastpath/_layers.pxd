@@ -37,6 +37,7 @@ ctypedef struct selector_t:
     long long current_temporal
     bint has_last_kf_request
     double last_kf_request
+    int last_kf_layer              # the layer of the last request (simulcast: its own stream)
     long long switches
     long long temporal_switches
     long long keyframe_requests

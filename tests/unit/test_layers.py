@@ -74,6 +74,22 @@ def test_switch_up_waits_for_a_keyframe_of_the_target_and_requests_one() -> None
     assert sel.switches == 2
 
 
+def test_a_new_target_layer_gets_its_keyframe_request_at_once() -> None:
+    """The interval is per layer: each simulcast layer is its own stream, so a request for
+    the low layer right after one for the middle layer is no repeat (at a 400 kbit/s cap the
+    low layer's request waited out the middle one's while the middle layer overran the cap)."""
+    sel = started(spatial=2)
+    sel.set_target(1, None)
+    assert sel.keyframe_needed(0.0) == 1
+    sel.set_target(0, None)
+    assert sel.keyframe_needed(0.1) == 0
+    assert sel.keyframe_needed(0.3) is None  # the same layer again: rate-limited
+    sel.set_target(1, None)
+    assert sel.keyframe_needed(0.35) == 1
+    assert sel.keyframe_needed(0.85) == 1
+    assert sel.keyframe_requests == 4
+
+
 def test_keyframe_request_interval_is_configurable() -> None:
     sel = SimulcastSelector(2, keyframe_request_interval=2.0)
     assert sel.keyframe_needed(1.0) == 0
@@ -285,7 +301,7 @@ _ops = st.integers(0, 9).flatmap(lambda k: _packet if k < 7 else _setting)
 def test_random_sequences_keep_the_switching_invariants(ops: list[tuple[Any, ...]]) -> None:
     sel = SimulcastSelector(3)
     now = 0.0
-    last_request: float | None = None
+    last_request: dict[int, float] = {}
     switches = 0
     for op in ops:
         kind = op[0]
@@ -323,9 +339,10 @@ def test_random_sequences_keep_the_switching_invariants(ops: list[tuple[Any, ...
             if layer is not None:
                 assert layer == sel.target.spatial
                 assert layer != sel.current.spatial
-                if last_request is not None:
-                    assert now - last_request >= 0.5
-                last_request = now
+                # Rate-limited per layer (each is its own stream).
+                if layer in last_request:
+                    assert now - last_request[layer] >= 0.5
+                last_request[layer] = now
         else:
             before = sel.current
             if kind == "target":
