@@ -107,6 +107,10 @@ LOSS_LOW: Final = 0.02
 #: spent above it is lost, audio included (the real-client test's cap from 900 to 100 kbit/s
 #: took three halving steps, a second at 88-90 % loss, and 8.7 % of the phase's audio).
 LOSS_SEVERE: Final = 0.5
+#: The rate delivered during a loss window counts with at least this many packets received,
+#: over at least this long (s): fewer, or a shorter span, say little about a rate.
+DELIVERED_MIN_PACKETS: Final = 4
+DELIVERED_MIN_SPAN: Final = 0.05
 #: Loss is measured over at least this many reported packets, and the bound moves at most
 #: once per :data:`LOSS_INTERVAL` (s) so one feedback of a burst does not count many times.
 LOSS_MIN_PACKETS: Final = 20
@@ -184,6 +188,11 @@ class BandwidthEstimator:
         self._loss_lost = 0
         self._loss_at = -1e9
         self._loss_window_at = 0.0
+        # What arrived in the open loss window: bytes, packets, first and last arrival (s).
+        self._loss_bytes = 0
+        self._loss_packets = 0
+        self._loss_first = 0.0
+        self._loss_last = 0.0
         self._ref_last: int | None = None
         self._ref_unwrapped = 0
         self._sent: deque[tuple[float, int]] = deque()  # (now, history bytes)
@@ -295,7 +304,7 @@ class BandwidthEstimator:
             while acked and last_arrival - acked[0][1] > ACKED_WINDOW:
                 acked.popleft()
         if reported:
-            self._count_loss(reported, lost, now)
+            self._count_loss(reported, lost, now, packets, size, first_arrival, last_arrival)
         self._rate_control(self.detector.state, now)
 
     def on_probe_sent(self, *, now: float) -> None:
@@ -413,11 +422,27 @@ class BandwidthEstimator:
                 rate = min(rate, max(self._delay_bps, ACKED_CAP_FACTOR * acked + ACKED_CAP_EXTRA))
         self._delay_bps = max(self.min_bps, min(rate, self.max_bps))
 
-    def _count_loss(self, reported: int, lost: int, now: float) -> None:
+    def _count_loss(
+        self,
+        reported: int,
+        lost: int,
+        now: float,
+        packets: int,
+        size: int,
+        first_arrival: float,
+        last_arrival: float,
+    ) -> None:
         """Add one feedback's packets to the loss window; close it early when its loss is
         significantly above :data:`LOSS_HIGH`, else when it is a second or 200 packets long."""
         if self._loss_reported == 0:
             self._loss_window_at = now
+            self._loss_bytes = self._loss_packets = 0
+        if packets:
+            if self._loss_packets == 0:
+                self._loss_first = first_arrival
+            self._loss_packets += packets
+            self._loss_bytes += size
+            self._loss_last = max(self._loss_last, last_arrival)
         self._loss_reported += reported
         self._loss_lost += lost
         n = self._loss_reported
@@ -432,6 +457,17 @@ class BandwidthEstimator:
         self._loss_step(self._loss_lost / n, now)
         self._loss_reported = self._loss_lost = 0
 
+    def _delivered_bps(self) -> float | None:
+        """What arrived during the loss window, as a rate (None with too few packets): with
+        most of what is sent lost, the bottleneck was full throughout, so this is its
+        capacity, where the acknowledged rate's half second still holds what went before."""
+        if self._loss_packets < DELIVERED_MIN_PACKETS:
+            return None
+        span = max(self._loss_last - self._loss_first, DELIVERED_MIN_SPAN)
+        # n arrivals span n - 1 intervals: the first packet's bytes came before the span.
+        n = self._loss_packets
+        return self._loss_bytes * (n - 1) / n * 8 / span
+
     def _severe_below_bound(self, fraction: float) -> bool:
         """Whether a window lost :data:`LOSS_SEVERE` or more while less got through than the
         loss-based bound allows: such a step may follow the last one at once. The hold keeps
@@ -441,6 +477,9 @@ class BandwidthEstimator:
         if fraction < LOSS_SEVERE:
             return False
         acked = self.acked_bps
+        delivered = self._delivered_bps()
+        if delivered is not None and (acked is None or delivered < acked):
+            acked = delivered
         bound = self.target_bps() if self._loss_bps is None else self._loss_bps
         return acked is not None and acked < bound
 
@@ -462,6 +501,9 @@ class BandwidthEstimator:
             base = self.target_bps() if current is None else current
             bound = base * (1.0 - 0.5 * fraction)
             acked = self.acked_bps
+            delivered = self._delivered_bps() if fraction >= LOSS_SEVERE else None
+            if delivered is not None and (acked is None or delivered < acked):
+                acked = delivered
             if acked is not None and acked < bound:
                 # What got through bounds the link better than the old estimate does: a
                 # drop-tail bottleneck with a short queue (a policer) shows loss, not delay,

@@ -68,13 +68,18 @@ TOP_RAMPED_KBPS: Final = 1000.0
 #: The targets met in every run of the integration tuning (bench/RESULTS.md); the others are
 #: reported, not asserted (see the module docstring).
 #: ``below.audio_intact`` (audio loss under 5 % below the lowest layer) is reported, not
-#: asserted: 0.7, 8.7, 3.8 and 6.3 % in the last four runs (the cap's shed, bench/RESULTS.md).
+#: asserted: 0.7, 8.7, 3.8 and 6.3 % in four runs with the first clip, 0.9-3.7 % in eight with
+#: the camera-like one, too close to the line for CI; so is ``cap400.frozen_le_2s`` (1.92 s in
+#: one of those eight). ``cap900.frozen_le_1.5s`` and ``uncapped.via_middle`` were met in all
+#: eight, both kernels (bench/RESULTS.md, "the lab's clip").
 MET_NOW: Final = frozenset(
     {
         "below.paused",
         "below.paused_half",
         "cap400.no_top_flash",
         "cap400.rtx_le_0.2",
+        "cap900.frozen_le_1.5s",
+        "uncapped.via_middle",
     }
 )
 

@@ -409,3 +409,21 @@ def test_severe_loss_soon_after_a_loss_step_falls_at_once(kernels: Kernels) -> N
     # The moderate window's step, then at least two severe ones inside the old hold.
     assert len(set(hold)) >= 3 and hold[-1] < 0.5 * hold[0]
     assert est.loss >= LOSS_SEVERE
+
+
+def test_severe_loss_falls_to_what_arrived_in_its_window(kernels: Kernels) -> None:
+    """A cap at a fifth of the rate: a severe window's own arrivals say what the full
+    bottleneck carries, where the half-second acknowledged rate still holds the traffic from
+    before the cap (at the real-client test's 400 kbit/s cap it read 784 kbit/s and the middle
+    layer was chosen into the cap)."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    now = _feed(est, start=0.0, seconds=1.0, bps=2_000_000)
+    cap = now
+    while est.loss < LOSS_SEVERE and now < 2.0:
+        seed = round(now * 1000)
+        now = _feed(est, start=now, seconds=0.02, bps=2_000_000, random_loss=0.8, seed=seed)
+    acked = est.acked_bps
+    assert acked is not None and est.loss >= LOSS_SEVERE and now - cap < 0.4
+    assert est.target_bps() < 0.6 * acked  # not the acknowledged rate
+    assert 250_000 < est.target_bps() < 600_000  # about what got through: 400 kbit/s
