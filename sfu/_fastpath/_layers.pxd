@@ -37,7 +37,8 @@ ctypedef struct selector_t:
     long long current_temporal
     bint has_last_kf_request
     double last_kf_request
-    int last_kf_layer              # the layer of the last request (simulcast: its own stream)
+    uint32_t kf_requested          # simulcast: bit i set once layer i's keyframe was requested
+    double last_kf_at[SELECTOR_MAX_SPATIAL]  # ... and when last (each layer is its own stream)
     long long switches
     long long temporal_switches
     long long keyframe_requests

@@ -135,7 +135,7 @@ cdef class SimulcastSelector:
         s.current_temporal = SELECTOR_ALL_TEMPORAL
         s.has_last_kf_request = False
         s.last_kf_request = 0.0
-        s.last_kf_layer = -1
+        s.kf_requested = 0
         s.switches = 0
         s.temporal_switches = 0
         s.keyframe_requests = 0
@@ -217,15 +217,10 @@ cdef class SimulcastSelector:
         cdef int target = s.eff_spatial
         if target < 0 or target == s.current_spatial:
             return None
-        if (
-            s.has_last_kf_request
-            and target == s.last_kf_layer
-            and now - s.last_kf_request < s.kf_interval
-        ):
+        if (s.kf_requested >> target) & 1 and now - s.last_kf_at[target] < s.kf_interval:
             return None
-        s.has_last_kf_request = True
-        s.last_kf_request = now
-        s.last_kf_layer = target
+        s.kf_requested |= 1u << target
+        s.last_kf_at[target] = now
         s.keyframe_requests += 1
         return target
 

@@ -174,8 +174,8 @@ class LayerPair(NamedTuple):
 #: (also the width of the duplicate-detection bitmap).
 REORDER_WINDOW: Final = 512
 #: ``RtpMunger.rewind`` takes back at most this many outgoing numbers: more than an egress
-#: pacer holds (256 packets), and well inside the outbound SRTP context's replay window
-#: (1024), which would refuse to protect a number that far behind the newest again.
+#: pacer holds (256 packets), and inside the outbound SRTP context's replay window (1024,
+#: ``SrtpSession``), which refuses to protect a number further behind the newest.
 REWIND_LIMIT: Final = 512
 
 

@@ -439,10 +439,12 @@ class BandwidthEstimator:
             self._loss_bytes = self._loss_packets = 0
         if packets:
             if self._loss_packets == 0:
-                self._loss_first = first_arrival
+                self._loss_first, self._loss_last = first_arrival, last_arrival
+            else:
+                self._loss_first = min(self._loss_first, first_arrival)
+                self._loss_last = max(self._loss_last, last_arrival)
             self._loss_packets += packets
             self._loss_bytes += size
-            self._loss_last = max(self._loss_last, last_arrival)
         self._loss_reported += reported
         self._loss_lost += lost
         n = self._loss_reported
@@ -457,42 +459,45 @@ class BandwidthEstimator:
         self._loss_step(self._loss_lost / n, now)
         self._loss_reported = self._loss_lost = 0
 
-    def _delivered_bps(self) -> float | None:
+    def _delivered_bps(self, fraction: float) -> float | None:
         """What arrived during the loss window, as a rate (None with too few packets): with
         most of what is sent lost, the bottleneck was full throughout, so this is its
-        capacity, where the acknowledged rate's half second still holds what went before."""
-        if self._loss_packets < DELIVERED_MIN_PACKETS:
+        capacity, where the acknowledged rate's half second still holds what went before.
+        It counts with what a shortest window (:data:`LOSS_MIN_PACKETS`) at ``fraction``
+        loss delivers, :data:`DELIVERED_MIN_PACKETS` at least."""
+        need = max(DELIVERED_MIN_PACKETS, LOSS_MIN_PACKETS * (1.0 - fraction))
+        if self._loss_packets < need:
             return None
         span = max(self._loss_last - self._loss_first, DELIVERED_MIN_SPAN)
         # n arrivals span n - 1 intervals: the first packet's bytes came before the span.
         n = self._loss_packets
         return self._loss_bytes * (n - 1) / n * 8 / span
 
-    def _severe_below_bound(self, fraction: float) -> bool:
-        """Whether a window lost :data:`LOSS_SEVERE` or more while less got through than the
-        loss-based bound allows: such a step may follow the last one at once. The hold keeps
-        the losses of packets sent before a decrease from counting twice; falling to the
-        acknowledged rate cannot overshoot that way, and waiting it out at a 400 kbit/s cap
-        in the real-client test sent the top layer into the cap for 0.3 s more."""
-        if fraction < LOSS_SEVERE:
-            return False
+    def _got_through(self, fraction: float) -> float | None:
+        """What got through lately (bps): the acknowledged rate, or, in a window that lost
+        :data:`LOSS_SEVERE` or more, the rate its own packets arrived at when that is lower."""
         acked = self.acked_bps
-        delivered = self._delivered_bps()
-        if delivered is not None and (acked is None or delivered < acked):
-            acked = delivered
-        bound = self.target_bps() if self._loss_bps is None else self._loss_bps
-        return acked is not None and acked < bound
+        if fraction >= LOSS_SEVERE:
+            delivered = self._delivered_bps(fraction)
+            if delivered is not None and (acked is None or delivered < acked):
+                return delivered
+        return acked
 
     def _loss_step(self, fraction: float, now: float) -> None:
         """The loss-based bound (§7)."""
         self.loss = fraction
         if fraction > LOSS_HIGH:
             self.congested_at = now
-        if (
-            now - self._loss_at < LOSS_INTERVAL + self.rtt
-            and fraction > LOSS_HIGH
-            and not self._severe_below_bound(fraction)
-        ):
+        through = self._got_through(fraction)
+        if now - self._loss_at < LOSS_INTERVAL + self.rtt and fraction > LOSS_HIGH:
+            # Within the hold only a severe window moves the bound, and only down to what got
+            # through: the hold keeps the losses of packets sent before a decrease from
+            # counting twice, and what got through cannot overshoot that way (waiting the
+            # hold out at a 400 kbit/s cap kept a 2 Mbit/s bound for 0.3 s of 86 % loss).
+            bound = self.target_bps() if self._loss_bps is None else self._loss_bps
+            if fraction >= LOSS_SEVERE and through is not None and through < bound:
+                self._loss_at = now
+                self._loss_bps = max(self.min_bps, through)
             return
         dt = min(max(now - self._loss_at, 0.0), 1.0)
         self._loss_at = now
@@ -500,17 +505,13 @@ class BandwidthEstimator:
         if fraction > LOSS_HIGH:
             base = self.target_bps() if current is None else current
             bound = base * (1.0 - 0.5 * fraction)
-            acked = self.acked_bps
-            delivered = self._delivered_bps() if fraction >= LOSS_SEVERE else None
-            if delivered is not None and (acked is None or delivered < acked):
-                acked = delivered
-            if acked is not None and acked < bound:
+            if through is not None and through < bound:
                 # What got through bounds the link better than the old estimate does: a
                 # drop-tail bottleneck with a short queue (a policer) shows loss, not delay,
                 # and halving steps of half the loss fraction took 3.5 s from 2.5 Mbit/s to a
                 # 400 kbit/s cap in the real-client test. At most MAX_DECREASE per step (the
                 # acknowledged rate of a few feedbacks is noisy).
-                bound = acked if fraction >= LOSS_SEVERE else max(acked, MAX_DECREASE * base)
+                bound = through if fraction >= LOSS_SEVERE else max(through, MAX_DECREASE * base)
             self._loss_bps = max(self.min_bps, bound)
         elif fraction < LOSS_LOW and current is not None:
             grown = current * (1.0 + LOSS_GROWTH * dt) + ACKED_CAP_EXTRA * dt

@@ -52,7 +52,7 @@ class SimulcastSelector:
         "_eff_spatial",
         "_eff_temporal",
         "_kf_interval",
-        "_last_kf_layer",
+        "_last_kf_at",
         "_last_kf_request",
         "_max_spatial",
         "_max_temporal",
@@ -88,8 +88,10 @@ class SimulcastSelector:
         # What is being forwarded now.
         self._current_spatial: int | None = None
         self._current_temporal = _ALL_TEMPORAL
+        #: When each layer's keyframe was last requested (the SVC selector's one stream:
+        #: ``_last_kf_request``).
+        self._last_kf_at: dict[int, float] = {}
         self._last_kf_request: float | None = None
-        self._last_kf_layer: int | None = None
         #: Spatial switches made (including the start and every resume), for metrics.
         self.switches = 0
         #: Temporal limit changes made within the current spatial layer, for metrics.
@@ -216,14 +218,13 @@ class SimulcastSelector:
         target = self._eff_spatial
         if target is None or target == self._current_spatial:
             return None
-        last = self._last_kf_request
         # Rate-limited per layer: each is its own stream, and a request for another layer is
         # no repeat (at a cap, the low layer's request waited out the middle one's interval
         # while the middle layer went on into the cap).
-        if last is not None and target == self._last_kf_layer and now - last < self._kf_interval:
+        last = self._last_kf_at.get(target)
+        if last is not None and now - last < self._kf_interval:
             return None
-        self._last_kf_request = now
-        self._last_kf_layer = target
+        self._last_kf_at[target] = now
         self.keyframe_requests += 1
         return target
 

@@ -792,12 +792,16 @@ class Peer:
         return allocation
 
     def _flush_video(self, pacer: Pacer) -> None:
-        """Drop what the pacer holds of video and retransmissions, and give the dropped
-        video's sequence numbers again (``RtpMunger.rewind``): numbered when forwarded, they
+        """Drop what the pacer holds of video, retransmissions and probes, and give the
+        dropped video's sequence numbers again (``RtpMunger.rewind``): numbered when forwarded, they
         never left, and the receiver would count each as lost (97 packets at the real-client
         test's 400 kbit/s cap, a fifth of the phase's video)."""
         queued = pacer.queued_seqs(PACED_VIDEO)
-        self.counters.pacer_flushed += pacer.clear(PACED_RETRANSMISSION)
+        # Probes go too: a probe copies the newest media numbers (``probe_copies``), queued
+        # ones included, and a copy left to go out after the rewind would carry a number the
+        # next keyframe is given (the receiver would keep the stale copy, drop the keyframe's
+        # packet as a duplicate). Audio stays.
+        self.counters.pacer_flushed += pacer.clear(PACED_PROBE)
         if not queued:
             return
         for sub in self.subscriptions.values():

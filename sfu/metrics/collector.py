@@ -285,8 +285,8 @@ class SfuCollector(Collector):
             "sfu_pacer_drops",
             "Packets the egress pacers dropped, by reason: queue_full (the arriving packet), "
             "evicted (a queued packet of a lower class, for a higher one), expired (video "
-            "that waited past the queue time limit) or paused (queued video and "
-            "retransmissions of a transport none of whose video is forwarded any more: paused, "
+            "that waited past the queue time limit) or paused (queued video, retransmissions "
+            "and probes of a transport none of whose video is forwarded any more: paused, "
             "or its layers abandoned).",
             ["reason"],
             {

@@ -65,11 +65,15 @@ class SrtpSession:
         if not _MIN_WINDOW <= replay_window <= _MAX_WINDOW:
             raise ValueError(f"replay_window must be in [{_MIN_WINDOW}, {_MAX_WINDOW}]")
         profile = keys.profile.value
+        # The outbound window bounds how far behind the newest number a packet may still be
+        # protected: a retransmission without RTX, and the numbers a munger gives again after
+        # a pacer dropped them unsent (``RtpMunger.rewind``, up to REWIND_LIMIT back).
         self.outbound = SrtpContext(
             profile,
             keys.local_key,
             keys.local_salt,
             outbound=True,
+            replay_window=replay_window,
             max_streams=MAX_STREAMS,
             allow_repeat_tx=allow_repeat_tx,
         )

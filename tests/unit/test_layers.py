@@ -84,10 +84,10 @@ def test_a_new_target_layer_gets_its_keyframe_request_at_once() -> None:
     sel.set_target(0, None)
     assert sel.keyframe_needed(0.1) == 0
     assert sel.keyframe_needed(0.3) is None  # the same layer again: rate-limited
-    sel.set_target(1, None)
-    assert sel.keyframe_needed(0.35) == 1
-    assert sel.keyframe_needed(0.85) == 1
-    assert sel.keyframe_requests == 4
+    sel.set_target(1, None)  # back: the middle layer's own interval still runs
+    assert sel.keyframe_needed(0.35) is None
+    assert sel.keyframe_needed(0.5) == 1
+    assert sel.keyframe_requests == 3
 
 
 def test_keyframe_request_interval_is_configurable() -> None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu._fastpath.values import REWIND_LIMIT
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState, SrtpKeys, SrtpProfile
 from sfu.transport.srtp import SrtpError, SrtpSession
@@ -219,6 +220,21 @@ def test_retransmission_of_same_packet(profile: SrtpProfile) -> None:
         strict.protect_rtp(rtp(5))
     assert info.value.reason == "replay"
     assert strict.counters.protect_failed == 1
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_numbers_given_again_after_a_rewind_are_protected(profile: SrtpProfile) -> None:
+    """``RtpMunger.rewind`` gives again up to REWIND_LIMIT numbers that a pacer dropped
+    unsent: the outbound context protects them again (its window is the session's, 1024, not
+    the default 128) and a receiver that never saw the first ones opens the new ones."""
+    client, server = sessions(profile)
+    for seq in range(1000, 1000 + REWIND_LIMIT):
+        wire = client.protect_rtp(rtp(seq, payload=b"\x01" * 100))
+        if seq < 1000 + 10:
+            server.unprotect_rtp(wire)  # only the first ten left; the rest were dropped
+    again = client.protect_rtp(rtp(1010, payload=b"\x02" * 100))
+    assert server.unprotect_rtp(again) == rtp(1010, payload=b"\x02" * 100)
+    assert client.counters.protect_failed == 0
 
 
 @pytest.mark.parametrize("profile", PROFILES)
