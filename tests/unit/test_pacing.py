@@ -11,6 +11,8 @@ from forwarder_world import (
     PUB_ADDR,
     PUB_KEY,
     PUB_SALT,
+    SUB_KEY,
+    SUB_SALT,
     VIDEO_SSRCS,
     World,
     rtp,
@@ -18,7 +20,7 @@ from forwarder_world import (
 )
 
 from sfu._fastpath import _srtp_py
-from sfu._fastpath._pacer_py import BURST_TIME, RETRANSMISSION
+from sfu._fastpath._pacer_py import BURST_TIME, RETRANSMISSION, VIDEO
 from sfu.core.kernels import Kernels
 
 
@@ -182,3 +184,49 @@ def test_a_reused_slot_stays_listed_once(each_kernels: Kernels) -> None:
     world.set_keyed(0, False)
     world.forwarder.release_backlog(2.0)  # the slot is not registered: dropped from the list
     assert world.forwarder.paced_backlog() == []
+
+
+def test_a_rewound_subscription_continues_its_sequence_on_the_wire(
+    each_kernels: Kernels,
+) -> None:
+    """The forwarder numbers and protects a paced copy before queueing it: when the queue is
+    dropped (all video paused or abandoned), the munger gives the numbers again
+    (``RtpMunger.rewind`` with ``Pacer.queued_seqs``), and the keyframe that restarts the
+    subscription, from another layer, follows on the wire the last packet that really left,
+    protected under the numbers given again."""
+    world, client, pacer = _paced_world(each_kernels)
+    receiver = _srtp_py.SrtpContext(PROFILE, SUB_KEY, SUB_SALT, outbound=False)
+    _, egress = world.forwarder.process(_keyframe(client, 10), 1.0)
+    left = [receiver.unprotect_rtp(w) for w, a in egress if a[1] == 6000]
+    assert len(left) == 1 and pacer.queued_packets == 9
+    sub = world.video_subs[0]
+    assert sub.selector is not None
+    queued = pacer.queued_seqs(VIDEO)[sub.munger.out_ssrc]
+    assert len(queued) == 9
+    assert sub.munger.rewind(queued) == 9
+    assert pacer.clear(RETRANSMISSION) == 9
+    # As the peer's abandon: nothing forwarded until a keyframe of the new target.
+    sub.selector.set_target(None, None)
+    sub.selector.set_target(1, None)
+    pacer.set_rate(0.0, 1.1)  # unpaced from here: what is forwarded leaves with the batch
+    middle = [
+        (
+            client.protect_rtp(
+                rtp(
+                    VIDEO_SSRCS[1],
+                    700 + i,
+                    9000,
+                    96,
+                    vp8_payload(11, 0, 0, True, True, i == 0, 800),
+                    _ext(20 + i),
+                )
+            ),
+            PUB_ADDR,
+        )
+        for i in range(3)
+    ]
+    _, egress = world.forwarder.process(middle, 1.1)
+    resumed = [receiver.unprotect_rtp(w) for w, a in egress if a[1] == 6000]
+    assert len(resumed) == 3
+    seqs = [int.from_bytes(p[2:4], "big") for p in left + resumed]
+    assert seqs == [(seqs[0] + k) & 0xFFFF for k in range(4)]
