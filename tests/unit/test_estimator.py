@@ -406,8 +406,8 @@ def test_severe_loss_soon_after_a_loss_step_falls_at_once(kernels: Kernels) -> N
         steps.append((now, est.target_bps()))
     first = next(t for t, bps in steps if bps < start)
     hold = [bps for t, bps in steps if first <= t < first + LOSS_INTERVAL + est.rtt]
-    # The moderate window's step, then at least two severe ones inside the old hold.
-    assert len(set(hold)) >= 3 and hold[-1] < 0.5 * hold[0]
+    # The moderate window's step, then severe ones inside the old hold.
+    assert len(set(hold)) >= 2 and hold[-1] < 0.5 * hold[0]
     assert est.loss >= LOSS_SEVERE
 
 
@@ -427,3 +427,34 @@ def test_severe_loss_falls_to_what_arrived_in_its_window(kernels: Kernels) -> No
     assert acked is not None and est.loss >= LOSS_SEVERE and now - cap < 0.4
     assert est.target_bps() < 0.6 * acked  # not the acknowledged rate
     assert 250_000 < est.target_bps() < 600_000  # about what got through: 400 kbit/s
+
+
+def test_a_cap_mid_window_is_read_from_its_first_loss(kernels: Kernels) -> None:
+    """A cap that starts 0.6 s into a loss-free window: the loss since the first lost packet
+    is read on its own, so the bound falls to what gets through within a few feedbacks,
+    where the whole window read 20 % loss 0.4 s in (the real-client test's 400 kbit/s cap).
+    Most of ten packets lost is read at once, with the rate they arrived at."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    now = _feed(est, start=0.0, seconds=1.0, bps=1_500_000)
+    now = _feed(est, start=now, seconds=0.6, bps=1_500_000)  # a new window, 0.6 s of it
+    start = est.target_bps()
+    cap = now
+    while est.target_bps() >= start and now < cap + 1.0:
+        seed = round(now * 1000)
+        now = _feed(est, start=now, seconds=0.02, bps=1_500_000, random_loss=0.75, seed=seed)
+    # Ten packets past the first loss, six of them lost, and a feedback interval (without the
+    # onset and the early read: 0.23 s, to 1.35 Mbit/s; with the onset alone: 0.19 s).
+    assert now - cap < 0.15
+    assert est.loss >= LOSS_SEVERE  # the onset's own fraction, not the window's
+    assert 200_000 < est.target_bps() < 600_000  # about what got through: 375 kbit/s
+
+
+def test_random_loss_opens_no_significant_onset(kernels: Kernels) -> None:
+    """5 % random loss on a loss-free link's top layer, for a minute: the part of a window
+    after its first loss is read on its own, and never reads significant loss."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    for seed in range(6):
+        _feed(est, start=10.0 * seed, seconds=10.0, bps=1_500_000, random_loss=0.05, seed=seed)
+        assert est.target_bps() >= 1_500_000
