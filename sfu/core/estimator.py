@@ -227,9 +227,9 @@ class _LossWindow:
         a shortest window (:data:`LOSS_EARLY_PACKETS`) at ``fraction`` loss delivers,
         :data:`DELIVERED_MIN_PACKETS` at least."""
         need = max(DELIVERED_MIN_PACKETS, LOSS_EARLY_PACKETS * (1.0 - fraction))
-        if self.packets < need:
+        span = self.last - self.first
+        if self.packets < need or span < DELIVERED_MIN_SPAN:
             return None
-        span = max(self.last - self.first, DELIVERED_MIN_SPAN)
         # n arrivals span n - 1 intervals: the first packet's bytes came before the span.
         n = self.packets
         return self.bytes * (n - 1) / n * 8 / span
@@ -327,6 +327,9 @@ class BandwidthEstimator:
         arrivals = array("q")
         reported = 0
         lost = 0
+        # Where the first lost media packet is: how many reported packets came before it,
+        # and how many received ones (probes too) are in ``seqs`` by then (-1: no loss).
+        leading = tail_at = -1
         try:
             withdrawn = self.history.withdrawn
             if withdrawn != self._withdrawn_seen:
@@ -354,6 +357,8 @@ class BandwidthEstimator:
                         continue
                     reported += 1
                     if at is None:
+                        if lost == 0:
+                            leading, tail_at = reported - 1, len(seqs)
                         lost += 1
                     else:
                         seqs.append(seq)
@@ -377,13 +382,14 @@ class BandwidthEstimator:
             opening = None
             if lost and self._onset is None and self._window.reported:
                 # This feedback's first loss opens the window's onset (see _count_loss): its
-                # share is what the feedback reports from that loss on, with its packets'
-                # bytes taken at the feedback's mean size.
-                leading = _leading_received(feedback.base_seq, seqs)
-                tail = arrivals[leading:]
-                tail_bytes = size * len(tail) // packets if packets and tail else 0
+                # share is what the feedback reports after that loss, with its packets' bytes
+                # taken at the feedback's mean size (at most all of them).
+                if leading < 0:  # the common path: every received packet was reported
+                    leading = tail_at = _leading_received(feedback.base_seq, seqs)
+                tail = arrivals[tail_at:]
+                tail_bytes = min(size, size * len(tail) // packets) if packets and tail else 0
                 opening = (
-                    max(reported - leading, lost) - 1,
+                    reported - leading - 1,
                     lost - 1,
                     len(tail) if tail_bytes else 0,
                     tail_bytes,
@@ -529,15 +535,16 @@ class BandwidthEstimator:
         if onset is not None:
             onset.add(*share)
         elif opening is not None:
-            # A loss after the window's first feedback, the first since its start or its
-            # opening loss: what follows is read on its own too, so a cap that starts
-            # mid-window is not diluted by the loss-free packets before it (the real-client
-            # test's 400 kbit/s cap first read as 20 % loss, 0.4 s in). It starts after the
-            # loss that opened it: a window that begins at a loss would read high under
-            # random loss.
+            # The first feedback with a loss after the window's first feedback: what follows
+            # is read on its own too, so a cap that starts mid-window is not diluted by the
+            # loss-free packets before it (the real-client test's 400 kbit/s cap first read
+            # as 20 % loss, 0.4 s in). It starts after the loss that opened it (a window that
+            # begins at a loss would read high under random loss), and it closes the window
+            # only for severe loss: moderate loss is the whole window's to judge, since a
+            # second test per window doubled the false steps under random loss.
             onset = self._onset = _LossWindow()
             onset.add(*opening)
-        if onset is not None and onset.significant():
+        if onset is not None and onset.significant() and onset.fraction() >= LOSS_SEVERE:
             self._loss_step(onset.fraction(), now, onset)
         elif window.significant() or (
             window.reported >= LOSS_MIN_PACKETS
