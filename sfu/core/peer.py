@@ -847,9 +847,23 @@ class Peer:
             if sub.paused or sub.held:
                 continue
             selector = sub.selector
-            layer = 0 if selector is None else selector.current.spatial
-            if layer is not None:
-                spend += sub.publication.layer_bps(layer, now)
+            if selector is None:
+                spend += sub.publication.layer_bps(0, now)
+                continue
+            current = selector.current
+            if current.spatial is None:
+                continue
+            # At the allocator's own price of what is forwarded (its sampled, peak-floored
+            # rates), not the meter's reading of the moment: the two differ, and a layer the
+            # meter read under the budget got no tolerance while the allocator, at its price,
+            # found it over the budget and dropped it.
+            pub = sub.publication
+            cumulative = pub.rates.measure(pub, now).get(current.spatial)
+            if cumulative:
+                t = current.temporal
+                spend += cumulative[-1 if t is None else min(t, len(cumulative) - 1)]
+            else:
+                spend += pub.layer_bps(current.spatial, now)
         return allocation_budget(estimate, spend)
 
     def _trace_allocation(self, allocation: Allocation, estimate: float | None, now: float) -> None:

@@ -266,6 +266,30 @@ def test_a_small_shortfall_keeps_the_layers_being_forwarded(
     assert bob.peer._budget(estimate, 1.95) == pytest.approx(2 * spend)
 
 
+def test_the_shortfall_is_judged_at_the_allocators_price(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What is forwarded is priced as the allocator prices it (its sampled layer rates), not
+    at the meter's reading of the moment: where the two differed, the layer got no tolerance
+    and the allocator, at its own price, dropped it on a small fall."""
+    h = harness(monkeypatch)
+    alice, bob, sub = _video_subscription(h)
+    assert bob.peer is not None and sub.selector is not None
+    sub.selector.set_target(1, None)
+    _publish(h, alice, 1.0, 30)
+    layer = sub.selector.current.spatial
+    assert layer == 1
+    pub = sub.publication
+    price = pub.rates.measure(pub, 1.95)[layer][-1]  # sampled now, valid for a while
+    # The publisher's middle layer triples its frames; the meter reads it, the price not yet.
+    _publish(h, alice, 2.0, 8, sizes=(200, 1800, 1100))
+    meter = pub.layers[layer].meter.bps(2.3)
+    assert meter > 1.3 * price
+    assert pub.rates.measure(pub, 2.3)[layer][-1] == price
+    estimate = 0.9 * price / BUDGET_HEADROOM  # one overuse's worth under the price
+    assert bob.peer._budget(estimate, 2.3) == pytest.approx(price)
+
+
 def test_a_falling_estimate_is_allocated_on_at_once() -> None:
     # The periodic tick...
     assert allocation_due(1.0, 1.0 - ALLOCATION_INTERVAL, 1_000_000, 1_000_000)
