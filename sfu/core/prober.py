@@ -74,10 +74,18 @@ MIN_RECEIVED: Final = 0.8
 #: Padding bytes of one probe packet: RFC 3550 §5.1 padding counts to 255 in one octet.
 PADDING_SIZE: Final = 255
 #: Wait between a failed probe and the next: 3 s, times 1.5 per consecutive failure, at most
-#: 2 minutes (LiveKit's numbers: a capped link is asked rarely, a freed one soon).
+#: 4.5 s (a failed 25 ms cluster costs a capped link a few kilobytes, while a longer wait keeps
+#: a freed link on a low layer past the 8 s the issue allows).
 BACKOFF_BASE: Final = 3.0
 BACKOFF_FACTOR: Final = 1.5
 BACKOFF_MAX: Final = 4.5
+#: A successful probe whose upgrade then congested the link (a decrease within BLAME_WINDOW)
+#: costs far more than a failed cluster: a keyframe, a congestion episode with loss for every
+#: flow on the link, and a switch back down. The wait after one doubles per consecutive blame
+#: from BACKOFF_BASE up to this (s), until a success is not blamed: two subscribers sharing a
+#: link one top layer short of both took turns upgrading into it every 5 s (the lab).
+BLAME_BACKOFF_MAX: Final = 30.0
+BLAME_FACTOR: Final = 2.0
 #: Wait after a successful probe before the next one (the allocator needs a moment to use it).
 SUCCESS_PAUSE: Final = 1.0
 #: No probe for the next step this soon (s) after a target change: the new layer's keyframe
@@ -127,6 +135,10 @@ class Prober:
         self._next_id = 0
         self._pending: ProbeCluster | None = None
         self._failures = 0
+        #: Consecutive successes blamed for a congestion decrease (see BLAME_BACKOFF_MAX), and
+        #: whether the last success was.
+        self._blames = 0
+        self._success_blamed = False
         self._not_before = 0.0
         self._decreases = 0
         self._last_decrease = 0.0
@@ -151,6 +163,12 @@ class Prober:
             return 0.0
         wait = BACKOFF_BASE * BACKOFF_FACTOR ** (self._failures - 1)
         return min(wait, BACKOFF_MAX)
+
+    def blame_backoff(self) -> float:
+        """The wait after the current run of blamed successes (s)."""
+        if not self._blames:
+            return 0.0
+        return min(BACKOFF_BASE * BLAME_FACTOR ** (self._blames - 1), BLAME_BACKOFF_MAX)
 
     def poll(
         self,
@@ -223,8 +241,19 @@ class Prober:
             self._last_decrease = now
             if now - self._last_success <= BLAME_WINDOW:
                 self._failures += 1
-                self._not_before = max(self._not_before, now + self.backoff())
-        elif self._failures and now - self._last_decrease > CALM_RESET:
+                if not self._success_blamed:
+                    self._success_blamed = True
+                    self._blames += 1
+                wait = max(self.backoff(), self.blame_backoff())
+                self._not_before = max(self._not_before, now + wait)
+            return
+        if (
+            self._blames
+            and not self._success_blamed
+            and BLAME_WINDOW < now - self._last_success < 2 * BLAME_WINDOW
+        ):
+            self._blames = 0  # the last success held: the link carries that upgrade now
+        if self._failures and now - self._last_decrease > CALM_RESET:
             self._failures = 0
             self._last_decrease = now
 
@@ -239,6 +268,7 @@ class Prober:
             if result_bps is not None and result_bps >= desired_bps:
                 self.succeeded += 1
                 self._last_success = now
+                self._success_blamed = False
                 return True
             self.failed += 1
             return False
@@ -247,6 +277,7 @@ class Prober:
             # layer's steady rate then congests (a decrease soon after says so).
             self.succeeded += 1
             self._last_success = now
+            self._success_blamed = False
             self._not_before = now + SUCCESS_PAUSE
             return True
         self.failed += 1

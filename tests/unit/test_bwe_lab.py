@@ -23,7 +23,7 @@ from netsim import (
 )
 
 from sfu.core.kernels import Kernels
-from sfu.core.prober import BACKOFF_BASE, EXPLORE_FACTORS
+from sfu.core.prober import BACKOFF_BASE, BACKOFF_MAX, EXPLORE_FACTORS
 
 HIGH = 2_500_000
 
@@ -87,7 +87,9 @@ def test_middle_layer_held_under_a_900k_cap(kernels: Kernels) -> None:
     assert len(on_middle) >= 0.9 * len([s for s in trace if s.t >= 3])
     assert all(s.layer < 2 for s in trace)
     assert sender.prober.failed >= 1  # it asked, the link said no, it backed off
-    assert sender.prober.started <= 10
+    # After its failures it asks at most every BACKOFF_MAX s (two exploratory clusters and
+    # the first ordinary one aside).
+    assert sender.prober.started <= len(EXPLORE_FACTORS) + 1 + 40 / BACKOFF_MAX
 
 
 def test_varying_capacity_is_followed_down(kernels: Kernels) -> None:

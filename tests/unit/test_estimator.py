@@ -20,12 +20,16 @@ from sfu.core.estimator import (
     MAX_DECREASE,
     MIN_BPS,
     PRIMER,
+    PROBE_DELAY_HOLD,
     BandwidthEstimator,
 )
 from sfu.core.kernels import Kernels
 from sfu.core.prober import (
     BACKOFF_BASE,
     BACKOFF_FACTOR,
+    BLAME_BACKOFF_MAX,
+    BLAME_FACTOR,
+    BLAME_WINDOW,
     EXPLORE_FACTORS,
     MIN_CLUSTER_PACKETS,
     PROBE_FACTOR,
@@ -495,3 +499,59 @@ def test_probe_packets_before_the_first_loss_do_not_shorten_the_onset(
     # 7 of 22 media packets lost (32 %): no severe step; at most a moderate one.
     assert est.target_bps() > MAX_DECREASE * before
     assert est.loss < LOSS_SEVERE
+
+
+def _blamed_success(prober: Prober, decreases: int, now: float) -> int:
+    """A probe that succeeds at ``now``, then a congestion decrease 1 s later."""
+    cluster = prober.poll(estimate_bps=600_000, desired_bps=1_000_000, rtt=0.05, now=now)
+    assert cluster is not None
+    assert prober.finish(1_300_000, desired_bps=1_000_000, now=now + 0.1)
+    prober.on_decreases(decreases + 1, now=now + 1.0)
+    return decreases + 1
+
+
+def test_successes_blamed_for_congestion_back_off_longer_each_time() -> None:
+    """An upgrade a probe allowed that congested the link costs a keyframe and a congestion
+    episode, far more than a failed cluster: the wait after each such success doubles (two
+    subscribers one top layer short of their link took turns upgrading every 5 s), and a
+    success that holds ends the run."""
+    prober = Prober()
+    decreases, now, waits = 0, 0.0, []
+    for _ in range(6):
+        decreases = _blamed_success(prober, decreases, now)
+        waits.append(prober.blame_backoff())
+        blamed_at = now + 1.0
+        # No probe before the wait is over, one once it is.
+        assert prober.poll(estimate_bps=6e5, desired_bps=1e6, rtt=0.05, now=blamed_at) is None
+        now = blamed_at + waits[-1]
+        prober.on_decreases(decreases, now=now)
+    assert waits == [min(BACKOFF_BASE * BLAME_FACTOR**i, BLAME_BACKOFF_MAX) for i in range(6)]
+    assert waits[-1] == BLAME_BACKOFF_MAX
+    # A success that holds through its blame window: the next blame starts over.
+    cluster = prober.poll(estimate_bps=600_000, desired_bps=1_000_000, rtt=0.05, now=now)
+    assert cluster is not None
+    assert prober.finish(1_300_000, desired_bps=1_000_000, now=now)
+    prober.on_decreases(decreases, now=now + BLAME_WINDOW + 1.0)
+    assert prober.blame_backoff() == 0.0
+    _blamed_success(prober, decreases, now + BLAME_WINDOW + 2.0)
+    assert prober.blame_backoff() == BACKOFF_BASE
+
+
+def test_a_probes_own_queue_decreases_nothing(kernels: Kernels) -> None:
+    """A delay overuse within PROBE_DELAY_HOLD of probe packets is the probe's queue: its result
+    speaks for the link, and the estimate does not fall (at the real-client test's 900 kbit/s
+    cap the decrease took the middle layer away for 7 s); one that outlasts it decreases."""
+    probed, plain = _estimator(kernels), _estimator(kernels)
+    for est in (probed, plain):
+        est.on_probe_result(1_000_000, now=0.0)
+        now = _feed(est, start=0.0, seconds=2.0, bps=600_000)
+    probed.on_probe_sent(now=now)
+    plain_before, probed_before = plain.target_bps(), probed.target_bps()
+    for est in (probed, plain):
+        _feed(est, start=now, seconds=0.4, bps=600_000, queue_growth=0.3)
+    assert plain.decreases >= 1 and plain.target_bps() < plain_before
+    assert probed.decreases == 0 and probed.probe_overuses >= 1
+    assert probed.target_bps() >= probed_before
+    # The queue goes on growing past the hold: the link's, not the probe's.
+    _feed(probed, start=now + 0.4, seconds=PROBE_DELAY_HOLD, bps=600_000, queue_growth=0.3)
+    assert probed.decreases >= 1 and probed.target_bps() < probed_before
