@@ -10,7 +10,9 @@ cluster's id; the estimator's probe-bitrate reading of the transport-wide feedba
 packets (the receive rate of the train) says what got through, and it lifts the estimate when
 it is higher. A probe that does not reach ``desired_bps`` backs the next one off
 (:data:`BACKOFF_BASE` x :data:`BACKOFF_FACTOR` per failure, at most :data:`BACKOFF_MAX`), as
-LiveKit does, so a capped link is not probed into loss every few seconds. The probe rate is
+LiveKit does, so a capped link is not probed into loss every few seconds; a success whose
+upgrade then congested the link backs off longer each time (:data:`BLAME_BACKOFF_MAX`). The
+probe rate is
 never above what the subscriber wants (``desired_bps`` x :data:`PROBE_FACTOR`).
 
 **Exploratory probes** (libwebrtc's initial probing, and its probing when the allocation's
@@ -83,7 +85,11 @@ BACKOFF_MAX: Final = 4.5
 #: costs far more than a failed cluster: a keyframe, a congestion episode with loss for every
 #: flow on the link, and a switch back down. The wait after one doubles per consecutive blame
 #: from BACKOFF_BASE up to this (s), until a success is not blamed: two subscribers sharing a
-#: link one top layer short of both took turns upgrading into it every 5 s (the lab).
+#: link one top layer short of both took turns upgrading into it every 5 s (the lab). The
+#: price: a link freed after such a run is used again only after the wait (up to this long),
+#: where after failed probes alone it is within BACKOFF_MAX. Raising the bar instead (a probe
+#: must show more than the step needs) did not help: a short burst passes a shared link's
+#: queue at the bottleneck's full rate whatever it aims at.
 BLAME_BACKOFF_MAX: Final = 30.0
 BLAME_FACTOR: Final = 2.0
 #: Wait after a successful probe before the next one (the allocator needs a moment to use it).
@@ -282,7 +288,8 @@ class Prober:
             return True
         self.failed += 1
         self._failures += 1
-        self._not_before = now + self.backoff()
+        # A blame read in the same step (on_decreases runs first) may have set a longer wait.
+        self._not_before = max(self._not_before, now + self.backoff())
         return False
 
 

@@ -23,7 +23,7 @@ from netsim import (
 )
 
 from sfu.core.kernels import Kernels
-from sfu.core.prober import BACKOFF_BASE, BACKOFF_MAX, EXPLORE_FACTORS
+from sfu.core.prober import BACKOFF_BASE, BACKOFF_MAX, BLAME_BACKOFF_MAX, EXPLORE_FACTORS
 
 HIGH = 2_500_000
 
@@ -223,3 +223,16 @@ def test_audio_gets_through_below_the_lowest_layer(kernels: Kernels) -> None:
     assert probes and sender.estimator.probe_packets_lost > 0
     sent = (40 - 13) / AUDIO_INTERVAL
     assert len([t for t in audio_lost if t >= 13]) <= len(probes) < 0.01 * sent
+
+
+def test_a_shared_link_freed_after_blamed_upgrades_is_used_again(kernels: Kernels) -> None:
+    """Two subscribers one top layer short of their shared link back their probes off longer
+    after each upgrade that congested it (BLAME_BACKOFF_MAX); once the link is freed both get
+    the top layer within that longest wait, a probe and the upgrade hold, and keep it."""
+    first, second = Sender(kernels), Sender(kernels, start=10.0)
+    link = Link(steps((0, 3_000_000), (40, 8_000_000)), queue_bytes=60_000)
+    a, b = run(link, [first, second], 100)
+    for trace in (a, b):
+        top = [s.t for s in trace if s.t > 40 and s.layer == 2]
+        back = next(t for t in top if all(s.layer == 2 for s in trace if s.t >= t))
+        assert back - 40 <= BLAME_BACKOFF_MAX + BACKOFF_BASE + 8

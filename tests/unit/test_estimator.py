@@ -521,8 +521,9 @@ def test_successes_blamed_for_congestion_back_off_longer_each_time() -> None:
         decreases = _blamed_success(prober, decreases, now)
         waits.append(prober.blame_backoff())
         blamed_at = now + 1.0
-        # No probe before the wait is over, one once it is.
-        assert prober.poll(estimate_bps=6e5, desired_bps=1e6, rtt=0.05, now=blamed_at) is None
+        # No probe until the wait is over.
+        late = blamed_at + waits[-1] - 0.1
+        assert prober.poll(estimate_bps=6e5, desired_bps=1e6, rtt=0.05, now=late) is None
         now = blamed_at + waits[-1]
         prober.on_decreases(decreases, now=now)
     assert waits == [min(BACKOFF_BASE * BLAME_FACTOR**i, BLAME_BACKOFF_MAX) for i in range(6)]
