@@ -488,7 +488,9 @@ def report() -> None:  # pragma: no cover - a tool for bench/RESULTS.md, not a t
         round(sa / 1e3),
         "/",
         round(sb / 1e3),
-        "kbit/s; switches of the second in the last 20 s",
+        "kbit/s; switches in the last 20 s",
+        len([t for t, _ in a.layer_switches if t >= 40]),
+        "/",
         len([t for t, _ in b.layer_switches if t >= 40]),
     )
 
