@@ -36,11 +36,12 @@ from sfu.core.peer import (
 )
 from sfu.core.prober import MIN_CLUSTER_PACKETS, PADDING_SIZE, PRIMER_BYTES
 from sfu.core.retransmission import RTX_BURST, RetransmissionBudget
-from sfu.core.subscription import PROBE_LOOKBACK
+from sfu.core.subscription import PROBE_LOOKBACK, Subscription
 from sfu.core.twcc_recorder import TwccRecorder
 from sfu.packet.extensions import TRANSPORT_CC_URI
 from sfu.packet.rtcp_feedback import Nack
 from sfu.packet.rtp import RtpPacket
+from sfu.room.room import Participant
 from sfu.transport.transport import WebRtcTransport
 
 TWCC_ID = CHROMIUM_IDS[TRANSPORT_CC_URI]
@@ -242,28 +243,36 @@ def test_budget_refills_at_its_rate_up_to_its_burst() -> None:
     assert (budget.sent, budget.dropped) == (2, 2)
 
 
-def test_a_small_shortfall_keeps_the_layers_being_forwarded(
+def _forwarding_the_middle_layer(
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
+) -> tuple[Harness, Participant, Peer, Subscription]:
+    """Bob subscribed to Alice's video, its middle layer forwarded after a second of it."""
     h = harness(monkeypatch)
     alice, bob, sub = _video_subscription(h)
     assert bob.peer is not None and sub.selector is not None
     sub.selector.set_target(1, None)
     _publish(h, alice, 1.0, 30)
-    layer = sub.selector.current.spatial
-    assert layer == 1
+    assert sub.selector.current.spatial == 1
+    return h, alice, bob.peer, sub
+
+
+def test_a_small_shortfall_keeps_the_layers_being_forwarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, _, peer, sub = _forwarding_the_middle_layer(monkeypatch)
+    layer = 1
     # What is being forwarded: the layer (no audio subscription here); the allocator gets the
     # whole budget and reserves audio itself.
     spend = sub.publication.layers[layer].meter.bps(1.95)
     # 90 % of what the layer costs: one overuse's worth; the layer stays.
     estimate = 0.9 * spend / BUDGET_HEADROOM
-    assert bob.peer._budget(estimate, 1.95) == spend
+    assert peer._budget(estimate, 1.95) == spend
     # Half of it: a real shortfall; the allocator gets the estimate's budget.
     estimate = 0.5 * spend / BUDGET_HEADROOM
-    assert bob.peer._budget(estimate, 1.95) == pytest.approx(0.5 * spend)
+    assert peer._budget(estimate, 1.95) == pytest.approx(0.5 * spend)
     # More than it costs: the budget is the estimate's.
     estimate = 2 * spend / BUDGET_HEADROOM
-    assert bob.peer._budget(estimate, 1.95) == pytest.approx(2 * spend)
+    assert peer._budget(estimate, 1.95) == pytest.approx(2 * spend)
 
 
 def test_the_shortfall_is_judged_at_the_allocators_price(
@@ -272,13 +281,8 @@ def test_the_shortfall_is_judged_at_the_allocators_price(
     """What is forwarded is priced as the allocator prices it (its sampled layer rates), not
     at the meter's reading of the moment: where the two differed, the layer got no tolerance
     and the allocator, at its own price, dropped it on a small fall."""
-    h = harness(monkeypatch)
-    alice, bob, sub = _video_subscription(h)
-    assert bob.peer is not None and sub.selector is not None
-    sub.selector.set_target(1, None)
-    _publish(h, alice, 1.0, 30)
-    layer = sub.selector.current.spatial
-    assert layer == 1
+    h, alice, peer, sub = _forwarding_the_middle_layer(monkeypatch)
+    layer = 1
     pub = sub.publication
     price = pub.rates.measure(pub, 1.95)[layer][-1]  # sampled now, valid for a while
     # The publisher's middle layer triples its frames; the meter reads it, the price not yet.
@@ -287,7 +291,7 @@ def test_the_shortfall_is_judged_at_the_allocators_price(
     assert meter > 1.3 * price
     assert pub.rates.measure(pub, 2.3)[layer][-1] == price
     estimate = 0.9 * price / BUDGET_HEADROOM  # one overuse's worth under the price
-    assert bob.peer._budget(estimate, 2.3) == pytest.approx(price)
+    assert peer._budget(estimate, 2.3) == pytest.approx(price)
 
 
 def test_a_falling_estimate_is_allocated_on_at_once() -> None:
