@@ -79,6 +79,7 @@ MET_NOW: Final = frozenset(
         "cap400.no_top_flash",
         "cap400.rtx_le_0.2",
         "cap900.frozen_le_1.5s",
+        "cap900.mid_ge_60pct",
         "uncapped.via_middle",
     }
 )
