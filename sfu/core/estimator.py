@@ -51,6 +51,7 @@ __all__ = [
     "INITIAL_BPS",
     "LOSS_CONFIDENCE",
     "LOSS_EARLY_PACKETS",
+    "LOSS_EARLY_RUNS",
     "LOSS_EARLY_SHARE",
     "LOSS_HIGH",
     "LOSS_LOW",
@@ -124,6 +125,12 @@ LOSS_MIN_PACKETS: Final = 20
 #: about 1.5 x 10^-4 of windows under 10 % random loss, 3 x 10^-6 under 5 %.
 LOSS_EARLY_PACKETS: Final = 10
 LOSS_EARLY_SHARE: Final = 0.6
+#: ... and only with its losses in at least this many separate runs, as is an onset's closing:
+#: a link at a fraction of the rate drops packets between the ones it carries, while an outage
+#: (a receiver or a server stalled for a moment, a radio fade) loses one run and then nothing.
+#: Read as a cap, a run of ten lost packets mid-window took a subscriber's estimate down to
+#: what arrived after it, where the whole window's test ignores it.
+LOSS_EARLY_RUNS: Final = 3
 LOSS_INTERVAL: Final = 0.3
 #: Loss is "above LOSS_HIGH" only when the window's lost count is this many binomial standard
 #: deviations above LOSS_HIGH of its packets. With 5 % random loss a 20-packet window shows
@@ -186,7 +193,7 @@ class _LossWindow:
     """Packets reported in transport-wide CC feedback since a loss window opened: how many
     were reported and lost, and what arrived (bytes, packets, first and last arrival, s)."""
 
-    __slots__ = ("bytes", "first", "last", "lost", "packets", "reported")
+    __slots__ = ("bytes", "ends_lost", "first", "last", "lost", "packets", "reported", "runs")
 
     def __init__(self) -> None:
         self.reported = 0
@@ -195,14 +202,31 @@ class _LossWindow:
         self.packets = 0
         self.first = 0.0
         self.last = 0.0
+        #: Separate runs of lost packets, and whether the last packet reported was lost.
+        self.runs = 0
+        self.ends_lost = False
 
     def add(
-        self, reported: int, lost: int, packets: int, size: int, first: float, last: float
+        self,
+        reported: int,
+        lost: int,
+        packets: int,
+        size: int,
+        first: float,
+        last: float,
+        runs: tuple[int, bool, bool] = (0, False, False),
     ) -> None:
         """One feedback's share: ``reported`` packets, ``lost`` of them, ``packets``
-        acknowledged with ``size`` bytes arriving from ``first`` to ``last``."""
+        acknowledged with ``size`` bytes arriving from ``first`` to ``last``; ``runs``: its
+        runs of lost packets, whether it starts with one and whether it ends with one."""
         self.reported += reported
         self.lost += lost
+        count, starts_lost, ends_lost = runs
+        if starts_lost and self.ends_lost:
+            count -= 1  # the previous feedback's last run goes on
+        self.runs += count
+        if reported:
+            self.ends_lost = ends_lost
         if packets:
             if self.packets == 0:
                 self.first, self.last = first, last
@@ -227,6 +251,7 @@ class _LossWindow:
             return (
                 n >= LOSS_EARLY_PACKETS
                 and self.lost >= LOSS_EARLY_SHARE * n
+                and self.runs >= LOSS_EARLY_RUNS
                 and self.delivered_bps(self.lost / n) is not None
             )
         spread = math.sqrt(n * LOSS_HIGH * (1.0 - LOSS_HIGH))
@@ -346,6 +371,7 @@ class BandwidthEstimator:
         # Where the first lost media packet is: how many reported packets came before it,
         # and how many received ones (probes too) are in ``seqs`` by then (-1: no loss).
         leading = tail_at = -1
+        runs, ends_lost = 0, False  # runs of lost media packets (the detailed path)
         try:
             withdrawn = self.history.withdrawn
             if withdrawn != self._withdrawn_seen:
@@ -375,8 +401,12 @@ class BandwidthEstimator:
                     if at is None:
                         if lost == 0:
                             leading, tail_at = reported - 1, len(seqs)
+                        if not ends_lost:
+                            runs += 1
+                        ends_lost = True
                         lost += 1
                     else:
+                        ends_lost = False
                         seqs.append(seq)
                         arrivals.append(at + offset)
                 self.probe_packets_lost += probe_lost
@@ -395,6 +425,12 @@ class BandwidthEstimator:
             while acked and last_arrival - acked[0][1] > ACKED_WINDOW:
                 acked.popleft()
         if reported:
+            shape = (0, False, False)
+            if lost:
+                if leading < 0:  # the common path: every received packet was reported
+                    shape = _loss_runs(feedback.base_seq, feedback.status_count, seqs)
+                else:
+                    shape = (runs, leading == 0, ends_lost)
             opening = None
             if lost and self._onset is None and self._window.reported:
                 # This feedback's first loss opens the window's onset (see _count_loss): its
@@ -411,9 +447,10 @@ class BandwidthEstimator:
                     tail_bytes,
                     min(tail, default=0) / 1e6,
                     max(tail, default=0) / 1e6,
+                    (shape[0], False, shape[2]),
                 )
             self._count_loss(
-                (reported, lost, packets, size, first_arrival, last_arrival), now, opening
+                (reported, lost, packets, size, first_arrival, last_arrival, shape), now, opening
             )
         self._rate_control(self.detector.state, now)
 
@@ -539,15 +576,15 @@ class BandwidthEstimator:
 
     def _count_loss(
         self,
-        share: tuple[int, int, int, int, float, float],
+        share: tuple[int, int, int, int, float, float, tuple[int, bool, bool]],
         now: float,
-        opening: tuple[int, int, int, int, float, float] | None,
+        opening: tuple[int, int, int, int, float, float, tuple[int, bool, bool]] | None,
     ) -> None:
         """Add one feedback's ``share`` (reported, lost, then acknowledged packets, bytes,
-        first and last arrival) to the loss window; close it early when its loss, or the loss
-        since its onset, is significantly above :data:`LOSS_HIGH`, else when it is a second
-        or 200 packets long. ``opening``: the share that opens the onset, if this feedback
-        brings the window's first loss."""
+        first and last arrival, its runs of losses) to the loss window; close it early when
+        its loss, or the loss since its onset, is significantly above :data:`LOSS_HIGH`, else
+        when it is a second or 200 packets long. ``opening``: the share that opens the
+        onset, if this feedback brings the window's first loss."""
         window = self._window
         if window.reported == 0:
             self._loss_window_at = now
@@ -565,7 +602,12 @@ class BandwidthEstimator:
             # second test per window doubled the false steps under random loss.
             onset = self._onset = _LossWindow()
             onset.add(*opening)
-        if onset is not None and onset.significant() and onset.fraction() >= LOSS_SEVERE:
+        if (
+            onset is not None
+            and onset.significant()
+            and onset.fraction() >= LOSS_SEVERE
+            and onset.runs >= LOSS_EARLY_RUNS
+        ):
             self._loss_step(onset.fraction(), now, onset)
         elif window.significant() or (
             window.reported >= LOSS_MIN_PACKETS
@@ -643,3 +685,19 @@ def _leading_received(base_seq: int, seqs: array[int]) -> int:
             break
         n += 1
     return n
+
+
+def _loss_runs(base_seq: int, count: int, seqs: array[int]) -> tuple[int, bool, bool]:
+    """A feedback's runs of lost packets, from its received sequence numbers (in order from
+    ``base_seq``, ``count`` reported): how many, whether the first packet was lost, and
+    whether the last was."""
+    if not seqs:
+        return (1, True, True) if count else (0, False, False)
+    runs = 0
+    expected = base_seq
+    for seq in seqs:
+        if seq != expected:
+            runs += 1
+        expected = (seq + 1) & 0xFFFF
+    ends_lost = expected != (base_seq + count) & 0xFFFF
+    return runs + ends_lost, seqs[0] != base_seq, ends_lost

@@ -556,3 +556,19 @@ def test_a_probes_own_queue_decreases_nothing(kernels: Kernels) -> None:
     # The queue goes on growing past the hold: the link's, not the probe's.
     _feed(probed, start=now + 0.4, seconds=PROBE_DELAY_HOLD, bps=600_000, queue_growth=0.3)
     assert probed.decreases >= 1 and probed.target_bps() < probed_before
+
+
+@pytest.mark.parametrize("lost_for", [0.07, 0.1])
+def test_an_outage_mid_window_is_not_read_as_a_cap(kernels: Kernels, lost_for: float) -> None:
+    """A run of lost packets (a receiver or a server stalled for a moment) and then nothing:
+    the onset and the early read want losses between arrivals, as a cap drops them, so an
+    outage of 13 or 19 packets half a second into a window moves nothing, as before the
+    onset (a longer one is significant in the whole window: 28 lost of 140 reported)."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    now = _feed(est, start=0.0, seconds=1.0, bps=1_500_000)
+    now = _feed(est, start=now, seconds=0.6, bps=1_500_000)  # a new window, 0.6 s of it
+    before = est.target_bps()
+    now = _feed(est, start=now, seconds=lost_for, bps=1_500_000, random_loss=1.0)
+    _feed(est, start=now, seconds=0.3, bps=1_500_000)
+    assert est.target_bps() >= before
