@@ -428,7 +428,9 @@ class BandwidthEstimator:
             shape = (0, False, False)
             if lost:
                 if leading < 0:  # the common path: every received packet was reported
-                    shape = _loss_runs(feedback.base_seq, feedback.status_count, seqs)
+                    found = _loss_shape(feedback.base_seq, feedback.status_count, seqs)
+                    shape = found[:3]
+                    leading = tail_at = found[3]
                 else:
                     shape = (runs, leading == 0, ends_lost)
             opening = None
@@ -436,8 +438,6 @@ class BandwidthEstimator:
                 # This feedback's first loss opens the window's onset (see _count_loss): its
                 # share is what the feedback reports after that loss, with its packets' bytes
                 # taken at the feedback's mean size (at most all of them).
-                if leading < 0:  # the common path: every received packet was reported
-                    leading = tail_at = _leading_received(feedback.base_seq, seqs)
                 tail = arrivals[tail_at:]
                 tail_bytes = min(size, size * len(tail) // packets) if packets and tail else 0
                 opening = (
@@ -676,28 +676,22 @@ class BandwidthEstimator:
             self._loss_bps = None if grown > 2 * self._delay_bps else grown
 
 
-def _leading_received(base_seq: int, seqs: array[int]) -> int:
-    """How many of a feedback's packets arrived before its first lost one: the run of
-    received sequence numbers from its base without a gap."""
-    n = 0
-    for seq in seqs:
-        if seq != (base_seq + n) & 0xFFFF:
-            break
-        n += 1
-    return n
-
-
-def _loss_runs(base_seq: int, count: int, seqs: array[int]) -> tuple[int, bool, bool]:
+def _loss_shape(base_seq: int, count: int, seqs: array[int]) -> tuple[int, bool, bool, int]:
     """A feedback's runs of lost packets, from its received sequence numbers (in order from
-    ``base_seq``, ``count`` reported): how many, whether the first packet was lost, and
-    whether the last was."""
+    ``base_seq``, ``count`` reported): how many, whether the first packet was lost, whether
+    the last was, and how many packets arrived before the first loss."""
     if not seqs:
-        return (1, True, True) if count else (0, False, False)
+        return (1, True, True, 0) if count else (0, False, False, 0)
     runs = 0
+    leading = -1
     expected = base_seq
-    for seq in seqs:
+    for i, seq in enumerate(seqs):
         if seq != expected:
             runs += 1
+            if leading < 0:
+                leading = i
         expected = (seq + 1) & 0xFFFF
     ends_lost = expected != (base_seq + count) & 0xFFFF
-    return runs + ends_lost, seqs[0] != base_seq, ends_lost
+    if leading < 0:
+        leading = len(seqs)
+    return runs + ends_lost, seqs[0] != base_seq, ends_lost, leading
