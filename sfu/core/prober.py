@@ -253,11 +253,7 @@ class Prober:
                 wait = max(self.backoff(), self.blame_backoff())
                 self._not_before = max(self._not_before, now + wait)
             return
-        if (
-            self._blames
-            and not self._success_blamed
-            and BLAME_WINDOW < now - self._last_success < 2 * BLAME_WINDOW
-        ):
+        if self._blames and not self._success_blamed and now - self._last_success > BLAME_WINDOW:
             self._blames = 0  # the last success held: the link carries that upgrade now
         if self._failures and now - self._last_decrease > CALM_RESET:
             self._failures = 0
