@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACKED_CAP_FACTOR",
     "BETA",
+    "COLLAPSE_SHARE",
     "INITIAL_BPS",
     "LOSS_CONFIDENCE",
     "LOSS_EARLY_PACKETS",
@@ -82,6 +83,13 @@ BETA: Final = 0.85
 #: keyframe burst) would otherwise fall back to the old layer's rate times BETA and skip a
 #: layer on the way down.
 MAX_DECREASE: Final = 0.5
+#: A delay overuse whose newest arrivals came at under this share of the rate they were sent
+#: at (lost ones included) decreases to BETA x that delivered rate, however far below the
+#: acknowledged rate and MAX_DECREASE it is: the link carries a fraction of what is sent (the
+#: real-client test's 400 kbit/s cap under a 1.5 Mbit/s layer: 0.13-0.27), and a step of at
+#: most half the estimate chose the middle layer, whose keyframe went into the cap. A link
+#: that carries more than this share is left to AIMD (the 900 kbit/s cap: about 0.6).
+COLLAPSE_SHARE: Final = 0.5
 #: Multiplicative growth per second while far from the last congestion point (§6: 8 %).
 MULTIPLICATIVE_GROWTH: Final = 0.08
 #: Growth is capped at this multiple of the acknowledged bitrate plus a constant, as
@@ -115,6 +123,9 @@ LOSS_SEVERE: Final = 0.5
 #: over at least this long (s): fewer, or a shorter span, say little about a rate.
 DELIVERED_MIN_PACKETS: Final = 4
 DELIVERED_MIN_SPAN: Final = 0.05
+#: Feedbacks whose arrivals are kept for the latest delivered rate (the newest of them that
+#: span :data:`DELIVERED_MIN_SPAN` count): a browser reports every 50-250 ms, so a few suffice.
+RECENT_FEEDBACKS: Final = 8
 #: Loss is measured over at least this many reported packets, and the bound moves at most
 #: once per :data:`LOSS_INTERVAL` (s) so one feedback of a burst does not count many times.
 LOSS_MIN_PACKETS: Final = 20
@@ -247,7 +258,8 @@ class _LossWindow:
         n = self.reported
         if n < LOSS_MIN_PACKETS:
             # Read early only when it also says what got through: the acknowledged rate
-            # then still holds the traffic from before the cap.
+            # then still holds the traffic from before the cap (and the latest arrivals may
+            # too: read early on them, a policer's cap first fell to 660 kbit/s, not 250).
             return (
                 n >= LOSS_EARLY_PACKETS
                 and self.lost >= LOSS_EARLY_SHARE * n
@@ -295,6 +307,11 @@ class BandwidthEstimator:
         self._last_update: float | None = None
         self._last_decrease = -1e9
         self._acked: deque[tuple[float, float, int]] = deque()  # (first, last arrival, bytes)
+        # The latest feedbacks' arrivals: (packets, bytes, media packets lost, first and last
+        # send, first and last arrival).
+        self._recent: deque[tuple[int, int, int, float, float, float, float]] = deque(
+            maxlen=RECENT_FEEDBACKS
+        )
         self._loss_at = -1e9
         self._loss_window_at = 0.0
         #: The open loss window, and its part since its first loss (None before one).
@@ -330,6 +347,8 @@ class BandwidthEstimator:
         #: Counters read at scrape time.
         self.feedbacks = 0
         self.overuses = 0
+        #: Overuses that decreased to the delivered rate (see :data:`COLLAPSE_SHARE`).
+        self.collapses = 0
         self.decreases = 0
         self.probe_results = 0
 
@@ -416,10 +435,13 @@ class BandwidthEstimator:
                 reported = len(seqs) + lost
         except ValueError:
             return  # a malformed status list: nothing from it is trusted
-        packets, size, _, _, first_arrival, last_arrival = self.detector.on_feedback(
-            self.history, seqs, arrivals
+        packets, size, first_send, last_send, first_arrival, last_arrival = (
+            self.detector.on_feedback(self.history, seqs, arrivals)
         )
         if packets:
+            self._recent.append(
+                (packets, size, lost, first_send, last_send, first_arrival, last_arrival)
+            )
             acked = self._acked
             acked.append((first_arrival, last_arrival, size))
             while acked and last_arrival - acked[0][1] > ACKED_WINDOW:
@@ -548,6 +570,13 @@ class BandwidthEstimator:
             if now - self._last_decrease >= max(MIN_DECREASE_INTERVAL, self.rtt):
                 base = acked if acked is not None else rate
                 new = max(BETA * base, MAX_DECREASE * rate)
+                latest = self.latest_rates()
+                if latest is not None and latest[0] < COLLAPSE_SHARE * latest[1]:
+                    # The link carries a fraction of what is sent: its full queue spaced the
+                    # newest arrivals at its capacity, which bounds the decrease better than
+                    # the acknowledged rate's half second and MAX_DECREASE do.
+                    self.collapses += 1
+                    new = min(new, BETA * latest[0])
                 if new < rate:
                     rate = new
                     self.decreases += 1
@@ -622,15 +651,46 @@ class BandwidthEstimator:
         self._window = _LossWindow()
         self._onset = None
 
-    def _got_through(self, fraction: float, window: _LossWindow | None) -> float | None:
+    def _got_through(
+        self, fraction: float, window: _LossWindow | None
+    ) -> tuple[float | None, bool]:
         """What got through lately (bps): the acknowledged rate, or, in a window that lost
-        :data:`LOSS_SEVERE` or more, the rate its own packets arrived at when that is lower."""
+        :data:`LOSS_SEVERE` or more, the rate its own packets arrived at when that is lower;
+        and whether it is that delivered rate."""
         acked = self.acked_bps
         if fraction >= LOSS_SEVERE and window is not None:
             delivered = window.delivered_bps(fraction)
             if delivered is not None and (acked is None or delivered < acked):
-                return delivered
-        return acked
+                return delivered, True
+        return acked, False
+
+    def latest_rates(self) -> tuple[float, float] | None:
+        """(delivered, sent) bps of the latest feedbacks that together hold
+        :data:`DELIVERED_MIN_PACKETS` arrivals over :data:`DELIVERED_MIN_SPAN` (None if the
+        kept ones do not): the rate they arrived at, and the rate they and the media packets
+        lost among them (at the same mean size) were sent at. With a queue growing, a full
+        bottleneck spaced the arrivals, so the delivered rate is its capacity (see
+        :data:`COLLAPSE_SHARE`): at the real-client test's 400 kbit/s cap, the last feedback's
+        four arrivals said 410 kbit/s where the acknowledged rate said 1.2 Mbit/s."""
+        packets = size = lost = 0
+        first = last = first_sent = last_sent = 0.0
+        for count, nbytes, missing, send0, send1, arrival0, arrival1 in reversed(self._recent):
+            if packets == 0:
+                first, last, first_sent, last_sent = arrival0, arrival1, send0, send1
+            else:
+                first, first_sent = min(first, arrival0), min(first_sent, send0)
+                last, last_sent = max(last, arrival1), max(last_sent, send1)
+            packets += count
+            size += nbytes
+            lost += missing
+            span = last - first
+            if packets >= DELIVERED_MIN_PACKETS and span >= DELIVERED_MIN_SPAN:
+                # n arrivals span n - 1 intervals: the first packet's bytes came before it.
+                mean = size / packets
+                delivered = (packets - 1) * mean * 8 / span
+                sent_span = max(last_sent - first_sent, MIN_ARRIVAL_SPAN)
+                return delivered, (packets + lost - 1) * mean * 8 / sent_span
+        return None
 
     def _loss_step(self, fraction: float, now: float, window: _LossWindow | None = None) -> None:
         """The loss-based bound (§7), from a closed loss ``window`` (None: a receiver
@@ -638,7 +698,7 @@ class BandwidthEstimator:
         self.loss = fraction
         if fraction > LOSS_HIGH:
             self.congested_at = now
-        through = self._got_through(fraction, window)
+        through, measured = self._got_through(fraction, window)
         if now - self._loss_at < LOSS_INTERVAL + self.rtt and fraction > LOSS_HIGH:
             # Within the hold only a severe window moves the bound, and only down to what got
             # through: the hold keeps the losses of packets sent before a decrease from
@@ -662,6 +722,11 @@ class BandwidthEstimator:
                 # 400 kbit/s cap in the real-client test. At most MAX_DECREASE per step (the
                 # acknowledged rate of a few feedbacks is noisy).
                 bound = through if fraction >= LOSS_SEVERE else max(through, MAX_DECREASE * base)
+            elif measured and through is not None:
+                # A full bottleneck's delivered rate is the link: halving below it counts the
+                # losses of packets sent before the last decrease (a delay overuse that fell to
+                # that rate) a second time.
+                bound = min(base, through)
             self._loss_bps = max(self.min_bps, bound)
         elif fraction < LOSS_LOW and current is not None:
             grown = current * (1.0 + LOSS_GROWTH * dt) + ACKED_CAP_EXTRA * dt

@@ -136,11 +136,11 @@ class Link:
             if self._tokens >= size:
                 self._tokens -= size
                 return self._deliver(t)
-            self._tokens = 0.0
         wait = self.queue_delay(t)
         if wait * rate / 8 + size > self.queue_bytes:
-            self.dropped += 1
+            self.dropped += 1  # (the bucket keeps its tokens: a policer without a queue)
             return None
+        self._tokens = 0.0  # the queue is served at the rate from here
         self._busy_until = max(t, self._busy_until) + size * 8 / rate
         return self._deliver(self._busy_until)
 
