@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Final
 
+from sfu.core.allocator import UPGRADE_HOLD
 from sfu.core.estimator import BandwidthEstimator
 
 __all__ = [
@@ -96,8 +97,12 @@ BLAME_FACTOR: Final = 2.0
 SUCCESS_PAUSE: Final = 1.0
 #: No probe for the next step this soon (s) after a target change: the new layer's keyframe
 #: burst and its rate must show in the acknowledged bitrate first (a probe on top of them
-#: queues, reads as overuse, and the decrease it causes undoes the upgrade).
-SETTLE: Final = 1.5
+#: queues, reads as overuse, and the decrease it causes undoes the upgrade); and the
+#: allocator takes no upgrade sooner (its ``UPGRADE_HOLD``). A success within that hold was
+#: wasted: the allocation it caused could not upgrade, and by the next one, half a second
+#: later, a keyframe in the next layer's one-second meter had priced it over the budget again
+#: (the real-client test's climb after the cap, twice: a probe and 1.2 s more per step).
+SETTLE: Final = UPGRADE_HOLD
 #: A cluster's result is read once all its packets were acknowledged or lost, or after this
 #: long (s) plus the round trip.
 RESULT_TIMEOUT: Final = 0.5

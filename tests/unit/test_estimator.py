@@ -10,6 +10,7 @@ import pytest
 from netsim import Link, Receiver, steps
 
 from sfu._fastpath._pacer_py import VIDEO
+from sfu.core.allocator import UPGRADE_HOLD
 from sfu.core.estimator import (
     ACKED_CAP_EXTRA,
     ACKED_CAP_FACTOR,
@@ -261,9 +262,11 @@ def test_exploration_starts_again_when_the_reach_rises() -> None:
 
 
 def test_a_target_change_delays_the_next_probe_for_a_step() -> None:
+    """Until the allocator may upgrade again: a success it cannot take is wasted."""
     prober = Prober()
     prober.on_target_change(now=10.0)
-    assert prober.poll(estimate_bps=600_000, desired_bps=1_700_000, rtt=0.05, now=11.0) is None
+    for at in (11.0, 10.0 + UPGRADE_HOLD - 0.01):
+        assert prober.poll(estimate_bps=600_000, desired_bps=1_700_000, rtt=0.05, now=at) is None
     later = prober.poll(estimate_bps=600_000, desired_bps=1_700_000, rtt=0.05, now=10.0 + SETTLE)
     assert later is not None and later.bps == PROBE_FACTOR * 1_700_000
 
