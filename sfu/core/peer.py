@@ -49,7 +49,7 @@ from sfu.core.counters import (
     subscription_switches,
 )
 from sfu.core.dataplane import DataPlane
-from sfu.core.estimator import PRIMER, BandwidthEstimator
+from sfu.core.estimator import LOSS_SEVERE, PRIMER, BandwidthEstimator
 from sfu.core.feedback import FeedbackHandler
 from sfu.core.pacing import PacedSender, pacing_rate
 from sfu.core.prober import (
@@ -121,7 +121,12 @@ DOWNGRADE_TOLERANCE: Final = 0.8
 #: ahead of the keyframe it waits for: at a 400 kbit/s cap the top layer (1.2 Mbit/s) went on
 #: for 0.6 s after the low layer was aimed at, the queue it left delayed and broke the low
 #: layer's keyframe, and the first low-layer frame showed 5.7 s after the cap. Twice the
-#: budget, as KEEP_PRICE_LIMIT: a keyframe in a layer's meter may read up to that.
+#: budget, as KEEP_PRICE_LIMIT: a keyframe in a layer's meter may read up to that. While
+#: the link loses :data:`~sfu.core.estimator.LOSS_SEVERE` or more, a layer that costs more than
+#: the whole estimate (the budget before its headroom) goes too: most of what is sent is lost,
+#: and that layer cannot get through. At the real-client test's 400 kbit/s cap the middle
+#: layer (490 kbit/s), whose keyframe had come on the way down from the top, went on into
+#: the cap for 0.5-1 s until the low layer's keyframe, and lost 24 packets more.
 ABANDON_PRICE_LIMIT: Final = 2.0
 #: ... and only while the link loses at least this share of what is sent (the estimator's
 #: latest loss window): then the layer is not getting through anyway. An estimate that fell
@@ -812,12 +817,15 @@ class Peer:
     def _abandon_overruns(self, allocation: Allocation, now: float) -> bool:
         """Stop forwarding the current layer of each subscription waiting to switch down
         while that layer costs over ABANDON_PRICE_LIMIT x the budget and the link loses at
-        least ABANDON_LOSS (it restarts at a keyframe at or below its target); True if any
-        was stopped."""
+        least ABANDON_LOSS, or over the estimate and the link loses LOSS_SEVERE (it restarts
+        at a keyframe at or below its target); True if any was stopped."""
         budget = allocation.budget_bps
         estimator = self.estimator
         if budget is None or estimator is None or estimator.loss < ABANDON_LOSS:
             return False
+        limit = ABANDON_PRICE_LIMIT * budget
+        if estimator.loss >= LOSS_SEVERE:
+            limit = min(limit, budget / BUDGET_HEADROOM)
         abandoned = False
         for sub, target in allocation.targets.items():
             selector = sub.selector
@@ -826,7 +834,7 @@ class Peer:
             current = selector.current.spatial
             if current is None or current <= target.spatial:
                 continue
-            if sub.publication.layer_bps(current, now) <= ABANDON_PRICE_LIMIT * budget:
+            if sub.publication.layer_bps(current, now) <= limit:
                 continue
             # A pause drops the current layer at once; the target back makes any keyframe
             # at or below it start the stream again (the selector's "from nothing" rule).

@@ -17,7 +17,7 @@ from sfu._fastpath._pacer_py import PROBE as PACED_PROBE
 from sfu._fastpath._pacer_py import RETRANSMISSION as PACED_RETRANSMISSION
 from sfu._fastpath._pacer_py import VIDEO as PACED_VIDEO
 from sfu.core.allocator import UPGRADE_HOLD
-from sfu.core.estimator import INITIAL_BPS, PRIMER
+from sfu.core.estimator import INITIAL_BPS, LOSS_SEVERE, PRIMER
 from sfu.core.pacing import (
     CONGESTED_PACING_FACTOR,
     CONGESTED_PACING_HOLD,
@@ -485,14 +485,20 @@ def test_pacing_off_sends_media_and_retransmissions_unpaced(
 
 @pytest.mark.parametrize(
     ("budget", "loss", "abandoned"),
-    [(100_000, 0.5, True), (150_000, 0.5, False), (100_000, 0.02, False)],
+    [
+        (100_000, 0.5, True),
+        (150_000, 0.3, False),
+        (150_000, LOSS_SEVERE, True),
+        (100_000, 0.02, False),
+    ],
 )
 def test_a_layer_far_above_the_budget_is_dropped_at_once_when_switching_down(
     monkeypatch: pytest.MonkeyPatch, budget: float, loss: float, abandoned: bool
 ) -> None:
     """Waiting to switch down, the top layer (about 270 kbit/s here) keeps being forwarded
     unless it costs over ABANDON_PRICE_LIMIT x the budget while the link loses at least
-    ABANDON_LOSS: then the subscription stops at once (and restarts at a keyframe at or
+    ABANDON_LOSS, or over the whole estimate (the budget before its headroom) while the link
+    loses LOSS_SEVERE: then the subscription stops at once (and restarts at a keyframe at or
     below its target) and the video queued in the pacer, now all stale, is dropped."""
     h = harness(monkeypatch)
     alice, bob, sub = _video_subscription(h)
@@ -504,9 +510,10 @@ def test_a_layer_far_above_the_budget_is_dropped_at_once_when_switching_down(
     assert selector.current.spatial == 2
     top = sub.publication.layer_bps(2, 2.0)
     assert 2 * 100_000 < top <= ABANDON_PRICE_LIMIT * 150_000
+    assert top > 150_000 / BUDGET_HEADROOM  # over the estimate of a 150 kbit/s budget
     assert peer.pacer.queued_packets == 0 and peer.estimator is not None
     peer.estimator.loss = loss
-    assert (loss >= ABANDON_LOSS) == (loss == 0.5)
+    assert (loss >= ABANDON_LOSS) == (loss != 0.02)
     for cls in (PACED_VIDEO, PACED_VIDEO, PACED_AUDIO):
         assert peer.pacer.push(bytes(1000), cls, -1, 2.0)
     allocation = peer.allocate(budget_bps=budget, now=2.0)
