@@ -283,6 +283,12 @@ class Allocator:
         """Video subscriptions paused for bandwidth now."""
         return sum(1 for s in self._states.values() if s.paused_for_bandwidth)
 
+    @property
+    def all_paused(self) -> bool:
+        """Whether every video subscription is paused for bandwidth (only audio goes out)."""
+        states = self._states
+        return bool(states) and all(s.paused_for_bandwidth for s in states.values())
+
     def _effective_budget(self, budget: float | None) -> float | None:
         held = self._budget
         if budget is None or held is None or held <= 0:

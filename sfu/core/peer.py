@@ -930,6 +930,7 @@ class Peer:
             now=now,
             wanted_bps=self._wanted,
             reach=self._reach,
+            paused=self.allocator.all_paused,
         )
         if self.prober.succeeded > succeeded:
             # The link took the next step: no congestion hold keeps it back, and the

@@ -45,6 +45,7 @@ __all__ = [
     "MIN_CLUSTER_BYTES",
     "MIN_CLUSTER_PACKETS",
     "MIN_RECEIVED",
+    "PAUSED_BACKOFF",
     "PRIMER_BYTES",
     "PROBE_FACTOR",
     "SETTLE",
@@ -82,6 +83,12 @@ PADDING_SIZE: Final = 255
 BACKOFF_BASE: Final = 3.0
 BACKOFF_FACTOR: Final = 1.5
 BACKOFF_MAX: Final = 4.5
+#: ... except while all video is paused for bandwidth: then a failed probe costs no video
+#: (only audio goes out) and every second waited is a second without any picture, so the
+#: wait stays this long. Climbing from a pause to the top layer takes three probes and two
+#: settles (``SETTLE``, 2 s each) after it; a freed link waited up to 4.5 s for the first,
+#: and the top layer came 9.4-10.4 s after the real-client test's cap was removed.
+PAUSED_BACKOFF: Final = 2.0
 #: A successful probe whose upgrade then congested the link (a decrease within BLAME_WINDOW)
 #: costs far more than a failed cluster: a keyframe, a congestion episode with loss for every
 #: flow on the link, and a switch back down. The wait after one doubles per consecutive blame
@@ -264,9 +271,12 @@ class Prober:
             self._failures = 0
             self._last_decrease = now
 
-    def finish(self, result_bps: float | None, *, desired_bps: float, now: float) -> bool:
+    def finish(
+        self, result_bps: float | None, *, desired_bps: float, now: float, paused: bool = False
+    ) -> bool:
         """Close the pending cluster with what it got through; True on success (the link
-        took what the upgrade needs)."""
+        took what the upgrade needs). ``paused``: all video is paused for bandwidth (a failure
+        then waits :data:`PAUSED_BACKOFF`)."""
         pending, self._pending = self._pending, None
         if self._exploring:
             self._exploring = False
@@ -290,7 +300,8 @@ class Prober:
         self.failed += 1
         self._failures += 1
         # A blame read in the same step (on_decreases runs first) may have set a longer wait.
-        self._not_before = max(self._not_before, now + self.backoff())
+        wait = min(self.backoff(), PAUSED_BACKOFF) if paused else self.backoff()
+        self._not_before = max(self._not_before, now + wait)
         return False
 
 
@@ -302,10 +313,12 @@ def probe_step(
     now: float,
     wanted_bps: float = 0.0,
     reach: int = 0,
+    paused: bool = False,
 ) -> ProbeCluster | None:
     """One periodic step of probing on a transport: read the pending cluster's result into the
     estimate when it is due, then say whether to start a new cluster (the caller sends it,
-    recording its packets under the cluster's id)."""
+    recording its packets under the cluster's id). ``paused``: all its video is paused for
+    bandwidth."""
     pending = prober.pending
     rtt = estimator.rtt
     prober.on_decreases(estimator.decreases, now=now)
@@ -318,7 +331,7 @@ def probe_step(
             if result is not None:
                 result = min(result, pending.bps)  # never above what the probe aimed at
                 estimator.on_probe_result(result, now=now)
-            prober.finish(result, desired_bps=desired_bps, now=now)
+            prober.finish(result, desired_bps=desired_bps, now=now, paused=paused)
     return prober.poll(
         estimate_bps=estimator.target_bps(),
         desired_bps=desired_bps,

@@ -286,6 +286,7 @@ class Sender:
             now=now,
             wanted_bps=self.adapter.wanted(),
             reach=0 if self.adapter.last is None else self.adapter.last.reach,
+            paused=self.layer == PAUSED,
         )
         if self.prober.succeeded > succeeded:
             self.adapter.allocator.end_congestion_holds()

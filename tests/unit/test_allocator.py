@@ -279,14 +279,29 @@ def test_pause_when_the_lowest_layer_does_not_fit_and_resume_when_it_does() -> N
     assert paused.paused == (sub,) and paused.resumed == ()
     assert paused.deficient
     assert paused.next_step_bps == AUDIO_BPS + ladder(sub, NOW + 1)[0].bps  # what resuming needs
-    assert clock.allocator.paused_count == 1
+    assert clock.allocator.paused_count == 1 and clock.allocator.all_paused
     # Still paused while the cap stays; no repeated event.
     assert clock.at(NOW + 5, 80_000).paused == ()
     resumed = clock.at(NOW + 20, 2_000_000)
     assert resumed.resumed == (sub,)
     assert resumed.targets[sub] != PAUSED
-    assert clock.allocator.paused_count == 0
+    assert clock.allocator.paused_count == 0 and not clock.allocator.all_paused
     assert (clock.allocator.pauses, clock.allocator.resumes) == (1, 1)
+
+
+def test_all_paused_only_when_no_video_goes_out() -> None:
+    """What the prober's shorter wait while paused (``PAUSED_BACKOFF``) reads: true only
+    while every video subscription is paused for bandwidth."""
+    first, second = _video(1), _video(2)
+    clock = _Clocked(first, second)
+    assert not clock.allocator.all_paused  # nothing allocated yet
+    clock.at(NOW, 2_000_000)
+    assert not clock.allocator.all_paused
+    one = clock.at(NOW + 1, 200_000)  # room for one low layer
+    assert sorted(t == PAUSED for t in one.targets.values()) == [False, True]
+    assert clock.allocator.paused_count == 1 and not clock.allocator.all_paused
+    clock.at(NOW + 2, 50_000)
+    assert clock.allocator.paused_count == 2 and clock.allocator.all_paused
 
 
 def test_a_paused_subscription_resumes_at_its_lowest_rung_inside_the_cooldown() -> None:

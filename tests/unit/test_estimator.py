@@ -30,11 +30,13 @@ from sfu.core.kernels import Kernels
 from sfu.core.prober import (
     BACKOFF_BASE,
     BACKOFF_FACTOR,
+    BACKOFF_MAX,
     BLAME_BACKOFF_MAX,
     BLAME_FACTOR,
     BLAME_WINDOW,
     EXPLORE_FACTORS,
     MIN_CLUSTER_PACKETS,
+    PAUSED_BACKOFF,
     PROBE_FACTOR,
     SETTLE,
     Prober,
@@ -259,6 +261,26 @@ def test_exploration_starts_again_when_the_reach_rises() -> None:
         estimate_bps=300_000, desired_bps=600_000, rtt=0.05, now=5.0, wanted_bps=1.7e6, reach=3
     )
     assert rise is not None and rise.bps == EXPLORE_FACTORS[0] * 300_000
+
+
+def test_a_failure_while_all_video_is_paused_waits_less() -> None:
+    """Paused for bandwidth, a failed probe cost no video and the wait is a wait without any
+    picture: after a run of failures the next probe comes PAUSED_BACKOFF later, where with
+    video going it comes BACKOFF_MAX later."""
+    waits = {}
+    for paused in (False, True):
+        prober = Prober()
+        now, failed_at = 0.0, 0.0
+        for _ in range(5):  # five probes, each failing: the backoff reaches its cap
+            while prober.poll(estimate_bps=70_000, desired_bps=200_000, rtt=0.05, now=now) is None:
+                now += 0.05
+            waits[paused] = now - failed_at
+            now += 0.2
+            assert not prober.finish(None, desired_bps=200_000, now=now, paused=paused)
+            failed_at = now
+    assert prober.backoff() == BACKOFF_MAX
+    assert waits[False] >= BACKOFF_MAX
+    assert PAUSED_BACKOFF <= waits[True] < PAUSED_BACKOFF + 0.1 < BACKOFF_MAX
 
 
 def test_a_target_change_delays_the_next_probe_for_a_step() -> None:
