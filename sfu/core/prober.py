@@ -289,7 +289,11 @@ class Prober:
                 return True
             self.failed += 1
             return False
-        if result_bps is not None and result_bps >= desired_bps:
+        # Judged on the step it was sent for: when the step's price rose while the probe was
+        # out, what it got through still lifted the estimate (the real-client test's climb:
+        # the middle layer came on it), and a failure's 4.5 s wait held the next step back.
+        needed = desired_bps if pending is None else min(desired_bps, pending.bps / PROBE_FACTOR)
+        if result_bps is not None and result_bps >= needed:
             # Failures are not forgotten here: a probe's burst can pass a link that the
             # layer's steady rate then congests (a decrease soon after says so).
             self.succeeded += 1

@@ -263,6 +263,20 @@ def test_exploration_starts_again_when_the_reach_rises() -> None:
     assert rise is not None and rise.bps == EXPLORE_FACTORS[0] * 300_000
 
 
+def test_a_probe_is_judged_on_the_step_it_was_sent_for() -> None:
+    """The next step's price rose while the probe was out: what it got through is what it
+    was sent to show, so it succeeded (no failure backoff), though the step now needs more."""
+    prober = Prober()
+    cluster = prober.poll(estimate_bps=300_000, desired_bps=500_000, rtt=0.05, now=0.0)
+    assert cluster is not None and cluster.bps == PROBE_FACTOR * 500_000
+    assert prober.finish(520_000, desired_bps=550_000, now=0.2)
+    assert prober.backoff() == 0.0 and prober.failed == 0
+    again = prober.poll(estimate_bps=520_000, desired_bps=550_000, rtt=0.05, now=0.2 + SETTLE)
+    assert again is not None and again.bps == PROBE_FACTOR * 550_000
+    assert not prober.finish(480_000, desired_bps=550_000, now=0.4 + SETTLE)  # short of both
+    assert prober.backoff() == BACKOFF_BASE
+
+
 def test_a_failure_while_all_video_is_paused_waits_less() -> None:
     """Paused for bandwidth, a failed probe cost no video and the wait is a wait without any
     picture: after a run of failures the next probe comes PAUSED_BACKOFF later, where with
