@@ -347,8 +347,10 @@ class BandwidthEstimator:
         #: Counters read at scrape time.
         self.feedbacks = 0
         self.overuses = 0
-        #: Overuses that decreased to the delivered rate (see :data:`COLLAPSE_SHARE`).
+        #: Overuses that decreased to the delivered rate (see :data:`COLLAPSE_SHARE`), and
+        #: whether the last decrease was one.
         self.collapses = 0
+        self._collapsed = False
         self.decreases = 0
         self.probe_results = 0
 
@@ -567,11 +569,21 @@ class BandwidthEstimator:
         elif signal == OVERUSE:
             self.overuses += 1
             self.congested_at = now
-            if now - self._last_decrease >= max(MIN_DECREASE_INTERVAL, self.rtt):
-                base = acked if acked is not None else rate
-                new = max(BETA * base, MAX_DECREASE * rate)
-                latest = self.latest_rates()
-                if latest is not None and latest[0] < COLLAPSE_SHARE * latest[1]:
+            latest = self.latest_rates()
+            collapse = latest is not None and latest[0] < COLLAPSE_SHARE * latest[1]
+            due = now - self._last_decrease >= max(MIN_DECREASE_INTERVAL, self.rtt)
+            if due or (collapse and not self._collapsed):
+                # A collapse is read even within the interval after a decrease that was not
+                # one: it measures the link, so the losses of what was sent before that
+                # decrease cannot count twice in it. At a cap the newest arrivals of the first
+                # overuse may still hold what the tbf's bucket let through at line rate, read
+                # over half the sent rate, and step to half the estimate (the middle layer).
+                new = rate
+                if due:
+                    base = acked if acked is not None else rate
+                    new = max(BETA * base, MAX_DECREASE * rate)
+                if collapse:
+                    assert latest is not None
                     # The link carries a fraction of what is sent: its full queue spaced the
                     # newest arrivals at its capacity, which bounds the decrease better than
                     # the acknowledged rate's half second and MAX_DECREASE do.
@@ -581,6 +593,7 @@ class BandwidthEstimator:
                     rate = new
                     self.decreases += 1
                 self._last_decrease = now
+                self._collapsed = collapse
                 if acked is not None:
                     cap = self._capacity
                     self._capacity = (

@@ -22,6 +22,7 @@ from sfu.core.estimator import (
     LOSS_SEVERE,
     MAX_DECREASE,
     MIN_BPS,
+    MIN_DECREASE_INTERVAL,
     PRIMER,
     PROBE_DELAY_HOLD,
     BandwidthEstimator,
@@ -518,6 +519,32 @@ def test_a_cap_at_a_fraction_of_the_rate_is_shed_in_one_step(
     assert 300_000 < first < 450_000  # BETA x about 400 kbit/s, not the acknowledged 1.2 Mbit/s
     assert est.collapses >= 1
     assert len(taken) == 1 and est.target_bps() > 300_000  # the losses that followed: no step
+
+
+def test_a_collapse_follows_a_decrease_that_was_not_one_at_once(kernels: Kernels) -> None:
+    """A queue that first grows slowly (a decrease by the usual rule: AIMD's, at most half)
+    and then at three times real time (the link carries a quarter of what is sent): the
+    collapse is read within MIN_DECREASE_INTERVAL of the first decrease, where the interval
+    held it back (at a cap whose bucket's burst was still in the newest arrivals of the first
+    overuse, the middle layer was aimed at)."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    now = _feed(est, start=0.0, seconds=2.0, bps=1_500_000)
+    recorder = _receivers[est]
+    interval = 8000 / 1_500_000
+    queue, first_at = 0.0, None
+    while now < 3.0 and est.collapses == 0:
+        seq = est.history.record(1000, now, -1)
+        queue += (0.6 if first_at is None else 3.0) * interval
+        recorder.on_packet(seq, 5, now + 0.02 + queue)
+        for packet in recorder.poll(now):
+            est.on_feedback(TransportFeedback.parse(packet), now=now)
+            if first_at is None and est.decreases:
+                first_at, first = now, est.target_bps()
+        now += interval
+    assert first_at is not None and est.collapses == 1 and est.decreases == 2
+    assert now - first_at < MIN_DECREASE_INTERVAL
+    assert est.target_bps() < 0.5 * first
 
 
 def test_a_policers_cap_falls_to_what_arrived_in_its_loss_window(kernels: Kernels) -> None:
