@@ -8,7 +8,9 @@ libwebrtc's goog_cc structures it, written from the draft and the published desi
   acknowledges, groups them into 5 ms bursts, fits the trend of the one-way delay growth and
   says overuse / normal / underuse against an adaptive threshold;
 * **AIMD rate control** (§6): on overuse the rate drops to :data:`BETA` x the acknowledged
-  bitrate (what actually got through), on underuse it holds, on normal it grows:
+  bitrate (what actually got through), or x the newest arrivals' rate when they came at
+  under :data:`COLLAPSE_SHARE` of the rate they were sent at (a link carrying a fraction of
+  it), on underuse it holds, on normal it grows:
   multiplicatively (:data:`MULTIPLICATIVE_GROWTH` per second) while far from the last
   congestion point, additively (about one packet per response time) near it; growth is
   capped at :data:`ACKED_CAP_FACTOR` x the acknowledged bitrate, so an application-limited
@@ -107,7 +109,8 @@ CAPACITY_MARGIN: Final = 1.5
 #: Smoothing of the link capacity estimate (weight of a new overuse measurement).
 CAPACITY_WEIGHT: Final = 0.05
 #: Two decreases at least this far apart (s), or one RTT when longer: the first decrease
-#: must show in feedback before a second one is justified.
+#: must show in feedback before a second one is justified (a collapse after a decrease that
+#: was not one excepted: it measures the link).
 MIN_DECREASE_INTERVAL: Final = 0.2
 #: Acknowledged bitrate: bytes acknowledged over this much receiver time (s).
 ACKED_WINDOW: Final = 0.5
@@ -126,6 +129,10 @@ DELIVERED_MIN_SPAN: Final = 0.05
 #: Feedbacks whose arrivals are kept for the latest delivered rate (the newest of them that
 #: span :data:`DELIVERED_MIN_SPAN` count): a browser reports every 50-250 ms, so a few suffice.
 RECENT_FEEDBACKS: Final = 8
+#: ... parted where the arrivals leave a gap: one over this many times the spacing of the
+#: newer arrivals (and over DELIVERED_MIN_SPAN), or over GAP_ALONE when only one is newer.
+GAP_SPACINGS: Final = 3.0
+GAP_ALONE: Final = 0.1
 #: Loss is measured over at least this many reported packets, and the bound moves at most
 #: once per :data:`LOSS_INTERVAL` (s) so one feedback of a burst does not count many times.
 LOSS_MIN_PACKETS: Final = 20
@@ -307,8 +314,8 @@ class BandwidthEstimator:
         self._last_update: float | None = None
         self._last_decrease = -1e9
         self._acked: deque[tuple[float, float, int]] = deque()  # (first, last arrival, bytes)
-        # The latest feedbacks' arrivals: (packets, bytes, media packets lost, first and last
-        # send, first and last arrival).
+        # The latest feedbacks' arrivals: (packets, bytes, packets sent over the range they
+        # report, first and last send, first and last arrival).
         self._recent: deque[tuple[int, int, int, float, float, float, float]] = deque(
             maxlen=RECENT_FEEDBACKS
         )
@@ -347,8 +354,8 @@ class BandwidthEstimator:
         #: Counters read at scrape time.
         self.feedbacks = 0
         self.overuses = 0
-        #: Overuses that decreased to the delivered rate (see :data:`COLLAPSE_SHARE`), and
-        #: whether the last decrease was one.
+        #: Overuses read as a collapse (see :data:`COLLAPSE_SHARE`; the decrease is to the
+        #: delivered rate when that is the lower), and whether the last decrease was one.
         self.collapses = 0
         self._collapsed = False
         self.decreases = 0
@@ -441,8 +448,18 @@ class BandwidthEstimator:
             self.detector.on_feedback(self.history, seqs, arrivals)
         )
         if packets:
+            # What was sent over the reported range, lost packets included: from the send
+            # times of its first and last numbers (a leading lost run was sent before the
+            # first packet that arrived), or, out of the history, the arrivals' own.
+            count = feedback.status_count
+            first = self.history.lookup(feedback.base_seq)
+            last = self.history.lookup((feedback.base_seq + count - 1) & 0xFFFF)
+            if first is not None and last is not None and last[0] >= first[0]:
+                sent, first_send, last_send = count, first[0], last[0]
+            else:
+                sent = packets + lost
             self._recent.append(
-                (packets, size, lost, first_send, last_send, first_arrival, last_arrival)
+                (packets, size, sent, first_send, last_send, first_arrival, last_arrival)
             )
             acked = self._acked
             acked.append((first_arrival, last_arrival, size))
@@ -680,29 +697,39 @@ class BandwidthEstimator:
     def latest_rates(self) -> tuple[float, float] | None:
         """(delivered, sent) bps of the latest feedbacks that together hold
         :data:`DELIVERED_MIN_PACKETS` arrivals over :data:`DELIVERED_MIN_SPAN` (None if the
-        kept ones do not): the rate they arrived at, and the rate they and the media packets
-        lost among them (at the same mean size) were sent at. With a queue growing, a full
+        kept ones do not, or a gap of over that span parts them): the rate they arrived at,
+        and the rate the ranges they report, lost packets included (at the same mean size),
+        were sent at. With a queue growing, a full
         bottleneck spaced the arrivals, so the delivered rate is its capacity (see
         :data:`COLLAPSE_SHARE`): at the real-client test's 400 kbit/s cap, the last feedback's
         four arrivals said 410 kbit/s where the acknowledged rate said 1.2 Mbit/s."""
-        packets = size = lost = 0
-        first = last = first_sent = last_sent = 0.0
-        for count, nbytes, missing, send0, send1, arrival0, arrival1 in reversed(self._recent):
+        packets = size = sent = 0
+        first = last = first_sent = last_sent = span = 0.0
+        for count, nbytes, reported, send0, send1, arrival0, arrival1 in reversed(self._recent):
             if packets == 0:
                 first, last, first_sent, last_sent = arrival0, arrival1, send0, send1
             else:
+                # A gap in the arrivals (an outage, a radio fade) is no link time: read as
+                # such, a 100-200 ms fade made a collapse of a link that carried three
+                # quarters of the rate. A full bottleneck spaces its arrivals evenly, so a gap
+                # is one of over GAP_SPACINGS times the spacing of those after it (a low cap
+                # spaces them widely: 80 ms at 100 kbit/s), or of GAP_ALONE after one arrival.
+                spacing = span / (packets - 1) if packets > 1 else 0.0
+                gap = max(DELIVERED_MIN_SPAN, GAP_SPACINGS * spacing) if spacing else GAP_ALONE
+                if first - arrival1 > gap:
+                    return None
                 first, first_sent = min(first, arrival0), min(first_sent, send0)
                 last, last_sent = max(last, arrival1), max(last_sent, send1)
             packets += count
             size += nbytes
-            lost += missing
+            sent += reported
             span = last - first
             if packets >= DELIVERED_MIN_PACKETS and span >= DELIVERED_MIN_SPAN:
-                # n arrivals span n - 1 intervals: the first packet's bytes came before it.
+                # n packets span n - 1 intervals: the first one's bytes came before it.
                 mean = size / packets
                 delivered = (packets - 1) * mean * 8 / span
                 sent_span = max(last_sent - first_sent, MIN_ARRIVAL_SPAN)
-                return delivered, (packets + lost - 1) * mean * 8 / sent_span
+                return delivered, (sent - 1) * mean * 8 / sent_span
         return None
 
     def _loss_step(self, fraction: float, now: float, window: _LossWindow | None = None) -> None:

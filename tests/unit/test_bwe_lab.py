@@ -8,6 +8,8 @@ under both kernel implementations (the estimate is the same to the bit).
 
 from __future__ import annotations
 
+import itertools
+
 from netsim import (
     AUDIO_BPS,
     AUDIO_INTERVAL,
@@ -170,6 +172,10 @@ def test_paused_then_uncapped_reaches_the_top_within_eight_seconds(kernels: Kern
     assert top is not None and top - 25 <= 8.0
     after = [layer for t, layer in sender.layer_switches if t >= 25]
     assert after[:3] == [0, 1, 2]  # through the middle layer
+    # Paused, failed probes wait PAUSED_BACKOFF, not up to BACKOFF_MAX: no video to lose.
+    starts = [c.sent_at for c in sender.clusters if 14 <= c.sent_at < 25]
+    assert len(starts) >= 3
+    assert max(b - a for a, b in itertools.pairwise(starts)) < BACKOFF_MAX
 
 
 def test_a_900k_token_bucket_keeps_the_middle_layer(kernels: Kernels) -> None:

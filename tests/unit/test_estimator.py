@@ -547,6 +547,31 @@ def test_a_collapse_follows_a_decrease_that_was_not_one_at_once(kernels: Kernels
     assert est.target_bps() < 0.5 * first
 
 
+@pytest.mark.parametrize("fade", [0.1, 0.15, 0.2])
+def test_a_fade_on_a_link_that_carries_most_of_the_rate_is_no_collapse(
+    kernels: Kernels, fade: float
+) -> None:
+    """1 Mbit/s into a link that carries about three quarters of it (a queue growing 0.3 s a
+    second: AIMD's to handle), and one fade of 100-200 ms with everything lost: the gap in
+    the arrivals is no link time, and the packets lost in it were sent in it, so no collapse
+    is read (taken for one, the estimate fell to 160-250 kbit/s)."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    now = _feed(est, start=0.0, seconds=2.0, bps=1_000_000)
+    recorder = _receivers[est]
+    interval, queue, start = 0.008, 0.0, now
+    while now < start + 1.5:
+        seq = est.history.record(1000, now, -1)
+        queue += 0.3 * interval
+        if not start + 0.5 <= now < start + 0.5 + fade:
+            recorder.on_packet(seq, 5, now + 0.02 + queue)
+        for packet in recorder.poll(now):
+            est.on_feedback(TransportFeedback.parse(packet), now=now)
+        now += interval
+    assert est.decreases >= 1 and est.collapses == 0
+    assert est.target_bps() > 300_000  # AIMD's steps under a queue that never stops growing
+
+
 def test_a_policers_cap_falls_to_what_arrived_in_its_loss_window(kernels: Kernels) -> None:
     """A policer (a token bucket without a queue) caps a 1.5 Mbit/s layer at 300 kbit/s: no
     delay grows, so the loss-based bound alone reads it, from a severe window's own arrivals,
