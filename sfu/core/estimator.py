@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACKED_CAP_FACTOR",
     "BETA",
+    "COLLAPSE_LOSS",
     "COLLAPSE_SHARE",
     "INITIAL_BPS",
     "LOSS_CONFIDENCE",
@@ -92,6 +93,12 @@ MAX_DECREASE: Final = 0.5
 #: most half the estimate chose the middle layer, whose keyframe went into the cap. A link
 #: that carries more than this share is left to AIMD (the 900 kbit/s cap: about 0.6).
 COLLAPSE_SHARE: Final = 0.5
+#: ... and only while those feedbacks report at least this share of their packets lost: a
+#: queue at a fraction of the rate overflows at once, while a receiver short of CPU reads its
+#: socket slowly, stretching the arrivals, and loses nothing (the three-node Chromium test's
+#: pages, under the reference kernels on two busy cores, froze for 3.3 s when such a reading
+#: cut their estimate to the rate they read at).
+COLLAPSE_LOSS: Final = 0.1
 #: Multiplicative growth per second while far from the last congestion point (§6: 8 %).
 MULTIPLICATIVE_GROWTH: Final = 0.08
 #: Growth is capped at this multiple of the acknowledged bitrate plus a constant, as
@@ -587,7 +594,11 @@ class BandwidthEstimator:
             self.overuses += 1
             self.congested_at = now
             latest = self.latest_rates()
-            collapse = latest is not None and latest[0] < COLLAPSE_SHARE * latest[1]
+            collapse = (
+                latest is not None
+                and latest[0] < COLLAPSE_SHARE * latest[1]
+                and latest[2] >= COLLAPSE_LOSS
+            )
             due = now - self._last_decrease >= max(MIN_DECREASE_INTERVAL, self.rtt)
             if due or (collapse and not self._collapsed):
                 # A collapse is read even within the interval after a decrease that was not
@@ -694,8 +705,8 @@ class BandwidthEstimator:
                 return delivered, True
         return acked, False
 
-    def latest_rates(self) -> tuple[float, float] | None:
-        """(delivered, sent) bps of the latest feedbacks that together hold
+    def latest_rates(self) -> tuple[float, float, float] | None:
+        """(delivered bps, sent bps, share lost) of the latest feedbacks that together hold
         :data:`DELIVERED_MIN_PACKETS` arrivals over :data:`DELIVERED_MIN_SPAN` (None if the
         kept ones do not, or a gap of over that span parts them): the rate they arrived at,
         and the rate the ranges they report, lost packets included (at the same mean size),
@@ -729,7 +740,7 @@ class BandwidthEstimator:
                 mean = size / packets
                 delivered = (packets - 1) * mean * 8 / span
                 sent_span = max(last_sent - first_sent, MIN_ARRIVAL_SPAN)
-                return delivered, (sent - 1) * mean * 8 / sent_span
+                return delivered, (sent - 1) * mean * 8 / sent_span, max(0, sent - packets) / sent
         return None
 
     def _loss_step(self, fraction: float, now: float, window: _LossWindow | None = None) -> None:
