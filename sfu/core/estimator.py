@@ -9,8 +9,8 @@ libwebrtc's goog_cc structures it, written from the draft and the published desi
   says overuse / normal / underuse against an adaptive threshold;
 * **AIMD rate control** (§6): on overuse the rate drops to :data:`BETA` x the acknowledged
   bitrate (what actually got through), or x the newest arrivals' rate when they came at
-  under :data:`COLLAPSE_SHARE` of the rate they were sent at (a link carrying a fraction of
-  it), on underuse it holds, on normal it grows:
+  under :data:`COLLAPSE_SHARE` of the rate they were sent at with :data:`COLLAPSE_LOSS` of
+  them lost (a link carrying a fraction of it), on underuse it holds, on normal it grows:
   multiplicatively (:data:`MULTIPLICATIVE_GROWTH` per second) while far from the last
   congestion point, additively (about one packet per response time) near it; growth is
   capped at :data:`ACKED_CAP_FACTOR` x the acknowledged bitrate, so an application-limited
