@@ -593,14 +593,20 @@ def test_a_policers_cap_falls_to_what_arrived_in_its_loss_window(kernels: Kernel
     assert 200_000 < taken[0][1] < 320_000  # what got through: a packet a frame, 250 kbit/s
 
 
+def _settled(kernels: Kernels) -> tuple[BandwidthEstimator, float, float]:
+    """An estimator after 2 s of a 1.5 Mbit/s layer on a link that took 2.5 Mbit/s: it, the
+    time, and its estimate then."""
+    est = _estimator(kernels)
+    est.on_probe_result(2_500_000, now=0.0)
+    now = _feed(est, start=0.0, seconds=2.0, bps=1_500_000)
+    return est, now, est.target_bps()
+
+
 def test_a_lull_under_a_growing_queue_is_no_collapse(kernels: Kernels) -> None:
     """A queue growing while the sender sends little (an application-limited lull): what
     arrives is about what was sent, so the delay overuse decreases as AIMD says, to BETA x
     the acknowledged rate and by at most MAX_DECREASE, not to the few packets' rate."""
-    est = _estimator(kernels)
-    est.on_probe_result(2_500_000, now=0.0)
-    now = _feed(est, start=0.0, seconds=2.0, bps=1_500_000)
-    before = est.target_bps()
+    est, now, before = _settled(kernels)
     _feed(est, start=now, seconds=0.6, bps=150_000, queue_growth=0.3)
     assert est.decreases >= 1 and est.collapses == 0
     assert est.target_bps() >= MAX_DECREASE**est.decreases * before > 2 * 150_000
@@ -610,10 +616,7 @@ def test_a_queue_growing_three_times_faster_than_time_is_a_collapse(kernels: Ker
     """Sent at four times what arrives (a queue growing 3 s a second) and a quarter of it lost
     (the queue overflows): the decrease goes to BETA x the delivered rate at once, below
     MAX_DECREASE of the estimate."""
-    est = _estimator(kernels)
-    est.on_probe_result(2_500_000, now=0.0)
-    now = _feed(est, start=0.0, seconds=2.0, bps=1_500_000)
-    before = est.target_bps()
+    est, now, before = _settled(kernels)
     _feed(est, start=now, seconds=0.3, bps=1_500_000, queue_growth=3.0, lose_every=4)
     assert est.collapses >= 1
     assert est.target_bps() < MAX_DECREASE * before
@@ -624,10 +627,7 @@ def test_arrivals_stretched_without_loss_are_no_collapse(kernels: Kernels) -> No
     """The same stretch with nothing lost: a receiver short of CPU reading its socket slowly
     (or a deep queue) rather than a link at a fraction of the rate; AIMD's step, at most
     MAX_DECREASE (read as a collapse, the three-node Chromium test's pages froze 3.3 s)."""
-    est = _estimator(kernels)
-    est.on_probe_result(2_500_000, now=0.0)
-    now = _feed(est, start=0.0, seconds=2.0, bps=1_500_000)
-    before = est.target_bps()
+    est, now, before = _settled(kernels)
     _feed(est, start=now, seconds=0.3, bps=1_500_000, queue_growth=3.0)
     assert est.decreases >= 1 and est.collapses == 0
     assert est.target_bps() >= MAX_DECREASE**est.decreases * before
